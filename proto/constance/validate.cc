@@ -1,0 +1,145 @@
+#include "constance/validate.h"
+
+#include <cmath>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+
+namespace constance {
+namespace {
+
+bool IsLowerAlnum(char c) { return absl::ascii_isdigit(c) || (c >= 'a' && c <= 'z'); }
+
+absl::Status Invalid(absl::string_view field, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
+}
+
+}  // namespace
+
+absl::Status ValidateLocationId(absl::string_view id) {
+  if (id.empty()) return Invalid("location", "must not be empty");
+  if (id.size() > 63) return Invalid("location", "longer than 63 characters");
+  if (!IsLowerAlnum(id[0])) {
+    return Invalid("location", "must start with a lower-case letter or digit");
+  }
+  for (char c : id) {
+    if (!IsLowerAlnum(c) && c != '.' && c != '_' && c != '-') {
+      return Invalid("location", absl::StrCat("character '", absl::CHexEscape(std::string(1, c)),
+                                              "' not allowed (use [a-z0-9._-])"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateKey(absl::string_view key) {
+  if (key.empty()) return Invalid("key", "must not be empty");
+  if (key.size() > 128) return Invalid("key", "longer than 128 characters");
+  for (char c : key) {
+    if (!absl::ascii_isalnum(c) && c != '.' && c != '_' && c != ':' && c != '/' && c != '-') {
+      return Invalid("key", absl::StrCat("character '", absl::CHexEscape(std::string(1, c)),
+                                         "' not allowed (use [A-Za-z0-9._:/-])"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateCurrency(absl::string_view currency) {
+  if (currency.size() != 3 || !absl::ascii_isupper(currency[0]) ||
+      !absl::ascii_isupper(currency[1]) || !absl::ascii_isupper(currency[2])) {
+    return Invalid("price.currency", "must be three upper-case letters, e.g. EUR");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now,
+                                 const Limits& limits) {
+  if (absl::Status s = ValidateKey(obs.key()); !s.ok()) return s;
+  if (obs.id().size() > 128) return Invalid("id", "longer than 128 characters");
+  switch (obs.value_case()) {
+    case v1::Observation::kPrice: {
+      const v1::Price& p = obs.price();
+      if (p.minor_units() < 0) return Invalid("price.minor_units", "must not be negative");
+      if (p.minor_units() >= limits.max_price_minor_units) {
+        return Invalid("price.minor_units",
+                       absl::StrCat("must be below ", limits.max_price_minor_units));
+      }
+      if (absl::Status s = ValidateCurrency(p.currency()); !s.ok()) return s;
+      if (!v1::PriceKind_IsValid(p.kind())) return Invalid("price.kind", "unknown kind");
+      break;
+    }
+    case v1::Observation::kWaitSeconds: {
+      double w = obs.wait_seconds();
+      if (!std::isfinite(w)) return Invalid("wait_seconds", "must be a finite number");
+      if (w < 0) return Invalid("wait_seconds", "must not be negative");
+      if (w > limits.max_wait_seconds) {
+        return Invalid("wait_seconds", absl::StrCat("must be at most ", limits.max_wait_seconds));
+      }
+      break;
+    }
+    case v1::Observation::kCheck:
+      break;
+    case v1::Observation::kScore: {
+      double v = obs.score();
+      if (!std::isfinite(v)) return Invalid("score", "must be a finite number");
+      if (std::fabs(v) > limits.max_abs_score) {
+        return Invalid("score", absl::StrCat("magnitude must be at most ", limits.max_abs_score));
+      }
+      break;
+    }
+    case v1::Observation::VALUE_NOT_SET:
+      return Invalid("value", "one of price, wait_seconds, check or score must be set");
+  }
+  if (obs.has_observed_at()) {
+    const auto& ts = obs.observed_at();
+    // The range protobuf's JSON mapping accepts: 0001-01-01 .. 9999-12-31.
+    if (ts.seconds() < -62135596800 || ts.seconds() > 253402300799 || ts.nanos() < 0 ||
+        ts.nanos() > 999999999) {
+      return Invalid("observed_at", "not a valid timestamp");
+    }
+    absl::Time t = absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+    if (t > now + limits.max_future_skew) {
+      return Invalid("observed_at", absl::StrCat("more than ", absl::FormatDuration(limits.max_future_skew),
+                                                 " in the future (check the store clock)"));
+    }
+    if (t < now - limits.max_lateness) {
+      return Invalid("observed_at", absl::StrCat("older than the lateness bound of ",
+                                                 absl::FormatDuration(limits.max_lateness)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+v1::Family FamilyOf(const v1::Observation& obs) {
+  switch (obs.value_case()) {
+    case v1::Observation::kPrice: return v1::FAMILY_PRICE;
+    case v1::Observation::kWaitSeconds: return v1::FAMILY_WAIT;
+    case v1::Observation::kCheck: return v1::FAMILY_COMPLIANCE;
+    case v1::Observation::kScore: return v1::FAMILY_SCORE;
+    case v1::Observation::VALUE_NOT_SET: break;
+  }
+  return v1::FAMILY_UNSPECIFIED;
+}
+
+absl::string_view FamilyName(v1::Family family) {
+  switch (family) {
+    case v1::FAMILY_PRICE: return "price";
+    case v1::FAMILY_WAIT: return "wait";
+    case v1::FAMILY_COMPLIANCE: return "compliance";
+    case v1::FAMILY_SCORE: return "score";
+    default: return "unspecified";
+  }
+}
+
+absl::Status ParseFamily(absl::string_view name, v1::Family* family) {
+  for (v1::Family f : {v1::FAMILY_PRICE, v1::FAMILY_WAIT, v1::FAMILY_COMPLIANCE, v1::FAMILY_SCORE}) {
+    if (name == FamilyName(f)) {
+      *family = f;
+      return absl::OkStatus();
+    }
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("family: '", name, "' is not one of price, wait, compliance, score"));
+}
+
+}  // namespace constance

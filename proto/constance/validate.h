@@ -1,0 +1,68 @@
+// Validation of observations and identifiers, shared by agent and collector.
+//
+// The agent validates before it spools (so a writer hears about a bad item
+// at once) and the collector validates again on arrival (an agent is never
+// trusted). Both call the same functions so they can never disagree.
+//
+// Example:
+//   constance::Limits limits;
+//   absl::Status s = constance::ValidateObservation(obs, absl::Now(), limits);
+//   if (!s.ok()) reject(obs, s.message());
+//
+// All functions are pure and thread-safe.
+#ifndef CONSTANCE_VALIDATE_H_
+#define CONSTANCE_VALIDATE_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "constance/v1/observation.pb.h"
+
+namespace constance {
+
+// Bounds every observation must meet. Every field is a configuration key.
+struct Limits {
+  // Observations more than this far ahead of the receiver's clock are
+  // rejected (a store server with a wrong clock must not win "latest").
+  absl::Duration max_future_skew = absl::Minutes(5);
+  // Observations older than this are rejected; a backlog after an outage
+  // shorter than this still counts.
+  absl::Duration max_lateness = absl::Hours(24 * 7);
+  // Prices at or above this many minor units are rejected as typos.
+  int64_t max_price_minor_units = 100'000'000;  // 1,000,000.00
+  // A single ticket's wait above this is a broken queue system, not a wait.
+  double max_wait_seconds = 86'400;
+  // Scores are free-form indicators but must stay in a sane range.
+  double max_abs_score = 1e9;
+};
+
+// A location id: [a-z0-9][a-z0-9._-]{0,62}.
+absl::Status ValidateLocationId(absl::string_view id);
+
+// A key: [A-Za-z0-9._:/-]{1,128}.
+absl::Status ValidateKey(absl::string_view key);
+
+// An ISO 4217-shaped currency code: three upper-case ASCII letters.
+absl::Status ValidateCurrency(absl::string_view currency);
+
+// Checks every field of `obs` against `limits`, with `now` as the
+// receiver's clock. Returns InvalidArgument naming the field and the rule
+// on failure. An unset observed_at is accepted (the agent stamps it).
+absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now,
+                                 const Limits& limits);
+
+// The family implied by which value is set (FAMILY_UNSPECIFIED if none).
+v1::Family FamilyOf(const v1::Observation& obs);
+
+// "price", "wait", "compliance", "score" (or "unspecified").
+absl::string_view FamilyName(v1::Family family);
+
+// Inverse of FamilyName; InvalidArgument for anything else.
+absl::Status ParseFamily(absl::string_view name, v1::Family* family);
+
+}  // namespace constance
+
+#endif  // CONSTANCE_VALIDATE_H_
