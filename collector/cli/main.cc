@@ -1,0 +1,143 @@
+// constance: the operator's command line for a running collector.
+//
+//   constance report [--collector=HOST:PORT] [--json] [--wait_for_observations=N]
+//   constance key FAMILY KEY [--currency=EUR] [--kind=shelf]
+//
+// Exit codes: 0 success, 1 the collector answered with an error or the wait
+// timed out, 2 usage error.
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "collector/cli/report.h"
+#include "constance/v1/query.grpc.pb.h"
+#include "constance/validate.h"
+#include "google/protobuf/util/json_util.h"
+#include "grpcpp/grpcpp.h"
+
+ABSL_FLAG(std::string, collector, "127.0.0.1:7070", "Collector gRPC address (HOST:PORT)");
+ABSL_FLAG(bool, json, false, "Print the answer as JSON (protobuf JSON mapping) for scripts");
+ABSL_FLAG(uint64_t, wait_for_observations, 0,
+          "report: wait until the collector's statistics cover at least this many applied "
+          "observations (0 = do not wait)");
+ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30), "How long to wait for the collector");
+ABSL_FLAG(int, max_series, 20, "report: series shown in the dispersion table (0 = all)");
+ABSL_FLAG(std::string, currency, "", "key: currency of a price series, e.g. EUR");
+ABSL_FLAG(std::string, kind, "shelf", "key: price kind (shelf, pos, list, promo)");
+
+namespace constance::cli {
+namespace {
+
+constexpr char kUsage[] =
+    "constance report [--collector=HOST:PORT] [--json] [--wait_for_observations=N]\n"
+    "  constance key FAMILY KEY [--currency=EUR] [--kind=shelf] [--collector=HOST:PORT] [--json]";
+
+int Fail(const std::string& what, const grpc::Status& status) {
+  std::cerr << "constance: " << what << " from " << absl::GetFlag(FLAGS_collector)
+            << " failed: " << status.error_message() << " (code " << status.error_code()
+            << ")\n";
+  return 1;
+}
+
+template <typename Message>
+void PrintJson(const Message& message) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  std::cout << json;
+}
+
+int Report(v1::Query::Stub& stub) {
+  const uint64_t want = absl::GetFlag(FLAGS_wait_for_observations);
+  const absl::Time deadline = absl::Now() + absl::GetFlag(FLAGS_timeout);
+  v1::ChainSummaryResponse summary;
+  // Polls because the collector publishes statistics on its own tick; the
+  // answer says how many observations the statistics cover.
+  for (absl::Duration backoff = absl::Milliseconds(50);; backoff = std::min(backoff * 2, absl::Seconds(1))) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(deadline));
+    if (want > 0) ctx.set_wait_for_ready(true);
+    summary.Clear();
+    grpc::Status status = stub.ChainSummary(&ctx, v1::ChainSummaryRequest(), &summary);
+    if (!status.ok()) return Fail("ChainSummary", status);
+    if (summary.observations_applied() + summary.observations_rejected() >= want) break;
+    if (absl::Now() + backoff > deadline) {
+      std::cerr << "constance: timed out after " << absl::FormatDuration(absl::GetFlag(FLAGS_timeout))
+                << " waiting for " << want << " observations; the collector's statistics cover "
+                << summary.observations_applied() << " applied and "
+                << summary.observations_rejected() << " rejected\n";
+      return 1;
+    }
+    absl::SleepFor(backoff);
+  }
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(summary);
+  } else {
+    std::cout << RenderChainSummary(summary, absl::GetFlag(FLAGS_max_series));
+  }
+  return 0;
+}
+
+int Key(v1::Query::Stub& stub, const std::string& family_name, const std::string& key) {
+  v1::KeyDetailRequest request;
+  v1::Family family;
+  if (absl::Status s = ParseFamily(family_name, &family); !s.ok()) {
+    std::cerr << "constance: " << s.message() << "\n";
+    return 2;
+  }
+  v1::SeriesId* series = request.mutable_series();
+  series->set_family(family);
+  series->set_key(key);
+  if (family == v1::FAMILY_PRICE) {
+    series->set_currency(absl::GetFlag(FLAGS_currency));
+    v1::PriceKind kind;
+    if (!v1::PriceKind_Parse(absl::AsciiStrToUpper(absl::GetFlag(FLAGS_kind)), &kind)) {
+      std::cerr << "constance: --kind: '" << absl::GetFlag(FLAGS_kind)
+                << "' is not one of shelf, pos, list, promo\n";
+      return 2;
+    }
+    series->set_kind(kind);
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+  v1::KeyDetailResponse detail;
+  grpc::Status status = stub.KeyDetail(&ctx, request, &detail);
+  if (!status.ok()) return Fail("KeyDetail", status);
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(detail);
+  } else {
+    std::cout << RenderKeyDetail(detail);
+  }
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() < 2) {
+    std::cerr << "usage: " << kUsage << "\n";
+    return 2;
+  }
+  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_collector),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = v1::Query::NewStub(channel);
+  const std::string command = args[1];
+  if (command == "report" && args.size() == 2) return Report(*stub);
+  if (command == "key" && args.size() == 4) return Key(*stub, args[2], args[3]);
+  std::cerr << "usage: " << kUsage << "\n";
+  return 2;
+}
+
+}  // namespace
+}  // namespace constance::cli
+
+int main(int argc, char** argv) { return constance::cli::Main(argc, argv); }

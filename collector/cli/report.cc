@@ -1,0 +1,165 @@
+#include "collector/cli/report.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "constance/validate.h"
+
+namespace constance::cli {
+namespace {
+
+// A plain-text table: columns sized to their widest cell, numbers and text
+// both left-aligned so the report reads in a terminal and in a log.
+class Table {
+ public:
+  explicit Table(std::vector<std::string> header) { rows_.push_back(std::move(header)); }
+  void Add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+  std::string Render() const {
+    std::vector<size_t> width;
+    for (const auto& row : rows_) {
+      if (width.size() < row.size()) width.resize(row.size(), 0);
+      for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+    }
+    std::string out;
+    for (const auto& row : rows_) {
+      std::string line;
+      for (size_t i = 0; i < row.size(); ++i) {
+        absl::StrAppend(&line, row[i]);
+        if (i + 1 < row.size()) line.append(width[i] - row[i].size() + 2, ' ');
+      }
+      absl::StrAppend(&out, "  ", line, "\n");
+    }
+    return out;
+  }
+
+ private:
+  std::vector<std::vector<std::string>> rows_;
+};
+
+std::string KindName(v1::PriceKind kind) {
+  if (kind == v1::PRICE_KIND_UNSPECIFIED) return "shelf";
+  return absl::AsciiStrToLower(v1::PriceKind_Name(kind));
+}
+
+std::string Timestamp(const google::protobuf::Timestamp& ts) {
+  absl::Time t = absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone());
+}
+
+// What a deviation means to an operations team, per family and direction.
+std::string Meaning(const v1::Outlier& o) {
+  bool above = o.direction() == v1::ABOVE;
+  switch (o.series().family()) {
+    case v1::FAMILY_PRICE: return above ? "overcharge" : "undercharge";
+    case v1::FAMILY_WAIT: return above ? "slow" : "fast";
+    case v1::FAMILY_COMPLIANCE: return above ? "above peers" : "failing checks";
+    default: return above ? "above peers" : "below peers";
+  }
+}
+
+std::string SignedPercent(const v1::Outlier& o) {
+  double pct = 100.0 * o.magnitude();
+  return absl::StrFormat("%s%.1f%%", o.direction() == v1::BELOW ? "-" : "+", pct);
+}
+
+std::string Band(const v1::SeriesId& s, double low, double high) {
+  return absl::StrCat("[", FormatValue(s, low), " .. ", FormatValue(s, high), "]");
+}
+
+}  // namespace
+
+std::string FormatValue(const v1::SeriesId& series, double value) {
+  switch (series.family()) {
+    case v1::FAMILY_PRICE: {
+      // Minor units to a two-decimal amount; exact for the integers a price
+      // cell holds, rounded only for statistics such as a mean.
+      double major = value / 100.0;
+      return absl::StrFormat("%.2f %s", major, series.currency());
+    }
+    case v1::FAMILY_WAIT:
+      return absl::StrFormat("%.0f s", value);
+    case v1::FAMILY_COMPLIANCE:
+      return absl::StrFormat("%.1f%%", 100.0 * value);
+    default:
+      return absl::StrFormat("%.4g", value);
+  }
+}
+
+std::string FormatSeries(const v1::SeriesId& series) {
+  std::string out = absl::StrCat(FamilyName(series.family()), " ", series.key());
+  if (series.family() == v1::FAMILY_PRICE) {
+    absl::StrAppend(&out, " ", series.currency(), "/", KindName(series.kind()));
+  }
+  return out;
+}
+
+std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series) {
+  std::string out = absl::StrCat("constance chain report, computed ", Timestamp(s.computed_at()),
+                                 "\n  locations ", s.locations(), ", cells ", s.cells(),
+                                 ", observations applied ", s.observations_applied(),
+                                 ", rejected ", s.observations_rejected(), "\n\n");
+
+  int shown = s.series_size();
+  if (max_series > 0) shown = std::min(shown, max_series);
+  absl::StrAppend(&out, "Series by dispersion (", shown, " of ", s.series_size(), "):\n");
+  Table series({"SERIES", "N", "MEDIAN", "MAD", "MEAN", "STDDEV", "CV", "MIN", "MAX"});
+  for (int i = 0; i < shown; ++i) {
+    const v1::GroupStats& g = s.series(i);
+    const v1::SeriesId& id = g.series();
+    series.Add({FormatSeries(id), absl::StrCat(g.n()), FormatValue(id, g.median()),
+                FormatValue(id, g.mad()), FormatValue(id, g.mean()), FormatValue(id, g.stddev()),
+                absl::StrFormat("%.3f", g.cv()), FormatValue(id, g.min()),
+                FormatValue(id, g.max())});
+  }
+  absl::StrAppend(&out, series.Render(), "\n");
+
+  std::vector<std::string> locations;
+  for (const auto& o : s.outliers()) locations.push_back(o.location());
+  std::sort(locations.begin(), locations.end());
+  locations.erase(std::unique(locations.begin(), locations.end()), locations.end());
+  if (s.outliers_size() == 0) {
+    absl::StrAppend(&out, "Outlier locations: none\n");
+    return out;
+  }
+  absl::StrAppend(&out, "Outlier locations (", locations.size(), "): ",
+                  absl::StrJoin(locations, ", "), "\n");
+  Table outliers({"LOCATION", "SERIES", "VALUE", "EXPECTED", "BAND", "DEVIATION", "Z", "GROUP"});
+  for (const auto& o : s.outliers()) {
+    outliers.Add({o.location(), FormatSeries(o.series()), FormatValue(o.series(), o.value()),
+                  FormatValue(o.series(), o.expected()),
+                  Band(o.series(), o.band_low(), o.band_high()),
+                  absl::StrCat(SignedPercent(o), " ", Meaning(o)), absl::StrFormat("%.1f", o.z()),
+                  absl::StrCat(o.group(), " (", o.group_size(), ")")});
+  }
+  absl::StrAppend(&out, outliers.Render());
+  return out;
+}
+
+std::string RenderKeyDetail(const v1::KeyDetailResponse& d) {
+  const v1::GroupStats& g = d.stats();
+  const v1::SeriesId& id = g.series();
+  std::string out = absl::StrCat(FormatSeries(id), " across ", g.n(), " locations (group ",
+                                 g.group(), ")\n  median ", FormatValue(id, g.median()), ", MAD ",
+                                 FormatValue(id, g.mad()), ", band ",
+                                 Band(id, g.band_low(), g.band_high()), "\n\n");
+  Table values({"LOCATION", "VALUE", "SAMPLES", "OBSERVED", "OUTSIDE"});
+  for (const auto& v : d.values()) {
+    std::string outside;
+    for (const auto& o : d.outliers()) {
+      if (o.location() == v.location()) outside = absl::StrCat(SignedPercent(o), " ", Meaning(o));
+    }
+    values.Add({v.location(), FormatValue(id, v.value()), absl::StrCat(v.samples()),
+                Timestamp(v.observed_at()), outside});
+  }
+  absl::StrAppend(&out, values.Render());
+  return out;
+}
+
+}  // namespace constance::cli

@@ -1,0 +1,36 @@
+// Rendering of the collector's Query answers for people and scripts.
+//
+// The `constance` CLI prints human tables by default and the protobuf JSON
+// mapping of the same answer with --json. Rendering is separate from the
+// RPCs so it can be tested on hand-built answers.
+//
+// All functions are pure and thread-safe.
+#ifndef CONSTANCE_COLLECTOR_CLI_REPORT_H_
+#define CONSTANCE_COLLECTOR_CLI_REPORT_H_
+
+#include <string>
+
+#include "constance/v1/query.pb.h"
+
+namespace constance::cli {
+
+// A value in the family's unit for people: prices as decimal currency
+// ("1.39 EUR"), waits in seconds ("412 s"), compliance as a pass rate
+// ("62.5%"), scores as plain numbers.
+std::string FormatValue(const v1::SeriesId& series, double value);
+
+// "price sku-1001 EUR/shelf", "wait checkout".
+std::string FormatSeries(const v1::SeriesId& series);
+
+// The chain report: headline counts, series by dispersion, outliers with
+// value against expected and band. `max_series` bounds the series table
+// (0 = all); the outlier table is never cut.
+std::string RenderChainSummary(const v1::ChainSummaryResponse& summary, int max_series);
+
+// One series across locations: its statistics, every location's value and
+// who sits outside the band.
+std::string RenderKeyDetail(const v1::KeyDetailResponse& detail);
+
+}  // namespace constance::cli
+
+#endif  // CONSTANCE_COLLECTOR_CLI_REPORT_H_

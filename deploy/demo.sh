@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# The main job: a collector and a simulated chain of 24 stores, each with its
+# own agent process, on loopback. Each store reports prices, checkout waits
+# and policy checks; three stores are faulty on purpose:
+#   demo-store-07 overcharges three items by 10-15%,
+#   demo-store-13 has a slow checkout (about 2.3x the chain's wait),
+#   demo-store-19 fails its cold-chain and allergen checks.
+# Two stores differ in ways that must NOT be reported: demo-store-11 sells
+# one item one cent below the others, demo-store-03 is a few seconds slower.
+# The report names exactly the faulty stores.
+#
+#   ./deploy/demo.sh          # report, then keep running until Ctrl-C
+#   ./deploy/demo.sh --once   # report and exit 0 with everything stopped
+#
+# Environment: CONSTANCE_BIN_DIR=DIR uses binaries already built in DIR
+# (no install, no build); CONSTANCE_DEMO_METRICS=HOST:PORT fixes the
+# collector's /metrics address (default: a free loopback port).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+once=false
+for arg in "$@"; do
+  case "$arg" in
+    --once) once=true ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "demo.sh: unknown argument '$arg' (expected --once or --help)" >&2; exit 2 ;;
+  esac
+done
+
+if [ -z "${CONSTANCE_BIN_DIR:-}" ]; then
+  source deploy/lib/deps.sh
+  constance_install_deps demo
+  echo "demo: building (first run takes a few minutes)..." >&2
+  constance_build build -DCONSTANCE_BUILD_TESTS=OFF >/dev/null
+  CONSTANCE_BIN_DIR=build/bin
+fi
+bin=$(cd "$CONSTANCE_BIN_DIR" && pwd)
+command -v curl >/dev/null || { echo "demo.sh: curl is missing (apt-get install curl)" >&2; exit 1; }
+
+state=$(mktemp -d "${TMPDIR:-/tmp}/constance-demo.XXXXXX")
+pids=()
+stop_all() {
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # Give every process up to 10 s to drain and exit, then make sure.
+  local deadline=$((SECONDS + 10))
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  pids=()
+  rm -rf "$state"
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+# Waits for a ready file (name=host:port lines) and prints the value of $2.
+ready_value() {
+  local file=$1 name=$2 pid=$3 deadline=$((SECONDS + 30))
+  until [ -s "$file" ]; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "demo.sh: process $pid exited before it was ready; its log:" >&2
+      cat "${file%.ready}.log" >&2
+      exit 1
+    fi
+    [ $SECONDS -lt $deadline ] || { echo "demo.sh: $file not ready after 30 s" >&2; exit 1; }
+    sleep 0.05
+  done
+  sed -n "s/^$name=//p" "$file"
+}
+
+"$bin/constance-collector" --insecure --listen=127.0.0.1:0 \
+  --metrics_listen="${CONSTANCE_DEMO_METRICS:-127.0.0.1:0}" --stats_interval=200ms \
+  --ready_file="$state/collector.ready" --log_level=warn >"$state/collector.log" 2>&1 &
+pids+=($!)
+collector=$(ready_value "$state/collector.ready" grpc "${pids[0]}")
+metrics=$(ready_value "$state/collector.ready" metrics "${pids[0]}")
+
+stores=24
+regions=(north south east west)
+declare -A http
+for i in $(seq -w 1 $stores); do
+  loc="demo-store-$i"
+  cat >"$state/$loc.yaml" <<YAML
+location: $loc
+labels: {brand: demo-market, region: ${regions[$((10#$i % 4))]}, format: supermarket}
+collector: $collector
+insecure: true
+listen: 127.0.0.1:0
+metrics_listen: 127.0.0.1:0
+flush_interval: 50ms
+YAML
+  "$bin/constance-agent" run --config="$state/$loc.yaml" --ready_file="$state/$loc.ready" \
+    --log_level=warn >"$state/$loc.log" 2>&1 &
+  pids+=($!)
+done
+for i in $(seq -w 1 $stores); do
+  loc="demo-store-$i"
+  http[$loc]=$(ready_value "$state/$loc.ready" http "${pids[$((10#$i))]}")
+done
+
+# The chain's catalogue: item -> list price in euro cents.
+items=(milk-1l:109 bread-500g:189 coffee-250g:449 eggs-10:329 butter-250g:259 apples-1kg:279
+       rice-1kg:219 pasta-500g:139 olive-oil-1l:899 yoghurt-4x125g:199 cheese-200g:349 water-6x1.5l:299)
+checks=(fridge-temp allergen-labels fire-exits price-labels hand-wash cash-count)
+
+total=0
+for i in $(seq -w 1 $stores); do
+  n=$((10#$i))
+  loc="demo-store-$i"
+  body="["
+  sep=""
+  for item in "${items[@]}"; do
+    key=${item%%:*}
+    price=${item##*:}
+    if [ $n -eq 7 ]; then
+      case $key in
+        coffee-250g) price=$((price * 115 / 100)) ;;
+        olive-oil-1l) price=$((price * 112 / 100)) ;;
+        cheese-200g) price=$((price * 110 / 100)) ;;
+      esac
+    fi
+    [ $n -eq 11 ] && [ "$key" = "pasta-500g" ] && price=$((price - 1))
+    body+="$sep{\"key\":\"$key\",\"price\":{\"minor_units\":$price,\"currency\":\"EUR\"}}"
+    sep=","
+    total=$((total + 1))
+  done
+  # 40 checkout tickets around 180 s; deterministic spread of +-20 s.
+  for t in $(seq 1 40); do
+    wait_s=$((160 + (n * 7 + t * 13) % 41))
+    [ $n -eq 13 ] && wait_s=$((wait_s * 23 / 10))
+    [ $n -eq 3 ] && wait_s=$((wait_s + 6))
+    body+=",{\"key\":\"checkout\",\"wait_seconds\":$wait_s}"
+    total=$((total + 1))
+  done
+  # Four results per check; store 19 fails cold-chain and allergen checks.
+  for c in "${checks[@]}"; do
+    for r in 1 2 3 4; do
+      passed=true
+      if [ $n -eq 19 ] && { [ "$c" = fridge-temp ] || [ "$c" = allergen-labels ]; } && [ $r -ne 2 ]; then
+        passed=false
+      fi
+      body+=",{\"key\":\"$c\",\"check\":{\"passed\":$passed}}"
+      total=$((total + 1))
+    done
+  done
+  body+="]"
+  if ! answer=$(curl -sS --fail-with-body -H 'Content-Type: application/json' \
+      --data-binary "$body" "http://${http[$loc]}/v1/observations" 2>&1); then
+    echo "demo.sh: $loc refused the observations: $answer" >&2
+    exit 1
+  fi
+done
+
+echo "demo: $stores stores sent $total observations to their agents; waiting for the collector" >&2
+"$bin/constance" report --collector="$collector" --wait_for_observations="$total" --timeout=60s
+cat <<TXT
+
+Injected faults: demo-store-07 overcharges (coffee, olive oil, cheese),
+demo-store-13 has a slow checkout, demo-store-19 fails cold-chain and
+allergen checks. Not faults: demo-store-11 (one cent lower on pasta),
+demo-store-03 (a few seconds slower).
+
+Prometheus metrics: http://$metrics/metrics
+Query API:          $bin/constance report --collector=$collector
+                    $bin/constance key price coffee-250g --currency=EUR --collector=$collector
+State and logs:     $state
+TXT
+
+if $once; then
+  exit 0
+fi
+echo "Running; press Ctrl-C to stop every process." >&2
+wait "${pids[0]}"

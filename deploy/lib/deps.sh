@@ -1,0 +1,58 @@
+# Shared by deploy/demo.sh and tests/run.sh: installs the Debian packages
+# constance needs, and only those missing, so a second run does no apt work.
+#
+#   source deploy/lib/deps.sh
+#   constance_install_deps build   # compilers and -dev libraries
+#   constance_install_deps test    # plus what the tests run (promtool, ...)
+
+CONSTANCE_BUILD_PACKAGES=(
+  g++ cmake ninja-build pkg-config ccache
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev prometheus-cpp-dev libcivetweb-dev libyaml-cpp-dev
+  nlohmann-json3-dev libspdlog-dev libsqlite3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+)
+# The demo feeds its simulated stores over HTTP with curl.
+CONSTANCE_DEMO_PACKAGES=(curl)
+# promtool (package prometheus) checks the /metrics exposition.
+CONSTANCE_TEST_PACKAGES=(prometheus curl)
+
+constance_install_deps() {
+  local want=("${CONSTANCE_BUILD_PACKAGES[@]}")
+  case "${1:-build}" in
+    test) want+=("${CONSTANCE_TEST_PACKAGES[@]}") ;;
+    demo) want+=("${CONSTANCE_DEMO_PACKAGES[@]}") ;;
+  esac
+  local missing=()
+  local p
+  for p in "${want[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+      missing+=("$p")
+    fi
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "constance: installing Debian packages: ${missing[*]}" >&2
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+      sudo=(sudo)
+    else
+      echo "constance: these packages are missing and installing them needs root: ${missing[*]}" >&2
+      echo "constance: run as root, or install them with: apt-get install ${missing[*]}" >&2
+      return 1
+    fi
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  # The prometheus package's service is not wanted on a build machine; the
+  # tests start their own Prometheus when they need one.
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Configures and builds into $1 (default build/) with extra CMake args.
+constance_build() {
+  local dir="${1:-build}"
+  shift || true
+  cmake -S . -B "$dir" -G Ninja "$@" >/dev/null
+  cmake --build "$dir"
+}
