@@ -1,0 +1,113 @@
+// Every validation rule with a case that passes and one that fails.
+#include "constance/validate.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "absl/time/clock.h"
+#include "google/protobuf/text_format.h"
+#include "gtest/gtest.h"
+
+namespace constance {
+namespace {
+
+TEST(ValidateLocationIdTest, Table) {
+  static const struct {
+    const char* id;
+    bool ok;
+  } kCases[] = {
+      {"fr-paris-0042", true},
+      {"0", true},
+      {"a.b_c-d", true},
+      {"", false},
+      {"-leading-dash", false},
+      {"Upper", false},
+      {"space inside", false},
+      {"semi;colon", false},
+      {"a123456789012345678901234567890123456789012345678901234567890ab", true},   // 63
+      {"a123456789012345678901234567890123456789012345678901234567890abc", false}, // 64
+  };
+  for (const auto& c : kCases) {
+    EXPECT_EQ(ValidateLocationId(c.id).ok(), c.ok) << "'" << c.id << "'";
+  }
+}
+
+TEST(ValidateObservationTest, Table) {
+  const absl::Time now = absl::FromUnixSeconds(1'700'000'000);  // 2023-11-14T22:13:20Z
+  static const struct {
+    const char* text;  // Observation in protobuf text format.
+    const char* error; // Expected substring of the error, nullptr when valid.
+  } kCases[] = {
+      {R"(key: "sku-1" price { minor_units: 139 currency: "EUR" })", nullptr},
+      {R"(key: "sku-1" price { minor_units: 0 currency: "EUR" kind: PROMO })", nullptr},
+      {R"(key: "sku-1" price { minor_units: -1 currency: "EUR" })", "must not be negative"},
+      {R"(key: "sku-1" price { minor_units: 100000000 currency: "EUR" })", "must be below"},
+      {R"(key: "sku-1" price { minor_units: 139 currency: "eur" })", "three upper-case"},
+      {R"(key: "sku-1" price { minor_units: 139 currency: "EURO" })", "three upper-case"},
+      {R"(key: "sku-1" price { minor_units: 139 currency: "EUR" kind: 9 })", "unknown kind"},
+      {R"(key: "checkout" wait_seconds: 0)", nullptr},
+      {R"(key: "checkout" wait_seconds: 182.5)", nullptr},
+      {R"(key: "checkout" wait_seconds: -1)", "must not be negative"},
+      {R"(key: "checkout" wait_seconds: 86401)", "at most"},
+      {R"(key: "checkout" wait_seconds: nan)", "finite"},
+      {R"(key: "checkout" wait_seconds: inf)", "finite"},
+      {R"(key: "fridge" check { passed: false critical: true })", nullptr},
+      {R"(key: "inspection" score: 96.5)", nullptr},
+      {R"(key: "inspection" score: -inf)", "finite"},
+      {R"(key: "inspection" score: 1e10)", "magnitude"},
+      {R"(key: "no-value")", "one of price"},
+      {R"(key: "" score: 1)", "key: must not be empty"},
+      {R"(key: "bad key" score: 1)", "not allowed"},
+      {R"(key: "ean:4006381333931/x.y_z" score: 1)", nullptr},
+      // Event time: now + 4 min is fine, now + 6 min is a wrong clock,
+      // 6 days late still counts, 8 days late does not.
+      {R"(key: "k" score: 1 observed_at { seconds: 1700000240 })", nullptr},
+      {R"(key: "k" score: 1 observed_at { seconds: 1700000360 })", "in the future"},
+      {R"(key: "k" score: 1 observed_at { seconds: 1699481600 })", nullptr},
+      {R"(key: "k" score: 1 observed_at { seconds: 1699308800 })", "lateness"},
+      {R"(key: "k" score: 1 observed_at { seconds: 1 nanos: -5 })", "not a valid timestamp"},
+  };
+  Limits limits;
+  for (const auto& c : kCases) {
+    v1::Observation obs;
+    ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(c.text, &obs)) << c.text;
+    absl::Status s = ValidateObservation(obs, now, limits);
+    if (c.error == nullptr) {
+      EXPECT_TRUE(s.ok()) << c.text << ": " << s;
+    } else {
+      EXPECT_FALSE(s.ok()) << c.text;
+      EXPECT_NE(std::string(s.message()).find(c.error), std::string::npos)
+          << c.text << ": got '" << s.message() << "', want '" << c.error << "'";
+    }
+  }
+}
+
+TEST(ValidateObservationTest, LongIdempotencyKeyRejected) {
+  v1::Observation obs;
+  obs.set_key("k");
+  obs.set_score(1);
+  obs.set_id(std::string(128, 'x'));
+  EXPECT_TRUE(ValidateObservation(obs, absl::Now(), Limits()).ok());
+  obs.set_id(std::string(129, 'x'));
+  EXPECT_FALSE(ValidateObservation(obs, absl::Now(), Limits()).ok());
+}
+
+TEST(FamilyTest, NamesRoundTripAndOneofDecides) {
+  for (v1::Family f : {v1::FAMILY_PRICE, v1::FAMILY_WAIT, v1::FAMILY_COMPLIANCE, v1::FAMILY_SCORE}) {
+    v1::Family parsed = v1::FAMILY_UNSPECIFIED;
+    ASSERT_TRUE(ParseFamily(FamilyName(f), &parsed).ok());
+    EXPECT_EQ(parsed, f);
+  }
+  v1::Family unused;
+  EXPECT_FALSE(ParseFamily("prices", &unused).ok());
+  v1::Observation obs;
+  EXPECT_EQ(FamilyOf(obs), v1::FAMILY_UNSPECIFIED);
+  obs.set_wait_seconds(1);
+  EXPECT_EQ(FamilyOf(obs), v1::FAMILY_WAIT);
+  obs.mutable_check()->set_passed(true);  // The oneof holds one value only.
+  EXPECT_EQ(FamilyOf(obs), v1::FAMILY_COMPLIANCE);
+}
+
+}  // namespace
+}  // namespace constance
