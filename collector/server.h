@@ -1,0 +1,81 @@
+// Assembles a running collector: Engine, the gRPC services, /metrics.
+//
+// CollectorServer owns every part and starts them in Start(); Shutdown()
+// stops accepting, gives open streams a bounded time to finish, and stops
+// the statistics tick. main.cc only parses flags and calls these.
+//
+//   CollectorServer server(options);
+//   absl::Status s = server.Start();   // binds; ports readable afterwards
+//   ... WaitForTerminationSignal() ...
+//   server.Shutdown(absl::Seconds(5));
+//
+// Thread-safety: Start and Shutdown from one thread; accessors after Start.
+#ifndef CONSTANCE_COLLECTOR_SERVER_H_
+#define CONSTANCE_COLLECTOR_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "collector/engine.h"
+#include "collector/metrics.h"
+#include "collector/services.h"
+#include "grpcpp/grpcpp.h"
+
+namespace prometheus {
+class Exposer;
+}
+
+namespace constance::collector {
+
+struct ServerOptions {
+  // gRPC (Ingest and Query). Port 0 asks the OS for a free port.
+  std::string listen = "0.0.0.0:7070";
+  // /metrics, loopback by default: Prometheus scrapes it from the same host
+  // or through an explicit bind.
+  std::string metrics_listen = "127.0.0.1:9464";
+  // Plaintext gRPC. Required until TLS is configured.
+  bool insecure = false;
+  int max_message_bytes = 4 << 20;
+  Engine::Options engine;
+};
+
+class CollectorServer {
+ public:
+  explicit CollectorServer(ServerOptions options);
+  ~CollectorServer();
+  CollectorServer(const CollectorServer&) = delete;
+  CollectorServer& operator=(const CollectorServer&) = delete;
+
+  // Binds both listeners and starts serving. FailedPrecondition without
+  // `insecure` (TLS is not available yet); Unavailable when an address
+  // cannot be bound, naming it.
+  absl::Status Start();
+
+  // Stops accepting, waits up to `grace` for calls in flight, then cancels
+  // the rest. Idempotent.
+  void Shutdown(absl::Duration grace);
+
+  // Addresses a local client dials (wildcards resolved to loopback).
+  const std::string& grpc_address() const { return grpc_address_; }
+  const std::string& metrics_address() const { return metrics_address_; }
+
+  Engine& engine() { return engine_; }
+
+ private:
+  const ServerOptions options_;
+  Engine engine_;
+  IngestService ingest_;
+  QueryService query_;
+  std::shared_ptr<CollectorMetrics> metrics_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::string grpc_address_;
+  std::string metrics_address_;
+  bool shut_down_ = false;
+};
+
+}  // namespace constance::collector
+
+#endif  // CONSTANCE_COLLECTOR_SERVER_H_

@@ -1,0 +1,215 @@
+#include "collector/services.h"
+
+#include <algorithm>
+#include <deque>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "spdlog/spdlog.h"
+
+namespace constance::collector {
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+// One agent stream. Deletes itself in OnDone, after gRPC is finished with
+// it; nothing else holds a pointer to it.
+class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::CollectorMessage> {
+ public:
+  IngestReactor(IngestService* service, std::string peer)
+      : service_(service), peer_(std::move(peer)) {
+    service_->streams_open_.fetch_add(1, std::memory_order_relaxed);
+    StartRead(&in_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // The agent closed its side (or the stream broke): finish once the
+      // acks already queued are written.
+      EndStream(grpc::Status::OK);
+      return;
+    }
+    absl::Status status = Handle(in_);
+    if (!status.ok()) {
+      spdlog::warn("ingest stream from {} ({}) refused: {}", peer_, location_,
+                   std::string(status.message()));
+      service_->streams_refused_.fetch_add(1, std::memory_order_relaxed);
+      EndStream(ToGrpcStatus(status));
+      return;
+    }
+    StartRead(&in_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    const v1::CollectorMessage* next = nullptr;
+    bool finish = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!ok) {
+        // The stream is broken; the pending read fails too and ends it.
+        out_.clear();
+      } else {
+        out_.pop_front();
+      }
+      if (!out_.empty()) {
+        next = &out_.front();
+      } else {
+        writing_ = false;
+        finish = TakeFinishLocked();
+      }
+    }
+    if (next != nullptr) {
+      StartWrite(next);
+    } else if (finish) {
+      Finish(final_status_);
+    }
+  }
+
+  void OnCancel() override {}
+
+  void OnDone() override {
+    service_->streams_open_.fetch_sub(1, std::memory_order_relaxed);
+    delete this;
+  }
+
+ private:
+  absl::Status Handle(const v1::AgentMessage& message) {
+    switch (message.message_case()) {
+      case v1::AgentMessage::kBatch: {
+        if (absl::Status s = BindLocation(message.batch().location()); !s.ok()) return s;
+        absl::StatusOr<v1::Ack> ack = service_->engine_->ApplyBatch(message.batch());
+        if (!ack.ok()) return ack.status();
+        v1::CollectorMessage reply;
+        *reply.mutable_ack() = std::move(*ack);
+        Enqueue(std::move(reply));
+        return absl::OkStatus();
+      }
+      case v1::AgentMessage::kHeartbeat:
+        if (absl::Status s = BindLocation(message.heartbeat().location()); !s.ok()) return s;
+        return service_->engine_->RecordHeartbeat(message.heartbeat());
+      case v1::AgentMessage::MESSAGE_NOT_SET:
+        break;
+    }
+    return absl::InvalidArgumentError("message: neither batch nor heartbeat is set");
+  }
+
+  absl::Status BindLocation(const std::string& location) {
+    if (location_.empty()) {
+      location_ = location;
+      return absl::OkStatus();
+    }
+    if (location != location_) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("this stream belongs to location '", location_, "', not '", location, "'"));
+    }
+    return absl::OkStatus();
+  }
+
+  void Enqueue(v1::CollectorMessage message) {
+    const v1::CollectorMessage* start = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      if (finishing_) return;
+      // std::deque keeps references to existing elements valid on push_back,
+      // so the message being written is never moved.
+      out_.push_back(std::move(message));
+      if (!writing_) {
+        writing_ = true;
+        start = &out_.front();
+      }
+    }
+    if (start != nullptr) StartWrite(start);
+  }
+
+  void EndStream(grpc::Status status) {
+    bool finish = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (finishing_) return;
+      finishing_ = true;
+      final_status_ = std::move(status);
+      finish = TakeFinishLocked();
+    }
+    if (finish) Finish(final_status_);
+  }
+
+  // True exactly once: when the stream is ending and no write is in flight.
+  bool TakeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!finishing_ || writing_ || finished_) return false;
+    finished_ = true;
+    return true;
+  }
+
+  IngestService* const service_;
+  const std::string peer_;
+  // Only touched from OnReadDone, which gRPC never runs concurrently with itself.
+  v1::AgentMessage in_;
+  std::string location_;
+
+  absl::Mutex mu_;
+  std::deque<v1::CollectorMessage> out_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // Written once under mu_ before finishing_ is set; read after.
+  grpc::Status final_status_;
+};
+
+grpc::ServerBidiReactor<v1::AgentMessage, v1::CollectorMessage>* IngestService::Stream(
+    grpc::CallbackServerContext* context) {
+  return new IngestReactor(this, context->peer());
+}
+
+grpc::ServerUnaryReactor* QueryService::ChainSummary(grpc::CallbackServerContext* context,
+                                                     const v1::ChainSummaryRequest* request,
+                                                     v1::ChainSummaryResponse* response) {
+  std::shared_ptr<const Snapshot> snapshot = engine_->snapshot();
+  const absl::Time t = snapshot->computed_at;
+  response->mutable_computed_at()->set_seconds(absl::ToUnixSeconds(t));
+  response->mutable_computed_at()->set_nanos(static_cast<int32_t>(
+      (t - absl::FromUnixSeconds(absl::ToUnixSeconds(t))) / absl::Nanoseconds(1)));
+  response->set_locations(snapshot->locations);
+  response->set_cells(snapshot->cells);
+  response->set_observations_applied(snapshot->observations_applied);
+  response->set_observations_rejected(snapshot->observations_rejected);
+  std::vector<const SeriesStats*> series;
+  for (const auto& s : snapshot->series) series.push_back(s.get());
+  // Most dispersed first; ties in a stable, readable order.
+  std::sort(series.begin(), series.end(), [](const SeriesStats* a, const SeriesStats* b) {
+    if (a->summary.cv != b->summary.cv) return a->summary.cv > b->summary.cv;
+    if (a->key.family != b->key.family) return a->key.family < b->key.family;
+    return a->key.key < b->key.key;
+  });
+  for (const SeriesStats* s : series) {
+    FillSeriesStats(*s, response->add_series());
+    FillSeriesOutliers(*s, response->mutable_outliers());
+  }
+  // Outliers grouped by location, then series, so a store's problems read together.
+  std::sort(response->mutable_outliers()->begin(), response->mutable_outliers()->end(),
+            [](const v1::Outlier& a, const v1::Outlier& b) {
+              if (a.location() != b.location()) return a.location() < b.location();
+              if (a.series().family() != b.series().family()) {
+                return a.series().family() < b.series().family();
+              }
+              return a.series().key() < b.series().key();
+            });
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* QueryService::KeyDetail(grpc::CallbackServerContext* context,
+                                                  const v1::KeyDetailRequest* request,
+                                                  v1::KeyDetailResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<v1::KeyDetailResponse> detail = engine_->KeyDetail(request->series());
+  if (detail.ok()) *response = std::move(*detail);
+  reactor->Finish(ToGrpcStatus(detail.status()));
+  return reactor;
+}
+
+}  // namespace constance::collector

@@ -1,0 +1,70 @@
+// The collector's gRPC services: Ingest (agents) and Query (operators).
+//
+// IngestService serves one long-lived bidirectional stream per agent with
+// gRPC's callback API: each batch read is applied to the Engine and its
+// acknowledgement queued for writing; a stream holds one outstanding read
+// and one outstanding write at a time, acks queue behind the write in
+// flight. A stream belongs to the location of its first message; a later
+// message claiming another location ends the stream (PERMISSION_DENIED).
+//
+// QueryService answers from the Engine's latest snapshot (ChainSummary) or
+// its current cells (KeyDetail).
+//
+// Both keep a raw pointer to the Engine, which must outlive the server.
+// Thread-safety: gRPC calls them from its own threads; they are safe for it.
+#ifndef CONSTANCE_COLLECTOR_SERVICES_H_
+#define CONSTANCE_COLLECTOR_SERVICES_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "collector/engine.h"
+#include "constance/v1/ingest.grpc.pb.h"
+#include "constance/v1/query.grpc.pb.h"
+
+namespace constance::collector {
+
+// absl::Status -> grpc::Status, in one place at the RPC boundary.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+class IngestService final : public v1::Ingest::CallbackService {
+ public:
+  explicit IngestService(Engine* engine) : engine_(engine) {}
+  IngestService(const IngestService&) = delete;
+  IngestService& operator=(const IngestService&) = delete;
+
+  grpc::ServerBidiReactor<v1::AgentMessage, v1::CollectorMessage>* Stream(
+      grpc::CallbackServerContext* context) override;
+
+  // Streams open right now.
+  int64_t streams_open() const { return streams_open_.load(std::memory_order_relaxed); }
+  // Streams ended for a protocol violation, e.g. a second location.
+  uint64_t streams_refused() const { return streams_refused_.load(std::memory_order_relaxed); }
+
+ private:
+  friend class IngestReactor;
+  Engine* const engine_;
+  std::atomic<int64_t> streams_open_{0};
+  std::atomic<uint64_t> streams_refused_{0};
+};
+
+class QueryService final : public v1::Query::CallbackService {
+ public:
+  explicit QueryService(const Engine* engine) : engine_(engine) {}
+  QueryService(const QueryService&) = delete;
+  QueryService& operator=(const QueryService&) = delete;
+
+  grpc::ServerUnaryReactor* ChainSummary(grpc::CallbackServerContext* context,
+                                         const v1::ChainSummaryRequest* request,
+                                         v1::ChainSummaryResponse* response) override;
+  grpc::ServerUnaryReactor* KeyDetail(grpc::CallbackServerContext* context,
+                                      const v1::KeyDetailRequest* request,
+                                      v1::KeyDetailResponse* response) override;
+
+ private:
+  const Engine* const engine_;
+};
+
+}  // namespace constance::collector
+
+#endif  // CONSTANCE_COLLECTOR_SERVICES_H_

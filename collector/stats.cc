@@ -1,0 +1,142 @@
+#include "collector/stats.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace constance::collector {
+namespace {
+
+// 0.6745 is the 0.75 quantile of the standard normal: MAD / 0.6745 estimates
+// sigma. 1.253314 = sqrt(pi/2) does the same for the mean absolute deviation.
+constexpr double kMadToSigma = 0.6745;
+constexpr double kMeanAdToSigma = 1.253314;
+
+// Median of a sorted range.
+double SortedMedian(const std::vector<double>& v) {
+  const size_t n = v.size();
+  if (n == 0) return 0;
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// Quantile q of a sorted range, linear interpolation between order
+// statistics (R's type 7, numpy's default).
+double SortedQuantile(const std::vector<double>& v, double q) {
+  if (v.empty()) return 0;
+  const double h = (v.size() - 1) * q;
+  const size_t lo = static_cast<size_t>(std::floor(h));
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (h - lo) * (v[hi] - v[lo]);
+}
+
+bool DirectionAllowed(v1::Family family, v1::Direction direction) {
+  switch (family) {
+    case v1::FAMILY_WAIT:
+      return direction == v1::ABOVE;
+    case v1::FAMILY_COMPLIANCE:
+      return direction == v1::BELOW;
+    default:
+      return true;
+  }
+}
+
+}  // namespace
+
+GroupSummary SummarizeGroup(absl::Span<const LocatedValue> values) {
+  GroupSummary s;
+  s.n = values.size();
+  if (values.empty()) return s;
+  std::vector<double> sorted;
+  sorted.reserve(values.size());
+  for (const LocatedValue& v : values) sorted.push_back(v.value);
+  std::sort(sorted.begin(), sorted.end());
+  s.min = sorted.front();
+  s.max = sorted.back();
+  s.median = SortedMedian(sorted);
+  s.p10 = SortedQuantile(sorted, 0.10);
+  s.p90 = SortedQuantile(sorted, 0.90);
+
+  // Two passes: the mean first, then squared deviations from it, which
+  // stays accurate where a running sum of squares would cancel.
+  double sum = 0;
+  for (double x : sorted) sum += x;
+  s.mean = sum / s.n;
+  double squares = 0;
+  for (double x : sorted) squares += (x - s.mean) * (x - s.mean);
+  s.stddev = std::sqrt(squares / s.n);
+  s.cv = s.mean != 0 ? s.stddev / std::fabs(s.mean) : 0;
+
+  std::vector<double> deviations;
+  deviations.reserve(sorted.size());
+  double abs_sum = 0;
+  for (double x : sorted) {
+    deviations.push_back(std::fabs(x - s.median));
+    abs_sum += deviations.back();
+  }
+  std::sort(deviations.begin(), deviations.end());
+  s.mad = SortedMedian(deviations);
+  s.mean_ad = abs_sum / s.n;
+  return s;
+}
+
+double FamilyFloor(v1::Family family, double median, const OutlierPolicy& policy) {
+  const double m = std::fabs(median);
+  switch (family) {
+    case v1::FAMILY_PRICE:
+      return std::max(policy.price_floor_ratio * m, policy.price_floor_minor_units);
+    case v1::FAMILY_WAIT:
+      return policy.wait_floor_ratio * m;
+    case v1::FAMILY_COMPLIANCE:
+      return policy.compliance_floor_points;
+    case v1::FAMILY_SCORE:
+      return policy.score_floor_ratio * m;
+    default:
+      return 0;
+  }
+}
+
+Band ExpectedBand(v1::Family family, const GroupSummary& summary, const OutlierPolicy& policy) {
+  Band band;
+  band.floor = FamilyFloor(family, summary.median, policy);
+  if (summary.mad > 0) {
+    band.scale = summary.mad / kMadToSigma;
+  } else {
+    band.scale = kMeanAdToSigma * summary.mean_ad;
+  }
+  const double width = std::max(band.floor, policy.z_threshold * band.scale);
+  band.low = summary.median - width;
+  band.high = summary.median + width;
+  return band;
+}
+
+std::vector<OutlierResult> FindOutliers(v1::Family family, absl::Span<const LocatedValue> values,
+                                        const GroupSummary& summary, const OutlierPolicy& policy) {
+  std::vector<OutlierResult> out;
+  if (summary.n < policy.min_group || summary.n == 0) return out;
+  const Band band = ExpectedBand(family, summary, policy);
+  // All equal (scale 0): nobody deviates.
+  if (band.scale <= 0) return out;
+  for (const LocatedValue& v : values) {
+    const double deviation = v.value - summary.median;
+    const double z = summary.mad > 0 ? kMadToSigma * deviation / summary.mad
+                                     : deviation / (kMeanAdToSigma * summary.mean_ad);
+    if (std::fabs(z) <= policy.z_threshold) continue;
+    if (std::fabs(deviation) <= band.floor) continue;
+    const v1::Direction direction = deviation > 0 ? v1::ABOVE : v1::BELOW;
+    if (!DirectionAllowed(family, direction)) continue;
+    OutlierResult r;
+    r.location = v.location;
+    r.value = v.value;
+    r.z = z;
+    r.magnitude = summary.median != 0 ? std::fabs(deviation) / std::fabs(summary.median)
+                                      : std::fabs(deviation);
+    r.direction = direction;
+    out.push_back(r);
+  }
+  std::sort(out.begin(), out.end(), [](const OutlierResult& a, const OutlierResult& b) {
+    if (std::fabs(a.z) != std::fabs(b.z)) return std::fabs(a.z) > std::fabs(b.z);
+    return a.location < b.location;
+  });
+  return out;
+}
+
+}  // namespace constance::collector

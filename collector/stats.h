@@ -1,0 +1,101 @@
+// Cross-location statistics of one series and the outlier rule.
+//
+// A series (family, key, qualifiers) has one comparable value per reporting
+// location. SummarizeGroup computes its exact order statistics (median,
+// MAD: no sketches here, the group is at most a chain's size) and moments;
+// FindOutliers applies the modified z-score rule with the family's floor
+// and direction, so a statistically "significant" one-cent difference never
+// shows.
+//
+//   std::vector<LocatedValue> values = ...;   // one per location
+//   GroupSummary s = SummarizeGroup(values);
+//   std::vector<OutlierResult> out =
+//       FindOutliers(v1::FAMILY_PRICE, values, s, OutlierPolicy());
+//
+// Everything here is a pure function of its arguments: thread-safe.
+#ifndef CONSTANCE_COLLECTOR_STATS_H_
+#define CONSTANCE_COLLECTOR_STATS_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/types/span.h"
+#include "constance/v1/observation.pb.h"
+#include "constance/v1/query.pb.h"
+
+namespace constance::collector {
+
+// One location's comparable value in a series. `location` is an opaque
+// index the caller maps back to a name.
+struct LocatedValue {
+  uint32_t location = 0;
+  double value = 0;
+};
+
+// The statistics of one group. Empty groups have n = 0 and zeros elsewhere.
+// stddev is the population standard deviation (divide by n), the same
+// definition Prometheus's stddev() uses, so figures agree with PromQL.
+struct GroupSummary {
+  uint64_t n = 0;
+  double mean = 0;
+  double stddev = 0;
+  double cv = 0;  // stddev / |mean|; 0 when mean is 0.
+  double min = 0;
+  double max = 0;
+  double median = 0;   // Mean of the two middle values when n is even.
+  double mad = 0;      // Median of |x - median|.
+  double mean_ad = 0;  // Mean of |x - median|: the MAD = 0 fallback's scale.
+  double p10 = 0;      // Linearly interpolated quantiles (R type 7).
+  double p90 = 0;
+};
+
+// The outlier rule's parameters. Defaults are DESIGN.md's.
+struct OutlierPolicy {
+  double z_threshold = 3.5;
+  // Fewer reporting locations than this: no outliers at all.
+  uint64_t min_group = 5;
+  // Floors: a deviation must exceed the floor as well as the z threshold.
+  double price_floor_ratio = 0.01;        // 1% of the median ...
+  double price_floor_minor_units = 1;     // ... and more than 1 minor unit.
+  double wait_floor_ratio = 0.10;         // 10% of the median wait.
+  double compliance_floor_points = 0.05;  // 5 points of pass rate (0..1).
+  double score_floor_ratio = 0.05;        // 5% of the median score.
+};
+
+// The band a value must leave, and by how much, to be an outlier.
+struct Band {
+  double low = 0;
+  double high = 0;
+  double floor = 0;  // The family's floor at this median, in value units.
+  double scale = 0;  // Robust sigma: MAD/0.6745, or 1.253314*MeanAD, or 0.
+};
+
+struct OutlierResult {
+  uint32_t location = 0;
+  double value = 0;
+  double z = 0;          // Modified z-score (or its MAD = 0 fallback).
+  double magnitude = 0;  // |value - median| / |median| (|value - median| if median is 0).
+  v1::Direction direction = v1::DIRECTION_UNSPECIFIED;
+};
+
+// Exact statistics over `values` (any order; copied internally). Every
+// value must be finite: the ingest path rejects the rest.
+GroupSummary SummarizeGroup(absl::Span<const LocatedValue> values);
+
+// The family's floor at `median`: the smallest deviation that may count.
+double FamilyFloor(v1::Family family, double median, const OutlierPolicy& policy);
+
+// The expected band around the median: [median - w, median + w] with
+// w = max(floor, z_threshold * scale). A value inside it is never an outlier.
+Band ExpectedBand(v1::Family family, const GroupSummary& summary, const OutlierPolicy& policy);
+
+// The locations whose value is an outlier: |z| > z_threshold, |deviation|
+// above the family's floor, in a direction the family cares about (price:
+// both; wait: above; compliance: below; score: both), and the group has at
+// least min_group locations. Sorted by |z| descending, then location.
+std::vector<OutlierResult> FindOutliers(v1::Family family, absl::Span<const LocatedValue> values,
+                                        const GroupSummary& summary, const OutlierPolicy& policy);
+
+}  // namespace constance::collector
+
+#endif  // CONSTANCE_COLLECTOR_STATS_H_

@@ -1,0 +1,283 @@
+// The engine's ingest path: exactly-once application by high-water mark,
+// partial success, event-time ordering, series identity, and the
+// statistics published off the ingest path.
+#include "collector/engine.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace constance::collector {
+namespace {
+
+using ::testing::HasSubstr;
+
+const absl::Time kNow = absl::FromUnixSeconds(1'700'000'000);
+
+Engine::Options FixedClock() {
+  Engine::Options o;
+  o.clock = [] { return kNow; };
+  return o;
+}
+
+v1::Observation Price(const std::string& key, int64_t minor, const std::string& currency = "EUR",
+                      v1::PriceKind kind = v1::SHELF, absl::Time at = kNow) {
+  v1::Observation o;
+  o.set_key(key);
+  o.mutable_price()->set_minor_units(minor);
+  o.mutable_price()->set_currency(currency);
+  o.mutable_price()->set_kind(kind);
+  o.mutable_observed_at()->set_seconds(absl::ToUnixSeconds(at));
+  return o;
+}
+
+v1::Observation Wait(const std::string& key, double seconds) {
+  v1::Observation o;
+  o.set_key(key);
+  o.set_wait_seconds(seconds);
+  return o;
+}
+
+v1::Observation Check(const std::string& key, bool passed, bool critical = false) {
+  v1::Observation o;
+  o.set_key(key);
+  o.mutable_check()->set_passed(passed);
+  o.mutable_check()->set_critical(critical);
+  return o;
+}
+
+v1::Batch MakeBatch(const std::string& location, uint64_t incarnation, uint64_t first,
+                    std::vector<v1::Observation> observations) {
+  v1::Batch b;
+  b.set_location(location);
+  b.set_incarnation(incarnation);
+  b.set_first_sequence(first);
+  for (auto& o : observations) *b.add_observations() = std::move(o);
+  return b;
+}
+
+const SeriesStats* Find(const Snapshot& s, v1::Family family, const std::string& key,
+                        const std::string& currency = "", v1::PriceKind kind = v1::SHELF) {
+  for (const auto& stats : s.series) {
+    if (stats->key.family == family && stats->key.key == key &&
+        (family != v1::FAMILY_PRICE ||
+         (stats->key.currency == currency && stats->key.kind == kind))) {
+      return stats.get();
+    }
+  }
+  return nullptr;
+}
+
+TEST(EngineTest, ABatchIsAppliedOnceAndItsRetryCountsAsDuplicates) {
+  Engine engine(FixedClock());
+  v1::Batch batch = MakeBatch("store-a", 42, 1, {Wait("checkout", 100), Wait("checkout", 200)});
+  absl::StatusOr<v1::Ack> first = engine.ApplyBatch(batch);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->watermark(), 2u);
+  EXPECT_EQ(first->duplicates(), 0u);
+  EXPECT_EQ(first->outcome(), v1::Ack::APPLIED);
+
+  absl::StatusOr<v1::Ack> retry = engine.ApplyBatch(batch);
+  ASSERT_TRUE(retry.ok());
+  EXPECT_EQ(retry->watermark(), 2u);
+  EXPECT_EQ(retry->duplicates(), 2u);
+
+  // A retry overlapping new data applies only the new part.
+  absl::StatusOr<v1::Ack> overlap = engine.ApplyBatch(
+      MakeBatch("store-a", 42, 2, {Wait("checkout", 200), Wait("checkout", 300)}));
+  ASSERT_TRUE(overlap.ok());
+  EXPECT_EQ(overlap->watermark(), 3u);
+  EXPECT_EQ(overlap->duplicates(), 1u);
+
+  engine.Recompute();
+  auto snap = engine.snapshot();
+  EXPECT_EQ(snap->observations_applied, 3u);
+  EXPECT_EQ(snap->observations_duplicate, 3u);
+  const SeriesStats* wait = Find(*snap, v1::FAMILY_WAIT, "checkout");
+  ASSERT_NE(wait, nullptr);
+  EXPECT_DOUBLE_EQ(wait->summary.mean, 200);  // (100 + 200 + 300) / 3, each once.
+}
+
+TEST(EngineTest, ANewIncarnationIsNotMistakenForDuplicates) {
+  Engine engine(FixedClock());
+  ASSERT_TRUE(engine.ApplyBatch(MakeBatch("store-a", 1, 1, {Wait("checkout", 100)})).ok());
+  // The spool was wiped: numbering restarts at 1 under a new incarnation.
+  absl::StatusOr<v1::Ack> ack =
+      engine.ApplyBatch(MakeBatch("store-a", 2, 1, {Wait("checkout", 300)}));
+  ASSERT_TRUE(ack.ok());
+  EXPECT_EQ(ack->duplicates(), 0u);
+  engine.Recompute();
+  EXPECT_EQ(engine.snapshot()->observations_applied, 2u);
+}
+
+TEST(EngineTest, BadObservationsAreRejectedWithReasonsAndTheRestApplied) {
+  Engine engine(FixedClock());
+  v1::Observation future = Price("sku-1", 139);
+  future.mutable_observed_at()->set_seconds(absl::ToUnixSeconds(kNow + absl::Hours(1)));
+  v1::Observation score;
+  score.set_key("inspection");
+  score.set_score(std::numeric_limits<double>::infinity());
+  absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(MakeBatch(
+      "store-a", 7, 10,
+      {Wait("checkout", std::nan("")), Price("sku-1", 139), future, score, Wait("checkout", 90)}));
+  ASSERT_TRUE(ack.ok());
+  ASSERT_EQ(ack->rejections_size(), 3);
+  EXPECT_EQ(ack->rejections(0).sequence(), 10u);
+  EXPECT_THAT(ack->rejections(0).reason(), HasSubstr("wait_seconds"));
+  EXPECT_EQ(ack->rejections(1).sequence(), 12u);
+  EXPECT_THAT(ack->rejections(1).reason(), HasSubstr("future"));
+  EXPECT_EQ(ack->rejections(2).sequence(), 13u);
+  EXPECT_THAT(ack->rejections(2).reason(), HasSubstr("score"));
+  // Rejected for good still settles the sequence: the watermark covers it.
+  EXPECT_EQ(ack->watermark(), 14u);
+  engine.Recompute();
+  auto snap = engine.snapshot();
+  EXPECT_EQ(snap->observations_applied, 2u);
+  EXPECT_EQ(snap->observations_rejected, 3u);
+  EXPECT_EQ(snap->rejected_by_reason.at("wait_seconds"), 1u);
+  EXPECT_EQ(snap->rejected_by_reason.at("observed_at"), 1u);
+  EXPECT_EQ(snap->rejected_by_reason.at("score"), 1u);
+}
+
+TEST(EngineTest, BatchLevelErrorsLeaveNoTrace) {
+  Engine engine(FixedClock());
+  static const struct {
+    const char* name;
+    v1::Batch batch;
+    const char* message;
+  } kCases[] = {
+      {"bad location", MakeBatch("Store A", 1, 1, {Wait("checkout", 1)}), "location"},
+      {"sequence 0", MakeBatch("store-a", 1, 0, {Wait("checkout", 1)}), "first_sequence"},
+      {"overflow", MakeBatch("store-a", 1, UINT64_MAX, {Wait("checkout", 1), Wait("checkout", 1)}),
+       "overflows"},
+  };
+  for (const auto& c : kCases) {
+    absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(c.batch);
+    EXPECT_EQ(ack.status().code(), absl::StatusCode::kInvalidArgument) << c.name;
+    EXPECT_THAT(std::string(ack.status().message()), HasSubstr(c.message)) << c.name;
+  }
+  engine.Recompute();
+  EXPECT_EQ(engine.snapshot()->observations_applied, 0u);
+  EXPECT_EQ(engine.snapshot()->locations, 0u);
+}
+
+TEST(EngineTest, TheLatestEventTimeWinsNotTheLatestArrival) {
+  Engine engine(FixedClock());
+  ASSERT_TRUE(
+      engine
+          .ApplyBatch(MakeBatch("store-a", 1, 1,
+                                {Price("sku-1", 149, "EUR", v1::SHELF, kNow - absl::Hours(1)),
+                                 Price("sku-1", 139, "EUR", v1::SHELF, kNow - absl::Hours(3))}))
+          .ok());
+  v1::SeriesId id;
+  id.set_family(v1::FAMILY_PRICE);
+  id.set_key("sku-1");
+  id.set_currency("EUR");
+  absl::StatusOr<v1::KeyDetailResponse> detail = engine.KeyDetail(id);
+  ASSERT_TRUE(detail.ok()) << detail.status();
+  ASSERT_EQ(detail->values_size(), 1);
+  EXPECT_DOUBLE_EQ(detail->values(0).value(), 149);
+  EXPECT_EQ(detail->values(0).observed_at().seconds(), absl::ToUnixSeconds(kNow - absl::Hours(1)));
+}
+
+TEST(EngineTest, KindsAndCurrenciesAreSeparateSeries) {
+  Engine engine(FixedClock());
+  ASSERT_TRUE(engine
+                  .ApplyBatch(MakeBatch("store-a", 1, 1,
+                                        {Price("sku-1", 139), Price("sku-1", 129, "EUR", v1::POS),
+                                         Price("sku-1", 150, "USD"),
+                                         Price("sku-1", 139, "EUR", v1::PRICE_KIND_UNSPECIFIED)}))
+                  .ok());
+  engine.Recompute();
+  auto snap = engine.snapshot();
+  EXPECT_EQ(snap->series.size(), 3u);
+  EXPECT_EQ(snap->cells, 3u);  // Unspecified kind is a shelf price.
+  const SeriesStats* pos = Find(*snap, v1::FAMILY_PRICE, "sku-1", "EUR", v1::POS);
+  ASSERT_NE(pos, nullptr);
+  EXPECT_DOUBLE_EQ(pos->summary.median, 129);
+}
+
+TEST(EngineTest, AFailedCriticalCheckFailsTheLocationOutright) {
+  Engine engine(FixedClock());
+  ASSERT_TRUE(engine
+                  .ApplyBatch(MakeBatch("store-a", 1, 1,
+                                        {Check("fridge-temp", true), Check("fridge-temp", true),
+                                         Check("fridge-temp", false, /*critical=*/true)}))
+                  .ok());
+  ASSERT_TRUE(engine
+                  .ApplyBatch(MakeBatch("store-b", 1, 1,
+                                        {Check("fridge-temp", true), Check("fridge-temp", false)}))
+                  .ok());
+  v1::SeriesId id;
+  id.set_family(v1::FAMILY_COMPLIANCE);
+  id.set_key("fridge-temp");
+  absl::StatusOr<v1::KeyDetailResponse> detail = engine.KeyDetail(id);
+  ASSERT_TRUE(detail.ok());
+  ASSERT_EQ(detail->values_size(), 2);
+  EXPECT_EQ(detail->values(0).location(), "store-a");
+  EXPECT_DOUBLE_EQ(detail->values(0).value(), 0);
+  EXPECT_DOUBLE_EQ(detail->values(1).value(), 0.5);
+}
+
+TEST(EngineTest, StatisticsArePublishedOnlyByRecompute) {
+  Engine engine(FixedClock());
+  const int prices[] = {139, 139, 139, 139, 139, 159};
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_TRUE(
+        engine
+            .ApplyBatch(MakeBatch("store-" + std::to_string(i), 1, 1, {Price("sku-1", prices[i])}))
+            .ok());
+  }
+  // Ingest alone publishes nothing: the statistics come from the tick.
+  EXPECT_TRUE(engine.snapshot()->series.empty());
+  engine.Recompute();
+  auto snap = engine.snapshot();
+  ASSERT_EQ(snap->series.size(), 1u);
+  EXPECT_EQ(snap->locations, 6u);
+  const SeriesStats& s = *snap->series[0];
+  EXPECT_EQ(s.summary.n, 6u);
+  EXPECT_DOUBLE_EQ(s.summary.median, 139);
+  ASSERT_EQ(s.outlier_locations.size(), 1u);
+  EXPECT_EQ(s.outlier_locations[0], "store-5");
+  EXPECT_EQ(s.outliers[0].direction, v1::ABOVE);
+
+  // A later price change moves the published figures only at the next recompute.
+  ASSERT_TRUE(engine.ApplyBatch(MakeBatch("store-5", 1, 2, {Price("sku-1", 139)})).ok());
+  EXPECT_EQ(engine.snapshot()->series[0]->outliers.size(), 1u);
+  engine.Recompute();
+  EXPECT_TRUE(engine.snapshot()->series[0]->outliers.empty());
+}
+
+TEST(EngineTest, KeyDetailNamesWhatIsMissing) {
+  Engine engine(FixedClock());
+  v1::SeriesId id;
+  id.set_family(v1::FAMILY_WAIT);
+  id.set_key("drive-thru");
+  EXPECT_EQ(engine.KeyDetail(id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(engine.KeyDetail(id).status().message()), HasSubstr("drive-thru"));
+  id.set_family(v1::FAMILY_PRICE);
+  EXPECT_EQ(engine.KeyDetail(id).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(EngineTest, HeartbeatsAreKeptPerLocation) {
+  Engine engine(FixedClock());
+  v1::Heartbeat hb;
+  hb.set_location("store-a");
+  hb.set_spool_depth(17);
+  hb.set_oldest_unacknowledged_seconds(2.5);
+  hb.set_version("0.1.0");
+  ASSERT_TRUE(engine.RecordHeartbeat(hb).ok());
+  hb.set_location("BAD");
+  EXPECT_FALSE(engine.RecordHeartbeat(hb).ok());
+  engine.Recompute();
+  auto snap = engine.snapshot();
+  ASSERT_EQ(snap->location_states.size(), 1u);
+  EXPECT_EQ(snap->location_states[0].health.spool_depth, 17u);
+  EXPECT_EQ(snap->location_states[0].health.version, "0.1.0");
+}
+
+}  // namespace
+}  // namespace constance::collector

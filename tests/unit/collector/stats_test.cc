@@ -1,0 +1,184 @@
+// Table-driven tests of the cross-location statistics and the outlier rule.
+#include "collector/stats.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace constance::collector {
+namespace {
+
+std::vector<LocatedValue> Located(const std::vector<double>& values) {
+  std::vector<LocatedValue> out;
+  for (size_t i = 0; i < values.size(); ++i) out.push_back({static_cast<uint32_t>(i), values[i]});
+  return out;
+}
+
+// `n` copies of `value`, then `rest`.
+std::vector<double> Many(size_t n, double value, std::vector<double> rest = {}) {
+  std::vector<double> v(n, value);
+  v.insert(v.end(), rest.begin(), rest.end());
+  return v;
+}
+
+TEST(SummarizeGroupTest, ExactStatistics) {
+  static const struct {
+    const char* name;
+    std::vector<double> values;
+    double mean, stddev, median, mad, min, max, p10, p90;
+  } kCases[] = {
+      {"empty", {}, 0, 0, 0, 0, 0, 0, 0, 0},
+      {"single", {7}, 7, 0, 7, 0, 7, 7, 7, 7},
+      {"all equal", {139, 139, 139, 139}, 139, 0, 139, 0, 139, 139, 139, 139},
+      // Deviations from median 150: 0, 30, 150 -> MAD 30.
+      {"odd",
+       {150, 120, 300},
+       190,
+       std::sqrt((40.0 * 40 + 70 * 70 + 110 * 110) / 3),
+       150,
+       30,
+       120,
+       300,
+       126,
+       270},
+      // Median of an even count is the mean of the two middle values.
+      {"even", {1, 2, 3, 4}, 2.5, std::sqrt(1.25), 2.5, 1, 1, 4, 1.3, 3.7},
+      // Most share one price: MAD 0 even though one location deviates.
+      {"mad zero", {139, 139, 139, 139, 159}, 143, 8, 139, 0, 139, 159, 139, 151},
+  };
+  for (const auto& c : kCases) {
+    SCOPED_TRACE(c.name);
+    GroupSummary s = SummarizeGroup(Located(c.values));
+    EXPECT_EQ(s.n, c.values.size());
+    EXPECT_DOUBLE_EQ(s.mean, c.mean);
+    EXPECT_NEAR(s.stddev, c.stddev, 1e-12);
+    EXPECT_DOUBLE_EQ(s.median, c.median);
+    EXPECT_DOUBLE_EQ(s.mad, c.mad);
+    EXPECT_DOUBLE_EQ(s.min, c.min);
+    EXPECT_DOUBLE_EQ(s.max, c.max);
+    EXPECT_NEAR(s.p10, c.p10, 1e-12);
+    EXPECT_NEAR(s.p90, c.p90, 1e-12);
+    EXPECT_NEAR(s.cv, c.mean != 0 ? c.stddev / c.mean : 0, 1e-12);
+  }
+}
+
+TEST(SummarizeGroupTest, OrderDoesNotMatter) {
+  GroupSummary a = SummarizeGroup(Located({5, 1, 4, 2, 3}));
+  GroupSummary b = SummarizeGroup(Located({1, 2, 3, 4, 5}));
+  EXPECT_EQ(a.median, b.median);
+  EXPECT_EQ(a.mad, b.mad);
+  EXPECT_EQ(a.mean, b.mean);
+}
+
+TEST(SummarizeGroupTest, LargeOffsetsDoNotCancel) {
+  // A naive sum of squares loses everything here; two passes do not.
+  std::vector<double> v;
+  for (int i = 0; i < 1000; ++i) v.push_back(1e9 + (i % 2));
+  GroupSummary s = SummarizeGroup(Located(v));
+  EXPECT_NEAR(s.stddev, 0.5, 1e-6);
+}
+
+TEST(FindOutliersTest, Cases) {
+  static const struct {
+    const char* name;
+    v1::Family family;
+    std::vector<double> values;
+    // Indexes of the expected outliers, in output order, and their directions.
+    std::vector<uint32_t> outliers;
+    std::vector<v1::Direction> directions;
+  } kCases[] = {
+      {"100 stores at 1.39, one at 1.59 overcharges",
+       v1::FAMILY_PRICE,
+       Many(100, 139, {159}),
+       {100},
+       {v1::ABOVE}},
+      {"one at 1.38 is below the price floor", v1::FAMILY_PRICE, Many(100, 139, {138}), {}, {}},
+      {"undercharge is an outlier too", v1::FAMILY_PRICE, Many(20, 449, {399}), {20}, {v1::BELOW}},
+      {"two cents on 1.39 is above 1% and 1 minor unit",
+       v1::FAMILY_PRICE,
+       Many(30, 139, {141}),
+       {30},
+       {v1::ABOVE}},
+      {"all equal: nothing", v1::FAMILY_PRICE, Many(50, 139), {}, {}},
+      {"fewer than min_group: nothing", v1::FAMILY_PRICE, {139, 139, 139, 199}, {}, {}},
+      {"n = 1: nothing", v1::FAMILY_WAIT, {400}, {}, {}},
+      {"slow store is an outlier",
+       v1::FAMILY_WAIT,
+       {180, 178, 182, 181, 179, 180, 183, 177, 414},
+       {8},
+       {v1::ABOVE}},
+      {"fast store is not (waits count above only)",
+       v1::FAMILY_WAIT,
+       {180, 178, 182, 181, 179, 180, 183, 177, 60},
+       {},
+       {}},
+      {"six seconds slower is below the 10% floor",
+       v1::FAMILY_WAIT,
+       {180, 180.2, 179.8, 180.1, 179.9, 180, 186},
+       {},
+       {}},
+      {"failing checks are an outlier",
+       v1::FAMILY_COMPLIANCE,
+       Many(23, 1.0, {0.25}),
+       {23},
+       {v1::BELOW}},
+      {"above peers on compliance is not", v1::FAMILY_COMPLIANCE, Many(23, 0.5, {1.0}), {}, {}},
+      {"compliance within 5 points is not", v1::FAMILY_COMPLIANCE, Many(23, 1.0, {0.96}), {}, {}},
+      {"score both ways",
+       v1::FAMILY_SCORE,
+       {96, 95.5, 96.5, 97, 95, 96, 96, 80, 99.9},
+       {7},
+       {v1::BELOW}},
+  };
+  for (const auto& c : kCases) {
+    SCOPED_TRACE(c.name);
+    std::vector<LocatedValue> values = Located(c.values);
+    GroupSummary s = SummarizeGroup(values);
+    std::vector<OutlierResult> out = FindOutliers(c.family, values, s, OutlierPolicy());
+    ASSERT_EQ(out.size(), c.outliers.size());
+    for (size_t i = 0; i < out.size(); ++i) {
+      EXPECT_EQ(out[i].location, c.outliers[i]);
+      EXPECT_EQ(out[i].direction, c.directions[i]);
+      EXPECT_GT(std::fabs(out[i].z), 3.5);
+      // Every outlier lies outside the band the report prints.
+      Band band = ExpectedBand(c.family, s, OutlierPolicy());
+      EXPECT_TRUE(out[i].value < band.low || out[i].value > band.high);
+    }
+  }
+}
+
+TEST(FindOutliersTest, EvidenceExplainsTheFinding) {
+  std::vector<LocatedValue> values = Located(Many(23, 449, {516}));
+  GroupSummary s = SummarizeGroup(values);
+  std::vector<OutlierResult> out = FindOutliers(v1::FAMILY_PRICE, values, s, OutlierPolicy());
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_DOUBLE_EQ(out[0].value, 516);
+  EXPECT_NEAR(out[0].magnitude, 67.0 / 449, 1e-12);
+  // MAD = 0: z = (x - median) / (1.253314 * MeanAD), MeanAD = 67 / 24.
+  EXPECT_NEAR(out[0].z, 67.0 / (1.253314 * 67.0 / 24), 1e-9);
+  Band band = ExpectedBand(v1::FAMILY_PRICE, s, OutlierPolicy());
+  EXPECT_DOUBLE_EQ(band.floor, 4.49);
+  EXPECT_NEAR(band.high, 449 + 3.5 * 1.253314 * 67.0 / 24, 1e-9);
+}
+
+TEST(FamilyFloorTest, Cases) {
+  static const struct {
+    v1::Family family;
+    double median;
+    double floor;
+  } kCases[] = {
+      {v1::FAMILY_PRICE, 139, 1.39},  // 1% of the median ...
+      {v1::FAMILY_PRICE, 49, 1},      // ... but never under 1 minor unit.
+      {v1::FAMILY_WAIT, 180, 18},    {v1::FAMILY_COMPLIANCE, 0.9, 0.05},
+      {v1::FAMILY_SCORE, -200, 10},
+  };
+  for (const auto& c : kCases) {
+    EXPECT_DOUBLE_EQ(FamilyFloor(c.family, c.median, OutlierPolicy()), c.floor)
+        << v1::Family_Name(c.family) << " at " << c.median;
+  }
+}
+
+}  // namespace
+}  // namespace constance::collector
