@@ -1,16 +1,29 @@
 #include "collector/engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "constance/format.h"
 #include "constance/validate.h"
 
 namespace constance::collector {
 namespace {
 
 constexpr char kChainGroup[] = "chain";
+// 0.6745 (MAD) and 1.253314 (mean absolute deviation) turn robust spreads
+// into sigma estimates; see stats.cc.
+constexpr double kMadToSigma = 0.6745;
+constexpr double kMeanAdToSigma = 1.253314;
 
 // The field a validation message names ("price.minor_units: must ..."),
 // used as the bounded `reason` label of the rejection counter.
@@ -28,6 +41,127 @@ void ToTimestamp(int64_t ns, google::protobuf::Timestamp* ts) {
   ts->set_nanos(static_cast<int32_t>(ns % 1'000'000'000));
 }
 
+void ToTimestamp(absl::Time t, google::protobuf::Timestamp* ts) {
+  if (t == absl::InfinitePast()) return;
+  ToTimestamp(absl::ToUnixNanos(t), ts);
+}
+
+std::string Format(const SeriesKey& key, double value) {
+  return FormatValue(key.family, key.currency, value);
+}
+
+std::string Percent(double ratio) { return absl::StrFormat("%+.1f%%", 100 * ratio); }
+
+bool KeyMatches(const std::vector<std::string>& patterns, const std::string& key) {
+  if (patterns.empty()) return true;
+  for (const std::string& p : patterns) {
+    if (!p.empty() && p.back() == '*') {
+      if (absl::StartsWith(key, absl::string_view(p).substr(0, p.size() - 1))) return true;
+    } else if (p == key) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool FamilyMatches(const std::vector<v1::Family>& families, v1::Family family) {
+  return families.empty() || std::find(families.begin(), families.end(), family) != families.end();
+}
+
+const PeerGroupRule* RuleFor(const SeriesKey& key, const Catalog& catalog) {
+  for (const PeerGroupRule& rule : catalog.peer_groups) {
+    if (FamilyMatches(rule.families, key.family) && KeyMatches(rule.keys, key.key)) return &rule;
+  }
+  return nullptr;
+}
+
+std::string GroupName(const PeerGroupRule* rule, const LocationEntry* entry) {
+  if (rule == nullptr || entry == nullptr) return kChainGroup;
+  auto it = entry->labels.find(rule->label);
+  if (it == entry->labels.end()) return kChainGroup;
+  return absl::StrCat(rule->name, "=", it->second);
+}
+
+bool LabelsMatch(const std::map<std::string, std::string>& where, const LocationEntry* entry) {
+  if (where.empty()) return true;
+  if (entry == nullptr) return false;
+  for (const auto& [label, value] : where) {
+    auto it = entry->labels.find(label);
+    if (it == entry->labels.end() || it->second != value) return false;
+  }
+  return true;
+}
+
+// The list price promised to a location now: the matching promise with the
+// latest effective date not after now (zone-specific promises are matched
+// through `where`).
+const PricePromise* PricePromiseFor(const SeriesKey& key, const LocationEntry* entry,
+                                    absl::Time now, const Catalog& catalog) {
+  const PricePromise* best = nullptr;
+  for (const PricePromise& p : catalog.price_promises) {
+    if (p.key != key.key || p.currency != key.currency || p.kind != key.kind) continue;
+    if (p.effective > now || !LabelsMatch(p.where, entry)) continue;
+    if (best == nullptr || p.effective > best->effective ||
+        (p.effective == best->effective && p.where.size() > best->where.size())) {
+      best = &p;
+    }
+  }
+  return best;
+}
+
+const WaitPromise* WaitPromiseFor(const std::string& key, const Catalog& catalog) {
+  for (const WaitPromise& p : catalog.wait_promises) {
+    if (p.key == key) return &p;
+  }
+  return nullptr;
+}
+
+const CheckPromise* CheckPromiseFor(const std::string& key, const Catalog& catalog) {
+  for (const CheckPromise& p : catalog.check_promises) {
+    if (p.key == key) return &p;
+  }
+  return nullptr;
+}
+
+const Exception* ExceptionFor(const std::string& location, const SeriesKey& key, absl::Time now,
+                              const Catalog& catalog) {
+  for (const Exception& e : catalog.exceptions) {
+    if (e.location == location && e.family == key.family && e.key == key.key && now < e.expires) {
+      return &e;
+    }
+  }
+  return nullptr;
+}
+
+double PromiseFloor(const SeriesKey& key, double reference, const Catalog& catalog) {
+  return FamilyFloor(key.family, reference, PolicyFromCatalog(catalog));
+}
+
+bool DirectionAllowed(v1::Family family, double deviation) {
+  switch (family) {
+    case v1::FAMILY_WAIT:
+      return deviation > 0;
+    case v1::FAMILY_COMPLIANCE:
+      return deviation < 0;
+    default:
+      return deviation != 0;
+  }
+}
+
+std::string Meaning(v1::Family family, double deviation) {
+  const bool above = deviation > 0;
+  switch (family) {
+    case v1::FAMILY_PRICE:
+      return above ? "overcharge" : "undercharge";
+    case v1::FAMILY_WAIT:
+      return above ? "slow" : "fast";
+    case v1::FAMILY_COMPLIANCE:
+      return above ? "above peers" : "failing checks";
+    default:
+      return above ? "above peers" : "below peers";
+  }
+}
+
 void FillGroupStats(const SeriesKey& key, absl::string_view group, const GroupSummary& s,
                     const Band& band, v1::GroupStats* out) {
   SeriesToProto(key, out->mutable_series());
@@ -42,6 +176,8 @@ void FillGroupStats(const SeriesKey& key, absl::string_view group, const GroupSu
   out->set_mad(s.mad);
   out->set_band_low(band.low);
   out->set_band_high(band.high);
+  out->set_p10(s.p10);
+  out->set_p90(s.p90);
 }
 
 void FillOutlier(const SeriesKey& key, absl::string_view group, const GroupSummary& s,
@@ -58,6 +194,26 @@ void FillOutlier(const SeriesKey& key, absl::string_view group, const GroupSumma
   out->set_magnitude(r.magnitude);
   out->set_direction(r.direction);
   out->set_group_size(s.n);
+}
+
+v1::Reason MakeReason(v1::FindingKind kind, std::string detail, double value, double expected,
+                      double low, double high, double magnitude, double deviation) {
+  v1::Reason r;
+  r.set_kind(kind);
+  r.set_detail(std::move(detail));
+  r.set_value(value);
+  r.set_expected(expected);
+  r.set_band_low(low);
+  r.set_band_high(high);
+  r.set_magnitude(magnitude);
+  r.set_direction(deviation > 0   ? v1::ABOVE
+                  : deviation < 0 ? v1::BELOW
+                                  : v1::DIRECTION_UNSPECIFIED);
+  return r;
+}
+
+std::string Fingerprint(const std::vector<std::string>& names) {
+  return absl::StrFormat("%016x", absl::HashOf(absl::StrJoin(names, ",")));
 }
 
 }  // namespace
@@ -93,9 +249,56 @@ void SeriesToProto(const SeriesKey& key, v1::SeriesId* id) {
   }
 }
 
-Engine::Engine(Options options) : options_(std::move(options)) {
+std::string SeriesName(const SeriesKey& key) {
+  std::string out = absl::StrCat(FamilyName(key.family), " ", key.key);
+  if (key.family == v1::FAMILY_PRICE) {
+    absl::StrAppend(&out, " ", key.currency, "/",
+                    absl::AsciiStrToLower(v1::PriceKind_Name(key.kind)));
+  }
+  return out;
+}
+
+OutlierPolicy PolicyFromCatalog(const Catalog& catalog) {
+  OutlierPolicy p;
+  p.z_threshold = catalog.thresholds.z_threshold;
+  p.min_group = catalog.thresholds.min_group;
+  p.price = {catalog.price.floor_ratio, catalog.price.floor_absolute};
+  p.wait = {catalog.wait.floor_ratio, catalog.wait.floor_absolute};
+  p.compliance = {catalog.compliance.floor_ratio, catalog.compliance.floor_absolute};
+  p.score = {catalog.score.floor_ratio, catalog.score.floor_absolute};
+  return p;
+}
+
+void FillSeriesStats(const SeriesStats& stats, v1::GroupStats* out) {
+  FillGroupStats(stats.key, stats.group, stats.summary, stats.band, out);
+  if (stats.key.family == v1::FAMILY_PRICE && !stats.main_level.members.empty()) {
+    v1::Level* l = out->add_levels();
+    l->set_value(stats.main_level.value);
+    l->set_locations(stats.main_level.members.size());
+    for (const Level& level : stats.other_levels) {
+      l = out->add_levels();
+      l->set_value(level.value);
+      l->set_locations(level.members.size());
+    }
+  }
+}
+
+void FillSeriesOutliers(const SeriesStats& stats,
+                        google::protobuf::RepeatedPtrField<v1::Outlier>* out) {
+  for (size_t i = 0; i < stats.outliers.size(); ++i) {
+    FillOutlier(stats.key, stats.group, stats.summary, stats.band, stats.outliers[i],
+                stats.outlier_locations[i], out->Add());
+  }
+}
+
+Engine::Engine(Options options)
+    : options_(std::move(options)),
+      started_at_(options_.clock()),
+      catalog_(options_.catalog),
+      tracker_(options_.catalog->thresholds.persistence, options_.catalog->thresholds.hysteresis) {
   auto empty = std::make_shared<Snapshot>();
-  empty->computed_at = options_.clock();
+  empty->computed_at = started_at_;
+  empty->catalog = options_.catalog;
   snapshot_ = std::move(empty);
 }
 
@@ -103,9 +306,10 @@ Engine::~Engine() { Stop(); }
 
 void Engine::Start() {
   absl::MutexLock lock(&tick_mu_);
-  if (tick_thread_.joinable()) return;
+  if (stats_thread_.joinable()) return;
   stopping_ = false;
-  tick_thread_ = std::thread([this] { TickLoop(); });
+  stats_thread_ = std::thread([this] { TickLoop(false); });
+  eval_thread_ = std::thread([this] { TickLoop(true); });
 }
 
 void Engine::Stop() {
@@ -113,67 +317,46 @@ void Engine::Stop() {
     absl::MutexLock lock(&tick_mu_);
     stopping_ = true;
   }
-  if (tick_thread_.joinable()) tick_thread_.join();
+  if (stats_thread_.joinable()) stats_thread_.join();
+  if (eval_thread_.joinable()) eval_thread_.join();
 }
 
-void Engine::TickLoop() {
+void Engine::TickLoop(bool evaluation) {
   for (;;) {
+    absl::Duration interval;
+    {
+      absl::MutexLock lock(&mu_);
+      interval = evaluation ? catalog_->thresholds.evaluation_interval
+                            : catalog_->thresholds.stats_interval;
+    }
     {
       absl::MutexLock lock(&tick_mu_);
-      if (tick_mu_.AwaitWithTimeout(absl::Condition(&stopping_), options_.stats_interval)) return;
+      if (tick_mu_.AwaitWithTimeout(absl::Condition(&stopping_), interval)) return;
     }
-    Recompute();
+    if (evaluation) {
+      Evaluate();
+    } else {
+      Recompute();
+    }
   }
 }
 
 uint32_t Engine::LocationIndex(const std::string& location) {
   auto [it, inserted] = location_index_.try_emplace(location, locations_.size());
   if (inserted) {
-    LocationState state;
-    state.location = location;
-    locations_.push_back(std::move(state));
+    Location l;
+    l.state.location = location;
+    l.entry = catalog_->FindLocation(location);
+    locations_.push_back(std::move(l));
   }
   return it->second;
 }
 
-void Engine::ApplyToCell(const v1::Observation& obs, int64_t observed_at_ns, Cell* cell) {
-  switch (obs.value_case()) {
-    case v1::Observation::kPrice:
-      // The latest event time wins, not the latest arrival.
-      if (cell->count == 0 || observed_at_ns >= cell->observed_at_ns) {
-        cell->value = static_cast<double>(obs.price().minor_units());
-      }
-      break;
-    case v1::Observation::kWaitSeconds:
-      cell->sum += obs.wait_seconds();
-      break;
-    case v1::Observation::kCheck:
-      if (obs.check().passed()) {
-        cell->sum += 1;
-      } else if (obs.check().critical()) {
-        ++cell->critical_failures;
-      }
-      break;
-    case v1::Observation::kScore:
-      cell->sum += obs.score();
-      break;
-    case v1::Observation::VALUE_NOT_SET:
-      return;
-  }
-  ++cell->count;
-  cell->observed_at_ns = std::max(cell->observed_at_ns, observed_at_ns);
-}
-
-double Engine::Comparable(v1::Family family, const Cell& cell) {
-  switch (family) {
-    case v1::FAMILY_PRICE:
-      return cell.value;
-    case v1::FAMILY_COMPLIANCE:
-      // A failed critical check fails the location outright.
-      return cell.critical_failures > 0 ? 0 : cell.sum / cell.count;
-    default:
-      return cell.sum / cell.count;
-  }
+void Engine::SetCatalog(std::shared_ptr<const Catalog> catalog) {
+  absl::MutexLock lock(&mu_);
+  catalog_ = std::move(catalog);
+  for (Location& l : locations_) l.entry = catalog_->FindLocation(l.state.location);
+  for (Series& s : series_) s.dirty = true;
 }
 
 absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch) {
@@ -196,6 +379,13 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch) {
   ack.set_outcome(v1::Ack::APPLIED);
 
   absl::MutexLock lock(&mu_);
+  const Catalog& catalog = *catalog_;
+  if (!catalog.auto_register && !location_index_.contains(batch.location()) &&
+      catalog.FindLocation(batch.location()) == nullptr) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("location '", batch.location(),
+                     "' is not in the catalog and auto_register is off: add it to ", catalog.path));
+  }
   const uint32_t loc = LocationIndex(batch.location());
   Stream& stream = streams_[{loc, batch.incarnation()}];
   uint32_t duplicates = 0;
@@ -222,17 +412,44 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch) {
       series_.push_back(std::move(series));
     }
     Series& series = series_[it->second];
-    auto [cell, new_cell] = series.cells.try_emplace(loc);
-    if (new_cell) ++cells_;
-    ApplyToCell(obs, obs.has_observed_at() ? ToUnixNanos(obs.observed_at()) : now_ns,
-                &cell->second);
+    const int64_t at = obs.has_observed_at() ? ToUnixNanos(obs.observed_at()) : now_ns;
+    bool created = false;
+    switch (obs.value_case()) {
+      case v1::Observation::kPrice: {
+        auto [cell, fresh] = series.price.try_emplace(loc);
+        created = fresh;
+        cell->second.Apply(obs.price().minor_units(), at);
+        break;
+      }
+      case v1::Observation::kWaitSeconds: {
+        auto [cell, fresh] = series.wait.try_emplace(loc);
+        created = fresh;
+        cell->second.Apply(obs.wait_seconds(), at, catalog.wait, catalog.wait_sketch);
+        break;
+      }
+      case v1::Observation::kCheck: {
+        auto [cell, fresh] = series.compliance.try_emplace(loc);
+        created = fresh;
+        cell->second.Apply(obs.check().passed(), obs.check().critical(), at, catalog.compliance);
+        break;
+      }
+      case v1::Observation::kScore: {
+        auto [cell, fresh] = series.score.try_emplace(loc);
+        created = fresh;
+        cell->second.Apply(obs.score(), at, catalog.score);
+        break;
+      }
+      case v1::Observation::VALUE_NOT_SET:
+        break;
+    }
+    if (created) ++cells_;
     series.dirty = true;
     ++applied_;
   }
   duplicates_ += duplicates;
   ++batches_;
   stream.watermark = std::max(stream.watermark, batch.first_sequence() + count - 1);
-  LocationState& state = locations_[loc];
+  LocationState& state = locations_[loc].state;
   state.last_report = now;
   state.watermark = stream.watermark;
   ack.set_watermark(stream.watermark);
@@ -243,7 +460,12 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch) {
 absl::Status Engine::RecordHeartbeat(const v1::Heartbeat& heartbeat) {
   if (absl::Status s = ValidateLocationId(heartbeat.location()); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
-  LocationState& state = locations_[LocationIndex(heartbeat.location())];
+  if (!catalog_->auto_register && !location_index_.contains(heartbeat.location()) &&
+      catalog_->FindLocation(heartbeat.location()) == nullptr) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("location '", heartbeat.location(), "' is not in the catalog"));
+  }
+  LocationState& state = locations_[LocationIndex(heartbeat.location())].state;
   state.health.version = heartbeat.version().substr(0, 64);
   state.health.spool_depth = heartbeat.spool_depth();
   state.health.oldest_unacknowledged_seconds = heartbeat.oldest_unacknowledged_seconds();
@@ -251,70 +473,733 @@ absl::Status Engine::RecordHeartbeat(const v1::Heartbeat& heartbeat) {
   return absl::OkStatus();
 }
 
-void Engine::Recompute() {
-  absl::MutexLock recompute_lock(&recompute_mu_);
-  struct Work {
-    uint32_t index;
-    SeriesKey key;
-    std::vector<LocatedValue> values;
-    std::shared_ptr<SeriesStats> stats;
+Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
+                                         const Catalog& catalog) const {
+  const Series& series = series_[index];
+  SeriesData data;
+  data.index = index;
+  data.key = series.key;
+  const PeerGroupRule* rule = RuleFor(series.key, catalog);
+  const WaitPromise* wait_promise =
+      series.key.family == v1::FAMILY_WAIT ? WaitPromiseFor(series.key.key, catalog) : nullptr;
+  const int64_t flip_since = absl::ToUnixNanos(now - catalog.thresholds.flip_window);
+  std::map<std::string, std::vector<Member>> groups;
+  auto add = [&](uint32_t loc, const std::optional<Comparable>& value, const PriceCell* price) {
+    if (!value.has_value()) return;
+    const Location& l = locations_[loc];
+    // A store closed for good, or not open yet, is never compared.
+    if (l.entry != nullptr && (l.entry->closed || l.entry->opened > now)) return;
+    Member m;
+    m.location = loc;
+    m.value = *value;
+    m.entry = l.entry;
+    m.name = l.state.location;
+    if (price != nullptr && price->changes != nullptr) {
+      m.latest_change = *price->changes->latest();
+      m.changes_in_flip_window = price->changes->CountSince(flip_since);
+    }
+    groups[GroupName(rule, l.entry)].push_back(std::move(m));
   };
-  std::vector<Work> work;
+  for (const auto& [loc, cell] : series.price)
+    add(loc, ComparePrice(cell, now, catalog.price), &cell);
+  for (const auto& [loc, cell] : series.wait) {
+    add(loc,
+        CompareWait(cell, now, catalog.wait, catalog.wait_sketch,
+                    wait_promise != nullptr ? wait_promise->within_seconds : 0),
+        nullptr);
+  }
+  for (const auto& [loc, cell] : series.compliance) {
+    add(loc, CompareCompliance(cell, now, catalog.compliance), nullptr);
+  }
+  for (const auto& [loc, cell] : series.score)
+    add(loc, CompareScore(cell, now, catalog.score), nullptr);
+
+  // A declared group smaller than min_group falls back to the chain.
+  std::vector<Member>& chain = groups[kChainGroup];
+  for (auto it = groups.begin(); it != groups.end();) {
+    if (it->first != kChainGroup && it->second.size() < catalog.thresholds.min_group) {
+      for (Member& m : it->second) chain.push_back(std::move(m));
+      it = groups.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& [name, members] : groups) {
+    if (members.empty()) continue;
+    std::sort(members.begin(), members.end(),
+              [](const Member& a, const Member& b) { return a.location < b.location; });
+    GroupData g;
+    g.group = name;
+    g.members = std::move(members);
+    data.groups.push_back(std::move(g));
+  }
+  return data;
+}
+
+void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& catalog) const {
+  const OutlierPolicy policy = PolicyFromCatalog(catalog);
+  const Thresholds& th = catalog.thresholds;
+  for (GroupData& g : data->groups) {
+    std::vector<LocatedValue> values;
+    values.reserve(g.members.size());
+    for (const Member& m : g.members) values.push_back({m.location, m.value.value});
+    auto stats = std::make_shared<SeriesStats>();
+    stats->key = data->key;
+    stats->group = g.group;
+    stats->summary = SummarizeGroup(values);
+    stats->band = ExpectedBand(data->key.family, stats->summary, policy);
+    absl::flat_hash_set<uint32_t> not_outliers;
+    if (data->key.family == v1::FAMILY_PRICE) {
+      g.levels = FindLevels(values, stats->summary.median, stats->band.floor, th.min_level);
+      // A chain-wide change rolling out: many locations moved from one
+      // level to one new level within the grace, or to a promised list
+      // price whose effective date is near.
+      std::map<std::pair<int64_t, int64_t>, uint64_t> moves;
+      const int64_t grace_since = absl::ToUnixNanos(now - th.rollout_grace);
+      for (const Member& m : g.members) {
+        if (m.latest_change.at_ns != 0 && m.latest_change.at_ns >= grace_since) {
+          ++moves[{m.latest_change.from, m.latest_change.to}];
+        }
+      }
+      for (const auto& [move, n] : moves) {
+        if (n >= th.min_level) {
+          g.rollout_values.push_back(static_cast<double>(move.first));
+          g.rollout_values.push_back(static_cast<double>(move.second));
+        }
+      }
+      for (const PricePromise& p : catalog.price_promises) {
+        if (p.key == data->key.key && p.currency == data->key.currency &&
+            p.kind == data->key.kind && p.effective != absl::InfinitePast() &&
+            p.effective + th.rollout_grace > now) {
+          g.rollout_values.push_back(static_cast<double>(p.list_minor_units));
+        }
+      }
+      auto in_rollout = [&](double v) {
+        for (double r : g.rollout_values) {
+          if (std::fabs(v - r) <= stats->band.floor) return true;
+        }
+        return false;
+      };
+      std::vector<Level> kept;
+      for (Level& level : g.levels.others) {
+        if (in_rollout(level.value)) {
+          stats->rollout = true;
+        } else {
+          kept.push_back(level);
+        }
+        for (uint32_t loc : level.members) not_outliers.insert(loc);
+      }
+      for (const Member& m : g.members) {
+        if (in_rollout(m.value.value) &&
+            std::fabs(m.value.value - stats->summary.median) > stats->band.floor) {
+          not_outliers.insert(m.location);
+          stats->rollout = true;
+        }
+      }
+      g.levels.others = kept;
+      stats->main_level = g.levels.main;
+      stats->other_levels = kept;
+    }
+    for (const OutlierResult& r : FindOutliers(data->key.family, values, stats->summary, policy)) {
+      if (not_outliers.contains(r.location)) continue;
+      stats->outliers.push_back(r);
+      for (const Member& m : g.members) {
+        if (m.location == r.location) stats->outlier_locations.push_back(m.name);
+      }
+    }
+    g.stats = std::move(stats);
+  }
+}
+
+void Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& visit) {
+  absl::MutexLock recompute_lock(&recompute_mu_);
+  const absl::Time now = options_.clock();
   auto snapshot = std::make_shared<Snapshot>();
+  std::vector<uint32_t> todo;
+  std::shared_ptr<const Catalog> catalog;
   {
     absl::MutexLock lock(&mu_);
+    catalog = catalog_;
     for (uint32_t i = 0; i < series_.size(); ++i) {
-      Series& series = series_[i];
-      if (!series.dirty) continue;
-      series.dirty = false;
-      Work w{i, series.key, {}, nullptr};
-      w.values.reserve(series.cells.size());
-      for (const auto& [loc, cell] : series.cells) {
-        w.values.push_back({loc, Comparable(series.key.family, cell)});
-      }
-      work.push_back(std::move(w));
+      if (all || series_[i].dirty) todo.push_back(i);
+      series_[i].dirty = false;
     }
+    published_.resize(series_.size());
     snapshot->cells = cells_;
     snapshot->observations_applied = applied_;
     snapshot->observations_rejected = rejected_;
     snapshot->observations_duplicate = duplicates_;
     snapshot->batches = batches_;
     snapshot->rejected_by_reason = rejected_by_reason_;
-    snapshot->location_states = locations_;
-    for (const auto& s : snapshot->location_states) {
-      if (s.last_report != absl::InfinitePast()) ++snapshot->locations;
+    for (const Location& l : locations_) {
+      snapshot->location_states.push_back(l.state);
+      if (l.state.last_report != absl::InfinitePast()) ++snapshot->locations;
     }
   }
-  // The expensive part runs without the ingest lock.
-  for (Work& w : work) {
-    auto stats = std::make_shared<SeriesStats>();
-    stats->key = w.key;
-    stats->group = kChainGroup;
-    stats->summary = SummarizeGroup(w.values);
-    stats->band = ExpectedBand(w.key.family, stats->summary, options_.policy);
-    stats->outliers = FindOutliers(w.key.family, w.values, stats->summary, options_.policy);
-    w.stats = std::move(stats);
-  }
-  {
-    // Location names never change for an index; read them for the outliers.
-    absl::MutexLock lock(&mu_);
-    for (Work& w : work) {
-      for (const OutlierResult& r : w.stats->outliers) {
-        w.stats->outlier_locations.push_back(locations_[r.location].location);
-      }
+  // One series at a time: the ingest lock is held only to copy it.
+  for (uint32_t index : todo) {
+    SeriesData data;
+    {
+      absl::MutexLock lock(&mu_);
+      data = CollectLocked(index, now, *catalog);
     }
+    ComputeGroups(&data, now, *catalog);
+    std::vector<std::shared_ptr<const SeriesStats>> groups;
+    for (const GroupData& g : data.groups) groups.push_back(g.stats);
+    published_[index] = std::move(groups);
+    if (visit) visit(data);
   }
-  for (Work& w : work) {
-    if (published_.size() <= w.index) published_.resize(w.index + 1);
-    published_[w.index] = std::move(w.stats);
-  }
-  for (const auto& s : published_) {
-    if (s != nullptr && s->summary.n > 0) snapshot->series.push_back(s);
+  for (const auto& groups : published_) {
+    for (const auto& s : groups) snapshot->series.push_back(s);
   }
   std::sort(snapshot->location_states.begin(), snapshot->location_states.end(),
             [](const LocationState& a, const LocationState& b) { return a.location < b.location; });
-  snapshot->computed_at = options_.clock();
+  snapshot->computed_at = now;
+  snapshot->catalog = catalog;
+  Publish(std::move(snapshot));
+}
+
+void Engine::Publish(std::shared_ptr<Snapshot> snapshot) {
   absl::MutexLock lock(&snapshot_mu_);
+  if (snapshot->findings == nullptr || snapshot->findings->evaluated_at == absl::InfinitePast()) {
+    snapshot->findings = snapshot_->findings;
+  }
+  snapshot_ = std::move(snapshot);
+}
+
+void Engine::Recompute() { RecomputeSeries(false, nullptr); }
+
+void Engine::Evaluate() {
+  absl::MutexLock eval_lock(&eval_mu_);
+  const absl::Time now = options_.clock();
+  std::shared_ptr<const Catalog> catalog_ptr;
+  std::vector<LocationState> states;
+  std::vector<const LocationEntry*> entries;
+  {
+    absl::MutexLock lock(&mu_);
+    catalog_ptr = catalog_;
+    for (const Location& l : locations_) {
+      states.push_back(l.state);
+      entries.push_back(l.entry);
+    }
+  }
+  const Catalog& catalog = *catalog_ptr;
+  const Thresholds& th = catalog.thresholds;
+  const double hysteresis = th.hysteresis;
+  const double weak = 1 - hysteresis;  // Strength still worth carrying.
+  tracker_.set_policy(th.persistence, th.hysteresis);
+  const DriftPolicy& drift = catalog.drift;
+  const int64_t drift_bin = BinStart(absl::ToUnixNanos(now), drift.bin);
+
+  std::vector<Condition> conditions;
+  struct SplitCandidate {
+    Condition condition;
+    std::vector<std::string> signatures;  // One per deviating level.
+  };
+  std::vector<SplitCandidate> splits;
+  absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>> kept_broken;
+  absl::flat_hash_map<uint32_t, double> deposits, withdrawals;
+
+  RecomputeSeries(true, [&](SeriesData& data) {
+    const SeriesKey& key = data.key;
+    const std::string series_name = SeriesName(key);
+    const WaitPromise* wait_promise =
+        key.family == v1::FAMILY_WAIT ? WaitPromiseFor(key.key, catalog) : nullptr;
+    const CheckPromise* check_promise =
+        key.family == v1::FAMILY_COMPLIANCE ? CheckPromiseFor(key.key, catalog) : nullptr;
+
+    // Per-location evaluations of this series, before unkeepable promises
+    // are known (they need every group's tally).
+    struct Pending {
+      uint32_t location;
+      std::string name;
+      const GroupData* group;
+      std::vector<std::pair<double, v1::Reason>> reasons;  // (strength, reason)
+      std::string promise_id;                              // Non-empty when a promise applies.
+      bool promise_broken = false;
+      bool outlier = false;
+    };
+    std::vector<Pending> pending;
+    std::map<std::string, std::pair<uint64_t, uint64_t>>
+        promise_tally;  // id -> (applicable, broken)
+
+    for (GroupData& g : data.groups) {
+      const SeriesStats& stats = *g.stats;
+      const GroupSummary& s = stats.summary;
+      const uint64_t n = g.members.size();
+      const bool comparable = n >= th.min_group;
+      const double floor = stats.band.floor;
+      const double scale = stats.band.scale;
+      absl::flat_hash_set<uint32_t> level_members;
+      for (const Level& l : g.levels.others)
+        level_members.insert(l.members.begin(), l.members.end());
+      auto in_rollout = [&](double v) {
+        for (double r : g.rollout_values) {
+          if (std::fabs(v - r) <= floor) return true;
+        }
+        return false;
+      };
+
+      // Drift of the group's dispersion (EWMA), and the frozen scale the
+      // cells' CUSUMs are measured in. Not for prices: their changes are
+      // steps, which irregular change covers.
+      const std::string group_id = absl::StrCat(series_name, "|", g.group);
+      GroupDrift* gd = nullptr;
+      bool new_bin = false;
+      if (key.family != v1::FAMILY_PRICE && comparable) {
+        gd = &group_drift_[group_id];
+        new_bin = gd->last_bin != drift_bin;
+        if (new_bin) {
+          gd->last_bin = drift_bin;
+          if (!gd->baseline.frozen) {
+            gd->baseline.Add(scale, drift.baseline_bins);
+            if (gd->baseline.frozen) {
+              // Floored so a calm group with no spread at all (MAD = 0)
+              // does not turn every small step into many sigmas.
+              gd->scale = std::max(gd->baseline.mean, floor / th.z_threshold);
+            }
+          } else if (gd->scale > 0) {
+            const double d = scale / gd->scale;
+            const double base_mean = gd->baseline.mean / gd->scale;
+            const double base_sd = std::max(gd->baseline.stddev / gd->scale, 0.1);
+            gd->ewma.Update(d, drift.ewma_lambda, base_mean);
+            const double limit =
+                base_mean +
+                drift.ewma_limit * base_sd * std::sqrt(drift.ewma_lambda / (2 - drift.ewma_lambda));
+            gd->level = (gd->ewma.z - base_mean) / (limit - base_mean);
+          }
+        }
+        if (gd->baseline.frozen && gd->level >= weak) {
+          Condition c;
+          c.id = absl::StrCat("drift|", group_id);
+          c.strength = gd->level;
+          v1::Finding& f = c.finding;
+          f.set_kind(v1::DRIFT);
+          f.set_severity(v1::LOW);
+          SeriesToProto(key, f.mutable_series());
+          f.set_group(g.group);
+          f.set_group_size(n);
+          f.set_audience("hq");
+          *f.add_reasons() = MakeReason(
+              v1::DRIFT,
+              absl::StrFormat("dispersion of %s across %s is trending up: EWMA %.2f x the calm "
+                              "baseline",
+                              series_name, g.group, gd->ewma.z),
+              scale, gd->scale, 0, 0, gd->ewma.z - 1, 1);
+          conditions.push_back(std::move(c));
+        }
+      }
+
+      // Split: consistent deviating levels (prices).
+      if (comparable && !g.levels.others.empty()) {
+        SplitCandidate split;
+        Condition& c = split.condition;
+        c.id = absl::StrCat("split|", group_id);
+        c.strength = 1;
+        v1::Finding& f = c.finding;
+        f.set_kind(v1::SPLIT);
+        f.set_severity(v1::MEDIUM);
+        SeriesToProto(key, f.mutable_series());
+        f.set_group(g.group);
+        f.set_group_size(n);
+        f.set_audience("hq");
+        v1::Level* main = f.add_levels();
+        main->set_value(g.levels.main.value);
+        main->set_locations(g.levels.main.members.size());
+        std::vector<std::string> parts = {
+            absl::StrCat(g.levels.main.members.size(), " at ", Format(key, g.levels.main.value))};
+        for (const Level& level : g.levels.others) {
+          v1::Level* l = f.add_levels();
+          l->set_value(level.value);
+          l->set_locations(level.members.size());
+          parts.push_back(absl::StrCat(level.members.size(), " at ", Format(key, level.value)));
+          std::vector<std::string> names;
+          for (uint32_t loc : level.members) {
+            for (const Member& m : g.members) {
+              if (m.location == loc) names.push_back(m.name);
+            }
+          }
+          std::sort(names.begin(), names.end());
+          for (const std::string& name : names) f.add_locations(name);
+          split.signatures.push_back(absl::StrJoin(names, ","));
+        }
+        *f.add_reasons() = MakeReason(
+            v1::SPLIT,
+            absl::StrCat(series_name, " has ", g.levels.others.size() + 1, " consistent levels in ",
+                         g.group, ": ", absl::StrJoin(parts, ", "),
+                         " (declare a peer group if this is a price zone)"),
+            g.levels.others.front().value, g.levels.main.value, stats.band.low, stats.band.high,
+            s.median != 0
+                ? std::fabs(g.levels.others.front().value - s.median) / std::fabs(s.median)
+                : 0,
+            g.levels.others.front().value - s.median);
+        splits.push_back(std::move(split));
+      }
+
+      for (const Member& m : g.members) {
+        if (ExceptionFor(m.name, key, now, catalog) != nullptr) continue;
+        Pending p;
+        p.location = m.location;
+        p.name = m.name;
+        p.group = &g;
+        const double x = m.value.value;
+        const double dev = x - s.median;
+
+        // Outlier.
+        if (comparable && scale > 0 && !level_members.contains(m.location) &&
+            !(key.family == v1::FAMILY_PRICE && in_rollout(x) && std::fabs(dev) > floor) &&
+            DirectionAllowed(key.family, dev)) {
+          const double z =
+              s.mad > 0 ? kMadToSigma * dev / s.mad : dev / (kMeanAdToSigma * s.mean_ad);
+          const double over_floor = floor > 0 ? std::fabs(dev) / floor : 1e9;
+          // MAD = 0: the floor decides (see ExpectedBand).
+          const double strength =
+              s.mad > 0 ? std::min(std::fabs(z) / th.z_threshold, over_floor) : over_floor;
+          if (strength >= weak) {
+            const double magnitude =
+                s.median != 0 ? std::fabs(dev) / std::fabs(s.median) : std::fabs(dev);
+            v1::Reason r = MakeReason(
+                v1::OUTLIER,
+                absl::StrCat(Meaning(key.family, dev), ": ", Format(key, x), " against ",
+                             Format(key, s.median), " expected (",
+                             Percent(s.median != 0 ? dev / std::fabs(s.median) : 0),
+                             "), outside the band ", Format(key, stats.band.low), " .. ",
+                             Format(key, stats.band.high), " of ", n, " locations in ", g.group),
+                x, s.median, stats.band.low, stats.band.high, magnitude, dev);
+            p.reasons.emplace_back(strength, std::move(r));
+            p.outlier = strength >= 1;
+          }
+        }
+
+        // Broken promise.
+        std::string promise_id;
+        double promise_strength = -1;
+        v1::Reason promise_reason;
+        if (key.family == v1::FAMILY_PRICE) {
+          if (const PricePromise* promise = PricePromiseFor(key, m.entry, now, catalog)) {
+            const double list = static_cast<double>(promise->list_minor_units);
+            const double pf = PromiseFloor(key, list, catalog);
+            const double over = x - list;
+            promise_id = absl::StrCat("price:", promise->line);
+            promise_strength = over > pf ? over / pf : std::min(0.999, std::max(0.0, over / pf));
+            promise_reason = MakeReason(
+                v1::BROKEN_PROMISE,
+                absl::StrCat("price ", Format(key, x), " above the list price ", Format(key, list),
+                             " (", Percent(list != 0 ? over / list : 0), ")"),
+                x, list, list - pf, list + pf, list != 0 ? std::fabs(over) / list : 0, over);
+          }
+        } else if (wait_promise != nullptr) {
+          const double share = m.value.share_within;
+          const double pf = std::max(catalog.compliance.floor_absolute, 1e-9);
+          promise_id = absl::StrCat("wait:", wait_promise->line);
+          promise_strength = share < wait_promise->share
+                                 ? 1 + (wait_promise->share - share) / pf
+                                 : std::min(0.999, 1 - (share - wait_promise->share) / pf);
+          promise_reason = MakeReason(
+              v1::BROKEN_PROMISE,
+              absl::StrFormat("%.1f%% served within %.0f s, promised %.1f%%", 100 * share,
+                              wait_promise->within_seconds, 100 * wait_promise->share),
+              share, wait_promise->share, wait_promise->share, 1, wait_promise->share - share,
+              share - wait_promise->share);
+        } else if (check_promise != nullptr) {
+          const double pf = std::max(catalog.compliance.floor_absolute, 1e-9);
+          promise_id = absl::StrCat("check:", check_promise->line);
+          const bool critical = check_promise->critical && m.value.critical_failure;
+          promise_strength = critical ? 2
+                             : x < check_promise->min_pass_rate
+                                 ? 1 + (check_promise->min_pass_rate - x) / pf
+                                 : std::min(0.999, 1 - (x - check_promise->min_pass_rate) / pf);
+          promise_reason = MakeReason(
+              v1::BROKEN_PROMISE,
+              critical ? absl::StrCat("critical check ", key.key, " failed")
+                       : absl::StrFormat("%s passed %.1f%% of checks, required %.1f%%", key.key,
+                                         100 * x, 100 * check_promise->min_pass_rate),
+              x, check_promise->min_pass_rate, check_promise->min_pass_rate, 1,
+              check_promise->min_pass_rate - x, x - check_promise->min_pass_rate);
+        }
+        if (!promise_id.empty()) {
+          p.promise_id = promise_id;
+          p.promise_broken = promise_strength >= 1;
+          auto& tally = promise_tally[promise_id];
+          ++tally.first;
+          if (p.promise_broken) ++tally.second;
+          if (promise_strength >= weak) p.reasons.emplace_back(promise_strength, promise_reason);
+        }
+
+        // Irregular change: a price change peers did not make, or flipping.
+        if (key.family == v1::FAMILY_PRICE && key.kind != v1::PROMO && comparable) {
+          const PriceChange& ch = m.latest_change;
+          const int64_t window_since = absl::ToUnixNanos(now - th.irregular_window);
+          const int64_t settled_before = absl::ToUnixNanos(now - th.irregular_settle);
+          bool irregular = false;
+          std::string detail;
+          if (m.changes_in_flip_window >= th.flip_changes) {
+            irregular = true;
+            detail = absl::StrCat("changed its price ", m.changes_in_flip_window, " times in ",
+                                  absl::FormatDuration(th.flip_window), ", last from ",
+                                  Format(key, static_cast<double>(ch.from)), " to ",
+                                  Format(key, static_cast<double>(ch.to)));
+          } else if (ch.at_ns != 0 && ch.at_ns >= window_since && ch.at_ns <= settled_before &&
+                     !in_rollout(static_cast<double>(ch.to))) {
+            uint64_t peers_changed = 0;
+            for (const Member& other : g.members) {
+              if (other.location != m.location && other.latest_change.at_ns >= window_since) {
+                ++peers_changed;
+              }
+            }
+            if (static_cast<double>(peers_changed) < th.irregular_peer_share * (n - 1)) {
+              irregular = true;
+              detail =
+                  absl::StrCat("changed from ", Format(key, static_cast<double>(ch.from)), " to ",
+                               Format(key, static_cast<double>(ch.to)), " at ",
+                               absl::FormatTime("%Y-%m-%d %H:%M UTC", absl::FromUnixNanos(ch.at_ns),
+                                                absl::UTCTimeZone()),
+                               " while ", peers_changed, " of ", n - 1, " peers changed theirs");
+            }
+          }
+
+          if (irregular) {
+            p.reasons.emplace_back(
+                1, MakeReason(
+                       v1::IRREGULAR_CHANGE, detail, x, static_cast<double>(ch.from),
+                       stats.band.low, stats.band.high,
+                       ch.from != 0 ? std::fabs(static_cast<double>(ch.to - ch.from)) / ch.from : 0,
+                       static_cast<double>(ch.to - ch.from)));
+          }
+        }
+
+        // Drift of this cell's deviation (CUSUM), in the frozen scale.
+        if (gd != nullptr && gd->baseline.frozen && gd->scale > 0) {
+          CellDrift& cd = cell_drift_[{group_id, m.location}];
+          if (cd.last_bin != drift_bin) {
+            cd.last_bin = drift_bin;
+            const double z = dev / gd->scale;
+            if (!cd.baseline.frozen) {
+              cd.baseline.Add(z, drift.baseline_bins);
+            } else {
+              cd.up.Update(z - cd.baseline.mean, drift.cusum_k);
+              cd.down.Update(cd.baseline.mean - z, drift.cusum_k);
+            }
+          }
+          double level = 0;
+          if (key.family != v1::FAMILY_COMPLIANCE) level = std::max(level, cd.up.s / drift.cusum_h);
+          if (key.family != v1::FAMILY_WAIT) level = std::max(level, cd.down.s / drift.cusum_h);
+          if (level >= weak) {
+            p.reasons.emplace_back(
+                level, MakeReason(v1::DRIFT,
+                                  absl::StrFormat("%s at this location is drifting away from its "
+                                                  "peers: CUSUM %.1f baseline sigmas",
+                                                  series_name, level * drift.cusum_h),
+                                  x, s.median, stats.band.low, stats.band.high,
+                                  s.median != 0 ? std::fabs(dev) / std::fabs(s.median) : 0, dev));
+          }
+        }
+        if (!p.reasons.empty() || !p.promise_id.empty()) pending.push_back(std::move(p));
+      }
+    }
+
+    // Unkeepable promises: most locations break it, so the promise needs
+    // fixing, not the stores. One finding for HQ; no per-store pages.
+    absl::flat_hash_set<std::string> unkeepable;
+    for (const auto& [id, tally] : promise_tally) {
+      const auto [applicable, broken] = tally;
+      if (applicable >= th.min_group && applicable > 0 &&
+          static_cast<double>(broken) >= th.unkeepable_share * applicable) {
+        unkeepable.insert(id);
+        Condition c;
+        c.id = absl::StrCat("unkeepable|", series_name, "|", id);
+        c.strength = 1;
+        v1::Finding& f = c.finding;
+        f.set_kind(v1::UNKEEPABLE_PROMISE);
+        f.set_severity(v1::MEDIUM);
+        SeriesToProto(key, f.mutable_series());
+        f.set_group_size(applicable);
+        f.set_audience("hq");
+        *f.add_reasons() = MakeReason(
+            v1::UNKEEPABLE_PROMISE,
+            absl::StrFormat("%d of %d locations break the promise on %s (%.0f%%): fix the promise",
+                            broken, applicable, series_name, 100.0 * broken / applicable),
+            static_cast<double>(broken) / applicable, th.unkeepable_share, 0, th.unkeepable_share,
+            static_cast<double>(broken) / applicable, 1);
+        conditions.push_back(std::move(c));
+      }
+    }
+
+    for (Pending& p : pending) {
+      const bool promise_counts = !p.promise_id.empty() && !unkeepable.contains(p.promise_id);
+      if (promise_counts) {
+        auto& kb = kept_broken[p.location];
+        if (p.promise_broken) {
+          ++kb.second;
+          withdrawals[p.location] += catalog.trust.withdrawal;
+        } else {
+          ++kb.first;
+          deposits[p.location] += catalog.trust.deposit;
+        }
+      }
+      if (p.outlier) withdrawals[p.location] += catalog.trust.withdrawal;
+      std::vector<std::pair<double, v1::Reason>> reasons;
+      for (auto& r : p.reasons) {
+        if (r.second.kind() == v1::BROKEN_PROMISE && !promise_counts) continue;
+        reasons.push_back(std::move(r));
+      }
+      if (reasons.empty()) continue;
+      std::sort(reasons.begin(), reasons.end(), [](const auto& a, const auto& b) {
+        const bool ha = a.first >= 1, hb = b.first >= 1;
+        if (ha != hb) return ha;
+        return KindRank(a.second.kind()) > KindRank(b.second.kind());
+      });
+      Condition c;
+      c.id = absl::StrCat("loc|", p.name, "|", series_name);
+      v1::Finding& f = c.finding;
+      f.set_location(p.name);
+      SeriesToProto(key, f.mutable_series());
+      f.set_group(p.group->group);
+      f.set_group_size(p.group->members.size());
+      f.set_kind(reasons.front().second.kind());
+      v1::Severity severity = v1::LOW;
+      bool only_drift = true;
+      for (auto& [strength, reason] : reasons) {
+        c.strength = std::max(c.strength, strength);
+        v1::Severity sev = v1::LOW;
+        switch (reason.kind()) {
+          case v1::OUTLIER:
+            sev = SeverityFor(reason.value() - reason.expected(), p.group->stats->band.floor);
+            break;
+          case v1::BROKEN_PROMISE:
+            sev = strength >= 2 ? v1::CRITICAL : v1::HIGH;
+            break;
+          case v1::IRREGULAR_CHANGE:
+            sev = v1::MEDIUM;
+            break;
+          default:
+            sev = v1::LOW;
+            break;
+        }
+        severity = std::max(severity, sev);
+        only_drift = only_drift && reason.kind() == v1::DRIFT;
+        *f.add_reasons() = std::move(reason);
+      }
+      f.set_severity(severity);
+      f.set_audience(only_drift ? "region" : "store");
+      conditions.push_back(std::move(c));
+    }
+  });
+
+  // Zones: the same locations split from the rest on many keys. Said once,
+  // instead of one split per key.
+  std::map<std::string, std::vector<size_t>> by_signature;
+  for (size_t i = 0; i < splits.size(); ++i) {
+    for (const std::string& sig : splits[i].signatures) by_signature[sig].push_back(i);
+  }
+  std::vector<bool> in_zone(splits.size(), false);
+  for (const auto& [sig, indexes] : by_signature) {
+    if (indexes.size() < th.zone_min_keys) continue;
+    std::vector<std::string> names = absl::StrSplit(sig, ',');
+    Condition c;
+    c.id = absl::StrCat("zone|", Fingerprint(names));
+    c.strength = 1;
+    v1::Finding& f = c.finding;
+    f.set_kind(v1::ZONE);
+    f.set_severity(v1::MEDIUM);
+    f.set_audience("hq");
+    f.set_group_size(names.size());
+    for (const std::string& name : names) f.add_locations(name);
+    for (size_t i : indexes) {
+      in_zone[i] = true;
+      f.add_keys(SeriesName(SeriesFromProto(splits[i].condition.finding.series())));
+    }
+    *f.add_reasons() = MakeReason(
+        v1::ZONE,
+        absl::StrCat(names.size(), " locations (", names.front(), names.size() > 1 ? ", ..." : "",
+                     ") split from the rest on ", indexes.size(),
+                     " keys: an undeclared zone; declare it as a peer group in the catalog"),
+        static_cast<double>(indexes.size()), static_cast<double>(th.zone_min_keys), 0, 0, 0, 1);
+    conditions.push_back(std::move(c));
+  }
+  for (size_t i = 0; i < splits.size(); ++i) {
+    if (!in_zone[i]) conditions.push_back(std::move(splits[i].condition));
+  }
+
+  // Silent: a declared location that should be open and has not reported.
+  if (now - started_at_ >= th.restart_grace) {
+    absl::flat_hash_map<std::string, absl::Time> last_report;
+    for (const LocationState& s : states) last_report[s.location] = s.last_report;
+    for (const LocationEntry& entry : catalog.locations) {
+      if (entry.closed || !catalog.ExpectedOpen(entry.id, now)) continue;
+      auto it = last_report.find(entry.id);
+      const absl::Time last = it == last_report.end() ? absl::InfinitePast() : it->second;
+      if (last != absl::InfinitePast() && now - last <= th.location_ttl) continue;
+      Condition c;
+      c.id = absl::StrCat("silent|", entry.id);
+      c.strength = 1;
+      v1::Finding& f = c.finding;
+      f.set_kind(v1::SILENT);
+      f.set_severity(v1::HIGH);
+      f.set_location(entry.id);
+      f.set_audience("store");
+      for (const auto& [k, v] : entry.labels) (*f.mutable_labels())[k] = v;
+      *f.add_reasons() = MakeReason(
+          v1::SILENT,
+          last == absl::InfinitePast()
+              ? std::string("expected open but has never reported")
+              : absl::StrCat("expected open but silent for ",
+                             absl::FormatDuration(absl::Trunc(now - last, absl::Seconds(1)))),
+          last == absl::InfinitePast() ? 0 : absl::ToDoubleSeconds(now - last),
+          absl::ToDoubleSeconds(th.location_ttl), 0, absl::ToDoubleSeconds(th.location_ttl), 0, 1);
+      conditions.push_back(std::move(c));
+    }
+  }
+
+  // Location labels on every location finding, for routing by region.
+  absl::flat_hash_map<std::string, const LocationEntry*> entry_by_name;
+  for (size_t i = 0; i < states.size(); ++i) entry_by_name[states[i].location] = entries[i];
+  for (Condition& c : conditions) {
+    if (c.finding.location().empty()) continue;
+    auto it = entry_by_name.find(c.finding.location());
+    const LocationEntry* e =
+        it != entry_by_name.end() ? it->second : catalog.FindLocation(c.finding.location());
+    if (e != nullptr) {
+      for (const auto& [k, v] : e->labels) (*c.finding.mutable_labels())[k] = v;
+    }
+  }
+
+  tracker_.Evaluate(std::move(conditions), now);
+
+  // Trust: decay, then this evaluation's deposits and withdrawals.
+  auto view = std::make_shared<FindingsView>();
+  view->evaluated_at = now;
+  view->active = tracker_.Active();
+  std::stable_sort(view->active.begin(), view->active.end(),
+                   [](const v1::Finding& a, const v1::Finding& b) {
+                     if (a.severity() != b.severity()) return a.severity() > b.severity();
+                     return KindRank(a.kind()) > KindRank(b.kind());
+                   });
+  view->closed.assign(tracker_.Closed().begin(), tracker_.Closed().end());
+  for (size_t i = 0; i < states.size(); ++i) {
+    const uint32_t loc = static_cast<uint32_t>(i);
+    TrustAccount& account = trust_[loc];
+    account.DecayTo(now, catalog.trust.half_life);
+    if (auto it = deposits.find(loc); it != deposits.end()) account.Deposit(it->second);
+    if (auto it = withdrawals.find(loc); it != withdrawals.end()) account.Withdraw(it->second);
+    FindingsView::Trust t;
+    t.location = states[i].location;
+    t.balance = account.balance();
+    t.score = account.score();
+    if (auto it = kept_broken.find(loc); it != kept_broken.end()) {
+      t.kept = it->second.first;
+      t.broken = it->second.second;
+    }
+    view->trust.push_back(std::move(t));
+  }
+  std::sort(view->trust.begin(), view->trust.end(),
+            [](const FindingsView::Trust& a, const FindingsView::Trust& b) {
+              return a.location < b.location;
+            });
+
+  absl::MutexLock lock(&snapshot_mu_);
+  auto snapshot = std::make_shared<Snapshot>(*snapshot_);
+  snapshot->findings = std::move(view);
   snapshot_ = std::move(snapshot);
 }
 
@@ -323,7 +1208,8 @@ std::shared_ptr<const Snapshot> Engine::snapshot() const {
   return snapshot_;
 }
 
-absl::StatusOr<v1::KeyDetailResponse> Engine::KeyDetail(const v1::SeriesId& id) const {
+absl::StatusOr<v1::KeyDetailResponse> Engine::KeyDetail(const v1::SeriesId& id,
+                                                        const std::string& group) const {
   const SeriesKey key = SeriesFromProto(id);
   if (key.family == v1::FAMILY_UNSPECIFIED) {
     return absl::InvalidArgumentError("series.family: one of price, wait, compliance, score");
@@ -331,65 +1217,138 @@ absl::StatusOr<v1::KeyDetailResponse> Engine::KeyDetail(const v1::SeriesId& id) 
   if (key.family == v1::FAMILY_PRICE && key.currency.empty()) {
     return absl::InvalidArgumentError("series.currency: a price series needs its currency");
   }
-  struct Row {
-    LocatedValue value;
-    std::string location;
-    uint64_t samples;
-    int64_t observed_at_ns;
-  };
-  std::vector<Row> rows;
+  const absl::Time now = options_.clock();
+  SeriesData data;
+  std::shared_ptr<const Catalog> catalog;
+  // Observed-at and samples per location, read with the values.
+  absl::flat_hash_map<uint32_t, int64_t> observed_at;
   {
     absl::MutexLock lock(&mu_);
+    catalog = catalog_;
     auto it = series_index_.find(key);
-    if (it == series_index_.end() || series_[it->second].cells.empty()) {
-      return absl::NotFoundError(absl::StrCat("no location reports ", FamilyName(key.family), " ",
-                                              key.key, key.currency.empty() ? "" : " ",
-                                              key.currency));
+    if (it == series_index_.end()) {
+      return absl::NotFoundError(absl::StrCat("no location reports ", SeriesName(key)));
     }
-    for (const auto& [loc, cell] : series_[it->second].cells) {
-      rows.push_back({{loc, Comparable(key.family, cell)},
-                      locations_[loc].location,
-                      cell.count,
-                      cell.observed_at_ns});
-    }
+    data = CollectLocked(it->second, now, *catalog);
+    const Series& s = series_[it->second];
+    for (const auto& [loc, c] : s.price) observed_at[loc] = c.observed_at_ns;
+    for (const auto& [loc, c] : s.wait) observed_at[loc] = c.observed_at_ns;
+    for (const auto& [loc, c] : s.compliance) observed_at[loc] = c.observed_at_ns;
+    for (const auto& [loc, c] : s.score) observed_at[loc] = c.observed_at_ns;
   }
-  std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
-    if (a.value.value != b.value.value) return a.value.value < b.value.value;
-    return a.location < b.location;
-  });
-  std::vector<LocatedValue> values;
-  for (const Row& r : rows) values.push_back(r.value);
-  const GroupSummary summary = SummarizeGroup(values);
-  const Band band = ExpectedBand(key.family, summary, options_.policy);
+  if (data.groups.empty()) {
+    return absl::NotFoundError(absl::StrCat("no location has a comparable value for ",
+                                            SeriesName(key),
+                                            " now (stale, or too few samples in the window)"));
+  }
+  ComputeGroups(&data, now, *catalog);
   v1::KeyDetailResponse response;
-  FillGroupStats(key, kChainGroup, summary, band, response.mutable_stats());
-  absl::flat_hash_map<uint32_t, const Row*> by_location;
-  for (const Row& r : rows) {
-    by_location[r.value.location] = &r;
-    v1::LocationValue* v = response.add_values();
-    v->set_location(r.location);
-    v->set_value(r.value.value);
-    v->set_samples(r.samples);
-    ToTimestamp(r.observed_at_ns, v->mutable_observed_at());
+  bool found = false;
+  for (const GroupData& g : data.groups) {
+    if (!group.empty() && g.group != group) continue;
+    found = true;
+    v1::GroupDetail* detail = response.add_groups();
+    FillSeriesStats(*g.stats, detail->mutable_stats());
+    std::vector<const Member*> members;
+    for (const Member& m : g.members) members.push_back(&m);
+    std::sort(members.begin(), members.end(), [](const Member* a, const Member* b) {
+      if (a->value.value != b->value.value) return a->value.value < b->value.value;
+      return a->name < b->name;
+    });
+    for (const Member* m : members) {
+      v1::LocationValue* v = detail->add_values();
+      v->set_location(m->name);
+      v->set_value(m->value.value);
+      v->set_samples(m->value.samples);
+      ToTimestamp(observed_at[m->location], v->mutable_observed_at());
+    }
+    FillSeriesOutliers(*g.stats, detail->mutable_outliers());
   }
-  for (const OutlierResult& r : FindOutliers(key.family, values, summary, options_.policy)) {
-    FillOutlier(key, kChainGroup, summary, band, r, by_location[r.location]->location,
-                response.add_outliers());
+  if (!found) {
+    return absl::NotFoundError(absl::StrCat("no peer group '", group, "' for ", SeriesName(key)));
+  }
+  // The single-group fields show the largest group (the chain, usually).
+  const v1::GroupDetail* largest = &response.groups(0);
+  for (const v1::GroupDetail& g : response.groups()) {
+    if (g.stats().n() > largest->stats().n()) largest = &g;
+  }
+  *response.mutable_stats() = largest->stats();
+  *response.mutable_values() = largest->values();
+  *response.mutable_outliers() = largest->outliers();
+  std::shared_ptr<const Snapshot> snap = snapshot();
+  for (const v1::Finding& f : snap->findings->active) {
+    if (f.has_series() && SeriesFromProto(f.series()) == key) *response.add_findings() = f;
   }
   return response;
 }
 
-// Renders a published series into the Query API's messages.
-void FillSeriesStats(const SeriesStats& stats, v1::GroupStats* out) {
-  FillGroupStats(stats.key, stats.group, stats.summary, stats.band, out);
-}
-
-void FillSeriesOutliers(const SeriesStats& stats,
-                        google::protobuf::RepeatedPtrField<v1::Outlier>* out) {
-  for (size_t i = 0; i < stats.outliers.size(); ++i) {
-    FillOutlier(stats.key, stats.group, stats.summary, stats.band, stats.outliers[i],
-                stats.outlier_locations[i], out->Add());
+absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(
+    const std::string& location) const {
+  if (absl::Status s = ValidateLocationId(location); !s.ok()) return s;
+  const absl::Time now = options_.clock();
+  v1::LocationScorecardResponse response;
+  response.set_location(location);
+  std::vector<std::pair<SeriesKey, Comparable>> values;
+  std::shared_ptr<const Catalog> catalog;
+  {
+    absl::MutexLock lock(&mu_);
+    catalog = catalog_;
+    auto it = location_index_.find(location);
+    const LocationEntry* entry = catalog->FindLocation(location);
+    if (it == location_index_.end() && entry == nullptr) {
+      return absl::NotFoundError(
+          absl::StrCat("location '", location, "' has never reported and is not in the catalog"));
+    }
+    if (entry != nullptr) {
+      for (const auto& [k, v] : entry->labels) (*response.mutable_labels())[k] = v;
+    }
+    if (it != location_index_.end()) {
+      const uint32_t loc = it->second;
+      ToTimestamp(locations_[loc].state.last_report, response.mutable_last_report());
+      for (const Series& s : series_) {
+        std::optional<Comparable> c;
+        if (auto p = s.price.find(loc); p != s.price.end())
+          c = ComparePrice(p->second, now, catalog->price);
+        if (auto w = s.wait.find(loc); w != s.wait.end()) {
+          c = CompareWait(w->second, now, catalog->wait, catalog->wait_sketch, 0);
+        }
+        if (auto k = s.compliance.find(loc); k != s.compliance.end()) {
+          c = CompareCompliance(k->second, now, catalog->compliance);
+        }
+        if (auto sc = s.score.find(loc); sc != s.score.end())
+          c = CompareScore(sc->second, now, catalog->score);
+        if (c.has_value()) values.emplace_back(s.key, *c);
+      }
+    }
   }
+  response.set_expected_open(catalog->ExpectedOpen(location, now));
+  std::sort(values.begin(), values.end(),
+            [](const auto& a, const auto& b) { return SeriesName(a.first) < SeriesName(b.first); });
+  for (const auto& [key, c] : values) {
+    SeriesToProto(key, response.add_series());
+    v1::LocationValue* v = response.add_values();
+    v->set_location(location);
+    v->set_value(c.value);
+    v->set_samples(c.samples);
+  }
+  std::shared_ptr<const Snapshot> snap = snapshot();
+  v1::TrustScore* trust = response.mutable_trust();
+  trust->set_location(location);
+  trust->set_score(100);
+  for (const FindingsView::Trust& t : snap->findings->trust) {
+    if (t.location != location) continue;
+    trust->set_balance(t.balance);
+    trust->set_score(t.score);
+    response.set_promises_kept(t.kept);
+    response.set_promises_broken(t.broken);
+  }
+  for (const v1::Finding& f : snap->findings->active) {
+    if (f.location() == location ||
+        std::find(f.locations().begin(), f.locations().end(), location) != f.locations().end()) {
+      *response.add_findings() = f;
+    }
+  }
+  return response;
 }
 
 }  // namespace constance::collector

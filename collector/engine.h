@@ -1,22 +1,30 @@
-// The collector's state: cells, delivery watermarks and published statistics.
+// The collector's state: cells, delivery watermarks, statistics, findings.
 //
 // Engine owns every (location, series) cell. The ingest path (ApplyBatch)
 // validates each observation, drops what an earlier batch already
 // delivered (high-water mark per location and spool incarnation), updates
-// cells and marks their series dirty: nothing more. A background tick
-// (Options::stats_interval) recomputes the dirty series off the ingest path
-// and publishes an immutable Snapshot that Query and /metrics read, so an
-// observation never triggers a rescan of the chain and a scrape never
-// blocks ingest.
+// the cell and marks its series dirty: nothing more. Two ticks run off
+// that path:
+//   - the statistics tick (catalog stats_interval, 1 s) recomputes dirty
+//     series per peer group and publishes an immutable Snapshot that the
+//     Query API and /metrics read, so a scrape never blocks ingest;
+//   - the evaluation tick (evaluation_interval, 1 min) recomputes every
+//     series (windows slide, cells expire) and evaluates the findings of
+//     DESIGN.md: outliers, splits and rollouts, zones, broken and
+//     unkeepable promises, irregular price changes, drift, silent
+//     locations; persistence and hysteresis decide what opens and closes,
+//     and each location's trust account is updated.
+// Findings are evaluated on fixed ticks, never per observation, so false
+// alarm rates do not grow with traffic.
 //
 //   Engine engine(Engine::Options{});
-//   engine.Start();                       // the statistics tick
-//   v1::Ack ack = *engine.ApplyBatch(batch);
+//   engine.Start();                       // both ticks
+//   absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(batch);
 //   std::shared_ptr<const Snapshot> s = engine.snapshot();
 //   engine.Stop();
 //
 // Thread-safety: every public method may be called from any thread.
-// Snapshots are immutable and may outlive the Engine's next tick.
+// Snapshots are immutable and may outlive later ticks.
 #ifndef CONSTANCE_COLLECTOR_ENGINE_H_
 #define CONSTANCE_COLLECTOR_ENGINE_H_
 
@@ -33,6 +41,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "collector/catalog.h"
+#include "collector/cells.h"
+#include "collector/findings.h"
 #include "collector/stats.h"
 #include "constance/v1/ingest.pb.h"
 #include "constance/v1/query.pb.h"
@@ -61,21 +72,24 @@ struct SeriesKey {
 SeriesKey SeriesOf(const v1::Observation& obs);
 SeriesKey SeriesFromProto(const v1::SeriesId& id);
 void SeriesToProto(const SeriesKey& key, v1::SeriesId* id);
+// "price coffee-250g EUR/shelf", "wait checkout".
+std::string SeriesName(const SeriesKey& key);
 
-// The published statistics of one series.
+// The outlier rule's parameters as the catalog sets them.
+OutlierPolicy PolicyFromCatalog(const Catalog& catalog);
+
+// The published statistics of one series in one peer group.
 struct SeriesStats {
   SeriesKey key;
-  std::string group;  // "chain" until peer groups are declared.
+  std::string group;  // "chain", or "<peer group>=<label value>".
   GroupSummary summary;
   Band band;
-  std::vector<OutlierResult> outliers;  // Locations as names below.
-  std::vector<std::string> outlier_locations;
+  Level main_level;                 // Prices: the level at the median.
+  std::vector<Level> other_levels;  // Prices: consistent deviating levels.
+  bool rollout = false;             // A chain-wide change is rolling out.
+  std::vector<OutlierResult> outliers;
+  std::vector<std::string> outlier_locations;  // Parallel to outliers.
 };
-
-// The Query API's rendering of a published series.
-void FillSeriesStats(const SeriesStats& stats, v1::GroupStats* out);
-void FillSeriesOutliers(const SeriesStats& stats,
-                        google::protobuf::RepeatedPtrField<v1::Outlier>* out);
 
 // What one agent last said about itself.
 struct AgentHealth {
@@ -85,7 +99,7 @@ struct AgentHealth {
   absl::Time heartbeat_at = absl::InfinitePast();
 };
 
-// Per-location delivery facts, for /metrics.
+// Per-location delivery facts, for /metrics and the scorecard.
 struct LocationState {
   std::string location;
   absl::Time last_report = absl::InfinitePast();  // Receive time of the last batch.
@@ -93,7 +107,22 @@ struct LocationState {
   AgentHealth health;
 };
 
-// An immutable view published by the statistics tick.
+// The findings and trust published by the evaluation tick.
+struct FindingsView {
+  absl::Time evaluated_at = absl::InfinitePast();
+  std::vector<v1::Finding> active;  // Most severe first.
+  std::vector<v1::Finding> closed;  // Recently closed, newest last.
+  struct Trust {
+    std::string location;
+    double balance = 0;
+    double score = 100;
+    uint64_t kept = 0;    // Promises kept at the last evaluation.
+    uint64_t broken = 0;  // Promises broken at the last evaluation.
+  };
+  std::vector<Trust> trust;  // By location.
+};
+
+// An immutable view published by the ticks.
 struct Snapshot {
   absl::Time computed_at = absl::InfinitePast();
   uint64_t locations = 0;
@@ -105,81 +134,129 @@ struct Snapshot {
   uint64_t batches = 0;
   // Rejected observations by the field that failed validation.
   std::map<std::string, uint64_t> rejected_by_reason;
-  std::vector<std::shared_ptr<const SeriesStats>> series;  // Unordered.
+  std::vector<std::shared_ptr<const SeriesStats>> series;  // One per (series, group).
   std::vector<LocationState> location_states;              // By location name.
+  std::shared_ptr<const FindingsView> findings = std::make_shared<FindingsView>();
+  std::shared_ptr<const Catalog> catalog;
 };
+
+// The Query API's rendering of a published series.
+void FillSeriesStats(const SeriesStats& stats, v1::GroupStats* out);
+void FillSeriesOutliers(const SeriesStats& stats,
+                        google::protobuf::RepeatedPtrField<v1::Outlier>* out);
 
 class Engine {
  public:
   struct Options {
-    absl::Duration stats_interval = absl::Seconds(1);
-    OutlierPolicy policy;
+    std::shared_ptr<const Catalog> catalog = std::make_shared<const Catalog>(DefaultCatalog());
     Limits limits;
     // The collector's clock, injectable for tests and replays.
     std::function<absl::Time()> clock = [] { return absl::Now(); };
   };
 
   explicit Engine(Options options);
-  ~Engine();  // Stops the tick.
+  ~Engine();  // Stops the ticks.
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Starts and stops the statistics tick thread. Stop is idempotent.
+  // Starts and stops the tick threads. Stop is idempotent.
   void Start();
   void Stop();
 
   // Applies one batch and returns its acknowledgement: observations above
   // the (location, incarnation) high-water mark are validated and applied
-  // or rejected with a reason; those at or below it are counted as
-  // duplicates. Errors (InvalidArgument) concern the batch as a whole
-  // (bad location id, sequence 0) and leave the state untouched.
+  // or rejected with a reason; those at or below it are duplicates. Errors
+  // concern the batch as a whole and leave the state untouched:
+  // InvalidArgument (bad location id, sequence 0), PermissionDenied (a
+  // location the catalog does not know while auto_register is off).
   absl::StatusOr<v1::Ack> ApplyBatch(const v1::Batch& batch);
 
   // Records an agent's heartbeat. InvalidArgument for a bad location id.
   absl::Status RecordHeartbeat(const v1::Heartbeat& heartbeat);
 
-  // Recomputes every dirty series and publishes a new snapshot now; the
-  // tick calls it, tests call it to be deterministic.
+  // Replaces the catalog (SIGHUP). Cells, watermarks, findings and trust
+  // are kept; groups, promises and thresholds apply from the next tick.
+  void SetCatalog(std::shared_ptr<const Catalog> catalog);
+
+  // Recomputes every dirty series and publishes a new snapshot now.
   void Recompute();
+  // Recomputes everything and evaluates the findings now (the evaluation
+  // tick calls it; tests call it with an injected clock).
+  void Evaluate();
 
   // The latest published snapshot; never null.
   std::shared_ptr<const Snapshot> snapshot() const;
 
   // One series as it is now (not as of the last tick): every location's
-  // value, the statistics and outliers over exactly those values.
-  // NotFound for a series nobody reported.
-  absl::StatusOr<v1::KeyDetailResponse> KeyDetail(const v1::SeriesId& series) const;
+  // value per peer group, the statistics and outliers over exactly those
+  // values. NotFound for a series nobody reported.
+  absl::StatusOr<v1::KeyDetailResponse> KeyDetail(const v1::SeriesId& series,
+                                                  const std::string& group = "") const;
 
-  const Options& options() const { return options_; }
+  // The scorecard of one location. NotFound if it never reported and is
+  // not in the catalog.
+  absl::StatusOr<v1::LocationScorecardResponse> LocationScorecard(
+      const std::string& location) const;
+
+  absl::Time now() const { return options_.clock(); }
 
  private:
-  // One (location, series) cell. Families use the fields they need.
-  struct Cell {
-    int64_t observed_at_ns = 0;  // Latest event time seen.
-    double value = 0;            // Price: the latest price in minor units.
-    double sum = 0;              // Wait: seconds; score: values; compliance: passes.
-    uint64_t count = 0;          // Samples.
-    uint32_t critical_failures = 0;
-  };
   struct Series {
     SeriesKey key;
-    absl::flat_hash_map<uint32_t, Cell> cells;  // By location index.
+    absl::flat_hash_map<uint32_t, PriceCell> price;  // By location index.
+    absl::flat_hash_map<uint32_t, WaitCell> wait;
+    absl::flat_hash_map<uint32_t, ComplianceCell> compliance;
+    absl::flat_hash_map<uint32_t, ScoreCell> score;
     bool dirty = false;
+  };
+  struct Location {
+    LocationState state;
+    const LocationEntry* entry = nullptr;  // Into catalog_; null if undeclared.
   };
   struct Stream {
     uint64_t watermark = 0;
   };
+  // One location's comparable value in a series, with what findings need.
+  struct Member {
+    uint32_t location = 0;
+    Comparable value;
+    PriceChange latest_change;  // at_ns = 0: no change kept.
+    int changes_in_flip_window = 0;
+    const LocationEntry* entry = nullptr;
+    std::string name;
+  };
+  struct GroupData {
+    std::string group;
+    std::vector<Member> members;
+    std::shared_ptr<SeriesStats> stats;
+    Levels levels;
+    std::vector<double> rollout_values;
+  };
+  struct SeriesData {
+    uint32_t index = 0;
+    SeriesKey key;
+    std::vector<GroupData> groups;
+  };
 
-  static double Comparable(v1::Family family, const Cell& cell);
-  static void ApplyToCell(const v1::Observation& obs, int64_t observed_at_ns, Cell* cell);
+  // Copies one series' comparable values grouped by peer group. Caller holds mu_.
+  SeriesData CollectLocked(uint32_t index, absl::Time now, const Catalog& catalog) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Statistics, levels, rollouts and outliers of every group.
+  void ComputeGroups(SeriesData* data, absl::Time now, const Catalog& catalog) const;
+  // Recomputes dirty (or all) series, publishes, and hands each computed
+  // series to `visit` (evaluation) before dropping it.
+  void RecomputeSeries(bool all, const std::function<void(SeriesData&)>& visit);
+  void Publish(std::shared_ptr<Snapshot> snapshot);
   uint32_t LocationIndex(const std::string& location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void TickLoop();
+  void TickLoop(bool evaluation);
 
   const Options options_;
+  const absl::Time started_at_;
 
   mutable absl::Mutex mu_;
+  std::shared_ptr<const Catalog> catalog_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint32_t> location_index_ ABSL_GUARDED_BY(mu_);
-  std::vector<LocationState> locations_ ABSL_GUARDED_BY(mu_);
+  std::vector<Location> locations_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<SeriesKey, uint32_t> series_index_ ABSL_GUARDED_BY(mu_);
   std::vector<Series> series_ ABSL_GUARDED_BY(mu_);
   // High-water marks by (location index, incarnation).
@@ -191,16 +268,42 @@ class Engine {
   uint64_t batches_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, uint64_t> rejected_by_reason_ ABSL_GUARDED_BY(mu_);
 
-  // Serialises Recompute so two ticks never interleave their publishing.
+  // Serialises recomputations so two ticks never interleave publishing.
   absl::Mutex recompute_mu_ ABSL_ACQUIRED_BEFORE(mu_);
-  std::vector<std::shared_ptr<const SeriesStats>> published_ ABSL_GUARDED_BY(recompute_mu_);
+  std::vector<std::vector<std::shared_ptr<const SeriesStats>>> published_
+      ABSL_GUARDED_BY(recompute_mu_);
+
+  // Evaluation state: findings, trust, drift.
+  absl::Mutex eval_mu_ ABSL_ACQUIRED_BEFORE(recompute_mu_);
+  FindingTracker tracker_ ABSL_GUARDED_BY(eval_mu_);
+  absl::flat_hash_map<uint32_t, TrustAccount> trust_ ABSL_GUARDED_BY(eval_mu_);
+  struct GroupDrift {
+    DriftBaseline baseline;
+    Ewma ewma;
+    int64_t last_bin = INT64_MIN;
+    double scale = 0;  // Frozen baseline scale (robust sigma), floored.
+    bool alarm = false;
+    double level = 0;
+  };
+  // A cell's CUSUM measures its deviation against its own calm baseline,
+  // so a store that is always a little slower (inside the band) is steady,
+  // not drifting.
+  struct CellDrift {
+    DriftBaseline baseline;
+    Cusum up, down;
+    int64_t last_bin = INT64_MIN;
+  };
+  absl::flat_hash_map<std::string, GroupDrift> group_drift_ ABSL_GUARDED_BY(eval_mu_);
+  absl::flat_hash_map<std::pair<std::string, uint32_t>, CellDrift> cell_drift_
+      ABSL_GUARDED_BY(eval_mu_);
 
   mutable absl::Mutex snapshot_mu_;
   std::shared_ptr<const Snapshot> snapshot_ ABSL_GUARDED_BY(snapshot_mu_);
 
   absl::Mutex tick_mu_;
   bool stopping_ ABSL_GUARDED_BY(tick_mu_) = false;
-  std::thread tick_thread_;
+  std::thread stats_thread_;
+  std::thread eval_thread_;
 };
 
 }  // namespace constance::collector

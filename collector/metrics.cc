@@ -1,9 +1,11 @@
 #include "collector/metrics.h"
 
+#include <map>
 #include <string>
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "collector/findings.h"
 #include "constance/validate.h"
 
 namespace constance::collector {
@@ -41,11 +43,109 @@ std::vector<ClientMetric::Label> SeriesLabels(const SeriesStats& s) {
   return {{"family", std::string(FamilyName(s.key.family))},
           {"key", s.key.key},
           {"currency", s.key.currency},
-          {"kind", kind},
+          {"price_kind", kind},
           {"group", s.group}};
 }
 
 double Seconds(absl::Time t) { return absl::ToDoubleSeconds(t - absl::UnixEpoch()); }
+
+std::string Lower(const std::string& s) { return absl::AsciiStrToLower(s); }
+
+std::string Label(const v1::Finding& f, const std::string& name) {
+  auto it = f.labels().find(name);
+  return it == f.labels().end() ? "" : it->second;
+}
+
+// Findings, trust: the series alerts and dashboards are built on. Finding
+// series exist only while a finding is active, capped so a bad day cannot
+// explode Prometheus; what the cap hides is itself exported.
+void CollectFindings(const Snapshot& snap, std::vector<MetricFamily>* out) {
+  const FindingsView& view = *snap.findings;
+  const uint64_t cap = snap.catalog != nullptr ? snap.catalog->thresholds.finding_cap : 10'000;
+
+  MetricFamily by_kind = Family("constance_findings_active",
+                                "Active findings by kind and severity.", MetricType::Gauge);
+  std::map<std::pair<std::string, std::string>, uint64_t> counts;
+  for (const v1::Finding& f : view.active) {
+    ++counts[{KindName(f.kind()), Lower(v1::Severity_Name(f.severity()))}];
+  }
+  for (const auto& [k, n] : counts) {
+    Add(&by_kind, {{"finding", k.first}, {"severity", k.second}}, static_cast<double>(n));
+  }
+  out->push_back(std::move(by_kind));
+
+  MetricFamily finding =
+      Family("constance_finding",
+             "1 per active finding (most severe first, up to the catalog's finding_cap).",
+             MetricType::Gauge);
+  MetricFamily value =
+      Family("constance_finding_value", "The finding's value in the family's unit (first reason).",
+             MetricType::Gauge);
+  MetricFamily expected =
+      Family("constance_finding_expected",
+             "What the value was expected to be (median, list price, ...).", MetricType::Gauge);
+  MetricFamily started = Family("constance_finding_started_timestamp_seconds",
+                                "When the finding's condition was first met.", MetricType::Gauge);
+  uint64_t exported = 0;
+  for (const v1::Finding& f : view.active) {
+    if (exported >= cap) break;
+    ++exported;
+    std::string price_kind;
+    if (f.series().family() == v1::FAMILY_PRICE) {
+      price_kind = Lower(v1::PriceKind_Name(f.series().kind()));
+    }
+    std::vector<ClientMetric::Label> labels = {
+        {"finding", KindName(f.kind())},
+        {"severity", Lower(v1::Severity_Name(f.severity()))},
+        {"audience", f.audience()},
+        {"location", f.location()},
+        {"region", Label(f, "region")},
+        {"family", f.has_series() ? std::string(FamilyName(f.series().family())) : ""},
+        {"key", f.series().key()},
+        {"currency", f.series().currency()},
+        {"price_kind", price_kind},
+        {"group", f.group()},
+        {"id", f.id()},
+    };
+    Add(&finding, labels, 1);
+    if (f.reasons_size() > 0) {
+      Add(&value, labels, f.reasons(0).value());
+      Add(&expected, labels, f.reasons(0).expected());
+    }
+    Add(&started, labels,
+        static_cast<double>(f.started_at().seconds()) + f.started_at().nanos() / 1e9);
+  }
+  out->push_back(std::move(finding));
+  out->push_back(std::move(value));
+  out->push_back(std::move(expected));
+  out->push_back(std::move(started));
+
+  MetricFamily suppressed =
+      Family("constance_findings_suppressed",
+             "Active findings not exported because of the finding cap (alert when above 0).",
+             MetricType::Gauge);
+  Add(&suppressed, {}, static_cast<double>(view.active.size() - exported));
+  out->push_back(std::move(suppressed));
+
+  MetricFamily evaluated = Family("constance_findings_evaluated_timestamp_seconds",
+                                  "When findings were last evaluated.", MetricType::Gauge);
+  if (view.evaluated_at != absl::InfinitePast()) Add(&evaluated, {}, Seconds(view.evaluated_at));
+  out->push_back(std::move(evaluated));
+
+  MetricFamily balance = Family("constance_trust_balance",
+                                "Trust balance: decayed deposits for promises kept minus "
+                                "withdrawals for breaches and outliers.",
+                                MetricType::Gauge);
+  MetricFamily score =
+      Family("constance_trust_score", "Trust score 0..100: the share of decayed deposits.",
+             MetricType::Gauge);
+  for (const auto& t : view.trust) {
+    Add(&balance, {{"location", t.location}}, t.balance);
+    Add(&score, {{"location", t.location}}, t.score);
+  }
+  out->push_back(std::move(balance));
+  out->push_back(std::move(score));
+}
 
 }  // namespace
 
@@ -157,8 +257,19 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
        [](const SeriesStats& s) { return s.band.low; }},
       {"constance_series_band_high", "Upper edge of the expected band.",
        [](const SeriesStats& s) { return s.band.high; }},
+      {"constance_series_p10", "10th percentile across locations.",
+       [](const SeriesStats& s) { return s.summary.p10; }},
+      {"constance_series_p90", "90th percentile across locations.",
+       [](const SeriesStats& s) { return s.summary.p90; }},
       {"constance_series_outliers", "Outlier locations in the series now.",
        [](const SeriesStats& s) { return static_cast<double>(s.outliers.size()); }},
+      {"constance_series_levels",
+       "Consistent price levels in the group (1 = one price everywhere).",
+       [](const SeriesStats& s) {
+         return s.key.family == v1::FAMILY_PRICE && !s.main_level.members.empty()
+                    ? 1.0 + s.other_levels.size()
+                    : 0.0;
+       }},
   };
   std::vector<MetricFamily> stats;
   for (const Stat& stat : kStats) stats.push_back(Family(stat.name, stat.help, MetricType::Gauge));
@@ -183,6 +294,7 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
   for (MetricFamily& f : stats) out.push_back(std::move(f));
   out.push_back(std::move(outliers));
   out.push_back(std::move(outlier_value));
+  CollectFindings(*snap, &out);
   return out;
 }
 

@@ -197,8 +197,58 @@ grpc::ServerUnaryReactor* QueryService::ChainSummary(grpc::CallbackServerContext
               }
               return a.series().key() < b.series().key();
             });
+  for (const v1::Finding& f : snapshot->findings->active) *response->add_findings() = f;
+  std::vector<const FindingsView::Trust*> trust;
+  for (const auto& t : snapshot->findings->trust) trust.push_back(&t);
+  std::sort(trust.begin(), trust.end(), [](const auto* a, const auto* b) {
+    if (a->score != b->score) return a->score < b->score;
+    return a->location < b->location;
+  });
+  for (const auto* t : trust) {
+    v1::TrustScore* out = response->add_trust();
+    out->set_location(t->location);
+    out->set_balance(t->balance);
+    out->set_score(t->score);
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* QueryService::Findings(grpc::CallbackServerContext* context,
+                                                 const v1::FindingsRequest* request,
+                                                 v1::FindingsResponse* response) {
+  std::shared_ptr<const Snapshot> snapshot = engine_->snapshot();
+  auto wanted = [request](const v1::Finding& f) {
+    if (request->kind() != v1::FINDING_KIND_UNSPECIFIED && f.kind() != request->kind())
+      return false;
+    if (request->location().empty()) return true;
+    return f.location() == request->location() ||
+           std::find(f.locations().begin(), f.locations().end(), request->location()) !=
+               f.locations().end();
+  };
+  for (const v1::Finding& f : snapshot->findings->active) {
+    if (wanted(f)) *response->add_findings() = f;
+  }
+  if (request->include_closed()) {
+    for (auto it = snapshot->findings->closed.rbegin(); it != snapshot->findings->closed.rend();
+         ++it) {
+      if (wanted(*it)) *response->add_findings() = *it;
+    }
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* QueryService::LocationScorecard(
+    grpc::CallbackServerContext* context, const v1::LocationScorecardRequest* request,
+    v1::LocationScorecardResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<v1::LocationScorecardResponse> card =
+      engine_->LocationScorecard(request->location());
+  if (card.ok()) *response = std::move(*card);
+  reactor->Finish(ToGrpcStatus(card.status()));
   return reactor;
 }
 
@@ -206,7 +256,8 @@ grpc::ServerUnaryReactor* QueryService::KeyDetail(grpc::CallbackServerContext* c
                                                   const v1::KeyDetailRequest* request,
                                                   v1::KeyDetailResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<v1::KeyDetailResponse> detail = engine_->KeyDetail(request->series());
+  absl::StatusOr<v1::KeyDetailResponse> detail =
+      engine_->KeyDetail(request->series(), request->group());
   if (detail.ok()) *response = std::move(*detail);
   reactor->Finish(ToGrpcStatus(detail.status()));
   return reactor;

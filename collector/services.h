@@ -60,6 +60,12 @@ class QueryService final : public v1::Query::CallbackService {
   grpc::ServerUnaryReactor* KeyDetail(grpc::CallbackServerContext* context,
                                       const v1::KeyDetailRequest* request,
                                       v1::KeyDetailResponse* response) override;
+  grpc::ServerUnaryReactor* Findings(grpc::CallbackServerContext* context,
+                                     const v1::FindingsRequest* request,
+                                     v1::FindingsResponse* response) override;
+  grpc::ServerUnaryReactor* LocationScorecard(grpc::CallbackServerContext* context,
+                                              const v1::LocationScorecardRequest* request,
+                                              v1::LocationScorecardResponse* response) override;
 
  private:
   const Engine* const engine_;

@@ -19,7 +19,9 @@ int32_t QuantileSketch::IndexOf(double value) const {
   return static_cast<int32_t>(std::ceil(std::log(value) / log_gamma_));
 }
 
-double QuantileSketch::LowerBound(int32_t index) const { return std::exp((index - 1) * log_gamma_); }
+double QuantileSketch::LowerBound(int32_t index) const {
+  return std::exp((index - 1) * log_gamma_);
+}
 double QuantileSketch::UpperBound(int32_t index) const { return std::exp(index * log_gamma_); }
 
 // 2 gamma^i / (gamma + 1) is at most a relative `a` from any value in
@@ -91,7 +93,8 @@ absl::Status QuantileSketch::Merge(const QuantileSketch& other) {
   sum_ += other.sum_;
   zero_count_ += other.zero_count_;
   for (size_t i = 0; i < other.counts_.size(); ++i) {
-    if (other.counts_[i] != 0) AddToBucket(other.offset_ + static_cast<int32_t>(i), other.counts_[i]);
+    if (other.counts_[i] != 0)
+      AddToBucket(other.offset_ + static_cast<int32_t>(i), other.counts_[i]);
   }
   return absl::OkStatus();
 }

@@ -79,19 +79,24 @@ GroupSummary SummarizeGroup(absl::Span<const LocatedValue> values) {
 }
 
 double FamilyFloor(v1::Family family, double median, const OutlierPolicy& policy) {
-  const double m = std::fabs(median);
+  const Floor* f = nullptr;
   switch (family) {
     case v1::FAMILY_PRICE:
-      return std::max(policy.price_floor_ratio * m, policy.price_floor_minor_units);
+      f = &policy.price;
+      break;
     case v1::FAMILY_WAIT:
-      return policy.wait_floor_ratio * m;
+      f = &policy.wait;
+      break;
     case v1::FAMILY_COMPLIANCE:
-      return policy.compliance_floor_points;
+      f = &policy.compliance;
+      break;
     case v1::FAMILY_SCORE:
-      return policy.score_floor_ratio * m;
+      f = &policy.score;
+      break;
     default:
       return 0;
   }
+  return std::max(f->ratio * std::fabs(median), f->absolute);
 }
 
 Band ExpectedBand(v1::Family family, const GroupSummary& summary, const OutlierPolicy& policy) {
@@ -102,7 +107,10 @@ Band ExpectedBand(v1::Family family, const GroupSummary& summary, const OutlierP
   } else {
     band.scale = kMeanAdToSigma * summary.mean_ad;
   }
-  const double width = std::max(band.floor, policy.z_threshold * band.scale);
+  // With MAD = 0 the fallback z-score depends on how many locations deviate,
+  // not by how much, so the floor alone decides (DESIGN.md, "outlier").
+  const double width =
+      summary.mad > 0 ? std::max(band.floor, policy.z_threshold * band.scale) : band.floor;
   band.low = summary.median - width;
   band.high = summary.median + width;
   return band;
@@ -119,7 +127,7 @@ std::vector<OutlierResult> FindOutliers(v1::Family family, absl::Span<const Loca
     const double deviation = v.value - summary.median;
     const double z = summary.mad > 0 ? kMadToSigma * deviation / summary.mad
                                      : deviation / (kMeanAdToSigma * summary.mean_ad);
-    if (std::fabs(z) <= policy.z_threshold) continue;
+    if (summary.mad > 0 && std::fabs(z) <= policy.z_threshold) continue;
     if (std::fabs(deviation) <= band.floor) continue;
     const v1::Direction direction = deviation > 0 ? v1::ABOVE : v1::BELOW;
     if (!DirectionAllowed(family, direction)) continue;

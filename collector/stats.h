@@ -49,17 +49,21 @@ struct GroupSummary {
   double p90 = 0;
 };
 
+// A family's floor: a deviation must exceed max(ratio * |median|, absolute).
+struct Floor {
+  double ratio = 0;
+  double absolute = 0;
+};
+
 // The outlier rule's parameters. Defaults are DESIGN.md's.
 struct OutlierPolicy {
   double z_threshold = 3.5;
   // Fewer reporting locations than this: no outliers at all.
   uint64_t min_group = 5;
-  // Floors: a deviation must exceed the floor as well as the z threshold.
-  double price_floor_ratio = 0.01;        // 1% of the median ...
-  double price_floor_minor_units = 1;     // ... and more than 1 minor unit.
-  double wait_floor_ratio = 0.10;         // 10% of the median wait.
-  double compliance_floor_points = 0.05;  // 5 points of pass rate (0..1).
-  double score_floor_ratio = 0.05;        // 5% of the median score.
+  Floor price{0.01, 1};       // 1% of the median and more than 1 minor unit.
+  Floor wait{0.10, 0};        // 10% of the median wait.
+  Floor compliance{0, 0.05};  // 5 points of pass rate (0..1).
+  Floor score{0.05, 0};       // 5% of the median score.
 };
 
 // The band a value must leave, and by how much, to be an outlier.
@@ -86,11 +90,14 @@ GroupSummary SummarizeGroup(absl::Span<const LocatedValue> values);
 double FamilyFloor(v1::Family family, double median, const OutlierPolicy& policy);
 
 // The expected band around the median: [median - w, median + w] with
-// w = max(floor, z_threshold * scale). A value inside it is never an outlier.
+// w = max(floor, z_threshold * scale), or w = floor when MAD = 0 (most
+// locations share one value: the fallback z-score then counts deviants
+// rather than measuring deviations, so the floor decides). A value inside
+// the band is never an outlier.
 Band ExpectedBand(v1::Family family, const GroupSummary& summary, const OutlierPolicy& policy);
 
-// The locations whose value is an outlier: |z| > z_threshold, |deviation|
-// above the family's floor, in a direction the family cares about (price:
+// The locations whose value is an outlier: |z| > z_threshold (when MAD > 0),
+// |deviation| above the family's floor, in a direction the family cares about (price:
 // both; wait: above; compliance: below; score: both), and the group has at
 // least min_group locations. Sorted by |z| descending, then location.
 std::vector<OutlierResult> FindOutliers(v1::Family family, absl::Span<const LocatedValue> values,

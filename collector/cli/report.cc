@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "constance/format.h"
 #include "constance/validate.h"
 
 namespace constance::cli {
@@ -76,20 +77,7 @@ std::string Band(const v1::SeriesId& s, double low, double high) {
 }  // namespace
 
 std::string FormatValue(const v1::SeriesId& series, double value) {
-  switch (series.family()) {
-    case v1::FAMILY_PRICE: {
-      // Minor units to a two-decimal amount; exact for the integers a price
-      // cell holds, rounded only for statistics such as a mean.
-      double major = value / 100.0;
-      return absl::StrFormat("%.2f %s", major, series.currency());
-    }
-    case v1::FAMILY_WAIT:
-      return absl::StrFormat("%.0f s", value);
-    case v1::FAMILY_COMPLIANCE:
-      return absl::StrFormat("%.1f%%", 100.0 * value);
-    default:
-      return absl::StrFormat("%.4g", value);
-  }
+  return constance::FormatValue(series.family(), series.currency(), value);
 }
 
 std::string FormatSeries(const v1::SeriesId& series) {

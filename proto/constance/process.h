@@ -14,6 +14,7 @@
 #ifndef CONSTANCE_PROCESS_H_
 #define CONSTANCE_PROCESS_H_
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,7 +30,7 @@ void BlockTerminationSignals();
 
 // Waits for SIGTERM or SIGINT and returns it. SIGHUP calls `on_hangup`
 // (e.g. reload configuration) and keeps waiting.
-int WaitForTerminationSignal(void (*on_hangup)() = nullptr);
+int WaitForTerminationSignal(const std::function<void()>& on_hangup = nullptr);
 
 // Writes `entries` as name=value lines atomically. An empty path is a no-op.
 absl::Status WriteReadyFile(const std::string& path,

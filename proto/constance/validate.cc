@@ -52,8 +52,7 @@ absl::Status ValidateCurrency(absl::string_view currency) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now,
-                                 const Limits& limits) {
+absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, const Limits& limits) {
   if (absl::Status s = ValidateKey(obs.key()); !s.ok()) return s;
   if (obs.id().size() > 128) return Invalid("id", "longer than 128 characters");
   switch (obs.value_case()) {
@@ -99,8 +98,9 @@ absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now,
     }
     absl::Time t = absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
     if (t > now + limits.max_future_skew) {
-      return Invalid("observed_at", absl::StrCat("more than ", absl::FormatDuration(limits.max_future_skew),
-                                                 " in the future (check the store clock)"));
+      return Invalid("observed_at",
+                     absl::StrCat("more than ", absl::FormatDuration(limits.max_future_skew),
+                                  " in the future (check the store clock)"));
     }
     if (t < now - limits.max_lateness) {
       return Invalid("observed_at", absl::StrCat("older than the lateness bound of ",
@@ -112,27 +112,38 @@ absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now,
 
 v1::Family FamilyOf(const v1::Observation& obs) {
   switch (obs.value_case()) {
-    case v1::Observation::kPrice: return v1::FAMILY_PRICE;
-    case v1::Observation::kWaitSeconds: return v1::FAMILY_WAIT;
-    case v1::Observation::kCheck: return v1::FAMILY_COMPLIANCE;
-    case v1::Observation::kScore: return v1::FAMILY_SCORE;
-    case v1::Observation::VALUE_NOT_SET: break;
+    case v1::Observation::kPrice:
+      return v1::FAMILY_PRICE;
+    case v1::Observation::kWaitSeconds:
+      return v1::FAMILY_WAIT;
+    case v1::Observation::kCheck:
+      return v1::FAMILY_COMPLIANCE;
+    case v1::Observation::kScore:
+      return v1::FAMILY_SCORE;
+    case v1::Observation::VALUE_NOT_SET:
+      break;
   }
   return v1::FAMILY_UNSPECIFIED;
 }
 
 absl::string_view FamilyName(v1::Family family) {
   switch (family) {
-    case v1::FAMILY_PRICE: return "price";
-    case v1::FAMILY_WAIT: return "wait";
-    case v1::FAMILY_COMPLIANCE: return "compliance";
-    case v1::FAMILY_SCORE: return "score";
-    default: return "unspecified";
+    case v1::FAMILY_PRICE:
+      return "price";
+    case v1::FAMILY_WAIT:
+      return "wait";
+    case v1::FAMILY_COMPLIANCE:
+      return "compliance";
+    case v1::FAMILY_SCORE:
+      return "score";
+    default:
+      return "unspecified";
   }
 }
 
 absl::Status ParseFamily(absl::string_view name, v1::Family* family) {
-  for (v1::Family f : {v1::FAMILY_PRICE, v1::FAMILY_WAIT, v1::FAMILY_COMPLIANCE, v1::FAMILY_SCORE}) {
+  for (v1::Family f :
+       {v1::FAMILY_PRICE, v1::FAMILY_WAIT, v1::FAMILY_COMPLIANCE, v1::FAMILY_SCORE}) {
     if (name == FamilyName(f)) {
       *family = f;
       return absl::OkStatus();

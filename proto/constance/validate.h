@@ -51,8 +51,7 @@ absl::Status ValidateCurrency(absl::string_view currency);
 // Checks every field of `obs` against `limits`, with `now` as the
 // receiver's clock. Returns InvalidArgument naming the field and the rule
 // on failure. An unset observed_at is accepted (the agent stamps it).
-absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now,
-                                 const Limits& limits);
+absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, const Limits& limits);
 
 // The family implied by which value is set (FAMILY_UNSPECIFIED if none).
 v1::Family FamilyOf(const v1::Observation& obs);

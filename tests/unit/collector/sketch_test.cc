@@ -27,13 +27,18 @@ TEST(QuantileSketchTest, WithinRelativeAccuracyOfExactQuantiles) {
   } kCases[] = {
       {"lognormal checkout waits",
        [](std::mt19937_64& r) { return std::lognormal_distribution<double>(5.2, 0.5)(r); }, 20000},
-      {"exponential queue", [](std::mt19937_64& r) { return std::exponential_distribution<double>(1.0 / 180)(r); },
+      {"exponential queue",
+       [](std::mt19937_64& r) { return std::exponential_distribution<double>(1.0 / 180)(r); },
        5000},
-      {"uniform seconds", [](std::mt19937_64& r) { return std::uniform_real_distribution<double>(1, 900)(r); },
-       1000},
-      {"integer minutes", [](std::mt19937_64& r) { return std::floor(std::uniform_real_distribution<double>(0, 60)(r)) * 60; },
+      {"uniform seconds",
+       [](std::mt19937_64& r) { return std::uniform_real_distribution<double>(1, 900)(r); }, 1000},
+      {"integer minutes",
+       [](std::mt19937_64& r) {
+         return std::floor(std::uniform_real_distribution<double>(0, 60)(r)) * 60;
+       },
        3000},
-      {"tiny sample", [](std::mt19937_64& r) { return std::uniform_real_distribution<double>(100, 200)(r); }, 7},
+      {"tiny sample",
+       [](std::mt19937_64& r) { return std::uniform_real_distribution<double>(100, 200)(r); }, 7},
   };
   for (const auto& c : kCases) {
     SCOPED_TRACE(c.name);

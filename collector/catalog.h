@@ -1,0 +1,227 @@
+// The catalog: what the chain promises and what the collector expects.
+//
+// Loaded from the collector's YAML file (see deploy/collector/catalog.yaml
+// for every key with its default). It declares the expected locations with
+// their labels and calendars, the peer groups (locations that must be alike
+// for a key, e.g. a price zone = region), promises (HQ list prices, "p%
+// served within N s", required checks), approved exceptions, and every
+// threshold the engine uses. Every default of DESIGN.md is a key here; a
+// catalog file may be empty, which means "the defaults, any location".
+//
+//   absl::StatusOr<Catalog> c = LoadCatalog("/etc/constance/catalog.yaml");
+//   if (!c.ok()) die(c.status());   // "catalog.yaml:12: locations[3].timezone: ..."
+//
+// Validation errors name the file, the line and the field. Unknown keys are
+// errors (a typo must never silently fall back to a default).
+//
+// A Catalog is a plain value: immutable once loaded, safe to share between
+// threads through a shared_ptr<const Catalog>.
+#ifndef CONSTANCE_COLLECTOR_CATALOG_H_
+#define CONSTANCE_COLLECTOR_CATALOG_H_
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "constance/v1/observation.pb.h"
+
+namespace constance::collector {
+
+// Per-family parameters. Defaults differ per family: see FamilyDefaults.
+struct FamilyPolicy {
+  // A deviation must exceed max(floor_ratio * |median|, floor_absolute) to
+  // count. Price: 1% and 1 minor unit; wait: 10%; compliance: 0.05 (five
+  // points of pass rate); score: 5%.
+  double floor_ratio = 0;
+  double floor_absolute = 0;
+  // A cell not refreshed within this drops out of the statistics.
+  absl::Duration ttl = absl::Hours(24 * 30);
+  // Samples older than `window` (event time) leave the comparable value;
+  // they are kept in fixed bins of `bin`. Unused for prices.
+  absl::Duration window = absl::Hours(1);
+  absl::Duration bin = absl::Minutes(15);
+  // A cell with fewer samples in its window is not compared.
+  uint64_t min_samples = 1;
+};
+
+// Wait cells: which quantile is compared across locations, and the
+// sketch's relative accuracy.
+struct WaitPolicy {
+  double compared_quantile = 0.5;   // p50 by default; 0.9 compares the tail.
+  double relative_accuracy = 0.01;  // 1%.
+};
+
+struct DriftPolicy {
+  absl::Duration bin = absl::Minutes(5);
+  double ewma_lambda = 0.2;
+  double ewma_limit = 3;   // L, in baseline sigmas.
+  double cusum_k = 0.5;    // Allowance, in baseline sigmas.
+  double cusum_h = 5;      // Decision interval, in baseline sigmas.
+  int baseline_bins = 12;  // Calm bins that freeze the baseline scale.
+};
+
+struct TrustPolicy {
+  double deposit = 1;     // Per evaluation in which a promise is kept.
+  double withdrawal = 5;  // Per broken promise or outlier.
+  absl::Duration half_life = absl::Hours(24 * 7);
+};
+
+// Thresholds of the findings (DESIGN.md, "Findings").
+struct Thresholds {
+  double z_threshold = 3.5;
+  uint64_t min_group = 5;      // Fewer reporting locations: no findings.
+  uint64_t min_level = 3;      // Locations sharing a level to form a split.
+  int persistence = 2;         // Evaluations before opening / closing.
+  double hysteresis = 0.2;     // Clear by 20% of the threshold to close.
+  uint64_t zone_min_keys = 5;  // Same locations split on this many keys: a zone.
+  absl::Duration rollout_grace = absl::Hours(24);
+  double unkeepable_share = 0.5;  // Share of locations breaking a promise.
+  absl::Duration irregular_window = absl::Hours(48);
+  // A change is judged irregular only once it is this old, so the first
+  // movers of a chain-wide change are not flagged before the others follow.
+  absl::Duration irregular_settle = absl::Hours(1);
+  double irregular_peer_share = 0.10;
+  int flip_changes = 3;
+  absl::Duration flip_window = absl::Hours(24 * 7);
+  uint64_t finding_cap = 10'000;                 // Active finding series on /metrics.
+  absl::Duration location_ttl = absl::Hours(1);  // Silent after this while open.
+  absl::Duration restart_grace = absl::Minutes(10);
+  absl::Duration stats_interval = absl::Seconds(1);
+  absl::Duration evaluation_interval = absl::Minutes(1);
+};
+
+// A half-open interval of absolute time.
+struct Interval {
+  absl::Time from = absl::InfinitePast();
+  absl::Time to = absl::InfiniteFuture();
+  std::string reason;
+  bool Contains(absl::Time t) const { return from <= t && t < to; }
+};
+
+// Weekly opening hours in the location's local time. Each day holds
+// [open, close) minute ranges since local midnight; close may exceed 1440
+// for a night that ends after midnight. `always_open` when no hours are
+// declared.
+struct OpeningHours {
+  bool always_open = true;
+  std::array<std::vector<std::pair<int, int>>, 7> days;  // 0 = Monday.
+};
+
+struct LocationEntry {
+  std::string id;
+  std::map<std::string, std::string> labels;  // brand, region, district, format, ...
+  std::string timezone = "UTC";               // IANA name.
+  absl::TimeZone tz = absl::UTCTimeZone();
+  OpeningHours hours;
+  std::vector<Interval> closures;     // Holidays, refits: not expected to report.
+  std::vector<Interval> maintenance;  // Maintenance windows: same.
+  absl::Time opened = absl::InfinitePast();
+  bool closed = false;  // Closed for good: never silent, never compared.
+  int line = 0;         // Where it was declared, for messages.
+};
+
+// Locations that must be alike: those sharing the value of `label`, for
+// the families and keys listed (empty = all). A key pattern is exact or
+// ends in '*' (prefix).
+struct PeerGroupRule {
+  std::string name;
+  std::string label;
+  std::vector<v1::Family> families;
+  std::vector<std::string> keys;
+  int line = 0;
+};
+
+// HQ's list price for an item, optionally only where the location's labels
+// match `where` (a price zone), from `effective` on.
+struct PricePromise {
+  std::string key;
+  std::string currency;
+  v1::PriceKind kind = v1::SHELF;
+  int64_t list_minor_units = 0;
+  std::map<std::string, std::string> where;
+  absl::Time effective = absl::InfinitePast();
+  int line = 0;
+};
+
+// "share of customers served within `within_seconds`" for a service.
+struct WaitPromise {
+  std::string key;
+  double within_seconds = 0;
+  double share = 0.9;
+  int line = 0;
+};
+
+// A check every location must pass; a critical one fails the location
+// outright when failed once in the window.
+struct CheckPromise {
+  std::string key;
+  bool critical = false;
+  double min_pass_rate = 1.0;
+  int line = 0;
+};
+
+// An approved deviation: silences findings for (location, family, key)
+// until it expires. Owner and reason are shown with what it silences.
+struct Exception {
+  std::string location;
+  v1::Family family = v1::FAMILY_UNSPECIFIED;
+  std::string key;
+  std::string owner;
+  std::string reason;
+  absl::Time expires = absl::InfiniteFuture();
+  int line = 0;
+};
+
+struct Catalog {
+  std::string path;  // The file it came from ("" for defaults).
+  // Unknown locations are accepted and compared (true) or rejected (false).
+  bool auto_register = true;
+  Thresholds thresholds;
+  FamilyPolicy price, wait, compliance, score;
+  WaitPolicy wait_sketch;
+  DriftPolicy drift;
+  TrustPolicy trust;
+  std::vector<LocationEntry> locations;
+  std::vector<PeerGroupRule> peer_groups;
+  std::vector<PricePromise> price_promises;
+  std::vector<WaitPromise> wait_promises;
+  std::vector<CheckPromise> check_promises;
+  std::vector<Exception> exceptions;
+
+  // By id, into `locations`. Filled by the loader (and by Index()).
+  absl::flat_hash_map<std::string, size_t> location_index;
+
+  // Rebuilds location_index; for catalogs built in code (tests).
+  void Index();
+  const LocationEntry* FindLocation(absl::string_view id) const;
+  const FamilyPolicy& policy(v1::Family family) const;
+  // Whether `location` is expected to report at `t`: declared, not closed
+  // for good, opened, inside its opening hours, outside closures and
+  // maintenance windows. Unknown locations: false.
+  bool ExpectedOpen(absl::string_view location, absl::Time t) const;
+};
+
+// The defaults of one family's policy (DESIGN.md, "Findings"); what both
+// DefaultCatalog() and a catalog file that omits the family use. A
+// default-constructed FamilyPolicy for FAMILY_UNSPECIFIED.
+FamilyPolicy FamilyDefaults(v1::Family family);
+
+// A catalog of defaults only (no file): any location, chain-wide groups.
+Catalog DefaultCatalog();
+
+// Parses catalog YAML; `filename` is used in messages only.
+absl::StatusOr<Catalog> ParseCatalog(absl::string_view yaml, absl::string_view filename);
+
+// Reads and parses a catalog file. NotFound names the path.
+absl::StatusOr<Catalog> LoadCatalog(const std::string& path);
+
+}  // namespace constance::collector
+
+#endif  // CONSTANCE_COLLECTOR_CATALOG_H_

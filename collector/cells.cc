@@ -1,0 +1,174 @@
+#include "collector/cells.h"
+
+#include <algorithm>
+
+namespace constance::collector {
+namespace {
+
+int64_t Nanos(absl::Duration d) { return absl::ToInt64Nanoseconds(d); }
+int64_t Nanos(absl::Time t) { return absl::ToUnixNanos(t); }
+
+bool Stale(int64_t observed_at_ns, absl::Time now, const FamilyPolicy& policy) {
+  return observed_at_ns < Nanos(now - policy.ttl);
+}
+
+// Finds or inserts the bin starting at `start`, keeping bins ordered, and
+// drops bins that fell behind the newest one's window. Returns null for a
+// sample older than every window that still matters.
+template <typename Bins, typename Make>
+typename Bins::value_type* BinFor(Bins& bins, int64_t start, const FamilyPolicy& policy,
+                                  Make make) {
+  const int64_t reach = Nanos(policy.window) + Nanos(policy.bin);
+  if (!bins.empty() && start < bins.back().start_ns - reach) return nullptr;
+  auto it = std::lower_bound(bins.begin(), bins.end(), start,
+                             [](const auto& b, int64_t s) { return b.start_ns < s; });
+  if (it == bins.end() || it->start_ns != start) it = bins.insert(it, make(start));
+  const size_t index = it - bins.begin();
+  const int64_t horizon = bins.back().start_ns - reach;
+  size_t drop = 0;
+  while (drop < bins.size() && bins[drop].start_ns < horizon) ++drop;
+  bins.erase(bins.begin(), bins.begin() + drop);
+  return &bins[index - drop];
+}
+
+// Whether a bin starting at `start` overlaps the window (now - window, now].
+bool InWindow(int64_t start, absl::Time now, const FamilyPolicy& policy) {
+  return start + Nanos(policy.bin) > Nanos(now - policy.window) && start <= Nanos(now);
+}
+
+}  // namespace
+
+int64_t BinStart(int64_t at_ns, absl::Duration bin) {
+  const int64_t b = Nanos(bin);
+  if (b <= 0) return at_ns;
+  int64_t q = at_ns / b;
+  if (at_ns % b < 0) --q;  // Floor for times before the epoch.
+  return q * b;
+}
+
+void PriceChanges::Add(const PriceChange& c) {
+  if (size == kPriceChanges) {
+    std::move(ring.begin() + 1, ring.end(), ring.begin());
+    --size;
+  }
+  ring[size++] = c;
+}
+
+int PriceChanges::CountSince(int64_t since_ns) const {
+  int n = 0;
+  for (int i = 0; i < size; ++i) n += ring[i].at_ns >= since_ns;
+  return n;
+}
+
+void PriceCell::Apply(int64_t price, int64_t at_ns) {
+  if (observed_at_ns != 0 && at_ns < observed_at_ns) return;  // Older than what we hold.
+  if (observed_at_ns != 0 && price != minor_units) {
+    if (changes == nullptr) changes = std::make_unique<PriceChanges>();
+    changes->Add({at_ns, minor_units, price});
+  }
+  minor_units = price;
+  observed_at_ns = at_ns;
+}
+
+void WaitCell::Apply(double seconds, int64_t at_ns, const FamilyPolicy& policy,
+                     const WaitPolicy& sketch) {
+  Bin* bin = BinFor(bins, BinStart(at_ns, policy.bin), policy, [&](int64_t start) {
+    return Bin{start, QuantileSketch(sketch.relative_accuracy)};
+  });
+  if (bin != nullptr) bin->sketch.Add(seconds);
+  observed_at_ns = std::max(observed_at_ns, at_ns);
+}
+
+QuantileSketch WaitCell::Window(absl::Time now, const FamilyPolicy& policy,
+                                const WaitPolicy& sketch) const {
+  QuantileSketch merged(sketch.relative_accuracy);
+  for (const Bin& b : bins) {
+    if (InWindow(b.start_ns, now, policy)) (void)merged.Merge(b.sketch);
+  }
+  return merged;
+}
+
+void ComplianceCell::Apply(bool passed, bool critical, int64_t at_ns, const FamilyPolicy& policy) {
+  CountBin* bin = BinFor(bins, BinStart(at_ns, policy.bin), policy, [](int64_t start) {
+    return CountBin{start, 0, 0, 0};
+  });
+  if (bin == nullptr) return;
+  if (passed) {
+    ++bin->passed;
+  } else {
+    ++bin->failed;
+    if (critical) ++bin->critical_failed;
+  }
+  observed_at_ns = std::max(observed_at_ns, at_ns);
+}
+
+void ScoreCell::Apply(double value, int64_t at_ns, const FamilyPolicy& policy) {
+  SumBin* bin = BinFor(bins, BinStart(at_ns, policy.bin), policy, [](int64_t start) {
+    return SumBin{start, 0, 0};
+  });
+  if (bin == nullptr) return;
+  bin->sum += value;
+  ++bin->count;
+  observed_at_ns = std::max(observed_at_ns, at_ns);
+}
+
+std::optional<Comparable> ComparePrice(const PriceCell& cell, absl::Time now,
+                                       const FamilyPolicy& policy) {
+  if (cell.observed_at_ns == 0 || Stale(cell.observed_at_ns, now, policy)) return std::nullopt;
+  Comparable c;
+  c.value = static_cast<double>(cell.minor_units);
+  c.samples = 1;
+  return c;
+}
+
+std::optional<Comparable> CompareWait(const WaitCell& cell, absl::Time now,
+                                      const FamilyPolicy& policy, const WaitPolicy& sketch,
+                                      double within_seconds) {
+  if (Stale(cell.observed_at_ns, now, policy)) return std::nullopt;
+  QuantileSketch window = cell.Window(now, policy, sketch);
+  if (window.count() == 0 || window.count() < policy.min_samples) return std::nullopt;
+  Comparable c;
+  c.value = window.Quantile(sketch.compared_quantile);
+  c.samples = window.count();
+  if (within_seconds > 0) c.share_within = window.ShareAtOrBelow(within_seconds);
+  return c;
+}
+
+std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, absl::Time now,
+                                            const FamilyPolicy& policy) {
+  if (Stale(cell.observed_at_ns, now, policy)) return std::nullopt;
+  uint64_t passed = 0, total = 0;
+  bool critical = false;
+  for (const CountBin& b : cell.bins) {
+    if (!InWindow(b.start_ns, now, policy)) continue;
+    passed += b.passed;
+    total += b.passed + b.failed;
+    critical = critical || b.critical_failed > 0;
+  }
+  if (total == 0 || total < policy.min_samples) return std::nullopt;
+  Comparable c;
+  c.critical_failure = critical;
+  // A failed critical check fails the location outright.
+  c.value = critical ? 0 : static_cast<double>(passed) / total;
+  c.samples = total;
+  return c;
+}
+
+std::optional<Comparable> CompareScore(const ScoreCell& cell, absl::Time now,
+                                       const FamilyPolicy& policy) {
+  if (Stale(cell.observed_at_ns, now, policy)) return std::nullopt;
+  double sum = 0;
+  uint64_t count = 0;
+  for (const SumBin& b : cell.bins) {
+    if (!InWindow(b.start_ns, now, policy)) continue;
+    sum += b.sum;
+    count += b.count;
+  }
+  if (count == 0 || count < policy.min_samples) return std::nullopt;
+  Comparable c;
+  c.value = sum / count;
+  c.samples = count;
+  return c;
+}
+
+}  // namespace constance::collector

@@ -1,0 +1,124 @@
+// Per-family cell state: what the collector keeps of one (location, series).
+//
+// Each family keeps what its comparable value needs and nothing else:
+//   price       the latest price by event time, and its last few changes
+//               (kept out of line: most prices never change);
+//   wait        a quantile sketch per fixed event-time bin (default 15 min)
+//               over a window (default 1 h); comparable = a quantile of the
+//               merged bins, plus the share served within a promise;
+//   compliance  pass / fail / critical-fail counts per bin (default 1 d)
+//               over a window (default 7 d); comparable = pass rate, 0 when
+//               a critical check failed in the window;
+//   score       sum and count per bin over a window; comparable = mean.
+// A cell whose latest event is older than its family's TTL, or with fewer
+// samples in its window than min_samples, is not compared.
+//
+// Cells are plain values without locking: the Engine guards them.
+#ifndef CONSTANCE_COLLECTOR_CELLS_H_
+#define CONSTANCE_COLLECTOR_CELLS_H_
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "collector/catalog.h"
+#include "collector/sketch.h"
+#include "constance/v1/observation.pb.h"
+
+namespace constance::collector {
+
+// One price change at a location, by event time.
+struct PriceChange {
+  int64_t at_ns = 0;
+  int64_t from = 0;
+  int64_t to = 0;
+};
+
+// The last kPriceChanges changes, oldest first.
+constexpr int kPriceChanges = 4;
+struct PriceChanges {
+  std::array<PriceChange, kPriceChanges> ring;
+  int size = 0;
+  void Add(const PriceChange& c);
+  // Changes with at_ns >= since_ns.
+  int CountSince(int64_t since_ns) const;
+  const PriceChange* latest() const { return size == 0 ? nullptr : &ring[size - 1]; }
+};
+
+struct PriceCell {
+  int64_t observed_at_ns = 0;
+  int64_t minor_units = 0;
+  std::unique_ptr<PriceChanges> changes;  // Null until the price first changes.
+  // Applies a price observed at `at_ns`: the latest event time wins.
+  void Apply(int64_t minor_units, int64_t at_ns);
+};
+
+// What a cell offers for comparison at a given time.
+struct Comparable {
+  double value = 0;
+  uint64_t samples = 0;
+  // Wait: share of waits within the promised time (when a promise exists).
+  double share_within = 0;
+  // Compliance: a critical check failed in the window.
+  bool critical_failure = false;
+};
+
+struct WaitCell {
+  int64_t observed_at_ns = 0;
+  struct Bin {
+    int64_t start_ns;
+    QuantileSketch sketch;
+  };
+  std::vector<Bin> bins;  // By start, oldest first.
+  void Apply(double seconds, int64_t at_ns, const FamilyPolicy& policy, const WaitPolicy& sketch);
+  // The window's merged sketch at `now`.
+  QuantileSketch Window(absl::Time now, const FamilyPolicy& policy, const WaitPolicy& sketch) const;
+};
+
+struct CountBin {
+  int64_t start_ns = 0;
+  uint32_t passed = 0;
+  uint32_t failed = 0;
+  uint32_t critical_failed = 0;
+};
+
+struct ComplianceCell {
+  int64_t observed_at_ns = 0;
+  std::vector<CountBin> bins;
+  void Apply(bool passed, bool critical, int64_t at_ns, const FamilyPolicy& policy);
+};
+
+struct SumBin {
+  int64_t start_ns = 0;
+  double sum = 0;
+  uint64_t count = 0;
+};
+
+struct ScoreCell {
+  int64_t observed_at_ns = 0;
+  std::vector<SumBin> bins;
+  void Apply(double value, int64_t at_ns, const FamilyPolicy& policy);
+};
+
+// The comparable value of a cell at `now`, or nullopt when it is stale
+// (older than the TTL) or has too few samples in its window.
+// `within_seconds` > 0 asks waits for the share served within it.
+std::optional<Comparable> ComparePrice(const PriceCell& cell, absl::Time now,
+                                       const FamilyPolicy& policy);
+std::optional<Comparable> CompareWait(const WaitCell& cell, absl::Time now,
+                                      const FamilyPolicy& policy, const WaitPolicy& sketch,
+                                      double within_seconds);
+std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, absl::Time now,
+                                            const FamilyPolicy& policy);
+std::optional<Comparable> CompareScore(const ScoreCell& cell, absl::Time now,
+                                       const FamilyPolicy& policy);
+
+// The start of the fixed bin holding `at_ns`.
+int64_t BinStart(int64_t at_ns, absl::Duration bin);
+
+}  // namespace constance::collector
+
+#endif  // CONSTANCE_COLLECTOR_CELLS_H_

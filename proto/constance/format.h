@@ -1,0 +1,22 @@
+// Values in a family's unit, for people: "4.49 EUR", "182 s", "62.5%".
+//
+// Shared by the collector (finding details) and the CLI (tables), so a
+// value reads the same in a page, a log line and a report. Pure functions.
+#ifndef CONSTANCE_FORMAT_H_
+#define CONSTANCE_FORMAT_H_
+
+#include <string>
+
+#include "absl/strings/string_view.h"
+#include "constance/v1/observation.pb.h"
+
+namespace constance {
+
+// Prices are minor units shown as a two-decimal amount with the currency;
+// waits in whole seconds; compliance as a pass rate in percent; scores as
+// plain numbers.
+std::string FormatValue(v1::Family family, absl::string_view currency, double value);
+
+}  // namespace constance
+
+#endif  // CONSTANCE_FORMAT_H_

@@ -1,0 +1,621 @@
+// Findings end to end through the engine, on an injected clock: what a
+// chain's operations team must be told, and what it must not be paged for.
+#include "collector/findings.h"
+
+#include <cmath>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "collector/engine.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace constance::collector {
+namespace {
+
+using ::testing::HasSubstr;
+
+const absl::Time kStart = absl::FromUnixSeconds(1'767'225'600);  // 2026-01-01T00:00:00Z
+
+std::string Store(int i) { return absl::StrFormat("store-%04d", i); }
+
+// A simulated chain: one engine, an injected clock, and helpers that send
+// observations the way agents do (numbered per location).
+class Chain {
+ public:
+  explicit Chain(Catalog catalog = DefaultCatalog()) : now_(std::make_shared<absl::Time>(kStart)) {
+    catalog.Index();
+    Engine::Options options;
+    options.catalog = std::make_shared<const Catalog>(std::move(catalog));
+    options.limits.max_lateness = absl::Hours(24 * 365 * 20);
+    auto now = now_;
+    options.clock = [now] { return *now; };
+    engine_ = std::make_unique<Engine>(std::move(options));
+  }
+
+  void Send(const std::string& location, std::vector<v1::Observation> observations) {
+    v1::Batch batch;
+    batch.set_location(location);
+    batch.set_incarnation(1);
+    uint64_t& seq = next_[location];
+    if (seq == 0) seq = 1;
+    batch.set_first_sequence(seq);
+    seq += observations.size();
+    for (auto& o : observations) *batch.add_observations() = std::move(o);
+    absl::StatusOr<v1::Ack> ack = engine_->ApplyBatch(batch);
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    ASSERT_EQ(ack->rejections_size(), 0) << ack->rejections(0).reason();
+  }
+
+  v1::Observation Price(const std::string& key, int64_t minor) const {
+    v1::Observation o;
+    o.set_key(key);
+    o.mutable_price()->set_minor_units(minor);
+    o.mutable_price()->set_currency("EUR");
+    Stamp(&o);
+    return o;
+  }
+  v1::Observation Wait(const std::string& key, double seconds) const {
+    v1::Observation o;
+    o.set_key(key);
+    o.set_wait_seconds(seconds);
+    Stamp(&o);
+    return o;
+  }
+  v1::Observation Check(const std::string& key, bool passed) const {
+    v1::Observation o;
+    o.set_key(key);
+    o.mutable_check()->set_passed(passed);
+    Stamp(&o);
+    return o;
+  }
+
+  void SetPrice(const std::string& location, const std::string& key, int64_t minor) {
+    Send(location, {Price(key, minor)});
+  }
+
+  void Advance(absl::Duration d) { *now_ += d; }
+  absl::Time now() const { return *now_; }
+
+  // `times` evaluations, `step` apart (the evaluation tick).
+  void Evaluate(int times = 2, absl::Duration step = absl::Minutes(1)) {
+    for (int i = 0; i < times; ++i) {
+      Advance(step);
+      engine_->Evaluate();
+    }
+  }
+
+  std::vector<v1::Finding> Active() const { return engine_->snapshot()->findings->active; }
+  std::vector<v1::Finding> Active(v1::FindingKind kind) const {
+    std::vector<v1::Finding> out;
+    for (const v1::Finding& f : Active()) {
+      if (f.kind() == kind) out.push_back(f);
+    }
+    return out;
+  }
+  Engine& engine() { return *engine_; }
+
+ private:
+  void Stamp(v1::Observation* o) const {
+    o->mutable_observed_at()->set_seconds(absl::ToUnixSeconds(*now_));
+  }
+  std::shared_ptr<absl::Time> now_;
+  std::unique_ptr<Engine> engine_;
+  std::map<std::string, uint64_t> next_;
+};
+
+std::string Describe(const std::vector<v1::Finding>& findings) {
+  std::string out;
+  for (const v1::Finding& f : findings) {
+    absl::StrAppend(&out, "\n  ", KindName(f.kind()), " ", f.location(), " ", f.series().key(),
+                    f.reasons_size() > 0 ? ": " + f.reasons(0).detail() : "");
+  }
+  return out;
+}
+
+// Counts of active findings by kind after a scenario.
+struct Expect {
+  int outliers = 0;
+  int splits = 0;
+  int zones = 0;
+  int broken = 0;
+  int unkeepable = 0;
+  int irregular = 0;
+  int drift = 0;
+  int silent = 0;
+};
+
+// Readable single-kind expectations for the tables.
+Expect None() { return Expect(); }
+Expect Outliers(int n) {
+  Expect e;
+  e.outliers = n;
+  return e;
+}
+Expect Splits(int n) {
+  Expect e;
+  e.splits = n;
+  return e;
+}
+Expect Zones(int n) {
+  Expect e;
+  e.zones = n;
+  return e;
+}
+Expect Unkeepable(int n) {
+  Expect e;
+  e.unkeepable = n;
+  return e;
+}
+
+void CheckCounts(const Chain& chain, const Expect& e) {
+  const auto all = chain.Active();
+  EXPECT_EQ(chain.Active(v1::OUTLIER).size(), static_cast<size_t>(e.outliers)) << Describe(all);
+  EXPECT_EQ(chain.Active(v1::SPLIT).size(), static_cast<size_t>(e.splits)) << Describe(all);
+  EXPECT_EQ(chain.Active(v1::ZONE).size(), static_cast<size_t>(e.zones)) << Describe(all);
+  EXPECT_EQ(chain.Active(v1::BROKEN_PROMISE).size(), static_cast<size_t>(e.broken))
+      << Describe(all);
+  EXPECT_EQ(chain.Active(v1::UNKEEPABLE_PROMISE).size(), static_cast<size_t>(e.unkeepable))
+      << Describe(all);
+  EXPECT_EQ(chain.Active(v1::IRREGULAR_CHANGE).size(), static_cast<size_t>(e.irregular))
+      << Describe(all);
+  EXPECT_EQ(chain.Active(v1::DRIFT).size(), static_cast<size_t>(e.drift)) << Describe(all);
+  EXPECT_EQ(chain.Active(v1::SILENT).size(), static_cast<size_t>(e.silent)) << Describe(all);
+}
+
+TEST(FindingsTest, PriceScenarios) {
+  static const struct {
+    const char* name;
+    // (count, price) runs: count stores at price, numbered in order.
+    std::vector<std::pair<int, int64_t>> runs;
+    Expect expect;
+  } kCases[] = {
+      {"100 stores at 1.39, one at 1.59: one overcharge", {{100, 139}, {1, 159}}, Outliers(1)},
+      {"one at 1.38 among 100 at 1.39: below the floor", {{100, 139}, {1, 138}}, None()},
+      {"60/40 two levels: one split, no outliers", {{60, 139}, {40, 149}}, Splits(1)},
+      {"5,000 stores with a 300-store level: one split", {{4700, 139}, {300, 159}}, Splits(1)},
+      {"two scattered overcharges among 8: two outliers, no split",
+       {{6, 139}, {1, 159}, {1, 179}},
+       Outliers(2)},
+      {"all equal: nothing", {{50, 139}}, None()},
+      {"fewer stores than the minimum group: nothing", {{3, 139}, {1, 199}}, None()},
+  };
+  for (const auto& c : kCases) {
+    SCOPED_TRACE(c.name);
+    Chain chain;
+    int i = 0;
+    for (const auto& [count, price] : c.runs) {
+      for (int k = 0; k < count; ++k) chain.SetPrice(Store(i++), "sku-1", price);
+    }
+    chain.Evaluate();
+    CheckCounts(chain, c.expect);
+  }
+}
+
+TEST(FindingsTest, AnOverchargeExplainsItself) {
+  Chain chain;
+  for (int i = 0; i < 100; ++i) chain.SetPrice(Store(i), "sku-1", 139);
+  chain.SetPrice("store-over", "sku-1", 159);
+  chain.Evaluate();
+  auto outliers = chain.Active(v1::OUTLIER);
+  ASSERT_EQ(outliers.size(), 1u);
+  const v1::Finding& f = outliers[0];
+  EXPECT_EQ(f.location(), "store-over");
+  EXPECT_EQ(f.group(), "chain");
+  EXPECT_EQ(f.group_size(), 101u);
+  EXPECT_EQ(f.audience(), "store");
+  EXPECT_EQ(f.severity(), v1::CRITICAL);  // 20 cents on a 1.39 floor.
+  ASSERT_EQ(f.reasons_size(), 1);
+  EXPECT_DOUBLE_EQ(f.reasons(0).value(), 159);
+  EXPECT_DOUBLE_EQ(f.reasons(0).expected(), 139);
+  EXPECT_DOUBLE_EQ(f.reasons(0).band_high(), 139 + 1.39);
+  EXPECT_EQ(f.reasons(0).direction(), v1::ABOVE);
+  EXPECT_THAT(f.reasons(0).detail(), HasSubstr("overcharge: 1.59 EUR against 1.39 EUR"));
+  // Persistence: the start time is the first evaluation that saw it.
+  EXPECT_EQ(f.started_at().seconds(), absl::ToUnixSeconds(kStart + absl::Minutes(1)));
+}
+
+TEST(FindingsTest, PersistenceBeforeOpeningAndNoFlappingAtTheThreshold) {
+  Chain chain;
+  // Promo prices: exempt from irregular change, so the flips below test
+  // the outlier's hysteresis alone.
+  auto set = [&](const std::string& location, int64_t minor) {
+    v1::Observation o = chain.Price("sku-1", minor);
+    o.mutable_price()->set_kind(v1::PROMO);
+    chain.Send(location, {o});
+  };
+  auto outliers = [&] {
+    size_t n = 0;
+    for (const v1::Finding& f : chain.Active()) n += f.kind() == v1::OUTLIER;
+    return n;
+  };
+  for (int i = 0; i < 20; ++i) set(Store(i), 1000);
+  // One evaluation is not enough to open.
+  set("store-x", 1200);
+  chain.Evaluate(1);
+  EXPECT_TRUE(chain.Active().empty());
+  chain.Evaluate(1);
+  ASSERT_EQ(outliers(), 1u);
+  // Oscillating around the floor (10 cents on 10.00): 11 cents over it,
+  // then 9: an open finding does not close ...
+  for (int i = 0; i < 6; ++i) {
+    set("store-x", i % 2 == 0 ? 1011 : 1009);
+    chain.Evaluate(1);
+    EXPECT_EQ(outliers(), 1u) << "evaluation " << i << Describe(chain.Active());
+  }
+  // ... until it has cleared by the hysteresis margin for `persistence`
+  // evaluations.
+  set("store-x", 1000);
+  chain.Evaluate(1);
+  EXPECT_EQ(outliers(), 1u);
+  chain.Evaluate(1);
+  EXPECT_TRUE(chain.Active().empty()) << Describe(chain.Active());
+  // And a value oscillating across the threshold never opens one.
+  for (int i = 0; i < 8; ++i) {
+    set("store-x", i % 2 == 0 ? 1011 : 1009);
+    chain.Evaluate(1);
+    EXPECT_TRUE(chain.Active().empty()) << "evaluation " << i << Describe(chain.Active());
+  }
+}
+
+TEST(FindingsTest, TheSameStoresSplittingOnManyItemsAreOneZone) {
+  Chain chain;
+  for (int item = 0; item < 30; ++item) {
+    const std::string key = absl::StrCat("sku-", item);
+    for (int i = 0; i < 80; ++i) chain.SetPrice(Store(i), key, 200 + item);
+    for (int i = 80; i < 100; ++i) chain.SetPrice(Store(i), key, 230 + item);
+  }
+  chain.Evaluate();
+  CheckCounts(chain, Zones(1));
+  auto zones = chain.Active(v1::ZONE);
+  ASSERT_EQ(zones.size(), 1u);
+  EXPECT_EQ(zones[0].locations_size(), 20);
+  EXPECT_EQ(zones[0].locations(0), Store(80));
+  EXPECT_EQ(zones[0].keys_size(), 30);
+  EXPECT_THAT(zones[0].reasons(0).detail(), HasSubstr("declare it as a peer group"));
+}
+
+TEST(FindingsTest, ADeclaredZoneIsComparedWithinItselfAndASmallOneFallsBack) {
+  Catalog catalog = DefaultCatalog();
+  catalog.peer_groups.push_back({"zone", "region", {v1::FAMILY_PRICE}, {}, 0});
+  // 30 stores in the north at 2.49 (one overcharging), 40 in the south at
+  // 1.99, and 3 in the tiny east zone at 1.99 who fall back to the chain.
+  for (int i = 0; i < 73; ++i) {
+    LocationEntry e;
+    e.id = Store(i);
+    e.labels["region"] = i < 30 ? "north" : i < 70 ? "south" : "east";
+    catalog.locations.push_back(e);
+  }
+  Chain chain(catalog);
+  for (int i = 0; i < 73; ++i) chain.SetPrice(Store(i), "sku-1", i < 30 ? 249 : 199);
+  chain.SetPrice(Store(5), "sku-1", 279);
+  chain.Evaluate();
+  CheckCounts(chain, Outliers(1));
+  auto outliers = chain.Active(v1::OUTLIER);
+  ASSERT_EQ(outliers.size(), 1u);
+  EXPECT_EQ(outliers[0].location(), Store(5));
+  EXPECT_EQ(outliers[0].group(), "zone=north");
+  EXPECT_EQ(outliers[0].labels().at("region"), "north");
+  auto snap = chain.engine().snapshot();
+  std::map<std::string, uint64_t> sizes;
+  for (const auto& s : snap->series) sizes[s->group] = s->summary.n;
+  EXPECT_EQ(sizes["zone=north"], 30u);
+  EXPECT_EQ(sizes["zone=south"], 40u);
+  EXPECT_EQ(sizes["chain"], 3u);  // The east zone is smaller than min_group.
+  EXPECT_EQ(sizes.count("zone=east"), 0u);
+}
+
+TEST(FindingsTest, AChainWideChangeRollingOutIsNeitherASplitNorIrregular) {
+  Chain chain;
+  for (int i = 0; i < 100; ++i) chain.SetPrice(Store(i), "sku-1", 199);
+  chain.Evaluate();
+  // 100 stores move to 2.19 over 6 hours, evaluated every minute.
+  int moved = 0;
+  for (int minute = 0; minute < 6 * 60; ++minute) {
+    while (moved < 100 && moved * 360 / 100 <= minute) chain.SetPrice(Store(moved++), "sku-1", 219);
+    chain.Evaluate(1);
+    ASSERT_TRUE(chain.Active(v1::SPLIT).empty()) << "minute " << minute << Describe(chain.Active());
+    ASSERT_TRUE(chain.Active(v1::IRREGULAR_CHANGE).empty())
+        << "minute " << minute << Describe(chain.Active());
+    ASSERT_TRUE(chain.Active(v1::ZONE).empty()) << "minute " << minute;
+  }
+  chain.Evaluate(60);
+  CheckCounts(chain, None());
+}
+
+TEST(FindingsTest, OneStoreMarkingDownAnItemNobodyElseChangedIsIrregular) {
+  Chain chain;
+  for (int i = 0; i < 40; ++i) chain.SetPrice(Store(i), "sku-1", 299);
+  chain.Evaluate();
+  chain.SetPrice(Store(7), "sku-1", 249);
+  chain.Evaluate(70);  // Past the settle time.
+  auto irregular = chain.Active(v1::IRREGULAR_CHANGE);
+  // The markdown is also an undercharge outlier: one finding per (location,
+  // key), carrying both reasons, under the most severe kind.
+  auto all = chain.Active();
+  ASSERT_EQ(all.size(), 1u) << Describe(all);
+  EXPECT_EQ(all[0].location(), Store(7));
+  ASSERT_EQ(all[0].reasons_size(), 2);
+  EXPECT_EQ(all[0].kind(), v1::OUTLIER);
+  EXPECT_EQ(all[0].reasons(1).kind(), v1::IRREGULAR_CHANGE);
+  EXPECT_THAT(all[0].reasons(1).detail(), HasSubstr("changed from 2.99 EUR to 2.49 EUR"));
+}
+
+TEST(FindingsTest, FlippingBackAndForthIsIrregularEvenInsideTheBand) {
+  Chain chain;
+  for (int i = 0; i < 40; ++i) chain.SetPrice(Store(i), "sku-1", 1000);
+  chain.Evaluate();
+  for (int flip = 0; flip < 3; ++flip) {
+    chain.SetPrice(Store(3), "sku-1", flip % 2 == 0 ? 1005 : 1000);
+    chain.Evaluate(1, absl::Hours(12));
+  }
+  chain.Evaluate();
+  auto irregular = chain.Active(v1::IRREGULAR_CHANGE);
+  ASSERT_EQ(irregular.size(), 1u) << Describe(chain.Active());
+  EXPECT_THAT(irregular[0].reasons(0).detail(), HasSubstr("changed its price 3 times"));
+}
+
+TEST(FindingsTest, PromoPricesAreExemptFromIrregularChange) {
+  Chain chain;
+  auto promo = [&](int64_t minor) {
+    v1::Observation o = chain.Price("sku-1", minor);
+    o.mutable_price()->set_kind(v1::PROMO);
+    return o;
+  };
+  for (int i = 0; i < 40; ++i) chain.Send(Store(i), {promo(299)});
+  chain.Evaluate();
+  chain.Send(Store(7), {promo(298)});
+  chain.Evaluate(70);
+  EXPECT_TRUE(chain.Active(v1::IRREGULAR_CHANGE).empty()) << Describe(chain.Active());
+}
+
+TEST(FindingsTest, AnOutlierThatAlsoBreaksItsPromiseIsOneFindingWithTwoReasons) {
+  Catalog catalog = DefaultCatalog();
+  PricePromise p;
+  p.key = "sku-1";
+  p.currency = "EUR";
+  p.list_minor_units = 139;
+  catalog.price_promises.push_back(p);
+  Chain chain(catalog);
+  for (int i = 0; i < 30; ++i) chain.SetPrice(Store(i), "sku-1", 139);
+  chain.SetPrice(Store(30), "sku-1", 169);
+  chain.Evaluate();
+  auto all = chain.Active();
+  ASSERT_EQ(all.size(), 1u) << Describe(all);
+  EXPECT_EQ(all[0].kind(), v1::BROKEN_PROMISE);
+  ASSERT_EQ(all[0].reasons_size(), 2);
+  EXPECT_EQ(all[0].reasons(0).kind(), v1::BROKEN_PROMISE);
+  EXPECT_EQ(all[0].reasons(1).kind(), v1::OUTLIER);
+  EXPECT_DOUBLE_EQ(all[0].reasons(0).expected(), 139);
+}
+
+TEST(FindingsTest, APromiseMostStoresBreakIsUnkeepableNotAPagePerStore) {
+  Catalog catalog = DefaultCatalog();
+  WaitPromise w;
+  w.key = "checkout";
+  w.within_seconds = 120;
+  w.share = 0.9;
+  catalog.wait_promises.push_back(w);
+  Chain chain(catalog);
+  // 18 of 20 stores serve most customers in about 3 minutes.
+  for (int i = 0; i < 20; ++i) {
+    std::vector<v1::Observation> waits;
+    for (int t = 0; t < 40; ++t) waits.push_back(chain.Wait("checkout", i < 18 ? 170 + t : 60 + t));
+    chain.Send(Store(i), waits);
+  }
+  chain.Evaluate();
+  CheckCounts(chain, Unkeepable(1));
+  auto u = chain.Active(v1::UNKEEPABLE_PROMISE);
+  ASSERT_EQ(u.size(), 1u);
+  EXPECT_EQ(u[0].audience(), "hq");
+  EXPECT_THAT(u[0].reasons(0).detail(), HasSubstr("18 of 20 locations"));
+}
+
+TEST(FindingsTest, WaitsAreNotComparedBeforeTheMinimumSamples) {
+  Chain chain;
+  for (int i = 0; i < 20; ++i) {
+    std::vector<v1::Observation> waits;
+    const int tickets = i == 0 ? 8 : 40;
+    for (int t = 0; t < tickets; ++t) waits.push_back(chain.Wait("checkout", i == 0 ? 900 : 180));
+    chain.Send(Store(i), waits);
+  }
+  chain.Evaluate();
+  CheckCounts(chain, None());
+  auto snap = chain.engine().snapshot();
+  ASSERT_EQ(snap->series.size(), 1u);
+  EXPECT_EQ(snap->series[0]->summary.n, 19u);  // The 8-ticket store is not compared.
+}
+
+TEST(FindingsTest, AStoreClosedAtNightIsNotSilent) {
+  Catalog catalog = DefaultCatalog();
+  LocationEntry night;
+  night.id = "store-night";
+  night.hours.always_open = false;
+  for (auto& day : night.hours.days) day = {{8 * 60, 20 * 60}};
+  LocationEntry always;
+  always.id = "store-always";
+  LocationEntry refit = always;
+  refit.id = "store-refit";
+  refit.closures.push_back({kStart, kStart + absl::Hours(24 * 30), "refit"});
+  LocationEntry gone = always;
+  gone.id = "store-gone";
+  gone.closed = true;
+  catalog.locations = {night, always, refit, gone};
+  Chain chain(catalog);
+  // Midnight UTC: past the restart grace, nobody has reported.
+  chain.Evaluate(2, absl::Minutes(15));
+  auto silent = chain.Active(v1::SILENT);
+  ASSERT_EQ(silent.size(), 1u) << Describe(chain.Active());
+  EXPECT_EQ(silent[0].location(), "store-always");
+  // In the morning the night store is expected too.
+  chain.Advance(absl::Hours(8));
+  chain.Evaluate();
+  EXPECT_EQ(chain.Active(v1::SILENT).size(), 2u);
+  // Reporting clears it (after persistence).
+  chain.SetPrice("store-night", "sku-1", 100);
+  chain.SetPrice("store-always", "sku-1", 100);
+  chain.Evaluate();
+  EXPECT_TRUE(chain.Active(v1::SILENT).empty()) << Describe(chain.Active());
+}
+
+TEST(FindingsTest, NobodyIsSilentDuringTheRestartGrace) {
+  Catalog catalog = DefaultCatalog();
+  LocationEntry e;
+  e.id = "store-a";
+  catalog.locations = {e};
+  Chain chain(catalog);
+  chain.Evaluate(9, absl::Minutes(1));
+  EXPECT_TRUE(chain.Active(v1::SILENT).empty());
+  chain.Evaluate(2, absl::Minutes(1));
+  EXPECT_EQ(chain.Active(v1::SILENT).size(), 1u);
+}
+
+TEST(FindingsTest, AnApprovedExceptionSilencesUntilItExpires) {
+  Catalog catalog = DefaultCatalog();
+  Exception e;
+  e.location = Store(3);
+  e.family = v1::FAMILY_PRICE;
+  e.key = "sku-1";
+  e.owner = "regional manager";
+  e.expires = kStart + absl::Hours(2);
+  catalog.exceptions.push_back(e);
+  Chain chain(catalog);
+  for (int i = 0; i < 30; ++i) chain.SetPrice(Store(i), "sku-1", i == 3 ? 179 : 149);
+  chain.Evaluate();
+  EXPECT_TRUE(chain.Active().empty()) << Describe(chain.Active());
+  chain.Advance(absl::Hours(2));
+  chain.Evaluate();
+  ASSERT_EQ(chain.Active(v1::OUTLIER).size(), 1u);
+  EXPECT_EQ(chain.Active(v1::OUTLIER)[0].location(), Store(3));
+}
+
+TEST(FindingsTest, AWaitCreepingUpIsADriftTicketBeforeAnyOutlier) {
+  Catalog catalog = DefaultCatalog();
+  catalog.drift.baseline_bins = 6;
+  Chain chain(catalog);
+  // 20 stores with steady checkout medians 170..190 s: MAD 5 s, so the
+  // robust sigma is 5 / 0.6745 = 7.4 s. Stores at 190 s are always 10 s
+  // slower than the median, inside the band: steady, never drifting.
+  const double sigma = 5 / 0.6745;
+  auto send_bin = [&](double creeping) {
+    for (int i = 0; i < 20; ++i) {
+      const double centre = 170 + (i % 5) * 5 + (i == 0 ? creeping : 0);
+      std::vector<v1::Observation> waits;
+      for (int t = 0; t < 40; ++t) waits.push_back(chain.Wait("checkout", centre - 2 + (t % 5)));
+      chain.Send(Store(i), waits);
+    }
+  };
+  // Calm bins freeze the group's baseline, then each cell's.
+  for (int bin = 0; bin < 16; ++bin) {
+    send_bin(0);
+    chain.Evaluate(5, absl::Minutes(1));
+  }
+  ASSERT_TRUE(chain.Active().empty()) << Describe(chain.Active());
+  // Store 0 creeps up 0.1 sigma per 5-minute bin.
+  const v1::Finding* drift = nullptr;
+  std::vector<v1::Finding> active;
+  for (int bin = 1; bin <= 80 && drift == nullptr; ++bin) {
+    send_bin(0.1 * sigma * bin);
+    chain.Evaluate(5, absl::Minutes(1));
+    active = chain.Active();
+    for (const v1::Finding& f : active) {
+      ASSERT_NE(f.kind(), v1::OUTLIER)
+          << "an outlier before any drift, bin " << bin << Describe(active);
+      if (f.kind() == v1::DRIFT && !f.location().empty()) drift = &f;
+    }
+  }
+  ASSERT_NE(drift, nullptr) << Describe(active);
+  EXPECT_EQ(drift->location(), Store(0));
+  EXPECT_EQ(drift->severity(), v1::LOW);
+  EXPECT_EQ(drift->audience(), "region");
+  for (const v1::Finding& f : active) {
+    EXPECT_TRUE(f.location().empty() || f.location() == Store(0)) << Describe(active);
+  }
+}
+
+TEST(FindingsTest, PricesDoNotDrift) {
+  Chain chain;
+  for (int bin = 0; bin < 40; ++bin) {
+    for (int i = 0; i < 20; ++i)
+      chain.SetPrice(Store(i), "sku-1", 100 + (i % 3) + (i == 0 ? bin / 10 : 0));
+    chain.Evaluate(5, absl::Minutes(1));
+  }
+  EXPECT_TRUE(chain.Active(v1::DRIFT).empty());
+}
+
+TEST(TrustAccountTest, ArithmeticWithDecay) {
+  static const struct {
+    const char* name;
+    double deposits, withdrawals;
+    absl::Duration elapsed;
+    double balance, score;
+  } kCases[] = {
+      {"fresh account", 0, 0, absl::ZeroDuration(), 0, 100},
+      {"ten promises kept", 10, 0, absl::ZeroDuration(), 10, 100},
+      {"one breach erases five kept", 5, 5, absl::ZeroDuration(), 0, 50},
+      {"one half-life halves both", 10, 5, absl::Hours(24 * 7), 2.5, 100.0 * 10 / 15},
+      {"two half-lives", 8, 0, absl::Hours(24 * 14), 2, 100},
+  };
+  for (const auto& c : kCases) {
+    TrustAccount a;
+    a.DecayTo(kStart, absl::Hours(24 * 7));
+    a.Deposit(c.deposits);
+    a.Withdraw(c.withdrawals);
+    a.DecayTo(kStart + c.elapsed, absl::Hours(24 * 7));
+    EXPECT_NEAR(a.balance(), c.balance, 1e-9) << c.name;
+    EXPECT_NEAR(a.score(), c.score, 1e-9) << c.name;
+  }
+}
+
+TEST(FindingsTest, TrustFallsForTheStoreThatBreaksItsPromise) {
+  Catalog catalog = DefaultCatalog();
+  PricePromise p;
+  p.key = "sku-1";
+  p.currency = "EUR";
+  p.list_minor_units = 100;
+  catalog.price_promises.push_back(p);
+  Chain chain(catalog);
+  for (int i = 0; i < 10; ++i) chain.SetPrice(Store(i), "sku-1", i == 9 ? 130 : 100);
+  chain.Evaluate(4);
+  auto snap = chain.engine().snapshot();
+  std::map<std::string, FindingsView::Trust> trust;
+  for (const auto& t : snap->findings->trust) trust[t.location] = t;
+  // Four evaluations: the honest store deposits 1 each time; the
+  // overcharging one withdraws 5 for the promise and 5 for the outlier.
+  EXPECT_NEAR(trust[Store(0)].balance, 4, 0.01);
+  EXPECT_NEAR(trust[Store(9)].balance, -40, 0.05);
+  EXPECT_EQ(trust[Store(9)].broken, 1u);
+  EXPECT_EQ(trust[Store(0)].kept, 1u);
+  EXPECT_LT(trust[Store(9)].score, trust[Store(0)].score);
+}
+
+TEST(FindLevelsTest, Cases) {
+  static const struct {
+    const char* name;
+    std::vector<double> values;
+    double median, floor;
+    size_t others;
+    size_t scattered;
+  } kCases[] = {
+      {"one level", {5, 5, 5, 5}, 5, 1, 0, 0},
+      {"a second level of three", {5, 5, 5, 5, 5, 9, 9, 9}, 5, 1, 1, 0},
+      {"two deviants are scattered", {5, 5, 5, 5, 9, 9}, 5, 1, 0, 2},
+      {"within the floor of each other", {5, 5, 5, 5, 5, 9, 9.5, 10}, 5, 1, 1, 0},
+      {"above and below are different levels", {5, 5, 5, 5, 5, 1, 1, 1, 9, 9, 9}, 5, 1, 2, 0},
+  };
+  for (const auto& c : kCases) {
+    std::vector<LocatedValue> values;
+    for (size_t i = 0; i < c.values.size(); ++i)
+      values.push_back({static_cast<uint32_t>(i), c.values[i]});
+    Levels levels = FindLevels(values, c.median, c.floor, 3);
+    EXPECT_EQ(levels.others.size(), c.others) << c.name;
+    EXPECT_EQ(levels.scattered.size(), c.scattered) << c.name;
+  }
+}
+
+}  // namespace
+}  // namespace constance::collector
