@@ -113,6 +113,11 @@ Band ExpectedBand(v1::Family family, const GroupSummary& summary, const OutlierP
       summary.mad > 0 ? std::max(band.floor, policy.z_threshold * band.scale) : band.floor;
   band.low = summary.median - width;
   band.high = summary.median + width;
+  if (family == v1::FAMILY_COMPLIANCE) {
+    // A pass rate lives in [0, 1]; so does its band.
+    band.low = std::max(band.low, 0.0);
+    band.high = std::min(band.high, 1.0);
+  }
   return band;
 }
 

@@ -1,7 +1,9 @@
 // constance: the operator's command line for a running collector.
 //
 //   constance report [--collector=HOST:PORT] [--json] [--wait_for_observations=N]
-//   constance key FAMILY KEY [--currency=EUR] [--kind=shelf]
+//   constance key FAMILY KEY [--currency=EUR] [--kind=shelf] [--group=NAME]
+//   constance findings [--finding=KIND] [--location=ID] [--all]
+//   constance location ID
 //
 // Exit codes: 0 success, 1 the collector answered with an error or the wait
 // timed out, 2 usage error.
@@ -31,13 +33,22 @@ ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30), "How long to wait for the 
 ABSL_FLAG(int, max_series, 20, "report: series shown in the dispersion table (0 = all)");
 ABSL_FLAG(std::string, currency, "", "key: currency of a price series, e.g. EUR");
 ABSL_FLAG(std::string, kind, "shelf", "key: price kind (shelf, pos, list, promo)");
+ABSL_FLAG(std::string, group, "", "key: only this peer group (e.g. zone=north); empty = all");
+ABSL_FLAG(std::string, finding, "",
+          "findings: only this kind (outlier, split, zone, broken_promise, unkeepable_promise, "
+          "irregular_change, drift, silent)");
+ABSL_FLAG(std::string, location, "", "findings: only those about this location");
+ABSL_FLAG(bool, all, false, "findings: include recently closed findings");
 
 namespace constance::cli {
 namespace {
 
 constexpr char kUsage[] =
     "constance report [--collector=HOST:PORT] [--json] [--wait_for_observations=N]\n"
-    "  constance key FAMILY KEY [--currency=EUR] [--kind=shelf] [--collector=HOST:PORT] [--json]";
+    "  constance key FAMILY KEY [--currency=EUR] [--kind=shelf] [--group=NAME] [--json]\n"
+    "  constance findings [--finding=KIND] [--location=ID] [--all] [--json]\n"
+    "  constance location ID [--json]\n"
+    "  (every command takes --collector=HOST:PORT)";
 
 int Fail(const std::string& what, const grpc::Status& status) {
   std::cerr << "constance: " << what << " from " << absl::GetFlag(FLAGS_collector)
@@ -107,6 +118,7 @@ int Key(v1::Query::Stub& stub, const std::string& family_name, const std::string
     }
     series->set_kind(kind);
   }
+  request.set_group(absl::GetFlag(FLAGS_group));
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
   v1::KeyDetailResponse detail;
@@ -116,6 +128,50 @@ int Key(v1::Query::Stub& stub, const std::string& family_name, const std::string
     PrintJson(detail);
   } else {
     std::cout << RenderKeyDetail(detail);
+  }
+  return 0;
+}
+
+int Findings(v1::Query::Stub& stub) {
+  v1::FindingsRequest request;
+  if (const std::string kind = absl::GetFlag(FLAGS_finding); !kind.empty()) {
+    v1::FindingKind k;
+    if (!v1::FindingKind_Parse(absl::AsciiStrToUpper(kind), &k) || k == v1::FINDING_KIND_UNSPECIFIED) {
+      std::cerr << "constance: --finding: '" << kind
+                << "' is not one of outlier, split, zone, broken_promise, unkeepable_promise, "
+                   "irregular_change, drift, silent\n";
+      return 2;
+    }
+    request.set_kind(k);
+  }
+  request.set_location(absl::GetFlag(FLAGS_location));
+  request.set_include_closed(absl::GetFlag(FLAGS_all));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+  v1::FindingsResponse response;
+  grpc::Status status = stub.Findings(&ctx, request, &response);
+  if (!status.ok()) return Fail("Findings", status);
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(response);
+  } else {
+    std::cout << "Findings (" << response.findings_size() << "):\n"
+              << RenderFindings(response.findings());
+  }
+  return 0;
+}
+
+int Location(v1::Query::Stub& stub, const std::string& location) {
+  v1::LocationScorecardRequest request;
+  request.set_location(location);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+  v1::LocationScorecardResponse response;
+  grpc::Status status = stub.LocationScorecard(&ctx, request, &response);
+  if (!status.ok()) return Fail("LocationScorecard", status);
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(response);
+  } else {
+    std::cout << RenderScorecard(response);
   }
   return 0;
 }
@@ -133,6 +189,8 @@ int Main(int argc, char** argv) {
   const std::string command = args[1];
   if (command == "report" && args.size() == 2) return Report(*stub);
   if (command == "key" && args.size() == 4) return Key(*stub, args[2], args[3]);
+  if (command == "findings" && args.size() == 2) return Findings(*stub);
+  if (command == "location" && args.size() == 3) return Location(*stub, args[2]);
   std::cerr << "usage: " << kUsage << "\n";
   return 2;
 }

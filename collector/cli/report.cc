@@ -74,6 +74,20 @@ std::string Band(const v1::SeriesId& s, double low, double high) {
   return absl::StrCat("[", FormatValue(s, low), " .. ", FormatValue(s, high), "]");
 }
 
+// The findings and the least trusted locations, after the statistics.
+void AppendFindingsAndTrust(const v1::ChainSummaryResponse& s, std::string* out) {
+  absl::StrAppend(out, "\nFindings (", s.findings_size(), "):\n", RenderFindings(s.findings()));
+  if (s.trust_size() == 0) return;
+  const int shown = std::min(s.trust_size(), 5);
+  absl::StrAppend(out, "\nLeast trusted locations (", shown, " of ", s.trust_size(), "):\n");
+  Table trust({"LOCATION", "SCORE", "BALANCE"});
+  for (int i = 0; i < shown; ++i) {
+    trust.Add({s.trust(i).location(), absl::StrFormat("%.1f", s.trust(i).score()),
+               absl::StrFormat("%.1f", s.trust(i).balance())});
+  }
+  absl::StrAppend(out, trust.Render());
+}
+
 }  // namespace
 
 std::string FormatValue(const v1::SeriesId& series, double value) {
@@ -114,6 +128,7 @@ std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series
   locations.erase(std::unique(locations.begin(), locations.end()), locations.end());
   if (s.outliers_size() == 0) {
     absl::StrAppend(&out, "Outlier locations: none\n");
+    AppendFindingsAndTrust(s, &out);
     return out;
   }
   absl::StrAppend(&out, "Outlier locations (", locations.size(), "): ",
@@ -127,26 +142,92 @@ std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series
                   absl::StrCat(o.group(), " (", o.group_size(), ")")});
   }
   absl::StrAppend(&out, outliers.Render());
+  AppendFindingsAndTrust(s, &out);
   return out;
 }
 
 std::string RenderKeyDetail(const v1::KeyDetailResponse& d) {
-  const v1::GroupStats& g = d.stats();
-  const v1::SeriesId& id = g.series();
-  std::string out = absl::StrCat(FormatSeries(id), " across ", g.n(), " locations (group ",
-                                 g.group(), ")\n  median ", FormatValue(id, g.median()), ", MAD ",
-                                 FormatValue(id, g.mad()), ", band ",
-                                 Band(id, g.band_low(), g.band_high()), "\n\n");
-  Table values({"LOCATION", "VALUE", "SAMPLES", "OBSERVED", "OUTSIDE"});
-  for (const auto& v : d.values()) {
-    std::string outside;
-    for (const auto& o : d.outliers()) {
-      if (o.location() == v.location()) outside = absl::StrCat(SignedPercent(o), " ", Meaning(o));
-    }
-    values.Add({v.location(), FormatValue(id, v.value()), absl::StrCat(v.samples()),
-                Timestamp(v.observed_at()), outside});
+  std::string out;
+  // Older collectors answer with one group in the top-level fields.
+  google::protobuf::RepeatedPtrField<v1::GroupDetail> groups = d.groups();
+  if (groups.empty()) {
+    v1::GroupDetail* g = groups.Add();
+    *g->mutable_stats() = d.stats();
+    *g->mutable_values() = d.values();
+    *g->mutable_outliers() = d.outliers();
   }
-  absl::StrAppend(&out, values.Render());
+  for (const v1::GroupDetail& group : groups) {
+    const v1::GroupStats& g = group.stats();
+    const v1::SeriesId& id = g.series();
+    absl::StrAppend(&out, FormatSeries(id), " across ", g.n(), " locations (group ", g.group(),
+                    ")\n  median ", FormatValue(id, g.median()), ", MAD ", FormatValue(id, g.mad()),
+                    ", band ", Band(id, g.band_low(), g.band_high()));
+    if (g.levels_size() > 1) {
+      std::vector<std::string> levels;
+      for (const v1::Level& l : g.levels()) {
+        levels.push_back(absl::StrCat(l.locations(), " at ", FormatValue(id, l.value())));
+      }
+      absl::StrAppend(&out, ", levels: ", absl::StrJoin(levels, ", "));
+    }
+    absl::StrAppend(&out, "\n\n");
+    Table values({"LOCATION", "VALUE", "SAMPLES", "OBSERVED", "OUTSIDE"});
+    for (const auto& v : group.values()) {
+      std::string outside;
+      for (const auto& o : group.outliers()) {
+        if (o.location() == v.location()) outside = absl::StrCat(SignedPercent(o), " ", Meaning(o));
+      }
+      values.Add({v.location(), FormatValue(id, v.value()), absl::StrCat(v.samples()),
+                  Timestamp(v.observed_at()), outside});
+    }
+    absl::StrAppend(&out, values.Render(), "\n");
+  }
+  if (d.findings_size() > 0) {
+    absl::StrAppend(&out, "Findings on this series (", d.findings_size(), "):\n",
+                    RenderFindings(d.findings()));
+  }
+  return out;
+}
+
+std::string RenderFindings(const google::protobuf::RepeatedPtrField<v1::Finding>& findings) {
+  if (findings.empty()) return "  none\n";
+  Table table({"KIND", "SEVERITY", "SUBJECT", "SERIES", "SINCE", "WHY"});
+  for (const v1::Finding& f : findings) {
+    std::string subject = f.location();
+    if (subject.empty() && f.locations_size() > 0) {
+      subject = absl::StrCat(f.locations_size(), " locations");
+    }
+    if (subject.empty()) subject = f.group().empty() ? "chain" : f.group();
+    std::string since = Timestamp(f.started_at());
+    if (f.has_ended_at()) absl::StrAppend(&since, " .. ", Timestamp(f.ended_at()));
+    table.Add({absl::AsciiStrToLower(v1::FindingKind_Name(f.kind())),
+               absl::AsciiStrToLower(v1::Severity_Name(f.severity())), subject,
+               f.has_series() ? FormatSeries(f.series()) : absl::StrCat(f.keys_size(), " keys"),
+               since, f.reasons_size() > 0 ? f.reasons(0).detail() : ""});
+    for (int i = 1; i < f.reasons_size(); ++i) {
+      table.Add({"", "", "", "", "and:", f.reasons(i).detail()});
+    }
+  }
+  return table.Render();
+}
+
+std::string RenderScorecard(const v1::LocationScorecardResponse& c) {
+  std::vector<std::string> labels;
+  for (const auto& [k, v] : c.labels()) labels.push_back(absl::StrCat(k, "=", v));
+  std::sort(labels.begin(), labels.end());
+  std::string out = absl::StrCat(
+      "location ", c.location(), labels.empty() ? "" : " (" + absl::StrJoin(labels, ", ") + ")",
+      "\n  trust score ", absl::StrFormat("%.1f", c.trust().score()), "/100, balance ",
+      absl::StrFormat("%.1f", c.trust().balance()), "; promises kept ", c.promises_kept(),
+      ", broken ", c.promises_broken(), "\n  last report ",
+      c.has_last_report() ? Timestamp(c.last_report()) : std::string("never"),
+      c.expected_open() ? ", expected open now" : ", not expected open now", "\n\n");
+  Table values({"SERIES", "VALUE", "SAMPLES"});
+  for (int i = 0; i < c.values_size() && i < c.series_size(); ++i) {
+    values.Add({FormatSeries(c.series(i)), FormatValue(c.series(i), c.values(i).value()),
+                absl::StrCat(c.values(i).samples())});
+  }
+  absl::StrAppend(&out, values.Render(), "\nFindings (", c.findings_size(), "):\n",
+                  RenderFindings(c.findings()));
   return out;
 }
 

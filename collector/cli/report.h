@@ -28,8 +28,15 @@ std::string FormatSeries(const v1::SeriesId& series);
 std::string RenderChainSummary(const v1::ChainSummaryResponse& summary, int max_series);
 
 // One series across locations: its statistics, every location's value and
-// who sits outside the band.
+// who sits outside the band, per peer group.
 std::string RenderKeyDetail(const v1::KeyDetailResponse& detail);
+
+// Findings as a table: kind, severity, subject, since when, and the first
+// reason's sentence; further reasons on their own lines.
+std::string RenderFindings(const google::protobuf::RepeatedPtrField<v1::Finding>& findings);
+
+// A location's scorecard: trust, promises, values, findings.
+std::string RenderScorecard(const v1::LocationScorecardResponse& card);
 
 }  // namespace constance::cli
 

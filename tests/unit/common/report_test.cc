@@ -65,3 +65,59 @@ TEST(RenderChainSummaryTest, NamesOutliersWithValueExpectedAndBand) {
 
 }  // namespace
 }  // namespace constance::cli
+
+namespace constance::cli {
+namespace {
+
+TEST(RenderFindingsTest, EachFindingExplainsItself) {
+  google::protobuf::RepeatedPtrField<v1::Finding> findings;
+  v1::Finding* f = findings.Add();
+  f->set_kind(v1::BROKEN_PROMISE);
+  f->set_severity(v1::HIGH);
+  f->set_location("fr-paris-0042");
+  f->mutable_series()->set_family(v1::FAMILY_PRICE);
+  f->mutable_series()->set_key("coffee-250g");
+  f->mutable_series()->set_currency("EUR");
+  f->mutable_started_at()->set_seconds(1767225600);
+  f->add_reasons()->set_detail("price 5.16 EUR above the list price 4.49 EUR (+14.9%)");
+  f->add_reasons()->set_detail("overcharge: 5.16 EUR against 4.49 EUR expected");
+  v1::Finding* zone = findings.Add();
+  zone->set_kind(v1::ZONE);
+  zone->set_severity(v1::MEDIUM);
+  zone->add_locations("a");
+  zone->add_locations("b");
+  zone->add_keys("price x EUR/shelf");
+  std::string out = RenderFindings(findings);
+  EXPECT_THAT(out, HasSubstr("broken_promise"));
+  EXPECT_THAT(out, HasSubstr("fr-paris-0042"));
+  EXPECT_THAT(out, HasSubstr("price coffee-250g EUR/shelf"));
+  EXPECT_THAT(out, HasSubstr("2026-01-01T00:00:00Z"));
+  EXPECT_THAT(out, HasSubstr("and:"));
+  EXPECT_THAT(out, HasSubstr("2 locations"));
+  EXPECT_THAT(out, HasSubstr("1 keys"));
+  EXPECT_EQ(RenderFindings({}), "  none\n");
+}
+
+TEST(RenderScorecardTest, TrustPromisesAndValues) {
+  v1::LocationScorecardResponse c;
+  c.set_location("store-7");
+  (*c.mutable_labels())["region"] = "north";
+  c.mutable_trust()->set_score(62.5);
+  c.mutable_trust()->set_balance(-12);
+  c.set_promises_kept(3);
+  c.set_promises_broken(1);
+  c.set_expected_open(true);
+  c.add_series()->set_family(v1::FAMILY_WAIT);
+  c.mutable_series(0)->set_key("checkout");
+  c.add_values()->set_value(412);
+  std::string out = RenderScorecard(c);
+  EXPECT_THAT(out, HasSubstr("location store-7 (region=north)"));
+  EXPECT_THAT(out, HasSubstr("trust score 62.5/100, balance -12.0"));
+  EXPECT_THAT(out, HasSubstr("promises kept 3, broken 1"));
+  EXPECT_THAT(out, HasSubstr("last report never, expected open now"));
+  EXPECT_THAT(out, HasSubstr("wait checkout"));
+  EXPECT_THAT(out, HasSubstr("412 s"));
+}
+
+}  // namespace
+}  // namespace constance::cli
