@@ -1,0 +1,83 @@
+// The running agent: spool, local HTTP ingest, sender and /metrics, wired
+// together from one AgentConfig.
+//
+// Start() brings the parts up in order (spool, sender, HTTP ingest,
+// /metrics) and fails as a whole if any cannot start. Shutdown() takes them
+// down so that nothing is accepted that cannot be delivered: local ingest
+// refuses new writes first, then the sender drains the spool to the
+// collector for at most drain_timeout and closes its stream, while both HTTP
+// servers stop in the background.
+//
+// Example (see main.cc):
+//   absl::StatusOr<std::unique_ptr<Agent>> agent = Agent::Start(config);
+//   WriteReadyFile(path, {{"http", (*agent)->http_address()}, ...});
+//   ... wait for SIGTERM ...
+//   (*agent)->Shutdown();
+//
+// Thread-safe; the parts run on their own threads.
+#ifndef CONSTANCE_AGENT_AGENT_H_
+#define CONSTANCE_AGENT_AGENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "agent/config.h"
+#include "agent/http_ingest.h"
+#include "agent/metrics.h"
+#include "agent/sender.h"
+#include "agent/spool.h"
+
+namespace constance::agent {
+
+// The agent's version (the project's), reported in heartbeats and metrics.
+absl::string_view AgentVersion();
+
+class Agent {
+ public:
+  // `config` must have passed FinishAgentConfig.
+  static absl::StatusOr<std::unique_ptr<Agent>> Start(const AgentConfig& config);
+  // Shuts down (draining) if Shutdown() was not called.
+  ~Agent();
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
+
+  // HOST:PORT actually listened on (the configured host, the real port).
+  // Call before Shutdown().
+  std::string http_address() const;
+  std::string metrics_address() const;
+
+  // See the file comment. Returns how many observations were left
+  // unacknowledged (lost: the spool is in memory for now). Idempotent.
+  uint64_t Shutdown();
+
+ private:
+  explicit Agent(AgentConfig config);
+
+  const AgentConfig config_;
+  // Declared in dependency order: destroyed in reverse, users first.
+  std::unique_ptr<MemorySpool> spool_;
+  std::unique_ptr<AgentMetrics> metrics_;
+  std::unique_ptr<Sender> sender_;
+  std::unique_ptr<HttpIngest> http_;
+  std::unique_ptr<MetricsServer> metrics_server_;
+  absl::Mutex mu_;
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t left_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Writes `name=value` lines to `path` atomically (`path`.tmp, then rename),
+// so a reader never sees a partial file.
+absl::Status WriteReadyFile(const std::string& path,
+                            const std::vector<std::pair<std::string, std::string>>& entries);
+
+}  // namespace constance::agent
+
+#endif  // CONSTANCE_AGENT_AGENT_H_

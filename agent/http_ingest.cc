@@ -1,0 +1,246 @@
+#include "agent/http_ingest.h"
+
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "agent/ingest_json.h"
+#include "civetweb.h"
+#include "nlohmann/json.hpp"
+#include "spdlog/spdlog.h"
+
+namespace constance::agent {
+
+struct HttpIngest::Impl {
+  HttpIngestOptions options;
+  Spool* spool = nullptr;
+  AgentMetrics* metrics = nullptr;
+  AppendedCallback on_appended;
+  int port = 0;
+  absl::Mutex mu;
+  mg_context* ctx ABSL_GUARDED_BY(mu) = nullptr;
+  bool closed ABSL_GUARDED_BY(mu) = false;
+  // Requests admitted to the append path and not finished.
+  int appending ABSL_GUARDED_BY(mu) = 0;
+
+  bool NoneAppending() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return appending == 0; }
+};
+
+namespace {
+
+int Reply(mg_connection* conn, int status, const std::string& body, const char* allow = nullptr) {
+  mg_response_header_start(conn, status);
+  mg_response_header_add(conn, "Content-Type", "application/json", -1);
+  mg_response_header_add(conn, "Content-Length", std::to_string(body.size()).c_str(), -1);
+  mg_response_header_add(conn, "Cache-Control", "no-store", -1);
+  if (allow != nullptr) mg_response_header_add(conn, "Allow", allow, -1);
+  mg_response_header_send(conn);
+  mg_write(conn, body.data(), body.size());
+  return status;
+}
+
+// Reads the request body; false (and *too_large) when it exceeds `limit`.
+bool ReadBody(mg_connection* conn, size_t limit, std::string* body, bool* too_large) {
+  const mg_request_info* ri = mg_get_request_info(conn);
+  *too_large = false;
+  // Refuse before reading when the client announced the size.
+  if (ri->content_length > 0 && static_cast<unsigned long long>(ri->content_length) > limit) {
+    *too_large = true;
+    return false;
+  }
+  char buf[16384];
+  for (;;) {
+    int n = mg_read(conn, buf, sizeof(buf));
+    if (n < 0) return false;
+    if (n == 0) return true;
+    if (body->size() + static_cast<size_t>(n) > limit) {
+      *too_large = true;
+      return false;
+    }
+    body->append(buf, static_cast<size_t>(n));
+  }
+}
+
+int HandleObservations(mg_connection* conn, void* cbdata) {
+  auto* impl = static_cast<HttpIngest::Impl*>(cbdata);
+  const mg_request_info* ri = mg_get_request_info(conn);
+  if (std::strcmp(ri->local_uri, "/v1/observations") != 0) {
+    return Reply(conn, 404, RenderIngestError(absl::StrCat("no such path: ", ri->local_uri)));
+  }
+  if (std::strcmp(ri->request_method, "POST") != 0) {
+    return Reply(conn, 405,
+                 RenderIngestError(absl::StrCat(ri->request_method,
+                                                " not allowed on /v1/observations; use POST")),
+                 "POST");
+  }
+  bool closed;
+  {
+    absl::MutexLock lock(&impl->mu);
+    closed = impl->closed;
+    if (!closed) ++impl->appending;
+  }
+  if (closed) {
+    return Reply(conn, 503, RenderIngestError("the agent is shutting down; nothing was stored"));
+  }
+  struct Done {
+    HttpIngest::Impl* impl;
+    ~Done() {
+      absl::MutexLock lock(&impl->mu);
+      --impl->appending;
+    }
+  } done{impl};
+
+  std::string body;
+  bool too_large = false;
+  if (!ReadBody(conn, impl->options.max_body_bytes, &body, &too_large)) {
+    if (too_large) {
+      // The rest of the body is not read, so the connection cannot be reused.
+      mg_disable_keep_alive(conn);
+      return Reply(conn, 413,
+                   RenderIngestError(absl::StrCat("request body over the limit of ",
+                                                  impl->options.max_body_bytes,
+                                                  " bytes; send smaller arrays")));
+    }
+    return Reply(conn, 400, RenderIngestError("could not read the request body"));
+  }
+
+  absl::StatusOr<ParsedObservations> parsed =
+      ParseObservations(body, absl::Now(), impl->options.limits);
+  if (!parsed.ok()) return Reply(conn, 400, RenderIngestError(parsed.status().message()));
+
+  const size_t valid = parsed->accepted.size();
+  impl->metrics->AddRejectedInvalid(parsed->rejected.size());
+  if (valid > 0) {
+    absl::StatusOr<uint64_t> first = impl->spool->Append(std::move(parsed->accepted));
+    if (!first.ok()) {
+      const bool full = absl::IsResourceExhausted(first.status());
+      if (full) impl->metrics->AddRejectedSpoolFull(valid);
+      spdlog::warn("ingest: {} observations not stored: {}", valid,
+                   std::string(first.status().message()));
+      return Reply(conn, full ? 507 : 500, RenderIngestError(first.status().message()));
+    }
+    impl->metrics->AddAccepted(valid);
+    if (impl->on_appended) impl->on_appended(*first + valid - 1);
+  }
+  for (const ItemRejection& r : parsed->rejected) {
+    spdlog::debug("ingest: item {} refused: {}", r.index, r.reason);
+  }
+  return Reply(conn, parsed->rejected.empty() ? 200 : 400,
+               RenderIngestAnswer(valid, parsed->rejected));
+}
+
+int HandleHealth(mg_connection* conn, void* cbdata) {
+  auto* impl = static_cast<HttpIngest::Impl*>(cbdata);
+  const mg_request_info* ri = mg_get_request_info(conn);
+  if (std::strcmp(ri->local_uri, "/healthz") != 0) {
+    return Reply(conn, 404, RenderIngestError(absl::StrCat("no such path: ", ri->local_uri)));
+  }
+  if (std::strcmp(ri->request_method, "GET") != 0) {
+    return Reply(conn, 405, RenderIngestError("use GET on /healthz"), "GET");
+  }
+  nlohmann::json answer = {{"status", "ok"},
+                           {"location", impl->options.location},
+                           {"spool_depth", impl->spool->Depth()}};
+  return Reply(conn, 200, answer.dump());
+}
+
+int HandleUnknown(mg_connection* conn, void*) {
+  const mg_request_info* ri = mg_get_request_info(conn);
+  return Reply(conn, 404,
+               RenderIngestError(absl::StrCat("no such path: ", ri->local_uri,
+                                              " (POST /v1/observations, GET /healthz)")));
+}
+
+int LogMessage(const mg_connection*, const char* message) {
+  spdlog::warn("http: {}", message);
+  return 1;  // Handled: civetweb writes no log file of its own.
+}
+
+}  // namespace
+
+HttpIngest::HttpIngest(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+HttpIngest::~HttpIngest() { Stop(); }
+
+absl::StatusOr<std::unique_ptr<HttpIngest>> HttpIngest::Start(HttpIngestOptions options,
+                                                              Spool* spool, AgentMetrics* metrics,
+                                                              AppendedCallback on_appended) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = std::move(options);
+  impl->spool = spool;
+  impl->metrics = metrics;
+  impl->on_appended = std::move(on_appended);
+
+  const std::string threads = std::to_string(impl->options.threads);
+  // No document_root: this server serves the handlers below and no files.
+  const char* config[] = {"listening_ports",
+                          impl->options.listen.c_str(),
+                          "num_threads",
+                          threads.c_str(),
+                          "request_timeout_ms",
+                          "30000",
+                          nullptr};
+  mg_callbacks callbacks;
+  std::memset(&callbacks, 0, sizeof(callbacks));
+  callbacks.log_message = LogMessage;
+  mg_init_data init;
+  std::memset(&init, 0, sizeof(init));
+  init.callbacks = &callbacks;
+  init.configuration_options = config;
+  unsigned error_code = 0;
+  char error_text[256] = {0};
+  mg_error_data error;
+  std::memset(&error, 0, sizeof(error));
+  error.code = &error_code;
+  error.text = error_text;
+  error.text_buffer_size = sizeof(error_text);
+  mg_context* ctx = mg_start2(&init, &error);
+  if (ctx == nullptr) {
+    return absl::UnavailableError(absl::StrCat("http: cannot listen on ", impl->options.listen,
+                                               ": ", error_text[0] ? error_text : "unknown error"));
+  }
+  mg_set_request_handler(ctx, "/v1/observations", HandleObservations, impl.get());
+  mg_set_request_handler(ctx, "/healthz", HandleHealth, impl.get());
+  mg_set_request_handler(ctx, "**", HandleUnknown, impl.get());
+
+  std::vector<mg_server_port> ports(4);
+  int n = mg_get_server_ports(ctx, static_cast<int>(ports.size()), ports.data());
+  if (n <= 0) {
+    mg_stop(ctx);
+    return absl::UnavailableError(
+        absl::StrCat("http: no listening port on ", impl->options.listen));
+  }
+  impl->port = ports[0].port;
+  {
+    absl::MutexLock lock(&impl->mu);
+    impl->ctx = ctx;
+  }
+  return std::unique_ptr<HttpIngest>(new HttpIngest(std::move(impl)));
+}
+
+int HttpIngest::port() const { return impl_->port; }
+
+void HttpIngest::Close() {
+  absl::MutexLock lock(&impl_->mu);
+  impl_->closed = true;
+  impl_->mu.Await(absl::Condition(impl_.get(), &Impl::NoneAppending));
+}
+
+void HttpIngest::Stop() {
+  Close();
+  mg_context* ctx;
+  {
+    absl::MutexLock lock(&impl_->mu);
+    ctx = impl_->ctx;
+    impl_->ctx = nullptr;
+  }
+  // mg_stop waits for handlers in progress; not under the lock, since they
+  // do not need it but a concurrent Stop() should not wait on civetweb.
+  if (ctx != nullptr) mg_stop(ctx);
+}
+
+}  // namespace constance::agent

@@ -1,0 +1,87 @@
+// The agent's local HTTP ingest: where the store's systems post observations.
+//
+//   POST /v1/observations   one JSON object or an array of them
+//       200 {"accepted":N,"rejected":[]}                  every item accepted
+//       400 {"accepted":N,"rejected":[{"index":I,"reason":"..."}]}
+//           some items refused; the valid ones are stored all the same, so a
+//           writer must not resend them
+//       400 {"error":"malformed JSON: ..."}               nothing stored
+//       413 body over the limit, 405 wrong method, 404 unknown path
+//       507 {"error":"spool full: ..."}                   nothing stored; retry later
+//       503 {"error":"..."}                                shutting down; nothing stored
+//   GET /healthz            200 {"status":"ok","location":...,"spool_depth":N}
+//
+// A 2xx or 400-with-accepted answer is sent only after the accepted items are
+// in the spool. Listens on loopback by default (store systems run on the same
+// server); civetweb serves requests on its own worker threads.
+//
+// HttpIngest owns the server. `spool` and `metrics` must outlive it, and
+// `on_appended` must be safe to call from any thread until Stop() returns.
+// Thread-safe.
+#ifndef CONSTANCE_AGENT_HTTP_INGEST_H_
+#define CONSTANCE_AGENT_HTTP_INGEST_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "agent/metrics.h"
+#include "agent/spool.h"
+#include "constance/validate.h"
+
+namespace constance::agent {
+
+struct HttpIngestOptions {
+  // HOST:PORT; port 0 picks a free port (read it back with port()).
+  std::string listen = "127.0.0.1:8080";
+  size_t max_body_bytes = 4 << 20;
+  // civetweb worker threads: concurrent requests served at once.
+  int threads = 4;
+  Limits limits;
+  // Reported by /healthz.
+  std::string location;
+};
+
+class HttpIngest {
+ public:
+  // Called after each successful append with the last sequence appended, so
+  // the sender learns about new data without polling the spool.
+  using AppendedCallback = std::function<void(uint64_t last_sequence)>;
+
+  // Starts serving. Unavailable (with civetweb's reason) if it cannot listen.
+  static absl::StatusOr<std::unique_ptr<HttpIngest>> Start(HttpIngestOptions options, Spool* spool,
+                                                           AgentMetrics* metrics,
+                                                           AppendedCallback on_appended);
+  ~HttpIngest();
+  HttpIngest(const HttpIngest&) = delete;
+  HttpIngest& operator=(const HttpIngest&) = delete;
+
+  // The port actually listened on.
+  int port() const;
+
+  // Refuses further observations (503) and waits until no request is
+  // between parsing and appending, so that nothing reaches the spool after
+  // it returns. Fast (no network wait). Idempotent.
+  void Close();
+
+  // Close(), then stops the server and waits for its threads. civetweb
+  // notices a stop only when its accept poll times out, so this can take up
+  // to about 2 s. Idempotent; the destructor calls it.
+  void Stop();
+
+  // Opaque server state, defined in the .cc (public only so that civetweb's
+  // C callbacks there can name it).
+  struct Impl;
+
+ private:
+  explicit HttpIngest(std::unique_ptr<Impl> impl);
+
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace constance::agent
+
+#endif  // CONSTANCE_AGENT_HTTP_INGEST_H_

@@ -1,0 +1,85 @@
+#include "agent/ingest_json.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/json_util.h"
+#include "google/protobuf/util/time_util.h"
+#include "nlohmann/json.hpp"
+
+namespace constance::agent {
+namespace {
+
+using nlohmann::json;
+
+// Maps one JSON object to an observation and validates it; the reason on
+// failure names the field (protobuf's mapping and ValidateObservation both
+// do).
+absl::Status MapItem(const json& item, absl::Time now, const Limits& limits, v1::Observation* obs) {
+  if (!item.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected a JSON object, got ", item.type_name()));
+  }
+  google::protobuf::util::JsonParseOptions options;
+  // A misspelt field must be refused, not dropped: "wait_second" would
+  // otherwise become an observation without a value.
+  options.ignore_unknown_fields = false;
+  auto mapped = google::protobuf::util::JsonStringToMessage(item.dump(), obs, options);
+  if (!mapped.ok()) return absl::InvalidArgumentError(std::string(mapped.message()));
+  if (absl::Status s = ValidateObservation(*obs, now, limits); !s.ok()) return s;
+  if (!obs->has_observed_at()) {
+    *obs->mutable_observed_at() =
+        google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(now));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ParsedObservations> ParseObservations(absl::string_view body, absl::Time now,
+                                                     const Limits& limits) {
+  json doc;
+  try {
+    doc = json::parse(body.begin(), body.end());
+  } catch (const json::exception& e) {
+    // nlohmann's what() names the position and what it expected there.
+    return absl::InvalidArgumentError(absl::StrCat("malformed JSON: ", e.what()));
+  }
+  ParsedObservations out;
+  auto take = [&](const json& item, size_t index) {
+    v1::Observation obs;
+    absl::Status s = MapItem(item, now, limits, &obs);
+    if (s.ok()) {
+      out.accepted.push_back(std::move(obs));
+    } else {
+      out.rejected.push_back(ItemRejection{index, std::string(s.message())});
+    }
+  };
+  if (doc.is_object()) {
+    take(doc, 0);
+  } else if (doc.is_array()) {
+    out.accepted.reserve(doc.size());
+    for (size_t i = 0; i < doc.size(); ++i) take(doc[i], i);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected a JSON object or an array of objects, got ", doc.type_name()));
+  }
+  return out;
+}
+
+std::string RenderIngestAnswer(size_t accepted, const std::vector<ItemRejection>& rejected) {
+  json answer = {{"accepted", accepted}, {"rejected", json::array()}};
+  for (const ItemRejection& r : rejected) {
+    answer["rejected"].push_back({{"index", r.index}, {"reason", r.reason}});
+  }
+  // Replacement instead of throwing on invalid UTF-8 that a protobuf error
+  // might echo from the request.
+  return answer.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::string RenderIngestError(absl::string_view error) {
+  json answer = {{"error", std::string(error)}};
+  return answer.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+}  // namespace constance::agent

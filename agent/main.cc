@@ -1,0 +1,270 @@
+// constance-agent: one per location; takes observations from the store's
+// systems and delivers them to the collector.
+//
+//   constance-agent run [--config=FILE] [--location=ID] [--collector=HOST:PORT] --insecure
+//       [--listen=HOST:PORT] [--metrics_listen=HOST:PORT] [--ready_file=PATH] ...
+//   constance-agent observe [--agent=http://127.0.0.1:8080] FAMILY KEY VALUE
+//       [--currency=EUR] [--kind=shelf] [--critical] [--observed_at=RFC3339] [--id=ID]
+//
+// run: flags override the config file; without --config, flags alone must
+// suffice. SIGTERM/SIGINT stop local ingest, drain to the collector for at
+// most --drain_timeout and exit 0; SIGHUP is logged and ignored (reload
+// comes later).
+//
+// Exit codes: 0 success; 1 failure (could not start, or observe: the agent
+// refused or could not be reached); 2 usage or configuration error.
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "agent/agent.h"
+#include "agent/config.h"
+#include "agent/observe.h"
+#include "constance/log.h"
+#include "google/protobuf/util/json_util.h"
+
+// run
+ABSL_FLAG(std::string, config, "", "run: YAML config file (optional; flags override it)");
+ABSL_FLAG(std::optional<std::string>, location, std::nullopt,
+          "run: this location's id, e.g. fr-paris-0042");
+ABSL_FLAG(std::optional<std::string>, collector, std::nullopt,
+          "run: the collector's gRPC address, HOST:PORT");
+ABSL_FLAG(bool, insecure, false,
+          "run: plaintext to the collector (required until TLS is implemented)");
+ABSL_FLAG(std::optional<std::string>, listen, std::nullopt,
+          "run: local HTTP ingest address, HOST:PORT (default 127.0.0.1:8080; port 0 = any)");
+ABSL_FLAG(std::optional<std::string>, metrics_listen, std::nullopt,
+          "run: /metrics address, HOST:PORT (default 127.0.0.1:9465; port 0 = any)");
+ABSL_FLAG(std::optional<absl::Duration>, flush_interval, std::nullopt,
+          "run: how long to gather a batch (default 100ms)");
+ABSL_FLAG(std::optional<absl::Duration>, backoff_initial, std::nullopt,
+          "run: first reconnect delay (default 1s; x1.6 per failure, +-20% jitter)");
+ABSL_FLAG(std::optional<absl::Duration>, backoff_max, std::nullopt,
+          "run: longest reconnect delay (default 120s)");
+ABSL_FLAG(std::optional<absl::Duration>, heartbeat_interval, std::nullopt,
+          "run: heartbeat period (default 30s)");
+ABSL_FLAG(std::optional<absl::Duration>, drain_timeout, std::nullopt,
+          "run: on SIGTERM/SIGINT, how long to keep delivering before exiting (default 5s)");
+ABSL_FLAG(std::string, ready_file, "",
+          "run: once serving, write http=HOST:PORT and metrics=HOST:PORT lines here "
+          "(atomically)");
+ABSL_FLAG(std::string, log_level, "info", "run: trace, debug, info, warn or error");
+// observe
+ABSL_FLAG(std::string, agent, "http://127.0.0.1:8080", "observe: the agent's local ingest URL");
+ABSL_FLAG(std::string, currency, "", "observe: currency of a price, e.g. EUR (required for price)");
+ABSL_FLAG(std::string, kind, "", "observe: price kind: shelf (default), pos, list, promo");
+ABSL_FLAG(bool, critical, false, "observe: a compliance check whose failure fails the location");
+ABSL_FLAG(std::string, observed_at, "",
+          "observe: event time, RFC 3339 (default: when the agent receives it)");
+ABSL_FLAG(std::string, id, "", "observe: optional idempotency key");
+ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10), "observe: how long to wait for the agent");
+
+namespace constance::agent {
+namespace {
+
+constexpr char kUsage[] =
+    "constance-agent run [--config=FILE] [--location=ID] [--collector=HOST:PORT] --insecure\n"
+    "      [--listen=HOST:PORT] [--metrics_listen=HOST:PORT] [--ready_file=PATH]\n"
+    "      [--flush_interval=100ms] [--backoff_initial=1s] [--backoff_max=120s]\n"
+    "      [--heartbeat_interval=30s] [--drain_timeout=5s] [--log_level=info]\n"
+    "  constance-agent observe [--agent=http://127.0.0.1:8080] FAMILY KEY VALUE\n"
+    "      [--currency=EUR] [--kind=shelf] [--critical] [--observed_at=RFC3339] [--id=ID]\n"
+    "      FAMILY is price|wait|compliance|score; a price VALUE is like 4.49, a wait VALUE\n"
+    "      is seconds, a compliance VALUE is pass|fail.";
+
+int UsageError(absl::string_view why) {
+  std::cerr << "constance-agent: " << why << "\nusage: " << kUsage << "\n";
+  return 2;
+}
+
+// absl::ParseCommandLine exits with status 1 on an unknown flag or a bad
+// value; this checks both first so that usage errors exit 2 as documented.
+bool CheckFlags(int argc, char** argv, std::string* error) {
+  // absl's own flags (help and friends) are left to absl.
+  static const char* const kBuiltin[] = {"help",     "helpfull", "helpshort",  "helppackage",
+                                         "version",  "helpon",   "helpmatch",  "only_check_args",
+                                         "flagfile", "fromenv",  "tryfromenv", "undefok"};
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (arg.size() < 2 || arg[0] != '-') continue;
+    arg.remove_prefix(arg[1] == '-' ? 2 : 1);
+    const size_t eq = arg.find('=');
+    const absl::string_view name = arg.substr(0, eq);
+    bool builtin = false;
+    for (const char* b : kBuiltin) builtin = builtin || name == b;
+    if (builtin) continue;
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr && absl::StartsWith(name, "no")) {
+      absl::CommandLineFlag* negated = absl::FindCommandLineFlag(name.substr(2));
+      if (negated != nullptr && negated->IsOfType<bool>() && eq == absl::string_view::npos) {
+        continue;
+      }
+    }
+    if (flag == nullptr) {
+      *error = absl::StrCat("unknown flag --", name);
+      return false;
+    }
+    std::string value;
+    if (eq != absl::string_view::npos) {
+      value = std::string(arg.substr(eq + 1));
+    } else if (flag->IsOfType<bool>()) {
+      continue;
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      *error = absl::StrCat("flag --", name, " needs a value");
+      return false;
+    }
+    // Parsing sets the flag; ParseCommandLine sets the same value again.
+    std::string why;
+    if (!flag->ParseFrom(value, &why)) {
+      *error = absl::StrCat("--", name, "=", value, ": ", why);
+      return false;
+    }
+  }
+  return true;
+}
+
+ConfigOverrides OverridesFromFlags() {
+  ConfigOverrides o;
+  o.location = absl::GetFlag(FLAGS_location);
+  o.collector = absl::GetFlag(FLAGS_collector);
+  o.listen = absl::GetFlag(FLAGS_listen);
+  o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  o.insecure = absl::GetFlag(FLAGS_insecure);
+  o.flush_interval = absl::GetFlag(FLAGS_flush_interval);
+  o.backoff_initial = absl::GetFlag(FLAGS_backoff_initial);
+  o.backoff_max = absl::GetFlag(FLAGS_backoff_max);
+  o.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
+  o.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
+  return o;
+}
+
+int Run(const sigset_t& signals) {
+  InitLogging("constance-agent", absl::GetFlag(FLAGS_log_level));
+  AgentConfig config;
+  const std::string config_path = absl::GetFlag(FLAGS_config);
+  if (!config_path.empty()) {
+    absl::StatusOr<AgentConfig> loaded = LoadAgentConfig(config_path);
+    if (!loaded.ok()) {
+      spdlog::error("{}", std::string(loaded.status().message()));
+      return 2;
+    }
+    config = *std::move(loaded);
+  }
+  absl::Status s = ApplyOverrides(OverridesFromFlags(), &config);
+  if (s.ok()) s = FinishAgentConfig(config);
+  if (!s.ok()) {
+    spdlog::error("{}", std::string(s.message()));
+    return 2;
+  }
+
+  absl::StatusOr<std::unique_ptr<Agent>> agent = Agent::Start(config);
+  if (!agent.ok()) {
+    spdlog::error("cannot start: {}", std::string(agent.status().message()));
+    return 1;
+  }
+  const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
+  if (!ready_file.empty()) {
+    s = WriteReadyFile(
+        ready_file, {{"http", (*agent)->http_address()}, {"metrics", (*agent)->metrics_address()}});
+    if (!s.ok()) {
+      spdlog::error("{}", std::string(s.message()));
+      return 1;
+    }
+  }
+
+  // The one place signals are taken: every thread has them blocked.
+  int sig = 0;
+  for (;;) {
+    if (sigwait(&signals, &sig) != 0) continue;
+    if (sig != SIGHUP) break;
+    spdlog::warn("SIGHUP: configuration reload is not supported yet; ignored");
+  }
+  spdlog::info("{}: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  (*agent)->Shutdown();
+  agent->reset();
+  if (!ready_file.empty()) std::remove(ready_file.c_str());
+  spdlog::info("stopped");
+  return 0;
+}
+
+int Observe(const std::vector<char*>& args) {
+  // args: program, "observe", FAMILY, KEY, VALUE.
+  if (args.size() != 5) return UsageError("observe needs FAMILY KEY VALUE");
+  ObserveRequest request;
+  request.family = args[2];
+  request.key = args[3];
+  request.value = args[4];
+  request.currency = absl::GetFlag(FLAGS_currency);
+  request.kind = absl::GetFlag(FLAGS_kind);
+  request.critical = absl::GetFlag(FLAGS_critical);
+  request.observed_at = absl::GetFlag(FLAGS_observed_at);
+  request.id = absl::GetFlag(FLAGS_id);
+  absl::StatusOr<v1::Observation> obs = BuildObservation(request);
+  if (!obs.ok()) return UsageError(obs.status().message());
+  absl::StatusOr<HostPort> agent = ParseAgentUrl(absl::GetFlag(FLAGS_agent));
+  if (!agent.ok()) return UsageError(agent.status().message());
+
+  std::string body;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(*obs, &body, options);
+  absl::StatusOr<HttpResponse> response =
+      PostJson(*agent, "/v1/observations", body, absl::GetFlag(FLAGS_timeout));
+  if (!response.ok()) {
+    std::cerr << "constance-agent observe: " << response.status().message() << "\n";
+    return 1;
+  }
+  if (response->status != 200) {
+    std::cerr << "constance-agent observe: the agent refused the observation: "
+              << DescribeRefusal(*response) << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace constance::agent
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(constance::agent::kUsage);
+  std::string error;
+  if (!constance::agent::CheckFlags(argc, argv, &error)) {
+    return constance::agent::UsageError(error);
+  }
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  const std::string command = args.size() > 1 ? args[1] : "";
+  if (command == "run") {
+    if (args.size() != 2) return constance::agent::UsageError("run takes no positional arguments");
+    // Blocked before any thread starts, so every thread inherits the mask
+    // and the signals reach only the sigwait in Run.
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    // A writer that hangs up must not kill the agent.
+    signal(SIGPIPE, SIG_IGN);
+    return constance::agent::Run(signals);
+  }
+  if (command == "observe") return constance::agent::Observe(args);
+  return constance::agent::UsageError(
+      command.empty() ? "missing command" : absl::StrCat("unknown command '", command, "'"));
+}

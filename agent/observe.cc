@@ -1,0 +1,233 @@
+#include "agent/observe.h"
+
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "civetweb.h"
+#include "constance/validate.h"
+#include "google/protobuf/util/time_util.h"
+#include "nlohmann/json.hpp"
+
+namespace constance::agent {
+namespace {
+
+absl::Status Usage(absl::string_view what) { return absl::InvalidArgumentError(what); }
+
+bool AllDigits(absl::string_view s) {
+  for (char c : s) {
+    if (!absl::ascii_isdigit(c)) return false;
+  }
+  return !s.empty();
+}
+
+absl::StatusOr<double> ParseNumber(absl::string_view what, absl::string_view text) {
+  double value = 0;
+  if (!absl::SimpleAtod(text, &value) || !std::isfinite(value)) {
+    return Usage(absl::StrCat(what, " '", text, "' is not a finite number"));
+  }
+  return value;
+}
+
+void InitCivetweb() {
+  // mg_start does this for servers; a client-only process must do it once.
+  static const bool done = [] {
+    mg_init_library(0);
+    return true;
+  }();
+  (void)done;
+}
+
+absl::StatusOr<HttpResponse> Exchange(const HostPort& to, absl::string_view method,
+                                      const std::string& path, const std::string& body,
+                                      absl::Duration timeout) {
+  InitCivetweb();
+  char error[256] = {0};
+  mg_connection* conn =
+      mg_connect_client(to.host.c_str(), to.port, /*use_ssl=*/0, error, sizeof(error));
+  const std::string where = absl::StrCat("http://", to.host, ":", to.port, path);
+  if (conn == nullptr) {
+    return absl::UnavailableError(absl::StrCat("cannot connect to ", where, ": ", error));
+  }
+  std::string request = absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: ", to.host, ":",
+                                     to.port, "\r\nConnection: close\r\n");
+  if (method == "POST") {
+    absl::StrAppend(&request, "Content-Type: application/json\r\nContent-Length: ", body.size(),
+                    "\r\n");
+  }
+  absl::StrAppend(&request, "\r\n", body);
+  if (mg_write(conn, request.data(), request.size()) != static_cast<int>(request.size())) {
+    mg_close_connection(conn);
+    return absl::UnavailableError(absl::StrCat("cannot send the request to ", where));
+  }
+  const int timeout_ms = static_cast<int>(std::min<int64_t>(
+      std::max<int64_t>(absl::ToInt64Milliseconds(timeout), 1), std::numeric_limits<int>::max()));
+  if (mg_get_response(conn, error, sizeof(error), timeout_ms) < 0) {
+    mg_close_connection(conn);
+    return absl::UnavailableError(absl::StrCat("no answer from ", where, ": ", error));
+  }
+  HttpResponse response;
+  response.status = mg_get_response_info(conn)->status_code;
+  char buf[16384];
+  int n;
+  while ((n = mg_read(conn, buf, sizeof(buf))) > 0) response.body.append(buf, n);
+  mg_close_connection(conn);
+  return response;
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> ParsePriceMinorUnits(absl::string_view text) {
+  const std::string shown = absl::StrCat("price '", text, "'");
+  if (absl::StartsWith(text, "-")) return Usage(absl::StrCat(shown, " must not be negative"));
+  if (absl::StrContains(text, ",")) {
+    return Usage(absl::StrCat(shown, ": use '.' as the decimal separator, e.g. 4.49"));
+  }
+  absl::string_view whole = text;
+  absl::string_view fraction;
+  bool has_point = false;
+  if (size_t dot = text.find('.'); dot != absl::string_view::npos) {
+    has_point = true;
+    whole = text.substr(0, dot);
+    fraction = text.substr(dot + 1);
+  }
+  if (!AllDigits(whole) || (has_point && !AllDigits(fraction))) {
+    return Usage(absl::StrCat(shown, " is not a decimal amount like 4.49"));
+  }
+  if (fraction.size() > 2) {
+    return Usage(absl::StrCat(shown, " has more than 2 decimals"));
+  }
+  // Whole units times 100 must fit an int64; 15 digits leave room.
+  absl::string_view significant = whole;
+  while (significant.size() > 1 && significant[0] == '0') significant.remove_prefix(1);
+  if (significant.size() > 15) return Usage(absl::StrCat(shown, " is too large"));
+  int64_t units = 0;
+  for (char c : whole) units = units * 10 + (c - '0');
+  int64_t cents = 0;
+  for (size_t i = 0; i < 2; ++i) cents = cents * 10 + (i < fraction.size() ? fraction[i] - '0' : 0);
+  return units * 100 + cents;
+}
+
+absl::StatusOr<v1::Observation> BuildObservation(const ObserveRequest& r) {
+  v1::Family family;
+  if (!ParseFamily(r.family, &family).ok()) {
+    return Usage(
+        absl::StrCat("FAMILY '", r.family, "' is not one of price, wait, compliance, score"));
+  }
+  if (r.key.empty()) return Usage("KEY must not be empty");
+  if (family != v1::FAMILY_PRICE && (!r.currency.empty() || !r.kind.empty())) {
+    return Usage("--currency and --kind apply to price observations only");
+  }
+  if (family != v1::FAMILY_COMPLIANCE && r.critical) {
+    return Usage("--critical applies to compliance observations only");
+  }
+  v1::Observation obs;
+  obs.set_key(r.key);
+  if (!r.id.empty()) obs.set_id(r.id);
+  switch (family) {
+    case v1::FAMILY_PRICE: {
+      absl::StatusOr<int64_t> minor = ParsePriceMinorUnits(r.value);
+      if (!minor.ok()) return minor.status();
+      if (r.currency.empty()) return Usage("a price needs --currency, e.g. --currency=EUR");
+      v1::PriceKind kind = v1::SHELF;
+      if (!r.kind.empty() && !v1::PriceKind_Parse(absl::AsciiStrToUpper(r.kind), &kind)) {
+        return Usage(absl::StrCat("--kind '", r.kind, "' is not one of shelf, pos, list, promo"));
+      }
+      obs.mutable_price()->set_minor_units(*minor);
+      obs.mutable_price()->set_currency(r.currency);
+      obs.mutable_price()->set_kind(kind);
+      break;
+    }
+    case v1::FAMILY_WAIT: {
+      absl::StatusOr<double> seconds = ParseNumber("wait", r.value);
+      if (!seconds.ok()) return seconds.status();
+      obs.set_wait_seconds(*seconds);
+      break;
+    }
+    case v1::FAMILY_COMPLIANCE: {
+      if (r.value != "pass" && r.value != "fail") {
+        return Usage(absl::StrCat("compliance VALUE '", r.value, "' is not pass or fail"));
+      }
+      obs.mutable_check()->set_passed(r.value == "pass");
+      obs.mutable_check()->set_critical(r.critical);
+      break;
+    }
+    case v1::FAMILY_SCORE: {
+      absl::StatusOr<double> score = ParseNumber("score", r.value);
+      if (!score.ok()) return score.status();
+      obs.set_score(*score);
+      break;
+    }
+    default:
+      return Usage(
+          absl::StrCat("FAMILY '", r.family, "' is not one of price, wait, compliance, score"));
+  }
+  if (!r.observed_at.empty()) {
+    absl::Time t;
+    std::string error;
+    if (!absl::ParseTime(absl::RFC3339_full, r.observed_at, &t, &error)) {
+      return Usage(absl::StrCat("--observed_at '", r.observed_at,
+                                "' is not an RFC 3339 time like 2024-05-01T10:00:00Z: ", error));
+    }
+    *obs.mutable_observed_at() =
+        google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+  }
+  return obs;
+}
+
+absl::StatusOr<HostPort> ParseAgentUrl(absl::string_view url) {
+  absl::string_view rest = url;
+  if (absl::StartsWith(rest, "https://")) {
+    return Usage("--agent: the agent's local ingest speaks plain http on loopback, not https");
+  }
+  absl::ConsumePrefix(&rest, "http://");
+  absl::ConsumeSuffix(&rest, "/");
+  size_t colon = rest.rfind(':');
+  HostPort out;
+  if (colon == absl::string_view::npos || colon == 0 || rest.find('/') != absl::string_view::npos ||
+      !absl::SimpleAtoi(rest.substr(colon + 1), &out.port) || out.port <= 0 || out.port > 65535) {
+    return Usage(absl::StrCat("--agent '", url, "' is not http://HOST:PORT"));
+  }
+  absl::string_view host = rest.substr(0, colon);
+  absl::ConsumePrefix(&host, "[");
+  absl::ConsumeSuffix(&host, "]");
+  out.host = std::string(host);
+  return out;
+}
+
+absl::StatusOr<HttpResponse> PostJson(const HostPort& to, const std::string& path,
+                                      const std::string& body, absl::Duration timeout) {
+  return Exchange(to, "POST", path, body, timeout);
+}
+
+absl::StatusOr<HttpResponse> GetUrl(const HostPort& to, const std::string& path,
+                                    absl::Duration timeout) {
+  return Exchange(to, "GET", path, "", timeout);
+}
+
+std::string DescribeRefusal(const HttpResponse& response) {
+  using nlohmann::json;
+  json answer = json::parse(response.body, nullptr, /*allow_exceptions=*/false);
+  if (answer.is_object()) {
+    auto error = answer.find("error");
+    if (error != answer.end() && error->is_string()) return error->get<std::string>();
+    auto rejected = answer.find("rejected");
+    if (rejected != answer.end() && rejected->is_array() && !rejected->empty()) {
+      std::vector<std::string> reasons;
+      for (const json& r : *rejected) {
+        if (r.is_object() && r.contains("reason") && r["reason"].is_string()) {
+          reasons.push_back(r["reason"].get<std::string>());
+        }
+      }
+      if (!reasons.empty()) return absl::StrJoin(reasons, "; ");
+    }
+  }
+  return absl::StrCat("HTTP ", response.status, ": ", response.body);
+}
+
+}  // namespace constance::agent

@@ -1,0 +1,82 @@
+// `constance-agent observe`: one observation from the command line, posted to
+// a running agent's local HTTP ingest.
+//
+// The pieces are separate so each can be tested alone: ParsePriceMinorUnits
+// turns "4.49" into 449 by string parsing (never through a float, whose
+// rounding would make 4.35 become 434 somewhere), BuildObservation turns
+// the command's arguments into a v1::Observation, and PostJson is a small
+// HTTP/1.1 client (civetweb's) for the agent's loopback address.
+//
+// Example:
+//   ObserveRequest req;
+//   req.family = "price"; req.key = "coffee-250g"; req.value = "4.49"; req.currency = "EUR";
+//   absl::StatusOr<v1::Observation> obs = BuildObservation(req);
+//   absl::StatusOr<HttpResponse> r = PostJson({"127.0.0.1", 8080}, "/v1/observations", json,
+//                                             absl::Seconds(10));
+//
+// Pure functions except PostJson (network I/O); all thread-safe.
+#ifndef CONSTANCE_AGENT_OBSERVE_H_
+#define CONSTANCE_AGENT_OBSERVE_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "constance/v1/observation.pb.h"
+
+namespace constance::agent {
+
+// A non-negative decimal amount with at most 2 decimals ("4.49", "4.5",
+// "4") in minor units (449, 450, 400). InvalidArgument for anything else:
+// a sign, a third decimal, a comma, an empty fraction, or overflow.
+// Currencies with other minor-unit exponents (JPY 0, KWD 3) come later.
+absl::StatusOr<int64_t> ParsePriceMinorUnits(absl::string_view text);
+
+// The arguments of `observe FAMILY KEY VALUE [flags]`.
+struct ObserveRequest {
+  std::string family;  // price | wait | compliance | score
+  std::string key;
+  std::string value;        // price: 4.49; wait: seconds; compliance: pass|fail; score: number
+  std::string currency;     // price only, required
+  std::string kind;         // price only: shelf (default) | pos | list | promo
+  bool critical = false;    // compliance only
+  std::string observed_at;  // RFC 3339; empty means "when the agent receives it"
+  std::string id;           // optional idempotency key
+};
+
+// InvalidArgument (a usage error) naming the argument at fault. The
+// observation is not validated against Limits here: the agent does that
+// and answers with its reason.
+absl::StatusOr<v1::Observation> BuildObservation(const ObserveRequest& request);
+
+struct HostPort {
+  std::string host;
+  int port = 0;
+};
+
+// "http://127.0.0.1:8080", "http://127.0.0.1:8080/" or "127.0.0.1:8080".
+absl::StatusOr<HostPort> ParseAgentUrl(absl::string_view url);
+
+struct HttpResponse {
+  int status = 0;
+  std::string body;
+};
+
+// POSTs `body` as application/json and reads the whole answer. Unavailable
+// when the agent cannot be reached or does not answer within `timeout`.
+absl::StatusOr<HttpResponse> PostJson(const HostPort& to, const std::string& path,
+                                      const std::string& body, absl::Duration timeout);
+
+// GETs `path`; same contract as PostJson.
+absl::StatusOr<HttpResponse> GetUrl(const HostPort& to, const std::string& path,
+                                    absl::Duration timeout);
+
+// One line saying why the agent refused a request, from its JSON answer
+// ({"error":...} or the reasons in "rejected"), for the command's stderr.
+std::string DescribeRefusal(const HttpResponse& response);
+
+}  // namespace constance::agent
+
+#endif  // CONSTANCE_AGENT_OBSERVE_H_

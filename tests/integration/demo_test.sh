@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs the main job once on the built binaries and checks its promise: the
+# report names exactly the three stores the simulation made faulty, and no
+# process of the demo outlives it.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+if ! "$root/deploy/demo.sh" --once >"$out" 2>&1; then
+  echo "demo.sh --once failed:"; cat "$out"; exit 1
+fi
+cat "$out"
+expected="Outlier locations (3): demo-store-07, demo-store-13, demo-store-19"
+grep -qxF "$expected" "$out" || { echo "FAIL: expected the line: $expected"; exit 1; }
+# Each faulty store is named for its fault, and only for it.
+grep -E '^ +demo-store-07 +price (coffee-250g|olive-oil-1l|cheese-200g) ' "$out" | grep -q overcharge \
+  || { echo "FAIL: demo-store-07 not reported as overcharging"; exit 1; }
+[ "$(grep -cE '^ +demo-store-07 ' "$out")" -eq 3 ] || { echo "FAIL: demo-store-07 should have 3 outliers"; exit 1; }
+grep -qE '^ +demo-store-13 +wait checkout .* slow' "$out" || { echo "FAIL: demo-store-13 not slow"; exit 1; }
+[ "$(grep -cE '^ +demo-store-19 +compliance (fridge-temp|allergen-labels) ' "$out")" -eq 2 ] \
+  || { echo "FAIL: demo-store-19 should fail exactly two checks"; exit 1; }
+state=$(sed -n 's/^State and logs: *//p' "$out")
+[ -n "$state" ] || { echo "FAIL: demo did not print its state directory"; exit 1; }
+if pgrep -f -- "$state" >/dev/null; then
+  echo "FAIL: processes of the demo still running:"; pgrep -af -- "$state"; exit 1
+fi
+[ ! -e "$state" ] || { echo "FAIL: demo left $state behind"; exit 1; }
+echo "demo_once: report names exactly the injected stores; all processes stopped"

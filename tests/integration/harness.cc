@@ -1,0 +1,185 @@
+#include "tests/integration/harness.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "civetweb.h"
+
+extern char** environ;
+
+namespace constance::testing {
+
+TempDir::TempDir() {
+  std::string tmpl = (std::filesystem::temp_directory_path() / "constance-test-XXXXXX").string();
+  path_ = mkdtemp(tmpl.data());
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+Subprocess::Subprocess(std::vector<std::string> argv, std::string log_path)
+    : log_path_(std::move(log_path)) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND,
+                                   0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  if (posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ) != 0) pid_ = -1;
+  posix_spawn_file_actions_destroy(&actions);
+}
+
+Subprocess::~Subprocess() {
+  if (pid_ > 0 && !reaped_) (void)Stop(SIGKILL, absl::Seconds(10));
+}
+
+bool Subprocess::Running() {
+  if (pid_ <= 0 || reaped_) return false;
+  if (waitpid(pid_, &status_, WNOHANG) == pid_) reaped_ = true;
+  return !reaped_;
+}
+
+absl::StatusOr<int> Subprocess::Stop(int signal, absl::Duration timeout) {
+  if (pid_ <= 0) return absl::FailedPreconditionError("process never started");
+  if (!reaped_) {
+    kill(pid_, signal);
+    absl::Time deadline = absl::Now() + timeout;
+    // waitpid has no timeout; poll with a short interval until the deadline.
+    while (!reaped_ && absl::Now() < deadline) {
+      if (waitpid(pid_, &status_, WNOHANG) == pid_) {
+        reaped_ = true;
+        break;
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    if (!reaped_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, &status_, 0);
+      reaped_ = true;
+      return absl::DeadlineExceededError(
+          absl::StrCat("pid ", pid_, " did not exit within ", absl::FormatDuration(timeout)));
+    }
+  }
+  return status_;
+}
+
+std::string Subprocess::Log() const {
+  std::ifstream in(log_path_);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<std::map<std::string, std::string>> WaitForReadyFile(const std::string& path,
+                                                                    Subprocess& process,
+                                                                    absl::Duration timeout) {
+  absl::Time deadline = absl::Now() + timeout;
+  while (!std::filesystem::exists(path)) {
+    if (!process.Running()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("process exited before writing ", path, ":\n", process.Log()));
+    }
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("no ready file ", path, " after ", absl::FormatDuration(timeout), ":\n",
+                       process.Log()));
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  std::ifstream in(path);
+  std::map<std::string, std::string> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(line, absl::MaxSplits('=', 1));
+    if (!kv.first.empty()) out[kv.first] = kv.second;
+  }
+  return out;
+}
+
+namespace {
+
+absl::StatusOr<HttpResponse> Http(const std::string& address, const std::string& method,
+                                  const std::string& path, const std::string& body) {
+  static const bool initialized = [] {
+    mg_init_library(0);
+    return true;
+  }();
+  (void)initialized;
+  std::pair<std::string, std::string> hp = absl::StrSplit(address, absl::MaxSplits(':', 1));
+  int port = 0;
+  if (!absl::SimpleAtoi(hp.second, &port)) {
+    return absl::InvalidArgumentError(absl::StrCat("bad address ", address));
+  }
+  char error[256] = {0};
+  struct mg_connection* conn = mg_connect_client(hp.first.c_str(), port, 0, error, sizeof(error));
+  if (conn == nullptr) {
+    return absl::UnavailableError(absl::StrCat("connect ", address, ": ", error));
+  }
+  std::string request = absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: ", address,
+                                     "\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                                     "Content-Length: ",
+                                     body.size(), "\r\n\r\n", body);
+  mg_write(conn, request.data(), request.size());
+  HttpResponse response;
+  if (mg_get_response(conn, error, sizeof(error), 30000) < 0) {
+    mg_close_connection(conn);
+    return absl::UnavailableError(absl::StrCat(method, " ", address, path, ": ", error));
+  }
+  response.status = mg_get_response_info(conn)->status_code;
+  char buf[16384];
+  int n;
+  while ((n = mg_read(conn, buf, sizeof(buf))) > 0) response.body.append(buf, n);
+  mg_close_connection(conn);
+  return response;
+}
+
+}  // namespace
+
+absl::StatusOr<HttpResponse> HttpGet(const std::string& address, const std::string& path) {
+  return Http(address, "GET", path, "");
+}
+
+absl::StatusOr<HttpResponse> HttpPost(const std::string& address, const std::string& path,
+                                      const std::string& body) {
+  return Http(address, "POST", path, body);
+}
+
+CommandResult RunCommand(const std::string& command, const std::string& input) {
+  TempDir dir;
+  std::string in_path = dir.File("stdin");
+  std::ofstream(in_path) << input;
+  std::string full = absl::StrCat("(", command, ") < '", in_path, "' 2>&1");
+  CommandResult result;
+  FILE* pipe = popen(full.c_str(), "r");
+  if (pipe == nullptr) return result;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) result.output.append(buf, n);
+  int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+std::string BinDir() {
+  const char* dir = getenv("CONSTANCE_BIN_DIR");
+  return dir != nullptr ? dir : CONSTANCE_BIN_DIR;
+}
+
+}  // namespace constance::testing

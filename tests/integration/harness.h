@@ -1,0 +1,95 @@
+// Test harness for integration tests that run real constance processes.
+//
+// Subprocess starts a binary with arguments, keeps its stderr in a file for
+// the failure message, and stops it (SIGTERM, then SIGKILL after a bound) in
+// its destructor, so every process a test starts is stopped by that test.
+// Processes report their OS-chosen ports through a ready file
+// (`name=host:port` lines, written atomically), which WaitForReadyFile reads.
+//
+// HttpGet/HttpPost talk plain HTTP/1.1 to loopback through civetweb's
+// client API.
+//
+// Not thread-safe: use from the test's thread.
+#ifndef CONSTANCE_TESTS_INTEGRATION_HARNESS_H_
+#define CONSTANCE_TESTS_INTEGRATION_HARNESS_H_
+
+#include <sys/types.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace constance::testing {
+
+// A fresh directory under $TMPDIR, removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+class Subprocess {
+ public:
+  // Starts `argv[0]` with `argv`; stderr and stdout go to `log_path`.
+  Subprocess(std::vector<std::string> argv, std::string log_path);
+  ~Subprocess();
+  Subprocess(const Subprocess&) = delete;
+  Subprocess& operator=(const Subprocess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  // Sends `signal` and waits up to `timeout` for exit; returns the exit
+  // status as from waitpid, or an error if it did not exit in time (it is
+  // then killed).
+  absl::StatusOr<int> Stop(int signal, absl::Duration timeout);
+  // True while the process has not exited.
+  bool Running();
+  // The captured output so far (for failure messages).
+  std::string Log() const;
+
+ private:
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+  int status_ = 0;
+  std::string log_path_;
+};
+
+// Waits until `path` exists and parses its `name=value` lines. Fails if
+// `process` exits first or the deadline passes.
+absl::StatusOr<std::map<std::string, std::string>> WaitForReadyFile(const std::string& path,
+                                                                    Subprocess& process,
+                                                                    absl::Duration timeout);
+
+struct HttpResponse {
+  int status = 0;
+  std::string body;
+};
+
+// `address` is host:port. Bodies are sent as application/json.
+absl::StatusOr<HttpResponse> HttpGet(const std::string& address, const std::string& path);
+absl::StatusOr<HttpResponse> HttpPost(const std::string& address, const std::string& path,
+                                      const std::string& body);
+
+// Runs `command` through /bin/sh with `input` on stdin; returns exit status
+// and combined output.
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;
+};
+CommandResult RunCommand(const std::string& command, const std::string& input);
+
+// Directory of the built binaries (CONSTANCE_BIN_DIR, set by CMake).
+std::string BinDir();
+
+}  // namespace constance::testing
+
+#endif  // CONSTANCE_TESTS_INTEGRATION_HARNESS_H_

@@ -1,0 +1,213 @@
+// Agent configuration: a good file, each bad field named with file and line,
+// unknown keys, flags over the file, and what running requires.
+#include "agent/config.h"
+
+#include <fstream>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace constance::agent {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kGood[] = R"(location: fr-paris-0042          # a comment
+labels: {brand: acme, region: idf, district: paris-11, format: city}
+collector: collector.example:7070
+insecure: true
+listen: 127.0.0.1:8080
+metrics_listen: 127.0.0.1:9465
+flush_interval: 50ms
+max_batch: 500
+backoff_max: 60s
+)";
+
+TEST(AgentConfigTest, GoodFile) {
+  absl::StatusOr<AgentConfig> c = ParseAgentConfig(kGood, "agent.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->location, "fr-paris-0042");
+  EXPECT_EQ(c->labels.size(), 4u);
+  EXPECT_EQ(c->labels.at("district"), "paris-11");
+  EXPECT_EQ(c->collector, "collector.example:7070");
+  EXPECT_TRUE(c->insecure);
+  EXPECT_EQ(c->listen, "127.0.0.1:8080");
+  EXPECT_EQ(c->metrics_listen, "127.0.0.1:9465");
+  EXPECT_EQ(c->flush_interval, absl::Milliseconds(50));
+  EXPECT_EQ(c->max_batch, 500u);
+  EXPECT_EQ(c->backoff_max, absl::Seconds(60));
+  // Keys not in the file keep their defaults.
+  EXPECT_EQ(c->backoff_initial, absl::Seconds(1));
+  EXPECT_EQ(c->heartbeat_interval, absl::Seconds(30));
+  EXPECT_EQ(c->drain_timeout, absl::Seconds(5));
+  EXPECT_TRUE(FinishAgentConfig(*c).ok());
+}
+
+TEST(AgentConfigTest, EmptyFileMeansDefaults) {
+  absl::StatusOr<AgentConfig> c = ParseAgentConfig("# nothing yet\n", "agent.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->listen, "127.0.0.1:8080");
+  EXPECT_EQ(c->flush_interval, absl::Milliseconds(100));
+  EXPECT_EQ(c->max_batch, 1000u);
+}
+
+TEST(AgentConfigTest, BadFilesNameFileLineAndField) {
+  static const struct {
+    const char* yaml;
+    const char* error;  // Expected substring.
+  } kCases[] = {
+      {"location: Paris\n", "agent.yaml:1: field 'location': must start with a lower-case"},
+      {"collector: c:1\ninsecure: true\nlocation: -bad\n",
+       "agent.yaml:3: field 'location': must start with"},
+      {"location: a b\n", "agent.yaml:1: field 'location': character ' ' not allowed"},
+      {"location:\ncollector: c:1\n", "agent.yaml:1: field 'location': has no value"},
+      {"location: [a, b]\n", "agent.yaml:1: field 'location': must be a single value"},
+      {"collector: collector.example\n",
+       "agent.yaml:1: field 'collector': 'collector.example' is not HOST:PORT"},
+      {"collector: c:http\n", "agent.yaml:1: field 'collector': port 'http' is not a number"},
+      {"insecure: maybe\n", "agent.yaml:1: field 'insecure': 'maybe' is not true or false"},
+      {"\n\nlisten: localhost\n", "agent.yaml:3: field 'listen': 'localhost' is not HOST:PORT"},
+      {"metrics_listen: 127.0.0.1:99999\n", "agent.yaml:1: field 'metrics_listen': port '99999'"},
+      {"flush_interval: fast\n", "agent.yaml:1: field 'flush_interval': 'fast' is not a duration"},
+      {"flush_interval: 0s\n", "agent.yaml:1: field 'flush_interval': must be a positive duration"},
+      {"backoff_max: -1s\n", "agent.yaml:1: field 'backoff_max': must be a positive duration"},
+      {"drain_timeout: -1s\n", "agent.yaml:1: field 'drain_timeout': must not be negative"},
+      {"max_batch: 0\n", "agent.yaml:1: field 'max_batch': '0' is not a whole number in 1..10000"},
+      {"max_batch: -5\n", "agent.yaml:1: field 'max_batch': '-5' is not a whole number"},
+      {"max_batch: 1.5\n", "agent.yaml:1: field 'max_batch': '1.5' is not a whole number"},
+      {"labels: [a, b]\n", "agent.yaml:1: field 'labels': must be a map"},
+      {"labels: {Brand: acme}\n", "agent.yaml:1: field 'labels': label name 'Brand'"},
+      {"labels: {brand: [a]}\n", "agent.yaml:1: field 'labels': every label must be name: value"},
+      // Unknown keys are errors, so that a typo is not ignored.
+      {"location: a\nlocaton: b\n", "agent.yaml:2: unknown field 'locaton' (known: location,"},
+      {"location: a\nlocation: b\n",
+       "agent.yaml:2: field 'location' given twice (first on line 1)"},
+      // YAML syntax errors give the line.
+      {"location: a\n  bad: indent\n", "agent.yaml:2: YAML syntax error"},
+      {"location: [a\n", "agent.yaml:2: YAML syntax error"},
+      {"- location: a\n", "agent.yaml:1: expected a map of settings"},
+  };
+  for (const auto& c : kCases) {
+    absl::StatusOr<AgentConfig> config = ParseAgentConfig(c.yaml, "agent.yaml");
+    ASSERT_FALSE(config.ok()) << c.yaml;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument) << c.yaml;
+    EXPECT_THAT(std::string(config.status().message()), HasSubstr(c.error)) << c.yaml;
+  }
+}
+
+TEST(AgentConfigTest, LoadNamesThePath) {
+  const std::string path = ::testing::TempDir() + "/agent_config_test.yaml";
+  std::ofstream(path) << "location: a\nflush_interval: soon\n";
+  absl::StatusOr<AgentConfig> c = LoadAgentConfig(path);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr(path + ":2: field 'flush_interval'"));
+
+  c = LoadAgentConfig(::testing::TempDir() + "/no-such-agent.yaml");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("no-such-agent.yaml"));
+}
+
+TEST(AgentConfigTest, FlagsOverrideTheFile) {
+  absl::StatusOr<AgentConfig> c = ParseAgentConfig(kGood, "agent.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ConfigOverrides o;
+  o.location = "store-b";
+  o.listen = "127.0.0.1:0";
+  o.flush_interval = absl::Milliseconds(5);
+  o.backoff_initial = absl::Milliseconds(100);
+  ASSERT_TRUE(ApplyOverrides(o, &*c).ok());
+  EXPECT_EQ(c->location, "store-b");
+  EXPECT_EQ(c->listen, "127.0.0.1:0");
+  EXPECT_EQ(c->flush_interval, absl::Milliseconds(5));
+  EXPECT_EQ(c->backoff_initial, absl::Milliseconds(100));
+  // What no flag names stays as the file said.
+  EXPECT_EQ(c->collector, "collector.example:7070");
+  EXPECT_EQ(c->metrics_listen, "127.0.0.1:9465");
+  EXPECT_EQ(c->max_batch, 500u);
+}
+
+TEST(AgentConfigTest, BadFlagsNameTheFlag) {
+  static const struct {
+    ConfigOverrides overrides;
+    const char* error;
+  } kCases[] = {
+      {[] {
+         ConfigOverrides o;
+         o.location = "Store A";
+         return o;
+       }(),
+       "--location: must start with a lower-case"},
+      {[] {
+         ConfigOverrides o;
+         o.collector = "collector";
+         return o;
+       }(),
+       "--collector: 'collector' is not HOST:PORT"},
+      {[] {
+         ConfigOverrides o;
+         o.metrics_listen = "127.0.0.1";
+         return o;
+       }(),
+       "--metrics_listen: '127.0.0.1' is not HOST:PORT"},
+      {[] {
+         ConfigOverrides o;
+         o.flush_interval = absl::ZeroDuration();
+         return o;
+       }(),
+       "--flush_interval: must be a positive duration"},
+  };
+  for (const auto& c : kCases) {
+    AgentConfig config;
+    absl::Status s = ApplyOverrides(c.overrides, &config);
+    EXPECT_THAT(std::string(s.message()), HasSubstr(c.error));
+  }
+}
+
+TEST(AgentConfigTest, FlagsAloneSuffice) {
+  // What chain_test passes: no file at all.
+  AgentConfig config;
+  ConfigOverrides o;
+  o.location = "store-a";
+  o.collector = "127.0.0.1:7070";
+  o.insecure = true;
+  o.listen = "127.0.0.1:0";
+  o.metrics_listen = "127.0.0.1:0";
+  ASSERT_TRUE(ApplyOverrides(o, &config).ok());
+  EXPECT_TRUE(FinishAgentConfig(config).ok());
+}
+
+TEST(AgentConfigTest, FinishRequiresWhatRunningNeeds) {
+  AgentConfig ok;
+  ok.location = "store-a";
+  ok.collector = "127.0.0.1:7070";
+  ok.insecure = true;
+  static const struct {
+    void (*edit)(AgentConfig*);
+    absl::StatusCode code;
+    const char* error;
+  } kCases[] = {
+      {[](AgentConfig* c) { c->location.clear(); }, absl::StatusCode::kInvalidArgument,
+       "no location"},
+      {[](AgentConfig* c) { c->collector.clear(); }, absl::StatusCode::kInvalidArgument,
+       "no collector"},
+      {[](AgentConfig* c) { c->backoff_initial = absl::Minutes(5); },
+       absl::StatusCode::kInvalidArgument, "backoff_initial (5m) is above backoff_max"},
+      // No TLS yet: plaintext must be asked for, never assumed.
+      {[](AgentConfig* c) { c->insecure = false; }, absl::StatusCode::kFailedPrecondition,
+       "TLS to the collector is not available yet"},
+  };
+  for (const auto& c : kCases) {
+    AgentConfig config = ok;
+    c.edit(&config);
+    absl::Status s = FinishAgentConfig(config);
+    EXPECT_EQ(s.code(), c.code) << c.error;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(c.error));
+  }
+  AgentConfig plain = ok;
+  plain.insecure = false;
+  EXPECT_THAT(std::string(FinishAgentConfig(plain).message()), HasSubstr("--insecure"));
+}
+
+}  // namespace
+}  // namespace constance::agent
