@@ -619,3 +619,40 @@ TEST(FindLevelsTest, Cases) {
 
 }  // namespace
 }  // namespace constance::collector
+
+namespace constance::collector {
+namespace {
+
+TEST(FindingsTest, ReloadingTheCatalogKeepsStateAndAppliesNewGroups) {
+  Catalog catalog = DefaultCatalog();
+  for (int i = 0; i < 40; ++i) {
+    LocationEntry e;
+    e.id = Store(i);
+    e.labels["region"] = i < 20 ? "north" : "south";
+    catalog.locations.push_back(e);
+  }
+  Chain chain(catalog);
+  // Two regions at two prices: undeclared, that is a split.
+  for (int i = 0; i < 40; ++i) chain.SetPrice(Store(i), "sku-1", i < 20 ? 249 : 199);
+  chain.Evaluate();
+  ASSERT_EQ(chain.Active(v1::SPLIT).size(), 1u) << Describe(chain.Active());
+  const uint64_t applied = chain.engine().snapshot()->observations_applied;
+
+  // Declaring the zone (SIGHUP) keeps every cell and counter; the next
+  // evaluations compare within each region and the split closes.
+  catalog.peer_groups.push_back({"zone", "region", {v1::FAMILY_PRICE}, {}, 0});
+  catalog.Index();
+  chain.engine().SetCatalog(std::make_shared<const Catalog>(catalog));
+  chain.Evaluate();
+  auto snap = chain.engine().snapshot();
+  EXPECT_EQ(snap->observations_applied, applied);
+  EXPECT_EQ(snap->cells, 40u);
+  EXPECT_TRUE(chain.Active().empty()) << Describe(chain.Active());
+  std::map<std::string, double> medians;
+  for (const auto& s : snap->series) medians[s->group] = s->summary.median;
+  EXPECT_EQ(medians["zone=north"], 249);
+  EXPECT_EQ(medians["zone=south"], 199);
+}
+
+}  // namespace
+}  // namespace constance::collector

@@ -1,0 +1,156 @@
+// The collector's engine on one core: observations applied per second with
+// every cell of a 10,000-location x 1,000-key chain already present, and
+// resident bytes per cell, per family. Also the cost of one full
+// evaluation (statistics and findings over every cell).
+//
+//   engine_bench                        # full size (10M price cells, 1M wait cells)
+//   engine_bench --smoke                # tiny, for ctest
+//
+// Figures and the command that produced them: tests/bench/RESULTS.md.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "benchmark/benchmark.h"
+#include "collector/engine.h"
+
+namespace constance::collector {
+namespace {
+
+bool g_smoke = false;
+const absl::Time kNow = absl::FromUnixSeconds(1'767'225'600);
+
+double ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  long pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return static_cast<double>(resident) * sysconf(_SC_PAGESIZE);
+}
+
+struct Chain {
+  int locations;
+  int keys;
+  std::unique_ptr<Engine> engine;
+  std::vector<uint64_t> next_seq;
+  double bytes_per_cell = 0;
+};
+
+v1::Batch MakeBatch(Chain& c, int location, v1::Family family, int first_key, int count,
+                    int round) {
+  v1::Batch b;
+  b.set_location(absl::StrCat("store-", location));
+  b.set_incarnation(1);
+  b.set_first_sequence(c.next_seq[location]);
+  c.next_seq[location] += count;
+  for (int k = 0; k < count; ++k) {
+    v1::Observation* o = b.add_observations();
+    o->set_key(absl::StrCat("item-", (first_key + k) % c.keys));
+    o->mutable_observed_at()->set_seconds(absl::ToUnixSeconds(kNow) + round);
+    if (family == v1::FAMILY_PRICE) {
+      o->mutable_price()->set_minor_units(100 + (location + k + round) % 7);
+      o->mutable_price()->set_currency("EUR");
+    } else {
+      o->set_wait_seconds(120 + (location * 7 + k + round) % 90);
+    }
+  }
+  return b;
+}
+
+// Builds (once per family) a chain with every cell present and measures
+// the resident memory it added.
+Chain& Fixture(v1::Family family) {
+  static Chain* price = nullptr;
+  static Chain* wait = nullptr;
+  Chain*& c = family == v1::FAMILY_PRICE ? price : wait;
+  if (c != nullptr) return *c;
+  c = new Chain;
+  c->locations = g_smoke ? 50 : family == v1::FAMILY_PRICE ? 10'000 : 1'000;
+  c->keys = g_smoke ? 20 : 1'000;
+  Catalog catalog = DefaultCatalog();
+  catalog.wait.min_samples = 1;
+  Engine::Options options;
+  options.catalog = std::make_shared<const Catalog>(catalog);
+  options.clock = [] { return kNow + absl::Minutes(1); };
+  const double before = ResidentBytes();
+  c->engine = std::make_unique<Engine>(options);
+  c->next_seq.assign(c->locations, 1);
+  for (int l = 0; l < c->locations; ++l) {
+    for (int k = 0; k < c->keys; k += 1000) {
+      const int n = std::min(1000, c->keys - k);
+      (void)c->engine->ApplyBatch(MakeBatch(*c, l, family, k, n, 0));
+    }
+  }
+  const double cells = static_cast<double>(c->locations) * c->keys;
+  c->bytes_per_cell = (ResidentBytes() - before) / cells;
+  return *c;
+}
+
+// Batches of 1,000 observations onto existing cells, as agents send them.
+void BM_Apply(benchmark::State& state, v1::Family family) {
+  Chain& c = Fixture(family);
+  std::vector<v1::Batch> batches;
+  for (int i = 0; i < 64; ++i) {
+    batches.push_back(
+        MakeBatch(c, (i * 7919) % c.locations, family, i * 13, std::min(1000, c.keys), i + 1));
+  }
+  size_t i = 0;
+  int64_t applied = 0;
+  for (auto _ : state) {
+    // Renumber so every batch is new data, not a duplicate.
+    v1::Batch& b = batches[i++ % batches.size()];
+    const int loc = std::stoi(b.location().substr(6));
+    b.set_first_sequence(c.next_seq[loc]);
+    c.next_seq[loc] += b.observations_size();
+    auto ack = c.engine->ApplyBatch(b);
+    benchmark::DoNotOptimize(ack);
+    applied += b.observations_size();
+  }
+  state.SetItemsProcessed(applied);
+  state.counters["cells"] = static_cast<double>(c.locations) * c.keys;
+  state.counters["bytes_per_cell"] = c.bytes_per_cell;
+}
+
+// One evaluation tick over every cell: statistics per group and findings.
+void BM_Evaluate(benchmark::State& state, v1::Family family) {
+  Chain& c = Fixture(family);
+  for (auto _ : state) c.engine->Evaluate();
+  state.counters["cells"] = static_cast<double>(c.locations) * c.keys;
+  state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(c.locations) * c.keys);
+}
+
+}  // namespace
+}  // namespace constance::collector
+
+int main(int argc, char** argv) {
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--smoke") == 0) {
+      constance::collector::g_smoke = true;
+    } else {
+      args.push_back(argv[i]);
+    }
+  }
+  int n = static_cast<int>(args.size());
+  using constance::v1::FAMILY_PRICE;
+  using constance::v1::FAMILY_WAIT;
+  const int evaluations = constance::collector::g_smoke ? 1 : 3;
+  for (auto [name, family] : {std::pair{"price", FAMILY_PRICE}, std::pair{"wait", FAMILY_WAIT}}) {
+    benchmark::RegisterBenchmark(absl::StrCat("apply/", name).c_str(),
+                                 constance::collector::BM_Apply, family)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(absl::StrCat("evaluate/", name).c_str(),
+                                 constance::collector::BM_Evaluate, family)
+        ->Unit(benchmark::kMillisecond)
+        ->Iterations(evaluations);
+  }
+  benchmark::Initialize(&n, args.data());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
