@@ -271,15 +271,16 @@ OutlierPolicy PolicyFromCatalog(const Catalog& catalog) {
 
 void FillSeriesStats(const SeriesStats& stats, v1::GroupStats* out) {
   FillGroupStats(stats.key, stats.group, stats.summary, stats.band, out);
-  if (stats.key.family == v1::FAMILY_PRICE && !stats.main_level.members.empty()) {
+  if (stats.key.family != v1::FAMILY_PRICE) return;
+  if (!stats.main_level.members.empty()) {
     v1::Level* l = out->add_levels();
     l->set_value(stats.main_level.value);
     l->set_locations(stats.main_level.members.size());
-    for (const Level& level : stats.other_levels) {
-      l = out->add_levels();
-      l->set_value(level.value);
-      l->set_locations(level.members.size());
-    }
+  }
+  for (const Level& level : stats.other_levels) {
+    v1::Level* l = out->add_levels();
+    l->set_value(level.value);
+    l->set_locations(level.members.size());
   }
 }
 
@@ -803,11 +804,18 @@ void Engine::Evaluate() {
         f.set_group(g.group);
         f.set_group_size(n);
         f.set_audience("hq");
-        v1::Level* main = f.add_levels();
-        main->set_value(g.levels.main.value);
-        main->set_locations(g.levels.main.members.size());
-        std::vector<std::string> parts = {
-            absl::StrCat(g.levels.main.members.size(), " at ", Format(key, g.levels.main.value))};
+        // With an even split the median falls between the levels and no
+        // location sits at it: then there is no main level to show.
+        std::vector<std::string> parts;
+        size_t level_count = g.levels.others.size();
+        if (!g.levels.main.members.empty()) {
+          v1::Level* main = f.add_levels();
+          main->set_value(g.levels.main.value);
+          main->set_locations(g.levels.main.members.size());
+          parts.push_back(
+              absl::StrCat(g.levels.main.members.size(), " at ", Format(key, g.levels.main.value)));
+          ++level_count;
+        }
         for (const Level& level : g.levels.others) {
           v1::Level* l = f.add_levels();
           l->set_value(level.value);
@@ -825,8 +833,8 @@ void Engine::Evaluate() {
         }
         *f.add_reasons() = MakeReason(
             v1::SPLIT,
-            absl::StrCat(series_name, " has ", g.levels.others.size() + 1, " consistent levels in ",
-                         g.group, ": ", absl::StrJoin(parts, ", "),
+            absl::StrCat(series_name, " has ", level_count, " consistent levels in ", g.group, ": ",
+                         absl::StrJoin(parts, ", "),
                          " (declare a peer group if this is a price zone)"),
             g.levels.others.front().value, g.levels.main.value, stats.band.low, stats.band.high,
             s.median != 0
@@ -1165,10 +1173,21 @@ void Engine::Evaluate() {
   }
 
   tracker_.Evaluate(std::move(conditions), now);
+  {
+    // What this evaluation saw is what RecomputeSeries just published.
+    std::shared_ptr<const Snapshot> seen = snapshot();
+    evaluated_counts_.push_back(seen->observations_applied + seen->observations_rejected);
+    while (evaluated_counts_.size() > static_cast<size_t>(std::max(1, th.persistence))) {
+      evaluated_counts_.pop_front();
+    }
+  }
 
   // Trust: decay, then this evaluation's deposits and withdrawals.
   auto view = std::make_shared<FindingsView>();
   view->evaluated_at = now;
+  if (evaluated_counts_.size() >= static_cast<size_t>(std::max(1, th.persistence))) {
+    view->observations_settled = evaluated_counts_.front();
+  }
   view->active = tracker_.Active();
   std::stable_sort(view->active.begin(), view->active.end(),
                    [](const v1::Finding& a, const v1::Finding& b) {

@@ -29,6 +29,7 @@
 #define CONSTANCE_COLLECTOR_ENGINE_H_
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -120,6 +121,9 @@ struct FindingsView {
     uint64_t broken = 0;  // Promises broken at the last evaluation.
   };
   std::vector<Trust> trust;  // By location.
+  // Observations (applied + rejected) covered by the last `persistence`
+  // evaluations: findings reflect at least these.
+  uint64_t observations_settled = 0;
 };
 
 // An immutable view published by the ticks.
@@ -277,6 +281,7 @@ class Engine {
   absl::Mutex eval_mu_ ABSL_ACQUIRED_BEFORE(recompute_mu_);
   FindingTracker tracker_ ABSL_GUARDED_BY(eval_mu_);
   absl::flat_hash_map<uint32_t, TrustAccount> trust_ ABSL_GUARDED_BY(eval_mu_);
+  std::deque<uint64_t> evaluated_counts_ ABSL_GUARDED_BY(eval_mu_);
   struct GroupDrift {
     DriftBaseline baseline;
     Ewma ewma;

@@ -266,9 +266,8 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
       {"constance_series_levels",
        "Consistent price levels in the group (1 = one price everywhere).",
        [](const SeriesStats& s) {
-         return s.key.family == v1::FAMILY_PRICE && !s.main_level.members.empty()
-                    ? 1.0 + s.other_levels.size()
-                    : 0.0;
+         if (s.key.family != v1::FAMILY_PRICE) return 0.0;
+         return (s.main_level.members.empty() ? 0.0 : 1.0) + s.other_levels.size();
        }},
   };
   std::vector<MetricFamily> stats;

@@ -198,6 +198,11 @@ grpc::ServerUnaryReactor* QueryService::ChainSummary(grpc::CallbackServerContext
               return a.series().key() < b.series().key();
             });
   for (const v1::Finding& f : snapshot->findings->active) *response->add_findings() = f;
+  response->set_observations_settled(snapshot->findings->observations_settled);
+  if (snapshot->findings->evaluated_at != absl::InfinitePast()) {
+    response->mutable_evaluated_at()->set_seconds(
+        absl::ToUnixSeconds(snapshot->findings->evaluated_at));
+  }
   std::vector<const FindingsView::Trust*> trust;
   for (const auto& t : snapshot->findings->trust) trust.push_back(&t);
   std::sort(trust.begin(), trust.end(), [](const auto* a, const auto* b) {

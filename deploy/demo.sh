@@ -7,7 +7,14 @@
 #   demo-store-19 fails its cold-chain and allergen checks.
 # Two stores differ in ways that must NOT be reported: demo-store-11 sells
 # one item one cent below the others, demo-store-03 is a few seconds slower.
-# The report names exactly the faulty stores.
+# The report names exactly the faulty stores as outliers.
+#
+# The catalog also shows what the engine tells apart: the south region is a
+# declared price zone (20 cents above the rest on everything, with its own
+# list price), three north stores charge 10% more on water and yoghurt (an
+# undeclared zone: a split per item for HQ, not outliers), and the checkout
+# promise "90% served within 150 s" is one no store keeps (unkeepable: one
+# finding for HQ, not a page per store).
 #
 #   ./deploy/demo.sh          # report, then keep running until Ctrl-C
 #   ./deploy/demo.sh --once   # report and exit 0 with everything stopped
@@ -70,15 +77,33 @@ ready_value() {
   sed -n "s/^$name=//p" "$file"
 }
 
-"$bin/constance-collector" --insecure --listen=127.0.0.1:0 \
+stores=24
+regions=(north south east west)
+{
+  echo "peer_groups:"
+  echo "  - {name: zone, label: region, families: [price]}"
+  echo "promises:"
+  echo "  prices:"
+  echo "    - {key: coffee-250g, currency: EUR, list: \"4.49\"}"
+  echo "    - {key: coffee-250g, currency: EUR, list: \"4.69\", where: {region: south}}"
+  echo "  waits:"
+  echo "    - {key: checkout, within_seconds: 150, share: 0.9}"
+  echo "  checks:"
+  echo "    - {key: fridge-temp, critical: true}"
+  echo "locations:"
+  for i in $(seq -w 1 $stores); do
+    echo "  - {id: demo-store-$i, labels: {brand: demo-market, region: ${regions[$((10#$i % 4))]}, format: supermarket}}"
+  done
+} >"$state/catalog.yaml"
+
+"$bin/constance-collector" --insecure --listen=127.0.0.1:0 --catalog="$state/catalog.yaml" \
   --metrics_listen="${CONSTANCE_DEMO_METRICS:-127.0.0.1:0}" --stats_interval=200ms \
+  --evaluation_interval=300ms \
   --ready_file="$state/collector.ready" --log_level=warn >"$state/collector.log" 2>&1 &
 pids+=($!)
 collector=$(ready_value "$state/collector.ready" grpc "${pids[0]}")
 metrics=$(ready_value "$state/collector.ready" metrics "${pids[0]}")
 
-stores=24
-regions=(north south east west)
 declare -A http
 for i in $(seq -w 1 $stores); do
   loc="demo-store-$i"
@@ -122,6 +147,13 @@ for i in $(seq -w 1 $stores); do
       esac
     fi
     [ $n -eq 11 ] && [ "$key" = "pasta-500g" ] && price=$((price - 1))
+    # The declared south zone: 20 cents more on everything.
+    [ $((n % 4)) -eq 1 ] && price=$((price + 20))
+    # The undeclared zone: three north stores, 10% more on two items.
+    if { [ $n -eq 4 ] || [ $n -eq 8 ] || [ $n -eq 12 ]; } && \
+       { [ "$key" = water-6x1.5l ] || [ "$key" = yoghurt-4x125g ]; }; then
+      price=$((price * 110 / 100))
+    fi
     body+="$sep{\"key\":\"$key\",\"price\":{\"minor_units\":$price,\"currency\":\"EUR\"}}"
     sep=","
     total=$((total + 1))
@@ -155,13 +187,16 @@ for i in $(seq -w 1 $stores); do
 done
 
 echo "demo: $stores stores sent $total observations to their agents; waiting for the collector" >&2
-"$bin/constance" report --collector="$collector" --wait_for_observations="$total" --timeout=60s
+"$bin/constance" report --collector="$collector" --wait_for_observations="$total" \
+  --wait_for_findings --timeout=60s
 cat <<TXT
 
 Injected faults: demo-store-07 overcharges (coffee, olive oil, cheese),
 demo-store-13 has a slow checkout, demo-store-19 fails cold-chain and
 allergen checks. Not faults: demo-store-11 (one cent lower on pasta),
-demo-store-03 (a few seconds slower).
+demo-store-03 (a few seconds slower), the declared south price zone.
+For HQ: demo-store-04, -08 and -12 form an undeclared zone on water and
+yoghurt (splits), and the checkout promise is unkeepable.
 
 Prometheus metrics: http://$metrics/metrics
 Query API:          $bin/constance report --collector=$collector

@@ -29,6 +29,9 @@ ABSL_FLAG(bool, json, false, "Print the answer as JSON (protobuf JSON mapping) f
 ABSL_FLAG(uint64_t, wait_for_observations, 0,
           "report: wait until the collector's statistics cover at least this many applied "
           "observations (0 = do not wait)");
+ABSL_FLAG(bool, wait_for_findings, false,
+          "report: also wait until the findings have settled on those observations (enough "
+          "consecutive evaluations covered them)");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30), "How long to wait for the collector");
 ABSL_FLAG(int, max_series, 20, "report: series shown in the dispersion table (0 = all)");
 ABSL_FLAG(std::string, currency, "", "key: currency of a price series, e.g. EUR");
@@ -52,8 +55,7 @@ constexpr char kUsage[] =
 
 int Fail(const std::string& what, const grpc::Status& status) {
   std::cerr << "constance: " << what << " from " << absl::GetFlag(FLAGS_collector)
-            << " failed: " << status.error_message() << " (code " << status.error_code()
-            << ")\n";
+            << " failed: " << status.error_message() << " (code " << status.error_code() << ")\n";
   return 1;
 }
 
@@ -73,19 +75,26 @@ int Report(v1::Query::Stub& stub) {
   v1::ChainSummaryResponse summary;
   // Polls because the collector publishes statistics on its own tick; the
   // answer says how many observations the statistics cover.
-  for (absl::Duration backoff = absl::Milliseconds(50);; backoff = std::min(backoff * 2, absl::Seconds(1))) {
+  for (absl::Duration backoff = absl::Milliseconds(50);;
+       backoff = std::min(backoff * 2, absl::Seconds(1))) {
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(deadline));
     if (want > 0) ctx.set_wait_for_ready(true);
     summary.Clear();
     grpc::Status status = stub.ChainSummary(&ctx, v1::ChainSummaryRequest(), &summary);
     if (!status.ok()) return Fail("ChainSummary", status);
-    if (summary.observations_applied() + summary.observations_rejected() >= want) break;
+    const bool covered = summary.observations_applied() + summary.observations_rejected() >= want;
+    if (covered &&
+        (!absl::GetFlag(FLAGS_wait_for_findings) || summary.observations_settled() >= want)) {
+      break;
+    }
     if (absl::Now() + backoff > deadline) {
-      std::cerr << "constance: timed out after " << absl::FormatDuration(absl::GetFlag(FLAGS_timeout))
-                << " waiting for " << want << " observations; the collector's statistics cover "
+      std::cerr << "constance: timed out after "
+                << absl::FormatDuration(absl::GetFlag(FLAGS_timeout)) << " waiting for " << want
+                << " observations; the collector's statistics cover "
                 << summary.observations_applied() << " applied and "
-                << summary.observations_rejected() << " rejected\n";
+                << summary.observations_rejected() << " rejected, findings "
+                << summary.observations_settled() << "\n";
       return 1;
     }
     absl::SleepFor(backoff);
@@ -136,7 +145,8 @@ int Findings(v1::Query::Stub& stub) {
   v1::FindingsRequest request;
   if (const std::string kind = absl::GetFlag(FLAGS_finding); !kind.empty()) {
     v1::FindingKind k;
-    if (!v1::FindingKind_Parse(absl::AsciiStrToUpper(kind), &k) || k == v1::FINDING_KIND_UNSPECIFIED) {
+    if (!v1::FindingKind_Parse(absl::AsciiStrToUpper(kind), &k) ||
+        k == v1::FINDING_KIND_UNSPECIFIED) {
       std::cerr << "constance: --finding: '" << kind
                 << "' is not one of outlier, split, zone, broken_promise, unkeepable_promise, "
                    "irregular_change, drift, silent\n";
@@ -183,8 +193,8 @@ int Main(int argc, char** argv) {
     std::cerr << "usage: " << kUsage << "\n";
     return 2;
   }
-  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_collector),
-                                     grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel(absl::GetFlag(FLAGS_collector), grpc::InsecureChannelCredentials());
   auto stub = v1::Query::NewStub(channel);
   const std::string command = args[1];
   if (command == "report" && args.size() == 2) return Report(*stub);

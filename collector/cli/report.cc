@@ -58,10 +58,14 @@ std::string Timestamp(const google::protobuf::Timestamp& ts) {
 std::string Meaning(const v1::Outlier& o) {
   bool above = o.direction() == v1::ABOVE;
   switch (o.series().family()) {
-    case v1::FAMILY_PRICE: return above ? "overcharge" : "undercharge";
-    case v1::FAMILY_WAIT: return above ? "slow" : "fast";
-    case v1::FAMILY_COMPLIANCE: return above ? "above peers" : "failing checks";
-    default: return above ? "above peers" : "below peers";
+    case v1::FAMILY_PRICE:
+      return above ? "overcharge" : "undercharge";
+    case v1::FAMILY_WAIT:
+      return above ? "slow" : "fast";
+    case v1::FAMILY_COMPLIANCE:
+      return above ? "above peers" : "failing checks";
+    default:
+      return above ? "above peers" : "below peers";
   }
 }
 
@@ -105,8 +109,8 @@ std::string FormatSeries(const v1::SeriesId& series) {
 std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series) {
   std::string out = absl::StrCat("constance chain report, computed ", Timestamp(s.computed_at()),
                                  "\n  locations ", s.locations(), ", cells ", s.cells(),
-                                 ", observations applied ", s.observations_applied(),
-                                 ", rejected ", s.observations_rejected(), "\n\n");
+                                 ", observations applied ", s.observations_applied(), ", rejected ",
+                                 s.observations_rejected(), "\n\n");
 
   int shown = s.series_size();
   if (max_series > 0) shown = std::min(shown, max_series);
@@ -131,8 +135,8 @@ std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series
     AppendFindingsAndTrust(s, &out);
     return out;
   }
-  absl::StrAppend(&out, "Outlier locations (", locations.size(), "): ",
-                  absl::StrJoin(locations, ", "), "\n");
+  absl::StrAppend(&out, "Outlier locations (", locations.size(),
+                  "): ", absl::StrJoin(locations, ", "), "\n");
   Table outliers({"LOCATION", "SERIES", "VALUE", "EXPECTED", "BAND", "DEVIATION", "Z", "GROUP"});
   for (const auto& o : s.outliers()) {
     outliers.Add({o.location(), FormatSeries(o.series()), FormatValue(o.series(), o.value()),

@@ -15,14 +15,28 @@ grep -qxF "$expected" "$out" || { echo "FAIL: expected the line: $expected"; exi
 # Each faulty store is named for its fault, and only for it.
 grep -E '^ +demo-store-07 +price (coffee-250g|olive-oil-1l|cheese-200g) ' "$out" | grep -q overcharge \
   || { echo "FAIL: demo-store-07 not reported as overcharging"; exit 1; }
-[ "$(grep -cE '^ +demo-store-07 ' "$out")" -eq 3 ] || { echo "FAIL: demo-store-07 should have 3 outliers"; exit 1; }
+[ "$(grep -cE '^ +demo-store-07 +price ' "$out")" -eq 3 ] || { echo "FAIL: demo-store-07 should have 3 outliers"; exit 1; }
 grep -qE '^ +demo-store-13 +wait checkout .* slow' "$out" || { echo "FAIL: demo-store-13 not slow"; exit 1; }
 [ "$(grep -cE '^ +demo-store-19 +compliance (fridge-temp|allergen-labels) ' "$out")" -eq 2 ] \
   || { echo "FAIL: demo-store-19 should fail exactly two checks"; exit 1; }
+# Findings: the faulty stores only; the undeclared zone as one split per
+# item for HQ (not outliers); the checkout promise as unkeepable (not a
+# page per store); the declared south zone and the near-misses not at all.
+findings=$(sed -n '/^Findings (/,/^$/p' "$out")
+stores=$(echo "$findings" | awk '$3 ~ /^demo-store-/ {print $3}' | sort -u | tr '\n' ' ')
+[ "$stores" = "demo-store-07 demo-store-13 demo-store-19 " ] \
+  || { echo "FAIL: findings name stores '$stores', expected exactly 07, 13 and 19"; exit 1; }
+[ "$(echo "$findings" | grep -cE '^ +split +medium +6 locations +price (water-6x1.5l|yoghurt-4x125g) ')" -eq 2 ] \
+  || { echo "FAIL: expected one split each for water and yoghurt in zone=north"; exit 1; }
+[ "$(echo "$findings" | grep -cE '^ +unkeepable_promise +medium +chain +wait checkout ')" -eq 1 ] \
+  || { echo "FAIL: expected the checkout promise to be unkeepable"; exit 1; }
+echo "$findings" | grep -qE '^ +broken_promise +critical +demo-store-07 +price coffee-250g' \
+  || { echo "FAIL: demo-store-07 should break the coffee list price"; exit 1; }
+
 state=$(sed -n 's/^State and logs: *//p' "$out")
 [ -n "$state" ] || { echo "FAIL: demo did not print its state directory"; exit 1; }
 if pgrep -f -- "$state" >/dev/null; then
   echo "FAIL: processes of the demo still running:"; pgrep -af -- "$state"; exit 1
 fi
 [ ! -e "$state" ] || { echo "FAIL: demo left $state behind"; exit 1; }
-echo "demo_once: report names exactly the injected stores; all processes stopped"
+echo "demo_once: report and findings name exactly the injected stores; all processes stopped"

@@ -656,3 +656,22 @@ TEST(FindingsTest, ReloadingTheCatalogKeepsStateAndAppliesNewGroups) {
 
 }  // namespace
 }  // namespace constance::collector
+
+namespace constance::collector {
+namespace {
+
+TEST(FindingsTest, AnEvenSplitNamesOnlyTheLevelsLocationsHold) {
+  Chain chain;
+  for (int i = 0; i < 6; ++i) chain.SetPrice(Store(i), "sku-1", i < 3 ? 299 : 328);
+  chain.Evaluate();
+  auto splits = chain.Active(v1::SPLIT);
+  ASSERT_EQ(splits.size(), 1u) << Describe(chain.Active());
+  ASSERT_EQ(splits[0].levels_size(), 2);
+  EXPECT_EQ(splits[0].levels(0).locations(), 3u);
+  EXPECT_EQ(splits[0].levels(1).locations(), 3u);
+  EXPECT_THAT(splits[0].reasons(0).detail(), HasSubstr("2 consistent levels"));
+  EXPECT_THAT(splits[0].reasons(0).detail(), HasSubstr("3 at 2.99 EUR, 3 at 3.28 EUR"));
+}
+
+}  // namespace
+}  // namespace constance::collector
