@@ -470,6 +470,10 @@ absl::Status Engine::RecordHeartbeat(const v1::Heartbeat& heartbeat) {
   state.health.version = heartbeat.version().substr(0, 64);
   state.health.spool_depth = heartbeat.spool_depth();
   state.health.oldest_unacknowledged_seconds = heartbeat.oldest_unacknowledged_seconds();
+  if (heartbeat.has_certificate_not_after()) {
+    state.health.certificate_not_after =
+        absl::FromUnixSeconds(heartbeat.certificate_not_after().seconds());
+  }
   state.health.heartbeat_at = options_.clock();
   return absl::OkStatus();
 }

@@ -97,6 +97,7 @@ struct AgentHealth {
   std::string version;
   uint64_t spool_depth = 0;
   double oldest_unacknowledged_seconds = 0;
+  absl::Time certificate_not_after = absl::InfinitePast();  // Unset without TLS.
   absl::Time heartbeat_at = absl::InfinitePast();
 };
 

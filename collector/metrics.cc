@@ -215,7 +215,19 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
                                "Age of the agent's oldest unacknowledged observation, as its last "
                                "heartbeat reported.",
                                MetricType::Gauge);
+  MetricFamily cert = Family("constance_agent_certificate_expiry_timestamp_seconds",
+                              "When the agent's client certificate expires, as its last heartbeat "
+                              "reported (absent without TLS).",
+                              MetricType::Gauge);
+  MetricFamily heartbeat = Family("constance_agent_last_heartbeat_timestamp_seconds",
+                                  "When the agent's last heartbeat arrived.", MetricType::Gauge);
   for (const LocationState& s : snap->location_states) {
+    if (s.health.certificate_not_after != absl::InfinitePast()) {
+      Add(&cert, {{"location", s.location}}, Seconds(s.health.certificate_not_after));
+    }
+    if (s.health.heartbeat_at != absl::InfinitePast()) {
+      Add(&heartbeat, {{"location", s.location}}, Seconds(s.health.heartbeat_at));
+    }
     if (s.last_report != absl::InfinitePast()) {
       Add(&last_report, {{"location", s.location}}, Seconds(s.last_report));
       Add(&watermark, {{"location", s.location}}, static_cast<double>(s.watermark));
@@ -225,6 +237,8 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
       Add(&oldest, {{"location", s.location}}, s.health.oldest_unacknowledged_seconds);
     }
   }
+  out.push_back(std::move(cert));
+  out.push_back(std::move(heartbeat));
   out.push_back(std::move(last_report));
   out.push_back(std::move(watermark));
   out.push_back(std::move(spool));
