@@ -149,17 +149,7 @@ bool DirectionAllowed(v1::Family family, double deviation) {
 }
 
 std::string Meaning(v1::Family family, double deviation) {
-  const bool above = deviation > 0;
-  switch (family) {
-    case v1::FAMILY_PRICE:
-      return above ? "overcharge" : "undercharge";
-    case v1::FAMILY_WAIT:
-      return above ? "slow" : "fast";
-    case v1::FAMILY_COMPLIANCE:
-      return above ? "above peers" : "failing checks";
-    default:
-      return above ? "above peers" : "below peers";
-  }
+  return DeviationMeaning(family, deviation > 0);
 }
 
 void FillGroupStats(const SeriesKey& key, absl::string_view group, const GroupSummary& s,

@@ -54,19 +54,8 @@ std::string Timestamp(const google::protobuf::Timestamp& ts) {
   return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone());
 }
 
-// What a deviation means to an operations team, per family and direction.
 std::string Meaning(const v1::Outlier& o) {
-  bool above = o.direction() == v1::ABOVE;
-  switch (o.series().family()) {
-    case v1::FAMILY_PRICE:
-      return above ? "overcharge" : "undercharge";
-    case v1::FAMILY_WAIT:
-      return above ? "slow" : "fast";
-    case v1::FAMILY_COMPLIANCE:
-      return above ? "above peers" : "failing checks";
-    default:
-      return above ? "above peers" : "below peers";
-  }
+  return DeviationMeaning(o.series().family(), o.direction() == v1::ABOVE);
 }
 
 std::string SignedPercent(const v1::Outlier& o) {

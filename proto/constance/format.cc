@@ -19,4 +19,17 @@ std::string FormatValue(v1::Family family, absl::string_view currency, double va
   }
 }
 
+std::string DeviationMeaning(v1::Family family, bool above) {
+  switch (family) {
+    case v1::FAMILY_PRICE:
+      return above ? "overcharge" : "undercharge";
+    case v1::FAMILY_WAIT:
+      return above ? "slow" : "fast";
+    case v1::FAMILY_COMPLIANCE:
+      return above ? "above peers" : "failing checks";
+    default:
+      return above ? "above peers" : "below peers";
+  }
+}
+
 }  // namespace constance

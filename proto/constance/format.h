@@ -17,6 +17,10 @@ namespace constance {
 // plain numbers.
 std::string FormatValue(v1::Family family, absl::string_view currency, double value);
 
+// What a deviation means to an operations team, per family and direction:
+// "overcharge", "undercharge", "slow", "fast", "failing checks", ...
+std::string DeviationMeaning(v1::Family family, bool above);
+
 }  // namespace constance
 
 #endif  // CONSTANCE_FORMAT_H_
