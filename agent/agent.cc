@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "agent/sqlite_spool.h"
 #include "spdlog/spdlog.h"
 
 #ifndef CONSTANCE_VERSION
@@ -31,7 +32,21 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
 
   SpoolOptions spool_options;
   spool_options.max_observations = c.spool_max_observations;
-  agent->spool_ = std::make_unique<MemorySpool>(std::move(spool_options));
+  spool_options.max_bytes = c.spool_max_bytes;
+  spool_options.idempotency_window = c.idempotency_window;
+  if (c.spool_path.empty()) {
+    agent->spool_ = std::make_unique<MemorySpool>(std::move(spool_options));
+  } else {
+    absl::StatusOr<std::unique_ptr<SqliteSpool>> spool =
+        SqliteSpool::Open(c.spool_path, std::move(spool_options));
+    if (!spool.ok()) return spool.status();
+    if ((*spool)->Depth() > 0) {
+      spdlog::info("spool {}: {} unacknowledged observations from before (sequence {}..{})",
+                   c.spool_path, (*spool)->Depth(),
+                   (*spool)->LastSequence() - (*spool)->Depth() + 1, (*spool)->LastSequence());
+    }
+    agent->spool_ = *std::move(spool);
+  }
   agent->metrics_ = std::make_unique<AgentMetrics>(c.location, std::string(AgentVersion()));
 
   SenderOptions sender_options;
@@ -74,10 +89,10 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
 
   agent->sender_->Start();
   spdlog::info(
-      "agent {} (version {}, spool incarnation {:016x}): ingest on http://{}, metrics "
+      "agent {} (version {}, spool {} incarnation {:016x}): ingest on http://{}, metrics "
       "on http://{}/metrics, delivering to {} (plaintext)",
-      c.location, std::string(AgentVersion()), spool->incarnation(), agent->http_address(),
-      agent->metrics_address(), c.collector);
+      c.location, std::string(AgentVersion()), c.spool_path.empty() ? "in memory" : c.spool_path,
+      spool->incarnation(), agent->http_address(), agent->metrics_address(), c.collector);
   return agent;
 }
 
@@ -112,11 +127,17 @@ uint64_t Agent::Shutdown() {
                    absl::FormatDuration(config_.drain_timeout));
     }
     left_ = sender_->Stop(config_.drain_timeout);
-    if (left_ > 0) {
+    if (left_ > 0 && config_.spool_path.empty()) {
       spdlog::error(
           "{} observations were not acknowledged by {} within {} and are lost "
-          "(the spool is in memory in this version)",
+          "(the spool is in memory: set spool_path to keep them)",
           left_, config_.collector, absl::FormatDuration(config_.drain_timeout));
+    } else if (left_ > 0) {
+      spdlog::warn(
+          "{} observations were not acknowledged by {} within {}; they stay in {} and go "
+          "after the next start",
+          left_, config_.collector, absl::FormatDuration(config_.drain_timeout),
+          config_.spool_path);
     }
   }
   http_stopper.join();

@@ -55,7 +55,8 @@ class Agent {
   std::string metrics_address() const;
 
   // See the file comment. Returns how many observations were left
-  // unacknowledged (lost: the spool is in memory for now). Idempotent.
+  // unacknowledged (lost with an in-memory spool; kept in a durable one
+  // and sent after a restart). Idempotent.
   uint64_t Shutdown();
 
  private:
@@ -63,7 +64,7 @@ class Agent {
 
   const AgentConfig config_;
   // Declared in dependency order: destroyed in reverse, users first.
-  std::unique_ptr<MemorySpool> spool_;
+  std::unique_ptr<Spool> spool_;
   std::unique_ptr<AgentMetrics> metrics_;
   std::unique_ptr<Sender> sender_;
   std::unique_ptr<HttpIngest> http_;

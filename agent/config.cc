@@ -161,6 +161,15 @@ absl::Status AssignString(const YAML::Node& node, std::string* out,
 
 absl::Status CheckListen(const std::string& value) { return ValidateListenAddress(value); }
 
+absl::Status CheckSpoolPath(const std::string& value) {
+  // SQLite would read these as a URI or a private temporary database.
+  if (value == ":memory:" || absl::StartsWith(value, "file:")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", value, "' is not a file path (leave it empty for an in-memory spool)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status SetLabels(const YAML::Node& node, AgentConfig* config) {
   if (node.IsNull()) {
     config->labels.clear();
@@ -231,6 +240,16 @@ const Field kFields[] = {
     {"spool_max_observations",
      [](const YAML::Node& n, AgentConfig* c) {
        return Assign(ReadCount(n, 1, uint64_t{1} << 40), &c->spool_max_observations);
+     }},
+    {"spool_max_bytes",
+     [](const YAML::Node& n, AgentConfig* c) {
+       return Assign(ReadCount(n, 1024, uint64_t{1} << 50), &c->spool_max_bytes);
+     }},
+    {"spool_path", [](const YAML::Node& n,
+                      AgentConfig* c) { return AssignString(n, &c->spool_path, CheckSpoolPath); }},
+    {"idempotency_window",
+     [](const YAML::Node& n, AgentConfig* c) {
+       return Assign(ReadDuration(n), &c->idempotency_window, CheckPositive);
      }},
     {"max_body_bytes", SetSize<&AgentConfig::max_body_bytes, 1024, size_t{1} << 30>},
 };
@@ -349,6 +368,10 @@ absl::Status ApplyOverrides(const ConfigOverrides& o, AgentConfig* config) {
     config->metrics_listen = *o.metrics_listen;
   }
   if (o.insecure) config->insecure = true;
+  if (o.spool_path) {
+    if (absl::Status s = CheckSpoolPath(*o.spool_path); !s.ok()) return FlagError("spool_path", s);
+    config->spool_path = *o.spool_path;
+  }
   const struct {
     const char* flag;
     const std::optional<absl::Duration>& value;

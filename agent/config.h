@@ -65,6 +65,14 @@ struct AgentConfig {
   // Spool bound: observations not yet acknowledged by the collector. When
   // full, local writers get a clear error (HTTP 507) instead of data loss.
   uint64_t spool_max_observations = 1'000'000;
+  // Spool bound in serialized bytes of unacknowledged observations.
+  uint64_t spool_max_bytes = uint64_t{256} << 20;
+  // The durable spool's SQLite file, e.g. /var/lib/constance-agent/spool.db
+  // (its directory must exist). Empty: an in-memory spool, lost on exit.
+  std::string spool_path;
+  // How long observation ids and Idempotency-Key answers are remembered, so
+  // that a retried write is acknowledged again and not stored twice.
+  absl::Duration idempotency_window = absl::Hours(24);
   // Largest HTTP request body accepted by the local ingest.
   size_t max_body_bytes = 4 << 20;
 };
@@ -91,6 +99,7 @@ struct ConfigOverrides {
   std::optional<absl::Duration> backoff_max;
   std::optional<absl::Duration> heartbeat_interval;
   std::optional<absl::Duration> drain_timeout;
+  std::optional<std::string> spool_path;
 };
 
 // Checks each set value (errors name the flag, e.g. `--location: ...`) and

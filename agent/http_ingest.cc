@@ -1,6 +1,7 @@
 #include "agent/http_ingest.h"
 
 #include <cstring>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,12 +33,16 @@ struct HttpIngest::Impl {
 
 namespace {
 
-int Reply(mg_connection* conn, int status, const std::string& body, const char* allow = nullptr) {
+constexpr size_t kMaxIdempotencyKeyBytes = 255;
+
+int Reply(mg_connection* conn, int status, const std::string& body, const char* allow = nullptr,
+          bool replayed = false) {
   mg_response_header_start(conn, status);
   mg_response_header_add(conn, "Content-Type", "application/json", -1);
   mg_response_header_add(conn, "Content-Length", std::to_string(body.size()).c_str(), -1);
   mg_response_header_add(conn, "Cache-Control", "no-store", -1);
   if (allow != nullptr) mg_response_header_add(conn, "Allow", allow, -1);
+  if (replayed) mg_response_header_add(conn, "Idempotent-Replayed", "true", -1);
   mg_response_header_send(conn);
   mg_write(conn, body.data(), body.size());
   return status;
@@ -63,6 +68,28 @@ bool ReadBody(mg_connection* conn, size_t limit, std::string* body, bool* too_la
     }
     body->append(buf, static_cast<size_t>(n));
   }
+}
+
+// The answer remembered for an Idempotency-Key, sent again as it was.
+int Replay(mg_connection* conn, const RequestAnswer& answer) {
+  return Reply(conn, answer.status, answer.body, nullptr, /*replayed=*/true);
+}
+
+// A spool failure as an HTTP status: full (bound or disk) is 507, an I/O
+// error or a locked file 503, anything else 500.
+int SpoolErrorStatus(const absl::Status& s) {
+  if (absl::IsResourceExhausted(s)) return 507;
+  if (absl::IsUnavailable(s)) return 503;
+  return 500;
+}
+
+// Checks an Idempotency-Key header value: 1..255 printable ASCII bytes.
+bool ValidIdempotencyKey(absl::string_view key) {
+  if (key.empty() || key.size() > kMaxIdempotencyKeyBytes) return false;
+  for (char c : key) {
+    if (c < 0x20 || c > 0x7e) return false;
+  }
+  return true;
 }
 
 int HandleObservations(mg_connection* conn, void* cbdata) {
@@ -108,29 +135,65 @@ int HandleObservations(mg_connection* conn, void* cbdata) {
     return Reply(conn, 400, RenderIngestError("could not read the request body"));
   }
 
+  // A retry of a request already answered gets the same answer and stores
+  // nothing. Only answers given after the append are remembered: a refusal
+  // (bad JSON, spool full, shutting down) leaves the key free for a retry.
+  const char* key_header = mg_get_header(conn, "Idempotency-Key");
+  std::optional<RememberRequest> remember;
+  if (key_header != nullptr) {
+    if (!ValidIdempotencyKey(key_header)) {
+      return Reply(
+          conn, 400,
+          RenderIngestError(absl::StrCat("Idempotency-Key must be 1..", kMaxIdempotencyKeyBytes,
+                                         " printable ASCII characters")));
+    }
+    absl::StatusOr<std::optional<RequestAnswer>> earlier = impl->spool->LookupRequest(key_header);
+    if (!earlier.ok()) {
+      spdlog::warn("ingest: {}", std::string(earlier.status().message()));
+      return Reply(conn, SpoolErrorStatus(earlier.status()),
+                   RenderIngestError(earlier.status().message()));
+    }
+    if (earlier->has_value()) return Replay(conn, **earlier);
+    remember.emplace();
+    remember->key = key_header;
+  }
+
   absl::StatusOr<ParsedObservations> parsed =
       ParseObservations(body, absl::Now(), impl->options.limits);
   if (!parsed.ok()) return Reply(conn, 400, RenderIngestError(parsed.status().message()));
 
+  // Duplicates (an item id already spooled or recently delivered) count as
+  // accepted: the writer's retry is acknowledged again.
   const size_t valid = parsed->accepted.size();
+  const int status = parsed->rejected.empty() ? 200 : 400;
+  const std::string answer = RenderIngestAnswer(valid, parsed->rejected);
   impl->metrics->AddRejectedInvalid(parsed->rejected.size());
-  if (valid > 0) {
-    absl::StatusOr<uint64_t> first = impl->spool->Append(std::move(parsed->accepted));
-    if (!first.ok()) {
-      const bool full = absl::IsResourceExhausted(first.status());
-      if (full) impl->metrics->AddRejectedSpoolFull(valid);
+  if (valid > 0 || remember) {
+    if (remember) remember->answer = RequestAnswer{status, answer};
+    absl::StatusOr<AppendResult> appended =
+        impl->spool->AppendBatch(std::move(parsed->accepted), remember ? &*remember : nullptr);
+    if (!appended.ok()) {
+      const int code = SpoolErrorStatus(appended.status());
+      if (code == 507) impl->metrics->AddRejectedSpoolFull(valid);
       spdlog::warn("ingest: {} observations not stored: {}", valid,
-                   std::string(first.status().message()));
-      return Reply(conn, full ? 507 : 500, RenderIngestError(first.status().message()));
+                   std::string(appended.status().message()));
+      return Reply(conn, code, RenderIngestError(appended.status().message()));
     }
-    impl->metrics->AddAccepted(valid);
-    if (impl->on_appended) impl->on_appended(*first + valid - 1);
+    // A concurrent request with the same key was answered first.
+    if (appended->earlier_answer) return Replay(conn, *appended->earlier_answer);
+    impl->metrics->AddAccepted(appended->stored);
+    if (appended->duplicates > 0) {
+      spdlog::debug("ingest: {} observations already spooled or delivered (same id)",
+                    appended->duplicates);
+    }
+    if (appended->stored > 0 && impl->on_appended) {
+      impl->on_appended(appended->first_sequence + appended->stored - 1);
+    }
   }
   for (const ItemRejection& r : parsed->rejected) {
     spdlog::debug("ingest: item {} refused: {}", r.index, r.reason);
   }
-  return Reply(conn, parsed->rejected.empty() ? 200 : 400,
-               RenderIngestAnswer(valid, parsed->rejected));
+  return Reply(conn, status, answer);
 }
 
 int HandleHealth(mg_connection* conn, void* cbdata) {

@@ -9,6 +9,12 @@
 //       413 body over the limit, 405 wrong method, 404 unknown path
 //       507 {"error":"spool full: ..."}                   nothing stored; retry later
 //       503 {"error":"..."}                                shutting down; nothing stored
+//   A POST may carry `Idempotency-Key: K` (1..255 printable ASCII): the answer
+//   to the first request with K that reached the spool (200 or 400) is
+//   remembered for the spool's idempotency window, and a retry with K gets
+//   it again (header `Idempotent-Replayed: true`) without storing anything.
+//   Items with an `id` already spooled or recently delivered are accepted
+//   again and not stored twice.
 //   GET /healthz            200 {"status":"ok","location":...,"spool_depth":N}
 //
 // A 2xx or 400-with-accepted answer is sent only after the accepted items are

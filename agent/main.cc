@@ -2,7 +2,8 @@
 // systems and delivers them to the collector.
 //
 //   constance-agent run [--config=FILE] [--location=ID] [--collector=HOST:PORT] --insecure
-//       [--listen=HOST:PORT] [--metrics_listen=HOST:PORT] [--ready_file=PATH] ...
+//       [--listen=HOST:PORT] [--metrics_listen=HOST:PORT] [--spool_path=FILE]
+//       [--ready_file=PATH] ...
 //   constance-agent observe [--agent=http://127.0.0.1:8080] FAMILY KEY VALUE
 //       [--currency=EUR] [--kind=shelf] [--critical] [--observed_at=RFC3339] [--id=ID]
 //
@@ -59,6 +60,9 @@ ABSL_FLAG(std::optional<absl::Duration>, heartbeat_interval, std::nullopt,
           "run: heartbeat period (default 30s)");
 ABSL_FLAG(std::optional<absl::Duration>, drain_timeout, std::nullopt,
           "run: on SIGTERM/SIGINT, how long to keep delivering before exiting (default 5s)");
+ABSL_FLAG(std::optional<std::string>, spool_path, std::nullopt,
+          "run: durable spool file (SQLite), e.g. /var/lib/constance-agent/spool.db "
+          "(default: in memory, lost on exit)");
 ABSL_FLAG(std::string, ready_file, "",
           "run: once serving, write http=HOST:PORT and metrics=HOST:PORT lines here "
           "(atomically)");
@@ -80,7 +84,8 @@ constexpr char kUsage[] =
     "constance-agent run [--config=FILE] [--location=ID] [--collector=HOST:PORT] --insecure\n"
     "      [--listen=HOST:PORT] [--metrics_listen=HOST:PORT] [--ready_file=PATH]\n"
     "      [--flush_interval=100ms] [--backoff_initial=1s] [--backoff_max=120s]\n"
-    "      [--heartbeat_interval=30s] [--drain_timeout=5s] [--log_level=info]\n"
+    "      [--heartbeat_interval=30s] [--drain_timeout=5s] [--spool_path=FILE]\n"
+    "      [--log_level=info]\n"
     "  constance-agent observe [--agent=http://127.0.0.1:8080] FAMILY KEY VALUE\n"
     "      [--currency=EUR] [--kind=shelf] [--critical] [--observed_at=RFC3339] [--id=ID]\n"
     "      FAMILY is price|wait|compliance|score; a price VALUE is like 4.49, a wait VALUE\n"
@@ -152,6 +157,7 @@ ConfigOverrides OverridesFromFlags() {
   o.backoff_max = absl::GetFlag(FLAGS_backoff_max);
   o.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
   o.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
+  o.spool_path = absl::GetFlag(FLAGS_spool_path);
   return o;
 }
 

@@ -1,45 +1,100 @@
 #include "agent/spool.h"
 
 #include <algorithm>
+#include <iterator>
 #include <utility>
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 
 namespace constance::agent {
-namespace {
 
-uint64_t NewIncarnation() {
+uint64_t NewSpoolIncarnation() {
   absl::BitGen gen;
   uint64_t id = 0;
-  // 0 is what an unset proto field reads as; never use it.
   while (id == 0) id = absl::Uniform<uint64_t>(gen);
   return id;
 }
 
-}  // namespace
+absl::Status SpoolFullError(uint64_t depth, uint64_t bytes, uint64_t adding, uint64_t adding_bytes,
+                            const SpoolOptions& options) {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "spool full: ", depth, " observations (", bytes,
+      " bytes) wait for the collector's acknowledgement and the spool holds at most ",
+      options.max_observations, " observations and ", options.max_bytes, " bytes; these ", adding,
+      " (", adding_bytes, " bytes) were not stored, retry later"));
+}
+
+absl::StatusOr<uint64_t> Spool::Append(std::vector<v1::Observation> observations) {
+  absl::StatusOr<AppendResult> r = AppendBatch(std::move(observations), nullptr);
+  if (!r.ok()) return r.status();
+  return r->first_sequence;
+}
 
 MemorySpool::MemorySpool(SpoolOptions options)
-    : options_(std::move(options)), incarnation_(NewIncarnation()) {}
+    : options_(std::move(options)), incarnation_(NewSpoolIncarnation()) {}
 
-absl::StatusOr<uint64_t> MemorySpool::Append(std::vector<v1::Observation> observations) {
+absl::StatusOr<AppendResult> MemorySpool::AppendBatch(std::vector<v1::Observation> observations,
+                                                      const RememberRequest* remember) {
   const absl::Time now = options_.now();
   absl::MutexLock lock(&mu_);
-  const uint64_t first = first_sequence_ + entries_.size();
-  if (entries_.size() + observations.size() > options_.max_observations) {
-    return absl::ResourceExhaustedError(absl::StrCat("spool full: ", entries_.size(),
-                                                     " observations wait for the collector's "
-                                                     "acknowledgement and the spool holds at most ",
-                                                     options_.max_observations, "; these ",
-                                                     observations.size(),
-                                                     " were not stored, retry later"));
+  PruneLocked(now);
+  AppendResult result;
+  result.first_sequence = first_sequence_ + entries_.size();
+  if (remember != nullptr) {
+    auto it = requests_.find(remember->key);
+    if (it != requests_.end()) {
+      result.earlier_answer = it->second.answer;
+      return result;
+    }
   }
+  std::vector<v1::Observation> fresh;
+  std::set<std::string> batch_ids;
+  uint64_t fresh_bytes = 0;
   for (v1::Observation& obs : observations) {
+    const std::string& id = obs.id();
+    if (!id.empty() &&
+        (ids_.count(id) > 0 || acknowledged_ids_.count(id) > 0 || !batch_ids.insert(id).second)) {
+      ++result.duplicates;
+      continue;
+    }
+    fresh_bytes += obs.ByteSizeLong();
+    fresh.push_back(std::move(obs));
+  }
+  if (entries_.size() + fresh.size() > options_.max_observations ||
+      bytes_ + fresh_bytes > options_.max_bytes) {
+    return SpoolFullError(entries_.size(), bytes_, fresh.size(), fresh_bytes, options_);
+  }
+  result.stored = fresh.size();
+  for (v1::Observation& obs : fresh) {
     uint64_t bytes = obs.ByteSizeLong();
     bytes_ += bytes;
+    if (!obs.id().empty()) ids_.insert(obs.id());
     entries_.push_back(Stored{std::move(obs), now, bytes});
   }
-  return first;
+  if (remember != nullptr) requests_[remember->key] = Remembered{remember->answer, now};
+  return result;
+}
+
+absl::StatusOr<std::optional<RequestAnswer>> MemorySpool::LookupRequest(
+    const std::string& key) const {
+  const absl::Time now = options_.now();
+  absl::MutexLock lock(&mu_);
+  auto it = requests_.find(key);
+  if (it == requests_.end() || it->second.at < now - options_.idempotency_window) {
+    return std::nullopt;
+  }
+  return it->second.answer;
+}
+
+void MemorySpool::PruneLocked(absl::Time now) {
+  const absl::Time cutoff = now - options_.idempotency_window;
+  for (auto it = acknowledged_ids_.begin(); it != acknowledged_ids_.end();) {
+    it = it->second < cutoff ? acknowledged_ids_.erase(it) : std::next(it);
+  }
+  for (auto it = requests_.begin(); it != requests_.end();) {
+    it = it->second.at < cutoff ? requests_.erase(it) : std::next(it);
+  }
 }
 
 absl::StatusOr<std::vector<SpoolEntry>> MemorySpool::Read(uint64_t from_sequence,
@@ -58,9 +113,16 @@ absl::StatusOr<std::vector<SpoolEntry>> MemorySpool::Read(uint64_t from_sequence
 }
 
 absl::Status MemorySpool::Acknowledge(uint64_t watermark) {
+  const absl::Time now = options_.now();
   absl::MutexLock lock(&mu_);
+  PruneLocked(now);
   while (!entries_.empty() && first_sequence_ <= watermark) {
     bytes_ -= entries_.front().bytes;
+    const std::string& id = entries_.front().observation.id();
+    if (!id.empty()) {
+      ids_.erase(id);
+      acknowledged_ids_[id] = now;
+    }
     entries_.pop_front();
     ++first_sequence_;
   }

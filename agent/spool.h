@@ -9,9 +9,17 @@
 // incarnation, even after everything has been acknowledged.
 //
 // Spool is the interface the agent codes against; MemorySpool keeps
-// everything in memory (lost on exit: this issue's walking skeleton). The
-// durable SQLite spool of a later issue implements the same interface, which
-// is why every operation that could touch a disk returns a Status.
+// everything in memory (lost on exit), SqliteSpool (sqlite_spool.h) keeps it
+// in one durable file. Every operation that could touch a disk returns a
+// Status.
+//
+// Idempotency. A local writer may set Observation.id: an observation whose id
+// is already in the spool, or was acknowledged within the idempotency window,
+// is a duplicate: it is acknowledged again (counted in AppendResult) and not
+// stored twice, whatever its other fields say. A writer may also give a whole
+// request a key (HTTP Idempotency-Key): the spool remembers the answer given
+// for that key for the same window, in the same transaction as the append,
+// so a retry gets the same answer and stores nothing.
 //
 // Example:
 //   MemorySpool spool(SpoolOptions{});
@@ -27,6 +35,10 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -45,6 +57,33 @@ struct SpoolEntry {
   v1::Observation observation;
 };
 
+// The answer given to a local writer's request, remembered under the
+// request's idempotency key.
+struct RequestAnswer {
+  int status = 0;
+  std::string body;
+};
+
+// A request key and the answer to remember for it (see AppendBatch).
+struct RememberRequest {
+  std::string key;
+  RequestAnswer answer;
+};
+
+// What AppendBatch did.
+struct AppendResult {
+  // The number given to the first stored observation; the other stored ones
+  // follow consecutively. When nothing was stored: the next number.
+  uint64_t first_sequence = 0;
+  // Observations stored, in the order given, duplicates left out.
+  uint64_t stored = 0;
+  // Observations not stored because their id was already known.
+  uint64_t duplicates = 0;
+  // Set when the request key was already remembered: the answer given then.
+  // Nothing was stored (stored == duplicates == 0).
+  std::optional<RequestAnswer> earlier_answer;
+};
+
 class Spool {
  public:
   virtual ~Spool() = default;
@@ -52,11 +91,25 @@ class Spool {
   // The random id of this spool's numbering; never 0.
   virtual uint64_t incarnation() const = 0;
 
-  // Appends all of `observations` or none. Returns the sequence number given
-  // to the first one (the others follow consecutively). ResourceExhausted
-  // when they do not fit under the bound; the spool is then unchanged.
-  // Appending an empty vector appends nothing and returns the next number.
-  virtual absl::StatusOr<uint64_t> Append(std::vector<v1::Observation> observations) = 0;
+  // AppendBatch(observations, nullptr), returning first_sequence: what
+  // callers that never set ids need.
+  absl::StatusOr<uint64_t> Append(std::vector<v1::Observation> observations);
+
+  // Appends the observations that are not duplicates (see the file comment;
+  // two observations of one call with the same id store the first), all or
+  // none, in one transaction. ResourceExhausted when they do not fit under
+  // the bounds; the spool is then unchanged. If `remember` is not null, the
+  // same transaction remembers its answer under its key for the
+  // idempotency window, unless that key is remembered already: then nothing
+  // is stored and the result carries the earlier answer. Appending nothing
+  // stores nothing and returns the next number.
+  virtual absl::StatusOr<AppendResult> AppendBatch(std::vector<v1::Observation> observations,
+                                                   const RememberRequest* remember) = 0;
+
+  // The answer remembered for request key `key` within the idempotency
+  // window, or nullopt.
+  virtual absl::StatusOr<std::optional<RequestAnswer>> LookupRequest(
+      const std::string& key) const = 0;
 
   // Up to `max` consecutive unacknowledged observations, the first being
   // `from_sequence` or, if that one is already acknowledged, the oldest
@@ -82,9 +135,24 @@ class Spool {
   virtual uint64_t LastSequence() const = 0;
 };
 
+// A random nonzero incarnation (0 is what an unset proto field reads as).
+uint64_t NewSpoolIncarnation();
+
+struct SpoolOptions;
+
+// The ResourceExhausted error of a full spool: `depth`/`bytes` waiting,
+// `adding`/`adding_bytes` refused.
+absl::Status SpoolFullError(uint64_t depth, uint64_t bytes, uint64_t adding, uint64_t adding_bytes,
+                            const SpoolOptions& options);
+
 struct SpoolOptions {
   // Unacknowledged observations the spool holds at most.
   uint64_t max_observations = 1'000'000;
+  // Serialized bytes of unacknowledged observations the spool holds at most.
+  uint64_t max_bytes = uint64_t{256} << 20;
+  // How long acknowledged observation ids and request answers are
+  // remembered for idempotent retries.
+  absl::Duration idempotency_window = absl::Hours(24);
   // The spool's clock, for OldestUnacknowledgedAge (injectable for tests).
   std::function<absl::Time()> now = [] { return absl::Now(); };
 };
@@ -96,7 +164,9 @@ class MemorySpool : public Spool {
   MemorySpool& operator=(const MemorySpool&) = delete;
 
   uint64_t incarnation() const override { return incarnation_; }
-  absl::StatusOr<uint64_t> Append(std::vector<v1::Observation> observations) override;
+  absl::StatusOr<AppendResult> AppendBatch(std::vector<v1::Observation> observations,
+                                           const RememberRequest* remember) override;
+  absl::StatusOr<std::optional<RequestAnswer>> LookupRequest(const std::string& key) const override;
   absl::StatusOr<std::vector<SpoolEntry>> Read(uint64_t from_sequence, size_t max) const override;
   absl::Status Acknowledge(uint64_t watermark) override;
   uint64_t Depth() const override;
@@ -110,6 +180,13 @@ class MemorySpool : public Spool {
     absl::Time appended_at;
     uint64_t bytes;
   };
+  struct Remembered {
+    RequestAnswer answer;
+    absl::Time at;
+  };
+
+  // Forgets acknowledged ids and request answers older than the window.
+  void PruneLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SpoolOptions options_;
   const uint64_t incarnation_;
@@ -118,6 +195,11 @@ class MemorySpool : public Spool {
   std::deque<Stored> entries_ ABSL_GUARDED_BY(mu_);
   uint64_t first_sequence_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Ids of the observations in entries_.
+  std::set<std::string> ids_ ABSL_GUARDED_BY(mu_);
+  // Ids acknowledged within the window -> when.
+  std::map<std::string, absl::Time> acknowledged_ids_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Remembered> requests_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace constance::agent

@@ -115,6 +115,7 @@ insecure: true
 listen: 127.0.0.1:0
 metrics_listen: 127.0.0.1:0
 flush_interval: 50ms
+spool_path: $state/$loc.spool.db
 YAML
   "$bin/constance-agent" run --config="$state/$loc.yaml" --ready_file="$state/$loc.ready" \
     --log_level=warn >"$state/$loc.log" 2>&1 &
