@@ -351,6 +351,10 @@ void Engine::SetCatalog(std::shared_ptr<const Catalog> catalog) {
 }
 
 absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch) {
+  return ApplyBatch(batch, options_.clock());
+}
+
+absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch, absl::Time now) {
   if (absl::Status s = ValidateLocationId(batch.location()); !s.ok()) return s;
   if (batch.first_sequence() == 0) {
     return absl::InvalidArgumentError("batch.first_sequence: sequences start at 1");
@@ -359,7 +363,6 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch) {
   if (batch.first_sequence() > UINT64_MAX - count) {
     return absl::InvalidArgumentError("batch.first_sequence: sequence range overflows");
   }
-  const absl::Time now = options_.clock();
   const int64_t now_ns = absl::ToUnixNanos(now);
 
   v1::Ack ack;

@@ -175,6 +175,9 @@ class Engine {
   // InvalidArgument (bad location id, sequence 0), PermissionDenied (a
   // location the catalog does not know while auto_register is off).
   absl::StatusOr<v1::Ack> ApplyBatch(const v1::Batch& batch);
+  // The same with the time the batch was received (durable log replay
+  // validates event-time bounds against it, as the first time).
+  absl::StatusOr<v1::Ack> ApplyBatch(const v1::Batch& batch, absl::Time received);
 
   // Records an agent's heartbeat. InvalidArgument for a bad location id.
   absl::Status RecordHeartbeat(const v1::Heartbeat& heartbeat);

@@ -25,6 +25,8 @@
 ABSL_FLAG(std::string, catalog, "",
           "Catalog YAML (locations, peer groups, promises, thresholds); empty = defaults, any "
           "location");
+ABSL_FLAG(std::string, state_dir, "",
+          "Directory of the durable batch log; empty = nothing survives a restart");
 ABSL_FLAG(std::string, listen, "0.0.0.0:7070", "gRPC address for agents and the Query API");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Address of /metrics (loopback by default)");
@@ -85,6 +87,7 @@ int main(int argc, char** argv) {
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.insecure = absl::GetFlag(FLAGS_insecure);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.engine.catalog = *catalog;
 
   constance::collector::CollectorServer server(options);

@@ -216,9 +216,9 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
                                "heartbeat reported.",
                                MetricType::Gauge);
   MetricFamily cert = Family("constance_agent_certificate_expiry_timestamp_seconds",
-                              "When the agent's client certificate expires, as its last heartbeat "
-                              "reported (absent without TLS).",
-                              MetricType::Gauge);
+                             "When the agent's client certificate expires, as its last heartbeat "
+                             "reported (absent without TLS).",
+                             MetricType::Gauge);
   MetricFamily heartbeat = Family("constance_agent_last_heartbeat_timestamp_seconds",
                                   "When the agent's last heartbeat arrived.", MetricType::Gauge);
   for (const LocationState& s : snap->location_states) {

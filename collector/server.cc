@@ -12,11 +12,7 @@
 namespace constance::collector {
 
 CollectorServer::CollectorServer(ServerOptions options)
-    : options_(std::move(options)),
-      engine_(options_.engine),
-      ingest_(&engine_),
-      query_(&engine_),
-      metrics_(std::make_shared<CollectorMetrics>(&engine_, &ingest_)) {}
+    : options_(std::move(options)), engine_(options_.engine), query_(&engine_) {}
 
 CollectorServer::~CollectorServer() { Shutdown(absl::ZeroDuration()); }
 
@@ -27,13 +23,33 @@ absl::Status CollectorServer::Start() {
         "plaintext agent streams on a trusted network");
   }
   spdlog::warn("--insecure: agent streams and queries are plaintext and unauthenticated");
+  if (!options_.state_dir.empty()) {
+    const std::string path = options_.state_dir + "/batches.db";
+    absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
+    if (!log.ok()) return log.status();
+    log_ = std::move(*log);
+    const absl::Time start = absl::Now();
+    absl::StatusOr<uint64_t> replayed = log_->Replay([this](const v1::Batch& b, absl::Time at) {
+      // Batch-level errors were refused the first time too.
+      (void)engine_.ApplyBatch(b, at);
+    });
+    if (!replayed.ok()) return replayed.status();
+    replayed_ = *replayed;
+    log_->Start();
+    spdlog::info("replayed {} batches from {} in {}", replayed_, path,
+                 absl::FormatDuration(absl::Now() - start));
+  } else {
+    spdlog::warn("no --state_dir: acknowledged batches are not durable across restarts");
+  }
+  ingest_ = std::make_unique<IngestService>(&engine_, log_.get());
+  metrics_ = std::make_shared<CollectorMetrics>(&engine_, ingest_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&ingest_);
+  builder.RegisterService(ingest_.get());
   builder.RegisterService(&query_);
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   // Keepalive, consistent with the agent's: the agent pings every 20 s,
@@ -76,6 +92,9 @@ void CollectorServer::Shutdown(absl::Duration grace) {
   shut_down_ = true;
   if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   exposer_.reset();
+  // After the server: no stream can queue a batch any more; the log
+  // commits what is queued (running the last callbacks) and closes.
+  log_.reset();
   engine_.Stop();
 }
 

@@ -38,6 +38,9 @@ struct ServerOptions {
   // Plaintext gRPC. Required until TLS is configured.
   bool insecure = false;
   int max_message_bytes = 4 << 20;
+  // Where the durable batch log lives (batches.db). Empty: nothing is
+  // durable and a restart loses everything (tests, the demo).
+  std::string state_dir;
   Engine::Options engine;
 };
 
@@ -48,9 +51,10 @@ class CollectorServer {
   CollectorServer(const CollectorServer&) = delete;
   CollectorServer& operator=(const CollectorServer&) = delete;
 
-  // Binds both listeners and starts serving. FailedPrecondition without
-  // `insecure` (TLS is not available yet); Unavailable when an address
-  // cannot be bound, naming it.
+  // Replays the batch log (if any), binds both listeners and starts
+  // serving. FailedPrecondition without `insecure` (TLS is not available
+  // yet); Unavailable when an address cannot be bound or the log cannot be
+  // opened, naming it.
   absl::Status Start();
 
   // Stops accepting, waits up to `grace` for calls in flight, then cancels
@@ -62,11 +66,14 @@ class CollectorServer {
   const std::string& metrics_address() const { return metrics_address_; }
 
   Engine& engine() { return engine_; }
+  // Batches replayed from the log at start.
+  uint64_t replayed() const { return replayed_; }
 
  private:
   const ServerOptions options_;
   Engine engine_;
-  IngestService ingest_;
+  std::unique_ptr<BatchLog> log_;
+  std::unique_ptr<IngestService> ingest_;
   QueryService query_;
   std::shared_ptr<CollectorMetrics> metrics_;
   std::unique_ptr<grpc::Server> server_;
@@ -74,6 +81,7 @@ class CollectorServer {
   std::string grpc_address_;
   std::string metrics_address_;
   bool shut_down_ = false;
+  uint64_t replayed_ = 0;
 };
 
 }  // namespace constance::collector

@@ -73,7 +73,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
 
   void OnDone() override {
     service_->streams_open_.fetch_sub(1, std::memory_order_relaxed);
-    delete this;
+    Unref();
   }
 
  private:
@@ -81,11 +81,23 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
     switch (message.message_case()) {
       case v1::AgentMessage::kBatch: {
         if (absl::Status s = BindLocation(message.batch().location()); !s.ok()) return s;
-        absl::StatusOr<v1::Ack> ack = service_->engine_->ApplyBatch(message.batch());
-        if (!ack.ok()) return ack.status();
-        v1::CollectorMessage reply;
-        *reply.mutable_ack() = std::move(*ack);
-        Enqueue(std::move(reply));
+        if (service_->log_ == nullptr)
+          return ApplyAndAck(message.batch(), service_->engine_->now());
+        // Durable first: the batch is applied, in log order, and
+        // acknowledged only once committed. The reference keeps this
+        // reactor alive until the commit reports, even if the stream ends.
+        Ref();
+        auto batch = std::make_shared<v1::Batch>(message.batch());
+        const absl::Time received = service_->engine_->now();
+        service_->log_->Append(*batch, received, [this, batch, received](absl::Status committed) {
+          absl::Status s = committed.ok() ? ApplyAndAck(*batch, received) : committed;
+          if (!s.ok()) {
+            spdlog::warn("ingest stream from {} ({}) ended: {}", peer_, location_,
+                         std::string(s.message()));
+            EndStream(ToGrpcStatus(s));
+          }
+          Unref();
+        });
         return absl::OkStatus();
       }
       case v1::AgentMessage::kHeartbeat:
@@ -95,6 +107,22 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
         break;
     }
     return absl::InvalidArgumentError("message: neither batch nor heartbeat is set");
+  }
+
+  absl::Status ApplyAndAck(const v1::Batch& batch, absl::Time received) {
+    absl::StatusOr<v1::Ack> ack = service_->engine_->ApplyBatch(batch, received);
+    if (!ack.ok()) return ack.status();
+    v1::CollectorMessage reply;
+    *reply.mutable_ack() = std::move(*ack);
+    Enqueue(std::move(reply));
+    return absl::OkStatus();
+  }
+
+  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+  // The last reference (gRPC's, released in OnDone, or a pending commit's)
+  // deletes the reactor.
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
 
   absl::Status BindLocation(const std::string& location) {
@@ -146,7 +174,9 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
 
   IngestService* const service_;
   const std::string peer_;
-  // Only touched from OnReadDone, which gRPC never runs concurrently with itself.
+  std::atomic<int> refs_{1};
+  // Only touched from OnReadDone, which gRPC never runs concurrently with
+  // itself (location_ is read by commit callbacks after it was set).
   v1::AgentMessage in_;
   std::string location_;
 

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "collector/batch_log.h"
 #include "collector/engine.h"
 #include "constance/v1/ingest.grpc.pb.h"
 #include "constance/v1/query.grpc.pb.h"
@@ -29,7 +30,9 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class IngestService final : public v1::Ingest::CallbackService {
  public:
-  explicit IngestService(Engine* engine) : engine_(engine) {}
+  // With a `log`, a batch is applied and acknowledged only once it is
+  // durable in it (both must outlive the server); without, at once.
+  explicit IngestService(Engine* engine, BatchLog* log = nullptr) : engine_(engine), log_(log) {}
   IngestService(const IngestService&) = delete;
   IngestService& operator=(const IngestService&) = delete;
 
@@ -44,6 +47,7 @@ class IngestService final : public v1::Ingest::CallbackService {
  private:
   friend class IngestReactor;
   Engine* const engine_;
+  BatchLog* const log_;
   std::atomic<int64_t> streams_open_{0};
   std::atomic<uint64_t> streams_refused_{0};
 };

@@ -97,6 +97,7 @@ regions=(north south east west)
 } >"$state/catalog.yaml"
 
 "$bin/constance-collector" --insecure --listen=127.0.0.1:0 --catalog="$state/catalog.yaml" \
+  --state_dir="$state" \
   --metrics_listen="${CONSTANCE_DEMO_METRICS:-127.0.0.1:0}" --stats_interval=200ms \
   --evaluation_interval=300ms \
   --ready_file="$state/collector.ready" --log_level=warn >"$state/collector.log" 2>&1 &

@@ -40,9 +40,9 @@ class ChainTest : public ::testing::Test {
                                                 "  compliance: {min_samples: 1}\n";
     collector_ = std::make_unique<Subprocess>(
         std::vector<std::string>{BinDir() + "/constance-collector", "--insecure",
-                                 "--catalog=" + dir_.File("catalog.yaml"),
-                                 "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-                                 "--stats_interval=100ms", "--ready_file=" + dir_.File("collector.ready")},
+                                 "--catalog=" + dir_.File("catalog.yaml"), "--listen=127.0.0.1:0",
+                                 "--metrics_listen=127.0.0.1:0", "--stats_interval=100ms",
+                                 "--ready_file=" + dir_.File("collector.ready")},
         dir_.File("collector.log"));
     auto ready = WaitForReadyFile(dir_.File("collector.ready"), *collector_, absl::Seconds(30));
     ASSERT_TRUE(ready.ok()) << ready.status();
@@ -54,18 +54,18 @@ class ChainTest : public ::testing::Test {
       agent.location = location;
       std::string ready_file = dir_.File(absl::StrCat(location, ".ready"));
       agent.process = std::make_unique<Subprocess>(
-          std::vector<std::string>{BinDir() + "/constance-agent", "run",
-                                   absl::StrCat("--location=", location),
-                                   "--collector=" + collector_ready_["grpc"], "--insecure",
-                                   "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-                                   "--ready_file=" + ready_file},
+          std::vector<std::string>{
+              BinDir() + "/constance-agent", "run", absl::StrCat("--location=", location),
+              "--collector=" + collector_ready_["grpc"], "--insecure", "--listen=127.0.0.1:0",
+              "--metrics_listen=127.0.0.1:0", "--ready_file=" + ready_file},
           dir_.File(absl::StrCat(location, ".log")));
       auto agent_ready = WaitForReadyFile(ready_file, *agent.process, absl::Seconds(30));
       ASSERT_TRUE(agent_ready.ok()) << agent_ready.status();
       agent.ready = *agent_ready;
       agents_.push_back(std::move(agent));
     }
-    auto channel = grpc::CreateChannel(collector_ready_["grpc"], grpc::InsecureChannelCredentials());
+    auto channel =
+        grpc::CreateChannel(collector_ready_["grpc"], grpc::InsecureChannelCredentials());
     query_ = v1::Query::NewStub(channel);
   }
 
@@ -77,7 +77,8 @@ class ChainTest : public ::testing::Test {
       EXPECT_TRUE(status.ok()) << agent.location << ": " << status.status();
       if (status.ok()) {
         EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
-            << agent.location << " exit status " << *status << "\n" << agent.process->Log();
+            << agent.location << " exit status " << *status << "\n"
+            << agent.process->Log();
       }
     }
     if (collector_) {
@@ -85,7 +86,8 @@ class ChainTest : public ::testing::Test {
       EXPECT_TRUE(status.ok()) << status.status();
       if (status.ok()) {
         EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
-            << "collector exit status " << *status << "\n" << collector_->Log();
+            << "collector exit status " << *status << "\n"
+            << collector_->Log();
       }
     }
   }
@@ -149,8 +151,9 @@ TEST_F(ChainTest, ObservationsPostedToAgentsReachTheCollectorsStatistics) {
   // the good one is kept.
   EXPECT_EQ(Post(0, R"({"key":"fridge-temp","check":{"passed":true}})").status, 200);
   ++sent;
-  HttpResponse mixed =
-      Post(1, R"([{"key":"fridge-temp","check":{"passed":false}},{"key":"checkout","wait_seconds":-5}])");
+  HttpResponse mixed = Post(
+      1,
+      R"([{"key":"fridge-temp","check":{"passed":false}},{"key":"checkout","wait_seconds":-5}])");
   EXPECT_EQ(mixed.status, 400);
   EXPECT_THAT(mixed.body, HasSubstr("wait_seconds"));
   EXPECT_THAT(mixed.body, HasSubstr(R"("accepted":1)"));
@@ -195,7 +198,8 @@ TEST_F(ChainTest, ObservationsPostedToAgentsReachTheCollectorsStatistics) {
   // The collector's and an agent's expositions are promtool-clean.
   auto metrics = HttpGet(collector_ready_["metrics"], "/metrics");
   ASSERT_TRUE(metrics.ok()) << metrics.status();
-  EXPECT_THAT(metrics->body, HasSubstr(absl::StrCat("constance_observations_applied_total ", sent)));
+  EXPECT_THAT(metrics->body,
+              HasSubstr(absl::StrCat("constance_observations_applied_total ", sent)));
   CommandResult check = RunCommand("promtool check metrics", metrics->body);
   EXPECT_EQ(check.exit_code, 0) << check.output;
   EXPECT_EQ(check.output, "") << "promtool on the collector's /metrics";

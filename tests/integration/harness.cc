@@ -97,9 +97,8 @@ absl::StatusOr<std::map<std::string, std::string>> WaitForReadyFile(const std::s
           absl::StrCat("process exited before writing ", path, ":\n", process.Log()));
     }
     if (absl::Now() > deadline) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("no ready file ", path, " after ", absl::FormatDuration(timeout), ":\n",
-                       process.Log()));
+      return absl::DeadlineExceededError(absl::StrCat(
+          "no ready file ", path, " after ", absl::FormatDuration(timeout), ":\n", process.Log()));
     }
     absl::SleepFor(absl::Milliseconds(10));
   }
