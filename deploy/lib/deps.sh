@@ -15,7 +15,7 @@ CONSTANCE_BUILD_PACKAGES=(
 # The demo feeds its simulated stores over HTTP with curl.
 CONSTANCE_DEMO_PACKAGES=(curl)
 # promtool (package prometheus) checks the /metrics exposition.
-CONSTANCE_TEST_PACKAGES=(prometheus curl)
+CONSTANCE_TEST_PACKAGES=(prometheus prometheus-alertmanager curl)
 
 constance_install_deps() {
   local want=("${CONSTANCE_BUILD_PACKAGES[@]}")
