@@ -15,7 +15,9 @@ CONSTANCE_BUILD_PACKAGES=(
 # The demo feeds its simulated stores over HTTP with curl.
 CONSTANCE_DEMO_PACKAGES=(curl)
 # promtool (package prometheus) checks the /metrics exposition.
-CONSTANCE_TEST_PACKAGES=(prometheus prometheus-alertmanager curl)
+# dpkg-shlibdeps (dpkg-dev) computes the .debs' Depends; adduser is what
+# their maintainer scripts use (tests/packaging installs them).
+CONSTANCE_TEST_PACKAGES=(prometheus prometheus-alertmanager curl dpkg-dev adduser)
 
 constance_install_deps() {
   local want=("${CONSTANCE_BUILD_PACKAGES[@]}")

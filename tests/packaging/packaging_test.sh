@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Tests the systemd units and the Debian packages of constance.
+#
+#   packaging_test.sh SOURCE_DIR BUILD_DIR CPACK
+#
+# 1. Units: `systemd-analyze verify` when systemd runs here, and always a
+#    structural check (sections and required keys).
+# 2. Packages: cpack builds constance-agent and constance-collector .debs
+#    from the already built BUILD_DIR into a temporary directory.
+# 3. As root only: installs both, checks the binaries, users, configs and
+#    that the agent and collector start as their users with the packaged
+#    configs, then purges both and checks binaries and users are gone.
+# Whatever happens, the trap purges what this script installed.
+set -euo pipefail
+
+src=$1
+build=$2
+cpack=$3
+units=(constance-agent constance-collector)
+
+tmp=$(mktemp -d)
+chmod 0711 "$tmp"  # the services' users write their ready files below it
+installed=0
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "$installed" = 1 ]; then
+    dpkg --purge "${units[@]}" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+skip() { echo "SKIP: $*"; }
+
+# waits up to 10 s for file $1 to be non-empty while process $2 lives.
+wait_for_file() {
+  local i
+  for i in $(seq 100); do
+    [ -s "$1" ] && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# --- 1. Units -------------------------------------------------------------
+
+for u in "${units[@]}"; do
+  f=$src/deploy/systemd/$u.service
+  [ -f "$f" ] || fail "$f missing"
+  for section in '[Unit]' '[Service]' '[Install]'; do
+    grep -qxF "$section" "$f" || fail "$u.service: no $section section"
+  done
+  for key in Description= "User=$u" "Group=$u" ExecStart=/usr/bin/ \
+             'ExecReload=/bin/kill -HUP $MAINPID' Restart=on-failure \
+             ProtectSystem=strict ProtectHome=yes PrivateTmp=yes NoNewPrivileges=yes \
+             "StateDirectory=$u" ConfigurationDirectory=constance \
+             'RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX' \
+             ProtectKernelTunables=yes ProtectKernelModules=yes ProtectControlGroups=yes \
+             RestrictNamespaces=yes LockPersonality=yes MemoryDenyWriteExecute=yes \
+             SystemCallArchitectures=native WantedBy=multi-user.target; do
+    grep -q "^${key}" "$f" || fail "$u.service: no line starting with '$key'"
+  done
+  grep -qx 'CapabilityBoundingSet=' "$f" || fail "$u.service: CapabilityBoundingSet= is not empty"
+done
+grep -qx 'ExecStart=/usr/bin/constance-agent run --config=/etc/constance/agent.yaml' \
+  "$src/deploy/systemd/constance-agent.service" || fail "agent: unexpected ExecStart"
+grep -qx 'ExecStart=/usr/bin/constance-collector --catalog=/etc/constance/catalog.yaml --state_dir=/var/lib/constance-collector --insecure' \
+  "$src/deploy/systemd/constance-collector.service" || fail "collector: unexpected ExecStart"
+echo "ok: unit files have their sections and keys"
+
+verify_units() {
+  # systemd-analyze verify also checks that ExecStart's binary exists.
+  systemd-analyze verify "$@" || fail "systemd-analyze verify $*"
+  echo "ok: systemd-analyze verify $*"
+}
+systemd_here=0
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  skip "systemd-analyze verify: systemd-analyze is not installed"
+elif [ ! -d /run/systemd/system ]; then
+  skip "systemd-analyze verify: this system is not booted with systemd (container?)"
+else
+  systemd_here=1
+  # Before installing, point ExecStart at the build tree's binaries.
+  mkdir "$tmp/units"
+  for u in "${units[@]}"; do
+    sed "s#/usr/bin/#$build/bin/#" "$src/deploy/systemd/$u.service" > "$tmp/units/$u.service"
+  done
+  verify_units "$tmp/units/constance-agent.service" "$tmp/units/constance-collector.service"
+fi
+
+# --- 2. Packages ----------------------------------------------------------
+
+for b in constance-agent constance-collector constance; do
+  [ -x "$build/bin/$b" ] || fail "$build/bin/$b not built (ninja -C $build $b)"
+done
+"$cpack" --config "$build/CPackConfig.cmake" -B "$tmp/deb" >"$tmp/cpack.log" 2>&1 \
+  || { cat "$tmp/cpack.log" >&2; fail "cpack"; }
+agent_deb=$(ls "$tmp"/deb/constance-agent_*.deb 2>/dev/null) || fail "no constance-agent .deb"
+collector_deb=$(ls "$tmp"/deb/constance-collector_*.deb 2>/dev/null) || fail "no constance-collector .deb"
+echo "ok: built $(basename "$agent_deb") $(basename "$collector_deb")"
+
+# contents: which package holds what, conffiles, maintainer scripts, dependencies.
+check_deb() {
+  local deb=$1 pkg=$2 conffile=$3
+  shift 3
+  local listing
+  listing=$(dpkg-deb -c "$deb")
+  for path in "$@" "/lib/systemd/system/$pkg.service" "$conffile"; do
+    grep -q " \.${path}\$" <<<"$listing" || fail "$pkg: $path not in the package"
+  done
+  [ "$(dpkg-deb -f "$deb" Package)" = "$pkg" ] || fail "$pkg: wrong Package field"
+  dpkg-deb -e "$deb" "$tmp/ctl-$pkg"
+  grep -qx "$conffile" "$tmp/ctl-$pkg/conffiles" || fail "$pkg: $conffile is not a conffile"
+  for s in postinst postrm; do
+    [ -x "$tmp/ctl-$pkg/$s" ] || fail "$pkg: no executable $s"
+  done
+  local depends
+  depends=$(dpkg-deb -f "$deb" Depends)
+  grep -q 'libc6' <<<"$depends" || fail "$pkg: Depends has no shlibdeps result: $depends"
+  grep -q 'adduser' <<<"$depends" || fail "$pkg: Depends lacks adduser: $depends"
+}
+check_deb "$agent_deb" constance-agent /etc/constance/agent.yaml /usr/bin/constance-agent
+check_deb "$collector_deb" constance-collector /etc/constance/catalog.yaml \
+  /usr/bin/constance-collector /usr/bin/constance
+dpkg-deb -c "$agent_deb" | grep -q 'usr/bin/constance$' && fail "constance CLI is in the agent package"
+echo "ok: package contents, conffiles, maintainer scripts, Depends"
+
+# --- 3. Install, run, purge (root only) -----------------------------------
+
+if [ "$(id -u)" -ne 0 ]; then
+  skip "install/run/purge: needs root (dpkg -i), running as $(id -un)"
+  exit 0
+fi
+for u in "${units[@]}"; do
+  if dpkg-query -W -f='${Status}' "$u" 2>/dev/null | grep -q 'ok installed'; then
+    skip "install/run/purge: $u is already installed here; not touching it"
+    exit 0
+  fi
+done
+
+installed=1
+dpkg -i "$agent_deb" "$collector_deb" >"$tmp/dpkg.log" 2>&1 \
+  || { cat "$tmp/dpkg.log" >&2; fail "dpkg -i"; }
+
+for f in /usr/bin/constance-agent /usr/bin/constance-collector /usr/bin/constance; do
+  [ -x "$f" ] || fail "$f not installed"
+  "$f" --version >/dev/null || fail "$f --version exits $?"
+done
+# Abseil's --help prints the usage and exits 1; the usage is what matters.
+usage=$(/usr/bin/constance-collector --help 2>&1 || true)
+grep -q 'constance-collector --insecure' <<<"$usage" || fail "constance-collector --help prints no usage"
+for f in /etc/constance/agent.yaml /etc/constance/catalog.yaml \
+         /lib/systemd/system/constance-agent.service /lib/systemd/system/constance-collector.service; do
+  [ -f "$f" ] || fail "$f not installed"
+done
+for u in "${units[@]}"; do
+  getent passwd "$u" >/dev/null || fail "user $u not created"
+  getent group "$u" >/dev/null || fail "group $u not created"
+  [ "$(stat -c %U "/var/lib/$u")" = "$u" ] || fail "/var/lib/$u not owned by $u"
+done
+echo "ok: installed binaries, configs, units, users, state directories"
+
+if [ "$systemd_here" = 1 ]; then
+  verify_units /lib/systemd/system/constance-agent.service /lib/systemd/system/constance-collector.service
+fi
+
+# The services' own commands, as their users, on ephemeral loopback ports;
+# setpriv execs, so SIGTERM reaches the service itself and $? is its status.
+mkdir -m 0777 "$tmp/run"
+setpriv --reuid=constance-agent --regid=constance-agent --clear-groups -- /usr/bin/constance-agent run --config=/etc/constance/agent.yaml \
+  --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --collector=127.0.0.1:1 \
+  --ready_file="$tmp/run/agent.ready" >"$tmp/agent.log" 2>&1 &
+pids+=($!)
+wait_for_file "$tmp/run/agent.ready" "${pids[-1]}" \
+  || { cat "$tmp/agent.log" >&2; fail "agent did not write its ready file"; }
+grep -q '^http=127.0.0.1:' "$tmp/run/agent.ready" || fail "agent ready file: $(cat "$tmp/run/agent.ready")"
+[ -f /var/lib/constance-agent/spool.db ] || fail "agent did not create its spool in /var/lib/constance-agent"
+
+setpriv --reuid=constance-collector --regid=constance-collector --clear-groups -- /usr/bin/constance-collector --catalog=/etc/constance/catalog.yaml \
+  --state_dir=/var/lib/constance-collector --insecure \
+  --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
+  --ready_file="$tmp/run/collector.ready" >"$tmp/collector.log" 2>&1 &
+pids+=($!)
+wait_for_file "$tmp/run/collector.ready" "${pids[-1]}" \
+  || { cat "$tmp/collector.log" >&2; fail "collector did not write its ready file"; }
+
+for pid in "${pids[@]}"; do
+  kill -TERM "$pid"
+  wait "$pid" || fail "process $pid exited $? on SIGTERM"
+done
+pids=()
+echo "ok: agent and collector start as their users with the packaged configs, stop on SIGTERM"
+
+dpkg --purge "${units[@]}" >"$tmp/dpkg.log" 2>&1 || { cat "$tmp/dpkg.log" >&2; fail "dpkg --purge"; }
+installed=0
+for f in /usr/bin/constance-agent /usr/bin/constance-collector /usr/bin/constance \
+         /lib/systemd/system/constance-agent.service /etc/constance; do
+  [ ! -e "$f" ] || fail "$f still there after purge"
+done
+for u in "${units[@]}"; do
+  ! getent passwd "$u" >/dev/null || fail "user $u still there after purge"
+  ! getent group "$u" >/dev/null || fail "group $u still there after purge"
+  [ ! -e "/var/lib/$u" ] || fail "/var/lib/$u still there after purge"
+done
+echo "ok: purge removed binaries, configs, users, state directories"
