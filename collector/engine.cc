@@ -287,8 +287,15 @@ Engine::Engine(Options options)
       started_at_(options_.clock()),
       catalog_(options_.catalog),
       tracker_(options_.catalog->thresholds.persistence, options_.catalog->thresholds.hysteresis) {
+  // Every reason an observation can be rejected for, at 0, so rates and
+  // dashboards have a series before the first rejection.
+  for (const char* reason : {"id", "key", "observed_at", "price.currency", "price.kind",
+                             "price.minor_units", "score", "value", "wait_seconds"}) {
+    rejected_by_reason_[reason] = 0;
+  }
   auto empty = std::make_shared<Snapshot>();
   empty->computed_at = started_at_;
+  empty->rejected_by_reason = rejected_by_reason_;
   empty->catalog = options_.catalog;
   snapshot_ = std::move(empty);
 }

@@ -17,7 +17,7 @@ CONSTANCE_DEMO_PACKAGES=(curl)
 # promtool (package prometheus) checks the /metrics exposition.
 # dpkg-shlibdeps (dpkg-dev) computes the .debs' Depends; adduser is what
 # their maintainer scripts use (tests/packaging installs them).
-CONSTANCE_TEST_PACKAGES=(prometheus prometheus-alertmanager curl dpkg-dev adduser)
+CONSTANCE_TEST_PACKAGES=(prometheus prometheus-alertmanager curl dpkg-dev adduser iproute2)
 
 constance_install_deps() {
   local want=("${CONSTANCE_BUILD_PACKAGES[@]}")

@@ -147,6 +147,8 @@ TEST(EngineTest, BadObservationsAreRejectedWithReasonsAndTheRestApplied) {
   EXPECT_EQ(snap->rejected_by_reason.at("wait_seconds"), 1u);
   EXPECT_EQ(snap->rejected_by_reason.at("observed_at"), 1u);
   EXPECT_EQ(snap->rejected_by_reason.at("score"), 1u);
+  // Reasons nothing was rejected for are there at 0, for rates.
+  EXPECT_EQ(snap->rejected_by_reason.at("price.kind"), 0u);
 }
 
 TEST(EngineTest, BatchLevelErrorsLeaveNoTrace) {
