@@ -27,6 +27,10 @@ ABSL_FLAG(std::string, catalog, "",
           "location");
 ABSL_FLAG(std::string, state_dir, "",
           "Directory of the durable batch log; empty = nothing survives a restart");
+ABSL_FLAG(double, max_rate_per_location, 50'000,
+          "Observations per second one location may send (0 = unlimited); over it batches are "
+          "answered THROTTLED and the agent retries");
+ABSL_FLAG(double, rate_burst, 200'000, "Observations one location may send at once");
 ABSL_FLAG(std::string, listen, "0.0.0.0:7070", "gRPC address for agents and the Query API");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Address of /metrics (loopback by default)");
@@ -88,6 +92,8 @@ int main(int argc, char** argv) {
   options.insecure = absl::GetFlag(FLAGS_insecure);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.rate_per_location = absl::GetFlag(FLAGS_max_rate_per_location);
+  options.rate_burst = absl::GetFlag(FLAGS_rate_burst);
   options.engine.catalog = *catalog;
 
   constance::collector::CollectorServer server(options);

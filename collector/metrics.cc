@@ -186,6 +186,12 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
   Add(&refused, {}, static_cast<double>(ingest_->streams_refused()));
   out.push_back(std::move(refused));
 
+  MetricFamily throttled =
+      Family("constance_batches_throttled_total",
+             "Batches answered THROTTLED (not applied; the agent retries).", MetricType::Counter);
+  Add(&throttled, {}, static_cast<double>(ingest_->batches_throttled()));
+  out.push_back(std::move(throttled));
+
   MetricFamily locations =
       Family("constance_locations", "Locations that have reported.", MetricType::Gauge);
   Add(&locations, {}, snap->locations);

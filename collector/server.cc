@@ -41,7 +41,8 @@ absl::Status CollectorServer::Start() {
   } else {
     spdlog::warn("no --state_dir: acknowledged batches are not durable across restarts");
   }
-  ingest_ = std::make_unique<IngestService>(&engine_, log_.get());
+  ingest_ = std::make_unique<IngestService>(&engine_, log_.get(), options_.rate_per_location,
+                                            options_.rate_burst);
   metrics_ = std::make_shared<CollectorMetrics>(&engine_, ingest_.get());
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -41,6 +41,9 @@ struct ServerOptions {
   // Where the durable batch log lives (batches.db). Empty: nothing is
   // durable and a restart loses everything (tests, the demo).
   std::string state_dir;
+  // Per-location ingest rate (observations/s, 0 = unlimited) and burst.
+  double rate_per_location = 0;
+  double rate_burst = 0;
   Engine::Options engine;
 };
 

@@ -81,6 +81,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
     switch (message.message_case()) {
       case v1::AgentMessage::kBatch: {
         if (absl::Status s = BindLocation(message.batch().location()); !s.ok()) return s;
+        if (Throttle(message.batch())) return absl::OkStatus();
         if (service_->log_ == nullptr)
           return ApplyAndAck(message.batch(), service_->engine_->now());
         // Durable first: the batch is applied, in log order, and
@@ -116,6 +117,34 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
     *reply.mutable_ack() = std::move(*ack);
     Enqueue(std::move(reply));
     return absl::OkStatus();
+  }
+
+  // Answers THROTTLED (nothing applied) when the location is over its
+  // rate. Once a batch was throttled, every later batch of the stream is
+  // too until the agent resends from the throttled one: applying a later
+  // batch would move the high-water mark past the throttled observations.
+  bool Throttle(const v1::Batch& batch) {
+    if (service_->rate_ <= 0) return false;
+    absl::Duration wait = absl::ZeroDuration();
+    if (throttled_from_ != 0 && batch.first_sequence() > throttled_from_) {
+      wait = absl::Milliseconds(100);
+    } else {
+      wait = service_->TakeTokens(location_, batch.observations_size(), absl::Now());
+      throttled_from_ = wait > absl::ZeroDuration() ? batch.first_sequence() : 0;
+    }
+    if (wait <= absl::ZeroDuration()) return false;
+    service_->throttled_.fetch_add(1, std::memory_order_relaxed);
+    v1::CollectorMessage reply;
+    v1::Ack* ack = reply.mutable_ack();
+    ack->set_location(batch.location());
+    ack->set_incarnation(batch.incarnation());
+    ack->set_first_sequence(batch.first_sequence());
+    ack->set_count(batch.observations_size());
+    ack->set_outcome(v1::Ack::THROTTLED);
+    ack->set_retry_after_ms(
+        static_cast<uint32_t>(std::max<int64_t>(100, absl::ToInt64Milliseconds(wait))));
+    Enqueue(std::move(reply));
+    return true;
   }
 
   void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
@@ -179,6 +208,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
   // itself (location_ is read by commit callbacks after it was set).
   v1::AgentMessage in_;
   std::string location_;
+  uint64_t throttled_from_ = 0;  // First sequence of the throttled batch; 0 = none.
 
   absl::Mutex mu_;
   std::deque<v1::CollectorMessage> out_ ABSL_GUARDED_BY(mu_);
@@ -188,6 +218,27 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
   // Written once under mu_ before finishing_ is set; read after.
   grpc::Status final_status_;
 };
+
+absl::Duration IngestService::TakeTokens(const std::string& location, size_t count,
+                                         absl::Time now) {
+  absl::MutexLock lock(&buckets_mu_);
+  Bucket& b = buckets_[location];
+  const double capacity = std::max(burst_, rate_);
+  if (b.updated == absl::InfinitePast()) {
+    b.tokens = capacity;
+  } else if (now > b.updated) {
+    b.tokens = std::min(capacity, b.tokens + rate_ * absl::ToDoubleSeconds(now - b.updated));
+  }
+  b.updated = std::max(b.updated, now);
+  // A batch larger than the bucket can ever hold passes when the bucket is
+  // full, so it is never refused forever.
+  const double need = std::min<double>(count, capacity);
+  if (b.tokens >= need) {
+    b.tokens -= need;
+    return absl::ZeroDuration();
+  }
+  return absl::Seconds((need - b.tokens) / rate_);
+}
 
 grpc::ServerBidiReactor<v1::AgentMessage, v1::CollectorMessage>* IngestService::Stream(
     grpc::CallbackServerContext* context) {

@@ -17,7 +17,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <string>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "collector/batch_log.h"
 #include "collector/engine.h"
 #include "constance/v1/ingest.grpc.pb.h"
@@ -32,7 +36,15 @@ class IngestService final : public v1::Ingest::CallbackService {
  public:
   // With a `log`, a batch is applied and acknowledged only once it is
   // durable in it (both must outlive the server); without, at once.
-  explicit IngestService(Engine* engine, BatchLog* log = nullptr) : engine_(engine), log_(log) {}
+  //
+  // `rate_per_location` (observations per second, 0 = unlimited) with
+  // `burst` bounds what one location may send: over it a batch is
+  // answered THROTTLED (nothing applied, retry after the time its tokens
+  // need), so one noisy agent cannot starve the others and nothing
+  // acknowledged is ever dropped.
+  explicit IngestService(Engine* engine, BatchLog* log = nullptr, double rate_per_location = 0,
+                         double burst = 0)
+      : engine_(engine), log_(log), rate_(rate_per_location), burst_(burst) {}
   IngestService(const IngestService&) = delete;
   IngestService& operator=(const IngestService&) = delete;
 
@@ -43,11 +55,26 @@ class IngestService final : public v1::Ingest::CallbackService {
   int64_t streams_open() const { return streams_open_.load(std::memory_order_relaxed); }
   // Streams ended for a protocol violation, e.g. a second location.
   uint64_t streams_refused() const { return streams_refused_.load(std::memory_order_relaxed); }
+  // Batches answered THROTTLED.
+  uint64_t batches_throttled() const { return throttled_.load(std::memory_order_relaxed); }
+
+  // Takes `count` tokens of `location`'s bucket at `now`; when there are
+  // not enough, takes none and returns how long until there will be.
+  absl::Duration TakeTokens(const std::string& location, size_t count, absl::Time now);
 
  private:
   friend class IngestReactor;
   Engine* const engine_;
   BatchLog* const log_;
+  const double rate_;
+  const double burst_;
+  struct Bucket {
+    double tokens = 0;
+    absl::Time updated = absl::InfinitePast();
+  };
+  absl::Mutex buckets_mu_;
+  absl::flat_hash_map<std::string, Bucket> buckets_ ABSL_GUARDED_BY(buckets_mu_);
+  std::atomic<uint64_t> throttled_{0};
   std::atomic<int64_t> streams_open_{0};
   std::atomic<uint64_t> streams_refused_{0};
 };

@@ -20,14 +20,17 @@ namespace {
 
 class Collector {
  public:
-  Collector(const TempDir& dir, const std::string& name) {
+  Collector(const TempDir& dir, const std::string& name, std::vector<std::string> extra = {}) {
     const std::string ready = dir.File(name + ".ready");
-    process_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{BinDir() + "/constance-collector", "--insecure",
-                                 "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-                                 "--state_dir=" + dir.path(), "--stats_interval=50ms",
-                                 "--ready_file=" + ready},
-        dir.File(name + ".log"));
+    std::vector<std::string> argv = {BinDir() + "/constance-collector",
+                                     "--insecure",
+                                     "--listen=127.0.0.1:0",
+                                     "--metrics_listen=127.0.0.1:0",
+                                     "--state_dir=" + dir.path(),
+                                     "--stats_interval=50ms",
+                                     "--ready_file=" + ready};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    process_ = std::make_unique<Subprocess>(std::move(argv), dir.File(name + ".log"));
     auto r = WaitForReadyFile(ready, *process_, absl::Seconds(30));
     EXPECT_TRUE(r.ok()) << r.status();
     if (r.ok()) address_ = (*r)["grpc"];
@@ -40,9 +43,9 @@ class Collector {
   std::string address_;
 };
 
-v1::Batch MakeBatch(uint64_t first, int count) {
+v1::Batch MakeBatch(uint64_t first, int count, const std::string& location = "store-a") {
   v1::Batch b;
-  b.set_location("store-a");
+  b.set_location(location);
   b.set_incarnation(77);
   b.set_first_sequence(first);
   for (int i = 0; i < count; ++i) {
@@ -73,7 +76,7 @@ std::vector<v1::Ack> Send(const std::string& address, const std::vector<v1::Batc
   return acks;
 }
 
-v1::ChainSummaryResponse Summary(const std::string& address) {
+v1::ChainSummaryResponse Summary(const std::string& address, uint64_t applied = 0) {
   auto stub = v1::Query::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   v1::ChainSummaryResponse s;
   // The statistics tick publishes what ingest applied; wait for it.
@@ -81,7 +84,7 @@ v1::ChainSummaryResponse Summary(const std::string& address) {
     grpc::ClientContext ctx;
     s.Clear();
     EXPECT_TRUE(stub->ChainSummary(&ctx, v1::ChainSummaryRequest(), &s).ok());
-    if (s.series_size() == 10) break;
+    if (s.series_size() == 10 && s.observations_applied() >= applied) break;
     absl::SleepFor(absl::Milliseconds(20));
   }
   return s;
@@ -126,6 +129,46 @@ TEST(DurabilityTest, AcknowledgedBatchesSurviveSigkillAndApplyOnce) {
   auto status = second.process().Stop(SIGTERM, absl::Seconds(15));
   ASSERT_TRUE(status.ok());
   EXPECT_EQ(*status, 0) << second.process().Log();
+}
+
+TEST(ThrottlingTest, ANoisyLocationIsThrottledWithoutLossAndOthersKeepGoing) {
+  TempDir dir;
+  Collector collector(dir, "throttle", {"--max_rate_per_location=100", "--rate_burst=100"});
+  // 100 observations of burst, then store-a is over its rate.
+  std::vector<v1::Ack> list = Send(collector.address(), {MakeBatch(1, 50), MakeBatch(51, 50),
+                                                         MakeBatch(101, 50), MakeBatch(151, 50)});
+  ASSERT_EQ(list.size(), 4u);
+  // Applied acks wait for their commit, throttled ones do not: agents match
+  // acks by first sequence, and so does this test.
+  std::map<uint64_t, v1::Ack> acks;
+  for (const v1::Ack& a : list) acks[a.first_sequence()] = a;
+  EXPECT_EQ(acks[1].outcome(), v1::Ack::APPLIED);
+  EXPECT_EQ(acks[51].outcome(), v1::Ack::APPLIED);
+  EXPECT_EQ(acks[51].watermark(), 100u);
+  // Throttled: nothing applied, and the batch after it is throttled too, so
+  // the resend cannot be mistaken for duplicates.
+  for (uint64_t first : {101, 151}) {
+    EXPECT_EQ(acks[first].outcome(), v1::Ack::THROTTLED) << first;
+    EXPECT_GE(acks[first].retry_after_ms(), 100u) << first;
+  }
+  // Another location has its own budget.
+  std::vector<v1::Ack> other = Send(collector.address(), {MakeBatch(1, 50, "store-b")});
+  ASSERT_EQ(other.size(), 1u);
+  EXPECT_EQ(other[0].outcome(), v1::Ack::APPLIED);
+  // The agent retries after retry_after_ms, as the protocol says, until applied.
+  std::vector<v1::Ack> retry;
+  for (absl::Time deadline = absl::Now() + absl::Seconds(20); absl::Now() < deadline;) {
+    absl::SleepFor(absl::Milliseconds(acks[101].retry_after_ms()));
+    retry = Send(collector.address(), {MakeBatch(101, 50)});
+    if (retry.size() == 1 && retry[0].outcome() == v1::Ack::APPLIED) break;
+  }
+  ASSERT_EQ(retry.size(), 1u);
+  EXPECT_EQ(retry[0].outcome(), v1::Ack::APPLIED);
+  EXPECT_EQ(retry[0].watermark(), 150u);
+  EXPECT_EQ(retry[0].duplicates(), 0u);
+  EXPECT_EQ(Summary(collector.address(), 200).observations_applied(), 200u);
+  auto status = collector.process().Stop(SIGTERM, absl::Seconds(15));
+  ASSERT_TRUE(status.ok());
 }
 
 }  // namespace
