@@ -692,6 +692,9 @@ std::vector<Key<Catalog>> FamiliesKeys() {
          keys.push_back({"relative_accuracy", [](const Parser& p, const Field& f, WaitFamily* w) {
                            return p.Number(f, kAccuracy, &w->sketch.relative_accuracy);
                          }});
+         keys.push_back({"hour_of_week", [](const Parser& p, const Field& f, WaitFamily* w) {
+                           return p.Bool(f, &w->sketch.hour_of_week);
+                         }});
          WaitFamily wait{{c->wait}, c->wait_sketch};
          if (absl::Status s = p.Map(f, keys, &wait); !s.ok()) return s;
          c->wait = wait;  // Slices off the sketch, stored apart.

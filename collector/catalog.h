@@ -56,6 +56,10 @@ struct FamilyPolicy {
 struct WaitPolicy {
   double compared_quantile = 0.5;   // p50 by default; 0.9 compares the tail.
   double relative_accuracy = 0.01;  // 1%.
+  // Rush hours differ: when a peer group spans time zones, its locations
+  // are compared within the same local hour-of-week (Tue 12h with Tue 12h)
+  // once at least two such buckets hold min_group of them each.
+  bool hour_of_week = true;
 };
 
 struct DriftPolicy {

@@ -529,6 +529,37 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
       ++it;
     }
   }
+  // Rush hours differ: a group spanning time zones compares waits within
+  // the same local hour-of-week once at least two such buckets have
+  // min_group locations each; the locations of smaller buckets stay
+  // compared together in the group.
+  if (series.key.family == v1::FAMILY_WAIT && catalog.wait_sketch.hour_of_week) {
+    std::map<std::string, std::vector<Member>> bucketed;
+    for (auto& [name, members] : groups) {
+      std::map<std::string, std::vector<Member>> buckets;
+      for (Member& m : members) {
+        const absl::TimeZone tz = m.entry != nullptr ? m.entry->tz : absl::UTCTimeZone();
+        buckets[absl::FormatTime("%a %Hh", now, tz)].push_back(std::move(m));
+      }
+      size_t enough = 0;
+      for (const auto& [bucket, in] : buckets) enough += in.size() >= catalog.thresholds.min_group;
+      std::vector<Member>& rest = bucketed[name];
+      if (enough < 2) {  // One hour (or none) with enough data: compare as one group.
+        for (auto& [bucket, in] : buckets) {
+          for (Member& m : in) rest.push_back(std::move(m));
+        }
+        continue;
+      }
+      for (auto& [bucket, in] : buckets) {
+        if (in.size() >= catalog.thresholds.min_group) {
+          bucketed[absl::StrCat(name, "@", bucket)] = std::move(in);
+        } else {
+          for (Member& m : in) rest.push_back(std::move(m));
+        }
+      }
+    }
+    groups = std::move(bucketed);
+  }
   for (auto& [name, members] : groups) {
     if (members.empty()) continue;
     std::sort(members.begin(), members.end(),

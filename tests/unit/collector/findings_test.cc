@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -428,6 +429,84 @@ TEST(FindingsTest, WaitsAreNotComparedBeforeTheMinimumSamples) {
   auto snap = chain.engine().snapshot();
   ASSERT_EQ(snap->series.size(), 1u);
   EXPECT_EQ(snap->series[0]->summary.n, 19u);  // The 8-ticket store is not compared.
+}
+
+// At 12:00 UTC it is lunchtime in Prague and early morning in New York:
+// the chain's waits are compared within the same local hour-of-week, so
+// New York's morning queue is not judged against Prague's quiet lunch
+// hour, and a slow store is still found among its own hour's peers.
+Chain TwoTimeZones(bool hour_of_week) {
+  Catalog catalog = DefaultCatalog();
+  catalog.wait_sketch.hour_of_week = hour_of_week;
+  absl::TimeZone prague, new_york;
+  EXPECT_TRUE(absl::LoadTimeZone("Europe/Prague", &prague));
+  EXPECT_TRUE(absl::LoadTimeZone("America/New_York", &new_york));
+  for (int i = 0; i < 18; ++i) {
+    LocationEntry e;
+    e.id = Store(i);
+    e.tz = i < 12 ? prague : new_york;
+    catalog.locations.push_back(e);
+  }
+  return Chain(catalog);
+}
+
+void SendTwoTimeZoneWaits(Chain& chain) {
+  for (int i = 0; i < 18; ++i) {
+    // Prague: 55-66 s; New York: 290-310 s, store 17 at 900 s.
+    const double base = i < 12 ? 55 + i : (i == 17 ? 900 : 290 + 4 * (i - 12));
+    std::vector<v1::Observation> waits;
+    for (int t = 0; t < 40; ++t) waits.push_back(chain.Wait("checkout", base));
+    chain.Send(Store(i), waits);
+  }
+}
+
+TEST(FindingsTest, WaitsAreComparedWithinTheSameLocalHourOfWeek) {
+  Chain chain = TwoTimeZones(/*hour_of_week=*/true);
+  chain.Advance(absl::Hours(12));  // Thu 13h in Prague, Thu 07h in New York.
+  SendTwoTimeZoneWaits(chain);
+  chain.Evaluate();
+  auto outliers = chain.Active(v1::OUTLIER);
+  ASSERT_EQ(outliers.size(), 1u) << Describe(chain.Active());
+  EXPECT_EQ(outliers[0].location(), Store(17));
+  EXPECT_EQ(outliers[0].group(), "chain@Thu 07h");
+  std::set<std::string> groups;
+  for (const auto& s : chain.engine().snapshot()->series) groups.insert(s->group);
+  EXPECT_EQ(groups, (std::set<std::string>{"chain@Thu 07h", "chain@Thu 13h"}));
+}
+
+TEST(FindingsTest, WithoutHourOfWeekBucketsTheMorningRushIsMisjudged) {
+  Chain chain = TwoTimeZones(/*hour_of_week=*/false);
+  chain.Advance(absl::Hours(12));
+  SendTwoTimeZoneWaits(chain);
+  chain.Evaluate();
+  // Every New York store looks slow against Prague's lunch hour.
+  EXPECT_EQ(chain.Active(v1::OUTLIER).size(), 6u) << Describe(chain.Active());
+}
+
+TEST(FindingsTest, AnHourBucketTooSmallStaysWithItsGroup) {
+  Catalog catalog = DefaultCatalog();
+  absl::TimeZone new_york;
+  ASSERT_TRUE(absl::LoadTimeZone("America/New_York", &new_york));
+  for (int i = 0; i < 10; ++i) {
+    LocationEntry e;
+    e.id = Store(i);
+    if (i >= 7) e.tz = new_york;  // Three stores: fewer than min_group.
+    catalog.locations.push_back(e);
+  }
+  Chain chain(catalog);
+  for (int i = 0; i < 10; ++i) {
+    std::vector<v1::Observation> waits;
+    for (int t = 0; t < 40; ++t) waits.push_back(chain.Wait("checkout", i == 9 ? 900 : 100 + i));
+    chain.Send(Store(i), waits);
+  }
+  chain.Evaluate();
+  auto snap = chain.engine().snapshot();
+  ASSERT_EQ(snap->series.size(), 1u);
+  EXPECT_EQ(snap->series[0]->group, "chain");
+  EXPECT_EQ(snap->series[0]->summary.n, 10u);
+  auto outliers = chain.Active(v1::OUTLIER);
+  ASSERT_EQ(outliers.size(), 1u) << Describe(chain.Active());
+  EXPECT_EQ(outliers[0].location(), Store(9));
 }
 
 TEST(FindingsTest, AStoreClosedAtNightIsNotSilent) {
