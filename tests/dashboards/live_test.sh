@@ -19,10 +19,10 @@ trap cleanup EXIT
 
 CONSTANCE_BIN_DIR=$bin "$root/deploy/demo.sh" >"$work/demo.out" 2>&1 &
 demo_pid=$!
-deadline=$((SECONDS + 120))
+deadline=$((SECONDS + 240))
 until grep -q '^Prometheus metrics' "$work/demo.out"; do
   kill -0 "$demo_pid" 2>/dev/null || { echo "FAIL: the demo exited:"; cat "$work/demo.out"; exit 1; }
-  [ $SECONDS -lt $deadline ] || { echo "FAIL: the demo did not report within 120 s"; exit 1; }
+  [ $SECONDS -lt $deadline ] || { echo "FAIL: the demo did not report within 240 s"; exit 1; }
   sleep 0.2
 done
 metrics=$(sed -n 's|^Prometheus metrics: http://\(.*\)/metrics|\1|p' "$work/demo.out")

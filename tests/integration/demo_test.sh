@@ -19,13 +19,22 @@ grep -E '^ +demo-store-07 +price (coffee-250g|olive-oil-1l|cheese-200g) ' "$out"
 grep -qE '^ +demo-store-13 +wait checkout .* slow' "$out" || { echo "FAIL: demo-store-13 not slow"; exit 1; }
 [ "$(grep -cE '^ +demo-store-19 +compliance (fridge-temp|allergen-labels) ' "$out")" -eq 2 ] \
   || { echo "FAIL: demo-store-19 should fail exactly two checks"; exit 1; }
-# Findings: the faulty stores only; the undeclared zone as one split per
+# Findings: the faulty stores only (and the drifting one, as a ticket); the undeclared zone as one split per
 # item for HQ (not outliers); the checkout promise as unkeepable (not a
 # page per store); the declared south zone and the near-misses not at all.
 findings=$(sed -n '/^Findings (/,/^$/p' "$out")
-stores=$(echo "$findings" | awk '$3 ~ /^demo-store-/ {print $3}' | sort -u | tr '\n' ' ')
+out_outliers=$(sed -n '/^Outlier locations (/,/^$/p' "$out")
+stores=$(echo "$findings" | awk '$3 ~ /^demo-store-/ && $1 != "drift" {print $3}' | sort -u | tr '\n' ' ')
 [ "$stores" = "demo-store-07 demo-store-13 demo-store-19 " ] \
   || { echo "FAIL: findings name stores '$stores', expected exactly 07, 13 and 19"; exit 1; }
+# The slowly drifting store: a low-severity drift ticket before any
+# threshold, and it is the only drift.
+drifting=$(echo "$findings" | awk '$1 == "drift" {print $2, $3, $4, $5}' | tr '\n' ';')
+[ "$drifting" = "low demo-store-16 wait checkout;" ] \
+  || { echo "FAIL: expected exactly one drift ticket, for demo-store-16's checkout; got '$drifting'"; exit 1; }
+if echo "$out_outliers" | grep -q demo-store-16; then
+  echo "FAIL: demo-store-16 should drift inside the band, not be an outlier"; exit 1
+fi
 [ "$(echo "$findings" | grep -cE '^ +split +medium +6 locations +price (water-6x1.5l|yoghurt-4x125g) ')" -eq 2 ] \
   || { echo "FAIL: expected one split each for water and yoghurt in zone=north"; exit 1; }
 [ "$(echo "$findings" | grep -cE '^ +unkeepable_promise +medium +chain +wait checkout ')" -eq 1 ] \
