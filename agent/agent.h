@@ -14,6 +14,13 @@
 //   ... wait for SIGTERM ...
 //   (*agent)->Shutdown();
 //
+// Inputs. Besides the HTTP ingest, the agent runs a TicketTracker (queue
+// events, tickets.h) and a DropDirectory (drop_dir.h), both keeping their
+// state in the spool. Reload() applies a new configuration's inputs and
+// tunables (drop_directory, open_ticket_ttl, max_body_bytes,
+// drain_timeout) at once; every other field that differs is logged as
+// needing a restart and keeps its old value.
+//
 // Thread-safe; the parts run on their own threads.
 #ifndef CONSTANCE_AGENT_AGENT_H_
 #define CONSTANCE_AGENT_AGENT_H_
@@ -30,10 +37,12 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/config.h"
+#include "agent/drop_dir.h"
 #include "agent/http_ingest.h"
 #include "agent/metrics.h"
 #include "agent/sender.h"
 #include "agent/spool.h"
+#include "agent/tickets.h"
 
 namespace constance::agent {
 
@@ -54,6 +63,12 @@ class Agent {
   std::string http_address() const;
   std::string metrics_address() const;
 
+  // Applies what can change at runtime from `config` (which must have
+  // passed FinishAgentConfig) and returns the names of the fields that
+  // differ but need a restart (logged, old values kept). InvalidArgument
+  // (nothing changed) when the new drop directory cannot be used.
+  absl::StatusOr<std::vector<std::string>> Reload(const AgentConfig& config);
+
   // See the file comment. Returns how many observations were left
   // unacknowledged (lost with an in-memory spool; kept in a durable one
   // and sent after a restart). Idempotent.
@@ -67,9 +82,13 @@ class Agent {
   std::unique_ptr<Spool> spool_;
   std::unique_ptr<AgentMetrics> metrics_;
   std::unique_ptr<Sender> sender_;
+  std::unique_ptr<TicketTracker> tickets_;
   std::unique_ptr<HttpIngest> http_;
   std::unique_ptr<MetricsServer> metrics_server_;
+  std::unique_ptr<DropDirectory> drop_dir_;
   absl::Mutex mu_;
+  // The configuration as last reloaded (config_ is the one started with).
+  AgentConfig current_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t left_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -1,5 +1,6 @@
 #include "agent/http_ingest.h"
 
+#include <atomic>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -9,7 +10,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "agent/checklists.h"
 #include "agent/ingest_json.h"
+#include "agent/price_check.h"
+#include "agent/tickets.h"
 #include "civetweb.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
@@ -21,6 +25,7 @@ struct HttpIngest::Impl {
   Spool* spool = nullptr;
   AgentMetrics* metrics = nullptr;
   AppendedCallback on_appended;
+  std::atomic<size_t> max_body_bytes{0};
   int port = 0;
   absl::Mutex mu;
   mg_context* ctx ABSL_GUARDED_BY(mu) = nullptr;
@@ -92,17 +97,75 @@ bool ValidIdempotencyKey(absl::string_view key) {
   return true;
 }
 
-int HandleObservations(mg_connection* conn, void* cbdata) {
-  auto* impl = static_cast<HttpIngest::Impl*>(cbdata);
+// The POST endpoints: what their items are.
+enum class Endpoint { kObservations, kChecklists, kPriceChecks, kTickets };
+
+const char* EndpointPath(Endpoint e) {
+  switch (e) {
+    case Endpoint::kObservations:
+      return "/v1/observations";
+    case Endpoint::kChecklists:
+      return "/v1/checklists";
+    case Endpoint::kPriceChecks:
+      return "/v1/price_checks";
+    case Endpoint::kTickets:
+      return "/v1/tickets";
+  }
+  return "";
+}
+
+// Parses a request body of `endpoint` into observations (and, for tickets,
+// events in `*events`).
+absl::StatusOr<ParsedObservations> ParseBody(Endpoint endpoint, const std::string& body,
+                                             absl::Time now, const Limits& limits,
+                                             std::vector<TicketEvent>* events) {
+  switch (endpoint) {
+    case Endpoint::kObservations:
+      return ParseObservations(body, now, limits);
+    case Endpoint::kChecklists:
+      return ParseItems(body, [&](absl::string_view item, std::vector<v1::Observation>* out) {
+        absl::StatusOr<ChecklistSubmission> sub = ParseChecklistJson(item);
+        if (!sub.ok()) return sub.status();
+        absl::StatusOr<std::vector<v1::Observation>> obs = ChecklistObservations(*sub, now, limits);
+        if (!obs.ok()) return obs.status();
+        *out = *std::move(obs);
+        return absl::OkStatus();
+      });
+    case Endpoint::kPriceChecks:
+      return ParseItems(body, [&](absl::string_view item, std::vector<v1::Observation>* out) {
+        absl::StatusOr<PriceCheck> check = ParsePriceCheckJson(item);
+        if (!check.ok()) return check.status();
+        absl::StatusOr<std::vector<v1::Observation>> obs =
+            PriceCheckObservations(*check, now, limits);
+        if (!obs.ok()) return obs.status();
+        *out = *std::move(obs);
+        return absl::OkStatus();
+      });
+    case Endpoint::kTickets:
+      return ParseItems(body, [&](absl::string_view item, std::vector<v1::Observation>*) {
+        absl::StatusOr<TicketEvent> e = ParseTicketJson(item, now);
+        if (!e.ok()) return e.status();
+        events->push_back(*std::move(e));
+        return absl::OkStatus();
+      });
+  }
+  return absl::InternalError("unknown endpoint");
+}
+
+int HandleIngest(mg_connection* conn, HttpIngest::Impl* impl, Endpoint endpoint) {
   const mg_request_info* ri = mg_get_request_info(conn);
-  if (std::strcmp(ri->local_uri, "/v1/observations") != 0) {
+  const char* path = EndpointPath(endpoint);
+  if (std::strcmp(ri->local_uri, path) != 0) {
     return Reply(conn, 404, RenderIngestError(absl::StrCat("no such path: ", ri->local_uri)));
   }
   if (std::strcmp(ri->request_method, "POST") != 0) {
-    return Reply(conn, 405,
-                 RenderIngestError(absl::StrCat(ri->request_method,
-                                                " not allowed on /v1/observations; use POST")),
-                 "POST");
+    return Reply(
+        conn, 405,
+        RenderIngestError(absl::StrCat(ri->request_method, " not allowed on ", path, "; use POST")),
+        "POST");
+  }
+  if (endpoint == Endpoint::kTickets && impl->options.tickets == nullptr) {
+    return Reply(conn, 404, RenderIngestError("this agent takes no queue events"));
   }
   bool closed;
   {
@@ -123,13 +186,13 @@ int HandleObservations(mg_connection* conn, void* cbdata) {
 
   std::string body;
   bool too_large = false;
-  if (!ReadBody(conn, impl->options.max_body_bytes, &body, &too_large)) {
+  const size_t max_body_bytes = impl->max_body_bytes.load();
+  if (!ReadBody(conn, max_body_bytes, &body, &too_large)) {
     if (too_large) {
       // The rest of the body is not read, so the connection cannot be reused.
       mg_disable_keep_alive(conn);
       return Reply(conn, 413,
-                   RenderIngestError(absl::StrCat("request body over the limit of ",
-                                                  impl->options.max_body_bytes,
+                   RenderIngestError(absl::StrCat("request body over the limit of ", max_body_bytes,
                                                   " bytes; send smaller arrays")));
     }
     return Reply(conn, 400, RenderIngestError("could not read the request body"));
@@ -140,7 +203,7 @@ int HandleObservations(mg_connection* conn, void* cbdata) {
   // (bad JSON, spool full, shutting down) leaves the key free for a retry.
   const char* key_header = mg_get_header(conn, "Idempotency-Key");
   std::optional<RememberRequest> remember;
-  if (key_header != nullptr) {
+  if (key_header != nullptr && endpoint != Endpoint::kTickets) {
     if (!ValidIdempotencyKey(key_header)) {
       return Reply(
           conn, 400,
@@ -158,16 +221,36 @@ int HandleObservations(mg_connection* conn, void* cbdata) {
     remember->key = key_header;
   }
 
+  std::vector<TicketEvent> events;
+  const absl::Time now = absl::Now();
   absl::StatusOr<ParsedObservations> parsed =
-      ParseObservations(body, absl::Now(), impl->options.limits);
+      ParseBody(endpoint, body, now, impl->options.limits, &events);
   if (!parsed.ok()) return Reply(conn, 400, RenderIngestError(parsed.status().message()));
 
   // Duplicates (an item id already spooled or recently delivered) count as
   // accepted: the writer's retry is acknowledged again.
   const size_t valid = parsed->accepted.size();
   const int status = parsed->rejected.empty() ? 200 : 400;
-  const std::string answer = RenderIngestAnswer(valid, parsed->rejected);
+  const std::string answer = RenderIngestAnswer(parsed->items_accepted, parsed->rejected);
   impl->metrics->AddRejectedInvalid(parsed->rejected.size());
+  if (endpoint == Endpoint::kTickets) {
+    if (!events.empty()) {
+      absl::StatusOr<TicketOutcome> outcome = impl->options.tickets->Apply(events, now);
+      if (!outcome.ok()) {
+        const int code = SpoolErrorStatus(outcome.status());
+        spdlog::warn("ingest: {} queue events not applied: {}", events.size(),
+                     std::string(outcome.status().message()));
+        return Reply(conn, code, RenderIngestError(outcome.status().message()));
+      }
+      for (const std::string& p : outcome->problems) spdlog::warn("ingest: {}", p);
+      impl->metrics->AddTicketEventsIgnored(outcome->ignored);
+      impl->metrics->AddAccepted(outcome->append.stored);
+      if (outcome->append.stored > 0 && impl->on_appended) {
+        impl->on_appended(outcome->append.first_sequence + outcome->append.stored - 1);
+      }
+    }
+    return Reply(conn, status, answer);
+  }
   if (valid > 0 || remember) {
     if (remember) remember->answer = RequestAnswer{status, answer};
     absl::StatusOr<AppendResult> appended =
@@ -196,6 +279,19 @@ int HandleObservations(mg_connection* conn, void* cbdata) {
   return Reply(conn, status, answer);
 }
 
+int HandleObservations(mg_connection* conn, void* cbdata) {
+  return HandleIngest(conn, static_cast<HttpIngest::Impl*>(cbdata), Endpoint::kObservations);
+}
+int HandleChecklists(mg_connection* conn, void* cbdata) {
+  return HandleIngest(conn, static_cast<HttpIngest::Impl*>(cbdata), Endpoint::kChecklists);
+}
+int HandlePriceChecks(mg_connection* conn, void* cbdata) {
+  return HandleIngest(conn, static_cast<HttpIngest::Impl*>(cbdata), Endpoint::kPriceChecks);
+}
+int HandleTickets(mg_connection* conn, void* cbdata) {
+  return HandleIngest(conn, static_cast<HttpIngest::Impl*>(cbdata), Endpoint::kTickets);
+}
+
 int HandleHealth(mg_connection* conn, void* cbdata) {
   auto* impl = static_cast<HttpIngest::Impl*>(cbdata);
   const mg_request_info* ri = mg_get_request_info(conn);
@@ -215,7 +311,8 @@ int HandleUnknown(mg_connection* conn, void*) {
   const mg_request_info* ri = mg_get_request_info(conn);
   return Reply(conn, 404,
                RenderIngestError(absl::StrCat("no such path: ", ri->local_uri,
-                                              " (POST /v1/observations, GET /healthz)")));
+                                              " (POST /v1/observations, /v1/checklists, "
+                                              "/v1/price_checks, /v1/tickets; GET /healthz)")));
 }
 
 int LogMessage(const mg_connection*, const char* message) {
@@ -237,6 +334,7 @@ absl::StatusOr<std::unique_ptr<HttpIngest>> HttpIngest::Start(HttpIngestOptions 
   impl->spool = spool;
   impl->metrics = metrics;
   impl->on_appended = std::move(on_appended);
+  impl->max_body_bytes = impl->options.max_body_bytes;
 
   const std::string threads = std::to_string(impl->options.threads);
   // No document_root: this server serves the handlers below and no files.
@@ -267,6 +365,9 @@ absl::StatusOr<std::unique_ptr<HttpIngest>> HttpIngest::Start(HttpIngestOptions 
                                                ": ", error_text[0] ? error_text : "unknown error"));
   }
   mg_set_request_handler(ctx, "/v1/observations", HandleObservations, impl.get());
+  mg_set_request_handler(ctx, "/v1/checklists", HandleChecklists, impl.get());
+  mg_set_request_handler(ctx, "/v1/price_checks", HandlePriceChecks, impl.get());
+  mg_set_request_handler(ctx, "/v1/tickets", HandleTickets, impl.get());
   mg_set_request_handler(ctx, "/healthz", HandleHealth, impl.get());
   mg_set_request_handler(ctx, "**", HandleUnknown, impl.get());
 
@@ -286,6 +387,8 @@ absl::StatusOr<std::unique_ptr<HttpIngest>> HttpIngest::Start(HttpIngestOptions 
 }
 
 int HttpIngest::port() const { return impl_->port; }
+
+void HttpIngest::SetMaxBodyBytes(size_t max_body_bytes) { impl_->max_body_bytes = max_body_bytes; }
 
 void HttpIngest::Close() {
   absl::MutexLock lock(&impl_->mu);

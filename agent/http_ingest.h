@@ -15,6 +15,16 @@
 //   it again (header `Idempotent-Replayed: true`) without storing anything.
 //   Items with an `id` already spooled or recently delivered are accepted
 //   again and not stored twice.
+//   POST /v1/checklists     one checklist submission or an array of them
+//       (checklists.h): each passed or failed item becomes a compliance
+//       observation; answers as above, "accepted" counting submissions.
+//   POST /v1/price_checks   one shelf/POS/list price check or an array
+//       (price_check.h); answers as above, "accepted" counting checks.
+//   POST /v1/tickets        one queue event or an array (tickets.h), applied
+//       in order; answers as above, "accepted" counting events (repeated
+//       events and unknown tickets are accepted and change nothing, so a
+//       retried request is harmless; Idempotency-Key is accepted and not
+//       needed). 404 when the agent has no ticket tracker.
 //   GET /healthz            200 {"status":"ok","location":...,"spool_depth":N}
 //
 // A 2xx or 400-with-accepted answer is sent only after the accepted items are
@@ -40,6 +50,8 @@
 
 namespace constance::agent {
 
+class TicketTracker;
+
 struct HttpIngestOptions {
   // HOST:PORT; port 0 picks a free port (read it back with port()).
   std::string listen = "127.0.0.1:8080";
@@ -49,6 +61,9 @@ struct HttpIngestOptions {
   Limits limits;
   // Reported by /healthz.
   std::string location;
+  // Where /v1/tickets events go; must outlive the HttpIngest. Null: no
+  // /v1/tickets.
+  TicketTracker* tickets = nullptr;
 };
 
 class HttpIngest {
@@ -67,6 +82,9 @@ class HttpIngest {
 
   // The port actually listened on.
   int port() const;
+
+  // Changes the largest accepted body from the next request on (reload).
+  void SetMaxBodyBytes(size_t max_body_bytes);
 
   // Refuses further observations (503) and waits until no request is
   // between parsing and appending, so that nothing reaches the spool after

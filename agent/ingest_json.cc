@@ -55,14 +55,49 @@ absl::StatusOr<ParsedObservations> ParseObservations(absl::string_view body, abs
       out.rejected.push_back(ItemRejection{index, std::string(s.message())});
     }
   };
+  auto count = [&] { out.items_accepted = out.accepted.size(); };
   if (doc.is_object()) {
     take(doc, 0);
+    count();
   } else if (doc.is_array()) {
     out.accepted.reserve(doc.size());
     for (size_t i = 0; i < doc.size(); ++i) take(doc[i], i);
+    count();
   } else {
     return absl::InvalidArgumentError(
         absl::StrCat("expected a JSON object or an array of objects, got ", doc.type_name()));
+  }
+  return out;
+}
+
+absl::StatusOr<ParsedObservations> ParseItems(absl::string_view body, const ItemMapper& map_item) {
+  json doc;
+  try {
+    doc = json::parse(body.begin(), body.end());
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("malformed JSON: ", e.what()));
+  }
+  if (!doc.is_object() && !doc.is_array()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected a JSON object or an array of objects, got ", doc.type_name()));
+  }
+  ParsedObservations out;
+  auto take = [&](const json& item, size_t index) {
+    std::vector<v1::Observation> produced;
+    absl::Status s = item.is_object() ? map_item(item.dump(), &produced)
+                                      : absl::InvalidArgumentError(absl::StrCat(
+                                            "expected a JSON object, got ", item.type_name()));
+    if (!s.ok()) {
+      out.rejected.push_back(ItemRejection{index, std::string(s.message())});
+      return;
+    }
+    ++out.items_accepted;
+    for (v1::Observation& o : produced) out.accepted.push_back(std::move(o));
+  };
+  if (doc.is_object()) {
+    take(doc, 0);
+  } else {
+    for (size_t i = 0; i < doc.size(); ++i) take(doc[i], i);
   }
   return out;
 }

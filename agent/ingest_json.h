@@ -17,6 +17,7 @@
 #define CONSTANCE_AGENT_INGEST_JSON_H_
 
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,7 +40,19 @@ struct ParsedObservations {
   // stamped with the receive time).
   std::vector<v1::Observation> accepted;
   std::vector<ItemRejection> rejected;
+  // Request items accepted (one item may give several observations, or none).
+  size_t items_accepted = 0;
 };
+
+// Maps one request item (the JSON text of one object) to what it adds to
+// `*out`; an error refuses that item alone, with its message as the reason.
+using ItemMapper =
+    std::function<absl::Status(absl::string_view item, std::vector<v1::Observation>* out)>;
+
+// Frames `body` (one JSON object or an array of them) and maps each item
+// with `map_item`, so one bad item does not refuse the others. Errors as
+// ParseObservations.
+absl::StatusOr<ParsedObservations> ParseItems(absl::string_view body, const ItemMapper& map_item);
 
 // Parses `body`. InvalidArgument (with the JSON parser's reason) when the
 // body is not JSON or is neither an object nor an array; everything

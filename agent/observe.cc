@@ -45,7 +45,7 @@ void InitCivetweb() {
 
 absl::StatusOr<HttpResponse> Exchange(const HostPort& to, absl::string_view method,
                                       const std::string& path, const std::string& body,
-                                      absl::Duration timeout) {
+                                      absl::Duration timeout, const std::string& key = "") {
   InitCivetweb();
   char error[256] = {0};
   mg_connection* conn =
@@ -60,6 +60,7 @@ absl::StatusOr<HttpResponse> Exchange(const HostPort& to, absl::string_view meth
     absl::StrAppend(&request, "Content-Type: application/json\r\nContent-Length: ", body.size(),
                     "\r\n");
   }
+  if (!key.empty()) absl::StrAppend(&request, "Idempotency-Key: ", key, "\r\n");
   absl::StrAppend(&request, "\r\n", body);
   if (mg_write(conn, request.data(), request.size()) != static_cast<int>(request.size())) {
     mg_close_connection(conn);
@@ -201,8 +202,9 @@ absl::StatusOr<HostPort> ParseAgentUrl(absl::string_view url) {
 }
 
 absl::StatusOr<HttpResponse> PostJson(const HostPort& to, const std::string& path,
-                                      const std::string& body, absl::Duration timeout) {
-  return Exchange(to, "POST", path, body, timeout);
+                                      const std::string& body, absl::Duration timeout,
+                                      const std::string& idempotency_key) {
+  return Exchange(to, "POST", path, body, timeout, idempotency_key);
 }
 
 absl::StatusOr<HttpResponse> GetUrl(const HostPort& to, const std::string& path,

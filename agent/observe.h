@@ -66,8 +66,10 @@ struct HttpResponse {
 
 // POSTs `body` as application/json and reads the whole answer. Unavailable
 // when the agent cannot be reached or does not answer within `timeout`.
+// A non-empty `idempotency_key` is sent as the Idempotency-Key header.
 absl::StatusOr<HttpResponse> PostJson(const HostPort& to, const std::string& path,
-                                      const std::string& body, absl::Duration timeout);
+                                      const std::string& body, absl::Duration timeout,
+                                      const std::string& idempotency_key = "");
 
 // GETs `path`; same contract as PostJson.
 absl::StatusOr<HttpResponse> GetUrl(const HostPort& to, const std::string& path,

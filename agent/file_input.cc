@@ -1,0 +1,463 @@
+#include "agent/file_input.h"
+
+#include <iconv.h>
+
+#include <cerrno>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "agent/checklists.h"
+#include "agent/ingest_json.h"
+#include "agent/input_config.h"
+#include "agent/input_values.h"
+#include "agent/price_check.h"
+#include "csv.h"
+#include "google/protobuf/util/time_util.h"
+#include "nlohmann/json.hpp"
+
+namespace constance::agent {
+
+using Records = InputMapping::Records;
+
+// Converts one line to UTF-8 with glibc's iconv (no hand-written code
+// pages). Bytes the code page does not define become U+FFFD and are reported.
+struct FileParser::Converter {
+  explicit Converter(InputMapping::Encoding encoding) {
+    const char* from =
+        encoding == InputMapping::Encoding::kWindows1250 ? "WINDOWS-1250" : "ISO-8859-1";
+    if (encoding != InputMapping::Encoding::kUtf8) cd = iconv_open("UTF-8", from);
+  }
+  ~Converter() {
+    if (cd != reinterpret_cast<iconv_t>(-1)) iconv_close(cd);
+  }
+  // Appends `in` converted to `*out`; false (with the first bad byte in
+  // *why) when a byte could not be converted.
+  bool Convert(absl::string_view in, std::string* out, std::string* why) {
+    if (cd == reinterpret_cast<iconv_t>(-1)) {
+      out->append(in.data(), in.size());
+      return true;
+    }
+    bool ok = true;
+    char* src = const_cast<char*>(in.data());
+    size_t left = in.size();
+    char buf[4096];
+    while (left > 0) {
+      char* dst = buf;
+      size_t room = sizeof(buf);
+      size_t rc = iconv(cd, &src, &left, &dst, &room);
+      out->append(buf, static_cast<size_t>(dst - buf));
+      if (rc == static_cast<size_t>(-1) && errno == EILSEQ) {
+        if (ok) {
+          *why = absl::StrCat(
+              "byte 0x", absl::Hex(static_cast<unsigned char>(*src), absl::kZeroPad2),
+              " at column ", in.size() - left + 1, " is not valid in the file's encoding");
+        }
+        ok = false;
+        out->append("\xEF\xBF\xBD");
+        ++src;
+        --left;
+      } else if (rc == static_cast<size_t>(-1) && errno != E2BIG) {
+        break;  // EINVAL: an incomplete sequence cannot happen in single-byte code pages.
+      }
+    }
+    iconv(cd, nullptr, nullptr, nullptr, nullptr);
+    return ok;
+  }
+  iconv_t cd = reinterpret_cast<iconv_t>(-1);
+};
+
+namespace {
+
+// What libcsv's callbacks build.
+struct CsvRows {
+  std::vector<std::string> fields;
+  std::vector<std::vector<std::string>> rows;
+};
+
+void OnField(void* data, size_t len, void* state) {
+  static_cast<CsvRows*>(state)->fields.emplace_back(static_cast<const char*>(data), len);
+}
+
+void OnRecord(int, void* state) {
+  auto* s = static_cast<CsvRows*>(state);
+  s->rows.push_back(std::move(s->fields));
+  s->fields.clear();
+}
+
+google::protobuf::Timestamp Stamp(absl::Time t) {
+  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+}
+
+std::string Trimmed(absl::string_view s) { return std::string(absl::StripAsciiWhitespace(s)); }
+
+}  // namespace
+
+FileParser::FileParser(InputMapping mapping, Limits limits)
+    : mapping_(std::move(mapping)),
+      limits_(limits),
+      converter_(std::make_unique<Converter>(mapping_.encoding)) {
+  if (mapping_.max_lateness > absl::ZeroDuration()) limits_.max_lateness = mapping_.max_lateness;
+  // JSONL lines carry their own field names: no header row.
+  if (mapping_.format == InputMapping::Format::kJsonl) header_read_ = true;
+}
+
+FileParser::~FileParser() = default;
+
+int FileParser::Column(const std::string& name, std::string* why) const {
+  if (!mapping_.header) {
+    int n = 0;
+    if (!absl::SimpleAtoi(name, &n) || n < 1) {
+      *why = absl::StrCat("column '", name, "' must be a number (the file has no header row)");
+      return -1;
+    }
+    return n - 1;
+  }
+  auto it = header_.find(name);
+  if (it == header_.end()) {
+    *why = absl::StrCat("no column '", name, "' in the header (",
+                        absl::StrJoin(header_names_, ", "), ")");
+    return -1;
+  }
+  return it->second;
+}
+
+size_t FileParser::Parse(absl::string_view data, int64_t first_line, bool at_end, absl::Time now,
+                         size_t max_records, std::vector<InputRecord>* out) {
+  size_t pos = 0;
+  int64_t line = first_line;
+  if (first_line == 1 && data.substr(0, 3) == "\xEF\xBB\xBF") pos = 3;
+  const bool csv = mapping_.format == InputMapping::Format::kCsv;
+  csv_parser parser;
+  CsvRows rows;
+  if (csv) {
+    csv_init(&parser, 0);
+    csv_set_delim(&parser, static_cast<unsigned char>(mapping_.delimiter));
+    csv_set_quote(&parser, static_cast<unsigned char>(mapping_.quote));
+  }
+  size_t consumed = pos;
+  size_t record_start = pos;   // Offset where the pending record began.
+  int64_t record_line = line;  // Its first line.
+  std::string record_problem;  // An encoding problem on one of its lines.
+  size_t emitted = 0;
+  auto emit = [&](InputRecord r) {
+    ++emitted;
+    out->push_back(std::move(r));
+  };
+  while (pos < data.size() && (max_records == 0 || emitted < max_records)) {
+    size_t nl = data.find('\n', pos);
+    const bool complete_line = nl != absl::string_view::npos;
+    if (!complete_line && !at_end) break;  // A line still being written waits.
+    const size_t end = complete_line ? nl + 1 : data.size();
+    const absl::string_view raw = data.substr(pos, end - pos);
+    std::string text;
+    std::string why;
+    if (!converter_->Convert(raw, &text, &why) && record_problem.empty()) {
+      record_problem = absl::StrCat(why);
+    }
+    if (!csv) {
+      InputRecord r;
+      r.line = line;
+      r.next_line = line + 1;
+      r.end_offset = end;
+      absl::string_view body = absl::StripAsciiWhitespace(text);
+      if (!record_problem.empty()) {
+        r.error = record_problem;
+        emit(std::move(r));
+      } else if (!body.empty()) {
+        MapJsonLine(body, now, &r);
+        emit(std::move(r));
+      }
+      record_problem.clear();
+      consumed = end;
+      pos = end;
+      ++line;
+      continue;
+    }
+    // libcsv does not say where in the input a record ended; fed one line
+    // at a time, a record completed by this feed ends with this line, which
+    // is what a checkpoint needs.
+    csv_parse(&parser, text.data(), text.size(), OnField, OnRecord, &rows);
+    if (!complete_line) csv_fini(&parser, OnField, OnRecord, &rows);
+    pos = end;
+    for (std::vector<std::string>& fields : rows.rows) {
+      emit(TakeRow(fields, record_line, line + 1, end, record_problem, now));
+      record_problem.clear();
+      record_line = line + 1;
+      record_start = end;
+      consumed = end;
+    }
+    rows.rows.clear();
+    ++line;
+    if (pos - record_start > kMaxRecordBytes) {
+      // An unclosed quote: report it at its first line and go on after
+      // that line (the caller parses again from there).
+      InputRecord r;
+      r.line = record_line;
+      r.next_line = record_line + 1;
+      const size_t first_nl = data.find('\n', record_start);
+      r.end_offset = first_nl == absl::string_view::npos ? data.size() : first_nl + 1;
+      r.error =
+          absl::StrCat("unterminated quoted field: the record is over ", kMaxRecordBytes, " bytes");
+      consumed = r.end_offset;
+      emit(std::move(r));
+      break;
+    }
+  }
+  if (csv) {
+    if (at_end && pos == data.size() && consumed < data.size() &&
+        (max_records == 0 || emitted < max_records)) {
+      // The file is complete: an unterminated last record is taken as it is.
+      csv_fini(&parser, OnField, OnRecord, &rows);
+      for (std::vector<std::string>& fields : rows.rows) {
+        emit(TakeRow(fields, record_line, line, data.size(), "", now));
+      }
+      consumed = data.size();
+    }
+    csv_free(&parser);
+  }
+  return consumed;
+}
+
+InputRecord FileParser::TakeRow(const std::vector<std::string>& fields, int64_t line,
+                                int64_t next_line, size_t end_offset, const std::string& problem,
+                                absl::Time now) {
+  InputRecord r;
+  r.line = line;
+  r.next_line = next_line;
+  r.end_offset = end_offset;
+  if (!problem.empty()) {
+    r.error = problem;
+  } else if (!header_read_) {
+    r.header = true;
+    header_read_ = true;
+    header_.clear();
+    header_names_.clear();
+    for (size_t i = 0; i < fields.size(); ++i) {
+      std::string name = Trimmed(fields[i]);
+      header_names_.push_back(name);
+      header_.emplace(std::move(name), static_cast<int>(i));
+    }
+  } else if (fields.size() == 1 && Trimmed(fields[0]).empty()) {
+    r.header = true;  // A blank line: consumed, nothing to say.
+  } else {
+    MapRow(fields, now, &r);
+  }
+  return r;
+}
+
+void FileParser::MapJsonLine(absl::string_view line, absl::Time now, InputRecord* r) {
+  switch (mapping_.records) {
+    case Records::kObservation: {
+      absl::StatusOr<ParsedObservations> parsed = ParseObservations(line, now, limits_);
+      if (!parsed.ok()) {
+        r->error = std::string(parsed.status().message());
+      } else if (!parsed->rejected.empty()) {
+        r->error = parsed->rejected.front().reason;
+      } else {
+        r->observations = std::move(parsed->accepted);
+      }
+      return;
+    }
+    case Records::kTicket: {
+      absl::StatusOr<TicketEvent> e = ParseTicketJson(line, now);
+      if (!e.ok()) {
+        r->error = std::string(e.status().message());
+      } else {
+        r->tickets.push_back(*std::move(e));
+      }
+      return;
+    }
+    case Records::kChecklist: {
+      absl::StatusOr<ChecklistSubmission> sub = ParseChecklistJson(line);
+      absl::StatusOr<std::vector<v1::Observation>> obs =
+          sub.ok() ? ChecklistObservations(*sub, now, limits_) : sub.status();
+      if (!obs.ok()) {
+        r->error = std::string(obs.status().message());
+      } else {
+        r->observations = *std::move(obs);
+      }
+      return;
+    }
+    case Records::kPriceCheck: {
+      absl::StatusOr<PriceCheck> check = ParsePriceCheckJson(line);
+      absl::StatusOr<std::vector<v1::Observation>> obs =
+          check.ok() ? PriceCheckObservations(*check, now, limits_) : check.status();
+      if (!obs.ok()) {
+        r->error = std::string(obs.status().message());
+      } else {
+        r->observations = *std::move(obs);
+      }
+      return;
+    }
+    default:
+      break;
+  }
+  // Column-mapped: the object's fields are the columns.
+  nlohmann::json obj =
+      nlohmann::json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
+  if (obj.is_discarded() || !obj.is_object()) {
+    r->error = "not a JSON object";
+    return;
+  }
+  header_.clear();
+  header_names_.clear();
+  std::vector<std::string> fields;
+  for (const auto& [name, value] : obj.items()) {
+    header_.emplace(name, static_cast<int>(fields.size()));
+    header_names_.push_back(name);
+    fields.push_back(value.is_string() ? value.get<std::string>()
+                                       : (value.is_null() ? "" : value.dump()));
+  }
+  MapRow(fields, now, r);
+}
+
+void FileParser::MapRow(const std::vector<std::string>& fields, absl::Time now,
+                        InputRecord* r) const {
+  const InputMapping& m = mapping_;
+  // Reads a column's text; empty optional column -> "".
+  auto get = [&](const std::string& column, std::string* value) -> bool {
+    if (column.empty()) {
+      value->clear();
+      return true;
+    }
+    std::string why;
+    const int index = Column(column, &why);
+    if (index < 0) {
+      r->error = why;
+      return false;
+    }
+    if (static_cast<size_t>(index) >= fields.size()) {
+      r->error =
+          absl::StrCat("no column '", column, "' in this row (it has ", fields.size(), " fields)");
+      return false;
+    }
+    *value = Trimmed(fields[static_cast<size_t>(index)]);
+    return true;
+  };
+  auto fail = [&](absl::string_view column, const absl::Status& s) {
+    r->error = absl::StrCat("column '", column, "': ", s.message());
+  };
+  std::string key, location, at_text, id, currency;
+  if (!get(m.key_column, &key) || !get(m.location_column, &location) ||
+      !get(m.observed_at_column, &at_text) || !get(m.id_column, &id) ||
+      !get(m.currency_column, &currency)) {
+    return;
+  }
+  r->location = absl::AsciiStrToLower(location);
+  if (m.key_column.empty()) key = m.key;
+  if (key.empty()) {
+    r->error = absl::StrCat("column '", m.key_column, "' is empty (no key)");
+    return;
+  }
+  key = absl::StrCat(m.key_prefix, key);
+  absl::Time at = now;
+  if (!m.observed_at_column.empty()) {
+    absl::StatusOr<absl::Time> t = ParseInputTime(at_text, m.time_format);
+    if (!t.ok()) return fail(m.observed_at_column, t.status());
+    at = *t;
+  }
+  if (currency.empty()) currency = m.currency;
+  currency = absl::AsciiStrToUpper(currency);
+
+  if (m.records == Records::kTicket) {
+    TicketEvent e;
+    e.service = key;
+    e.at = at;
+    std::string event;
+    if (!get(m.ticket_column, &e.ticket) || !get(m.event_column, &event)) return;
+    absl::StatusOr<TicketEvent::Type> type = ParseTicketEventType(absl::AsciiStrToLower(event));
+    if (!type.ok()) return fail(m.event_column, type.status());
+    e.type = *type;
+    if (absl::Status s = ValidateTicketEvent(e); !s.ok()) {
+      r->error = std::string(s.message());
+      return;
+    }
+    r->tickets.push_back(std::move(e));
+    return;
+  }
+  if (m.records == Records::kPriceCheck) {
+    PriceCheck check;
+    check.item = key;
+    check.currency = currency;
+    check.observed_at = at;
+    check.id = id;
+    const struct {
+      const std::string& column;
+      std::optional<int64_t>* out;
+    } kPrices[] = {
+        {m.shelf_column, &check.shelf}, {m.pos_column, &check.pos}, {m.list_column, &check.list}};
+    for (const auto& p : kPrices) {
+      std::string text;
+      if (!get(p.column, &text)) return;
+      if (text.empty()) continue;
+      absl::StatusOr<int64_t> minor = ParseDecimalMinorUnits(text, m.decimal, m.thousands);
+      if (!minor.ok()) return fail(p.column, minor.status());
+      *p.out = *minor;
+    }
+    absl::StatusOr<std::vector<v1::Observation>> obs = PriceCheckObservations(check, now, limits_);
+    if (!obs.ok()) {
+      r->error = std::string(obs.status().message());
+      return;
+    }
+    r->observations = *std::move(obs);
+    return;
+  }
+
+  std::string value;
+  if (!get(m.value_column, &value)) return;
+  v1::Observation o;
+  o.set_key(key);
+  *o.mutable_observed_at() = Stamp(at);
+  if (!id.empty()) o.set_id(id);
+  switch (m.records) {
+    case Records::kPrice: {
+      absl::StatusOr<int64_t> minor = ParseDecimalMinorUnits(value, m.decimal, m.thousands);
+      if (!minor.ok()) return fail(m.value_column, minor.status());
+      o.mutable_price()->set_minor_units(*minor);
+      o.mutable_price()->set_currency(currency);
+      v1::PriceKind kind = v1::SHELF;
+      if (m.kind == "pos") kind = v1::POS;
+      if (m.kind == "list") kind = v1::LIST;
+      if (m.kind == "promo") kind = v1::PROMO;
+      o.mutable_price()->set_kind(kind);
+      break;
+    }
+    case Records::kWait:
+    case Records::kScore: {
+      absl::StatusOr<double> v = ParseDecimalNumber(value, m.decimal, m.thousands);
+      if (!v.ok()) return fail(m.value_column, v.status());
+      if (m.records == Records::kWait) {
+        o.set_wait_seconds(*v);
+      } else {
+        o.set_score(*v);
+      }
+      break;
+    }
+    case Records::kCompliance: {
+      absl::StatusOr<std::optional<bool>> passed = ParsePassFail(value);
+      if (!passed.ok()) return fail(m.value_column, passed.status());
+      if (!passed->has_value()) return;  // Not applicable: nothing.
+      std::string critical_text;
+      if (!get(m.critical_column, &critical_text)) return;
+      absl::StatusOr<std::optional<bool>> critical = ParsePassFail(critical_text);
+      if (!critical.ok()) return fail(m.critical_column, critical.status());
+      o.mutable_check()->set_passed(**passed);
+      o.mutable_check()->set_critical(critical->value_or(false));
+      break;
+    }
+    default:
+      r->error = absl::StrCat("records '", RecordsName(m.records), "' cannot be read from ",
+                              m.format == InputMapping::Format::kCsv ? "CSV" : "these lines");
+      return;
+  }
+  if (absl::Status s = ValidateObservation(o, now, limits_); !s.ok()) {
+    r->error = std::string(s.message());
+    return;
+  }
+  r->observations.push_back(std::move(o));
+}
+
+}  // namespace constance::agent

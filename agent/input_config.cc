@@ -1,0 +1,348 @@
+#include "agent/input_config.h"
+
+#include <map>
+#include <string>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "yaml-cpp/yaml.h"
+
+namespace constance::agent {
+namespace {
+
+using Records = InputMapping::Records;
+using Format = InputMapping::Format;
+using Encoding = InputMapping::Encoding;
+
+const struct {
+  Records value;
+  const char* name;
+} kRecordNames[] = {
+    {Records::kObservation, "observation"}, {Records::kPrice, "price"},
+    {Records::kPriceCheck, "price_check"},  {Records::kWait, "wait"},
+    {Records::kCompliance, "compliance"},   {Records::kScore, "score"},
+    {Records::kTicket, "ticket"},           {Records::kChecklist, "checklist"},
+};
+
+absl::StatusOr<std::string> Scalar(const YAML::Node& node) {
+  if (node.IsNull()) return absl::InvalidArgumentError("has no value");
+  if (!node.IsScalar()) return absl::InvalidArgumentError("must be a single value");
+  return node.Scalar();
+}
+
+absl::StatusOr<char> OneChar(const YAML::Node& node) {
+  absl::StatusOr<std::string> s = Scalar(node);
+  if (!s.ok()) return s.status();
+  if (*s == "tab" || *s == "\\t") return '\t';
+  if (s->size() != 1 || static_cast<unsigned char>((*s)[0]) >= 0x80) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", *s, "' must be one ASCII character (or 'tab')"));
+  }
+  return (*s)[0];
+}
+
+absl::StatusOr<bool> Bool(const YAML::Node& node) {
+  absl::StatusOr<std::string> s = Scalar(node);
+  if (!s.ok()) return s.status();
+  bool b = false;
+  if (!YAML::convert<bool>::decode(node, b)) {
+    return absl::InvalidArgumentError(absl::StrCat("'", *s, "' is not true or false"));
+  }
+  return b;
+}
+
+absl::StatusOr<absl::Duration> Duration(const YAML::Node& node, bool allow_zero) {
+  absl::StatusOr<std::string> s = Scalar(node);
+  if (!s.ok()) return s.status();
+  absl::Duration d;
+  if (!absl::ParseDuration(*s, &d) || d < absl::ZeroDuration() ||
+      (!allow_zero && d == absl::ZeroDuration())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", *s, "' is not a positive duration (e.g. 500ms, 2s, 1h)"));
+  }
+  return d;
+}
+
+// Sets one field of a mapping; the reason on failure.
+absl::Status SetMappingField(const std::string& name, const YAML::Node& value, InputMapping* m) {
+  const struct {
+    const char* name;
+    std::string* out;
+  } kStrings[] = {
+      {"pattern", &m->pattern},
+      {"key_column", &m->key_column},
+      {"value_column", &m->value_column},
+      {"shelf_column", &m->shelf_column},
+      {"pos_column", &m->pos_column},
+      {"list_column", &m->list_column},
+      {"currency_column", &m->currency_column},
+      {"observed_at_column", &m->observed_at_column},
+      {"critical_column", &m->critical_column},
+      {"id_column", &m->id_column},
+      {"ticket_column", &m->ticket_column},
+      {"event_column", &m->event_column},
+      {"location_column", &m->location_column},
+      {"key", &m->key},
+      {"currency", &m->currency},
+      {"kind", &m->kind},
+      {"key_prefix", &m->key_prefix},
+      {"time_format", &m->time_format},
+  };
+  for (const auto& f : kStrings) {
+    if (name != f.name) continue;
+    absl::StatusOr<std::string> s = Scalar(value);
+    if (!s.ok()) return s.status();
+    *f.out = *s;
+    return absl::OkStatus();
+  }
+  if (name == "format") {
+    absl::StatusOr<std::string> s = Scalar(value);
+    if (!s.ok()) return s.status();
+    return ParseFormatName(*s, &m->format);
+  }
+  if (name == "encoding") {
+    absl::StatusOr<std::string> s = Scalar(value);
+    if (!s.ok()) return s.status();
+    return ParseEncodingName(*s, &m->encoding);
+  }
+  if (name == "records") {
+    absl::StatusOr<std::string> s = Scalar(value);
+    if (!s.ok()) return s.status();
+    return ParseRecordsName(*s, &m->records);
+  }
+  if (name == "delimiter" || name == "quote") {
+    absl::StatusOr<char> c = OneChar(value);
+    if (!c.ok()) return c.status();
+    (name == "delimiter" ? m->delimiter : m->quote) = *c;
+    return absl::OkStatus();
+  }
+  if (name == "decimal") {
+    absl::StatusOr<std::string> s = Scalar(value);
+    if (!s.ok()) return s.status();
+    if (*s != "." && *s != ",") {
+      return absl::InvalidArgumentError(absl::StrCat("'", *s, "' must be '.' or ','"));
+    }
+    m->decimal = (*s)[0];
+    return absl::OkStatus();
+  }
+  if (name == "thousands") {
+    absl::StatusOr<std::string> s = Scalar(value);
+    if (!s.ok()) return s.status();
+    if (*s == "space") *s = " ";
+    if (*s != "" && *s != "none" && *s != " " && *s != "." && *s != "," && *s != "'") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", *s, "' must be one of: none, space, '.', ',', \"'\" (apostrophe)"));
+    }
+    m->thousands = *s == "none" ? "" : *s;
+    return absl::OkStatus();
+  }
+  if (name == "header") {
+    absl::StatusOr<bool> b = Bool(value);
+    if (!b.ok()) return b.status();
+    m->header = *b;
+    return absl::OkStatus();
+  }
+  if (name == "max_lateness") {
+    absl::StatusOr<absl::Duration> d = Duration(value, /*allow_zero=*/true);
+    if (!d.ok()) return d.status();
+    m->max_lateness = *d;
+    return absl::OkStatus();
+  }
+  std::string known;
+  for (const auto& f : kStrings) absl::StrAppend(&known, f.name, ", ");
+  absl::StrAppend(&known,
+                  "format, encoding, records, delimiter, quote, decimal, thousands, header, "
+                  "max_lateness");
+  return absl::InvalidArgumentError(absl::StrCat("unknown field (known: ", known, ")"));
+}
+
+std::string Where(const YAML::Node& node) { return absl::StrCat("line ", node.Mark().line + 1); }
+
+}  // namespace
+
+absl::string_view RecordsName(Records records) {
+  for (const auto& r : kRecordNames) {
+    if (r.value == records) return r.name;
+  }
+  return "unknown";
+}
+
+absl::Status ParseRecordsName(absl::string_view name, Records* out) {
+  std::string known;
+  for (const auto& r : kRecordNames) {
+    if (name == r.name) {
+      *out = r.value;
+      return absl::OkStatus();
+    }
+    absl::StrAppend(&known, known.empty() ? "" : ", ", r.name);
+  }
+  return absl::InvalidArgumentError(absl::StrCat("'", name, "' is not one of: ", known));
+}
+
+absl::Status ParseFormatName(absl::string_view name, Format* out) {
+  if (name == "csv") {
+    *out = Format::kCsv;
+  } else if (name == "jsonl") {
+    *out = Format::kJsonl;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("'", name, "' is not csv or jsonl"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseEncodingName(absl::string_view name, Encoding* out) {
+  const std::string n = absl::AsciiStrToLower(name);
+  if (n == "utf-8" || n == "utf8") {
+    *out = Encoding::kUtf8;
+  } else if (n == "windows-1250" || n == "cp1250") {
+    *out = Encoding::kWindows1250;
+  } else if (n == "latin-1" || n == "latin1" || n == "iso-8859-1") {
+    *out = Encoding::kLatin1;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", name, "' is not one of: utf-8, windows-1250, latin-1"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateInputMapping(const InputMapping& m) {
+  auto need = [](const std::string& value, const char* field, absl::string_view records) {
+    if (!value.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("records '", records, "' needs field '", field, "'"));
+  };
+  const absl::string_view records = RecordsName(m.records);
+  const bool whole_json = m.records == Records::kObservation || m.records == Records::kChecklist ||
+                          (m.format == Format::kJsonl &&
+                           (m.records == Records::kTicket || m.records == Records::kPriceCheck));
+  if ((m.records == Records::kObservation || m.records == Records::kChecklist) &&
+      m.format != Format::kJsonl) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("records '", records, "' are read from format jsonl only"));
+  }
+  if (m.pattern.empty()) return absl::InvalidArgumentError("field 'pattern' must not be empty");
+  if (m.decimal != '.' && m.decimal != ',') {
+    return absl::InvalidArgumentError("field 'decimal' must be '.' or ','");
+  }
+  if (!m.thousands.empty() && m.thousands[0] == m.decimal) {
+    return absl::InvalidArgumentError("fields 'thousands' and 'decimal' must differ");
+  }
+  if (m.format == Format::kCsv && (m.delimiter == m.quote || m.delimiter == '\n')) {
+    return absl::InvalidArgumentError("field 'delimiter' must differ from 'quote' and newline");
+  }
+  if (m.kind != "shelf" && m.kind != "pos" && m.kind != "list" && m.kind != "promo") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("field 'kind': '", m.kind, "' is not one of: shelf, pos, list, promo"));
+  }
+  if (whole_json) return absl::OkStatus();
+  if (m.key_column.empty() && m.key.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("records '", records, "' needs field 'key_column' (or a constant 'key')"));
+  }
+  switch (m.records) {
+    case Records::kPrice:
+    case Records::kWait:
+    case Records::kCompliance:
+    case Records::kScore:
+      if (absl::Status s = need(m.value_column, "value_column", records); !s.ok()) return s;
+      break;
+    case Records::kPriceCheck:
+      if (m.shelf_column.empty() && m.pos_column.empty() && m.list_column.empty()) {
+        return absl::InvalidArgumentError(
+            "records 'price_check' needs at least one of shelf_column, pos_column, list_column");
+      }
+      break;
+    case Records::kTicket:
+      if (absl::Status s = need(m.ticket_column, "ticket_column", records); !s.ok()) return s;
+      if (absl::Status s = need(m.event_column, "event_column", records); !s.ok()) return s;
+      if (absl::Status s = need(m.observed_at_column, "observed_at_column", records); !s.ok()) {
+        return s;
+      }
+      break;
+    default:
+      break;
+  }
+  if ((m.records == Records::kPrice || m.records == Records::kPriceCheck) && m.currency.empty() &&
+      m.currency_column.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("records '", records, "' needs field 'currency' or 'currency_column'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseDropDirectorySection(const YAML::Node& node, DropDirectoryConfig* out) {
+  *out = DropDirectoryConfig{};
+  if (node.IsNull()) return absl::OkStatus();
+  if (!node.IsMap()) return absl::InvalidArgumentError("must be a map of settings");
+  for (const auto& kv : node) {
+    const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "";
+    const YAML::Node& v = kv.second;
+    absl::Status s;
+    if (key == "path" || key == "processed_dir") {
+      absl::StatusOr<std::string> text = Scalar(v);
+      s = text.status();
+      if (text.ok()) (key == "path" ? out->path : out->processed_dir) = *text;
+    } else if (key == "poll_interval" || key == "settle_time") {
+      absl::StatusOr<absl::Duration> d = Duration(v, /*allow_zero=*/false);
+      s = d.status();
+      if (d.ok()) (key == "poll_interval" ? out->poll_interval : out->settle_time) = *d;
+    } else if (key == "processed") {
+      absl::StatusOr<std::string> text = Scalar(v);
+      s = text.status();
+      if (text.ok() && *text != "move" && *text != "keep") {
+        s = absl::InvalidArgumentError(absl::StrCat("'", *text, "' is not move or keep"));
+      }
+      if (s.ok()) out->keep_processed = *text == "keep";
+    } else if (key == "max_records_per_commit") {
+      absl::StatusOr<std::string> text = Scalar(v);
+      s = text.status();
+      uint64_t n = 0;
+      if (s.ok() && (!absl::SimpleAtoi(*text, &n) || n < 1 || n > 100'000)) {
+        s = absl::InvalidArgumentError(absl::StrCat("'", *text, "' is not a number in 1..100000"));
+      }
+      if (s.ok()) out->max_records_per_commit = static_cast<size_t>(n);
+    } else if (key == "files") {
+      if (!v.IsSequence()) {
+        s = absl::InvalidArgumentError("must be a list of file mappings");
+      } else {
+        for (size_t i = 0; i < v.size() && s.ok(); ++i) {
+          const YAML::Node& entry = v[i];
+          const std::string where = absl::StrCat("files[", i, "] (", Where(entry), ")");
+          if (!entry.IsMap()) {
+            return absl::InvalidArgumentError(absl::StrCat(where, ": must be a map"));
+          }
+          InputMapping m;
+          for (const auto& f : entry) {
+            const std::string name = f.first.IsScalar() ? f.first.Scalar() : "";
+            if (absl::Status fs = SetMappingField(name, f.second, &m); !fs.ok()) {
+              return absl::InvalidArgumentError(absl::StrCat(
+                  "files[", i, "] (", Where(f.first), "): field '", name, "': ", fs.message()));
+            }
+          }
+          if (absl::Status ms = ValidateInputMapping(m); !ms.ok()) {
+            return absl::InvalidArgumentError(absl::StrCat(where, ": ", ms.message()));
+          }
+          out->files.push_back(std::move(m));
+        }
+      }
+    } else {
+      s = absl::InvalidArgumentError(
+          "unknown field (known: path, poll_interval, settle_time, processed, processed_dir, "
+          "max_records_per_commit, files)");
+    }
+    if (!s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(Where(kv.first), ": field '", key, "': ", s.message()));
+    }
+  }
+  if (!out->path.empty() && out->files.empty()) {
+    return absl::InvalidArgumentError(
+        "'path' is set but 'files' is empty: say how the dropped files are read");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace constance::agent

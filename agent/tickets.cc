@@ -1,0 +1,234 @@
+#include "agent/tickets.h"
+
+#include <optional>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "agent/input_values.h"
+#include "google/protobuf/util/time_util.h"
+#include "nlohmann/json.hpp"
+
+namespace constance::agent {
+namespace {
+
+using nlohmann::json;
+using Type = TicketEvent::Type;
+
+constexpr char kStatePrefix[] = "ticket/";
+
+// The service is part of the hash: two queues may number tickets alike.
+std::string StateKey(const TicketEvent& e) {
+  const std::string material = absl::StrCat(e.service, std::string(1, '\0'), e.ticket);
+  return absl::StrCat(kStatePrefix, absl::Hex(StableHash(material), absl::kZeroPad16),
+                      absl::Hex(StableHash(material, 0x84222325cbf29ce4ULL), absl::kZeroPad16));
+}
+
+google::protobuf::Timestamp Stamp(absl::Time t) {
+  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+}
+
+}  // namespace
+
+absl::StatusOr<TicketEvent::Type> ParseTicketEventType(absl::string_view name) {
+  if (name == "created") return Type::kCreated;
+  if (name == "called") return Type::kCalled;
+  if (name == "served") return Type::kServed;
+  if (name == "abandoned") return Type::kAbandoned;
+  return absl::InvalidArgumentError(
+      absl::StrCat("event '", name, "' is not one of: created, called, served, abandoned"));
+}
+
+absl::Status ValidateTicketEvent(const TicketEvent& e) {
+  if (e.ticket.empty() || e.ticket.size() > 128) {
+    return absl::InvalidArgumentError("ticket: must be 1..128 characters");
+  }
+  for (char c : e.ticket) {
+    if (c < 0x20 || c > 0x7e) return absl::InvalidArgumentError("ticket: non-printable character");
+  }
+  if (absl::Status s = ValidateKey(ServedKey(e.service)); !s.ok() || e.service.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "service: '", e.service, "' must be a key ([A-Za-z0-9._:/-], 1..121 characters)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TicketEvent> ParseTicketJson(absl::string_view object, absl::Time now) {
+  json obj = json::parse(object.begin(), object.end(), nullptr, /*allow_exceptions=*/false);
+  if (obj.is_discarded()) return absl::InvalidArgumentError("malformed JSON");
+  if (!obj.is_object()) return absl::InvalidArgumentError("expected a JSON object");
+  TicketEvent e;
+  e.at = now;
+  std::string event;
+  for (const auto& [name, value] : obj.items()) {
+    std::string* out = nullptr;
+    std::string at;
+    if (name == "ticket") {
+      out = &e.ticket;
+    } else if (name == "service") {
+      out = &e.service;
+    } else if (name == "event") {
+      out = &event;
+    } else if (name == "at") {
+      out = &at;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown field '", name, "' (known: ticket, service, event, at)"));
+    }
+    if (value.is_number_integer() && name == "ticket") {
+      *out = value.dump();  // Queue systems often number tickets.
+    } else if (!value.is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ": expected a string"));
+    } else {
+      *out = value.get<std::string>();
+    }
+    if (name == "at") {
+      absl::StatusOr<absl::Time> t = ParseInputTime(at, "");
+      if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat("at: ", t.status().message()));
+      e.at = *t;
+    }
+  }
+  if (event.empty()) return absl::InvalidArgumentError("event: missing");
+  absl::StatusOr<Type> type = ParseTicketEventType(event);
+  if (!type.ok()) return type.status();
+  e.type = *type;
+  if (absl::Status s = ValidateTicketEvent(e); !s.ok()) return s;
+  return e;
+}
+
+std::string ServedKey(absl::string_view service) { return absl::StrCat(service, ".served"); }
+
+TicketTracker::TicketTracker(Spool* spool, TicketOptions options)
+    : spool_(spool), options_(std::move(options)) {}
+
+absl::StatusOr<std::unique_ptr<TicketTracker>> TicketTracker::Open(Spool* spool,
+                                                                   TicketOptions options) {
+  std::unique_ptr<TicketTracker> t(new TicketTracker(spool, std::move(options)));
+  absl::StatusOr<std::map<std::string, std::string>> state = spool->ReadState(kStatePrefix);
+  if (!state.ok()) return state.status();
+  absl::MutexLock lock(&t->mu_);
+  for (const auto& [key, value] : *state) {
+    std::pair<std::string, std::string> parts = absl::StrSplit(value, ' ');
+    OpenTicket o;
+    if (!absl::SimpleAtoi(parts.first, &o.created_nanos)) continue;  // Unreadable: forgotten.
+    o.called = parts.second == "1";
+    t->open_[key] = o;
+  }
+  return t;
+}
+
+size_t TicketTracker::open_tickets() const {
+  absl::MutexLock lock(&mu_);
+  return open_.size();
+}
+
+void TicketTracker::SetTtl(absl::Duration ttl) {
+  absl::MutexLock lock(&mu_);
+  options_.ttl = ttl;
+}
+
+absl::StatusOr<TicketOutcome> TicketTracker::Apply(const std::vector<TicketEvent>& events,
+                                                   absl::Time now,
+                                                   std::vector<v1::Observation> observations,
+                                                   std::vector<StateWrite> writes) {
+  absl::MutexLock lock(&mu_);
+  TicketOutcome outcome;
+  // The changes are made on a copy and kept only once committed.
+  std::map<std::string, std::optional<OpenTicket>> changed;
+  const Limits limits = options_.limits;
+  auto find = [&](const std::string& key)
+                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> std::optional<OpenTicket> {
+    auto c = changed.find(key);
+    if (c != changed.end()) return c->second;
+    auto it = open_.find(key);
+    if (it == open_.end()) return std::nullopt;
+    return it->second;
+  };
+  const int64_t expire_before = absl::ToUnixNanos(now - options_.ttl);
+  for (const auto& [key, o] : open_) {
+    if (o.created_nanos < expire_before) {
+      changed[key] = std::nullopt;
+      ++outcome.expired;
+    }
+  }
+  auto add = [&](v1::Observation o, const TicketEvent& e) {
+    if (absl::Status s = ValidateObservation(o, now, limits); !s.ok()) {
+      outcome.problems.push_back(absl::StrCat("ticket event ", e.service, " at ",
+                                              absl::FormatTime(e.at), ": ", s.message()));
+      return;
+    }
+    observations.push_back(std::move(o));
+  };
+  for (const TicketEvent& e : events) {
+    const std::string key = StateKey(e);
+    std::optional<OpenTicket> open = find(key);
+    if (e.type == Type::kCreated) {
+      if (open) {
+        ++outcome.ignored;
+        continue;
+      }
+      changed[key] = OpenTicket{absl::ToUnixNanos(e.at), false};
+      continue;
+    }
+    if (!open) {
+      ++outcome.ignored;
+      continue;
+    }
+    const bool reached = e.type == Type::kCalled || e.type == Type::kServed;
+    if (reached && !open->called) {
+      const absl::Duration wait = e.at - absl::FromUnixNanos(open->created_nanos);
+      if (wait < absl::ZeroDuration()) {
+        outcome.problems.push_back(absl::StrCat("ticket of ", e.service, " ",
+                                                e.type == Type::kCalled ? "called" : "served",
+                                                " before it was created; no wait recorded"));
+      } else {
+        v1::Observation w;
+        w.set_key(e.service);
+        w.set_wait_seconds(absl::ToDoubleSeconds(wait));
+        *w.mutable_observed_at() = Stamp(e.at);
+        add(std::move(w), e);
+        v1::Observation served;
+        served.set_key(ServedKey(e.service));
+        served.mutable_check()->set_passed(true);
+        *served.mutable_observed_at() = Stamp(e.at);
+        add(std::move(served), e);
+      }
+    } else if (e.type == Type::kAbandoned && !open->called) {
+      v1::Observation lost;
+      lost.set_key(ServedKey(e.service));
+      lost.mutable_check()->set_passed(false);
+      *lost.mutable_observed_at() = Stamp(e.at);
+      add(std::move(lost), e);
+    } else if (e.type == Type::kCalled) {
+      ++outcome.ignored;  // Called again.
+      continue;
+    }
+    if (e.type == Type::kCalled) {
+      open->called = true;
+      changed[key] = open;
+    } else {
+      changed[key] = std::nullopt;
+    }
+  }
+  for (const auto& [key, o] : changed) {
+    if (o) {
+      writes.push_back({key, absl::StrCat(o->created_nanos, " ", o->called ? "1" : "0")});
+    } else {
+      writes.push_back({key, std::nullopt});
+    }
+  }
+  absl::StatusOr<AppendResult> appended = spool_->AppendWithState(std::move(observations), writes);
+  if (!appended.ok()) return appended.status();
+  outcome.append = *appended;
+  for (const auto& [key, o] : changed) {
+    if (o) {
+      open_[key] = *o;
+    } else {
+      open_.erase(key);
+    }
+  }
+  return outcome;
+}
+
+}  // namespace constance::agent

@@ -1,0 +1,176 @@
+// The agent's input endpoints over real HTTP on a loopback port:
+// /v1/checklists, /v1/price_checks and /v1/tickets (http_ingest.h), and
+// the parsing behind them (checklists.h, price_check.h, tickets.h).
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "agent/checklists.h"
+#include "agent/http_ingest.h"
+#include "agent/observe.h"
+#include "agent/price_check.h"
+#include "agent/tickets.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace constance::agent {
+namespace {
+
+using ::testing::HasSubstr;
+
+class InputsHttpTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto tracker = TicketTracker::Open(&spool_, TicketOptions{});
+    ASSERT_TRUE(tracker.ok());
+    tracker_ = *std::move(tracker);
+    HttpIngestOptions options;
+    options.listen = "127.0.0.1:0";
+    options.tickets = tracker_.get();
+    auto http = HttpIngest::Start(options, &spool_, &metrics_, nullptr);
+    ASSERT_TRUE(http.ok()) << http.status();
+    http_ = *std::move(http);
+  }
+  HttpResponse Post(const std::string& path, const std::string& body) {
+    absl::StatusOr<HttpResponse> r =
+        PostJson({"127.0.0.1", http_->port()}, path, body, absl::Seconds(10));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : HttpResponse{};
+  }
+  std::vector<v1::Observation> Spooled() {
+    std::vector<v1::Observation> out;
+    auto all = spool_.Read(1, 1000);
+    EXPECT_TRUE(all.ok());
+    for (SpoolEntry& e : *all) out.push_back(std::move(e.observation));
+    return out;
+  }
+
+  MemorySpool spool_{SpoolOptions{}};
+  AgentMetrics metrics_{"store-1", "test"};
+  std::unique_ptr<TicketTracker> tracker_;
+  std::unique_ptr<HttpIngest> http_;
+};
+
+TEST_F(InputsHttpTest, ChecklistItemsBecomeComplianceObservations) {
+  HttpResponse r = Post("/v1/checklists",
+                        R"([{"template":"opening","id":"s1","items":[
+                              {"item":"fridge","result":"fail","critical":true},
+                              {"item":"floor","result":"pass"},
+                              {"item":"allergens","result":"na"}]},
+                            {"template":"opening","items":[]}])");
+  EXPECT_EQ(r.status, 400);  // The second submission has no items.
+  EXPECT_THAT(r.body, HasSubstr("\"accepted\":1"));
+  EXPECT_THAT(r.body, HasSubstr("items: missing or empty"));
+  std::vector<v1::Observation> obs = Spooled();
+  ASSERT_EQ(obs.size(), 2u);
+  EXPECT_EQ(obs[0].key(), "opening.fridge");
+  EXPECT_FALSE(obs[0].check().passed());
+  EXPECT_TRUE(obs[0].check().critical());
+  EXPECT_EQ(obs[1].key(), "opening.floor");
+  EXPECT_TRUE(obs[1].check().passed());
+  // The same submission again (same id): acknowledged, stored once.
+  r = Post("/v1/checklists",
+           R"({"template":"opening","id":"s1","items":[{"item":"fridge","result":"fail",
+               "critical":true},{"item":"floor","result":"pass"}]})");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(Spooled().size(), 2u);
+}
+
+TEST_F(InputsHttpTest, PriceChecksTellOverchargeFromUndercharge) {
+  HttpResponse r =
+      Post("/v1/price_checks",
+           R"([{"item":"sku-1","currency":"EUR","shelf":"4.49","pos":"4.59","list":"4.49"},
+                            {"item":"sku-2","currency":"EUR","shelf":"2.00","pos":1.5},
+                            {"item":"sku-3","currency":"EUR","shelf":"1.00","pos":"1.00"},
+                            {"item":"sku-4","currency":"EUR"},
+                            {"item":"sku-5","currency":"EUR","shelf":"1,00"}])");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(r.body, HasSubstr("\"accepted\":3"));
+  EXPECT_THAT(r.body, HasSubstr("no price"));
+  EXPECT_THAT(r.body, HasSubstr("shelf"));
+  std::vector<v1::Observation> obs = Spooled();
+  ASSERT_EQ(obs.size(), 4u + 3u + 3u);
+  EXPECT_EQ(obs[0].price().kind(), v1::SHELF);
+  EXPECT_EQ(obs[1].price().kind(), v1::POS);
+  EXPECT_EQ(obs[1].price().minor_units(), 459);
+  EXPECT_EQ(obs[2].price().kind(), v1::LIST);
+  EXPECT_EQ(obs[3].key(), "sku-1.price_match");
+  EXPECT_FALSE(obs[3].check().passed());
+  EXPECT_TRUE(obs[3].check().critical());  // Overcharge.
+  EXPECT_EQ(obs[6].key(), "sku-2.price_match");
+  EXPECT_FALSE(obs[6].check().passed());
+  EXPECT_FALSE(obs[6].check().critical());  // Undercharge.
+  EXPECT_TRUE(obs[9].check().passed());
+}
+
+TEST_F(InputsHttpTest, TicketsBecomeWaitsAndAbandonments) {
+  const absl::Time t0 = absl::Now() - absl::Minutes(10);
+  auto at = [t0](int seconds) {
+    return absl::FormatTime(absl::RFC3339_full, t0 + absl::Seconds(seconds), absl::UTCTimeZone());
+  };
+  const std::string called_again = absl::StrCat(
+      R"({"ticket":"7","service":"checkout","event":"called","at":")", at(90), R"("})");
+  HttpResponse r = Post(
+      "/v1/tickets",
+      absl::StrCat("[", R"({"ticket":"7","service":"checkout","event":"created","at":")", at(0),
+                   R"("},)", R"({"ticket":8,"service":"checkout","event":"created","at":")", at(60),
+                   R"("},)", called_again, ",",
+                   R"({"ticket":"8","service":"checkout","event":"abandoned","at":")", at(180),
+                   R"("},)", R"({"ticket":"9","service":"check out","event":"created"}])"));
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(r.body, HasSubstr("\"index\":4"));
+  EXPECT_THAT(r.body, HasSubstr("\"accepted\":4"));
+  std::vector<v1::Observation> obs = Spooled();
+  ASSERT_EQ(obs.size(), 3u);
+  EXPECT_EQ(obs[0].key(), "checkout");
+  EXPECT_EQ(obs[0].wait_seconds(), 90);
+  EXPECT_EQ(obs[1].key(), "checkout.served");
+  EXPECT_TRUE(obs[1].check().passed());
+  EXPECT_EQ(obs[2].key(), "checkout.served");
+  EXPECT_FALSE(obs[2].check().passed());
+  // A retry of the call changes nothing.
+  r = Post("/v1/tickets", called_again);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(Spooled().size(), 3u);
+  EXPECT_EQ(tracker_->open_tickets(), 1u);  // 7 called, not yet served.
+  EXPECT_EQ(metrics_.Read().ticket_events_ignored, 1u);
+}
+
+TEST_F(InputsHttpTest, RecentTicketsUseTheAgentsClock) {
+  const absl::Time t0 = absl::Now() - absl::Minutes(5);
+  auto at = [](absl::Time t) {
+    return absl::FormatTime(absl::RFC3339_full, t, absl::UTCTimeZone());
+  };
+  HttpResponse r =
+      Post("/v1/tickets",
+           absl::StrCat(R"([{"ticket":"A","service":"drive-thru","event":"created","at":")", at(t0),
+                        R"("},{"ticket":"A","service":"drive-thru","event":"served","at":")",
+                        at(t0 + absl::Seconds(42)), R"("}])"));
+  EXPECT_EQ(r.status, 200) << r.body;
+  std::vector<v1::Observation> obs = Spooled();
+  ASSERT_EQ(obs.size(), 2u);
+  EXPECT_DOUBLE_EQ(obs[0].wait_seconds(), 42);
+  EXPECT_EQ(tracker_->open_tickets(), 0u);
+}
+
+TEST(ChecklistParseTest, Errors) {
+  static const struct {
+    const char* json;
+    const char* error;
+  } cases[] = {
+      {R"({"items":[{"item":"a","result":"pass"}]})", "template"},
+      {R"({"template":"t","items":[{"result":"pass"}]})", "items[0]: item"},
+      {R"({"template":"t","items":[{"item":"a","result":"pass"},{"item":"a","result":"fail"}]})",
+       "twice"},
+      {R"({"template":"t","items":[{"item":"a","result":"pass","critical":"yes"}]})", "critical"},
+      {R"({"template":"t","items":[{"item":"a","result":"pass"}],"extra":1})", "unknown field"},
+  };
+  for (const auto& c : cases) {
+    absl::StatusOr<ChecklistSubmission> s = ParseChecklistJson(c.json);
+    ASSERT_FALSE(s.ok()) << c.json;
+    EXPECT_THAT(std::string(s.status().message()), HasSubstr(c.error)) << c.json;
+  }
+}
+
+}  // namespace
+}  // namespace constance::agent
