@@ -24,7 +24,7 @@ std::string WithPort(const std::string& listen, int port) {
 
 absl::string_view AgentVersion() { return CONSTANCE_VERSION; }
 
-Agent::Agent(AgentConfig config) : config_(std::move(config)) {}
+Agent::Agent(AgentConfig config) : config_(std::move(config)), current_(config_) {}
 
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   std::unique_ptr<Agent> agent(new Agent(config));
@@ -33,6 +33,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   SpoolOptions spool_options;
   spool_options.max_observations = c.spool_max_observations;
   spool_options.max_bytes = c.spool_max_bytes;
+  spool_options.when_full = c.spool_when_full;
   spool_options.idempotency_window = c.idempotency_window;
   if (c.spool_path.empty()) {
     agent->spool_ = std::make_unique<MemorySpool>(std::move(spool_options));
@@ -52,6 +53,20 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   SenderOptions sender_options;
   sender_options.location = c.location;
   sender_options.collector = c.collector;
+  if (c.insecure) {
+    spdlog::warn("insecure: observations go to the collector in plaintext, unauthenticated");
+  } else {
+    TlsFiles tls;
+    tls.ca = c.tls.ca;
+    tls.cert = c.tls.cert;
+    tls.key = c.tls.key;
+    tls.server_name = c.tls.server_name;
+    tls.refresh_interval = c.tls.refresh_interval;
+    if (absl::Status s = CheckTlsFiles(tls, /*need_identity=*/true, "tls."); !s.ok()) return s;
+    absl::StatusOr<ChannelSecurity> security = MakeChannelSecurity(tls);
+    if (!security.ok()) return security.status();
+    sender_options.security = *std::move(security);
+  }
   sender_options.flush_interval = c.flush_interval;
   sender_options.max_batch = c.max_batch;
   sender_options.max_in_flight_batches = c.max_in_flight_batches;
@@ -64,11 +79,24 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
 
   Spool* spool = agent->spool_.get();
   Sender* sender = agent->sender_.get();
-  agent->metrics_->SetGaugeSource([spool, sender] {
+  TicketOptions ticket_options;
+  ticket_options.ttl = c.open_ticket_ttl;
+  absl::StatusOr<std::unique_ptr<TicketTracker>> tickets =
+      TicketTracker::Open(spool, std::move(ticket_options));
+  if (!tickets.ok()) return tickets.status();
+  agent->tickets_ = *std::move(tickets);
+  TicketTracker* tracker = agent->tickets_.get();
+  if (tracker->open_tickets() > 0) {
+    spdlog::info("{} open queue tickets from before", tracker->open_tickets());
+  }
+  agent->metrics_->SetGaugeSource([spool, sender, tracker] {
     AgentMetrics::Gauges g;
     g.spool_depth = spool->Depth();
+    g.spool_bytes = spool->Bytes();
+    g.spool_dropped = spool->DroppedOldest();
     g.oldest_unacknowledged_seconds = absl::ToDoubleSeconds(spool->OldestUnacknowledgedAge());
     g.connected = sender->connected();
+    g.open_tickets = tracker->open_tickets();
     return g;
   });
 
@@ -76,6 +104,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   http_options.listen = c.listen;
   http_options.max_body_bytes = c.max_body_bytes;
   http_options.location = c.location;
+  http_options.tickets = tracker;
   absl::StatusOr<std::unique_ptr<HttpIngest>> http = HttpIngest::Start(
       std::move(http_options), spool, agent->metrics_.get(),
       [sender](uint64_t last_sequence) { sender->NotifyAppended(last_sequence); });
@@ -87,12 +116,30 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   if (!metrics_server.ok()) return metrics_server.status();
   agent->metrics_server_ = *std::move(metrics_server);
 
+  DropDirectoryDeps drop_deps;
+  drop_deps.spool = spool;
+  drop_deps.tickets = tracker;
+  drop_deps.metrics = agent->metrics_.get();
+  drop_deps.on_appended = [sender](uint64_t last) { sender->NotifyAppended(last); };
+  drop_deps.location = c.location;
+  absl::StatusOr<std::unique_ptr<DropDirectory>> drop_dir =
+      DropDirectory::Create(c.drop_directory, std::move(drop_deps));
+  if (!drop_dir.ok()) return drop_dir.status();
+  agent->drop_dir_ = *std::move(drop_dir);
+
   agent->sender_->Start();
+  agent->drop_dir_->Start();
+  if (!c.drop_directory.path.empty()) {
+    spdlog::info("drop directory {}: {} file mappings, scanned every {}", c.drop_directory.path,
+                 c.drop_directory.files.size(),
+                 absl::FormatDuration(c.drop_directory.poll_interval));
+  }
   spdlog::info(
       "agent {} (version {}, spool {} incarnation {:016x}): ingest on http://{}, metrics "
-      "on http://{}/metrics, delivering to {} (plaintext)",
+      "on http://{}/metrics, delivering to {} ({})",
       c.location, std::string(AgentVersion()), c.spool_path.empty() ? "in memory" : c.spool_path,
-      spool->incarnation(), agent->http_address(), agent->metrics_address(), c.collector);
+      spool->incarnation(), agent->http_address(), agent->metrics_address(), c.collector,
+      c.insecure ? "plaintext" : "mTLS");
   return agent;
 }
 
@@ -106,10 +153,69 @@ std::string Agent::metrics_address() const {
   return metrics_server_ ? WithPort(config_.metrics_listen, metrics_server_->port()) : "";
 }
 
+absl::StatusOr<std::vector<std::string>> Agent::Reload(const AgentConfig& next) {
+  absl::MutexLock lock(&mu_);
+  if (shut_down_) return absl::FailedPreconditionError("the agent is shutting down");
+  const AgentConfig& c = current_;
+  // Fields fixed at start: compared, never applied.
+  std::vector<std::string> restart;
+  const struct {
+    const char* name;
+    bool same;
+  } kFixed[] = {
+      {"location", next.location == c.location},
+      {"labels", next.labels == c.labels},
+      {"collector", next.collector == c.collector},
+      {"insecure", next.insecure == c.insecure},
+      {"listen", next.listen == c.listen},
+      {"metrics_listen", next.metrics_listen == c.metrics_listen},
+      {"spool_path", next.spool_path == c.spool_path},
+      {"spool_max_observations", next.spool_max_observations == c.spool_max_observations},
+      {"spool_max_bytes", next.spool_max_bytes == c.spool_max_bytes},
+      {"idempotency_window", next.idempotency_window == c.idempotency_window},
+      {"flush_interval", next.flush_interval == c.flush_interval},
+      {"max_batch", next.max_batch == c.max_batch},
+      {"max_in_flight_batches", next.max_in_flight_batches == c.max_in_flight_batches},
+      {"backoff_initial", next.backoff_initial == c.backoff_initial},
+      {"backoff_max", next.backoff_max == c.backoff_max},
+      {"heartbeat_interval", next.heartbeat_interval == c.heartbeat_interval},
+  };
+  for (const auto& f : kFixed) {
+    if (!f.same) restart.push_back(f.name);
+  }
+  if (drop_dir_) {
+    if (absl::Status s = drop_dir_->Reconfigure(next.drop_directory); !s.ok()) return s;
+  }
+  if (tickets_) tickets_->SetTtl(next.open_ticket_ttl);
+  if (http_) http_->SetMaxBodyBytes(next.max_body_bytes);
+  // Applied fields take the new values; fixed ones keep the old.
+  AgentConfig applied = c;
+  applied.drop_directory = next.drop_directory;
+  applied.open_ticket_ttl = next.open_ticket_ttl;
+  applied.max_body_bytes = next.max_body_bytes;
+  applied.drain_timeout = next.drain_timeout;
+  current_ = std::move(applied);
+  for (const std::string& name : restart) {
+    spdlog::warn(
+        "config reload: '{}' changed but takes effect only after a restart; the old "
+        "value stays until then",
+        name);
+  }
+  spdlog::info(
+      "config reloaded: drop directory {} ({} file mappings), open_ticket_ttl {}, "
+      "max_body_bytes {}, drain_timeout {}",
+      current_.drop_directory.path.empty() ? "off" : current_.drop_directory.path,
+      current_.drop_directory.files.size(), absl::FormatDuration(current_.open_ticket_ttl),
+      current_.max_body_bytes, absl::FormatDuration(current_.drain_timeout));
+  return restart;
+}
+
 uint64_t Agent::Shutdown() {
   absl::MutexLock lock(&mu_);
   if (shut_down_) return left_;
   shut_down_ = true;
+  // Inputs stop first: no file is read that could not be delivered.
+  if (drop_dir_) drop_dir_->Stop();
   // New local writes are refused first: nothing is acknowledged to a writer
   // after this that the drain below would not see.
   if (http_) http_->Close();
@@ -124,19 +230,19 @@ uint64_t Agent::Shutdown() {
     const uint64_t depth = spool_->Depth();
     if (depth > 0) {
       spdlog::info("draining {} observations to {} (at most {})", depth, config_.collector,
-                   absl::FormatDuration(config_.drain_timeout));
+                   absl::FormatDuration(current_.drain_timeout));
     }
-    left_ = sender_->Stop(config_.drain_timeout);
+    left_ = sender_->Stop(current_.drain_timeout);
     if (left_ > 0 && config_.spool_path.empty()) {
       spdlog::error(
           "{} observations were not acknowledged by {} within {} and are lost "
           "(the spool is in memory: set spool_path to keep them)",
-          left_, config_.collector, absl::FormatDuration(config_.drain_timeout));
+          left_, config_.collector, absl::FormatDuration(current_.drain_timeout));
     } else if (left_ > 0) {
       spdlog::warn(
           "{} observations were not acknowledged by {} within {}; they stay in {} and go "
           "after the next start",
-          left_, config_.collector, absl::FormatDuration(config_.drain_timeout),
+          left_, config_.collector, absl::FormatDuration(current_.drain_timeout),
           config_.spool_path);
     }
   }

@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "agent/input_config.h"
 #include "constance/validate.h"
 #include "yaml-cpp/yaml.h"
 
@@ -193,6 +194,41 @@ absl::Status SetLabels(const YAML::Node& node, AgentConfig* config) {
   return absl::OkStatus();
 }
 
+absl::Status CheckPath(const std::string& value) {
+  if (value.empty()) return absl::InvalidArgumentError("must not be empty (a file path)");
+  return absl::OkStatus();
+}
+
+// The `tls:` block: ca, cert, key, server_name, refresh_interval.
+absl::Status SetTls(const YAML::Node& node, AgentConfig* config) {
+  if (!node.IsMap()) {
+    return absl::InvalidArgumentError(
+        "must be a map with ca, cert, key (and optionally server_name, refresh_interval)");
+  }
+  AgentConfig::Tls tls;
+  for (const auto& kv : node) {
+    const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "";
+    absl::Status s;
+    if (key == "ca") {
+      s = AssignString(kv.second, &tls.ca, CheckPath);
+    } else if (key == "cert") {
+      s = AssignString(kv.second, &tls.cert, CheckPath);
+    } else if (key == "key") {
+      s = AssignString(kv.second, &tls.key, CheckPath);
+    } else if (key == "server_name") {
+      s = AssignString(kv.second, &tls.server_name, CheckPath);
+    } else if (key == "refresh_interval") {
+      s = Assign(ReadDuration(kv.second), &tls.refresh_interval, CheckPositive);
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown key '", key, "' (known: ca, cert, key, server_name, refresh_interval)"));
+    }
+    if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(key, ": ", s.message()));
+  }
+  config->tls = std::move(tls);
+  return absl::OkStatus();
+}
+
 template <size_t AgentConfig::*member, uint64_t kMin, uint64_t kMax>
 absl::Status SetSize(const YAML::Node& node, AgentConfig* config) {
   absl::StatusOr<uint64_t> value = ReadCount(node, kMin, kMax);
@@ -245,6 +281,12 @@ const Field kFields[] = {
      [](const YAML::Node& n, AgentConfig* c) {
        return Assign(ReadCount(n, 1024, uint64_t{1} << 50), &c->spool_max_bytes);
      }},
+    {"spool_when_full",
+     [](const YAML::Node& n, AgentConfig* c) {
+       absl::StatusOr<std::string> text = ReadScalar(n);
+       if (!text.ok()) return text.status();
+       return Assign(ParseSpoolWhenFull(*text), &c->spool_when_full);
+     }},
     {"spool_path", [](const YAML::Node& n,
                       AgentConfig* c) { return AssignString(n, &c->spool_path, CheckSpoolPath); }},
     {"idempotency_window",
@@ -252,6 +294,16 @@ const Field kFields[] = {
        return Assign(ReadDuration(n), &c->idempotency_window, CheckPositive);
      }},
     {"max_body_bytes", SetSize<&AgentConfig::max_body_bytes, 1024, size_t{1} << 30>},
+    // Inputs (input_config.cc reads the section and names its own lines).
+    {"drop_directory",
+     [](const YAML::Node& n, AgentConfig* c) {
+       return ParseDropDirectorySection(n, &c->drop_directory);
+     }},
+    {"open_ticket_ttl",
+     [](const YAML::Node& n, AgentConfig* c) {
+       return Assign(ReadDuration(n), &c->open_ticket_ttl, CheckPositive);
+     }},
+    {"tls", SetTls},
 };
 
 std::string KnownKeys() {
@@ -368,6 +420,27 @@ absl::Status ApplyOverrides(const ConfigOverrides& o, AgentConfig* config) {
     config->metrics_listen = *o.metrics_listen;
   }
   if (o.insecure) config->insecure = true;
+  const struct {
+    const char* flag;
+    const std::optional<std::string>& value;
+    std::string* out;
+  } tls_paths[] = {
+      {"tls_ca", o.tls_ca, &config->tls.ca},
+      {"tls_cert", o.tls_cert, &config->tls.cert},
+      {"tls_key", o.tls_key, &config->tls.key},
+      {"tls_server_name", o.tls_server_name, &config->tls.server_name},
+  };
+  for (const auto& t : tls_paths) {
+    if (!t.value) continue;
+    if (absl::Status s = CheckPath(*t.value); !s.ok()) return FlagError(t.flag, s);
+    *t.out = *t.value;
+  }
+  if (o.tls_refresh_interval) {
+    if (absl::Status s = CheckPositive(*o.tls_refresh_interval); !s.ok()) {
+      return FlagError("tls_refresh_interval", s);
+    }
+    config->tls.refresh_interval = *o.tls_refresh_interval;
+  }
   if (o.spool_path) {
     if (absl::Status s = CheckSpoolPath(*o.spool_path); !s.ok()) return FlagError("spool_path", s);
     config->spool_path = *o.spool_path;
@@ -407,9 +480,18 @@ absl::Status FinishAgentConfig(const AgentConfig& config) {
                      ") is above backoff_max (", absl::FormatDuration(config.backoff_max), ")"));
   }
   if (!config.insecure) {
-    return absl::FailedPreconditionError(
-        "TLS to the collector is not available yet in this version; plaintext must be allowed "
-        "explicitly with --insecure (or 'insecure: true' in the config file)");
+    const struct {
+      const char* name;
+      const std::string& value;
+    } required[] = {{"ca", config.tls.ca}, {"cert", config.tls.cert}, {"key", config.tls.key}};
+    for (const auto& r : required) {
+      if (r.value.empty()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "no tls.", r.name, ": TLS to the collector is the default; set the 'tls:' block "
+            "(ca, cert, key) in the config file or pass --tls_ca, --tls_cert, --tls_key (see "
+            "README, \"Certificates\"), or allow plaintext explicitly with --insecure"));
+      }
+    }
   }
   return absl::OkStatus();
 }

@@ -23,13 +23,96 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "agent/spool.h"
 
 namespace constance::agent {
+
+// ---- Inputs from store systems: drop directory and queue tickets ----
+
+// How one kind of exported file becomes observations: which files (a
+// file-name glob), how they are written (format, encoding, delimiter,
+// decimal separator) and which column holds what. A column is named by its
+// header text, or by its 1-based number when the file has no header row.
+// JSONL lines are objects; their fields are the columns, except for
+// records observation / ticket / checklist / price_check, whose lines have
+// the shape of the matching HTTP endpoint's items.
+struct InputMapping {
+  enum class Format { kCsv, kJsonl };
+  enum class Encoding { kUtf8, kWindows1250, kLatin1 };
+  // What one record (CSV row or JSONL line) is.
+  enum class Records {
+    kObservation,  // JSONL only: a /v1/observations item
+    kPrice,        // one price: key, value (kind fixed), currency
+    kPriceCheck,   // shelf, POS and list price of one item
+    kWait,         // key (service) and value (seconds)
+    kCompliance,   // key and value (pass/fail; n.a. and empty produce nothing)
+    kScore,        // key and value (a number)
+    kTicket,       // a queue event: ticket, event, key (service), observed_at
+    kChecklist,    // JSONL only: a /v1/checklists submission
+  };
+  std::string pattern = "*";
+  Format format = Format::kCsv;
+  Encoding encoding = Encoding::kUtf8;
+  Records records = Records::kPrice;
+  char delimiter = ',';
+  char quote = '"';
+  bool header = true;
+  // Decimal separator of numbers ('.' or ','), and the thousands separator
+  // (empty: none; "space" in the file also matches no-break spaces).
+  char decimal = '.';
+  std::string thousands;
+  // Columns; empty: not present.
+  std::string key_column;
+  std::string value_column;
+  std::string shelf_column, pos_column, list_column;
+  std::string currency_column;
+  std::string observed_at_column;
+  std::string critical_column;
+  std::string id_column;
+  std::string ticket_column;
+  std::string event_column;
+  // Rows whose location column differs from this agent's location are
+  // skipped (exports of a central system covering several stores).
+  std::string location_column;
+  // Constants: the key when no key_column gives it (a file about one
+  // item, check or indicator), the currency when no column gives it, the
+  // price kind of `value_column` (shelf, pos, list, promo), a prefix for
+  // every key.
+  std::string key;
+  std::string currency;
+  std::string kind = "shelf";
+  std::string key_prefix;
+  // observed_at: empty = RFC 3339; "unix" = seconds since the epoch; else
+  // an absl::ParseTime format, read as UTC.
+  std::string time_format;
+  // How old an observation of these files may be (backfills of exports);
+  // zero keeps the agent's default (7 days).
+  absl::Duration max_lateness = absl::ZeroDuration();
+};
+
+struct DropDirectoryConfig {
+  // The watched folder; empty: no drop directory.
+  std::string path;
+  // How often the folder is scanned.
+  absl::Duration poll_interval = absl::Seconds(2);
+  // A file unchanged this long is complete: a last line without its newline
+  // is then read, and the file moved aside (or kept).
+  absl::Duration settle_time = absl::Seconds(30);
+  // Processed files: moved to processed_dir (default <path>/processed), or
+  // kept where they are (keep_processed), remembered so never read twice.
+  bool keep_processed = false;
+  std::string processed_dir;
+  // Records committed to the spool per transaction (with the checkpoint).
+  size_t max_records_per_commit = 1000;
+  // Tried in order; the first whose pattern matches a file name is used.
+  std::vector<InputMapping> files;
+};
 
 struct AgentConfig {
   // This location's id ([a-z0-9][a-z0-9._-]{0,62}). Required.
@@ -39,9 +122,20 @@ struct AgentConfig {
   std::map<std::string, std::string> labels;
   // The collector's gRPC target, HOST:PORT. Required.
   std::string collector;
-  // Plaintext to the collector. Required to be true until TLS lands: the
-  // agent refuses to start otherwise rather than pretend to be secure.
+  // Plaintext to the collector (demo, tests). Without it the `tls:` block
+  // is required: the agent never falls back to plaintext by itself.
   bool insecure = false;
+  // mTLS to the collector (README, "Certificates"): this location's
+  // certificate (URI SAN spiffe://constance/location/<location>) and key,
+  // the chain's CA, and the name in the collector's certificate when it
+  // differs from the host dialled. Files are re-read when they change.
+  struct Tls {
+    std::string ca;
+    std::string cert;
+    std::string key;
+    std::string server_name;
+    absl::Duration refresh_interval = absl::Minutes(1);
+  } tls;
   // Local HTTP ingest, HOST:PORT. Loopback by default: store systems on the
   // same server post here; port 0 picks a free port.
   std::string listen = "127.0.0.1:8080";
@@ -67,6 +161,11 @@ struct AgentConfig {
   uint64_t spool_max_observations = 1'000'000;
   // Spool bound in serialized bytes of unacknowledged observations.
   uint64_t spool_max_bytes = uint64_t{256} << 20;
+  // spool_when_full: what a full spool does with new observations. refuse
+  // (default): writers get HTTP 507 and nothing accepted is ever lost;
+  // drop_oldest: the oldest unacknowledged observations make room, counted
+  // in constance_agent_spool_dropped_total.
+  SpoolWhenFull spool_when_full = SpoolWhenFull::kRefuse;
   // The durable spool's SQLite file, e.g. /var/lib/constance-agent/spool.db
   // (its directory must exist). Empty: an in-memory spool, lost on exit.
   std::string spool_path;
@@ -75,6 +174,12 @@ struct AgentConfig {
   absl::Duration idempotency_window = absl::Hours(24);
   // Largest HTTP request body accepted by the local ingest.
   size_t max_body_bytes = 4 << 20;
+
+  // ---- Inputs (drop directory, queue tickets); reloaded on SIGHUP ----
+  DropDirectoryConfig drop_directory;
+  // A queue ticket created and never called, served or abandoned within
+  // this time is forgotten (the queue system lost its event).
+  absl::Duration open_ticket_ttl = absl::Hours(12);
 };
 
 // Parses `yaml` (the contents of the file called `filename`, used in error
@@ -94,6 +199,8 @@ struct ConfigOverrides {
   std::optional<std::string> metrics_listen;
   // Only `true` overrides: a flag can allow plaintext, never forbid it.
   bool insecure = false;
+  std::optional<std::string> tls_ca, tls_cert, tls_key, tls_server_name;
+  std::optional<absl::Duration> tls_refresh_interval;
   std::optional<absl::Duration> flush_interval;
   std::optional<absl::Duration> backoff_initial;
   std::optional<absl::Duration> backoff_max;
@@ -107,8 +214,9 @@ struct ConfigOverrides {
 absl::Status ApplyOverrides(const ConfigOverrides& overrides, AgentConfig* config);
 
 // Checks what running needs and no single field can check: required fields
-// present, backoff_initial <= backoff_max, and plaintext explicitly allowed
-// (FailedPrecondition otherwise: TLS is not implemented yet).
+// present, backoff_initial <= backoff_max, and either plaintext explicitly
+// allowed or the tls block's ca, cert and key given (FailedPrecondition
+// naming what is missing).
 absl::Status FinishAgentConfig(const AgentConfig& config);
 
 // Checks a HOST:PORT listen address (port 0..65535, host not empty).

@@ -1,19 +1,30 @@
 // constance-agent: one per location; takes observations from the store's
 // systems and delivers them to the collector.
 //
-//   constance-agent run [--config=FILE] [--location=ID] [--collector=HOST:PORT] --insecure
+//   constance-agent run [--config=FILE] [--location=ID] [--collector=HOST:PORT]
+//       (--tls_ca=FILE --tls_cert=FILE --tls_key=FILE | --insecure)
 //       [--listen=HOST:PORT] [--metrics_listen=HOST:PORT] [--spool_path=FILE]
 //       [--ready_file=PATH] ...
 //   constance-agent observe [--agent=http://127.0.0.1:8080] FAMILY KEY VALUE
 //       [--currency=EUR] [--kind=shelf] [--critical] [--observed_at=RFC3339] [--id=ID]
+//   constance-agent import FILE [--agent=...] [--config=FILE] [--format=csv|jsonl]
+//       [--records=price|...] [--encoding=...] [--delimiter=;] [--decimal=,] ...
 //
 // run: flags override the config file; without --config, flags alone must
 // suffice. SIGTERM/SIGINT stop local ingest, drain to the collector for at
-// most --drain_timeout and exit 0; SIGHUP is logged and ignored (reload
-// comes later).
+// most --drain_timeout and exit 0. SIGHUP reloads the config file: inputs
+// (drop directory and its mappings) and tunables take effect, fields that
+// cannot change at runtime are logged as needing a restart, and a bad file
+// is refused with its error while the old configuration stays.
 //
-// Exit codes: 0 success; 1 failure (could not start, or observe: the agent
-// refused or could not be reached); 2 usage or configuration error.
+// import: the file is read with the mapping of --config's drop_directory
+// whose pattern matches its name (or a mapping from flags alone), and sent
+// to the running agent; exit 0 only when every record is durable in its
+// spool, errors printed as FILE:LINE: reason.
+//
+// Exit codes: 0 success; 1 failure (could not start, or observe/import: the
+// agent refused something or could not be reached); 2 usage or
+// configuration error.
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -34,6 +45,8 @@
 #include "absl/time/time.h"
 #include "agent/agent.h"
 #include "agent/config.h"
+#include "agent/import.h"
+#include "agent/input_config.h"
 #include "agent/observe.h"
 #include "constance/log.h"
 #include "google/protobuf/util/json_util.h"
@@ -45,7 +58,17 @@ ABSL_FLAG(std::optional<std::string>, location, std::nullopt,
 ABSL_FLAG(std::optional<std::string>, collector, std::nullopt,
           "run: the collector's gRPC address, HOST:PORT");
 ABSL_FLAG(bool, insecure, false,
-          "run: plaintext to the collector (required until TLS is implemented)");
+          "run: plaintext to the collector (demo, tests); the default is mTLS with --tls_*");
+ABSL_FLAG(std::optional<std::string>, tls_ca, std::nullopt,
+          "run: CA bundle the collector's certificate chains to (config: tls.ca)");
+ABSL_FLAG(std::optional<std::string>, tls_cert, std::nullopt,
+          "run: this location's certificate (config: tls.cert)");
+ABSL_FLAG(std::optional<std::string>, tls_key, std::nullopt,
+          "run: this location's private key (config: tls.key)");
+ABSL_FLAG(std::optional<std::string>, tls_server_name, std::nullopt,
+          "run: name expected in the collector's certificate if not the host dialled");
+ABSL_FLAG(std::optional<absl::Duration>, tls_refresh_interval, std::nullopt,
+          "run: how often certificate files are checked for changes (default 1m)");
 ABSL_FLAG(std::optional<std::string>, listen, std::nullopt,
           "run: local HTTP ingest address, HOST:PORT (default 127.0.0.1:8080; port 0 = any)");
 ABSL_FLAG(std::optional<std::string>, metrics_listen, std::nullopt,
@@ -75,13 +98,27 @@ ABSL_FLAG(bool, critical, false, "observe: a compliance check whose failure fail
 ABSL_FLAG(std::string, observed_at, "",
           "observe: event time, RFC 3339 (default: when the agent receives it)");
 ABSL_FLAG(std::string, id, "", "observe: optional idempotency key");
-ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10), "observe: how long to wait for the agent");
+ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10),
+          "observe, import: how long to wait for the agent");
+// import (each overrides the mapping found in --config)
+ABSL_FLAG(std::string, format, "", "import: csv or jsonl");
+ABSL_FLAG(std::string, records, "",
+          "import: what a record is: price, price_check, wait, compliance, score, ticket, "
+          "observation, checklist");
+ABSL_FLAG(std::string, encoding, "", "import: utf-8, windows-1250 or latin-1");
+ABSL_FLAG(std::string, delimiter, "", "import: CSV field delimiter (one character, or tab)");
+ABSL_FLAG(std::string, decimal, "", "import: decimal separator, . or ,");
+ABSL_FLAG(std::string, thousands, "", "import: thousands separator: none, space, '.', ',', \"'\"");
+ABSL_FLAG(std::optional<bool>, header, std::nullopt, "import: the CSV has a header row");
+ABSL_FLAG(std::string, key_column, "", "import: the column of the key (item, service, check)");
+ABSL_FLAG(std::string, value_column, "", "import: the column of the value");
 
 namespace constance::agent {
 namespace {
 
 constexpr char kUsage[] =
-    "constance-agent run [--config=FILE] [--location=ID] [--collector=HOST:PORT] --insecure\n"
+    "constance-agent run [--config=FILE] [--location=ID] [--collector=HOST:PORT]\n"
+    "      (--tls_ca=FILE --tls_cert=FILE --tls_key=FILE [--tls_server_name=NAME] | --insecure)\n"
     "      [--listen=HOST:PORT] [--metrics_listen=HOST:PORT] [--ready_file=PATH]\n"
     "      [--flush_interval=100ms] [--backoff_initial=1s] [--backoff_max=120s]\n"
     "      [--heartbeat_interval=30s] [--drain_timeout=5s] [--spool_path=FILE]\n"
@@ -89,7 +126,12 @@ constexpr char kUsage[] =
     "  constance-agent observe [--agent=http://127.0.0.1:8080] FAMILY KEY VALUE\n"
     "      [--currency=EUR] [--kind=shelf] [--critical] [--observed_at=RFC3339] [--id=ID]\n"
     "      FAMILY is price|wait|compliance|score; a price VALUE is like 4.49, a wait VALUE\n"
-    "      is seconds, a compliance VALUE is pass|fail.";
+    "      is seconds, a compliance VALUE is pass|fail.\n"
+    "  constance-agent import FILE [--agent=http://127.0.0.1:8080] [--config=FILE]\n"
+    "      [--location=ID] [--format=csv|jsonl] [--records=price|price_check|wait|compliance|\n"
+    "      score|ticket|observation|checklist] [--encoding=utf-8|windows-1250|latin-1]\n"
+    "      [--delimiter=,] [--decimal=.] [--thousands=none] [--header=true]\n"
+    "      [--key_column=NAME] [--value_column=NAME] [--currency=EUR] [--kind=shelf]";
 
 int UsageError(absl::string_view why) {
   std::cerr << "constance-agent: " << why << "\nusage: " << kUsage << "\n";
@@ -152,6 +194,11 @@ ConfigOverrides OverridesFromFlags() {
   o.listen = absl::GetFlag(FLAGS_listen);
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.insecure = absl::GetFlag(FLAGS_insecure);
+  o.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+  o.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  o.tls_key = absl::GetFlag(FLAGS_tls_key);
+  o.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  o.tls_refresh_interval = absl::GetFlag(FLAGS_tls_refresh_interval);
   o.flush_interval = absl::GetFlag(FLAGS_flush_interval);
   o.backoff_initial = absl::GetFlag(FLAGS_backoff_initial);
   o.backoff_max = absl::GetFlag(FLAGS_backoff_max);
@@ -159,6 +206,28 @@ ConfigOverrides OverridesFromFlags() {
   o.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
   o.spool_path = absl::GetFlag(FLAGS_spool_path);
   return o;
+}
+
+// SIGHUP: the config file read again, the command-line flags applied on
+// top as at start, then handed to the agent. A bad file changes nothing.
+void Reload(const std::string& config_path, Agent& agent) {
+  if (config_path.empty()) {
+    spdlog::warn("SIGHUP: no --config file to reload; nothing changed");
+    return;
+  }
+  absl::StatusOr<AgentConfig> loaded = LoadAgentConfig(config_path);
+  absl::Status s = loaded.status();
+  if (s.ok()) s = ApplyOverrides(OverridesFromFlags(), &*loaded);
+  if (s.ok()) s = FinishAgentConfig(*loaded);
+  if (!s.ok()) {
+    spdlog::error("SIGHUP: config not reloaded, the old one stays: {}", std::string(s.message()));
+    return;
+  }
+  absl::StatusOr<std::vector<std::string>> restart = agent.Reload(*loaded);
+  if (!restart.ok()) {
+    spdlog::error("SIGHUP: config not reloaded, the old one stays: {}",
+                  std::string(restart.status().message()));
+  }
 }
 
 int Run(const sigset_t& signals) {
@@ -200,7 +269,7 @@ int Run(const sigset_t& signals) {
   for (;;) {
     if (sigwait(&signals, &sig) != 0) continue;
     if (sig != SIGHUP) break;
-    spdlog::warn("SIGHUP: configuration reload is not supported yet; ignored");
+    Reload(config_path, **agent);
   }
   spdlog::info("{}: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   (*agent)->Shutdown();
@@ -245,6 +314,81 @@ int Observe(const std::vector<char*>& args) {
   return 0;
 }
 
+int Import(const std::vector<char*>& args) {
+  // args: program, "import", FILE.
+  if (args.size() != 3) return UsageError("import needs one FILE");
+  const std::string file = args[2];
+  InitLogging("constance-agent", "warn");
+  ImportOptions options;
+  options.file = file;
+  const std::string config_path = absl::GetFlag(FLAGS_config);
+  if (!config_path.empty()) {
+    absl::StatusOr<AgentConfig> config = LoadAgentConfig(config_path);
+    if (!config.ok()) return UsageError(config.status().message());
+    absl::StatusOr<InputMapping> mapping = MappingForFile(config->drop_directory, file);
+    if (mapping.ok()) {
+      options.mapping = *mapping;
+    } else if (absl::GetFlag(FLAGS_records).empty()) {
+      return UsageError(
+          absl::StrCat(mapping.status().message(), "; or give --records and the columns"));
+    }
+    options.location = config->location;
+  }
+  if (std::optional<std::string> location = absl::GetFlag(FLAGS_location)) {
+    options.location = *location;
+  }
+  InputMapping& m = options.mapping;
+  absl::Status s;
+  if (const std::string v = absl::GetFlag(FLAGS_format); !v.empty()) {
+    s.Update(ParseFormatName(v, &m.format));
+  }
+  if (const std::string v = absl::GetFlag(FLAGS_records); !v.empty()) {
+    s.Update(ParseRecordsName(v, &m.records));
+  }
+  if (const std::string v = absl::GetFlag(FLAGS_encoding); !v.empty()) {
+    s.Update(ParseEncodingName(v, &m.encoding));
+  }
+  if (const std::string v = absl::GetFlag(FLAGS_delimiter); !v.empty()) {
+    if (v == "tab") {
+      m.delimiter = '\t';
+    } else if (v.size() == 1) {
+      m.delimiter = v[0];
+    } else {
+      s.Update(absl::InvalidArgumentError("--delimiter must be one character or tab"));
+    }
+  }
+  if (const std::string v = absl::GetFlag(FLAGS_decimal); !v.empty()) m.decimal = v[0];
+  if (const std::string v = absl::GetFlag(FLAGS_thousands); !v.empty()) {
+    m.thousands = v == "none" ? "" : (v == "space" ? " " : v);
+  }
+  if (std::optional<bool> header = absl::GetFlag(FLAGS_header)) m.header = *header;
+  if (const std::string v = absl::GetFlag(FLAGS_key_column); !v.empty()) m.key_column = v;
+  if (const std::string v = absl::GetFlag(FLAGS_value_column); !v.empty()) m.value_column = v;
+  if (const std::string v = absl::GetFlag(FLAGS_currency); !v.empty()) m.currency = v;
+  if (const std::string v = absl::GetFlag(FLAGS_kind); !v.empty()) m.kind = v;
+  if (s.ok()) s = ValidateInputMapping(m);
+  if (!s.ok()) return UsageError(absl::StrCat("import: ", s.message()));
+  absl::StatusOr<HostPort> agent = ParseAgentUrl(absl::GetFlag(FLAGS_agent));
+  if (!agent.ok()) return UsageError(agent.status().message());
+  options.agent = *agent;
+  options.timeout = absl::GetFlag(FLAGS_timeout);
+
+  absl::StatusOr<ImportReport> report = ImportFile(options);
+  if (!report.ok()) {
+    std::cerr << "constance-agent import: " << report.status().message() << "\n";
+    return 1;
+  }
+  for (const std::string& e : report->errors) std::cerr << e << "\n";
+  std::cerr << "constance-agent import: " << file << ": " << report->records << " records; "
+            << report->observations << " observations and " << report->ticket_events
+            << " queue events stored; " << report->errors.size() << " refused";
+  if (report->other_location > 0) {
+    std::cerr << "; " << report->other_location << " for other locations skipped";
+  }
+  std::cerr << "\n";
+  return report->errors.empty() ? 0 : 1;
+}
+
 }  // namespace
 }  // namespace constance::agent
 
@@ -271,6 +415,7 @@ int main(int argc, char** argv) {
     return constance::agent::Run(signals);
   }
   if (command == "observe") return constance::agent::Observe(args);
+  if (command == "import") return constance::agent::Import(args);
   return constance::agent::UsageError(
       command.empty() ? "missing command" : absl::StrCat("unknown command '", command, "'"));
 }

@@ -76,6 +76,15 @@ class AgentCollectable : public prometheus::Collectable {
                "Observations in the spool not yet acknowledged by the collector.",
                MetricType::Gauge),
         GaugeValue(static_cast<double>(s.gauges.spool_depth)));
+    add(Family("constance_agent_spool_bytes",
+               "Serialized bytes of the observations not yet acknowledged by the collector.",
+               MetricType::Gauge),
+        GaugeValue(static_cast<double>(s.gauges.spool_bytes)));
+    add(Family("constance_agent_spool_dropped_total",
+               "Observations the full spool deleted unacknowledged to make room for new ones "
+               "(spool_when_full: drop_oldest); they never reach the collector.",
+               MetricType::Counter),
+        CounterValue(s.gauges.spool_dropped));
     add(Family("constance_agent_oldest_unacknowledged_seconds",
                "Age of the oldest observation not yet acknowledged by the collector (0 when the "
                "spool is empty).",
@@ -92,6 +101,22 @@ class AgentCollectable : public prometheus::Collectable {
     add(Family("constance_agent_batches_sent_total",
                "Batches written to the collector stream, resends included.", MetricType::Counter),
         CounterValue(s.batches_sent));
+    add(Family("constance_agent_input_records_rejected_total",
+               "Drop-directory records (CSV rows, JSONL lines) that could not be read or mapped; "
+               "the log names each file and line.",
+               MetricType::Counter),
+        CounterValue(s.input_records_rejected));
+    add(Family("constance_agent_input_files_processed_total",
+               "Drop-directory files read to their end and moved aside or kept.",
+               MetricType::Counter),
+        CounterValue(s.input_files_processed));
+    add(Family("constance_agent_ticket_events_ignored_total",
+               "Queue events that changed nothing: unknown ticket or repeated event.",
+               MetricType::Counter),
+        CounterValue(s.ticket_events_ignored));
+    add(Family("constance_agent_open_tickets",
+               "Queue tickets created and not yet called, served or abandoned.", MetricType::Gauge),
+        GaugeValue(static_cast<double>(s.gauges.open_tickets)));
     add(Family("constance_agent_info", "The agent's version and location; always 1.",
                MetricType::Gauge),
         GaugeValue(1, {{"location", metrics_->location()}, {"version", metrics_->version()}}));
@@ -121,6 +146,9 @@ AgentMetrics::Snapshot AgentMetrics::Read() const {
   s.refused_by_collector = refused_by_collector_.load();
   s.reconnects = reconnects_.load();
   s.batches_sent = batches_sent_.load();
+  s.input_records_rejected = input_records_rejected_.load();
+  s.input_files_processed = input_files_processed_.load();
+  s.ticket_events_ignored = ticket_events_ignored_.load();
   absl::MutexLock lock(&mu_);
   if (gauge_source_) s.gauges = gauge_source_();
   return s;

@@ -44,8 +44,15 @@ class AgentMetrics {
   // Values read at scrape time.
   struct Gauges {
     uint64_t spool_depth = 0;
+    // Serialized bytes of those observations.
+    uint64_t spool_bytes = 0;
+    // Observations the spool dropped unacknowledged (spool_when_full:
+    // drop_oldest) since the agent started: a counter read at scrape time.
+    uint64_t spool_dropped = 0;
     double oldest_unacknowledged_seconds = 0;
     bool connected = false;
+    // Queue tickets created and not yet called, served or abandoned.
+    uint64_t open_tickets = 0;
   };
 
   // Every value at one moment, for exposition and tests.
@@ -57,6 +64,9 @@ class AgentMetrics {
     uint64_t refused_by_collector = 0;
     uint64_t reconnects = 0;
     uint64_t batches_sent = 0;
+    uint64_t input_records_rejected = 0;
+    uint64_t input_files_processed = 0;
+    uint64_t ticket_events_ignored = 0;
     Gauges gauges;
   };
 
@@ -76,6 +86,13 @@ class AgentMetrics {
   void AddRefusedByCollector(uint64_t n) { refused_by_collector_ += n; }
   void AddReconnect() { ++reconnects_; }
   void AddBatchSent() { ++batches_sent_; }
+  // Drop-directory records (CSV rows, JSONL lines) that could not be read or
+  // mapped; each is logged with its file and line.
+  void AddInputRejected(uint64_t n) { input_records_rejected_ += n; }
+  // Drop-directory files read to their end and moved aside (or kept).
+  void AddInputFileProcessed() { ++input_files_processed_; }
+  // Queue events that changed nothing (unknown ticket, repeated event).
+  void AddTicketEventsIgnored(uint64_t n) { ticket_events_ignored_ += n; }
 
   // Where gauges come from. `source` is called on the scraping thread and
   // must stay valid until it is replaced or this object is destroyed;
@@ -97,6 +114,9 @@ class AgentMetrics {
   std::atomic<uint64_t> refused_by_collector_{0};
   std::atomic<uint64_t> reconnects_{0};
   std::atomic<uint64_t> batches_sent_{0};
+  std::atomic<uint64_t> input_records_rejected_{0};
+  std::atomic<uint64_t> input_files_processed_{0};
+  std::atomic<uint64_t> ticket_events_ignored_{0};
   mutable absl::Mutex mu_;
   std::function<Gauges()> gauge_source_ ABSL_GUARDED_BY(mu_);
 };

@@ -34,7 +34,11 @@ std::shared_ptr<grpc::Channel> MakeChannel(const SenderOptions& o) {
   // Resending is this class's job (from the spool, after reconnecting);
   // gRPC's retry layer would only buffer copies of the stream's messages.
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
-  return grpc::CreateCustomChannel(o.collector, grpc::InsecureChannelCredentials(), args);
+  if (o.security.credentials == nullptr) {
+    return grpc::CreateCustomChannel(o.collector, grpc::InsecureChannelCredentials(), args);
+  }
+  o.security.Apply(&args);
+  return grpc::CreateCustomChannel(o.collector, o.security.credentials, args);
 }
 
 google::protobuf::Timestamp ToProto(absl::Time t) {
@@ -266,6 +270,7 @@ bool Sender::WriteHeartbeat(Stream* stream) {
   hb->set_spool_depth(spool_->Depth());
   hb->set_oldest_unacknowledged_seconds(absl::ToDoubleSeconds(spool_->OldestUnacknowledgedAge()));
   hb->set_spool_bytes(spool_->Bytes());
+  hb->set_spool_dropped(spool_->DroppedOldest());
   *hb->mutable_sent_at() = ToProto(now);
   {
     absl::MutexLock lock(&mu_);

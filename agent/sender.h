@@ -46,6 +46,7 @@
 #include "absl/time/time.h"
 #include "agent/metrics.h"
 #include "agent/spool.h"
+#include "constance/tls.h"
 #include "constance/v1/ingest.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 
@@ -53,8 +54,11 @@ namespace constance::agent {
 
 struct SenderOptions {
   std::string location;
-  // gRPC target of the collector (HOST:PORT). Plaintext: TLS comes later.
+  // gRPC target of the collector (HOST:PORT).
   std::string collector;
+  // How the channel is secured (constance/tls.h); null credentials mean
+  // plaintext (--insecure).
+  ChannelSecurity security;
   absl::Duration flush_interval = absl::Milliseconds(100);
   size_t max_batch = 1000;
   size_t max_in_flight_batches = 20;

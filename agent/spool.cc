@@ -25,10 +25,54 @@ absl::Status SpoolFullError(uint64_t depth, uint64_t bytes, uint64_t adding, uin
       " (", adding_bytes, " bytes) were not stored, retry later"));
 }
 
+absl::StatusOr<SpoolWhenFull> ParseSpoolWhenFull(absl::string_view text) {
+  if (text == "refuse") return SpoolWhenFull::kRefuse;
+  if (text == "drop_oldest") return SpoolWhenFull::kDropOldest;
+  return absl::InvalidArgumentError(
+      absl::StrCat("'", text, "' is not a spool policy: use refuse or drop_oldest"));
+}
+
 absl::StatusOr<uint64_t> Spool::Append(std::vector<v1::Observation> observations) {
   absl::StatusOr<AppendResult> r = AppendBatch(std::move(observations), nullptr);
   if (!r.ok()) return r.status();
   return r->first_sequence;
+}
+
+absl::StatusOr<AppendResult> Spool::AppendWithState(std::vector<v1::Observation>,
+                                                    const std::vector<StateWrite>&) {
+  return absl::UnimplementedError("this spool keeps no input state");
+}
+
+absl::StatusOr<std::map<std::string, std::string>> Spool::ReadState(const std::string&) const {
+  return absl::UnimplementedError("this spool keeps no input state");
+}
+
+absl::StatusOr<AppendResult> MemorySpool::AppendWithState(std::vector<v1::Observation> observations,
+                                                          const std::vector<StateWrite>& writes) {
+  // state_mu_ is held across the append so that readers of the state never
+  // see it ahead of (or behind) the observations.
+  absl::MutexLock state_lock(&state_mu_);
+  absl::StatusOr<AppendResult> result = AppendBatch(std::move(observations), nullptr);
+  if (!result.ok()) return result;
+  for (const StateWrite& w : writes) {
+    if (w.value) {
+      state_[w.key] = *w.value;
+    } else {
+      state_.erase(w.key);
+    }
+  }
+  return result;
+}
+
+absl::StatusOr<std::map<std::string, std::string>> MemorySpool::ReadState(
+    const std::string& prefix) const {
+  absl::MutexLock lock(&state_mu_);
+  std::map<std::string, std::string> out;
+  for (auto it = state_.lower_bound(prefix); it != state_.end() && it->first.rfind(prefix, 0) == 0;
+       ++it) {
+    out.insert(*it);
+  }
+  return out;
 }
 
 MemorySpool::MemorySpool(SpoolOptions options)
@@ -61,9 +105,23 @@ absl::StatusOr<AppendResult> MemorySpool::AppendBatch(std::vector<v1::Observatio
     fresh_bytes += obs.ByteSizeLong();
     fresh.push_back(std::move(obs));
   }
-  if (entries_.size() + fresh.size() > options_.max_observations ||
-      bytes_ + fresh_bytes > options_.max_bytes) {
-    return SpoolFullError(entries_.size(), bytes_, fresh.size(), fresh_bytes, options_);
+  auto fits = [&] {
+    return entries_.size() + fresh.size() <= options_.max_observations &&
+           bytes_ + fresh_bytes <= options_.max_bytes;
+  };
+  if (!fits()) {
+    if (options_.when_full != SpoolWhenFull::kDropOldest ||
+        fresh.size() > options_.max_observations || fresh_bytes > options_.max_bytes) {
+      return SpoolFullError(entries_.size(), bytes_, fresh.size(), fresh_bytes, options_);
+    }
+    // Dropped ones are forgotten, not acknowledged: their ids may come again.
+    while (!fits()) {
+      bytes_ -= entries_.front().bytes;
+      if (!entries_.front().observation.id().empty()) ids_.erase(entries_.front().observation.id());
+      entries_.pop_front();
+      ++first_sequence_;
+      ++dropped_;
+    }
   }
   result.stored = fresh.size();
   for (v1::Observation& obs : fresh) {
@@ -154,6 +212,11 @@ absl::Duration MemorySpool::OldestUnacknowledgedAge() const {
 uint64_t MemorySpool::LastSequence() const {
   absl::MutexLock lock(&mu_);
   return first_sequence_ + entries_.size() - 1;
+}
+
+uint64_t MemorySpool::DroppedOldest() const {
+  absl::MutexLock lock(&mu_);
+  return dropped_;
 }
 
 }  // namespace constance::agent

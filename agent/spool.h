@@ -13,6 +13,15 @@
 // in one durable file. Every operation that could touch a disk returns a
 // Status.
 //
+// Bounds. A spool holds at most max_observations unacknowledged
+// observations and max_bytes of them. What an append that does not fit
+// gets depends on SpoolOptions::when_full: kRefuse (the default) refuses it
+// whole (ResourceExhausted, the spool unchanged), kDropOldest deletes the
+// oldest unacknowledged observations, in the append's own transaction,
+// until it fits, and counts them (DroppedOldest). Dropped observations are
+// never delivered and their ids are forgotten. An append larger than the
+// bounds themselves is refused under either policy.
+//
 // Idempotency. A local writer may set Observation.id: an observation whose id
 // is already in the spool, or was acknowledged within the idempotency window,
 // is a duplicate: it is acknowledged again (counted in AppendResult) and not
@@ -44,6 +53,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -68,6 +78,13 @@ struct RequestAnswer {
 struct RememberRequest {
   std::string key;
   RequestAnswer answer;
+};
+
+// One change to the input state (see Spool::AppendWithState): `value`
+// stored under `key`, or `key` deleted when `value` is empty.
+struct StateWrite {
+  std::string key;
+  std::optional<std::string> value;
 };
 
 // What AppendBatch did.
@@ -133,6 +150,24 @@ class Spool {
 
   // The sequence number of the last observation appended (0 before any).
   virtual uint64_t LastSequence() const = 0;
+
+  // Observations deleted unacknowledged by the kDropOldest policy since
+  // this spool was opened (0 for spools without that policy).
+  virtual uint64_t DroppedOldest() const { return 0; }
+
+  // Input state: small named values the agent's inputs keep next to the
+  // observations they produced (a drop-directory file's checkpoint, an open
+  // queue ticket), so that a restart sees both or neither.
+  //
+  // AppendBatch(observations, nullptr) and, in the same transaction, `writes`
+  // applied in order (a write without a value deletes its key). All or
+  // nothing: when the observations do not fit, no state changes either.
+  // The default refuses (Unimplemented): a spool without input state.
+  virtual absl::StatusOr<AppendResult> AppendWithState(std::vector<v1::Observation> observations,
+                                                       const std::vector<StateWrite>& writes);
+  // Every input state entry whose key starts with `prefix`, by key.
+  virtual absl::StatusOr<std::map<std::string, std::string>> ReadState(
+      const std::string& prefix) const;
 };
 
 // A random nonzero incarnation (0 is what an unset proto field reads as).
@@ -145,7 +180,17 @@ struct SpoolOptions;
 absl::Status SpoolFullError(uint64_t depth, uint64_t bytes, uint64_t adding, uint64_t adding_bytes,
                             const SpoolOptions& options);
 
+// What a full spool does with an append that does not fit.
+enum class SpoolWhenFull {
+  kRefuse,      // Refuse it: the writer gets the error, nothing is lost.
+  kDropOldest,  // Make room by deleting the oldest unacknowledged ones.
+};
+
+// "refuse" / "drop_oldest", as the agent's config spells them.
+absl::StatusOr<SpoolWhenFull> ParseSpoolWhenFull(absl::string_view text);
+
 struct SpoolOptions {
+  SpoolWhenFull when_full = SpoolWhenFull::kRefuse;
   // Unacknowledged observations the spool holds at most.
   uint64_t max_observations = 1'000'000;
   // Serialized bytes of unacknowledged observations the spool holds at most.
@@ -173,6 +218,11 @@ class MemorySpool : public Spool {
   uint64_t Bytes() const override;
   absl::Duration OldestUnacknowledgedAge() const override;
   uint64_t LastSequence() const override;
+  uint64_t DroppedOldest() const override;
+  absl::StatusOr<AppendResult> AppendWithState(std::vector<v1::Observation> observations,
+                                               const std::vector<StateWrite>& writes) override;
+  absl::StatusOr<std::map<std::string, std::string>> ReadState(
+      const std::string& prefix) const override;
 
  private:
   struct Stored {
@@ -195,11 +245,15 @@ class MemorySpool : public Spool {
   std::deque<Stored> entries_ ABSL_GUARDED_BY(mu_);
   uint64_t first_sequence_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
   // Ids of the observations in entries_.
   std::set<std::string> ids_ ABSL_GUARDED_BY(mu_);
   // Ids acknowledged within the window -> when.
   std::map<std::string, absl::Time> acknowledged_ids_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Remembered> requests_ ABSL_GUARDED_BY(mu_);
+  // Input state; kept apart from mu_ (AppendWithState calls AppendBatch).
+  mutable absl::Mutex state_mu_;
+  std::map<std::string, std::string> state_ ABSL_GUARDED_BY(state_mu_);
 };
 
 }  // namespace constance::agent

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "spdlog/spdlog.h"
 
 namespace constance::agent {
 namespace {
@@ -29,6 +30,7 @@ CREATE INDEX IF NOT EXISTS acknowledged_ids_at ON acknowledged_ids(acked_at);
 CREATE TABLE IF NOT EXISTS requests(
   key TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL, created_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS requests_at ON requests(created_at);
+CREATE TABLE IF NOT EXISTS input_state(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 )sql";
 
 // A prepared statement owned for the spool's lifetime.
@@ -364,9 +366,18 @@ absl::StatusOr<AppendResult> SqliteSpool::AppendLocked(std::vector<v1::Observati
     total_bytes += row.bytes.size();
     rows.push_back(std::move(row));
   }
+  uint64_t drop_count = 0;
+  uint64_t drop_bytes = 0;
   if (depth_ + rows.size() > options_.max_observations ||
       bytes_ + total_bytes > options_.max_bytes) {
-    return SpoolFullError(depth_, bytes_, rows.size(), total_bytes, options_);
+    if (options_.when_full != SpoolWhenFull::kDropOldest ||
+        rows.size() > options_.max_observations || total_bytes > options_.max_bytes) {
+      return SpoolFullError(depth_, bytes_, rows.size(), total_bytes, options_);
+    }
+    if (absl::Status s = DropOldestLocked(rows.size(), total_bytes, &drop_count, &drop_bytes);
+        !s.ok()) {
+      return s;
+    }
   }
 
   sqlite3_stmt* insert = stmts_->insert_observation.get();
@@ -409,12 +420,108 @@ absl::StatusOr<AppendResult> SqliteSpool::AppendLocked(std::vector<v1::Observati
     }
   }
   // Durable from here on; the counters follow.
+  depth_ -= std::min(depth_, drop_count);
+  bytes_ -= std::min(bytes_, drop_bytes);
+  dropped_ += drop_count;
   if (depth_ == 0 && !rows.empty()) oldest_ = now;
   depth_ += rows.size();
   bytes_ += total_bytes;
   last_sequence_ += rows.size();
   result.stored = rows.size();
+  if (drop_count > 0) {
+    Using use(stmts_->oldest);
+    // Committed already: a failure here only leaves the age stale.
+    if (sqlite3_step(stmts_->oldest.get()) == SQLITE_ROW) {
+      oldest_ = absl::FromUnixNanos(sqlite3_column_int64(stmts_->oldest.get(), 0));
+    }
+    spdlog::warn(
+        "spool {} full: dropped the {} oldest unacknowledged observations ({} bytes) to store "
+        "{} new ones (spool_when_full: drop_oldest)",
+        path_, drop_count, drop_bytes, rows.size());
+  }
   return result;
+}
+
+absl::Status SqliteSpool::DropOldestLocked(uint64_t adding, uint64_t adding_bytes, uint64_t* count,
+                                           uint64_t* bytes) {
+  Stmt scan;
+  int rc = sqlite3_prepare_v2(db_, "SELECT seq, LENGTH(bytes) FROM observations ORDER BY seq", -1,
+                              scan.out(), nullptr);
+  if (absl::Status s = Check(rc, "cannot find the oldest observations"); !s.ok()) return s;
+  uint64_t depth = depth_;
+  uint64_t size = bytes_;
+  int64_t cut = 0;
+  while (depth + adding > options_.max_observations || size + adding_bytes > options_.max_bytes) {
+    rc = sqlite3_step(scan.get());
+    if (rc != SQLITE_ROW) break;
+    const uint64_t row_bytes = static_cast<uint64_t>(sqlite3_column_int64(scan.get(), 1));
+    cut = sqlite3_column_int64(scan.get(), 0);
+    depth -= std::min<uint64_t>(depth, 1);
+    size -= std::min(size, row_bytes);
+    ++*count;
+    *bytes += row_bytes;
+  }
+  if (absl::Status s = Check(rc, "cannot find the oldest observations"); !s.ok()) return s;
+  Stmt drop;
+  rc = sqlite3_prepare_v2(db_, "DELETE FROM observations WHERE seq <= ?", -1, drop.out(), nullptr);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_int64(drop.get(), 1, cut);
+  if (rc == SQLITE_OK) rc = sqlite3_step(drop.get());
+  return Check(rc, "cannot drop the oldest observations");
+}
+
+absl::StatusOr<AppendResult> SqliteSpool::AppendWithState(std::vector<v1::Observation> observations,
+                                                          const std::vector<StateWrite>& writes) {
+  const absl::Time now = options_.now();
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = Check(sqlite3_step(stmts_->begin.get()), "cannot begin an append");
+      !s.ok()) {
+    sqlite3_reset(stmts_->begin.get());
+    return s;
+  }
+  sqlite3_reset(stmts_->begin.get());
+  // The state goes first; AppendLocked commits both or fails and the whole
+  // transaction is rolled back.
+  for (const StateWrite& w : writes) {
+    Stmt stmt;
+    const char* sql = w.value ? "INSERT OR REPLACE INTO input_state(key, value) VALUES(?, ?)"
+                              : "DELETE FROM input_state WHERE key = ?";
+    int rc = sqlite3_prepare_v2(db_, sql, -1, stmt.out(), nullptr);
+    if (rc == SQLITE_OK) rc = BindText(stmt.get(), 1, w.key);
+    if (rc == SQLITE_OK && w.value) {
+      rc = sqlite3_bind_blob(stmt.get(), 2, w.value->data(), static_cast<int>(w.value->size()),
+                             SQLITE_STATIC);
+    }
+    if (rc == SQLITE_OK) rc = sqlite3_step(stmt.get());
+    if (absl::Status s = Check(rc, "cannot store input state"); !s.ok()) {
+      RollbackLocked();
+      return s;
+    }
+  }
+  absl::StatusOr<AppendResult> result = AppendLocked(std::move(observations), nullptr, now);
+  if (!result.ok()) RollbackLocked();
+  return result;
+}
+
+absl::StatusOr<std::map<std::string, std::string>> SqliteSpool::ReadState(
+    const std::string& prefix) const {
+  absl::MutexLock lock(&mu_);
+  Stmt stmt;
+  int rc = sqlite3_prepare_v2(
+      db_, "SELECT key, value FROM input_state WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+      -1, stmt.out(), nullptr);
+  if (rc == SQLITE_OK) rc = BindText(stmt.get(), 1, prefix);
+  if (absl::Status s = Check(rc, "cannot read input state"); !s.ok()) return s;
+  std::map<std::string, std::string> out;
+  while ((rc = sqlite3_step(stmt.get())) == SQLITE_ROW) {
+    const char* key = reinterpret_cast<const char*>(sqlite3_column_text(stmt.get(), 0));
+    const int key_size = sqlite3_column_bytes(stmt.get(), 0);
+    const char* value = static_cast<const char*>(sqlite3_column_blob(stmt.get(), 1));
+    const int value_size = sqlite3_column_bytes(stmt.get(), 1);
+    out.emplace(std::string(key != nullptr ? key : "", key_size),
+                std::string(value != nullptr ? value : "", value_size));
+  }
+  if (absl::Status s = Check(rc, "cannot read input state"); !s.ok()) return s;
+  return out;
 }
 
 absl::StatusOr<std::vector<SpoolEntry>> SqliteSpool::Read(uint64_t from_sequence,
@@ -531,6 +638,11 @@ absl::Duration SqliteSpool::OldestUnacknowledgedAge() const {
 uint64_t SqliteSpool::LastSequence() const {
   absl::MutexLock lock(&mu_);
   return last_sequence_;
+}
+
+uint64_t SqliteSpool::DroppedOldest() const {
+  absl::MutexLock lock(&mu_);
+  return dropped_;
 }
 
 }  // namespace constance::agent

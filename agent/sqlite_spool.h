@@ -36,6 +36,7 @@
 #define CONSTANCE_AGENT_SQLITE_SPOOL_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -78,6 +79,12 @@ class SqliteSpool : public Spool {
   uint64_t Bytes() const override;
   absl::Duration OldestUnacknowledgedAge() const override;
   uint64_t LastSequence() const override;
+  uint64_t DroppedOldest() const override;
+  // Input state lives in table input_state(key, value) of the same file.
+  absl::StatusOr<AppendResult> AppendWithState(std::vector<v1::Observation> observations,
+                                               const std::vector<StateWrite>& writes) override;
+  absl::StatusOr<std::map<std::string, std::string>> ReadState(
+      const std::string& prefix) const override;
 
   // A prepared statement, kept for the spool's lifetime (defined in the .cc).
   struct Statements;
@@ -105,6 +112,11 @@ class SqliteSpool : public Spool {
   absl::StatusOr<AppendResult> AppendLocked(std::vector<v1::Observation> observations,
                                             const RememberRequest* remember, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // kDropOldest: deletes (in the open transaction) the oldest observations
+  // until `adding` more (`adding_bytes`) fit; adds what it deleted to
+  // *count and *bytes.
+  absl::Status DropOldestLocked(uint64_t adding, uint64_t adding_bytes, uint64_t* count,
+                                uint64_t* bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status AcknowledgeLocked(uint64_t watermark, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::optional<RequestAnswer>> LookupRequestLocked(const std::string& key,
@@ -122,6 +134,7 @@ class SqliteSpool : public Spool {
   uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   // received_at of the oldest unacknowledged observation (if depth_ > 0).
   absl::Time oldest_ ABSL_GUARDED_BY(mu_);
+  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;  // By kDropOldest, since Open.
 };
 
 }  // namespace constance::agent

@@ -177,6 +177,29 @@ TEST(AgentConfigTest, FlagsAloneSuffice) {
   EXPECT_TRUE(FinishAgentConfig(config).ok());
 }
 
+TEST(AgentConfigTest, TlsBlock) {
+  auto c = ParseAgentConfig(
+      "tls:\n  ca: /etc/c/ca.pem\n  cert: /etc/c/a.pem\n  key: /etc/c/a.key\n"
+      "  server_name: collector.example\n  refresh_interval: 5s\n",
+      "agent.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->tls.ca, "/etc/c/ca.pem");
+  EXPECT_EQ(c->tls.cert, "/etc/c/a.pem");
+  EXPECT_EQ(c->tls.key, "/etc/c/a.key");
+  EXPECT_EQ(c->tls.server_name, "collector.example");
+  EXPECT_EQ(c->tls.refresh_interval, absl::Seconds(5));
+  auto bad = ParseAgentConfig("tls:\n  cafile: x\n", "agent.yaml");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("agent.yaml:2: field 'tls': unknown key 'cafile'"));
+  bad = ParseAgentConfig("tls: yes\n", "agent.yaml");
+  EXPECT_FALSE(bad.ok());
+  ConfigOverrides o;
+  o.tls_ca = "";
+  AgentConfig config;
+  EXPECT_THAT(std::string(ApplyOverrides(o, &config).message()), HasSubstr("--tls_ca"));
+}
+
 TEST(AgentConfigTest, FinishRequiresWhatRunningNeeds) {
   AgentConfig ok;
   ok.location = "store-a";
@@ -193,9 +216,20 @@ TEST(AgentConfigTest, FinishRequiresWhatRunningNeeds) {
        "no collector"},
       {[](AgentConfig* c) { c->backoff_initial = absl::Minutes(5); },
        absl::StatusCode::kInvalidArgument, "backoff_initial (5m) is above backoff_max"},
-      // No TLS yet: plaintext must be asked for, never assumed.
+      // TLS is the default: without it plaintext must be asked for.
       {[](AgentConfig* c) { c->insecure = false; }, absl::StatusCode::kFailedPrecondition,
-       "TLS to the collector is not available yet"},
+       "no tls.ca: TLS to the collector is the default"},
+      {[](AgentConfig* c) {
+         c->insecure = false;
+         c->tls.ca = "ca.pem";
+         c->tls.cert = "store.pem";
+       },
+       absl::StatusCode::kFailedPrecondition, "no tls.key"},
+      {[](AgentConfig* c) {
+         c->insecure = false;
+         c->tls = {"ca.pem", "store.pem", "store.key", "", absl::Minutes(1)};
+       },
+       absl::StatusCode::kOk, ""},
   };
   for (const auto& c : kCases) {
     AgentConfig config = ok;

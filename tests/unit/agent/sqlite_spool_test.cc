@@ -212,6 +212,86 @@ TYPED_TEST(SpoolContractTest, BoundsAreEnforcedAndARefusalStoresNothing) {
   }
 }
 
+// Observations of one serialized size each ("a0".."a9" with score 1), with
+// ids unique to `tag`.
+std::vector<v1::Observation> SameSize(int n, const std::string& prefix, char tag) {
+  std::vector<v1::Observation> out(n);
+  for (int i = 0; i < n; ++i) {
+    out[i].set_key(prefix + std::to_string(i));
+    out[i].set_score(1);
+    out[i].set_id(prefix + tag + std::to_string(i));
+  }
+  return out;
+}
+
+TYPED_TEST(SpoolContractTest, DropOldestMakesRoomAndCountsWhatItDropped) {
+  const uint64_t one = SameSize(1, "a", 'x')[0].ByteSizeLong();
+  static const struct {
+    const char* name;
+    char tag;  // The durable spool remembers acknowledged ids across cases.
+    uint64_t max_observations;
+    uint64_t max_bytes_in_observations;  // Multiples of one observation's size.
+  } kCases[] = {{"observations", 'o', 4, 1000}, {"bytes", 'b', 1000, 4}};
+  for (const auto& c : kCases) {
+    SCOPED_TRACE(c.name);
+    SpoolOptions options;
+    options.when_full = SpoolWhenFull::kDropOldest;
+    options.max_observations = c.max_observations;
+    options.max_bytes = c.max_bytes_in_observations * one;
+    std::unique_ptr<Spool> spool = this->Open(options);
+    ASSERT_NE(spool, nullptr);
+    const uint64_t base = spool->LastSequence();
+    ASSERT_TRUE(spool->Append(SameSize(3, "a", c.tag)).ok());
+    // Two more fit once the oldest one is gone; numbering goes on.
+    EXPECT_EQ(*spool->Append(SameSize(2, "b", c.tag)), base + 4);
+    EXPECT_EQ(spool->DroppedOldest(), 1u);
+    EXPECT_EQ(spool->Depth(), 4u);
+    EXPECT_EQ(spool->Bytes(), 4 * one);
+    EXPECT_EQ(Keys(*spool), (std::vector<std::string>{"a1", "a2", "b0", "b1"}));
+    // A sender reading from an acknowledged-or-dropped number gets the
+    // oldest one kept.
+    EXPECT_EQ(Sequences(*spool, base + 1, 2), (std::vector<uint64_t>{base + 2, base + 3}));
+    // The dropped observation's id is forgotten: sent again, it is new data.
+    absl::StatusOr<AppendResult> again = spool->AppendBatch(SameSize(1, "a", c.tag), nullptr);
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(again->stored, 1u);
+    EXPECT_EQ(again->duplicates, 0u);
+    EXPECT_EQ(spool->DroppedOldest(), 2u);
+    EXPECT_EQ(Keys(*spool), (std::vector<std::string>{"a2", "b0", "b1", "a0"}));
+    // More than the whole bound is refused, and nothing is dropped for it.
+    absl::StatusOr<uint64_t> too_big = spool->Append(SameSize(5, "c", c.tag));
+    ASSERT_FALSE(too_big.ok());
+    EXPECT_EQ(too_big.status().code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_EQ(spool->Depth(), 4u);
+    EXPECT_EQ(spool->DroppedOldest(), 2u);
+    ASSERT_TRUE(spool->Acknowledge(spool->LastSequence()).ok());
+    EXPECT_EQ(spool->Depth(), 0u);
+    EXPECT_EQ(spool->Bytes(), 0u);
+    spool.reset();
+  }
+}
+
+TEST(SpoolWhenFullTest, RefuseIsTheDefaultAndTheConfigSpellingsParse) {
+  EXPECT_EQ(SpoolOptions().when_full, SpoolWhenFull::kRefuse);
+  static const struct {
+    const char* text;
+    bool ok;
+    SpoolWhenFull want;
+  } kCases[] = {{"refuse", true, SpoolWhenFull::kRefuse},
+                {"drop_oldest", true, SpoolWhenFull::kDropOldest},
+                {"drop-oldest", false, SpoolWhenFull::kRefuse},
+                {"", false, SpoolWhenFull::kRefuse}};
+  for (const auto& c : kCases) {
+    absl::StatusOr<SpoolWhenFull> got = ParseSpoolWhenFull(c.text);
+    EXPECT_EQ(got.ok(), c.ok) << c.text;
+    if (got.ok()) {
+      EXPECT_EQ(*got, c.want) << c.text;
+    } else {
+      EXPECT_THAT(std::string(got.status().message()), HasSubstr("refuse or drop_oldest"));
+    }
+  }
+}
+
 TYPED_TEST(SpoolContractTest, OldestUnacknowledgedAge) {
   std::unique_ptr<Spool> spool = this->Open();
   ASSERT_NE(spool, nullptr);
