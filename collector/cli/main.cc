@@ -5,6 +5,11 @@
 //   constance findings [--finding=KIND] [--location=ID] [--all]
 //   constance location ID
 //
+// Every command takes --collector=HOST:PORT; a collector with TLS also
+// needs an operator certificate: --tls_ca=FILE --tls_cert=FILE --tls_key=FILE
+// (deploy/pki/pki.sh issue DIR operator NAME). Without them: plaintext,
+// which only a collector started with --insecure accepts.
+//
 // Exit codes: 0 success, 1 the collector answered with an error or the wait
 // timed out, 2 usage error.
 #include <iostream>
@@ -20,11 +25,18 @@
 #include "absl/time/time.h"
 #include "collector/cli/report.h"
 #include "constance/v1/query.grpc.pb.h"
+#include "constance/tls.h"
 #include "constance/validate.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 
 ABSL_FLAG(std::string, collector, "127.0.0.1:7070", "Collector gRPC address (HOST:PORT)");
+ABSL_FLAG(std::string, tls_ca, "", "CA bundle the collector's certificate chains to");
+ABSL_FLAG(std::string, tls_cert, "",
+          "Operator certificate (URI SAN spiffe://constance/operator/NAME, deploy/pki/)");
+ABSL_FLAG(std::string, tls_key, "", "The operator certificate's private key");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "Name expected in the collector's certificate if not the host dialled");
 ABSL_FLAG(bool, json, false, "Print the answer as JSON (protobuf JSON mapping) for scripts");
 ABSL_FLAG(uint64_t, wait_for_observations, 0,
           "report: wait until the collector's statistics cover at least this many applied "
@@ -51,11 +63,16 @@ constexpr char kUsage[] =
     "  constance key FAMILY KEY [--currency=EUR] [--kind=shelf] [--group=NAME] [--json]\n"
     "  constance findings [--finding=KIND] [--location=ID] [--all] [--json]\n"
     "  constance location ID [--json]\n"
-    "  (every command takes --collector=HOST:PORT)";
+    "  (every command takes --collector=HOST:PORT and, for a TLS collector, --tls_ca,\n"
+    "   --tls_cert, --tls_key with an operator certificate; without them: plaintext)";
 
 int Fail(const std::string& what, const grpc::Status& status) {
   std::cerr << "constance: " << what << " from " << absl::GetFlag(FLAGS_collector)
             << " failed: " << status.error_message() << " (code " << status.error_code() << ")\n";
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE && absl::GetFlag(FLAGS_tls_cert).empty()) {
+    std::cerr << "constance: this was plaintext; a collector with TLS needs --tls_ca, --tls_cert "
+                 "and --tls_key (an operator certificate)\n";
+  }
   return 1;
 }
 
@@ -193,8 +210,31 @@ int Main(int argc, char** argv) {
     std::cerr << "usage: " << kUsage << "\n";
     return 2;
   }
-  auto channel =
-      grpc::CreateChannel(absl::GetFlag(FLAGS_collector), grpc::InsecureChannelCredentials());
+  ChannelSecurity security = InsecureChannelSecurity();
+  // Plaintext only reaches a collector started with --insecure; it carries
+  // no credential, so nothing is given away by trying it.
+  if (!absl::GetFlag(FLAGS_tls_ca).empty() || !absl::GetFlag(FLAGS_tls_cert).empty() ||
+      !absl::GetFlag(FLAGS_tls_key).empty()) {
+    TlsFiles files;
+    files.ca = absl::GetFlag(FLAGS_tls_ca);
+    files.cert = absl::GetFlag(FLAGS_tls_cert);
+    files.key = absl::GetFlag(FLAGS_tls_key);
+    files.server_name = absl::GetFlag(FLAGS_tls_server_name);
+    absl::Status s = CheckTlsFiles(files, /*need_identity=*/true, "--tls_");
+    absl::StatusOr<ChannelSecurity> tls =
+        s.ok() ? MakeChannelSecurity(files) : absl::StatusOr<ChannelSecurity>(s);
+    if (!tls.ok()) {
+      std::cerr << "constance: " << tls.status().message()
+                << " (the Query API of a TLS collector needs --tls_ca, --tls_cert and --tls_key "
+                   "of an operator certificate)\n";
+      return 2;
+    }
+    security = *std::move(tls);
+  }
+  grpc::ChannelArguments channel_args;
+  security.Apply(&channel_args);
+  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_collector), security.credentials,
+                                           channel_args);
   auto stub = v1::Query::NewStub(channel);
   const std::string command = args[1];
   if (command == "report" && args.size() == 2) return Report(*stub);

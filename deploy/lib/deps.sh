@@ -4,6 +4,7 @@
 #   source deploy/lib/deps.sh
 #   constance_install_deps build   # compilers and -dev libraries
 #   constance_install_deps test    # plus what the tests run (promtool, ...)
+#   constance_install_deps sanitizers  # plus clang and libFuzzer
 
 CONSTANCE_BUILD_PACKAGES=(
   g++ cmake ninja-build pkg-config ccache
@@ -17,12 +18,19 @@ CONSTANCE_DEMO_PACKAGES=(curl)
 # promtool (package prometheus) checks the /metrics exposition.
 # dpkg-shlibdeps (dpkg-dev) computes the .debs' Depends; adduser is what
 # their maintainer scripts use (tests/packaging installs them).
-CONSTANCE_TEST_PACKAGES=(prometheus prometheus-alertmanager curl dpkg-dev adduser iproute2)
+# openssl: tests/integration/tls_test makes its CA with deploy/pki/pki.sh
+# (priority optional: not on a minimal Debian).
+CONSTANCE_TEST_PACKAGES=(prometheus prometheus-alertmanager curl dpkg-dev adduser iproute2 openssl)
+# The sanitizer and fuzzing builds (tests/sanitizers.sh) use clang 14;
+# libclang-rt-14-dev holds its sanitizer runtimes and libFuzzer
+# (libclang_rt.fuzzer*.a, what -fsanitize=fuzzer links).
+CONSTANCE_SANITIZER_PACKAGES=(clang-14 libclang-rt-14-dev)
 
 constance_install_deps() {
   local want=("${CONSTANCE_BUILD_PACKAGES[@]}")
   case "${1:-build}" in
     test) want+=("${CONSTANCE_TEST_PACKAGES[@]}") ;;
+    sanitizers) want+=("${CONSTANCE_TEST_PACKAGES[@]}" "${CONSTANCE_SANITIZER_PACKAGES[@]}") ;;
     demo) want+=("${CONSTANCE_DEMO_PACKAGES[@]}") ;;
   esac
   local missing=()

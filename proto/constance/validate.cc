@@ -1,6 +1,8 @@
 #include "constance/validate.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -14,6 +16,26 @@ bool IsLowerAlnum(char c) { return absl::ascii_isdigit(c) || (c >= 'a' && c <= '
 absl::Status Invalid(absl::string_view field, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
 }
+
+// ISO 4217 alphabetic codes, sorted, as listed by Debian's iso-codes
+// package (/usr/share/iso-codes/json/iso_4217.json). A closed list keeps a
+// typo ("EUE") from creating a series of its own.
+constexpr absl::string_view kCurrencies[] = {
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD",
+    "CAD", "CDF", "CHE", "CHF", "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUC", "CUP",
+    "CVE", "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP",
+    "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HRK", "HTG", "HUF", "IDR",
+    "ILS", "INR", "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW",
+    "KRW", "KWD", "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA",
+    "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD",
+    "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG",
+    "QAR", "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE",
+    "SLL", "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP",
+    "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED",
+    "VES", "VND", "VUV", "WST", "XAF", "XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XCD", "XDR",
+    "XOF", "XPD", "XPF", "XPT", "XSU", "XTS", "XUA", "XXX", "YER", "ZAR", "ZMW", "ZWL",
+};
 
 }  // namespace
 
@@ -49,12 +71,44 @@ absl::Status ValidateCurrency(absl::string_view currency) {
       !absl::ascii_isupper(currency[1]) || !absl::ascii_isupper(currency[2])) {
     return Invalid("price.currency", "must be three upper-case letters, e.g. EUR");
   }
+  if (!std::binary_search(std::begin(kCurrencies), std::end(kCurrencies), currency)) {
+    return Invalid("price.currency",
+                   absl::StrCat("'", currency, "' is not an ISO 4217 currency code"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateObservationId(absl::string_view id) {
+  if (id.size() > 128) return Invalid("id", "longer than 128 characters");
+  for (char c : id) {
+    if (c < ' ' || c > '~') {
+      return Invalid("id", absl::StrCat("character '", absl::CHexEscape(std::string(1, c)),
+                                        "' not allowed (printable ASCII only)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateBatchShape(const v1::Batch& batch, const Limits& limits) {
+  if (absl::Status s = ValidateLocationId(batch.location()); !s.ok()) return s;
+  if (batch.first_sequence() == 0) {
+    return absl::InvalidArgumentError("batch.first_sequence: sequences start at 1");
+  }
+  const uint64_t count = static_cast<uint64_t>(batch.observations_size());
+  if (batch.first_sequence() > UINT64_MAX - count) {
+    return absl::InvalidArgumentError("batch.first_sequence: sequence range overflows");
+  }
+  if (limits.max_batch_observations > 0 && count > limits.max_batch_observations) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch.observations: ", count, " observations, more than the limit of ",
+                     limits.max_batch_observations, " (--max_batch_observations)"));
+  }
   return absl::OkStatus();
 }
 
 absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, const Limits& limits) {
   if (absl::Status s = ValidateKey(obs.key()); !s.ok()) return s;
-  if (obs.id().size() > 128) return Invalid("id", "longer than 128 characters");
+  if (absl::Status s = ValidateObservationId(obs.id()); !s.ok()) return s;
   switch (obs.value_case()) {
     case v1::Observation::kPrice: {
       const v1::Price& p = obs.price();

@@ -13,12 +13,14 @@
 #ifndef CONSTANCE_VALIDATE_H_
 #define CONSTANCE_VALIDATE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "constance/v1/ingest.pb.h"
 #include "constance/v1/observation.pb.h"
 
 namespace constance {
@@ -37,6 +39,16 @@ struct Limits {
   double max_wait_seconds = 86'400;
   // Scores are free-form indicators but must stay in a sane range.
   double max_abs_score = 1e9;
+  // Observations in one batch, at most (the agent's max_batch stays at or
+  // below it). A larger batch is refused whole.
+  size_t max_batch_observations = 10'000;
+
+  // Collector-wide resource bounds (0 = unlimited). Past max_series a new
+  // series' observations are rejected with reason "series"; past
+  // max_locations a new location's stream is refused RESOURCE_EXHAUSTED
+  // (retryable: nothing is acknowledged, the agent keeps its spool).
+  uint64_t max_series = 0;
+  uint64_t max_locations = 0;
 };
 
 // A location id: [a-z0-9][a-z0-9._-]{0,62}.
@@ -45,8 +57,19 @@ absl::Status ValidateLocationId(absl::string_view id);
 // A key: [A-Za-z0-9._:/-]{1,128}.
 absl::Status ValidateKey(absl::string_view key);
 
-// An ISO 4217-shaped currency code: three upper-case ASCII letters.
+// An ISO 4217 currency code (the closed list of the iso-codes package,
+// including the X.. codes for metals and testing), e.g. "EUR".
 absl::Status ValidateCurrency(absl::string_view currency);
+
+// An observation's idempotency id: up to 128 printable ASCII characters
+// (space to '~'); empty means none.
+absl::Status ValidateObservationId(absl::string_view id);
+
+// The batch-level rules: a valid location id, first_sequence >= 1 with no
+// overflow of the sequence range, at most limits.max_batch_observations
+// observations. Observations themselves are checked one by one with
+// ValidateObservation, so one bad item never refuses the rest.
+absl::Status ValidateBatchShape(const v1::Batch& batch, const Limits& limits);
 
 // Checks every field of `obs` against `limits`, with `now` as the
 // receiver's clock. Returns InvalidArgument naming the field and the rule

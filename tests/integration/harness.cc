@@ -12,6 +12,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -179,6 +180,26 @@ CommandResult RunCommand(const std::string& command, const std::string& input) {
 std::string BinDir() {
   const char* dir = getenv("CONSTANCE_BIN_DIR");
   return dir != nullptr ? dir : CONSTANCE_BIN_DIR;
+}
+
+std::string SourceDir() {
+  const char* dir = getenv("CONSTANCE_SOURCE_DIR");
+  return dir != nullptr ? dir : CONSTANCE_SOURCE_DIR;
+}
+
+absl::StatusOr<double> MetricValue(const std::string& exposition, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
+    if (line.empty() || line[0] == '#' || !absl::StartsWith(line, series)) continue;
+    // The name must end where `series` does, unless labels follow.
+    const char next = line.size() > series.size() ? line[series.size()] : ' ';
+    if (series.back() != '"' && series.back() != '}' && next != ' ' && next != '{') continue;
+    const size_t space = line.rfind(' ');
+    double value = 0;
+    if (space != absl::string_view::npos && absl::SimpleAtod(line.substr(space + 1), &value)) {
+      return value;
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("no sample ", series, " in the exposition"));
 }
 
 }  // namespace constance::testing

@@ -90,6 +90,15 @@ CommandResult RunCommand(const std::string& command, const std::string& input);
 // Directory of the built binaries (CONSTANCE_BIN_DIR, set by CMake).
 std::string BinDir();
 
+// The source tree (CONSTANCE_SOURCE_DIR, set by CMake), for scripts such
+// as deploy/pki/pki.sh.
+std::string SourceDir();
+
+// The value of the first sample in Prometheus text `exposition` whose name
+// and labels start with `series` (e.g. `constance_refusals_total{reason="x"`
+// or `constance_agent_connected`); NotFound if there is none.
+absl::StatusOr<double> MetricValue(const std::string& exposition, const std::string& series);
+
 }  // namespace constance::testing
 
 #endif  // CONSTANCE_TESTS_INTEGRATION_HARNESS_H_

@@ -45,6 +45,8 @@ TEST(ValidateObservationTest, Table) {
       {R"(key: "sku-1" price { minor_units: 100000000 currency: "EUR" })", "must be below"},
       {R"(key: "sku-1" price { minor_units: 139 currency: "eur" })", "three upper-case"},
       {R"(key: "sku-1" price { minor_units: 139 currency: "EURO" })", "three upper-case"},
+      {R"(key: "sku-1" price { minor_units: 139 currency: "EUE" })", "not an ISO 4217"},
+      {R"(key: "sku-1" price { minor_units: 139 currency: "CZK" kind: LIST })", nullptr},
       {R"(key: "sku-1" price { minor_units: 139 currency: "EUR" kind: 9 })", "unknown kind"},
       {R"(key: "checkout" wait_seconds: 0)", nullptr},
       {R"(key: "checkout" wait_seconds: 182.5)", nullptr},
@@ -91,6 +93,78 @@ TEST(ValidateObservationTest, LongIdempotencyKeyRejected) {
   EXPECT_TRUE(ValidateObservation(obs, absl::Now(), Limits()).ok());
   obs.set_id(std::string(129, 'x'));
   EXPECT_FALSE(ValidateObservation(obs, absl::Now(), Limits()).ok());
+}
+
+TEST(ValidateCurrencyTest, ClosedIso4217List) {
+  static const struct {
+    const char* code;
+    bool ok;
+  } kCases[] = {
+      {"EUR", true}, {"USD", true}, {"CZK", true}, {"XXX", true}, {"AED", true}, {"ZWL", true},
+      {"EUE", false}, {"ABC", false}, {"eur", false}, {"EU", false}, {"", false},
+  };
+  for (const auto& c : kCases) {
+    EXPECT_EQ(ValidateCurrency(c.code).ok(), c.ok) << "'" << c.code << "'";
+  }
+}
+
+TEST(ValidateObservationIdTest, PrintableAsciiUpTo128) {
+  static const struct {
+    std::string id;
+    bool ok;
+  } kCases[] = {
+      {"", true},
+      {"pos-7/receipt 42#3", true},
+      {std::string(128, '~'), true},
+      {std::string(129, 'x'), false},
+      {"line\nbreak", false},
+      {std::string("nul\0inside", 10), false},
+      {"caf\xc3\xa9", false},  // Not ASCII.
+  };
+  for (const auto& c : kCases) {
+    EXPECT_EQ(ValidateObservationId(c.id).ok(), c.ok) << "'" << c.id << "'";
+  }
+  v1::Observation obs;
+  obs.set_key("k");
+  obs.set_score(1);
+  obs.set_id("tab\there");
+  EXPECT_NE(std::string(ValidateObservation(obs, absl::Now(), Limits()).message()).find("id:"),
+            std::string::npos);
+}
+
+TEST(ValidateBatchShapeTest, Table) {
+  Limits limits;
+  limits.max_batch_observations = 3;
+  auto batch = [](const char* location, uint64_t first, int n) {
+    v1::Batch b;
+    b.set_location(location);
+    b.set_first_sequence(first);
+    for (int i = 0; i < n; ++i) b.add_observations()->set_key("k");
+    return b;
+  };
+  static const struct {
+    const char* location;
+    uint64_t first;
+    int n;
+    const char* error;  // nullptr when valid.
+  } kCases[] = {
+      {"store-a", 1, 3, nullptr},
+      {"store-a", 1, 0, nullptr},
+      {"store-a", 1, 4, "--max_batch_observations"},
+      {"store-a", 0, 1, "sequences start at 1"},
+      {"store-a", UINT64_MAX, 2, "overflows"},
+      {"Store A", 1, 1, "location"},
+      {"", 1, 1, "location"},
+  };
+  for (const auto& c : kCases) {
+    absl::Status s = ValidateBatchShape(batch(c.location, c.first, c.n), limits);
+    if (c.error == nullptr) {
+      EXPECT_TRUE(s.ok()) << c.location << " " << c.n << ": " << s;
+    } else {
+      EXPECT_NE(std::string(s.message()).find(c.error), std::string::npos)
+          << c.location << " " << c.n << ": got '" << s.message() << "'";
+    }
+  }
 }
 
 TEST(FamilyTest, NamesRoundTripAndOneofDecides) {

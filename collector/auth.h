@@ -1,0 +1,63 @@
+// Who is calling the collector, and what they may do (DESIGN.md, "Security").
+//
+// Under TLS every caller presents a certificate from the chain's CA; its
+// URI SAN names a location (may call Ingest, and only for that location) or
+// an operator (may call Query). CallerIdentity reads it from a call's auth
+// context. With --insecure there is no identity and both checks are off.
+//
+// RefusalCounter counts refused streams and calls by a short, bounded
+// reason for /metrics (constance_refusals_total{reason}).
+//
+// Thread-safety: CallerIdentity is pure; RefusalCounter is thread-safe.
+#ifndef CONSTANCE_COLLECTOR_AUTH_H_
+#define CONSTANCE_COLLECTOR_AUTH_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "constance/tls.h"
+#include "grpcpp/grpcpp.h"
+
+namespace constance::collector {
+
+// The identity in the caller's client certificate. PermissionDenied (with
+// what the certificate holds) when there is none or it is ambiguous.
+absl::StatusOr<PeerIdentity> CallerIdentity(const grpc::ServerContextBase& context);
+
+// When the caller's client certificate expires (notAfter), read from the
+// certificate itself rather than trusted from what the agent says.
+// NotFound without a certificate.
+absl::StatusOr<absl::Time> CallerCertificateNotAfter(const grpc::ServerContextBase& context);
+
+// Reasons, kept few so the label stays bounded.
+inline constexpr char kRefusedLocationMismatch[] = "location_mismatch";
+inline constexpr char kRefusedNotALocation[] = "not_a_location";
+inline constexpr char kRefusedNotAnOperator[] = "not_an_operator";
+inline constexpr char kRefusedMaxStreams[] = "max_streams";
+inline constexpr char kRefusedMaxLocations[] = "max_locations";
+inline constexpr char kRefusedUnknownLocation[] = "unknown_location";
+inline constexpr char kRefusedInvalidBatch[] = "invalid_message";
+
+class RefusalCounter {
+ public:
+  // Every reason above starts at 0 so rates have a series at once.
+  RefusalCounter();
+  RefusalCounter(const RefusalCounter&) = delete;
+  RefusalCounter& operator=(const RefusalCounter&) = delete;
+
+  void Add(const std::string& reason);
+  std::map<std::string, uint64_t> Counts() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::map<std::string, uint64_t> counts_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace constance::collector
+
+#endif  // CONSTANCE_COLLECTOR_AUTH_H_
