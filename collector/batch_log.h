@@ -14,9 +14,18 @@
 //   (*log)->Start();
 //   (*log)->Append(batch, received, [](absl::Status committed) { ... });
 //
-// Not yet: snapshots and compaction (the log grows with what it received)
-// and the restoration of findings, drift state and trust balances, which
-// restart from the replayed cells.
+// Snapshots keep the log short and make restarts exact: every
+// checkpoint interval the committer thread, between two group commits
+// (when every committed batch has been applied), takes the engine's whole
+// state through a capture function and, in one transaction, stores it and
+// deletes the batches it covers. A clean shutdown takes one too. On start
+// the latest snapshot is loaded and only the batches after it replayed:
+// findings keep their start times, drift its baselines, trust its
+// balances.
+//
+//   (*log)->LoadSnapshot() -> {state, through}; engine.LoadState(state)
+//   (*log)->Replay(apply, through)
+//   (*log)->SetCheckpoint(absl::Minutes(5), [&] { return engine.SaveState(); });
 //
 // Thread-safety: Append may be called from any thread; callbacks run on
 // the committer thread and must not block. Replay before Start.
@@ -28,6 +37,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -49,9 +59,36 @@ class BatchLog {
   BatchLog(const BatchLog&) = delete;
   BatchLog& operator=(const BatchLog&) = delete;
 
-  // Calls `apply` for every logged batch, oldest first, with the time it
-  // was received. Returns how many batches were replayed.
-  absl::StatusOr<uint64_t> Replay(const std::function<void(const v1::Batch&, absl::Time)>& apply);
+  // Calls `apply` for every logged batch after log position `after` (0:
+  // all), oldest first, with the time it was received. Returns how many
+  // batches were replayed.
+  absl::StatusOr<uint64_t> Replay(const std::function<void(const v1::Batch&, absl::Time)>& apply,
+                                  int64_t after = 0);
+
+  // The latest snapshot: the captured state and the log position it
+  // covers. NotFound when none was taken yet.
+  struct Snapshot {
+    std::string state;
+    int64_t through = 0;
+    absl::Time saved_at;
+  };
+  absl::StatusOr<Snapshot> LoadSnapshot();
+
+  // Takes a snapshot every `every` (and at shutdown) with `capture`, which
+  // runs on the committer thread when every committed batch has been
+  // applied, and compacts the log. Before Start.
+  void SetCheckpoint(absl::Duration every, std::function<std::string()> capture);
+
+  // Snapshots taken and the latest one's size, duration and the batches
+  // it removed from the log, for /metrics.
+  struct CheckpointStats {
+    uint64_t snapshots = 0;
+    uint64_t failures = 0;
+    uint64_t last_bytes = 0;
+    double last_seconds = 0;
+    uint64_t compacted_batches = 0;
+  };
+  CheckpointStats checkpoint_stats() const;
 
   // Starts the committer thread.
   void Start();
@@ -64,9 +101,28 @@ class BatchLog {
   uint64_t committed() const;
   absl::Duration last_commit_latency() const;
 
+  // Upper bounds (seconds) of the commit latency histogram's buckets; the
+  // last bucket (+Inf) is implicit.
+  static const std::vector<double>& CommitLatencyBounds();
+
+  // Every group commit so far, for /metrics.
+  struct CommitStats {
+    uint64_t commits = 0;   // Group commits (transactions).
+    uint64_t batches = 0;   // Batches they committed.
+    uint64_t failures = 0;  // Group commits that failed (nothing acknowledged).
+    double latency_sum_seconds = 0;
+    // Commits per bucket of CommitLatencyBounds() (not cumulative), plus
+    // one for +Inf.
+    std::vector<uint64_t> latency_buckets;
+  };
+  CommitStats commit_stats() const;
+
  private:
   explicit BatchLog(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
   void CommitLoop();
+  // Stores a snapshot covering the log up to `through` and deletes those
+  // batches. Committer thread only.
+  absl::Status Checkpoint(int64_t through);
 
   sqlite3* const db_;
   const std::string path_;
@@ -80,6 +136,11 @@ class BatchLog {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Duration last_latency_ ABSL_GUARDED_BY(mu_);
+  CommitStats stats_ ABSL_GUARDED_BY(mu_);
+  CheckpointStats checkpoint_stats_ ABSL_GUARDED_BY(mu_);
+  // Set before Start, then read by the committer thread only.
+  absl::Duration checkpoint_every_ = absl::InfiniteDuration();
+  std::function<std::string()> capture_;
   std::thread committer_;
 };
 

@@ -290,7 +290,7 @@ Engine::Engine(Options options)
   // Every reason an observation can be rejected for, at 0, so rates and
   // dashboards have a series before the first rejection.
   for (const char* reason : {"id", "key", "observed_at", "price.currency", "price.kind",
-                             "price.minor_units", "score", "value", "wait_seconds"}) {
+                             "price.minor_units", "score", "series", "value", "wait_seconds"}) {
     rejected_by_reason_[reason] = 0;
   }
   auto empty = std::make_shared<Snapshot>();
@@ -362,14 +362,8 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch) {
 }
 
 absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch, absl::Time now) {
-  if (absl::Status s = ValidateLocationId(batch.location()); !s.ok()) return s;
-  if (batch.first_sequence() == 0) {
-    return absl::InvalidArgumentError("batch.first_sequence: sequences start at 1");
-  }
+  if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
   const uint64_t count = batch.observations_size();
-  if (batch.first_sequence() > UINT64_MAX - count) {
-    return absl::InvalidArgumentError("batch.first_sequence: sequence range overflows");
-  }
   const int64_t now_ns = absl::ToUnixNanos(now);
 
   v1::Ack ack;
@@ -386,6 +380,14 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch, absl::Time no
     return absl::PermissionDeniedError(
         absl::StrCat("location '", batch.location(),
                      "' is not in the catalog and auto_register is off: add it to ", catalog.path));
+  }
+  if (options_.limits.max_locations > 0 && !location_index_.contains(batch.location()) &&
+      location_index_.size() >= options_.limits.max_locations) {
+    // Refused before anything is kept: the agent retries and loses nothing.
+    return absl::ResourceExhaustedError(
+        absl::StrCat("location '", batch.location(), "' would be one more than the ",
+                     options_.limits.max_locations, " locations this collector accepts "
+                     "(--max_locations)"));
   }
   const uint32_t loc = LocationIndex(batch.location());
   Stream& stream = streams_[{loc, batch.incarnation()}];
@@ -406,6 +408,17 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch, absl::Time no
       continue;
     }
     SeriesKey key = SeriesOf(obs);
+    if (options_.limits.max_series > 0 && series_.size() >= options_.limits.max_series &&
+        !series_index_.contains(key)) {
+      v1::Rejection* r = ack.add_rejections();
+      r->set_sequence(seq);
+      r->set_reason(absl::StrCat("series: the collector holds its limit of ",
+                                 options_.limits.max_series,
+                                 " series (--max_series); a new one is not started"));
+      ++rejected_by_reason_["series"];
+      ++rejected_;
+      continue;
+    }
     auto [it, inserted] = series_index_.try_emplace(key, series_.size());
     if (inserted) {
       Series series;
@@ -466,10 +479,19 @@ absl::Status Engine::RecordHeartbeat(const v1::Heartbeat& heartbeat) {
     return absl::PermissionDeniedError(
         absl::StrCat("location '", heartbeat.location(), "' is not in the catalog"));
   }
+  if (options_.limits.max_locations > 0 && !location_index_.contains(heartbeat.location()) &&
+      location_index_.size() >= options_.limits.max_locations) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("location '", heartbeat.location(), "' would be one more than the ",
+                     options_.limits.max_locations, " locations this collector accepts "
+                     "(--max_locations)"));
+  }
   LocationState& state = locations_[LocationIndex(heartbeat.location())].state;
   state.health.version = heartbeat.version().substr(0, 64);
   state.health.spool_depth = heartbeat.spool_depth();
   state.health.oldest_unacknowledged_seconds = heartbeat.oldest_unacknowledged_seconds();
+  state.health.spool_bytes = heartbeat.spool_bytes();
+  state.health.spool_dropped = heartbeat.spool_dropped();
   if (heartbeat.has_certificate_not_after()) {
     state.health.certificate_not_after =
         absl::FromUnixSeconds(heartbeat.certificate_not_after().seconds());

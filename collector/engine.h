@@ -96,6 +96,8 @@ struct SeriesStats {
 struct AgentHealth {
   std::string version;
   uint64_t spool_depth = 0;
+  uint64_t spool_bytes = 0;
+  uint64_t spool_dropped = 0;  // Since the agent started.
   double oldest_unacknowledged_seconds = 0;
   absl::Time certificate_not_after = absl::InfinitePast();  // Unset without TLS.
   absl::Time heartbeat_at = absl::InfinitePast();
@@ -207,6 +209,18 @@ class Engine {
       const std::string& location) const;
 
   absl::Time now() const { return options_.clock(); }
+
+  // The whole state (cells, high-water marks, counters, findings being
+  // tracked with their start times, trust accounts, drift baselines and
+  // charts) as a serialized constance.state.v1.EngineState, taken under
+  // the engine's locks so it is consistent: exactly the batches applied so
+  // far. Ingest waits while it is taken.
+  std::string SaveState();
+  // Replaces the state with a snapshot's (at start, before any batch).
+  // InvalidArgument naming what is wrong for a snapshot it cannot read;
+  // the engine is then unchanged. Statistics are recomputed from the
+  // restored cells on the next tick.
+  absl::Status LoadState(const std::string& bytes);
 
  private:
   struct Series {

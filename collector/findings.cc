@@ -148,6 +148,30 @@ void FindingTracker::Restore(const v1::Finding& finding) {
   s.met = persistence_;
 }
 
+std::vector<FindingTracker::Saved> FindingTracker::Save() const {
+  std::vector<Saved> out;
+  out.reserve(states_.size());
+  for (const auto& [id, s] : states_) {
+    out.push_back({id, s.finding, s.met, s.cleared, s.open, s.first_met});
+  }
+  std::sort(out.begin(), out.end(), [](const Saved& a, const Saved& b) { return a.id < b.id; });
+  return out;
+}
+
+void FindingTracker::Load(std::vector<Saved> saved, std::deque<v1::Finding> closed) {
+  states_.clear();
+  for (Saved& s : saved) {
+    State& state = states_[s.id];
+    state.finding = std::move(s.finding);
+    state.met = s.met;
+    state.cleared = s.cleared;
+    state.open = s.open;
+    state.first_met = s.first_met;
+  }
+  closed_ = std::move(closed);
+  while (closed_.size() > history_limit_) closed_.pop_front();
+}
+
 void TrustAccount::DecayTo(absl::Time now, absl::Duration half_life) {
   if (updated_ == absl::InfinitePast() || half_life <= absl::ZeroDuration()) {
     updated_ = now;

@@ -78,6 +78,19 @@ class FindingTracker {
   // Restores an open finding (durable state after a restart).
   void Restore(const v1::Finding& finding);
 
+  // Every tracked condition as it stands (open or on its way to opening or
+  // closing), for snapshots; Load replaces the tracker's state with them.
+  struct Saved {
+    std::string id;
+    v1::Finding finding;
+    int met = 0;
+    int cleared = 0;
+    bool open = false;
+    absl::Time first_met = absl::InfinitePast();
+  };
+  std::vector<Saved> Save() const;
+  void Load(std::vector<Saved> saved, std::deque<v1::Finding> closed);
+
  private:
   struct State {
     v1::Finding finding;

@@ -1,7 +1,9 @@
 // constance-collector: the central collector.
 //
-//   constance-collector --insecure [--catalog=FILE] [--listen=0.0.0.0:7070]
-//       [--metrics_listen=127.0.0.1:9464] [--ready_file=PATH]
+//   constance-collector --tls_ca=FILE --tls_cert=FILE --tls_key=FILE [--tls_crl_dir=DIR]
+//       [--catalog=FILE] [--listen=0.0.0.0:7070] [--metrics_listen=127.0.0.1:9464]
+//       [--ready_file=PATH]
+//   constance-collector --insecure ...   (plaintext, no identities: demo and tests)
 //
 // SIGHUP reloads the catalog (a bad file is refused with its error and the
 // running catalog stays). Exit codes: 0 after SIGTERM/SIGINT and a clean
@@ -27,6 +29,9 @@ ABSL_FLAG(std::string, catalog, "",
           "location");
 ABSL_FLAG(std::string, state_dir, "",
           "Directory of the durable batch log; empty = nothing survives a restart");
+ABSL_FLAG(absl::Duration, snapshot_interval, absl::Minutes(5),
+          "How often the engine's whole state is snapshotted into --state_dir and the batch "
+          "log compacted (restarts load the snapshot and replay only what came after)");
 ABSL_FLAG(double, max_rate_per_location, 50'000,
           "Observations per second one location may send (0 = unlimited); over it batches are "
           "answered THROTTLED and the agent retries");
@@ -34,7 +39,38 @@ ABSL_FLAG(double, rate_burst, 200'000, "Observations one location may send at on
 ABSL_FLAG(std::string, listen, "0.0.0.0:7070", "gRPC address for agents and the Query API");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Address of /metrics (loopback by default)");
-ABSL_FLAG(bool, insecure, false, "Accept plaintext gRPC (required until TLS is configured)");
+ABSL_FLAG(bool, insecure, false,
+          "Plaintext gRPC without identities or authorization (demo, tests); the default is "
+          "mTLS with --tls_*");
+ABSL_FLAG(std::string, tls_ca, "", "CA bundle agents' and operators' certificates chain to");
+ABSL_FLAG(std::string, tls_cert, "", "The collector's certificate chain (PEM)");
+ABSL_FLAG(std::string, tls_key, "", "The collector's private key (PEM)");
+ABSL_FLAG(std::string, tls_crl_dir, "",
+          "Directory of CRLs under hashed names (deploy/pki/); revoked certificates are "
+          "refused at their next handshake");
+ABSL_FLAG(absl::Duration, tls_refresh_interval, absl::Minutes(1),
+          "How often certificate, key, CA files are checked for changes (no restart needed)");
+ABSL_FLAG(absl::Duration, max_connection_age, absl::Hours(1),
+          "Connections are closed after this age (+-10%) so agents handshake again and a "
+          "revoked certificate is refused; 0 = never");
+ABSL_FLAG(absl::Duration, max_connection_age_grace, absl::Seconds(30),
+          "Time calls get to finish when a connection reaches --max_connection_age");
+ABSL_FLAG(int64_t, max_streams, 10'000,
+          "Agent streams open at once, at most (0 = unlimited); more are refused "
+          "RESOURCE_EXHAUSTED and retry");
+ABSL_FLAG(uint64_t, max_locations, 100'000,
+          "Distinct locations accepted, at most (0 = unlimited); a new one past it is refused "
+          "RESOURCE_EXHAUSTED and retries");
+ABSL_FLAG(uint64_t, max_series, 1'000'000,
+          "Distinct series (family, key, currency, kind) kept, at most (0 = unlimited); "
+          "observations of a new series past it are rejected with reason 'series'");
+ABSL_FLAG(uint64_t, max_batch_observations, 10'000, "Observations in one batch, at most");
+ABSL_FLAG(int64_t, max_price_minor_units, 100'000'000,
+          "Prices at or above this many minor units are rejected as typos");
+ABSL_FLAG(absl::Duration, max_future_skew, absl::Minutes(5),
+          "Observations further ahead of the collector's clock are rejected");
+ABSL_FLAG(absl::Duration, max_lateness, absl::Hours(24 * 7),
+          "Observations older than this are rejected");
 ABSL_FLAG(absl::Duration, stats_interval, absl::ZeroDuration(),
           "Overrides the catalog's thresholds.stats_interval (0 = keep it)");
 ABSL_FLAG(absl::Duration, evaluation_interval, absl::ZeroDuration(),
@@ -70,8 +106,9 @@ absl::StatusOr<std::shared_ptr<const constance::collector::Catalog>> LoadConfigu
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "constance-collector --insecure [--catalog=FILE] [--listen=HOST:PORT] "
-      "[--metrics_listen=HOST:PORT]");
+      "constance-collector --tls_ca=FILE --tls_cert=FILE --tls_key=FILE [--tls_crl_dir=DIR] "
+      "[--catalog=FILE] [--listen=HOST:PORT] [--metrics_listen=HOST:PORT]\n"
+      "  constance-collector --insecure [--catalog=FILE] ...   (plaintext: demo, tests)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() > 1) {
     std::cerr << "constance-collector: unexpected argument '" << args[1]
@@ -90,8 +127,28 @@ int main(int argc, char** argv) {
   options.listen = absl::GetFlag(FLAGS_listen);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.insecure = absl::GetFlag(FLAGS_insecure);
+  options.tls.ca = absl::GetFlag(FLAGS_tls_ca);
+  options.tls.cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.key = absl::GetFlag(FLAGS_tls_key);
+  options.tls.crl_dir = absl::GetFlag(FLAGS_tls_crl_dir);
+  options.tls.refresh_interval = absl::GetFlag(FLAGS_tls_refresh_interval);
+  options.max_connection_age = absl::GetFlag(FLAGS_max_connection_age);
+  options.max_connection_age_grace = absl::GetFlag(FLAGS_max_connection_age_grace);
+  options.max_streams = absl::GetFlag(FLAGS_max_streams);
+  options.engine.limits.max_locations = absl::GetFlag(FLAGS_max_locations);
+  options.engine.limits.max_series = absl::GetFlag(FLAGS_max_series);
+  options.engine.limits.max_batch_observations =
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_batch_observations));
+  options.engine.limits.max_price_minor_units = absl::GetFlag(FLAGS_max_price_minor_units);
+  options.engine.limits.max_future_skew = absl::GetFlag(FLAGS_max_future_skew);
+  options.engine.limits.max_lateness = absl::GetFlag(FLAGS_max_lateness);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.snapshot_interval = absl::GetFlag(FLAGS_snapshot_interval);
+  if (options.snapshot_interval <= absl::ZeroDuration()) {
+    std::cerr << "constance-collector: --snapshot_interval must be positive\n";
+    return 2;
+  }
   options.rate_per_location = absl::GetFlag(FLAGS_max_rate_per_location);
   options.rate_burst = absl::GetFlag(FLAGS_rate_burst);
   options.engine.catalog = *catalog;

@@ -1,5 +1,6 @@
 #include "collector/metrics.h"
 
+#include <limits>
 #include <map>
 #include <string>
 #include <utility>
@@ -186,6 +187,74 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
   Add(&refused, {}, static_cast<double>(ingest_->streams_refused()));
   out.push_back(std::move(refused));
 
+  if (const RefusalCounter* counter = ingest_->refusals(); counter != nullptr) {
+    MetricFamily refusals = Family(
+        "constance_refusals_total",
+        "Agent streams and queries refused, by reason (location_mismatch, not_a_location, "
+        "not_an_operator, max_streams, max_locations, unknown_location, invalid_message).",
+        MetricType::Counter);
+    for (const auto& [reason, n] : counter->Counts()) {
+      Add(&refusals, {{"reason", reason}}, static_cast<double>(n));
+    }
+    out.push_back(std::move(refusals));
+  }
+
+  if (const BatchLog* log = ingest_->log(); log != nullptr) {
+    // The durable log's group commits: agents are acknowledged after them.
+    const BatchLog::CommitStats c = log->commit_stats();
+    MetricFamily latency = Family("constance_batch_log_commit_seconds",
+                                  "Latency of the durable batch log's group commits (one fsync "
+                                  "each); a batch is acknowledged only after its commit.",
+                                  MetricType::Histogram);
+    ClientMetric m;
+    m.histogram.sample_count = c.commits;
+    m.histogram.sample_sum = c.latency_sum_seconds;
+    const std::vector<double>& bounds = BatchLog::CommitLatencyBounds();
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < c.latency_buckets.size(); ++i) {
+      cumulative += c.latency_buckets[i];
+      m.histogram.bucket.push_back(
+          {cumulative, i < bounds.size() ? bounds[i] : std::numeric_limits<double>::infinity()});
+    }
+    latency.metric.push_back(std::move(m));
+    out.push_back(std::move(latency));
+    MetricFamily committed = Family("constance_batch_log_batches_committed_total",
+                                    "Batches made durable in the batch log.", MetricType::Counter);
+    Add(&committed, {}, static_cast<double>(c.batches));
+    out.push_back(std::move(committed));
+    MetricFamily failed = Family("constance_batch_log_commit_failures_total",
+                                 "Group commits that failed: their batches were not acknowledged "
+                                 "and the agents resend them.",
+                                 MetricType::Counter);
+    Add(&failed, {}, static_cast<double>(c.failures));
+    out.push_back(std::move(failed));
+
+    // Snapshots of the engine's state, which compact the log.
+    const BatchLog::CheckpointStats k = log->checkpoint_stats();
+    MetricFamily snapshots = Family("constance_snapshots_total",
+                                    "Snapshots of the engine's state taken (each compacts the "
+                                    "batch log), by result.",
+                                    MetricType::Counter);
+    Add(&snapshots, {{"result", "ok"}}, static_cast<double>(k.snapshots));
+    Add(&snapshots, {{"result", "failed"}}, static_cast<double>(k.failures));
+    out.push_back(std::move(snapshots));
+    MetricFamily snapshot_bytes = Family("constance_snapshot_bytes",
+                                         "Size of the latest snapshot.", MetricType::Gauge);
+    Add(&snapshot_bytes, {}, static_cast<double>(k.last_bytes));
+    out.push_back(std::move(snapshot_bytes));
+    MetricFamily snapshot_seconds =
+        Family("constance_snapshot_seconds",
+               "How long the latest snapshot took (ingest waits while the state is captured).",
+               MetricType::Gauge);
+    Add(&snapshot_seconds, {}, k.last_seconds);
+    out.push_back(std::move(snapshot_seconds));
+    MetricFamily compacted = Family("constance_batch_log_compacted_batches_total",
+                                    "Batches removed from the log because a snapshot covers them.",
+                                    MetricType::Counter);
+    Add(&compacted, {}, static_cast<double>(k.compacted_batches));
+    out.push_back(std::move(compacted));
+  }
+
   MetricFamily throttled =
       Family("constance_batches_throttled_total",
              "Batches answered THROTTLED (not applied; the agent retries).", MetricType::Counter);
@@ -227,6 +296,18 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
                              MetricType::Gauge);
   MetricFamily heartbeat = Family("constance_agent_last_heartbeat_timestamp_seconds",
                                   "When the agent's last heartbeat arrived.", MetricType::Gauge);
+  MetricFamily spool_bytes = Family("constance_agent_spool_bytes",
+                                    "Serialized bytes of the agent's unacknowledged observations, "
+                                    "as its last heartbeat reported.",
+                                    MetricType::Gauge);
+  MetricFamily dropped = Family("constance_agent_spool_dropped_total",
+                                "Observations the agent's full spool deleted unacknowledged since "
+                                "the agent started (spool_when_full: drop_oldest), as its last "
+                                "heartbeat reported: data lost at the store.",
+                                MetricType::Counter);
+  MetricFamily info =
+      Family("constance_agent_info",
+             "The agent's version, as its last heartbeat reported; always 1.", MetricType::Gauge);
   for (const LocationState& s : snap->location_states) {
     if (s.health.certificate_not_after != absl::InfinitePast()) {
       Add(&cert, {{"location", s.location}}, Seconds(s.health.certificate_not_after));
@@ -241,6 +322,9 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
     if (s.health.heartbeat_at != absl::InfinitePast()) {
       Add(&spool, {{"location", s.location}}, static_cast<double>(s.health.spool_depth));
       Add(&oldest, {{"location", s.location}}, s.health.oldest_unacknowledged_seconds);
+      Add(&spool_bytes, {{"location", s.location}}, static_cast<double>(s.health.spool_bytes));
+      Add(&dropped, {{"location", s.location}}, static_cast<double>(s.health.spool_dropped));
+      Add(&info, {{"location", s.location}, {"version", s.health.version}}, 1);
     }
   }
   out.push_back(std::move(cert));
@@ -249,6 +333,9 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
   out.push_back(std::move(watermark));
   out.push_back(std::move(spool));
   out.push_back(std::move(oldest));
+  out.push_back(std::move(spool_bytes));
+  out.push_back(std::move(dropped));
+  out.push_back(std::move(info));
 
   // Per series and group: the statistics operators chart and alert on.
   struct Stat {

@@ -1,5 +1,6 @@
 #include "collector/server.h"
 
+#include <algorithm>
 #include <exception>
 
 #include "absl/strings/str_cat.h"
@@ -17,24 +18,57 @@ CollectorServer::CollectorServer(ServerOptions options)
 CollectorServer::~CollectorServer() { Shutdown(absl::ZeroDuration()); }
 
 absl::Status CollectorServer::Start() {
-  if (!options_.insecure) {
-    return absl::FailedPreconditionError(
-        "TLS is not available in this version: start the collector with --insecure to accept "
-        "plaintext agent streams on a trusted network");
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (options_.insecure) {
+    spdlog::warn(
+        "--insecure: agent streams and queries are plaintext and unauthenticated; any client "
+        "may claim any location and read every answer");
+    credentials = grpc::InsecureServerCredentials();
+  } else {
+    if (absl::Status s = CheckTlsFiles(options_.tls, /*need_identity=*/true, "--tls_"); !s.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(s.message(),
+                       " (TLS is the default: give --tls_ca, --tls_cert and --tls_key, see "
+                       "deploy/pki/; or --insecure for plaintext on a trusted network)"));
+    }
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tls =
+        MakeServerCredentials(options_.tls);
+    if (!tls.ok()) return tls.status();
+    credentials = *std::move(tls);
+    if (options_.tls.crl_dir.empty()) {
+      spdlog::warn("no --tls_crl_dir: revoked certificates are not refused");
+    }
   }
-  spdlog::warn("--insecure: agent streams and queries are plaintext and unauthenticated");
   if (!options_.state_dir.empty()) {
     const std::string path = options_.state_dir + "/batches.db";
     absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
     if (!log.ok()) return log.status();
     log_ = std::move(*log);
     const absl::Time start = absl::Now();
-    absl::StatusOr<uint64_t> replayed = log_->Replay([this](const v1::Batch& b, absl::Time at) {
-      // Batch-level errors were refused the first time too.
-      (void)engine_.ApplyBatch(b, at);
-    });
+    int64_t through = 0;
+    absl::StatusOr<BatchLog::Snapshot> snapshot = log_->LoadSnapshot();
+    if (snapshot.ok()) {
+      if (absl::Status s = engine_.LoadState(snapshot->state); !s.ok()) {
+        return absl::DataLossError(absl::StrCat(
+            path, ": ", s.message(),
+            " (the batches it covers were compacted away: restore the state directory from a "
+            "backup, or move it aside to start empty)"));
+      }
+      through = snapshot->through;
+      spdlog::info("loaded the snapshot of {} ({} bytes, log position {})",
+                   absl::FormatTime(snapshot->saved_at), snapshot->state.size(), through);
+    } else if (!absl::IsNotFound(snapshot.status())) {
+      return snapshot.status();
+    }
+    absl::StatusOr<uint64_t> replayed = log_->Replay(
+        [this](const v1::Batch& b, absl::Time at) {
+          // Batch-level errors were refused the first time too.
+          (void)engine_.ApplyBatch(b, at);
+        },
+        through);
     if (!replayed.ok()) return replayed.status();
     replayed_ = *replayed;
+    log_->SetCheckpoint(options_.snapshot_interval, [this] { return engine_.SaveState(); });
     log_->Start();
     spdlog::info("replayed {} batches from {} in {}", replayed_, path,
                  absl::FormatDuration(absl::Now() - start));
@@ -43,13 +77,15 @@ absl::Status CollectorServer::Start() {
   }
   ingest_ = std::make_unique<IngestService>(&engine_, log_.get(), options_.rate_per_location,
                                             options_.rate_burst);
+  ingest_->Secure(/*require_location=*/!options_.insecure, options_.max_streams, &refusals_);
+  if (!options_.insecure) query_.RequireOperator(&refusals_);
   metrics_ = std::make_shared<CollectorMetrics>(&engine_, ingest_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options_.listen, credentials, &port);
   builder.RegisterService(ingest_.get());
   builder.RegisterService(&query_);
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
@@ -62,6 +98,17 @@ absl::Status CollectorServer::Start() {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  if (options_.max_connection_age > absl::ZeroDuration()) {
+    // gRPC adds +-10% jitter, so agents do not all reconnect at once.
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               static_cast<int>(absl::ToInt64Milliseconds(
+                                   std::min(options_.max_connection_age, absl::Hours(24 * 24)))));
+    builder.AddChannelArgument(
+        GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+        static_cast<int>(absl::ToInt64Milliseconds(
+            std::clamp(options_.max_connection_age_grace, absl::Milliseconds(1),
+                       absl::Hours(24 * 24)))));
+  }
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port == 0) {
     return absl::UnavailableError(absl::StrCat("--listen=", options_.listen,
@@ -84,7 +131,8 @@ absl::Status CollectorServer::Start() {
   }
   metrics_address_ = DialAddress(options_.metrics_listen, ports.front());
   engine_.Start();
-  spdlog::info("serving gRPC on {} and /metrics on {}", grpc_address_, metrics_address_);
+  spdlog::info("serving gRPC on {} ({}) and /metrics on {}", grpc_address_,
+               options_.insecure ? "plaintext" : "mTLS", metrics_address_);
   return absl::OkStatus();
 }
 

@@ -21,6 +21,7 @@
 #include "collector/engine.h"
 #include "collector/metrics.h"
 #include "collector/services.h"
+#include "constance/tls.h"
 #include "grpcpp/grpcpp.h"
 
 namespace prometheus {
@@ -35,12 +36,26 @@ struct ServerOptions {
   // /metrics, loopback by default: Prometheus scrapes it from the same host
   // or through an explicit bind.
   std::string metrics_listen = "127.0.0.1:9464";
-  // Plaintext gRPC. Required until TLS is configured.
+  // Plaintext gRPC, no identities, no authorization (demo, tests). Without
+  // it `tls` must name the CA, certificate and key.
   bool insecure = false;
+  // mTLS: agents present location certificates (Ingest only, for their own
+  // location), operators operator certificates (Query). See constance/tls.h.
+  TlsFiles tls;
+  // Connections older than this are closed (after a grace for calls in
+  // flight) so that every agent handshakes again: a revoked certificate
+  // fails then. 0 = never.
+  absl::Duration max_connection_age = absl::Hours(1);
+  absl::Duration max_connection_age_grace = absl::Seconds(30);
+  // Agent streams open at once, at most (0 = unlimited).
+  int64_t max_streams = 10'000;
   int max_message_bytes = 4 << 20;
   // Where the durable batch log lives (batches.db). Empty: nothing is
   // durable and a restart loses everything (tests, the demo).
   std::string state_dir;
+  // How often the engine's state is snapshotted into the log's database
+  // (and the log compacted); a clean shutdown takes one too.
+  absl::Duration snapshot_interval = absl::Minutes(5);
   // Per-location ingest rate (observations/s, 0 = unlimited) and burst.
   double rate_per_location = 0;
   double rate_burst = 0;
@@ -55,8 +70,8 @@ class CollectorServer {
   CollectorServer& operator=(const CollectorServer&) = delete;
 
   // Replays the batch log (if any), binds both listeners and starts
-  // serving. FailedPrecondition without `insecure` (TLS is not available
-  // yet); Unavailable when an address cannot be bound or the log cannot be
+  // serving. FailedPrecondition when neither `insecure` nor readable TLS
+  // files are given, naming the option; Unavailable when an address cannot be bound or the log cannot be
   // opened, naming it.
   absl::Status Start();
 
@@ -79,6 +94,7 @@ class CollectorServer {
   std::unique_ptr<IngestService> ingest_;
   QueryService query_;
   std::shared_ptr<CollectorMetrics> metrics_;
+  RefusalCounter refusals_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::string grpc_address_;

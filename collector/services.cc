@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "spdlog/spdlog.h"
@@ -20,8 +21,14 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 // it; nothing else holds a pointer to it.
 class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::CollectorMessage> {
  public:
-  IngestReactor(IngestService* service, std::string peer)
-      : service_(service), peer_(std::move(peer)) {
+  // `certified`: the location of the client certificate; empty without TLS.
+  // `not_after`: when that certificate expires (InfinitePast without TLS).
+  IngestReactor(IngestService* service, std::string peer, std::string certified,
+                absl::Time not_after)
+      : service_(service),
+        peer_(std::move(peer)),
+        certified_(std::move(certified)),
+        not_after_(not_after) {
     service_->streams_open_.fetch_add(1, std::memory_order_relaxed);
     StartRead(&in_);
   }
@@ -38,6 +45,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
       spdlog::warn("ingest stream from {} ({}) refused: {}", peer_, location_,
                    std::string(status.message()));
       service_->streams_refused_.fetch_add(1, std::memory_order_relaxed);
+      service_->Refused(RefusalReason(status));
       EndStream(ToGrpcStatus(status));
       return;
     }
@@ -95,6 +103,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
           if (!s.ok()) {
             spdlog::warn("ingest stream from {} ({}) ended: {}", peer_, location_,
                          std::string(s.message()));
+            if (committed.ok()) service_->Refused(RefusalReason(s));
             EndStream(ToGrpcStatus(s));
           }
           Unref();
@@ -103,6 +112,12 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
       }
       case v1::AgentMessage::kHeartbeat:
         if (absl::Status s = BindLocation(message.heartbeat().location()); !s.ok()) return s;
+        if (not_after_ != absl::InfinitePast()) {
+          // The expiry of the certificate actually presented, not a claim.
+          v1::Heartbeat heartbeat = message.heartbeat();
+          heartbeat.mutable_certificate_not_after()->set_seconds(absl::ToUnixSeconds(not_after_));
+          return service_->engine_->RecordHeartbeat(heartbeat);
+        }
         return service_->engine_->RecordHeartbeat(message.heartbeat());
       case v1::AgentMessage::MESSAGE_NOT_SET:
         break;
@@ -154,7 +169,27 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
 
+  // The counter label for a status that ends a stream.
+  static std::string RefusalReason(const absl::Status& s) {
+    switch (s.code()) {
+      case absl::StatusCode::kResourceExhausted:
+        return kRefusedMaxLocations;
+      case absl::StatusCode::kPermissionDenied:
+        return absl::StrContains(s.message(), "catalog") ? kRefusedUnknownLocation
+                                                          : kRefusedLocationMismatch;
+      default:
+        return kRefusedInvalidBatch;
+    }
+  }
+
   absl::Status BindLocation(const std::string& location) {
+    if (!certified_.empty() && location != certified_) {
+      // Nothing of this message is applied: it is refused before the log
+      // and the engine see it.
+      return absl::PermissionDeniedError(
+          absl::StrCat("the client certificate is for location '", certified_,
+                       "', the message claims '", location, "'"));
+    }
     if (location_.empty()) {
       location_ = location;
       return absl::OkStatus();
@@ -203,6 +238,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
 
   IngestService* const service_;
   const std::string peer_;
+  const std::string certified_;
+  const absl::Time not_after_;
   std::atomic<int> refs_{1};
   // Only touched from OnReadDone, which gRPC never runs concurrently with
   // itself (location_ is read by commit callbacks after it was set).
@@ -240,14 +277,65 @@ absl::Duration IngestService::TakeTokens(const std::string& location, size_t cou
   return absl::Seconds((need - b.tokens) / rate_);
 }
 
+// A stream refused before reading anything: finishes at once.
+class RefusedStream final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::CollectorMessage> {
+ public:
+  explicit RefusedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
 grpc::ServerBidiReactor<v1::AgentMessage, v1::CollectorMessage>* IngestService::Stream(
     grpc::CallbackServerContext* context) {
-  return new IngestReactor(this, context->peer());
+  std::string certified;
+  absl::Time not_after = absl::InfinitePast();
+  if (require_location_) {
+    absl::StatusOr<PeerIdentity> id = CallerIdentity(*context);
+    if (id.ok() && id->role != PeerIdentity::Role::kLocation) {
+      id = absl::PermissionDeniedError(absl::StrCat(
+          "operator certificate '", id->name, "' may not send observations (Ingest needs a "
+          "location certificate)"));
+    }
+    if (!id.ok()) {
+      spdlog::warn("ingest stream from {} refused: {}", context->peer(),
+                   std::string(id.status().message()));
+      Refused(kRefusedNotALocation);
+      return new RefusedStream(ToGrpcStatus(id.status()));
+    }
+    certified = id->name;
+    if (absl::StatusOr<absl::Time> t = CallerCertificateNotAfter(*context); t.ok()) {
+      not_after = *t;
+    }
+  }
+  if (max_streams_ > 0 && streams_open_.load(std::memory_order_relaxed) >= max_streams_) {
+    Refused(kRefusedMaxStreams);
+    return new RefusedStream(grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("the collector serves its limit of ", max_streams_,
+                     " agent streams (--max_streams); retry later")));
+  }
+  return new IngestReactor(this, context->peer(), std::move(certified), not_after);
+}
+
+grpc::ServerUnaryReactor* QueryService::RefuseUnlessOperator(
+    grpc::CallbackServerContext* context) {
+  if (!require_operator_) return nullptr;
+  absl::StatusOr<PeerIdentity> id = CallerIdentity(*context);
+  if (id.ok() && id->role == PeerIdentity::Role::kOperator) return nullptr;
+  const std::string why =
+      id.ok() ? absl::StrCat("location certificate '", id->name,
+                             "' may not query (Query needs an operator certificate)")
+              : std::string(id.status().message());
+  spdlog::warn("query from {} refused: {}", context->peer(), why);
+  if (refusals_ != nullptr) refusals_->Add(kRefusedNotAnOperator);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, why));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* QueryService::ChainSummary(grpc::CallbackServerContext* context,
                                                      const v1::ChainSummaryRequest* request,
                                                      v1::ChainSummaryResponse* response) {
+  if (grpc::ServerUnaryReactor* refused = RefuseUnlessOperator(context)) return refused;
   std::shared_ptr<const Snapshot> snapshot = engine_->snapshot();
   const absl::Time t = snapshot->computed_at;
   response->mutable_computed_at()->set_seconds(absl::ToUnixSeconds(t));
@@ -304,6 +392,7 @@ grpc::ServerUnaryReactor* QueryService::ChainSummary(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* QueryService::Findings(grpc::CallbackServerContext* context,
                                                  const v1::FindingsRequest* request,
                                                  v1::FindingsResponse* response) {
+  if (grpc::ServerUnaryReactor* refused = RefuseUnlessOperator(context)) return refused;
   std::shared_ptr<const Snapshot> snapshot = engine_->snapshot();
   auto wanted = [request](const v1::Finding& f) {
     if (request->kind() != v1::FINDING_KIND_UNSPECIFIED && f.kind() != request->kind())
@@ -330,6 +419,7 @@ grpc::ServerUnaryReactor* QueryService::Findings(grpc::CallbackServerContext* co
 grpc::ServerUnaryReactor* QueryService::LocationScorecard(
     grpc::CallbackServerContext* context, const v1::LocationScorecardRequest* request,
     v1::LocationScorecardResponse* response) {
+  if (grpc::ServerUnaryReactor* refused = RefuseUnlessOperator(context)) return refused;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<v1::LocationScorecardResponse> card =
       engine_->LocationScorecard(request->location());
@@ -341,6 +431,7 @@ grpc::ServerUnaryReactor* QueryService::LocationScorecard(
 grpc::ServerUnaryReactor* QueryService::KeyDetail(grpc::CallbackServerContext* context,
                                                   const v1::KeyDetailRequest* request,
                                                   v1::KeyDetailResponse* response) {
+  if (grpc::ServerUnaryReactor* refused = RefuseUnlessOperator(context)) return refused;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<v1::KeyDetailResponse> detail =
       engine_->KeyDetail(request->series(), request->group());

@@ -22,6 +22,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "collector/auth.h"
 #include "collector/batch_log.h"
 #include "collector/engine.h"
 #include "constance/v1/ingest.grpc.pb.h"
@@ -51,12 +52,26 @@ class IngestService final : public v1::Ingest::CallbackService {
   grpc::ServerBidiReactor<v1::AgentMessage, v1::CollectorMessage>* Stream(
       grpc::CallbackServerContext* context) override;
 
+  // Call before serving. `require_location`: a stream needs a client
+  // certificate naming a location and may only carry that location
+  // (PERMISSION_DENIED otherwise). `max_streams` (0 = unlimited): streams
+  // past it are refused RESOURCE_EXHAUSTED (the agent retries later).
+  // `refusals` (outliving the server) counts what is refused, by reason.
+  void Secure(bool require_location, int64_t max_streams, RefusalCounter* refusals) {
+    require_location_ = require_location;
+    max_streams_ = max_streams;
+    refusals_ = refusals;
+  }
+  const RefusalCounter* refusals() const { return refusals_; }
+
   // Streams open right now.
   int64_t streams_open() const { return streams_open_.load(std::memory_order_relaxed); }
   // Streams ended for a protocol violation, e.g. a second location.
   uint64_t streams_refused() const { return streams_refused_.load(std::memory_order_relaxed); }
   // Batches answered THROTTLED.
   uint64_t batches_throttled() const { return throttled_.load(std::memory_order_relaxed); }
+  // The durable batch log, or null without one (for its commit metrics).
+  const BatchLog* log() const { return log_; }
 
   // Takes `count` tokens of `location`'s bucket at `now`; when there are
   // not enough, takes none and returns how long until there will be.
@@ -77,11 +92,24 @@ class IngestService final : public v1::Ingest::CallbackService {
   std::atomic<uint64_t> throttled_{0};
   std::atomic<int64_t> streams_open_{0};
   std::atomic<uint64_t> streams_refused_{0};
+  bool require_location_ = false;
+  int64_t max_streams_ = 0;
+  RefusalCounter* refusals_ = nullptr;
+  void Refused(const std::string& reason) {
+    if (refusals_ != nullptr) refusals_->Add(reason);
+  }
 };
 
 class QueryService final : public v1::Query::CallbackService {
  public:
   explicit QueryService(const Engine* engine) : engine_(engine) {}
+
+  // Call before serving: every call then needs an operator certificate
+  // (PERMISSION_DENIED otherwise), counted in `refusals` when given.
+  void RequireOperator(RefusalCounter* refusals) {
+    require_operator_ = true;
+    refusals_ = refusals;
+  }
   QueryService(const QueryService&) = delete;
   QueryService& operator=(const QueryService&) = delete;
 
@@ -99,7 +127,12 @@ class QueryService final : public v1::Query::CallbackService {
                                               v1::LocationScorecardResponse* response) override;
 
  private:
+  // A finished reactor when the caller may not query, else nullptr.
+  grpc::ServerUnaryReactor* RefuseUnlessOperator(grpc::CallbackServerContext* context);
+
   const Engine* const engine_;
+  bool require_operator_ = false;
+  RefusalCounter* refusals_ = nullptr;
 };
 
 }  // namespace constance::collector

@@ -1,7 +1,8 @@
 // The collector's engine on one core: observations applied per second with
 // every cell of a 10,000-location x 1,000-key chain already present, and
 // resident bytes per cell, per family. Also the cost of one full
-// evaluation (statistics and findings over every cell).
+// evaluation (statistics and findings over every cell), and of taking and
+// loading a snapshot of the whole state.
 //
 //   engine_bench                        # full size (10M price cells, 1M wait cells)
 //   engine_bench --smoke                # tiny, for ctest
@@ -124,6 +125,27 @@ void BM_Evaluate(benchmark::State& state, v1::Family family) {
   state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(c.locations) * c.keys);
 }
 
+// A snapshot of every cell (what the collector stores every
+// --snapshot_interval, pausing ingest) and loading it (a restart).
+void BM_SnapshotSave(benchmark::State& state, v1::Family family) {
+  Chain& c = Fixture(family);
+  size_t bytes = 0;
+  for (auto _ : state) bytes = c.engine->SaveState().size();
+  state.counters["cells"] = static_cast<double>(c.locations) * c.keys;
+  state.counters["bytes_per_cell"] = static_cast<double>(bytes) / (c.locations * c.keys);
+}
+
+void BM_SnapshotLoad(benchmark::State& state, v1::Family family) {
+  Chain& c = Fixture(family);
+  const std::string saved = c.engine->SaveState();
+  for (auto _ : state) {
+    Engine restored{Engine::Options{}};
+    absl::Status s = restored.LoadState(saved);
+    if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
+  }
+  state.counters["cells"] = static_cast<double>(c.locations) * c.keys;
+}
+
 }  // namespace
 }  // namespace constance::collector
 
@@ -146,6 +168,14 @@ int main(int argc, char** argv) {
         ->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark(absl::StrCat("evaluate/", name).c_str(),
                                  constance::collector::BM_Evaluate, family)
+        ->Unit(benchmark::kMillisecond)
+        ->Iterations(evaluations);
+    benchmark::RegisterBenchmark(absl::StrCat("snapshot_save/", name).c_str(),
+                                 constance::collector::BM_SnapshotSave, family)
+        ->Unit(benchmark::kMillisecond)
+        ->Iterations(evaluations);
+    benchmark::RegisterBenchmark(absl::StrCat("snapshot_load/", name).c_str(),
+                                 constance::collector::BM_SnapshotLoad, family)
         ->Unit(benchmark::kMillisecond)
         ->Iterations(evaluations);
   }

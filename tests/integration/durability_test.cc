@@ -1,16 +1,26 @@
 // The collector's acknowledgement means durable: a batch acknowledged
 // before a SIGKILL is in the statistics after a restart on the same state
-// directory, and its resend after the restart counts as a duplicate.
+// directory, and its resend after the restart counts as a duplicate. Also:
+// throttling never drops data, the collector's /metrics shows delivery
+// (group-commit latency, duplicates, watermarks, what heartbeats carry),
+// and an agent's drop_oldest spool policy keeps the newest and counts the
+// rest. The fault-injection suite (tests/faults/) puts all of it under
+// random faults.
 #include <signal.h>
 
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "constance/v1/ingest.grpc.pb.h"
 #include "constance/v1/query.grpc.pb.h"
+#include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/integration/harness.h"
@@ -33,14 +43,19 @@ class Collector {
     process_ = std::make_unique<Subprocess>(std::move(argv), dir.File(name + ".log"));
     auto r = WaitForReadyFile(ready, *process_, absl::Seconds(30));
     EXPECT_TRUE(r.ok()) << r.status();
-    if (r.ok()) address_ = (*r)["grpc"];
+    if (r.ok()) {
+      address_ = (*r)["grpc"];
+      metrics_address_ = (*r)["metrics"];
+    }
   }
   Subprocess& process() { return *process_; }
   const std::string& address() const { return address_; }
+  const std::string& metrics_address() const { return metrics_address_; }
 
  private:
   std::unique_ptr<Subprocess> process_;
   std::string address_;
+  std::string metrics_address_;
 };
 
 v1::Batch MakeBatch(uint64_t first, int count, const std::string& location = "store-a") {
@@ -57,13 +72,20 @@ v1::Batch MakeBatch(uint64_t first, int count, const std::string& location = "st
   return b;
 }
 
-// Sends `batches` on one stream and returns their acks.
-std::vector<v1::Ack> Send(const std::string& address, const std::vector<v1::Batch>& batches) {
+// Sends `batches` on one stream (after `heartbeat`, if any) and returns
+// their acks.
+std::vector<v1::Ack> Send(const std::string& address, const std::vector<v1::Batch>& batches,
+                          const v1::Heartbeat* heartbeat = nullptr) {
   auto stub = v1::Ingest::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
   auto stream = stub->Stream(&ctx);
   std::vector<v1::Ack> acks;
+  if (heartbeat != nullptr) {
+    v1::AgentMessage m;
+    *m.mutable_heartbeat() = *heartbeat;
+    EXPECT_TRUE(stream->Write(m));
+  }
   for (const v1::Batch& b : batches) {
     v1::AgentMessage m;
     *m.mutable_batch() = b;
@@ -169,6 +191,115 @@ TEST(ThrottlingTest, ANoisyLocationIsThrottledWithoutLossAndOthersKeepGoing) {
   EXPECT_EQ(Summary(collector.address(), 200).observations_applied(), 200u);
   auto status = collector.process().Stop(SIGTERM, absl::Seconds(15));
   ASSERT_TRUE(status.ok());
+}
+
+// The value of the sample `series` (name with labels, as exposed) in a
+// /metrics text, or -1 when absent.
+double Sample(const std::string& text, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (absl::StartsWith(line, series + " ")) {
+      double v = -1;
+      return absl::SimpleAtod(line.substr(series.size() + 1), &v) ? v : -1;
+    }
+  }
+  return -1;
+}
+
+TEST(DeliveryMetricsTest, CommitLatencyDuplicatesWatermarkAndAgentHealthAreExported) {
+  TempDir dir;
+  Collector collector(dir, "metrics");
+  v1::Heartbeat hb;
+  hb.set_location("store-a");
+  hb.set_incarnation(77);
+  hb.set_version("9.8.7");
+  hb.set_spool_depth(12);
+  hb.set_spool_bytes(3456);
+  hb.set_spool_dropped(7);
+  hb.set_oldest_unacknowledged_seconds(4.5);
+  std::vector<v1::Batch> batches;
+  for (int i = 0; i < 5; ++i) batches.push_back(MakeBatch(1 + i * 10, 10));
+  ASSERT_EQ(Send(collector.address(), batches, &hb).size(), 5u);
+  ASSERT_EQ(Send(collector.address(), {MakeBatch(1, 10)}).size(), 1u);  // A resend.
+
+  // /metrics reads the snapshot the statistics tick publishes: poll.
+  std::string text;
+  const std::string loc = "{location=\"store-a\"}";
+  bool published = false;
+  for (absl::Time deadline = absl::Now() + absl::Seconds(10); absl::Now() < deadline;) {
+    auto r = HttpGet(collector.metrics_address(), "/metrics");
+    ASSERT_TRUE(r.ok()) << r.status();
+    text = r->body;
+    if (Sample(text, "constance_observations_duplicate_total") == 10 &&
+        Sample(text, "constance_agent_spool_bytes" + loc) == 3456) {
+      published = true;
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_TRUE(published) << text;
+  // Every batch, the resend included, went through a durable group commit.
+  EXPECT_EQ(Sample(text, "constance_batch_log_batches_committed_total"), 6) << text;
+  const double commits = Sample(text, "constance_batch_log_commit_seconds_count");
+  EXPECT_GE(commits, 1) << text;
+  EXPECT_LE(commits, 6) << text;
+  EXPECT_EQ(Sample(text, "constance_batch_log_commit_seconds_bucket{le=\"+Inf\"}"), commits)
+      << text;
+  EXPECT_GT(Sample(text, "constance_batch_log_commit_seconds_sum"), 0) << text;
+  EXPECT_EQ(Sample(text, "constance_batch_log_commit_failures_total"), 0) << text;
+  EXPECT_EQ(Sample(text, "constance_location_watermark" + loc), 50) << text;
+  EXPECT_EQ(Sample(text, "constance_agent_spool_depth" + loc), 12) << text;
+  EXPECT_EQ(Sample(text, "constance_agent_spool_dropped_total" + loc), 7) << text;
+  EXPECT_EQ(Sample(text, "constance_agent_oldest_unacknowledged_seconds" + loc), 4.5) << text;
+  EXPECT_EQ(Sample(text, "constance_agent_info{location=\"store-a\",version=\"9.8.7\"}"), 1)
+      << text;
+  ASSERT_TRUE(collector.process().Stop(SIGTERM, absl::Seconds(15)).ok());
+}
+
+// An agent configured with spool_when_full: drop_oldest keeps the newest
+// observations while the collector is unreachable and counts what it
+// dropped on its /metrics; a misspelt policy is refused at start.
+TEST(SpoolPolicyTest, DropOldestKeepsTheNewestAndCountsTheDropped) {
+  TempDir dir;
+  const std::string config = dir.File("agent.yaml");
+  // Nothing listens on port 1: the sender keeps retrying, nothing is acked.
+  std::ofstream(config)
+      << "location: store-d\ncollector: 127.0.0.1:1\ninsecure: true\n"
+         "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\n"
+         "spool_path: "
+      << dir.File("spool.db")
+      << "\nspool_max_observations: 5\nspool_when_full: drop_oldest\ndrain_timeout: 0s\n";
+  Subprocess agent({BinDir() + "/constance-agent", "run", "--config=" + config,
+                    "--ready_file=" + dir.File("agent.ready")},
+                   dir.File("agent.log"));
+  auto ready = WaitForReadyFile(dir.File("agent.ready"), agent, absl::Seconds(30));
+  ASSERT_TRUE(ready.ok()) << ready.status();
+  for (int request = 0; request < 3; ++request) {
+    std::string body = "[";
+    for (int i = 0; i < 3; ++i) {
+      absl::StrAppend(&body, i > 0 ? "," : "", R"({"key":"k)", request * 3 + i, R"(","score":1})");
+    }
+    body += "]";
+    auto r = HttpPost((*ready)["http"], "/v1/observations", body);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->status, 200) << r->body;  // Never refused: the oldest make room.
+  }
+  auto metrics = HttpGet((*ready)["metrics"], "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(Sample(metrics->body, "constance_agent_spool_dropped_total"), 4) << metrics->body;
+  EXPECT_EQ(Sample(metrics->body, "constance_agent_spool_depth"), 5) << metrics->body;
+  EXPECT_EQ(
+      Sample(metrics->body, "constance_agent_observations_rejected_total{reason=\"spool_full\"}"),
+      0)
+      << metrics->body;
+  ASSERT_TRUE(agent.Stop(SIGTERM, absl::Seconds(15)).ok());
+
+  const std::string bad_config = dir.File("bad.yaml");
+  std::ofstream(bad_config) << "location: store-d\ncollector: 127.0.0.1:1\ninsecure: true\n"
+                               "spool_when_full: sometimes\n";
+  CommandResult bad = RunCommand(BinDir() + "/constance-agent run --config=" + bad_config, "");
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_THAT(bad.output, ::testing::HasSubstr("spool_when_full")) << bad.output;
+  EXPECT_THAT(bad.output, ::testing::HasSubstr("refuse or drop_oldest")) << bad.output;
 }
 
 }  // namespace

@@ -1,0 +1,328 @@
+// Engine::SaveState and Engine::LoadState: the engine's whole state to and
+// from constance.state.v1.EngineState, for the collector's snapshots.
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "collector/engine.h"
+#include "constance/state/v1/engine_state.pb.h"
+
+namespace constance::collector {
+namespace {
+
+namespace pb = ::constance::state::v1;
+
+// Snapshots of another format are not read: the log is replayed instead.
+constexpr uint32_t kFormat = 1;
+
+int64_t ToNs(absl::Time t) {
+  if (t == absl::InfinitePast()) return std::numeric_limits<int64_t>::min();
+  if (t == absl::InfiniteFuture()) return std::numeric_limits<int64_t>::max();
+  return absl::ToUnixNanos(t);
+}
+
+absl::Time FromNs(int64_t ns) {
+  if (ns == std::numeric_limits<int64_t>::min()) return absl::InfinitePast();
+  if (ns == std::numeric_limits<int64_t>::max()) return absl::InfiniteFuture();
+  return absl::FromUnixNanos(ns);
+}
+
+void SaveBaseline(const DriftBaseline& b, pb::Baseline* out) {
+  out->set_seen(b.seen);
+  out->set_sum(b.sum);
+  out->set_sum_squares(b.sum_squares);
+  out->set_frozen(b.frozen);
+  out->set_mean(b.mean);
+  out->set_stddev(b.stddev);
+}
+
+DriftBaseline LoadBaseline(const pb::Baseline& in) {
+  DriftBaseline b;
+  b.seen = in.seen();
+  b.sum = in.sum();
+  b.sum_squares = in.sum_squares();
+  b.frozen = in.frozen();
+  b.mean = in.mean();
+  b.stddev = in.stddev();
+  return b;
+}
+
+absl::Status Bad(absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("engine snapshot: ", what));
+}
+
+}  // namespace
+
+std::string Engine::SaveState() {
+  absl::MutexLock eval(&eval_mu_);
+  absl::MutexLock lock(&mu_);
+  pb::EngineState state;
+  state.set_format(kFormat);
+  state.set_saved_at_ns(ToNs(options_.clock()));
+  for (const Location& l : locations_) {
+    pb::Location* out = state.add_locations();
+    const LocationState& s = l.state;
+    out->set_name(s.location);
+    out->set_last_report_ns(ToNs(s.last_report));
+    out->set_watermark(s.watermark);
+    out->set_version(s.health.version);
+    out->set_spool_depth(s.health.spool_depth);
+    out->set_spool_bytes(s.health.spool_bytes);
+    out->set_spool_dropped(s.health.spool_dropped);
+    out->set_oldest_unacknowledged_seconds(s.health.oldest_unacknowledged_seconds);
+    out->set_certificate_not_after_ns(ToNs(s.health.certificate_not_after));
+    out->set_heartbeat_at_ns(ToNs(s.health.heartbeat_at));
+  }
+  for (const auto& [id, stream] : streams_) {
+    pb::Stream* out = state.add_streams();
+    out->set_location(id.first);
+    out->set_incarnation(id.second);
+    out->set_watermark(stream.watermark);
+  }
+  for (const Series& series : series_) {
+    pb::Series* out = state.add_series();
+    SeriesToProto(series.key, out->mutable_id());
+    for (const auto& [loc, cell] : series.price) {
+      pb::PriceCell* c = out->add_price();
+      c->set_location(loc);
+      c->set_observed_at_ns(cell.observed_at_ns);
+      c->set_minor_units(cell.minor_units);
+      if (cell.changes != nullptr) {
+        c->set_has_changes(true);
+        for (int i = 0; i < cell.changes->size; ++i) {
+          const PriceChange& ch = cell.changes->ring[i];
+          pb::PriceChange* pc = c->add_changes();
+          pc->set_at_ns(ch.at_ns);
+          pc->set_from(ch.from);
+          pc->set_to(ch.to);
+        }
+      }
+    }
+    for (const auto& [loc, cell] : series.wait) {
+      pb::WaitCell* c = out->add_wait();
+      c->set_location(loc);
+      c->set_observed_at_ns(cell.observed_at_ns);
+      for (const WaitCell::Bin& bin : cell.bins) {
+        pb::WaitBin* b = c->add_bins();
+        b->set_start_ns(bin.start_ns);
+        bin.sketch.EncodeTo(b->mutable_sketch());
+      }
+    }
+    for (const auto& [loc, cell] : series.compliance) {
+      pb::ComplianceCell* c = out->add_compliance();
+      c->set_location(loc);
+      c->set_observed_at_ns(cell.observed_at_ns);
+      for (const CountBin& bin : cell.bins) {
+        pb::CountBin* b = c->add_bins();
+        b->set_start_ns(bin.start_ns);
+        b->set_passed(bin.passed);
+        b->set_failed(bin.failed);
+        b->set_critical_failed(bin.critical_failed);
+      }
+    }
+    for (const auto& [loc, cell] : series.score) {
+      pb::ScoreCell* c = out->add_score();
+      c->set_location(loc);
+      c->set_observed_at_ns(cell.observed_at_ns);
+      for (const SumBin& bin : cell.bins) {
+        pb::SumBin* b = c->add_bins();
+        b->set_start_ns(bin.start_ns);
+        b->set_sum(bin.sum);
+        b->set_count(bin.count);
+      }
+    }
+  }
+  pb::Counters* counters = state.mutable_counters();
+  counters->set_applied(applied_);
+  counters->set_rejected(rejected_);
+  counters->set_duplicates(duplicates_);
+  counters->set_batches(batches_);
+  for (const auto& [reason, n] : rejected_by_reason_) (*counters->mutable_rejected_by_reason())[reason] = n;
+
+  for (FindingTracker::Saved& s : tracker_.Save()) {
+    pb::TrackedFinding* t = state.add_tracked();
+    t->set_id(std::move(s.id));
+    *t->mutable_finding() = std::move(s.finding);
+    t->set_met(s.met);
+    t->set_cleared(s.cleared);
+    t->set_open(s.open);
+    t->set_first_met_ns(ToNs(s.first_met));
+  }
+  for (const v1::Finding& f : tracker_.Closed()) *state.add_closed() = f;
+  for (const auto& [loc, account] : trust_) {
+    pb::Trust* t = state.add_trust();
+    t->set_location(loc);
+    t->set_deposits(account.deposits());
+    t->set_withdrawals(account.withdrawals());
+    t->set_updated_ns(ToNs(account.updated()));
+  }
+  for (uint64_t n : evaluated_counts_) state.add_evaluated_counts(n);
+  for (const auto& [id, d] : group_drift_) {
+    pb::GroupDrift* g = state.add_group_drift();
+    g->set_id(id);
+    SaveBaseline(d.baseline, g->mutable_baseline());
+    g->set_ewma_z(d.ewma.z);
+    g->set_ewma_started(d.ewma.started);
+    g->set_last_bin(d.last_bin);
+    g->set_scale(d.scale);
+    g->set_alarm(d.alarm);
+    g->set_level(d.level);
+  }
+  for (const auto& [id, d] : cell_drift_) {
+    pb::CellDrift* c = state.add_cell_drift();
+    c->set_group(id.first);
+    c->set_location(id.second);
+    SaveBaseline(d.baseline, c->mutable_baseline());
+    c->set_cusum_up(d.up.s);
+    c->set_cusum_down(d.down.s);
+    c->set_last_bin(d.last_bin);
+  }
+  return state.SerializeAsString();
+}
+
+absl::Status Engine::LoadState(const std::string& bytes) {
+  pb::EngineState state;
+  if (!state.ParseFromString(bytes)) return Bad("not a constance.state.v1.EngineState");
+  if (state.format() != kFormat) {
+    return Bad(absl::StrCat("format ", state.format(), ", this collector reads ", kFormat));
+  }
+  const uint32_t n_locations = static_cast<uint32_t>(state.locations_size());
+  auto location_ok = [&](uint32_t loc) { return loc < n_locations; };
+
+  // Everything is built aside first, so a bad snapshot changes nothing.
+  std::vector<Location> locations;
+  absl::flat_hash_map<std::string, uint32_t> location_index;
+  for (const pb::Location& in : state.locations()) {
+    if (!location_index.try_emplace(in.name(), locations.size()).second) {
+      return Bad(absl::StrCat("location '", in.name(), "' appears twice"));
+    }
+    Location l;
+    l.state.location = in.name();
+    l.state.last_report = FromNs(in.last_report_ns());
+    l.state.watermark = in.watermark();
+    l.state.health.version = in.version();
+    l.state.health.spool_depth = in.spool_depth();
+    l.state.health.spool_bytes = in.spool_bytes();
+    l.state.health.spool_dropped = in.spool_dropped();
+    l.state.health.oldest_unacknowledged_seconds = in.oldest_unacknowledged_seconds();
+    l.state.health.certificate_not_after = FromNs(in.certificate_not_after_ns());
+    l.state.health.heartbeat_at = FromNs(in.heartbeat_at_ns());
+    locations.push_back(std::move(l));
+  }
+  absl::flat_hash_map<std::pair<uint32_t, uint64_t>, Stream> streams;
+  for (const pb::Stream& in : state.streams()) {
+    if (!location_ok(in.location())) return Bad("a stream names an unknown location");
+    streams[{in.location(), in.incarnation()}].watermark = in.watermark();
+  }
+  std::vector<Series> series;
+  absl::flat_hash_map<SeriesKey, uint32_t> series_index;
+  uint64_t cells = 0;
+  for (const pb::Series& in : state.series()) {
+    Series s;
+    s.key = SeriesFromProto(in.id());
+    s.dirty = true;
+    if (!series_index.try_emplace(s.key, series.size()).second) {
+      return Bad(absl::StrCat("series '", SeriesName(s.key), "' appears twice"));
+    }
+    for (const pb::PriceCell& c : in.price()) {
+      if (!location_ok(c.location())) return Bad("a price cell names an unknown location");
+      PriceCell& cell = s.price[c.location()];
+      cell.observed_at_ns = c.observed_at_ns();
+      cell.minor_units = c.minor_units();
+      if (c.has_changes()) {
+        if (c.changes_size() > kPriceChanges) return Bad("a price cell has too many changes");
+        cell.changes = std::make_unique<PriceChanges>();
+        for (const pb::PriceChange& ch : c.changes()) {
+          cell.changes->ring[cell.changes->size++] = {ch.at_ns(), ch.from(), ch.to()};
+        }
+      }
+      ++cells;
+    }
+    for (const pb::WaitCell& c : in.wait()) {
+      if (!location_ok(c.location())) return Bad("a wait cell names an unknown location");
+      WaitCell& cell = s.wait[c.location()];
+      cell.observed_at_ns = c.observed_at_ns();
+      for (const pb::WaitBin& b : c.bins()) {
+        WaitCell::Bin bin{b.start_ns(), QuantileSketch()};
+        if (absl::Status st = QuantileSketch::Decode(b.sketch(), &bin.sketch); !st.ok()) {
+          return Bad(absl::StrCat("a wait sketch of '", SeriesName(s.key), "': ", st.message()));
+        }
+        cell.bins.push_back(std::move(bin));
+      }
+      ++cells;
+    }
+    for (const pb::ComplianceCell& c : in.compliance()) {
+      if (!location_ok(c.location())) return Bad("a compliance cell names an unknown location");
+      ComplianceCell& cell = s.compliance[c.location()];
+      cell.observed_at_ns = c.observed_at_ns();
+      for (const pb::CountBin& b : c.bins()) {
+        cell.bins.push_back({b.start_ns(), b.passed(), b.failed(), b.critical_failed()});
+      }
+      ++cells;
+    }
+    for (const pb::ScoreCell& c : in.score()) {
+      if (!location_ok(c.location())) return Bad("a score cell names an unknown location");
+      ScoreCell& cell = s.score[c.location()];
+      cell.observed_at_ns = c.observed_at_ns();
+      for (const pb::SumBin& b : c.bins()) cell.bins.push_back({b.start_ns(), b.sum(), b.count()});
+      ++cells;
+    }
+    series.push_back(std::move(s));
+  }
+  std::vector<FindingTracker::Saved> tracked;
+  for (const pb::TrackedFinding& t : state.tracked()) {
+    tracked.push_back({t.id(), t.finding(), t.met(), t.cleared(), t.open(), FromNs(t.first_met_ns())});
+  }
+  std::deque<v1::Finding> closed(state.closed().begin(), state.closed().end());
+  absl::flat_hash_map<uint32_t, TrustAccount> trust;
+  for (const pb::Trust& t : state.trust()) {
+    if (!location_ok(t.location())) return Bad("a trust account names an unknown location");
+    trust[t.location()].Restore(t.deposits(), t.withdrawals(), FromNs(t.updated_ns()));
+  }
+  absl::flat_hash_map<std::string, GroupDrift> group_drift;
+  for (const pb::GroupDrift& g : state.group_drift()) {
+    GroupDrift& d = group_drift[g.id()];
+    d.baseline = LoadBaseline(g.baseline());
+    d.ewma.z = g.ewma_z();
+    d.ewma.started = g.ewma_started();
+    d.last_bin = g.last_bin();
+    d.scale = g.scale();
+    d.alarm = g.alarm();
+    d.level = g.level();
+  }
+  absl::flat_hash_map<std::pair<std::string, uint32_t>, CellDrift> cell_drift;
+  for (const pb::CellDrift& c : state.cell_drift()) {
+    if (!location_ok(c.location())) return Bad("a cell's drift names an unknown location");
+    CellDrift& d = cell_drift[{c.group(), c.location()}];
+    d.baseline = LoadBaseline(c.baseline());
+    d.up.s = c.cusum_up();
+    d.down.s = c.cusum_down();
+    d.last_bin = c.last_bin();
+  }
+
+  absl::MutexLock eval(&eval_mu_);
+  absl::MutexLock lock(&mu_);
+  for (Location& l : locations) l.entry = catalog_->FindLocation(l.state.location);
+  locations_ = std::move(locations);
+  location_index_ = std::move(location_index);
+  streams_ = std::move(streams);
+  series_ = std::move(series);
+  series_index_ = std::move(series_index);
+  cells_ = cells;
+  applied_ = state.counters().applied();
+  rejected_ = state.counters().rejected();
+  duplicates_ = state.counters().duplicates();
+  batches_ = state.counters().batches();
+  for (const auto& [reason, n] : state.counters().rejected_by_reason()) rejected_by_reason_[reason] = n;
+  tracker_.Load(std::move(tracked), std::move(closed));
+  trust_ = std::move(trust);
+  evaluated_counts_.assign(state.evaluated_counts().begin(), state.evaluated_counts().end());
+  group_drift_ = std::move(group_drift);
+  cell_drift_ = std::move(cell_drift);
+  return absl::OkStatus();
+}
+
+}  // namespace constance::collector

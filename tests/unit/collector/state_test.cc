@@ -1,0 +1,245 @@
+// Snapshots: an engine restored from another's state carries on exactly as
+// the original would have (findings with their start times, trust, drift,
+// high-water marks), and the batch log compacts what a snapshot covers
+// without ever reusing a position.
+#include <unistd.h>
+
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "collector/batch_log.h"
+#include "collector/engine.h"
+#include "gtest/gtest.h"
+
+namespace constance::collector {
+namespace {
+
+const absl::Time kStart = absl::FromUnixSeconds(1'767'225'600);  // 2026-01-01T00:00:00Z
+
+std::string Store(int i) { return absl::StrFormat("store-%02d", i); }
+
+// An engine on an injected clock, fed the way agents feed it.
+class Chain {
+ public:
+  explicit Chain(std::shared_ptr<absl::Time> now) : now_(std::move(now)) {
+    Engine::Options options;
+    options.limits.max_lateness = absl::Hours(24 * 365);
+    auto clock = now_;
+    options.clock = [clock] { return *clock; };
+    engine_ = std::make_unique<Engine>(std::move(options));
+  }
+  v1::Ack Send(const std::string& location, uint64_t first, std::vector<v1::Observation> obs) {
+    v1::Batch batch;
+    batch.set_location(location);
+    batch.set_incarnation(7);
+    batch.set_first_sequence(first);
+    for (auto& o : obs) *batch.add_observations() = std::move(o);
+    absl::StatusOr<v1::Ack> ack = engine_->ApplyBatch(batch);
+    EXPECT_TRUE(ack.ok()) << ack.status();
+    return ack.ok() ? *ack : v1::Ack();
+  }
+  v1::Observation Price(const std::string& key, int64_t minor) const {
+    v1::Observation o;
+    o.set_key(key);
+    o.mutable_price()->set_minor_units(minor);
+    o.mutable_price()->set_currency("EUR");
+    o.mutable_observed_at()->set_seconds(absl::ToUnixSeconds(*now_));
+    return o;
+  }
+  v1::Observation Wait(const std::string& key, double seconds) const {
+    v1::Observation o;
+    o.set_key(key);
+    o.set_wait_seconds(seconds);
+    o.mutable_observed_at()->set_seconds(absl::ToUnixSeconds(*now_));
+    return o;
+  }
+  Engine& engine() { return *engine_; }
+
+ private:
+  std::shared_ptr<absl::Time> now_;
+  std::unique_ptr<Engine> engine_;
+};
+
+// Round `round` of a chain of 12 stores: store 03 overcharges coffee,
+// everybody reports waits, store 05's creep up round after round.
+void Feed(Chain& chain, int round) {
+  for (int i = 0; i < 12; ++i) {
+    std::vector<v1::Observation> obs;
+    obs.push_back(chain.Price("coffee", i == 3 ? 499 : 449));
+    for (int t = 0; t < 40; ++t) {
+      obs.push_back(chain.Wait("checkout", 170 + i + (t % 5) + (i == 5 ? round * 0.8 : 0)));
+    }
+    chain.Send(Store(i), 1 + static_cast<uint64_t>(round) * 41, std::move(obs));
+  }
+}
+
+struct Seen {
+  std::map<std::string, std::pair<int64_t, std::string>> findings;  // id -> (start, kind+reasons)
+  std::map<std::string, double> trust;
+};
+
+Seen Look(Engine& engine) {
+  Seen seen;
+  auto findings = engine.snapshot()->findings;
+  for (const v1::Finding& f : findings->active) {
+    std::string reasons;
+    for (const v1::Reason& r : f.reasons()) reasons += r.detail() + ";";
+    seen.findings[f.id()] = {f.started_at().seconds(), absl::StrFormat("%d %s", f.kind(), reasons)};
+  }
+  for (const auto& t : findings->trust) seen.trust[t.location] = t.balance;
+  return seen;
+}
+
+TEST(EngineStateTest, ARestoredEngineCarriesOnExactlyAsTheOriginal) {
+  auto now = std::make_shared<absl::Time>(kStart);
+  Chain original(now);
+  std::unique_ptr<Chain> restored;
+  for (int round = 0; round < 40; ++round) {
+    *now += absl::Minutes(5);
+    Feed(original, round);
+    if (restored != nullptr) Feed(*restored, round);
+    original.engine().Evaluate();
+    if (restored != nullptr) restored->engine().Evaluate();
+    if (round == 20) {
+      // Mid-way: findings are open, baselines frozen, trust moving.
+      ASSERT_FALSE(Look(original.engine()).findings.empty());
+      restored = std::make_unique<Chain>(now);
+      ASSERT_TRUE(restored->engine().LoadState(original.engine().SaveState()).ok());
+    }
+    if (restored != nullptr && round > 20) {
+      Seen a = Look(original.engine());
+      Seen b = Look(restored->engine());
+      ASSERT_EQ(a.findings, b.findings) << "round " << round;
+      ASSERT_EQ(a.trust, b.trust) << "round " << round;
+    }
+  }
+  Seen last = Look(restored->engine());
+  // The overcharge opened before the restore and kept its start time; the
+  // creeping store's drift was found after it, from restored baselines.
+  bool overcharge = false, drift = false;
+  for (const auto& [id, f] : last.findings) {
+    if (id.find("store-03") != std::string::npos) {
+      overcharge = true;
+      EXPECT_LT(f.first, absl::ToUnixSeconds(kStart + absl::Minutes(5 * 21)));
+    }
+    if (id.find("store-05") != std::string::npos) drift = true;
+  }
+  EXPECT_TRUE(overcharge);
+  EXPECT_TRUE(drift);
+  EXPECT_LT(last.trust["store-03"], 0);
+
+  // High-water marks came along: a resent batch is a duplicate.
+  v1::Ack ack = restored->Send(Store(0), 1, {restored->Price("coffee", 449)});
+  EXPECT_EQ(ack.duplicates(), 1u);
+}
+
+TEST(EngineStateTest, AnUnreadableSnapshotIsRefusedAndChangesNothing) {
+  auto now = std::make_shared<absl::Time>(kStart);
+  Chain chain(now);
+  Feed(chain, 0);
+  chain.engine().Recompute();
+  const uint64_t before = chain.engine().snapshot()->cells;
+  absl::Status s = chain.engine().LoadState("not a snapshot at all");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("engine snapshot"), std::string::npos) << s;
+  // A snapshot of another format version.
+  Chain other(now);
+  std::string state = other.engine().SaveState();
+  state[1] = 99;  // Field 1 (format) is the first varint.
+  EXPECT_EQ(chain.engine().LoadState(state).code(), absl::StatusCode::kInvalidArgument);
+  chain.engine().Recompute();
+  EXPECT_EQ(chain.engine().snapshot()->cells, before);
+  v1::Ack ack = chain.Send(Store(0), 1, {chain.Price("coffee", 449)});
+  EXPECT_EQ(ack.duplicates(), 1u);
+}
+
+// A temporary directory removed at the end.
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/constance-state-test.XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~TempDir() { std::system(("rm -rf " + path_).c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Appends `n` batches (first sequences from `first`) and waits until each
+// has been committed and "applied".
+void AppendAndWait(BatchLog& log, uint64_t first, int n, std::vector<uint64_t>* applied,
+                   absl::Mutex* mu) {
+  for (int i = 0; i < n; ++i) {
+    v1::Batch b;
+    b.set_location("store-01");
+    b.set_incarnation(1);
+    b.set_first_sequence(first + i);
+    log.Append(b, kStart, [applied, mu, seq = first + i](absl::Status s) {
+      ASSERT_TRUE(s.ok()) << s;
+      absl::MutexLock lock(mu);
+      applied->push_back(seq);
+    });
+  }
+  absl::MutexLock lock(mu);
+  auto done = [applied, first, n] {
+    return !applied->empty() && applied->back() == first + n - 1;
+  };
+  ASSERT_TRUE(mu->AwaitWithTimeout(absl::Condition(&done), absl::Seconds(30)));
+}
+
+TEST(BatchLogTest, ASnapshotCompactsTheLogAndPositionsAreNeverReused) {
+  TempDir dir;
+  const std::string path = dir.path() + "/batches.db";
+  absl::Mutex mu;
+  std::vector<uint64_t> applied;
+  int captures = 0;
+  {
+    absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
+    ASSERT_TRUE(log.ok()) << log.status();
+    EXPECT_TRUE(absl::IsNotFound((*log)->LoadSnapshot().status()));
+    (*log)->SetCheckpoint(absl::InfiniteDuration(), [&] {
+      absl::MutexLock lock(&mu);
+      ++captures;
+      return absl::StrFormat("state after %d batches", applied.size());
+    });
+    (*log)->Start();
+    AppendAndWait(**log, 1, 5, &applied, &mu);
+  }  // A clean shutdown snapshots.
+  EXPECT_EQ(captures, 1);
+  {
+    absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
+    ASSERT_TRUE(log.ok()) << log.status();
+    absl::StatusOr<BatchLog::Snapshot> snap = (*log)->LoadSnapshot();
+    ASSERT_TRUE(snap.ok()) << snap.status();
+    EXPECT_EQ(snap->state, "state after 5 batches");
+    EXPECT_EQ(snap->through, 5);
+    int replayed = 0;
+    ASSERT_TRUE((*log)->Replay([&](const v1::Batch&, absl::Time) { ++replayed; }, 0).ok());
+    EXPECT_EQ(replayed, 0);  // Compacted away.
+    // No checkpoint now: these stay in the log, after the snapshot.
+    (*log)->Start();
+    AppendAndWait(**log, 6, 3, &applied, &mu);
+  }  // Killed or not, the snapshot still covers the first 5 only.
+  {
+    absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
+    ASSERT_TRUE(log.ok()) << log.status();
+    absl::StatusOr<BatchLog::Snapshot> snap = (*log)->LoadSnapshot();
+    ASSERT_TRUE(snap.ok());
+    std::vector<uint64_t> replayed;
+    ASSERT_TRUE((*log)
+                    ->Replay([&](const v1::Batch& b, absl::Time) { replayed.push_back(b.first_sequence()); },
+                             snap->through)
+                    .ok());
+    EXPECT_EQ(replayed, (std::vector<uint64_t>{6, 7, 8}));
+  }
+}
+
+}  // namespace
+}  // namespace constance::collector
