@@ -1,0 +1,225 @@
+// ingest_bench: acknowledged observations per second, agent streams to a
+// real collector over loopback, with durability on.
+//
+// Starts constance-collector (from the build) with a fresh --state_dir, so
+// every acknowledgement waits for the batch log's group commit (SQLite WAL,
+// synchronous=FULL), and without a rate limit. N load-generator streams
+// speak constance.v1.Ingest/Stream directly, as agents would (one location
+// and incarnation each, consecutive sequences), each keeping up to
+// --window batches unacknowledged. It reports:
+//   - acknowledged observations per second (first write to last ack);
+//   - p50/p99 ack latency: from a batch's write to its ack;
+//   - collector CPU seconds per million observations (/proc/PID/stat,
+//     user + system, over the load only).
+//
+//   ingest_bench --streams=4 --observations=2000000 --batch=500 --window=8
+//   ingest_bench --smoke        # a tiny run (ctest)
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "constance/v1/ingest.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "tests/integration/harness.h"
+
+ABSL_FLAG(int, streams, 4, "Concurrent agent streams (one location each)");
+ABSL_FLAG(int64_t, observations, 1'000'000, "Observations in total, over all streams");
+ABSL_FLAG(int, batch, 500, "Observations per batch");
+ABSL_FLAG(int, window, 8, "Unacknowledged batches per stream at most");
+ABSL_FLAG(bool, smoke, false, "A tiny run: 2 streams, 20,000 observations");
+
+namespace constance::testing {
+namespace {
+
+struct StreamResult {
+  int64_t acknowledged = 0;
+  std::vector<double> latencies_ms;
+  std::string error;
+};
+
+// One agent's stream: writes `total` observations in batches, keeping at
+// most `window` unacknowledged, and times each ack.
+StreamResult RunStream(const std::string& address, int index, int64_t total, int batch,
+                       int window) {
+  StreamResult result;
+  auto stub = v1::Ingest::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  auto stream = stub->Stream(&ctx);
+  const std::string location = absl::StrCat("bench-", index);
+  const uint64_t incarnation = 0x1000 + static_cast<uint64_t>(index);
+
+  absl::Mutex mu;
+  int in_flight = 0;
+  bool reader_done = false;
+  std::vector<absl::Time> sent_at;  // By batch number.
+  const int64_t batches = (total + batch - 1) / batch;
+  sent_at.resize(static_cast<size_t>(batches));
+  std::thread reader([&] {
+    v1::CollectorMessage msg;
+    int64_t acked_batches = 0;
+    while (acked_batches < batches && stream->Read(&msg)) {
+      if (!msg.has_ack()) continue;
+      const absl::Time now = absl::Now();
+      const v1::Ack& ack = msg.ack();
+      const int64_t n = static_cast<int64_t>((ack.first_sequence() - 1) / batch);
+      absl::MutexLock lock(&mu);
+      if (ack.outcome() != v1::Ack::APPLIED) {
+        result.error = absl::StrCat(location, ": ack outcome ", ack.outcome());
+        break;
+      }
+      result.latencies_ms.push_back(absl::ToDoubleMilliseconds(now - sent_at[n]));
+      result.acknowledged += ack.count();
+      ++acked_batches;
+      --in_flight;
+    }
+    absl::MutexLock lock(&mu);
+    reader_done = true;
+  });
+  for (int64_t b = 0; b < batches; ++b) {
+    v1::AgentMessage msg;
+    v1::Batch* out = msg.mutable_batch();
+    out->set_location(location);
+    out->set_incarnation(incarnation);
+    out->set_first_sequence(static_cast<uint64_t>(b * batch + 1));
+    const int64_t count = std::min<int64_t>(batch, total - b * batch);
+    for (int64_t i = 0; i < count; ++i) {
+      v1::Observation* o = out->add_observations();
+      o->set_key(absl::StrCat("k", (b * batch + i) % 100));
+      o->set_score(static_cast<double>((b * batch + i) % 1000));
+    }
+    {
+      absl::MutexLock lock(&mu);
+      auto room = [&] { return in_flight < window || reader_done; };
+      mu.Await(absl::Condition(&room));
+      if (reader_done) break;
+      ++in_flight;
+      sent_at[static_cast<size_t>(b)] = absl::Now();
+    }
+    if (!stream->Write(msg)) break;
+  }
+  {
+    // A reader that gave up (refused ack) leaves a stream to end.
+    absl::MutexLock lock(&mu);
+    if (!result.error.empty()) ctx.TryCancel();
+  }
+  reader.join();
+  stream->WritesDone();
+  grpc::Status status = stream->Finish();
+  if (result.error.empty() && result.acknowledged < total) {
+    result.error = absl::StrCat(location, ": ", result.acknowledged, " of ", total,
+                                " acknowledged; stream ended: ", status.error_message());
+  }
+  return result;
+}
+
+// User + system CPU seconds of `pid` so far.
+double CpuSeconds(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Fields after the command name (which may hold spaces) start at ") ".
+  std::istringstream rest(text.substr(text.rfind(')') + 2));
+  std::string field;
+  double ticks = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14 || i == 15) ticks += std::stod(field);  // utime, stime.
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double Percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[static_cast<size_t>(q * static_cast<double>(v.size() - 1))];
+}
+
+int Run() {
+  int streams = absl::GetFlag(FLAGS_streams);
+  int64_t total = absl::GetFlag(FLAGS_observations);
+  const int batch = absl::GetFlag(FLAGS_batch);
+  const int window = absl::GetFlag(FLAGS_window);
+  if (absl::GetFlag(FLAGS_smoke)) {
+    streams = 2;
+    total = 20'000;
+  }
+  if (streams < 1 || total < streams || batch < 1 || window < 1) {
+    std::fprintf(stderr,
+                 "ingest_bench: --streams, --observations, --batch, --window must be >= 1\n");
+    return 2;
+  }
+  TempDir dir;
+  const std::string ready = dir.File("ready");
+  Subprocess collector({BinDir() + "/constance-collector", "--insecure", "--listen=127.0.0.1:0",
+                        "--metrics_listen=127.0.0.1:0", "--state_dir=" + dir.path(),
+                        "--max_rate_per_location=0", "--log_level=warn", "--ready_file=" + ready},
+                       dir.File("collector.log"));
+  auto addresses = WaitForReadyFile(ready, collector, absl::Seconds(30));
+  if (!addresses.ok()) {
+    std::fprintf(stderr, "ingest_bench: %s\n", std::string(addresses.status().message()).c_str());
+    return 1;
+  }
+  const std::string address = (*addresses)["grpc"];
+
+  const double cpu_before = CpuSeconds(collector.pid());
+  const absl::Time start = absl::Now();
+  std::vector<StreamResult> results(static_cast<size_t>(streams));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < streams; ++i) {
+    const int64_t share = total / streams + (i < total % streams ? 1 : 0);
+    threads.emplace_back([&, i, share] {
+      results[static_cast<size_t>(i)] = RunStream(address, i, share, batch, window);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  const absl::Duration elapsed = absl::Now() - start;
+  const double cpu = CpuSeconds(collector.pid()) - cpu_before;
+
+  int64_t acknowledged = 0;
+  std::vector<double> latencies;
+  int failures = 0;
+  for (const StreamResult& r : results) {
+    acknowledged += r.acknowledged;
+    latencies.insert(latencies.end(), r.latencies_ms.begin(), r.latencies_ms.end());
+    if (!r.error.empty()) {
+      std::fprintf(stderr, "ingest_bench: %s\n", r.error.c_str());
+      ++failures;
+    }
+  }
+  auto stopped = collector.Stop(SIGTERM, absl::Seconds(15));
+  std::printf(
+      "ingest_bench: %d streams, batch %d, window %d: %lld observations acknowledged in %.2f s = "
+      "%.0f observations/s; ack latency p50 %.2f ms, p99 %.2f ms; collector CPU %.2f s = %.2f s "
+      "per million observations\n",
+      streams, batch, window, static_cast<long long>(acknowledged), absl::ToDoubleSeconds(elapsed),
+      static_cast<double>(acknowledged) / absl::ToDoubleSeconds(elapsed),
+      Percentile(latencies, 0.5), Percentile(latencies, 0.99), cpu,
+      cpu / (static_cast<double>(acknowledged) / 1e6));
+  if (failures > 0 || acknowledged != total) return 1;
+  if (!stopped.ok() || *stopped != 0) {
+    std::fprintf(stderr, "ingest_bench: the collector did not stop cleanly:\n%s\n",
+                 collector.Log().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace constance::testing
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return constance::testing::Run();
+}
