@@ -1,0 +1,182 @@
+// The collector Engine used from many threads at once, as the server does:
+// agents' streams apply batches while the statistics and evaluation ticks
+// run, the Query API and /metrics read snapshots, and SIGHUP swaps the
+// catalog. Meant for the ThreadSanitizer build (tests/sanitizers.sh), where
+// a data race fails it; in every build it checks that nothing applied
+// concurrently is lost or applied twice.
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "collector/catalog.h"
+#include "collector/engine.h"
+#include "gtest/gtest.h"
+
+namespace constance::collector {
+namespace {
+
+constexpr int kWriters = 4;
+constexpr int kBatchesPerWriter = 150;
+constexpr int kPerBatch = 4;
+
+// Ticks every few milliseconds so they interleave with ingest.
+std::shared_ptr<const Catalog> FastCatalog(double z_threshold) {
+  Catalog catalog = DefaultCatalog();
+  catalog.price.min_samples = catalog.wait.min_samples = catalog.compliance.min_samples =
+      catalog.score.min_samples = 1;
+  catalog.thresholds.stats_interval = absl::Milliseconds(2);
+  catalog.thresholds.evaluation_interval = absl::Milliseconds(5);
+  catalog.thresholds.z_threshold = z_threshold;
+  return std::make_shared<const Catalog>(std::move(catalog));
+}
+
+v1::Batch MakeBatch(int writer, int batch, absl::Time now) {
+  v1::Batch b;
+  b.set_location(absl::StrCat("store-", writer));
+  b.set_incarnation(1);
+  b.set_first_sequence(static_cast<uint64_t>(batch) * kPerBatch + 1);
+  for (int i = 0; i < kPerBatch; ++i) {
+    v1::Observation* o = b.add_observations();
+    o->mutable_observed_at()->set_seconds(absl::ToUnixSeconds(now));
+    switch (i) {
+      case 0:
+        o->set_key("coffee-250g");
+        o->mutable_price()->set_minor_units(499 + (writer == 0 ? 100 : 0) + batch % 3);
+        o->mutable_price()->set_currency("EUR");
+        break;
+      case 1:
+        o->set_key("checkout");
+        o->set_wait_seconds(60 + 10 * writer + batch % 7);
+        break;
+      case 2:
+        o->set_key("fridge-temp");
+        o->mutable_check()->set_passed(batch % 5 != writer);
+        break;
+      default:
+        o->set_key("nps");
+        o->set_score(40 + writer + batch % 11);
+        break;
+    }
+  }
+  return b;
+}
+
+// Waits until `done` holds, polling with a deadline.
+template <typename Pred>
+bool WaitFor(Pred done, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!done()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
+}
+
+TEST(EngineConcurrencyTest, IngestTicksReadersAndCatalogSwapsInterleave) {
+  Engine::Options options;
+  options.catalog = FastCatalog(3.5);
+  Engine engine(options);
+  engine.Start();
+
+  std::atomic<bool> writing{true};
+  std::atomic<int> ack_errors{0};
+  std::atomic<bool> tick_during_ingest{false};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kWriters; ++w) {
+    threads.emplace_back([&engine, &ack_errors, &tick_during_ingest, w] {
+      for (int b = 0; b < kBatchesPerWriter; ++b) {
+        // Halfway, one writer waits for a statistics tick over what is
+        // applied so far, so ticks surely interleave with ingest.
+        if (w == 0 && b == kBatchesPerWriter / 2) {
+          tick_during_ingest = WaitFor(
+              [&engine] { return engine.snapshot()->observations_applied > 0; }, absl::Seconds(30));
+        }
+        const v1::Batch batch = MakeBatch(w, b, absl::Now());
+        absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(batch);
+        if (!ack.ok() || ack->rejections_size() != 0 || ack->duplicates() != 0) ++ack_errors;
+        // Every third batch is sent twice, as after a lost ack.
+        if (b % 3 == 0) {
+          ack = engine.ApplyBatch(batch);
+          if (!ack.ok() || ack->duplicates() != kPerBatch) ++ack_errors;
+        }
+        if (b % 10 == 0) {
+          v1::Heartbeat hb;
+          hb.set_location(batch.location());
+          hb.set_incarnation(1);
+          hb.set_version("test");
+          if (!engine.RecordHeartbeat(hb).ok()) ++ack_errors;
+        }
+      }
+    });
+  }
+  std::atomic<uint64_t> reads{0};
+  // Readers: /metrics and the Query API.
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&engine, &writing, &reads, r] {
+      v1::SeriesId id;
+      SeriesToProto(SeriesOf(MakeBatch(0, 0, absl::Now()).observations(r)), &id);
+      while (writing.load()) {
+        std::shared_ptr<const Snapshot> s = engine.snapshot();
+        uint64_t seen = s->observations_applied + s->findings->active.size();
+        for (const auto& stats : s->series) seen += stats->outliers.size();
+        (void)engine.KeyDetail(id);
+        (void)engine.LocationScorecard("store-1");
+        reads.fetch_add(1 + seen % 2);
+      }
+    });
+  }
+  // SIGHUP: a catalog swap while everything runs.
+  threads.emplace_back([&engine, &writing] {
+    for (int i = 0; writing.load(); ++i) {
+      engine.SetCatalog(FastCatalog(i % 2 == 0 ? 3.0 : 3.5));
+      absl::SleepFor(absl::Milliseconds(3));
+    }
+  });
+
+  for (int w = 0; w < kWriters; ++w) threads[w].join();
+  // Both ticks must have published something over the ingested data.
+  EXPECT_TRUE(WaitFor(
+      [&engine] {
+        std::shared_ptr<const Snapshot> s = engine.snapshot();
+        return s->observations_applied == uint64_t{kWriters} * kBatchesPerWriter * kPerBatch &&
+               s->findings->evaluated_at > absl::InfinitePast();
+      },
+      absl::Seconds(60)));
+  writing.store(false);
+  for (size_t i = kWriters; i < threads.size(); ++i) threads[i].join();
+  engine.Stop();
+
+  EXPECT_EQ(ack_errors.load(), 0);
+  EXPECT_TRUE(tick_during_ingest.load());
+  EXPECT_GT(reads.load(), 0u);
+  engine.Recompute();
+  std::shared_ptr<const Snapshot> s = engine.snapshot();
+  EXPECT_EQ(s->observations_applied, uint64_t{kWriters} * kBatchesPerWriter * kPerBatch);
+  EXPECT_EQ(s->observations_rejected, 0u);
+  EXPECT_EQ(s->observations_duplicate, uint64_t{kWriters} * ((kBatchesPerWriter + 2) / 3) * kPerBatch);
+  ASSERT_EQ(s->location_states.size(), static_cast<size_t>(kWriters));
+  for (const LocationState& l : s->location_states) {
+    EXPECT_EQ(l.watermark, uint64_t{kBatchesPerWriter} * kPerBatch) << l.location;
+  }
+}
+
+TEST(EngineConcurrencyTest, StopWhileTicksRunIsPromptAndIdempotent) {
+  for (int i = 0; i < 20; ++i) {
+    Engine::Options options;
+    options.catalog = FastCatalog(3.5);
+    Engine engine(options);
+    engine.Start();
+    ASSERT_TRUE(engine.ApplyBatch(MakeBatch(i % kWriters, 0, absl::Now())).ok());
+    engine.Stop();
+    engine.Stop();
+  }  // The destructor stops again.
+}
+
+}  // namespace
+}  // namespace constance::collector
