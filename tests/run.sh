@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 source deploy/lib/deps.sh
 constance_install_deps test
 
+# Compiler cache hits whatever directory the tree was cloned into.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=true
+
 werror=OFF
 [ "${CI:-}" = "true" ] && werror=ON
 constance_build build -DCONSTANCE_WERROR="$werror"
