@@ -201,6 +201,11 @@ scrape_configs:
             received.wait_for(lambda i: overcharge_page(i) and names(i, "olive-oil-1l")
                               and names(i, "cheese-200g"), deadline,
                               "a page to west's pager naming demo-store-07, olive oil and cheese")
+            # What the on-call reads first: the page's headline names the store.
+            headlines = [json.loads(i[2])["payload"]["summary"]
+                         for i in received.snapshot() if overcharge_page(i)]
+            if not all("demo-store-07" in h for h in headlines):
+                raise AssertionError(f"a page headline does not name the store: {headlines}")
             print("ok: inside business hours, west's pager got the overcharge")
         else:
             print("ok: outside business hours (Europe/Paris): no store page expected")
