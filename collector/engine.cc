@@ -927,8 +927,9 @@ void Engine::Evaluate() {
                 v1::OUTLIER,
                 absl::StrCat(Meaning(key.family, dev), ": ", Format(key, x), " against ",
                              Format(key, s.median), " expected (",
-                             Percent(s.median != 0 ? dev / std::fabs(s.median) : 0),
-                             "), outside the band ", Format(key, stats.band.low), " .. ",
+                             Percent(s.median != 0 ? dev / std::fabs(s.median) : 0), "), ",
+                             strength >= 1 ? "outside" : "near the edge of", " the band ",
+                             Format(key, stats.band.low), " .. ",
                              Format(key, stats.band.high), " of ", n, " locations in ", g.group),
                 x, s.median, stats.band.low, stats.band.high, magnitude, dev);
             p.reasons.emplace_back(strength, std::move(r));
@@ -1122,10 +1123,16 @@ void Engine::Evaluate() {
       f.set_group(p.group->group);
       f.set_group_size(p.group->members.size());
       f.set_kind(reasons.front().second.kind());
+      // Severity comes from the reasons past their threshold: a near miss
+      // carried along (an outlier short of the floor beside a drift) does
+      // not raise it. Only while hysteresis alone holds the finding open
+      // (no reason at full strength) do the weaker reasons set it.
+      const bool any_full = reasons.front().first >= 1;
       v1::Severity severity = v1::LOW;
       bool only_drift = true;
       for (auto& [strength, reason] : reasons) {
         c.strength = std::max(c.strength, strength);
+        const bool counts = strength >= 1 || !any_full;
         v1::Severity sev = v1::LOW;
         switch (reason.kind()) {
           case v1::OUTLIER:
@@ -1141,8 +1148,10 @@ void Engine::Evaluate() {
             sev = v1::LOW;
             break;
         }
-        severity = std::max(severity, sev);
-        only_drift = only_drift && reason.kind() == v1::DRIFT;
+        if (counts) {
+          severity = std::max(severity, sev);
+          only_drift = only_drift && reason.kind() == v1::DRIFT;
+        }
         *f.add_reasons() = std::move(reason);
       }
       f.set_severity(severity);

@@ -616,6 +616,50 @@ TEST(FindingsTest, AWaitCreepingUpIsADriftTicketBeforeAnyOutlier) {
   }
 }
 
+TEST(FindingsTest, ANearMissCarriedByADriftTicketDoesNotMakeItAPage) {
+  Catalog catalog = DefaultCatalog();
+  catalog.drift.baseline_bins = 6;
+  Chain chain(catalog);
+  // 20 stores with the same checkout waits (MAD = 0: the floor decides,
+  // 10% of the 180 s median). Store 0 then steps up by 0.9 of the floor:
+  // its CUSUM drifts, and the outlier condition is close enough to ride
+  // along as a reason (hysteresis keeps near misses), but it is no outlier.
+  auto send_bin = [&](double store0_extra) {
+    for (int i = 0; i < 20; ++i) {
+      std::vector<v1::Observation> waits;
+      for (int t = 0; t < 40; ++t) {
+        waits.push_back(chain.Wait("checkout", 178 + (t % 5) + (i == 0 ? store0_extra : 0)));
+      }
+      chain.Send(Store(i), waits);
+    }
+  };
+  for (int bin = 0; bin < 16; ++bin) {
+    send_bin(0);
+    chain.Evaluate(5, absl::Minutes(1));
+  }
+  ASSERT_TRUE(chain.Active().empty()) << Describe(chain.Active());
+  std::vector<v1::Finding> active;
+  const v1::Finding* drift = nullptr;
+  for (int bin = 1; bin <= 10 && drift == nullptr; ++bin) {
+    send_bin(0.9 * 18);
+    chain.Evaluate(5, absl::Minutes(1));
+    active = chain.Active();
+    for (const v1::Finding& f : active) {
+      if (f.location() == Store(0)) drift = &f;
+    }
+  }
+  ASSERT_NE(drift, nullptr) << Describe(active);
+  EXPECT_EQ(drift->kind(), v1::DRIFT) << Describe(active);
+  EXPECT_EQ(drift->severity(), v1::LOW);
+  EXPECT_EQ(drift->audience(), "region");
+  const v1::Reason* near_miss = nullptr;
+  for (const v1::Reason& r : drift->reasons()) {
+    if (r.kind() == v1::OUTLIER) near_miss = &r;
+  }
+  ASSERT_NE(near_miss, nullptr) << "the near miss should ride along" << Describe(active);
+  EXPECT_THAT(near_miss->detail(), HasSubstr("near the edge of the band"));
+}
+
 TEST(FindingsTest, PricesDoNotDrift) {
   Chain chain;
   for (int bin = 0; bin < 40; ++bin) {
