@@ -104,11 +104,13 @@ std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series
   int shown = s.series_size();
   if (max_series > 0) shown = std::min(shown, max_series);
   absl::StrAppend(&out, "Series by dispersion (", shown, " of ", s.series_size(), "):\n");
-  Table series({"SERIES", "N", "MEDIAN", "MAD", "MEAN", "STDDEV", "CV", "MIN", "MAX"});
+  // One row per (series, peer group): a key in four price zones has four
+  // rows, told apart by the group.
+  Table series({"SERIES", "GROUP", "N", "MEDIAN", "MAD", "MEAN", "STDDEV", "CV", "MIN", "MAX"});
   for (int i = 0; i < shown; ++i) {
     const v1::GroupStats& g = s.series(i);
     const v1::SeriesId& id = g.series();
-    series.Add({FormatSeries(id), absl::StrCat(g.n()), FormatValue(id, g.median()),
+    series.Add({FormatSeries(id), g.group().empty() ? "chain" : g.group(), absl::StrCat(g.n()), FormatValue(id, g.median()),
                 FormatValue(id, g.mad()), FormatValue(id, g.mean()), FormatValue(id, g.stddev()),
                 absl::StrFormat("%.3f", g.cv()), FormatValue(id, g.min()),
                 FormatValue(id, g.max())});

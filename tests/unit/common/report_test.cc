@@ -11,6 +11,7 @@
 namespace constance::cli {
 namespace {
 
+using ::testing::ContainsRegex;
 using ::testing::HasSubstr;
 
 TEST(FormatValueTest, Table) {
@@ -61,6 +62,19 @@ TEST(RenderChainSummaryTest, NamesOutliersWithValueExpectedAndBand) {
 
   s.clear_outliers();
   EXPECT_THAT(RenderChainSummary(s, 0), HasSubstr("Outlier locations: none\n"));
+}
+
+TEST(RenderChainSummaryTest, OneSeriesInSeveralPeerGroupsIsToldApartByGroup) {
+  v1::ChainSummaryResponse s;
+  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(R"pb(
+    series { series { family: FAMILY_PRICE key: "apples" currency: "EUR" kind: SHELF }
+             group: "zone=north" n: 6 median: 279 }
+    series { series { family: FAMILY_PRICE key: "apples" currency: "EUR" kind: SHELF }
+             group: "zone=south" n: 6 median: 299 }
+  )pb", &s));
+  std::string out = RenderChainSummary(s, 0);
+  EXPECT_THAT(out, ContainsRegex("price apples EUR/shelf +zone=north +6 +2.79 EUR"));
+  EXPECT_THAT(out, ContainsRegex("price apples EUR/shelf +zone=south +6 +2.99 EUR"));
 }
 
 }  // namespace
