@@ -606,6 +606,10 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
     stats->group = g.group;
     stats->summary = SummarizeGroup(values);
     stats->band = ExpectedBand(data->key.family, stats->summary, policy);
+    if (data->key.family == v1::FAMILY_WAIT) {
+      stats->wait_values.reserve(values.size());
+      for (const LocatedValue& v : values) stats->wait_values.push_back(v.value);
+    }
     absl::flat_hash_set<uint32_t> not_outliers;
     if (data->key.family == v1::FAMILY_PRICE) {
       g.levels = FindLevels(values, stats->summary.median, stats->band.floor, th.min_level);

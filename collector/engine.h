@@ -90,6 +90,10 @@ struct SeriesStats {
   bool rollout = false;             // A chain-wide change is rolling out.
   std::vector<OutlierResult> outliers;
   std::vector<std::string> outlier_locations;  // Parallel to outliers.
+  // Waits only: the members' comparable values, so /metrics can bucket
+  // them into the mergeable histogram from the snapshot alone (a wait key
+  // has one value per location: a few per service, not per item).
+  std::vector<double> wait_values;
 };
 
 // What one agent last said about itself.

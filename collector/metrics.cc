@@ -1,11 +1,16 @@
 #include "collector/metrics.h"
 
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <map>
 #include <string>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_format.h"
 #include "collector/findings.h"
 #include "constance/validate.h"
 
@@ -148,7 +153,74 @@ void CollectFindings(const Snapshot& snap, std::vector<MetricFamily>* out) {
   out->push_back(std::move(score));
 }
 
+// Labels of a series without its group: the mergeable statistics are per
+// series, summed over its peer groups.
+std::vector<ClientMetric::Label> MergeLabels(const SeriesKey& key) {
+  std::string kind =
+      key.family == v1::FAMILY_PRICE ? absl::AsciiStrToLower(v1::PriceKind_Name(key.kind)) : "";
+  return {{"family", std::string(FamilyName(key.family))},
+          {"key", key.key},
+          {"currency", key.currency},
+          {"price_kind", kind}};
+}
+
 }  // namespace
+
+double MergeReference(const SeriesKey& key, const Catalog* catalog) {
+  if (catalog == nullptr) return key.family == v1::FAMILY_COMPLIANCE ? 1 : 0;
+  switch (key.family) {
+    case v1::FAMILY_PRICE: {
+      const v1::PriceKind kind = key.kind == v1::PRICE_KIND_UNSPECIFIED ? v1::SHELF : key.kind;
+      const PricePromise* zone = nullptr;
+      for (const PricePromise& p : catalog->price_promises) {
+        if (p.key != key.key || p.currency != key.currency || p.kind != kind) continue;
+        if (p.where.empty()) return static_cast<double>(p.list_minor_units);
+        if (zone == nullptr) zone = &p;
+      }
+      return zone != nullptr ? static_cast<double>(zone->list_minor_units) : 0;
+    }
+    case v1::FAMILY_WAIT:
+      for (const WaitPromise& p : catalog->wait_promises) {
+        if (p.key == key.key) return p.within_seconds;
+      }
+      return 0;
+    case v1::FAMILY_COMPLIANCE:
+      for (const CheckPromise& p : catalog->check_promises) {
+        if (p.key == key.key) return p.min_pass_rate;
+      }
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+WaitBuckets::WaitBuckets(double relative_accuracy) {
+  // The fewest buckets per decade whose ratio stays within 1 + accuracy
+  // once the bounds are rounded to 9 significant digits.
+  const double a = relative_accuracy > 0 ? relative_accuracy : 0.01;
+  per_decade_ = static_cast<int>(std::ceil(std::log(10.0) / std::log1p(a)));
+  while (std::pow(10.0, 1.0 / per_decade_) * (1 + 2e-9) > 1 + a) ++per_decade_;
+  lowest_ = static_cast<int>(std::floor(per_decade_ * std::log10(kLowestSeconds)));
+  highest_ = static_cast<int>(std::ceil(per_decade_ * std::log10(kHighestSeconds)));
+  bounds_.reserve(highest_ - lowest_ + 1);
+  for (int i = lowest_; i <= highest_; ++i) {
+    // Rounded through decimal so that the `le` label reads the same on
+    // every shard even if two libm builds differ in the last bit of pow.
+    const std::string decimal =
+        absl::StrFormat("%.9g", std::pow(10.0, static_cast<double>(i) / per_decade_));
+    bounds_.push_back(std::strtod(decimal.c_str(), nullptr));
+  }
+}
+
+int WaitBuckets::Index(double seconds) const {
+  if (!(seconds > bounds_.front())) return lowest_;
+  if (seconds > bounds_.back()) return highest_ + 1;
+  int i = static_cast<int>(std::ceil(per_decade_ * std::log10(seconds)));
+  i = std::clamp(i, lowest_, highest_);
+  while (i > lowest_ && seconds <= Bound(i - 1)) --i;
+  while (i < highest_ && seconds > Bound(i)) ++i;
+  return i;
+}
 
 std::vector<MetricFamily> CollectorMetrics::Collect() const {
   std::shared_ptr<const Snapshot> snap = engine_->snapshot();
@@ -401,7 +473,105 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
   out.push_back(std::move(outliers));
   out.push_back(std::move(outlier_value));
   CollectFindings(*snap, &out);
+  CollectMergeable(*snap, &out);
   return out;
+}
+
+void CollectorMetrics::CollectMergeable(const Snapshot& snap,
+                                        std::vector<MetricFamily>* out) const {
+  const Catalog* catalog = snap.catalog.get();
+  // Per series, summed over its groups (which partition its locations):
+  // n_g locations with mean m_g and population stddev s_g contribute
+  // n_g * (m_g - r) and n_g * (s_g^2 + (m_g - r)^2).
+  struct Sums {
+    SeriesKey key;
+    double reference = 0;
+    uint64_t n = 0;
+    double s1 = 0;
+    double s2 = 0;
+    std::vector<const SeriesStats*> groups;  // Owned by the snapshot.
+  };
+  std::vector<Sums> series;
+  absl::flat_hash_map<SeriesKey, size_t> index;
+  for (const auto& s : snap.series) {
+    if (s->summary.n == 0) continue;
+    auto [it, added] = index.try_emplace(s->key, series.size());
+    if (added) {
+      Sums fresh;
+      fresh.key = s->key;
+      fresh.reference = MergeReference(s->key, catalog);
+      series.push_back(std::move(fresh));
+    }
+    Sums& sums = series[it->second];
+    sums.groups.push_back(s.get());
+    const double n = static_cast<double>(s->summary.n);
+    const double d = s->summary.mean - sums.reference;
+    sums.n += s->summary.n;
+    sums.s1 += n * d;
+    sums.s2 += n * (s->summary.stddev * s->summary.stddev + d * d);
+  }
+
+  MetricFamily locations = Family(
+      "constance_series_mergeable_locations",
+      "Locations with a comparable value in the series on this collector (all its groups): the "
+      "n that shards add up (deploy/prometheus/sharding_rules.yml).",
+      MetricType::Gauge);
+  MetricFamily reference = Family(
+      "constance_series_mergeable_reference",
+      "The series' reference value r, the same on every shard (from the catalog's promise, else "
+      "0): the sums of deviations are taken from it so they do not cancel.",
+      MetricType::Gauge);
+  MetricFamily s1 =
+      Family("constance_series_mergeable_sum_deviations",
+             "Sum over this collector's locations of (value - reference).", MetricType::Gauge);
+  MetricFamily s2 =
+      Family("constance_series_mergeable_sum_squared_deviations",
+             "Sum over this collector's locations of (value - reference)^2.", MetricType::Gauge);
+  MetricFamily waits = Family(
+      "constance_series_mergeable_wait_seconds",
+      "The locations' comparable waits (one per location) in cumulative buckets whose bounds are "
+      "the same on every shard (10^(i/k), k per decade from the catalog's wait accuracy), for "
+      "chain-wide quantiles by histogram_quantile.",
+      MetricType::Histogram);
+  const WaitBuckets buckets(catalog != nullptr ? catalog->wait_sketch.relative_accuracy : 0.01);
+  for (const Sums& sums : series) {
+    std::vector<ClientMetric::Label> labels = MergeLabels(sums.key);
+    Add(&locations, labels, static_cast<double>(sums.n));
+    Add(&reference, labels, sums.reference);
+    Add(&s1, labels, sums.s1);
+    Add(&s2, labels, sums.s2);
+    if (sums.key.family != v1::FAMILY_WAIT) continue;
+    std::map<int, uint64_t> counts;  // By bucket index.
+    ClientMetric m;
+    m.label = labels;
+    for (const SeriesStats* group : sums.groups) {
+      for (double v : group->wait_values) {
+        ++counts[buckets.Index(v)];
+        ++m.histogram.sample_count;
+        m.histogram.sample_sum += v;
+      }
+    }
+    if (counts.empty()) continue;
+    // From one bucket below the lowest occupied one (so histogram_quantile
+    // never interpolates from 0) up to the highest bound: a shard's
+    // missing low buckets count 0 for it, as they should, but missing high
+    // ones would undercount the sum, so every shard emits them.
+    uint64_t cumulative = 0;
+    auto next = counts.begin();
+    for (int i = std::max(buckets.lowest(), counts.begin()->first - 1); i <= buckets.highest();
+         ++i) {
+      if (next != counts.end() && next->first == i) cumulative += (next++)->second;
+      m.histogram.bucket.push_back({cumulative, buckets.Bound(i)});
+    }
+    m.histogram.bucket.push_back(
+        {m.histogram.sample_count, std::numeric_limits<double>::infinity()});
+    waits.metric.push_back(std::move(m));
+  }
+  out->push_back(std::move(locations));
+  out->push_back(std::move(reference));
+  out->push_back(std::move(s1));
+  out->push_back(std::move(s2));
+  out->push_back(std::move(waits));
 }
 
 }  // namespace constance::collector

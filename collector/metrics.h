@@ -8,6 +8,15 @@
 // units of their currency, waits in seconds, compliance as a pass ratio
 // 0..1, scores in their own unit.
 //
+// Sharded collectors (deploy/SCALING.md) also export, per series and not
+// per group or location, mergeable sufficient statistics that Prometheus
+// adds up across shards (deploy/prometheus/sharding_rules.yml): the count
+// n of locations with a comparable value, S1 = sum(x - r) and
+// S2 = sum((x - r)^2) about a reference r, r itself, and for waits the
+// locations' comparable values as a cumulative histogram with fixed
+// bounds. Chain-wide: mean = r + S1/n, variance = S2/n - (S1/n)^2 (the
+// population variance, as SummarizeGroup), quantiles by histogram_quantile.
+//
 // Thread-safety: Collect may run on the exposer's threads concurrently with
 // ingest; it only reads immutable snapshots and atomics.
 #ifndef CONSTANCE_COLLECTOR_METRICS_H_
@@ -22,6 +31,54 @@
 
 namespace constance::collector {
 
+// The reference r of a series' mergeable sums. It must be the same on every
+// shard without coordination, so it comes from the catalog all shards
+// load, never from a shard's data: a price's list price (its first
+// chain-wide promise, else its first zone promise, whatever the effective
+// date, so shards never disagree while a change takes effect), a wait's
+// promised within_seconds, a check's min_pass_rate (1 without a promise),
+// else 0. A value derived from the key alone could not be near the
+// values, which is the point: the variance S2/n - (S1/n)^2 keeps a
+// relative accuracy of about 1e-16 * (1 + ((mean - r) / stddev)^2), so a
+// reference near the values keeps it exact, and r = 0 still keeps the
+// stddev within 1e-6 unless the cv is below ~1e-5, where its absolute
+// error (~1.5e-8 * |mean|) is far below every family's floor. `catalog`
+// may be null (the defaults). A shard with a different catalog exports a
+// different r; the rules then publish nothing rather than a wrong figure.
+double MergeReference(const SeriesKey& key, const Catalog* catalog);
+
+// The fixed bucket bounds of the mergeable wait histogram: 10^(i/k) for
+// integer i from 0.1 s to the first bound above one day (the longest
+// valid wait), k the fewest buckets per decade whose ratio is at most
+// 1 + accuracy (232 for 1%). They depend only on the accuracy, so every
+// shard sharing a catalog emits the same `le` values, and
+// histogram_quantile's linear interpolation inside a bucket (l, u] with
+// u <= (1 + accuracy) * l is within `accuracy` of the value it targets.
+// Values at or below 0.1 s share the lowest bucket. A plain value: cheap
+// to build (one pow per bound), immutable, thread-safe.
+class WaitBuckets {
+ public:
+  static constexpr double kLowestSeconds = 0.1;
+  static constexpr double kHighestSeconds = 86'400;
+
+  explicit WaitBuckets(double relative_accuracy);
+
+  // Bucket indexes run from lowest() to highest(); highest() + 1 is +Inf.
+  int lowest() const { return lowest_; }
+  int highest() const { return highest_; }
+  int per_decade() const { return per_decade_; }
+  // The upper bound of bucket `i`, lowest() <= i <= highest().
+  double Bound(int i) const { return bounds_[i - lowest_]; }
+  // The bucket holding `seconds`: the smallest i with seconds <= Bound(i).
+  int Index(double seconds) const;
+
+ private:
+  int per_decade_ = 0;
+  int lowest_ = 0;
+  int highest_ = 0;
+  std::vector<double> bounds_;
+};
+
 class CollectorMetrics final : public prometheus::Collectable {
  public:
   // Both pointers must outlive this object's registration with an exposer.
@@ -31,6 +88,9 @@ class CollectorMetrics final : public prometheus::Collectable {
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
+  // The mergeable statistics described above, appended to `out`.
+  void CollectMergeable(const Snapshot& snap, std::vector<prometheus::MetricFamily>* out) const;
+
   const Engine* const engine_;
   const IngestService* const ingest_;
 };
