@@ -3,7 +3,9 @@
 #
 #   packaging_test.sh SOURCE_DIR BUILD_DIR CPACK
 #
-# 1. Units: `systemd-analyze verify` when systemd runs here, and always a
+# 1. Units: `systemd-analyze verify` wherever it is installed (it runs
+#    offline, without systemd as PID 1), failing on any warning it prints
+#    (an unknown or misspelt key is only a warning to it), and always a
 #    structural check (sections and required keys).
 # 2. Packages: cpack builds constance-agent and constance-collector .debs
 #    from the already built BUILD_DIR into a temporary directory.
@@ -78,14 +80,14 @@ echo "ok: unit files have their sections and keys"
 
 verify_units() {
   # systemd-analyze verify also checks that ExecStart's binary exists.
-  systemd-analyze verify "$@" || fail "systemd-analyze verify $*"
+  local out
+  out=$(systemd-analyze verify "$@" 2>&1) || fail "systemd-analyze verify $*: $out"
+  [ -z "$out" ] || fail "systemd-analyze verify $* printed warnings: $out"
   echo "ok: systemd-analyze verify $*"
 }
 systemd_here=0
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   skip "systemd-analyze verify: systemd-analyze is not installed"
-elif [ ! -d /run/systemd/system ]; then
-  skip "systemd-analyze verify: this system is not booted with systemd (container?)"
 else
   systemd_here=1
   # Before installing, point ExecStart at the build tree's binaries.
