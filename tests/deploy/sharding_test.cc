@@ -178,8 +178,12 @@ std::string SampleKey(const std::string& job, const Series& s) {
   return absl::StrCat(job, " ", s.family, " ", s.key, " ", s.currency, " ", s.price_kind);
 }
 
-absl::StatusOr<Samples> Query(const std::string& prometheus, const std::string& expr) {
-  absl::StatusOr<HttpResponse> r = HttpGet(prometheus, "/api/v1/query?query=" + UrlEncode(expr));
+// An instant query evaluated at `at` (Unix seconds), so that several
+// queries read the same rule evaluation and the same scrapes.
+absl::StatusOr<Samples> Query(const std::string& prometheus, const std::string& expr,
+                              const std::string& at) {
+  absl::StatusOr<HttpResponse> r =
+      HttpGet(prometheus, "/api/v1/query?query=" + UrlEncode(expr) + "&time=" + at);
   if (!r.ok()) return r.status();
   nlohmann::json answer = nlohmann::json::parse(r->body, nullptr, /*allow_exceptions=*/false);
   if (answer.is_discarded() || answer.value("status", "") != "success") {
@@ -255,7 +259,7 @@ TEST(ShardingTest, TwoShardsMergeToWhatOneCollectorHoldingEveryLocationComputes)
   // Prometheus: job "shards" scrapes the two shards (told apart by a
   // `shard` target label), job "single" the third; the rules keep jobs apart.
   std::ofstream(dir.File("prometheus.yml"))
-      << "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
+      << "global: {scrape_interval: 2s, scrape_timeout: 2s, evaluation_interval: 1s}\n"
       << "rule_files: [\"" << SourceDir() << "/deploy/prometheus/sharding_rules.yml\"]\n"
       << "scrape_configs:\n"
       << "  - job_name: shards\n"
@@ -279,12 +283,22 @@ TEST(ShardingTest, TwoShardsMergeToWhatOneCollectorHoldingEveryLocationComputes)
   Samples n, single_n;
   const absl::Time deadline = absl::Now() + absl::Seconds(90);
   bool ready = false;
+  // Every figure is read at one instant, at which the readiness held: a
+  // scrape that times out on a loaded machine makes that shard's series
+  // stale for a moment, and a later instant could mix in a rule
+  // evaluation over one shard only.
+  std::string at;
   while (!ready && absl::Now() < deadline) {
+    // Far enough back that every scrape and rule evaluation stamped at or
+    // before it has finished (scrapes time out after 2 s).
+    at = absl::StrFormat("%.3f", absl::ToDoubleSeconds(absl::Now() - absl::Seconds(3) -
+                                                       absl::UnixEpoch()));
     absl::StatusOr<Samples> merged_n =
-        Query(*prom, kLevel + "constance_series_mergeable_locations:sum");
+        Query(*prom, kLevel + "constance_series_mergeable_locations:sum", at);
     absl::StatusOr<Samples> own_n =
-        Query(*prom, "constance_series_locations{job=\"single\",group=\"chain\"}");
-    absl::StatusOr<Samples> median = Query(*prom, kLevel + "constance_series_median:merged");
+        Query(*prom, "constance_series_locations{job=\"single\",group=\"chain\"}", at);
+    absl::StatusOr<Samples> median =
+        Query(*prom, kLevel + "constance_series_median:merged", at);
     ready = merged_n.ok() && own_n.ok() && median.ok();
     for (const Series& s : kSeries) {
       if (!ready) break;
@@ -306,7 +320,8 @@ TEST(ShardingTest, TwoShardsMergeToWhatOneCollectorHoldingEveryLocationComputes)
   for (auto [shard, locations] : {std::pair{"a", 21.0}, std::pair{"b", 20.0}}) {
     absl::StatusOr<Samples> held =
         Query(*prom, absl::StrCat("constance_series_mergeable_locations{job=\"shards\",shard=\"",
-                                  shard, "\",key=\"checkout\"}"));
+                                  shard, "\",key=\"checkout\"}"),
+              at);
     ASSERT_TRUE(held.ok()) << held.status();
     ASSERT_EQ(held->size(), 1u) << shard;
     EXPECT_EQ(held->begin()->second, locations) << shard;
@@ -330,8 +345,8 @@ TEST(ShardingTest, TwoShardsMergeToWhatOneCollectorHoldingEveryLocationComputes)
       {"constance_series_p90:merged", "constance_series_p90", kSketchAccuracy, true},
   };
   for (const Compared& c : kCompared) {
-    absl::StatusOr<Samples> merged = Query(*prom, kLevel + c.merged);
-    absl::StatusOr<Samples> own = Query(*prom, c.own + "{job=\"single\",group=\"chain\"}");
+    absl::StatusOr<Samples> merged = Query(*prom, kLevel + c.merged, at);
+    absl::StatusOr<Samples> own = Query(*prom, c.own + "{job=\"single\",group=\"chain\"}", at);
     ASSERT_TRUE(merged.ok()) << merged.status();
     ASSERT_TRUE(own.ok()) << own.status();
     for (const Series& s : kSeries) {
@@ -350,6 +365,18 @@ TEST(ShardingTest, TwoShardsMergeToWhatOneCollectorHoldingEveryLocationComputes)
         // collector's buckets, so the quantiles are the same number.
         ASSERT_TRUE(merged->count(SampleKey("single", s)));
         EXPECT_LE(RelativeError(got, merged->at(SampleKey("single", s))), 1e-12);
+        if (::testing::Test::HasFailure()) {
+          for (const std::string& expr :
+               {absl::StrCat("family_key_currency_price_kind_le:constance_series_mergeable_wait_"
+                             "seconds_bucket:sum{key=\"",
+                             s.key, "\"}"),
+                absl::StrCat("constance_series_mergeable_wait_seconds_bucket{key=\"", s.key,
+                             "\"}")}) {
+            absl::StatusOr<HttpResponse> r =
+                HttpGet(*prom, "/api/v1/query?query=" + UrlEncode(expr) + "&time=" + at);
+            if (r.ok()) std::printf("%s:\n%s\n", expr.c_str(), r->body.c_str());
+          }
+        }
       }
     }
   }
