@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <deque>
+#include <memory>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "google/protobuf/arena.h"
 #include "spdlog/spdlog.h"
 
 namespace constance::collector {
@@ -16,6 +18,34 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
+
+namespace {
+
+google::protobuf::ArenaOptions IncomingArenaOptions() {
+  google::protobuf::ArenaOptions options;
+  // A batch of 1,000 price observations takes about 150 KiB parsed.
+  options.start_block_size = 16 << 10;
+  options.max_block_size = 256 << 10;
+  return options;
+}
+
+}  // namespace
+
+// One message read from an agent stream, parsed on an arena of its own: a
+// batch's observations land in a few large blocks instead of several heap
+// objects each (malloc and free were most of the ingest path's time), and
+// the whole message goes to the batch log's commit callback by reference,
+// never copied. Freed with its last reference.
+struct IncomingMessage {
+  IncomingMessage()
+      : arena(IncomingArenaOptions()),
+        message(google::protobuf::Arena::CreateMessage<v1::AgentMessage>(&arena)) {}
+  IncomingMessage(const IncomingMessage&) = delete;
+  IncomingMessage& operator=(const IncomingMessage&) = delete;
+
+  google::protobuf::Arena arena;
+  v1::AgentMessage* const message;  // Owned by `arena`.
+};
 
 // One agent stream. Deletes itself in OnDone, after gRPC is finished with
 // it; nothing else holds a pointer to it.
@@ -28,9 +58,10 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
       : service_(service),
         peer_(std::move(peer)),
         certified_(std::move(certified)),
-        not_after_(not_after) {
+        not_after_(not_after),
+        in_(std::make_shared<IncomingMessage>()) {
     service_->streams_open_.fetch_add(1, std::memory_order_relaxed);
-    StartRead(&in_);
+    StartRead(in_->message);
   }
 
   void OnReadDone(bool ok) override {
@@ -40,7 +71,11 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
       EndStream(grpc::Status::OK);
       return;
     }
-    absl::Status status = Handle(in_);
+    // The message read goes to Handle (and may outlive this call, waiting
+    // for its commit); the next read gets a fresh one.
+    std::shared_ptr<const IncomingMessage> incoming = std::move(in_);
+    in_ = std::make_shared<IncomingMessage>();
+    absl::Status status = Handle(std::move(incoming));
     if (!status.ok()) {
       spdlog::warn("ingest stream from {} ({}) refused: {}", peer_, location_,
                    std::string(status.message()));
@@ -49,7 +84,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
       EndStream(ToGrpcStatus(status));
       return;
     }
-    StartRead(&in_);
+    StartRead(in_->message);
   }
 
   void OnWriteDone(bool ok) override {
@@ -85,7 +120,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
   }
 
  private:
-  absl::Status Handle(const v1::AgentMessage& message) {
+  absl::Status Handle(std::shared_ptr<const IncomingMessage> incoming) {
+    const v1::AgentMessage& message = *incoming->message;
     switch (message.message_case()) {
       case v1::AgentMessage::kBatch: {
         if (absl::Status s = BindLocation(message.batch().location()); !s.ok()) return s;
@@ -96,10 +132,11 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
         // acknowledged only once committed. The reference keeps this
         // reactor alive until the commit reports, even if the stream ends.
         Ref();
-        auto batch = std::make_shared<v1::Batch>(message.batch());
         const absl::Time received = service_->engine_->now();
-        service_->log_->Append(*batch, received, [this, batch, received](absl::Status committed) {
-          absl::Status s = committed.ok() ? ApplyAndAck(*batch, received) : committed;
+        service_->log_->Append(message.batch(), received, [this, incoming,
+                                                            received](absl::Status committed) {
+          absl::Status s =
+              committed.ok() ? ApplyAndAck(incoming->message->batch(), received) : committed;
           if (!s.ok()) {
             spdlog::warn("ingest stream from {} ({}) ended: {}", peer_, location_,
                          std::string(s.message()));
@@ -243,7 +280,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
   std::atomic<int> refs_{1};
   // Only touched from OnReadDone, which gRPC never runs concurrently with
   // itself (location_ is read by commit callbacks after it was set).
-  v1::AgentMessage in_;
+  std::shared_ptr<IncomingMessage> in_;  // The message the pending read fills.
   std::string location_;
   uint64_t throttled_from_ = 0;  // First sequence of the throttled batch; 0 = none.
 
