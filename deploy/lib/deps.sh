@@ -5,6 +5,7 @@
 #   constance_install_deps build   # compilers and -dev libraries
 #   constance_install_deps test    # plus what the tests run (promtool, ...)
 #   constance_install_deps sanitizers  # plus clang and libFuzzer
+#   constance_install_deps bench   # plus the peers tests/bench/peers.sh runs
 
 CONSTANCE_BUILD_PACKAGES=(
   g++ cmake ninja-build pkg-config ccache
@@ -25,13 +26,20 @@ CONSTANCE_TEST_PACKAGES=(prometheus prometheus-alertmanager curl dpkg-dev adduse
 # libclang-rt-14-dev holds its sanitizer runtimes and libFuzzer
 # (libclang_rt.fuzzer*.a, what -fsanitize=fuzzer links).
 CONSTANCE_SANITIZER_PACKAGES=(clang-14 libclang-rt-14-dev)
+# tests/bench/peers.sh (issue 8): the stock alternatives constance is
+# measured beside (Prometheus remote write, Pushgateway, collectd,
+# node-exporter), and snappy for the remote-write load generator.
+CONSTANCE_BENCH_PACKAGES=(prometheus prometheus-pushgateway prometheus-node-exporter
+  collectd-core libsnappy-dev)
 
 constance_install_deps() {
   local want=("${CONSTANCE_BUILD_PACKAGES[@]}")
   case "${1:-build}" in
-    test) want+=("${CONSTANCE_TEST_PACKAGES[@]}") ;;
+    # The benchmarks' smoke tests (ctest -L bench) run the peers too.
+    test) want+=("${CONSTANCE_TEST_PACKAGES[@]}" "${CONSTANCE_BENCH_PACKAGES[@]}") ;;
     sanitizers) want+=("${CONSTANCE_TEST_PACKAGES[@]}" "${CONSTANCE_SANITIZER_PACKAGES[@]}") ;;
     demo) want+=("${CONSTANCE_DEMO_PACKAGES[@]}") ;;
+    bench) want+=("${CONSTANCE_BENCH_PACKAGES[@]}") ;;
   esac
   local missing=()
   local p

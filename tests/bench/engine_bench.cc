@@ -4,15 +4,26 @@
 // evaluation (statistics and findings over every cell), and of taking and
 // loading a snapshot of the whole state.
 //
-//   engine_bench                        # full size (10M price cells, 1M wait cells)
+//   engine_bench                        # full size (10M price, compliance and
+//                                       # score cells, 1M wait cells)
+//   engine_bench --family=wait --locations=10000   # one family, 10M cells
 //   engine_bench --smoke                # tiny, for ctest
+//
+// --family (price, wait, compliance, score; default all) registers only
+// that family's benchmarks, so each family can run in its own process and
+// its resident growth is its own. --locations overrides the chain's
+// locations (1,000 keys each); --iterations the evaluations and snapshots
+// timed (default 3).
 //
 // Figures and the command that produced them: tests/bench/RESULTS.md.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,6 +36,7 @@ namespace constance::collector {
 namespace {
 
 bool g_smoke = false;
+int g_locations = 0;  // 0: the family's default.
 const absl::Time kNow = absl::FromUnixSeconds(1'767'225'600);
 
 double ResidentBytes() {
@@ -53,11 +65,20 @@ v1::Batch MakeBatch(Chain& c, int location, v1::Family family, int first_key, in
     v1::Observation* o = b.add_observations();
     o->set_key(absl::StrCat("item-", (first_key + k) % c.keys));
     o->mutable_observed_at()->set_seconds(absl::ToUnixSeconds(kNow) + round);
-    if (family == v1::FAMILY_PRICE) {
-      o->mutable_price()->set_minor_units(100 + (location + k + round) % 7);
-      o->mutable_price()->set_currency("EUR");
-    } else {
-      o->set_wait_seconds(120 + (location * 7 + k + round) % 90);
+    switch (family) {
+      case v1::FAMILY_PRICE:
+        o->mutable_price()->set_minor_units(100 + (location + k + round) % 7);
+        o->mutable_price()->set_currency("EUR");
+        break;
+      case v1::FAMILY_WAIT:
+        o->set_wait_seconds(120 + (location * 7 + k + round) % 90);
+        break;
+      case v1::FAMILY_COMPLIANCE:
+        o->mutable_check()->set_passed((location + k + round) % 10 != 0);
+        break;
+      default:
+        o->set_score(50 + (location * 3 + k + round) % 20);
+        break;
     }
   }
   return b;
@@ -66,15 +87,18 @@ v1::Batch MakeBatch(Chain& c, int location, v1::Family family, int first_key, in
 // Builds (once per family) a chain with every cell present and measures
 // the resident memory it added.
 Chain& Fixture(v1::Family family) {
-  static Chain* price = nullptr;
-  static Chain* wait = nullptr;
-  Chain*& c = family == v1::FAMILY_PRICE ? price : wait;
+  static std::map<v1::Family, Chain*> chains;
+  Chain*& c = chains[family];
   if (c != nullptr) return *c;
   c = new Chain;
-  c->locations = g_smoke ? 50 : family == v1::FAMILY_PRICE ? 10'000 : 1'000;
+  c->locations = g_smoke                     ? 50
+                 : g_locations > 0           ? g_locations
+                 : family == v1::FAMILY_WAIT ? 1'000
+                                             : 10'000;
   c->keys = g_smoke ? 20 : 1'000;
   Catalog catalog = DefaultCatalog();
   catalog.wait.min_samples = 1;
+  catalog.compliance.min_samples = 1;
   Engine::Options options;
   options.catalog = std::make_shared<const Catalog>(catalog);
   options.clock = [] { return kNow + absl::Minutes(1); };
@@ -151,18 +175,40 @@ void BM_SnapshotLoad(benchmark::State& state, v1::Family family) {
 
 int main(int argc, char** argv) {
   std::vector<char*> args;
+  std::string only_family;
+  int evaluations = 0;
   for (int i = 0; i < argc; ++i) {
     if (std::strcmp(argv[i], "--smoke") == 0) {
       constance::collector::g_smoke = true;
+    } else if (std::strncmp(argv[i], "--family=", 9) == 0) {
+      only_family = argv[i] + 9;
+    } else if (std::strncmp(argv[i], "--locations=", 12) == 0) {
+      constance::collector::g_locations = std::atoi(argv[i] + 12);
+    } else if (std::strncmp(argv[i], "--iterations=", 13) == 0) {
+      evaluations = std::max(1, std::atoi(argv[i] + 13));
     } else {
       args.push_back(argv[i]);
     }
   }
   int n = static_cast<int>(args.size());
+  using constance::v1::FAMILY_COMPLIANCE;
   using constance::v1::FAMILY_PRICE;
+  using constance::v1::FAMILY_SCORE;
   using constance::v1::FAMILY_WAIT;
-  const int evaluations = constance::collector::g_smoke ? 1 : 3;
-  for (auto [name, family] : {std::pair{"price", FAMILY_PRICE}, std::pair{"wait", FAMILY_WAIT}}) {
+  if (evaluations == 0) evaluations = constance::collector::g_smoke ? 1 : 3;
+  const std::pair<const char*, constance::v1::Family> families[] = {
+      {"price", FAMILY_PRICE},
+      {"wait", FAMILY_WAIT},
+      {"compliance", FAMILY_COMPLIANCE},
+      {"score", FAMILY_SCORE}};
+  bool known = only_family.empty();
+  for (auto [name, family] : families) known = known || only_family == name;
+  if (!known) {
+    std::fprintf(stderr, "engine_bench: --family must be price, wait, compliance or score\n");
+    return 2;
+  }
+  for (auto [name, family] : families) {
+    if (!only_family.empty() && only_family != name) continue;
     benchmark::RegisterBenchmark(absl::StrCat("apply/", name).c_str(),
                                  constance::collector::BM_Apply, family)
         ->Unit(benchmark::kMicrosecond);

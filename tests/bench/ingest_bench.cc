@@ -14,6 +14,7 @@
 //
 //   ingest_bench --streams=4 --observations=2000000 --batch=500 --window=8
 //   ingest_bench --smoke        # a tiny run (ctest)
+//   ingest_bench --address=127.0.0.1:PORT ...   # a collector started by hand
 #include <signal.h>
 #include <unistd.h>
 
@@ -41,6 +42,9 @@ ABSL_FLAG(int64_t, observations, 1'000'000, "Observations in total, over all str
 ABSL_FLAG(int, batch, 500, "Observations per batch");
 ABSL_FLAG(int, window, 8, "Unacknowledged batches per stream at most");
 ABSL_FLAG(bool, smoke, false, "A tiny run: 2 streams, 20,000 observations");
+ABSL_FLAG(std::string, address, "",
+          "Load a collector already running at HOST:PORT (e.g. under a profiler, started with "
+          "--max_rate_per_location=0) instead of starting one; its CPU is then not reported");
 
 namespace constance::testing {
 namespace {
@@ -161,19 +165,27 @@ int Run() {
     return 2;
   }
   TempDir dir;
-  const std::string ready = dir.File("ready");
-  Subprocess collector({BinDir() + "/constance-collector", "--insecure", "--listen=127.0.0.1:0",
-                        "--metrics_listen=127.0.0.1:0", "--state_dir=" + dir.path(),
-                        "--max_rate_per_location=0", "--log_level=warn", "--ready_file=" + ready},
-                       dir.File("collector.log"));
-  auto addresses = WaitForReadyFile(ready, collector, absl::Seconds(30));
-  if (!addresses.ok()) {
-    std::fprintf(stderr, "ingest_bench: %s\n", std::string(addresses.status().message()).c_str());
-    return 1;
+  std::string address = absl::GetFlag(FLAGS_address);
+  std::unique_ptr<Subprocess> collector;
+  if (address.empty()) {
+    const std::string ready = dir.File("ready");
+    collector = std::make_unique<Subprocess>(
+        std::vector<std::string>{BinDir() + "/constance-collector", "--insecure",
+                                 "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+                                 "--state_dir=" + dir.path(), "--max_rate_per_location=0",
+                                 "--log_level=warn", "--ready_file=" + ready},
+        dir.File("collector.log"));
+    auto addresses = WaitForReadyFile(ready, *collector, absl::Seconds(30));
+    if (!addresses.ok()) {
+      std::fprintf(stderr, "ingest_bench: %s\n", std::string(addresses.status().message()).c_str());
+      return 1;
+    }
+    address = (*addresses)["grpc"];
   }
-  const std::string address = (*addresses)["grpc"];
+  auto collector_cpu = [&] { return collector != nullptr ? CpuSeconds(collector->pid()) : 0.0; };
 
-  const double cpu_before = CpuSeconds(collector.pid());
+  const double cpu_before = collector_cpu();
+  const double self_before = CpuSeconds(getpid());
   const absl::Time start = absl::Now();
   std::vector<StreamResult> results(static_cast<size_t>(streams));
   std::vector<std::thread> threads;
@@ -185,7 +197,8 @@ int Run() {
   }
   for (std::thread& t : threads) t.join();
   const absl::Duration elapsed = absl::Now() - start;
-  const double cpu = CpuSeconds(collector.pid()) - cpu_before;
+  const double cpu = collector_cpu() - cpu_before;
+  const double self_cpu = CpuSeconds(getpid()) - self_before;
 
   int64_t acknowledged = 0;
   std::vector<double> latencies;
@@ -198,19 +211,20 @@ int Run() {
       ++failures;
     }
   }
-  auto stopped = collector.Stop(SIGTERM, absl::Seconds(15));
+  absl::StatusOr<int> stopped = 0;
+  if (collector != nullptr) stopped = collector->Stop(SIGTERM, absl::Seconds(15));
   std::printf(
       "ingest_bench: %d streams, batch %d, window %d: %lld observations acknowledged in %.2f s = "
       "%.0f observations/s; ack latency p50 %.2f ms, p99 %.2f ms; collector CPU %.2f s = %.2f s "
-      "per million observations\n",
+      "per million observations; load generator CPU %.2f s\n",
       streams, batch, window, static_cast<long long>(acknowledged), absl::ToDoubleSeconds(elapsed),
       static_cast<double>(acknowledged) / absl::ToDoubleSeconds(elapsed),
       Percentile(latencies, 0.5), Percentile(latencies, 0.99), cpu,
-      cpu / (static_cast<double>(acknowledged) / 1e6));
+      cpu / (static_cast<double>(acknowledged) / 1e6), self_cpu);
   if (failures > 0 || acknowledged != total) return 1;
   if (!stopped.ok() || *stopped != 0) {
     std::fprintf(stderr, "ingest_bench: the collector did not stop cleanly:\n%s\n",
-                 collector.Log().c_str());
+                 collector->Log().c_str());
     return 1;
   }
   return 0;
