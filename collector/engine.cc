@@ -306,15 +306,19 @@ void Engine::Start() {
   absl::MutexLock lock(&tick_mu_);
   if (stats_thread_.joinable()) return;
   stopping_ = false;
+  abandon_.store(false, std::memory_order_relaxed);
   stats_thread_ = std::thread([this] { TickLoop(false); });
   eval_thread_ = std::thread([this] { TickLoop(true); });
 }
 
+void Engine::RequestStop() {
+  abandon_.store(true, std::memory_order_relaxed);
+  absl::MutexLock lock(&tick_mu_);
+  stopping_ = true;
+}
+
 void Engine::Stop() {
-  {
-    absl::MutexLock lock(&tick_mu_);
-    stopping_ = true;
-  }
+  RequestStop();
   if (stats_thread_.joinable()) stats_thread_.join();
   if (eval_thread_.joinable()) eval_thread_.join();
 }
@@ -673,7 +677,7 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
   }
 }
 
-void Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& visit) {
+bool Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& visit) {
   absl::MutexLock recompute_lock(&recompute_mu_);
   const absl::Time now = options_.clock();
   auto snapshot = std::make_shared<Snapshot>();
@@ -699,7 +703,14 @@ void Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& v
     }
   }
   // One series at a time: the ingest lock is held only to copy it.
-  for (uint32_t index : todo) {
+  for (size_t i = 0; i < todo.size(); ++i) {
+    const uint32_t index = todo[i];
+    if (abandon_.load(std::memory_order_relaxed)) {
+      absl::MutexLock lock(&mu_);
+      for (size_t j = i; j < todo.size(); ++j) series_[todo[j]].dirty = true;
+      return false;
+    }
+    if (options_.before_series) options_.before_series();
     SeriesData data;
     {
       absl::MutexLock lock(&mu_);
@@ -719,6 +730,7 @@ void Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& v
   snapshot->computed_at = now;
   snapshot->catalog = catalog;
   Publish(std::move(snapshot));
+  return true;
 }
 
 void Engine::Publish(std::shared_ptr<Snapshot> snapshot) {
@@ -762,7 +774,7 @@ void Engine::Evaluate() {
   absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>> kept_broken;
   absl::flat_hash_map<uint32_t, double> deposits, withdrawals;
 
-  RecomputeSeries(true, [&](SeriesData& data) {
+  const bool completed = RecomputeSeries(true, [&](SeriesData& data) {
     const SeriesKey& key = data.key;
     const std::string series_name = SeriesName(key);
     const WaitPromise* wait_promise =
@@ -1163,6 +1175,9 @@ void Engine::Evaluate() {
       conditions.push_back(std::move(c));
     }
   });
+  // Stopping: this evaluation saw only part of the chain, so it opens,
+  // closes and deposits nothing.
+  if (!completed) return;
 
   // Zones: the same locations split from the rest on many keys. Said once,
   // instead of one split per key.

@@ -29,6 +29,7 @@
 #define CONSTANCE_COLLECTOR_ENGINE_H_
 
 #include <cstdint>
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <map>
@@ -163,6 +164,9 @@ class Engine {
     Limits limits;
     // The collector's clock, injectable for tests and replays.
     std::function<absl::Time()> clock = [] { return absl::Now(); };
+    // Called before each series is recomputed, on the ticking thread;
+    // tests use it to act while a tick is in progress.
+    std::function<void()> before_series;
   };
 
   explicit Engine(Options options);
@@ -170,9 +174,16 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Starts and stops the tick threads. Stop is idempotent.
+  // Starts and stops the tick threads. Stop is idempotent and prompt:
+  // a recomputation or evaluation in progress (tens of seconds at 10M
+  // cells) is abandoned at the next series, publishing nothing and
+  // changing no finding, instead of holding up a shutdown.
   void Start();
   void Stop();
+  // The first half of Stop, without waiting for the tick threads: from
+  // now until the next Start, ticks and direct Recompute/Evaluate calls
+  // give up at their next series. Thread-safe.
+  void RequestStop();
 
   // Applies one batch and returns its acknowledgement: observations above
   // the (location, incarnation) high-water mark are validated and applied
@@ -270,8 +281,10 @@ class Engine {
   // Statistics, levels, rollouts and outliers of every group.
   void ComputeGroups(SeriesData* data, absl::Time now, const Catalog& catalog) const;
   // Recomputes dirty (or all) series, publishes, and hands each computed
-  // series to `visit` (evaluation) before dropping it.
-  void RecomputeSeries(bool all, const std::function<void(SeriesData&)>& visit);
+  // series to `visit` (evaluation) before dropping it. False, with nothing
+  // published and the series not reached marked dirty again, if a stop was
+  // requested meanwhile.
+  bool RecomputeSeries(bool all, const std::function<void(SeriesData&)>& visit);
   void Publish(std::shared_ptr<Snapshot> snapshot);
   uint32_t LocationIndex(const std::string& location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TickLoop(bool evaluation);
@@ -329,6 +342,8 @@ class Engine {
 
   absl::Mutex tick_mu_;
   bool stopping_ ABSL_GUARDED_BY(tick_mu_) = false;
+  // Set by RequestStop, cleared by Start; read between series.
+  std::atomic<bool> abandon_{false};
   std::thread stats_thread_;
   std::thread eval_thread_;
 };

@@ -178,5 +178,44 @@ TEST(EngineConcurrencyTest, StopWhileTicksRunIsPromptAndIdempotent) {
   }  // The destructor stops again.
 }
 
+// A stop requested while an evaluation is in progress ends it at the next
+// series: it publishes nothing and opens no finding, and the series it did
+// not reach are recomputed by the next tick.
+TEST(EngineConcurrencyTest, AStopRequestedMidEvaluationAbandonsIt) {
+  std::atomic<int> recomputed{0};
+  Engine* engine_ptr = nullptr;
+  Engine::Options options;
+  options.catalog = FastCatalog(3.5);
+  options.before_series = [&] {
+    // The first series of the evaluation: a shutdown arrives now.
+    if (recomputed.fetch_add(1) == 0) engine_ptr->RequestStop();
+  };
+  Engine engine(options);
+  engine_ptr = &engine;
+  for (int w = 0; w < kWriters; ++w) {
+    ASSERT_TRUE(engine.ApplyBatch(MakeBatch(w, 0, absl::Now())).ok());
+  }
+  engine.Evaluate();
+  EXPECT_EQ(recomputed.load(), 1) << "the evaluation went on past the stop";
+  ASSERT_NE(engine.snapshot()->findings, nullptr);
+  EXPECT_EQ(engine.snapshot()->findings->evaluated_at, absl::InfinitePast())
+      << "an abandoned evaluation published findings";
+  EXPECT_EQ(engine.snapshot()->series.size(), 0u);
+
+  // Started again, the ticks compute every series, those the abandoned
+  // pass left included (they were marked dirty again).
+  engine.Start();
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  std::shared_ptr<const Snapshot> snap = engine.snapshot();
+  while ((snap->series.size() < kPerBatch || snap->findings->evaluated_at == absl::InfinitePast()) &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));  // Polling the ticks, with a deadline.
+    snap = engine.snapshot();
+  }
+  engine.Stop();
+  EXPECT_EQ(snap->series.size(), static_cast<size_t>(kPerBatch));
+  EXPECT_NE(snap->findings->evaluated_at, absl::InfinitePast());
+}
+
 }  // namespace
 }  // namespace constance::collector
