@@ -105,7 +105,7 @@ absl::StatusOr<AppendResult> MemorySpool::AppendBatch(std::vector<v1::Observatio
     fresh_bytes += obs.ByteSizeLong();
     fresh.push_back(std::move(obs));
   }
-  auto fits = [&] {
+  auto fits = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return entries_.size() + fresh.size() <= options_.max_observations &&
            bytes_ + fresh_bytes <= options_.max_bytes;
   };

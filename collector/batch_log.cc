@@ -67,8 +67,8 @@ BatchLog::~BatchLog() {
 absl::StatusOr<uint64_t> BatchLog::Replay(
     const std::function<void(const v1::Batch&, absl::Time)>& apply, int64_t after) {
   sqlite3_stmt* stmt = nullptr;
-  if (sqlite3_prepare_v2(db_, "SELECT received_ns, body FROM batches WHERE id > ? ORDER BY id",
-                         -1, &stmt, nullptr) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(db_, "SELECT received_ns, body FROM batches WHERE id > ? ORDER BY id", -1,
+                         &stmt, nullptr) != SQLITE_OK) {
     return SqliteError(db_, path_, "cannot read");
   }
   sqlite3_bind_int64(stmt, 1, after);
@@ -100,7 +100,8 @@ absl::StatusOr<BatchLog::Snapshot> BatchLog::LoadSnapshot() {
   const int rc = sqlite3_step(stmt);
   if (rc != SQLITE_ROW) {
     sqlite3_finalize(stmt);
-    if (rc == SQLITE_DONE) return absl::NotFoundError(absl::StrCat("batch log ", path_, ": no snapshot"));
+    if (rc == SQLITE_DONE)
+      return absl::NotFoundError(absl::StrCat("batch log ", path_, ": no snapshot"));
     return SqliteError(db_, path_, "cannot read the snapshot");
   }
   Snapshot snapshot;
@@ -139,7 +140,8 @@ absl::Status BatchLog::Checkpoint(int64_t through) {
     sqlite3_bind_int64(stmt, 1, through);
     sqlite3_bind_int64(stmt, 2, absl::ToUnixNanos(start));
     sqlite3_bind_blob(stmt, 3, state.data(), static_cast<int>(state.size()), SQLITE_STATIC);
-    if (sqlite3_step(stmt) != SQLITE_DONE) status = SqliteError(db_, path_, "cannot write the snapshot");
+    if (sqlite3_step(stmt) != SQLITE_DONE)
+      status = SqliteError(db_, path_, "cannot write the snapshot");
   }
   sqlite3_finalize(stmt);
   const int64_t before = sqlite3_total_changes64(db_);
@@ -239,7 +241,8 @@ void BatchLog::CommitLoop() {
     bool stopping;
     {
       absl::MutexLock lock(&mu_);
-      auto ready = [this] { return stopping_ || !queue_.empty(); };
+      auto ready = [this]()
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !queue_.empty(); };
       if (capture_) {
         mu_.AwaitWithDeadline(absl::Condition(&ready), last_checkpoint + checkpoint_every_);
       } else {

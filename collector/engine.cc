@@ -388,10 +388,11 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch, absl::Time no
   if (options_.limits.max_locations > 0 && !location_index_.contains(batch.location()) &&
       location_index_.size() >= options_.limits.max_locations) {
     // Refused before anything is kept: the agent retries and loses nothing.
-    return absl::ResourceExhaustedError(
-        absl::StrCat("location '", batch.location(), "' would be one more than the ",
-                     options_.limits.max_locations, " locations this collector accepts "
-                     "(--max_locations)"));
+    return absl::ResourceExhaustedError(absl::StrCat("location '", batch.location(),
+                                                     "' would be one more than the ",
+                                                     options_.limits.max_locations,
+                                                     " locations this collector accepts "
+                                                     "(--max_locations)"));
   }
   const uint32_t loc = LocationIndex(batch.location());
   Stream& stream = streams_[{loc, batch.incarnation()}];
@@ -485,10 +486,11 @@ absl::Status Engine::RecordHeartbeat(const v1::Heartbeat& heartbeat) {
   }
   if (options_.limits.max_locations > 0 && !location_index_.contains(heartbeat.location()) &&
       location_index_.size() >= options_.limits.max_locations) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("location '", heartbeat.location(), "' would be one more than the ",
-                     options_.limits.max_locations, " locations this collector accepts "
-                     "(--max_locations)"));
+    return absl::ResourceExhaustedError(absl::StrCat("location '", heartbeat.location(),
+                                                     "' would be one more than the ",
+                                                     options_.limits.max_locations,
+                                                     " locations this collector accepts "
+                                                     "(--max_locations)"));
   }
   LocationState& state = locations_[LocationIndex(heartbeat.location())].state;
   state.health.version = heartbeat.version().substr(0, 64);
@@ -515,22 +517,23 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
       series.key.family == v1::FAMILY_WAIT ? WaitPromiseFor(series.key.key, catalog) : nullptr;
   const int64_t flip_since = absl::ToUnixNanos(now - catalog.thresholds.flip_window);
   std::map<std::string, std::vector<Member>> groups;
-  auto add = [&](uint32_t loc, const std::optional<Comparable>& value, const PriceCell* price) {
-    if (!value.has_value()) return;
-    const Location& l = locations_[loc];
-    // A store closed for good, or not open yet, is never compared.
-    if (l.entry != nullptr && (l.entry->closed || l.entry->opened > now)) return;
-    Member m;
-    m.location = loc;
-    m.value = *value;
-    m.entry = l.entry;
-    m.name = l.state.location;
-    if (price != nullptr && price->changes != nullptr) {
-      m.latest_change = *price->changes->latest();
-      m.changes_in_flip_window = price->changes->CountSince(flip_since);
-    }
-    groups[GroupName(rule, l.entry)].push_back(std::move(m));
-  };
+  auto add = [&](uint32_t loc, const std::optional<Comparable>& value, const PriceCell* price)
+                 ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                   if (!value.has_value()) return;
+                   const Location& l = locations_[loc];
+                   // A store closed for good, or not open yet, is never compared.
+                   if (l.entry != nullptr && (l.entry->closed || l.entry->opened > now)) return;
+                   Member m;
+                   m.location = loc;
+                   m.value = *value;
+                   m.entry = l.entry;
+                   m.name = l.state.location;
+                   if (price != nullptr && price->changes != nullptr) {
+                     m.latest_change = *price->changes->latest();
+                     m.changes_in_flip_window = price->changes->CountSince(flip_since);
+                   }
+                   groups[GroupName(rule, l.entry)].push_back(std::move(m));
+                 };
   for (const auto& [loc, cell] : series.price)
     add(loc, ComparePrice(cell, now, catalog.price), &cell);
   for (const auto& [loc, cell] : series.wait) {
@@ -774,7 +777,8 @@ void Engine::Evaluate() {
   absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>> kept_broken;
   absl::flat_hash_map<uint32_t, double> deposits, withdrawals;
 
-  const bool completed = RecomputeSeries(true, [&](SeriesData& data) {
+  const bool completed = RecomputeSeries(true, [&](SeriesData& data) ABSL_EXCLUSIVE_LOCKS_REQUIRED(
+                                                   eval_mu_) {
     const SeriesKey& key = data.key;
     const std::string series_name = SeriesName(key);
     const WaitPromise* wait_promise =
@@ -945,8 +949,8 @@ void Engine::Evaluate() {
                              Format(key, s.median), " expected (",
                              Percent(s.median != 0 ? dev / std::fabs(s.median) : 0), "), ",
                              strength >= 1 ? "outside" : "near the edge of", " the band ",
-                             Format(key, stats.band.low), " .. ",
-                             Format(key, stats.band.high), " of ", n, " locations in ", g.group),
+                             Format(key, stats.band.low), " .. ", Format(key, stats.band.high),
+                             " of ", n, " locations in ", g.group),
                 x, s.median, stats.band.low, stats.band.high, magnitude, dev);
             p.reasons.emplace_back(strength, std::move(r));
             p.outlier = strength >= 1;

@@ -260,11 +260,11 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
   out.push_back(std::move(refused));
 
   if (const RefusalCounter* counter = ingest_->refusals(); counter != nullptr) {
-    MetricFamily refusals = Family(
-        "constance_refusals_total",
-        "Agent streams and queries refused, by reason (location_mismatch, not_a_location, "
-        "not_an_operator, max_streams, max_locations, unknown_location, invalid_message).",
-        MetricType::Counter);
+    MetricFamily refusals =
+        Family("constance_refusals_total",
+               "Agent streams and queries refused, by reason (location_mismatch, not_a_location, "
+               "not_an_operator, max_streams, max_locations, unknown_location, invalid_message).",
+               MetricType::Counter);
     for (const auto& [reason, n] : counter->Counts()) {
       Add(&refusals, {{"reason", reason}}, static_cast<double>(n));
     }
@@ -310,8 +310,8 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
     Add(&snapshots, {{"result", "ok"}}, static_cast<double>(k.snapshots));
     Add(&snapshots, {{"result", "failed"}}, static_cast<double>(k.failures));
     out.push_back(std::move(snapshots));
-    MetricFamily snapshot_bytes = Family("constance_snapshot_bytes",
-                                         "Size of the latest snapshot.", MetricType::Gauge);
+    MetricFamily snapshot_bytes =
+        Family("constance_snapshot_bytes", "Size of the latest snapshot.", MetricType::Gauge);
     Add(&snapshot_bytes, {}, static_cast<double>(k.last_bytes));
     out.push_back(std::move(snapshot_bytes));
     MetricFamily snapshot_seconds =
@@ -320,9 +320,9 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
                MetricType::Gauge);
     Add(&snapshot_seconds, {}, k.last_seconds);
     out.push_back(std::move(snapshot_seconds));
-    MetricFamily compacted = Family("constance_batch_log_compacted_batches_total",
-                                    "Batches removed from the log because a snapshot covers them.",
-                                    MetricType::Counter);
+    MetricFamily compacted =
+        Family("constance_batch_log_compacted_batches_total",
+               "Batches removed from the log because a snapshot covers them.", MetricType::Counter);
     Add(&compacted, {}, static_cast<double>(k.compacted_batches));
     out.push_back(std::move(compacted));
   }

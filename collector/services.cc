@@ -133,18 +133,18 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
         // reactor alive until the commit reports, even if the stream ends.
         Ref();
         const absl::Time received = service_->engine_->now();
-        service_->log_->Append(message.batch(), received, [this, incoming,
-                                                            received](absl::Status committed) {
-          absl::Status s =
-              committed.ok() ? ApplyAndAck(incoming->message->batch(), received) : committed;
-          if (!s.ok()) {
-            spdlog::warn("ingest stream from {} ({}) ended: {}", peer_, location_,
-                         std::string(s.message()));
-            if (committed.ok()) service_->Refused(RefusalReason(s));
-            EndStream(ToGrpcStatus(s));
-          }
-          Unref();
-        });
+        service_->log_->Append(
+            message.batch(), received, [this, incoming, received](absl::Status committed) {
+              absl::Status s =
+                  committed.ok() ? ApplyAndAck(incoming->message->batch(), received) : committed;
+              if (!s.ok()) {
+                spdlog::warn("ingest stream from {} ({}) ended: {}", peer_, location_,
+                             std::string(s.message()));
+                if (committed.ok()) service_->Refused(RefusalReason(s));
+                EndStream(ToGrpcStatus(s));
+              }
+              Unref();
+            });
         return absl::OkStatus();
       }
       case v1::AgentMessage::kHeartbeat:
@@ -213,7 +213,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
         return kRefusedMaxLocations;
       case absl::StatusCode::kPermissionDenied:
         return absl::StrContains(s.message(), "catalog") ? kRefusedUnknownLocation
-                                                          : kRefusedLocationMismatch;
+                                                         : kRefusedLocationMismatch;
       default:
         return kRefusedInvalidBatch;
     }
@@ -223,9 +223,9 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
     if (!certified_.empty() && location != certified_) {
       // Nothing of this message is applied: it is refused before the log
       // and the engine see it.
-      return absl::PermissionDeniedError(
-          absl::StrCat("the client certificate is for location '", certified_,
-                       "', the message claims '", location, "'"));
+      return absl::PermissionDeniedError(absl::StrCat("the client certificate is for location '",
+                                                      certified_, "', the message claims '",
+                                                      location, "'"));
     }
     if (location_.empty()) {
       location_ = location;
@@ -328,9 +328,9 @@ grpc::ServerBidiReactor<v1::AgentMessage, v1::CollectorMessage>* IngestService::
   if (require_location_) {
     absl::StatusOr<PeerIdentity> id = CallerIdentity(*context);
     if (id.ok() && id->role != PeerIdentity::Role::kLocation) {
-      id = absl::PermissionDeniedError(absl::StrCat(
-          "operator certificate '", id->name, "' may not send observations (Ingest needs a "
-          "location certificate)"));
+      id = absl::PermissionDeniedError(absl::StrCat("operator certificate '", id->name,
+                                                    "' may not send observations (Ingest needs a "
+                                                    "location certificate)"));
     }
     if (!id.ok()) {
       spdlog::warn("ingest stream from {} refused: {}", context->peer(),
@@ -345,16 +345,15 @@ grpc::ServerBidiReactor<v1::AgentMessage, v1::CollectorMessage>* IngestService::
   }
   if (max_streams_ > 0 && streams_open_.load(std::memory_order_relaxed) >= max_streams_) {
     Refused(kRefusedMaxStreams);
-    return new RefusedStream(grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
-        absl::StrCat("the collector serves its limit of ", max_streams_,
-                     " agent streams (--max_streams); retry later")));
+    return new RefusedStream(
+        grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                     absl::StrCat("the collector serves its limit of ", max_streams_,
+                                  " agent streams (--max_streams); retry later")));
   }
   return new IngestReactor(this, context->peer(), std::move(certified), not_after);
 }
 
-grpc::ServerUnaryReactor* QueryService::RefuseUnlessOperator(
-    grpc::CallbackServerContext* context) {
+grpc::ServerUnaryReactor* QueryService::RefuseUnlessOperator(grpc::CallbackServerContext* context) {
   if (!require_operator_) return nullptr;
   absl::StatusOr<PeerIdentity> id = CallerIdentity(*context);
   if (id.ok() && id->role == PeerIdentity::Role::kOperator) return nullptr;

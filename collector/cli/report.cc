@@ -110,10 +110,10 @@ std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series
   for (int i = 0; i < shown; ++i) {
     const v1::GroupStats& g = s.series(i);
     const v1::SeriesId& id = g.series();
-    series.Add({FormatSeries(id), g.group().empty() ? "chain" : g.group(), absl::StrCat(g.n()), FormatValue(id, g.median()),
-                FormatValue(id, g.mad()), FormatValue(id, g.mean()), FormatValue(id, g.stddev()),
-                absl::StrFormat("%.3f", g.cv()), FormatValue(id, g.min()),
-                FormatValue(id, g.max())});
+    series.Add({FormatSeries(id), g.group().empty() ? "chain" : g.group(), absl::StrCat(g.n()),
+                FormatValue(id, g.median()), FormatValue(id, g.mad()), FormatValue(id, g.mean()),
+                FormatValue(id, g.stddev()), absl::StrFormat("%.3f", g.cv()),
+                FormatValue(id, g.min()), FormatValue(id, g.max())});
   }
   absl::StrAppend(&out, series.Render(), "\n");
 

@@ -108,22 +108,23 @@ int64_t SpoolDepth(const std::string& http) {
 // Phase 4: delivers the `spooled` observations of the agent's spool to a
 // real collector and times it.
 int Drain(const TempDir& dir, const std::string& config, int64_t spooled) {
-  Subprocess collector({BinDir() + "/constance-collector", "--insecure", "--listen=127.0.0.1:0",
-                        "--metrics_listen=127.0.0.1:0", "--state_dir=" + dir.path(),
-                        "--max_rate_per_location=0", "--log_level=warn",
-                        "--ready_file=" + dir.File("collector.ready")},
-                       dir.File("collector.log"));
-  auto collector_ready = WaitForReadyFile(dir.File("collector.ready"), collector, absl::Seconds(30));
+  Subprocess collector(
+      {BinDir() + "/constance-collector", "--insecure", "--listen=127.0.0.1:0",
+       "--metrics_listen=127.0.0.1:0", "--state_dir=" + dir.path(), "--max_rate_per_location=0",
+       "--log_level=warn", "--ready_file=" + dir.File("collector.ready")},
+      dir.File("collector.log"));
+  auto collector_ready =
+      WaitForReadyFile(dir.File("collector.ready"), collector, absl::Seconds(30));
   if (!collector_ready.ok()) {
     std::fprintf(stderr, "agent_bench: collector: %s\n%s\n",
                  std::string(collector_ready.status().message()).c_str(), collector.Log().c_str());
     return 1;
   }
   const absl::Time start = absl::Now();
-  Subprocess agent({BinDir() + "/constance-agent", "run", "--config=" + config, "--log_level=warn",
-                    "--collector=" + (*collector_ready)["grpc"],
-                    "--ready_file=" + dir.File("agent2.ready")},
-                   dir.File("agent2.log"));
+  Subprocess agent(
+      {BinDir() + "/constance-agent", "run", "--config=" + config, "--log_level=warn",
+       "--collector=" + (*collector_ready)["grpc"], "--ready_file=" + dir.File("agent2.ready")},
+      dir.File("agent2.log"));
   auto ready = WaitForReadyFile(dir.File("agent2.ready"), agent, absl::Seconds(30));
   if (!ready.ok()) {
     std::fprintf(stderr, "agent_bench: %s\n%s\n", std::string(ready.status().message()).c_str(),
@@ -162,7 +163,8 @@ int Drain(const TempDir& dir, const std::string& config, int64_t spooled) {
   (void)agent.Stop(SIGTERM, absl::Seconds(30));
   (void)collector.Stop(SIGTERM, absl::Seconds(60));
   if (depth != 0 || applied != static_cast<double>(spooled)) {
-    std::fprintf(stderr, "agent_bench: drain left spool depth %lld, collector applied %.0f of %lld\n",
+    std::fprintf(stderr,
+                 "agent_bench: drain left spool depth %lld, collector applied %.0f of %lld\n",
                  static_cast<long long>(depth), applied, static_cast<long long>(spooled));
     return 1;
   }

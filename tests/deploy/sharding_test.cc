@@ -291,14 +291,13 @@ TEST(ShardingTest, TwoShardsMergeToWhatOneCollectorHoldingEveryLocationComputes)
   while (!ready && absl::Now() < deadline) {
     // Far enough back that every scrape and rule evaluation stamped at or
     // before it has finished (scrapes time out after 2 s).
-    at = absl::StrFormat("%.3f", absl::ToDoubleSeconds(absl::Now() - absl::Seconds(3) -
-                                                       absl::UnixEpoch()));
+    at = absl::StrFormat("%.3f",
+                         absl::ToDoubleSeconds(absl::Now() - absl::Seconds(3) - absl::UnixEpoch()));
     absl::StatusOr<Samples> merged_n =
         Query(*prom, kLevel + "constance_series_mergeable_locations:sum", at);
     absl::StatusOr<Samples> own_n =
         Query(*prom, "constance_series_locations{job=\"single\",group=\"chain\"}", at);
-    absl::StatusOr<Samples> median =
-        Query(*prom, kLevel + "constance_series_median:merged", at);
+    absl::StatusOr<Samples> median = Query(*prom, kLevel + "constance_series_median:merged", at);
     ready = merged_n.ok() && own_n.ok() && median.ok();
     for (const Series& s : kSeries) {
       if (!ready) break;
@@ -319,8 +318,9 @@ TEST(ShardingTest, TwoShardsMergeToWhatOneCollectorHoldingEveryLocationComputes)
   // Each shard holds its half only.
   for (auto [shard, locations] : {std::pair{"a", 21.0}, std::pair{"b", 20.0}}) {
     absl::StatusOr<Samples> held =
-        Query(*prom, absl::StrCat("constance_series_mergeable_locations{job=\"shards\",shard=\"",
-                                  shard, "\",key=\"checkout\"}"),
+        Query(*prom,
+              absl::StrCat("constance_series_mergeable_locations{job=\"shards\",shard=\"", shard,
+                           "\",key=\"checkout\"}"),
               at);
     ASSERT_TRUE(held.ok()) << held.status();
     ASSERT_EQ(held->size(), 1u) << shard;

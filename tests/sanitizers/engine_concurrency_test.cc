@@ -159,7 +159,8 @@ TEST(EngineConcurrencyTest, IngestTicksReadersAndCatalogSwapsInterleave) {
   std::shared_ptr<const Snapshot> s = engine.snapshot();
   EXPECT_EQ(s->observations_applied, uint64_t{kWriters} * kBatchesPerWriter * kPerBatch);
   EXPECT_EQ(s->observations_rejected, 0u);
-  EXPECT_EQ(s->observations_duplicate, uint64_t{kWriters} * ((kBatchesPerWriter + 2) / 3) * kPerBatch);
+  EXPECT_EQ(s->observations_duplicate,
+            uint64_t{kWriters} * ((kBatchesPerWriter + 2) / 3) * kPerBatch);
   ASSERT_EQ(s->location_states.size(), static_cast<size_t>(kWriters));
   for (const LocationState& l : s->location_states) {
     EXPECT_EQ(l.watermark, uint64_t{kBatchesPerWriter} * kPerBatch) << l.location;
@@ -207,8 +208,9 @@ TEST(EngineConcurrencyTest, AStopRequestedMidEvaluationAbandonsIt) {
   engine.Start();
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   std::shared_ptr<const Snapshot> snap = engine.snapshot();
-  while ((snap->series.size() < kPerBatch || snap->findings->evaluated_at == absl::InfinitePast()) &&
-         absl::Now() < deadline) {
+  while (
+      (snap->series.size() < kPerBatch || snap->findings->evaluated_at == absl::InfinitePast()) &&
+      absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(1));  // Polling the ticks, with a deadline.
     snap = engine.snapshot();
   }

@@ -4,8 +4,8 @@
 
 #include <string>
 
-#include "google/protobuf/text_format.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 
 namespace constance::cli {
@@ -20,12 +20,9 @@ TEST(FormatValueTest, Table) {
     double value;
     const char* want;
   } kCases[] = {
-      {v1::FAMILY_PRICE, 139, "1.39 EUR"},
-      {v1::FAMILY_PRICE, 5, "0.05 EUR"},
-      {v1::FAMILY_PRICE, 0, "0.00 EUR"},
-      {v1::FAMILY_PRICE, 89900, "899.00 EUR"},
-      {v1::FAMILY_WAIT, 181.6, "182 s"},
-      {v1::FAMILY_COMPLIANCE, 0.625, "62.5%"},
+      {v1::FAMILY_PRICE, 139, "1.39 EUR"}, {v1::FAMILY_PRICE, 5, "0.05 EUR"},
+      {v1::FAMILY_PRICE, 0, "0.00 EUR"},   {v1::FAMILY_PRICE, 89900, "899.00 EUR"},
+      {v1::FAMILY_WAIT, 181.6, "182 s"},   {v1::FAMILY_COMPLIANCE, 0.625, "62.5%"},
       {v1::FAMILY_SCORE, 96.5, "96.5"},
   };
   for (const auto& c : kCases) {
@@ -38,19 +35,45 @@ TEST(FormatValueTest, Table) {
 
 TEST(RenderChainSummaryTest, NamesOutliersWithValueExpectedAndBand) {
   v1::ChainSummaryResponse s;
-  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(R"pb(
-    locations: 24 cells: 100 observations_applied: 500
-    series { series { family: FAMILY_PRICE key: "coffee" currency: "EUR" kind: SHELF }
-             group: "chain" n: 24 median: 449 }
-    outliers { location: "store-07" group: "chain" group_size: 24
-               series { family: FAMILY_PRICE key: "coffee" currency: "EUR" kind: SHELF }
-               value: 516 expected: 449 band_low: 444 band_high: 454 magnitude: 0.149 z: 19.2
-               direction: ABOVE }
-    outliers { location: "store-13" group: "chain" group_size: 24
-               series { family: FAMILY_WAIT key: "checkout" }
-               value: 415 expected: 180 band_low: 162 band_high: 198 magnitude: 1.3 z: 40
-               direction: ABOVE }
-  )pb", &s));
+  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(
+      R"pb(
+        locations: 24
+        cells: 100
+        observations_applied: 500
+        series {
+          series { family: FAMILY_PRICE key: "coffee" currency: "EUR" kind: SHELF }
+          group: "chain"
+          n: 24
+          median: 449
+        }
+        outliers {
+          location: "store-07"
+          group: "chain"
+          group_size: 24
+          series { family: FAMILY_PRICE key: "coffee" currency: "EUR" kind: SHELF }
+          value: 516
+          expected: 449
+          band_low: 444
+          band_high: 454
+          magnitude: 0.149
+          z: 19.2
+          direction: ABOVE
+        }
+        outliers {
+          location: "store-13"
+          group: "chain"
+          group_size: 24
+          series { family: FAMILY_WAIT key: "checkout" }
+          value: 415
+          expected: 180
+          band_low: 162
+          band_high: 198
+          magnitude: 1.3
+          z: 40
+          direction: ABOVE
+        }
+      )pb",
+      &s));
   std::string out = RenderChainSummary(s, 0);
   EXPECT_THAT(out, HasSubstr("Outlier locations (2): store-07, store-13\n"));
   EXPECT_THAT(out, HasSubstr("price coffee EUR/shelf"));
@@ -66,12 +89,22 @@ TEST(RenderChainSummaryTest, NamesOutliersWithValueExpectedAndBand) {
 
 TEST(RenderChainSummaryTest, OneSeriesInSeveralPeerGroupsIsToldApartByGroup) {
   v1::ChainSummaryResponse s;
-  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(R"pb(
-    series { series { family: FAMILY_PRICE key: "apples" currency: "EUR" kind: SHELF }
-             group: "zone=north" n: 6 median: 279 }
-    series { series { family: FAMILY_PRICE key: "apples" currency: "EUR" kind: SHELF }
-             group: "zone=south" n: 6 median: 299 }
-  )pb", &s));
+  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(
+      R"pb(
+        series {
+          series { family: FAMILY_PRICE key: "apples" currency: "EUR" kind: SHELF }
+          group: "zone=north"
+          n: 6
+          median: 279
+        }
+        series {
+          series { family: FAMILY_PRICE key: "apples" currency: "EUR" kind: SHELF }
+          group: "zone=south"
+          n: 6
+          median: 299
+        }
+      )pb",
+      &s));
   std::string out = RenderChainSummary(s, 0);
   EXPECT_THAT(out, ContainsRegex("price apples EUR/shelf +zone=north +6 +2.79 EUR"));
   EXPECT_THAT(out, ContainsRegex("price apples EUR/shelf +zone=south +6 +2.99 EUR"));
