@@ -37,6 +37,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "tests/bench/proc_stats.h"
 #include "tests/integration/harness.h"
 
 ABSL_FLAG(int64_t, spooled, 1'000'000, "Observations spooled at the end");
@@ -48,27 +49,9 @@ ABSL_FLAG(bool, smoke, false, "A tiny run: 3,000 spooled, 2 s at 1,000/s");
 namespace constance::testing {
 namespace {
 
-// A field of /proc/PID/status in bytes (kB lines), 0 if absent.
+// A kB field of /proc/PID/status in bytes, 0 if absent.
 double StatusBytes(pid_t pid, const std::string& field) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1)) * 1024;
-  }
-  return 0;
-}
-
-// User + system CPU seconds of `pid` so far.
-double CpuSeconds(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::istringstream rest(text.substr(text.rfind(')') + 2));
-  std::string field;
-  double ticks = 0;
-  for (int i = 3; i <= 15 && rest >> field; ++i) {
-    if (i == 14 || i == 15) ticks += std::stod(field);  // utime, stime.
-  }
-  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+  return static_cast<double>(std::max<int64_t>(0, ProcStatusKb(pid, field))) * 1024;
 }
 
 double MiB(double bytes) { return bytes / (1 << 20); }

@@ -20,35 +20,6 @@
 
 namespace constance::testing {
 
-double CpuSeconds(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const size_t paren = text.rfind(')');
-  if (paren == std::string::npos) return 0;
-  // Fields after the command name (which may hold spaces) start at ") ".
-  std::istringstream rest(text.substr(paren + 2));
-  std::string field;
-  double ticks = 0;
-  for (int i = 3; i <= 15 && rest >> field; ++i) {
-    if (i == 14 || i == 15) ticks += std::stod(field);  // utime, stime.
-  }
-  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-int64_t ProcStatusKb(pid_t pid, const std::string& field) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  const std::string prefix = field + ":";
-  while (std::getline(in, line)) {
-    if (!absl::StartsWith(line, prefix)) continue;
-    std::vector<std::string> parts =
-        absl::StrSplit(line.substr(prefix.size()), ' ', absl::SkipWhitespace());
-    int64_t kb = -1;
-    if (!parts.empty() && absl::SimpleAtoi(parts[0], &kb)) return kb;
-  }
-  return -1;
-}
-
 HttpConnection::HttpConnection(std::string address) : address_(std::move(address)) {}
 
 HttpConnection::~HttpConnection() { Close(); }

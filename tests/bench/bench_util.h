@@ -1,6 +1,6 @@
-// Helpers the end-to-end benchmarks share: what a process costs (CPU time
-// and resident memory from /proc), a keep-alive HTTP/1.1 client for
-// loopback peers, and reading back the port a peer chose.
+// Helpers the peer benchmarks share: what a process costs (proc_stats.h),
+// a keep-alive HTTP/1.1 client for loopback peers, and reading back the
+// port a peer chose.
 //
 //   double before = CpuSeconds(pid);
 //   ... load ...
@@ -24,17 +24,10 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "tests/bench/proc_stats.h"
 #include "tests/integration/harness.h"
 
 namespace constance::testing {
-
-// User + system CPU seconds `pid` has used so far (/proc/PID/stat); 0 if
-// it cannot be read.
-double CpuSeconds(pid_t pid);
-
-// A "Vm*" field of /proc/PID/status in KiB (e.g. "VmRSS", "VmHWM"); -1 if
-// it cannot be read.
-int64_t ProcStatusKb(pid_t pid, const std::string& field);
 
 // One HTTP/1.1 connection to `address` (host:port), kept alive across
 // requests and reopened once if the server closed it in between. Bodies of

@@ -35,6 +35,7 @@
 #include "absl/time/time.h"
 #include "constance/v1/ingest.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "tests/bench/proc_stats.h"
 #include "tests/integration/harness.h"
 
 ABSL_FLAG(int, streams, 4, "Concurrent agent streams (one location each)");
@@ -128,20 +129,6 @@ StreamResult RunStream(const std::string& address, int index, int64_t total, int
                                 " acknowledged; stream ended: ", status.error_message());
   }
   return result;
-}
-
-// User + system CPU seconds of `pid` so far.
-double CpuSeconds(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  // Fields after the command name (which may hold spaces) start at ") ".
-  std::istringstream rest(text.substr(text.rfind(')') + 2));
-  std::string field;
-  double ticks = 0;
-  for (int i = 3; i <= 15 && rest >> field; ++i) {
-    if (i == 14 || i == 15) ticks += std::stod(field);  // utime, stime.
-  }
-  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 double Percentile(std::vector<double> v, double q) {

@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <algorithm>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -39,6 +40,7 @@
 #include "constance/v1/ingest.grpc.pb.h"
 #include "constance/v1/query.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "tests/bench/proc_stats.h"
 #include "tests/integration/harness.h"
 
 ABSL_FLAG(int, locations, 10'000, "Locations (one stream and one batch each)");
@@ -54,12 +56,7 @@ const absl::Duration kStartTimeout = absl::Minutes(10);
 
 // VmRSS of `pid` in bytes (0 if unreadable).
 double ResidentBytes(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) * 1024;
-  }
-  return 0;
+  return static_cast<double>(std::max<int64_t>(0, ProcStatusKb(pid, "VmRSS"))) * 1024;
 }
 
 // Sends one batch of `keys` prices for location `l` on its own stream and

@@ -1,0 +1,32 @@
+// What a process costs, read from /proc: its CPU time and the fields of
+// /proc/PID/status. Every benchmark that measures a process (agent,
+// collector, the peers) uses these, so their figures are taken the same
+// way.
+//
+//   double before = CpuSeconds(pid);
+//   ... load ...
+//   double cpu = CpuSeconds(pid) - before;
+//   int64_t rss_kb = ProcStatusKb(pid, "VmRSS");
+//
+// Thread-safe (no state).
+#ifndef CONSTANCE_TESTS_BENCH_PROC_STATS_H_
+#define CONSTANCE_TESTS_BENCH_PROC_STATS_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+
+namespace constance::testing {
+
+// User + system CPU seconds `pid` has used so far (/proc/PID/stat); 0 if
+// it cannot be read.
+double CpuSeconds(pid_t pid);
+
+// A kB field of /proc/PID/status (e.g. "VmRSS", "VmHWM", "RssAnon") in
+// KiB; -1 if it cannot be read.
+int64_t ProcStatusKb(pid_t pid, const std::string& field);
+
+}  // namespace constance::testing
+
+#endif  // CONSTANCE_TESTS_BENCH_PROC_STATS_H_
