@@ -127,13 +127,13 @@ TEST(DurabilityTest, AcknowledgedBatchesSurviveSigkillAndApplyOnce) {
   std::vector<v1::Ack> acks = Send(first->address(), batches);
   ASSERT_EQ(acks.size(), batches.size());
   EXPECT_EQ(acks.back().watermark(), 1000u);
-  const v1::ChainSummaryResponse before = Summary(first->address());
+  const v1::ChainSummaryResponse before = Summary(first->address(), 1000);
   EXPECT_EQ(before.observations_applied(), 1000u);
   // No clean shutdown: SIGKILL right after the acknowledgements.
   ASSERT_TRUE(first->process().Stop(SIGKILL, absl::Seconds(10)).ok());
 
   Collector second(dir, "second");
-  const v1::ChainSummaryResponse after = Summary(second.address());
+  const v1::ChainSummaryResponse after = Summary(second.address(), 1000);
   EXPECT_EQ(after.observations_applied(), 1000u);
   EXPECT_EQ(Medians(after), Medians(before));
 
