@@ -5,57 +5,64 @@
 #include <cstdlib>
 #include <limits>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
+#include "collector/exposition.h"
 #include "collector/findings.h"
 #include "constance/validate.h"
 
 namespace constance::collector {
 namespace {
 
-using prometheus::ClientMetric;
-using prometheus::MetricFamily;
-using prometheus::MetricType;
+constexpr absl::string_view kCounter = "counter";
+constexpr absl::string_view kGauge = "gauge";
 
-MetricFamily Family(std::string name, std::string help, MetricType type) {
-  MetricFamily f;
-  f.name = std::move(name);
-  f.help = std::move(help);
-  f.type = type;
-  return f;
+// A family of one unlabelled sample.
+void Single(TextExposition* out, absl::string_view name, absl::string_view help,
+            absl::string_view type, double value) {
+  out->Family(name, help, type);
+  out->Sample(name, value);
 }
 
-void Add(MetricFamily* f, std::vector<ClientMetric::Label> labels, double value) {
-  ClientMetric m;
-  m.label = std::move(labels);
-  switch (f->type) {
-    case MetricType::Counter:
-      m.counter.value = value;
-      break;
-    default:
-      m.gauge.value = value;
-      break;
-  }
-  f->metric.push_back(std::move(m));
+// The lower-case name of a value of a proto enum (e.g. "shelf" for
+// SHELF), computed once per enum rather than once per sample.
+template <const google::protobuf::EnumDescriptor* (*Descriptor)()>
+absl::string_view LowerName(int number) {
+  static const std::map<int, std::string>* const names = [] {
+    auto* out = new std::map<int, std::string>;
+    const google::protobuf::EnumDescriptor* d = Descriptor();
+    for (int i = 0; i < d->value_count(); ++i) {
+      (*out)[d->value(i)->number()] = absl::AsciiStrToLower(d->value(i)->name());
+    }
+    return out;
+  }();
+  auto it = names->find(number);
+  return it == names->end() ? absl::string_view() : it->second;
 }
 
-std::vector<ClientMetric::Label> SeriesLabels(const SeriesStats& s) {
-  std::string kind =
-      s.key.family == v1::FAMILY_PRICE ? absl::AsciiStrToLower(v1::PriceKind_Name(s.key.kind)) : "";
-  return {{"family", std::string(FamilyName(s.key.family))},
-          {"key", s.key.key},
-          {"currency", s.key.currency},
-          {"price_kind", kind},
-          {"group", s.group}};
+// Labels of a series without its group: the mergeable statistics are per
+// series, summed over its peer groups.
+LabelSet MergeLabels(const SeriesKey& key) {
+  LabelSet labels;
+  labels.Add("family", FamilyName(key.family))
+      .Add("key", key.key)
+      .Add("currency", key.currency)
+      .Add("price_kind",
+           key.family == v1::FAMILY_PRICE ? LowerName<v1::PriceKind_descriptor>(key.kind) : "");
+  return labels;
 }
+
+LabelSet SeriesLabels(const SeriesStats& s) { return MergeLabels(s.key).Add("group", s.group); }
 
 double Seconds(absl::Time t) { return absl::ToDoubleSeconds(t - absl::UnixEpoch()); }
-
-std::string Lower(const std::string& s) { return absl::AsciiStrToLower(s); }
 
 std::string Label(const v1::Finding& f, const std::string& name) {
   auto it = f.labels().find(name);
@@ -65,103 +72,93 @@ std::string Label(const v1::Finding& f, const std::string& name) {
 // Findings, trust: the series alerts and dashboards are built on. Finding
 // series exist only while a finding is active, capped so a bad day cannot
 // explode Prometheus; what the cap hides is itself exported.
-void CollectFindings(const Snapshot& snap, std::vector<MetricFamily>* out) {
+void RenderFindings(const Snapshot& snap, TextExposition* out) {
   const FindingsView& view = *snap.findings;
   const uint64_t cap = snap.catalog != nullptr ? snap.catalog->thresholds.finding_cap : 10'000;
 
-  MetricFamily by_kind = Family("constance_findings_active",
-                                "Active findings by kind and severity.", MetricType::Gauge);
-  std::map<std::pair<std::string, std::string>, uint64_t> counts;
+  out->Family("constance_findings_active", "Active findings by kind and severity.", kGauge);
+  // Views of LowerName's names, which live as long as the process.
+  std::map<std::pair<absl::string_view, absl::string_view>, uint64_t> counts;
   for (const v1::Finding& f : view.active) {
-    ++counts[{KindName(f.kind()), Lower(v1::Severity_Name(f.severity()))}];
+    ++counts[{LowerName<v1::FindingKind_descriptor>(f.kind()),
+              LowerName<v1::Severity_descriptor>(f.severity())}];
   }
   for (const auto& [k, n] : counts) {
-    Add(&by_kind, {{"finding", k.first}, {"severity", k.second}}, static_cast<double>(n));
+    LabelSet labels;
+    labels.Add("finding", k.first).Add("severity", k.second);
+    out->Sample("constance_findings_active", labels, static_cast<double>(n));
   }
-  out->push_back(std::move(by_kind));
 
-  MetricFamily finding =
-      Family("constance_finding",
-             "1 per active finding (most severe first, up to the catalog's finding_cap).",
-             MetricType::Gauge);
-  MetricFamily value =
-      Family("constance_finding_value", "The finding's value in the family's unit (first reason).",
-             MetricType::Gauge);
-  MetricFamily expected =
-      Family("constance_finding_expected",
-             "What the value was expected to be (median, list price, ...).", MetricType::Gauge);
-  MetricFamily started = Family("constance_finding_started_timestamp_seconds",
-                                "When the finding's condition was first met.", MetricType::Gauge);
-  uint64_t exported = 0;
-  for (const v1::Finding& f : view.active) {
-    if (exported >= cap) break;
-    ++exported;
-    std::string price_kind;
-    if (f.series().family() == v1::FAMILY_PRICE) {
-      price_kind = Lower(v1::PriceKind_Name(f.series().kind()));
-    }
-    std::vector<ClientMetric::Label> labels = {
-        {"finding", KindName(f.kind())},
-        {"severity", Lower(v1::Severity_Name(f.severity()))},
-        {"audience", f.audience()},
-        {"location", f.location()},
-        {"region", Label(f, "region")},
-        {"family", f.has_series() ? std::string(FamilyName(f.series().family())) : ""},
-        {"key", f.series().key()},
-        {"currency", f.series().currency()},
-        {"price_kind", price_kind},
-        {"group", f.group()},
-        {"id", f.id()},
-    };
-    Add(&finding, labels, 1);
+  // Most severe first (the view's order), up to the cap.
+  const size_t exported = static_cast<size_t>(std::min<uint64_t>(cap, view.active.size()));
+  std::vector<LabelSet> labels(exported);
+  for (size_t i = 0; i < exported; ++i) {
+    const v1::Finding& f = view.active[i];
+    labels[i]
+        .Add("finding", LowerName<v1::FindingKind_descriptor>(f.kind()))
+        .Add("severity", LowerName<v1::Severity_descriptor>(f.severity()))
+        .Add("audience", f.audience())
+        .Add("location", f.location())
+        .Add("region", Label(f, "region"))
+        .Add("family", f.has_series() ? FamilyName(f.series().family()) : "")
+        .Add("key", f.series().key())
+        .Add("currency", f.series().currency())
+        .Add("price_kind", f.series().family() == v1::FAMILY_PRICE
+                               ? LowerName<v1::PriceKind_descriptor>(f.series().kind())
+                               : "")
+        .Add("group", f.group())
+        .Add("id", f.id());
+  }
+  out->Family("constance_finding",
+              "1 per active finding (most severe first, up to the catalog's finding_cap).", kGauge);
+  for (size_t i = 0; i < exported; ++i) out->Sample("constance_finding", labels[i], 1);
+  out->Family("constance_finding_value", "The finding's value in the family's unit (first reason).",
+              kGauge);
+  for (size_t i = 0; i < exported; ++i) {
+    const v1::Finding& f = view.active[i];
+    if (f.reasons_size() > 0)
+      out->Sample("constance_finding_value", labels[i], f.reasons(0).value());
+  }
+  out->Family("constance_finding_expected",
+              "What the value was expected to be (median, list price, ...).", kGauge);
+  for (size_t i = 0; i < exported; ++i) {
+    const v1::Finding& f = view.active[i];
     if (f.reasons_size() > 0) {
-      Add(&value, labels, f.reasons(0).value());
-      Add(&expected, labels, f.reasons(0).expected());
+      out->Sample("constance_finding_expected", labels[i], f.reasons(0).expected());
     }
-    Add(&started, labels,
-        static_cast<double>(f.started_at().seconds()) + f.started_at().nanos() / 1e9);
   }
-  out->push_back(std::move(finding));
-  out->push_back(std::move(value));
-  out->push_back(std::move(expected));
-  out->push_back(std::move(started));
-
-  MetricFamily suppressed =
-      Family("constance_findings_suppressed",
-             "Active findings not exported because of the finding cap (alert when above 0).",
-             MetricType::Gauge);
-  Add(&suppressed, {}, static_cast<double>(view.active.size() - exported));
-  out->push_back(std::move(suppressed));
-
-  MetricFamily evaluated = Family("constance_findings_evaluated_timestamp_seconds",
-                                  "When findings were last evaluated.", MetricType::Gauge);
-  if (view.evaluated_at != absl::InfinitePast()) Add(&evaluated, {}, Seconds(view.evaluated_at));
-  out->push_back(std::move(evaluated));
-
-  MetricFamily balance = Family("constance_trust_balance",
-                                "Trust balance: decayed deposits for promises kept minus "
-                                "withdrawals for breaches and outliers.",
-                                MetricType::Gauge);
-  MetricFamily score =
-      Family("constance_trust_score", "Trust score 0..100: the share of decayed deposits.",
-             MetricType::Gauge);
-  for (const auto& t : view.trust) {
-    Add(&balance, {{"location", t.location}}, t.balance);
-    Add(&score, {{"location", t.location}}, t.score);
+  out->Family("constance_finding_started_timestamp_seconds",
+              "When the finding's condition was first met.", kGauge);
+  for (size_t i = 0; i < exported; ++i) {
+    const v1::Finding& f = view.active[i];
+    out->Sample("constance_finding_started_timestamp_seconds", labels[i],
+                static_cast<double>(f.started_at().seconds()) + f.started_at().nanos() / 1e9);
   }
-  out->push_back(std::move(balance));
-  out->push_back(std::move(score));
-}
 
-// Labels of a series without its group: the mergeable statistics are per
-// series, summed over its peer groups.
-std::vector<ClientMetric::Label> MergeLabels(const SeriesKey& key) {
-  std::string kind =
-      key.family == v1::FAMILY_PRICE ? absl::AsciiStrToLower(v1::PriceKind_Name(key.kind)) : "";
-  return {{"family", std::string(FamilyName(key.family))},
-          {"key", key.key},
-          {"currency", key.currency},
-          {"price_kind", kind}};
+  Single(out, "constance_findings_suppressed",
+         "Active findings not exported because of the finding cap (alert when above 0).", kGauge,
+         static_cast<double>(view.active.size() - exported));
+
+  out->Family("constance_findings_evaluated_timestamp_seconds",
+              "When findings were last evaluated.", kGauge);
+  if (view.evaluated_at != absl::InfinitePast()) {
+    out->Sample("constance_findings_evaluated_timestamp_seconds", Seconds(view.evaluated_at));
+  }
+
+  std::vector<LabelSet> trust(view.trust.size());
+  for (size_t i = 0; i < view.trust.size(); ++i) trust[i].Add("location", view.trust[i].location);
+  out->Family("constance_trust_balance",
+              "Trust balance: decayed deposits for promises kept minus withdrawals for breaches "
+              "and outliers.",
+              kGauge);
+  for (size_t i = 0; i < view.trust.size(); ++i) {
+    out->Sample("constance_trust_balance", trust[i], view.trust[i].balance);
+  }
+  out->Family("constance_trust_score", "Trust score 0..100: the share of decayed deposits.",
+              kGauge);
+  for (size_t i = 0; i < view.trust.size(); ++i) {
+    out->Sample("constance_trust_score", trust[i], view.trust[i].score);
+  }
 }
 
 }  // namespace
@@ -222,194 +219,187 @@ int WaitBuckets::Index(double seconds) const {
   return i;
 }
 
-std::vector<MetricFamily> CollectorMetrics::Collect() const {
+std::string CollectorMetrics::Render() const {
+  std::string text;
+  TextExposition out(&text);
+  RenderTo(&out);
+  out.Finish();
+  return text;
+}
+
+void CollectorMetrics::Render(const TextExposition::Sink& sink, size_t chunk_bytes) const {
+  TextExposition out(sink, chunk_bytes);
+  RenderTo(&out);
+  out.Finish();
+}
+
+void CollectorMetrics::RenderTo(TextExposition* exposition) const {
   std::shared_ptr<const Snapshot> snap = engine_->snapshot();
-  std::vector<MetricFamily> out;
+  TextExposition& out = *exposition;
 
-  MetricFamily applied = Family("constance_observations_applied_total",
-                                "Observations applied to cells.", MetricType::Counter);
-  Add(&applied, {}, snap->observations_applied);
-  out.push_back(std::move(applied));
-
-  MetricFamily rejected = Family(
-      "constance_observations_rejected_total",
-      "Observations rejected for good, by the field that failed validation.", MetricType::Counter);
-  for (const auto& [reason, n] : snap->rejected_by_reason) Add(&rejected, {{"reason", reason}}, n);
-  out.push_back(std::move(rejected));
-
-  MetricFamily duplicates = Family(
-      "constance_observations_duplicate_total",
-      "Observations dropped because an earlier batch delivered them already.", MetricType::Counter);
-  Add(&duplicates, {}, snap->observations_duplicate);
-  out.push_back(std::move(duplicates));
-
-  MetricFamily batches =
-      Family("constance_batches_total", "Batches received from agents.", MetricType::Counter);
-  Add(&batches, {}, snap->batches);
-  out.push_back(std::move(batches));
-
-  MetricFamily streams =
-      Family("constance_agent_streams", "Agent streams open now.", MetricType::Gauge);
-  Add(&streams, {}, static_cast<double>(ingest_->streams_open()));
-  out.push_back(std::move(streams));
-
-  MetricFamily refused =
-      Family("constance_agent_streams_refused_total",
-             "Agent streams ended for a protocol violation.", MetricType::Counter);
-  Add(&refused, {}, static_cast<double>(ingest_->streams_refused()));
-  out.push_back(std::move(refused));
+  Single(&out, "constance_observations_applied_total", "Observations applied to cells.", kCounter,
+         snap->observations_applied);
+  out.Family("constance_observations_rejected_total",
+             "Observations rejected for good, by the field that failed validation.", kCounter);
+  for (const auto& [reason, n] : snap->rejected_by_reason) {
+    out.Sample("constance_observations_rejected_total", LabelSet().Add("reason", reason), n);
+  }
+  Single(&out, "constance_observations_duplicate_total",
+         "Observations dropped because an earlier batch delivered them already.", kCounter,
+         snap->observations_duplicate);
+  Single(&out, "constance_batches_total", "Batches received from agents.", kCounter, snap->batches);
+  Single(&out, "constance_agent_streams", "Agent streams open now.", kGauge,
+         static_cast<double>(ingest_->streams_open()));
+  Single(&out, "constance_agent_streams_refused_total",
+         "Agent streams ended for a protocol violation.", kCounter,
+         static_cast<double>(ingest_->streams_refused()));
 
   if (const RefusalCounter* counter = ingest_->refusals(); counter != nullptr) {
-    MetricFamily refusals =
-        Family("constance_refusals_total",
+    out.Family("constance_refusals_total",
                "Agent streams and queries refused, by reason (location_mismatch, not_a_location, "
                "not_an_operator, max_streams, max_locations, unknown_location, invalid_message).",
-               MetricType::Counter);
+               kCounter);
     for (const auto& [reason, n] : counter->Counts()) {
-      Add(&refusals, {{"reason", reason}}, static_cast<double>(n));
+      out.Sample("constance_refusals_total", LabelSet().Add("reason", reason),
+                 static_cast<double>(n));
     }
-    out.push_back(std::move(refusals));
   }
 
   if (const BatchLog* log = ingest_->log(); log != nullptr) {
     // The durable log's group commits: agents are acknowledged after them.
     const BatchLog::CommitStats c = log->commit_stats();
-    MetricFamily latency = Family("constance_batch_log_commit_seconds",
-                                  "Latency of the durable batch log's group commits (one fsync "
-                                  "each); a batch is acknowledged only after its commit.",
-                                  MetricType::Histogram);
-    ClientMetric m;
-    m.histogram.sample_count = c.commits;
-    m.histogram.sample_sum = c.latency_sum_seconds;
+    out.Family("constance_batch_log_commit_seconds",
+               "Latency of the durable batch log's group commits (one fsync each); a batch is "
+               "acknowledged only after its commit.",
+               "histogram");
     const std::vector<double>& bounds = BatchLog::CommitLatencyBounds();
+    const LabelSet none;
     uint64_t cumulative = 0;
+    std::string le;
     for (size_t i = 0; i < c.latency_buckets.size(); ++i) {
       cumulative += c.latency_buckets[i];
-      m.histogram.bucket.push_back(
-          {cumulative, i < bounds.size() ? bounds[i] : std::numeric_limits<double>::infinity()});
+      le.clear();
+      TextExposition::AppendValue(
+          &le, i < bounds.size() ? bounds[i] : std::numeric_limits<double>::infinity());
+      out.Sample("constance_batch_log_commit_seconds_bucket", none, "le", le,
+                 static_cast<double>(cumulative));
     }
-    latency.metric.push_back(std::move(m));
-    out.push_back(std::move(latency));
-    MetricFamily committed = Family("constance_batch_log_batches_committed_total",
-                                    "Batches made durable in the batch log.", MetricType::Counter);
-    Add(&committed, {}, static_cast<double>(c.batches));
-    out.push_back(std::move(committed));
-    MetricFamily failed = Family("constance_batch_log_commit_failures_total",
-                                 "Group commits that failed: their batches were not acknowledged "
-                                 "and the agents resend them.",
-                                 MetricType::Counter);
-    Add(&failed, {}, static_cast<double>(c.failures));
-    out.push_back(std::move(failed));
+    out.Sample("constance_batch_log_commit_seconds_sum", c.latency_sum_seconds);
+    out.Sample("constance_batch_log_commit_seconds_count", static_cast<double>(c.commits));
+    Single(&out, "constance_batch_log_batches_committed_total",
+           "Batches made durable in the batch log.", kCounter, static_cast<double>(c.batches));
+    Single(&out, "constance_batch_log_commit_failures_total",
+           "Group commits that failed: their batches were not acknowledged and the agents resend "
+           "them.",
+           kCounter, static_cast<double>(c.failures));
 
     // Snapshots of the engine's state, which compact the log.
     const BatchLog::CheckpointStats k = log->checkpoint_stats();
-    MetricFamily snapshots = Family("constance_snapshots_total",
-                                    "Snapshots of the engine's state taken (each compacts the "
-                                    "batch log), by result.",
-                                    MetricType::Counter);
-    Add(&snapshots, {{"result", "ok"}}, static_cast<double>(k.snapshots));
-    Add(&snapshots, {{"result", "failed"}}, static_cast<double>(k.failures));
-    out.push_back(std::move(snapshots));
-    MetricFamily snapshot_bytes =
-        Family("constance_snapshot_bytes", "Size of the latest snapshot.", MetricType::Gauge);
-    Add(&snapshot_bytes, {}, static_cast<double>(k.last_bytes));
-    out.push_back(std::move(snapshot_bytes));
-    MetricFamily snapshot_seconds =
-        Family("constance_snapshot_seconds",
-               "How long the latest snapshot took (ingest waits while the state is captured).",
-               MetricType::Gauge);
-    Add(&snapshot_seconds, {}, k.last_seconds);
-    out.push_back(std::move(snapshot_seconds));
-    MetricFamily compacted =
-        Family("constance_batch_log_compacted_batches_total",
-               "Batches removed from the log because a snapshot covers them.", MetricType::Counter);
-    Add(&compacted, {}, static_cast<double>(k.compacted_batches));
-    out.push_back(std::move(compacted));
+    out.Family("constance_snapshots_total",
+               "Snapshots of the engine's state taken (each compacts the batch log), by result.",
+               kCounter);
+    out.Sample("constance_snapshots_total", LabelSet().Add("result", "ok"),
+               static_cast<double>(k.snapshots));
+    out.Sample("constance_snapshots_total", LabelSet().Add("result", "failed"),
+               static_cast<double>(k.failures));
+    Single(&out, "constance_snapshot_bytes", "Size of the latest snapshot.", kGauge,
+           static_cast<double>(k.last_bytes));
+    Single(&out, "constance_snapshot_seconds",
+           "How long the latest snapshot took (ingest waits while the state is captured).", kGauge,
+           k.last_seconds);
+    Single(&out, "constance_batch_log_compacted_batches_total",
+           "Batches removed from the log because a snapshot covers them.", kCounter,
+           static_cast<double>(k.compacted_batches));
   }
 
-  MetricFamily throttled =
-      Family("constance_batches_throttled_total",
-             "Batches answered THROTTLED (not applied; the agent retries).", MetricType::Counter);
-  Add(&throttled, {}, static_cast<double>(ingest_->batches_throttled()));
-  out.push_back(std::move(throttled));
-
-  MetricFamily locations =
-      Family("constance_locations", "Locations that have reported.", MetricType::Gauge);
-  Add(&locations, {}, snap->locations);
-  out.push_back(std::move(locations));
-
-  MetricFamily cells =
-      Family("constance_cells", "(location, series) cells held.", MetricType::Gauge);
-  Add(&cells, {}, snap->cells);
-  out.push_back(std::move(cells));
-
-  MetricFamily computed = Family("constance_statistics_computed_timestamp_seconds",
-                                 "When the published statistics were computed.", MetricType::Gauge);
-  Add(&computed, {}, Seconds(snap->computed_at));
-  out.push_back(std::move(computed));
+  Single(&out, "constance_batches_throttled_total",
+         "Batches answered THROTTLED (not applied; the agent retries).", kCounter,
+         static_cast<double>(ingest_->batches_throttled()));
+  Single(&out, "constance_locations", "Locations that have reported.", kGauge, snap->locations);
+  Single(&out, "constance_cells", "(location, series) cells held.", kGauge, snap->cells);
+  Single(&out, "constance_statistics_computed_timestamp_seconds",
+         "When the published statistics were computed.", kGauge, Seconds(snap->computed_at));
 
   // Per location: delivery and the agent's own health from its heartbeats.
-  MetricFamily last_report = Family("constance_location_last_report_timestamp_seconds",
-                                    "When the location's last batch arrived.", MetricType::Gauge);
-  MetricFamily watermark =
-      Family("constance_location_watermark",
-             "Highest sequence acknowledged to the location's agent.", MetricType::Gauge);
-  MetricFamily spool = Family("constance_agent_spool_depth",
-                              "Observations not yet acknowledged, as the agent's last heartbeat "
-                              "reported.",
-                              MetricType::Gauge);
-  MetricFamily oldest = Family("constance_agent_oldest_unacknowledged_seconds",
-                               "Age of the agent's oldest unacknowledged observation, as its last "
-                               "heartbeat reported.",
-                               MetricType::Gauge);
-  MetricFamily cert = Family("constance_agent_certificate_expiry_timestamp_seconds",
-                             "When the agent's client certificate expires, as its last heartbeat "
-                             "reported (absent without TLS).",
-                             MetricType::Gauge);
-  MetricFamily heartbeat = Family("constance_agent_last_heartbeat_timestamp_seconds",
-                                  "When the agent's last heartbeat arrived.", MetricType::Gauge);
-  MetricFamily spool_bytes = Family("constance_agent_spool_bytes",
-                                    "Serialized bytes of the agent's unacknowledged observations, "
-                                    "as its last heartbeat reported.",
-                                    MetricType::Gauge);
-  MetricFamily dropped = Family("constance_agent_spool_dropped_total",
-                                "Observations the agent's full spool deleted unacknowledged since "
-                                "the agent started (spool_when_full: drop_oldest), as its last "
-                                "heartbeat reported: data lost at the store.",
-                                MetricType::Counter);
-  MetricFamily info =
-      Family("constance_agent_info",
-             "The agent's version, as its last heartbeat reported; always 1.", MetricType::Gauge);
-  for (const LocationState& s : snap->location_states) {
-    if (s.health.certificate_not_after != absl::InfinitePast()) {
-      Add(&cert, {{"location", s.location}}, Seconds(s.health.certificate_not_after));
+  const std::vector<LocationState>& states = snap->location_states;
+  std::vector<LabelSet> where(states.size());
+  for (size_t i = 0; i < states.size(); ++i) where[i].Add("location", states[i].location);
+  const auto per_location = [&](absl::string_view name, absl::string_view help,
+                                absl::string_view type, auto&& value) {
+    out.Family(name, help, type);
+    for (size_t i = 0; i < states.size(); ++i) {
+      if (std::optional<double> v = value(states[i]); v.has_value()) {
+        out.Sample(name, where[i], *v);
+      }
     }
-    if (s.health.heartbeat_at != absl::InfinitePast()) {
-      Add(&heartbeat, {{"location", s.location}}, Seconds(s.health.heartbeat_at));
-    }
-    if (s.last_report != absl::InfinitePast()) {
-      Add(&last_report, {{"location", s.location}}, Seconds(s.last_report));
-      Add(&watermark, {{"location", s.location}}, static_cast<double>(s.watermark));
-    }
-    if (s.health.heartbeat_at != absl::InfinitePast()) {
-      Add(&spool, {{"location", s.location}}, static_cast<double>(s.health.spool_depth));
-      Add(&oldest, {{"location", s.location}}, s.health.oldest_unacknowledged_seconds);
-      Add(&spool_bytes, {{"location", s.location}}, static_cast<double>(s.health.spool_bytes));
-      Add(&dropped, {{"location", s.location}}, static_cast<double>(s.health.spool_dropped));
-      Add(&info, {{"location", s.location}, {"version", s.health.version}}, 1);
+  };
+  const auto heard = [](const LocationState& s) {
+    return s.health.heartbeat_at != absl::InfinitePast();
+  };
+  using Value = std::optional<double>;
+  per_location("constance_agent_certificate_expiry_timestamp_seconds",
+               "When the agent's client certificate expires, as its last heartbeat reported "
+               "(absent without TLS).",
+               kGauge, [](const LocationState& s) -> Value {
+                 if (s.health.certificate_not_after == absl::InfinitePast()) return std::nullopt;
+                 return Seconds(s.health.certificate_not_after);
+               });
+  per_location("constance_agent_last_heartbeat_timestamp_seconds",
+               "When the agent's last heartbeat arrived.", kGauge,
+               [&](const LocationState& s) -> Value {
+                 if (!heard(s)) return std::nullopt;
+                 return Seconds(s.health.heartbeat_at);
+               });
+  per_location("constance_location_last_report_timestamp_seconds",
+               "When the location's last batch arrived.", kGauge,
+               [](const LocationState& s) -> Value {
+                 if (s.last_report == absl::InfinitePast()) return std::nullopt;
+                 return Seconds(s.last_report);
+               });
+  per_location("constance_location_watermark",
+               "Highest sequence acknowledged to the location's agent.", kGauge,
+               [](const LocationState& s) -> Value {
+                 if (s.last_report == absl::InfinitePast()) return std::nullopt;
+                 return static_cast<double>(s.watermark);
+               });
+  per_location("constance_agent_spool_depth",
+               "Observations not yet acknowledged, as the agent's last heartbeat reported.", kGauge,
+               [&](const LocationState& s) -> Value {
+                 if (!heard(s)) return std::nullopt;
+                 return static_cast<double>(s.health.spool_depth);
+               });
+  per_location("constance_agent_oldest_unacknowledged_seconds",
+               "Age of the agent's oldest unacknowledged observation, as its last heartbeat "
+               "reported.",
+               kGauge, [&](const LocationState& s) -> Value {
+                 if (!heard(s)) return std::nullopt;
+                 return s.health.oldest_unacknowledged_seconds;
+               });
+  per_location("constance_agent_spool_bytes",
+               "Serialized bytes of the agent's unacknowledged observations, as its last "
+               "heartbeat reported.",
+               kGauge, [&](const LocationState& s) -> Value {
+                 if (!heard(s)) return std::nullopt;
+                 return static_cast<double>(s.health.spool_bytes);
+               });
+  per_location("constance_agent_spool_dropped_total",
+               "Observations the agent's full spool deleted unacknowledged since the agent "
+               "started (spool_when_full: drop_oldest), as its last heartbeat reported: data lost "
+               "at the store.",
+               kCounter, [&](const LocationState& s) -> Value {
+                 if (!heard(s)) return std::nullopt;
+                 return static_cast<double>(s.health.spool_dropped);
+               });
+  out.Family("constance_agent_info",
+             "The agent's version, as its last heartbeat reported; always 1.", kGauge);
+  for (size_t i = 0; i < states.size(); ++i) {
+    if (heard(states[i])) {
+      out.Sample("constance_agent_info", where[i], "version", states[i].health.version, 1);
     }
   }
-  out.push_back(std::move(cert));
-  out.push_back(std::move(heartbeat));
-  out.push_back(std::move(last_report));
-  out.push_back(std::move(watermark));
-  out.push_back(std::move(spool));
-  out.push_back(std::move(oldest));
-  out.push_back(std::move(spool_bytes));
-  out.push_back(std::move(dropped));
-  out.push_back(std::move(info));
 
   // Per series and group: the statistics operators chart and alert on.
+  // Each series' labels are escaped once and shared by all its samples.
   struct Stat {
     const char* name;
     const char* help;
@@ -449,42 +439,61 @@ std::vector<MetricFamily> CollectorMetrics::Collect() const {
          return (s.main_level.members.empty() ? 0.0 : 1.0) + s.other_levels.size();
        }},
   };
-  std::vector<MetricFamily> stats;
-  for (const Stat& stat : kStats) stats.push_back(Family(stat.name, stat.help, MetricType::Gauge));
-  MetricFamily outliers = Family("constance_outlier",
-                                 "1 for each location outside its group's band now, with the "
-                                 "direction of its deviation.",
-                                 MetricType::Gauge);
-  MetricFamily outlier_value =
-      Family("constance_outlier_value", "The outlier location's value, in the family's unit.",
-             MetricType::Gauge);
-  for (const auto& s : snap->series) {
-    std::vector<ClientMetric::Label> labels = SeriesLabels(*s);
-    for (size_t i = 0; i < std::size(kStats); ++i) Add(&stats[i], labels, kStats[i].get(*s));
-    for (size_t i = 0; i < s->outliers.size(); ++i) {
-      std::vector<ClientMetric::Label> l = labels;
-      l.push_back({"location", s->outlier_locations[i]});
-      l.push_back({"direction", s->outliers[i].direction == v1::ABOVE ? "above" : "below"});
-      Add(&outliers, l, 1);
-      Add(&outlier_value, l, s->outliers[i].value);
+  // One pass over the series reads every statistic into a flat table, so
+  // that writing a family at a time (as the format requires) does not
+  // visit each series' scattered memory once per statistic.
+  constexpr size_t kStatCount = std::size(kStats);
+  const size_t n_series = snap->series.size();
+  std::vector<LabelSet> series_labels;
+  series_labels.reserve(n_series);
+  std::vector<double> values(n_series * kStatCount);
+  for (size_t i = 0; i < n_series; ++i) {
+    const SeriesStats& s = *snap->series[i];
+    series_labels.push_back(SeriesLabels(s));
+    for (size_t k = 0; k < kStatCount; ++k) values[k * n_series + i] = kStats[k].get(s);
+  }
+  for (size_t k = 0; k < kStatCount; ++k) {
+    out.Family(kStats[k].name, kStats[k].help, kGauge);
+    const absl::string_view name = kStats[k].name;
+    for (size_t i = 0; i < n_series; ++i) {
+      out.Sample(name, series_labels[i], values[k * n_series + i]);
     }
   }
-  for (MetricFamily& f : stats) out.push_back(std::move(f));
-  out.push_back(std::move(outliers));
-  out.push_back(std::move(outlier_value));
-  CollectFindings(*snap, &out);
-  CollectMergeable(*snap, &out);
-  return out;
+  // Outliers: the series' labels, the location and its direction.
+  std::vector<LabelSet> outlier_labels;
+  std::vector<double> outlier_values;
+  for (size_t i = 0; i < snap->series.size(); ++i) {
+    const SeriesStats& s = *snap->series[i];
+    for (size_t j = 0; j < s.outliers.size(); ++j) {
+      LabelSet l = series_labels[i];
+      l.Add("location", s.outlier_locations[j])
+          .Add("direction", s.outliers[j].direction == v1::ABOVE ? "above" : "below");
+      outlier_labels.push_back(std::move(l));
+      outlier_values.push_back(s.outliers[j].value);
+    }
+  }
+  out.Family("constance_outlier",
+             "1 for each location outside its group's band now, with the direction of its "
+             "deviation.",
+             kGauge);
+  for (const LabelSet& l : outlier_labels) out.Sample("constance_outlier", l, 1);
+  out.Family("constance_outlier_value", "The outlier location's value, in the family's unit.",
+             kGauge);
+  for (size_t i = 0; i < outlier_labels.size(); ++i) {
+    out.Sample("constance_outlier_value", outlier_labels[i], outlier_values[i]);
+  }
+  RenderFindings(*snap, &out);
+  RenderMergeable(*snap, &out);
 }
 
-void CollectorMetrics::CollectMergeable(const Snapshot& snap,
-                                        std::vector<MetricFamily>* out) const {
+void CollectorMetrics::RenderMergeable(const Snapshot& snap, TextExposition* out) const {
   const Catalog* catalog = snap.catalog.get();
   // Per series, summed over its groups (which partition its locations):
   // n_g locations with mean m_g and population stddev s_g contribute
   // n_g * (m_g - r) and n_g * (s_g^2 + (m_g - r)^2).
   struct Sums {
     SeriesKey key;
+    LabelSet labels;
     double reference = 0;
     uint64_t n = 0;
     double s1 = 0;
@@ -499,6 +508,7 @@ void CollectorMetrics::CollectMergeable(const Snapshot& snap,
     if (added) {
       Sums fresh;
       fresh.key = s->key;
+      fresh.labels = MergeLabels(s->key);
       fresh.reference = MergeReference(s->key, catalog);
       series.push_back(std::move(fresh));
     }
@@ -511,44 +521,47 @@ void CollectorMetrics::CollectMergeable(const Snapshot& snap,
     sums.s2 += n * (s->summary.stddev * s->summary.stddev + d * d);
   }
 
-  MetricFamily locations = Family(
-      "constance_series_mergeable_locations",
-      "Locations with a comparable value in the series on this collector (all its groups): the "
-      "n that shards add up (deploy/prometheus/sharding_rules.yml).",
-      MetricType::Gauge);
-  MetricFamily reference = Family(
-      "constance_series_mergeable_reference",
-      "The series' reference value r, the same on every shard (from the catalog's promise, else "
-      "0): the sums of deviations are taken from it so they do not cancel.",
-      MetricType::Gauge);
-  MetricFamily s1 =
-      Family("constance_series_mergeable_sum_deviations",
-             "Sum over this collector's locations of (value - reference).", MetricType::Gauge);
-  MetricFamily s2 =
-      Family("constance_series_mergeable_sum_squared_deviations",
-             "Sum over this collector's locations of (value - reference)^2.", MetricType::Gauge);
-  MetricFamily waits = Family(
-      "constance_series_mergeable_wait_seconds",
-      "The locations' comparable waits (one per location) in cumulative buckets whose bounds are "
-      "the same on every shard (10^(i/k), k per decade from the catalog's wait accuracy), for "
-      "chain-wide quantiles by histogram_quantile.",
-      MetricType::Histogram);
+  const auto each = [&](absl::string_view name, absl::string_view help, auto&& value) {
+    out->Family(name, help, kGauge);
+    for (const Sums& sums : series) out->Sample(name, sums.labels, value(sums));
+  };
+  each("constance_series_mergeable_locations",
+       "Locations with a comparable value in the series on this collector (all its groups): the "
+       "n that shards add up (deploy/prometheus/sharding_rules.yml).",
+       [](const Sums& s) { return static_cast<double>(s.n); });
+  each("constance_series_mergeable_reference",
+       "The series' reference value r, the same on every shard (from the catalog's promise, else "
+       "0): the sums of deviations are taken from it so they do not cancel.",
+       [](const Sums& s) { return s.reference; });
+  each("constance_series_mergeable_sum_deviations",
+       "Sum over this collector's locations of (value - reference).",
+       [](const Sums& s) { return s.s1; });
+  each("constance_series_mergeable_sum_squared_deviations",
+       "Sum over this collector's locations of (value - reference)^2.",
+       [](const Sums& s) { return s.s2; });
+
+  constexpr absl::string_view kWaits = "constance_series_mergeable_wait_seconds";
+  out->Family(kWaits,
+              "The locations' comparable waits (one per location) in cumulative buckets whose "
+              "bounds are the same on every shard (10^(i/k), k per decade from the catalog's wait "
+              "accuracy), for chain-wide quantiles by histogram_quantile.",
+              "histogram");
   const WaitBuckets buckets(catalog != nullptr ? catalog->wait_sketch.relative_accuracy : 0.01);
+  // The `le` values, formatted once per render.
+  std::vector<std::string> le(buckets.highest() - buckets.lowest() + 1);
+  for (int i = buckets.lowest(); i <= buckets.highest(); ++i) {
+    TextExposition::AppendValue(&le[i - buckets.lowest()], buckets.Bound(i));
+  }
   for (const Sums& sums : series) {
-    std::vector<ClientMetric::Label> labels = MergeLabels(sums.key);
-    Add(&locations, labels, static_cast<double>(sums.n));
-    Add(&reference, labels, sums.reference);
-    Add(&s1, labels, sums.s1);
-    Add(&s2, labels, sums.s2);
     if (sums.key.family != v1::FAMILY_WAIT) continue;
     std::map<int, uint64_t> counts;  // By bucket index.
-    ClientMetric m;
-    m.label = labels;
+    uint64_t count = 0;
+    double sum = 0;
     for (const SeriesStats* group : sums.groups) {
       for (double v : group->wait_values) {
         ++counts[buckets.Index(v)];
-        ++m.histogram.sample_count;
-        m.histogram.sample_sum += v;
+        ++count;
+        sum += v;
       }
     }
     if (counts.empty()) continue;
@@ -556,22 +569,19 @@ void CollectorMetrics::CollectMergeable(const Snapshot& snap,
     // never interpolates from 0) up to the highest bound: a shard's
     // missing low buckets count 0 for it, as they should, but missing high
     // ones would undercount the sum, so every shard emits them.
+    const std::string bucket = absl::StrCat(kWaits, "_bucket");
     uint64_t cumulative = 0;
     auto next = counts.begin();
     for (int i = std::max(buckets.lowest(), counts.begin()->first - 1); i <= buckets.highest();
          ++i) {
       if (next != counts.end() && next->first == i) cumulative += (next++)->second;
-      m.histogram.bucket.push_back({cumulative, buckets.Bound(i)});
+      out->Sample(bucket, sums.labels, "le", le[i - buckets.lowest()],
+                  static_cast<double>(cumulative));
     }
-    m.histogram.bucket.push_back(
-        {m.histogram.sample_count, std::numeric_limits<double>::infinity()});
-    waits.metric.push_back(std::move(m));
+    out->Sample(bucket, sums.labels, "le", "+Inf", static_cast<double>(count));
+    out->Sample(absl::StrCat(kWaits, "_sum"), sums.labels, sum);
+    out->Sample(absl::StrCat(kWaits, "_count"), sums.labels, static_cast<double>(count));
   }
-  out->push_back(std::move(locations));
-  out->push_back(std::move(reference));
-  out->push_back(std::move(s1));
-  out->push_back(std::move(s2));
-  out->push_back(std::move(waits));
 }
 
 }  // namespace constance::collector

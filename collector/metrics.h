@@ -1,6 +1,6 @@
-// The collector's /metrics: computed at scrape time from the Engine's
-// latest snapshot (a prometheus::Collectable), never by updating gauges on
-// the ingest path.
+// The collector's /metrics: rendered at scrape time from the Engine's
+// latest snapshot straight into the text format (collector/exposition.h),
+// never by updating gauges on the ingest path.
 //
 // Cardinality is bounded by the chain's shape, not by traffic: one series
 // per (statistic, series, group), one per location for delivery facts, and
@@ -17,17 +17,17 @@
 // bounds. Chain-wide: mean = r + S1/n, variance = S2/n - (S1/n)^2 (the
 // population variance, as SummarizeGroup), quantiles by histogram_quantile.
 //
-// Thread-safety: Collect may run on the exposer's threads concurrently with
-// ingest; it only reads immutable snapshots and atomics.
+// Thread-safety: Render may run on several HTTP threads at once and
+// concurrently with ingest; it only reads immutable snapshots and atomics.
 #ifndef CONSTANCE_COLLECTOR_METRICS_H_
 #define CONSTANCE_COLLECTOR_METRICS_H_
 
+#include <string>
 #include <vector>
 
 #include "collector/engine.h"
+#include "collector/exposition.h"
 #include "collector/services.h"
-#include "prometheus/collectable.h"
-#include "prometheus/metric_family.h"
 
 namespace constance::collector {
 
@@ -79,17 +79,23 @@ class WaitBuckets {
   std::vector<double> bounds_;
 };
 
-class CollectorMetrics final : public prometheus::Collectable {
+class CollectorMetrics {
  public:
-  // Both pointers must outlive this object's registration with an exposer.
+  // Both pointers must outlive this object.
   CollectorMetrics(const Engine* engine, const IngestService* ingest)
       : engine_(engine), ingest_(ingest) {}
 
-  std::vector<prometheus::MetricFamily> Collect() const override;
+  // The whole exposition (text format 0.0.4) from the latest snapshot, in
+  // one string.
+  std::string Render() const;
+  // The same, handed to `sink` in pieces of about `chunk_bytes` (whole
+  // lines), so that a scrape of any size holds one piece in memory.
+  void Render(const TextExposition::Sink& sink, size_t chunk_bytes = 256 * 1024) const;
 
  private:
-  // The mergeable statistics described above, appended to `out`.
-  void CollectMergeable(const Snapshot& snap, std::vector<prometheus::MetricFamily>* out) const;
+  void RenderTo(TextExposition* out) const;
+  // The mergeable statistics described above.
+  void RenderMergeable(const Snapshot& snap, TextExposition* out) const;
 
   const Engine* const engine_;
   const IngestService* const ingest_;

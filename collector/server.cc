@@ -7,7 +7,6 @@
 #include "constance/process.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "prometheus/exposer.h"
 #include "spdlog/spdlog.h"
 
 namespace constance::collector {
@@ -79,7 +78,7 @@ absl::Status CollectorServer::Start() {
                                             options_.rate_burst);
   ingest_->Secure(/*require_location=*/!options_.insecure, options_.max_streams, &refusals_);
   if (!options_.insecure) query_.RequireOperator(&refusals_);
-  metrics_ = std::make_shared<CollectorMetrics>(&engine_, ingest_.get());
+  metrics_ = std::make_unique<CollectorMetrics>(&engine_, ingest_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -105,9 +104,8 @@ absl::Status CollectorServer::Start() {
                                    std::min(options_.max_connection_age, absl::Hours(24 * 24)))));
     builder.AddChannelArgument(
         GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
-        static_cast<int>(absl::ToInt64Milliseconds(
-            std::clamp(options_.max_connection_age_grace, absl::Milliseconds(1),
-                       absl::Hours(24 * 24)))));
+        static_cast<int>(absl::ToInt64Milliseconds(std::clamp(
+            options_.max_connection_age_grace, absl::Milliseconds(1), absl::Hours(24 * 24)))));
   }
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port == 0) {
@@ -117,19 +115,11 @@ absl::Status CollectorServer::Start() {
   }
   grpc_address_ = DialAddress(options_.listen, port);
 
-  try {
-    exposer_ = std::make_unique<prometheus::Exposer>(options_.metrics_listen, 2);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("--metrics_listen=", options_.metrics_listen,
-                                               ": cannot listen there: ", e.what()));
-  }
-  exposer_->RegisterCollectable(metrics_);
-  std::vector<int> ports = exposer_->GetListeningPorts();
-  if (ports.empty()) {
-    return absl::UnavailableError(
-        absl::StrCat("--metrics_listen=", options_.metrics_listen, ": no listening port"));
-  }
-  metrics_address_ = DialAddress(options_.metrics_listen, ports.front());
+  absl::StatusOr<std::unique_ptr<MetricsServer>> metrics_server =
+      MetricsServer::Start(options_.metrics_listen, metrics_.get());
+  if (!metrics_server.ok()) return metrics_server.status();
+  metrics_server_ = *std::move(metrics_server);
+  metrics_address_ = DialAddress(options_.metrics_listen, metrics_server_->port());
   engine_.Start();
   spdlog::info("serving gRPC on {} ({}) and /metrics on {}", grpc_address_,
                options_.insecure ? "plaintext" : "mTLS", metrics_address_);
@@ -140,7 +130,7 @@ void CollectorServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
   if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
-  exposer_.reset();
+  metrics_server_.reset();
   // After the server: no stream can queue a batch any more; the log
   // commits what is queued (running the last callbacks) and closes.
   log_.reset();

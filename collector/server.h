@@ -20,13 +20,10 @@
 #include "absl/time/time.h"
 #include "collector/engine.h"
 #include "collector/metrics.h"
+#include "collector/metrics_server.h"
 #include "collector/services.h"
 #include "constance/tls.h"
 #include "grpcpp/grpcpp.h"
-
-namespace prometheus {
-class Exposer;
-}
 
 namespace constance::collector {
 
@@ -71,8 +68,8 @@ class CollectorServer {
 
   // Replays the batch log (if any), binds both listeners and starts
   // serving. FailedPrecondition when neither `insecure` nor readable TLS
-  // files are given, naming the option; Unavailable when an address cannot be bound or the log cannot be
-  // opened, naming it.
+  // files are given, naming the option; Unavailable when an address cannot be bound or the log
+  // cannot be opened, naming it.
   absl::Status Start();
 
   // Stops accepting, waits up to `grace` for calls in flight, then cancels
@@ -93,10 +90,10 @@ class CollectorServer {
   std::unique_ptr<BatchLog> log_;
   std::unique_ptr<IngestService> ingest_;
   QueryService query_;
-  std::shared_ptr<CollectorMetrics> metrics_;
+  std::unique_ptr<CollectorMetrics> metrics_;
   RefusalCounter refusals_;
   std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsServer> metrics_server_;
   std::string grpc_address_;
   std::string metrics_address_;
   bool shut_down_ = false;

@@ -203,6 +203,14 @@ TEST_F(ChainTest, ObservationsPostedToAgentsReachTheCollectorsStatistics) {
   CommandResult check = RunCommand("promtool check metrics", metrics->body);
   EXPECT_EQ(check.exit_code, 0) << check.output;
   EXPECT_EQ(check.output, "") << "promtool on the collector's /metrics";
+  // The collector's metrics server serves that one path, and says so.
+  auto elsewhere = HttpGet(collector_ready_["metrics"], "/metric");
+  ASSERT_TRUE(elsewhere.ok()) << elsewhere.status();
+  EXPECT_EQ(elsewhere->status, 404);
+  EXPECT_THAT(elsewhere->body, HasSubstr("GET /metrics"));
+  auto posted = HttpPost(collector_ready_["metrics"], "/metrics", "{}");
+  ASSERT_TRUE(posted.ok()) << posted.status();
+  EXPECT_EQ(posted->status, 405);
 
   auto agent_metrics = HttpGet(agents_[0].ready["metrics"], "/metrics");
   ASSERT_TRUE(agent_metrics.ok()) << agent_metrics.status();

@@ -1,11 +1,19 @@
-// The collector's exposition: bounded cardinality under many findings.
+// The collector's exposition: the text format written directly, and
+// bounded cardinality under many findings.
 #include "collector/metrics.h"
 
+#include <cmath>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "collector/exposition.h"
 #include "gtest/gtest.h"
 
 namespace constance::collector {
@@ -13,10 +21,66 @@ namespace {
 
 const absl::Time kNow = absl::FromUnixSeconds(1'767'225'600);
 
-std::map<std::string, const prometheus::MetricFamily*> ByName(
-    const std::vector<prometheus::MetricFamily>& families) {
-  std::map<std::string, const prometheus::MetricFamily*> out;
-  for (const auto& f : families) out[f.name] = &f;
+std::string Value(double v) {
+  std::string s;
+  TextExposition::AppendValue(&s, v);
+  return s;
+}
+
+TEST(TextExpositionTest, ValuesReadBackExactly) {
+  EXPECT_EQ(Value(0), "0");
+  EXPECT_EQ(Value(-0.0), "0");
+  EXPECT_EQ(Value(1'000'000), "1000000");
+  EXPECT_EQ(Value(1'767'225'600), "1767225600");
+  EXPECT_EQ(Value(-42), "-42");
+  EXPECT_EQ(Value(0.1), "0.1");
+  EXPECT_EQ(Value(149.5), "149.5");
+  EXPECT_EQ(Value(std::numeric_limits<double>::quiet_NaN()), "NaN");
+  EXPECT_EQ(Value(std::numeric_limits<double>::infinity()), "+Inf");
+  EXPECT_EQ(Value(-std::numeric_limits<double>::infinity()), "-Inf");
+  // Every finite double reads back as itself, integers or not, large or tiny.
+  for (double v :
+       {1e15, 1e300, -2.5e-300, 1.0 / 3, 0.30000000000000004, 1767225600.123456, 9007199254740993.0,
+        std::numeric_limits<double>::denorm_min(), std::numeric_limits<double>::max()}) {
+    double back = 0;
+    ASSERT_TRUE(absl::SimpleAtod(Value(v), &back)) << Value(v);
+    EXPECT_EQ(back, v) << Value(v);
+  }
+}
+
+TEST(TextExpositionTest, LabelValuesAndHelpAreEscaped) {
+  std::string text;
+  TextExposition out(&text);
+  out.Family("m", "a \\ help\nline with \"quotes\"", "gauge");
+  LabelSet labels;
+  labels.Add("key", "say \"hi\"\\\n").Add("group", "");
+  out.Sample("m", labels, 1);
+  out.Sample("m", 2);
+  out.Sample("m_bucket", labels, "le", "+Inf", 3);
+  out.Sample("m_bucket", LabelSet(), "le", "0.5", 4);
+  out.Finish();
+  EXPECT_EQ(text,
+            "# HELP m a \\\\ help\\nline with \"quotes\"\n"
+            "# TYPE m gauge\n"
+            "m{key=\"say \\\"hi\\\"\\\\\\n\",group=\"\"} 1\n"
+            "m 2\n"
+            "m_bucket{key=\"say \\\"hi\\\"\\\\\\n\",group=\"\",le=\"+Inf\"} 3\n"
+            "m_bucket{le=\"0.5\"} 4\n");
+}
+
+// The samples of one metric name in an exposition: label text -> value.
+std::map<std::string, double> Samples(const std::string& text, const std::string& name) {
+  std::map<std::string, double> out;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (line.empty() || line[0] == '#') continue;
+    if (!absl::StartsWith(line, name)) continue;
+    absl::string_view rest = line.substr(name.size());
+    if (rest.empty() || (rest[0] != '{' && rest[0] != ' ')) continue;
+    const size_t space = rest.rfind(' ');
+    double v = 0;
+    EXPECT_TRUE(absl::SimpleAtod(rest.substr(space + 1), &v)) << line;
+    out[std::string(rest.substr(0, space))] = v;
+  }
   return out;
 }
 
@@ -52,15 +116,26 @@ TEST(CollectorMetricsTest, FindingSeriesAreCappedAndTheRestCounted) {
     ASSERT_EQ(engine.snapshot()->findings->active.size(), 12u);
     IngestService ingest(&engine);
     CollectorMetrics metrics(&engine, &ingest);
-    auto families = metrics.Collect();
-    auto by = ByName(families);
-    ASSERT_TRUE(by.count("constance_finding"));
-    EXPECT_EQ(by["constance_finding"]->metric.size(), c.exported) << "cap " << c.cap;
-    EXPECT_EQ(by["constance_findings_suppressed"]->metric.at(0).gauge.value, c.suppressed);
+    const std::string text = metrics.Render();
+    EXPECT_EQ(Samples(text, "constance_finding").size(), c.exported) << "cap " << c.cap;
+    EXPECT_EQ(Samples(text, "constance_finding_value").size(), c.exported) << "cap " << c.cap;
+    EXPECT_EQ(Samples(text, "constance_findings_suppressed")[""], c.suppressed);
     // Counts by kind are never capped.
     double total = 0;
-    for (const auto& m : by["constance_findings_active"]->metric) total += m.gauge.value;
+    for (const auto& [labels, n] : Samples(text, "constance_findings_active")) total += n;
     EXPECT_EQ(total, 12);
+    // Every series' statistics, one sample per (key, group): 12 keys, one group.
+    const auto means = Samples(text, "constance_series_mean");
+    ASSERT_EQ(means.size(), 12u);
+    EXPECT_DOUBLE_EQ(
+        means.at("{family=\"price\",key=\"sku-0\",currency=\"EUR\",price_kind=\"shelf\","
+                 "group=\"chain\"}"),
+        (149.0 * 111 + 199) / 112);
+    // The outlier, with its direction and value.
+    EXPECT_EQ(Samples(text, "constance_outlier_value")
+                  .at("{family=\"price\",key=\"sku-3\",currency=\"EUR\",price_kind=\"shelf\","
+                      "group=\"chain\",location=\"store-103\",direction=\"above\"}"),
+              199);
   }
 }
 
