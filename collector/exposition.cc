@@ -25,14 +25,46 @@ void AppendEscaped(std::string* out, absl::string_view s, bool quote) {
   out->append(s.data() + start, s.size() - start);
 }
 
+// name="value", after a comma unless it is the first label of its set.
+void AppendLabel(std::string* text, bool first, absl::string_view name, absl::string_view value) {
+  if (!first) text->push_back(',');
+  text->append(name.data(), name.size());
+  text->append("=\"");
+  AppendEscaped(text, value, /*quote=*/true);
+  text->push_back('"');
+}
+
 }  // namespace
 
 LabelSet& LabelSet::Add(absl::string_view name, absl::string_view value) {
-  if (!text_.empty()) text_.push_back(',');
-  text_.append(name.data(), name.size());
-  text_.append("=\"");
-  AppendEscaped(&text_, value, /*quote=*/true);
-  text_.push_back('"');
+  AppendLabel(&text_, text_.empty(), name, value);
+  return *this;
+}
+
+LabelTable::LabelTable(size_t rows, size_t bytes_per_row) {
+  text_.reserve(rows * bytes_per_row);
+  ends_.reserve(rows);
+}
+
+size_t LabelTable::StartRow() {
+  ends_.push_back(text_.size());
+  return ends_.size() - 1;
+}
+
+size_t LabelTable::StartRow(size_t from) {
+  // Copied through a temporary view's offsets: the append may reallocate.
+  const size_t begin = from == 0 ? 0 : ends_[from - 1];
+  const size_t length = ends_[from] - begin;
+  text_.reserve(text_.size() + length);
+  text_.append(text_, begin, length);
+  ends_.push_back(text_.size());
+  return ends_.size() - 1;
+}
+
+LabelTable& LabelTable::Add(absl::string_view name, absl::string_view value) {
+  const size_t begin = ends_.size() < 2 ? 0 : ends_[ends_.size() - 2];
+  AppendLabel(&text_, text_.size() == begin, name, value);
+  ends_.back() = text_.size();
   return *this;
 }
 
@@ -115,6 +147,15 @@ void TextExposition::Family(absl::string_view name, absl::string_view help,
 
 void TextExposition::Sample(absl::string_view name, const LabelSet& labels, double value) {
   Line(name, labels.text(), {}, {}, value);
+}
+
+void TextExposition::Sample(absl::string_view name, absl::string_view labels, double value) {
+  Line(name, labels, {}, {}, value);
+}
+
+void TextExposition::Sample(absl::string_view name, absl::string_view labels,
+                            absl::string_view extra, absl::string_view extra_value, double value) {
+  Line(name, labels, extra, extra_value, value);
 }
 
 void TextExposition::Sample(absl::string_view name, double value) { Line(name, {}, {}, {}, value); }

@@ -30,6 +30,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 
@@ -51,6 +52,32 @@ class LabelSet {
 
  private:
   std::string text_;
+};
+
+// Many label sets in one buffer, for the tens of thousands of series a
+// scrape writes: one allocation for all of them rather than one each.
+// Rows are built one at a time (StartRow, then Add) and read by index.
+class LabelTable {
+ public:
+  LabelTable() = default;
+  // Room for `rows` rows of about `bytes_per_row` bytes.
+  LabelTable(size_t rows, size_t bytes_per_row);
+
+  // Starts a row, empty or holding the labels of row `from`; Add() appends
+  // to it. Returns its index.
+  size_t StartRow();
+  size_t StartRow(size_t from);
+  LabelTable& Add(absl::string_view name, absl::string_view value);
+
+  absl::string_view Row(size_t i) const {
+    const size_t begin = i == 0 ? 0 : ends_[i - 1];
+    return absl::string_view(text_).substr(begin, ends_[i] - begin);
+  }
+  size_t size() const { return ends_.size(); }
+
+ private:
+  std::string text_;
+  std::vector<size_t> ends_;  // Row i is text_[ends_[i - 1], ends_[i]).
 };
 
 class TextExposition {
@@ -78,11 +105,15 @@ class TextExposition {
 
   // name{labels} value
   void Sample(absl::string_view name, const LabelSet& labels, double value);
+  // name{labels} value, `labels` a LabelTable row.
+  void Sample(absl::string_view name, absl::string_view labels, double value);
   // name value
   void Sample(absl::string_view name, double value);
   // name{labels,extra="extra_value"} value: a histogram's `le` bucket, or
   // any one label added to a shared set without copying it.
   void Sample(absl::string_view name, const LabelSet& labels, absl::string_view extra,
+              absl::string_view extra_value, double value);
+  void Sample(absl::string_view name, absl::string_view labels, absl::string_view extra,
               absl::string_view extra_value, double value);
 
   // Hands what is buffered on.

@@ -50,23 +50,29 @@ absl::string_view LowerName(int number) {
 
 // Labels of a series without its group: the mergeable statistics are per
 // series, summed over its peer groups.
-LabelSet MergeLabels(const SeriesKey& key) {
-  LabelSet labels;
-  labels.Add("family", FamilyName(key.family))
+void AddMergeLabels(const SeriesKey& key, LabelTable* labels) {
+  labels->Add("family", FamilyName(key.family))
       .Add("key", key.key)
       .Add("currency", key.currency)
       .Add("price_kind",
            key.family == v1::FAMILY_PRICE ? LowerName<v1::PriceKind_descriptor>(key.kind) : "");
-  return labels;
 }
 
-LabelSet SeriesLabels(const SeriesStats& s) { return MergeLabels(s.key).Add("group", s.group); }
+// A SeriesKey owned by the snapshot, hashed and compared by value.
+struct KeyRef {
+  const SeriesKey* key;
+  template <typename H>
+  friend H AbslHashValue(H h, const KeyRef& k) {
+    return H::combine(std::move(h), *k.key);
+  }
+  friend bool operator==(const KeyRef& a, const KeyRef& b) { return *a.key == *b.key; }
+};
 
 double Seconds(absl::Time t) { return absl::ToDoubleSeconds(t - absl::UnixEpoch()); }
 
-std::string Label(const v1::Finding& f, const std::string& name) {
+absl::string_view Label(const v1::Finding& f, const std::string& name) {
   auto it = f.labels().find(name);
-  return it == f.labels().end() ? "" : it->second;
+  return it == f.labels().end() ? absl::string_view() : absl::string_view(it->second);
 }
 
 // Findings, trust: the series alerts and dashboards are built on. Finding
@@ -89,17 +95,18 @@ void RenderFindings(const Snapshot& snap, TextExposition* out) {
     out->Sample("constance_findings_active", labels, static_cast<double>(n));
   }
 
+  static const std::string kRegion = "region";
   // Most severe first (the view's order), up to the cap.
   const size_t exported = static_cast<size_t>(std::min<uint64_t>(cap, view.active.size()));
-  std::vector<LabelSet> labels(exported);
+  LabelTable labels(exported, 256);
   for (size_t i = 0; i < exported; ++i) {
     const v1::Finding& f = view.active[i];
-    labels[i]
-        .Add("finding", LowerName<v1::FindingKind_descriptor>(f.kind()))
+    labels.StartRow();
+    labels.Add("finding", LowerName<v1::FindingKind_descriptor>(f.kind()))
         .Add("severity", LowerName<v1::Severity_descriptor>(f.severity()))
         .Add("audience", f.audience())
         .Add("location", f.location())
-        .Add("region", Label(f, "region"))
+        .Add("region", Label(f, kRegion))
         .Add("family", f.has_series() ? FamilyName(f.series().family()) : "")
         .Add("key", f.series().key())
         .Add("currency", f.series().currency())
@@ -111,27 +118,27 @@ void RenderFindings(const Snapshot& snap, TextExposition* out) {
   }
   out->Family("constance_finding",
               "1 per active finding (most severe first, up to the catalog's finding_cap).", kGauge);
-  for (size_t i = 0; i < exported; ++i) out->Sample("constance_finding", labels[i], 1);
+  for (size_t i = 0; i < exported; ++i) out->Sample("constance_finding", labels.Row(i), 1);
   out->Family("constance_finding_value", "The finding's value in the family's unit (first reason).",
               kGauge);
   for (size_t i = 0; i < exported; ++i) {
     const v1::Finding& f = view.active[i];
     if (f.reasons_size() > 0)
-      out->Sample("constance_finding_value", labels[i], f.reasons(0).value());
+      out->Sample("constance_finding_value", labels.Row(i), f.reasons(0).value());
   }
   out->Family("constance_finding_expected",
               "What the value was expected to be (median, list price, ...).", kGauge);
   for (size_t i = 0; i < exported; ++i) {
     const v1::Finding& f = view.active[i];
     if (f.reasons_size() > 0) {
-      out->Sample("constance_finding_expected", labels[i], f.reasons(0).expected());
+      out->Sample("constance_finding_expected", labels.Row(i), f.reasons(0).expected());
     }
   }
   out->Family("constance_finding_started_timestamp_seconds",
               "When the finding's condition was first met.", kGauge);
   for (size_t i = 0; i < exported; ++i) {
     const v1::Finding& f = view.active[i];
-    out->Sample("constance_finding_started_timestamp_seconds", labels[i],
+    out->Sample("constance_finding_started_timestamp_seconds", labels.Row(i),
                 static_cast<double>(f.started_at().seconds()) + f.started_at().nanos() / 1e9);
   }
 
@@ -145,19 +152,22 @@ void RenderFindings(const Snapshot& snap, TextExposition* out) {
     out->Sample("constance_findings_evaluated_timestamp_seconds", Seconds(view.evaluated_at));
   }
 
-  std::vector<LabelSet> trust(view.trust.size());
-  for (size_t i = 0; i < view.trust.size(); ++i) trust[i].Add("location", view.trust[i].location);
+  LabelTable trust(view.trust.size(), 32);
+  for (const auto& t : view.trust) {
+    trust.StartRow();
+    trust.Add("location", t.location);
+  }
   out->Family("constance_trust_balance",
               "Trust balance: decayed deposits for promises kept minus withdrawals for breaches "
               "and outliers.",
               kGauge);
   for (size_t i = 0; i < view.trust.size(); ++i) {
-    out->Sample("constance_trust_balance", trust[i], view.trust[i].balance);
+    out->Sample("constance_trust_balance", trust.Row(i), view.trust[i].balance);
   }
   out->Family("constance_trust_score", "Trust score 0..100: the share of decayed deposits.",
               kGauge);
   for (size_t i = 0; i < view.trust.size(); ++i) {
-    out->Sample("constance_trust_score", trust[i], view.trust[i].score);
+    out->Sample("constance_trust_score", trust.Row(i), view.trust[i].score);
   }
 }
 
@@ -322,14 +332,17 @@ void CollectorMetrics::RenderTo(TextExposition* exposition) const {
 
   // Per location: delivery and the agent's own health from its heartbeats.
   const std::vector<LocationState>& states = snap->location_states;
-  std::vector<LabelSet> where(states.size());
-  for (size_t i = 0; i < states.size(); ++i) where[i].Add("location", states[i].location);
+  LabelTable where(states.size(), 32);
+  for (const LocationState& s : states) {
+    where.StartRow();
+    where.Add("location", s.location);
+  }
   const auto per_location = [&](absl::string_view name, absl::string_view help,
                                 absl::string_view type, auto&& value) {
     out.Family(name, help, type);
     for (size_t i = 0; i < states.size(); ++i) {
       if (std::optional<double> v = value(states[i]); v.has_value()) {
-        out.Sample(name, where[i], *v);
+        out.Sample(name, where.Row(i), *v);
       }
     }
   };
@@ -394,7 +407,7 @@ void CollectorMetrics::RenderTo(TextExposition* exposition) const {
              "The agent's version, as its last heartbeat reported; always 1.", kGauge);
   for (size_t i = 0; i < states.size(); ++i) {
     if (heard(states[i])) {
-      out.Sample("constance_agent_info", where[i], "version", states[i].health.version, 1);
+      out.Sample("constance_agent_info", where.Row(i), "version", states[i].health.version, 1);
     }
   }
 
@@ -444,31 +457,32 @@ void CollectorMetrics::RenderTo(TextExposition* exposition) const {
   // visit each series' scattered memory once per statistic.
   constexpr size_t kStatCount = std::size(kStats);
   const size_t n_series = snap->series.size();
-  std::vector<LabelSet> series_labels;
-  series_labels.reserve(n_series);
+  LabelTable series_labels(n_series, 96);
   std::vector<double> values(n_series * kStatCount);
   for (size_t i = 0; i < n_series; ++i) {
     const SeriesStats& s = *snap->series[i];
-    series_labels.push_back(SeriesLabels(s));
+    series_labels.StartRow();
+    AddMergeLabels(s.key, &series_labels);
+    series_labels.Add("group", s.group);
     for (size_t k = 0; k < kStatCount; ++k) values[k * n_series + i] = kStats[k].get(s);
   }
   for (size_t k = 0; k < kStatCount; ++k) {
     out.Family(kStats[k].name, kStats[k].help, kGauge);
     const absl::string_view name = kStats[k].name;
     for (size_t i = 0; i < n_series; ++i) {
-      out.Sample(name, series_labels[i], values[k * n_series + i]);
+      out.Sample(name, series_labels.Row(i), values[k * n_series + i]);
     }
   }
   // Outliers: the series' labels, the location and its direction.
-  std::vector<LabelSet> outlier_labels;
+  // Rows added to the series' table, after its n_series rows.
+  LabelTable& outlier_labels = series_labels;
   std::vector<double> outlier_values;
-  for (size_t i = 0; i < snap->series.size(); ++i) {
+  for (size_t i = 0; i < n_series; ++i) {
     const SeriesStats& s = *snap->series[i];
     for (size_t j = 0; j < s.outliers.size(); ++j) {
-      LabelSet l = series_labels[i];
-      l.Add("location", s.outlier_locations[j])
+      outlier_labels.StartRow(i);
+      outlier_labels.Add("location", s.outlier_locations[j])
           .Add("direction", s.outliers[j].direction == v1::ABOVE ? "above" : "below");
-      outlier_labels.push_back(std::move(l));
       outlier_values.push_back(s.outliers[j].value);
     }
   }
@@ -476,11 +490,13 @@ void CollectorMetrics::RenderTo(TextExposition* exposition) const {
              "1 for each location outside its group's band now, with the direction of its "
              "deviation.",
              kGauge);
-  for (const LabelSet& l : outlier_labels) out.Sample("constance_outlier", l, 1);
+  for (size_t i = 0; i < outlier_values.size(); ++i) {
+    out.Sample("constance_outlier", outlier_labels.Row(n_series + i), 1);
+  }
   out.Family("constance_outlier_value", "The outlier location's value, in the family's unit.",
              kGauge);
-  for (size_t i = 0; i < outlier_labels.size(); ++i) {
-    out.Sample("constance_outlier_value", outlier_labels[i], outlier_values[i]);
+  for (size_t i = 0; i < outlier_values.size(); ++i) {
+    out.Sample("constance_outlier_value", outlier_labels.Row(n_series + i), outlier_values[i]);
   }
   RenderFindings(*snap, &out);
   RenderMergeable(*snap, &out);
@@ -492,8 +508,7 @@ void CollectorMetrics::RenderMergeable(const Snapshot& snap, TextExposition* out
   // n_g locations with mean m_g and population stddev s_g contribute
   // n_g * (m_g - r) and n_g * (s_g^2 + (m_g - r)^2).
   struct Sums {
-    SeriesKey key;
-    LabelSet labels;
+    const SeriesKey* key;  // Owned by the snapshot.
     double reference = 0;
     uint64_t n = 0;
     double s1 = 0;
@@ -501,16 +516,18 @@ void CollectorMetrics::RenderMergeable(const Snapshot& snap, TextExposition* out
     std::vector<const SeriesStats*> groups;  // Owned by the snapshot.
   };
   std::vector<Sums> series;
-  absl::flat_hash_map<SeriesKey, size_t> index;
+  LabelTable labels;  // Row i: series[i]'s.
+  absl::flat_hash_map<KeyRef, size_t> index;
   for (const auto& s : snap.series) {
     if (s->summary.n == 0) continue;
-    auto [it, added] = index.try_emplace(s->key, series.size());
+    auto [it, added] = index.try_emplace(KeyRef{&s->key}, series.size());
     if (added) {
       Sums fresh;
-      fresh.key = s->key;
-      fresh.labels = MergeLabels(s->key);
+      fresh.key = &s->key;
       fresh.reference = MergeReference(s->key, catalog);
       series.push_back(std::move(fresh));
+      labels.StartRow();
+      AddMergeLabels(s->key, &labels);
     }
     Sums& sums = series[it->second];
     sums.groups.push_back(s.get());
@@ -523,7 +540,7 @@ void CollectorMetrics::RenderMergeable(const Snapshot& snap, TextExposition* out
 
   const auto each = [&](absl::string_view name, absl::string_view help, auto&& value) {
     out->Family(name, help, kGauge);
-    for (const Sums& sums : series) out->Sample(name, sums.labels, value(sums));
+    for (size_t i = 0; i < series.size(); ++i) out->Sample(name, labels.Row(i), value(series[i]));
   };
   each("constance_series_mergeable_locations",
        "Locations with a comparable value in the series on this collector (all its groups): the "
@@ -552,8 +569,12 @@ void CollectorMetrics::RenderMergeable(const Snapshot& snap, TextExposition* out
   for (int i = buckets.lowest(); i <= buckets.highest(); ++i) {
     TextExposition::AppendValue(&le[i - buckets.lowest()], buckets.Bound(i));
   }
-  for (const Sums& sums : series) {
-    if (sums.key.family != v1::FAMILY_WAIT) continue;
+  const std::string bucket = absl::StrCat(kWaits, "_bucket");
+  const std::string sum_name = absl::StrCat(kWaits, "_sum");
+  const std::string count_name = absl::StrCat(kWaits, "_count");
+  for (size_t s = 0; s < series.size(); ++s) {
+    const Sums& sums = series[s];
+    if (sums.key->family != v1::FAMILY_WAIT) continue;
     std::map<int, uint64_t> counts;  // By bucket index.
     uint64_t count = 0;
     double sum = 0;
@@ -569,18 +590,17 @@ void CollectorMetrics::RenderMergeable(const Snapshot& snap, TextExposition* out
     // never interpolates from 0) up to the highest bound: a shard's
     // missing low buckets count 0 for it, as they should, but missing high
     // ones would undercount the sum, so every shard emits them.
-    const std::string bucket = absl::StrCat(kWaits, "_bucket");
     uint64_t cumulative = 0;
     auto next = counts.begin();
     for (int i = std::max(buckets.lowest(), counts.begin()->first - 1); i <= buckets.highest();
          ++i) {
       if (next != counts.end() && next->first == i) cumulative += (next++)->second;
-      out->Sample(bucket, sums.labels, "le", le[i - buckets.lowest()],
+      out->Sample(bucket, labels.Row(s), "le", le[i - buckets.lowest()],
                   static_cast<double>(cumulative));
     }
-    out->Sample(bucket, sums.labels, "le", "+Inf", static_cast<double>(count));
-    out->Sample(absl::StrCat(kWaits, "_sum"), sums.labels, sum);
-    out->Sample(absl::StrCat(kWaits, "_count"), sums.labels, static_cast<double>(count));
+    out->Sample(bucket, labels.Row(s), "le", "+Inf", static_cast<double>(count));
+    out->Sample(sum_name, labels.Row(s), sum);
+    out->Sample(count_name, labels.Row(s), static_cast<double>(count));
   }
 }
 

@@ -68,6 +68,27 @@ TEST(TextExpositionTest, LabelValuesAndHelpAreEscaped) {
             "m_bucket{le=\"0.5\"} 4\n");
 }
 
+TEST(LabelTableTest, RowsAreBuiltCopiedAndReadBack) {
+  LabelTable table(1, 8);  // Too small on purpose: rows outgrow the reservation.
+  EXPECT_EQ(table.StartRow(), 0u);
+  table.Add("key", "a\"b").Add("group", "north");
+  EXPECT_EQ(table.StartRow(), 1u);  // An empty row.
+  EXPECT_EQ(table.StartRow(0), 2u);
+  table.Add("location", "store-1");
+  EXPECT_EQ(table.StartRow(2), 3u);  // A copy of a copy, across a reallocation.
+  ASSERT_EQ(table.size(), 4u);
+  EXPECT_EQ(table.Row(0), "key=\"a\\\"b\",group=\"north\"");
+  EXPECT_EQ(table.Row(1), "");
+  EXPECT_EQ(table.Row(2), "key=\"a\\\"b\",group=\"north\",location=\"store-1\"");
+  EXPECT_EQ(table.Row(3), table.Row(2));
+  std::string text;
+  TextExposition out(&text);
+  out.Sample("m", table.Row(1), 1);
+  out.Sample("m", table.Row(0), "le", "+Inf", 2);
+  out.Finish();
+  EXPECT_EQ(text, "m 1\nm{key=\"a\\\"b\",group=\"north\",le=\"+Inf\"} 2\n");
+}
+
 // The samples of one metric name in an exposition: label text -> value.
 std::map<std::string, double> Samples(const std::string& text, const std::string& name) {
   std::map<std::string, double> out;
