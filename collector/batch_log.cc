@@ -61,6 +61,7 @@ BatchLog::~BatchLog() {
     stopping_ = true;
   }
   if (committer_.joinable()) committer_.join();
+  if (applier_.joinable()) applier_.join();
   sqlite3_close(db_);
 }
 
@@ -166,13 +167,48 @@ absl::Status BatchLog::Checkpoint(int64_t through) {
 }
 
 void BatchLog::Start() {
+  applier_ = std::thread([this] { ApplyLoop(); });
   committer_ = std::thread([this] { CommitLoop(); });
 }
 
-void BatchLog::Append(const v1::Batch& batch, absl::Time received, Committed done) {
-  Pending p{batch.SerializeAsString(), absl::ToUnixNanos(received), std::move(done)};
+void BatchLog::Append(absl::string_view batch, absl::Time received, Committed done) {
+  Pending p;
+  p.borrowed = batch;
+  p.borrows = true;
+  p.received_ns = absl::ToUnixNanos(received);
+  p.done = std::move(done);
   absl::MutexLock lock(&mu_);
   queue_.push_back(std::move(p));
+}
+
+void BatchLog::Append(const v1::Batch& batch, absl::Time received, Committed done) {
+  Pending p;
+  p.owned = batch.SerializeAsString();
+  p.received_ns = absl::ToUnixNanos(received);
+  p.done = std::move(done);
+  absl::MutexLock lock(&mu_);
+  queue_.push_back(std::move(p));
+}
+
+void BatchLog::ApplyLoop() {
+  for (;;) {
+    CommittedGroup* group = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return commits_done_ || !applying_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (applying_.empty()) return;  // The committer finished, and all is applied.
+      // Stays valid while the committer appends behind it (std::deque).
+      group = &applying_.front();
+    }
+    for (Pending& p : group->batches) p.done(group->status);
+    // Freed (with what the callbacks held) after the lock is released.
+    std::deque<Pending> finished = std::move(group->batches);
+    absl::MutexLock lock(&mu_);
+    applying_.pop_front();
+  }
 }
 
 uint64_t BatchLog::committed() const {
@@ -223,15 +259,21 @@ void BatchLog::CommitLoop() {
       positioned &&
       sqlite3_prepare_v2(db_, "INSERT INTO batches(id, received_ns, body) VALUES(?, ?, ?)", -1,
                          &insert, nullptr) == SQLITE_OK;
-  // The log position of the last batch applied.
-  int64_t applied_through = last_position;
   absl::Time last_checkpoint = absl::Now();
+  // Waits until the applier has run the callbacks of every committed
+  // group: the engine's state is then that of the log up to last_position.
+  auto wait_applied = [this] {
+    absl::MutexLock lock(&mu_);
+    auto applied = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return applying_.empty(); };
+    mu_.Await(absl::Condition(&applied));
+  };
   // Findings, drift and trust move with time, not only with batches: a
   // snapshot is taken every interval even when no batch came.
   auto checkpoint = [&] {
     if (!capture_) return;
     last_checkpoint = absl::Now();
-    if (absl::Status s = Checkpoint(applied_through); !s.ok()) {
+    wait_applied();
+    if (absl::Status s = Checkpoint(last_position); !s.ok()) {
       spdlog::error("snapshot failed (the log keeps every batch, nothing is lost): {}",
                     std::string(s.message()));
     }
@@ -260,13 +302,15 @@ void BatchLog::CommitLoop() {
         if (!status.ok()) break;
         sqlite3_bind_int64(insert, 1, ++position);
         sqlite3_bind_int64(insert, 2, p.received_ns);
-        sqlite3_bind_blob(insert, 3, p.body.data(), static_cast<int>(p.body.size()), SQLITE_STATIC);
+        const absl::string_view body = p.body();
+        sqlite3_bind_blob(insert, 3, body.data(), static_cast<int>(body.size()), SQLITE_STATIC);
         if (sqlite3_step(insert) != SQLITE_DONE) status = SqliteError(db_, path_, "cannot write");
         sqlite3_reset(insert);
       }
       // One fsync for the whole group: that is the group commit.
       if (status.ok()) status = Exec(db_, path_, "COMMIT");
       if (!status.ok()) (void)Exec(db_, path_, "ROLLBACK");
+      if (status.ok()) last_position = position;
       {
         absl::MutexLock lock(&mu_);
         if (status.ok()) committed_ += group.size();
@@ -283,11 +327,10 @@ void BatchLog::CommitLoop() {
         } else {
           ++stats_.failures;
         }
+        // Applied (and acknowledged) by the applier thread, in log
+        // order, while the next group commits.
+        applying_.push_back(CommittedGroup{std::move(group), status});
       }
-      if (status.ok()) applied_through = last_position = position;
-      for (Pending& p : group) p.done(status);
-      // Every committed batch is applied now: the engine's state is that
-      // of the log up to applied_through.
     }
     if (absl::Now() - last_checkpoint >= checkpoint_every_) checkpoint();
     if (stopping) {
@@ -297,6 +340,9 @@ void BatchLog::CommitLoop() {
   }
   checkpoint();  // A clean shutdown restarts from the snapshot alone.
   sqlite3_finalize(insert);
+  wait_applied();
+  absl::MutexLock lock(&mu_);
+  commits_done_ = true;
 }
 
 }  // namespace constance::collector

@@ -4,31 +4,34 @@
 // SQLite file in WAL mode with synchronous=FULL, written by one committer
 // thread that takes every batch queued since its last commit into one
 // transaction (group commit), so acknowledging stays fast under load while
-// each acknowledgement is as durable as an fsync. On start the log is
-// replayed in order through the engine's own deduplication, which rebuilds
-// every cell and high-water mark exactly: a batch applies once, across
-// restarts too.
+// each acknowledgement is as durable as an fsync. Committed groups go, in
+// log order, to a second thread that runs their callbacks (which apply and
+// acknowledge the batches), so applying one group overlaps committing the
+// next. On start the log is replayed in order through the engine's own
+// deduplication, which rebuilds every cell and high-water mark exactly: a
+// batch applies once, across restarts too.
 //
 //   absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
 //   (*log)->Replay([&](const v1::Batch& b, absl::Time received) { ... });
 //   (*log)->Start();
-//   (*log)->Append(batch, received, [](absl::Status committed) { ... });
+//   (*log)->Append(bytes, received, [](absl::Status committed) { ... });
 //
 // Snapshots keep the log short and make restarts exact: every
-// checkpoint interval the committer thread, between two group commits
-// (when every committed batch has been applied), takes the engine's whole
-// state through a capture function and, in one transaction, stores it and
-// deletes the batches it covers. A clean shutdown takes one too. On start
-// the latest snapshot is loaded and only the batches after it replayed:
-// findings keep their start times, drift its baselines, trust its
-// balances.
+// checkpoint interval the committer thread, between two group commits,
+// waits until every committed batch has been applied, then takes the
+// engine's whole state through a capture function and, in one
+// transaction, stores it and deletes the batches it covers. A clean
+// shutdown takes one too. On start the latest snapshot is loaded and only
+// the batches after it replayed: findings keep their start times, drift
+// its baselines, trust its balances.
 //
 //   (*log)->LoadSnapshot() -> {state, through}; engine.LoadState(state)
 //   (*log)->Replay(apply, through)
 //   (*log)->SetCheckpoint(absl::Minutes(5), [&] { return engine.SaveState(); });
 //
 // Thread-safety: Append may be called from any thread; callbacks run on
-// the committer thread and must not block. Replay before Start.
+// the log's applier thread, one at a time in log order, and must not
+// block. Replay before Start.
 #ifndef CONSTANCE_COLLECTOR_BATCH_LOG_H_
 #define CONSTANCE_COLLECTOR_BATCH_LOG_H_
 
@@ -41,6 +44,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "constance/v1/ingest.pb.h"
@@ -76,7 +80,8 @@ class BatchLog {
 
   // Takes a snapshot every `every` (and at shutdown) with `capture`, which
   // runs on the committer thread when every committed batch has been
-  // applied, and compacts the log. Before Start.
+  // applied (no callback runs meanwhile), and compacts the log. Before
+  // Start.
   void SetCheckpoint(absl::Duration every, std::function<std::string()> capture);
 
   // Snapshots taken and the latest one's size, duration and the batches
@@ -90,11 +95,16 @@ class BatchLog {
   };
   CheckpointStats checkpoint_stats() const;
 
-  // Starts the committer thread.
+  // Starts the committer and applier threads.
   void Start();
 
-  // Queues `batch`; `done` runs once it is durable (OK) or could not be
-  // written (the error; the batch must then not be acknowledged).
+  // Queues a serialized constance.v1.Batch, e.g. as received, without a
+  // copy: `batch` must remain valid until `done` has run (`done` may own
+  // it). `done` runs once the batch is durable (OK) or could not be
+  // written (the error; the batch must then not be acknowledged), after
+  // the callbacks of every batch logged before it.
+  void Append(absl::string_view batch, absl::Time received, Committed done);
+  // The same for a parsed batch (serialized here).
   void Append(const v1::Batch& batch, absl::Time received, Committed done);
 
   // Batches committed so far and the latency of the last group commit.
@@ -120,6 +130,8 @@ class BatchLog {
  private:
   explicit BatchLog(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
   void CommitLoop();
+  // Runs the callbacks of committed groups, in order.
+  void ApplyLoop();
   // Stores a snapshot covering the log up to `through` and deletes those
   // batches. Committer thread only.
   absl::Status Checkpoint(int64_t through);
@@ -127,12 +139,24 @@ class BatchLog {
   sqlite3* const db_;
   const std::string path_;
   struct Pending {
-    std::string body;
-    int64_t received_ns;
+    std::string owned;  // The batch, when serialized here.
+    absl::string_view borrowed;
+    bool borrows = false;  // The batch is `borrowed` (kept alive by `done`).
+    int64_t received_ns = 0;
     Committed done;
+    absl::string_view body() const { return borrows ? borrowed : absl::string_view(owned); }
+  };
+  // A group commit's batches and outcome, waiting for their callbacks.
+  struct CommittedGroup {
+    std::deque<Pending> batches;
+    absl::Status status;
   };
   mutable absl::Mutex mu_;
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
+  // Committed groups, oldest first; the front one's callbacks may be
+  // running (it is popped after them), so empty means all applied.
+  std::deque<CommittedGroup> applying_ ABSL_GUARDED_BY(mu_);
+  bool commits_done_ ABSL_GUARDED_BY(mu_) = false;  // The committer has finished.
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Duration last_latency_ ABSL_GUARDED_BY(mu_);
@@ -142,6 +166,7 @@ class BatchLog {
   absl::Duration checkpoint_every_ = absl::InfiniteDuration();
   std::function<std::string()> capture_;
   std::thread committer_;
+  std::thread applier_;
 };
 
 }  // namespace constance::collector

@@ -10,6 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "google/protobuf/arena.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "grpcpp/support/proto_buffer_writer.h"
 #include "spdlog/spdlog.h"
 
 namespace constance::collector {
@@ -31,11 +33,12 @@ google::protobuf::ArenaOptions IncomingArenaOptions() {
 
 }  // namespace
 
-// One message read from an agent stream, parsed on an arena of its own: a
-// batch's observations land in a few large blocks instead of several heap
-// objects each (malloc and free were most of the ingest path's time), and
-// the whole message goes to the batch log's commit callback by reference,
-// never copied. Freed with its last reference.
+// One message read from an agent stream: its bytes as received, and the
+// message parsed from them on an arena of its own (a batch's observations
+// land in a few large blocks instead of several heap objects each: malloc
+// and free were most of the ingest path's time). The whole goes to the
+// batch log by reference, never copied: the log writes the batch's own
+// received bytes. Freed with its last reference.
 struct IncomingMessage {
   IncomingMessage()
       : arena(IncomingArenaOptions()),
@@ -43,13 +46,56 @@ struct IncomingMessage {
   IncomingMessage(const IncomingMessage&) = delete;
   IncomingMessage& operator=(const IncomingMessage&) = delete;
 
+  // Parses `received` into `message`, keeping its bytes (in one slice:
+  // gRPC's own when it has one, else a copy). False if it is not an
+  // AgentMessage.
+  bool Parse() {
+    if (received.Valid()) {  // Else an empty message.
+      if (!received.DumpToSingleSlice(&wire).ok()) return false;
+      received.Clear();
+    }
+    return message->ParseFromArray(wire.begin(), static_cast<int>(wire.size()));
+  }
+
+  // The serialized batch of a message that holds one, as received: the
+  // message's bytes after the batch field's tag and length when that
+  // field is all they hold (what every agent sends); otherwise, e.g. a
+  // field repeated for merging, the parsed batch serialized again. The
+  // log replays either into the batch parsed here.
+  absl::string_view BatchBytes() {
+    google::protobuf::io::CodedInputStream in(wire.begin(), static_cast<int>(wire.size()));
+    uint32_t length = 0;
+    if (in.ReadTag() == kBatchTag && in.ReadVarint32(&length) &&
+        static_cast<size_t>(in.CurrentPosition()) + length == wire.size()) {
+      return absl::string_view(reinterpret_cast<const char*>(wire.begin()) + in.CurrentPosition(),
+                               length);
+    }
+    reserialized = message->batch().SerializeAsString();
+    return reserialized;
+  }
+
+  // AgentMessage.batch: field 1, length-delimited.
+  static constexpr uint32_t kBatchTag = (1 << 3) | 2;
+
+  grpc::ByteBuffer received;  // Filled by the read; emptied by Parse.
+  grpc::Slice wire;
+  std::string reserialized;
   google::protobuf::Arena arena;
   v1::AgentMessage* const message;  // Owned by `arena`.
 };
 
+// A reply, serialized for a raw write.
+grpc::ByteBuffer Serialize(const v1::CollectorMessage& message) {
+  grpc::ByteBuffer buffer;
+  bool own_buffer = false;
+  (void)grpc::GenericSerialize<grpc::ProtoBufferWriter, v1::CollectorMessage>(message, &buffer,
+                                                                              &own_buffer);
+  return buffer;
+}
+
 // One agent stream. Deletes itself in OnDone, after gRPC is finished with
 // it; nothing else holds a pointer to it.
-class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::CollectorMessage> {
+class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   // `certified`: the location of the client certificate; empty without TLS.
   // `not_after`: when that certificate expires (InfinitePast without TLS).
@@ -61,7 +107,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
         not_after_(not_after),
         in_(std::make_shared<IncomingMessage>()) {
     service_->streams_open_.fetch_add(1, std::memory_order_relaxed);
-    StartRead(in_->message);
+    StartRead(&in_->received);
   }
 
   void OnReadDone(bool ok) override {
@@ -73,9 +119,11 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
     }
     // The message read goes to Handle (and may outlive this call, waiting
     // for its commit); the next read gets a fresh one.
-    std::shared_ptr<const IncomingMessage> incoming = std::move(in_);
+    std::shared_ptr<IncomingMessage> incoming = std::move(in_);
     in_ = std::make_shared<IncomingMessage>();
-    absl::Status status = Handle(std::move(incoming));
+    absl::Status status =
+        incoming->Parse() ? Handle(std::move(incoming))
+                          : absl::InvalidArgumentError("message: not a constance.v1.AgentMessage");
     if (!status.ok()) {
       spdlog::warn("ingest stream from {} ({}) refused: {}", peer_, location_,
                    std::string(status.message()));
@@ -84,11 +132,11 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
       EndStream(ToGrpcStatus(status));
       return;
     }
-    StartRead(in_->message);
+    StartRead(&in_->received);
   }
 
   void OnWriteDone(bool ok) override {
-    const v1::CollectorMessage* next = nullptr;
+    const grpc::ByteBuffer* next = nullptr;
     bool finish = false;
     {
       absl::MutexLock lock(&mu_);
@@ -120,7 +168,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
   }
 
  private:
-  absl::Status Handle(std::shared_ptr<const IncomingMessage> incoming) {
+  absl::Status Handle(std::shared_ptr<IncomingMessage> incoming) {
     const v1::AgentMessage& message = *incoming->message;
     switch (message.message_case()) {
       case v1::AgentMessage::kBatch: {
@@ -133,8 +181,10 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
         // reactor alive until the commit reports, even if the stream ends.
         Ref();
         const absl::Time received = service_->engine_->now();
+        // The bytes stay valid until the callback has run: it holds them.
+        const absl::string_view bytes = incoming->BatchBytes();
         service_->log_->Append(
-            message.batch(), received, [this, incoming, received](absl::Status committed) {
+            bytes, received, [this, incoming, received](absl::Status committed) {
               absl::Status s =
                   committed.ok() ? ApplyAndAck(incoming->message->batch(), received) : committed;
               if (!s.ok()) {
@@ -167,7 +217,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
     if (!ack.ok()) return ack.status();
     v1::CollectorMessage reply;
     *reply.mutable_ack() = std::move(*ack);
-    Enqueue(std::move(reply));
+    Enqueue(Serialize(reply));
     return absl::OkStatus();
   }
 
@@ -195,7 +245,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
     ack->set_outcome(v1::Ack::THROTTLED);
     ack->set_retry_after_ms(
         static_cast<uint32_t>(std::max<int64_t>(100, absl::ToInt64Milliseconds(wait))));
-    Enqueue(std::move(reply));
+    Enqueue(Serialize(reply));
     return true;
   }
 
@@ -238,8 +288,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
     return absl::OkStatus();
   }
 
-  void Enqueue(v1::CollectorMessage message) {
-    const v1::CollectorMessage* start = nullptr;
+  void Enqueue(grpc::ByteBuffer message) {
+    const grpc::ByteBuffer* start = nullptr;
     {
       absl::MutexLock lock(&mu_);
       if (finishing_) return;
@@ -285,7 +335,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::AgentMessage, v1:
   uint64_t throttled_from_ = 0;  // First sequence of the throttled batch; 0 = none.
 
   absl::Mutex mu_;
-  std::deque<v1::CollectorMessage> out_ ABSL_GUARDED_BY(mu_);
+  std::deque<grpc::ByteBuffer> out_ ABSL_GUARDED_BY(mu_);  // Serialized CollectorMessages.
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
@@ -315,13 +365,13 @@ absl::Duration IngestService::TakeTokens(const std::string& location, size_t cou
 }
 
 // A stream refused before reading anything: finishes at once.
-class RefusedStream final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::CollectorMessage> {
+class RefusedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   explicit RefusedStream(const grpc::Status& status) { Finish(status); }
   void OnDone() override { delete this; }
 };
 
-grpc::ServerBidiReactor<v1::AgentMessage, v1::CollectorMessage>* IngestService::Stream(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* IngestService::Stream(
     grpc::CallbackServerContext* context) {
   std::string certified;
   absl::Time not_after = absl::InfinitePast();

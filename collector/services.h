@@ -4,8 +4,11 @@
 // gRPC's callback API: each batch read is applied to the Engine and its
 // acknowledgement queued for writing; a stream holds one outstanding read
 // and one outstanding write at a time, acks queue behind the write in
-// flight. A stream belongs to the location of its first message; a later
-// message claiming another location ends the stream (PERMISSION_DENIED).
+// flight. The method is served raw (grpc::ByteBuffer): messages are parsed
+// here, so the batch log can keep a batch's received bytes instead of
+// serializing the parsed batch again. A stream belongs to the location of
+// its first message; a later message claiming another location ends the
+// stream (PERMISSION_DENIED).
 //
 // QueryService answers from the Engine's latest snapshot (ChainSummary) or
 // its current cells (KeyDetail).
@@ -33,7 +36,7 @@ namespace constance::collector {
 // absl::Status -> grpc::Status, in one place at the RPC boundary.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
-class IngestService final : public v1::Ingest::CallbackService {
+class IngestService final : public v1::Ingest::WithRawCallbackMethod_Stream<v1::Ingest::Service> {
  public:
   // With a `log`, a batch is applied and acknowledged only once it is
   // durable in it (both must outlive the server); without, at once.
@@ -49,7 +52,10 @@ class IngestService final : public v1::Ingest::CallbackService {
   IngestService(const IngestService&) = delete;
   IngestService& operator=(const IngestService&) = delete;
 
-  grpc::ServerBidiReactor<v1::AgentMessage, v1::CollectorMessage>* Stream(
+  // Reads serialized constance.v1.AgentMessages, writes serialized
+  // constance.v1.CollectorMessages: the wire protocol is the generated
+  // service's.
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Stream(
       grpc::CallbackServerContext* context) override;
 
   // Call before serving. `require_location`: a stream needs a client
