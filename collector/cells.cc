@@ -12,13 +12,25 @@ bool Stale(int64_t observed_at_ns, absl::Time now, const FamilyPolicy& policy) {
   return observed_at_ns < Nanos(now - policy.ttl);
 }
 
+int64_t BinStartNs(int64_t at_ns, int64_t bin_ns) {
+  if (bin_ns <= 0) return at_ns;
+  int64_t q = at_ns / bin_ns;
+  if (at_ns % bin_ns < 0) --q;  // Floor for times before the epoch.
+  return q * bin_ns;
+}
+
 // Finds or inserts the bin starting at `start`, keeping bins ordered, and
 // drops bins that fell behind the newest one's window. Returns null for a
 // sample older than every window that still matters.
 template <typename Bins, typename Make>
-typename Bins::value_type* BinFor(Bins& bins, int64_t start, const FamilyPolicy& policy,
-                                  Make make) {
-  const int64_t reach = Nanos(policy.window) + Nanos(policy.bin);
+typename Bins::value_type* BinFor(Bins& bins, int64_t start, const BinSpan& span, Make make) {
+  const int64_t reach = span.reach_ns;
+  // Most samples land in the newest bin, with nothing to insert or drop
+  // (the oldest is still within reach; it may not be after the catalog
+  // changed the window): the slow path below would return the same.
+  if (!bins.empty() && bins.back().start_ns == start && bins.front().start_ns >= start - reach) {
+    return &bins.back();
+  }
   if (!bins.empty() && start < bins.back().start_ns - reach) return nullptr;
   auto it = std::lower_bound(bins.begin(), bins.end(), start,
                              [](const auto& b, int64_t s) { return b.start_ns < s; });
@@ -38,13 +50,10 @@ bool InWindow(int64_t start, absl::Time now, const FamilyPolicy& policy) {
 
 }  // namespace
 
-int64_t BinStart(int64_t at_ns, absl::Duration bin) {
-  const int64_t b = Nanos(bin);
-  if (b <= 0) return at_ns;
-  int64_t q = at_ns / b;
-  if (at_ns % b < 0) --q;  // Floor for times before the epoch.
-  return q * b;
-}
+int64_t BinStart(int64_t at_ns, absl::Duration bin) { return BinStartNs(at_ns, Nanos(bin)); }
+
+BinSpan::BinSpan(const FamilyPolicy& policy)
+    : bin_ns(Nanos(policy.bin)), reach_ns(Nanos(policy.window) + Nanos(policy.bin)) {}
 
 void PriceChanges::Add(const PriceChange& c) {
   if (size == kPriceChanges) {
@@ -72,7 +81,11 @@ void PriceCell::Apply(int64_t price, int64_t at_ns) {
 
 void WaitCell::Apply(double seconds, int64_t at_ns, const FamilyPolicy& policy,
                      const WaitPolicy& sketch) {
-  Bin* bin = BinFor(bins, BinStart(at_ns, policy.bin), policy, [&](int64_t start) {
+  Apply(seconds, at_ns, BinSpan(policy), sketch);
+}
+
+void WaitCell::Apply(double seconds, int64_t at_ns, const BinSpan& span, const WaitPolicy& sketch) {
+  Bin* bin = BinFor(bins, BinStartNs(at_ns, span.bin_ns), span, [&](int64_t start) {
     return Bin{start, QuantileSketch(sketch.relative_accuracy)};
   });
   if (bin != nullptr) bin->sketch.Add(seconds);
@@ -89,7 +102,11 @@ QuantileSketch WaitCell::Window(absl::Time now, const FamilyPolicy& policy,
 }
 
 void ComplianceCell::Apply(bool passed, bool critical, int64_t at_ns, const FamilyPolicy& policy) {
-  CountBin* bin = BinFor(bins, BinStart(at_ns, policy.bin), policy, [](int64_t start) {
+  Apply(passed, critical, at_ns, BinSpan(policy));
+}
+
+void ComplianceCell::Apply(bool passed, bool critical, int64_t at_ns, const BinSpan& span) {
+  CountBin* bin = BinFor(bins, BinStartNs(at_ns, span.bin_ns), span, [](int64_t start) {
     return CountBin{start, 0, 0, 0};
   });
   if (bin == nullptr) return;
@@ -103,7 +120,11 @@ void ComplianceCell::Apply(bool passed, bool critical, int64_t at_ns, const Fami
 }
 
 void ScoreCell::Apply(double value, int64_t at_ns, const FamilyPolicy& policy) {
-  SumBin* bin = BinFor(bins, BinStart(at_ns, policy.bin), policy, [](int64_t start) {
+  Apply(value, at_ns, BinSpan(policy));
+}
+
+void ScoreCell::Apply(double value, int64_t at_ns, const BinSpan& span) {
+  SumBin* bin = BinFor(bins, BinStartNs(at_ns, span.bin_ns), span, [](int64_t start) {
     return SumBin{start, 0, 0};
   });
   if (bin == nullptr) return;

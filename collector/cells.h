@@ -56,6 +56,15 @@ struct PriceCell {
   void Apply(int64_t minor_units, int64_t at_ns);
 };
 
+// A family's bins in nanoseconds. absl::Duration's conversions are out of
+// line, so the ingest path converts a policy once per batch, not once per
+// observation.
+struct BinSpan {
+  explicit BinSpan(const FamilyPolicy& policy);
+  int64_t bin_ns = 0;    // The width of a bin.
+  int64_t reach_ns = 0;  // window + bin: how far behind the newest bin one is kept.
+};
+
 // What a cell offers for comparison at a given time.
 struct Comparable {
   double value = 0;
@@ -74,6 +83,8 @@ struct WaitCell {
   };
   std::vector<Bin> bins;  // By start, oldest first.
   void Apply(double seconds, int64_t at_ns, const FamilyPolicy& policy, const WaitPolicy& sketch);
+  // The same with `policy`'s bins converted (the ingest path).
+  void Apply(double seconds, int64_t at_ns, const BinSpan& span, const WaitPolicy& sketch);
   // The window's merged sketch at `now`.
   QuantileSketch Window(absl::Time now, const FamilyPolicy& policy, const WaitPolicy& sketch) const;
 };
@@ -89,6 +100,7 @@ struct ComplianceCell {
   int64_t observed_at_ns = 0;
   std::vector<CountBin> bins;
   void Apply(bool passed, bool critical, int64_t at_ns, const FamilyPolicy& policy);
+  void Apply(bool passed, bool critical, int64_t at_ns, const BinSpan& span);
 };
 
 struct SumBin {
@@ -101,6 +113,7 @@ struct ScoreCell {
   int64_t observed_at_ns = 0;
   std::vector<SumBin> bins;
   void Apply(double value, int64_t at_ns, const FamilyPolicy& policy);
+  void Apply(double value, int64_t at_ns, const BinSpan& span);
 };
 
 // The comparable value of a cell at `now`, or nullopt when it is stale

@@ -219,6 +219,17 @@ SeriesKey SeriesOf(const v1::Observation& obs) {
   return k;
 }
 
+SeriesKeyView SeriesViewOf(const v1::Observation& obs) {
+  SeriesKeyView k;
+  k.family = FamilyOf(obs);
+  k.key = obs.key();
+  if (k.family == v1::FAMILY_PRICE) {
+    k.currency = obs.price().currency();
+    k.kind = obs.price().kind() == v1::PRICE_KIND_UNSPECIFIED ? v1::SHELF : obs.price().kind();
+  }
+  return k;
+}
+
 SeriesKey SeriesFromProto(const v1::SeriesId& id) {
   SeriesKey k;
   k.family = id.family();
@@ -396,6 +407,8 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch, absl::Time no
   }
   const uint32_t loc = LocationIndex(batch.location());
   Stream& stream = streams_[{loc, batch.incarnation()}];
+  const BinSpan wait_bins(catalog.wait), compliance_bins(catalog.compliance),
+      score_bins(catalog.score);
   uint32_t duplicates = 0;
   for (uint64_t i = 0; i < count; ++i) {
     const uint64_t seq = batch.first_sequence() + i;
@@ -404,7 +417,18 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch, absl::Time no
       continue;
     }
     const v1::Observation& obs = batch.observations(static_cast<int>(i));
-    if (absl::Status s = ValidateObservation(obs, now, options_.limits); !s.ok()) {
+    // The series is looked up before validation, from views into the
+    // observation (no copies): a series created from validated
+    // observations vouches for its key and currency, so only the rest is
+    // checked again, and the first failing check (the rejection's reason)
+    // is the same as with every check.
+    const SeriesKeyView view = SeriesViewOf(obs);
+    auto found = series_index_.find(view);
+    const bool vouched = found != series_index_.end() && series_[found->second].validated;
+    if (absl::Status s = ValidateObservation(
+            obs, now, options_.limits,
+            vouched ? SeriesValidation::kAlreadyValid : SeriesValidation::kCheck);
+        !s.ok()) {
       v1::Rejection* r = ack.add_rejections();
       r->set_sequence(seq);
       r->set_reason(std::string(s.message()));
@@ -412,25 +436,24 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch, absl::Time no
       ++rejected_;
       continue;
     }
-    SeriesKey key = SeriesOf(obs);
-    if (options_.limits.max_series > 0 && series_.size() >= options_.limits.max_series &&
-        !series_index_.contains(key)) {
-      v1::Rejection* r = ack.add_rejections();
-      r->set_sequence(seq);
-      r->set_reason(absl::StrCat("series: the collector holds its limit of ",
-                                 options_.limits.max_series,
-                                 " series (--max_series); a new one is not started"));
-      ++rejected_by_reason_["series"];
-      ++rejected_;
-      continue;
-    }
-    auto [it, inserted] = series_index_.try_emplace(key, series_.size());
-    if (inserted) {
+    if (found == series_index_.end()) {
+      if (options_.limits.max_series > 0 && series_.size() >= options_.limits.max_series) {
+        v1::Rejection* r = ack.add_rejections();
+        r->set_sequence(seq);
+        r->set_reason(absl::StrCat("series: the collector holds its limit of ",
+                                   options_.limits.max_series,
+                                   " series (--max_series); a new one is not started"));
+        ++rejected_by_reason_["series"];
+        ++rejected_;
+        continue;
+      }
       Series series;
-      series.key = std::move(key);
+      series.key = SeriesOf(obs);
+      found = series_index_.emplace(series.key, static_cast<uint32_t>(series_.size())).first;
       series_.push_back(std::move(series));
     }
-    Series& series = series_[it->second];
+    Series& series = series_[found->second];
+    series.validated = true;
     const int64_t at = obs.has_observed_at() ? ToUnixNanos(obs.observed_at()) : now_ns;
     bool created = false;
     switch (obs.value_case()) {
@@ -443,19 +466,19 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch, absl::Time no
       case v1::Observation::kWaitSeconds: {
         auto [cell, fresh] = series.wait.try_emplace(loc);
         created = fresh;
-        cell->second.Apply(obs.wait_seconds(), at, catalog.wait, catalog.wait_sketch);
+        cell->second.Apply(obs.wait_seconds(), at, wait_bins, catalog.wait_sketch);
         break;
       }
       case v1::Observation::kCheck: {
         auto [cell, fresh] = series.compliance.try_emplace(loc);
         created = fresh;
-        cell->second.Apply(obs.check().passed(), obs.check().critical(), at, catalog.compliance);
+        cell->second.Apply(obs.check().passed(), obs.check().critical(), at, compliance_bins);
         break;
       }
       case v1::Observation::kScore: {
         auto [cell, fresh] = series.score.try_emplace(loc);
         created = fresh;
-        cell->second.Apply(obs.score(), at, catalog.score);
+        cell->second.Apply(obs.score(), at, score_bins);
         break;
       }
       case v1::Observation::VALUE_NOT_SET:

@@ -28,8 +28,8 @@
 #ifndef CONSTANCE_COLLECTOR_ENGINE_H_
 #define CONSTANCE_COLLECTOR_ENGINE_H_
 
-#include <cstdint>
 #include <atomic>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
@@ -40,7 +40,9 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "collector/catalog.h"
@@ -70,8 +72,40 @@ struct SeriesKey {
   }
 };
 
+// A SeriesKey's fields without copies of its strings, for finding a series
+// on the ingest path. Valid while the strings it points into are.
+struct SeriesKeyView {
+  v1::Family family = v1::FAMILY_UNSPECIFIED;
+  absl::string_view key;
+  absl::string_view currency;
+  v1::PriceKind kind = v1::PRICE_KIND_UNSPECIFIED;
+
+  SeriesKeyView() = default;
+  SeriesKeyView(const SeriesKey& k)  // NOLINT: implicit, for lookups.
+      : family(k.family), key(k.key), currency(k.currency), kind(k.kind) {}
+  friend bool operator==(const SeriesKeyView& a, const SeriesKeyView& b) {
+    return a.family == b.family && a.key == b.key && a.currency == b.currency && a.kind == b.kind;
+  }
+};
+
+// Hash and equality over SeriesKey and SeriesKeyView alike, so a series is
+// found from an observation's fields without building a SeriesKey.
+struct SeriesKeyHash {
+  using is_transparent = void;
+  size_t operator()(const SeriesKeyView& k) const {
+    return absl::HashOf(k.family, k.key, k.currency, k.kind);
+  }
+};
+struct SeriesKeyEq {
+  using is_transparent = void;
+  bool operator()(const SeriesKeyView& a, const SeriesKeyView& b) const { return a == b; }
+};
+using SeriesIndex = absl::flat_hash_map<SeriesKey, uint32_t, SeriesKeyHash, SeriesKeyEq>;
+
 // The series an observation belongs to, qualifiers normalised.
 SeriesKey SeriesOf(const v1::Observation& obs);
+// The same as a view into `obs`'s strings.
+SeriesKeyView SeriesViewOf(const v1::Observation& obs);
 SeriesKey SeriesFromProto(const v1::SeriesId& id);
 void SeriesToProto(const SeriesKey& key, v1::SeriesId* id);
 // "price coffee-250g EUR/shelf", "wait checkout".
@@ -240,6 +274,10 @@ class Engine {
  private:
   struct Series {
     SeriesKey key;
+    // The key (and a price's currency) passed ValidateObservation: every
+    // series ApplyBatch creates; one restored by LoadState once checked.
+    // Observations of such a series skip those checks.
+    bool validated = false;
     absl::flat_hash_map<uint32_t, PriceCell> price;  // By location index.
     absl::flat_hash_map<uint32_t, WaitCell> wait;
     absl::flat_hash_map<uint32_t, ComplianceCell> compliance;
@@ -296,7 +334,7 @@ class Engine {
   std::shared_ptr<const Catalog> catalog_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint32_t> location_index_ ABSL_GUARDED_BY(mu_);
   std::vector<Location> locations_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<SeriesKey, uint32_t> series_index_ ABSL_GUARDED_BY(mu_);
+  SeriesIndex series_index_ ABSL_GUARDED_BY(mu_);
   std::vector<Series> series_ ABSL_GUARDED_BY(mu_);
   // High-water marks by (location index, incarnation).
   absl::flat_hash_map<std::pair<uint32_t, uint64_t>, Stream> streams_ ABSL_GUARDED_BY(mu_);

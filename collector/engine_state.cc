@@ -218,12 +218,16 @@ absl::Status Engine::LoadState(const std::string& bytes) {
     streams[{in.location(), in.incarnation()}].watermark = in.watermark();
   }
   std::vector<Series> series;
-  absl::flat_hash_map<SeriesKey, uint32_t> series_index;
+  SeriesIndex series_index;
   uint64_t cells = 0;
   for (const pb::Series& in : state.series()) {
     Series s;
     s.key = SeriesFromProto(in.id());
     s.dirty = true;
+    // A snapshot's keys are not taken on trust (e.g. one from a version
+    // with other rules): the series vouches for them only if they pass.
+    s.validated = s.key.family != v1::FAMILY_UNSPECIFIED && ValidateKey(s.key.key).ok() &&
+                  (s.key.family != v1::FAMILY_PRICE || ValidateCurrency(s.key.currency).ok());
     if (!series_index.try_emplace(s.key, series.size()).second) {
       return Bad(absl::StrCat("series '", SeriesName(s.key), "' appears twice"));
     }

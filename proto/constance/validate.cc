@@ -106,8 +106,12 @@ absl::Status ValidateBatchShape(const v1::Batch& batch, const Limits& limits) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, const Limits& limits) {
-  if (absl::Status s = ValidateKey(obs.key()); !s.ok()) return s;
+absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, const Limits& limits,
+                                 SeriesValidation series) {
+  const bool check_series = series == SeriesValidation::kCheck;
+  if (check_series) {
+    if (absl::Status s = ValidateKey(obs.key()); !s.ok()) return s;
+  }
   if (absl::Status s = ValidateObservationId(obs.id()); !s.ok()) return s;
   switch (obs.value_case()) {
     case v1::Observation::kPrice: {
@@ -117,7 +121,9 @@ absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, con
         return Invalid("price.minor_units",
                        absl::StrCat("must be below ", limits.max_price_minor_units));
       }
-      if (absl::Status s = ValidateCurrency(p.currency()); !s.ok()) return s;
+      if (check_series) {
+        if (absl::Status s = ValidateCurrency(p.currency()); !s.ok()) return s;
+      }
       if (!v1::PriceKind_IsValid(p.kind())) return Invalid("price.kind", "unknown kind");
       break;
     }

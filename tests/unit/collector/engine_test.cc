@@ -7,6 +7,7 @@
 #include <limits>
 #include <string>
 
+#include "constance/state/v1/engine_state.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -149,6 +150,71 @@ TEST(EngineTest, BadObservationsAreRejectedWithReasonsAndTheRestApplied) {
   EXPECT_EQ(snap->rejected_by_reason.at("score"), 1u);
   // Reasons nothing was rejected for are there at 0, for rates.
   EXPECT_EQ(snap->rejected_by_reason.at("price.kind"), 0u);
+}
+
+// Observations of a series the engine already holds skip the checks of the
+// fields that name it (key, currency), which that series vouches for: the
+// rest is still checked, and every rejection carries the reason it would
+// carry for a new series.
+TEST(EngineTest, ObservationsOfAKnownSeriesAreRejectedForTheSameReasons) {
+  auto with_id = [](v1::Observation o, const std::string& id) {
+    o.set_id(id);
+    return o;
+  };
+  v1::Observation unset;
+  unset.set_key("checkout");
+  v1::Observation late = Price("sku-1", 139);
+  late.mutable_observed_at()->set_seconds(absl::ToUnixSeconds(kNow - absl::Hours(24 * 8)));
+  const struct {
+    const char* name;
+    v1::Observation obs;
+    const char* reason;
+  } kCases[] = {
+      {"wait NaN", Wait("checkout", std::nan("")), "wait_seconds"},
+      {"wait id", with_id(Wait("checkout", 10), "a\x01"), "id:"},
+      {"value unset", unset, "value:"},
+      {"price negative", Price("sku-1", -1), "price.minor_units"},
+      {"price too late", late, "observed_at"},
+      {"price kind", Price("sku-1", 139, "EUR", static_cast<v1::PriceKind>(99)), "price.kind"},
+      {"price currency", Price("sku-1", 139, "EUE"), "price.currency"},
+      {"bad key", Price("sku 1", 139), "key:"},
+      {"bad key and id", with_id(Wait("check out", 10), "a\x01"), "key:"},
+  };
+  for (const auto& c : kCases) {
+    for (bool known : {false, true}) {
+      Engine engine(FixedClock());
+      if (known) {
+        ASSERT_TRUE(
+            engine
+                .ApplyBatch(MakeBatch("store-a", 1, 1, {Wait("checkout", 10), Price("sku-1", 139)}))
+                .ok());
+      }
+      absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(MakeBatch("store-a", 1, 3, {c.obs}));
+      ASSERT_TRUE(ack.ok()) << c.name;
+      ASSERT_EQ(ack->rejections_size(), 1) << c.name << (known ? " (known series)" : "");
+      EXPECT_THAT(ack->rejections(0).reason(), HasSubstr(c.reason))
+          << c.name << (known ? " (known series)" : "");
+    }
+  }
+}
+
+// A series restored from a snapshot vouches for its key only if the key
+// passes the rules: a snapshot is not trusted to have checked them.
+TEST(EngineTest, ASnapshotsSeriesDoesNotVouchForAnInvalidKey) {
+  Engine before(FixedClock());
+  ASSERT_TRUE(before.ApplyBatch(MakeBatch("store-a", 1, 1, {Wait("checkout", 10)})).ok());
+  state::v1::EngineState state;
+  ASSERT_TRUE(state.ParseFromString(before.SaveState()));
+  ASSERT_EQ(state.series_size(), 1);
+  state.mutable_series(0)->mutable_id()->set_key("check out");
+  Engine after(FixedClock());
+  ASSERT_TRUE(after.LoadState(state.SerializeAsString()).ok());
+  absl::StatusOr<v1::Ack> ack =
+      after.ApplyBatch(MakeBatch("store-a", 1, 2, {Wait("check out", 10), Wait("checkout", 20)}));
+  ASSERT_TRUE(ack.ok());
+  ASSERT_EQ(ack->rejections_size(), 1);
+  EXPECT_EQ(ack->rejections(0).sequence(), 2u);
+  EXPECT_THAT(ack->rejections(0).reason(), HasSubstr("key:"));
 }
 
 TEST(EngineTest, BatchLevelErrorsLeaveNoTrace) {
