@@ -39,6 +39,7 @@
 #include "constance/v1/ingest.grpc.pb.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
+#include "tests/bench/load_stream.h"
 #include "tests/bench/proc_stats.h"
 #include "tests/integration/harness.h"
 
@@ -53,12 +54,6 @@ ABSL_FLAG(std::string, address, "",
 
 namespace constance::testing {
 namespace {
-
-struct StreamResult {
-  int64_t acknowledged = 0;
-  std::vector<double> latencies_ms;
-  std::string error;
-};
 
 // One agent stream's batches, serialized before the clock starts: sending
 // then costs no protobuf work, so the generator's CPU is gRPC's alone and
@@ -80,138 +75,10 @@ std::vector<grpc::ByteBuffer> BuildBatches(int index, int64_t total, int batch) 
       o->set_key(absl::StrCat("k", (b * batch + i) % 100));
       o->set_score(static_cast<double>((b * batch + i) % 1000));
     }
-    const std::string bytes = msg.SerializeAsString();
-    grpc::Slice slice(bytes);
-    out.emplace_back(&slice, 1);
+    out.push_back(SerializeMessage(msg));
   }
   return out;
 }
-
-// One agent's stream (constance.v1.Ingest/Stream through the generic stub,
-// the same bytes on the wire as the generated one): writes its prebuilt
-// batches in order, keeping at most `window` unacknowledged, and times each
-// ack. One write and one read are outstanding at a time (gRPC's rule);
-// Wait() returns the result once the stream is finished.
-class LoadStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
- public:
-  LoadStream(grpc::GenericStub* stub, std::vector<grpc::ByteBuffer> batches, int index,
-             int64_t total, int batch, int window)
-      : batches_(std::move(batches)),
-        location_(absl::StrCat("bench-", index)),
-        total_(total),
-        batch_(batch),
-        window_(window),
-        sent_at_(batches_.size()) {
-    stub->PrepareBidiStreamingCall(&ctx_, "/constance.v1.Ingest/Stream", grpc::StubOptions(), this);
-  }
-
-  void Start() {
-    StartRead(&in_);
-    WriteMore();
-    StartCall();
-  }
-
-  StreamResult Wait() {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(&done_));
-    if (result_.error.empty() && result_.acknowledged < total_) {
-      result_.error = absl::StrCat(location_, ": ", result_.acknowledged, " of ", total_,
-                                   " acknowledged; stream ended: ", status_.error_message());
-    }
-    return std::move(result_);
-  }
-
-  void OnWriteDone(bool ok) override {
-    {
-      absl::MutexLock lock(&mu_);
-      writing_ = false;
-      if (!ok) stopped_ = true;  // The stream broke; the read fails too.
-    }
-    WriteMore();
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) return;  // The stream ended; OnDone follows.
-    const absl::Time now = absl::Now();
-    v1::CollectorMessage msg;
-    const bool parsed =
-        grpc::SerializationTraits<v1::CollectorMessage>::Deserialize(&in_, &msg).ok();
-    bool all_acked = false;
-    bool refused = false;
-    {
-      absl::MutexLock lock(&mu_);
-      if (!parsed) {
-        result_.error = absl::StrCat(location_, ": cannot parse a collector message");
-        refused = true;
-      } else if (msg.has_ack()) {
-        const v1::Ack& ack = msg.ack();
-        if (ack.outcome() != v1::Ack::APPLIED) {
-          result_.error = absl::StrCat(location_, ": ack outcome ", ack.outcome());
-          refused = true;
-        } else {
-          const size_t n = static_cast<size_t>((ack.first_sequence() - 1) / batch_);
-          result_.latencies_ms.push_back(absl::ToDoubleMilliseconds(now - sent_at_[n]));
-          result_.acknowledged += ack.count();
-          ++acked_batches_;
-          --in_flight_;
-        }
-      }
-      all_acked = acked_batches_ == batches_.size();
-      if (refused) stopped_ = true;
-    }
-    if (refused) {
-      // A refused ack leaves the stream to end.
-      ctx_.TryCancel();
-      return;
-    }
-    if (all_acked) {
-      StartWritesDone();
-      return;
-    }
-    StartRead(&in_);
-    WriteMore();
-  }
-
-  void OnDone(const grpc::Status& status) override {
-    absl::MutexLock lock(&mu_);
-    status_ = status;
-    done_ = true;
-  }
-
- private:
-  // Starts the next write when none is outstanding and the window has room.
-  void WriteMore() {
-    const grpc::ByteBuffer* next = nullptr;
-    {
-      absl::MutexLock lock(&mu_);
-      if (writing_ || stopped_ || next_ == batches_.size() || in_flight_ >= window_) return;
-      writing_ = true;
-      ++in_flight_;
-      sent_at_[next_] = absl::Now();
-      next = &batches_[next_++];
-    }
-    StartWrite(next);
-  }
-
-  grpc::ClientContext ctx_;
-  const std::vector<grpc::ByteBuffer> batches_;
-  const std::string location_;
-  const int64_t total_;
-  const int batch_;
-  const int window_;
-  grpc::ByteBuffer in_;  // Only touched by the one outstanding read.
-
-  absl::Mutex mu_;
-  std::vector<absl::Time> sent_at_ ABSL_GUARDED_BY(mu_);  // By batch number.
-  size_t next_ ABSL_GUARDED_BY(mu_) = 0;                  // The next batch to write.
-  size_t acked_batches_ ABSL_GUARDED_BY(mu_) = 0;
-  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-  StreamResult result_ ABSL_GUARDED_BY(mu_);
-  grpc::Status status_ ABSL_GUARDED_BY(mu_);
-};
 
 double Percentile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
@@ -263,7 +130,7 @@ int Run() {
     stubs.push_back(std::make_unique<grpc::GenericStub>(
         grpc::CreateChannel(address, grpc::InsecureChannelCredentials())));
     loads.push_back(std::make_unique<LoadStream>(stubs.back().get(), BuildBatches(i, share, batch),
-                                                 i, share, batch, window));
+                                                 absl::StrCat("bench-", i), share, batch, window));
   }
 
   const double cpu_before = collector_cpu();

@@ -19,6 +19,11 @@
 //                group, /metrics/job/bench/location/<id>, --concurrency
 //                keep-alive connections.
 //
+// constance's batches and the remote-write requests are built, serialized
+// (and compressed) before the clock starts, so the generator costs those
+// two paths only the sending; Pushgateway's text bodies are built as they
+// are sent.
+//
 // Both Prometheus paths record per-key mean and stddev every
 // --rule_interval (avg by (key), stddev by (key)), the counterpart of
 // constance's statistics tick (--stats_interval, 1 s).
@@ -77,6 +82,7 @@
 #include "grpcpp/grpcpp.h"
 #include "snappy.h"
 #include "tests/bench/bench_util.h"
+#include "tests/bench/load_stream.h"
 #include "tests/bench/prompb/remote.pb.h"
 #include "tests/integration/harness.h"
 
@@ -302,52 +308,26 @@ int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
 
 // ---- constance -------------------------------------------------------------
 
-// One location's stream: its rounds x keys observations in batches, at
-// most `window` unacknowledged.
-absl::Status ConstanceLocation(v1::Ingest::Stub* stub, const Workload& w, int l, int batch,
-                               int window, uint64_t incarnation, int64_t change,
-                               std::atomic<int64_t>* acknowledged) {
-  const bool is_change = change != 0;
-  const int64_t total = is_change ? 1 : static_cast<int64_t>(w.keys) * w.rounds;
-  const int64_t batches = (total + batch - 1) / batch;
-  const int64_t base_ms = NowMs();
-  grpc::ClientContext ctx;
-  auto stream = stub->Stream(&ctx);
-  absl::Mutex mu;
-  int in_flight = 0;
-  bool reader_done = false;
-  std::string error;
-  int64_t acked = 0;
-  std::thread reader([&] {
-    v1::CollectorMessage msg;
-    int64_t acked_batches = 0;
-    while (acked_batches < batches && stream->Read(&msg)) {
-      if (!msg.has_ack()) continue;
-      absl::MutexLock lock(&mu);
-      if (msg.ack().outcome() != v1::Ack::APPLIED) {
-        error = absl::StrCat(Workload::Location(l), ": ack outcome ", msg.ack().outcome());
-        break;
-      }
-      acked += msg.ack().count();
-      ++acked_batches;
-      --in_flight;
-    }
-    absl::MutexLock lock(&mu);
-    reader_done = true;
-  });
-  for (int64_t b = 0; b < batches; ++b) {
+// Location l's rounds x keys observations (or, with a `change`, one: k0's
+// price raised by it) as serialized batches from sequence 1, observed at
+// `base_ms` plus the round in milliseconds.
+std::vector<grpc::ByteBuffer> ConstanceBatches(const Workload& w, int l, int batch,
+                                               uint64_t incarnation, int64_t change,
+                                               int64_t base_ms) {
+  const int64_t total = change != 0 ? 1 : static_cast<int64_t>(w.keys) * w.rounds;
+  std::vector<grpc::ByteBuffer> out;
+  for (int64_t first = 0; first < total; first += batch) {
     v1::AgentMessage msg;
-    v1::Batch* out = msg.mutable_batch();
-    out->set_location(Workload::Location(l));
-    out->set_incarnation(incarnation);
-    out->set_first_sequence(static_cast<uint64_t>(b * batch + 1));
-    const int64_t end = std::min<int64_t>(total, (b + 1) * batch);
-    for (int64_t i = b * batch; i < end; ++i) {
+    v1::Batch* out_batch = msg.mutable_batch();
+    out_batch->set_location(Workload::Location(l));
+    out_batch->set_incarnation(incarnation);
+    out_batch->set_first_sequence(static_cast<uint64_t>(first + 1));
+    const int64_t end = std::min<int64_t>(total, first + batch);
+    for (int64_t i = first; i < end; ++i) {
       const int k = static_cast<int>(i % w.keys);
-      const int64_t round = i / w.keys;
-      v1::Observation* o = out->add_observations();
+      const int64_t ms = base_ms + i / w.keys;
+      v1::Observation* o = out_batch->add_observations();
       o->set_key(Workload::Key(k));
-      const int64_t ms = is_change ? std::max(NowMs(), base_ms) : base_ms + round;
       o->mutable_observed_at()->set_seconds(ms / 1000);
       o->mutable_observed_at()->set_nanos(static_cast<int32_t>(ms % 1000) * 1'000'000);
       v1::Price* p = o->mutable_price();
@@ -355,28 +335,21 @@ absl::Status ConstanceLocation(v1::Ingest::Stub* stub, const Workload& w, int l,
       p->set_currency("EUR");
       p->set_kind(v1::SHELF);
     }
-    {
-      absl::MutexLock lock(&mu);
-      auto room = [&] { return in_flight < window || reader_done; };
-      mu.Await(absl::Condition(&room));
-      if (reader_done) break;
-      ++in_flight;
-    }
-    if (!stream->Write(msg)) break;
+    out.push_back(SerializeMessage(msg));
   }
-  {
-    absl::MutexLock lock(&mu);
-    if (!error.empty()) ctx.TryCancel();
-  }
-  reader.join();
-  stream->WritesDone();
-  grpc::Status status = stream->Finish();
-  acknowledged->fetch_add(acked);
-  if (!error.empty()) return absl::InternalError(error);
-  if (acked < total) {
-    return absl::InternalError(absl::StrCat(Workload::Location(l), ": ", acked, " of ", total,
-                                            " acknowledged; ", status.error_message()));
-  }
+  return out;
+}
+
+// One location's stream: its batches (from ConstanceBatches), at most
+// `window` unacknowledged; adds what was acknowledged to `acknowledged`.
+absl::Status ConstanceLocation(grpc::GenericStub* stub, std::vector<grpc::ByteBuffer> batches,
+                               int l, int64_t total, int batch, int window,
+                               std::atomic<int64_t>* acknowledged) {
+  LoadStream stream(stub, std::move(batches), Workload::Location(l), total, batch, window);
+  stream.Start();
+  StreamResult r = stream.Wait();
+  acknowledged->fetch_add(r.acknowledged);
+  if (!r.error.empty()) return absl::InternalError(r.error);
   return absl::OkStatus();
 }
 
@@ -433,10 +406,20 @@ PathResult RunConstance(const Workload& w) {
   const std::string metrics_address = (*addresses)["metrics"];
   Servers servers{{&collector}};
   const int concurrency = absl::GetFlag(FLAGS_concurrency);
-  std::vector<std::unique_ptr<v1::Ingest::Stub>> stubs;
+  std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
   for (int i = 0; i < concurrency; ++i) {
-    stubs.push_back(
-        v1::Ingest::NewStub(grpc::CreateChannel(grpc_address, grpc::InsecureChannelCredentials())));
+    stubs.push_back(std::make_unique<grpc::GenericStub>(
+        grpc::CreateChannel(grpc_address, grpc::InsecureChannelCredentials())));
+  }
+  // Every batch is built and serialized before the clock starts, as the
+  // remote-write requests are: the generator then costs both paths only
+  // the sending.
+  const int batch = absl::GetFlag(FLAGS_batch);
+  const int64_t base_ms = NowMs();
+  std::vector<std::vector<grpc::ByteBuffer>> prebuilt(static_cast<size_t>(w.locations));
+  for (int l = 0; l < w.locations; ++l) {
+    prebuilt[static_cast<size_t>(l)] =
+        ConstanceBatches(w, l, batch, 0x1000 + static_cast<uint64_t>(l), 0, base_ms);
   }
   result.rss_before_kb = servers.Kb("VmRSS");
   const double cpu_before = servers.Cpu();
@@ -444,9 +427,10 @@ PathResult RunConstance(const Workload& w) {
   const absl::Time start = absl::Now();
   absl::StatusOr<std::vector<int>> loaded = ForEachLocation(
       w.locations, concurrency, start + absl::GetFlag(FLAGS_max_load_time), [&](int worker, int l) {
-        return ConstanceLocation(stubs[static_cast<size_t>(worker)].get(), w, l,
-                                 absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_window),
-                                 0x1000 + static_cast<uint64_t>(l), 0, &acknowledged);
+        return ConstanceLocation(stubs[static_cast<size_t>(worker)].get(),
+                                 std::move(prebuilt[static_cast<size_t>(l)]), l,
+                                 static_cast<int64_t>(w.keys) * w.rounds, batch,
+                                 absl::GetFlag(FLAGS_window), &acknowledged);
       });
   result.seconds = absl::ToDoubleSeconds(absl::Now() - start);
   result.cpu_seconds = servers.Cpu() - cpu_before;
@@ -480,7 +464,9 @@ PathResult RunConstance(const Workload& w) {
   if (!settled.ok()) result.error = std::string(settled.status().message());
   const double want = ExpectedMean(*loaded, kChange);
   const absl::Time t0 = absl::Now();
-  absl::Status sent = ConstanceLocation(stubs[0].get(), w, 0, 1, 1, 0x9000, kChange, &acknowledged);
+  absl::Status sent =
+      ConstanceLocation(stubs[0].get(), ConstanceBatches(w, 0, 1, 0x9000, kChange, NowMs()), 0,
+                        /*total=*/1, /*batch=*/1, /*window=*/1, &acknowledged);
   if (!sent.ok()) {
     result.error = std::string(sent.message());
     return result;
@@ -508,9 +494,10 @@ PathResult RunConstance(const Workload& w) {
 
 // ---- Prometheus remote write ----------------------------------------------
 
-// POSTs samples [from, to) of location l's flattened rounds x keys.
-absl::Status RemoteWrite(HttpConnection& receiver, const Workload& w, int l, int64_t from,
-                         int64_t to, int64_t base_ms, int64_t change) {
+// Samples [from, to) of location l's flattened rounds x keys as a
+// snappy-compressed WriteRequest.
+std::string RemoteWriteBody(const Workload& w, int l, int64_t from, int64_t to, int64_t base_ms,
+                            int64_t change) {
   prometheus::WriteRequest request;
   const std::string location = Workload::Location(l);
   for (int64_t i = from; i < to; ++i) {
@@ -531,12 +518,17 @@ absl::Status RemoteWrite(HttpConnection& receiver, const Workload& w, int l, int
   }
   std::string compressed;
   snappy::Compress(request.SerializeAsString().data(), request.ByteSizeLong(), &compressed);
+  return compressed;
+}
+
+// POSTs one WriteRequest body.
+absl::Status RemoteWrite(HttpConnection& receiver, const std::string& body) {
   absl::StatusOr<HttpResponse> r =
       receiver.Request("POST", "/api/v1/write",
                        {{"Content-Type", "application/x-protobuf"},
                         {"Content-Encoding", "snappy"},
                         {"X-Prometheus-Remote-Write-Version", "0.1.0"}},
-                       compressed);
+                       body);
   if (!r.ok()) return r.status();
   if (r->status / 100 != 2) {
     return absl::InternalError(absl::StrCat("remote write: HTTP ", r->status, " ", r->body));
@@ -607,24 +599,28 @@ PathResult RunRemoteWrite(const Workload& w) {
   for (int i = 0; i < concurrency; ++i)
     connections.push_back(std::make_unique<HttpConnection>(*address));
   std::atomic<int64_t> accepted{0};
-  std::atomic<int64_t> max_ms{0};
+  // Every request is built, serialized and compressed before the clock
+  // starts, as constance's batches are.
+  const int64_t total = static_cast<int64_t>(w.keys) * w.rounds;
+  const int64_t base_ms = NowMs();
+  std::vector<std::vector<std::string>> prebuilt(static_cast<size_t>(w.locations));
+  for (int l = 0; l < w.locations; ++l) {
+    for (int64_t from = 0; from < total; from += batch) {
+      prebuilt[static_cast<size_t>(l)].push_back(
+          RemoteWriteBody(w, l, from, std::min<int64_t>(total, from + batch), base_ms, 0));
+    }
+  }
+  const int64_t max_ms = base_ms + w.rounds - 1;
   result.rss_before_kb = servers.Kb("VmRSS");
   const double cpu_before = servers.Cpu();
   const absl::Time start = absl::Now();
   absl::StatusOr<std::vector<int>> loaded = ForEachLocation(
       w.locations, concurrency, start + absl::GetFlag(FLAGS_max_load_time), [&](int worker, int l) {
-        const int64_t total = static_cast<int64_t>(w.keys) * w.rounds;
-        const int64_t base_ms = NowMs();
-        for (int64_t from = 0; from < total; from += batch) {
-          const int64_t to = std::min<int64_t>(total, from + batch);
-          absl::Status s =
-              RemoteWrite(*connections[static_cast<size_t>(worker)], w, l, from, to, base_ms, 0);
+        const std::vector<std::string>& bodies = prebuilt[static_cast<size_t>(l)];
+        for (size_t i = 0; i < bodies.size(); ++i) {
+          absl::Status s = RemoteWrite(*connections[static_cast<size_t>(worker)], bodies[i]);
           if (!s.ok()) return s;
-          accepted.fetch_add(to - from);
-        }
-        int64_t last = base_ms + w.rounds - 1;
-        int64_t seen = max_ms.load();
-        while (last > seen && !max_ms.compare_exchange_weak(seen, last)) {
+          accepted.fetch_add(std::min<int64_t>(batch, total - static_cast<int64_t>(i) * batch));
         }
         return absl::OkStatus();
       });
@@ -643,8 +639,8 @@ PathResult RunRemoteWrite(const Workload& w) {
       query, *loaded, w, result.accepted,
       [&] {
         // One sample for (location 0, k0), after every earlier one.
-        const int64_t ms = std::max(NowMs(), max_ms.load() + 1);
-        return RemoteWrite(*connections[0], w, 0, 0, 1, ms, kChange);
+        const int64_t ms = std::max(NowMs(), max_ms + 1);
+        return RemoteWrite(*connections[0], RemoteWriteBody(w, 0, 0, 1, ms, kChange));
       },
       &result);
   result.hwm_kb = servers.Kb("VmHWM");
