@@ -209,13 +209,12 @@ std::string Fingerprint(const std::vector<std::string>& names) {
 }  // namespace
 
 SeriesKey SeriesOf(const v1::Observation& obs) {
+  const SeriesKeyView v = SeriesViewOf(obs);
   SeriesKey k;
-  k.family = FamilyOf(obs);
-  k.key = obs.key();
-  if (k.family == v1::FAMILY_PRICE) {
-    k.currency = obs.price().currency();
-    k.kind = obs.price().kind() == v1::PRICE_KIND_UNSPECIFIED ? v1::SHELF : obs.price().kind();
-  }
+  k.family = v.family;
+  k.key = std::string(v.key);
+  k.currency = std::string(v.currency);
+  k.kind = v.kind;
   return k;
 }
 
