@@ -34,7 +34,9 @@ grep -cE 'runbook_url:' "$rules" | { read -r n; [ "$n" -eq "$(grep -cE '^[[:spac
   || fail "an alert rule has no runbook_url"
 for f in "$books"/*.md; do
   a=$(basename "$f" .md)
-  printf '%s\n' $alerts | grep -qxF "$a" || fail "runbook $f matches no alert"
+  # A here-string, not a pipe: grep -q exits at its first match, and under
+  # pipefail the writer's SIGPIPE would count as no match.
+  grep -qxF "$a" <<<"$alerts" || fail "runbook $f matches no alert"
 done
 
 if [ "$failures" -ne 0 ]; then
