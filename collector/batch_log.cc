@@ -1,8 +1,13 @@
 #include "collector/batch_log.h"
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -30,29 +35,62 @@ absl::Status Exec(sqlite3* db, const std::string& path, const char* sql) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<BatchLog>> BatchLog::Open(const std::string& path) {
+absl::StatusOr<std::unique_ptr<BatchLog>> BatchLog::Open(const std::string& path,
+                                                         Options options) {
+  // One collector per log: a second one would interleave high-water marks.
+  // The lock is the kernel's, so a killed collector releases it.
+  const std::string lock_path = path + ".lock";
+  const int lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0) {
+    return absl::UnavailableError(absl::StrCat("batch log ", path, ": cannot open its lock file ",
+                                               lock_path, ": ", std::strerror(errno)));
+  }
+  if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    close(lock_fd);
+    if (err == EWOULDBLOCK) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("batch log ", path, " is in use by another collector (it holds ", lock_path,
+                       "); stop that one, or give this one its own --state_dir"));
+    }
+    return absl::UnavailableError(absl::StrCat("batch log ", path, ": cannot lock ", lock_path,
+                                               ": ", std::strerror(err)));
+  }
   sqlite3* db = nullptr;
+  sqlite3* wal_db = nullptr;
+  auto fail = [&](absl::Status s) {
+    sqlite3_close(wal_db);
+    sqlite3_close(db);
+    close(lock_fd);
+    return s;
+  };
   if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
       SQLITE_OK) {
-    absl::Status s = SqliteError(db, path, "cannot open");
-    sqlite3_close(db);
-    return s;
+    return fail(SqliteError(db, path, "cannot open"));
   }
-  // One collector per log: a second one would interleave high-water marks.
   for (const char* sql :
-       {"PRAGMA locking_mode=EXCLUSIVE", "PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
+       {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
         "CREATE TABLE IF NOT EXISTS batches(id INTEGER PRIMARY KEY, "
         "received_ns INTEGER NOT NULL, body BLOB NOT NULL)",
         "CREATE TABLE IF NOT EXISTS snapshot(id INTEGER PRIMARY KEY CHECK (id = 1), "
         "through INTEGER NOT NULL, saved_ns INTEGER NOT NULL, state BLOB NOT NULL)"}) {
     if (absl::Status s = Exec(db, path, sql); !s.ok()) {
-      sqlite3_close(db);
-      return absl::Status(s.code(), absl::StrCat(s.message(),
-                                                 " (is another collector using it, or is it "
-                                                 "not a constance batch log?)"));
+      return fail(absl::Status(
+          s.code(), absl::StrCat(s.message(), " (is it a constance batch log, and writable?)")));
     }
   }
-  return std::unique_ptr<BatchLog>(new BatchLog(db, path));
+  // The checkpointer's own connection (its checkpoints fsync as FULL does).
+  if (sqlite3_open_v2(path.c_str(), &wal_db, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {
+    return fail(SqliteError(wal_db, path, "cannot open a second connection for checkpoints"));
+  }
+  if (absl::Status s = Exec(wal_db, path, "PRAGMA synchronous=FULL"); !s.ok()) return fail(s);
+  // Readers and the checkpointer wait for each other briefly, never fail.
+  sqlite3_busy_timeout(db, 10'000);
+  sqlite3_busy_timeout(wal_db, 10'000);
+  std::unique_ptr<BatchLog> log(new BatchLog(db, wal_db, lock_fd, path, options));
+  // Replaces SQLite's own checkpoint on commit (wal_autocheckpoint).
+  sqlite3_wal_hook(db, &BatchLog::OnWalCommit, log.get());
+  return log;
 }
 
 BatchLog::~BatchLog() {
@@ -62,7 +100,67 @@ BatchLog::~BatchLog() {
   }
   if (committer_.joinable()) committer_.join();
   if (applier_.joinable()) applier_.join();
-  sqlite3_close(db_);
+  if (wal_checkpointer_.joinable()) wal_checkpointer_.join();
+  sqlite3_close(wal_db_);
+  sqlite3_close(db_);  // The last connection: copies the WAL in and removes it.
+  close(lock_fd_);
+}
+
+int BatchLog::OnWalCommit(void* self, sqlite3*, const char*, int pages) {
+  auto* log = static_cast<BatchLog*>(self);
+  absl::MutexLock lock(&log->mu_);
+  log->wal_pages_ = pages;
+  return SQLITE_OK;
+}
+
+void BatchLog::WalLoop() {
+  for (;;) {
+    bool restart = false;
+    {
+      absl::MutexLock lock(&mu_);
+      auto due = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        // After a restart of the WAL every page in it is new.
+        const int64_t fresh =
+            wal_pages_ >= wal_backfilled_ ? wal_pages_ - wal_backfilled_ : wal_pages_;
+        return stopping_ || fresh >= options_.wal_checkpoint_pages ||
+               wal_pages_ >= options_.wal_restart_pages;
+      };
+      mu_.Await(absl::Condition(&due));
+      if (stopping_) return;
+      restart = wal_pages_ >= options_.wal_restart_pages;
+    }
+    // PASSIVE copies what is in the WAL while commits go on. Under load
+    // that never pauses SQLite finds no moment to restart the WAL, which
+    // then only grows: RESTART holds commits back (they wait, none fails)
+    // while it copies the rest, so that the next commit writes the WAL
+    // from its start again.
+    const absl::Time start = absl::Now();
+    int pages = 0;
+    int backfilled = 0;
+    const int rc = sqlite3_wal_checkpoint_v2(
+        wal_db_, nullptr, restart ? SQLITE_CHECKPOINT_RESTART : SQLITE_CHECKPOINT_PASSIVE,
+        &pages, &backfilled);
+    const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    absl::MutexLock lock(&mu_);
+    if (rc == SQLITE_OK) {
+      ++stats_.wal_checkpoints;
+      stats_.wal_checkpoint_seconds += seconds;
+      if (restart) {
+        ++stats_.wal_restarts;
+        wal_pages_ = 0;
+        wal_backfilled_ = 0;
+      } else {
+        wal_backfilled_ = backfilled;
+      }
+    } else {
+      // Nothing is lost: the pages stay in the WAL, and are copied on the
+      // next try, after as many new pages again.
+      spdlog::warn("batch log {}: WAL checkpoint failed (the WAL keeps every batch): {}", path_,
+                   sqlite3_errmsg(wal_db_));
+      wal_backfilled_ = wal_pages_;
+      if (restart) wal_pages_ = 0;  // Tried again at the next commit's count.
+    }
+  }
 }
 
 absl::StatusOr<uint64_t> BatchLog::Replay(
@@ -169,6 +267,7 @@ absl::Status BatchLog::Checkpoint(int64_t through) {
 void BatchLog::Start() {
   applier_ = std::thread([this] { ApplyLoop(); });
   committer_ = std::thread([this] { CommitLoop(); });
+  wal_checkpointer_ = std::thread([this] { WalLoop(); });
 }
 
 void BatchLog::Append(absl::string_view batch, absl::Time received, Committed done) {
@@ -226,6 +325,7 @@ const std::vector<double>& BatchLog::CommitLatencyBounds() {
 BatchLog::CommitStats BatchLog::commit_stats() const {
   absl::MutexLock lock(&mu_);
   CommitStats s = stats_;
+  s.wal_pages = static_cast<uint64_t>(wal_pages_);
   s.latency_buckets.resize(CommitLatencyBounds().size() + 1);
   return s;
 }

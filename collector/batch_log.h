@@ -25,6 +25,15 @@
 // the batches after it replayed: findings keep their start times, drift
 // its baselines, trust its balances.
 //
+// SQLite's WAL is copied into the database file (a WAL checkpoint, with
+// its own fsync) by a third thread on a connection of its own, while
+// commits go on: run inline, as SQLite does by default, every 4 MB of
+// batches would hold up every acknowledgement for that copy. Only when
+// the WAL grows past Options::wal_restart_pages without SQLite getting a
+// chance to restart it (load never pauses) does that thread hold commits
+// back briefly to restart it.
+// One collector per log: Open takes an exclusive lock on "<path>.lock".
+//
 //   (*log)->LoadSnapshot() -> {state, through}; engine.LoadState(state)
 //   (*log)->Replay(apply, through)
 //   (*log)->SetCheckpoint(absl::Minutes(5), [&] { return engine.SaveState(); });
@@ -57,8 +66,20 @@ class BatchLog {
  public:
   using Committed = std::function<void(absl::Status)>;
 
+  struct Options {
+    // The WAL is copied into the database file once this many of its
+    // pages (4 KiB) are new, and restarted (written from its start
+    // again) at this size, so it never grows much past it.
+    int64_t wal_checkpoint_pages = 1000;
+    int64_t wal_restart_pages = 16384;
+  };
+
   // Opens or creates the log at `path`. Errors name the path.
-  static absl::StatusOr<std::unique_ptr<BatchLog>> Open(const std::string& path);
+  static absl::StatusOr<std::unique_ptr<BatchLog>> Open(const std::string& path,
+                                                        Options options);
+  static absl::StatusOr<std::unique_ptr<BatchLog>> Open(const std::string& path) {
+    return Open(path, Options());
+  }
   ~BatchLog();  // Commits what is queued, then stops.
   BatchLog(const BatchLog&) = delete;
   BatchLog& operator=(const BatchLog&) = delete;
@@ -95,7 +116,7 @@ class BatchLog {
   };
   CheckpointStats checkpoint_stats() const;
 
-  // Starts the committer and applier threads.
+  // Starts the committer, applier and WAL checkpointer threads.
   void Start();
 
   // Queues a serialized constance.v1.Batch, e.g. as received, without a
@@ -120,6 +141,10 @@ class BatchLog {
     uint64_t commits = 0;   // Group commits (transactions).
     uint64_t batches = 0;   // Batches they committed.
     uint64_t failures = 0;  // Group commits that failed (nothing acknowledged).
+    uint64_t wal_checkpoints = 0;       // WAL checkpoints (copies into the database file).
+    double wal_checkpoint_seconds = 0;  // Their total duration.
+    uint64_t wal_restarts = 0;          // Of those, the ones that restarted the WAL.
+    uint64_t wal_pages = 0;             // Pages in the WAL after the last commit.
     double latency_sum_seconds = 0;
     // Commits per bucket of CommitLatencyBounds() (not cumulative), plus
     // one for +Inf.
@@ -128,8 +153,17 @@ class BatchLog {
   CommitStats commit_stats() const;
 
  private:
-  explicit BatchLog(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  BatchLog(sqlite3* db, sqlite3* wal_db, int lock_fd, std::string path, Options options)
+      : db_(db),
+        wal_db_(wal_db),
+        lock_fd_(lock_fd),
+        path_(std::move(path)),
+        options_(options) {}
   void CommitLoop();
+  // Checkpoints the WAL on wal_db_ whenever enough of it is new.
+  void WalLoop();
+  // SQLite's WAL hook: `pages` are in the WAL after a commit.
+  static int OnWalCommit(void* self, sqlite3* db, const char* name, int pages);
   // Runs the callbacks of committed groups, in order.
   void ApplyLoop();
   // Stores a snapshot covering the log up to `through` and deletes those
@@ -137,7 +171,10 @@ class BatchLog {
   absl::Status Checkpoint(int64_t through);
 
   sqlite3* const db_;
+  sqlite3* const wal_db_;  // The WAL checkpointer's connection.
+  const int lock_fd_;      // Holds the exclusive lock on "<path>.lock".
   const std::string path_;
+  const Options options_;
   struct Pending {
     std::string owned;  // The batch, when serialized here.
     absl::string_view borrowed;
@@ -162,11 +199,16 @@ class BatchLog {
   absl::Duration last_latency_ ABSL_GUARDED_BY(mu_);
   CommitStats stats_ ABSL_GUARDED_BY(mu_);
   CheckpointStats checkpoint_stats_ ABSL_GUARDED_BY(mu_);
+  int64_t wal_pages_ ABSL_GUARDED_BY(mu_) = 0;  // Pages in the WAL (the hook's count).
+  // Pages of the WAL already in the database file, as of the last
+  // checkpoint; above wal_pages_ once SQLite restarted the WAL.
+  int64_t wal_backfilled_ ABSL_GUARDED_BY(mu_) = 0;
   // Set before Start, then read by the committer thread only.
   absl::Duration checkpoint_every_ = absl::InfiniteDuration();
   std::function<std::string()> capture_;
   std::thread committer_;
   std::thread applier_;
+  std::thread wal_checkpointer_;
 };
 
 }  // namespace constance::collector

@@ -298,6 +298,19 @@ void CollectorMetrics::RenderTo(TextExposition* exposition) const {
     out.Sample("constance_batch_log_commit_seconds_count", static_cast<double>(c.commits));
     Single(&out, "constance_batch_log_batches_committed_total",
            "Batches made durable in the batch log.", kCounter, static_cast<double>(c.batches));
+    Single(&out, "constance_batch_log_wal_checkpoints_total",
+           "Copies of the batch log's WAL into its database file, made beside the commits.",
+           kCounter, static_cast<double>(c.wal_checkpoints));
+    Single(&out, "constance_batch_log_wal_checkpoint_seconds_total",
+           "Time spent copying the batch log's WAL into its database file.", kCounter,
+           c.wal_checkpoint_seconds);
+    Single(&out, "constance_batch_log_wal_pages",
+           "Pages (4 KiB) in the batch log's WAL after the last commit.", kGauge,
+           static_cast<double>(c.wal_pages));
+    Single(&out, "constance_batch_log_wal_restarts_total",
+           "Times the batch log's WAL was restarted after growing past its bound under load "
+           "that never paused (each holds commits back briefly).",
+           kCounter, static_cast<double>(c.wal_restarts));
     Single(&out, "constance_batch_log_commit_failures_total",
            "Group commits that failed: their batches were not acknowledged and the agents resend "
            "them.",

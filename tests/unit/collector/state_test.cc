@@ -2,14 +2,17 @@
 // the original would have (findings with their start times, trust, drift,
 // high-water marks), and the batch log compacts what a snapshot covers
 // without ever reusing a position.
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "collector/batch_log.h"
@@ -172,15 +175,21 @@ class TempDir {
   std::string path_;
 };
 
-// Appends `n` batches (first sequences from `first`) and waits until each
-// has been committed and "applied".
+// Appends `n` batches (first sequences from `first`, `observations` prices
+// each) and waits until each has been committed and "applied".
 void AppendAndWait(BatchLog& log, uint64_t first, int n, std::vector<uint64_t>* applied,
-                   absl::Mutex* mu) {
+                   absl::Mutex* mu, int observations = 0) {
   for (int i = 0; i < n; ++i) {
     v1::Batch b;
     b.set_location("store-01");
     b.set_incarnation(1);
     b.set_first_sequence(first + i);
+    for (int k = 0; k < observations; ++k) {
+      v1::Observation* o = b.add_observations();
+      o->set_key(absl::StrFormat("sku-%06d", k));
+      o->mutable_price()->set_minor_units(1000 + k);
+      o->mutable_price()->set_currency("EUR");
+    }
     log.Append(b, kStart, [applied, mu, seq = first + i](absl::Status s) {
       ASSERT_TRUE(s.ok()) << s;
       absl::MutexLock lock(mu);
@@ -239,6 +248,67 @@ TEST(BatchLogTest, ASnapshotCompactsTheLogAndPositionsAreNeverReused) {
                     .ok());
     EXPECT_EQ(replayed, (std::vector<uint64_t>{6, 7, 8}));
   }
+}
+
+TEST(BatchLogTest, ASecondCollectorOnTheSameLogIsRefusedSayingWhy) {
+  TempDir dir;
+  const std::string path = dir.path() + "/batches.db";
+  {
+    absl::StatusOr<std::unique_ptr<BatchLog>> first = BatchLog::Open(path);
+    ASSERT_TRUE(first.ok()) << first.status();
+    absl::StatusOr<std::unique_ptr<BatchLog>> second = BatchLog::Open(path);
+    ASSERT_FALSE(second.ok());
+    EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_TRUE(absl::StrContains(second.status().message(), path)) << second.status();
+    EXPECT_TRUE(absl::StrContains(second.status().message(), "another collector"))
+        << second.status();
+  }
+  // The lock goes with its holder (the kernel's, so also when killed).
+  EXPECT_TRUE(BatchLog::Open(path).ok());
+}
+
+// The WAL is copied into the database file beside the commits, never
+// grows far past its bound, and nothing in it is lost on the way.
+TEST(BatchLogTest, TheWalIsCopiedInBesideTheCommitsAndStaysBounded) {
+  TempDir dir;
+  const std::string path = dir.path() + "/batches.db";
+  BatchLog::Options options;
+  options.wal_checkpoint_pages = 8;
+  options.wal_restart_pages = 40;
+  constexpr int kBatches = 60;
+  constexpr int kObservations = 300;  // About 9 KB, 3 pages, a batch.
+  absl::Mutex mu;
+  std::vector<uint64_t> applied;
+  off_t largest_wal = 0;
+  {
+    absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path, options);
+    ASSERT_TRUE(log.ok()) << log.status();
+    (*log)->Start();
+    for (int i = 0; i < kBatches; ++i) {
+      // One batch per commit: the WAL grows by a few pages at a time.
+      AppendAndWait(**log, i + 1, 1, &applied, &mu, kObservations);
+      struct stat st {};
+      if (stat((path + "-wal").c_str(), &st) == 0) largest_wal = std::max(largest_wal, st.st_size);
+    }
+    const BatchLog::CommitStats stats = (*log)->commit_stats();
+    // Every page written would make a WAL of about 200 pages. Either the
+    // checkpointer let SQLite restart it, or restarted it at its bound.
+    EXPECT_GE(stats.wal_checkpoints + stats.wal_restarts, 1u);
+    EXPECT_LE(stats.wal_pages, 40u + 16u);
+  }
+  // Page and frame header (4096 + 24 bytes) each, behind a 32-byte header.
+  EXPECT_LE(largest_wal, (40 + 16) * (4096 + 24) + 32);
+  absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
+  ASSERT_TRUE(log.ok()) << log.status();
+  std::vector<uint64_t> replayed;
+  ASSERT_TRUE((*log)
+                  ->Replay([&](const v1::Batch& b, absl::Time) {
+                    EXPECT_EQ(b.observations_size(), kObservations);
+                    replayed.push_back(b.first_sequence());
+                  })
+                  .ok());
+  ASSERT_EQ(replayed.size(), static_cast<size_t>(kBatches));
+  for (int i = 0; i < kBatches; ++i) EXPECT_EQ(replayed[i], static_cast<uint64_t>(i + 1));
 }
 
 }  // namespace
