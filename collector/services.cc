@@ -112,9 +112,16 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      // The agent closed its side (or the stream broke): finish once the
-      // acks already queued are written.
-      EndStream(grpc::Status::OK);
+      // The agent closed its side (or the stream broke): finish once every
+      // batch read is acknowledged and the acks are written, so an agent
+      // may half-close right after its last batch.
+      bool committing = false;
+      {
+        absl::MutexLock lock(&mu_);
+        half_closed_ = true;
+        committing = committing_ > 0;
+      }
+      if (!committing) EndStream(grpc::Status::OK);
       return;
     }
     // The message read goes to Handle (and may outlive this call, waiting
@@ -180,6 +187,10 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
         // acknowledged only once committed. The reference keeps this
         // reactor alive until the commit reports, even if the stream ends.
         Ref();
+        {
+          absl::MutexLock lock(&mu_);
+          ++committing_;
+        }
         const absl::Time received = service_->engine_->now();
         // The bytes stay valid until the callback has run: it holds them.
         const absl::string_view bytes = incoming->BatchBytes();
@@ -193,6 +204,12 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
                 if (committed.ok()) service_->Refused(RefusalReason(s));
                 EndStream(ToGrpcStatus(s));
               }
+              bool last = false;
+              {
+                absl::MutexLock lock(&mu_);
+                last = --committing_ == 0 && half_closed_;
+              }
+              if (last) EndStream(grpc::Status::OK);  // A no-op if it ended above.
               Unref();
             });
         return absl::OkStatus();
@@ -339,6 +356,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  int committing_ ABSL_GUARDED_BY(mu_) = 0;  // Batches in the log, not yet acknowledged.
+  bool half_closed_ ABSL_GUARDED_BY(mu_) = false;  // The agent sends nothing more.
   // Written once under mu_ before finishing_ is set; read after.
   grpc::Status final_status_;
 };

@@ -117,10 +117,7 @@ class LoadStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::
       ctx_.TryCancel();
       return;
     }
-    if (all_acked) {
-      StartWritesDone();
-      return;
-    }
+    if (all_acked) return;  // The stream was half-closed after the last write.
     StartRead(&in_);
     WriteMore();
   }
@@ -132,18 +129,30 @@ class LoadStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::
   }
 
  private:
-  // Starts the next write when none is outstanding and the window has room.
+  // Starts the next write when none is outstanding and the window has
+  // room; after the last batch, half-closes (as an agent may: the collector
+  // acknowledges every batch it read before it ends the stream).
   void WriteMore() {
     const grpc::ByteBuffer* next = nullptr;
     {
       absl::MutexLock lock(&mu_);
-      if (writing_ || stopped_ || next_ == batches_.size() || in_flight_ >= window_) return;
-      writing_ = true;
-      ++in_flight_;
-      sent_at_[next_] = absl::Now();
-      next = &batches_[next_++];
+      if (writing_ || stopped_ || writes_done_) return;
+      if (next_ == batches_.size()) {
+        writing_ = true;
+        writes_done_ = true;
+      } else {
+        if (in_flight_ >= window_) return;
+        writing_ = true;
+        ++in_flight_;
+        sent_at_[next_] = absl::Now();
+        next = &batches_[next_++];
+      }
     }
-    StartWrite(next);
+    if (next == nullptr) {
+      StartWritesDone();
+    } else {
+      StartWrite(next);
+    }
   }
 
   grpc::ClientContext ctx_;
@@ -160,6 +169,7 @@ class LoadStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::
   size_t acked_batches_ ABSL_GUARDED_BY(mu_) = 0;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool writes_done_ ABSL_GUARDED_BY(mu_) = false;  // Half-closed after the last batch.
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   StreamResult result_ ABSL_GUARDED_BY(mu_);

@@ -153,6 +153,41 @@ TEST(DurabilityTest, AcknowledgedBatchesSurviveSigkillAndApplyOnce) {
   EXPECT_EQ(*status, 0) << second.process().Log();
 }
 
+// An agent may half-close right after its last batch, before any ack:
+// every batch the collector read is still acknowledged before the stream
+// ends, so nothing is sent twice for want of an ack.
+TEST(DurabilityTest, AStreamHalfClosedAfterItsLastBatchGetsEveryAck) {
+  TempDir dir;
+  Collector collector(dir, "half-close");
+  std::vector<v1::Ack> acks;
+  {
+    auto stub = v1::Ingest::NewStub(
+        grpc::CreateChannel(collector.address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    auto stream = stub->Stream(&ctx);
+    for (int i = 0; i < 20; ++i) {
+      v1::AgentMessage m;
+      *m.mutable_batch() = MakeBatch(1 + i * 50, 50);
+      ASSERT_TRUE(stream->Write(m));
+    }
+    ASSERT_TRUE(stream->WritesDone());
+    v1::CollectorMessage reply;
+    while (stream->Read(&reply)) acks.push_back(reply.ack());
+    const grpc::Status status = stream->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+  }
+  ASSERT_EQ(acks.size(), 20u);
+  for (size_t i = 0; i < acks.size(); ++i) {
+    EXPECT_EQ(acks[i].first_sequence(), 1 + i * 50);
+    EXPECT_EQ(acks[i].outcome(), v1::Ack::APPLIED);
+  }
+  EXPECT_EQ(acks.back().watermark(), 1000u);
+  auto stopped = collector.process().Stop(SIGTERM, absl::Seconds(15));
+  ASSERT_TRUE(stopped.ok());
+  EXPECT_EQ(*stopped, 0) << collector.process().Log();
+}
+
 TEST(ThrottlingTest, ANoisyLocationIsThrottledWithoutLossAndOthersKeepGoing) {
   TempDir dir;
   Collector collector(dir, "throttle", {"--max_rate_per_location=100", "--rate_burst=100"});
