@@ -1,10 +1,13 @@
 #include "collector/metrics_server.h"
 
 #include <cstring>
+#include <deque>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "civetweb.h"
 #include "spdlog/spdlog.h"
 
@@ -21,6 +24,55 @@ void Reply(mg_connection* conn, int status, const char* content_type, const std:
   mg_write(conn, body.data(), body.size());
 }
 
+// Chunked: the exposition is rendered on a thread of its own while this
+// one sends what is ready, so at chain scale (90 MB) the render and the
+// kernel's copying overlap instead of adding up. At most kQueuedChunks
+// pieces wait, so a scrape holds a few pieces in memory, never 90 MB, and a
+// slow scraper slows the render rather than filling memory. A scraper that
+// goes away stops the sending; the render finishes, unsent.
+void SendRendered(mg_connection* conn, const CollectorMetrics& metrics) {
+  constexpr size_t kQueuedChunks = 4;
+  absl::Mutex mu;
+  std::deque<std::string> ready;  // Guarded by mu.
+  bool rendered = false;          // Guarded by mu.
+  bool gone = false;              // Guarded by mu: the scraper went away.
+  std::thread renderer([&] {
+    metrics.Render([&](absl::string_view piece) {
+      std::string chunk(piece);
+      absl::MutexLock lock(&mu);
+      auto room = [&] { return gone || ready.size() < kQueuedChunks; };
+      mu.Await(absl::Condition(&room));
+      if (!gone) ready.push_back(std::move(chunk));
+    });
+    absl::MutexLock lock(&mu);
+    rendered = true;
+  });
+  for (;;) {
+    std::string chunk;
+    {
+      absl::MutexLock lock(&mu);
+      auto next = [&] { return rendered || !ready.empty(); };
+      mu.Await(absl::Condition(&next));
+      if (ready.empty()) break;  // Rendered, and all of it sent.
+      chunk = std::move(ready.front());
+      ready.pop_front();
+    }
+    if (mg_send_chunk(conn, chunk.data(), static_cast<unsigned>(chunk.size())) < 0) {
+      absl::MutexLock lock(&mu);
+      gone = true;
+      ready.clear();
+      break;
+    }
+  }
+  renderer.join();
+  bool complete = false;
+  {
+    absl::MutexLock lock(&mu);
+    complete = !gone;
+  }
+  if (complete) mg_send_chunk(conn, "", 0);
+}
+
 int HandleMetrics(mg_connection* conn, void* cbdata) {
   const auto* metrics = static_cast<const CollectorMetrics*>(cbdata);
   const mg_request_info* ri = mg_get_request_info(conn);
@@ -34,9 +86,7 @@ int HandleMetrics(mg_connection* conn, void* cbdata) {
     Reply(conn, 405, "text/plain; charset=utf-8", "use GET on /metrics\n");
     return 405;
   }
-  // Chunked: the exposition is written as it is rendered, a piece at a
-  // time, so a scrape at chain scale holds one piece in memory, not 90 MB,
-  // and its first bytes are on the wire while the rest is rendered.
+  // Chunked, sent while it is rendered (SendRendered).
   mg_response_header_start(conn, 200);
   mg_response_header_add(conn, "Content-Type", "text/plain; version=0.0.4; charset=utf-8", -1);
   mg_response_header_add(conn, "Cache-Control", "no-store", -1);
@@ -46,13 +96,7 @@ int HandleMetrics(mg_connection* conn, void* cbdata) {
   }
   mg_response_header_add(conn, "Transfer-Encoding", "chunked", -1);
   mg_response_header_send(conn);
-  bool open = true;  // Until a write fails (the scraper went away).
-  metrics->Render([&](absl::string_view piece) {
-    if (open && mg_send_chunk(conn, piece.data(), static_cast<unsigned>(piece.size())) < 0) {
-      open = false;
-    }
-  });
-  if (open) mg_send_chunk(conn, "", 0);
+  SendRendered(conn, *metrics);
   return 200;
 }
 

@@ -1,6 +1,11 @@
-// The collector's exposition: the text format written directly, and
-// bounded cardinality under many findings.
+// The collector's exposition: the text format written directly, bounded
+// cardinality under many findings, and its HTTP server.
 #include "collector/metrics.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <limits>
@@ -14,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "collector/exposition.h"
+#include "collector/metrics_server.h"
 #include "gtest/gtest.h"
 
 namespace constance::collector {
@@ -158,6 +164,99 @@ TEST(CollectorMetricsTest, FindingSeriesAreCappedAndTheRestCounted) {
                       "group=\"chain\",location=\"store-103\",direction=\"above\"}"),
               199);
   }
+}
+
+
+// GET /metrics on 127.0.0.1:`port`, reading at most `limit` bytes of the
+// answer (then hanging up) or all of it. The raw bytes: status line,
+// headers and chunked body.
+std::string RawGet(int port, size_t limit) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  EXPECT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const std::string request =
+      "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  EXPECT_EQ(send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
+  std::string out;
+  char buf[65536];
+  while (out.size() < limit) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return out;
+}
+
+// The body of a chunked answer; empty unless it ends with the last chunk.
+std::string Dechunk(const std::string& raw) {
+  size_t at = raw.find("\r\n\r\n");
+  if (at == std::string::npos) return "";
+  at += 4;
+  std::string body;
+  for (;;) {
+    const size_t eol = raw.find("\r\n", at);
+    if (eol == std::string::npos) return "";
+    const size_t size = std::stoul(raw.substr(at, eol - at), nullptr, 16);
+    at = eol + 2;
+    if (size == 0) return body;
+    if (at + size + 2 > raw.size()) return "";
+    body.append(raw, at, size);
+    at += size + 2;
+  }
+}
+
+// The answer is rendered on one thread while another sends it: it arrives
+// whole and in order, and scrapers that hang up midway leave nothing
+// stuck (the server has two request threads).
+TEST(MetricsServerTest, AScrapeArrivesWholeAndHangingUpMidwayLeavesNothingStuck) {
+  Engine::Options options;
+  options.catalog = std::make_shared<const Catalog>(DefaultCatalog());
+  options.clock = [] { return kNow; };
+  Engine engine(options);
+  constexpr int kKeys = 3000;  // About 6 MB of exposition: many chunks.
+  for (int i = 0; i < 12; ++i) {
+    v1::Batch b;
+    b.set_location(absl::StrCat("store-", i));
+    b.set_incarnation(1);
+    b.set_first_sequence(1);
+    for (int k = 0; k < kKeys; ++k) {
+      v1::Observation* o = b.add_observations();
+      o->set_key(absl::StrCat("sku-", k));
+      o->mutable_price()->set_minor_units(100 + i);
+      o->mutable_price()->set_currency("EUR");
+    }
+    ASSERT_TRUE(engine.ApplyBatch(b).ok());
+  }
+  engine.Recompute();
+  IngestService ingest(&engine);
+  CollectorMetrics metrics(&engine, &ingest);
+  const std::string expected = metrics.Render();
+  ASSERT_GT(expected.size(), 4u << 20);
+  auto server = MetricsServer::Start("127.0.0.1:0", &metrics);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+
+  auto check_whole = [&] {
+    const std::string raw = RawGet(port, std::numeric_limits<size_t>::max());
+    ASSERT_TRUE(absl::StartsWith(raw, "HTTP/1.1 200")) << raw.substr(0, 200);
+    const std::string body = Dechunk(raw);
+    // The same text as rendered in one piece (nothing in it moves: the
+    // clock is fixed and no batch arrives).
+    EXPECT_EQ(body.size(), expected.size());
+    EXPECT_TRUE(body == expected);
+    EXPECT_EQ(Samples(body, "constance_series_mean").size(), static_cast<size_t>(kKeys));
+  };
+  check_whole();
+  for (int i = 0; i < 4; ++i) {
+    const std::string part = RawGet(port, 100'000);
+    EXPECT_TRUE(absl::StartsWith(part, "HTTP/1.1 200"));
+  }
+  check_whole();
 }
 
 }  // namespace
