@@ -17,6 +17,7 @@
 //   - the load generator's own CPU (this process), in total and per million.
 //
 //   ingest_bench --streams=4 --observations=2000000 --batch=500 --window=8
+//   ingest_bench --family=price ...   # prices with observed_at (default: scores)
 //   ingest_bench --smoke        # a tiny run (ctest)
 //   ingest_bench --address=127.0.0.1:PORT ...   # a collector started by hand
 #include <signal.h>
@@ -47,6 +48,9 @@ ABSL_FLAG(int, streams, 4, "Concurrent agent streams (one location each)");
 ABSL_FLAG(int64_t, observations, 1'000'000, "Observations in total, over all streams");
 ABSL_FLAG(int, batch, 500, "Observations per batch");
 ABSL_FLAG(int, window, 8, "Unacknowledged batches per stream at most");
+ABSL_FLAG(std::string, family, "score",
+          "What the observations are: score (key and value) or price (with currency, kind "
+          "and observed_at)");
 ABSL_FLAG(bool, smoke, false, "A tiny run: 2 streams, 20,000 observations");
 ABSL_FLAG(std::string, address, "",
           "Load a collector already running at HOST:PORT (e.g. under a profiler, started with "
@@ -59,8 +63,12 @@ namespace {
 // then costs no protobuf work, so the generator's CPU is gRPC's alone and
 // what is measured is the collector. The bytes are exactly what the
 // generated stub would send (an AgentMessage holding the batch).
-std::vector<grpc::ByteBuffer> BuildBatches(int index, int64_t total, int batch) {
+// Observations are scores (key and value) or, with `prices`, shelf prices
+// in EUR stamped with an observed_at a minute ago onwards, as agents send
+// them (three nested messages and two strings each on the wire).
+std::vector<grpc::ByteBuffer> BuildBatches(int index, int64_t total, int batch, bool prices) {
   const std::string location = absl::StrCat("bench-", index);
+  const int64_t base_ms = absl::ToUnixMillis(absl::Now() - absl::Minutes(1));
   const uint64_t incarnation = 0x1000 + static_cast<uint64_t>(index);
   std::vector<grpc::ByteBuffer> out;
   for (int64_t b = 0; b * batch < total; ++b) {
@@ -72,8 +80,19 @@ std::vector<grpc::ByteBuffer> BuildBatches(int index, int64_t total, int batch) 
     const int64_t count = std::min<int64_t>(batch, total - b * batch);
     for (int64_t i = 0; i < count; ++i) {
       v1::Observation* o = batch_msg->add_observations();
-      o->set_key(absl::StrCat("k", (b * batch + i) % 100));
-      o->set_score(static_cast<double>((b * batch + i) % 1000));
+      const int64_t n = b * batch + i;
+      o->set_key(absl::StrCat("k", n % 100));
+      if (prices) {
+        const int64_t ms = base_ms + n / 100;  // Each key's observations move forward.
+        o->mutable_observed_at()->set_seconds(ms / 1000);
+        o->mutable_observed_at()->set_nanos(static_cast<int32_t>(ms % 1000) * 1'000'000);
+        v1::Price* p = o->mutable_price();
+        p->set_minor_units(1000 + n % 100);
+        p->set_currency("EUR");
+        p->set_kind(v1::SHELF);
+      } else {
+        o->set_score(static_cast<double>(n % 1000));
+      }
     }
     out.push_back(SerializeMessage(msg));
   }
@@ -98,6 +117,11 @@ int Run() {
   if (streams < 1 || total < streams || batch < 1 || window < 1) {
     std::fprintf(stderr,
                  "ingest_bench: --streams, --observations, --batch, --window must be >= 1\n");
+    return 2;
+  }
+  const std::string family = absl::GetFlag(FLAGS_family);
+  if (family != "score" && family != "price") {
+    std::fprintf(stderr, "ingest_bench: --family=%s: use score or price\n", family.c_str());
     return 2;
   }
   TempDir dir;
@@ -129,7 +153,7 @@ int Run() {
     // A channel per stream, as each agent has its own.
     stubs.push_back(std::make_unique<grpc::GenericStub>(
         grpc::CreateChannel(address, grpc::InsecureChannelCredentials())));
-    loads.push_back(std::make_unique<LoadStream>(stubs.back().get(), BuildBatches(i, share, batch),
+    loads.push_back(std::make_unique<LoadStream>(stubs.back().get(), BuildBatches(i, share, batch, family == "price"),
                                                  absl::StrCat("bench-", i), share, batch, window));
   }
 
@@ -157,11 +181,13 @@ int Run() {
   absl::StatusOr<int> stopped = 0;
   if (collector != nullptr) stopped = collector->Stop(SIGTERM, absl::Seconds(15));
   std::printf(
-      "ingest_bench: %d streams, batch %d, window %d: %lld observations acknowledged in %.2f s = "
+      "ingest_bench: %d streams, batch %d, window %d, %s: %lld observations acknowledged in "
+      "%.2f s = "
       "%.0f observations/s; ack latency p50 %.2f ms, p99 %.2f ms; collector CPU %.2f s = %.2f s "
       "per million observations; load generator CPU %.2f s = %.2f s per million (batches "
       "prebuilt)\n",
-      streams, batch, window, static_cast<long long>(acknowledged), absl::ToDoubleSeconds(elapsed),
+      streams, batch, window, family.c_str(), static_cast<long long>(acknowledged),
+      absl::ToDoubleSeconds(elapsed),
       static_cast<double>(acknowledged) / absl::ToDoubleSeconds(elapsed),
       Percentile(latencies, 0.5), Percentile(latencies, 0.99), cpu,
       cpu / (static_cast<double>(acknowledged) / 1e6), self_cpu,
