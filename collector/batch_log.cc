@@ -271,20 +271,7 @@ void BatchLog::Start() {
 }
 
 void BatchLog::Append(absl::string_view batch, absl::Time received, Committed done) {
-  Pending p;
-  p.borrowed = batch;
-  p.borrows = true;
-  p.received_ns = absl::ToUnixNanos(received);
-  p.done = std::move(done);
-  absl::MutexLock lock(&mu_);
-  queue_.push_back(std::move(p));
-}
-
-void BatchLog::Append(const v1::Batch& batch, absl::Time received, Committed done) {
-  Pending p;
-  p.owned = batch.SerializeAsString();
-  p.received_ns = absl::ToUnixNanos(received);
-  p.done = std::move(done);
+  Pending p{batch, absl::ToUnixNanos(received), std::move(done)};
   absl::MutexLock lock(&mu_);
   queue_.push_back(std::move(p));
 }
@@ -402,8 +389,8 @@ void BatchLog::CommitLoop() {
         if (!status.ok()) break;
         sqlite3_bind_int64(insert, 1, ++position);
         sqlite3_bind_int64(insert, 2, p.received_ns);
-        const absl::string_view body = p.body();
-        sqlite3_bind_blob(insert, 3, body.data(), static_cast<int>(body.size()), SQLITE_STATIC);
+        sqlite3_bind_blob(insert, 3, p.body.data(), static_cast<int>(p.body.size()),
+                          SQLITE_STATIC);
         if (sqlite3_step(insert) != SQLITE_DONE) status = SqliteError(db_, path_, "cannot write");
         sqlite3_reset(insert);
       }

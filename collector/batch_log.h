@@ -125,8 +125,6 @@ class BatchLog {
   // written (the error; the batch must then not be acknowledged), after
   // the callbacks of every batch logged before it.
   void Append(absl::string_view batch, absl::Time received, Committed done);
-  // The same for a parsed batch (serialized here).
-  void Append(const v1::Batch& batch, absl::Time received, Committed done);
 
   // Batches committed so far and the latency of the last group commit.
   uint64_t committed() const;
@@ -176,12 +174,9 @@ class BatchLog {
   const std::string path_;
   const Options options_;
   struct Pending {
-    std::string owned;  // The batch, when serialized here.
-    absl::string_view borrowed;
-    bool borrows = false;  // The batch is `borrowed` (kept alive by `done`).
+    absl::string_view body;  // Kept alive by `done`.
     int64_t received_ns = 0;
     Committed done;
-    absl::string_view body() const { return borrows ? borrowed : absl::string_view(owned); }
   };
   // A group commit's batches and outcome, waiting for their callbacks.
   struct CommittedGroup {

@@ -64,13 +64,8 @@ void SendRendered(mg_connection* conn, const CollectorMetrics& metrics) {
       break;
     }
   }
-  renderer.join();
-  bool complete = false;
-  {
-    absl::MutexLock lock(&mu);
-    complete = !gone;
-  }
-  if (complete) mg_send_chunk(conn, "", 0);
+  renderer.join();  // `gone` is this thread's own write.
+  if (!gone) mg_send_chunk(conn, "", 0);
 }
 
 int HandleMetrics(mg_connection* conn, void* cbdata) {

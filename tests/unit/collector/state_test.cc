@@ -190,7 +190,9 @@ void AppendAndWait(BatchLog& log, uint64_t first, int n, std::vector<uint64_t>* 
       o->mutable_price()->set_minor_units(1000 + k);
       o->mutable_price()->set_currency("EUR");
     }
-    log.Append(b, kStart, [applied, mu, seq = first + i](absl::Status s) {
+    // The log borrows the bytes until the callback has run: it holds them.
+    auto bytes = std::make_shared<const std::string>(b.SerializeAsString());
+    log.Append(*bytes, kStart, [applied, mu, seq = first + i, bytes](absl::Status s) {
       ASSERT_TRUE(s.ok()) << s;
       absl::MutexLock lock(mu);
       applied->push_back(seq);
