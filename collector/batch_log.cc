@@ -377,6 +377,13 @@ void BatchLog::CommitLoop() {
       } else {
         mu_.Await(absl::Condition(&ready));
       }
+      // A WAL at its bound is restarted before it grows any further. The
+      // restart needs no writer, so the commit waits for it here rather
+      // than have the checkpointer back off and retry behind commits.
+      auto bounded = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || wal_pages_ < options_.wal_restart_pages;
+      };
+      mu_.Await(absl::Condition(&bounded));
       group.swap(queue_);
       stopping = stopping_;
     }
