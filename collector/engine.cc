@@ -32,10 +32,6 @@ std::string ReasonCode(absl::string_view message) {
   return std::string(colon == absl::string_view::npos ? message : message.substr(0, colon));
 }
 
-int64_t ToUnixNanos(const google::protobuf::Timestamp& ts) {
-  return ts.seconds() * 1'000'000'000 + ts.nanos();
-}
-
 void ToTimestamp(int64_t ns, google::protobuf::Timestamp* ts) {
   ts->set_seconds(ns / 1'000'000'000);
   ts->set_nanos(static_cast<int32_t>(ns % 1'000'000'000));
@@ -208,7 +204,9 @@ std::string Fingerprint(const std::vector<std::string>& names) {
 
 }  // namespace
 
-SeriesKey SeriesOf(const v1::Observation& obs) {
+SeriesKey SeriesOf(const v1::Observation& obs) { return SeriesOf(ViewOf(obs)); }
+
+SeriesKey SeriesOf(const ObservationView& obs) {
   const SeriesKeyView v = SeriesViewOf(obs);
   SeriesKey k;
   k.family = v.family;
@@ -218,13 +216,16 @@ SeriesKey SeriesOf(const v1::Observation& obs) {
   return k;
 }
 
-SeriesKeyView SeriesViewOf(const v1::Observation& obs) {
+SeriesKeyView SeriesViewOf(const v1::Observation& obs) { return SeriesViewOf(ViewOf(obs)); }
+
+SeriesKeyView SeriesViewOf(const ObservationView& obs) {
   SeriesKeyView k;
   k.family = FamilyOf(obs);
-  k.key = obs.key();
+  k.key = obs.key;
   if (k.family == v1::FAMILY_PRICE) {
-    k.currency = obs.price().currency();
-    k.kind = obs.price().kind() == v1::PRICE_KIND_UNSPECIFIED ? v1::SHELF : obs.price().kind();
+    k.currency = obs.currency;
+    k.kind = obs.kind == v1::PRICE_KIND_UNSPECIFIED ? v1::SHELF
+                                                    : static_cast<v1::PriceKind>(obs.kind);
   }
   return k;
 }
@@ -353,15 +354,15 @@ void Engine::TickLoop(bool evaluation) {
   }
 }
 
-uint32_t Engine::LocationIndex(const std::string& location) {
-  auto [it, inserted] = location_index_.try_emplace(location, locations_.size());
-  if (inserted) {
-    Location l;
-    l.state.location = location;
-    l.entry = catalog_->FindLocation(location);
-    locations_.push_back(std::move(l));
-  }
-  return it->second;
+uint32_t Engine::LocationIndex(absl::string_view location) {
+  if (auto it = location_index_.find(location); it != location_index_.end()) return it->second;
+  const uint32_t index = static_cast<uint32_t>(locations_.size());
+  location_index_.emplace(std::string(location), index);
+  Location l;
+  l.state.location = std::string(location);
+  l.entry = catalog_->FindLocation(location);
+  locations_.push_back(std::move(l));
+  return index;
 }
 
 void Engine::SetCatalog(std::shared_ptr<const Catalog> catalog) {
@@ -376,46 +377,50 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch) {
 }
 
 absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch, absl::Time now) {
+  return ApplyBatch(ViewOf(batch), now);
+}
+
+absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now) {
   if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
-  const uint64_t count = batch.observations_size();
+  const uint64_t count = batch.observations.size();
   const int64_t now_ns = absl::ToUnixNanos(now);
 
   v1::Ack ack;
-  ack.set_location(batch.location());
-  ack.set_incarnation(batch.incarnation());
-  ack.set_first_sequence(batch.first_sequence());
+  ack.set_location(std::string(batch.location));
+  ack.set_incarnation(batch.incarnation);
+  ack.set_first_sequence(batch.first_sequence);
   ack.set_count(static_cast<uint32_t>(count));
   ack.set_outcome(v1::Ack::APPLIED);
 
   absl::MutexLock lock(&mu_);
   const Catalog& catalog = *catalog_;
-  if (!catalog.auto_register && !location_index_.contains(batch.location()) &&
-      catalog.FindLocation(batch.location()) == nullptr) {
+  if (!catalog.auto_register && !location_index_.contains(batch.location) &&
+      catalog.FindLocation(batch.location) == nullptr) {
     return absl::PermissionDeniedError(
-        absl::StrCat("location '", batch.location(),
+        absl::StrCat("location '", batch.location,
                      "' is not in the catalog and auto_register is off: add it to ", catalog.path));
   }
-  if (options_.limits.max_locations > 0 && !location_index_.contains(batch.location()) &&
+  if (options_.limits.max_locations > 0 && !location_index_.contains(batch.location) &&
       location_index_.size() >= options_.limits.max_locations) {
     // Refused before anything is kept: the agent retries and loses nothing.
-    return absl::ResourceExhaustedError(absl::StrCat("location '", batch.location(),
+    return absl::ResourceExhaustedError(absl::StrCat("location '", batch.location,
                                                      "' would be one more than the ",
                                                      options_.limits.max_locations,
                                                      " locations this collector accepts "
                                                      "(--max_locations)"));
   }
-  const uint32_t loc = LocationIndex(batch.location());
-  Stream& stream = streams_[{loc, batch.incarnation()}];
+  const uint32_t loc = LocationIndex(batch.location);
+  Stream& stream = streams_[{loc, batch.incarnation}];
   const BinSpan wait_bins(catalog.wait), compliance_bins(catalog.compliance),
       score_bins(catalog.score);
   uint32_t duplicates = 0;
   for (uint64_t i = 0; i < count; ++i) {
-    const uint64_t seq = batch.first_sequence() + i;
+    const uint64_t seq = batch.first_sequence + i;
     if (seq <= stream.watermark) {
       ++duplicates;
       continue;
     }
-    const v1::Observation& obs = batch.observations(static_cast<int>(i));
+    const ObservationView& obs = batch.observations[i];
     // The series is looked up before validation, from views into the
     // observation (no copies): a series created from validated
     // observations vouches for its key and currency, so only the rest is
@@ -453,31 +458,33 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch, absl::Time no
     }
     Series& series = series_[found->second];
     series.validated = true;
-    const int64_t at = obs.has_observed_at() ? ToUnixNanos(obs.observed_at()) : now_ns;
+    const int64_t at = obs.has_observed_at
+                             ? obs.observed_seconds * 1'000'000'000 + obs.observed_nanos
+                             : now_ns;
     bool created = false;
-    switch (obs.value_case()) {
+    switch (obs.value) {
       case v1::Observation::kPrice: {
         auto [cell, fresh] = series.price.try_emplace(loc);
         created = fresh;
-        cell->second.Apply(obs.price().minor_units(), at);
+        cell->second.Apply(obs.minor_units, at);
         break;
       }
       case v1::Observation::kWaitSeconds: {
         auto [cell, fresh] = series.wait.try_emplace(loc);
         created = fresh;
-        cell->second.Apply(obs.wait_seconds(), at, wait_bins, catalog.wait_sketch);
+        cell->second.Apply(obs.number, at, wait_bins, catalog.wait_sketch);
         break;
       }
       case v1::Observation::kCheck: {
         auto [cell, fresh] = series.compliance.try_emplace(loc);
         created = fresh;
-        cell->second.Apply(obs.check().passed(), obs.check().critical(), at, compliance_bins);
+        cell->second.Apply(obs.passed, obs.critical, at, compliance_bins);
         break;
       }
       case v1::Observation::kScore: {
         auto [cell, fresh] = series.score.try_emplace(loc);
         created = fresh;
-        cell->second.Apply(obs.score(), at, score_bins);
+        cell->second.Apply(obs.number, at, score_bins);
         break;
       }
       case v1::Observation::VALUE_NOT_SET:
@@ -489,7 +496,7 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch, absl::Time no
   }
   duplicates_ += duplicates;
   ++batches_;
-  stream.watermark = std::max(stream.watermark, batch.first_sequence() + count - 1);
+  stream.watermark = std::max(stream.watermark, batch.first_sequence + count - 1);
   LocationState& state = locations_[loc].state;
   state.last_report = now;
   state.watermark = stream.watermark;

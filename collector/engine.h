@@ -104,8 +104,10 @@ using SeriesIndex = absl::flat_hash_map<SeriesKey, uint32_t, SeriesKeyHash, Seri
 
 // The series an observation belongs to, qualifiers normalised.
 SeriesKey SeriesOf(const v1::Observation& obs);
+SeriesKey SeriesOf(const ObservationView& obs);
 // The same as a view into `obs`'s strings.
 SeriesKeyView SeriesViewOf(const v1::Observation& obs);
+SeriesKeyView SeriesViewOf(const ObservationView& obs);
 SeriesKey SeriesFromProto(const v1::SeriesId& id);
 void SeriesToProto(const SeriesKey& key, v1::SeriesId* id);
 // "price coffee-250g EUR/shelf", "wait checkout".
@@ -229,6 +231,9 @@ class Engine {
   // The same with the time the batch was received (durable log replay
   // validates event-time bounds against it, as the first time).
   absl::StatusOr<v1::Ack> ApplyBatch(const v1::Batch& batch, absl::Time received);
+  // The same on a view of the batch's bytes (batch_view.h), as ingest
+  // reads it.
+  absl::StatusOr<v1::Ack> ApplyBatch(const BatchView& batch, absl::Time received);
 
   // Records an agent's heartbeat. InvalidArgument for a bad location id.
   absl::Status RecordHeartbeat(const v1::Heartbeat& heartbeat);
@@ -324,7 +329,7 @@ class Engine {
   // requested meanwhile.
   bool RecomputeSeries(bool all, const std::function<void(SeriesData&)>& visit);
   void Publish(std::shared_ptr<Snapshot> snapshot);
-  uint32_t LocationIndex(const std::string& location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t LocationIndex(absl::string_view location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TickLoop(bool evaluation);
 
   const Options options_;

@@ -90,12 +90,22 @@ absl::Status ValidateObservationId(absl::string_view id) {
 }
 
 absl::Status ValidateBatchShape(const v1::Batch& batch, const Limits& limits) {
-  if (absl::Status s = ValidateLocationId(batch.location()); !s.ok()) return s;
-  if (batch.first_sequence() == 0) {
+  return ValidateBatchShape(batch.location(), batch.first_sequence(),
+                            static_cast<uint64_t>(batch.observations_size()), limits);
+}
+
+absl::Status ValidateBatchShape(const BatchView& batch, const Limits& limits) {
+  return ValidateBatchShape(batch.location, batch.first_sequence, batch.observations.size(),
+                            limits);
+}
+
+absl::Status ValidateBatchShape(absl::string_view location, uint64_t first_sequence,
+                                uint64_t count, const Limits& limits) {
+  if (absl::Status s = ValidateLocationId(location); !s.ok()) return s;
+  if (first_sequence == 0) {
     return absl::InvalidArgumentError("batch.first_sequence: sequences start at 1");
   }
-  const uint64_t count = static_cast<uint64_t>(batch.observations_size());
-  if (batch.first_sequence() > UINT64_MAX - count) {
+  if (first_sequence > UINT64_MAX - count) {
     return absl::InvalidArgumentError("batch.first_sequence: sequence range overflows");
   }
   if (limits.max_batch_observations > 0 && count > limits.max_batch_observations) {
@@ -108,27 +118,31 @@ absl::Status ValidateBatchShape(const v1::Batch& batch, const Limits& limits) {
 
 absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, const Limits& limits,
                                  SeriesValidation series) {
+  return ValidateObservation(ViewOf(obs), now, limits, series);
+}
+
+absl::Status ValidateObservation(const ObservationView& obs, absl::Time now,
+                                 const Limits& limits, SeriesValidation series) {
   const bool check_series = series == SeriesValidation::kCheck;
   if (check_series) {
-    if (absl::Status s = ValidateKey(obs.key()); !s.ok()) return s;
+    if (absl::Status s = ValidateKey(obs.key); !s.ok()) return s;
   }
-  if (absl::Status s = ValidateObservationId(obs.id()); !s.ok()) return s;
-  switch (obs.value_case()) {
+  if (absl::Status s = ValidateObservationId(obs.id); !s.ok()) return s;
+  switch (obs.value) {
     case v1::Observation::kPrice: {
-      const v1::Price& p = obs.price();
-      if (p.minor_units() < 0) return Invalid("price.minor_units", "must not be negative");
-      if (p.minor_units() >= limits.max_price_minor_units) {
+      if (obs.minor_units < 0) return Invalid("price.minor_units", "must not be negative");
+      if (obs.minor_units >= limits.max_price_minor_units) {
         return Invalid("price.minor_units",
                        absl::StrCat("must be below ", limits.max_price_minor_units));
       }
       if (check_series) {
-        if (absl::Status s = ValidateCurrency(p.currency()); !s.ok()) return s;
+        if (absl::Status s = ValidateCurrency(obs.currency); !s.ok()) return s;
       }
-      if (!v1::PriceKind_IsValid(p.kind())) return Invalid("price.kind", "unknown kind");
+      if (!v1::PriceKind_IsValid(obs.kind)) return Invalid("price.kind", "unknown kind");
       break;
     }
     case v1::Observation::kWaitSeconds: {
-      double w = obs.wait_seconds();
+      const double w = obs.number;
       if (!std::isfinite(w)) return Invalid("wait_seconds", "must be a finite number");
       if (w < 0) return Invalid("wait_seconds", "must not be negative");
       if (w > limits.max_wait_seconds) {
@@ -139,7 +153,7 @@ absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, con
     case v1::Observation::kCheck:
       break;
     case v1::Observation::kScore: {
-      double v = obs.score();
+      const double v = obs.number;
       if (!std::isfinite(v)) return Invalid("score", "must be a finite number");
       if (std::fabs(v) > limits.max_abs_score) {
         return Invalid("score", absl::StrCat("magnitude must be at most ", limits.max_abs_score));
@@ -149,14 +163,14 @@ absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, con
     case v1::Observation::VALUE_NOT_SET:
       return Invalid("value", "one of price, wait_seconds, check or score must be set");
   }
-  if (obs.has_observed_at()) {
-    const auto& ts = obs.observed_at();
+  if (obs.has_observed_at) {
+    const int64_t seconds = obs.observed_seconds;
+    const int32_t nanos = obs.observed_nanos;
     // The range protobuf's JSON mapping accepts: 0001-01-01 .. 9999-12-31.
-    if (ts.seconds() < -62135596800 || ts.seconds() > 253402300799 || ts.nanos() < 0 ||
-        ts.nanos() > 999999999) {
+    if (seconds < -62135596800 || seconds > 253402300799 || nanos < 0 || nanos > 999999999) {
       return Invalid("observed_at", "not a valid timestamp");
     }
-    absl::Time t = absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+    absl::Time t = absl::FromUnixSeconds(seconds) + absl::Nanoseconds(nanos);
     if (t > now + limits.max_future_skew) {
       return Invalid("observed_at",
                      absl::StrCat("more than ", absl::FormatDuration(limits.max_future_skew),
@@ -170,8 +184,12 @@ absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, con
   return absl::OkStatus();
 }
 
-v1::Family FamilyOf(const v1::Observation& obs) {
-  switch (obs.value_case()) {
+v1::Family FamilyOf(const v1::Observation& obs) { return FamilyOf(obs.value_case()); }
+
+v1::Family FamilyOf(const ObservationView& obs) { return FamilyOf(obs.value); }
+
+v1::Family FamilyOf(v1::Observation::ValueCase value) {
+  switch (value) {
     case v1::Observation::kPrice:
       return v1::FAMILY_PRICE;
     case v1::Observation::kWaitSeconds:

@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "constance/batch_view.h"
 #include "constance/v1/ingest.pb.h"
 #include "constance/v1/observation.pb.h"
 
@@ -70,6 +71,9 @@ absl::Status ValidateObservationId(absl::string_view id);
 // observations. Observations themselves are checked one by one with
 // ValidateObservation, so one bad item never refuses the rest.
 absl::Status ValidateBatchShape(const v1::Batch& batch, const Limits& limits);
+absl::Status ValidateBatchShape(const BatchView& batch, const Limits& limits);
+absl::Status ValidateBatchShape(absl::string_view location, uint64_t first_sequence,
+                                uint64_t count, const Limits& limits);
 
 // Whether ValidateObservation checks the fields that name the series (the
 // key and a price's currency). kAlreadyValid is for a caller that found
@@ -85,9 +89,16 @@ enum class SeriesValidation { kCheck, kAlreadyValid };
 // observed_at). An unset observed_at is accepted (the agent stamps it).
 absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, const Limits& limits,
                                  SeriesValidation series = SeriesValidation::kCheck);
+// The same checks on a view (see batch_view.h), as the collector reads a
+// batch.
+absl::Status ValidateObservation(const ObservationView& obs, absl::Time now,
+                                 const Limits& limits,
+                                 SeriesValidation series = SeriesValidation::kCheck);
 
 // The family implied by which value is set (FAMILY_UNSPECIFIED if none).
 v1::Family FamilyOf(const v1::Observation& obs);
+v1::Family FamilyOf(const ObservationView& obs);
+v1::Family FamilyOf(v1::Observation::ValueCase value);
 
 // "price", "wait", "compliance", "score" (or "unspecified").
 absl::string_view FamilyName(v1::Family family);

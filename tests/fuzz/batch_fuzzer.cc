@@ -1,8 +1,10 @@
 // Fuzz target: a constance.v1.Batch as it arrives on the Ingest stream
-// (protobuf wire format), validated observation by observation and applied
-// to a collector Engine, then the statistics and findings recomputed over
-// what was applied. Nothing may crash, and the Ack must account for
-// every observation of the batch exactly once.
+// (protobuf wire format), decoded as ingest decodes it (DecodeBatch, with
+// protobuf's parse as the fallback), validated observation by observation
+// and applied to a collector Engine, then the statistics and findings
+// recomputed over what was applied. Nothing may crash; whatever DecodeBatch
+// accepts, protobuf must accept and view identically; and the Ack must
+// account for every observation of the batch exactly once.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -11,6 +13,7 @@
 #include "absl/time/time.h"
 #include "collector/catalog.h"
 #include "collector/engine.h"
+#include "constance/batch_view.h"
 #include "constance/v1/ingest.pb.h"
 #include "constance/validate.h"
 
@@ -30,8 +33,15 @@ std::shared_ptr<const constance::collector::Catalog> FuzzCatalog() {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::shared_ptr<const constance::collector::Catalog> catalog = FuzzCatalog();
+  constance::BatchView decoded;
+  const bool fast = constance::DecodeBatch(
+      absl::string_view(reinterpret_cast<const char*>(data), size), &decoded);
   constance::v1::Batch batch;
-  if (!batch.ParseFromArray(data, static_cast<int>(size))) return -1;  // Not a Batch: not kept.
+  if (!batch.ParseFromArray(data, static_cast<int>(size))) {
+    if (fast) std::abort();  // Decoded what protobuf refuses.
+    return -1;               // Not a Batch: not kept.
+  }
+  if (fast && decoded != constance::ViewOf(batch)) std::abort();
 
   const constance::Limits limits;
   for (const constance::v1::Observation& obs : batch.observations()) {

@@ -1,0 +1,151 @@
+// DecodeBatch against protobuf's own parser: the same view for every batch
+// an agent writes, and a refusal (so the caller falls back to protobuf)
+// for every encoding it does not decode itself.
+#include "constance/batch_view.h"
+
+#include <string>
+
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/text_format.h"
+#include "gtest/gtest.h"
+
+namespace constance {
+namespace {
+
+v1::Batch FromText(const std::string& text) {
+  v1::Batch batch;
+  EXPECT_TRUE(google::protobuf::TextFormat::ParseFromString(text, &batch)) << text;
+  return batch;
+}
+
+// Appends field `field` as a varint, to build encodings no serializer
+// writes.
+void AppendVarintField(std::string* out, int field, uint64_t value) {
+  google::protobuf::io::StringOutputStream stream(out);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.WriteTag(static_cast<uint32_t>(field << 3));
+  coded.WriteVarint64(value);
+}
+
+// A length-delimited field holding `bytes`.
+void AppendBytesField(std::string* out, int field, const std::string& bytes) {
+  google::protobuf::io::StringOutputStream stream(out);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.WriteTag(static_cast<uint32_t>(field << 3) | 2);
+  coded.WriteVarint32(static_cast<uint32_t>(bytes.size()));
+  coded.WriteRaw(bytes.data(), static_cast<int>(bytes.size()));
+}
+
+TEST(DecodeBatchTest, SameViewAsProtobufForWhatAgentsWrite) {
+  static const char* const kBatches[] = {
+      "",
+      R"(location: "fr-paris-0042" incarnation: 18446744073709551615 first_sequence: 1)",
+      R"(location: "s" incarnation: 7 first_sequence: 41
+         observations { key: "sku-1" observed_at { seconds: 1700000000 nanos: 250000000 }
+                        price { minor_units: 139 currency: "EUR" kind: POS } id: "pos-77" }
+         observations { key: "sku-2" price { currency: "EUR" } }
+         observations { key: "checkout" wait_seconds: 312.5 }
+         observations { key: "fire-exit" check { passed: true critical: true } }
+         observations { key: "fire-exit" check { } }
+         observations { key: "hygiene" score: -0.0 }
+         observations { key: "neg" observed_at { seconds: -5 nanos: -1 }
+                        price { minor_units: -139 kind: 99 } }
+         observations { }
+         observations { observed_at { } })",
+  };
+  for (const char* text : kBatches) {
+    const v1::Batch batch = FromText(text);
+    const std::string bytes = batch.SerializeAsString();
+    BatchView view;
+    ASSERT_TRUE(DecodeBatch(bytes, &view)) << text;
+    EXPECT_TRUE(view == ViewOf(batch)) << text;
+    EXPECT_EQ(view.observations.size(), static_cast<size_t>(batch.observations_size()));
+  }
+}
+
+TEST(DecodeBatchTest, ViewsPointIntoTheBytes) {
+  const std::string bytes =
+      FromText(R"(location: "s" first_sequence: 1
+                  observations { key: "sku-1" price { minor_units: 5 currency: "EUR" } })")
+          .SerializeAsString();
+  BatchView view;
+  ASSERT_TRUE(DecodeBatch(bytes, &view));
+  ASSERT_EQ(view.observations.size(), 1u);
+  const ObservationView& o = view.observations[0];
+  EXPECT_EQ(o.value, v1::Observation::kPrice);
+  EXPECT_EQ(o.minor_units, 5);
+  EXPECT_EQ(o.currency, "EUR");
+  EXPECT_GE(o.key.data(), bytes.data());
+  EXPECT_LE(o.key.data() + o.key.size(), bytes.data() + bytes.size());
+}
+
+// Each case is valid protobuf (or not), but outside what DecodeBatch
+// decodes itself; protobuf's verdict and its view are the caller's.
+TEST(DecodeBatchTest, RefusesWhatItDoesNotDecodeExactly) {
+  const std::string obs =
+      FromText(R"(observations { key: "k" price { minor_units: 1 currency: "EUR" } })")
+          .SerializeAsString();
+  std::string price_twice;  // Protobuf merges the two prices.
+  {
+    std::string o;
+    AppendBytesField(&o, 1, "k");
+    v1::Price a;
+    a.set_minor_units(1);
+    v1::Price b;
+    b.set_currency("EUR");
+    AppendBytesField(&o, 3, a.SerializeAsString());
+    AppendBytesField(&o, 3, b.SerializeAsString());
+    AppendBytesField(&price_twice, 4, o);
+  }
+  std::string two_values;  // Protobuf keeps the last member of the oneof.
+  {
+    std::string o;
+    AppendBytesField(&o, 1, "k");
+    AppendBytesField(&o, 3, std::string());
+    AppendBytesField(&o, 5, std::string());
+    AppendBytesField(&two_values, 4, o);
+  }
+  std::string unknown_field = obs;  // Kept by protobuf as an unknown field.
+  AppendVarintField(&unknown_field, 15, 1);
+  std::string sequence_twice = obs;  // Protobuf keeps the last.
+  AppendVarintField(&sequence_twice, 3, 1);
+  AppendVarintField(&sequence_twice, 3, 2);
+  std::string wrong_wire_type;  // first_sequence as a string: unknown to protobuf.
+  AppendBytesField(&wrong_wire_type, 3, "1");
+  std::string utf8_key;  // Valid UTF-8: protobuf parses, validation rejects.
+  {
+    std::string o;
+    AppendBytesField(&o, 1, "caf\xc3\xa9");
+    AppendBytesField(&utf8_key, 4, o);
+  }
+  std::string bad_utf8_location;  // Protobuf refuses the whole batch.
+  AppendBytesField(&bad_utf8_location, 1, "\xff");
+  const std::string truncated = obs.substr(0, obs.size() - 1);
+  const std::string field_zero("\x00\x01", 2);
+
+  static const struct {
+    const char* name;
+    const std::string* bytes;
+    bool protobuf_parses;
+  } kCases[] = {
+      {"price twice", &price_twice, true},
+      {"two values", &two_values, true},
+      {"unknown field", &unknown_field, true},
+      {"sequence twice", &sequence_twice, true},
+      {"wrong wire type", &wrong_wire_type, true},
+      {"utf-8 key", &utf8_key, true},
+      {"invalid utf-8 location", &bad_utf8_location, false},
+      {"truncated", &truncated, false},
+      {"field zero", &field_zero, false},
+  };
+  for (const auto& c : kCases) {
+    BatchView view;
+    EXPECT_FALSE(DecodeBatch(*c.bytes, &view)) << c.name;
+    v1::Batch parsed;
+    EXPECT_EQ(parsed.ParseFromString(*c.bytes), c.protobuf_parses) << c.name;
+  }
+}
+
+}  // namespace
+}  // namespace constance
