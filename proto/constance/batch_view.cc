@@ -2,31 +2,36 @@
 
 #include <cstring>
 
-#include "google/protobuf/io/coded_stream.h"
-#include "google/protobuf/wire_format_lite.h"
 
 namespace constance {
 namespace {
 
-using google::protobuf::io::CodedInputStream;
-using WireType = google::protobuf::internal::WireFormatLite::WireType;
-using google::protobuf::internal::WireFormatLite;
-
-constexpr uint32_t Tag(int field, WireType type) {
-  return static_cast<uint32_t>(field << 3) | static_cast<uint32_t>(type);
+// The wire types used here, and a one-byte tag.
+constexpr int kVarint = 0;
+constexpr int kFixed64 = 1;
+constexpr int kBytes = 2;
+constexpr uint8_t Tag(int field, int wire_type) {
+  return static_cast<uint8_t>((field << 3) | wire_type);
 }
-constexpr WireType kVarint = WireFormatLite::WIRETYPE_VARINT;
-constexpr WireType kFixed64 = WireFormatLite::WIRETYPE_FIXED64;
-constexpr WireType kBytes = WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
 
-// Reads the stream over the flat array that starts at `base`.
+// Reads the wire format over [p, end). CodedInputStream did this first;
+// its limits (PushLimit, PopLimit) and multi-byte varints are calls out of
+// line, and with them decoding cost as much as protobuf's parse. These few
+// reads are the wire format's own rules, as protobuf applies them: a
+// varint of at most 10 bytes (bits past 64 dropped), a length of at most 5
+// bytes that fits in what is left. Every other case goes to the fallback.
 class Reader {
  public:
-  Reader(const char* base, int size)
-      : base_(base), in_(reinterpret_cast<const uint8_t*>(base), size) {}
+  Reader(const char* p, const char* end) : p_(p), end_(end) {}
 
-  uint32_t Tag() { return in_.ReadTag(); }
-  bool ConsumedEntireMessage() { return in_.ConsumedEntireMessage(); }
+  bool done() const { return p_ == end_; }
+
+  // The next tag; only the one-byte tags of the fields decoded here are
+  // ever valid, so a longer one reads as 0 (no such field).
+  uint8_t Tag() {
+    const uint8_t t = static_cast<uint8_t>(*p_++);
+    return t < 0x80 ? t : 0;
+  }
 
   // Marks field `bit` of a message seen; false if it already was (protobuf
   // would merge or overwrite: the fallback decides).
@@ -36,55 +41,79 @@ class Reader {
     return true;
   }
 
-  bool Varint(uint64_t* v) { return in_.ReadVarint64(v); }
-  bool Fixed64(uint64_t* v) { return in_.ReadLittleEndian64(v); }
+  bool Varint(uint64_t* v) {
+    uint64_t result = 0;
+    for (int i = 0; i < 10 && p_ != end_; ++i) {
+      const uint8_t b = static_cast<uint8_t>(*p_++);
+      result |= static_cast<uint64_t>(b & 0x7f) << (7 * i);
+      if (b < 0x80) {
+        *v = result;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  bool Fixed64(uint64_t* v) {
+    if (end_ - p_ < 8) return false;
+    uint64_t value = 0;
+    for (int i = 7; i >= 0; --i) value = (value << 8) | static_cast<uint8_t>(p_[i]);
+    *v = value;
+    p_ += 8;
+    return true;
+  }
   bool Double(double* v) {
     uint64_t bits = 0;
-    if (!in_.ReadLittleEndian64(&bits)) return false;
+    if (!Fixed64(&bits)) return false;
     std::memcpy(v, &bits, sizeof(bits));
     return true;
   }
 
-  // A length-delimited string of ASCII bytes, viewed in place.
-  bool Ascii(absl::string_view* v) {
+  // A length-delimited field's bytes.
+  bool Bytes(absl::string_view* v) {
     uint32_t length = 0;
-    if (!in_.ReadVarint32(&length)) return false;
-    const int at = in_.CurrentPosition();
-    if (!in_.Skip(static_cast<int>(length))) return false;
-    *v = absl::string_view(base_ + at, length);
+    for (int i = 0;; ++i) {
+      if (i == 5 || p_ == end_) return false;
+      const uint8_t b = static_cast<uint8_t>(*p_++);
+      length |= static_cast<uint32_t>(b & 0x7f) << (7 * i);
+      if (b < 0x80) break;
+    }
+    if (length > static_cast<size_t>(end_ - p_)) return false;
+    *v = absl::string_view(p_, length);
+    p_ += length;
+    return true;
+  }
+
+  // A string of ASCII bytes (protobuf checks UTF-8: anything else is the
+  // fallback's).
+  bool Ascii(absl::string_view* v) {
+    if (!Bytes(v)) return false;
     for (char c : *v) {
-      if (static_cast<unsigned char>(c) >= 0x80) return false;  // Protobuf checks UTF-8.
+      if (static_cast<unsigned char>(c) >= 0x80) return false;
     }
     return true;
   }
 
-  // Enters a length-delimited submessage; Leave() after reading it.
-  bool Enter(CodedInputStream::Limit* limit) {
-    uint32_t length = 0;
-    if (!in_.ReadVarint32(&length) || length > static_cast<uint32_t>(in_.BytesUntilLimit())) {
-      return false;
-    }
-    *limit = in_.PushLimit(static_cast<int>(length));
-    return true;
-  }
-  bool Leave(CodedInputStream::Limit limit) {
-    if (!in_.ConsumedEntireMessage()) return false;
-    in_.PopLimit(limit);
+  // A submessage: a reader over its bytes.
+  bool Enter(Reader* sub) {
+    absl::string_view bytes;
+    if (!Bytes(&bytes)) return false;
+    *sub = Reader(bytes.data(), bytes.data() + bytes.size());
     return true;
   }
 
  private:
-  const char* base_;
-  CodedInputStream in_;
+  const char* p_;
+  const char* end_;
 };
 
-bool DecodeTimestamp(Reader& r, ObservationView* o) {
-  CodedInputStream::Limit limit;
-  if (!r.Enter(&limit)) return false;
+bool DecodeTimestamp(Reader& outer, ObservationView* o) {
+  Reader r(nullptr, nullptr);
+  if (!outer.Enter(&r)) return false;
   uint32_t seen = 0;
   uint64_t v = 0;
-  while (uint32_t tag = r.Tag()) {
-    switch (tag) {
+  while (!r.done()) {
+    switch (r.Tag()) {
       case Tag(1, kVarint):
         if (!Reader::First(&seen, 1) || !r.Varint(&v)) return false;
         o->observed_seconds = static_cast<int64_t>(v);
@@ -98,16 +127,16 @@ bool DecodeTimestamp(Reader& r, ObservationView* o) {
     }
   }
   o->has_observed_at = true;
-  return r.Leave(limit);
+  return true;
 }
 
-bool DecodePrice(Reader& r, ObservationView* o) {
-  CodedInputStream::Limit limit;
-  if (!r.Enter(&limit)) return false;
+bool DecodePrice(Reader& outer, ObservationView* o) {
+  Reader r(nullptr, nullptr);
+  if (!outer.Enter(&r)) return false;
   uint32_t seen = 0;
   uint64_t v = 0;
-  while (uint32_t tag = r.Tag()) {
-    switch (tag) {
+  while (!r.done()) {
+    switch (r.Tag()) {
       case Tag(1, kVarint):
         if (!Reader::First(&seen, 1) || !r.Varint(&v)) return false;
         o->minor_units = static_cast<int64_t>(v);
@@ -123,16 +152,16 @@ bool DecodePrice(Reader& r, ObservationView* o) {
         return false;
     }
   }
-  return r.Leave(limit);
+  return true;
 }
 
-bool DecodeCheck(Reader& r, ObservationView* o) {
-  CodedInputStream::Limit limit;
-  if (!r.Enter(&limit)) return false;
+bool DecodeCheck(Reader& outer, ObservationView* o) {
+  Reader r(nullptr, nullptr);
+  if (!outer.Enter(&r)) return false;
   uint32_t seen = 0;
   uint64_t v = 0;
-  while (uint32_t tag = r.Tag()) {
-    switch (tag) {
+  while (!r.done()) {
+    switch (r.Tag()) {
       case Tag(1, kVarint):
         if (!Reader::First(&seen, 1) || !r.Varint(&v)) return false;
         o->passed = v != 0;
@@ -145,12 +174,12 @@ bool DecodeCheck(Reader& r, ObservationView* o) {
         return false;
     }
   }
-  return r.Leave(limit);
+  return true;
 }
 
-bool DecodeObservation(Reader& r, ObservationView* o) {
-  CodedInputStream::Limit limit;
-  if (!r.Enter(&limit)) return false;
+bool DecodeObservation(Reader& outer, ObservationView* o) {
+  Reader r(nullptr, nullptr);
+  if (!outer.Enter(&r)) return false;
   uint32_t seen = 0;
   // The value is a oneof: a second member (or the same one again) would
   // replace or merge into the first; the fallback decides.
@@ -159,8 +188,8 @@ bool DecodeObservation(Reader& r, ObservationView* o) {
     o->value = c;
     return true;
   };
-  while (uint32_t tag = r.Tag()) {
-    switch (tag) {
+  while (!r.done()) {
+    switch (r.Tag()) {
       case Tag(1, kBytes):
         if (!Reader::First(&seen, 1) || !r.Ascii(&o->key)) return false;
         break;
@@ -186,7 +215,7 @@ bool DecodeObservation(Reader& r, ObservationView* o) {
         return false;
     }
   }
-  return r.Leave(limit);
+  return true;
 }
 
 }  // namespace
@@ -208,12 +237,35 @@ bool BatchView::operator==(const BatchView& o) const {
 
 bool DecodeBatch(absl::string_view bytes, BatchView* out) {
   *out = BatchView();
-  if (bytes.size() > static_cast<size_t>(INT32_MAX)) return false;
-  Reader r(bytes.data(), static_cast<int>(bytes.size()));
+  const char* const end = bytes.data() + bytes.size();
+  // First the observations are counted, to hold them without growing.
+  size_t count = 0;
+  for (Reader r(bytes.data(), end); !r.done();) {
+    absl::string_view skipped;
+    uint64_t v = 0;
+    switch (r.Tag()) {
+      case Tag(1, kBytes):
+        if (!r.Bytes(&skipped)) return false;
+        break;
+      case Tag(2, kFixed64):
+        if (!r.Fixed64(&v)) return false;
+        break;
+      case Tag(3, kVarint):
+        if (!r.Varint(&v)) return false;
+        break;
+      case Tag(4, kBytes):
+        if (!r.Bytes(&skipped)) return false;
+        ++count;
+        break;
+      default:
+        return false;
+    }
+  }
+  out->observations.reserve(count);
   uint32_t seen = 0;
   uint64_t v = 0;
-  while (uint32_t tag = r.Tag()) {
-    switch (tag) {
+  for (Reader r(bytes.data(), end); !r.done();) {
+    switch (r.Tag()) {
       case Tag(1, kBytes):
         if (!Reader::First(&seen, 1) || !r.Ascii(&out->location)) return false;
         break;
@@ -231,7 +283,7 @@ bool DecodeBatch(absl::string_view bytes, BatchView* out) {
         return false;
     }
   }
-  return r.ConsumedEntireMessage();
+  return true;
 }
 
 ObservationView ViewOf(const v1::Observation& obs) {

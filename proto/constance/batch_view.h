@@ -4,10 +4,10 @@
 // and update a cell. Parsing a batch into protobuf messages first costs a
 // price observation three arena messages and two copied strings, about
 // 0.4 CPU s per million observations, a third of the collector's whole
-// cost at 100k series. DecodeBatch instead reads the wire format with
-// protobuf's own CodedInputStream into views of the received bytes, and
-// only for the encodings a v1 agent writes: each known field at most once,
-// with its declared wire type, and ASCII strings. Anything else (an
+// cost at 100k series. DecodeBatch instead reads the wire format into
+// views of the received bytes, and only the encodings a v1 agent writes:
+// each known field at most once, with its declared wire type and a
+// one-byte tag, and ASCII strings. Anything else (an
 // unknown or repeated field, a non-ASCII string, a malformed encoding)
 // makes it return false, and the caller parses with protobuf and views the
 // message (ViewOf): both paths yield the same view for any bytes both
