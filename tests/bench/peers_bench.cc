@@ -140,6 +140,7 @@ struct PathResult {
   int64_t accepted = 0;
   double seconds = 0;
   double cpu_seconds = 0;
+  double stolen_percent = 0;  // Of the machine's CPU time over the load.
   int64_t rss_before_kb = 0;
   int64_t rss_after_kb = 0;
   int64_t hwm_kb = 0;
@@ -423,6 +424,7 @@ PathResult RunConstance(const Workload& w) {
   }
   result.rss_before_kb = servers.Kb("VmRSS");
   const double cpu_before = servers.Cpu();
+  const MachineCpu machine_before = ReadMachineCpu();
   std::atomic<int64_t> acknowledged{0};
   const absl::Time start = absl::Now();
   absl::StatusOr<std::vector<int>> loaded = ForEachLocation(
@@ -434,6 +436,7 @@ PathResult RunConstance(const Workload& w) {
       });
   result.seconds = absl::ToDoubleSeconds(absl::Now() - start);
   result.cpu_seconds = servers.Cpu() - cpu_before;
+  result.stolen_percent = StolenPercent(machine_before, ReadMachineCpu());
   result.rss_after_kb = servers.Kb("VmRSS");
   result.hwm_kb = servers.Kb("VmHWM");
   result.accepted = acknowledged.load();
@@ -613,6 +616,7 @@ PathResult RunRemoteWrite(const Workload& w) {
   const int64_t max_ms = base_ms + w.rounds - 1;
   result.rss_before_kb = servers.Kb("VmRSS");
   const double cpu_before = servers.Cpu();
+  const MachineCpu machine_before = ReadMachineCpu();
   const absl::Time start = absl::Now();
   absl::StatusOr<std::vector<int>> loaded = ForEachLocation(
       w.locations, concurrency, start + absl::GetFlag(FLAGS_max_load_time), [&](int worker, int l) {
@@ -626,6 +630,7 @@ PathResult RunRemoteWrite(const Workload& w) {
       });
   result.seconds = absl::ToDoubleSeconds(absl::Now() - start);
   result.cpu_seconds = servers.Cpu() - cpu_before;
+  result.stolen_percent = StolenPercent(machine_before, ReadMachineCpu());
   result.rss_after_kb = servers.Kb("VmRSS");
   result.accepted = accepted.load();
   if (!loaded.ok()) {
@@ -700,6 +705,7 @@ PathResult RunPushgateway(const Workload& w) {
   std::atomic<int64_t> accepted{0};
   result.rss_before_kb = servers.Kb("VmRSS");
   const double cpu_before = servers.Cpu();
+  const MachineCpu machine_before = ReadMachineCpu();
   const absl::Time start = absl::Now();
   absl::StatusOr<std::vector<int>> loaded = ForEachLocation(
       w.locations, concurrency, start + absl::GetFlag(FLAGS_max_load_time), [&](int worker, int l) {
@@ -712,6 +718,7 @@ PathResult RunPushgateway(const Workload& w) {
       });
   result.seconds = absl::ToDoubleSeconds(absl::Now() - start);
   result.cpu_seconds = servers.Cpu() - cpu_before;
+  result.stolen_percent = StolenPercent(machine_before, ReadMachineCpu());
   result.rss_after_kb = servers.Kb("VmRSS");
   result.accepted = accepted.load();
   if (!loaded.ok()) {
@@ -885,16 +892,18 @@ int Run() {
   std::printf(
       "\n| path | series | observations accepted | observations/s | server CPU s per million "
       "| RSS after load | RSS growth per series | VmHWM | freshness (per-tick statistic) "
-      "| freshness (on-demand query) |\n|---|---|---|---|---|---|---|---|---|---|\n");
+      "| freshness (on-demand query) | CPU stolen over the load |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const PathResult& r : results) {
     std::printf(
-        "| %s | %lld | %lld | %.0f | %.2f | %.1f MiB | %.0f B | %.1f MiB | %s | %s |\n",
+        "| %s | %lld | %lld | %.0f | %.2f | %.1f MiB | %.0f B | %.1f MiB | %s | %s | %.0f%% |\n",
         r.name.c_str(), static_cast<long long>(r.loaded_locations) * w.keys,
         static_cast<long long>(r.accepted), r.Rate(), r.CpuPerMillion(),
         static_cast<double>(r.rss_after_kb) / 1024, r.BytesPerSeries(w.keys),
         static_cast<double>(r.hwm_kb) / 1024,
         r.freshness_s >= 0 ? absl::StrFormat("%.2f s", r.freshness_s).c_str() : "-",
-        r.freshness_query_s >= 0 ? absl::StrFormat("%.3f s", r.freshness_query_s).c_str() : "-");
+        r.freshness_query_s >= 0 ? absl::StrFormat("%.3f s", r.freshness_query_s).c_str() : "-",
+        r.stolen_percent);
   }
   const PathResult* c = nullptr;
   for (const PathResult& r : results) {

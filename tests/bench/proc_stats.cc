@@ -43,4 +43,23 @@ int64_t ProcStatusKb(pid_t pid, const std::string& field) {
   return -1;
 }
 
+MachineCpu ReadMachineCpu() {
+  std::ifstream in("/proc/stat");
+  std::string cpu;
+  // user nice system idle iowait irq softirq steal
+  uint64_t v[8] = {};
+  in >> cpu >> v[0] >> v[1] >> v[2] >> v[3] >> v[4] >> v[5] >> v[6] >> v[7];
+  MachineCpu m;
+  if (!in || cpu != "cpu") return m;
+  for (uint64_t x : v) m.total += x;
+  m.steal = v[7];
+  return m;
+}
+
+double StolenPercent(const MachineCpu& before, const MachineCpu& after) {
+  if (after.total <= before.total) return 0;
+  return 100.0 * static_cast<double>(after.steal - before.steal) /
+         static_cast<double>(after.total - before.total);
+}
+
 }  // namespace constance::testing

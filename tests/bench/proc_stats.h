@@ -27,6 +27,19 @@ double CpuSeconds(pid_t pid);
 // KiB; -1 if it cannot be read.
 int64_t ProcStatusKb(pid_t pid, const std::string& field);
 
+// The machine's CPU time so far, all CPUs and states, and the part of it
+// the hypervisor gave to other guests ("steal" in /proc/stat), in ticks.
+// A benchmark whose window had much stolen time measured a lower bound.
+struct MachineCpu {
+  uint64_t total = 0;
+  uint64_t steal = 0;
+};
+MachineCpu ReadMachineCpu();
+
+// The percentage of the CPU time between `before` and `after` that was
+// stolen.
+double StolenPercent(const MachineCpu& before, const MachineCpu& after);
+
 }  // namespace constance::testing
 
 #endif  // CONSTANCE_TESTS_BENCH_PROC_STATS_H_

@@ -74,6 +74,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 load() { awk '{print $1}' /proc/loadavg; }
+# The machine's CPU time so far and the part of it stolen by the
+# hypervisor for other guests (/proc/stat, in ticks): "total steal".
+cpu_ticks() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $9}' /proc/stat; }
 
 # run NAME LIMIT_SECONDS COMMAND...: runs the command in its own process
 # group (timeout(1) makes one; every server it starts joins it), output to
@@ -99,16 +102,21 @@ run() {
 
 # row FIGURE SIZE VALUE TARGET VERDICT: one table row of the current part.
 row() {
-  printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$5" "$part_load" \
+  printf '| %s | %s | %s | %s | %s | %s; @stolen@ |\n' "$1" "$2" "$3" "$4" "$5" "$part_load" \
     >>"$results/rows.$part.new"
 }
 begin_part() {
   part=$1
   part_load=$(load)
+  part_ticks=$(cpu_ticks)
   rm -f "$results/rows.$part.new" "$results/commands.$part"
 }
 end_part() {
-  mv "$results/rows.$part.new" "$results/rows.$part"
+  local stolen
+  stolen=$(echo "$part_ticks $(cpu_ticks)" |
+    awk '{ d = $3 - $1; printf "%.0f%%", d > 0 ? 100 * ($4 - $2) / d : 0 }')
+  sed "s/@stolen@/$stolen stolen/" "$results/rows.$part.new" >"$results/rows.$part"
+  rm -f "$results/rows.$part.new"
 }
 # verdict VALUE OP LIMIT: "met" or "missed by X%" (OP is <= or >=).
 verdict() {
@@ -300,7 +308,7 @@ fi
 # The table: every part's latest rows.
 table="$results/table.md"
 {
-  echo "| figure | size | measured | target (issue 8) | verdict | load avg |"
+  echo "| figure | size | measured | target (issue 8) | verdict | load avg; CPU stolen |"
   echo "| --- | --- | --- | --- | --- | --- |"
   for p in engine ingest metrics restart agent; do
     [ -f "$results/rows.$p" ] && cat "$results/rows.$p"
@@ -328,8 +336,10 @@ section="$results/section.md"
   echo "Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs," \
     "$(free -g | awk '/Mem:/ {print $2}') GiB; $(. /etc/os-release && echo "$PRETTY_NAME");" \
     "$(g++ --version | head -1); build RelWithDebInfo (-O2 -g)."
-  echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC') (the load column is the 1-minute load average" \
-    "when each part started: the machine is shared, so throughput at load > 2 is a lower bound)."
+  echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC') (the last column is the 1-minute load average" \
+    "when each part started, and the share of the machine's CPU time over the part that the" \
+    "hypervisor gave to other guests (steal in /proc/stat): the machine is shared, so" \
+    "throughput at load > 2 or with CPU stolen is a lower bound)."
   echo
   echo "Command: \`tests/bench/run.sh\` (a part re-run with --only replaces its own rows and" \
     "keeps the others'; this invocation: \`tests/bench/run.sh $*\`). The benchmarks it ran:"
