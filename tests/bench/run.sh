@@ -76,7 +76,7 @@ trap 'exit 130' INT TERM
 load() { awk '{print $1}' /proc/loadavg; }
 # The machine's CPU time so far and the part of it stolen by the
 # hypervisor for other guests (/proc/stat, in ticks): "total steal".
-cpu_ticks() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $9}' /proc/stat; }
+cpu_ticks() { awk '/^cpu / {printf "%d %d\n", $2+$3+$4+$5+$6+$7+$8+$9, $9}' /proc/stat; }
 
 # run NAME LIMIT_SECONDS COMMAND...: runs the command in its own process
 # group (timeout(1) makes one; every server it starts joins it), output to
@@ -114,7 +114,7 @@ begin_part() {
 end_part() {
   local stolen
   stolen=$(echo "$part_ticks $(cpu_ticks)" |
-    awk '{ d = $3 - $1; printf "%.0f%%", d > 0 ? 100 * ($4 - $2) / d : 0 }')
+    awk '{ d = $3 - $1; p = 0; if (d > 0) p = 100 * ($4 - $2) / d; printf "%.0f%%", p }')
   sed "s/@stolen@/$stolen stolen/" "$results/rows.$part.new" >"$results/rows.$part"
   rm -f "$results/rows.$part.new"
 }
