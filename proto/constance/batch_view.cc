@@ -107,26 +107,25 @@ class Reader {
   const char* end_;
 };
 
-bool DecodeTimestamp(Reader& outer, ObservationView* o) {
+// A submessage of two varint fields, 1 and 2: a Timestamp (seconds,
+// nanos) or a Check (passed, critical). An absent field reads 0.
+bool DecodeVarintPair(Reader& outer, uint64_t* first, uint64_t* second) {
   Reader r(nullptr, nullptr);
   if (!outer.Enter(&r)) return false;
   uint32_t seen = 0;
-  uint64_t v = 0;
+  *first = *second = 0;
   while (!r.done()) {
     switch (r.Tag()) {
       case Tag(1, kVarint):
-        if (!Reader::First(&seen, 1) || !r.Varint(&v)) return false;
-        o->observed_seconds = static_cast<int64_t>(v);
+        if (!Reader::First(&seen, 1) || !r.Varint(first)) return false;
         break;
       case Tag(2, kVarint):
-        if (!Reader::First(&seen, 2) || !r.Varint(&v)) return false;
-        o->observed_nanos = static_cast<int32_t>(static_cast<uint32_t>(v));
+        if (!Reader::First(&seen, 2) || !r.Varint(second)) return false;
         break;
       default:
         return false;
     }
   }
-  o->has_observed_at = true;
   return true;
 }
 
@@ -155,32 +154,11 @@ bool DecodePrice(Reader& outer, ObservationView* o) {
   return true;
 }
 
-bool DecodeCheck(Reader& outer, ObservationView* o) {
-  Reader r(nullptr, nullptr);
-  if (!outer.Enter(&r)) return false;
-  uint32_t seen = 0;
-  uint64_t v = 0;
-  while (!r.done()) {
-    switch (r.Tag()) {
-      case Tag(1, kVarint):
-        if (!Reader::First(&seen, 1) || !r.Varint(&v)) return false;
-        o->passed = v != 0;
-        break;
-      case Tag(2, kVarint):
-        if (!Reader::First(&seen, 2) || !r.Varint(&v)) return false;
-        o->critical = v != 0;
-        break;
-      default:
-        return false;
-    }
-  }
-  return true;
-}
-
 bool DecodeObservation(Reader& outer, ObservationView* o) {
   Reader r(nullptr, nullptr);
   if (!outer.Enter(&r)) return false;
   uint32_t seen = 0;
+  uint64_t a = 0, b = 0;
   // The value is a oneof: a second member (or the same one again) would
   // replace or merge into the first; the fallback decides.
   auto value = [o](v1::Observation::ValueCase c) {
@@ -194,7 +172,10 @@ bool DecodeObservation(Reader& outer, ObservationView* o) {
         if (!Reader::First(&seen, 1) || !r.Ascii(&o->key)) return false;
         break;
       case Tag(2, kBytes):
-        if (!Reader::First(&seen, 2) || !DecodeTimestamp(r, o)) return false;
+        if (!Reader::First(&seen, 2) || !DecodeVarintPair(r, &a, &b)) return false;
+        o->has_observed_at = true;
+        o->observed_seconds = static_cast<int64_t>(a);
+        o->observed_nanos = static_cast<int32_t>(static_cast<uint32_t>(b));  // As protobuf's int32.
         break;
       case Tag(3, kBytes):
         if (!value(v1::Observation::kPrice) || !DecodePrice(r, o)) return false;
@@ -203,7 +184,9 @@ bool DecodeObservation(Reader& outer, ObservationView* o) {
         if (!value(v1::Observation::kWaitSeconds) || !r.Double(&o->number)) return false;
         break;
       case Tag(5, kBytes):
-        if (!value(v1::Observation::kCheck) || !DecodeCheck(r, o)) return false;
+        if (!value(v1::Observation::kCheck) || !DecodeVarintPair(r, &a, &b)) return false;
+        o->passed = a != 0;
+        o->critical = b != 0;
         break;
       case Tag(6, kFixed64):
         if (!value(v1::Observation::kScore) || !r.Double(&o->number)) return false;
