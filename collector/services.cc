@@ -12,7 +12,6 @@
 #include "absl/synchronization/mutex.h"
 #include "constance/batch_view.h"
 #include "google/protobuf/arena.h"
-#include "google/protobuf/io/coded_stream.h"
 #include "grpcpp/support/proto_buffer_writer.h"
 #include "spdlog/spdlog.h"
 
@@ -41,7 +40,8 @@ google::protobuf::ArenaOptions IncomingArenaOptions() {
 // decode (a heartbeat, an encoding no agent writes) is parsed by protobuf
 // on an arena of its own, and a batch is then viewed in that message. The
 // whole goes to the batch log by reference, never copied: the log writes
-// the batch's own received bytes. Freed with its last reference.
+// the batch's own received bytes (after protobuf's parse, the parsed batch
+// serialized again). Freed with its last reference.
 struct IncomingMessage {
   IncomingMessage() = default;
   IncomingMessage(const IncomingMessage&) = delete;
@@ -56,8 +56,7 @@ struct IncomingMessage {
       received.Clear();
     }
     const absl::string_view bytes(reinterpret_cast<const char*>(wire.begin()), wire.size());
-    const bool sole_batch = SoleBatch(bytes, &batch_bytes);
-    if (sole_batch && DecodeBatch(batch_bytes, &batch)) {
+    if (DecodeAgentBatch(bytes, &batch_bytes, &batch)) {
       is_batch = true;
       return true;
     }
@@ -67,29 +66,12 @@ struct IncomingMessage {
     if (message->has_batch()) {
       is_batch = true;
       batch = ViewOf(message->batch());
-      // A field repeated for merging, say: the log gets the parsed batch
-      // serialized again, and replays it into the same batch.
-      if (!sole_batch) batch_bytes = reserialized = message->batch().SerializeAsString();
+      // The log gets the parsed batch serialized again (whatever the
+      // encoding that came), and replays it into the same batch.
+      batch_bytes = reserialized = message->batch().SerializeAsString();
     }
     return true;
   }
-
-  // Whether `bytes` hold nothing but AgentMessage.batch (what every agent
-  // sends); if so, `*batch` views the serialized batch.
-  static bool SoleBatch(absl::string_view bytes, absl::string_view* batch) {
-    google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(bytes.data()),
-                                              static_cast<int>(bytes.size()));
-    uint32_t length = 0;
-    if (in.ReadTag() == kBatchTag && in.ReadVarint32(&length) &&
-        static_cast<size_t>(in.CurrentPosition()) + length == bytes.size()) {
-      *batch = bytes.substr(static_cast<size_t>(in.CurrentPosition()));
-      return true;
-    }
-    return false;
-  }
-
-  // AgentMessage.batch: field 1, length-delimited.
-  static constexpr uint32_t kBatchTag = (1 << 3) | 2;
 
   grpc::ByteBuffer received;  // Filled by the read; emptied by Parse.
   grpc::Slice wire;

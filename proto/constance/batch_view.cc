@@ -17,9 +17,11 @@ constexpr uint8_t Tag(int field, int wire_type) {
 // Reads the wire format over [p, end). CodedInputStream did this first;
 // its limits (PushLimit, PopLimit) and multi-byte varints are calls out of
 // line, and with them decoding cost as much as protobuf's parse. These few
-// reads are the wire format's own rules, as protobuf applies them: a
-// varint of at most 10 bytes (bits past 64 dropped), a length of at most 5
-// bytes that fits in what is left. Every other case goes to the fallback.
+// reads are the wire format's own rules as protobuf 3.21's parser applies
+// them: a varint of at most 10 bytes (bits past 64 dropped); a length of
+// at most 5 bytes whose fifth is below 8 (31 bits: ReadSizeFallback
+// refuses the rest) that fits in what is left. Every other case goes to
+// the fallback.
 class Reader {
  public:
   Reader(const char* p, const char* end) : p_(p), end_(end) {}
@@ -75,6 +77,7 @@ class Reader {
     for (int i = 0;; ++i) {
       if (i == 5 || p_ == end_) return false;
       const uint8_t b = static_cast<uint8_t>(*p_++);
+      if (i == 4 && b >= 8) return false;
       length |= static_cast<uint32_t>(b & 0x7f) << (7 * i);
       if (b < 0x80) break;
     }
@@ -266,6 +269,17 @@ bool DecodeBatch(absl::string_view bytes, BatchView* out) {
         return false;
     }
   }
+  return true;
+}
+
+bool DecodeAgentBatch(absl::string_view message, absl::string_view* batch_bytes,
+                      BatchView* out) {
+  // AgentMessage.batch: field 1, length-delimited.
+  Reader r(message.data(), message.data() + message.size());
+  absl::string_view bytes;
+  if (r.done() || r.Tag() != Tag(1, kBytes) || !r.Bytes(&bytes) || !r.done()) return false;
+  if (!DecodeBatch(bytes, out)) return false;
+  *batch_bytes = bytes;
   return true;
 }
 

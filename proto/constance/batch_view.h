@@ -7,11 +7,12 @@
 // cost at 100k series. DecodeBatch instead reads the wire format into
 // views of the received bytes, and only the encodings a v1 agent writes:
 // each known field at most once, with its declared wire type and a
-// one-byte tag, and ASCII strings. Anything else (an
-// unknown or repeated field, a non-ASCII string, a malformed encoding)
-// makes it return false, and the caller parses with protobuf and views the
-// message (ViewOf): both paths yield the same view for any bytes both
-// accept, which the batch fuzzer checks on every input.
+// one-byte tag, and ASCII strings (varints and lengths may be written
+// longer than needed, as protobuf allows). Anything else (an unknown or
+// repeated field, a non-ASCII string, a malformed encoding) makes it
+// return false, and the caller parses with protobuf and views the message
+// (ViewOf): whatever DecodeBatch accepts, protobuf accepts and reads the
+// same, which the batch fuzzer checks on every input.
 //
 // Example:
 //   constance::BatchView view;
@@ -75,6 +76,13 @@ struct BatchView {
 // a Batch at all; `*out` is then unspecified and the caller parses with
 // protobuf instead.
 bool DecodeBatch(absl::string_view bytes, BatchView* out);
+
+// The same for a serialized constance.v1.AgentMessage whose only field is
+// its batch (what an agent sends): `*batch_bytes` is then the serialized
+// batch, within `message`. False for anything else, a heartbeat
+// included: the caller parses with protobuf.
+bool DecodeAgentBatch(absl::string_view message, absl::string_view* batch_bytes,
+                      BatchView* out);
 
 // The view of a parsed message; it points into `obs` / `batch`.
 ObservationView ViewOf(const v1::Observation& obs);

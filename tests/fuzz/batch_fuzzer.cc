@@ -33,9 +33,21 @@ std::shared_ptr<const constance::collector::Catalog> FuzzCatalog() {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::shared_ptr<const constance::collector::Catalog> catalog = FuzzCatalog();
+  const absl::string_view bytes(reinterpret_cast<const char*>(data), size);
+  // The same bytes read as a whole AgentMessage, as ingest reads one.
+  {
+    constance::BatchView decoded;
+    absl::string_view batch_bytes;
+    if (constance::DecodeAgentBatch(bytes, &batch_bytes, &decoded)) {
+      constance::v1::AgentMessage message;
+      if (!message.ParseFromArray(data, static_cast<int>(size)) || !message.has_batch() ||
+          decoded != constance::ViewOf(message.batch())) {
+        std::abort();
+      }
+    }
+  }
   constance::BatchView decoded;
-  const bool fast = constance::DecodeBatch(
-      absl::string_view(reinterpret_cast<const char*>(data), size), &decoded);
+  const bool fast = constance::DecodeBatch(bytes, &decoded);
   constance::v1::Batch batch;
   if (!batch.ParseFromArray(data, static_cast<int>(size))) {
     if (fast) std::abort();  // Decoded what protobuf refuses.

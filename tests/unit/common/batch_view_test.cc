@@ -122,6 +122,10 @@ TEST(DecodeBatchTest, RefusesWhatItDoesNotDecodeExactly) {
   std::string bad_utf8_location;  // Protobuf refuses the whole batch.
   AppendBytesField(&bad_utf8_location, 1, "\xff");
   const std::string truncated = obs.substr(0, obs.size() - 1);
+  // A length in 5 bytes whose fifth is 8 or more: protobuf refuses it
+  // (31 bits at most), even where the low bits would read as 3.
+  const std::string long_length("\x0a\x83\x80\x80\x80\x10" "abc" "\x18\x01", 11);
+  const std::string long_length_inner("\x22\x80\x80\x80\x80\x10", 6);
   const std::string field_zero("\x00\x01", 2);
 
   static const struct {
@@ -137,6 +141,8 @@ TEST(DecodeBatchTest, RefusesWhatItDoesNotDecodeExactly) {
       {"utf-8 key", &utf8_key, true},
       {"invalid utf-8 location", &bad_utf8_location, false},
       {"truncated", &truncated, false},
+      {"length's fifth byte 0x10", &long_length, false},
+      {"observation length's fifth byte 0x10", &long_length_inner, false},
       {"field zero", &field_zero, false},
   };
   for (const auto& c : kCases) {
@@ -144,6 +150,48 @@ TEST(DecodeBatchTest, RefusesWhatItDoesNotDecodeExactly) {
     EXPECT_FALSE(DecodeBatch(*c.bytes, &view)) << c.name;
     v1::Batch parsed;
     EXPECT_EQ(parsed.ParseFromString(*c.bytes), c.protobuf_parses) << c.name;
+  }
+}
+
+// A 5-byte length whose fifth byte is below 8 is what protobuf accepts.
+TEST(DecodeBatchTest, TakesLengthsWrittenLongerThanNeeded) {
+  const std::string bytes("\x0a\x83\x80\x80\x80\x00" "abc" "\x18\x01", 11);
+  BatchView view;
+  ASSERT_TRUE(DecodeBatch(bytes, &view));
+  v1::Batch parsed;
+  ASSERT_TRUE(parsed.ParseFromString(bytes));
+  EXPECT_TRUE(view == ViewOf(parsed));
+  EXPECT_EQ(view.location, "abc");
+}
+
+// An AgentMessage is taken only when its batch is all it holds, with a
+// one-byte tag and a length protobuf accepts.
+TEST(DecodeAgentBatchTest, OnlyASoleBatch) {
+  v1::AgentMessage message;
+  *message.mutable_batch() = FromText(R"(location: "s" first_sequence: 3
+      observations { key: "k" score: 2 })");
+  const std::string sole = message.SerializeAsString();
+  BatchView view;
+  absl::string_view batch_bytes;
+  ASSERT_TRUE(DecodeAgentBatch(sole, &batch_bytes, &view));
+  EXPECT_EQ(batch_bytes, message.batch().SerializeAsString());
+  EXPECT_TRUE(view == ViewOf(message.batch()));
+
+  v1::AgentMessage heartbeat;
+  heartbeat.mutable_heartbeat()->set_location("s");
+  const std::string batch_then_heartbeat = sole + heartbeat.SerializeAsString();
+  static const struct {
+    const char* name;
+    std::string bytes;
+  } kRefused[] = {
+      {"heartbeat", heartbeat.SerializeAsString()},
+      {"empty", ""},
+      {"batch, then a heartbeat", batch_then_heartbeat},
+      {"long length", std::string("\x0a\x83\x80\x80\x80\x10\x0a\x01" "a", 9)},
+      {"long tag", std::string("\x8a\x80\x80\x80\x80\x00\x03\x0a\x01" "a", 10)},
+  };
+  for (const auto& c : kRefused) {
+    EXPECT_FALSE(DecodeAgentBatch(c.bytes, &batch_bytes, &view)) << c.name;
   }
 }
 
