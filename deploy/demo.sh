@@ -42,7 +42,15 @@ if [ -z "${CONSTANCE_BIN_DIR:-}" ]; then
   source deploy/lib/deps.sh
   constance_install_deps demo
   echo "demo: building (first run takes a few minutes)..." >&2
-  constance_build build -DCONSTANCE_BUILD_TESTS=OFF >/dev/null
+  # Only the three binaries, in build/ as configured (tests/run.sh shares
+  # it): nothing the test command cached is changed.
+  constance_configure build
+  if ! cmake --build build --target constance-collector constance-agent constance \
+    >build/demo-build.log 2>&1; then
+    tail -40 build/demo-build.log >&2
+    echo "demo.sh: the build failed; the whole log is build/demo-build.log" >&2
+    exit 1
+  fi
   CONSTANCE_BIN_DIR=build/bin
 fi
 bin=$(cd "$CONSTANCE_BIN_DIR" && pwd)

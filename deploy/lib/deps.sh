@@ -21,7 +21,10 @@ CONSTANCE_DEMO_PACKAGES=(curl)
 # their maintainer scripts use (tests/packaging installs them).
 # openssl: tests/integration/tls_test makes its CA with deploy/pki/pki.sh
 # (priority optional: not on a minimal Debian).
-CONSTANCE_TEST_PACKAGES=(prometheus prometheus-alertmanager curl dpkg-dev adduser iproute2 openssl)
+# python3 and tzdata: the deploy and dashboards checks are Python scripts
+# (standard library only; zoneinfo reads tzdata).
+CONSTANCE_TEST_PACKAGES=(prometheus prometheus-alertmanager curl dpkg-dev adduser iproute2 openssl
+  python3 tzdata)
 # The sanitizer and fuzzing builds (tests/sanitizers.sh) use clang 14;
 # libclang-rt-14-dev holds its sanitizer runtimes and libFuzzer
 # (libclang_rt.fuzzer*.a, what -fsanitize=fuzzer links).
@@ -67,10 +70,22 @@ constance_install_deps() {
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Configures and builds into $1 (default build/) with extra CMake args.
-constance_build() {
+# Configures $1 (default build/) with extra CMake args. The demo and the
+# tests share build/ and configure it alike (in CI, CI=true, warnings are
+# errors for both), so running one never flips an option the other cached,
+# and the second reuses what the first compiled.
+constance_configure() {
   local dir="${1:-build}"
   shift || true
-  cmake -S . -B "$dir" -G Ninja "$@" >/dev/null
-  cmake --build "$dir"
+  local werror=OFF
+  [ "${CI:-}" = "true" ] && werror=ON
+  # Compiler cache hits whatever directory the tree was cloned into.
+  export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=true
+  cmake -S . -B "$dir" -G Ninja -DCONSTANCE_WERROR="$werror" "$@" >/dev/null
+}
+
+# Configures and builds everything into $1 (default build/).
+constance_build() {
+  constance_configure "$@"
+  cmake --build "${1:-build}"
 }
