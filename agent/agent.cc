@@ -7,11 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/sqlite_spool.h"
+#include "constance/version.h"
 #include "spdlog/spdlog.h"
-
-#ifndef CONSTANCE_VERSION
-#define CONSTANCE_VERSION "unknown"
-#endif
 
 namespace constance::agent {
 namespace {
@@ -22,7 +19,7 @@ std::string WithPort(const std::string& listen, int port) {
 
 }  // namespace
 
-absl::string_view AgentVersion() { return CONSTANCE_VERSION; }
+absl::string_view AgentVersion() { return Version(); }
 
 Agent::Agent(AgentConfig config) : config_(std::move(config)), current_(config_) {}
 
@@ -96,6 +93,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
     g.spool_dropped = spool->DroppedOldest();
     g.oldest_unacknowledged_seconds = absl::ToDoubleSeconds(spool->OldestUnacknowledgedAge());
     g.connected = sender->connected();
+    g.collector_protocol = sender->collector_protocol();
     g.open_tickets = tracker->open_tickets();
     return g;
   });

@@ -48,6 +48,7 @@
 #include "agent/import.h"
 #include "agent/input_config.h"
 #include "agent/observe.h"
+#include "constance/version.h"
 #include "constance/log.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -393,6 +394,7 @@ int Import(const std::vector<char*>& args) {
 }  // namespace constance::agent
 
 int main(int argc, char** argv) {
+  constance::SetVersionFlag("constance-agent");
   absl::SetProgramUsageMessage(constance::agent::kUsage);
   std::string error;
   if (!constance::agent::CheckFlags(argc, argv, &error)) {

@@ -18,11 +18,13 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "collector/catalog.h"
 #include "collector/server.h"
 #include "constance/log.h"
 #include "constance/process.h"
+#include "constance/version.h"
 #include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, catalog, "",
@@ -106,6 +108,10 @@ absl::StatusOr<std::shared_ptr<const constance::collector::Catalog>> LoadConfigu
 }  // namespace
 
 int main(int argc, char** argv) {
+  constance::SetVersionFlag(
+      "constance-collector",
+      absl::StrCat("state format ", constance::collector::Engine::kStateFormat, ", log format ",
+                   constance::collector::BatchLog::kLogFormat));
   absl::SetProgramUsageMessage(
       "constance-collector --tls_ca=FILE --tls_cert=FILE --tls_key=FILE [--tls_crl_dir=DIR] "
       "[--catalog=FILE] [--listen=HOST:PORT] [--metrics_listen=HOST:PORT]\n"

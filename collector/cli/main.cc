@@ -24,6 +24,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "collector/cli/report.h"
+#include "constance/version.h"
 #include "constance/v1/query.grpc.pb.h"
 #include "constance/tls.h"
 #include "constance/validate.h"
@@ -204,6 +205,7 @@ int Location(v1::Query::Stub& stub, const std::string& location) {
 }
 
 int Main(int argc, char** argv) {
+  constance::SetVersionFlag("constance");
   absl::SetProgramUsageMessage(kUsage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
