@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "constance/version.h"
 #include "spdlog/spdlog.h"
 
 namespace constance::collector {
@@ -31,6 +32,20 @@ absl::Status Exec(sqlite3* db, const std::string& path, const char* sql) {
     return s;
   }
   return absl::OkStatus();
+}
+
+// The log format recorded in the database (0 for a new or a 0.1.0 log).
+absl::StatusOr<int64_t> ReadLogFormat(sqlite3* db, const std::string& path) {
+  sqlite3_stmt* stmt = nullptr;
+  if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, nullptr) != SQLITE_OK) {
+    return SqliteError(db, path, "cannot read its format (is it a constance batch log?)");
+  }
+  int64_t format = 0;
+  const int rc = sqlite3_step(stmt);
+  if (rc == SQLITE_ROW) format = sqlite3_column_int64(stmt, 0);
+  sqlite3_finalize(stmt);
+  if (rc != SQLITE_ROW) return SqliteError(db, path, "cannot read its format");
+  return format;
 }
 
 }  // namespace
@@ -68,6 +83,16 @@ absl::StatusOr<std::unique_ptr<BatchLog>> BatchLog::Open(const std::string& path
       SQLITE_OK) {
     return fail(SqliteError(db, path, "cannot open"));
   }
+  // The format is checked before anything is written: a log from a newer
+  // collector is left exactly as it is.
+  absl::StatusOr<int64_t> format = ReadLogFormat(db, path);
+  if (!format.ok()) return fail(format.status());
+  if (*format > kLogFormat) {
+    return fail(absl::FailedPreconditionError(absl::StrCat(
+        "batch log ", path, ": log format ", *format, " was written by a newer constance; this "
+        "collector (", Version(), ") reads log formats 1 to ", kLogFormat, ": run the newer "
+        "version again, or restore the copy of the state directory made before the upgrade")));
+  }
   for (const char* sql :
        {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
         "CREATE TABLE IF NOT EXISTS batches(id INTEGER PRIMARY KEY, "
@@ -78,6 +103,13 @@ absl::StatusOr<std::unique_ptr<BatchLog>> BatchLog::Open(const std::string& path
       return fail(absl::Status(
           s.code(), absl::StrCat(s.message(), " (is it a constance batch log, and writable?)")));
     }
+  }
+  // Log formats (SQLite's user_version): 0, never set, is what constance
+  // 0.1.0 wrote, the schema above: format 1. A format change adds its
+  // migration here, from the previous format, in one transaction.
+  if (*format < kLogFormat) {
+    const std::string set = absl::StrCat("PRAGMA user_version=", kLogFormat);
+    if (absl::Status s = Exec(db, path, set.c_str()); !s.ok()) return fail(s);
   }
   // The checkpointer's own connection (its checkpoints fsync as FULL does).
   if (sqlite3_open_v2(path.c_str(), &wal_db, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {

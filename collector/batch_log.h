@@ -74,7 +74,14 @@ class BatchLog {
     int64_t wal_restart_pages = 16384;
   };
 
-  // Opens or creates the log at `path`. Errors name the path.
+  // The log format this collector writes (SQLite's user_version); it
+  // reads every format since the first release's and migrates it on
+  // Open. batch_log.cc lists them.
+  static constexpr int64_t kLogFormat = 1;
+
+  // Opens or creates the log at `path`. Errors name the path. A log of a
+  // newer format is refused (FailedPrecondition, naming both formats)
+  // before anything in it is written.
   static absl::StatusOr<std::unique_ptr<BatchLog>> Open(const std::string& path,
                                                         Options options);
   static absl::StatusOr<std::unique_ptr<BatchLog>> Open(const std::string& path) {

@@ -1301,9 +1301,25 @@ void Engine::Evaluate() {
   }
 
   // Trust: decay, then this evaluation's deposits and withdrawals.
+  std::vector<std::string> names;
+  for (size_t i = 0; i < states.size(); ++i) {
+    const uint32_t loc = static_cast<uint32_t>(i);
+    TrustAccount& account = trust_[loc];
+    account.DecayTo(now, catalog.trust.half_life);
+    if (auto it = deposits.find(loc); it != deposits.end()) account.Deposit(it->second);
+    if (auto it = withdrawals.find(loc); it != withdrawals.end()) account.Withdraw(it->second);
+    names.push_back(states[i].location);
+  }
+  PublishFindings(now, th.persistence, names, kept_broken);
+}
+
+void Engine::PublishFindings(
+    absl::Time evaluated_at, int persistence, const std::vector<std::string>& names,
+    const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken) {
+  persistence = std::max(1, persistence);
   auto view = std::make_shared<FindingsView>();
-  view->evaluated_at = now;
-  if (evaluated_counts_.size() >= static_cast<size_t>(std::max(1, th.persistence))) {
+  view->evaluated_at = evaluated_at;
+  if (evaluated_counts_.size() >= static_cast<size_t>(persistence)) {
     view->observations_settled = evaluated_counts_.front();
   }
   view->active = tracker_.Active();
@@ -1313,14 +1329,11 @@ void Engine::Evaluate() {
                      return KindRank(a.kind()) > KindRank(b.kind());
                    });
   view->closed.assign(tracker_.Closed().begin(), tracker_.Closed().end());
-  for (size_t i = 0; i < states.size(); ++i) {
+  for (size_t i = 0; i < names.size(); ++i) {
     const uint32_t loc = static_cast<uint32_t>(i);
-    TrustAccount& account = trust_[loc];
-    account.DecayTo(now, catalog.trust.half_life);
-    if (auto it = deposits.find(loc); it != deposits.end()) account.Deposit(it->second);
-    if (auto it = withdrawals.find(loc); it != withdrawals.end()) account.Withdraw(it->second);
+    const TrustAccount& account = trust_[loc];
     FindingsView::Trust t;
-    t.location = states[i].location;
+    t.location = names[i];
     t.balance = account.balance();
     t.score = account.score();
     if (auto it = kept_broken.find(loc); it != kept_broken.end()) {

@@ -271,10 +271,19 @@ class Engine {
   // far. Ingest waits while it is taken.
   std::string SaveState();
   // Replaces the state with a snapshot's (at start, before any batch).
-  // InvalidArgument naming what is wrong for a snapshot it cannot read;
-  // the engine is then unchanged. Statistics are recomputed from the
-  // restored cells on the next tick.
+  // A snapshot of an older format is migrated (engine_state.cc lists the
+  // formats and their migrations). FailedPrecondition, naming both
+  // formats, for one written by a newer collector; InvalidArgument naming
+  // what is wrong for one it cannot read; either way the engine is
+  // unchanged. The restored findings and trust are published at once (a
+  // restart never empties /metrics' findings until the next evaluation);
+  // statistics are recomputed from the restored cells on the next tick.
   absl::Status LoadState(const std::string& bytes);
+
+  // The snapshot format SaveState writes, and the oldest LoadState reads
+  // (the first release's): every format in between is read.
+  static constexpr uint32_t kStateFormat = 1;
+  static constexpr uint32_t kOldestStateFormat = 1;
 
  private:
   struct Series {
@@ -329,6 +338,15 @@ class Engine {
   // requested meanwhile.
   bool RecomputeSeries(bool all, const std::function<void(SeriesData&)>& visit);
   void Publish(std::shared_ptr<Snapshot> snapshot);
+  // Publishes the tracked findings and the trust accounts of `names` (by
+  // location index) as evaluated at `evaluated_at`, with each location's
+  // promises kept and broken in that evaluation (none after a restore).
+  // Evaluate calls it, and LoadState, so that the findings a snapshot
+  // restores are served from the first scrape after a restart.
+  void PublishFindings(
+      absl::Time evaluated_at, int persistence, const std::vector<std::string>& names,
+      const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
   uint32_t LocationIndex(absl::string_view location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TickLoop(bool evaluation);
 

@@ -1,5 +1,6 @@
 // Engine::SaveState and Engine::LoadState: the engine's whole state to and
 // from constance.state.v1.EngineState, for the collector's snapshots.
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -8,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "collector/engine.h"
+#include "constance/version.h"
 #include "constance/state/v1/engine_state.pb.h"
 
 namespace constance::collector {
@@ -15,8 +17,39 @@ namespace {
 
 namespace pb = ::constance::state::v1;
 
-// Snapshots of another format are not read: the log is replayed instead.
-constexpr uint32_t kFormat = 1;
+// Snapshot formats (constance.state.v1.EngineState.format):
+//   1  constance 0.1.0, the first release (tests/data/state/v0.1.0).
+// A format change adds its number here, a migration from the previous
+// format to kMigrations, and a golden state directory its release wrote.
+// Migrations run in order on the parsed message: kMigrations[i] turns
+// format kOldestStateFormat + i into the next. Fields only added (read
+// as their default from older snapshots) need no new format.
+using Migration = absl::Status (*)(pb::EngineState* state);
+constexpr std::array<Migration, Engine::kStateFormat - Engine::kOldestStateFormat> kMigrations{};
+
+// Brings `state` to Engine::kStateFormat, or says why it cannot.
+absl::Status Migrate(pb::EngineState* state) {
+  const uint32_t format = state->format();
+  if (format > Engine::kStateFormat) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "engine snapshot: state format ", format, " was written by a newer constance; this "
+        "collector (", Version(), ") reads state formats ", Engine::kOldestStateFormat, " to ",
+        Engine::kStateFormat, ": run the newer version again, or restore the copy of the state "
+        "directory made before the upgrade"));
+  }
+  if (format < Engine::kOldestStateFormat) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("engine snapshot: state format ", format, " is not one constance ever wrote"));
+  }
+  for (uint32_t f = format; f < Engine::kStateFormat; ++f) {
+    if (absl::Status s = kMigrations[f - Engine::kOldestStateFormat](state); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("engine snapshot: migrating state format ", f,
+                                                     " to ", f + 1, ": ", s.message()));
+    }
+    state->set_format(f + 1);
+  }
+  return absl::OkStatus();
+}
 
 int64_t ToNs(absl::Time t) {
   if (t == absl::InfinitePast()) return std::numeric_limits<int64_t>::min();
@@ -60,7 +93,7 @@ std::string Engine::SaveState() {
   absl::MutexLock eval(&eval_mu_);
   absl::MutexLock lock(&mu_);
   pb::EngineState state;
-  state.set_format(kFormat);
+  state.set_format(kStateFormat);
   state.set_saved_at_ns(ToNs(options_.clock()));
   for (const Location& l : locations_) {
     pb::Location* out = state.add_locations();
@@ -186,9 +219,7 @@ std::string Engine::SaveState() {
 absl::Status Engine::LoadState(const std::string& bytes) {
   pb::EngineState state;
   if (!state.ParseFromString(bytes)) return Bad("not a constance.state.v1.EngineState");
-  if (state.format() != kFormat) {
-    return Bad(absl::StrCat("format ", state.format(), ", this collector reads ", kFormat));
-  }
+  if (absl::Status s = Migrate(&state); !s.ok()) return s;
   const uint32_t n_locations = static_cast<uint32_t>(state.locations_size());
   auto location_ok = [&](uint32_t loc) { return loc < n_locations; };
 
@@ -308,24 +339,34 @@ absl::Status Engine::LoadState(const std::string& bytes) {
   }
 
   absl::MutexLock eval(&eval_mu_);
-  absl::MutexLock lock(&mu_);
-  for (Location& l : locations) l.entry = catalog_->FindLocation(l.state.location);
-  locations_ = std::move(locations);
-  location_index_ = std::move(location_index);
-  streams_ = std::move(streams);
-  series_ = std::move(series);
-  series_index_ = std::move(series_index);
-  cells_ = cells;
-  applied_ = state.counters().applied();
-  rejected_ = state.counters().rejected();
-  duplicates_ = state.counters().duplicates();
-  batches_ = state.counters().batches();
-  for (const auto& [reason, n] : state.counters().rejected_by_reason()) rejected_by_reason_[reason] = n;
+  std::vector<std::string> names;
+  int persistence = 1;
+  {
+    absl::MutexLock lock(&mu_);
+    for (Location& l : locations) l.entry = catalog_->FindLocation(l.state.location);
+    locations_ = std::move(locations);
+    location_index_ = std::move(location_index);
+    streams_ = std::move(streams);
+    series_ = std::move(series);
+    series_index_ = std::move(series_index);
+    cells_ = cells;
+    applied_ = state.counters().applied();
+    rejected_ = state.counters().rejected();
+    duplicates_ = state.counters().duplicates();
+    batches_ = state.counters().batches();
+    for (const auto& [reason, n] : state.counters().rejected_by_reason()) {
+      rejected_by_reason_[reason] = n;
+    }
+    for (const Location& l : locations_) names.push_back(l.state.location);
+    persistence = catalog_->thresholds.persistence;
+  }
   tracker_.Load(std::move(tracked), std::move(closed));
   trust_ = std::move(trust);
   evaluated_counts_.assign(state.evaluated_counts().begin(), state.evaluated_counts().end());
   group_drift_ = std::move(group_drift);
   cell_drift_ = std::move(cell_drift);
+  // As of the snapshot: served from the first scrape, not the first tick.
+  PublishFindings(FromNs(state.saved_at_ns()), persistence, names, {});
   return absl::OkStatus();
 }
 

@@ -48,6 +48,11 @@ absl::Status CollectorServer::Start() {
     absl::StatusOr<BatchLog::Snapshot> snapshot = log_->LoadSnapshot();
     if (snapshot.ok()) {
       if (absl::Status s = engine_.LoadState(snapshot->state); !s.ok()) {
+        // A newer format: nothing was read or written; the message says
+        // which versions read it.
+        if (absl::IsFailedPrecondition(s)) {
+          return absl::FailedPreconditionError(absl::StrCat(path, ": ", s.message()));
+        }
         return absl::DataLossError(absl::StrCat(
             path, ": ", s.message(),
             " (the batches it covers were compacted away: restore the state directory from a "
