@@ -94,6 +94,11 @@ class AgentCollectable : public prometheus::Collectable {
                "1 while the stream to the collector is established, 0 otherwise.",
                MetricType::Gauge),
         GaugeValue(s.gauges.connected ? 1 : 0));
+    add(Family("constance_agent_collector_protocol",
+               "The Ingest protocol version the collector speaks (1: constance 0.1.0, which "
+               "announces none); 0 until the first answer. The agent uses nothing newer.",
+               MetricType::Gauge),
+        GaugeValue(s.gauges.collector_protocol));
     add(Family("constance_agent_reconnects_total",
                "Stream attempts to the collector after a failed or closed one.",
                MetricType::Counter),

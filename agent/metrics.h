@@ -51,6 +51,9 @@ class AgentMetrics {
     uint64_t spool_dropped = 0;
     double oldest_unacknowledged_seconds = 0;
     bool connected = false;
+    // The collector's Ingest protocol (Sender::collector_protocol); 0 =
+    // not known yet.
+    uint32_t collector_protocol = 0;
     // Queue tickets created and not yet called, served or abandoned.
     uint64_t open_tickets = 0;
   };

@@ -8,6 +8,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "constance/version.h"
 #include "google/protobuf/util/time_util.h"
 #include "spdlog/spdlog.h"
 
@@ -272,6 +273,7 @@ bool Sender::WriteHeartbeat(Stream* stream) {
   hb->set_spool_bytes(spool_->Bytes());
   hb->set_spool_dropped(spool_->DroppedOldest());
   *hb->mutable_sent_at() = ToProto(now);
+  hb->set_protocol_version(kProtocolVersion);
   {
     absl::MutexLock lock(&mu_);
     next_heartbeat_ = now + options_.heartbeat_interval;
@@ -320,8 +322,24 @@ bool Sender::WriteBatch(Stream* stream, uint64_t from, size_t count) {
 
 void Sender::ReadAcks(Stream* stream) {
   v1::CollectorMessage msg;
+  bool greeted = false;  // This stream's collector sent its Hello.
   while (stream->Read(&msg)) {
-    if (msg.has_ack()) HandleAck(msg.ack());
+    if (msg.has_hello()) {
+      greeted = true;
+      const uint32_t protocol = std::min(msg.hello().protocol_version(), kProtocolVersion);
+      if (collector_protocol_.exchange(protocol) != protocol) {
+        spdlog::info("collector {}: constance {}, protocol {}", options_.collector,
+                     msg.hello().version(), msg.hello().protocol_version());
+      }
+    }
+    if (msg.has_ack()) {
+      if (!greeted && collector_protocol_.exchange(1) != 1) {
+        spdlog::info("collector {}: protocol 1 (constance 0.1.0): newer features unused",
+                     options_.collector);
+      }
+      greeted = true;
+      HandleAck(msg.ack());
+    }
   }
   absl::MutexLock lock(&mu_);
   stream_done_ = true;

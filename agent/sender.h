@@ -94,6 +94,12 @@ class Sender {
   // True while a stream to the collector is established.
   bool connected() const { return connected_.load(); }
 
+  // The Ingest protocol of the collector on the current or last stream
+  // (constance/version.h): its Hello's, or 1 once an ack came without one
+  // (a collector of the first release); 0 before either. The agent uses
+  // nothing the collector's protocol lacks.
+  uint32_t collector_protocol() const { return collector_protocol_.load(); }
+
  private:
   enum class Action { kWait, kSend, kHeartbeat, kDrained, kBroken, kStop };
   struct InFlight {
@@ -132,6 +138,7 @@ class Sender {
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<v1::Ingest::Stub> stub_;
   std::atomic<bool> connected_{false};
+  std::atomic<uint32_t> collector_protocol_{0};
   std::thread thread_;
 
   absl::Mutex mu_;

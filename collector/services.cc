@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "constance/batch_view.h"
+#include "constance/version.h"
 #include "google/protobuf/arena.h"
 #include "grpcpp/support/proto_buffer_writer.h"
 #include "spdlog/spdlog.h"
@@ -212,6 +213,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     const v1::AgentMessage& message = *incoming->message;
     if (message.has_heartbeat()) {
       if (absl::Status s = BindLocation(message.heartbeat().location()); !s.ok()) return s;
+      Greet(message.heartbeat());
       if (not_after_ != absl::InfinitePast()) {
         // The expiry of the certificate actually presented, not a claim.
         v1::Heartbeat heartbeat = message.heartbeat();
@@ -221,6 +223,19 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       return service_->engine_->RecordHeartbeat(message.heartbeat());
     }
     return absl::InvalidArgumentError("message: neither batch nor heartbeat is set");
+  }
+
+  // Answers an agent's first announcement of protocol 2 or more with this
+  // collector's Hello, queued before any ack of the stream. Agents of
+  // protocol 1 (no announcement) get nothing they do not know.
+  void Greet(const v1::Heartbeat& heartbeat) {
+    if (greeted_ || heartbeat.protocol_version() < 2) return;
+    greeted_ = true;
+    v1::CollectorMessage reply;
+    v1::Hello* hello = reply.mutable_hello();
+    hello->set_protocol_version(kProtocolVersion);
+    hello->set_version(std::string(Version()));
+    Enqueue(Serialize(reply));
   }
 
   absl::Status ApplyAndAck(const BatchView& batch, absl::Time received) {
@@ -343,6 +358,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   // itself (location_ is read by commit callbacks after it was set).
   std::shared_ptr<IncomingMessage> in_;  // The message the pending read fills.
   std::string location_;
+  bool greeted_ = false;  // The Hello was queued (OnReadDone only).
   uint64_t throttled_from_ = 0;  // First sequence of the throttled batch; 0 = none.
 
   absl::Mutex mu_;
