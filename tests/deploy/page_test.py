@@ -7,11 +7,18 @@ local HTTP receiver standing in for PagerDuty, Opsgenie and the webhooks.
 The Alertmanager configuration is the shipped one with only what cannot run
 here changed: the PagerDuty/Opsgenie/webhook URLs point at the local
 receiver, the secret files are dummies named after themselves (so a
-notification tells which receiver sent it) and group_wait/group_interval
-are short. The rules are the shipped ones with `for: 0s` and
-`keep_firing_for: 0s`. Business hours
-are the real ones: the overcharging store pages its region's pager only
-inside them, and the test expects that from the current time.
+notification tells which receiver sent it), group_wait/group_interval are
+short, and two regions' business hours are put in time zones chosen from
+the current time: west's (demo-store-07 overcharges) where it is mid-day
+on a working day, south's (demo-store-13, made to overcharge too) where it
+is the middle of the night. The intervals are rendered by
+deploy/alertmanager/render-intervals.py from a catalog of those zones, so
+only their `location:` differs from the shipped ones. Every run checks,
+at one instant, both sides of the shipped routing: west's pager gets the
+page and south's store only a ticket in south's queue, never a page.
+(From Sunday 08:00 to 18:00 UTC no zone has a Monday-Saturday day: then
+the day region's interval is widened to every day of the week.) The rules
+are the shipped ones with `for: 0s` and `keep_firing_for: 0s`.
 
     page_test.py BIN_DIR SOURCE_DIR
 """
@@ -29,9 +36,18 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from zoneinfo import ZoneInfo
 
 DEADLINE_S = 240
+
+# The shipped hours of every region's pager (alertmanager.yml,
+# business-hours-<region>): Monday to Saturday, 07:00 to 21:00 local time.
+SHIPPED_WEEKDAYS = "weekdays: ['monday:saturday']"
+OPEN_H, CLOSE_H = 7, 21
+WORKING_DAYS = range(0, 6)  # Monday to Saturday, as datetime counts them.
+MARGIN_H = 1  # Far from a change of hours: the run lasts minutes.
+# demo.sh puts store i in regions[i % 4] of (north south east west).
+DAY_REGION, DAY_STORE = "west", "demo-store-07"
+NIGHT_REGION, NIGHT_STORE = "south", "demo-store-13"
 
 
 class Received:
@@ -101,10 +117,88 @@ def listening_port(pid, deadline, what, log):
     raise AssertionError(f"{what} is not listening; its log:\n{open(log).read()}")
 
 
-def business_hours_now():
-    """The shipped store-business-hours interval: Mon-Sat 07:00-21:00 Paris."""
-    now = datetime.datetime.now(ZoneInfo("Europe/Paris"))
-    return now.weekday() <= 5 and 7 <= now.hour < 21
+def etc_zone(offset):
+    """The fixed-offset zone `offset` hours east of UTC. Its name's sign is
+    POSIX's, inverted: Etc/GMT-3 is UTC+3."""
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
+
+
+def pick_offsets(now):
+    """(day, night, all_week): hours east of UTC where, at the UTC instant
+    `now`, it is mid-day on a working day (all_week: no zone has one, so any
+    day) and the middle of the night (02:00)."""
+    def local(k):
+        return now + datetime.timedelta(hours=k)
+
+    def hour(k):
+        return local(k).hour + local(k).minute / 60
+
+    offsets = range(-12, 15)  # Every fixed-offset zone there is.
+    open_now = [k for k in offsets if OPEN_H + MARGIN_H <= hour(k) < CLOSE_H - MARGIN_H]
+    working = [k for k in open_now if local(k).weekday() in WORKING_DAYS]
+    day = min(working or open_now, key=lambda k: abs(hour(k) - (OPEN_H + CLOSE_H) / 2))
+    night_h = (CLOSE_H + 24 + OPEN_H) / 2 % 24
+    night = min(offsets, key=lambda k: min(abs(hour(k) - night_h), 24 - abs(hour(k) - night_h)))
+    return day, night, not working
+
+
+def interval_span(config, name):
+    """(start, end) of time interval `name`'s entry in the config's text."""
+    m = re.search(rf"^( *)- name: {re.escape(name)}\n(?:\1 .*\n|[ \t]*\n)*", config, re.M)
+    if not m:
+        raise AssertionError(f"alertmanager.yml has no time interval {name}")
+    return m.start(), m.end()
+
+
+def render_business_hours(source, work):
+    """The shipped config with DAY_REGION's business hours in a zone where
+    it is mid-day now and NIGHT_REGION's where it is night; a description."""
+    shipped_path = os.path.join(source, "deploy/alertmanager/alertmanager.yml")
+    shipped = open(shipped_path).read()
+    for region in (DAY_REGION, NIGHT_REGION):
+        start, end = interval_span(shipped, f"business-hours-{region}")
+        entry = shipped[start:end]
+        if not all(t in entry for t in (SHIPPED_WEEKDAYS, f"start_time: '{OPEN_H:02d}:00'",
+                                        f"end_time: '{CLOSE_H:02d}:00'")):
+            raise AssertionError(f"business-hours-{region} no longer reads Mon-Sat "
+                                 f"{OPEN_H:02d}:00-{CLOSE_H:02d}:00: update page_test.py:\n{entry}")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day, night, all_week = pick_offsets(now)
+    zones = {DAY_REGION: etc_zone(day), NIGHT_REGION: etc_zone(night)}
+    catalog = os.path.join(work, "catalog.yaml")
+    with open(catalog, "w") as f:
+        f.write("locations:\n")
+        for i in range(1, 25):
+            region = ("north", "south", "east", "west")[i % 4]
+            if region in zones:
+                f.write(f"  - {{id: demo-store-{i:02d}, labels: {{region: {region}}}, "
+                        f"timezone: \"{zones[region]}\"}}\n")
+    run = subprocess.run([sys.executable, os.path.join(source, "deploy/alertmanager/render-intervals.py"),
+                          "render", catalog, shipped_path], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise AssertionError(f"render-intervals.py failed:\n{run.stderr}")
+    config = run.stdout
+    if all_week:
+        start, end = interval_span(config, f"business-hours-{DAY_REGION}")
+        config = (config[:start] + config[start:end].replace(SHIPPED_WEEKDAYS, "weekdays: ['sunday:saturday']")
+                  + config[end:])
+
+    def at(k):
+        return (now + datetime.timedelta(hours=k)).strftime("%a %H:%M")
+
+    return config, (f"at {now:%a %H:%M} UTC, {DAY_REGION} ({zones[DAY_REGION]}) is at {at(day)}, inside "
+                    f"its business hours{' (widened to every day)' if all_week else ''}; "
+                    f"{NIGHT_REGION} ({zones[NIGHT_REGION]}) is at {at(night)}, outside")
+
+
+def post_prices(state, store, prices):
+    """Sends {key: minor units} as a store's prices through its agent."""
+    agent = re.search(r"^http=(\S+)", open(os.path.join(state, f"{store}.ready")).read(), re.M).group(1)
+    body = [{"key": k, "price": {"minor_units": v, "currency": "EUR"}} for k, v in prices.items()]
+    req = urllib.request.Request(f"http://{agent}/v1/observations", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200, r.status
 
 
 def main():
@@ -127,8 +221,9 @@ def main():
         while metrics is None:
             text = open(demo_out).read()
             m = re.search(r"^Prometheus metrics: http://(\S+)/metrics", text, re.M)
-            if m:
-                metrics = m.group(1)
+            st = re.search(r"^State and logs: *(\S+)\n", text, re.M)
+            if m and st:
+                metrics, state = m.group(1), st.group(1)
                 break
             if demo.poll() is not None:
                 raise AssertionError("the demo exited:\n" + text)
@@ -136,10 +231,17 @@ def main():
                 raise AssertionError("the demo did not report in time:\n" + text)
             time.sleep(0.2)  # Polling its output, with a deadline.
 
-        # Alertmanager: the shipped routing, local endpoints, dummy secrets.
+        # The night region's store overcharges olive oil as 07 does (south's
+        # prices are 20 cents up): a page for south's pager, which its hours
+        # must hold back.
+        post_prices(state, NIGHT_STORE, {"olive-oil-1l": (899 + 20) * 112 // 100})
+
+        # Alertmanager: the shipped routing with two regions' hours in the
+        # chosen zones, local endpoints, dummy secrets.
+        config, hours = render_business_hours(source, work)
+        print(f"ok: {hours}")
         secrets = os.path.join(work, "secrets")
         os.mkdir(secrets)
-        config = open(os.path.join(source, "deploy/alertmanager/alertmanager.yml")).read()
         for name in set(re.findall(r"/etc/alertmanager/secrets/([\w.-]+)", config)):
             with open(os.path.join(secrets, name), "w") as f:
                 f.write(name)
@@ -184,55 +286,58 @@ scrape_configs:
         def names(item, text):
             return text in item[2]
 
-        # The overcharging store: always a ticket in its region's queue, and
-        # inside business hours one page (one incident: one dedup key) to
-        # its region's pager naming the store and the items.
-        paging = business_hours_now()
-
+        # The overcharging store: a ticket in its region's queue and, its
+        # region being inside business hours, one page (one incident: one
+        # dedup key) to its region's pager naming the store and the items.
         def overcharge_page(i):
-            return (i[0] == "pagerduty" and i[1] == "pagerduty-west.key" and names(i, "demo-store-07")
+            return (i[0] == "pagerduty" and i[1] == f"pagerduty-{DAY_REGION}.key" and names(i, DAY_STORE)
                     and names(i, "ConstanceOutlier") and json.loads(i[2]).get("event_action") == "trigger")
 
         ticket = received.wait_for(
-            lambda i: i[0] == "opsgenie" and i[1] == "opsgenie-west.key" and names(i, "demo-store-07")
-            and names(i, "olive-oil-1l"), deadline, "a west ticket naming demo-store-07 and olive oil")
-        print(f"ok: ticket for demo-store-07 in opsgenie-west ({len(ticket)} notification(s))")
-        if paging:
-            received.wait_for(lambda i: overcharge_page(i) and names(i, "olive-oil-1l")
-                              and names(i, "cheese-200g"), deadline,
-                              "a page to west's pager naming demo-store-07, olive oil and cheese")
-            # What the on-call reads first: the page's headline names the store.
-            headlines = [json.loads(i[2])["payload"]["summary"]
-                         for i in received.snapshot() if overcharge_page(i)]
-            if not all("demo-store-07" in h for h in headlines):
-                raise AssertionError(f"a page headline does not name the store: {headlines}")
-            print("ok: inside business hours, west's pager got the overcharge")
-        else:
-            print("ok: outside business hours (Europe/Paris): no store page expected")
+            lambda i: i[0] == "opsgenie" and i[1] == f"opsgenie-{DAY_REGION}.key" and names(i, DAY_STORE)
+            and names(i, "olive-oil-1l"), deadline, f"a {DAY_REGION} ticket naming {DAY_STORE} and olive oil")
+        print(f"ok: ticket for {DAY_STORE} in opsgenie-{DAY_REGION} ({len(ticket)} notification(s))")
+        received.wait_for(lambda i: overcharge_page(i) and names(i, "olive-oil-1l")
+                          and names(i, "cheese-200g"), deadline,
+                          f"a page to {DAY_REGION}'s pager naming {DAY_STORE}, olive oil and cheese")
+        # What the on-call reads first: the page's headline names the store.
+        headlines = [json.loads(i[2])["payload"]["summary"]
+                     for i in received.snapshot() if overcharge_page(i)]
+        if not all(DAY_STORE in h for h in headlines):
+            raise AssertionError(f"a page headline does not name the store: {headlines}")
+        print(f"ok: inside its business hours, {DAY_REGION}'s pager got the overcharge")
+
+        # At the same time, outside its region's hours: the other overcharge
+        # is a ticket in its region's queue, and Alertmanager routes it to
+        # the region's pager too (so only the hours can keep it from paging).
+        received.wait_for(
+            lambda i: i[0] == "opsgenie" and i[1] == f"opsgenie-{NIGHT_REGION}.key"
+            and names(i, NIGHT_STORE) and names(i, "olive-oil-1l"), deadline,
+            f"a {NIGHT_REGION} ticket naming {NIGHT_STORE} and olive oil")
+        query = urllib.parse.urlencode([("filter", f'location="{NIGHT_STORE}"'), ("filter", 'severity="page"'),
+                                        ("filter", 'key="olive-oil-1l"')])
+        with urllib.request.urlopen(f"http://127.0.0.1:{am_port}/api/v2/alerts?{query}", timeout=10) as r:
+            alerts = json.load(r)
+        routed = {rcv["name"] for a in alerts for rcv in a["receivers"]}
+        if not alerts or f"{NIGHT_REGION}-pager" not in routed \
+                or any(a["status"]["state"] != "active" for a in alerts):
+            raise AssertionError(f"{NIGHT_STORE}'s overcharge is not an active page for "
+                                 f"{NIGHT_REGION}-pager in Alertmanager: {alerts}")
+        print(f"ok: outside its business hours, {NIGHT_STORE}'s page is a ticket in opsgenie-{NIGHT_REGION}")
 
         # Clearing the fault resolves it: the store fixes its prices.
-        state = re.search(r"^State and logs: *(\S+)", open(demo_out).read(), re.M).group(1)
-        agent = re.search(r"^http=(\S+)", open(os.path.join(state, "demo-store-07.ready")).read(),
-                          re.M).group(1)
-        fixed = [{"key": k, "price": {"minor_units": v, "currency": "EUR"}}
-                 for k, v in (("coffee-250g", 449), ("olive-oil-1l", 899), ("cheese-200g", 349))]
-        req = urllib.request.Request(f"http://{agent}/v1/observations", json.dumps(fixed).encode(),
-                                     {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            assert r.status == 200, r.status
-        if paging:
-            keys = {json.loads(i[2])["dedup_key"] for i in received.snapshot() if overcharge_page(i)}
-            received.wait_for(lambda i: i[0] == "pagerduty" and json.loads(i[2]).get("event_action") == "resolve"
-                              and json.loads(i[2]).get("dedup_key") in keys, deadline,
-                              "the overcharge page resolved")
-            keys = {json.loads(i[2])["dedup_key"] for i in received.snapshot() if overcharge_page(i)}
-            if len(keys) != 1:
-                raise AssertionError(f"expected one overcharge incident for demo-store-07, got {len(keys)}")
-            print("ok: one incident for the overcharge, resolved once the prices were fixed")
-        else:
-            received.wait_for(lambda i: i[0] == "opsgenie" and i[1] == "opsgenie-west.key"
-                              and i[3].endswith("/close"), deadline, "the west ticket closed")
-            print("ok: the west ticket closed once the prices were fixed")
+        post_prices(state, DAY_STORE, {"coffee-250g": 449, "olive-oil-1l": 899, "cheese-200g": 349})
+        keys = {json.loads(i[2])["dedup_key"] for i in received.snapshot() if overcharge_page(i)}
+        received.wait_for(lambda i: i[0] == "pagerduty" and json.loads(i[2]).get("event_action") == "resolve"
+                          and json.loads(i[2]).get("dedup_key") in keys, deadline,
+                          "the overcharge page resolved")
+        keys = {json.loads(i[2])["dedup_key"] for i in received.snapshot() if overcharge_page(i)}
+        if len(keys) != 1:
+            raise AssertionError(f"expected one overcharge incident for {DAY_STORE}, got {len(keys)}")
+        print("ok: one incident for the overcharge, resolved once the prices were fixed")
+        received.wait_for(lambda i: i[0] == "opsgenie" and i[1] == f"opsgenie-{DAY_REGION}.key"
+                          and i[3].endswith("/close"), deadline, f"the {DAY_REGION} ticket closed")
+        print(f"ok: the {DAY_REGION} ticket closed once the prices were fixed")
         # Chain-level findings go to HQ, not to stores.
         received.wait_for(lambda i: i[0] == "opsgenie" and i[1] == "opsgenie-hq.key"
                           and names(i, "ConstanceSplit"), deadline, "the split for HQ")
@@ -250,7 +355,8 @@ scrape_configs:
                           deadline, "the watchdog at the dead-man's switch")
         print("ok: the watchdog reaches the dead-man's switch")
 
-        # Nothing pages for what must not: pages name only the faulty stores.
+        # Nothing pages for what must not: pages name only the faulty stores,
+        # and none of the region outside its business hours, all run long.
         for kind, key, body, _ in received.snapshot():
             if kind != "pagerduty":
                 continue
@@ -258,8 +364,8 @@ scrape_configs:
             wrong = stores - {"demo-store-07", "demo-store-13", "demo-store-19"}
             if wrong:
                 raise AssertionError(f"{key} paged for {sorted(wrong)}: {body[:500]}")
-            if not paging and stores:
-                raise AssertionError(f"{key} paged a store outside business hours: {body[:500]}")
+            if key == f"pagerduty-{NIGHT_REGION}.key" or NIGHT_STORE in stores:
+                raise AssertionError(f"{key} paged outside {NIGHT_REGION}'s business hours: {body[:500]}")
         pages = sum(1 for i in received.snapshot() if i[0] == "pagerduty")
         print(f"page_test: {len(received.snapshot())} notifications, {pages} pages, "
               "each to the receiver its route names")

@@ -6,8 +6,9 @@
 #   tests/deploy/routes_test.sh [AMTOOL] [CONFIG]
 #
 # amtool cannot evaluate time intervals or inhibitions offline: a store page
-# is listed with its pager even though the pager is muted outside business
-# hours (store-business-hours).
+# is listed with its pager even though the pager is muted outside its
+# region's business hours (business-hours-<region>); deploy.page_e2e checks
+# those hours with a real Alertmanager.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 amtool=${1:-amtool}
