@@ -280,9 +280,10 @@ class Engine {
   // statistics are recomputed from the restored cells on the next tick.
   absl::Status LoadState(const std::string& bytes);
 
-  // The snapshot format SaveState writes, and the oldest LoadState reads
-  // (the first release's): every format in between is read.
-  static constexpr uint32_t kStateFormat = 1;
+  // The snapshot format SaveState writes (engine_state.cc lists them), and
+  // the oldest LoadState reads (the first release's): every format in
+  // between is read.
+  static const uint32_t kStateFormat;
   static constexpr uint32_t kOldestStateFormat = 1;
 
  private:

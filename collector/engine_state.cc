@@ -25,7 +25,21 @@ namespace pb = ::constance::state::v1;
 // format kOldestStateFormat + i into the next. Fields only added (read
 // as their default from older snapshots) need no new format.
 using Migration = absl::Status (*)(pb::EngineState* state);
-constexpr std::array<Migration, Engine::kStateFormat - Engine::kOldestStateFormat> kMigrations{};
+#ifndef CONSTANCE_NEXT_STATE_FORMAT
+constexpr uint32_t kWrittenFormat = 1;
+constexpr std::array<Migration, 0> kMigrations{};
+#else
+// A rehearsal build only (CMake -DCONSTANCE_NEXT_STATE_FORMAT=ON, made by
+// tests/packaging): it writes the format after the current one, reached
+// by a step that changes nothing else, so that the upgrade to a new
+// format and the rollback from it (README, "Upgrading") are rehearsed
+// with real packages before a real format change needs them.
+constexpr uint32_t kWrittenFormat = 2;
+absl::Status RehearsalStep(pb::EngineState*) { return absl::OkStatus(); }
+constexpr std::array<Migration, 1> kMigrations{&RehearsalStep};
+#endif
+static_assert(kMigrations.size() == kWrittenFormat - Engine::kOldestStateFormat,
+              "one migration per format after the oldest");
 
 // Brings `state` to Engine::kStateFormat, or says why it cannot.
 absl::Status Migrate(pb::EngineState* state) {
@@ -88,6 +102,8 @@ absl::Status Bad(absl::string_view what) {
 }
 
 }  // namespace
+
+const uint32_t Engine::kStateFormat = kWrittenFormat;
 
 std::string Engine::SaveState() {
   absl::MutexLock eval(&eval_mu_);

@@ -49,7 +49,10 @@ unset(PKG)
 set(CPACK_GENERATOR DEB)
 set(CPACK_PACKAGE_NAME constance)
 set(CPACK_PACKAGE_VENDOR "constance")
-set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
+# A suffix marks rehearsal packages (tests/packaging: "+next", which dpkg
+# orders after the release itself).
+set(CONSTANCE_PACKAGE_VERSION_SUFFIX "" CACHE STRING "Appended to the packages' version (tests)")
+set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION}${CONSTANCE_PACKAGE_VERSION_SUFFIX})
 set(CPACK_PACKAGE_CONTACT "constance maintainers <constance@example.org>")
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(CPACK_COMPONENTS_ALL agent collector)

@@ -11,7 +11,8 @@
 #    from the already built BUILD_DIR into a temporary directory.
 # 3. As root only: installs both, checks the binaries, users, configs and
 #    that the agent and collector start as their users with the packaged
-#    configs, then purges both and checks binaries and users are gone.
+#    configs, rehearses an upgrade to the next state format and its
+#    rollback (4.), then purges both and checks binaries and users are gone.
 # Whatever happens, the trap purges what this script installed.
 set -euo pipefail
 
@@ -138,6 +139,130 @@ check_deb "$collector_deb" constance-collector /etc/constance/catalog.yaml \
 dpkg-deb -c "$agent_deb" | grep -q 'usr/bin/constance$' && fail "constance CLI is in the agent package"
 echo "ok: package contents, conffiles, maintainer scripts, Depends"
 
+# --- 4. Upgrade and rollback (README, "Upgrading"), called from 3. --------
+# With the packages of this tree installed: a collector (as its user) and
+# an agent feed the state directory; then, as README says, stop, copy the
+# state, install packages whose collector writes the next state format (a
+# rehearsal build of this tree, CONSTANCE_NEXT_STATE_FORMAT), start: the
+# figures are the same. Then roll back: the old collector refuses the new
+# format and leaves it untouched; restore the copy, reinstall the old
+# packages, start: the figures are the same again.
+
+state=/var/lib/constance-collector
+as_collector=(setpriv --reuid=constance-collector --regid=constance-collector --clear-groups --)
+collector_pid=""
+collector_addr=""
+start_collector() {  # start_collector NAME
+  rm -f "$tmp/run/$1.ready"
+  "${as_collector[@]}" /usr/bin/constance-collector --catalog=/etc/constance/catalog.yaml \
+    --state_dir=$state --insecure --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
+    --stats_interval=100ms --ready_file="$tmp/run/$1.ready" >"$tmp/$1.log" 2>&1 &
+  collector_pid=$!
+  pids+=("$collector_pid")
+  wait_for_file "$tmp/run/$1.ready" "$collector_pid" \
+    || { cat "$tmp/$1.log" >&2; fail "$1: the collector did not start"; }
+  collector_addr=$(sed -n 's/^grpc=//p' "$tmp/run/$1.ready")
+}
+stop() {  # stop PID: SIGTERM, a clean exit expected
+  kill -TERM "$1"
+  wait "$1" || fail "process $1 exited $? on SIGTERM"
+  local p kept=()
+  for p in "${pids[@]}"; do [ "$p" = "$1" ] || kept+=("$p"); done
+  pids=("${kept[@]}")
+}
+# What the collector holds: cells, statistics, counts, the location's
+# values. Not when it last computed or evaluated, nor trust (which an
+# evaluation of a new location adds; GoldenStateTest compares trust).
+figures() {
+  /usr/bin/constance report --collector="$collector_addr" --json --wait_for_observations=4 \
+    --timeout=20s >"$tmp/report.json" || fail "constance report"
+  python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+for k in ("computed_at", "evaluated_at", "trust"):
+    r.pop(k, None)
+print(json.dumps(r, indent=1, sort_keys=True))' "$tmp/report.json" || fail "reading the report"
+  /usr/bin/constance location rehearsal-store --collector="$collector_addr" --json \
+    || fail "constance location"
+}
+
+rehearse_upgrade() {
+  # Beside BUILD_DIR and configured as it was, so that the compiler cache
+  # (paths relative to the build directory) serves all but engine_state.cc.
+  local next=${build%/}-rehearsal werror
+  werror=$(sed -n 's/^CONSTANCE_WERROR:BOOL=//p' "$build/CMakeCache.txt")
+  cmake -S "$src" -B "$next" -G Ninja -DCONSTANCE_NEXT_STATE_FORMAT=ON \
+    -DCONSTANCE_WERROR="${werror:-OFF}" \
+    -DCONSTANCE_PACKAGE_VERSION_SUFFIX=+next -DCONSTANCE_BUILD_TESTS=OFF \
+    -DCONSTANCE_BUILD_BENCHMARKS=OFF >"$tmp/next-build.log" 2>&1 \
+    && cmake --build "$next" --target constance-agent constance-collector constance \
+      >>"$tmp/next-build.log" 2>&1 \
+    && "$cpack" --config "$next/CPackConfig.cmake" -B "$tmp/deb-next" >>"$tmp/next-build.log" 2>&1 \
+    || { tail -40 "$tmp/next-build.log" >&2; fail "the rehearsal build of the next state format"; }
+  local next_collector_deb
+  next_collector_deb=$(ls "$tmp"/deb-next/constance-collector_*+next_*.deb 2>/dev/null) \
+    || fail "no rehearsal constance-collector .deb"
+
+  start_collector before
+  cat >"$tmp/rehearsal-agent.yaml" <<YAML
+location: rehearsal-store
+collector: $collector_addr
+insecure: true
+listen: 127.0.0.1:0
+metrics_listen: 127.0.0.1:0
+flush_interval: 50ms
+spool_path: /var/lib/constance-agent/rehearsal-spool.db
+YAML
+  chmod 0644 "$tmp/rehearsal-agent.yaml"
+  setpriv --reuid=constance-agent --regid=constance-agent --clear-groups -- /usr/bin/constance-agent \
+    run --config="$tmp/rehearsal-agent.yaml" --ready_file="$tmp/run/rehearsal-agent.ready" \
+    >"$tmp/rehearsal-agent.log" 2>&1 &
+  local agent_pid=$!
+  pids+=("$agent_pid")
+  wait_for_file "$tmp/run/rehearsal-agent.ready" "$agent_pid" \
+    || { cat "$tmp/rehearsal-agent.log" >&2; fail "the rehearsal agent did not start"; }
+  local http
+  http=$(sed -n 's/^http=//p' "$tmp/run/rehearsal-agent.ready")
+  curl -fsS -H 'Content-Type: application/json' "http://$http/v1/observations" -d \
+    '[{"key":"coffee-250g","price":{"minor_units":449,"currency":"EUR"}},
+      {"key":"checkout","wait_seconds":95},{"key":"fridge-temp","check":{"passed":true}},
+      {"key":"nps","score":42}]' >/dev/null || fail "posting to the rehearsal agent"
+  figures >"$tmp/figures-before"
+  grep -q '"observations_applied": "4"' "$tmp/figures-before" \
+    || fail "the collector did not apply the 4 observations: $(cat "$tmp/figures-before")"
+  stop "$agent_pid"
+  stop "$collector_pid"
+
+  # The upgrade, as README gives it.
+  rm -rf "$tmp/state-copy"
+  cp -a "$state" "$tmp/state-copy"
+  dpkg -i "$next_collector_deb" >"$tmp/dpkg.log" 2>&1 || { cat "$tmp/dpkg.log" >&2; fail "dpkg -i next"; }
+  /usr/bin/constance-collector --version | grep -q 'state format 2' \
+    || fail "the rehearsal collector does not write state format 2: $(/usr/bin/constance-collector --version)"
+  start_collector upgraded
+  figures >"$tmp/figures-upgraded"
+  diff -u "$tmp/figures-before" "$tmp/figures-upgraded" >&2 || fail "figures changed by the upgrade"
+  stop "$collector_pid"  # Writes its snapshot in format 2.
+
+  # The rollback: the old collector refuses the new state and writes nothing.
+  dpkg -i "$collector_deb" >"$tmp/dpkg.log" 2>&1 || { cat "$tmp/dpkg.log" >&2; fail "dpkg -i (downgrade)"; }
+  local sum
+  sum=$(sha256sum "$state/batches.db")
+  if "${as_collector[@]}" /usr/bin/constance-collector --state_dir=$state --insecure \
+    --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 >"$tmp/refused.log" 2>&1; then
+    fail "the old collector started on state format 2"
+  fi
+  grep -q 'state format 2 was written by a newer constance' "$tmp/refused.log" \
+    || fail "the old collector's refusal does not name the formats: $(cat "$tmp/refused.log")"
+  [ "$(sha256sum "$state/batches.db")" = "$sum" ] || fail "the refused state was written to"
+  rm -rf "$state"
+  cp -a "$tmp/state-copy" "$state"
+  start_collector rolled-back
+  figures >"$tmp/figures-rolled-back"
+  diff -u "$tmp/figures-before" "$tmp/figures-rolled-back" >&2 || fail "figures changed by the rollback"
+  stop "$collector_pid"
+  echo "ok: upgrade to the next state format and rollback keep every figure; the old collector refuses the new state untouched"
+}
+
 # --- 3. Install, run, purge (root only) -----------------------------------
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -201,6 +326,8 @@ for pid in "${pids[@]}"; do
 done
 pids=()
 echo "ok: agent and collector start as their users with the packaged configs, stop on SIGTERM"
+
+rehearse_upgrade
 
 dpkg --purge "${units[@]}" >"$tmp/dpkg.log" 2>&1 || { cat "$tmp/dpkg.log" >&2; fail "dpkg --purge"; }
 installed=0
