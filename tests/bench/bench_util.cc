@@ -156,18 +156,6 @@ absl::StatusOr<HttpResponse> HttpConnection::RequestOnce(const std::string& requ
   return response;
 }
 
-std::string UrlEncode(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      absl::StrAppend(&out, "%", absl::Hex(c, absl::kZeroPad2));
-    }
-  }
-  return out;
-}
-
 absl::StatusOr<std::string> WaitForListenAddress(Subprocess& process, absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   const std::string marker = "msg=\"Listening on\" address=";

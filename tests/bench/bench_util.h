@@ -58,9 +58,6 @@ class HttpConnection {
   std::string buffer_;  // Received, not yet consumed.
 };
 
-// Percent-encodes `s` for a URL query value.
-std::string UrlEncode(const std::string& s);
-
 // Waits until the log of `process` holds a Go exporter-toolkit line
 // `msg="Listening on" address=HOST:PORT` (Prometheus, Pushgateway,
 // node-exporter started with port 0) and returns HOST:PORT.

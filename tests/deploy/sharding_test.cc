@@ -139,38 +139,6 @@ void StopCleanly(Subprocess& p, const std::string& name) {
       << p.Log();
 }
 
-// The loopback port a process listens on, from the socket table: Prometheus
-// does not report the port it was given.
-absl::StatusOr<std::string> ListeningAddress(Subprocess& p, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  const std::string pid = absl::StrCat("pid=", p.pid(), ",");
-  while (absl::Now() < deadline) {
-    if (!p.Running()) return absl::FailedPreconditionError("exited:\n" + p.Log());
-    CommandResult ss = RunCommand("ss -ltnpH", "");
-    for (absl::string_view line : absl::StrSplit(ss.output, '\n')) {
-      if (line.find(pid) == absl::string_view::npos) continue;
-      size_t at = line.find("127.0.0.1:");
-      if (at == absl::string_view::npos) continue;
-      absl::string_view rest = line.substr(at);
-      return std::string(rest.substr(0, rest.find(' ')));
-    }
-    absl::SleepFor(absl::Milliseconds(100));  // Polling the socket table, with a deadline.
-  }
-  return absl::DeadlineExceededError("not listening:\n" + p.Log());
-}
-
-std::string UrlEncode(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += absl::StrFormat("%%%02X", c);
-    }
-  }
-  return out;
-}
-
 // An instant query's answer, by "job family key currency price_kind".
 using Samples = std::map<std::string, double>;
 

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -200,6 +201,39 @@ absl::StatusOr<double> MetricValue(const std::string& exposition, const std::str
     }
   }
   return absl::NotFoundError(absl::StrCat("no sample ", series, " in the exposition"));
+}
+
+absl::StatusOr<std::string> ListeningAddress(Subprocess& p, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  const std::string pid = absl::StrCat("pid=", p.pid(), ",");
+  while (absl::Now() < deadline) {
+    if (!p.Running()) return absl::FailedPreconditionError("exited:\n" + p.Log());
+    CommandResult ss = RunCommand("ss -ltnpH", "");
+    for (absl::string_view line : absl::StrSplit(ss.output, '\n')) {
+      if (line.find(pid) == absl::string_view::npos) continue;
+      size_t at = line.find("127.0.0.1:");
+      if (at == absl::string_view::npos) continue;
+      absl::string_view rest = line.substr(at);
+      return std::string(rest.substr(0, rest.find(' ')));
+    }
+    absl::SleepFor(absl::Milliseconds(100));  // Polling the socket table, with a deadline.
+  }
+  return absl::DeadlineExceededError("not listening:\n" + p.Log());
+}
+
+std::string UrlEncode(const std::string& s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
 }
 
 }  // namespace constance::testing

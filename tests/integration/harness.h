@@ -99,6 +99,15 @@ std::string SourceDir();
 // or `constance_agent_connected`); NotFound if there is none.
 absl::StatusOr<double> MetricValue(const std::string& exposition, const std::string& series);
 
+// The loopback address (127.0.0.1:port) process `p` listens on, from the
+// socket table (`ss`, package iproute2), for servers that do not report
+// the port they were given (Prometheus, Alertmanager). Fails if `p` exits
+// or the deadline passes.
+absl::StatusOr<std::string> ListeningAddress(Subprocess& p, absl::Duration timeout);
+
+// `s` percent-encoded for a URL's query string.
+std::string UrlEncode(const std::string& s);
+
 }  // namespace constance::testing
 
 #endif  // CONSTANCE_TESTS_INTEGRATION_HARNESS_H_
