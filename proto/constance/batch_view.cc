@@ -2,16 +2,18 @@
 
 #include <cstring>
 
-
 namespace constance {
 namespace {
 
-// The wire types used here, and a one-byte tag.
+// The wire types used here, and a one-byte tag. Field numbers are the
+// generated k...FieldNumber constants; batch_view_test pins each field's
+// number and type to what released agents send.
 constexpr int kVarint = 0;
 constexpr int kFixed64 = 1;
 constexpr int kBytes = 2;
 constexpr uint8_t Tag(int field, int wire_type) {
-  return static_cast<uint8_t>((field << 3) | wire_type);
+  // One byte: fields 1 to 15 only.
+  return field >= 1 && field <= 15 ? static_cast<uint8_t>((field << 3) | wire_type) : 0xff;
 }
 
 // Reads the wire format over [p, end). CodedInputStream did this first;
@@ -112,6 +114,12 @@ class Reader {
 
 // A submessage of two varint fields, 1 and 2: a Timestamp (seconds,
 // nanos) or a Check (passed, critical). An absent field reads 0.
+constexpr int kFirst = 1, kSecond = 2;
+static_assert(google::protobuf::Timestamp::kSecondsFieldNumber == kFirst &&
+                  google::protobuf::Timestamp::kNanosFieldNumber == kSecond &&
+                  v1::Check::kPassedFieldNumber == kFirst &&
+                  v1::Check::kCriticalFieldNumber == kSecond,
+              "DecodeVarintPair reads Timestamp and Check as fields 1 and 2");
 bool DecodeVarintPair(Reader& outer, uint64_t* first, uint64_t* second) {
   Reader r(nullptr, nullptr);
   if (!outer.Enter(&r)) return false;
@@ -119,11 +127,11 @@ bool DecodeVarintPair(Reader& outer, uint64_t* first, uint64_t* second) {
   *first = *second = 0;
   while (!r.done()) {
     switch (r.Tag()) {
-      case Tag(1, kVarint):
-        if (!Reader::First(&seen, 1) || !r.Varint(first)) return false;
+      case Tag(kFirst, kVarint):
+        if (!Reader::First(&seen, kFirst) || !r.Varint(first)) return false;
         break;
-      case Tag(2, kVarint):
-        if (!Reader::First(&seen, 2) || !r.Varint(second)) return false;
+      case Tag(kSecond, kVarint):
+        if (!Reader::First(&seen, kSecond) || !r.Varint(second)) return false;
         break;
       default:
         return false;
@@ -139,15 +147,16 @@ bool DecodePrice(Reader& outer, ObservationView* o) {
   uint64_t v = 0;
   while (!r.done()) {
     switch (r.Tag()) {
-      case Tag(1, kVarint):
-        if (!Reader::First(&seen, 1) || !r.Varint(&v)) return false;
+      case Tag(v1::Price::kMinorUnitsFieldNumber, kVarint):
+        if (!Reader::First(&seen, v1::Price::kMinorUnitsFieldNumber) || !r.Varint(&v)) return false;
         o->minor_units = static_cast<int64_t>(v);
         break;
-      case Tag(2, kBytes):
-        if (!Reader::First(&seen, 2) || !r.Ascii(&o->currency)) return false;
+      case Tag(v1::Price::kCurrencyFieldNumber, kBytes):
+        if (!Reader::First(&seen, v1::Price::kCurrencyFieldNumber) || !r.Ascii(&o->currency))
+          return false;
         break;
-      case Tag(3, kVarint):
-        if (!Reader::First(&seen, 3) || !r.Varint(&v)) return false;
+      case Tag(v1::Price::kKindFieldNumber, kVarint):
+        if (!Reader::First(&seen, v1::Price::kKindFieldNumber) || !r.Varint(&v)) return false;
         o->kind = static_cast<int32_t>(static_cast<uint32_t>(v));
         break;
       default:
@@ -156,6 +165,9 @@ bool DecodePrice(Reader& outer, ObservationView* o) {
   }
   return true;
 }
+
+using O = v1::Observation;
+using B = v1::Batch;
 
 bool DecodeObservation(Reader& outer, ObservationView* o) {
   Reader r(nullptr, nullptr);
@@ -171,31 +183,32 @@ bool DecodeObservation(Reader& outer, ObservationView* o) {
   };
   while (!r.done()) {
     switch (r.Tag()) {
-      case Tag(1, kBytes):
-        if (!Reader::First(&seen, 1) || !r.Ascii(&o->key)) return false;
+      case Tag(O::kKeyFieldNumber, kBytes):
+        if (!Reader::First(&seen, O::kKeyFieldNumber) || !r.Ascii(&o->key)) return false;
         break;
-      case Tag(2, kBytes):
-        if (!Reader::First(&seen, 2) || !DecodeVarintPair(r, &a, &b)) return false;
+      case Tag(O::kObservedAtFieldNumber, kBytes):
+        if (!Reader::First(&seen, O::kObservedAtFieldNumber) || !DecodeVarintPair(r, &a, &b))
+          return false;
         o->has_observed_at = true;
         o->observed_seconds = static_cast<int64_t>(a);
         o->observed_nanos = static_cast<int32_t>(static_cast<uint32_t>(b));  // As protobuf's int32.
         break;
-      case Tag(3, kBytes):
+      case Tag(O::kPriceFieldNumber, kBytes):
         if (!value(v1::Observation::kPrice) || !DecodePrice(r, o)) return false;
         break;
-      case Tag(4, kFixed64):
+      case Tag(O::kWaitSecondsFieldNumber, kFixed64):
         if (!value(v1::Observation::kWaitSeconds) || !r.Double(&o->number)) return false;
         break;
-      case Tag(5, kBytes):
+      case Tag(O::kCheckFieldNumber, kBytes):
         if (!value(v1::Observation::kCheck) || !DecodeVarintPair(r, &a, &b)) return false;
         o->passed = a != 0;
         o->critical = b != 0;
         break;
-      case Tag(6, kFixed64):
+      case Tag(O::kScoreFieldNumber, kFixed64):
         if (!value(v1::Observation::kScore) || !r.Double(&o->number)) return false;
         break;
-      case Tag(7, kBytes):
-        if (!Reader::First(&seen, 7) || !r.Ascii(&o->id)) return false;
+      case Tag(O::kIdFieldNumber, kBytes):
+        if (!Reader::First(&seen, O::kIdFieldNumber) || !r.Ascii(&o->id)) return false;
         break;
       default:
         return false;
@@ -230,16 +243,16 @@ bool DecodeBatch(absl::string_view bytes, BatchView* out) {
     absl::string_view skipped;
     uint64_t v = 0;
     switch (r.Tag()) {
-      case Tag(1, kBytes):
+      case Tag(B::kLocationFieldNumber, kBytes):
         if (!r.Bytes(&skipped)) return false;
         break;
-      case Tag(2, kFixed64):
+      case Tag(B::kIncarnationFieldNumber, kFixed64):
         if (!r.Fixed64(&v)) return false;
         break;
-      case Tag(3, kVarint):
+      case Tag(B::kFirstSequenceFieldNumber, kVarint):
         if (!r.Varint(&v)) return false;
         break;
-      case Tag(4, kBytes):
+      case Tag(B::kObservationsFieldNumber, kBytes):
         if (!r.Bytes(&skipped)) return false;
         ++count;
         break;
@@ -252,17 +265,19 @@ bool DecodeBatch(absl::string_view bytes, BatchView* out) {
   uint64_t v = 0;
   for (Reader r(bytes.data(), end); !r.done();) {
     switch (r.Tag()) {
-      case Tag(1, kBytes):
-        if (!Reader::First(&seen, 1) || !r.Ascii(&out->location)) return false;
+      case Tag(B::kLocationFieldNumber, kBytes):
+        if (!Reader::First(&seen, B::kLocationFieldNumber) || !r.Ascii(&out->location))
+          return false;
         break;
-      case Tag(2, kFixed64):
-        if (!Reader::First(&seen, 2) || !r.Fixed64(&out->incarnation)) return false;
+      case Tag(B::kIncarnationFieldNumber, kFixed64):
+        if (!Reader::First(&seen, B::kIncarnationFieldNumber) || !r.Fixed64(&out->incarnation))
+          return false;
         break;
-      case Tag(3, kVarint):
-        if (!Reader::First(&seen, 3) || !r.Varint(&v)) return false;
+      case Tag(B::kFirstSequenceFieldNumber, kVarint):
+        if (!Reader::First(&seen, B::kFirstSequenceFieldNumber) || !r.Varint(&v)) return false;
         out->first_sequence = v;
         break;
-      case Tag(4, kBytes):
+      case Tag(B::kObservationsFieldNumber, kBytes):
         if (!DecodeObservation(r, &out->observations.emplace_back())) return false;
         break;
       default:
@@ -272,12 +287,13 @@ bool DecodeBatch(absl::string_view bytes, BatchView* out) {
   return true;
 }
 
-bool DecodeAgentBatch(absl::string_view message, absl::string_view* batch_bytes,
-                      BatchView* out) {
+bool DecodeAgentBatch(absl::string_view message, absl::string_view* batch_bytes, BatchView* out) {
   // AgentMessage.batch: field 1, length-delimited.
   Reader r(message.data(), message.data() + message.size());
   absl::string_view bytes;
-  if (r.done() || r.Tag() != Tag(1, kBytes) || !r.Bytes(&bytes) || !r.done()) return false;
+  if (r.done() || r.Tag() != Tag(v1::AgentMessage::kBatchFieldNumber, kBytes) || !r.Bytes(&bytes) ||
+      !r.done())
+    return false;
   if (!DecodeBatch(bytes, out)) return false;
   *batch_bytes = bytes;
   return true;

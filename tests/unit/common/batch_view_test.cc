@@ -1,10 +1,12 @@
 // DecodeBatch against protobuf's own parser: the same view for every batch
 // an agent writes, and a refusal (so the caller falls back to protobuf)
-// for every encoding it does not decode itself.
+// for every encoding it does not decode itself; and the numbers and types
+// of the fields it reads stay those released agents send.
 #include "constance/batch_view.h"
 
 #include <string>
 
+#include "google/protobuf/descriptor.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/text_format.h"
@@ -192,6 +194,54 @@ TEST(DecodeAgentBatchTest, OnlyASoleBatch) {
   };
   for (const auto& c : kRefused) {
     EXPECT_FALSE(DecodeAgentBatch(c.bytes, &batch_bytes, &view)) << c.name;
+  }
+}
+
+}  // namespace
+}  // namespace constance
+
+namespace constance {
+namespace {
+
+// The fields the view decodes by hand, with the number and type released
+// agents send (tests/data/wire): a .proto edit that renumbers or retypes
+// one breaks every agent in the field, and the view with it.
+TEST(DecodeBatchTest, TheFieldsItReadsKeepTheirNumbersAndTypes) {
+  using FD = google::protobuf::FieldDescriptor;
+  static const struct {
+    const char* field;
+    int number;
+    FD::Type type;
+  } kFields[] = {
+      {"constance.v1.AgentMessage.batch", 1, FD::TYPE_MESSAGE},
+      {"constance.v1.Batch.location", 1, FD::TYPE_STRING},
+      {"constance.v1.Batch.incarnation", 2, FD::TYPE_FIXED64},
+      {"constance.v1.Batch.first_sequence", 3, FD::TYPE_UINT64},
+      {"constance.v1.Batch.observations", 4, FD::TYPE_MESSAGE},
+      {"constance.v1.Observation.key", 1, FD::TYPE_STRING},
+      {"constance.v1.Observation.observed_at", 2, FD::TYPE_MESSAGE},
+      {"constance.v1.Observation.price", 3, FD::TYPE_MESSAGE},
+      {"constance.v1.Observation.wait_seconds", 4, FD::TYPE_DOUBLE},
+      {"constance.v1.Observation.check", 5, FD::TYPE_MESSAGE},
+      {"constance.v1.Observation.score", 6, FD::TYPE_DOUBLE},
+      {"constance.v1.Observation.id", 7, FD::TYPE_STRING},
+      {"constance.v1.Price.minor_units", 1, FD::TYPE_INT64},
+      {"constance.v1.Price.currency", 2, FD::TYPE_STRING},
+      {"constance.v1.Price.kind", 3, FD::TYPE_ENUM},
+      {"constance.v1.Check.passed", 1, FD::TYPE_BOOL},
+      {"constance.v1.Check.critical", 2, FD::TYPE_BOOL},
+      {"google.protobuf.Timestamp.seconds", 1, FD::TYPE_INT64},
+      {"google.protobuf.Timestamp.nanos", 2, FD::TYPE_INT32},
+  };
+  // Linked in, so the pool knows every message above.
+  (void)v1::AgentMessage::descriptor();
+  const google::protobuf::DescriptorPool* pool = google::protobuf::DescriptorPool::generated_pool();
+  for (const auto& c : kFields) {
+    const FD* f = pool->FindFieldByName(c.field);
+    ASSERT_NE(f, nullptr) << c.field << " is gone";
+    EXPECT_EQ(f->number(), c.number) << c.field;
+    EXPECT_EQ(f->type(), c.type) << c.field;
+    EXPECT_FALSE(f->is_packed()) << c.field;
   }
 }
 
