@@ -20,10 +20,6 @@ namespace constance::collector {
 namespace {
 
 constexpr char kChainGroup[] = "chain";
-// 0.6745 (MAD) and 1.253314 (mean absolute deviation) turn robust spreads
-// into sigma estimates; see stats.cc.
-constexpr double kMadToSigma = 0.6745;
-constexpr double kMeanAdToSigma = 1.253314;
 
 // The field a validation message names ("price.minor_units: must ..."),
 // used as the bounded `reason` label of the rejection counter.
@@ -133,16 +129,6 @@ double PromiseFloor(const SeriesKey& key, double reference, const Catalog& catal
   return FamilyFloor(key.family, reference, PolicyFromCatalog(catalog));
 }
 
-bool DirectionAllowed(v1::Family family, double deviation) {
-  switch (family) {
-    case v1::FAMILY_WAIT:
-      return deviation > 0;
-    case v1::FAMILY_COMPLIANCE:
-      return deviation < 0;
-    default:
-      return deviation != 0;
-  }
-}
 
 std::string Meaning(v1::Family family, double deviation) {
   return DeviationMeaning(family, deviation > 0);
@@ -698,12 +684,32 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
       stats->main_level = g.levels.main;
       stats->other_levels = kept;
     }
-    for (const OutlierResult& r : FindOutliers(data->key.family, values, stats->summary, policy)) {
-      if (not_outliers.contains(r.location)) continue;
-      stats->outliers.push_back(r);
-      for (const Member& m : g.members) {
-        if (m.location == r.location) stats->outlier_locations.push_back(m.name);
+    g.assessed.clear();
+    g.assessed.reserve(g.members.size());
+    std::vector<std::pair<OutlierResult, const std::string*>> outliers;
+    for (const Member& m : g.members) {
+      Assessment a =
+          AssessValue(data->key.family, m.value.value, stats->summary, stats->band, policy);
+      if (not_outliers.contains(m.location)) a = Assessment{a.deviation, 0, 0, false, a.direction};
+      if (a.outlier) {
+        const double median = stats->summary.median;
+        outliers.push_back({OutlierResult{m.location, m.value.value, a.z,
+                                          median != 0 ? std::fabs(a.deviation) / std::fabs(median)
+                                                      : std::fabs(a.deviation),
+                                          a.direction},
+                            &m.name});
       }
+      g.assessed.push_back(a);
+    }
+    std::sort(outliers.begin(), outliers.end(), [](const auto& a, const auto& b) {
+      if (std::fabs(a.first.z) != std::fabs(b.first.z)) {
+        return std::fabs(a.first.z) > std::fabs(b.first.z);
+      }
+      return a.first.location < b.first.location;
+    });
+    for (const auto& [r, name] : outliers) {
+      stats->outliers.push_back(r);
+      stats->outlier_locations.push_back(*name);
     }
     g.stats = std::move(stats);
   }
@@ -837,9 +843,6 @@ void Engine::Evaluate() {
       const bool comparable = n >= th.min_group;
       const double floor = stats.band.floor;
       const double scale = stats.band.scale;
-      absl::flat_hash_set<uint32_t> level_members;
-      for (const Level& l : g.levels.others)
-        level_members.insert(l.members.begin(), l.members.end());
       auto in_rollout = [&](double v) {
         for (double r : g.rollout_values) {
           if (std::fabs(v - r) <= floor) return true;
@@ -950,7 +953,8 @@ void Engine::Evaluate() {
         splits.push_back(std::move(split));
       }
 
-      for (const Member& m : g.members) {
+      for (size_t i = 0; i < g.members.size(); ++i) {
+        const Member& m = g.members[i];
         if (ExceptionFor(m.name, key, now, catalog) != nullptr) continue;
         Pending p;
         p.location = m.location;
@@ -959,17 +963,11 @@ void Engine::Evaluate() {
         const double x = m.value.value;
         const double dev = x - s.median;
 
-        // Outlier.
-        if (comparable && scale > 0 && !level_members.contains(m.location) &&
-            !(key.family == v1::FAMILY_PRICE && in_rollout(x) && std::fabs(dev) > floor) &&
-            DirectionAllowed(key.family, dev)) {
-          const double z =
-              s.mad > 0 ? kMadToSigma * dev / s.mad : dev / (kMeanAdToSigma * s.mean_ad);
-          const double over_floor = floor > 0 ? std::fabs(dev) / floor : 1e9;
-          // MAD = 0: the floor decides (see ExpectedBand).
-          const double strength =
-              s.mad > 0 ? std::min(std::fabs(z) / th.z_threshold, over_floor) : over_floor;
-          if (strength >= weak) {
+        // Outlier: the rule's own verdict (ComputeGroups), held weakly too
+        // so that a finding closes only with the hysteresis margin.
+        {
+          const double strength = g.assessed[i].strength;
+          if (strength > 0 && strength >= weak) {
             const double magnitude =
                 s.median != 0 ? std::fabs(dev) / std::fabs(s.median) : std::fabs(dev);
             v1::Reason r = MakeReason(
@@ -982,7 +980,7 @@ void Engine::Evaluate() {
                              " of ", n, " locations in ", g.group),
                 x, s.median, stats.band.low, stats.band.high, magnitude, dev);
             p.reasons.emplace_back(strength, std::move(r));
-            p.outlier = strength >= 1;
+            p.outlier = g.assessed[i].outlier;
           }
         }
 

@@ -318,6 +318,11 @@ class Engine {
   struct GroupData {
     std::string group;
     std::vector<Member> members;
+    // Each member's standing under the outlier rule (stats.h AssessValue),
+    // by member index, with the group's structure applied: a member of a
+    // level or of a rollout is no outlier. The statistics' outliers and
+    // the findings both read it.
+    std::vector<Assessment> assessed;
     std::shared_ptr<SeriesStats> stats;
     Levels levels;
     std::vector<double> rollout_values;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace constance::collector {
 namespace {
@@ -10,6 +11,15 @@ namespace {
 // sigma. 1.253314 = sqrt(pi/2) does the same for the mean absolute deviation.
 constexpr double kMadToSigma = 0.6745;
 constexpr double kMeanAdToSigma = 1.253314;
+// The largest strength below 1: not an outlier, as near the edge as can be.
+const double kJustInside = std::nextafter(1.0, 0.0);
+
+// |deviation| > floor, strictly, where a deviation equal to the floor but
+// for rounding (a pass rate of 19/20 against 1, a floor of 5 points) counts
+// as equal: binary fractions must not turn "at the floor" into "past it".
+bool ExceedsFloor(double deviation, double floor) {
+  return std::fabs(deviation) - floor > 1e-9 * std::max(1.0, floor);
+}
 
 // Median of a sorted range.
 double SortedMedian(const std::vector<double>& v) {
@@ -29,6 +39,7 @@ double SortedQuantile(const std::vector<double>& v, double q) {
 }
 
 bool DirectionAllowed(v1::Family family, v1::Direction direction) {
+  if (direction == v1::DIRECTION_UNSPECIFIED) return false;
   switch (family) {
     case v1::FAMILY_WAIT:
       return direction == v1::ABOVE;
@@ -108,7 +119,7 @@ Band ExpectedBand(v1::Family family, const GroupSummary& summary, const OutlierP
     band.scale = kMeanAdToSigma * summary.mean_ad;
   }
   // With MAD = 0 the fallback z-score depends on how many locations deviate,
-  // not by how much, so the floor alone decides (DESIGN.md, "outlier").
+  // not by how much, so the floor alone decides.
   const double width =
       summary.mad > 0 ? std::max(band.floor, policy.z_threshold * band.scale) : band.floor;
   band.low = summary.median - width;
@@ -121,28 +132,45 @@ Band ExpectedBand(v1::Family family, const GroupSummary& summary, const OutlierP
   return band;
 }
 
+Assessment AssessValue(v1::Family family, double value, const GroupSummary& summary,
+                       const Band& band, const OutlierPolicy& policy) {
+  Assessment a;
+  a.deviation = value - summary.median;
+  a.direction = a.deviation > 0   ? v1::ABOVE
+                : a.deviation < 0 ? v1::BELOW
+                                  : v1::DIRECTION_UNSPECIFIED;
+  // Too few to compare, or all equal (scale 0): nobody deviates.
+  if (summary.n == 0 || summary.n < policy.min_group || band.scale <= 0) return a;
+  if (a.deviation == 0 || !DirectionAllowed(family, a.direction)) return a;
+  a.z = summary.mad > 0 ? kMadToSigma * a.deviation / summary.mad
+                        : a.deviation / (kMeanAdToSigma * summary.mean_ad);
+  const double over_floor =
+      band.floor > 0 ? std::fabs(a.deviation) / band.floor : std::numeric_limits<double>::max();
+  // With MAD = 0 the floor alone decides (see ExpectedBand).
+  a.strength =
+      summary.mad > 0 ? std::min(std::fabs(a.z) / policy.z_threshold, over_floor) : over_floor;
+  // Strictly past every threshold: a deviation equal to the floor (one
+  // cent on a 0.37 price) is not one.
+  a.outlier = ExceedsFloor(a.deviation, band.floor) &&
+              (summary.mad == 0 || std::fabs(a.z) > policy.z_threshold);
+  if (!a.outlier) a.strength = std::min(a.strength, kJustInside);
+  return a;
+}
+
 std::vector<OutlierResult> FindOutliers(v1::Family family, absl::Span<const LocatedValue> values,
                                         const GroupSummary& summary, const OutlierPolicy& policy) {
   std::vector<OutlierResult> out;
-  if (summary.n < policy.min_group || summary.n == 0) return out;
   const Band band = ExpectedBand(family, summary, policy);
-  // All equal (scale 0): nobody deviates.
-  if (band.scale <= 0) return out;
   for (const LocatedValue& v : values) {
-    const double deviation = v.value - summary.median;
-    const double z = summary.mad > 0 ? kMadToSigma * deviation / summary.mad
-                                     : deviation / (kMeanAdToSigma * summary.mean_ad);
-    if (summary.mad > 0 && std::fabs(z) <= policy.z_threshold) continue;
-    if (std::fabs(deviation) <= band.floor) continue;
-    const v1::Direction direction = deviation > 0 ? v1::ABOVE : v1::BELOW;
-    if (!DirectionAllowed(family, direction)) continue;
+    const Assessment a = AssessValue(family, v.value, summary, band, policy);
+    if (!a.outlier) continue;
     OutlierResult r;
     r.location = v.location;
     r.value = v.value;
-    r.z = z;
-    r.magnitude = summary.median != 0 ? std::fabs(deviation) / std::fabs(summary.median)
-                                      : std::fabs(deviation);
-    r.direction = direction;
+    r.z = a.z;
+    r.magnitude = summary.median != 0 ? std::fabs(a.deviation) / std::fabs(summary.median)
+                                      : std::fabs(a.deviation);
+    r.direction = a.direction;
     out.push_back(r);
   }
   std::sort(out.begin(), out.end(), [](const OutlierResult& a, const OutlierResult& b) {

@@ -55,7 +55,7 @@ struct Floor {
   double absolute = 0;
 };
 
-// The outlier rule's parameters. Defaults are DESIGN.md's.
+// The outlier rule's parameters, with the catalog's defaults.
 struct OutlierPolicy {
   double z_threshold = 3.5;
   // Fewer reporting locations than this: no outliers at all.
@@ -72,6 +72,21 @@ struct Band {
   double high = 0;
   double floor = 0;  // The family's floor at this median, in value units.
   double scale = 0;  // Robust sigma: MAD/0.6745, or 1.253314*MeanAD, or 0.
+};
+
+// How one value stands against its group under the outlier rule. The rule
+// is decided here and nowhere else: the statistics on /metrics and the
+// Query API, the findings and the trust balance all read this.
+struct Assessment {
+  double deviation = 0;  // value - median.
+  double z = 0;          // Modified z-score (or its MAD = 0 fallback); 0 if not compared.
+  // The smaller of |z| / z_threshold (when MAD > 0) and |deviation| /
+  // floor: >= 1 exactly when `outlier`; below 1, how near the band's edge
+  // (findings close with hysteresis on it). 0 when not compared or in a
+  // direction the family ignores.
+  double strength = 0;
+  bool outlier = false;
+  v1::Direction direction = v1::DIRECTION_UNSPECIFIED;
 };
 
 struct OutlierResult {
@@ -96,7 +111,16 @@ double FamilyFloor(v1::Family family, double median, const OutlierPolicy& policy
 // the band is never an outlier.
 Band ExpectedBand(v1::Family family, const GroupSummary& summary, const OutlierPolicy& policy);
 
-// The locations whose value is an outlier: |z| > z_threshold (when MAD > 0),
+// The outlier rule for one value: an outlier when the group has at least
+// min_group locations and some spread (band.scale > 0), the deviation is
+// in a direction the family cares about (price: both; wait: above;
+// compliance: below; score: both), strictly larger than the family's floor,
+// and, when MAD > 0, |z| is strictly above z_threshold. `band` is
+// ExpectedBand's for `summary`.
+Assessment AssessValue(v1::Family family, double value, const GroupSummary& summary,
+                       const Band& band, const OutlierPolicy& policy);
+
+// The locations whose value is an outlier under AssessValue: |z| > z_threshold (when MAD > 0),
 // |deviation| above the family's floor, in a direction the family cares about (price:
 // both; wait: above; compliance: below; score: both), and the group has at
 // least min_group locations. Sorted by |z| descending, then location.

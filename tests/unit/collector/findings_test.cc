@@ -197,6 +197,57 @@ TEST(FindingsTest, PriceScenarios) {
   }
 }
 
+// One rule: the statistics on /metrics and the Query API count exactly the
+// outliers the findings open, at the floor and past it.
+TEST(FindingsTest, StatisticsAndFindingsAgreeAtTheFloor) {
+  static const struct {
+    const char* name;
+    std::vector<std::pair<int, int64_t>> runs;  // (count, price) runs.
+    int outliers;
+  } kPrices[] = {
+      {"one store at 0.18 among 0.19: one cent is the floor", {{20, 19}, {1, 18}}, 0},
+      {"two stores at 0.36 among 0.37", {{20, 37}, {2, 36}}, 0},
+      {"40 stores at 0.36 among 60 at 0.37: a shared level", {{60, 37}, {40, 36}}, 0},
+      {"1.01 among 1.00", {{20, 100}, {1, 101}}, 0},
+      {"1.02 among 1.00", {{20, 100}, {1, 102}}, 1},
+      {"9.89 among 9.99", {{20, 999}, {1, 989}}, 1},
+      {"99.00 among 100.00: exactly 1%", {{20, 10000}, {1, 9900}}, 0},
+      {"98.99 among 100.00", {{20, 10000}, {1, 9899}}, 1},
+  };
+  auto published_outliers = [](Chain& chain, v1::Family family) {
+    size_t n = 0;
+    for (const auto& s : chain.engine().snapshot()->series) {
+      if (s->key.family == family) n += s->outliers.size();
+    }
+    return n;
+  };
+  for (const auto& c : kPrices) {
+    SCOPED_TRACE(c.name);
+    Chain chain;
+    int i = 0;
+    for (const auto& [count, price] : c.runs) {
+      for (int k = 0; k < count; ++k) chain.SetPrice(Store(i++), "sku-1", price);
+    }
+    chain.Evaluate();
+    EXPECT_EQ(chain.Active(v1::OUTLIER).size(), static_cast<size_t>(c.outliers))
+        << Describe(chain.Active());
+    EXPECT_EQ(published_outliers(chain, v1::FAMILY_PRICE), static_cast<size_t>(c.outliers));
+  }
+  // Pass rates: 19 of 20 against 20 of 20 is exactly the 5-point floor.
+  for (const auto& [passes, outliers] : {std::pair<int, size_t>{19, 0}, {18, 1}}) {
+    SCOPED_TRACE(absl::StrCat(passes, " of 20 checks passed against 20 of 20"));
+    Chain chain;
+    for (int s = 0; s < 21; ++s) {
+      std::vector<v1::Observation> checks;
+      for (int k = 0; k < 20; ++k) checks.push_back(chain.Check("fridge-temp", s < 20 || k < passes));
+      chain.Send(Store(s), std::move(checks));
+    }
+    chain.Evaluate();
+    EXPECT_EQ(chain.Active(v1::OUTLIER).size(), outliers) << Describe(chain.Active());
+    EXPECT_EQ(published_outliers(chain, v1::FAMILY_COMPLIANCE), outliers);
+  }
+}
+
 TEST(FindingsTest, AnOverchargeExplainsItself) {
   Chain chain;
   for (int i = 0; i < 100; ++i) chain.SetPrice(Store(i), "sku-1", 139);

@@ -186,3 +186,70 @@ TEST(FamilyFloorTest, Cases) {
 
 }  // namespace
 }  // namespace constance::collector
+
+namespace constance::collector {
+namespace {
+
+// The outlier rule at its boundaries, family by family: a deviation equal
+// to the floor is no outlier, the next representable step past it is.
+TEST(AssessValueTest, ADeviationMustExceedTheFloorStrictly) {
+  static const struct {
+    const char* name;
+    v1::Family family;
+    size_t peers;  // How many share the median.
+    double median;
+    double value;
+    bool outlier;
+  } kCases[] = {
+      {"price 0.18 against 0.19: one cent, the floor", v1::FAMILY_PRICE, 20, 19, 18, false},
+      {"price 0.36 against 0.37", v1::FAMILY_PRICE, 20, 37, 36, false},
+      {"price 1.01 against 1.00", v1::FAMILY_PRICE, 20, 100, 101, false},
+      {"price 1.02 against 1.00", v1::FAMILY_PRICE, 20, 100, 102, true},
+      {"price 9.89 against 9.99: 10 cents past a 9.99-cent floor", v1::FAMILY_PRICE, 20, 999, 989,
+       true},
+      {"price 99.00 against 100.00: exactly 1%", v1::FAMILY_PRICE, 20, 10000, 9900, false},
+      {"price 98.99 against 100.00", v1::FAMILY_PRICE, 20, 10000, 9899, true},
+      {"wait 110 s against 100 s: exactly 10%", v1::FAMILY_WAIT, 20, 100, 110, false},
+      {"wait 110.5 s against 100 s", v1::FAMILY_WAIT, 20, 100, 110.5, true},
+      {"wait 80 s against 100 s: faster is never an outlier", v1::FAMILY_WAIT, 20, 100, 80, false},
+      {"pass rate 19/20 against 1: exactly 5 points", v1::FAMILY_COMPLIANCE, 20, 1.0, 19.0 / 20,
+       false},
+      {"pass rate 18/20 against 1", v1::FAMILY_COMPLIANCE, 20, 1.0, 18.0 / 20, true},
+      {"score 84 against 80: exactly 5%", v1::FAMILY_SCORE, 20, 80, 84, false},
+      {"score 84.5 against 80", v1::FAMILY_SCORE, 20, 80, 84.5, true},
+  };
+  const OutlierPolicy policy;
+  for (const auto& c : kCases) {
+    SCOPED_TRACE(c.name);
+    const std::vector<LocatedValue> values = Located(Many(c.peers, c.median, {c.value}));
+    const GroupSummary s = SummarizeGroup(values);
+    const Band band = ExpectedBand(c.family, s, policy);
+    const Assessment a = AssessValue(c.family, c.value, s, band, policy);
+    EXPECT_EQ(a.outlier, c.outlier);
+    EXPECT_EQ(a.strength >= 1, c.outlier) << "strength " << a.strength;
+    // FindOutliers is the same rule.
+    EXPECT_EQ(FindOutliers(c.family, values, s, policy).size(), c.outlier ? 1u : 0u);
+  }
+}
+
+TEST(AssessValueTest, AZScoreAtTheThresholdIsNoOutlier) {
+  // MAD > 0: 0.6745 * 10 / MAD == 3.5 exactly when MAD = 0.6745 * 10 / 3.5.
+  const OutlierPolicy policy;
+  GroupSummary s;
+  s.n = 50;
+  s.median = 1000;
+  s.mad = 0.6745 * 100 / 3.5;
+  Band band;
+  band.floor = 10;
+  band.scale = s.mad / 0.6745;
+  const Assessment at = AssessValue(v1::FAMILY_PRICE, 1100, s, band, policy);
+  EXPECT_NEAR(at.z, 3.5, 1e-9);
+  const Assessment past = AssessValue(v1::FAMILY_PRICE, 1101, s, band, policy);
+  EXPECT_TRUE(past.outlier);
+  EXPECT_GE(past.strength, 1);
+  EXPECT_EQ(at.outlier, std::fabs(at.z) > 3.5);
+  EXPECT_EQ(at.strength >= 1, at.outlier);
+}
+
+}  // namespace
+}  // namespace constance::collector
