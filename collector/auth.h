@@ -1,4 +1,4 @@
-// Who is calling the collector, and what they may do (DESIGN.md, "Security").
+// Who is calling the collector, and what they may do (README.md, "Certificates").
 //
 // Under TLS every caller presents a certificate from the chain's CA; its
 // URI SAN names a location (may call Ingest, and only for that location) or

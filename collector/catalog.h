@@ -5,7 +5,7 @@
 // their labels and calendars, the peer groups (locations that must be alike
 // for a key, e.g. a price zone = region), promises (HQ list prices, "p%
 // served within N s", required checks), approved exceptions, and every
-// threshold the engine uses. Every default of DESIGN.md is a key here; a
+// threshold the engine uses: every default in docs/design.md, "Findings", is a key here; a
 // catalog file may be empty, which means "the defaults, any location".
 //
 //   absl::StatusOr<Catalog> c = LoadCatalog("/etc/constance/catalog.yaml");
@@ -77,7 +77,7 @@ struct TrustPolicy {
   absl::Duration half_life = absl::Hours(24 * 7);
 };
 
-// Thresholds of the findings (DESIGN.md, "Findings").
+// Thresholds of the findings (docs/design.md, "Findings").
 struct Thresholds {
   double z_threshold = 3.5;
   uint64_t min_group = 5;      // Fewer reporting locations: no findings.
@@ -212,7 +212,7 @@ struct Catalog {
   bool ExpectedOpen(absl::string_view location, absl::Time t) const;
 };
 
-// The defaults of one family's policy (DESIGN.md, "Findings"); what both
+// The defaults of one family's policy (docs/design.md, "Collector: cells"); what both
 // DefaultCatalog() and a catalog file that omits the family use. A
 // default-constructed FamilyPolicy for FAMILY_UNSPECIFIED.
 FamilyPolicy FamilyDefaults(v1::Family family);

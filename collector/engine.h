@@ -10,7 +10,7 @@
 //     Query API and /metrics read, so a scrape never blocks ingest;
 //   - the evaluation tick (evaluation_interval, 1 min) recomputes every
 //     series (windows slide, cells expire) and evaluates the findings of
-//     DESIGN.md: outliers, splits and rollouts, zones, broken and
+//     docs/design.md ("Findings"): outliers, splits and rollouts, zones, broken and
 //     unkeepable promises, irregular price changes, drift, silent
 //     locations; persistence and hysteresis decide what opens and closes,
 //     and each location's trust account is updated.

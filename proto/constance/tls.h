@@ -7,7 +7,7 @@
 // connections already open keep the certificate they started with, which
 // is why the collector also bounds connection age.
 //
-// Identities live in the certificate's URI SAN (DESIGN.md, "Security"):
+// Identities live in the certificate's URI SAN (README.md, "Certificates"):
 //   spiffe://constance/location/<location id>   an agent; may call Ingest
 //   spiffe://constance/operator/<name>          an operator; may call Query
 // The collector's own certificate carries DNS (and IP) SANs of its address.

@@ -1,6 +1,6 @@
 // The fault-injection suite: nothing acknowledged to a local writer is lost
 // or counted twice, whatever happens between the agents and the collector
-// (issue 4, DESIGN.md "Delivery guarantees").
+// (issue 4, docs/design.md "Delivery guarantees").
 //
 // Real processes on loopback: one collector with a durable state directory
 // and kAgents agents with durable spools, each agent dialing the collector

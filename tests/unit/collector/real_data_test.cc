@@ -88,7 +88,7 @@ Exact Compute(const std::vector<double>& v) {
   return e;
 }
 
-// The outlier rule as DESIGN.md states it, written out independently.
+// The outlier rule as docs/design.md ("Outlier") states it, written out independently.
 std::set<std::string> ExactOutliers(const std::map<std::string, double>& values, double floor_ratio,
                                     bool above, bool below) {
   std::vector<double> v;
