@@ -129,7 +129,6 @@ double PromiseFloor(const SeriesKey& key, double reference, const Catalog& catal
   return FamilyFloor(key.family, reference, PolicyFromCatalog(catalog));
 }
 
-
 std::string Meaning(v1::Family family, double deviation) {
   return DeviationMeaning(family, deviation > 0);
 }

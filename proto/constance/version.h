@@ -11,10 +11,12 @@
 //      down; no version is announced (a heartbeat without protocol_version
 //      is protocol 1).
 //   2  constance 0.2.0: the agent's first heartbeat announces its protocol
-//      version and capabilities, and the collector answers an agent that
-//      announced 2 or more with a Hello of its own before anything else. A
-//      collector never sends a message or field an agent did not announce
-//      it understands, and an agent that gets no Hello speaks protocol 1.
+//      version, and the collector answers an agent that announced 2 or
+//      more with a Hello of its own before any ack. A collector never sends
+//      a message or field an agent did not announce it understands, and an
+//      agent that gets no Hello speaks protocol 1. The messages also carry
+//      a list of capabilities, for optional features a later protocol
+//      adds; protocol 2 defines none, so both sides leave it empty.
 //
 // Thread-safe: constants only.
 #ifndef CONSTANCE_VERSION_H_
