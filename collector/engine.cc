@@ -1038,7 +1038,19 @@ void Engine::Evaluate() {
           if (promise_strength >= weak) p.reasons.emplace_back(promise_strength, promise_reason);
         }
 
-        // Irregular change: a price change peers did not make, or flipping.
+        // Irregular change: flipping back and forth, or a change few peers
+        // made that ends away from every level of the group. A change that
+        // ends where peers are (the main level, or another level at least
+        // min_level locations share) is convergence: a store joining its
+        // peers' price, whether they changed theirs (a rollout) or listed
+        // the item at it for the first time, or correcting an overcharge.
+        auto at_a_level = [&](double v) {
+          if (std::fabs(v - s.median) <= floor) return true;
+          for (const Level& l : g.levels.others) {
+            if (std::fabs(v - l.value) <= floor) return true;
+          }
+          return false;
+        };
         if (key.family == v1::FAMILY_PRICE && key.kind != v1::PROMO && comparable) {
           const PriceChange& ch = m.latest_change;
           const int64_t window_since = absl::ToUnixNanos(now - th.irregular_window);
@@ -1052,7 +1064,8 @@ void Engine::Evaluate() {
                                   Format(key, static_cast<double>(ch.from)), " to ",
                                   Format(key, static_cast<double>(ch.to)));
           } else if (ch.at_ns != 0 && ch.at_ns >= window_since && ch.at_ns <= settled_before &&
-                     !in_rollout(static_cast<double>(ch.to))) {
+                     !in_rollout(static_cast<double>(ch.to)) &&
+                     !at_a_level(static_cast<double>(ch.to))) {
             uint64_t peers_changed = 0;
             for (const Member& other : g.members) {
               if (other.location != m.location && other.latest_change.at_ns >= window_since) {

@@ -331,6 +331,43 @@ TEST(FindingsTest, TheSameStoresSplittingOnManyItemsAreOneZone) {
   EXPECT_THAT(zones[0].reasons(0).detail(), HasSubstr("declare it as a peer group"));
 }
 
+// A real chain's shape: 120 stores, an undeclared zone of 48 (40%) a large
+// gap apart on 30 items and one minor unit below on 4 cheap ones (the
+// floor itself), and one store overcharging one item. Exactly one outlier
+// and one zone finding, and no other store finding: shared levels are
+// structure, at every gap size.
+TEST(FindingsTest, AChainWithAnUndeclaredZoneHasOneOutlierAndOneZone) {
+  Chain chain;
+  constexpr int kStores = 120, kZone = 48;
+  for (int item = 0; item < 30; ++item) {
+    const std::string key = absl::StrCat("sku-", item);
+    for (int i = 0; i < kStores; ++i) {
+      int64_t price = 300 + 10 * item + (i < kZone ? 40 : 0);
+      if (i == 100 && item == 5) price = price * 115 / 100;  // The overcharge.
+      chain.SetPrice(Store(i), key, price);
+    }
+  }
+  for (int item = 0; item < 4; ++item) {
+    const std::string key = absl::StrCat("cheap-", item);
+    for (int i = 0; i < kStores; ++i) chain.SetPrice(Store(i), key, 19 + 18 * item - (i < kZone));
+  }
+  chain.Evaluate();
+  auto outliers = chain.Active(v1::OUTLIER);
+  ASSERT_EQ(outliers.size(), 1u) << Describe(chain.Active());
+  EXPECT_EQ(outliers[0].location(), Store(100));
+  EXPECT_EQ(outliers[0].series().key(), "sku-5");
+  auto zones = chain.Active(v1::ZONE);
+  ASSERT_EQ(zones.size(), 1u) << Describe(chain.Active());
+  EXPECT_EQ(zones[0].locations_size(), kZone);
+  for (const v1::Finding& f : chain.Active()) {
+    if (f.kind() == v1::OUTLIER || f.kind() == v1::ZONE || f.kind() == v1::SPLIT) continue;
+    ADD_FAILURE() << "unexpected finding" << Describe({f});
+  }
+  for (const v1::Finding& f : chain.Active(v1::SPLIT)) {
+    EXPECT_TRUE(f.location().empty()) << "a split is chain-level" << Describe({f});
+  }
+}
+
 TEST(FindingsTest, ADeclaredZoneIsComparedWithinItselfAndASmallOneFallsBack) {
   Catalog catalog = DefaultCatalog();
   catalog.peer_groups.push_back({"zone", "region", {v1::FAMILY_PRICE}, {}, 0});
@@ -395,6 +432,76 @@ TEST(FindingsTest, OneStoreMarkingDownAnItemNobodyElseChangedIsIrregular) {
   EXPECT_EQ(all[0].kind(), v1::OUTLIER);
   EXPECT_EQ(all[0].reasons(1).kind(), v1::IRREGULAR_CHANGE);
   EXPECT_THAT(all[0].reasons(1).detail(), HasSubstr("changed from 2.99 EUR to 2.49 EUR"));
+}
+
+// A change that ends where the peers are is convergence, never irregular:
+// the peers listing the item for the first time at the price one store
+// moves to (a real chain's overnight files), a store correcting an
+// overcharge, a store catching up with a rollout it lagged.
+TEST(FindingsTest, ConvergenceIsNotIrregular) {
+  {
+    SCOPED_TRACE("1.79 -> 1.49 while 112 peers list the item at 1.49 for the first time");
+    Chain chain;
+    chain.SetPrice(Store(0), "sku-1", 179);
+    chain.Evaluate(1, absl::Hours(12));
+    chain.SetPrice(Store(0), "sku-1", 149);
+    for (int i = 1; i <= 112; ++i) chain.SetPrice(Store(i), "sku-1", 149);
+    chain.Evaluate(70);  // Past the settle time.
+    CheckCounts(chain, None());
+  }
+  {
+    SCOPED_TRACE("one store alone from the chain's 1.49 to 1.29: irregular (and an outlier)");
+    Chain chain;
+    for (int i = 0; i < 113; ++i) chain.SetPrice(Store(i), "sku-1", 149);
+    chain.Evaluate();
+    chain.SetPrice(Store(0), "sku-1", 129);
+    chain.Evaluate(70);
+    auto all = chain.Active();
+    ASSERT_EQ(all.size(), 1u) << Describe(all);
+    ASSERT_EQ(all[0].reasons_size(), 2) << Describe(all);
+    EXPECT_EQ(all[0].reasons(1).kind(), v1::IRREGULAR_CHANGE);
+  }
+  {
+    SCOPED_TRACE("an overcharging store back at the chain's price");
+    Chain chain;
+    for (int i = 0; i < 40; ++i) chain.SetPrice(Store(i), "sku-1", i == 3 ? 349 : 299);
+    chain.Evaluate();
+    ASSERT_EQ(chain.Active(v1::OUTLIER).size(), 1u);
+    chain.SetPrice(Store(3), "sku-1", 299);
+    chain.Evaluate(70);
+    CheckCounts(chain, None());
+  }
+  {
+    SCOPED_TRACE("30 items changing chain-wide in one night");
+    Chain chain;
+    for (int i = 0; i < 40; ++i) {
+      for (int k = 0; k < 30; ++k) chain.SetPrice(Store(i), absl::StrCat("sku-", k), 100 + k);
+    }
+    chain.Evaluate();
+    for (int i = 0; i < 40; ++i) {
+      for (int k = 0; k < 30; ++k) chain.SetPrice(Store(i), absl::StrCat("sku-", k), 110 + k);
+      chain.Advance(absl::Minutes(5));
+    }
+    chain.Evaluate(70);
+    CheckCounts(chain, None());
+  }
+  {
+    SCOPED_TRACE("a store lagging a rollout by a day, then catching up");
+    Chain chain;
+    for (int i = 0; i < 100; ++i) chain.SetPrice(Store(i), "sku-1", 199);
+    chain.Evaluate();
+    for (int i = 0; i < 100; ++i) {
+      if (i != 7) chain.SetPrice(Store(i), "sku-1", 219);
+    }
+    chain.Evaluate(1, absl::Hours(25));  // Past the rollout grace.
+    chain.Evaluate();
+    auto lagging = chain.Active(v1::OUTLIER);
+    ASSERT_EQ(lagging.size(), 1u) << Describe(chain.Active());
+    EXPECT_EQ(lagging[0].location(), Store(7));
+    chain.SetPrice(Store(7), "sku-1", 219);
+    chain.Evaluate(70);
+    CheckCounts(chain, None());
+  }
 }
 
 TEST(FindingsTest, FlippingBackAndForthIsIrregularEvenInsideTheBand) {
