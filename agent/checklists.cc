@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "agent/bounded_json.h"
 #include "agent/input_values.h"
 #include "google/protobuf/util/time_util.h"
 #include "nlohmann/json.hpp"
@@ -33,8 +34,9 @@ absl::Status UnknownFields(const json& obj, std::initializer_list<const char*> k
 }  // namespace
 
 absl::StatusOr<ChecklistSubmission> ParseChecklistJson(absl::string_view object) {
-  json obj = json::parse(object.begin(), object.end(), nullptr, /*allow_exceptions=*/false);
-  if (obj.is_discarded()) return absl::InvalidArgumentError("malformed JSON");
+  absl::StatusOr<json> parsed = ParseBoundedJson(object);
+  if (!parsed.ok()) return parsed.status();
+  const json& obj = *parsed;
   if (!obj.is_object()) return absl::InvalidArgumentError("expected a JSON object");
   if (absl::Status s = UnknownFields(obj, {"template", "id", "submitted_at", "items"}, "");
       !s.ok()) {

@@ -1,3 +1,4 @@
+#include "agent/bounded_json.h"
 #include "agent/file_input.h"
 
 #include <iconv.h>
@@ -296,9 +297,13 @@ void FileParser::MapJsonLine(absl::string_view line, absl::Time now, InputRecord
       break;
   }
   // Column-mapped: the object's fields are the columns.
-  nlohmann::json obj =
-      nlohmann::json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
-  if (obj.is_discarded() || !obj.is_object()) {
+  absl::StatusOr<nlohmann::json> parsed = ParseBoundedJson(line);
+  if (!parsed.ok()) {
+    r->error = std::string(parsed.status().message());
+    return;
+  }
+  const nlohmann::json& obj = *parsed;
+  if (!obj.is_object()) {
     r->error = "not a JSON object";
     return;
   }

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "agent/bounded_json.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
 #include "nlohmann/json.hpp"
@@ -36,15 +37,41 @@ absl::Status MapItem(const json& item, absl::Time now, const Limits& limits, v1:
 
 }  // namespace
 
+namespace {
+
+// Frames `body`: one object, or an array of items. Items nested deeper
+// than kMaxJsonDepth are refused alone, by index, before anything recurses
+// over them; a lone object that deep refuses the body.
+struct Framed {
+  json doc;
+  std::vector<bool> too_deep;  // By item index, for an array.
+};
+absl::StatusOr<Framed> Frame(absl::string_view body) {
+  const JsonNesting nesting = MeasureJsonNesting(body);
+  absl::StatusOr<json> doc = ParseBoundedJsonArrayOrObject(body, nesting);
+  if (!doc.ok()) return doc.status();
+  Framed out;
+  out.doc = *std::move(doc);
+  if (!out.doc.is_object() && !out.doc.is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expected a JSON object or an array of objects, got ", out.doc.type_name()));
+  }
+  if (out.doc.is_array()) {
+    out.too_deep.resize(out.doc.size(), false);
+    for (size_t i = 0; i < out.too_deep.size() && i < nesting.item_depths.size(); ++i) {
+      out.too_deep[i] = nesting.item_depths[i] > kMaxJsonDepth;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<ParsedObservations> ParseObservations(absl::string_view body, absl::Time now,
                                                      const Limits& limits) {
-  json doc;
-  try {
-    doc = json::parse(body.begin(), body.end());
-  } catch (const json::exception& e) {
-    // nlohmann's what() names the position and what it expected there.
-    return absl::InvalidArgumentError(absl::StrCat("malformed JSON: ", e.what()));
-  }
+  absl::StatusOr<Framed> framed = Frame(body);
+  if (!framed.ok()) return framed.status();
+  const json& doc = framed->doc;
   ParsedObservations out;
   auto take = [&](const json& item, size_t index) {
     v1::Observation obs;
@@ -55,32 +82,26 @@ absl::StatusOr<ParsedObservations> ParseObservations(absl::string_view body, abs
       out.rejected.push_back(ItemRejection{index, std::string(s.message())});
     }
   };
-  auto count = [&] { out.items_accepted = out.accepted.size(); };
   if (doc.is_object()) {
     take(doc, 0);
-    count();
-  } else if (doc.is_array()) {
-    out.accepted.reserve(doc.size());
-    for (size_t i = 0; i < doc.size(); ++i) take(doc[i], i);
-    count();
   } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("expected a JSON object or an array of objects, got ", doc.type_name()));
+    out.accepted.reserve(doc.size());
+    for (size_t i = 0; i < doc.size(); ++i) {
+      if (framed->too_deep[i]) {
+        out.rejected.push_back(ItemRejection{i, std::string(TooDeepError().message())});
+      } else {
+        take(doc[i], i);
+      }
+    }
   }
+  out.items_accepted = out.accepted.size();
   return out;
 }
 
 absl::StatusOr<ParsedObservations> ParseItems(absl::string_view body, const ItemMapper& map_item) {
-  json doc;
-  try {
-    doc = json::parse(body.begin(), body.end());
-  } catch (const json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("malformed JSON: ", e.what()));
-  }
-  if (!doc.is_object() && !doc.is_array()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("expected a JSON object or an array of objects, got ", doc.type_name()));
-  }
+  absl::StatusOr<Framed> framed = Frame(body);
+  if (!framed.ok()) return framed.status();
+  const json& doc = framed->doc;
   ParsedObservations out;
   auto take = [&](const json& item, size_t index) {
     std::vector<v1::Observation> produced;
@@ -97,7 +118,13 @@ absl::StatusOr<ParsedObservations> ParseItems(absl::string_view body, const Item
   if (doc.is_object()) {
     take(doc, 0);
   } else {
-    for (size_t i = 0; i < doc.size(); ++i) take(doc[i], i);
+    for (size_t i = 0; i < doc.size(); ++i) {
+      if (framed->too_deep[i]) {
+        out.rejected.push_back(ItemRejection{i, std::string(TooDeepError().message())});
+      } else {
+        take(doc[i], i);
+      }
+    }
   }
   return out;
 }

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "agent/bounded_json.h"
 #include "agent/input_values.h"
 #include "google/protobuf/util/time_util.h"
 #include "nlohmann/json.hpp"
@@ -58,8 +59,9 @@ v1::Observation PriceObservation(const PriceCheck& c, int64_t minor, v1::PriceKi
 std::string PriceMatchKey(absl::string_view item) { return absl::StrCat(item, ".price_match"); }
 
 absl::StatusOr<PriceCheck> ParsePriceCheckJson(absl::string_view object) {
-  json obj = json::parse(object.begin(), object.end(), nullptr, /*allow_exceptions=*/false);
-  if (obj.is_discarded()) return absl::InvalidArgumentError("malformed JSON");
+  absl::StatusOr<json> parsed = ParseBoundedJson(object);
+  if (!parsed.ok()) return parsed.status();
+  const json& obj = *parsed;
   if (!obj.is_object()) return absl::InvalidArgumentError("expected a JSON object");
   static const char* const kKnown[] = {"item", "currency",    "shelf", "pos",
                                        "list", "observed_at", "id"};

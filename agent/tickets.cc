@@ -5,6 +5,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "agent/bounded_json.h"
 #include "absl/strings/str_split.h"
 #include "agent/input_values.h"
 #include "google/protobuf/util/time_util.h"
@@ -55,8 +56,9 @@ absl::Status ValidateTicketEvent(const TicketEvent& e) {
 }
 
 absl::StatusOr<TicketEvent> ParseTicketJson(absl::string_view object, absl::Time now) {
-  json obj = json::parse(object.begin(), object.end(), nullptr, /*allow_exceptions=*/false);
-  if (obj.is_discarded()) return absl::InvalidArgumentError("malformed JSON");
+  absl::StatusOr<json> parsed = ParseBoundedJson(object);
+  if (!parsed.ok()) return parsed.status();
+  const json& obj = *parsed;
   if (!obj.is_object()) return absl::InvalidArgumentError("expected a JSON object");
   TicketEvent e;
   e.at = now;

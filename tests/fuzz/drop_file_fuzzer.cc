@@ -16,6 +16,7 @@
 #include "agent/config.h"
 #include "agent/file_input.h"
 #include "constance/validate.h"
+#include "tests/fuzz/small_stack.h"
 
 namespace {
 
@@ -99,12 +100,10 @@ std::vector<InputMapping> Mappings() {
 
 }  // namespace
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const std::vector<InputMapping> mappings = Mappings();
-  if (size < 2) return -1;
-  const InputMapping& mapping = mappings[static_cast<uint8_t>(data[0] - '0') % mappings.size()];
-  const absl::string_view file(reinterpret_cast<const char*>(data) + 2, size - 2);
-  const size_t cut = file.size() * (static_cast<uint8_t>(data[1] - '0') % 11) / 10;
+namespace {
+
+// Parses `file` in two pieces (cut at `cut`) as the drop directory does.
+void OneInput(const InputMapping& mapping, absl::string_view file, size_t cut) {
   const absl::Time now = absl::FromUnixSeconds(1'795'305'600);  // 2026-11-22T00:00:00Z
 
   constance::agent::FileParser parser(mapping, constance::Limits{});
@@ -129,5 +128,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (r.end_offset < offset || r.end_offset > second) std::abort();
     offset = r.end_offset;
   }
+}
+
+}  // namespace
+
+// Each input runs on a thread with an HTTP worker's stack (small_stack.h):
+// the same parsers serve the HTTP endpoints' items.
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static const std::vector<InputMapping> mappings = Mappings();
+  if (size < 2) return -1;
+  const InputMapping& mapping = mappings[static_cast<uint8_t>(data[0] - '0') % mappings.size()];
+  const absl::string_view file(reinterpret_cast<const char*>(data) + 2, size - 2);
+  const size_t cut = file.size() * (static_cast<uint8_t>(data[1] - '0') % 11) / 10;
+  constance::testing::RunOnSmallStack([&] { OneInput(mapping, file, cut); });
   return 0;
 }
