@@ -12,7 +12,7 @@ namespace constance::agent {
 JsonNesting MeasureJsonNesting(absl::string_view text) {
   JsonNesting out;
   int depth = 0;
-  bool first = true;      // No value seen yet.
+  bool first = true;       // No value seen yet.
   bool top_array = false;  // The text is an array: its items are measured too.
   bool in_item = false;    // Inside an item of the top-level array.
   int item_depth = 0;

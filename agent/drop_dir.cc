@@ -142,7 +142,16 @@ absl::StatusOr<ScanStats> DropDirectory::ScanOnce() {
   }
   ScanStats stats;
   if (config.path.empty()) return stats;
-  DIR* dir = opendir(config.path.c_str());
+  // Files are looked up and opened relative to the directory, never
+  // through a symlink: a link to a file outside it (/etc/shadow) is not
+  // read, nor a FIFO or device that would block or never end.
+  const int dir_fd = open(config.path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) return Errno("cannot open", config.path);
+  struct DirCloser {
+    int fd;
+    ~DirCloser() { close(fd); }
+  } dir_closer{dir_fd};
+  DIR* dir = fdopendir(dup(dir_fd));
   if (dir == nullptr) return Errno("cannot list", config.path);
   std::vector<std::string> names;
   while (dirent* e = readdir(dir)) {
@@ -154,7 +163,16 @@ absl::StatusOr<ScanStats> DropDirectory::ScanOnce() {
   for (const std::string& name : names) {
     const std::string path = config.path + "/" + name;
     struct stat st;
-    if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    if (!S_ISREG(st.st_mode)) {
+      if (!S_ISDIR(st.st_mode) && warned_.insert(name).second) {
+        spdlog::warn(
+            "drop directory: {} is not a regular file (a symlink, FIFO or device); left "
+            "alone",
+            path);
+      }
+      continue;
+    }
     present.insert(absl::StrCat(kStatePrefix, st.st_dev, ":", st.st_ino));
     const InputMapping* mapping = nullptr;
     for (const InputMapping& m : config.files) {
@@ -170,7 +188,7 @@ absl::StatusOr<ScanStats> DropDirectory::ScanOnce() {
       continue;
     }
     ++stats.files_seen;
-    if (absl::Status s = ProcessFile(config, name, *mapping, &stats); !s.ok()) {
+    if (absl::Status s = ProcessFile(config, dir_fd, name, *mapping, &stats); !s.ok()) {
       if (warned_.insert(absl::StrCat(name, "\n", s.message())).second) {
         spdlog::warn("{}", std::string(s.message()));
       }
@@ -194,10 +212,14 @@ absl::StatusOr<ScanStats> DropDirectory::ScanOnce() {
   return stats;
 }
 
-absl::Status DropDirectory::ProcessFile(const DropDirectoryConfig& config, const std::string& name,
-                                        const InputMapping& mapping, ScanStats* stats) {
+absl::Status DropDirectory::ProcessFile(const DropDirectoryConfig& config, int dir_fd,
+                                        const std::string& name, const InputMapping& mapping,
+                                        ScanStats* stats) {
   const std::string path = config.path + "/" + name;
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NOFOLLOW and O_NONBLOCK: the name may have become a symlink or a
+  // FIFO since it was listed.
+  const int fd =
+      openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
   if (fd < 0) return Errno("cannot open", path);
   struct Closer {
     int fd;
@@ -205,6 +227,10 @@ absl::Status DropDirectory::ProcessFile(const DropDirectoryConfig& config, const
   } closer{fd};
   struct stat st;
   if (fstat(fd, &st) != 0) return Errno("cannot stat", path);
+  if (!S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("drop directory: ", path, " is not a regular file; left alone"));
+  }
   const std::string key = absl::StrCat(kStatePrefix, st.st_dev, ":", st.st_ino);
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   const absl::Time now = deps_.now();

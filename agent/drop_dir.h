@@ -116,7 +116,9 @@ class DropDirectory {
   };
   DropDirectory(DropDirectoryConfig config, DropDirectoryDeps deps);
 
-  absl::Status ProcessFile(const DropDirectoryConfig& config, const std::string& name,
+  // `name` is opened relative to `dir_fd` (the drop directory), never
+  // through a symlink.
+  absl::Status ProcessFile(const DropDirectoryConfig& config, int dir_fd, const std::string& name,
                            const InputMapping& mapping, ScanStats* stats)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(scan_mu_);
   absl::Status Commit(const std::string& key, const Checkpoint& next, const std::string& file,

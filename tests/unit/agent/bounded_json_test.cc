@@ -47,8 +47,8 @@ TEST(BoundedJsonTest, MeasuresNestingWithoutParsing) {
 
 TEST(BoundedJsonTest, ATooDeepItemIsRefusedAloneOnAWorkersStack) {
   const std::string good = R"({"key":"coffee-250g","price":{"minor_units":449,"currency":"EUR"}})";
-  const std::string body = "[" + good + "," + Nested(2000, '[', ']') + "," +
-                           Nested(700, '{', '}') + "," + good + "]";
+  const std::string body =
+      "[" + good + "," + Nested(2000, '[', ']') + "," + Nested(700, '{', '}') + "," + good + "]";
   absl::StatusOr<ParsedObservations> parsed;
   testing::RunOnSmallStack([&] { parsed = ParseObservations(body, absl::Now(), Limits{}); });
   ASSERT_TRUE(parsed.ok()) << parsed.status();
@@ -60,10 +60,9 @@ TEST(BoundedJsonTest, ATooDeepItemIsRefusedAloneOnAWorkersStack) {
       << parsed->rejected[0].reason;
   // The limit itself is taken: an item of 64 levels.
   testing::RunOnSmallStack([&] {
-    parsed = ParseItems("[" + Nested(64, '{', '}') + "]",
-                        [](absl::string_view, std::vector<v1::Observation>*) {
-                          return absl::OkStatus();
-                        });
+    parsed = ParseItems(
+        "[" + Nested(64, '{', '}') + "]",
+        [](absl::string_view, std::vector<v1::Observation>*) { return absl::OkStatus(); });
   });
   ASSERT_TRUE(parsed.ok());
   EXPECT_EQ(parsed->items_accepted, 1u);

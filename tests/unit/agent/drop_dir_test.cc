@@ -223,6 +223,25 @@ TEST_F(DropDirTest, BadLinesAreCountedAndSkipped) {
   EXPECT_EQ(metrics_.Read().input_records_rejected, 2u);
 }
 
+// Files stay inside the drop directory: a symlink (to a file outside it,
+// or to a file inside) and a FIFO matching a pattern are left alone, never
+// read, and the scan does not block on the FIFO.
+TEST_F(DropDirTest, OnlyRegularFilesInsideTheDirectoryAreRead) {
+  auto spool = OpenSpool();
+  ASSERT_TRUE(spool.ok());
+  auto dd = MakeDropDir(spool->get());
+  const std::string outside = dir_.File("outside.csv");
+  std::ofstream(outside) << "key,value\nsecret,1\n";
+  ASSERT_EQ(symlink(outside.c_str(), (drop_ + "/link.csv").c_str()), 0);
+  ASSERT_EQ(mkfifo((drop_ + "/pipe.csv").c_str(), 0600), 0);
+  std::ofstream(drop_ + "/real.csv") << "key,value\nk1,1\n";
+  now_ += absl::Hours(1);
+  absl::StatusOr<ScanStats> stats = dd->ScanOnce();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  std::map<std::string, int> keys = SpooledKeys(**spool);
+  EXPECT_EQ(keys, (std::map<std::string, int>{{"k1", 1}}));
+}
+
 TEST_F(DropDirTest, UnmatchedFilesAreLeftAlone) {
   auto spool = OpenSpool();
   ASSERT_TRUE(spool.ok());
