@@ -78,6 +78,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   Sender* sender = agent->sender_.get();
   TicketOptions ticket_options;
   ticket_options.ttl = c.open_ticket_ttl;
+  ticket_options.max_open = c.max_open_tickets;
   absl::StatusOr<std::unique_ptr<TicketTracker>> tickets =
       TicketTracker::Open(spool, std::move(ticket_options));
   if (!tickets.ok()) return tickets.status();

@@ -303,6 +303,7 @@ const Field kFields[] = {
      [](const YAML::Node& n, AgentConfig* c) {
        return Assign(ReadDuration(n), &c->open_ticket_ttl, CheckPositive);
      }},
+    {"max_open_tickets", SetSize<&AgentConfig::max_open_tickets, 1, 10'000'000>},
     {"tls", SetTls},
 };
 

@@ -180,6 +180,9 @@ struct AgentConfig {
   // A queue ticket created and never called, served or abandoned within
   // this time is forgotten (the queue system lost its event).
   absl::Duration open_ticket_ttl = absl::Hours(12);
+  // Open queue tickets kept at most; past it the oldest are forgotten.
+  // Read at start.
+  size_t max_open_tickets = 100'000;
 };
 
 // Parses `yaml` (the contents of the file called `filename`, used in error

@@ -1,4 +1,3 @@
-#include "agent/bounded_json.h"
 #include "agent/file_input.h"
 
 #include <iconv.h>
@@ -10,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "agent/bounded_json.h"
 #include "agent/checklists.h"
 #include "agent/ingest_json.h"
 #include "agent/input_config.h"

@@ -53,8 +53,8 @@ absl::StatusOr<Framed> Frame(absl::string_view body) {
   Framed out;
   out.doc = *std::move(doc);
   if (!out.doc.is_object() && !out.doc.is_array()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "expected a JSON object or an array of objects, got ", out.doc.type_name()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected a JSON object or an array of objects, got ", out.doc.type_name()));
   }
   if (out.doc.is_array()) {
     out.too_deep.resize(out.doc.size(), false);

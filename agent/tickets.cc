@@ -1,12 +1,13 @@
 #include "agent/tickets.h"
 
+#include <algorithm>
 #include <optional>
 #include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "agent/bounded_json.h"
 #include "absl/strings/str_split.h"
+#include "agent/bounded_json.h"
 #include "agent/input_values.h"
 #include "google/protobuf/util/time_util.h"
 #include "nlohmann/json.hpp"
@@ -162,7 +163,14 @@ absl::StatusOr<TicketOutcome> TicketTracker::Apply(const std::vector<TicketEvent
     }
     observations.push_back(std::move(o));
   };
+  size_t open_count = open_.size() - outcome.expired;
   for (const TicketEvent& e : events) {
+    if (e.at > now + limits.max_future_skew) {
+      outcome.problems.push_back(absl::StrCat(
+          "ticket event of ", e.service, " at ", absl::FormatTime(e.at), " is more than ",
+          absl::FormatDuration(limits.max_future_skew), " ahead of the agent's clock; refused"));
+      continue;
+    }
     const std::string key = StateKey(e);
     std::optional<OpenTicket> open = find(key);
     if (e.type == Type::kCreated) {
@@ -170,6 +178,23 @@ absl::StatusOr<TicketOutcome> TicketTracker::Apply(const std::vector<TicketEvent
         ++outcome.ignored;
         continue;
       }
+      if (open_count >= options_.max_open) {
+        // Full: forget the oldest tenth at once, so a flood costs
+        // O(log n) per ticket rather than a scan each.
+        std::vector<std::pair<int64_t, std::string>> live;
+        for (const auto& [k, o] : open_) {
+          if (changed.count(k) == 0) live.push_back({o.created_nanos, k});
+        }
+        for (const auto& [k, o] : changed) {
+          if (o) live.push_back({o->created_nanos, k});
+        }
+        const size_t n = std::min(live.size(), std::max<size_t>(1, options_.max_open / 10));
+        std::partial_sort(live.begin(), live.begin() + n, live.end());
+        for (size_t i = 0; i < n; ++i) changed[live[i].second] = std::nullopt;
+        outcome.evicted += n;
+        open_count -= n;
+      }
+      ++open_count;
       changed[key] = OpenTicket{absl::ToUnixNanos(e.at), false};
       continue;
     }
@@ -211,6 +236,7 @@ absl::StatusOr<TicketOutcome> TicketTracker::Apply(const std::vector<TicketEvent
       changed[key] = open;
     } else {
       changed[key] = std::nullopt;
+      --open_count;
     }
   }
   for (const auto& [key, o] : changed) {

@@ -70,6 +70,10 @@ std::string ServedKey(absl::string_view service);
 
 struct TicketOptions {
   absl::Duration ttl = absl::Hours(12);
+  // Open tickets kept at most; past it the oldest is forgotten (counted in
+  // TicketOutcome::evicted), so a flood of creations cannot grow memory
+  // and the spool's state without bound.
+  size_t max_open = 100'000;
   Limits limits;
 };
 
@@ -81,6 +85,8 @@ struct TicketOutcome {
   std::vector<std::string> problems;
   // Open tickets dropped because they outlived the TTL.
   size_t expired = 0;
+  // Open tickets forgotten to stay within TicketOptions::max_open.
+  size_t evicted = 0;
 };
 
 class TicketTracker {
@@ -93,6 +99,9 @@ class TicketTracker {
   // Applies `events` in order and commits what they produce, together with
   // `extra_observations` and `extra_writes` (a drop-directory checkpoint),
   // in one spool transaction. On error (spool full, I/O) nothing changed.
+  // An event dated more than the limits' max_future_skew after `now` is
+  // refused (a problem; nothing changes): a ticket "created" in year 9999
+  // would otherwise stay open for ever.
   absl::StatusOr<TicketOutcome> Apply(const std::vector<TicketEvent>& events, absl::Time now,
                                       std::vector<v1::Observation> extra_observations = {},
                                       std::vector<StateWrite> extra_writes = {});
