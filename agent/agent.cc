@@ -178,6 +178,8 @@ absl::StatusOr<std::vector<std::string>> Agent::Reload(const AgentConfig& next) 
       {"backoff_initial", next.backoff_initial == c.backoff_initial},
       {"backoff_max", next.backoff_max == c.backoff_max},
       {"heartbeat_interval", next.heartbeat_interval == c.heartbeat_interval},
+      {"spool_when_full", next.spool_when_full == c.spool_when_full},
+      {"max_open_tickets", next.max_open_tickets == c.max_open_tickets},
   };
   for (const auto& f : kFixed) {
     if (!f.same) restart.push_back(f.name);
