@@ -53,6 +53,10 @@
 #include "constance/v1/query.pb.h"
 #include "constance/validate.h"
 
+namespace constance::state::v1 {
+class Series;
+}  // namespace constance::state::v1
+
 namespace constance::collector {
 
 // Identity of a compared series. Prices carry currency and kind (an
@@ -344,6 +348,10 @@ class Engine {
   // requested meanwhile.
   bool RecomputeSeries(bool all, const std::function<void(SeriesData&)>& visit);
   void Publish(std::shared_ptr<Snapshot> snapshot);
+  // One series of a snapshot, its cells checked against `n_locations`;
+  // adds its cells to `*cells`. InvalidArgument naming what is wrong.
+  static absl::Status SeriesFromState(const state::v1::Series& in, uint32_t n_locations,
+                                      Series* out, uint64_t* cells);
   // Publishes the tracked findings and the trust accounts of `names` (by
   // location index) as evaluated at `evaluated_at`, with each location's
   // promises kept and broken in that evaluation (none after a restore).

@@ -9,8 +9,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "collector/engine.h"
-#include "constance/version.h"
 #include "constance/state/v1/engine_state.pb.h"
+#include "constance/version.h"
 
 namespace constance::collector {
 namespace {
@@ -45,11 +45,14 @@ static_assert(kMigrations.size() == kWrittenFormat - Engine::kOldestStateFormat,
 absl::Status Migrate(pb::EngineState* state) {
   const uint32_t format = state->format();
   if (format > Engine::kStateFormat) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "engine snapshot: state format ", format, " was written by a newer constance; this "
-        "collector (", Version(), ") reads state formats ", Engine::kOldestStateFormat, " to ",
-        Engine::kStateFormat, ": run the newer version again, or restore the copy of the state "
-        "directory made before the upgrade"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("engine snapshot: state format ", format,
+                     " was written by a newer constance; this "
+                     "collector (",
+                     Version(), ") reads state formats ", Engine::kOldestStateFormat, " to ",
+                     Engine::kStateFormat,
+                     ": run the newer version again, or restore the copy of the state "
+                     "directory made before the upgrade"));
   }
   if (format < Engine::kOldestStateFormat) {
     return absl::InvalidArgumentError(
@@ -189,7 +192,8 @@ std::string Engine::SaveState() {
   counters->set_rejected(rejected_);
   counters->set_duplicates(duplicates_);
   counters->set_batches(batches_);
-  for (const auto& [reason, n] : rejected_by_reason_) (*counters->mutable_rejected_by_reason())[reason] = n;
+  for (const auto& [reason, n] : rejected_by_reason_)
+    (*counters->mutable_rejected_by_reason())[reason] = n;
 
   for (FindingTracker::Saved& s : tracker_.Save()) {
     pb::TrackedFinding* t = state.add_tracked();
@@ -232,6 +236,62 @@ std::string Engine::SaveState() {
   return state.SerializeAsString();
 }
 
+absl::Status Engine::SeriesFromState(const state::v1::Series& in, uint32_t n_locations, Series* out,
+                                     uint64_t* cells) {
+  auto location_ok = [&](uint32_t loc) { return loc < n_locations; };
+  Series& s = *out;
+  s.key = SeriesFromProto(in.id());
+  s.dirty = true;
+  // A snapshot's keys are not taken on trust (e.g. one from a version
+  // with other rules): the series vouches for them only if they pass.
+  s.validated = s.key.family != v1::FAMILY_UNSPECIFIED && ValidateKey(s.key.key).ok() &&
+                (s.key.family != v1::FAMILY_PRICE || ValidateCurrency(s.key.currency).ok());
+  for (const pb::PriceCell& c : in.price()) {
+    if (!location_ok(c.location())) return Bad("a price cell names an unknown location");
+    PriceCell& cell = s.price[c.location()];
+    cell.observed_at_ns = c.observed_at_ns();
+    cell.minor_units = c.minor_units();
+    if (c.has_changes()) {
+      if (c.changes_size() > kPriceChanges) return Bad("a price cell has too many changes");
+      cell.changes = std::make_unique<PriceChanges>();
+      for (const pb::PriceChange& ch : c.changes()) {
+        cell.changes->ring[cell.changes->size++] = {ch.at_ns(), ch.from(), ch.to()};
+      }
+    }
+    ++*cells;
+  }
+  for (const pb::WaitCell& c : in.wait()) {
+    if (!location_ok(c.location())) return Bad("a wait cell names an unknown location");
+    WaitCell& cell = s.wait[c.location()];
+    cell.observed_at_ns = c.observed_at_ns();
+    for (const pb::WaitBin& b : c.bins()) {
+      WaitCell::Bin bin{b.start_ns(), QuantileSketch()};
+      if (absl::Status st = QuantileSketch::Decode(b.sketch(), &bin.sketch); !st.ok()) {
+        return Bad(absl::StrCat("a wait sketch of '", SeriesName(s.key), "': ", st.message()));
+      }
+      cell.bins.push_back(std::move(bin));
+    }
+    ++*cells;
+  }
+  for (const pb::ComplianceCell& c : in.compliance()) {
+    if (!location_ok(c.location())) return Bad("a compliance cell names an unknown location");
+    ComplianceCell& cell = s.compliance[c.location()];
+    cell.observed_at_ns = c.observed_at_ns();
+    for (const pb::CountBin& b : c.bins()) {
+      cell.bins.push_back({b.start_ns(), b.passed(), b.failed(), b.critical_failed()});
+    }
+    ++*cells;
+  }
+  for (const pb::ScoreCell& c : in.score()) {
+    if (!location_ok(c.location())) return Bad("a score cell names an unknown location");
+    ScoreCell& cell = s.score[c.location()];
+    cell.observed_at_ns = c.observed_at_ns();
+    for (const pb::SumBin& b : c.bins()) cell.bins.push_back({b.start_ns(), b.sum(), b.count()});
+    ++*cells;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Engine::LoadState(const std::string& bytes) {
   pb::EngineState state;
   if (!state.ParseFromString(bytes)) return Bad("not a constance.state.v1.EngineState");
@@ -269,63 +329,16 @@ absl::Status Engine::LoadState(const std::string& bytes) {
   uint64_t cells = 0;
   for (const pb::Series& in : state.series()) {
     Series s;
-    s.key = SeriesFromProto(in.id());
-    s.dirty = true;
-    // A snapshot's keys are not taken on trust (e.g. one from a version
-    // with other rules): the series vouches for them only if they pass.
-    s.validated = s.key.family != v1::FAMILY_UNSPECIFIED && ValidateKey(s.key.key).ok() &&
-                  (s.key.family != v1::FAMILY_PRICE || ValidateCurrency(s.key.currency).ok());
+    if (absl::Status st = SeriesFromState(in, n_locations, &s, &cells); !st.ok()) return st;
     if (!series_index.try_emplace(s.key, series.size()).second) {
       return Bad(absl::StrCat("series '", SeriesName(s.key), "' appears twice"));
-    }
-    for (const pb::PriceCell& c : in.price()) {
-      if (!location_ok(c.location())) return Bad("a price cell names an unknown location");
-      PriceCell& cell = s.price[c.location()];
-      cell.observed_at_ns = c.observed_at_ns();
-      cell.minor_units = c.minor_units();
-      if (c.has_changes()) {
-        if (c.changes_size() > kPriceChanges) return Bad("a price cell has too many changes");
-        cell.changes = std::make_unique<PriceChanges>();
-        for (const pb::PriceChange& ch : c.changes()) {
-          cell.changes->ring[cell.changes->size++] = {ch.at_ns(), ch.from(), ch.to()};
-        }
-      }
-      ++cells;
-    }
-    for (const pb::WaitCell& c : in.wait()) {
-      if (!location_ok(c.location())) return Bad("a wait cell names an unknown location");
-      WaitCell& cell = s.wait[c.location()];
-      cell.observed_at_ns = c.observed_at_ns();
-      for (const pb::WaitBin& b : c.bins()) {
-        WaitCell::Bin bin{b.start_ns(), QuantileSketch()};
-        if (absl::Status st = QuantileSketch::Decode(b.sketch(), &bin.sketch); !st.ok()) {
-          return Bad(absl::StrCat("a wait sketch of '", SeriesName(s.key), "': ", st.message()));
-        }
-        cell.bins.push_back(std::move(bin));
-      }
-      ++cells;
-    }
-    for (const pb::ComplianceCell& c : in.compliance()) {
-      if (!location_ok(c.location())) return Bad("a compliance cell names an unknown location");
-      ComplianceCell& cell = s.compliance[c.location()];
-      cell.observed_at_ns = c.observed_at_ns();
-      for (const pb::CountBin& b : c.bins()) {
-        cell.bins.push_back({b.start_ns(), b.passed(), b.failed(), b.critical_failed()});
-      }
-      ++cells;
-    }
-    for (const pb::ScoreCell& c : in.score()) {
-      if (!location_ok(c.location())) return Bad("a score cell names an unknown location");
-      ScoreCell& cell = s.score[c.location()];
-      cell.observed_at_ns = c.observed_at_ns();
-      for (const pb::SumBin& b : c.bins()) cell.bins.push_back({b.start_ns(), b.sum(), b.count()});
-      ++cells;
     }
     series.push_back(std::move(s));
   }
   std::vector<FindingTracker::Saved> tracked;
   for (const pb::TrackedFinding& t : state.tracked()) {
-    tracked.push_back({t.id(), t.finding(), t.met(), t.cleared(), t.open(), FromNs(t.first_met_ns())});
+    tracked.push_back(
+        {t.id(), t.finding(), t.met(), t.cleared(), t.open(), FromNs(t.first_met_ns())});
   }
   std::deque<v1::Finding> closed(state.closed().begin(), state.closed().end());
   absl::flat_hash_map<uint32_t, TrustAccount> trust;
