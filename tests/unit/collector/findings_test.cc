@@ -78,6 +78,13 @@ class Chain {
   void SetPrice(const std::string& location, const std::string& key, int64_t minor) {
     Send(location, {Price(key, minor)});
   }
+  // (count, price) runs: `count` stores at `price`, numbered from store 0.
+  void SetRuns(const std::string& key, const std::vector<std::pair<int, int64_t>>& runs) {
+    int i = 0;
+    for (const auto& [count, price] : runs) {
+      for (int k = 0; k < count; ++k) SetPrice(Store(i++), key, price);
+    }
+  }
 
   void Advance(absl::Duration d) { *now_ += d; }
   absl::Time now() const { return *now_; }
@@ -188,10 +195,7 @@ TEST(FindingsTest, PriceScenarios) {
   for (const auto& c : kCases) {
     SCOPED_TRACE(c.name);
     Chain chain;
-    int i = 0;
-    for (const auto& [count, price] : c.runs) {
-      for (int k = 0; k < count; ++k) chain.SetPrice(Store(i++), "sku-1", price);
-    }
+    chain.SetRuns("sku-1", c.runs);
     chain.Evaluate();
     CheckCounts(chain, c.expect);
   }
@@ -224,10 +228,7 @@ TEST(FindingsTest, StatisticsAndFindingsAgreeAtTheFloor) {
   for (const auto& c : kPrices) {
     SCOPED_TRACE(c.name);
     Chain chain;
-    int i = 0;
-    for (const auto& [count, price] : c.runs) {
-      for (int k = 0; k < count; ++k) chain.SetPrice(Store(i++), "sku-1", price);
-    }
+    chain.SetRuns("sku-1", c.runs);
     chain.Evaluate();
     EXPECT_EQ(chain.Active(v1::OUTLIER).size(), static_cast<size_t>(c.outliers))
         << Describe(chain.Active());
