@@ -71,6 +71,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   sender_options.backoff_max = c.backoff_max;
   sender_options.heartbeat_interval = c.heartbeat_interval;
   sender_options.version = std::string(AgentVersion());
+  sender_options.labels = c.labels;
   agent->sender_ = std::make_unique<Sender>(std::move(sender_options), agent->spool_.get(),
                                             agent->metrics_.get());
 

@@ -68,29 +68,6 @@ absl::Status CheckNotNegative(absl::Duration d) {
   return absl::OkStatus();
 }
 
-absl::Status CheckLabelName(absl::string_view name) {
-  bool ok = !name.empty() && name.size() <= 63 && absl::ascii_islower(name[0]);
-  for (char c : name) ok = ok && (absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '_');
-  if (!ok) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("label name '", name, "' must match [a-z][a-z0-9_]{0,62}"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckLabelValue(absl::string_view name, absl::string_view value) {
-  if (value.size() > 128) {
-    return absl::InvalidArgumentError(absl::StrCat("label '", name, "' longer than 128 bytes"));
-  }
-  for (char c : value) {
-    if (!absl::ascii_isprint(c)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("label '", name, "' has a non-printable character"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 // Reading one YAML value. yaml-cpp throws on conversions; these helpers
 // turn every throw into a Status with the reason only.
 
@@ -184,12 +161,12 @@ absl::Status SetLabels(const YAML::Node& node, AgentConfig* config) {
     }
     const std::string& name = kv.first.Scalar();
     const std::string& value = kv.second.Scalar();
-    if (absl::Status s = CheckLabelName(name); !s.ok()) return s;
-    if (absl::Status s = CheckLabelValue(name, value); !s.ok()) return s;
+    if (absl::Status s = ValidateLabel(name, value); !s.ok()) return s;
     if (!labels.emplace(name, value).second) {
       return absl::InvalidArgumentError(absl::StrCat("label '", name, "' given twice"));
     }
   }
+  if (absl::Status s = ValidateLabels(labels); !s.ok()) return s;
   config->labels = std::move(labels);
   return absl::OkStatus();
 }

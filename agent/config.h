@@ -117,8 +117,9 @@ struct DropDirectoryConfig {
 struct AgentConfig {
   // This location's id ([a-z0-9][a-z0-9._-]{0,62}). Required.
   std::string location;
-  // Descriptive labels (brand, region, district, format). Parsed and checked
-  // now; the wire contract carries them in a later issue.
+  // Descriptive labels (brand, region, district, format), sent in every
+  // heartbeat: the collector groups locations the catalog does not list by
+  // them (the catalog's labels win where both give a name).
   std::map<std::string, std::string> labels;
   // The collector's gRPC target, HOST:PORT. Required.
   std::string collector;

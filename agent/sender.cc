@@ -274,6 +274,9 @@ bool Sender::WriteHeartbeat(Stream* stream) {
   hb->set_spool_dropped(spool_->DroppedOldest());
   *hb->mutable_sent_at() = ToProto(now);
   hb->set_protocol_version(kProtocolVersion);
+  for (const auto& [name, value] : options_.labels) (*hb->mutable_labels())[name] = value;
+  hb->set_data_cadence_seconds(
+      static_cast<uint64_t>(absl::ToInt64Seconds(options_.data_cadence)));
   {
     absl::MutexLock lock(&mu_);
     next_heartbeat_ = now + options_.heartbeat_interval;

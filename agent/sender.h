@@ -36,6 +36,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -67,6 +68,8 @@ struct SenderOptions {
   absl::Duration heartbeat_interval = absl::Seconds(30);
   // Reported in heartbeats.
   std::string version;
+  std::map<std::string, std::string> labels;
+  absl::Duration data_cadence = absl::ZeroDuration();  // Zero: continuously.
 };
 
 class Sender {

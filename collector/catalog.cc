@@ -472,6 +472,7 @@ std::vector<Key<LocationEntry>> LocationKeys() {
       {"opened",
        [](const Parser& p, const Field& f, L* l) { return p.When(f, l->tz, &l->opened); }},
       {"closed", BoolAt(&L::closed)},
+      {"cadence", DurationAt(&L::cadence)},
   };
 }
 

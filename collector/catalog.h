@@ -128,7 +128,13 @@ struct LocationEntry {
   std::vector<Interval> maintenance;  // Maintenance windows: same.
   absl::Time opened = absl::InfinitePast();
   bool closed = false;  // Closed for good: never silent, never compared.
-  int line = 0;         // Where it was declared, for messages.
+  // How often new data is expected (daily exports: 24h); zero: the agent's
+  // own heartbeat says (data_cadence), else continuously.
+  absl::Duration cadence = absl::ZeroDuration();
+  // Known from its agent's heartbeat labels only (not in the catalog file):
+  // grouped by those labels, never silent, not counted as declared.
+  bool from_agent = false;
+  int line = 0;  // Where it was declared, for messages.
 };
 
 // Locations that must be alike: those sharing the value of `label`, for

@@ -281,6 +281,7 @@ void FillSeriesOutliers(const SeriesStats& stats,
 Engine::Engine(Options options)
     : options_(std::move(options)),
       started_at_(options_.clock()),
+      base_catalog_(options_.catalog),
       catalog_(options_.catalog),
       tracker_(options_.catalog->thresholds.persistence, options_.catalog->thresholds.hysteresis) {
   // Every reason an observation can be rejected for, at 0, so rates and
@@ -352,7 +353,35 @@ uint32_t Engine::LocationIndex(absl::string_view location) {
 
 void Engine::SetCatalog(std::shared_ptr<const Catalog> catalog) {
   absl::MutexLock lock(&mu_);
+  base_catalog_ = catalog;
   catalog_ = std::move(catalog);
+  labels_dirty_ = !agent_labels_.empty();
+  RefreshCatalogLocked();
+  for (Location& l : locations_) l.entry = catalog_->FindLocation(l.state.location);
+  for (Series& s : series_) s.dirty = true;
+}
+
+bool Engine::DeclaredLocked(absl::string_view location) const {
+  return base_catalog_->FindLocation(location) != nullptr;
+}
+
+void Engine::RefreshCatalogLocked() {
+  if (!labels_dirty_) return;
+  labels_dirty_ = false;
+  auto merged = std::make_shared<Catalog>(*base_catalog_);
+  for (const auto& [location, labels] : agent_labels_) {
+    auto it = merged->location_index.find(location);
+    LocationEntry* entry = it != merged->location_index.end() ? &merged->locations[it->second]
+                                                              : nullptr;
+    if (entry == nullptr) {
+      entry = &merged->locations.emplace_back();
+      entry->id = location;
+      entry->from_agent = true;
+    }
+    for (const auto& [name, value] : labels) entry->labels.emplace(name, value);  // Catalog wins.
+  }
+  merged->Index();
+  catalog_ = std::move(merged);
   for (Location& l : locations_) l.entry = catalog_->FindLocation(l.state.location);
   for (Series& s : series_) s.dirty = true;
 }
@@ -380,7 +409,7 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   absl::MutexLock lock(&mu_);
   const Catalog& catalog = *catalog_;
   if (!catalog.auto_register && !location_index_.contains(batch.location) &&
-      catalog.FindLocation(batch.location) == nullptr) {
+      !DeclaredLocked(batch.location)) {
     return absl::PermissionDeniedError(
         absl::StrCat("location '", batch.location,
                      "' is not in the catalog and auto_register is off: add it to ", catalog.path));
@@ -492,9 +521,13 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
 
 absl::Status Engine::RecordHeartbeat(const v1::Heartbeat& heartbeat) {
   if (absl::Status s = ValidateLocationId(heartbeat.location()); !s.ok()) return s;
+  std::map<std::string, std::string> labels(heartbeat.labels().begin(), heartbeat.labels().end());
+  if (absl::Status s = ValidateLabels(labels); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("heartbeat.labels: ", s.message()));
+  }
   absl::MutexLock lock(&mu_);
   if (!catalog_->auto_register && !location_index_.contains(heartbeat.location()) &&
-      catalog_->FindLocation(heartbeat.location()) == nullptr) {
+      !DeclaredLocked(heartbeat.location())) {
     return absl::PermissionDeniedError(
         absl::StrCat("location '", heartbeat.location(), "' is not in the catalog"));
   }
@@ -517,6 +550,18 @@ absl::Status Engine::RecordHeartbeat(const v1::Heartbeat& heartbeat) {
         absl::FromUnixSeconds(heartbeat.certificate_not_after().seconds());
   }
   state.health.heartbeat_at = options_.clock();
+  state.health.data_cadence = absl::Seconds(
+      std::min<uint64_t>(heartbeat.data_cadence_seconds(), 366ULL * 24 * 3600));
+  auto known = agent_labels_.find(heartbeat.location());
+  const bool had = known != agent_labels_.end();
+  if (had ? known->second != labels : !labels.empty()) {
+    if (labels.empty()) {
+      agent_labels_.erase(known);
+    } else {
+      agent_labels_[heartbeat.location()] = std::move(labels);
+    }
+    labels_dirty_ = true;
+  }
   return absl::OkStatus();
 }
 
@@ -742,6 +787,7 @@ bool Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& v
   std::shared_ptr<const Catalog> catalog;
   {
     absl::MutexLock lock(&mu_);
+    RefreshCatalogLocked();
     catalog = catalog_;
     for (uint32_t i = 0; i < series_.size(); ++i) {
       if (all || series_[i].dirty) todo.push_back(i);
@@ -780,7 +826,12 @@ bool Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& v
     if (visit) visit(data);
   }
   for (const auto& groups : published_) {
-    for (const auto& s : groups) snapshot->series.push_back(s);
+    bool compared = true;
+    for (const auto& s : groups) {
+      snapshot->series.push_back(s);
+      compared = compared && s->summary.n >= catalog->thresholds.min_group;
+    }
+    snapshot->uncompared_series += !compared;
   }
   std::sort(snapshot->location_states.begin(), snapshot->location_states.end(),
             [](const LocationState& a, const LocationState& b) { return a.location < b.location; });
@@ -800,6 +851,68 @@ void Engine::Publish(std::shared_ptr<Snapshot> snapshot) {
 
 void Engine::Recompute() { RecomputeSeries(false, nullptr); }
 
+namespace {
+
+// A declared location expected open whose agent stopped talking (no batch
+// and no heartbeat within location_ttl) is silent; one whose agent is alive
+// but whose newest data is older than its cadence (the catalog's, else the
+// agent's own, else none) plus location_ttl is stale: the store's export
+// stopped, not the store.
+void DeliveryConditions(const std::vector<LocationState>& states, const Catalog& catalog,
+                        absl::Time now, std::vector<Condition>* out) {
+  const Thresholds& th = catalog.thresholds;
+  absl::flat_hash_map<std::string, const LocationState*> by_name;
+  for (const LocationState& s : states) by_name[s.location] = &s;
+  for (const LocationEntry& entry : catalog.locations) {
+    if (entry.closed || entry.from_agent || !catalog.ExpectedOpen(entry.id, now)) continue;
+    auto it = by_name.find(entry.id);
+    const LocationState* state = it == by_name.end() ? nullptr : it->second;
+    const absl::Time last = state != nullptr ? state->last_report : absl::InfinitePast();
+    const absl::Time heard = state != nullptr ? std::max(last, state->health.heartbeat_at) : last;
+    const absl::Duration cadence =
+        entry.cadence > absl::ZeroDuration()
+            ? entry.cadence
+            : (state != nullptr ? state->health.data_cadence : absl::ZeroDuration());
+    const bool silent = heard == absl::InfinitePast() || now - heard > th.location_ttl;
+    const absl::Duration allowed = cadence + th.location_ttl;
+    if (!silent && last != absl::InfinitePast() && now - last <= allowed) continue;
+    Condition c;
+    c.id = absl::StrCat(silent ? "silent|" : "stale|", entry.id);
+    c.strength = 1;
+    v1::Finding& f = c.finding;
+    f.set_kind(silent ? v1::SILENT : v1::STALE);
+    f.set_severity(silent ? v1::HIGH : v1::MEDIUM);
+    f.set_location(entry.id);
+    f.set_audience("store");
+    for (const auto& [k, v] : entry.labels) (*f.mutable_labels())[k] = v;
+    const std::string age =
+        last == absl::InfinitePast()
+            ? std::string("has never sent data")
+            : absl::StrCat("newest data ",
+                           absl::FormatDuration(absl::Trunc(now - last, absl::Seconds(1))), " old");
+    std::string detail;
+    if (silent) {
+      detail = heard == absl::InfinitePast()
+                   ? std::string("expected open but has never reported")
+                   : absl::StrCat("expected open but silent for ",
+                                  absl::FormatDuration(absl::Trunc(now - heard, absl::Seconds(1))));
+    } else {
+      detail = absl::StrCat("agent alive but ", age, ", expected ",
+                            cadence > absl::ZeroDuration()
+                                ? absl::StrCat("every ", absl::FormatDuration(cadence))
+                                : std::string("continuously"),
+                            " (+", absl::FormatDuration(th.location_ttl), ")");
+    }
+    const double limit = absl::ToDoubleSeconds(silent ? th.location_ttl : allowed);
+    const double since = absl::ToDoubleSeconds(now - (silent ? heard : last));
+    *f.add_reasons() = MakeReason(silent ? v1::SILENT : v1::STALE, std::move(detail),
+                                  std::isfinite(since) ? since : 0, limit, 0, limit, 0, 1);
+    out->push_back(std::move(c));
+  }
+}
+
+}  // namespace
+
 void Engine::Evaluate() {
   absl::MutexLock eval_lock(&eval_mu_);
   const absl::Time now = options_.clock();
@@ -808,6 +921,7 @@ void Engine::Evaluate() {
   std::vector<const LocationEntry*> entries;
   {
     absl::MutexLock lock(&mu_);
+    RefreshCatalogLocked();
     catalog_ptr = catalog_;
     for (const Location& l : locations_) {
       states.push_back(l.state);
@@ -1279,35 +1393,8 @@ void Engine::Evaluate() {
     if (!in_zone[i]) conditions.push_back(std::move(splits[i].condition));
   }
 
-  // Silent: a declared location that should be open and has not reported.
-  if (now - started_at_ >= th.restart_grace) {
-    absl::flat_hash_map<std::string, absl::Time> last_report;
-    for (const LocationState& s : states) last_report[s.location] = s.last_report;
-    for (const LocationEntry& entry : catalog.locations) {
-      if (entry.closed || !catalog.ExpectedOpen(entry.id, now)) continue;
-      auto it = last_report.find(entry.id);
-      const absl::Time last = it == last_report.end() ? absl::InfinitePast() : it->second;
-      if (last != absl::InfinitePast() && now - last <= th.location_ttl) continue;
-      Condition c;
-      c.id = absl::StrCat("silent|", entry.id);
-      c.strength = 1;
-      v1::Finding& f = c.finding;
-      f.set_kind(v1::SILENT);
-      f.set_severity(v1::HIGH);
-      f.set_location(entry.id);
-      f.set_audience("store");
-      for (const auto& [k, v] : entry.labels) (*f.mutable_labels())[k] = v;
-      *f.add_reasons() = MakeReason(
-          v1::SILENT,
-          last == absl::InfinitePast()
-              ? std::string("expected open but has never reported")
-              : absl::StrCat("expected open but silent for ",
-                             absl::FormatDuration(absl::Trunc(now - last, absl::Seconds(1)))),
-          last == absl::InfinitePast() ? 0 : absl::ToDoubleSeconds(now - last),
-          absl::ToDoubleSeconds(th.location_ttl), 0, absl::ToDoubleSeconds(th.location_ttl), 0, 1);
-      conditions.push_back(std::move(c));
-    }
-  }
+  // Silent and stale: declared locations that should be open.
+  if (now - started_at_ >= th.restart_grace) DeliveryConditions(states, catalog, now, &conditions);
 
   // Location labels on every location finding, for routing by region.
   absl::flat_hash_map<std::string, const LocationEntry*> entry_by_name;

@@ -146,6 +146,7 @@ struct AgentHealth {
   double oldest_unacknowledged_seconds = 0;
   absl::Time certificate_not_after = absl::InfinitePast();  // Unset without TLS.
   absl::Time heartbeat_at = absl::InfinitePast();
+  absl::Duration data_cadence = absl::ZeroDuration();  // Zero: continuously.
 };
 
 // Per-location delivery facts, for /metrics and the scorecard.
@@ -187,6 +188,8 @@ struct Snapshot {
   // Rejected observations by the field that failed validation.
   std::map<std::string, uint64_t> rejected_by_reason;
   std::vector<std::shared_ptr<const SeriesStats>> series;  // One per (series, group).
+  // Series with a group of fewer than min_group locations: not compared.
+  uint64_t uncompared_series = 0;
   std::vector<LocationState> location_states;              // By location name.
   std::shared_ptr<const FindingsView> findings = std::make_shared<FindingsView>();
   std::shared_ptr<const Catalog> catalog;
@@ -371,13 +374,24 @@ class Engine {
       const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
   uint32_t LocationIndex(absl::string_view location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Rebuilds catalog_ from base_catalog_ and the agents' labels when they
+  // changed: once per tick at most, not per heartbeat.
+  void RefreshCatalogLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // In the operator's catalog (agent labels do not declare a location).
+  bool DeclaredLocked(absl::string_view location) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TickLoop(bool evaluation);
 
   const Options options_;
   const absl::Time started_at_;
 
   mutable absl::Mutex mu_;
+  // The operator's catalog, and the one in use: the operator's with the
+  // labels agents declare merged in (RefreshCatalogLocked).
+  std::shared_ptr<const Catalog> base_catalog_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const Catalog> catalog_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::map<std::string, std::string>> agent_labels_
+      ABSL_GUARDED_BY(mu_);
+  bool labels_dirty_ ABSL_GUARDED_BY(mu_) = false;
   absl::flat_hash_map<std::string, uint32_t> location_index_ ABSL_GUARDED_BY(mu_);
   std::vector<Location> locations_ ABSL_GUARDED_BY(mu_);
   SeriesIndex series_index_ ABSL_GUARDED_BY(mu_);

@@ -340,6 +340,10 @@ void CollectorMetrics::RenderTo(TextExposition* exposition) const {
          static_cast<double>(ingest_->batches_throttled()));
   Single(&out, "constance_locations", "Locations that have reported.", kGauge, snap->locations);
   Single(&out, "constance_cells", "(location, series) cells held.", kGauge, snap->cells);
+  Single(&out, "constance_series_uncompared",
+         "Series that no peer group can compare: fewer than the catalog's min_group locations "
+         "hold the key, even chain-wide.",
+         kGauge, snap->uncompared_series);
   Single(&out, "constance_statistics_computed_timestamp_seconds",
          "When the published statistics were computed.", kGauge, Seconds(snap->computed_at));
 

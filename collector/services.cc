@@ -458,6 +458,7 @@ grpc::ServerUnaryReactor* QueryService::ChainSummary(grpc::CallbackServerContext
       (t - absl::FromUnixSeconds(absl::ToUnixSeconds(t))) / absl::Nanoseconds(1)));
   response->set_locations(snapshot->locations);
   response->set_cells(snapshot->cells);
+  response->set_uncompared_series(snapshot->uncompared_series);
   response->set_observations_applied(snapshot->observations_applied);
   response->set_observations_rejected(snapshot->observations_rejected);
   std::vector<const SeriesStats*> series;

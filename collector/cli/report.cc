@@ -116,6 +116,10 @@ std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series
                 FormatValue(id, g.min()), FormatValue(id, g.max())});
   }
   absl::StrAppend(&out, series.Render(), "\n");
+  if (s.uncompared_series() > 0) {
+    absl::StrAppend(&out, "Not compared: ", s.uncompared_series(),
+                    " series held by too few locations for any peer group (catalog min_group)\n\n");
+  }
 
   std::vector<std::string> locations;
   for (const auto& o : s.outliers()) locations.push_back(o.location());

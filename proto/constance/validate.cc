@@ -78,6 +78,37 @@ absl::Status ValidateCurrency(absl::string_view currency) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateLabel(absl::string_view name, absl::string_view value) {
+  bool ok = !name.empty() && name.size() <= 63 && absl::ascii_islower(name[0]);
+  for (char c : name) ok = ok && (absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '_');
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("label name '", absl::CHexEscape(name.substr(0, 64)),
+                     "' must match [a-z][a-z0-9_]{0,62}"));
+  }
+  if (value.size() > 128) {
+    return absl::InvalidArgumentError(absl::StrCat("label '", name, "' longer than 128 bytes"));
+  }
+  for (char c : value) {
+    if (!absl::ascii_isprint(c)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("label '", name, "' has a non-printable character"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateLabels(const std::map<std::string, std::string>& labels) {
+  if (labels.size() > kMaxLabels) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(labels.size(), " labels: at most ", kMaxLabels, " are allowed"));
+  }
+  for (const auto& [name, value] : labels) {
+    if (absl::Status s = ValidateLabel(name, value); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateObservationId(absl::string_view id) {
   if (id.size() > 128) return Invalid("id", "longer than 128 characters");
   for (char c : id) {

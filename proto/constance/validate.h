@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "absl/status/status.h"
@@ -61,6 +62,13 @@ absl::Status ValidateKey(absl::string_view key);
 // An ISO 4217 currency code (the closed list of the iso-codes package,
 // including the X.. codes for metals and testing), e.g. "EUR".
 absl::Status ValidateCurrency(absl::string_view currency);
+
+// A location label (brand, region, ...) as an agent declares it: the name
+// matches [a-z][a-z0-9_]{0,62}, the value is at most 128 printable ASCII
+// bytes. ValidateLabels also bounds their number (kMaxLabels).
+inline constexpr size_t kMaxLabels = 32;
+absl::Status ValidateLabel(absl::string_view name, absl::string_view value);
+absl::Status ValidateLabels(const std::map<std::string, std::string>& labels);
 
 // An observation's idempotency id: up to 128 printable ASCII characters
 // (space to '~'); empty means none.

@@ -174,7 +174,10 @@ class SenderTest : public ::testing::Test {
 };
 
 TEST_F(SenderTest, DeliversInBatchesAndEmptiesTheSpool) {
-  sender_ = std::make_unique<Sender>(Options(), &spool_, &metrics_);
+  SenderOptions options = Options();
+  options.labels = {{"region", "idf"}, {"format", "city"}};
+  options.data_cadence = absl::Hours(24);
+  sender_ = std::make_unique<Sender>(options, &spool_, &metrics_);
   sender_->Start();
   Append(250);
   ASSERT_TRUE(collector_.WaitForWatermark(250, absl::Seconds(20)));
@@ -201,6 +204,9 @@ TEST_F(SenderTest, DeliversInBatchesAndEmptiesTheSpool) {
   EXPECT_EQ(hb[0].incarnation(), spool_.incarnation());
   EXPECT_EQ(hb[0].version(), "test");
   EXPECT_TRUE(hb[0].has_sent_at());
+  EXPECT_EQ(hb[0].labels().at("region"), "idf");
+  EXPECT_EQ(hb[0].labels().at("format"), "city");
+  EXPECT_EQ(hb[0].data_cadence_seconds(), 24u * 3600);
 }
 
 TEST_F(SenderTest, DrainOnStopSendsWhatIsLeft) {

@@ -134,6 +134,7 @@ locations:
     closed: false
   - id: fr-lyon-0007
     closed: true
+    cadence: 24h
 peer_groups:
   - {name: price-zone, label: region, families: [price, wait], keys: ["*", coffee-*, tea]}
 promises:
@@ -206,6 +207,8 @@ TEST(CatalogParseTest, FullCatalog) {
   const LocationEntry* lyon = c.FindLocation("fr-lyon-0007");
   ASSERT_NE(lyon, nullptr);
   EXPECT_TRUE(lyon->closed);
+  EXPECT_EQ(lyon->cadence, absl::Hours(24));
+  EXPECT_EQ(paris->cadence, absl::ZeroDuration());
   EXPECT_TRUE(lyon->hours.always_open);
   EXPECT_EQ(lyon->tz, absl::UTCTimeZone());
   EXPECT_EQ(c.FindLocation("fr-nice-0001"), nullptr);
@@ -216,7 +219,7 @@ TEST(CatalogParseTest, FullCatalog) {
   EXPECT_EQ(c.peer_groups[0].families,
             (std::vector<v1::Family>{v1::FAMILY_PRICE, v1::FAMILY_WAIT}));
   EXPECT_EQ(c.peer_groups[0].keys, (std::vector<std::string>{"*", "coffee-*", "tea"}));
-  EXPECT_EQ(c.peer_groups[0].line, 40);
+  EXPECT_EQ(c.peer_groups[0].line, 41);
 
   ASSERT_EQ(c.price_promises.size(), 1u);
   const PricePromise& price = c.price_promises[0];
@@ -226,7 +229,7 @@ TEST(CatalogParseTest, FullCatalog) {
   EXPECT_EQ(price.list_minor_units, 449);
   EXPECT_EQ(price.where, (std::map<std::string, std::string>{{"region", "idf"}}));
   EXPECT_EQ(price.effective, At("2026-12-01T00:00:00Z"));
-  EXPECT_EQ(price.line, 42);
+  EXPECT_EQ(price.line, 43);
   ASSERT_EQ(c.wait_promises.size(), 1u);
   EXPECT_EQ(c.wait_promises[0].key, "checkout");
   EXPECT_EQ(c.wait_promises[0].within_seconds, 300);
@@ -245,7 +248,7 @@ TEST(CatalogParseTest, FullCatalog) {
   EXPECT_EQ(e.reason, "local supplier");
   // A date is midnight where the excepted location is.
   EXPECT_EQ(e.expires, At("2027-01-31T00:00:00+01:00"));
-  EXPECT_EQ(e.line, 46);
+  EXPECT_EQ(e.line, 47);
 }
 
 TEST(CatalogParseTest, ListPriceIsParsedAsDecimalText) {

@@ -401,6 +401,19 @@ TEST(FindingsTest, ADeclaredZoneIsComparedWithinItselfAndASmallOneFallsBack) {
   EXPECT_EQ(sizes.count("zone=east"), 0u);
 }
 
+TEST(FindingsTest, AKeyTooFewLocationsHoldIsCountedAsNotCompared) {
+  Chain chain;
+  chain.SetRuns("sku-wide", {{10, 199}});
+  chain.SetRuns("sku-rare", {{3, 199}});  // Fewer than min_group (5), chain-wide.
+  chain.SetPrice(Store(1), "sku-rare", 999);
+  chain.Evaluate();
+  CheckCounts(chain, None());
+  EXPECT_EQ(chain.engine().snapshot()->uncompared_series, 1u);
+  chain.SetRuns("sku-rare", {{6, 199}});
+  chain.Evaluate();
+  EXPECT_EQ(chain.engine().snapshot()->uncompared_series, 0u);
+}
+
 TEST(FindingsTest, AFallbackComparesWithTheWholeChainAndKeepsTheOutlier) {
   Catalog catalog = DefaultCatalog();
   catalog.peer_groups.push_back({"zone", "zone", {v1::FAMILY_PRICE}, {}, 0});
@@ -734,6 +747,125 @@ TEST(FindingsTest, AStoreClosedAtNightIsNotSilent) {
   chain.SetPrice("store-always", "sku-1", 100);
   chain.Evaluate();
   EXPECT_TRUE(chain.Active(v1::SILENT).empty()) << Describe(chain.Active());
+}
+
+v1::Heartbeat Heartbeat(const std::string& location,
+                        const std::map<std::string, std::string>& labels = {},
+                        absl::Duration cadence = absl::ZeroDuration()) {
+  v1::Heartbeat hb;
+  hb.set_location(location);
+  hb.set_incarnation(1);
+  for (const auto& [k, v] : labels) (*hb.mutable_labels())[k] = v;
+  hb.set_data_cadence_seconds(absl::ToInt64Seconds(cadence));
+  return hb;
+}
+
+TEST(FindingsTest, ADailyExportIsStaleNotSilentWhileItsAgentIsAlive) {
+  Catalog catalog = DefaultCatalog();
+  LocationEntry daily;  // The catalog says: one file a day.
+  daily.id = "store-daily";
+  daily.cadence = absl::Hours(24);
+  LocationEntry agent_says = daily;  // The agent's heartbeat says so.
+  agent_says.id = "store-agent-daily";
+  agent_says.cadence = absl::ZeroDuration();
+  LocationEntry live = daily;  // Continuous data expected.
+  live.id = "store-live";
+  live.cadence = absl::ZeroDuration();
+  catalog.locations = {daily, agent_says, live};
+  Chain chain(catalog);
+  for (const LocationEntry& e : catalog.locations) chain.SetPrice(e.id, "sku-1", 100);
+  // Ten hours on, every agent alive (heartbeats), no new data.
+  for (int hour = 0; hour < 10; ++hour) {
+    chain.Advance(absl::Hours(1));
+    ASSERT_TRUE(chain.engine().RecordHeartbeat(Heartbeat("store-daily")).ok());
+    ASSERT_TRUE(chain.engine()
+                    .RecordHeartbeat(Heartbeat("store-agent-daily", {}, absl::Hours(24)))
+                    .ok());
+    ASSERT_TRUE(chain.engine().RecordHeartbeat(Heartbeat("store-live")).ok());
+    chain.Evaluate(2, absl::Minutes(1));
+  }
+  EXPECT_TRUE(chain.Active(v1::SILENT).empty()) << Describe(chain.Active());
+  auto stale = chain.Active(v1::STALE);
+  ASSERT_EQ(stale.size(), 1u) << Describe(chain.Active());
+  EXPECT_EQ(stale[0].location(), "store-live");
+  EXPECT_EQ(stale[0].severity(), v1::MEDIUM);
+  EXPECT_THAT(stale[0].reasons(0).detail(), HasSubstr("agent alive but newest data 10h"));
+  // A day and more without the daily file: stale too. The live store's
+  // agent stops talking: silent, not stale.
+  for (int hour = 0; hour < 16; ++hour) {
+    chain.Advance(absl::Hours(1));
+    ASSERT_TRUE(chain.engine().RecordHeartbeat(Heartbeat("store-daily")).ok());
+    ASSERT_TRUE(chain.engine()
+                    .RecordHeartbeat(Heartbeat("store-agent-daily", {}, absl::Hours(24)))
+                    .ok());
+    chain.Evaluate(2, absl::Minutes(1));
+  }
+  std::set<std::string> stale_now;
+  for (const v1::Finding& f : chain.Active(v1::STALE)) stale_now.insert(f.location());
+  EXPECT_EQ(stale_now, (std::set<std::string>{"store-daily", "store-agent-daily"}))
+      << Describe(chain.Active());
+  auto silent = chain.Active(v1::SILENT);
+  ASSERT_EQ(silent.size(), 1u) << Describe(chain.Active());
+  EXPECT_EQ(silent[0].location(), "store-live");
+  // The file arrives: nothing left for the daily stores.
+  chain.SetPrice("store-daily", "sku-1", 100);
+  chain.SetPrice("store-agent-daily", "sku-1", 100);
+  chain.Evaluate(3, absl::Minutes(1));
+  EXPECT_TRUE(chain.Active(v1::STALE).empty()) << Describe(chain.Active());
+}
+
+TEST(FindingsTest, AgentLabelsGroupLocationsTheCatalogDoesNotList) {
+  Catalog catalog = DefaultCatalog();
+  catalog.auto_register = true;
+  catalog.peer_groups.push_back({"zone", "region", {v1::FAMILY_PRICE}, {}, 0});
+  // One store is in the catalog as south; its agent claims north: the
+  // catalog wins. Its agent's other label fills a name the catalog lacks.
+  LocationEntry listed;
+  listed.id = Store(0);
+  listed.labels["region"] = "south";
+  catalog.locations = {listed};
+  Chain chain(catalog);
+  for (int i = 0; i < 16; ++i) {
+    const std::map<std::string, std::string> labels = {
+        {"region", i < 8 ? "north" : "south"}, {"format", "city"}};
+    ASSERT_TRUE(chain.engine().RecordHeartbeat(Heartbeat(Store(i), labels)).ok());
+    chain.SetPrice(Store(i), "sku-1", i < 8 ? 249 : 199);
+  }
+  chain.SetPrice(Store(3), "sku-1", 289);  // North, overcharging.
+  chain.Evaluate();
+  auto outliers = chain.Active(v1::OUTLIER);
+  ASSERT_EQ(outliers.size(), 2u) << Describe(chain.Active());
+  std::map<std::string, v1::Finding> by_store;
+  for (const v1::Finding& f : outliers) by_store[f.location()] = f;
+  ASSERT_TRUE(by_store.count(Store(3)));
+  EXPECT_EQ(by_store[Store(3)].group(), "zone=north");
+  EXPECT_EQ(by_store[Store(3)].labels().at("format"), "city");
+  // Store 0 sells at the north price but the catalog says south.
+  ASSERT_TRUE(by_store.count(Store(0)));
+  EXPECT_EQ(by_store[Store(0)].group(), "zone=south");
+  EXPECT_EQ(by_store[Store(0)].labels().at("region"), "south");
+  EXPECT_EQ(by_store[Store(0)].labels().at("format"), "city");
+  // Two hours of quiet: the listed store is silent; the stores known from
+  // their agents' labels alone are not declared, so never silent.
+  chain.Evaluate(2, absl::Hours(2));
+  auto silent = chain.Active(v1::SILENT);
+  ASSERT_EQ(silent.size(), 1u) << Describe(chain.Active());
+  EXPECT_EQ(silent[0].location(), Store(0));
+}
+
+TEST(FindingsTest, BadAgentLabelsAreRefusedAndDoNotDeclareALocation) {
+  Catalog catalog = DefaultCatalog();
+  catalog.auto_register = false;
+  LocationEntry listed;
+  listed.id = Store(0);
+  catalog.locations = {listed};
+  Chain chain(catalog);
+  absl::Status bad = chain.engine().RecordHeartbeat(Heartbeat(Store(0), {{"Region", "x"}}));
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.message()), HasSubstr("heartbeat.labels: label name 'Region'"));
+  ASSERT_TRUE(chain.engine().RecordHeartbeat(Heartbeat(Store(0), {{"region", "x"}})).ok());
+  absl::Status stranger = chain.engine().RecordHeartbeat(Heartbeat(Store(1), {{"region", "x"}}));
+  EXPECT_EQ(stranger.code(), absl::StatusCode::kPermissionDenied);
 }
 
 TEST(FindingsTest, NobodyIsSilentDuringTheRestartGrace) {

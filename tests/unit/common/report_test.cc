@@ -13,6 +13,7 @@ namespace {
 
 using ::testing::ContainsRegex;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 TEST(FormatValueTest, Table) {
   static const struct {
@@ -83,8 +84,13 @@ TEST(RenderChainSummaryTest, NamesOutliersWithValueExpectedAndBand) {
   EXPECT_THAT(out, HasSubstr("+130.0% slow"));
   EXPECT_THAT(out, HasSubstr("chain (24)"));
 
+  EXPECT_THAT(out, Not(HasSubstr("Not compared")));
+
   s.clear_outliers();
-  EXPECT_THAT(RenderChainSummary(s, 0), HasSubstr("Outlier locations: none\n"));
+  s.set_uncompared_series(3);
+  out = RenderChainSummary(s, 0);
+  EXPECT_THAT(out, HasSubstr("Outlier locations: none\n"));
+  EXPECT_THAT(out, HasSubstr("Not compared: 3 series held by too few locations"));
 }
 
 TEST(RenderChainSummaryTest, OneSeriesInSeveralPeerGroupsIsToldApartByGroup) {
