@@ -141,8 +141,7 @@ absl::StatusOr<int64_t> ParseMoney(absl::string_view text, absl::string_view cur
   absl::StatusOr<int> exponent = CurrencyExponent(currency);
   if (!exponent.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("'", text, "': ", exponent.status().message(),
-                     ", so the decimals of the amount are unknown"));
+        absl::StrCat("'", text, "' cannot be read: ", exponent.status().message()));
   }
   const std::string example = absl::StrCat(Example(*exponent), " ", currency);
   if (TrimNumberSpaces(text).empty()) {
