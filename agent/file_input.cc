@@ -15,6 +15,7 @@
 #include "agent/input_config.h"
 #include "agent/input_values.h"
 #include "agent/price_check.h"
+#include "constance/money.h"
 #include "csv.h"
 #include "google/protobuf/util/time_util.h"
 #include "nlohmann/json.hpp"
@@ -398,7 +399,7 @@ void FileParser::MapRow(const std::vector<std::string>& fields, absl::Time now,
       std::string text;
       if (!get(p.column, &text)) return;
       if (text.empty()) continue;
-      absl::StatusOr<int64_t> minor = ParseDecimalMinorUnits(text, m.decimal, m.thousands);
+      absl::StatusOr<int64_t> minor = ParseMoney(text, currency, m.decimal, m.thousands);
       if (!minor.ok()) return fail(p.column, minor.status());
       *p.out = *minor;
     }
@@ -419,7 +420,7 @@ void FileParser::MapRow(const std::vector<std::string>& fields, absl::Time now,
   if (!id.empty()) o.set_id(id);
   switch (m.records) {
     case Records::kPrice: {
-      absl::StatusOr<int64_t> minor = ParseDecimalMinorUnits(value, m.decimal, m.thousands);
+      absl::StatusOr<int64_t> minor = ParseMoney(value, currency, m.decimal, m.thousands);
       if (!minor.ok()) return fail(m.value_column, minor.status());
       o.mutable_price()->set_minor_units(*minor);
       o.mutable_price()->set_currency(currency);

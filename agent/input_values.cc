@@ -1,71 +1,17 @@
 #include "agent/input_values.h"
 
-#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
-#include "absl/strings/strip.h"
-#include "agent/observe.h"
+#include "constance/money.h"
 
 namespace constance::agent {
-namespace {
-
-constexpr absl::string_view kNoBreakSpace = "\xC2\xA0";
-constexpr absl::string_view kNarrowNoBreakSpace = "\xE2\x80\xAF";
-
-absl::string_view TrimSpaces(absl::string_view s) {
-  for (;;) {
-    s = absl::StripAsciiWhitespace(s);
-    if (absl::ConsumePrefix(&s, kNoBreakSpace) || absl::ConsumePrefix(&s, kNarrowNoBreakSpace) ||
-        absl::ConsumeSuffix(&s, kNoBreakSpace) || absl::ConsumeSuffix(&s, kNarrowNoBreakSpace)) {
-      continue;
-    }
-    return s;
-  }
-}
-
-// `text` with the thousands separator removed and the decimal separator made
-// a point; InvalidArgument when a separator is where it cannot be.
-absl::StatusOr<std::string> Normalize(absl::string_view text, char decimal,
-                                      absl::string_view thousands) {
-  std::string s(TrimSpaces(text));
-  if (s.empty()) return absl::InvalidArgumentError("empty value");
-  if (thousands == " ") {
-    s = absl::StrReplaceAll(s, {{kNoBreakSpace, ""}, {kNarrowNoBreakSpace, ""}, {" ", ""}});
-  } else if (!thousands.empty()) {
-    s = absl::StrReplaceAll(s, {{thousands, ""}});
-  }
-  const char other = decimal == ',' ? '.' : ',';
-  if (s.find(other) != std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", text, "' has a '", std::string(1, other),
-                     "' but the decimal separator is '", std::string(1, decimal), "'",
-                     thousands.empty() ? " and no thousands separator is set" : ""));
-  }
-  if (decimal == ',') std::replace(s.begin(), s.end(), ',', '.');
-  return s;
-}
-
-}  // namespace
-
-absl::StatusOr<int64_t> ParseDecimalMinorUnits(absl::string_view text, char decimal,
-                                               absl::string_view thousands) {
-  absl::StatusOr<std::string> s = Normalize(text, decimal, thousands);
-  if (!s.ok()) return s.status();
-  absl::StatusOr<int64_t> minor = ParsePriceMinorUnits(*s);
-  if (!minor.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", text, "' is not a price (", minor.status().message(), ")"));
-  }
-  return minor;
-}
 
 absl::StatusOr<double> ParseDecimalNumber(absl::string_view text, char decimal,
                                           absl::string_view thousands) {
-  absl::StatusOr<std::string> s = Normalize(text, decimal, thousands);
+  absl::StatusOr<std::string> s = NormalizeDecimal(text, decimal, thousands);
   if (!s.ok()) return s.status();
   double v = 0;
   if (!absl::SimpleAtod(*s, &v) || !std::isfinite(v)) {
@@ -75,7 +21,7 @@ absl::StatusOr<double> ParseDecimalNumber(absl::string_view text, char decimal,
 }
 
 absl::StatusOr<std::optional<bool>> ParsePassFail(absl::string_view text) {
-  const std::string t = absl::AsciiStrToLower(TrimSpaces(text));
+  const std::string t = absl::AsciiStrToLower(TrimNumberSpaces(text));
   for (const char* w : {"", "n.a.", "na", "n/a", "-", "not applicable"}) {
     if (t == w) return std::optional<bool>();
   }
@@ -89,7 +35,7 @@ absl::StatusOr<std::optional<bool>> ParsePassFail(absl::string_view text) {
 }
 
 absl::StatusOr<absl::Time> ParseInputTime(absl::string_view text, const std::string& format) {
-  const std::string t(TrimSpaces(text));
+  const std::string t(TrimNumberSpaces(text));
   absl::Time out;
   std::string err;
   if (format == "unix") {

@@ -17,14 +17,13 @@
 
 namespace constance::agent {
 
-// "1 234,50" (decimal ',', thousands " ") -> 123450 minor units. Surrounding
-// spaces (also UTF-8 no-break spaces) are ignored; with thousands " ", no-break
-// and narrow no-break spaces inside the number count as separators too. At
-// most 2 decimals; never through a float. InvalidArgument naming the text.
-absl::StatusOr<int64_t> ParseDecimalMinorUnits(absl::string_view text, char decimal,
-                                               absl::string_view thousands);
+// Prices are read by constance::ParseMoney (constance/money.h), with the
+// currency's decimals and the same separators.
 
-// The same normalisation for a plain number (a wait in seconds, a score).
+// A plain number (a wait in seconds, a score) written as amounts are:
+// "1 234,5" (decimal ',', thousands " ") -> 1234.5. Surrounding spaces (also
+// UTF-8 no-break spaces) are ignored; with thousands " ", no-break and narrow
+// no-break spaces inside the number count as separators too.
 absl::StatusOr<double> ParseDecimalNumber(absl::string_view text, char decimal,
                                           absl::string_view thousands);
 

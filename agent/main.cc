@@ -93,7 +93,9 @@ ABSL_FLAG(std::string, ready_file, "",
 ABSL_FLAG(std::string, log_level, "info", "run: trace, debug, info, warn or error");
 // observe
 ABSL_FLAG(std::string, agent, "http://127.0.0.1:8080", "observe: the agent's local ingest URL");
-ABSL_FLAG(std::string, currency, "", "observe: currency of a price, e.g. EUR (required for price)");
+ABSL_FLAG(std::string, currency, "",
+          "observe: ISO 4217 currency of a price, e.g. EUR (required for price); VALUE is in its "
+          "decimals: 4.49 EUR, 450 JPY, 1.250 KWD");
 ABSL_FLAG(std::string, kind, "", "observe: price kind: shelf (default), pos, list, promo");
 ABSL_FLAG(bool, critical, false, "observe: a compliance check whose failure fails the location");
 ABSL_FLAG(std::string, observed_at, "",
@@ -126,8 +128,9 @@ constexpr char kUsage[] =
     "      [--log_level=info]\n"
     "  constance-agent observe [--agent=http://127.0.0.1:8080] FAMILY KEY VALUE\n"
     "      [--currency=EUR] [--kind=shelf] [--critical] [--observed_at=RFC3339] [--id=ID]\n"
-    "      FAMILY is price|wait|compliance|score; a price VALUE is like 4.49, a wait VALUE\n"
-    "      is seconds, a compliance VALUE is pass|fail.\n"
+    "      FAMILY is price|wait|compliance|score; a price VALUE has its currency's\n"
+    "      decimals (4.49 EUR, 450 JPY, 1.250 KWD), a wait VALUE is seconds, a compliance\n"
+    "      VALUE is pass|fail.\n"
     "  constance-agent import FILE [--agent=http://127.0.0.1:8080] [--config=FILE]\n"
     "      [--location=ID] [--format=csv|jsonl] [--records=price|price_check|wait|compliance|\n"
     "      score|ticket|observation|checklist] [--encoding=utf-8|windows-1250|latin-1]\n"

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "civetweb.h"
+#include "constance/money.h"
 #include "constance/validate.h"
 #include "google/protobuf/util/time_util.h"
 #include "nlohmann/json.hpp"
@@ -18,13 +19,6 @@ namespace constance::agent {
 namespace {
 
 absl::Status Usage(absl::string_view what) { return absl::InvalidArgumentError(what); }
-
-bool AllDigits(absl::string_view s) {
-  for (char c : s) {
-    if (!absl::ascii_isdigit(c)) return false;
-  }
-  return !s.empty();
-}
 
 absl::StatusOr<double> ParseNumber(absl::string_view what, absl::string_view text) {
   double value = 0;
@@ -83,37 +77,6 @@ absl::StatusOr<HttpResponse> Exchange(const HostPort& to, absl::string_view meth
 
 }  // namespace
 
-absl::StatusOr<int64_t> ParsePriceMinorUnits(absl::string_view text) {
-  const std::string shown = absl::StrCat("price '", text, "'");
-  if (absl::StartsWith(text, "-")) return Usage(absl::StrCat(shown, " must not be negative"));
-  if (absl::StrContains(text, ",")) {
-    return Usage(absl::StrCat(shown, ": use '.' as the decimal separator, e.g. 4.49"));
-  }
-  absl::string_view whole = text;
-  absl::string_view fraction;
-  bool has_point = false;
-  if (size_t dot = text.find('.'); dot != absl::string_view::npos) {
-    has_point = true;
-    whole = text.substr(0, dot);
-    fraction = text.substr(dot + 1);
-  }
-  if (!AllDigits(whole) || (has_point && !AllDigits(fraction))) {
-    return Usage(absl::StrCat(shown, " is not a decimal amount like 4.49"));
-  }
-  if (fraction.size() > 2) {
-    return Usage(absl::StrCat(shown, " has more than 2 decimals"));
-  }
-  // Whole units times 100 must fit an int64; 15 digits leave room.
-  absl::string_view significant = whole;
-  while (significant.size() > 1 && significant[0] == '0') significant.remove_prefix(1);
-  if (significant.size() > 15) return Usage(absl::StrCat(shown, " is too large"));
-  int64_t units = 0;
-  for (char c : whole) units = units * 10 + (c - '0');
-  int64_t cents = 0;
-  for (size_t i = 0; i < 2; ++i) cents = cents * 10 + (i < fraction.size() ? fraction[i] - '0' : 0);
-  return units * 100 + cents;
-}
-
 absl::StatusOr<v1::Observation> BuildObservation(const ObserveRequest& r) {
   v1::Family family;
   if (!ParseFamily(r.family, &family).ok()) {
@@ -132,9 +95,12 @@ absl::StatusOr<v1::Observation> BuildObservation(const ObserveRequest& r) {
   if (!r.id.empty()) obs.set_id(r.id);
   switch (family) {
     case v1::FAMILY_PRICE: {
-      absl::StatusOr<int64_t> minor = ParsePriceMinorUnits(r.value);
-      if (!minor.ok()) return minor.status();
       if (r.currency.empty()) return Usage("a price needs --currency, e.g. --currency=EUR");
+      if (absl::StatusOr<int> e = CurrencyExponent(r.currency); !e.ok()) {
+        return Usage(absl::StrCat("--", e.status().message()));
+      }
+      absl::StatusOr<int64_t> minor = ParseMoney(r.value, r.currency);
+      if (!minor.ok()) return Usage(absl::StrCat("price ", minor.status().message()));
       v1::PriceKind kind = v1::SHELF;
       if (!r.kind.empty() && !v1::PriceKind_Parse(absl::AsciiStrToUpper(r.kind), &kind)) {
         return Usage(absl::StrCat("--kind '", r.kind, "' is not one of shelf, pos, list, promo"));

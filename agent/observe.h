@@ -1,11 +1,11 @@
 // `constance-agent observe`: one observation from the command line, posted to
 // a running agent's local HTTP ingest.
 //
-// The pieces are separate so each can be tested alone: ParsePriceMinorUnits
-// turns "4.49" into 449 by string parsing (never through a float, whose
-// rounding would make 4.35 become 434 somewhere), BuildObservation turns
-// the command's arguments into a v1::Observation, and PostJson is a small
-// HTTP/1.1 client (civetweb's) for the agent's loopback address.
+// The pieces are separate so each can be tested alone: BuildObservation
+// turns the command's arguments into a v1::Observation (a price with its
+// currency's decimals, by ParseMoney: "4.49" EUR is 449, "450" JPY is 450),
+// and PostJson is a small HTTP/1.1 client (civetweb's) for the agent's
+// loopback address.
 //
 // Example:
 //   ObserveRequest req;
@@ -28,18 +28,12 @@
 
 namespace constance::agent {
 
-// A non-negative decimal amount with at most 2 decimals ("4.49", "4.5",
-// "4") in minor units (449, 450, 400). InvalidArgument for anything else:
-// a sign, a third decimal, a comma, an empty fraction, or overflow.
-// Currencies with other minor-unit exponents (JPY 0, KWD 3) come later.
-absl::StatusOr<int64_t> ParsePriceMinorUnits(absl::string_view text);
-
 // The arguments of `observe FAMILY KEY VALUE [flags]`.
 struct ObserveRequest {
   std::string family;  // price | wait | compliance | score
   std::string key;
-  std::string value;        // price: 4.49; wait: seconds; compliance: pass|fail; score: number
-  std::string currency;     // price only, required
+  std::string value;        // price: 4.49 / 450 JPY; wait: seconds; compliance: pass|fail; ...
+  std::string currency;     // price only, required: ISO 4217, whose decimals `value` has
   std::string kind;         // price only: shelf (default) | pos | list | promo
   bool critical = false;    // compliance only
   std::string observed_at;  // RFC 3339; empty means "when the agent receives it"

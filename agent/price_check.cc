@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/bounded_json.h"
-#include "agent/input_values.h"
+#include "constance/money.h"
 #include "google/protobuf/util/time_util.h"
 #include "nlohmann/json.hpp"
 
@@ -13,7 +13,9 @@ namespace {
 
 using nlohmann::json;
 
-absl::StatusOr<std::optional<int64_t>> PriceField(const json& obj, const char* name) {
+// `name` as a decimal amount in `currency`'s decimals ("4.49" EUR, "450" JPY).
+absl::StatusOr<std::optional<int64_t>> PriceField(const json& obj, const char* name,
+                                                  const std::string& currency) {
   auto it = obj.find(name);
   if (it == obj.end() || it->is_null()) return std::optional<int64_t>();
   std::string text;
@@ -24,7 +26,7 @@ absl::StatusOr<std::optional<int64_t>> PriceField(const json& obj, const char* n
   } else {
     return absl::InvalidArgumentError(absl::StrCat(name, ": expected a price like \"4.49\""));
   }
-  absl::StatusOr<int64_t> minor = ParseDecimalMinorUnits(text, '.', "");
+  absl::StatusOr<int64_t> minor = ParseMoney(text, currency);
   if (!minor.ok())
     return absl::InvalidArgumentError(absl::StrCat(name, ": ", minor.status().message()));
   return std::optional<int64_t>(*minor);
@@ -93,7 +95,7 @@ absl::StatusOr<PriceCheck> ParsePriceCheckJson(absl::string_view object) {
     std::optional<int64_t>* out;
   } kPrices[] = {{"shelf", &c.shelf}, {"pos", &c.pos}, {"list", &c.list}};
   for (const auto& p : kPrices) {
-    absl::StatusOr<std::optional<int64_t>> v = PriceField(obj, p.name);
+    absl::StatusOr<std::optional<int64_t>> v = PriceField(obj, p.name, c.currency);
     if (!v.ok()) return v.status();
     *p.out = *v;
   }

@@ -36,7 +36,8 @@ namespace constance::agent {
 struct PriceCheck {
   std::string item;
   std::string currency;
-  // Minor units; unset when that price was not read.
+  // Minor units of `currency` (450 for 450 JPY, 449 for 4.49 EUR); unset
+  // when that price was not read.
   std::optional<int64_t> shelf, pos, list;
   // Unset (InfinitePast): when the agent receives it.
   absl::Time observed_at = absl::InfinitePast();
@@ -50,8 +51,8 @@ std::string PriceMatchKey(absl::string_view item);
 
 // One JSON object: {"item":..., "currency":"EUR", "shelf":"4.49",
 // "pos":4.59, "list":"4.49", "observed_at":"RFC 3339", "id":...}; prices as
-// decimal strings or JSON numbers with a decimal point. InvalidArgument
-// naming the field.
+// decimal strings or JSON numbers in the currency's decimals ("450" for JPY,
+// "1.250" for KWD; read by ParseMoney). InvalidArgument naming the field.
 absl::StatusOr<PriceCheck> ParsePriceCheckJson(absl::string_view object);
 
 // The observations of `check`, validated against `limits` with `now` as the

@@ -23,6 +23,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/civil_time.h"
+#include "constance/money.h"
 #include "constance/validate.h"
 #include "yaml-cpp/yaml.h"
 
@@ -347,25 +348,6 @@ v1::Family FamilyFromName(absl::string_view name) {
   return family;
 }
 
-// "4.49" -> 449 by string arithmetic: a float would turn 4.35 into 434.
-bool ParseMinorUnits(absl::string_view text, int64_t* out) {
-  std::pair<absl::string_view, absl::string_view> parts =
-      absl::StrSplit(text, absl::MaxSplits('.', 1));
-  const bool has_point = text.find('.') != text.npos;
-  absl::string_view major = parts.first, minor = parts.second;
-  auto digits = [](absl::string_view s) {
-    return std::all_of(s.begin(), s.end(), [](char c) { return absl::ascii_isdigit(c); });
-  };
-  if (major.empty() || major.size() > 12 || !digits(major) || !digits(minor)) return false;
-  if (has_point && (minor.empty() || minor.size() > 2)) return false;
-  int64_t units = 0, cents = 0;
-  if (!absl::SimpleAtoi(major, &units)) return false;
-  if (!minor.empty() && !absl::SimpleAtoi(minor, &cents)) return false;
-  if (minor.size() == 1) cents *= 10;
-  *out = units * 100 + cents;
-  return true;
-}
-
 // Opening hours.
 
 // "08:00" -> 480. "24:00" only as a closing time.
@@ -555,13 +537,15 @@ std::vector<Key<PricePromise>> PricePromiseKeys() {
        [](const Parser& p, const Field& f, P* out) {
          std::string text;
          if (absl::Status s = p.Text(f, &text); !s.ok()) return s;
+         // `currency` is read first (table order) and is required.
+         absl::StatusOr<int64_t> minor = ParseMoney(text, out->currency);
+         if (!minor.ok()) return p.Error(f, minor.status().message());
          const int64_t max = Limits().max_price_minor_units;
-         if (!ParseMinorUnits(text, &out->list_minor_units) || out->list_minor_units >= max) {
-           return p.Error(f, absl::StrCat("'", text,
-                                          "' is not a price in major units with at most "
-                                          "2 decimals below ",
-                                          max / 100, " (e.g. \"4.49\")"));
+         if (*minor >= max) {
+           return p.Error(f, absl::StrCat("'", text, "' is not below ",
+                                          FormatMoney(max, out->currency)));
          }
+         out->list_minor_units = *minor;
          return absl::OkStatus();
        },
        "the promised price"},

@@ -1,15 +1,14 @@
 #include "constance/format.h"
 
 #include "absl/strings/str_format.h"
+#include "constance/money.h"
 
 namespace constance {
 
 std::string FormatValue(v1::Family family, absl::string_view currency, double value) {
   switch (family) {
     case v1::FAMILY_PRICE:
-      // Exact for the integers a price cell holds; statistics such as a
-      // mean are rounded to the cent.
-      return absl::StrFormat("%.2f %s", value / 100.0, currency);
+      return FormatMoneyStatistic(value, currency);
     case v1::FAMILY_WAIT:
       return absl::StrFormat("%.0f s", value);
     case v1::FAMILY_COMPLIANCE:

@@ -12,7 +12,8 @@
 
 namespace constance {
 
-// Prices are minor units shown as a two-decimal amount with the currency;
+// Prices are minor units shown with the currency's decimals (FormatMoney:
+// "450 JPY", "4.49 EUR"; statistics rounded to the minor unit);
 // waits in whole seconds; compliance as a pass rate in percent; scores as
 // plain numbers.
 std::string FormatValue(v1::Family family, absl::string_view currency, double value);

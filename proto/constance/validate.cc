@@ -1,12 +1,11 @@
 #include "constance/validate.h"
 
-#include <algorithm>
 #include <cmath>
-#include <iterator>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "constance/money.h"
 
 namespace constance {
 namespace {
@@ -16,26 +15,6 @@ bool IsLowerAlnum(char c) { return absl::ascii_isdigit(c) || (c >= 'a' && c <= '
 absl::Status Invalid(absl::string_view field, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
 }
-
-// ISO 4217 alphabetic codes, sorted, as listed by Debian's iso-codes
-// package (/usr/share/iso-codes/json/iso_4217.json). A closed list keeps a
-// typo ("EUE") from creating a series of its own.
-constexpr absl::string_view kCurrencies[] = {
-    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
-    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD",
-    "CAD", "CDF", "CHE", "CHF", "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUC", "CUP",
-    "CVE", "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP",
-    "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HRK", "HTG", "HUF", "IDR",
-    "ILS", "INR", "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW",
-    "KRW", "KWD", "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA",
-    "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD",
-    "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG",
-    "QAR", "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE",
-    "SLL", "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP",
-    "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED",
-    "VES", "VND", "VUV", "WST", "XAF", "XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XCD", "XDR",
-    "XOF", "XPD", "XPF", "XPT", "XSU", "XTS", "XUA", "XXX", "YER", "ZAR", "ZMW", "ZWL",
-};
 
 }  // namespace
 
@@ -71,7 +50,7 @@ absl::Status ValidateCurrency(absl::string_view currency) {
       !absl::ascii_isupper(currency[1]) || !absl::ascii_isupper(currency[2])) {
     return Invalid("price.currency", "must be three upper-case letters, e.g. EUR");
   }
-  if (!std::binary_search(std::begin(kCurrencies), std::end(kCurrencies), currency)) {
+  if (!CurrencyExponent(currency).ok()) {
     return Invalid("price.currency",
                    absl::StrCat("'", currency, "' is not an ISO 4217 currency code"));
   }

@@ -59,8 +59,8 @@ absl::Status ValidateLocationId(absl::string_view id);
 // A key: [A-Za-z0-9._:/-]{1,128}.
 absl::Status ValidateKey(absl::string_view key);
 
-// An ISO 4217 currency code (the closed list of the iso-codes package,
-// including the X.. codes for metals and testing), e.g. "EUR".
+// An ISO 4217 currency code (the closed list of constance/money.h, including
+// the X.. codes for metals and testing), e.g. "EUR".
 absl::Status ValidateCurrency(absl::string_view currency);
 
 // A location label (brand, region, ...) as an agent declares it: the name

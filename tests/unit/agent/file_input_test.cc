@@ -53,41 +53,6 @@ InputMapping CzechPrices() {
   return m;
 }
 
-TEST(ParseDecimalTest, Table) {
-  static const struct {
-    const char* text;
-    char decimal;
-    const char* thousands;
-    int64_t minor;  // -1: an error
-  } cases[] = {
-      {"4.49", '.', "", 449},
-      {"4,49", ',', "", 449},
-      {"1 234,50", ',', " ", 123450},
-      {"1\xC2\xA0"
-       "234,5",
-       ',', " ", 123450},
-      {"1.234,50", ',', ".", 123450},
-      {"1,234.50", '.', ",", 123450},
-      {"1'234.50", '.', "'", 123450},
-      {" 7 ", '.', "", 700},
-      {"4,49", '.', "", -1},
-      {"4.49", ',', "", -1},
-      {"4,499", ',', "", -1},
-      {"", '.', "", -1},
-      {"-1,00", ',', "", -1},
-      {"abc", '.', "", -1},
-  };
-  for (const auto& c : cases) {
-    absl::StatusOr<int64_t> got = ParseDecimalMinorUnits(c.text, c.decimal, c.thousands);
-    if (c.minor < 0) {
-      EXPECT_FALSE(got.ok()) << c.text;
-    } else {
-      ASSERT_TRUE(got.ok()) << c.text << ": " << got.status();
-      EXPECT_EQ(*got, c.minor) << c.text;
-    }
-  }
-}
-
 TEST(ParsePassFailTest, Table) {
   static const struct {
     const char* text;

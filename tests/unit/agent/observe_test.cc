@@ -1,5 +1,6 @@
-// `constance-agent observe`: price strings to minor units, arguments to an
-// observation, the --agent URL, and the refusal message.
+// `constance-agent observe`: arguments to an observation (prices read by
+// constance/money.h, tested in money_test.cc), the --agent URL, and the
+// refusal message.
 #include "agent/observe.h"
 
 #include <string>
@@ -11,46 +12,6 @@ namespace constance::agent {
 namespace {
 
 using ::testing::HasSubstr;
-
-TEST(ParsePriceMinorUnitsTest, Table) {
-  static const struct {
-    const char* text;
-    int64_t minor;      // When ok.
-    const char* error;  // Substring of the error, nullptr when ok.
-  } kCases[] = {
-      {"4.49", 449, nullptr},
-      {"4.5", 450, nullptr},
-      {"4", 400, nullptr},
-      {"0", 0, nullptr},
-      {"0.01", 1, nullptr},
-      {"4.35", 435, nullptr},  // 4.35 is 434.99999... as a double.
-      {"04.10", 410, nullptr},
-      {"999999999999999.99", 99999999999999999, nullptr},
-      {"4.499", 0, "more than 2 decimals"},
-      {"-1", 0, "must not be negative"},
-      {"abc", 0, "not a decimal amount"},
-      {"", 0, "not a decimal amount"},
-      {"4.", 0, "not a decimal amount"},
-      {".5", 0, "not a decimal amount"},
-      {"+4", 0, "not a decimal amount"},
-      {"4,49", 0, "decimal separator"},
-      {"4.4x", 0, "not a decimal amount"},
-      {" 4", 0, "not a decimal amount"},
-      {"1e3", 0, "not a decimal amount"},
-      {"1.2.3", 0, "not a decimal amount"},
-      {"1000000000000000", 0, "too large"},
-  };
-  for (const auto& c : kCases) {
-    absl::StatusOr<int64_t> minor = ParsePriceMinorUnits(c.text);
-    if (c.error == nullptr) {
-      ASSERT_TRUE(minor.ok()) << "'" << c.text << "': " << minor.status();
-      EXPECT_EQ(*minor, c.minor) << c.text;
-    } else {
-      ASSERT_FALSE(minor.ok()) << "'" << c.text << "' parsed as " << *minor;
-      EXPECT_THAT(std::string(minor.status().message()), HasSubstr(c.error)) << c.text;
-    }
-  }
-}
 
 ObserveRequest Request(const char* family, const char* value) {
   ObserveRequest r;
@@ -84,7 +45,19 @@ TEST(BuildObservationTest, Table) {
          r.currency = "EUR";
          return r;
        }(),
-       "more than 2 decimals"},
+       "price '4.499' has 3 decimals, but EUR has 2 decimals"},
+      {[] {
+         ObserveRequest r = Request("price", "450.5");
+         r.currency = "JPY";
+         return r;
+       }(),
+       "price '450.5' has 1 decimal, but JPY has no decimals"},
+      {[] {
+         ObserveRequest r = Request("price", "4.49");
+         r.currency = "eur";
+         return r;
+       }(),
+       "--currency 'eur' is not an ISO 4217 code: write it in capitals, EUR"},
       {[] {
          ObserveRequest r = Request("price", "4.49");
          r.currency = "EUR";

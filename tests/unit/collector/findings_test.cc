@@ -272,6 +272,33 @@ TEST(FindingsTest, AnOverchargeExplainsItself) {
   EXPECT_EQ(f.started_at().seconds(), absl::ToUnixSeconds(kStart + absl::Minutes(1)));
 }
 
+TEST(FindingsTest, AYenOverchargeIsShownInYenAndADinarOneInDinars) {
+  static const struct {
+    const char* currency;
+    int64_t usual, over;
+    const char* detail;
+  } kCases[] = {
+      {"JPY", 450, 520, "overcharge: 520 JPY against 450 JPY"},
+      {"KWD", 1250, 1450, "overcharge: 1.450 KWD against 1.250 KWD"},
+  };
+  for (const auto& c : kCases) {
+    SCOPED_TRACE(c.currency);
+    Chain chain;
+    auto send = [&](const std::string& store, int64_t minor) {
+      v1::Observation o = chain.Price("sku-1", minor);
+      o.mutable_price()->set_currency(c.currency);
+      chain.Send(store, {o});
+    };
+    for (int i = 0; i < 100; ++i) send(Store(i), c.usual);
+    send("store-over", c.over);
+    chain.Evaluate();
+    auto outliers = chain.Active(v1::OUTLIER);
+    ASSERT_EQ(outliers.size(), 1u);
+    ASSERT_EQ(outliers[0].reasons_size(), 1);
+    EXPECT_THAT(outliers[0].reasons(0).detail(), HasSubstr(c.detail));
+  }
+}
+
 TEST(FindingsTest, PersistenceBeforeOpeningAndNoFlappingAtTheThreshold) {
   Chain chain;
   // Promo prices: exempt from irregular change, so the flips below test

@@ -20,16 +20,22 @@ TEST(FormatValueTest, Table) {
     v1::Family family;
     double value;
     const char* want;
+    const char* currency = "EUR";
   } kCases[] = {
-      {v1::FAMILY_PRICE, 139, "1.39 EUR"}, {v1::FAMILY_PRICE, 5, "0.05 EUR"},
-      {v1::FAMILY_PRICE, 0, "0.00 EUR"},   {v1::FAMILY_PRICE, 89900, "899.00 EUR"},
-      {v1::FAMILY_WAIT, 181.6, "182 s"},   {v1::FAMILY_COMPLIANCE, 0.625, "62.5%"},
+      {v1::FAMILY_PRICE, 139, "1.39 EUR"},
+      {v1::FAMILY_PRICE, 5, "0.05 EUR"},
+      {v1::FAMILY_PRICE, 0, "0.00 EUR"},
+      {v1::FAMILY_PRICE, 89900, "899.00 EUR"},
+      {v1::FAMILY_PRICE, 450, "450 JPY", "JPY"},
+      {v1::FAMILY_PRICE, 1250, "1.250 KWD", "KWD"},
+      {v1::FAMILY_WAIT, 181.6, "182 s"},
+      {v1::FAMILY_COMPLIANCE, 0.625, "62.5%"},
       {v1::FAMILY_SCORE, 96.5, "96.5"},
   };
   for (const auto& c : kCases) {
     v1::SeriesId id;
     id.set_family(c.family);
-    id.set_currency("EUR");
+    id.set_currency(c.currency);
     EXPECT_EQ(FormatValue(id, c.value), c.want);
   }
 }
