@@ -91,6 +91,22 @@ struct InputMapping {
   // observed_at: empty = RFC 3339; "unix" = seconds since the epoch; else
   // an absl::ParseTime format, read as UTC.
   std::string time_format;
+  // Facts taken from the file's name (file_name.h), for exports that name
+  // their store and date only there: an RE2 regex over the base name whose
+  // named groups `location` and `observed_at` (no others) capture them, the
+  // format of `observed_at` (as time_format, read as UTC), and a prefix put
+  // before the lower-cased location ("269" -> "store-269"). Empty: unused.
+  std::string name_regex;
+  std::string name_time_format;
+  std::string location_prefix;
+  // Price records with several prices per row (a shelf and a promotion
+  // price): each column with its kind. Empty: the one `value_column` of
+  // `kind`. An empty cell of a listed column produces nothing.
+  struct ValueColumn {
+    std::string column;
+    std::string kind;
+  };
+  std::vector<ValueColumn> values;
   // How old an observation of these files may be (backfills of exports);
   // zero keeps the agent's default (7 days).
   absl::Duration max_lateness = absl::ZeroDuration();

@@ -380,6 +380,12 @@ int Import(const std::vector<char*>& args) {
     return 1;
   }
   for (const std::string& e : report->errors) std::cerr << e << "\n";
+  if (!report->file_location.empty() && !options.location.empty() &&
+      report->file_location != options.location) {
+    std::cerr << "constance-agent import: " << file << " is for location "
+              << report->file_location << " (from its name), not " << options.location
+              << ": its records are skipped\n";
+  }
   std::cerr << "constance-agent import: " << file << ": " << report->records << " records; "
             << report->observations << " observations and " << report->ticket_events
             << " queue events stored; " << report->errors.size() << " refused";
