@@ -107,6 +107,9 @@ struct InputMapping {
     std::string kind;
   };
   std::vector<ValueColumn> values;
+  // How often files of this kind arrive (a daily export: 24h); zero: not
+  // said. ExpectedCadence reports the longest.
+  absl::Duration cadence = absl::ZeroDuration();
   // How old an observation of these files may be (backfills of exports);
   // zero keeps the agent's default (7 days).
   absl::Duration max_lateness = absl::ZeroDuration();
@@ -240,6 +243,10 @@ absl::Status FinishAgentConfig(const AgentConfig& config);
 
 // Checks a HOST:PORT listen address (port 0..65535, host not empty).
 absl::Status ValidateListenAddress(absl::string_view address);
+
+// How often this agent expects data to arrive: the longest `cadence` of its
+// drop directory's mappings; zero when none says.
+absl::Duration ExpectedCadence(const AgentConfig& config);
 
 }  // namespace constance::agent
 

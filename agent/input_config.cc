@@ -187,10 +187,10 @@ absl::Status SetMappingField(const std::string& name, const YAML::Node& value, I
     m->header = *b;
     return absl::OkStatus();
   }
-  if (name == "max_lateness") {
-    absl::StatusOr<absl::Duration> d = Duration(value, /*allow_zero=*/true);
+  if (name == "max_lateness" || name == "cadence") {
+    absl::StatusOr<absl::Duration> d = Duration(value, /*allow_zero=*/name == "max_lateness");
     if (!d.ok()) return d.status();
-    m->max_lateness = *d;
+    (name == "cadence" ? m->cadence : m->max_lateness) = *d;
     return absl::OkStatus();
   }
   if (name == "values") return SetValueColumns(value, m);
@@ -198,7 +198,7 @@ absl::Status SetMappingField(const std::string& name, const YAML::Node& value, I
   for (const auto& f : kStrings) absl::StrAppend(&known, f.name, ", ");
   absl::StrAppend(&known,
                   "format, encoding, records, delimiter, quote, decimal, thousands, header, "
-                  "max_lateness, values");
+                  "max_lateness, cadence, values");
   return absl::InvalidArgumentError(absl::StrCat("unknown field (known: ", known, ")"));
 }
 
@@ -312,6 +312,9 @@ absl::Status ValidateInputMapping(const InputMapping& m) {
   if (absl::Status s = CheckPriceKind(m.kind, "field 'kind'"); !s.ok()) return s;
   if (absl::Status s = ValidateValueColumns(m); !s.ok()) return s;
   if (absl::Status s = ValidateFileNameRules(m); !s.ok()) return s;
+  if (m.cadence < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("field 'cadence' must be a positive duration (e.g. 24h)");
+  }
   if (whole_json) return absl::OkStatus();
   if (m.key_column.empty() && m.key.empty()) {
     return absl::InvalidArgumentError(

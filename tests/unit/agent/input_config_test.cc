@@ -55,7 +55,7 @@ drop_directory:
   EXPECT_EQ(d.files[1].records, InputMapping::Records::kTicket);
 }
 
-TEST(InputConfigTest, FileNameCapturesAndSeveralPrices) {
+TEST(InputConfigTest, FileNameCapturesSeveralPricesAndCadence) {
   absl::StatusOr<AgentConfig> c = ParseAgentConfig(R"(
 location: store-269
 drop_directory:
@@ -65,6 +65,7 @@ drop_directory:
       name_regex: '^Supermarket (?P<location>\d+)_.*_(?P<observed_at>\d{2}\.\d{2}\.\d{4}_\d{1,2}\.\d{2})h\.csv$'
       name_time_format: '%d.%m.%Y_%H.%M'
       location_prefix: store-
+      cadence: 24h
       key_column: Barkod
       values: [{column: Price, kind: shelf}, {column: PromoPrice, kind: promo}]
       currency: EUR
@@ -72,15 +73,22 @@ drop_directory:
       records: wait
       key_column: service
       value_column: seconds
+      cadence: 15m
 )",
                                                    "agent.yaml");
   ASSERT_TRUE(c.ok()) << c.status();
   const InputMapping& m = c->drop_directory.files[0];
   EXPECT_EQ(m.name_time_format, "%d.%m.%Y_%H.%M");
   EXPECT_EQ(m.location_prefix, "store-");
+  EXPECT_EQ(m.cadence, absl::Hours(24));
   ASSERT_EQ(m.values.size(), 2u);
   EXPECT_EQ(m.values[1].column, "PromoPrice");
   EXPECT_EQ(m.values[1].kind, "promo");
+  EXPECT_EQ(c->drop_directory.files[1].cadence, absl::Minutes(15));
+  EXPECT_EQ(ExpectedCadence(*c), absl::Hours(24));
+
+  AgentConfig none;
+  EXPECT_EQ(ExpectedCadence(none), absl::ZeroDuration());
 }
 
 TEST(InputConfigTest, ErrorsNameFileLineAndField) {
@@ -138,6 +146,13 @@ TEST(InputConfigTest, ErrorsNameFileLineAndField) {
       {"drop_directory:\n  files:\n    - key: k\n      records: wait\n"
        "      values: [{column: A, kind: shelf}]\n",
        "for records 'price' only"},
+      // Cadence.
+      {"drop_directory:\n  files:\n    - key: k\n      value_column: v\n      records: score\n"
+       "      cadence: 0s\n",
+       "field 'cadence': '0s' is not a positive duration"},
+      {"drop_directory:\n  files:\n    - key: k\n      value_column: v\n      records: score\n"
+       "      cadence: daily\n",
+       "field 'cadence': 'daily' is not a positive duration"},
   };
   for (const auto& c : cases) {
     absl::StatusOr<AgentConfig> got = ParseAgentConfig(c.yaml, "agent.yaml");
