@@ -88,6 +88,7 @@ absl::StatusOr<ImportReport> ImportFile(const ImportOptions& o) {
 
   absl::StatusOr<FileNameFacts> facts = ReadFileName(o.mapping, BaseName(o.file));
   if (!facts.ok()) return facts.status();
+  if (o.observed_at != absl::InfinitePast()) facts->observed_at = o.observed_at;
   FileParser parser(o.mapping, o.limits, *facts);
   std::vector<InputRecord> records;
   const absl::Time now = absl::Now();

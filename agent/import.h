@@ -46,6 +46,9 @@ struct ImportOptions {
   // name gives a location (name_regex), are sent when they name this
   // location (empty: every row).
   std::string location;
+  // The time of records without an observed_at column of their own;
+  // InfinitePast: the time in the file's name (name_regex), else now.
+  absl::Time observed_at = absl::InfinitePast();
   Limits limits;
 };
 
