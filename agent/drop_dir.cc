@@ -351,12 +351,13 @@ absl::Status DropDirectory::Commit(const std::string& key, const Checkpoint& nex
   for (InputRecord& r : records) {
     if (r.header) continue;
     ++stats->records;
-    if (!r.error.empty()) {
-      ++rejected;
-      continue;
-    }
     if (!r.location.empty() && r.location != deps_.location) {
       ++stats->other_location;
+      r.error.clear();  // Another store's record: not reported as bad here.
+      continue;
+    }
+    if (!r.error.empty()) {
+      ++rejected;
       continue;
     }
     if (!r.tickets.empty() && deps_.tickets == nullptr) {

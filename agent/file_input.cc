@@ -145,6 +145,9 @@ size_t FileParser::Parse(absl::string_view data, int64_t first_line, bool at_end
   std::string record_problem;  // An encoding problem on one of its lines.
   size_t emitted = 0;
   auto emit = [&](InputRecord r) {
+    // Whatever the record is (even bad), it belongs to the file's location
+    // unless a location column says otherwise.
+    if (r.location.empty()) r.location = file_.location;
     ++emitted;
     out->push_back(std::move(r));
   };
@@ -251,7 +254,6 @@ InputRecord FileParser::TakeRow(const std::vector<std::string>& fields, int64_t 
 }
 
 void FileParser::MapJsonLine(absl::string_view line, absl::Time now, InputRecord* r) {
-  r->location = file_.location;
   switch (mapping_.records) {
     case Records::kObservation: {
       absl::StatusOr<ParsedObservations> parsed = ParseObservations(line, now, limits_);
@@ -358,7 +360,7 @@ void FileParser::MapRow(const std::vector<std::string>& fields, absl::Time now,
       !get(m.currency_column, &currency)) {
     return;
   }
-  r->location = m.location_column.empty() ? file_.location : absl::AsciiStrToLower(location);
+  r->location = absl::AsciiStrToLower(location);
   if (m.key_column.empty()) key = m.key;
   if (key.empty()) {
     r->error = absl::StrCat("column '", m.key_column, "' is empty (no key)");

@@ -53,8 +53,9 @@ struct InputRecord {
   size_t end_offset = 0;
   // The header row: consumed, produces nothing.
   bool header = false;
-  // The location column's value, lower-cased; without that column, the
-  // location from the file's name (empty when neither says).
+  // The location column's value, lower-cased; when it gives none, the
+  // location from the file's name (empty when neither says). Set on bad
+  // records too: another location's records are skipped, not judged.
   std::string location;
   std::vector<v1::Observation> observations;
   std::vector<TicketEvent> tickets;

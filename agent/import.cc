@@ -110,12 +110,12 @@ absl::StatusOr<ImportReport> ImportFile(const ImportOptions& o) {
   for (InputRecord& r : records) {
     if (r.header) continue;
     ++report.records;
-    if (!r.error.empty()) {
-      report.errors.push_back(absl::StrCat(o.file, ":", r.line, ": ", r.error));
-      continue;
-    }
     if (!o.location.empty() && !r.location.empty() && r.location != o.location) {
       ++report.other_location;
+      continue;
+    }
+    if (!r.error.empty()) {
+      report.errors.push_back(absl::StrCat(o.file, ":", r.line, ": ", r.error));
       continue;
     }
     for (v1::Observation& obs : r.observations) observations.emplace_back(r.line, std::move(obs));

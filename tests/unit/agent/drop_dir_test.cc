@@ -313,12 +313,14 @@ TEST_F(DropDirTest, FileNamedForAnotherLocationIsSkippedCountedAndLogged) {
   const std::string mine = NamedFile(1, at);
   const std::string theirs = NamedFile(2, at);
   std::ofstream(drop_ + "/" + mine) << "item,price,promo\nmilk,1.99,1.49\nbread,2.50,\n";
-  std::ofstream(drop_ + "/" + theirs) << "item,price,promo\nmilk,2.19,\n";
+  // Another store's bad row is not this agent's to judge either.
+  std::ofstream(drop_ + "/" + theirs) << "item,price,promo\nmilk,2.19,\nbread,x,\n";
   now_ += absl::Hours(1);
   CapturedLog log;
   absl::StatusOr<ScanStats> stats = dd->ScanOnce();
   ASSERT_TRUE(stats.ok()) << stats.status();
-  EXPECT_EQ(stats->other_location, 1u);
+  EXPECT_EQ(stats->other_location, 2u);
+  EXPECT_EQ(stats->rejected, 0u);
   EXPECT_EQ(stats->files_done, 2u);
   EXPECT_THAT(log.text(), ::testing::HasSubstr(absl::StrCat(
                               theirs, " is for location store-2 (from its name), not this "

@@ -238,10 +238,13 @@ TEST_F(ImportTest, RowsTakeTheTimeOfTheFileNameOrOfObservedAt) {
 }
 
 TEST_F(ImportTest, FileNamedForAnotherLocationIsSkipped) {
-  absl::StatusOr<ImportReport> report = ImportFile(Named(2, Minute(absl::Now())));
+  ImportOptions o = Named(2, Minute(absl::Now()));
+  std::ofstream(o.file, std::ios::app) << "cheese,lots\n";  // Bad, but not ours.
+  absl::StatusOr<ImportReport> report = ImportFile(o);
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_EQ(report->file_location, "store-2");
-  EXPECT_EQ(report->other_location, 2u);
+  EXPECT_EQ(report->other_location, 3u);
+  EXPECT_TRUE(report->errors.empty());
   EXPECT_EQ(report->observations, 0u);
   EXPECT_TRUE(Spooled().empty());
 }
