@@ -16,15 +16,14 @@ namespace {
 constexpr char kLocationGroup[] = "location";
 constexpr char kTimeGroup[] = "observed_at";
 
-// The compiled regex, or the reason it does not compile. Names are read
-// whole (anchored at both ends) so a partial match never passes.
+// The compiled regex, or the reason it does not compile.
 absl::StatusOr<std::unique_ptr<RE2>> Compile(const std::string& pattern) {
   RE2::Options options;
   options.set_log_errors(false);
   auto re = std::make_unique<RE2>(pattern, options);
   if (!re->ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("field 'name_regex': '", pattern, "' is not a valid RE2 regex: ", re->error()));
+    return absl::InvalidArgumentError(absl::StrCat("field 'name_regex': '", pattern,
+                                                   "' is not a valid RE2 regex: ", re->error()));
   }
   return re;
 }
@@ -73,12 +72,13 @@ absl::StatusOr<FileNameFacts> ReadFileName(const InputMapping& m, absl::string_v
   absl::StatusOr<std::unique_ptr<RE2>> re = Compile(m.name_regex);
   if (!re.ok()) return re.status();
   const std::map<std::string, int>& groups = (*re)->NamedCapturingGroups();
+  // The whole name must match (anchored at both ends): a name that merely
+  // contains the pattern, like a backup "...h.csv.bak", is not read.
   std::vector<re2::StringPiece> captures(static_cast<size_t>((*re)->NumberOfCapturingGroups()) + 1);
   if (!(*re)->Match(re2::StringPiece(base_name.data(), base_name.size()), 0, base_name.size(),
                     RE2::ANCHOR_BOTH, captures.data(), static_cast<int>(captures.size()))) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("file '", base_name, "': the name does not match name_regex '",
-                     m.name_regex, "'"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "file '", base_name, "': the name does not match name_regex '", m.name_regex, "'"));
   }
   auto capture = [&](const char* group) -> std::string {
     auto it = groups.find(group);

@@ -9,7 +9,8 @@
 // observed_at column of their own.
 //
 // Example:
-//   absl::StatusOr<FileNameFacts> facts = ReadFileName(mapping, "Supermarket 269_x_22.01.2026_7.15h.csv");
+//   absl::StatusOr<FileNameFacts> facts =
+//       ReadFileName(mapping, "Supermarket 269_x_22.01.2026_7.15h.csv");
 //   // facts->location == "store-269" (location_prefix "store-"),
 //   // facts->observed_at == 2026-01-22T07:15:00Z
 //   FileParser parser(mapping, limits, *facts);

@@ -60,6 +60,30 @@ absl::StatusOr<std::vector<std::pair<size_t, std::string>>> Send(const ImportOpt
   return rejected;
 }
 
+// The same file read with the same mapping gives the same keys, so a
+// repeated import is replayed; another mapping of it is another import.
+std::string ImportId(const std::string& data, const InputMapping& m, const FileNameFacts& facts) {
+  const std::string mapping_id = absl::StrJoin(
+      std::vector<std::string>{std::string(RecordsName(m.records)), m.key_column, m.key,
+                               m.value_column, m.shelf_column, m.pos_column, m.list_column,
+                               m.currency_column, m.currency, m.kind, m.key_prefix,
+                               m.observed_at_column, m.time_format, m.id_column,
+                               std::string(1, m.decimal), m.thousands, std::string(1, m.delimiter),
+                               m.header ? "h" : "-", std::to_string(static_cast<int>(m.encoding))},
+      "\x1f");
+  // What later versions added counts only when used, so an import of an
+  // earlier version, run again, keeps its keys.
+  std::string added;
+  for (const InputMapping::ValueColumn& v : m.values) {
+    absl::StrAppend(&added, "\x1f", v.column, "=", v.kind);
+  }
+  if (facts.observed_at != absl::InfinitePast() || !facts.location.empty()) {
+    absl::StrAppend(&added, "\x1f", facts.location, "@", absl::ToUnixNanos(facts.observed_at));
+  }
+  return absl::StrCat(absl::Hex(StableHash(data), absl::kZeroPad16),
+                      absl::Hex(StableHash(absl::StrCat(mapping_id, added)), absl::kZeroPad16));
+}
+
 std::string BaseName(const std::string& file) {
   const size_t slash = file.rfind('/');
   return slash == std::string::npos ? file : file.substr(slash + 1);
@@ -122,28 +146,7 @@ absl::StatusOr<ImportReport> ImportFile(const ImportOptions& o) {
     for (TicketEvent& e : r.tickets) events.emplace_back(r.line, std::move(e));
   }
 
-  // The same file read with the same mapping gives the same keys, so a
-  // repeated import is replayed; another mapping of it is another import.
-  const InputMapping& m = o.mapping;
-  const std::string mapping_id = absl::StrJoin(
-      std::vector<std::string>{std::string(RecordsName(m.records)), m.key_column, m.key,
-                               m.value_column, m.shelf_column, m.pos_column, m.list_column,
-                               m.currency_column, m.currency, m.kind, m.key_prefix,
-                               m.observed_at_column, m.time_format, m.id_column,
-                               std::string(1, m.decimal), m.thousands, std::string(1, m.delimiter),
-                               m.header ? "h" : "-", std::to_string(static_cast<int>(m.encoding))},
-      "\x1f");
-  // What later versions added counts only when used, so an import of an
-  // earlier version, run again, keeps its keys.
-  std::string added;
-  for (const InputMapping::ValueColumn& v : m.values) {
-    absl::StrAppend(&added, "\x1f", v.column, "=", v.kind);
-  }
-  if (facts->observed_at != absl::InfinitePast() || !facts->location.empty()) {
-    absl::StrAppend(&added, "\x1f", facts->location, "@", absl::ToUnixNanos(facts->observed_at));
-  }
-  const std::string file_id = absl::StrCat(absl::Hex(StableHash(data), absl::kZeroPad16),
-                                           absl::Hex(StableHash(absl::StrCat(mapping_id, added)), absl::kZeroPad16));
+  const std::string file_id = ImportId(data, o.mapping, *facts);
   google::protobuf::util::JsonPrintOptions print;
   print.preserve_proto_field_names = true;
   const size_t chunk = std::max<size_t>(o.chunk, 1);

@@ -65,8 +65,9 @@ struct ImportReport {
 };
 
 // Reads, maps and sends the file. An error (nothing more was sent) when
-// the file cannot be read, its name cannot be read (ReadFileName), or the agent cannot be reached or refuses a
-// whole request (spool full, shutting down); records sent before stay.
+// the file cannot be read, its name cannot be read (ReadFileName), or the
+// agent cannot be reached or refuses a whole request (spool full, shutting
+// down); records sent before stay.
 absl::StatusOr<ImportReport> ImportFile(const ImportOptions& options);
 
 // The first mapping of `config` whose pattern matches `file`'s base name,

@@ -99,7 +99,9 @@ absl::Status SetValueColumns(const YAML::Node& node, InputMapping* m) {
   m->values.clear();
   for (size_t i = 0; i < node.size(); ++i) {
     absl::StatusOr<InputMapping::ValueColumn> v = ValueColumnAt(node[i]);
-    if (!v.ok()) return absl::InvalidArgumentError(absl::StrCat("[", i, "]: ", v.status().message()));
+    if (!v.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("[", i, "]: ", v.status().message()));
+    }
     m->values.push_back(*std::move(v));
   }
   return absl::OkStatus();
@@ -214,9 +216,9 @@ absl::Status CheckPriceKind(const std::string& kind, absl::string_view field) {
 absl::Status ValidateValueColumns(const InputMapping& m) {
   if (m.values.empty()) return absl::OkStatus();
   if (m.records != Records::kPrice) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "field 'values' is for records 'price' only (records '", RecordsName(m.records),
-        "' take 'value_column')"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("field 'values' is for records 'price' only (records '",
+                     RecordsName(m.records), "' take 'value_column')"));
   }
   if (!m.value_column.empty()) {
     return absl::InvalidArgumentError(
@@ -402,8 +404,10 @@ absl::Status ParseDropDirectorySection(const YAML::Node& node, DropDirectoryConf
             }
           }
           if (entry["kind"] && !m.values.empty()) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                where, ": field 'kind' and 'values' both given: give each column's kind in values"));
+            return absl::InvalidArgumentError(
+                absl::StrCat(where,
+                             ": field 'kind' and 'values' both given: give each "
+                             "column's kind in values"));
           }
           if (absl::Status ms = ValidateInputMapping(m); !ms.ok()) {
             return absl::InvalidArgumentError(absl::StrCat(where, ": ", ms.message()));

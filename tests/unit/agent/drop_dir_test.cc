@@ -21,9 +21,9 @@
 #include "agent/sqlite_spool.h"
 #include "agent/tickets.h"
 #include "gmock/gmock.h"
+#include "gtest/gtest.h"
 #include "spdlog/sinks/ostream_sink.h"
 #include "spdlog/spdlog.h"
-#include "gtest/gtest.h"
 
 namespace constance::agent {
 namespace {
@@ -322,9 +322,10 @@ TEST_F(DropDirTest, FileNamedForAnotherLocationIsSkippedCountedAndLogged) {
   EXPECT_EQ(stats->other_location, 2u);
   EXPECT_EQ(stats->rejected, 0u);
   EXPECT_EQ(stats->files_done, 2u);
-  EXPECT_THAT(log.text(), ::testing::HasSubstr(absl::StrCat(
-                              theirs, " is for location store-2 (from its name), not this "
-                                      "agent's store-1; its records are skipped")));
+  EXPECT_THAT(log.text(), ::testing::HasSubstr(
+                              absl::StrCat(theirs,
+                                           " is for location store-2 (from its name), not this "
+                                           "agent's store-1; its records are skipped")));
   // This store's file: milk's shelf and promo prices, bread's shelf price,
   // at the time its name gives.
   absl::StatusOr<std::vector<SpoolEntry>> all = (*spool)->Read(1, 100);
