@@ -72,6 +72,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   sender_options.heartbeat_interval = c.heartbeat_interval;
   sender_options.version = std::string(AgentVersion());
   sender_options.labels = c.labels;
+  sender_options.data_cadence = ExpectedCadence(c);
   agent->sender_ = std::make_unique<Sender>(std::move(sender_options), agent->spool_.get(),
                                             agent->metrics_.get());
 

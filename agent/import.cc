@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "agent/file_input.h"
+#include "agent/file_name.h"
 #include "agent/input_config.h"
 #include "agent/input_values.h"
 #include "google/protobuf/util/json_util.h"
@@ -59,12 +60,40 @@ absl::StatusOr<std::vector<std::pair<size_t, std::string>>> Send(const ImportOpt
   return rejected;
 }
 
+// The same file read with the same mapping gives the same keys, so a
+// repeated import is replayed; another mapping of it is another import.
+std::string ImportId(const std::string& data, const InputMapping& m, const FileNameFacts& facts) {
+  const std::string mapping_id = absl::StrJoin(
+      std::vector<std::string>{std::string(RecordsName(m.records)), m.key_column, m.key,
+                               m.value_column, m.shelf_column, m.pos_column, m.list_column,
+                               m.currency_column, m.currency, m.kind, m.key_prefix,
+                               m.observed_at_column, m.time_format, m.id_column,
+                               std::string(1, m.decimal), m.thousands, std::string(1, m.delimiter),
+                               m.header ? "h" : "-", std::to_string(static_cast<int>(m.encoding))},
+      "\x1f");
+  // What later versions added counts only when used, so an import of an
+  // earlier version, run again, keeps its keys.
+  std::string added;
+  for (const InputMapping::ValueColumn& v : m.values) {
+    absl::StrAppend(&added, "\x1f", v.column, "=", v.kind);
+  }
+  if (facts.observed_at != absl::InfinitePast() || !facts.location.empty()) {
+    absl::StrAppend(&added, "\x1f", facts.location, "@", absl::ToUnixNanos(facts.observed_at));
+  }
+  return absl::StrCat(absl::Hex(StableHash(data), absl::kZeroPad16),
+                      absl::Hex(StableHash(absl::StrCat(mapping_id, added)), absl::kZeroPad16));
+}
+
+std::string BaseName(const std::string& file) {
+  const size_t slash = file.rfind('/');
+  return slash == std::string::npos ? file : file.substr(slash + 1);
+}
+
 }  // namespace
 
 absl::StatusOr<InputMapping> MappingForFile(const DropDirectoryConfig& config,
                                             const std::string& file) {
-  const size_t slash = file.rfind('/');
-  const std::string base = slash == std::string::npos ? file : file.substr(slash + 1);
+  const std::string base = BaseName(file);
   std::vector<std::string> patterns;
   for (const InputMapping& m : config.files) {
     if (fnmatch(m.pattern.c_str(), base.c_str(), 0) == 0) return m;
@@ -81,7 +110,10 @@ absl::StatusOr<ImportReport> ImportFile(const ImportOptions& o) {
   buf << in.rdbuf();
   const std::string data = buf.str();
 
-  FileParser parser(o.mapping, o.limits);
+  absl::StatusOr<FileNameFacts> facts = ReadFileName(o.mapping, BaseName(o.file));
+  if (!facts.ok()) return facts.status();
+  if (o.observed_at != absl::InfinitePast()) facts->observed_at = o.observed_at;
+  FileParser parser(o.mapping, o.limits, *facts);
   std::vector<InputRecord> records;
   const absl::Time now = absl::Now();
   // Parse stops early only after a record given up (an unclosed quote):
@@ -95,37 +127,26 @@ absl::StatusOr<ImportReport> ImportFile(const ImportOptions& o) {
   }
 
   ImportReport report;
+  report.file_location = facts->location;
   // What to send, each with the line it came from.
   std::vector<std::pair<int64_t, v1::Observation>> observations;
   std::vector<std::pair<int64_t, TicketEvent>> events;
   for (InputRecord& r : records) {
     if (r.header) continue;
     ++report.records;
-    if (!r.error.empty()) {
-      report.errors.push_back(absl::StrCat(o.file, ":", r.line, ": ", r.error));
-      continue;
-    }
     if (!o.location.empty() && !r.location.empty() && r.location != o.location) {
       ++report.other_location;
+      continue;
+    }
+    if (!r.error.empty()) {
+      report.errors.push_back(absl::StrCat(o.file, ":", r.line, ": ", r.error));
       continue;
     }
     for (v1::Observation& obs : r.observations) observations.emplace_back(r.line, std::move(obs));
     for (TicketEvent& e : r.tickets) events.emplace_back(r.line, std::move(e));
   }
 
-  // The same file read with the same mapping gives the same keys, so a
-  // repeated import is replayed; another mapping of it is another import.
-  const InputMapping& m = o.mapping;
-  const std::string mapping_id = absl::StrJoin(
-      std::vector<std::string>{std::string(RecordsName(m.records)), m.key_column, m.key,
-                               m.value_column, m.shelf_column, m.pos_column, m.list_column,
-                               m.currency_column, m.currency, m.kind, m.key_prefix,
-                               m.observed_at_column, m.time_format, m.id_column,
-                               std::string(1, m.decimal), m.thousands, std::string(1, m.delimiter),
-                               m.header ? "h" : "-", std::to_string(static_cast<int>(m.encoding))},
-      "\x1f");
-  const std::string file_id = absl::StrCat(absl::Hex(StableHash(data), absl::kZeroPad16),
-                                           absl::Hex(StableHash(mapping_id), absl::kZeroPad16));
+  const std::string file_id = ImportId(data, o.mapping, *facts);
   google::protobuf::util::JsonPrintOptions print;
   print.preserve_proto_field_names = true;
   const size_t chunk = std::max<size_t>(o.chunk, 1);
