@@ -323,7 +323,7 @@ class EventReplay {
     if (!o_.json) {
       out_ << "Findings as they open and close (event time, evaluated every "
            << absl::FormatDuration(o_.every) << "):\n"
-           << absl::StrFormat("%-16s  %-6s  %-16s  %-6s  %-24s  %-28s  %s\n", "AT", "EVENT",
+           << absl::StrFormat("%-16s  %-6s  %-16s  %-8s  %-16s  %-28s  %s\n", "AT", "EVENT",
                               "KIND", "SEV", "SUBJECT", "SERIES", "WHY");
     }
     std::vector<Row>& rows = loaded_->rows;
@@ -423,7 +423,7 @@ class EventReplay {
       return;
     }
     out_ << absl::StrFormat(
-        "%-16s  %-6s  %-16s  %-6s  %-24s  %-28s  %s\n", Stamp(t), event,
+        "%-16s  %-6s  %-16s  %-8s  %-16s  %-28s  %s\n", Stamp(t), event,
         absl::AsciiStrToLower(v1::FindingKind_Name(f.kind())),
         absl::AsciiStrToLower(v1::Severity_Name(f.severity())), FindingSubject(f),
         f.has_series() ? FormatSeries(f.series()) : absl::StrCat(f.keys_size(), " keys"),
@@ -464,6 +464,9 @@ collector::Catalog AdjustForCadence(collector::Catalog catalog, absl::Duration c
     th.location_ttl = ttl;
   }
   if (th.restart_grace < th.location_ttl) {
+    err << "replay: restart_grace raised from " << absl::FormatDuration(th.restart_grace)
+        << " to " << absl::FormatDuration(th.location_ttl)
+        << ": at the start a location's first rows may come one location_ttl late\n";
     th.restart_grace = th.location_ttl;
   }
   return catalog;
