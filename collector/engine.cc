@@ -520,6 +520,31 @@ absl::Status Engine::RecordHeartbeat(const v1::Heartbeat& heartbeat) {
   return absl::OkStatus();
 }
 
+// A declared group smaller than min_group falls back to the chain: its
+// members (and those without the group's label) are compared against every
+// location of the series, the members of comparable groups included but
+// judged in their own group only. Without declared groups, or when no
+// member needs the fallback, nothing changes.
+void Engine::FallBackToChain(uint64_t min_group, std::map<std::string, std::vector<Member>>* groups) {
+  std::vector<Member>& chain = (*groups)[kChainGroup];
+  for (auto it = groups->begin(); it != groups->end();) {
+    if (it->first != kChainGroup && it->second.size() < min_group) {
+      for (Member& m : it->second) chain.push_back(std::move(m));
+      it = groups->erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (chain.empty() || groups->size() == 1) return;
+  for (const auto& [name, members] : *groups) {
+    if (name == kChainGroup) continue;
+    for (const Member& m : members) {
+      chain.push_back(m);
+      chain.back().judged = false;
+    }
+  }
+}
+
 Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
                                          const Catalog& catalog) const {
   const Series& series = series_[index];
@@ -562,16 +587,7 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
   for (const auto& [loc, cell] : series.score)
     add(loc, CompareScore(cell, now, catalog.score), nullptr);
 
-  // A declared group smaller than min_group falls back to the chain.
-  std::vector<Member>& chain = groups[kChainGroup];
-  for (auto it = groups.begin(); it != groups.end();) {
-    if (it->first != kChainGroup && it->second.size() < catalog.thresholds.min_group) {
-      for (Member& m : it->second) chain.push_back(std::move(m));
-      it = groups.erase(it);
-    } else {
-      ++it;
-    }
-  }
+  FallBackToChain(catalog.thresholds.min_group, &groups);
   // Rush hours differ: a group spanning time zones compares waits within
   // the same local hour-of-week once at least two such buckets have
   // min_group locations each; the locations of smaller buckets stay
@@ -610,6 +626,8 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
     GroupData g;
     g.group = name;
     g.members = std::move(members);
+    g.fallback = std::any_of(g.members.begin(), g.members.end(),
+                             [](const Member& m) { return !m.judged; });
     data.groups.push_back(std::move(g));
   }
   return data;
@@ -689,7 +707,9 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
     for (const Member& m : g.members) {
       Assessment a =
           AssessValue(data->key.family, m.value.value, stats->summary, stats->band, policy);
-      if (not_outliers.contains(m.location)) a = Assessment{a.deviation, 0, 0, false, a.direction};
+      if (not_outliers.contains(m.location) || !m.judged) {
+        a = Assessment{a.deviation, 0, 0, false, a.direction};
+      }
       if (a.outlier) {
         const double median = stats->summary.median;
         outliers.push_back({OutlierResult{m.location, m.value.value, a.z,
@@ -855,7 +875,9 @@ void Engine::Evaluate() {
       const std::string group_id = absl::StrCat(series_name, "|", g.group);
       GroupDrift* gd = nullptr;
       bool new_bin = false;
-      if (key.family != v1::FAMILY_PRICE && comparable) {
+      // The fallback's spread mixes declared groups: their own drift and
+      // splits are found in them.
+      if (key.family != v1::FAMILY_PRICE && comparable && !g.fallback) {
         gd = &group_drift_[group_id];
         new_bin = gd->last_bin != drift_bin;
         if (new_bin) {
@@ -900,7 +922,7 @@ void Engine::Evaluate() {
       }
 
       // Split: consistent deviating levels (prices).
-      if (comparable && !g.levels.others.empty()) {
+      if (comparable && !g.fallback && !g.levels.others.empty()) {
         SplitCandidate split;
         Condition& c = split.condition;
         c.id = absl::StrCat("split|", group_id);
@@ -954,7 +976,7 @@ void Engine::Evaluate() {
 
       for (size_t i = 0; i < g.members.size(); ++i) {
         const Member& m = g.members[i];
-        if (ExceptionFor(m.name, key, now, catalog) != nullptr) continue;
+        if (!m.judged || ExceptionFor(m.name, key, now, catalog) != nullptr) continue;
         Pending p;
         p.location = m.location;
         p.name = m.name;

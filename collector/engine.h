@@ -318,10 +318,17 @@ class Engine {
     int changes_in_flip_window = 0;
     const LocationEntry* entry = nullptr;
     std::string name;
+    // False for a member of a declared peer group copied into the chain
+    // fallback: it is compared against, and judged in its own group only.
+    bool judged = true;
   };
   struct GroupData {
     std::string group;
     std::vector<Member> members;
+    // The chain fallback of a series with declared peer groups: members of
+    // groups too small to compare, judged against every location of the
+    // series (the others' members are there, not judged).
+    bool fallback = false;
     // Each member's standing under the outlier rule (stats.h AssessValue),
     // by member index, with the group's structure applied: a member of a
     // level or of a rollout is no outlier. The statistics' outliers and
@@ -337,6 +344,8 @@ class Engine {
     std::vector<GroupData> groups;
   };
 
+  static void FallBackToChain(uint64_t min_group,
+                              std::map<std::string, std::vector<Member>>* groups);
   // Copies one series' comparable values grouped by peer group. Caller holds mu_.
   SeriesData CollectLocked(uint32_t index, absl::Time now, const Catalog& catalog) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

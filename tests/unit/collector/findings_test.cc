@@ -395,8 +395,44 @@ TEST(FindingsTest, ADeclaredZoneIsComparedWithinItselfAndASmallOneFallsBack) {
   for (const auto& s : snap->series) sizes[s->group] = s->summary.n;
   EXPECT_EQ(sizes["zone=north"], 30u);
   EXPECT_EQ(sizes["zone=south"], 40u);
-  EXPECT_EQ(sizes["chain"], 3u);  // The east zone is smaller than min_group.
+  // The east zone is smaller than min_group: its 3 stores are compared
+  // against all 73, and judged there alone.
+  EXPECT_EQ(sizes["chain"], 73u);
   EXPECT_EQ(sizes.count("zone=east"), 0u);
+}
+
+TEST(FindingsTest, AFallbackComparesWithTheWholeChainAndKeepsTheOutlier) {
+  Catalog catalog = DefaultCatalog();
+  catalog.peer_groups.push_back({"zone", "zone", {v1::FAMILY_PRICE}, {}, 0});
+  // The suggested zone declared: 48 stores in zone a (cheaper), 72 in b.
+  // sku-1 is sold by zone a's stores and by one store of zone b, which
+  // overcharges it: its group (1 store) falls back to the chain, which
+  // must hold every store, not only the leftover one.
+  constexpr int kStores = 120, kZone = 48;
+  for (int i = 0; i < kStores; ++i) {
+    LocationEntry e;
+    e.id = Store(i);
+    e.labels["zone"] = i < kZone ? "a" : "b";
+    catalog.locations.push_back(e);
+  }
+  Chain chain(catalog);
+  for (int i = 0; i < kStores; ++i) chain.SetPrice(Store(i), "sku-0", i < kZone ? 299 : 349);
+  for (int i = 0; i < kZone; ++i) chain.SetPrice(Store(i), "sku-1", 199);
+  chain.SetPrice(Store(100), "sku-1", 259);
+  chain.Evaluate();
+  CheckCounts(chain, Outliers(1));
+  auto outliers = chain.Active(v1::OUTLIER);
+  ASSERT_EQ(outliers.size(), 1u) << Describe(chain.Active());
+  EXPECT_EQ(outliers[0].location(), Store(100));
+  EXPECT_EQ(outliers[0].group(), "chain");
+  EXPECT_THAT(outliers[0].reasons(0).detail(), HasSubstr("of 49 locations in chain"));
+  auto snap = chain.engine().snapshot();
+  for (const auto& s : snap->series) {
+    if (s->key.key == "sku-1" && s->group == "chain") {
+      EXPECT_EQ(s->summary.n, 49u);
+      EXPECT_EQ(s->outlier_locations, std::vector<std::string>{Store(100)});
+    }
+  }
 }
 
 TEST(FindingsTest, AChainWideChangeRollingOutIsNeitherASplitNorIrregular) {
