@@ -102,7 +102,7 @@ class ReplayTest : public ::testing::Test {
 };
 
 TEST_F(ReplayTest, FindsTheOutlierAndTheUndeclaredZoneAndNothingElse) {
-  WriteFile(tmp_.File("catalog.yaml"), SyntheticCatalogYaml(chain_, /*declare_zone=*/false));
+  WriteFile(tmp_.File("catalog.yaml"), SyntheticCatalogYaml(chain_, ZoneDeclaration::kNone));
   ReplayRun run = RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"),
                                                " --catalog=", tmp_.File("catalog.yaml"), " '",
                                                exports_, "'"));
@@ -139,18 +139,23 @@ TEST_F(ReplayTest, FindsTheOutlierAndTheUndeclaredZoneAndNothingElse) {
 }
 
 TEST_F(ReplayTest, StillFindsTheOutlierWithTheZoneDeclared) {
-  WriteFile(tmp_.File("catalog.yaml"), SyntheticCatalogYaml(chain_, /*declare_zone=*/true));
-  ReplayRun run = RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"),
-                                               " --catalog=", tmp_.File("catalog.yaml"), " '",
-                                               exports_, "'"));
-  ASSERT_EQ(run.exit_code, 0) << run.err;
-  const std::multimap<std::string, std::string> active = Active(run.report);
-  ASSERT_EQ(active.count("OUTLIER"), 1u) << run.report.dump(1);
-  EXPECT_EQ(active.find("OUTLIER")->second,
-            absl::StrCat(chain_.overcharger, " ", chain_.overcharged_key));
-  EXPECT_EQ(active.count("ZONE"), 0u) << run.report.dump(1);
-  EXPECT_EQ(active.count("SPLIT"), 0u) << run.report.dump(1);
-  EXPECT_EQ(KindsOpened(run), (std::set<std::string>{"OUTLIER"}));
+  // As the zone finding suggests (its members labelled, the others falling
+  // back to the whole chain), and with every store labelled.
+  for (ZoneDeclaration declaration : {ZoneDeclaration::kZoneMembers, ZoneDeclaration::kEveryStore}) {
+    SCOPED_TRACE(static_cast<int>(declaration));
+    WriteFile(tmp_.File("catalog.yaml"), SyntheticCatalogYaml(chain_, declaration));
+    ReplayRun run = RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"),
+                                                 " --catalog=", tmp_.File("catalog.yaml"), " '",
+                                                 exports_, "'"));
+    ASSERT_EQ(run.exit_code, 0) << run.err;
+    const std::multimap<std::string, std::string> active = Active(run.report);
+    ASSERT_EQ(active.count("OUTLIER"), 1u) << run.report.dump(1);
+    EXPECT_EQ(active.find("OUTLIER")->second,
+              absl::StrCat(chain_.overcharger, " ", chain_.overcharged_key));
+    EXPECT_EQ(active.count("ZONE"), 0u) << run.report.dump(1);
+    EXPECT_EQ(active.count("SPLIT"), 0u) << run.report.dump(1);
+    EXPECT_EQ(KindsOpened(run), (std::set<std::string>{"OUTLIER"}));
+  }
 }
 
 TEST_F(ReplayTest, BadRowsAreReportedByLineAndBadInputsStopTheRun) {

@@ -123,16 +123,18 @@ drop_directory:
 )";
 }
 
-std::string SyntheticCatalogYaml(const SyntheticChain& chain, bool declare_zone) {
+std::string SyntheticCatalogYaml(const SyntheticChain& chain, ZoneDeclaration declaration) {
   std::string yaml = "locations:\n";
   for (const std::string& id : chain.locations) {
     if (id == chain.uncataloged) continue;
     bool zone = false;
     for (const std::string& z : chain.zone_locations) zone = zone || z == id;
-    absl::StrAppend(&yaml, "  - {id: ", id, ", labels: {brand: super",
-                    declare_zone ? (zone ? ", zone: south" : ", zone: rest") : "", "}}\n");
+    const char* label = "";
+    if (declaration != ZoneDeclaration::kNone && zone) label = ", zone: south";
+    if (declaration == ZoneDeclaration::kEveryStore && !zone) label = ", zone: rest";
+    absl::StrAppend(&yaml, "  - {id: ", id, ", labels: {brand: super", label, "}}\n");
   }
-  if (declare_zone) {
+  if (declaration != ZoneDeclaration::kNone) {
     absl::StrAppend(&yaml, "peer_groups:\n  - {name: price-zone, label: zone, families: [price]}\n");
   }
   return yaml;

@@ -61,10 +61,15 @@ absl::StatusOr<SyntheticChain> WriteSyntheticChain(const std::string& dir,
 // An agent.yaml whose drop_directory mapping reads those files.
 std::string SyntheticAgentYaml();
 
-// A catalog declaring every location but `uncataloged`; with
-// `declare_zone`, the zone as a peer group (label `zone`: the zone's
-// members `south`, the others `rest`).
-std::string SyntheticCatalogYaml(const SyntheticChain& chain, bool declare_zone);
+// How a catalog declares the zone a replay suggests: not at all; as a peer
+// group on label `zone` given to the zone's members only (`south`: the
+// others fall back to the whole chain); or given to every store (`rest`
+// for the others).
+enum class ZoneDeclaration { kNone, kZoneMembers, kEveryStore };
+
+// A catalog declaring every location but `uncataloged`, and the zone as
+// `zone` says.
+std::string SyntheticCatalogYaml(const SyntheticChain& chain, ZoneDeclaration zone);
 
 }  // namespace constance::testing
 
