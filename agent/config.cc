@@ -1,5 +1,6 @@
 #include "agent/config.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -365,6 +366,12 @@ absl::Status ValidateListenAddress(absl::string_view address) {
         absl::StrCat("'", address, "' is not HOST:PORT (e.g. 127.0.0.1:8080)"));
   }
   return CheckPort(address.substr(colon + 1));
+}
+
+absl::Duration ExpectedCadence(const AgentConfig& config) {
+  absl::Duration longest = absl::ZeroDuration();
+  for (const InputMapping& m : config.drop_directory.files) longest = std::max(longest, m.cadence);
+  return longest;
 }
 
 absl::StatusOr<AgentConfig> ParseAgentConfig(absl::string_view yaml, absl::string_view filename) {

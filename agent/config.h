@@ -91,6 +91,25 @@ struct InputMapping {
   // observed_at: empty = RFC 3339; "unix" = seconds since the epoch; else
   // an absl::ParseTime format, read as UTC.
   std::string time_format;
+  // Facts taken from the file's name (file_name.h), for exports that name
+  // their store and date only there: an RE2 regex over the base name whose
+  // named groups `location` and `observed_at` (no others) capture them, the
+  // format of `observed_at` (as time_format, read as UTC), and a prefix put
+  // before the lower-cased location ("269" -> "store-269"). Empty: unused.
+  std::string name_regex;
+  std::string name_time_format;
+  std::string location_prefix;
+  // Price records with several prices per row (a shelf and a promotion
+  // price): each column with its kind. Empty: the one `value_column` of
+  // `kind`. An empty cell of a listed column produces nothing.
+  struct ValueColumn {
+    std::string column;
+    std::string kind;
+  };
+  std::vector<ValueColumn> values;
+  // How often files of this kind arrive (a daily export: 24h); zero: not
+  // said. ExpectedCadence reports the longest.
+  absl::Duration cadence = absl::ZeroDuration();
   // How old an observation of these files may be (backfills of exports);
   // zero keeps the agent's default (7 days).
   absl::Duration max_lateness = absl::ZeroDuration();
@@ -224,6 +243,10 @@ absl::Status FinishAgentConfig(const AgentConfig& config);
 
 // Checks a HOST:PORT listen address (port 0..65535, host not empty).
 absl::Status ValidateListenAddress(absl::string_view address);
+
+// How often this agent expects data to arrive: the longest `cadence` of its
+// drop directory's mappings; zero when none says.
+absl::Duration ExpectedCadence(const AgentConfig& config);
 
 }  // namespace constance::agent
 

@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "agent/file_name.h"
 #include "agent/input_values.h"
 #include "spdlog/spdlog.h"
 
@@ -216,6 +217,13 @@ absl::Status DropDirectory::ProcessFile(const DropDirectoryConfig& config, int d
                                         const std::string& name, const InputMapping& mapping,
                                         ScanStats* stats) {
   const std::string path = config.path + "/" + name;
+  // A name the mapping cannot read is not guessed at: the file waits,
+  // reported once, until it is renamed or the mapping fixed.
+  absl::StatusOr<FileNameFacts> facts = ReadFileName(mapping, name);
+  if (!facts.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("drop directory ", config.path, ": ",
+                                                      facts.status().message(), "; left alone"));
+  }
   // O_NOFOLLOW and O_NONBLOCK: the name may have become a symlink or a
   // FIFO since it was listed.
   const int fd =
@@ -261,7 +269,14 @@ absl::Status DropDirectory::ProcessFile(const DropDirectoryConfig& config, int d
   std::unique_ptr<FileParser>& parser = parsers_[key];
   if (parser == nullptr) {
     Limits limits = deps_.limits;
-    parser = std::make_unique<FileParser>(mapping, limits);
+    parser = std::make_unique<FileParser>(mapping, limits, *facts);
+  }
+  if (!facts->location.empty() && facts->location != deps_.location &&
+      warned_.insert(absl::StrCat("other location\n", key)).second) {
+    spdlog::info(
+        "drop directory: {} is for location {} (from its name), not this agent's {}; its "
+        "records are skipped",
+        path, facts->location, deps_.location);
   }
   if (cp.offset > 0 && !parser->has_header()) {
     // Resuming after the header: read it again to know the columns.

@@ -22,7 +22,9 @@
 // file unchanged for settle_time is complete: its last line is read even
 // without a newline, and the file is moved to processed_dir (or kept, and
 // then remembered so it is never read twice; lines appended later are read).
-// A bad record is logged with file and line, counted on /metrics
+// A file whose name the mapping's name_regex cannot read (file_name.h) is
+// logged once and left alone, as a file matching no pattern is. A bad
+// record is logged with file and line, counted on /metrics
 // (constance_agent_input_records_rejected_total) and skipped; the rest of
 // the file goes on. When the spool is full the file waits at its
 // checkpoint and is retried on the next scan.
@@ -67,7 +69,9 @@ struct DropDirectoryDeps {
   AgentMetrics* metrics = nullptr;
   // Called with the last sequence after each append (wakes the sender).
   std::function<void(uint64_t)> on_appended;
-  // Rows of a mapping with location_column are kept when they name this.
+  // Rows of a mapping with location_column, and files whose name gives a
+  // location (name_regex), are kept when they name this; others are
+  // skipped, counted and logged.
   std::string location;
   Limits limits;
   std::function<absl::Time()> now = [] { return absl::Now(); };
@@ -80,7 +84,8 @@ struct ScanStats {
   uint64_t observations = 0;
   uint64_t rejected = 0;
   uint64_t files_done = 0;
-  // Records skipped because their location column named another store.
+  // Records skipped because their location column, or their file's name,
+  // named another store.
   uint64_t other_location = 0;
 };
 

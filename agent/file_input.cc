@@ -96,9 +96,10 @@ std::string Trimmed(absl::string_view s) { return std::string(absl::StripAsciiWh
 
 }  // namespace
 
-FileParser::FileParser(InputMapping mapping, Limits limits)
+FileParser::FileParser(InputMapping mapping, Limits limits, FileNameFacts file)
     : mapping_(std::move(mapping)),
       limits_(limits),
+      file_(std::move(file)),
       converter_(std::make_unique<Converter>(mapping_.encoding)) {
   if (mapping_.max_lateness > absl::ZeroDuration()) limits_.max_lateness = mapping_.max_lateness;
   // JSONL lines carry their own field names: no header row.
@@ -250,6 +251,7 @@ InputRecord FileParser::TakeRow(const std::vector<std::string>& fields, int64_t 
 }
 
 void FileParser::MapJsonLine(absl::string_view line, absl::Time now, InputRecord* r) {
+  r->location = file_.location;
   switch (mapping_.records) {
     case Records::kObservation: {
       absl::StatusOr<ParsedObservations> parsed = ParseObservations(line, now, limits_);
@@ -319,28 +321,33 @@ void FileParser::MapJsonLine(absl::string_view line, absl::Time now, InputRecord
   MapRow(fields, now, r);
 }
 
+bool FileParser::Cell(const std::vector<std::string>& fields, const std::string& column,
+                      std::string* value, InputRecord* r) const {
+  if (column.empty()) {
+    value->clear();
+    return true;
+  }
+  std::string why;
+  const int index = Column(column, &why);
+  if (index < 0) {
+    r->error = why;
+    return false;
+  }
+  if (static_cast<size_t>(index) >= fields.size()) {
+    r->error =
+        absl::StrCat("no column '", column, "' in this row (it has ", fields.size(), " fields)");
+    return false;
+  }
+  *value = Trimmed(fields[static_cast<size_t>(index)]);
+  return true;
+}
+
 void FileParser::MapRow(const std::vector<std::string>& fields, absl::Time now,
                         InputRecord* r) const {
   const InputMapping& m = mapping_;
   // Reads a column's text; empty optional column -> "".
-  auto get = [&](const std::string& column, std::string* value) -> bool {
-    if (column.empty()) {
-      value->clear();
-      return true;
-    }
-    std::string why;
-    const int index = Column(column, &why);
-    if (index < 0) {
-      r->error = why;
-      return false;
-    }
-    if (static_cast<size_t>(index) >= fields.size()) {
-      r->error =
-          absl::StrCat("no column '", column, "' in this row (it has ", fields.size(), " fields)");
-      return false;
-    }
-    *value = Trimmed(fields[static_cast<size_t>(index)]);
-    return true;
+  auto get = [&](const std::string& column, std::string* value) {
+    return Cell(fields, column, value, r);
   };
   auto fail = [&](absl::string_view column, const absl::Status& s) {
     r->error = absl::StrCat("column '", column, "': ", s.message());
@@ -351,14 +358,14 @@ void FileParser::MapRow(const std::vector<std::string>& fields, absl::Time now,
       !get(m.currency_column, &currency)) {
     return;
   }
-  r->location = absl::AsciiStrToLower(location);
+  r->location = m.location_column.empty() ? file_.location : absl::AsciiStrToLower(location);
   if (m.key_column.empty()) key = m.key;
   if (key.empty()) {
     r->error = absl::StrCat("column '", m.key_column, "' is empty (no key)");
     return;
   }
   key = absl::StrCat(m.key_prefix, key);
-  absl::Time at = now;
+  absl::Time at = file_.observed_at == absl::InfinitePast() ? now : file_.observed_at;
   if (!m.observed_at_column.empty()) {
     absl::StatusOr<absl::Time> t = ParseInputTime(at_text, m.time_format);
     if (!t.ok()) return fail(m.observed_at_column, t.status());
@@ -411,29 +418,63 @@ void FileParser::MapRow(const std::vector<std::string>& fields, absl::Time now,
     return;
   }
 
+  if (m.values.empty()) {
+    MapValue(fields, {m.value_column, m.kind}, key, at, id, currency, now, r);
+    return;
+  }
+  // Several prices per row: each listed column with a value gives one, all
+  // or nothing.
+  for (const InputMapping::ValueColumn& column : m.values) {
+    if (!MapValue(fields, column, key, at, id, currency, now, r)) {
+      r->observations.clear();
+      return;
+    }
+  }
+  if (r->observations.empty()) {
+    std::vector<std::string> names;
+    for (const InputMapping::ValueColumn& column : m.values) names.push_back(column.column);
+    r->error = absl::StrCat("no price: columns '", absl::StrJoin(names, "', '"), "' are all empty");
+  }
+}
+
+bool FileParser::MapValue(const std::vector<std::string>& fields,
+                          const InputMapping::ValueColumn& column, const std::string& key,
+                          absl::Time at, const std::string& id, const std::string& currency,
+                          absl::Time now, InputRecord* r) const {
+  const InputMapping& m = mapping_;
+  auto get = [&](const std::string& name, std::string* value) {
+    return Cell(fields, name, value, r);
+  };
+  auto fail = [&](absl::string_view name, const absl::Status& s) {
+    r->error = absl::StrCat("column '", name, "': ", s.message());
+    return false;
+  };
   std::string value;
-  if (!get(m.value_column, &value)) return;
+  if (!get(column.column, &value)) return false;
+  // A listed column left empty: this row has no such price (no promotion).
+  if (value.empty() && !m.values.empty()) return true;
   v1::Observation o;
   o.set_key(key);
   *o.mutable_observed_at() = Stamp(at);
-  if (!id.empty()) o.set_id(id);
+  // One id per observation: a row of several prices gives each its kind.
+  if (!id.empty()) o.set_id(m.values.size() > 1 ? absl::StrCat(id, ".", column.kind) : id);
   switch (m.records) {
     case Records::kPrice: {
       absl::StatusOr<int64_t> minor = ParseDecimalMinorUnits(value, m.decimal, m.thousands);
-      if (!minor.ok()) return fail(m.value_column, minor.status());
+      if (!minor.ok()) return fail(column.column, minor.status());
       o.mutable_price()->set_minor_units(*minor);
       o.mutable_price()->set_currency(currency);
       v1::PriceKind kind = v1::SHELF;
-      if (m.kind == "pos") kind = v1::POS;
-      if (m.kind == "list") kind = v1::LIST;
-      if (m.kind == "promo") kind = v1::PROMO;
+      if (column.kind == "pos") kind = v1::POS;
+      if (column.kind == "list") kind = v1::LIST;
+      if (column.kind == "promo") kind = v1::PROMO;
       o.mutable_price()->set_kind(kind);
       break;
     }
     case Records::kWait:
     case Records::kScore: {
       absl::StatusOr<double> v = ParseDecimalNumber(value, m.decimal, m.thousands);
-      if (!v.ok()) return fail(m.value_column, v.status());
+      if (!v.ok()) return fail(column.column, v.status());
       if (m.records == Records::kWait) {
         o.set_wait_seconds(*v);
       } else {
@@ -443,10 +484,10 @@ void FileParser::MapRow(const std::vector<std::string>& fields, absl::Time now,
     }
     case Records::kCompliance: {
       absl::StatusOr<std::optional<bool>> passed = ParsePassFail(value);
-      if (!passed.ok()) return fail(m.value_column, passed.status());
-      if (!passed->has_value()) return;  // Not applicable: nothing.
+      if (!passed.ok()) return fail(column.column, passed.status());
+      if (!passed->has_value()) return true;  // Not applicable: nothing.
       std::string critical_text;
-      if (!get(m.critical_column, &critical_text)) return;
+      if (!get(m.critical_column, &critical_text)) return false;
       absl::StatusOr<std::optional<bool>> critical = ParsePassFail(critical_text);
       if (!critical.ok()) return fail(m.critical_column, critical.status());
       o.mutable_check()->set_passed(**passed);
@@ -456,13 +497,14 @@ void FileParser::MapRow(const std::vector<std::string>& fields, absl::Time now,
     default:
       r->error = absl::StrCat("records '", RecordsName(m.records), "' cannot be read from ",
                               m.format == InputMapping::Format::kCsv ? "CSV" : "these lines");
-      return;
+      return false;
   }
   if (absl::Status s = ValidateObservation(o, now, limits_); !s.ok()) {
     r->error = std::string(s.message());
-    return;
+    return false;
   }
   r->observations.push_back(std::move(o));
+  return true;
 }
 
 }  // namespace constance::agent

@@ -16,7 +16,7 @@
 // `error` naming what was wrong; its line number is in `line`.
 //
 // Example:
-//   FileParser parser(mapping, limits);
+//   FileParser parser(mapping, limits, file_name_facts);
 //   std::vector<InputRecord> records;
 //   size_t used = parser.Parse(data, /*first_line=*/1, /*at_end=*/false, absl::Now(), 0,
 //                              &records);
@@ -36,6 +36,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "agent/config.h"
+#include "agent/file_name.h"
 #include "agent/tickets.h"
 #include "constance/v1/observation.pb.h"
 #include "constance/validate.h"
@@ -52,7 +53,8 @@ struct InputRecord {
   size_t end_offset = 0;
   // The header row: consumed, produces nothing.
   bool header = false;
-  // The location column's value, lower-cased (empty without that column).
+  // The location column's value, lower-cased; without that column, the
+  // location from the file's name (empty when neither says).
   std::string location;
   std::vector<v1::Observation> observations;
   std::vector<TicketEvent> tickets;
@@ -63,8 +65,11 @@ struct InputRecord {
 class FileParser {
  public:
   // `limits` apply to every observation (mapping.max_lateness, if set,
-  // replaces limits.max_lateness).
-  FileParser(InputMapping mapping, Limits limits);
+  // replaces limits.max_lateness). `file` is what the file's name says
+  // (ReadFileName): its observed_at is the time of column-mapped records
+  // without an observed_at column, and its location that of records
+  // without a location column.
+  FileParser(InputMapping mapping, Limits limits, FileNameFacts file = {});
   ~FileParser();
   FileParser(const FileParser&) = delete;
   FileParser& operator=(const FileParser&) = delete;
@@ -74,7 +79,8 @@ class FileParser {
   // to `*out`; at most `max_records` (0: no limit). Returns the bytes
   // consumed: through the newline of the last complete record, or all of
   // `data` when `at_end` and no limit stopped it. `now` is the clock for
-  // validation and the time of records without one.
+  // validation and the time of records without one (when the file's name
+  // gave none).
   size_t Parse(absl::string_view data, int64_t first_line, bool at_end, absl::Time now,
                size_t max_records, std::vector<InputRecord>* out);
 
@@ -92,6 +98,16 @@ class FileParser {
                       size_t end_offset, const std::string& problem, absl::Time now);
   // Turns one record's fields into observations or ticket events.
   void MapRow(const std::vector<std::string>& fields, absl::Time now, InputRecord* record) const;
+  // Adds the observation of one value column of a wait, score, compliance
+  // or price record (`kind`: a price's kind); false (and record->error set)
+  // when the row is bad. `at`, `key`, `id` and `currency` are the row's.
+  bool MapValue(const std::vector<std::string>& fields, const InputMapping::ValueColumn& column,
+                const std::string& key, absl::Time at, const std::string& id,
+                const std::string& currency, absl::Time now, InputRecord* record) const;
+  // A column's trimmed text in `fields`; "" for an unset (empty) column
+  // name. False, with record->error saying why, when the column is absent.
+  bool Cell(const std::vector<std::string>& fields, const std::string& column, std::string* value,
+            InputRecord* record) const;
   void MapJsonLine(absl::string_view line, absl::Time now, InputRecord* record);
   // Finds a column: by header name, or by 1-based number without a header.
   // -1 when absent (and `*why` says so).
@@ -99,6 +115,7 @@ class FileParser {
 
   const InputMapping mapping_;
   Limits limits_;
+  const FileNameFacts file_;
   std::unique_ptr<Converter> converter_;
   bool header_read_ = false;
   std::map<std::string, int> header_;

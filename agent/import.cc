@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "agent/file_input.h"
+#include "agent/file_name.h"
 #include "agent/input_config.h"
 #include "agent/input_values.h"
 #include "google/protobuf/util/json_util.h"
@@ -59,12 +60,16 @@ absl::StatusOr<std::vector<std::pair<size_t, std::string>>> Send(const ImportOpt
   return rejected;
 }
 
+std::string BaseName(const std::string& file) {
+  const size_t slash = file.rfind('/');
+  return slash == std::string::npos ? file : file.substr(slash + 1);
+}
+
 }  // namespace
 
 absl::StatusOr<InputMapping> MappingForFile(const DropDirectoryConfig& config,
                                             const std::string& file) {
-  const size_t slash = file.rfind('/');
-  const std::string base = slash == std::string::npos ? file : file.substr(slash + 1);
+  const std::string base = BaseName(file);
   std::vector<std::string> patterns;
   for (const InputMapping& m : config.files) {
     if (fnmatch(m.pattern.c_str(), base.c_str(), 0) == 0) return m;
@@ -81,7 +86,10 @@ absl::StatusOr<ImportReport> ImportFile(const ImportOptions& o) {
   buf << in.rdbuf();
   const std::string data = buf.str();
 
-  FileParser parser(o.mapping, o.limits);
+  absl::StatusOr<FileNameFacts> facts = ReadFileName(o.mapping, BaseName(o.file));
+  if (!facts.ok()) return facts.status();
+  if (o.observed_at != absl::InfinitePast()) facts->observed_at = o.observed_at;
+  FileParser parser(o.mapping, o.limits, *facts);
   std::vector<InputRecord> records;
   const absl::Time now = absl::Now();
   // Parse stops early only after a record given up (an unclosed quote):
@@ -95,6 +103,7 @@ absl::StatusOr<ImportReport> ImportFile(const ImportOptions& o) {
   }
 
   ImportReport report;
+  report.file_location = facts->location;
   // What to send, each with the line it came from.
   std::vector<std::pair<int64_t, v1::Observation>> observations;
   std::vector<std::pair<int64_t, TicketEvent>> events;
@@ -124,8 +133,17 @@ absl::StatusOr<ImportReport> ImportFile(const ImportOptions& o) {
                                std::string(1, m.decimal), m.thousands, std::string(1, m.delimiter),
                                m.header ? "h" : "-", std::to_string(static_cast<int>(m.encoding))},
       "\x1f");
+  // What later versions added counts only when used, so an import of an
+  // earlier version, run again, keeps its keys.
+  std::string added;
+  for (const InputMapping::ValueColumn& v : m.values) {
+    absl::StrAppend(&added, "\x1f", v.column, "=", v.kind);
+  }
+  if (facts->observed_at != absl::InfinitePast() || !facts->location.empty()) {
+    absl::StrAppend(&added, "\x1f", facts->location, "@", absl::ToUnixNanos(facts->observed_at));
+  }
   const std::string file_id = absl::StrCat(absl::Hex(StableHash(data), absl::kZeroPad16),
-                                           absl::Hex(StableHash(mapping_id), absl::kZeroPad16));
+                                           absl::Hex(StableHash(absl::StrCat(mapping_id, added)), absl::kZeroPad16));
   google::protobuf::util::JsonPrintOptions print;
   print.preserve_proto_field_names = true;
   const size_t chunk = std::max<size_t>(o.chunk, 1);

@@ -42,9 +42,13 @@ struct ImportOptions {
   absl::Duration timeout = absl::Seconds(30);
   // Observations (or queue events) per request.
   size_t chunk = 500;
-  // Rows of a mapping with location_column are sent when they name this
+  // Rows of a mapping with location_column, and every row of a file whose
+  // name gives a location (name_regex), are sent when they name this
   // location (empty: every row).
   std::string location;
+  // The time of records without an observed_at column of their own;
+  // InfinitePast: the time in the file's name (name_regex), else now.
+  absl::Time observed_at = absl::InfinitePast();
   Limits limits;
 };
 
@@ -54,12 +58,14 @@ struct ImportReport {
   uint64_t observations = 0;
   uint64_t ticket_events = 0;
   uint64_t other_location = 0;
+  // The location the file's name gives (empty: none).
+  std::string file_location;
   // `FILE:LINE: reason` for every refused record, in file order.
   std::vector<std::string> errors;
 };
 
 // Reads, maps and sends the file. An error (nothing more was sent) when
-// the file cannot be read, or the agent cannot be reached or refuses a
+// the file cannot be read, its name cannot be read (ReadFileName), or the agent cannot be reached or refuses a
 // whole request (spool full, shutting down); records sent before stay.
 absl::StatusOr<ImportReport> ImportFile(const ImportOptions& options);
 

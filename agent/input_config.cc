@@ -1,6 +1,7 @@
 #include "agent/input_config.h"
 
 #include <map>
+#include <set>
 #include <string>
 
 #include "absl/strings/ascii.h"
@@ -8,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "agent/file_name.h"
 #include "yaml-cpp/yaml.h"
 
 namespace constance::agent {
@@ -66,6 +68,43 @@ absl::StatusOr<absl::Duration> Duration(const YAML::Node& node, bool allow_zero)
   return d;
 }
 
+// One item of `values`: {column: NAME, kind: KIND}.
+absl::StatusOr<InputMapping::ValueColumn> ValueColumnAt(const YAML::Node& item) {
+  if (!item.IsMap()) return absl::InvalidArgumentError("must be a map {column: NAME, kind: KIND}");
+  InputMapping::ValueColumn v;
+  for (const auto& kv : item) {
+    const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "";
+    if (key != "column" && key != "kind") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown key '", key, "' (known: column, kind)"));
+    }
+    absl::StatusOr<std::string> text = Scalar(kv.second);
+    if (!text.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("'", key, "' ", text.status().message()));
+    }
+    (key == "column" ? v.column : v.kind) = *text;
+  }
+  if (v.column.empty() || v.kind.empty()) {
+    return absl::InvalidArgumentError("needs both 'column' and 'kind'");
+  }
+  return v;
+}
+
+// `values: [{column: Price, kind: shelf}, {column: PromoPrice, kind: promo}]`.
+absl::Status SetValueColumns(const YAML::Node& node, InputMapping* m) {
+  if (!node.IsSequence() || node.size() == 0) {
+    return absl::InvalidArgumentError(
+        "must be a list like [{column: Price, kind: shelf}, {column: PromoPrice, kind: promo}]");
+  }
+  m->values.clear();
+  for (size_t i = 0; i < node.size(); ++i) {
+    absl::StatusOr<InputMapping::ValueColumn> v = ValueColumnAt(node[i]);
+    if (!v.ok()) return absl::InvalidArgumentError(absl::StrCat("[", i, "]: ", v.status().message()));
+    m->values.push_back(*std::move(v));
+  }
+  return absl::OkStatus();
+}
+
 // Sets one field of a mapping; the reason on failure.
 absl::Status SetMappingField(const std::string& name, const YAML::Node& value, InputMapping* m) {
   const struct {
@@ -90,6 +129,9 @@ absl::Status SetMappingField(const std::string& name, const YAML::Node& value, I
       {"kind", &m->kind},
       {"key_prefix", &m->key_prefix},
       {"time_format", &m->time_format},
+      {"name_regex", &m->name_regex},
+      {"name_time_format", &m->name_time_format},
+      {"location_prefix", &m->location_prefix},
   };
   for (const auto& f : kStrings) {
     if (name != f.name) continue;
@@ -145,18 +187,52 @@ absl::Status SetMappingField(const std::string& name, const YAML::Node& value, I
     m->header = *b;
     return absl::OkStatus();
   }
-  if (name == "max_lateness") {
-    absl::StatusOr<absl::Duration> d = Duration(value, /*allow_zero=*/true);
+  if (name == "max_lateness" || name == "cadence") {
+    absl::StatusOr<absl::Duration> d = Duration(value, /*allow_zero=*/name == "max_lateness");
     if (!d.ok()) return d.status();
-    m->max_lateness = *d;
+    (name == "cadence" ? m->cadence : m->max_lateness) = *d;
     return absl::OkStatus();
   }
+  if (name == "values") return SetValueColumns(value, m);
   std::string known;
   for (const auto& f : kStrings) absl::StrAppend(&known, f.name, ", ");
   absl::StrAppend(&known,
                   "format, encoding, records, delimiter, quote, decimal, thousands, header, "
-                  "max_lateness");
+                  "max_lateness, cadence, values");
   return absl::InvalidArgumentError(absl::StrCat("unknown field (known: ", known, ")"));
+}
+
+absl::Status CheckPriceKind(const std::string& kind, absl::string_view field) {
+  if (kind == "shelf" || kind == "pos" || kind == "list" || kind == "promo") {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ": '", kind, "' is not one of: shelf, pos, list, promo"));
+}
+
+// `values` lists price columns; the one-column form is value_column + kind.
+absl::Status ValidateValueColumns(const InputMapping& m) {
+  if (m.values.empty()) return absl::OkStatus();
+  if (m.records != Records::kPrice) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "field 'values' is for records 'price' only (records '", RecordsName(m.records),
+        "' take 'value_column')"));
+  }
+  if (!m.value_column.empty()) {
+    return absl::InvalidArgumentError(
+        "fields 'value_column' and 'values' both given: write one column as value_column + "
+        "kind, or every column in values");
+  }
+  std::set<std::string> kinds;
+  for (size_t i = 0; i < m.values.size(); ++i) {
+    const std::string field = absl::StrCat("field 'values' [", i, "] kind");
+    if (absl::Status s = CheckPriceKind(m.values[i].kind, field); !s.ok()) return s;
+    if (!kinds.insert(m.values[i].kind).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": '", m.values[i].kind, "' is listed twice (one column per kind)"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 std::string Where(const YAML::Node& node) { return absl::StrCat("line ", node.Mark().line + 1); }
@@ -233,9 +309,11 @@ absl::Status ValidateInputMapping(const InputMapping& m) {
   if (m.format == Format::kCsv && (m.delimiter == m.quote || m.delimiter == '\n')) {
     return absl::InvalidArgumentError("field 'delimiter' must differ from 'quote' and newline");
   }
-  if (m.kind != "shelf" && m.kind != "pos" && m.kind != "list" && m.kind != "promo") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("field 'kind': '", m.kind, "' is not one of: shelf, pos, list, promo"));
+  if (absl::Status s = CheckPriceKind(m.kind, "field 'kind'"); !s.ok()) return s;
+  if (absl::Status s = ValidateValueColumns(m); !s.ok()) return s;
+  if (absl::Status s = ValidateFileNameRules(m); !s.ok()) return s;
+  if (m.cadence < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("field 'cadence' must be a positive duration (e.g. 24h)");
   }
   if (whole_json) return absl::OkStatus();
   if (m.key_column.empty() && m.key.empty()) {
@@ -247,6 +325,7 @@ absl::Status ValidateInputMapping(const InputMapping& m) {
     case Records::kWait:
     case Records::kCompliance:
     case Records::kScore:
+      if (!m.values.empty()) break;
       if (absl::Status s = need(m.value_column, "value_column", records); !s.ok()) return s;
       break;
     case Records::kPriceCheck:
@@ -321,6 +400,10 @@ absl::Status ParseDropDirectorySection(const YAML::Node& node, DropDirectoryConf
               return absl::InvalidArgumentError(absl::StrCat(
                   "files[", i, "] (", Where(f.first), "): field '", name, "': ", fs.message()));
             }
+          }
+          if (entry["kind"] && !m.values.empty()) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                where, ": field 'kind' and 'values' both given: give each column's kind in values"));
           }
           if (absl::Status ms = ValidateInputMapping(m); !ms.ok()) {
             return absl::InvalidArgumentError(absl::StrCat(where, ": ", ms.message()));

@@ -19,8 +19,9 @@
 //
 // import: the file is read with the mapping of --config's drop_directory
 // whose pattern matches its name (or a mapping from flags alone), and sent
-// to the running agent; exit 0 only when every record is durable in its
-// spool, errors printed as FILE:LINE: reason.
+// to the running agent (--observed_at: the time of rows without their
+// own); exit 0 only when every record is durable in its spool, errors
+// printed as FILE:LINE: reason.
 //
 // Exit codes: 0 success; 1 failure (could not start, or observe/import: the
 // agent refused something or could not be reached); 2 usage or
@@ -47,6 +48,7 @@
 #include "agent/config.h"
 #include "agent/import.h"
 #include "agent/input_config.h"
+#include "agent/input_values.h"
 #include "agent/observe.h"
 #include "constance/version.h"
 #include "constance/log.h"
@@ -97,7 +99,8 @@ ABSL_FLAG(std::string, currency, "", "observe: currency of a price, e.g. EUR (re
 ABSL_FLAG(std::string, kind, "", "observe: price kind: shelf (default), pos, list, promo");
 ABSL_FLAG(bool, critical, false, "observe: a compliance check whose failure fails the location");
 ABSL_FLAG(std::string, observed_at, "",
-          "observe: event time, RFC 3339 (default: when the agent receives it)");
+          "observe: event time, RFC 3339 (default: when the agent receives it); import: the "
+          "time of rows without an observed_at column (default: the file name's, else now)");
 ABSL_FLAG(std::string, id, "", "observe: optional idempotency key");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10),
           "observe, import: how long to wait for the agent");
@@ -132,7 +135,8 @@ constexpr char kUsage[] =
     "      [--location=ID] [--format=csv|jsonl] [--records=price|price_check|wait|compliance|\n"
     "      score|ticket|observation|checklist] [--encoding=utf-8|windows-1250|latin-1]\n"
     "      [--delimiter=,] [--decimal=.] [--thousands=none] [--header=true]\n"
-    "      [--key_column=NAME] [--value_column=NAME] [--currency=EUR] [--kind=shelf]";
+    "      [--key_column=NAME] [--value_column=NAME] [--currency=EUR] [--kind=shelf]\n"
+    "      [--observed_at=RFC3339]";
 
 int UsageError(absl::string_view why) {
   std::cerr << "constance-agent: " << why << "\nusage: " << kUsage << "\n";
@@ -369,6 +373,14 @@ int Import(const std::vector<char*>& args) {
   if (const std::string v = absl::GetFlag(FLAGS_kind); !v.empty()) m.kind = v;
   if (s.ok()) s = ValidateInputMapping(m);
   if (!s.ok()) return UsageError(absl::StrCat("import: ", s.message()));
+  if (const std::string v = absl::GetFlag(FLAGS_observed_at); !v.empty()) {
+    absl::StatusOr<absl::Time> at = ParseInputTime(v, "");
+    if (!at.ok()) {
+      return UsageError(absl::StrCat("import: --observed_at: ", at.status().message(),
+                                     " (write e.g. 2026-01-22T07:15:00+01:00)"));
+    }
+    options.observed_at = *at;
+  }
   absl::StatusOr<HostPort> agent = ParseAgentUrl(absl::GetFlag(FLAGS_agent));
   if (!agent.ok()) return UsageError(agent.status().message());
   options.agent = *agent;
@@ -380,6 +392,12 @@ int Import(const std::vector<char*>& args) {
     return 1;
   }
   for (const std::string& e : report->errors) std::cerr << e << "\n";
+  if (!report->file_location.empty() && !options.location.empty() &&
+      report->file_location != options.location) {
+    std::cerr << "constance-agent import: " << file << " is for location "
+              << report->file_location << " (from its name), not " << options.location
+              << ": its records are skipped\n";
+  }
   std::cerr << "constance-agent import: " << file << ": " << report->records << " records; "
             << report->observations << " observations and " << report->ticket_events
             << " queue events stored; " << report->errors.size() << " refused";

@@ -11,7 +11,7 @@ CONSTANCE_BUILD_PACKAGES=(
   g++ cmake ninja-build pkg-config ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libcivetweb-dev libyaml-cpp-dev
-  nlohmann-json3-dev libspdlog-dev libsqlite3-dev libcsv-dev
+  nlohmann-json3-dev libspdlog-dev libsqlite3-dev libcsv-dev libre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev
 )
 # The demo feeds its simulated stores over HTTP with curl.

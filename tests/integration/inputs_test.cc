@@ -384,6 +384,16 @@ TEST_F(InputsTest, ImportReportsBadLinesAndIsIdempotent) {
   r = RunCommand(absl::StrCat(BinDir(), "/constance-agent import ", clean, " --records=wait"), "");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.output, HasSubstr("key_column"));
+  // --observed_at is applied (import_test) or refused, never ignored.
+  r = RunCommand(absl::StrCat(BinDir(), "/constance-agent import ", clean,
+                              " --records=wait --delimiter=';' --decimal=, --key_column=service"
+                              " --value_column=seconds --observed_at=yesterday --agent=http://",
+                              agent_ready_["http"]),
+                 "");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("import: --observed_at: 'yesterday' is not a time in format "
+                                  "RFC 3339"));
+  EXPECT_EQ(SpoolDepth(agent_ready_["http"]), 27);
 }
 
 }  // namespace

@@ -21,6 +21,8 @@
 #include "agent/sqlite_spool.h"
 #include "agent/tickets.h"
 #include "gmock/gmock.h"
+#include "spdlog/sinks/ostream_sink.h"
+#include "spdlog/spdlog.h"
 #include "gtest/gtest.h"
 
 namespace constance::agent {
@@ -265,6 +267,98 @@ TEST_F(DropDirTest, LocationColumnKeepsThisStoresRows) {
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->other_location, 1u);
   EXPECT_EQ(SpooledKeys(**spool), (std::map<std::string, int>{{"a", 1}, {"b", 1}}));
+}
+
+// Log lines written while it lives, for tests of what is logged.
+class CapturedLog {
+ public:
+  CapturedLog() : previous_(spdlog::default_logger()) {
+    spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+        "test", std::make_shared<spdlog::sinks::ostream_sink_mt>(out_)));
+  }
+  ~CapturedLog() { spdlog::set_default_logger(previous_); }
+  std::string text() const { return out_.str(); }
+
+ private:
+  std::ostringstream out_;
+  std::shared_ptr<spdlog::logger> previous_;
+};
+
+// Published price lists name their store and time only in the file name.
+InputMapping NamedPriceList() {
+  InputMapping m;
+  m.pattern = "Supermarket *.csv";
+  m.records = InputMapping::Records::kPrice;
+  m.key_column = "item";
+  m.values = {{"price", "shelf"}, {"promo", "promo"}};
+  m.currency = "EUR";
+  m.name_regex =
+      R"(^Supermarket (?P<location>\d+)_.*_(?P<observed_at>\d{2}\.\d{2}\.\d{4}_\d{1,2}\.\d{2})h\.csv$)";
+  m.name_time_format = "%d.%m.%Y_%H.%M";
+  m.location_prefix = "store-";
+  return m;
+}
+
+std::string NamedFile(int store, absl::Time at) {
+  return absl::StrCat("Supermarket ", store, "_Main St_",
+                      absl::FormatTime("%d.%m.%Y_%H.%M", at, absl::UTCTimeZone()), "h.csv");
+}
+
+TEST_F(DropDirTest, FileNamedForAnotherLocationIsSkippedCountedAndLogged) {
+  config_.files = {NamedPriceList()};
+  auto spool = OpenSpool();
+  ASSERT_TRUE(spool.ok());
+  auto dd = MakeDropDir(spool->get());
+  const absl::Time at = absl::FromUnixSeconds(absl::ToUnixSeconds(now_ - absl::Hours(2)) / 60 * 60);
+  const std::string mine = NamedFile(1, at);
+  const std::string theirs = NamedFile(2, at);
+  std::ofstream(drop_ + "/" + mine) << "item,price,promo\nmilk,1.99,1.49\nbread,2.50,\n";
+  std::ofstream(drop_ + "/" + theirs) << "item,price,promo\nmilk,2.19,\n";
+  now_ += absl::Hours(1);
+  CapturedLog log;
+  absl::StatusOr<ScanStats> stats = dd->ScanOnce();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->other_location, 1u);
+  EXPECT_EQ(stats->files_done, 2u);
+  EXPECT_THAT(log.text(), ::testing::HasSubstr(absl::StrCat(
+                              theirs, " is for location store-2 (from its name), not this "
+                                      "agent's store-1; its records are skipped")));
+  // This store's file: milk's shelf and promo prices, bread's shelf price,
+  // at the time its name gives.
+  absl::StatusOr<std::vector<SpoolEntry>> all = (*spool)->Read(1, 100);
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), 3u);
+  for (const SpoolEntry& e : *all) {
+    EXPECT_EQ(absl::FromUnixSeconds(e.observation.observed_at().seconds()), at);
+  }
+  EXPECT_EQ((*all)[0].observation.price().kind(), v1::SHELF);
+  EXPECT_EQ((*all)[1].observation.price().kind(), v1::PROMO);
+  EXPECT_EQ((*all)[1].observation.price().minor_units(), 149);
+  EXPECT_EQ((*all)[2].observation.key(), "bread");
+}
+
+TEST_F(DropDirTest, FileWhoseNameCannotBeReadIsLeftAloneAndReported) {
+  config_.files = {NamedPriceList()};
+  auto spool = OpenSpool();
+  ASSERT_TRUE(spool.ok());
+  auto dd = MakeDropDir(spool->get());
+  const std::string bad_date = "Supermarket 1_Main St_31.02.2026_7.15h.csv";
+  const std::string no_match = "Supermarket 1 prices.csv";
+  std::ofstream(drop_ + "/" + bad_date) << "item,price,promo\nmilk,1.99,\n";
+  std::ofstream(drop_ + "/" + no_match) << "item,price,promo\nmilk,1.99,\n";
+  now_ += absl::Hours(1);
+  CapturedLog log;
+  ASSERT_TRUE(dd->ScanOnce().ok());
+  ASSERT_TRUE(dd->ScanOnce().ok());
+  EXPECT_EQ((*spool)->Depth(), 0u);
+  EXPECT_TRUE(std::filesystem::exists(drop_ + "/" + bad_date));
+  EXPECT_TRUE(std::filesystem::exists(drop_ + "/" + no_match));
+  const std::string text = log.text();
+  EXPECT_THAT(text, ::testing::HasSubstr(absl::StrCat("file '", bad_date, "': observed_at")));
+  EXPECT_THAT(text, ::testing::HasSubstr(
+                        absl::StrCat("file '", no_match, "': the name does not match name_regex")));
+  // Reported once, not at every scan.
+  EXPECT_EQ(text.find(no_match), text.rfind(no_match));
 }
 
 TEST_F(DropDirTest, QueueLogTicketsSurviveARestartAndNeverLeaveTheStore) {

@@ -352,6 +352,70 @@ TEST(FileParserTest, UnclosedQuoteIsGivenUpAtItsLineAndTheRestIsRead) {
   EXPECT_EQ(records.back().line, 2 + kRows);
 }
 
+// A price list with a shelf and a promotion price per row: one observation
+// per price present, each with its kind and an id of its own.
+TEST(FileParserTest, RowWithShelfAndPromoPricesGivesOneObservationPerPrice) {
+  InputMapping m;
+  m.records = InputMapping::Records::kPrice;
+  m.delimiter = ';';
+  m.decimal = ',';
+  m.key_column = "Barkod";
+  m.id_column = "Id";
+  m.values = {{"MPC", "shelf"}, {"Akcija", "promo"}};
+  m.currency = "EUR";
+  FileParser parser(m, Limits{});
+  std::vector<InputRecord> records;
+  parser.Parse(
+      "Id;Barkod;MPC;Akcija\n"
+      "r1;3850001;1,99;1,49\n"  // Both prices.
+      "r2;3850002;2,50;\n"      // No promotion.
+      "r3;3850003;;\n"          // No price at all.
+      "r4;3850004;3,00;x\n",    // A bad promotion price: the row gives nothing.
+      1, false, kNow, 0, &records);
+  ASSERT_EQ(records.size(), 5u);
+  ASSERT_EQ(records[1].error, "");
+  ASSERT_EQ(records[1].observations.size(), 2u);
+  const v1::Observation& shelf = records[1].observations[0];
+  const v1::Observation& promo = records[1].observations[1];
+  EXPECT_EQ(shelf.price().kind(), v1::SHELF);
+  EXPECT_EQ(shelf.price().minor_units(), 199);
+  EXPECT_EQ(shelf.id(), "r1.shelf");
+  EXPECT_EQ(promo.price().kind(), v1::PROMO);
+  EXPECT_EQ(promo.price().minor_units(), 149);
+  EXPECT_EQ(promo.id(), "r1.promo");
+  EXPECT_EQ(promo.key(), "3850001");
+
+  ASSERT_EQ(records[2].observations.size(), 1u) << records[2].error;
+  EXPECT_EQ(records[2].observations[0].price().kind(), v1::SHELF);
+  EXPECT_EQ(records[2].observations[0].id(), "r2.shelf");
+
+  EXPECT_TRUE(records[3].observations.empty());
+  EXPECT_THAT(records[3].error, HasSubstr("no price: columns 'MPC', 'Akcija' are all empty"));
+  EXPECT_TRUE(records[4].observations.empty());
+  EXPECT_THAT(records[4].error, HasSubstr("column 'Akcija'"));
+}
+
+// The one-column form is unchanged: its id has no suffix and an empty
+// price is an error, as before.
+TEST(FileParserTest, OneValueColumnKeepsItsIdAndRefusesAnEmptyPrice) {
+  InputMapping m;
+  m.records = InputMapping::Records::kPrice;
+  m.key_column = "k";
+  m.value_column = "v";
+  m.id_column = "id";
+  m.kind = "list";
+  m.currency = "EUR";
+  FileParser parser(m, Limits{});
+  std::vector<InputRecord> records;
+  parser.Parse("id,k,v\na1,x,1.00\na2,y,\n", 1, false, kNow, 0, &records);
+  ASSERT_EQ(records.size(), 3u);
+  ASSERT_EQ(records[1].observations.size(), 1u) << records[1].error;
+  EXPECT_EQ(records[1].observations[0].id(), "a1");
+  EXPECT_EQ(records[1].observations[0].price().kind(), v1::LIST);
+  EXPECT_TRUE(records[2].observations.empty());
+  EXPECT_THAT(records[2].error, HasSubstr("column 'v'"));
+}
+
 TEST(FileParserTest, MaxRecordsStopsAtARecordBoundary) {
   InputMapping m;
   m.records = InputMapping::Records::kScore;

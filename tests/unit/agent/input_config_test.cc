@@ -55,6 +55,42 @@ drop_directory:
   EXPECT_EQ(d.files[1].records, InputMapping::Records::kTicket);
 }
 
+TEST(InputConfigTest, FileNameCapturesSeveralPricesAndCadence) {
+  absl::StatusOr<AgentConfig> c = ParseAgentConfig(R"(
+location: store-269
+drop_directory:
+  path: /srv/drop
+  files:
+    - pattern: "Supermarket *.csv"
+      name_regex: '^Supermarket (?P<location>\d+)_.*_(?P<observed_at>\d{2}\.\d{2}\.\d{4}_\d{1,2}\.\d{2})h\.csv$'
+      name_time_format: '%d.%m.%Y_%H.%M'
+      location_prefix: store-
+      cadence: 24h
+      key_column: Barkod
+      values: [{column: Price, kind: shelf}, {column: PromoPrice, kind: promo}]
+      currency: EUR
+    - pattern: "waits-*.csv"
+      records: wait
+      key_column: service
+      value_column: seconds
+      cadence: 15m
+)",
+                                                   "agent.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  const InputMapping& m = c->drop_directory.files[0];
+  EXPECT_EQ(m.name_time_format, "%d.%m.%Y_%H.%M");
+  EXPECT_EQ(m.location_prefix, "store-");
+  EXPECT_EQ(m.cadence, absl::Hours(24));
+  ASSERT_EQ(m.values.size(), 2u);
+  EXPECT_EQ(m.values[1].column, "PromoPrice");
+  EXPECT_EQ(m.values[1].kind, "promo");
+  EXPECT_EQ(c->drop_directory.files[1].cadence, absl::Minutes(15));
+  EXPECT_EQ(ExpectedCadence(*c), absl::Hours(24));
+
+  AgentConfig none;
+  EXPECT_EQ(ExpectedCadence(none), absl::ZeroDuration());
+}
+
 TEST(InputConfigTest, ErrorsNameFileLineAndField) {
   static const struct {
     const char* yaml;
@@ -75,6 +111,48 @@ TEST(InputConfigTest, ErrorsNameFileLineAndField) {
       {"drop_directory:\n  polling: 2s\n", "unknown field"},
       {"drop_directory:\n  processed: delete\n", "not move or keep"},
       {"open_ticket_ttl: 0s\n", "positive"},
+      // File-name captures.
+      {"drop_directory:\n  files:\n    - key: k\n      value_column: v\n      records: score\n"
+       "      name_regex: '(?P<location>[0-9+)'\n",
+       "files[0] (line 3): field 'name_regex': '(?P<location>[0-9+)' is not a valid RE2 regex"},
+      {"drop_directory:\n  files:\n    - key: k\n      value_column: v\n      records: score\n"
+       "      name_regex: '(?P<store>\\d+)\\.csv'\n",
+       "unknown group 'store'"},
+      {"drop_directory:\n  files:\n    - key: k\n      value_column: v\n      records: score\n"
+       "      name_regex: '(?P<observed_at>\\d+)\\.csv'\n",
+       "give its format in 'name_time_format'"},
+      {"drop_directory:\n  files:\n    - key: k\n      value_column: v\n      records: score\n"
+       "      name_regex: '(?P<location>\\d+)\\.csv'\n      name_time_format: '%Y'\n",
+       "'name_time_format' needs a group (?P<observed_at>...)"},
+      {"drop_directory:\n  files:\n    - key: k\n      value_column: v\n      records: score\n"
+       "      location_prefix: store-\n",
+       "need a 'name_regex'"},
+      // Several prices per row.
+      {"drop_directory:\n  files:\n    - key: k\n      currency: EUR\n      value_column: Price\n"
+       "      values: [{column: Price, kind: shelf}]\n",
+       "'value_column' and 'values' both given"},
+      {"drop_directory:\n  files:\n    - key: k\n      currency: EUR\n      kind: promo\n"
+       "      values: [{column: Price, kind: shelf}]\n",
+       "field 'kind' and 'values' both given"},
+      {"drop_directory:\n  files:\n    - key: k\n      currency: EUR\n"
+       "      values: [{column: Price, kind: sale}]\n",
+       "field 'values' [0] kind: 'sale' is not one of: shelf, pos, list, promo"},
+      {"drop_directory:\n  files:\n    - key: k\n      currency: EUR\n"
+       "      values: [{column: A, kind: shelf}, {column: B, kind: shelf}]\n",
+       "'shelf' is listed twice"},
+      {"drop_directory:\n  files:\n    - key: k\n      currency: EUR\n"
+       "      values: [{column: A}]\n",
+       "field 'values': [0]: needs both 'column' and 'kind'"},
+      {"drop_directory:\n  files:\n    - key: k\n      records: wait\n"
+       "      values: [{column: A, kind: shelf}]\n",
+       "for records 'price' only"},
+      // Cadence.
+      {"drop_directory:\n  files:\n    - key: k\n      value_column: v\n      records: score\n"
+       "      cadence: 0s\n",
+       "field 'cadence': '0s' is not a positive duration"},
+      {"drop_directory:\n  files:\n    - key: k\n      value_column: v\n      records: score\n"
+       "      cadence: daily\n",
+       "field 'cadence': 'daily' is not a positive duration"},
   };
   for (const auto& c : cases) {
     absl::StatusOr<AgentConfig> got = ParseAgentConfig(c.yaml, "agent.yaml");

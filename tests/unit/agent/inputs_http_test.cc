@@ -1,12 +1,17 @@
 // The agent's input endpoints over real HTTP on a loopback port:
 // /v1/checklists, /v1/price_checks and /v1/tickets (http_ingest.h), and
 // the parsing behind them (checklists.h, price_check.h, tickets.h).
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "agent/checklists.h"
 #include "agent/http_ingest.h"
+#include "agent/import.h"
 #include "agent/observe.h"
 #include "agent/price_check.h"
 #include "agent/tickets.h"
@@ -170,6 +175,87 @@ TEST(ChecklistParseTest, Errors) {
     ASSERT_FALSE(s.ok()) << c.json;
     EXPECT_THAT(std::string(s.status().message()), HasSubstr(c.error)) << c.json;
   }
+}
+
+// `constance-agent import` (import.h) posting to the ingest: the time of
+// rows without their own comes from --observed_at, else the file's name;
+// a file named for another location is skipped.
+class ImportTest : public InputsHttpTest {
+ protected:
+  void SetUp() override {
+    InputsHttpTest::SetUp();
+    const char* base = getenv("TMPDIR");
+    std::string tmpl = std::string(base != nullptr ? base : "/tmp") + "/import_test.XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  // A price list named like the published ones, `at` in its name.
+  ImportOptions Named(int store, absl::Time at) {
+    ImportOptions o;
+    o.file = absl::StrCat(dir_, "/Supermarket ", store, "_Main St_",
+                          absl::FormatTime("%d.%m.%Y_%H.%M", at, absl::UTCTimeZone()), "h.csv");
+    std::ofstream(o.file) << "item,price\nmilk,1.99\nbread,2.50\n";
+    o.mapping.records = InputMapping::Records::kPrice;
+    o.mapping.key_column = "item";
+    o.mapping.value_column = "price";
+    o.mapping.currency = "EUR";
+    o.mapping.name_regex =
+        R"(Supermarket (?P<location>\d+)_.*_(?P<observed_at>\d\d\.\d\d\.\d{4}_\d\d?\.\d\d)h\.csv)";
+    o.mapping.name_time_format = "%d.%m.%Y_%H.%M";
+    o.mapping.location_prefix = "store-";
+    o.location = "store-1";
+    o.agent = {"127.0.0.1", http_->port()};
+    return o;
+  }
+
+  std::string dir_;
+};
+
+absl::Time Minute(absl::Time t) { return absl::FromUnixSeconds(absl::ToUnixSeconds(t) / 60 * 60); }
+
+TEST_F(ImportTest, RowsTakeTheTimeOfTheFileNameOrOfObservedAt) {
+  const absl::Time named = Minute(absl::Now() - absl::Hours(3));
+  absl::StatusOr<ImportReport> report = ImportFile(Named(1, named));
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->observations, 2u);
+  EXPECT_EQ(report->file_location, "store-1");
+  std::vector<v1::Observation> obs = Spooled();
+  ASSERT_EQ(obs.size(), 2u);
+  EXPECT_EQ(absl::FromUnixSeconds(obs[0].observed_at().seconds()), named);
+
+  // --observed_at: given, it is the time of every row without its own.
+  ImportOptions o = Named(1, named);
+  o.observed_at = Minute(absl::Now() - absl::Hours(1));
+  report = ImportFile(o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->observations, 2u);
+  obs = Spooled();
+  ASSERT_EQ(obs.size(), 4u);  // Another time: other observations, not a replay.
+  EXPECT_EQ(absl::FromUnixSeconds(obs[2].observed_at().seconds()), o.observed_at);
+  EXPECT_EQ(absl::FromUnixSeconds(obs[3].observed_at().seconds()), o.observed_at);
+}
+
+TEST_F(ImportTest, FileNamedForAnotherLocationIsSkipped) {
+  absl::StatusOr<ImportReport> report = ImportFile(Named(2, Minute(absl::Now())));
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->file_location, "store-2");
+  EXPECT_EQ(report->other_location, 2u);
+  EXPECT_EQ(report->observations, 0u);
+  EXPECT_TRUE(Spooled().empty());
+}
+
+TEST_F(ImportTest, NameThatDoesNotMatchIsAnErrorNamingTheFile) {
+  ImportOptions o = Named(1, absl::Now());
+  const std::string renamed = dir_ + "/prices.csv";
+  std::filesystem::rename(o.file, renamed);
+  o.file = renamed;
+  absl::StatusOr<ImportReport> report = ImportFile(o);
+  ASSERT_FALSE(report.ok());
+  EXPECT_THAT(std::string(report.status().message()),
+              HasSubstr("file 'prices.csv': the name does not match name_regex"));
+  EXPECT_TRUE(Spooled().empty());
 }
 
 }  // namespace
