@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "agent/file_input.h"
+#include "agent/file_name.h"
 #include "agent/import.h"
 #include "agent/input_config.h"
 #include "collector/cli/report.h"
@@ -34,6 +35,7 @@ constexpr size_t kParseChunk = 10'000;
 struct Input {
   std::string path;
   agent::InputMapping mapping;
+  agent::FileNameFacts name;  // What the file's name says (name_regex).
 };
 
 // One observation with where it came from.
@@ -84,8 +86,10 @@ class Progress {
   absl::Time last_ = absl::Now();
 };
 
-// Whether `mapping` says where each row comes from and when.
-absl::Status CheckMapping(const agent::InputMapping& m, const std::string& path) {
+// Whether a file's rows say where they come from and when: through
+// columns of `m`, or through what the file's name says.
+absl::Status CheckSources(const agent::InputMapping& m, const agent::FileNameFacts& name,
+                          const std::string& path) {
   const std::string where = absl::StrCat(path, ": the drop_directory.files mapping with pattern '",
                                          m.pattern, "'");
   if (m.records == agent::InputMapping::Records::kTicket ||
@@ -95,20 +99,25 @@ absl::Status CheckMapping(const agent::InputMapping& m, const std::string& path)
         " records, which replay does not read yet; replay price, price_check, wait, compliance "
         "or score files"));
   }
-  if (m.location_column.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, " gives no location: set location_column to the column that names "
-                            "the store"));
-  }
-  if (m.observed_at_column.empty() && m.format == agent::InputMapping::Format::kCsv) {
+  if (m.location_column.empty() && name.location.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        where, " gives no observation time: set observed_at_column (and time_format)"));
+        where, " gives no location: set location_column to the column that names the store, "
+                "or name_regex with a (?P<location>...) group when only the file name does"));
+  }
+  if (m.observed_at_column.empty() && name.observed_at == absl::InfinitePast() &&
+      m.format == agent::InputMapping::Format::kCsv) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, " gives no observation time: set observed_at_column (and time_format), or "
+                "name_regex with a (?P<observed_at>...) group and name_time_format"));
   }
   return absl::OkStatus();
 }
 
+// Adds `path` with its mapping to `out`. A file in a directory that no
+// pattern matches is skipped; a name the mapping's name_regex cannot read
+// is reported and skipped, as the drop directory does.
 absl::Status AddFile(const ReplayOptions& o, const std::string& path, bool named,
-                     ReplayStats* stats, std::vector<Input>* out) {
+                     ReplayStats* stats, std::ostream& err, std::vector<Input>* out) {
   absl::StatusOr<agent::InputMapping> m = agent::MappingForFile(o.drop, path);
   if (!m.ok()) {
     if (!named) {
@@ -119,13 +128,21 @@ absl::Status AddFile(const ReplayOptions& o, const std::string& path, bool named
         path, ": ", m.status().message(),
         "; add a mapping for it to the drop_directory section of --config"));
   }
-  if (absl::Status s = CheckMapping(*m, path); !s.ok()) return s;
-  out->push_back({path, *std::move(m)});
+  absl::StatusOr<agent::FileNameFacts> name =
+      agent::ReadFileName(*m, fs::path(path).filename().string());
+  if (!name.ok()) {
+    ++stats->bad_files;
+    err << path << ": " << name.status().message() << "; file skipped\n";
+    return absl::OkStatus();
+  }
+  if (absl::Status s = CheckSources(*m, *name, path); !s.ok()) return s;
+  out->push_back({path, *std::move(m), *std::move(name)});
   return absl::OkStatus();
 }
 
 // The files to read, in name order, each with its mapping.
-absl::StatusOr<std::vector<Input>> ListInputs(const ReplayOptions& o, ReplayStats* stats) {
+absl::StatusOr<std::vector<Input>> ListInputs(const ReplayOptions& o, ReplayStats* stats,
+                                              std::ostream& err) {
   std::vector<Input> inputs;
   for (const std::string& input : o.inputs) {
     std::error_code ec;
@@ -134,7 +151,7 @@ absl::StatusOr<std::vector<Input>> ListInputs(const ReplayOptions& o, ReplayStat
       return absl::NotFoundError(absl::StrCat(input, ": no such file or directory"));
     }
     if (!fs::is_directory(st)) {
-      if (absl::Status s = AddFile(o, input, true, stats, &inputs); !s.ok()) return s;
+      if (absl::Status s = AddFile(o, input, true, stats, err, &inputs); !s.ok()) return s;
       continue;
     }
     std::vector<std::string> files;
@@ -144,13 +161,14 @@ absl::StatusOr<std::vector<Input>> ListInputs(const ReplayOptions& o, ReplayStat
     if (ec) return absl::NotFoundError(absl::StrCat(input, ": cannot list: ", ec.message()));
     std::sort(files.begin(), files.end());
     for (const std::string& f : files) {
-      if (absl::Status s = AddFile(o, f, false, stats, &inputs); !s.ok()) return s;
+      if (absl::Status s = AddFile(o, f, false, stats, err, &inputs); !s.ok()) return s;
     }
   }
   if (inputs.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("no file to replay: ", stats->skipped_files,
-                     " files matched no drop_directory.files pattern of --config"));
+                     " files matched no drop_directory.files pattern of --config, ",
+                     stats->bad_files, " had names their mapping's name_regex cannot read"));
   }
   return inputs;
 }
@@ -194,7 +212,7 @@ class FileReader {
     Limits limits;
     limits.max_lateness = absl::InfiniteDuration();
     limits.max_future_skew = absl::InfiniteDuration();
-    agent::FileParser parser(mapping, limits);
+    agent::FileParser parser(mapping, limits, input.name);
     std::vector<agent::InputRecord> records;
     int64_t line = 1;
     int errors = 0;
@@ -234,6 +252,7 @@ class FileReader {
       }
     }
     if (it->second < 0) {
+      // A file name's location is checked by ReadFileName: this is a column's.
       const std::string column = loaded_->inputs[file].mapping.location_column;
       return Bad(file, r.line,
                  absl::StrCat("column '", column, "': '", r.location,
@@ -452,13 +471,21 @@ class EventReplay {
 
 // The catalog's silent rule in the files' terms (see replay.h), with a
 // note on `err` for each threshold changed.
-collector::Catalog AdjustForCadence(collector::Catalog catalog, absl::Duration cadence,
+collector::Catalog AdjustForCadence(collector::Catalog catalog, const Loaded& loaded,
                                     absl::Duration every, std::ostream& err) {
+  // The mappings' `cadence` says how often files arrive; without it, the
+  // files show it.
+  absl::Duration cadence = absl::ZeroDuration();
+  for (const Input& input : loaded.inputs) cadence = std::max(cadence, input.mapping.cadence);
+  const bool declared = cadence > absl::ZeroDuration();
+  if (!declared) cadence = Cadence(loaded);
   collector::Thresholds& th = catalog.thresholds;
   if (cadence > th.location_ttl) {
     const absl::Duration ttl = cadence + every;
     err << "replay: a location's rows come every " << absl::FormatDuration(cadence)
-        << " (median gap); location_ttl raised from " << absl::FormatDuration(th.location_ttl)
+        << (declared ? " (the mappings' cadence)"
+                     : " (median gap; a mapping's `cadence:` sets it)")
+        << "; location_ttl raised from " << absl::FormatDuration(th.location_ttl)
         << " to " << absl::FormatDuration(ttl)
         << ", so 'silent' means a missing file, not the time between two\n";
     th.location_ttl = ttl;
@@ -480,7 +507,7 @@ absl::StatusOr<ReplayStats> Replay(const ReplayOptions& o, std::ostream& out, st
   }
   ReplayStats stats;
   Loaded loaded;
-  absl::StatusOr<std::vector<Input>> inputs = ListInputs(o, &stats);
+  absl::StatusOr<std::vector<Input>> inputs = ListInputs(o, &stats, err);
   if (!inputs.ok()) return inputs.status();
   loaded.inputs = *std::move(inputs);
   FileReader reader(o, err, &stats, &loaded);
@@ -495,12 +522,13 @@ absl::StatusOr<ReplayStats> Replay(const ReplayOptions& o, std::ostream& out, st
   stats.first = absl::FromUnixNanos(loaded.rows.front().at_ns);
   stats.last = absl::FromUnixNanos(loaded.rows.back().at_ns);
   err << "replay: " << Count(stats.files) << " files (" << Count(stats.skipped_files)
-      << " skipped: no pattern matches), " << Count(stats.rows) << " rows, "
+      << " skipped: no pattern matches; " << Count(stats.bad_files)
+      << " skipped: name not readable), " << Count(stats.rows) << " rows, "
       << loaded.locations.size() << " locations, " << Stamp(stats.first) << " to "
       << Stamp(stats.last) << " UTC; read in "
       << absl::FormatDuration(absl::Trunc(stats.read_time, absl::Milliseconds(1))) << "\n";
 
-  collector::Catalog catalog = AdjustForCadence(o.catalog, Cadence(loaded), o.every, err);
+  collector::Catalog catalog = AdjustForCadence(o.catalog, loaded, o.every, err);
   const collector::Thresholds& th = catalog.thresholds;
   stats.location_ttl = th.location_ttl;
   // What the last rows show needs `persistence` evaluations to open, and a

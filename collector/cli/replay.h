@@ -3,7 +3,8 @@
 //
 // The files are read with the agent's drop-directory mappings
 // (agent/file_input.h: the first mapping whose pattern matches a file's
-// name), every observation is sorted by its observation time, and an
+// name; its location and time from columns or from the file's name,
+// agent/file_name.h), every observation is sorted by its observation time, and an
 // Engine (collector/engine.h) is fed in-process: per location, batches of
 // increasing sequence numbers, exactly as an agent would send them. The
 // engine's clock follows event time, so nothing is refused as late and
@@ -18,10 +19,10 @@
 //     show has had that many evaluations (and a price change is at least
 //     irregular_settle old), so the end of the files does not hide it;
 //   - `silent` means "no report for location_ttl": exports come at their
-//     own cadence (a file a day), so when the usual gap between a
-//     location's observation times exceeds location_ttl, the replay raises
-//     location_ttl to that gap plus one evaluation and says so; silent
-//     then means a missing file. restart_grace is raised to location_ttl,
+//     own cadence (a file a day), so when the mappings' `cadence` (or,
+//     when none says, the usual gap between a location's observation
+//     times) exceeds location_ttl, the replay raises location_ttl to it
+//     plus one evaluation and says so; silent then means a missing file. restart_grace is raised to location_ttl,
 //     because at the start a location's first file may come that late.
 //   - a location in the files but not in the catalog is compared as the
 //     live collector compares it (auto_register), or refused with the
@@ -34,9 +35,9 @@
 //   options.catalog = *LoadCatalog("catalog.yaml");
 //   absl::StatusOr<ReplayStats> stats = Replay(options, std::cout, std::cerr);
 //
-// Memory: every observation is held until it is replayed (about 200
-// bytes each: 1 GB for 5 million rows), since files need not come in
-// time order. Thread-compatible: one replay per call, no shared state.
+// Memory: every observation is held until it is replayed (about 330
+// bytes each: 330 MiB per million rows, tests/bench/RESULTS.md), since
+// files need not come in time order. Thread-compatible: one replay per call, no shared state.
 #ifndef CONSTANCE_COLLECTOR_CLI_REPLAY_H_
 #define CONSTANCE_COLLECTOR_CLI_REPLAY_H_
 
@@ -76,6 +77,7 @@ struct ReplayOptions {
 struct ReplayStats {
   uint64_t files = 0;
   uint64_t skipped_files = 0;  // In a directory, matched by no pattern.
+  uint64_t bad_files = 0;      // Names their mapping's name_regex cannot read (skipped, said).
   uint64_t rows = 0;           // Records other than headers and blank lines.
   uint64_t bad_rows = 0;       // Refused by the parser (FILE:LINE: reason).
   uint64_t applied = 0;        // Observations the engine applied.

@@ -160,13 +160,18 @@ TEST_F(ReplayTest, StillFindsTheOutlierWithTheZoneDeclared) {
 
 TEST_F(ReplayTest, BadRowsAreReportedByLineAndBadInputsStopTheRun) {
   WriteFile(absl::StrCat(exports_, "/Supermarket 999_Prices_22.01.2026_7.00h.csv"),
-            "\x8Aifra;Naziv;Cijena;Trgovina;Datum\r\n"
-            "art-00001;Kruh;1,2,3;supermarket-999;22.01.2026 07:00\r\n");
+            "\x8Aifra;Naziv;Cijena\r\n"
+            "art-00001;Kruh;1,2,3\r\n");
+  // A name the pattern matches and name_regex cannot read: skipped, said.
+  WriteFile(absl::StrCat(exports_, "/Supermarket 998_Prices_32.01.2026_7.00h.csv"),
+            "\x8Aifra;Naziv;Cijena\r\nart-00001;Kruh;1,20\r\n");
   ReplayRun run = RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"), " '",
                                                exports_, "'"));
   EXPECT_EQ(run.exit_code, 0) << run.err;
   EXPECT_THAT(run.err, HasSubstr("Supermarket 999_Prices_22.01.2026_7.00h.csv:2: column 'Cijena'"));
   EXPECT_THAT(run.err, HasSubstr("(1 bad)"));
+  EXPECT_THAT(run.err, HasSubstr("Supermarket 998_Prices_32.01.2026_7.00h.csv: "));
+  EXPECT_THAT(run.err, HasSubstr("1 skipped: name not readable"));
 
   run = RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"), " ",
                                      tmp_.File("no-such-dir")));

@@ -84,13 +84,13 @@ absl::StatusOr<SyntheticChain> WriteSyntheticChain(const std::string& dir,
       const std::string name =
           absl::StrFormat("%s/Supermarket %d_Prices_%s_%d.%02dh.csv", dir, StoreNumber(s),
                           date_text, minute / 60, minute % 60);
-      file = "\x8Aifra;Naziv;Cijena;Trgovina;Datum\r\n";
-      const std::string at = absl::StrFormat("%s %02d:%02d", date_text, minute / 60, minute % 60);
+      // The store and the time are only in the file's name.
+      file = "\x8Aifra;Naziv;Cijena\r\n";
       for (int item = 0; item < o.items; ++item) {
         const int64_t price = Price(o, s, item, day);
         if (price == 0) continue;
         absl::StrAppend(&file, Key(item), ";", kNames[item % 10], " ", item, ";", Cents(price),
-                        ";", Location(s), ";", at, "\r\n");
+                        "\r\n");
         ++chain.rows;
       }
       std::ofstream out(name, std::ios::binary);
@@ -117,9 +117,9 @@ drop_directory:
       key_column: Šifra
       value_column: Cijena
       currency: EUR
-      location_column: Trgovina
-      observed_at_column: Datum
-      time_format: "%d.%m.%Y %H:%M"
+      name_regex: '^Supermarket (?P<location>\d+)_Prices_(?P<observed_at>\d{2}\.\d{2}\.\d{4}_\d{1,2}\.\d{2})h\.csv$'
+      name_time_format: "%d.%m.%Y_%H.%M"
+      location_prefix: supermarket-
 )";
 }
 

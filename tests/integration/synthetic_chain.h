@@ -2,7 +2,8 @@
 // acceptance test and benchmark.
 //
 // One file per store and day, named like a store system names them
-// (`Supermarket 269_Prices_22.01.2026_7.15h.csv`), Windows-1250 text with
+// (`Supermarket 269_Prices_22.01.2026_7.15h.csv`: the store and the time
+// are only there; SyntheticAgentYaml's name_regex reads them), Windows-1250 text with
 // item names in Croatian ('č', 'ž'), ';' delimited with a decimal comma.
 // Each store's file comes at its own time of the morning. What the chain
 // holds, on purpose:
