@@ -90,8 +90,8 @@ class Progress {
 // columns of `m`, or through what the file's name says.
 absl::Status CheckSources(const agent::InputMapping& m, const agent::FileNameFacts& name,
                           const std::string& path) {
-  const std::string where = absl::StrCat(path, ": the drop_directory.files mapping with pattern '",
-                                         m.pattern, "'");
+  const std::string where =
+      absl::StrCat(path, ": the drop_directory.files mapping with pattern '", m.pattern, "'");
   if (m.records == agent::InputMapping::Records::kTicket ||
       m.records == agent::InputMapping::Records::kChecklist) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -100,15 +100,17 @@ absl::Status CheckSources(const agent::InputMapping& m, const agent::FileNameFac
         "or score files"));
   }
   if (m.location_column.empty() && name.location.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, " gives no location: set location_column to the column that names the store, "
-                "or name_regex with a (?P<location>...) group when only the file name does"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where,
+                     " gives no location: set location_column to the column that names the store, "
+                     "or name_regex with a (?P<location>...) group when only the file name does"));
   }
   if (m.observed_at_column.empty() && name.observed_at == absl::InfinitePast() &&
       m.format == agent::InputMapping::Format::kCsv) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, " gives no observation time: set observed_at_column (and time_format), or "
-                "name_regex with a (?P<observed_at>...) group and name_time_format"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where,
+                     " gives no observation time: set observed_at_column (and time_format), or "
+                     "name_regex with a (?P<observed_at>...) group and name_time_format"));
   }
   return absl::OkStatus();
 }
@@ -124,9 +126,9 @@ absl::Status AddFile(const ReplayOptions& o, const std::string& path, bool named
       ++stats->skipped_files;
       return absl::OkStatus();
     }
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": ", m.status().message(),
-        "; add a mapping for it to the drop_directory section of --config"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": ", m.status().message(),
+                     "; add a mapping for it to the drop_directory section of --config"));
   }
   absl::StatusOr<agent::FileNameFacts> name =
       agent::ReadFileName(*m, fs::path(path).filename().string());
@@ -227,8 +229,7 @@ class FileReader {
       progress_.Maybe([&] { return Rate(); });
     }
     if (errors > o_.max_errors_per_file) {
-      err_ << input.path << ": " << errors - o_.max_errors_per_file
-           << " more bad rows not shown\n";
+      err_ << input.path << ": " << errors - o_.max_errors_per_file << " more bad rows not shown\n";
     }
     return absl::OkStatus();
   }
@@ -325,11 +326,17 @@ std::string Json(const google::protobuf::Message& m) {
 // at each boundary and printing the findings that open and close.
 class EventReplay {
  public:
-  EventReplay(const ReplayOptions& o, collector::Catalog catalog, Loaded* loaded,
-              std::ostream& out, std::ostream& err, ReplayStats* stats)
-      : o_(o), loaded_(loaded), out_(out), err_(err), stats_(stats),
-        progress_(err, o.progress_interval), pending_(loaded->locations.size()),
-        pending_at_(loaded->locations.size()), next_seq_(loaded->locations.size(), 1) {
+  EventReplay(const ReplayOptions& o, collector::Catalog catalog, Loaded* loaded, std::ostream& out,
+              std::ostream& err, ReplayStats* stats)
+      : o_(o),
+        loaded_(loaded),
+        out_(out),
+        err_(err),
+        stats_(stats),
+        progress_(err, o.progress_interval),
+        pending_(loaded->locations.size()),
+        pending_at_(loaded->locations.size()),
+        next_seq_(loaded->locations.size(), 1) {
     clock_ = absl::FromUnixNanos(loaded->rows.front().at_ns);
     collector::Engine::Options options;
     options.catalog = std::make_shared<const collector::Catalog>(std::move(catalog));
@@ -342,8 +349,8 @@ class EventReplay {
     if (!o_.json) {
       out_ << "Findings as they open and close (event time, evaluated every "
            << absl::FormatDuration(o_.every) << "):\n"
-           << absl::StrFormat("%-16s  %-6s  %-16s  %-8s  %-16s  %-28s  %s\n", "AT", "EVENT",
-                              "KIND", "SEV", "SUBJECT", "SERIES", "WHY");
+           << absl::StrFormat("%-16s  %-6s  %-16s  %-8s  %-16s  %-28s  %s\n", "AT", "EVENT", "KIND",
+                              "SEV", "SUBJECT", "SERIES", "WHY");
     }
     std::vector<Row>& rows = loaded_->rows;
     absl::Time boundary = CeilTo(clock_, o_.every);
@@ -364,8 +371,8 @@ class EventReplay {
     v1::ChainSummaryResponse summary;
     collector::FillChainSummary(*snapshot, &summary);
     if (o_.json) {
-      out_ << "{\"event\":\"report\",\"at\":\"" << Rfc3339(clock_) << "\",\"report\":"
-           << Json(summary) << "}\n";
+      out_ << "{\"event\":\"report\",\"at\":\"" << Rfc3339(clock_)
+           << "\",\"report\":" << Json(summary) << "}\n";
     } else {
       out_ << "\nChain report at " << Stamp(clock_) << " (event time):\n"
            << RenderChainSummary(summary, o_.max_series);
@@ -437,8 +444,8 @@ class EventReplay {
 
   void Print(absl::Time t, const char* event, const v1::Finding& f) {
     if (o_.json) {
-      out_ << "{\"event\":\"" << event << "\",\"at\":\"" << Rfc3339(t) << "\",\"finding\":"
-           << Json(f) << "}\n";
+      out_ << "{\"event\":\"" << event << "\",\"at\":\"" << Rfc3339(t)
+           << "\",\"finding\":" << Json(f) << "}\n";
       return;
     }
     out_ << absl::StrFormat(
@@ -483,16 +490,15 @@ collector::Catalog AdjustForCadence(collector::Catalog catalog, const Loaded& lo
   if (cadence > th.location_ttl) {
     const absl::Duration ttl = cadence + every;
     err << "replay: a location's rows come every " << absl::FormatDuration(cadence)
-        << (declared ? " (the mappings' cadence)"
-                     : " (median gap; a mapping's `cadence:` sets it)")
-        << "; location_ttl raised from " << absl::FormatDuration(th.location_ttl)
-        << " to " << absl::FormatDuration(ttl)
+        << (declared ? " (the mappings' cadence)" : " (median gap; a mapping's `cadence:` sets it)")
+        << "; location_ttl raised from " << absl::FormatDuration(th.location_ttl) << " to "
+        << absl::FormatDuration(ttl)
         << ", so 'silent' means a missing file, not the time between two\n";
     th.location_ttl = ttl;
   }
   if (th.restart_grace < th.location_ttl) {
-    err << "replay: restart_grace raised from " << absl::FormatDuration(th.restart_grace)
-        << " to " << absl::FormatDuration(th.location_ttl)
+    err << "replay: restart_grace raised from " << absl::FormatDuration(th.restart_grace) << " to "
+        << absl::FormatDuration(th.location_ttl)
         << ": at the start a location's first rows may come one location_ttl late\n";
     th.restart_grace = th.location_ttl;
   }
@@ -513,9 +519,9 @@ absl::StatusOr<ReplayStats> Replay(const ReplayOptions& o, std::ostream& out, st
   FileReader reader(o, err, &stats, &loaded);
   if (absl::Status s = reader.ReadAll(); !s.ok()) return s;
   if (loaded.rows.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "no observation in ", stats.files, " files (", stats.bad_rows,
-        " bad rows): check the mappings of --config against the files' columns"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("no observation in ", stats.files, " files (", stats.bad_rows,
+                     " bad rows): check the mappings of --config against the files' columns"));
   }
   std::stable_sort(loaded.rows.begin(), loaded.rows.end(),
                    [](const Row& a, const Row& b) { return a.at_ns < b.at_ns; });
@@ -536,8 +542,8 @@ absl::StatusOr<ReplayStats> Replay(const ReplayOptions& o, std::ostream& out, st
   const absl::Duration extra = std::max(1, th.persistence) * o.every - o.every;
   const absl::Time until = std::max(CeilTo(stats.last, o.every) + extra,
                                     CeilTo(stats.last + th.irregular_settle, o.every) + extra);
-  err << "replay: evaluating every " << absl::FormatDuration(o.every) << " until "
-      << Stamp(until) << ": a finding opens after " << th.persistence
+  err << "replay: evaluating every " << absl::FormatDuration(o.every) << " until " << Stamp(until)
+      << ": a finding opens after " << th.persistence
       << " consecutive evaluations, a price change is judged once "
       << absl::FormatDuration(th.irregular_settle) << " old\n";
   EventReplay replay(o, std::move(catalog), &loaded, out, err, &stats);

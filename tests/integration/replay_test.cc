@@ -22,9 +22,9 @@
 namespace constance::testing {
 namespace {
 
+using nlohmann::json;
 using ::testing::HasSubstr;
 using ::testing::UnorderedElementsAreArray;
-using nlohmann::json;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -46,8 +46,8 @@ struct ReplayRun {
 
 ReplayRun RunReplay(const TempDir& tmp, const std::string& args) {
   const std::string err_path = tmp.File("stderr.txt");
-  CommandResult r = RunCommand(
-      absl::StrCat(BinDir(), "/constance replay --json ", args, " 2>", err_path), "");
+  CommandResult r =
+      RunCommand(absl::StrCat(BinDir(), "/constance replay --json ", args, " 2>", err_path), "");
   ReplayRun run;
   run.exit_code = r.exit_code;
   run.err = ReadFile(err_path);
@@ -103,9 +103,9 @@ class ReplayTest : public ::testing::Test {
 
 TEST_F(ReplayTest, FindsTheOutlierAndTheUndeclaredZoneAndNothingElse) {
   WriteFile(tmp_.File("catalog.yaml"), SyntheticCatalogYaml(chain_, ZoneDeclaration::kNone));
-  ReplayRun run = RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"),
-                                               " --catalog=", tmp_.File("catalog.yaml"), " '",
-                                               exports_, "'"));
+  ReplayRun run =
+      RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"),
+                                   " --catalog=", tmp_.File("catalog.yaml"), " '", exports_, "'"));
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_THAT(run.err, HasSubstr(absl::StrCat(chain_.files, " files")));
   EXPECT_THAT(run.err, HasSubstr("(0 bad)")) << run.err;
@@ -123,7 +123,8 @@ TEST_F(ReplayTest, FindsTheOutlierAndTheUndeclaredZoneAndNothingElse) {
     EXPECT_THAT(f["locations"].get<std::vector<std::string>>(),
                 UnorderedElementsAreArray(chain_.zone_locations));
     std::vector<std::string> keys;
-    for (const std::string& k : chain_.zone_keys) keys.push_back(absl::StrCat("price ", k, " EUR/shelf"));
+    for (const std::string& k : chain_.zone_keys)
+      keys.push_back(absl::StrCat("price ", k, " EUR/shelf"));
     EXPECT_THAT(f["keys"].get<std::vector<std::string>>(), UnorderedElementsAreArray(keys));
   }
   // No split outside the zone's keys (the chain holds none), no irregular
@@ -141,12 +142,13 @@ TEST_F(ReplayTest, FindsTheOutlierAndTheUndeclaredZoneAndNothingElse) {
 TEST_F(ReplayTest, StillFindsTheOutlierWithTheZoneDeclared) {
   // As the zone finding suggests (its members labelled, the others falling
   // back to the whole chain), and with every store labelled.
-  for (ZoneDeclaration declaration : {ZoneDeclaration::kZoneMembers, ZoneDeclaration::kEveryStore}) {
+  for (ZoneDeclaration declaration :
+       {ZoneDeclaration::kZoneMembers, ZoneDeclaration::kEveryStore}) {
     SCOPED_TRACE(static_cast<int>(declaration));
     WriteFile(tmp_.File("catalog.yaml"), SyntheticCatalogYaml(chain_, declaration));
-    ReplayRun run = RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"),
-                                                 " --catalog=", tmp_.File("catalog.yaml"), " '",
-                                                 exports_, "'"));
+    ReplayRun run = RunReplay(
+        tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"),
+                           " --catalog=", tmp_.File("catalog.yaml"), " '", exports_, "'"));
     ASSERT_EQ(run.exit_code, 0) << run.err;
     const std::multimap<std::string, std::string> active = Active(run.report);
     ASSERT_EQ(active.count("OUTLIER"), 1u) << run.report.dump(1);
@@ -165,16 +167,16 @@ TEST_F(ReplayTest, BadRowsAreReportedByLineAndBadInputsStopTheRun) {
   // A name the pattern matches and name_regex cannot read: skipped, said.
   WriteFile(absl::StrCat(exports_, "/Supermarket 998_Prices_32.01.2026_7.00h.csv"),
             "\x8Aifra;Naziv;Cijena\r\nart-00001;Kruh;1,20\r\n");
-  ReplayRun run = RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"), " '",
-                                               exports_, "'"));
+  ReplayRun run =
+      RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"), " '", exports_, "'"));
   EXPECT_EQ(run.exit_code, 0) << run.err;
   EXPECT_THAT(run.err, HasSubstr("Supermarket 999_Prices_22.01.2026_7.00h.csv:2: column 'Cijena'"));
   EXPECT_THAT(run.err, HasSubstr("(1 bad)"));
   EXPECT_THAT(run.err, HasSubstr("Supermarket 998_Prices_32.01.2026_7.00h.csv: "));
   EXPECT_THAT(run.err, HasSubstr("1 skipped: name not readable"));
 
-  run = RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"), " ",
-                                     tmp_.File("no-such-dir")));
+  run = RunReplay(
+      tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"), " ", tmp_.File("no-such-dir")));
   EXPECT_EQ(run.exit_code, 2);
   EXPECT_THAT(run.err, HasSubstr("no-such-dir: no such file or directory"));
   run = RunReplay(tmp_, exports_);

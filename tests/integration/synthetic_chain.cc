@@ -10,18 +10,20 @@ namespace constance::testing {
 namespace {
 
 // Item names in Windows-1250: Č C8, č E8, Š 8A, š 9A, ž 9E, ć E6.
+// clang-format off
 const char* const kNames[] = {
     "\xC8okolada mlije\xE8na", "\x8A" "e\xE6" "er", "Ri\x9E" "a", "Sok od naran\xE8" "e",
     "Kruh bijeli",             "Ka\x9A" "a",       "Mlijeko", "Sir gauda",
     "Ulje suncokretovo",       "Bra\x9A" "no",
 };
+// clang-format on
 
-constexpr int kZoneKeys = 30;        // Keys 0..29: the zone lists them 8% lower.
-constexpr int kNearKeys = 4;         // Keys 30..33: the zone lists them 1 cent lower.
-constexpr int kRolloutFirst = 100;   // Keys 100..111 change chain-wide on day 2.
+constexpr int kZoneKeys = 30;       // Keys 0..29: the zone lists them 8% lower.
+constexpr int kNearKeys = 4;        // Keys 30..33: the zone lists them 1 cent lower.
+constexpr int kRolloutFirst = 100;  // Keys 100..111 change chain-wide on day 2.
 constexpr int kRolloutKeys = 12;
 constexpr int kOverchargedKey = 150;
-constexpr int kOvercharger = 2;      // Store indexes.
+constexpr int kOvercharger = 2;  // Store indexes.
 constexpr int kConvergenceStore = 7;
 constexpr int kUncataloged = 13;
 
@@ -76,14 +78,13 @@ absl::StatusOr<SyntheticChain> WriteSyntheticChain(const std::string& dir,
   std::string file;
   for (int day = 0; day < o.days; ++day) {
     const absl::CivilDay date = o.first_day + day;
-    const std::string date_text = absl::StrFormat("%02d.%02d.%04d", date.day(), date.month(),
-                                                  static_cast<int>(date.year()));
+    const std::string date_text =
+        absl::StrFormat("%02d.%02d.%04d", date.day(), date.month(), static_cast<int>(date.year()));
     for (int s = 0; s < o.stores; ++s) {
       // Each store exports at its own time between 6:00 and 8:59.
       const int minute = 6 * 60 + (s * 37 + day * 11) % 180;
-      const std::string name =
-          absl::StrFormat("%s/Supermarket %d_Prices_%s_%d.%02dh.csv", dir, StoreNumber(s),
-                          date_text, minute / 60, minute % 60);
+      const std::string name = absl::StrFormat("%s/Supermarket %d_Prices_%s_%d.%02dh.csv", dir,
+                                               StoreNumber(s), date_text, minute / 60, minute % 60);
       // The store and the time are only in the file's name.
       file = "\x8Aifra;Naziv;Cijena\r\n";
       for (int item = 0; item < o.items; ++item) {
@@ -135,7 +136,8 @@ std::string SyntheticCatalogYaml(const SyntheticChain& chain, ZoneDeclaration de
     absl::StrAppend(&yaml, "  - {id: ", id, ", labels: {brand: super", label, "}}\n");
   }
   if (declaration != ZoneDeclaration::kNone) {
-    absl::StrAppend(&yaml, "peer_groups:\n  - {name: price-zone, label: zone, families: [price]}\n");
+    absl::StrAppend(&yaml,
+                    "peer_groups:\n  - {name: price-zone, label: zone, families: [price]}\n");
   }
   return yaml;
 }
