@@ -22,8 +22,9 @@
 //     own cadence (a file a day), so when the mappings' `cadence` (or,
 //     when none says, the usual gap between a location's observation
 //     times) exceeds location_ttl, the replay raises location_ttl to it
-//     plus one evaluation and says so; silent then means a missing file. restart_grace is raised to
-//     location_ttl, because at the start a location's first file may come that late.
+//     plus one evaluation and says so; silent then means a missing file.
+//     restart_grace is raised to location_ttl, because at the start a
+//     location's first file may come that late.
 //   - a location in the files but not in the catalog is compared as the
 //     live collector compares it (auto_register), or refused with the
 //     collector's message when the catalog sets auto_register off.

@@ -111,6 +111,9 @@ TEST_F(ReplayTest, FindsTheOutlierAndTheUndeclaredZoneAndNothingElse) {
   EXPECT_THAT(run.err, HasSubstr("(0 bad)")) << run.err;
   EXPECT_THAT(run.err, HasSubstr("location_ttl raised")) << run.err;
 
+  // Every row applied: the store missing from the catalog's too.
+  EXPECT_EQ(run.report.value("observations_applied", ""), absl::StrCat(chain_.rows));
+  EXPECT_EQ(run.report.value("locations", ""), absl::StrCat(chain_.locations.size()));
   const std::multimap<std::string, std::string> active = Active(run.report);
   // Exactly one outlier: the overcharged item at its store.
   ASSERT_EQ(active.count("OUTLIER"), 1u) << run.report.dump(1);
@@ -158,6 +161,34 @@ TEST_F(ReplayTest, StillFindsTheOutlierWithTheZoneDeclared) {
     EXPECT_EQ(active.count("SPLIT"), 0u) << run.report.dump(1);
     EXPECT_EQ(KindsOpened(run), (std::set<std::string>{"OUTLIER"}));
   }
+}
+
+TEST_F(ReplayTest, PrintsAFindingWhenItClosesWithTheTimeItClosed) {
+  // Three days; the overcharge is corrected on the third.
+  const std::string dir = tmp_.File("corrected");
+  ASSERT_EQ(RunCommand("mkdir " + dir, "").exit_code, 0);
+  SyntheticChainOptions options;
+  options.days = 3;
+  options.corrected_on_day = 2;
+  ASSERT_TRUE(WriteSyntheticChain(dir, options).ok());
+  ReplayRun run =
+      RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"), " '", dir, "'"));
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  std::string opened_at, closed_at;
+  for (const json& e : run.events) {
+    if (e["finding"].value("kind", "") != "OUTLIER") continue;
+    EXPECT_EQ(e["finding"].value("location", ""), chain_.overcharger) << e.dump();
+    if (e.value("event", "") == "opened") opened_at = e.value("at", "");
+    if (e.value("event", "") == "closed") {
+      closed_at = e.value("at", "");
+      EXPECT_TRUE(e["finding"].contains("ended_at")) << e.dump();
+    }
+  }
+  EXPECT_THAT(opened_at, HasSubstr("2026-01-22T"));
+  EXPECT_THAT(closed_at, HasSubstr("2026-01-24T"));
+  EXPECT_EQ(Active(run.report).count("OUTLIER"), 0u) << run.report.dump(1);
+  // The correction is convergence, not an irregular change.
+  EXPECT_EQ(KindsOpened(run).count("IRREGULAR_CHANGE"), 0u);
 }
 
 TEST_F(ReplayTest, BadRowsAreReportedByLineAndBadInputsStopTheRun) {

@@ -48,7 +48,8 @@ int64_t Price(const SyntheticChainOptions& o, int store, int item, int day) {
   if (item >= kRolloutFirst && item < kRolloutFirst + kRolloutKeys && day2) p = Percent(p, 105);
   if (InZone(store) && item < kZoneKeys) p = Percent(p, 92);
   if (InZone(store) && item >= kZoneKeys && item < kZoneKeys + kNearKeys) p -= 1;
-  if (store == kOvercharger && item == kOverchargedKey) p = Percent(p, 150);
+  const bool corrected = o.corrected_on_day > 0 && day >= o.corrected_on_day;
+  if (store == kOvercharger && item == kOverchargedKey && !corrected) p = Percent(p, 150);
   return p;
 }
 

@@ -38,6 +38,9 @@ struct SyntheticChainOptions {
   int days = 2;
   absl::CivilDay first_day = absl::CivilDay(2026, 1, 22);
   bool plain = false;
+  // From this day (0-based) on, the overcharger lists the item at the
+  // chain's price again; 0: never.
+  int corrected_on_day = 0;
 };
 
 struct SyntheticChain {
