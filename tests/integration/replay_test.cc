@@ -213,6 +213,19 @@ TEST_F(ReplayTest, BadRowsAreReportedByLineAndBadInputsStopTheRun) {
   run = RunReplay(tmp_, exports_);
   EXPECT_EQ(run.exit_code, 2);
   EXPECT_THAT(run.err, HasSubstr("--config=agent.yaml"));
+  // A named file no pattern matches, and a mapping that says no location.
+  WriteFile(tmp_.File("prices.csv"), "x\n");
+  run = RunReplay(tmp_,
+                  absl::StrCat("--config=", tmp_.File("agent.yaml"), " ", tmp_.File("prices.csv")));
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, HasSubstr("no drop_directory.files pattern matches 'prices.csv'"));
+  WriteFile(tmp_.File("nameless.yaml"),
+            "drop_directory:\n  files:\n    - {pattern: '*.csv', key_column: a, value_column: b, "
+            "currency: EUR, observed_at_column: c}\n");
+  run = RunReplay(
+      tmp_, absl::StrCat("--config=", tmp_.File("nameless.yaml"), " ", tmp_.File("prices.csv")));
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, HasSubstr("gives no location: set location_column"));
 }
 
 }  // namespace
