@@ -432,6 +432,57 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* IngestService::Stre
   return new IngestReactor(this, context->peer(), std::move(certified), not_after);
 }
 
+void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out) {
+  const absl::Time t = snapshot.computed_at;
+  out->mutable_computed_at()->set_seconds(absl::ToUnixSeconds(t));
+  out->mutable_computed_at()->set_nanos(static_cast<int32_t>(
+      (t - absl::FromUnixSeconds(absl::ToUnixSeconds(t))) / absl::Nanoseconds(1)));
+  out->set_locations(snapshot.locations);
+  out->set_cells(snapshot.cells);
+  out->set_uncompared_series(snapshot.uncompared_series);
+  out->set_observations_applied(snapshot.observations_applied);
+  out->set_observations_rejected(snapshot.observations_rejected);
+  std::vector<const SeriesStats*> series;
+  for (const auto& s : snapshot.series) series.push_back(s.get());
+  // Most dispersed first; ties in a stable, readable order.
+  std::sort(series.begin(), series.end(), [](const SeriesStats* a, const SeriesStats* b) {
+    if (a->summary.cv != b->summary.cv) return a->summary.cv > b->summary.cv;
+    if (a->key.family != b->key.family) return a->key.family < b->key.family;
+    return a->key.key < b->key.key;
+  });
+  for (const SeriesStats* s : series) {
+    FillSeriesStats(*s, out->add_series());
+    FillSeriesOutliers(*s, out->mutable_outliers());
+  }
+  // Outliers grouped by location, then series, so a store's problems read together.
+  std::sort(out->mutable_outliers()->begin(), out->mutable_outliers()->end(),
+            [](const v1::Outlier& a, const v1::Outlier& b) {
+              if (a.location() != b.location()) return a.location() < b.location();
+              if (a.series().family() != b.series().family()) {
+                return a.series().family() < b.series().family();
+              }
+              return a.series().key() < b.series().key();
+            });
+  for (const v1::Finding& f : snapshot.findings->active) *out->add_findings() = f;
+  out->set_observations_settled(snapshot.findings->observations_settled);
+  if (snapshot.findings->evaluated_at != absl::InfinitePast()) {
+    out->mutable_evaluated_at()->set_seconds(
+        absl::ToUnixSeconds(snapshot.findings->evaluated_at));
+  }
+  std::vector<const FindingsView::Trust*> trust;
+  for (const auto& t : snapshot.findings->trust) trust.push_back(&t);
+  std::sort(trust.begin(), trust.end(), [](const auto* a, const auto* b) {
+    if (a->score != b->score) return a->score < b->score;
+    return a->location < b->location;
+  });
+  for (const auto* t : trust) {
+    v1::TrustScore* score = out->add_trust();
+    score->set_location(t->location);
+    score->set_balance(t->balance);
+    score->set_score(t->score);
+  }
+}
+
 grpc::ServerUnaryReactor* QueryService::RefuseUnlessOperator(grpc::CallbackServerContext* context) {
   if (!require_operator_) return nullptr;
   absl::StatusOr<PeerIdentity> id = CallerIdentity(*context);
@@ -451,55 +502,7 @@ grpc::ServerUnaryReactor* QueryService::ChainSummary(grpc::CallbackServerContext
                                                      const v1::ChainSummaryRequest* request,
                                                      v1::ChainSummaryResponse* response) {
   if (grpc::ServerUnaryReactor* refused = RefuseUnlessOperator(context)) return refused;
-  std::shared_ptr<const Snapshot> snapshot = engine_->snapshot();
-  const absl::Time t = snapshot->computed_at;
-  response->mutable_computed_at()->set_seconds(absl::ToUnixSeconds(t));
-  response->mutable_computed_at()->set_nanos(static_cast<int32_t>(
-      (t - absl::FromUnixSeconds(absl::ToUnixSeconds(t))) / absl::Nanoseconds(1)));
-  response->set_locations(snapshot->locations);
-  response->set_cells(snapshot->cells);
-  response->set_uncompared_series(snapshot->uncompared_series);
-  response->set_observations_applied(snapshot->observations_applied);
-  response->set_observations_rejected(snapshot->observations_rejected);
-  std::vector<const SeriesStats*> series;
-  for (const auto& s : snapshot->series) series.push_back(s.get());
-  // Most dispersed first; ties in a stable, readable order.
-  std::sort(series.begin(), series.end(), [](const SeriesStats* a, const SeriesStats* b) {
-    if (a->summary.cv != b->summary.cv) return a->summary.cv > b->summary.cv;
-    if (a->key.family != b->key.family) return a->key.family < b->key.family;
-    return a->key.key < b->key.key;
-  });
-  for (const SeriesStats* s : series) {
-    FillSeriesStats(*s, response->add_series());
-    FillSeriesOutliers(*s, response->mutable_outliers());
-  }
-  // Outliers grouped by location, then series, so a store's problems read together.
-  std::sort(response->mutable_outliers()->begin(), response->mutable_outliers()->end(),
-            [](const v1::Outlier& a, const v1::Outlier& b) {
-              if (a.location() != b.location()) return a.location() < b.location();
-              if (a.series().family() != b.series().family()) {
-                return a.series().family() < b.series().family();
-              }
-              return a.series().key() < b.series().key();
-            });
-  for (const v1::Finding& f : snapshot->findings->active) *response->add_findings() = f;
-  response->set_observations_settled(snapshot->findings->observations_settled);
-  if (snapshot->findings->evaluated_at != absl::InfinitePast()) {
-    response->mutable_evaluated_at()->set_seconds(
-        absl::ToUnixSeconds(snapshot->findings->evaluated_at));
-  }
-  std::vector<const FindingsView::Trust*> trust;
-  for (const auto& t : snapshot->findings->trust) trust.push_back(&t);
-  std::sort(trust.begin(), trust.end(), [](const auto* a, const auto* b) {
-    if (a->score != b->score) return a->score < b->score;
-    return a->location < b->location;
-  });
-  for (const auto* t : trust) {
-    v1::TrustScore* out = response->add_trust();
-    out->set_location(t->location);
-    out->set_balance(t->balance);
-    out->set_score(t->score);
-  }
+  FillChainSummary(*engine_->snapshot(), response);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

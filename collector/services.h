@@ -106,6 +106,11 @@ class IngestService final : public v1::Ingest::WithRawCallbackMethod_Stream<v1::
   }
 };
 
+// The Query API's chain report of `snapshot`: headline counts, series by
+// dispersion, outliers by location, active findings and trust. What
+// ChainSummary answers and `constance replay` prints at its end.
+void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out);
+
 class QueryService final : public v1::Query::CallbackService {
  public:
   explicit QueryService(const Engine* engine) : engine_(engine) {}

@@ -4,14 +4,19 @@
 //   constance key FAMILY KEY [--currency=EUR] [--kind=shelf] [--group=NAME]
 //   constance findings [--finding=KIND] [--location=ID] [--all]
 //   constance location ID
+//   constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]
+//                    FILE|DIR...
 //
 // Every command takes --collector=HOST:PORT; a collector with TLS also
 // needs an operator certificate: --tls_ca=FILE --tls_cert=FILE --tls_key=FILE
 // (deploy/pki/pki.sh issue DIR operator NAME). Without them: plaintext,
 // which only a collector started with --insecure accepts.
 //
+// replay reads exported files itself (no collector): see replay.h.
+//
 // Exit codes: 0 success, 1 the collector answered with an error or the wait
-// timed out, 2 usage error.
+// timed out, 2 usage error (replay: also an input or configuration it
+// cannot use).
 #include <iostream>
 #include <string>
 #include <vector>
@@ -23,6 +28,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "agent/config.h"
+#include "collector/catalog.h"
+#include "collector/cli/replay.h"
 #include "collector/cli/report.h"
 #include "constance/version.h"
 #include "constance/v1/query.grpc.pb.h"
@@ -55,6 +63,11 @@ ABSL_FLAG(std::string, finding, "",
           "irregular_change, drift, silent)");
 ABSL_FLAG(std::string, location, "", "findings: only those about this location");
 ABSL_FLAG(bool, all, false, "findings: include recently closed findings");
+ABSL_FLAG(std::string, config, "",
+          "replay: an agent.yaml whose drop_directory.files mappings read the files");
+ABSL_FLAG(std::string, catalog, "", "replay: the collector's catalog.yaml (empty: defaults)");
+ABSL_FLAG(absl::Duration, every, absl::Hours(1),
+          "replay: evaluate the findings at each multiple of this much event time");
 
 namespace constance::cli {
 namespace {
@@ -64,6 +77,8 @@ constexpr char kUsage[] =
     "  constance key FAMILY KEY [--currency=EUR] [--kind=shelf] [--group=NAME] [--json]\n"
     "  constance findings [--finding=KIND] [--location=ID] [--all] [--json]\n"
     "  constance location ID [--json]\n"
+    "  constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]\n"
+    "    FILE|DIR...   (exported files through the collector's engine, in event time)\n"
     "  (every command takes --collector=HOST:PORT and, for a TLS collector, --tls_ca,\n"
     "   --tls_cert, --tls_key with an operator certificate; without them: plaintext)";
 
@@ -204,6 +219,45 @@ int Location(v1::Query::Stub& stub, const std::string& location) {
   return 0;
 }
 
+int Replay(const std::vector<char*>& args) {
+  ReplayOptions options;
+  options.inputs.assign(args.begin() + 2, args.end());
+  const std::string config_path = absl::GetFlag(FLAGS_config);
+  if (config_path.empty()) {
+    std::cerr << "constance: replay needs --config=agent.yaml: its drop_directory.files "
+                 "mappings say how to read the files\n";
+    return 2;
+  }
+  absl::StatusOr<agent::AgentConfig> config = agent::LoadAgentConfig(config_path);
+  if (!config.ok()) {
+    std::cerr << "constance: --config: " << config.status().message() << "\n";
+    return 2;
+  }
+  options.drop = config->drop_directory;
+  if (options.drop.files.empty()) {
+    std::cerr << "constance: --config: " << config_path
+              << " has no drop_directory.files mappings; add one per kind of exported file\n";
+    return 2;
+  }
+  if (const std::string path = absl::GetFlag(FLAGS_catalog); !path.empty()) {
+    absl::StatusOr<collector::Catalog> catalog = collector::LoadCatalog(path);
+    if (!catalog.ok()) {
+      std::cerr << "constance: --catalog: " << catalog.status().message() << "\n";
+      return 2;
+    }
+    options.catalog = *std::move(catalog);
+  }
+  options.every = absl::GetFlag(FLAGS_every);
+  options.json = absl::GetFlag(FLAGS_json);
+  options.max_series = absl::GetFlag(FLAGS_max_series);
+  absl::StatusOr<ReplayStats> stats = cli::Replay(options, std::cout, std::cerr);
+  if (!stats.ok()) {
+    std::cerr << "constance: replay: " << stats.status().message() << "\n";
+    return 2;
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   constance::SetVersionFlag("constance");
   absl::SetProgramUsageMessage(kUsage);
@@ -211,6 +265,13 @@ int Main(int argc, char** argv) {
   if (args.size() < 2) {
     std::cerr << "usage: " << kUsage << "\n";
     return 2;
+  }
+  if (std::string(args[1]) == "replay") {
+    if (args.size() < 3) {
+      std::cerr << "constance: replay needs at least one FILE or DIR\nusage: " << kUsage << "\n";
+      return 2;
+    }
+    return Replay(args);
   }
   ChannelSecurity security = InsecureChannelSecurity();
   // Plaintext only reaches a collector started with --insecure; it carries

@@ -187,15 +187,17 @@ std::string RenderKeyDetail(const v1::KeyDetailResponse& d) {
   return out;
 }
 
+std::string FindingSubject(const v1::Finding& f) {
+  if (!f.location().empty()) return f.location();
+  if (f.locations_size() > 0) return absl::StrCat(f.locations_size(), " locations");
+  return f.group().empty() ? "chain" : f.group();
+}
+
 std::string RenderFindings(const google::protobuf::RepeatedPtrField<v1::Finding>& findings) {
   if (findings.empty()) return "  none\n";
   Table table({"KIND", "SEVERITY", "SUBJECT", "SERIES", "SINCE", "WHY"});
   for (const v1::Finding& f : findings) {
-    std::string subject = f.location();
-    if (subject.empty() && f.locations_size() > 0) {
-      subject = absl::StrCat(f.locations_size(), " locations");
-    }
-    if (subject.empty()) subject = f.group().empty() ? "chain" : f.group();
+    const std::string subject = FindingSubject(f);
     std::string since = Timestamp(f.started_at());
     if (f.has_ended_at()) absl::StrAppend(&since, " .. ", Timestamp(f.ended_at()));
     table.Add({absl::AsciiStrToLower(v1::FindingKind_Name(f.kind())),

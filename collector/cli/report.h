@@ -31,6 +31,10 @@ std::string RenderChainSummary(const v1::ChainSummaryResponse& summary, int max_
 // who sits outside the band, per peer group.
 std::string RenderKeyDetail(const v1::KeyDetailResponse& detail);
 
+// Who a finding is about: its location, "N locations" (a split or zone),
+// or its peer group ("chain" when none).
+std::string FindingSubject(const v1::Finding& finding);
+
 // Findings as a table: kind, severity, subject, since when, and the first
 // reason's sentence; further reasons on their own lines.
 std::string RenderFindings(const google::protobuf::RepeatedPtrField<v1::Finding>& findings);

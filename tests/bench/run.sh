@@ -10,7 +10,7 @@
 #                                   # machine: 10M wait cells take ~3 GiB)
 #   tests/bench/run.sh --smoke      # tiny sizes, a minute; RESULTS.md untouched
 #   tests/bench/run.sh --only=agent,metrics   # some parts (engine, ingest,
-#                                   # metrics, restart, agent, peers)
+#                                   # metrics, restart, agent, replay, peers)
 #   tests/bench/run.sh --no-peers   # skip tests/bench/peers.sh
 #
 # Each part's rows are kept in build-bench/bench-results/ with the load
@@ -25,7 +25,7 @@ root=$PWD
 
 smoke=0
 peers=1
-only="engine,ingest,metrics,restart,agent,peers"
+only="engine,ingest,metrics,restart,agent,replay,peers"
 for arg in "$@"; do
   case "$arg" in
     --smoke) smoke=1 ;;
@@ -49,7 +49,7 @@ constance_install_deps build
 export CCACHE_BASEDIR="$root" CCACHE_NOHASHDIR=true
 build="${CONSTANCE_BENCH_BUILD_DIR:-build-bench}"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-ninja -C "$build" engine_bench ingest_bench metrics_bench restart_bench agent_bench \
+ninja -C "$build" engine_bench ingest_bench metrics_bench restart_bench agent_bench replay_bench \
   constance-collector constance-agent
 bin="$build/tests/bench"
 
@@ -288,6 +288,28 @@ if wanted agent; then
 fi
 
 # ---------------------------------------------------------------------------
+if wanted replay; then
+  begin_part replay
+  if [ "$smoke" = 1 ]; then
+    replay_args=(--smoke)
+    size="2 days x 20 stores x 200 items"
+  else
+    replay_args=(--days=42)
+    size="42 days x 120 stores x 200 items (5,040 files)"
+  fi
+  run replay 1800 "$bin/replay_bench" "${replay_args[@]}"
+  log="$results/replay.log"
+  rate=$(num "$log" 'CPU \([0-9]+ rows/s')
+  cpu=$(num "$log" '[0-9.]+ s CPU')
+  rows=$(num "$log" 'replay_bench: [0-9]+ rows')
+  per_minute=$(awk -v r="$rows" -v c="$cpu" 'BEGIN { if (c > 0) printf "%.0f", 60 * r / c; else print 0 }')
+  row "constance replay: files read, parsed, replayed and evaluated hourly, one core" "$size" \
+    "$(grep -o -E 'read [0-9.]+ s \([0-9]+ rows/s\)' "$log"); whole run $rate rows/s wall, $per_minute rows per CPU minute; $(grep -o -E 'peak RSS [0-9]+ MiB' "$log")" \
+    ">= 1,000,000 rows/min" "$(full_verdict "$per_minute" ">=" 1000000)"
+  end_part
+fi
+
+# ---------------------------------------------------------------------------
 peers_status="not run"
 if wanted peers && [ "$peers" = 1 ] && [ -f tests/bench/peers.sh ]; then
   part=peers
@@ -310,7 +332,7 @@ table="$results/table.md"
 {
   echo "| figure | size | measured | target (issue 8) | verdict | load avg; CPU stolen |"
   echo "| --- | --- | --- | --- | --- | --- |"
-  for p in engine ingest metrics restart agent; do
+  for p in engine ingest metrics restart agent replay; do
     [ -f "$results/rows.$p" ] && cat "$results/rows.$p"
   done
 } >"$table"
@@ -344,7 +366,7 @@ section="$results/section.md"
   echo "Command: \`tests/bench/run.sh\` (a part re-run with --only replaces its own rows and" \
     "keeps the others'; this invocation: \`tests/bench/run.sh $*\`). The benchmarks it ran:"
   echo
-  for p in engine ingest metrics restart agent; do
+  for p in engine ingest metrics restart agent replay; do
     [ -f "$results/commands.$p" ] && sed 's/^/    /' "$results/commands.$p"
   done
   [ "$peers_status" != "not run" ] && sed 's/^/    /' "$results/commands.peers"

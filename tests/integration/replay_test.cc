@@ -1,0 +1,232 @@
+// `constance replay` on two days of a synthetic 120-store chain's exports
+// (synthetic_chain.h): the binary is run as a user runs it, with --json,
+// and its output must name exactly what the chain holds: the overcharger's
+// outlier, the undeclared zone, no irregular change (a rollout and a
+// convergence are not), no silent store (daily files are not silence);
+// and once the zone is declared as a peer group, the outlier still.
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/integration/harness.h"
+#include "tests/integration/synthetic_chain.h"
+
+namespace constance::testing {
+namespace {
+
+using nlohmann::json;
+using ::testing::HasSubstr;
+using ::testing::UnorderedElementsAreArray;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+struct ReplayRun {
+  int exit_code = -1;
+  std::vector<json> events;  // opened / closed lines.
+  json report;               // The final ChainSummaryResponse.
+  std::string err;
+};
+
+ReplayRun RunReplay(const TempDir& tmp, const std::string& args) {
+  const std::string err_path = tmp.File("stderr.txt");
+  CommandResult r =
+      RunCommand(absl::StrCat(BinDir(), "/constance replay --json ", args, " 2>", err_path), "");
+  ReplayRun run;
+  run.exit_code = r.exit_code;
+  run.err = ReadFile(err_path);
+  for (absl::string_view line : absl::StrSplit(r.output, '\n', absl::SkipEmpty())) {
+    json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    EXPECT_TRUE(j.is_object()) << "not a JSON line: " << line;
+    if (!j.is_object()) continue;
+    if (j.value("event", "") == "report") {
+      run.report = j["report"];
+    } else {
+      run.events.push_back(j);
+    }
+  }
+  return run;
+}
+
+// kind -> subjects ("location key" or the sorted location list) of the
+// findings active at the end.
+std::multimap<std::string, std::string> Active(const json& report) {
+  std::multimap<std::string, std::string> out;
+  if (!report.contains("findings")) return out;
+  for (const json& f : report["findings"]) {
+    std::string subject = f.value("location", "");
+    if (f.contains("series")) absl::StrAppend(&subject, " ", f["series"].value("key", ""));
+    out.emplace(f.value("kind", ""), subject);
+  }
+  return out;
+}
+
+std::set<std::string> KindsOpened(const ReplayRun& run) {
+  std::set<std::string> kinds;
+  for (const json& e : run.events) {
+    if (e.value("event", "") == "opened") kinds.insert(e["finding"].value("kind", ""));
+  }
+  return kinds;
+}
+
+class ReplayTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    exports_ = tmp_.File("exports");
+    ASSERT_EQ(RunCommand("mkdir " + exports_, "").exit_code, 0);
+    absl::StatusOr<SyntheticChain> chain = WriteSyntheticChain(exports_, {});
+    ASSERT_TRUE(chain.ok()) << chain.status();
+    chain_ = *chain;
+    WriteFile(tmp_.File("agent.yaml"), SyntheticAgentYaml());
+  }
+
+  TempDir tmp_;
+  std::string exports_;
+  SyntheticChain chain_;
+};
+
+TEST_F(ReplayTest, FindsTheOutlierAndTheUndeclaredZoneAndNothingElse) {
+  WriteFile(tmp_.File("catalog.yaml"), SyntheticCatalogYaml(chain_, ZoneDeclaration::kNone));
+  ReplayRun run =
+      RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"),
+                                   " --catalog=", tmp_.File("catalog.yaml"), " '", exports_, "'"));
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.err, HasSubstr(absl::StrCat(chain_.files, " files")));
+  EXPECT_THAT(run.err, HasSubstr("(0 bad)")) << run.err;
+  EXPECT_THAT(run.err, HasSubstr("location_ttl raised")) << run.err;
+
+  // Every row applied: the store missing from the catalog's too.
+  EXPECT_EQ(run.report.value("observations_applied", ""), absl::StrCat(chain_.rows));
+  EXPECT_EQ(run.report.value("locations", ""), absl::StrCat(chain_.locations.size()));
+  const std::multimap<std::string, std::string> active = Active(run.report);
+  // Exactly one outlier: the overcharged item at its store.
+  ASSERT_EQ(active.count("OUTLIER"), 1u) << run.report.dump(1);
+  EXPECT_EQ(active.find("OUTLIER")->second,
+            absl::StrCat(chain_.overcharger, " ", chain_.overcharged_key));
+  // One zone, of exactly the zone's stores and keys.
+  ASSERT_EQ(active.count("ZONE"), 1u) << run.report.dump(1);
+  for (const json& f : run.report["findings"]) {
+    if (f.value("kind", "") != "ZONE") continue;
+    EXPECT_THAT(f["locations"].get<std::vector<std::string>>(),
+                UnorderedElementsAreArray(chain_.zone_locations));
+    std::vector<std::string> keys;
+    for (const std::string& k : chain_.zone_keys)
+      keys.push_back(absl::StrCat("price ", k, " EUR/shelf"));
+    EXPECT_THAT(f["keys"].get<std::vector<std::string>>(), UnorderedElementsAreArray(keys));
+  }
+  // No split outside the zone's keys (the chain holds none), no irregular
+  // change (rollout, convergence), no silent store, at the end or ever.
+  EXPECT_EQ(active.count("SPLIT"), 0u) << run.report.dump(1);
+  const std::set<std::string> opened = KindsOpened(run);
+  EXPECT_EQ(opened, (std::set<std::string>{"OUTLIER", "ZONE"}));
+  EXPECT_EQ(active.size(), 2u) << run.report.dump(1);
+  // Every finding is printed when it opens, with its event time.
+  for (const json& e : run.events) {
+    EXPECT_THAT(e.value("at", ""), HasSubstr("2026-01-2")) << e.dump();
+  }
+}
+
+TEST_F(ReplayTest, StillFindsTheOutlierWithTheZoneDeclared) {
+  // As the zone finding suggests (its members labelled, the others falling
+  // back to the whole chain), and with every store labelled.
+  for (ZoneDeclaration declaration :
+       {ZoneDeclaration::kZoneMembers, ZoneDeclaration::kEveryStore}) {
+    SCOPED_TRACE(static_cast<int>(declaration));
+    WriteFile(tmp_.File("catalog.yaml"), SyntheticCatalogYaml(chain_, declaration));
+    ReplayRun run = RunReplay(
+        tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"),
+                           " --catalog=", tmp_.File("catalog.yaml"), " '", exports_, "'"));
+    ASSERT_EQ(run.exit_code, 0) << run.err;
+    const std::multimap<std::string, std::string> active = Active(run.report);
+    ASSERT_EQ(active.count("OUTLIER"), 1u) << run.report.dump(1);
+    EXPECT_EQ(active.find("OUTLIER")->second,
+              absl::StrCat(chain_.overcharger, " ", chain_.overcharged_key));
+    EXPECT_EQ(active.count("ZONE"), 0u) << run.report.dump(1);
+    EXPECT_EQ(active.count("SPLIT"), 0u) << run.report.dump(1);
+    EXPECT_EQ(KindsOpened(run), (std::set<std::string>{"OUTLIER"}));
+  }
+}
+
+TEST_F(ReplayTest, PrintsAFindingWhenItClosesWithTheTimeItClosed) {
+  // Three days; the overcharge is corrected on the third.
+  const std::string dir = tmp_.File("corrected");
+  ASSERT_EQ(RunCommand("mkdir " + dir, "").exit_code, 0);
+  SyntheticChainOptions options;
+  options.days = 3;
+  options.corrected_on_day = 2;
+  ASSERT_TRUE(WriteSyntheticChain(dir, options).ok());
+  ReplayRun run =
+      RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"), " '", dir, "'"));
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  std::string opened_at, closed_at;
+  for (const json& e : run.events) {
+    if (e["finding"].value("kind", "") != "OUTLIER") continue;
+    EXPECT_EQ(e["finding"].value("location", ""), chain_.overcharger) << e.dump();
+    if (e.value("event", "") == "opened") opened_at = e.value("at", "");
+    if (e.value("event", "") == "closed") {
+      closed_at = e.value("at", "");
+      EXPECT_TRUE(e["finding"].contains("ended_at")) << e.dump();
+    }
+  }
+  EXPECT_THAT(opened_at, HasSubstr("2026-01-22T"));
+  EXPECT_THAT(closed_at, HasSubstr("2026-01-24T"));
+  EXPECT_EQ(Active(run.report).count("OUTLIER"), 0u) << run.report.dump(1);
+  // The correction is convergence, not an irregular change.
+  EXPECT_EQ(KindsOpened(run).count("IRREGULAR_CHANGE"), 0u);
+}
+
+TEST_F(ReplayTest, BadRowsAreReportedByLineAndBadInputsStopTheRun) {
+  WriteFile(absl::StrCat(exports_, "/Supermarket 999_Prices_22.01.2026_7.00h.csv"),
+            "\x8Aifra;Naziv;Cijena\r\n"
+            "art-00001;Kruh;1,2,3\r\n");
+  // A name the pattern matches and name_regex cannot read: skipped, said.
+  WriteFile(absl::StrCat(exports_, "/Supermarket 998_Prices_32.01.2026_7.00h.csv"),
+            "\x8Aifra;Naziv;Cijena\r\nart-00001;Kruh;1,20\r\n");
+  ReplayRun run =
+      RunReplay(tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"), " '", exports_, "'"));
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.err, HasSubstr("Supermarket 999_Prices_22.01.2026_7.00h.csv:2: column 'Cijena'"));
+  EXPECT_THAT(run.err, HasSubstr("(1 bad)"));
+  EXPECT_THAT(run.err, HasSubstr("Supermarket 998_Prices_32.01.2026_7.00h.csv: "));
+  EXPECT_THAT(run.err, HasSubstr("1 skipped: name not readable"));
+
+  run = RunReplay(
+      tmp_, absl::StrCat("--config=", tmp_.File("agent.yaml"), " ", tmp_.File("no-such-dir")));
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, HasSubstr("no-such-dir: no such file or directory"));
+  run = RunReplay(tmp_, exports_);
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, HasSubstr("--config=agent.yaml"));
+  // A named file no pattern matches, and a mapping that says no location.
+  WriteFile(tmp_.File("prices.csv"), "x\n");
+  run = RunReplay(tmp_,
+                  absl::StrCat("--config=", tmp_.File("agent.yaml"), " ", tmp_.File("prices.csv")));
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, HasSubstr("no drop_directory.files pattern matches 'prices.csv'"));
+  WriteFile(tmp_.File("nameless.yaml"),
+            "drop_directory:\n  files:\n    - {pattern: '*.csv', key_column: a, value_column: b, "
+            "currency: EUR, observed_at_column: c}\n");
+  run = RunReplay(
+      tmp_, absl::StrCat("--config=", tmp_.File("nameless.yaml"), " ", tmp_.File("prices.csv")));
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, HasSubstr("gives no location: set location_column"));
+}
+
+}  // namespace
+}  // namespace constance::testing
