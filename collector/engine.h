@@ -11,8 +11,8 @@
 //   - the evaluation tick (evaluation_interval, 1 min) recomputes every
 //     series (windows slide, cells expire) and evaluates the findings of
 //     docs/design.md ("Findings"): outliers, splits and rollouts, zones, broken and
-//     unkeepable promises, irregular price changes, drift, silent
-//     locations; persistence and hysteresis decide what opens and closes,
+//     unkeepable promises, irregular price changes, drift, silent and
+//     stale locations; persistence and hysteresis decide what opens and closes,
 //     and each location's trust account is updated.
 // Findings are evaluated on fixed ticks, never per observation, so false
 // alarm rates do not grow with traffic.

@@ -26,6 +26,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/config.h"
@@ -60,7 +61,7 @@ ABSL_FLAG(std::string, kind, "shelf", "key: price kind (shelf, pos, list, promo)
 ABSL_FLAG(std::string, group, "", "key: only this peer group (e.g. zone=north); empty = all");
 ABSL_FLAG(std::string, finding, "",
           "findings: only this kind (outlier, split, zone, broken_promise, unkeepable_promise, "
-          "irregular_change, drift, silent)");
+          "irregular_change, drift, silent, stale)");
 ABSL_FLAG(std::string, location, "", "findings: only those about this location");
 ABSL_FLAG(bool, all, false, "findings: include recently closed findings");
 ABSL_FLAG(std::string, config, "",
@@ -180,9 +181,13 @@ int Findings(v1::Query::Stub& stub) {
     v1::FindingKind k;
     if (!v1::FindingKind_Parse(absl::AsciiStrToUpper(kind), &k) ||
         k == v1::FINDING_KIND_UNSPECIFIED) {
-      std::cerr << "constance: --finding: '" << kind
-                << "' is not one of outlier, split, zone, broken_promise, unkeepable_promise, "
-                   "irregular_change, drift, silent\n";
+      std::vector<std::string> kinds;  // From the enum: a new kind is listed by itself.
+      const google::protobuf::EnumDescriptor* d = v1::FindingKind_descriptor();
+      for (int i = 0; i < d->value_count(); ++i) {
+        if (d->value(i)->number() != 0) kinds.push_back(absl::AsciiStrToLower(d->value(i)->name()));
+      }
+      std::cerr << "constance: --finding: '" << kind << "' is not one of "
+                << absl::StrJoin(kinds, ", ") << "\n";
       return 2;
     }
     request.set_kind(k);

@@ -229,4 +229,17 @@ TEST_F(ReplayTest, BadRowsAreReportedByLineAndBadInputsStopTheRun) {
 }
 
 }  // namespace
+// Not replay, but the same binary: an unknown finding kind is refused with
+// every kind the collector can raise, read from the enum itself.
+TEST(CliTest, AnUnknownFindingKindListsEveryKind) {
+  TempDir tmp;
+  const std::string err_path = tmp.File("stderr.txt");
+  CommandResult r =
+      RunCommand(absl::StrCat(BinDir(), "/constance findings --finding=bogus 2>", err_path), "");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(ReadFile(err_path),
+              HasSubstr("'bogus' is not one of outlier, split, zone, broken_promise, "
+                        "unkeepable_promise, irregular_change, drift, silent, stale\n"));
+}
+
 }  // namespace constance::testing
