@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -911,7 +912,228 @@ void DeliveryConditions(const std::vector<LocationState>& states, const Catalog&
   }
 }
 
+// A split found in one group, with one signature (the sorted names of its
+// locations) per deviating level, so that zones can gather the splits of
+// the same locations on many keys.
+struct SplitCandidate {
+  Condition condition;
+  std::vector<std::string> signatures;  // One per deviating level.
+};
+
+// A location's standing under the promise that applies to it in a series.
+struct PromiseVerdict {
+  std::string id;        // "price:LINE", "wait:LINE" or "check:LINE".
+  double strength = -1;  // At least 1: broken; 2: a critical check failed.
+  v1::Reason reason;
+};
+
+// id -> (locations it applies to, locations breaking it), in one series.
+using PromiseTally = std::map<std::string, std::pair<uint64_t, uint64_t>>;
+
+// The promise on `key` at a location whose value is `value`, if one
+// applies: a price promise for its entry, else the series' wait or check
+// promise (looked up once per series by the caller).
+std::optional<PromiseVerdict> PromiseVerdictFor(const SeriesKey& key, const LocationEntry* entry,
+                                                const Comparable& value,
+                                                const WaitPromise* wait_promise,
+                                                const CheckPromise* check_promise, absl::Time now,
+                                                const Catalog& catalog) {
+  const double x = value.value;
+  PromiseVerdict v;
+  if (key.family == v1::FAMILY_PRICE) {
+    const PricePromise* promise = PricePromiseFor(key, entry, now, catalog);
+    if (promise == nullptr) return std::nullopt;
+    const double list = static_cast<double>(promise->list_minor_units);
+    const double pf = PromiseFloor(key, list, catalog);
+    const double over = x - list;
+    v.id = absl::StrCat("price:", promise->line);
+    v.strength = over > pf ? over / pf : std::min(0.999, std::max(0.0, over / pf));
+    v.reason =
+        MakeReason(v1::BROKEN_PROMISE,
+                   absl::StrCat("price ", Format(key, x), " above the list price ",
+                                Format(key, list), " (", Percent(list != 0 ? over / list : 0), ")"),
+                   x, list, list - pf, list + pf, list != 0 ? std::fabs(over) / list : 0, over);
+  } else if (wait_promise != nullptr) {
+    const double share = value.share_within;
+    const double pf = std::max(catalog.compliance.floor_absolute, 1e-9);
+    v.id = absl::StrCat("wait:", wait_promise->line);
+    v.strength = share < wait_promise->share
+                     ? 1 + (wait_promise->share - share) / pf
+                     : std::min(0.999, 1 - (share - wait_promise->share) / pf);
+    v.reason =
+        MakeReason(v1::BROKEN_PROMISE,
+                   absl::StrFormat("%.1f%% served within %.0f s, promised %.1f%%", 100 * share,
+                                   wait_promise->within_seconds, 100 * wait_promise->share),
+                   share, wait_promise->share, wait_promise->share, 1, wait_promise->share - share,
+                   share - wait_promise->share);
+  } else if (check_promise != nullptr) {
+    const double pf = std::max(catalog.compliance.floor_absolute, 1e-9);
+    v.id = absl::StrCat("check:", check_promise->line);
+    const bool critical = check_promise->critical && value.critical_failure;
+    v.strength = critical ? 2
+                 : x < check_promise->min_pass_rate
+                     ? 1 + (check_promise->min_pass_rate - x) / pf
+                     : std::min(0.999, 1 - (x - check_promise->min_pass_rate) / pf);
+    v.reason =
+        MakeReason(v1::BROKEN_PROMISE,
+                   critical ? absl::StrCat("critical check ", key.key, " failed")
+                            : absl::StrFormat("%s passed %.1f%% of checks, required %.1f%%",
+                                              key.key, 100 * x, 100 * check_promise->min_pass_rate),
+                   x, check_promise->min_pass_rate, check_promise->min_pass_rate, 1,
+                   check_promise->min_pass_rate - x, x - check_promise->min_pass_rate);
+  } else {
+    return std::nullopt;
+  }
+  return v;
+}
+
+// Unkeepable promises: most locations break it, so the promise needs
+// fixing, not the stores. One finding for HQ; no per-store pages. Returns
+// the ids of the unkeepable promises, whose breaks then count against no
+// location.
+absl::flat_hash_set<std::string> UnkeepableConditions(const SeriesKey& key,
+                                                      const std::string& series_name,
+                                                      const PromiseTally& promise_tally,
+                                                      const Thresholds& th,
+                                                      std::vector<Condition>* out) {
+  absl::flat_hash_set<std::string> unkeepable;
+  for (const auto& [id, tally] : promise_tally) {
+    const auto [applicable, broken] = tally;
+    if (!(applicable >= th.min_group && applicable > 0 &&
+          static_cast<double>(broken) >= th.unkeepable_share * applicable)) {
+      continue;
+    }
+    unkeepable.insert(id);
+    Condition c;
+    c.id = absl::StrCat("unkeepable|", series_name, "|", id);
+    c.strength = 1;
+    v1::Finding& f = c.finding;
+    f.set_kind(v1::UNKEEPABLE_PROMISE);
+    f.set_severity(v1::MEDIUM);
+    SeriesToProto(key, f.mutable_series());
+    f.set_group_size(applicable);
+    f.set_audience("hq");
+    *f.add_reasons() = MakeReason(
+        v1::UNKEEPABLE_PROMISE,
+        absl::StrFormat("%d of %d locations break the promise on %s (%.0f%%): fix the promise",
+                        broken, applicable, series_name, 100.0 * broken / applicable),
+        static_cast<double>(broken) / applicable, th.unkeepable_share, 0, th.unkeepable_share,
+        static_cast<double>(broken) / applicable, 1);
+    out->push_back(std::move(c));
+  }
+  return unkeepable;
+}
+
+// The severity one reason of a location finding asks for: an outlier's by
+// its distance from the expected value in floors, a broken promise high
+// (critical for a failed critical check), an irregular change medium.
+v1::Severity ReasonSeverity(const v1::Reason& reason, double strength, double floor) {
+  switch (reason.kind()) {
+    case v1::OUTLIER:
+      return SeverityFor(reason.value() - reason.expected(), floor);
+    case v1::BROKEN_PROMISE:
+      return strength >= 2 ? v1::CRITICAL : v1::HIGH;
+    case v1::IRREGULAR_CHANGE:
+      return v1::MEDIUM;
+    default:
+      return v1::LOW;
+  }
+}
+
+// Zones: the same locations split from the rest on many keys. Said once,
+// instead of one split per key: the splits a zone gathers are dropped, the
+// others added after the zones.
+void ZoneConditions(std::vector<SplitCandidate>* splits, const Thresholds& th,
+                    std::vector<Condition>* out) {
+  std::map<std::string, std::vector<size_t>> by_signature;
+  for (size_t i = 0; i < splits->size(); ++i) {
+    for (const std::string& sig : (*splits)[i].signatures) by_signature[sig].push_back(i);
+  }
+  std::vector<bool> in_zone(splits->size(), false);
+  for (const auto& [sig, indexes] : by_signature) {
+    if (indexes.size() < th.zone_min_keys) continue;
+    std::vector<std::string> names = absl::StrSplit(sig, ',');
+    Condition c;
+    c.id = absl::StrCat("zone|", Fingerprint(names));
+    c.strength = 1;
+    v1::Finding& f = c.finding;
+    f.set_kind(v1::ZONE);
+    f.set_severity(v1::MEDIUM);
+    f.set_audience("hq");
+    f.set_group_size(names.size());
+    for (const std::string& name : names) f.add_locations(name);
+    for (size_t i : indexes) {
+      in_zone[i] = true;
+      f.add_keys(SeriesName(SeriesFromProto((*splits)[i].condition.finding.series())));
+    }
+    *f.add_reasons() = MakeReason(
+        v1::ZONE,
+        absl::StrCat(names.size(), " locations (", names.front(), names.size() > 1 ? ", ..." : "",
+                     ") split from the rest on ", indexes.size(),
+                     " keys: an undeclared zone; declare it as a peer group in the catalog"),
+        static_cast<double>(indexes.size()), static_cast<double>(th.zone_min_keys), 0, 0, 0, 1);
+    out->push_back(std::move(c));
+  }
+  for (size_t i = 0; i < splits->size(); ++i) {
+    if (!in_zone[i]) out->push_back(std::move((*splits)[i].condition));
+  }
+}
+
+// Location labels on every location finding, for routing by region: the
+// entry the engine knows the location by (states[i] <-> entries[i]), else
+// the catalog's.
+void AddLocationLabels(const std::vector<LocationState>& states,
+                       const std::vector<const LocationEntry*>& entries, const Catalog& catalog,
+                       std::vector<Condition>* conditions) {
+  absl::flat_hash_map<std::string, const LocationEntry*> entry_by_name;
+  for (size_t i = 0; i < states.size(); ++i) entry_by_name[states[i].location] = entries[i];
+  for (Condition& c : *conditions) {
+    if (c.finding.location().empty()) continue;
+    auto it = entry_by_name.find(c.finding.location());
+    const LocationEntry* e =
+        it != entry_by_name.end() ? it->second : catalog.FindLocation(c.finding.location());
+    if (e != nullptr) {
+      for (const auto& [k, v] : e->labels) (*c.finding.mutable_labels())[k] = v;
+    }
+  }
+}
+
 }  // namespace
+
+// One evaluation: its inputs, the same for every series, and what the
+// series add for zones, the tracker and the trust accounts.
+struct Engine::Evaluation {
+  Evaluation(absl::Time at, const Catalog& in)
+      : now(at),
+        catalog(in),
+        th(in.thresholds),
+        weak(1 - in.thresholds.hysteresis),
+        drift(in.drift),
+        drift_bin(BinStart(absl::ToUnixNanos(at), in.drift.bin)) {}
+
+  const absl::Time now;
+  const Catalog& catalog;
+  const Thresholds& th;
+  const double weak;  // Strength still worth carrying: 1 - hysteresis.
+  const DriftPolicy& drift;
+  const int64_t drift_bin;  // The drift bin `now` falls in.
+  std::vector<Condition> conditions;
+  std::vector<SplitCandidate> splits;
+  absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>> kept_broken;
+  absl::flat_hash_map<uint32_t, double> deposits, withdrawals;
+};
+
+// A location's evaluation in one series, before unkeepable promises are
+// known (they need every group's tally).
+struct Engine::Pending {
+  uint32_t location;
+  std::string name;
+  const GroupData* group;
+  std::vector<std::pair<double, v1::Reason>> reasons;  // (strength, reason)
+  std::string promise_id;                              // Non-empty when a promise applies.
+  bool promise_broken = false;
+  bool outlier = false;
+};
 
 void Engine::Evaluate() {
   absl::MutexLock eval_lock(&eval_mu_);
@@ -930,486 +1152,23 @@ void Engine::Evaluate() {
   }
   const Catalog& catalog = *catalog_ptr;
   const Thresholds& th = catalog.thresholds;
-  const double hysteresis = th.hysteresis;
-  const double weak = 1 - hysteresis;  // Strength still worth carrying.
   tracker_.set_policy(th.persistence, th.hysteresis);
-  const DriftPolicy& drift = catalog.drift;
-  const int64_t drift_bin = BinStart(absl::ToUnixNanos(now), drift.bin);
-
-  std::vector<Condition> conditions;
-  struct SplitCandidate {
-    Condition condition;
-    std::vector<std::string> signatures;  // One per deviating level.
-  };
-  std::vector<SplitCandidate> splits;
-  absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>> kept_broken;
-  absl::flat_hash_map<uint32_t, double> deposits, withdrawals;
+  Evaluation ev(now, catalog);
 
   const bool completed = RecomputeSeries(true, [&](SeriesData& data) ABSL_EXCLUSIVE_LOCKS_REQUIRED(
-                                                   eval_mu_) {
-    const SeriesKey& key = data.key;
-    const std::string series_name = SeriesName(key);
-    const WaitPromise* wait_promise =
-        key.family == v1::FAMILY_WAIT ? WaitPromiseFor(key.key, catalog) : nullptr;
-    const CheckPromise* check_promise =
-        key.family == v1::FAMILY_COMPLIANCE ? CheckPromiseFor(key.key, catalog) : nullptr;
-
-    // Per-location evaluations of this series, before unkeepable promises
-    // are known (they need every group's tally).
-    struct Pending {
-      uint32_t location;
-      std::string name;
-      const GroupData* group;
-      std::vector<std::pair<double, v1::Reason>> reasons;  // (strength, reason)
-      std::string promise_id;                              // Non-empty when a promise applies.
-      bool promise_broken = false;
-      bool outlier = false;
-    };
-    std::vector<Pending> pending;
-    std::map<std::string, std::pair<uint64_t, uint64_t>>
-        promise_tally;  // id -> (applicable, broken)
-
-    for (GroupData& g : data.groups) {
-      const SeriesStats& stats = *g.stats;
-      const GroupSummary& s = stats.summary;
-      const uint64_t n = g.members.size();
-      const bool comparable = n >= th.min_group;
-      const double floor = stats.band.floor;
-      const double scale = stats.band.scale;
-      auto in_rollout = [&](double v) {
-        for (double r : g.rollout_values) {
-          if (std::fabs(v - r) <= floor) return true;
-        }
-        return false;
-      };
-
-      // Drift of the group's dispersion (EWMA), and the frozen scale the
-      // cells' CUSUMs are measured in. Not for prices: their changes are
-      // steps, which irregular change covers.
-      const std::string group_id = absl::StrCat(series_name, "|", g.group);
-      GroupDrift* gd = nullptr;
-      bool new_bin = false;
-      // The fallback's spread mixes declared groups: their own drift and
-      // splits are found in them.
-      if (key.family != v1::FAMILY_PRICE && comparable && !g.fallback) {
-        gd = &group_drift_[group_id];
-        new_bin = gd->last_bin != drift_bin;
-        if (new_bin) {
-          gd->last_bin = drift_bin;
-          if (!gd->baseline.frozen) {
-            gd->baseline.Add(scale, drift.baseline_bins);
-            if (gd->baseline.frozen) {
-              // Floored so a calm group with no spread at all (MAD = 0)
-              // does not turn every small step into many sigmas.
-              gd->scale = std::max(gd->baseline.mean, floor / th.z_threshold);
-            }
-          } else if (gd->scale > 0) {
-            const double d = scale / gd->scale;
-            const double base_mean = gd->baseline.mean / gd->scale;
-            const double base_sd = std::max(gd->baseline.stddev / gd->scale, 0.1);
-            gd->ewma.Update(d, drift.ewma_lambda, base_mean);
-            const double limit =
-                base_mean +
-                drift.ewma_limit * base_sd * std::sqrt(drift.ewma_lambda / (2 - drift.ewma_lambda));
-            gd->level = (gd->ewma.z - base_mean) / (limit - base_mean);
-          }
-        }
-        if (gd->baseline.frozen && gd->level >= weak) {
-          Condition c;
-          c.id = absl::StrCat("drift|", group_id);
-          c.strength = gd->level;
-          v1::Finding& f = c.finding;
-          f.set_kind(v1::DRIFT);
-          f.set_severity(v1::LOW);
-          SeriesToProto(key, f.mutable_series());
-          f.set_group(g.group);
-          f.set_group_size(n);
-          f.set_audience("hq");
-          *f.add_reasons() = MakeReason(
-              v1::DRIFT,
-              absl::StrFormat("dispersion of %s across %s is trending up: EWMA %.2f x the calm "
-                              "baseline",
-                              series_name, g.group, gd->ewma.z),
-              scale, gd->scale, 0, 0, gd->ewma.z - 1, 1);
-          conditions.push_back(std::move(c));
-        }
-      }
-
-      // Split: consistent deviating levels (prices).
-      if (comparable && !g.fallback && !g.levels.others.empty()) {
-        SplitCandidate split;
-        Condition& c = split.condition;
-        c.id = absl::StrCat("split|", group_id);
-        c.strength = 1;
-        v1::Finding& f = c.finding;
-        f.set_kind(v1::SPLIT);
-        f.set_severity(v1::MEDIUM);
-        SeriesToProto(key, f.mutable_series());
-        f.set_group(g.group);
-        f.set_group_size(n);
-        f.set_audience("hq");
-        // With an even split the median falls between the levels and no
-        // location sits at it: then there is no main level to show.
-        std::vector<std::string> parts;
-        size_t level_count = g.levels.others.size();
-        if (!g.levels.main.members.empty()) {
-          v1::Level* main = f.add_levels();
-          main->set_value(g.levels.main.value);
-          main->set_locations(g.levels.main.members.size());
-          parts.push_back(
-              absl::StrCat(g.levels.main.members.size(), " at ", Format(key, g.levels.main.value)));
-          ++level_count;
-        }
-        for (const Level& level : g.levels.others) {
-          v1::Level* l = f.add_levels();
-          l->set_value(level.value);
-          l->set_locations(level.members.size());
-          parts.push_back(absl::StrCat(level.members.size(), " at ", Format(key, level.value)));
-          std::vector<std::string> names;
-          for (uint32_t loc : level.members) {
-            for (const Member& m : g.members) {
-              if (m.location == loc) names.push_back(m.name);
-            }
-          }
-          std::sort(names.begin(), names.end());
-          for (const std::string& name : names) f.add_locations(name);
-          split.signatures.push_back(absl::StrJoin(names, ","));
-        }
-        *f.add_reasons() = MakeReason(
-            v1::SPLIT,
-            absl::StrCat(series_name, " has ", level_count, " consistent levels in ", g.group, ": ",
-                         absl::StrJoin(parts, ", "),
-                         " (declare a peer group if this is a price zone)"),
-            g.levels.others.front().value, g.levels.main.value, stats.band.low, stats.band.high,
-            s.median != 0
-                ? std::fabs(g.levels.others.front().value - s.median) / std::fabs(s.median)
-                : 0,
-            g.levels.others.front().value - s.median);
-        splits.push_back(std::move(split));
-      }
-
-      for (size_t i = 0; i < g.members.size(); ++i) {
-        const Member& m = g.members[i];
-        if (!m.judged || ExceptionFor(m.name, key, now, catalog) != nullptr) continue;
-        Pending p;
-        p.location = m.location;
-        p.name = m.name;
-        p.group = &g;
-        const double x = m.value.value;
-        const double dev = x - s.median;
-
-        // Outlier: the rule's own verdict (ComputeGroups), held weakly too
-        // so that a finding closes only with the hysteresis margin.
-        {
-          const double strength = g.assessed[i].strength;
-          if (strength > 0 && strength >= weak) {
-            const double magnitude =
-                s.median != 0 ? std::fabs(dev) / std::fabs(s.median) : std::fabs(dev);
-            v1::Reason r = MakeReason(
-                v1::OUTLIER,
-                absl::StrCat(Meaning(key.family, dev), ": ", Format(key, x), " against ",
-                             Format(key, s.median), " expected (",
-                             Percent(s.median != 0 ? dev / std::fabs(s.median) : 0), "), ",
-                             strength >= 1 ? "outside" : "near the edge of", " the band ",
-                             Format(key, stats.band.low), " .. ", Format(key, stats.band.high),
-                             " of ", n, " locations in ", g.group),
-                x, s.median, stats.band.low, stats.band.high, magnitude, dev);
-            p.reasons.emplace_back(strength, std::move(r));
-            p.outlier = g.assessed[i].outlier;
-          }
-        }
-
-        // Broken promise.
-        std::string promise_id;
-        double promise_strength = -1;
-        v1::Reason promise_reason;
-        if (key.family == v1::FAMILY_PRICE) {
-          if (const PricePromise* promise = PricePromiseFor(key, m.entry, now, catalog)) {
-            const double list = static_cast<double>(promise->list_minor_units);
-            const double pf = PromiseFloor(key, list, catalog);
-            const double over = x - list;
-            promise_id = absl::StrCat("price:", promise->line);
-            promise_strength = over > pf ? over / pf : std::min(0.999, std::max(0.0, over / pf));
-            promise_reason = MakeReason(
-                v1::BROKEN_PROMISE,
-                absl::StrCat("price ", Format(key, x), " above the list price ", Format(key, list),
-                             " (", Percent(list != 0 ? over / list : 0), ")"),
-                x, list, list - pf, list + pf, list != 0 ? std::fabs(over) / list : 0, over);
-          }
-        } else if (wait_promise != nullptr) {
-          const double share = m.value.share_within;
-          const double pf = std::max(catalog.compliance.floor_absolute, 1e-9);
-          promise_id = absl::StrCat("wait:", wait_promise->line);
-          promise_strength = share < wait_promise->share
-                                 ? 1 + (wait_promise->share - share) / pf
-                                 : std::min(0.999, 1 - (share - wait_promise->share) / pf);
-          promise_reason = MakeReason(
-              v1::BROKEN_PROMISE,
-              absl::StrFormat("%.1f%% served within %.0f s, promised %.1f%%", 100 * share,
-                              wait_promise->within_seconds, 100 * wait_promise->share),
-              share, wait_promise->share, wait_promise->share, 1, wait_promise->share - share,
-              share - wait_promise->share);
-        } else if (check_promise != nullptr) {
-          const double pf = std::max(catalog.compliance.floor_absolute, 1e-9);
-          promise_id = absl::StrCat("check:", check_promise->line);
-          const bool critical = check_promise->critical && m.value.critical_failure;
-          promise_strength = critical ? 2
-                             : x < check_promise->min_pass_rate
-                                 ? 1 + (check_promise->min_pass_rate - x) / pf
-                                 : std::min(0.999, 1 - (x - check_promise->min_pass_rate) / pf);
-          promise_reason = MakeReason(
-              v1::BROKEN_PROMISE,
-              critical ? absl::StrCat("critical check ", key.key, " failed")
-                       : absl::StrFormat("%s passed %.1f%% of checks, required %.1f%%", key.key,
-                                         100 * x, 100 * check_promise->min_pass_rate),
-              x, check_promise->min_pass_rate, check_promise->min_pass_rate, 1,
-              check_promise->min_pass_rate - x, x - check_promise->min_pass_rate);
-        }
-        if (!promise_id.empty()) {
-          p.promise_id = promise_id;
-          p.promise_broken = promise_strength >= 1;
-          auto& tally = promise_tally[promise_id];
-          ++tally.first;
-          if (p.promise_broken) ++tally.second;
-          if (promise_strength >= weak) p.reasons.emplace_back(promise_strength, promise_reason);
-        }
-
-        // Irregular change: flipping back and forth, or a change few peers
-        // made that ends away from every level of the group. A change that
-        // ends where peers are (the main level, or another level at least
-        // min_level locations share) is convergence: a store joining its
-        // peers' price, whether they changed theirs (a rollout) or listed
-        // the item at it for the first time, or correcting an overcharge.
-        auto at_a_level = [&](double v) {
-          if (std::fabs(v - s.median) <= floor) return true;
-          for (const Level& l : g.levels.others) {
-            if (std::fabs(v - l.value) <= floor) return true;
-          }
-          return false;
-        };
-        if (key.family == v1::FAMILY_PRICE && key.kind != v1::PROMO && comparable) {
-          const PriceChange& ch = m.latest_change;
-          const int64_t window_since = absl::ToUnixNanos(now - th.irregular_window);
-          const int64_t settled_before = absl::ToUnixNanos(now - th.irregular_settle);
-          bool irregular = false;
-          std::string detail;
-          if (m.changes_in_flip_window >= th.flip_changes) {
-            irregular = true;
-            detail = absl::StrCat("changed its price ", m.changes_in_flip_window, " times in ",
-                                  absl::FormatDuration(th.flip_window), ", last from ",
-                                  Format(key, static_cast<double>(ch.from)), " to ",
-                                  Format(key, static_cast<double>(ch.to)));
-          } else if (ch.at_ns != 0 && ch.at_ns >= window_since && ch.at_ns <= settled_before &&
-                     !in_rollout(static_cast<double>(ch.to)) &&
-                     !at_a_level(static_cast<double>(ch.to))) {
-            uint64_t peers_changed = 0;
-            for (const Member& other : g.members) {
-              if (other.location != m.location && other.latest_change.at_ns >= window_since) {
-                ++peers_changed;
-              }
-            }
-            if (static_cast<double>(peers_changed) < th.irregular_peer_share * (n - 1)) {
-              irregular = true;
-              detail =
-                  absl::StrCat("changed from ", Format(key, static_cast<double>(ch.from)), " to ",
-                               Format(key, static_cast<double>(ch.to)), " at ",
-                               absl::FormatTime("%Y-%m-%d %H:%M UTC", absl::FromUnixNanos(ch.at_ns),
-                                                absl::UTCTimeZone()),
-                               " while ", peers_changed, " of ", n - 1, " peers changed theirs");
-            }
-          }
-
-          if (irregular) {
-            p.reasons.emplace_back(
-                1, MakeReason(
-                       v1::IRREGULAR_CHANGE, detail, x, static_cast<double>(ch.from),
-                       stats.band.low, stats.band.high,
-                       ch.from != 0 ? std::fabs(static_cast<double>(ch.to - ch.from)) / ch.from : 0,
-                       static_cast<double>(ch.to - ch.from)));
-          }
-        }
-
-        // Drift of this cell's deviation (CUSUM), in the frozen scale.
-        if (gd != nullptr && gd->baseline.frozen && gd->scale > 0) {
-          CellDrift& cd = cell_drift_[{group_id, m.location}];
-          if (cd.last_bin != drift_bin) {
-            cd.last_bin = drift_bin;
-            const double z = dev / gd->scale;
-            if (!cd.baseline.frozen) {
-              cd.baseline.Add(z, drift.baseline_bins);
-            } else {
-              cd.up.Update(z - cd.baseline.mean, drift.cusum_k);
-              cd.down.Update(cd.baseline.mean - z, drift.cusum_k);
-            }
-          }
-          double level = 0;
-          if (key.family != v1::FAMILY_COMPLIANCE) level = std::max(level, cd.up.s / drift.cusum_h);
-          if (key.family != v1::FAMILY_WAIT) level = std::max(level, cd.down.s / drift.cusum_h);
-          if (level >= weak) {
-            p.reasons.emplace_back(
-                level, MakeReason(v1::DRIFT,
-                                  absl::StrFormat("%s at this location is drifting away from its "
-                                                  "peers: CUSUM %.1f baseline sigmas",
-                                                  series_name, level * drift.cusum_h),
-                                  x, s.median, stats.band.low, stats.band.high,
-                                  s.median != 0 ? std::fabs(dev) / std::fabs(s.median) : 0, dev));
-          }
-        }
-        if (!p.reasons.empty() || !p.promise_id.empty()) pending.push_back(std::move(p));
-      }
-    }
-
-    // Unkeepable promises: most locations break it, so the promise needs
-    // fixing, not the stores. One finding for HQ; no per-store pages.
-    absl::flat_hash_set<std::string> unkeepable;
-    for (const auto& [id, tally] : promise_tally) {
-      const auto [applicable, broken] = tally;
-      if (applicable >= th.min_group && applicable > 0 &&
-          static_cast<double>(broken) >= th.unkeepable_share * applicable) {
-        unkeepable.insert(id);
-        Condition c;
-        c.id = absl::StrCat("unkeepable|", series_name, "|", id);
-        c.strength = 1;
-        v1::Finding& f = c.finding;
-        f.set_kind(v1::UNKEEPABLE_PROMISE);
-        f.set_severity(v1::MEDIUM);
-        SeriesToProto(key, f.mutable_series());
-        f.set_group_size(applicable);
-        f.set_audience("hq");
-        *f.add_reasons() = MakeReason(
-            v1::UNKEEPABLE_PROMISE,
-            absl::StrFormat("%d of %d locations break the promise on %s (%.0f%%): fix the promise",
-                            broken, applicable, series_name, 100.0 * broken / applicable),
-            static_cast<double>(broken) / applicable, th.unkeepable_share, 0, th.unkeepable_share,
-            static_cast<double>(broken) / applicable, 1);
-        conditions.push_back(std::move(c));
-      }
-    }
-
-    for (Pending& p : pending) {
-      const bool promise_counts = !p.promise_id.empty() && !unkeepable.contains(p.promise_id);
-      if (promise_counts) {
-        auto& kb = kept_broken[p.location];
-        if (p.promise_broken) {
-          ++kb.second;
-          withdrawals[p.location] += catalog.trust.withdrawal;
-        } else {
-          ++kb.first;
-          deposits[p.location] += catalog.trust.deposit;
-        }
-      }
-      if (p.outlier) withdrawals[p.location] += catalog.trust.withdrawal;
-      std::vector<std::pair<double, v1::Reason>> reasons;
-      for (auto& r : p.reasons) {
-        if (r.second.kind() == v1::BROKEN_PROMISE && !promise_counts) continue;
-        reasons.push_back(std::move(r));
-      }
-      if (reasons.empty()) continue;
-      std::sort(reasons.begin(), reasons.end(), [](const auto& a, const auto& b) {
-        const bool ha = a.first >= 1, hb = b.first >= 1;
-        if (ha != hb) return ha;
-        return KindRank(a.second.kind()) > KindRank(b.second.kind());
-      });
-      Condition c;
-      c.id = absl::StrCat("loc|", p.name, "|", series_name);
-      v1::Finding& f = c.finding;
-      f.set_location(p.name);
-      SeriesToProto(key, f.mutable_series());
-      f.set_group(p.group->group);
-      f.set_group_size(p.group->members.size());
-      f.set_kind(reasons.front().second.kind());
-      // Severity comes from the reasons past their threshold: a near miss
-      // carried along (an outlier short of the floor beside a drift) does
-      // not raise it. Only while hysteresis alone holds the finding open
-      // (no reason at full strength) do the weaker reasons set it.
-      const bool any_full = reasons.front().first >= 1;
-      v1::Severity severity = v1::LOW;
-      bool only_drift = true;
-      for (auto& [strength, reason] : reasons) {
-        c.strength = std::max(c.strength, strength);
-        const bool counts = strength >= 1 || !any_full;
-        v1::Severity sev = v1::LOW;
-        switch (reason.kind()) {
-          case v1::OUTLIER:
-            sev = SeverityFor(reason.value() - reason.expected(), p.group->stats->band.floor);
-            break;
-          case v1::BROKEN_PROMISE:
-            sev = strength >= 2 ? v1::CRITICAL : v1::HIGH;
-            break;
-          case v1::IRREGULAR_CHANGE:
-            sev = v1::MEDIUM;
-            break;
-          default:
-            sev = v1::LOW;
-            break;
-        }
-        if (counts) {
-          severity = std::max(severity, sev);
-          only_drift = only_drift && reason.kind() == v1::DRIFT;
-        }
-        *f.add_reasons() = std::move(reason);
-      }
-      f.set_severity(severity);
-      f.set_audience(only_drift ? "region" : "store");
-      conditions.push_back(std::move(c));
-    }
-  });
+                                                   eval_mu_) { EvaluateSeries(data, &ev); });
   // Stopping: this evaluation saw only part of the chain, so it opens,
   // closes and deposits nothing.
   if (!completed) return;
 
-  // Zones: the same locations split from the rest on many keys. Said once,
-  // instead of one split per key.
-  std::map<std::string, std::vector<size_t>> by_signature;
-  for (size_t i = 0; i < splits.size(); ++i) {
-    for (const std::string& sig : splits[i].signatures) by_signature[sig].push_back(i);
-  }
-  std::vector<bool> in_zone(splits.size(), false);
-  for (const auto& [sig, indexes] : by_signature) {
-    if (indexes.size() < th.zone_min_keys) continue;
-    std::vector<std::string> names = absl::StrSplit(sig, ',');
-    Condition c;
-    c.id = absl::StrCat("zone|", Fingerprint(names));
-    c.strength = 1;
-    v1::Finding& f = c.finding;
-    f.set_kind(v1::ZONE);
-    f.set_severity(v1::MEDIUM);
-    f.set_audience("hq");
-    f.set_group_size(names.size());
-    for (const std::string& name : names) f.add_locations(name);
-    for (size_t i : indexes) {
-      in_zone[i] = true;
-      f.add_keys(SeriesName(SeriesFromProto(splits[i].condition.finding.series())));
-    }
-    *f.add_reasons() = MakeReason(
-        v1::ZONE,
-        absl::StrCat(names.size(), " locations (", names.front(), names.size() > 1 ? ", ..." : "",
-                     ") split from the rest on ", indexes.size(),
-                     " keys: an undeclared zone; declare it as a peer group in the catalog"),
-        static_cast<double>(indexes.size()), static_cast<double>(th.zone_min_keys), 0, 0, 0, 1);
-    conditions.push_back(std::move(c));
-  }
-  for (size_t i = 0; i < splits.size(); ++i) {
-    if (!in_zone[i]) conditions.push_back(std::move(splits[i].condition));
-  }
-
+  ZoneConditions(&ev.splits, th, &ev.conditions);
   // Silent and stale: declared locations that should be open.
-  if (now - started_at_ >= th.restart_grace) DeliveryConditions(states, catalog, now, &conditions);
-
-  // Location labels on every location finding, for routing by region.
-  absl::flat_hash_map<std::string, const LocationEntry*> entry_by_name;
-  for (size_t i = 0; i < states.size(); ++i) entry_by_name[states[i].location] = entries[i];
-  for (Condition& c : conditions) {
-    if (c.finding.location().empty()) continue;
-    auto it = entry_by_name.find(c.finding.location());
-    const LocationEntry* e =
-        it != entry_by_name.end() ? it->second : catalog.FindLocation(c.finding.location());
-    if (e != nullptr) {
-      for (const auto& [k, v] : e->labels) (*c.finding.mutable_labels())[k] = v;
-    }
+  if (now - started_at_ >= th.restart_grace) {
+    DeliveryConditions(states, catalog, now, &ev.conditions);
   }
+  AddLocationLabels(states, entries, catalog, &ev.conditions);
 
-  tracker_.Evaluate(std::move(conditions), now);
+  tracker_.Evaluate(std::move(ev.conditions), now);
   {
     // What this evaluation saw is what RecomputeSeries just published.
     std::shared_ptr<const Snapshot> seen = snapshot();
@@ -1425,11 +1184,344 @@ void Engine::Evaluate() {
     const uint32_t loc = static_cast<uint32_t>(i);
     TrustAccount& account = trust_[loc];
     account.DecayTo(now, catalog.trust.half_life);
-    if (auto it = deposits.find(loc); it != deposits.end()) account.Deposit(it->second);
-    if (auto it = withdrawals.find(loc); it != withdrawals.end()) account.Withdraw(it->second);
+    if (auto it = ev.deposits.find(loc); it != ev.deposits.end()) account.Deposit(it->second);
+    if (auto it = ev.withdrawals.find(loc); it != ev.withdrawals.end()) {
+      account.Withdraw(it->second);
+    }
     names.push_back(states[i].location);
   }
-  PublishFindings(now, th.persistence, names, kept_broken);
+  PublishFindings(now, th.persistence, names, ev.kept_broken);
+}
+
+void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
+  const SeriesKey& key = data.key;
+  const Thresholds& th = ev->th;
+  const std::string series_name = SeriesName(key);
+  const WaitPromise* wait_promise =
+      key.family == v1::FAMILY_WAIT ? WaitPromiseFor(key.key, ev->catalog) : nullptr;
+  const CheckPromise* check_promise =
+      key.family == v1::FAMILY_COMPLIANCE ? CheckPromiseFor(key.key, ev->catalog) : nullptr;
+
+  std::vector<Pending> pending;
+  PromiseTally promise_tally;
+  for (const GroupData& g : data.groups) {
+    const bool comparable = g.members.size() >= th.min_group;
+    const std::string group_id = absl::StrCat(series_name, "|", g.group);
+    // Drift of the group's dispersion is not for prices: their changes are
+    // steps, which irregular change covers. The fallback's spread mixes
+    // declared groups: their own drift and splits are found in them.
+    const GroupDrift* gd = key.family != v1::FAMILY_PRICE && comparable && !g.fallback
+                               ? GroupDriftCondition(key, group_id, g, ev)
+                               : nullptr;
+    // Split: consistent deviating levels (prices).
+    if (comparable && !g.fallback && !g.levels.others.empty()) {
+      AddSplitCandidate(key, group_id, g, ev);
+    }
+
+    for (size_t i = 0; i < g.members.size(); ++i) {
+      const Member& m = g.members[i];
+      if (!m.judged || ExceptionFor(m.name, key, ev->now, ev->catalog) != nullptr) continue;
+      Pending p{m.location, m.name, &g, {}, {}, false, false};
+      p.outlier = OutlierReason(key, g, i, ev->weak, &p.reasons);
+      if (std::optional<PromiseVerdict> promise = PromiseVerdictFor(
+              key, m.entry, m.value, wait_promise, check_promise, ev->now, ev->catalog)) {
+        p.promise_id = promise->id;
+        p.promise_broken = promise->strength >= 1;
+        auto& tally = promise_tally[promise->id];
+        ++tally.first;
+        if (p.promise_broken) ++tally.second;
+        if (promise->strength >= ev->weak) {
+          p.reasons.emplace_back(promise->strength, std::move(promise->reason));
+        }
+      }
+      if (key.family == v1::FAMILY_PRICE && key.kind != v1::PROMO && comparable) {
+        IrregularChangeReason(key, g, i, ev->now, th, &p.reasons);
+      }
+      if (gd != nullptr && gd->baseline.frozen && gd->scale > 0) {
+        CellDriftReason(key, group_id, g, i, gd->scale, ev, &p.reasons);
+      }
+      if (!p.reasons.empty() || !p.promise_id.empty()) pending.push_back(std::move(p));
+    }
+  }
+
+  const absl::flat_hash_set<std::string> unkeepable =
+      UnkeepableConditions(key, series_name, promise_tally, th, &ev->conditions);
+  for (Pending& p : pending) LocationCondition(key, series_name, unkeepable, &p, ev);
+}
+
+// Drift of the group's dispersion (EWMA), and the frozen scale the cells'
+// CUSUMs are measured in.
+const Engine::GroupDrift* Engine::GroupDriftCondition(const SeriesKey& key,
+                                                      const std::string& group_id,
+                                                      const GroupData& g, Evaluation* ev) {
+  const DriftPolicy& drift = ev->drift;
+  const double floor = g.stats->band.floor;
+  const double scale = g.stats->band.scale;
+  GroupDrift* gd = &group_drift_[group_id];
+  if (gd->last_bin != ev->drift_bin) {
+    gd->last_bin = ev->drift_bin;
+    if (!gd->baseline.frozen) {
+      gd->baseline.Add(scale, drift.baseline_bins);
+      if (gd->baseline.frozen) {
+        // Floored so a calm group with no spread at all (MAD = 0)
+        // does not turn every small step into many sigmas.
+        gd->scale = std::max(gd->baseline.mean, floor / ev->th.z_threshold);
+      }
+    } else if (gd->scale > 0) {
+      const double d = scale / gd->scale;
+      const double base_mean = gd->baseline.mean / gd->scale;
+      const double base_sd = std::max(gd->baseline.stddev / gd->scale, 0.1);
+      gd->ewma.Update(d, drift.ewma_lambda, base_mean);
+      const double limit = base_mean + drift.ewma_limit * base_sd *
+                                           std::sqrt(drift.ewma_lambda / (2 - drift.ewma_lambda));
+      gd->level = (gd->ewma.z - base_mean) / (limit - base_mean);
+    }
+  }
+  if (gd->baseline.frozen && gd->level >= ev->weak) {
+    const std::string series_name = SeriesName(key);
+    Condition c;
+    c.id = absl::StrCat("drift|", group_id);
+    c.strength = gd->level;
+    v1::Finding& f = c.finding;
+    f.set_kind(v1::DRIFT);
+    f.set_severity(v1::LOW);
+    SeriesToProto(key, f.mutable_series());
+    f.set_group(g.group);
+    f.set_group_size(g.members.size());
+    f.set_audience("hq");
+    *f.add_reasons() = MakeReason(
+        v1::DRIFT,
+        absl::StrFormat("dispersion of %s across %s is trending up: EWMA %.2f x the calm "
+                        "baseline",
+                        series_name, g.group, gd->ewma.z),
+        scale, gd->scale, 0, 0, gd->ewma.z - 1, 1);
+    ev->conditions.push_back(std::move(c));
+  }
+  return gd;
+}
+
+void Engine::AddSplitCandidate(const SeriesKey& key, const std::string& group_id,
+                               const GroupData& g, Evaluation* ev) {
+  const GroupSummary& s = g.stats->summary;
+  SplitCandidate split;
+  Condition& c = split.condition;
+  c.id = absl::StrCat("split|", group_id);
+  c.strength = 1;
+  v1::Finding& f = c.finding;
+  f.set_kind(v1::SPLIT);
+  f.set_severity(v1::MEDIUM);
+  SeriesToProto(key, f.mutable_series());
+  f.set_group(g.group);
+  f.set_group_size(g.members.size());
+  f.set_audience("hq");
+  // With an even split the median falls between the levels and no
+  // location sits at it: then there is no main level to show.
+  std::vector<std::string> parts;
+  size_t level_count = g.levels.others.size();
+  if (!g.levels.main.members.empty()) {
+    v1::Level* main = f.add_levels();
+    main->set_value(g.levels.main.value);
+    main->set_locations(g.levels.main.members.size());
+    parts.push_back(
+        absl::StrCat(g.levels.main.members.size(), " at ", Format(key, g.levels.main.value)));
+    ++level_count;
+  }
+  for (const Level& level : g.levels.others) {
+    v1::Level* l = f.add_levels();
+    l->set_value(level.value);
+    l->set_locations(level.members.size());
+    parts.push_back(absl::StrCat(level.members.size(), " at ", Format(key, level.value)));
+    std::vector<std::string> names;
+    for (uint32_t loc : level.members) {
+      for (const Member& m : g.members) {
+        if (m.location == loc) names.push_back(m.name);
+      }
+    }
+    std::sort(names.begin(), names.end());
+    for (const std::string& name : names) f.add_locations(name);
+    split.signatures.push_back(absl::StrJoin(names, ","));
+  }
+  const double first = g.levels.others.front().value;
+  *f.add_reasons() = MakeReason(
+      v1::SPLIT,
+      absl::StrCat(SeriesName(key), " has ", level_count, " consistent levels in ", g.group, ": ",
+                   absl::StrJoin(parts, ", "), " (declare a peer group if this is a price zone)"),
+      first, g.levels.main.value, g.stats->band.low, g.stats->band.high,
+      s.median != 0 ? std::fabs(first - s.median) / std::fabs(s.median) : 0, first - s.median);
+  ev->splits.push_back(std::move(split));
+}
+
+// Outlier: the rule's own verdict (ComputeGroups), held weakly too so that
+// a finding closes only with the hysteresis margin.
+bool Engine::OutlierReason(const SeriesKey& key, const GroupData& g, size_t i, double weak,
+                           std::vector<std::pair<double, v1::Reason>>* reasons) {
+  const double strength = g.assessed[i].strength;
+  if (!(strength > 0 && strength >= weak)) return false;
+  const SeriesStats& stats = *g.stats;
+  const GroupSummary& s = stats.summary;
+  const double x = g.members[i].value.value;
+  const double dev = x - s.median;
+  const double magnitude = s.median != 0 ? std::fabs(dev) / std::fabs(s.median) : std::fabs(dev);
+  v1::Reason r =
+      MakeReason(v1::OUTLIER,
+                 absl::StrCat(Meaning(key.family, dev), ": ", Format(key, x), " against ",
+                              Format(key, s.median), " expected (",
+                              Percent(s.median != 0 ? dev / std::fabs(s.median) : 0), "), ",
+                              strength >= 1 ? "outside" : "near the edge of", " the band ",
+                              Format(key, stats.band.low), " .. ", Format(key, stats.band.high),
+                              " of ", g.members.size(), " locations in ", g.group),
+                 x, s.median, stats.band.low, stats.band.high, magnitude, dev);
+  reasons->emplace_back(strength, std::move(r));
+  return g.assessed[i].outlier;
+}
+
+// Irregular change: flipping back and forth, or a change few peers made
+// that ends away from every level of the group. A change that ends where
+// peers are (the main level, or another level at least min_level locations
+// share) is convergence: a store joining its peers' price, whether they
+// changed theirs (a rollout) or listed the item at it for the first time,
+// or correcting an overcharge.
+void Engine::IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i,
+                                   absl::Time now, const Thresholds& th,
+                                   std::vector<std::pair<double, v1::Reason>>* reasons) {
+  const Member& m = g.members[i];
+  const SeriesStats& stats = *g.stats;
+  const double median = stats.summary.median;
+  const double floor = stats.band.floor;
+  const uint64_t n = g.members.size();
+  auto in_rollout = [&](double v) {
+    for (double r : g.rollout_values) {
+      if (std::fabs(v - r) <= floor) return true;
+    }
+    return false;
+  };
+  auto at_a_level = [&](double v) {
+    if (std::fabs(v - median) <= floor) return true;
+    for (const Level& l : g.levels.others) {
+      if (std::fabs(v - l.value) <= floor) return true;
+    }
+    return false;
+  };
+  const PriceChange& ch = m.latest_change;
+  const int64_t window_since = absl::ToUnixNanos(now - th.irregular_window);
+  const int64_t settled_before = absl::ToUnixNanos(now - th.irregular_settle);
+  std::string detail;
+  if (m.changes_in_flip_window >= th.flip_changes) {
+    detail = absl::StrCat("changed its price ", m.changes_in_flip_window, " times in ",
+                          absl::FormatDuration(th.flip_window), ", last from ",
+                          Format(key, static_cast<double>(ch.from)), " to ",
+                          Format(key, static_cast<double>(ch.to)));
+  } else if (ch.at_ns != 0 && ch.at_ns >= window_since && ch.at_ns <= settled_before &&
+             !in_rollout(static_cast<double>(ch.to)) && !at_a_level(static_cast<double>(ch.to))) {
+    uint64_t peers_changed = 0;
+    for (const Member& other : g.members) {
+      if (other.location != m.location && other.latest_change.at_ns >= window_since) {
+        ++peers_changed;
+      }
+    }
+    if (!(static_cast<double>(peers_changed) < th.irregular_peer_share * (n - 1))) return;
+    detail = absl::StrCat(
+        "changed from ", Format(key, static_cast<double>(ch.from)), " to ",
+        Format(key, static_cast<double>(ch.to)), " at ",
+        absl::FormatTime("%Y-%m-%d %H:%M UTC", absl::FromUnixNanos(ch.at_ns), absl::UTCTimeZone()),
+        " while ", peers_changed, " of ", n - 1, " peers changed theirs");
+  } else {
+    return;
+  }
+  reasons->emplace_back(
+      1, MakeReason(v1::IRREGULAR_CHANGE, detail, m.value.value, static_cast<double>(ch.from),
+                    stats.band.low, stats.band.high,
+                    ch.from != 0 ? std::fabs(static_cast<double>(ch.to - ch.from)) / ch.from : 0,
+                    static_cast<double>(ch.to - ch.from)));
+}
+
+// Drift of this cell's deviation (CUSUM), in the group's frozen scale.
+void Engine::CellDriftReason(const SeriesKey& key, const std::string& group_id, const GroupData& g,
+                             size_t i, double group_scale, const Evaluation* ev,
+                             std::vector<std::pair<double, v1::Reason>>* reasons) {
+  const DriftPolicy& drift = ev->drift;
+  const Member& m = g.members[i];
+  const SeriesStats& stats = *g.stats;
+  const GroupSummary& s = stats.summary;
+  const double x = m.value.value;
+  const double dev = x - s.median;
+  CellDrift& cd = cell_drift_[{group_id, m.location}];
+  if (cd.last_bin != ev->drift_bin) {
+    cd.last_bin = ev->drift_bin;
+    const double z = dev / group_scale;
+    if (!cd.baseline.frozen) {
+      cd.baseline.Add(z, drift.baseline_bins);
+    } else {
+      cd.up.Update(z - cd.baseline.mean, drift.cusum_k);
+      cd.down.Update(cd.baseline.mean - z, drift.cusum_k);
+    }
+  }
+  double level = 0;
+  if (key.family != v1::FAMILY_COMPLIANCE) level = std::max(level, cd.up.s / drift.cusum_h);
+  if (key.family != v1::FAMILY_WAIT) level = std::max(level, cd.down.s / drift.cusum_h);
+  if (level < ev->weak) return;
+  reasons->emplace_back(level,
+                        MakeReason(v1::DRIFT,
+                                   absl::StrFormat("%s at this location is drifting away from its "
+                                                   "peers: CUSUM %.1f baseline sigmas",
+                                                   SeriesName(key), level * drift.cusum_h),
+                                   x, s.median, stats.band.low, stats.band.high,
+                                   s.median != 0 ? std::fabs(dev) / std::fabs(s.median) : 0, dev));
+}
+
+void Engine::LocationCondition(const SeriesKey& key, const std::string& series_name,
+                               const absl::flat_hash_set<std::string>& unkeepable, Pending* p,
+                               Evaluation* ev) {
+  const TrustPolicy& trust = ev->catalog.trust;
+  const bool promise_counts = !p->promise_id.empty() && !unkeepable.contains(p->promise_id);
+  if (promise_counts) {
+    auto& kb = ev->kept_broken[p->location];
+    if (p->promise_broken) {
+      ++kb.second;
+      ev->withdrawals[p->location] += trust.withdrawal;
+    } else {
+      ++kb.first;
+      ev->deposits[p->location] += trust.deposit;
+    }
+  }
+  if (p->outlier) ev->withdrawals[p->location] += trust.withdrawal;
+  std::vector<std::pair<double, v1::Reason>> reasons;
+  for (auto& r : p->reasons) {
+    if (r.second.kind() == v1::BROKEN_PROMISE && !promise_counts) continue;
+    reasons.push_back(std::move(r));
+  }
+  if (reasons.empty()) return;
+  std::sort(reasons.begin(), reasons.end(), [](const auto& a, const auto& b) {
+    const bool ha = a.first >= 1, hb = b.first >= 1;
+    if (ha != hb) return ha;
+    return KindRank(a.second.kind()) > KindRank(b.second.kind());
+  });
+  Condition c;
+  c.id = absl::StrCat("loc|", p->name, "|", series_name);
+  v1::Finding& f = c.finding;
+  f.set_location(p->name);
+  SeriesToProto(key, f.mutable_series());
+  f.set_group(p->group->group);
+  f.set_group_size(p->group->members.size());
+  f.set_kind(reasons.front().second.kind());
+  // Severity comes from the reasons past their threshold: a near miss
+  // carried along (an outlier short of the floor beside a drift) does
+  // not raise it. Only while hysteresis alone holds the finding open
+  // (no reason at full strength) do the weaker reasons set it.
+  const bool any_full = reasons.front().first >= 1;
+  v1::Severity severity = v1::LOW;
+  bool only_drift = true;
+  for (auto& [strength, reason] : reasons) {
+    c.strength = std::max(c.strength, strength);
+    if (strength >= 1 || !any_full) {
+      severity = std::max(severity, ReasonSeverity(reason, strength, p->group->stats->band.floor));
+      only_drift = only_drift && reason.kind() == v1::DRIFT;
+    }
+    *f.add_reasons() = std::move(reason);
+  }
+  f.set_severity(severity);
+  f.set_audience(only_drift ? "region" : "store");
+  ev->conditions.push_back(std::move(c));
 }
 
 void Engine::PublishFindings(

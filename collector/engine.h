@@ -40,6 +40,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -354,6 +355,50 @@ class Engine {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Statistics, levels, rollouts and outliers of every group.
   void ComputeGroups(SeriesData* data, absl::Time now, const Catalog& catalog) const;
+  // Evaluate's pieces (engine.cc), one decision each. An Evaluation holds
+  // one evaluation's inputs and what its series add for zones, the tracker
+  // and trust; a Pending is one location's reasons in a series before the
+  // series' unkeepable promises are known. Reasons are appended as
+  // (strength, reason) in the order a location finding lists them before
+  // sorting. What reads or updates drift state runs with eval_mu_ held
+  // (inside RecomputeSeries' visit).
+  struct Evaluation;
+  struct Pending;
+  struct GroupDrift;
+  // Every condition of one computed series: group drift, split candidates,
+  // unkeepable promises, each judged location's finding; the trust each
+  // location earns there.
+  void EvaluateSeries(const SeriesData& data, Evaluation* ev)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
+  // Updates the EWMA of group g's dispersion once per drift bin and adds
+  // a drift condition while it is high. The group's drift state (stable
+  // until group_drift_ next grows): its frozen scale measures the cells.
+  const GroupDrift* GroupDriftCondition(const SeriesKey& key, const std::string& group_id,
+                                        const GroupData& g, Evaluation* ev)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
+  // Adds group g's split (it has deviating levels) to ev->splits.
+  static void AddSplitCandidate(const SeriesKey& key, const std::string& group_id,
+                                const GroupData& g, Evaluation* ev);
+  // Member i's outlier reason, if its strength is at least `weak`; true
+  // when the rule counts it an outlier (a trust withdrawal).
+  static bool OutlierReason(const SeriesKey& key, const GroupData& g, size_t i, double weak,
+                            std::vector<std::pair<double, v1::Reason>>* reasons);
+  // Member i's irregular price change, if it made one.
+  static void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i,
+                                    absl::Time now, const Thresholds& th,
+                                    std::vector<std::pair<double, v1::Reason>>* reasons);
+  // Updates member i's CUSUM once per drift bin, measured in the group's
+  // frozen `group_scale`, and adds its drift reason while it is high.
+  void CellDriftReason(const SeriesKey& key, const std::string& group_id, const GroupData& g,
+                       size_t i, double group_scale, const Evaluation* ev,
+                       std::vector<std::pair<double, v1::Reason>>* reasons)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
+  // Settles *p's promise and outlier in ev's trust tallies (a promise in
+  // `unkeepable` counts for nothing) and adds its location condition when
+  // a reason remains. Moves p's reasons out.
+  static void LocationCondition(const SeriesKey& key, const std::string& series_name,
+                                const absl::flat_hash_set<std::string>& unkeepable, Pending* p,
+                                Evaluation* ev);
   // Recomputes dirty (or all) series, publishes, and hands each computed
   // series to `visit` (evaluation) before dropping it. False, with nothing
   // published and the series not reached marked dirty again, if a stop was
