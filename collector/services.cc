@@ -181,6 +181,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       if (absl::Status s = BindLocation(batch.location); !s.ok()) return s;
       if (Throttle(batch)) return absl::OkStatus();
       if (service_->log_ == nullptr) return ApplyAndAck(batch, service_->engine_->now());
+      // A batch that leaves a gap is answered before the log sees it.
+      if (std::optional<v1::Ack> gap = service_->engine_->Admit(batch)) return AnswerGap(*gap);
       // Durable first: the batch is applied, in log order, and
       // acknowledged only once committed. The reference keeps this reactor
       // alive until the commit reports, even if the stream ends.
@@ -235,12 +237,37 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     v1::Hello* hello = reply.mutable_hello();
     hello->set_protocol_version(kProtocolVersion);
     hello->set_version(std::string(Version()));
+    for (const std::string& c : heartbeat.capabilities()) {
+      if (c == kCapabilityOutOfOrder) {
+        out_of_order_ok_.store(true, std::memory_order_relaxed);
+        hello->add_capabilities(c);
+      }
+    }
     Enqueue(Serialize(reply));
+  }
+
+  // Answers a batch that leaves a gap (the OUT_OF_ORDER `ack`, nothing of
+  // it applied): with that ack to a client that announced it understands
+  // it; an older client, which would take any ack but THROTTLED as
+  // settling its batch, has its stream ended instead and resends after
+  // reconnecting.
+  absl::Status AnswerGap(const v1::Ack& ack) {
+    if (!out_of_order_ok_.load(std::memory_order_relaxed)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sequence gap: expected ", ack.expected_sequence(), ", got ",
+                       ack.first_sequence(), " (resend from sequence ", ack.expected_sequence(),
+                       ", or announce the capability '", kCapabilityOutOfOrder, "')"));
+    }
+    v1::CollectorMessage reply;
+    *reply.mutable_ack() = ack;
+    Enqueue(Serialize(reply));
+    return absl::OkStatus();
   }
 
   absl::Status ApplyAndAck(const BatchView& batch, absl::Time received) {
     absl::StatusOr<v1::Ack> ack = service_->engine_->ApplyBatch(batch, received);
     if (!ack.ok()) return ack.status();
+    if (ack->outcome() == v1::Ack::OUT_OF_ORDER) return AnswerGap(*ack);
     v1::CollectorMessage reply;
     *reply.mutable_ack() = std::move(*ack);
     Enqueue(Serialize(reply));
@@ -287,6 +314,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     switch (s.code()) {
       case absl::StatusCode::kResourceExhausted:
         return kRefusedMaxLocations;
+      case absl::StatusCode::kFailedPrecondition:
+        return kRefusedSequenceGap;
       case absl::StatusCode::kPermissionDenied:
         return absl::StrContains(s.message(), "catalog") ? kRefusedUnknownLocation
                                                          : kRefusedLocationMismatch;
@@ -359,6 +388,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   std::shared_ptr<IncomingMessage> in_;  // The message the pending read fills.
   std::string location_;
   bool greeted_ = false;  // The Hello was queued (OnReadDone only).
+  // The first heartbeat announced "out_of_order" (read by commit callbacks).
+  std::atomic<bool> out_of_order_ok_{false};
   uint64_t throttled_from_ = 0;  // First sequence of the throttled batch; 0 = none.
 
   absl::Mutex mu_;
