@@ -439,19 +439,32 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch, absl::Time no
   return ApplyBatch(ViewOf(batch), now);
 }
 
-absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now) {
-  if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
-  const uint64_t count = batch.observations.size();
-  const int64_t now_ns = absl::ToUnixNanos(now);
-
-  v1::Ack ack;
-  ack.set_location(std::string(batch.location));
-  ack.set_incarnation(batch.incarnation);
-  ack.set_first_sequence(batch.first_sequence);
-  ack.set_count(static_cast<uint32_t>(count));
-  ack.set_outcome(v1::Ack::APPLIED);
-
+uint64_t Engine::ClaimLocation(absl::string_view location) {
   absl::MutexLock lock(&mu_);
+  const uint64_t owner = ++last_owner_;
+  owners_[location] = owner;
+  return owner;
+}
+
+void Engine::ReleaseLocation(absl::string_view location, uint64_t owner) {
+  absl::MutexLock lock(&mu_);
+  if (auto it = owners_.find(location); it != owners_.end() && it->second == owner) {
+    owners_.erase(it);
+  }
+}
+
+absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now) {
+  return ApplyBatch(batch, now, /*owner=*/0);
+}
+
+absl::Status Engine::MayApplyLocked(const BatchView& batch, uint64_t owner) const {
+  if (owner != 0) {
+    if (auto it = owners_.find(batch.location); it == owners_.end() || it->second != owner) {
+      return absl::AbortedError(absl::StrCat(
+          "superseded by a newer stream for location '", batch.location,
+          "': nothing of this stream applies any more; resend on the newer one"));
+    }
+  }
   const Catalog& catalog = *catalog_;
   if (!catalog.auto_register && !location_index_.contains(batch.location) &&
       !DeclaredLocked(batch.location)) {
@@ -468,6 +481,25 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
                                                      " locations this collector accepts "
                                                      "(--max_locations)"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now,
+                                           uint64_t owner) {
+  if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
+  const uint64_t count = batch.observations.size();
+  const int64_t now_ns = absl::ToUnixNanos(now);
+
+  v1::Ack ack;
+  ack.set_location(std::string(batch.location));
+  ack.set_incarnation(batch.incarnation);
+  ack.set_first_sequence(batch.first_sequence);
+  ack.set_count(static_cast<uint32_t>(count));
+  ack.set_outcome(v1::Ack::APPLIED);
+
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = MayApplyLocked(batch, owner); !s.ok()) return s;
+  const Catalog& catalog = *catalog_;
   const uint32_t loc = LocationIndex(batch.location);
   Stream& stream = streams_[{loc, batch.incarnation}];
   if (const uint64_t expected = ExpectedInstead(batch, stream.watermark); expected != 0) {

@@ -251,6 +251,17 @@ class Engine {
   // The same on a view of the batch's bytes (batch_view.h), as ingest
   // reads it.
   absl::StatusOr<v1::Ack> ApplyBatch(const BatchView& batch, absl::Time received);
+  // The same for a stream holding `owner` (ClaimLocation): Aborted, nothing
+  // applied, once a newer stream claimed the batch's location.
+  absl::StatusOr<v1::Ack> ApplyBatch(const BatchView& batch, absl::Time received, uint64_t owner);
+
+  // One live stream per location: makes the caller the location's owner
+  // and returns its token (never 0). From then on batches applied with an
+  // older owner's token are refused, so nothing of a superseded stream
+  // applies after the newer stream's first batch. ReleaseLocation forgets
+  // the owner when it is still `owner` (the stream ended).
+  uint64_t ClaimLocation(absl::string_view location);
+  void ReleaseLocation(absl::string_view location, uint64_t owner);
 
   // The check ingest makes before a batch goes to the durable log: the
   // OUT_OF_ORDER ack (nothing logged or applied) if the batch starts past
@@ -396,6 +407,10 @@ class Engine {
   // Rebuilds catalog_ from base_catalog_ and the agents' labels when they
   // changed: once per tick at most, not per heartbeat.
   void RefreshCatalogLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `batch` may apply: its stream still owns the location (when
+  // `owner` is not 0), the catalog allows it, --max_locations has room.
+  absl::Status MayApplyLocked(const BatchView& batch, uint64_t owner) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // In the operator's catalog (agent labels do not declare a location).
   bool DeclaredLocked(absl::string_view location) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TickLoop(bool evaluation);
@@ -426,6 +441,9 @@ class Engine {
   // batches answered OUT_OF_ORDER.
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t out_of_order_ ABSL_GUARDED_BY(mu_) = 0;
+  // The stream that owns each location now (ClaimLocation), by token.
+  absl::flat_hash_map<std::string, uint64_t> owners_ ABSL_GUARDED_BY(mu_);
+  uint64_t last_owner_ ABSL_GUARDED_BY(mu_) = 0;
   // The end of the batches Admit let through, by (location, incarnation).
   absl::flat_hash_map<std::pair<std::string, uint64_t>, uint64_t> admitted_
       ABSL_GUARDED_BY(mu_);

@@ -131,6 +131,10 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     absl::Status status =
         incoming->Parse() ? Handle(std::move(incoming))
                           : absl::InvalidArgumentError("message: not a constance.v1.AgentMessage");
+    if (absl::IsAborted(status)) {  // Superseded: not the client's fault.
+      EndStream(ToGrpcStatus(status));
+      return;
+    }
     if (!status.ok()) {
       spdlog::warn("ingest stream from {} ({}) refused: {}", peer_, location_,
                    std::string(status.message()));
@@ -170,8 +174,25 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   void OnCancel() override {}
 
   void OnDone() override {
+    if (owner_ != 0) service_->Release(location_, this, owner_);
     service_->streams_open_.fetch_sub(1, std::memory_order_relaxed);
     Unref();
+  }
+
+  // A newer stream claimed this one's location: it ends, and none of its
+  // batches applies any more (the engine refuses its owner token).
+  void Supersede() {
+    spdlog::info("ingest stream from {} ({}) superseded by a newer stream", peer_, location_);
+    EndStream(grpc::Status(grpc::StatusCode::ABORTED,
+                           absl::StrCat("superseded by a newer stream for location '", location_,
+                                        "'")));
+  }
+
+  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+  // The last reference (gRPC's, released in OnDone, or a pending commit's
+  // or a superseding stream's) deletes the reactor.
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
 
  private:
@@ -199,7 +220,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
             if (!s.ok()) {
               spdlog::warn("ingest stream from {} ({}) ended: {}", peer_, location_,
                            std::string(s.message()));
-              if (committed.ok()) service_->Refused(RefusalReason(s));
+              if (committed.ok() && !absl::IsAborted(s)) service_->Refused(RefusalReason(s));
               EndStream(ToGrpcStatus(s));
             }
             bool last = false;
@@ -265,7 +286,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   }
 
   absl::Status ApplyAndAck(const BatchView& batch, absl::Time received) {
-    absl::StatusOr<v1::Ack> ack = service_->engine_->ApplyBatch(batch, received);
+    absl::StatusOr<v1::Ack> ack = service_->engine_->ApplyBatch(batch, received, owner_);
     if (!ack.ok()) return ack.status();
     if (ack->outcome() == v1::Ack::OUT_OF_ORDER) return AnswerGap(*ack);
     v1::CollectorMessage reply;
@@ -302,13 +323,6 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     return true;
   }
 
-  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
-  // The last reference (gRPC's, released in OnDone, or a pending commit's)
-  // deletes the reactor.
-  void Unref() {
-    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-  }
-
   // The counter label for a status that ends a stream.
   static std::string RefusalReason(const absl::Status& s) {
     switch (s.code()) {
@@ -334,6 +348,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     }
     if (location_.empty()) {
       location_ = std::string(location);
+      owner_ = service_->Claim(location_, this);
       return absl::OkStatus();
     }
     if (location != location_) {
@@ -387,6 +402,9 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   // itself (location_ is read by commit callbacks after it was set).
   std::shared_ptr<IncomingMessage> in_;  // The message the pending read fills.
   std::string location_;
+  // The engine's owner token for location_ (set with it; read by commit
+  // callbacks and OnDone after).
+  uint64_t owner_ = 0;
   bool greeted_ = false;  // The Hello was queued (OnReadDone only).
   // The first heartbeat announced "out_of_order" (read by commit callbacks).
   std::atomic<bool> out_of_order_ok_{false};
@@ -402,6 +420,32 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   // Written once under mu_ before finishing_ is set; read after.
   grpc::Status final_status_;
 };
+
+uint64_t IngestService::Claim(const std::string& location, IngestReactor* claimant) {
+  IngestReactor* previous = nullptr;
+  uint64_t owner = 0;
+  {
+    absl::MutexLock lock(&live_mu_);
+    owner = engine_->ClaimLocation(location);
+    IngestReactor*& live = live_[location];
+    previous = live;
+    live = claimant;
+    // Kept alive past the lock: it leaves live_ (in OnDone) only under it.
+    if (previous != nullptr) previous->Ref();
+  }
+  if (previous != nullptr) {
+    previous->Supersede();
+    previous->Unref();
+  }
+  return owner;
+}
+
+void IngestService::Release(const std::string& location, IngestReactor* stream,
+                            uint64_t owner) {
+  absl::MutexLock lock(&live_mu_);
+  engine_->ReleaseLocation(location, owner);
+  if (auto it = live_.find(location); it != live_.end() && it->second == stream) live_.erase(it);
+}
 
 absl::Duration IngestService::TakeTokens(const std::string& location, size_t count,
                                          absl::Time now) {

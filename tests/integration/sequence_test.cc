@@ -9,6 +9,7 @@
 // Every observation has a key of its own ("k<sequence>"): the collector's
 // applied count equal to the distinct observations sent, with no
 // duplicates counted, means each was applied exactly once.
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <string>
@@ -112,6 +113,13 @@ class RawStream {
     return std::nullopt;
   }
 
+  // Waits for the collector's Hello: the heartbeat before it was handled
+  // (this stream holds its location).
+  bool Greeted() {
+    v1::CollectorMessage reply;
+    return stream_->Read(&reply) && reply.has_hello();
+  }
+
   grpc::Status Finish() {
     stream_->WritesDone();
     v1::CollectorMessage ignored;
@@ -188,6 +196,50 @@ TEST_P(SequenceTest, AClientWithoutTheCapabilityHasItsStreamEndedAndResends) {
   EXPECT_TRUE(again.Finish().ok());
   EXPECT_EQ(collector.Metric("constance_observations_applied_total", 30), 30) << collector.Log();
   EXPECT_EQ(collector.Metric("constance_observations_duplicate_total", 30), 0);
+}
+
+TEST_P(SequenceTest, ASecondStreamForALocationSupersedesTheFirst) {
+  TempDir dir;
+  Collector collector(dir, GetParam());
+  RawStream older(collector.address(), "store-1", /*out_of_order=*/true);
+  ASSERT_TRUE(older.Greeted()) << collector.Log();
+  ASSERT_TRUE(older.Send(1, 10));
+  std::optional<v1::Ack> ack = older.NextAck();
+  ASSERT_TRUE(ack.has_value()) << collector.Log();
+  EXPECT_EQ(ack->watermark(), 10u);
+  // The older stream sends 11..20 and never reads the answer (lost, say).
+  ASSERT_TRUE(older.Send(11, 10));
+
+  RawStream newer(collector.address(), "store-1", /*out_of_order=*/true);
+  ASSERT_TRUE(newer.Greeted()) << collector.Log();
+  // Whatever the older stream sends now applies nothing.
+  (void)older.Send(21, 10);
+  uint64_t acked_on_older = 10;
+  while (std::optional<v1::Ack> late = older.NextAck()) {
+    acked_on_older = std::max<uint64_t>(acked_on_older, late->watermark());
+  }
+  grpc::Status ended = older.Finish();
+  EXPECT_EQ(ended.error_code(), grpc::StatusCode::ABORTED) << ended.error_message();
+  EXPECT_THAT(ended.error_message(), HasSubstr("superseded by a newer stream"));
+  EXPECT_LE(acked_on_older, 20u) << "21..30 went only to the superseded stream";
+
+  // The newer stream resends everything past what it knows acknowledged.
+  ASSERT_TRUE(newer.Send(11, 10));
+  ASSERT_TRUE(newer.Send(21, 10));
+  uint64_t duplicates = 0;
+  for (int i = 0; i < 2; ++i) {
+    ack = newer.NextAck();
+    ASSERT_TRUE(ack.has_value()) << collector.Log();
+    EXPECT_EQ(ack->outcome(), v1::Ack::APPLIED);
+    duplicates += ack->duplicates();
+  }
+  EXPECT_EQ(ack->watermark(), 30u);
+  // 11..20 count as duplicates only if the older stream's batch applied
+  // before the newer stream claimed the location.
+  EXPECT_LE(duplicates, 10u);
+  EXPECT_TRUE(newer.Finish().ok());
+  EXPECT_EQ(collector.Metric("constance_observations_applied_total", 30), 30) << collector.Log();
+  EXPECT_EQ(collector.Metric("constance_observations_duplicate_total", 30), duplicates);
 }
 
 INSTANTIATE_TEST_SUITE_P(LogAndMemory, SequenceTest, ::testing::Bool(),

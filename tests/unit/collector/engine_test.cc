@@ -222,6 +222,31 @@ TEST(EngineTest, AdmitCountsBatchesOnTheirWayButNotGaps) {
   EXPECT_EQ(engine.ApplyBatch(second)->watermark(), 20u);
 }
 
+TEST(EngineTest, NothingOfASupersededStreamApplies) {
+  Engine engine(FixedClock());
+  const uint64_t older = engine.ClaimLocation("store-a");
+  const v1::Batch first = MakeBatch("store-a", 7, 1, Waits("a", 10));
+  ASSERT_TRUE(engine.ApplyBatch(ViewOf(first), kNow, older).ok());
+  const uint64_t newer = engine.ClaimLocation("store-a");
+  EXPECT_NE(newer, older);
+  const v1::Batch second = MakeBatch("store-a", 7, 11, Waits("a", 10));
+  absl::StatusOr<v1::Ack> late = engine.ApplyBatch(ViewOf(second), kNow, older);
+  ASSERT_FALSE(late.ok());
+  EXPECT_TRUE(absl::IsAborted(late.status()));
+  EXPECT_THAT(late.status().message(), HasSubstr("superseded by a newer stream"));
+  absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(ViewOf(second), kNow, newer);
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->watermark(), 20u);
+  EXPECT_EQ(ack->duplicates(), 0u);
+  // Released by an older stream, the newer stream keeps the location.
+  engine.ReleaseLocation("store-a", older);
+  EXPECT_TRUE(engine.ApplyBatch(ViewOf(MakeBatch("store-a", 7, 21, Waits("a", 1))), kNow, newer)
+                  .ok());
+  engine.ReleaseLocation("store-a", newer);
+  EXPECT_FALSE(engine.ApplyBatch(ViewOf(MakeBatch("store-a", 7, 22, Waits("a", 1))), kNow, newer)
+                   .ok());
+}
+
 TEST(EngineTest, ANewIncarnationIsNotMistakenForDuplicates) {
   Engine engine(FixedClock());
   ASSERT_TRUE(engine.ApplyBatch(MakeBatch("store-a", 1, 1, {Wait("checkout", 100)})).ok());
