@@ -150,7 +150,7 @@ absl::Status Sender::RunStream(bool* healthy) {
     // Everything unacknowledged goes again, from the oldest.
     sent_ = acked_;
     in_flight_.clear();
-    rewind_ = false;
+    rewind_to_.reset();
     throttled_until_ = absl::InfinitePast();
     const absl::Time now = absl::Now();
     gather_since_ = known_last_ > sent_ ? now : absl::InfiniteFuture();
@@ -226,10 +226,11 @@ Sender::Action Sender::NextAction(absl::Time now, absl::Time* deadline, uint64_t
                                   size_t* count) {
   if (stop_now_) return Action::kStop;
   if (stream_done_) return Action::kBroken;
-  if (rewind_) {
-    // Throttled: nothing after the watermark was applied; send it again.
-    rewind_ = false;
-    sent_ = acked_;
+  if (rewind_to_) {
+    // Throttled or out of order: nothing after that point was applied;
+    // send it again.
+    sent_ = *rewind_to_;
+    rewind_to_.reset();
     in_flight_.clear();
   }
   // The collector may acknowledge past what this stream sent (it kept an
@@ -274,6 +275,7 @@ bool Sender::WriteHeartbeat(Stream* stream) {
   hb->set_spool_dropped(spool_->DroppedOldest());
   *hb->mutable_sent_at() = ToProto(now);
   hb->set_protocol_version(kProtocolVersion);
+  hb->add_capabilities(std::string(kCapabilityOutOfOrder));
   for (const auto& [name, value] : options_.labels) (*hb->mutable_labels())[name] = value;
   hb->set_data_cadence_seconds(
       static_cast<uint64_t>(absl::ToInt64Seconds(options_.data_cadence)));
@@ -309,6 +311,9 @@ bool Sender::WriteBatch(Stream* stream, uint64_t from, size_t count) {
   batch->set_location(options_.location);
   batch->set_incarnation(spool_->incarnation());
   batch->set_first_sequence(entries->front().sequence);
+  // The full spool deleted from .. first - 1 unsent (drop_oldest): the
+  // batch declares the gap, so the collector steps over it.
+  if (entries->front().sequence > from) batch->set_skipped_from(from);
   const uint64_t last = entries->back().sequence;
   batch->mutable_observations()->Reserve(static_cast<int>(entries->size()));
   for (SpoolEntry& e : *entries) *batch->add_observations() = std::move(e.observation);
@@ -380,9 +385,17 @@ void Sender::HandleAck(const v1::Ack& ack) {
                                       return f.first == ack.first_sequence() || f.last <= acked;
                                     }),
                      in_flight_.end());
+    if (ack.outcome() == v1::Ack::OUT_OF_ORDER && ack.expected_sequence() > 0) {
+      // The collector expects an earlier sequence (an ack lost with an
+      // earlier stream, say): everything from there goes again.
+      const uint64_t from = std::max(acked_, ack.expected_sequence() - 1);
+      rewind_to_ = std::min(rewind_to_.value_or(from), from);
+      spdlog::info("collector {}: batch {} out of order; resending from {}", options_.collector,
+                   ack.first_sequence(), from + 1);
+    }
     if (ack.outcome() == v1::Ack::THROTTLED) {
       throttled_until_ = absl::Now() + absl::Milliseconds(ack.retry_after_ms());
-      rewind_ = true;
+      rewind_to_ = std::min(rewind_to_.value_or(acked_), acked_);
       spdlog::info("collector {}: throttled; resending from {} in {} ms", options_.collector,
                    acked_ + 1, ack.retry_after_ms());
     }

@@ -38,6 +38,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -165,7 +166,9 @@ class Sender {
   bool stream_acked_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t sent_ ABSL_GUARDED_BY(mu_) = 0;  // Highest sequence sent on it.
   std::deque<InFlight> in_flight_ ABSL_GUARDED_BY(mu_);
-  bool rewind_ ABSL_GUARDED_BY(mu_) = false;  // Resend from acked_ (throttled).
+  // Resend what follows this sequence (throttled: acked_; out of order:
+  // the collector's expected sequence - 1); nullopt: carry on.
+  std::optional<uint64_t> rewind_to_ ABSL_GUARDED_BY(mu_);
   absl::Time throttled_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   // When the oldest unsent observation was first seen (InfiniteFuture if
   // none): a batch leaves flush_interval later, or sooner if full.

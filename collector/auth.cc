@@ -43,7 +43,8 @@ absl::StatusOr<absl::Time> CallerCertificateNotAfter(const grpc::ServerContextBa
 RefusalCounter::RefusalCounter() {
   for (const char* reason :
        {kRefusedLocationMismatch, kRefusedNotALocation, kRefusedNotAnOperator, kRefusedMaxStreams,
-        kRefusedMaxLocations, kRefusedUnknownLocation, kRefusedInvalidBatch}) {
+        kRefusedMaxLocations, kRefusedUnknownLocation, kRefusedInvalidBatch,
+        kRefusedSequenceGap}) {
     counts_[reason] = 0;
   }
 }

@@ -42,6 +42,7 @@ inline constexpr char kRefusedMaxStreams[] = "max_streams";
 inline constexpr char kRefusedMaxLocations[] = "max_locations";
 inline constexpr char kRefusedUnknownLocation[] = "unknown_location";
 inline constexpr char kRefusedInvalidBatch[] = "invalid_message";
+inline constexpr char kRefusedSequenceGap[] = "sequence_gap";
 
 class RefusalCounter {
  public:

@@ -387,6 +387,51 @@ void Engine::RefreshCatalogLocked() {
   for (Series& s : series_) s.dirty = true;
 }
 
+namespace {
+
+// The sequence `batch` should have started at, when it leaves a gap after
+// `through` (everything at or below it settled or on its way); 0 when it
+// follows on, counting a declared dropped range (Batch.skipped_from).
+uint64_t ExpectedInstead(const BatchView& batch, uint64_t through) {
+  const uint64_t next = through + 1;
+  if (batch.first_sequence <= next) return 0;
+  if (batch.skipped_from != 0 && batch.skipped_from <= next) return 0;
+  return next;
+}
+
+v1::Ack OutOfOrderAck(const BatchView& batch, uint64_t watermark, uint64_t expected) {
+  v1::Ack ack;
+  ack.set_location(std::string(batch.location));
+  ack.set_incarnation(batch.incarnation);
+  ack.set_first_sequence(batch.first_sequence);
+  ack.set_count(static_cast<uint32_t>(batch.observations.size()));
+  ack.set_outcome(v1::Ack::OUT_OF_ORDER);
+  ack.set_watermark(watermark);
+  ack.set_expected_sequence(expected);
+  return ack;
+}
+
+}  // namespace
+
+std::optional<v1::Ack> Engine::Admit(const BatchView& batch) {
+  if (batch.first_sequence == 0) return std::nullopt;  // ApplyBatch refuses it.
+  absl::MutexLock lock(&mu_);
+  uint64_t watermark = 0;
+  if (auto loc = location_index_.find(batch.location); loc != location_index_.end()) {
+    if (auto it = streams_.find({loc->second, batch.incarnation}); it != streams_.end()) {
+      watermark = it->second.watermark;
+    }
+  }
+  uint64_t& admitted = admitted_[{std::string(batch.location), batch.incarnation}];
+  const uint64_t through = std::max(admitted, watermark);
+  if (const uint64_t expected = ExpectedInstead(batch, through); expected != 0) {
+    ++out_of_order_;
+    return OutOfOrderAck(batch, watermark, expected);
+  }
+  admitted = std::max(through, batch.first_sequence + batch.observations.size() - 1);
+  return std::nullopt;
+}
+
 absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch) {
   return ApplyBatch(batch, options_.clock());
 }
@@ -395,19 +440,32 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const v1::Batch& batch, absl::Time no
   return ApplyBatch(ViewOf(batch), now);
 }
 
-absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now) {
-  if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
-  const uint64_t count = batch.observations.size();
-  const int64_t now_ns = absl::ToUnixNanos(now);
-
-  v1::Ack ack;
-  ack.set_location(std::string(batch.location));
-  ack.set_incarnation(batch.incarnation);
-  ack.set_first_sequence(batch.first_sequence);
-  ack.set_count(static_cast<uint32_t>(count));
-  ack.set_outcome(v1::Ack::APPLIED);
-
+uint64_t Engine::ClaimLocation(absl::string_view location) {
   absl::MutexLock lock(&mu_);
+  const uint64_t owner = ++last_owner_;
+  owners_[location] = owner;
+  return owner;
+}
+
+void Engine::ReleaseLocation(absl::string_view location, uint64_t owner) {
+  absl::MutexLock lock(&mu_);
+  if (auto it = owners_.find(location); it != owners_.end() && it->second == owner) {
+    owners_.erase(it);
+  }
+}
+
+absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now) {
+  return ApplyBatch(batch, now, /*owner=*/0);
+}
+
+absl::Status Engine::MayApplyLocked(const BatchView& batch, uint64_t owner) const {
+  if (owner != 0) {
+    if (auto it = owners_.find(batch.location); it == owners_.end() || it->second != owner) {
+      return absl::AbortedError(absl::StrCat(
+          "superseded by a newer stream for location '", batch.location,
+          "': nothing of this stream applies any more; resend on the newer one"));
+    }
+  }
   const Catalog& catalog = *catalog_;
   if (!catalog.auto_register && !location_index_.contains(batch.location) &&
       !DeclaredLocked(batch.location)) {
@@ -424,8 +482,34 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
                                                      " locations this collector accepts "
                                                      "(--max_locations)"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now,
+                                           uint64_t owner) {
+  if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
+  const uint64_t count = batch.observations.size();
+  const int64_t now_ns = absl::ToUnixNanos(now);
+
+  v1::Ack ack;
+  ack.set_location(std::string(batch.location));
+  ack.set_incarnation(batch.incarnation);
+  ack.set_first_sequence(batch.first_sequence);
+  ack.set_count(static_cast<uint32_t>(count));
+  ack.set_outcome(v1::Ack::APPLIED);
+
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = MayApplyLocked(batch, owner); !s.ok()) return s;
+  const Catalog& catalog = *catalog_;
   const uint32_t loc = LocationIndex(batch.location);
   Stream& stream = streams_[{loc, batch.incarnation}];
+  if (const uint64_t expected = ExpectedInstead(batch, stream.watermark); expected != 0) {
+    ++out_of_order_;
+    return OutOfOrderAck(batch, stream.watermark, expected);
+  }
+  if (batch.first_sequence > stream.watermark + 1) {  // A declared dropped range.
+    dropped_ += batch.first_sequence - 1 - stream.watermark;
+  }
   const BinSpan wait_bins(catalog.wait), compliance_bins(catalog.compliance),
       score_bins(catalog.score);
   uint32_t duplicates = 0;
@@ -799,6 +883,8 @@ bool Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& v
     snapshot->observations_applied = applied_;
     snapshot->observations_rejected = rejected_;
     snapshot->observations_duplicate = duplicates_;
+    snapshot->observations_dropped = dropped_;
+    snapshot->batches_out_of_order = out_of_order_;
     snapshot->batches = batches_;
     snapshot->rejected_by_reason = rejected_by_reason_;
     for (const Location& l : locations_) {

@@ -34,6 +34,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -185,6 +186,10 @@ struct Snapshot {
   uint64_t observations_applied = 0;
   uint64_t observations_rejected = 0;
   uint64_t observations_duplicate = 0;
+  // Since the collector started: sequences agents declared deleted unsent
+  // (Batch.skipped_from), and batches answered OUT_OF_ORDER.
+  uint64_t observations_dropped = 0;
+  uint64_t batches_out_of_order = 0;
   uint64_t batches = 0;
   // Rejected observations by the field that failed validation.
   std::map<std::string, uint64_t> rejected_by_reason;
@@ -231,7 +236,12 @@ class Engine {
 
   // Applies one batch and returns its acknowledgement: observations above
   // the (location, incarnation) high-water mark are validated and applied
-  // or rejected with a reason; those at or below it are duplicates. Errors
+  // or rejected with a reason; those at or below it are duplicates. Only a
+  // contiguous prefix is applied: a batch starting past watermark + 1 (and
+  // not declaring the range before it dropped, Batch.skipped_from) is
+  // answered OUT_OF_ORDER with the expected sequence, nothing applied. A
+  // declared dropped range is counted (observations_dropped) and stepped
+  // over. Errors
   // concern the batch as a whole and leave the state untouched:
   // InvalidArgument (bad location id, sequence 0), PermissionDenied (a
   // location the catalog does not know while auto_register is off).
@@ -242,6 +252,26 @@ class Engine {
   // The same on a view of the batch's bytes (batch_view.h), as ingest
   // reads it.
   absl::StatusOr<v1::Ack> ApplyBatch(const BatchView& batch, absl::Time received);
+  // The same for a stream holding `owner` (ClaimLocation): Aborted, nothing
+  // applied, once a newer stream claimed the batch's location.
+  absl::StatusOr<v1::Ack> ApplyBatch(const BatchView& batch, absl::Time received, uint64_t owner);
+
+  // One live stream per location: makes the caller the location's owner
+  // and returns its token (never 0). From then on batches applied with an
+  // older owner's token are refused, so nothing of a superseded stream
+  // applies after the newer stream's first batch. ReleaseLocation forgets
+  // the owner when it is still `owner` (the stream ended).
+  uint64_t ClaimLocation(absl::string_view location);
+  void ReleaseLocation(absl::string_view location, uint64_t owner);
+
+  // The check ingest makes before a batch goes to the durable log: the
+  // OUT_OF_ORDER ack (nothing logged or applied) if the batch starts past
+  // the next sequence expected after the watermark and every batch
+  // admitted before it (committing, not yet applied); else nullopt, and
+  // the batch counts as admitted. ApplyBatch checks again against what was
+  // applied, so a batch admitted after one that never applied still
+  // leaves no gap.
+  std::optional<v1::Ack> Admit(const BatchView& batch);
 
   // Records an agent's heartbeat. InvalidArgument for a bad location id.
   absl::Status RecordHeartbeat(const v1::Heartbeat& heartbeat);
@@ -422,6 +452,10 @@ class Engine {
   // Rebuilds catalog_ from base_catalog_ and the agents' labels when they
   // changed: once per tick at most, not per heartbeat.
   void RefreshCatalogLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `batch` may apply: its stream still owns the location (when
+  // `owner` is not 0), the catalog allows it, --max_locations has room.
+  absl::Status MayApplyLocked(const BatchView& batch, uint64_t owner) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // In the operator's catalog (agent labels do not declare a location).
   bool DeclaredLocked(absl::string_view location) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TickLoop(bool evaluation);
@@ -448,6 +482,16 @@ class Engine {
   uint64_t rejected_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t duplicates_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t batches_ ABSL_GUARDED_BY(mu_) = 0;
+  // Since start (not in the saved state): declared dropped by agents, and
+  // batches answered OUT_OF_ORDER.
+  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t out_of_order_ ABSL_GUARDED_BY(mu_) = 0;
+  // The stream that owns each location now (ClaimLocation), by token.
+  absl::flat_hash_map<std::string, uint64_t> owners_ ABSL_GUARDED_BY(mu_);
+  uint64_t last_owner_ ABSL_GUARDED_BY(mu_) = 0;
+  // The end of the batches Admit let through, by (location, incarnation).
+  absl::flat_hash_map<std::pair<std::string, uint64_t>, uint64_t> admitted_
+      ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> rejected_by_reason_ ABSL_GUARDED_BY(mu_);
 
   // Serialises recomputations so two ticks never interleave publishing.

@@ -257,6 +257,14 @@ void CollectorMetrics::RenderTo(TextExposition* exposition) const {
   Single(&out, "constance_observations_duplicate_total",
          "Observations dropped because an earlier batch delivered them already.", kCounter,
          snap->observations_duplicate);
+  Single(&out, "constance_observations_dropped_total",
+         "Observations agents declared deleted unsent (a full spool with "
+         "spool_when_full: drop_oldest), stepped over; since the collector started.",
+         kCounter, snap->observations_dropped);
+  Single(&out, "constance_batches_out_of_order_total",
+         "Batches refused because they started past the next expected sequence (a gap); "
+         "nothing of them applied; since the collector started.",
+         kCounter, snap->batches_out_of_order);
   Single(&out, "constance_batches_total", "Batches received from agents.", kCounter, snap->batches);
   Single(&out, "constance_agent_streams", "Agent streams open now.", kGauge,
          static_cast<double>(ingest_->streams_open()));

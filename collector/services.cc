@@ -131,6 +131,10 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     absl::Status status =
         incoming->Parse() ? Handle(std::move(incoming))
                           : absl::InvalidArgumentError("message: not a constance.v1.AgentMessage");
+    if (absl::IsAborted(status)) {  // Superseded: not the client's fault.
+      EndStream(ToGrpcStatus(status));
+      return;
+    }
     if (!status.ok()) {
       spdlog::warn("ingest stream from {} ({}) refused: {}", peer_, location_,
                    std::string(status.message()));
@@ -170,8 +174,25 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   void OnCancel() override {}
 
   void OnDone() override {
+    if (owner_ != 0) service_->Release(location_, this, owner_);
     service_->streams_open_.fetch_sub(1, std::memory_order_relaxed);
     Unref();
+  }
+
+  // A newer stream claimed this one's location: it ends, and none of its
+  // batches applies any more (the engine refuses its owner token).
+  void Supersede() {
+    spdlog::info("ingest stream from {} ({}) superseded by a newer stream", peer_, location_);
+    EndStream(grpc::Status(grpc::StatusCode::ABORTED,
+                           absl::StrCat("superseded by a newer stream for location '", location_,
+                                        "'")));
+  }
+
+  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+  // The last reference (gRPC's, released in OnDone, or a pending commit's
+  // or a superseding stream's) deletes the reactor.
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
 
  private:
@@ -181,6 +202,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       if (absl::Status s = BindLocation(batch.location); !s.ok()) return s;
       if (Throttle(batch)) return absl::OkStatus();
       if (service_->log_ == nullptr) return ApplyAndAck(batch, service_->engine_->now());
+      // A batch that leaves a gap is answered before the log sees it.
+      if (std::optional<v1::Ack> gap = service_->engine_->Admit(batch)) return AnswerGap(*gap);
       // Durable first: the batch is applied, in log order, and
       // acknowledged only once committed. The reference keeps this reactor
       // alive until the commit reports, even if the stream ends.
@@ -197,7 +220,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
             if (!s.ok()) {
               spdlog::warn("ingest stream from {} ({}) ended: {}", peer_, location_,
                            std::string(s.message()));
-              if (committed.ok()) service_->Refused(RefusalReason(s));
+              if (committed.ok() && !absl::IsAborted(s)) service_->Refused(RefusalReason(s));
               EndStream(ToGrpcStatus(s));
             }
             bool last = false;
@@ -235,12 +258,37 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     v1::Hello* hello = reply.mutable_hello();
     hello->set_protocol_version(kProtocolVersion);
     hello->set_version(std::string(Version()));
+    for (const std::string& c : heartbeat.capabilities()) {
+      if (c == kCapabilityOutOfOrder) {
+        out_of_order_ok_.store(true, std::memory_order_relaxed);
+        hello->add_capabilities(c);
+      }
+    }
     Enqueue(Serialize(reply));
   }
 
+  // Answers a batch that leaves a gap (the OUT_OF_ORDER `ack`, nothing of
+  // it applied): with that ack to a client that announced it understands
+  // it; an older client, which would take any ack but THROTTLED as
+  // settling its batch, has its stream ended instead and resends after
+  // reconnecting.
+  absl::Status AnswerGap(const v1::Ack& ack) {
+    if (!out_of_order_ok_.load(std::memory_order_relaxed)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sequence gap: expected ", ack.expected_sequence(), ", got ",
+                       ack.first_sequence(), " (resend from sequence ", ack.expected_sequence(),
+                       ", or announce the capability '", kCapabilityOutOfOrder, "')"));
+    }
+    v1::CollectorMessage reply;
+    *reply.mutable_ack() = ack;
+    Enqueue(Serialize(reply));
+    return absl::OkStatus();
+  }
+
   absl::Status ApplyAndAck(const BatchView& batch, absl::Time received) {
-    absl::StatusOr<v1::Ack> ack = service_->engine_->ApplyBatch(batch, received);
+    absl::StatusOr<v1::Ack> ack = service_->engine_->ApplyBatch(batch, received, owner_);
     if (!ack.ok()) return ack.status();
+    if (ack->outcome() == v1::Ack::OUT_OF_ORDER) return AnswerGap(*ack);
     v1::CollectorMessage reply;
     *reply.mutable_ack() = std::move(*ack);
     Enqueue(Serialize(reply));
@@ -275,18 +323,13 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     return true;
   }
 
-  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
-  // The last reference (gRPC's, released in OnDone, or a pending commit's)
-  // deletes the reactor.
-  void Unref() {
-    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-  }
-
   // The counter label for a status that ends a stream.
   static std::string RefusalReason(const absl::Status& s) {
     switch (s.code()) {
       case absl::StatusCode::kResourceExhausted:
         return kRefusedMaxLocations;
+      case absl::StatusCode::kFailedPrecondition:
+        return kRefusedSequenceGap;
       case absl::StatusCode::kPermissionDenied:
         return absl::StrContains(s.message(), "catalog") ? kRefusedUnknownLocation
                                                          : kRefusedLocationMismatch;
@@ -305,6 +348,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     }
     if (location_.empty()) {
       location_ = std::string(location);
+      owner_ = service_->Claim(location_, this);
       return absl::OkStatus();
     }
     if (location != location_) {
@@ -358,7 +402,12 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   // itself (location_ is read by commit callbacks after it was set).
   std::shared_ptr<IncomingMessage> in_;  // The message the pending read fills.
   std::string location_;
+  // The engine's owner token for location_ (set with it; read by commit
+  // callbacks and OnDone after).
+  uint64_t owner_ = 0;
   bool greeted_ = false;  // The Hello was queued (OnReadDone only).
+  // The first heartbeat announced "out_of_order" (read by commit callbacks).
+  std::atomic<bool> out_of_order_ok_{false};
   uint64_t throttled_from_ = 0;  // First sequence of the throttled batch; 0 = none.
 
   absl::Mutex mu_;
@@ -371,6 +420,32 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   // Written once under mu_ before finishing_ is set; read after.
   grpc::Status final_status_;
 };
+
+uint64_t IngestService::Claim(const std::string& location, IngestReactor* claimant) {
+  IngestReactor* previous = nullptr;
+  uint64_t owner = 0;
+  {
+    absl::MutexLock lock(&live_mu_);
+    owner = engine_->ClaimLocation(location);
+    IngestReactor*& live = live_[location];
+    previous = live;
+    live = claimant;
+    // Kept alive past the lock: it leaves live_ (in OnDone) only under it.
+    if (previous != nullptr) previous->Ref();
+  }
+  if (previous != nullptr) {
+    previous->Supersede();
+    previous->Unref();
+  }
+  return owner;
+}
+
+void IngestService::Release(const std::string& location, IngestReactor* stream,
+                            uint64_t owner) {
+  absl::MutexLock lock(&live_mu_);
+  engine_->ReleaseLocation(location, owner);
+  if (auto it = live_.find(location); it != live_.end() && it->second == stream) live_.erase(it);
+}
 
 absl::Duration IngestService::TakeTokens(const std::string& location, size_t count,
                                          absl::Time now) {

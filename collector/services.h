@@ -36,6 +36,8 @@ namespace constance::collector {
 // absl::Status -> grpc::Status, in one place at the RPC boundary.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+class IngestReactor;
+
 class IngestService final : public v1::Ingest::WithRawCallbackMethod_Stream<v1::Ingest::Service> {
  public:
   // With a `log`, a batch is applied and acknowledged only once it is
@@ -85,6 +87,11 @@ class IngestService final : public v1::Ingest::WithRawCallbackMethod_Stream<v1::
 
  private:
   friend class IngestReactor;
+  // Makes `claimant` the one live stream of `location` and ends the one it
+  // supersedes (ABORTED); returns the engine's owner token for it.
+  uint64_t Claim(const std::string& location, IngestReactor* claimant);
+  // Forgets `stream` as `location`'s live stream (it ended).
+  void Release(const std::string& location, IngestReactor* stream, uint64_t owner);
   Engine* const engine_;
   BatchLog* const log_;
   const double rate_;
@@ -95,6 +102,8 @@ class IngestService final : public v1::Ingest::WithRawCallbackMethod_Stream<v1::
   };
   absl::Mutex buckets_mu_;
   absl::flat_hash_map<std::string, Bucket> buckets_ ABSL_GUARDED_BY(buckets_mu_);
+  absl::Mutex live_mu_;
+  absl::flat_hash_map<std::string, IngestReactor*> live_ ABSL_GUARDED_BY(live_mu_);
   std::atomic<uint64_t> throttled_{0};
   std::atomic<int64_t> streams_open_{0};
   std::atomic<uint64_t> streams_refused_{0};

@@ -231,7 +231,8 @@ bool ObservationView::operator==(const ObservationView& o) const {
 
 bool BatchView::operator==(const BatchView& o) const {
   return location == o.location && incarnation == o.incarnation &&
-         first_sequence == o.first_sequence && observations == o.observations;
+         first_sequence == o.first_sequence && skipped_from == o.skipped_from &&
+         observations == o.observations;
 }
 
 bool DecodeBatch(absl::string_view bytes, BatchView* out) {
@@ -250,6 +251,7 @@ bool DecodeBatch(absl::string_view bytes, BatchView* out) {
         if (!r.Fixed64(&v)) return false;
         break;
       case Tag(B::kFirstSequenceFieldNumber, kVarint):
+      case Tag(B::kSkippedFromFieldNumber, kVarint):
         if (!r.Varint(&v)) return false;
         break;
       case Tag(B::kObservationsFieldNumber, kBytes):
@@ -276,6 +278,10 @@ bool DecodeBatch(absl::string_view bytes, BatchView* out) {
       case Tag(B::kFirstSequenceFieldNumber, kVarint):
         if (!Reader::First(&seen, B::kFirstSequenceFieldNumber) || !r.Varint(&v)) return false;
         out->first_sequence = v;
+        break;
+      case Tag(B::kSkippedFromFieldNumber, kVarint):
+        if (!Reader::First(&seen, B::kSkippedFromFieldNumber) || !r.Varint(&v)) return false;
+        out->skipped_from = v;
         break;
       case Tag(B::kObservationsFieldNumber, kBytes):
         if (!DecodeObservation(r, &out->observations.emplace_back())) return false;
@@ -336,6 +342,7 @@ BatchView ViewOf(const v1::Batch& batch) {
   b.location = batch.location();
   b.incarnation = batch.incarnation();
   b.first_sequence = batch.first_sequence();
+  b.skipped_from = batch.skipped_from();
   b.observations.reserve(static_cast<size_t>(batch.observations_size()));
   for (const v1::Observation& obs : batch.observations()) b.observations.push_back(ViewOf(obs));
   return b;

@@ -64,6 +64,7 @@ struct BatchView {
   absl::string_view location;
   uint64_t incarnation = 0;
   uint64_t first_sequence = 0;
+  uint64_t skipped_from = 0;  // 0: no gap declared.
   std::vector<ObservationView> observations;
 
   bool operator==(const BatchView& other) const;

@@ -100,11 +100,16 @@ absl::Status ValidateObservationId(absl::string_view id) {
 }
 
 absl::Status ValidateBatchShape(const v1::Batch& batch, const Limits& limits) {
-  return ValidateBatchShape(batch.location(), batch.first_sequence(),
-                            static_cast<uint64_t>(batch.observations_size()), limits);
+  return ValidateBatchShape(ViewOf(batch), limits);
 }
 
 absl::Status ValidateBatchShape(const BatchView& batch, const Limits& limits) {
+  if (batch.skipped_from != 0 && batch.skipped_from >= batch.first_sequence) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch.skipped_from: ", batch.skipped_from, " is not below first_sequence ",
+                     batch.first_sequence, " (declare the dropped range skipped_from .. "
+                     "first_sequence - 1, or leave it 0)"));
+  }
   return ValidateBatchShape(batch.location, batch.first_sequence, batch.observations.size(),
                             limits);
 }

@@ -76,7 +76,8 @@ absl::Status ValidateObservationId(absl::string_view id);
 
 // The batch-level rules: a valid location id, first_sequence >= 1 with no
 // overflow of the sequence range, at most limits.max_batch_observations
-// observations. Observations themselves are checked one by one with
+// observations, a skipped_from (if set) below first_sequence.
+// Observations themselves are checked one by one with
 // ValidateObservation, so one bad item never refuses the rest.
 absl::Status ValidateBatchShape(const v1::Batch& batch, const Limits& limits);
 absl::Status ValidateBatchShape(const BatchView& batch, const Limits& limits);

@@ -16,7 +16,12 @@
 //      a message or field an agent did not announce it understands, and an
 //      agent that gets no Hello speaks protocol 1. The messages also carry
 //      a list of capabilities, for optional features a later protocol
-//      adds; protocol 2 defines none, so both sides leave it empty.
+//      adds. Capabilities (announced in the first heartbeat; the Hello
+//      lists those both sides know):
+//        "out_of_order"  the agent understands Ack.OUT_OF_ORDER and
+//                        resends from Ack.expected_sequence; without it a
+//                        batch that leaves a gap ends the stream with
+//                        FAILED_PRECONDITION.
 //
 // Thread-safe: constants only.
 #ifndef CONSTANCE_VERSION_H_
@@ -30,6 +35,9 @@
 namespace constance {
 
 inline constexpr uint32_t kProtocolVersion = 2;
+
+// The capability of a client that understands Ack.OUT_OF_ORDER.
+inline constexpr absl::string_view kCapabilityOutOfOrder = "out_of_order";
 
 // The release, e.g. "0.2.0".
 absl::string_view Version();

@@ -12,6 +12,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "constance/v1/ingest.grpc.pb.h"
+#include "constance/version.h"
+#include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
@@ -58,7 +60,11 @@ class FakeCollector final : public v1::Ingest::Service {
         ack->set_incarnation(b.incarnation());
         ack->set_first_sequence(b.first_sequence());
         ack->set_count(b.observations_size());
-        if (throttle_next_batch_) {
+        if (out_of_order_next_batch_) {
+          out_of_order_next_batch_ = false;
+          ack->set_outcome(v1::Ack::OUT_OF_ORDER);
+          ack->set_expected_sequence(watermark_ + 1);
+        } else if (throttle_next_batch_) {
           throttle_next_batch_ = false;
           ack->set_outcome(v1::Ack::THROTTLED);
           ack->set_retry_after_ms(20);
@@ -97,6 +103,10 @@ class FakeCollector final : public v1::Ingest::Service {
     absl::MutexLock lock(&mu_);
     throttle_next_batch_ = true;
   }
+  void OutOfOrderNextBatch() {
+    absl::MutexLock lock(&mu_);
+    out_of_order_next_batch_ = true;
+  }
   void NeverAck() {
     absl::MutexLock lock(&mu_);
     never_ack_ = true;
@@ -120,6 +130,7 @@ class FakeCollector final : public v1::Ingest::Service {
   uint64_t watermark_ ABSL_GUARDED_BY(mu_) = 0;
   bool fail_next_batch_ ABSL_GUARDED_BY(mu_) = false;
   bool throttle_next_batch_ ABSL_GUARDED_BY(mu_) = false;
+  bool out_of_order_next_batch_ ABSL_GUARDED_BY(mu_) = false;
   bool never_ack_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Received> received_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::Heartbeat> heartbeats_ ABSL_GUARDED_BY(mu_);
@@ -250,6 +261,22 @@ TEST_F(SenderTest, ThrottledBatchIsSentAgain) {
   EXPECT_EQ(got[0].first, 1u);
   EXPECT_EQ(got[1].first, 1u);
   EXPECT_EQ(collector_.streams(), 1) << "throttling is not a stream failure";
+}
+
+TEST_F(SenderTest, OutOfOrderRewindsToTheExpectedSequence) {
+  collector_.OutOfOrderNextBatch();
+  sender_ = std::make_unique<Sender>(Options(), &spool_, &metrics_);
+  sender_->Start();
+  Append(10);
+  ASSERT_TRUE(collector_.WaitForWatermark(10, absl::Seconds(20)));
+  EXPECT_EQ(sender_->Stop(absl::Seconds(10)), 0u);
+  std::vector<FakeCollector::Received> got = collector_.received();
+  ASSERT_GE(got.size(), 2u);
+  EXPECT_EQ(got[1].first, 1u) << "resent from the expected sequence";
+  EXPECT_EQ(collector_.streams(), 1) << "an out-of-order answer is not a stream failure";
+  ASSERT_FALSE(collector_.heartbeats().empty());
+  EXPECT_THAT(collector_.heartbeats()[0].capabilities(),
+              ::testing::Contains(std::string(kCapabilityOutOfOrder)));
 }
 
 TEST_F(SenderTest, InFlightWindowIsBounded) {

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
 
 #include "constance/state/v1/engine_state.pb.h"
@@ -109,6 +110,143 @@ TEST(EngineTest, ABatchIsAppliedOnceAndItsRetryCountsAsDuplicates) {
   EXPECT_NEAR(wait->summary.median, 200, 2);
 }
 
+std::vector<v1::Observation> Waits(const std::string& key, int n, double from = 1) {
+  std::vector<v1::Observation> out;
+  for (int i = 0; i < n; ++i) out.push_back(Wait(key, from + i));
+  return out;
+}
+
+TEST(EngineTest, ABatchLeavingAGapIsOutOfOrderAndNothingOfItApplies) {
+  Engine engine(FixedClock());
+  ASSERT_TRUE(engine.ApplyBatch(MakeBatch("store-a", 7, 1, Waits("checkout", 66))).ok());
+  // 67..76 are missing: 77..86 would leave a gap.
+  absl::StatusOr<v1::Ack> gap = engine.ApplyBatch(MakeBatch("store-a", 7, 77, Waits("q", 10)));
+  ASSERT_TRUE(gap.ok()) << gap.status();
+  EXPECT_EQ(gap->outcome(), v1::Ack::OUT_OF_ORDER);
+  EXPECT_EQ(gap->expected_sequence(), 67u);
+  EXPECT_EQ(gap->watermark(), 66u);
+  EXPECT_EQ(gap->first_sequence(), 77u);
+  EXPECT_EQ(gap->incarnation(), 7u);
+  engine.Recompute();
+  EXPECT_EQ(engine.snapshot()->observations_applied, 66u);
+  EXPECT_EQ(engine.snapshot()->batches_out_of_order, 1u);
+  EXPECT_EQ(Find(*engine.snapshot(), v1::FAMILY_WAIT, "q"), nullptr);
+}
+
+TEST(EngineTest, ResendingFromTheExpectedSequenceAppliesEachObservationOnce) {
+  Engine engine(FixedClock());
+  ASSERT_TRUE(engine.ApplyBatch(MakeBatch("store-a", 7, 1, Waits("a", 66))).ok());
+  ASSERT_EQ(engine.ApplyBatch(MakeBatch("store-a", 7, 77, Waits("b", 10)))->outcome(),
+            v1::Ack::OUT_OF_ORDER);
+  absl::StatusOr<v1::Ack> resent = engine.ApplyBatch(MakeBatch("store-a", 7, 67, Waits("c", 10)));
+  ASSERT_TRUE(resent.ok());
+  EXPECT_EQ(resent->outcome(), v1::Ack::APPLIED);
+  EXPECT_EQ(resent->watermark(), 76u);
+  absl::StatusOr<v1::Ack> then = engine.ApplyBatch(MakeBatch("store-a", 7, 77, Waits("b", 10)));
+  ASSERT_TRUE(then.ok());
+  EXPECT_EQ(then->outcome(), v1::Ack::APPLIED);
+  EXPECT_EQ(then->watermark(), 86u);
+  EXPECT_EQ(then->duplicates(), 0u);
+  engine.Recompute();
+  auto snap = engine.snapshot();
+  EXPECT_EQ(snap->observations_applied, 86u);
+  EXPECT_EQ(snap->observations_duplicate, 0u);
+  ASSERT_NE(Find(*snap, v1::FAMILY_WAIT, "b"), nullptr);
+}
+
+TEST(EngineTest, ABatchOverlappingTheWatermarkAppliesOnlyItsTail) {
+  Engine engine(FixedClock());
+  ASSERT_TRUE(engine.ApplyBatch(MakeBatch("store-a", 7, 1, Waits("a", 10))).ok());
+  absl::StatusOr<v1::Ack> overlap =
+      engine.ApplyBatch(MakeBatch("store-a", 7, 6, Waits("a", 10, 6)));
+  ASSERT_TRUE(overlap.ok());
+  EXPECT_EQ(overlap->outcome(), v1::Ack::APPLIED);
+  EXPECT_EQ(overlap->duplicates(), 5u);
+  EXPECT_EQ(overlap->watermark(), 15u);
+  engine.Recompute();
+  EXPECT_EQ(engine.snapshot()->observations_applied, 15u);
+}
+
+TEST(EngineTest, ADeclaredDroppedRangeIsSteppedOverAndCounted) {
+  Engine engine(FixedClock());
+  ASSERT_TRUE(engine.ApplyBatch(MakeBatch("store-a", 7, 1, Waits("a", 10))).ok());
+  // The agent's full spool deleted 11..40 unsent and says so.
+  v1::Batch batch = MakeBatch("store-a", 7, 41, Waits("a", 5));
+  batch.set_skipped_from(11);
+  absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(batch);
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->outcome(), v1::Ack::APPLIED);
+  EXPECT_EQ(ack->watermark(), 45u);
+  // A declaration that starts past the watermark + 1 still leaves a gap.
+  v1::Batch late = MakeBatch("store-a", 7, 60, Waits("a", 1));
+  late.set_skipped_from(50);
+  absl::StatusOr<v1::Ack> refused = engine.ApplyBatch(late);
+  ASSERT_TRUE(refused.ok());
+  EXPECT_EQ(refused->outcome(), v1::Ack::OUT_OF_ORDER);
+  EXPECT_EQ(refused->expected_sequence(), 46u);
+  // A declaration at or below the watermark counts nothing twice.
+  v1::Batch again = MakeBatch("store-a", 7, 46, Waits("a", 1));
+  again.set_skipped_from(3);
+  ASSERT_EQ(engine.ApplyBatch(again)->outcome(), v1::Ack::APPLIED);
+  engine.Recompute();
+  EXPECT_EQ(engine.snapshot()->observations_dropped, 30u);
+  EXPECT_EQ(engine.snapshot()->observations_applied, 16u);
+}
+
+TEST(EngineTest, ASkippedFromNotBelowTheFirstSequenceIsRefused) {
+  Engine engine(FixedClock());
+  v1::Batch batch = MakeBatch("store-a", 7, 5, Waits("a", 1));
+  batch.set_skipped_from(5);
+  absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(batch);
+  ASSERT_FALSE(ack.ok());
+  EXPECT_THAT(ack.status().message(), HasSubstr("batch.skipped_from"));
+}
+
+TEST(EngineTest, AdmitCountsBatchesOnTheirWayButNotGaps) {
+  Engine engine(FixedClock());
+  const v1::Batch first = MakeBatch("store-a", 7, 1, Waits("a", 10));
+  const v1::Batch second = MakeBatch("store-a", 7, 11, Waits("a", 10));
+  const v1::Batch gap = MakeBatch("store-a", 7, 30, Waits("a", 1));
+  // Both go to the log before either is applied.
+  EXPECT_FALSE(engine.Admit(ViewOf(first)).has_value());
+  EXPECT_FALSE(engine.Admit(ViewOf(second)).has_value());
+  std::optional<v1::Ack> refused = engine.Admit(ViewOf(gap));
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_EQ(refused->outcome(), v1::Ack::OUT_OF_ORDER);
+  EXPECT_EQ(refused->expected_sequence(), 21u);
+  EXPECT_EQ(refused->watermark(), 0u);
+  // Applied in log order; had the first never applied, the second is
+  // still refused when it comes to be applied.
+  EXPECT_EQ(engine.ApplyBatch(second)->outcome(), v1::Ack::OUT_OF_ORDER);
+  EXPECT_EQ(engine.ApplyBatch(first)->outcome(), v1::Ack::APPLIED);
+  EXPECT_EQ(engine.ApplyBatch(second)->watermark(), 20u);
+}
+
+TEST(EngineTest, NothingOfASupersededStreamApplies) {
+  Engine engine(FixedClock());
+  const uint64_t older = engine.ClaimLocation("store-a");
+  const v1::Batch first = MakeBatch("store-a", 7, 1, Waits("a", 10));
+  ASSERT_TRUE(engine.ApplyBatch(ViewOf(first), kNow, older).ok());
+  const uint64_t newer = engine.ClaimLocation("store-a");
+  EXPECT_NE(newer, older);
+  const v1::Batch second = MakeBatch("store-a", 7, 11, Waits("a", 10));
+  absl::StatusOr<v1::Ack> late = engine.ApplyBatch(ViewOf(second), kNow, older);
+  ASSERT_FALSE(late.ok());
+  EXPECT_TRUE(absl::IsAborted(late.status()));
+  EXPECT_THAT(late.status().message(), HasSubstr("superseded by a newer stream"));
+  absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(ViewOf(second), kNow, newer);
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->watermark(), 20u);
+  EXPECT_EQ(ack->duplicates(), 0u);
+  // Released by an older stream, the newer stream keeps the location.
+  engine.ReleaseLocation("store-a", older);
+  EXPECT_TRUE(engine.ApplyBatch(ViewOf(MakeBatch("store-a", 7, 21, Waits("a", 1))), kNow, newer)
+                  .ok());
+  engine.ReleaseLocation("store-a", newer);
+  EXPECT_FALSE(engine.ApplyBatch(ViewOf(MakeBatch("store-a", 7, 22, Waits("a", 1))), kNow, newer)
+                   .ok());
+}
+
 TEST(EngineTest, ANewIncarnationIsNotMistakenForDuplicates) {
   Engine engine(FixedClock());
   ASSERT_TRUE(engine.ApplyBatch(MakeBatch("store-a", 1, 1, {Wait("checkout", 100)})).ok());
@@ -129,18 +267,18 @@ TEST(EngineTest, BadObservationsAreRejectedWithReasonsAndTheRestApplied) {
   score.set_key("inspection");
   score.set_score(std::numeric_limits<double>::infinity());
   absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(MakeBatch(
-      "store-a", 7, 10,
+      "store-a", 7, 1,
       {Wait("checkout", std::nan("")), Price("sku-1", 139), future, score, Wait("checkout", 90)}));
   ASSERT_TRUE(ack.ok());
   ASSERT_EQ(ack->rejections_size(), 3);
-  EXPECT_EQ(ack->rejections(0).sequence(), 10u);
+  EXPECT_EQ(ack->rejections(0).sequence(), 1u);
   EXPECT_THAT(ack->rejections(0).reason(), HasSubstr("wait_seconds"));
-  EXPECT_EQ(ack->rejections(1).sequence(), 12u);
+  EXPECT_EQ(ack->rejections(1).sequence(), 3u);
   EXPECT_THAT(ack->rejections(1).reason(), HasSubstr("future"));
-  EXPECT_EQ(ack->rejections(2).sequence(), 13u);
+  EXPECT_EQ(ack->rejections(2).sequence(), 4u);
   EXPECT_THAT(ack->rejections(2).reason(), HasSubstr("score"));
   // Rejected for good still settles the sequence: the watermark covers it.
-  EXPECT_EQ(ack->watermark(), 14u);
+  EXPECT_EQ(ack->watermark(), 5u);
   engine.Recompute();
   auto snap = engine.snapshot();
   EXPECT_EQ(snap->observations_applied, 2u);
@@ -189,7 +327,8 @@ TEST(EngineTest, ObservationsOfAKnownSeriesAreRejectedForTheSameReasons) {
                 .ApplyBatch(MakeBatch("store-a", 1, 1, {Wait("checkout", 10), Price("sku-1", 139)}))
                 .ok());
       }
-      absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(MakeBatch("store-a", 1, 3, {c.obs}));
+      absl::StatusOr<v1::Ack> ack =
+          engine.ApplyBatch(MakeBatch("store-a", 1, known ? 3 : 1, {c.obs}));
       ASSERT_TRUE(ack.ok()) << c.name;
       ASSERT_EQ(ack->rejections_size(), 1) << c.name << (known ? " (known series)" : "");
       EXPECT_THAT(ack->rejections(0).reason(), HasSubstr(c.reason))
