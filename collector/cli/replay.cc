@@ -435,8 +435,9 @@ class EventReplay {
     for (const auto& [id, f] : active_) {
       if (now.count(id) > 0) continue;
       ++stats_->closed;
+      const std::string& closed_id = id;  // A structured binding cannot be captured in C++17.
       auto closed = std::find_if(view->closed.rbegin(), view->closed.rend(),
-                                 [&](const v1::Finding& c) { return c.id() == id; });
+                                 [&](const v1::Finding& c) { return c.id() == closed_id; });
       Print(t, "closed", closed != view->closed.rend() ? *closed : f);
     }
     active_ = std::move(now);
