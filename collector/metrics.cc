@@ -171,6 +171,251 @@ void RenderFindings(const Snapshot& snap, TextExposition* out) {
   }
 }
 
+// Per series and group: the statistics operators chart and alert on.
+struct Stat {
+  const char* name;
+  const char* help;
+  double (*get)(const SeriesStats&);
+};
+const Stat kStats[] = {
+    {"constance_series_locations", "Locations reporting the series.",
+     [](const SeriesStats& s) { return static_cast<double>(s.summary.n); }},
+    {"constance_series_mean", "Mean across locations, in the family's unit.",
+     [](const SeriesStats& s) { return s.summary.mean; }},
+    {"constance_series_stddev", "Population standard deviation across locations.",
+     [](const SeriesStats& s) { return s.summary.stddev; }},
+    {"constance_series_cv", "Coefficient of variation across locations (stddev / |mean|).",
+     [](const SeriesStats& s) { return s.summary.cv; }},
+    {"constance_series_min", "Lowest location value.",
+     [](const SeriesStats& s) { return s.summary.min; }},
+    {"constance_series_max", "Highest location value.",
+     [](const SeriesStats& s) { return s.summary.max; }},
+    {"constance_series_median", "Median across locations: the expected value.",
+     [](const SeriesStats& s) { return s.summary.median; }},
+    {"constance_series_mad", "Median absolute deviation from the median.",
+     [](const SeriesStats& s) { return s.summary.mad; }},
+    {"constance_series_band_low", "Lower edge of the expected band.",
+     [](const SeriesStats& s) { return s.band.low; }},
+    {"constance_series_band_high", "Upper edge of the expected band.",
+     [](const SeriesStats& s) { return s.band.high; }},
+    {"constance_series_p10", "10th percentile across locations.",
+     [](const SeriesStats& s) { return s.summary.p10; }},
+    {"constance_series_p90", "90th percentile across locations.",
+     [](const SeriesStats& s) { return s.summary.p90; }},
+    {"constance_series_outliers", "Outlier locations in the series now.",
+     [](const SeriesStats& s) { return static_cast<double>(s.outliers.size()); }},
+    {"constance_series_levels", "Consistent price levels in the group (1 = one price everywhere).",
+     [](const SeriesStats& s) {
+       if (s.key.family != v1::FAMILY_PRICE) return 0.0;
+       return (s.main_level.members.empty() ? 0.0 : 1.0) + s.other_levels.size();
+     }},
+};
+
+// Each series' labels are escaped once and shared by all its samples.
+void RenderSeries(const Snapshot& snap, TextExposition* out) {
+  // One pass over the series reads every statistic into a flat table, so
+  // that writing a family at a time (as the format requires) does not
+  // visit each series' scattered memory once per statistic.
+  constexpr size_t kStatCount = std::size(kStats);
+  const size_t n_series = snap.series.size();
+  LabelTable series_labels(n_series, 96);
+  std::vector<double> values(n_series * kStatCount);
+  for (size_t i = 0; i < n_series; ++i) {
+    const SeriesStats& s = *snap.series[i];
+    series_labels.StartRow();
+    AddMergeLabels(s.key, &series_labels);
+    series_labels.Add("group", s.group);
+    for (size_t k = 0; k < kStatCount; ++k) values[k * n_series + i] = kStats[k].get(s);
+  }
+  for (size_t k = 0; k < kStatCount; ++k) {
+    out->Family(kStats[k].name, kStats[k].help, kGauge);
+    const absl::string_view name = kStats[k].name;
+    for (size_t i = 0; i < n_series; ++i) {
+      out->Sample(name, series_labels.Row(i), values[k * n_series + i]);
+    }
+  }
+  // Outliers: the series' labels, the location and its direction.
+  // Rows added to the series' table, after its n_series rows.
+  LabelTable& outlier_labels = series_labels;
+  std::vector<double> outlier_values;
+  for (size_t i = 0; i < n_series; ++i) {
+    const SeriesStats& s = *snap.series[i];
+    for (size_t j = 0; j < s.outliers.size(); ++j) {
+      outlier_labels.StartRow(i);
+      outlier_labels.Add("location", s.outlier_locations[j])
+          .Add("direction", s.outliers[j].direction == v1::ABOVE ? "above" : "below");
+      outlier_values.push_back(s.outliers[j].value);
+    }
+  }
+  out->Family("constance_outlier",
+              "1 for each location outside its group's band now, with the direction of its "
+              "deviation.",
+              kGauge);
+  for (size_t i = 0; i < outlier_values.size(); ++i) {
+    out->Sample("constance_outlier", outlier_labels.Row(n_series + i), 1);
+  }
+  out->Family("constance_outlier_value", "The outlier location's value, in the family's unit.",
+              kGauge);
+  for (size_t i = 0; i < outlier_values.size(); ++i) {
+    out->Sample("constance_outlier_value", outlier_labels.Row(n_series + i), outlier_values[i]);
+  }
+}
+
+// Batch log and snapshots: the durable path behind every acknowledgement.
+void RenderBatchLog(const BatchLog& log, TextExposition* out) {
+  // The durable log's group commits: agents are acknowledged after them.
+  const BatchLog::CommitStats c = log.commit_stats();
+  out->Family("constance_batch_log_commit_seconds",
+              "Latency of the durable batch log's group commits (one fsync each); a batch is "
+              "acknowledged only after its commit.",
+              "histogram");
+  const std::vector<double>& bounds = BatchLog::CommitLatencyBounds();
+  const LabelSet none;
+  uint64_t cumulative = 0;
+  std::string le;
+  for (size_t i = 0; i < c.latency_buckets.size(); ++i) {
+    cumulative += c.latency_buckets[i];
+    le.clear();
+    TextExposition::AppendValue(
+        &le, i < bounds.size() ? bounds[i] : std::numeric_limits<double>::infinity());
+    out->Sample("constance_batch_log_commit_seconds_bucket", none, "le", le,
+                static_cast<double>(cumulative));
+  }
+  out->Sample("constance_batch_log_commit_seconds_sum", c.latency_sum_seconds);
+  out->Sample("constance_batch_log_commit_seconds_count", static_cast<double>(c.commits));
+  Single(out, "constance_batch_log_batches_committed_total",
+         "Batches made durable in the batch log.", kCounter, static_cast<double>(c.batches));
+  Single(out, "constance_batch_log_wal_checkpoints_total",
+         "Copies of the batch log's WAL into its database file, made beside the commits.", kCounter,
+         static_cast<double>(c.wal_checkpoints));
+  Single(out, "constance_batch_log_wal_checkpoint_seconds_total",
+         "Time spent copying the batch log's WAL into its database file.", kCounter,
+         c.wal_checkpoint_seconds);
+  Single(out, "constance_batch_log_wal_pages",
+         "Pages (4 KiB) in the batch log's WAL after the last commit.", kGauge,
+         static_cast<double>(c.wal_pages));
+  Single(out, "constance_batch_log_wal_restarts_total",
+         "Times the batch log's WAL was restarted after growing past its bound under load "
+         "that never paused (each holds commits back briefly).",
+         kCounter, static_cast<double>(c.wal_restarts));
+  Single(out, "constance_batch_log_commit_failures_total",
+         "Group commits that failed: their batches were not acknowledged and the agents resend "
+         "them.",
+         kCounter, static_cast<double>(c.failures));
+
+  // Snapshots of the engine's state, which compact the log.
+  const BatchLog::CheckpointStats k = log.checkpoint_stats();
+  out->Family("constance_snapshots_total",
+              "Snapshots of the engine's state taken (each compacts the batch log), by result.",
+              kCounter);
+  out->Sample("constance_snapshots_total", LabelSet().Add("result", "ok"),
+              static_cast<double>(k.snapshots));
+  out->Sample("constance_snapshots_total", LabelSet().Add("result", "failed"),
+              static_cast<double>(k.failures));
+  Single(out, "constance_snapshot_bytes", "Size of the latest snapshot.", kGauge,
+         static_cast<double>(k.last_bytes));
+  Single(out, "constance_snapshot_seconds",
+         "How long the latest snapshot took (ingest waits while the state is captured).", kGauge,
+         k.last_seconds);
+  Single(out, "constance_batch_log_compacted_batches_total",
+         "Batches removed from the log because a snapshot covers them.", kCounter,
+         static_cast<double>(k.compacted_batches));
+}
+
+void RenderTotals(const Snapshot& snap, TextExposition* out) {
+  Single(out, "constance_locations", "Locations that have reported.", kGauge, snap.locations);
+  Single(out, "constance_cells", "(location, series) cells held.", kGauge, snap.cells);
+  Single(out, "constance_series_uncompared",
+         "Series that no peer group can compare: fewer than the catalog's min_group locations "
+         "hold the key, even chain-wide.",
+         kGauge, snap.uncompared_series);
+  Single(out, "constance_statistics_computed_timestamp_seconds",
+         "When the published statistics were computed.", kGauge, Seconds(snap.computed_at));
+}
+
+void RenderLocations(const Snapshot& snap, TextExposition* out) {
+  // Per location: delivery and the agent's own health from its heartbeats.
+  const std::vector<LocationState>& states = snap.location_states;
+  LabelTable where(states.size(), 32);
+  for (const LocationState& s : states) {
+    where.StartRow();
+    where.Add("location", s.location);
+  }
+  const auto per_location = [&](absl::string_view name, absl::string_view help,
+                                absl::string_view type, auto&& value) {
+    out->Family(name, help, type);
+    for (size_t i = 0; i < states.size(); ++i) {
+      if (std::optional<double> v = value(states[i]); v.has_value()) {
+        out->Sample(name, where.Row(i), *v);
+      }
+    }
+  };
+  const auto heard = [](const LocationState& s) {
+    return s.health.heartbeat_at != absl::InfinitePast();
+  };
+  using Value = std::optional<double>;
+  per_location("constance_agent_certificate_expiry_timestamp_seconds",
+               "When the agent's client certificate expires, as its last heartbeat reported "
+               "(absent without TLS).",
+               kGauge, [](const LocationState& s) -> Value {
+                 if (s.health.certificate_not_after == absl::InfinitePast()) return std::nullopt;
+                 return Seconds(s.health.certificate_not_after);
+               });
+  per_location("constance_agent_last_heartbeat_timestamp_seconds",
+               "When the agent's last heartbeat arrived.", kGauge,
+               [&](const LocationState& s) -> Value {
+                 if (!heard(s)) return std::nullopt;
+                 return Seconds(s.health.heartbeat_at);
+               });
+  per_location("constance_location_last_report_timestamp_seconds",
+               "When the location's last batch arrived.", kGauge,
+               [](const LocationState& s) -> Value {
+                 if (s.last_report == absl::InfinitePast()) return std::nullopt;
+                 return Seconds(s.last_report);
+               });
+  per_location("constance_location_watermark",
+               "Highest sequence acknowledged to the location's agent.", kGauge,
+               [](const LocationState& s) -> Value {
+                 if (s.last_report == absl::InfinitePast()) return std::nullopt;
+                 return static_cast<double>(s.watermark);
+               });
+  per_location("constance_agent_spool_depth",
+               "Observations not yet acknowledged, as the agent's last heartbeat reported.", kGauge,
+               [&](const LocationState& s) -> Value {
+                 if (!heard(s)) return std::nullopt;
+                 return static_cast<double>(s.health.spool_depth);
+               });
+  per_location("constance_agent_oldest_unacknowledged_seconds",
+               "Age of the agent's oldest unacknowledged observation, as its last heartbeat "
+               "reported.",
+               kGauge, [&](const LocationState& s) -> Value {
+                 if (!heard(s)) return std::nullopt;
+                 return s.health.oldest_unacknowledged_seconds;
+               });
+  per_location("constance_agent_spool_bytes",
+               "Serialized bytes of the agent's unacknowledged observations, as its last "
+               "heartbeat reported.",
+               kGauge, [&](const LocationState& s) -> Value {
+                 if (!heard(s)) return std::nullopt;
+                 return static_cast<double>(s.health.spool_bytes);
+               });
+  per_location("constance_agent_spool_dropped_total",
+               "Observations the agent's full spool deleted unacknowledged since the agent "
+               "started (spool_when_full: drop_oldest), as its last heartbeat reported: data lost "
+               "at the store.",
+               kCounter, [&](const LocationState& s) -> Value {
+                 if (!heard(s)) return std::nullopt;
+                 return static_cast<double>(s.health.spool_dropped);
+               });
+  out->Family("constance_agent_info",
+              "The agent's version, as its last heartbeat reported; always 1.", kGauge);
+  for (size_t i = 0; i < states.size(); ++i) {
+    if (heard(states[i])) {
+      out->Sample("constance_agent_info", where.Row(i), "version", states[i].health.version, 1);
+    }
+  }
+}
+
 }  // namespace
 
 double MergeReference(const SeriesKey& key, const Catalog* catalog) {
@@ -243,288 +488,56 @@ void CollectorMetrics::Render(const TextExposition::Sink& sink, size_t chunk_byt
   out.Finish();
 }
 
-void CollectorMetrics::RenderTo(TextExposition* exposition) const {
+void CollectorMetrics::RenderTo(TextExposition* out) const {
   std::shared_ptr<const Snapshot> snap = engine_->snapshot();
-  TextExposition& out = *exposition;
+  RenderIngest(*snap, out);
+  if (const BatchLog* log = ingest_->log(); log != nullptr) RenderBatchLog(*log, out);
+  Single(out, "constance_batches_throttled_total",
+         "Batches answered THROTTLED (not applied; the agent retries).", kCounter,
+         static_cast<double>(ingest_->batches_throttled()));
+  RenderTotals(*snap, out);
+  RenderLocations(*snap, out);
+  RenderSeries(*snap, out);
+  RenderFindings(*snap, out);
+  RenderMergeable(*snap, out);
+}
 
-  Single(&out, "constance_observations_applied_total", "Observations applied to cells.", kCounter,
-         snap->observations_applied);
-  out.Family("constance_observations_rejected_total",
-             "Observations rejected for good, by the field that failed validation.", kCounter);
-  for (const auto& [reason, n] : snap->rejected_by_reason) {
-    out.Sample("constance_observations_rejected_total", LabelSet().Add("reason", reason), n);
+void CollectorMetrics::RenderIngest(const Snapshot& snap, TextExposition* out) const {
+  Single(out, "constance_observations_applied_total", "Observations applied to cells.", kCounter,
+         snap.observations_applied);
+  out->Family("constance_observations_rejected_total",
+              "Observations rejected for good, by the field that failed validation.", kCounter);
+  for (const auto& [reason, n] : snap.rejected_by_reason) {
+    out->Sample("constance_observations_rejected_total", LabelSet().Add("reason", reason), n);
   }
-  Single(&out, "constance_observations_duplicate_total",
+  Single(out, "constance_observations_duplicate_total",
          "Observations dropped because an earlier batch delivered them already.", kCounter,
-         snap->observations_duplicate);
-  Single(&out, "constance_observations_dropped_total",
+         snap.observations_duplicate);
+  Single(out, "constance_observations_dropped_total",
          "Observations agents declared deleted unsent (a full spool with "
          "spool_when_full: drop_oldest), stepped over; since the collector started.",
-         kCounter, snap->observations_dropped);
-  Single(&out, "constance_batches_out_of_order_total",
+         kCounter, snap.observations_dropped);
+  Single(out, "constance_batches_out_of_order_total",
          "Batches refused because they started past the next expected sequence (a gap); "
          "nothing of them applied; since the collector started.",
-         kCounter, snap->batches_out_of_order);
-  Single(&out, "constance_batches_total", "Batches received from agents.", kCounter, snap->batches);
-  Single(&out, "constance_agent_streams", "Agent streams open now.", kGauge,
+         kCounter, snap.batches_out_of_order);
+  Single(out, "constance_batches_total", "Batches received from agents.", kCounter, snap.batches);
+  Single(out, "constance_agent_streams", "Agent streams open now.", kGauge,
          static_cast<double>(ingest_->streams_open()));
-  Single(&out, "constance_agent_streams_refused_total",
+  Single(out, "constance_agent_streams_refused_total",
          "Agent streams ended for a protocol violation.", kCounter,
          static_cast<double>(ingest_->streams_refused()));
 
   if (const RefusalCounter* counter = ingest_->refusals(); counter != nullptr) {
-    out.Family("constance_refusals_total",
-               "Agent streams and queries refused, by reason (location_mismatch, not_a_location, "
-               "not_an_operator, max_streams, max_locations, unknown_location, invalid_message).",
-               kCounter);
+    out->Family("constance_refusals_total",
+                "Agent streams and queries refused, by reason (location_mismatch, not_a_location, "
+                "not_an_operator, max_streams, max_locations, unknown_location, invalid_message).",
+                kCounter);
     for (const auto& [reason, n] : counter->Counts()) {
-      out.Sample("constance_refusals_total", LabelSet().Add("reason", reason),
-                 static_cast<double>(n));
+      out->Sample("constance_refusals_total", LabelSet().Add("reason", reason),
+                  static_cast<double>(n));
     }
   }
-
-  if (const BatchLog* log = ingest_->log(); log != nullptr) {
-    // The durable log's group commits: agents are acknowledged after them.
-    const BatchLog::CommitStats c = log->commit_stats();
-    out.Family("constance_batch_log_commit_seconds",
-               "Latency of the durable batch log's group commits (one fsync each); a batch is "
-               "acknowledged only after its commit.",
-               "histogram");
-    const std::vector<double>& bounds = BatchLog::CommitLatencyBounds();
-    const LabelSet none;
-    uint64_t cumulative = 0;
-    std::string le;
-    for (size_t i = 0; i < c.latency_buckets.size(); ++i) {
-      cumulative += c.latency_buckets[i];
-      le.clear();
-      TextExposition::AppendValue(
-          &le, i < bounds.size() ? bounds[i] : std::numeric_limits<double>::infinity());
-      out.Sample("constance_batch_log_commit_seconds_bucket", none, "le", le,
-                 static_cast<double>(cumulative));
-    }
-    out.Sample("constance_batch_log_commit_seconds_sum", c.latency_sum_seconds);
-    out.Sample("constance_batch_log_commit_seconds_count", static_cast<double>(c.commits));
-    Single(&out, "constance_batch_log_batches_committed_total",
-           "Batches made durable in the batch log.", kCounter, static_cast<double>(c.batches));
-    Single(&out, "constance_batch_log_wal_checkpoints_total",
-           "Copies of the batch log's WAL into its database file, made beside the commits.",
-           kCounter, static_cast<double>(c.wal_checkpoints));
-    Single(&out, "constance_batch_log_wal_checkpoint_seconds_total",
-           "Time spent copying the batch log's WAL into its database file.", kCounter,
-           c.wal_checkpoint_seconds);
-    Single(&out, "constance_batch_log_wal_pages",
-           "Pages (4 KiB) in the batch log's WAL after the last commit.", kGauge,
-           static_cast<double>(c.wal_pages));
-    Single(&out, "constance_batch_log_wal_restarts_total",
-           "Times the batch log's WAL was restarted after growing past its bound under load "
-           "that never paused (each holds commits back briefly).",
-           kCounter, static_cast<double>(c.wal_restarts));
-    Single(&out, "constance_batch_log_commit_failures_total",
-           "Group commits that failed: their batches were not acknowledged and the agents resend "
-           "them.",
-           kCounter, static_cast<double>(c.failures));
-
-    // Snapshots of the engine's state, which compact the log.
-    const BatchLog::CheckpointStats k = log->checkpoint_stats();
-    out.Family("constance_snapshots_total",
-               "Snapshots of the engine's state taken (each compacts the batch log), by result.",
-               kCounter);
-    out.Sample("constance_snapshots_total", LabelSet().Add("result", "ok"),
-               static_cast<double>(k.snapshots));
-    out.Sample("constance_snapshots_total", LabelSet().Add("result", "failed"),
-               static_cast<double>(k.failures));
-    Single(&out, "constance_snapshot_bytes", "Size of the latest snapshot.", kGauge,
-           static_cast<double>(k.last_bytes));
-    Single(&out, "constance_snapshot_seconds",
-           "How long the latest snapshot took (ingest waits while the state is captured).", kGauge,
-           k.last_seconds);
-    Single(&out, "constance_batch_log_compacted_batches_total",
-           "Batches removed from the log because a snapshot covers them.", kCounter,
-           static_cast<double>(k.compacted_batches));
-  }
-
-  Single(&out, "constance_batches_throttled_total",
-         "Batches answered THROTTLED (not applied; the agent retries).", kCounter,
-         static_cast<double>(ingest_->batches_throttled()));
-  Single(&out, "constance_locations", "Locations that have reported.", kGauge, snap->locations);
-  Single(&out, "constance_cells", "(location, series) cells held.", kGauge, snap->cells);
-  Single(&out, "constance_series_uncompared",
-         "Series that no peer group can compare: fewer than the catalog's min_group locations "
-         "hold the key, even chain-wide.",
-         kGauge, snap->uncompared_series);
-  Single(&out, "constance_statistics_computed_timestamp_seconds",
-         "When the published statistics were computed.", kGauge, Seconds(snap->computed_at));
-
-  // Per location: delivery and the agent's own health from its heartbeats.
-  const std::vector<LocationState>& states = snap->location_states;
-  LabelTable where(states.size(), 32);
-  for (const LocationState& s : states) {
-    where.StartRow();
-    where.Add("location", s.location);
-  }
-  const auto per_location = [&](absl::string_view name, absl::string_view help,
-                                absl::string_view type, auto&& value) {
-    out.Family(name, help, type);
-    for (size_t i = 0; i < states.size(); ++i) {
-      if (std::optional<double> v = value(states[i]); v.has_value()) {
-        out.Sample(name, where.Row(i), *v);
-      }
-    }
-  };
-  const auto heard = [](const LocationState& s) {
-    return s.health.heartbeat_at != absl::InfinitePast();
-  };
-  using Value = std::optional<double>;
-  per_location("constance_agent_certificate_expiry_timestamp_seconds",
-               "When the agent's client certificate expires, as its last heartbeat reported "
-               "(absent without TLS).",
-               kGauge, [](const LocationState& s) -> Value {
-                 if (s.health.certificate_not_after == absl::InfinitePast()) return std::nullopt;
-                 return Seconds(s.health.certificate_not_after);
-               });
-  per_location("constance_agent_last_heartbeat_timestamp_seconds",
-               "When the agent's last heartbeat arrived.", kGauge,
-               [&](const LocationState& s) -> Value {
-                 if (!heard(s)) return std::nullopt;
-                 return Seconds(s.health.heartbeat_at);
-               });
-  per_location("constance_location_last_report_timestamp_seconds",
-               "When the location's last batch arrived.", kGauge,
-               [](const LocationState& s) -> Value {
-                 if (s.last_report == absl::InfinitePast()) return std::nullopt;
-                 return Seconds(s.last_report);
-               });
-  per_location("constance_location_watermark",
-               "Highest sequence acknowledged to the location's agent.", kGauge,
-               [](const LocationState& s) -> Value {
-                 if (s.last_report == absl::InfinitePast()) return std::nullopt;
-                 return static_cast<double>(s.watermark);
-               });
-  per_location("constance_agent_spool_depth",
-               "Observations not yet acknowledged, as the agent's last heartbeat reported.", kGauge,
-               [&](const LocationState& s) -> Value {
-                 if (!heard(s)) return std::nullopt;
-                 return static_cast<double>(s.health.spool_depth);
-               });
-  per_location("constance_agent_oldest_unacknowledged_seconds",
-               "Age of the agent's oldest unacknowledged observation, as its last heartbeat "
-               "reported.",
-               kGauge, [&](const LocationState& s) -> Value {
-                 if (!heard(s)) return std::nullopt;
-                 return s.health.oldest_unacknowledged_seconds;
-               });
-  per_location("constance_agent_spool_bytes",
-               "Serialized bytes of the agent's unacknowledged observations, as its last "
-               "heartbeat reported.",
-               kGauge, [&](const LocationState& s) -> Value {
-                 if (!heard(s)) return std::nullopt;
-                 return static_cast<double>(s.health.spool_bytes);
-               });
-  per_location("constance_agent_spool_dropped_total",
-               "Observations the agent's full spool deleted unacknowledged since the agent "
-               "started (spool_when_full: drop_oldest), as its last heartbeat reported: data lost "
-               "at the store.",
-               kCounter, [&](const LocationState& s) -> Value {
-                 if (!heard(s)) return std::nullopt;
-                 return static_cast<double>(s.health.spool_dropped);
-               });
-  out.Family("constance_agent_info",
-             "The agent's version, as its last heartbeat reported; always 1.", kGauge);
-  for (size_t i = 0; i < states.size(); ++i) {
-    if (heard(states[i])) {
-      out.Sample("constance_agent_info", where.Row(i), "version", states[i].health.version, 1);
-    }
-  }
-
-  // Per series and group: the statistics operators chart and alert on.
-  // Each series' labels are escaped once and shared by all its samples.
-  struct Stat {
-    const char* name;
-    const char* help;
-    double (*get)(const SeriesStats&);
-  };
-  static const Stat kStats[] = {
-      {"constance_series_locations", "Locations reporting the series.",
-       [](const SeriesStats& s) { return static_cast<double>(s.summary.n); }},
-      {"constance_series_mean", "Mean across locations, in the family's unit.",
-       [](const SeriesStats& s) { return s.summary.mean; }},
-      {"constance_series_stddev", "Population standard deviation across locations.",
-       [](const SeriesStats& s) { return s.summary.stddev; }},
-      {"constance_series_cv", "Coefficient of variation across locations (stddev / |mean|).",
-       [](const SeriesStats& s) { return s.summary.cv; }},
-      {"constance_series_min", "Lowest location value.",
-       [](const SeriesStats& s) { return s.summary.min; }},
-      {"constance_series_max", "Highest location value.",
-       [](const SeriesStats& s) { return s.summary.max; }},
-      {"constance_series_median", "Median across locations: the expected value.",
-       [](const SeriesStats& s) { return s.summary.median; }},
-      {"constance_series_mad", "Median absolute deviation from the median.",
-       [](const SeriesStats& s) { return s.summary.mad; }},
-      {"constance_series_band_low", "Lower edge of the expected band.",
-       [](const SeriesStats& s) { return s.band.low; }},
-      {"constance_series_band_high", "Upper edge of the expected band.",
-       [](const SeriesStats& s) { return s.band.high; }},
-      {"constance_series_p10", "10th percentile across locations.",
-       [](const SeriesStats& s) { return s.summary.p10; }},
-      {"constance_series_p90", "90th percentile across locations.",
-       [](const SeriesStats& s) { return s.summary.p90; }},
-      {"constance_series_outliers", "Outlier locations in the series now.",
-       [](const SeriesStats& s) { return static_cast<double>(s.outliers.size()); }},
-      {"constance_series_levels",
-       "Consistent price levels in the group (1 = one price everywhere).",
-       [](const SeriesStats& s) {
-         if (s.key.family != v1::FAMILY_PRICE) return 0.0;
-         return (s.main_level.members.empty() ? 0.0 : 1.0) + s.other_levels.size();
-       }},
-  };
-  // One pass over the series reads every statistic into a flat table, so
-  // that writing a family at a time (as the format requires) does not
-  // visit each series' scattered memory once per statistic.
-  constexpr size_t kStatCount = std::size(kStats);
-  const size_t n_series = snap->series.size();
-  LabelTable series_labels(n_series, 96);
-  std::vector<double> values(n_series * kStatCount);
-  for (size_t i = 0; i < n_series; ++i) {
-    const SeriesStats& s = *snap->series[i];
-    series_labels.StartRow();
-    AddMergeLabels(s.key, &series_labels);
-    series_labels.Add("group", s.group);
-    for (size_t k = 0; k < kStatCount; ++k) values[k * n_series + i] = kStats[k].get(s);
-  }
-  for (size_t k = 0; k < kStatCount; ++k) {
-    out.Family(kStats[k].name, kStats[k].help, kGauge);
-    const absl::string_view name = kStats[k].name;
-    for (size_t i = 0; i < n_series; ++i) {
-      out.Sample(name, series_labels.Row(i), values[k * n_series + i]);
-    }
-  }
-  // Outliers: the series' labels, the location and its direction.
-  // Rows added to the series' table, after its n_series rows.
-  LabelTable& outlier_labels = series_labels;
-  std::vector<double> outlier_values;
-  for (size_t i = 0; i < n_series; ++i) {
-    const SeriesStats& s = *snap->series[i];
-    for (size_t j = 0; j < s.outliers.size(); ++j) {
-      outlier_labels.StartRow(i);
-      outlier_labels.Add("location", s.outlier_locations[j])
-          .Add("direction", s.outliers[j].direction == v1::ABOVE ? "above" : "below");
-      outlier_values.push_back(s.outliers[j].value);
-    }
-  }
-  out.Family("constance_outlier",
-             "1 for each location outside its group's band now, with the direction of its "
-             "deviation.",
-             kGauge);
-  for (size_t i = 0; i < outlier_values.size(); ++i) {
-    out.Sample("constance_outlier", outlier_labels.Row(n_series + i), 1);
-  }
-  out.Family("constance_outlier_value", "The outlier location's value, in the family's unit.",
-             kGauge);
-  for (size_t i = 0; i < outlier_values.size(); ++i) {
-    out.Sample("constance_outlier_value", outlier_labels.Row(n_series + i), outlier_values[i]);
-  }
-  RenderFindings(*snap, &out);
-  RenderMergeable(*snap, &out);
 }
 
 void CollectorMetrics::RenderMergeable(const Snapshot& snap, TextExposition* out) const {

@@ -94,6 +94,8 @@ class CollectorMetrics {
 
  private:
   void RenderTo(TextExposition* out) const;
+  // Ingest counters and refusals, from the snapshot and the ingest service.
+  void RenderIngest(const Snapshot& snap, TextExposition* out) const;
   // The mergeable statistics described above.
   void RenderMergeable(const Snapshot& snap, TextExposition* out) const;
 
