@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "constance/sqlite.h"
 #include "spdlog/spdlog.h"
 
 namespace constance::agent {
@@ -33,35 +34,8 @@ CREATE INDEX IF NOT EXISTS requests_at ON requests(created_at);
 CREATE TABLE IF NOT EXISTS input_state(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 )sql";
 
-// A prepared statement owned for the spool's lifetime.
-class Stmt {
- public:
-  Stmt() = default;
-  ~Stmt() { sqlite3_finalize(stmt_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-  sqlite3_stmt* get() const { return stmt_; }
-  sqlite3_stmt** out() { return &stmt_; }
-
- private:
-  sqlite3_stmt* stmt_ = nullptr;
-};
-
-// Resets a statement when the scope ends, so that it holds no lock and is
-// ready for the next use whatever path returned.
-class Using {
- public:
-  explicit Using(const Stmt& s) : stmt_(s.get()) {}
-  ~Using() {
-    sqlite3_reset(stmt_);
-    sqlite3_clear_bindings(stmt_);
-  }
-  Using(const Using&) = delete;
-  Using& operator=(const Using&) = delete;
-
- private:
-  sqlite3_stmt* stmt_;
-};
+using sqlite::Stmt;
+using sqlite::Using;
 
 int64_t Nanos(absl::Time t) { return absl::ToUnixNanos(t); }
 
@@ -142,8 +116,7 @@ absl::Status SqliteSpool::ExecLocked(const std::string& sql, const char* what) {
 
 absl::StatusOr<int64_t> SqliteSpool::QueryIntLocked(const char* sql, const char* what) {
   Stmt stmt;
-  if (absl::Status s = Check(sqlite3_prepare_v2(db_, sql, -1, stmt.out(), nullptr), what);
-      !s.ok()) {
+  if (absl::Status s = Check(stmt.Prepare(db_, sql), what); !s.ok()) {
     return s;
   }
   int rc = sqlite3_step(stmt.get());
@@ -164,7 +137,7 @@ absl::Status SqliteSpool::Init() {
     return s;
   {
     Stmt stmt;
-    rc = sqlite3_prepare_v2(db_, "PRAGMA journal_mode=WAL", -1, stmt.out(), nullptr);
+    rc = stmt.Prepare(db_, "PRAGMA journal_mode=WAL");
     if (rc == SQLITE_OK) rc = sqlite3_step(stmt.get());
     if (absl::Status s = Check(rc, "cannot switch to WAL mode"); !s.ok()) return s;
     const unsigned char* mode = sqlite3_column_text(stmt.get(), 0);
@@ -241,7 +214,7 @@ absl::Status SqliteSpool::Init() {
        "INSERT OR REPLACE INTO requests(key, status, body, created_at) VALUES(?, ?, ?, ?)"},
   };
   for (const auto& s : kStatements) {
-    rc = sqlite3_prepare_v3(db_, s.sql, -1, SQLITE_PREPARE_PERSISTENT, s.stmt->out(), nullptr);
+    rc = s.stmt->Prepare(db_, s.sql, SQLITE_PREPARE_PERSISTENT);
     if (rc != SQLITE_OK) {
       // The tables exist (created above) unless the file is some other
       // database with tables of the same names.
@@ -445,8 +418,7 @@ absl::StatusOr<AppendResult> SqliteSpool::AppendLocked(std::vector<v1::Observati
 absl::Status SqliteSpool::DropOldestLocked(uint64_t adding, uint64_t adding_bytes, uint64_t* count,
                                            uint64_t* bytes) {
   Stmt scan;
-  int rc = sqlite3_prepare_v2(db_, "SELECT seq, LENGTH(bytes) FROM observations ORDER BY seq", -1,
-                              scan.out(), nullptr);
+  int rc = scan.Prepare(db_, "SELECT seq, LENGTH(bytes) FROM observations ORDER BY seq");
   if (absl::Status s = Check(rc, "cannot find the oldest observations"); !s.ok()) return s;
   uint64_t depth = depth_;
   uint64_t size = bytes_;
@@ -463,7 +435,7 @@ absl::Status SqliteSpool::DropOldestLocked(uint64_t adding, uint64_t adding_byte
   }
   if (absl::Status s = Check(rc, "cannot find the oldest observations"); !s.ok()) return s;
   Stmt drop;
-  rc = sqlite3_prepare_v2(db_, "DELETE FROM observations WHERE seq <= ?", -1, drop.out(), nullptr);
+  rc = drop.Prepare(db_, "DELETE FROM observations WHERE seq <= ?");
   if (rc == SQLITE_OK) rc = sqlite3_bind_int64(drop.get(), 1, cut);
   if (rc == SQLITE_OK) rc = sqlite3_step(drop.get());
   return Check(rc, "cannot drop the oldest observations");
@@ -485,7 +457,7 @@ absl::StatusOr<AppendResult> SqliteSpool::AppendWithState(std::vector<v1::Observ
     Stmt stmt;
     const char* sql = w.value ? "INSERT OR REPLACE INTO input_state(key, value) VALUES(?, ?)"
                               : "DELETE FROM input_state WHERE key = ?";
-    int rc = sqlite3_prepare_v2(db_, sql, -1, stmt.out(), nullptr);
+    int rc = stmt.Prepare(db_, sql);
     if (rc == SQLITE_OK) rc = BindText(stmt.get(), 1, w.key);
     if (rc == SQLITE_OK && w.value) {
       rc = sqlite3_bind_blob(stmt.get(), 2, w.value->data(), static_cast<int>(w.value->size()),
@@ -506,9 +478,8 @@ absl::StatusOr<std::map<std::string, std::string>> SqliteSpool::ReadState(
     const std::string& prefix) const {
   absl::MutexLock lock(&mu_);
   Stmt stmt;
-  int rc = sqlite3_prepare_v2(
-      db_, "SELECT key, value FROM input_state WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
-      -1, stmt.out(), nullptr);
+  int rc = stmt.Prepare(
+      db_, "SELECT key, value FROM input_state WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key");
   if (rc == SQLITE_OK) rc = BindText(stmt.get(), 1, prefix);
   if (absl::Status s = Check(rc, "cannot read input state"); !s.ok()) return s;
   std::map<std::string, std::string> out;

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "constance/sqlite.h"
 #include "constance/version.h"
 #include "spdlog/spdlog.h"
 
@@ -36,22 +37,20 @@ absl::Status Exec(sqlite3* db, const std::string& path, const char* sql) {
 
 // The log format recorded in the database (0 for a new or a 0.1.0 log).
 absl::StatusOr<int64_t> ReadLogFormat(sqlite3* db, const std::string& path) {
-  sqlite3_stmt* stmt = nullptr;
-  if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, nullptr) != SQLITE_OK) {
+  sqlite::Stmt stmt;
+  if (stmt.Prepare(db, "PRAGMA user_version") != SQLITE_OK) {
     return SqliteError(db, path, "cannot read its format (is it a constance batch log?)");
   }
   int64_t format = 0;
-  const int rc = sqlite3_step(stmt);
-  if (rc == SQLITE_ROW) format = sqlite3_column_int64(stmt, 0);
-  sqlite3_finalize(stmt);
+  const int rc = sqlite3_step(stmt.get());
+  if (rc == SQLITE_ROW) format = sqlite3_column_int64(stmt.get(), 0);
   if (rc != SQLITE_ROW) return SqliteError(db, path, "cannot read its format");
   return format;
 }
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<BatchLog>> BatchLog::Open(const std::string& path,
-                                                         Options options) {
+absl::StatusOr<std::unique_ptr<BatchLog>> BatchLog::Open(const std::string& path, Options options) {
   // One collector per log: a second one would interleave high-water marks.
   // The lock is the kernel's, so a killed collector releases it.
   const std::string lock_path = path + ".lock";
@@ -68,8 +67,8 @@ absl::StatusOr<std::unique_ptr<BatchLog>> BatchLog::Open(const std::string& path
           absl::StrCat("batch log ", path, " is in use by another collector (it holds ", lock_path,
                        "); stop that one, or give this one its own --state_dir"));
     }
-    return absl::UnavailableError(absl::StrCat("batch log ", path, ": cannot lock ", lock_path,
-                                               ": ", std::strerror(err)));
+    return absl::UnavailableError(
+        absl::StrCat("batch log ", path, ": cannot lock ", lock_path, ": ", std::strerror(err)));
   }
   sqlite3* db = nullptr;
   sqlite3* wal_db = nullptr;
@@ -89,8 +88,11 @@ absl::StatusOr<std::unique_ptr<BatchLog>> BatchLog::Open(const std::string& path
   if (!format.ok()) return fail(format.status());
   if (*format > kLogFormat) {
     return fail(absl::FailedPreconditionError(absl::StrCat(
-        "batch log ", path, ": log format ", *format, " was written by a newer constance; this "
-        "collector (", Version(), ") reads log formats 1 to ", kLogFormat, ": run the newer "
+        "batch log ", path, ": log format ", *format,
+        " was written by a newer constance; this "
+        "collector (",
+        Version(), ") reads log formats 1 to ", kLogFormat,
+        ": run the newer "
         "version again, or restore the copy of the state directory made before the upgrade")));
   }
   for (const char* sql :
@@ -170,8 +172,8 @@ void BatchLog::WalLoop() {
     int pages = 0;
     int backfilled = 0;
     const int rc = sqlite3_wal_checkpoint_v2(
-        wal_db_, nullptr, restart ? SQLITE_CHECKPOINT_RESTART : SQLITE_CHECKPOINT_PASSIVE,
-        &pages, &backfilled);
+        wal_db_, nullptr, restart ? SQLITE_CHECKPOINT_RESTART : SQLITE_CHECKPOINT_PASSIVE, &pages,
+        &backfilled);
     const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
     absl::MutexLock lock(&mu_);
     if (rc == SQLITE_OK) {
@@ -197,11 +199,12 @@ void BatchLog::WalLoop() {
 
 absl::StatusOr<uint64_t> BatchLog::Replay(
     const std::function<void(const v1::Batch&, absl::Time)>& apply, int64_t after) {
-  sqlite3_stmt* stmt = nullptr;
-  if (sqlite3_prepare_v2(db_, "SELECT received_ns, body FROM batches WHERE id > ? ORDER BY id", -1,
-                         &stmt, nullptr) != SQLITE_OK) {
+  sqlite::Stmt select;
+  if (select.Prepare(db_, "SELECT received_ns, body FROM batches WHERE id > ? ORDER BY id") !=
+      SQLITE_OK) {
     return SqliteError(db_, path_, "cannot read");
   }
+  sqlite3_stmt* stmt = select.get();
   sqlite3_bind_int64(stmt, 1, after);
   uint64_t n = 0;
   int rc;
@@ -210,27 +213,25 @@ absl::StatusOr<uint64_t> BatchLog::Replay(
     const void* body = sqlite3_column_blob(stmt, 1);
     const int size = sqlite3_column_bytes(stmt, 1);
     if (!batch.ParseFromArray(body, size)) {
-      sqlite3_finalize(stmt);
       return absl::DataLossError(
           absl::StrCat("batch log ", path_, ": record ", n + 1, " is not a batch"));
     }
     apply(batch, absl::FromUnixNanos(sqlite3_column_int64(stmt, 0)));
     ++n;
   }
-  sqlite3_finalize(stmt);
   if (rc != SQLITE_DONE) return SqliteError(db_, path_, "cannot read");
   return n;
 }
 
 absl::StatusOr<BatchLog::Snapshot> BatchLog::LoadSnapshot() {
-  sqlite3_stmt* stmt = nullptr;
-  if (sqlite3_prepare_v2(db_, "SELECT through, saved_ns, state FROM snapshot WHERE id = 1", -1,
-                         &stmt, nullptr) != SQLITE_OK) {
+  sqlite::Stmt select;
+  if (select.Prepare(db_, "SELECT through, saved_ns, state FROM snapshot WHERE id = 1") !=
+      SQLITE_OK) {
     return SqliteError(db_, path_, "cannot read the snapshot");
   }
+  sqlite3_stmt* stmt = select.get();
   const int rc = sqlite3_step(stmt);
   if (rc != SQLITE_ROW) {
-    sqlite3_finalize(stmt);
     if (rc == SQLITE_DONE)
       return absl::NotFoundError(absl::StrCat("batch log ", path_, ": no snapshot"));
     return SqliteError(db_, path_, "cannot read the snapshot");
@@ -241,7 +242,6 @@ absl::StatusOr<BatchLog::Snapshot> BatchLog::LoadSnapshot() {
   const void* state = sqlite3_column_blob(stmt, 2);
   snapshot.state.assign(static_cast<const char*>(state),
                         static_cast<size_t>(sqlite3_column_bytes(stmt, 2)));
-  sqlite3_finalize(stmt);
   return snapshot;
 }
 
@@ -259,22 +259,20 @@ absl::Status BatchLog::Checkpoint(int64_t through) {
   const absl::Time start = absl::Now();
   const std::string state = capture_();
   absl::Status status = Exec(db_, path_, "BEGIN");
-  sqlite3_stmt* stmt = nullptr;
-  if (status.ok() &&
-      sqlite3_prepare_v2(db_,
-                         "INSERT OR REPLACE INTO snapshot(id, through, saved_ns, state) "
-                         "VALUES(1, ?, ?, ?)",
-                         -1, &stmt, nullptr) != SQLITE_OK) {
+  sqlite::Stmt insert;
+  if (status.ok() && insert.Prepare(db_,
+                                    "INSERT OR REPLACE INTO snapshot(id, through, saved_ns, state) "
+                                    "VALUES(1, ?, ?, ?)") != SQLITE_OK) {
     status = SqliteError(db_, path_, "cannot write the snapshot");
   }
   if (status.ok()) {
+    sqlite3_stmt* stmt = insert.get();
     sqlite3_bind_int64(stmt, 1, through);
     sqlite3_bind_int64(stmt, 2, absl::ToUnixNanos(start));
     sqlite3_bind_blob(stmt, 3, state.data(), static_cast<int>(state.size()), SQLITE_STATIC);
     if (sqlite3_step(stmt) != SQLITE_DONE)
       status = SqliteError(db_, path_, "cannot write the snapshot");
   }
-  sqlite3_finalize(stmt);
   const int64_t before = sqlite3_total_changes64(db_);
   int64_t removed = 0;
   if (status.ok()) {
@@ -360,24 +358,23 @@ void BatchLog::CommitLoop() {
   int64_t last_position = 0;
   bool positioned = false;
   {
-    sqlite3_stmt* stmt = nullptr;
-    if (sqlite3_prepare_v2(db_,
-                           "SELECT MAX(COALESCE((SELECT MAX(id) FROM batches), 0), "
-                           "COALESCE((SELECT through FROM snapshot WHERE id = 1), 0))",
-                           -1, &stmt, nullptr) == SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW) {
-      last_position = sqlite3_column_int64(stmt, 0);
+    sqlite::Stmt stmt;
+    if (stmt.Prepare(db_,
+                     "SELECT MAX(COALESCE((SELECT MAX(id) FROM batches), 0), "
+                     "COALESCE((SELECT through FROM snapshot WHERE id = 1), 0))") == SQLITE_OK &&
+        sqlite3_step(stmt.get()) == SQLITE_ROW) {
+      last_position = sqlite3_column_int64(stmt.get(), 0);
       positioned = true;
     }
-    sqlite3_finalize(stmt);
   }
   // Without its position the log refuses every batch (none acknowledged)
   // rather than risk writing below a snapshot.
-  sqlite3_stmt* insert = nullptr;
+  sqlite::Stmt insert_stmt;
   const bool prepared =
       positioned &&
-      sqlite3_prepare_v2(db_, "INSERT INTO batches(id, received_ns, body) VALUES(?, ?, ?)", -1,
-                         &insert, nullptr) == SQLITE_OK;
+      insert_stmt.Prepare(db_, "INSERT INTO batches(id, received_ns, body) VALUES(?, ?, ?)",
+                          SQLITE_PREPARE_PERSISTENT) == SQLITE_OK;
+  sqlite3_stmt* insert = insert_stmt.get();
   absl::Time last_checkpoint = absl::Now();
   // Waits until the applier has run the callbacks of every committed
   // group: the engine's state is then that of the log up to last_position.
@@ -428,8 +425,7 @@ void BatchLog::CommitLoop() {
         if (!status.ok()) break;
         sqlite3_bind_int64(insert, 1, ++position);
         sqlite3_bind_int64(insert, 2, p.received_ns);
-        sqlite3_bind_blob(insert, 3, p.body.data(), static_cast<int>(p.body.size()),
-                          SQLITE_STATIC);
+        sqlite3_bind_blob(insert, 3, p.body.data(), static_cast<int>(p.body.size()), SQLITE_STATIC);
         if (sqlite3_step(insert) != SQLITE_DONE) status = SqliteError(db_, path_, "cannot write");
         sqlite3_reset(insert);
       }
@@ -465,8 +461,8 @@ void BatchLog::CommitLoop() {
     }
   }
   checkpoint();  // A clean shutdown restarts from the snapshot alone.
-  sqlite3_finalize(insert);
   wait_applied();
+  insert_stmt.Close();  // Before the connection may close.
   absl::MutexLock lock(&mu_);
   commits_done_ = true;
 }
