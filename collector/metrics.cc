@@ -17,6 +17,7 @@
 #include "absl/strings/string_view.h"
 #include "collector/exposition.h"
 #include "collector/findings.h"
+#include "collector/silences.h"
 #include "constance/validate.h"
 
 namespace constance::collector {
@@ -78,7 +79,10 @@ absl::string_view Label(const v1::Finding& f, const std::string& name) {
 // Findings, trust: the series alerts and dashboards are built on. Finding
 // series exist only while a finding is active, capped so a bad day cannot
 // explode Prometheus; what the cap hides is itself exported.
-void RenderFindings(const Snapshot& snap, TextExposition* out) {
+// A finding a silence covers carries its id in `silenced_by` (the shipped
+// alert rules page only for silenced_by="").
+void RenderFindings(const Snapshot& snap, const SilenceStore* silences, TextExposition* out) {
+  const absl::Time now = absl::Now();
   const FindingsView& view = *snap.findings;
   const uint64_t cap = snap.catalog != nullptr ? snap.catalog->thresholds.finding_cap : 10'000;
 
@@ -114,7 +118,8 @@ void RenderFindings(const Snapshot& snap, TextExposition* out) {
                                ? LowerName<v1::PriceKind_descriptor>(f.series().kind())
                                : "")
         .Add("group", f.group())
-        .Add("id", f.id());
+        .Add("id", f.id())
+        .Add("silenced_by", silences != nullptr ? silences->Match(f, now) : std::string());
   }
   out->Family("constance_finding",
               "1 per active finding (most severe first, up to the catalog's finding_cap).", kGauge);
@@ -498,7 +503,7 @@ void CollectorMetrics::RenderTo(TextExposition* out) const {
   RenderTotals(*snap, out);
   RenderLocations(*snap, out);
   RenderSeries(*snap, out);
-  RenderFindings(*snap, out);
+  RenderFindings(*snap, silences_, out);
   RenderMergeable(*snap, out);
 }
 

@@ -81,9 +81,11 @@ class WaitBuckets {
 
 class CollectorMetrics {
  public:
-  // Both pointers must outlive this object.
-  CollectorMetrics(const Engine* engine, const IngestService* ingest)
-      : engine_(engine), ingest_(ingest) {}
+  // The pointers must outlive this object; with `silences`, findings a
+  // silence covers are exported with its id in `silenced_by`.
+  CollectorMetrics(const Engine* engine, const IngestService* ingest,
+                   const SilenceStore* silences = nullptr)
+      : engine_(engine), ingest_(ingest), silences_(silences) {}
 
   // The whole exposition (text format 0.0.4) from the latest snapshot, in
   // one string.
@@ -101,6 +103,7 @@ class CollectorMetrics {
 
   const Engine* const engine_;
   const IngestService* const ingest_;
+  const SilenceStore* const silences_;
 };
 
 }  // namespace constance::collector

@@ -16,6 +16,18 @@ CollectorServer::CollectorServer(ServerOptions options)
 
 CollectorServer::~CollectorServer() { Shutdown(absl::ZeroDuration()); }
 
+absl::Status CollectorServer::OpenSilences() {
+  if (options_.state_dir.empty()) {
+    silences_ = std::make_unique<SilenceStore>();
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::unique_ptr<SilenceStore>> store =
+      SilenceStore::Open(options_.state_dir + "/silences.db");
+  if (!store.ok()) return store.status();
+  silences_ = *std::move(store);
+  return absl::OkStatus();
+}
+
 absl::Status CollectorServer::Start() {
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (options_.insecure) {
@@ -79,11 +91,15 @@ absl::Status CollectorServer::Start() {
   } else {
     spdlog::warn("no --state_dir: acknowledged batches are not durable across restarts");
   }
+  if (absl::Status s = OpenSilences(); !s.ok()) return s;
   ingest_ = std::make_unique<IngestService>(&engine_, log_.get(), options_.rate_per_location,
                                             options_.rate_burst);
   ingest_->Secure(/*require_location=*/!options_.insecure, options_.max_streams, &refusals_);
   if (!options_.insecure) query_.RequireOperator(&refusals_);
-  metrics_ = std::make_unique<CollectorMetrics>(&engine_, ingest_.get());
+  query_.UseSilences(silences_.get());
+  silence_service_ =
+      std::make_unique<SilenceService>(silences_.get(), !options_.insecure, &refusals_);
+  metrics_ = std::make_unique<CollectorMetrics>(&engine_, ingest_.get(), silences_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -92,6 +108,7 @@ absl::Status CollectorServer::Start() {
   builder.AddListeningPort(options_.listen, credentials, &port);
   builder.RegisterService(ingest_.get());
   builder.RegisterService(&query_);
+  builder.RegisterService(silence_service_.get());
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   // Keepalive, consistent with the agent's: the agent pings every 20 s,
   // above the 10 s minimum accepted here, with or without calls in flight,

@@ -22,6 +22,7 @@
 #include "collector/metrics.h"
 #include "collector/metrics_server.h"
 #include "collector/services.h"
+#include "collector/silences.h"
 #include "constance/tls.h"
 #include "grpcpp/grpcpp.h"
 
@@ -85,11 +86,15 @@ class CollectorServer {
   uint64_t replayed() const { return replayed_; }
 
  private:
+  // Operators' silences: durable in state_dir/silences.db, else in memory.
+  absl::Status OpenSilences();
   const ServerOptions options_;
   Engine engine_;
   std::unique_ptr<BatchLog> log_;
   std::unique_ptr<IngestService> ingest_;
   QueryService query_;
+  std::unique_ptr<SilenceStore> silences_;
+  std::unique_ptr<SilenceService> silence_service_;
   std::unique_ptr<CollectorMetrics> metrics_;
   RefusalCounter refusals_;
   std::unique_ptr<grpc::Server> server_;

@@ -10,6 +10,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "collector/silences.h"
 #include "constance/batch_view.h"
 #include "constance/version.h"
 #include "google/protobuf/arena.h"
@@ -183,9 +185,9 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   // batches applies any more (the engine refuses its owner token).
   void Supersede() {
     spdlog::info("ingest stream from {} ({}) superseded by a newer stream", peer_, location_);
-    EndStream(grpc::Status(grpc::StatusCode::ABORTED,
-                           absl::StrCat("superseded by a newer stream for location '", location_,
-                                        "'")));
+    EndStream(
+        grpc::Status(grpc::StatusCode::ABORTED,
+                     absl::StrCat("superseded by a newer stream for location '", location_, "'")));
   }
 
   void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
@@ -415,7 +417,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  int committing_ ABSL_GUARDED_BY(mu_) = 0;  // Batches in the log, not yet acknowledged.
+  int committing_ ABSL_GUARDED_BY(mu_) = 0;        // Batches in the log, not yet acknowledged.
   bool half_closed_ ABSL_GUARDED_BY(mu_) = false;  // The agent sends nothing more.
   // Written once under mu_ before finishing_ is set; read after.
   grpc::Status final_status_;
@@ -440,8 +442,7 @@ uint64_t IngestService::Claim(const std::string& location, IngestReactor* claima
   return owner;
 }
 
-void IngestService::Release(const std::string& location, IngestReactor* stream,
-                            uint64_t owner) {
+void IngestService::Release(const std::string& location, IngestReactor* stream, uint64_t owner) {
   absl::MutexLock lock(&live_mu_);
   engine_->ReleaseLocation(location, owner);
   if (auto it = live_.find(location); it != live_.end() && it->second == stream) live_.erase(it);
@@ -541,8 +542,7 @@ void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out) {
   for (const v1::Finding& f : snapshot.findings->active) *out->add_findings() = f;
   out->set_observations_settled(snapshot.findings->observations_settled);
   if (snapshot.findings->evaluated_at != absl::InfinitePast()) {
-    out->mutable_evaluated_at()->set_seconds(
-        absl::ToUnixSeconds(snapshot.findings->evaluated_at));
+    out->mutable_evaluated_at()->set_seconds(absl::ToUnixSeconds(snapshot.findings->evaluated_at));
   }
   std::vector<const FindingsView::Trust*> trust;
   for (const auto& t : snapshot.findings->trust) trust.push_back(&t);
@@ -578,6 +578,7 @@ grpc::ServerUnaryReactor* QueryService::ChainSummary(grpc::CallbackServerContext
                                                      v1::ChainSummaryResponse* response) {
   if (grpc::ServerUnaryReactor* refused = RefuseUnlessOperator(context)) return refused;
   FillChainSummary(*engine_->snapshot(), response);
+  if (silences_ != nullptr) silences_->Mark(response->mutable_findings(), absl::Now());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
@@ -605,6 +606,7 @@ grpc::ServerUnaryReactor* QueryService::Findings(grpc::CallbackServerContext* co
       if (wanted(*it)) *response->add_findings() = *it;
     }
   }
+  if (silences_ != nullptr) silences_->Mark(response->mutable_findings(), absl::Now());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
@@ -618,6 +620,7 @@ grpc::ServerUnaryReactor* QueryService::LocationScorecard(
   absl::StatusOr<v1::LocationScorecardResponse> card =
       engine_->LocationScorecard(request->location());
   if (card.ok()) *response = std::move(*card);
+  if (silences_ != nullptr) silences_->Mark(response->mutable_findings(), absl::Now());
   reactor->Finish(ToGrpcStatus(card.status()));
   return reactor;
 }

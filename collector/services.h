@@ -37,6 +37,7 @@ namespace constance::collector {
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class IngestReactor;
+class SilenceStore;
 
 class IngestService final : public v1::Ingest::WithRawCallbackMethod_Stream<v1::Ingest::Service> {
  public:
@@ -130,6 +131,9 @@ class QueryService final : public v1::Query::CallbackService {
     require_operator_ = true;
     refusals_ = refusals;
   }
+  // Call before serving: findings in every answer carry silenced_by from
+  // `silences` (outliving the server).
+  void UseSilences(const SilenceStore* silences) { silences_ = silences; }
   QueryService(const QueryService&) = delete;
   QueryService& operator=(const QueryService&) = delete;
 
@@ -151,6 +155,7 @@ class QueryService final : public v1::Query::CallbackService {
   grpc::ServerUnaryReactor* RefuseUnlessOperator(grpc::CallbackServerContext* context);
 
   const Engine* const engine_;
+  const SilenceStore* silences_ = nullptr;
   bool require_operator_ = false;
   RefusalCounter* refusals_ = nullptr;
 };

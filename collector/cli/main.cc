@@ -4,6 +4,7 @@
 //   constance key FAMILY KEY [--currency=EUR] [--kind=shelf] [--group=NAME]
 //   constance findings [--finding=KIND] [--location=ID] [--all]
 //   constance location ID
+//   constance silence add|list|expire (silence.h)
 //   constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]
 //                    FILE|DIR...
 //
@@ -33,10 +34,12 @@
 #include "collector/catalog.h"
 #include "collector/cli/replay.h"
 #include "collector/cli/report.h"
-#include "constance/version.h"
-#include "constance/v1/query.grpc.pb.h"
+#include "collector/cli/silence.h"
 #include "constance/tls.h"
+#include "constance/v1/query.grpc.pb.h"
+#include "constance/v1/silence.grpc.pb.h"
 #include "constance/validate.h"
+#include "constance/version.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 
@@ -62,8 +65,16 @@ ABSL_FLAG(std::string, group, "", "key: only this peer group (e.g. zone=north); 
 ABSL_FLAG(std::string, finding, "",
           "findings: only this kind (outlier, split, zone, broken_promise, unkeepable_promise, "
           "irregular_change, drift, silent, stale)");
-ABSL_FLAG(std::string, location, "", "findings: only those about this location");
-ABSL_FLAG(bool, all, false, "findings: include recently closed findings");
+ABSL_FLAG(std::string, location, "",
+          "findings: only those about this location; silence add: silence this location");
+ABSL_FLAG(bool, all, false,
+          "findings: include recently closed findings; silence list: include ended silences");
+ABSL_FLAG(std::string, region, "", "silence add: silence this region (the catalog's label)");
+ABSL_FLAG(std::string, key, "", "silence add: silence this series, FAMILY:KEY (price:coffee-250g)");
+ABSL_FLAG(absl::Duration, for, absl::ZeroDuration(), "silence add: how long, e.g. 72h");
+ABSL_FLAG(std::string, until, "", "silence add: until when, RFC 3339 (2026-12-24T18:00:00Z)");
+ABSL_FLAG(std::string, owner, "", "silence add: who answers for the silence (required)");
+ABSL_FLAG(std::string, comment, "", "silence add: why (required)");
 ABSL_FLAG(std::string, config, "",
           "replay: an agent.yaml whose drop_directory.files mappings read the files");
 ABSL_FLAG(std::string, catalog, "", "replay: the collector's catalog.yaml (empty: defaults)");
@@ -78,6 +89,10 @@ constexpr char kUsage[] =
     "  constance key FAMILY KEY [--currency=EUR] [--kind=shelf] [--group=NAME] [--json]\n"
     "  constance findings [--finding=KIND] [--location=ID] [--all] [--json]\n"
     "  constance location ID [--json]\n"
+    "  constance silence add [--location=ID] [--region=R] [--key=FAMILY:KEY] [--finding=KIND]\n"
+    "    --for=72h|--until=RFC3339 --owner=NAME --comment=WHY\n"
+    "  constance silence list [--all] [--json]\n"
+    "  constance silence expire ID\n"
     "  constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]\n"
     "    FILE|DIR...   (exported files through the collector's engine, in event time)\n"
     "  (every command takes --collector=HOST:PORT and, for a TLS collector, --tls_ca,\n"
@@ -86,7 +101,8 @@ constexpr char kUsage[] =
 int Fail(const std::string& what, const grpc::Status& status) {
   std::cerr << "constance: " << what << " from " << absl::GetFlag(FLAGS_collector)
             << " failed: " << status.error_message() << " (code " << status.error_code() << ")\n";
-  if (status.error_code() == grpc::StatusCode::UNAVAILABLE && absl::GetFlag(FLAGS_tls_cert).empty()) {
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+      absl::GetFlag(FLAGS_tls_cert).empty()) {
     std::cerr << "constance: this was plaintext; a collector with TLS needs --tls_ca, --tls_cert "
                  "and --tls_key (an operator certificate)\n";
   }
@@ -178,19 +194,12 @@ int Key(v1::Query::Stub& stub, const std::string& family_name, const std::string
 int Findings(v1::Query::Stub& stub) {
   v1::FindingsRequest request;
   if (const std::string kind = absl::GetFlag(FLAGS_finding); !kind.empty()) {
-    v1::FindingKind k;
-    if (!v1::FindingKind_Parse(absl::AsciiStrToUpper(kind), &k) ||
-        k == v1::FINDING_KIND_UNSPECIFIED) {
-      std::vector<std::string> kinds;  // From the enum: a new kind is listed by itself.
-      const google::protobuf::EnumDescriptor* d = v1::FindingKind_descriptor();
-      for (int i = 0; i < d->value_count(); ++i) {
-        if (d->value(i)->number() != 0) kinds.push_back(absl::AsciiStrToLower(d->value(i)->name()));
-      }
-      std::cerr << "constance: --finding: '" << kind << "' is not one of "
-                << absl::StrJoin(kinds, ", ") << "\n";
+    absl::StatusOr<v1::FindingKind> k = ParseFindingKind(kind);
+    if (!k.ok()) {
+      std::cerr << "constance: --finding: " << k.status().message() << "\n";
       return 2;
     }
-    request.set_kind(k);
+    request.set_kind(*k);
   }
   request.set_location(absl::GetFlag(FLAGS_location));
   request.set_include_closed(absl::GetFlag(FLAGS_all));
@@ -220,6 +229,54 @@ int Location(v1::Query::Stub& stub, const std::string& location) {
     PrintJson(response);
   } else {
     std::cout << RenderScorecard(response);
+  }
+  return 0;
+}
+
+int Silence(v1::Silences::Stub& stub, const std::vector<char*>& args) {
+  const std::string verb = args.size() > 2 ? args[2] : "";
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+  grpc::Status status;
+  v1::Silence silence;
+  if (verb == "add" && args.size() == 3) {
+    SilenceArgs a{absl::GetFlag(FLAGS_location), absl::GetFlag(FLAGS_region),
+                  absl::GetFlag(FLAGS_key),      absl::GetFlag(FLAGS_finding),
+                  absl::GetFlag(FLAGS_for),      absl::GetFlag(FLAGS_until),
+                  absl::GetFlag(FLAGS_owner),    absl::GetFlag(FLAGS_comment)};
+    absl::StatusOr<v1::AddSilenceRequest> request = BuildSilence(a, absl::Now());
+    if (!request.ok()) {
+      std::cerr << "constance: silence add " << request.status().message() << "\n";
+      return 2;
+    }
+    status = stub.Add(&ctx, *request, &silence);
+  } else if (verb == "expire" && args.size() == 4) {
+    v1::ExpireSilenceRequest request;
+    request.set_id(args[3]);
+    status = stub.Expire(&ctx, request, &silence);
+  } else if (verb == "list" && args.size() == 3) {
+    v1::ListSilencesRequest request;
+    request.set_include_expired(absl::GetFlag(FLAGS_all));
+    v1::ListSilencesResponse list;
+    status = stub.List(&ctx, request, &list);
+    if (!status.ok()) return Fail("silence list", status);
+    if (absl::GetFlag(FLAGS_json)) {
+      PrintJson(list);
+    } else {
+      std::cout << RenderSilences(list, absl::Now());
+    }
+    return 0;
+  } else {
+    std::cerr << "usage: " << kUsage << "\n";
+    return 2;
+  }
+  if (!status.ok()) return Fail(absl::StrCat("silence ", verb), status);
+  v1::ListSilencesResponse one;
+  *one.add_silences() = silence;
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(silence);
+  } else {
+    std::cout << RenderSilences(one, absl::Now());
   }
   return 0;
 }
@@ -301,14 +358,18 @@ int Main(int argc, char** argv) {
   }
   grpc::ChannelArguments channel_args;
   security.Apply(&channel_args);
-  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_collector), security.credentials,
-                                           channel_args);
+  auto channel =
+      grpc::CreateCustomChannel(absl::GetFlag(FLAGS_collector), security.credentials, channel_args);
   auto stub = v1::Query::NewStub(channel);
   const std::string command = args[1];
   if (command == "report" && args.size() == 2) return Report(*stub);
   if (command == "key" && args.size() == 4) return Key(*stub, args[2], args[3]);
   if (command == "findings" && args.size() == 2) return Findings(*stub);
   if (command == "location" && args.size() == 3) return Location(*stub, args[2]);
+  if (command == "silence") {
+    auto silences = v1::Silences::NewStub(channel);
+    return Silence(*silences, args);
+  }
   std::cerr << "usage: " << kUsage << "\n";
   return 2;
 }

@@ -1,0 +1,110 @@
+#include "collector/cli/silence.h"
+
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "constance/validate.h"
+#include "google/protobuf/util/time_util.h"
+
+namespace constance::cli {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+absl::Status Invalid(absl::string_view flag, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat(flag, ": ", why));
+}
+
+std::string Matchers(const v1::SilenceMatchers& m) {
+  std::vector<std::string> parts;
+  if (!m.location().empty()) parts.push_back(absl::StrCat("location=", m.location()));
+  if (!m.region().empty()) parts.push_back(absl::StrCat("region=", m.region()));
+  if (m.family() != v1::FAMILY_UNSPECIFIED) {
+    const std::string family(FamilyName(m.family()));
+    parts.push_back(m.key().empty() ? absl::StrCat("family=", family)
+                                    : absl::StrCat("key=", family, ":", m.key()));
+  }
+  if (m.kind() != v1::FINDING_KIND_UNSPECIFIED) {
+    parts.push_back(
+        absl::StrCat("finding=", absl::AsciiStrToLower(v1::FindingKind_Name(m.kind()))));
+  }
+  return absl::StrJoin(parts, " ");
+}
+
+}  // namespace
+
+absl::StatusOr<v1::FindingKind> ParseFindingKind(absl::string_view name) {
+  v1::FindingKind kind;
+  if (v1::FindingKind_Parse(absl::AsciiStrToUpper(name), &kind) &&
+      kind != v1::FINDING_KIND_UNSPECIFIED) {
+    return kind;
+  }
+  std::vector<std::string> kinds;  // From the enum: a new kind is listed by itself.
+  const google::protobuf::EnumDescriptor* d = v1::FindingKind_descriptor();
+  for (int i = 0; i < d->value_count(); ++i) {
+    if (d->value(i)->number() != 0) kinds.push_back(absl::AsciiStrToLower(d->value(i)->name()));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("'", name, "' is not one of ", absl::StrJoin(kinds, ", ")));
+}
+
+absl::StatusOr<v1::AddSilenceRequest> BuildSilence(const SilenceArgs& args, absl::Time now) {
+  v1::AddSilenceRequest request;
+  v1::SilenceMatchers* m = request.mutable_match();
+  m->set_location(args.location);
+  m->set_region(args.region);
+  if (!args.key.empty()) {
+    std::pair<std::string, std::string> fk = absl::StrSplit(args.key, absl::MaxSplits(':', 1));
+    v1::Family family;
+    if (fk.second.empty()) {
+      return Invalid("--key",
+                     absl::StrCat("'", args.key, "' is not FAMILY:KEY (e.g. price:coffee-250g)"));
+    }
+    if (absl::Status s = ParseFamily(fk.first, &family); !s.ok())
+      return Invalid("--key", s.message());
+    m->set_family(family);
+    m->set_key(fk.second);
+  }
+  if (!args.finding.empty()) {
+    absl::StatusOr<v1::FindingKind> kind = ParseFindingKind(args.finding);
+    if (!kind.ok()) return Invalid("--finding", kind.status().message());
+    m->set_kind(*kind);
+  }
+  const bool has_for = args.for_duration != absl::ZeroDuration();
+  if (has_for == !args.until.empty()) {
+    return Invalid("--for/--until",
+                   "give exactly one: how long (--for=72h) or until when "
+                   "(--until=2026-12-24T18:00:00Z)");
+  }
+  if (has_for) {
+    if (args.for_duration < absl::ZeroDuration()) return Invalid("--for", "must be positive");
+    *request.mutable_ends_at() =
+        TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(now + args.for_duration));
+  } else if (!TimeUtil::FromString(args.until, request.mutable_ends_at())) {
+    return Invalid("--until", absl::StrCat("'", args.until,
+                                           "' is not an RFC 3339 time (2026-12-24T18:00:00Z)"));
+  }
+  request.set_owner(args.owner);
+  request.set_comment(args.comment);
+  return request;
+}
+
+std::string RenderSilences(const v1::ListSilencesResponse& list, absl::Time now) {
+  if (list.silences_size() == 0) return "No silences.\n";
+  std::string out;
+  for (const v1::Silence& s : list.silences()) {
+    const absl::Time end = absl::FromUnixNanos(TimeUtil::TimestampToNanoseconds(s.ends_at()));
+    absl::StrAppend(&out, s.id(), "  ", Matchers(s.match()), "  until ",
+                    TimeUtil::ToString(s.ends_at()), end <= now ? " (ended)" : "", "  owner ",
+                    s.owner(), " (added by ", s.author(),
+                    s.expired_by().empty() ? "" : absl::StrCat(", expired by ", s.expired_by()),
+                    ")\n    ", s.comment(), "\n");
+  }
+  return out;
+}
+
+}  // namespace constance::cli

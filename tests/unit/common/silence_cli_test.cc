@@ -1,0 +1,87 @@
+#include "collector/cli/silence.h"
+
+#include <string>
+
+#include "gmock/gmock.h"
+#include "google/protobuf/util/time_util.h"
+#include "gtest/gtest.h"
+
+namespace constance::cli {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+using ::testing::HasSubstr;
+
+const absl::Time kNow = absl::FromUnixSeconds(1'800'000'000);
+
+TEST(SilenceCliTest, BuildsTheRequestFromFlags) {
+  SilenceArgs a;
+  a.location = "store-17";
+  a.key = "price:coffee-250g";
+  a.finding = "outlier";
+  a.for_duration = absl::Hours(72);
+  a.owner = "anna";
+  a.comment = "price test";
+  absl::StatusOr<v1::AddSilenceRequest> r = BuildSilence(a, kNow);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->match().location(), "store-17");
+  EXPECT_EQ(r->match().family(), v1::FAMILY_PRICE);
+  EXPECT_EQ(r->match().key(), "coffee-250g");
+  EXPECT_EQ(r->match().kind(), v1::OUTLIER);
+  EXPECT_EQ(TimeUtil::TimestampToSeconds(r->ends_at()), absl::ToUnixSeconds(kNow) + 72 * 3600);
+  EXPECT_EQ(r->owner(), "anna");
+}
+
+TEST(SilenceCliTest, UntilTakesRfc3339) {
+  SilenceArgs a;
+  a.region = "north";
+  a.until = "2027-01-02T03:04:05Z";
+  absl::StatusOr<v1::AddSilenceRequest> r = BuildSilence(a, kNow);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(TimeUtil::ToString(r->ends_at()), "2027-01-02T03:04:05Z");
+}
+
+TEST(SilenceCliTest, MalformedFlagsAreNamed) {
+  SilenceArgs both;
+  both.for_duration = absl::Hours(1);
+  both.until = "2027-01-02T03:04:05Z";
+  EXPECT_THAT(std::string(BuildSilence(both, kNow).status().message()), HasSubstr("--for/--until"));
+  EXPECT_THAT(std::string(BuildSilence(SilenceArgs{}, kNow).status().message()),
+              HasSubstr("exactly one"));
+  SilenceArgs bad_key;
+  bad_key.for_duration = absl::Hours(1);
+  bad_key.key = "coffee";
+  EXPECT_THAT(std::string(BuildSilence(bad_key, kNow).status().message()), HasSubstr("FAMILY:KEY"));
+  SilenceArgs bad_family = bad_key;
+  bad_family.key = "prices:coffee";
+  EXPECT_THAT(std::string(BuildSilence(bad_family, kNow).status().message()), HasSubstr("--key"));
+  SilenceArgs bad_kind = bad_key;
+  bad_kind.key.clear();
+  bad_kind.finding = "outlyer";
+  EXPECT_THAT(std::string(BuildSilence(bad_kind, kNow).status().message()),
+              HasSubstr("not one of outlier, split"));
+  SilenceArgs bad_until;
+  bad_until.until = "tomorrow";
+  EXPECT_THAT(std::string(BuildSilence(bad_until, kNow).status().message()), HasSubstr("RFC 3339"));
+}
+
+TEST(SilenceCliTest, ListShowsMatchersOwnerAndEnded) {
+  v1::ListSilencesResponse list;
+  v1::Silence* s = list.add_silences();
+  s->set_id("4");
+  s->mutable_match()->set_location("store-17");
+  s->mutable_match()->set_family(v1::FAMILY_PRICE);
+  s->mutable_match()->set_key("coffee-250g");
+  *s->mutable_ends_at() = TimeUtil::SecondsToTimestamp(absl::ToUnixSeconds(kNow) - 1);
+  s->set_owner("anna");
+  s->set_author("ops-anna");
+  s->set_comment("price test");
+  const std::string text = RenderSilences(list, kNow);
+  EXPECT_THAT(text, HasSubstr("4  location=store-17 key=price:coffee-250g"));
+  EXPECT_THAT(text, HasSubstr("(ended)"));
+  EXPECT_THAT(text, HasSubstr("owner anna (added by ops-anna)"));
+  EXPECT_EQ(RenderSilences(v1::ListSilencesResponse(), kNow), "No silences.\n");
+}
+
+}  // namespace
+}  // namespace constance::cli
