@@ -207,6 +207,10 @@ std::string RenderFindings(const google::protobuf::RepeatedPtrField<v1::Finding>
     for (int i = 1; i < f.reasons_size(); ++i) {
       table.Add({"", "", "", "", "and:", f.reasons(i).detail()});
     }
+    if (!f.silenced_by().empty()) {
+      table.Add({"", "", "", "", "silenced:",
+                 absl::StrCat("by silence ", f.silenced_by(), " (constance silence list)")});
+    }
   }
   return table.Render();
 }

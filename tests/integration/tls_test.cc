@@ -19,7 +19,9 @@
 #include "constance/tls.h"
 #include "constance/v1/ingest.grpc.pb.h"
 #include "constance/v1/query.grpc.pb.h"
+#include "constance/v1/silence.grpc.pb.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/util/time_util.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/integration/harness.h"
@@ -266,6 +268,29 @@ TEST_F(TlsTest, OnlyOperatorsQueryAndOnlyLocationsIngest) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
   EXPECT_EQ(Metric(metrics_, R"(constance_refusals_total{reason="not_an_operator")"), 1);
   EXPECT_EQ(Metric(metrics_, R"(constance_refusals_total{reason="not_a_location")"), 1);
+}
+
+TEST_F(TlsTest, OnlyOperatorsSilenceAndTheyAreRecordedAsAuthor) {
+  StartCollector();
+  v1::AddSilenceRequest request;
+  request.mutable_match()->set_location("store-a");
+  *request.mutable_ends_at() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+      absl::ToUnixNanos(absl::Now() + absl::Hours(1)));
+  request.set_owner("anna");
+  request.set_comment("refit");
+  auto add = [&](const std::string& cert, v1::Silence* out) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    return v1::Silences::NewStub(Channel(cert))->Add(&ctx, request, out);
+  };
+  v1::Silence silence;
+  grpc::Status s = add("location-store-a", &silence);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("operator certificate"));
+  s = add("operator-ops", &silence);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(silence.id(), "1");  // The refused call stored nothing.
+  EXPECT_EQ(silence.author(), "ops");
 }
 
 TEST_F(TlsTest, RevokedCertificateIsRefusedOnItsNextConnection) {
