@@ -1,13 +1,14 @@
 #include "collector/auth.h"
 
-#include <vector>
-
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include <memory>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "grpc/grpc_security_constants.h"
+#include "spdlog/spdlog.h"
 
 namespace constance::collector {
 
@@ -43,8 +44,7 @@ absl::StatusOr<absl::Time> CallerCertificateNotAfter(const grpc::ServerContextBa
 RefusalCounter::RefusalCounter() {
   for (const char* reason :
        {kRefusedLocationMismatch, kRefusedNotALocation, kRefusedNotAnOperator, kRefusedMaxStreams,
-        kRefusedMaxLocations, kRefusedUnknownLocation, kRefusedInvalidBatch,
-        kRefusedSequenceGap}) {
+        kRefusedMaxLocations, kRefusedUnknownLocation, kRefusedInvalidBatch, kRefusedSequenceGap}) {
     counts_[reason] = 0;
   }
 }
@@ -57,6 +57,20 @@ void RefusalCounter::Add(const std::string& reason) {
 std::map<std::string, uint64_t> RefusalCounter::Counts() const {
   absl::MutexLock lock(&mu_);
   return counts_;
+}
+
+absl::StatusOr<std::string> OperatorName(const grpc::ServerContextBase& context, bool require,
+                                         RefusalCounter* refusals, absl::string_view what) {
+  if (!require) return std::string("insecure");
+  absl::StatusOr<PeerIdentity> id = CallerIdentity(context);
+  if (id.ok() && id->role == PeerIdentity::Role::kOperator) return id->name;
+  if (refusals != nullptr) refusals->Add(kRefusedNotAnOperator);
+  const std::string why = id.ok()
+                              ? absl::StrCat("location certificate '", id->name, "' may not ", what,
+                                             " (", what, " needs an operator certificate)")
+                              : std::string(id.status().message());
+  spdlog::warn("{} from {} refused: {}", std::string(what), context.peer(), why);
+  return absl::PermissionDeniedError(why);
 }
 
 }  // namespace constance::collector

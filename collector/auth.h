@@ -59,6 +59,14 @@ class RefusalCounter {
   std::map<std::string, uint64_t> counts_ ABSL_GUARDED_BY(mu_);
 };
 
+// The name in the caller's operator certificate. With `require` false
+// (--insecure) every caller is "insecure". Otherwise a caller without an
+// operator certificate gets PermissionDenied saying what it holds and that
+// `what` needs an operator certificate; the refusal is counted in
+// `refusals` (when given) and logged.
+absl::StatusOr<std::string> OperatorName(const grpc::ServerContextBase& context, bool require,
+                                         RefusalCounter* refusals, absl::string_view what);
+
 }  // namespace constance::collector
 
 #endif  // CONSTANCE_COLLECTOR_AUTH_H_

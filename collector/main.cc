@@ -32,6 +32,9 @@ ABSL_FLAG(std::string, catalog, "",
           "location");
 ABSL_FLAG(std::string, state_dir, "",
           "Directory of the durable batch log; empty = nothing survives a restart");
+ABSL_FLAG(absl::Duration, history_retention, absl::Hours(24 * 90),
+          "How long closed findings stay in the finding history (--state_dir/history.db; "
+          "`constance history`)");
 ABSL_FLAG(absl::Duration, snapshot_interval, absl::Minutes(5),
           "How often the engine's whole state is snapshotted into --state_dir and the batch "
           "log compacted (restarts load the snapshot and replay only what came after)");
@@ -155,6 +158,7 @@ int main(int argc, char** argv) {
   options.engine.limits.max_lateness = absl::GetFlag(FLAGS_max_lateness);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.history_retention = absl::GetFlag(FLAGS_history_retention);
   options.snapshot_interval = absl::GetFlag(FLAGS_snapshot_interval);
   if (options.snapshot_interval <= absl::ZeroDuration()) {
     std::cerr << "constance-collector: --snapshot_interval must be positive\n";

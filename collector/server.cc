@@ -28,6 +28,22 @@ absl::Status CollectorServer::OpenSilences() {
   return absl::OkStatus();
 }
 
+absl::Status CollectorServer::OpenHistory() {
+  FindingHistory::Options options;
+  options.retention = options_.history_retention;
+  if (options_.state_dir.empty()) {
+    history_ = std::make_unique<FindingHistory>(options);
+  } else {
+    absl::StatusOr<std::unique_ptr<FindingHistory>> history =
+        FindingHistory::Open(options_.state_dir + "/history.db", options);
+    if (!history.ok()) return history.status();
+    history_ = *std::move(history);
+  }
+  history_service_ =
+      std::make_unique<HistoryService>(history_.get(), !options_.insecure, &refusals_);
+  return absl::OkStatus();
+}
+
 absl::Status CollectorServer::Start() {
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (options_.insecure) {
@@ -92,6 +108,7 @@ absl::Status CollectorServer::Start() {
     spdlog::warn("no --state_dir: acknowledged batches are not durable across restarts");
   }
   if (absl::Status s = OpenSilences(); !s.ok()) return s;
+  if (absl::Status s = OpenHistory(); !s.ok()) return s;
   ingest_ = std::make_unique<IngestService>(&engine_, log_.get(), options_.rate_per_location,
                                             options_.rate_burst);
   ingest_->Secure(/*require_location=*/!options_.insecure, options_.max_streams, &refusals_);
@@ -109,6 +126,7 @@ absl::Status CollectorServer::Start() {
   builder.RegisterService(ingest_.get());
   builder.RegisterService(&query_);
   builder.RegisterService(silence_service_.get());
+  builder.RegisterService(history_service_.get());
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   // Keepalive, consistent with the agent's: the agent pings every 20 s,
   // above the 10 s minimum accepted here, with or without calls in flight,
@@ -143,6 +161,8 @@ absl::Status CollectorServer::Start() {
   metrics_server_ = *std::move(metrics_server);
   metrics_address_ = DialAddress(options_.metrics_listen, metrics_server_->port());
   engine_.Start();
+  history_recorder_ = std::make_unique<HistoryRecorder>(&engine_, silences_.get(), history_.get(),
+                                                        absl::Seconds(1));
   spdlog::info("serving gRPC on {} ({}) and /metrics on {}", grpc_address_,
                options_.insecure ? "plaintext" : "mTLS", metrics_address_);
   return absl::OkStatus();
@@ -153,6 +173,7 @@ void CollectorServer::Shutdown(absl::Duration grace) {
   shut_down_ = true;
   if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   metrics_server_.reset();
+  history_recorder_.reset();
   // After the server: no stream can queue a batch any more; the log
   // commits what is queued (running the last callbacks) and closes.
   log_.reset();

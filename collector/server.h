@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "collector/engine.h"
+#include "collector/history.h"
 #include "collector/metrics.h"
 #include "collector/metrics_server.h"
 #include "collector/services.h"
@@ -58,6 +59,8 @@ struct ServerOptions {
   double rate_per_location = 0;
   double rate_burst = 0;
   Engine::Options engine;
+  // How long closed findings stay in the finding history (history.db).
+  absl::Duration history_retention = absl::Hours(24 * 90);
 };
 
 class CollectorServer {
@@ -88,6 +91,8 @@ class CollectorServer {
  private:
   // Operators' silences: durable in state_dir/silences.db, else in memory.
   absl::Status OpenSilences();
+  // Finding history: durable in state_dir/history.db, else in memory.
+  absl::Status OpenHistory();
   const ServerOptions options_;
   Engine engine_;
   std::unique_ptr<BatchLog> log_;
@@ -95,6 +100,9 @@ class CollectorServer {
   QueryService query_;
   std::unique_ptr<SilenceStore> silences_;
   std::unique_ptr<SilenceService> silence_service_;
+  std::unique_ptr<FindingHistory> history_;
+  std::unique_ptr<HistoryService> history_service_;
+  std::unique_ptr<HistoryRecorder> history_recorder_;
   std::unique_ptr<CollectorMetrics> metrics_;
   RefusalCounter refusals_;
   std::unique_ptr<grpc::Server> server_;

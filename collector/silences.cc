@@ -293,16 +293,7 @@ std::vector<SilenceStore::AuditEntry> SilenceStore::Audit() const {
 }
 
 absl::StatusOr<std::string> SilenceService::Author(grpc::CallbackServerContext* context) {
-  if (!require_operator_) return std::string("insecure");
-  absl::StatusOr<PeerIdentity> id = CallerIdentity(*context);
-  if (id.ok() && id->role == PeerIdentity::Role::kOperator) return id->name;
-  if (refusals_ != nullptr) refusals_->Add(kRefusedNotAnOperator);
-  const std::string why =
-      id.ok() ? absl::StrCat("location certificate '", id->name,
-                             "' may not change silences (they need an operator certificate)")
-              : std::string(id.status().message());
-  spdlog::warn("silence call from {} refused: {}", context->peer(), why);
-  return absl::PermissionDeniedError(why);
+  return OperatorName(*context, require_operator_, refusals_, "change silences");
 }
 
 grpc::ServerUnaryReactor* SilenceService::Add(grpc::CallbackServerContext* context,

@@ -5,6 +5,7 @@
 //   constance findings [--finding=KIND] [--location=ID] [--all]
 //   constance location ID
 //   constance silence add|list|expire (silence.h)
+//   constance history [--location=ID] [--key=FAMILY:KEY] [--finding=KIND] [--since=720h] [--csv]
 //   constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]
 //                    FILE|DIR...
 //
@@ -28,6 +29,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/config.h"
@@ -36,11 +38,13 @@
 #include "collector/cli/report.h"
 #include "collector/cli/silence.h"
 #include "constance/tls.h"
+#include "constance/v1/history.grpc.pb.h"
 #include "constance/v1/query.grpc.pb.h"
 #include "constance/v1/silence.grpc.pb.h"
 #include "constance/validate.h"
 #include "constance/version.h"
 #include "google/protobuf/util/json_util.h"
+#include "google/protobuf/util/time_util.h"
 #include "grpcpp/grpcpp.h"
 
 ABSL_FLAG(std::string, collector, "127.0.0.1:7070", "Collector gRPC address (HOST:PORT)");
@@ -75,6 +79,9 @@ ABSL_FLAG(absl::Duration, for, absl::ZeroDuration(), "silence add: how long, e.g
 ABSL_FLAG(std::string, until, "", "silence add: until when, RFC 3339 (2026-12-24T18:00:00Z)");
 ABSL_FLAG(std::string, owner, "", "silence add: who answers for the silence (required)");
 ABSL_FLAG(std::string, comment, "", "silence add: why (required)");
+ABSL_FLAG(absl::Duration, since, absl::ZeroDuration(),
+          "history: episodes open at some time in the last DURATION (e.g. 720h; 0 = all kept)");
+ABSL_FLAG(bool, csv, false, "history: print CSV (one row per episode) for spreadsheets");
 ABSL_FLAG(std::string, config, "",
           "replay: an agent.yaml whose drop_directory.files mappings read the files");
 ABSL_FLAG(std::string, catalog, "", "replay: the collector's catalog.yaml (empty: defaults)");
@@ -93,6 +100,8 @@ constexpr char kUsage[] =
     "    --for=72h|--until=RFC3339 --owner=NAME --comment=WHY\n"
     "  constance silence list [--all] [--json]\n"
     "  constance silence expire ID\n"
+    "  constance history [--location=ID] [--key=FAMILY:KEY] [--finding=KIND] [--since=720h]\n"
+    "    [--json|--csv]\n"
     "  constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]\n"
     "    FILE|DIR...   (exported files through the collector's engine, in event time)\n"
     "  (every command takes --collector=HOST:PORT and, for a TLS collector, --tls_ca,\n"
@@ -281,6 +290,47 @@ int Silence(v1::Silences::Stub& stub, const std::vector<char*>& args) {
   return 0;
 }
 
+int History(v1::History::Stub& stub) {
+  v1::HistoryRequest request;
+  request.set_location(absl::GetFlag(FLAGS_location));
+  if (const std::string key = absl::GetFlag(FLAGS_key); !key.empty()) {
+    std::pair<std::string, std::string> fk = absl::StrSplit(key, absl::MaxSplits(':', 1));
+    v1::Family family;
+    if (fk.second.empty() || !ParseFamily(fk.first, &family).ok()) {
+      std::cerr << "constance: --key: '" << key << "' is not FAMILY:KEY (e.g. price:coffee-250g)\n";
+      return 2;
+    }
+    request.set_family(family);
+    request.set_key(fk.second);
+  }
+  if (const std::string kind = absl::GetFlag(FLAGS_finding); !kind.empty()) {
+    absl::StatusOr<v1::FindingKind> k = ParseFindingKind(kind);
+    if (!k.ok()) {
+      std::cerr << "constance: --finding: " << k.status().message() << "\n";
+      return 2;
+    }
+    request.set_kind(*k);
+  }
+  if (const absl::Duration since = absl::GetFlag(FLAGS_since); since > absl::ZeroDuration()) {
+    *request.mutable_since() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+        absl::ToUnixNanos(absl::Now() - since));
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+  v1::HistoryResponse response;
+  grpc::Status status = stub.Episodes(&ctx, request, &response);
+  if (!status.ok()) return Fail("History", status);
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(response);
+  } else if (absl::GetFlag(FLAGS_csv)) {
+    std::cout << RenderHistoryCsv(response, absl::Now());
+  } else {
+    std::cout << "Finding history (" << response.episodes_size() << " episodes):\n"
+              << RenderHistory(response, absl::Now());
+  }
+  return 0;
+}
+
 int Replay(const std::vector<char*>& args) {
   ReplayOptions options;
   options.inputs.assign(args.begin() + 2, args.end());
@@ -366,6 +416,10 @@ int Main(int argc, char** argv) {
   if (command == "key" && args.size() == 4) return Key(*stub, args[2], args[3]);
   if (command == "findings" && args.size() == 2) return Findings(*stub);
   if (command == "location" && args.size() == 3) return Location(*stub, args[2]);
+  if (command == "history" && args.size() == 2) {
+    auto history = v1::History::NewStub(channel);
+    return History(*history);
+  }
   if (command == "silence") {
     auto silences = v1::Silences::NewStub(channel);
     return Silence(*silences, args);

@@ -1,5 +1,7 @@
 #include "collector/cli/report.h"
 
+#include <csv.h>
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -233,6 +235,84 @@ std::string RenderScorecard(const v1::LocationScorecardResponse& c) {
   }
   absl::StrAppend(&out, values.Render(), "\nFindings (", c.findings_size(), "):\n",
                   RenderFindings(c.findings()));
+  return out;
+}
+
+namespace {
+
+std::string EpisodeSubject(const v1::Episode& e) {
+  return e.location().empty() ? absl::StrCat("group ", e.group()) : e.location();
+}
+
+std::string EpisodeDuration(const v1::Episode& e, absl::Time now) {
+  const absl::Time opened = absl::FromUnixSeconds(e.opened_at().seconds());
+  const absl::Time closed =
+      e.has_closed_at() ? absl::FromUnixSeconds(e.closed_at().seconds()) : now;
+  return absl::FormatDuration(absl::Trunc(closed - opened, absl::Seconds(1)));
+}
+
+}  // namespace
+
+std::string RenderHistory(const v1::HistoryResponse& history, absl::Time now) {
+  if (history.episodes().empty()) return "  none\n";
+  Table table({"OPENED", "CLOSED", "FOR", "KIND", "SEVERITY", "SUBJECT", "SERIES", "AT OPEN"});
+  for (const v1::Episode& e : history.episodes()) {
+    const bool series = e.has_series() && e.series().family() != v1::FAMILY_UNSPECIFIED;
+    table.Add({Timestamp(e.opened_at()), e.has_closed_at() ? Timestamp(e.closed_at()) : "open",
+               EpisodeDuration(e, now), absl::AsciiStrToLower(v1::FindingKind_Name(e.kind())),
+               absl::AsciiStrToLower(v1::Severity_Name(e.severity_max())), EpisodeSubject(e),
+               series ? FormatSeries(e.series()) : "",
+               series ? absl::StrCat(FormatValue(e.series(), e.value_at_open()), ", expected ",
+                                     FormatValue(e.series(), e.expected_at_open()))
+                      : e.reason_at_open()});
+    for (const v1::EpisodeEvent& ev : e.events()) {
+      table.Add({"", "", "", "", "", "", Timestamp(ev.at()), ev.what()});
+    }
+  }
+  std::string out = table.Render();
+  if (history.more() > 0) absl::StrAppend(&out, "  ... ", history.more(), " more (--since)\n");
+  return out;
+}
+
+std::string RenderHistoryCsv(const v1::HistoryResponse& history, absl::Time now) {
+  auto field = [](const std::string& text) {
+    std::string out(text.size() * 2 + 2, '\0');
+    out.resize(csv_write(out.data(), out.size(), text.data(), text.size()));
+    return out;
+  };
+  std::string out =
+      "opened,closed,duration_seconds,kind,severity,location,group,family,key,currency,"
+      "value_at_open,expected_at_open,value_at_close,expected_at_close,events\n";
+  for (const v1::Episode& e : history.episodes()) {
+    const absl::Time opened = absl::FromUnixSeconds(e.opened_at().seconds());
+    const absl::Time closed =
+        e.has_closed_at() ? absl::FromUnixSeconds(e.closed_at().seconds()) : now;
+    std::vector<std::string> events;
+    for (const v1::EpisodeEvent& ev : e.events()) {
+      events.push_back(absl::StrCat(Timestamp(ev.at()), " ", ev.what()));
+    }
+    std::vector<std::string> row = {Timestamp(e.opened_at()),
+                                    e.has_closed_at() ? Timestamp(e.closed_at()) : "",
+                                    absl::StrCat(absl::ToInt64Seconds(closed - opened)),
+                                    absl::AsciiStrToLower(v1::FindingKind_Name(e.kind())),
+                                    absl::AsciiStrToLower(v1::Severity_Name(e.severity_max())),
+                                    e.location(),
+                                    e.group(),
+                                    e.series().family() != v1::FAMILY_UNSPECIFIED
+                                        ? std::string(FamilyName(e.series().family()))
+                                        : "",
+                                    e.series().key(),
+                                    e.series().currency(),
+                                    absl::StrCat(e.value_at_open()),
+                                    absl::StrCat(e.expected_at_open()),
+                                    absl::StrCat(e.value_at_close()),
+                                    absl::StrCat(e.expected_at_close()),
+                                    absl::StrJoin(events, "; ")};
+    for (size_t i = 0; i < row.size(); ++i) {
+      absl::StrAppend(&out, i > 0 ? "," : "", field(row[i]));
+    }
+    out += "\n";
+  }
   return out;
 }
 

@@ -10,6 +10,8 @@
 
 #include <string>
 
+#include "absl/time/time.h"
+#include "constance/v1/history.pb.h"
 #include "constance/v1/query.pb.h"
 
 namespace constance::cli {
@@ -41,6 +43,12 @@ std::string RenderFindings(const google::protobuf::RepeatedPtrField<v1::Finding>
 
 // A location's scorecard: trust, promises, values, findings.
 std::string RenderScorecard(const v1::LocationScorecardResponse& card);
+
+// `constance history`: one row per episode (newest first) with its events
+// below it, and "... N more" when the answer was limited. The CSV form
+// (for spreadsheets) has one quoted row per episode, events joined by "; ".
+std::string RenderHistory(const v1::HistoryResponse& history, absl::Time now);
+std::string RenderHistoryCsv(const v1::HistoryResponse& history, absl::Time now);
 
 }  // namespace constance::cli
 

@@ -1,4 +1,4 @@
-// Silences against a real collector process: added with the `constance`
+// Silences and finding history against a real collector process: added with the `constance`
 // command, they mark the finding on /metrics (silenced_by, which the
 // shipped alert rules exclude: tests/deploy/alert_rules_test.yml), survive
 // a SIGKILL and restart with --state_dir, and their expiry brings the
@@ -30,11 +30,10 @@ class SilenceTest : public ::testing::Test {
  protected:
   void StartCollector() {
     collector_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{BinDir() + "/constance-collector", "--insecure",
-                                 "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-                                 "--stats_interval=100ms", "--evaluation_interval=200ms",
-                                 "--state_dir=" + dir_.path(),
-                                 "--ready_file=" + dir_.File("collector.ready")},
+        std::vector<std::string>{
+            BinDir() + "/constance-collector", "--insecure", "--listen=127.0.0.1:0",
+            "--metrics_listen=127.0.0.1:0", "--stats_interval=100ms", "--evaluation_interval=200ms",
+            "--state_dir=" + dir_.path(), "--ready_file=" + dir_.File("collector.ready")},
         dir_.File("collector.log"));
     (void)std::remove(dir_.File("collector.ready").c_str());
     auto ready = WaitForReadyFile(dir_.File("collector.ready"), *collector_, absl::Seconds(30));
@@ -93,9 +92,22 @@ class SilenceTest : public ::testing::Test {
       }
       absl::SleepFor(absl::Milliseconds(50));  // Polling a condition, bounded by the deadline.
     }
-    ADD_FAILURE() << "no matching finding line in time; last: " << last << "\n"
-                  << collector_->Log();
+    ADD_FAILURE() << "no matching finding line in time; last: " << last << "\n";
     return last;
+  }
+
+  // `constance history ARGS` once its output holds `text` (the recorder
+  // writes within a second of a change).
+  CommandResult HistoryWith(const std::string& args, const std::string& text) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    CommandResult r;
+    do {
+      r = Cli("history " + args);
+      if (absl::StrContains(r.output, text)) return r;
+      absl::SleepFor(absl::Milliseconds(100));  // Polling a condition, bounded by the deadline.
+    } while (absl::Now() < deadline);
+    ADD_FAILURE() << "history " << args << " never showed '" << text << "':\n" << r.output;
+    return r;
   }
 
   CommandResult Cli(const std::string& args) {
@@ -115,9 +127,9 @@ TEST_F(SilenceTest, SilenceMarksTheFindingSurvivesAKillAndItsExpiryPagesAgain) {
   SendPrices();
   EXPECT_THAT(WaitForFindingLine(Loud), HasSubstr("finding=\"outlier\""));
 
-  CommandResult add = Cli(
-      "silence add --location=store-6 --key=price:coffee-250g --for=2h --owner=anna "
-      "--comment='price test OPS-12'");
+  CommandResult add =
+      Cli("silence add --location=store-6 --key=price:coffee-250g --for=2h --owner=anna "
+          "--comment='price test OPS-12'");
   ASSERT_EQ(add.exit_code, 0) << add.output;
   EXPECT_THAT(add.output, HasSubstr("1  location=store-6 key=price:coffee-250g"));
   EXPECT_THAT(add.output, HasSubstr("owner anna (added by insecure)"));
@@ -125,6 +137,7 @@ TEST_F(SilenceTest, SilenceMarksTheFindingSurvivesAKillAndItsExpiryPagesAgain) {
   CommandResult findings = Cli("findings --json");
   EXPECT_THAT(findings.output, HasSubstr("\"silenced_by\": \"1\""));
   EXPECT_THAT(Cli("findings --location=store-6").output, HasSubstr("by silence 1"));
+  HistoryWith("--location=store-6", "silenced by 1");
 
   // A crash loses no silence: the store commits before it answers.
   ASSERT_TRUE(collector_->Stop(SIGKILL, absl::Seconds(10)).ok());
@@ -141,6 +154,16 @@ TEST_F(SilenceTest, SilenceMarksTheFindingSurvivesAKillAndItsExpiryPagesAgain) {
   EXPECT_THAT(Cli("silence list").output, HasSubstr("No silences."));
   EXPECT_THAT(Cli("silence list --all").output, HasSubstr("expired by insecure"));
   EXPECT_THAT(collector_->Log(), HasSubstr("silence 1 expired by insecure"));
+
+  // The finding's one episode spans the kill, with its silence and its end.
+  CommandResult history = HistoryWith("--location=store-6 --csv", "silence 1 ended");
+  ASSERT_EQ(history.exit_code, 0) << history.output;
+  const std::vector<std::string> rows = absl::StrSplit(history.output, '\n', absl::SkipEmpty());
+  ASSERT_EQ(rows.size(), 2u) << history.output;  // Header and one episode.
+  EXPECT_THAT(rows[1], HasSubstr("outlier"));
+  EXPECT_THAT(rows[1], HasSubstr("silenced by 1")) << collector_->Log();
+  EXPECT_THAT(rows[1], HasSubstr("silence 1 ended"));
+  EXPECT_THAT(Cli("history --location=store-1").output, HasSubstr("none"));
   ASSERT_TRUE(collector_->Stop(SIGTERM, absl::Seconds(15)).ok());
 }
 
