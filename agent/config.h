@@ -115,6 +115,11 @@ struct InputMapping {
   absl::Duration max_lateness = absl::ZeroDuration();
 };
 
+// Longest line of a dropped file by default (bytes, newline excluded).
+inline constexpr size_t kDefaultMaxLineBytes = size_t{1} << 20;
+// The most max_line_bytes may be set to.
+inline constexpr size_t kMaxMaxLineBytes = size_t{16} << 20;
+
 struct DropDirectoryConfig {
   // The watched folder; empty: no drop directory.
   std::string path;
@@ -129,6 +134,12 @@ struct DropDirectoryConfig {
   std::string processed_dir;
   // Records committed to the spool per transaction (with the checkpoint).
   size_t max_records_per_commit = 1000;
+  // A longer line is reported as FILE:LINE and skipped to its newline.
+  size_t max_line_bytes = kDefaultMaxLineBytes;
+  // Where a file is moved when reading it stopped the agent twice at the
+  // same place (default <path>/quarantine); it is never read again unless
+  // moved back.
+  std::string quarantine_dir;
   // Tried in order; the first whose pattern matches a file name is used.
   std::vector<InputMapping> files;
 };
