@@ -385,7 +385,7 @@ TYPED_TEST(SpoolContractTest, RequestKeysAreAnsweredOnce) {
   std::unique_ptr<Spool> spool = this->Open(options);
   ASSERT_NE(spool, nullptr);
   EXPECT_EQ(*spool->LookupRequest("r1"), std::nullopt);
-  const RememberRequest first{"r1", RequestAnswer{200, R"({"accepted":2})"}};
+  const RememberRequest first{"r1", RequestAnswer{200, R"({"accepted":2})", "/v1/observations 42"}};
   absl::StatusOr<AppendResult> r = spool->AppendBatch(Make(2), &first);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->stored, 2u);
@@ -395,9 +395,10 @@ TYPED_TEST(SpoolContractTest, RequestKeysAreAnsweredOnce) {
   ASSERT_TRUE(found.ok() && found->has_value());
   EXPECT_EQ((*found)->status, 200);
   EXPECT_EQ((*found)->body, R"({"accepted":2})");
+  EXPECT_EQ((*found)->fingerprint, "/v1/observations 42");
 
   // A second append under the same key stores nothing and gets the first answer.
-  const RememberRequest again{"r1", RequestAnswer{400, "other"}};
+  const RememberRequest again{"r1", RequestAnswer{400, "other", ""}};
   r = spool->AppendBatch(Make(3), &again);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->stored, 0u);
@@ -406,7 +407,7 @@ TYPED_TEST(SpoolContractTest, RequestKeysAreAnsweredOnce) {
   EXPECT_EQ(spool->Depth(), 2u);
 
   // An empty request is remembered too (all items refused, say).
-  const RememberRequest empty{"r2", RequestAnswer{400, "refused"}};
+  const RememberRequest empty{"r2", RequestAnswer{400, "refused", ""}};
   ASSERT_TRUE(spool->AppendBatch({}, &empty).ok());
   EXPECT_EQ((*spool->LookupRequest("r2"))->body, "refused");
 
@@ -467,7 +468,7 @@ TEST_F(SqliteSpoolTest, ReopenKeepsIncarnationNumberingAndUnacknowledgedRows) {
 }
 
 TEST_F(SqliteSpoolTest, ReopenRemembersIdsAndRequestKeys) {
-  const RememberRequest request{"req", RequestAnswer{200, "ok"}};
+  const RememberRequest request{"req", RequestAnswer{200, "ok", "/v1/checklists 7"}};
   {
     auto spool = Open();
     ASSERT_TRUE(spool.ok()) << spool.status();
@@ -485,6 +486,7 @@ TEST_F(SqliteSpoolTest, ReopenRemembersIdsAndRequestKeys) {
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_TRUE(r->earlier_answer.has_value());
   EXPECT_EQ(r->earlier_answer->body, "ok");
+  EXPECT_EQ(r->earlier_answer->fingerprint, "/v1/checklists 7");
 }
 
 TEST_F(SqliteSpoolTest, AWipedFileIsANewIncarnation) {
