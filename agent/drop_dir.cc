@@ -533,12 +533,14 @@ absl::Status DropDirectory::Commit(const std::string& key, const Checkpoint& nex
   const size_t produced = observations.size();
   absl::StatusOr<AppendResult> appended;
   uint64_t ignored = 0;
+  uint64_t evicted = 0;
   if (!events.empty()) {
     absl::StatusOr<TicketOutcome> outcome =
         deps_.tickets->Apply(events, deps_.now(), std::move(observations), std::move(writes));
     if (outcome.ok()) {
       appended = outcome->append;
       ignored = outcome->ignored;
+      evicted = outcome->evicted;
       for (const std::string& p : outcome->problems)
         spdlog::warn("drop directory: {}: {}", file, p);
     } else {
@@ -577,6 +579,7 @@ absl::Status DropDirectory::Commit(const std::string& key, const Checkpoint& nex
     deps_.metrics->AddAccepted(appended->stored);
     deps_.metrics->AddInputRejected(rejected);
     deps_.metrics->AddTicketEventsIgnored(ignored);
+    deps_.metrics->AddTicketsEvicted(evicted);
   }
   if (appended->stored > 0 && deps_.on_appended) {
     deps_.on_appended(appended->first_sequence + appended->stored - 1);

@@ -315,6 +315,7 @@ int HandleIngest(mg_connection* conn, HttpIngest::Impl* impl, Endpoint endpoint)
       }
       for (const std::string& p : outcome->problems) spdlog::warn("ingest: {}", p);
       impl->metrics->AddTicketEventsIgnored(outcome->ignored);
+      impl->metrics->AddTicketsEvicted(outcome->evicted);
       impl->metrics->AddAccepted(outcome->append.stored);
       if (outcome->append.stored > 0 && impl->on_appended) {
         impl->on_appended(outcome->append.first_sequence + outcome->append.stored - 1);
