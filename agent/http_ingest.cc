@@ -220,6 +220,33 @@ absl::StatusOr<ParsedObservations> ParseBody(Endpoint endpoint, const std::strin
   return absl::InternalError("unknown endpoint");
 }
 
+// A retry of a request already answered gets the same answer and stores
+// nothing. Only answers given after the append are remembered: a refusal
+// (bad JSON, spool full, shutting down) leaves the key free for a retry.
+// Returns the status sent (a replay, 422, or an error), or 0 with
+// `*remember` set when the request carries a new key.
+int CheckIdempotencyKey(mg_connection* conn, const HttpIngest::Impl& impl,
+                        const std::string& fingerprint, std::optional<RememberRequest>* remember) {
+  const char* key_header = mg_get_header(conn, "Idempotency-Key");
+  if (key_header == nullptr) return 0;
+  if (!ValidIdempotencyKey(key_header)) {
+    return Reply(conn, 400,
+                 RenderIngestError(absl::StrCat("Idempotency-Key must be 1..",
+                                                kMaxIdempotencyKeyBytes,
+                                                " printable ASCII characters")));
+  }
+  absl::StatusOr<std::optional<RequestAnswer>> earlier = impl.spool->LookupRequest(key_header);
+  if (!earlier.ok()) {
+    spdlog::warn("ingest: {}", std::string(earlier.status().message()));
+    return Reply(conn, SpoolErrorStatus(earlier.status()),
+                 RenderIngestError(earlier.status().message()));
+  }
+  if (earlier->has_value()) return Replay(conn, **earlier, fingerprint);
+  remember->emplace();
+  (*remember)->key = key_header;
+  return 0;
+}
+
 int HandleIngest(mg_connection* conn, HttpIngest::Impl* impl, Endpoint endpoint) {
   if (int refused = RefuseForeign(conn, *impl); refused != 0) return refused;
   const mg_request_info* ri = mg_get_request_info(conn);
@@ -268,28 +295,12 @@ int HandleIngest(mg_connection* conn, HttpIngest::Impl* impl, Endpoint endpoint)
     return Reply(conn, 400, RenderIngestError("could not read the request body"));
   }
 
-  // A retry of a request already answered gets the same answer and stores
-  // nothing. Only answers given after the append are remembered: a refusal
-  // (bad JSON, spool full, shutting down) leaves the key free for a retry.
-  const char* key_header = mg_get_header(conn, "Idempotency-Key");
   const std::string fingerprint = absl::StrCat(path, " ", StableHash(body));
   std::optional<RememberRequest> remember;
-  if (key_header != nullptr && endpoint != Endpoint::kTickets) {
-    if (!ValidIdempotencyKey(key_header)) {
-      return Reply(
-          conn, 400,
-          RenderIngestError(absl::StrCat("Idempotency-Key must be 1..", kMaxIdempotencyKeyBytes,
-                                         " printable ASCII characters")));
+  if (endpoint != Endpoint::kTickets) {
+    if (int answered = CheckIdempotencyKey(conn, *impl, fingerprint, &remember); answered != 0) {
+      return answered;
     }
-    absl::StatusOr<std::optional<RequestAnswer>> earlier = impl->spool->LookupRequest(key_header);
-    if (!earlier.ok()) {
-      spdlog::warn("ingest: {}", std::string(earlier.status().message()));
-      return Reply(conn, SpoolErrorStatus(earlier.status()),
-                   RenderIngestError(earlier.status().message()));
-    }
-    if (earlier->has_value()) return Replay(conn, **earlier, fingerprint);
-    remember.emplace();
-    remember->key = key_header;
   }
 
   std::vector<TicketEvent> events;
