@@ -20,9 +20,11 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "agent/spool.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "sqlite3.h"
 
 namespace constance::agent {
 namespace {
@@ -487,6 +489,35 @@ TEST_F(SqliteSpoolTest, ReopenRemembersIdsAndRequestKeys) {
   ASSERT_TRUE(r->earlier_answer.has_value());
   EXPECT_EQ(r->earlier_answer->body, "ok");
   EXPECT_EQ(r->earlier_answer->fingerprint, "/v1/checklists 7");
+}
+
+// A spool written before requests had a fingerprint: the column is added
+// on open, its remembered answers replay (no fingerprint to compare), and
+// new ones keep theirs.
+TEST_F(SqliteSpoolTest, ASpoolWithoutRequestFingerprintsGetsTheColumn) {
+  { ASSERT_TRUE(Open().ok()); }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  const std::string old = absl::StrCat(
+      "ALTER TABLE requests DROP COLUMN fingerprint;"
+      "INSERT INTO requests(key, status, body, created_at) VALUES('old', 200, 'then', ",
+      absl::ToUnixNanos(now_), ");");
+  char* error = nullptr;
+  EXPECT_EQ(sqlite3_exec(db, old.c_str(), nullptr, nullptr, &error), SQLITE_OK) << error;
+  sqlite3_free(error);
+  sqlite3_close(db);
+
+  auto spool = Open();
+  ASSERT_TRUE(spool.ok()) << spool.status();
+  absl::StatusOr<std::optional<RequestAnswer>> found = (*spool)->LookupRequest("old");
+  ASSERT_TRUE(found.ok() && found->has_value()) << found.status();
+  EXPECT_EQ((*found)->body, "then");
+  EXPECT_EQ((*found)->fingerprint, "");
+  const RememberRequest request{"new", RequestAnswer{200, "now", "/v1/observations 9"}};
+  ASSERT_TRUE((*spool)->AppendBatch(Make(1), &request).ok());
+  found = (*spool)->LookupRequest("new");
+  ASSERT_TRUE(found.ok() && found->has_value()) << found.status();
+  EXPECT_EQ((*found)->fingerprint, "/v1/observations 9");
 }
 
 TEST_F(SqliteSpoolTest, AWipedFileIsANewIncarnation) {
