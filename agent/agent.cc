@@ -104,6 +104,9 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   HttpIngestOptions http_options;
   http_options.listen = c.listen;
   http_options.max_body_bytes = c.max_body_bytes;
+  http_options.threads = c.http_threads;
+  http_options.request_timeout = c.http_request_timeout;
+  http_options.allowed_hosts = c.http_allowed_hosts;
   http_options.location = c.location;
   http_options.tickets = tracker;
   absl::StatusOr<std::unique_ptr<HttpIngest>> http = HttpIngest::Start(

@@ -207,6 +207,24 @@ absl::Status SetTls(const YAML::Node& node, AgentConfig* config) {
   return absl::OkStatus();
 }
 
+// `http_allowed_hosts:`, a list of host names (no port, no scheme).
+absl::Status SetAllowedHosts(const YAML::Node& node, AgentConfig* config) {
+  if (!node.IsSequence()) {
+    return absl::InvalidArgumentError("must be a list of host names, e.g. [store-12.local]");
+  }
+  std::vector<std::string> hosts;
+  for (const YAML::Node& item : node) {
+    const std::string name = item.IsScalar() ? item.Scalar() : "";
+    if (name.empty() || name.find_first_of(":/ ") != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "'", name, "' is not a host name (write it without scheme or port: store-12.local)"));
+    }
+    hosts.push_back(absl::AsciiStrToLower(name));
+  }
+  config->http_allowed_hosts = std::move(hosts);
+  return absl::OkStatus();
+}
+
 template <size_t AgentConfig::*member, uint64_t kMin, uint64_t kMax>
 absl::Status SetSize(const YAML::Node& node, AgentConfig* config) {
   absl::StatusOr<uint64_t> value = ReadCount(node, kMin, kMax);
@@ -272,6 +290,21 @@ const Field kFields[] = {
        return Assign(ReadDuration(n), &c->idempotency_window, CheckPositive);
      }},
     {"max_body_bytes", SetSize<&AgentConfig::max_body_bytes, 1024, size_t{1} << 30>},
+    {"http_request_timeout",
+     [](const YAML::Node& n, AgentConfig* c) {
+       return Assign(ReadDuration(n), &c->http_request_timeout, CheckPositive);
+     }},
+    {"http_threads",
+     [](const YAML::Node& n, AgentConfig* c) {
+       absl::StatusOr<uint64_t> v = ReadCount(n, 2, 1024);
+       if (v.ok()) c->http_threads = static_cast<int>(*v);
+       return v.status();
+     }},
+    {"http_allowed_hosts", SetAllowedHosts},
+    {"allow_non_loopback_listen",
+     [](const YAML::Node& n, AgentConfig* c) {
+       return Assign(ReadBool(n), &c->allow_non_loopback_listen);
+     }},
     // Inputs (input_config.cc reads the section and names its own lines).
     {"drop_directory",
      [](const YAML::Node& n, AgentConfig* c) {
@@ -335,6 +368,12 @@ absl::Status FlagError(absl::string_view flag, const absl::Status& reason) {
 }
 
 }  // namespace
+
+bool IsLoopbackListen(absl::string_view address) {
+  const absl::string_view host = address.substr(0, address.rfind(':'));
+  return absl::EqualsIgnoreCase(host, "localhost") || host == "[::1]" ||
+         absl::StartsWith(host, "127.");
+}
 
 absl::Status ValidateListenAddress(absl::string_view address) {
   size_t colon = address.rfind(':');
@@ -463,6 +502,12 @@ absl::Status FinishAgentConfig(const AgentConfig& config) {
     return absl::InvalidArgumentError(
         absl::StrCat("backoff_initial (", absl::FormatDuration(config.backoff_initial),
                      ") is above backoff_max (", absl::FormatDuration(config.backoff_max), ")"));
+  }
+  if (!config.allow_non_loopback_listen && !IsLoopbackListen(config.listen)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "listen ", config.listen,
+        " is not a loopback address: systems on other machines could post observations. Use "
+        "127.0.0.1:PORT, or set 'allow_non_loopback_listen: true' if that is meant"));
   }
   if (!config.insecure) {
     const struct {

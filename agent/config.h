@@ -115,6 +115,11 @@ struct InputMapping {
   absl::Duration max_lateness = absl::ZeroDuration();
 };
 
+// Longest line of a dropped file by default (bytes, newline excluded).
+inline constexpr size_t kDefaultMaxLineBytes = size_t{1} << 20;
+// The most max_line_bytes may be set to.
+inline constexpr size_t kMaxMaxLineBytes = size_t{16} << 20;
+
 struct DropDirectoryConfig {
   // The watched folder; empty: no drop directory.
   std::string path;
@@ -129,6 +134,12 @@ struct DropDirectoryConfig {
   std::string processed_dir;
   // Records committed to the spool per transaction (with the checkpoint).
   size_t max_records_per_commit = 1000;
+  // A longer line is reported as FILE:LINE and skipped to its newline.
+  size_t max_line_bytes = kDefaultMaxLineBytes;
+  // Where a file is moved when reading it stopped the agent twice at the
+  // same place (default <path>/quarantine); it is never read again unless
+  // moved back.
+  std::string quarantine_dir;
   // Tried in order; the first whose pattern matches a file name is used.
   std::vector<InputMapping> files;
 };
@@ -194,6 +205,19 @@ struct AgentConfig {
   absl::Duration idempotency_window = absl::Hours(24);
   // Largest HTTP request body accepted by the local ingest.
   size_t max_body_bytes = 4 << 20;
+  // A request's headers and body must arrive within this time; a slower
+  // client is disconnected.
+  absl::Duration http_request_timeout = absl::Seconds(10);
+  // HTTP worker threads: connections served at once (an idle connection
+  // holds one until http_request_timeout).
+  int http_threads = 64;
+  // Host names, besides the listen host, localhost, 127.0.0.1 and [::1],
+  // under which the ingest may be addressed (the Host header; DNS
+  // rebinding protection). Matched with the listen port.
+  std::vector<std::string> http_allowed_hosts;
+  // `listen` on an address other than loopback must be meant: other
+  // machines can then post. Logged as a warning when set.
+  bool allow_non_loopback_listen = false;
 
   // ---- Inputs (drop directory, queue tickets); reloaded on SIGHUP ----
   DropDirectoryConfig drop_directory;
@@ -237,13 +261,17 @@ struct ConfigOverrides {
 absl::Status ApplyOverrides(const ConfigOverrides& overrides, AgentConfig* config);
 
 // Checks what running needs and no single field can check: required fields
-// present, backoff_initial <= backoff_max, and either plaintext explicitly
-// allowed or the tls block's ca, cert and key given (FailedPrecondition
-// naming what is missing).
+// present, backoff_initial <= backoff_max, either plaintext explicitly
+// allowed or the tls block's ca, cert and key given, and a non-loopback
+// listen allowed explicitly (FailedPrecondition naming what is missing).
 absl::Status FinishAgentConfig(const AgentConfig& config);
 
 // Checks a HOST:PORT listen address (port 0..65535, host not empty).
 absl::Status ValidateListenAddress(absl::string_view address);
+
+// True when the host of a HOST:PORT listen address is loopback: localhost,
+// 127.x.y.z or [::1].
+bool IsLoopbackListen(absl::string_view address);
 
 // How often this agent expects data to arrive: the longest `cadence` of its
 // drop directory's mappings; zero when none says.

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -31,6 +32,25 @@ constexpr uint64_t kHeadBytes = 1024;
 std::string Serialize(uint64_t offset, int64_t line, uint64_t head_len, uint64_t head_hash,
                       const std::string& name) {
   return absl::StrCat(offset, " ", line, " ", head_len, " ", head_hash, " ", name);
+}
+
+// The input-state key of the note of the file being read (see drop_dir.h);
+// outside kStatePrefix, so not taken for a checkpoint.
+constexpr char kReadingKey[] = "reading/drop";
+// Stops in one file at one offset after which it is quarantined.
+constexpr int kStopsBeforeQuarantine = 2;
+
+std::string QuarantineDir(const DropDirectoryConfig& c) {
+  return c.quarantine_dir.empty() ? c.path + "/quarantine" : c.quarantine_dir;
+}
+
+// `dir`/`name`, or `dir`/`name`.N for the first N free.
+std::string FreeName(const std::string& dir, const std::string& name) {
+  std::string target = dir + "/" + name;
+  for (int n = 1; access(target.c_str(), F_OK) == 0; ++n) {
+    target = absl::StrCat(dir, "/", name, ".", n);
+  }
+  return target;
 }
 
 std::string ProcessedDir(const DropDirectoryConfig& c) {
@@ -76,7 +96,28 @@ absl::Status CheckFolder(const DropDirectoryConfig& c) {
 }  // namespace
 
 DropDirectory::DropDirectory(DropDirectoryConfig config, DropDirectoryDeps deps)
-    : deps_(std::move(deps)), config_(std::move(config)) {}
+    : deps_(std::move(deps)),
+      abort_on_([] {
+        const char* v = std::getenv("CONSTANCE_AGENT_TEST_ABORT_ON");
+        return std::string(v == nullptr ? "" : v);
+      }()),
+      config_(std::move(config)) {}
+
+std::string DropDirectory::SerializeReading(const Reading& note) {
+  return absl::StrCat(note.offset, " ", note.stops, " ", note.key, " ", note.name);
+}
+
+std::optional<DropDirectory::Reading> DropDirectory::ParseReading(const std::string& text) {
+  std::vector<std::string> parts = absl::StrSplit(text, absl::MaxSplits(' ', 3));
+  Reading note;
+  if (parts.size() != 4 || !absl::SimpleAtoi(parts[0], &note.offset) ||
+      !absl::SimpleAtoi(parts[1], &note.stops) || parts[2].empty() || parts[3].empty()) {
+    return std::nullopt;
+  }
+  note.key = parts[2];
+  note.name = parts[3];
+  return note;
+}
 
 absl::StatusOr<std::unique_ptr<DropDirectory>> DropDirectory::Create(DropDirectoryConfig config,
                                                                      DropDirectoryDeps deps) {
@@ -98,6 +139,8 @@ absl::StatusOr<std::unique_ptr<DropDirectory>> DropDirectory::Create(DropDirecto
     cp.name = parts[4];
     dd->checkpoints_[key] = cp;
   }
+  absl::MutexLock config_lock(&dd->mu_);
+  if (absl::Status s = dd->RecoverReading(dd->config_); !s.ok()) return s;
   return dd;
 }
 
@@ -269,7 +312,7 @@ absl::Status DropDirectory::ProcessFile(const DropDirectoryConfig& config, int d
   std::unique_ptr<FileParser>& parser = parsers_[key];
   if (parser == nullptr) {
     Limits limits = deps_.limits;
-    parser = std::make_unique<FileParser>(mapping, limits, *facts);
+    parser = std::make_unique<FileParser>(mapping, limits, *facts, config.max_line_bytes);
   }
   if (!facts->location.empty() && facts->location != deps_.location &&
       warned_.insert(absl::StrCat("other location\n", key)).second) {
@@ -278,38 +321,12 @@ absl::Status DropDirectory::ProcessFile(const DropDirectoryConfig& config, int d
         "records are skipped",
         path, facts->location, deps_.location);
   }
-  if (cp.offset > 0 && !parser->has_header()) {
-    // Resuming after the header: read it again to know the columns.
-    absl::StatusOr<std::string> start =
-        ReadAt(fd, 0, std::min<uint64_t>(cp.offset, kMaxRecordBytes), path);
-    if (!start.ok()) return start.status();
-    std::vector<InputRecord> ignored;
-    parser->Parse(*start, 1, false, now, 1, &ignored);
-  }
-
   const bool settled = now - absl::TimeFromTimespec(st.st_mtim) >= config.settle_time;
-  while (cp.offset < size) {
-    const size_t want = static_cast<size_t>(std::min<uint64_t>(size - cp.offset, kReadChunk));
-    absl::StatusOr<std::string> data = ReadAt(fd, cp.offset, want, path);
-    if (!data.ok()) return data.status();
-    const bool at_end = settled && cp.offset + data->size() >= size;
-    std::vector<InputRecord> records;
-    const size_t used =
-        parser->Parse(*data, cp.line, at_end, now, config.max_records_per_commit, &records);
-    if (used == 0) break;  // Only an incomplete line: it waits.
-    Checkpoint next = cp;
-    next.offset = cp.offset + used;
-    if (!records.empty()) next.line = records.back().next_line;
-    if (next.head_len < std::min<uint64_t>(next.offset, kHeadBytes)) {
-      absl::StatusOr<std::string> head =
-          ReadAt(fd, 0, static_cast<size_t>(std::min<uint64_t>(next.offset, kHeadBytes)), path);
-      if (!head.ok()) return head.status();
-      next.head_len = head->size();
-      next.head_hash = StableHash(*head);
-    }
-    if (absl::Status s = Commit(key, next, path, records, stats); !s.ok()) return s;
-    cp = next;
-    if (used < data->size() && records.empty()) break;
+  if (cp.offset < size) {
+    if (absl::Status s = NoteReading(key, cp.offset, name); !s.ok()) return s;
+    absl::Status read = ReadNew(config, fd, size, settled, key, path, *parser, &cp, stats);
+    ClearReading();
+    if (!read.ok()) return read;
   }
   if (cp.offset < size || !settled) return absl::OkStatus();
 
@@ -322,11 +339,7 @@ absl::Status DropDirectory::ProcessFile(const DropDirectoryConfig& config, int d
     }
     return absl::OkStatus();
   }
-  const std::string done_dir = ProcessedDir(config);
-  std::string target = done_dir + "/" + name;
-  for (int n = 1; access(target.c_str(), F_OK) == 0; ++n) {
-    target = absl::StrCat(done_dir, "/", name, ".", n);
-  }
+  const std::string target = FreeName(ProcessedDir(config), name);
   if (rename(path.c_str(), target.c_str()) != 0) return Errno("cannot move aside", path);
   spdlog::info("drop directory: {} read to its end ({} lines); moved to {}", path, cp.line - 1,
                target);
@@ -340,6 +353,153 @@ absl::Status DropDirectory::ProcessFile(const DropDirectoryConfig& config, int d
     parsers_.erase(key);
   }
   return absl::OkStatus();
+}
+
+absl::Status DropDirectory::ReadNew(const DropDirectoryConfig& config, int fd, uint64_t size,
+                                    bool settled, const std::string& key, const std::string& path,
+                                    FileParser& parser, Checkpoint* cp, ScanStats* stats) {
+  const absl::Time now = deps_.now();
+  if (cp->offset > 0 && !parser.has_header()) {
+    // Resuming after the header: read it again to know the columns.
+    absl::StatusOr<std::string> start =
+        ReadAt(fd, 0, std::min<uint64_t>(cp->offset, kMaxRecordBytes), path);
+    if (!start.ok()) return start.status();
+    std::vector<InputRecord> ignored;
+    parser.Parse(*start, 1, false, now, 1, &ignored);
+  }
+  // A chunk holds at least one whole line of the longest allowed.
+  const size_t chunk = std::max<size_t>(kReadChunk, config.max_line_bytes + 1);
+  while (cp->offset < size) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(size - cp->offset, chunk));
+    absl::StatusOr<std::string> data = ReadAt(fd, cp->offset, want, path);
+    if (!data.ok()) return data.status();
+    if (!abort_on_.empty() && data->find(abort_on_) != std::string::npos) std::abort();
+    const bool at_end = settled && cp->offset + data->size() >= size;
+    if (!at_end && parser.LineTooLong(*data)) {
+      const uint64_t before = cp->offset;
+      if (absl::Status s = SkipLongLine(fd, size, settled, key, path, parser.max_line_bytes(), cp,
+                                        stats);
+          !s.ok() || cp->offset == before) {
+        return s;
+      }
+      continue;
+    }
+    std::vector<InputRecord> records;
+    const size_t used =
+        parser.Parse(*data, cp->line, at_end, now, config.max_records_per_commit, &records);
+    if (used == 0) break;  // Only an incomplete line: it waits.
+    Checkpoint next = *cp;
+    next.offset = cp->offset + used;
+    if (!records.empty()) next.line = records.back().next_line;
+    if (next.head_len < std::min<uint64_t>(next.offset, kHeadBytes)) {
+      absl::StatusOr<std::string> head =
+          ReadAt(fd, 0, static_cast<size_t>(std::min<uint64_t>(next.offset, kHeadBytes)), path);
+      if (!head.ok()) return head.status();
+      next.head_len = head->size();
+      next.head_hash = StableHash(*head);
+    }
+    if (absl::Status s = Commit(key, next, path, records, stats); !s.ok()) return s;
+    *cp = next;
+    if (used < data->size() && records.empty()) break;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DropDirectory::SkipLongLine(int fd, uint64_t size, bool settled,
+                                         const std::string& key, const std::string& path,
+                                         size_t max_line_bytes, Checkpoint* cp,
+                                         ScanStats* stats) {
+  // The newline is looked for a chunk at a time: the line is never held
+  // whole.
+  uint64_t end = 0;
+  for (uint64_t at = cp->offset + max_line_bytes; at < size && end == 0;) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(size - at, kReadChunk));
+    absl::StatusOr<std::string> data = ReadAt(fd, at, want, path);
+    if (!data.ok()) return data.status();
+    if (data->empty()) break;
+    if (size_t nl = data->find('\n'); nl != std::string::npos) end = at + nl + 1;
+    at += data->size();
+  }
+  if (end == 0 && settled) end = size;  // Complete: the line ends with the file.
+  if (end == 0) return absl::OkStatus();  // Still being written: waits.
+  InputRecord skipped;
+  skipped.line = cp->line;
+  skipped.next_line = cp->line + 1;
+  skipped.error = LineTooLongReason(max_line_bytes);
+  std::vector<InputRecord> records;
+  records.push_back(std::move(skipped));
+  Checkpoint next = *cp;
+  next.offset = end;
+  next.line = cp->line + 1;
+  if (next.head_len < std::min<uint64_t>(next.offset, kHeadBytes)) {
+    absl::StatusOr<std::string> head =
+        ReadAt(fd, 0, static_cast<size_t>(std::min<uint64_t>(next.offset, kHeadBytes)), path);
+    if (!head.ok()) return head.status();
+    next.head_len = head->size();
+    next.head_hash = StableHash(*head);
+  }
+  if (absl::Status s = Commit(key, next, path, records, stats); !s.ok()) return s;
+  *cp = next;
+  return absl::OkStatus();
+}
+
+absl::Status DropDirectory::NoteReading(const std::string& key, uint64_t offset,
+                                        const std::string& name) {
+  Reading note{key, offset, 0, name};
+  if (reading_ && reading_->key == key && reading_->offset == offset) {
+    note.stops = reading_->stops;
+  }
+  absl::StatusOr<AppendResult> r =
+      deps_.spool->AppendWithState({}, {{kReadingKey, SerializeReading(note)}});
+  if (!r.ok()) return r.status();
+  reading_ = std::move(note);
+  return absl::OkStatus();
+}
+
+void DropDirectory::ClearReading() {
+  // Should this fail, the note names a file read without trouble: at the
+  // next start it is read once more, never quarantined for one stop.
+  absl::StatusOr<AppendResult> r = deps_.spool->AppendWithState({}, {{kReadingKey, std::nullopt}});
+  if (!r.ok()) spdlog::warn("drop directory: {}", std::string(r.status().message()));
+}
+
+absl::Status DropDirectory::RecoverReading(const DropDirectoryConfig& config) {
+  absl::StatusOr<std::map<std::string, std::string>> state = deps_.spool->ReadState(kReadingKey);
+  if (!state.ok()) return state.status();
+  auto it = state->find(kReadingKey);
+  if (it == state->end()) return absl::OkStatus();
+  std::optional<Reading> note = ParseReading(it->second);
+  if (!note) {
+    spdlog::warn("drop directory: unreadable note of the file being read ignored");
+    return deps_.spool->AppendWithState({}, {{kReadingKey, std::nullopt}}).status();
+  }
+  ++note->stops;
+  const std::string path = config.path + "/" + note->name;
+  if (note->stops < kStopsBeforeQuarantine) {
+    spdlog::warn(
+        "drop directory: the agent stopped while reading {} (at byte {}); reading it again, "
+        "and quarantining it if the agent stops there once more",
+        path, note->offset);
+    reading_ = note;
+    return deps_.spool->AppendWithState({}, {{kReadingKey, SerializeReading(*note)}}).status();
+  }
+  struct stat st;
+  if (config.path.empty() || lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode) ||
+      absl::StrCat(kStatePrefix, st.st_dev, ":", st.st_ino) != note->key) {
+    spdlog::warn("drop directory: the agent stopped twice while reading {}, now gone", path);
+  } else {
+    const std::string dir = QuarantineDir(config);
+    if (mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
+      return Errno("cannot create the quarantine folder", dir);
+    }
+    const std::string target = FreeName(dir, note->name);
+    if (rename(path.c_str(), target.c_str()) != 0) return Errno("cannot quarantine", path);
+    spdlog::error(
+        "drop directory: the agent stopped twice while reading {} at byte {}; moved to {} and "
+        "not read again. Look at the file, fix it, and move it back into {} to read it",
+        path, note->offset, target, config.path);
+  }
+  return deps_.spool->AppendWithState({}, {{kReadingKey, std::nullopt}}).status();
 }
 
 absl::Status DropDirectory::Commit(const std::string& key, const Checkpoint& next,
@@ -373,12 +533,14 @@ absl::Status DropDirectory::Commit(const std::string& key, const Checkpoint& nex
   const size_t produced = observations.size();
   absl::StatusOr<AppendResult> appended;
   uint64_t ignored = 0;
+  uint64_t evicted = 0;
   if (!events.empty()) {
     absl::StatusOr<TicketOutcome> outcome =
         deps_.tickets->Apply(events, deps_.now(), std::move(observations), std::move(writes));
     if (outcome.ok()) {
       appended = outcome->append;
       ignored = outcome->ignored;
+      evicted = outcome->evicted;
       for (const std::string& p : outcome->problems)
         spdlog::warn("drop directory: {}: {}", file, p);
     } else {
@@ -417,6 +579,7 @@ absl::Status DropDirectory::Commit(const std::string& key, const Checkpoint& nex
     deps_.metrics->AddAccepted(appended->stored);
     deps_.metrics->AddInputRejected(rejected);
     deps_.metrics->AddTicketEventsIgnored(ignored);
+    deps_.metrics->AddTicketsEvicted(evicted);
   }
   if (appended->stored > 0 && deps_.on_appended) {
     deps_.on_appended(appended->first_sequence + appended->stored - 1);

@@ -29,6 +29,22 @@
 // the file goes on. When the spool is full the file waits at its
 // checkpoint and is retried on the next scan.
 //
+// Hostile or broken files. A line longer than max_line_bytes is reported as
+// FILE:LINE, skipped to its newline (the checkpoint moves past it) and the
+// lines after it are read. Before parsing a file the agent notes, in the
+// spool's input state, which file and offset it is reading, and clears the
+// note afterwards. A note found at start means the agent stopped (crash,
+// kill) in that file; the file is read again once, and if the agent stops
+// there again at the same offset the file is moved to quarantine_dir
+// (default <path>/quarantine), logged, and never read again unless someone
+// moves it back. An agent killed once in the middle of a good file thus
+// loses nothing, and a file that crashes it cannot make a restart loop.
+//
+// Test hook: when the environment variable CONSTANCE_AGENT_TEST_ABORT_ON
+// is set and not empty, the agent aborts as it is about to parse data
+// containing its value (tests/integration/hostile_test.cc simulates a
+// crashing line with it). Never set in production.
+//
 // Example:
 //   auto dd = DropDirectory::Create(config.drop_directory, deps);
 //   (*dd)->Start();          // Scans on its own thread.
@@ -42,6 +58,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -119,12 +136,40 @@ class DropDirectory {
     uint64_t head_hash = 0;
     std::string name;
   };
+  // The note of the file being read, as last written.
+  struct Reading {
+    std::string key;
+    uint64_t offset = 0;
+    int stops = 0;  // Times the agent stopped reading it at `offset`.
+    std::string name;
+  };
+  static std::string SerializeReading(const Reading& note);
+  static std::optional<Reading> ParseReading(const std::string& text);
   DropDirectory(DropDirectoryConfig config, DropDirectoryDeps deps);
 
   // `name` is opened relative to `dir_fd` (the drop directory), never
   // through a symlink.
   absl::Status ProcessFile(const DropDirectoryConfig& config, int dir_fd, const std::string& name,
                            const InputMapping& mapping, ScanStats* stats)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(scan_mu_);
+  // Skips the line at `cp` (over max_line_bytes, its newline beyond the
+  // data read): commits a checkpoint after its newline, or after the end of
+  // a settled file. OK with *cp unchanged while the newline is still to
+  // come.
+  absl::Status SkipLongLine(int fd, uint64_t size, bool settled, const std::string& key,
+                            const std::string& path, size_t max_line_bytes, Checkpoint* cp,
+                            ScanStats* stats) ABSL_EXCLUSIVE_LOCKS_REQUIRED(scan_mu_);
+  // Reads and commits the records of `fd` from `*cp` on.
+  absl::Status ReadNew(const DropDirectoryConfig& config, int fd, uint64_t size, bool settled,
+                       const std::string& key, const std::string& path, FileParser& parser,
+                       Checkpoint* cp, ScanStats* stats) ABSL_EXCLUSIVE_LOCKS_REQUIRED(scan_mu_);
+  // The note of the file being read (see the file comment): written before
+  // parsing `key` from `offset`, cleared after.
+  absl::Status NoteReading(const std::string& key, uint64_t offset, const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(scan_mu_);
+  void ClearReading() ABSL_EXCLUSIVE_LOCKS_REQUIRED(scan_mu_);
+  // At start: acts on a note left by an agent that stopped while reading.
+  absl::Status RecoverReading(const DropDirectoryConfig& config)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(scan_mu_);
   absl::Status Commit(const std::string& key, const Checkpoint& next, const std::string& file,
                       std::vector<InputRecord>& records, ScanStats* stats)
@@ -138,6 +183,9 @@ class DropDirectory {
   // Parsers by checkpoint key (they remember a file's header).
   std::map<std::string, std::unique_ptr<FileParser>> parsers_ ABSL_GUARDED_BY(scan_mu_);
   std::set<std::string> warned_ ABSL_GUARDED_BY(scan_mu_);
+  std::optional<Reading> reading_ ABSL_GUARDED_BY(scan_mu_);
+  // CONSTANCE_AGENT_TEST_ABORT_ON (see the file comment); empty: unset.
+  const std::string abort_on_;
   absl::Mutex mu_;
   DropDirectoryConfig config_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

@@ -97,10 +97,12 @@ std::string Trimmed(absl::string_view s) { return std::string(absl::StripAsciiWh
 
 }  // namespace
 
-FileParser::FileParser(InputMapping mapping, Limits limits, FileNameFacts file)
+FileParser::FileParser(InputMapping mapping, Limits limits, FileNameFacts file,
+                       size_t max_line_bytes)
     : mapping_(std::move(mapping)),
       limits_(limits),
       file_(std::move(file)),
+      max_line_bytes_(max_line_bytes),
       converter_(std::make_unique<Converter>(mapping_.encoding)) {
   if (mapping_.max_lateness > absl::ZeroDuration()) limits_.max_lateness = mapping_.max_lateness;
   // JSONL lines carry their own field names: no header row.
@@ -108,6 +110,17 @@ FileParser::FileParser(InputMapping mapping, Limits limits, FileNameFacts file)
 }
 
 FileParser::~FileParser() = default;
+
+bool FileParser::LineTooLong(absl::string_view data) const {
+  return data.size() > max_line_bytes_ &&
+         data.substr(0, max_line_bytes_ + 1).find('\n') == absl::string_view::npos;
+}
+
+std::string LineTooLongReason(size_t max_line_bytes) {
+  return absl::StrCat("line over max_line_bytes (", max_line_bytes,
+                      " bytes); skipped to its newline (raise drop_directory.max_line_bytes for "
+                      "longer records)");
+}
 
 int FileParser::Column(const std::string& name, std::string* why) const {
   if (!mapping_.header) {
@@ -157,6 +170,30 @@ size_t FileParser::Parse(absl::string_view data, int64_t first_line, bool at_end
     const bool complete_line = nl != absl::string_view::npos;
     if (!complete_line && !at_end) break;  // A line still being written waits.
     const size_t end = complete_line ? nl + 1 : data.size();
+    if ((complete_line ? nl : end) - pos > max_line_bytes_) {
+      // Too long to parse: reported at the line where its record began
+      // (a CSV record pending from earlier lines goes with it).
+      InputRecord r;
+      r.line = csv ? record_line : line;
+      r.next_line = line + 1;
+      r.end_offset = end;
+      r.error = LineTooLongReason(max_line_bytes_);
+      emit(std::move(r));
+      if (csv) {
+        csv_free(&parser);
+        csv_init(&parser, 0);
+        csv_set_delim(&parser, static_cast<unsigned char>(mapping_.delimiter));
+        csv_set_quote(&parser, static_cast<unsigned char>(mapping_.quote));
+        rows.rows.clear();
+        record_line = line + 1;
+        record_start = end;
+      }
+      record_problem.clear();
+      consumed = end;
+      pos = end;
+      ++line;
+      continue;
+    }
     const absl::string_view raw = data.substr(pos, end - pos);
     std::string text;
     std::string why;

@@ -69,8 +69,10 @@ class FileParser {
   // replaces limits.max_lateness). `file` is what the file's name says
   // (ReadFileName): its observed_at is the time of column-mapped records
   // without an observed_at column, and its location that of records
-  // without a location column.
-  FileParser(InputMapping mapping, Limits limits, FileNameFacts file = {});
+  // without a location column. A line longer than `max_line_bytes`
+  // (newline excluded) becomes a bad record and is skipped.
+  FileParser(InputMapping mapping, Limits limits, FileNameFacts file = {},
+             size_t max_line_bytes = kDefaultMaxLineBytes);
   ~FileParser();
   FileParser(const FileParser&) = delete;
   FileParser& operator=(const FileParser&) = delete;
@@ -81,9 +83,18 @@ class FileParser {
   // consumed: through the newline of the last complete record, or all of
   // `data` when `at_end` and no limit stopped it. `now` is the clock for
   // validation and the time of records without one (when the file's name
-  // gave none).
+  // gave none). Parsing stops before a line without its newline that is
+  // already longer than max_line_bytes (unless `at_end`): its end is not
+  // in `data`, and the caller skips it (see LineTooLong).
   size_t Parse(absl::string_view data, int64_t first_line, bool at_end, absl::Time now,
                size_t max_records, std::vector<InputRecord>* out);
+
+  // True when `data` (starting at a record boundary) opens with a line
+  // over max_line_bytes whose newline is not in it: Parse consumes none of
+  // it, and the caller must skip to the next newline beyond `data`.
+  bool LineTooLong(absl::string_view data) const;
+
+  size_t max_line_bytes() const { return max_line_bytes_; }
 
   // True once a header row was read (or none is expected).
   bool has_header() const { return !mapping_.header || header_read_; }
@@ -117,6 +128,7 @@ class FileParser {
   const InputMapping mapping_;
   Limits limits_;
   const FileNameFacts file_;
+  const size_t max_line_bytes_;
   std::unique_ptr<Converter> converter_;
   bool header_read_ = false;
   std::map<std::string, int> header_;
@@ -126,6 +138,9 @@ class FileParser {
 // Size over which an incomplete CSV record (an unclosed quote) is given up
 // as an error at its first line, so one bad quote cannot stall a file.
 inline constexpr size_t kMaxRecordBytes = 1 << 20;
+
+// The error of a line over `max_line_bytes`, the same from every reader.
+std::string LineTooLongReason(size_t max_line_bytes);
 
 }  // namespace constance::agent
 

@@ -1,20 +1,29 @@
 #include "agent/http_ingest.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "agent/checklists.h"
+#include "agent/config.h"
+#include "agent/input_values.h"
 #include "agent/ingest_json.h"
 #include "agent/price_check.h"
 #include "agent/tickets.h"
 #include "civetweb.h"
+#include "constance/log.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
@@ -27,6 +36,9 @@ struct HttpIngest::Impl {
   AppendedCallback on_appended;
   std::atomic<size_t> max_body_bytes{0};
   int port = 0;
+  // HOST:PORT values (lower case) accepted in Host and after http:// in
+  // Origin; set at start.
+  std::set<std::string> hosts;
   absl::Mutex mu;
   mg_context* ctx ABSL_GUARDED_BY(mu) = nullptr;
   bool closed ABSL_GUARDED_BY(mu) = false;
@@ -39,6 +51,15 @@ struct HttpIngest::Impl {
 namespace {
 
 constexpr size_t kMaxIdempotencyKeyBytes = 255;
+// The one media type of POST bodies.
+constexpr char kJsonType[] = "application/json";
+// Characters of a refused header value echoed in the answer.
+constexpr size_t kEchoedBytes = 100;
+
+// An outside header value fit to quote in an answer.
+std::string Echo(absl::string_view value) {
+  return EscapeForLog(value.substr(0, kEchoedBytes));
+}
 
 int Reply(mg_connection* conn, int status, const std::string& body, const char* allow = nullptr,
           bool replayed = false) {
@@ -75,8 +96,19 @@ bool ReadBody(mg_connection* conn, size_t limit, std::string* body, bool* too_la
   }
 }
 
-// The answer remembered for an Idempotency-Key, sent again as it was.
-int Replay(mg_connection* conn, const RequestAnswer& answer) {
+// The answer remembered for an Idempotency-Key, sent again as it was when
+// the request is the same (`fingerprint`: endpoint and body hash); 422 when
+// the key was used for another request, whose data would otherwise be
+// dropped without a word.
+int Replay(mg_connection* conn, const RequestAnswer& answer, const std::string& fingerprint) {
+  if (!answer.fingerprint.empty() && answer.fingerprint != fingerprint) {
+    const char* key = mg_get_header(conn, "Idempotency-Key");
+    return Reply(conn, 422,
+                 RenderIngestError(absl::StrCat(
+                     "Idempotency-Key '", Echo(key == nullptr ? "" : key),
+                     "' was already used for another request (another body or endpoint); "
+                     "nothing was stored: send new data under a new key")));
+  }
   return Reply(conn, answer.status, answer.body, nullptr, /*replayed=*/true);
 }
 
@@ -95,6 +127,42 @@ bool ValidIdempotencyKey(absl::string_view key) {
     if (c < 0x20 || c > 0x7e) return false;
   }
   return true;
+}
+
+// 403 for a request addressed to another name than the agent's (Host) or
+// sent by a web page of another origin (Origin); 0 when it may go on.
+int RefuseForeign(mg_connection* conn, const HttpIngest::Impl& impl) {
+  const std::string names = absl::StrJoin(impl.hosts, ", ");
+  if (const char* host = mg_get_header(conn, "Host");
+      host != nullptr && impl.hosts.count(absl::AsciiStrToLower(host)) == 0) {
+    return Reply(conn, 403,
+                 RenderIngestError(absl::StrCat(
+                     "Host '", Echo(host), "' is not this agent; address it as one of ", names,
+                     " (or list the name in http_allowed_hosts)")));
+  }
+  if (const char* origin = mg_get_header(conn, "Origin"); origin != nullptr) {
+    absl::string_view rest = origin;
+    if (!absl::ConsumePrefix(&rest, "http://") ||
+        impl.hosts.count(absl::AsciiStrToLower(rest)) == 0) {
+      return Reply(conn, 403,
+                   RenderIngestError(absl::StrCat(
+                       "Origin '", Echo(origin),
+                       "' is not this agent: requests from web pages of other sites are refused; "
+                       "post from the store system itself, without an Origin header")));
+    }
+  }
+  return 0;
+}
+
+// 415 unless the body is declared JSON; 0 when it is.
+int RefuseContentType(mg_connection* conn) {
+  const char* type = mg_get_header(conn, "Content-Type");
+  absl::string_view media = type == nullptr ? "" : type;
+  media = absl::StripAsciiWhitespace(media.substr(0, media.find(';')));
+  if (absl::EqualsIgnoreCase(media, kJsonType)) return 0;
+  return Reply(conn, 415,
+               RenderIngestError(absl::StrCat("Content-Type must be ", kJsonType, " (got '",
+                                              type == nullptr ? "none" : Echo(type), "')")));
 }
 
 // The POST endpoints: what their items are.
@@ -152,7 +220,35 @@ absl::StatusOr<ParsedObservations> ParseBody(Endpoint endpoint, const std::strin
   return absl::InternalError("unknown endpoint");
 }
 
+// A retry of a request already answered gets the same answer and stores
+// nothing. Only answers given after the append are remembered: a refusal
+// (bad JSON, spool full, shutting down) leaves the key free for a retry.
+// Returns the status sent (a replay, 422, or an error), or 0 with
+// `*remember` set when the request carries a new key.
+int CheckIdempotencyKey(mg_connection* conn, const HttpIngest::Impl& impl,
+                        const std::string& fingerprint, std::optional<RememberRequest>* remember) {
+  const char* key_header = mg_get_header(conn, "Idempotency-Key");
+  if (key_header == nullptr) return 0;
+  if (!ValidIdempotencyKey(key_header)) {
+    return Reply(conn, 400,
+                 RenderIngestError(absl::StrCat("Idempotency-Key must be 1..",
+                                                kMaxIdempotencyKeyBytes,
+                                                " printable ASCII characters")));
+  }
+  absl::StatusOr<std::optional<RequestAnswer>> earlier = impl.spool->LookupRequest(key_header);
+  if (!earlier.ok()) {
+    spdlog::warn("ingest: {}", std::string(earlier.status().message()));
+    return Reply(conn, SpoolErrorStatus(earlier.status()),
+                 RenderIngestError(earlier.status().message()));
+  }
+  if (earlier->has_value()) return Replay(conn, **earlier, fingerprint);
+  remember->emplace();
+  (*remember)->key = key_header;
+  return 0;
+}
+
 int HandleIngest(mg_connection* conn, HttpIngest::Impl* impl, Endpoint endpoint) {
+  if (int refused = RefuseForeign(conn, *impl); refused != 0) return refused;
   const mg_request_info* ri = mg_get_request_info(conn);
   const char* path = EndpointPath(endpoint);
   if (std::strcmp(ri->local_uri, path) != 0) {
@@ -164,6 +260,7 @@ int HandleIngest(mg_connection* conn, HttpIngest::Impl* impl, Endpoint endpoint)
         RenderIngestError(absl::StrCat(ri->request_method, " not allowed on ", path, "; use POST")),
         "POST");
   }
+  if (int refused = RefuseContentType(conn); refused != 0) return refused;
   if (endpoint == Endpoint::kTickets && impl->options.tickets == nullptr) {
     return Reply(conn, 404, RenderIngestError("this agent takes no queue events"));
   }
@@ -198,27 +295,12 @@ int HandleIngest(mg_connection* conn, HttpIngest::Impl* impl, Endpoint endpoint)
     return Reply(conn, 400, RenderIngestError("could not read the request body"));
   }
 
-  // A retry of a request already answered gets the same answer and stores
-  // nothing. Only answers given after the append are remembered: a refusal
-  // (bad JSON, spool full, shutting down) leaves the key free for a retry.
-  const char* key_header = mg_get_header(conn, "Idempotency-Key");
+  const std::string fingerprint = absl::StrCat(path, " ", StableHash(body));
   std::optional<RememberRequest> remember;
-  if (key_header != nullptr && endpoint != Endpoint::kTickets) {
-    if (!ValidIdempotencyKey(key_header)) {
-      return Reply(
-          conn, 400,
-          RenderIngestError(absl::StrCat("Idempotency-Key must be 1..", kMaxIdempotencyKeyBytes,
-                                         " printable ASCII characters")));
+  if (endpoint != Endpoint::kTickets) {
+    if (int answered = CheckIdempotencyKey(conn, *impl, fingerprint, &remember); answered != 0) {
+      return answered;
     }
-    absl::StatusOr<std::optional<RequestAnswer>> earlier = impl->spool->LookupRequest(key_header);
-    if (!earlier.ok()) {
-      spdlog::warn("ingest: {}", std::string(earlier.status().message()));
-      return Reply(conn, SpoolErrorStatus(earlier.status()),
-                   RenderIngestError(earlier.status().message()));
-    }
-    if (earlier->has_value()) return Replay(conn, **earlier);
-    remember.emplace();
-    remember->key = key_header;
   }
 
   std::vector<TicketEvent> events;
@@ -244,6 +326,7 @@ int HandleIngest(mg_connection* conn, HttpIngest::Impl* impl, Endpoint endpoint)
       }
       for (const std::string& p : outcome->problems) spdlog::warn("ingest: {}", p);
       impl->metrics->AddTicketEventsIgnored(outcome->ignored);
+      impl->metrics->AddTicketsEvicted(outcome->evicted);
       impl->metrics->AddAccepted(outcome->append.stored);
       if (outcome->append.stored > 0 && impl->on_appended) {
         impl->on_appended(outcome->append.first_sequence + outcome->append.stored - 1);
@@ -252,7 +335,7 @@ int HandleIngest(mg_connection* conn, HttpIngest::Impl* impl, Endpoint endpoint)
     return Reply(conn, status, answer);
   }
   if (valid > 0 || remember) {
-    if (remember) remember->answer = RequestAnswer{status, answer};
+    if (remember) remember->answer = RequestAnswer{status, answer, fingerprint};
     absl::StatusOr<AppendResult> appended =
         impl->spool->AppendBatch(std::move(parsed->accepted), remember ? &*remember : nullptr);
     if (!appended.ok()) {
@@ -263,7 +346,7 @@ int HandleIngest(mg_connection* conn, HttpIngest::Impl* impl, Endpoint endpoint)
       return Reply(conn, code, RenderIngestError(appended.status().message()));
     }
     // A concurrent request with the same key was answered first.
-    if (appended->earlier_answer) return Replay(conn, *appended->earlier_answer);
+    if (appended->earlier_answer) return Replay(conn, *appended->earlier_answer, fingerprint);
     impl->metrics->AddAccepted(appended->stored);
     if (appended->duplicates > 0) {
       spdlog::debug("ingest: {} observations already spooled or delivered (same id)",
@@ -294,6 +377,7 @@ int HandleTickets(mg_connection* conn, void* cbdata) {
 
 int HandleHealth(mg_connection* conn, void* cbdata) {
   auto* impl = static_cast<HttpIngest::Impl*>(cbdata);
+  if (int refused = RefuseForeign(conn, *impl); refused != 0) return refused;
   const mg_request_info* ri = mg_get_request_info(conn);
   if (std::strcmp(ri->local_uri, "/healthz") != 0) {
     return Reply(conn, 404, RenderIngestError(absl::StrCat("no such path: ", ri->local_uri)));
@@ -307,7 +391,10 @@ int HandleHealth(mg_connection* conn, void* cbdata) {
   return Reply(conn, 200, answer.dump());
 }
 
-int HandleUnknown(mg_connection* conn, void*) {
+int HandleUnknown(mg_connection* conn, void* cbdata) {
+  if (int refused = RefuseForeign(conn, *static_cast<HttpIngest::Impl*>(cbdata)); refused != 0) {
+    return refused;
+  }
   const mg_request_info* ri = mg_get_request_info(conn);
   return Reply(conn, 404,
                RenderIngestError(absl::StrCat("no such path: ", ri->local_uri,
@@ -337,14 +424,23 @@ absl::StatusOr<std::unique_ptr<HttpIngest>> HttpIngest::Start(HttpIngestOptions 
   impl->max_body_bytes = impl->options.max_body_bytes;
 
   const std::string threads = std::to_string(impl->options.threads);
+  const std::string timeout_ms =
+      std::to_string(std::max<int64_t>(1, absl::ToInt64Milliseconds(impl->options.request_timeout)));
   // No document_root: this server serves the handlers below and no files.
+  // Keep-alive stays off (civetweb's default): a connection holds a worker
+  // for one request only.
   const char* config[] = {"listening_ports",
                           impl->options.listen.c_str(),
                           "num_threads",
                           threads.c_str(),
                           "request_timeout_ms",
-                          "30000",
+                          timeout_ms.c_str(),
                           nullptr};
+  if (!IsLoopbackListen(impl->options.listen)) {
+    spdlog::warn(
+        "http: listening on {}, not loopback: systems on other machines can post observations",
+        impl->options.listen);
+  }
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof(callbacks));
   callbacks.log_message = LogMessage;
@@ -364,13 +460,6 @@ absl::StatusOr<std::unique_ptr<HttpIngest>> HttpIngest::Start(HttpIngestOptions 
     return absl::UnavailableError(absl::StrCat("http: cannot listen on ", impl->options.listen,
                                                ": ", error_text[0] ? error_text : "unknown error"));
   }
-  mg_set_request_handler(ctx, "/v1/observations", HandleObservations, impl.get());
-  mg_set_request_handler(ctx, "/v1/checklists", HandleChecklists, impl.get());
-  mg_set_request_handler(ctx, "/v1/price_checks", HandlePriceChecks, impl.get());
-  mg_set_request_handler(ctx, "/v1/tickets", HandleTickets, impl.get());
-  mg_set_request_handler(ctx, "/healthz", HandleHealth, impl.get());
-  mg_set_request_handler(ctx, "**", HandleUnknown, impl.get());
-
   std::vector<mg_server_port> ports(4);
   int n = mg_get_server_ports(ctx, static_cast<int>(ports.size()), ports.data());
   if (n <= 0) {
@@ -379,6 +468,20 @@ absl::StatusOr<std::unique_ptr<HttpIngest>> HttpIngest::Start(HttpIngestOptions 
         absl::StrCat("http: no listening port on ", impl->options.listen));
   }
   impl->port = ports[0].port;
+  std::vector<std::string> names = {"localhost", "127.0.0.1", "[::1]"};
+  names.push_back(impl->options.listen.substr(0, impl->options.listen.rfind(':')));
+  for (const std::string& name : impl->options.allowed_hosts) names.push_back(name);
+  for (const std::string& name : names) {
+    impl->hosts.insert(absl::StrCat(absl::AsciiStrToLower(name), ":", impl->port));
+  }
+  // Handlers once `hosts` is complete: they read it without a lock.
+  mg_set_request_handler(ctx, "/v1/observations", HandleObservations, impl.get());
+  mg_set_request_handler(ctx, "/v1/checklists", HandleChecklists, impl.get());
+  mg_set_request_handler(ctx, "/v1/price_checks", HandlePriceChecks, impl.get());
+  mg_set_request_handler(ctx, "/v1/tickets", HandleTickets, impl.get());
+  mg_set_request_handler(ctx, "/healthz", HandleHealth, impl.get());
+  mg_set_request_handler(ctx, "**", HandleUnknown, impl.get());
+
   {
     absl::MutexLock lock(&impl->mu);
     impl->ctx = ctx;

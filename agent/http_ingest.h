@@ -27,6 +27,21 @@
 //       needed). 404 when the agent has no ticket tracker.
 //   GET /healthz            200 {"status":"ok","location":...,"spool_depth":N}
 //
+// Who may post. POST bodies must be sent as `Content-Type: application/json`
+// (415 otherwise: a web page can send text/plain across origins without
+// asking). Every request must name the agent in `Host` as the listen host,
+// localhost, 127.0.0.1 or [::1] (or a name in allowed_hosts) with the
+// listen port, and a request with an `Origin` header must come from such
+// an origin (http://HOST:PORT): 403 otherwise, which stops web pages open
+// on the store's machine (CSRF, DNS rebinding). A request without Host or
+// Origin (curl, store systems) is taken. An `Idempotency-Key` is bound to
+// its endpoint and body: the same key with another body or on another
+// endpoint is 422 naming the key.
+//
+// Slow clients: headers and body must arrive within request_timeout; each
+// connection holds one of `threads` workers meanwhile, so many idle sockets
+// (up to threads - 1) leave a valid POST answered at once.
+//
 // A 2xx or 400-with-accepted answer is sent only after the accepted items are
 // in the spool. Listens on loopback by default (store systems run on the same
 // server); civetweb serves requests on its own worker threads.
@@ -42,8 +57,10 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "agent/metrics.h"
 #include "agent/spool.h"
 #include "constance/validate.h"
@@ -56,8 +73,13 @@ struct HttpIngestOptions {
   // HOST:PORT; port 0 picks a free port (read it back with port()).
   std::string listen = "127.0.0.1:8080";
   size_t max_body_bytes = 4 << 20;
-  // civetweb worker threads: concurrent requests served at once.
-  int threads = 4;
+  // civetweb worker threads: connections served at once.
+  int threads = 64;
+  // Headers and body must arrive within this time.
+  absl::Duration request_timeout = absl::Seconds(10);
+  // Host names accepted in Host and Origin besides the listen host,
+  // localhost, 127.0.0.1 and [::1] (lower case, no port).
+  std::vector<std::string> allowed_hosts;
   Limits limits;
   // Reported by /healthz.
   std::string location;

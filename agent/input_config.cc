@@ -362,10 +362,13 @@ absl::Status ParseDropDirectorySection(const YAML::Node& node, DropDirectoryConf
     const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "";
     const YAML::Node& v = kv.second;
     absl::Status s;
-    if (key == "path" || key == "processed_dir") {
+    if (key == "path" || key == "processed_dir" || key == "quarantine_dir") {
       absl::StatusOr<std::string> text = Scalar(v);
       s = text.status();
-      if (text.ok()) (key == "path" ? out->path : out->processed_dir) = *text;
+      if (text.ok()) {
+        (key == "path" ? out->path : key == "processed_dir" ? out->processed_dir
+                                                            : out->quarantine_dir) = *text;
+      }
     } else if (key == "poll_interval" || key == "settle_time") {
       absl::StatusOr<absl::Duration> d = Duration(v, /*allow_zero=*/false);
       s = d.status();
@@ -385,6 +388,16 @@ absl::Status ParseDropDirectorySection(const YAML::Node& node, DropDirectoryConf
         s = absl::InvalidArgumentError(absl::StrCat("'", *text, "' is not a number in 1..100000"));
       }
       if (s.ok()) out->max_records_per_commit = static_cast<size_t>(n);
+    } else if (key == "max_line_bytes") {
+      absl::StatusOr<std::string> text = Scalar(v);
+      s = text.status();
+      uint64_t n = 0;
+      if (s.ok() && (!absl::SimpleAtoi(*text, &n) || n < 1024 || n > kMaxMaxLineBytes)) {
+        s = absl::InvalidArgumentError(absl::StrCat(
+            "'", *text, "' is not a number of bytes in 1024..", kMaxMaxLineBytes, " (default ",
+            kDefaultMaxLineBytes, ")"));
+      }
+      if (s.ok()) out->max_line_bytes = static_cast<size_t>(n);
     } else if (key == "files") {
       if (!v.IsSequence()) {
         s = absl::InvalidArgumentError("must be a list of file mappings");
@@ -418,7 +431,7 @@ absl::Status ParseDropDirectorySection(const YAML::Node& node, DropDirectoryConf
     } else {
       s = absl::InvalidArgumentError(
           "unknown field (known: path, poll_interval, settle_time, processed, processed_dir, "
-          "max_records_per_commit, files)");
+          "quarantine_dir, max_records_per_commit, max_line_bytes, files)");
     }
     if (!s.ok()) {
       return absl::InvalidArgumentError(

@@ -119,6 +119,10 @@ class AgentCollectable : public prometheus::Collectable {
                "Queue events that changed nothing: unknown ticket or repeated event.",
                MetricType::Counter),
         CounterValue(s.ticket_events_ignored));
+    add(Family("constance_agent_tickets_evicted_total",
+               "Open queue tickets forgotten, oldest first, past max_open_tickets.",
+               MetricType::Counter),
+        CounterValue(s.tickets_evicted));
     add(Family("constance_agent_open_tickets",
                "Queue tickets created and not yet called, served or abandoned.", MetricType::Gauge),
         GaugeValue(static_cast<double>(s.gauges.open_tickets)));
@@ -154,6 +158,7 @@ AgentMetrics::Snapshot AgentMetrics::Read() const {
   s.input_records_rejected = input_records_rejected_.load();
   s.input_files_processed = input_files_processed_.load();
   s.ticket_events_ignored = ticket_events_ignored_.load();
+  s.tickets_evicted = tickets_evicted_.load();
   absl::MutexLock lock(&mu_);
   if (gauge_source_) s.gauges = gauge_source_();
   return s;

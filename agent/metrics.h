@@ -70,6 +70,7 @@ class AgentMetrics {
     uint64_t input_records_rejected = 0;
     uint64_t input_files_processed = 0;
     uint64_t ticket_events_ignored = 0;
+    uint64_t tickets_evicted = 0;
     Gauges gauges;
   };
 
@@ -96,6 +97,8 @@ class AgentMetrics {
   void AddInputFileProcessed() { ++input_files_processed_; }
   // Queue events that changed nothing (unknown ticket, repeated event).
   void AddTicketEventsIgnored(uint64_t n) { ticket_events_ignored_ += n; }
+  // Open tickets forgotten, oldest first, to stay within max_open_tickets.
+  void AddTicketsEvicted(uint64_t n) { tickets_evicted_ += n; }
 
   // Where gauges come from. `source` is called on the scraping thread and
   // must stay valid until it is replaced or this object is destroyed;
@@ -120,6 +123,7 @@ class AgentMetrics {
   std::atomic<uint64_t> input_records_rejected_{0};
   std::atomic<uint64_t> input_files_processed_{0};
   std::atomic<uint64_t> ticket_events_ignored_{0};
+  std::atomic<uint64_t> tickets_evicted_{0};
   mutable absl::Mutex mu_;
   std::function<Gauges()> gauge_source_ ABSL_GUARDED_BY(mu_);
 };

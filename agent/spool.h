@@ -72,6 +72,10 @@ struct SpoolEntry {
 struct RequestAnswer {
   int status = 0;
   std::string body;
+  // What the request was (endpoint and a hash of its body), so that the key
+  // reused for another request is told apart from a retry. Empty for
+  // answers remembered by agents that kept none.
+  std::string fingerprint;
 };
 
 // A request key and the answer to remember for it (see AppendBatch).

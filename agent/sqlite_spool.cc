@@ -29,7 +29,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS observations_idem ON observations(idem) WHERE 
 CREATE TABLE IF NOT EXISTS acknowledged_ids(id TEXT PRIMARY KEY, acked_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS acknowledged_ids_at ON acknowledged_ids(acked_at);
 CREATE TABLE IF NOT EXISTS requests(
-  key TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL, created_at INTEGER NOT NULL);
+  key TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL, created_at INTEGER NOT NULL,
+  fingerprint TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS requests_at ON requests(created_at);
 CREATE TABLE IF NOT EXISTS input_state(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 )sql";
@@ -167,6 +168,20 @@ absl::Status SqliteSpool::Init() {
     sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
     return s;
   }
+  // Spools made before requests had a fingerprint get the column; older
+  // agents still read and write such a file (the column has a default).
+  absl::StatusOr<int64_t> has_fingerprint = QueryIntLocked(
+      "SELECT COUNT(*) FROM pragma_table_info('requests') WHERE name='fingerprint'",
+      "cannot read the requests table");
+  if (!has_fingerprint.ok()) return has_fingerprint.status();
+  if (*has_fingerprint == 0) {
+    if (absl::Status s = ExecLocked(
+            "ALTER TABLE requests ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''",
+            "cannot add the request fingerprint column");
+        !s.ok()) {
+      return s;
+    }
+  }
   absl::StatusOr<int64_t> incarnation = QueryIntLocked(
       "SELECT value FROM meta WHERE key='incarnation'", "cannot read the incarnation");
   if (!incarnation.ok()) return incarnation.status();
@@ -209,9 +224,10 @@ absl::Status SqliteSpool::Init() {
       {&stmts_->prune_ids, "DELETE FROM acknowledged_ids WHERE acked_at < ?"},
       {&stmts_->prune_requests, "DELETE FROM requests WHERE created_at < ?"},
       {&stmts_->lookup_request,
-       "SELECT status, body FROM requests WHERE key = ? AND created_at >= ?"},
+       "SELECT status, body, fingerprint FROM requests WHERE key = ? AND created_at >= ?"},
       {&stmts_->insert_request,
-       "INSERT OR REPLACE INTO requests(key, status, body, created_at) VALUES(?, ?, ?, ?)"},
+       "INSERT OR REPLACE INTO requests(key, status, body, created_at, fingerprint) "
+       "VALUES(?, ?, ?, ?, ?)"},
   };
   for (const auto& s : kStatements) {
     rc = s.stmt->Prepare(db_, s.sql, SQLITE_PREPARE_PERSISTENT);
@@ -264,6 +280,9 @@ absl::StatusOr<std::optional<RequestAnswer>> SqliteSpool::LookupRequestLocked(
   answer.status = sqlite3_column_int(s, 0);
   const char* body = reinterpret_cast<const char*>(sqlite3_column_text(s, 1));
   answer.body.assign(body != nullptr ? body : "", sqlite3_column_bytes(s, 1));
+  const char* fingerprint = reinterpret_cast<const char*>(sqlite3_column_text(s, 2));
+  answer.fingerprint.assign(fingerprint != nullptr ? fingerprint : "",
+                            sqlite3_column_bytes(s, 2));
   return answer;
 }
 
@@ -382,6 +401,7 @@ absl::StatusOr<AppendResult> SqliteSpool::AppendLocked(std::vector<v1::Observati
     if (rc == SQLITE_OK) rc = sqlite3_bind_int(s, 2, remember->answer.status);
     if (rc == SQLITE_OK) rc = BindText(s, 3, remember->answer.body);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 4, Nanos(now));
+    if (rc == SQLITE_OK) rc = BindText(s, 5, remember->answer.fingerprint);
     if (rc == SQLITE_OK) rc = sqlite3_step(s);
     if (absl::Status st = Check(rc, "cannot remember the request key"); !st.ok()) return st;
   }

@@ -3,7 +3,9 @@
 #
 #   constance-agent      constance-agent, its unit, /etc/constance/agent.yaml
 #   constance-collector  constance-collector, the constance CLI, its unit,
-#                        /etc/constance/catalog.yaml
+#                        /etc/constance/catalog.yaml, and in
+#                        /usr/lib/constance-collector check-tls (the unit's
+#                        refusal to start without certificates) and pki.sh
 #
 # Each package creates its own system user in postinst and removes it on
 # purge. Library dependencies come from dpkg-shlibdeps. Included at the end
@@ -21,6 +23,11 @@ install(FILES ${_constance_systemd_dir}/constance-agent.service
         DESTINATION /lib/systemd/system COMPONENT agent)
 install(FILES ${_constance_systemd_dir}/constance-collector.service
         DESTINATION /lib/systemd/system COMPONENT collector)
+
+install(PROGRAMS ${_constance_pkg_dir}/check-tls.sh
+         DESTINATION /usr/lib/constance-collector RENAME check-tls COMPONENT collector)
+install(PROGRAMS ${PROJECT_SOURCE_DIR}/deploy/pki/pki.sh
+         DESTINATION /usr/lib/constance-collector COMPONENT collector)
 
 install(FILES ${_constance_pkg_dir}/agent.yaml
         DESTINATION /etc/constance COMPONENT agent)

@@ -116,8 +116,9 @@ absl::StatusOr<std::map<std::string, std::string>> WaitForReadyFile(const std::s
 
 namespace {
 
-absl::StatusOr<HttpResponse> Http(const std::string& address, const std::string& method,
-                                  const std::string& path, const std::string& body) {
+absl::StatusOr<HttpResponse> Http(
+    const std::string& address, const std::string& method, const std::string& path,
+    const std::string& body, const std::vector<std::pair<std::string, std::string>>& headers = {}) {
   static const bool initialized = [] {
     mg_init_library(0);
     return true;
@@ -133,10 +134,17 @@ absl::StatusOr<HttpResponse> Http(const std::string& address, const std::string&
   if (conn == nullptr) {
     return absl::UnavailableError(absl::StrCat("connect ", address, ": ", error));
   }
-  std::string request = absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: ", address,
-                                     "\r\nConnection: close\r\nContent-Type: application/json\r\n"
-                                     "Content-Length: ",
-                                     body.size(), "\r\n\r\n", body);
+  std::string request = absl::StrCat(method, " ", path, " HTTP/1.1\r\nConnection: close\r\n",
+                                     "Content-Length: ", body.size(), "\r\n");
+  bool host = false, type = false;
+  for (const auto& [name, value] : headers) {
+    host = host || absl::EqualsIgnoreCase(name, "Host");
+    type = type || absl::EqualsIgnoreCase(name, "Content-Type");
+    if (!value.empty()) absl::StrAppend(&request, name, ": ", value, "\r\n");
+  }
+  if (!host) absl::StrAppend(&request, "Host: ", address, "\r\n");
+  if (!type) absl::StrAppend(&request, "Content-Type: application/json\r\n");
+  absl::StrAppend(&request, "\r\n", body);
   mg_write(conn, request.data(), request.size());
   HttpResponse response;
   if (mg_get_response(conn, error, sizeof(error), 30000) < 0) {
@@ -160,6 +168,12 @@ absl::StatusOr<HttpResponse> HttpGet(const std::string& address, const std::stri
 absl::StatusOr<HttpResponse> HttpPost(const std::string& address, const std::string& path,
                                       const std::string& body) {
   return Http(address, "POST", path, body);
+}
+
+absl::StatusOr<HttpResponse> HttpPostWithHeaders(
+    const std::string& address, const std::string& path, const std::string& body,
+    const std::vector<std::pair<std::string, std::string>>& headers) {
+  return Http(address, "POST", path, body, headers);
 }
 
 CommandResult RunCommand(const std::string& command, const std::string& input) {

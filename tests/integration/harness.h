@@ -17,6 +17,7 @@
 
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -78,6 +79,13 @@ struct HttpResponse {
 absl::StatusOr<HttpResponse> HttpGet(const std::string& address, const std::string& path);
 absl::StatusOr<HttpResponse> HttpPost(const std::string& address, const std::string& path,
                                       const std::string& body);
+
+// As HttpPost, with `headers` (name, value) added: a Host or Content-Type
+// among them replaces the default, and an empty value leaves it out
+// (probes of what the agent refuses).
+absl::StatusOr<HttpResponse> HttpPostWithHeaders(
+    const std::string& address, const std::string& path, const std::string& body,
+    const std::vector<std::pair<std::string, std::string>>& headers);
 
 // Runs `command` through /bin/sh with `input` on stdin; returns exit status
 // and combined output.

@@ -6,7 +6,12 @@
 # 1. Units: `systemd-analyze verify` wherever it is installed (it runs
 #    offline, without systemd as PID 1), failing on any warning it prints
 #    (an unknown or misspelt key is only a warning to it), and always a
-#    structural check (sections and required keys).
+#    structural check (sections and required keys). Secure defaults: the
+#    exposure score of `systemd-analyze security --offline=true` (printed)
+#    at most 2.0 for each unit, the collector started with mTLS only
+#    (check-tls refuses to start without the files, naming them and
+#    pki.sh), LimitNOFILE above --max_streams, and the packaged agent.yaml
+#    with a tls block and no insecure.
 # 2. Packages: cpack builds constance-agent and constance-collector .debs
 #    from the already built BUILD_DIR into a temporary directory.
 # 3. As root only: installs both, checks the binaries, users, configs and
@@ -78,9 +83,37 @@ for u in "${units[@]}"; do
 done
 grep -qx 'ExecStart=/usr/bin/constance-agent run --config=/etc/constance/agent.yaml' \
   "$src/deploy/systemd/constance-agent.service" || fail "agent: unexpected ExecStart"
-grep -qx 'ExecStart=/usr/bin/constance-collector --catalog=/etc/constance/catalog.yaml --state_dir=/var/lib/constance-collector --insecure' \
-  "$src/deploy/systemd/constance-collector.service" || fail "collector: unexpected ExecStart"
-echo "ok: unit files have their sections and keys"
+collector_unit=$src/deploy/systemd/constance-collector.service
+grep -qx 'ExecStart=/usr/bin/constance-collector --catalog=/etc/constance/catalog.yaml --state_dir=/var/lib/constance-collector --tls_ca=/etc/constance/tls/ca.pem --tls_crl_dir=/etc/constance/tls/crl --tls_cert=/etc/constance/tls/collector.pem --tls_key=/etc/constance/tls/collector.key' \
+  "$collector_unit" || fail "collector: unexpected ExecStart (mTLS from /etc/constance/tls expected)"
+grep -qx 'ExecStartPre=/usr/lib/constance-collector/check-tls /etc/constance/tls' "$collector_unit" \
+  || fail "collector: no check-tls ExecStartPre"
+grep -q -- '--insecure' "$collector_unit" && fail "collector unit: --insecure in the packaged unit"
+nofile=$(sed -n 's/^LimitNOFILE=//p' "$collector_unit")
+max_streams=$(sed -n 's/.*ABSL_FLAG(int64_t, max_streams, \([0-9'"'"']*\),.*/\1/p' "$src/collector/main.cc" | tr -d "'")
+[ -n "$nofile" ] && [ -n "$max_streams" ] && [ "$nofile" -ge $((max_streams + 1024)) ] \
+  || fail "collector: LimitNOFILE=$nofile does not fit --max_streams=$max_streams plus files"
+grep -qx 'ReadWritePaths=-/var/spool/constance-agent' "$src/deploy/systemd/constance-agent.service" \
+  || fail "agent: the drop directory is not writable in the sandbox (ReadWritePaths)"
+agent_yaml=$src/deploy/packaging/agent.yaml
+grep -qx 'tls:' "$agent_yaml" || fail "packaged agent.yaml has no tls: block"
+grep -q '^insecure:' "$agent_yaml" && fail "packaged agent.yaml sets insecure"
+echo "ok: unit files have their sections and keys; mTLS by default; LimitNOFILE=$nofile"
+
+# check-tls names what is missing and how to make it, and passes once there.
+tls=$tmp/tls
+mkdir "$tls"
+if out=$(sh "$src/deploy/packaging/check-tls.sh" "$tls" 2>&1); then
+  fail "check-tls passed on an empty directory"
+fi
+for want in "$tls/ca.pem" "$tls/collector.pem" "$tls/collector.key" "$tls/crl" \
+            "pki.sh init" "pki.sh issue"; do
+  grep -qF -- "$want" <<<"$out" || fail "check-tls does not name '$want': $out"
+done
+touch "$tls/ca.pem" "$tls/collector.pem" "$tls/collector.key"
+mkdir "$tls/crl"
+sh "$src/deploy/packaging/check-tls.sh" "$tls" || fail "check-tls refused complete files"
+echo "ok: check-tls refuses without certificates, naming the files and pki.sh"
 
 verify_units() {
   # systemd-analyze verify also checks that ExecStart's binary exists.
@@ -97,9 +130,22 @@ else
   # Before installing, point ExecStart at the build tree's binaries.
   mkdir "$tmp/units"
   for u in "${units[@]}"; do
-    sed "s#/usr/bin/#$build/bin/#" "$src/deploy/systemd/$u.service" > "$tmp/units/$u.service"
+    sed -e "s#/usr/bin/#$build/bin/#" \
+        -e "s#/usr/lib/constance-collector/check-tls#$src/deploy/packaging/check-tls.sh#" \
+        "$src/deploy/systemd/$u.service" > "$tmp/units/$u.service"
   done
   verify_units "$tmp/units/constance-agent.service" "$tmp/units/constance-collector.service"
+  # The exposure score (0 safest .. 10), at most 2.0 per unit.
+  for u in "${units[@]}"; do
+    out=$(systemd-analyze security --offline=true "$tmp/units/$u.service" 2>&1) \
+      || fail "systemd-analyze security $u: $out"
+    score=$(sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' <<<"$out")
+    [ -n "$score" ] || fail "systemd-analyze security $u printed no score: $out"
+    echo "exposure: $u.service $score"
+    awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }' \
+      || fail "$u.service exposure $score is above 2.0: $(grep '✗' <<<"$out")"
+  done
+  echo "ok: systemd-analyze security rates both units at most 2.0"
 fi
 
 # --- 2. Packages ----------------------------------------------------------
@@ -294,7 +340,15 @@ for u in "${units[@]}"; do
   getent group "$u" >/dev/null || fail "group $u not created"
   [ "$(stat -c %U "/var/lib/$u")" = "$u" ] || fail "/var/lib/$u not owned by $u"
 done
-echo "ok: installed binaries, configs, units, users, state directories"
+[ -x /usr/lib/constance-collector/check-tls ] && [ -x /usr/lib/constance-collector/pki.sh ] \
+  || fail "check-tls and pki.sh not installed in /usr/lib/constance-collector"
+drop=/var/spool/constance-agent/drop
+[ "$(stat -c '%U:%G %a' "$drop")" = "constance-agent:constance-drop 2770" ] \
+  || fail "$drop: $(stat -c '%U:%G %a' "$drop"), want constance-agent:constance-drop 2770"
+setpriv --reuid=constance-agent --regid=constance-agent --init-groups -- touch "$drop/.probe" \
+  || fail "constance-agent cannot write into $drop"
+rm -f "$drop/.probe"
+echo "ok: installed binaries, configs, units, users, state and drop directories"
 
 if [ "$systemd_here" = 1 ]; then
   verify_units /lib/systemd/system/constance-agent.service /lib/systemd/system/constance-collector.service
@@ -303,8 +357,22 @@ fi
 # The services' own commands, as their users, on ephemeral loopback ports;
 # setpriv execs, so SIGTERM reaches the service itself and $? is its status.
 mkdir -m 0777 "$tmp/run"
+# Secure by default: without certificates neither starts, each saying why.
+if out=$(timeout 10 setpriv --reuid=constance-collector --regid=constance-collector --clear-groups -- \
+    /usr/lib/constance-collector/check-tls /etc/constance/tls 2>&1); then
+  fail "check-tls passed without certificates"
+fi
+grep -q 'pki.sh issue' <<<"$out" || fail "check-tls does not say how to make the files: $out"
+if out=$(timeout 10 setpriv --reuid=constance-agent --regid=constance-agent --clear-groups -- \
+    /usr/bin/constance-agent run --config=/etc/constance/agent.yaml --listen=127.0.0.1:0 \
+    --metrics_listen=127.0.0.1:0 2>&1); then
+  fail "the packaged agent started without its certificate"
+fi
+grep -q 'tls.ca: cannot read /etc/constance/tls/ca.pem' <<<"$out" \
+  || fail "the packaged agent does not name its missing certificate: $out"
+echo "ok: without certificates the collector and the agent refuse to start, naming the files"
 setpriv --reuid=constance-agent --regid=constance-agent --clear-groups -- /usr/bin/constance-agent run --config=/etc/constance/agent.yaml \
-  --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --collector=127.0.0.1:1 \
+  --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --collector=127.0.0.1:1 --insecure \
   --ready_file="$tmp/run/agent.ready" >"$tmp/agent.log" 2>&1 &
 pids+=($!)
 wait_for_file "$tmp/run/agent.ready" "${pids[-1]}" \
@@ -332,7 +400,8 @@ rehearse_upgrade
 dpkg --purge "${units[@]}" >"$tmp/dpkg.log" 2>&1 || { cat "$tmp/dpkg.log" >&2; fail "dpkg --purge"; }
 installed=0
 for f in /usr/bin/constance-agent /usr/bin/constance-collector /usr/bin/constance \
-         /lib/systemd/system/constance-agent.service /etc/constance; do
+         /lib/systemd/system/constance-agent.service /etc/constance /var/spool/constance-agent \
+         /usr/lib/constance-collector; do
   [ ! -e "$f" ] || fail "$f still there after purge"
 done
 for u in "${units[@]}"; do
@@ -340,4 +409,5 @@ for u in "${units[@]}"; do
   ! getent group "$u" >/dev/null || fail "group $u still there after purge"
   [ ! -e "/var/lib/$u" ] || fail "/var/lib/$u still there after purge"
 done
+! getent group constance-drop >/dev/null || fail "group constance-drop still there after purge"
 echo "ok: purge removed binaries, configs, users, state directories"

@@ -77,6 +77,14 @@ TEST(AgentConfigTest, BadFilesNameFileLineAndField) {
       {"max_batch: -5\n", "agent.yaml:1: field 'max_batch': '-5' is not a whole number"},
       {"max_batch: 1.5\n", "agent.yaml:1: field 'max_batch': '1.5' is not a whole number"},
       {"labels: [a, b]\n", "agent.yaml:1: field 'labels': must be a map"},
+      {"http_request_timeout: 0s\n",
+       "agent.yaml:1: field 'http_request_timeout': must be a positive duration"},
+      {"http_threads: 1\n", "agent.yaml:1: field 'http_threads': '1' is not a whole number in 2..1024"},
+      {"http_allowed_hosts: store.local\n", "field 'http_allowed_hosts': must be a list"},
+      {"http_allowed_hosts: [http://store.local]\n",
+       "'http://store.local' is not a host name (write it without scheme or port"},
+      {"drop_directory:\n  max_line_bytes: 10\n",
+       "field 'max_line_bytes': '10' is not a number of bytes in 1024..16777216 (default 1048576)"},
       {"labels: {Brand: acme}\n", "agent.yaml:1: field 'labels': label name 'Brand'"},
       {"labels: {brand: [a]}\n", "agent.yaml:1: field 'labels': every label must be name: value"},
       // Unknown keys are errors, so that a typo is not ignored.
@@ -175,6 +183,31 @@ TEST(AgentConfigTest, FlagsAloneSuffice) {
   o.metrics_listen = "127.0.0.1:0";
   ASSERT_TRUE(ApplyOverrides(o, &config).ok());
   EXPECT_TRUE(FinishAgentConfig(config).ok());
+}
+
+// Listening beyond loopback must be meant: refused without
+// allow_non_loopback_listen, with the line to write.
+TEST(AgentConfigTest, NonLoopbackListenNeedsItsOption) {
+  absl::StatusOr<AgentConfig> c = ParseAgentConfig(
+      "location: a\ncollector: c:1\ninsecure: true\nlisten: 0.0.0.0:8080\n"
+      "http_allowed_hosts: [store-12.local]\nhttp_threads: 16\nhttp_request_timeout: 5s\n",
+      "agent.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->http_allowed_hosts, std::vector<std::string>{"store-12.local"});
+  EXPECT_EQ(c->http_threads, 16);
+  EXPECT_EQ(c->http_request_timeout, absl::Seconds(5));
+  absl::Status s = FinishAgentConfig(*c);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("listen 0.0.0.0:8080 is not a loopback address"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("allow_non_loopback_listen: true"));
+  c->allow_non_loopback_listen = true;
+  EXPECT_TRUE(FinishAgentConfig(*c).ok());
+  for (const char* loopback : {"127.0.0.1:0", "localhost:8080", "[::1]:8080", "127.0.0.2:1"}) {
+    EXPECT_TRUE(IsLoopbackListen(loopback)) << loopback;
+  }
+  EXPECT_FALSE(IsLoopbackListen("10.0.0.5:8080"));
+  EXPECT_FALSE(IsLoopbackListen("[::]:8080"));
 }
 
 TEST(AgentConfigTest, TlsBlock) {

@@ -284,6 +284,92 @@ class CapturedLog {
   std::shared_ptr<spdlog::logger> previous_;
 };
 
+// A line over max_line_bytes is reported as FILE:LINE and skipped to its
+// newline, whether it fits in one read or not; the lines after it are read,
+// and one still being written waits for its newline.
+TEST_F(DropDirTest, LongLinesAreReportedAndSkipped) {
+  config_.max_line_bytes = 1024;
+  auto spool = OpenSpool();
+  ASSERT_TRUE(spool.ok());
+  auto dd = MakeDropDir(spool->get());
+  const std::string path = drop_ + "/long.csv";
+  Append(path, "key,value\nk1,1\nk2," + std::string(5000, '9') + "\nk3,3\n");
+  // Longer than a read chunk (4 MiB), its newline not written yet.
+  Append(path, "k4," + std::string(size_t{5} << 20, '9'));
+  CapturedLog log;
+  absl::StatusOr<ScanStats> stats = dd->ScanOnce();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(SpooledKeys(**spool), (std::map<std::string, int>{{"k1", 1}, {"k3", 1}}));
+  EXPECT_THAT(log.text(), ::testing::HasSubstr(path + ":3: line over max_line_bytes (1024 bytes)"));
+  Append(path, "\nk5,5\n");
+  stats = dd->ScanOnce();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->rejected, 1u);
+  EXPECT_EQ(SpooledKeys(**spool),
+            (std::map<std::string, int>{{"k1", 1}, {"k3", 1}, {"k5", 1}}));
+  EXPECT_THAT(log.text(), ::testing::HasSubstr(path + ":5: line over max_line_bytes"));
+  // Checkpoints hold after a restart: nothing read twice.
+  dd.reset();
+  dd = MakeDropDir(spool->get());
+  ASSERT_TRUE(dd->ScanOnce().ok());
+  EXPECT_EQ((*spool)->Depth(), 3u);
+}
+
+// The agent notes the file it reads. Stopped once in it (a kill), the file
+// is read again; stopped twice at the same place (a crash it causes), the
+// file is quarantined at the next start and the others are read. The stops
+// are aborts from the test hook, in death-test children.
+TEST_F(DropDirTest, FileThatStopsTheAgentTwiceIsQuarantined) {
+  // "fast": the child forks from this fixture and uses its folder.
+  GTEST_FLAG_SET(death_test_style, "fast");
+  std::ofstream(drop_ + "/bad.csv") << "key,value\nk1,1\nBOOM,2\n";
+  std::ofstream(drop_ + "/good.csv") << "key,value\nk9,9\n";
+  ASSERT_EQ(setenv("CONSTANCE_AGENT_TEST_ABORT_ON", "BOOM", 1), 0);
+  for (int stop = 0; stop < 2; ++stop) {
+    EXPECT_DEATH(
+        {
+          auto spool = OpenSpool();
+          auto dd = MakeDropDir(spool->get());
+          (void)dd->ScanOnce();
+        },
+        "");
+  }
+  ASSERT_EQ(unsetenv("CONSTANCE_AGENT_TEST_ABORT_ON"), 0);
+  CapturedLog log;
+  auto spool = OpenSpool();
+  ASSERT_TRUE(spool.ok());
+  auto dd = MakeDropDir(spool->get());
+  ASSERT_NE(dd, nullptr);
+  EXPECT_FALSE(std::filesystem::exists(drop_ + "/bad.csv"));
+  EXPECT_TRUE(std::filesystem::exists(drop_ + "/quarantine/bad.csv"));
+  EXPECT_THAT(log.text(), ::testing::HasSubstr("the agent stopped twice while reading " + drop_ +
+                                               "/bad.csv at byte 0; moved to " + drop_ +
+                                               "/quarantine/bad.csv"));
+  ASSERT_TRUE(dd->ScanOnce().ok());
+  EXPECT_EQ(SpooledKeys(**spool), (std::map<std::string, int>{{"k9", 1}}));
+}
+
+TEST_F(DropDirTest, FileThatStopsTheAgentOnceIsReadAgain) {
+  // "fast": the child forks from this fixture and uses its folder.
+  GTEST_FLAG_SET(death_test_style, "fast");
+  std::ofstream(drop_ + "/bad.csv") << "key,value\nk1,1\nBOOM,2\n";
+  ASSERT_EQ(setenv("CONSTANCE_AGENT_TEST_ABORT_ON", "BOOM", 1), 0);
+  EXPECT_DEATH(
+      {
+        auto spool = OpenSpool();
+        auto dd = MakeDropDir(spool->get());
+        (void)dd->ScanOnce();
+      },
+      "");
+  ASSERT_EQ(unsetenv("CONSTANCE_AGENT_TEST_ABORT_ON"), 0);
+  auto spool = OpenSpool();
+  ASSERT_TRUE(spool.ok());
+  auto dd = MakeDropDir(spool->get());
+  ASSERT_TRUE(dd->ScanOnce().ok());
+  EXPECT_EQ(SpooledKeys(**spool), (std::map<std::string, int>{{"BOOM", 1}, {"k1", 1}}));
+  EXPECT_FALSE(std::filesystem::exists(drop_ + "/quarantine"));
+}
+
 // Published price lists name their store and time only in the file name.
 InputMapping NamedPriceList() {
   InputMapping m;

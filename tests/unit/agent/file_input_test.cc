@@ -151,6 +151,45 @@ TEST(FileParserTest, PartialLastLineWaitsUntilTheFileIsComplete) {
   EXPECT_EQ(records[0].observations[0].key(), "sku-3");
 }
 
+// A line over max_line_bytes is one bad record, JSONL or CSV, also as the
+// last line of a complete file (constance-agent import); the next is read.
+TEST(FileParserTest, LineOverMaxLineBytesIsOneBadRecord) {
+  InputMapping jsonl;
+  jsonl.format = InputMapping::Format::kJsonl;
+  jsonl.records = InputMapping::Records::kScore;
+  jsonl.key_column = "k";
+  jsonl.value_column = "v";
+  InputMapping csv;
+  csv.records = InputMapping::Records::kScore;
+  csv.key_column = "k";
+  csv.value_column = "v";
+  const std::string long_json = "{\"k\":\"" + std::string(2000, 'x') + "\",\"v\":1}";
+  const struct {
+    InputMapping mapping;
+    std::string data;
+    size_t bad_index;
+    int64_t bad_line;
+  } cases[] = {
+      {jsonl, "{\"k\":\"a\",\"v\":1}\n" + long_json + "\n{\"k\":\"b\",\"v\":2}\n", 1, 2},
+      {jsonl, "{\"k\":\"a\",\"v\":1}\n" + long_json, 1, 2},
+      {csv, "k,v\na,1\nb," + std::string(2000, '1') + "\nc,3\n", 2, 3},
+  };
+  for (const auto& c : cases) {
+    FileParser parser(c.mapping, Limits{}, {}, /*max_line_bytes=*/1024);
+    std::vector<InputRecord> records;
+    EXPECT_EQ(parser.Parse(c.data, 1, /*at_end=*/true, kNow, 0, &records), c.data.size());
+    ASSERT_GT(records.size(), c.bad_index) << c.data.substr(0, 40);
+    EXPECT_EQ(records[c.bad_index].line, c.bad_line);
+    EXPECT_THAT(records[c.bad_index].error,
+                ::testing::HasSubstr("line over max_line_bytes (1024 bytes)"));
+    for (size_t i = 0; i < records.size(); ++i) {
+      if (i != c.bad_index) {
+        EXPECT_EQ(records[i].error, "") << i;
+      }
+    }
+  }
+}
+
 TEST(FileParserTest, QuotedLineBreakKeepsTheRecordWhole) {
   InputMapping m;
   m.records = InputMapping::Records::kScore;

@@ -141,6 +141,36 @@ TEST_F(InputsHttpTest, TicketsBecomeWaitsAndAbandonments) {
   EXPECT_EQ(metrics_.Read().ticket_events_ignored, 1u);
 }
 
+// Past max_open_tickets the oldest open tickets are forgotten and counted
+// on /metrics.
+TEST_F(InputsHttpTest, EvictedTicketsAreCounted) {
+  MemorySpool spool{SpoolOptions{}};
+  TicketOptions ticket_options;
+  ticket_options.max_open = 2;
+  auto tracker = TicketTracker::Open(&spool, ticket_options);
+  ASSERT_TRUE(tracker.ok()) << tracker.status();
+  HttpIngestOptions options;
+  options.listen = "127.0.0.1:0";
+  options.tickets = tracker->get();
+  AgentMetrics metrics{"store-1", "test"};
+  auto http = HttpIngest::Start(options, &spool, &metrics, nullptr);
+  ASSERT_TRUE(http.ok()) << http.status();
+  std::string events = "[";
+  const std::string at =
+      absl::FormatTime(absl::RFC3339_full, absl::Now() - absl::Minutes(1), absl::UTCTimeZone());
+  for (int t = 1; t <= 5; ++t) {
+    absl::StrAppend(&events, t > 1 ? "," : "", R"({"ticket":")", t,
+                    R"(","service":"checkout","event":"created","at":")", at, R"("})");
+  }
+  events += "]";
+  absl::StatusOr<HttpResponse> r =
+      PostJson({"127.0.0.1", (*http)->port()}, "/v1/tickets", events, absl::Seconds(10));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ((*tracker)->open_tickets(), 2u);
+  EXPECT_EQ(metrics.Read().tickets_evicted, 3u);
+}
+
 TEST_F(InputsHttpTest, RecentTicketsUseTheAgentsClock) {
   const absl::Time t0 = absl::Now() - absl::Minutes(5);
   auto at = [](absl::Time t) {

@@ -20,9 +20,11 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "agent/spool.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "sqlite3.h"
 
 namespace constance::agent {
 namespace {
@@ -385,7 +387,7 @@ TYPED_TEST(SpoolContractTest, RequestKeysAreAnsweredOnce) {
   std::unique_ptr<Spool> spool = this->Open(options);
   ASSERT_NE(spool, nullptr);
   EXPECT_EQ(*spool->LookupRequest("r1"), std::nullopt);
-  const RememberRequest first{"r1", RequestAnswer{200, R"({"accepted":2})"}};
+  const RememberRequest first{"r1", RequestAnswer{200, R"({"accepted":2})", "/v1/observations 42"}};
   absl::StatusOr<AppendResult> r = spool->AppendBatch(Make(2), &first);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->stored, 2u);
@@ -395,9 +397,10 @@ TYPED_TEST(SpoolContractTest, RequestKeysAreAnsweredOnce) {
   ASSERT_TRUE(found.ok() && found->has_value());
   EXPECT_EQ((*found)->status, 200);
   EXPECT_EQ((*found)->body, R"({"accepted":2})");
+  EXPECT_EQ((*found)->fingerprint, "/v1/observations 42");
 
   // A second append under the same key stores nothing and gets the first answer.
-  const RememberRequest again{"r1", RequestAnswer{400, "other"}};
+  const RememberRequest again{"r1", RequestAnswer{400, "other", ""}};
   r = spool->AppendBatch(Make(3), &again);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->stored, 0u);
@@ -406,7 +409,7 @@ TYPED_TEST(SpoolContractTest, RequestKeysAreAnsweredOnce) {
   EXPECT_EQ(spool->Depth(), 2u);
 
   // An empty request is remembered too (all items refused, say).
-  const RememberRequest empty{"r2", RequestAnswer{400, "refused"}};
+  const RememberRequest empty{"r2", RequestAnswer{400, "refused", ""}};
   ASSERT_TRUE(spool->AppendBatch({}, &empty).ok());
   EXPECT_EQ((*spool->LookupRequest("r2"))->body, "refused");
 
@@ -467,7 +470,7 @@ TEST_F(SqliteSpoolTest, ReopenKeepsIncarnationNumberingAndUnacknowledgedRows) {
 }
 
 TEST_F(SqliteSpoolTest, ReopenRemembersIdsAndRequestKeys) {
-  const RememberRequest request{"req", RequestAnswer{200, "ok"}};
+  const RememberRequest request{"req", RequestAnswer{200, "ok", "/v1/checklists 7"}};
   {
     auto spool = Open();
     ASSERT_TRUE(spool.ok()) << spool.status();
@@ -485,6 +488,36 @@ TEST_F(SqliteSpoolTest, ReopenRemembersIdsAndRequestKeys) {
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_TRUE(r->earlier_answer.has_value());
   EXPECT_EQ(r->earlier_answer->body, "ok");
+  EXPECT_EQ(r->earlier_answer->fingerprint, "/v1/checklists 7");
+}
+
+// A spool written before requests had a fingerprint: the column is added
+// on open, its remembered answers replay (no fingerprint to compare), and
+// new ones keep theirs.
+TEST_F(SqliteSpoolTest, ASpoolWithoutRequestFingerprintsGetsTheColumn) {
+  { ASSERT_TRUE(Open().ok()); }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  const std::string old = absl::StrCat(
+      "ALTER TABLE requests DROP COLUMN fingerprint;"
+      "INSERT INTO requests(key, status, body, created_at) VALUES('old', 200, 'then', ",
+      absl::ToUnixNanos(now_), ");");
+  char* error = nullptr;
+  EXPECT_EQ(sqlite3_exec(db, old.c_str(), nullptr, nullptr, &error), SQLITE_OK) << error;
+  sqlite3_free(error);
+  sqlite3_close(db);
+
+  auto spool = Open();
+  ASSERT_TRUE(spool.ok()) << spool.status();
+  absl::StatusOr<std::optional<RequestAnswer>> found = (*spool)->LookupRequest("old");
+  ASSERT_TRUE(found.ok() && found->has_value()) << found.status();
+  EXPECT_EQ((*found)->body, "then");
+  EXPECT_EQ((*found)->fingerprint, "");
+  const RememberRequest request{"new", RequestAnswer{200, "now", "/v1/observations 9"}};
+  ASSERT_TRUE((*spool)->AppendBatch(Make(1), &request).ok());
+  found = (*spool)->LookupRequest("new");
+  ASSERT_TRUE(found.ok() && found->has_value()) << found.status();
+  EXPECT_EQ((*found)->fingerprint, "/v1/observations 9");
 }
 
 TEST_F(SqliteSpoolTest, AWipedFileIsANewIncarnation) {
