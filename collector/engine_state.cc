@@ -379,6 +379,13 @@ absl::Status Engine::LoadState(const std::string& bytes) {
     series_ = std::move(series);
     series_index_ = std::move(series_index);
     cells_ = cells;
+    // Each location's cells, for --max_cells_per_location.
+    for (const Series& s : series_) {
+      for (const auto& [loc, cell] : s.price) ++locations_[loc].cells;
+      for (const auto& [loc, cell] : s.wait) ++locations_[loc].cells;
+      for (const auto& [loc, cell] : s.compliance) ++locations_[loc].cells;
+      for (const auto& [loc, cell] : s.score) ++locations_[loc].cells;
+    }
     applied_ = state.counters().applied();
     rejected_ = state.counters().rejected();
     duplicates_ = state.counters().duplicates();
