@@ -294,6 +294,16 @@ TEST(ContractKillTest, ACollectorKilledBetweenSendAndAckLosesAndDuplicatesNothin
                     o.total);
 }
 
+TEST(ContractRefusalTest, IncarnationZeroIsRefusedSayingWhatToSend) {
+  TempDir dir;
+  CollectorProcess collector(dir, /*durable=*/false);
+  RawStream stream(collector.address(), kLocation, /*incarnation=*/0, true);
+  grpc::Status status = stream.Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("heartbeat.incarnation: 0 is not an incarnation"));
+  EXPECT_THAT(status.error_message(), HasSubstr("random non-zero 64-bit id"));
+}
+
 INSTANTIATE_TEST_SUITE_P(LogAndMemory, ContractTest, ::testing::Bool(),
                          [](const ::testing::TestParamInfo<bool>& p) {
                            return p.param ? "Durable" : "InMemory";

@@ -72,9 +72,18 @@ RawStream::RawStream(const std::string& address, const std::string& location,
 }
 
 bool RawStream::Send(uint64_t first, uint64_t count, uint64_t skipped_from) {
+  return SendBatch(location_, first, count, skipped_from);
+}
+
+bool RawStream::SendAs(const std::string& location, uint64_t first, uint64_t count) {
+  return SendBatch(location, first, count, 0);
+}
+
+bool RawStream::SendBatch(const std::string& location, uint64_t first, uint64_t count,
+                          uint64_t skipped_from) {
   v1::AgentMessage m;
   v1::Batch* b = m.mutable_batch();
-  b->set_location(location_);
+  b->set_location(location);
   b->set_incarnation(incarnation_);
   b->set_first_sequence(first);
   b->set_skipped_from(skipped_from);

@@ -67,6 +67,8 @@ class RawStream {
   // Sends sequences first .. first + count - 1 (declaring skipped_from
   // when not 0); false if the stream is broken.
   bool Send(uint64_t first, uint64_t count, uint64_t skipped_from = 0);
+  // The same batch claiming `location` instead of the stream's.
+  bool SendAs(const std::string& location, uint64_t first, uint64_t count);
   // The next message from the collector, or nullopt once the stream ended.
   std::optional<v1::CollectorMessage> Next();
   // The next ack (a Hello is skipped), or nullopt once the stream ended.
@@ -80,6 +82,8 @@ class RawStream {
   void Cancel();
 
  private:
+  bool SendBatch(const std::string& location, uint64_t first, uint64_t count,
+                 uint64_t skipped_from);
   std::unique_ptr<v1::Ingest::Stub> stub_;
   std::string location_;
   uint64_t incarnation_;
