@@ -496,8 +496,8 @@ class Engine {
   uint64_t rejected_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t duplicates_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t batches_ ABSL_GUARDED_BY(mu_) = 0;
-  // Since start (not in the saved state): declared dropped by agents, and
-  // batches answered OUT_OF_ORDER.
+  // Declared dropped by agents, and batches answered OUT_OF_ORDER (in the
+  // saved state since 0.2; a 0.1 snapshot starts them at 0).
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t out_of_order_ ABSL_GUARDED_BY(mu_) = 0;
   // The stream that owns each location now (ClaimLocation), by token.

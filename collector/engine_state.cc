@@ -192,6 +192,8 @@ std::string Engine::SaveState() {
   counters->set_rejected(rejected_);
   counters->set_duplicates(duplicates_);
   counters->set_batches(batches_);
+  counters->set_dropped(dropped_);
+  counters->set_batches_out_of_order(out_of_order_);
   for (const auto& [reason, n] : rejected_by_reason_)
     (*counters->mutable_rejected_by_reason())[reason] = n;
 
@@ -390,6 +392,8 @@ absl::Status Engine::LoadState(const std::string& bytes) {
     rejected_ = state.counters().rejected();
     duplicates_ = state.counters().duplicates();
     batches_ = state.counters().batches();
+    dropped_ = state.counters().dropped();
+    out_of_order_ = state.counters().batches_out_of_order();
     for (const auto& [reason, n] : state.counters().rejected_by_reason()) {
       rejected_by_reason_[reason] = n;
     }

@@ -319,6 +319,24 @@ TEST(EngineTest, EachLocationHoldsAtMostItsCellsAndARestoreCountsThem) {
   EXPECT_EQ(ack->rejections(0).sequence(), 5u);
 }
 
+TEST(EngineTest, DroppedAndOutOfOrderCountsSurviveARestore) {
+  Engine engine(FixedClock());
+  ASSERT_TRUE(engine.ApplyBatch(MakeBatch("store-a", 1, 1, Waits("checkout", 2))).ok());
+  // 3..9 declared dropped; then a batch leaving a gap.
+  v1::Batch skipping = MakeBatch("store-a", 1, 10, Waits("checkout", 1));
+  skipping.set_skipped_from(3);
+  ASSERT_TRUE(engine.ApplyBatch(skipping).ok());
+  absl::StatusOr<v1::Ack> gap = engine.ApplyBatch(MakeBatch("store-a", 1, 20, Waits("x", 1)));
+  ASSERT_TRUE(gap.ok());
+  ASSERT_EQ(gap->outcome(), v1::Ack::OUT_OF_ORDER);
+
+  Engine restored(FixedClock());
+  ASSERT_TRUE(restored.LoadState(engine.SaveState()).ok());
+  restored.Recompute();
+  EXPECT_EQ(restored.snapshot()->observations_dropped, 7u);
+  EXPECT_EQ(restored.snapshot()->batches_out_of_order, 1u);
+}
+
 TEST(EngineTest, BadObservationsAreRejectedWithReasonsAndTheRestApplied) {
   Engine engine(FixedClock());
   v1::Observation future = Price("sku-1", 139);

@@ -136,6 +136,9 @@ TEST(GoldenStateTest, TheFirstReleasesStateCarriesEveryFigureOver) {
   pb::EngineState restored;
   ASSERT_TRUE(restored.ParseFromString(loaded.engine->SaveState()));
   EXPECT_EQ(restored.format(), Engine::kStateFormat);
+  // Counters 0.1.0 did not save start at 0, and are saved from now on.
+  EXPECT_EQ(restored.counters().dropped(), 0u);
+  EXPECT_EQ(restored.counters().batches_out_of_order(), 0u);
 
   // A few figures by name, so a failure reads as what was lost.
   int store01_incarnations = 0;
