@@ -287,8 +287,9 @@ Engine::Engine(Options options)
       tracker_(options_.catalog->thresholds.persistence, options_.catalog->thresholds.hysteresis) {
   // Every reason an observation can be rejected for, at 0, so rates and
   // dashboards have a series before the first rejection.
-  for (const char* reason : {"id", "key", "observed_at", "price.currency", "price.kind",
-                             "price.minor_units", "score", "series", "value", "wait_seconds"}) {
+  for (const char* reason :
+       {"id", "key", "location_cells", "observed_at", "price.currency", "price.kind",
+        "price.minor_units", "score", "series", "value", "wait_seconds"}) {
     rejected_by_reason_[reason] = 0;
   }
   auto empty = std::make_shared<Snapshot>();
@@ -512,7 +513,7 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   }
   const BinSpan wait_bins(catalog.wait), compliance_bins(catalog.compliance),
       score_bins(catalog.score);
-  uint32_t duplicates = 0;
+  uint32_t duplicates = 0, applied = 0;
   for (uint64_t i = 0; i < count; ++i) {
     const uint64_t seq = batch.first_sequence + i;
     if (seq <= stream.watermark) {
@@ -528,10 +529,11 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
     const SeriesKeyView view = SeriesViewOf(obs);
     auto found = series_index_.find(view);
     const bool vouched = found != series_index_.end() && series_[found->second].validated;
-    if (absl::Status s = ValidateObservation(
-            obs, now, options_.limits,
-            vouched ? SeriesValidation::kAlreadyValid : SeriesValidation::kCheck);
-        !s.ok()) {
+    absl::Status s = ValidateObservation(
+        obs, now, options_.limits,
+        vouched ? SeriesValidation::kAlreadyValid : SeriesValidation::kCheck);
+    if (s.ok()) s = RoomForCellLocked(found, loc, obs);
+    if (!s.ok()) {
       v1::Rejection* r = ack.add_rejections();
       r->set_sequence(seq);
       r->set_reason(std::string(s.message()));
@@ -540,16 +542,6 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
       continue;
     }
     if (found == series_index_.end()) {
-      if (options_.limits.max_series > 0 && series_.size() >= options_.limits.max_series) {
-        v1::Rejection* r = ack.add_rejections();
-        r->set_sequence(seq);
-        r->set_reason(absl::StrCat("series: the collector holds its limit of ",
-                                   options_.limits.max_series,
-                                   " series (--max_series); a new one is not started"));
-        ++rejected_by_reason_["series"];
-        ++rejected_;
-        continue;
-      }
       Series series;
       series.key = SeriesOf(obs);
       found = series_index_.emplace(series.key, static_cast<uint32_t>(series_.size())).first;
@@ -589,19 +581,66 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
       case v1::Observation::VALUE_NOT_SET:
         break;
     }
-    if (created) ++cells_;
+    if (created) {
+      ++cells_;
+      ++locations_[loc].cells;
+    }
     series.dirty = true;
     ++applied_;
+    ++applied;
   }
   duplicates_ += duplicates;
   ++batches_;
   stream.watermark = std::max(stream.watermark, batch.first_sequence + count - 1);
   LocationState& state = locations_[loc].state;
   state.last_report = now;
+  state.incarnation = batch.incarnation;
   state.watermark = stream.watermark;
   ack.set_watermark(stream.watermark);
   ack.set_duplicates(duplicates);
+  ack.set_applied(applied);
   return ack;
+}
+
+namespace {
+
+template <typename S>
+bool HasCell(const S& series, uint32_t loc, v1::Observation::ValueCase value) {
+  switch (value) {
+    case v1::Observation::kPrice:
+      return series.price.contains(loc);
+    case v1::Observation::kWaitSeconds:
+      return series.wait.contains(loc);
+    case v1::Observation::kCheck:
+      return series.compliance.contains(loc);
+    case v1::Observation::kScore:
+      return series.score.contains(loc);
+    case v1::Observation::VALUE_NOT_SET:
+      break;
+  }
+  return true;  // Nothing is created.
+}
+
+}  // namespace
+
+absl::Status Engine::RoomForCellLocked(SeriesIndex::const_iterator found, uint32_t loc,
+                                       const ObservationView& obs) const {
+  const bool new_series = found == series_index_.end();
+  if (!new_series && HasCell(series_[found->second], loc, obs.value)) return absl::OkStatus();
+  const Limits& limits = options_.limits;
+  if (limits.max_cells_per_location > 0 &&
+      locations_[loc].cells >= limits.max_cells_per_location) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "location_cells: location '", locations_[loc].state.location, "' holds its limit of ",
+        limits.max_cells_per_location,
+        " keys (--max_cells_per_location); a new key is not started"));
+  }
+  if (new_series && limits.max_series > 0 && series_.size() >= limits.max_series) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("series: the collector holds its limit of ", limits.max_series,
+                     " series (--max_series); a new one is not started"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Engine::RecordHeartbeat(const v1::Heartbeat& heartbeat) {
@@ -624,7 +663,14 @@ absl::Status Engine::RecordHeartbeat(const v1::Heartbeat& heartbeat) {
                                                      " locations this collector accepts "
                                                      "(--max_locations)"));
   }
-  LocationState& state = locations_[LocationIndex(heartbeat.location())].state;
+  const uint32_t loc = LocationIndex(heartbeat.location());
+  LocationState& state = locations_[loc].state;
+  if (heartbeat.incarnation() != 0 && state.incarnation != heartbeat.incarnation()) {
+    // A new spool: the watermark shown is the new incarnation's.
+    state.incarnation = heartbeat.incarnation();
+    auto it = streams_.find({loc, heartbeat.incarnation()});
+    state.watermark = it == streams_.end() ? 0 : it->second.watermark;
+  }
   state.health.version = heartbeat.version().substr(0, 64);
   state.health.spool_depth = heartbeat.spool_depth();
   state.health.oldest_unacknowledged_seconds = heartbeat.oldest_unacknowledged_seconds();

@@ -155,7 +155,12 @@ struct AgentHealth {
 struct LocationState {
   std::string location;
   absl::Time last_report = absl::InfinitePast();  // Receive time of the last batch.
-  uint64_t watermark = 0;                         // Of the latest incarnation seen.
+  // The location's current spool incarnation: the one its latest
+  // heartbeat announced or its latest batch carried (0 = none yet, e.g.
+  // just restored). One live stream per location means batches of an
+  // older incarnation apply only before the newer one's stream claims it.
+  uint64_t incarnation = 0;
+  uint64_t watermark = 0;  // Of `incarnation`.
   AgentHealth health;
 };
 
@@ -340,6 +345,7 @@ class Engine {
   struct Location {
     LocationState state;
     const LocationEntry* entry = nullptr;  // Into catalog_; null if undeclared.
+    uint64_t cells = 0;                    // Against limits.max_cells_per_location.
   };
   struct Stream {
     uint64_t watermark = 0;
@@ -449,6 +455,14 @@ class Engine {
       const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
   uint32_t LocationIndex(absl::string_view location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether location `loc` may hold `obs`'s cell in series `found`
+  // (series_index_.end() for a series not started): the cell exists, or
+  // the location is under max_cells_per_location and, for a new series,
+  // the collector under max_series. Else the rejection, its reason code
+  // first ("location_cells: ...", "series: ...").
+  absl::Status RoomForCellLocked(SeriesIndex::const_iterator found, uint32_t loc,
+                                 const ObservationView& obs) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Rebuilds catalog_ from base_catalog_ and the agents' labels when they
   // changed: once per tick at most, not per heartbeat.
   void RefreshCatalogLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -482,8 +496,8 @@ class Engine {
   uint64_t rejected_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t duplicates_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t batches_ ABSL_GUARDED_BY(mu_) = 0;
-  // Since start (not in the saved state): declared dropped by agents, and
-  // batches answered OUT_OF_ORDER.
+  // Declared dropped by agents, and batches answered OUT_OF_ORDER (in the
+  // saved state since 0.2; a 0.1 snapshot starts them at 0).
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t out_of_order_ ABSL_GUARDED_BY(mu_) = 0;
   // The stream that owns each location now (ClaimLocation), by token.

@@ -192,6 +192,8 @@ std::string Engine::SaveState() {
   counters->set_rejected(rejected_);
   counters->set_duplicates(duplicates_);
   counters->set_batches(batches_);
+  counters->set_dropped(dropped_);
+  counters->set_batches_out_of_order(out_of_order_);
   for (const auto& [reason, n] : rejected_by_reason_)
     (*counters->mutable_rejected_by_reason())[reason] = n;
 
@@ -379,10 +381,19 @@ absl::Status Engine::LoadState(const std::string& bytes) {
     series_ = std::move(series);
     series_index_ = std::move(series_index);
     cells_ = cells;
+    // Each location's cells, for --max_cells_per_location.
+    for (const Series& s : series_) {
+      for (const auto& [loc, cell] : s.price) ++locations_[loc].cells;
+      for (const auto& [loc, cell] : s.wait) ++locations_[loc].cells;
+      for (const auto& [loc, cell] : s.compliance) ++locations_[loc].cells;
+      for (const auto& [loc, cell] : s.score) ++locations_[loc].cells;
+    }
     applied_ = state.counters().applied();
     rejected_ = state.counters().rejected();
     duplicates_ = state.counters().duplicates();
     batches_ = state.counters().batches();
+    dropped_ = state.counters().dropped();
+    out_of_order_ = state.counters().batches_out_of_order();
     for (const auto& [reason, n] : state.counters().rejected_by_reason()) {
       rejected_by_reason_[reason] = n;
     }

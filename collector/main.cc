@@ -70,6 +70,10 @@ ABSL_FLAG(uint64_t, max_locations, 100'000,
 ABSL_FLAG(uint64_t, max_series, 1'000'000,
           "Distinct series (family, key, currency, kind) kept, at most (0 = unlimited); "
           "observations of a new series past it are rejected with reason 'series'");
+ABSL_FLAG(uint64_t, max_cells_per_location, 200'000,
+          "Keys one location may hold, at most (0 = unlimited), checked before --max_series so "
+          "one store cannot use up the series of the others; observations of a new key past "
+          "it are rejected with reason 'location_cells'");
 ABSL_FLAG(uint64_t, max_batch_observations, 10'000, "Observations in one batch, at most");
 ABSL_FLAG(int64_t, max_price_minor_units, 100'000'000,
           "Prices at or above this many minor units are rejected as typos");
@@ -151,6 +155,7 @@ int main(int argc, char** argv) {
   options.max_streams = absl::GetFlag(FLAGS_max_streams);
   options.engine.limits.max_locations = absl::GetFlag(FLAGS_max_locations);
   options.engine.limits.max_series = absl::GetFlag(FLAGS_max_series);
+  options.engine.limits.max_cells_per_location = absl::GetFlag(FLAGS_max_cells_per_location);
   options.engine.limits.max_batch_observations =
       static_cast<size_t>(absl::GetFlag(FLAGS_max_batch_observations));
   options.engine.limits.max_price_minor_units = absl::GetFlag(FLAGS_max_price_minor_units);

@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "collector/silences.h"
 #include "constance/batch_view.h"
+#include "constance/validate.h"
 #include "constance/version.h"
 #include "google/protobuf/arena.h"
 #include "grpcpp/support/proto_buffer_writer.h"
@@ -108,7 +109,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
         certified_(std::move(certified)),
         not_after_(not_after),
         in_(std::make_shared<IncomingMessage>()) {
-    service_->streams_open_.fetch_add(1, std::memory_order_relaxed);
+    // Counted in streams_open_ by IngestService::ClaimStreamSlot already.
     StartRead(&in_->received);
   }
 
@@ -202,6 +203,9 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     if (incoming->is_batch) {
       const BatchView& batch = incoming->batch;
       if (absl::Status s = BindLocation(batch.location); !s.ok()) return s;
+      if (absl::Status s = ValidateIncarnation(batch.incarnation, "batch.incarnation"); !s.ok()) {
+        return s;
+      }
       if (Throttle(batch)) return absl::OkStatus();
       if (service_->log_ == nullptr) return ApplyAndAck(batch, service_->engine_->now());
       // A batch that leaves a gap is answered before the log sees it.
@@ -238,6 +242,11 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     const v1::AgentMessage& message = *incoming->message;
     if (message.has_heartbeat()) {
       if (absl::Status s = BindLocation(message.heartbeat().location()); !s.ok()) return s;
+      if (absl::Status s = ValidateIncarnation(message.heartbeat().incarnation(),
+                                               "heartbeat.incarnation");
+          !s.ok()) {
+        return s;
+      }
       Greet(message.heartbeat());
       if (not_after_ != absl::InfinitePast()) {
         // The expiry of the certificate actually presented, not a claim.
@@ -423,6 +432,16 @@ class IngestReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   grpc::Status final_status_;
 };
 
+bool IngestService::ClaimStreamSlot() {
+  // Compare and swap: two streams opening at once never both take the
+  // last slot (a check, then an increment, would let them).
+  int64_t open = streams_open_.load(std::memory_order_relaxed);
+  do {
+    if (max_streams_ > 0 && open >= max_streams_) return false;
+  } while (!streams_open_.compare_exchange_weak(open, open + 1, std::memory_order_relaxed));
+  return true;
+}
+
 uint64_t IngestService::Claim(const std::string& location, IngestReactor* claimant) {
   IngestReactor* previous = nullptr;
   uint64_t owner = 0;
@@ -498,7 +517,7 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* IngestService::Stre
       not_after = *t;
     }
   }
-  if (max_streams_ > 0 && streams_open_.load(std::memory_order_relaxed) >= max_streams_) {
+  if (!ClaimStreamSlot()) {
     Refused(kRefusedMaxStreams);
     return new RefusedStream(
         grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -508,7 +527,26 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* IngestService::Stre
   return new IngestReactor(this, context->peer(), std::move(certified), not_after);
 }
 
-void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out) {
+namespace {
+
+// Keeps the first `limit` elements of `list` (0 = all); returns how many
+// it removed.
+template <typename T>
+uint64_t KeepFirst(uint32_t limit, google::protobuf::RepeatedPtrField<T>* list) {
+  if (limit == 0 || static_cast<uint32_t>(list->size()) <= limit) return 0;
+  const int omitted = list->size() - static_cast<int>(limit);
+  list->DeleteSubrange(static_cast<int>(limit), omitted);
+  return static_cast<uint64_t>(omitted);
+}
+
+// The rows per list a request asks for: its own limit, else the default.
+uint32_t QueryLimit(uint32_t requested) {
+  return requested == 0 ? kDefaultQueryLimit : requested;
+}
+
+}  // namespace
+
+void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out, uint32_t limit) {
   const absl::Time t = snapshot.computed_at;
   out->mutable_computed_at()->set_seconds(absl::ToUnixSeconds(t));
   out->mutable_computed_at()->set_nanos(static_cast<int32_t>(
@@ -526,10 +564,11 @@ void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out) {
     if (a->key.family != b->key.family) return a->key.family < b->key.family;
     return a->key.key < b->key.key;
   });
-  for (const SeriesStats* s : series) {
-    FillSeriesStats(*s, out->add_series());
-    FillSeriesOutliers(*s, out->mutable_outliers());
+  for (size_t i = 0; i < series.size(); ++i) {
+    if (limit == 0 || i < limit) FillSeriesStats(*series[i], out->add_series());
+    FillSeriesOutliers(*series[i], out->mutable_outliers());
   }
+  if (limit != 0 && series.size() > limit) out->set_series_omitted(series.size() - limit);
   // Outliers grouped by location, then series, so a store's problems read together.
   std::sort(out->mutable_outliers()->begin(), out->mutable_outliers()->end(),
             [](const v1::Outlier& a, const v1::Outlier& b) {
@@ -539,7 +578,14 @@ void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out) {
               }
               return a.series().key() < b.series().key();
             });
-  for (const v1::Finding& f : snapshot.findings->active) *out->add_findings() = f;
+  out->set_outliers_omitted(KeepFirst(limit, out->mutable_outliers()));
+  for (const v1::Finding& f : snapshot.findings->active) {
+    if (limit != 0 && static_cast<uint32_t>(out->findings_size()) >= limit) {
+      out->set_findings_omitted(out->findings_omitted() + 1);
+      continue;
+    }
+    *out->add_findings() = f;
+  }
   out->set_observations_settled(snapshot.findings->observations_settled);
   if (snapshot.findings->evaluated_at != absl::InfinitePast()) {
     out->mutable_evaluated_at()->set_seconds(absl::ToUnixSeconds(snapshot.findings->evaluated_at));
@@ -556,6 +602,7 @@ void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out) {
     score->set_balance(t->balance);
     score->set_score(t->score);
   }
+  out->set_trust_omitted(KeepFirst(limit, out->mutable_trust()));
 }
 
 grpc::ServerUnaryReactor* QueryService::RefuseUnlessOperator(grpc::CallbackServerContext* context) {
@@ -577,7 +624,7 @@ grpc::ServerUnaryReactor* QueryService::ChainSummary(grpc::CallbackServerContext
                                                      const v1::ChainSummaryRequest* request,
                                                      v1::ChainSummaryResponse* response) {
   if (grpc::ServerUnaryReactor* refused = RefuseUnlessOperator(context)) return refused;
-  FillChainSummary(*engine_->snapshot(), response);
+  FillChainSummary(*engine_->snapshot(), response, QueryLimit(request->limit()));
   if (silences_ != nullptr) silences_->Mark(response->mutable_findings(), absl::Now());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
@@ -606,6 +653,7 @@ grpc::ServerUnaryReactor* QueryService::Findings(grpc::CallbackServerContext* co
       if (wanted(*it)) *response->add_findings() = *it;
     }
   }
+  response->set_omitted(KeepFirst(QueryLimit(request->limit()), response->mutable_findings()));
   if (silences_ != nullptr) silences_->Mark(response->mutable_findings(), absl::Now());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
@@ -619,7 +667,13 @@ grpc::ServerUnaryReactor* QueryService::LocationScorecard(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<v1::LocationScorecardResponse> card =
       engine_->LocationScorecard(request->location());
-  if (card.ok()) *response = std::move(*card);
+  if (card.ok()) {
+    *response = std::move(*card);
+    const uint32_t limit = QueryLimit(request->limit());
+    response->set_values_omitted(KeepFirst(limit, response->mutable_values()));
+    KeepFirst(limit, response->mutable_series());  // Parallel to values.
+    response->set_findings_omitted(KeepFirst(limit, response->mutable_findings()));
+  }
   if (silences_ != nullptr) silences_->Mark(response->mutable_findings(), absl::Now());
   reactor->Finish(ToGrpcStatus(card.status()));
   return reactor;

@@ -88,6 +88,10 @@ class IngestService final : public v1::Ingest::WithRawCallbackMethod_Stream<v1::
 
  private:
   friend class IngestReactor;
+  // Takes one of the max_streams_ slots for a new stream (counted in
+  // streams_open_ until its OnDone); false, taking nothing, when all are
+  // taken.
+  bool ClaimStreamSlot();
   // Makes `claimant` the one live stream of `location` and ends the one it
   // supersedes (ABORTED); returns the engine's owner token for it.
   uint64_t Claim(const std::string& location, IngestReactor* claimant);
@@ -116,10 +120,17 @@ class IngestService final : public v1::Ingest::WithRawCallbackMethod_Stream<v1::
   }
 };
 
+// Rows a Query answer sends per list when the request sets no limit: an
+// answer about a location with 100k keys stays well below gRPC's 4 MiB.
+inline constexpr uint32_t kDefaultQueryLimit = 1'000;
+
 // The Query API's chain report of `snapshot`: headline counts, series by
 // dispersion, outliers by location, active findings and trust. What
-// ChainSummary answers and `constance replay` prints at its end.
-void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out);
+// ChainSummary answers and `constance replay` prints at its end. With a
+// `limit` (0 = all) each list keeps its first `limit` rows and counts the
+// rest in its *_omitted field.
+void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out,
+                      uint32_t limit = 0);
 
 class QueryService final : public v1::Query::CallbackService {
  public:

@@ -63,6 +63,9 @@ ABSL_FLAG(bool, wait_for_findings, false,
           "consecutive evaluations covered them)");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30), "How long to wait for the collector");
 ABSL_FLAG(int, max_series, 20, "report: series shown in the dispersion table (0 = all)");
+ABSL_FLAG(uint32_t, limit, 0,
+          "report, findings, location: rows the collector sends per list (0 = its default, "
+          "1000); what it leaves out is counted in an '... N more' line");
 ABSL_FLAG(std::string, currency, "", "key: currency of a price series, e.g. EUR");
 ABSL_FLAG(std::string, kind, "shelf", "key: price kind (shelf, pos, list, promo)");
 ABSL_FLAG(std::string, group, "", "key: only this peer group (e.g. zone=north); empty = all");
@@ -140,7 +143,9 @@ int Report(v1::Query::Stub& stub) {
     ctx.set_deadline(absl::ToChronoTime(deadline));
     if (want > 0) ctx.set_wait_for_ready(true);
     summary.Clear();
-    grpc::Status status = stub.ChainSummary(&ctx, v1::ChainSummaryRequest(), &summary);
+    v1::ChainSummaryRequest request;
+    request.set_limit(absl::GetFlag(FLAGS_limit));
+    grpc::Status status = stub.ChainSummary(&ctx, request, &summary);
     if (!status.ok()) return Fail("ChainSummary", status);
     const bool covered = summary.observations_applied() + summary.observations_rejected() >= want;
     if (covered &&
@@ -212,6 +217,7 @@ int Findings(v1::Query::Stub& stub) {
   }
   request.set_location(absl::GetFlag(FLAGS_location));
   request.set_include_closed(absl::GetFlag(FLAGS_all));
+  request.set_limit(absl::GetFlag(FLAGS_limit));
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
   v1::FindingsResponse response;
@@ -220,8 +226,8 @@ int Findings(v1::Query::Stub& stub) {
   if (absl::GetFlag(FLAGS_json)) {
     PrintJson(response);
   } else {
-    std::cout << "Findings (" << response.findings_size() << "):\n"
-              << RenderFindings(response.findings());
+    std::cout << "Findings (" << response.findings_size() + response.omitted() << "):\n"
+              << RenderFindings(response.findings()) << MoreLine(response.omitted(), "findings");
   }
   return 0;
 }
@@ -229,6 +235,7 @@ int Findings(v1::Query::Stub& stub) {
 int Location(v1::Query::Stub& stub, const std::string& location) {
   v1::LocationScorecardRequest request;
   request.set_location(location);
+  request.set_limit(absl::GetFlag(FLAGS_limit));
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
   v1::LocationScorecardResponse response;

@@ -71,10 +71,12 @@ std::string Band(const v1::SeriesId& s, double low, double high) {
 
 // The findings and the least trusted locations, after the statistics.
 void AppendFindingsAndTrust(const v1::ChainSummaryResponse& s, std::string* out) {
-  absl::StrAppend(out, "\nFindings (", s.findings_size(), "):\n", RenderFindings(s.findings()));
+  absl::StrAppend(out, "\nFindings (", s.findings_size() + s.findings_omitted(), "):\n",
+                  RenderFindings(s.findings()), MoreLine(s.findings_omitted(), "findings"));
   if (s.trust_size() == 0) return;
   const int shown = std::min(s.trust_size(), 5);
-  absl::StrAppend(out, "\nLeast trusted locations (", shown, " of ", s.trust_size(), "):\n");
+  absl::StrAppend(out, "\nLeast trusted locations (", shown, " of ",
+                  s.trust_size() + s.trust_omitted(), "):\n");
   Table trust({"LOCATION", "SCORE", "BALANCE"});
   for (int i = 0; i < shown; ++i) {
     trust.Add({s.trust(i).location(), absl::StrFormat("%.1f", s.trust(i).score()),
@@ -84,6 +86,12 @@ void AppendFindingsAndTrust(const v1::ChainSummaryResponse& s, std::string* out)
 }
 
 }  // namespace
+
+std::string MoreLine(uint64_t omitted, absl::string_view what) {
+  if (omitted == 0) return "";
+  return absl::StrCat("... ", omitted, " more ", what,
+                      " not sent by the collector (--limit, --json for scripts)\n");
+}
 
 std::string FormatValue(const v1::SeriesId& series, double value) {
   return constance::FormatValue(series.family(), series.currency(), value);
@@ -105,7 +113,8 @@ std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series
 
   int shown = s.series_size();
   if (max_series > 0) shown = std::min(shown, max_series);
-  absl::StrAppend(&out, "Series by dispersion (", shown, " of ", s.series_size(), "):\n");
+  absl::StrAppend(&out, "Series by dispersion (", shown, " of ",
+                  s.series_size() + s.series_omitted(), "):\n");
   // One row per (series, peer group): a key in four price zones has four
   // rows, told apart by the group.
   Table series({"SERIES", "GROUP", "N", "MEDIAN", "MAD", "MEAN", "STDDEV", "CV", "MIN", "MAX"});
@@ -118,6 +127,9 @@ std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series
                 FormatValue(id, g.min()), FormatValue(id, g.max())});
   }
   absl::StrAppend(&out, series.Render(), "\n");
+  if (shown == s.series_size()) {
+    absl::StrAppend(&out, MoreLine(s.series_omitted(), "series"));
+  }
   if (s.uncompared_series() > 0) {
     absl::StrAppend(&out, "Not compared: ", s.uncompared_series(),
                     " series held by too few locations for any peer group (catalog min_group)\n\n");
@@ -142,7 +154,7 @@ std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series
                   absl::StrCat(SignedPercent(o), " ", Meaning(o)), absl::StrFormat("%.1f", o.z()),
                   absl::StrCat(o.group(), " (", o.group_size(), ")")});
   }
-  absl::StrAppend(&out, outliers.Render());
+  absl::StrAppend(&out, outliers.Render(), MoreLine(s.outliers_omitted(), "outliers"));
   AppendFindingsAndTrust(s, &out);
   return out;
 }
@@ -233,8 +245,9 @@ std::string RenderScorecard(const v1::LocationScorecardResponse& c) {
     values.Add({FormatSeries(c.series(i)), FormatValue(c.series(i), c.values(i).value()),
                 absl::StrCat(c.values(i).samples())});
   }
-  absl::StrAppend(&out, values.Render(), "\nFindings (", c.findings_size(), "):\n",
-                  RenderFindings(c.findings()));
+  absl::StrAppend(&out, values.Render(), MoreLine(c.values_omitted(), "values"), "\nFindings (",
+                  c.findings_size() + c.findings_omitted(), "):\n", RenderFindings(c.findings()),
+                  MoreLine(c.findings_omitted(), "findings"));
   return out;
 }
 

@@ -8,8 +8,10 @@
 #ifndef CONSTANCE_COLLECTOR_CLI_REPORT_H_
 #define CONSTANCE_COLLECTOR_CLI_REPORT_H_
 
+#include <cstdint>
 #include <string>
 
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "constance/v1/history.pb.h"
 #include "constance/v1/query.pb.h"
@@ -20,6 +22,10 @@ namespace constance::cli {
 // ("1.39 EUR"), waits in seconds ("412 s"), compliance as a pass rate
 // ("62.5%"), scores as plain numbers.
 std::string FormatValue(const v1::SeriesId& series, double value);
+
+// "... N more WHAT not sent by the collector (...)" and a newline, for a
+// list the collector cut at the request's limit; empty when `omitted` is 0.
+std::string MoreLine(uint64_t omitted, absl::string_view what);
 
 // "price sku-1001 EUR/shelf", "wait checkout".
 std::string FormatSeries(const v1::SeriesId& series);

@@ -99,6 +99,13 @@ absl::Status ValidateObservationId(absl::string_view id) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateIncarnation(uint64_t incarnation, absl::string_view field) {
+  if (incarnation != 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ": 0 is not an incarnation; choose a random non-zero 64-bit id when "
+                          "the client's spool is created and keep it with the spool"));
+}
+
 absl::Status ValidateBatchShape(const v1::Batch& batch, const Limits& limits) {
   return ValidateBatchShape(ViewOf(batch), limits);
 }

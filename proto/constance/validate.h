@@ -51,10 +51,19 @@ struct Limits {
   // (retryable: nothing is acknowledged, the agent keeps its spool).
   uint64_t max_series = 0;
   uint64_t max_locations = 0;
+  // Cells (keys) one location may hold, checked before max_series so that
+  // one store cannot use up the collector's series for the others: past
+  // it the location's observations of a new key are rejected with reason
+  // "location_cells" (0 = unlimited).
+  uint64_t max_cells_per_location = 0;
 };
 
 // A location id: [a-z0-9][a-z0-9._-]{0,62}.
 absl::Status ValidateLocationId(absl::string_view id);
+
+// A spool incarnation as a client sends it in a batch or heartbeat: any
+// value but 0, which is what a client that forgot to set it sends.
+absl::Status ValidateIncarnation(uint64_t incarnation, absl::string_view field);
 
 // A key: [A-Za-z0-9._:/-]{1,128}.
 absl::Status ValidateKey(absl::string_view key);

@@ -5,18 +5,26 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
+#include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/barrier.h"
+#include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "constance/v1/ingest.grpc.pb.h"
+#include "constance/version.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/integration/harness.h"
+#include "tests/integration/raw_stream.h"
 
 namespace constance::testing {
 namespace {
@@ -185,6 +193,65 @@ v1::Batch Batch(const std::string& location, uint64_t first, int n, const std::s
   return batch;
 }
 
+// Opens `n` streams at once (released together by a barrier), each
+// announcing itself for location "store-<i>"; returns how many were served
+// (answered with a Hello) while all of them were open. The refused ones
+// must end RESOURCE_EXHAUSTED naming --max_streams.
+int OpenAtOnce(const std::shared_ptr<grpc::Channel>& channel, int n) {
+  absl::Barrier* start = new absl::Barrier(n);  // Deletes itself (Block).
+  absl::BlockingCounter resolved(n);
+  std::atomic<int> served{0};
+  absl::Notification all_resolved;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      auto stub = v1::Ingest::NewStub(channel);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
+      if (start->Block()) delete start;
+      auto stream = stub->Stream(&ctx);
+      v1::AgentMessage m;
+      m.mutable_heartbeat()->set_location(absl::StrCat("store-", i));
+      m.mutable_heartbeat()->set_incarnation(1);
+      m.mutable_heartbeat()->set_protocol_version(kProtocolVersion);
+      v1::CollectorMessage reply;
+      const bool greeted = stream->Write(m) && stream->Read(&reply) && reply.has_hello();
+      if (greeted) served.fetch_add(1);
+      resolved.DecrementCount();
+      // A served stream stays open until every stream has its answer.
+      all_resolved.WaitForNotification();
+      stream->WritesDone();
+      while (stream->Read(&reply)) {
+      }
+      grpc::Status status = stream->Finish();
+      if (!greeted) {
+        EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+            << status.error_message();
+        EXPECT_THAT(status.error_message(), HasSubstr("--max_streams"));
+      }
+    });
+  }
+  resolved.Wait();
+  all_resolved.Notify();
+  for (std::thread& t : threads) t.join();
+  return served.load();
+}
+
+TEST_F(LimitsTest, MaxStreamsHoldsWhenManyStreamsOpenAtOnce) {
+  StartCollector({"--max_streams=3"});
+  constexpr int kRounds = 200, kStreams = 50, kCap = 3;
+  int most = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    const int served = OpenAtOnce(channel_, kStreams);
+    most = std::max(most, served);
+    ASSERT_LE(served, kCap) << "round " << round;
+    ASSERT_GE(served, 1) << "round " << round << "\n" << collector_->Log();
+    // The next round starts with every slot free again.
+    ASSERT_TRUE(WaitForMetric(metrics_, "constance_agent_streams", 0, absl::Seconds(10)));
+  }
+  EXPECT_EQ(most, kCap) << "the cap was never reached: the test proves nothing";
+}
+
 TEST_F(LimitsTest, LimitsRefuseWithErrorsNamingTheirFlag) {
   StartCollector({"--max_streams=1", "--max_locations=1", "--max_series=2",
                   "--max_batch_observations=10", "--max_message_bytes=65536",
@@ -249,6 +316,76 @@ TEST_F(LimitsTest, LimitsRefuseWithErrorsNamingTheirFlag) {
   // The third key of the first batch and eight of the ten-observation one.
   EXPECT_TRUE(WaitForMetric(metrics_, R"(constance_observations_rejected_total{reason="series")",
                             9, absl::Seconds(10)));
+}
+
+TEST_F(LimitsTest, EachLocationIsBoundedBeforeTheSharedSeriesCap) {
+  StartCollector({"--max_cells_per_location=100", "--max_series=140", "--stats_interval=100ms"});
+  {
+    // store-a sends 200 keys: its first 100 are kept, the rest refused
+    // for store-a's own bound, not the collector's.
+    RawStream a(grpc_, "store-a", 1, /*out_of_order=*/true);
+    ASSERT_TRUE(a.Send(1, 200));
+    std::optional<v1::Ack> ack = a.NextAck();
+    ASSERT_TRUE(ack.has_value()) << collector_->Log();
+    EXPECT_EQ(ack->applied(), 100u);
+    ASSERT_EQ(ack->rejections_size(), 100);
+    EXPECT_EQ(ack->rejections(0).sequence(), 101u);
+    EXPECT_THAT(ack->rejections(0).reason(),
+                HasSubstr("location 'store-a' holds its limit of 100 keys "
+                          "(--max_cells_per_location)"));
+    EXPECT_TRUE(a.Finish().ok());
+  }
+  {
+    // store-b has room of its own: 50 keys store-a holds, then (stepping
+    // over 51..100 as a declared dropped range) new series until the
+    // collector's cap of 140.
+    RawStream b(grpc_, "store-b", 1, /*out_of_order=*/true);
+    ASSERT_TRUE(b.Send(1, 50));
+    std::optional<v1::Ack> ack = b.NextAck();
+    ASSERT_TRUE(ack.has_value()) << collector_->Log();
+    EXPECT_EQ(ack->applied(), 50u);
+    ASSERT_TRUE(b.Send(101, 60, /*skipped_from=*/51));  // k101..: store-a was refused them.
+    ack = b.NextAck();
+    ASSERT_TRUE(ack.has_value()) << collector_->Log();
+    EXPECT_EQ(ack->applied(), 40u) << ack->ShortDebugString().substr(0, 600);
+    ASSERT_EQ(ack->rejections_size(), 20);
+    EXPECT_THAT(ack->rejections(0).reason(), HasSubstr("--max_series"));
+    EXPECT_TRUE(b.Finish().ok());
+  }
+  EXPECT_TRUE(WaitForMetric(
+      metrics_, R"(constance_observations_rejected_total{reason="location_cells")", 100,
+      absl::Seconds(10)));
+  EXPECT_EQ(Metric(metrics_, R"(constance_observations_rejected_total{reason="series")"), 20);
+}
+
+// One store with 100k keys: every query answer stays under gRPC's default
+// 4 MiB, cut at the collector's default limit with an "N more" line.
+TEST_F(LimitsTest, QueriesAnswerForALocationWith100kKeys) {
+  StartCollector({"--stats_interval=200ms"});
+  constexpr uint64_t kKeys = 100'000, kBatch = 10'000;
+  RawStream stream(grpc_, "store-1", 1, /*out_of_order=*/true);
+  for (uint64_t first = 1; first <= kKeys; first += kBatch) {
+    ASSERT_TRUE(stream.Send(first, kBatch));
+    std::optional<v1::Ack> ack = stream.NextAck();
+    ASSERT_TRUE(ack.has_value()) << collector_->Log();
+    ASSERT_EQ(ack->applied(), kBatch) << ack->ShortDebugString().substr(0, 500);
+  }
+  EXPECT_TRUE(stream.Finish().ok());
+  const std::string cli = BinDir() + "/constance --collector=" + grpc_;
+  CommandResult report = RunCommand(cli + " report --wait_for_observations=100000 2>&1", "");
+  EXPECT_EQ(report.exit_code, 0) << report.output.substr(0, 2000);
+  EXPECT_THAT(report.output, HasSubstr("Series by dispersion (20 of 100000)"));
+  CommandResult all = RunCommand(cli + " report --max_series=0 2>&1", "");
+  EXPECT_EQ(all.exit_code, 0) << all.output.substr(0, 2000);
+  EXPECT_THAT(all.output, HasSubstr("... 99000 more series not sent by the collector"));
+  CommandResult location = RunCommand(cli + " location store-1 2>&1", "");
+  EXPECT_EQ(location.exit_code, 0) << location.output.substr(0, 2000);
+  EXPECT_THAT(location.output, HasSubstr("... 99000 more values not sent by the collector"));
+  CommandResult findings = RunCommand(cli + " findings --all 2>&1", "");
+  EXPECT_EQ(findings.exit_code, 0) << findings.output.substr(0, 2000);
+  CommandResult json = RunCommand(cli + " location store-1 --limit=5 --json 2>&1", "");
+  EXPECT_EQ(json.exit_code, 0) << json.output.substr(0, 2000);
+  EXPECT_THAT(json.output, HasSubstr(R"("values_omitted": "99995")"));
 }
 
 }  // namespace

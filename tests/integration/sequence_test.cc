@@ -6,7 +6,7 @@
 // from the expected sequence applies every observation exactly once; and
 // a second stream for a location supersedes the first.
 //
-// Every observation has a key of its own ("k<sequence>"): the collector's
+// Every observation has a key of its own ("k<sequence>", raw_stream.h): the collector's
 // applied count equal to the distinct observations sent, with no
 // duplicates counted, means each was applied exactly once.
 #include <algorithm>
@@ -23,6 +23,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/integration/harness.h"
+#include "tests/integration/raw_stream.h"
 
 namespace constance::testing {
 namespace {
@@ -31,108 +32,16 @@ using ::testing::HasSubstr;
 
 constexpr uint64_t kIncarnation = 0x5eed;
 
-class Collector {
+// The suite's one location, spool incarnation and harness.
+class Collector : public CollectorProcess {
  public:
-  // `durable`: with --state_dir, so batches go through the log first.
-  Collector(const TempDir& dir, bool durable) {
-    const std::string ready = dir.File("collector.ready");
-    std::vector<std::string> argv = {BinDir() + "/constance-collector", "--insecure",
-                                     "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-                                     "--stats_interval=50ms", "--ready_file=" + ready};
-    if (durable) argv.push_back("--state_dir=" + dir.path());
-    process_ = std::make_unique<Subprocess>(std::move(argv), dir.File("collector.log"));
-    auto r = WaitForReadyFile(ready, *process_, absl::Seconds(30));
-    EXPECT_TRUE(r.ok()) << r.status();
-    if (r.ok()) {
-      address_ = (*r)["grpc"];
-      metrics_ = (*r)["metrics"];
-    }
-  }
-  const std::string& address() const { return address_; }
-  std::string Log() const { return process_->Log(); }
-
-  // A counter from /metrics once the statistics tick has applied
-  // `applied` observations (polled, with a deadline).
-  double Metric(const std::string& series, double applied) const {
-    double value = -1;
-    for (absl::Time deadline = absl::Now() + absl::Seconds(10); absl::Now() < deadline;) {
-      absl::StatusOr<HttpResponse> r = HttpGet(metrics_, "/metrics");
-      if (r.ok() &&
-          MetricValue(r->body, "constance_observations_applied_total").value_or(-1) >= applied) {
-        return MetricValue(r->body, series).value_or(-1);
-      }
-      absl::SleepFor(absl::Milliseconds(20));  // Polling the statistics tick.
-    }
-    return value;
-  }
-
- private:
-  std::unique_ptr<Subprocess> process_;
-  std::string address_, metrics_;
+  Collector(const TempDir& dir, bool durable) : CollectorProcess(dir, durable) {}
 };
 
-// One raw Ingest stream, driven step by step.
-class RawStream {
+class RawStream : public testing::RawStream {
  public:
   RawStream(const std::string& address, const std::string& location, bool out_of_order)
-      : stub_(v1::Ingest::NewStub(
-            grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))),
-        location_(location) {
-    ctx_.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-    stream_ = stub_->Stream(&ctx_);
-    v1::AgentMessage m;
-    v1::Heartbeat* hb = m.mutable_heartbeat();
-    hb->set_location(location);
-    hb->set_incarnation(kIncarnation);
-    hb->set_protocol_version(kProtocolVersion);
-    if (out_of_order) hb->add_capabilities(std::string(kCapabilityOutOfOrder));
-    EXPECT_TRUE(stream_->Write(m));
-  }
-
-  // Sends sequences first .. first + count - 1, one wait each.
-  bool Send(uint64_t first, uint64_t count) {
-    v1::AgentMessage m;
-    v1::Batch* b = m.mutable_batch();
-    b->set_location(location_);
-    b->set_incarnation(kIncarnation);
-    b->set_first_sequence(first);
-    for (uint64_t s = first; s < first + count; ++s) {
-      v1::Observation* o = b->add_observations();
-      o->set_key(absl::StrCat("k", s));
-      o->set_wait_seconds(static_cast<double>(s));
-    }
-    return stream_->Write(m);
-  }
-
-  // The next ack (a Hello is skipped), or nullopt when the stream ended.
-  std::optional<v1::Ack> NextAck() {
-    v1::CollectorMessage reply;
-    while (stream_->Read(&reply)) {
-      if (reply.has_ack()) return reply.ack();
-    }
-    return std::nullopt;
-  }
-
-  // Waits for the collector's Hello: the heartbeat before it was handled
-  // (this stream holds its location).
-  bool Greeted() {
-    v1::CollectorMessage reply;
-    return stream_->Read(&reply) && reply.has_hello();
-  }
-
-  grpc::Status Finish() {
-    stream_->WritesDone();
-    v1::CollectorMessage ignored;
-    while (stream_->Read(&ignored)) {
-    }
-    return stream_->Finish();
-  }
-
- private:
-  std::unique_ptr<v1::Ingest::Stub> stub_;
-  std::string location_;
-  grpc::ClientContext ctx_;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::AgentMessage, v1::CollectorMessage>> stream_;
+      : testing::RawStream(address, location, kIncarnation, out_of_order) {}
 };
 
 class SequenceTest : public ::testing::TestWithParam<bool> {};

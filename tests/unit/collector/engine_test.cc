@@ -259,6 +259,84 @@ TEST(EngineTest, ANewIncarnationIsNotMistakenForDuplicates) {
   EXPECT_EQ(engine.snapshot()->observations_applied, 2u);
 }
 
+TEST(EngineTest, TheWatermarkShownIsTheCurrentIncarnations) {
+  Engine engine(FixedClock());
+  ASSERT_TRUE(engine.ApplyBatch(MakeBatch("store-a", 1, 1, Waits("checkout", 50))).ok());
+  auto watermark = [&engine] {
+    engine.Recompute();
+    return engine.snapshot()->location_states.at(0).watermark;
+  };
+  EXPECT_EQ(watermark(), 50u);
+  // The agent's spool was wiped: its heartbeat announces incarnation 2,
+  // which has acknowledged nothing yet.
+  v1::Heartbeat hb;
+  hb.set_location("store-a");
+  hb.set_incarnation(2);
+  ASSERT_TRUE(engine.RecordHeartbeat(hb).ok());
+  EXPECT_EQ(watermark(), 0u);
+  ASSERT_TRUE(engine.ApplyBatch(MakeBatch("store-a", 2, 1, Waits("checkout", 3))).ok());
+  EXPECT_EQ(watermark(), 3u);
+  // A heartbeat of the same incarnation changes nothing.
+  ASSERT_TRUE(engine.RecordHeartbeat(hb).ok());
+  EXPECT_EQ(watermark(), 3u);
+}
+
+TEST(EngineTest, EachAckCountsWhatItApplied) {
+  Engine engine(FixedClock());
+  absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(
+      MakeBatch("store-a", 1, 1, {Wait("checkout", 1), Wait("checkout", -1), Wait("x", 2)}));
+  ASSERT_TRUE(ack.ok());
+  EXPECT_EQ(ack->applied(), 2u);
+  EXPECT_EQ(ack->rejections_size(), 1);
+  ack = engine.ApplyBatch(MakeBatch("store-a", 1, 2, Waits("checkout", 4)));
+  ASSERT_TRUE(ack.ok());
+  EXPECT_EQ(ack->duplicates(), 2u);
+  EXPECT_EQ(ack->applied(), 2u);
+}
+
+TEST(EngineTest, EachLocationHoldsAtMostItsCellsAndARestoreCountsThem) {
+  Engine::Options options = FixedClock();
+  options.limits.max_cells_per_location = 2;
+  Engine engine(options);
+  absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(
+      MakeBatch("store-a", 1, 1, {Wait("a", 1), Wait("b", 1), Wait("c", 1), Wait("a", 2)}));
+  ASSERT_TRUE(ack.ok());
+  EXPECT_EQ(ack->applied(), 3u) << "a key the location holds takes new observations";
+  ASSERT_EQ(ack->rejections_size(), 1);
+  EXPECT_EQ(ack->rejections(0).sequence(), 3u);
+  EXPECT_THAT(ack->rejections(0).reason(), HasSubstr("location_cells:"));
+  // Another location has room of its own, in the same series or new ones.
+  ack = engine.ApplyBatch(MakeBatch("store-b", 1, 1, {Wait("c", 1), Wait("a", 1)}));
+  ASSERT_TRUE(ack.ok());
+  EXPECT_EQ(ack->applied(), 2u);
+
+  Engine restored(options);
+  ASSERT_TRUE(restored.LoadState(engine.SaveState()).ok());
+  ack = restored.ApplyBatch(MakeBatch("store-a", 1, 5, {Wait("d", 1), Wait("b", 3)}));
+  ASSERT_TRUE(ack.ok());
+  EXPECT_EQ(ack->applied(), 1u) << "store-a still holds its 2 keys after a restore";
+  ASSERT_EQ(ack->rejections_size(), 1);
+  EXPECT_EQ(ack->rejections(0).sequence(), 5u);
+}
+
+TEST(EngineTest, DroppedAndOutOfOrderCountsSurviveARestore) {
+  Engine engine(FixedClock());
+  ASSERT_TRUE(engine.ApplyBatch(MakeBatch("store-a", 1, 1, Waits("checkout", 2))).ok());
+  // 3..9 declared dropped; then a batch leaving a gap.
+  v1::Batch skipping = MakeBatch("store-a", 1, 10, Waits("checkout", 1));
+  skipping.set_skipped_from(3);
+  ASSERT_TRUE(engine.ApplyBatch(skipping).ok());
+  absl::StatusOr<v1::Ack> gap = engine.ApplyBatch(MakeBatch("store-a", 1, 20, Waits("x", 1)));
+  ASSERT_TRUE(gap.ok());
+  ASSERT_EQ(gap->outcome(), v1::Ack::OUT_OF_ORDER);
+
+  Engine restored(FixedClock());
+  ASSERT_TRUE(restored.LoadState(engine.SaveState()).ok());
+  restored.Recompute();
+  EXPECT_EQ(restored.snapshot()->observations_dropped, 7u);
+  EXPECT_EQ(restored.snapshot()->batches_out_of_order, 1u);
+}
+
 TEST(EngineTest, BadObservationsAreRejectedWithReasonsAndTheRestApplied) {
   Engine engine(FixedClock());
   v1::Observation future = Price("sku-1", 139);
