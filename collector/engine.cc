@@ -835,8 +835,8 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
     g.assessed.reserve(g.members.size());
     std::vector<std::pair<OutlierResult, const std::string*>> outliers;
     for (const Member& m : g.members) {
-      Assessment a =
-          AssessValue(data->key.family, m.value.value, stats->summary, stats->band, policy);
+      Assessment a = AssessValue(data->key.family, m.value.value, stats->summary, stats->band,
+                                 policy, m.value.samples);
       if (not_outliers.contains(m.location) || !m.judged) {
         a = Assessment{a.deviation, 0, 0, false, a.direction};
       }
@@ -1009,7 +1009,8 @@ struct SplitCandidate {
 // A location's standing under the promise that applies to it in a series.
 struct PromiseVerdict {
   std::string id;        // "price:LINE", "wait:LINE" or "check:LINE".
-  double strength = -1;  // At least 1: broken; 2: a critical check failed.
+  double strength = -1;  // Above 1: broken.
+  bool critical = false;  // A critical check failed: broken at once.
   v1::Reason reason;
 };
 
@@ -1056,10 +1057,11 @@ std::optional<PromiseVerdict> PromiseVerdictFor(const SeriesKey& key, const Loca
     const double pf = std::max(catalog.compliance.floor_absolute, 1e-9);
     v.id = absl::StrCat("check:", check_promise->line);
     const bool critical = check_promise->critical && value.critical_failure;
-    v.strength = critical ? 2
-                 : x < check_promise->min_pass_rate
-                     ? 1 + (check_promise->min_pass_rate - x) / pf
-                     : std::min(0.999, 1 - (x - check_promise->min_pass_rate) / pf);
+    v.critical = critical;
+    // A failed critical check breaks its promise at once; a rate, only
+    // when its interval says so (the rate rule, stats.h).
+    v.strength =
+        critical ? 2 : RateShortfall(x, value.samples, check_promise->min_pass_rate, pf);
     v.reason =
         MakeReason(v1::BROKEN_PROMISE,
                    critical ? absl::StrCat("critical check ", key.key, " failed")
@@ -1110,15 +1112,34 @@ absl::flat_hash_set<std::string> UnkeepableConditions(const SeriesKey& key,
   return unkeepable;
 }
 
+// A pass rate's evidence, for an outlier's detail: "; 1 of 4 checks
+// passed, 99.9% interval 5.0% .. 69.9%". Empty for other families.
+std::string RateEvidence(const SeriesKey& key, const Comparable& value) {
+  if (key.family != v1::FAMILY_COMPLIANCE || value.samples == 0) return "";
+  const auto passed =
+      static_cast<uint64_t>(std::llround(value.value * static_cast<double>(value.samples)));
+  const RateInterval in = WilsonInterval(passed, value.samples);
+  return absl::StrFormat("; %d of %d checks passed, 99.9%% interval %.1f%% .. %.1f%%", passed,
+                         value.samples, 100 * in.low, 100 * in.high);
+}
+
 // The severity one reason of a location finding asks for: an outlier's by
-// its distance from the expected value in floors, a broken promise high
-// (critical for a failed critical check), an irregular change medium.
-v1::Severity ReasonSeverity(const v1::Reason& reason, double strength, double floor) {
+// its distance from the expected value in floors (a pass rate's by its
+// strength: the evidence), a broken promise high, an irregular change
+// medium. Only a failed critical check is ever critical on a compliance
+// key (`critical_failure`: the check failed in the window or, for a
+// promise, its critical check did).
+v1::Severity ReasonSeverity(v1::Family family, const v1::Reason& reason, double strength,
+                            double floor, bool critical_failure) {
   switch (reason.kind()) {
     case v1::OUTLIER:
+      if (family == v1::FAMILY_COMPLIANCE) {
+        const v1::Severity s = SeverityFor(strength, 1);
+        return critical_failure ? s : std::min(s, v1::HIGH);
+      }
       return SeverityFor(reason.value() - reason.expected(), floor);
     case v1::BROKEN_PROMISE:
-      return strength >= 2 ? v1::CRITICAL : v1::HIGH;
+      return critical_failure ? v1::CRITICAL : v1::HIGH;
     case v1::IRREGULAR_CHANGE:
       return v1::MEDIUM;
     default:
@@ -1219,6 +1240,8 @@ struct Engine::Pending {
   std::string promise_id;                              // Non-empty when a promise applies.
   bool promise_broken = false;
   bool outlier = false;
+  bool critical_failure = false;  // Compliance: a critical check failed in the window.
+  bool promise_critical = false;  // Its promise broken by a failed critical check.
 };
 
 void Engine::Evaluate() {
@@ -1307,12 +1330,13 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
     for (size_t i = 0; i < g.members.size(); ++i) {
       const Member& m = g.members[i];
       if (!m.judged || ExceptionFor(m.name, key, ev->now, ev->catalog) != nullptr) continue;
-      Pending p{m.location, m.name, &g, {}, {}, false, false};
+      Pending p{m.location, m.name, &g, {}, {}, false, false, m.value.critical_failure};
       p.outlier = OutlierReason(key, g, i, ev->weak, &p.reasons);
       if (std::optional<PromiseVerdict> promise = PromiseVerdictFor(
               key, m.entry, m.value, wait_promise, check_promise, ev->now, ev->catalog)) {
         p.promise_id = promise->id;
         p.promise_broken = promise->strength >= 1;
+        p.promise_critical = promise->critical;
         auto& tally = promise_tally[promise->id];
         ++tally.first;
         if (p.promise_broken) ++tally.second;
@@ -1455,7 +1479,8 @@ bool Engine::OutlierReason(const SeriesKey& key, const GroupData& g, size_t i, d
                               Percent(s.median != 0 ? dev / std::fabs(s.median) : 0), "), ",
                               strength >= 1 ? "outside" : "near the edge of", " the band ",
                               Format(key, stats.band.low), " .. ", Format(key, stats.band.high),
-                              " of ", g.members.size(), " locations in ", g.group),
+                              " of ", g.members.size(), " locations in ", g.group,
+                              RateEvidence(key, g.members[i].value)),
                  x, s.median, stats.band.low, stats.band.high, magnitude, dev);
   reasons->emplace_back(strength, std::move(r));
   return g.assessed[i].outlier;
@@ -1600,7 +1625,10 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
   for (auto& [strength, reason] : reasons) {
     c.strength = std::max(c.strength, strength);
     if (strength >= 1 || !any_full) {
-      severity = std::max(severity, ReasonSeverity(reason, strength, p->group->stats->band.floor));
+      const bool critical = reason.kind() == v1::BROKEN_PROMISE ? p->promise_critical
+                                                                : p->critical_failure;
+      severity = std::max(severity, ReasonSeverity(key.family, reason, strength,
+                                                   p->group->stats->band.floor, critical));
       only_drift = only_drift && reason.kind() == v1::DRIFT;
     }
     *f.add_reasons() = std::move(reason);

@@ -234,8 +234,10 @@ TEST(FindingsTest, StatisticsAndFindingsAgreeAtTheFloor) {
         << Describe(chain.Active());
     EXPECT_EQ(published_outliers(chain, v1::FAMILY_PRICE), static_cast<size_t>(c.outliers));
   }
-  // Pass rates: 19 of 20 against 20 of 20 is exactly the 5-point floor.
-  for (const auto& [passes, outliers] : {std::pair<int, size_t>{19, 0}, {18, 1}}) {
+  // Pass rates against 20 of 20 (the band's edge at 95%): the rate rule
+  // wants the 99.9% interval a floor below it, under 90%. 14 of 20 reaches
+  // 91.0%; 13 of 20 only 88.5%.
+  for (const auto& [passes, outliers] : {std::pair<int, size_t>{14, 0}, {13, 1}}) {
     SCOPED_TRACE(absl::StrCat(passes, " of 20 checks passed against 20 of 20"));
     Chain chain;
     for (int s = 0; s < 21; ++s) {
@@ -1148,6 +1150,76 @@ TEST(FindingsTest, AnEvenSplitNamesOnlyTheLevelsLocationsHold) {
   EXPECT_EQ(splits[0].levels(1).locations(), 3u);
   EXPECT_THAT(splits[0].reasons(0).detail(), HasSubstr("2 consistent levels"));
   EXPECT_THAT(splits[0].reasons(0).detail(), HasSubstr("3 at 2.99 EUR, 3 at 3.28 EUR"));
+}
+
+}  // namespace
+}  // namespace constance::collector
+
+namespace constance::collector {
+namespace {
+
+// Pass rates are judged with their uncertainty (stats.h, RateShortfall):
+// one failed inspection is no evidence against a store, three fails of
+// four are; a non-critical check never makes a critical finding, and a
+// failed critical check breaks its promise at once.
+TEST(FindingsTest, APassRateIsJudgedOnItsEvidence) {
+  Catalog catalog = DefaultCatalog();
+  catalog.compliance.min_samples = 1;
+  catalog.check_promises.push_back({"inspection", /*critical=*/false, /*min_pass_rate=*/0.5, 1});
+  catalog.check_promises.push_back({"gas-valve", /*critical=*/true, /*min_pass_rate=*/1.0, 2});
+  Chain chain(catalog);
+  auto checks = [&](const std::string& key, int passed, int failed, bool critical = false) {
+    std::vector<v1::Observation> out;
+    for (int i = 0; i < passed + failed; ++i) {
+      out.push_back(chain.Check(key, i < passed));
+      out.back().mutable_check()->set_critical(critical);
+    }
+    return out;
+  };
+  for (int s = 0; s < 30; ++s) chain.Send(Store(s), checks("inspection", 4, 0));
+  chain.Send("one-fail", checks("inspection", 0, 1));
+  chain.Send("cured", checks("inspection", 1, 1));
+  chain.Send("three-of-four", checks("inspection", 1, 3));
+  chain.Send("always-fails", checks("inspection", 0, 40));
+  for (int s = 0; s < 30; ++s) chain.Send(Store(s), checks("gas-valve", 1, 0, true));
+  chain.Send("gas-leak", checks("gas-valve", 0, 1, true));
+  chain.Evaluate();
+
+  std::map<std::string, v1::Finding> by_location;
+  for (const v1::Finding& f : chain.Active()) {
+    if (f.series().key() == "inspection") by_location[f.location()] = f;
+  }
+  EXPECT_FALSE((by_location.count("one-fail") > 0)) << Describe(chain.Active());
+  EXPECT_FALSE((by_location.count("cured") > 0)) << Describe(chain.Active());
+  ASSERT_TRUE((by_location.count("three-of-four") > 0)) << Describe(chain.Active());
+  ASSERT_TRUE((by_location.count("always-fails") > 0));
+  const v1::Finding& thin = by_location["three-of-four"];
+  const v1::Finding& thick = by_location["always-fails"];
+  // Both are outliers; only the 0 of 40 breaks the 50% promise (1 of 4
+  // may still pass half its checks); more evidence, more severe, and never
+  // critical: the check is not.
+  EXPECT_EQ(thin.kind(), v1::OUTLIER);
+  EXPECT_EQ(thick.kind(), v1::BROKEN_PROMISE);
+  EXPECT_LE(thin.severity(), thick.severity());
+  EXPECT_EQ(thick.severity(), v1::HIGH);
+  for (const v1::Finding* f : {&thin, &thick}) {
+    bool outlier = false;
+    for (const v1::Reason& r : f->reasons()) {
+      if (r.kind() == v1::OUTLIER) {
+        outlier = true;
+        EXPECT_THAT(r.detail(), HasSubstr("checks passed, 99.9% interval"));
+      }
+    }
+    EXPECT_TRUE(outlier) << f->DebugString();
+  }
+  // One failed critical check: its promise broken at once, critical.
+  std::vector<v1::Finding> broken;
+  for (const v1::Finding& f : chain.Active(v1::BROKEN_PROMISE)) {
+    if (f.series().key() == "gas-valve") broken.push_back(f);
+  }
+  ASSERT_EQ(broken.size(), 1u) << Describe(chain.Active());
+  EXPECT_EQ(broken[0].location(), "gas-leak");
+  EXPECT_EQ(broken[0].severity(), v1::CRITICAL);
 }
 
 }  // namespace
