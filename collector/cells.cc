@@ -156,17 +156,20 @@ std::optional<Comparable> CompareWait(const WaitCell& cell, absl::Time now,
 }
 
 std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, absl::Time now,
-                                            const FamilyPolicy& policy) {
+                                            const FamilyPolicy& policy, JudgingMode mode) {
   if (Stale(cell.observed_at_ns, now, policy)) return std::nullopt;
   uint64_t passed = 0, total = 0;
   bool critical = false;
-  for (const CountBin& b : cell.bins) {
-    if (!InWindow(b.start_ns, now, policy)) continue;
-    passed += b.passed;
-    total += b.passed + b.failed;
-    critical = critical || b.critical_failed > 0;
+  for (auto b = cell.bins.rbegin(); b != cell.bins.rend(); ++b) {
+    if (!InWindow(b->start_ns, now, policy)) continue;
+    passed += b->passed;
+    total += b->passed + b->failed;
+    critical = critical || b->critical_failed > 0;
+    if (mode == JudgingMode::kLatest && total > 0) break;  // The newest results alone.
   }
-  if (total == 0 || total < policy.min_samples) return std::nullopt;
+  if (total == 0 || (mode == JudgingMode::kRate && total < policy.min_samples)) {
+    return std::nullopt;
+  }
   Comparable c;
   c.critical_failure = critical;
   // A failed critical check fails the location outright.

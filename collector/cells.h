@@ -124,8 +124,12 @@ std::optional<Comparable> ComparePrice(const PriceCell& cell, absl::Time now,
 std::optional<Comparable> CompareWait(const WaitCell& cell, absl::Time now,
                                       const FamilyPolicy& policy, const WaitPolicy& sketch,
                                       double within_seconds);
+// Compliance by `mode` (catalog.h, KeyJudging): the pass rate over the
+// window, or the newest bin's alone (a latest inspection is compared
+// whatever min_samples says: one result is what there is).
 std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, absl::Time now,
-                                            const FamilyPolicy& policy);
+                                            const FamilyPolicy& policy,
+                                            JudgingMode mode = JudgingMode::kRate);
 std::optional<Comparable> CompareScore(const ScoreCell& cell, absl::Time now,
                                        const FamilyPolicy& policy);
 

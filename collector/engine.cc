@@ -48,11 +48,7 @@ std::string Percent(double ratio) { return absl::StrFormat("%+.1f%%", 100 * rati
 bool KeyMatches(const std::vector<std::string>& patterns, const std::string& key) {
   if (patterns.empty()) return true;
   for (const std::string& p : patterns) {
-    if (!p.empty() && p.back() == '*') {
-      if (absl::StartsWith(key, absl::string_view(p).substr(0, p.size() - 1))) return true;
-    } else if (p == key) {
-      return true;
-    }
+    if (KeyPatternMatches(p, key)) return true;
   }
   return false;
 }
@@ -512,6 +508,9 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   }
   const BinSpan wait_bins(catalog.wait), compliance_bins(catalog.compliance),
       score_bins(catalog.score);
+  // A judged key's window may be longer than the family's: its bins reach
+  // further back.
+  const bool judged_keys = !catalog.judging.empty();
   uint32_t duplicates = 0;
   for (uint64_t i = 0; i < count; ++i) {
     const uint64_t seq = batch.first_sequence + i;
@@ -577,7 +576,12 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
       case v1::Observation::kCheck: {
         auto [cell, fresh] = series.compliance.try_emplace(loc);
         created = fresh;
-        cell->second.Apply(obs.passed, obs.critical, at, compliance_bins);
+        if (judged_keys && catalog.JudgingFor(obs.key) != nullptr) {
+          cell->second.Apply(obs.passed, obs.critical, at,
+                             BinSpan(catalog.CompliancePolicy(obs.key)));
+        } else {
+          cell->second.Apply(obs.passed, obs.critical, at, compliance_bins);
+        }
         break;
       }
       case v1::Observation::kScore: {
@@ -711,8 +715,13 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
                     wait_promise != nullptr ? wait_promise->within_seconds : 0),
         nullptr);
   }
-  for (const auto& [loc, cell] : series.compliance) {
-    add(loc, CompareCompliance(cell, now, catalog.compliance), nullptr);
+  if (!series.compliance.empty()) {
+    const FamilyPolicy policy = catalog.CompliancePolicy(series.key.key);
+    const KeyJudging* judging = catalog.JudgingFor(series.key.key);
+    const JudgingMode mode = judging != nullptr ? judging->mode : JudgingMode::kRate;
+    for (const auto& [loc, cell] : series.compliance) {
+      add(loc, CompareCompliance(cell, now, policy, mode), nullptr);
+    }
   }
   for (const auto& [loc, cell] : series.score)
     add(loc, CompareScore(cell, now, catalog.score), nullptr);
@@ -1274,6 +1283,7 @@ void Engine::Evaluate() {
   // Silent and stale: declared locations that should be open.
   if (now - started_at_ >= th.restart_grace) {
     DeliveryConditions(states, catalog, now, &ev.conditions);
+    OverdueKeyConditions(now, &ev.conditions);
   }
   AddLocationLabels(states, entries, catalog, &ev.conditions);
 
@@ -1300,6 +1310,43 @@ void Engine::Evaluate() {
     names.push_back(states[i].location);
   }
   PublishFindings(now, th.persistence, names, ev.kept_broken);
+}
+
+void Engine::OverdueKeyConditions(absl::Time now, std::vector<Condition>* out) const {
+  absl::MutexLock lock(&mu_);
+  const Catalog& catalog = *catalog_;
+  if (catalog.judging.empty()) return;
+  for (const Series& series : series_) {
+    if (series.key.family != v1::FAMILY_COMPLIANCE) continue;
+    const KeyJudging* judging = catalog.JudgingFor(series.key.key);
+    if (judging == nullptr || judging->expected_every <= absl::ZeroDuration()) continue;
+    const int64_t due_ns = absl::ToUnixNanos(now - judging->expected_every);
+    const std::string series_name = SeriesName(series.key);
+    for (const auto& [loc, cell] : series.compliance) {
+      const Location& l = locations_[loc];
+      if (cell.observed_at_ns >= due_ns || (l.entry != nullptr && l.entry->closed)) continue;
+      const absl::Time last = absl::FromUnixNanos(cell.observed_at_ns);
+      Condition c;
+      c.id = absl::StrCat("stale|", l.state.location, "|", series_name);
+      c.strength = 1;
+      v1::Finding& f = c.finding;
+      f.set_kind(v1::STALE);
+      f.set_severity(v1::MEDIUM);
+      f.set_location(l.state.location);
+      SeriesToProto(series.key, f.mutable_series());
+      f.set_audience("store");
+      const double age = absl::ToDoubleSeconds(now - last);
+      *f.add_reasons() = MakeReason(
+          v1::STALE,
+          absl::StrCat(series.key.key, ": newest result ",
+                       absl::FormatTime("%Y-%m-%d", last, absl::UTCTimeZone()),
+                       ", expected every ", absl::FormatDuration(judging->expected_every),
+                       ": overdue, no longer judged"),
+          age, absl::ToDoubleSeconds(judging->expected_every), 0,
+          absl::ToDoubleSeconds(judging->expected_every), 0, 1);
+      out->push_back(std::move(c));
+    }
+  }
 }
 
 void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
@@ -1788,7 +1835,9 @@ absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(
           c = CompareWait(w->second, now, catalog->wait, catalog->wait_sketch, 0);
         }
         if (auto k = s.compliance.find(loc); k != s.compliance.end()) {
-          c = CompareCompliance(k->second, now, catalog->compliance);
+          const KeyJudging* judging = catalog->JudgingFor(s.key.key);
+          c = CompareCompliance(k->second, now, catalog->CompliancePolicy(s.key.key),
+                                judging != nullptr ? judging->mode : JudgingMode::kRate);
         }
         if (auto sc = s.score.find(loc); sc != s.score.end())
           c = CompareScore(sc->second, now, catalog->score);

@@ -429,6 +429,10 @@ class Engine {
   static void LocationCondition(const SeriesKey& key, const std::string& series_name,
                                 const absl::flat_hash_set<std::string>& unkeepable, Pending* p,
                                 Evaluation* ev);
+  // Stale keys: a location whose newest result for a compliance key with
+  // a cadence (KeyJudging::expected_every) is older than that cadence.
+  void OverdueKeyConditions(absl::Time now, std::vector<Condition>* out) const
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Recomputes dirty (or all) series, publishes, and hands each computed
   // series to `visit` (evaluation) before dropping it. False, with nothing
   // published and the series not reached marked dirty again, if a stop was

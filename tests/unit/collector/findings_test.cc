@@ -1224,3 +1224,63 @@ TEST(FindingsTest, APassRateIsJudgedOnItsEvidence) {
 
 }  // namespace
 }  // namespace constance::collector
+
+namespace constance::collector {
+namespace {
+
+// Inspections once in a while: with `latest`, a passed re-inspection
+// closes what the failed inspections opened; by `rate` the fails still
+// count over the window. The key's cadence (expected_every) is its TTL: a
+// location not inspected within it is stale for that key.
+TEST(FindingsTest, ALatestKeyIsCuredByItsReinspectionAndStaleAfterItsCadence) {
+  for (const JudgingMode mode : {JudgingMode::kLatest, JudgingMode::kRate}) {
+    SCOPED_TRACE(mode == JudgingMode::kLatest ? "latest" : "rate");
+    Catalog catalog = DefaultCatalog();
+    catalog.compliance.min_samples = 1;
+    catalog.judging.push_back({"inspection*", mode, absl::Hours(24 * 365), 1});
+    catalog.check_promises.push_back({"inspection-food", false, 1.0, 2});
+    Chain chain(catalog);
+    auto inspect = [&](const std::string& location, bool passed) {
+      chain.Send(location, {chain.Check("inspection-food", passed)});
+    };
+    auto findings_of = [&](const std::string& location) {
+      std::vector<v1::Finding> out;
+      for (const v1::Finding& f : chain.Active()) {
+        if (f.location() == location) out.push_back(f);
+      }
+      return out;
+    };
+    for (int s = 0; s < 30; ++s) inspect(Store(s), true);
+    inspect("twice-failed", false);
+    chain.Advance(absl::Hours(24 * 14));
+    inspect("twice-failed", false);
+    chain.Evaluate();
+    ASSERT_EQ(findings_of("twice-failed").size(), 1u) << Describe(chain.Active());
+    EXPECT_EQ(findings_of("twice-failed")[0].kind(), v1::BROKEN_PROMISE);
+    EXPECT_EQ(findings_of("twice-failed")[0].severity(), v1::HIGH);
+
+    chain.Advance(absl::Hours(24 * 14));
+    inspect("twice-failed", true);  // The re-inspection passes.
+    chain.Evaluate();
+    if (mode == JudgingMode::kLatest) {
+      EXPECT_TRUE(findings_of("twice-failed").empty()) << Describe(chain.Active());
+    } else {
+      // 1 of 3 over the window: still short of "every check".
+      EXPECT_EQ(findings_of("twice-failed").size(), 1u) << Describe(chain.Active());
+    }
+
+    // A year on, everybody is inspected again but this store.
+    chain.Advance(absl::Hours(24 * 366));
+    for (int s = 0; s < 30; ++s) inspect(Store(s), true);
+    chain.Evaluate();
+    const std::vector<v1::Finding> overdue = findings_of("twice-failed");
+    ASSERT_EQ(overdue.size(), 1u) << Describe(chain.Active());
+    EXPECT_EQ(overdue[0].kind(), v1::STALE);
+    EXPECT_EQ(overdue[0].series().key(), "inspection-food");
+    EXPECT_THAT(overdue[0].reasons(0).detail(), HasSubstr("expected every 8760h"));
+    EXPECT_TRUE(findings_of(Store(0)).empty()) << Describe(chain.Active());
+  }
+}
+
+}  // namespace
+}  // namespace constance::collector
