@@ -1797,9 +1797,17 @@ absl::StatusOr<v1::KeyDetailResponse> Engine::KeyDetail(const v1::SeriesId& id,
   *response.mutable_stats() = largest->stats();
   *response.mutable_values() = largest->values();
   *response.mutable_outliers() = largest->outliers();
+  // With a group asked for, only its findings: those of the group, and
+  // those about its members (a key-wide finding names no group).
+  absl::flat_hash_set<std::string> members;
+  for (const v1::GroupDetail& g : response.groups()) {
+    for (const v1::LocationValue& v : g.values()) members.insert(v.location());
+  }
   std::shared_ptr<const Snapshot> snap = snapshot();
   for (const v1::Finding& f : snap->findings->active) {
-    if (f.has_series() && SeriesFromProto(f.series()) == key) *response.add_findings() = f;
+    if (!f.has_series() || !(SeriesFromProto(f.series()) == key)) continue;
+    if (!group.empty() && f.group() != group && !members.contains(f.location())) continue;
+    *response.add_findings() = f;
   }
   return response;
 }

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "google/protobuf/util/json_util.h"
 #include "absl/time/time.h"
 #include "constance/format.h"
 #include "constance/validate.h"
@@ -82,6 +83,16 @@ void AppendFindingsAndTrust(const v1::ChainSummaryResponse& s, std::string* out)
 }
 
 }  // namespace
+
+std::string ToJson(const google::protobuf::Message& message, bool pretty) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = pretty;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string json;
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  return json;
+}
 
 std::string FormatValue(const v1::SeriesId& series, double value) {
   return constance::FormatValue(series.family(), series.currency(), value);

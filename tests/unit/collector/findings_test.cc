@@ -1284,3 +1284,48 @@ TEST(FindingsTest, ALatestKeyIsCuredByItsReinspectionAndStaleAfterItsCadence) {
 
 }  // namespace
 }  // namespace constance::collector
+
+namespace constance::collector {
+namespace {
+
+// `constance key --group`: the answer holds the group asked for, its
+// statistics, values and findings, and nothing of the other groups.
+TEST(FindingsTest, KeyDetailOfOneGroupHoldsOnlyItsFindings) {
+  Catalog catalog = DefaultCatalog();
+  catalog.compliance.min_samples = 1;
+  catalog.peer_groups.push_back({"brand", "brand", {}, {}, 1});
+  for (const std::string brand : {"a", "b"}) {
+    for (int s = 0; s < 10; ++s) {
+      LocationEntry e;
+      e.id = absl::StrCat(brand, "-", s);
+      e.labels["brand"] = brand;
+      catalog.locations.push_back(e);
+    }
+  }
+  Chain chain(catalog);
+  for (const std::string brand : {"a", "b"}) {
+    for (int s = 0; s < 10; ++s) {
+      std::vector<v1::Observation> checks;
+      for (int k = 0; k < 10; ++k) checks.push_back(chain.Check("hygiene", s != 0));
+      chain.Send(absl::StrCat(brand, "-", s), std::move(checks));
+    }
+  }
+  chain.Evaluate();
+  ASSERT_EQ(chain.Active(v1::OUTLIER).size(), 2u) << Describe(chain.Active());
+  v1::SeriesId id;
+  id.set_family(v1::FAMILY_COMPLIANCE);
+  id.set_key("hygiene");
+  absl::StatusOr<v1::KeyDetailResponse> all = chain.engine().KeyDetail(id);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->findings_size(), 2);
+  absl::StatusOr<v1::KeyDetailResponse> a = chain.engine().KeyDetail(id, "brand=a");
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_EQ(a->groups_size(), 1);
+  EXPECT_EQ(a->stats().group(), "brand=a");
+  ASSERT_EQ(a->findings_size(), 1);
+  EXPECT_EQ(a->findings(0).location(), "a-0");
+  for (const v1::LocationValue& v : a->values()) EXPECT_EQ(v.location().substr(0, 2), "a-");
+}
+
+}  // namespace
+}  // namespace constance::collector

@@ -180,3 +180,21 @@ TEST(RenderScorecardTest, TrustPromisesAndValues) {
 
 }  // namespace
 }  // namespace constance::cli
+
+namespace constance::cli {
+namespace {
+
+// Scripts read 0 and [] rather than a missing field.
+TEST(ToJsonTest, PrintsZerosAndEmptyLists) {
+  v1::KeyDetailResponse detail;
+  detail.mutable_stats()->set_median(4.49);
+  const std::string json = ToJson(detail);
+  EXPECT_THAT(json, HasSubstr("\"median\":4.49"));
+  EXPECT_THAT(json, HasSubstr("\"mad\":0"));
+  EXPECT_THAT(json, HasSubstr("\"findings\":[]"));
+  EXPECT_THAT(json, HasSubstr("\"outliers\":[]"));
+  EXPECT_THAT(ToJson(detail, /*pretty=*/true), HasSubstr("\n"));
+}
+
+}  // namespace
+}  // namespace constance::cli
