@@ -1358,6 +1358,11 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
   const CheckPromise* check_promise =
       key.family == v1::FAMILY_COMPLIANCE ? CheckPromiseFor(key.key, ev->catalog) : nullptr;
 
+  // Nor for a compliance key judged per inspection (a judging rule): its
+  // values step with each rare result, which drift bins would read as a
+  // trend.
+  const bool judged_key =
+      key.family == v1::FAMILY_COMPLIANCE && ev->catalog.JudgingFor(key.key) != nullptr;
   std::vector<Pending> pending;
   PromiseTally promise_tally;
   for (const GroupData& g : data.groups) {
@@ -1366,7 +1371,8 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
     // Drift of the group's dispersion is not for prices: their changes are
     // steps, which irregular change covers. The fallback's spread mixes
     // declared groups: their own drift and splits are found in them.
-    const GroupDrift* gd = key.family != v1::FAMILY_PRICE && comparable && !g.fallback
+    const GroupDrift* gd = key.family != v1::FAMILY_PRICE && comparable && !g.fallback &&
+                                   !judged_key
                                ? GroupDriftCondition(key, group_id, g, ev)
                                : nullptr;
     // Split: consistent deviating levels (prices).
