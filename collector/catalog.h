@@ -72,8 +72,8 @@ struct DriftPolicy {
 };
 
 struct TrustPolicy {
-  double deposit = 1;     // Per evaluation in which a promise is kept.
-  double withdrawal = 5;  // Per broken promise or outlier.
+  double deposit = 1;     // Per promise per day kept (pro rata between evaluations).
+  double withdrawal = 5;  // Per broken promise or outlier per day.
   absl::Duration half_life = absl::Hours(24 * 7);
 };
 

@@ -1297,15 +1297,25 @@ void Engine::Evaluate() {
     }
   }
 
-  // Trust: decay, then this evaluation's deposits and withdrawals.
+  // Trust: decay, then this evaluation's deposits and withdrawals, per
+  // day: each promise kept (broken, each outlier) over the time since the
+  // last evaluation earns (costs) its share of a day, so balances measure
+  // the stores, not how often the collector evaluates.
+  const absl::Duration elapsed = trust_accrued_at_ == absl::InfinitePast()
+                                     ? th.evaluation_interval
+                                     : std::max(absl::ZeroDuration(), now - trust_accrued_at_);
+  trust_accrued_at_ = now;
+  const double days = absl::FDivDuration(elapsed, absl::Hours(24));
   std::vector<std::string> names;
   for (size_t i = 0; i < states.size(); ++i) {
     const uint32_t loc = static_cast<uint32_t>(i);
     TrustAccount& account = trust_[loc];
     account.DecayTo(now, catalog.trust.half_life);
-    if (auto it = ev.deposits.find(loc); it != ev.deposits.end()) account.Deposit(it->second);
+    if (auto it = ev.deposits.find(loc); it != ev.deposits.end()) {
+      account.Deposit(it->second * days);
+    }
     if (auto it = ev.withdrawals.find(loc); it != ev.withdrawals.end()) {
-      account.Withdraw(it->second);
+      account.Withdraw(it->second * days);
     }
     names.push_back(states[i].location);
   }

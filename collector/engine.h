@@ -507,6 +507,11 @@ class Engine {
   absl::Mutex eval_mu_ ABSL_ACQUIRED_BEFORE(recompute_mu_);
   FindingTracker tracker_ ABSL_GUARDED_BY(eval_mu_);
   absl::flat_hash_map<uint32_t, TrustAccount> trust_ ABSL_GUARDED_BY(eval_mu_);
+  // When trust last accrued: each evaluation credits the time since (a
+  // day kept earns one deposit), whatever the evaluation interval. The
+  // first evaluation of a fresh engine credits one interval; a restored
+  // one carries on from its accounts' last update.
+  absl::Time trust_accrued_at_ ABSL_GUARDED_BY(eval_mu_) = absl::InfinitePast();
   std::deque<uint64_t> evaluated_counts_ ABSL_GUARDED_BY(eval_mu_);
   struct GroupDrift {
     DriftBaseline baseline;

@@ -1057,16 +1057,20 @@ TEST(FindingsTest, TrustFallsForTheStoreThatBreaksItsPromise) {
   p.currency = "EUR";
   p.list_minor_units = 100;
   catalog.price_promises.push_back(p);
+  catalog.thresholds.evaluation_interval = absl::Hours(1);
   Chain chain(catalog);
   for (int i = 0; i < 10; ++i) chain.SetPrice(Store(i), "sku-1", i == 9 ? 130 : 100);
-  chain.Evaluate(4);
+  chain.Evaluate(24, absl::Hours(1));
   auto snap = chain.engine().snapshot();
   std::map<std::string, FindingsView::Trust> trust;
   for (const auto& t : snap->findings->trust) trust[t.location] = t;
-  // Four evaluations: the honest store deposits 1 each time; the
-  // overcharging one withdraws 5 for the promise and 5 for the outlier.
-  EXPECT_NEAR(trust[Store(0)].balance, 4, 0.01);
-  EXPECT_NEAR(trust[Store(9)].balance, -40, 0.05);
+  // A day: the honest store deposits 1 for its kept promise; the
+  // overcharging one withdraws 5 for the promise and 5 for the outlier,
+  // each hour's share decayed with the week's half-life since.
+  double day = 0;
+  for (int h = 1; h <= 24; ++h) day += std::exp2(-(24.0 - h) / (24 * 7)) / 24;
+  EXPECT_NEAR(trust[Store(0)].balance, day, 1e-6);
+  EXPECT_NEAR(trust[Store(9)].balance, -10 * day, 1e-5);
   EXPECT_EQ(trust[Store(9)].broken, 1u);
   EXPECT_EQ(trust[Store(0)].kept, 1u);
   EXPECT_LT(trust[Store(9)].score, trust[Store(0)].score);
@@ -1325,6 +1329,37 @@ TEST(FindingsTest, KeyDetailOfOneGroupHoldsOnlyItsFindings) {
   ASSERT_EQ(a->findings_size(), 1);
   EXPECT_EQ(a->findings(0).location(), "a-0");
   for (const v1::LocationValue& v : a->values()) EXPECT_EQ(v.location().substr(0, 2), "a-");
+}
+
+}  // namespace
+}  // namespace constance::collector
+
+namespace constance::collector {
+namespace {
+
+// Trust accrues per day kept or broken: evaluating every minute or every
+// quarter of an hour over the same six hours gives the same balances.
+TEST(FindingsTest, TrustDoesNotDependOnTheEvaluationInterval) {
+  std::map<std::string, double> balances[2];
+  const absl::Duration intervals[2] = {absl::Minutes(1), absl::Minutes(15)};
+  for (int run = 0; run < 2; ++run) {
+    Catalog catalog = DefaultCatalog();
+    catalog.price_promises.push_back({"sku-1", "EUR", v1::SHELF, 100, {}, absl::InfinitePast(), 1});
+    catalog.thresholds.evaluation_interval = intervals[run];
+    Chain chain(catalog);
+    for (int i = 0; i < 10; ++i) chain.SetPrice(Store(i), "sku-1", i == 9 ? 130 : 100);
+    chain.Evaluate(static_cast<int>(absl::Hours(6) / intervals[run]), intervals[run]);
+    for (const auto& t : chain.engine().snapshot()->findings->trust) {
+      balances[run][t.location] = t.balance;
+    }
+  }
+  // A quarter of a day: +0.25 kept, -2.5 broken (promise and outlier),
+  // less the decay of a week's half-life over it (about 1%).
+  EXPECT_NEAR(balances[0][Store(0)], 0.25, 0.005);
+  EXPECT_NEAR(balances[0][Store(9)], -2.5, 0.05);
+  for (const auto& [location, balance] : balances[0]) {
+    EXPECT_NEAR(balances[1][location], balance, 0.002 * std::fabs(balance)) << location;
+  }
 }
 
 }  // namespace
