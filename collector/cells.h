@@ -73,6 +73,10 @@ struct Comparable {
   double share_within = 0;
   // Compliance: a critical check failed in the window.
   bool critical_failure = false;
+  // Event time of the evidence: compliance, the start of the earliest bin
+  // with a failed check among those compared (0 when none failed); other
+  // families, the newest observation's.
+  int64_t evidence_ns = 0;
 };
 
 struct WaitCell {

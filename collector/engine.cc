@@ -1251,6 +1251,7 @@ struct Engine::Pending {
   bool outlier = false;
   bool critical_failure = false;  // Compliance: a critical check failed in the window.
   bool promise_critical = false;  // Its promise broken by a failed critical check.
+  int64_t evidence_ns = 0;        // Comparable::evidence_ns.
 };
 
 void Engine::Evaluate() {
@@ -1393,7 +1394,8 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
     for (size_t i = 0; i < g.members.size(); ++i) {
       const Member& m = g.members[i];
       if (!m.judged || ExceptionFor(m.name, key, ev->now, ev->catalog) != nullptr) continue;
-      Pending p{m.location, m.name, &g, {}, {}, false, false, m.value.critical_failure};
+      Pending p{m.location, m.name, &g, {}, {}, false, false, m.value.critical_failure, false,
+                m.value.evidence_ns};
       p.outlier = OutlierReason(key, g, i, ev->weak, &p.reasons);
       if (std::optional<PromiseVerdict> promise = PromiseVerdictFor(
               key, m.entry, m.value, wait_promise, check_promise, ev->now, ev->catalog)) {
@@ -1678,6 +1680,7 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
   f.set_group(p->group->group);
   f.set_group_size(p->group->members.size());
   f.set_kind(reasons.front().second.kind());
+  if (p->evidence_ns != 0) ToTimestamp(p->evidence_ns, f.mutable_evidence_at());
   // Severity comes from the reasons past their threshold: a near miss
   // carried along (an outlier short of the floor beside a drift) does
   // not raise it. Only while hysteresis alone holds the finding open

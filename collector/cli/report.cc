@@ -55,6 +55,14 @@ std::string Timestamp(const google::protobuf::Timestamp& ts) {
   return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone());
 }
 
+// A trust balance (days of promises kept or broken): three significant
+// digits, so a few minutes' worth is not printed as 0.0.
+std::string Balance(double balance) {
+  if (std::fabs(balance) < 0.0005) return "0";
+  return std::fabs(balance) >= 100 ? absl::StrFormat("%.0f", balance)
+                                   : absl::StrFormat("%.3g", balance);
+}
+
 std::string Meaning(const v1::Outlier& o) {
   return DeviationMeaning(o.series().family(), o.direction() == v1::ABOVE);
 }
@@ -77,7 +85,7 @@ void AppendFindingsAndTrust(const v1::ChainSummaryResponse& s, std::string* out)
   Table trust({"LOCATION", "SCORE", "BALANCE"});
   for (int i = 0; i < shown; ++i) {
     trust.Add({s.trust(i).location(), absl::StrFormat("%.1f", s.trust(i).score()),
-               absl::StrFormat("%.1f", s.trust(i).balance())});
+               Balance(s.trust(i).balance())});
   }
   absl::StrAppend(out, trust.Render());
 }
@@ -206,7 +214,7 @@ std::string FindingSubject(const v1::Finding& f) {
 
 std::string RenderFindings(const google::protobuf::RepeatedPtrField<v1::Finding>& findings) {
   if (findings.empty()) return "  none\n";
-  Table table({"KIND", "SEVERITY", "SUBJECT", "SERIES", "SINCE", "WHY"});
+  Table table({"KIND", "SEVERITY", "SUBJECT", "SERIES", "EVIDENCE", "SINCE", "WHY"});
   for (const v1::Finding& f : findings) {
     const std::string subject = FindingSubject(f);
     std::string since = Timestamp(f.started_at());
@@ -214,9 +222,10 @@ std::string RenderFindings(const google::protobuf::RepeatedPtrField<v1::Finding>
     table.Add({absl::AsciiStrToLower(v1::FindingKind_Name(f.kind())),
                absl::AsciiStrToLower(v1::Severity_Name(f.severity())), subject,
                f.has_series() ? FormatSeries(f.series()) : absl::StrCat(f.keys_size(), " keys"),
-               since, f.reasons_size() > 0 ? f.reasons(0).detail() : ""});
+               f.has_evidence_at() ? Timestamp(f.evidence_at()) : "", since,
+               f.reasons_size() > 0 ? f.reasons(0).detail() : ""});
     for (int i = 1; i < f.reasons_size(); ++i) {
-      table.Add({"", "", "", "", "and:", f.reasons(i).detail()});
+      table.Add({"", "", "", "", "", "and:", f.reasons(i).detail()});
     }
   }
   return table.Render();
@@ -229,7 +238,7 @@ std::string RenderScorecard(const v1::LocationScorecardResponse& c) {
   std::string out = absl::StrCat(
       "location ", c.location(), labels.empty() ? "" : " (" + absl::StrJoin(labels, ", ") + ")",
       "\n  trust score ", absl::StrFormat("%.1f", c.trust().score()), "/100, balance ",
-      absl::StrFormat("%.1f", c.trust().balance()), "; promises kept ", c.promises_kept(),
+      Balance(c.trust().balance()), "; promises kept ", c.promises_kept(),
       ", broken ", c.promises_broken(), "\n  last report ",
       c.has_last_report() ? Timestamp(c.last_report()) : std::string("never"),
       c.expected_open() ? ", expected open now" : ", not expected open now", "\n\n");

@@ -1364,3 +1364,39 @@ TEST(FindingsTest, TrustDoesNotDependOnTheEvaluationInterval) {
 
 }  // namespace
 }  // namespace constance::collector
+
+namespace constance::collector {
+namespace {
+
+// A finding carries when its evidence happened (event time) beside when
+// the collector opened it: an inspection failed on a day, reported and
+// evaluated three days later, is evidence of that day.
+TEST(FindingsTest, AFindingSaysWhenItsEvidenceHappened) {
+  Catalog catalog = DefaultCatalog();
+  catalog.compliance.min_samples = 1;
+  catalog.check_promises.push_back({"inspection", false, 1.0, 1});
+  Chain chain(catalog);
+  const absl::Time failed_on = chain.now();
+  for (int s = 0; s < 30; ++s) chain.Send(Store(s), {chain.Check("inspection", true)});
+  chain.Send("failed", {chain.Check("inspection", false)});
+  chain.Advance(absl::Hours(72));
+  chain.Evaluate();
+  std::vector<v1::Finding> broken = chain.Active(v1::BROKEN_PROMISE);
+  ASSERT_EQ(broken.size(), 1u) << Describe(chain.Active());
+  ASSERT_TRUE(broken[0].has_evidence_at());
+  // The day of the failed check (compliance bins are days).
+  EXPECT_EQ(broken[0].evidence_at().seconds(),
+            BinStart(absl::ToUnixNanos(failed_on), absl::Hours(24)) / 1'000'000'000);
+  EXPECT_GE(broken[0].started_at().seconds() - broken[0].evidence_at().seconds(), 72 * 3600);
+  // Later evaluations keep the earliest evidence.
+  chain.Advance(absl::Hours(24));
+  chain.Send("failed", {chain.Check("inspection", false)});
+  chain.Evaluate();
+  broken = chain.Active(v1::BROKEN_PROMISE);
+  ASSERT_EQ(broken.size(), 1u);
+  EXPECT_EQ(broken[0].evidence_at().seconds(),
+            BinStart(absl::ToUnixNanos(failed_on), absl::Hours(24)) / 1'000'000'000);
+}
+
+}  // namespace
+}  // namespace constance::collector

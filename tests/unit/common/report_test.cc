@@ -171,7 +171,7 @@ TEST(RenderScorecardTest, TrustPromisesAndValues) {
   c.add_values()->set_value(412);
   std::string out = RenderScorecard(c);
   EXPECT_THAT(out, HasSubstr("location store-7 (region=north)"));
-  EXPECT_THAT(out, HasSubstr("trust score 62.5/100, balance -12.0"));
+  EXPECT_THAT(out, HasSubstr("trust score 62.5/100, balance -12; "));
   EXPECT_THAT(out, HasSubstr("promises kept 3, broken 1"));
   EXPECT_THAT(out, HasSubstr("last report never, expected open now"));
   EXPECT_THAT(out, HasSubstr("wait checkout"));
@@ -194,6 +194,25 @@ TEST(ToJsonTest, PrintsZerosAndEmptyLists) {
   EXPECT_THAT(json, HasSubstr("\"findings\":[]"));
   EXPECT_THAT(json, HasSubstr("\"outliers\":[]"));
   EXPECT_THAT(ToJson(detail, /*pretty=*/true), HasSubstr("\n"));
+}
+
+}  // namespace
+}  // namespace constance::cli
+
+namespace constance::cli {
+namespace {
+
+TEST(RenderFindingsTest, ShowsWhenTheEvidenceHappened) {
+  google::protobuf::RepeatedPtrField<v1::Finding> findings;
+  v1::Finding* f = findings.Add();
+  f->set_kind(v1::BROKEN_PROMISE);
+  f->set_location("lic-017");
+  f->mutable_evidence_at()->set_seconds(1'700'000'000);        // 2023-11-14T22:13:20Z
+  f->mutable_started_at()->set_seconds(1'700'000'000 + 86400);  // A day later.
+  const std::string out = RenderFindings(findings);
+  EXPECT_THAT(out, HasSubstr("EVIDENCE"));
+  EXPECT_THAT(out, HasSubstr("2023-11-14T22:13:20Z"));
+  EXPECT_THAT(out, HasSubstr("2023-11-15T22:13:20Z"));
 }
 
 }  // namespace
