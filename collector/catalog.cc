@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -77,6 +78,19 @@ using Reader = std::function<absl::Status(const Parser&, const Field&, T*)>;
 
 // One key of a mapping. `required`, when set, says why the key may not be
 // left out; it ends up in the message.
+// Whole days: "365d" (a cadence of inspections reads better in days).
+bool ParseDays(absl::string_view text, absl::Duration* out) {
+  if (text.size() < 2 || text.back() != 'd') return false;
+  int64_t days = 0;
+  text.remove_suffix(1);
+  for (char c : text) {
+    if (!absl::ascii_isdigit(c)) return false;
+  }
+  if (!absl::SimpleAtoi(text, &days) || days > 100 * 366) return false;
+  *out = absl::Hours(24 * days);
+  return true;
+}
+
 template <typename T>
 struct Key {
   std::string name;
@@ -164,13 +178,17 @@ class Parser {
     return absl::OkStatus();
   }
 
-  absl::Status Duration(const Field& f, bool allow_zero, absl::Duration* out) const {
+  // `days`: whole days ("365d") are read too, for cadences counted in days.
+  absl::Status Duration(const Field& f, bool allow_zero, absl::Duration* out,
+                        bool days = false) const {
     std::string text;
     if (absl::Status s = Text(f, &text); !s.ok()) return s;
     absl::Duration d;
-    if (!absl::ParseDuration(text, &d) || d == absl::InfiniteDuration() ||
-        d == -absl::InfiniteDuration()) {
-      return Error(f, absl::StrCat("'", text, "' is not a duration (e.g. 90s, 1h30m, 168h)"));
+    if (!(days && ParseDays(text, &d)) &&
+        (!absl::ParseDuration(text, &d) || d == absl::InfiniteDuration() ||
+         d == -absl::InfiniteDuration())) {
+      return Error(f, absl::StrCat("'", text, "' is not a duration (e.g. 90s, 1h30m, 168h",
+                                   days ? ", 365d)" : ")"));
     }
     if (d < absl::ZeroDuration() || (!allow_zero && d == absl::ZeroDuration())) {
       return Error(f, absl::StrCat(allow_zero ? "must not be negative" : "must be positive",
@@ -609,6 +627,32 @@ std::vector<Key<Exception>> ExceptionKeys() {
   };
 }
 
+std::vector<Key<KeyJudging>> JudgingKeys() {
+  using J = KeyJudging;
+  return {
+      {"key", TextAt(&J::key, CheckKeyPattern), "the compliance key (or key prefix*) judged"},
+      {"mode",
+       [](const Parser& p, const Field& f, J* out) {
+         std::string text;
+         if (absl::Status s = p.Text(f, &text); !s.ok()) return s;
+         if (text == "rate") {
+           out->mode = JudgingMode::kRate;
+         } else if (text == "latest") {
+           out->mode = JudgingMode::kLatest;
+         } else {
+           return p.Error(f, absl::StrCat("unknown mode '", text,
+                                          "' (allowed: rate, the share passed over the window; "
+                                          "latest, the most recent result decides)"));
+         }
+         return absl::OkStatus();
+       }},
+      {"expected_every",
+       [](const Parser& p, const Field& f, J* out) {
+         return p.Duration(f, /*allow_zero=*/false, &out->expected_every, /*days=*/true);
+       }},
+  };
+}
+
 std::vector<Key<Thresholds>> ThresholdKeys() {
   using T = Thresholds;
   return {
@@ -735,6 +779,8 @@ std::vector<Key<Catalog>> CatalogKeys() {
        [](const Parser& p, const Field& f, Catalog* c) { return p.Map(f, PromiseKeys(), c); }},
       {"exceptions", [](const Parser& p, const Field& f,
                         Catalog* c) { return p.List(f, ExceptionKeys(), &c->exceptions); }},
+      {"judging", [](const Parser& p, const Field& f,
+                     Catalog* c) { return p.List(f, JudgingKeys(), &c->judging); }},
   };
 }
 
@@ -805,6 +851,29 @@ const FamilyPolicy& Catalog::policy(v1::Family family) const {
       return kUnspecified;
     }
   }
+}
+
+bool KeyPatternMatches(absl::string_view pattern, absl::string_view key) {
+  if (!pattern.empty() && pattern.back() == '*') {
+    return absl::StartsWith(key, pattern.substr(0, pattern.size() - 1));
+  }
+  return pattern == key;
+}
+
+const KeyJudging* Catalog::JudgingFor(absl::string_view key) const {
+  for (const KeyJudging& j : judging) {
+    if (KeyPatternMatches(j.key, key)) return &j;
+  }
+  return nullptr;
+}
+
+FamilyPolicy Catalog::CompliancePolicy(absl::string_view key) const {
+  FamilyPolicy p = compliance;
+  const KeyJudging* j = JudgingFor(key);
+  if (j == nullptr || j->expected_every <= absl::ZeroDuration()) return p;
+  p.ttl = j->expected_every;
+  p.window = std::max(p.window, j->expected_every);
+  return p;
 }
 
 bool Catalog::ExpectedOpen(absl::string_view location, absl::Time t) const {

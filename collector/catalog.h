@@ -72,8 +72,8 @@ struct DriftPolicy {
 };
 
 struct TrustPolicy {
-  double deposit = 1;     // Per evaluation in which a promise is kept.
-  double withdrawal = 5;  // Per broken promise or outlier.
+  double deposit = 1;     // Per promise per day kept (pro rata between evaluations).
+  double withdrawal = 5;  // Per broken promise or outlier per day.
   absl::Duration half_life = absl::Hours(24 * 7);
 };
 
@@ -177,6 +177,29 @@ struct CheckPromise {
   int line = 0;
 };
 
+// How a compliance key's locations are judged (catalog `judging:`):
+//   rate    the share of checks passed over the family's window (the
+//           default);
+//   latest  the most recent result decides: the checks of the newest bin
+//           (the latest inspection or complete checklist), so a passed
+//           re-inspection closes what the failed one opened.
+// `expected_every` (e.g. 365d for a yearly inspection) is the key's
+// cadence: a result older than it no longer counts (the key's TTL), the
+// rate window spans at least one cadence, and a location whose newest
+// result is older is stale for that key. Zero: the family's TTL and window.
+enum class JudgingMode { kRate, kLatest };
+struct KeyJudging {
+  std::string key;  // A key, or a prefix ending in '*'.
+  JudgingMode mode = JudgingMode::kRate;
+  absl::Duration expected_every = absl::ZeroDuration();
+  int line = 0;
+};
+
+// Whether `key` matches `pattern`: equal, or `pattern` ends in '*' and
+// `key` starts with what precedes it. Peer groups and judging rules match
+// keys with it.
+bool KeyPatternMatches(absl::string_view pattern, absl::string_view key);
+
 // An approved deviation: silences findings for (location, family, key)
 // until it expires. Owner and reason are shown with what it silences.
 struct Exception {
@@ -204,6 +227,7 @@ struct Catalog {
   std::vector<WaitPromise> wait_promises;
   std::vector<CheckPromise> check_promises;
   std::vector<Exception> exceptions;
+  std::vector<KeyJudging> judging;  // Compliance keys; the first match applies.
 
   // By id, into `locations`. Filled by the loader (and by Index()).
   absl::flat_hash_map<std::string, size_t> location_index;
@@ -212,6 +236,12 @@ struct Catalog {
   void Index();
   const LocationEntry* FindLocation(absl::string_view id) const;
   const FamilyPolicy& policy(v1::Family family) const;
+  // The judging rule of compliance key `key` (the first that matches), or
+  // null: judged by rate over the family's window.
+  const KeyJudging* JudgingFor(absl::string_view key) const;
+  // The compliance policy of `key`: the family's, with its rule's cadence
+  // as TTL and at least as window (KeyJudging).
+  FamilyPolicy CompliancePolicy(absl::string_view key) const;
   // Whether `location` is expected to report at `t`: declared, not closed
   // for good, opened, inside its opening hours, outside closures and
   // maintenance windows. Unknown locations: false.

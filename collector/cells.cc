@@ -139,6 +139,7 @@ std::optional<Comparable> ComparePrice(const PriceCell& cell, absl::Time now,
   Comparable c;
   c.value = static_cast<double>(cell.minor_units);
   c.samples = 1;
+  c.evidence_ns = cell.observed_at_ns;
   return c;
 }
 
@@ -151,24 +152,31 @@ std::optional<Comparable> CompareWait(const WaitCell& cell, absl::Time now,
   Comparable c;
   c.value = window.Quantile(sketch.compared_quantile);
   c.samples = window.count();
+  c.evidence_ns = cell.observed_at_ns;
   if (within_seconds > 0) c.share_within = window.ShareAtOrBelow(within_seconds);
   return c;
 }
 
 std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, absl::Time now,
-                                            const FamilyPolicy& policy) {
+                                            const FamilyPolicy& policy, JudgingMode mode) {
   if (Stale(cell.observed_at_ns, now, policy)) return std::nullopt;
   uint64_t passed = 0, total = 0;
+  int64_t first_failed_ns = 0;
   bool critical = false;
-  for (const CountBin& b : cell.bins) {
-    if (!InWindow(b.start_ns, now, policy)) continue;
-    passed += b.passed;
-    total += b.passed + b.failed;
-    critical = critical || b.critical_failed > 0;
+  for (auto b = cell.bins.rbegin(); b != cell.bins.rend(); ++b) {
+    if (!InWindow(b->start_ns, now, policy)) continue;
+    passed += b->passed;
+    total += b->passed + b->failed;
+    critical = critical || b->critical_failed > 0;
+    if (b->failed > 0) first_failed_ns = b->start_ns;
+    if (mode == JudgingMode::kLatest && total > 0) break;  // The newest results alone.
   }
-  if (total == 0 || total < policy.min_samples) return std::nullopt;
+  if (total == 0 || (mode == JudgingMode::kRate && total < policy.min_samples)) {
+    return std::nullopt;
+  }
   Comparable c;
   c.critical_failure = critical;
+  c.evidence_ns = first_failed_ns;
   // A failed critical check fails the location outright.
   c.value = critical ? 0 : static_cast<double>(passed) / total;
   c.samples = total;
@@ -189,6 +197,7 @@ std::optional<Comparable> CompareScore(const ScoreCell& cell, absl::Time now,
   Comparable c;
   c.value = sum / count;
   c.samples = count;
+  c.evidence_ns = cell.observed_at_ns;
   return c;
 }
 

@@ -73,6 +73,10 @@ struct Comparable {
   double share_within = 0;
   // Compliance: a critical check failed in the window.
   bool critical_failure = false;
+  // Event time of the evidence: compliance, the start of the earliest bin
+  // with a failed check among those compared (0 when none failed); other
+  // families, the newest observation's.
+  int64_t evidence_ns = 0;
 };
 
 struct WaitCell {
@@ -124,8 +128,12 @@ std::optional<Comparable> ComparePrice(const PriceCell& cell, absl::Time now,
 std::optional<Comparable> CompareWait(const WaitCell& cell, absl::Time now,
                                       const FamilyPolicy& policy, const WaitPolicy& sketch,
                                       double within_seconds);
+// Compliance by `mode` (catalog.h, KeyJudging): the pass rate over the
+// window, or the newest bin's alone (a latest inspection is compared
+// whatever min_samples says: one result is what there is).
 std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, absl::Time now,
-                                            const FamilyPolicy& policy);
+                                            const FamilyPolicy& policy,
+                                            JudgingMode mode = JudgingMode::kRate);
 std::optional<Comparable> CompareScore(const ScoreCell& cell, absl::Time now,
                                        const FamilyPolicy& policy);
 

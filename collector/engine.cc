@@ -48,11 +48,7 @@ std::string Percent(double ratio) { return absl::StrFormat("%+.1f%%", 100 * rati
 bool KeyMatches(const std::vector<std::string>& patterns, const std::string& key) {
   if (patterns.empty()) return true;
   for (const std::string& p : patterns) {
-    if (!p.empty() && p.back() == '*') {
-      if (absl::StartsWith(key, absl::string_view(p).substr(0, p.size() - 1))) return true;
-    } else if (p == key) {
-      return true;
-    }
+    if (KeyPatternMatches(p, key)) return true;
   }
   return false;
 }
@@ -513,6 +509,9 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   }
   const BinSpan wait_bins(catalog.wait), compliance_bins(catalog.compliance),
       score_bins(catalog.score);
+  // A judged key's window may be longer than the family's: its bins reach
+  // further back.
+  const bool judged_keys = !catalog.judging.empty();
   uint32_t duplicates = 0, applied = 0;
   for (uint64_t i = 0; i < count; ++i) {
     const uint64_t seq = batch.first_sequence + i;
@@ -569,7 +568,12 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
       case v1::Observation::kCheck: {
         auto [cell, fresh] = series.compliance.try_emplace(loc);
         created = fresh;
-        cell->second.Apply(obs.passed, obs.critical, at, compliance_bins);
+        if (judged_keys && catalog.JudgingFor(obs.key) != nullptr) {
+          cell->second.Apply(obs.passed, obs.critical, at,
+                             BinSpan(catalog.CompliancePolicy(obs.key)));
+        } else {
+          cell->second.Apply(obs.passed, obs.critical, at, compliance_bins);
+        }
         break;
       }
       case v1::Observation::kScore: {
@@ -757,8 +761,13 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
                     wait_promise != nullptr ? wait_promise->within_seconds : 0),
         nullptr);
   }
-  for (const auto& [loc, cell] : series.compliance) {
-    add(loc, CompareCompliance(cell, now, catalog.compliance), nullptr);
+  if (!series.compliance.empty()) {
+    const FamilyPolicy policy = catalog.CompliancePolicy(series.key.key);
+    const KeyJudging* judging = catalog.JudgingFor(series.key.key);
+    const JudgingMode mode = judging != nullptr ? judging->mode : JudgingMode::kRate;
+    for (const auto& [loc, cell] : series.compliance) {
+      add(loc, CompareCompliance(cell, now, policy, mode), nullptr);
+    }
   }
   for (const auto& [loc, cell] : series.score)
     add(loc, CompareScore(cell, now, catalog.score), nullptr);
@@ -881,8 +890,8 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
     g.assessed.reserve(g.members.size());
     std::vector<std::pair<OutlierResult, const std::string*>> outliers;
     for (const Member& m : g.members) {
-      Assessment a =
-          AssessValue(data->key.family, m.value.value, stats->summary, stats->band, policy);
+      Assessment a = AssessValue(data->key.family, m.value.value, stats->summary, stats->band,
+                                 policy, m.value.samples);
       if (not_outliers.contains(m.location) || !m.judged) {
         a = Assessment{a.deviation, 0, 0, false, a.direction};
       }
@@ -1055,7 +1064,8 @@ struct SplitCandidate {
 // A location's standing under the promise that applies to it in a series.
 struct PromiseVerdict {
   std::string id;        // "price:LINE", "wait:LINE" or "check:LINE".
-  double strength = -1;  // At least 1: broken; 2: a critical check failed.
+  double strength = -1;  // Above 1: broken.
+  bool critical = false;  // A critical check failed: broken at once.
   v1::Reason reason;
 };
 
@@ -1102,10 +1112,11 @@ std::optional<PromiseVerdict> PromiseVerdictFor(const SeriesKey& key, const Loca
     const double pf = std::max(catalog.compliance.floor_absolute, 1e-9);
     v.id = absl::StrCat("check:", check_promise->line);
     const bool critical = check_promise->critical && value.critical_failure;
-    v.strength = critical ? 2
-                 : x < check_promise->min_pass_rate
-                     ? 1 + (check_promise->min_pass_rate - x) / pf
-                     : std::min(0.999, 1 - (x - check_promise->min_pass_rate) / pf);
+    v.critical = critical;
+    // A failed critical check breaks its promise at once; a rate, only
+    // when its interval says so (the rate rule, stats.h).
+    v.strength =
+        critical ? 2 : RateShortfall(x, value.samples, check_promise->min_pass_rate, pf);
     v.reason =
         MakeReason(v1::BROKEN_PROMISE,
                    critical ? absl::StrCat("critical check ", key.key, " failed")
@@ -1156,15 +1167,34 @@ absl::flat_hash_set<std::string> UnkeepableConditions(const SeriesKey& key,
   return unkeepable;
 }
 
+// A pass rate's evidence, for an outlier's detail: "; 1 of 4 checks
+// passed, 99.9% interval 5.0% .. 69.9%". Empty for other families.
+std::string RateEvidence(const SeriesKey& key, const Comparable& value) {
+  if (key.family != v1::FAMILY_COMPLIANCE || value.samples == 0) return "";
+  const auto passed =
+      static_cast<uint64_t>(std::llround(value.value * static_cast<double>(value.samples)));
+  const RateInterval in = WilsonInterval(passed, value.samples);
+  return absl::StrFormat("; %d of %d checks passed, 99.9%% interval %.1f%% .. %.1f%%", passed,
+                         value.samples, 100 * in.low, 100 * in.high);
+}
+
 // The severity one reason of a location finding asks for: an outlier's by
-// its distance from the expected value in floors, a broken promise high
-// (critical for a failed critical check), an irregular change medium.
-v1::Severity ReasonSeverity(const v1::Reason& reason, double strength, double floor) {
+// its distance from the expected value in floors (a pass rate's by its
+// strength: the evidence), a broken promise high, an irregular change
+// medium. Only a failed critical check is ever critical on a compliance
+// key (`critical_failure`: the check failed in the window or, for a
+// promise, its critical check did).
+v1::Severity ReasonSeverity(v1::Family family, const v1::Reason& reason, double strength,
+                            double floor, bool critical_failure) {
   switch (reason.kind()) {
     case v1::OUTLIER:
+      if (family == v1::FAMILY_COMPLIANCE) {
+        const v1::Severity s = SeverityFor(strength, 1);
+        return critical_failure ? s : std::min(s, v1::HIGH);
+      }
       return SeverityFor(reason.value() - reason.expected(), floor);
     case v1::BROKEN_PROMISE:
-      return strength >= 2 ? v1::CRITICAL : v1::HIGH;
+      return critical_failure ? v1::CRITICAL : v1::HIGH;
     case v1::IRREGULAR_CHANGE:
       return v1::MEDIUM;
     default:
@@ -1265,6 +1295,9 @@ struct Engine::Pending {
   std::string promise_id;                              // Non-empty when a promise applies.
   bool promise_broken = false;
   bool outlier = false;
+  bool critical_failure = false;  // Compliance: a critical check failed in the window.
+  bool promise_critical = false;  // Its promise broken by a failed critical check.
+  int64_t evidence_ns = 0;        // Comparable::evidence_ns.
 };
 
 void Engine::Evaluate() {
@@ -1297,6 +1330,7 @@ void Engine::Evaluate() {
   // Silent and stale: declared locations that should be open.
   if (now - started_at_ >= th.restart_grace) {
     DeliveryConditions(states, catalog, now, &ev.conditions);
+    OverdueKeyConditions(now, &ev.conditions);
   }
   AddLocationLabels(states, entries, catalog, &ev.conditions);
 
@@ -1310,19 +1344,66 @@ void Engine::Evaluate() {
     }
   }
 
-  // Trust: decay, then this evaluation's deposits and withdrawals.
+  // Trust: decay, then this evaluation's deposits and withdrawals, per
+  // day: each promise kept (broken, each outlier) over the time since the
+  // last evaluation earns (costs) its share of a day, so balances measure
+  // the stores, not how often the collector evaluates.
+  const absl::Duration elapsed = trust_accrued_at_ == absl::InfinitePast()
+                                     ? th.evaluation_interval
+                                     : std::max(absl::ZeroDuration(), now - trust_accrued_at_);
+  trust_accrued_at_ = now;
+  const double days = absl::FDivDuration(elapsed, absl::Hours(24));
   std::vector<std::string> names;
   for (size_t i = 0; i < states.size(); ++i) {
     const uint32_t loc = static_cast<uint32_t>(i);
     TrustAccount& account = trust_[loc];
     account.DecayTo(now, catalog.trust.half_life);
-    if (auto it = ev.deposits.find(loc); it != ev.deposits.end()) account.Deposit(it->second);
+    if (auto it = ev.deposits.find(loc); it != ev.deposits.end()) {
+      account.Deposit(it->second * days);
+    }
     if (auto it = ev.withdrawals.find(loc); it != ev.withdrawals.end()) {
-      account.Withdraw(it->second);
+      account.Withdraw(it->second * days);
     }
     names.push_back(states[i].location);
   }
   PublishFindings(now, th.persistence, names, ev.kept_broken);
+}
+
+void Engine::OverdueKeyConditions(absl::Time now, std::vector<Condition>* out) const {
+  absl::MutexLock lock(&mu_);
+  const Catalog& catalog = *catalog_;
+  if (catalog.judging.empty()) return;
+  for (const Series& series : series_) {
+    if (series.key.family != v1::FAMILY_COMPLIANCE) continue;
+    const KeyJudging* judging = catalog.JudgingFor(series.key.key);
+    if (judging == nullptr || judging->expected_every <= absl::ZeroDuration()) continue;
+    const int64_t due_ns = absl::ToUnixNanos(now - judging->expected_every);
+    const std::string series_name = SeriesName(series.key);
+    for (const auto& [loc, cell] : series.compliance) {
+      const Location& l = locations_[loc];
+      if (cell.observed_at_ns >= due_ns || (l.entry != nullptr && l.entry->closed)) continue;
+      const absl::Time last = absl::FromUnixNanos(cell.observed_at_ns);
+      Condition c;
+      c.id = absl::StrCat("stale|", l.state.location, "|", series_name);
+      c.strength = 1;
+      v1::Finding& f = c.finding;
+      f.set_kind(v1::STALE);
+      f.set_severity(v1::MEDIUM);
+      f.set_location(l.state.location);
+      SeriesToProto(series.key, f.mutable_series());
+      f.set_audience("store");
+      const double age = absl::ToDoubleSeconds(now - last);
+      *f.add_reasons() = MakeReason(
+          v1::STALE,
+          absl::StrCat(series.key.key, ": newest result ",
+                       absl::FormatTime("%Y-%m-%d", last, absl::UTCTimeZone()),
+                       ", expected every ", absl::FormatDuration(judging->expected_every),
+                       ": overdue, no longer judged"),
+          age, absl::ToDoubleSeconds(judging->expected_every), 0,
+          absl::ToDoubleSeconds(judging->expected_every), 0, 1);
+      out->push_back(std::move(c));
+    }
+  }
 }
 
 void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
@@ -1334,6 +1415,11 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
   const CheckPromise* check_promise =
       key.family == v1::FAMILY_COMPLIANCE ? CheckPromiseFor(key.key, ev->catalog) : nullptr;
 
+  // Nor for a compliance key judged per inspection (a judging rule): its
+  // values step with each rare result, which drift bins would read as a
+  // trend.
+  const bool judged_key =
+      key.family == v1::FAMILY_COMPLIANCE && ev->catalog.JudgingFor(key.key) != nullptr;
   std::vector<Pending> pending;
   PromiseTally promise_tally;
   for (const GroupData& g : data.groups) {
@@ -1342,7 +1428,8 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
     // Drift of the group's dispersion is not for prices: their changes are
     // steps, which irregular change covers. The fallback's spread mixes
     // declared groups: their own drift and splits are found in them.
-    const GroupDrift* gd = key.family != v1::FAMILY_PRICE && comparable && !g.fallback
+    const GroupDrift* gd = key.family != v1::FAMILY_PRICE && comparable && !g.fallback &&
+                                   !judged_key
                                ? GroupDriftCondition(key, group_id, g, ev)
                                : nullptr;
     // Split: consistent deviating levels (prices).
@@ -1353,12 +1440,14 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
     for (size_t i = 0; i < g.members.size(); ++i) {
       const Member& m = g.members[i];
       if (!m.judged || ExceptionFor(m.name, key, ev->now, ev->catalog) != nullptr) continue;
-      Pending p{m.location, m.name, &g, {}, {}, false, false};
+      Pending p{m.location, m.name, &g, {}, {}, false, false, m.value.critical_failure, false,
+                m.value.evidence_ns};
       p.outlier = OutlierReason(key, g, i, ev->weak, &p.reasons);
       if (std::optional<PromiseVerdict> promise = PromiseVerdictFor(
               key, m.entry, m.value, wait_promise, check_promise, ev->now, ev->catalog)) {
         p.promise_id = promise->id;
         p.promise_broken = promise->strength >= 1;
+        p.promise_critical = promise->critical;
         auto& tally = promise_tally[promise->id];
         ++tally.first;
         if (p.promise_broken) ++tally.second;
@@ -1501,7 +1590,8 @@ bool Engine::OutlierReason(const SeriesKey& key, const GroupData& g, size_t i, d
                               Percent(s.median != 0 ? dev / std::fabs(s.median) : 0), "), ",
                               strength >= 1 ? "outside" : "near the edge of", " the band ",
                               Format(key, stats.band.low), " .. ", Format(key, stats.band.high),
-                              " of ", g.members.size(), " locations in ", g.group),
+                              " of ", g.members.size(), " locations in ", g.group,
+                              RateEvidence(key, g.members[i].value)),
                  x, s.median, stats.band.low, stats.band.high, magnitude, dev);
   reasons->emplace_back(strength, std::move(r));
   return g.assessed[i].outlier;
@@ -1636,6 +1726,7 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
   f.set_group(p->group->group);
   f.set_group_size(p->group->members.size());
   f.set_kind(reasons.front().second.kind());
+  if (p->evidence_ns != 0) ToTimestamp(p->evidence_ns, f.mutable_evidence_at());
   // Severity comes from the reasons past their threshold: a near miss
   // carried along (an outlier short of the floor beside a drift) does
   // not raise it. Only while hysteresis alone holds the finding open
@@ -1646,7 +1737,10 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
   for (auto& [strength, reason] : reasons) {
     c.strength = std::max(c.strength, strength);
     if (strength >= 1 || !any_full) {
-      severity = std::max(severity, ReasonSeverity(reason, strength, p->group->stats->band.floor));
+      const bool critical = reason.kind() == v1::BROKEN_PROMISE ? p->promise_critical
+                                                                : p->critical_failure;
+      severity = std::max(severity, ReasonSeverity(key.family, reason, strength,
+                                                   p->group->stats->band.floor, critical));
       only_drift = only_drift && reason.kind() == v1::DRIFT;
     }
     *f.add_reasons() = std::move(reason);
@@ -1768,9 +1862,17 @@ absl::StatusOr<v1::KeyDetailResponse> Engine::KeyDetail(const v1::SeriesId& id,
   *response.mutable_stats() = largest->stats();
   *response.mutable_values() = largest->values();
   *response.mutable_outliers() = largest->outliers();
+  // With a group asked for, only its findings: those of the group, and
+  // those about its members (a key-wide finding names no group).
+  absl::flat_hash_set<std::string> members;
+  for (const v1::GroupDetail& g : response.groups()) {
+    for (const v1::LocationValue& v : g.values()) members.insert(v.location());
+  }
   std::shared_ptr<const Snapshot> snap = snapshot();
   for (const v1::Finding& f : snap->findings->active) {
-    if (f.has_series() && SeriesFromProto(f.series()) == key) *response.add_findings() = f;
+    if (!f.has_series() || !(SeriesFromProto(f.series()) == key)) continue;
+    if (!group.empty() && f.group() != group && !members.contains(f.location())) continue;
+    *response.add_findings() = f;
   }
   return response;
 }
@@ -1806,7 +1908,9 @@ absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(
           c = CompareWait(w->second, now, catalog->wait, catalog->wait_sketch, 0);
         }
         if (auto k = s.compliance.find(loc); k != s.compliance.end()) {
-          c = CompareCompliance(k->second, now, catalog->compliance);
+          const KeyJudging* judging = catalog->JudgingFor(s.key.key);
+          c = CompareCompliance(k->second, now, catalog->CompliancePolicy(s.key.key),
+                                judging != nullptr ? judging->mode : JudgingMode::kRate);
         }
         if (auto sc = s.score.find(loc); sc != s.score.end())
           c = CompareScore(sc->second, now, catalog->score);

@@ -435,6 +435,10 @@ class Engine {
   static void LocationCondition(const SeriesKey& key, const std::string& series_name,
                                 const absl::flat_hash_set<std::string>& unkeepable, Pending* p,
                                 Evaluation* ev);
+  // Stale keys: a location whose newest result for a compliance key with
+  // a cadence (KeyJudging::expected_every) is older than that cadence.
+  void OverdueKeyConditions(absl::Time now, std::vector<Condition>* out) const
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Recomputes dirty (or all) series, publishes, and hands each computed
   // series to `visit` (evaluation) before dropping it. False, with nothing
   // published and the series not reached marked dirty again, if a stop was
@@ -517,6 +521,11 @@ class Engine {
   absl::Mutex eval_mu_ ABSL_ACQUIRED_BEFORE(recompute_mu_);
   FindingTracker tracker_ ABSL_GUARDED_BY(eval_mu_);
   absl::flat_hash_map<uint32_t, TrustAccount> trust_ ABSL_GUARDED_BY(eval_mu_);
+  // When trust last accrued: each evaluation credits the time since (a
+  // day kept earns one deposit), whatever the evaluation interval. The
+  // first evaluation of a fresh engine credits one interval; a restored
+  // one carries on from its accounts' last update.
+  absl::Time trust_accrued_at_ ABSL_GUARDED_BY(eval_mu_) = absl::InfinitePast();
   std::deque<uint64_t> evaluated_counts_ ABSL_GUARDED_BY(eval_mu_);
   struct GroupDrift {
     DriftBaseline baseline;

@@ -402,6 +402,13 @@ absl::Status Engine::LoadState(const std::string& bytes) {
   }
   tracker_.Load(std::move(tracked), std::move(closed));
   trust_ = std::move(trust);
+  // Trust accrued up to the last evaluation the accounts saw (each
+  // evaluation decays every account to its time): the format needs no
+  // field of its own.
+  trust_accrued_at_ = absl::InfinitePast();
+  for (const auto& [loc, account] : trust_) {
+    trust_accrued_at_ = std::max(trust_accrued_at_, account.updated());
+  }
   evaluated_counts_.assign(state.evaluated_counts().begin(), state.evaluated_counts().end());
   group_drift_ = std::move(group_drift);
   cell_drift_ = std::move(cell_drift);

@@ -103,6 +103,12 @@ std::vector<v1::Finding> FindingTracker::Evaluate(std::vector<Condition> conditi
       } else {
         SetTimestamp(state.first_met, f.mutable_started_at());
       }
+      // The evidence's time is the earliest this finding was seen on.
+      if (state.finding.has_evidence_at() &&
+          (!f.has_evidence_at() || state.finding.evidence_at().seconds() <
+                                       f.evidence_at().seconds())) {
+        *f.mutable_evidence_at() = state.finding.evidence_at();
+      }
       state.finding = std::move(f);
       if (!state.open && state.met >= persistence_) {
         state.open = true;

@@ -89,6 +89,32 @@ GroupSummary SummarizeGroup(absl::Span<const LocatedValue> values) {
   return s;
 }
 
+RateInterval WilsonInterval(uint64_t passed, uint64_t total, double z) {
+  if (total == 0) return {};
+  const double n = static_cast<double>(total);
+  const double p = std::min(static_cast<double>(passed), n) / n;
+  const double z2 = z * z;
+  const double centre = (p + z2 / (2 * n)) / (1 + z2 / n);
+  const double half = z * std::sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n);
+  return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
+}
+
+double RateShortfall(double rate, uint64_t samples, double limit, double floor) {
+  const double high =
+      samples == 0
+          ? rate
+          : WilsonInterval(static_cast<uint64_t>(std::llround(rate * static_cast<double>(samples))),
+                           samples)
+                .high;
+  const double strength = floor > 0 ? (limit - high) / floor
+                          : high < limit ? std::numeric_limits<double>::max()
+                                         : 0;
+  // Strictly past the floor, as a deviation (ExceedsFloor): an interval
+  // ending exactly a floor below is not short.
+  if (ExceedsFloor(limit - high, floor) && high < limit) return strength;
+  return std::clamp(strength, 0.0, kJustInside);
+}
+
 double FamilyFloor(v1::Family family, double median, const OutlierPolicy& policy) {
   const Floor* f = nullptr;
   switch (family) {
@@ -133,7 +159,7 @@ Band ExpectedBand(v1::Family family, const GroupSummary& summary, const OutlierP
 }
 
 Assessment AssessValue(v1::Family family, double value, const GroupSummary& summary,
-                       const Band& band, const OutlierPolicy& policy) {
+                       const Band& band, const OutlierPolicy& policy, uint64_t samples) {
   Assessment a;
   a.deviation = value - summary.median;
   a.direction = a.deviation > 0   ? v1::ABOVE
@@ -146,6 +172,12 @@ Assessment AssessValue(v1::Family family, double value, const GroupSummary& summ
                         : a.deviation / (kMeanAdToSigma * summary.mean_ad);
   const double over_floor =
       band.floor > 0 ? std::fabs(a.deviation) / band.floor : std::numeric_limits<double>::max();
+  if (family == v1::FAMILY_COMPLIANCE) {
+    // A pass rate is judged with its uncertainty: 0 of 1 is no evidence.
+    a.strength = RateShortfall(value, samples, band.low, band.floor);
+    a.outlier = a.strength > 1;
+    return a;
+  }
   // With MAD = 0 the floor alone decides (see ExpectedBand).
   a.strength =
       summary.mad > 0 ? std::min(std::fabs(a.z) / policy.z_threshold, over_floor) : over_floor;
@@ -162,7 +194,7 @@ std::vector<OutlierResult> FindOutliers(v1::Family family, absl::Span<const Loca
   std::vector<OutlierResult> out;
   const Band band = ExpectedBand(family, summary, policy);
   for (const LocatedValue& v : values) {
-    const Assessment a = AssessValue(family, v.value, summary, band, policy);
+    const Assessment a = AssessValue(family, v.value, summary, band, policy, v.samples);
     if (!a.outlier) continue;
     OutlierResult r;
     r.location = v.location;

@@ -30,6 +30,9 @@ namespace constance::collector {
 struct LocatedValue {
   uint32_t location = 0;
   double value = 0;
+  // Compliance: the checks the pass rate `value` was measured on (0: a
+  // rate known exactly, without its count). Other families leave it 0.
+  uint64_t samples = 0;
 };
 
 // The statistics of one group. Empty groups have n = 0 and zeros elsewhere.
@@ -97,6 +100,35 @@ struct OutlierResult {
   v1::Direction direction = v1::DIRECTION_UNSPECIFIED;
 };
 
+// The rate rule's confidence: the z of the Wilson score interval of a pass
+// rate. 3.29 is the normal quantile of a two-sided 99.9% interval: wide
+// enough that one failed check (0 of 1: the interval reaches 0.915) or one
+// fail cured by a passed re-inspection (1 of 2: 0.93) never lies a 5-point
+// floor below a group at 100%, narrow enough that 3 fails of 4 (0.845) or
+// 2 of 2 (0.844) do.
+constexpr double kRateZ = 3.29;
+
+// A pass rate's interval, within [0, 1].
+struct RateInterval {
+  double low = 0;
+  double high = 1;
+};
+
+// The Wilson score interval of `passed` of `total` at `z`. total = 0 is no
+// evidence: [0, 1].
+RateInterval WilsonInterval(uint64_t passed, uint64_t total, double z = kRateZ);
+
+// The rate rule, the one place that decides whether a pass rate falls
+// short: compliance outliers (limit = the group band's low edge) and
+// broken rate promises (limit = min_pass_rate) both call it. A pass rate of
+// `rate` over `samples` checks (0: known exactly, its interval a point)
+// falls short only when its whole Wilson interval lies more than `floor`
+// below `limit`. Returns the strength (limit - interval.high) / floor: above
+// 1 exactly when it falls short, growing with the evidence (0 of 2 checks:
+// 2.1, 0 of 10: 8.6); below 1 (at most just under, at least 0) otherwise,
+// how near the edge for hysteresis.
+double RateShortfall(double rate, uint64_t samples, double limit, double floor);
+
 // Exact statistics over `values` (any order; copied internally). Every
 // value must be finite: the ingest path rejects the rest.
 GroupSummary SummarizeGroup(absl::Span<const LocatedValue> values);
@@ -115,12 +147,14 @@ Band ExpectedBand(v1::Family family, const GroupSummary& summary, const OutlierP
 // min_group locations and some spread (band.scale > 0), the deviation is
 // in a direction the family cares about (price: both; wait: above;
 // compliance: below; score: both), strictly larger than the family's floor,
-// and, when MAD > 0, |z| is strictly above z_threshold. `band` is
-// ExpectedBand's for `summary`.
+// and, when MAD > 0, |z| is strictly above z_threshold. A pass rate
+// (compliance) is judged with its uncertainty instead: RateShortfall of
+// `value` over `samples` checks against the band's low edge and the floor.
+// `band` is ExpectedBand's for `summary`.
 Assessment AssessValue(v1::Family family, double value, const GroupSummary& summary,
-                       const Band& band, const OutlierPolicy& policy);
+                       const Band& band, const OutlierPolicy& policy, uint64_t samples = 0);
 
-// The locations whose value is an outlier under AssessValue: |z| > z_threshold (when MAD > 0),
+// The locations whose value (with its samples) is an outlier under AssessValue: |z| > z_threshold (when MAD > 0),
 // |deviation| above the family's floor, in a direction the family cares about (price:
 // both; wait: above; compliance: below; score: both), and the group has at
 // least min_group locations. Sorted by |z| descending, then location.

@@ -43,7 +43,6 @@
 #include "constance/v1/silence.grpc.pb.h"
 #include "constance/validate.h"
 #include "constance/version.h"
-#include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
 #include "grpcpp/grpcpp.h"
 
@@ -121,14 +120,8 @@ int Fail(const std::string& what, const grpc::Status& status) {
   return 1;
 }
 
-template <typename Message>
-void PrintJson(const Message& message) {
-  std::string json;
-  google::protobuf::util::JsonPrintOptions options;
-  options.add_whitespace = true;
-  options.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
-  std::cout << json;
+void PrintJson(const google::protobuf::Message& message) {
+  std::cout << ToJson(message, /*pretty=*/true);
 }
 
 int Report(v1::Query::Stub& stub) {

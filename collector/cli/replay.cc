@@ -20,7 +20,6 @@
 #include "collector/engine.h"
 #include "collector/services.h"
 #include "constance/validate.h"
-#include "google/protobuf/util/json_util.h"
 
 namespace constance::cli {
 namespace {
@@ -314,13 +313,7 @@ absl::Time CeilTo(absl::Time t, absl::Duration every) {
   return absl::UnixEpoch() + absl::Ceil(t - absl::UnixEpoch(), every);
 }
 
-std::string Json(const google::protobuf::Message& m) {
-  google::protobuf::util::JsonPrintOptions options;
-  options.preserve_proto_field_names = true;
-  std::string json;
-  (void)google::protobuf::util::MessageToJsonString(m, &json, options);
-  return json;
-}
+std::string Json(const google::protobuf::Message& m) { return ToJson(m); }
 
 // Feeds the sorted rows to an engine on an event-time clock, evaluating
 // at each boundary and printing the findings that open and close.

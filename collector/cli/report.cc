@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "google/protobuf/util/json_util.h"
 #include "absl/time/time.h"
 #include "constance/format.h"
 #include "constance/validate.h"
@@ -56,6 +57,14 @@ std::string Timestamp(const google::protobuf::Timestamp& ts) {
   return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone());
 }
 
+// A trust balance (days of promises kept or broken): three significant
+// digits, so a few minutes' worth is not printed as 0.0.
+std::string Balance(double balance) {
+  if (std::fabs(balance) < 0.0005) return "0";
+  return std::fabs(balance) >= 100 ? absl::StrFormat("%.0f", balance)
+                                   : absl::StrFormat("%.3g", balance);
+}
+
 std::string Meaning(const v1::Outlier& o) {
   return DeviationMeaning(o.series().family(), o.direction() == v1::ABOVE);
 }
@@ -80,7 +89,7 @@ void AppendFindingsAndTrust(const v1::ChainSummaryResponse& s, std::string* out)
   Table trust({"LOCATION", "SCORE", "BALANCE"});
   for (int i = 0; i < shown; ++i) {
     trust.Add({s.trust(i).location(), absl::StrFormat("%.1f", s.trust(i).score()),
-               absl::StrFormat("%.1f", s.trust(i).balance())});
+               Balance(s.trust(i).balance())});
   }
   absl::StrAppend(out, trust.Render());
 }
@@ -91,6 +100,16 @@ std::string MoreLine(uint64_t omitted, absl::string_view what) {
   if (omitted == 0) return "";
   return absl::StrCat("... ", omitted, " more ", what,
                       " not sent by the collector (--limit, --json for scripts)\n");
+}
+
+std::string ToJson(const google::protobuf::Message& message, bool pretty) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = pretty;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string json;
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  return json;
 }
 
 std::string FormatValue(const v1::SeriesId& series, double value) {
@@ -209,7 +228,7 @@ std::string FindingSubject(const v1::Finding& f) {
 
 std::string RenderFindings(const google::protobuf::RepeatedPtrField<v1::Finding>& findings) {
   if (findings.empty()) return "  none\n";
-  Table table({"KIND", "SEVERITY", "SUBJECT", "SERIES", "SINCE", "WHY"});
+  Table table({"KIND", "SEVERITY", "SUBJECT", "SERIES", "EVIDENCE", "SINCE", "WHY"});
   for (const v1::Finding& f : findings) {
     const std::string subject = FindingSubject(f);
     std::string since = Timestamp(f.started_at());
@@ -217,9 +236,10 @@ std::string RenderFindings(const google::protobuf::RepeatedPtrField<v1::Finding>
     table.Add({absl::AsciiStrToLower(v1::FindingKind_Name(f.kind())),
                absl::AsciiStrToLower(v1::Severity_Name(f.severity())), subject,
                f.has_series() ? FormatSeries(f.series()) : absl::StrCat(f.keys_size(), " keys"),
-               since, f.reasons_size() > 0 ? f.reasons(0).detail() : ""});
+               f.has_evidence_at() ? Timestamp(f.evidence_at()) : "", since,
+               f.reasons_size() > 0 ? f.reasons(0).detail() : ""});
     for (int i = 1; i < f.reasons_size(); ++i) {
-      table.Add({"", "", "", "", "and:", f.reasons(i).detail()});
+      table.Add({"", "", "", "", "", "and:", f.reasons(i).detail()});
     }
     if (!f.silenced_by().empty()) {
       table.Add({"", "", "", "", "silenced:",
@@ -236,7 +256,7 @@ std::string RenderScorecard(const v1::LocationScorecardResponse& c) {
   std::string out = absl::StrCat(
       "location ", c.location(), labels.empty() ? "" : " (" + absl::StrJoin(labels, ", ") + ")",
       "\n  trust score ", absl::StrFormat("%.1f", c.trust().score()), "/100, balance ",
-      absl::StrFormat("%.1f", c.trust().balance()), "; promises kept ", c.promises_kept(),
+      Balance(c.trust().balance()), "; promises kept ", c.promises_kept(),
       ", broken ", c.promises_broken(), "\n  last report ",
       c.has_last_report() ? Timestamp(c.last_report()) : std::string("never"),
       c.expected_open() ? ", expected open now" : ", not expected open now", "\n\n");

@@ -15,8 +15,14 @@
 #include "absl/time/time.h"
 #include "constance/v1/history.pb.h"
 #include "constance/v1/query.pb.h"
+#include "google/protobuf/message.h"
 
 namespace constance::cli {
+
+// The protobuf JSON mapping of `message` as every --json prints it: proto
+// field names, and zeros, false and empty lists printed (a script reads 0,
+// not a missing field). `pretty`: indented over several lines.
+std::string ToJson(const google::protobuf::Message& message, bool pretty = false);
 
 // A value in the family's unit for people: prices as decimal currency
 // ("1.39 EUR"), waits in seconds ("412 s"), compliance as a pass rate

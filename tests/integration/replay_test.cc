@@ -6,12 +6,15 @@
 // and once the zone is declared as a peer group, the outlier still.
 #include <fstream>
 #include <map>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/civil_time.h"
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -231,6 +234,132 @@ TEST_F(ReplayTest, BadRowsAreReportedByLineAndBadInputsStopTheRun) {
 }  // namespace
 // Not replay, but the same binary: an unknown finding kind is refused with
 // every kind the collector can raise, read from the enum itself.
+// A synthetic city's food inspections, shaped like the public data sets:
+// 300 licences in 10 brands, one to three routine inspections a year over
+// three years (2023-2025), a re-inspection 14 days after every fail. 30
+// licences fail once and pass their re-inspection; two fail again and
+// again (every routine inspection and its first re-inspection, passing the
+// second). Written as one CSV (licence, time, result) with the catalog
+// that judges the inspection by rate over a year with its cadence.
+struct InspectionCity {
+  std::vector<std::string> repeat_failers;
+  std::vector<std::string> failed_once;
+  uint64_t rows = 0;
+};
+
+InspectionCity WriteInspectionCity(const TempDir& tmp, const std::string& dir) {
+  InspectionCity city;
+  std::mt19937 rng(18);
+  std::string csv = "licence,inspected,result\n";
+  auto row = [&](int licence, absl::CivilDay day, bool passed) {
+    absl::StrAppend(&csv, absl::StrFormat("lic-%03d", licence), ",",
+                    absl::FormatCivilTime(absl::CivilSecond(day) + 10 * 3600), ",",
+                    passed ? "Pass" : "Fail", "\n");
+    ++city.rows;
+  };
+  const std::set<int> repeat = {17, 123};
+  std::set<int> once;
+  while (once.size() < 30) {
+    const int l = static_cast<int>(rng() % 300);
+    if (!repeat.count(l)) once.insert(l);
+  }
+  for (int l : repeat) city.repeat_failers.push_back(absl::StrFormat("lic-%03d", l));
+  for (int l : once) city.failed_once.push_back(absl::StrFormat("lic-%03d", l));
+  std::string catalog =
+      "families:\n  compliance: {min_samples: 1}\n"
+      "peer_groups:\n  - {name: brand, label: brand}\n"
+      "judging:\n  - {key: inspection, mode: rate, expected_every: 365d}\n"
+      "promises:\n  checks:\n    - {key: inspection, min_pass_rate: 1.0}\n"
+      "locations:\n";
+  for (int l = 0; l < 300; ++l) {
+    absl::StrAppend(&catalog, absl::StrFormat("  - {id: lic-%03d, labels: {brand: brand-%d}}\n",
+                                              l, l % 10));
+    // The same day of each year, 1 to 3 routine inspections evenly spread
+    // from it: never a year between two.
+    const int anchor = static_cast<int>(rng() % 120);
+    // Which routine inspection (of the first two years) the once-failer fails.
+    const int fail_at = static_cast<int>(rng() % 2);
+    int routine = 0;
+    for (int year = 2023; year <= 2025; ++year) {
+      const int k = repeat.count(l) ? 3 : 1 + static_cast<int>(rng() % 3);
+      for (int j = 0; j < k; ++j) {
+        const absl::CivilDay day = absl::CivilDay(year, 1, 1) + anchor + j * 365 / k;
+        if (repeat.count(l)) {
+          row(l, day, false);
+          row(l, day + 14, false);
+          row(l, day + 28, true);
+        } else if (once.count(l) && year == 2023 && routine == fail_at) {
+          row(l, day, false);
+          row(l, day + 14, true);
+        } else {
+          row(l, day, true);
+        }
+        ++routine;
+      }
+    }
+  }
+  WriteFile(absl::StrCat(dir, "/inspections.csv"), csv);
+  WriteFile(tmp.File("city-catalog.yaml"), catalog);
+  WriteFile(tmp.File("city-agent.yaml"), R"(location: replay-test
+collector: 127.0.0.1:7070
+insecure: true
+drop_directory:
+  files:
+    - pattern: "inspections.csv"
+      records: compliance
+      key: inspection
+      location_column: licence
+      observed_at_column: inspected
+      time_format: "%Y-%m-%dT%H:%M:%S"
+      value_column: result
+      cadence: 8760h
+)");
+  return city;
+}
+
+// Issue 18's acceptance: replayed in event time, exactly the two licences
+// failing again and again are outliers within their brands (and break the
+// inspection promise); a licence that failed once and passed its
+// re-inspection has no open finding; nobody is silent or stale.
+TEST(InspectionReplayTest, OnlyTheRepeatFailersStandOut) {
+  TempDir tmp;
+  const std::string dir = tmp.File("inspections");
+  ASSERT_EQ(RunCommand("mkdir " + dir, "").exit_code, 0);
+  const InspectionCity city = WriteInspectionCity(tmp, dir);
+  ReplayRun run = RunReplay(
+      tmp, absl::StrCat("--every=24h --config=", tmp.File("city-agent.yaml"),
+                        " --catalog=", tmp.File("city-catalog.yaml"), " '", dir, "'"));
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.report.value("observations_applied", ""), absl::StrCat(city.rows)) << run.err;
+
+  std::set<std::string> flagged;
+  for (const json& f : run.report["findings"]) {
+    flagged.insert(f.value("location", ""));
+    bool outlier = false;
+    for (const json& r : f["reasons"]) outlier = outlier || r.value("kind", "") == "OUTLIER";
+    EXPECT_TRUE(outlier) << f.dump(1);
+    EXPECT_THAT(f.value("group", ""), HasSubstr("brand=brand-")) << f.dump(1);
+    EXPECT_NE(f.value("severity", ""), "CRITICAL") << f.dump(1);
+  }
+  EXPECT_EQ(flagged, std::set<std::string>(city.repeat_failers.begin(), city.repeat_failers.end()))
+      << run.report.dump(1);
+  for (const std::string& l : city.failed_once) EXPECT_EQ(flagged.count(l), 0u) << l;
+  const std::set<std::string> opened = KindsOpened(run);
+  EXPECT_EQ(opened.count("SILENT"), 0u) << run.err;
+  EXPECT_EQ(opened.count("STALE"), 0u) << run.err;
+  EXPECT_EQ(opened.count("DRIFT"), 0u) << run.err;
+  // A first inspection failed is a broken promise until the re-inspection
+  // passes: those that opened closed again, with the re-inspection's date.
+  const std::set<std::string> once(city.failed_once.begin(), city.failed_once.end());
+  int cured = 0;
+  for (const json& e : run.events) {
+    if (e.value("event", "") != "closed") continue;
+    EXPECT_TRUE(once.count(e["finding"].value("location", ""))) << e.dump();
+    ++cured;
+  }
+  EXPECT_GT(cured, 0);
+}
+
 TEST(CliTest, AnUnknownFindingKindListsEveryKind) {
   TempDir tmp;
   const std::string err_path = tmp.File("stderr.txt");

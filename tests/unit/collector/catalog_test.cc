@@ -436,6 +436,15 @@ TEST(CatalogParseTest, ValidationErrorsNameLineAndField) {
       {"exception bad location",
        "exceptions:\n  - {location: A, family: price, key: k, owner: me, expires: 2027-01-31}\n",
        ":2: exceptions[0].location: 'A': "},
+      {"judging without key", "judging:\n  - {mode: latest}\n", ":2: judging[0].key: required"},
+      {"judging bad mode", "judging:\n  - key: inspection\n    mode: newest\n",
+       ":3: judging[0].mode: unknown mode 'newest' (allowed: rate, the share passed over the "
+       "window; latest, the most recent result decides)"},
+      {"judging bad cadence", "judging:\n  - key: inspection\n    expected_every: yearly\n",
+       ":3: judging[0].expected_every: 'yearly' is not a duration (e.g. 90s, 1h30m, 168h, 365d)"},
+      {"judging zero cadence", "judging:\n  - {key: inspection, expected_every: 0d}\n",
+       ":2: judging[0].expected_every: must be positive"},
+      {"judging bad pattern", "judging:\n  - {key: 'insp ection*'}\n", ":2: judging[0].key: "},
   };
   for (const auto& k : kCases) {
     SCOPED_TRACE(k.name);
@@ -566,6 +575,34 @@ TEST(CatalogLoadTest, MissingFileIsNotFound) {
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(c.status().message()), HasSubstr("/nonexistent/catalog.yaml"));
+}
+
+}  // namespace
+}  // namespace constance::collector
+
+namespace constance::collector {
+namespace {
+
+TEST(CatalogParseTest, JudgingPerKeyWithItsCadence) {
+  absl::StatusOr<Catalog> c = ParseCatalog(
+      "judging:\n"
+      "  - {key: 'inspection*', mode: latest, expected_every: 365d}\n"
+      "  - {key: fridge-temp, mode: rate}\n",
+      "t.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->judging.size(), 2u);
+  EXPECT_EQ(c->judging[0].line, 2);
+  const KeyJudging* j = c->JudgingFor("inspection-food");
+  ASSERT_NE(j, nullptr);
+  EXPECT_EQ(j->mode, JudgingMode::kLatest);
+  EXPECT_EQ(j->expected_every, absl::Hours(24 * 365));
+  EXPECT_EQ(c->JudgingFor("fridge-temp")->mode, JudgingMode::kRate);
+  EXPECT_EQ(c->JudgingFor("door-seal"), nullptr);
+  // The cadence is the key's TTL and at least its window; others keep the family's.
+  EXPECT_EQ(c->CompliancePolicy("inspection-food").ttl, absl::Hours(24 * 365));
+  EXPECT_EQ(c->CompliancePolicy("inspection-food").window, absl::Hours(24 * 365));
+  EXPECT_EQ(c->CompliancePolicy("door-seal").ttl, c->compliance.ttl);
+  EXPECT_EQ(c->CompliancePolicy("fridge-temp").window, c->compliance.window);
 }
 
 }  // namespace

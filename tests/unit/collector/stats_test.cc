@@ -212,9 +212,11 @@ TEST(AssessValueTest, ADeviationMustExceedTheFloorStrictly) {
       {"wait 110 s against 100 s: exactly 10%", v1::FAMILY_WAIT, 20, 100, 110, false},
       {"wait 110.5 s against 100 s", v1::FAMILY_WAIT, 20, 100, 110.5, true},
       {"wait 80 s against 100 s: faster is never an outlier", v1::FAMILY_WAIT, 20, 100, 80, false},
-      {"pass rate 19/20 against 1: exactly 5 points", v1::FAMILY_COMPLIANCE, 20, 1.0, 19.0 / 20,
-       false},
-      {"pass rate 18/20 against 1", v1::FAMILY_COMPLIANCE, 20, 1.0, 18.0 / 20, true},
+      // A pass rate known exactly (no count): its interval is the point,
+      // which must lie a floor below the band's edge (1 - 0.05).
+      {"pass rate 0.90 against 1: exactly a floor below the band", v1::FAMILY_COMPLIANCE, 20, 1.0,
+       0.90, false},
+      {"pass rate 0.89 against 1", v1::FAMILY_COMPLIANCE, 20, 1.0, 0.89, true},
       {"score 84 against 80: exactly 5%", v1::FAMILY_SCORE, 20, 80, 84, false},
       {"score 84.5 against 80", v1::FAMILY_SCORE, 20, 80, 84.5, true},
   };
@@ -249,6 +251,68 @@ TEST(AssessValueTest, AZScoreAtTheThresholdIsNoOutlier) {
   EXPECT_GE(past.strength, 1);
   EXPECT_EQ(at.outlier, std::fabs(at.z) > 3.5);
   EXPECT_EQ(at.strength >= 1, at.outlier);
+}
+
+}  // namespace
+}  // namespace constance::collector
+
+namespace constance::collector {
+namespace {
+
+TEST(WilsonIntervalTest, KnownValues) {
+  // 1 of 4 at z = 1.96: the textbook interval 0.046 .. 0.699.
+  const RateInterval a = WilsonInterval(1, 4, 1.96);
+  EXPECT_NEAR(a.low, 0.0456, 1e-3);
+  EXPECT_NEAR(a.high, 0.6994, 1e-3);
+  // 0 of n: the upper end is z^2 / (n + z^2).
+  EXPECT_NEAR(WilsonInterval(0, 1).high, kRateZ * kRateZ / (1 + kRateZ * kRateZ), 1e-12);
+  EXPECT_DOUBLE_EQ(WilsonInterval(0, 1).low, 0);
+  EXPECT_DOUBLE_EQ(WilsonInterval(5, 5).high, 1);
+  // No evidence: everything is possible.
+  EXPECT_DOUBLE_EQ(WilsonInterval(0, 0).low, 0);
+  EXPECT_DOUBLE_EQ(WilsonInterval(0, 0).high, 1);
+}
+
+// The rate rule against a group at 100% (band edge 0.95, floor 0.05): one
+// failed check is no evidence, a re-inspection that passed neither; three
+// fails of four are, and more evidence makes a stronger case.
+TEST(RateShortfallTest, SmallSamplesNeedEvidence) {
+  static const struct {
+    const char* name;
+    uint64_t passed, total;
+    bool short_of_band;
+  } kCases[] = {
+      {"0 of 1", 0, 1, false},   {"1 of 2 (failed, passed the re-inspection)", 1, 2, false},
+      {"1 of 3", 1, 3, false},   {"2 of 4", 2, 4, false},
+      {"0 of 2", 0, 2, true},    {"1 of 4 (3 fails of 4)", 1, 4, true},
+      {"8 of 20", 8, 20, true},  {"19 of 20", 19, 20, false},
+      {"75 of 100", 75, 100, true}, {"85 of 100: a floor short at most", 85, 100, false},
+  };
+  for (const auto& c : kCases) {
+    SCOPED_TRACE(c.name);
+    const double rate = static_cast<double>(c.passed) / c.total;
+    const double strength = RateShortfall(rate, c.total, 0.95, 0.05);
+    EXPECT_EQ(strength > 1, c.short_of_band) << strength;
+    EXPECT_GE(strength, 0);
+  }
+  // Severity grows with the evidence: all failed, more checks, stronger.
+  EXPECT_LT(RateShortfall(0, 2, 0.95, 0.05), RateShortfall(0, 4, 0.95, 0.05));
+  EXPECT_LT(RateShortfall(0, 4, 0.95, 0.05), RateShortfall(0, 40, 0.95, 0.05));
+}
+
+TEST(AssessValueTest, APassRateIsJudgedWithItsCount) {
+  const OutlierPolicy policy;
+  const std::vector<LocatedValue> values = Located(Many(30, 1.0, {0.0}));
+  const GroupSummary s = SummarizeGroup(values);
+  const Band band = ExpectedBand(v1::FAMILY_COMPLIANCE, s, policy);
+  // The same 0% is no outlier on one check and one on four.
+  EXPECT_FALSE(AssessValue(v1::FAMILY_COMPLIANCE, 0.0, s, band, policy, 1).outlier);
+  const Assessment four = AssessValue(v1::FAMILY_COMPLIANCE, 0.0, s, band, policy, 4);
+  EXPECT_TRUE(four.outlier);
+  EXPECT_EQ(four.direction, v1::BELOW);
+  std::vector<LocatedValue> counted = values;
+  for (LocatedValue& v : counted) v.samples = 1;
+  EXPECT_TRUE(FindOutliers(v1::FAMILY_COMPLIANCE, counted, s, policy).empty());
 }
 
 }  // namespace

@@ -171,11 +171,48 @@ TEST(RenderScorecardTest, TrustPromisesAndValues) {
   c.add_values()->set_value(412);
   std::string out = RenderScorecard(c);
   EXPECT_THAT(out, HasSubstr("location store-7 (region=north)"));
-  EXPECT_THAT(out, HasSubstr("trust score 62.5/100, balance -12.0"));
+  EXPECT_THAT(out, HasSubstr("trust score 62.5/100, balance -12; "));
   EXPECT_THAT(out, HasSubstr("promises kept 3, broken 1"));
   EXPECT_THAT(out, HasSubstr("last report never, expected open now"));
   EXPECT_THAT(out, HasSubstr("wait checkout"));
   EXPECT_THAT(out, HasSubstr("412 s"));
+}
+
+}  // namespace
+}  // namespace constance::cli
+
+namespace constance::cli {
+namespace {
+
+// Scripts read 0 and [] rather than a missing field.
+TEST(ToJsonTest, PrintsZerosAndEmptyLists) {
+  v1::KeyDetailResponse detail;
+  detail.mutable_stats()->set_median(4.49);
+  const std::string json = ToJson(detail);
+  EXPECT_THAT(json, HasSubstr("\"median\":4.49"));
+  EXPECT_THAT(json, HasSubstr("\"mad\":0"));
+  EXPECT_THAT(json, HasSubstr("\"findings\":[]"));
+  EXPECT_THAT(json, HasSubstr("\"outliers\":[]"));
+  EXPECT_THAT(ToJson(detail, /*pretty=*/true), HasSubstr("\n"));
+}
+
+}  // namespace
+}  // namespace constance::cli
+
+namespace constance::cli {
+namespace {
+
+TEST(RenderFindingsTest, ShowsWhenTheEvidenceHappened) {
+  google::protobuf::RepeatedPtrField<v1::Finding> findings;
+  v1::Finding* f = findings.Add();
+  f->set_kind(v1::BROKEN_PROMISE);
+  f->set_location("lic-017");
+  f->mutable_evidence_at()->set_seconds(1'700'000'000);        // 2023-11-14T22:13:20Z
+  f->mutable_started_at()->set_seconds(1'700'000'000 + 86400);  // A day later.
+  const std::string out = RenderFindings(findings);
+  EXPECT_THAT(out, HasSubstr("EVIDENCE"));
+  EXPECT_THAT(out, HasSubstr("2023-11-14T22:13:20Z"));
+  EXPECT_THAT(out, HasSubstr("2023-11-15T22:13:20Z"));
 }
 
 }  // namespace
