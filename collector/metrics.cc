@@ -379,7 +379,7 @@ void RenderLocations(const Snapshot& snap, TextExposition* out) {
                  return Seconds(s.last_report);
                });
   per_location("constance_location_watermark",
-               "Highest sequence acknowledged to the location's agent.", kGauge,
+               "The current incarnation's watermark: every sequence at or below it is settled.", kGauge,
                [](const LocationState& s) -> Value {
                  if (s.last_report == absl::InfinitePast()) return std::nullopt;
                  return static_cast<double>(s.watermark);
