@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "collector/refusal.h"
 #include "constance/tls.h"
 #include "grpcpp/grpcpp.h"
 
@@ -34,16 +35,7 @@ absl::StatusOr<PeerIdentity> CallerIdentity(const grpc::ServerContextBase& conte
 // NotFound without a certificate.
 absl::StatusOr<absl::Time> CallerCertificateNotAfter(const grpc::ServerContextBase& context);
 
-// Reasons, kept few so the label stays bounded.
-inline constexpr char kRefusedLocationMismatch[] = "location_mismatch";
-inline constexpr char kRefusedNotALocation[] = "not_a_location";
-inline constexpr char kRefusedNotAnOperator[] = "not_an_operator";
-inline constexpr char kRefusedMaxStreams[] = "max_streams";
-inline constexpr char kRefusedMaxLocations[] = "max_locations";
-inline constexpr char kRefusedUnknownLocation[] = "unknown_location";
-inline constexpr char kRefusedInvalidBatch[] = "invalid_message";
-inline constexpr char kRefusedSequenceGap[] = "sequence_gap";
-
+// The reasons (kRefused*) are in refusal.h.
 class RefusalCounter {
  public:
   // Every reason above starts at 0 so rates have a series at once.

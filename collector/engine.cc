@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "collector/refusal.h"
 #include "constance/format.h"
 #include "constance/validate.h"
 
@@ -463,21 +464,27 @@ absl::Status Engine::MayApplyLocked(const BatchView& batch, uint64_t owner) cons
           "': nothing of this stream applies any more; resend on the newer one"));
     }
   }
+  return AdmitLocationLocked(batch.location);
+}
+
+absl::Status Engine::AdmitLocationLocked(absl::string_view location) const {
   const Catalog& catalog = *catalog_;
-  if (!catalog.auto_register && !location_index_.contains(batch.location) &&
-      !DeclaredLocked(batch.location)) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("location '", batch.location,
-                     "' is not in the catalog and auto_register is off: add it to ", catalog.path));
+  if (!catalog.auto_register && !location_index_.contains(location) &&
+      !DeclaredLocked(location)) {
+    return Refusal(absl::PermissionDeniedError(absl::StrCat(
+                       "location '", location,
+                       "' is not in the catalog and auto_register is off: add it to ",
+                       catalog.path)),
+                   kRefusedUnknownLocation);
   }
-  if (options_.limits.max_locations > 0 && !location_index_.contains(batch.location) &&
+  if (options_.limits.max_locations > 0 && !location_index_.contains(location) &&
       location_index_.size() >= options_.limits.max_locations) {
     // Refused before anything is kept: the agent retries and loses nothing.
-    return absl::ResourceExhaustedError(absl::StrCat("location '", batch.location,
-                                                     "' would be one more than the ",
-                                                     options_.limits.max_locations,
-                                                     " locations this collector accepts "
-                                                     "(--max_locations)"));
+    return Refusal(absl::ResourceExhaustedError(absl::StrCat(
+                       "location '", location, "' would be one more than the ",
+                       options_.limits.max_locations,
+                       " locations this collector accepts (--max_locations)")),
+                   kRefusedMaxLocations);
   }
   return absl::OkStatus();
 }
@@ -654,19 +661,7 @@ absl::Status Engine::RecordHeartbeat(const v1::Heartbeat& heartbeat) {
     return absl::InvalidArgumentError(absl::StrCat("heartbeat.labels: ", s.message()));
   }
   absl::MutexLock lock(&mu_);
-  if (!catalog_->auto_register && !location_index_.contains(heartbeat.location()) &&
-      !DeclaredLocked(heartbeat.location())) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("location '", heartbeat.location(), "' is not in the catalog"));
-  }
-  if (options_.limits.max_locations > 0 && !location_index_.contains(heartbeat.location()) &&
-      location_index_.size() >= options_.limits.max_locations) {
-    return absl::ResourceExhaustedError(absl::StrCat("location '", heartbeat.location(),
-                                                     "' would be one more than the ",
-                                                     options_.limits.max_locations,
-                                                     " locations this collector accepts "
-                                                     "(--max_locations)"));
-  }
+  if (absl::Status s = AdmitLocationLocked(heartbeat.location()); !s.ok()) return s;
   const uint32_t loc = LocationIndex(heartbeat.location());
   LocationState& state = locations_[loc].state;
   if (heartbeat.incarnation() != 0 && state.incarnation != heartbeat.incarnation()) {

@@ -474,6 +474,10 @@ class Engine {
   // `owner` is not 0), the catalog allows it, --max_locations has room.
   absl::Status MayApplyLocked(const BatchView& batch, uint64_t owner) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `location` may report: known already, or the catalog allows
+  // it and --max_locations has room. Else the refusal (refusal.h reason).
+  absl::Status AdmitLocationLocked(absl::string_view location) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // In the operator's catalog (agent labels do not declare a location).
   bool DeclaredLocked(absl::string_view location) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TickLoop(bool evaluation);

@@ -27,6 +27,7 @@
 
 #include "collector/engine.h"
 #include "collector/exposition.h"
+#include "collector/ingest_service.h"
 #include "collector/services.h"
 
 namespace constance::collector {

@@ -109,9 +109,14 @@ absl::Status CollectorServer::Start() {
   }
   if (absl::Status s = OpenSilences(); !s.ok()) return s;
   if (absl::Status s = OpenHistory(); !s.ok()) return s;
-  ingest_ = std::make_unique<IngestService>(&engine_, log_.get(), options_.rate_per_location,
-                                            options_.rate_burst);
-  ingest_->Secure(/*require_location=*/!options_.insecure, options_.max_streams, &refusals_);
+  IngestOptions ingest;
+  ingest.log = log_.get();
+  ingest.rate_per_location = options_.rate_per_location;
+  ingest.burst = options_.rate_burst;
+  ingest.require_location = !options_.insecure;
+  ingest.max_streams = options_.max_streams;
+  ingest.refusals = &refusals_;
+  ingest_ = std::make_unique<IngestService>(&engine_, ingest);
   if (!options_.insecure) query_.RequireOperator(&refusals_);
   query_.UseSilences(silences_.get());
   silence_service_ =

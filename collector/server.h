@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "collector/engine.h"
 #include "collector/history.h"
+#include "collector/ingest_service.h"
 #include "collector/metrics.h"
 #include "collector/metrics_server.h"
 #include "collector/services.h"

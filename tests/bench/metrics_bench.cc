@@ -134,7 +134,7 @@ int Run() {
   options.catalog = std::make_shared<const Catalog>(std::move(catalog));
   options.clock = [&now] { return now; };
   Engine engine(options);
-  IngestService ingest(&engine);
+  IngestService ingest(&engine, IngestOptions{});
 
   const absl::Time fill_start = absl::Now();
   for (int l = 0; l < locations; ++l) {

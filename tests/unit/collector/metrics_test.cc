@@ -141,7 +141,7 @@ TEST(CollectorMetricsTest, FindingSeriesAreCappedAndTheRestCounted) {
     engine.Evaluate();
     engine.Evaluate();
     ASSERT_EQ(engine.snapshot()->findings->active.size(), 12u);
-    IngestService ingest(&engine);
+    IngestService ingest(&engine, IngestOptions{});
     CollectorMetrics metrics(&engine, &ingest);
     const std::string text = metrics.Render();
     EXPECT_EQ(Samples(text, "constance_finding").size(), c.exported) << "cap " << c.cap;
@@ -233,7 +233,7 @@ TEST(MetricsServerTest, AScrapeArrivesWholeAndHangingUpMidwayLeavesNothingStuck)
     ASSERT_TRUE(engine.ApplyBatch(b).ok());
   }
   engine.Recompute();
-  IngestService ingest(&engine);
+  IngestService ingest(&engine, IngestOptions{});
   CollectorMetrics metrics(&engine, &ingest);
   const std::string expected = metrics.Render();
   ASSERT_GT(expected.size(), 4u << 20);
