@@ -24,6 +24,7 @@
 #include "agent/tickets.h"
 #include "civetweb.h"
 #include "constance/http_server.h"
+#include "constance/yaml_reader.h"
 #include "constance/log.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
@@ -248,6 +249,27 @@ int CheckIdempotencyKey(mg_connection* conn, const HttpIngest::Impl& impl,
   return 0;
 }
 
+// The request's limits: the agent's, with the lateness a Max-Lateness
+// header asks for, up to what the agent allows files (max_requested_lateness).
+absl::StatusOr<Limits> RequestLimits(mg_connection* conn, const HttpIngestOptions& options) {
+  Limits limits = options.limits;
+  const char* header = mg_get_header(conn, "Max-Lateness");
+  if (header == nullptr) return limits;
+  absl::Duration asked;
+  if (absl::Status s = yaml::ParseDurationText(header, {.days = true}, &asked); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("header Max-Lateness: ", s.message()));
+  }
+  const absl::Duration allowed = std::max(options.max_requested_lateness, limits.max_lateness);
+  if (asked > allowed) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header Max-Lateness: ", header, " is above what this agent accepts (",
+        absl::FormatDuration(allowed),
+        "); raise max_lateness of a drop_directory.files mapping in the agent's config"));
+  }
+  limits.max_lateness = asked;
+  return limits;
+}
+
 int HandleIngest(mg_connection* conn, HttpIngest::Impl* impl, Endpoint endpoint) {
   if (int refused = RefuseForeign(conn, *impl); refused != 0) return refused;
   const mg_request_info* ri = mg_get_request_info(conn);
@@ -304,10 +326,11 @@ int HandleIngest(mg_connection* conn, HttpIngest::Impl* impl, Endpoint endpoint)
     }
   }
 
+  absl::StatusOr<Limits> limits = RequestLimits(conn, impl->options);
+  if (!limits.ok()) return Reply(conn, 400, RenderIngestError(limits.status().message()));
   std::vector<TicketEvent> events;
   const absl::Time now = absl::Now();
-  absl::StatusOr<ParsedObservations> parsed =
-      ParseBody(endpoint, body, now, impl->options.limits, &events);
+  absl::StatusOr<ParsedObservations> parsed = ParseBody(endpoint, body, now, *limits, &events);
   if (!parsed.ok()) return Reply(conn, 400, RenderIngestError(parsed.status().message()));
 
   // Duplicates (an item id already spooled or recently delivered) count as

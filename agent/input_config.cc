@@ -124,10 +124,12 @@ const std::vector<Key<M>>& MappingKeys() {
         {"header", [](const Reader& r, const Field& f, M* m) { return r.Bool(f, &m->header); }},
         {"max_lateness",
          [](const Reader& r, const Field& f, M* m) {
-           return r.Duration(f, {.allow_zero = true}, &m->max_lateness);
+           return r.Duration(f, {.allow_zero = true, .days = true}, &m->max_lateness);
          }},
         {"cadence",
-         [](const Reader& r, const Field& f, M* m) { return r.Duration(f, {}, &m->cadence); }},
+         [](const Reader& r, const Field& f, M* m) {
+           return r.Duration(f, {.days = true}, &m->cadence);
+         }},
         // `values: [{column: Price, kind: shelf}, {column: PromoPrice, kind: promo}]`.
         {"values",
          [](const Reader& r, const Field& f, M* m) {
@@ -358,6 +360,15 @@ absl::Status ValidateInputMapping(const InputMapping& m) {
         absl::StrCat("records '", records, "' needs field 'currency' or 'currency_column'"));
   }
   return absl::OkStatus();
+}
+
+absl::Status SetMappingFlag(absl::string_view name, const std::string& value,
+                            InputMapping* mapping) {
+  for (const Key<M>& key : MappingKeys()) {
+    if (key.name == name) return key.read(Reader::Flags(), Reader::FlagField(name, value), mapping);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--", name, ": not a field of drop_directory.files"));
 }
 
 absl::Status ParseDropDirectorySection(const yaml::Reader& reader, const yaml::Field& section,

@@ -28,6 +28,12 @@ namespace constance::agent {
 absl::Status ParseDropDirectorySection(const yaml::Reader& reader, const yaml::Field& section,
                                        DropDirectoryConfig* out);
 
+// Sets the mapping field `name` ("decimal", "observed_at_column") from a
+// command-line flag's text by the same rule as that key of a
+// drop_directory.files entry. InvalidArgument "--NAME: reason".
+absl::Status SetMappingFlag(absl::string_view name, const std::string& value,
+                            InputMapping* mapping);
+
 // Checks that `mapping` names what its kind of record needs (a key and a
 // value column, a currency for prices, ...). The reason names the field.
 absl::Status ValidateInputMapping(const InputMapping& mapping);

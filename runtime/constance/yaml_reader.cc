@@ -81,6 +81,7 @@ absl::Status ParseDurationText(absl::string_view text, DurationRule rule, absl::
 }
 
 absl::Status Reader::Error(int line, absl::string_view path, absl::string_view what) const {
+  if (filename_.empty()) return absl::InvalidArgumentError(absl::StrCat("--", path, ": ", what));
   if (path.empty()) path = root_name_;
   return absl::InvalidArgumentError(absl::StrCat(filename_, ":", line, ": ", path, ": ", what));
 }

@@ -108,9 +108,17 @@ class Reader {
   Reader(absl::string_view filename, absl::string_view root_name)
       : filename_(filename), root_name_(root_name) {}
 
+  // A reader of command-line flags read by a key table's rules (a flag
+  // `--decimal=,` set by the same reader as the file's `decimal: ','`):
+  // errors read "--decimal: reason". Flags() fields come from FlagField().
+  static Reader Flags() { return Reader("", ""); }
+  static Field FlagField(absl::string_view name, const std::string& value) {
+    return Field{YAML::Node(value), std::string(name), 0};
+  }
+
   const std::string& filename() const { return filename_; }
 
-  // "FILE:LINE: PATH: WHAT" as InvalidArgument.
+  // "FILE:LINE: PATH: WHAT" (for Flags(), "--PATH: WHAT") as InvalidArgument.
   absl::Status Error(int line, absl::string_view path, absl::string_view what) const;
   absl::Status Error(const Field& f, absl::string_view what) const {
     return Error(f.line, f.path, what);
