@@ -1,5 +1,6 @@
 #include "agent/agent.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -109,6 +110,9 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   http_options.allowed_hosts = c.http_allowed_hosts;
   http_options.location = c.location;
   http_options.tickets = tracker;
+  for (const InputMapping& m : c.drop_directory.files) {
+    http_options.max_requested_lateness = std::max(http_options.max_requested_lateness, m.max_lateness);
+  }
   absl::StatusOr<std::unique_ptr<HttpIngest>> http = HttpIngest::Start(
       std::move(http_options), spool, agent->metrics_.get(),
       [sender](uint64_t last_sequence) { sender->NotifyAppended(last_sequence); });

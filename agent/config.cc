@@ -14,15 +14,19 @@
 #include "absl/strings/strip.h"
 #include "agent/input_config.h"
 #include "constance/validate.h"
-#include "yaml-cpp/yaml.h"
+#include "constance/yaml_reader.h"
 
 namespace constance::agent {
 namespace {
 
-// Field checks return the bare reason; callers prefix where the value came
-// from (file:line: field 'x' or --x), so file and flags share one rule.
+using yaml::Field;
+using yaml::Key;
+using yaml::Reader;
 
-absl::Status CheckLocation(const std::string& value) {
+// Field checks return the bare reason; callers prefix where the value came
+// from (file:line: x or --x), so file and flags share one rule.
+
+absl::Status CheckLocation(absl::string_view value) {
   absl::Status s = ValidateLocationId(value);
   if (s.ok()) return s;
   // ValidateLocationId names the field itself; the caller names it again.
@@ -38,7 +42,7 @@ absl::Status CheckPort(absl::string_view port_text) {
   return absl::OkStatus();
 }
 
-absl::Status CheckCollector(const std::string& value) {
+absl::Status CheckCollector(absl::string_view value) {
   if (value.empty()) return absl::InvalidArgumentError("must not be empty (HOST:PORT)");
   // gRPC target URIs (dns:///..., unix:...) are passed through as they are.
   if (absl::StrContains(value, ":/") || absl::StartsWith(value, "unix:")) {
@@ -53,94 +57,9 @@ absl::Status CheckCollector(const std::string& value) {
   return CheckPort(port);
 }
 
-absl::Status CheckPositive(absl::Duration d) {
-  if (d <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("must be a positive duration, got ", absl::FormatDuration(d)));
-  }
-  return absl::OkStatus();
-}
+absl::Status CheckListen(absl::string_view value) { return ValidateListenAddress(value); }
 
-absl::Status CheckNotNegative(absl::Duration d) {
-  if (d < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("must not be negative, got ", absl::FormatDuration(d)));
-  }
-  return absl::OkStatus();
-}
-
-// Reading one YAML value. yaml-cpp throws on conversions; these helpers
-// turn every throw into a Status with the reason only.
-
-absl::StatusOr<std::string> ReadScalar(const YAML::Node& node) {
-  if (node.IsNull()) return absl::InvalidArgumentError("has no value");
-  if (!node.IsScalar())
-    return absl::InvalidArgumentError("must be a single value, not a list or map");
-  return node.Scalar();
-}
-
-absl::StatusOr<bool> ReadBool(const YAML::Node& node) {
-  absl::StatusOr<std::string> text = ReadScalar(node);
-  if (!text.ok()) return text.status();
-  bool value = false;
-  if (!YAML::convert<bool>::decode(node, value)) {
-    return absl::InvalidArgumentError(absl::StrCat("'", *text, "' is not true or false"));
-  }
-  return value;
-}
-
-absl::StatusOr<absl::Duration> ReadDuration(const YAML::Node& node) {
-  absl::StatusOr<std::string> text = ReadScalar(node);
-  if (!text.ok()) return text.status();
-  absl::Duration d;
-  if (!absl::ParseDuration(*text, &d)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", *text, "' is not a duration (e.g. 50ms, 1.5s, 2m)"));
-  }
-  return d;
-}
-
-absl::StatusOr<uint64_t> ReadCount(const YAML::Node& node, uint64_t min, uint64_t max) {
-  absl::StatusOr<std::string> text = ReadScalar(node);
-  if (!text.ok()) return text.status();
-  uint64_t value = 0;
-  if (!absl::SimpleAtoi(*text, &value) || absl::StartsWith(*text, "-") || value < min ||
-      value > max) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", *text, "' is not a whole number in ", min, "..", max));
-  }
-  return value;
-}
-
-// One settable key of the file. `set` reads `node` into `config` and
-// returns the reason on failure.
-struct Field {
-  const char* name;
-  absl::Status (*set)(const YAML::Node& node, AgentConfig* config);
-};
-
-template <typename T>
-absl::Status Assign(absl::StatusOr<T> value, T* out, absl::Status (*check)(T) = nullptr) {
-  if (!value.ok()) return value.status();
-  if (check != nullptr) {
-    if (absl::Status s = check(*value); !s.ok()) return s;
-  }
-  *out = *std::move(value);
-  return absl::OkStatus();
-}
-
-absl::Status AssignString(const YAML::Node& node, std::string* out,
-                          absl::Status (*check)(const std::string&)) {
-  absl::StatusOr<std::string> value = ReadScalar(node);
-  if (!value.ok()) return value.status();
-  if (absl::Status s = check(*value); !s.ok()) return s;
-  *out = *std::move(value);
-  return absl::OkStatus();
-}
-
-absl::Status CheckListen(const std::string& value) { return ValidateListenAddress(value); }
-
-absl::Status CheckSpoolPath(const std::string& value) {
+absl::Status CheckSpoolPath(absl::string_view value) {
   // SQLite would read these as a URI or a private temporary database.
   if (value == ":memory:" || absl::StartsWith(value, "file:")) {
     return absl::InvalidArgumentError(
@@ -149,218 +68,140 @@ absl::Status CheckSpoolPath(const std::string& value) {
   return absl::OkStatus();
 }
 
-absl::Status SetLabels(const YAML::Node& node, AgentConfig* config) {
-  if (node.IsNull()) {
-    config->labels.clear();
-    return absl::OkStatus();
-  }
-  if (!node.IsMap()) return absl::InvalidArgumentError("must be a map of name: value");
-  std::map<std::string, std::string> labels;
-  for (const auto& kv : node) {
-    if (!kv.first.IsScalar() || !kv.second.IsScalar()) {
-      return absl::InvalidArgumentError("every label must be name: value");
-    }
-    const std::string& name = kv.first.Scalar();
-    const std::string& value = kv.second.Scalar();
-    if (absl::Status s = ValidateLabel(name, value); !s.ok()) return s;
-    if (!labels.emplace(name, value).second) {
-      return absl::InvalidArgumentError(absl::StrCat("label '", name, "' given twice"));
-    }
-  }
-  if (absl::Status s = ValidateLabels(labels); !s.ok()) return s;
-  config->labels = std::move(labels);
-  return absl::OkStatus();
-}
-
-absl::Status CheckPath(const std::string& value) {
+absl::Status CheckPath(absl::string_view value) {
   if (value.empty()) return absl::InvalidArgumentError("must not be empty (a file path)");
   return absl::OkStatus();
 }
 
-// The `tls:` block: ca, cert, key, server_name, refresh_interval.
-absl::Status SetTls(const YAML::Node& node, AgentConfig* config) {
-  if (!node.IsMap()) {
-    return absl::InvalidArgumentError(
-        "must be a map with ca, cert, key (and optionally server_name, refresh_interval)");
-  }
-  AgentConfig::Tls tls;
-  for (const auto& kv : node) {
-    const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "";
-    absl::Status s;
-    if (key == "ca") {
-      s = AssignString(kv.second, &tls.ca, CheckPath);
-    } else if (key == "cert") {
-      s = AssignString(kv.second, &tls.cert, CheckPath);
-    } else if (key == "key") {
-      s = AssignString(kv.second, &tls.key, CheckPath);
-    } else if (key == "server_name") {
-      s = AssignString(kv.second, &tls.server_name, CheckPath);
-    } else if (key == "refresh_interval") {
-      s = Assign(ReadDuration(kv.second), &tls.refresh_interval, CheckPositive);
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown key '", key, "' (known: ca, cert, key, server_name, refresh_interval)"));
-    }
-    if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(key, ": ", s.message()));
-  }
-  config->tls = std::move(tls);
+absl::Status CheckSpoolWhenFull(absl::string_view value) {
+  return ParseSpoolWhenFull(value).status();
+}
+
+// Key-table entries for the common shapes: a member read by one rule.
+template <typename T>
+Key<T> TextKey(const char* name, std::string T::*member,
+               absl::Status (*check)(absl::string_view)) {
+  return {name, [=](const Reader& r, const Field& f, T* out) {
+            return r.Checked(f, check, &(out->*member));
+          }};
+}
+
+template <typename T>
+Key<T> DurationKey(const char* name, absl::Duration T::*member, yaml::DurationRule rule = {}) {
+  return {name, [=](const Reader& r, const Field& f, T* out) {
+            return r.Duration(f, rule, &(out->*member));
+          }};
+}
+
+template <typename T, typename Int>
+Key<T> CountKey(const char* name, Int T::*member, int64_t min, int64_t max) {
+  return {name, [=](const Reader& r, const Field& f, T* out) {
+            int64_t v = 0;
+            if (absl::Status s = r.Integer(f, min, max, &v); !s.ok()) return s;
+            out->*member = static_cast<Int>(v);
+            return absl::OkStatus();
+          }};
+}
+
+Key<AgentConfig> BoolKey(const char* name, bool AgentConfig::*member) {
+  return {name, [=](const Reader& r, const Field& f, AgentConfig* out) {
+            return r.Bool(f, &(out->*member));
+          }};
+}
+
+// `labels:`, a map of name: value, checked as the wire checks them.
+absl::Status ReadLabels(const Reader& r, const Field& f, AgentConfig* config) {
+  std::map<std::string, std::string> labels;
+  absl::Status s = r.EachKey(f, [&](const std::string& name, const Field& value) {
+    std::string text;
+    if (absl::Status s = r.Text(value, &text); !s.ok()) return s;
+    if (absl::Status s = ValidateLabel(name, text); !s.ok()) return r.Error(value, s.message());
+    labels.emplace(name, std::move(text));
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  if (absl::Status s = ValidateLabels(labels); !s.ok()) return r.Error(f, s.message());
+  config->labels = std::move(labels);
   return absl::OkStatus();
 }
 
+// The `tls:` block: ca, cert, key, server_name, refresh_interval.
+absl::Status ReadTls(const Reader& r, const Field& f, AgentConfig* config) {
+  using T = AgentConfig::Tls;
+  static const std::vector<Key<T>> kTlsKeys = {
+      TextKey("ca", &T::ca, CheckPath),
+      TextKey("cert", &T::cert, CheckPath),
+      TextKey("key", &T::key, CheckPath),
+      TextKey("server_name", &T::server_name, CheckPath),
+      DurationKey("refresh_interval", &T::refresh_interval),
+  };
+  return r.Map(f, kTlsKeys, &config->tls);
+}
+
 // `http_allowed_hosts:`, a list of host names (no port, no scheme).
-absl::Status SetAllowedHosts(const YAML::Node& node, AgentConfig* config) {
-  if (!node.IsSequence()) {
-    return absl::InvalidArgumentError("must be a list of host names, e.g. [store-12.local]");
+absl::Status ReadAllowedHosts(const Reader& r, const Field& f, AgentConfig* config) {
+  if (!f.node.IsSequence()) {
+    return r.Error(f, "expected a list of host names, e.g. [store-12.local]");
   }
   std::vector<std::string> hosts;
-  for (const YAML::Node& item : node) {
-    const std::string name = item.IsScalar() ? item.Scalar() : "";
+  absl::Status s = r.EachItem(f, [&](const Field& item) {
+    std::string name;
+    if (absl::Status s = r.Text(item, &name); !s.ok()) return s;
     if (name.empty() || name.find_first_of(":/ ") != std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "'", name, "' is not a host name (write it without scheme or port: store-12.local)"));
+      return r.Error(item, absl::StrCat("'", name,
+                                        "' is not a host name (write it without scheme or port: "
+                                        "store-12.local)"));
     }
     hosts.push_back(absl::AsciiStrToLower(name));
-  }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
   config->http_allowed_hosts = std::move(hosts);
   return absl::OkStatus();
 }
 
-template <size_t AgentConfig::*member, uint64_t kMin, uint64_t kMax>
-absl::Status SetSize(const YAML::Node& node, AgentConfig* config) {
-  absl::StatusOr<uint64_t> value = ReadCount(node, kMin, kMax);
-  if (!value.ok()) return value.status();
-  config->*member = static_cast<size_t>(*value);
-  return absl::OkStatus();
-}
-
-const Field kFields[] = {
-    {"location", [](const YAML::Node& n,
-                    AgentConfig* c) { return AssignString(n, &c->location, CheckLocation); }},
-    {"labels", SetLabels},
-    {"collector", [](const YAML::Node& n,
-                     AgentConfig* c) { return AssignString(n, &c->collector, CheckCollector); }},
-    {"insecure",
-     [](const YAML::Node& n, AgentConfig* c) { return Assign(ReadBool(n), &c->insecure); }},
-    {"listen",
-     [](const YAML::Node& n, AgentConfig* c) { return AssignString(n, &c->listen, CheckListen); }},
-    {"metrics_listen",
-     [](const YAML::Node& n, AgentConfig* c) {
-       return AssignString(n, &c->metrics_listen, CheckListen);
-     }},
-    {"flush_interval",
-     [](const YAML::Node& n, AgentConfig* c) {
-       return Assign(ReadDuration(n), &c->flush_interval, CheckPositive);
-     }},
-    {"max_batch", SetSize<&AgentConfig::max_batch, 1, 10'000>},
-    {"max_in_flight_batches", SetSize<&AgentConfig::max_in_flight_batches, 1, 1'000>},
-    {"backoff_initial",
-     [](const YAML::Node& n, AgentConfig* c) {
-       return Assign(ReadDuration(n), &c->backoff_initial, CheckPositive);
-     }},
-    {"backoff_max",
-     [](const YAML::Node& n, AgentConfig* c) {
-       return Assign(ReadDuration(n), &c->backoff_max, CheckPositive);
-     }},
-    {"heartbeat_interval",
-     [](const YAML::Node& n, AgentConfig* c) {
-       return Assign(ReadDuration(n), &c->heartbeat_interval, CheckPositive);
-     }},
-    {"drain_timeout",
-     [](const YAML::Node& n, AgentConfig* c) {
-       return Assign(ReadDuration(n), &c->drain_timeout, CheckNotNegative);
-     }},
-    {"spool_max_observations",
-     [](const YAML::Node& n, AgentConfig* c) {
-       return Assign(ReadCount(n, 1, uint64_t{1} << 40), &c->spool_max_observations);
-     }},
-    {"spool_max_bytes",
-     [](const YAML::Node& n, AgentConfig* c) {
-       return Assign(ReadCount(n, 1024, uint64_t{1} << 50), &c->spool_max_bytes);
-     }},
-    {"spool_when_full",
-     [](const YAML::Node& n, AgentConfig* c) {
-       absl::StatusOr<std::string> text = ReadScalar(n);
-       if (!text.ok()) return text.status();
-       return Assign(ParseSpoolWhenFull(*text), &c->spool_when_full);
-     }},
-    {"spool_path", [](const YAML::Node& n,
-                      AgentConfig* c) { return AssignString(n, &c->spool_path, CheckSpoolPath); }},
-    {"idempotency_window",
-     [](const YAML::Node& n, AgentConfig* c) {
-       return Assign(ReadDuration(n), &c->idempotency_window, CheckPositive);
-     }},
-    {"max_body_bytes", SetSize<&AgentConfig::max_body_bytes, 1024, size_t{1} << 30>},
-    {"http_request_timeout",
-     [](const YAML::Node& n, AgentConfig* c) {
-       return Assign(ReadDuration(n), &c->http_request_timeout, CheckPositive);
-     }},
-    {"http_threads",
-     [](const YAML::Node& n, AgentConfig* c) {
-       absl::StatusOr<uint64_t> v = ReadCount(n, 2, 1024);
-       if (v.ok()) c->http_threads = static_cast<int>(*v);
-       return v.status();
-     }},
-    {"http_allowed_hosts", SetAllowedHosts},
-    {"allow_non_loopback_listen",
-     [](const YAML::Node& n, AgentConfig* c) {
-       return Assign(ReadBool(n), &c->allow_non_loopback_listen);
-     }},
-    // Inputs (input_config.cc reads the section and names its own lines).
-    {"drop_directory",
-     [](const YAML::Node& n, AgentConfig* c) {
-       return ParseDropDirectorySection(n, &c->drop_directory);
-     }},
-    {"open_ticket_ttl",
-     [](const YAML::Node& n, AgentConfig* c) {
-       return Assign(ReadDuration(n), &c->open_ticket_ttl, CheckPositive);
-     }},
-    {"max_open_tickets", SetSize<&AgentConfig::max_open_tickets, 1, 10'000'000>},
-    {"tls", SetTls},
-};
-
-std::string KnownKeys() {
-  std::string out;
-  for (const Field& f : kFields) absl::StrAppend(&out, out.empty() ? "" : ", ", f.name);
-  return out;
-}
-
-absl::Status AtLine(absl::string_view filename, const YAML::Mark& mark, absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat(filename, ":", mark.line + 1, ": ", what));
-}
-
-absl::Status ParseInto(const YAML::Node& root, absl::string_view filename, AgentConfig* config) {
-  // An empty file is a valid config with every default.
-  if (root.IsNull()) return absl::OkStatus();
-  if (!root.IsMap()) {
-    return AtLine(filename, root.Mark(), "expected a map of settings (key: value)");
-  }
-  std::map<std::string, int> seen;  // key -> line, to report duplicates.
-  for (const auto& kv : root) {
-    const YAML::Mark mark = kv.first.Mark();
-    if (!kv.first.IsScalar()) return AtLine(filename, mark, "expected a key name");
-    const std::string& key = kv.first.Scalar();
-    const Field* field = nullptr;
-    for (const Field& f : kFields) {
-      if (key == f.name) field = &f;
-    }
-    if (field == nullptr) {
-      return AtLine(filename, mark,
-                    absl::StrCat("unknown field '", key, "' (known: ", KnownKeys(), ")"));
-    }
-    auto [it, inserted] = seen.emplace(key, mark.line + 1);
-    if (!inserted) {
-      return AtLine(filename, mark,
-                    absl::StrCat("field '", key, "' given twice (first on line ", it->second, ")"));
-    }
-    absl::Status s = field->set(kv.second, config);
-    if (!s.ok()) {
-      // A missing value has no position of its own; the key's line is the
-      // one a reader looks for.
-      const YAML::Mark value_mark = kv.second.IsNull() ? mark : kv.second.Mark();
-      return AtLine(filename, value_mark, absl::StrCat("field '", key, "': ", s.message()));
-    }
-  }
-  return absl::OkStatus();
+const std::vector<Key<AgentConfig>>& AgentKeys() {
+  using C = AgentConfig;
+  static const std::vector<Key<C>> kKeys = {
+      TextKey("location", &C::location, CheckLocation),
+      {"labels", ReadLabels},
+      TextKey("collector", &C::collector, CheckCollector),
+      BoolKey("insecure", &C::insecure),
+      TextKey("listen", &C::listen, CheckListen),
+      TextKey("metrics_listen", &C::metrics_listen, CheckListen),
+      DurationKey("flush_interval", &C::flush_interval),
+      CountKey("max_batch", &C::max_batch, 1, 10'000),
+      CountKey("max_in_flight_batches", &C::max_in_flight_batches, 1, 1'000),
+      DurationKey("backoff_initial", &C::backoff_initial),
+      DurationKey("backoff_max", &C::backoff_max),
+      DurationKey("heartbeat_interval", &C::heartbeat_interval),
+      DurationKey("drain_timeout", &C::drain_timeout, {.allow_zero = true}),
+      CountKey("spool_max_observations", &C::spool_max_observations, 1, int64_t{1} << 40),
+      CountKey("spool_max_bytes", &C::spool_max_bytes, 1024, int64_t{1} << 50),
+      {"spool_when_full",
+       [](const Reader& r, const Field& f, C* c) {
+         std::string text;
+         if (absl::Status s = r.Checked(f, CheckSpoolWhenFull, &text); !s.ok()) return s;
+         c->spool_when_full = *ParseSpoolWhenFull(text);
+         return absl::OkStatus();
+       }},
+      TextKey("spool_path", &C::spool_path, CheckSpoolPath),
+      DurationKey("idempotency_window", &C::idempotency_window),
+      CountKey("max_body_bytes", &C::max_body_bytes, 1024, int64_t{1} << 30),
+      DurationKey("http_request_timeout", &C::http_request_timeout),
+      CountKey("http_threads", &C::http_threads, 2, 1024),
+      {"http_allowed_hosts", ReadAllowedHosts},
+      BoolKey("allow_non_loopback_listen", &C::allow_non_loopback_listen),
+      // Inputs (input_config.cc holds the section's own key tables).
+      {"drop_directory",
+       [](const Reader& r, const Field& f, C* c) {
+         return ParseDropDirectorySection(r, f, &c->drop_directory);
+       }},
+      DurationKey("open_ticket_ttl", &C::open_ticket_ttl),
+      CountKey("max_open_tickets", &C::max_open_tickets, 1, 10'000'000),
+      {"tls", ReadTls},
+  };
+  return kKeys;
 }
 
 absl::Status FlagError(absl::string_view flag, const absl::Status& reason) {
@@ -392,36 +233,15 @@ absl::Duration ExpectedCadence(const AgentConfig& config) {
 
 absl::StatusOr<AgentConfig> ParseAgentConfig(absl::string_view yaml, absl::string_view filename) {
   AgentConfig config;
-  YAML::Node root;
-  try {
-    root = YAML::Load(std::string(yaml));
-  } catch (const YAML::ParserException& e) {
-    return AtLine(filename, e.mark, absl::StrCat("YAML syntax error: ", e.msg));
-  } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(filename, ": ", e.what()));
-  }
-  absl::Status s;
-  try {
-    s = ParseInto(root, filename, &config);
-  } catch (const YAML::Exception& e) {
-    // Conversions are checked before they can throw; this is a backstop so
-    // that nothing yaml-cpp throws crosses our API.
-    s = AtLine(filename, e.mark, e.msg);
-  }
-  if (!s.ok()) return s;
+  const Reader reader(filename, "agent config");
+  if (absl::Status s = yaml::Parse(yaml, reader, AgentKeys(), &config); !s.ok()) return s;
   return config;
 }
 
 absl::StatusOr<AgentConfig> LoadAgentConfig(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    int err = errno;
-    std::string why = absl::StrCat("cannot read config file ", path, ": ", std::strerror(err));
-    return err == ENOENT ? absl::NotFoundError(why) : absl::FailedPreconditionError(why);
-  }
-  std::stringstream text;
-  text << in.rdbuf();
-  return ParseAgentConfig(text.str(), path);
+  absl::StatusOr<std::string> text = yaml::ReadConfigFile(path);
+  if (!text.ok()) return text.status();
+  return ParseAgentConfig(*text, path);
 }
 
 absl::Status ApplyOverrides(const ConfigOverrides& o, AgentConfig* config) {
@@ -460,7 +280,7 @@ absl::Status ApplyOverrides(const ConfigOverrides& o, AgentConfig* config) {
     *t.out = *t.value;
   }
   if (o.tls_refresh_interval) {
-    if (absl::Status s = CheckPositive(*o.tls_refresh_interval); !s.ok()) {
+    if (absl::Status s = yaml::CheckDuration(*o.tls_refresh_interval, {}); !s.ok()) {
       return FlagError("tls_refresh_interval", s);
     }
     config->tls.refresh_interval = *o.tls_refresh_interval;
@@ -473,17 +293,17 @@ absl::Status ApplyOverrides(const ConfigOverrides& o, AgentConfig* config) {
     const char* flag;
     const std::optional<absl::Duration>& value;
     absl::Duration* out;
-    absl::Status (*check)(absl::Duration);
+    yaml::DurationRule rule;  // The same rule as the file's key of that name.
   } durations[] = {
-      {"flush_interval", o.flush_interval, &config->flush_interval, CheckPositive},
-      {"backoff_initial", o.backoff_initial, &config->backoff_initial, CheckPositive},
-      {"backoff_max", o.backoff_max, &config->backoff_max, CheckPositive},
-      {"heartbeat_interval", o.heartbeat_interval, &config->heartbeat_interval, CheckPositive},
-      {"drain_timeout", o.drain_timeout, &config->drain_timeout, CheckNotNegative},
+      {"flush_interval", o.flush_interval, &config->flush_interval, {}},
+      {"backoff_initial", o.backoff_initial, &config->backoff_initial, {}},
+      {"backoff_max", o.backoff_max, &config->backoff_max, {}},
+      {"heartbeat_interval", o.heartbeat_interval, &config->heartbeat_interval, {}},
+      {"drain_timeout", o.drain_timeout, &config->drain_timeout, {.allow_zero = true}},
   };
   for (const auto& d : durations) {
     if (!d.value) continue;
-    if (absl::Status s = d.check(*d.value); !s.ok()) return FlagError(d.flag, s);
+    if (absl::Status s = yaml::CheckDuration(*d.value, d.rule); !s.ok()) return FlagError(d.flag, s);
     *d.out = *d.value;
   }
   return absl::OkStatus();

@@ -4,7 +4,7 @@
 // A configuration comes from a YAML file (LoadAgentConfig), from command-line
 // flags alone, or from both: flags override the file (ApplyOverrides), then
 // FinishAgentConfig checks that what the agent needs to run is there. Errors
-// name where the bad value came from: `agent.yaml:3: field 'location': ...`
+// name where the bad value came from: `agent.yaml:3: location: ...`
 // for the file, `--location: ...` for a flag. Unknown keys in the file are
 // errors, so a typo is never silently ignored.
 //

@@ -23,6 +23,8 @@
 #include "agent/price_check.h"
 #include "agent/tickets.h"
 #include "civetweb.h"
+#include "constance/http_server.h"
+#include "constance/yaml_reader.h"
 #include "constance/log.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
@@ -40,7 +42,7 @@ struct HttpIngest::Impl {
   // Origin; set at start.
   std::set<std::string> hosts;
   absl::Mutex mu;
-  mg_context* ctx ABSL_GUARDED_BY(mu) = nullptr;
+  std::unique_ptr<HttpServer> server ABSL_GUARDED_BY(mu);
   bool closed ABSL_GUARDED_BY(mu) = false;
   // Requests admitted to the append path and not finished.
   int appending ABSL_GUARDED_BY(mu) = 0;
@@ -247,6 +249,27 @@ int CheckIdempotencyKey(mg_connection* conn, const HttpIngest::Impl& impl,
   return 0;
 }
 
+// The request's limits: the agent's, with the lateness a Max-Lateness
+// header asks for, up to what the agent allows files (max_requested_lateness).
+absl::StatusOr<Limits> RequestLimits(mg_connection* conn, const HttpIngestOptions& options) {
+  Limits limits = options.limits;
+  const char* header = mg_get_header(conn, "Max-Lateness");
+  if (header == nullptr) return limits;
+  absl::Duration asked;
+  if (absl::Status s = yaml::ParseDurationText(header, {.days = true}, &asked); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("header Max-Lateness: ", s.message()));
+  }
+  const absl::Duration allowed = std::max(options.max_requested_lateness, limits.max_lateness);
+  if (asked > allowed) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header Max-Lateness: ", header, " is above what this agent accepts (",
+        absl::FormatDuration(allowed),
+        "); raise max_lateness of a drop_directory.files mapping in the agent's config"));
+  }
+  limits.max_lateness = asked;
+  return limits;
+}
+
 int HandleIngest(mg_connection* conn, HttpIngest::Impl* impl, Endpoint endpoint) {
   if (int refused = RefuseForeign(conn, *impl); refused != 0) return refused;
   const mg_request_info* ri = mg_get_request_info(conn);
@@ -303,10 +326,11 @@ int HandleIngest(mg_connection* conn, HttpIngest::Impl* impl, Endpoint endpoint)
     }
   }
 
+  absl::StatusOr<Limits> limits = RequestLimits(conn, impl->options);
+  if (!limits.ok()) return Reply(conn, 400, RenderIngestError(limits.status().message()));
   std::vector<TicketEvent> events;
   const absl::Time now = absl::Now();
-  absl::StatusOr<ParsedObservations> parsed =
-      ParseBody(endpoint, body, now, impl->options.limits, &events);
+  absl::StatusOr<ParsedObservations> parsed = ParseBody(endpoint, body, now, *limits, &events);
   if (!parsed.ok()) return Reply(conn, 400, RenderIngestError(parsed.status().message()));
 
   // Duplicates (an item id already spooled or recently delivered) count as
@@ -402,11 +426,6 @@ int HandleUnknown(mg_connection* conn, void* cbdata) {
                                               "/v1/price_checks, /v1/tickets; GET /healthz)")));
 }
 
-int LogMessage(const mg_connection*, const char* message) {
-  spdlog::warn("http: {}", message);
-  return 1;  // Handled: civetweb writes no log file of its own.
-}
-
 }  // namespace
 
 HttpIngest::HttpIngest(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -423,51 +442,21 @@ absl::StatusOr<std::unique_ptr<HttpIngest>> HttpIngest::Start(HttpIngestOptions 
   impl->on_appended = std::move(on_appended);
   impl->max_body_bytes = impl->options.max_body_bytes;
 
-  const std::string threads = std::to_string(impl->options.threads);
-  const std::string timeout_ms =
-      std::to_string(std::max<int64_t>(1, absl::ToInt64Milliseconds(impl->options.request_timeout)));
-  // No document_root: this server serves the handlers below and no files.
-  // Keep-alive stays off (civetweb's default): a connection holds a worker
-  // for one request only.
-  const char* config[] = {"listening_ports",
-                          impl->options.listen.c_str(),
-                          "num_threads",
-                          threads.c_str(),
-                          "request_timeout_ms",
-                          timeout_ms.c_str(),
-                          nullptr};
   if (!IsLoopbackListen(impl->options.listen)) {
     spdlog::warn(
         "http: listening on {}, not loopback: systems on other machines can post observations",
         impl->options.listen);
   }
-  mg_callbacks callbacks;
-  std::memset(&callbacks, 0, sizeof(callbacks));
-  callbacks.log_message = LogMessage;
-  mg_init_data init;
-  std::memset(&init, 0, sizeof(init));
-  init.callbacks = &callbacks;
-  init.configuration_options = config;
-  unsigned error_code = 0;
-  char error_text[256] = {0};
-  mg_error_data error;
-  std::memset(&error, 0, sizeof(error));
-  error.code = &error_code;
-  error.text = error_text;
-  error.text_buffer_size = sizeof(error_text);
-  mg_context* ctx = mg_start2(&init, &error);
-  if (ctx == nullptr) {
-    return absl::UnavailableError(absl::StrCat("http: cannot listen on ", impl->options.listen,
-                                               ": ", error_text[0] ? error_text : "unknown error"));
+  HttpServerOptions server_options;
+  server_options.listen = impl->options.listen;
+  server_options.threads = impl->options.threads;
+  server_options.request_timeout = impl->options.request_timeout;
+  server_options.log_name = "http";
+  absl::StatusOr<std::unique_ptr<HttpServer>> server = HttpServer::Start(server_options);
+  if (!server.ok()) {
+    return absl::Status(server.status().code(), absl::StrCat("http: ", server.status().message()));
   }
-  std::vector<mg_server_port> ports(4);
-  int n = mg_get_server_ports(ctx, static_cast<int>(ports.size()), ports.data());
-  if (n <= 0) {
-    mg_stop(ctx);
-    return absl::UnavailableError(
-        absl::StrCat("http: no listening port on ", impl->options.listen));
-  }
-  impl->port = ports[0].port;
+  impl->port = (*server)->port();
   std::vector<std::string> names = {"localhost", "127.0.0.1", "[::1]"};
   names.push_back(impl->options.listen.substr(0, impl->options.listen.rfind(':')));
   for (const std::string& name : impl->options.allowed_hosts) names.push_back(name);
@@ -475,16 +464,16 @@ absl::StatusOr<std::unique_ptr<HttpIngest>> HttpIngest::Start(HttpIngestOptions 
     impl->hosts.insert(absl::StrCat(absl::AsciiStrToLower(name), ":", impl->port));
   }
   // Handlers once `hosts` is complete: they read it without a lock.
-  mg_set_request_handler(ctx, "/v1/observations", HandleObservations, impl.get());
-  mg_set_request_handler(ctx, "/v1/checklists", HandleChecklists, impl.get());
-  mg_set_request_handler(ctx, "/v1/price_checks", HandlePriceChecks, impl.get());
-  mg_set_request_handler(ctx, "/v1/tickets", HandleTickets, impl.get());
-  mg_set_request_handler(ctx, "/healthz", HandleHealth, impl.get());
-  mg_set_request_handler(ctx, "**", HandleUnknown, impl.get());
+  (*server)->Handle("/v1/observations", HandleObservations, impl.get());
+  (*server)->Handle("/v1/checklists", HandleChecklists, impl.get());
+  (*server)->Handle("/v1/price_checks", HandlePriceChecks, impl.get());
+  (*server)->Handle("/v1/tickets", HandleTickets, impl.get());
+  (*server)->Handle("/healthz", HandleHealth, impl.get());
+  (*server)->Handle("**", HandleUnknown, impl.get());
 
   {
     absl::MutexLock lock(&impl->mu);
-    impl->ctx = ctx;
+    impl->server = *std::move(server);
   }
   return std::unique_ptr<HttpIngest>(new HttpIngest(std::move(impl)));
 }
@@ -501,15 +490,14 @@ void HttpIngest::Close() {
 
 void HttpIngest::Stop() {
   Close();
-  mg_context* ctx;
+  std::unique_ptr<HttpServer> server;
   {
     absl::MutexLock lock(&impl_->mu);
-    ctx = impl_->ctx;
-    impl_->ctx = nullptr;
+    server = std::move(impl_->server);
   }
-  // mg_stop waits for handlers in progress; not under the lock, since they
+  // Stopping waits for handlers in progress; not under the lock, since they
   // do not need it but a concurrent Stop() should not wait on civetweb.
-  if (ctx != nullptr) mg_stop(ctx);
+  server.reset();
 }
 
 }  // namespace constance::agent

@@ -81,6 +81,13 @@ struct HttpIngestOptions {
   // localhost, 127.0.0.1 and [::1] (lower case, no port).
   std::vector<std::string> allowed_hosts;
   Limits limits;
+  // The most a request may ask for with a Max-Lateness header (`400d`,
+  // sent by `constance-agent import` for a mapping with max_lateness): the
+  // largest max_lateness of the agent's own drop_directory.files, so an
+  // import is judged as the same file dropped would be. Zero: none allowed
+  // beyond limits.max_lateness. Observations only; queue events keep the
+  // tracker's limits.
+  absl::Duration max_requested_lateness = absl::ZeroDuration();
   // Reported by /healthz.
   std::string location;
   // Where /v1/tickets events go; must outlive the HttpIngest. Null: no

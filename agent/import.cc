@@ -40,7 +40,16 @@ absl::StatusOr<std::vector<std::pair<size_t, std::string>>> Send(const ImportOpt
                                                                  const std::string& path,
                                                                  const std::string& body,
                                                                  const std::string& key) {
-  absl::StatusOr<HttpResponse> r = PostJson(o.agent, path, body, o.timeout, key);
+  HttpRequest request;
+  request.method = "POST";
+  request.path = path;
+  request.body = body;
+  request.headers = {{"Idempotency-Key", key}};
+  // The agent checks lateness too: the mapping's, not its default.
+  if (o.mapping.max_lateness > absl::ZeroDuration()) {
+    request.headers.push_back({"Max-Lateness", absl::FormatDuration(o.mapping.max_lateness)});
+  }
+  absl::StatusOr<HttpResponse> r = HttpFetch(o.agent.host, o.agent.port, request, o.timeout);
   if (!r.ok()) return r.status();
   if (r->status != 200 && r->status != 400) {
     return absl::UnavailableError(absl::StrCat("the agent refused the request (HTTP ", r->status,
@@ -76,6 +85,10 @@ std::string ImportId(const std::string& data, const InputMapping& m, const FileN
   std::string added;
   for (const InputMapping::ValueColumn& v : m.values) {
     absl::StrAppend(&added, "\x1f", v.column, "=", v.kind);
+  }
+  if (!m.critical_column.empty()) absl::StrAppend(&added, "\x1f!", m.critical_column);
+  if (m.max_lateness > absl::ZeroDuration()) {
+    absl::StrAppend(&added, "\x1f~", absl::FormatDuration(m.max_lateness));
   }
   if (facts.observed_at != absl::InfinitePast() || !facts.location.empty()) {
     absl::StrAppend(&added, "\x1f", facts.location, "@", absl::ToUnixNanos(facts.observed_at));

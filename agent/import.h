@@ -10,6 +10,13 @@
 // whose ticket matching makes a repeat harmless too. Every refused record
 // is reported as `FILE:LINE: reason`, from the parser or from the agent.
 //
+// The mapping comes from the agent config's drop_directory (the entry whose
+// pattern matches the file) and/or from flags named as its keys
+// (SetMappingFlag). Its max_lateness holds on both sides: the parser drops
+// older records, and the requests carry `Max-Lateness` so that the agent
+// judges them by it too, up to the largest max_lateness of its own
+// drop_directory mappings (HttpIngestOptions::max_requested_lateness).
+//
 // Example:
 //   ImportOptions options;
 //   options.file = "prices.csv";

@@ -10,7 +10,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "agent/file_name.h"
-#include "yaml-cpp/yaml.h"
 
 namespace constance::agent {
 namespace {
@@ -29,179 +28,190 @@ const struct {
     {Records::kTicket, "ticket"},           {Records::kChecklist, "checklist"},
 };
 
-absl::StatusOr<std::string> Scalar(const YAML::Node& node) {
-  if (node.IsNull()) return absl::InvalidArgumentError("has no value");
-  if (!node.IsScalar()) return absl::InvalidArgumentError("must be a single value");
-  return node.Scalar();
-}
+using yaml::Field;
+using yaml::Key;
+using yaml::Reader;
+using M = InputMapping;
 
-absl::StatusOr<char> OneChar(const YAML::Node& node) {
-  absl::StatusOr<std::string> s = Scalar(node);
-  if (!s.ok()) return s.status();
-  if (*s == "tab" || *s == "\\t") return '\t';
-  if (s->size() != 1 || static_cast<unsigned char>((*s)[0]) >= 0x80) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", *s, "' must be one ASCII character (or 'tab')"));
+// A single character: the delimiter or quote of a CSV file.
+absl::Status ReadChar(const Reader& r, const Field& f, char* out) {
+  std::string s;
+  if (absl::Status st = r.Text(f, &s); !st.ok()) return st;
+  if (s == "tab" || s == "\\t") {
+    *out = '\t';
+    return absl::OkStatus();
   }
-  return (*s)[0];
-}
-
-absl::StatusOr<bool> Bool(const YAML::Node& node) {
-  absl::StatusOr<std::string> s = Scalar(node);
-  if (!s.ok()) return s.status();
-  bool b = false;
-  if (!YAML::convert<bool>::decode(node, b)) {
-    return absl::InvalidArgumentError(absl::StrCat("'", *s, "' is not true or false"));
+  if (s.size() != 1 || static_cast<unsigned char>(s[0]) >= 0x80) {
+    return r.Error(f, absl::StrCat("'", s, "' must be one ASCII character (or 'tab')"));
   }
-  return b;
-}
-
-absl::StatusOr<absl::Duration> Duration(const YAML::Node& node, bool allow_zero) {
-  absl::StatusOr<std::string> s = Scalar(node);
-  if (!s.ok()) return s.status();
-  absl::Duration d;
-  if (!absl::ParseDuration(*s, &d) || d < absl::ZeroDuration() ||
-      (!allow_zero && d == absl::ZeroDuration())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", *s, "' is not a positive duration (e.g. 500ms, 2s, 1h)"));
-  }
-  return d;
-}
-
-// One item of `values`: {column: NAME, kind: KIND}.
-absl::StatusOr<InputMapping::ValueColumn> ValueColumnAt(const YAML::Node& item) {
-  if (!item.IsMap()) return absl::InvalidArgumentError("must be a map {column: NAME, kind: KIND}");
-  InputMapping::ValueColumn v;
-  for (const auto& kv : item) {
-    const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "";
-    if (key != "column" && key != "kind") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown key '", key, "' (known: column, kind)"));
-    }
-    absl::StatusOr<std::string> text = Scalar(kv.second);
-    if (!text.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("'", key, "' ", text.status().message()));
-    }
-    (key == "column" ? v.column : v.kind) = *text;
-  }
-  if (v.column.empty() || v.kind.empty()) {
-    return absl::InvalidArgumentError("needs both 'column' and 'kind'");
-  }
-  return v;
-}
-
-// `values: [{column: Price, kind: shelf}, {column: PromoPrice, kind: promo}]`.
-absl::Status SetValueColumns(const YAML::Node& node, InputMapping* m) {
-  if (!node.IsSequence() || node.size() == 0) {
-    return absl::InvalidArgumentError(
-        "must be a list like [{column: Price, kind: shelf}, {column: PromoPrice, kind: promo}]");
-  }
-  m->values.clear();
-  for (size_t i = 0; i < node.size(); ++i) {
-    absl::StatusOr<InputMapping::ValueColumn> v = ValueColumnAt(node[i]);
-    if (!v.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("[", i, "]: ", v.status().message()));
-    }
-    m->values.push_back(*std::move(v));
-  }
+  *out = s[0];
   return absl::OkStatus();
 }
 
-// Sets one field of a mapping; the reason on failure.
-absl::Status SetMappingField(const std::string& name, const YAML::Node& value, InputMapping* m) {
-  const struct {
-    const char* name;
-    std::string* out;
-  } kStrings[] = {
-      {"pattern", &m->pattern},
-      {"key_column", &m->key_column},
-      {"value_column", &m->value_column},
-      {"shelf_column", &m->shelf_column},
-      {"pos_column", &m->pos_column},
-      {"list_column", &m->list_column},
-      {"currency_column", &m->currency_column},
-      {"observed_at_column", &m->observed_at_column},
-      {"critical_column", &m->critical_column},
-      {"id_column", &m->id_column},
-      {"ticket_column", &m->ticket_column},
-      {"event_column", &m->event_column},
-      {"location_column", &m->location_column},
-      {"key", &m->key},
-      {"currency", &m->currency},
-      {"kind", &m->kind},
-      {"key_prefix", &m->key_prefix},
-      {"time_format", &m->time_format},
-      {"name_regex", &m->name_regex},
-      {"name_time_format", &m->name_time_format},
-      {"location_prefix", &m->location_prefix},
+Key<M> TextKey(const char* name, std::string M::*member) {
+  return {name, [=](const Reader& r, const Field& f, M* m) { return r.Text(f, &(m->*member)); }};
+}
+
+// A name turned into an enum by one of the Parse*Name functions below.
+template <typename E>
+Key<M> NameKey(const char* name, E M::*member, absl::Status (*parse)(absl::string_view, E*)) {
+  return {name, [=](const Reader& r, const Field& f, M* m) {
+            std::string text;
+            return r.Checked(
+                f, [&](absl::string_view t) { return parse(t, &(m->*member)); }, &text);
+          }};
+}
+
+absl::Status CheckDecimal(absl::string_view s) {
+  if (s == "." || s == ",") return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("'", s, "' must be '.' or ','"));
+}
+
+absl::Status CheckThousands(absl::string_view s) {
+  if (s == "" || s == "none" || s == "space" || s == " " || s == "." || s == "," || s == "'") {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("'", s, "' must be one of: none, space, '.', ',', \"'\" (apostrophe)"));
+}
+
+// The keys of one `files:` entry.
+const std::vector<Key<M>>& MappingKeys() {
+  static const std::vector<Key<M>> kKeys = [] {
+    std::vector<Key<M>> keys = {
+        TextKey("pattern", &M::pattern),
+        TextKey("key_column", &M::key_column),
+        TextKey("value_column", &M::value_column),
+        TextKey("shelf_column", &M::shelf_column),
+        TextKey("pos_column", &M::pos_column),
+        TextKey("list_column", &M::list_column),
+        TextKey("currency_column", &M::currency_column),
+        TextKey("observed_at_column", &M::observed_at_column),
+        TextKey("critical_column", &M::critical_column),
+        TextKey("id_column", &M::id_column),
+        TextKey("ticket_column", &M::ticket_column),
+        TextKey("event_column", &M::event_column),
+        TextKey("location_column", &M::location_column),
+        TextKey("key", &M::key),
+        TextKey("currency", &M::currency),
+        TextKey("kind", &M::kind),
+        TextKey("key_prefix", &M::key_prefix),
+        TextKey("time_format", &M::time_format),
+        TextKey("name_regex", &M::name_regex),
+        TextKey("name_time_format", &M::name_time_format),
+        TextKey("location_prefix", &M::location_prefix),
+        NameKey("format", &M::format, ParseFormatName),
+        NameKey("encoding", &M::encoding, ParseEncodingName),
+        NameKey("records", &M::records, ParseRecordsName),
+        {"delimiter", [](const Reader& r, const Field& f, M* m) {
+           return ReadChar(r, f, &m->delimiter);
+         }},
+        {"quote", [](const Reader& r, const Field& f, M* m) { return ReadChar(r, f, &m->quote); }},
+        {"decimal",
+         [](const Reader& r, const Field& f, M* m) {
+           std::string s;
+           if (absl::Status st = r.Checked(f, CheckDecimal, &s); !st.ok()) return st;
+           m->decimal = s[0];
+           return absl::OkStatus();
+         }},
+        {"thousands",
+         [](const Reader& r, const Field& f, M* m) {
+           std::string s;
+           if (absl::Status st = r.Checked(f, CheckThousands, &s); !st.ok()) return st;
+           m->thousands = s == "none" ? "" : s == "space" ? " " : s;
+           return absl::OkStatus();
+         }},
+        {"header", [](const Reader& r, const Field& f, M* m) { return r.Bool(f, &m->header); }},
+        {"max_lateness",
+         [](const Reader& r, const Field& f, M* m) {
+           return r.Duration(f, {.allow_zero = true, .days = true}, &m->max_lateness);
+         }},
+        {"cadence",
+         [](const Reader& r, const Field& f, M* m) {
+           return r.Duration(f, {.days = true}, &m->cadence);
+         }},
+        // `values: [{column: Price, kind: shelf}, {column: PromoPrice, kind: promo}]`.
+        {"values",
+         [](const Reader& r, const Field& f, M* m) {
+           using V = M::ValueColumn;
+           static const std::vector<Key<V>> kValueKeys = {
+               {"column", [](const Reader& r, const Field& f, V* v) { return r.Text(f, &v->column); },
+                "the price column"},
+               {"kind", [](const Reader& r, const Field& f, V* v) { return r.Text(f, &v->kind); },
+                "shelf, pos, list or promo"},
+           };
+           if (!f.node.IsSequence() || f.node.size() == 0) {
+             return r.Error(f, "expected a list like [{column: Price, kind: shelf}, "
+                               "{column: PromoPrice, kind: promo}]");
+           }
+           m->values.clear();
+           return r.List(f, kValueKeys, &m->values);
+         }},
+    };
+    return keys;
+  }();
+  return kKeys;
+}
+
+// One `files:` entry, read and then checked as a whole.
+absl::Status ReadMapping(const Reader& r, const Field& item, std::vector<InputMapping>* out) {
+  InputMapping m;
+  if (!item.node.IsMap()) return r.Error(item, "expected a mapping (pattern: ..., records: ...)");
+  if (absl::Status s = r.Map(item, MappingKeys(), &m); !s.ok()) return s;
+  if (item.node["kind"] && !m.values.empty()) {
+    return r.Error(item, "field 'kind' and 'values' both given: give each column's kind in values");
+  }
+  if (absl::Status s = ValidateInputMapping(m); !s.ok()) return r.Error(item, s.message());
+  out->push_back(std::move(m));
+  return absl::OkStatus();
+}
+
+absl::Status CheckProcessed(absl::string_view s) {
+  if (s == "move" || s == "keep") return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("'", s, "' is not move or keep"));
+}
+
+// The keys of the `drop_directory:` section.
+const std::vector<Key<DropDirectoryConfig>>& DropDirectoryKeys() {
+  using D = DropDirectoryConfig;
+  static const std::vector<Key<D>> kKeys = {
+      {"path", [](const Reader& r, const Field& f, D* d) { return r.Text(f, &d->path); }},
+      {"poll_interval",
+       [](const Reader& r, const Field& f, D* d) { return r.Duration(f, {}, &d->poll_interval); }},
+      {"settle_time",
+       [](const Reader& r, const Field& f, D* d) { return r.Duration(f, {}, &d->settle_time); }},
+      {"processed",
+       [](const Reader& r, const Field& f, D* d) {
+         std::string s;
+         if (absl::Status st = r.Checked(f, CheckProcessed, &s); !st.ok()) return st;
+         d->keep_processed = s == "keep";
+         return absl::OkStatus();
+       }},
+      {"processed_dir",
+       [](const Reader& r, const Field& f, D* d) { return r.Text(f, &d->processed_dir); }},
+      {"quarantine_dir",
+       [](const Reader& r, const Field& f, D* d) { return r.Text(f, &d->quarantine_dir); }},
+      {"max_records_per_commit",
+       [](const Reader& r, const Field& f, D* d) {
+         int64_t n = 0;
+         if (absl::Status s = r.Integer(f, 1, 100'000, &n); !s.ok()) return s;
+         d->max_records_per_commit = static_cast<size_t>(n);
+         return absl::OkStatus();
+       }},
+      {"max_line_bytes",
+       [](const Reader& r, const Field& f, D* d) {
+         int64_t n = 0;
+         if (absl::Status s = r.Integer(f, 1024, static_cast<int64_t>(kMaxMaxLineBytes), &n); !s.ok()) return s;
+         d->max_line_bytes = static_cast<size_t>(n);
+         return absl::OkStatus();
+       }},
+      {"files",
+       [](const Reader& r, const Field& f, D* d) {
+         if (!f.node.IsSequence()) return r.Error(f, "expected a list of file mappings");
+         return r.EachItem(f, [&](const Field& item) { return ReadMapping(r, item, &d->files); });
+       }},
   };
-  for (const auto& f : kStrings) {
-    if (name != f.name) continue;
-    absl::StatusOr<std::string> s = Scalar(value);
-    if (!s.ok()) return s.status();
-    *f.out = *s;
-    return absl::OkStatus();
-  }
-  if (name == "format") {
-    absl::StatusOr<std::string> s = Scalar(value);
-    if (!s.ok()) return s.status();
-    return ParseFormatName(*s, &m->format);
-  }
-  if (name == "encoding") {
-    absl::StatusOr<std::string> s = Scalar(value);
-    if (!s.ok()) return s.status();
-    return ParseEncodingName(*s, &m->encoding);
-  }
-  if (name == "records") {
-    absl::StatusOr<std::string> s = Scalar(value);
-    if (!s.ok()) return s.status();
-    return ParseRecordsName(*s, &m->records);
-  }
-  if (name == "delimiter" || name == "quote") {
-    absl::StatusOr<char> c = OneChar(value);
-    if (!c.ok()) return c.status();
-    (name == "delimiter" ? m->delimiter : m->quote) = *c;
-    return absl::OkStatus();
-  }
-  if (name == "decimal") {
-    absl::StatusOr<std::string> s = Scalar(value);
-    if (!s.ok()) return s.status();
-    if (*s != "." && *s != ",") {
-      return absl::InvalidArgumentError(absl::StrCat("'", *s, "' must be '.' or ','"));
-    }
-    m->decimal = (*s)[0];
-    return absl::OkStatus();
-  }
-  if (name == "thousands") {
-    absl::StatusOr<std::string> s = Scalar(value);
-    if (!s.ok()) return s.status();
-    if (*s == "space") *s = " ";
-    if (*s != "" && *s != "none" && *s != " " && *s != "." && *s != "," && *s != "'") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("'", *s, "' must be one of: none, space, '.', ',', \"'\" (apostrophe)"));
-    }
-    m->thousands = *s == "none" ? "" : *s;
-    return absl::OkStatus();
-  }
-  if (name == "header") {
-    absl::StatusOr<bool> b = Bool(value);
-    if (!b.ok()) return b.status();
-    m->header = *b;
-    return absl::OkStatus();
-  }
-  if (name == "max_lateness" || name == "cadence") {
-    absl::StatusOr<absl::Duration> d = Duration(value, /*allow_zero=*/name == "max_lateness");
-    if (!d.ok()) return d.status();
-    (name == "cadence" ? m->cadence : m->max_lateness) = *d;
-    return absl::OkStatus();
-  }
-  if (name == "values") return SetValueColumns(value, m);
-  std::string known;
-  for (const auto& f : kStrings) absl::StrAppend(&known, f.name, ", ");
-  absl::StrAppend(&known,
-                  "format, encoding, records, delimiter, quote, decimal, thousands, header, "
-                  "max_lateness, cadence, values");
-  return absl::InvalidArgumentError(absl::StrCat("unknown field (known: ", known, ")"));
+  return kKeys;
 }
 
 absl::Status CheckPriceKind(const std::string& kind, absl::string_view field) {
@@ -236,8 +246,6 @@ absl::Status ValidateValueColumns(const InputMapping& m) {
   }
   return absl::OkStatus();
 }
-
-std::string Where(const YAML::Node& node) { return absl::StrCat("line ", node.Mark().line + 1); }
 
 }  // namespace
 
@@ -354,93 +362,22 @@ absl::Status ValidateInputMapping(const InputMapping& m) {
   return absl::OkStatus();
 }
 
-absl::Status ParseDropDirectorySection(const YAML::Node& node, DropDirectoryConfig* out) {
-  *out = DropDirectoryConfig{};
-  if (node.IsNull()) return absl::OkStatus();
-  if (!node.IsMap()) return absl::InvalidArgumentError("must be a map of settings");
-  for (const auto& kv : node) {
-    const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "";
-    const YAML::Node& v = kv.second;
-    absl::Status s;
-    if (key == "path" || key == "processed_dir" || key == "quarantine_dir") {
-      absl::StatusOr<std::string> text = Scalar(v);
-      s = text.status();
-      if (text.ok()) {
-        (key == "path" ? out->path : key == "processed_dir" ? out->processed_dir
-                                                            : out->quarantine_dir) = *text;
-      }
-    } else if (key == "poll_interval" || key == "settle_time") {
-      absl::StatusOr<absl::Duration> d = Duration(v, /*allow_zero=*/false);
-      s = d.status();
-      if (d.ok()) (key == "poll_interval" ? out->poll_interval : out->settle_time) = *d;
-    } else if (key == "processed") {
-      absl::StatusOr<std::string> text = Scalar(v);
-      s = text.status();
-      if (text.ok() && *text != "move" && *text != "keep") {
-        s = absl::InvalidArgumentError(absl::StrCat("'", *text, "' is not move or keep"));
-      }
-      if (s.ok()) out->keep_processed = *text == "keep";
-    } else if (key == "max_records_per_commit") {
-      absl::StatusOr<std::string> text = Scalar(v);
-      s = text.status();
-      uint64_t n = 0;
-      if (s.ok() && (!absl::SimpleAtoi(*text, &n) || n < 1 || n > 100'000)) {
-        s = absl::InvalidArgumentError(absl::StrCat("'", *text, "' is not a number in 1..100000"));
-      }
-      if (s.ok()) out->max_records_per_commit = static_cast<size_t>(n);
-    } else if (key == "max_line_bytes") {
-      absl::StatusOr<std::string> text = Scalar(v);
-      s = text.status();
-      uint64_t n = 0;
-      if (s.ok() && (!absl::SimpleAtoi(*text, &n) || n < 1024 || n > kMaxMaxLineBytes)) {
-        s = absl::InvalidArgumentError(absl::StrCat(
-            "'", *text, "' is not a number of bytes in 1024..", kMaxMaxLineBytes, " (default ",
-            kDefaultMaxLineBytes, ")"));
-      }
-      if (s.ok()) out->max_line_bytes = static_cast<size_t>(n);
-    } else if (key == "files") {
-      if (!v.IsSequence()) {
-        s = absl::InvalidArgumentError("must be a list of file mappings");
-      } else {
-        for (size_t i = 0; i < v.size() && s.ok(); ++i) {
-          const YAML::Node& entry = v[i];
-          const std::string where = absl::StrCat("files[", i, "] (", Where(entry), ")");
-          if (!entry.IsMap()) {
-            return absl::InvalidArgumentError(absl::StrCat(where, ": must be a map"));
-          }
-          InputMapping m;
-          for (const auto& f : entry) {
-            const std::string name = f.first.IsScalar() ? f.first.Scalar() : "";
-            if (absl::Status fs = SetMappingField(name, f.second, &m); !fs.ok()) {
-              return absl::InvalidArgumentError(absl::StrCat(
-                  "files[", i, "] (", Where(f.first), "): field '", name, "': ", fs.message()));
-            }
-          }
-          if (entry["kind"] && !m.values.empty()) {
-            return absl::InvalidArgumentError(
-                absl::StrCat(where,
-                             ": field 'kind' and 'values' both given: give each "
-                             "column's kind in values"));
-          }
-          if (absl::Status ms = ValidateInputMapping(m); !ms.ok()) {
-            return absl::InvalidArgumentError(absl::StrCat(where, ": ", ms.message()));
-          }
-          out->files.push_back(std::move(m));
-        }
-      }
-    } else {
-      s = absl::InvalidArgumentError(
-          "unknown field (known: path, poll_interval, settle_time, processed, processed_dir, "
-          "quarantine_dir, max_records_per_commit, max_line_bytes, files)");
-    }
-    if (!s.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(Where(kv.first), ": field '", key, "': ", s.message()));
-    }
+absl::Status SetMappingFlag(absl::string_view name, const std::string& value,
+                            InputMapping* mapping) {
+  for (const Key<M>& key : MappingKeys()) {
+    if (key.name == name) return key.read(Reader::Flags(), Reader::FlagField(name, value), mapping);
   }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--", name, ": not a field of drop_directory.files"));
+}
+
+absl::Status ParseDropDirectorySection(const yaml::Reader& reader, const yaml::Field& section,
+                                       DropDirectoryConfig* out) {
+  *out = DropDirectoryConfig{};
+  if (absl::Status s = reader.Map(section, DropDirectoryKeys(), out); !s.ok()) return s;
   if (!out->path.empty() && out->files.empty()) {
-    return absl::InvalidArgumentError(
-        "'path' is set but 'files' is empty: say how the dropped files are read");
+    return reader.Error(section,
+                        "'path' is set but 'files' is empty: say how the dropped files are read");
   }
   return absl::OkStatus();
 }

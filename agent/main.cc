@@ -118,6 +118,26 @@ ABSL_FLAG(std::string, thousands, "", "import: thousands separator: none, space,
 ABSL_FLAG(std::optional<bool>, header, std::nullopt, "import: the CSV has a header row");
 ABSL_FLAG(std::string, key_column, "", "import: the column of the key (item, service, check)");
 ABSL_FLAG(std::string, value_column, "", "import: the column of the value");
+ABSL_FLAG(std::string, shelf_column, "", "import: price_check: the shelf price's column");
+ABSL_FLAG(std::string, pos_column, "", "import: price_check: the till's price column");
+ABSL_FLAG(std::string, list_column, "", "import: price_check: the list price's column");
+ABSL_FLAG(std::string, currency_column, "", "import: the column of each price's currency");
+ABSL_FLAG(std::string, observed_at_column, "",
+          "import: the column of each record's time (see --time_format)");
+ABSL_FLAG(std::string, time_format, "",
+          "import: how --observed_at_column is written: empty RFC 3339, unix, or an "
+          "absl::ParseTime format read as UTC");
+ABSL_FLAG(std::string, critical_column, "",
+          "import: compliance: the column saying whether a check is critical");
+ABSL_FLAG(std::string, id_column, "", "import: the column of each record's idempotency id");
+ABSL_FLAG(std::string, location_column, "",
+          "import: the column naming each row's location (rows of others are skipped)");
+ABSL_FLAG(std::string, ticket_column, "", "import: ticket: the ticket number's column");
+ABSL_FLAG(std::string, event_column, "", "import: ticket: the event's column");
+ABSL_FLAG(std::string, key_prefix, "", "import: a prefix put before every key");
+ABSL_FLAG(std::string, max_lateness, "",
+          "import: how old a record may be, e.g. 400d (default: the mapping's, else 7 days); the "
+          "agent accepts up to the largest max_lateness of its own drop_directory.files");
 
 namespace constance::agent {
 namespace {
@@ -139,7 +159,11 @@ constexpr char kUsage[] =
     "      score|ticket|observation|checklist] [--encoding=utf-8|windows-1250|latin-1]\n"
     "      [--delimiter=,] [--decimal=.] [--thousands=none] [--header=true]\n"
     "      [--key_column=NAME] [--value_column=NAME] [--currency=EUR] [--kind=shelf]\n"
-    "      [--observed_at=RFC3339]";
+    "      [--observed_at_column=NAME [--time_format=FMT]] [--critical_column=NAME]\n"
+    "      [--max_lateness=400d] [--observed_at=RFC3339]\n"
+    "      (and every other column of a drop_directory.files mapping: --shelf_column,\n"
+    "      --pos_column, --list_column, --currency_column, --id_column, --location_column,\n"
+    "      --ticket_column, --event_column, --key_prefix)";
 
 int UsageError(absl::string_view why) {
   std::cerr << "constance-agent: " << why << "\nusage: " << kUsage << "\n";
@@ -347,33 +371,40 @@ int Import(const std::vector<char*>& args) {
   }
   InputMapping& m = options.mapping;
   absl::Status s;
-  if (const std::string v = absl::GetFlag(FLAGS_format); !v.empty()) {
-    s.Update(ParseFormatName(v, &m.format));
-  }
-  if (const std::string v = absl::GetFlag(FLAGS_records); !v.empty()) {
-    s.Update(ParseRecordsName(v, &m.records));
-  }
-  if (const std::string v = absl::GetFlag(FLAGS_encoding); !v.empty()) {
-    s.Update(ParseEncodingName(v, &m.encoding));
-  }
-  if (const std::string v = absl::GetFlag(FLAGS_delimiter); !v.empty()) {
-    if (v == "tab") {
-      m.delimiter = '\t';
-    } else if (v.size() == 1) {
-      m.delimiter = v[0];
-    } else {
-      s.Update(absl::InvalidArgumentError("--delimiter must be one character or tab"));
-    }
-  }
-  if (const std::string v = absl::GetFlag(FLAGS_decimal); !v.empty()) m.decimal = v[0];
-  if (const std::string v = absl::GetFlag(FLAGS_thousands); !v.empty()) {
-    m.thousands = v == "none" ? "" : (v == "space" ? " " : v);
+  // Each flag is set by the rule of the drop_directory.files key of its name.
+  const struct {
+    const char* name;
+    const absl::Flag<std::string>& flag;
+  } kMappingFlags[] = {
+      {"format", FLAGS_format},
+      {"records", FLAGS_records},
+      {"encoding", FLAGS_encoding},
+      {"delimiter", FLAGS_delimiter},
+      {"decimal", FLAGS_decimal},
+      {"thousands", FLAGS_thousands},
+      {"key_column", FLAGS_key_column},
+      {"value_column", FLAGS_value_column},
+      {"shelf_column", FLAGS_shelf_column},
+      {"pos_column", FLAGS_pos_column},
+      {"list_column", FLAGS_list_column},
+      {"currency_column", FLAGS_currency_column},
+      {"observed_at_column", FLAGS_observed_at_column},
+      {"time_format", FLAGS_time_format},
+      {"critical_column", FLAGS_critical_column},
+      {"id_column", FLAGS_id_column},
+      {"location_column", FLAGS_location_column},
+      {"ticket_column", FLAGS_ticket_column},
+      {"event_column", FLAGS_event_column},
+      {"key_prefix", FLAGS_key_prefix},
+      {"currency", FLAGS_currency},
+      {"kind", FLAGS_kind},
+      {"max_lateness", FLAGS_max_lateness},
+  };
+  for (const auto& f : kMappingFlags) {
+    const std::string v = absl::GetFlag(f.flag);
+    if (!v.empty() && s.ok()) s = SetMappingFlag(f.name, v, &m);
   }
   if (std::optional<bool> header = absl::GetFlag(FLAGS_header)) m.header = *header;
-  if (const std::string v = absl::GetFlag(FLAGS_key_column); !v.empty()) m.key_column = v;
-  if (const std::string v = absl::GetFlag(FLAGS_value_column); !v.empty()) m.value_column = v;
-  if (const std::string v = absl::GetFlag(FLAGS_currency); !v.empty()) m.currency = v;
-  if (const std::string v = absl::GetFlag(FLAGS_kind); !v.empty()) m.kind = v;
   if (s.ok()) s = ValidateInputMapping(m);
   if (!s.ok()) return UsageError(absl::StrCat("import: ", s.message()));
   if (const std::string v = absl::GetFlag(FLAGS_observed_at); !v.empty()) {

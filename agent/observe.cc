@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
-#include "civetweb.h"
+#include "constance/http_client.h"
 #include "constance/money.h"
 #include "constance/validate.h"
 #include "google/protobuf/util/time_util.h"
@@ -26,53 +26,6 @@ absl::StatusOr<double> ParseNumber(absl::string_view what, absl::string_view tex
     return Usage(absl::StrCat(what, " '", text, "' is not a finite number"));
   }
   return value;
-}
-
-void InitCivetweb() {
-  // mg_start does this for servers; a client-only process must do it once.
-  static const bool done = [] {
-    mg_init_library(0);
-    return true;
-  }();
-  (void)done;
-}
-
-absl::StatusOr<HttpResponse> Exchange(const HostPort& to, absl::string_view method,
-                                      const std::string& path, const std::string& body,
-                                      absl::Duration timeout, const std::string& key = "") {
-  InitCivetweb();
-  char error[256] = {0};
-  mg_connection* conn =
-      mg_connect_client(to.host.c_str(), to.port, /*use_ssl=*/0, error, sizeof(error));
-  const std::string where = absl::StrCat("http://", to.host, ":", to.port, path);
-  if (conn == nullptr) {
-    return absl::UnavailableError(absl::StrCat("cannot connect to ", where, ": ", error));
-  }
-  std::string request = absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: ", to.host, ":",
-                                     to.port, "\r\nConnection: close\r\n");
-  if (method == "POST") {
-    absl::StrAppend(&request, "Content-Type: application/json\r\nContent-Length: ", body.size(),
-                    "\r\n");
-  }
-  if (!key.empty()) absl::StrAppend(&request, "Idempotency-Key: ", key, "\r\n");
-  absl::StrAppend(&request, "\r\n", body);
-  if (mg_write(conn, request.data(), request.size()) != static_cast<int>(request.size())) {
-    mg_close_connection(conn);
-    return absl::UnavailableError(absl::StrCat("cannot send the request to ", where));
-  }
-  const int timeout_ms = static_cast<int>(std::min<int64_t>(
-      std::max<int64_t>(absl::ToInt64Milliseconds(timeout), 1), std::numeric_limits<int>::max()));
-  if (mg_get_response(conn, error, sizeof(error), timeout_ms) < 0) {
-    mg_close_connection(conn);
-    return absl::UnavailableError(absl::StrCat("no answer from ", where, ": ", error));
-  }
-  HttpResponse response;
-  response.status = mg_get_response_info(conn)->status_code;
-  char buf[16384];
-  int n;
-  while ((n = mg_read(conn, buf, sizeof(buf))) > 0) response.body.append(buf, n);
-  mg_close_connection(conn);
-  return response;
 }
 
 }  // namespace
@@ -170,12 +123,19 @@ absl::StatusOr<HostPort> ParseAgentUrl(absl::string_view url) {
 absl::StatusOr<HttpResponse> PostJson(const HostPort& to, const std::string& path,
                                       const std::string& body, absl::Duration timeout,
                                       const std::string& idempotency_key) {
-  return Exchange(to, "POST", path, body, timeout, idempotency_key);
+  HttpRequest request;
+  request.method = "POST";
+  request.path = path;
+  request.body = body;
+  if (!idempotency_key.empty()) request.headers.push_back({"Idempotency-Key", idempotency_key});
+  return HttpFetch(to.host, to.port, request, timeout);
 }
 
 absl::StatusOr<HttpResponse> GetUrl(const HostPort& to, const std::string& path,
                                     absl::Duration timeout) {
-  return Exchange(to, "GET", path, "", timeout);
+  HttpRequest request;
+  request.path = path;
+  return HttpFetch(to.host, to.port, request, timeout);
 }
 
 std::string DescribeRefusal(const HttpResponse& response) {

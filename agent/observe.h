@@ -4,8 +4,8 @@
 // The pieces are separate so each can be tested alone: BuildObservation
 // turns the command's arguments into a v1::Observation (a price with its
 // currency's decimals, by ParseMoney: "4.49" EUR is 449, "450" JPY is 450),
-// and PostJson is a small HTTP/1.1 client (civetweb's) for the agent's
-// loopback address.
+// and PostJson / GetUrl call the shared HTTP client (constance/http_client.h)
+// for the agent's loopback address.
 //
 // Example:
 //   ObserveRequest req;
@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "constance/http_client.h"
 #include "constance/v1/observation.pb.h"
 
 namespace constance::agent {
@@ -53,10 +54,8 @@ struct HostPort {
 // "http://127.0.0.1:8080", "http://127.0.0.1:8080/" or "127.0.0.1:8080".
 absl::StatusOr<HostPort> ParseAgentUrl(absl::string_view url);
 
-struct HttpResponse {
-  int status = 0;
-  std::string body;
-};
+// The shared client's answer (constance/http_client.h).
+using HttpResponse = ::constance::HttpResponse;
 
 // POSTs `body` as application/json and reads the whole answer. Unavailable
 // when the agent cannot be reached or does not answer within `timeout`.

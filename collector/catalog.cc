@@ -1,10 +1,11 @@
 // Loading and validating the catalog (catalog.h).
 //
-// yaml-cpp builds the tree; what is written by hand here is the part no
-// library does: each mapping is read through a table of its keys, so an
-// unknown key, a wrong type or a value out of range is reported with the
-// file, the line and the field path, and nothing silently falls back to a
-// default.
+// Each mapping is read through a table of its keys with the shared YAML
+// layer (constance/yaml_reader.h), so an unknown key, a wrong type or a
+// value out of range is reported with the file, the line and the field
+// path, in the same words as the agent's config, and nothing silently falls
+// back to a default. What is here is the catalog's own: its key tables,
+// opening hours, intervals and the checks across fields.
 #include "collector/catalog.h"
 
 #include <algorithm>
@@ -26,285 +27,62 @@
 #include "absl/time/civil_time.h"
 #include "constance/money.h"
 #include "constance/validate.h"
-#include "yaml-cpp/yaml.h"
+#include "constance/yaml_reader.h"
 
 namespace constance::collector {
 namespace {
 
 constexpr int kMinutesPerDay = 24 * 60;
-constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// A node with its dotted field path and the line to blame. An empty value
-// is blamed on its key's line: yaml-cpp marks it at the next token.
-struct Field {
-  YAML::Node node;
-  std::string path;
-  int line = 0;
-};
+using yaml::Child;
+using yaml::Field;
+using yaml::Key;
+using yaml::kNonNegative;
+using yaml::kPositive;
+using yaml::kRatio;
+using yaml::Range;
+using Parser = yaml::Reader;
+template <typename T>
+using Reader = yaml::ReadFn<T>;
 
-int LineOf(const YAML::Node& node, int fallback) {
-  const int line = node.Mark().line;
-  return line < 0 ? fallback : line + 1;
-}
-
-std::string Child(absl::string_view path, absl::string_view key) {
-  return path.empty() ? std::string(key) : absl::StrCat(path, ".", key);
-}
-
-// Numeric ranges, with their wording for messages.
-struct Range {
-  double lo, hi;
-  bool lo_open, hi_open;
-};
-constexpr Range kRatio{0, 1, false, false};
+// Ranges only the catalog uses.
 constexpr Range kShare{0, 1, true, false};
 constexpr Range kOpenUnit{0, 1, true, true};
 constexpr Range kAccuracy{0, 0.5, true, true};
-constexpr Range kPositive{0, kInf, true, true};
-constexpr Range kNonNegative{0, kInf, false, true};
-
-bool InRange(double v, const Range& r) {
-  return (r.lo_open ? v > r.lo : v >= r.lo) && (r.hi_open ? v < r.hi : v <= r.hi);
-}
-
-std::string Describe(const Range& r) {
-  if (r.hi == kInf) return absl::StrCat(r.lo_open ? "> " : ">= ", r.lo);
-  return absl::StrCat("in ", r.lo_open ? "(" : "[", r.lo, ", ", r.hi, r.hi_open ? ")" : "]");
-}
-
-class Parser;
-template <typename T>
-using Reader = std::function<absl::Status(const Parser&, const Field&, T*)>;
-
-// One key of a mapping. `required`, when set, says why the key may not be
-// left out; it ends up in the message.
-// Whole days: "365d" (a cadence of inspections reads better in days).
-bool ParseDays(absl::string_view text, absl::Duration* out) {
-  if (text.size() < 2 || text.back() != 'd') return false;
-  int64_t days = 0;
-  text.remove_suffix(1);
-  for (char c : text) {
-    if (!absl::ascii_isdigit(c)) return false;
-  }
-  if (!absl::SimpleAtoi(text, &days) || days > 100 * 366) return false;
-  *out = absl::Hours(24 * days);
-  return true;
-}
-
-template <typename T>
-struct Key {
-  std::string name;
-  Reader<T> read;
-  const char* required = nullptr;
-};
 
 // List items remember their line for the engine's messages; intervals do not.
 template <typename T>
-void SetLine(int line, T* item) {
-  item->line = line;
+absl::Status ListOf(const Parser& p, const Field& f, const std::vector<Key<T>>& keys,
+                    std::vector<T>* out) {
+  return p.List<T>(f, keys, out, [](const Field& item, T* value) {
+    if constexpr (!std::is_same_v<T, Interval>) value->line = item.line;
+  });
 }
-void SetLine(int, Interval*) {}
 
-// Reads values out of one file; every error names `filename_`.
-class Parser {
- public:
-  Parser(absl::string_view filename, const Catalog* catalog)
-      : filename_(filename), catalog_(catalog) {}
-
-  // The catalog being built: exceptions read their location's time zone.
-  const Catalog& catalog() const { return *catalog_; }
-
-  absl::Status Error(int line, absl::string_view path, absl::string_view what) const {
-    if (path.empty()) path = "catalog";  // The top-level mapping.
-    return absl::InvalidArgumentError(absl::StrCat(filename_, ":", line, ": ", path, ": ", what));
-  }
-  absl::Status Error(const Field& f, absl::string_view what) const {
-    return Error(f.line, f.path, what);
-  }
-
-  // A scalar, quoted or not. "" is a value; an empty `key:` is not.
-  absl::Status Text(const Field& f, std::string* out) const {
-    if (f.node.IsNull()) return Error(f, "has no value");
-    if (!f.node.IsScalar()) return Error(f, "expected a single value, not a list or mapping");
-    *out = f.node.Scalar();
+// A date (local midnight in `tz`) or an RFC 3339 time.
+absl::Status ReadWhen(const Parser& p, const Field& f, absl::TimeZone tz, absl::Time* out) {
+  std::string text;
+  if (absl::Status s = p.Text(f, &text); !s.ok()) return s;
+  absl::CivilDay day;
+  // The round trip rejects dates absl would normalise (2026-02-30).
+  if (absl::ParseCivilTime(text, &day) && absl::FormatCivilTime(day) == text) {
+    *out = absl::FromCivil(day, tz);
     return absl::OkStatus();
   }
-
-  // Text passed through one of constance's validators, whose messages start
-  // with their own field name (dropped: ours is more precise).
-  absl::Status Checked(const Field& f, absl::Status (*check)(absl::string_view),
-                       std::string* out) const {
-    if (absl::Status s = Text(f, out); !s.ok()) return s;
-    if (check == nullptr) return absl::OkStatus();
-    absl::Status s = check(*out);
-    if (s.ok()) return s;
-    absl::string_view why = s.message();
-    if (size_t colon = why.find(": "); colon != why.npos) why.remove_prefix(colon + 2);
-    return Error(f, absl::StrCat("'", *out, "': ", why));
-  }
-
-  // Numbers must be plain scalars: a quoted "3.5" is a string in YAML.
-  absl::Status Number(const Field& f, const Range& r, double* out) const {
-    std::string text;
-    if (absl::Status s = Text(f, &text); !s.ok()) return s;
-    double v = 0;
-    if (f.node.Tag() == "!" || !absl::SimpleAtod(text, &v) || !std::isfinite(v)) {
-      return Error(f, absl::StrCat("expected a number ", Describe(r), ", got '", text, "'"));
-    }
-    if (!InRange(v, r)) return Error(f, absl::StrCat("must be ", Describe(r), ", got ", text));
-    *out = v;
-    return absl::OkStatus();
-  }
-
-  absl::Status Integer(const Field& f, int64_t min, int64_t max, int64_t* out) const {
-    std::string text;
-    if (absl::Status s = Text(f, &text); !s.ok()) return s;
-    int64_t v = 0;
-    if (f.node.Tag() == "!" || !absl::SimpleAtoi(text, &v)) {
-      return Error(f, absl::StrCat("expected a whole number >= ", min, ", got '", text, "'"));
-    }
-    if (v < min) return Error(f, absl::StrCat("must be >= ", min, ", got ", text));
-    if (v > max) return Error(f, absl::StrCat("must be <= ", max, ", got ", text));
-    *out = v;
-    return absl::OkStatus();
-  }
-
-  absl::Status Bool(const Field& f, bool* out) const {
-    std::string text;
-    if (absl::Status s = Text(f, &text); !s.ok()) return s;
-    if (f.node.Tag() == "!" || !YAML::convert<bool>::decode(f.node, *out)) {
-      return Error(f, absl::StrCat("expected true or false, got '", text, "'"));
-    }
-    return absl::OkStatus();
-  }
-
-  // `days`: whole days ("365d") are read too, for cadences counted in days.
-  absl::Status Duration(const Field& f, bool allow_zero, absl::Duration* out,
-                        bool days = false) const {
-    std::string text;
-    if (absl::Status s = Text(f, &text); !s.ok()) return s;
-    absl::Duration d;
-    if (!(days && ParseDays(text, &d)) &&
-        (!absl::ParseDuration(text, &d) || d == absl::InfiniteDuration() ||
-         d == -absl::InfiniteDuration())) {
-      return Error(f, absl::StrCat("'", text, "' is not a duration (e.g. 90s, 1h30m, 168h",
-                                   days ? ", 365d)" : ")"));
-    }
-    if (d < absl::ZeroDuration() || (!allow_zero && d == absl::ZeroDuration())) {
-      return Error(f, absl::StrCat(allow_zero ? "must not be negative" : "must be positive",
-                                   ", got ", text));
-    }
-    *out = d;
-    return absl::OkStatus();
-  }
-
-  // A date (local midnight in `tz`) or an RFC 3339 time.
-  absl::Status When(const Field& f, absl::TimeZone tz, absl::Time* out) const {
-    std::string text;
-    if (absl::Status s = Text(f, &text); !s.ok()) return s;
-    absl::CivilDay day;
-    // The round trip rejects dates absl would normalise (2026-02-30).
-    if (absl::ParseCivilTime(text, &day) && absl::FormatCivilTime(day) == text) {
-      *out = absl::FromCivil(day, tz);
-      return absl::OkStatus();
-    }
-    std::string err;
-    if (absl::ParseTime(absl::RFC3339_full, text, out, &err)) return absl::OkStatus();
-    return Error(f, absl::StrCat("'", text,
+  std::string err;
+  if (absl::ParseTime(absl::RFC3339_full, text, out, &err)) return absl::OkStatus();
+  return p.Error(f, absl::StrCat("'", text,
                                  "' is not a date (2026-12-25) or an RFC 3339 time "
                                  "(2026-11-30T02:00:00Z)"));
-  }
+}
 
-  // A mapping of names to text (labels, a price zone).
-  absl::Status Labels(const Field& f, std::map<std::string, std::string>* out) const {
-    return EachKey(f, [&](const std::string& name, const Field& value) {
-      if (name.empty()) return Error(value, "label names must not be empty");
-      return Text(value, &(*out)[name]);
-    });
-  }
-
-  absl::Status TextList(const Field& f,
-                        const std::function<absl::Status(const Field&)>& each) const {
-    if (f.node.IsNull()) return absl::OkStatus();
-    if (!f.node.IsSequence()) return Error(f, "expected a list");
-    for (size_t i = 0; i < f.node.size(); ++i) {
-      const YAML::Node item = f.node[i];
-      if (absl::Status s = each({item, absl::StrCat(f.path, "[", i, "]"), LineOf(item, f.line)});
-          !s.ok()) {
-        return s;
-      }
-    }
-    return absl::OkStatus();
-  }
-
-  // Reads a mapping through its key table, in table order (so a location's
-  // time zone is known before its closures are read). An empty value is an
-  // empty mapping: `thresholds:` with everything commented out is valid.
-  template <typename T>
-  absl::Status Map(const Field& f, const std::vector<Key<T>>& keys, T* out) const {
-    absl::flat_hash_map<std::string, Field> present;
-    absl::Status s = EachKey(f, [&](const std::string& name, const Field& value) {
-      const bool known =
-          std::any_of(keys.begin(), keys.end(), [&](const Key<T>& k) { return k.name == name; });
-      if (!known) {
-        std::vector<std::string> allowed;
-        for (const Key<T>& k : keys) allowed.push_back(k.name);
-        return Error(value.line, value.path,
-                     absl::StrCat("unknown key (allowed: ", absl::StrJoin(allowed, ", "), ")"));
-      }
-      present.emplace(name, value);
-      return absl::OkStatus();
-    });
-    if (!s.ok()) return s;
-    for (const Key<T>& k : keys) {
-      auto it = present.find(k.name);
-      if (it == present.end()) {
-        if (k.required == nullptr) continue;
-        return Error(f.line, Child(f.path, k.name), absl::StrCat("required (", k.required, ")"));
-      }
-      if (absl::Status s = k.read(*this, it->second, out); !s.ok()) return s;
-    }
-    return absl::OkStatus();
-  }
-
-  template <typename T>
-  absl::Status List(const Field& f, const std::vector<Key<T>>& keys, std::vector<T>* out) const {
-    return TextList(f, [&](const Field& item) {
-      T value;
-      SetLine(item.line, &value);
-      if (absl::Status s = Map(item, keys, &value); !s.ok()) return s;
-      out->push_back(std::move(value));
-      return absl::OkStatus();
-    });
-  }
-
- private:
-  // Calls `each` for every key of mapping `f`, rejecting duplicate keys
-  // (yaml-cpp keeps both, and which one wins would be a guess).
-  template <typename Fn>
-  absl::Status EachKey(const Field& f, Fn each) const {
-    if (f.node.IsNull()) return absl::OkStatus();
-    if (!f.node.IsMap()) return Error(f, "expected a mapping (key: value)");
-    absl::flat_hash_map<std::string, int> seen;
-    for (const auto& kv : f.node) {
-      const int key_line = LineOf(kv.first, f.line);
-      if (!kv.first.IsScalar()) return Error(key_line, f.path, "expected a key name");
-      const std::string& name = kv.first.Scalar();
-      const std::string path = Child(f.path, name);
-      auto [it, inserted] = seen.emplace(name, key_line);
-      if (!inserted) {
-        return Error(key_line, path,
-                     absl::StrCat("duplicate key (first at line ", it->second, ")"));
-      }
-      const int line = kv.second.IsNull() ? key_line : LineOf(kv.second, key_line);
-      if (absl::Status s = each(name, Field{kv.second, path, line}); !s.ok()) return s;
-    }
-    return absl::OkStatus();
-  }
-
-  std::string filename_;
-  const Catalog* catalog_;
-};
+// A mapping of names to text (labels, a price zone).
+absl::Status ReadLabels(const Parser& p, const Field& f, std::map<std::string, std::string>* out) {
+  return p.EachKey(f, [&](const std::string& name, const Field& value) {
+    if (name.empty()) return p.Error(value, "label names must not be empty");
+    return p.Text(value, &(*out)[name]);
+  });
+}
 
 // Readers of one member, for the key tables.
 
@@ -329,7 +107,7 @@ Reader<T> IntegerAt(Int T::*member, int64_t min) {
 template <typename T>
 Reader<T> DurationAt(absl::Duration T::*member, bool allow_zero = false) {
   return [=](const Parser& p, const Field& f, T* out) {
-    return p.Duration(f, allow_zero, &(out->*member));
+    return p.Duration(f, {allow_zero}, &(out->*member));
   };
 }
 
@@ -341,7 +119,7 @@ Reader<T> BoolAt(bool T::*member) {
 template <typename T>
 Reader<T> TextAt(std::string T::*member, absl::Status (*check)(absl::string_view) = nullptr) {
   return
-      [=](const Parser& p, const Field& f, T* out) { return p.Checked(f, check, &(out->*member)); };
+      [=](const Parser& p, const Field& f, T* out) { return p.Validated(f, check, &(out->*member)); };
 }
 
 absl::Status NotEmpty(absl::string_view text) {
@@ -434,11 +212,11 @@ std::vector<Key<OpeningHours>> HoursKeys() {
 std::vector<Key<Interval>> IntervalKeys(absl::TimeZone tz) {
   return {
       {"from",
-       [tz](const Parser& p, const Field& f, Interval* i) { return p.When(f, tz, &i->from); },
+       [tz](const Parser& p, const Field& f, Interval* i) { return ReadWhen(p, f, tz, &i->from); },
        "an interval needs a start"},
       {"to",
        [tz](const Parser& p, const Field& f, Interval* i) {
-         if (absl::Status s = p.When(f, tz, &i->to); !s.ok()) return s;
+         if (absl::Status s = ReadWhen(p, f, tz, &i->to); !s.ok()) return s;
          return i->to > i->from ? absl::OkStatus() : p.Error(f, "must be after from");
        },
        "an interval needs an end (closed: true closes for good)"},
@@ -450,7 +228,7 @@ std::vector<Key<LocationEntry>> LocationKeys() {
   using L = LocationEntry;
   return {
       {"id", TextAt(&L::id, ValidateLocationId), "every location needs an id"},
-      {"labels", [](const Parser& p, const Field& f, L* l) { return p.Labels(f, &l->labels); }},
+      {"labels", [](const Parser& p, const Field& f, L* l) { return ReadLabels(p, f, &l->labels); }},
       {"timezone",
        [](const Parser& p, const Field& f, L* l) {
          if (absl::Status s = p.Text(f, &l->timezone); !s.ok()) return s;
@@ -466,18 +244,18 @@ std::vector<Key<LocationEntry>> LocationKeys() {
          return p.Map(f, HoursKeys(), &l->hours);
        }},
       {"closures", [](const Parser& p, const Field& f,
-                      L* l) { return p.List(f, IntervalKeys(l->tz), &l->closures); }},
+                      L* l) { return ListOf(p, f, IntervalKeys(l->tz), &l->closures); }},
       {"maintenance", [](const Parser& p, const Field& f,
-                         L* l) { return p.List(f, IntervalKeys(l->tz), &l->maintenance); }},
+                         L* l) { return ListOf(p, f, IntervalKeys(l->tz), &l->maintenance); }},
       {"opened",
-       [](const Parser& p, const Field& f, L* l) { return p.When(f, l->tz, &l->opened); }},
+       [](const Parser& p, const Field& f, L* l) { return ReadWhen(p, f, l->tz, &l->opened); }},
       {"closed", BoolAt(&L::closed)},
       {"cadence", DurationAt(&L::cadence)},
   };
 }
 
 absl::Status ReadLocations(const Parser& p, const Field& f, Catalog* c) {
-  if (absl::Status s = p.List(f, LocationKeys(), &c->locations); !s.ok()) return s;
+  if (absl::Status s = ListOf(p, f, LocationKeys(), &c->locations); !s.ok()) return s;
   absl::flat_hash_map<std::string, size_t> first;
   for (size_t i = 0; i < c->locations.size(); ++i) {
     const LocationEntry& l = c->locations[i];
@@ -499,24 +277,24 @@ std::vector<Key<PeerGroupRule>> PeerGroupKeys() {
       {"label", TextAt(&G::label, NotEmpty), "locations sharing this label's value are peers"},
       {"families",
        [](const Parser& p, const Field& f, G* g) {
-         return p.TextList(f, [&](const Field& item) {
+         return p.EachItem(f, [&](const Field& item) {
            std::string name;
-           if (absl::Status s = p.Checked(item, CheckFamily, &name); !s.ok()) return s;
+           if (absl::Status s = p.Validated(item, CheckFamily, &name); !s.ok()) return s;
            g->families.push_back(FamilyFromName(name));
            return absl::OkStatus();
          });
        }},
       {"keys",
        [](const Parser& p, const Field& f, G* g) {
-         return p.TextList(f, [&](const Field& item) {
-           return p.Checked(item, CheckKeyPattern, &g->keys.emplace_back());
+         return p.EachItem(f, [&](const Field& item) {
+           return p.Validated(item, CheckKeyPattern, &g->keys.emplace_back());
          });
        }},
   };
 }
 
 absl::Status ReadPeerGroups(const Parser& p, const Field& f, Catalog* c) {
-  if (absl::Status s = p.List(f, PeerGroupKeys(), &c->peer_groups); !s.ok()) return s;
+  if (absl::Status s = ListOf(p, f, PeerGroupKeys(), &c->peer_groups); !s.ok()) return s;
   absl::flat_hash_map<std::string, int> first;
   for (size_t i = 0; i < c->peer_groups.size(); ++i) {
     const PeerGroupRule& g = c->peer_groups[i];
@@ -567,9 +345,9 @@ std::vector<Key<PricePromise>> PricePromiseKeys() {
          return absl::OkStatus();
        },
        "the promised price"},
-      {"where", [](const Parser& p, const Field& f, P* out) { return p.Labels(f, &out->where); }},
+      {"where", [](const Parser& p, const Field& f, P* out) { return ReadLabels(p, f, &out->where); }},
       {"effective", [](const Parser& p, const Field& f,
-                       P* out) { return p.When(f, absl::UTCTimeZone(), &out->effective); }},
+                       P* out) { return ReadWhen(p, f, absl::UTCTimeZone(), &out->effective); }},
   };
 }
 
@@ -594,22 +372,22 @@ std::vector<Key<CheckPromise>> CheckPromiseKeys() {
 std::vector<Key<Catalog>> PromiseKeys() {
   return {
       {"prices", [](const Parser& p, const Field& f,
-                    Catalog* c) { return p.List(f, PricePromiseKeys(), &c->price_promises); }},
+                    Catalog* c) { return ListOf(p, f, PricePromiseKeys(), &c->price_promises); }},
       {"waits", [](const Parser& p, const Field& f,
-                   Catalog* c) { return p.List(f, WaitPromiseKeys(), &c->wait_promises); }},
+                   Catalog* c) { return ListOf(p, f, WaitPromiseKeys(), &c->wait_promises); }},
       {"checks", [](const Parser& p, const Field& f,
-                    Catalog* c) { return p.List(f, CheckPromiseKeys(), &c->check_promises); }},
+                    Catalog* c) { return ListOf(p, f, CheckPromiseKeys(), &c->check_promises); }},
   };
 }
 
-std::vector<Key<Exception>> ExceptionKeys() {
+std::vector<Key<Exception>> ExceptionKeys(const Catalog& catalog) {
   using E = Exception;
   return {
       {"location", TextAt(&E::location, ValidateLocationId), "the location allowed to deviate"},
       {"family",
        [](const Parser& p, const Field& f, E* e) {
          std::string name;
-         if (absl::Status s = p.Checked(f, CheckFamily, &name); !s.ok()) return s;
+         if (absl::Status s = p.Validated(f, CheckFamily, &name); !s.ok()) return s;
          e->family = FamilyFromName(name);
          return absl::OkStatus();
        },
@@ -618,10 +396,10 @@ std::vector<Key<Exception>> ExceptionKeys() {
       {"owner", TextAt(&E::owner, NotEmpty), "someone must answer for the deviation"},
       {"reason", TextAt(&E::reason)},
       {"expires",
-       [](const Parser& p, const Field& f, E* e) {
+       [&catalog](const Parser& p, const Field& f, E* e) {
          // A date is midnight where the location is, when it is declared.
-         const LocationEntry* l = p.catalog().FindLocation(e->location);
-         return p.When(f, l != nullptr ? l->tz : absl::UTCTimeZone(), &e->expires);
+         const LocationEntry* l = catalog.FindLocation(e->location);
+         return ReadWhen(p, f, l != nullptr ? l->tz : absl::UTCTimeZone(), &e->expires);
        },
        "an approved deviation must expire"},
   };
@@ -648,7 +426,7 @@ std::vector<Key<KeyJudging>> JudgingKeys() {
        }},
       {"expected_every",
        [](const Parser& p, const Field& f, J* out) {
-         return p.Duration(f, /*allow_zero=*/false, &out->expected_every, /*days=*/true);
+         return p.Duration(f, {.allow_zero = false, .days = true}, &out->expected_every);
        }},
   };
 }
@@ -778,9 +556,9 @@ std::vector<Key<Catalog>> CatalogKeys() {
       {"promises",
        [](const Parser& p, const Field& f, Catalog* c) { return p.Map(f, PromiseKeys(), c); }},
       {"exceptions", [](const Parser& p, const Field& f,
-                        Catalog* c) { return p.List(f, ExceptionKeys(), &c->exceptions); }},
+                        Catalog* c) { return ListOf(p, f, ExceptionKeys(*c), &c->exceptions); }},
       {"judging", [](const Parser& p, const Field& f,
-                     Catalog* c) { return p.List(f, JudgingKeys(), &c->judging); }},
+                     Catalog* c) { return ListOf(p, f, JudgingKeys(), &c->judging); }},
   };
 }
 
@@ -897,44 +675,15 @@ bool Catalog::ExpectedOpen(absl::string_view location, absl::Time t) const {
 absl::StatusOr<Catalog> ParseCatalog(absl::string_view yaml, absl::string_view filename) {
   Catalog catalog = DefaultCatalog();
   catalog.path = std::string(filename);
-  const Parser parser(filename, &catalog);
-  absl::Status status;
-  // yaml-cpp reports syntax errors by throwing; values are checked before
-  // any conversion that could throw, so the second handler is a backstop
-  // that keeps every exception inside.
-  try {
-    const YAML::Node root = YAML::Load(std::string(yaml));
-    if (!root.IsNull() && !root.IsMap()) {
-      return parser.Error(LineOf(root, 1), "catalog",
-                          "expected a mapping of sections (thresholds:, locations:, ...)");
-    }
-    status = parser.Map(Field{root, "", 1}, CatalogKeys(), &catalog);
-  } catch (const YAML::ParserException& e) {
-    return parser.Error(e.mark.line + 1, "syntax error", e.msg);
-  } catch (const YAML::Exception& e) {
-    return parser.Error(std::max(e.mark.line + 1, 1), "yaml", e.msg);
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(filename, ": ", e.what()));
-  }
-  if (!status.ok()) return status;
+  const Parser parser(filename, "catalog");
+  if (absl::Status s = yaml::Parse(yaml, parser, CatalogKeys(), &catalog); !s.ok()) return s;
   return catalog;
 }
 
 absl::StatusOr<Catalog> LoadCatalog(const std::string& path) {
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), std::fclose);
-  if (file == nullptr) {
-    const int error = errno;
-    return absl::ErrnoToStatus(error, absl::StrCat(path, ": cannot open"));
-  }
-  std::string yaml;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), file.get())) > 0) yaml.append(buf, n);
-  if (std::ferror(file.get())) {
-    const int error = errno;  // EISDIR for a directory.
-    return absl::ErrnoToStatus(error, absl::StrCat(path, ": cannot read"));
-  }
-  return ParseCatalog(yaml, path);
+  absl::StatusOr<std::string> yaml = yaml::ReadConfigFile(path);
+  if (!yaml.ok()) return yaml.status();
+  return ParseCatalog(*yaml, path);
 }
 
 }  // namespace constance::collector

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "civetweb.h"
+#include "constance/http_server.h"
 #include "spdlog/spdlog.h"
 
 namespace constance::collector {
@@ -102,52 +103,26 @@ int HandleUnknown(mg_connection* conn, void*) {
   return 404;
 }
 
-int LogMessage(const mg_connection*, const char* message) {
-  spdlog::warn("metrics http: {}", message);
-  return 1;  // Handled: civetweb writes no log file of its own.
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& listen,
                                                                     const CollectorMetrics* metrics,
                                                                     int threads) {
-  const std::string thread_count = std::to_string(threads);
-  // No document_root: this server serves /metrics and no files.
-  const char* config[] = {"listening_ports",    listen.c_str(), "num_threads", thread_count.c_str(),
-                          "request_timeout_ms", "30000",        nullptr};
-  mg_callbacks callbacks;
-  std::memset(&callbacks, 0, sizeof(callbacks));
-  callbacks.log_message = LogMessage;
-  mg_init_data init;
-  std::memset(&init, 0, sizeof(init));
-  init.callbacks = &callbacks;
-  init.configuration_options = config;
-  unsigned error_code = 0;
-  char error_text[256] = {0};
-  mg_error_data error;
-  std::memset(&error, 0, sizeof(error));
-  error.code = &error_code;
-  error.text = error_text;
-  error.text_buffer_size = sizeof(error_text);
-  mg_context* ctx = mg_start2(&init, &error);
-  if (ctx == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("--metrics_listen=", listen,
-                     ": cannot listen there: ", error_text[0] ? error_text : "unknown error"));
+  HttpServerOptions options;
+  options.listen = listen;
+  options.threads = threads;
+  options.request_timeout = absl::Seconds(30);
+  options.log_name = "metrics http";
+  absl::StatusOr<std::unique_ptr<HttpServer>> server = HttpServer::Start(options);
+  if (!server.ok()) {
+    return absl::Status(server.status().code(),
+                        absl::StrCat("--metrics_listen: ", server.status().message()));
   }
   // const_cast: civetweb's callback data is void*; the handler only reads.
-  mg_set_request_handler(ctx, "/metrics", HandleMetrics, const_cast<CollectorMetrics*>(metrics));
-  mg_set_request_handler(ctx, "**", HandleUnknown, nullptr);
-  std::vector<mg_server_port> ports(4);
-  const int n = mg_get_server_ports(ctx, static_cast<int>(ports.size()), ports.data());
-  if (n <= 0) {
-    mg_stop(ctx);
-    return absl::UnavailableError(absl::StrCat("--metrics_listen=", listen, ": no listening port"));
-  }
-  return std::unique_ptr<MetricsServer>(new MetricsServer(ctx, ports[0].port));
+  (*server)->Handle("/metrics", HandleMetrics, const_cast<CollectorMetrics*>(metrics));
+  (*server)->Handle("**", HandleUnknown, nullptr);
+  return std::unique_ptr<MetricsServer>(new MetricsServer(*std::move(server)));
 }
 
-MetricsServer::~MetricsServer() { mg_stop(ctx_); }
 
 }  // namespace constance::collector

@@ -21,8 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "collector/metrics.h"
-
-struct mg_context;
+#include "constance/http_server.h"
 
 namespace constance::collector {
 
@@ -37,16 +36,15 @@ class MetricsServer {
 
   MetricsServer(const MetricsServer&) = delete;
   MetricsServer& operator=(const MetricsServer&) = delete;
-  ~MetricsServer();
+  ~MetricsServer() = default;
 
   // The port listened on.
-  int port() const { return port_; }
+  int port() const { return server_->port(); }
 
  private:
-  MetricsServer(mg_context* ctx, int port) : ctx_(ctx), port_(port) {}
+  explicit MetricsServer(std::unique_ptr<HttpServer> server) : server_(std::move(server)) {}
 
-  mg_context* ctx_;
-  const int port_;
+  const std::unique_ptr<HttpServer> server_;
 };
 
 }  // namespace constance::collector

@@ -7,8 +7,13 @@
 #      integration tests, then every fuzz target for a bounded time
 #      (tests/fuzz/run.sh; CONSTANCE_FUZZ_SECONDS, default 30).
 #   2. build-tsan: ThreadSanitizer on the tests of our own threads (the
-#      collector engine, the agent's spools); tests that go through gRPC are
-#      left out, Debian's gRPC not being instrumented.
+#      collector engine, the agent's spools), built as the one executable
+#      tsan_tests; tests that go through gRPC are left out, Debian's gRPC
+#      not being instrumented.
+#
+# Both trees are configured with CONSTANCE_BUILD_SYSTEM_SUITES=OFF: the
+# deploy, dashboards, faults and packaging suites are not run here, so they
+# are not compiled either. Compiles go through ccache (CMakeLists.txt).
 #
 #   ./tests/sanitizers.sh            # everything
 #   ./tests/sanitizers.sh asan       # or: fuzz, tsan (fuzz needs asan's build)
@@ -31,7 +36,8 @@ export CCACHE_BASEDIR="$root" CCACHE_NOHASHDIR=true
 # -Wthread-safety findings stay warnings in these builds until the ones in
 # collector/engine.cc (lambdas run under a held lock) are annotated.
 cmake_args=(-G Ninja -DCMAKE_CXX_COMPILER=clang++-14 -DCONSTANCE_WERROR=ON
-  -DCONSTANCE_BUILD_BENCHMARKS=OFF -DCMAKE_CXX_FLAGS=-Wno-error=thread-safety-analysis)
+  -DCONSTANCE_BUILD_BENCHMARKS=OFF -DCONSTANCE_BUILD_SYSTEM_SUITES=OFF
+  -DCMAKE_CXX_FLAGS=-Wno-error=thread-safety-analysis)
 nice_build=(nice -n 5 cmake --build)
 # Configures $1 with cmake_args and the rest. A build directory configured
 # with another compiler is started afresh: CMake would otherwise drop the
@@ -99,8 +105,8 @@ for step in "${steps[@]}"; do
     tsan)
       echo "sanitizers: building build-tsan (clang, TSan)"
       configure build-tsan -DCONSTANCE_SANITIZE=thread
-      "${nice_build[@]}" build-tsan --target sanitizer_concurrency_tests collector_unit_tests \
-        agent_unit_tests
+      # Only tsan_tests: the engine and spool tests below, nothing else.
+      "${nice_build[@]}" build-tsan --target tsan_tests
       reports="$root/build-tsan/sanitizer-reports"
       rm -rf "$reports" && mkdir -p "$reports"
       TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:log_path=$reports/tsan:suppressions=$root/tests/sanitizers/tsan.supp" \

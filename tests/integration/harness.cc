@@ -18,7 +18,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "civetweb.h"
 
 extern char** environ;
 
@@ -119,44 +118,17 @@ namespace {
 absl::StatusOr<HttpResponse> Http(
     const std::string& address, const std::string& method, const std::string& path,
     const std::string& body, const std::vector<std::pair<std::string, std::string>>& headers = {}) {
-  static const bool initialized = [] {
-    mg_init_library(0);
-    return true;
-  }();
-  (void)initialized;
   std::pair<std::string, std::string> hp = absl::StrSplit(address, absl::MaxSplits(':', 1));
   int port = 0;
   if (!absl::SimpleAtoi(hp.second, &port)) {
     return absl::InvalidArgumentError(absl::StrCat("bad address ", address));
   }
-  char error[256] = {0};
-  struct mg_connection* conn = mg_connect_client(hp.first.c_str(), port, 0, error, sizeof(error));
-  if (conn == nullptr) {
-    return absl::UnavailableError(absl::StrCat("connect ", address, ": ", error));
-  }
-  std::string request = absl::StrCat(method, " ", path, " HTTP/1.1\r\nConnection: close\r\n",
-                                     "Content-Length: ", body.size(), "\r\n");
-  bool host = false, type = false;
-  for (const auto& [name, value] : headers) {
-    host = host || absl::EqualsIgnoreCase(name, "Host");
-    type = type || absl::EqualsIgnoreCase(name, "Content-Type");
-    if (!value.empty()) absl::StrAppend(&request, name, ": ", value, "\r\n");
-  }
-  if (!host) absl::StrAppend(&request, "Host: ", address, "\r\n");
-  if (!type) absl::StrAppend(&request, "Content-Type: application/json\r\n");
-  absl::StrAppend(&request, "\r\n", body);
-  mg_write(conn, request.data(), request.size());
-  HttpResponse response;
-  if (mg_get_response(conn, error, sizeof(error), 30000) < 0) {
-    mg_close_connection(conn);
-    return absl::UnavailableError(absl::StrCat(method, " ", address, path, ": ", error));
-  }
-  response.status = mg_get_response_info(conn)->status_code;
-  char buf[16384];
-  int n;
-  while ((n = mg_read(conn, buf, sizeof(buf))) > 0) response.body.append(buf, n);
-  mg_close_connection(conn);
-  return response;
+  HttpRequest request;
+  request.method = method;
+  request.path = path;
+  request.body = body;
+  request.headers = headers;
+  return HttpFetch(hp.first, port, request, absl::Seconds(30));
 }
 
 }  // namespace

@@ -6,8 +6,8 @@
 // Processes report their OS-chosen ports through a ready file
 // (`name=host:port` lines, written atomically), which WaitForReadyFile reads.
 //
-// HttpGet/HttpPost talk plain HTTP/1.1 to loopback through civetweb's
-// client API.
+// HttpGet/HttpPost talk plain HTTP/1.1 to loopback through the product's
+// own client (constance/http_client.h), so the tests exercise it too.
 //
 // Not thread-safe: use from the test's thread.
 #ifndef CONSTANCE_TESTS_INTEGRATION_HARNESS_H_
@@ -22,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "constance/http_client.h"
 
 namespace constance::testing {
 
@@ -70,10 +71,8 @@ absl::StatusOr<std::map<std::string, std::string>> WaitForReadyFile(const std::s
                                                                     Subprocess& process,
                                                                     absl::Duration timeout);
 
-struct HttpResponse {
-  int status = 0;
-  std::string body;
-};
+// The product's own client (constance/http_client.h) does the talking.
+using HttpResponse = ::constance::HttpResponse;
 
 // `address` is host:port. Bodies are sent as application/json.
 absl::StatusOr<HttpResponse> HttpGet(const std::string& address, const std::string& path);

@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "agent/sqlite_spool.h"
 #include "constance/v1/query.grpc.pb.h"
 #include "gmock/gmock.h"
@@ -394,6 +395,33 @@ TEST_F(InputsTest, ImportReportsBadLinesAndIsIdempotent) {
   EXPECT_THAT(r.output, HasSubstr("import: --observed_at: 'yesterday' is not a time in format "
                                   "RFC 3339"));
   EXPECT_EQ(SpoolDepth(agent_ready_["http"]), 27);
+  // An inspection export with columns of its own names, read through the
+  // same column flags as a drop_directory mapping, with its max_lateness.
+  const std::string inspections = dir_.File("inspections.csv");
+  const auto stamp = [](absl::Duration ago) {
+    return absl::FormatTime("%Y-%m-%d %H:%M", absl::Now() - ago, absl::UTCTimeZone());
+  };
+  std::ofstream(inspections) << "Visited,Check,Outcome,Critical?\n"
+                             << stamp(absl::Hours(1)) << ",fridge-temp,fail,yes\n"
+                             << stamp(absl::Hours(3)) << ",floor-clean,pass,no\n";
+  const std::string inspect = absl::StrCat(
+      BinDir(), "/constance-agent import ", inspections,
+      " --records=compliance --key_column=Check --value_column=Outcome",
+      " --observed_at_column=Visited '--time_format=%Y-%m-%d %H:%M' '--critical_column=Critical?'",
+      " --agent=http://", agent_ready_["http"]);
+  r = RunCommand(absl::StrCat(inspect, " --max_lateness=2h"), "");
+  EXPECT_EQ(r.exit_code, 1) << r.output;  // The 3-hour-old row is past 2h.
+  EXPECT_THAT(r.output, HasSubstr("inspections.csv:3: "));
+  EXPECT_THAT(r.output, HasSubstr("older than the lateness bound of 2h"));
+  EXPECT_EQ(SpoolDepth(agent_ready_["http"]), 28);
+  r = RunCommand(inspect, "");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  // Another lateness is another import (its own idempotency keys): both rows.
+  EXPECT_EQ(SpoolDepth(agent_ready_["http"]), 30);
+  // A flag is checked by its file key's rule.
+  r = RunCommand(absl::StrCat(inspect, " --max_lateness=soon"), "");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--max_lateness: 'soon' is not a duration"));
 }
 
 }  // namespace

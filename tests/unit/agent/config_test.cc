@@ -57,44 +57,44 @@ TEST(AgentConfigTest, BadFilesNameFileLineAndField) {
     const char* yaml;
     const char* error;  // Expected substring.
   } kCases[] = {
-      {"location: Paris\n", "agent.yaml:1: field 'location': must start with a lower-case"},
+      {"location: Paris\n", "agent.yaml:1: location: must start with a lower-case"},
       {"collector: c:1\ninsecure: true\nlocation: -bad\n",
-       "agent.yaml:3: field 'location': must start with"},
-      {"location: a b\n", "agent.yaml:1: field 'location': character ' ' not allowed"},
-      {"location:\ncollector: c:1\n", "agent.yaml:1: field 'location': has no value"},
-      {"location: [a, b]\n", "agent.yaml:1: field 'location': must be a single value"},
+       "agent.yaml:3: location: must start with"},
+      {"location: a b\n", "agent.yaml:1: location: character ' ' not allowed"},
+      {"location:\ncollector: c:1\n", "agent.yaml:1: location: has no value"},
+      {"location: [a, b]\n", "agent.yaml:1: location: expected a single value"},
       {"collector: collector.example\n",
-       "agent.yaml:1: field 'collector': 'collector.example' is not HOST:PORT"},
-      {"collector: c:http\n", "agent.yaml:1: field 'collector': port 'http' is not a number"},
-      {"insecure: maybe\n", "agent.yaml:1: field 'insecure': 'maybe' is not true or false"},
-      {"\n\nlisten: localhost\n", "agent.yaml:3: field 'listen': 'localhost' is not HOST:PORT"},
-      {"metrics_listen: 127.0.0.1:99999\n", "agent.yaml:1: field 'metrics_listen': port '99999'"},
-      {"flush_interval: fast\n", "agent.yaml:1: field 'flush_interval': 'fast' is not a duration"},
-      {"flush_interval: 0s\n", "agent.yaml:1: field 'flush_interval': must be a positive duration"},
-      {"backoff_max: -1s\n", "agent.yaml:1: field 'backoff_max': must be a positive duration"},
-      {"drain_timeout: -1s\n", "agent.yaml:1: field 'drain_timeout': must not be negative"},
-      {"max_batch: 0\n", "agent.yaml:1: field 'max_batch': '0' is not a whole number in 1..10000"},
-      {"max_batch: -5\n", "agent.yaml:1: field 'max_batch': '-5' is not a whole number"},
-      {"max_batch: 1.5\n", "agent.yaml:1: field 'max_batch': '1.5' is not a whole number"},
-      {"labels: [a, b]\n", "agent.yaml:1: field 'labels': must be a map"},
+       "agent.yaml:1: collector: 'collector.example' is not HOST:PORT"},
+      {"collector: c:http\n", "agent.yaml:1: collector: port 'http' is not a number"},
+      {"insecure: maybe\n", "agent.yaml:1: insecure: expected true or false, got 'maybe'"},
+      {"\n\nlisten: localhost\n", "agent.yaml:3: listen: 'localhost' is not HOST:PORT"},
+      {"metrics_listen: 127.0.0.1:99999\n", "agent.yaml:1: metrics_listen: port '99999'"},
+      {"flush_interval: fast\n", "agent.yaml:1: flush_interval: 'fast' is not a duration"},
+      {"flush_interval: 0s\n", "agent.yaml:1: flush_interval: must be positive, got 0"},
+      {"backoff_max: -1s\n", "agent.yaml:1: backoff_max: must be positive, got -1s"},
+      {"drain_timeout: -1s\n", "agent.yaml:1: drain_timeout: must not be negative"},
+      {"max_batch: 0\n", "agent.yaml:1: max_batch: must be in 1..10000, got 0"},
+      {"max_batch: -5\n", "agent.yaml:1: max_batch: must be in 1..10000, got -5"},
+      {"max_batch: 1.5\n", "agent.yaml:1: max_batch: expected a whole number in 1..10000, got '1.5'"},
+      {"labels: [a, b]\n", "agent.yaml:1: labels: expected a mapping"},
       {"http_request_timeout: 0s\n",
-       "agent.yaml:1: field 'http_request_timeout': must be a positive duration"},
-      {"http_threads: 1\n", "agent.yaml:1: field 'http_threads': '1' is not a whole number in 2..1024"},
-      {"http_allowed_hosts: store.local\n", "field 'http_allowed_hosts': must be a list"},
+       "agent.yaml:1: http_request_timeout: must be positive, got 0"},
+      {"http_threads: 1\n", "agent.yaml:1: http_threads: must be in 2..1024, got 1"},
+      {"http_allowed_hosts: store.local\n", "agent.yaml:1: http_allowed_hosts: expected a list"},
       {"http_allowed_hosts: [http://store.local]\n",
        "'http://store.local' is not a host name (write it without scheme or port"},
       {"drop_directory:\n  max_line_bytes: 10\n",
-       "field 'max_line_bytes': '10' is not a number of bytes in 1024..16777216 (default 1048576)"},
-      {"labels: {Brand: acme}\n", "agent.yaml:1: field 'labels': label name 'Brand'"},
-      {"labels: {brand: [a]}\n", "agent.yaml:1: field 'labels': every label must be name: value"},
+       "agent.yaml:2: drop_directory.max_line_bytes: must be in 1024..16777216, got 10"},
+      {"labels: {Brand: acme}\n", "agent.yaml:1: labels.Brand: label name 'Brand'"},
+      {"labels: {brand: [a]}\n", "agent.yaml:1: labels.brand: expected a single value"},
       // Unknown keys are errors, so that a typo is not ignored.
-      {"location: a\nlocaton: b\n", "agent.yaml:2: unknown field 'locaton' (known: location,"},
+      {"location: a\nlocaton: b\n", "agent.yaml:2: locaton: unknown key (allowed: location,"},
       {"location: a\nlocation: b\n",
-       "agent.yaml:2: field 'location' given twice (first on line 1)"},
+       "agent.yaml:2: location: duplicate key (first at line 1)"},
       // YAML syntax errors give the line.
-      {"location: a\n  bad: indent\n", "agent.yaml:2: YAML syntax error"},
-      {"location: [a\n", "agent.yaml:2: YAML syntax error"},
-      {"- location: a\n", "agent.yaml:1: expected a map of settings"},
+      {"location: a\n  bad: indent\n", "agent.yaml:2: syntax error"},
+      {"location: [a\n", "agent.yaml:2: syntax error"},
+      {"- location: a\n", "agent.yaml:1: agent config: expected a mapping of settings"},
   };
   for (const auto& c : kCases) {
     absl::StatusOr<AgentConfig> config = ParseAgentConfig(c.yaml, "agent.yaml");
@@ -109,7 +109,7 @@ TEST(AgentConfigTest, LoadNamesThePath) {
   std::ofstream(path) << "location: a\nflush_interval: soon\n";
   absl::StatusOr<AgentConfig> c = LoadAgentConfig(path);
   ASSERT_FALSE(c.ok());
-  EXPECT_THAT(std::string(c.status().message()), HasSubstr(path + ":2: field 'flush_interval'"));
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr(path + ":2: flush_interval: 'soon' is not a duration"));
 
   c = LoadAgentConfig(::testing::TempDir() + "/no-such-agent.yaml");
   EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
@@ -163,7 +163,7 @@ TEST(AgentConfigTest, BadFlagsNameTheFlag) {
          o.flush_interval = absl::ZeroDuration();
          return o;
        }(),
-       "--flush_interval: must be a positive duration"},
+       "--flush_interval: must be positive, got 0"},
   };
   for (const auto& c : kCases) {
     AgentConfig config;
@@ -224,7 +224,7 @@ TEST(AgentConfigTest, TlsBlock) {
   auto bad = ParseAgentConfig("tls:\n  cafile: x\n", "agent.yaml");
   ASSERT_FALSE(bad.ok());
   EXPECT_THAT(std::string(bad.status().message()),
-              HasSubstr("agent.yaml:2: field 'tls': unknown key 'cafile'"));
+              HasSubstr("agent.yaml:2: tls.cafile: unknown key (allowed: ca, cert, key,"));
   bad = ParseAgentConfig("tls: yes\n", "agent.yaml");
   EXPECT_FALSE(bad.ok());
   ConfigOverrides o;

@@ -97,9 +97,8 @@ TEST(InputConfigTest, ErrorsNameFileLineAndField) {
     const char* error;
   } cases[] = {
       {"drop_directory:\n  path: /x\n  files:\n    - pattern: a\n      encoding: cp1252\n",
-       "agent.yaml:2: field 'drop_directory': files[0] (line 5): field 'encoding': 'cp1252' is "
-       "not one of"},
-      {"drop_directory:\n  path: /x\n", "'files' is empty"},
+       "agent.yaml:5: drop_directory.files[0].encoding: 'cp1252' is not one of"},
+      {"drop_directory:\n  path: /x\n", "agent.yaml:2: drop_directory: 'path' is set but 'files' is empty"},
       {"drop_directory:\n  files:\n    - records: price\n      key_column: k\n      value_column: "
        "v\n",
        "needs field 'currency' or 'currency_column'"},
@@ -108,13 +107,14 @@ TEST(InputConfigTest, ErrorsNameFileLineAndField) {
       {"drop_directory:\n  files:\n    - records: score\n      key: k\n      value_column: v\n"
        "      decimal: ','\n      thousands: ','\n",
        "must differ"},
-      {"drop_directory:\n  polling: 2s\n", "unknown field"},
+      {"drop_directory:\n  polling: 2s\n", "agent.yaml:2: drop_directory.polling: unknown key (allowed: path,"},
       {"drop_directory:\n  processed: delete\n", "not move or keep"},
-      {"open_ticket_ttl: 0s\n", "positive"},
+      {"open_ticket_ttl: 0s\n", "agent.yaml:1: open_ticket_ttl: must be positive"},
       // File-name captures.
       {"drop_directory:\n  files:\n    - key: k\n      value_column: v\n      records: score\n"
        "      name_regex: '(?P<location>[0-9+)'\n",
-       "files[0] (line 3): field 'name_regex': '(?P<location>[0-9+)' is not a valid RE2 regex"},
+       "agent.yaml:3: drop_directory.files[0]: field 'name_regex': '(?P<location>[0-9+)' is not a "
+       "valid RE2 regex"},
       {"drop_directory:\n  files:\n    - key: k\n      value_column: v\n      records: score\n"
        "      name_regex: '(?P<store>\\d+)\\.csv'\n",
        "unknown group 'store'"},
@@ -142,17 +142,17 @@ TEST(InputConfigTest, ErrorsNameFileLineAndField) {
        "'shelf' is listed twice"},
       {"drop_directory:\n  files:\n    - key: k\n      currency: EUR\n"
        "      values: [{column: A}]\n",
-       "field 'values': [0]: needs both 'column' and 'kind'"},
+       "agent.yaml:5: drop_directory.files[0].values[0].kind: required (shelf, pos, list or promo)"},
       {"drop_directory:\n  files:\n    - key: k\n      records: wait\n"
        "      values: [{column: A, kind: shelf}]\n",
        "for records 'price' only"},
       // Cadence.
       {"drop_directory:\n  files:\n    - key: k\n      value_column: v\n      records: score\n"
        "      cadence: 0s\n",
-       "field 'cadence': '0s' is not a positive duration"},
+       "agent.yaml:6: drop_directory.files[0].cadence: must be positive, got 0"},
       {"drop_directory:\n  files:\n    - key: k\n      value_column: v\n      records: score\n"
        "      cadence: daily\n",
-       "field 'cadence': 'daily' is not a positive duration"},
+       "agent.yaml:6: drop_directory.files[0].cadence: 'daily' is not a duration"},
   };
   for (const auto& c : cases) {
     absl::StatusOr<AgentConfig> got = ParseAgentConfig(c.yaml, "agent.yaml");

@@ -9,9 +9,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/civil_time.h"
 #include "agent/checklists.h"
 #include "agent/http_ingest.h"
 #include "agent/import.h"
+#include "agent/input_config.h"
 #include "agent/observe.h"
 #include "agent/price_check.h"
 #include "agent/tickets.h"
@@ -32,6 +34,7 @@ class InputsHttpTest : public ::testing::Test {
     HttpIngestOptions options;
     options.listen = "127.0.0.1:0";
     options.tickets = tracker_.get();
+    options.max_requested_lateness = max_requested_lateness_;
     auto http = HttpIngest::Start(options, &spool_, &metrics_, nullptr);
     ASSERT_TRUE(http.ok()) << http.status();
     http_ = *std::move(http);
@@ -50,6 +53,8 @@ class InputsHttpTest : public ::testing::Test {
     return out;
   }
 
+  // What the agent's own drop_directory mappings allow (agent.cc).
+  absl::Duration max_requested_lateness_ = absl::ZeroDuration();
   MemorySpool spool_{SpoolOptions{}};
   AgentMetrics metrics_{"store-1", "test"};
   std::unique_ptr<TicketTracker> tracker_;
@@ -289,6 +294,91 @@ TEST_F(ImportTest, NameThatDoesNotMatchIsAnErrorNamingTheFile) {
   EXPECT_THAT(std::string(report.status().message()),
               HasSubstr("file 'prices.csv': the name does not match name_regex"));
   EXPECT_TRUE(Spooled().empty());
+}
+
+// An inspection export whose columns are named its own way, 40 days old:
+// the mapping (or import's flags, SetMappingFlag) names the time and
+// critical columns, and its max_lateness is what the agent judges by.
+class ImportLatenessTest : public ImportTest {
+ protected:
+  ImportLatenessTest() { max_requested_lateness_ = absl::Hours(24 * 400); }
+
+  ImportOptions Inspections(absl::Time at) {
+    ImportOptions o;
+    o.file = absl::StrCat(dir_, "/inspections.csv");
+    const std::string when = absl::FormatTime("%Y-%m-%d", at, absl::UTCTimeZone());
+    std::ofstream(o.file) << "Inspected On,Check,Outcome,Is Critical\n"
+                          << when << ",fridge-temp,fail,yes\n"
+                          << when << ",floor-clean,pass,no\n";
+    o.location = "store-1";
+    o.agent = {"127.0.0.1", http_->port()};
+    // As `import --records=compliance --key_column=Check ...` sets them.
+    const std::pair<const char*, const char*> flags[] = {
+        {"records", "compliance"},         {"key_column", "Check"},
+        {"value_column", "Outcome"},       {"observed_at_column", "Inspected On"},
+        {"time_format", "%Y-%m-%d"},       {"critical_column", "Is Critical"},
+    };
+    for (const auto& [name, value] : flags) {
+      EXPECT_TRUE(SetMappingFlag(name, value, &o.mapping).ok()) << name;
+    }
+    EXPECT_TRUE(ValidateInputMapping(o.mapping).ok());
+    return o;
+  }
+};
+
+TEST_F(ImportLatenessTest, ColumnsNamedOtherwiseAndTheMappingsLatenessAreHonoured) {
+  const absl::Time day = absl::FromCivil(
+      absl::CivilDay(absl::ToCivilDay(absl::Now() - absl::Hours(24 * 40), absl::UTCTimeZone())),
+      absl::UTCTimeZone());
+  // Without max_lateness, 40 days is past the default week: refused.
+  ImportOptions o = Inspections(day);
+  absl::StatusOr<ImportReport> report = ImportFile(o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->observations, 0u);
+  ASSERT_EQ(report->errors.size(), 2u);
+  EXPECT_THAT(report->errors[0], HasSubstr("inspections.csv:2"));
+  EXPECT_TRUE(Spooled().empty());
+
+  // --max_lateness=60d: parsed and sent at the mapping's lateness, and the
+  // agent, which allows files 400 days, stores both with their own times.
+  ASSERT_TRUE(SetMappingFlag("max_lateness", "60d", &o.mapping).ok());
+  report = ImportFile(o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(report->errors.empty()) << report->errors[0];
+  EXPECT_EQ(report->observations, 2u);
+  std::vector<v1::Observation> obs = Spooled();
+  ASSERT_EQ(obs.size(), 2u);
+  EXPECT_EQ(obs[0].key(), "fridge-temp");
+  EXPECT_EQ(absl::FromUnixSeconds(obs[0].observed_at().seconds()), day);
+  EXPECT_TRUE(obs[0].check().critical());
+  EXPECT_FALSE(obs[0].check().passed());
+  EXPECT_FALSE(obs[1].check().critical());
+}
+
+TEST_F(ImportLatenessTest, LatenessBeyondWhatTheAgentAllowsIsRefusedSayingWhatToRaise) {
+  ImportOptions o = Inspections(absl::Now() - absl::Hours(24 * 40));
+  ASSERT_TRUE(SetMappingFlag("max_lateness", "500d", &o.mapping).ok());
+  absl::StatusOr<ImportReport> report = ImportFile(o);
+  ASSERT_FALSE(report.ok());
+  EXPECT_THAT(std::string(report.status().message()),
+              HasSubstr("Max-Lateness: 12000h is above what this agent accepts (9600h); raise "
+                        "max_lateness of a drop_directory.files mapping"));
+  EXPECT_TRUE(Spooled().empty());
+}
+
+TEST(SetMappingFlagTest, FlagsFollowTheFilesRules) {
+  InputMapping m;
+  EXPECT_TRUE(SetMappingFlag("critical_column", "Is Critical", &m).ok());
+  EXPECT_EQ(m.critical_column, "Is Critical");
+  EXPECT_TRUE(SetMappingFlag("delimiter", "tab", &m).ok());
+  EXPECT_EQ(m.delimiter, '\t');
+  EXPECT_EQ(SetMappingFlag("decimal", "x", &m).message(), "--decimal: 'x' must be '.' or ','");
+  EXPECT_EQ(SetMappingFlag("max_lateness", "soon", &m).message(),
+            "--max_lateness: 'soon' is not a duration (e.g. 90s, 1h30m, 168h, 365d)");
+  EXPECT_THAT(std::string(SetMappingFlag("records", "prices", &m).message()),
+              HasSubstr("--records: 'prices' is not one of: observation, price"));
+  EXPECT_THAT(std::string(SetMappingFlag("colour", "red", &m).message()),
+              HasSubstr("--colour: not a field of drop_directory.files"));
 }
 
 }  // namespace
