@@ -1521,6 +1521,12 @@ const Engine::GroupDrift* Engine::GroupDriftCondition(const SeriesKey& key,
   return gd;
 }
 
+const Engine::Member* Engine::FindMember(const GroupData& g, uint32_t location) {
+  auto it = std::lower_bound(g.members.begin(), g.members.end(), location,
+                             [](const Member& m, uint32_t loc) { return m.location < loc; });
+  return it != g.members.end() && it->location == location ? &*it : nullptr;
+}
+
 void Engine::AddSplitCandidate(const SeriesKey& key, const std::string& group_id,
                                const GroupData& g, Evaluation* ev) {
   const GroupSummary& s = g.stats->summary;
@@ -1553,10 +1559,9 @@ void Engine::AddSplitCandidate(const SeriesKey& key, const std::string& group_id
     l->set_locations(level.members.size());
     parts.push_back(absl::StrCat(level.members.size(), " at ", Format(key, level.value)));
     std::vector<std::string> names;
+    names.reserve(level.members.size());
     for (uint32_t loc : level.members) {
-      for (const Member& m : g.members) {
-        if (m.location == loc) names.push_back(m.name);
-      }
+      if (const Member* m = FindMember(g, loc); m != nullptr) names.push_back(m->name);
     }
     std::sort(names.begin(), names.end());
     for (const std::string& name : names) f.add_locations(name);

@@ -412,6 +412,9 @@ class Engine {
   const GroupDrift* GroupDriftCondition(const SeriesKey& key, const std::string& group_id,
                                         const GroupData& g, Evaluation* ev)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
+  // The member of g at `location`, or null: a binary search, as members
+  // are sorted by location (CollectLocked), each location at most once.
+  static const Member* FindMember(const GroupData& g, uint32_t location);
   // Adds group g's split (it has deviating levels) to ev->splits.
   static void AddSplitCandidate(const SeriesKey& key, const std::string& group_id,
                                 const GroupData& g, Evaluation* ev);
