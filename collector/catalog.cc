@@ -651,6 +651,12 @@ FamilyPolicy Catalog::CompliancePolicy(absl::string_view key) const {
   if (j == nullptr || j->expected_every <= absl::ZeroDuration()) return p;
   p.ttl = j->expected_every;
   p.window = std::max(p.window, j->expected_every);
+  // At that cadence the window holds window / expected_every results: no
+  // more are asked for (at least one), or a key inspected once a year
+  // would never be compared under the family's min_samples (5). Thin
+  // evidence is the rate rule's to weigh (stats.h, RateShortfall).
+  const int64_t per_window = std::max<int64_t>(1, p.window / j->expected_every);
+  p.min_samples = std::min(p.min_samples, static_cast<uint64_t>(per_window));
   return p;
 }
 

@@ -240,7 +240,8 @@ struct Catalog {
   // null: judged by rate over the family's window.
   const KeyJudging* JudgingFor(absl::string_view key) const;
   // The compliance policy of `key`: the family's, with its rule's cadence
-  // as TTL and at least as window (KeyJudging).
+  // as TTL and at least as window (KeyJudging), and min_samples at most
+  // the results one window holds at that cadence (at least 1).
   FamilyPolicy CompliancePolicy(absl::string_view key) const;
   // Whether `location` is expected to report at `t`: declared, not closed
   // for good, opened, inside its opening hours, outside closures and

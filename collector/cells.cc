@@ -171,7 +171,9 @@ std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, absl::Ti
     if (b->failed > 0) first_failed_ns = b->start_ns;
     if (mode == JudgingMode::kLatest && total > 0) break;  // The newest results alone.
   }
-  if (total == 0 || (mode == JudgingMode::kRate && total < policy.min_samples)) {
+  // A failed critical check is compared however few results the window
+  // holds: it fails the location outright (below), evidence enough.
+  if (total == 0 || (mode == JudgingMode::kRate && total < policy.min_samples && !critical)) {
     return std::nullopt;
   }
   Comparable c;

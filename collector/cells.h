@@ -130,7 +130,8 @@ std::optional<Comparable> CompareWait(const WaitCell& cell, absl::Time now,
                                       double within_seconds);
 // Compliance by `mode` (catalog.h, KeyJudging): the pass rate over the
 // window, or the newest bin's alone (a latest inspection is compared
-// whatever min_samples says: one result is what there is).
+// whatever min_samples says: one result is what there is). A critical
+// failure in the window is compared whatever min_samples says too.
 std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, absl::Time now,
                                             const FamilyPolicy& policy,
                                             JudgingMode mode = JudgingMode::kRate);

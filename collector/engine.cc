@@ -6,13 +6,8 @@
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
-#include "absl/hash/hash.h"
 #include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "collector/refusal.h"
 #include "constance/format.h"
@@ -40,12 +35,6 @@ void ToTimestamp(absl::Time t, google::protobuf::Timestamp* ts) {
   ToTimestamp(absl::ToUnixNanos(t), ts);
 }
 
-std::string Format(const SeriesKey& key, double value) {
-  return FormatValue(key.family, key.currency, value);
-}
-
-std::string Percent(double ratio) { return absl::StrFormat("%+.1f%%", 100 * ratio); }
-
 bool KeyMatches(const std::vector<std::string>& patterns, const std::string& key) {
   if (patterns.empty()) return true;
   for (const std::string& p : patterns) {
@@ -72,32 +61,6 @@ std::string GroupName(const PeerGroupRule* rule, const LocationEntry* entry) {
   return absl::StrCat(rule->name, "=", it->second);
 }
 
-bool LabelsMatch(const std::map<std::string, std::string>& where, const LocationEntry* entry) {
-  if (where.empty()) return true;
-  if (entry == nullptr) return false;
-  for (const auto& [label, value] : where) {
-    auto it = entry->labels.find(label);
-    if (it == entry->labels.end() || it->second != value) return false;
-  }
-  return true;
-}
-
-// The list price promised to a location now: the matching promise with the
-// latest effective date not after now (zone-specific promises are matched
-// through `where`).
-const PricePromise* PricePromiseFor(const SeriesKey& key, const LocationEntry* entry,
-                                    absl::Time now, const Catalog& catalog) {
-  const PricePromise* best = nullptr;
-  for (const PricePromise& p : catalog.price_promises) {
-    if (p.key != key.key || p.currency != key.currency || p.kind != key.kind) continue;
-    if (p.effective > now || !LabelsMatch(p.where, entry)) continue;
-    if (best == nullptr || p.effective > best->effective ||
-        (p.effective == best->effective && p.where.size() > best->where.size())) {
-      best = &p;
-    }
-  }
-  return best;
-}
 
 const WaitPromise* WaitPromiseFor(const std::string& key, const Catalog& catalog) {
   for (const WaitPromise& p : catalog.wait_promises) {
@@ -123,13 +86,6 @@ const Exception* ExceptionFor(const std::string& location, const SeriesKey& key,
   return nullptr;
 }
 
-double PromiseFloor(const SeriesKey& key, double reference, const Catalog& catalog) {
-  return FamilyFloor(key.family, reference, PolicyFromCatalog(catalog));
-}
-
-std::string Meaning(v1::Family family, double deviation) {
-  return DeviationMeaning(family, deviation > 0);
-}
 
 void FillGroupStats(const SeriesKey& key, absl::string_view group, const GroupSummary& s,
                     const Band& band, v1::GroupStats* out) {
@@ -163,26 +119,6 @@ void FillOutlier(const SeriesKey& key, absl::string_view group, const GroupSumma
   out->set_magnitude(r.magnitude);
   out->set_direction(r.direction);
   out->set_group_size(s.n);
-}
-
-v1::Reason MakeReason(v1::FindingKind kind, std::string detail, double value, double expected,
-                      double low, double high, double magnitude, double deviation) {
-  v1::Reason r;
-  r.set_kind(kind);
-  r.set_detail(std::move(detail));
-  r.set_value(value);
-  r.set_expected(expected);
-  r.set_band_low(low);
-  r.set_band_high(high);
-  r.set_magnitude(magnitude);
-  r.set_direction(deviation > 0   ? v1::ABOVE
-                  : deviation < 0 ? v1::BELOW
-                                  : v1::DIRECTION_UNSPECIFIED);
-  return r;
-}
-
-std::string Fingerprint(const std::vector<std::string>& names) {
-  return absl::StrFormat("%016x", absl::HashOf(absl::StrJoin(names, ",")));
 }
 
 }  // namespace
@@ -990,252 +926,6 @@ void Engine::Recompute() { RecomputeSeries(false, nullptr); }
 
 namespace {
 
-// A declared location expected open whose agent stopped talking (no batch
-// and no heartbeat within location_ttl) is silent; one whose agent is alive
-// but whose newest data is older than its cadence (the catalog's, else the
-// agent's own, else none) plus location_ttl is stale: the store's export
-// stopped, not the store.
-void DeliveryConditions(const std::vector<LocationState>& states, const Catalog& catalog,
-                        absl::Time now, std::vector<Condition>* out) {
-  const Thresholds& th = catalog.thresholds;
-  absl::flat_hash_map<std::string, const LocationState*> by_name;
-  for (const LocationState& s : states) by_name[s.location] = &s;
-  for (const LocationEntry& entry : catalog.locations) {
-    if (entry.closed || entry.from_agent || !catalog.ExpectedOpen(entry.id, now)) continue;
-    auto it = by_name.find(entry.id);
-    const LocationState* state = it == by_name.end() ? nullptr : it->second;
-    const absl::Time last = state != nullptr ? state->last_report : absl::InfinitePast();
-    const absl::Time heard = state != nullptr ? std::max(last, state->health.heartbeat_at) : last;
-    const absl::Duration cadence =
-        entry.cadence > absl::ZeroDuration()
-            ? entry.cadence
-            : (state != nullptr ? state->health.data_cadence : absl::ZeroDuration());
-    const bool silent = heard == absl::InfinitePast() || now - heard > th.location_ttl;
-    const absl::Duration allowed = cadence + th.location_ttl;
-    if (!silent && last != absl::InfinitePast() && now - last <= allowed) continue;
-    Condition c;
-    c.id = absl::StrCat(silent ? "silent|" : "stale|", entry.id);
-    c.strength = 1;
-    v1::Finding& f = c.finding;
-    f.set_kind(silent ? v1::SILENT : v1::STALE);
-    f.set_severity(silent ? v1::HIGH : v1::MEDIUM);
-    f.set_location(entry.id);
-    f.set_audience("store");
-    for (const auto& [k, v] : entry.labels) (*f.mutable_labels())[k] = v;
-    const std::string age =
-        last == absl::InfinitePast()
-            ? std::string("has never sent data")
-            : absl::StrCat("newest data ",
-                           absl::FormatDuration(absl::Trunc(now - last, absl::Seconds(1))), " old");
-    std::string detail;
-    if (silent) {
-      detail = heard == absl::InfinitePast()
-                   ? std::string("expected open but has never reported")
-                   : absl::StrCat("expected open but silent for ",
-                                  absl::FormatDuration(absl::Trunc(now - heard, absl::Seconds(1))));
-    } else {
-      detail = absl::StrCat("agent alive but ", age, ", expected ",
-                            cadence > absl::ZeroDuration()
-                                ? absl::StrCat("every ", absl::FormatDuration(cadence))
-                                : std::string("continuously"),
-                            " (+", absl::FormatDuration(th.location_ttl), ")");
-    }
-    const double limit = absl::ToDoubleSeconds(silent ? th.location_ttl : allowed);
-    const double since = absl::ToDoubleSeconds(now - (silent ? heard : last));
-    *f.add_reasons() = MakeReason(silent ? v1::SILENT : v1::STALE, std::move(detail),
-                                  std::isfinite(since) ? since : 0, limit, 0, limit, 0, 1);
-    out->push_back(std::move(c));
-  }
-}
-
-// A split found in one group, with one signature (the sorted names of its
-// locations) per deviating level, so that zones can gather the splits of
-// the same locations on many keys.
-struct SplitCandidate {
-  Condition condition;
-  std::vector<std::string> signatures;  // One per deviating level.
-};
-
-// A location's standing under the promise that applies to it in a series.
-struct PromiseVerdict {
-  std::string id;        // "price:LINE", "wait:LINE" or "check:LINE".
-  double strength = -1;  // Above 1: broken.
-  bool critical = false;  // A critical check failed: broken at once.
-  v1::Reason reason;
-};
-
-// id -> (locations it applies to, locations breaking it), in one series.
-using PromiseTally = std::map<std::string, std::pair<uint64_t, uint64_t>>;
-
-// The promise on `key` at a location whose value is `value`, if one
-// applies: a price promise for its entry, else the series' wait or check
-// promise (looked up once per series by the caller).
-std::optional<PromiseVerdict> PromiseVerdictFor(const SeriesKey& key, const LocationEntry* entry,
-                                                const Comparable& value,
-                                                const WaitPromise* wait_promise,
-                                                const CheckPromise* check_promise, absl::Time now,
-                                                const Catalog& catalog) {
-  const double x = value.value;
-  PromiseVerdict v;
-  if (key.family == v1::FAMILY_PRICE) {
-    const PricePromise* promise = PricePromiseFor(key, entry, now, catalog);
-    if (promise == nullptr) return std::nullopt;
-    const double list = static_cast<double>(promise->list_minor_units);
-    const double pf = PromiseFloor(key, list, catalog);
-    const double over = x - list;
-    v.id = absl::StrCat("price:", promise->line);
-    v.strength = over > pf ? over / pf : std::min(0.999, std::max(0.0, over / pf));
-    v.reason =
-        MakeReason(v1::BROKEN_PROMISE,
-                   absl::StrCat("price ", Format(key, x), " above the list price ",
-                                Format(key, list), " (", Percent(list != 0 ? over / list : 0), ")"),
-                   x, list, list - pf, list + pf, list != 0 ? std::fabs(over) / list : 0, over);
-  } else if (wait_promise != nullptr) {
-    const double share = value.share_within;
-    const double pf = std::max(catalog.compliance.floor_absolute, 1e-9);
-    v.id = absl::StrCat("wait:", wait_promise->line);
-    v.strength = share < wait_promise->share
-                     ? 1 + (wait_promise->share - share) / pf
-                     : std::min(0.999, 1 - (share - wait_promise->share) / pf);
-    v.reason =
-        MakeReason(v1::BROKEN_PROMISE,
-                   absl::StrFormat("%.1f%% served within %.0f s, promised %.1f%%", 100 * share,
-                                   wait_promise->within_seconds, 100 * wait_promise->share),
-                   share, wait_promise->share, wait_promise->share, 1, wait_promise->share - share,
-                   share - wait_promise->share);
-  } else if (check_promise != nullptr) {
-    const double pf = std::max(catalog.compliance.floor_absolute, 1e-9);
-    v.id = absl::StrCat("check:", check_promise->line);
-    const bool critical = check_promise->critical && value.critical_failure;
-    v.critical = critical;
-    // A failed critical check breaks its promise at once; a rate, only
-    // when its interval says so (the rate rule, stats.h).
-    v.strength =
-        critical ? 2 : RateShortfall(x, value.samples, check_promise->min_pass_rate, pf);
-    v.reason =
-        MakeReason(v1::BROKEN_PROMISE,
-                   critical ? absl::StrCat("critical check ", key.key, " failed")
-                            : absl::StrFormat("%s passed %.1f%% of checks, required %.1f%%",
-                                              key.key, 100 * x, 100 * check_promise->min_pass_rate),
-                   x, check_promise->min_pass_rate, check_promise->min_pass_rate, 1,
-                   check_promise->min_pass_rate - x, x - check_promise->min_pass_rate);
-  } else {
-    return std::nullopt;
-  }
-  return v;
-}
-
-// Unkeepable promises: most locations break it, so the promise needs
-// fixing, not the stores. One finding for HQ; no per-store pages. Returns
-// the ids of the unkeepable promises, whose breaks then count against no
-// location.
-absl::flat_hash_set<std::string> UnkeepableConditions(const SeriesKey& key,
-                                                      const std::string& series_name,
-                                                      const PromiseTally& promise_tally,
-                                                      const Thresholds& th,
-                                                      std::vector<Condition>* out) {
-  absl::flat_hash_set<std::string> unkeepable;
-  for (const auto& [id, tally] : promise_tally) {
-    const auto [applicable, broken] = tally;
-    if (!(applicable >= th.min_group && applicable > 0 &&
-          static_cast<double>(broken) >= th.unkeepable_share * applicable)) {
-      continue;
-    }
-    unkeepable.insert(id);
-    Condition c;
-    c.id = absl::StrCat("unkeepable|", series_name, "|", id);
-    c.strength = 1;
-    v1::Finding& f = c.finding;
-    f.set_kind(v1::UNKEEPABLE_PROMISE);
-    f.set_severity(v1::MEDIUM);
-    SeriesToProto(key, f.mutable_series());
-    f.set_group_size(applicable);
-    f.set_audience("hq");
-    *f.add_reasons() = MakeReason(
-        v1::UNKEEPABLE_PROMISE,
-        absl::StrFormat("%d of %d locations break the promise on %s (%.0f%%): fix the promise",
-                        broken, applicable, series_name, 100.0 * broken / applicable),
-        static_cast<double>(broken) / applicable, th.unkeepable_share, 0, th.unkeepable_share,
-        static_cast<double>(broken) / applicable, 1);
-    out->push_back(std::move(c));
-  }
-  return unkeepable;
-}
-
-// A pass rate's evidence, for an outlier's detail: "; 1 of 4 checks
-// passed, 99.9% interval 5.0% .. 69.9%". Empty for other families.
-std::string RateEvidence(const SeriesKey& key, const Comparable& value) {
-  if (key.family != v1::FAMILY_COMPLIANCE || value.samples == 0) return "";
-  const auto passed =
-      static_cast<uint64_t>(std::llround(value.value * static_cast<double>(value.samples)));
-  const RateInterval in = WilsonInterval(passed, value.samples);
-  return absl::StrFormat("; %d of %d checks passed, 99.9%% interval %.1f%% .. %.1f%%", passed,
-                         value.samples, 100 * in.low, 100 * in.high);
-}
-
-// The severity one reason of a location finding asks for: an outlier's by
-// its distance from the expected value in floors (a pass rate's by its
-// strength: the evidence), a broken promise high, an irregular change
-// medium. Only a failed critical check is ever critical on a compliance
-// key (`critical_failure`: the check failed in the window or, for a
-// promise, its critical check did).
-v1::Severity ReasonSeverity(v1::Family family, const v1::Reason& reason, double strength,
-                            double floor, bool critical_failure) {
-  switch (reason.kind()) {
-    case v1::OUTLIER:
-      if (family == v1::FAMILY_COMPLIANCE) {
-        const v1::Severity s = SeverityFor(strength, 1);
-        return critical_failure ? s : std::min(s, v1::HIGH);
-      }
-      return SeverityFor(reason.value() - reason.expected(), floor);
-    case v1::BROKEN_PROMISE:
-      return critical_failure ? v1::CRITICAL : v1::HIGH;
-    case v1::IRREGULAR_CHANGE:
-      return v1::MEDIUM;
-    default:
-      return v1::LOW;
-  }
-}
-
-// Zones: the same locations split from the rest on many keys. Said once,
-// instead of one split per key: the splits a zone gathers are dropped, the
-// others added after the zones.
-void ZoneConditions(std::vector<SplitCandidate>* splits, const Thresholds& th,
-                    std::vector<Condition>* out) {
-  std::map<std::string, std::vector<size_t>> by_signature;
-  for (size_t i = 0; i < splits->size(); ++i) {
-    for (const std::string& sig : (*splits)[i].signatures) by_signature[sig].push_back(i);
-  }
-  std::vector<bool> in_zone(splits->size(), false);
-  for (const auto& [sig, indexes] : by_signature) {
-    if (indexes.size() < th.zone_min_keys) continue;
-    std::vector<std::string> names = absl::StrSplit(sig, ',');
-    Condition c;
-    c.id = absl::StrCat("zone|", Fingerprint(names));
-    c.strength = 1;
-    v1::Finding& f = c.finding;
-    f.set_kind(v1::ZONE);
-    f.set_severity(v1::MEDIUM);
-    f.set_audience("hq");
-    f.set_group_size(names.size());
-    for (const std::string& name : names) f.add_locations(name);
-    for (size_t i : indexes) {
-      in_zone[i] = true;
-      f.add_keys(SeriesName(SeriesFromProto((*splits)[i].condition.finding.series())));
-    }
-    *f.add_reasons() = MakeReason(
-        v1::ZONE,
-        absl::StrCat(names.size(), " locations (", names.front(), names.size() > 1 ? ", ..." : "",
-                     ") split from the rest on ", indexes.size(),
-                     " keys: an undeclared zone; declare it as a peer group in the catalog"),
-        static_cast<double>(indexes.size()), static_cast<double>(th.zone_min_keys), 0, 0, 0, 1);
-    out->push_back(std::move(c));
-  }
-  for (size_t i = 0; i < splits->size(); ++i) {
-    if (!in_zone[i]) out->push_back(std::move((*splits)[i].condition));
-  }
-}
-
 // Location labels on every location finding, for routing by region: the
 // entry the engine knows the location by (states[i] <-> entries[i]), else
 // the catalog's.
@@ -1423,13 +1113,18 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
     // Drift of the group's dispersion is not for prices: their changes are
     // steps, which irregular change covers. The fallback's spread mixes
     // declared groups: their own drift and splits are found in them.
-    const GroupDrift* gd = key.family != v1::FAMILY_PRICE && comparable && !g.fallback &&
-                                   !judged_key
-                               ? GroupDriftCondition(key, group_id, g, ev)
-                               : nullptr;
+    const GroupDrift* gd = nullptr;
+    if (key.family != v1::FAMILY_PRICE && comparable && !g.fallback && !judged_key) {
+      GroupDrift* state = &group_drift_[group_id];
+      gd = state;
+      if (std::optional<Condition> c = GroupDriftCondition(
+              key, group_id, g, ev->drift_bin, ev->drift, th.z_threshold, ev->weak, state)) {
+        ev->conditions.push_back(std::move(*c));
+      }
+    }
     // Split: consistent deviating levels (prices).
     if (comparable && !g.fallback && !g.levels.others.empty()) {
-      AddSplitCandidate(key, group_id, g, ev);
+      ev->splits.push_back(SplitCondition(key, group_id, g));
     }
 
     for (size_t i = 0; i < g.members.size(); ++i) {
@@ -1454,7 +1149,11 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
         IrregularChangeReason(key, g, i, ev->now, th, &p.reasons);
       }
       if (gd != nullptr && gd->baseline.frozen && gd->scale > 0) {
-        CellDriftReason(key, group_id, g, i, gd->scale, ev, &p.reasons);
+        if (std::optional<WeightedReason> r =
+                CellDriftReason(key, g, i, gd->scale, ev->drift_bin, ev->drift, ev->weak,
+                                &cell_drift_[{group_id, m.location}])) {
+          p.reasons.push_back(std::move(*r));
+        }
       }
       if (!p.reasons.empty() || !p.promise_id.empty()) pending.push_back(std::move(p));
     }
@@ -1465,226 +1164,6 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
   for (Pending& p : pending) LocationCondition(key, series_name, unkeepable, &p, ev);
 }
 
-// Drift of the group's dispersion (EWMA), and the frozen scale the cells'
-// CUSUMs are measured in.
-const Engine::GroupDrift* Engine::GroupDriftCondition(const SeriesKey& key,
-                                                      const std::string& group_id,
-                                                      const GroupData& g, Evaluation* ev) {
-  const DriftPolicy& drift = ev->drift;
-  const double floor = g.stats->band.floor;
-  const double scale = g.stats->band.scale;
-  GroupDrift* gd = &group_drift_[group_id];
-  if (gd->last_bin != ev->drift_bin) {
-    gd->last_bin = ev->drift_bin;
-    if (!gd->baseline.frozen) {
-      gd->baseline.Add(scale, drift.baseline_bins);
-      if (gd->baseline.frozen) {
-        // Floored so a calm group with no spread at all (MAD = 0)
-        // does not turn every small step into many sigmas.
-        gd->scale = std::max(gd->baseline.mean, floor / ev->th.z_threshold);
-      }
-    } else if (gd->scale > 0) {
-      const double d = scale / gd->scale;
-      const double base_mean = gd->baseline.mean / gd->scale;
-      const double base_sd = std::max(gd->baseline.stddev / gd->scale, 0.1);
-      gd->ewma.Update(d, drift.ewma_lambda, base_mean);
-      const double limit = base_mean + drift.ewma_limit * base_sd *
-                                           std::sqrt(drift.ewma_lambda / (2 - drift.ewma_lambda));
-      gd->level = (gd->ewma.z - base_mean) / (limit - base_mean);
-    }
-  }
-  if (gd->baseline.frozen && gd->level >= ev->weak) {
-    const std::string series_name = SeriesName(key);
-    Condition c;
-    c.id = absl::StrCat("drift|", group_id);
-    c.strength = gd->level;
-    v1::Finding& f = c.finding;
-    f.set_kind(v1::DRIFT);
-    f.set_severity(v1::LOW);
-    SeriesToProto(key, f.mutable_series());
-    f.set_group(g.group);
-    f.set_group_size(g.members.size());
-    f.set_audience("hq");
-    *f.add_reasons() = MakeReason(
-        v1::DRIFT,
-        absl::StrFormat("dispersion of %s across %s is trending up: EWMA %.2f x the calm "
-                        "baseline",
-                        series_name, g.group, gd->ewma.z),
-        scale, gd->scale, 0, 0, gd->ewma.z - 1, 1);
-    ev->conditions.push_back(std::move(c));
-  }
-  return gd;
-}
-
-void Engine::AddSplitCandidate(const SeriesKey& key, const std::string& group_id,
-                               const GroupData& g, Evaluation* ev) {
-  const GroupSummary& s = g.stats->summary;
-  SplitCandidate split;
-  Condition& c = split.condition;
-  c.id = absl::StrCat("split|", group_id);
-  c.strength = 1;
-  v1::Finding& f = c.finding;
-  f.set_kind(v1::SPLIT);
-  f.set_severity(v1::MEDIUM);
-  SeriesToProto(key, f.mutable_series());
-  f.set_group(g.group);
-  f.set_group_size(g.members.size());
-  f.set_audience("hq");
-  // With an even split the median falls between the levels and no
-  // location sits at it: then there is no main level to show.
-  std::vector<std::string> parts;
-  size_t level_count = g.levels.others.size();
-  if (!g.levels.main.members.empty()) {
-    v1::Level* main = f.add_levels();
-    main->set_value(g.levels.main.value);
-    main->set_locations(g.levels.main.members.size());
-    parts.push_back(
-        absl::StrCat(g.levels.main.members.size(), " at ", Format(key, g.levels.main.value)));
-    ++level_count;
-  }
-  for (const Level& level : g.levels.others) {
-    v1::Level* l = f.add_levels();
-    l->set_value(level.value);
-    l->set_locations(level.members.size());
-    parts.push_back(absl::StrCat(level.members.size(), " at ", Format(key, level.value)));
-    std::vector<std::string> names;
-    for (uint32_t loc : level.members) {
-      for (const Member& m : g.members) {
-        if (m.location == loc) names.push_back(m.name);
-      }
-    }
-    std::sort(names.begin(), names.end());
-    for (const std::string& name : names) f.add_locations(name);
-    split.signatures.push_back(absl::StrJoin(names, ","));
-  }
-  const double first = g.levels.others.front().value;
-  *f.add_reasons() = MakeReason(
-      v1::SPLIT,
-      absl::StrCat(SeriesName(key), " has ", level_count, " consistent levels in ", g.group, ": ",
-                   absl::StrJoin(parts, ", "), " (declare a peer group if this is a price zone)"),
-      first, g.levels.main.value, g.stats->band.low, g.stats->band.high,
-      s.median != 0 ? std::fabs(first - s.median) / std::fabs(s.median) : 0, first - s.median);
-  ev->splits.push_back(std::move(split));
-}
-
-// Outlier: the rule's own verdict (ComputeGroups), held weakly too so that
-// a finding closes only with the hysteresis margin.
-bool Engine::OutlierReason(const SeriesKey& key, const GroupData& g, size_t i, double weak,
-                           std::vector<std::pair<double, v1::Reason>>* reasons) {
-  const double strength = g.assessed[i].strength;
-  if (!(strength > 0 && strength >= weak)) return false;
-  const SeriesStats& stats = *g.stats;
-  const GroupSummary& s = stats.summary;
-  const double x = g.members[i].value.value;
-  const double dev = x - s.median;
-  const double magnitude = s.median != 0 ? std::fabs(dev) / std::fabs(s.median) : std::fabs(dev);
-  v1::Reason r =
-      MakeReason(v1::OUTLIER,
-                 absl::StrCat(Meaning(key.family, dev), ": ", Format(key, x), " against ",
-                              Format(key, s.median), " expected (",
-                              Percent(s.median != 0 ? dev / std::fabs(s.median) : 0), "), ",
-                              strength >= 1 ? "outside" : "near the edge of", " the band ",
-                              Format(key, stats.band.low), " .. ", Format(key, stats.band.high),
-                              " of ", g.members.size(), " locations in ", g.group,
-                              RateEvidence(key, g.members[i].value)),
-                 x, s.median, stats.band.low, stats.band.high, magnitude, dev);
-  reasons->emplace_back(strength, std::move(r));
-  return g.assessed[i].outlier;
-}
-
-// Irregular change: flipping back and forth, or a change few peers made
-// that ends away from every level of the group. A change that ends where
-// peers are (the main level, or another level at least min_level locations
-// share) is convergence: a store joining its peers' price, whether they
-// changed theirs (a rollout) or listed the item at it for the first time,
-// or correcting an overcharge.
-void Engine::IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i,
-                                   absl::Time now, const Thresholds& th,
-                                   std::vector<std::pair<double, v1::Reason>>* reasons) {
-  const Member& m = g.members[i];
-  const SeriesStats& stats = *g.stats;
-  const double median = stats.summary.median;
-  const double floor = stats.band.floor;
-  const uint64_t n = g.members.size();
-  auto in_rollout = [&](double v) {
-    for (double r : g.rollout_values) {
-      if (std::fabs(v - r) <= floor) return true;
-    }
-    return false;
-  };
-  auto at_a_level = [&](double v) {
-    if (std::fabs(v - median) <= floor) return true;
-    for (const Level& l : g.levels.others) {
-      if (std::fabs(v - l.value) <= floor) return true;
-    }
-    return false;
-  };
-  const PriceChange& ch = m.latest_change;
-  const int64_t window_since = absl::ToUnixNanos(now - th.irregular_window);
-  const int64_t settled_before = absl::ToUnixNanos(now - th.irregular_settle);
-  std::string detail;
-  if (m.changes_in_flip_window >= th.flip_changes) {
-    detail = absl::StrCat("changed its price ", m.changes_in_flip_window, " times in ",
-                          absl::FormatDuration(th.flip_window), ", last from ",
-                          Format(key, static_cast<double>(ch.from)), " to ",
-                          Format(key, static_cast<double>(ch.to)));
-  } else if (ch.at_ns != 0 && ch.at_ns >= window_since && ch.at_ns <= settled_before &&
-             !in_rollout(static_cast<double>(ch.to)) && !at_a_level(static_cast<double>(ch.to))) {
-    uint64_t peers_changed = 0;
-    for (const Member& other : g.members) {
-      if (other.location != m.location && other.latest_change.at_ns >= window_since) {
-        ++peers_changed;
-      }
-    }
-    if (!(static_cast<double>(peers_changed) < th.irregular_peer_share * (n - 1))) return;
-    detail = absl::StrCat(
-        "changed from ", Format(key, static_cast<double>(ch.from)), " to ",
-        Format(key, static_cast<double>(ch.to)), " at ",
-        absl::FormatTime("%Y-%m-%d %H:%M UTC", absl::FromUnixNanos(ch.at_ns), absl::UTCTimeZone()),
-        " while ", peers_changed, " of ", n - 1, " peers changed theirs");
-  } else {
-    return;
-  }
-  reasons->emplace_back(
-      1, MakeReason(v1::IRREGULAR_CHANGE, detail, m.value.value, static_cast<double>(ch.from),
-                    stats.band.low, stats.band.high,
-                    ch.from != 0 ? std::fabs(static_cast<double>(ch.to - ch.from)) / ch.from : 0,
-                    static_cast<double>(ch.to - ch.from)));
-}
-
-// Drift of this cell's deviation (CUSUM), in the group's frozen scale.
-void Engine::CellDriftReason(const SeriesKey& key, const std::string& group_id, const GroupData& g,
-                             size_t i, double group_scale, const Evaluation* ev,
-                             std::vector<std::pair<double, v1::Reason>>* reasons) {
-  const DriftPolicy& drift = ev->drift;
-  const Member& m = g.members[i];
-  const SeriesStats& stats = *g.stats;
-  const GroupSummary& s = stats.summary;
-  const double x = m.value.value;
-  const double dev = x - s.median;
-  CellDrift& cd = cell_drift_[{group_id, m.location}];
-  if (cd.last_bin != ev->drift_bin) {
-    cd.last_bin = ev->drift_bin;
-    const double z = dev / group_scale;
-    if (!cd.baseline.frozen) {
-      cd.baseline.Add(z, drift.baseline_bins);
-    } else {
-      cd.up.Update(z - cd.baseline.mean, drift.cusum_k);
-      cd.down.Update(cd.baseline.mean - z, drift.cusum_k);
-    }
-  }
-  double level = 0;
-  if (key.family != v1::FAMILY_COMPLIANCE) level = std::max(level, cd.up.s / drift.cusum_h);
-  if (key.family != v1::FAMILY_WAIT) level = std::max(level, cd.down.s / drift.cusum_h);
-  if (level < ev->weak) return;
-  reasons->emplace_back(level,
-                        MakeReason(v1::DRIFT,
-                                   absl::StrFormat("%s at this location is drifting away from its "
-                                                   "peers: CUSUM %.1f baseline sigmas",
-                                                   SeriesName(key), level * drift.cusum_h),
-                                   x, s.median, stats.band.low, stats.band.high,
-                                   s.median != 0 ? std::fabs(dev) / std::fabs(s.median) : 0, dev));
-}
 
 void Engine::LocationCondition(const SeriesKey& key, const std::string& series_name,
                                const absl::flat_hash_set<std::string>& unkeepable, Pending* p,
@@ -1722,25 +1201,13 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
   f.set_group_size(p->group->members.size());
   f.set_kind(reasons.front().second.kind());
   if (p->evidence_ns != 0) ToTimestamp(p->evidence_ns, f.mutable_evidence_at());
-  // Severity comes from the reasons past their threshold: a near miss
-  // carried along (an outlier short of the floor beside a drift) does
-  // not raise it. Only while hysteresis alone holds the finding open
-  // (no reason at full strength) do the weaker reasons set it.
-  const bool any_full = reasons.front().first >= 1;
-  v1::Severity severity = v1::LOW;
   bool only_drift = true;
+  f.set_severity(LocationSeverity(key.family, reasons, p->group->stats->band.floor,
+                                  p->promise_critical, p->critical_failure, &only_drift));
   for (auto& [strength, reason] : reasons) {
     c.strength = std::max(c.strength, strength);
-    if (strength >= 1 || !any_full) {
-      const bool critical = reason.kind() == v1::BROKEN_PROMISE ? p->promise_critical
-                                                                : p->critical_failure;
-      severity = std::max(severity, ReasonSeverity(key.family, reason, strength,
-                                                   p->group->stats->band.floor, critical));
-      only_drift = only_drift && reason.kind() == v1::DRIFT;
-    }
     *f.add_reasons() = std::move(reason);
   }
-  f.set_severity(severity);
   f.set_audience(only_drift ? "region" : "store");
   ev->conditions.push_back(std::move(c));
 }

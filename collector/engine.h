@@ -49,6 +49,7 @@
 #include "absl/time/time.h"
 #include "collector/catalog.h"
 #include "collector/cells.h"
+#include "collector/evaluators.h"
 #include "collector/findings.h"
 #include "collector/stats.h"
 #include "constance/v1/ingest.pb.h"
@@ -350,34 +351,11 @@ class Engine {
   struct Stream {
     uint64_t watermark = 0;
   };
-  // One location's comparable value in a series, with what findings need.
-  struct Member {
-    uint32_t location = 0;
-    Comparable value;
-    PriceChange latest_change;  // at_ns = 0: no change kept.
-    int changes_in_flip_window = 0;
-    const LocationEntry* entry = nullptr;
-    std::string name;
-    // False for a member of a declared peer group copied into the chain
-    // fallback: it is compared against, and judged in its own group only.
-    bool judged = true;
-  };
-  struct GroupData {
-    std::string group;
-    std::vector<Member> members;
-    // The chain fallback of a series with declared peer groups: members of
-    // groups too small to compare, judged against every location of the
-    // series (the others' members are there, not judged).
-    bool fallback = false;
-    // Each member's standing under the outlier rule (stats.h AssessValue),
-    // by member index, with the group's structure applied: a member of a
-    // level or of a rollout is no outlier. The statistics' outliers and
-    // the findings both read it.
-    std::vector<Assessment> assessed;
-    std::shared_ptr<SeriesStats> stats;
-    Levels levels;
-    std::vector<double> rollout_values;
-  };
+  // A series' values by peer group, and the drift states, as the
+  // evaluators read them (evaluators.h).
+  using Member = GroupMember;
+  using GroupDrift = GroupDriftState;
+  using CellDrift = CellDriftState;
   struct SeriesData {
     uint32_t index = 0;
     SeriesKey key;
@@ -391,43 +369,19 @@ class Engine {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Statistics, levels, rollouts and outliers of every group.
   void ComputeGroups(SeriesData* data, absl::Time now, const Catalog& catalog) const;
-  // Evaluate's pieces (engine.cc), one decision each. An Evaluation holds
-  // one evaluation's inputs and what its series add for zones, the tracker
-  // and trust; a Pending is one location's reasons in a series before the
-  // series' unkeepable promises are known. Reasons are appended as
-  // (strength, reason) in the order a location finding lists them before
-  // sorting. What reads or updates drift state runs with eval_mu_ held
-  // (inside RecomputeSeries' visit).
+  // Evaluate's assembly (engine.cc) of the evaluators (evaluators.h, one
+  // per finding kind). An Evaluation holds one evaluation's inputs and
+  // what its series add for zones, the tracker and trust; a Pending is one
+  // location's reasons in a series before the series' unkeepable promises
+  // are known. Reasons are appended as (strength, reason) in the order a
+  // location finding lists them before sorting. What reads or updates
+  // drift state runs with eval_mu_ held (inside RecomputeSeries' visit).
   struct Evaluation;
   struct Pending;
-  struct GroupDrift;
   // Every condition of one computed series: group drift, split candidates,
   // unkeepable promises, each judged location's finding; the trust each
   // location earns there.
   void EvaluateSeries(const SeriesData& data, Evaluation* ev)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
-  // Updates the EWMA of group g's dispersion once per drift bin and adds
-  // a drift condition while it is high. The group's drift state (stable
-  // until group_drift_ next grows): its frozen scale measures the cells.
-  const GroupDrift* GroupDriftCondition(const SeriesKey& key, const std::string& group_id,
-                                        const GroupData& g, Evaluation* ev)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
-  // Adds group g's split (it has deviating levels) to ev->splits.
-  static void AddSplitCandidate(const SeriesKey& key, const std::string& group_id,
-                                const GroupData& g, Evaluation* ev);
-  // Member i's outlier reason, if its strength is at least `weak`; true
-  // when the rule counts it an outlier (a trust withdrawal).
-  static bool OutlierReason(const SeriesKey& key, const GroupData& g, size_t i, double weak,
-                            std::vector<std::pair<double, v1::Reason>>* reasons);
-  // Member i's irregular price change, if it made one.
-  static void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i,
-                                    absl::Time now, const Thresholds& th,
-                                    std::vector<std::pair<double, v1::Reason>>* reasons);
-  // Updates member i's CUSUM once per drift bin, measured in the group's
-  // frozen `group_scale`, and adds its drift reason while it is high.
-  void CellDriftReason(const SeriesKey& key, const std::string& group_id, const GroupData& g,
-                       size_t i, double group_scale, const Evaluation* ev,
-                       std::vector<std::pair<double, v1::Reason>>* reasons)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
   // Settles *p's promise and outlier in ev's trust tallies (a promise in
   // `unkeepable` counts for nothing) and adds its location condition when
@@ -531,24 +485,8 @@ class Engine {
   // one carries on from its accounts' last update.
   absl::Time trust_accrued_at_ ABSL_GUARDED_BY(eval_mu_) = absl::InfinitePast();
   std::deque<uint64_t> evaluated_counts_ ABSL_GUARDED_BY(eval_mu_);
-  struct GroupDrift {
-    DriftBaseline baseline;
-    Ewma ewma;
-    int64_t last_bin = INT64_MIN;
-    double scale = 0;  // Frozen baseline scale (robust sigma), floored.
-    bool alarm = false;
-    double level = 0;
-  };
-  // A cell's CUSUM measures its deviation against its own calm baseline,
-  // so a store that is always a little slower (inside the band) is steady,
-  // not drifting.
-  struct CellDrift {
-    DriftBaseline baseline;
-    Cusum up, down;
-    int64_t last_bin = INT64_MIN;
-  };
-  absl::flat_hash_map<std::string, GroupDrift> group_drift_ ABSL_GUARDED_BY(eval_mu_);
-  absl::flat_hash_map<std::pair<std::string, uint32_t>, CellDrift> cell_drift_
+  absl::flat_hash_map<std::string, GroupDriftState> group_drift_ ABSL_GUARDED_BY(eval_mu_);
+  absl::flat_hash_map<std::pair<std::string, uint32_t>, CellDriftState> cell_drift_
       ABSL_GUARDED_BY(eval_mu_);
 
   mutable absl::Mutex snapshot_mu_;

@@ -5,6 +5,7 @@
 #include <string>
 #include <tuple>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -603,6 +604,28 @@ TEST(CatalogParseTest, JudgingPerKeyWithItsCadence) {
   EXPECT_EQ(c->CompliancePolicy("inspection-food").window, absl::Hours(24 * 365));
   EXPECT_EQ(c->CompliancePolicy("door-seal").ttl, c->compliance.ttl);
   EXPECT_EQ(c->CompliancePolicy("fridge-temp").window, c->compliance.window);
+}
+
+// A key with a cadence is asked for no more results than one window holds
+// at that cadence: a yearly inspection needs one, a daily check keeps the
+// family's five (its 168h window holds seven).
+TEST(CatalogParseTest, MinSamplesFollowAKeysCadence) {
+  static const struct {
+    const char* expected_every;
+    uint64_t min_samples;
+  } cases[] = {
+      {"365d", 1}, {"30d", 1}, {"72h", 2}, {"24h", 5}, {"1h", 5},
+  };
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.expected_every);
+    absl::StatusOr<Catalog> c = ParseCatalog(
+        absl::StrCat("judging:\n  - {key: inspection, expected_every: ", tc.expected_every, "}\n"),
+        "t.yaml");
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->compliance.min_samples, 5u);
+    EXPECT_EQ(c->CompliancePolicy("inspection").min_samples, tc.min_samples);
+    EXPECT_EQ(c->CompliancePolicy("fridge-temp").min_samples, 5u);
+  }
 }
 
 }  // namespace

@@ -1292,6 +1292,57 @@ TEST(FindingsTest, ALatestKeyIsCuredByItsReinspectionAndStaleAfterItsCadence) {
 namespace constance::collector {
 namespace {
 
+// A chain inspected once a year, on the default catalog but for the key's
+// cadence: min_samples (5) asks for no more results than a year holds, so
+// one inspection per store is compared; one failed inspection is still no
+// evidence (the rate rule), a failed critical one breaks its promise at
+// once. Without a cadence, a failed critical check is compared too.
+TEST(FindingsTest, AYearlyInspectionIsComparedOnTheDefaultMinSamples) {
+  Catalog catalog = DefaultCatalog();
+  ASSERT_EQ(catalog.compliance.min_samples, 5u);
+  catalog.judging.push_back({"inspection*", JudgingMode::kRate, absl::Hours(24 * 365), 1});
+  catalog.check_promises.push_back({"inspection-food", /*critical=*/true, 0.9, 2});
+  catalog.check_promises.push_back({"gas-valve", /*critical=*/true, 1.0, 3});
+  Chain chain(catalog);
+  auto inspect = [&](const std::string& location, const std::string& key, bool passed,
+                     bool critical) {
+    v1::Observation o = chain.Check(key, passed);
+    o.mutable_check()->set_critical(critical);
+    chain.Send(location, {o});
+  };
+  for (int s = 0; s < 30; ++s) {
+    inspect(Store(s), "inspection-food", true, true);
+    inspect(Store(s), "gas-valve", true, true);
+  }
+  inspect("one-fail", "inspection-food", false, false);
+  inspect("critical-fail", "inspection-food", false, true);
+  inspect("gas-leak", "gas-valve", false, true);
+  chain.Evaluate();
+
+  std::map<std::string, v1::Finding> by_location;
+  for (const v1::Finding& f : chain.Active()) by_location[f.location()] = f;
+  EXPECT_EQ(by_location.count("one-fail"), 0u) << Describe(chain.Active());
+  ASSERT_EQ(by_location.count("critical-fail"), 1u) << Describe(chain.Active());
+  EXPECT_EQ(by_location["critical-fail"].kind(), v1::BROKEN_PROMISE);
+  EXPECT_EQ(by_location["critical-fail"].severity(), v1::CRITICAL);
+  ASSERT_EQ(by_location.count("gas-leak"), 1u) << Describe(chain.Active());
+  EXPECT_EQ(by_location["gas-leak"].severity(), v1::CRITICAL);
+  EXPECT_EQ(by_location.size(), 2u) << Describe(chain.Active());
+  // Every store's single inspection is compared: its value is in the group.
+  v1::SeriesId id;
+  id.set_family(v1::FAMILY_COMPLIANCE);
+  id.set_key("inspection-food");
+  absl::StatusOr<v1::KeyDetailResponse> detail = chain.engine().KeyDetail(id);
+  ASSERT_TRUE(detail.ok()) << detail.status();
+  EXPECT_EQ(detail->values_size(), 32);
+}
+
+}  // namespace
+}  // namespace constance::collector
+
+namespace constance::collector {
+namespace {
+
 // `constance key --group`: the answer holds the group asked for, its
 // statistics, values and findings, and nothing of the other groups.
 TEST(FindingsTest, KeyDetailOfOneGroupHoldsOnlyItsFindings) {

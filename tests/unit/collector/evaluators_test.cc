@@ -1,0 +1,372 @@
+// Each evaluator on its own (collector/evaluators.h): a hand-built peer
+// group, the evaluator, its verdict. The engine's assembly of them is
+// covered by engine_test and findings_test.
+#include "collector/evaluators.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "collector/engine.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace constance::collector {
+namespace {
+
+using ::testing::HasSubstr;
+
+const absl::Time kNow = absl::FromUnixSeconds(1'767'225'600);
+
+SeriesKey Key(v1::Family family, const std::string& key) {
+  SeriesKey k;
+  k.family = family;
+  k.key = key;
+  if (family == v1::FAMILY_PRICE) {
+    k.currency = "EUR";
+    k.kind = v1::SHELF;
+  }
+  return k;
+}
+
+// A computed group as Engine::ComputeGroups leaves it (without rollouts):
+// member i is location i, named "s<i>", with `samples` each.
+GroupData Group(const SeriesKey& key, const std::vector<double>& values, uint64_t samples = 1,
+                const Catalog& catalog = DefaultCatalog()) {
+  GroupData g;
+  g.group = "chain";
+  std::vector<LocatedValue> located;
+  for (size_t i = 0; i < values.size(); ++i) {
+    GroupMember m;
+    m.location = static_cast<uint32_t>(i);
+    m.value.value = values[i];
+    m.value.samples = samples;
+    m.name = absl::StrCat("s", i);
+    g.members.push_back(m);
+    located.push_back({m.location, values[i], samples});
+  }
+  const OutlierPolicy policy = PolicyFromCatalog(catalog);
+  auto stats = std::make_shared<SeriesStats>();
+  stats->key = key;
+  stats->group = g.group;
+  stats->summary = SummarizeGroup(located);
+  stats->band = ExpectedBand(key.family, stats->summary, policy);
+  if (key.family == v1::FAMILY_PRICE) {
+    g.levels = FindLevels(located, stats->summary.median, stats->band.floor,
+                          catalog.thresholds.min_level);
+  }
+  for (const GroupMember& m : g.members) {
+    g.assessed.push_back(AssessValue(key.family, m.value.value, stats->summary, stats->band,
+                                     policy, m.value.samples));
+  }
+  g.stats = std::move(stats);
+  return g;
+}
+
+TEST(EvaluatorsTest, FindMemberFindsEachLocationAndNothingElse) {
+  const GroupData g = Group(Key(v1::FAMILY_PRICE, "milk"), {100, 100, 100});
+  ASSERT_NE(FindMember(g, 2), nullptr);
+  EXPECT_EQ(FindMember(g, 2)->name, "s2");
+  EXPECT_EQ(FindMember(g, 3), nullptr);
+}
+
+TEST(EvaluatorsTest, GroupConditionDescribesTheGroup) {
+  const SeriesKey key = Key(v1::FAMILY_WAIT, "checkout");
+  const GroupData g = Group(key, {60, 61, 62, 63, 64});
+  const Condition c = GroupCondition(key, "wait checkout|chain", g, "drift", v1::DRIFT, v1::LOW, 1.5);
+  EXPECT_EQ(c.id, "drift|wait checkout|chain");
+  EXPECT_EQ(c.strength, 1.5);
+  EXPECT_EQ(c.finding.kind(), v1::DRIFT);
+  EXPECT_EQ(c.finding.severity(), v1::LOW);
+  EXPECT_EQ(c.finding.group(), "chain");
+  EXPECT_EQ(c.finding.group_size(), 5u);
+  EXPECT_EQ(c.finding.audience(), "hq");
+  EXPECT_EQ(c.finding.series().key(), "checkout");
+}
+
+// Outlier: the rule's verdict, carried down to `weak`.
+TEST(EvaluatorsTest, OutlierReasonFollowsTheRulesVerdict) {
+  const SeriesKey key = Key(v1::FAMILY_PRICE, "milk");
+  const GroupData g = Group(key, {100, 100, 100, 100, 100, 100, 130});
+  std::vector<WeightedReason> reasons;
+  EXPECT_FALSE(OutlierReason(key, g, 0, 0.8, &reasons));
+  EXPECT_TRUE(reasons.empty());
+  EXPECT_TRUE(OutlierReason(key, g, 6, 0.8, &reasons));
+  ASSERT_EQ(reasons.size(), 1u);
+  EXPECT_GE(reasons[0].first, 1);
+  EXPECT_EQ(reasons[0].second.kind(), v1::OUTLIER);
+  EXPECT_EQ(reasons[0].second.direction(), v1::ABOVE);
+  EXPECT_THAT(reasons[0].second.detail(), HasSubstr("outside the band"));
+}
+
+TEST(EvaluatorsTest, AComplianceOutlierShowsItsEvidence) {
+  const SeriesKey key = Key(v1::FAMILY_COMPLIANCE, "hygiene");
+  const GroupData g = Group(key, {1, 1, 1, 1, 1, 1, 0}, /*samples=*/20);
+  std::vector<WeightedReason> reasons;
+  EXPECT_TRUE(OutlierReason(key, g, 6, 0.8, &reasons));
+  ASSERT_EQ(reasons.size(), 1u);
+  EXPECT_THAT(reasons[0].second.detail(), HasSubstr("0 of 20 checks passed, 99.9% interval"));
+}
+
+// Split: the deviating levels, their locations by name and one signature
+// per level.
+TEST(EvaluatorsTest, SplitConditionNamesEachLevelsLocations) {
+  const SeriesKey key = Key(v1::FAMILY_PRICE, "milk");
+  const GroupData g = Group(key, {100, 100, 100, 100, 100, 100, 120, 120, 120});
+  ASSERT_EQ(g.levels.others.size(), 1u);
+  const SplitCandidate split = SplitCondition(key, "price milk EUR/shelf|chain", g);
+  EXPECT_EQ(split.condition.id, "split|price milk EUR/shelf|chain");
+  EXPECT_EQ(split.condition.finding.kind(), v1::SPLIT);
+  EXPECT_EQ(split.condition.finding.severity(), v1::MEDIUM);
+  EXPECT_THAT(split.condition.finding.locations(), ::testing::ElementsAre("s6", "s7", "s8"));
+  ASSERT_EQ(split.condition.finding.levels_size(), 2);
+  EXPECT_EQ(split.condition.finding.levels(0).locations(), 6u);
+  EXPECT_EQ(split.signatures, std::vector<std::string>{"s6,s7,s8"});
+  EXPECT_THAT(split.condition.finding.reasons(0).detail(), HasSubstr("2 consistent levels"));
+}
+
+// Zone: the same locations split on zone_min_keys keys become one zone.
+TEST(EvaluatorsTest, ZoneConditionsGatherTheSameLocationsSplitOnManyKeys) {
+  Thresholds th;
+  th.zone_min_keys = 2;
+  std::vector<SplitCandidate> splits;
+  for (const std::string item : {"milk", "bread", "eggs"}) {
+    const SeriesKey key = Key(v1::FAMILY_PRICE, item);
+    const GroupData g = Group(key, {100, 100, 100, 100, 100, 100, 120, 120, 120});
+    splits.push_back(SplitCondition(key, item, g));
+  }
+  const SeriesKey other = Key(v1::FAMILY_PRICE, "tea");
+  splits.push_back(SplitCondition(other, "tea", Group(other, {100, 100, 100, 100, 120, 120, 120, 100, 100})));
+  std::vector<Condition> out;
+  ZoneConditions(&splits, th, &out);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].finding.kind(), v1::ZONE);
+  EXPECT_EQ(out[0].finding.keys_size(), 3);
+  EXPECT_EQ(out[1].finding.kind(), v1::SPLIT);
+  EXPECT_EQ(out[1].finding.series().key(), "tea");
+}
+
+// Irregular change: a change few peers made, settled, ending away from
+// every level; flips; and convergence onto the main level is not one.
+TEST(EvaluatorsTest, IrregularChangeReasonJudgesWhereAChangeEnds) {
+  const SeriesKey key = Key(v1::FAMILY_PRICE, "milk");
+  const Thresholds th;
+  const int64_t two_hours_ago = absl::ToUnixNanos(kNow - absl::Hours(2));
+  static const struct {
+    const char* name;
+    double now_at;
+    PriceChange change;
+    int flips;
+    bool irregular;
+  } cases[] = {
+      {"lone change away from the levels", 115, {two_hours_ago, 100, 115}, 1, true},
+      {"back to the main level", 100, {two_hours_ago, 115, 100}, 1, false},
+      {"not settled yet", 115, {absl::ToUnixNanos(kNow - absl::Minutes(10)), 100, 115}, 1, false},
+      {"flipping", 100, {two_hours_ago, 115, 100}, 3, true},
+  };
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.name);
+    GroupData g = Group(key, {100, 100, 100, 100, 100, 100, 100, 100, 100, tc.now_at});
+    g.members[9].latest_change = tc.change;
+    g.members[9].changes_in_flip_window = tc.flips;
+    std::vector<WeightedReason> reasons;
+    IrregularChangeReason(key, g, 9, kNow, th, &reasons);
+    ASSERT_EQ(reasons.size(), tc.irregular ? 1u : 0u);
+    if (tc.irregular) {
+      EXPECT_EQ(reasons[0].second.kind(), v1::IRREGULAR_CHANGE);
+    }
+  }
+}
+
+// Group drift: a baseline of calm bins freezes the scale; a dispersion
+// well above it, bin after bin, raises the EWMA past its limit.
+TEST(EvaluatorsTest, GroupDriftConditionRisesWithTheDispersion) {
+  const SeriesKey key = Key(v1::FAMILY_WAIT, "checkout");
+  DriftPolicy drift;
+  GroupDriftState state;
+  const GroupData calm = Group(key, {60, 62, 64, 66, 68, 70, 72});
+  int64_t bin = 0;
+  for (int i = 0; i < drift.baseline_bins; ++i) {
+    EXPECT_FALSE(GroupDriftCondition(key, "g", calm, ++bin, drift, 3.5, 0.8, &state).has_value());
+  }
+  ASSERT_TRUE(state.baseline.frozen);
+  // The same bin twice updates once.
+  const GroupData wide = Group(key, {20, 40, 60, 80, 100, 120, 140});
+  std::optional<Condition> c;
+  for (int i = 0; i < 20 && !c.has_value(); ++i) {
+    c = GroupDriftCondition(key, "g", wide, ++bin, drift, 3.5, 0.8, &state);
+  }
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->id, "drift|g");
+  EXPECT_EQ(c->finding.kind(), v1::DRIFT);
+  EXPECT_GE(c->strength, 0.8);
+  const double level = state.level;
+  GroupDriftCondition(key, "g", wide, bin, drift, 3.5, 0.8, &state);
+  EXPECT_EQ(state.level, level);
+}
+
+// Cell drift: a cell moving away from its own calm deviation, in the
+// group's scale; waits drift up only.
+TEST(EvaluatorsTest, CellDriftReasonFollowsTheCellsOwnBaseline) {
+  const SeriesKey key = Key(v1::FAMILY_WAIT, "checkout");
+  DriftPolicy drift;
+  CellDriftState state;
+  const GroupData calm = Group(key, {60, 62, 64, 66, 68, 70, 72});
+  int64_t bin = 0;
+  for (int i = 0; i < drift.baseline_bins; ++i) {
+    EXPECT_FALSE(CellDriftReason(key, calm, 6, 2, ++bin, drift, 0.8, &state).has_value());
+  }
+  ASSERT_TRUE(state.baseline.frozen);
+  const GroupData lower = Group(key, {60, 62, 64, 66, 68, 70, 40});
+  CellDriftState down = state;
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_FALSE(CellDriftReason(key, lower, 6, 2, bin + 1 + i, drift, 0.8, &down).has_value());
+  }
+  const GroupData slower = Group(key, {60, 62, 64, 66, 68, 70, 90});
+  std::optional<WeightedReason> r;
+  for (int i = 0; i < 10 && !r.has_value(); ++i) {
+    r = CellDriftReason(key, slower, 6, 2, ++bin, drift, 0.8, &state);
+  }
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->second.kind(), v1::DRIFT);
+  EXPECT_THAT(r->second.detail(), HasSubstr("drifting away from its peers"));
+}
+
+TEST(EvaluatorsTest, PricePromiseVerdictBreaksAboveTheListPriceByMoreThanTheFloor) {
+  const SeriesKey key = Key(v1::FAMILY_PRICE, "milk");
+  PricePromise promise{"milk", "EUR", v1::SHELF, 100, {}, absl::InfinitePast(), 7};
+  const OutlierPolicy policy = PolicyFromCatalog(DefaultCatalog());
+  static const struct {
+    double price;
+    bool broken;
+  } cases[] = {{100, false}, {101, false}, {99, false}, {102.5, true}, {120, true}};
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.price);
+    const PromiseVerdict v = PricePromiseVerdict(key, promise, tc.price, policy);
+    EXPECT_EQ(v.id, "price:7");
+    EXPECT_EQ(v.strength >= 1, tc.broken);
+    EXPECT_EQ(v.reason.kind(), v1::BROKEN_PROMISE);
+  }
+}
+
+TEST(EvaluatorsTest, WaitPromiseVerdictBreaksBelowThePromisedShare) {
+  WaitPromise promise{"checkout", 300, 0.9, 4};
+  static const struct {
+    double share;
+    bool broken;
+  } cases[] = {{0.95, false}, {0.9, false}, {0.89, true}, {0.5, true}};
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.share);
+    Comparable value;
+    value.share_within = tc.share;
+    const PromiseVerdict v = WaitPromiseVerdict(promise, value, 0.05);
+    EXPECT_EQ(v.id, "wait:4");
+    EXPECT_EQ(v.strength >= 1, tc.broken);
+    EXPECT_THAT(v.reason.detail(), HasSubstr("served within 300 s"));
+  }
+}
+
+TEST(EvaluatorsTest, CheckPromiseVerdictWeighsTheEvidenceAndACriticalFailure) {
+  const SeriesKey key = Key(v1::FAMILY_COMPLIANCE, "gas-valve");
+  static const struct {
+    const char* name;
+    bool promise_critical;
+    double rate;
+    uint64_t samples;
+    bool critical_failure;
+    bool broken;
+    bool critical;
+  } cases[] = {
+      {"one failed check", false, 0, 1, false, false, false},
+      {"never passes", false, 0, 40, false, true, false},
+      {"one failed critical check", true, 0, 1, true, true, true},
+      {"critical failure, promise not critical", false, 0, 1, true, false, false},
+  };
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.name);
+    CheckPromise promise{"gas-valve", tc.promise_critical, 0.9, 3};
+    Comparable value;
+    value.value = tc.rate;
+    value.samples = tc.samples;
+    value.critical_failure = tc.critical_failure;
+    const PromiseVerdict v = CheckPromiseVerdict(key, promise, value, 0.05);
+    EXPECT_EQ(v.id, "check:3");
+    EXPECT_EQ(v.strength >= 1, tc.broken);
+    EXPECT_EQ(v.critical, tc.critical);
+  }
+}
+
+TEST(EvaluatorsTest, UnkeepableConditionsNeedEnoughLocationsBreakingIt) {
+  Thresholds th;
+  PromiseTally tally;
+  tally["check:1"] = {10, 6};  // Over half of ten: unkeepable.
+  tally["check:2"] = {10, 4};
+  tally["check:3"] = {3, 3};   // Fewer than min_group apply.
+  std::vector<Condition> out;
+  const auto unkeepable =
+      UnkeepableConditions(Key(v1::FAMILY_COMPLIANCE, "hygiene"), "compliance hygiene", tally,
+                           th, &out);
+  EXPECT_EQ(unkeepable.size(), 1u);
+  EXPECT_TRUE(unkeepable.contains("check:1"));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].finding.kind(), v1::UNKEEPABLE_PROMISE);
+  EXPECT_THAT(out[0].finding.reasons(0).detail(), HasSubstr("6 of 10 locations"));
+}
+
+TEST(EvaluatorsTest, ReasonSeverityByKind) {
+  v1::Reason outlier = MakeReason(v1::OUTLIER, "", 200, 100, 95, 105, 1, 100);
+  v1::Reason promise = MakeReason(v1::BROKEN_PROMISE, "", 0, 1, 1, 1, 1, -1);
+  v1::Reason change = MakeReason(v1::IRREGULAR_CHANGE, "", 0, 0, 0, 0, 0, 1);
+  EXPECT_EQ(ReasonSeverity(v1::FAMILY_PRICE, outlier, 1, 1, false), SeverityFor(100, 1));
+  EXPECT_EQ(ReasonSeverity(v1::FAMILY_COMPLIANCE, promise, 2, 0.05, false), v1::HIGH);
+  EXPECT_EQ(ReasonSeverity(v1::FAMILY_COMPLIANCE, promise, 2, 0.05, true), v1::CRITICAL);
+  EXPECT_EQ(ReasonSeverity(v1::FAMILY_PRICE, change, 1, 1, false), v1::MEDIUM);
+  // A compliance outlier is never critical without a critical failure.
+  EXPECT_LE(ReasonSeverity(v1::FAMILY_COMPLIANCE, outlier, 100, 0.05, false), v1::HIGH);
+}
+
+TEST(EvaluatorsTest, LocationSeverityIsSetByTheReasonsAtFullStrength) {
+  std::vector<WeightedReason> reasons = {
+      {1.2, MakeReason(v1::DRIFT, "", 0, 0, 0, 0, 0, 1)},
+      {0.9, MakeReason(v1::BROKEN_PROMISE, "", 0, 1, 1, 1, 1, -1)},
+  };
+  bool only_drift = false;
+  // The near-miss promise does not raise it: drift alone decides.
+  EXPECT_EQ(LocationSeverity(v1::FAMILY_WAIT, reasons, 1, true, false, &only_drift), v1::LOW);
+  EXPECT_TRUE(only_drift);
+  // Held open by hysteresis alone: the weaker reasons decide.
+  reasons.erase(reasons.begin());
+  EXPECT_EQ(LocationSeverity(v1::FAMILY_WAIT, reasons, 1, true, false, &only_drift),
+            v1::CRITICAL);
+  EXPECT_FALSE(only_drift);
+}
+
+TEST(EvaluatorsTest, DeliveryConditionsFindSilentAndStaleLocations) {
+  Catalog catalog = DefaultCatalog();
+  for (const std::string id : {"quiet", "stale", "fine"}) {
+    LocationEntry e;
+    e.id = id;
+    catalog.locations.push_back(e);
+  }
+  catalog.Index();
+  std::vector<LocationState> states(3);
+  states[0].location = "quiet";
+  states[0].last_report = kNow - absl::Hours(3);
+  states[1].location = "stale";
+  states[1].last_report = kNow - absl::Hours(3);
+  states[1].health.heartbeat_at = kNow - absl::Minutes(1);
+  states[2].location = "fine";
+  states[2].last_report = kNow - absl::Minutes(1);
+  std::vector<Condition> out;
+  DeliveryConditions(states, catalog, kNow, &out);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].finding.kind(), v1::SILENT);
+  EXPECT_EQ(out[0].finding.location(), "quiet");
+  EXPECT_EQ(out[1].finding.kind(), v1::STALE);
+  EXPECT_EQ(out[1].finding.location(), "stale");
+}
+
+}  // namespace
+}  // namespace constance::collector
