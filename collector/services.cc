@@ -606,17 +606,11 @@ void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out, u
 }
 
 grpc::ServerUnaryReactor* QueryService::RefuseUnlessOperator(grpc::CallbackServerContext* context) {
-  if (!require_operator_) return nullptr;
-  absl::StatusOr<PeerIdentity> id = CallerIdentity(*context);
-  if (id.ok() && id->role == PeerIdentity::Role::kOperator) return nullptr;
-  const std::string why =
-      id.ok() ? absl::StrCat("location certificate '", id->name,
-                             "' may not query (Query needs an operator certificate)")
-              : std::string(id.status().message());
-  spdlog::warn("query from {} refused: {}", context->peer(), why);
-  if (refusals_ != nullptr) refusals_->Add(kRefusedNotAnOperator);
+  absl::StatusOr<std::string> name = OperatorName(*context, require_operator_, refusals_, "query");
+  if (name.ok()) return nullptr;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, why));
+  reactor->Finish(
+      grpc::Status(grpc::StatusCode::PERMISSION_DENIED, std::string(name.status().message())));
   return reactor;
 }
 
