@@ -107,15 +107,16 @@ absl::StatusOr<std::unique_ptr<FindingHistory>> FindingHistory::Open(const std::
                                                                      Options options) {
   auto history = std::make_unique<FindingHistory>(options);
   history->path_ = path;
-  if (sqlite3_open_v2(path.c_str(), &history->db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-                      nullptr) != SQLITE_OK) {
-    return SqliteStatus(history->db_, path, "cannot open (is --state_dir writable?)");
+  // A crash may lose the last second of history; it is rebuilt from the
+  // findings still active.
+  sqlite::OpenOptions sqlite_options;
+  sqlite_options.synchronous = "NORMAL";
+  const char* failed = nullptr;
+  if (sqlite::Open(path, sqlite_options, &history->db_, &failed) != SQLITE_OK) {
+    return SqliteStatus(history->db_, path, absl::StrCat(failed, " (is --state_dir writable?)"));
   }
-  for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL",
-                          static_cast<const char*>(kSchema)}) {
-    if (sqlite3_exec(history->db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) {
-      return SqliteStatus(history->db_, path, "cannot set up its tables");
-    }
+  if (sqlite3_exec(history->db_, kSchema, nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return SqliteStatus(history->db_, path, "cannot set up its tables");
   }
   if (absl::Status s = history->Load(); !s.ok()) return s;
   return history;

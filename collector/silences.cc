@@ -94,15 +94,12 @@ absl::Status SqliteStatus(sqlite3* db, const std::string& path, absl::string_vie
 absl::StatusOr<std::unique_ptr<SilenceStore>> SilenceStore::Open(const std::string& path) {
   auto store = std::make_unique<SilenceStore>();
   store->path_ = path;
-  if (sqlite3_open_v2(path.c_str(), &store->db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-                      nullptr) != SQLITE_OK) {
-    return SqliteStatus(store->db_, path, "cannot open (is --state_dir writable?)");
+  const char* failed = nullptr;
+  if (sqlite::Open(path, sqlite::OpenOptions(), &store->db_, &failed) != SQLITE_OK) {
+    return SqliteStatus(store->db_, path, absl::StrCat(failed, " (is --state_dir writable?)"));
   }
-  for (const char* sql :
-       {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", static_cast<const char*>(kSchema)}) {
-    if (sqlite3_exec(store->db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) {
-      return SqliteStatus(store->db_, path, "cannot set up its tables");
-    }
+  if (sqlite3_exec(store->db_, kSchema, nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return SqliteStatus(store->db_, path, "cannot set up its tables");
   }
   if (absl::Status s = store->Load(); !s.ok()) return s;
   return store;
