@@ -64,10 +64,13 @@ v1::Episode Opened(const v1::Finding& f) {
 }
 
 // Severity and silence changes of `f` against its open episode, as
-// events; `severity` is the episode's current severity.
-void Update(const v1::Finding& f, const std::string& silenced_by, const std::string& was_silenced,
+// events; `severity` is the episode's current severity. True when the
+// episode changed.
+bool Update(const v1::Finding& f, const std::string& silenced_by, const std::string& was_silenced,
             absl::Time now, v1::Severity* severity, v1::Episode* e) {
+  bool changed = false;
   if (f.severity() != *severity) {
+    changed = true;
     AddEvent(e, now,
              absl::StrCat("severity ", Lower(v1::Severity_Name(*severity)), " -> ",
                           Lower(v1::Severity_Name(f.severity()))));
@@ -75,14 +78,18 @@ void Update(const v1::Finding& f, const std::string& silenced_by, const std::str
     e->set_severity_max(std::max(e->severity_max(), f.severity()));
   }
   if (silenced_by != was_silenced) {
+    changed = true;
     AddEvent(e, now,
              silenced_by.empty() ? absl::StrCat("silence ", was_silenced, " ended")
                                  : absl::StrCat("silenced by ", silenced_by));
   }
-  if (f.reasons_size() > 0) {
+  if (f.reasons_size() > 0 && (e->value_at_close() != f.reasons(0).value() ||
+                               e->expected_at_close() != f.reasons(0).expected())) {
+    changed = true;
     e->set_value_at_close(f.reasons(0).value());
     e->set_expected_at_close(f.reasons(0).expected());
   }
+  return changed;
 }
 
 // The silence an episode is under now: the last "silenced by" event not
@@ -152,7 +159,13 @@ absl::Status FindingHistory::Load() {
   return absl::OkStatus();
 }
 
+uint64_t FindingHistory::writes() const {
+  absl::MutexLock lock(&mu_);
+  return writes_;
+}
+
 absl::Status FindingHistory::Save(int64_t row, const v1::Episode& e) {
+  ++writes_;
   if (db_ == nullptr) {
     memory_[row] = e;
     return absl::OkStatus();
@@ -180,13 +193,24 @@ absl::Status FindingHistory::Save(int64_t row, const v1::Episode& e) {
 absl::Status FindingHistory::Record(const std::vector<v1::Finding>& active,
                                     const std::vector<v1::Finding>& closed,
                                     const SilenceStore* silences, absl::Time now) {
+  return Record(active, closed,
+                silences != nullptr ? silences->MatchAll(active, now).silenced_by
+                                    : std::vector<std::string>(),
+                now);
+}
+
+absl::Status FindingHistory::Record(const std::vector<v1::Finding>& active,
+                                    const std::vector<v1::Finding>& closed,
+                                    const std::vector<std::string>& silenced_by, absl::Time now) {
+  static const std::string kNone;
   absl::MutexLock lock(&mu_);
   absl::Status status;
   if (db_ != nullptr) sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr);
   std::set<std::string> seen;
-  for (const v1::Finding& f : active) {
+  for (size_t i = 0; i < active.size(); ++i) {
+    const v1::Finding& f = active[i];
     seen.insert(f.id());
-    const std::string silenced = silences != nullptr ? silences->Match(f, now) : "";
+    const std::string& silenced = i < silenced_by.size() ? silenced_by[i] : kNone;
     auto it = open_.find(f.id());
     if (it == open_.end()) {
       Open_ o;
@@ -198,10 +222,8 @@ absl::Status FindingHistory::Record(const std::vector<v1::Finding>& active,
       open_.emplace(f.id(), std::move(o));
       continue;
     }
-    const std::string before = it->second.episode.SerializeAsString();
-    Update(f, silenced, CurrentSilence(it->second.episode), now, &it->second.severity,
-           &it->second.episode);
-    if (it->second.episode.SerializeAsString() != before) {
+    if (Update(f, silenced, CurrentSilence(it->second.episode), now, &it->second.severity,
+               &it->second.episode)) {
       status.Update(Save(it->second.row, it->second.episode));
     }
   }
@@ -295,7 +317,7 @@ v1::HistoryResponse FindingHistory::Query(const v1::HistoryRequest& r) const {
   return out;
 }
 
-HistoryRecorder::HistoryRecorder(const Engine* engine, const SilenceStore* silences,
+HistoryRecorder::HistoryRecorder(const Engine* engine, SilenceMatches* silences,
                                  FindingHistory* history, absl::Duration poll)
     : engine_(engine), silences_(silences), history_(history), poll_(poll) {
   thread_ = std::thread([this] { Run(); });
@@ -316,8 +338,11 @@ void HistoryRecorder::Run() {
     if (snap == nullptr || snap->findings == nullptr) continue;
     const FindingsView& view = *snap->findings;
     if (view.evaluated_at == absl::InfinitePast()) continue;  // Nothing evaluated yet.
-    if (absl::Status s = history_->Record(view.active, view.closed, silences_, absl::Now());
-        !s.ok()) {
+    const absl::Time now = absl::Now();
+    std::shared_ptr<const std::vector<std::string>> silenced_by =
+        silences_ != nullptr ? silences_->For({snap->findings, &view.active}, now)
+                             : std::make_shared<const std::vector<std::string>>();
+    if (absl::Status s = history_->Record(view.active, view.closed, *silenced_by, now); !s.ok()) {
       spdlog::error("finding history: {}", std::string(s.message()));
     }
   } while (!stop_.WaitForNotificationWithTimeout(poll_));

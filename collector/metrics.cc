@@ -81,9 +81,11 @@ absl::string_view Label(const v1::Finding& f, const std::string& name) {
 // explode Prometheus; what the cap hides is itself exported.
 // A finding a silence covers carries its id in `silenced_by` (the shipped
 // alert rules page only for silenced_by="").
-void RenderFindings(const Snapshot& snap, const SilenceStore* silences, TextExposition* out) {
-  const absl::Time now = absl::Now();
+void RenderFindings(const Snapshot& snap, SilenceMatches* silences, TextExposition* out) {
   const FindingsView& view = *snap.findings;
+  std::shared_ptr<const std::vector<std::string>> silenced_by =
+      silences != nullptr ? silences->For({snap.findings, &snap.findings->active}, absl::Now())
+                          : std::make_shared<const std::vector<std::string>>(view.active.size());
   const uint64_t cap = snap.catalog != nullptr ? snap.catalog->thresholds.finding_cap : 10'000;
 
   out->Family("constance_findings_active", "Active findings by kind and severity.", kGauge);
@@ -119,7 +121,7 @@ void RenderFindings(const Snapshot& snap, const SilenceStore* silences, TextExpo
                                : "")
         .Add("group", f.group())
         .Add("id", f.id())
-        .Add("silenced_by", silences != nullptr ? silences->Match(f, now) : std::string());
+        .Add("silenced_by", (*silenced_by)[i]);
   }
   out->Family("constance_finding",
               "1 per active finding (most severe first, up to the catalog's finding_cap).", kGauge);

@@ -28,6 +28,7 @@
 #include "collector/engine.h"
 #include "collector/exposition.h"
 #include "collector/services.h"
+#include "collector/silences.h"
 
 namespace constance::collector {
 
@@ -82,9 +83,10 @@ class WaitBuckets {
 class CollectorMetrics {
  public:
   // The pointers must outlive this object; with `silences`, findings a
-  // silence covers are exported with its id in `silenced_by`.
+  // silence covers are exported with its id in `silenced_by` (matched once
+  // per evaluation, not per scrape).
   CollectorMetrics(const Engine* engine, const IngestService* ingest,
-                   const SilenceStore* silences = nullptr)
+                   SilenceMatches* silences = nullptr)
       : engine_(engine), ingest_(ingest), silences_(silences) {}
 
   // The whole exposition (text format 0.0.4) from the latest snapshot, in
@@ -103,7 +105,7 @@ class CollectorMetrics {
 
   const Engine* const engine_;
   const IngestService* const ingest_;
-  const SilenceStore* const silences_;
+  SilenceMatches* const silences_;
 };
 
 }  // namespace constance::collector

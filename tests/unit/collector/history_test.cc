@@ -96,6 +96,35 @@ TEST_P(FindingHistoryModes, AnEpisodeRecordsOpenChangesAndClose) {
   EXPECT_EQ(e.events(1).what(), "silenced by 1");
 }
 
+TEST_P(FindingHistoryModes, WritesOnlyEpisodesThatChanged) {
+  FindingHistory& history = *owned_;
+  ASSERT_TRUE(
+      history.Record({Outlier("s1", v1::HIGH, 519), Outlier("s2", v1::HIGH, 519)}, {}, nullptr, kT0)
+          .ok());
+  EXPECT_EQ(history.writes(), 2u);  // Both opened.
+  for (int i = 1; i <= 5; ++i) {
+    ASSERT_TRUE(history
+                    .Record({Outlier("s1", v1::HIGH, 519), Outlier("s2", v1::HIGH, 519)}, {},
+                            nullptr, kT0 + absl::Seconds(i))
+                    .ok());
+  }
+  EXPECT_EQ(history.writes(), 2u);  // Nothing changed: nothing written.
+  ASSERT_TRUE(history
+                  .Record({Outlier("s1", v1::HIGH, 519), Outlier("s2", v1::CRITICAL, 599)}, {},
+                          {"", "4"}, kT0 + absl::Seconds(6))
+                  .ok());
+  EXPECT_EQ(history.writes(), 3u);  // Only s2 changed.
+  ASSERT_TRUE(
+      history.Record({Outlier("s2", v1::CRITICAL, 599)}, {}, {"4"}, kT0 + absl::Seconds(7)).ok());
+  EXPECT_EQ(history.writes(), 4u);  // s1 closed.
+  v1::HistoryRequest r;
+  r.set_location("s2");
+  v1::HistoryResponse s2 = history.Query(r);
+  ASSERT_EQ(s2.episodes_size(), 1);
+  ASSERT_EQ(s2.episodes(0).events_size(), 2);
+  EXPECT_EQ(s2.episodes(0).events(1).what(), "silenced by 4");
+}
+
 TEST(FindingHistoryTest, QueriesFilterAndLimit) {
   FindingHistory history(FindingHistory::Options{});
   ASSERT_TRUE(history
