@@ -293,24 +293,15 @@ int Silence(v1::Silences::Stub& stub, const std::vector<char*>& args) {
 int History(v1::History::Stub& stub) {
   v1::HistoryRequest request;
   request.set_location(absl::GetFlag(FLAGS_location));
-  if (const std::string key = absl::GetFlag(FLAGS_key); !key.empty()) {
-    std::pair<std::string, std::string> fk = absl::StrSplit(key, absl::MaxSplits(':', 1));
-    v1::Family family;
-    if (fk.second.empty() || !ParseFamily(fk.first, &family).ok()) {
-      std::cerr << "constance: --key: '" << key << "' is not FAMILY:KEY (e.g. price:coffee-250g)\n";
-      return 2;
-    }
-    request.set_family(family);
-    request.set_key(fk.second);
+  absl::StatusOr<SeriesMatcher> series =
+      ParseSeriesMatcher(absl::GetFlag(FLAGS_key), absl::GetFlag(FLAGS_finding));
+  if (!series.ok()) {
+    std::cerr << "constance: " << series.status().message() << "\n";
+    return 2;
   }
-  if (const std::string kind = absl::GetFlag(FLAGS_finding); !kind.empty()) {
-    absl::StatusOr<v1::FindingKind> k = ParseFindingKind(kind);
-    if (!k.ok()) {
-      std::cerr << "constance: --finding: " << k.status().message() << "\n";
-      return 2;
-    }
-    request.set_kind(*k);
-  }
+  request.set_family(series->family);
+  request.set_key(series->key);
+  request.set_kind(series->kind);
   if (const absl::Duration since = absl::GetFlag(FLAGS_since); since > absl::ZeroDuration()) {
     *request.mutable_since() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
         absl::ToUnixNanos(absl::Now() - since));
