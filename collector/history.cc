@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <limits>
 #include <set>
 #include <utility>
 
@@ -315,6 +316,78 @@ v1::HistoryResponse FindingHistory::Query(const v1::HistoryRequest& r) const {
   }
   out.set_more(found.size() > limit ? found.size() - limit : 0);
   return out;
+}
+
+v1::FindingRecord SummarizeEpisodes(const std::vector<v1::Episode>& episodes, absl::Time now,
+                                    int days) {
+  const absl::Time since = now - absl::Hours(24) * days;
+  v1::FindingRecord out;
+  out.set_days(days);
+  *out.mutable_since() = ToProto(since);
+  struct Kind {
+    std::vector<std::pair<absl::Time, absl::Time>> open;  // Clipped to the window.
+    uint64_t opened = 0, closed = 0;
+    absl::Duration to_close;
+  };
+  std::map<v1::FindingKind, Kind> kinds;
+  absl::Duration to_close, longest;
+  for (const v1::Episode& e : episodes) {
+    const absl::Time opened = absl::FromUnixNanos(Nanos(e.opened_at()));
+    const absl::Time closed = e.has_closed_at() ? absl::FromUnixNanos(Nanos(e.closed_at())) : now;
+    if (closed < since || opened > now) continue;
+    Kind& k = kinds[e.kind()];
+    k.open.emplace_back(std::max(opened, since), std::min(closed, now));
+    if (opened >= since) ++k.opened;
+    if (e.has_closed_at()) {
+      ++k.closed;
+      k.to_close += closed - opened;
+      to_close += closed - opened;
+      longest = std::max(longest, closed - opened);
+    }
+  }
+  for (auto& [kind, k] : kinds) {
+    std::sort(k.open.begin(), k.open.end());
+    absl::Duration open;
+    std::set<int64_t> days_open;  // Days since the epoch, UTC.
+    auto add = [&](absl::Time from, absl::Time to) {
+      open += to - from;
+      const int64_t last = absl::ToUnixSeconds(to > from ? to - absl::Nanoseconds(1) : to) / 86400;
+      for (int64_t d = absl::ToUnixSeconds(from) / 86400; d <= last; ++d) days_open.insert(d);
+    };
+    absl::Time from = k.open[0].first, to = k.open[0].second;
+    for (const auto& [a, b] : k.open) {
+      if (a > to) {
+        add(from, to);
+        from = a;
+      }
+      to = std::max(to, b);
+    }
+    add(from, to);
+    v1::FindingKindRecord* r = out.add_kinds();
+    r->set_kind(kind);
+    r->set_days_with_open(static_cast<uint32_t>(days_open.size()));
+    r->set_seconds_open(absl::ToDoubleSeconds(open));
+    r->set_opened(k.opened);
+    r->set_closed(k.closed);
+    if (k.closed > 0) r->set_mean_seconds_to_close(absl::ToDoubleSeconds(k.to_close) / k.closed);
+    out.set_opened(out.opened() + k.opened);
+    out.set_closed(out.closed() + k.closed);
+  }
+  if (out.closed() > 0) {
+    out.set_mean_seconds_to_close(absl::ToDoubleSeconds(to_close) / out.closed());
+    out.set_max_seconds_to_close(absl::ToDoubleSeconds(longest));
+  }
+  return out;
+}
+
+v1::FindingRecord FindingHistory::LocationRecord(const std::string& location, absl::Time now,
+                                                 int days) const {
+  v1::HistoryRequest request;
+  request.set_location(location);
+  *request.mutable_since() = ToProto(now - absl::Hours(24) * days);
+  request.set_limit(std::numeric_limits<uint32_t>::max());
+  v1::HistoryResponse found = Query(request);
+  return SummarizeEpisodes({found.episodes().begin(), found.episodes().end()}, now, days);
 }
 
 HistoryRecorder::HistoryRecorder(const Engine* engine, SilenceMatches* silences,

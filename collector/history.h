@@ -66,6 +66,9 @@ class FindingHistory {
 
   // Episodes matching `request`, newest first.
   v1::HistoryResponse Query(const v1::HistoryRequest& request) const;
+  // `location`'s record over the `days` days before `now`
+  // (SummarizeEpisodes of its episodes).
+  v1::FindingRecord LocationRecord(const std::string& location, absl::Time now, int days) const;
   // How many times an episode has been written (opened, changed, closed).
   uint64_t writes() const;
 
@@ -89,6 +92,13 @@ class FindingHistory {
   // Memory only: every episode by row.
   std::map<int64_t, v1::Episode> memory_ ABSL_GUARDED_BY(mu_);
 };
+
+// What `episodes` (one location's, any order) add up to over the `days`
+// days before `now`: episodes opened and closed in that window, the time to
+// close of those closed, and per kind the time with at least one open
+// (overlapping episodes count once) and the UTC calendar days it touched.
+v1::FindingRecord SummarizeEpisodes(const std::vector<v1::Episode>& episodes, absl::Time now,
+                                    int days);
 
 // Feeds `history` from `engine`'s published findings on a thread of its
 // own, every `poll`; Stop (or the destructor) ends it.

@@ -114,6 +114,7 @@ absl::Status CollectorServer::Start() {
   ingest_->Secure(/*require_location=*/!options_.insecure, options_.max_streams, &refusals_);
   if (!options_.insecure) query_.RequireOperator(&refusals_);
   query_.UseSilences(silences_.get());
+  query_.UseHistory(history_.get());
   silence_service_ =
       std::make_unique<SilenceService>(silences_.get(), !options_.insecure, &refusals_);
   silence_matches_ = std::make_unique<SilenceMatches>(silences_.get());

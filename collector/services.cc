@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "collector/history.h"
 #include "collector/silences.h"
 #include "constance/batch_view.h"
 #include "constance/validate.h"
@@ -667,6 +668,10 @@ grpc::ServerUnaryReactor* QueryService::LocationScorecard(
     response->set_values_omitted(KeepFirst(limit, response->mutable_values()));
     KeepFirst(limit, response->mutable_series());  // Parallel to values.
     response->set_findings_omitted(KeepFirst(limit, response->mutable_findings()));
+  }
+  if (card.ok() && history_ != nullptr) {
+    *response->mutable_record() =
+        history_->LocationRecord(request->location(), absl::Now(), kRecordDays);
   }
   if (silences_ != nullptr) silences_->Mark(response->mutable_findings(), absl::Now());
   reactor->Finish(ToGrpcStatus(card.status()));

@@ -38,6 +38,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class IngestReactor;
 class SilenceStore;
+class FindingHistory;
 
 class IngestService final : public v1::Ingest::WithRawCallbackMethod_Stream<v1::Ingest::Service> {
  public:
@@ -145,6 +146,10 @@ class QueryService final : public v1::Query::CallbackService {
   // Call before serving: findings in every answer carry silenced_by from
   // `silences` (outliving the server).
   void UseSilences(const SilenceStore* silences) { silences_ = silences; }
+  // Call before serving: LocationScorecard answers carry the location's
+  // last kRecordDays of `history` (outliving the server).
+  static constexpr int kRecordDays = 30;
+  void UseHistory(const FindingHistory* history) { history_ = history; }
   QueryService(const QueryService&) = delete;
   QueryService& operator=(const QueryService&) = delete;
 
@@ -167,6 +172,7 @@ class QueryService final : public v1::Query::CallbackService {
 
   const Engine* const engine_;
   const SilenceStore* silences_ = nullptr;
+  const FindingHistory* history_ = nullptr;
   bool require_operator_ = false;
   RefusalCounter* refusals_ = nullptr;
 };

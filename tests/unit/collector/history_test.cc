@@ -174,5 +174,49 @@ TEST(FindingHistoryTest, AnOpenEpisodeContinuesAcrossReopening) {
   (void)std::system((std::string("rm -rf ") + tmpl).c_str());
 }
 
+v1::Episode EpisodeOf(v1::FindingKind kind, absl::Time opened, absl::Time closed) {
+  v1::Episode e;
+  e.set_kind(kind);
+  e.set_location("s1");
+  *e.mutable_opened_at() = At(opened);
+  if (closed != absl::InfiniteFuture()) *e.mutable_closed_at() = At(closed);
+  return e;
+}
+
+TEST(SummarizeEpisodesTest, CountsTheWindowOverlapsOnceAndDaysByUtcDate) {
+  const absl::Time day = absl::FromCivil(absl::CivilDay(2026, 11, 1), absl::UTCTimeZone());
+  const absl::Time now = day + absl::Hours(49);  // Day 3, 01:00.
+  const std::vector<v1::Episode> episodes = {
+      // Two overlapping outliers: 3 hours open, not 4.
+      EpisodeOf(v1::OUTLIER, day + absl::Hours(10), day + absl::Hours(12)),
+      EpisodeOf(v1::OUTLIER, day + absl::Hours(11), day + absl::Hours(13)),
+      // Open since day 2, 23:00: two calendar days.
+      EpisodeOf(v1::SILENT, day + absl::Hours(47), absl::InfiniteFuture()),
+      // Closed before the window.
+      EpisodeOf(v1::SPLIT, day - absl::Hours(24 * 40), day - absl::Hours(24 * 39)),
+  };
+  v1::FindingRecord r = SummarizeEpisodes(episodes, now, 30);
+  EXPECT_EQ(r.days(), 30u);
+  EXPECT_EQ(r.opened(), 3u);
+  EXPECT_EQ(r.closed(), 2u);
+  EXPECT_DOUBLE_EQ(r.mean_seconds_to_close(), 7200);
+  EXPECT_DOUBLE_EQ(r.max_seconds_to_close(), 7200);
+  ASSERT_EQ(r.kinds_size(), 2);  // The split is outside the window.
+  EXPECT_EQ(r.kinds(0).kind(), v1::OUTLIER);
+  EXPECT_DOUBLE_EQ(r.kinds(0).seconds_open(), 3 * 3600);
+  EXPECT_EQ(r.kinds(0).days_with_open(), 1u);
+  EXPECT_EQ(r.kinds(0).opened(), 2u);
+  EXPECT_EQ(r.kinds(0).closed(), 2u);
+  EXPECT_EQ(r.kinds(1).kind(), v1::SILENT);
+  EXPECT_DOUBLE_EQ(r.kinds(1).seconds_open(), 2 * 3600);
+  EXPECT_EQ(r.kinds(1).days_with_open(), 2u);
+  EXPECT_EQ(r.kinds(1).closed(), 0u);
+  // An episode opened before the window counts only its part inside it.
+  v1::FindingRecord last_hour = SummarizeEpisodes(episodes, now, 1);
+  ASSERT_EQ(last_hour.kinds_size(), 1);
+  EXPECT_EQ(last_hour.opened(), 1u);
+  EXPECT_DOUBLE_EQ(last_hour.kinds(0).seconds_open(), 2 * 3600);
+}
+
 }  // namespace
 }  // namespace constance::collector
