@@ -547,40 +547,38 @@ void CollectorMetrics::RenderIngest(const Snapshot& snap, TextExposition* out) c
   }
 }
 
-void CollectorMetrics::RenderMergeable(const Snapshot& snap, TextExposition* out) const {
+std::vector<MergeableSeries> Mergeable(const Snapshot& snap) {
   const Catalog* catalog = snap.catalog.get();
-  // Per series, summed over its groups (which partition its locations):
-  // n_g locations with mean m_g and population stddev s_g contribute
-  // n_g * (m_g - r) and n_g * (s_g^2 + (m_g - r)^2).
-  struct Sums {
-    const SeriesKey* key;  // Owned by the snapshot.
-    double reference = 0;
-    uint64_t n = 0;
-    double s1 = 0;
-    double s2 = 0;
-    std::vector<const SeriesStats*> groups;  // Owned by the snapshot.
-  };
-  std::vector<Sums> series;
-  LabelTable labels;  // Row i: series[i]'s.
+  std::vector<MergeableSeries> series;
   absl::flat_hash_map<KeyRef, size_t> index;
   for (const auto& s : snap.series) {
     if (s->summary.n == 0) continue;
     auto [it, added] = index.try_emplace(KeyRef{&s->key}, series.size());
     if (added) {
-      Sums fresh;
+      MergeableSeries fresh;
       fresh.key = &s->key;
       fresh.reference = MergeReference(s->key, catalog);
       series.push_back(std::move(fresh));
-      labels.StartRow();
-      AddMergeLabels(s->key, &labels);
     }
-    Sums& sums = series[it->second];
+    MergeableSeries& sums = series[it->second];
     sums.groups.push_back(s.get());
     const double n = static_cast<double>(s->summary.n);
     const double d = s->summary.mean - sums.reference;
     sums.n += s->summary.n;
     sums.s1 += n * d;
     sums.s2 += n * (s->summary.stddev * s->summary.stddev + d * d);
+  }
+  return series;
+}
+
+void CollectorMetrics::RenderMergeable(const Snapshot& snap, TextExposition* out) const {
+  const Catalog* catalog = snap.catalog.get();
+  using Sums = MergeableSeries;
+  const std::vector<Sums> series = Mergeable(snap);
+  LabelTable labels;  // Row i: series[i]'s.
+  for (const Sums& s : series) {
+    labels.StartRow();
+    AddMergeLabels(*s.key, &labels);
   }
 
   const auto each = [&](absl::string_view name, absl::string_view help, auto&& value) {

@@ -48,6 +48,21 @@ namespace constance::collector {
 // different r; the rules then publish nothing rather than a wrong figure.
 double MergeReference(const SeriesKey& key, const Catalog* catalog);
 
+// One series' mergeable sums over `snap`'s groups (which partition its
+// locations): n_g locations with mean m_g and population stddev s_g
+// contribute n_g * (m_g - r) to s1 and n_g * (s_g^2 + (m_g - r)^2) to s2.
+// /metrics and the Query API's ChainSummary both read these.
+struct MergeableSeries {
+  const SeriesKey* key = nullptr;  // Owned by the snapshot.
+  double reference = 0;
+  uint64_t n = 0;
+  double s1 = 0;
+  double s2 = 0;
+  std::vector<const SeriesStats*> groups;  // Owned by the snapshot.
+};
+// Every series of `snap` with a comparable value, in first-seen order.
+std::vector<MergeableSeries> Mergeable(const Snapshot& snap);
+
 // The fixed bucket bounds of the mergeable wait histogram: 10^(i/k) for
 // integer i from 0.1 s to the first bound above one day (the longest
 // valid wait), k the fewest buckets per decade whose ratio is at most

@@ -12,6 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "collector/history.h"
+#include "collector/metrics.h"
 #include "collector/silences.h"
 #include "constance/batch_view.h"
 #include "constance/validate.h"
@@ -604,6 +605,15 @@ void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out, u
     score->set_score(t->score);
   }
   out->set_trust_omitted(KeepFirst(limit, out->mutable_trust()));
+  for (const MergeableSeries& m : Mergeable(snapshot)) {
+    v1::MergeableSums* sums = out->add_mergeable();
+    SeriesToProto(*m.key, sums->mutable_series());
+    sums->set_n(m.n);
+    sums->set_reference(m.reference);
+    sums->set_sum_deviations(m.s1);
+    sums->set_sum_squared_deviations(m.s2);
+  }
+  out->set_mergeable_omitted(KeepFirst(limit, out->mutable_mergeable()));
 }
 
 grpc::ServerUnaryReactor* QueryService::RefuseUnlessOperator(grpc::CallbackServerContext* context) {

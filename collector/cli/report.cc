@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "collector/cli/shards.h"
 #include "constance/format.h"
 #include "constance/validate.h"
 #include "google/protobuf/util/json_util.h"
@@ -176,6 +177,18 @@ std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series
   absl::StrAppend(&out, outliers.Render(), MoreLine(s.outliers_omitted(), "outliers"));
   AppendFindingsAndTrust(s, &out);
   return out;
+}
+
+std::string RenderChainWide(const v1::ChainSummaryResponse& merged) {
+  std::string out = "\nChain-wide series (all shards, exact):\n";
+  if (merged.mergeable().empty()) return absl::StrCat(out, "  none\n");
+  Table table({"SERIES", "LOCATIONS", "MEAN", "STDDEV"});
+  for (const v1::MergeableSums& m : merged.mergeable()) {
+    const ChainWide c = FromSums(m);
+    table.Add({FormatSeries(m.series()), absl::StrCat(c.n), FormatValue(m.series(), c.mean),
+               FormatValue(m.series(), c.stddev)});
+  }
+  return absl::StrCat(out, table.Render());
 }
 
 std::string RenderKeyDetail(const v1::KeyDetailResponse& d) {

@@ -128,6 +128,12 @@ std::vector<std::string> AgentArgs(const std::string& config, const std::string&
 // (ChainSummary); 0 when it does not answer.
 uint64_t ObservationsApplied(const std::string& grpc_address);
 
+// Sends one shelf price (EUR, observed now) of `key` for `location` to the
+// plaintext collector at `grpc_address` as that location's first batch
+// (incarnation 1, sequence 1), and waits for its acknowledgement.
+absl::Status SendShelfPrice(const std::string& grpc_address, const std::string& location,
+                            const std::string& key, int64_t minor_units);
+
 // Directory of the built binaries (CONSTANCE_BIN_DIR, set by CMake).
 std::string BinDir();
 
