@@ -128,29 +128,15 @@ absl::StatusOr<int64_t> SqliteSpool::QueryIntLocked(const char* sql, const char*
 
 absl::Status SqliteSpool::Init() {
   absl::MutexLock lock(&mu_);
-  int rc =
-      sqlite3_open_v2(path_.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
-  if (absl::Status s = Check(rc, "cannot open"); !s.ok()) return s;
-  sqlite3_extended_result_codes(db_, 1);
-
   // Exclusive: one agent per spool file (and WAL needs no shared memory).
-  if (absl::Status s = ExecLocked("PRAGMA locking_mode=EXCLUSIVE", "cannot lock"); !s.ok())
-    return s;
-  {
-    Stmt stmt;
-    rc = stmt.Prepare(db_, "PRAGMA journal_mode=WAL");
-    if (rc == SQLITE_OK) rc = sqlite3_step(stmt.get());
-    if (absl::Status s = Check(rc, "cannot switch to WAL mode"); !s.ok()) return s;
-    const unsigned char* mode = sqlite3_column_text(stmt.get(), 0);
-    if (mode == nullptr || std::string(reinterpret_cast<const char*>(mode)) != "wal") {
-      return absl::FailedPreconditionError(
-          absl::StrCat("spool ", path_, ": WAL mode is not available on this file system"));
-    }
+  sqlite::OpenOptions options;
+  options.exclusive = true;
+  const char* failed = nullptr;
+  int rc = sqlite::Open(path_, options, &db_, &failed);
+  if (failed == sqlite::kNoWal) {
+    return absl::FailedPreconditionError(absl::StrCat("spool ", path_, ": ", sqlite::kNoWal));
   }
-  if (absl::Status s = ExecLocked("PRAGMA synchronous=FULL", "cannot set synchronous=FULL");
-      !s.ok()) {
-    return s;
-  }
+  if (absl::Status s = Check(rc, failed); !s.ok()) return s;
   absl::StatusOr<int64_t> version = QueryIntLocked("PRAGMA user_version", "cannot read the schema");
   if (!version.ok()) return version.status();
   if (*version > kSchemaVersion) {

@@ -78,11 +78,14 @@ absl::StatusOr<std::unique_ptr<BatchLog>> BatchLog::Open(const std::string& path
     close(lock_fd);
     return s;
   };
-  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
-      SQLITE_OK) {
-    return fail(SqliteError(db, path, "cannot open"));
+  // Switching a log to WAL writes nothing when it is one already, as every
+  // constance log is.
+  const char* failed = nullptr;
+  if (sqlite::Open(path, sqlite::OpenOptions(), &db, &failed) != SQLITE_OK) {
+    return fail(SqliteError(db, path,
+                            absl::StrCat(failed, " (is it a constance batch log, and writable?)")));
   }
-  // The format is checked before anything is written: a log from a newer
+  // The format is checked before any table is written: a log from a newer
   // collector is left exactly as it is.
   absl::StatusOr<int64_t> format = ReadLogFormat(db, path);
   if (!format.ok()) return fail(format.status());
@@ -96,8 +99,7 @@ absl::StatusOr<std::unique_ptr<BatchLog>> BatchLog::Open(const std::string& path
         "version again, or restore the copy of the state directory made before the upgrade")));
   }
   for (const char* sql :
-       {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
-        "CREATE TABLE IF NOT EXISTS batches(id INTEGER PRIMARY KEY, "
+       {"CREATE TABLE IF NOT EXISTS batches(id INTEGER PRIMARY KEY, "
         "received_ns INTEGER NOT NULL, body BLOB NOT NULL)",
         "CREATE TABLE IF NOT EXISTS snapshot(id INTEGER PRIMARY KEY CHECK (id = 1), "
         "through INTEGER NOT NULL, saved_ns INTEGER NOT NULL, state BLOB NOT NULL)"}) {

@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <limits>
 #include <set>
 #include <utility>
 
@@ -64,10 +65,13 @@ v1::Episode Opened(const v1::Finding& f) {
 }
 
 // Severity and silence changes of `f` against its open episode, as
-// events; `severity` is the episode's current severity.
-void Update(const v1::Finding& f, const std::string& silenced_by, const std::string& was_silenced,
+// events; `severity` is the episode's current severity. True when the
+// episode changed.
+bool Update(const v1::Finding& f, const std::string& silenced_by, const std::string& was_silenced,
             absl::Time now, v1::Severity* severity, v1::Episode* e) {
+  bool changed = false;
   if (f.severity() != *severity) {
+    changed = true;
     AddEvent(e, now,
              absl::StrCat("severity ", Lower(v1::Severity_Name(*severity)), " -> ",
                           Lower(v1::Severity_Name(f.severity()))));
@@ -75,14 +79,18 @@ void Update(const v1::Finding& f, const std::string& silenced_by, const std::str
     e->set_severity_max(std::max(e->severity_max(), f.severity()));
   }
   if (silenced_by != was_silenced) {
+    changed = true;
     AddEvent(e, now,
              silenced_by.empty() ? absl::StrCat("silence ", was_silenced, " ended")
                                  : absl::StrCat("silenced by ", silenced_by));
   }
-  if (f.reasons_size() > 0) {
+  if (f.reasons_size() > 0 && (e->value_at_close() != f.reasons(0).value() ||
+                               e->expected_at_close() != f.reasons(0).expected())) {
+    changed = true;
     e->set_value_at_close(f.reasons(0).value());
     e->set_expected_at_close(f.reasons(0).expected());
   }
+  return changed;
 }
 
 // The silence an episode is under now: the last "silenced by" event not
@@ -107,15 +115,16 @@ absl::StatusOr<std::unique_ptr<FindingHistory>> FindingHistory::Open(const std::
                                                                      Options options) {
   auto history = std::make_unique<FindingHistory>(options);
   history->path_ = path;
-  if (sqlite3_open_v2(path.c_str(), &history->db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-                      nullptr) != SQLITE_OK) {
-    return SqliteStatus(history->db_, path, "cannot open (is --state_dir writable?)");
+  // A crash may lose the last second of history; it is rebuilt from the
+  // findings still active.
+  sqlite::OpenOptions sqlite_options;
+  sqlite_options.synchronous = "NORMAL";
+  const char* failed = nullptr;
+  if (sqlite::Open(path, sqlite_options, &history->db_, &failed) != SQLITE_OK) {
+    return SqliteStatus(history->db_, path, absl::StrCat(failed, " (is --state_dir writable?)"));
   }
-  for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL",
-                          static_cast<const char*>(kSchema)}) {
-    if (sqlite3_exec(history->db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) {
-      return SqliteStatus(history->db_, path, "cannot set up its tables");
-    }
+  if (sqlite3_exec(history->db_, kSchema, nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return SqliteStatus(history->db_, path, "cannot set up its tables");
   }
   if (absl::Status s = history->Load(); !s.ok()) return s;
   return history;
@@ -151,7 +160,13 @@ absl::Status FindingHistory::Load() {
   return absl::OkStatus();
 }
 
+uint64_t FindingHistory::writes() const {
+  absl::MutexLock lock(&mu_);
+  return writes_;
+}
+
 absl::Status FindingHistory::Save(int64_t row, const v1::Episode& e) {
+  ++writes_;
   if (db_ == nullptr) {
     memory_[row] = e;
     return absl::OkStatus();
@@ -179,13 +194,24 @@ absl::Status FindingHistory::Save(int64_t row, const v1::Episode& e) {
 absl::Status FindingHistory::Record(const std::vector<v1::Finding>& active,
                                     const std::vector<v1::Finding>& closed,
                                     const SilenceStore* silences, absl::Time now) {
+  return Record(active, closed,
+                silences != nullptr ? silences->MatchAll(active, now).silenced_by
+                                    : std::vector<std::string>(),
+                now);
+}
+
+absl::Status FindingHistory::Record(const std::vector<v1::Finding>& active,
+                                    const std::vector<v1::Finding>& closed,
+                                    const std::vector<std::string>& silenced_by, absl::Time now) {
+  static const std::string kNone;
   absl::MutexLock lock(&mu_);
   absl::Status status;
   if (db_ != nullptr) sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr);
   std::set<std::string> seen;
-  for (const v1::Finding& f : active) {
+  for (size_t i = 0; i < active.size(); ++i) {
+    const v1::Finding& f = active[i];
     seen.insert(f.id());
-    const std::string silenced = silences != nullptr ? silences->Match(f, now) : "";
+    const std::string& silenced = i < silenced_by.size() ? silenced_by[i] : kNone;
     auto it = open_.find(f.id());
     if (it == open_.end()) {
       Open_ o;
@@ -197,10 +223,8 @@ absl::Status FindingHistory::Record(const std::vector<v1::Finding>& active,
       open_.emplace(f.id(), std::move(o));
       continue;
     }
-    const std::string before = it->second.episode.SerializeAsString();
-    Update(f, silenced, CurrentSilence(it->second.episode), now, &it->second.severity,
-           &it->second.episode);
-    if (it->second.episode.SerializeAsString() != before) {
+    if (Update(f, silenced, CurrentSilence(it->second.episode), now, &it->second.severity,
+               &it->second.episode)) {
       status.Update(Save(it->second.row, it->second.episode));
     }
   }
@@ -294,7 +318,79 @@ v1::HistoryResponse FindingHistory::Query(const v1::HistoryRequest& r) const {
   return out;
 }
 
-HistoryRecorder::HistoryRecorder(const Engine* engine, const SilenceStore* silences,
+v1::FindingRecord SummarizeEpisodes(const std::vector<v1::Episode>& episodes, absl::Time now,
+                                    int days) {
+  const absl::Time since = now - absl::Hours(24) * days;
+  v1::FindingRecord out;
+  out.set_days(days);
+  *out.mutable_since() = ToProto(since);
+  struct Kind {
+    std::vector<std::pair<absl::Time, absl::Time>> open;  // Clipped to the window.
+    uint64_t opened = 0, closed = 0;
+    absl::Duration to_close;
+  };
+  std::map<v1::FindingKind, Kind> kinds;
+  absl::Duration to_close, longest;
+  for (const v1::Episode& e : episodes) {
+    const absl::Time opened = absl::FromUnixNanos(Nanos(e.opened_at()));
+    const absl::Time closed = e.has_closed_at() ? absl::FromUnixNanos(Nanos(e.closed_at())) : now;
+    if (closed < since || opened > now) continue;
+    Kind& k = kinds[e.kind()];
+    k.open.emplace_back(std::max(opened, since), std::min(closed, now));
+    if (opened >= since) ++k.opened;
+    if (e.has_closed_at()) {
+      ++k.closed;
+      k.to_close += closed - opened;
+      to_close += closed - opened;
+      longest = std::max(longest, closed - opened);
+    }
+  }
+  for (auto& [kind, k] : kinds) {
+    std::sort(k.open.begin(), k.open.end());
+    absl::Duration open;
+    std::set<int64_t> days_open;  // Days since the epoch, UTC.
+    auto add = [&](absl::Time from, absl::Time to) {
+      open += to - from;
+      const int64_t last = absl::ToUnixSeconds(to > from ? to - absl::Nanoseconds(1) : to) / 86400;
+      for (int64_t d = absl::ToUnixSeconds(from) / 86400; d <= last; ++d) days_open.insert(d);
+    };
+    absl::Time from = k.open[0].first, to = k.open[0].second;
+    for (const auto& [a, b] : k.open) {
+      if (a > to) {
+        add(from, to);
+        from = a;
+      }
+      to = std::max(to, b);
+    }
+    add(from, to);
+    v1::FindingKindRecord* r = out.add_kinds();
+    r->set_kind(kind);
+    r->set_days_with_open(static_cast<uint32_t>(days_open.size()));
+    r->set_seconds_open(absl::ToDoubleSeconds(open));
+    r->set_opened(k.opened);
+    r->set_closed(k.closed);
+    if (k.closed > 0) r->set_mean_seconds_to_close(absl::ToDoubleSeconds(k.to_close) / k.closed);
+    out.set_opened(out.opened() + k.opened);
+    out.set_closed(out.closed() + k.closed);
+  }
+  if (out.closed() > 0) {
+    out.set_mean_seconds_to_close(absl::ToDoubleSeconds(to_close) / out.closed());
+    out.set_max_seconds_to_close(absl::ToDoubleSeconds(longest));
+  }
+  return out;
+}
+
+v1::FindingRecord FindingHistory::LocationRecord(const std::string& location, absl::Time now,
+                                                 int days) const {
+  v1::HistoryRequest request;
+  request.set_location(location);
+  *request.mutable_since() = ToProto(now - absl::Hours(24) * days);
+  request.set_limit(std::numeric_limits<uint32_t>::max());
+  v1::HistoryResponse found = Query(request);
+  return SummarizeEpisodes({found.episodes().begin(), found.episodes().end()}, now, days);
+}
+
+HistoryRecorder::HistoryRecorder(const Engine* engine, SilenceMatches* silences,
                                  FindingHistory* history, absl::Duration poll)
     : engine_(engine), silences_(silences), history_(history), poll_(poll) {
   thread_ = std::thread([this] { Run(); });
@@ -315,8 +411,11 @@ void HistoryRecorder::Run() {
     if (snap == nullptr || snap->findings == nullptr) continue;
     const FindingsView& view = *snap->findings;
     if (view.evaluated_at == absl::InfinitePast()) continue;  // Nothing evaluated yet.
-    if (absl::Status s = history_->Record(view.active, view.closed, silences_, absl::Now());
-        !s.ok()) {
+    const absl::Time now = absl::Now();
+    std::shared_ptr<const std::vector<std::string>> silenced_by =
+        silences_ != nullptr ? silences_->For({snap->findings, &view.active}, now)
+                             : std::make_shared<const std::vector<std::string>>();
+    if (absl::Status s = history_->Record(view.active, view.closed, *silenced_by, now); !s.ok()) {
       spdlog::error("finding history: {}", std::string(s.message()));
     }
   } while (!stop_.WaitForNotificationWithTimeout(poll_));

@@ -11,7 +11,8 @@
 // `max_episodes` are kept (the oldest go first), so the file stays bounded.
 //
 // HistoryRecorder runs Record on its own thread every `poll` (1 s in the
-// collector), so an event's time is within a poll of when it happened.
+// collector), so an event's time is within a poll of when it happened. Only
+// episodes that changed are written.
 //
 // Thread-safety: FindingHistory is thread-safe.
 #ifndef CONSTANCE_COLLECTOR_HISTORY_H_
@@ -52,14 +53,24 @@ class FindingHistory {
   FindingHistory& operator=(const FindingHistory&) = delete;
 
   // Brings the episodes up to `active` (the engine's published findings)
-  // and `closed` (recently closed, with ended_at) at `now`; `silences` may
-  // be null.
+  // and `closed` (recently closed, with ended_at) at `now`. `silenced_by`
+  // holds the silence covering each of `active` ("" for none), in order;
+  // empty when nothing is silenced.
+  absl::Status Record(const std::vector<v1::Finding>& active,
+                      const std::vector<v1::Finding>& closed,
+                      const std::vector<std::string>& silenced_by, absl::Time now);
+  // The same, matching `silences` (may be null) at `now`.
   absl::Status Record(const std::vector<v1::Finding>& active,
                       const std::vector<v1::Finding>& closed, const SilenceStore* silences,
                       absl::Time now);
 
   // Episodes matching `request`, newest first.
   v1::HistoryResponse Query(const v1::HistoryRequest& request) const;
+  // `location`'s record over the `days` days before `now`
+  // (SummarizeEpisodes of its episodes).
+  v1::FindingRecord LocationRecord(const std::string& location, absl::Time now, int days) const;
+  // How many times an episode has been written (opened, changed, closed).
+  uint64_t writes() const;
 
  private:
   absl::Status Save(int64_t row, const v1::Episode& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -77,15 +88,24 @@ class FindingHistory {
   };
   std::map<std::string, Open_> open_ ABSL_GUARDED_BY(mu_);  // By finding id.
   int64_t next_row_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t writes_ ABSL_GUARDED_BY(mu_) = 0;
   // Memory only: every episode by row.
   std::map<int64_t, v1::Episode> memory_ ABSL_GUARDED_BY(mu_);
 };
+
+// What `episodes` (one location's, any order) add up to over the `days`
+// days before `now`: episodes opened and closed in that window, the time to
+// close of those closed, and per kind the time with at least one open
+// (overlapping episodes count once) and the UTC calendar days it touched.
+v1::FindingRecord SummarizeEpisodes(const std::vector<v1::Episode>& episodes, absl::Time now,
+                                    int days);
 
 // Feeds `history` from `engine`'s published findings on a thread of its
 // own, every `poll`; Stop (or the destructor) ends it.
 class HistoryRecorder {
  public:
-  HistoryRecorder(const Engine* engine, const SilenceStore* silences, FindingHistory* history,
+  // `silences` may be null; the pointers must outlive this object.
+  HistoryRecorder(const Engine* engine, SilenceMatches* silences, FindingHistory* history,
                   absl::Duration poll);
   ~HistoryRecorder();
   void Stop();
@@ -93,7 +113,7 @@ class HistoryRecorder {
  private:
   void Run();
   const Engine* const engine_;
-  const SilenceStore* const silences_;
+  SilenceMatches* const silences_;
   FindingHistory* const history_;
   const absl::Duration poll_;
   absl::Notification stop_;

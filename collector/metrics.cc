@@ -81,9 +81,11 @@ absl::string_view Label(const v1::Finding& f, const std::string& name) {
 // explode Prometheus; what the cap hides is itself exported.
 // A finding a silence covers carries its id in `silenced_by` (the shipped
 // alert rules page only for silenced_by="").
-void RenderFindings(const Snapshot& snap, const SilenceStore* silences, TextExposition* out) {
-  const absl::Time now = absl::Now();
+void RenderFindings(const Snapshot& snap, SilenceMatches* silences, TextExposition* out) {
   const FindingsView& view = *snap.findings;
+  std::shared_ptr<const std::vector<std::string>> silenced_by =
+      silences != nullptr ? silences->For({snap.findings, &snap.findings->active}, absl::Now())
+                          : std::make_shared<const std::vector<std::string>>(view.active.size());
   const uint64_t cap = snap.catalog != nullptr ? snap.catalog->thresholds.finding_cap : 10'000;
 
   out->Family("constance_findings_active", "Active findings by kind and severity.", kGauge);
@@ -119,7 +121,7 @@ void RenderFindings(const Snapshot& snap, const SilenceStore* silences, TextExpo
                                : "")
         .Add("group", f.group())
         .Add("id", f.id())
-        .Add("silenced_by", silences != nullptr ? silences->Match(f, now) : std::string());
+        .Add("silenced_by", (*silenced_by)[i]);
   }
   out->Family("constance_finding",
               "1 per active finding (most severe first, up to the catalog's finding_cap).", kGauge);
@@ -545,40 +547,38 @@ void CollectorMetrics::RenderIngest(const Snapshot& snap, TextExposition* out) c
   }
 }
 
-void CollectorMetrics::RenderMergeable(const Snapshot& snap, TextExposition* out) const {
+std::vector<MergeableSeries> Mergeable(const Snapshot& snap) {
   const Catalog* catalog = snap.catalog.get();
-  // Per series, summed over its groups (which partition its locations):
-  // n_g locations with mean m_g and population stddev s_g contribute
-  // n_g * (m_g - r) and n_g * (s_g^2 + (m_g - r)^2).
-  struct Sums {
-    const SeriesKey* key;  // Owned by the snapshot.
-    double reference = 0;
-    uint64_t n = 0;
-    double s1 = 0;
-    double s2 = 0;
-    std::vector<const SeriesStats*> groups;  // Owned by the snapshot.
-  };
-  std::vector<Sums> series;
-  LabelTable labels;  // Row i: series[i]'s.
+  std::vector<MergeableSeries> series;
   absl::flat_hash_map<KeyRef, size_t> index;
   for (const auto& s : snap.series) {
     if (s->summary.n == 0) continue;
     auto [it, added] = index.try_emplace(KeyRef{&s->key}, series.size());
     if (added) {
-      Sums fresh;
+      MergeableSeries fresh;
       fresh.key = &s->key;
       fresh.reference = MergeReference(s->key, catalog);
       series.push_back(std::move(fresh));
-      labels.StartRow();
-      AddMergeLabels(s->key, &labels);
     }
-    Sums& sums = series[it->second];
+    MergeableSeries& sums = series[it->second];
     sums.groups.push_back(s.get());
     const double n = static_cast<double>(s->summary.n);
     const double d = s->summary.mean - sums.reference;
     sums.n += s->summary.n;
     sums.s1 += n * d;
     sums.s2 += n * (s->summary.stddev * s->summary.stddev + d * d);
+  }
+  return series;
+}
+
+void CollectorMetrics::RenderMergeable(const Snapshot& snap, TextExposition* out) const {
+  const Catalog* catalog = snap.catalog.get();
+  using Sums = MergeableSeries;
+  const std::vector<Sums> series = Mergeable(snap);
+  LabelTable labels;  // Row i: series[i]'s.
+  for (const Sums& s : series) {
+    labels.StartRow();
+    AddMergeLabels(*s.key, &labels);
   }
 
   const auto each = [&](absl::string_view name, absl::string_view help, auto&& value) {

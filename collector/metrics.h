@@ -29,6 +29,7 @@
 #include "collector/exposition.h"
 #include "collector/ingest_service.h"
 #include "collector/services.h"
+#include "collector/silences.h"
 
 namespace constance::collector {
 
@@ -47,6 +48,21 @@ namespace constance::collector {
 // may be null (the defaults). A shard with a different catalog exports a
 // different r; the rules then publish nothing rather than a wrong figure.
 double MergeReference(const SeriesKey& key, const Catalog* catalog);
+
+// One series' mergeable sums over `snap`'s groups (which partition its
+// locations): n_g locations with mean m_g and population stddev s_g
+// contribute n_g * (m_g - r) to s1 and n_g * (s_g^2 + (m_g - r)^2) to s2.
+// /metrics and the Query API's ChainSummary both read these.
+struct MergeableSeries {
+  const SeriesKey* key = nullptr;  // Owned by the snapshot.
+  double reference = 0;
+  uint64_t n = 0;
+  double s1 = 0;
+  double s2 = 0;
+  std::vector<const SeriesStats*> groups;  // Owned by the snapshot.
+};
+// Every series of `snap` with a comparable value, in first-seen order.
+std::vector<MergeableSeries> Mergeable(const Snapshot& snap);
 
 // The fixed bucket bounds of the mergeable wait histogram: 10^(i/k) for
 // integer i from 0.1 s to the first bound above one day (the longest
@@ -83,9 +99,10 @@ class WaitBuckets {
 class CollectorMetrics {
  public:
   // The pointers must outlive this object; with `silences`, findings a
-  // silence covers are exported with its id in `silenced_by`.
+  // silence covers are exported with its id in `silenced_by` (matched once
+  // per evaluation, not per scrape).
   CollectorMetrics(const Engine* engine, const IngestService* ingest,
-                   const SilenceStore* silences = nullptr)
+                   SilenceMatches* silences = nullptr)
       : engine_(engine), ingest_(ingest), silences_(silences) {}
 
   // The whole exposition (text format 0.0.4) from the latest snapshot, in
@@ -104,7 +121,7 @@ class CollectorMetrics {
 
   const Engine* const engine_;
   const IngestService* const ingest_;
-  const SilenceStore* const silences_;
+  SilenceMatches* const silences_;
 };
 
 }  // namespace constance::collector

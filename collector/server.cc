@@ -119,9 +119,11 @@ absl::Status CollectorServer::Start() {
   ingest_ = std::make_unique<IngestService>(&engine_, ingest);
   if (!options_.insecure) query_.RequireOperator(&refusals_);
   query_.UseSilences(silences_.get());
+  query_.UseHistory(history_.get());
   silence_service_ =
       std::make_unique<SilenceService>(silences_.get(), !options_.insecure, &refusals_);
-  metrics_ = std::make_unique<CollectorMetrics>(&engine_, ingest_.get(), silences_.get());
+  silence_matches_ = std::make_unique<SilenceMatches>(silences_.get());
+  metrics_ = std::make_unique<CollectorMetrics>(&engine_, ingest_.get(), silence_matches_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -166,8 +168,8 @@ absl::Status CollectorServer::Start() {
   metrics_server_ = *std::move(metrics_server);
   metrics_address_ = DialAddress(options_.metrics_listen, metrics_server_->port());
   engine_.Start();
-  history_recorder_ = std::make_unique<HistoryRecorder>(&engine_, silences_.get(), history_.get(),
-                                                        absl::Seconds(1));
+  history_recorder_ = std::make_unique<HistoryRecorder>(&engine_, silence_matches_.get(),
+                                                        history_.get(), absl::Seconds(1));
   spdlog::info("serving gRPC on {} ({}) and /metrics on {}", grpc_address_,
                options_.insecure ? "plaintext" : "mTLS", metrics_address_);
   return absl::OkStatus();

@@ -100,6 +100,9 @@ class CollectorServer {
   std::unique_ptr<IngestService> ingest_;
   QueryService query_;
   std::unique_ptr<SilenceStore> silences_;
+  // Which silence covers each finding of the latest evaluation, for
+  // /metrics and the history.
+  std::unique_ptr<SilenceMatches> silence_matches_;
   std::unique_ptr<SilenceService> silence_service_;
   std::unique_ptr<FindingHistory> history_;
   std::unique_ptr<HistoryService> history_service_;

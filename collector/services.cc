@@ -10,6 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "collector/history.h"
+#include "collector/metrics.h"
 #include "collector/silences.h"
 #include "constance/validate.h"
 #include "constance/version.h"
@@ -98,20 +100,23 @@ void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out, u
     score->set_score(t->score);
   }
   out->set_trust_omitted(KeepFirst(limit, out->mutable_trust()));
+  for (const MergeableSeries& m : Mergeable(snapshot)) {
+    v1::MergeableSums* sums = out->add_mergeable();
+    SeriesToProto(*m.key, sums->mutable_series());
+    sums->set_n(m.n);
+    sums->set_reference(m.reference);
+    sums->set_sum_deviations(m.s1);
+    sums->set_sum_squared_deviations(m.s2);
+  }
+  out->set_mergeable_omitted(KeepFirst(limit, out->mutable_mergeable()));
 }
 
 grpc::ServerUnaryReactor* QueryService::RefuseUnlessOperator(grpc::CallbackServerContext* context) {
-  if (!require_operator_) return nullptr;
-  absl::StatusOr<PeerIdentity> id = CallerIdentity(*context);
-  if (id.ok() && id->role == PeerIdentity::Role::kOperator) return nullptr;
-  const std::string why =
-      id.ok() ? absl::StrCat("location certificate '", id->name,
-                             "' may not query (Query needs an operator certificate)")
-              : std::string(id.status().message());
-  spdlog::warn("query from {} refused: {}", context->peer(), why);
-  if (refusals_ != nullptr) refusals_->Add(kRefusedNotAnOperator);
+  absl::StatusOr<std::string> name = OperatorName(*context, require_operator_, refusals_, "query");
+  if (name.ok()) return nullptr;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, why));
+  reactor->Finish(
+      grpc::Status(grpc::StatusCode::PERMISSION_DENIED, std::string(name.status().message())));
   return reactor;
 }
 
@@ -168,6 +173,10 @@ grpc::ServerUnaryReactor* QueryService::LocationScorecard(
     response->set_values_omitted(KeepFirst(limit, response->mutable_values()));
     KeepFirst(limit, response->mutable_series());  // Parallel to values.
     response->set_findings_omitted(KeepFirst(limit, response->mutable_findings()));
+  }
+  if (card.ok() && history_ != nullptr) {
+    *response->mutable_record() =
+        history_->LocationRecord(request->location(), absl::Now(), kRecordDays);
   }
   if (silences_ != nullptr) silences_->Mark(response->mutable_findings(), absl::Now());
   reactor->Finish(ToGrpcStatus(card.status()));

@@ -21,6 +21,7 @@ namespace constance::collector {
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class SilenceStore;
+class FindingHistory;
 
 // Rows a Query answer sends per list when the request sets no limit: an
 // answer about a location with 100k keys stays well below gRPC's 4 MiB.
@@ -47,6 +48,10 @@ class QueryService final : public v1::Query::CallbackService {
   // Call before serving: findings in every answer carry silenced_by from
   // `silences` (outliving the server).
   void UseSilences(const SilenceStore* silences) { silences_ = silences; }
+  // Call before serving: LocationScorecard answers carry the location's
+  // last kRecordDays of `history` (outliving the server).
+  static constexpr int kRecordDays = 30;
+  void UseHistory(const FindingHistory* history) { history_ = history; }
   QueryService(const QueryService&) = delete;
   QueryService& operator=(const QueryService&) = delete;
 
@@ -69,6 +74,7 @@ class QueryService final : public v1::Query::CallbackService {
 
   const Engine* const engine_;
   const SilenceStore* silences_ = nullptr;
+  const FindingHistory* history_ = nullptr;
   bool require_operator_ = false;
   RefusalCounter* refusals_ = nullptr;
 };

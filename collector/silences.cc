@@ -40,6 +40,10 @@ google::protobuf::Timestamp ToProto(absl::Time t) {
 
 bool Ended(const v1::Silence& s, absl::Time now) { return FromProto(s.ends_at()) <= now; }
 
+bool Live(const v1::Silence& s, absl::Time now) {
+  return FromProto(s.starts_at()) <= now && !Ended(s, now);
+}
+
 bool Covers(const v1::SilenceMatchers& m, const v1::Finding& f) {
   if (!m.location().empty() && m.location() != f.location()) return false;
   if (!m.region().empty()) {
@@ -94,15 +98,12 @@ absl::Status SqliteStatus(sqlite3* db, const std::string& path, absl::string_vie
 absl::StatusOr<std::unique_ptr<SilenceStore>> SilenceStore::Open(const std::string& path) {
   auto store = std::make_unique<SilenceStore>();
   store->path_ = path;
-  if (sqlite3_open_v2(path.c_str(), &store->db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-                      nullptr) != SQLITE_OK) {
-    return SqliteStatus(store->db_, path, "cannot open (is --state_dir writable?)");
+  const char* failed = nullptr;
+  if (sqlite::Open(path, sqlite::OpenOptions(), &store->db_, &failed) != SQLITE_OK) {
+    return SqliteStatus(store->db_, path, absl::StrCat(failed, " (is --state_dir writable?)"));
   }
-  for (const char* sql :
-       {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", static_cast<const char*>(kSchema)}) {
-    if (sqlite3_exec(store->db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) {
-      return SqliteStatus(store->db_, path, "cannot set up its tables");
-    }
+  if (sqlite3_exec(store->db_, kSchema, nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return SqliteStatus(store->db_, path, "cannot set up its tables");
   }
   if (absl::Status s = store->Load(); !s.ok()) return s;
   return store;
@@ -203,6 +204,7 @@ absl::StatusOr<v1::Silence> SilenceStore::Add(const v1::AddSilenceRequest& reque
     return s;
   }
   silences_[id] = silence;
+  ++revision_;
   spdlog::info("silence {} added by {} until {} (owner {}): {}", silence.id(), author,
                TimeUtil::ToString(silence.ends_at()), silence.owner(), silence.comment());
   return silence;
@@ -226,6 +228,7 @@ absl::StatusOr<v1::Silence> SilenceStore::Expire(const std::string& id, const st
   silence.set_expired_by(author);
   if (absl::Status s = Persist(silence, {now, author, "expire", silence}); !s.ok()) return s;
   it->second = silence;
+  ++revision_;
   spdlog::info("silence {} expired by {}", id, author);
   return silence;
 }
@@ -256,11 +259,58 @@ std::vector<v1::Silence> SilenceStore::List(bool include_expired, absl::Time now
 std::string SilenceStore::Match(const v1::Finding& finding, absl::Time now) const {
   absl::ReaderMutexLock lock(&mu_);
   for (const auto& [id, s] : silences_) {
-    if (FromProto(s.starts_at()) <= now && !Ended(s, now) && Covers(s.match(), finding)) {
+    if (Live(s, now) && Covers(s.match(), finding)) {
       return s.id();
     }
   }
   return "";
+}
+
+SilenceStore::Matches SilenceStore::MatchAll(const std::vector<v1::Finding>& findings,
+                                             absl::Time now) const {
+  absl::ReaderMutexLock lock(&mu_);
+  Matches out;
+  out.revision = revision_;
+  std::vector<const v1::Silence*> live;
+  for (const auto& [id, s] : silences_) {
+    for (absl::Time change : {FromProto(s.starts_at()), FromProto(s.ends_at())}) {
+      if (change > now) out.valid_until = std::min(out.valid_until, change);
+    }
+    if (Live(s, now)) live.push_back(&s);
+  }
+  out.silenced_by.reserve(findings.size());
+  for (const v1::Finding& f : findings) {
+    auto it = std::find_if(live.begin(), live.end(),
+                           [&f](const v1::Silence* s) { return Covers(s->match(), f); });
+    out.silenced_by.push_back(it != live.end() ? (*it)->id() : std::string());
+  }
+  return out;
+}
+
+uint64_t SilenceStore::revision() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return revision_;
+}
+
+std::shared_ptr<const std::vector<std::string>> SilenceMatches::For(
+    std::shared_ptr<const std::vector<v1::Finding>> findings, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  if (silenced_by_ != nullptr && findings == findings_ && now < valid_until_ &&
+      store_->revision() == revision_) {
+    return silenced_by_;
+  }
+  SilenceStore::Matches m = store_->MatchAll(*findings, now);
+  findings_ = std::move(findings);
+  revision_ = m.revision;
+  valid_until_ = m.valid_until;
+  silenced_by_ = std::make_shared<const std::vector<std::string>>(std::move(m.silenced_by));
+  ++matched_;
+  return silenced_by_;
+}
+
+uint64_t SilenceMatches::matched() const {
+  absl::MutexLock lock(&mu_);
+  return matched_;
 }
 
 void SilenceStore::Mark(google::protobuf::RepeatedPtrField<v1::Finding>* findings,

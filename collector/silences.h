@@ -14,7 +14,12 @@
 // SilenceService serves constance.v1.Silences: operator certificates only,
 // the certificate's name recorded as author.
 //
-// Thread-safety: SilenceStore is thread-safe; Match takes a reader lock.
+// SilenceMatches keeps, for one evaluation's active findings, which silence
+// covers each: /metrics and the finding history read it, so a scrape or a
+// history poll matches nothing unless the evaluation or the silences changed.
+//
+// Thread-safety: SilenceStore and SilenceMatches are thread-safe; Match
+// takes a reader lock.
 #ifndef CONSTANCE_COLLECTOR_SILENCES_H_
 #define CONSTANCE_COLLECTOR_SILENCES_H_
 
@@ -58,6 +63,18 @@ class SilenceStore {
   std::vector<v1::Silence> List(bool include_expired, absl::Time now) const;
   // The id of the lowest-numbered silence covering `finding` at `now`, or "".
   std::string Match(const v1::Finding& finding, absl::Time now) const;
+  // Which silence covers each of `findings` at `now` ("" for none), in
+  // order, decided under one lock. `revision` is the store's at that moment;
+  // the answer holds until the revision changes or `valid_until`, the first
+  // moment after `now` at which a silence starts or ends.
+  struct Matches {
+    std::vector<std::string> silenced_by;
+    uint64_t revision = 0;
+    absl::Time valid_until = absl::InfiniteFuture();
+  };
+  Matches MatchAll(const std::vector<v1::Finding>& findings, absl::Time now) const;
+  // Bumped by every add and expire.
+  uint64_t revision() const;
   // Sets silenced_by on each finding a silence covers (an exception's
   // name, if set already, is kept).
   void Mark(google::protobuf::RepeatedPtrField<v1::Finding>* findings, absl::Time now) const;
@@ -81,8 +98,37 @@ class SilenceStore {
   std::string path_;
   sqlite3* db_ = nullptr;  // Null when memory only.
   int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t revision_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<int64_t, v1::Silence> silences_ ABSL_GUARDED_BY(mu_);
   std::vector<AuditEntry> audit_ ABSL_GUARDED_BY(mu_);  // Memory only.
+};
+
+class SilenceMatches {
+ public:
+  // `store` must outlive this object.
+  explicit SilenceMatches(const SilenceStore* store) : store_(store) {}
+  SilenceMatches(const SilenceMatches&) = delete;
+  SilenceMatches& operator=(const SilenceMatches&) = delete;
+
+  // silenced_by for each of `*findings` (one evaluation's active findings,
+  // which must not change while shared), in order. Matches only when
+  // `findings` is not the vector matched last, a silence was added or
+  // expired since, or one started or ended by `now`; otherwise returns the
+  // kept answer.
+  std::shared_ptr<const std::vector<std::string>> For(
+      std::shared_ptr<const std::vector<v1::Finding>> findings, absl::Time now);
+  // How many times For has matched.
+  uint64_t matched() const;
+
+ private:
+  const SilenceStore* const store_;
+  mutable absl::Mutex mu_;
+  // Held so that its address cannot be reused by a later evaluation.
+  std::shared_ptr<const std::vector<v1::Finding>> findings_ ABSL_GUARDED_BY(mu_);
+  uint64_t revision_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time valid_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  std::shared_ptr<const std::vector<std::string>> silenced_by_ ABSL_GUARDED_BY(mu_);
+  uint64_t matched_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 class SilenceService final : public v1::Silences::CallbackService {

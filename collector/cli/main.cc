@@ -9,7 +9,9 @@
 //   constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]
 //                    FILE|DIR...
 //
-// Every command takes --collector=HOST:PORT; a collector with TLS also
+// Every command takes --collector=HOST:PORT; report, findings, history and
+// location also take several (comma-separated, or --shards=FILE) and merge
+// the shards' answers (shards.h). A collector with TLS also
 // needs an operator certificate: --tls_ca=FILE --tls_cert=FILE --tls_key=FILE
 // (deploy/pki/pki.sh issue DIR operator NAME). Without them: plaintext,
 // which only a collector started with --insecure accepts.
@@ -36,6 +38,7 @@
 #include "collector/catalog.h"
 #include "collector/cli/replay.h"
 #include "collector/cli/report.h"
+#include "collector/cli/shards.h"
 #include "collector/cli/silence.h"
 #include "constance/tls.h"
 #include "constance/v1/history.grpc.pb.h"
@@ -46,7 +49,12 @@
 #include "google/protobuf/util/time_util.h"
 #include "grpcpp/grpcpp.h"
 
-ABSL_FLAG(std::string, collector, "127.0.0.1:7070", "Collector gRPC address (HOST:PORT)");
+ABSL_FLAG(std::string, collector, "127.0.0.1:7070",
+          "Collector gRPC address (HOST:PORT); several, comma-separated, for a sharded chain: "
+          "report, findings, history and location ask them all and merge the answers");
+ABSL_FLAG(std::string, shards, "",
+          "A file naming a sharded chain's collectors, one HOST:PORT a line (# comments): "
+          "instead of --collector");
 ABSL_FLAG(std::string, tls_ca, "", "CA bundle the collector's certificate chains to");
 ABSL_FLAG(std::string, tls_cert, "",
           "Operator certificate (URI SAN spiffe://constance/operator/NAME, deploy/pki/)");
@@ -106,7 +114,9 @@ constexpr char kUsage[] =
     "    [--json|--csv]\n"
     "  constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]\n"
     "    FILE|DIR...   (exported files through the collector's engine, in event time)\n"
-    "  (every command takes --collector=HOST:PORT and, for a TLS collector, --tls_ca,\n"
+    "  (every command takes --collector=HOST:PORT; report, findings, history and location\n"
+    "   take several, comma-separated, or --shards=FILE, and merge the shards' answers;\n"
+    "   for a TLS collector, --tls_ca,\n"
     "   --tls_cert, --tls_key with an operator certificate; without them: plaintext)";
 
 int Fail(const std::string& what, const grpc::Status& status) {
@@ -124,22 +134,30 @@ void PrintJson(const google::protobuf::Message& message) {
   std::cout << ToJson(message, /*pretty=*/true);
 }
 
-int Report(v1::Query::Stub& stub) {
+using QueryStubs = std::vector<std::unique_ptr<v1::Query::Stub>>;
+
+// Every shard's summary, merged (one collector's as it is).
+int Report(const QueryStubs& stubs) {
   const uint64_t want = absl::GetFlag(FLAGS_wait_for_observations);
   const absl::Time deadline = absl::Now() + absl::GetFlag(FLAGS_timeout);
   v1::ChainSummaryResponse summary;
+  std::vector<std::string> disagreements;
   // Polls because the collector publishes statistics on its own tick; the
   // answer says how many observations the statistics cover.
   for (absl::Duration backoff = absl::Milliseconds(50);;
        backoff = std::min(backoff * 2, absl::Seconds(1))) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(deadline));
-    if (want > 0) ctx.set_wait_for_ready(true);
-    summary.Clear();
-    v1::ChainSummaryRequest request;
-    request.set_limit(absl::GetFlag(FLAGS_limit));
-    grpc::Status status = stub.ChainSummary(&ctx, request, &summary);
-    if (!status.ok()) return Fail("ChainSummary", status);
+    std::vector<v1::ChainSummaryResponse> shards(stubs.size());
+    for (size_t i = 0; i < stubs.size(); ++i) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(deadline));
+      if (want > 0) ctx.set_wait_for_ready(true);
+      v1::ChainSummaryRequest request;
+      request.set_limit(absl::GetFlag(FLAGS_limit));
+      grpc::Status status = stubs[i]->ChainSummary(&ctx, request, &shards[i]);
+      if (!status.ok()) return Fail("ChainSummary", status);
+    }
+    disagreements.clear();
+    summary = stubs.size() == 1 ? shards[0] : MergeChainSummaries(shards, &disagreements);
     const bool covered = summary.observations_applied() + summary.observations_rejected() >= want;
     if (covered &&
         (!absl::GetFlag(FLAGS_wait_for_findings) || summary.observations_settled() >= want)) {
@@ -156,10 +174,12 @@ int Report(v1::Query::Stub& stub) {
     }
     absl::SleepFor(backoff);
   }
+  for (const std::string& d : disagreements) std::cerr << "constance: " << d << "\n";
   if (absl::GetFlag(FLAGS_json)) {
     PrintJson(summary);
   } else {
     std::cout << RenderChainSummary(summary, absl::GetFlag(FLAGS_max_series));
+    if (stubs.size() > 1) std::cout << RenderChainWide(summary);
   }
   return 0;
 }
@@ -198,7 +218,7 @@ int Key(v1::Query::Stub& stub, const std::string& family_name, const std::string
   return 0;
 }
 
-int Findings(v1::Query::Stub& stub) {
+int Findings(const QueryStubs& stubs) {
   v1::FindingsRequest request;
   if (const std::string kind = absl::GetFlag(FLAGS_finding); !kind.empty()) {
     absl::StatusOr<v1::FindingKind> k = ParseFindingKind(kind);
@@ -211,11 +231,14 @@ int Findings(v1::Query::Stub& stub) {
   request.set_location(absl::GetFlag(FLAGS_location));
   request.set_include_closed(absl::GetFlag(FLAGS_all));
   request.set_limit(absl::GetFlag(FLAGS_limit));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
-  v1::FindingsResponse response;
-  grpc::Status status = stub.Findings(&ctx, request, &response);
-  if (!status.ok()) return Fail("Findings", status);
+  std::vector<v1::FindingsResponse> shards(stubs.size());
+  for (size_t i = 0; i < stubs.size(); ++i) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+    grpc::Status status = stubs[i]->Findings(&ctx, request, &shards[i]);
+    if (!status.ok()) return Fail("Findings", status);
+  }
+  const v1::FindingsResponse response = MergeFindings(shards);
   if (absl::GetFlag(FLAGS_json)) {
     PrintJson(response);
   } else {
@@ -225,14 +248,20 @@ int Findings(v1::Query::Stub& stub) {
   return 0;
 }
 
-int Location(v1::Query::Stub& stub, const std::string& location) {
+// Each location is answered by its own shard: the first that knows it.
+int Location(const QueryStubs& stubs, const std::string& location) {
   v1::LocationScorecardRequest request;
   request.set_location(location);
   request.set_limit(absl::GetFlag(FLAGS_limit));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
   v1::LocationScorecardResponse response;
-  grpc::Status status = stub.LocationScorecard(&ctx, request, &response);
+  grpc::Status status;
+  for (const auto& stub : stubs) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+    response.Clear();
+    status = stub->LocationScorecard(&ctx, request, &response);
+    if (status.error_code() != grpc::StatusCode::NOT_FOUND) break;
+  }
   if (!status.ok()) return Fail("LocationScorecard", status);
   if (absl::GetFlag(FLAGS_json)) {
     PrintJson(response);
@@ -290,36 +319,30 @@ int Silence(v1::Silences::Stub& stub, const std::vector<char*>& args) {
   return 0;
 }
 
-int History(v1::History::Stub& stub) {
+int History(const std::vector<std::unique_ptr<v1::History::Stub>>& stubs) {
   v1::HistoryRequest request;
   request.set_location(absl::GetFlag(FLAGS_location));
-  if (const std::string key = absl::GetFlag(FLAGS_key); !key.empty()) {
-    std::pair<std::string, std::string> fk = absl::StrSplit(key, absl::MaxSplits(':', 1));
-    v1::Family family;
-    if (fk.second.empty() || !ParseFamily(fk.first, &family).ok()) {
-      std::cerr << "constance: --key: '" << key << "' is not FAMILY:KEY (e.g. price:coffee-250g)\n";
-      return 2;
-    }
-    request.set_family(family);
-    request.set_key(fk.second);
+  absl::StatusOr<SeriesMatcher> series =
+      ParseSeriesMatcher(absl::GetFlag(FLAGS_key), absl::GetFlag(FLAGS_finding));
+  if (!series.ok()) {
+    std::cerr << "constance: " << series.status().message() << "\n";
+    return 2;
   }
-  if (const std::string kind = absl::GetFlag(FLAGS_finding); !kind.empty()) {
-    absl::StatusOr<v1::FindingKind> k = ParseFindingKind(kind);
-    if (!k.ok()) {
-      std::cerr << "constance: --finding: " << k.status().message() << "\n";
-      return 2;
-    }
-    request.set_kind(*k);
-  }
+  request.set_family(series->family);
+  request.set_key(series->key);
+  request.set_kind(series->kind);
   if (const absl::Duration since = absl::GetFlag(FLAGS_since); since > absl::ZeroDuration()) {
     *request.mutable_since() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
         absl::ToUnixNanos(absl::Now() - since));
   }
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
-  v1::HistoryResponse response;
-  grpc::Status status = stub.Episodes(&ctx, request, &response);
-  if (!status.ok()) return Fail("History", status);
+  std::vector<v1::HistoryResponse> shards(stubs.size());
+  for (size_t i = 0; i < stubs.size(); ++i) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+    grpc::Status status = stubs[i]->Episodes(&ctx, request, &shards[i]);
+    if (!status.ok()) return Fail("History", status);
+  }
+  const v1::HistoryResponse response = MergeHistory(shards, request.limit());
   if (absl::GetFlag(FLAGS_json)) {
     PrintJson(response);
   } else if (absl::GetFlag(FLAGS_csv)) {
@@ -406,22 +429,36 @@ int Main(int argc, char** argv) {
     }
     security = *std::move(tls);
   }
+  absl::StatusOr<std::vector<std::string>> addresses =
+      CollectorAddresses(absl::GetFlag(FLAGS_collector), absl::GetFlag(FLAGS_shards));
+  if (!addresses.ok()) {
+    std::cerr << "constance: " << addresses.status().message() << "\n";
+    return 2;
+  }
   grpc::ChannelArguments channel_args;
   security.Apply(&channel_args);
-  auto channel =
-      grpc::CreateCustomChannel(absl::GetFlag(FLAGS_collector), security.credentials, channel_args);
-  auto stub = v1::Query::NewStub(channel);
-  const std::string command = args[1];
-  if (command == "report" && args.size() == 2) return Report(*stub);
-  if (command == "key" && args.size() == 4) return Key(*stub, args[2], args[3]);
-  if (command == "findings" && args.size() == 2) return Findings(*stub);
-  if (command == "location" && args.size() == 3) return Location(*stub, args[2]);
-  if (command == "history" && args.size() == 2) {
-    auto history = v1::History::NewStub(channel);
-    return History(*history);
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  QueryStubs stubs;
+  std::vector<std::unique_ptr<v1::History::Stub>> histories;
+  for (const std::string& address : *addresses) {
+    channels.push_back(grpc::CreateCustomChannel(address, security.credentials, channel_args));
+    stubs.push_back(v1::Query::NewStub(channels.back()));
+    histories.push_back(v1::History::NewStub(channels.back()));
   }
+  const std::string command = args[1];
+  if (command == "report" && args.size() == 2) return Report(stubs);
+  if (command == "findings" && args.size() == 2) return Findings(stubs);
+  if (command == "location" && args.size() == 3) return Location(stubs, args[2]);
+  if (command == "history" && args.size() == 2) return History(histories);
+  if ((command == "key" || command == "silence") && channels.size() > 1) {
+    std::cerr << "constance: " << command
+              << " talks to one collector: give --collector the shard that holds the location "
+                 "or the series' peer group\n";
+    return 2;
+  }
+  if (command == "key" && args.size() == 4) return Key(*stubs[0], args[2], args[3]);
   if (command == "silence") {
-    auto silences = v1::Silences::NewStub(channel);
+    auto silences = v1::Silences::NewStub(channels[0]);
     return Silence(*silences, args);
   }
   std::cerr << "usage: " << kUsage << "\n";

@@ -11,10 +11,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "google/protobuf/util/json_util.h"
 #include "absl/time/time.h"
+#include "collector/cli/shards.h"
 #include "constance/format.h"
 #include "constance/validate.h"
+#include "google/protobuf/util/json_util.h"
 
 namespace constance::cli {
 namespace {
@@ -178,6 +179,18 @@ std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series
   return out;
 }
 
+std::string RenderChainWide(const v1::ChainSummaryResponse& merged) {
+  std::string out = "\nChain-wide series (all shards, exact):\n";
+  if (merged.mergeable().empty()) return absl::StrCat(out, "  none\n");
+  Table table({"SERIES", "LOCATIONS", "MEAN", "STDDEV"});
+  for (const v1::MergeableSums& m : merged.mergeable()) {
+    const ChainWide c = FromSums(m);
+    table.Add({FormatSeries(m.series()), absl::StrCat(c.n), FormatValue(m.series(), c.mean),
+               FormatValue(m.series(), c.stddev)});
+  }
+  return absl::StrCat(out, table.Render());
+}
+
 std::string RenderKeyDetail(const v1::KeyDetailResponse& d) {
   std::string out;
   // Older collectors answer with one group in the top-level fields.
@@ -249,6 +262,34 @@ std::string RenderFindings(const google::protobuf::RepeatedPtrField<v1::Finding>
   return table.Render();
 }
 
+namespace {
+
+std::string Seconds(double seconds) {
+  return absl::FormatDuration(absl::Trunc(absl::Seconds(seconds), absl::Seconds(1)));
+}
+
+// "Last 30 days": what the location's finding history adds up to.
+std::string RenderRecord(const v1::FindingRecord& r) {
+  std::string out = absl::StrCat("\nLast ", r.days(), " days: ", r.opened(), " findings opened, ",
+                                 r.closed(), " closed");
+  if (r.closed() > 0) {
+    absl::StrAppend(&out, " (time to close: mean ", Seconds(r.mean_seconds_to_close()),
+                    ", longest ", Seconds(r.max_seconds_to_close()), ")");
+  }
+  absl::StrAppend(&out, "\n");
+  if (r.kinds().empty()) return absl::StrCat(out, "  no finding was open\n");
+  Table table({"FINDING", "DAYS OPEN", "TIME OPEN", "OPENED", "CLOSED", "MEAN TO CLOSE"});
+  for (const v1::FindingKindRecord& k : r.kinds()) {
+    table.Add({absl::AsciiStrToLower(v1::FindingKind_Name(k.kind())),
+               absl::StrCat(k.days_with_open()), Seconds(k.seconds_open()),
+               absl::StrCat(k.opened()), absl::StrCat(k.closed()),
+               k.closed() > 0 ? Seconds(k.mean_seconds_to_close()) : "-"});
+  }
+  return absl::StrCat(out, table.Render());
+}
+
+}  // namespace
+
 std::string RenderScorecard(const v1::LocationScorecardResponse& c) {
   std::vector<std::string> labels;
   for (const auto& [k, v] : c.labels()) labels.push_back(absl::StrCat(k, "=", v));
@@ -256,8 +297,8 @@ std::string RenderScorecard(const v1::LocationScorecardResponse& c) {
   std::string out = absl::StrCat(
       "location ", c.location(), labels.empty() ? "" : " (" + absl::StrJoin(labels, ", ") + ")",
       "\n  trust score ", absl::StrFormat("%.1f", c.trust().score()), "/100, balance ",
-      Balance(c.trust().balance()), "; promises kept ", c.promises_kept(),
-      ", broken ", c.promises_broken(), "\n  last report ",
+      Balance(c.trust().balance()), "; promises kept ", c.promises_kept(), ", broken ",
+      c.promises_broken(), "\n  last report ",
       c.has_last_report() ? Timestamp(c.last_report()) : std::string("never"),
       c.expected_open() ? ", expected open now" : ", not expected open now", "\n\n");
   Table values({"SERIES", "VALUE", "SAMPLES"});
@@ -268,6 +309,7 @@ std::string RenderScorecard(const v1::LocationScorecardResponse& c) {
   absl::StrAppend(&out, values.Render(), MoreLine(c.values_omitted(), "values"), "\nFindings (",
                   c.findings_size() + c.findings_omitted(), "):\n", RenderFindings(c.findings()),
                   MoreLine(c.findings_omitted(), "findings"));
+  if (c.has_record()) absl::StrAppend(&out, RenderRecord(c.record()));
   return out;
 }
 

@@ -41,6 +41,11 @@ std::string FormatSeries(const v1::SeriesId& series);
 // (0 = all); the outlier table is never cut.
 std::string RenderChainSummary(const v1::ChainSummaryResponse& summary, int max_series);
 
+// The chain-wide table of a report merged from several collectors
+// (shards.h): per series, the locations, mean and standard deviation from
+// the mergeable sums.
+std::string RenderChainWide(const v1::ChainSummaryResponse& merged);
+
 // One series across locations: its statistics, every location's value and
 // who sits outside the band, per peer group.
 std::string RenderKeyDetail(const v1::KeyDetailResponse& detail);

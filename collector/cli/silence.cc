@@ -52,28 +52,37 @@ absl::StatusOr<v1::FindingKind> ParseFindingKind(absl::string_view name) {
       absl::StrCat("'", name, "' is not one of ", absl::StrJoin(kinds, ", ")));
 }
 
+absl::StatusOr<SeriesMatcher> ParseSeriesMatcher(absl::string_view key, absl::string_view finding) {
+  SeriesMatcher out;
+  if (!key.empty()) {
+    std::pair<std::string, std::string> fk = absl::StrSplit(key, absl::MaxSplits(':', 1));
+    if (fk.second.empty()) {
+      return Invalid("--key",
+                     absl::StrCat("'", key, "' is not FAMILY:KEY (e.g. price:coffee-250g)"));
+    }
+    if (absl::Status s = ParseFamily(fk.first, &out.family); !s.ok()) {
+      return Invalid("--key", s.message());
+    }
+    out.key = fk.second;
+  }
+  if (!finding.empty()) {
+    absl::StatusOr<v1::FindingKind> kind = ParseFindingKind(finding);
+    if (!kind.ok()) return Invalid("--finding", kind.status().message());
+    out.kind = *kind;
+  }
+  return out;
+}
+
 absl::StatusOr<v1::AddSilenceRequest> BuildSilence(const SilenceArgs& args, absl::Time now) {
   v1::AddSilenceRequest request;
   v1::SilenceMatchers* m = request.mutable_match();
   m->set_location(args.location);
   m->set_region(args.region);
-  if (!args.key.empty()) {
-    std::pair<std::string, std::string> fk = absl::StrSplit(args.key, absl::MaxSplits(':', 1));
-    v1::Family family;
-    if (fk.second.empty()) {
-      return Invalid("--key",
-                     absl::StrCat("'", args.key, "' is not FAMILY:KEY (e.g. price:coffee-250g)"));
-    }
-    if (absl::Status s = ParseFamily(fk.first, &family); !s.ok())
-      return Invalid("--key", s.message());
-    m->set_family(family);
-    m->set_key(fk.second);
-  }
-  if (!args.finding.empty()) {
-    absl::StatusOr<v1::FindingKind> kind = ParseFindingKind(args.finding);
-    if (!kind.ok()) return Invalid("--finding", kind.status().message());
-    m->set_kind(*kind);
-  }
+  absl::StatusOr<SeriesMatcher> series = ParseSeriesMatcher(args.key, args.finding);
+  if (!series.ok()) return series.status();
+  m->set_family(series->family);
+  m->set_key(series->key);
+  m->set_kind(series->kind);
   const bool has_for = args.for_duration != absl::ZeroDuration();
   if (has_for == !args.until.empty()) {
     return Invalid("--for/--until",

@@ -23,6 +23,17 @@ namespace constance::cli {
 // listing every kind (read from the enum) otherwise.
 absl::StatusOr<v1::FindingKind> ParseFindingKind(absl::string_view name);
 
+// What --key=FAMILY:KEY and --finding=KIND select, in `silence add` and
+// `history` alike.
+struct SeriesMatcher {
+  v1::Family family = v1::FAMILY_UNSPECIFIED;  // With key; unset when no --key.
+  std::string key;
+  v1::FindingKind kind = v1::FINDING_KIND_UNSPECIFIED;  // Unset when no --finding.
+};
+// `key` ("" when not given) and `finding` (the same); InvalidArgument
+// naming the flag and what to write instead when one is malformed.
+absl::StatusOr<SeriesMatcher> ParseSeriesMatcher(absl::string_view key, absl::string_view finding);
+
 struct SilenceArgs {
   std::string location, region;
   std::string key;      // FAMILY:KEY, e.g. price:coffee-250g.

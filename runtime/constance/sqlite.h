@@ -1,6 +1,13 @@
-// The one way both binaries hold SQLite statements: the agent's spool and
-// the collector's batch log. Each keeps its own error wording (what a full
-// disk means differs between them); what they share is ownership.
+// The one way both binaries open SQLite files and hold statements: the
+// agent's spool and the collector's batch log, silences and finding
+// history. Each keeps its own error wording (what a full disk means differs
+// between them); what they share is how a file is opened and set up, and
+// statement ownership.
+//
+//   sqlite3* db = nullptr;
+//   const char* failed = nullptr;
+//   if (sqlite::Open(path, sqlite::OpenOptions(), &db, &failed) != SQLITE_OK)
+//     return error naming `failed` and sqlite3_errmsg(db); the caller closes db.
 //
 //   sqlite::Stmt stmt;
 //   if (stmt.Prepare(db, "SELECT ...") != SQLITE_OK) return error;
@@ -15,7 +22,57 @@
 
 #include <sqlite3.h>
 
+#include <cstring>
+#include <string>
+
 namespace constance::sqlite {
+
+inline constexpr char kNoWal[] = "WAL mode is not available on this file system";
+
+struct OpenOptions {
+  // PRAGMA synchronous: "FULL" when a commit must survive power loss,
+  // "NORMAL" when losing the last commits to a crash is acceptable.
+  const char* synchronous = "FULL";
+  // One process per file (PRAGMA locking_mode=EXCLUSIVE, set before WAL so
+  // that WAL needs no shared memory).
+  bool exclusive = false;
+};
+
+// Opens `path` read-write, creating it, in WAL mode with `options`.
+// SQLITE_OK, or SQLite's code with *failed saying which step failed
+// ("cannot open", "cannot lock", "cannot switch to WAL mode", kNoWal with
+// SQLITE_CANTOPEN when the file system has no WAL, "cannot set
+// synchronous"). *db is set
+// whenever SQLite made a connection, also on failure (for sqlite3_errmsg):
+// the caller closes it.
+inline int Open(const std::string& path, const OpenOptions& options, sqlite3** db,
+                const char** failed) {
+  *failed = "cannot open";
+  int rc = sqlite3_open_v2(path.c_str(), db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
+  if (rc != SQLITE_OK) return rc;
+  sqlite3_extended_result_codes(*db, 1);
+  if (options.exclusive) {
+    *failed = "cannot lock";
+    rc = sqlite3_exec(*db, "PRAGMA locking_mode=EXCLUSIVE", nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) return rc;
+  }
+  *failed = "cannot switch to WAL mode";
+  sqlite3_stmt* wal = nullptr;
+  rc = sqlite3_prepare_v2(*db, "PRAGMA journal_mode=WAL", -1, &wal, nullptr);
+  if (rc == SQLITE_OK) rc = sqlite3_step(wal);
+  const unsigned char* mode = rc == SQLITE_ROW ? sqlite3_column_text(wal, 0) : nullptr;
+  const bool is_wal =
+      mode != nullptr && std::strcmp(reinterpret_cast<const char*>(mode), "wal") == 0;
+  sqlite3_finalize(wal);
+  if (rc != SQLITE_ROW) return rc;
+  if (!is_wal) {
+    *failed = kNoWal;
+    return SQLITE_CANTOPEN;
+  }
+  *failed = "cannot set synchronous";
+  const std::string sync = std::string("PRAGMA synchronous=") + options.synchronous;
+  return sqlite3_exec(*db, sync.c_str(), nullptr, nullptr, nullptr);
+}
 
 class Stmt {
  public:

@@ -39,10 +39,7 @@ class ChainTest : public ::testing::Test {
                                                 "  wait: {min_samples: 1}\n"
                                                 "  compliance: {min_samples: 1}\n";
     collector_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{BinDir() + "/constance-collector", "--insecure",
-                                 "--catalog=" + dir_.File("catalog.yaml"), "--listen=127.0.0.1:0",
-                                 "--metrics_listen=127.0.0.1:0", "--stats_interval=100ms",
-                                 "--ready_file=" + dir_.File("collector.ready")},
+        CollectorArgs(dir_.File("catalog.yaml"), dir_.File("collector.ready")),
         dir_.File("collector.log"));
     auto ready = WaitForReadyFile(dir_.File("collector.ready"), *collector_, absl::Seconds(30));
     ASSERT_TRUE(ready.ok()) << ready.status();

@@ -18,6 +18,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "constance/v1/ingest.grpc.pb.h"
+#include "constance/v1/query.grpc.pb.h"
+#include "google/protobuf/util/time_util.h"
+#include "grpcpp/grpcpp.h"
 
 extern char** environ;
 
@@ -220,6 +224,79 @@ std::string UrlEncode(const std::string& s) {
     }
   }
   return out;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
+
+std::vector<std::string> CollectorArgs(const std::string& catalog, const std::string& ready_file,
+                                       const std::vector<std::string>& extra) {
+  std::vector<std::string> argv = {BinDir() + "/constance-collector",
+                                   "--insecure",
+                                   "--catalog=" + catalog,
+                                   "--listen=127.0.0.1:0",
+                                   "--metrics_listen=127.0.0.1:0",
+                                   "--stats_interval=100ms",
+                                   "--ready_file=" + ready_file};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return argv;
+}
+
+std::vector<std::string> AgentArgs(const std::string& config, const std::string& collector,
+                                   const std::string& spool, const std::string& ready_file) {
+  return {BinDir() + "/constance-agent", "run",
+          "--config=" + config,          "--collector=" + collector,
+          "--listen=127.0.0.1:0",        "--metrics_listen=127.0.0.1:0",
+          "--drain_timeout=0s",          "--backoff_initial=100ms",
+          "--backoff_max=500ms",         "--flush_interval=20ms",
+          "--spool_path=" + spool,       "--ready_file=" + ready_file};
+}
+
+uint64_t ObservationsApplied(const std::string& grpc_address) {
+  std::unique_ptr<v1::Query::Stub> query =
+      v1::Query::NewStub(grpc::CreateChannel(grpc_address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  v1::ChainSummaryResponse summary;
+  if (!query->ChainSummary(&ctx, v1::ChainSummaryRequest(), &summary).ok()) return 0;
+  return summary.observations_applied();
+}
+
+absl::Status SendShelfPrice(const std::string& grpc_address, const std::string& location,
+                            const std::string& key, int64_t minor_units) {
+  auto stub =
+      v1::Ingest::NewStub(grpc::CreateChannel(grpc_address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  auto stream = stub->Stream(&ctx);
+  v1::AgentMessage msg;
+  v1::Batch* batch = msg.mutable_batch();
+  batch->set_location(location);
+  batch->set_incarnation(1);
+  batch->set_first_sequence(1);
+  v1::Observation* obs = batch->add_observations();
+  obs->set_key(key);
+  *obs->mutable_observed_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  obs->mutable_price()->set_minor_units(minor_units);
+  obs->mutable_price()->set_currency("EUR");
+  obs->mutable_price()->set_kind(v1::SHELF);
+  if (!stream->Write(msg)) return absl::UnavailableError("the stream closed before the batch");
+  v1::CollectorMessage reply;
+  while (stream->Read(&reply) && !reply.has_ack()) {
+  }
+  const bool acked = reply.has_ack();
+  stream->WritesDone();
+  while (stream->Read(&reply)) {
+  }
+  grpc::Status status = stream->Finish();
+  if (!acked) {
+    return absl::UnavailableError(absl::StrCat("no acknowledgement: ", status.error_message()));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace constance::testing

@@ -15,12 +15,14 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <map>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "constance/http_client.h"
 
@@ -93,6 +95,43 @@ struct CommandResult {
   std::string output;
 };
 CommandResult RunCommand(const std::string& command, const std::string& input);
+
+// The whole file at `path`, "" when it cannot be read.
+std::string ReadFile(const std::string& path);
+
+// Polls `condition` every 20 ms until it holds or `timeout` passes; its
+// last answer.
+template <typename F>
+bool WaitFor(F condition, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    if (condition()) return true;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return condition();
+}
+
+// The command line of a plaintext collector on 127.0.0.1 port 0 (gRPC
+// and /metrics) that evaluates every 100 ms, with `catalog` and writing
+// its ports to `ready_file`; `extra` flags are appended.
+std::vector<std::string> CollectorArgs(const std::string& catalog, const std::string& ready_file,
+                                       const std::vector<std::string>& extra = {});
+
+// The command line of a plaintext agent (`run`) with `config`, sending to
+// `collector`, on 127.0.0.1 port 0, retrying within half a second, flushing
+// every 20 ms and not draining at exit; its spool and ready file as given.
+std::vector<std::string> AgentArgs(const std::string& config, const std::string& collector,
+                                   const std::string& spool, const std::string& ready_file);
+
+// Observations applied by the plaintext collector at `grpc_address`
+// (ChainSummary); 0 when it does not answer.
+uint64_t ObservationsApplied(const std::string& grpc_address);
+
+// Sends one shelf price (EUR, observed now) of `key` for `location` to the
+// plaintext collector at `grpc_address` as that location's first batch
+// (incarnation 1, sequence 1), and waits for its acknowledgement.
+absl::Status SendShelfPrice(const std::string& grpc_address, const std::string& location,
+                            const std::string& key, int64_t minor_units);
 
 // Directory of the built binaries (CONSTANCE_BIN_DIR, set by CMake).
 std::string BinDir();

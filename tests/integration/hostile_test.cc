@@ -35,24 +35,6 @@ namespace {
 using ::testing::HasSubstr;
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
-
-// Polls `condition` until it holds or `timeout` passes.
-template <typename F>
-bool WaitFor(F condition, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    if (condition()) return true;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return condition();
-}
-
 std::string Nested(int depth, const std::string& open, const std::string& inner,
                    const std::string& close) {
   std::string out;
@@ -99,15 +81,10 @@ class HostileTest : public ::testing::Test {
   void StartCollector() {
     std::ofstream(dir_.File("catalog.yaml")) << "families:\n  score: {min_samples: 1}\n";
     collector_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{BinDir() + "/constance-collector", "--insecure",
-                                 "--catalog=" + dir_.File("catalog.yaml"), "--listen=127.0.0.1:0",
-                                 "--metrics_listen=127.0.0.1:0", "--stats_interval=100ms",
-                                 "--ready_file=" + dir_.File("collector.ready")},
+        CollectorArgs(dir_.File("catalog.yaml"), dir_.File("collector.ready")),
         dir_.File("collector.log"));
     auto ready = WaitForReadyFile(dir_.File("collector.ready"), *collector_, absl::Seconds(30));
     ASSERT_TRUE(ready.ok()) << ready.status();
-    query_ = v1::Query::NewStub(
-        grpc::CreateChannel((*ready)["grpc"], grpc::InsecureChannelCredentials()));
     collector_grpc_ = (*ready)["grpc"];
   }
 
@@ -116,12 +93,8 @@ class HostileTest : public ::testing::Test {
     std::filesystem::remove(dir_.File("agent.ready"));
     log_ = dir_.File(absl::StrCat("agent", ++runs_, ".log"));
     agent_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{
-            BinDir() + "/constance-agent", "run", "--config=" + dir_.File("agent.yaml"),
-            "--collector=" + collector_grpc_, "--listen=127.0.0.1:0",
-            "--metrics_listen=127.0.0.1:0", "--drain_timeout=0s", "--backoff_initial=100ms",
-            "--backoff_max=500ms", "--flush_interval=20ms",
-            "--spool_path=" + dir_.File("spool.db"), "--ready_file=" + dir_.File("agent.ready")},
+        AgentArgs(dir_.File("agent.yaml"), collector_grpc_, dir_.File("spool.db"),
+                  dir_.File("agent.ready")),
         log_);
     auto ready = WaitForReadyFile(dir_.File("agent.ready"), *agent_, absl::Seconds(30));
     if (!ready.ok()) return false;
@@ -129,12 +102,7 @@ class HostileTest : public ::testing::Test {
     return true;
   }
 
-  uint64_t Applied() {
-    grpc::ClientContext ctx;
-    v1::ChainSummaryResponse summary;
-    if (!query_->ChainSummary(&ctx, v1::ChainSummaryRequest(), &summary).ok()) return 0;
-    return summary.observations_applied();
-  }
+  uint64_t Applied() { return ObservationsApplied(collector_grpc_); }
 
   // Posts good item `n` and expects it taken.
   void PostGood(int n) {
@@ -147,7 +115,6 @@ class HostileTest : public ::testing::Test {
   std::string drop_;
   std::unique_ptr<Subprocess> collector_;
   std::string collector_grpc_;
-  std::unique_ptr<v1::Query::Stub> query_;
   std::unique_ptr<Subprocess> agent_;
   std::string http_;
   std::string log_;

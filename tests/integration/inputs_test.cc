@@ -35,13 +35,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
-
 std::string Fixture(const std::string& name) {
   return ReadFile(std::string(CONSTANCE_SOURCE_DIR) + "/tests/data/agent/" + name);
 }
@@ -81,17 +74,6 @@ void Drop(const std::string& dir, const std::string& name, const std::string& te
   const std::string tmp = dir + "/." + name + ".tmp";
   std::ofstream(tmp, std::ios::binary) << text;
   std::filesystem::rename(tmp, dir + "/" + name);
-}
-
-// Polls `condition` until it holds or `timeout` passes.
-template <typename F>
-bool WaitFor(F condition, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    if (condition()) return true;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return condition();
 }
 
 int64_t SpoolDepth(const std::string& http) {
@@ -150,12 +132,8 @@ class InputsTest : public ::testing::Test {
   void StartAgent(const std::string& collector) {
     std::filesystem::remove(dir_.File("agent.ready"));
     agent_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{
-            BinDir() + "/constance-agent", "run", "--config=" + dir_.File("agent.yaml"),
-            "--collector=" + collector, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-            "--drain_timeout=0s", "--backoff_initial=100ms", "--backoff_max=500ms",
-            "--flush_interval=20ms", "--spool_path=" + dir_.File("spool.db"),
-            "--ready_file=" + dir_.File("agent.ready")},
+        AgentArgs(dir_.File("agent.yaml"), collector, dir_.File("spool.db"),
+                  dir_.File("agent.ready")),
         dir_.File(absl::StrCat("agent", ++agent_runs_, ".log")));
     auto ready = WaitForReadyFile(dir_.File("agent.ready"), *agent_, absl::Seconds(30));
     ASSERT_TRUE(ready.ok()) << ready.status();
@@ -167,10 +145,7 @@ class InputsTest : public ::testing::Test {
                                                 "  wait: {min_samples: 1}\n"
                                                 "  compliance: {min_samples: 1}\n";
     collector_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{BinDir() + "/constance-collector", "--insecure",
-                                 "--catalog=" + dir_.File("catalog.yaml"), "--listen=127.0.0.1:0",
-                                 "--metrics_listen=127.0.0.1:0", "--stats_interval=100ms",
-                                 "--ready_file=" + dir_.File("collector.ready")},
+        CollectorArgs(dir_.File("catalog.yaml"), dir_.File("collector.ready")),
         dir_.File("collector.log"));
     auto ready = WaitForReadyFile(dir_.File("collector.ready"), *collector_, absl::Seconds(30));
     ASSERT_TRUE(ready.ok()) << ready.status();
@@ -179,12 +154,7 @@ class InputsTest : public ::testing::Test {
         grpc::CreateChannel(collector_grpc_, grpc::InsecureChannelCredentials()));
   }
 
-  uint64_t Applied() {
-    grpc::ClientContext ctx;
-    v1::ChainSummaryResponse summary;
-    if (!query_->ChainSummary(&ctx, v1::ChainSummaryRequest(), &summary).ok()) return 0;
-    return summary.observations_applied();
-  }
+  uint64_t Applied() { return ObservationsApplied(collector_grpc_); }
 
   TempDir dir_;
   std::string drop_;

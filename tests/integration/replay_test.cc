@@ -29,13 +29,6 @@ using nlohmann::json;
 using ::testing::HasSubstr;
 using ::testing::UnorderedElementsAreArray;
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
-
 void WriteFile(const std::string& path, const std::string& text) {
   std::ofstream(path, std::ios::binary) << text;
 }

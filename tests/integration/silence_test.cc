@@ -167,6 +167,32 @@ TEST_F(SilenceTest, SilenceMarksTheFindingSurvivesAKillAndItsExpiryPagesAgain) {
   ASSERT_TRUE(collector_->Stop(SIGTERM, absl::Seconds(15)).ok());
 }
 
+TEST_F(SilenceTest, LocationShowsItsLast30DaysFromHistoryAcrossARestart) {
+  StartCollector();
+  SendPrices();
+  HistoryWith("--location=store-6", "outlier");
+  CommandResult card = Cli("location store-6");
+  ASSERT_EQ(card.exit_code, 0) << card.output;
+  EXPECT_THAT(card.output, HasSubstr("Last 30 days: 1 findings opened, 0 closed"));
+  EXPECT_THAT(card.output, HasSubstr("FINDING  DAYS OPEN  TIME OPEN"));
+  EXPECT_THAT(card.output, ::testing::ContainsRegex("outlier +[12] +[0-9hms]+ +1 +0 +-"));
+  CommandResult json = Cli("location store-6 --json");
+  EXPECT_THAT(json.output, HasSubstr("\"days\": 30"));
+  EXPECT_THAT(json.output, HasSubstr("\"kind\": \"OUTLIER\""));
+  // A location without findings has an empty record, not none.
+  EXPECT_THAT(Cli("location store-1").output, HasSubstr("no finding was open"));
+
+  ASSERT_TRUE(collector_->Stop(SIGKILL, absl::Seconds(10)).ok());
+  StartCollector();
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  do {
+    card = Cli("location store-6");
+    if (absl::StrContains(card.output, "1 findings opened")) break;
+    absl::SleepFor(absl::Milliseconds(100));  // Polling a condition, bounded by the deadline.
+  } while (absl::Now() < deadline);
+  EXPECT_THAT(card.output, HasSubstr("Last 30 days: 1 findings opened"));
+}
+
 TEST_F(SilenceTest, IncompleteSilencesAreRefusedNamingWhatIsMissing) {
   StartCollector();
   CommandResult none = Cli("silence add --for=1h --owner=anna --comment=x");

@@ -96,6 +96,35 @@ TEST_P(FindingHistoryModes, AnEpisodeRecordsOpenChangesAndClose) {
   EXPECT_EQ(e.events(1).what(), "silenced by 1");
 }
 
+TEST_P(FindingHistoryModes, WritesOnlyEpisodesThatChanged) {
+  FindingHistory& history = *owned_;
+  ASSERT_TRUE(
+      history.Record({Outlier("s1", v1::HIGH, 519), Outlier("s2", v1::HIGH, 519)}, {}, nullptr, kT0)
+          .ok());
+  EXPECT_EQ(history.writes(), 2u);  // Both opened.
+  for (int i = 1; i <= 5; ++i) {
+    ASSERT_TRUE(history
+                    .Record({Outlier("s1", v1::HIGH, 519), Outlier("s2", v1::HIGH, 519)}, {},
+                            nullptr, kT0 + absl::Seconds(i))
+                    .ok());
+  }
+  EXPECT_EQ(history.writes(), 2u);  // Nothing changed: nothing written.
+  ASSERT_TRUE(history
+                  .Record({Outlier("s1", v1::HIGH, 519), Outlier("s2", v1::CRITICAL, 599)}, {},
+                          {"", "4"}, kT0 + absl::Seconds(6))
+                  .ok());
+  EXPECT_EQ(history.writes(), 3u);  // Only s2 changed.
+  ASSERT_TRUE(
+      history.Record({Outlier("s2", v1::CRITICAL, 599)}, {}, {"4"}, kT0 + absl::Seconds(7)).ok());
+  EXPECT_EQ(history.writes(), 4u);  // s1 closed.
+  v1::HistoryRequest r;
+  r.set_location("s2");
+  v1::HistoryResponse s2 = history.Query(r);
+  ASSERT_EQ(s2.episodes_size(), 1);
+  ASSERT_EQ(s2.episodes(0).events_size(), 2);
+  EXPECT_EQ(s2.episodes(0).events(1).what(), "silenced by 4");
+}
+
 TEST(FindingHistoryTest, QueriesFilterAndLimit) {
   FindingHistory history(FindingHistory::Options{});
   ASSERT_TRUE(history
@@ -143,6 +172,50 @@ TEST(FindingHistoryTest, AnOpenEpisodeContinuesAcrossReopening) {
   ASSERT_EQ(all.episodes_size(), 1);  // The same episode, now closed; not a second one.
   EXPECT_TRUE(all.episodes(0).has_closed_at());
   (void)std::system((std::string("rm -rf ") + tmpl).c_str());
+}
+
+v1::Episode EpisodeOf(v1::FindingKind kind, absl::Time opened, absl::Time closed) {
+  v1::Episode e;
+  e.set_kind(kind);
+  e.set_location("s1");
+  *e.mutable_opened_at() = At(opened);
+  if (closed != absl::InfiniteFuture()) *e.mutable_closed_at() = At(closed);
+  return e;
+}
+
+TEST(SummarizeEpisodesTest, CountsTheWindowOverlapsOnceAndDaysByUtcDate) {
+  const absl::Time day = absl::FromCivil(absl::CivilDay(2026, 11, 1), absl::UTCTimeZone());
+  const absl::Time now = day + absl::Hours(49);  // Day 3, 01:00.
+  const std::vector<v1::Episode> episodes = {
+      // Two overlapping outliers: 3 hours open, not 4.
+      EpisodeOf(v1::OUTLIER, day + absl::Hours(10), day + absl::Hours(12)),
+      EpisodeOf(v1::OUTLIER, day + absl::Hours(11), day + absl::Hours(13)),
+      // Open since day 2, 23:00: two calendar days.
+      EpisodeOf(v1::SILENT, day + absl::Hours(47), absl::InfiniteFuture()),
+      // Closed before the window.
+      EpisodeOf(v1::SPLIT, day - absl::Hours(24 * 40), day - absl::Hours(24 * 39)),
+  };
+  v1::FindingRecord r = SummarizeEpisodes(episodes, now, 30);
+  EXPECT_EQ(r.days(), 30u);
+  EXPECT_EQ(r.opened(), 3u);
+  EXPECT_EQ(r.closed(), 2u);
+  EXPECT_DOUBLE_EQ(r.mean_seconds_to_close(), 7200);
+  EXPECT_DOUBLE_EQ(r.max_seconds_to_close(), 7200);
+  ASSERT_EQ(r.kinds_size(), 2);  // The split is outside the window.
+  EXPECT_EQ(r.kinds(0).kind(), v1::OUTLIER);
+  EXPECT_DOUBLE_EQ(r.kinds(0).seconds_open(), 3 * 3600);
+  EXPECT_EQ(r.kinds(0).days_with_open(), 1u);
+  EXPECT_EQ(r.kinds(0).opened(), 2u);
+  EXPECT_EQ(r.kinds(0).closed(), 2u);
+  EXPECT_EQ(r.kinds(1).kind(), v1::SILENT);
+  EXPECT_DOUBLE_EQ(r.kinds(1).seconds_open(), 2 * 3600);
+  EXPECT_EQ(r.kinds(1).days_with_open(), 2u);
+  EXPECT_EQ(r.kinds(1).closed(), 0u);
+  // An episode opened before the window counts only its part inside it.
+  v1::FindingRecord last_hour = SummarizeEpisodes(episodes, now, 1);
+  ASSERT_EQ(last_hour.kinds_size(), 1);
+  EXPECT_EQ(last_hour.opened(), 1u);
+  EXPECT_DOUBLE_EQ(last_hour.kinds(0).seconds_open(), 2 * 3600);
 }
 
 }  // namespace

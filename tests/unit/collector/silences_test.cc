@@ -3,7 +3,9 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "google/protobuf/util/time_util.h"
@@ -52,10 +54,41 @@ TEST(SilenceStoreTest, CoversWhatEveryMatcherNamesWhileActive) {
   EXPECT_EQ(s->id(), "1");
   EXPECT_EQ(s->author(), "ops-anna");
   EXPECT_EQ(store.Match(Outlier("store-17", "coffee", "north"), kNow), "1");
-  EXPECT_EQ(store.Match(Outlier("store-17", "tea", "north"), kNow), "");    // Other key.
+  EXPECT_EQ(store.Match(Outlier("store-17", "tea", "north"), kNow), "");     // Other key.
   EXPECT_EQ(store.Match(Outlier("store-18", "coffee", "north"), kNow), "");  // Other store.
   EXPECT_EQ(store.Match(Outlier("store-17", "coffee", "north"), kNow + absl::Hours(2)), "");
   EXPECT_EQ(store.Match(Outlier("store-17", "coffee", "north"), kNow - absl::Seconds(1)), "");
+}
+
+TEST(SilenceMatchesTest, MatchesOncePerEvaluationUntilSilencesChange) {
+  SilenceStore store;
+  SilenceMatches matches(&store);
+  auto evaluation = std::make_shared<const std::vector<v1::Finding>>(std::vector<v1::Finding>{
+      Outlier("store-17", "coffee", "north"), Outlier("store-18", "coffee", "north")});
+  ASSERT_TRUE(store.Add(Request("store-18", absl::Hours(1)), "ops", kNow).ok());
+  std::shared_ptr<const std::vector<std::string>> first = matches.For(evaluation, kNow);
+  EXPECT_EQ(*first, (std::vector<std::string>{"", "1"}));
+  // Scrapes of the same evaluation match nothing.
+  for (int i = 1; i <= 3; ++i) matches.For(evaluation, kNow + absl::Minutes(i));
+  EXPECT_EQ(matches.matched(), 1u);
+  EXPECT_EQ(matches.For(evaluation, kNow + absl::Minutes(4)), first);
+
+  // A new silence, the end of one and a new evaluation each match again.
+  ASSERT_TRUE(store.Add(Request("store-17", absl::Hours(2)), "ops", kNow).ok());
+  EXPECT_EQ(*matches.For(evaluation, kNow + absl::Minutes(5)),
+            (std::vector<std::string>{"2", "1"}));
+  EXPECT_EQ(matches.matched(), 2u);
+  EXPECT_EQ(*matches.For(evaluation, kNow + absl::Hours(1)), (std::vector<std::string>{"2", ""}));
+  EXPECT_EQ(matches.matched(), 3u);
+  auto next = std::make_shared<const std::vector<v1::Finding>>(*evaluation);
+  EXPECT_EQ(*matches.For(next, kNow + absl::Hours(1)), (std::vector<std::string>{"2", ""}));
+  EXPECT_EQ(matches.matched(), 4u);
+  // A silence that starts later is seen when it starts.
+  v1::AddSilenceRequest later = Request("store-18", absl::Hours(5));
+  *later.mutable_starts_at() = At(kNow + absl::Hours(3));
+  ASSERT_TRUE(store.Add(later, "ops", kNow + absl::Hours(1)).ok());
+  EXPECT_EQ(*matches.For(next, kNow + absl::Hours(1)), (std::vector<std::string>{"2", ""}));
+  EXPECT_EQ(*matches.For(next, kNow + absl::Hours(3)), (std::vector<std::string>{"", "3"}));
 }
 
 TEST(SilenceStoreTest, RegionAndKindMatchers) {
@@ -78,8 +111,7 @@ TEST(SilenceStoreTest, RefusesIncompleteSilencesNamingWhatIsMissing) {
               HasSubstr("at least one matcher"));
   v1::AddSilenceRequest no_owner = Request("s", absl::Hours(1));
   no_owner.clear_owner();
-  EXPECT_THAT(std::string(store.Add(no_owner, "ops", kNow).status().message()),
-              HasSubstr("owner"));
+  EXPECT_THAT(std::string(store.Add(no_owner, "ops", kNow).status().message()), HasSubstr("owner"));
   v1::AddSilenceRequest no_comment = Request("s", absl::Hours(1));
   no_comment.clear_comment();
   EXPECT_THAT(std::string(store.Add(no_comment, "ops", kNow).status().message()),

@@ -1,7 +1,7 @@
-#include "collector/cli/silence.h"
-
 #include <string>
 
+#include "absl/strings/str_cat.h"
+#include "collector/cli/silence.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/time_util.h"
 #include "gtest/gtest.h"
@@ -30,6 +30,39 @@ TEST(SilenceCliTest, BuildsTheRequestFromFlags) {
   EXPECT_EQ(r->match().kind(), v1::OUTLIER);
   EXPECT_EQ(TimeUtil::TimestampToSeconds(r->ends_at()), absl::ToUnixSeconds(kNow) + 72 * 3600);
   EXPECT_EQ(r->owner(), "anna");
+}
+
+TEST(SilenceCliTest, SeriesMatcherIsParsedOneWayForSilencesAndHistory) {
+  static const struct {
+    const char* key;
+    const char* finding;
+    v1::Family family;
+    const char* want_key;
+    v1::FindingKind kind;
+    const char* error;  // Empty: parses.
+  } kCases[] = {
+      {"", "", v1::FAMILY_UNSPECIFIED, "", v1::FINDING_KIND_UNSPECIFIED, ""},
+      {"price:coffee-250g", "", v1::FAMILY_PRICE, "coffee-250g", v1::FINDING_KIND_UNSPECIFIED, ""},
+      {"price:a:b", "split", v1::FAMILY_PRICE, "a:b", v1::SPLIT, ""},
+      {"", "silent", v1::FAMILY_UNSPECIFIED, "", v1::SILENT, ""},
+      {"coffee", "", v1::FAMILY_UNSPECIFIED, "", v1::FINDING_KIND_UNSPECIFIED,
+       "--key: 'coffee' is not FAMILY:KEY"},
+      {"prices:coffee", "", v1::FAMILY_UNSPECIFIED, "", v1::FINDING_KIND_UNSPECIFIED, "--key: "},
+      {"", "outlyer", v1::FAMILY_UNSPECIFIED, "", v1::FINDING_KIND_UNSPECIFIED,
+       "--finding: 'outlyer' is not one of outlier"},
+  };
+  for (const auto& c : kCases) {
+    SCOPED_TRACE(absl::StrCat(c.key, " ", c.finding));
+    absl::StatusOr<SeriesMatcher> m = ParseSeriesMatcher(c.key, c.finding);
+    if (*c.error != '\0') {
+      EXPECT_THAT(std::string(m.status().message()), HasSubstr(c.error));
+      continue;
+    }
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ(m->family, c.family);
+    EXPECT_EQ(m->key, c.want_key);
+    EXPECT_EQ(m->kind, c.kind);
+  }
 }
 
 TEST(SilenceCliTest, UntilTakesRfc3339) {

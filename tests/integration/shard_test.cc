@@ -1,0 +1,173 @@
+// One chain view across shards (README.md, "Several collectors"): two
+// real collectors sharded by region, peer groups by region as
+// deploy/SCALING.md recommends, read through `constance --collector=a,b`,
+// answer as one collector holding every location does: the same
+// locations and findings, and each series' chain-wide n, mean and
+// standard deviation from the shards' mergeable sums, exactly.
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/integration/harness.h"
+
+namespace constance::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using json = nlohmann::json;
+
+constexpr int kPerRegion = 8;
+
+std::vector<std::string> Stores(const std::string& region) {
+  std::vector<std::string> out;
+  for (int i = 1; i <= kPerRegion; ++i) out.push_back(absl::StrCat(region, "-", i));
+  return out;
+}
+
+// Every store charges 449 for coffee but north-3 (519) and south-5 (539).
+int64_t PriceOf(const std::string& store) {
+  return store == "north-3" ? 519 : store == "south-5" ? 539 : 449;
+}
+
+std::string Catalog(const std::vector<std::string>& regions) {
+  std::string yaml = "locations:\n";
+  for (const std::string& region : regions) {
+    for (const std::string& s : Stores(region)) {
+      absl::StrAppend(&yaml, "  - {id: ", s, ", labels: {region: ", region, "}}\n");
+    }
+  }
+  return absl::StrCat(yaml, "peer_groups:\n  - {name: region, label: region, families: [price]}\n");
+}
+
+class ShardTest : public ::testing::Test {
+ protected:
+  // A collector holding `regions`' stores; its gRPC address.
+  std::string Start(const std::string& name, const std::vector<std::string>& regions) {
+    std::ofstream(dir_.File(name + ".yaml")) << Catalog(regions);
+    processes_.push_back(std::make_unique<Subprocess>(
+        CollectorArgs(dir_.File(name + ".yaml"), dir_.File(name + ".ready"),
+                      {"--evaluation_interval=200ms"}),
+        dir_.File(name + ".log")));
+    auto ready =
+        WaitForReadyFile(dir_.File(name + ".ready"), *processes_.back(), absl::Seconds(30));
+    EXPECT_TRUE(ready.ok()) << ready.status();
+    return ready.ok() ? (*ready)["grpc"] : "";
+  }
+
+  CommandResult Cli(const std::string& collectors, const std::string& args) {
+    return RunCommand(absl::StrCat(BinDir(), "/constance --collector=", collectors, " ", args), "");
+  }
+
+  // `report --json` once the findings cover every store's observation.
+  json Report(const std::string& collectors) {
+    CommandResult r =
+        Cli(collectors, absl::StrCat("report --json --wait_for_observations=", 2 * kPerRegion,
+                                     " --wait_for_findings --timeout=60s"));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    json j = json::parse(r.output, nullptr, false);
+    EXPECT_TRUE(j.is_object()) << r.output;
+    return j;
+  }
+
+  TempDir dir_;
+  std::vector<std::unique_ptr<Subprocess>> processes_;
+};
+
+// (kind, location) of every finding in a report or findings answer.
+std::set<std::pair<std::string, std::string>> FindingSet(const json& answer) {
+  std::set<std::pair<std::string, std::string>> out;
+  for (const json& f : answer["findings"]) {
+    out.emplace(f["kind"].get<std::string>(), f["location"].get<std::string>());
+  }
+  return out;
+}
+
+struct Figures {
+  uint64_t n = 0;
+  double mean = 0, stddev = 0;
+};
+
+// The price series' chain-wide figures from an answer's mergeable sums.
+Figures Coffee(const json& report) {
+  for (const json& m : report["mergeable"]) {
+    if (m["series"]["key"] != "coffee-250g") continue;
+    Figures f;
+    f.n = std::stoull(m["n"].get<std::string>());
+    const double n = static_cast<double>(f.n);
+    const double d = m["sum_deviations"].get<double>() / n;
+    f.mean = m["reference"].get<double>() + d;
+    f.stddev = std::sqrt(m["sum_squared_deviations"].get<double>() / n - d * d);
+    return f;
+  }
+  ADD_FAILURE() << "no coffee-250g in " << report["mergeable"].dump();
+  return {};
+}
+
+TEST_F(ShardTest, TwoShardsMergedAnswerAsOneCollectorHoldingEveryLocation) {
+  const std::string north = Start("north", {"north"});
+  const std::string south = Start("south", {"south"});
+  const std::string all = Start("all", {"north", "south"});
+  ASSERT_FALSE(north.empty() || south.empty() || all.empty());
+  for (const std::string& region : {std::string("north"), std::string("south")}) {
+    for (const std::string& store : Stores(region)) {
+      for (const std::string& collector : {region == "north" ? north : south, all}) {
+        absl::Status sent = SendShelfPrice(collector, store, "coffee-250g", PriceOf(store));
+        ASSERT_TRUE(sent.ok()) << store << " to " << collector << ": " << sent;
+      }
+    }
+  }
+  const std::string shards = absl::StrCat(north, ",", south);
+  const json merged = Report(shards);
+  const json single = Report(all);
+  EXPECT_EQ(merged["locations"], single["locations"]);
+  EXPECT_EQ(merged["observations_applied"], single["observations_applied"]);
+  EXPECT_EQ(FindingSet(merged), FindingSet(single));
+  EXPECT_EQ(FindingSet(merged), (std::set<std::pair<std::string, std::string>>{
+                                    {"OUTLIER", "north-3"}, {"OUTLIER", "south-5"}}));
+
+  const Figures m = Coffee(merged), s = Coffee(single);
+  EXPECT_EQ(m.n, 16u);
+  EXPECT_EQ(m.n, s.n);
+  EXPECT_NEAR(m.mean, s.mean, 1e-9 * s.mean);
+  EXPECT_NEAR(m.stddev, s.stddev, 1e-9 * s.stddev);
+  // The exact figures: 14 stores at 449, one at 519, one at 539.
+  const double mean = (14 * 449.0 + 519 + 539) / 16;
+  EXPECT_NEAR(m.mean, mean, 1e-9 * mean);
+  const double var = (14 * (449 - mean) * (449 - mean) + (519 - mean) * (519 - mean) +
+                      (539 - mean) * (539 - mean)) /
+                     16;
+  EXPECT_NEAR(m.stddev, std::sqrt(var), 1e-9 * std::sqrt(var));
+
+  CommandResult text = Cli(shards, "report");
+  EXPECT_THAT(text.output, HasSubstr("Chain-wide series (all shards, exact):"));
+  EXPECT_THAT(text.output, ::testing::ContainsRegex("price coffee-250g EUR/shelf +16 +4\\.59 EUR"));
+
+  // findings, location and history merge or route the same way.
+  const json merged_findings = json::parse(Cli(shards, "findings --json").output, nullptr, false);
+  ASSERT_TRUE(merged_findings.is_object());
+  EXPECT_EQ(FindingSet(merged_findings), FindingSet(single));
+  CommandResult card = Cli(shards, "location south-5");
+  EXPECT_EQ(card.exit_code, 0) << card.output;
+  EXPECT_THAT(card.output, HasSubstr("location south-5 (region=south)"));
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const std::string h = Cli(shards, "history").output;
+        return absl::StrContains(h, "north-3") && absl::StrContains(h, "south-5");
+      },
+      absl::Seconds(30)));
+  EXPECT_THAT(Cli(shards, "silence list").output, HasSubstr("talks to one collector"));
+}
+
+}  // namespace
+}  // namespace constance::testing
