@@ -28,8 +28,19 @@ stores=$(echo "$findings" | awk '$3 ~ /^demo-store-/ && $1 != "drift" {print $3}
 [ "$stores" = "demo-store-07 demo-store-13 demo-store-19 " ] \
   || { echo "FAIL: findings name stores '$stores', expected exactly 07, 13 and 19"; exit 1; }
 # The slowly drifting store: a low-severity drift ticket before any
-# threshold, and it is the only drift.
-drifting=$(echo "$findings" | awk '$1 == "drift" {print $2, $3, $4, $5}' | tr '\n' ';')
+# threshold, and the only store with one. A group's dispersion may trend up
+# too where the simulation moved one store (the drift, the failing checks):
+# whether its baseline was calm enough to see that depends on timing, so
+# such a ticket is allowed, low and on those series only; never on prices.
+drifting=$(echo "$findings" | awk '$1 == "drift" && $3 ~ /^demo-store-/ {print $2, $3, $4, $5}' | tr '\n' ';')
+groups=$(echo "$findings" | awk '$1 == "drift" && $3 !~ /^demo-store-/ {print $2, $4, $5}')
+while read -r severity family key; do
+  [ -z "$severity" ] && continue
+  case "$severity $family $key" in
+    "low wait checkout" | "low compliance fridge-temp" | "low compliance allergen-labels") ;;
+    *) echo "FAIL: a group drift ticket where nothing moved: '$severity $family $key'"; exit 1 ;;
+  esac
+done <<<"$groups"
 [ "$drifting" = "low demo-store-16 wait checkout;" ] \
   || { echo "FAIL: expected exactly one drift ticket, for demo-store-16's checkout; got '$drifting'"; exit 1; }
 if echo "$out_outliers" | grep -q demo-store-16; then
