@@ -180,6 +180,15 @@ v1::Reason MakeReason(v1::FindingKind kind, std::string detail, double value, do
   return r;
 }
 
+// Whether `v` is within `floor` of one of `values`: a price at a level a
+// rollout goes to (GroupData::rollout_values).
+bool NearAny(const std::vector<double>& values, double v, double floor) {
+  for (double r : values) {
+    if (std::fabs(v - r) <= floor) return true;
+  }
+  return false;
+}
+
 std::string Fingerprint(const std::vector<std::string>& names) {
   return absl::StrFormat("%016x", absl::HashOf(absl::StrJoin(names, ",")));
 }
@@ -735,6 +744,7 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
   const WaitPromise* wait_promise =
       series.key.family == v1::FAMILY_WAIT ? WaitPromiseFor(series.key.key, catalog) : nullptr;
   const int64_t flip_since = absl::ToUnixNanos(now - catalog.thresholds.flip_window);
+  const int64_t drops_since = absl::ToUnixNanos(now - catalog.thresholds.rollout_grace);
   std::map<std::string, std::vector<Member>> groups;
   auto add = [&](uint32_t loc, const std::optional<Comparable>& value, const PriceCell* price)
                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -750,6 +760,10 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
                    if (price != nullptr && price->changes != nullptr) {
                      m.latest_change = *price->changes->latest();
                      m.changes_in_flip_window = price->changes->CountSince(flip_since);
+                     for (int i = 0; i < price->changes->size; ++i) {
+                       const PriceChange& c = price->changes->ring[i];
+                       if (c.to < c.from && c.at_ns >= drops_since) data.drops.push_back({loc, c});
+                     }
                    }
                    groups[GroupName(rule, l.entry)].push_back(std::move(m));
                  };
@@ -860,12 +874,7 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
           g.rollout_values.push_back(static_cast<double>(p.list_minor_units));
         }
       }
-      auto in_rollout = [&](double v) {
-        for (double r : g.rollout_values) {
-          if (std::fabs(v - r) <= stats->band.floor) return true;
-        }
-        return false;
-      };
+      auto in_rollout = [&](double v) { return NearAny(g.rollout_values, v, stats->band.floor); };
       std::vector<Level> kept;
       for (Level& level : g.levels.others) {
         if (in_rollout(level.value)) {
@@ -1283,6 +1292,7 @@ struct Engine::Evaluation {
   std::vector<SplitCandidate> splits;
   absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>> kept_broken;
   absl::flat_hash_map<uint32_t, double> deposits, withdrawals;
+  std::vector<PriceDrop> price_drops;
 };
 
 // A location's evaluation in one series, before unkeepable promises are
@@ -1321,7 +1331,10 @@ void Engine::Evaluate() {
   Evaluation ev(now, catalog);
 
   const bool completed = RecomputeSeries(true, [&](SeriesData& data) ABSL_EXCLUSIVE_LOCKS_REQUIRED(
-                                                   eval_mu_) { EvaluateSeries(data, &ev); });
+                                                   eval_mu_) {
+    EvaluateSeries(data, &ev);
+    PriceDropsOf(data, &ev.price_drops);
+  });
   // Stopping: this evaluation saw only part of the chain, so it opens,
   // closes and deposits nothing.
   if (!completed) return;
@@ -1366,7 +1379,7 @@ void Engine::Evaluate() {
     }
     names.push_back(states[i].location);
   }
-  PublishFindings(now, th.persistence, names, ev.kept_broken);
+  PublishFindings(now, th.persistence, names, ev.kept_broken, std::move(ev.price_drops));
 }
 
 void Engine::OverdueKeyConditions(absl::Time now, std::vector<Condition>* out) const {
@@ -1597,6 +1610,26 @@ bool Engine::OutlierReason(const SeriesKey& key, const GroupData& g, size_t i, d
   return g.assessed[i].outlier;
 }
 
+void Engine::PriceDropsOf(const SeriesData& data, std::vector<PriceDrop>* out) {
+  for (const auto& [loc, change] : data.drops) {
+    for (const GroupData& g : data.groups) {
+      auto m = std::find_if(g.members.begin(), g.members.end(),
+                            [&, l = loc](const Member& x) { return x.location == l && x.judged; });
+      if (m == g.members.end()) continue;
+      PriceDrop d;
+      d.location = m->name;
+      d.series = data.key;
+      d.from = change.from;
+      d.to = change.to;
+      d.at = absl::FromUnixNanos(change.at_ns);
+      d.rollout =
+          NearAny(g.rollout_values, static_cast<double>(change.to), g.stats->band.floor);
+      out->push_back(std::move(d));
+      break;
+    }
+  }
+}
+
 // Irregular change: flipping back and forth, or a change few peers made
 // that ends away from every level of the group. A change that ends where
 // peers are (the main level, or another level at least min_level locations
@@ -1611,12 +1644,7 @@ void Engine::IrregularChangeReason(const SeriesKey& key, const GroupData& g, siz
   const double median = stats.summary.median;
   const double floor = stats.band.floor;
   const uint64_t n = g.members.size();
-  auto in_rollout = [&](double v) {
-    for (double r : g.rollout_values) {
-      if (std::fabs(v - r) <= floor) return true;
-    }
-    return false;
-  };
+  auto in_rollout = [&](double v) { return NearAny(g.rollout_values, v, floor); };
   auto at_a_level = [&](double v) {
     if (std::fabs(v - median) <= floor) return true;
     for (const Level& l : g.levels.others) {
@@ -1752,10 +1780,15 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
 
 void Engine::PublishFindings(
     absl::Time evaluated_at, int persistence, const std::vector<std::string>& names,
-    const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken) {
+    const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken,
+    std::vector<PriceDrop> price_drops) {
   persistence = std::max(1, persistence);
   auto view = std::make_shared<FindingsView>();
   view->evaluated_at = evaluated_at;
+  view->price_drops = std::move(price_drops);
+  std::stable_sort(
+      view->price_drops.begin(), view->price_drops.end(),
+      [](const PriceDrop& a, const PriceDrop& b) { return a.location < b.location; });
   if (evaluated_counts_.size() >= static_cast<size_t>(persistence)) {
     view->observations_settled = evaluated_counts_.front();
   }

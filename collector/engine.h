@@ -164,6 +164,21 @@ struct LocationState {
   AgentHealth health;
 };
 
+// A decrease of a price at a location, as the evaluation that saw it
+// classifies it (the price-drop feed, price_drops.h, records these).
+struct PriceDrop {
+  std::string location;
+  SeriesKey series;  // A promo price is series.kind PROMO.
+  int64_t from = 0;  // Minor units.
+  int64_t to = 0;
+  absl::Time at;     // Event time of the lower price.
+  // The lower price is where a chain-wide change is going, by the rule that
+  // keeps rollouts from being outliers (a level at least min_level
+  // locations moved to within rollout_grace, or a list price taking
+  // effect); else the location lowered it alone.
+  bool rollout = false;
+};
+
 // The findings and trust published by the evaluation tick.
 struct FindingsView {
   absl::Time evaluated_at = absl::InfinitePast();
@@ -180,6 +195,10 @@ struct FindingsView {
   // Observations (applied + rejected) covered by the last `persistence`
   // evaluations: findings reflect at least these.
   uint64_t observations_settled = 0;
+  // Price decreases whose event time is within thresholds.rollout_grace of
+  // the evaluation (while their classification may still change), by
+  // location. Empty after a restore until the first evaluation.
+  std::vector<PriceDrop> price_drops;
 };
 
 // An immutable view published by the ticks.
@@ -382,6 +401,8 @@ class Engine {
     uint32_t index = 0;
     SeriesKey key;
     std::vector<GroupData> groups;
+    // Prices: decreases within rollout_grace of `now`, by location index.
+    std::vector<std::pair<uint32_t, PriceChange>> drops;
   };
 
   static void FallBackToChain(uint64_t min_group,
@@ -419,6 +440,9 @@ class Engine {
   // when the rule counts it an outlier (a trust withdrawal).
   static bool OutlierReason(const SeriesKey& key, const GroupData& g, size_t i, double weak,
                             std::vector<std::pair<double, v1::Reason>>* reasons);
+  // The series' price drops, each classified in the group its location is
+  // judged in; appended to *out.
+  static void PriceDropsOf(const SeriesData& data, std::vector<PriceDrop>* out);
   // Member i's irregular price change, if it made one.
   static void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i,
                                     absl::Time now, const Thresholds& th,
@@ -456,8 +480,8 @@ class Engine {
   // restores are served from the first scrape after a restart.
   void PublishFindings(
       absl::Time evaluated_at, int persistence, const std::vector<std::string>& names,
-      const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
+      const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken,
+      std::vector<PriceDrop> price_drops = {}) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
   uint32_t LocationIndex(absl::string_view location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether location `loc` may hold `obs`'s cell in series `found`
   // (series_index_.end() for a series not started): the cell exists, or
