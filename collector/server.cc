@@ -44,6 +44,18 @@ absl::Status CollectorServer::OpenHistory() {
   return absl::OkStatus();
 }
 
+absl::Status CollectorServer::OpenBoard() {
+  PriceDropFeed::Options options;
+  options.retention = options_.price_drop_retention;
+  absl::StatusOr<std::unique_ptr<PriceDropFeed>> feed = PriceDropFeed::Open(
+      options_.state_dir.empty() ? "" : options_.state_dir + "/price_drops.db", options);
+  if (!feed.ok()) return feed.status();
+  price_drops_ = *std::move(feed);
+  board_service_ =
+      std::make_unique<BoardService>(price_drops_.get(), !options_.insecure, &refusals_);
+  return absl::OkStatus();
+}
+
 absl::Status CollectorServer::Start() {
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (options_.insecure) {
@@ -109,6 +121,7 @@ absl::Status CollectorServer::Start() {
   }
   if (absl::Status s = OpenSilences(); !s.ok()) return s;
   if (absl::Status s = OpenHistory(); !s.ok()) return s;
+  if (absl::Status s = OpenBoard(); !s.ok()) return s;
   ingest_ = std::make_unique<IngestService>(&engine_, log_.get(), options_.rate_per_location,
                                             options_.rate_burst);
   ingest_->Secure(/*require_location=*/!options_.insecure, options_.max_streams, &refusals_);
@@ -127,6 +140,7 @@ absl::Status CollectorServer::Start() {
   builder.RegisterService(&query_);
   builder.RegisterService(silence_service_.get());
   builder.RegisterService(history_service_.get());
+  builder.RegisterService(board_service_.get());
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   // Keepalive, consistent with the agent's: the agent pings every 20 s,
   // above the 10 s minimum accepted here, with or without calls in flight,
@@ -163,6 +177,8 @@ absl::Status CollectorServer::Start() {
   engine_.Start();
   history_recorder_ = std::make_unique<HistoryRecorder>(&engine_, silences_.get(), history_.get(),
                                                         absl::Seconds(1));
+  price_drop_recorder_ =
+      std::make_unique<PriceDropRecorder>(&engine_, price_drops_.get(), absl::Seconds(1));
   spdlog::info("serving gRPC on {} ({}) and /metrics on {}", grpc_address_,
                options_.insecure ? "plaintext" : "mTLS", metrics_address_);
   return absl::OkStatus();
@@ -174,6 +190,7 @@ void CollectorServer::Shutdown(absl::Duration grace) {
   if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   metrics_server_.reset();
   history_recorder_.reset();
+  price_drop_recorder_.reset();
   // After the server: no stream can queue a batch any more; the log
   // commits what is queued (running the last callbacks) and closes.
   log_.reset();

@@ -22,6 +22,7 @@
 #include "collector/history.h"
 #include "collector/metrics.h"
 #include "collector/metrics_server.h"
+#include "collector/price_drops.h"
 #include "collector/services.h"
 #include "collector/silences.h"
 #include "constance/tls.h"
@@ -61,6 +62,8 @@ struct ServerOptions {
   Engine::Options engine;
   // How long closed findings stay in the finding history (history.db).
   absl::Duration history_retention = absl::Hours(24 * 90);
+  // How long price drops stay in the feed (price_drops.db).
+  absl::Duration price_drop_retention = absl::Hours(24 * 30);
 };
 
 class CollectorServer {
@@ -93,6 +96,8 @@ class CollectorServer {
   absl::Status OpenSilences();
   // Finding history: durable in state_dir/history.db, else in memory.
   absl::Status OpenHistory();
+  // The price-drop feed: durable in state_dir/price_drops.db, else in memory.
+  absl::Status OpenBoard();
   const ServerOptions options_;
   Engine engine_;
   std::unique_ptr<BatchLog> log_;
@@ -103,6 +108,9 @@ class CollectorServer {
   std::unique_ptr<FindingHistory> history_;
   std::unique_ptr<HistoryService> history_service_;
   std::unique_ptr<HistoryRecorder> history_recorder_;
+  std::unique_ptr<PriceDropFeed> price_drops_;
+  std::unique_ptr<BoardService> board_service_;
+  std::unique_ptr<PriceDropRecorder> price_drop_recorder_;
   std::unique_ptr<CollectorMetrics> metrics_;
   RefusalCounter refusals_;
   std::unique_ptr<grpc::Server> server_;

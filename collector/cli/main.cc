@@ -6,6 +6,7 @@
 //   constance location ID
 //   constance silence add|list|expire (silence.h)
 //   constance history [--location=ID] [--key=FAMILY:KEY] [--finding=KIND] [--since=720h] [--csv]
+//   constance price-drops [--since=72h] [--location=ID] [--csv|--json]
 //   constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]
 //                    FILE|DIR...
 //
@@ -20,6 +21,7 @@
 // timed out, 2 usage error (replay: also an input or configuration it
 // cannot use).
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -38,6 +40,7 @@
 #include "collector/cli/report.h"
 #include "collector/cli/silence.h"
 #include "constance/tls.h"
+#include "constance/v1/board.grpc.pb.h"
 #include "constance/v1/history.grpc.pb.h"
 #include "constance/v1/query.grpc.pb.h"
 #include "constance/v1/silence.grpc.pb.h"
@@ -82,8 +85,10 @@ ABSL_FLAG(std::string, until, "", "silence add: until when, RFC 3339 (2026-12-24
 ABSL_FLAG(std::string, owner, "", "silence add: who answers for the silence (required)");
 ABSL_FLAG(std::string, comment, "", "silence add: why (required)");
 ABSL_FLAG(absl::Duration, since, absl::ZeroDuration(),
-          "history: episodes open at some time in the last DURATION (e.g. 720h; 0 = all kept)");
-ABSL_FLAG(bool, csv, false, "history: print CSV (one row per episode) for spreadsheets");
+          "history: episodes open at some time in the last DURATION (e.g. 720h; 0 = all kept); "
+          "price-drops: drops in the last DURATION");
+ABSL_FLAG(bool, csv, false,
+          "history, price-drops: print CSV (one row per episode or drop) for spreadsheets");
 ABSL_FLAG(std::string, config, "",
           "replay: an agent.yaml whose drop_directory.files mappings read the files");
 ABSL_FLAG(std::string, catalog, "", "replay: the collector's catalog.yaml (empty: defaults)");
@@ -104,6 +109,7 @@ constexpr char kUsage[] =
     "  constance silence expire ID\n"
     "  constance history [--location=ID] [--key=FAMILY:KEY] [--finding=KIND] [--since=720h]\n"
     "    [--json|--csv]\n"
+    "  constance price-drops [--since=72h] [--location=ID] [--json|--csv]\n"
     "  constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]\n"
     "    FILE|DIR...   (exported files through the collector's engine, in event time)\n"
     "  (every command takes --collector=HOST:PORT and, for a TLS collector, --tls_ca,\n"
@@ -331,6 +337,37 @@ int History(v1::History::Stub& stub) {
   return 0;
 }
 
+// The feed streams oldest first; --json prints one JSON object per line
+// as each arrives, the table and CSV once the stream ends.
+int PriceDrops(v1::Board::Stub& stub) {
+  v1::PriceDropsRequest request;
+  request.set_location(absl::GetFlag(FLAGS_location));
+  if (const absl::Duration since = absl::GetFlag(FLAGS_since); since > absl::ZeroDuration()) {
+    *request.mutable_since() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+        absl::ToUnixNanos(absl::Now() - since));
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+  std::unique_ptr<grpc::ClientReader<v1::PriceDrop>> reader = stub.PriceDrops(&ctx, request);
+  std::vector<v1::PriceDrop> drops;
+  const bool json = absl::GetFlag(FLAGS_json);
+  for (v1::PriceDrop drop; reader->Read(&drop);) {
+    if (json) {
+      std::cout << ToJson(drop) << "\n";
+    } else {
+      drops.push_back(drop);
+    }
+  }
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return Fail("PriceDrops", status);
+  if (absl::GetFlag(FLAGS_csv)) {
+    std::cout << RenderPriceDropsCsv(drops);
+  } else if (!json) {
+    std::cout << "Price drops (" << drops.size() << "):\n" << RenderPriceDrops(drops);
+  }
+  return 0;
+}
+
 int Replay(const std::vector<char*>& args) {
   ReplayOptions options;
   options.inputs.assign(args.begin() + 2, args.end());
@@ -419,6 +456,10 @@ int Main(int argc, char** argv) {
   if (command == "history" && args.size() == 2) {
     auto history = v1::History::NewStub(channel);
     return History(*history);
+  }
+  if (command == "price-drops" && args.size() == 2) {
+    auto board = v1::Board::NewStub(channel);
+    return PriceDrops(*board);
   }
   if (command == "silence") {
     auto silences = v1::Silences::NewStub(channel);

@@ -1,0 +1,248 @@
+#include "collector/price_drops.h"
+
+#include <sqlite3.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "collector/services.h"
+#include "constance/sqlite.h"
+#include "google/protobuf/util/time_util.h"
+#include "spdlog/spdlog.h"
+
+namespace constance::collector {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+// A drop is one (location, series, event time): an evaluation publishes
+// it again until it leaves rollout_grace, and only its rollout flag moves.
+constexpr char kSchema[] = R"sql(
+CREATE TABLE IF NOT EXISTS price_drops(
+  row INTEGER PRIMARY KEY, at_ns INTEGER NOT NULL, location TEXT NOT NULL, key TEXT NOT NULL,
+  currency TEXT NOT NULL, kind INTEGER NOT NULL, from_minor INTEGER NOT NULL,
+  to_minor INTEGER NOT NULL, rollout INTEGER NOT NULL, recorded_ns INTEGER NOT NULL,
+  UNIQUE(location, key, currency, kind, at_ns));
+CREATE INDEX IF NOT EXISTS price_drops_at ON price_drops(at_ns, row);
+)sql";
+
+constexpr char kUpsert[] = R"sql(
+INSERT INTO price_drops(at_ns, location, key, currency, kind, from_minor, to_minor, rollout,
+                        recorded_ns) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(location, key, currency, kind, at_ns) DO UPDATE SET rollout = excluded.rollout
+WHERE rollout != excluded.rollout
+)sql";
+
+constexpr char kRead[] = R"sql(
+SELECT row, at_ns, location, key, currency, kind, from_minor, to_minor, rollout, recorded_ns
+FROM price_drops
+WHERE at_ns >= ?1 AND (at_ns > ?2 OR (at_ns = ?2 AND row > ?3)) AND (?4 = '' OR location = ?4)
+ORDER BY at_ns, row LIMIT ?5
+)sql";
+
+std::string Text(sqlite3_stmt* s, int column) {
+  const unsigned char* text = sqlite3_column_text(s, column);
+  return text != nullptr ? reinterpret_cast<const char*>(text) : "";
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PriceDropFeed>> PriceDropFeed::Open(const std::string& path,
+                                                                   Options options) {
+  std::unique_ptr<PriceDropFeed> feed(new PriceDropFeed(options));
+  feed->path_ = path.empty() ? ":memory:" : path;
+  absl::MutexLock lock(&feed->mu_);
+  if (sqlite3_open_v2(feed->path_.c_str(), &feed->db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                      nullptr) != SQLITE_OK) {
+    return feed->Error("cannot open (is --state_dir writable?)");
+  }
+  for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL",
+                          static_cast<const char*>(kSchema)}) {
+    if (sqlite3_exec(feed->db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) {
+      return feed->Error("cannot set up its table");
+    }
+  }
+  return feed;
+}
+
+PriceDropFeed::~PriceDropFeed() {
+  absl::MutexLock lock(&mu_);
+  if (db_ != nullptr) sqlite3_close(db_);
+}
+
+absl::Status PriceDropFeed::Error(absl::string_view what) const {
+  return absl::UnavailableError(
+      absl::StrCat("price drops ", path_, ": ", what, ": ",
+                   db_ != nullptr ? sqlite3_errmsg(db_) : "out of memory"));
+}
+
+absl::Status PriceDropFeed::Record(const std::vector<PriceDrop>& drops, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  if (sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return Error("cannot write");
+  }
+  absl::Status status;
+  sqlite::Stmt put;
+  if (put.Prepare(db_, kUpsert) != SQLITE_OK) status = Error("cannot write");
+  for (size_t i = 0; status.ok() && i < drops.size(); ++i) {
+    const PriceDrop& d = drops[i];
+    sqlite::Using using_put(put);
+    sqlite3_stmt* s = put.get();
+    sqlite3_bind_int64(s, 1, absl::ToUnixNanos(d.at));
+    sqlite3_bind_text(s, 2, d.location.c_str(), -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, d.series.key.c_str(), -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 4, d.series.currency.c_str(), -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 5, d.series.kind);
+    sqlite3_bind_int64(s, 6, d.from);
+    sqlite3_bind_int64(s, 7, d.to);
+    sqlite3_bind_int(s, 8, d.rollout ? 1 : 0);
+    sqlite3_bind_int64(s, 9, absl::ToUnixNanos(now));
+    if (sqlite3_step(s) != SQLITE_DONE) status = Error("cannot write");
+  }
+  put.Close();
+  if (status.ok()) {
+    sqlite::Stmt trim;
+    if (trim.Prepare(db_, "DELETE FROM price_drops WHERE at_ns < ?") != SQLITE_OK) {
+      status = Error("cannot remove old drops");
+    } else {
+      sqlite3_bind_int64(trim.get(), 1, absl::ToUnixNanos(now - options_.retention));
+      if (sqlite3_step(trim.get()) != SQLITE_DONE) status = Error("cannot remove old drops");
+    }
+  }
+  if (!status.ok()) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return status;
+  }
+  if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    status = Error("cannot commit");
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  return status;
+}
+
+std::vector<v1::PriceDrop> PriceDropFeed::Read(absl::Time since, const std::string& location,
+                                               size_t limit, Cursor* cursor) const {
+  std::vector<v1::PriceDrop> out;
+  absl::MutexLock lock(&mu_);
+  sqlite::Stmt read;
+  if (read.Prepare(db_, kRead) != SQLITE_OK) {
+    spdlog::error("{}", std::string(Error("cannot read").message()));
+    return out;
+  }
+  sqlite3_stmt* s = read.get();
+  sqlite3_bind_int64(s, 1, since == absl::InfinitePast() ? INT64_MIN : absl::ToUnixNanos(since));
+  sqlite3_bind_int64(s, 2, cursor->at_ns);
+  sqlite3_bind_int64(s, 3, cursor->row);
+  sqlite3_bind_text(s, 4, location.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 5, static_cast<int64_t>(limit));
+  while (sqlite3_step(s) == SQLITE_ROW) {
+    cursor->row = sqlite3_column_int64(s, 0);
+    cursor->at_ns = sqlite3_column_int64(s, 1);
+    v1::PriceDrop& d = out.emplace_back();
+    *d.mutable_at() = TimeUtil::NanosecondsToTimestamp(cursor->at_ns);
+    d.set_location(Text(s, 2));
+    v1::SeriesId* series = d.mutable_series();
+    series->set_family(v1::FAMILY_PRICE);
+    series->set_key(Text(s, 3));
+    series->set_currency(Text(s, 4));
+    series->set_kind(static_cast<v1::PriceKind>(sqlite3_column_int(s, 5)));
+    d.set_previous_minor_units(sqlite3_column_int64(s, 6));
+    d.set_new_minor_units(sqlite3_column_int64(s, 7));
+    d.set_rollout(sqlite3_column_int(s, 8) != 0);
+    d.set_promo(series->kind() == v1::PROMO);
+    *d.mutable_recorded_at() = TimeUtil::NanosecondsToTimestamp(sqlite3_column_int64(s, 9));
+  }
+  return out;
+}
+
+PriceDropRecorder::PriceDropRecorder(const Engine* engine, PriceDropFeed* feed, absl::Duration poll)
+    : engine_(engine), feed_(feed), poll_(poll) {
+  thread_ = std::thread([this] { Run(); });
+}
+
+PriceDropRecorder::~PriceDropRecorder() { Stop(); }
+
+void PriceDropRecorder::Stop() {
+  if (!stop_.HasBeenNotified()) stop_.Notify();
+  if (thread_.joinable()) thread_.join();
+}
+
+void PriceDropRecorder::Run() {
+  absl::Time recorded = absl::InfinitePast();
+  do {
+    std::shared_ptr<const Snapshot> snap = engine_->snapshot();
+    if (snap == nullptr || snap->findings == nullptr) continue;
+    const FindingsView& view = *snap->findings;
+    if (view.evaluated_at == recorded) continue;  // Nothing new evaluated.
+    if (absl::Status s = feed_->Record(view.price_drops, absl::Now()); !s.ok()) {
+      spdlog::error("price-drop feed: {}", std::string(s.message()));
+      continue;  // Tried again at the next poll.
+    }
+    recorded = view.evaluated_at;
+  } while (!stop_.WaitForNotificationWithTimeout(poll_));
+}
+
+namespace {
+
+// Writes the feed a page at a time: one outstanding write, the next page
+// read when the last one's write is done.
+class DropWriter : public grpc::ServerWriteReactor<v1::PriceDrop> {
+ public:
+  DropWriter(const PriceDropFeed* feed, const v1::PriceDropsRequest& request)
+      : feed_(feed),
+        since_(request.has_since()
+                   ? absl::FromUnixNanos(TimeUtil::TimestampToNanoseconds(request.since()))
+                   : absl::InfinitePast()),
+        location_(request.location()) {
+    Next();
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the reader went away"));
+      return;
+    }
+    Next();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Next() {
+    if (next_ == page_.size()) {
+      page_ = feed_->Read(since_, location_, kPage, &cursor_);
+      next_ = 0;
+      if (page_.empty()) {
+        Finish(grpc::Status::OK);
+        return;
+      }
+    }
+    StartWrite(&page_[next_++]);
+  }
+
+  static constexpr size_t kPage = 256;
+  const PriceDropFeed* const feed_;
+  const absl::Time since_;
+  const std::string location_;
+  PriceDropFeed::Cursor cursor_;
+  std::vector<v1::PriceDrop> page_;
+  size_t next_ = 0;
+};
+
+// For a refused call: finishes at once.
+class Refused : public grpc::ServerWriteReactor<v1::PriceDrop> {
+ public:
+  explicit Refused(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::PriceDrop>* BoardService::PriceDrops(
+    grpc::CallbackServerContext* context, const v1::PriceDropsRequest* request) {
+  absl::StatusOr<std::string> who =
+      OperatorName(*context, require_operator_, refusals_, "read the price-drop feed");
+  if (!who.ok()) return new Refused(ToGrpcStatus(who.status()));
+  return new DropWriter(feed_, *request);
+}
+
+}  // namespace constance::collector

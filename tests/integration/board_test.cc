@@ -1,0 +1,158 @@
+// The price-drop feed against a real collector process: price decreases
+// sent over Ingest come out of `constance price-drops` (table, CSV, JSON
+// lines), local and rollout told apart, and the feed survives a SIGKILL and
+// restart on the same --state_dir without losing or repeating a drop.
+#include <signal.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "constance/v1/ingest.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/util/time_util.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "tests/integration/harness.h"
+
+namespace constance::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+class BoardTest : public ::testing::Test {
+ protected:
+  void StartCollector() {
+    collector_ = std::make_unique<Subprocess>(
+        std::vector<std::string>{
+            BinDir() + "/constance-collector", "--insecure", "--listen=127.0.0.1:0",
+            "--metrics_listen=127.0.0.1:0", "--stats_interval=100ms", "--evaluation_interval=200ms",
+            "--state_dir=" + dir_.path(), "--ready_file=" + dir_.File("collector.ready")},
+        dir_.File("collector.log"));
+    (void)std::remove(dir_.File("collector.ready").c_str());
+    auto ready = WaitForReadyFile(dir_.File("collector.ready"), *collector_, absl::Seconds(30));
+    ASSERT_TRUE(ready.ok()) << ready.status();
+    grpc_ = (*ready)["grpc"];
+  }
+
+  // One acknowledged batch from `location` with these (key, minor units)
+  // shelf prices, observed now.
+  void Send(const std::string& location, const std::map<std::string, int64_t>& prices) {
+    auto channel = grpc::CreateChannel(grpc_, grpc::InsecureChannelCredentials());
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    auto stream = v1::Ingest::NewStub(channel)->Stream(&ctx);
+    v1::AgentMessage msg;
+    v1::Batch* batch = msg.mutable_batch();
+    batch->set_location(location);
+    batch->set_incarnation(1);
+    uint64_t& next = next_[location];
+    if (next == 0) next = 1;
+    batch->set_first_sequence(next);
+    next += prices.size();
+    for (const auto& [key, minor] : prices) {
+      v1::Observation* obs = batch->add_observations();
+      obs->set_key(key);
+      *obs->mutable_observed_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
+      obs->mutable_price()->set_minor_units(minor);
+      obs->mutable_price()->set_currency("EUR");
+      obs->mutable_price()->set_kind(v1::SHELF);
+    }
+    ASSERT_TRUE(stream->Write(msg));
+    v1::CollectorMessage reply;
+    while (stream->Read(&reply) && !reply.has_ack()) {
+    }
+    ASSERT_TRUE(reply.has_ack()) << location << " got no ack";
+    EXPECT_EQ(reply.ack().rejections_size(), 0);
+    stream->WritesDone();
+    while (stream->Read(&reply)) {
+    }
+    (void)stream->Finish();
+  }
+
+  CommandResult Cli(const std::string& args) {
+    return RunCommand(absl::StrCat(BinDir(), "/constance --collector=", grpc_, " ", args), "");
+  }
+
+  // `constance price-drops ARGS --json` once it prints `lines` drops (the
+  // recorder writes within a second of an evaluation).
+  std::vector<std::string> DropsWhen(const std::string& args, size_t lines) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    std::vector<std::string> out;
+    do {
+      CommandResult r = Cli("price-drops --json " + args);
+      EXPECT_EQ(r.exit_code, 0) << r.output;
+      out = absl::StrSplit(r.output, '\n', absl::SkipEmpty());
+      if (out.size() >= lines) return out;
+      absl::SleepFor(absl::Milliseconds(100));  // Polling a condition, bounded by the deadline.
+    } while (absl::Now() < deadline);
+    ADD_FAILURE() << "price-drops " << args << " never printed " << lines << " drops:\n"
+                  << absl::StrJoin(out, "\n");
+    return out;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<Subprocess> collector_;
+  std::string grpc_;
+  std::map<std::string, uint64_t> next_;
+};
+
+size_t Count(const std::vector<std::string>& lines, const std::string& text) {
+  size_t n = 0;
+  for (const std::string& l : lines) n += absl::StrContains(l, text);
+  return n;
+}
+
+TEST_F(BoardTest, PriceDropsAreFedLocalOrRolloutAndSurviveAKill) {
+  StartCollector();
+  for (int i = 1; i <= 8; ++i) Send(absl::StrCat("store-", i), {{"coffee", 449}, {"tea", 300}});
+  // store-3 lowers coffee alone; every store lowers tea together.
+  Send("store-3", {{"coffee", 399}});
+  for (int i = 1; i <= 8; ++i) Send(absl::StrCat("store-", i), {{"tea", 250}});
+
+  std::vector<std::string> drops = DropsWhen("--since=72h", 9);
+  ASSERT_EQ(drops.size(), 9u) << absl::StrJoin(drops, "\n");
+  EXPECT_EQ(Count(drops, "\"key\":\"coffee\""), 1u);
+  for (const std::string& d : drops) {
+    if (absl::StrContains(d, "\"key\":\"coffee\"")) {
+      EXPECT_THAT(d, HasSubstr("\"location\":\"store-3\""));
+      EXPECT_THAT(d, HasSubstr("\"previous_minor_units\":\"449\""));
+      EXPECT_THAT(d, HasSubstr("\"new_minor_units\":\"399\""));
+      EXPECT_THAT(d, HasSubstr("\"rollout\":false"));
+    } else {
+      EXPECT_THAT(d, HasSubstr("\"rollout\":true"));
+      EXPECT_THAT(d, HasSubstr("\"promo\":false"));
+    }
+  }
+  CommandResult table = Cli("price-drops --since=72h --location=store-3");
+  ASSERT_EQ(table.exit_code, 0) << table.output;
+  EXPECT_THAT(table.output, HasSubstr("Price drops (2):"));
+  EXPECT_THAT(table.output,
+              ::testing::ContainsRegex(
+                  "store-3 +price coffee EUR/shelf +4.49 EUR +3.99 EUR +-11.1% +local"));
+  EXPECT_THAT(table.output, ::testing::ContainsRegex("store-3 +price tea EUR/shelf .* rollout"));
+  CommandResult csv = Cli("price-drops --csv --location=store-3");
+  ASSERT_EQ(csv.exit_code, 0) << csv.output;
+  EXPECT_THAT(csv.output, HasSubstr("\"store-3\",\"coffee\",\"EUR\",\"shelf\",\"449\",\"399\""));
+
+  // SIGKILL: no clean shutdown. The feed is committed per evaluation.
+  ASSERT_TRUE(collector_->Stop(SIGKILL, absl::Seconds(10)).ok());
+  StartCollector();
+  std::vector<std::string> after = DropsWhen("", 9);
+  EXPECT_EQ(after, drops) << "the feed changed across the restart";
+  // A drop after the restart joins them, and nothing is recorded twice.
+  Send("store-5", {{"coffee", 429}});
+  std::vector<std::string> more = DropsWhen("", 10);
+  EXPECT_EQ(more.size(), 10u) << absl::StrJoin(more, "\n");
+  EXPECT_EQ(Count(more, "\"location\":\"store-5\""), 2u);
+  EXPECT_THAT(Cli("price-drops --location=store-9").output, HasSubstr("Price drops (0):"));
+}
+
+}  // namespace
+}  // namespace constance::testing
