@@ -1073,6 +1073,7 @@ struct SplitCandidate {
 // A location's standing under the promise that applies to it in a series.
 struct PromiseVerdict {
   std::string id;        // "price:LINE", "wait:LINE" or "check:LINE".
+  std::string promise;   // What is promised, for the promise record.
   double strength = -1;  // Above 1: broken.
   bool critical = false;  // A critical check failed: broken at once.
   v1::Reason reason;
@@ -1098,6 +1099,7 @@ std::optional<PromiseVerdict> PromiseVerdictFor(const SeriesKey& key, const Loca
     const double pf = PromiseFloor(key, list, catalog);
     const double over = x - list;
     v.id = absl::StrCat("price:", promise->line);
+    v.promise = absl::StrCat("list price ", Format(key, list));
     v.strength = over > pf ? over / pf : std::min(0.999, std::max(0.0, over / pf));
     v.reason =
         MakeReason(v1::BROKEN_PROMISE,
@@ -1108,6 +1110,8 @@ std::optional<PromiseVerdict> PromiseVerdictFor(const SeriesKey& key, const Loca
     const double share = value.share_within;
     const double pf = std::max(catalog.compliance.floor_absolute, 1e-9);
     v.id = absl::StrCat("wait:", wait_promise->line);
+    v.promise = absl::StrFormat("%.0f%% served within %.0f s", 100 * wait_promise->share,
+                                wait_promise->within_seconds);
     v.strength = share < wait_promise->share
                      ? 1 + (wait_promise->share - share) / pf
                      : std::min(0.999, 1 - (share - wait_promise->share) / pf);
@@ -1120,6 +1124,9 @@ std::optional<PromiseVerdict> PromiseVerdictFor(const SeriesKey& key, const Loca
   } else if (check_promise != nullptr) {
     const double pf = std::max(catalog.compliance.floor_absolute, 1e-9);
     v.id = absl::StrCat("check:", check_promise->line);
+    v.promise = check_promise->critical ? absl::StrCat(key.key, " never failed (critical)")
+                                        : absl::StrFormat("%s passed %.0f%% of the time", key.key,
+                                                          100 * check_promise->min_pass_rate);
     const bool critical = check_promise->critical && value.critical_failure;
     v.critical = critical;
     // A failed critical check breaks its promise at once; a rate, only
@@ -1293,6 +1300,7 @@ struct Engine::Evaluation {
   absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>> kept_broken;
   absl::flat_hash_map<uint32_t, double> deposits, withdrawals;
   std::vector<PriceDrop> price_drops;
+  std::vector<PromiseStanding> promises;
 };
 
 // A location's evaluation in one series, before unkeepable promises are
@@ -1308,6 +1316,7 @@ struct Engine::Pending {
   bool critical_failure = false;  // Compliance: a critical check failed in the window.
   bool promise_critical = false;  // Its promise broken by a failed critical check.
   int64_t evidence_ns = 0;        // Comparable::evidence_ns.
+  std::string promise;            // PromiseVerdict::promise.
 };
 
 void Engine::Evaluate() {
@@ -1379,7 +1388,8 @@ void Engine::Evaluate() {
     }
     names.push_back(states[i].location);
   }
-  PublishFindings(now, th.persistence, names, ev.kept_broken, std::move(ev.price_drops));
+  PublishFindings(now, th.persistence, names, ev.kept_broken, std::move(ev.price_drops),
+                  std::move(ev.promises));
 }
 
 void Engine::OverdueKeyConditions(absl::Time now, std::vector<Condition>* out) const {
@@ -1454,11 +1464,12 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
       const Member& m = g.members[i];
       if (!m.judged || ExceptionFor(m.name, key, ev->now, ev->catalog) != nullptr) continue;
       Pending p{m.location, m.name, &g, {}, {}, false, false, m.value.critical_failure, false,
-                m.value.evidence_ns};
+                m.value.evidence_ns, {}};
       p.outlier = OutlierReason(key, g, i, ev->weak, &p.reasons);
       if (std::optional<PromiseVerdict> promise = PromiseVerdictFor(
               key, m.entry, m.value, wait_promise, check_promise, ev->now, ev->catalog)) {
         p.promise_id = promise->id;
+        p.promise = promise->promise;
         p.promise_broken = promise->strength >= 1;
         p.promise_critical = promise->critical;
         auto& tally = promise_tally[promise->id];
@@ -1735,6 +1746,9 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
     }
   }
   if (p->outlier) ev->withdrawals[p->location] += trust.withdrawal;
+  if (!p->promise_id.empty()) {
+    ev->promises.push_back({p->name, key, std::move(p->promise), !p->promise_broken});
+  }
   std::vector<std::pair<double, v1::Reason>> reasons;
   for (auto& r : p->reasons) {
     if (r.second.kind() == v1::BROKEN_PROMISE && !promise_counts) continue;
@@ -1781,11 +1795,15 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
 void Engine::PublishFindings(
     absl::Time evaluated_at, int persistence, const std::vector<std::string>& names,
     const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken,
-    std::vector<PriceDrop> price_drops) {
+    std::vector<PriceDrop> price_drops, std::vector<PromiseStanding> promises) {
   persistence = std::max(1, persistence);
   auto view = std::make_shared<FindingsView>();
   view->evaluated_at = evaluated_at;
   view->price_drops = std::move(price_drops);
+  view->promises = std::move(promises);
+  std::stable_sort(
+      view->promises.begin(), view->promises.end(),
+      [](const PromiseStanding& a, const PromiseStanding& b) { return a.location < b.location; });
   std::stable_sort(
       view->price_drops.begin(), view->price_drops.end(),
       [](const PriceDrop& a, const PriceDrop& b) { return a.location < b.location; });
@@ -1908,6 +1926,26 @@ absl::StatusOr<v1::KeyDetailResponse> Engine::KeyDetail(const v1::SeriesId& id,
     *response.add_findings() = f;
   }
   return response;
+}
+
+std::vector<CurrentWait> Engine::CurrentWaits(const std::string& location) const {
+  const absl::Time now = options_.clock();
+  std::vector<CurrentWait> out;
+  absl::MutexLock lock(&mu_);
+  auto it = location_index_.find(location);
+  if (it == location_index_.end()) return out;
+  const Catalog& catalog = *catalog_;
+  for (const Series& s : series_) {
+    auto cell = s.wait.find(it->second);
+    if (cell == s.wait.end()) continue;
+    const QuantileSketch window = cell->second.Window(now, catalog.wait, catalog.wait_sketch);
+    if (window.empty()) continue;
+    out.push_back({s.key.key, window.Quantile(0.5), window.Quantile(0.9), window.count(),
+                   absl::FromUnixNanos(cell->second.observed_at_ns)});
+  }
+  std::sort(out.begin(), out.end(),
+            [](const CurrentWait& a, const CurrentWait& b) { return a.service < b.service; });
+  return out;
 }
 
 absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(

@@ -179,6 +179,25 @@ struct PriceDrop {
   bool rollout = false;
 };
 
+// Whether a location kept one promise of the catalog in one evaluation
+// (the promise record, promise_record.h, counts these).
+struct PromiseStanding {
+  std::string location;
+  SeriesKey series;     // The promise's series: one promise per series and location.
+  std::string promise;  // What is promised: "list price 4.49 EUR", "90% served within 150 s".
+  bool kept = false;
+};
+
+// One service's waits at a location now, over the wait window its
+// comparison reads (catalog wait.window).
+struct CurrentWait {
+  std::string service;  // The wait key.
+  double median_seconds = 0;
+  double p90_seconds = 0;
+  uint64_t samples = 0;
+  absl::Time updated = absl::InfinitePast();  // Event time of the newest ticket.
+};
+
 // The findings and trust published by the evaluation tick.
 struct FindingsView {
   absl::Time evaluated_at = absl::InfinitePast();
@@ -199,6 +218,9 @@ struct FindingsView {
   // the evaluation (while their classification may still change), by
   // location. Empty after a restore until the first evaluation.
   std::vector<PriceDrop> price_drops;
+  // Every promise applying to a location in this evaluation, kept or
+  // broken (exceptions excluded), by location. Empty after a restore.
+  std::vector<PromiseStanding> promises;
 };
 
 // An immutable view published by the ticks.
@@ -318,6 +340,10 @@ class Engine {
   // values. NotFound for a series nobody reported.
   absl::StatusOr<v1::KeyDetailResponse> KeyDetail(const v1::SeriesId& series,
                                                   const std::string& group = "") const;
+
+  // `location`'s waits per service now, by service; empty for a location
+  // without wait tickets in the window (or unknown).
+  std::vector<CurrentWait> CurrentWaits(const std::string& location) const;
 
   // The scorecard of one location. NotFound if it never reported and is
   // not in the catalog.
@@ -481,7 +507,8 @@ class Engine {
   void PublishFindings(
       absl::Time evaluated_at, int persistence, const std::vector<std::string>& names,
       const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken,
-      std::vector<PriceDrop> price_drops = {}) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
+      std::vector<PriceDrop> price_drops = {}, std::vector<PromiseStanding> promises = {})
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
   uint32_t LocationIndex(absl::string_view location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether location `loc` may hold `obs`'s cell in series `found`
   // (series_index_.end() for a series not started): the cell exists, or

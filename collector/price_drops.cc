@@ -5,8 +5,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
-#include "collector/services.h"
 #include "constance/sqlite.h"
 #include "google/protobuf/util/time_util.h"
 #include "spdlog/spdlog.h"
@@ -154,95 +152,6 @@ std::vector<v1::PriceDrop> PriceDropFeed::Read(absl::Time since, const std::stri
     *d.mutable_recorded_at() = TimeUtil::NanosecondsToTimestamp(sqlite3_column_int64(s, 9));
   }
   return out;
-}
-
-PriceDropRecorder::PriceDropRecorder(const Engine* engine, PriceDropFeed* feed, absl::Duration poll)
-    : engine_(engine), feed_(feed), poll_(poll) {
-  thread_ = std::thread([this] { Run(); });
-}
-
-PriceDropRecorder::~PriceDropRecorder() { Stop(); }
-
-void PriceDropRecorder::Stop() {
-  if (!stop_.HasBeenNotified()) stop_.Notify();
-  if (thread_.joinable()) thread_.join();
-}
-
-void PriceDropRecorder::Run() {
-  absl::Time recorded = absl::InfinitePast();
-  do {
-    std::shared_ptr<const Snapshot> snap = engine_->snapshot();
-    if (snap == nullptr || snap->findings == nullptr) continue;
-    const FindingsView& view = *snap->findings;
-    if (view.evaluated_at == recorded) continue;  // Nothing new evaluated.
-    if (absl::Status s = feed_->Record(view.price_drops, absl::Now()); !s.ok()) {
-      spdlog::error("price-drop feed: {}", std::string(s.message()));
-      continue;  // Tried again at the next poll.
-    }
-    recorded = view.evaluated_at;
-  } while (!stop_.WaitForNotificationWithTimeout(poll_));
-}
-
-namespace {
-
-// Writes the feed a page at a time: one outstanding write, the next page
-// read when the last one's write is done.
-class DropWriter : public grpc::ServerWriteReactor<v1::PriceDrop> {
- public:
-  DropWriter(const PriceDropFeed* feed, const v1::PriceDropsRequest& request)
-      : feed_(feed),
-        since_(request.has_since()
-                   ? absl::FromUnixNanos(TimeUtil::TimestampToNanoseconds(request.since()))
-                   : absl::InfinitePast()),
-        location_(request.location()) {
-    Next();
-  }
-  void OnWriteDone(bool ok) override {
-    if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the reader went away"));
-      return;
-    }
-    Next();
-  }
-  void OnDone() override { delete this; }
-
- private:
-  void Next() {
-    if (next_ == page_.size()) {
-      page_ = feed_->Read(since_, location_, kPage, &cursor_);
-      next_ = 0;
-      if (page_.empty()) {
-        Finish(grpc::Status::OK);
-        return;
-      }
-    }
-    StartWrite(&page_[next_++]);
-  }
-
-  static constexpr size_t kPage = 256;
-  const PriceDropFeed* const feed_;
-  const absl::Time since_;
-  const std::string location_;
-  PriceDropFeed::Cursor cursor_;
-  std::vector<v1::PriceDrop> page_;
-  size_t next_ = 0;
-};
-
-// For a refused call: finishes at once.
-class Refused : public grpc::ServerWriteReactor<v1::PriceDrop> {
- public:
-  explicit Refused(const grpc::Status& status) { Finish(status); }
-  void OnDone() override { delete this; }
-};
-
-}  // namespace
-
-grpc::ServerWriteReactor<v1::PriceDrop>* BoardService::PriceDrops(
-    grpc::CallbackServerContext* context, const v1::PriceDropsRequest* request) {
-  absl::StatusOr<std::string> who =
-      OperatorName(*context, require_operator_, refusals_, "read the price-drop feed");
-  if (!who.ok()) return new Refused(ToGrpcStatus(who.status()));
-  return new DropWriter(feed_, *request);
 }
 
 }  // namespace constance::collector

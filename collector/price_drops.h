@@ -17,8 +17,8 @@
 // recording loses nothing: the restored engine still holds the price
 // changes and the next evaluation publishes them again.
 //
-// PriceDropRecorder runs Record on its own thread each time the engine
-// publishes a new evaluation (polled every `poll`, 1 s in the collector).
+// BoardRecorder (board.h) runs Record on its own thread each time the
+// engine publishes a new evaluation.
 //
 // Thread-safety: PriceDropFeed is thread-safe.
 #ifndef CONSTANCE_COLLECTOR_PRICE_DROPS_H_
@@ -27,16 +27,13 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "collector/auth.h"
 #include "collector/engine.h"
-#include "constance/v1/board.grpc.pb.h"
+#include "constance/v1/board.pb.h"
 
 struct sqlite3;
 
@@ -78,39 +75,6 @@ class PriceDropFeed {
   std::string path_;
   mutable absl::Mutex mu_;
   sqlite3* db_ ABSL_GUARDED_BY(mu_) = nullptr;
-};
-
-// Feeds `feed` from `engine`'s evaluations on a thread of its own, every
-// `poll`; Stop (or the destructor) ends it.
-class PriceDropRecorder {
- public:
-  PriceDropRecorder(const Engine* engine, PriceDropFeed* feed, absl::Duration poll);
-  ~PriceDropRecorder();
-  PriceDropRecorder(const PriceDropRecorder&) = delete;
-  PriceDropRecorder& operator=(const PriceDropRecorder&) = delete;
-  void Stop();
-
- private:
-  void Run();
-  const Engine* const engine_;
-  PriceDropFeed* const feed_;
-  const absl::Duration poll_;
-  absl::Notification stop_;
-  std::thread thread_;
-};
-
-// Board.PriceDrops: streams the feed page by page, one write at a time.
-class BoardService : public v1::Board::CallbackService {
- public:
-  BoardService(const PriceDropFeed* feed, bool require_operator, RefusalCounter* refusals)
-      : feed_(feed), require_operator_(require_operator), refusals_(refusals) {}
-  grpc::ServerWriteReactor<v1::PriceDrop>* PriceDrops(
-      grpc::CallbackServerContext* context, const v1::PriceDropsRequest* request) override;
-
- private:
-  const PriceDropFeed* const feed_;
-  const bool require_operator_;
-  RefusalCounter* const refusals_;
 };
 
 }  // namespace constance::collector

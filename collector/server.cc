@@ -51,8 +51,13 @@ absl::Status CollectorServer::OpenBoard() {
       options_.state_dir.empty() ? "" : options_.state_dir + "/price_drops.db", options);
   if (!feed.ok()) return feed.status();
   price_drops_ = *std::move(feed);
-  board_service_ =
-      std::make_unique<BoardService>(price_drops_.get(), !options_.insecure, &refusals_);
+  absl::StatusOr<std::unique_ptr<PromiseRecordStore>> record = PromiseRecordStore::Open(
+      options_.state_dir.empty() ? "" : options_.state_dir + "/promise_record.db", {});
+  if (!record.ok()) return record.status();
+  promise_record_ = *std::move(record);
+  board_service_ = std::make_unique<BoardService>(&engine_, price_drops_.get(),
+                                                  promise_record_.get(), !options_.insecure,
+                                                  &refusals_);
   return absl::OkStatus();
 }
 
@@ -177,8 +182,8 @@ absl::Status CollectorServer::Start() {
   engine_.Start();
   history_recorder_ = std::make_unique<HistoryRecorder>(&engine_, silences_.get(), history_.get(),
                                                         absl::Seconds(1));
-  price_drop_recorder_ =
-      std::make_unique<PriceDropRecorder>(&engine_, price_drops_.get(), absl::Seconds(1));
+  board_recorder_ = std::make_unique<BoardRecorder>(&engine_, price_drops_.get(),
+                                                    promise_record_.get(), absl::Seconds(1));
   spdlog::info("serving gRPC on {} ({}) and /metrics on {}", grpc_address_,
                options_.insecure ? "plaintext" : "mTLS", metrics_address_);
   return absl::OkStatus();
@@ -190,7 +195,7 @@ void CollectorServer::Shutdown(absl::Duration grace) {
   if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   metrics_server_.reset();
   history_recorder_.reset();
-  price_drop_recorder_.reset();
+  board_recorder_.reset();
   // After the server: no stream can queue a batch any more; the log
   // commits what is queued (running the last callbacks) and closes.
   log_.reset();

@@ -22,7 +22,7 @@
 #include "collector/history.h"
 #include "collector/metrics.h"
 #include "collector/metrics_server.h"
-#include "collector/price_drops.h"
+#include "collector/board.h"
 #include "collector/services.h"
 #include "collector/silences.h"
 #include "constance/tls.h"
@@ -96,7 +96,8 @@ class CollectorServer {
   absl::Status OpenSilences();
   // Finding history: durable in state_dir/history.db, else in memory.
   absl::Status OpenHistory();
-  // The price-drop feed: durable in state_dir/price_drops.db, else in memory.
+  // The price-drop feed and the promise record: durable in
+  // state_dir/price_drops.db and promise_record.db, else in memory.
   absl::Status OpenBoard();
   const ServerOptions options_;
   Engine engine_;
@@ -109,8 +110,9 @@ class CollectorServer {
   std::unique_ptr<HistoryService> history_service_;
   std::unique_ptr<HistoryRecorder> history_recorder_;
   std::unique_ptr<PriceDropFeed> price_drops_;
+  std::unique_ptr<PromiseRecordStore> promise_record_;
   std::unique_ptr<BoardService> board_service_;
-  std::unique_ptr<PriceDropRecorder> price_drop_recorder_;
+  std::unique_ptr<BoardRecorder> board_recorder_;
   std::unique_ptr<CollectorMetrics> metrics_;
   RefusalCounter refusals_;
   std::unique_ptr<grpc::Server> server_;

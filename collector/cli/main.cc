@@ -6,6 +6,7 @@
 //   constance location ID
 //   constance silence add|list|expire (silence.h)
 //   constance history [--location=ID] [--key=FAMILY:KEY] [--finding=KIND] [--since=720h] [--csv]
+//   constance record LOCATION [--json]
 //   constance price-drops [--since=72h] [--location=ID] [--csv|--json]
 //   constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]
 //                    FILE|DIR...
@@ -110,6 +111,7 @@ constexpr char kUsage[] =
     "  constance history [--location=ID] [--key=FAMILY:KEY] [--finding=KIND] [--since=720h]\n"
     "    [--json|--csv]\n"
     "  constance price-drops [--since=72h] [--location=ID] [--json|--csv]\n"
+    "  constance record LOCATION [--json]\n"
     "  constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]\n"
     "    FILE|DIR...   (exported files through the collector's engine, in event time)\n"
     "  (every command takes --collector=HOST:PORT and, for a TLS collector, --tls_ca,\n"
@@ -368,6 +370,22 @@ int PriceDrops(v1::Board::Stub& stub) {
   return 0;
 }
 
+int Record(v1::Board::Stub& stub, const std::string& location) {
+  v1::RecordRequest request;
+  request.set_location(location);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+  v1::LocationRecord record;
+  grpc::Status status = stub.Record(&ctx, request, &record);
+  if (!status.ok()) return Fail("Record", status);
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(record);
+  } else {
+    std::cout << RenderRecord(record);
+  }
+  return 0;
+}
+
 int Replay(const std::vector<char*>& args) {
   ReplayOptions options;
   options.inputs.assign(args.begin() + 2, args.end());
@@ -460,6 +478,10 @@ int Main(int argc, char** argv) {
   if (command == "price-drops" && args.size() == 2) {
     auto board = v1::Board::NewStub(channel);
     return PriceDrops(*board);
+  }
+  if (command == "record" && args.size() == 3) {
+    auto board = v1::Board::NewStub(channel);
+    return Record(*board, args[2]);
   }
   if (command == "silence") {
     auto silences = v1::Silences::NewStub(channel);

@@ -360,6 +360,47 @@ std::string RenderPriceDropsCsv(const std::vector<v1::PriceDrop>& drops) {
   return out;
 }
 
+namespace {
+
+std::string Kept(double share, uint64_t evaluations) {
+  if (evaluations == 0) return "-";
+  return absl::StrFormat("%.1f%% (%d)", 100 * share, evaluations);
+}
+
+std::string RecordState(const v1::LocationRecord& r) {
+  if (r.closed_for_good()) return "closed for good";
+  if (r.silent()) return "silent: no report while open";
+  return r.open_now() ? "open" : "closed now";
+}
+
+}  // namespace
+
+std::string RenderRecord(const v1::LocationRecord& r) {
+  std::string out = absl::StrCat(r.location(), " (", r.timezone(), "): ", RecordState(r));
+  if (r.has_last_report()) absl::StrAppend(&out, ", last report ", Timestamp(r.last_report()));
+  absl::StrAppend(&out, "\nPromises kept (share of evaluations, and how many):\n");
+  if (r.promises().empty()) {
+    out += "  none\n";
+  } else {
+    Table promises({"SERIES", "PROMISE", "7 DAYS", "30 DAYS", "90 DAYS"});
+    for (const v1::PromiseRecord& p : r.promises()) {
+      promises.Add({FormatSeries(p.series()), p.promise(), Kept(p.kept_7d(), p.evaluations_7d()),
+                    Kept(p.kept_30d(), p.evaluations_30d()),
+                    Kept(p.kept_90d(), p.evaluations_90d())});
+    }
+    out += promises.Render();
+  }
+  absl::StrAppend(&out, "Waits now:\n");
+  if (r.waits().empty()) return out + "  none\n";
+  Table waits({"SERVICE", "MEDIAN", "P90", "TICKETS", "UPDATED"});
+  for (const v1::ServiceWait& w : r.waits()) {
+    waits.Add({w.service(), absl::StrFormat("%.0f s", w.median_seconds()),
+               absl::StrFormat("%.0f s", w.p90_seconds()), absl::StrCat(w.tickets()),
+               Timestamp(w.updated_at())});
+  }
+  return out + waits.Render();
+}
+
 std::string RenderHistoryCsv(const v1::HistoryResponse& history, absl::Time now) {
   std::string out =
       "opened,closed,duration_seconds,kind,severity,location,group,family,key,currency,"

@@ -71,6 +71,11 @@ std::string RenderHistoryCsv(const v1::HistoryResponse& history, absl::Time now)
 std::string RenderPriceDrops(const std::vector<v1::PriceDrop>& drops);
 std::string RenderPriceDropsCsv(const std::vector<v1::PriceDrop>& drops);
 
+// `constance record LOCATION`: whether it is open, each promise with the
+// share kept over 7, 30 and 90 days (and how many evaluations that is),
+// and each service's wait median and p90 now.
+std::string RenderRecord(const v1::LocationRecord& record);
+
 }  // namespace constance::cli
 
 #endif  // CONSTANCE_COLLECTOR_CLI_REPORT_H_

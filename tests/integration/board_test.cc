@@ -1,9 +1,14 @@
-// The price-drop feed against a real collector process: price decreases
-// sent over Ingest come out of `constance price-drops` (table, CSV, JSON
-// lines), local and rollout told apart, and the feed survives a SIGKILL and
-// restart on the same --state_dir without losing or repeating a drop.
+// The board's facts against a real collector process. The price-drop feed:
+// price decreases sent over Ingest come out of `constance price-drops`
+// (table, CSV, JSON lines), local and rollout told apart, and the feed
+// survives a SIGKILL and restart on the same --state_dir without losing or
+// repeating a drop. The promise record: `constance record` shows each
+// promise kept or broken and the waits now, and keeps its counts across a
+// SIGKILL.
+#include <fstream>
 #include <signal.h>
 
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -29,12 +34,12 @@ using ::testing::HasSubstr;
 class BoardTest : public ::testing::Test {
  protected:
   void StartCollector() {
-    collector_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{
-            BinDir() + "/constance-collector", "--insecure", "--listen=127.0.0.1:0",
-            "--metrics_listen=127.0.0.1:0", "--stats_interval=100ms", "--evaluation_interval=200ms",
-            "--state_dir=" + dir_.path(), "--ready_file=" + dir_.File("collector.ready")},
-        dir_.File("collector.log"));
+    std::vector<std::string> argv = {
+        BinDir() + "/constance-collector", "--insecure", "--listen=127.0.0.1:0",
+        "--metrics_listen=127.0.0.1:0", "--stats_interval=100ms", "--evaluation_interval=200ms",
+        "--state_dir=" + dir_.path(), "--ready_file=" + dir_.File("collector.ready")};
+    if (!catalog_.empty()) argv.push_back("--catalog=" + catalog_);
+    collector_ = std::make_unique<Subprocess>(argv, dir_.File("collector.log"));
     (void)std::remove(dir_.File("collector.ready").c_str());
     auto ready = WaitForReadyFile(dir_.File("collector.ready"), *collector_, absl::Seconds(30));
     ASSERT_TRUE(ready.ok()) << ready.status();
@@ -44,6 +49,29 @@ class BoardTest : public ::testing::Test {
   // One acknowledged batch from `location` with these (key, minor units)
   // shelf prices, observed now.
   void Send(const std::string& location, const std::map<std::string, int64_t>& prices) {
+    std::vector<v1::Observation> observations;
+    for (const auto& [key, minor] : prices) {
+      v1::Observation& obs = observations.emplace_back();
+      obs.set_key(key);
+      obs.mutable_price()->set_minor_units(minor);
+      obs.mutable_price()->set_currency("EUR");
+      obs.mutable_price()->set_kind(v1::SHELF);
+    }
+    SendObservations(location, std::move(observations));
+  }
+
+  // `n` checkout tickets from `location`, waits from `first` seconds up.
+  void SendWaits(const std::string& location, int n, double first) {
+    std::vector<v1::Observation> observations;
+    for (int i = 0; i < n; ++i) {
+      v1::Observation& obs = observations.emplace_back();
+      obs.set_key("checkout");
+      obs.set_wait_seconds(first + i);
+    }
+    SendObservations(location, std::move(observations));
+  }
+
+  void SendObservations(const std::string& location, std::vector<v1::Observation> observations) {
     auto channel = grpc::CreateChannel(grpc_, grpc::InsecureChannelCredentials());
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
@@ -55,14 +83,10 @@ class BoardTest : public ::testing::Test {
     uint64_t& next = next_[location];
     if (next == 0) next = 1;
     batch->set_first_sequence(next);
-    next += prices.size();
-    for (const auto& [key, minor] : prices) {
-      v1::Observation* obs = batch->add_observations();
-      obs->set_key(key);
-      *obs->mutable_observed_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
-      obs->mutable_price()->set_minor_units(minor);
-      obs->mutable_price()->set_currency("EUR");
-      obs->mutable_price()->set_kind(v1::SHELF);
+    next += observations.size();
+    for (v1::Observation& obs : observations) {
+      *obs.mutable_observed_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
+      *batch->add_observations() = std::move(obs);
     }
     ASSERT_TRUE(stream->Write(msg));
     v1::CollectorMessage reply;
@@ -97,7 +121,21 @@ class BoardTest : public ::testing::Test {
     return out;
   }
 
+  // `constance record ARGS` once its output holds `text`.
+  CommandResult RecordWith(const std::string& args, const std::string& text) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    CommandResult r;
+    do {
+      r = Cli("record " + args);
+      if (absl::StrContains(r.output, text)) return r;
+      absl::SleepFor(absl::Milliseconds(100));  // Polling a condition, bounded by the deadline.
+    } while (absl::Now() < deadline);
+    ADD_FAILURE() << "record " << args << " never showed '" << text << "':\n" << r.output;
+    return r;
+  }
+
   TempDir dir_;
+  std::string catalog_;
   std::unique_ptr<Subprocess> collector_;
   std::string grpc_;
   std::map<std::string, uint64_t> next_;
@@ -152,6 +190,55 @@ TEST_F(BoardTest, PriceDropsAreFedLocalOrRolloutAndSurviveAKill) {
   EXPECT_EQ(more.size(), 10u) << absl::StrJoin(more, "\n");
   EXPECT_EQ(Count(more, "\"location\":\"store-5\""), 2u);
   EXPECT_THAT(Cli("price-drops --location=store-9").output, HasSubstr("Price drops (0):"));
+}
+
+// The first promise's evaluations_90d in `constance record --json` output.
+int64_t Evaluations90d(const std::string& json) {
+  const std::string field = "\"evaluations_90d\": \"";
+  const size_t at = json.find(field);
+  if (at == std::string::npos) return -1;
+  return std::atoll(json.c_str() + at + field.size());
+}
+
+TEST_F(BoardTest, TheRecordShowsPromisesKeptAndWaitsNowAndSurvivesAKill) {
+  catalog_ = dir_.File("catalog.yaml");
+  std::ofstream(catalog_) << "promises:\n"
+                             "  waits:\n"
+                             "    - {key: checkout, within_seconds: 150, share: 0.9}\n"
+                             "locations:\n"
+                             "  - {id: store-1, timezone: Europe/Paris}\n"
+                             "  - {id: store-2}\n"
+                             "  - {id: store-3}\n"
+                             "  - {id: store-4}\n"
+                             "  - {id: store-5, closed: true}\n";
+  StartCollector();
+  // store-4's checkout breaks the promise (every ticket over 150 s).
+  // 40 tickets each: waits are compared from 30 in the window.
+  for (int i = 1; i <= 4; ++i) SendWaits(absl::StrCat("store-", i), 40, i == 4 ? 300 : 60);
+
+  CommandResult one = RecordWith("store-1", "wait checkout");
+  EXPECT_THAT(one.output, HasSubstr("store-1 (Europe/Paris): open"));
+  EXPECT_THAT(one.output, ::testing::ContainsRegex(
+                              "wait checkout +90% served within 150 s +100.0% \\([0-9]+\\)"));
+  EXPECT_THAT(one.output, ::testing::ContainsRegex("checkout +(78|79|80|81) s +(94|95|96|97) s +40"));
+  CommandResult four = RecordWith("store-4 --json", "\"promise\": \"90% served within 150 s\"");
+  EXPECT_THAT(four.output, HasSubstr("\"kept_30d\": 0,"));
+  EXPECT_THAT(four.output, HasSubstr("\"open_now\": true"));
+  EXPECT_THAT(Cli("record store-5").output, HasSubstr("store-5 (UTC): closed for good"));
+  CommandResult unknown = Cli("record store-99");
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_THAT(unknown.output, HasSubstr("never reported and is not in the catalog"));
+
+  // The counts are committed per evaluation: after a SIGKILL they go on
+  // from where they were, not from zero.
+  CommandResult before = Cli("record store-1 --json");
+  ASSERT_TRUE(collector_->Stop(SIGKILL, absl::Seconds(10)).ok());
+  StartCollector();
+  CommandResult after = Cli("record store-1 --json");
+  ASSERT_EQ(after.exit_code, 0) << after.output;
+  EXPECT_THAT(after.output, HasSubstr("\"kept_90d\": 1,"));
+  EXPECT_GE(Evaluations90d(after.output), Evaluations90d(before.output)) << after.output;
+  EXPECT_GT(Evaluations90d(before.output), 0) << before.output;
 }
 
 }  // namespace

@@ -1454,5 +1454,35 @@ TEST(FindingsTest, PriceDropsAreClassifiedByTheRolloutRule) {
   EXPECT_TRUE(chain.engine().snapshot()->findings->price_drops.empty());
 }
 
+// The promise record's input: every evaluation says, per location, which
+// promise applied and whether it was kept; and a location's waits now are
+// its window's median and p90.
+TEST(FindingsTest, EvaluationsPublishEachPromiseKeptOrBrokenAndWaitsAreReadNow) {
+  Catalog catalog = DefaultCatalog();
+  catalog.wait.min_samples = 1;
+  catalog.wait_promises.push_back({"checkout", 150, 0.9, 1});
+  Chain chain(catalog);
+  for (int i = 0; i < 10; ++i) {
+    std::vector<v1::Observation> waits;
+    for (int k = 0; k < 20; ++k) waits.push_back(chain.Wait("checkout", (i == 4 ? 300 : 60) + k));
+    chain.Send(Store(i), waits);
+  }
+  chain.Evaluate(1);
+  const std::vector<PromiseStanding>& promises = chain.engine().snapshot()->findings->promises;
+  ASSERT_EQ(promises.size(), 10u);
+  for (const PromiseStanding& p : promises) {
+    EXPECT_EQ(p.kept, p.location != Store(4)) << p.location;
+    EXPECT_EQ(p.promise, "90% served within 150 s");
+    EXPECT_EQ(p.series.family, v1::FAMILY_WAIT);
+  }
+  std::vector<CurrentWait> waits = chain.engine().CurrentWaits(Store(4));
+  ASSERT_EQ(waits.size(), 1u);
+  EXPECT_EQ(waits[0].service, "checkout");
+  EXPECT_NEAR(waits[0].median_seconds, 310, 5);
+  EXPECT_NEAR(waits[0].p90_seconds, 318, 5);
+  EXPECT_EQ(waits[0].samples, 20u);
+  EXPECT_TRUE(chain.engine().CurrentWaits("store-none").empty());
+}
+
 }  // namespace
 }  // namespace constance::collector
