@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "collector/public_board.h"
 #include "collector/services.h"
 #include "constance/validate.h"
 #include "google/protobuf/util/time_util.h"
@@ -54,6 +55,30 @@ void BoardRecorder::Run() {
       }
     }
   } while (!stop_.WaitForNotificationWithTimeout(poll_));
+}
+
+BoardPublisher::BoardPublisher(const Engine* engine, const PromiseRecordStore* record,
+                               std::string dir, absl::Duration every)
+    : engine_(engine), record_(record), dir_(std::move(dir)), every_(every) {
+  thread_ = std::thread([this] {
+    do {
+      std::shared_ptr<const Catalog> catalog = engine_->snapshot()->catalog;
+      if (catalog == nullptr) continue;
+      const absl::Time now = engine_->now();
+      absl::StatusOr<int> pages = PublishBoard(
+          *catalog,
+          [&](const std::string& location) {
+            return LocationRecordOf(*engine_, *record_, location, now);
+          },
+          dir_, now);
+      if (!pages.ok()) spdlog::error("board: {}", std::string(pages.status().message()));
+    } while (!stop_.WaitForNotificationWithTimeout(every_));
+  });
+}
+
+BoardPublisher::~BoardPublisher() {
+  stop_.Notify();
+  if (thread_.joinable()) thread_.join();
 }
 
 absl::StatusOr<v1::LocationRecord> LocationRecordOf(const Engine& engine,

@@ -57,6 +57,26 @@ absl::StatusOr<v1::LocationRecord> LocationRecordOf(const Engine& engine,
                                                     const PromiseRecordStore& record,
                                                     const std::string& location, absl::Time now);
 
+// Writes the public board (public_board.h) into `dir` every `every` from
+// the engine's catalog and records, on a thread of its own, the first time
+// at start. Failures are logged and tried again next time.
+class BoardPublisher {
+ public:
+  BoardPublisher(const Engine* engine, const PromiseRecordStore* record, std::string dir,
+                 absl::Duration every);
+  ~BoardPublisher();
+  BoardPublisher(const BoardPublisher&) = delete;
+  BoardPublisher& operator=(const BoardPublisher&) = delete;
+
+ private:
+  const Engine* const engine_;
+  const PromiseRecordStore* const record_;
+  const std::string dir_;
+  const absl::Duration every_;
+  absl::Notification stop_;
+  std::thread thread_;
+};
+
 class BoardService final : public v1::Board::CallbackService {
  public:
   BoardService(const Engine* engine, const PriceDropFeed* drops, const PromiseRecordStore* record,

@@ -184,6 +184,10 @@ absl::Status CollectorServer::Start() {
                                                         absl::Seconds(1));
   board_recorder_ = std::make_unique<BoardRecorder>(&engine_, price_drops_.get(),
                                                     promise_record_.get(), absl::Seconds(1));
+  if (!options_.board_dir.empty()) {
+    board_publisher_ = std::make_unique<BoardPublisher>(&engine_, promise_record_.get(),
+                                                        options_.board_dir, options_.board_every);
+  }
   spdlog::info("serving gRPC on {} ({}) and /metrics on {}", grpc_address_,
                options_.insecure ? "plaintext" : "mTLS", metrics_address_);
   return absl::OkStatus();
@@ -195,6 +199,7 @@ void CollectorServer::Shutdown(absl::Duration grace) {
   if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   metrics_server_.reset();
   history_recorder_.reset();
+  board_publisher_.reset();
   board_recorder_.reset();
   // After the server: no stream can queue a batch any more; the log
   // commits what is queued (running the last callbacks) and closes.

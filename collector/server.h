@@ -64,6 +64,10 @@ struct ServerOptions {
   absl::Duration history_retention = absl::Hours(24 * 90);
   // How long price drops stay in the feed (price_drops.db).
   absl::Duration price_drop_retention = absl::Hours(24 * 30);
+  // The public board: written into this directory every `board_every`
+  // (empty: not written; `constance publish` writes it on demand).
+  std::string board_dir;
+  absl::Duration board_every = absl::Minutes(5);
 };
 
 class CollectorServer {
@@ -113,6 +117,7 @@ class CollectorServer {
   std::unique_ptr<PromiseRecordStore> promise_record_;
   std::unique_ptr<BoardService> board_service_;
   std::unique_ptr<BoardRecorder> board_recorder_;
+  std::unique_ptr<BoardPublisher> board_publisher_;
   std::unique_ptr<CollectorMetrics> metrics_;
   RefusalCounter refusals_;
   std::unique_ptr<grpc::Server> server_;

@@ -7,6 +7,7 @@
 //   constance silence add|list|expire (silence.h)
 //   constance history [--location=ID] [--key=FAMILY:KEY] [--finding=KIND] [--since=720h] [--csv]
 //   constance record LOCATION [--json]
+//   constance publish --out=DIR --catalog=catalog.yaml
 //   constance price-drops [--since=72h] [--location=ID] [--csv|--json]
 //   constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]
 //                    FILE|DIR...
@@ -21,6 +22,7 @@
 // Exit codes: 0 success, 1 the collector answered with an error or the wait
 // timed out, 2 usage error (replay: also an input or configuration it
 // cannot use).
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -37,6 +39,7 @@
 #include "absl/time/time.h"
 #include "agent/config.h"
 #include "collector/catalog.h"
+#include "collector/public_board.h"
 #include "collector/cli/replay.h"
 #include "collector/cli/report.h"
 #include "collector/cli/silence.h"
@@ -92,7 +95,10 @@ ABSL_FLAG(bool, csv, false,
           "history, price-drops: print CSV (one row per episode or drop) for spreadsheets");
 ABSL_FLAG(std::string, config, "",
           "replay: an agent.yaml whose drop_directory.files mappings read the files");
-ABSL_FLAG(std::string, catalog, "", "replay: the collector's catalog.yaml (empty: defaults)");
+ABSL_FLAG(std::string, catalog, "",
+          "replay: the collector's catalog.yaml (empty: defaults); publish: the catalog whose "
+          "`publish: true` locations and promises the board shows");
+ABSL_FLAG(std::string, out, "", "publish: the directory the board's pages are written to");
 ABSL_FLAG(absl::Duration, every, absl::Hours(1),
           "replay: evaluate the findings at each multiple of this much event time");
 
@@ -112,6 +118,7 @@ constexpr char kUsage[] =
     "    [--json|--csv]\n"
     "  constance price-drops [--since=72h] [--location=ID] [--json|--csv]\n"
     "  constance record LOCATION [--json]\n"
+    "  constance publish --out=DIR --catalog=catalog.yaml   (the public board, static files)\n"
     "  constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]\n"
     "    FILE|DIR...   (exported files through the collector's engine, in event time)\n"
     "  (every command takes --collector=HOST:PORT and, for a TLS collector, --tls_ca,\n"
@@ -386,6 +393,47 @@ int Record(v1::Board::Stub& stub, const std::string& location) {
   return 0;
 }
 
+int Publish(v1::Board::Stub& stub) {
+  const std::string dir = absl::GetFlag(FLAGS_out);
+  const std::string path = absl::GetFlag(FLAGS_catalog);
+  if (dir.empty() || path.empty()) {
+    std::cerr << "constance: publish needs --out=DIR (where the pages go) and "
+                 "--catalog=catalog.yaml (which locations and promises are public)\n";
+    return 2;
+  }
+  absl::StatusOr<collector::Catalog> catalog = collector::LoadCatalog(path);
+  if (!catalog.ok()) {
+    std::cerr << "constance: --catalog: " << catalog.status().message() << "\n";
+    return 2;
+  }
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error) {
+    std::cerr << "constance: --out=" << dir << ": " << error.message() << "\n";
+    return 2;
+  }
+  auto record_of = [&](const std::string& location) -> absl::StatusOr<v1::LocationRecord> {
+    v1::RecordRequest request;
+    request.set_location(location);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+    v1::LocationRecord record;
+    grpc::Status status = stub.Record(&ctx, request, &record);
+    if (!status.ok()) {
+      return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                          status.error_message());
+    }
+    return record;
+  };
+  absl::StatusOr<int> pages = collector::PublishBoard(*catalog, record_of, dir, absl::Now());
+  if (!pages.ok()) {
+    std::cerr << "constance: publish: " << pages.status().message() << "\n";
+    return 1;
+  }
+  std::cout << "published " << *pages << " locations: " << dir << "/index.html\n";
+  return 0;
+}
+
 int Replay(const std::vector<char*>& args) {
   ReplayOptions options;
   options.inputs.assign(args.begin() + 2, args.end());
@@ -482,6 +530,10 @@ int Main(int argc, char** argv) {
   if (command == "record" && args.size() == 3) {
     auto board = v1::Board::NewStub(channel);
     return Record(*board, args[2]);
+  }
+  if (command == "publish" && args.size() == 2) {
+    auto board = v1::Board::NewStub(channel);
+    return Publish(*board);
   }
   if (command == "silence") {
     auto silences = v1::Silences::NewStub(channel);

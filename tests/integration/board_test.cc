@@ -6,6 +6,7 @@
 // promise kept or broken and the waits now, and keeps its counts across a
 // SIGKILL.
 #include <fstream>
+#include <iterator>
 #include <signal.h>
 
 #include <cstdlib>
@@ -30,6 +31,7 @@ namespace constance::testing {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class BoardTest : public ::testing::Test {
  protected:
@@ -239,6 +241,54 @@ TEST_F(BoardTest, TheRecordShowsPromisesKeptAndWaitsNowAndSurvivesAKill) {
   EXPECT_THAT(after.output, HasSubstr("\"kept_90d\": 1,"));
   EXPECT_GE(Evaluations90d(after.output), Evaluations90d(before.output)) << after.output;
   EXPECT_GT(Evaluations90d(before.output), 0) << before.output;
+}
+
+// The public board from a real collector's records: only the catalog's
+// `publish: true` locations and promises, under their own names and time
+// zones, self-contained, and a closed location saying so.
+TEST_F(BoardTest, PublishWritesThePagesTheCatalogOptsIn) {
+  catalog_ = dir_.File("catalog.yaml");
+  std::ofstream(catalog_)
+      << "promises:\n"
+         "  waits:\n"
+         "    - {key: checkout, within_seconds: 150, share: 0.9, publish: true}\n"
+         "    - {key: returns, within_seconds: 300, share: 0.9}\n"
+         "locations:\n"
+         "  - {id: store-1, name: \"Acme <Lyon>\", timezone: Europe/Paris, publish: true}\n"
+         "  - {id: store-2}\n"
+         "  - {id: store-3}\n"
+         "  - {id: store-5, name: Acme Nice, closed: true, publish: true}\n";
+  StartCollector();
+  for (int i = 1; i <= 3; ++i) SendWaits(absl::StrCat("store-", i), 40, 60);
+  RecordWith("store-1", "wait checkout");
+
+  const std::string out = dir_.File("board");
+  CommandResult publish = Cli("publish --out=" + out + " --catalog=" + catalog_);
+  ASSERT_EQ(publish.exit_code, 0) << publish.output;
+  EXPECT_THAT(publish.output, HasSubstr("published 2 locations"));
+  auto read = [](const std::string& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string page = read(out + "/store-1.html");
+  EXPECT_THAT(page, HasSubstr("<html lang=\"en\">"));
+  EXPECT_THAT(page, HasSubstr("<h1>Acme &lt;Lyon&gt;</h1>"));
+  EXPECT_THAT(page, HasSubstr("(Europe/Paris)"));
+  EXPECT_THAT(page, HasSubstr("<li>checkout: about 1 minute, updated "));
+  EXPECT_THAT(page, HasSubstr("checkout: 90% served within 150 s: kept 100% of the time"));
+  for (const char* never : {"<script", "src=", "http:", "https:", "store-2", "p90", "returns"}) {
+    EXPECT_THAT(page, Not(HasSubstr(never))) << never;
+  }
+  const std::string json = read(out + "/store-1.json");
+  EXPECT_THAT(json, HasSubstr("\"status\": \"open\""));
+  EXPECT_THAT(json, HasSubstr("\"median_minutes\": 1.3"));
+  EXPECT_THAT(read(out + "/store-5.html"), HasSubstr("This location is closed."));
+  EXPECT_THAT(read(out + "/store-5.json"), HasSubstr("\"status\": \"closed\""));
+  const std::string index = read(out + "/index.html");
+  EXPECT_THAT(index, HasSubstr("<a href=\"store-1.html\">Acme &lt;Lyon&gt;</a>"));
+  EXPECT_THAT(index, HasSubstr("<a href=\"store-5.html\">Acme Nice</a>"));
+  EXPECT_THAT(index, Not(HasSubstr("store-2")));
+  EXPECT_TRUE(read(out + "/store-2.html").empty());
 }
 
 }  // namespace
