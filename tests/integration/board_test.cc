@@ -246,6 +246,52 @@ TEST_F(BoardTest, TheRecordShowsPromisesKeptAndWaitsNowAndSurvivesAKill) {
 // The public board from a real collector's records: only the catalog's
 // `publish: true` locations and promises, under their own names and time
 // zones, self-contained, and a closed location saying so.
+// What headless Chromium (Debian's `chromium`) made of a page read from
+// disk: the DOM after load, and from its verbose log every URL requested
+// that is not one of Chromium's own background services, and every
+// console message. Hosts never resolve (--host-resolver-rules), so a page
+// that tried the network fails visibly too.
+struct BrowserView {
+  int exit_code = -1;
+  std::string dom;
+  std::vector<std::string> requests;
+  std::vector<std::string> console;
+};
+
+BrowserView LoadInChromium(const std::string& file, const std::string& screenshot = "") {
+  const std::string flags =
+      "--headless --no-sandbox --disable-gpu --no-first-run --disable-sync "
+      "--disable-background-networking --disable-component-update --disable-default-apps "
+      "'--host-resolver-rules=MAP * ~NOTFOUND' --enable-logging=stderr --v=1 "
+      "--window-size=412,915 --user-data-dir=" +
+      file + ".profile ";
+  BrowserView view;
+  CommandResult dom = RunCommand("chromium " + flags + "--dump-dom file://" + file + " 2>" + file +
+                                     ".log",
+                                 "");
+  view.exit_code = dom.exit_code;
+  view.dom = dom.output;
+  std::ifstream log(file + ".log");
+  for (std::string line; std::getline(log, line);) {
+    static const std::string kRequest = "NotifyBeforeURLRequest: ";
+    if (size_t at = line.find(kRequest); at != std::string::npos) {
+      const std::string url = line.substr(at + kRequest.size());
+      const bool chromium_own = absl::StrContains(url, ".google.com/") ||
+                                absl::StrContains(url, ".googleapis.com/") ||
+                                absl::StrContains(url, ".gvt1.com/");
+      if (!chromium_own && !absl::StartsWith(url, "file://")) view.requests.push_back(url);
+    }
+    if (absl::StrContains(line, ":CONSOLE")) view.console.push_back(line);
+  }
+  if (!screenshot.empty()) {
+    CommandResult shot = RunCommand("chromium " + flags + "--screenshot=" + screenshot +
+                                        " file://" + file + " 2>/dev/null",
+                                    "");
+    EXPECT_EQ(shot.exit_code, 0) << shot.output;
+  }
+  return view;
+}
+
 TEST_F(BoardTest, PublishWritesThePagesTheCatalogOptsIn) {
   catalog_ = dir_.File("catalog.yaml");
   std::ofstream(catalog_)
@@ -289,6 +335,29 @@ TEST_F(BoardTest, PublishWritesThePagesTheCatalogOptsIn) {
   EXPECT_THAT(index, HasSubstr("<a href=\"store-5.html\">Acme Nice</a>"));
   EXPECT_THAT(index, Not(HasSubstr("store-2")));
   EXPECT_TRUE(read(out + "/store-2.html").empty());
+
+  // In a browser: it renders what the file says, asks the network for
+  // nothing and logs no console message. The screenshot (a phone's width)
+  // stays in the build tree as the test's artifact.
+  const std::string shot = std::string(CONSTANCE_ARTIFACT_DIR) + "/board-store-1.png";
+  (void)std::remove(shot.c_str());
+  BrowserView view = LoadInChromium(out + "/store-1.html", shot);
+  ASSERT_EQ(view.exit_code, 0) << view.dom;
+  EXPECT_THAT(view.dom, HasSubstr("<h1>Acme &lt;Lyon&gt;</h1>"));
+  EXPECT_THAT(view.dom, HasSubstr("checkout: about 1 minute, updated "));
+  EXPECT_THAT(view.dom, HasSubstr("kept 100% of the time"));
+  EXPECT_TRUE(view.requests.empty()) << absl::StrJoin(view.requests, "\n");
+  EXPECT_TRUE(view.console.empty()) << absl::StrJoin(view.console, "\n");
+  EXPECT_GT(read(shot).size(), 1000u) << "no screenshot at " << shot;
+  EXPECT_THAT(LoadInChromium(out + "/store-5.html").dom, HasSubstr("This location is closed."));
+
+  // The same checks catch a page that does reach out or logs an error.
+  std::ofstream(out + "/control.html")
+      << "<!doctype html><html lang=\"en\"><body><img src=\"http://example.com/x.png\">"
+         "<script>console.error('control')</script></body></html>";
+  BrowserView control = LoadInChromium(out + "/control.html");
+  EXPECT_THAT(control.requests, ::testing::Contains(HasSubstr("example.com/x.png")));
+  EXPECT_THAT(control.console, ::testing::Contains(HasSubstr("control")));
 }
 
 }  // namespace
