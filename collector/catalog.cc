@@ -251,6 +251,8 @@ std::vector<Key<LocationEntry>> LocationKeys() {
        [](const Parser& p, const Field& f, L* l) { return ReadWhen(p, f, l->tz, &l->opened); }},
       {"closed", BoolAt(&L::closed)},
       {"cadence", DurationAt(&L::cadence)},
+      {"name", TextAt(&L::name)},
+      {"publish", BoolAt(&L::publish)},
   };
 }
 
@@ -348,6 +350,7 @@ std::vector<Key<PricePromise>> PricePromiseKeys() {
       {"where", [](const Parser& p, const Field& f, P* out) { return ReadLabels(p, f, &out->where); }},
       {"effective", [](const Parser& p, const Field& f,
                        P* out) { return ReadWhen(p, f, absl::UTCTimeZone(), &out->effective); }},
+      {"publish", BoolAt(&P::publish)},
   };
 }
 
@@ -357,6 +360,7 @@ std::vector<Key<WaitPromise>> WaitPromiseKeys() {
       {"key", TextAt(&W::key, ValidateKey), "the service the promise is for"},
       {"within_seconds", NumberAt(&W::within_seconds, kPositive), "the promised wait"},
       {"share", NumberAt(&W::share, kShare)},
+      {"publish", BoolAt(&W::publish)},
   };
 }
 
@@ -366,6 +370,7 @@ std::vector<Key<CheckPromise>> CheckPromiseKeys() {
       {"key", TextAt(&C::key, ValidateKey), "the check the promise is for"},
       {"critical", BoolAt(&C::critical)},
       {"min_pass_rate", NumberAt(&C::min_pass_rate, kRatio)},
+      {"publish", BoolAt(&C::publish)},
   };
 }
 

@@ -135,6 +135,10 @@ struct LocationEntry {
   // grouped by those labels, never silent, not counted as declared.
   bool from_agent = false;
   int line = 0;  // Where it was declared, for messages.
+  // The public board (`constance publish`): the name customers know it by
+  // (default: the id), and whether it has a page (opt-in).
+  std::string name;
+  bool publish = false;
 };
 
 // Locations that must be alike: those sharing the value of `label`, for
@@ -158,6 +162,7 @@ struct PricePromise {
   std::map<std::string, std::string> where;
   absl::Time effective = absl::InfinitePast();
   int line = 0;
+  bool publish = false;  // Shown on the public board's pages (opt-in).
 };
 
 // "share of customers served within `within_seconds`" for a service.
@@ -166,6 +171,7 @@ struct WaitPromise {
   double within_seconds = 0;
   double share = 0.9;
   int line = 0;
+  bool publish = false;  // Shown on the public board: the record and the live waits.
 };
 
 // A check every location must pass; a critical one fails the location
@@ -175,6 +181,7 @@ struct CheckPromise {
   bool critical = false;
   double min_pass_rate = 1.0;
   int line = 0;
+  bool publish = false;  // Shown on the public board's pages (opt-in).
 };
 
 // How a compliance key's locations are judged (catalog `judging:`):

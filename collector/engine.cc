@@ -666,6 +666,7 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
   const WaitPromise* wait_promise =
       series.key.family == v1::FAMILY_WAIT ? WaitPromiseFor(series.key.key, catalog) : nullptr;
   const int64_t flip_since = absl::ToUnixNanos(now - catalog.thresholds.flip_window);
+  const int64_t drops_since = absl::ToUnixNanos(now - catalog.thresholds.rollout_grace);
   std::map<std::string, std::vector<Member>> groups;
   auto add = [&](uint32_t loc, const std::optional<Comparable>& value, const PriceCell* price)
                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -681,6 +682,10 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
                    if (price != nullptr && price->changes != nullptr) {
                      m.latest_change = *price->changes->latest();
                      m.changes_in_flip_window = price->changes->CountSince(flip_since);
+                     for (int i = 0; i < price->changes->size; ++i) {
+                       const PriceChange& c = price->changes->ring[i];
+                       if (c.to < c.from && c.at_ns >= drops_since) data.drops.push_back({loc, c});
+                     }
                    }
                    groups[GroupName(rule, l.entry)].push_back(std::move(m));
                  };
@@ -791,12 +796,7 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
           g.rollout_values.push_back(static_cast<double>(p.list_minor_units));
         }
       }
-      auto in_rollout = [&](double v) {
-        for (double r : g.rollout_values) {
-          if (std::fabs(v - r) <= stats->band.floor) return true;
-        }
-        return false;
-      };
+      auto in_rollout = [&](double v) { return NearAny(g.rollout_values, v, stats->band.floor); };
       std::vector<Level> kept;
       for (Level& level : g.levels.others) {
         if (in_rollout(level.value)) {
@@ -968,6 +968,8 @@ struct Engine::Evaluation {
   std::vector<SplitCandidate> splits;
   absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>> kept_broken;
   absl::flat_hash_map<uint32_t, double> deposits, withdrawals;
+  std::vector<PriceDrop> price_drops;
+  std::vector<PromiseStanding> promises;
 };
 
 // A location's evaluation in one series, before unkeepable promises are
@@ -983,6 +985,7 @@ struct Engine::Pending {
   bool critical_failure = false;  // Compliance: a critical check failed in the window.
   bool promise_critical = false;  // Its promise broken by a failed critical check.
   int64_t evidence_ns = 0;        // Comparable::evidence_ns.
+  std::string promise;            // PromiseVerdict::promise.
 };
 
 void Engine::Evaluate() {
@@ -1006,7 +1009,10 @@ void Engine::Evaluate() {
   Evaluation ev(now, catalog);
 
   const bool completed = RecomputeSeries(true, [&](SeriesData& data) ABSL_EXCLUSIVE_LOCKS_REQUIRED(
-                                                   eval_mu_) { EvaluateSeries(data, &ev); });
+                                                   eval_mu_) {
+    EvaluateSeries(data, &ev);
+    PriceDropsOf(data, &ev.price_drops);
+  });
   // Stopping: this evaluation saw only part of the chain, so it opens,
   // closes and deposits nothing.
   if (!completed) return;
@@ -1051,7 +1057,8 @@ void Engine::Evaluate() {
     }
     names.push_back(states[i].location);
   }
-  PublishFindings(now, th.persistence, names, ev.kept_broken);
+  PublishFindings(now, th.persistence, names, ev.kept_broken, std::move(ev.price_drops),
+                  std::move(ev.promises));
 }
 
 void Engine::OverdueKeyConditions(absl::Time now, std::vector<Condition>* out) const {
@@ -1131,11 +1138,12 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
       const Member& m = g.members[i];
       if (!m.judged || ExceptionFor(m.name, key, ev->now, ev->catalog) != nullptr) continue;
       Pending p{m.location, m.name, &g, {}, {}, false, false, m.value.critical_failure, false,
-                m.value.evidence_ns};
+                m.value.evidence_ns, {}};
       p.outlier = OutlierReason(key, g, i, ev->weak, &p.reasons);
       if (std::optional<PromiseVerdict> promise = PromiseVerdictFor(
               key, m.entry, m.value, wait_promise, check_promise, ev->now, ev->catalog)) {
         p.promise_id = promise->id;
+        p.promise = promise->promise;
         p.promise_broken = promise->strength >= 1;
         p.promise_critical = promise->critical;
         auto& tally = promise_tally[promise->id];
@@ -1164,6 +1172,23 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
   for (Pending& p : pending) LocationCondition(key, series_name, unkeepable, &p, ev);
 }
 
+void Engine::PriceDropsOf(const SeriesData& data, std::vector<PriceDrop>* out) {
+  for (const auto& [loc, change] : data.drops) {
+    for (const GroupData& g : data.groups) {
+      const Member* m = FindMember(g, loc);
+      if (m == nullptr || !m->judged) continue;
+      PriceDrop d;
+      d.location = m->name;
+      d.series = data.key;
+      d.from = change.from;
+      d.to = change.to;
+      d.at = absl::FromUnixNanos(change.at_ns);
+      d.rollout = NearAny(g.rollout_values, static_cast<double>(change.to), g.stats->band.floor);
+      out->push_back(std::move(d));
+      break;
+    }
+  }
+}
 
 void Engine::LocationCondition(const SeriesKey& key, const std::string& series_name,
                                const absl::flat_hash_set<std::string>& unkeepable, Pending* p,
@@ -1181,6 +1206,9 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
     }
   }
   if (p->outlier) ev->withdrawals[p->location] += trust.withdrawal;
+  if (!p->promise_id.empty()) {
+    ev->promises.push_back({p->name, key, std::move(p->promise), !p->promise_broken});
+  }
   std::vector<std::pair<double, v1::Reason>> reasons;
   for (auto& r : p->reasons) {
     if (r.second.kind() == v1::BROKEN_PROMISE && !promise_counts) continue;
@@ -1214,10 +1242,19 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
 
 void Engine::PublishFindings(
     absl::Time evaluated_at, int persistence, const std::vector<std::string>& names,
-    const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken) {
+    const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken,
+    std::vector<PriceDrop> price_drops, std::vector<PromiseStanding> promises) {
   persistence = std::max(1, persistence);
   auto view = std::make_shared<FindingsView>();
   view->evaluated_at = evaluated_at;
+  view->price_drops = std::move(price_drops);
+  view->promises = std::move(promises);
+  std::stable_sort(
+      view->promises.begin(), view->promises.end(),
+      [](const PromiseStanding& a, const PromiseStanding& b) { return a.location < b.location; });
+  std::stable_sort(
+      view->price_drops.begin(), view->price_drops.end(),
+      [](const PriceDrop& a, const PriceDrop& b) { return a.location < b.location; });
   if (evaluated_counts_.size() >= static_cast<size_t>(persistence)) {
     view->observations_settled = evaluated_counts_.front();
   }
@@ -1337,6 +1374,26 @@ absl::StatusOr<v1::KeyDetailResponse> Engine::KeyDetail(const v1::SeriesId& id,
     *response.add_findings() = f;
   }
   return response;
+}
+
+std::vector<CurrentWait> Engine::CurrentWaits(const std::string& location) const {
+  const absl::Time now = options_.clock();
+  std::vector<CurrentWait> out;
+  absl::MutexLock lock(&mu_);
+  auto it = location_index_.find(location);
+  if (it == location_index_.end()) return out;
+  const Catalog& catalog = *catalog_;
+  for (const Series& s : series_) {
+    auto cell = s.wait.find(it->second);
+    if (cell == s.wait.end()) continue;
+    const QuantileSketch window = cell->second.Window(now, catalog.wait, catalog.wait_sketch);
+    if (window.empty()) continue;
+    out.push_back({s.key.key, window.Quantile(0.5), window.Quantile(0.9), window.count(),
+                   absl::FromUnixNanos(cell->second.observed_at_ns)});
+  }
+  std::sort(out.begin(), out.end(),
+            [](const CurrentWait& a, const CurrentWait& b) { return a.service < b.service; });
+  return out;
 }
 
 absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(

@@ -165,6 +165,40 @@ struct LocationState {
   AgentHealth health;
 };
 
+// A decrease of a price at a location, as the evaluation that saw it
+// classifies it (the price-drop feed, price_drops.h, records these).
+struct PriceDrop {
+  std::string location;
+  SeriesKey series;  // A promo price is series.kind PROMO.
+  int64_t from = 0;  // Minor units.
+  int64_t to = 0;
+  absl::Time at;     // Event time of the lower price.
+  // The lower price is where a chain-wide change is going, by the rule that
+  // keeps rollouts from being outliers (a level at least min_level
+  // locations moved to within rollout_grace, or a list price taking
+  // effect); else the location lowered it alone.
+  bool rollout = false;
+};
+
+// Whether a location kept one promise of the catalog in one evaluation
+// (the promise record, promise_record.h, counts these).
+struct PromiseStanding {
+  std::string location;
+  SeriesKey series;     // The promise's series: one promise per series and location.
+  std::string promise;  // What is promised: "list price 4.49 EUR", "90% served within 150 s".
+  bool kept = false;
+};
+
+// One service's waits at a location now, over the wait window its
+// comparison reads (catalog wait.window).
+struct CurrentWait {
+  std::string service;  // The wait key.
+  double median_seconds = 0;
+  double p90_seconds = 0;
+  uint64_t samples = 0;
+  absl::Time updated = absl::InfinitePast();  // Event time of the newest ticket.
+};
+
 // The findings and trust published by the evaluation tick.
 struct FindingsView {
   absl::Time evaluated_at = absl::InfinitePast();
@@ -181,6 +215,13 @@ struct FindingsView {
   // Observations (applied + rejected) covered by the last `persistence`
   // evaluations: findings reflect at least these.
   uint64_t observations_settled = 0;
+  // Price decreases whose event time is within thresholds.rollout_grace of
+  // the evaluation (while their classification may still change), by
+  // location. Empty after a restore until the first evaluation.
+  std::vector<PriceDrop> price_drops;
+  // Every promise applying to a location in this evaluation, kept or
+  // broken (exceptions excluded), by location. Empty after a restore.
+  std::vector<PromiseStanding> promises;
 };
 
 // An immutable view published by the ticks.
@@ -301,6 +342,10 @@ class Engine {
   absl::StatusOr<v1::KeyDetailResponse> KeyDetail(const v1::SeriesId& series,
                                                   const std::string& group = "") const;
 
+  // `location`'s waits per service now, by service; empty for a location
+  // without wait tickets in the window (or unknown).
+  std::vector<CurrentWait> CurrentWaits(const std::string& location) const;
+
   // The scorecard of one location. NotFound if it never reported and is
   // not in the catalog.
   absl::StatusOr<v1::LocationScorecardResponse> LocationScorecard(
@@ -360,6 +405,8 @@ class Engine {
     uint32_t index = 0;
     SeriesKey key;
     std::vector<GroupData> groups;
+    // Prices: decreases within rollout_grace of `now`, by location index.
+    std::vector<std::pair<uint32_t, PriceChange>> drops;
   };
 
   static void FallBackToChain(uint64_t min_group,
@@ -383,6 +430,10 @@ class Engine {
   // location earns there.
   void EvaluateSeries(const SeriesData& data, Evaluation* ev)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
+  // The series' price drops (data.drops), each classified in the group
+  // its location is judged in by the rollout rule (NearAny, evaluators.h);
+  // appended to *out.
+  static void PriceDropsOf(const SeriesData& data, std::vector<PriceDrop>* out);
   // Settles *p's promise and outlier in ev's trust tallies (a promise in
   // `unkeepable` counts for nothing) and adds its location condition when
   // a reason remains. Moves p's reasons out.
@@ -410,7 +461,8 @@ class Engine {
   // restores are served from the first scrape after a restart.
   void PublishFindings(
       absl::Time evaluated_at, int persistence, const std::vector<std::string>& names,
-      const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken)
+      const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken,
+      std::vector<PriceDrop> price_drops = {}, std::vector<PromiseStanding> promises = {})
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
   uint32_t LocationIndex(absl::string_view location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether location `loc` may hold `obs`'s cell in series `found`

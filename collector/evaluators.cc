@@ -92,6 +92,13 @@ const GroupMember* FindMember(const GroupData& g, uint32_t location) {
   return it != g.members.end() && it->location == location ? &*it : nullptr;
 }
 
+bool NearAny(const std::vector<double>& values, double v, double floor) {
+  for (double r : values) {
+    if (std::fabs(v - r) <= floor) return true;
+  }
+  return false;
+}
+
 Condition GroupCondition(const SeriesKey& key, const std::string& group_id, const GroupData& g,
                          absl::string_view prefix, v1::FindingKind kind, v1::Severity severity,
                          double strength) {
@@ -260,12 +267,7 @@ void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i, a
   const double median = stats.summary.median;
   const double floor = stats.band.floor;
   const uint64_t n = g.members.size();
-  auto in_rollout = [&](double v) {
-    for (double r : g.rollout_values) {
-      if (std::fabs(v - r) <= floor) return true;
-    }
-    return false;
-  };
+  auto in_rollout = [&](double v) { return NearAny(g.rollout_values, v, floor); };
   auto at_a_level = [&](double v) {
     if (std::fabs(v - median) <= floor) return true;
     for (const Level& l : g.levels.others) {
@@ -375,6 +377,7 @@ PromiseVerdict PricePromiseVerdict(const SeriesKey& key, const PricePromise& pro
   const double over = x - list;
   PromiseVerdict v;
   v.id = absl::StrCat("price:", promise.line);
+  v.promise = absl::StrCat("list price ", Format(key, list));
   v.strength = over > pf ? over / pf : std::min(0.999, std::max(0.0, over / pf));
   v.reason =
       MakeReason(v1::BROKEN_PROMISE,
@@ -390,6 +393,8 @@ PromiseVerdict WaitPromiseVerdict(const WaitPromise& promise, const Comparable& 
   const double pf = std::max(floor, 1e-9);
   PromiseVerdict v;
   v.id = absl::StrCat("wait:", promise.line);
+  v.promise = absl::StrFormat("%.0f%% served within %.0f s", 100 * promise.share,
+                              promise.within_seconds);
   v.strength = share < promise.share ? 1 + (promise.share - share) / pf
                                      : std::min(0.999, 1 - (share - promise.share) / pf);
   v.reason = MakeReason(v1::BROKEN_PROMISE,
@@ -406,6 +411,9 @@ PromiseVerdict CheckPromiseVerdict(const SeriesKey& key, const CheckPromise& pro
   const double pf = std::max(floor, 1e-9);
   PromiseVerdict v;
   v.id = absl::StrCat("check:", promise.line);
+  v.promise = promise.critical ? absl::StrCat(key.key, " never failed (critical)")
+                               : absl::StrFormat("%s passed %.0f%% of the time", key.key,
+                                                 100 * promise.min_pass_rate);
   const bool critical = promise.critical && value.critical_failure;
   v.critical = critical;
   // A failed critical check breaks its promise at once; a rate, only

@@ -77,6 +77,14 @@ struct GroupData {
 // The member of g at `location`, or null (a binary search).
 const GroupMember* FindMember(const GroupData& g, uint32_t location);
 
+// The rollout rule's test: whether `v` is within `floor` (the group's band
+// floor) of one of `values`, the levels a chain-wide change goes to
+// (GroupData::rollout_values). Engine::ComputeGroups exempts such levels
+// and members from outliers and splits; IrregularChangeReason and the
+// price-drop feed (Engine::PriceDropsOf) read a change ending there as a
+// rollout.
+bool NearAny(const std::vector<double>& values, double v, double floor);
+
 using WeightedReason = std::pair<double, v1::Reason>;  // (strength, reason)
 
 // A reason with its direction from the sign of `deviation`.
@@ -165,6 +173,9 @@ void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i, a
 // A location's standing under the promise that applies to it in a series.
 struct PromiseVerdict {
   std::string id;         // "price:LINE", "wait:LINE" or "check:LINE".
+  // What is promised, in customers' words, for the promise record:
+  // "list price 4.49 EUR", "90% served within 150 s".
+  std::string promise;
   double strength = -1;   // 1 and above: broken.
   bool critical = false;  // A critical check failed: broken at once.
   v1::Reason reason;

@@ -35,6 +35,13 @@ ABSL_FLAG(std::string, state_dir, "",
 ABSL_FLAG(absl::Duration, history_retention, absl::Hours(24 * 90),
           "How long closed findings stay in the finding history (--state_dir/history.db; "
           "`constance history`)");
+ABSL_FLAG(absl::Duration, price_drop_retention, absl::Hours(24 * 30),
+          "How long price decreases stay in the price-drop feed (--state_dir/price_drops.db; "
+          "`constance price-drops`)");
+ABSL_FLAG(std::string, board_dir, "",
+          "Write the public board (catalog `publish: true` locations) into this directory every "
+          "--board_every; empty = never (`constance publish` writes it on demand)");
+ABSL_FLAG(absl::Duration, board_every, absl::Minutes(5), "How often --board_dir is rewritten");
 ABSL_FLAG(absl::Duration, snapshot_interval, absl::Minutes(5),
           "How often the engine's whole state is snapshotted into --state_dir and the batch "
           "log compacted (restarts load the snapshot and replay only what came after)");
@@ -164,6 +171,13 @@ int main(int argc, char** argv) {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.history_retention = absl::GetFlag(FLAGS_history_retention);
+  options.price_drop_retention = absl::GetFlag(FLAGS_price_drop_retention);
+  options.board_dir = absl::GetFlag(FLAGS_board_dir);
+  options.board_every = absl::GetFlag(FLAGS_board_every);
+  if (!options.board_dir.empty() && options.board_every <= absl::ZeroDuration()) {
+    std::cerr << "constance-collector: --board_every must be positive (e.g. 5m)\n";
+    return 2;
+  }
   options.snapshot_interval = absl::GetFlag(FLAGS_snapshot_interval);
   if (options.snapshot_interval <= absl::ZeroDuration()) {
     std::cerr << "constance-collector: --snapshot_interval must be positive\n";

@@ -44,6 +44,23 @@ absl::Status CollectorServer::OpenHistory() {
   return absl::OkStatus();
 }
 
+absl::Status CollectorServer::OpenBoard() {
+  PriceDropFeed::Options options;
+  options.retention = options_.price_drop_retention;
+  absl::StatusOr<std::unique_ptr<PriceDropFeed>> feed = PriceDropFeed::Open(
+      options_.state_dir.empty() ? "" : options_.state_dir + "/price_drops.db", options);
+  if (!feed.ok()) return feed.status();
+  price_drops_ = *std::move(feed);
+  absl::StatusOr<std::unique_ptr<PromiseRecordStore>> record = PromiseRecordStore::Open(
+      options_.state_dir.empty() ? "" : options_.state_dir + "/promise_record.db", {});
+  if (!record.ok()) return record.status();
+  promise_record_ = *std::move(record);
+  board_service_ = std::make_unique<BoardService>(&engine_, price_drops_.get(),
+                                                  promise_record_.get(), !options_.insecure,
+                                                  &refusals_);
+  return absl::OkStatus();
+}
+
 absl::Status CollectorServer::Start() {
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (options_.insecure) {
@@ -109,6 +126,7 @@ absl::Status CollectorServer::Start() {
   }
   if (absl::Status s = OpenSilences(); !s.ok()) return s;
   if (absl::Status s = OpenHistory(); !s.ok()) return s;
+  if (absl::Status s = OpenBoard(); !s.ok()) return s;
   IngestOptions ingest;
   ingest.log = log_.get();
   ingest.rate_per_location = options_.rate_per_location;
@@ -134,6 +152,7 @@ absl::Status CollectorServer::Start() {
   builder.RegisterService(&query_);
   builder.RegisterService(silence_service_.get());
   builder.RegisterService(history_service_.get());
+  builder.RegisterService(board_service_.get());
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   // Keepalive, consistent with the agent's: the agent pings every 20 s,
   // above the 10 s minimum accepted here, with or without calls in flight,
@@ -170,6 +189,12 @@ absl::Status CollectorServer::Start() {
   engine_.Start();
   history_recorder_ = std::make_unique<HistoryRecorder>(&engine_, silence_matches_.get(),
                                                         history_.get(), absl::Seconds(1));
+  board_recorder_ = std::make_unique<BoardRecorder>(&engine_, price_drops_.get(),
+                                                    promise_record_.get(), absl::Seconds(1));
+  if (!options_.board_dir.empty()) {
+    board_publisher_ = std::make_unique<BoardPublisher>(&engine_, promise_record_.get(),
+                                                        options_.board_dir, options_.board_every);
+  }
   spdlog::info("serving gRPC on {} ({}) and /metrics on {}", grpc_address_,
                options_.insecure ? "plaintext" : "mTLS", metrics_address_);
   return absl::OkStatus();
@@ -181,6 +206,8 @@ void CollectorServer::Shutdown(absl::Duration grace) {
   if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   metrics_server_.reset();
   history_recorder_.reset();
+  board_publisher_.reset();
+  board_recorder_.reset();
   // After the server: no stream can queue a batch any more; the log
   // commits what is queued (running the last callbacks) and closes.
   log_.reset();

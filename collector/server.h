@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "collector/board.h"
 #include "collector/engine.h"
 #include "collector/history.h"
 #include "collector/ingest_service.h"
@@ -62,6 +63,12 @@ struct ServerOptions {
   Engine::Options engine;
   // How long closed findings stay in the finding history (history.db).
   absl::Duration history_retention = absl::Hours(24 * 90);
+  // How long price drops stay in the feed (price_drops.db).
+  absl::Duration price_drop_retention = absl::Hours(24 * 30);
+  // The public board: written into this directory every `board_every`
+  // (empty: not written; `constance publish` writes it on demand).
+  std::string board_dir;
+  absl::Duration board_every = absl::Minutes(5);
 };
 
 class CollectorServer {
@@ -94,6 +101,9 @@ class CollectorServer {
   absl::Status OpenSilences();
   // Finding history: durable in state_dir/history.db, else in memory.
   absl::Status OpenHistory();
+  // The price-drop feed and the promise record: durable in
+  // state_dir/price_drops.db and promise_record.db, else in memory.
+  absl::Status OpenBoard();
   const ServerOptions options_;
   Engine engine_;
   std::unique_ptr<BatchLog> log_;
@@ -107,6 +117,11 @@ class CollectorServer {
   std::unique_ptr<FindingHistory> history_;
   std::unique_ptr<HistoryService> history_service_;
   std::unique_ptr<HistoryRecorder> history_recorder_;
+  std::unique_ptr<PriceDropFeed> price_drops_;
+  std::unique_ptr<PromiseRecordStore> promise_record_;
+  std::unique_ptr<BoardService> board_service_;
+  std::unique_ptr<BoardRecorder> board_recorder_;
+  std::unique_ptr<BoardPublisher> board_publisher_;
   std::unique_ptr<CollectorMetrics> metrics_;
   RefusalCounter refusals_;
   std::unique_ptr<grpc::Server> server_;

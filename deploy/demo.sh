@@ -110,17 +110,18 @@ regions=(north south east west)
   echo "    - {key: coffee-250g, currency: EUR, list: \"4.49\"}"
   echo "    - {key: coffee-250g, currency: EUR, list: \"4.69\", where: {region: south}}"
   echo "  waits:"
-  echo "    - {key: checkout, within_seconds: 150, share: 0.9}"
+  echo "    - {key: checkout, within_seconds: 150, share: 0.9, publish: true}"
   echo "  checks:"
   echo "    - {key: fridge-temp, critical: true}"
   echo "locations:"
   for i in $(seq -w 1 $stores); do
-    echo "  - {id: demo-store-$i, labels: {brand: demo-market, region: ${regions[$((10#$i % 4))]}, format: supermarket}}"
+    echo "  - {id: demo-store-$i, name: \"Demo Market $i\", publish: true, labels: {brand: demo-market, region: ${regions[$((10#$i % 4))]}, format: supermarket}}"
   done
 } >"$state/catalog.yaml"
 
+mkdir -p "$state/board"
 "$bin/constance-collector" --insecure --listen=127.0.0.1:0 --catalog="$state/catalog.yaml" \
-  --state_dir="$state" \
+  --state_dir="$state" --board_dir="$state/board" --board_every=10s \
   --metrics_listen="${CONSTANCE_DEMO_METRICS:-127.0.0.1:0}" --stats_interval=200ms \
   --evaluation_interval=300ms \
   --ready_file="$state/collector.ready" --log_level=warn >"$state/collector.log" 2>&1 &
@@ -270,6 +271,9 @@ still inside the band, so it is no outlier).
 Prometheus metrics: http://$metrics/metrics
 Query API:          $bin/constance report --collector=$collector
                     $bin/constance key price coffee-250g --currency=EUR --collector=$collector
+Public board:       file://$state/board/index.html (rewritten every 10 s; or
+                    $bin/constance publish --out=DIR --catalog=$state/catalog.yaml --collector=$collector)
+Price drops:        $bin/constance price-drops --since=72h --collector=$collector
 State and logs:     $state
 TXT
 

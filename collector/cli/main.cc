@@ -6,6 +6,9 @@
 //   constance location ID
 //   constance silence add|list|expire (silence.h)
 //   constance history [--location=ID] [--key=FAMILY:KEY] [--finding=KIND] [--since=720h] [--csv]
+//   constance record LOCATION [--json]
+//   constance publish --out=DIR --catalog=catalog.yaml
+//   constance price-drops [--since=72h] [--location=ID] [--csv|--json]
 //   constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]
 //                    FILE|DIR...
 //
@@ -21,7 +24,9 @@
 // Exit codes: 0 success, 1 the collector answered with an error or the wait
 // timed out, 2 usage error (replay: also an input or configuration it
 // cannot use).
+#include <filesystem>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -40,7 +45,9 @@
 #include "collector/cli/report.h"
 #include "collector/cli/shards.h"
 #include "collector/cli/silence.h"
+#include "collector/public_board.h"
 #include "constance/tls.h"
+#include "constance/v1/board.grpc.pb.h"
 #include "constance/v1/history.grpc.pb.h"
 #include "constance/v1/query.grpc.pb.h"
 #include "constance/v1/silence.grpc.pb.h"
@@ -90,11 +97,16 @@ ABSL_FLAG(std::string, until, "", "silence add: until when, RFC 3339 (2026-12-24
 ABSL_FLAG(std::string, owner, "", "silence add: who answers for the silence (required)");
 ABSL_FLAG(std::string, comment, "", "silence add: why (required)");
 ABSL_FLAG(absl::Duration, since, absl::ZeroDuration(),
-          "history: episodes open at some time in the last DURATION (e.g. 720h; 0 = all kept)");
-ABSL_FLAG(bool, csv, false, "history: print CSV (one row per episode) for spreadsheets");
+          "history: episodes open at some time in the last DURATION (e.g. 720h; 0 = all kept); "
+          "price-drops: drops in the last DURATION");
+ABSL_FLAG(bool, csv, false,
+          "history, price-drops: print CSV (one row per episode or drop) for spreadsheets");
 ABSL_FLAG(std::string, config, "",
           "replay: an agent.yaml whose drop_directory.files mappings read the files");
-ABSL_FLAG(std::string, catalog, "", "replay: the collector's catalog.yaml (empty: defaults)");
+ABSL_FLAG(std::string, catalog, "",
+          "replay: the collector's catalog.yaml (empty: defaults); publish: the catalog whose "
+          "`publish: true` locations and promises the board shows");
+ABSL_FLAG(std::string, out, "", "publish: the directory the board's pages are written to");
 ABSL_FLAG(absl::Duration, every, absl::Hours(1),
           "replay: evaluate the findings at each multiple of this much event time");
 
@@ -112,6 +124,9 @@ constexpr char kUsage[] =
     "  constance silence expire ID\n"
     "  constance history [--location=ID] [--key=FAMILY:KEY] [--finding=KIND] [--since=720h]\n"
     "    [--json|--csv]\n"
+    "  constance price-drops [--since=72h] [--location=ID] [--json|--csv]\n"
+    "  constance record LOCATION [--json]\n"
+    "  constance publish --out=DIR --catalog=catalog.yaml   (the public board, static files)\n"
     "  constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]\n"
     "    FILE|DIR...   (exported files through the collector's engine, in event time)\n"
     "  (every command takes --collector=HOST:PORT; report, findings, history and location\n"
@@ -354,6 +369,94 @@ int History(const std::vector<std::unique_ptr<v1::History::Stub>>& stubs) {
   return 0;
 }
 
+// The feed streams oldest first; --json prints one JSON object per line
+// as each arrives, the table and CSV once the stream ends.
+int PriceDrops(v1::Board::Stub& stub) {
+  v1::PriceDropsRequest request;
+  request.set_location(absl::GetFlag(FLAGS_location));
+  if (const absl::Duration since = absl::GetFlag(FLAGS_since); since > absl::ZeroDuration()) {
+    *request.mutable_since() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+        absl::ToUnixNanos(absl::Now() - since));
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+  std::unique_ptr<grpc::ClientReader<v1::PriceDrop>> reader = stub.PriceDrops(&ctx, request);
+  std::vector<v1::PriceDrop> drops;
+  const bool json = absl::GetFlag(FLAGS_json);
+  for (v1::PriceDrop drop; reader->Read(&drop);) {
+    if (json) {
+      std::cout << ToJson(drop) << "\n";
+    } else {
+      drops.push_back(drop);
+    }
+  }
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return Fail("PriceDrops", status);
+  if (absl::GetFlag(FLAGS_csv)) {
+    std::cout << RenderPriceDropsCsv(drops);
+  } else if (!json) {
+    std::cout << "Price drops (" << drops.size() << "):\n" << RenderPriceDrops(drops);
+  }
+  return 0;
+}
+
+int Record(v1::Board::Stub& stub, const std::string& location) {
+  v1::RecordRequest request;
+  request.set_location(location);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+  v1::LocationRecord record;
+  grpc::Status status = stub.Record(&ctx, request, &record);
+  if (!status.ok()) return Fail("Record", status);
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(record);
+  } else {
+    std::cout << RenderRecord(record);
+  }
+  return 0;
+}
+
+int Publish(v1::Board::Stub& stub) {
+  const std::string dir = absl::GetFlag(FLAGS_out);
+  const std::string path = absl::GetFlag(FLAGS_catalog);
+  if (dir.empty() || path.empty()) {
+    std::cerr << "constance: publish needs --out=DIR (where the pages go) and "
+                 "--catalog=catalog.yaml (which locations and promises are public)\n";
+    return 2;
+  }
+  absl::StatusOr<collector::Catalog> catalog = collector::LoadCatalog(path);
+  if (!catalog.ok()) {
+    std::cerr << "constance: --catalog: " << catalog.status().message() << "\n";
+    return 2;
+  }
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error) {
+    std::cerr << "constance: --out=" << dir << ": " << error.message() << "\n";
+    return 2;
+  }
+  auto record_of = [&](const std::string& location) -> absl::StatusOr<v1::LocationRecord> {
+    v1::RecordRequest request;
+    request.set_location(location);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+    v1::LocationRecord record;
+    grpc::Status status = stub.Record(&ctx, request, &record);
+    if (!status.ok()) {
+      return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                          status.error_message());
+    }
+    return record;
+  };
+  absl::StatusOr<int> pages = collector::PublishBoard(*catalog, record_of, dir, absl::Now());
+  if (!pages.ok()) {
+    std::cerr << "constance: publish: " << pages.status().message() << "\n";
+    return 1;
+  }
+  std::cout << "published " << *pages << " locations: " << dir << "/index.html\n";
+  return 0;
+}
+
 int Replay(const std::vector<char*>& args) {
   ReplayOptions options;
   options.inputs.assign(args.begin() + 2, args.end());
@@ -450,13 +553,28 @@ int Main(int argc, char** argv) {
   if (command == "findings" && args.size() == 2) return Findings(stubs);
   if (command == "location" && args.size() == 3) return Location(stubs, args[2]);
   if (command == "history" && args.size() == 2) return History(histories);
-  if ((command == "key" || command == "silence") && channels.size() > 1) {
+  const bool one_collector = command == "key" || command == "silence" ||
+                             command == "price-drops" || command == "record" ||
+                             command == "publish";
+  if (one_collector && channels.size() > 1) {
     std::cerr << "constance: " << command
               << " talks to one collector: give --collector the shard that holds the location "
                  "or the series' peer group\n";
     return 2;
   }
   if (command == "key" && args.size() == 4) return Key(*stubs[0], args[2], args[3]);
+  if (command == "price-drops" && args.size() == 2) {
+    auto board = v1::Board::NewStub(channels[0]);
+    return PriceDrops(*board);
+  }
+  if (command == "record" && args.size() == 3) {
+    auto board = v1::Board::NewStub(channels[0]);
+    return Record(*board, args[2]);
+  }
+  if (command == "publish" && args.size() == 2) {
+    auto board = v1::Board::NewStub(channels[0]);
+    return Publish(*board);
+  }
   if (command == "silence") {
     auto silences = v1::Silences::NewStub(channels[0]);
     return Silence(*silences, args);

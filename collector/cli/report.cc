@@ -349,12 +349,101 @@ std::string RenderHistory(const v1::HistoryResponse& history, absl::Time now) {
   return out;
 }
 
+namespace {
+
+// One CSV line, each field quoted by libcsv.
+std::string CsvLine(const std::vector<std::string>& row) {
+  std::string line;
+  for (size_t i = 0; i < row.size(); ++i) {
+    std::string field(row[i].size() * 2 + 2, '\0');
+    field.resize(csv_write(field.data(), field.size(), row[i].data(), row[i].size()));
+    absl::StrAppend(&line, i > 0 ? "," : "", field);
+  }
+  return line + "\n";
+}
+
+std::string DropScope(const v1::PriceDrop& d) {
+  return absl::StrCat(d.rollout() ? "rollout" : "local", d.promo() ? " (promo)" : "");
+}
+
+std::string DropChange(const v1::PriceDrop& d) {
+  const double before = static_cast<double>(d.previous_minor_units());
+  const double after = static_cast<double>(d.new_minor_units());
+  return before != 0 ? absl::StrFormat("%.1f%%", 100 * (after - before) / before) : "";
+}
+
+}  // namespace
+
+std::string RenderPriceDrops(const std::vector<v1::PriceDrop>& drops) {
+  if (drops.empty()) return "  none\n";
+  Table table({"AT", "LOCATION", "SERIES", "PREVIOUS", "NEW", "CHANGE", "SCOPE"});
+  for (const v1::PriceDrop& d : drops) {
+    table.Add({Timestamp(d.at()), d.location(), FormatSeries(d.series()),
+               FormatValue(d.series(), static_cast<double>(d.previous_minor_units())),
+               FormatValue(d.series(), static_cast<double>(d.new_minor_units())), DropChange(d),
+               DropScope(d)});
+  }
+  return table.Render();
+}
+
+std::string RenderPriceDropsCsv(const std::vector<v1::PriceDrop>& drops) {
+  std::string out =
+      "at,location,key,currency,kind,previous_minor_units,new_minor_units,previous,new,scope,"
+      "promo,recorded_at\n";
+  for (const v1::PriceDrop& d : drops) {
+    out += CsvLine({Timestamp(d.at()), d.location(), d.series().key(), d.series().currency(),
+                    KindName(d.series().kind()), absl::StrCat(d.previous_minor_units()),
+                    absl::StrCat(d.new_minor_units()),
+                    FormatValue(d.series(), static_cast<double>(d.previous_minor_units())),
+                    FormatValue(d.series(), static_cast<double>(d.new_minor_units())),
+                    d.rollout() ? "rollout" : "local", d.promo() ? "true" : "false",
+                    Timestamp(d.recorded_at())});
+  }
+  return out;
+}
+
+namespace {
+
+std::string Kept(double share, uint64_t evaluations) {
+  if (evaluations == 0) return "-";
+  return absl::StrFormat("%.1f%% (%d)", 100 * share, evaluations);
+}
+
+std::string RecordState(const v1::LocationRecord& r) {
+  if (r.closed_for_good()) return "closed for good";
+  if (r.silent()) return "silent: no report while open";
+  return r.open_now() ? "open" : "closed now";
+}
+
+}  // namespace
+
+std::string RenderRecord(const v1::LocationRecord& r) {
+  std::string out = absl::StrCat(r.location(), " (", r.timezone(), "): ", RecordState(r));
+  if (r.has_last_report()) absl::StrAppend(&out, ", last report ", Timestamp(r.last_report()));
+  absl::StrAppend(&out, "\nPromises kept (share of evaluations, and how many):\n");
+  if (r.promises().empty()) {
+    out += "  none\n";
+  } else {
+    Table promises({"SERIES", "PROMISE", "7 DAYS", "30 DAYS", "90 DAYS"});
+    for (const v1::PromiseRecord& p : r.promises()) {
+      promises.Add({FormatSeries(p.series()), p.promise(), Kept(p.kept_7d(), p.evaluations_7d()),
+                    Kept(p.kept_30d(), p.evaluations_30d()),
+                    Kept(p.kept_90d(), p.evaluations_90d())});
+    }
+    out += promises.Render();
+  }
+  absl::StrAppend(&out, "Waits now:\n");
+  if (r.waits().empty()) return out + "  none\n";
+  Table waits({"SERVICE", "MEDIAN", "P90", "TICKETS", "UPDATED"});
+  for (const v1::ServiceWait& w : r.waits()) {
+    waits.Add({w.service(), absl::StrFormat("%.0f s", w.median_seconds()),
+               absl::StrFormat("%.0f s", w.p90_seconds()), absl::StrCat(w.tickets()),
+               Timestamp(w.updated_at())});
+  }
+  return out + waits.Render();
+}
+
 std::string RenderHistoryCsv(const v1::HistoryResponse& history, absl::Time now) {
-  auto field = [](const std::string& text) {
-    std::string out(text.size() * 2 + 2, '\0');
-    out.resize(csv_write(out.data(), out.size(), text.data(), text.size()));
-    return out;
-  };
   std::string out =
       "opened,closed,duration_seconds,kind,severity,location,group,family,key,currency,"
       "value_at_open,expected_at_open,value_at_close,expected_at_close,events\n";
@@ -383,10 +472,7 @@ std::string RenderHistoryCsv(const v1::HistoryResponse& history, absl::Time now)
                                     absl::StrCat(e.value_at_close()),
                                     absl::StrCat(e.expected_at_close()),
                                     absl::StrJoin(events, "; ")};
-    for (size_t i = 0; i < row.size(); ++i) {
-      absl::StrAppend(&out, i > 0 ? "," : "", field(row[i]));
-    }
-    out += "\n";
+    out += CsvLine(row);
   }
   return out;
 }

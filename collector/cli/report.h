@@ -10,9 +10,11 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "constance/v1/board.pb.h"
 #include "constance/v1/history.pb.h"
 #include "constance/v1/query.pb.h"
 #include "google/protobuf/message.h"
@@ -66,6 +68,18 @@ std::string RenderScorecard(const v1::LocationScorecardResponse& card);
 // (for spreadsheets) has one quoted row per episode, events joined by "; ".
 std::string RenderHistory(const v1::HistoryResponse& history, absl::Time now);
 std::string RenderHistoryCsv(const v1::HistoryResponse& history, absl::Time now);
+
+// `constance price-drops`: one row per drop, oldest first: when, where,
+// the series, previous and new price, the change, and its scope ("local",
+// "rollout", with " (promo)" for a promotional price). The CSV form has
+// minor units and the formatted prices, scope and promo in columns.
+std::string RenderPriceDrops(const std::vector<v1::PriceDrop>& drops);
+std::string RenderPriceDropsCsv(const std::vector<v1::PriceDrop>& drops);
+
+// `constance record LOCATION`: whether it is open, each promise with the
+// share kept over 7, 30 and 90 days (and how many evaluations that is),
+// and each service's wait median and p90 now.
+std::string RenderRecord(const v1::LocationRecord& record);
 
 }  // namespace constance::cli
 

@@ -23,8 +23,10 @@ CONSTANCE_DEMO_PACKAGES=(curl)
 # (priority optional: not on a minimal Debian).
 # python3 and tzdata: the deploy and dashboards checks are Python scripts
 # (standard library only; zoneinfo reads tzdata).
+# chromium: tests/integration/board_test loads the public board's pages
+# headless.
 CONSTANCE_TEST_PACKAGES=(prometheus prometheus-alertmanager curl dpkg-dev adduser iproute2 openssl
-  python3 tzdata)
+  python3 tzdata chromium)
 # The sanitizer and fuzzing builds (tests/sanitizers.sh) use clang 14;
 # libclang-rt-14-dev holds its sanitizer runtimes and libFuzzer
 # (libclang_rt.fuzzer*.a, what -fsanitize=fuzzer links).

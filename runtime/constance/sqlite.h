@@ -1,8 +1,8 @@
 // The one way both binaries open SQLite files and hold statements: the
-// agent's spool and the collector's batch log, silences and finding
-// history. Each keeps its own error wording (what a full disk means differs
-// between them); what they share is how a file is opened and set up, and
-// statement ownership.
+// agent's spool and the collector's batch log, silences, finding history,
+// price-drop feed and promise record. Each keeps its own error wording
+// (what a full disk means differs between them); what they share is how a
+// file is opened and set up, and statement ownership.
 //
 //   sqlite3* db = nullptr;
 //   const char* failed = nullptr;
@@ -28,6 +28,10 @@
 namespace constance::sqlite {
 
 inline constexpr char kNoWal[] = "WAL mode is not available on this file system";
+// The path of a database held in memory, for a store that is durable only
+// with a state directory: Open sets it up the same way but for WAL and
+// synchronous, which a database in memory has no use for.
+inline constexpr char kInMemory[] = ":memory:";
 
 struct OpenOptions {
   // PRAGMA synchronous: "FULL" when a commit must survive power loss,
@@ -38,7 +42,8 @@ struct OpenOptions {
   bool exclusive = false;
 };
 
-// Opens `path` read-write, creating it, in WAL mode with `options`.
+// Opens `path` read-write, creating it, in WAL mode with `options`
+// (kInMemory: in memory, without WAL).
 // SQLITE_OK, or SQLite's code with *failed saying which step failed
 // ("cannot open", "cannot lock", "cannot switch to WAL mode", kNoWal with
 // SQLITE_CANTOPEN when the file system has no WAL, "cannot set
@@ -56,6 +61,7 @@ inline int Open(const std::string& path, const OpenOptions& options, sqlite3** d
     rc = sqlite3_exec(*db, "PRAGMA locking_mode=EXCLUSIVE", nullptr, nullptr, nullptr);
     if (rc != SQLITE_OK) return rc;
   }
+  if (path == kInMemory) return SQLITE_OK;
   *failed = "cannot switch to WAL mode";
   sqlite3_stmt* wal = nullptr;
   rc = sqlite3_prepare_v2(*db, "PRAGMA journal_mode=WAL", -1, &wal, nullptr);

@@ -53,6 +53,8 @@ fi
 echo "$findings" | grep -qE '^ +broken_promise +critical +demo-store-07 +price coffee-250g' \
   || { echo "FAIL: demo-store-07 should break the coffee list price"; exit 1; }
 
+grep -qE '^Public board: +file://.*/board/index\.html' "$out" \
+  || { echo "FAIL: demo did not print where its public board is"; exit 1; }
 state=$(sed -n 's/^State and logs: *//p' "$out")
 [ -n "$state" ] || { echo "FAIL: demo did not print its state directory"; exit 1; }
 if pgrep -f -- "$state" >/dev/null; then

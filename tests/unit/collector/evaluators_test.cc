@@ -160,15 +160,20 @@ TEST(EvaluatorsTest, IrregularChangeReasonJudgesWhereAChangeEnds) {
     PriceChange change;
     int flips;
     bool irregular;
+    std::vector<double> rollout_values = {};
   } cases[] = {
       {"lone change away from the levels", 115, {two_hours_ago, 100, 115}, 1, true},
       {"back to the main level", 100, {two_hours_ago, 115, 100}, 1, false},
       {"not settled yet", 115, {absl::ToUnixNanos(kNow - absl::Minutes(10)), 100, 115}, 1, false},
       {"flipping", 100, {two_hours_ago, 115, 100}, 3, true},
+      {"first onto a rollout's level", 115, {two_hours_ago, 100, 115}, 1, false, {100, 115}},
+      {"near a rollout's level but past its floor", 120, {two_hours_ago, 100, 120}, 1, true,
+       {100, 115}},
   };
   for (const auto& tc : cases) {
     SCOPED_TRACE(tc.name);
     GroupData g = Group(key, {100, 100, 100, 100, 100, 100, 100, 100, 100, tc.now_at});
+    g.rollout_values = tc.rollout_values;
     g.members[9].latest_change = tc.change;
     g.members[9].changes_in_flip_window = tc.flips;
     std::vector<WeightedReason> reasons;
@@ -178,6 +183,16 @@ TEST(EvaluatorsTest, IrregularChangeReasonJudgesWhereAChangeEnds) {
       EXPECT_EQ(reasons[0].second.kind(), v1::IRREGULAR_CHANGE);
     }
   }
+}
+
+// The rollout rule's test, shared by ComputeGroups, irregular change and
+// the price-drop feed: within the band floor of a rollout's level.
+TEST(EvaluatorsTest, NearAnyIsWithinTheFloorOfARolloutLevel) {
+  const std::vector<double> rollout = {299, 279};
+  EXPECT_TRUE(NearAny(rollout, 279, 0));
+  EXPECT_TRUE(NearAny(rollout, 281, 2));
+  EXPECT_FALSE(NearAny(rollout, 282, 2));
+  EXPECT_FALSE(NearAny({}, 279, 100));
 }
 
 // Group drift: a baseline of calm bins freezes the scale; a dispersion
@@ -246,6 +261,7 @@ TEST(EvaluatorsTest, PricePromiseVerdictBreaksAboveTheListPriceByMoreThanTheFloo
     SCOPED_TRACE(tc.price);
     const PromiseVerdict v = PricePromiseVerdict(key, promise, tc.price, policy);
     EXPECT_EQ(v.id, "price:7");
+    EXPECT_EQ(v.promise, "list price 1.00 EUR");
     EXPECT_EQ(v.strength >= 1, tc.broken);
     EXPECT_EQ(v.reason.kind(), v1::BROKEN_PROMISE);
   }
@@ -263,6 +279,7 @@ TEST(EvaluatorsTest, WaitPromiseVerdictBreaksBelowThePromisedShare) {
     value.share_within = tc.share;
     const PromiseVerdict v = WaitPromiseVerdict(promise, value, 0.05);
     EXPECT_EQ(v.id, "wait:4");
+    EXPECT_EQ(v.promise, "90% served within 300 s");
     EXPECT_EQ(v.strength >= 1, tc.broken);
     EXPECT_THAT(v.reason.detail(), HasSubstr("served within 300 s"));
   }
@@ -293,6 +310,8 @@ TEST(EvaluatorsTest, CheckPromiseVerdictWeighsTheEvidenceAndACriticalFailure) {
     value.critical_failure = tc.critical_failure;
     const PromiseVerdict v = CheckPromiseVerdict(key, promise, value, 0.05);
     EXPECT_EQ(v.id, "check:3");
+    EXPECT_EQ(v.promise, tc.promise_critical ? "gas-valve never failed (critical)"
+                                             : "gas-valve passed 90% of the time");
     EXPECT_EQ(v.strength >= 1, tc.broken);
     EXPECT_EQ(v.critical, tc.critical);
   }

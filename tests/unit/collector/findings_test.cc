@@ -1449,5 +1449,91 @@ TEST(FindingsTest, AFindingSaysWhenItsEvidenceHappened) {
             BinStart(absl::ToUnixNanos(failed_on), absl::Hours(24)) / 1'000'000'000);
 }
 
+// The price-drop feed's input: each decrease at a location within the
+// rollout grace, classified by the rule that keeps rollouts from being
+// outliers. Forty stores cutting one price together are a rollout; one
+// store lowering a price alone is local; a rise is no drop; a promo price
+// keeps its kind.
+TEST(FindingsTest, PriceDropsAreClassifiedByTheRolloutRule) {
+  Chain chain;
+  for (int i = 0; i < 40; ++i) {
+    chain.Send(Store(i), {chain.Price("sku-1", 299), chain.Price("sku-2", 500)});
+  }
+  chain.Evaluate();
+  EXPECT_TRUE(chain.engine().snapshot()->findings->price_drops.empty());
+
+  const absl::Time cut = chain.now();
+  for (int i = 0; i < 40; ++i) chain.SetPrice(Store(i), "sku-1", 279);
+  chain.SetPrice(Store(5), "sku-2", 450);
+  chain.SetPrice(Store(6), "sku-2", 550);
+  v1::Observation promo = chain.Price("sku-3", 199);
+  promo.mutable_price()->set_kind(v1::PROMO);
+  chain.Send(Store(1), {promo});
+  promo.mutable_price()->set_minor_units(149);
+  chain.Advance(absl::Seconds(1));
+  promo.mutable_observed_at()->set_seconds(absl::ToUnixSeconds(chain.now()));
+  chain.Send(Store(1), {promo});
+  chain.Evaluate(1);
+
+  const std::vector<PriceDrop>& drops = chain.engine().snapshot()->findings->price_drops;
+  ASSERT_EQ(drops.size(), 42u);
+  int rollouts = 0;
+  for (const PriceDrop& d : drops) {
+    if (d.series.key == "sku-1") {
+      EXPECT_TRUE(d.rollout) << d.location;
+      EXPECT_EQ(d.from, 299);
+      EXPECT_EQ(d.to, 279);
+      EXPECT_EQ(d.at, cut);
+      ++rollouts;
+    } else if (d.series.key == "sku-2") {
+      EXPECT_EQ(d.location, Store(5));
+      EXPECT_FALSE(d.rollout);
+      EXPECT_EQ(d.to, 450);
+    } else {
+      EXPECT_EQ(d.series.key, "sku-3");
+      EXPECT_EQ(d.series.kind, v1::PROMO);
+      EXPECT_EQ(d.location, Store(1));
+      EXPECT_EQ(d.from, 199);
+      EXPECT_EQ(d.to, 149);
+    }
+  }
+  EXPECT_EQ(rollouts, 40);
+
+  // Past the rollout grace the classification is settled: no longer
+  // published (the feed keeps what it recorded).
+  chain.Evaluate(1, absl::Hours(25));
+  EXPECT_TRUE(chain.engine().snapshot()->findings->price_drops.empty());
+}
+
+// The promise record's input: every evaluation says, per location, which
+// promise applied and whether it was kept; and a location's waits now are
+// its window's median and p90.
+TEST(FindingsTest, EvaluationsPublishEachPromiseKeptOrBrokenAndWaitsAreReadNow) {
+  Catalog catalog = DefaultCatalog();
+  catalog.wait.min_samples = 1;
+  catalog.wait_promises.push_back({"checkout", 150, 0.9, 1});
+  Chain chain(catalog);
+  for (int i = 0; i < 10; ++i) {
+    std::vector<v1::Observation> waits;
+    for (int k = 0; k < 20; ++k) waits.push_back(chain.Wait("checkout", (i == 4 ? 300 : 60) + k));
+    chain.Send(Store(i), waits);
+  }
+  chain.Evaluate(1);
+  const std::vector<PromiseStanding>& promises = chain.engine().snapshot()->findings->promises;
+  ASSERT_EQ(promises.size(), 10u);
+  for (const PromiseStanding& p : promises) {
+    EXPECT_EQ(p.kept, p.location != Store(4)) << p.location;
+    EXPECT_EQ(p.promise, "90% served within 150 s");
+    EXPECT_EQ(p.series.family, v1::FAMILY_WAIT);
+  }
+  std::vector<CurrentWait> waits = chain.engine().CurrentWaits(Store(4));
+  ASSERT_EQ(waits.size(), 1u);
+  EXPECT_EQ(waits[0].service, "checkout");
+  EXPECT_NEAR(waits[0].median_seconds, 310, 5);
+  EXPECT_NEAR(waits[0].p90_seconds, 318, 5);
+  EXPECT_EQ(waits[0].samples, 20u);
+  EXPECT_TRUE(chain.engine().CurrentWaits("store-none").empty());
+}
+
 }  // namespace
 }  // namespace constance::collector

@@ -1,0 +1,158 @@
+#include "collector/price_drops.h"
+
+#include <sqlite3.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "constance/sqlite.h"
+#include "google/protobuf/util/time_util.h"
+#include "spdlog/spdlog.h"
+
+namespace constance::collector {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+// A drop is one (location, series, event time): an evaluation publishes
+// it again until it leaves rollout_grace, and only its rollout flag moves.
+constexpr char kSchema[] = R"sql(
+CREATE TABLE IF NOT EXISTS price_drops(
+  row INTEGER PRIMARY KEY, at_ns INTEGER NOT NULL, location TEXT NOT NULL, key TEXT NOT NULL,
+  currency TEXT NOT NULL, kind INTEGER NOT NULL, from_minor INTEGER NOT NULL,
+  to_minor INTEGER NOT NULL, rollout INTEGER NOT NULL, recorded_ns INTEGER NOT NULL,
+  UNIQUE(location, key, currency, kind, at_ns));
+CREATE INDEX IF NOT EXISTS price_drops_at ON price_drops(at_ns, row);
+)sql";
+
+constexpr char kUpsert[] = R"sql(
+INSERT INTO price_drops(at_ns, location, key, currency, kind, from_minor, to_minor, rollout,
+                        recorded_ns) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(location, key, currency, kind, at_ns) DO UPDATE SET rollout = excluded.rollout
+WHERE rollout != excluded.rollout
+)sql";
+
+constexpr char kRead[] = R"sql(
+SELECT row, at_ns, location, key, currency, kind, from_minor, to_minor, rollout, recorded_ns
+FROM price_drops
+WHERE at_ns >= ?1 AND (at_ns > ?2 OR (at_ns = ?2 AND row > ?3)) AND (?4 = '' OR location = ?4)
+ORDER BY at_ns, row LIMIT ?5
+)sql";
+
+std::string Text(sqlite3_stmt* s, int column) {
+  const unsigned char* text = sqlite3_column_text(s, column);
+  return text != nullptr ? reinterpret_cast<const char*>(text) : "";
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PriceDropFeed>> PriceDropFeed::Open(const std::string& path,
+                                                                   Options options) {
+  std::unique_ptr<PriceDropFeed> feed(new PriceDropFeed(options));
+  feed->path_ = path.empty() ? sqlite::kInMemory : path;
+  absl::MutexLock lock(&feed->mu_);
+  // A power loss may lose the last commits: evaluations publish a drop
+  // again until it is rollout_grace old.
+  sqlite::OpenOptions sqlite_options;
+  sqlite_options.synchronous = "NORMAL";
+  const char* failed = nullptr;
+  if (sqlite::Open(feed->path_, sqlite_options, &feed->db_, &failed) != SQLITE_OK) {
+    return feed->Error(absl::StrCat(failed, " (is --state_dir writable?)"));
+  }
+  if (sqlite3_exec(feed->db_, kSchema, nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return feed->Error("cannot set up its table");
+  }
+  return feed;
+}
+
+PriceDropFeed::~PriceDropFeed() {
+  absl::MutexLock lock(&mu_);
+  if (db_ != nullptr) sqlite3_close(db_);
+}
+
+absl::Status PriceDropFeed::Error(absl::string_view what) const {
+  return absl::UnavailableError(
+      absl::StrCat("price drops ", path_, ": ", what, ": ",
+                   db_ != nullptr ? sqlite3_errmsg(db_) : "out of memory"));
+}
+
+absl::Status PriceDropFeed::Record(const std::vector<PriceDrop>& drops, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  if (sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return Error("cannot write");
+  }
+  absl::Status status;
+  sqlite::Stmt put;
+  if (put.Prepare(db_, kUpsert) != SQLITE_OK) status = Error("cannot write");
+  for (size_t i = 0; status.ok() && i < drops.size(); ++i) {
+    const PriceDrop& d = drops[i];
+    sqlite::Using using_put(put);
+    sqlite3_stmt* s = put.get();
+    sqlite3_bind_int64(s, 1, absl::ToUnixNanos(d.at));
+    sqlite3_bind_text(s, 2, d.location.c_str(), -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, d.series.key.c_str(), -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 4, d.series.currency.c_str(), -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 5, d.series.kind);
+    sqlite3_bind_int64(s, 6, d.from);
+    sqlite3_bind_int64(s, 7, d.to);
+    sqlite3_bind_int(s, 8, d.rollout ? 1 : 0);
+    sqlite3_bind_int64(s, 9, absl::ToUnixNanos(now));
+    if (sqlite3_step(s) != SQLITE_DONE) status = Error("cannot write");
+  }
+  put.Close();
+  if (status.ok()) {
+    sqlite::Stmt trim;
+    if (trim.Prepare(db_, "DELETE FROM price_drops WHERE at_ns < ?") != SQLITE_OK) {
+      status = Error("cannot remove old drops");
+    } else {
+      sqlite3_bind_int64(trim.get(), 1, absl::ToUnixNanos(now - options_.retention));
+      if (sqlite3_step(trim.get()) != SQLITE_DONE) status = Error("cannot remove old drops");
+    }
+  }
+  if (!status.ok()) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return status;
+  }
+  if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    status = Error("cannot commit");
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  return status;
+}
+
+std::vector<v1::PriceDrop> PriceDropFeed::Read(absl::Time since, const std::string& location,
+                                               size_t limit, Cursor* cursor) const {
+  std::vector<v1::PriceDrop> out;
+  absl::MutexLock lock(&mu_);
+  sqlite::Stmt read;
+  if (read.Prepare(db_, kRead) != SQLITE_OK) {
+    spdlog::error("{}", std::string(Error("cannot read").message()));
+    return out;
+  }
+  sqlite3_stmt* s = read.get();
+  sqlite3_bind_int64(s, 1, since == absl::InfinitePast() ? INT64_MIN : absl::ToUnixNanos(since));
+  sqlite3_bind_int64(s, 2, cursor->at_ns);
+  sqlite3_bind_int64(s, 3, cursor->row);
+  sqlite3_bind_text(s, 4, location.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 5, static_cast<int64_t>(limit));
+  while (sqlite3_step(s) == SQLITE_ROW) {
+    cursor->row = sqlite3_column_int64(s, 0);
+    cursor->at_ns = sqlite3_column_int64(s, 1);
+    v1::PriceDrop& d = out.emplace_back();
+    *d.mutable_at() = TimeUtil::NanosecondsToTimestamp(cursor->at_ns);
+    d.set_location(Text(s, 2));
+    v1::SeriesId* series = d.mutable_series();
+    series->set_family(v1::FAMILY_PRICE);
+    series->set_key(Text(s, 3));
+    series->set_currency(Text(s, 4));
+    series->set_kind(static_cast<v1::PriceKind>(sqlite3_column_int(s, 5)));
+    d.set_previous_minor_units(sqlite3_column_int64(s, 6));
+    d.set_new_minor_units(sqlite3_column_int64(s, 7));
+    d.set_rollout(sqlite3_column_int(s, 8) != 0);
+    d.set_promo(series->kind() == v1::PROMO);
+    *d.mutable_recorded_at() = TimeUtil::NanosecondsToTimestamp(sqlite3_column_int64(s, 9));
+  }
+  return out;
+}
+
+}  // namespace constance::collector

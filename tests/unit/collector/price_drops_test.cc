@@ -1,0 +1,121 @@
+// The price-drop feed's store: a drop recorded once however often an
+// evaluation publishes it, its rollout flag kept current, read back oldest
+// first page by page, deleted past the retention, and kept in the file
+// across a reopen.
+#include "collector/price_drops.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace constance::collector {
+namespace {
+
+const absl::Time kT0 = absl::FromUnixSeconds(1'800'000'000);
+
+PriceDrop Drop(const std::string& location, const std::string& key, int64_t from, int64_t to,
+               absl::Time at, bool rollout = false, v1::PriceKind kind = v1::SHELF) {
+  PriceDrop d;
+  d.location = location;
+  d.series.family = v1::FAMILY_PRICE;
+  d.series.key = key;
+  d.series.currency = "EUR";
+  d.series.kind = kind;
+  d.from = from;
+  d.to = to;
+  d.at = at;
+  d.rollout = rollout;
+  return d;
+}
+
+std::vector<v1::PriceDrop> ReadAll(const PriceDropFeed& feed,
+                                   absl::Time since = absl::InfinitePast(),
+                                   const std::string& location = "") {
+  std::vector<v1::PriceDrop> out;
+  PriceDropFeed::Cursor cursor;
+  for (;;) {
+    std::vector<v1::PriceDrop> page = feed.Read(since, location, 1, &cursor);
+    if (page.empty()) return out;
+    out.insert(out.end(), page.begin(), page.end());
+  }
+}
+
+class PriceDropFeedTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/price_drops_test.XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { (void)std::system(("rm -rf " + dir_).c_str()); }
+  std::string dir_;
+};
+
+TEST_F(PriceDropFeedTest, RecordsEachDropOnceKeepsItsScopeCurrentAndReadsOldestFirst) {
+  auto feed = PriceDropFeed::Open("", {});
+  ASSERT_TRUE(feed.ok()) << feed.status();
+  const std::vector<PriceDrop> first = {
+      Drop("store-2", "coffee", 449, 399, kT0 + absl::Minutes(2)),
+      Drop("store-1", "coffee", 449, 399, kT0 + absl::Minutes(1)),
+      Drop("store-1", "tea", 300, 250, kT0 + absl::Minutes(3), false, v1::PROMO)};
+  ASSERT_TRUE((*feed)->Record(first, kT0 + absl::Minutes(4)).ok());
+  // The next evaluation publishes the same drops, coffee now a rollout.
+  std::vector<PriceDrop> again = first;
+  again[0].rollout = again[1].rollout = true;
+  ASSERT_TRUE((*feed)->Record(again, kT0 + absl::Minutes(5)).ok());
+
+  std::vector<v1::PriceDrop> all = ReadAll(**feed);
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_EQ(all[0].location(), "store-1");
+  EXPECT_EQ(all[0].series().key(), "coffee");
+  EXPECT_EQ(all[0].previous_minor_units(), 449);
+  EXPECT_EQ(all[0].new_minor_units(), 399);
+  EXPECT_TRUE(all[0].rollout());
+  EXPECT_FALSE(all[0].promo());
+  // Recorded when first seen, not when updated.
+  EXPECT_EQ(all[0].recorded_at().seconds(), absl::ToUnixSeconds(kT0 + absl::Minutes(4)));
+  EXPECT_EQ(all[1].location(), "store-2");
+  EXPECT_EQ(all[2].series().key(), "tea");
+  EXPECT_TRUE(all[2].promo());
+  EXPECT_FALSE(all[2].rollout());
+
+  EXPECT_EQ(ReadAll(**feed, kT0 + absl::Minutes(2)).size(), 2u);
+  std::vector<v1::PriceDrop> one = ReadAll(**feed, absl::InfinitePast(), "store-2");
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_EQ(one[0].location(), "store-2");
+}
+
+TEST_F(PriceDropFeedTest, KeepsDropsInItsFileAndDeletesThemPastTheRetention) {
+  PriceDropFeed::Options options;
+  options.retention = absl::Hours(24);
+  {
+    auto feed = PriceDropFeed::Open(dir_ + "/price_drops.db", options);
+    ASSERT_TRUE(feed.ok()) << feed.status();
+    ASSERT_TRUE((*feed)
+                    ->Record({Drop("store-1", "coffee", 449, 399, kT0),
+                              Drop("store-1", "milk", 129, 119, kT0 + absl::Hours(12))},
+                             kT0 + absl::Hours(12))
+                    .ok());
+  }
+  auto feed = PriceDropFeed::Open(dir_ + "/price_drops.db", options);
+  ASSERT_TRUE(feed.ok()) << feed.status();
+  EXPECT_EQ(ReadAll(**feed).size(), 2u);
+  ASSERT_TRUE((*feed)->Record({}, kT0 + absl::Hours(25)).ok());
+  std::vector<v1::PriceDrop> left = ReadAll(**feed);
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0].series().key(), "milk");
+}
+
+TEST_F(PriceDropFeedTest, AnUnwritableDirectoryIsAnErrorNamingTheFile) {
+  auto feed = PriceDropFeed::Open(dir_ + "/missing/price_drops.db", {});
+  ASSERT_FALSE(feed.ok());
+  EXPECT_NE(std::string(feed.status().message()).find("missing/price_drops.db"), std::string::npos)
+      << feed.status();
+}
+
+}  // namespace
+}  // namespace constance::collector
