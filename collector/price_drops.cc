@@ -39,11 +39,6 @@ WHERE at_ns >= ?1 AND (at_ns > ?2 OR (at_ns = ?2 AND row > ?3)) AND (?4 = '' OR 
 ORDER BY at_ns, row LIMIT ?5
 )sql";
 
-std::string Text(sqlite3_stmt* s, int column) {
-  const unsigned char* text = sqlite3_column_text(s, column);
-  return text != nullptr ? reinterpret_cast<const char*>(text) : "";
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PriceDropFeed>> PriceDropFeed::Open(const std::string& path,
@@ -56,11 +51,9 @@ absl::StatusOr<std::unique_ptr<PriceDropFeed>> PriceDropFeed::Open(const std::st
   sqlite::OpenOptions sqlite_options;
   sqlite_options.synchronous = "NORMAL";
   const char* failed = nullptr;
-  if (sqlite::Open(feed->path_, sqlite_options, &feed->db_, &failed) != SQLITE_OK) {
+  if (sqlite::OpenWithSchema(feed->path_, sqlite_options, kSchema, &feed->db_, &failed) !=
+      SQLITE_OK) {
     return feed->Error(absl::StrCat(failed, " (is --state_dir writable?)"));
-  }
-  if (sqlite3_exec(feed->db_, kSchema, nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return feed->Error("cannot set up its table");
   }
   return feed;
 }
@@ -140,11 +133,11 @@ std::vector<v1::PriceDrop> PriceDropFeed::Read(absl::Time since, const std::stri
     cursor->at_ns = sqlite3_column_int64(s, 1);
     v1::PriceDrop& d = out.emplace_back();
     *d.mutable_at() = TimeUtil::NanosecondsToTimestamp(cursor->at_ns);
-    d.set_location(Text(s, 2));
+    d.set_location(sqlite::Text(s, 2));
     v1::SeriesId* series = d.mutable_series();
     series->set_family(v1::FAMILY_PRICE);
-    series->set_key(Text(s, 3));
-    series->set_currency(Text(s, 4));
+    series->set_key(sqlite::Text(s, 3));
+    series->set_currency(sqlite::Text(s, 4));
     series->set_kind(static_cast<v1::PriceKind>(sqlite3_column_int(s, 5)));
     d.set_previous_minor_units(sqlite3_column_int64(s, 6));
     d.set_new_minor_units(sqlite3_column_int64(s, 7));

@@ -40,11 +40,6 @@ GROUP BY family, key, currency, kind ORDER BY family, key, currency, kind
 
 int64_t Day(absl::Time t) { return absl::ToUnixSeconds(t) / 86400; }
 
-std::string Text(sqlite3_stmt* s, int column) {
-  const unsigned char* text = sqlite3_column_text(s, column);
-  return text != nullptr ? reinterpret_cast<const char*>(text) : "";
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PromiseRecordStore>> PromiseRecordStore::Open(
@@ -57,11 +52,9 @@ absl::StatusOr<std::unique_ptr<PromiseRecordStore>> PromiseRecordStore::Open(
   sqlite::OpenOptions sqlite_options;
   sqlite_options.synchronous = "NORMAL";
   const char* failed = nullptr;
-  if (sqlite::Open(store->path_, sqlite_options, &store->db_, &failed) != SQLITE_OK) {
+  if (sqlite::OpenWithSchema(store->path_, sqlite_options, kSchema, &store->db_, &failed) !=
+      SQLITE_OK) {
     return store->Error(absl::StrCat(failed, " (is --state_dir writable?)"));
-  }
-  if (sqlite3_exec(store->db_, kSchema, nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return store->Error("cannot set up its table");
   }
   return store;
 }
@@ -140,12 +133,12 @@ std::vector<v1::PromiseRecord> PromiseRecordStore::Read(const std::string& locat
     v1::PromiseRecord& r = out.emplace_back();
     v1::SeriesId* series = r.mutable_series();
     series->set_family(static_cast<v1::Family>(sqlite3_column_int(s, 0)));
-    series->set_key(Text(s, 1));
-    series->set_currency(Text(s, 2));
+    series->set_key(sqlite::Text(s, 1));
+    series->set_currency(sqlite::Text(s, 2));
     if (series->family() == v1::FAMILY_PRICE) {
       series->set_kind(static_cast<v1::PriceKind>(sqlite3_column_int(s, 3)));
     }
-    r.set_promise(Text(s, 4));
+    r.set_promise(sqlite::Text(s, 4));
     const int64_t k7 = sqlite3_column_int64(s, 6), n7 = sqlite3_column_int64(s, 7);
     const int64_t k30 = sqlite3_column_int64(s, 8), n30 = sqlite3_column_int64(s, 9);
     const int64_t k90 = sqlite3_column_int64(s, 10), n90 = sqlite3_column_int64(s, 11);

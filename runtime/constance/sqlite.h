@@ -80,6 +80,22 @@ inline int Open(const std::string& path, const OpenOptions& options, sqlite3** d
   return sqlite3_exec(*db, sync.c_str(), nullptr, nullptr, nullptr);
 }
 
+// Open, then `schema` (CREATE ... IF NOT EXISTS statements) run on the new
+// connection; *failed is "cannot set up its tables" when the schema fails.
+inline int OpenWithSchema(const std::string& path, const OpenOptions& options,
+                          const char* schema, sqlite3** db, const char** failed) {
+  int rc = Open(path, options, db, failed);
+  if (rc != SQLITE_OK) return rc;
+  *failed = "cannot set up its tables";
+  return sqlite3_exec(*db, schema, nullptr, nullptr, nullptr);
+}
+
+// Column `column` of the current row as text ("" for NULL).
+inline std::string Text(sqlite3_stmt* stmt, int column) {
+  const unsigned char* text = sqlite3_column_text(stmt, column);
+  return text != nullptr ? reinterpret_cast<const char*>(text) : "";
+}
+
 class Stmt {
  public:
   Stmt() = default;
