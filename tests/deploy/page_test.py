@@ -37,7 +37,7 @@ import time
 import urllib.parse
 import urllib.request
 
-DEADLINE_S = 240
+DEADLINE_S = 360
 
 # The shipped hours of every region's pager (alertmanager.yml,
 # business-hours-<region>): Monday to Saturday, 07:00 to 21:00 local time.
