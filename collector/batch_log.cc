@@ -258,8 +258,7 @@ BatchLog::CheckpointStats BatchLog::checkpoint_stats() const {
   return checkpoint_stats_;
 }
 
-absl::Status BatchLog::Checkpoint(const std::string& state, int64_t through,
-                                  absl::Time started) {
+absl::Status BatchLog::Checkpoint(const std::string& state, int64_t through, absl::Time started) {
   const absl::Time start = absl::Now();
   absl::Status status = Exec(db_, path_, "BEGIN");
   sqlite::Stmt insert;

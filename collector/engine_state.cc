@@ -272,9 +272,10 @@ void Engine::PreserveSlowLocked(uint32_t index) {
     }
   }
   if (expired) {
-    captures_.erase(std::remove_if(captures_.begin(), captures_.end(),
-                                   [](const std::weak_ptr<StateCapture>& w) { return w.expired(); }),
-                    captures_.end());
+    captures_.erase(
+        std::remove_if(captures_.begin(), captures_.end(),
+                       [](const std::weak_ptr<StateCapture>& w) { return w.expired(); }),
+        captures_.end());
   }
 }
 

@@ -221,7 +221,8 @@ TEST(EngineConcurrencyTest, CapturesTakenDuringIngestAreEachOneMomentsState) {
       std::map<uint32_t, int64_t> last_value;  // By location index: its last batch's price.
       int64_t new_series = 0;
       for (const state::v1::Stream& s : state.streams()) {
-        last_value[s.location()] = 1000 + static_cast<int64_t>(s.watermark()) / (kFixedKeys + 1) - 1;
+        last_value[s.location()] =
+            1000 + static_cast<int64_t>(s.watermark()) / (kFixedKeys + 1) - 1;
         new_series += static_cast<int64_t>(s.watermark()) / (kFixedKeys + 1);
       }
       for (const state::v1::Series& s : state.series()) {

@@ -344,7 +344,9 @@ TEST(BatchLogTest, AcksKeepFlowingWhileASnapshotIsBeingTaken) {
     }
     EXPECT_GT((*log)->checkpoint_stats().snapshots, stored);
   }  // A clean shutdown snapshots after the last batch.
-  EXPECT_EQ(held_at, 5u);  // Begun after batch 5; 20 more were acknowledged meanwhile.
+
+  // Begun after batch 5: the 20 after it were acknowledged while it was held.
+  EXPECT_EQ(held_at, 5u);
   absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
   ASSERT_TRUE(log.ok()) << log.status();
   absl::StatusOr<BatchLog::Snapshot> snap = (*log)->LoadSnapshot();
