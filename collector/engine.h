@@ -373,10 +373,10 @@ class Engine {
   // captured: the state is then that of exactly the batches applied so
   // far. FinishCapture copies those series a few at a time (the lock held
   // for a chunk of cells at most) and serializes everything off the lock.
-  // Meanwhile the first change to a series not yet copied copies it first
-  // (copy before write), so every series is captured as it was at
-  // BeginCapture: the result is that moment's state, whatever was applied
-  // since. The evaluation state is from no later than that moment (a
+  // Meanwhile the first change to each cell of a series not yet copied
+  // keeps the cell as it was (copy before write, one cell at a time), so
+  // every series is captured as it was at BeginCapture: the result is that
+  // moment's state, whatever was applied since. The evaluation state is from no later than that moment (a
   // snapshot reads as if taken before any evaluation after it), so every
   // location it names is in the snapshot. Each step once, in this order;
   // captures may overlap. The steps may run on different threads, one at
@@ -481,13 +481,21 @@ class Engine {
   static void SeriesToState(const Series& in, state::v1::Series* out);
   // A deep copy of a series' key and cells (not its flags).
   static Series CopyOf(const Series& in);
-  // Copies series `index` into every capture in progress that has not
-  // copied it yet. Anything changing series_[index] (its cells, or which
-  // series the slot holds) calls it first.
-  void PreserveForCapturesLocked(uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (!captures_.empty()) PreserveSlowLocked(index);
+  // Keeps, for every capture in progress that has not copied series
+  // `index` yet, the cell of family `value` at location `loc` as it is now
+  // (or that there is none), unless it kept it already. Anything changing,
+  // creating or removing a cell calls it first; nothing may move a series
+  // to another index while captures_ is not empty.
+  void PreserveForCapturesLocked(uint32_t index, v1::Observation::ValueCase value, uint32_t loc)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!captures_.empty()) PreserveSlowLocked(index, value, loc);
   }
-  void PreserveSlowLocked(uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PreserveSlowLocked(uint32_t index, v1::Observation::ValueCase value, uint32_t loc)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Puts the cells a capture kept (PreserveForCapturesLocked) back into
+  // `copy`, a copy of their series made since.
+  struct CaptureBefore;
+  static void PutBack(const CaptureBefore& before, Series* copy);
   // One series of a snapshot, its cells checked against `n_locations`;
   // adds its cells to `*cells`. InvalidArgument naming what is wrong.
   static absl::Status SeriesFromState(const state::v1::Series& in, uint32_t n_locations,

@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "collector/engine.h"
 #include "constance/state/v1/engine_state.pb.h"
@@ -110,20 +112,53 @@ absl::Status Bad(absl::string_view what) {
 
 const uint32_t Engine::kStateFormat = kWrittenFormat;
 
-// A capture's state as it is being assembled. `copies` holds, by series
-// index as of BeginCapture, the series copied so far. Slots from `claimed`
-// on are filled under the engine's mu_, each once (by the first change to
-// its series, or by FinishCapture); FinishCapture claims them in chunks
-// (moving `claimed`, under mu_), after which they are its own.
+// A capture's state as it is being assembled, by series index as of
+// BeginCapture. Series from `claimed` on are not copied yet: `before` keeps
+// what changed in them since BeginCapture, cell by cell, as it was then
+// (written under the engine's mu_). FinishCapture claims series in chunks
+// (moving `claimed`, under mu_), copies them, puts back what `before`
+// kept, and from then on owns their slots.
+struct Engine::CaptureBefore {
+  Series cells;  // The cells that existed, as they were.
+  // Every cell kept, as (value case << 32 | location): one of them missing
+  // from `cells` did not exist.
+  absl::flat_hash_set<uint64_t> kept;
+};
+
 class Engine::StateCapture {
  public:
   pb::EngineState state;
+  std::vector<std::unique_ptr<CaptureBefore>> before;
   std::vector<std::unique_ptr<Series>> copies;
   size_t claimed = 0;  // Guarded by the engine's mu_.
   bool begun = false;
 };
 
 namespace {
+
+PriceCell CopyOfCell(const PriceCell& cell) {
+  PriceCell p;
+  p.observed_at_ns = cell.observed_at_ns;
+  p.minor_units = cell.minor_units;
+  if (cell.changes != nullptr) p.changes = std::make_unique<PriceChanges>(*cell.changes);
+  return p;
+}
+template <typename Cell>
+Cell CopyOfCell(const Cell& cell) {
+  return cell;
+}
+
+// Puts the cell at `loc` of `before` into `*out`, or, if `before` has
+// none, removes it from `*out`.
+template <typename Cell>
+void PutBackCell(const absl::flat_hash_map<uint32_t, Cell>& before, uint32_t loc,
+                 absl::flat_hash_map<uint32_t, Cell>* out) {
+  if (auto it = before.find(loc); it != before.end()) {
+    (*out)[loc] = CopyOfCell(it->second);
+  } else {
+    out->erase(loc);
+  }
+}
 
 // The most cells FinishCapture copies under the engine's lock at a time:
 // about a millisecond of copying.
@@ -218,6 +253,7 @@ void Engine::BeginCapture(const std::shared_ptr<StateCapture>& capture) {
   for (const auto& [reason, n] : rejected_by_reason_)
     (*counters->mutable_rejected_by_reason())[reason] = n;
   capture->copies.resize(series_.size());
+  capture->before.resize(series_.size());
   captures_.push_back(capture);
 }
 
@@ -233,9 +269,9 @@ std::string Engine::FinishCapture(const std::shared_ptr<StateCapture>& capture) 
       absl::MutexLock lock(&mu_);
       uint64_t cells = 0;
       for (; next < n && cells < kCaptureChunkCells; ++next) {
-        if (c.copies[next] != nullptr) continue;  // Copied before a change.
         const Series& s = series_[next];
         c.copies[next] = std::make_unique<Series>(CopyOf(s));
+        if (c.before[next] != nullptr) PutBack(*c.before[next], c.copies[next].get());
         cells += s.price.size() + s.wait.size() + s.compliance.size() + s.score.size() + 1;
       }
       c.claimed = next;
@@ -253,12 +289,13 @@ std::string Engine::FinishCapture(const std::shared_ptr<StateCapture>& capture) 
     for (size_t i = first; i < next; ++i) {
       SeriesToState(*c.copies[i], c.state.add_series());
       c.copies[i].reset();
+      c.before[i].reset();
     }
   }
   return c.state.SerializeAsString();
 }
 
-void Engine::PreserveSlowLocked(uint32_t index) {
+void Engine::PreserveSlowLocked(uint32_t index, v1::Observation::ValueCase value, uint32_t loc) {
   bool expired = false;
   for (const std::weak_ptr<StateCapture>& w : captures_) {
     std::shared_ptr<StateCapture> c = w.lock();
@@ -266,9 +303,32 @@ void Engine::PreserveSlowLocked(uint32_t index) {
       expired = true;
       continue;
     }
-    // Series created after the capture began are not in it.
-    if (index >= c->claimed && index < c->copies.size() && c->copies[index] == nullptr) {
-      c->copies[index] = std::make_unique<Series>(CopyOf(series_[index]));
+    // Series created after the capture began are not in it; those claimed
+    // are copied already.
+    if (index < c->claimed || index >= c->before.size()) continue;
+    std::unique_ptr<CaptureBefore>& b = c->before[index];
+    if (b == nullptr) b = std::make_unique<CaptureBefore>();
+    if (!b->kept.insert(uint64_t{static_cast<uint32_t>(value)} << 32 | loc).second) continue;
+    const Series& s = series_[index];
+    switch (value) {
+      case v1::Observation::kPrice:
+        if (auto it = s.price.find(loc); it != s.price.end()) {
+          b->cells.price[loc] = CopyOfCell(it->second);
+        }
+        break;
+      case v1::Observation::kWaitSeconds:
+        if (auto it = s.wait.find(loc); it != s.wait.end()) b->cells.wait[loc] = it->second;
+        break;
+      case v1::Observation::kCheck:
+        if (auto it = s.compliance.find(loc); it != s.compliance.end()) {
+          b->cells.compliance[loc] = it->second;
+        }
+        break;
+      case v1::Observation::kScore:
+        if (auto it = s.score.find(loc); it != s.score.end()) b->cells.score[loc] = it->second;
+        break;
+      case v1::Observation::VALUE_NOT_SET:
+        break;
     }
   }
   if (expired) {
@@ -279,16 +339,34 @@ void Engine::PreserveSlowLocked(uint32_t index) {
   }
 }
 
+void Engine::PutBack(const CaptureBefore& before, Series* copy) {
+  for (uint64_t kept : before.kept) {
+    const auto value = static_cast<v1::Observation::ValueCase>(kept >> 32);
+    const auto loc = static_cast<uint32_t>(kept);
+    switch (value) {
+      case v1::Observation::kPrice:
+        PutBackCell(before.cells.price, loc, &copy->price);
+        break;
+      case v1::Observation::kWaitSeconds:
+        PutBackCell(before.cells.wait, loc, &copy->wait);
+        break;
+      case v1::Observation::kCheck:
+        PutBackCell(before.cells.compliance, loc, &copy->compliance);
+        break;
+      case v1::Observation::kScore:
+        PutBackCell(before.cells.score, loc, &copy->score);
+        break;
+      case v1::Observation::VALUE_NOT_SET:
+        break;
+    }
+  }
+}
+
 Engine::Series Engine::CopyOf(const Series& in) {
   Series out;
   out.key = in.key;
   out.price.reserve(in.price.size());
-  for (const auto& [loc, cell] : in.price) {
-    PriceCell& p = out.price[loc];
-    p.observed_at_ns = cell.observed_at_ns;
-    p.minor_units = cell.minor_units;
-    if (cell.changes != nullptr) p.changes = std::make_unique<PriceChanges>(*cell.changes);
-  }
+  for (const auto& [loc, cell] : in.price) out.price[loc] = CopyOfCell(cell);
   out.wait = in.wait;
   out.compliance = in.compliance;
   out.score = in.score;

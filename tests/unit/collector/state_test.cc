@@ -159,10 +159,12 @@ TEST(EngineStateTest, ACaptureIsTheStateAtItsBeginWhateverIsAppliedMeanwhile) {
   const std::string reference = chain.engine().SaveState();
   std::shared_ptr<Engine::StateCapture> capture = chain.engine().PrepareCapture();
   chain.engine().BeginCapture(capture);
-  // Changes to every other series (copied before they apply), a new series
-  // (not in the capture) and new counters and high-water marks.
+  // Changes to cells of every other series (each kept as it was before it
+  // changes), a new cell in one, a new series and a new location (neither
+  // in the capture), new counters and high-water marks.
   Feed(chain, 6);
   chain.Send(Store(1), 7 * 41 + 1, {chain.Price("tea", 199), chain.Price("coffee", 459)});
+  chain.Send(Store(20), 1, {chain.Price("coffee", 449)});
   const std::string captured = chain.engine().FinishCapture(capture);
   EXPECT_NE(chain.engine().SaveState().size(), captured.size());
 
