@@ -136,6 +136,7 @@ BatchLog::~BatchLog() {
   }
   if (committer_.joinable()) committer_.join();
   if (applier_.joinable()) applier_.join();
+  if (snapshotter_.joinable()) snapshotter_.join();
   if (wal_checkpointer_.joinable()) wal_checkpointer_.join();
   sqlite3_close(wal_db_);
   sqlite3_close(db_);  // The last connection: copies the WAL in and removes it.
@@ -247,9 +248,9 @@ absl::StatusOr<BatchLog::Snapshot> BatchLog::LoadSnapshot() {
   return snapshot;
 }
 
-void BatchLog::SetCheckpoint(absl::Duration every, std::function<std::string()> capture) {
+void BatchLog::SetCheckpoint(absl::Duration every, Prepare prepare) {
   checkpoint_every_ = every;
-  capture_ = std::move(capture);
+  prepare_ = std::move(prepare);
 }
 
 BatchLog::CheckpointStats BatchLog::checkpoint_stats() const {
@@ -257,9 +258,8 @@ BatchLog::CheckpointStats BatchLog::checkpoint_stats() const {
   return checkpoint_stats_;
 }
 
-absl::Status BatchLog::Checkpoint(int64_t through) {
+absl::Status BatchLog::Checkpoint(const std::string& state, int64_t through, absl::Time started) {
   const absl::Time start = absl::Now();
-  const std::string state = capture_();
   absl::Status status = Exec(db_, path_, "BEGIN");
   sqlite::Stmt insert;
   if (status.ok() && insert.Prepare(db_,
@@ -270,7 +270,7 @@ absl::Status BatchLog::Checkpoint(int64_t through) {
   if (status.ok()) {
     sqlite3_stmt* stmt = insert.get();
     sqlite3_bind_int64(stmt, 1, through);
-    sqlite3_bind_int64(stmt, 2, absl::ToUnixNanos(start));
+    sqlite3_bind_int64(stmt, 2, absl::ToUnixNanos(started));
     sqlite3_bind_blob(stmt, 3, state.data(), static_cast<int>(state.size()), SQLITE_STATIC);
     if (sqlite3_step(stmt) != SQLITE_DONE)
       status = SqliteError(db_, path_, "cannot write the snapshot");
@@ -288,7 +288,8 @@ absl::Status BatchLog::Checkpoint(int64_t through) {
   if (status.ok()) {
     ++checkpoint_stats_.snapshots;
     checkpoint_stats_.last_bytes = state.size();
-    checkpoint_stats_.last_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    checkpoint_stats_.last_seconds = absl::ToDoubleSeconds(absl::Now() - started);
+    checkpoint_stats_.last_store_seconds = absl::ToDoubleSeconds(absl::Now() - start);
     checkpoint_stats_.compacted_batches += static_cast<uint64_t>(removed);
   } else {
     ++checkpoint_stats_.failures;
@@ -299,6 +300,7 @@ absl::Status BatchLog::Checkpoint(int64_t through) {
 void BatchLog::Start() {
   applier_ = std::thread([this] { ApplyLoop(); });
   committer_ = std::thread([this] { CommitLoop(); });
+  snapshotter_ = std::thread([this] { SnapshotLoop(); });
   wal_checkpointer_ = std::thread([this] { WalLoop(); });
 }
 
@@ -311,21 +313,66 @@ void BatchLog::Append(absl::string_view batch, absl::Time received, Committed do
 void BatchLog::ApplyLoop() {
   for (;;) {
     CommittedGroup* group = nullptr;
+    std::optional<Begin> begin;
     {
       absl::MutexLock lock(&mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return commits_done_ || !applying_.empty();
+        return commits_done_ || !applying_.empty() || begin_.has_value();
       };
       mu_.Await(absl::Condition(&ready));
-      if (applying_.empty()) return;  // The committer finished, and all is applied.
-      // Stays valid while the committer appends behind it (std::deque).
-      group = &applying_.front();
+      if (begin_.has_value()) {
+        begin.swap(begin_);
+      } else if (applying_.empty()) {
+        return;  // The committer finished, and all is applied.
+      } else {
+        // Stays valid while the committer appends behind it (std::deque).
+        group = &applying_.front();
+      }
+    }
+    if (begin.has_value()) {
+      // Between two groups: the state is that of the log up to
+      // applied_through_, which only this thread moves.
+      Finish finish = (*begin)();
+      absl::MutexLock lock(&mu_);
+      finish_ = std::move(finish);
+      finish_through_ = applied_through_;
+      continue;
     }
     for (Pending& p : group->batches) p.done(group->status);
     // Freed (with what the callbacks held) after the lock is released.
     std::deque<Pending> finished = std::move(group->batches);
     absl::MutexLock lock(&mu_);
+    applied_through_ = group->through;
     applying_.pop_front();
+  }
+}
+
+void BatchLog::SnapshotLoop() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto asked = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return snapshot_asked_ || commits_done_;
+      };
+      mu_.Await(absl::Condition(&asked));
+      if (!snapshot_asked_) return;
+      snapshot_asked_ = false;
+    }
+    const absl::Time started = absl::Now();
+    Begin begin = prepare_();
+    std::optional<Finish> finish;
+    int64_t through = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      begin_ = std::move(begin);
+      auto begun = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return finish_.has_value(); };
+      mu_.Await(absl::Condition(&begun));
+      finish.swap(finish_);
+      through = finish_through_;
+    }
+    std::string state = (*finish)();
+    absl::MutexLock lock(&mu_);
+    finished_ = Finished{std::move(state), through, started};
   }
 }
 
@@ -377,6 +424,10 @@ void BatchLog::CommitLoop() {
       insert_stmt.Prepare(db_, "INSERT INTO batches(id, received_ns, body) VALUES(?, ?, ?)",
                           SQLITE_PREPARE_PERSISTENT) == SQLITE_OK;
   sqlite3_stmt* insert = insert_stmt.get();
+  {
+    absl::MutexLock lock(&mu_);
+    applied_through_ = last_position;
+  }
   absl::Time last_checkpoint = absl::Now();
   // Waits until the applier has run the callbacks of every committed
   // group: the engine's state is then that of the log up to last_position.
@@ -385,25 +436,43 @@ void BatchLog::CommitLoop() {
     auto applied = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return applying_.empty(); };
     mu_.Await(absl::Condition(&applied));
   };
-  // Findings, drift and trust move with time, not only with batches: a
-  // snapshot is taken every interval even when no batch came.
-  auto checkpoint = [&] {
-    if (!capture_) return;
-    last_checkpoint = absl::Now();
-    wait_applied();
-    if (absl::Status s = Checkpoint(last_position); !s.ok()) {
+  auto store = [&](const Finished& f) {
+    if (absl::Status s = Checkpoint(f.state, f.through, f.started); !s.ok()) {
       spdlog::error("snapshot failed (the log keeps every batch, nothing is lost): {}",
                     std::string(s.message()));
     }
+  };
+  // Findings, drift and trust move with time, not only with batches: a
+  // snapshot is asked for every interval even when no batch came (unless
+  // the last one is still being taken).
+  auto ask_snapshot = [&] {
+    if (!prepare_) return;
+    last_checkpoint = absl::Now();
+    absl::MutexLock lock(&mu_);
+    if (in_flight_) return;
+    in_flight_ = snapshot_asked_ = true;
+  };
+  // A finished snapshot is stored between two group commits.
+  auto store_finished = [&] {
+    std::optional<Finished> f;
+    {
+      absl::MutexLock lock(&mu_);
+      f.swap(finished_);
+    }
+    if (!f.has_value()) return;
+    store(*f);
+    absl::MutexLock lock(&mu_);
+    in_flight_ = false;
   };
   for (;;) {
     std::deque<Pending> group;
     bool stopping;
     {
       absl::MutexLock lock(&mu_);
-      auto ready = [this]()
-                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !queue_.empty(); };
-      if (capture_) {
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !queue_.empty() || finished_.has_value();
+      };
+      if (prepare_) {
         mu_.AwaitWithDeadline(absl::Condition(&ready), last_checkpoint + checkpoint_every_);
       } else {
         mu_.Await(absl::Condition(&ready));
@@ -453,17 +522,33 @@ void BatchLog::CommitLoop() {
         }
         // Applied (and acknowledged) by the applier thread, in log
         // order, while the next group commits.
-        applying_.push_back(CommittedGroup{std::move(group), status});
+        applying_.push_back(CommittedGroup{std::move(group), status, last_position});
       }
     }
-    if (absl::Now() - last_checkpoint >= checkpoint_every_) checkpoint();
+    store_finished();
+    if (absl::Now() - last_checkpoint >= checkpoint_every_) ask_snapshot();
     if (stopping) {
       absl::MutexLock lock(&mu_);
       if (queue_.empty()) break;
     }
   }
-  checkpoint();  // A clean shutdown restarts from the snapshot alone.
+  // A clean shutdown restarts from the snapshot alone: one taken after the
+  // last commit replaces any in flight (which needs the applier to finish).
+  {
+    absl::MutexLock lock(&mu_);
+    auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return !in_flight_ || finished_.has_value();
+    };
+    mu_.Await(absl::Condition(&settled));
+    finished_.reset();
+    in_flight_ = false;
+  }
   wait_applied();
+  if (prepare_) {
+    const absl::Time started = absl::Now();
+    std::string state = prepare_()()();
+    store(Finished{std::move(state), last_position, started});
+  }
   insert_stmt.Close();  // Before the connection may close.
   absl::MutexLock lock(&mu_);
   commits_done_ = true;

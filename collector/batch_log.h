@@ -16,14 +16,20 @@
 //   (*log)->Start();
 //   (*log)->Append(bytes, received, [](absl::Status committed) { ... });
 //
-// Snapshots keep the log short and make restarts exact: every
-// checkpoint interval the committer thread, between two group commits,
-// waits until every committed batch has been applied, then takes the
-// engine's whole state through a capture function and, in one
-// transaction, stores it and deletes the batches it covers. A clean
-// shutdown takes one too. On start the latest snapshot is loaded and only
-// the batches after it replayed: findings keep their start times, drift
-// its baselines, trust its balances.
+// Snapshots keep the log short and make restarts exact, without holding
+// up acknowledgements: every checkpoint interval a fourth thread, the
+// snapshot thread, prepares a capture of the engine's state; the applier,
+// between the callbacks of two groups, begins it (a brief step: the state
+// is then exactly that of the log up to the last applied position, the
+// snapshot's watermark); the snapshot thread finishes and serializes it
+// while batches keep committing and applying; the committer, between two
+// group commits, stores it and deletes the batches up to its watermark in
+// one transaction (with its fsync). Only that transaction pauses commits.
+// A crash before it leaves the previous snapshot and every batch after it.
+// A clean shutdown takes one more, after the last commit. On start the
+// latest snapshot is loaded and only the batches after it replayed:
+// findings keep their start times, drift its baselines, trust its
+// balances.
 //
 // SQLite's WAL is copied into the database file (a WAL checkpoint, with
 // its own fsync) by a third thread on a connection of its own, while
@@ -36,7 +42,13 @@
 //
 //   (*log)->LoadSnapshot() -> {state, through}; engine.LoadState(state)
 //   (*log)->Replay(apply, through)
-//   (*log)->SetCheckpoint(absl::Minutes(5), [&] { return engine.SaveState(); });
+//   (*log)->SetCheckpoint(absl::Minutes(5), [&]() -> BatchLog::Begin {
+//     auto c = engine.PrepareCapture();
+//     return [&, c]() -> BatchLog::Finish {
+//       engine.BeginCapture(c);
+//       return [&, c] { return engine.FinishCapture(c); };
+//     };
+//   });
 //
 // Thread-safety: Append may be called from any thread; callbacks run on
 // the log's applier thread, one at a time in log order, and must not
@@ -47,6 +59,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -106,24 +119,35 @@ class BatchLog {
   };
   absl::StatusOr<Snapshot> LoadSnapshot();
 
-  // Takes a snapshot every `every` (and at shutdown) with `capture`, which
-  // runs on the committer thread when every committed batch has been
-  // applied (no callback runs meanwhile), and compacts the log. Before
-  // Start.
-  void SetCheckpoint(absl::Duration every, std::function<std::string()> capture);
+  // A snapshot's three steps. Prepare runs on the snapshot thread and may
+  // wait (e.g. for an evaluation in progress); the Begin it returns runs
+  // on the applier thread between two groups' callbacks, when the state is
+  // that of exactly the batches applied so far, and must be brief (every
+  // acknowledgement waits for it); the Finish it returns runs on the
+  // snapshot thread while batches go on, and returns the state as of
+  // Begin. At shutdown all three run on the committer thread, after the
+  // last commit was applied.
+  using Finish = std::function<std::string()>;
+  using Begin = std::function<Finish()>;
+  using Prepare = std::function<Begin()>;
+  // Takes a snapshot every `every` (and at shutdown) through `prepare`,
+  // and compacts the log up to the position Begin ran at. Before Start.
+  void SetCheckpoint(absl::Duration every, Prepare prepare);
 
-  // Snapshots taken and the latest one's size, duration and the batches
-  // it removed from the log, for /metrics.
+  // Snapshots taken and the latest one's size, duration (from Prepare to
+  // stored), the part of it commits waited (storing it) and the batches it
+  // removed from the log, for /metrics.
   struct CheckpointStats {
     uint64_t snapshots = 0;
     uint64_t failures = 0;
     uint64_t last_bytes = 0;
     double last_seconds = 0;
+    double last_store_seconds = 0;
     uint64_t compacted_batches = 0;
   };
   CheckpointStats checkpoint_stats() const;
 
-  // Starts the committer, applier and WAL checkpointer threads.
+  // Starts the committer, applier, snapshot and WAL checkpointer threads.
   void Start();
 
   // Queues a serialized constance.v1.Batch, e.g. as received, without a
@@ -171,9 +195,11 @@ class BatchLog {
   static int OnWalCommit(void* self, sqlite3* db, const char* name, int pages);
   // Runs the callbacks of committed groups, in order.
   void ApplyLoop();
-  // Stores a snapshot covering the log up to `through` and deletes those
-  // batches. Committer thread only.
-  absl::Status Checkpoint(int64_t through);
+  // Prepares, begins and finishes snapshots as the committer asks.
+  void SnapshotLoop();
+  // Stores a snapshot covering the log up to `through`, whose capture
+  // started at `started`, and deletes those batches. Committer thread only.
+  absl::Status Checkpoint(const std::string& state, int64_t through, absl::Time started);
 
   sqlite3* const db_;
   sqlite3* const wal_db_;  // The WAL checkpointer's connection.
@@ -189,6 +215,13 @@ class BatchLog {
   struct CommittedGroup {
     std::deque<Pending> batches;
     absl::Status status;
+    int64_t through = 0;  // The log position once it is applied.
+  };
+  // A finished snapshot, for the committer to store.
+  struct Finished {
+    std::string state;
+    int64_t through = 0;
+    absl::Time started;
   };
   mutable absl::Mutex mu_;
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
@@ -205,11 +238,26 @@ class BatchLog {
   // Pages of the WAL already in the database file, as of the last
   // checkpoint; above wal_pages_ once SQLite restarted the WAL.
   int64_t wal_backfilled_ ABSL_GUARDED_BY(mu_) = 0;
-  // Set before Start, then read by the committer thread only.
+  // The log position the engine's state is at: that of the last group
+  // whose callbacks ran.
+  int64_t applied_through_ ABSL_GUARDED_BY(mu_) = 0;
+  // A snapshot's way through the threads: asked for by the committer
+  // (snapshot_asked_), prepared by the snapshot thread (begin_), begun by
+  // the applier at applied_through_ (finish_, finish_through_), finished by
+  // the snapshot thread (finished_), stored by the committer; in_flight_
+  // from the asking to the storing.
+  bool snapshot_asked_ ABSL_GUARDED_BY(mu_) = false;
+  bool in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<Begin> begin_ ABSL_GUARDED_BY(mu_);
+  std::optional<Finish> finish_ ABSL_GUARDED_BY(mu_);
+  int64_t finish_through_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<Finished> finished_ ABSL_GUARDED_BY(mu_);
+  // Set before Start, then only read.
   absl::Duration checkpoint_every_ = absl::InfiniteDuration();
-  std::function<std::string()> capture_;
+  Prepare prepare_;
   std::thread committer_;
   std::thread applier_;
+  std::thread snapshotter_;
   std::thread wal_checkpointer_;
 };
 

@@ -489,6 +489,7 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
       found = series_index_.emplace(series.key, static_cast<uint32_t>(series_.size())).first;
       series_.push_back(std::move(series));
     }
+    PreserveForCapturesLocked(found->second, obs.value, loc);
     Series& series = series_[found->second];
     series.validated = true;
     const int64_t at = obs.has_observed_at

@@ -355,10 +355,37 @@ class Engine {
 
   // The whole state (cells, high-water marks, counters, findings being
   // tracked with their start times, trust accounts, drift baselines and
-  // charts) as a serialized constance.state.v1.EngineState, taken under
-  // the engine's locks so it is consistent: exactly the batches applied so
-  // far. Ingest waits while it is taken.
+  // charts) as a serialized constance.state.v1.EngineState: exactly the
+  // batches applied so far. The three capture steps below, in one call.
   std::string SaveState();
+
+  // A capture of the whole state in progress, taken in three steps so that
+  // ingest never waits for it (the collector's snapshots, batch_log.h):
+  //
+  //   std::shared_ptr<Engine::StateCapture> c = engine.PrepareCapture();
+  //   engine.BeginCapture(c);       // brief: the moment the state is taken
+  //   std::string state = engine.FinishCapture(c);  // long; ingest goes on
+  //
+  // PrepareCapture copies the findings being tracked, trust and drift as
+  // of the last evaluation (it waits for one in progress; ingest does not).
+  // BeginCapture, under the engine's lock for a moment, copies the
+  // locations, high-water marks and counters and fixes the series to be
+  // captured: the state is then that of exactly the batches applied so
+  // far. FinishCapture copies those series a few at a time (the lock held
+  // for a chunk of cells at most) and serializes everything off the lock.
+  // Meanwhile the first change to each cell of a series not yet copied
+  // keeps the cell as it was (copy before write, one cell at a time), so
+  // every series is captured as it was at BeginCapture: the result is that
+  // moment's state, whatever was applied since. The evaluation state is from no later than that moment (a
+  // snapshot reads as if taken before any evaluation after it), so every
+  // location it names is in the snapshot. Each step once, in this order;
+  // captures may overlap. The steps may run on different threads, one at
+  // a time. A capture dropped after BeginCapture without FinishCapture
+  // stops being kept.
+  class StateCapture;
+  std::shared_ptr<StateCapture> PrepareCapture();
+  void BeginCapture(const std::shared_ptr<StateCapture>& capture);
+  std::string FinishCapture(const std::shared_ptr<StateCapture>& capture);
   // Replaces the state with a snapshot's (at start, before any batch).
   // A snapshot of an older format is migrated (engine_state.cc lists the
   // formats and their migrations). FailedPrecondition, naming both
@@ -450,6 +477,25 @@ class Engine {
   // requested meanwhile.
   bool RecomputeSeries(bool all, const std::function<void(SeriesData&)>& visit);
   void Publish(std::shared_ptr<Snapshot> snapshot);
+  // One series' cells, for a snapshot.
+  static void SeriesToState(const Series& in, state::v1::Series* out);
+  // A deep copy of a series' key and cells (not its flags).
+  static Series CopyOf(const Series& in);
+  // Keeps, for every capture in progress that has not copied series
+  // `index` yet, the cell of family `value` at location `loc` as it is now
+  // (or that there is none), unless it kept it already. Anything changing,
+  // creating or removing a cell calls it first; nothing may move a series
+  // to another index while captures_ is not empty.
+  void PreserveForCapturesLocked(uint32_t index, v1::Observation::ValueCase value, uint32_t loc)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!captures_.empty()) PreserveSlowLocked(index, value, loc);
+  }
+  void PreserveSlowLocked(uint32_t index, v1::Observation::ValueCase value, uint32_t loc)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Puts the cells a capture kept (PreserveForCapturesLocked) back into
+  // `copy`, a copy of their series made since.
+  struct CaptureBefore;
+  static void PutBack(const CaptureBefore& before, Series* copy);
   // One series of a snapshot, its cells checked against `n_locations`;
   // adds its cells to `*cells`. InvalidArgument naming what is wrong.
   static absl::Status SeriesFromState(const state::v1::Series& in, uint32_t n_locations,
@@ -521,6 +567,9 @@ class Engine {
   absl::flat_hash_map<std::pair<std::string, uint64_t>, uint64_t> admitted_
       ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> rejected_by_reason_ ABSL_GUARDED_BY(mu_);
+  // Captures begun and not yet finished (BeginCapture), which series keep
+  // copies for (PreserveForCapturesLocked).
+  std::vector<std::weak_ptr<StateCapture>> captures_ ABSL_GUARDED_BY(mu_);
 
   // Serialises recomputations so two ticks never interleave publishing.
   absl::Mutex recompute_mu_ ABSL_ACQUIRED_BEFORE(mu_);

@@ -1,12 +1,16 @@
 // Engine::SaveState and Engine::LoadState: the engine's whole state to and
 // from constance.state.v1.EngineState, for the collector's snapshots.
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "collector/engine.h"
 #include "constance/state/v1/engine_state.pb.h"
@@ -108,95 +112,71 @@ absl::Status Bad(absl::string_view what) {
 
 const uint32_t Engine::kStateFormat = kWrittenFormat;
 
-std::string Engine::SaveState() {
-  absl::MutexLock eval(&eval_mu_);
-  absl::MutexLock lock(&mu_);
-  pb::EngineState state;
-  state.set_format(kStateFormat);
-  state.set_saved_at_ns(ToNs(options_.clock()));
-  for (const Location& l : locations_) {
-    pb::Location* out = state.add_locations();
-    const LocationState& s = l.state;
-    out->set_name(s.location);
-    out->set_last_report_ns(ToNs(s.last_report));
-    out->set_watermark(s.watermark);
-    out->set_version(s.health.version);
-    out->set_spool_depth(s.health.spool_depth);
-    out->set_spool_bytes(s.health.spool_bytes);
-    out->set_spool_dropped(s.health.spool_dropped);
-    out->set_oldest_unacknowledged_seconds(s.health.oldest_unacknowledged_seconds);
-    out->set_certificate_not_after_ns(ToNs(s.health.certificate_not_after));
-    out->set_heartbeat_at_ns(ToNs(s.health.heartbeat_at));
-  }
-  for (const auto& [id, stream] : streams_) {
-    pb::Stream* out = state.add_streams();
-    out->set_location(id.first);
-    out->set_incarnation(id.second);
-    out->set_watermark(stream.watermark);
-  }
-  for (const Series& series : series_) {
-    pb::Series* out = state.add_series();
-    SeriesToProto(series.key, out->mutable_id());
-    for (const auto& [loc, cell] : series.price) {
-      pb::PriceCell* c = out->add_price();
-      c->set_location(loc);
-      c->set_observed_at_ns(cell.observed_at_ns);
-      c->set_minor_units(cell.minor_units);
-      if (cell.changes != nullptr) {
-        c->set_has_changes(true);
-        for (int i = 0; i < cell.changes->size; ++i) {
-          const PriceChange& ch = cell.changes->ring[i];
-          pb::PriceChange* pc = c->add_changes();
-          pc->set_at_ns(ch.at_ns);
-          pc->set_from(ch.from);
-          pc->set_to(ch.to);
-        }
-      }
-    }
-    for (const auto& [loc, cell] : series.wait) {
-      pb::WaitCell* c = out->add_wait();
-      c->set_location(loc);
-      c->set_observed_at_ns(cell.observed_at_ns);
-      for (const WaitCell::Bin& bin : cell.bins) {
-        pb::WaitBin* b = c->add_bins();
-        b->set_start_ns(bin.start_ns);
-        bin.sketch.EncodeTo(b->mutable_sketch());
-      }
-    }
-    for (const auto& [loc, cell] : series.compliance) {
-      pb::ComplianceCell* c = out->add_compliance();
-      c->set_location(loc);
-      c->set_observed_at_ns(cell.observed_at_ns);
-      for (const CountBin& bin : cell.bins) {
-        pb::CountBin* b = c->add_bins();
-        b->set_start_ns(bin.start_ns);
-        b->set_passed(bin.passed);
-        b->set_failed(bin.failed);
-        b->set_critical_failed(bin.critical_failed);
-      }
-    }
-    for (const auto& [loc, cell] : series.score) {
-      pb::ScoreCell* c = out->add_score();
-      c->set_location(loc);
-      c->set_observed_at_ns(cell.observed_at_ns);
-      for (const SumBin& bin : cell.bins) {
-        pb::SumBin* b = c->add_bins();
-        b->set_start_ns(bin.start_ns);
-        b->set_sum(bin.sum);
-        b->set_count(bin.count);
-      }
-    }
-  }
-  pb::Counters* counters = state.mutable_counters();
-  counters->set_applied(applied_);
-  counters->set_rejected(rejected_);
-  counters->set_duplicates(duplicates_);
-  counters->set_batches(batches_);
-  counters->set_dropped(dropped_);
-  counters->set_batches_out_of_order(out_of_order_);
-  for (const auto& [reason, n] : rejected_by_reason_)
-    (*counters->mutable_rejected_by_reason())[reason] = n;
+// A capture's state as it is being assembled, by series index as of
+// BeginCapture. Series from `claimed` on are not copied yet: `before` keeps
+// what changed in them since BeginCapture, cell by cell, as it was then
+// (written under the engine's mu_). FinishCapture claims series in chunks
+// (moving `claimed`, under mu_), copies them, puts back what `before`
+// kept, and from then on owns their slots.
+struct Engine::CaptureBefore {
+  Series cells;  // The cells that existed, as they were.
+  // Every cell kept, as (value case << 32 | location): one of them missing
+  // from `cells` did not exist.
+  absl::flat_hash_set<uint64_t> kept;
+};
 
+class Engine::StateCapture {
+ public:
+  pb::EngineState state;
+  std::vector<std::unique_ptr<CaptureBefore>> before;
+  std::vector<std::unique_ptr<Series>> copies;
+  size_t claimed = 0;  // Guarded by the engine's mu_.
+  bool begun = false;
+};
+
+namespace {
+
+PriceCell CopyOfCell(const PriceCell& cell) {
+  PriceCell p;
+  p.observed_at_ns = cell.observed_at_ns;
+  p.minor_units = cell.minor_units;
+  if (cell.changes != nullptr) p.changes = std::make_unique<PriceChanges>(*cell.changes);
+  return p;
+}
+template <typename Cell>
+Cell CopyOfCell(const Cell& cell) {
+  return cell;
+}
+
+// Puts the cell at `loc` of `before` into `*out`, or, if `before` has
+// none, removes it from `*out`.
+template <typename Cell>
+void PutBackCell(const absl::flat_hash_map<uint32_t, Cell>& before, uint32_t loc,
+                 absl::flat_hash_map<uint32_t, Cell>* out) {
+  if (auto it = before.find(loc); it != before.end()) {
+    (*out)[loc] = CopyOfCell(it->second);
+  } else {
+    out->erase(loc);
+  }
+}
+
+// The most cells FinishCapture copies under the engine's lock at a time:
+// about a millisecond of copying.
+constexpr uint64_t kCaptureChunkCells = 20'000;
+
+}  // namespace
+
+std::string Engine::SaveState() {
+  std::shared_ptr<StateCapture> capture = PrepareCapture();
+  BeginCapture(capture);
+  return FinishCapture(capture);
+}
+
+std::shared_ptr<Engine::StateCapture> Engine::PrepareCapture() {
+  auto capture = std::make_shared<StateCapture>();
+  pb::EngineState& state = capture->state;
+  state.set_format(kStateFormat);
+  absl::MutexLock eval(&eval_mu_);
   for (FindingTracker::Saved& s : tracker_.Save()) {
     pb::TrackedFinding* t = state.add_tracked();
     t->set_id(std::move(s.id));
@@ -235,7 +215,215 @@ std::string Engine::SaveState() {
     c->set_cusum_down(d.down.s);
     c->set_last_bin(d.last_bin);
   }
-  return state.SerializeAsString();
+  return capture;
+}
+
+void Engine::BeginCapture(const std::shared_ptr<StateCapture>& capture) {
+  pb::EngineState& state = capture->state;
+  absl::MutexLock lock(&mu_);
+  capture->begun = true;
+  state.set_saved_at_ns(ToNs(options_.clock()));
+  for (const Location& l : locations_) {
+    pb::Location* out = state.add_locations();
+    const LocationState& s = l.state;
+    out->set_name(s.location);
+    out->set_last_report_ns(ToNs(s.last_report));
+    out->set_watermark(s.watermark);
+    out->set_version(s.health.version);
+    out->set_spool_depth(s.health.spool_depth);
+    out->set_spool_bytes(s.health.spool_bytes);
+    out->set_spool_dropped(s.health.spool_dropped);
+    out->set_oldest_unacknowledged_seconds(s.health.oldest_unacknowledged_seconds);
+    out->set_certificate_not_after_ns(ToNs(s.health.certificate_not_after));
+    out->set_heartbeat_at_ns(ToNs(s.health.heartbeat_at));
+  }
+  for (const auto& [id, stream] : streams_) {
+    pb::Stream* out = state.add_streams();
+    out->set_location(id.first);
+    out->set_incarnation(id.second);
+    out->set_watermark(stream.watermark);
+  }
+  pb::Counters* counters = state.mutable_counters();
+  counters->set_applied(applied_);
+  counters->set_rejected(rejected_);
+  counters->set_duplicates(duplicates_);
+  counters->set_batches(batches_);
+  counters->set_dropped(dropped_);
+  counters->set_batches_out_of_order(out_of_order_);
+  for (const auto& [reason, n] : rejected_by_reason_)
+    (*counters->mutable_rejected_by_reason())[reason] = n;
+  capture->copies.resize(series_.size());
+  capture->before.resize(series_.size());
+  captures_.push_back(capture);
+}
+
+std::string Engine::FinishCapture(const std::shared_ptr<StateCapture>& capture) {
+  StateCapture& c = *capture;
+  if (!c.begun) BeginCapture(capture);
+  const size_t n = c.copies.size();
+  size_t next = 0;
+  bool done = false;
+  while (!done) {
+    const size_t first = next;
+    {
+      absl::MutexLock lock(&mu_);
+      uint64_t cells = 0;
+      for (; next < n && cells < kCaptureChunkCells; ++next) {
+        const Series& s = series_[next];
+        c.copies[next] = std::make_unique<Series>(CopyOf(s));
+        if (c.before[next] != nullptr) PutBack(*c.before[next], c.copies[next].get());
+        cells += s.price.size() + s.wait.size() + s.compliance.size() + s.score.size() + 1;
+      }
+      c.claimed = next;
+      done = next == n;
+      if (done) {
+        captures_.erase(std::remove_if(captures_.begin(), captures_.end(),
+                                       [&](const std::weak_ptr<StateCapture>& w) {
+                                         std::shared_ptr<StateCapture> p = w.lock();
+                                         return p == nullptr || p == capture;
+                                       }),
+                        captures_.end());
+      }
+    }
+    // Slots below `next` are all filled, and no longer written.
+    for (size_t i = first; i < next; ++i) {
+      SeriesToState(*c.copies[i], c.state.add_series());
+      c.copies[i].reset();
+      c.before[i].reset();
+    }
+  }
+  return c.state.SerializeAsString();
+}
+
+void Engine::PreserveSlowLocked(uint32_t index, v1::Observation::ValueCase value, uint32_t loc) {
+  bool expired = false;
+  for (const std::weak_ptr<StateCapture>& w : captures_) {
+    std::shared_ptr<StateCapture> c = w.lock();
+    if (c == nullptr) {
+      expired = true;
+      continue;
+    }
+    // Series created after the capture began are not in it; those claimed
+    // are copied already.
+    if (index < c->claimed || index >= c->before.size()) continue;
+    std::unique_ptr<CaptureBefore>& b = c->before[index];
+    if (b == nullptr) b = std::make_unique<CaptureBefore>();
+    if (!b->kept.insert(uint64_t{static_cast<uint32_t>(value)} << 32 | loc).second) continue;
+    const Series& s = series_[index];
+    switch (value) {
+      case v1::Observation::kPrice:
+        if (auto it = s.price.find(loc); it != s.price.end()) {
+          b->cells.price[loc] = CopyOfCell(it->second);
+        }
+        break;
+      case v1::Observation::kWaitSeconds:
+        if (auto it = s.wait.find(loc); it != s.wait.end()) b->cells.wait[loc] = it->second;
+        break;
+      case v1::Observation::kCheck:
+        if (auto it = s.compliance.find(loc); it != s.compliance.end()) {
+          b->cells.compliance[loc] = it->second;
+        }
+        break;
+      case v1::Observation::kScore:
+        if (auto it = s.score.find(loc); it != s.score.end()) b->cells.score[loc] = it->second;
+        break;
+      case v1::Observation::VALUE_NOT_SET:
+        break;
+    }
+  }
+  if (expired) {
+    captures_.erase(
+        std::remove_if(captures_.begin(), captures_.end(),
+                       [](const std::weak_ptr<StateCapture>& w) { return w.expired(); }),
+        captures_.end());
+  }
+}
+
+void Engine::PutBack(const CaptureBefore& before, Series* copy) {
+  for (uint64_t kept : before.kept) {
+    const auto value = static_cast<v1::Observation::ValueCase>(kept >> 32);
+    const auto loc = static_cast<uint32_t>(kept);
+    switch (value) {
+      case v1::Observation::kPrice:
+        PutBackCell(before.cells.price, loc, &copy->price);
+        break;
+      case v1::Observation::kWaitSeconds:
+        PutBackCell(before.cells.wait, loc, &copy->wait);
+        break;
+      case v1::Observation::kCheck:
+        PutBackCell(before.cells.compliance, loc, &copy->compliance);
+        break;
+      case v1::Observation::kScore:
+        PutBackCell(before.cells.score, loc, &copy->score);
+        break;
+      case v1::Observation::VALUE_NOT_SET:
+        break;
+    }
+  }
+}
+
+Engine::Series Engine::CopyOf(const Series& in) {
+  Series out;
+  out.key = in.key;
+  out.price.reserve(in.price.size());
+  for (const auto& [loc, cell] : in.price) out.price[loc] = CopyOfCell(cell);
+  out.wait = in.wait;
+  out.compliance = in.compliance;
+  out.score = in.score;
+  return out;
+}
+
+void Engine::SeriesToState(const Series& series, pb::Series* out) {
+  SeriesToProto(series.key, out->mutable_id());
+  for (const auto& [loc, cell] : series.price) {
+    pb::PriceCell* c = out->add_price();
+    c->set_location(loc);
+    c->set_observed_at_ns(cell.observed_at_ns);
+    c->set_minor_units(cell.minor_units);
+    if (cell.changes != nullptr) {
+      c->set_has_changes(true);
+      for (int i = 0; i < cell.changes->size; ++i) {
+        const PriceChange& ch = cell.changes->ring[i];
+        pb::PriceChange* pc = c->add_changes();
+        pc->set_at_ns(ch.at_ns);
+        pc->set_from(ch.from);
+        pc->set_to(ch.to);
+      }
+    }
+  }
+  for (const auto& [loc, cell] : series.wait) {
+    pb::WaitCell* c = out->add_wait();
+    c->set_location(loc);
+    c->set_observed_at_ns(cell.observed_at_ns);
+    for (const WaitCell::Bin& bin : cell.bins) {
+      pb::WaitBin* b = c->add_bins();
+      b->set_start_ns(bin.start_ns);
+      bin.sketch.EncodeTo(b->mutable_sketch());
+    }
+  }
+  for (const auto& [loc, cell] : series.compliance) {
+    pb::ComplianceCell* c = out->add_compliance();
+    c->set_location(loc);
+    c->set_observed_at_ns(cell.observed_at_ns);
+    for (const CountBin& bin : cell.bins) {
+      pb::CountBin* b = c->add_bins();
+      b->set_start_ns(bin.start_ns);
+      b->set_passed(bin.passed);
+      b->set_failed(bin.failed);
+      b->set_critical_failed(bin.critical_failed);
+    }
+  }
+  for (const auto& [loc, cell] : series.score) {
+    pb::ScoreCell* c = out->add_score();
+    c->set_location(loc);
+    c->set_observed_at_ns(cell.observed_at_ns);
+    for (const SumBin& bin : cell.bins) {
+      pb::SumBin* b = c->add_bins();
+      b->set_start_ns(bin.start_ns);
+      b->set_sum(bin.sum);
+      b->set_count(bin.count);
+    }
+  }
 }
 
 absl::Status Engine::SeriesFromState(const state::v1::Series& in, uint32_t n_locations, Series* out,

@@ -322,8 +322,12 @@ void RenderBatchLog(const BatchLog& log, TextExposition* out) {
   Single(out, "constance_snapshot_bytes", "Size of the latest snapshot.", kGauge,
          static_cast<double>(k.last_bytes));
   Single(out, "constance_snapshot_seconds",
-         "How long the latest snapshot took (ingest waits while the state is captured).", kGauge,
-         k.last_seconds);
+         "How long the latest snapshot took, from its start to stored (ingest goes on "
+         "meanwhile).",
+         kGauge, k.last_seconds);
+  Single(out, "constance_snapshot_store_seconds",
+         "How long storing the latest snapshot held commits (and so acknowledgements) back.",
+         kGauge, k.last_store_seconds);
   Single(out, "constance_batch_log_compacted_batches_total",
          "Batches removed from the log because a snapshot covers them.", kCounter,
          static_cast<double>(k.compacted_batches));

@@ -117,7 +117,15 @@ absl::Status CollectorServer::Start() {
         through);
     if (!replayed.ok()) return replayed.status();
     replayed_ = *replayed;
-    log_->SetCheckpoint(options_.snapshot_interval, [this] { return engine_.SaveState(); });
+    // Ingest goes on while a snapshot is taken: only its Begin step holds
+    // the engine (and the applier) for a moment (engine.h).
+    log_->SetCheckpoint(options_.snapshot_interval, [this]() -> BatchLog::Begin {
+      std::shared_ptr<Engine::StateCapture> capture = engine_.PrepareCapture();
+      return [this, capture]() -> BatchLog::Finish {
+        engine_.BeginCapture(capture);
+        return [this, capture] { return engine_.FinishCapture(capture); };
+      };
+    });
     log_->Start();
     spdlog::info("replayed {} batches from {} in {}", replayed_, path,
                  absl::FormatDuration(absl::Now() - start));

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -26,9 +27,11 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "benchmark/benchmark.h"
 #include "collector/engine.h"
 
@@ -160,13 +163,75 @@ void BM_Evaluate(benchmark::State& state, v1::Family family) {
 }
 
 // A snapshot of every cell (what the collector stores every
-// --snapshot_interval, pausing ingest) and loading it (a restart).
+// --snapshot_interval) taken at once, and loading it (a restart).
 void BM_SnapshotSave(benchmark::State& state, v1::Family family) {
   Chain& c = Fixture(family);
   size_t bytes = 0;
   for (auto _ : state) bytes = c.engine->SaveState().size();
   state.counters["cells"] = static_cast<double>(c.locations) * c.keys;
   state.counters["bytes_per_cell"] = static_cast<double>(bytes) / (c.locations * c.keys);
+}
+
+// A snapshot taken as the collector takes it (engine.h, PrepareCapture):
+// BeginCapture under the engine's lock, then FinishCapture on another
+// thread while this one applies batches of 1,000 onto existing cells, as
+// ingest does meanwhile. Reports the time BeginCapture held the lock, and
+// each batch's apply time while the capture runs (which includes copying
+// the series it changes first, and waiting for FinishCapture's chunks)
+// beside the same batches' apply time with no capture.
+void BM_SnapshotUnderIngest(benchmark::State& state, v1::Family family) {
+  Chain& c = Fixture(family);
+  std::vector<v1::Batch> batches;
+  const std::vector<uint64_t> next_seq = c.next_seq;
+  for (int i = 0; i < 64; ++i) {
+    batches.push_back(
+        MakeBatch(c, (i * 7919) % c.locations, family, i * 13, std::min(1000, c.keys), i + 1));
+  }
+  c.next_seq = next_seq;
+  size_t i = 0;
+  auto apply_one = [&]() -> double {
+    v1::Batch& b = batches[i++ % batches.size()];
+    const int loc = std::stoi(b.location().substr(6));
+    b.set_first_sequence(c.next_seq[loc]);
+    c.next_seq[loc] += b.observations_size();
+    const absl::Time t0 = absl::Now();
+    (void)c.engine->ApplyBatch(b);
+    return absl::ToDoubleMilliseconds(absl::Now() - t0);
+  };
+  auto percentile = [](std::vector<double> v, double q) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    return v[static_cast<size_t>(q * static_cast<double>(v.size() - 1))];
+  };
+  double begin_ms = 0, finish_ms = 0;
+  std::vector<double> during, idle;
+  for (auto _ : state) {
+    std::shared_ptr<Engine::StateCapture> capture = c.engine->PrepareCapture();
+    const absl::Time t0 = absl::Now();
+    c.engine->BeginCapture(capture);
+    begin_ms = absl::ToDoubleMilliseconds(absl::Now() - t0);
+    std::atomic<bool> finished{false};
+    std::thread finisher([&] {
+      const absl::Time f0 = absl::Now();
+      benchmark::DoNotOptimize(c.engine->FinishCapture(capture).size());
+      finish_ms = absl::ToDoubleMilliseconds(absl::Now() - f0);
+      finished.store(true);
+    });
+    during.clear();
+    while (!finished.load()) during.push_back(apply_one());
+    finisher.join();
+    idle.clear();
+    for (size_t k = 0; k < during.size(); ++k) idle.push_back(apply_one());
+  }
+  state.counters["cells"] = static_cast<double>(c.locations) * c.keys;
+  state.counters["begin_ms"] = begin_ms;
+  state.counters["finish_ms"] = finish_ms;
+  state.counters["batches_during"] = static_cast<double>(during.size());
+  state.counters["apply_p50_ms"] = percentile(during, 0.5);
+  state.counters["apply_p99_ms"] = percentile(during, 0.99);
+  state.counters["apply_max_ms"] = percentile(during, 1.0);
+  state.counters["idle_p50_ms"] = percentile(idle, 0.5);
+  state.counters["idle_p99_ms"] = percentile(idle, 0.99);
 }
 
 void BM_SnapshotLoad(benchmark::State& state, v1::Family family) {
@@ -230,6 +295,11 @@ int main(int argc, char** argv) {
                                  constance::collector::BM_SnapshotSave, family)
         ->Unit(benchmark::kMillisecond)
         ->Iterations(evaluations);
+    benchmark::RegisterBenchmark(absl::StrCat("snapshot_under_ingest/", name).c_str(),
+                                 constance::collector::BM_SnapshotUnderIngest, family)
+        ->Unit(benchmark::kMillisecond)
+        ->Iterations(1)
+        ->UseRealTime();
     benchmark::RegisterBenchmark(absl::StrCat("snapshot_load/", name).c_str(),
                                  constance::collector::BM_SnapshotLoad, family)
         ->Unit(benchmark::kMillisecond)

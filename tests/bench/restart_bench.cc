@@ -15,7 +15,15 @@
 // SERVING from then on) and to the first published statistics covering
 // every cell (ChainSummary's cell count).
 //
+// With --snapshot_load_seconds the restarted collector takes a snapshot
+// every --snapshot_every_seconds while --load_streams agents stream
+// batches of --keys prices onto the existing series for that long (each
+// agent sends its next batch once the last is acknowledged); reported are
+// the ack latencies of batches sent while a snapshot was being taken (from
+// its start to stored, from /metrics) and of the others.
+//
 //   restart_bench --locations=10000 --keys=1000
+//   restart_bench --kill=false --snapshot_load_seconds=60   # acks during snapshots
 //   restart_bench --smoke        # a tiny run (ctest)
 #include <signal.h>
 #include <sys/wait.h>
@@ -34,6 +42,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -48,6 +57,13 @@ ABSL_FLAG(int, keys, 1'000, "Price keys per location");
 ABSL_FLAG(int, streams, 8, "Streams filling at once");
 ABSL_FLAG(bool, kill, true, "Also time the kill -9 + replay restart");
 ABSL_FLAG(bool, smoke, false, "A tiny run: 50 locations x 20 keys");
+ABSL_FLAG(int, snapshot_load_seconds, 0,
+          "After the restart from the snapshot, agents stream for this long while the collector "
+          "snapshots every --snapshot_every_seconds (0: no such phase)");
+ABSL_FLAG(int, snapshot_every_seconds, 15, "The collector's --snapshot_interval in that phase");
+ABSL_FLAG(int, load_streams, 4, "Agents streaming in that phase");
+ABSL_FLAG(std::string, collector, "",
+          "The collector binary (default: the build's), e.g. an older tree's, to compare");
 
 namespace constance::testing {
 namespace {
@@ -97,18 +113,22 @@ std::string FillLocation(v1::Ingest::Stub& stub, int l, int keys, int64_t at_sec
 struct Started {
   std::unique_ptr<Subprocess> process;
   std::string grpc;
+  std::string metrics;
   double ready_s = 0;  // Exec to ready file.
 };
 
-std::optional<Started> StartCollector(const TempDir& dir, const std::string& log_name) {
+std::optional<Started> StartCollector(const TempDir& dir, const std::string& log_name,
+                                      const std::string& snapshot_interval = "1h") {
+  std::string binary = absl::GetFlag(FLAGS_collector);
+  if (binary.empty()) binary = BinDir() + "/constance-collector";
   const std::string ready = dir.File("ready");
   std::remove(ready.c_str());
   Started s;
   const absl::Time t0 = absl::Now();
   s.process = std::make_unique<Subprocess>(
-      std::vector<std::string>{BinDir() + "/constance-collector", "--insecure",
-                               "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-                               "--state_dir=" + dir.File("state"), "--snapshot_interval=1h",
+      std::vector<std::string>{binary, "--insecure", "--listen=127.0.0.1:0",
+                               "--metrics_listen=127.0.0.1:0", "--state_dir=" + dir.File("state"),
+                               "--snapshot_interval=" + snapshot_interval,
                                "--max_rate_per_location=0", "--log_level=info",
                                "--ready_file=" + ready},
       dir.File(log_name));
@@ -120,6 +140,7 @@ std::optional<Started> StartCollector(const TempDir& dir, const std::string& log
     return std::nullopt;
   }
   s.grpc = (*addresses)["grpc"];
+  s.metrics = (*addresses)["metrics"];
   return s;
 }
 
@@ -139,6 +160,133 @@ double WaitForCells(const std::string& address, uint64_t cells, absl::Time since
     absl::SleepFor(absl::Milliseconds(20));
   }
   return -1;
+}
+
+struct AckTime {
+  absl::Time sent;
+  double ms = 0;
+};
+
+// An agent for location `l` (a new one) streaming batches of `keys` prices
+// of the existing keys until `until`, each sent once the last is
+// acknowledged. Empty on success, else what went wrong.
+std::string StreamUntil(v1::Ingest::Stub& stub, int l, int keys, absl::Time until,
+                        std::vector<AckTime>* acks) {
+  grpc::ClientContext ctx;
+  auto stream = stub.Stream(&ctx);
+  uint64_t sequence = 1;
+  for (int round = 0; absl::Now() < until; ++round) {
+    v1::AgentMessage msg;
+    v1::Batch* batch = msg.mutable_batch();
+    batch->set_location(absl::StrCat("agent-", l));
+    batch->set_incarnation(0x3000 + static_cast<uint64_t>(l));
+    batch->set_first_sequence(sequence);
+    const int64_t at = absl::ToUnixSeconds(absl::Now()) - 1;
+    for (int k = 0; k < keys; ++k) {
+      v1::Observation* o = batch->add_observations();
+      o->set_key(absl::StrCat("sku-", k));
+      o->mutable_observed_at()->set_seconds(at);
+      o->mutable_price()->set_minor_units(100 + (l + k + round) % 7);
+      o->mutable_price()->set_currency("EUR");
+    }
+    sequence += static_cast<uint64_t>(keys);
+    const absl::Time sent = absl::Now();
+    if (!stream->Write(msg)) return absl::StrCat("agent-", l, ": write failed");
+    v1::CollectorMessage in;
+    bool acked = false;
+    while (!acked && stream->Read(&in)) acked = in.has_ack();
+    if (!acked || in.ack().outcome() != v1::Ack::APPLIED) {
+      return absl::StrCat("agent-", l, ": no APPLIED ack");
+    }
+    acks->push_back({sent, absl::ToDoubleMilliseconds(absl::Now() - sent)});
+  }
+  stream->WritesDone();
+  grpc::Status status = stream->Finish();
+  return status.ok() ? "" : status.error_message();
+}
+
+double Percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[static_cast<size_t>(q * static_cast<double>(v.size() - 1))];
+}
+
+// The load phase (--snapshot_load_seconds) against `collector`.
+bool AcksDuringSnapshots(const Started& collector, int keys, uint64_t cells) {
+  const int seconds = absl::GetFlag(FLAGS_snapshot_load_seconds);
+  const int agents = absl::GetFlag(FLAGS_load_streams);
+  const absl::Time until = absl::Now() + absl::Seconds(seconds);
+  // Snapshots seen on /metrics (polled every 100 ms): [start, stored].
+  struct Window {
+    absl::Time start, stored;
+    double store_s = 0;
+  };
+  std::vector<Window> windows;
+  std::atomic<bool> loading{true};
+  std::thread poller([&] {
+    double seen = -1;
+    while (loading.load()) {
+      absl::StatusOr<HttpResponse> r = HttpGet(collector.metrics, "/metrics");
+      const absl::Time now = absl::Now();
+      if (r.ok()) {
+        absl::StatusOr<double> n = MetricValue(r->body, "constance_snapshots_total{result=\"ok\"");
+        absl::StatusOr<double> took = MetricValue(r->body, "constance_snapshot_seconds");
+        absl::StatusOr<double> store = MetricValue(r->body, "constance_snapshot_store_seconds");
+        if (n.ok() && took.ok()) {
+          if (seen >= 0 && *n > seen) {
+            // Stored at most one poll before it was seen.
+            windows.push_back({now - absl::Seconds(*took) - absl::Milliseconds(100), now,
+                               store.ok() ? *store : -1});
+          }
+          seen = *n;
+        }
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  });
+  std::vector<std::vector<AckTime>> acks(agents);
+  std::vector<std::string> errors(agents);
+  std::vector<std::thread> threads;
+  for (int a = 0; a < agents; ++a) {
+    threads.emplace_back([&, a] {
+      auto stub = v1::Ingest::NewStub(
+          grpc::CreateChannel(collector.grpc, grpc::InsecureChannelCredentials()));
+      errors[a] = StreamUntil(*stub, a, keys, until, &acks[a]);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  loading.store(false);
+  poller.join();
+  std::vector<double> during, outside;
+  for (const auto& per_agent : acks) {
+    for (const AckTime& a : per_agent) {
+      bool in = false;
+      for (const Window& w : windows) in = in || (a.sent >= w.start && a.sent <= w.stored);
+      (in ? during : outside).push_back(a.ms);
+    }
+  }
+  std::string stores;
+  for (const Window& w : windows) {
+    absl::StrAppend(&stores, stores.empty() ? "" : ", ",
+                    absl::StrFormat("%.2f s (stored in %.2f s)",
+                                    absl::ToDoubleSeconds(w.stored - w.start) - 0.1, w.store_s));
+  }
+  std::printf(
+      "restart_bench: %d agents streaming batches of %d prices for %d s onto %llu cells, a "
+      "snapshot every %d s: %zu snapshots (%s); acks of batches sent during a snapshot: %zu, p50 "
+      "%.2f ms, p99 %.2f ms, max %.2f ms; other acks: %zu, p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+      agents, keys, seconds, static_cast<unsigned long long>(cells),
+      absl::GetFlag(FLAGS_snapshot_every_seconds), windows.size(), stores.c_str(), during.size(),
+      Percentile(during, 0.5), Percentile(during, 0.99), Percentile(during, 1.0), outside.size(),
+      Percentile(outside, 0.5), Percentile(outside, 0.99), Percentile(outside, 1.0));
+  std::fflush(stdout);
+  for (const std::string& e : errors) {
+    if (!e.empty()) {
+      std::fprintf(stderr, "restart_bench: %s\n", e.c_str());
+      return false;
+    }
+  }
+  return !windows.empty();
 }
 
 int Run() {
@@ -216,7 +364,10 @@ int Run() {
                  collector->process->Log().c_str());
     return 1;
   }
-  collector = StartCollector(dir, "snapshot.log");
+  const bool load = absl::GetFlag(FLAGS_snapshot_load_seconds) > 0;
+  collector = StartCollector(
+      dir, "snapshot.log",
+      load ? absl::StrCat(absl::GetFlag(FLAGS_snapshot_every_seconds), "s") : "1h");
   if (!collector) return 1;
   const double cells_s =
       WaitForCells(collector->grpc, cells, absl::Now() - absl::Seconds(collector->ready_s));
@@ -224,6 +375,8 @@ int Run() {
       "restart_bench: SIGTERM (clean stop with snapshot) took %.2f s; restart loading the "
       "snapshot: serving (ready file) after %.2f s; statistics over all %llu cells after %.2f s\n",
       stop_s, collector->ready_s, static_cast<unsigned long long>(cells), cells_s);
+  std::fflush(stdout);
+  if (load && !AcksDuringSnapshots(*collector, keys, cells)) return 1;
   auto final_stop = collector->process->Stop(SIGTERM, absl::Minutes(5));
   if (cells_s < 0 || !final_stop.ok()) return 1;
   return 0;

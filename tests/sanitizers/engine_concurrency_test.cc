@@ -6,16 +6,19 @@
 // concurrently is lost or applied twice.
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "collector/catalog.h"
 #include "collector/engine.h"
+#include "constance/state/v1/engine_state.pb.h"
 #include "gtest/gtest.h"
 
 namespace constance::collector {
@@ -165,6 +168,81 @@ TEST(EngineConcurrencyTest, IngestTicksReadersAndCatalogSwapsInterleave) {
   for (const LocationState& l : s->location_states) {
     EXPECT_EQ(l.watermark, uint64_t{kBatchesPerWriter} * kPerBatch) << l.location;
   }
+}
+
+// Snapshots taken while batches apply, as the collector takes them: the
+// capture's steps on other threads than ingest (Begin on one of its own, as
+// the batch log's applier runs it). Each capture must be one moment's state:
+// every price cell holds the value of the batch its location's high-water
+// mark ends at, and exactly the series created up to then are in it.
+TEST(EngineConcurrencyTest, CapturesTakenDuringIngestAreEachOneMomentsState) {
+  constexpr int kBatches = 400;
+  constexpr int kFixedKeys = 3;
+  Engine engine(Engine::Options{});
+  const absl::Time start = absl::Now() - absl::Hours(1);
+  auto batch_of = [&](int writer, int b) {
+    v1::Batch batch;
+    batch.set_location(absl::StrCat("store-", writer));
+    batch.set_incarnation(1);
+    batch.set_first_sequence(static_cast<uint64_t>(b) * (kFixedKeys + 1) + 1);
+    for (int k = 0; k <= kFixedKeys; ++k) {
+      v1::Observation* o = batch.add_observations();
+      o->mutable_observed_at()->set_seconds(absl::ToUnixSeconds(start + absl::Seconds(b)));
+      // The last key is new in every batch: series are created mid-capture.
+      o->set_key(k < kFixedKeys ? absl::StrCat("sku-", k) : absl::StrCat("new-", writer, "-", b));
+      o->mutable_price()->set_minor_units(1000 + b);
+      o->mutable_price()->set_currency("EUR");
+    }
+    return batch;
+  };
+  std::atomic<int> ack_errors{0};
+  std::atomic<bool> writing{true};
+  std::vector<std::thread> writers;
+  for (int w = 0; w < kWriters; ++w) {
+    writers.emplace_back([&, w] {
+      for (int b = 0; b < kBatches; ++b) {
+        absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(batch_of(w, b));
+        if (!ack.ok() || ack->rejections_size() != 0) ++ack_errors;
+      }
+    });
+  }
+  int captures = 0;
+  int inconsistent = 0;
+  std::thread snapshots([&] {
+    while (writing.load()) {
+      std::shared_ptr<Engine::StateCapture> capture = engine.PrepareCapture();
+      std::thread([&] { engine.BeginCapture(capture); }).join();
+      state::v1::EngineState state;
+      if (!state.ParseFromString(engine.FinishCapture(capture))) {
+        ++inconsistent;
+        continue;
+      }
+      ++captures;
+      std::map<uint32_t, int64_t> last_value;  // By location index: its last batch's price.
+      int64_t new_series = 0;
+      for (const state::v1::Stream& s : state.streams()) {
+        last_value[s.location()] =
+            1000 + static_cast<int64_t>(s.watermark()) / (kFixedKeys + 1) - 1;
+        new_series += static_cast<int64_t>(s.watermark()) / (kFixedKeys + 1);
+      }
+      for (const state::v1::Series& s : state.series()) {
+        if (absl::StartsWith(s.id().key(), "new-")) {
+          --new_series;
+          continue;
+        }
+        for (const state::v1::PriceCell& c : s.price()) {
+          if (c.minor_units() != last_value[c.location()]) ++inconsistent;
+        }
+      }
+      if (new_series != 0) ++inconsistent;
+    }
+  });
+  for (std::thread& t : writers) t.join();
+  writing.store(false);
+  snapshots.join();
+  EXPECT_EQ(ack_errors.load(), 0);
+  EXPECT_GT(captures, 0);
+  EXPECT_EQ(inconsistent, 0);
 }
 
 TEST(EngineConcurrencyTest, StopWhileTicksRunIsPromptAndIdempotent) {

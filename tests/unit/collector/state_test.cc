@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -15,8 +16,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "collector/batch_log.h"
 #include "collector/engine.h"
+#include "constance/state/v1/engine_state.pb.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 
 namespace constance::collector {
@@ -141,6 +146,39 @@ TEST(EngineStateTest, ARestoredEngineCarriesOnExactlyAsTheOriginal) {
   EXPECT_EQ(ack.duplicates(), 1u);
 }
 
+TEST(EngineStateTest, ACaptureIsTheStateAtItsBeginWhateverIsAppliedMeanwhile) {
+  auto now = std::make_shared<absl::Time>(kStart);
+  Chain chain(now);
+  for (int round = 0; round < 6; ++round) {
+    *now += absl::Minutes(5);
+    Feed(chain, round);
+    chain.engine().Evaluate();
+  }
+  // A series nothing changes during the capture: copied by FinishCapture.
+  chain.Send(Store(0), 6 * 41 + 1, {chain.Price("milk", 129)});
+  const std::string reference = chain.engine().SaveState();
+  std::shared_ptr<Engine::StateCapture> capture = chain.engine().PrepareCapture();
+  chain.engine().BeginCapture(capture);
+  // Changes to cells of every other series (each kept as it was before it
+  // changes), a new cell in one, a new series and a new location (neither
+  // in the capture), new counters and high-water marks.
+  Feed(chain, 6);
+  chain.Send(Store(1), 7 * 41 + 1, {chain.Price("tea", 199), chain.Price("coffee", 459)});
+  chain.Send(Store(20), 1, {chain.Price("coffee", 449)});
+  const std::string captured = chain.engine().FinishCapture(capture);
+  EXPECT_NE(chain.engine().SaveState().size(), captured.size());
+
+  state::v1::EngineState want, got;
+  ASSERT_TRUE(want.ParseFromString(reference));
+  ASSERT_TRUE(got.ParseFromString(captured));
+  google::protobuf::util::MessageDifferencer diff;
+  diff.set_repeated_field_comparison(google::protobuf::util::MessageDifferencer::AS_SET);
+  std::string report;
+  diff.ReportDifferencesToString(&report);
+  EXPECT_TRUE(diff.Compare(want, got)) << report;
+  EXPECT_EQ(got.series_size(), 3);  // coffee, checkout, milk; not tea.
+}
+
 TEST(EngineStateTest, AnUnreadableSnapshotIsRefusedAndChangesNothing) {
   auto now = std::make_shared<absl::Time>(kStart);
   Chain chain(now);
@@ -208,6 +246,26 @@ void AppendAndWait(BatchLog& log, uint64_t first, int n, std::vector<uint64_t>* 
   ASSERT_TRUE(mu->AwaitWithTimeout(absl::Condition(&done), absl::Seconds(30)));
 }
 
+// A snapshot whose state names the batches applied when its Begin ran;
+// `finish`, if set, runs in its Finish step first.
+BatchLog::Prepare CountingCapture(std::vector<uint64_t>* applied, absl::Mutex* mu, int* captures,
+                                  std::function<void(size_t)> finish = nullptr) {
+  return [=]() -> BatchLog::Begin {
+    return [=]() -> BatchLog::Finish {
+      size_t at = 0;
+      {
+        absl::MutexLock lock(mu);
+        ++*captures;
+        at = applied->size();
+      }
+      return [=] {
+        if (finish) finish(at);
+        return absl::StrFormat("state after %d batches", at);
+      };
+    };
+  };
+}
+
 TEST(BatchLogTest, ASnapshotCompactsTheLogAndPositionsAreNeverReused) {
   TempDir dir;
   const std::string path = dir.path() + "/batches.db";
@@ -218,11 +276,7 @@ TEST(BatchLogTest, ASnapshotCompactsTheLogAndPositionsAreNeverReused) {
     absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
     ASSERT_TRUE(log.ok()) << log.status();
     EXPECT_TRUE(absl::IsNotFound((*log)->LoadSnapshot().status()));
-    (*log)->SetCheckpoint(absl::InfiniteDuration(), [&] {
-      absl::MutexLock lock(&mu);
-      ++captures;
-      return absl::StrFormat("state after %d batches", applied.size());
-    });
+    (*log)->SetCheckpoint(absl::InfiniteDuration(), CountingCapture(&applied, &mu, &captures));
     (*log)->Start();
     AppendAndWait(**log, 1, 5, &applied, &mu);
   }  // A clean shutdown snapshots.
@@ -253,6 +307,54 @@ TEST(BatchLogTest, ASnapshotCompactsTheLogAndPositionsAreNeverReused) {
                     .ok());
     EXPECT_EQ(replayed, (std::vector<uint64_t>{6, 7, 8}));
   }
+}
+
+TEST(BatchLogTest, AcksKeepFlowingWhileASnapshotIsBeingTaken) {
+  TempDir dir;
+  const std::string path = dir.path() + "/batches.db";
+  absl::Mutex mu;
+  std::vector<uint64_t> applied;
+  int captures = 0;
+  absl::Notification finishing, release;
+  std::atomic<bool> held{false};
+  size_t held_at = 0;
+  {
+    absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
+    ASSERT_TRUE(log.ok()) << log.status();
+    // A snapshot every millisecond; the first begun after 5 batches is held
+    // in its Finish step (serializing, as a large one takes seconds).
+    (*log)->SetCheckpoint(absl::Milliseconds(1),
+                          CountingCapture(&applied, &mu, &captures, [&](size_t at) {
+                            if (at < 5 || held.exchange(true)) return;
+                            held_at = at;
+                            finishing.Notify();
+                            release.WaitForNotification();
+                          }));
+    (*log)->Start();
+    AppendAndWait(**log, 1, 5, &applied, &mu);
+    finishing.WaitForNotification();
+    const uint64_t stored = (*log)->checkpoint_stats().snapshots;
+    // Committed, applied and acknowledged while the snapshot is held.
+    AppendAndWait(**log, 6, 20, &applied, &mu);
+    EXPECT_EQ((*log)->committed(), 25u);
+    EXPECT_EQ((*log)->checkpoint_stats().snapshots, stored);  // Not stored yet.
+    release.Notify();
+    // Stored once finished, between two commits (a poll with a deadline).
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while ((*log)->checkpoint_stats().snapshots == stored && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    EXPECT_GT((*log)->checkpoint_stats().snapshots, stored);
+  }  // A clean shutdown snapshots after the last batch.
+
+  // Begun after batch 5: the 20 after it were acknowledged while it was held.
+  EXPECT_EQ(held_at, 5u);
+  absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
+  ASSERT_TRUE(log.ok()) << log.status();
+  absl::StatusOr<BatchLog::Snapshot> snap = (*log)->LoadSnapshot();
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  EXPECT_EQ(snap->state, absl::StrFormat("state after %d batches", applied.size()));
+  EXPECT_EQ(snap->through, static_cast<int64_t>(applied.size()));
 }
 
 TEST(BatchLogTest, ASecondCollectorOnTheSameLogIsRefusedSayingWhy) {
