@@ -218,9 +218,12 @@ echo "demo: $stores stores sent $total observations to their agents; waiting for
 
 # Checkout tickets keep coming, 4 per store and second, with the same
 # spread; demo-store-16 starts creeping after a calm 15 s (the baselines).
-checkout_waits() {  # store number, tick -> a JSON array of 4 tickets
-  local n=$1 tick=$2 t w out="[" sep=""
-  for t in 1 2 3 4; do
+# A tick is a second of the feed's clock: on a busy machine a round of
+# posts takes longer, and the round then carries 4 tickets for each second
+# it covers, so every window still holds the samples a comparison needs.
+checkout_waits() {  # store number, tick, tickets -> a JSON array of tickets
+  local n=$1 tick=$2 count=$3 t w out="[" sep=""
+  for ((t = 1; t <= count; t++)); do
     w=$((160 + (n * 7 + (tick * 4 + t) * 13) % 41))
     [ "$n" -eq 13 ] && w=$((w * 23 / 10))
     [ "$n" -eq 3 ] && w=$((w + 6))
@@ -235,12 +238,16 @@ checkout_waits() {  # store number, tick -> a JSON array of 4 tickets
   echo "$out]"
 }
 feed() {
-  local tick=0 i
+  local start=$SECONDS last=$((SECONDS - 1)) tick seconds i
   while true; do
-    tick=$((tick + 1))
+    tick=$((SECONDS - start + 1))
+    seconds=$((SECONDS - last))
+    ((seconds >= 1)) || seconds=1
+    ((seconds <= 5)) || seconds=5
+    last=$SECONDS
     for i in $(seq -w 1 $stores); do
       curl -sS -o /dev/null --fail -H 'Content-Type: application/json' \
-        --data-binary "$(checkout_waits $((10#$i)) $tick)" \
+        --data-binary "$(checkout_waits $((10#$i)) $tick $((4 * seconds)))" \
         "http://${http[demo-store-$i]}/v1/observations" 2>>"$state/feed.log" || true
     done
     sleep 1
