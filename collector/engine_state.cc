@@ -114,7 +114,14 @@ std::string Engine::SaveState() {
   pb::EngineState state;
   state.set_format(kStateFormat);
   state.set_saved_at_ns(ToNs(options_.clock()));
-  for (const Location& l : locations_) {
+  // Slots retention freed are left out: the snapshot numbers the live
+  // locations from 0 and every index below is translated (`saved`).
+  constexpr uint32_t kFreed = std::numeric_limits<uint32_t>::max();
+  std::vector<uint32_t> saved(locations_.size(), kFreed);
+  for (size_t i = 0; i < locations_.size(); ++i) {
+    const Location& l = locations_[i];
+    if (!l.live) continue;
+    saved[i] = static_cast<uint32_t>(state.locations_size());
     pb::Location* out = state.add_locations();
     const LocationState& s = l.state;
     out->set_name(s.location);
@@ -130,16 +137,25 @@ std::string Engine::SaveState() {
   }
   for (const auto& [id, stream] : streams_) {
     pb::Stream* out = state.add_streams();
-    out->set_location(id.first);
+    out->set_location(saved[id.first]);
     out->set_incarnation(id.second);
     out->set_watermark(stream.watermark);
+    out->set_last_applied_ns(ToNs(stream.last_applied));
+  }
+  for (const auto& [name, retired] : retired_) {
+    pb::RetiredStream* out = state.add_retired_streams();
+    out->set_location(name);
+    out->set_incarnation(retired.incarnation);
+    out->set_watermark(retired.stream.watermark);
+    out->set_last_applied_ns(ToNs(retired.stream.last_applied));
   }
   for (const Series& series : series_) {
+    if (!series.live) continue;
     pb::Series* out = state.add_series();
     SeriesToProto(series.key, out->mutable_id());
     for (const auto& [loc, cell] : series.price) {
       pb::PriceCell* c = out->add_price();
-      c->set_location(loc);
+      c->set_location(saved[loc]);
       c->set_observed_at_ns(cell.observed_at_ns);
       c->set_minor_units(cell.minor_units);
       if (cell.changes != nullptr) {
@@ -155,7 +171,7 @@ std::string Engine::SaveState() {
     }
     for (const auto& [loc, cell] : series.wait) {
       pb::WaitCell* c = out->add_wait();
-      c->set_location(loc);
+      c->set_location(saved[loc]);
       c->set_observed_at_ns(cell.observed_at_ns);
       for (const WaitCell::Bin& bin : cell.bins) {
         pb::WaitBin* b = c->add_bins();
@@ -165,7 +181,7 @@ std::string Engine::SaveState() {
     }
     for (const auto& [loc, cell] : series.compliance) {
       pb::ComplianceCell* c = out->add_compliance();
-      c->set_location(loc);
+      c->set_location(saved[loc]);
       c->set_observed_at_ns(cell.observed_at_ns);
       for (const CountBin& bin : cell.bins) {
         pb::CountBin* b = c->add_bins();
@@ -177,7 +193,7 @@ std::string Engine::SaveState() {
     }
     for (const auto& [loc, cell] : series.score) {
       pb::ScoreCell* c = out->add_score();
-      c->set_location(loc);
+      c->set_location(saved[loc]);
       c->set_observed_at_ns(cell.observed_at_ns);
       for (const SumBin& bin : cell.bins) {
         pb::SumBin* b = c->add_bins();
@@ -208,8 +224,9 @@ std::string Engine::SaveState() {
   }
   for (const v1::Finding& f : tracker_.Closed()) *state.add_closed() = f;
   for (const auto& [loc, account] : trust_) {
+    if (loc >= saved.size() || saved[loc] == kFreed) continue;
     pb::Trust* t = state.add_trust();
-    t->set_location(loc);
+    t->set_location(saved[loc]);
     t->set_deposits(account.deposits());
     t->set_withdrawals(account.withdrawals());
     t->set_updated_ns(ToNs(account.updated()));
@@ -227,9 +244,10 @@ std::string Engine::SaveState() {
     g->set_level(d.level);
   }
   for (const auto& [id, d] : cell_drift_) {
+    if (id.second >= saved.size() || saved[id.second] == kFreed) continue;
     pb::CellDrift* c = state.add_cell_drift();
     c->set_group(id.first);
-    c->set_location(id.second);
+    c->set_location(saved[id.second]);
     SaveBaseline(d.baseline, c->mutable_baseline());
     c->set_cusum_up(d.up.s);
     c->set_cusum_down(d.down.s);
@@ -322,9 +340,22 @@ absl::Status Engine::LoadState(const std::string& bytes) {
     locations.push_back(std::move(l));
   }
   absl::flat_hash_map<std::pair<uint32_t, uint64_t>, Stream> streams;
+  // A snapshot from before retention has no receive times: its marks count
+  // as used when it was saved, so none is pruned sooner than it could be.
+  const absl::Time saved_at = FromNs(state.saved_at_ns());
+  auto applied_at = [&](int64_t ns) { return ns == 0 ? saved_at : FromNs(ns); };
   for (const pb::Stream& in : state.streams()) {
     if (!location_ok(in.location())) return Bad("a stream names an unknown location");
-    streams[{in.location(), in.incarnation()}].watermark = in.watermark();
+    Stream& stream = streams[{in.location(), in.incarnation()}];
+    stream.watermark = in.watermark();
+    stream.last_applied = applied_at(in.last_applied_ns());
+  }
+  absl::flat_hash_map<std::string, RetiredStream> retired;
+  for (const pb::RetiredStream& in : state.retired_streams()) {
+    if (location_index.contains(in.location())) {
+      return Bad(absl::StrCat("location '", in.location(), "' is both held and retired"));
+    }
+    retired[in.location()] = {in.incarnation(), {in.watermark(), applied_at(in.last_applied_ns())}};
   }
   std::vector<Series> series;
   SeriesIndex series_index;
@@ -378,7 +409,10 @@ absl::Status Engine::LoadState(const std::string& bytes) {
     locations_ = std::move(locations);
     location_index_ = std::move(location_index);
     streams_ = std::move(streams);
+    retired_ = std::move(retired);
     series_ = std::move(series);
+    free_locations_.clear();
+    free_series_.clear();
     series_index_ = std::move(series_index);
     cells_ = cells;
     // Each location's cells, for --max_cells_per_location.
