@@ -8,7 +8,9 @@
 //   - the statistics tick (catalog stats_interval, 1 s) recomputes dirty
 //     series per peer group and publishes an immutable Snapshot that the
 //     Query API and /metrics read, so a scrape never blocks ingest;
-//   - the evaluation tick (evaluation_interval, 1 min) recomputes every
+//   - the evaluation tick (evaluation_interval, 1 min) first forgets what
+//     retention frees (retention.cc: expired cells, empty series, gone
+//     locations, idle marks), then recomputes every
 //     series (windows slide, cells expire) and evaluates the findings of
 //     docs/design.md ("Findings"): outliers, splits and rollouts, zones, broken and
 //     unkeepable promises, irregular price changes, drift, silent and
