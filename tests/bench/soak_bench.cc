@@ -141,9 +141,12 @@ class Soak {
     for (int k = first_key; k < first_key + c_.keys; ++k) {
       v1::Observation* o = b.add_observations();
       o->set_key(absl::StrCat("item-", k));
-      // A stable price per key, a few stores a cent off, and a chain-wide
-      // change every fourth week, so levels and changes are exercised.
-      o->mutable_price()->set_minor_units(100 + k % 50 + (l % 17 == 0) + (hour / 672) % 2);
+      // A price per key, a few stores a cent off, and a chain-wide change
+      // of each key every 14 days, keys staggered by day (a fourteenth of
+      // them up or down each day), so levels, changes and the price-drop
+      // feed are exercised evenly from the first weeks on.
+      const int day = hour / 24;
+      o->mutable_price()->set_minor_units(100 + k % 50 + (l % 17 == 0) + ((day + k) / 14) % 2);
       o->mutable_price()->set_currency("EUR");
       Stamp(o);
     }
