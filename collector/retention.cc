@@ -88,9 +88,13 @@ bool Engine::ExpireCellsLocked(Series* series, absl::Time now, const Catalog& ca
     any |= EraseOlder(&series->wait, before(catalog.wait.ttl), &locations_, &freed);
   }
   if (!series->compliance.empty()) {
-    // A judged key's ttl is its cadence (Catalog::CompliancePolicy).
-    const absl::Duration ttl = catalog.CompliancePolicy(series->key.key).ttl;
-    any |= EraseOlder(&series->compliance, before(ttl), &locations_, &freed);
+    // A key judged with a cadence keeps its cells while their location is
+    // held: an overdue one is a stale finding (OverdueKeyConditions) that
+    // lasts until the location reports the key again.
+    const KeyJudging* judging = catalog.JudgingFor(series->key.key);
+    if (judging == nullptr || judging->expected_every <= absl::ZeroDuration()) {
+      any |= EraseOlder(&series->compliance, before(catalog.compliance.ttl), &locations_, &freed);
+    }
   }
   if (!series->score.empty()) {
     any |= EraseOlder(&series->score, before(catalog.score.ttl), &locations_, &freed);
@@ -117,7 +121,16 @@ bool Engine::ExpiredLocationLocked(const Location& l, absl::Time now,
   if (!catalog.auto_register && !DeclaredLocked(l.state.location)) return true;
   const absl::Time heard = std::max(l.state.last_report, l.state.health.heartbeat_at);
   if (heard == absl::InfinitePast()) return false;
-  return now - heard > std::max(catalog.thresholds.location_retention, MarkIdleBound());
+  // Retention counts from when the location would be silent: after
+  // location_ttl past its cadence (the catalog's, else its agent's), as
+  // DeliveryConditions judges it. A store sending monthly files, or a
+  // replay whose location_ttl follows yearly inspections, keeps its state.
+  const absl::Duration cadence = l.entry != nullptr && l.entry->cadence > absl::ZeroDuration()
+                                     ? l.entry->cadence
+                                     : l.state.health.data_cadence;
+  const absl::Duration silent_after = cadence + catalog.thresholds.location_ttl;
+  return now - heard >
+         std::max(silent_after + catalog.thresholds.location_retention, MarkIdleBound());
 }
 
 void Engine::DropLocationLocked(uint32_t loc, Forgotten* forgotten) {

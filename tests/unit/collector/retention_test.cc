@@ -187,7 +187,7 @@ TEST(RetentionTest, ASilentLocationIsDroppedAndKeepsItsMarkWhenItReturns) {
   Engine engine(Options(&clock));
   ASSERT_TRUE(engine.ApplyBatch(Prices("quiet", 7, 1, {"a", "b", "c"}, 100, clock.now)).ok());
   ASSERT_TRUE(engine.ApplyBatch(Prices("busy", 1, 1, {"a"}, 100, clock.now)).ok());
-  clock.now += absl::Hours(24 * 30) + absl::Minutes(1);
+  clock.now += absl::Hours(24 * 30) + absl::Hours(1) + absl::Minutes(1);  // Past location_ttl + 30d.
   ASSERT_TRUE(engine.ApplyBatch(Prices("busy", 1, 2, {"a"}, 100, clock.now)).ok());
   engine.Evaluate();
   std::shared_ptr<const Snapshot> s = engine.snapshot();
@@ -206,6 +206,24 @@ TEST(RetentionTest, ASilentLocationIsDroppedAndKeepsItsMarkWhenItReturns) {
   EXPECT_EQ(ack->outcome(), v1::Ack::APPLIED);
   EXPECT_EQ(ack->duplicates(), 1u);
   EXPECT_EQ(ack->applied(), 1u);
+}
+
+TEST(RetentionTest, ALocationWithALongCadenceIsKeptPastLocationRetention) {
+  Clock clock;
+  Catalog catalog = SmallCatalog();
+  LocationEntry quarterly;
+  quarterly.id = "quarterly";
+  quarterly.cadence = absl::Hours(24 * 90);
+  catalog.locations.push_back(quarterly);
+  catalog.Index();
+  Engine engine(Options(&clock, catalog));
+  ASSERT_TRUE(engine.ApplyBatch(Prices("quarterly", 1, 1, {"a"}, 100, clock.now)).ok());
+  ASSERT_TRUE(engine.ApplyBatch(Prices("daily", 1, 1, {"a"}, 100, clock.now)).ok());
+  clock.now += absl::Hours(24 * 31 + 2);
+  engine.Evaluate();
+  std::shared_ptr<const Snapshot> s = engine.snapshot();
+  ASSERT_EQ(s->location_states.size(), 1u) << "daily is silent past 30 days; quarterly is not";
+  EXPECT_EQ(s->location_states[0].location, "quarterly");
 }
 
 TEST(RetentionTest, ASupersededMarkIsPrunedOnceIdlePastTheLatenessBound) {
