@@ -15,7 +15,8 @@
 //
 // Per simulated week it prints the series held, cells, marks held, the
 // process's resident memory (tests/bench/proc_stats.h), the evaluation CPU
-// time and the observations rejected for `series`. It asserts nothing
+// time, the observations rejected for `series`, and the wall and process
+// CPU seconds so far (on a shared machine the CPU time is the measure). It asserts nothing
 // while running, and exits 1 if the series held or the resident memory
 // grew more than 10% from week 8 to the last week reached, or anything
 // was rejected for `series`. Past --max_wall it stops after the current
@@ -75,6 +76,7 @@ struct Week {
   double eval_cpu = 0;  // Seconds, this week's evaluations together.
   uint64_t rejected_series = 0;  // Since the start.
   double wall = 0;      // Seconds since the start.
+  double cpu = 0;       // The process's CPU seconds since the start.
 };
 
 class Soak {
@@ -121,6 +123,7 @@ class Soak {
     w->rejected_series = it == s->rejected_by_reason.end() ? 0 : it->second;
     w->rss_kb = testing::ProcStatusKb(getpid(), "VmRSS");
     w->wall = absl::ToDoubleSeconds(absl::Now() - wall_start);
+    w->cpu = testing::CpuSeconds(getpid());
   }
 
  private:
@@ -197,8 +200,9 @@ int Run(const Config& c) {
       c.locations, c.keys, c.churned, c.service_keys, c.service_keys,
       absl::FormatDuration(c.eval_every).c_str(), c.weeks,
       absl::FormatDuration(c.max_wall).c_str());
-  std::printf("%4s %9s %10s %8s %9s %6s %12s %12s %9s %8s\n", "week", "series", "cells",
-              "marks", "rss_mb", "evals", "eval_cpu_s", "cpu_per_eval", "rej_ser", "wall_s");
+  std::printf("%4s %9s %10s %8s %9s %6s %12s %12s %9s %8s %8s\n", "week", "series", "cells",
+              "marks", "rss_mb", "evals", "eval_cpu_s", "cpu_per_eval", "rej_ser", "wall_s",
+              "cpu_s");
   Soak soak(c);
   const absl::Time wall_start = absl::Now();
   const testing::MachineCpu machine_before = testing::ReadMachineCpu();
@@ -214,11 +218,11 @@ int Run(const Config& c) {
     }
     soak.Measure(&w, wall_start);
     weeks.push_back(w);
-    std::printf("%4d %9lu %10lu %8lu %9.1f %6d %12.3f %12.4f %9lu %8.1f\n", w.week,
+    std::printf("%4d %9lu %10lu %8lu %9.1f %6d %12.3f %12.4f %9lu %8.1f %8.1f\n", w.week,
                 static_cast<unsigned long>(w.series), static_cast<unsigned long>(w.cells),
                 static_cast<unsigned long>(w.streams), static_cast<double>(w.rss_kb) / 1024,
                 w.evaluations, w.eval_cpu, w.evaluations > 0 ? w.eval_cpu / w.evaluations : 0,
-                static_cast<unsigned long>(w.rejected_series), w.wall);
+                static_cast<unsigned long>(w.rejected_series), w.wall, w.cpu);
     std::fflush(stdout);
     if (stopped && (week < c.weeks || hours < 24 * 7)) {
       const double done = (week - 1) + hours / (24.0 * 7);
