@@ -457,6 +457,14 @@ std::vector<Key<Thresholds>> ThresholdKeys() {
       {"restart_grace", DurationAt(&T::restart_grace, /*allow_zero=*/true)},
       {"stats_interval", DurationAt(&T::stats_interval)},
       {"evaluation_interval", DurationAt(&T::evaluation_interval)},
+      {"retention",
+       [](const Parser& p, const Field& f, T* out) {
+         return p.Duration(f, {.allow_zero = true, .days = true}, &out->retention);
+       }},
+      {"location_retention",
+       [](const Parser& p, const Field& f, T* out) {
+         return p.Duration(f, {.allow_zero = false, .days = true}, &out->location_retention);
+       }},
   };
 }
 

@@ -99,6 +99,16 @@ struct Thresholds {
   absl::Duration restart_grace = absl::Minutes(10);
   absl::Duration stats_interval = absl::Seconds(1);
   absl::Duration evaluation_interval = absl::Minutes(1);
+  // Retention (docs/design.md, "Retention"): a cell not refreshed for its
+  // family's ttl plus `retention` is freed at the next evaluation (a
+  // compliance key judged with a cadence: only with its location), and a
+  // series left without cells is removed. A location neither reporting nor
+  // heart-beating for `location_retention` past the point it counts as
+  // silent (its cadence plus location_ttl; in all at least the collector's
+  // --max_lateness plus --max_future_skew) is dropped with its drift state
+  // and trust balance.
+  absl::Duration retention = absl::Hours(24 * 7);
+  absl::Duration location_retention = absl::Hours(24 * 30);
 };
 
 // A half-open interval of absolute time.

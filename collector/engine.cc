@@ -277,12 +277,25 @@ void Engine::TickLoop(bool evaluation) {
 
 uint32_t Engine::LocationIndex(absl::string_view location) {
   if (auto it = location_index_.find(location); it != location_index_.end()) return it->second;
-  const uint32_t index = static_cast<uint32_t>(locations_.size());
-  location_index_.emplace(std::string(location), index);
   Location l;
   l.state.location = std::string(location);
   l.entry = catalog_->FindLocation(location);
-  locations_.push_back(std::move(l));
+  uint32_t index;
+  if (!free_locations_.empty()) {
+    index = free_locations_.back();
+    free_locations_.pop_back();
+    locations_[index] = std::move(l);
+  } else {
+    index = static_cast<uint32_t>(locations_.size());
+    locations_.push_back(std::move(l));
+  }
+  location_index_.emplace(std::string(location), index);
+  // Back after being dropped for silence: its agent carries on from the
+  // mark it was acknowledged.
+  if (auto it = retired_.find(location); it != retired_.end()) {
+    streams_[{index, it->second.incarnation}] = it->second.stream;
+    retired_.erase(it);
+  }
   return index;
 }
 
@@ -355,6 +368,9 @@ std::optional<v1::Ack> Engine::Admit(const BatchView& batch) {
     if (auto it = streams_.find({loc->second, batch.incarnation}); it != streams_.end()) {
       watermark = it->second.watermark;
     }
+  } else if (auto it = retired_.find(batch.location);
+             it != retired_.end() && it->second.incarnation == batch.incarnation) {
+    watermark = it->second.stream.watermark;  // Dropped for silence; ApplyBatch gives it back.
   }
   uint64_t& admitted = admitted_[{std::string(batch.location), batch.incarnation}];
   const uint64_t through = std::max(admitted, watermark);
@@ -486,8 +502,16 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
     if (found == series_index_.end()) {
       Series series;
       series.key = SeriesOf(obs);
-      found = series_index_.emplace(series.key, static_cast<uint32_t>(series_.size())).first;
-      series_.push_back(std::move(series));
+      uint32_t index;
+      if (!free_series_.empty()) {  // A slot retention freed.
+        index = free_series_.back();
+        free_series_.pop_back();
+        series_[index] = std::move(series);
+      } else {
+        index = static_cast<uint32_t>(series_.size());
+        series_.push_back(std::move(series));
+      }
+      found = series_index_.emplace(series_[index].key, index).first;
     }
     PreserveForCapturesLocked(found->second, obs.value, loc);
     Series& series = series_[found->second];
@@ -540,6 +564,7 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   duplicates_ += duplicates;
   ++batches_;
   stream.watermark = std::max(stream.watermark, batch.first_sequence + count - 1);
+  stream.last_applied = std::max(stream.last_applied, now);
   LocationState& state = locations_[loc].state;
   state.last_report = now;
   state.incarnation = batch.incarnation;
@@ -583,7 +608,7 @@ absl::Status Engine::RoomForCellLocked(SeriesIndex::const_iterator found, uint32
         limits.max_cells_per_location,
         " keys (--max_cells_per_location); a new key is not started"));
   }
-  if (new_series && limits.max_series > 0 && series_.size() >= limits.max_series) {
+  if (new_series && limits.max_series > 0 && series_index_.size() >= limits.max_series) {
     return absl::ResourceExhaustedError(
         absl::StrCat("series: the collector holds its limit of ", limits.max_series,
                      " series (--max_series); a new one is not started"));
@@ -862,7 +887,7 @@ bool Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& v
     RefreshCatalogLocked();
     catalog = catalog_;
     for (uint32_t i = 0; i < series_.size(); ++i) {
-      if (all || series_[i].dirty) todo.push_back(i);
+      if (series_[i].live && (all || series_[i].dirty)) todo.push_back(i);
       series_[i].dirty = false;
     }
     published_.resize(series_.size());
@@ -874,7 +899,10 @@ bool Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& v
     snapshot->batches_out_of_order = out_of_order_;
     snapshot->batches = batches_;
     snapshot->rejected_by_reason = rejected_by_reason_;
+    snapshot->series_held = series_index_.size();
+    snapshot->streams_held = streams_.size() + retired_.size();
     for (const Location& l : locations_) {
+      if (!l.live) continue;
       snapshot->location_states.push_back(l.state);
       if (l.state.last_report != absl::InfinitePast()) ++snapshot->locations;
     }
@@ -996,9 +1024,16 @@ void Engine::Evaluate() {
   std::vector<LocationState> states;
   std::vector<const LocationEntry*> entries;
   {
+    absl::MutexLock recompute_lock(&recompute_mu_);
     absl::MutexLock lock(&mu_);
     RefreshCatalogLocked();
+    // A snapshot being captured names locations and series by slot: what
+    // retention would free waits for the next evaluation.
+    if (!CaptureRunningLocked()) ForgetLocked(now, *catalog_);
+    RefreshCatalogLocked();  // A dropped location's agent labels went.
     catalog_ptr = catalog_;
+    // A slot retention freed stays in place with an empty name: indices
+    // are location indices.
     for (const Location& l : locations_) {
       states.push_back(l.state);
       entries.push_back(l.entry);
@@ -1048,6 +1083,8 @@ void Engine::Evaluate() {
   std::vector<std::string> names;
   for (size_t i = 0; i < states.size(); ++i) {
     const uint32_t loc = static_cast<uint32_t>(i);
+    names.push_back(states[i].location);
+    if (states[i].location.empty()) continue;  // A freed slot.
     TrustAccount& account = trust_[loc];
     account.DecayTo(now, catalog.trust.half_life);
     if (auto it = ev.deposits.find(loc); it != ev.deposits.end()) {
@@ -1056,7 +1093,6 @@ void Engine::Evaluate() {
     if (auto it = ev.withdrawals.find(loc); it != ev.withdrawals.end()) {
       account.Withdraw(it->second * days);
     }
-    names.push_back(states[i].location);
   }
   PublishFindings(now, th.persistence, names, ev.kept_broken, std::move(ev.price_drops),
                   std::move(ev.promises));
@@ -1267,6 +1303,7 @@ void Engine::PublishFindings(
                    });
   view->closed.assign(tracker_.Closed().begin(), tracker_.Closed().end());
   for (size_t i = 0; i < names.size(); ++i) {
+    if (names[i].empty()) continue;  // A slot retention freed.
     const uint32_t loc = static_cast<uint32_t>(i);
     const TrustAccount& account = trust_[loc];
     FindingsView::Trust t;

@@ -8,7 +8,9 @@
 //   - the statistics tick (catalog stats_interval, 1 s) recomputes dirty
 //     series per peer group and publishes an immutable Snapshot that the
 //     Query API and /metrics read, so a scrape never blocks ingest;
-//   - the evaluation tick (evaluation_interval, 1 min) recomputes every
+//   - the evaluation tick (evaluation_interval, 1 min) first forgets what
+//     retention frees (retention.cc: expired cells, empty series, gone
+//     locations, idle marks), then recomputes every
 //     series (windows slide, cells expire) and evaluates the findings of
 //     docs/design.md ("Findings"): outliers, splits and rollouts, zones, broken and
 //     unkeepable promises, irregular price changes, drift, silent and
@@ -243,6 +245,11 @@ struct Snapshot {
   std::vector<std::shared_ptr<const SeriesStats>> series;  // One per (series, group).
   // Series with a group of fewer than min_group locations: not compared.
   uint64_t uncompared_series = 0;
+  // Series held (with at least one cell), against --max_series, and
+  // high-water marks held (one per location and spool incarnation, plus
+  // one per location dropped for silence): what retention bounds.
+  uint64_t series_held = 0;
+  uint64_t streams_held = 0;
   std::vector<LocationState> location_states;              // By location name.
   std::shared_ptr<const FindingsView> findings = std::make_shared<FindingsView>();
   std::shared_ptr<const Catalog> catalog;
@@ -414,14 +421,30 @@ class Engine {
     absl::flat_hash_map<uint32_t, ComplianceCell> compliance;
     absl::flat_hash_map<uint32_t, ScoreCell> score;
     bool dirty = false;
+    // False for a slot retention freed (on free_series_ for reuse).
+    bool live = true;
   };
   struct Location {
     LocationState state;
     const LocationEntry* entry = nullptr;  // Into catalog_; null if undeclared.
     uint64_t cells = 0;                    // Against limits.max_cells_per_location.
+    // False for a slot retention freed (on free_locations_ for reuse).
+    bool live = true;
   };
   struct Stream {
     uint64_t watermark = 0;
+    absl::Time last_applied = absl::InfinitePast();  // Receive time of its last batch.
+  };
+  // The newest mark of a location dropped for silence.
+  struct RetiredStream {
+    uint64_t incarnation = 0;
+    Stream stream;
+  };
+  // What one retention pass freed: the names of the removed series, the
+  // slots of the dropped locations.
+  struct Forgotten {
+    absl::flat_hash_set<std::string> series_names;
+    absl::flat_hash_set<uint32_t> locations;
   };
   // A series' values by peer group, and the drift states, as the
   // evaluators read them (evaluators.h).
@@ -478,7 +501,8 @@ class Engine {
   bool RecomputeSeries(bool all, const std::function<void(SeriesData&)>& visit);
   void Publish(std::shared_ptr<Snapshot> snapshot);
   // One series' cells, for a snapshot.
-  static void SeriesToState(const Series& in, state::v1::Series* out);
+  static void SeriesToState(const Series& in, const std::vector<uint32_t>& saved,
+                            state::v1::Series* out);
   // A deep copy of a series' key and cells (not its flags).
   static Series CopyOf(const Series& in);
   // Keeps, for every capture in progress that has not copied series
@@ -492,6 +516,10 @@ class Engine {
   }
   void PreserveSlowLocked(uint32_t index, v1::Observation::ValueCase value, uint32_t loc)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a capture is between BeginCapture and the end of its
+  // FinishCapture (forgetting those abandoned). Retention, which frees and
+  // reuses slots, waits while one is.
+  bool CaptureRunningLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Puts the cells a capture kept (PreserveForCapturesLocked) back into
   // `copy`, a copy of their series made since.
   struct CaptureBefore;
@@ -533,6 +561,28 @@ class Engine {
   // In the operator's catalog (agent labels do not declare a location).
   bool DeclaredLocked(absl::string_view location) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TickLoop(bool evaluation);
+  // Retention (docs/design.md, "Retention"), at the start of Evaluate:
+  // frees expired cells, removes series without cells, drops locations
+  // removed from the catalog or silent past location_retention, prunes
+  // superseded high-water marks, then the drift state and trust of what
+  // went.
+  void ForgetLocked(absl::Time now, const Catalog& catalog)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_, recompute_mu_, mu_);
+  // Frees `series`'s cells older than its family's ttl plus retention;
+  // true when none is left.
+  bool ExpireCellsLocked(Series* series, absl::Time now, const Catalog& catalog)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RemoveSeriesLocked(uint32_t index, Forgotten* forgotten)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(recompute_mu_, mu_);
+  void DropLocationLocked(uint32_t loc, Forgotten* forgotten) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `loc` is to be dropped now: not in the operator's catalog with
+  // auto_register off, or silent past location_retention.
+  bool ExpiredLocationLocked(const Location& l, absl::Time now, const Catalog& catalog) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PruneStreamsLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // How long a mark must have been idle before it may go (the proof is
+  // at PruneStreamsLocked): --max_lateness plus --max_future_skew.
+  absl::Duration MarkIdleBound() const;
 
   const Options options_;
   const absl::Time started_at_;
@@ -549,8 +599,14 @@ class Engine {
   std::vector<Location> locations_ ABSL_GUARDED_BY(mu_);
   SeriesIndex series_index_ ABSL_GUARDED_BY(mu_);
   std::vector<Series> series_ ABSL_GUARDED_BY(mu_);
+  // Slots of locations_ and series_ that retention freed, reused first.
+  std::vector<uint32_t> free_locations_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> free_series_ ABSL_GUARDED_BY(mu_);
   // High-water marks by (location index, incarnation).
   absl::flat_hash_map<std::pair<uint32_t, uint64_t>, Stream> streams_ ABSL_GUARDED_BY(mu_);
+  // The newest mark of each location dropped for silence, by name, given
+  // back when it reports again (PruneStreamsLocked says why it is kept).
+  absl::flat_hash_map<std::string, RetiredStream> retired_ ABSL_GUARDED_BY(mu_);
   uint64_t cells_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t applied_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t rejected_ ABSL_GUARDED_BY(mu_) = 0;

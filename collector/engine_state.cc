@@ -132,6 +132,14 @@ class Engine::StateCapture {
   std::vector<std::unique_ptr<Series>> copies;
   size_t claimed = 0;  // Guarded by the engine's mu_.
   bool begun = false;
+  // Location names by index at PrepareCapture ("" for a freed slot): trust
+  // and drift are saved then, by index, and renumbered at BeginCapture by
+  // name, as retention may have freed or reused a slot in between.
+  std::vector<std::string> prepared_names;
+  // Location index at BeginCapture -> index in the snapshot, which numbers
+  // the live locations from 0 (kFreed for a slot retention freed).
+  std::vector<uint32_t> saved;
+  std::vector<bool> live;  // By series index: live at BeginCapture.
 };
 
 namespace {
@@ -164,6 +172,28 @@ void PutBackCell(const absl::flat_hash_map<uint32_t, Cell>& before, uint32_t loc
 // about a millisecond of copying.
 constexpr uint64_t kCaptureChunkCells = 20'000;
 
+// A location slot retention freed: not in the snapshot.
+constexpr uint32_t kFreed = std::numeric_limits<uint32_t>::max();
+
+// Renumbers each item's location from its index at PrepareCapture (`names`)
+// to its index in the snapshot (`now`, by name), dropping the items of
+// locations no longer held.
+template <typename Message, typename Get, typename Set>
+void Renumber(google::protobuf::RepeatedPtrField<Message>* items, Get get, Set set,
+              const std::vector<std::string>& names,
+              const absl::flat_hash_map<std::string, uint32_t>& now) {
+  int kept = 0;
+  for (int i = 0; i < items->size(); ++i) {
+    const uint32_t old = get(items->Get(i));
+    auto it = old < names.size() ? now.find(names[old]) : now.end();
+    if (it == now.end()) continue;
+    set(items->Mutable(i), it->second);
+    if (kept != i) items->SwapElements(kept, i);
+    ++kept;
+  }
+  items->DeleteSubrange(kept, items->size() - kept);
+}
+
 }  // namespace
 
 std::string Engine::SaveState() {
@@ -177,6 +207,13 @@ std::shared_ptr<Engine::StateCapture> Engine::PrepareCapture() {
   pb::EngineState& state = capture->state;
   state.set_format(kStateFormat);
   absl::MutexLock eval(&eval_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    capture->prepared_names.reserve(locations_.size());
+    for (const Location& l : locations_) {
+      capture->prepared_names.push_back(l.live ? l.state.location : std::string());
+    }
+  }
   for (FindingTracker::Saved& s : tracker_.Save()) {
     pb::TrackedFinding* t = state.add_tracked();
     t->set_id(std::move(s.id));
@@ -189,7 +226,7 @@ std::shared_ptr<Engine::StateCapture> Engine::PrepareCapture() {
   for (const v1::Finding& f : tracker_.Closed()) *state.add_closed() = f;
   for (const auto& [loc, account] : trust_) {
     pb::Trust* t = state.add_trust();
-    t->set_location(loc);
+    t->set_location(loc);  // Renumbered at BeginCapture.
     t->set_deposits(account.deposits());
     t->set_withdrawals(account.withdrawals());
     t->set_updated_ns(ToNs(account.updated()));
@@ -209,7 +246,7 @@ std::shared_ptr<Engine::StateCapture> Engine::PrepareCapture() {
   for (const auto& [id, d] : cell_drift_) {
     pb::CellDrift* c = state.add_cell_drift();
     c->set_group(id.first);
-    c->set_location(id.second);
+    c->set_location(id.second);  // Renumbered at BeginCapture.
     SaveBaseline(d.baseline, c->mutable_baseline());
     c->set_cusum_up(d.up.s);
     c->set_cusum_down(d.down.s);
@@ -223,7 +260,15 @@ void Engine::BeginCapture(const std::shared_ptr<StateCapture>& capture) {
   absl::MutexLock lock(&mu_);
   capture->begun = true;
   state.set_saved_at_ns(ToNs(options_.clock()));
-  for (const Location& l : locations_) {
+  // Slots retention freed are left out: the snapshot numbers the live
+  // locations from 0 and every location index is translated (`saved`).
+  capture->saved.assign(locations_.size(), kFreed);
+  absl::flat_hash_map<std::string, uint32_t> by_name;
+  for (size_t i = 0; i < locations_.size(); ++i) {
+    const Location& l = locations_[i];
+    if (!l.live) continue;
+    capture->saved[i] = static_cast<uint32_t>(state.locations_size());
+    by_name[l.state.location] = capture->saved[i];
     pb::Location* out = state.add_locations();
     const LocationState& s = l.state;
     out->set_name(s.location);
@@ -239,10 +284,25 @@ void Engine::BeginCapture(const std::shared_ptr<StateCapture>& capture) {
   }
   for (const auto& [id, stream] : streams_) {
     pb::Stream* out = state.add_streams();
-    out->set_location(id.first);
+    out->set_location(capture->saved[id.first]);
     out->set_incarnation(id.second);
     out->set_watermark(stream.watermark);
+    out->set_last_applied_ns(ToNs(stream.last_applied));
   }
+  for (const auto& [name, retired] : retired_) {
+    pb::RetiredStream* out = state.add_retired_streams();
+    out->set_location(name);
+    out->set_incarnation(retired.incarnation);
+    out->set_watermark(retired.stream.watermark);
+    out->set_last_applied_ns(ToNs(retired.stream.last_applied));
+  }
+  Renumber(
+      state.mutable_trust(), [](const pb::Trust& t) { return t.location(); },
+      [](pb::Trust* t, uint32_t loc) { t->set_location(loc); }, capture->prepared_names, by_name);
+  Renumber(
+      state.mutable_cell_drift(), [](const pb::CellDrift& c) { return c.location(); },
+      [](pb::CellDrift* c, uint32_t loc) { c->set_location(loc); }, capture->prepared_names,
+      by_name);
   pb::Counters* counters = state.mutable_counters();
   counters->set_applied(applied_);
   counters->set_rejected(rejected_);
@@ -254,6 +314,8 @@ void Engine::BeginCapture(const std::shared_ptr<StateCapture>& capture) {
     (*counters->mutable_rejected_by_reason())[reason] = n;
   capture->copies.resize(series_.size());
   capture->before.resize(series_.size());
+  capture->live.reserve(series_.size());
+  for (const Series& series : series_) capture->live.push_back(series.live);
   captures_.push_back(capture);
 }
 
@@ -269,6 +331,9 @@ std::string Engine::FinishCapture(const std::shared_ptr<StateCapture>& capture) 
       absl::MutexLock lock(&mu_);
       uint64_t cells = 0;
       for (; next < n && cells < kCaptureChunkCells; ++next) {
+        // A slot freed at BeginCapture holds no series of the snapshot,
+        // even if a new series took it since.
+        if (!c.live[next]) continue;
         const Series& s = series_[next];
         c.copies[next] = std::make_unique<Series>(CopyOf(s));
         if (c.before[next] != nullptr) PutBack(*c.before[next], c.copies[next].get());
@@ -287,7 +352,8 @@ std::string Engine::FinishCapture(const std::shared_ptr<StateCapture>& capture) 
     }
     // Slots below `next` are all filled, and no longer written.
     for (size_t i = first; i < next; ++i) {
-      SeriesToState(*c.copies[i], c.state.add_series());
+      if (c.copies[i] == nullptr) continue;
+      SeriesToState(*c.copies[i], c.saved, c.state.add_series());
       c.copies[i].reset();
       c.before[i].reset();
     }
@@ -339,6 +405,13 @@ void Engine::PreserveSlowLocked(uint32_t index, v1::Observation::ValueCase value
   }
 }
 
+bool Engine::CaptureRunningLocked() {
+  captures_.erase(std::remove_if(captures_.begin(), captures_.end(),
+                                 [](const std::weak_ptr<StateCapture>& w) { return w.expired(); }),
+                  captures_.end());
+  return !captures_.empty();
+}
+
 void Engine::PutBack(const CaptureBefore& before, Series* copy) {
   for (uint64_t kept : before.kept) {
     const auto value = static_cast<v1::Observation::ValueCase>(kept >> 32);
@@ -373,11 +446,13 @@ Engine::Series Engine::CopyOf(const Series& in) {
   return out;
 }
 
-void Engine::SeriesToState(const Series& series, pb::Series* out) {
+void Engine::SeriesToState(const Series& series, const std::vector<uint32_t>& saved,
+                           pb::Series* out) {
   SeriesToProto(series.key, out->mutable_id());
   for (const auto& [loc, cell] : series.price) {
+    if (loc >= saved.size() || saved[loc] == kFreed) continue;  // Not held at BeginCapture.
     pb::PriceCell* c = out->add_price();
-    c->set_location(loc);
+    c->set_location(saved[loc]);
     c->set_observed_at_ns(cell.observed_at_ns);
     c->set_minor_units(cell.minor_units);
     if (cell.changes != nullptr) {
@@ -392,8 +467,9 @@ void Engine::SeriesToState(const Series& series, pb::Series* out) {
     }
   }
   for (const auto& [loc, cell] : series.wait) {
+    if (loc >= saved.size() || saved[loc] == kFreed) continue;  // Not held at BeginCapture.
     pb::WaitCell* c = out->add_wait();
-    c->set_location(loc);
+    c->set_location(saved[loc]);
     c->set_observed_at_ns(cell.observed_at_ns);
     for (const WaitCell::Bin& bin : cell.bins) {
       pb::WaitBin* b = c->add_bins();
@@ -402,8 +478,9 @@ void Engine::SeriesToState(const Series& series, pb::Series* out) {
     }
   }
   for (const auto& [loc, cell] : series.compliance) {
+    if (loc >= saved.size() || saved[loc] == kFreed) continue;  // Not held at BeginCapture.
     pb::ComplianceCell* c = out->add_compliance();
-    c->set_location(loc);
+    c->set_location(saved[loc]);
     c->set_observed_at_ns(cell.observed_at_ns);
     for (const CountBin& bin : cell.bins) {
       pb::CountBin* b = c->add_bins();
@@ -414,8 +491,9 @@ void Engine::SeriesToState(const Series& series, pb::Series* out) {
     }
   }
   for (const auto& [loc, cell] : series.score) {
+    if (loc >= saved.size() || saved[loc] == kFreed) continue;  // Not held at BeginCapture.
     pb::ScoreCell* c = out->add_score();
-    c->set_location(loc);
+    c->set_location(saved[loc]);
     c->set_observed_at_ns(cell.observed_at_ns);
     for (const SumBin& bin : cell.bins) {
       pb::SumBin* b = c->add_bins();
@@ -510,9 +588,22 @@ absl::Status Engine::LoadState(const std::string& bytes) {
     locations.push_back(std::move(l));
   }
   absl::flat_hash_map<std::pair<uint32_t, uint64_t>, Stream> streams;
+  // A snapshot from before retention has no receive times: its marks count
+  // as used when it was saved, so none is pruned sooner than it could be.
+  const absl::Time saved_at = FromNs(state.saved_at_ns());
+  auto applied_at = [&](int64_t ns) { return ns == 0 ? saved_at : FromNs(ns); };
   for (const pb::Stream& in : state.streams()) {
     if (!location_ok(in.location())) return Bad("a stream names an unknown location");
-    streams[{in.location(), in.incarnation()}].watermark = in.watermark();
+    Stream& stream = streams[{in.location(), in.incarnation()}];
+    stream.watermark = in.watermark();
+    stream.last_applied = applied_at(in.last_applied_ns());
+  }
+  absl::flat_hash_map<std::string, RetiredStream> retired;
+  for (const pb::RetiredStream& in : state.retired_streams()) {
+    if (location_index.contains(in.location())) {
+      return Bad(absl::StrCat("location '", in.location(), "' is both held and retired"));
+    }
+    retired[in.location()] = {in.incarnation(), {in.watermark(), applied_at(in.last_applied_ns())}};
   }
   std::vector<Series> series;
   SeriesIndex series_index;
@@ -566,7 +657,10 @@ absl::Status Engine::LoadState(const std::string& bytes) {
     locations_ = std::move(locations);
     location_index_ = std::move(location_index);
     streams_ = std::move(streams);
+    retired_ = std::move(retired);
     series_ = std::move(series);
+    free_locations_.clear();
+    free_series_.clear();
     series_index_ = std::move(series_index);
     cells_ = cells;
     // Each location's cells, for --max_cells_per_location.

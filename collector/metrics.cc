@@ -336,6 +336,12 @@ void RenderBatchLog(const BatchLog& log, TextExposition* out) {
 void RenderTotals(const Snapshot& snap, TextExposition* out) {
   Single(out, "constance_locations", "Locations that have reported.", kGauge, snap.locations);
   Single(out, "constance_cells", "(location, series) cells held.", kGauge, snap.cells);
+  Single(out, "constance_series", "Series held, against --max_series (retention frees them).",
+         kGauge, snap.series_held);
+  Single(out, "constance_delivery_marks",
+         "High-water marks held (per location and spool incarnation, and per location dropped "
+         "for silence).",
+         kGauge, snap.streams_held);
   Single(out, "constance_series_uncompared",
          "Series that no peer group can compare: fewer than the catalog's min_group locations "
          "hold the key, even chain-wide.",

@@ -30,7 +30,7 @@ auto Tie(const Thresholds& t) {
                   t.zone_min_keys, t.rollout_grace, t.unkeepable_share, t.irregular_window,
                   t.irregular_settle, t.irregular_peer_share, t.flip_changes, t.flip_window,
                   t.finding_cap, t.location_ttl, t.restart_grace, t.stats_interval,
-                  t.evaluation_interval);
+                  t.evaluation_interval, t.retention, t.location_retention);
 }
 auto Tie(const DriftPolicy& d) {
   return std::tie(d.bin, d.ewma_lambda, d.ewma_limit, d.cusum_k, d.cusum_h, d.baseline_bins);
@@ -117,6 +117,8 @@ thresholds:
   restart_grace: 5m
   stats_interval: 2s
   evaluation_interval: 30s
+  retention: 2d
+  location_retention: 60d
 families:
   price:      {floor_ratio: 0.02, floor_absolute: 2, ttl: 360h, min_samples: 2}
   wait:       {floor_ratio: 0.2, floor_absolute: 5, ttl: 1h, window: 30m, bin: 10m, min_samples: 20, compared_quantile: 0.9, relative_accuracy: 0.02}
@@ -172,6 +174,8 @@ TEST(CatalogParseTest, FullCatalog) {
   t.restart_grace = absl::Minutes(5);
   t.stats_interval = absl::Seconds(2);
   t.evaluation_interval = absl::Seconds(30);
+  t.retention = absl::Hours(48);
+  t.location_retention = absl::Hours(24 * 60);
   want.price = {0.02, 2, absl::Hours(360), absl::Hours(1), absl::Minutes(15), 2};
   want.wait = {0.2, 5, absl::Hours(1), absl::Minutes(30), absl::Minutes(10), 20};
   want.compliance = {0.01, 0.1, absl::Hours(24), absl::Hours(48), absl::Hours(12), 3};
@@ -184,7 +188,7 @@ TEST(CatalogParseTest, FullCatalog) {
   ASSERT_EQ(c.locations.size(), 2u);
   const LocationEntry* paris = c.FindLocation("fr-paris-0042");
   ASSERT_NE(paris, nullptr);
-  EXPECT_EQ(paris->line, 29);
+  EXPECT_EQ(paris->line, 31);
   EXPECT_EQ(paris->labels.at("district"), "paris-11");
   EXPECT_EQ(paris->labels.size(), 4u);
   EXPECT_EQ(paris->timezone, "Europe/Paris");
@@ -220,7 +224,7 @@ TEST(CatalogParseTest, FullCatalog) {
   EXPECT_EQ(c.peer_groups[0].families,
             (std::vector<v1::Family>{v1::FAMILY_PRICE, v1::FAMILY_WAIT}));
   EXPECT_EQ(c.peer_groups[0].keys, (std::vector<std::string>{"*", "coffee-*", "tea"}));
-  EXPECT_EQ(c.peer_groups[0].line, 41);
+  EXPECT_EQ(c.peer_groups[0].line, 43);
 
   ASSERT_EQ(c.price_promises.size(), 1u);
   const PricePromise& price = c.price_promises[0];
@@ -230,7 +234,7 @@ TEST(CatalogParseTest, FullCatalog) {
   EXPECT_EQ(price.list_minor_units, 449);
   EXPECT_EQ(price.where, (std::map<std::string, std::string>{{"region", "idf"}}));
   EXPECT_EQ(price.effective, At("2026-12-01T00:00:00Z"));
-  EXPECT_EQ(price.line, 43);
+  EXPECT_EQ(price.line, 45);
   ASSERT_EQ(c.wait_promises.size(), 1u);
   EXPECT_EQ(c.wait_promises[0].key, "checkout");
   EXPECT_EQ(c.wait_promises[0].within_seconds, 300);
@@ -249,7 +253,7 @@ TEST(CatalogParseTest, FullCatalog) {
   EXPECT_EQ(e.reason, "local supplier");
   // A date is midnight where the excepted location is.
   EXPECT_EQ(e.expires, At("2027-01-31T00:00:00+01:00"));
-  EXPECT_EQ(e.line, 47);
+  EXPECT_EQ(e.line, 49);
 }
 
 TEST(CatalogParseTest, ListPriceIsParsedAsDecimalText) {
@@ -323,6 +327,12 @@ TEST(CatalogParseTest, ValidationErrorsNameLineAndField) {
        ":2: thresholds.persistence: must be >= 1"},
       {"negative duration", "thresholds:\n  rollout_grace: -1h\n",
        ":2: thresholds.rollout_grace: must not be negative"},
+      {"zero location_retention", "thresholds:\n  location_retention: 0d\n",
+       ":2: thresholds.location_retention: must be positive"},
+      {"negative retention", "thresholds:\n  retention: -1h\n",
+       ":2: thresholds.retention: must not be negative"},
+      {"retention not a duration", "thresholds:\n  retention: a week\n",
+       ":2: thresholds.retention: 'a week' is not a duration"},
       {"zero ttl", "families:\n  wait:\n    ttl: 0s\n", ":3: families.wait.ttl: must be positive"},
       {"bad duration", "families:\n  wait:\n    ttl: 2 hours\n",
        ":3: families.wait.ttl: '2 hours' is not a duration"},

@@ -165,6 +165,12 @@ TEST(GoldenStateTest, TheFirstReleasesStateCarriesEveryFigureOver) {
   // its last batch (the order of hash maps aside; the save time aside).
   expected.clear_saved_at_ns();
   restored.clear_saved_at_ns();
+  // Receive times of marks were added with retention: each mark has one
+  // now (the snapshot's time, or its replayed batch's), compared apart.
+  for (pb::Stream& s : *restored.mutable_streams()) {
+    EXPECT_NE(s.last_applied_ns(), 0) << "stream of location " << s.location();
+    s.clear_last_applied_ns();
+  }
   expected.set_format(Engine::kStateFormat);  // What a migration changes.
   // Rejection reasons added since 0.1.0 are kept from the start, at 0.
   (*expected.mutable_counters()->mutable_rejected_by_reason())["location_cells"] += 0;
@@ -173,6 +179,28 @@ TEST(GoldenStateTest, TheFirstReleasesStateCarriesEveryFigureOver) {
   std::string report;
   diff.ReportDifferencesToString(&report);
   EXPECT_TRUE(diff.Compare(expected, restored)) << report;
+}
+
+// Retention prunes a superseded mark only once it has been idle past the
+// lateness bound: the first release saved no receive times, so a mark it
+// saved counts from the snapshot, and an evaluation right after the
+// restart keeps both of store-01's incarnations.
+TEST(GoldenStateTest, TheFirstReleasesMarksAreNotPrunedAtOnce) {
+  GoldenCopy copy("v0.1.0");
+  Loaded loaded = Load(copy);
+  ASSERT_NE(loaded.engine, nullptr);
+  pb::EngineState before;
+  ASSERT_TRUE(before.ParseFromString(loaded.engine->SaveState()));
+  loaded.engine->Evaluate();
+  EXPECT_EQ(loaded.engine->snapshot()->streams_held,
+            static_cast<uint64_t>(before.streams_size()));
+  pb::EngineState restored;
+  ASSERT_TRUE(restored.ParseFromString(loaded.engine->SaveState()));
+  int store01_incarnations = 0;
+  for (const pb::Stream& s : restored.streams()) {
+    if (restored.locations(s.location()).name() == "store-01") ++store01_incarnations;
+  }
+  EXPECT_EQ(store01_incarnations, 2);
 }
 
 TEST(GoldenStateTest, RestoredFindingsAreServedBeforeAnyEvaluation) {

@@ -1,0 +1,297 @@
+// A year of a chain at a simulated clock: does the collector's engine stay
+// bounded under churn (retention, docs/design.md "Retention")?
+//
+// An Engine is driven directly, its clock simulated: L locations x K price
+// keys, each price cell observed once a simulated day (location l at hour
+// l % 24); every simulated week `churn` of the keys are delisted and as
+// many new ones listed; every simulated hour each location reports waits
+// and compliance checks for `service_keys` keys; the engine evaluates
+// every `eval_every`. --max_series is set a quarter above the keys listed
+// at once, so without retention the churned keys would exhaust it.
+//
+//   soak_bench                          # 1,000 x 5,000, 52 weeks, 15 min cap
+//   soak_bench --locations=50 --keys=250 --eval_every=1h
+//   soak_bench --smoke                  # tiny, a few seconds (ctest)
+//
+// Per simulated week it prints the series held, cells, marks held, the
+// process's resident memory (tests/bench/proc_stats.h), the evaluation CPU
+// time, the observations rejected for `series`, and the wall and process
+// CPU seconds so far (on a shared machine the CPU time is the measure). It asserts nothing
+// while running, and exits 1 if the series held or the resident memory
+// grew more than 10% from week 8 to the last week reached, or anything
+// was rejected for `series`. Past --max_wall it stops after the current
+// week and says how far it got. Figures: tests/bench/RESULTS.md.
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "collector/engine.h"
+#include "tests/bench/proc_stats.h"
+
+ABSL_FLAG(int, locations, 1'000, "Locations");
+ABSL_FLAG(int, keys, 5'000, "Price keys listed at once at every location");
+ABSL_FLAG(double, churn, 0.02, "Share of the keys delisted (and as many listed) each week");
+ABSL_FLAG(int, service_keys, 50, "Wait keys and compliance keys per location, each hour");
+ABSL_FLAG(int, weeks, 52, "Simulated weeks");
+ABSL_FLAG(absl::Duration, eval_every, absl::Hours(1), "Simulated time between evaluations");
+ABSL_FLAG(absl::Duration, max_wall, absl::Minutes(15), "Stop after the week that passes this");
+ABSL_FLAG(bool, smoke, false, "A tiny run: 20 locations x 100 keys, 16 weeks, a few seconds");
+ABSL_FLAG(bool, retain_forever, false,
+          "Set the catalog's retention to ten years: shows what the run looks like without "
+          "retention (series grow, `series` rejections) and that the checks catch it");
+
+namespace constance::collector {
+namespace {
+
+const absl::Time kStart = absl::FromUnixSeconds(1'767'225'600);  // 2026-01-01.
+
+double ThreadCpuSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+struct Config {
+  int locations, keys, service_keys, weeks;
+  int churned;  // Keys delisted (and listed) per week.
+  absl::Duration eval_every, max_wall;
+  bool retain_forever = false;
+};
+
+struct Week {
+  int week = 0;
+  uint64_t series = 0, cells = 0, streams = 0;
+  int64_t rss_kb = 0;
+  int evaluations = 0;
+  double eval_cpu = 0;  // Seconds, this week's evaluations together.
+  uint64_t rejected_series = 0;  // Since the start.
+  double wall = 0;      // Seconds since the start.
+  double cpu = 0;       // The process's CPU seconds since the start.
+};
+
+class Soak {
+ public:
+  explicit Soak(const Config& c) : c_(c), next_seq_(c.locations, 1) {
+    Engine::Options o;
+    if (c.retain_forever) {
+      Catalog catalog = DefaultCatalog();
+      catalog.thresholds.retention = catalog.thresholds.location_retention =
+          absl::Hours(24 * 3650);
+      o.catalog = std::make_shared<const Catalog>(std::move(catalog));
+    }
+    o.clock = [this] { return now_; };
+    o.limits.max_series =
+        static_cast<uint64_t>(c.keys) * 5 / 4 + 2 * static_cast<uint64_t>(c.service_keys);
+    engine_ = std::make_unique<Engine>(std::move(o));
+  }
+
+  // One simulated hour: the locations whose day starts now send their
+  // prices, every location its waits and checks; then an evaluation when
+  // one is due.
+  void Hour(int hour, Week* w) {
+    const int first_key = (hour / (24 * 7)) * c_.churned;  // Listed: [first, first + keys).
+    for (int l = 0; l < c_.locations; ++l) {
+      if (l % 24 == hour % 24) Send(l, Prices(l, first_key, hour));
+      Send(l, Services(l, hour));
+    }
+    if (now_ >= next_eval_) {
+      const double before = ThreadCpuSeconds();
+      engine_->Evaluate();
+      w->eval_cpu += ThreadCpuSeconds() - before;
+      ++w->evaluations;
+      next_eval_ = now_ + c_.eval_every;
+    }
+    now_ += absl::Hours(1);
+  }
+
+  void Measure(Week* w, absl::Time wall_start) const {
+    std::shared_ptr<const Snapshot> s = engine_->snapshot();
+    w->series = s->series_held;
+    w->cells = s->cells;
+    w->streams = s->streams_held;
+    auto it = s->rejected_by_reason.find("series");
+    w->rejected_series = it == s->rejected_by_reason.end() ? 0 : it->second;
+    w->rss_kb = testing::ProcStatusKb(getpid(), "VmRSS");
+    w->wall = absl::ToDoubleSeconds(absl::Now() - wall_start);
+    w->cpu = testing::CpuSeconds(getpid());
+  }
+
+ private:
+  v1::Batch& Start(int l) {
+    batch_.Clear();
+    batch_.set_location(absl::StrCat("store-", l));
+    batch_.set_incarnation(1);
+    batch_.set_first_sequence(next_seq_[l]);
+    return batch_;
+  }
+
+  void Stamp(v1::Observation* o) const {
+    o->mutable_observed_at()->set_seconds(absl::ToUnixSeconds(now_));
+  }
+
+  v1::Batch& Prices(int l, int first_key, int hour) {
+    v1::Batch& b = Start(l);
+    for (int k = first_key; k < first_key + c_.keys; ++k) {
+      v1::Observation* o = b.add_observations();
+      o->set_key(absl::StrCat("item-", k));
+      // A price per key, a few stores a cent off, and a chain-wide change
+      // of each key every 14 days, keys staggered by day (a fourteenth of
+      // them up or down each day), so levels, changes and the price-drop
+      // feed are exercised evenly from the first weeks on.
+      const int day = hour / 24;
+      o->mutable_price()->set_minor_units(100 + k % 50 + (l % 17 == 0) + ((day + k) / 14) % 2);
+      o->mutable_price()->set_currency("EUR");
+      Stamp(o);
+    }
+    return b;
+  }
+
+  v1::Batch& Services(int l, int hour) {
+    v1::Batch& b = Start(l);
+    for (int k = 0; k < c_.service_keys; ++k) {
+      v1::Observation* w = b.add_observations();
+      w->set_key(absl::StrCat("service-", k));
+      w->set_wait_seconds(60 + (l * 7 + k + hour) % 120);
+      Stamp(w);
+      v1::Observation* ch = b.add_observations();
+      ch->set_key(absl::StrCat("check-", k));
+      ch->mutable_check()->set_passed((l + k + hour) % 20 != 0);
+      Stamp(ch);
+    }
+    return b;
+  }
+
+  void Send(int l, const v1::Batch& b) {
+    absl::StatusOr<v1::Ack> ack = engine_->ApplyBatch(b, now_);
+    if (!ack.ok()) {
+      std::fprintf(stderr, "batch refused: %s\n", std::string(ack.status().message()).c_str());
+      std::exit(2);
+    }
+    next_seq_[l] += b.observations_size();
+  }
+
+  const Config c_;
+  absl::Time now_ = kStart;
+  absl::Time next_eval_ = kStart;
+  std::vector<uint64_t> next_seq_;
+  std::unique_ptr<Engine> engine_;
+  v1::Batch batch_;
+};
+
+// Whether `to` is within 10% above `from`.
+bool Flat(double from, double to) { return to <= from * 1.10; }
+
+int Run(const Config& c) {
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  std::printf(
+      "soak: %d locations x %d keys, %d keys churned a week, %d wait + %d check keys hourly, "
+      "evaluation every %s, %d weeks (wall cap %s)\n",
+      c.locations, c.keys, c.churned, c.service_keys, c.service_keys,
+      absl::FormatDuration(c.eval_every).c_str(), c.weeks,
+      absl::FormatDuration(c.max_wall).c_str());
+  std::printf("%4s %9s %10s %8s %9s %6s %12s %12s %9s %8s %8s\n", "week", "series", "cells",
+              "marks", "rss_mb", "evals", "eval_cpu_s", "cpu_per_eval", "rej_ser", "wall_s",
+              "cpu_s");
+  Soak soak(c);
+  const absl::Time wall_start = absl::Now();
+  const testing::MachineCpu machine_before = testing::ReadMachineCpu();
+  std::vector<Week> weeks;
+  bool stopped = false;
+  for (int week = 1; week <= c.weeks && !stopped; ++week) {
+    Week w;
+    w.week = week;
+    int hours = 0;
+    while (hours < 24 * 7 && !stopped) {
+      soak.Hour((week - 1) * 24 * 7 + hours++, &w);
+      stopped = absl::Now() - wall_start > c.max_wall;
+    }
+    soak.Measure(&w, wall_start);
+    weeks.push_back(w);
+    std::printf("%4d %9lu %10lu %8lu %9.1f %6d %12.3f %12.4f %9lu %8.1f %8.1f\n", w.week,
+                static_cast<unsigned long>(w.series), static_cast<unsigned long>(w.cells),
+                static_cast<unsigned long>(w.streams), static_cast<double>(w.rss_kb) / 1024,
+                w.evaluations, w.eval_cpu, w.evaluations > 0 ? w.eval_cpu / w.evaluations : 0,
+                static_cast<unsigned long>(w.rejected_series), w.wall, w.cpu);
+    std::fflush(stdout);
+    if (stopped && (week < c.weeks || hours < 24 * 7)) {
+      const double done = (week - 1) + hours / (24.0 * 7);
+      std::printf(
+          "stopped: --max_wall %s passed %d simulated hours into week %d: %.2f of %d weeks "
+          "(%.1f%%); the whole run would take about %.0f s\n",
+          absl::FormatDuration(c.max_wall).c_str(), hours, week, done, c.weeks,
+          100.0 * done / c.weeks, w.wall * c.weeks / done);
+      // The partial week's figures are not a week's: not judged.
+      weeks.pop_back();
+      if (weeks.empty()) return 0;
+    }
+  }
+  std::printf("machine: %s, %.1f%% of CPU time stolen during the run\n", host,
+              testing::StolenPercent(machine_before, testing::ReadMachineCpu()));
+
+  bool ok = true;
+  const Week& last = weeks.back();
+  if (last.rejected_series > 0) {
+    std::printf("FAIL: %lu observations rejected for `series`\n",
+                static_cast<unsigned long>(last.rejected_series));
+    ok = false;
+  }
+  if (weeks.size() >= 9) {
+    const Week& w8 = weeks[7];
+    if (!Flat(static_cast<double>(w8.series), static_cast<double>(last.series))) {
+      std::printf("FAIL: series grew from %lu (week 8) to %lu (week %d)\n",
+                  static_cast<unsigned long>(w8.series), static_cast<unsigned long>(last.series),
+                  last.week);
+      ok = false;
+    }
+    if (!Flat(static_cast<double>(w8.rss_kb), static_cast<double>(last.rss_kb))) {
+      std::printf("FAIL: resident memory grew from %ld kB (week 8) to %ld kB (week %d)\n",
+                  static_cast<long>(w8.rss_kb), static_cast<long>(last.rss_kb), last.week);
+      ok = false;
+    }
+    if (ok) {
+      std::printf("flat: series %+.1f%%, resident memory %+.1f%% from week 8 to week %d\n",
+                  100.0 * (static_cast<double>(last.series) / static_cast<double>(w8.series) - 1),
+                  100.0 * (static_cast<double>(last.rss_kb) / static_cast<double>(w8.rss_kb) - 1),
+                  last.week);
+    }
+  } else {
+    std::printf("not judged: flatness needs week 9 or later (reached week %d)\n", last.week);
+  }
+  return ok ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace constance::collector
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  constance::collector::Config c;
+  const bool smoke = absl::GetFlag(FLAGS_smoke);
+  c.locations = smoke ? 20 : absl::GetFlag(FLAGS_locations);
+  c.keys = smoke ? 100 : absl::GetFlag(FLAGS_keys);
+  c.service_keys = smoke ? 5 : absl::GetFlag(FLAGS_service_keys);
+  c.weeks = smoke ? 16 : absl::GetFlag(FLAGS_weeks);
+  c.churned = static_cast<int>(absl::GetFlag(FLAGS_churn) * c.keys + 0.5);
+  c.eval_every = smoke ? absl::Hours(1) : absl::GetFlag(FLAGS_eval_every);
+  c.retain_forever = absl::GetFlag(FLAGS_retain_forever);
+  c.max_wall = absl::GetFlag(FLAGS_max_wall);
+  if (c.locations < 1 || c.keys < 1 || c.service_keys < 0 || c.weeks < 1 ||
+      c.eval_every <= absl::ZeroDuration()) {
+    std::fprintf(stderr,
+                 "soak_bench: --locations, --keys and --weeks must be at least 1, "
+                 "--service_keys at least 0, --eval_every positive\n");
+    return 2;
+  }
+  return constance::collector::Run(c);
+}
