@@ -1045,17 +1045,21 @@ void Engine::Evaluate() {
   trust_accrued_at_ = now;
   const double days = absl::FDivDuration(elapsed, absl::Hours(24));
   std::vector<std::string> names;
-  for (size_t i = 0; i < states.size(); ++i) {
-    const uint32_t loc = static_cast<uint32_t>(i);
-    TrustAccount& account = trust_[loc];
-    account.DecayTo(now, catalog.trust.half_life);
-    if (auto it = ev.deposits.find(loc); it != ev.deposits.end()) {
-      account.Deposit(it->second * days);
+  {
+    absl::MutexLock trend(&trend_mu_);
+    for (size_t i = 0; i < states.size(); ++i) {
+      const uint32_t loc = static_cast<uint32_t>(i);
+      TrustAccount& account = trust_[loc];
+      account.DecayTo(now, catalog.trust.half_life);
+      if (auto it = ev.deposits.find(loc); it != ev.deposits.end()) {
+        account.Deposit(it->second * days);
+      }
+      if (auto it = ev.withdrawals.find(loc); it != ev.withdrawals.end()) {
+        account.Withdraw(it->second * days);
+      }
+      trust_trend_[loc].Record(now, account.balance(), account.score());
+      names.push_back(states[i].location);
     }
-    if (auto it = ev.withdrawals.find(loc); it != ev.withdrawals.end()) {
-      account.Withdraw(it->second * days);
-    }
-    names.push_back(states[i].location);
   }
   PublishFindings(now, th.persistence, names, ev.kept_broken, std::move(ev.price_drops),
                   std::move(ev.promises));
@@ -1404,6 +1408,7 @@ absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(
   response.set_location(location);
   std::vector<std::pair<SeriesKey, Comparable>> values;
   std::shared_ptr<const Catalog> catalog;
+  std::optional<uint32_t> index;
   {
     absl::MutexLock lock(&mu_);
     catalog = catalog_;
@@ -1418,6 +1423,7 @@ absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(
     }
     if (it != location_index_.end()) {
       const uint32_t loc = it->second;
+      index = loc;
       ToTimestamp(locations_[loc].state.last_report, response.mutable_last_report());
       for (const Series& s : series_) {
         std::optional<Comparable> c;
@@ -1457,6 +1463,17 @@ absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(
     trust->set_score(t.score);
     response.set_promises_kept(t.kept);
     response.set_promises_broken(t.broken);
+  }
+  if (index.has_value()) {
+    absl::MutexLock lock(&trend_mu_);
+    if (auto it = trust_trend_.find(*index); it != trust_trend_.end()) {
+      for (const TrustTrend::Day& d : it->second.Days(now)) {
+        v1::TrustDay* day = response.add_trust_trend();
+        ToTimestamp(TrustTrend::StartOf(d.day), day->mutable_day());
+        day->set_balance(d.balance);
+        day->set_score(d.score);
+      }
+    }
   }
   for (const v1::Finding& f : snap->findings->active) {
     if (f.location() == location ||

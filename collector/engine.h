@@ -346,8 +346,8 @@ class Engine {
   // without wait tickets in the window (or unknown).
   std::vector<CurrentWait> CurrentWaits(const std::string& location) const;
 
-  // The scorecard of one location. NotFound if it never reported and is
-  // not in the catalog.
+  // The scorecard of one location, with its trust trend (TrustTrend).
+  // NotFound if it never reported and is not in the catalog.
   absl::StatusOr<v1::LocationScorecardResponse> LocationScorecard(
       const std::string& location) const;
 
@@ -536,6 +536,10 @@ class Engine {
   // first evaluation of a fresh engine credits one interval; a restored
   // one carries on from its accounts' last update.
   absl::Time trust_accrued_at_ ABSL_GUARDED_BY(eval_mu_) = absl::InfinitePast();
+  // Each location's trust balance by day (a leaf lock: the scorecard reads
+  // it without waiting for an evaluation).
+  mutable absl::Mutex trend_mu_;
+  absl::flat_hash_map<uint32_t, TrustTrend> trust_trend_ ABSL_GUARDED_BY(trend_mu_);
   std::deque<uint64_t> evaluated_counts_ ABSL_GUARDED_BY(eval_mu_);
   absl::flat_hash_map<std::string, GroupDriftState> group_drift_ ABSL_GUARDED_BY(eval_mu_);
   absl::flat_hash_map<std::pair<std::string, uint32_t>, CellDriftState> cell_drift_
