@@ -900,10 +900,13 @@ bool Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& v
   }
   for (const auto& groups : published_) {
     bool compared = true;
+    uint64_t n = 0;
     for (const auto& s : groups) {
       snapshot->series.push_back(s);
       compared = compared && s->summary.n >= catalog->thresholds.min_group;
+      n += s->summary.n;
     }
+    if (!compared) snapshot->uncompared.push_back({snapshot->series.size() - 1, n});
     snapshot->uncompared_series += !compared;
   }
   std::sort(snapshot->location_states.begin(), snapshot->location_states.end(),

@@ -243,6 +243,13 @@ struct Snapshot {
   std::vector<std::shared_ptr<const SeriesStats>> series;  // One per (series, group).
   // Series with a group of fewer than min_group locations: not compared.
   uint64_t uncompared_series = 0;
+  // Those series: for each, the index in `series` of one of its rows and
+  // the locations in its groups.
+  struct Uncompared {
+    size_t row = 0;
+    uint64_t n = 0;
+  };
+  std::vector<Uncompared> uncompared;
   std::vector<LocationState> location_states;              // By location name.
   std::shared_ptr<const FindingsView> findings = std::make_shared<FindingsView>();
   std::shared_ptr<const Catalog> catalog;

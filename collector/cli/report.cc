@@ -181,14 +181,16 @@ std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series
 
 std::string RenderChainWide(const v1::ChainSummaryResponse& merged) {
   std::string out = "\nChain-wide series (all shards, exact):\n";
-  if (merged.mergeable().empty()) return absl::StrCat(out, "  none\n");
+  if (merged.mergeable().empty()) {
+    return absl::StrCat(out, "  none\n", MoreLine(merged.mergeable_omitted(), "series"));
+  }
   Table table({"SERIES", "LOCATIONS", "MEAN", "STDDEV"});
   for (const v1::MergeableSums& m : merged.mergeable()) {
     const ChainWide c = FromSums(m);
     table.Add({FormatSeries(m.series()), absl::StrCat(c.n), FormatValue(m.series(), c.mean),
                FormatValue(m.series(), c.stddev)});
   }
-  return absl::StrCat(out, table.Render());
+  return absl::StrCat(out, table.Render(), MoreLine(merged.mergeable_omitted(), "series"));
 }
 
 std::string RenderKeyDetail(const v1::KeyDetailResponse& d) {

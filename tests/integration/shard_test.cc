@@ -40,6 +40,16 @@ int64_t PriceOf(const std::string& store) {
   return store == "north-3" ? 519 : store == "south-5" ? 539 : 449;
 }
 
+// Tea: three stores of each region, too few for a shard to compare
+// (min_group 5), enough for one collector holding both (its small peer
+// groups fall back to the chain: 6). Chai: north-1 and south-1, too few
+// even chain-wide: the one series not compared, however many shards hold it.
+bool SellsTea(const std::string& store) {
+  return absl::EndsWith(store, "-1") || absl::EndsWith(store, "-2") || absl::EndsWith(store, "-4");
+}
+bool SellsChai(const std::string& store) { return absl::EndsWith(store, "-1"); }
+constexpr int kObservations = 2 * kPerRegion + 6 + 2;
+
 std::string Catalog(const std::vector<std::string>& regions) {
   std::string yaml = "locations:\n";
   for (const std::string& region : regions) {
@@ -72,7 +82,7 @@ class ShardTest : public ::testing::Test {
   // `report --json` once the findings cover every store's observation.
   json Report(const std::string& collectors) {
     CommandResult r =
-        Cli(collectors, absl::StrCat("report --json --wait_for_observations=", 2 * kPerRegion,
+        Cli(collectors, absl::StrCat("report --json --wait_for_observations=", kObservations,
                                      " --wait_for_findings --timeout=60s"));
     EXPECT_EQ(r.exit_code, 0) << r.output;
     json j = json::parse(r.output, nullptr, false);
@@ -124,6 +134,12 @@ TEST_F(ShardTest, TwoShardsMergedAnswerAsOneCollectorHoldingEveryLocation) {
       for (const std::string& collector : {region == "north" ? north : south, all}) {
         absl::Status sent = SendShelfPrice(collector, store, "coffee-250g", PriceOf(store));
         ASSERT_TRUE(sent.ok()) << store << " to " << collector << ": " << sent;
+        if (!SellsTea(store)) continue;
+        sent = SendShelfPrice(collector, store, "tea-100g", 299, /*sequence=*/2);
+        ASSERT_TRUE(sent.ok()) << store << " to " << collector << ": " << sent;
+        if (!SellsChai(store)) continue;
+        sent = SendShelfPrice(collector, store, "chai-50g", 349, /*sequence=*/3);
+        ASSERT_TRUE(sent.ok()) << store << " to " << collector << ": " << sent;
       }
     }
   }
@@ -132,6 +148,14 @@ TEST_F(ShardTest, TwoShardsMergedAnswerAsOneCollectorHoldingEveryLocation) {
   const json single = Report(all);
   EXPECT_EQ(merged["locations"], single["locations"]);
   EXPECT_EQ(merged["observations_applied"], single["observations_applied"]);
+  // Each shard leaves tea and chai uncompared (4 added up); the chain
+  // compares tea and has one series it cannot compare.
+  EXPECT_EQ(single["uncompared_series"], "1");
+  EXPECT_EQ(merged["uncompared_series"], single["uncompared_series"]);
+  ASSERT_EQ(merged["uncompared"].size(), 1u) << merged["uncompared"].dump();
+  EXPECT_EQ(merged["uncompared"][0]["series"]["key"], "chai-50g");
+  EXPECT_EQ(merged["uncompared"][0]["n"], "2");
+  EXPECT_EQ(merged["mergeable_omitted"], single["mergeable_omitted"]);
   EXPECT_EQ(FindingSet(merged), FindingSet(single));
   EXPECT_EQ(FindingSet(merged), (std::set<std::pair<std::string, std::string>>{
                                     {"OUTLIER", "north-3"}, {"OUTLIER", "south-5"}}));
