@@ -4,6 +4,8 @@
 // answer as one collector holding every location does: the same
 // locations and findings, and each series' chain-wide n, mean and
 // standard deviation from the shards' mergeable sums, exactly.
+#include <signal.h>
+
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -124,6 +126,17 @@ Figures Coffee(const json& report) {
   return {};
 }
 
+// (group, location) of every value in a `key --json` answer.
+std::set<std::pair<std::string, std::string>> GroupValues(const json& key) {
+  std::set<std::pair<std::string, std::string>> out;
+  for (const json& g : key["groups"]) {
+    for (const json& v : g["values"]) {
+      out.emplace(g["stats"]["group"].get<std::string>(), v["location"].get<std::string>());
+    }
+  }
+  return out;
+}
+
 TEST_F(ShardTest, TwoShardsMergedAnswerAsOneCollectorHoldingEveryLocation) {
   const std::string north = Start("north", {"north"});
   const std::string south = Start("south", {"south"});
@@ -190,7 +203,70 @@ TEST_F(ShardTest, TwoShardsMergedAnswerAsOneCollectorHoldingEveryLocation) {
         return absl::StrContains(h, "north-3") && absl::StrContains(h, "south-5");
       },
       absl::Seconds(30)));
-  EXPECT_THAT(Cli(shards, "silence list").output, HasSubstr("talks to one collector"));
+  // key: every shard's peer groups, each location in its own shard's.
+  const json key = json::parse(
+      Cli(shards, "key price coffee-250g --currency=EUR --json").output, nullptr, false);
+  const json key_single =
+      json::parse(Cli(all, "key price coffee-250g --currency=EUR --json").output, nullptr, false);
+  ASSERT_TRUE(key.is_object() && key_single.is_object());
+  EXPECT_EQ(GroupValues(key), GroupValues(key_single));
+  EXPECT_EQ(key["groups"].size(), 2u) << "region=north and region=south";
+  EXPECT_EQ(GroupValues(key).size(), 16u);
+  EXPECT_EQ(FindingSet(key), FindingSet(key_single));
+  CommandResult missing = Cli(shards, "key price no-such-key --currency=EUR");
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_THAT(missing.output, HasSubstr("from every shard (2) failed: no location reports"));
+}
+
+TEST_F(ShardTest, SilencesAreAddedListedAndExpiredOnEveryShard) {
+  const std::string north = Start("north", {"north"});
+  const std::string south = Start("south", {"south"});
+  ASSERT_FALSE(north.empty() || south.empty());
+  const std::string shards = absl::StrCat(north, ",", south);
+  // South alone first, so the shards number the chain-wide rule apart.
+  CommandResult alone = Cli(south, "silence add --location=south-5 --for=2h --owner=ben "
+                                   "--comment='price test'");
+  ASSERT_EQ(alone.exit_code, 0) << alone.output;
+
+  CommandResult added = Cli(shards, "silence add --key=price:coffee-250g --for=72h --owner=anna "
+                                    "--comment='supplier strike'");
+  ASSERT_EQ(added.exit_code, 0) << added.output;
+  EXPECT_THAT(added.output, HasSubstr(absl::StrCat(north, "  added silence 1")));
+  EXPECT_THAT(added.output, HasSubstr(absl::StrCat(south, "  added silence 2")));
+  EXPECT_THAT(added.output, HasSubstr("on all 2 shards"));
+
+  const json list = json::parse(Cli(shards, "silence list --json").output, nullptr, false);
+  ASSERT_TRUE(list.is_object()) << list;
+  std::set<std::pair<std::string, std::string>> listed;  // (shard, id)
+  for (const json& s : list["silences"]) {
+    listed.emplace(s["shard"].get<std::string>(), s["id"].get<std::string>());
+  }
+  EXPECT_EQ(listed, (std::set<std::pair<std::string, std::string>>{
+                        {north, "1"}, {south, "1"}, {south, "2"}}));
+  EXPECT_THAT(Cli(shards, "silence list").output,
+              ::testing::ContainsRegex(absl::StrCat(south, " +2 +key=price:coffee-250g")));
+
+  // 1 is the strike on north but the price test on south: which one is meant?
+  CommandResult ambiguous = Cli(shards, "silence expire 1");
+  EXPECT_EQ(ambiguous.exit_code, 2) << ambiguous.output;
+  EXPECT_THAT(ambiguous.output, HasSubstr("is a different rule on different shards"));
+  // 2 is only south's copy of the strike: its copy on north ends with it.
+  CommandResult expired = Cli(shards, "silence expire 2");
+  ASSERT_EQ(expired.exit_code, 0) << expired.output;
+  EXPECT_THAT(expired.output, HasSubstr(absl::StrCat(north, "  expired silence 1")));
+  EXPECT_THAT(expired.output, HasSubstr(absl::StrCat(south, "  expired silence 2")));
+  const std::string left = Cli(shards, "silence list").output;
+  EXPECT_THAT(left, HasSubstr("location=south-5"));
+  EXPECT_THAT(left, ::testing::Not(HasSubstr("coffee-250g"))) << left;
+
+  // A shard that does not answer is named; the other keeps the rule.
+  ASSERT_TRUE(processes_[1]->Stop(SIGTERM, absl::Seconds(30)).ok());
+  CommandResult partial = Cli(shards, "silence add --region=north --for=1h --owner=anna "
+                                      "--comment=refit --timeout=5s");
+  EXPECT_EQ(partial.exit_code, 1) << partial.output;
+  EXPECT_THAT(partial.output, HasSubstr(absl::StrCat(north, "  added silence 2")));
+  EXPECT_THAT(partial.output, HasSubstr(absl::StrCat(south, "  FAILED: ")));
+  EXPECT_THAT(partial.output, HasSubstr("1 of 2 shards failed"));
 }
 
 }  // namespace
