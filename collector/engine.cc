@@ -765,10 +765,18 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
     stats->key = data->key;
     stats->group = g.group;
     stats->summary = SummarizeGroup(values);
+    std::vector<LocatedValue> own;  // Without other groups' copies: only with them.
+    if (g.fallback) {
+      for (const Member& m : g.members) {
+        if (m.judged) own.push_back({m.location, m.value.value});
+      }
+    }
+    stats->own = g.fallback ? SummarizeGroup(own) : stats->summary;
     stats->band = ExpectedBand(data->key.family, stats->summary, policy);
     if (data->key.family == v1::FAMILY_WAIT) {
-      stats->wait_values.reserve(values.size());
-      for (const LocatedValue& v : values) stats->wait_values.push_back(v.value);
+      const std::vector<LocatedValue>& mine = g.fallback ? own : values;
+      stats->wait_values.reserve(mine.size());
+      for (const LocatedValue& v : mine) stats->wait_values.push_back(v.value);
     }
     absl::flat_hash_set<uint32_t> not_outliers;
     if (data->key.family == v1::FAMILY_PRICE) {
@@ -904,7 +912,7 @@ bool Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& v
     for (const auto& s : groups) {
       snapshot->series.push_back(s);
       compared = compared && s->summary.n >= catalog->thresholds.min_group;
-      n += s->summary.n;
+      n += s->own.n;
     }
     if (!compared) snapshot->uncompared.push_back({snapshot->series.size() - 1, n});
     snapshot->uncompared_series += !compared;

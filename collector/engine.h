@@ -128,13 +128,17 @@ struct SeriesStats {
   SeriesKey key;
   std::string group;  // "chain", or "<peer group>=<label value>".
   GroupSummary summary;
+  // Over the group's own members: a chain group that comparable groups'
+  // members were copied into (FallBackToChain) counts them in `summary`,
+  // not here. What the mergeable sums add, so each location counts once.
+  GroupSummary own;
   Band band;
   Level main_level;                 // Prices: the level at the median.
   std::vector<Level> other_levels;  // Prices: consistent deviating levels.
   bool rollout = false;             // A chain-wide change is rolling out.
   std::vector<OutlierResult> outliers;
   std::vector<std::string> outlier_locations;  // Parallel to outliers.
-  // Waits only: the members' comparable values, so /metrics can bucket
+  // Waits only: the own members' comparable values, so /metrics can bucket
   // them into the mergeable histogram from the snapshot alone (a wait key
   // has one value per location: a few per service, not per item).
   std::vector<double> wait_values;

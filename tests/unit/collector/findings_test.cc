@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "collector/engine.h"
+#include "collector/metrics.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -428,6 +429,13 @@ TEST(FindingsTest, ADeclaredZoneIsComparedWithinItselfAndASmallOneFallsBack) {
   // against all 73, and judged there alone.
   EXPECT_EQ(sizes["chain"], 73u);
   EXPECT_EQ(sizes.count("zone=east"), 0u);
+  // The mergeable sums (/metrics, the Query API) count each store once:
+  // the chain group's copies of north and south are not added again.
+  const std::vector<MergeableSeries> sums = Mergeable(*snap);
+  ASSERT_EQ(sums.size(), 1u);
+  EXPECT_EQ(sums[0].n, 73u);
+  const double mean = (29 * 249.0 + 279 + 43 * 199) / 73;
+  EXPECT_NEAR(sums[0].reference + sums[0].s1 / 73, mean, 1e-9);
 }
 
 TEST(FindingsTest, AKeyTooFewLocationsHoldIsCountedAsNotCompared) {
