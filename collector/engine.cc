@@ -791,10 +791,18 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
     stats->key = data->key;
     stats->group = g.group;
     stats->summary = SummarizeGroup(values);
+    std::vector<LocatedValue> own;  // Without other groups' copies: only with them.
+    if (g.fallback) {
+      for (const Member& m : g.members) {
+        if (m.judged) own.push_back({m.location, m.value.value});
+      }
+    }
+    stats->own = g.fallback ? SummarizeGroup(own) : stats->summary;
     stats->band = ExpectedBand(data->key.family, stats->summary, policy);
     if (data->key.family == v1::FAMILY_WAIT) {
-      stats->wait_values.reserve(values.size());
-      for (const LocatedValue& v : values) stats->wait_values.push_back(v.value);
+      const std::vector<LocatedValue>& mine = g.fallback ? own : values;
+      stats->wait_values.reserve(mine.size());
+      for (const LocatedValue& v : mine) stats->wait_values.push_back(v.value);
     }
     absl::flat_hash_set<uint32_t> not_outliers;
     if (data->key.family == v1::FAMILY_PRICE) {
@@ -929,10 +937,13 @@ bool Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& v
   }
   for (const auto& groups : published_) {
     bool compared = true;
+    uint64_t n = 0;
     for (const auto& s : groups) {
       snapshot->series.push_back(s);
       compared = compared && s->summary.n >= catalog->thresholds.min_group;
+      n += s->own.n;
     }
+    if (!compared) snapshot->uncompared.push_back({snapshot->series.size() - 1, n});
     snapshot->uncompared_series += !compared;
   }
   std::sort(snapshot->location_states.begin(), snapshot->location_states.end(),
@@ -1081,17 +1092,21 @@ void Engine::Evaluate() {
   trust_accrued_at_ = now;
   const double days = absl::FDivDuration(elapsed, absl::Hours(24));
   std::vector<std::string> names;
-  for (size_t i = 0; i < states.size(); ++i) {
-    const uint32_t loc = static_cast<uint32_t>(i);
-    names.push_back(states[i].location);
-    if (states[i].location.empty()) continue;  // A freed slot.
-    TrustAccount& account = trust_[loc];
-    account.DecayTo(now, catalog.trust.half_life);
-    if (auto it = ev.deposits.find(loc); it != ev.deposits.end()) {
-      account.Deposit(it->second * days);
-    }
-    if (auto it = ev.withdrawals.find(loc); it != ev.withdrawals.end()) {
-      account.Withdraw(it->second * days);
+  {
+    absl::MutexLock trend(&trend_mu_);
+    for (size_t i = 0; i < states.size(); ++i) {
+      const uint32_t loc = static_cast<uint32_t>(i);
+      names.push_back(states[i].location);
+      if (states[i].location.empty()) continue;  // A freed slot.
+      TrustAccount& account = trust_[loc];
+      account.DecayTo(now, catalog.trust.half_life);
+      if (auto it = ev.deposits.find(loc); it != ev.deposits.end()) {
+        account.Deposit(it->second * days);
+      }
+      if (auto it = ev.withdrawals.find(loc); it != ev.withdrawals.end()) {
+        account.Withdraw(it->second * days);
+      }
+      trust_trend_[loc].Record(now, account.balance(), account.score());
     }
   }
   PublishFindings(now, th.persistence, names, ev.kept_broken, std::move(ev.price_drops),
@@ -1442,6 +1457,7 @@ absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(
   response.set_location(location);
   std::vector<std::pair<SeriesKey, Comparable>> values;
   std::shared_ptr<const Catalog> catalog;
+  std::optional<uint32_t> index;
   {
     absl::MutexLock lock(&mu_);
     catalog = catalog_;
@@ -1456,6 +1472,7 @@ absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(
     }
     if (it != location_index_.end()) {
       const uint32_t loc = it->second;
+      index = loc;
       ToTimestamp(locations_[loc].state.last_report, response.mutable_last_report());
       for (const Series& s : series_) {
         std::optional<Comparable> c;
@@ -1495,6 +1512,17 @@ absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(
     trust->set_score(t.score);
     response.set_promises_kept(t.kept);
     response.set_promises_broken(t.broken);
+  }
+  if (index.has_value()) {
+    absl::MutexLock lock(&trend_mu_);
+    if (auto it = trust_trend_.find(*index); it != trust_trend_.end()) {
+      for (const TrustTrend::Day& d : it->second.Days(now)) {
+        v1::TrustDay* day = response.add_trust_trend();
+        ToTimestamp(TrustTrend::StartOf(d.day), day->mutable_day());
+        day->set_balance(d.balance);
+        day->set_score(d.score);
+      }
+    }
   }
   for (const v1::Finding& f : snap->findings->active) {
     if (f.location() == location ||

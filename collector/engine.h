@@ -130,13 +130,17 @@ struct SeriesStats {
   SeriesKey key;
   std::string group;  // "chain", or "<peer group>=<label value>".
   GroupSummary summary;
+  // Over the group's own members: a chain group that comparable groups'
+  // members were copied into (FallBackToChain) counts them in `summary`,
+  // not here. What the mergeable sums add, so each location counts once.
+  GroupSummary own;
   Band band;
   Level main_level;                 // Prices: the level at the median.
   std::vector<Level> other_levels;  // Prices: consistent deviating levels.
   bool rollout = false;             // A chain-wide change is rolling out.
   std::vector<OutlierResult> outliers;
   std::vector<std::string> outlier_locations;  // Parallel to outliers.
-  // Waits only: the members' comparable values, so /metrics can bucket
+  // Waits only: the own members' comparable values, so /metrics can bucket
   // them into the mergeable histogram from the snapshot alone (a wait key
   // has one value per location: a few per service, not per item).
   std::vector<double> wait_values;
@@ -250,6 +254,13 @@ struct Snapshot {
   // one per location dropped for silence): what retention bounds.
   uint64_t series_held = 0;
   uint64_t streams_held = 0;
+  // Those series: for each, the index in `series` of one of its rows and
+  // the locations in its groups.
+  struct Uncompared {
+    size_t row = 0;
+    uint64_t n = 0;
+  };
+  std::vector<Uncompared> uncompared;
   std::vector<LocationState> location_states;              // By location name.
   std::shared_ptr<const FindingsView> findings = std::make_shared<FindingsView>();
   std::shared_ptr<const Catalog> catalog;
@@ -353,8 +364,8 @@ class Engine {
   // without wait tickets in the window (or unknown).
   std::vector<CurrentWait> CurrentWaits(const std::string& location) const;
 
-  // The scorecard of one location. NotFound if it never reported and is
-  // not in the catalog.
+  // The scorecard of one location, with its trust trend (TrustTrend).
+  // NotFound if it never reported and is not in the catalog.
   absl::StatusOr<v1::LocationScorecardResponse> LocationScorecard(
       const std::string& location) const;
 
@@ -641,6 +652,10 @@ class Engine {
   // first evaluation of a fresh engine credits one interval; a restored
   // one carries on from its accounts' last update.
   absl::Time trust_accrued_at_ ABSL_GUARDED_BY(eval_mu_) = absl::InfinitePast();
+  // Each location's trust balance by day (a leaf lock: the scorecard reads
+  // it without waiting for an evaluation).
+  mutable absl::Mutex trend_mu_;
+  absl::flat_hash_map<uint32_t, TrustTrend> trust_trend_ ABSL_GUARDED_BY(trend_mu_);
   std::deque<uint64_t> evaluated_counts_ ABSL_GUARDED_BY(eval_mu_);
   absl::flat_hash_map<std::string, GroupDriftState> group_drift_ ABSL_GUARDED_BY(eval_mu_);
   absl::flat_hash_map<std::pair<std::string, uint32_t>, CellDriftState> cell_drift_

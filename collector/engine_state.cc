@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <limits>
 #include <memory>
 #include <string>
@@ -23,24 +24,39 @@ namespace pb = ::constance::state::v1;
 
 // Snapshot formats (constance.state.v1.EngineState.format):
 //   1  constance 0.1.0, the first release (tests/data/state/v0.1.0).
+//   2  every trust account carries its balance by day (Trust.days, the
+//      scorecard's trust trend); from 1, the trend starts with the
+//      account's balance on the day of its last update.
 // A format change adds its number here, a migration from the previous
 // format to kMigrations, and a golden state directory its release wrote.
 // Migrations run in order on the parsed message: kMigrations[i] turns
 // format kOldestStateFormat + i into the next. Fields only added (read
 // as their default from older snapshots) need no new format.
 using Migration = absl::Status (*)(pb::EngineState* state);
+absl::Status StartTrustTrends(pb::EngineState* state) {
+  for (pb::Trust& t : *state->mutable_trust()) {
+    if (t.days_size() > 0 || t.updated_ns() == std::numeric_limits<int64_t>::min()) continue;
+    TrustAccount account;
+    account.Restore(t.deposits(), t.withdrawals(), absl::FromUnixNanos(t.updated_ns()));
+    pb::TrustDay* day = t.add_days();
+    day->set_day(TrustTrend::DayOf(account.updated()));
+    day->set_balance(account.balance());
+    day->set_score(account.score());
+  }
+  return absl::OkStatus();
+}
 #ifndef CONSTANCE_NEXT_STATE_FORMAT
-constexpr uint32_t kWrittenFormat = 1;
-constexpr std::array<Migration, 0> kMigrations{};
+constexpr uint32_t kWrittenFormat = 2;
+constexpr std::array<Migration, 1> kMigrations{&StartTrustTrends};
 #else
 // A rehearsal build only (CMake -DCONSTANCE_NEXT_STATE_FORMAT=ON, made by
 // tests/packaging): it writes the format after the current one, reached
 // by a step that changes nothing else, so that the upgrade to a new
 // format and the rollback from it (README, "Upgrading") are rehearsed
 // with real packages before a real format change needs them.
-constexpr uint32_t kWrittenFormat = 2;
+constexpr uint32_t kWrittenFormat = 3;
 absl::Status RehearsalStep(pb::EngineState*) { return absl::OkStatus(); }
-constexpr std::array<Migration, 1> kMigrations{&RehearsalStep};
+constexpr std::array<Migration, 2> kMigrations{&StartTrustTrends, &RehearsalStep};
 #endif
 static_assert(kMigrations.size() == kWrittenFormat - Engine::kOldestStateFormat,
               "one migration per format after the oldest");
@@ -230,6 +246,15 @@ std::shared_ptr<Engine::StateCapture> Engine::PrepareCapture() {
     t->set_deposits(account.deposits());
     t->set_withdrawals(account.withdrawals());
     t->set_updated_ns(ToNs(account.updated()));
+    absl::MutexLock trend(&trend_mu_);
+    if (auto it = trust_trend_.find(loc); it != trust_trend_.end()) {
+      for (const TrustTrend::Day& d : it->second.kept()) {
+        pb::TrustDay* day = t->add_days();
+        day->set_day(d.day);
+        day->set_balance(d.balance);
+        day->set_score(d.score);
+      }
+    }
   }
   for (uint64_t n : evaluated_counts_) state.add_evaluated_counts(n);
   for (const auto& [id, d] : group_drift_) {
@@ -623,9 +648,17 @@ absl::Status Engine::LoadState(const std::string& bytes) {
   }
   std::deque<v1::Finding> closed(state.closed().begin(), state.closed().end());
   absl::flat_hash_map<uint32_t, TrustAccount> trust;
+  absl::flat_hash_map<uint32_t, TrustTrend> trends;
   for (const pb::Trust& t : state.trust()) {
     if (!location_ok(t.location())) return Bad("a trust account names an unknown location");
     trust[t.location()].Restore(t.deposits(), t.withdrawals(), FromNs(t.updated_ns()));
+    std::deque<TrustTrend::Day> days;
+    for (const pb::TrustDay& d : t.days()) {
+      if (!days.empty() && d.day() <= days.back().day) return Bad("a trust trend is out of order");
+      days.push_back({d.day(), d.balance(), d.score()});
+    }
+    if (days.size() > static_cast<size_t>(TrustTrend::kDays)) return Bad("a trust trend has too many days");
+    trends[t.location()].Restore(std::move(days));
   }
   absl::flat_hash_map<std::string, GroupDrift> group_drift;
   for (const pb::GroupDrift& g : state.group_drift()) {
@@ -684,6 +717,10 @@ absl::Status Engine::LoadState(const std::string& bytes) {
   }
   tracker_.Load(std::move(tracked), std::move(closed));
   trust_ = std::move(trust);
+  {
+    absl::MutexLock trend(&trend_mu_);
+    trust_trend_ = std::move(trends);
+  }
   // Trust accrued up to the last evaluation the accounts saw (each
   // evaluation decays every account to its time): the format needs no
   // field of its own.

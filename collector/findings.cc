@@ -195,6 +195,30 @@ double TrustAccount::score() const {
   return total > 0 ? 100 * deposits_ / total : 100;
 }
 
+int64_t TrustTrend::DayOf(absl::Time t) {
+  return absl::ToInt64Seconds(absl::Floor(t - absl::UnixEpoch(), absl::Hours(24))) / 86400;
+}
+
+absl::Time TrustTrend::StartOf(int64_t day) { return absl::FromUnixSeconds(day * 86400); }
+
+void TrustTrend::Record(absl::Time now, double balance, double score) {
+  const int64_t today = DayOf(now);
+  if (!days_.empty() && days_.back().day > today) return;  // The clock went back.
+  if (days_.empty() || days_.back().day < today) days_.push_back({today, balance, score});
+  days_.back().balance = balance;
+  days_.back().score = score;
+  while (days_.front().day <= today - kDays) days_.pop_front();
+}
+
+std::vector<TrustTrend::Day> TrustTrend::Days(absl::Time now) const {
+  const int64_t first = DayOf(now) - (kDays - 1);
+  std::vector<Day> out;
+  for (const Day& d : days_) {
+    if (d.day >= first) out.push_back(d);
+  }
+  return out;
+}
+
 void DriftBaseline::Add(double x, int bins) {
   if (frozen) return;
   ++seen;

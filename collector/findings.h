@@ -133,6 +133,32 @@ class TrustAccount {
   absl::Time updated_ = absl::InfinitePast();
 };
 
+// A location's trust balance at the end of each of its last `kDays` UTC
+// days: Record at every evaluation overwrites today's entry (so a past
+// day keeps its last evaluation's balance) and forgets days older than
+// kDays - 1 before today. A day without an evaluation has no entry.
+class TrustTrend {
+ public:
+  static constexpr int kDays = 30;
+  struct Day {
+    int64_t day = 0;  // Days since 1970-01-01, UTC.
+    double balance = 0;
+    double score = 100;
+  };
+  static int64_t DayOf(absl::Time t);
+  static absl::Time StartOf(int64_t day);
+  void Record(absl::Time now, double balance, double score);
+  // Oldest first; at most kDays, none older than kDays - 1 before
+  // `now`'s day.
+  std::vector<Day> Days(absl::Time now) const;
+  // Every kept day, as saved (Restore takes them back, oldest first).
+  const std::deque<Day>& kept() const { return days_; }
+  void Restore(std::deque<Day> days) { days_ = std::move(days); }
+
+ private:
+  std::deque<Day> days_;
+};
+
 // Tabular CUSUM of standardised deviations: S = max(0, S + x - k).
 struct Cusum {
   double s = 0;

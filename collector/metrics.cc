@@ -562,7 +562,7 @@ std::vector<MergeableSeries> Mergeable(const Snapshot& snap) {
   std::vector<MergeableSeries> series;
   absl::flat_hash_map<KeyRef, size_t> index;
   for (const auto& s : snap.series) {
-    if (s->summary.n == 0) continue;
+    if (s->own.n == 0) continue;
     auto [it, added] = index.try_emplace(KeyRef{&s->key}, series.size());
     if (added) {
       MergeableSeries fresh;
@@ -572,11 +572,11 @@ std::vector<MergeableSeries> Mergeable(const Snapshot& snap) {
     }
     MergeableSeries& sums = series[it->second];
     sums.groups.push_back(s.get());
-    const double n = static_cast<double>(s->summary.n);
-    const double d = s->summary.mean - sums.reference;
-    sums.n += s->summary.n;
+    const double n = static_cast<double>(s->own.n);
+    const double d = s->own.mean - sums.reference;
+    sums.n += s->own.n;
     sums.s1 += n * d;
-    sums.s2 += n * (s->summary.stddev * s->summary.stddev + d * d);
+    sums.s2 += n * (s->own.stddev * s->own.stddev + d * d);
   }
   return series;
 }

@@ -74,6 +74,10 @@ void Engine::ForgetLocked(absl::Time now, const Catalog& catalog) {
     }
   }
   for (uint32_t loc : forgotten.locations) trust_.erase(loc);
+  {
+    absl::MutexLock trend(&trend_mu_);
+    for (uint32_t loc : forgotten.locations) trust_trend_.erase(loc);
+  }
 }
 
 bool Engine::ExpireCellsLocked(Series* series, absl::Time now, const Catalog& catalog) {

@@ -4,6 +4,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
@@ -39,6 +40,13 @@ uint64_t KeepFirst(uint32_t limit, google::protobuf::RepeatedPtrField<T>* list) 
 // The rows per list a request asks for: its own limit, else the default.
 uint32_t QueryLimit(uint32_t requested) {
   return requested == 0 ? kDefaultQueryLimit : requested;
+}
+
+// The order of series in mergeable and uncompared: family, key, currency,
+// kind (as the CLI's merge orders them, collector/cli/shards.cc).
+bool SeriesBefore(const SeriesKey& a, const SeriesKey& b) {
+  return std::tie(a.family, a.key, a.currency, a.kind) <
+         std::tie(b.family, b.key, b.currency, b.kind);
 }
 
 }  // namespace
@@ -100,7 +108,14 @@ void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out, u
     score->set_score(t->score);
   }
   out->set_trust_omitted(KeepFirst(limit, out->mutable_trust()));
-  for (const MergeableSeries& m : Mergeable(snapshot)) {
+  // By series identity, so each shard's limit keeps a prefix of one order
+  // and a merge knows up to where every shard's list is whole.
+  std::vector<MergeableSeries> mergeable = Mergeable(snapshot);
+  std::sort(mergeable.begin(), mergeable.end(),
+            [](const MergeableSeries& a, const MergeableSeries& b) {
+              return SeriesBefore(*a.key, *b.key);
+            });
+  for (const MergeableSeries& m : mergeable) {
     v1::MergeableSums* sums = out->add_mergeable();
     SeriesToProto(*m.key, sums->mutable_series());
     sums->set_n(m.n);
@@ -109,6 +124,17 @@ void FillChainSummary(const Snapshot& snapshot, v1::ChainSummaryResponse* out, u
     sums->set_sum_squared_deviations(m.s2);
   }
   out->set_mergeable_omitted(KeepFirst(limit, out->mutable_mergeable()));
+  std::vector<Snapshot::Uncompared> uncompared = snapshot.uncompared;
+  std::sort(uncompared.begin(), uncompared.end(), [&](const auto& a, const auto& b) {
+    return SeriesBefore(snapshot.series[a.row]->key, snapshot.series[b.row]->key);
+  });
+  for (const Snapshot::Uncompared& u : uncompared) {
+    v1::UncomparedSeries* out_u = out->add_uncompared();
+    SeriesToProto(snapshot.series[u.row]->key, out_u->mutable_series());
+    out_u->set_n(u.n);
+  }
+  out->set_uncompared_omitted(KeepFirst(limit, out->mutable_uncompared()));
+  if (snapshot.catalog != nullptr) out->set_min_group(snapshot.catalog->thresholds.min_group);
 }
 
 grpc::ServerUnaryReactor* QueryService::RefuseUnlessOperator(grpc::CallbackServerContext* context) {

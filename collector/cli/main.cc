@@ -12,9 +12,10 @@
 //   constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]
 //                    FILE|DIR...
 //
-// Every command takes --collector=HOST:PORT; report, findings, history and
-// location also take several (comma-separated, or --shards=FILE) and merge
-// the shards' answers (shards.h). A collector with TLS also
+// Every command takes --collector=HOST:PORT; report, findings, history,
+// location, key and silence also take several (comma-separated, or
+// --shards=FILE) and merge the shards' answers (shards.h; silence add
+// writes to every shard, silence.h). A collector with TLS also
 // needs an operator certificate: --tls_ca=FILE --tls_cert=FILE --tls_key=FILE
 // (deploy/pki/pki.sh issue DIR operator NAME). Without them: plaintext,
 // which only a collector started with --insecure accepts.
@@ -27,6 +28,7 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,7 +60,8 @@
 
 ABSL_FLAG(std::string, collector, "127.0.0.1:7070",
           "Collector gRPC address (HOST:PORT); several, comma-separated, for a sharded chain: "
-          "report, findings, history and location ask them all and merge the answers");
+          "report, findings, history, location, key and silence ask them all and merge the "
+          "answers (silence add and expire write to every shard concerned)");
 ABSL_FLAG(std::string, shards, "",
           "A file naming a sharded chain's collectors, one HOST:PORT a line (# comments): "
           "instead of --collector");
@@ -129,13 +132,19 @@ constexpr char kUsage[] =
     "  constance publish --out=DIR --catalog=catalog.yaml   (the public board, static files)\n"
     "  constance replay --config=agent.yaml [--catalog=catalog.yaml] [--every=1h] [--json]\n"
     "    FILE|DIR...   (exported files through the collector's engine, in event time)\n"
-    "  (every command takes --collector=HOST:PORT; report, findings, history and location\n"
-    "   take several, comma-separated, or --shards=FILE, and merge the shards' answers;\n"
+    "  (every command takes --collector=HOST:PORT; report, findings, history, location, key\n"
+    "   and silence take several, comma-separated, or --shards=FILE, and merge the shards'\n"
+    "   answers (silence add/expire: on every shard, a line per shard);\n"
     "   for a TLS collector, --tls_ca,\n"
     "   --tls_cert, --tls_key with an operator certificate; without them: plaintext)";
 
-int Fail(const std::string& what, const grpc::Status& status) {
-  std::cerr << "constance: " << what << " from " << absl::GetFlag(FLAGS_collector)
+std::string StatusText(const grpc::Status& status) {
+  return absl::StrCat(status.error_message(), " (code ", status.error_code(), ")");
+}
+
+int Fail(const std::string& what, const grpc::Status& status,
+         const std::string& where = absl::GetFlag(FLAGS_collector)) {
+  std::cerr << "constance: " << what << " from " << where
             << " failed: " << status.error_message() << " (code " << status.error_code() << ")\n";
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
       absl::GetFlag(FLAGS_tls_cert).empty()) {
@@ -199,7 +208,10 @@ int Report(const QueryStubs& stubs) {
   return 0;
 }
 
-int Key(v1::Query::Stub& stub, const std::string& family_name, const std::string& key) {
+// The series on every shard that holds it (each location in its own
+// shard's peer groups); NOT_FOUND only when no shard holds it.
+int Key(const QueryStubs& stubs, const std::vector<std::string>& addresses,
+        const std::string& family_name, const std::string& key) {
   v1::KeyDetailRequest request;
   v1::Family family;
   if (absl::Status s = ParseFamily(family_name, &family); !s.ok()) {
@@ -220,11 +232,29 @@ int Key(v1::Query::Stub& stub, const std::string& family_name, const std::string
     series->set_kind(kind);
   }
   request.set_group(absl::GetFlag(FLAGS_group));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
-  v1::KeyDetailResponse detail;
-  grpc::Status status = stub.KeyDetail(&ctx, request, &detail);
-  if (!status.ok()) return Fail("KeyDetail", status);
+  std::vector<v1::KeyDetailResponse> found;
+  grpc::Status not_found;
+  for (size_t i = 0; i < stubs.size(); ++i) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+    v1::KeyDetailResponse detail;
+    grpc::Status status = stubs[i]->KeyDetail(&ctx, request, &detail);
+    if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
+      not_found = status;
+      continue;
+    }
+    if (!status.ok()) return Fail("KeyDetail", status, addresses[i]);
+    found.push_back(std::move(detail));
+  }
+  if (found.empty()) {
+    return Fail("KeyDetail", not_found,
+                stubs.size() > 1 ? absl::StrCat("every shard (", addresses.size(), ")")
+                                 : addresses[0]);
+  }
+  std::vector<std::string> notes;
+  const v1::KeyDetailResponse detail =
+      stubs.size() == 1 ? found[0] : MergeKeyDetails(found, &notes);
+  for (const std::string& n : notes) std::cerr << "constance: " << n << "\n";
   if (absl::GetFlag(FLAGS_json)) {
     PrintJson(detail);
   } else {
@@ -286,52 +316,171 @@ int Location(const QueryStubs& stubs, const std::string& location) {
   return 0;
 }
 
-int Silence(v1::Silences::Stub& stub, const std::vector<char*>& args) {
-  const std::string verb = args.size() > 2 ? args[2] : "";
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
-  grpc::Status status;
-  v1::Silence silence;
-  if (verb == "add" && args.size() == 3) {
-    SilenceArgs a{absl::GetFlag(FLAGS_location), absl::GetFlag(FLAGS_region),
-                  absl::GetFlag(FLAGS_key),      absl::GetFlag(FLAGS_finding),
-                  absl::GetFlag(FLAGS_for),      absl::GetFlag(FLAGS_until),
-                  absl::GetFlag(FLAGS_owner),    absl::GetFlag(FLAGS_comment)};
-    absl::StatusOr<v1::AddSilenceRequest> request = BuildSilence(a, absl::Now());
-    if (!request.ok()) {
-      std::cerr << "constance: silence add " << request.status().message() << "\n";
-      return 2;
-    }
-    status = stub.Add(&ctx, *request, &silence);
-  } else if (verb == "expire" && args.size() == 4) {
-    v1::ExpireSilenceRequest request;
-    request.set_id(args[3]);
-    status = stub.Expire(&ctx, request, &silence);
-  } else if (verb == "list" && args.size() == 3) {
-    v1::ListSilencesRequest request;
-    request.set_include_expired(absl::GetFlag(FLAGS_all));
-    v1::ListSilencesResponse list;
-    status = stub.List(&ctx, request, &list);
-    if (!status.ok()) return Fail("silence list", status);
+using SilenceStubs = std::vector<std::unique_ptr<v1::Silences::Stub>>;
+
+grpc::ClientContext* Deadline(grpc::ClientContext* ctx) {
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+  return ctx;
+}
+
+// One collector: the silence as it stands; several: a line per shard.
+int PrintSilenceResults(const std::vector<ShardResult>& results, absl::string_view verb) {
+  int failed = 0;
+  for (const ShardResult& r : results) failed += !r.error.empty();
+  if (results.size() == 1 && failed == 0) {
+    v1::ListSilencesResponse one;
+    *one.add_silences() = results[0].silence;
     if (absl::GetFlag(FLAGS_json)) {
-      PrintJson(list);
+      PrintJson(results[0].silence);
     } else {
-      std::cout << RenderSilences(list, absl::Now());
+      std::cout << RenderSilences(one, absl::Now());
     }
     return 0;
-  } else {
-    std::cerr << "usage: " << kUsage << "\n";
-    return 2;
   }
-  if (!status.ok()) return Fail(absl::StrCat("silence ", verb), status);
-  v1::ListSilencesResponse one;
-  *one.add_silences() = silence;
+  if (results.size() == 1) {
+    std::cerr << "constance: silence " << verb << " at " << results[0].shard
+              << " failed: " << results[0].error << "\n";
+    return 1;
+  }
   if (absl::GetFlag(FLAGS_json)) {
-    PrintJson(silence);
+    std::cout << ShardResultsJson(results);
   } else {
-    std::cout << RenderSilences(one, absl::Now());
+    std::cout << RenderShardResults(results, verb);
+    if (failed == 0) std::cout << "on all " << results.size() << " shards\n";
+  }
+  if (failed > 0) {
+    std::cerr << "constance: " << failed << " of " << results.size()
+              << " shards failed (above); the others hold the change. Repeat it on each failed "
+                 "one with --collector=HOST:PORT"
+              << (verb == "added" ? " and --until set to the others' end, so they end together"
+                                  : "")
+              << "\n";
+    return 1;
   }
   return 0;
+}
+
+// Every shard gets the rule, with one start time, so the copies are one
+// rule (SameRule) that `expire` ends together.
+int SilenceAdd(const SilenceStubs& stubs, const std::vector<std::string>& addresses) {
+  SilenceArgs a{absl::GetFlag(FLAGS_location), absl::GetFlag(FLAGS_region),
+                absl::GetFlag(FLAGS_key),      absl::GetFlag(FLAGS_finding),
+                absl::GetFlag(FLAGS_for),      absl::GetFlag(FLAGS_until),
+                absl::GetFlag(FLAGS_owner),    absl::GetFlag(FLAGS_comment)};
+  const absl::Time now = absl::Now();
+  absl::StatusOr<v1::AddSilenceRequest> request = BuildSilence(a, now);
+  if (!request.ok()) {
+    std::cerr << "constance: silence add " << request.status().message() << "\n";
+    return 2;
+  }
+  if (stubs.size() > 1) {
+    *request->mutable_starts_at() =
+        google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(now));
+  }
+  std::vector<ShardResult> results;
+  for (size_t i = 0; i < stubs.size(); ++i) {
+    grpc::ClientContext ctx;
+    ShardResult r{addresses[i], "", {}};
+    grpc::Status status = stubs[i]->Add(Deadline(&ctx), *request, &r.silence);
+    if (!status.ok()) r.error = StatusText(status);
+    results.push_back(std::move(r));
+  }
+  return PrintSilenceResults(results, "added");
+}
+
+// Every shard's list; nullopt (after saying which shard failed) on error.
+std::optional<std::vector<v1::ListSilencesResponse>> ListEverywhere(
+    const SilenceStubs& stubs, const std::vector<std::string>& addresses, bool include_expired) {
+  std::vector<v1::ListSilencesResponse> lists(stubs.size());
+  for (size_t i = 0; i < stubs.size(); ++i) {
+    v1::ListSilencesRequest request;
+    request.set_include_expired(include_expired);
+    grpc::ClientContext ctx;
+    grpc::Status status = stubs[i]->List(Deadline(&ctx), request, &lists[i]);
+    if (!status.ok()) {
+      Fail("silence list", status, addresses[i]);
+      return std::nullopt;
+    }
+  }
+  return lists;
+}
+
+int SilenceList(const SilenceStubs& stubs, const std::vector<std::string>& addresses) {
+  auto lists = ListEverywhere(stubs, addresses, absl::GetFlag(FLAGS_all));
+  if (!lists.has_value()) return 1;
+  const bool json = absl::GetFlag(FLAGS_json);
+  if (stubs.size() == 1) {
+    if (json) {
+      PrintJson((*lists)[0]);
+    } else {
+      std::cout << RenderSilences((*lists)[0], absl::Now());
+    }
+    return 0;
+  }
+  const std::vector<ShardSilence> merged = MergeSilenceLists(addresses, *lists);
+  std::cout << (json ? ShardSilencesJson(merged) : RenderShardSilences(merged, absl::Now()));
+  return 0;
+}
+
+// The silence `id` on the shards holding it, and its copies (SameRule)
+// under other ids on the others. Refused when the shards' silences `id`
+// are different rules: ids are numbered per shard.
+int SilenceExpire(const SilenceStubs& stubs, const std::vector<std::string>& addresses,
+                  const std::string& id) {
+  std::vector<std::pair<size_t, v1::Silence>> targets;
+  if (stubs.size() == 1) {
+    v1::Silence s;
+    s.set_id(id);
+    targets.emplace_back(0, s);
+  } else {
+    auto lists = ListEverywhere(stubs, addresses, /*include_expired=*/false);
+    if (!lists.has_value()) return 1;
+    std::vector<ShardSilence> holders;
+    for (size_t i = 0; i < lists->size(); ++i) {
+      for (const v1::Silence& s : (*lists)[i].silences()) {
+        if (s.id() == id) holders.push_back({addresses[i], s});
+      }
+    }
+    if (holders.empty()) {
+      std::cerr << "constance: silence expire: no shard holds an active silence " << id
+                << " (constance silence list)\n";
+      return 1;
+    }
+    for (const ShardSilence& h : holders) {
+      if (SameRule(h.silence, holders[0].silence)) continue;
+      std::cerr << "constance: silence expire: silence " << id
+                << " is a different rule on different shards (ids are numbered per shard):\n"
+                << RenderShardSilences(holders, absl::Now())
+                << "expire it on one shard with --collector=HOST:PORT\n";
+      return 2;
+    }
+    for (size_t i = 0; i < lists->size(); ++i) {
+      for (const v1::Silence& s : (*lists)[i].silences()) {
+        if (SameRule(s, holders[0].silence)) targets.emplace_back(i, s);
+      }
+    }
+  }
+  std::vector<ShardResult> results;
+  for (const auto& [shard, silence] : targets) {
+    v1::ExpireSilenceRequest request;
+    request.set_id(silence.id());
+    grpc::ClientContext ctx;
+    ShardResult r{addresses[shard], "", silence};
+    grpc::Status status = stubs[shard]->Expire(Deadline(&ctx), request, &r.silence);
+    if (!status.ok()) r.error = StatusText(status);
+    results.push_back(std::move(r));
+  }
+  return PrintSilenceResults(results, "expired");
+}
+
+int Silence(const SilenceStubs& stubs, const std::vector<std::string>& addresses,
+            const std::vector<char*>& args) {
+  const std::string verb = args.size() > 2 ? args[2] : "";
+  if (verb == "add" && args.size() == 3) return SilenceAdd(stubs, addresses);
+  if (verb == "list" && args.size() == 3) return SilenceList(stubs, addresses);
+  if (verb == "expire" && args.size() == 4) return SilenceExpire(stubs, addresses, args[3]);
+  std::cerr << "usage: " << kUsage << "\n";
+  return 2;
 }
 
 int History(const std::vector<std::unique_ptr<v1::History::Stub>>& stubs) {
@@ -553,16 +702,19 @@ int Main(int argc, char** argv) {
   if (command == "findings" && args.size() == 2) return Findings(stubs);
   if (command == "location" && args.size() == 3) return Location(stubs, args[2]);
   if (command == "history" && args.size() == 2) return History(histories);
-  const bool one_collector = command == "key" || command == "silence" ||
-                             command == "price-drops" || command == "record" ||
-                             command == "publish";
+  if (command == "key" && args.size() == 4) return Key(stubs, *addresses, args[2], args[3]);
+  if (command == "silence") {
+    SilenceStubs silences;
+    for (const auto& channel : channels) silences.push_back(v1::Silences::NewStub(channel));
+    return Silence(silences, *addresses, args);
+  }
+  const bool one_collector =
+      command == "price-drops" || command == "record" || command == "publish";
   if (one_collector && channels.size() > 1) {
     std::cerr << "constance: " << command
-              << " talks to one collector: give --collector the shard that holds the location "
-                 "or the series' peer group\n";
+              << " talks to one collector: give --collector the shard that holds the location\n";
     return 2;
   }
-  if (command == "key" && args.size() == 4) return Key(*stubs[0], args[2], args[3]);
   if (command == "price-drops" && args.size() == 2) {
     auto board = v1::Board::NewStub(channels[0]);
     return PriceDrops(*board);
@@ -574,10 +726,6 @@ int Main(int argc, char** argv) {
   if (command == "publish" && args.size() == 2) {
     auto board = v1::Board::NewStub(channels[0]);
     return Publish(*board);
-  }
-  if (command == "silence") {
-    auto silences = v1::Silences::NewStub(channels[0]);
-    return Silence(*silences, args);
   }
   std::cerr << "usage: " << kUsage << "\n";
   return 2;

@@ -181,14 +181,16 @@ std::string RenderChainSummary(const v1::ChainSummaryResponse& s, int max_series
 
 std::string RenderChainWide(const v1::ChainSummaryResponse& merged) {
   std::string out = "\nChain-wide series (all shards, exact):\n";
-  if (merged.mergeable().empty()) return absl::StrCat(out, "  none\n");
+  if (merged.mergeable().empty()) {
+    return absl::StrCat(out, "  none\n", MoreLine(merged.mergeable_omitted(), "series"));
+  }
   Table table({"SERIES", "LOCATIONS", "MEAN", "STDDEV"});
   for (const v1::MergeableSums& m : merged.mergeable()) {
     const ChainWide c = FromSums(m);
     table.Add({FormatSeries(m.series()), absl::StrCat(c.n), FormatValue(m.series(), c.mean),
                FormatValue(m.series(), c.stddev)});
   }
-  return absl::StrCat(out, table.Render());
+  return absl::StrCat(out, table.Render(), MoreLine(merged.mergeable_omitted(), "series"));
 }
 
 std::string RenderKeyDetail(const v1::KeyDetailResponse& d) {
@@ -288,6 +290,36 @@ std::string RenderRecord(const v1::FindingRecord& r) {
   return absl::StrCat(out, table.Render());
 }
 
+// The trust balance at each day's end, a week a row ("-": no evaluation
+// that day), after the change over the period.
+std::string RenderTrustTrend(const google::protobuf::RepeatedPtrField<v1::TrustDay>& days) {
+  if (days.empty()) return "";
+  const v1::TrustDay& first = days[0];
+  const v1::TrustDay& last = days[days.size() - 1];
+  const double change = last.balance() - first.balance();
+  std::string out = absl::StrCat(
+      "\nTrust balance at each day's end (UTC), oldest first: ", Balance(first.balance()), " on ",
+      Timestamp(first.day()).substr(0, 10), ", ", Balance(last.balance()), " on ",
+      Timestamp(last.day()).substr(0, 10), " (", change >= 0 ? "+" : "", Balance(change), ")\n");
+  Table table({"WEEK FROM", "DAY 1", "DAY 2", "DAY 3", "DAY 4", "DAY 5", "DAY 6", "DAY 7"});
+  const int64_t start = first.day().seconds() / 86400;
+  const int64_t end = last.day().seconds() / 86400;
+  int i = 0;
+  for (int64_t week = start; week <= end; week += 7) {
+    std::vector<std::string> row = {
+        absl::FormatTime("%Y-%m-%d", absl::FromUnixSeconds(week * 86400), absl::UTCTimeZone())};
+    for (int64_t d = week; d < week + 7 && d <= end; ++d) {
+      if (i < days.size() && days[i].day().seconds() / 86400 == d) {
+        row.push_back(Balance(days[i++].balance()));
+      } else {
+        row.push_back("-");
+      }
+    }
+    table.Add(std::move(row));
+  }
+  return absl::StrCat(out, table.Render());
+}
+
 }  // namespace
 
 std::string RenderScorecard(const v1::LocationScorecardResponse& c) {
@@ -309,6 +341,7 @@ std::string RenderScorecard(const v1::LocationScorecardResponse& c) {
   absl::StrAppend(&out, values.Render(), MoreLine(c.values_omitted(), "values"), "\nFindings (",
                   c.findings_size() + c.findings_omitted(), "):\n", RenderFindings(c.findings()),
                   MoreLine(c.findings_omitted(), "findings"));
+  absl::StrAppend(&out, RenderTrustTrend(c.trust_trend()));
   if (c.has_record()) absl::StrAppend(&out, RenderRecord(c.record()));
   return out;
 }

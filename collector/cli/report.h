@@ -60,7 +60,9 @@ std::string FindingSubject(const v1::Finding& finding);
 // reason's sentence; further reasons on their own lines.
 std::string RenderFindings(const google::protobuf::RepeatedPtrField<v1::Finding>& findings);
 
-// A location's scorecard: trust, promises, values, findings.
+// A location's scorecard: trust, promises, values, findings, the trust
+// balance at each of the last 30 days' end (a week a row), and the last
+// 30 days' finding record.
 std::string RenderScorecard(const v1::LocationScorecardResponse& card);
 
 // `constance history`: one row per episode (newest first) with its events

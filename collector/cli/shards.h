@@ -32,9 +32,15 @@ namespace constance::cli {
 absl::StatusOr<std::vector<std::string>> CollectorAddresses(const std::string& collectors,
                                                             const std::string& shards_file);
 
-// One chain summary from the shards' summaries. Series whose shards
-// report different references (their catalogs differ) are left out of
-// `mergeable` and named in `disagreements` (may be null).
+// One chain summary from the shards' summaries. Counts add up, except
+// what several shards may hold: a series is counted in uncompared_series
+// once (by identity, from each shard's `uncompared` list), and a series'
+// mergeable sums are added only where every shard's list (sorted by
+// series, cut at the limit) is whole, so no chain-wide figure is partial;
+// the rest is counted in mergeable_omitted. What stays inexact is said in
+// `disagreements` (may be null): series whose shards report different
+// references (their catalogs differ; left out of `mergeable`), a count of
+// uncompared series a shard did not list, a location on several shards.
 v1::ChainSummaryResponse MergeChainSummaries(const std::vector<v1::ChainSummaryResponse>& shards,
                                              std::vector<std::string>* disagreements);
 
@@ -46,6 +52,16 @@ struct ChainWide {
   double stddev = 0;
 };
 ChainWide FromSums(const v1::MergeableSums& sums);
+
+// One series' detail from the shards holding it (`shards`: their answers,
+// NOT_FOUND ones left out): every shard's peer groups, each location in
+// its own shard's, and their findings, most severe first. A collector
+// that answered with one group in the top-level fields (before `groups`)
+// counts as that group. A group name on several shards (the family has no
+// peer group, so each shard compares its own locations as "chain") is
+// named in `notes` (may be null): its figures are per shard.
+v1::KeyDetailResponse MergeKeyDetails(const std::vector<v1::KeyDetailResponse>& shards,
+                                      std::vector<std::string>* notes);
 
 // Findings of every shard, most severe first.
 v1::FindingsResponse MergeFindings(const std::vector<v1::FindingsResponse>& shards);

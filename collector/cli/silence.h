@@ -10,6 +10,7 @@
 #define CONSTANCE_CLI_SILENCE_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -52,6 +53,39 @@ absl::StatusOr<v1::AddSilenceRequest> BuildSilence(const SilenceArgs& args, absl
 // One line per silence: id, what it matches, until when, owner, comment,
 // author; "(ended)" for those that ended.
 std::string RenderSilences(const v1::ListSilencesResponse& list, absl::Time now);
+
+// Several collectors (shards.h): `silence add` writes the rule to every
+// shard (with one start time, so the copies are the same rule), `list`
+// shows every shard's with a shard column, and `expire ID` ends the
+// silence ID on the shards holding it and its copies on the others.
+struct ShardSilence {
+  std::string shard;  // host:port.
+  v1::Silence silence;
+};
+// Every shard's silences (`lists` parallel to `shards`), ordered by start
+// and then shard, so the copies of one rule are next to each other.
+std::vector<ShardSilence> MergeSilenceLists(const std::vector<std::string>& shards,
+                                            const std::vector<v1::ListSilencesResponse>& lists);
+// RenderSilences' lines, each after its shard.
+std::string RenderShardSilences(const std::vector<ShardSilence>& silences, absl::Time now);
+// {"silences": [...]} as --json prints one collector's list, each silence
+// with a "shard" field.
+std::string ShardSilencesJson(const std::vector<ShardSilence>& silences);
+// Copies of one rule: the same matchers, end, owner and comment (their
+// ids, starts, authors and creation times may differ).
+bool SameRule(const v1::Silence& a, const v1::Silence& b);
+
+// What one shard answered to `silence add` or `expire`.
+struct ShardResult {
+  std::string shard;
+  std::string error;    // Empty: succeeded.
+  v1::Silence silence;  // As it stands after the change, when it succeeded.
+};
+// One line per shard: "SHARD  added silence ID" ("expired"), or
+// "SHARD  FAILED: why"; `verb` is "added" or "expired".
+std::string RenderShardResults(const std::vector<ShardResult>& results, absl::string_view verb);
+// {"results": [{"shard", "silence"} or {"shard", "error"}]}.
+std::string ShardResultsJson(const std::vector<ShardResult>& results);
 
 }  // namespace constance::cli
 

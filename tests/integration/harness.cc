@@ -267,7 +267,7 @@ uint64_t ObservationsApplied(const std::string& grpc_address) {
 }
 
 absl::Status SendShelfPrice(const std::string& grpc_address, const std::string& location,
-                            const std::string& key, int64_t minor_units) {
+                            const std::string& key, int64_t minor_units, uint64_t sequence) {
   auto stub =
       v1::Ingest::NewStub(grpc::CreateChannel(grpc_address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
@@ -277,7 +277,7 @@ absl::Status SendShelfPrice(const std::string& grpc_address, const std::string& 
   v1::Batch* batch = msg.mutable_batch();
   batch->set_location(location);
   batch->set_incarnation(1);
-  batch->set_first_sequence(1);
+  batch->set_first_sequence(sequence);
   v1::Observation* obs = batch->add_observations();
   obs->set_key(key);
   *obs->mutable_observed_at() = google::protobuf::util::TimeUtil::GetCurrentTime();

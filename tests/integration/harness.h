@@ -128,10 +128,10 @@ std::vector<std::string> AgentArgs(const std::string& config, const std::string&
 uint64_t ObservationsApplied(const std::string& grpc_address);
 
 // Sends one shelf price (EUR, observed now) of `key` for `location` to the
-// plaintext collector at `grpc_address` as that location's first batch
-// (incarnation 1, sequence 1), and waits for its acknowledgement.
+// plaintext collector at `grpc_address` as one batch of incarnation 1 at
+// `sequence` (1: the location's first), and waits for its acknowledgement.
 absl::Status SendShelfPrice(const std::string& grpc_address, const std::string& location,
-                            const std::string& key, int64_t minor_units);
+                            const std::string& key, int64_t minor_units, uint64_t sequence = 1);
 
 // Directory of the built binaries (CONSTANCE_BIN_DIR, set by CMake).
 std::string BinDir();

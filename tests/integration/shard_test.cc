@@ -4,6 +4,8 @@
 // answer as one collector holding every location does: the same
 // locations and findings, and each series' chain-wide n, mean and
 // standard deviation from the shards' mergeable sums, exactly.
+#include <signal.h>
+
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -40,6 +42,16 @@ int64_t PriceOf(const std::string& store) {
   return store == "north-3" ? 519 : store == "south-5" ? 539 : 449;
 }
 
+// Tea: three stores of each region, too few for a shard to compare
+// (min_group 5), enough for one collector holding both (its small peer
+// groups fall back to the chain: 6). Chai: north-1 and south-1, too few
+// even chain-wide: the one series not compared, however many shards hold it.
+bool SellsTea(const std::string& store) {
+  return absl::EndsWith(store, "-1") || absl::EndsWith(store, "-2") || absl::EndsWith(store, "-4");
+}
+bool SellsChai(const std::string& store) { return absl::EndsWith(store, "-1"); }
+constexpr int kObservations = 2 * kPerRegion + 6 + 2;
+
 std::string Catalog(const std::vector<std::string>& regions) {
   std::string yaml = "locations:\n";
   for (const std::string& region : regions) {
@@ -72,7 +84,7 @@ class ShardTest : public ::testing::Test {
   // `report --json` once the findings cover every store's observation.
   json Report(const std::string& collectors) {
     CommandResult r =
-        Cli(collectors, absl::StrCat("report --json --wait_for_observations=", 2 * kPerRegion,
+        Cli(collectors, absl::StrCat("report --json --wait_for_observations=", kObservations,
                                      " --wait_for_findings --timeout=60s"));
     EXPECT_EQ(r.exit_code, 0) << r.output;
     json j = json::parse(r.output, nullptr, false);
@@ -114,6 +126,17 @@ Figures Coffee(const json& report) {
   return {};
 }
 
+// (group, location) of every value in a `key --json` answer.
+std::set<std::pair<std::string, std::string>> GroupValues(const json& key) {
+  std::set<std::pair<std::string, std::string>> out;
+  for (const json& g : key["groups"]) {
+    for (const json& v : g["values"]) {
+      out.emplace(g["stats"]["group"].get<std::string>(), v["location"].get<std::string>());
+    }
+  }
+  return out;
+}
+
 TEST_F(ShardTest, TwoShardsMergedAnswerAsOneCollectorHoldingEveryLocation) {
   const std::string north = Start("north", {"north"});
   const std::string south = Start("south", {"south"});
@@ -124,6 +147,12 @@ TEST_F(ShardTest, TwoShardsMergedAnswerAsOneCollectorHoldingEveryLocation) {
       for (const std::string& collector : {region == "north" ? north : south, all}) {
         absl::Status sent = SendShelfPrice(collector, store, "coffee-250g", PriceOf(store));
         ASSERT_TRUE(sent.ok()) << store << " to " << collector << ": " << sent;
+        if (!SellsTea(store)) continue;
+        sent = SendShelfPrice(collector, store, "tea-100g", 299, /*sequence=*/2);
+        ASSERT_TRUE(sent.ok()) << store << " to " << collector << ": " << sent;
+        if (!SellsChai(store)) continue;
+        sent = SendShelfPrice(collector, store, "chai-50g", 349, /*sequence=*/3);
+        ASSERT_TRUE(sent.ok()) << store << " to " << collector << ": " << sent;
       }
     }
   }
@@ -132,6 +161,14 @@ TEST_F(ShardTest, TwoShardsMergedAnswerAsOneCollectorHoldingEveryLocation) {
   const json single = Report(all);
   EXPECT_EQ(merged["locations"], single["locations"]);
   EXPECT_EQ(merged["observations_applied"], single["observations_applied"]);
+  // Each shard leaves tea and chai uncompared (4 added up); the chain
+  // compares tea and has one series it cannot compare.
+  EXPECT_EQ(single["uncompared_series"], "1");
+  EXPECT_EQ(merged["uncompared_series"], single["uncompared_series"]);
+  ASSERT_EQ(merged["uncompared"].size(), 1u) << merged["uncompared"].dump();
+  EXPECT_EQ(merged["uncompared"][0]["series"]["key"], "chai-50g");
+  EXPECT_EQ(merged["uncompared"][0]["n"], "2");
+  EXPECT_EQ(merged["mergeable_omitted"], single["mergeable_omitted"]);
   EXPECT_EQ(FindingSet(merged), FindingSet(single));
   EXPECT_EQ(FindingSet(merged), (std::set<std::pair<std::string, std::string>>{
                                     {"OUTLIER", "north-3"}, {"OUTLIER", "south-5"}}));
@@ -166,7 +203,70 @@ TEST_F(ShardTest, TwoShardsMergedAnswerAsOneCollectorHoldingEveryLocation) {
         return absl::StrContains(h, "north-3") && absl::StrContains(h, "south-5");
       },
       absl::Seconds(30)));
-  EXPECT_THAT(Cli(shards, "silence list").output, HasSubstr("talks to one collector"));
+  // key: every shard's peer groups, each location in its own shard's.
+  const json key = json::parse(
+      Cli(shards, "key price coffee-250g --currency=EUR --json").output, nullptr, false);
+  const json key_single =
+      json::parse(Cli(all, "key price coffee-250g --currency=EUR --json").output, nullptr, false);
+  ASSERT_TRUE(key.is_object() && key_single.is_object());
+  EXPECT_EQ(GroupValues(key), GroupValues(key_single));
+  EXPECT_EQ(key["groups"].size(), 2u) << "region=north and region=south";
+  EXPECT_EQ(GroupValues(key).size(), 16u);
+  EXPECT_EQ(FindingSet(key), FindingSet(key_single));
+  CommandResult missing = Cli(shards, "key price no-such-key --currency=EUR");
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_THAT(missing.output, HasSubstr("from every shard (2) failed: no location reports"));
+}
+
+TEST_F(ShardTest, SilencesAreAddedListedAndExpiredOnEveryShard) {
+  const std::string north = Start("north", {"north"});
+  const std::string south = Start("south", {"south"});
+  ASSERT_FALSE(north.empty() || south.empty());
+  const std::string shards = absl::StrCat(north, ",", south);
+  // South alone first, so the shards number the chain-wide rule apart.
+  CommandResult alone = Cli(south, "silence add --location=south-5 --for=2h --owner=ben "
+                                   "--comment='price test'");
+  ASSERT_EQ(alone.exit_code, 0) << alone.output;
+
+  CommandResult added = Cli(shards, "silence add --key=price:coffee-250g --for=72h --owner=anna "
+                                    "--comment='supplier strike'");
+  ASSERT_EQ(added.exit_code, 0) << added.output;
+  EXPECT_THAT(added.output, HasSubstr(absl::StrCat(north, "  added silence 1")));
+  EXPECT_THAT(added.output, HasSubstr(absl::StrCat(south, "  added silence 2")));
+  EXPECT_THAT(added.output, HasSubstr("on all 2 shards"));
+
+  const json list = json::parse(Cli(shards, "silence list --json").output, nullptr, false);
+  ASSERT_TRUE(list.is_object()) << list;
+  std::set<std::pair<std::string, std::string>> listed;  // (shard, id)
+  for (const json& s : list["silences"]) {
+    listed.emplace(s["shard"].get<std::string>(), s["id"].get<std::string>());
+  }
+  EXPECT_EQ(listed, (std::set<std::pair<std::string, std::string>>{
+                        {north, "1"}, {south, "1"}, {south, "2"}}));
+  EXPECT_THAT(Cli(shards, "silence list").output,
+              ::testing::ContainsRegex(absl::StrCat(south, " +2 +key=price:coffee-250g")));
+
+  // 1 is the strike on north but the price test on south: which one is meant?
+  CommandResult ambiguous = Cli(shards, "silence expire 1");
+  EXPECT_EQ(ambiguous.exit_code, 2) << ambiguous.output;
+  EXPECT_THAT(ambiguous.output, HasSubstr("is a different rule on different shards"));
+  // 2 is only south's copy of the strike: its copy on north ends with it.
+  CommandResult expired = Cli(shards, "silence expire 2");
+  ASSERT_EQ(expired.exit_code, 0) << expired.output;
+  EXPECT_THAT(expired.output, HasSubstr(absl::StrCat(north, "  expired silence 1")));
+  EXPECT_THAT(expired.output, HasSubstr(absl::StrCat(south, "  expired silence 2")));
+  const std::string left = Cli(shards, "silence list").output;
+  EXPECT_THAT(left, HasSubstr("location=south-5"));
+  EXPECT_THAT(left, ::testing::Not(HasSubstr("coffee-250g"))) << left;
+
+  // A shard that does not answer is named; the other keeps the rule.
+  ASSERT_TRUE(processes_[1]->Stop(SIGTERM, absl::Seconds(30)).ok());
+  CommandResult partial = Cli(shards, "silence add --region=north --for=1h --owner=anna "
+                                      "--comment=refit --timeout=5s");
+  EXPECT_EQ(partial.exit_code, 1) << partial.output;
+  EXPECT_THAT(partial.output, HasSubstr(absl::StrCat(north, "  added silence 2")));
+  EXPECT_THAT(partial.output, HasSubstr(absl::StrCat(south, "  FAILED: ")));
+  EXPECT_THAT(partial.output, HasSubstr("1 of 2 shards failed"));
 }
 
 }  // namespace

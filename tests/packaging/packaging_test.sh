@@ -288,12 +288,12 @@ YAML
   rm -rf "$tmp/state-copy"
   cp -a "$state" "$tmp/state-copy"
   dpkg -i "$next_collector_deb" >"$tmp/dpkg.log" 2>&1 || { cat "$tmp/dpkg.log" >&2; fail "dpkg -i next"; }
-  /usr/bin/constance-collector --version | grep -q 'state format 2' \
-    || fail "the rehearsal collector does not write state format 2: $(/usr/bin/constance-collector --version)"
+  /usr/bin/constance-collector --version | grep -q 'state format 3' \
+    || fail "the rehearsal collector does not write state format 3: $(/usr/bin/constance-collector --version)"
   start_collector upgraded
   figures >"$tmp/figures-upgraded"
   diff -u "$tmp/figures-before" "$tmp/figures-upgraded" >&2 || fail "figures changed by the upgrade"
-  stop "$collector_pid"  # Writes its snapshot in format 2.
+  stop "$collector_pid"  # Writes its snapshot in format 3.
 
   # The rollback: the old collector refuses the new state and writes nothing.
   dpkg -i "$collector_deb" >"$tmp/dpkg.log" 2>&1 || { cat "$tmp/dpkg.log" >&2; fail "dpkg -i (downgrade)"; }
@@ -301,9 +301,9 @@ YAML
   sum=$(sha256sum "$state/batches.db")
   if "${as_collector[@]}" /usr/bin/constance-collector --state_dir=$state --insecure \
     --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 >"$tmp/refused.log" 2>&1; then
-    fail "the old collector started on state format 2"
+    fail "the old collector started on state format 3"
   fi
-  grep -q 'state format 2 was written by a newer constance' "$tmp/refused.log" \
+  grep -q 'state format 3 was written by a newer constance' "$tmp/refused.log" \
     || fail "the old collector's refusal does not name the formats: $(cat "$tmp/refused.log")"
   [ "$(sha256sum "$state/batches.db")" = "$sum" ] || fail "the refused state was written to"
   rm -rf "$state"

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "collector/engine.h"
+#include "collector/metrics.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -428,6 +429,13 @@ TEST(FindingsTest, ADeclaredZoneIsComparedWithinItselfAndASmallOneFallsBack) {
   // against all 73, and judged there alone.
   EXPECT_EQ(sizes["chain"], 73u);
   EXPECT_EQ(sizes.count("zone=east"), 0u);
+  // The mergeable sums (/metrics, the Query API) count each store once:
+  // the chain group's copies of north and south are not added again.
+  const std::vector<MergeableSeries> sums = Mergeable(*snap);
+  ASSERT_EQ(sums.size(), 1u);
+  EXPECT_EQ(sums[0].n, 73u);
+  const double mean = (29 * 249.0 + 279 + 43 * 199) / 73;
+  EXPECT_NEAR(sums[0].reference + sums[0].s1 / 73, mean, 1e-9);
 }
 
 TEST(FindingsTest, AKeyTooFewLocationsHoldIsCountedAsNotCompared) {
@@ -1074,6 +1082,68 @@ TEST(FindingsTest, TrustFallsForTheStoreThatBreaksItsPromise) {
   EXPECT_EQ(trust[Store(9)].broken, 1u);
   EXPECT_EQ(trust[Store(0)].kept, 1u);
   EXPECT_LT(trust[Store(9)].score, trust[Store(0)].score);
+}
+
+TEST(TrustTrendTest, EachDayKeepsItsLastBalanceForThirtyDays) {
+  TrustTrend trend;
+  trend.Record(kStart + absl::Hours(10), 1, 90);
+  trend.Record(kStart + absl::Hours(23), 2, 80);  // The day's end.
+  trend.Record(kStart + absl::Hours(25), 3, 70);
+  std::vector<TrustTrend::Day> days = trend.Days(kStart + absl::Hours(25));
+  ASSERT_EQ(days.size(), 2u);
+  EXPECT_EQ(TrustTrend::StartOf(days[0].day), kStart);
+  EXPECT_EQ(days[0].balance, 2);
+  EXPECT_EQ(days[0].score, 80);
+  EXPECT_EQ(days[1].balance, 3);
+  trend.Record(kStart + absl::Hours(24 * 30 + 1), 4, 60);  // Day 30: day 0 falls out.
+  days = trend.Days(kStart + absl::Hours(24 * 30 + 1));
+  ASSERT_EQ(days.size(), 2u);
+  EXPECT_EQ(TrustTrend::StartOf(days[0].day), kStart + absl::Hours(24));
+  EXPECT_EQ(trend.Days(kStart + absl::Hours(24 * 31)).size(), 1u) << "read later, day 1 is out";
+  trend.Record(kStart, 9, 9);  // A clock that went back changes nothing.
+  EXPECT_EQ(trend.kept().back().balance, 4);
+}
+
+TEST(FindingsTest, TheScorecardShowsTheTrustTrendAndASnapshotKeepsIt) {
+  Catalog catalog = DefaultCatalog();
+  PricePromise p;
+  p.key = "sku-1";
+  p.currency = "EUR";
+  p.list_minor_units = 100;
+  catalog.price_promises.push_back(p);
+  catalog.thresholds.evaluation_interval = absl::Hours(6);
+  Chain chain(catalog);
+  for (int day = 0; day < 35; ++day) {
+    for (int i = 0; i < 10; ++i) chain.SetPrice(Store(i), "sku-1", i == 9 ? 130 : 100);
+    chain.Evaluate(4, absl::Hours(6));
+  }
+  absl::StatusOr<v1::LocationScorecardResponse> bad = chain.engine().LocationScorecard(Store(9));
+  absl::StatusOr<v1::LocationScorecardResponse> good = chain.engine().LocationScorecard(Store(0));
+  ASSERT_TRUE(bad.ok() && good.ok()) << bad.status() << good.status();
+  ASSERT_EQ(bad->trust_trend_size(), TrustTrend::kDays);
+  for (int i = 1; i < bad->trust_trend_size(); ++i) {
+    EXPECT_EQ(bad->trust_trend(i).day().seconds() - bad->trust_trend(i - 1).day().seconds(), 86400);
+    EXPECT_LT(bad->trust_trend(i).balance(), bad->trust_trend(i - 1).balance()) << "day " << i;
+    EXPECT_GT(good->trust_trend(i).balance(), good->trust_trend(i - 1).balance()) << "day " << i;
+  }
+  const v1::TrustDay& today = bad->trust_trend(TrustTrend::kDays - 1);
+  EXPECT_EQ(today.day().seconds(), absl::ToUnixSeconds(chain.now()) / 86400 * 86400);
+  EXPECT_DOUBLE_EQ(today.balance(), bad->trust().balance()) << "today's is the balance now";
+  EXPECT_DOUBLE_EQ(today.score(), bad->trust().score());
+
+  catalog.Index();
+  Engine::Options options;
+  options.catalog = std::make_shared<const Catalog>(catalog);
+  options.clock = [now = chain.now()] { return now; };
+  Engine restored(std::move(options));
+  ASSERT_TRUE(restored.LoadState(chain.engine().SaveState()).ok());
+  absl::StatusOr<v1::LocationScorecardResponse> again = restored.LocationScorecard(Store(9));
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_EQ(again->trust_trend_size(), bad->trust_trend_size());
+  for (int i = 0; i < again->trust_trend_size(); ++i) {
+    EXPECT_EQ(again->trust_trend(i).day().seconds(), bad->trust_trend(i).day().seconds());
+    EXPECT_EQ(again->trust_trend(i).balance(), bad->trust_trend(i).balance());
+  }
 }
 
 TEST(FindLevelsTest, Cases) {

@@ -161,6 +161,15 @@ TEST(GoldenStateTest, TheFirstReleasesStateCarriesEveryFigureOver) {
   EXPECT_GT(restored.group_drift_size(), 0);
   EXPECT_EQ(restored.trust_size(), 12);
 
+  // Format 2's trust trends start with each account's balance on the day
+  // of its last update: what the migration adds.
+  for (pb::Trust& t : *restored.mutable_trust()) {
+    ASSERT_EQ(t.days_size(), 1) << "location " << t.location();
+    EXPECT_EQ(t.days(0).day(), t.updated_ns() / 1'000'000'000 / 86400);
+    EXPECT_DOUBLE_EQ(t.days(0).balance(), t.deposits() - t.withdrawals());
+    t.clear_days();
+  }
+
   // Then every figure: the whole state equals what the release held after
   // its last batch (the order of hash maps aside; the save time aside).
   expected.clear_saved_at_ns();
@@ -220,6 +229,12 @@ TEST(GoldenStateTest, RestoredFindingsAreServedBeforeAnyEvaluation) {
   EXPECT_EQ(served, open) << "the open findings with their start times";
   EXPECT_EQ(snap->findings->trust.size(), 12u);
   EXPECT_NE(snap->findings->evaluated_at, absl::InfinitePast());
+  // The scorecard's trust trend starts at the restored balance.
+  absl::StatusOr<v1::LocationScorecardResponse> card = loaded.engine->LocationScorecard("store-03");
+  ASSERT_TRUE(card.ok()) << card.status();
+  ASSERT_EQ(card->trust_trend_size(), 1);
+  EXPECT_DOUBLE_EQ(card->trust_trend(0).balance(), card->trust().balance());
+  EXPECT_LT(card->trust().balance(), 0) << "store-03 overcharges";
 }
 
 TEST(GoldenStateTest, ALogOfANewerFormatIsRefusedAndLeftAsItWas) {

@@ -178,6 +178,25 @@ TEST(RenderScorecardTest, TrustPromisesAndValues) {
   EXPECT_THAT(out, HasSubstr("412 s"));
 }
 
+TEST(RenderScorecardTest, TrustTrendAWeekARowWithGapsMarked) {
+  v1::LocationScorecardResponse c;
+  c.set_location("store-7");
+  // 2026-11-23 (a Monday) .. 2026-12-01, no evaluation on the 25th.
+  const int64_t first = 1795392000 / 86400;
+  for (int64_t day : {first, first + 1, first + 3, first + 7, first + 8}) {
+    v1::TrustDay* d = c.add_trust_trend();
+    d->mutable_day()->set_seconds(day * 86400);
+    d->set_balance(static_cast<double>(day - first) - 2);
+  }
+  const std::string out = RenderScorecard(c);
+  EXPECT_THAT(out, HasSubstr("Trust balance at each day's end (UTC), oldest first: -2 on "
+                             "2026-11-23, 6 on 2026-12-01 (+8)"));
+  EXPECT_THAT(out, ::testing::ContainsRegex("2026-11-23 +-2 +-1 +- +1 +- +- +-\n"));
+  EXPECT_THAT(out, ::testing::ContainsRegex("2026-11-30 +5 +6\n"));
+  EXPECT_THAT(RenderScorecard(v1::LocationScorecardResponse()),
+              ::testing::Not(HasSubstr("Trust balance at each day")));
+}
+
 }  // namespace
 }  // namespace constance::cli
 

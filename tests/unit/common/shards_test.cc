@@ -67,6 +67,130 @@ TEST(ShardsTest, ShardsWithDifferentReferencesGiveNoChainFigure) {
   EXPECT_THAT(disagreements[0], HasSubstr("references differ"));
 }
 
+v1::SeriesId Price(const std::string& key) {
+  v1::SeriesId id;
+  id.set_family(v1::FAMILY_PRICE);
+  id.set_key(key);
+  id.set_currency("EUR");
+  id.set_kind(v1::SHELF);
+  return id;
+}
+
+v1::UncomparedSeries Thin(const std::string& key, uint64_t n) {
+  v1::UncomparedSeries u;
+  *u.mutable_series() = Price(key);
+  u.set_n(n);
+  return u;
+}
+
+v1::MergeableSums Held(const std::string& key, uint64_t n) {
+  v1::MergeableSums m;
+  *m.mutable_series() = Price(key);
+  m.set_n(n);
+  return m;
+}
+
+TEST(ShardsTest, ASeriesTooThinOnEveryShardIsComparedWhenTheChainHoldsEnough) {
+  // min_group 5. tea: 2 + 2 locations, not compared even chain-wide, and
+  // counted once; tonic: 3 + 3, compared chain-wide (one collector pools
+  // the small groups); coffee: thin on a, compared on b.
+  v1::ChainSummaryResponse a, b;
+  for (v1::ChainSummaryResponse* s : {&a, &b}) s->set_min_group(5);
+  for (const auto& [key, n] : std::vector<std::pair<std::string, uint64_t>>{
+           {"coffee", 2}, {"tea", 2}, {"tonic", 3}}) {
+    *a.add_uncompared() = Thin(key, n);
+    *a.add_mergeable() = Held(key, n);
+  }
+  a.set_uncompared_series(3);
+  *b.add_mergeable() = Held("coffee", 9);
+  for (const auto& [key, n] :
+       std::vector<std::pair<std::string, uint64_t>>{{"tea", 2}, {"tonic", 3}}) {
+    *b.add_uncompared() = Thin(key, n);
+    *b.add_mergeable() = Held(key, n);
+  }
+  b.set_uncompared_series(2);
+  std::vector<std::string> notes;
+  v1::ChainSummaryResponse merged = MergeChainSummaries({a, b}, &notes);
+  EXPECT_EQ(merged.uncompared_series(), 1u);
+  ASSERT_EQ(merged.uncompared_size(), 1);
+  EXPECT_EQ(merged.uncompared(0).series().key(), "tea");
+  EXPECT_EQ(merged.uncompared(0).n(), 4u);
+  EXPECT_TRUE(notes.empty()) << notes[0];
+
+  // A shard that counts without naming (an older collector) cannot be
+  // merged by identity: added, and said.
+  v1::ChainSummaryResponse old;
+  old.set_uncompared_series(4);
+  merged = MergeChainSummaries({a, b, old}, &notes);
+  EXPECT_EQ(merged.uncompared_series(), 5u);
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_THAT(notes[0], HasSubstr("4 series were not named by every shard (a shard of an older"));
+}
+
+TEST(ShardsTest, SumsAreAddedOnlyWhereEveryShardsListIsWhole) {
+  // Shard a cut its list after "b": it may hold "c" unsent, so "c"'s sums
+  // from shard b alone would be a partial figure.
+  v1::ChainSummaryResponse a, b;
+  for (const char* key : {"a", "b"}) {
+    *a.add_mergeable() = Sums({449}, 449);
+    a.mutable_mergeable(a.mergeable_size() - 1)->mutable_series()->set_key(key);
+  }
+  a.set_mergeable_omitted(1);
+  for (const char* key : {"a", "c"}) {
+    *b.add_mergeable() = Sums({449, 459}, 449);
+    b.mutable_mergeable(b.mergeable_size() - 1)->mutable_series()->set_key(key);
+  }
+  v1::ChainSummaryResponse merged = MergeChainSummaries({a, b}, nullptr);
+  ASSERT_EQ(merged.mergeable_size(), 2);
+  EXPECT_EQ(merged.mergeable(0).series().key(), "a");
+  EXPECT_EQ(merged.mergeable(0).n(), 3u);
+  EXPECT_EQ(merged.mergeable(1).series().key(), "b");
+  EXPECT_EQ(merged.mergeable_omitted(), 2u) << "a's one unsent, and c";
+  EXPECT_THAT(RenderChainWide(merged), HasSubstr("... 2 more series"));
+}
+
+TEST(ShardsTest, ALocationOnTwoShardsIsSaid) {
+  v1::ChainSummaryResponse a, b;
+  a.add_trust()->set_location("store-1");
+  b.add_trust()->set_location("store-1");
+  b.add_trust()->set_location("store-2");
+  std::vector<std::string> notes;
+  MergeChainSummaries({a, b}, &notes);
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_THAT(notes[0], HasSubstr("location store-1 reports to 2 shards"));
+}
+
+TEST(ShardsTest, KeyDetailJoinsEveryShardsGroups) {
+  v1::KeyDetailResponse north, south, old;
+  v1::GroupDetail* g = north.add_groups();
+  g->mutable_stats()->set_group("region=north");
+  g->add_values()->set_location("north-1");
+  g = south.add_groups();
+  g->mutable_stats()->set_group("region=south");
+  g->add_values()->set_location("south-1");
+  south.add_findings()->set_id("f-low");
+  north.add_findings()->set_id("f-high");
+  north.mutable_findings(0)->set_severity(v1::HIGH);
+  old.mutable_stats()->set_group("region=west");  // One group, top-level.
+  old.add_values()->set_location("west-1");
+  std::vector<std::string> notes;
+  v1::KeyDetailResponse merged = MergeKeyDetails({north, south, old}, &notes);
+  ASSERT_EQ(merged.groups_size(), 3);
+  EXPECT_EQ(merged.groups(0).values(0).location(), "north-1");
+  EXPECT_EQ(merged.groups(1).values(0).location(), "south-1");
+  EXPECT_EQ(merged.groups(2).values(0).location(), "west-1");
+  ASSERT_EQ(merged.findings_size(), 2);
+  EXPECT_EQ(merged.findings(0).id(), "f-high");
+  EXPECT_TRUE(notes.empty());
+
+  v1::KeyDetailResponse chain_a, chain_b;
+  chain_a.add_groups()->mutable_stats()->set_group("chain");
+  chain_b.add_groups()->mutable_stats()->set_group("chain");
+  MergeKeyDetails({chain_a, chain_b}, &notes);
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_THAT(notes[0], HasSubstr("group chain is on 2 shards"));
+}
+
 TEST(ShardsTest, FindingsMostSevereFirstAndHistoryNewestFirstWithinTheLimit) {
   v1::FindingsResponse a, b;
   a.add_findings()->set_id("low");

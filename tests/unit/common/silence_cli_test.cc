@@ -116,5 +116,51 @@ TEST(SilenceCliTest, ListShowsMatchersOwnerAndEnded) {
   EXPECT_EQ(RenderSilences(v1::ListSilencesResponse(), kNow), "No silences.\n");
 }
 
+v1::Silence Rule(const std::string& id, int64_t starts) {
+  v1::Silence s;
+  s.set_id(id);
+  s.mutable_match()->set_region("north");
+  *s.mutable_starts_at() = TimeUtil::SecondsToTimestamp(starts);
+  *s.mutable_ends_at() = TimeUtil::SecondsToTimestamp(absl::ToUnixSeconds(kNow) + 3600);
+  s.set_owner("anna");
+  s.set_comment("refit");
+  return s;
+}
+
+TEST(SilenceCliTest, ShardListsMergeWithCopiesOfOneRuleTogether) {
+  v1::ListSilencesResponse north, south;
+  *north.add_silences() = Rule("1", 100);
+  *north.add_silences() = Rule("2", 300);
+  *south.add_silences() = Rule("1", 200);  // Another rule that happens to be 1 there.
+  *south.add_silences() = Rule("2", 300);  // The copy of north's 2.
+  south.mutable_silences(0)->set_comment("other");
+  const std::vector<ShardSilence> merged =
+      MergeSilenceLists({"north:7070", "south:7070"}, {north, south});
+  ASSERT_EQ(merged.size(), 4u);
+  EXPECT_EQ(merged[0].shard, "north:7070");
+  EXPECT_EQ(merged[1].shard, "south:7070");
+  EXPECT_EQ(merged[1].silence.comment(), "other");
+  EXPECT_EQ(merged[2].shard, "north:7070");
+  EXPECT_EQ(merged[3].shard, "south:7070");
+  EXPECT_TRUE(SameRule(merged[2].silence, merged[3].silence));
+  EXPECT_FALSE(SameRule(merged[0].silence, merged[1].silence));
+  const std::string text = RenderShardSilences(merged, kNow);
+  EXPECT_THAT(text, HasSubstr("north:7070  1  region=north  until "));
+  EXPECT_THAT(text, HasSubstr("south:7070  2  region=north"));
+  EXPECT_THAT(ShardSilencesJson(merged), HasSubstr("\"shard\": \"south:7070\""));
+  EXPECT_EQ(RenderShardSilences({}, kNow), "No silences.\n");
+}
+
+TEST(SilenceCliTest, ShardResultsSayWhichShardFailed) {
+  std::vector<ShardResult> results = {{"north:7070", "", Rule("3", 100)},
+                                      {"south:7070", "connection refused (code 14)", {}}};
+  const std::string text = RenderShardResults(results, "added");
+  EXPECT_THAT(text, HasSubstr("north:7070  added silence 3\n"));
+  EXPECT_THAT(text, HasSubstr("south:7070  FAILED: connection refused (code 14)\n"));
+  const std::string json = ShardResultsJson(results);
+  EXPECT_THAT(json, HasSubstr("\"error\": \"connection refused (code 14)\""));
+  EXPECT_THAT(json, HasSubstr("\"id\": \"3\""));
+}
+
 }  // namespace
 }  // namespace constance::cli
