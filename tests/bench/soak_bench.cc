@@ -21,10 +21,19 @@
 // grew more than 10% from week 8 to the last week reached, or anything
 // was rejected for `series`. Past --max_wall it stops after the current
 // week and says how far it got. Figures: tests/bench/RESULTS.md.
+//
+// With --stores (the default) each evaluation is also recorded as a
+// collector with --state_dir records it: finding history, the promise
+// record and the price-drop feed, SQLite files in a temporary directory,
+// at the simulated time. Their size on disk is printed each week and, once
+// the run is past their longest retention (13 weeks) and the files have
+// taken their size, must not grow more than 10% from week 17 to the last.
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <filesystem>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -36,6 +45,9 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "collector/engine.h"
+#include "collector/history.h"
+#include "collector/price_drops.h"
+#include "collector/promise_record.h"
 #include "tests/bench/proc_stats.h"
 
 ABSL_FLAG(int, locations, 1'000, "Locations");
@@ -45,7 +57,10 @@ ABSL_FLAG(int, service_keys, 50, "Wait keys and compliance keys per location, ea
 ABSL_FLAG(int, weeks, 52, "Simulated weeks");
 ABSL_FLAG(absl::Duration, eval_every, absl::Hours(1), "Simulated time between evaluations");
 ABSL_FLAG(absl::Duration, max_wall, absl::Minutes(15), "Stop after the week that passes this");
-ABSL_FLAG(bool, smoke, false, "A tiny run: 20 locations x 100 keys, 16 weeks, a few seconds");
+ABSL_FLAG(bool, smoke, false, "A tiny run: 20 locations x 100 keys, 20 weeks, a few seconds");
+ABSL_FLAG(bool, stores, true,
+          "Record each evaluation in the finding history, promise record and price-drop feed "
+          "(SQLite files in a temporary directory), as a collector with --state_dir does");
 ABSL_FLAG(bool, retain_forever, false,
           "Set the catalog's retention to ten years: shows what the run looks like without "
           "retention (series grow, `series` rejections) and that the checks catch it");
@@ -66,12 +81,14 @@ struct Config {
   int churned;  // Keys delisted (and listed) per week.
   absl::Duration eval_every, max_wall;
   bool retain_forever = false;
+  bool stores = true;
 };
 
 struct Week {
   int week = 0;
   uint64_t series = 0, cells = 0, streams = 0;
   int64_t rss_kb = 0;
+  int64_t disk_kb = 0;  // The stores' files.
   int evaluations = 0;
   double eval_cpu = 0;  // Seconds, this week's evaluations together.
   uint64_t rejected_series = 0;  // Since the start.
@@ -93,6 +110,13 @@ class Soak {
     o.limits.max_series =
         static_cast<uint64_t>(c.keys) * 5 / 4 + 2 * static_cast<uint64_t>(c.service_keys);
     engine_ = std::make_unique<Engine>(std::move(o));
+    if (c.stores) OpenStores();
+  }
+  ~Soak() {
+    history_.reset();
+    record_.reset();
+    drops_.reset();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
   // One simulated hour: the locations whose day starts now send their
@@ -108,6 +132,7 @@ class Soak {
       const double before = ThreadCpuSeconds();
       engine_->Evaluate();
       w->eval_cpu += ThreadCpuSeconds() - before;
+      if (history_ != nullptr) RecordStores();
       ++w->evaluations;
       next_eval_ = now_ + c_.eval_every;
     }
@@ -122,11 +147,47 @@ class Soak {
     auto it = s->rejected_by_reason.find("series");
     w->rejected_series = it == s->rejected_by_reason.end() ? 0 : it->second;
     w->rss_kb = testing::ProcStatusKb(getpid(), "VmRSS");
+    if (!dir_.empty()) {
+      for (const auto& f : std::filesystem::directory_iterator(dir_)) {
+        w->disk_kb += static_cast<int64_t>(f.file_size() / 1024);
+      }
+    }
     w->wall = absl::ToDoubleSeconds(absl::Now() - wall_start);
     w->cpu = testing::CpuSeconds(getpid());
   }
 
  private:
+  void OpenStores() {
+    char tmpl[] = "/tmp/constance-soak.XXXXXX";
+    if (mkdtemp(tmpl) == nullptr) Die("cannot make a temporary directory");
+    dir_ = tmpl;
+    auto history = FindingHistory::Open(dir_ + "/history.db", FindingHistory::Options());
+    auto record = PromiseRecordStore::Open(dir_ + "/promise_record.db", {});
+    auto drops = PriceDropFeed::Open(dir_ + "/price_drops.db", {});
+    if (!history.ok()) Die(history.status().ToString());
+    if (!record.ok()) Die(record.status().ToString());
+    if (!drops.ok()) Die(drops.status().ToString());
+    history_ = std::move(*history);
+    record_ = std::move(*record);
+    drops_ = std::move(*drops);
+  }
+
+  // What the collector's HistoryRecorder and BoardRecorder do after an
+  // evaluation, here on the simulated clock.
+  void RecordStores() {
+    std::shared_ptr<const Snapshot> s = engine_->snapshot();
+    const FindingsView& view = *s->findings;
+    absl::Status status = history_->Record(view.active, view.closed, nullptr, now_);
+    if (status.ok()) status = record_->Record(view.promises, view.evaluated_at);
+    if (status.ok()) status = drops_->Record(view.price_drops, now_);
+    if (!status.ok()) Die(status.ToString());
+  }
+
+  static void Die(const std::string& what) {
+    std::fprintf(stderr, "soak_bench: %s\n", what.c_str());
+    std::exit(2);
+  }
+
   v1::Batch& Start(int l) {
     batch_.Clear();
     batch_.set_location(absl::StrCat("store-", l));
@@ -186,6 +247,10 @@ class Soak {
   std::vector<uint64_t> next_seq_;
   std::unique_ptr<Engine> engine_;
   v1::Batch batch_;
+  std::string dir_;  // The stores' temporary directory, when recording.
+  std::unique_ptr<FindingHistory> history_;
+  std::unique_ptr<PromiseRecordStore> record_;
+  std::unique_ptr<PriceDropFeed> drops_;
 };
 
 // Whether `to` is within 10% above `from`.
@@ -200,9 +265,9 @@ int Run(const Config& c) {
       c.locations, c.keys, c.churned, c.service_keys, c.service_keys,
       absl::FormatDuration(c.eval_every).c_str(), c.weeks,
       absl::FormatDuration(c.max_wall).c_str());
-  std::printf("%4s %9s %10s %8s %9s %6s %12s %12s %9s %8s %8s\n", "week", "series", "cells",
-              "marks", "rss_mb", "evals", "eval_cpu_s", "cpu_per_eval", "rej_ser", "wall_s",
-              "cpu_s");
+  std::printf("%4s %9s %10s %8s %9s %9s %6s %12s %12s %9s %8s %8s\n", "week", "series",
+              "cells", "marks", "rss_mb", "disk_mb", "evals", "eval_cpu_s", "cpu_per_eval",
+              "rej_ser", "wall_s", "cpu_s");
   Soak soak(c);
   const absl::Time wall_start = absl::Now();
   const testing::MachineCpu machine_before = testing::ReadMachineCpu();
@@ -218,10 +283,10 @@ int Run(const Config& c) {
     }
     soak.Measure(&w, wall_start);
     weeks.push_back(w);
-    std::printf("%4d %9lu %10lu %8lu %9.1f %6d %12.3f %12.4f %9lu %8.1f %8.1f\n", w.week,
+    std::printf("%4d %9lu %10lu %8lu %9.1f %9.1f %6d %12.3f %12.4f %9lu %8.1f %8.1f\n", w.week,
                 static_cast<unsigned long>(w.series), static_cast<unsigned long>(w.cells),
                 static_cast<unsigned long>(w.streams), static_cast<double>(w.rss_kb) / 1024,
-                w.evaluations, w.eval_cpu, w.evaluations > 0 ? w.eval_cpu / w.evaluations : 0,
+                static_cast<double>(w.disk_kb) / 1024, w.evaluations, w.eval_cpu, w.evaluations > 0 ? w.eval_cpu / w.evaluations : 0,
                 static_cast<unsigned long>(w.rejected_series), w.wall, w.cpu);
     std::fflush(stdout);
     if (stopped && (week < c.weeks || hours < 24 * 7)) {
@@ -268,6 +333,23 @@ int Run(const Config& c) {
   } else {
     std::printf("not judged: flatness needs week 9 or later (reached week %d)\n", last.week);
   }
+  if (c.stores && weeks.size() >= 18) {
+    const Week& w17 = weeks[16];
+    if (!Flat(static_cast<double>(w17.disk_kb), static_cast<double>(last.disk_kb))) {
+      std::printf("FAIL: the stores' files grew from %ld kB (week 17) to %ld kB (week %d)\n",
+                  static_cast<long>(w17.disk_kb), static_cast<long>(last.disk_kb), last.week);
+      ok = false;
+    } else {
+      std::printf("flat: the stores' files %+.1f%% from week 17 to week %d\n",
+                  100.0 * (static_cast<double>(last.disk_kb) /
+                               static_cast<double>(std::max<int64_t>(w17.disk_kb, 1)) -
+                           1),
+                  last.week);
+    }
+  } else if (c.stores) {
+    std::printf("not judged: the stores' flatness needs week 18 or later (reached week %d)\n",
+                last.week);
+  }
   return ok ? 0 : 1;
 }
 
@@ -281,10 +363,11 @@ int main(int argc, char** argv) {
   c.locations = smoke ? 20 : absl::GetFlag(FLAGS_locations);
   c.keys = smoke ? 100 : absl::GetFlag(FLAGS_keys);
   c.service_keys = smoke ? 5 : absl::GetFlag(FLAGS_service_keys);
-  c.weeks = smoke ? 16 : absl::GetFlag(FLAGS_weeks);
+  c.weeks = smoke ? 20 : absl::GetFlag(FLAGS_weeks);
   c.churned = static_cast<int>(absl::GetFlag(FLAGS_churn) * c.keys + 0.5);
   c.eval_every = smoke ? absl::Hours(1) : absl::GetFlag(FLAGS_eval_every);
   c.retain_forever = absl::GetFlag(FLAGS_retain_forever);
+  c.stores = absl::GetFlag(FLAGS_stores);
   c.max_wall = absl::GetFlag(FLAGS_max_wall);
   if (c.locations < 1 || c.keys < 1 || c.service_keys < 0 || c.weeks < 1 ||
       c.eval_every <= absl::ZeroDuration()) {
