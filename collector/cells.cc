@@ -69,14 +69,16 @@ int PriceChanges::CountSince(int64_t since_ns) const {
   return n;
 }
 
-void PriceCell::Apply(int64_t price, int64_t at_ns) {
-  if (observed_at_ns != 0 && at_ns < observed_at_ns) return;  // Older than what we hold.
-  if (observed_at_ns != 0 && price != minor_units) {
+bool PriceCell::Apply(int64_t price, int64_t at_ns) {
+  if (observed_at_ns != 0 && at_ns < observed_at_ns) return false;  // Older than what we hold.
+  const bool changed = observed_at_ns != 0 && price != minor_units;
+  if (changed) {
     if (changes == nullptr) changes = std::make_unique<PriceChanges>();
     changes->Add({at_ns, minor_units, price});
   }
   minor_units = price;
   observed_at_ns = at_ns;
+  return changed;
 }
 
 void WaitCell::Apply(double seconds, int64_t at_ns, const FamilyPolicy& policy,

@@ -53,7 +53,8 @@ struct PriceCell {
   int64_t minor_units = 0;
   std::unique_ptr<PriceChanges> changes;  // Null until the price first changes.
   // Applies a price observed at `at_ns`: the latest event time wins.
-  void Apply(int64_t minor_units, int64_t at_ns);
+  // Whether it recorded a change (then changes->latest()).
+  bool Apply(int64_t minor_units, int64_t at_ns);
 };
 
 // A family's bins in nanoseconds. absl::Duration's conversions are out of

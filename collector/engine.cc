@@ -471,6 +471,7 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   // A judged key's window may be longer than the family's: its bins reach
   // further back.
   const bool judged_keys = !catalog.judging.empty();
+  const int64_t rollout_grace_ns = absl::ToInt64Nanoseconds(catalog.thresholds.rollout_grace);
   uint32_t duplicates = 0, applied = 0;
   for (uint64_t i = 0; i < count; ++i) {
     const uint64_t seq = batch.first_sequence + i;
@@ -524,7 +525,14 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
       case v1::Observation::kPrice: {
         auto [cell, fresh] = series.price.try_emplace(loc);
         created = fresh;
-        cell->second.Apply(obs.minor_units, at);
+        if (cell->second.Apply(obs.minor_units, at)) {
+          const PriceChange& change = *cell->second.changes->latest();
+          // A drop older than the rollout grace when it arrives is outside
+          // the window evaluations publish drops from: noted for the next.
+          if (change.to < change.from && change.at_ns < now_ns - rollout_grace_ns) {
+            late_drops_[found->second].push_back({loc, change});
+          }
+        }
         break;
       }
       case v1::Observation::kWaitSeconds: {
@@ -1034,6 +1042,7 @@ void Engine::Evaluate() {
   std::shared_ptr<const Catalog> catalog_ptr;
   std::vector<LocationState> states;
   std::vector<const LocationEntry*> entries;
+  LateDrops late;
   {
     absl::MutexLock recompute_lock(&recompute_mu_);
     absl::MutexLock lock(&mu_);
@@ -1042,6 +1051,7 @@ void Engine::Evaluate() {
     // retention would free waits for the next evaluation.
     if (!CaptureRunningLocked()) ForgetLocked(now, *catalog_);
     RefreshCatalogLocked();  // A dropped location's agent labels went.
+    late = TakeLateDropsLocked();
     catalog_ptr = catalog_;
     // A slot retention freed stays in place with an empty name: indices
     // are location indices.
@@ -1058,11 +1068,23 @@ void Engine::Evaluate() {
   const bool completed = RecomputeSeries(true, [&](SeriesData& data) ABSL_EXCLUSIVE_LOCKS_REQUIRED(
                                                    eval_mu_) {
     EvaluateSeries(data, &ev);
+    if (auto it = late.find(data.index); it != late.end()) {
+      data.drops.insert(data.drops.end(), it->second.begin(), it->second.end());
+      late.erase(it);
+    }
     PriceDropsOf(data, &ev.price_drops);
   });
   // Stopping: this evaluation saw only part of the chain, so it opens,
-  // closes and deposits nothing.
-  if (!completed) return;
+  // closes and deposits nothing; the late drops it did not publish wait
+  // for the next one.
+  if (!completed) {
+    absl::MutexLock lock(&mu_);
+    for (auto& [index, drops] : late) {
+      auto& kept = late_drops_[index];
+      kept.insert(kept.end(), drops.begin(), drops.end());
+    }
+    return;
+  }
 
   ZoneConditions(&ev.splits, th, &ev.conditions);
   // Silent and stale: declared locations that should be open.
@@ -1531,6 +1553,20 @@ absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(
     }
   }
   return response;
+}
+
+Engine::LateDrops Engine::TakeLateDropsLocked() {
+  LateDrops taken;
+  for (auto& [index, drops] : late_drops_) {
+    if (index >= series_.size() || !series_[index].live) continue;
+    std::vector<std::pair<uint32_t, PriceChange>> kept;
+    for (const auto& drop : drops) {
+      if (drop.first < locations_.size() && locations_[drop.first].live) kept.push_back(drop);
+    }
+    if (!kept.empty()) taken[index] = std::move(kept);
+  }
+  late_drops_.clear();
+  return taken;
 }
 
 }  // namespace constance::collector

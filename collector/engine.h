@@ -610,6 +610,15 @@ class Engine {
   std::vector<Location> locations_ ABSL_GUARDED_BY(mu_);
   SeriesIndex series_index_ ABSL_GUARDED_BY(mu_);
   std::vector<Series> series_ ABSL_GUARDED_BY(mu_);
+  // Price drops that arrived older than the rollout grace, by series index:
+  // evaluations publish drops by event time within the grace, so these are
+  // published by the next evaluation instead (not kept in snapshots: a
+  // collector killed between a snapshot and that evaluation loses them).
+  using LateDrops = absl::flat_hash_map<uint32_t, std::vector<std::pair<uint32_t, PriceChange>>>;
+  LateDrops late_drops_ ABSL_GUARDED_BY(mu_);
+  // Takes late_drops_, leaving out those of series and locations retention
+  // just freed (their slots may be reused before they are published).
+  LateDrops TakeLateDropsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Slots of locations_ and series_ that retention freed, reused first.
   std::vector<uint32_t> free_locations_ ABSL_GUARDED_BY(mu_);
   std::vector<uint32_t> free_series_ ABSL_GUARDED_BY(mu_);

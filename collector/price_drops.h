@@ -4,7 +4,8 @@
 //
 // The engine finds and classifies the drops (Engine::PriceDropsOf: local,
 // or the chain-wide rollout its rollout rule recognises); it publishes
-// those within rollout_grace with each evaluation. PriceDropFeed::Record
+// those within rollout_grace with each evaluation, and a drop that arrived
+// older than that with the first evaluation after it arrived. PriceDropFeed::Record
 // adds the new ones and updates the classification of known ones (a
 // rollout shows as more locations follow). A drop is identified by its
 // location, series and event time, so recording the same evaluation twice,

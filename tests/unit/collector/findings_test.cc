@@ -1575,6 +1575,30 @@ TEST(FindingsTest, PriceDropsAreClassifiedByTheRolloutRule) {
   EXPECT_TRUE(chain.engine().snapshot()->findings->price_drops.empty());
 }
 
+// A drop that reaches the collector after the rollout grace (an agent
+// offline over a weekend, a late price file) is published by the next
+// evaluation, and only by it.
+TEST(FindingsTest, ADropArrivingAfterTheRolloutGraceIsPublishedOnce) {
+  Chain chain;
+  for (int i = 0; i < 10; ++i) chain.Send(Store(i), {chain.Price("sku-1", 299)});
+  chain.Evaluate();
+  const absl::Time observed = chain.now();
+  v1::Observation late = chain.Price("sku-1", 279);
+  chain.Advance(absl::Hours(48));
+  chain.Send(Store(3), {late});
+  chain.Evaluate(1);
+
+  const std::vector<PriceDrop>& drops = chain.engine().snapshot()->findings->price_drops;
+  ASSERT_EQ(drops.size(), 1u);
+  EXPECT_EQ(drops[0].location, Store(3));
+  EXPECT_EQ(drops[0].from, 299);
+  EXPECT_EQ(drops[0].to, 279);
+  EXPECT_EQ(drops[0].at, observed);
+  EXPECT_FALSE(drops[0].rollout);
+  chain.Evaluate(1);
+  EXPECT_TRUE(chain.engine().snapshot()->findings->price_drops.empty());
+}
+
 // The promise record's input: every evaluation says, per location, which
 // promise applied and whether it was kept; and a location's waits now are
 // its window's median and p90.
