@@ -401,21 +401,39 @@ absl::Duration BatchLog::last_commit_latency() const {
   return last_latency_;
 }
 
+std::optional<int64_t> BatchLog::ReadLastPosition() {
+  sqlite::Stmt stmt;
+  if (stmt.Prepare(db_,
+                   "SELECT MAX(COALESCE((SELECT MAX(id) FROM batches), 0), "
+                   "COALESCE((SELECT through FROM snapshot WHERE id = 1), 0))") == SQLITE_OK &&
+      sqlite3_step(stmt.get()) == SQLITE_ROW) {
+    return sqlite3_column_int64(stmt.get(), 0);
+  }
+  return std::nullopt;
+}
+
+void BatchLog::CountCommitLocked(absl::Duration latency, bool ok, size_t batches) {
+  last_latency_ = latency;
+  const double seconds = absl::ToDoubleSeconds(latency);
+  const std::vector<double>& bounds = CommitLatencyBounds();
+  stats_.latency_buckets.resize(bounds.size() + 1);
+  ++stats_.latency_buckets[std::lower_bound(bounds.begin(), bounds.end(), seconds) -
+                           bounds.begin()];
+  stats_.latency_sum_seconds += seconds;
+  ++stats_.commits;
+  if (ok) {
+    stats_.batches += batches;
+  } else {
+    ++stats_.failures;
+  }
+}
+
 void BatchLog::CommitLoop() {
   // Positions are given here, never by SQLite: once compaction empties the
   // table SQLite would start again at 1, below the snapshot's position.
-  int64_t last_position = 0;
-  bool positioned = false;
-  {
-    sqlite::Stmt stmt;
-    if (stmt.Prepare(db_,
-                     "SELECT MAX(COALESCE((SELECT MAX(id) FROM batches), 0), "
-                     "COALESCE((SELECT through FROM snapshot WHERE id = 1), 0))") == SQLITE_OK &&
-        sqlite3_step(stmt.get()) == SQLITE_ROW) {
-      last_position = sqlite3_column_int64(stmt.get(), 0);
-      positioned = true;
-    }
-  }
+  const std::optional<int64_t> read_position = ReadLastPosition();
+  const bool positioned = read_position.has_value();
+  int64_t last_position = read_position.value_or(0);
   // Without its position the log refuses every batch (none acknowledged)
   // rather than risk writing below a snapshot.
   sqlite::Stmt insert_stmt;
@@ -507,19 +525,7 @@ void BatchLog::CommitLoop() {
       {
         absl::MutexLock lock(&mu_);
         if (status.ok()) committed_ += group.size();
-        last_latency_ = absl::Now() - start;
-        const double seconds = absl::ToDoubleSeconds(last_latency_);
-        const std::vector<double>& bounds = CommitLatencyBounds();
-        stats_.latency_buckets.resize(bounds.size() + 1);
-        ++stats_.latency_buckets[std::lower_bound(bounds.begin(), bounds.end(), seconds) -
-                                 bounds.begin()];
-        stats_.latency_sum_seconds += seconds;
-        ++stats_.commits;
-        if (status.ok()) {
-          stats_.batches += group.size();
-        } else {
-          ++stats_.failures;
-        }
+        CountCommitLocked(absl::Now() - start, status.ok(), group.size());
         // Applied (and acknowledged) by the applier thread, in log
         // order, while the next group commits.
         applying_.push_back(CommittedGroup{std::move(group), status, last_position});

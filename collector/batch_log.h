@@ -189,6 +189,12 @@ class BatchLog {
         path_(std::move(path)),
         options_(options) {}
   void CommitLoop();
+  // The highest position in the log or its snapshot; none when SQLite
+  // cannot say (then the log refuses every batch).
+  std::optional<int64_t> ReadLastPosition();
+  // Counts a group commit of `batches` that took `latency` in stats_.
+  void CountCommitLocked(absl::Duration latency, bool ok, size_t batches)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Checkpoints the WAL on wal_db_ whenever enough of it is new.
   void WalLoop();
   // SQLite's WAL hook: `pages` are in the WAL after a commit.
