@@ -12,6 +12,11 @@ bool Stale(int64_t observed_at_ns, absl::Time now, const FamilyPolicy& policy) {
   return observed_at_ns < Nanos(now - policy.ttl);
 }
 
+// Stale from the first nanosecond past observed_at + ttl.
+void StaleHorizon(int64_t observed_at_ns, const FamilyPolicy& policy, Horizon* h) {
+  h->After(observed_at_ns, policy.ttl + absl::Nanoseconds(1));
+}
+
 int64_t BinStartNs(int64_t at_ns, int64_t bin_ns) {
   if (bin_ns <= 0) return at_ns;
   int64_t q = at_ns / bin_ns;
@@ -48,7 +53,49 @@ bool InWindow(int64_t start, absl::Time now, const FamilyPolicy& policy) {
   return start + Nanos(policy.bin) > Nanos(now - policy.window) && start <= Nanos(now);
 }
 
+// A bin is in the window from its start until start + bin + window
+// (InWindow read forwards).
+template <typename Bins>
+void WindowHorizon(const Bins& bins, const FamilyPolicy& policy, Horizon* h) {
+  for (const auto& b : bins) {
+    h->At(b.start_ns);
+    h->After(b.start_ns, policy.bin + policy.window);
+  }
+}
+
 }  // namespace
+
+void Horizon::At(absl::Time at) {
+  if (at == absl::InfinitePast() || at == absl::InfiniteFuture()) return;
+  At(absl::ToUnixNanos(at));
+}
+
+void Horizon::After(int64_t from_ns, absl::Duration d) {
+  if (d == absl::InfiniteDuration() || d == -absl::InfiniteDuration()) return;
+  const int64_t span = absl::ToInt64Nanoseconds(d);
+  if (span > 0 && from_ns > INT64_MAX - span) return;
+  if (span < 0 && from_ns < INT64_MIN - span) return;
+  At(from_ns + span);
+}
+
+void CellHorizon(const PriceCell& cell, const FamilyPolicy& policy, Horizon* h) {
+  if (cell.observed_at_ns != 0) StaleHorizon(cell.observed_at_ns, policy, h);
+}
+
+void CellHorizon(const WaitCell& cell, const FamilyPolicy& policy, Horizon* h) {
+  StaleHorizon(cell.observed_at_ns, policy, h);
+  WindowHorizon(cell.bins, policy, h);
+}
+
+void CellHorizon(const ComplianceCell& cell, const FamilyPolicy& policy, Horizon* h) {
+  StaleHorizon(cell.observed_at_ns, policy, h);
+  WindowHorizon(cell.bins, policy, h);
+}
+
+void CellHorizon(const ScoreCell& cell, const FamilyPolicy& policy, Horizon* h) {
+  StaleHorizon(cell.observed_at_ns, policy, h);
+  WindowHorizon(cell.bins, policy, h);
+}
 
 int64_t BinStart(int64_t at_ns, absl::Duration bin) { return BinStartNs(at_ns, Nanos(bin)); }
 

@@ -121,6 +121,34 @@ struct ScoreCell {
   void Apply(double value, int64_t at_ns, const BinSpan& span);
 };
 
+// The first instant after `now` at which something read at `now` can
+// read differently with time alone, the rules read forwards: for a cell
+// (Compare* below), leaving its TTL and a bin entering or leaving its
+// window. Evaluation recomputes a series whose horizon has come even when
+// no observation touched it. INT64_MAX: nothing will.
+class Horizon {
+ public:
+  explicit Horizon(absl::Time now) : now_ns_(absl::ToUnixNanos(now)) {}
+  // Folds in `at_ns` when it is after now.
+  void At(int64_t at_ns) {
+    if (at_ns > now_ns_ && at_ns < until_ns_) until_ns_ = at_ns;
+  }
+  void At(absl::Time at);
+  // `from_ns` + `d` (a window's edge), saturating; nothing for an infinite d.
+  void After(int64_t from_ns, absl::Duration d);
+  int64_t now_ns() const { return now_ns_; }
+  int64_t until_ns() const { return until_ns_; }
+
+ private:
+  int64_t now_ns_;
+  int64_t until_ns_ = INT64_MAX;
+};
+
+void CellHorizon(const PriceCell& cell, const FamilyPolicy& policy, Horizon* h);
+void CellHorizon(const WaitCell& cell, const FamilyPolicy& policy, Horizon* h);
+void CellHorizon(const ComplianceCell& cell, const FamilyPolicy& policy, Horizon* h);
+void CellHorizon(const ScoreCell& cell, const FamilyPolicy& policy, Horizon* h);
+
 // The comparable value of a cell at `now`, or nullopt when it is stale
 // (older than the TTL) or has too few samples in its window.
 // `within_seconds` > 0 asks waits for the share served within it.

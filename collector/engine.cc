@@ -306,7 +306,7 @@ void Engine::SetCatalog(std::shared_ptr<const Catalog> catalog) {
   labels_dirty_ = !agent_labels_.empty();
   RefreshCatalogLocked();
   for (Location& l : locations_) l.entry = catalog_->FindLocation(l.state.location);
-  for (Series& s : series_) s.dirty = true;
+  for (Series& s : series_) s.dirty = Series::kChanged;
 }
 
 bool Engine::DeclaredLocked(absl::string_view location) const {
@@ -331,7 +331,7 @@ void Engine::RefreshCatalogLocked() {
   merged->Index();
   catalog_ = std::move(merged);
   for (Location& l : locations_) l.entry = catalog_->FindLocation(l.state.location);
-  for (Series& s : series_) s.dirty = true;
+  for (Series& s : series_) s.dirty = Series::kChanged;
 }
 
 namespace {
@@ -472,6 +472,12 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   // further back.
   const bool judged_keys = !catalog.judging.empty();
   const int64_t rollout_grace_ns = absl::ToInt64Nanoseconds(catalog.thresholds.rollout_grace);
+  // A price observed at or after this was compared by the last
+  // recomputation (not stale then, nor at any earlier one).
+  const int64_t price_seen_since =
+      recomputed_at_ns_ == INT64_MIN
+          ? INT64_MAX
+          : absl::ToUnixNanos(absl::FromUnixNanos(recomputed_at_ns_) - catalog.price.ttl);
   uint32_t duplicates = 0, applied = 0;
   for (uint64_t i = 0; i < count; ++i) {
     const uint64_t seq = batch.first_sequence + i;
@@ -521,11 +527,15 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
                              ? obs.observed_seconds * 1'000'000'000 + obs.observed_nanos
                              : now_ns;
     bool created = false;
+    bool seen_again = false;
     switch (obs.value) {
       case v1::Observation::kPrice: {
         auto [cell, fresh] = series.price.try_emplace(loc);
         created = fresh;
-        if (cell->second.Apply(obs.minor_units, at)) {
+        const int64_t before = cell->second.observed_at_ns;
+        if (!cell->second.Apply(obs.minor_units, at)) {
+          seen_again = !fresh && before >= price_seen_since;
+        } else {
           const PriceChange& change = *cell->second.changes->latest();
           // A drop older than the rollout grace when it arrives is outside
           // the window evaluations publish drops from: noted for the next.
@@ -565,7 +575,9 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
       ++cells_;
       ++locations_[loc].cells;
     }
-    series.dirty = true;
+    // A price seen again unchanged changes no statistic and no finding (a
+    // finding keeps the earliest evidence it was seen on: FindingTracker).
+    if (!seen_again) series.dirty |= Series::kChanged;
     ++applied_;
     ++applied;
   }
@@ -785,7 +797,72 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
                              [](const Member& m) { return !m.judged; });
     data.groups.push_back(std::move(g));
   }
+  Horizon horizon(now);
+  SeriesHorizonLocked(series, catalog, &horizon);
+  data.until_ns = horizon.until_ns();
   return data;
+}
+
+void Engine::SeriesHorizonLocked(const Series& series, const Catalog& catalog,
+                                 Horizon* h) const {
+  const Thresholds& th = catalog.thresholds;
+  const absl::Time now = absl::FromUnixNanos(h->now_ns());
+  const absl::Duration ns = absl::Nanoseconds(1);
+  // A store not open yet is compared from its opening.
+  auto location = [&](uint32_t loc) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (const LocationEntry* e = locations_[loc].entry; e != nullptr) h->At(e->opened);
+  };
+  for (const auto& [loc, cell] : series.price) {
+    location(loc);
+    CellHorizon(cell, catalog.price, h);
+    if (cell.changes == nullptr) continue;
+    // A change counts while at_ns >= now - window (flips, drops and
+    // rollouts, peers' changes), and is settled from at_ns + settle.
+    for (int i = 0; i < cell.changes->size; ++i) {
+      const int64_t at = cell.changes->ring[i].at_ns;
+      h->After(at, th.flip_window + ns);
+      h->After(at, th.rollout_grace + ns);
+      h->After(at, th.irregular_window + ns);
+      h->After(at, th.irregular_settle);
+    }
+  }
+  const bool hour_of_week = catalog.wait_sketch.hour_of_week;
+  std::vector<absl::TimeZone> zones;  // Waits compared by local hour: each zone's next hour.
+  for (const auto& [loc, cell] : series.wait) {
+    location(loc);
+    CellHorizon(cell, catalog.wait, h);
+    const LocationEntry* e = locations_[loc].entry;
+    const absl::TimeZone tz = e != nullptr ? e->tz : absl::UTCTimeZone();
+    if (hour_of_week && std::find(zones.begin(), zones.end(), tz) == zones.end()) {
+      zones.push_back(tz);
+      h->At(absl::FromCivil(absl::ToCivilHour(now, tz) + 1, tz));
+    }
+  }
+  if (!series.compliance.empty()) {
+    const FamilyPolicy policy = catalog.CompliancePolicy(series.key.key);
+    for (const auto& [loc, cell] : series.compliance) {
+      location(loc);
+      CellHorizon(cell, policy, h);
+    }
+  }
+  for (const auto& [loc, cell] : series.score) {
+    location(loc);
+    CellHorizon(cell, catalog.score, h);
+  }
+  // Drift reads each series once per bin (prices have none).
+  if (series.key.family != v1::FAMILY_PRICE) {
+    h->After(BinStart(h->now_ns(), catalog.drift.bin), catalog.drift.bin);
+  }
+  // A list price applies from its effective date; a rollout to it is
+  // expected for rollout_grace after.
+  for (const PricePromise& p : catalog.price_promises) {
+    if (p.key != series.key.key || series.key.family != v1::FAMILY_PRICE) continue;
+    h->At(p.effective);
+    if (p.effective != absl::InfinitePast()) h->At(p.effective + th.rollout_grace);
+  }
+  for (const Exception& e : catalog.exceptions) {
+    if (e.family == series.key.family && e.key == series.key.key) h->At(e.expires);
+  }
 }
 
 void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& catalog) const {
@@ -892,7 +969,8 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
   }
 }
 
-bool Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& visit) {
+bool Engine::RecomputeSeries(const SeriesFilter& wanted, uint8_t clears,
+                             const std::function<void(SeriesData&)>& visit) {
   absl::MutexLock recompute_lock(&recompute_mu_);
   const absl::Time now = options_.clock();
   auto snapshot = std::make_shared<Snapshot>();
@@ -902,9 +980,9 @@ bool Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& v
     absl::MutexLock lock(&mu_);
     RefreshCatalogLocked();
     catalog = catalog_;
+    recomputed_at_ns_ = std::max(recomputed_at_ns_, absl::ToUnixNanos(now));
     for (uint32_t i = 0; i < series_.size(); ++i) {
-      if (series_[i].live && (all || series_[i].dirty)) todo.push_back(i);
-      series_[i].dirty = false;
+      if (series_[i].live && wanted(i, series_[i], absl::ToUnixNanos(now))) todo.push_back(i);
     }
     published_.resize(series_.size());
     snapshot->cells = cells_;
@@ -926,16 +1004,15 @@ bool Engine::RecomputeSeries(bool all, const std::function<void(SeriesData&)>& v
   // One series at a time: the ingest lock is held only to copy it.
   for (size_t i = 0; i < todo.size(); ++i) {
     const uint32_t index = todo[i];
-    if (abandon_.load(std::memory_order_relaxed)) {
-      absl::MutexLock lock(&mu_);
-      for (size_t j = i; j < todo.size(); ++j) series_[todo[j]].dirty = true;
-      return false;
-    }
+    if (abandon_.load(std::memory_order_relaxed)) return false;
     if (options_.before_series) options_.before_series();
     SeriesData data;
     {
       absl::MutexLock lock(&mu_);
+      Series& series = series_[index];
+      series.dirty &= static_cast<uint8_t>(~clears);
       data = CollectLocked(index, now, *catalog);
+      series.stats_until_ns = data.until_ns;
     }
     ComputeGroups(&data, now, *catalog);
     std::vector<std::shared_ptr<const SeriesStats>> groups;
@@ -970,7 +1047,13 @@ void Engine::Publish(std::shared_ptr<Snapshot> snapshot) {
   snapshot_ = std::move(snapshot);
 }
 
-void Engine::Recompute() { RecomputeSeries(false, nullptr); }
+void Engine::Recompute() {
+  RecomputeSeries(
+      [](uint32_t, const Series& s, int64_t now_ns) {
+        return (s.dirty & Series::kStats) != 0 || now_ns >= s.stats_until_ns;
+      },
+      Series::kStats, nullptr);
+}
 
 namespace {
 
@@ -1065,19 +1148,9 @@ void Engine::Evaluate() {
   tracker_.set_policy(th.persistence, th.hysteresis);
   Evaluation ev(now, catalog);
 
-  const bool completed = RecomputeSeries(true, [&](SeriesData& data) ABSL_EXCLUSIVE_LOCKS_REQUIRED(
-                                                   eval_mu_) {
-    EvaluateSeries(data, &ev);
-    if (auto it = late.find(data.index); it != late.end()) {
-      data.drops.insert(data.drops.end(), it->second.begin(), it->second.end());
-      late.erase(it);
-    }
-    PriceDropsOf(data, &ev.price_drops);
-  });
   // Stopping: this evaluation saw only part of the chain, so it opens,
-  // closes and deposits nothing; the late drops it did not publish wait
-  // for the next one.
-  if (!completed) {
+  // closes and deposits nothing; its late drops wait for the next one.
+  if (!EvaluateSeriesOutcomes(catalog_ptr, late, &ev)) {
     absl::MutexLock lock(&mu_);
     for (auto& [index, drops] : late) {
       auto& kept = late_drops_[index];
@@ -1135,6 +1208,46 @@ void Engine::Evaluate() {
                   std::move(ev.promises));
 }
 
+bool Engine::EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalog,
+                                    const LateDrops& late, Evaluation* ev) {
+  if (outcomes_catalog_ != catalog) {  // Another catalog: nothing computed before holds.
+    outcomes_.clear();
+    outcomes_catalog_ = catalog;
+  }
+  const bool all = !options_.incremental;
+  auto wanted = [&](uint32_t i, const Series& s, int64_t now_ns)
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_) {
+                      if (all || i >= outcomes_.size() || late.contains(i)) return true;
+                      const SeriesOutcome& o = outcomes_[i];
+                      return o.until_ns == 0 || now_ns >= o.until_ns ||
+                             (s.dirty & Series::kFindings) != 0;
+                    };
+  absl::flat_hash_map<uint32_t, std::vector<PriceDrop>> late_drops;
+  const bool completed = RecomputeSeries(
+      wanted, Series::kChanged,
+      [&](SeriesData& data) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_) {
+        if (outcomes_.size() <= data.index) outcomes_.resize(data.index + 1);
+        SeriesOutcome& o = outcomes_[data.index];
+        o = SeriesOutcome();
+        EvaluateSeries(data, *ev, &o);
+        PriceDropsOf(data, data.drops, &o.price_drops);
+        o.until_ns = data.until_ns;
+        // Published once, by this evaluation: not part of what is kept.
+        if (auto it = late.find(data.index); it != late.end()) {
+          PriceDropsOf(data, it->second, &late_drops[data.index]);
+        }
+      });
+  if (!completed) return false;
+  // In series order, as a full recomputation adds them.
+  for (uint32_t i = 0; i < outcomes_.size(); ++i) {
+    Merge(outcomes_[i], ev);
+    if (auto it = late_drops.find(i); it != late_drops.end()) {
+      ev->price_drops.insert(ev->price_drops.end(), it->second.begin(), it->second.end());
+    }
+  }
+  return true;
+}
+
 void Engine::OverdueKeyConditions(absl::Time now, std::vector<Condition>* out) const {
   absl::MutexLock lock(&mu_);
   const Catalog& catalog = *catalog_;
@@ -1172,7 +1285,9 @@ void Engine::OverdueKeyConditions(absl::Time now, std::vector<Condition>* out) c
   }
 }
 
-void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
+void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation,
+                            SeriesOutcome* out) {
+  const Evaluation* ev = &evaluation;
   const SeriesKey& key = data.key;
   const Thresholds& th = ev->th;
   const std::string series_name = SeriesName(key);
@@ -1200,12 +1315,12 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
       gd = state;
       if (std::optional<Condition> c = GroupDriftCondition(
               key, group_id, g, ev->drift_bin, ev->drift, th.z_threshold, ev->weak, state)) {
-        ev->conditions.push_back(std::move(*c));
+        out->conditions.push_back(std::move(*c));
       }
     }
     // Split: consistent deviating levels (prices).
     if (comparable && !g.fallback && !g.levels.others.empty()) {
-      ev->splits.push_back(SplitCondition(key, group_id, g));
+      out->splits.push_back(SplitCondition(key, group_id, g));
     }
 
     for (size_t i = 0; i < g.members.size(); ++i) {
@@ -1242,12 +1357,29 @@ void Engine::EvaluateSeries(const SeriesData& data, Evaluation* ev) {
   }
 
   const absl::flat_hash_set<std::string> unkeepable =
-      UnkeepableConditions(key, series_name, promise_tally, th, &ev->conditions);
-  for (Pending& p : pending) LocationCondition(key, series_name, unkeepable, &p, ev);
+      UnkeepableConditions(key, series_name, promise_tally, th, &out->conditions);
+  for (Pending& p : pending) {
+    LocationCondition(key, series_name, unkeepable, ev->catalog.trust, &p, out);
+  }
 }
 
-void Engine::PriceDropsOf(const SeriesData& data, std::vector<PriceDrop>* out) {
-  for (const auto& [loc, change] : data.drops) {
+void Engine::Merge(const SeriesOutcome& o, Evaluation* ev) {
+  ev->conditions.insert(ev->conditions.end(), o.conditions.begin(), o.conditions.end());
+  ev->splits.insert(ev->splits.end(), o.splits.begin(), o.splits.end());
+  for (const auto& [loc, kept] : o.kept) {
+    auto& kb = ev->kept_broken[loc];
+    ++(kept ? kb.first : kb.second);
+  }
+  for (const auto& [loc, amount] : o.deposits) ev->deposits[loc] += amount;
+  for (const auto& [loc, amount] : o.withdrawals) ev->withdrawals[loc] += amount;
+  ev->price_drops.insert(ev->price_drops.end(), o.price_drops.begin(), o.price_drops.end());
+  ev->promises.insert(ev->promises.end(), o.promises.begin(), o.promises.end());
+}
+
+void Engine::PriceDropsOf(const SeriesData& data,
+                          const std::vector<std::pair<uint32_t, PriceChange>>& drops,
+                          std::vector<PriceDrop>* out) {
+  for (const auto& [loc, change] : drops) {
     for (const GroupData& g : data.groups) {
       const Member* m = FindMember(g, loc);
       if (m == nullptr || !m->judged) continue;
@@ -1265,23 +1397,20 @@ void Engine::PriceDropsOf(const SeriesData& data, std::vector<PriceDrop>* out) {
 }
 
 void Engine::LocationCondition(const SeriesKey& key, const std::string& series_name,
-                               const absl::flat_hash_set<std::string>& unkeepable, Pending* p,
-                               Evaluation* ev) {
-  const TrustPolicy& trust = ev->catalog.trust;
+                               const absl::flat_hash_set<std::string>& unkeepable,
+                               const TrustPolicy& trust, Pending* p, SeriesOutcome* out) {
   const bool promise_counts = !p->promise_id.empty() && !unkeepable.contains(p->promise_id);
   if (promise_counts) {
-    auto& kb = ev->kept_broken[p->location];
+    out->kept.push_back({p->location, !p->promise_broken});
     if (p->promise_broken) {
-      ++kb.second;
-      ev->withdrawals[p->location] += trust.withdrawal;
+      out->withdrawals.push_back({p->location, trust.withdrawal});
     } else {
-      ++kb.first;
-      ev->deposits[p->location] += trust.deposit;
+      out->deposits.push_back({p->location, trust.deposit});
     }
   }
-  if (p->outlier) ev->withdrawals[p->location] += trust.withdrawal;
+  if (p->outlier) out->withdrawals.push_back({p->location, trust.withdrawal});
   if (!p->promise_id.empty()) {
-    ev->promises.push_back({p->name, key, std::move(p->promise), !p->promise_broken});
+    out->promises.push_back({p->name, key, std::move(p->promise), !p->promise_broken});
   }
   std::vector<std::pair<double, v1::Reason>> reasons;
   for (auto& r : p->reasons) {
@@ -1311,7 +1440,7 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
     *f.add_reasons() = std::move(reason);
   }
   f.set_audience(only_drift ? "region" : "store");
-  ev->conditions.push_back(std::move(c));
+  out->conditions.push_back(std::move(c));
 }
 
 void Engine::PublishFindings(

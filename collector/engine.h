@@ -281,6 +281,11 @@ class Engine {
     // Called before each series is recomputed, on the ticking thread;
     // tests use it to act while a tick is in progress.
     std::function<void()> before_series;
+    // Evaluate recomputes only the series whose cells changed or whose
+    // horizon came (cells.h Horizon), reusing what the others added last
+    // time; false recomputes every series every time (the reference the
+    // incremental evaluation is tested against).
+    bool incremental = true;
   };
 
   explicit Engine(Options options);
@@ -431,7 +436,14 @@ class Engine {
     absl::flat_hash_map<uint32_t, WaitCell> wait;
     absl::flat_hash_map<uint32_t, ComplianceCell> compliance;
     absl::flat_hash_map<uint32_t, ScoreCell> score;
-    bool dirty = false;
+    // What must be recomputed: kStats its statistics (the stats tick),
+    // kFindings its evaluation.
+    static constexpr uint8_t kStats = 1, kFindings = 2;
+    static constexpr uint8_t kChanged = kStats | kFindings;
+    uint8_t dirty = 0;
+    // When time alone next changes its statistics (Horizon), for the stats
+    // tick; Evaluate keeps its own in SeriesOutcome.
+    int64_t stats_until_ns = INT64_MAX;
     // False for a slot retention freed (on free_series_ for reuse).
     bool live = true;
   };
@@ -468,7 +480,33 @@ class Engine {
     std::vector<GroupData> groups;
     // Prices: decreases within rollout_grace of `now`, by location index.
     std::vector<std::pair<uint32_t, PriceChange>> drops;
+    // When time alone next changes what this series reads (SeriesHorizonLocked).
+    int64_t until_ns = INT64_MAX;
   };
+  // Price drops by series index: (location index, change).
+  using LateDrops = absl::flat_hash_map<uint32_t, std::vector<std::pair<uint32_t, PriceChange>>>;
+  // What one series added to an evaluation, kept and added again by the
+  // evaluations that do not recompute it: the same inputs give the same
+  // conditions, and trust is tallied per evaluation. until_ns 0: none yet.
+  struct SeriesOutcome {
+    int64_t until_ns = 0;
+    std::vector<Condition> conditions;
+    std::vector<SplitCandidate> splits;
+    // Kept (true) or broken promises, and trust, by location index, in the
+    // order LocationCondition counted them.
+    std::vector<std::pair<uint32_t, bool>> kept;
+    std::vector<std::pair<uint32_t, double>> deposits, withdrawals;
+    std::vector<PriceDrop> price_drops;
+    std::vector<PromiseStanding> promises;
+  };
+  // Which series a recomputation takes: called under mu_ with each live
+  // series' index and the recomputation's now.
+  using SeriesFilter = std::function<bool(uint32_t index, const Series& series, int64_t now_ns)>;
+  // The instants after `h`'s now when something SeriesData, ComputeGroups
+  // or EvaluateSeries read of `series` changes with time alone: every
+  // input they compare with now, read forwards.
+  void SeriesHorizonLocked(const Series& series, const Catalog& catalog, Horizon* h) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   static void FallBackToChain(uint64_t min_group,
                               std::map<std::string, std::vector<Member>>* groups);
@@ -489,27 +527,40 @@ class Engine {
   // Every condition of one computed series: group drift, split candidates,
   // unkeepable promises, each judged location's finding; the trust each
   // location earns there.
-  void EvaluateSeries(const SeriesData& data, Evaluation* ev)
+  void EvaluateSeries(const SeriesData& data, const Evaluation& ev, SeriesOutcome* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
+  // Evaluates the series whose outcome no longer holds (every series when
+  // not Options::incremental), then adds every series' outcome to *ev in
+  // series order, with the late drops of those series. False when a stop
+  // abandoned it.
+  bool EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalog,
+                              const LateDrops& late, Evaluation* ev)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
+  // Adds one series' outcome to the evaluation's.
+  static void Merge(const SeriesOutcome& outcome, Evaluation* ev);
   // The series' price drops (data.drops), each classified in the group
   // its location is judged in by the rollout rule (NearAny, evaluators.h);
   // appended to *out.
-  static void PriceDropsOf(const SeriesData& data, std::vector<PriceDrop>* out);
+  static void PriceDropsOf(const SeriesData& data,
+                           const std::vector<std::pair<uint32_t, PriceChange>>& drops,
+                           std::vector<PriceDrop>* out);
   // Settles *p's promise and outlier in ev's trust tallies (a promise in
   // `unkeepable` counts for nothing) and adds its location condition when
   // a reason remains. Moves p's reasons out.
   static void LocationCondition(const SeriesKey& key, const std::string& series_name,
-                                const absl::flat_hash_set<std::string>& unkeepable, Pending* p,
-                                Evaluation* ev);
+                                const absl::flat_hash_set<std::string>& unkeepable,
+                                const TrustPolicy& trust, Pending* p, SeriesOutcome* out);
   // Stale keys: a location whose newest result for a compliance key with
   // a cadence (KeyJudging::expected_every) is older than that cadence.
   void OverdueKeyConditions(absl::Time now, std::vector<Condition>* out) const
       ABSL_LOCKS_EXCLUDED(mu_);
-  // Recomputes dirty (or all) series, publishes, and hands each computed
+  // Recomputes the series `wanted` takes (clearing their `clears` bits of
+  // Series::dirty as each is read), publishes, and hands each computed
   // series to `visit` (evaluation) before dropping it. False, with nothing
-  // published and the series not reached marked dirty again, if a stop was
+  // published and the series not reached still dirty, if a stop was
   // requested meanwhile.
-  bool RecomputeSeries(bool all, const std::function<void(SeriesData&)>& visit);
+  bool RecomputeSeries(const SeriesFilter& wanted, uint8_t clears,
+                       const std::function<void(SeriesData&)>& visit);
   void Publish(std::shared_ptr<Snapshot> snapshot);
   // One series' cells, for a snapshot.
   static void SeriesToState(const Series& in, const std::vector<uint32_t>& saved,
@@ -584,7 +635,7 @@ class Engine {
   bool ExpireCellsLocked(Series* series, absl::Time now, const Catalog& catalog)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveSeriesLocked(uint32_t index, Forgotten* forgotten)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(recompute_mu_, mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_, recompute_mu_, mu_);
   void DropLocationLocked(uint32_t loc, Forgotten* forgotten) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether `loc` is to be dropped now: not in the operator's catalog with
   // auto_register off, or silent past location_retention.
@@ -614,7 +665,6 @@ class Engine {
   // evaluations publish drops by event time within the grace, so these are
   // published by the next evaluation instead (not kept in snapshots: a
   // collector killed between a snapshot and that evaluation loses them).
-  using LateDrops = absl::flat_hash_map<uint32_t, std::vector<std::pair<uint32_t, PriceChange>>>;
   LateDrops late_drops_ ABSL_GUARDED_BY(mu_);
   // Takes late_drops_, leaving out those of series and locations retention
   // just freed (their slots may be reused before they are published).
@@ -628,6 +678,9 @@ class Engine {
   // back when it reports again (PruneStreamsLocked says why it is kept).
   absl::flat_hash_map<std::string, RetiredStream> retired_ ABSL_GUARDED_BY(mu_);
   uint64_t cells_ ABSL_GUARDED_BY(mu_) = 0;
+  // The latest `now` a recomputation read cells at: a price seen again
+  // unchanged and not stale then was compared then (ApplyBatch).
+  int64_t recomputed_at_ns_ ABSL_GUARDED_BY(mu_) = INT64_MIN;
   uint64_t applied_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t rejected_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t duplicates_ ABSL_GUARDED_BY(mu_) = 0;
@@ -666,6 +719,10 @@ class Engine {
   mutable absl::Mutex trend_mu_;
   absl::flat_hash_map<uint32_t, TrustTrend> trust_trend_ ABSL_GUARDED_BY(trend_mu_);
   std::deque<uint64_t> evaluated_counts_ ABSL_GUARDED_BY(eval_mu_);
+  // Each series' part of the last evaluation that computed it, by index,
+  // and the catalog those were computed with (another one voids them all).
+  std::vector<SeriesOutcome> outcomes_ ABSL_GUARDED_BY(eval_mu_);
+  std::shared_ptr<const Catalog> outcomes_catalog_ ABSL_GUARDED_BY(eval_mu_);
   absl::flat_hash_map<std::string, GroupDriftState> group_drift_ ABSL_GUARDED_BY(eval_mu_);
   absl::flat_hash_map<std::pair<std::string, uint32_t>, CellDriftState> cell_drift_
       ABSL_GUARDED_BY(eval_mu_);

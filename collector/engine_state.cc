@@ -534,7 +534,7 @@ absl::Status Engine::SeriesFromState(const state::v1::Series& in, uint32_t n_loc
   auto location_ok = [&](uint32_t loc) { return loc < n_locations; };
   Series& s = *out;
   s.key = SeriesFromProto(in.id());
-  s.dirty = true;
+  s.dirty = Series::kChanged;
   // A snapshot's keys are not taken on trust (e.g. one from a version
   // with other rules): the series vouches for them only if they pass.
   s.validated = s.key.family != v1::FAMILY_UNSPECIFIED && ValidateKey(s.key.key).ok() &&
@@ -682,6 +682,7 @@ absl::Status Engine::LoadState(const std::string& bytes) {
   }
 
   absl::MutexLock eval(&eval_mu_);
+  outcomes_.clear();  // Of the state replaced.
   std::vector<std::string> names;
   int persistence = 1;
   {

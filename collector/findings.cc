@@ -88,6 +88,7 @@ std::vector<v1::Finding> FindingTracker::Evaluate(std::vector<Condition> conditi
     if (c.strength >= 1 && !states_.contains(c.id)) states_[c.id];
   }
   std::vector<std::string> drop;
+  std::vector<v1::Finding> closing;
   for (auto& [id, state] : states_) {
     auto it = seen.find(id);
     const double strength = it == seen.end() ? 0 : it->second->strength;
@@ -122,8 +123,7 @@ std::vector<v1::Finding> FindingTracker::Evaluate(std::vector<Condition> conditi
       } else if (state.cleared >= persistence_) {
         v1::Finding closed = state.finding;
         SetTimestamp(now, closed.mutable_ended_at());
-        closed_.push_back(std::move(closed));
-        if (closed_.size() > history_limit_) closed_.pop_front();
+        closing.push_back(std::move(closed));
         drop.push_back(id);
       }
     } else {
@@ -134,6 +134,14 @@ std::vector<v1::Finding> FindingTracker::Evaluate(std::vector<Condition> conditi
     }
   }
   for (const std::string& id : drop) states_.erase(id);
+  // By id: the table's order is no order (and differs between tables).
+  auto by_id = [](const v1::Finding& a, const v1::Finding& b) { return a.id() < b.id(); };
+  std::sort(opened.begin(), opened.end(), by_id);
+  std::sort(closing.begin(), closing.end(), by_id);
+  for (v1::Finding& f : closing) {
+    closed_.push_back(std::move(f));
+    if (closed_.size() > history_limit_) closed_.pop_front();
+  }
   return opened;
 }
 

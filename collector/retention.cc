@@ -104,7 +104,7 @@ bool Engine::ExpireCellsLocked(Series* series, absl::Time now, const Catalog& ca
     any |= EraseOlder(&series->score, before(catalog.score.ttl), &locations_, &freed);
   }
   cells_ -= freed;
-  if (any) series->dirty = true;
+  if (any) series->dirty |= Series::kChanged;
   return series->price.empty() && series->wait.empty() && series->compliance.empty() &&
          series->score.empty();
 }
@@ -117,6 +117,7 @@ void Engine::RemoveSeriesLocked(uint32_t index, Forgotten* forgotten) {
   series.live = false;
   // Its statistics leave the next published snapshot (and /metrics).
   if (index < published_.size()) published_[index].clear();
+  if (index < outcomes_.size()) outcomes_[index] = SeriesOutcome();
   free_series_.push_back(index);
 }
 
@@ -146,7 +147,7 @@ void Engine::DropLocationLocked(uint32_t loc, Forgotten* forgotten) {
                           series.compliance.erase(loc) + series.score.erase(loc);
     if (erased == 0) continue;
     cells_ -= erased;
-    series.dirty = true;
+    series.dirty |= Series::kChanged;
   }
   // Its marks: the newest is kept by name (PruneStreamsLocked says why).
   std::optional<RetiredStream> newest;
