@@ -1224,7 +1224,7 @@ bool Engine::EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalo
                     };
   absl::flat_hash_map<uint32_t, std::vector<PriceDrop>> late_drops;
   const bool completed = RecomputeSeries(
-      wanted, Series::kChanged,
+      wanted, Series::kStats | Series::kFindings,
       [&](SeriesData& data) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_) {
         if (outcomes_.size() <= data.index) outcomes_.resize(data.index + 1);
         SeriesOutcome& o = outcomes_[data.index];

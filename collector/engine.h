@@ -436,14 +436,16 @@ class Engine {
     absl::flat_hash_map<uint32_t, WaitCell> wait;
     absl::flat_hash_map<uint32_t, ComplianceCell> compliance;
     absl::flat_hash_map<uint32_t, ScoreCell> score;
-    // What must be recomputed: kStats its statistics (the stats tick),
-    // kFindings its evaluation.
-    static constexpr uint8_t kStats = 1, kFindings = 2;
-    static constexpr uint8_t kChanged = kStats | kFindings;
+    // What must be done again: kStats its statistics (the stats tick),
+    // kFindings its evaluation, kRetain retention's pass over its cells.
+    static constexpr uint8_t kStats = 1, kFindings = 2, kRetain = 4;
+    static constexpr uint8_t kChanged = kStats | kFindings | kRetain;
     uint8_t dirty = 0;
     // When time alone next changes its statistics (Horizon), for the stats
     // tick; Evaluate keeps its own in SeriesOutcome.
     int64_t stats_until_ns = INT64_MAX;
+    // When retention next has a cell of it to free (ExpireCellsLocked).
+    int64_t expire_at_ns = INT64_MIN;
     // False for a slot retention freed (on free_series_ for reuse).
     bool live = true;
   };

@@ -15,9 +15,11 @@ namespace constance::collector {
 namespace {
 
 // Erases the cells of `cells` last observed before `before_ns`, counting
-// each in `*freed` and against its location; true when any went.
+// each in `*freed` and against its location; true when any went. Lowers
+// *oldest_ns to the oldest observation kept.
 template <typename Cells, typename Locations>
-bool EraseOlder(Cells* cells, int64_t before_ns, Locations* locations, uint64_t* freed) {
+bool EraseOlder(Cells* cells, int64_t before_ns, Locations* locations, uint64_t* freed,
+                int64_t* oldest_ns) {
   bool any = false;
   for (auto it = cells->begin(); it != cells->end();) {
     if (it->second.observed_at_ns < before_ns) {
@@ -26,10 +28,19 @@ bool EraseOlder(Cells* cells, int64_t before_ns, Locations* locations, uint64_t*
       any = true;
       cells->erase(it++);
     } else {
+      *oldest_ns = std::min(*oldest_ns, it->second.observed_at_ns);
       ++it;
     }
   }
   return any;
+}
+
+// The first instant a cell observed at `oldest_ns` is past `keep`
+// (ttl + retention): EraseOlder's test read forwards.
+int64_t ExpiresAt(int64_t oldest_ns, absl::Duration keep) {
+  if (oldest_ns == INT64_MAX) return INT64_MAX;
+  const int64_t at = absl::ToUnixNanos(absl::FromUnixNanos(oldest_ns) + keep);
+  return at == INT64_MAX ? at : at + 1;
 }
 
 // A drift id's series name: group ids are "SERIES NAME|GROUP", and no key
@@ -49,9 +60,16 @@ void Engine::ForgetLocked(absl::Time now, const Catalog& catalog) {
       DropLocationLocked(loc, &forgotten);
     }
   }
+  // A series is read again once a change marked it (kRetain) or its
+  // oldest cell comes of age (expire_at_ns): not every cell every time.
+  const int64_t now_ns = absl::ToUnixNanos(now);
   for (uint32_t i = 0; i < series_.size(); ++i) {
     Series& series = series_[i];
-    if (series.live && ExpireCellsLocked(&series, now, catalog)) RemoveSeriesLocked(i, &forgotten);
+    if (!series.live || ((series.dirty & Series::kRetain) == 0 && now_ns < series.expire_at_ns)) {
+      continue;
+    }
+    series.dirty &= static_cast<uint8_t>(~Series::kRetain);
+    if (ExpireCellsLocked(&series, now, catalog)) RemoveSeriesLocked(i, &forgotten);
   }
   PruneStreamsLocked(now);
   if (forgotten.series_names.empty() && forgotten.locations.empty()) return;
@@ -82,29 +100,31 @@ void Engine::ForgetLocked(absl::Time now, const Catalog& catalog) {
 
 bool Engine::ExpireCellsLocked(Series* series, absl::Time now, const Catalog& catalog) {
   const absl::Duration retention = catalog.thresholds.retention;
-  auto before = [&](absl::Duration ttl) { return absl::ToUnixNanos(now - ttl - retention); };
   uint64_t freed = 0;
   bool any = false;
-  if (!series->price.empty()) {
-    any |= EraseOlder(&series->price, before(catalog.price.ttl), &locations_, &freed);
-  }
-  if (!series->wait.empty()) {
-    any |= EraseOlder(&series->wait, before(catalog.wait.ttl), &locations_, &freed);
-  }
+  int64_t expire_at = INT64_MAX;
+  auto expire = [&](auto* cells, absl::Duration ttl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (cells->empty()) return;
+    int64_t oldest = INT64_MAX;
+    any |= EraseOlder(cells, absl::ToUnixNanos(now - ttl - retention), &locations_, &freed,
+                      &oldest);
+    expire_at = std::min(expire_at, ExpiresAt(oldest, ttl + retention));
+  };
+  expire(&series->price, catalog.price.ttl);
+  expire(&series->wait, catalog.wait.ttl);
   if (!series->compliance.empty()) {
     // A key judged with a cadence keeps its cells while their location is
     // held: an overdue one is a stale finding (OverdueKeyConditions) that
     // lasts until the location reports the key again.
     const KeyJudging* judging = catalog.JudgingFor(series->key.key);
     if (judging == nullptr || judging->expected_every <= absl::ZeroDuration()) {
-      any |= EraseOlder(&series->compliance, before(catalog.compliance.ttl), &locations_, &freed);
+      expire(&series->compliance, catalog.compliance.ttl);
     }
   }
-  if (!series->score.empty()) {
-    any |= EraseOlder(&series->score, before(catalog.score.ttl), &locations_, &freed);
-  }
+  expire(&series->score, catalog.score.ttl);
+  series->expire_at_ns = expire_at;
   cells_ -= freed;
-  if (any) series->dirty |= Series::kChanged;
+  if (any) series->dirty |= Series::kStats | Series::kFindings;
   return series->price.empty() && series->wait.empty() && series->compliance.empty() &&
          series->score.empty();
 }

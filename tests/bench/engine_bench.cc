@@ -155,11 +155,48 @@ void BM_Apply(benchmark::State& state, v1::Family family) {
 }
 
 // One evaluation tick over every cell: statistics per group and findings.
+// Setting the catalog again before each marks every series changed, so
+// each evaluation recomputes all of them (what a catalog reload costs).
 void BM_Evaluate(benchmark::State& state, v1::Family family) {
   Chain& c = Fixture(family);
-  for (auto _ : state) c.engine->Evaluate();
+  for (auto _ : state) {
+    state.PauseTiming();
+    if (auto catalog = c.engine->snapshot()->catalog; catalog != nullptr) {
+      c.engine->SetCatalog(catalog);
+    }
+    state.ResumeTiming();
+    c.engine->Evaluate();
+  }
   state.counters["cells"] = static_cast<double>(c.locations) * c.keys;
   state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(c.locations) * c.keys);
+}
+
+// One evaluation after 1% of the cells changed (applied before it, not
+// timed): `spread` false, 1% of the keys at every location (a price
+// change going out: 1% of the series); true, every key at 1% of the
+// locations (their agents' daily sends: every series).
+void BM_EvaluateChanged(benchmark::State& state, v1::Family family, bool spread) {
+  Chain& c = Fixture(family);
+  c.engine->Evaluate();  // Every series' outcome in place.
+  static int round = 10;
+  const int keys = std::max(1, c.keys / 100);
+  for (auto _ : state) {
+    state.PauseTiming();
+    ++round;
+    if (spread) {
+      for (int i = 0; i < std::max(1, c.locations / 100); ++i) {
+        const int l = (i * 7919 + round) % c.locations;
+        (void)c.engine->ApplyBatch(MakeBatch(c, l, family, 0, std::min(1000, c.keys), round));
+      }
+    } else {
+      for (int l = 0; l < c.locations; ++l) {
+        (void)c.engine->ApplyBatch(MakeBatch(c, l, family, round * keys, keys, round));
+      }
+    }
+    state.ResumeTiming();
+    c.engine->Evaluate();
+  }
+  state.counters["cells"] = static_cast<double>(c.locations) * c.keys;
 }
 
 // A snapshot of every cell (what the collector stores every
@@ -291,6 +328,13 @@ int main(int argc, char** argv) {
                                  constance::collector::BM_Evaluate, family)
         ->Unit(benchmark::kMillisecond)
         ->Iterations(evaluations);
+    for (bool spread : {false, true}) {
+      benchmark::RegisterBenchmark(
+          absl::StrCat("evaluate_1pct_", spread ? "locations/" : "keys/", name).c_str(),
+          constance::collector::BM_EvaluateChanged, family, spread)
+          ->Unit(benchmark::kMillisecond)
+          ->Iterations(evaluations);
+    }
     benchmark::RegisterBenchmark(absl::StrCat("snapshot_save/", name).c_str(),
                                  constance::collector::BM_SnapshotSave, family)
         ->Unit(benchmark::kMillisecond)
