@@ -190,6 +190,31 @@ TEST(GoldenStateTest, TheFirstReleasesStateCarriesEveryFigureOver) {
   EXPECT_TRUE(diff.Compare(expected, restored)) << report;
 }
 
+// The last log format with the snapshot inside SQLite (log format 1,
+// state format 2, written at commit b1881fa): read with this collector,
+// the engine's state is exactly what that tree held after its last batch.
+TEST(GoldenStateTest, ALogOfFormat1CarriesEveryFigureOver) {
+  GoldenCopy copy("log-format-1");
+  ASSERT_EQ(UserVersion(copy.db()), 1);
+  Loaded loaded = Load(copy);
+  ASSERT_NE(loaded.engine, nullptr);
+  EXPECT_EQ(loaded.replayed, 36u) << "three rounds of 12 stores were logged after the snapshot";
+  EXPECT_EQ(UserVersion(copy.db()), BatchLog::kLogFormat) << "the log is migrated on open";
+  pb::EngineState expected = Expected(copy);
+  ASSERT_EQ(expected.format(), 2u);
+  pb::EngineState restored;
+  ASSERT_TRUE(restored.ParseFromString(loaded.engine->SaveState()));
+  EXPECT_EQ(restored.trust_size(), 12);
+  EXPECT_EQ(restored.streams_size(), 13) << "store-01 under two incarnations";
+  expected.clear_saved_at_ns();
+  restored.clear_saved_at_ns();
+  google::protobuf::util::MessageDifferencer diff;
+  diff.set_repeated_field_comparison(google::protobuf::util::MessageDifferencer::AS_SET);
+  std::string report;
+  diff.ReportDifferencesToString(&report);
+  EXPECT_TRUE(diff.Compare(expected, restored)) << report;
+}
+
 // Retention prunes a superseded mark only once it has been idle past the
 // lateness bound: the first release saved no receive times, so a mark it
 // saved counts from the snapshot, and an evaluation right after the
