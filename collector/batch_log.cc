@@ -428,116 +428,124 @@ void BatchLog::CountCommitLocked(absl::Duration latency, bool ok, size_t batches
   }
 }
 
-void BatchLog::CommitLoop() {
+// What the committer thread keeps between group commits.
+struct BatchLog::Committer {
   // Positions are given here, never by SQLite: once compaction empties the
   // table SQLite would start again at 1, below the snapshot's position.
-  const std::optional<int64_t> read_position = ReadLastPosition();
-  const bool positioned = read_position.has_value();
-  int64_t last_position = read_position.value_or(0);
+  int64_t last_position = 0;
   // Without its position the log refuses every batch (none acknowledged)
   // rather than risk writing below a snapshot.
-  sqlite::Stmt insert_stmt;
-  const bool prepared =
-      positioned &&
-      insert_stmt.Prepare(db_, "INSERT INTO batches(id, received_ns, body) VALUES(?, ?, ?)",
-                          SQLITE_PREPARE_PERSISTENT) == SQLITE_OK;
-  sqlite3_stmt* insert = insert_stmt.get();
+  bool prepared = false;
+  sqlite::Stmt insert;
+  absl::Time last_checkpoint;
+};
+
+void BatchLog::CommitLoop() {
+  Committer c;
+  const std::optional<int64_t> read_position = ReadLastPosition();
+  c.last_position = read_position.value_or(0);
+  c.prepared = read_position.has_value() &&
+               c.insert.Prepare(db_, "INSERT INTO batches(id, received_ns, body) VALUES(?, ?, ?)",
+                                SQLITE_PREPARE_PERSISTENT) == SQLITE_OK;
   {
     absl::MutexLock lock(&mu_);
-    applied_through_ = last_position;
+    applied_through_ = c.last_position;
   }
-  absl::Time last_checkpoint = absl::Now();
-  // Waits until the applier has run the callbacks of every committed
-  // group: the engine's state is then that of the log up to last_position.
-  auto wait_applied = [this] {
-    absl::MutexLock lock(&mu_);
-    auto applied = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return applying_.empty(); };
-    mu_.Await(absl::Condition(&applied));
-  };
-  auto store = [&](const Finished& f) {
-    if (absl::Status s = Checkpoint(f.state, f.through, f.started); !s.ok()) {
-      spdlog::error("snapshot failed (the log keeps every batch, nothing is lost): {}",
-                    std::string(s.message()));
-    }
-  };
-  // Findings, drift and trust move with time, not only with batches: a
-  // snapshot is asked for every interval even when no batch came (unless
-  // the last one is still being taken).
-  auto ask_snapshot = [&] {
-    if (!prepare_) return;
-    last_checkpoint = absl::Now();
-    absl::MutexLock lock(&mu_);
-    if (in_flight_) return;
-    in_flight_ = snapshot_asked_ = true;
-  };
-  // A finished snapshot is stored between two group commits.
-  auto store_finished = [&] {
-    std::optional<Finished> f;
-    {
-      absl::MutexLock lock(&mu_);
-      f.swap(finished_);
-    }
-    if (!f.has_value()) return;
-    store(*f);
-    absl::MutexLock lock(&mu_);
-    in_flight_ = false;
-  };
+  c.last_checkpoint = absl::Now();
   for (;;) {
     std::deque<Pending> group;
-    bool stopping;
-    {
-      absl::MutexLock lock(&mu_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || !queue_.empty() || finished_.has_value();
-      };
-      if (prepare_) {
-        mu_.AwaitWithDeadline(absl::Condition(&ready), last_checkpoint + checkpoint_every_);
-      } else {
-        mu_.Await(absl::Condition(&ready));
-      }
-      // A WAL at its bound is restarted before it grows any further. The
-      // restart needs no writer, so the commit waits for it here rather
-      // than have the checkpointer back off and retry behind commits.
-      auto bounded = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || wal_pages_ < options_.wal_restart_pages;
-      };
-      mu_.Await(absl::Condition(&bounded));
-      group.swap(queue_);
-      stopping = stopping_;
-    }
-    if (!group.empty()) {
-      const absl::Time start = absl::Now();
-      absl::Status status =
-          prepared ? Exec(db_, path_, "BEGIN") : SqliteError(db_, path_, "prepare");
-      int64_t position = last_position;
-      for (const Pending& p : group) {
-        if (!status.ok()) break;
-        sqlite3_bind_int64(insert, 1, ++position);
-        sqlite3_bind_int64(insert, 2, p.received_ns);
-        sqlite3_bind_blob(insert, 3, p.body.data(), static_cast<int>(p.body.size()), SQLITE_STATIC);
-        if (sqlite3_step(insert) != SQLITE_DONE) status = SqliteError(db_, path_, "cannot write");
-        sqlite3_reset(insert);
-      }
-      // One fsync for the whole group: that is the group commit.
-      if (status.ok()) status = Exec(db_, path_, "COMMIT");
-      if (!status.ok()) (void)Exec(db_, path_, "ROLLBACK");
-      if (status.ok()) last_position = position;
-      {
-        absl::MutexLock lock(&mu_);
-        if (status.ok()) committed_ += group.size();
-        CountCommitLocked(absl::Now() - start, status.ok(), group.size());
-        // Applied (and acknowledged) by the applier thread, in log
-        // order, while the next group commits.
-        applying_.push_back(CommittedGroup{std::move(group), status, last_position});
-      }
-    }
-    store_finished();
-    if (absl::Now() - last_checkpoint >= checkpoint_every_) ask_snapshot();
+    const bool stopping = AwaitWork(c.last_checkpoint, &group);
+    if (!group.empty()) CommitGroup(c, std::move(group));
+    StoreFinished();
+    if (absl::Now() - c.last_checkpoint >= checkpoint_every_) AskSnapshot(c);
     if (stopping) {
       absl::MutexLock lock(&mu_);
       if (queue_.empty()) break;
     }
   }
+  SnapshotAtStop(c.last_position);
+  c.insert.Close();  // Before the connection may close.
+  absl::MutexLock lock(&mu_);
+  commits_done_ = true;
+}
+
+bool BatchLog::AwaitWork(absl::Time last_checkpoint, std::deque<Pending>* group) {
+  absl::MutexLock lock(&mu_);
+  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || !queue_.empty() || finished_.has_value();
+  };
+  if (prepare_) {
+    mu_.AwaitWithDeadline(absl::Condition(&ready), last_checkpoint + checkpoint_every_);
+  } else {
+    mu_.Await(absl::Condition(&ready));
+  }
+  // A WAL at its bound is restarted before it grows any further. The
+  // restart needs no writer, so the commit waits for it here rather than
+  // have the checkpointer back off and retry behind commits.
+  auto bounded = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || wal_pages_ < options_.wal_restart_pages;
+  };
+  mu_.Await(absl::Condition(&bounded));
+  group->swap(queue_);
+  return stopping_;
+}
+
+void BatchLog::CommitGroup(Committer& c, std::deque<Pending> group) {
+  const absl::Time start = absl::Now();
+  sqlite3_stmt* insert = c.insert.get();
+  absl::Status status = c.prepared ? Exec(db_, path_, "BEGIN") : SqliteError(db_, path_, "prepare");
+  int64_t position = c.last_position;
+  for (const Pending& p : group) {
+    if (!status.ok()) break;
+    sqlite3_bind_int64(insert, 1, ++position);
+    sqlite3_bind_int64(insert, 2, p.received_ns);
+    sqlite3_bind_blob(insert, 3, p.body.data(), static_cast<int>(p.body.size()), SQLITE_STATIC);
+    if (sqlite3_step(insert) != SQLITE_DONE) status = SqliteError(db_, path_, "cannot write");
+    sqlite3_reset(insert);
+  }
+  // One fsync for the whole group: that is the group commit.
+  if (status.ok()) status = Exec(db_, path_, "COMMIT");
+  if (!status.ok()) (void)Exec(db_, path_, "ROLLBACK");
+  if (status.ok()) c.last_position = position;
+  absl::MutexLock lock(&mu_);
+  if (status.ok()) committed_ += group.size();
+  CountCommitLocked(absl::Now() - start, status.ok(), group.size());
+  // Applied (and acknowledged) by the applier thread, in log order, while
+  // the next group commits.
+  applying_.push_back(CommittedGroup{std::move(group), status, c.last_position});
+}
+
+void BatchLog::Store(const Finished& f) {
+  if (absl::Status s = Checkpoint(f.state, f.through, f.started); !s.ok()) {
+    spdlog::error("snapshot failed (the log keeps every batch, nothing is lost): {}",
+                  std::string(s.message()));
+  }
+}
+
+void BatchLog::StoreFinished() {
+  std::optional<Finished> f;
+  {
+    absl::MutexLock lock(&mu_);
+    f.swap(finished_);
+  }
+  if (!f.has_value()) return;
+  Store(*f);
+  absl::MutexLock lock(&mu_);
+  in_flight_ = false;
+}
+
+void BatchLog::AskSnapshot(Committer& c) {
+  // Findings, drift and trust move with time, not only with batches: a
+  // snapshot is asked for every interval even when no batch came (unless
+  // the last one is still being taken).
+  if (!prepare_) return;
+  c.last_checkpoint = absl::Now();
+  absl::MutexLock lock(&mu_);
+  if (in_flight_) return;
+  in_flight_ = snapshot_asked_ = true;
+}
+
+void BatchLog::SnapshotAtStop(int64_t through) {
   // A clean shutdown restarts from the snapshot alone: one taken after the
   // last commit replaces any in flight (which needs the applier to finish).
   {
@@ -548,16 +556,15 @@ void BatchLog::CommitLoop() {
     mu_.Await(absl::Condition(&settled));
     finished_.reset();
     in_flight_ = false;
+    // The engine's state is that of the log up to `through` once the
+    // applier has run the callbacks of every committed group.
+    auto applied = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return applying_.empty(); };
+    mu_.Await(absl::Condition(&applied));
   }
-  wait_applied();
-  if (prepare_) {
-    const absl::Time started = absl::Now();
-    std::string state = prepare_()()();
-    store(Finished{std::move(state), last_position, started});
-  }
-  insert_stmt.Close();  // Before the connection may close.
-  absl::MutexLock lock(&mu_);
-  commits_done_ = true;
+  if (!prepare_) return;
+  const absl::Time started = absl::Now();
+  std::string state = prepare_()()();
+  Store(Finished{std::move(state), through, started});
 }
 
 }  // namespace constance::collector

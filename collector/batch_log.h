@@ -188,30 +188,6 @@ class BatchLog {
         lock_fd_(lock_fd),
         path_(std::move(path)),
         options_(options) {}
-  void CommitLoop();
-  // The highest position in the log or its snapshot; none when SQLite
-  // cannot say (then the log refuses every batch).
-  std::optional<int64_t> ReadLastPosition();
-  // Counts a group commit of `batches` that took `latency` in stats_.
-  void CountCommitLocked(absl::Duration latency, bool ok, size_t batches)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Checkpoints the WAL on wal_db_ whenever enough of it is new.
-  void WalLoop();
-  // SQLite's WAL hook: `pages` are in the WAL after a commit.
-  static int OnWalCommit(void* self, sqlite3* db, const char* name, int pages);
-  // Runs the callbacks of committed groups, in order.
-  void ApplyLoop();
-  // Prepares, begins and finishes snapshots as the committer asks.
-  void SnapshotLoop();
-  // Stores a snapshot covering the log up to `through`, whose capture
-  // started at `started`, and deletes those batches. Committer thread only.
-  absl::Status Checkpoint(const std::string& state, int64_t through, absl::Time started);
-
-  sqlite3* const db_;
-  sqlite3* const wal_db_;  // The WAL checkpointer's connection.
-  const int lock_fd_;      // Holds the exclusive lock on "<path>.lock".
-  const std::string path_;
-  const Options options_;
   struct Pending {
     absl::string_view body;  // Kept alive by `done`.
     int64_t received_ns = 0;
@@ -229,6 +205,48 @@ class BatchLog {
     int64_t through = 0;
     absl::Time started;
   };
+
+  // The committer thread: group commits, and snapshots stored between
+  // them. Its steps, each on that thread:
+  void CommitLoop();
+  struct Committer;
+  // Waits until there is something to do (batches queued, a snapshot
+  // finished or due, a stop) and takes the queued batches into `group`;
+  // whether the log is stopping.
+  bool AwaitWork(absl::Time last_checkpoint, std::deque<Pending>* group);
+  // Writes `group` in one transaction and hands it to the applier.
+  void CommitGroup(Committer& c, std::deque<Pending> group);
+  // Stores the snapshot the snapshot thread finished, if any.
+  void StoreFinished();
+  // Asks the snapshot thread for a snapshot unless one is in flight.
+  void AskSnapshot(Committer& c);
+  // After the last commit: a snapshot covering the log up to `through`.
+  void SnapshotAtStop(int64_t through);
+  // The highest position in the log or its snapshot; none when SQLite
+  // cannot say (then the log refuses every batch).
+  std::optional<int64_t> ReadLastPosition();
+  // Counts a group commit of `batches` that took `latency` in stats_.
+  void CountCommitLocked(absl::Duration latency, bool ok, size_t batches)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Checkpoints the WAL on wal_db_ whenever enough of it is new.
+  void WalLoop();
+  // SQLite's WAL hook: `pages` are in the WAL after a commit.
+  static int OnWalCommit(void* self, sqlite3* db, const char* name, int pages);
+  // Runs the callbacks of committed groups, in order.
+  void ApplyLoop();
+  // Prepares, begins and finishes snapshots as the committer asks.
+  void SnapshotLoop();
+  // Stores a snapshot covering the log up to `through`, whose capture
+  // started at `started`, and deletes those batches. Committer thread only.
+  absl::Status Checkpoint(const std::string& state, int64_t through, absl::Time started);
+  // Checkpoint, with a failure logged (the log keeps every batch).
+  void Store(const Finished& f);
+
+  sqlite3* const db_;
+  sqlite3* const wal_db_;  // The WAL checkpointer's connection.
+  const int lock_fd_;      // Holds the exclusive lock on "<path>.lock".
+  const std::string path_;
+  const Options options_;
   mutable absl::Mutex mu_;
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
   // Committed groups, oldest first; the front one's callbacks may be
