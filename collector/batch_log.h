@@ -25,10 +25,10 @@
 // while batches keep committing and applying, and writes it to a file
 // beside the log ("<log>.snapshot.<watermark>.<ns>", fsynced, renamed into
 // place); the committer, between two group commits, records that file
-// (name, size, SHA-256) and deletes the batches up to its watermark in one
-// short transaction. Only that transaction pauses commits: the state's
-// bytes never pass through SQLite's write lock. The file it replaces is
-// removed after that commit. A crash before it leaves the previous
+// (name, size, SHA-256) in one short transaction, then deletes the
+// batches up to its watermark a step at a time between later commits.
+// The state's bytes never pass through SQLite's write lock. The file it
+// replaces is removed after the record commits. A crash before it leaves the previous
 // snapshot and every batch after it (Open removes the unrecorded file). A
 // clean shutdown takes one more, after the last commit. On start the
 // latest snapshot is loaded, its file checked, and only the batches after
