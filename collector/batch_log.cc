@@ -1,15 +1,22 @@
 #include "collector/batch_log.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <sqlite3.h>
 #include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <vector>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "constance/sqlite.h"
@@ -18,6 +25,12 @@
 
 namespace constance::collector {
 namespace {
+
+namespace fs = std::filesystem;
+
+// Snapshot files are named "<log's name>.snapshot.<through>.<ns>", in the
+// log's directory (".tmp" added while written).
+constexpr char kSnapshotInfix[] = ".snapshot.";
 
 absl::Status SqliteError(sqlite3* db, const std::string& path, absl::string_view what) {
   return absl::UnavailableError(absl::StrCat("batch log ", path, ": ", what, ": ",
@@ -46,6 +59,109 @@ absl::StatusOr<int64_t> ReadLogFormat(sqlite3* db, const std::string& path) {
   if (rc == SQLITE_ROW) format = sqlite3_column_int64(stmt.get(), 0);
   if (rc != SQLITE_ROW) return SqliteError(db, path, "cannot read its format");
   return format;
+}
+
+// Log formats (SQLite's user_version) and the migration to each from the
+// one before, run in one transaction on Open:
+//   0  constance 0.1.0 (never set): the tables Open creates.
+//   1  the same tables, the format recorded.
+//   2  the snapshot in a file beside the log: `snapshot` names it (file,
+//      bytes, sha256) and keeps an empty `state`, which 0.1.0 refuses to
+//      load (a snapshot of format 0) rather than start without it.
+//      A row without `file` is a snapshot of format 1, read from `state`
+//      until the next snapshot replaces it.
+absl::Status Migrate(sqlite3* db, const std::string& path, int64_t from) {
+  std::string sql = "BEGIN;";
+  if (from < 2) {
+    absl::StrAppend(&sql,
+                    "ALTER TABLE snapshot ADD COLUMN file TEXT;"
+                    "ALTER TABLE snapshot ADD COLUMN bytes INTEGER;"
+                    "ALTER TABLE snapshot ADD COLUMN sha256 TEXT;");
+  }
+  absl::StrAppend(&sql, "PRAGMA user_version=", BatchLog::kLogFormat, ";COMMIT;");
+  absl::Status s = Exec(db, path, sql.c_str());
+  if (!s.ok()) (void)Exec(db, path, "ROLLBACK");
+  return s;
+}
+
+absl::Status Errno(absl::string_view what, const std::string& file, int err) {
+  return absl::UnavailableError(absl::StrCat(what, " ", file, ": ", std::strerror(err)));
+}
+
+std::string Sha256Hex(absl::string_view data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  if (EVP_Digest(data.data(), data.size(), digest, &size, EVP_sha256(), nullptr) != 1) return "";
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), size));
+}
+
+// Writes `data` to `dir`/`name` durably: into "`name`.tmp", fsynced, then
+// renamed and the directory fsynced, so `name` is whole or absent after
+// a crash. The data reaches the disk a few MB at a time while it is
+// written (the previous piece awaited, the next one started): a commit's
+// fsync of the log (ext4 commits its journal for every file) then never
+// waits for the whole file's dirty pages, which would stall every ack.
+absl::Status WriteDurably(const std::string& dir, const std::string& name,
+                          absl::string_view data) {
+  constexpr size_t kPiece = size_t{4} << 20;
+  const std::string path = absl::StrCat(dir, "/", name);
+  const std::string tmp = path + ".tmp";
+  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return Errno("cannot create", tmp, errno);
+  absl::Status status;
+  for (size_t done = 0; status.ok() && done < data.size();) {
+    const ssize_t n = write(fd, data.data() + done, std::min(kPiece, data.size() - done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      status = Errno("cannot write", tmp, n < 0 ? errno : ENOSPC);
+      break;
+    }
+    (void)sync_file_range(fd, static_cast<off_t>(done), n, SYNC_FILE_RANGE_WRITE);
+    if (done >= kPiece) {
+      (void)sync_file_range(fd, static_cast<off_t>(done - kPiece), kPiece,
+                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                SYNC_FILE_RANGE_WAIT_AFTER);
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (status.ok() && fsync(fd) != 0) status = Errno("cannot fsync", tmp, errno);
+  if (close(fd) != 0 && status.ok()) status = Errno("cannot close", tmp, errno);
+  if (status.ok() && rename(tmp.c_str(), path.c_str()) != 0) {
+    status = Errno("cannot rename to " + path, tmp, errno);
+  }
+  if (!status.ok()) {
+    unlink(tmp.c_str());
+    return status;
+  }
+  // The rename itself is durable once the directory is.
+  const int dir_fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) return Errno("cannot open the directory", dir, errno);
+  if (fsync(dir_fd) != 0) status = Errno("cannot fsync the directory", dir, errno);
+  close(dir_fd);
+  return status;
+}
+
+// The whole file at `path`, or its errno.
+absl::StatusOr<std::string> ReadWhole(const std::string& path, int* err) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0) {
+    *err = errno;
+    if (fd >= 0) close(fd);
+    return Errno("cannot read", path, *err);
+  }
+  std::string data(static_cast<size_t>(st.st_size), '\0');
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = read(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+  *err = done == data.size() ? 0 : (errno != 0 ? errno : EIO);
+  close(fd);
+  if (*err != 0) return Errno("cannot read", path, *err);
+  return data;
 }
 
 }  // namespace
@@ -108,25 +224,77 @@ absl::StatusOr<std::unique_ptr<BatchLog>> BatchLog::Open(const std::string& path
           s.code(), absl::StrCat(s.message(), " (is it a constance batch log, and writable?)")));
     }
   }
-  // Log formats (SQLite's user_version): 0, never set, is what constance
-  // 0.1.0 wrote, the schema above: format 1. A format change adds its
-  // migration here, from the previous format, in one transaction.
+  // The tables above are format 1's; Migrate brings them to this one's.
   if (*format < kLogFormat) {
-    const std::string set = absl::StrCat("PRAGMA user_version=", kLogFormat);
-    if (absl::Status s = Exec(db, path, set.c_str()); !s.ok()) return fail(s);
+    if (absl::Status s = Migrate(db, path, *format); !s.ok()) return fail(s);
   }
   // The checkpointer's own connection (its checkpoints fsync as FULL does).
   if (sqlite3_open_v2(path.c_str(), &wal_db, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {
     return fail(SqliteError(wal_db, path, "cannot open a second connection for checkpoints"));
   }
   if (absl::Status s = Exec(wal_db, path, "PRAGMA synchronous=FULL"); !s.ok()) return fail(s);
+  // Debian's SQLite zeroes every page a delete frees (SECURE_DELETE): a
+  // compaction would write each compacted batch again, as zeros, while
+  // every commit waits. FAST zeroes only within pages written anyway;
+  // what the batches held is in the snapshot file beside the log.
+  if (absl::Status s = Exec(db, path, "PRAGMA secure_delete=FAST"); !s.ok()) return fail(s);
   // Readers and the checkpointer wait for each other briefly, never fail.
   sqlite3_busy_timeout(db, 10'000);
   sqlite3_busy_timeout(wal_db, 10'000);
-  std::unique_ptr<BatchLog> log(new BatchLog(db, wal_db, lock_fd, path, options));
+  std::unique_ptr<BatchLog> log(new BatchLog(db, wal_db, lock_fd, path, std::move(options)));
+  if (absl::Status s = log->RemoveUnrecordedFiles(); !s.ok()) return s;
   // Replaces SQLite's own checkpoint on commit (wal_autocheckpoint).
   sqlite3_wal_hook(db, &BatchLog::OnWalCommit, log.get());
   return log;
+}
+
+BatchLog::BatchLog(sqlite3* db, sqlite3* wal_db, int lock_fd, std::string path, Options options)
+    : db_(db),
+      wal_db_(wal_db),
+      lock_fd_(lock_fd),
+      path_(std::move(path)),
+      dir_(fs::path(path_).has_parent_path() ? fs::path(path_).parent_path().string() : "."),
+      base_(fs::path(path_).filename().string()),
+      options_(std::move(options)) {}
+
+absl::Status BatchLog::RemoveUnrecordedFiles() {
+  sqlite::Stmt select;
+  if (select.Prepare(db_, "SELECT file FROM snapshot WHERE id = 1") != SQLITE_OK) {
+    return SqliteError(db_, path_, "cannot read the snapshot's record");
+  }
+  const int rc = sqlite3_step(select.get());
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    return SqliteError(db_, path_, "cannot read the snapshot's record");
+  }
+  if (rc == SQLITE_ROW) recorded_file_ = sqlite::Text(select.get(), 0);
+  // A crash after a snapshot file was written (or while) and before the
+  // log recorded it leaves it behind: the recorded one is in force.
+  DIR* dir = opendir(dir_.c_str());
+  if (dir == nullptr) return Errno("batch log: cannot list the directory", dir_, errno);
+  std::vector<std::string> leftovers;
+  const std::string prefix = base_ + kSnapshotInfix;
+  while (const dirent* e = readdir(dir)) {
+    const std::string name = e->d_name;
+    if (absl::StartsWith(name, prefix) && name != recorded_file_) leftovers.push_back(name);
+  }
+  closedir(dir);
+  for (const std::string& name : leftovers) {
+    spdlog::warn("batch log {}: removing {}, a snapshot the log never recorded (a stop before it "
+                 "was stored; the recorded snapshot and the log after it are in force)",
+                 path_, name);
+  }
+  RemoveFiles(leftovers);
+  return absl::OkStatus();
+}
+
+void BatchLog::RemoveFiles(const std::vector<std::string>& names) {
+  for (const std::string& name : names) {
+    const std::string file = absl::StrCat(dir_, "/", name);
+    if (unlink(file.c_str()) != 0 && errno != ENOENT) {
+      spdlog::warn("batch log {}: cannot remove {} (no longer needed; remove it by hand): {}",
+                   path_, file, std::strerror(errno));
+    }
+  }
 }
 
 BatchLog::~BatchLog() {
@@ -228,8 +396,9 @@ absl::StatusOr<uint64_t> BatchLog::Replay(
 
 absl::StatusOr<BatchLog::Snapshot> BatchLog::LoadSnapshot() {
   sqlite::Stmt select;
-  if (select.Prepare(db_, "SELECT through, saved_ns, state FROM snapshot WHERE id = 1") !=
-      SQLITE_OK) {
+  if (select.Prepare(db_,
+                     "SELECT through, saved_ns, state, file, bytes, sha256 FROM snapshot "
+                     "WHERE id = 1") != SQLITE_OK) {
     return SqliteError(db_, path_, "cannot read the snapshot");
   }
   sqlite3_stmt* stmt = select.get();
@@ -242,9 +411,40 @@ absl::StatusOr<BatchLog::Snapshot> BatchLog::LoadSnapshot() {
   Snapshot snapshot;
   snapshot.through = sqlite3_column_int64(stmt, 0);
   snapshot.saved_at = absl::FromUnixNanos(sqlite3_column_int64(stmt, 1));
-  const void* state = sqlite3_column_blob(stmt, 2);
-  snapshot.state.assign(static_cast<const char*>(state),
-                        static_cast<size_t>(sqlite3_column_bytes(stmt, 2)));
+  if (sqlite3_column_type(stmt, 3) == SQLITE_NULL) {
+    // Log format 1: the state is in the row.
+    const void* state = sqlite3_column_blob(stmt, 2);
+    snapshot.state.assign(static_cast<const char*>(state),
+                          static_cast<size_t>(sqlite3_column_bytes(stmt, 2)));
+    return snapshot;
+  }
+  snapshot.file = absl::StrCat(dir_, "/", sqlite::Text(stmt, 3));
+  const int64_t bytes = sqlite3_column_int64(stmt, 4);
+  const std::string sha256 = sqlite::Text(stmt, 5);
+  // Without it the state is lost: the batches it covers were compacted.
+  auto lost = [&](const std::string& what) {
+    return absl::DataLossError(absl::StrCat(
+        "batch log ", path_, ": its snapshot ", snapshot.file, " (log position ",
+        snapshot.through, ", saved ", absl::FormatTime(snapshot.saved_at), ") ", what,
+        "; the batches it covers were compacted away, so the collector cannot start without "
+        "it: restore the state directory (", base_, " with that file) from a backup, or move "
+        "the directory aside to start empty"));
+  };
+  int err = 0;
+  absl::StatusOr<std::string> state = ReadWhole(snapshot.file, &err);
+  if (!state.ok()) {
+    return lost(err == ENOENT ? "is missing"
+                              : absl::StrCat("cannot be read: ", std::strerror(err)));
+  }
+  if (static_cast<int64_t>(state->size()) != bytes) {
+    return lost(absl::StrCat("is ", state->size(), " bytes, the log recorded ", bytes,
+                             " (truncated or overwritten)"));
+  }
+  if (Sha256Hex(*state) != sha256) {
+    return lost(absl::StrCat("does not match the SHA-256 the log recorded (", sha256,
+                             "): the file is corrupt"));
+  }
+  snapshot.state = *std::move(state);
   return snapshot;
 }
 
@@ -258,41 +458,85 @@ BatchLog::CheckpointStats BatchLog::checkpoint_stats() const {
   return checkpoint_stats_;
 }
 
-absl::Status BatchLog::Checkpoint(const std::string& state, int64_t through, absl::Time started) {
+BatchLog::Finished BatchLog::WriteSnapshot(const std::string& state, int64_t through,
+                                           absl::Time started) {
+  Finished f;
+  f.through = through;
+  f.started = started;
+  f.bytes = state.size();
+  // Unique across snapshots, also of the same position: the file in force
+  // is never overwritten.
+  f.file = absl::StrCat(base_, kSnapshotInfix, through, ".", absl::ToUnixNanos(absl::Now()));
+  const absl::Time start = absl::Now();
+  f.sha256 = Sha256Hex(state);
+  if (f.sha256.empty()) {
+    f.written = absl::InternalError("cannot compute a SHA-256 (OpenSSL)");
+  } else {
+    f.written = WriteDurably(dir_, f.file, state);
+  }
+  f.write_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  if (f.written.ok() && options_.after_snapshot_file) {
+    options_.after_snapshot_file(absl::StrCat(dir_, "/", f.file));
+  }
+  return f;
+}
+
+bool BatchLog::CompactStep(int64_t through) {
+  // A step deletes about 3 MB of batches of 1,000 prices, a few
+  // milliseconds, so a commit waits for at most that; deleted in one go,
+  // 15 s of such batches held every commit for 0.3 s (RESULTS.md).
+  constexpr int kBatchesPerStep = 128;
+  const std::string sql = absl::StrCat(
+      "DELETE FROM batches WHERE id IN (SELECT id FROM batches WHERE id <= ", through,
+      " ORDER BY id LIMIT ", kBatchesPerStep, ")");
+  const int64_t before = sqlite3_total_changes64(db_);
+  if (absl::Status s = Exec(db_, path_, sql.c_str()); !s.ok()) {
+    // The batches stay: the next snapshot's compaction deletes them.
+    spdlog::warn("compacting the log failed (the batches stay until the next snapshot): {}",
+                 std::string(s.message()));
+    return true;
+  }
+  const int64_t removed = sqlite3_total_changes64(db_) - before;
+  absl::MutexLock lock(&mu_);
+  checkpoint_stats_.compacted_batches += static_cast<uint64_t>(removed);
+  return removed < kBatchesPerStep;
+}
+
+absl::Status BatchLog::RecordSnapshot(const Finished& f) {
+  if (!f.written.ok()) return f.written;
   const absl::Time start = absl::Now();
   absl::Status status = Exec(db_, path_, "BEGIN");
   sqlite::Stmt insert;
-  if (status.ok() && insert.Prepare(db_,
-                                    "INSERT OR REPLACE INTO snapshot(id, through, saved_ns, state) "
-                                    "VALUES(1, ?, ?, ?)") != SQLITE_OK) {
-    status = SqliteError(db_, path_, "cannot write the snapshot");
+  // The state left in the row is empty: the file holds it.
+  if (status.ok() &&
+      insert.Prepare(db_,
+                     "INSERT OR REPLACE INTO snapshot(id, through, saved_ns, state, file, bytes, "
+                     "sha256) VALUES(1, ?, ?, x'', ?, ?, ?)") != SQLITE_OK) {
+    status = SqliteError(db_, path_, "cannot record the snapshot");
   }
   if (status.ok()) {
     sqlite3_stmt* stmt = insert.get();
-    sqlite3_bind_int64(stmt, 1, through);
-    sqlite3_bind_int64(stmt, 2, absl::ToUnixNanos(started));
-    sqlite3_bind_blob(stmt, 3, state.data(), static_cast<int>(state.size()), SQLITE_STATIC);
+    sqlite3_bind_int64(stmt, 1, f.through);
+    sqlite3_bind_int64(stmt, 2, absl::ToUnixNanos(f.started));
+    sqlite3_bind_text(stmt, 3, f.file.data(), static_cast<int>(f.file.size()), SQLITE_STATIC);
+    sqlite3_bind_int64(stmt, 4, static_cast<int64_t>(f.bytes));
+    sqlite3_bind_text(stmt, 5, f.sha256.data(), static_cast<int>(f.sha256.size()), SQLITE_STATIC);
     if (sqlite3_step(stmt) != SQLITE_DONE)
-      status = SqliteError(db_, path_, "cannot write the snapshot");
-  }
-  const int64_t before = sqlite3_total_changes64(db_);
-  int64_t removed = 0;
-  if (status.ok()) {
-    const std::string sql = absl::StrCat("DELETE FROM batches WHERE id <= ", through);
-    status = Exec(db_, path_, sql.c_str());
-    removed = sqlite3_total_changes64(db_) - before;
+      status = SqliteError(db_, path_, "cannot record the snapshot");
   }
   if (status.ok()) status = Exec(db_, path_, "COMMIT");
   if (!status.ok()) (void)Exec(db_, path_, "ROLLBACK");
   absl::MutexLock lock(&mu_);
+  // Whichever file is not in force now goes (by the snapshot thread).
+  const std::string& out_of_force = status.ok() ? recorded_file_ : f.file;
+  if (!out_of_force.empty()) superseded_.push_back(out_of_force);
+  if (status.ok()) recorded_file_ = f.file;
   if (status.ok()) {
     ++checkpoint_stats_.snapshots;
-    checkpoint_stats_.last_bytes = state.size();
-    checkpoint_stats_.last_seconds = absl::ToDoubleSeconds(absl::Now() - started);
+    checkpoint_stats_.last_bytes = f.bytes;
+    checkpoint_stats_.last_seconds = absl::ToDoubleSeconds(absl::Now() - f.started);
+    checkpoint_stats_.last_write_seconds = f.write_seconds;
     checkpoint_stats_.last_store_seconds = absl::ToDoubleSeconds(absl::Now() - start);
-    checkpoint_stats_.compacted_batches += static_cast<uint64_t>(removed);
-  } else {
-    ++checkpoint_stats_.failures;
   }
   return status;
 }
@@ -348,14 +592,28 @@ void BatchLog::ApplyLoop() {
 }
 
 void BatchLog::SnapshotLoop() {
+  // Background work: on a busy machine the threads that acknowledge
+  // batches get the CPU first (an ack waits for them, nothing waits for a
+  // snapshot but the next one). Nice 5 still gets a quarter of a core
+  // against busy threads of nice 0.
+  (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 5);
   for (;;) {
+    std::vector<std::string> superseded;
     {
       absl::MutexLock lock(&mu_);
       auto asked = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return snapshot_asked_ || commits_done_;
+        return snapshot_asked_ || commits_done_ || !superseded_.empty();
       };
       mu_.Await(absl::Condition(&asked));
-      if (!snapshot_asked_) return;
+      superseded.swap(superseded_);
+      if (!snapshot_asked_ && superseded.empty()) return;  // Commits are done.
+    }
+    // Files no longer in force: the log recorded the next one (or never
+    // recorded them).
+    RemoveFiles(superseded);
+    {
+      absl::MutexLock lock(&mu_);
+      if (!snapshot_asked_) continue;
       snapshot_asked_ = false;
     }
     const absl::Time started = absl::Now();
@@ -370,9 +628,11 @@ void BatchLog::SnapshotLoop() {
       finish.swap(finish_);
       through = finish_through_;
     }
-    std::string state = (*finish)();
+    // Written to its file here, beside the commits: the committer only
+    // records it, in a short transaction.
+    Finished written = WriteSnapshot((*finish)(), through, started);
     absl::MutexLock lock(&mu_);
-    finished_ = Finished{std::move(state), through, started};
+    finished_ = std::move(written);
   }
 }
 
@@ -428,116 +688,134 @@ void BatchLog::CountCommitLocked(absl::Duration latency, bool ok, size_t batches
   }
 }
 
-void BatchLog::CommitLoop() {
+// What the committer thread keeps between group commits.
+struct BatchLog::Committer {
   // Positions are given here, never by SQLite: once compaction empties the
   // table SQLite would start again at 1, below the snapshot's position.
-  const std::optional<int64_t> read_position = ReadLastPosition();
-  const bool positioned = read_position.has_value();
-  int64_t last_position = read_position.value_or(0);
+  int64_t last_position = 0;
   // Without its position the log refuses every batch (none acknowledged)
   // rather than risk writing below a snapshot.
-  sqlite::Stmt insert_stmt;
-  const bool prepared =
-      positioned &&
-      insert_stmt.Prepare(db_, "INSERT INTO batches(id, received_ns, body) VALUES(?, ?, ?)",
-                          SQLITE_PREPARE_PERSISTENT) == SQLITE_OK;
-  sqlite3_stmt* insert = insert_stmt.get();
+  bool prepared = false;
+  sqlite::Stmt insert;
+  absl::Time last_checkpoint;
+  // Batches up to here are covered by the recorded snapshot and still to
+  // be deleted (0: none).
+  int64_t compact_through = 0;
+};
+
+void BatchLog::CommitLoop() {
+  Committer c;
+  const std::optional<int64_t> read_position = ReadLastPosition();
+  c.last_position = read_position.value_or(0);
+  c.prepared = read_position.has_value() &&
+               c.insert.Prepare(db_, "INSERT INTO batches(id, received_ns, body) VALUES(?, ?, ?)",
+                                SQLITE_PREPARE_PERSISTENT) == SQLITE_OK;
   {
     absl::MutexLock lock(&mu_);
-    applied_through_ = last_position;
+    applied_through_ = c.last_position;
   }
-  absl::Time last_checkpoint = absl::Now();
-  // Waits until the applier has run the callbacks of every committed
-  // group: the engine's state is then that of the log up to last_position.
-  auto wait_applied = [this] {
-    absl::MutexLock lock(&mu_);
-    auto applied = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return applying_.empty(); };
-    mu_.Await(absl::Condition(&applied));
-  };
-  auto store = [&](const Finished& f) {
-    if (absl::Status s = Checkpoint(f.state, f.through, f.started); !s.ok()) {
-      spdlog::error("snapshot failed (the log keeps every batch, nothing is lost): {}",
-                    std::string(s.message()));
-    }
-  };
-  // Findings, drift and trust move with time, not only with batches: a
-  // snapshot is asked for every interval even when no batch came (unless
-  // the last one is still being taken).
-  auto ask_snapshot = [&] {
-    if (!prepare_) return;
-    last_checkpoint = absl::Now();
-    absl::MutexLock lock(&mu_);
-    if (in_flight_) return;
-    in_flight_ = snapshot_asked_ = true;
-  };
-  // A finished snapshot is stored between two group commits.
-  auto store_finished = [&] {
-    std::optional<Finished> f;
-    {
-      absl::MutexLock lock(&mu_);
-      f.swap(finished_);
-    }
-    if (!f.has_value()) return;
-    store(*f);
-    absl::MutexLock lock(&mu_);
-    in_flight_ = false;
-  };
+  c.last_checkpoint = absl::Now();
   for (;;) {
     std::deque<Pending> group;
-    bool stopping;
-    {
-      absl::MutexLock lock(&mu_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || !queue_.empty() || finished_.has_value();
-      };
-      if (prepare_) {
-        mu_.AwaitWithDeadline(absl::Condition(&ready), last_checkpoint + checkpoint_every_);
-      } else {
-        mu_.Await(absl::Condition(&ready));
-      }
-      // A WAL at its bound is restarted before it grows any further. The
-      // restart needs no writer, so the commit waits for it here rather
-      // than have the checkpointer back off and retry behind commits.
-      auto bounded = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || wal_pages_ < options_.wal_restart_pages;
-      };
-      mu_.Await(absl::Condition(&bounded));
-      group.swap(queue_);
-      stopping = stopping_;
-    }
-    if (!group.empty()) {
-      const absl::Time start = absl::Now();
-      absl::Status status =
-          prepared ? Exec(db_, path_, "BEGIN") : SqliteError(db_, path_, "prepare");
-      int64_t position = last_position;
-      for (const Pending& p : group) {
-        if (!status.ok()) break;
-        sqlite3_bind_int64(insert, 1, ++position);
-        sqlite3_bind_int64(insert, 2, p.received_ns);
-        sqlite3_bind_blob(insert, 3, p.body.data(), static_cast<int>(p.body.size()), SQLITE_STATIC);
-        if (sqlite3_step(insert) != SQLITE_DONE) status = SqliteError(db_, path_, "cannot write");
-        sqlite3_reset(insert);
-      }
-      // One fsync for the whole group: that is the group commit.
-      if (status.ok()) status = Exec(db_, path_, "COMMIT");
-      if (!status.ok()) (void)Exec(db_, path_, "ROLLBACK");
-      if (status.ok()) last_position = position;
-      {
-        absl::MutexLock lock(&mu_);
-        if (status.ok()) committed_ += group.size();
-        CountCommitLocked(absl::Now() - start, status.ok(), group.size());
-        // Applied (and acknowledged) by the applier thread, in log
-        // order, while the next group commits.
-        applying_.push_back(CommittedGroup{std::move(group), status, last_position});
-      }
-    }
-    store_finished();
-    if (absl::Now() - last_checkpoint >= checkpoint_every_) ask_snapshot();
+    const bool stopping = AwaitWork(c.last_checkpoint, c.compact_through > 0, &group);
+    if (!group.empty()) CommitGroup(c, std::move(group));
+    StoreFinished(c);
+    // The batches a recorded snapshot covers go a step at a time, between
+    // group commits (a replay skips them meanwhile).
+    if (c.compact_through > 0 && CompactStep(c.compact_through)) c.compact_through = 0;
+    if (absl::Now() - c.last_checkpoint >= checkpoint_every_) AskSnapshot(c);
     if (stopping) {
       absl::MutexLock lock(&mu_);
       if (queue_.empty()) break;
     }
   }
+  SnapshotAtStop(c);
+  c.insert.Close();  // Before the connection may close.
+  absl::MutexLock lock(&mu_);
+  commits_done_ = true;
+}
+
+bool BatchLog::AwaitWork(absl::Time last_checkpoint, bool compacting,
+                         std::deque<Pending>* group) {
+  absl::MutexLock lock(&mu_);
+  auto ready = [this, compacting]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return compacting || stopping_ || !queue_.empty() || finished_.has_value();
+  };
+  if (prepare_) {
+    mu_.AwaitWithDeadline(absl::Condition(&ready), last_checkpoint + checkpoint_every_);
+  } else {
+    mu_.Await(absl::Condition(&ready));
+  }
+  // A WAL at its bound is restarted before it grows any further. The
+  // restart needs no writer, so the commit waits for it here rather than
+  // have the checkpointer back off and retry behind commits.
+  auto bounded = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || wal_pages_ < options_.wal_restart_pages;
+  };
+  mu_.Await(absl::Condition(&bounded));
+  group->swap(queue_);
+  return stopping_;
+}
+
+void BatchLog::CommitGroup(Committer& c, std::deque<Pending> group) {
+  const absl::Time start = absl::Now();
+  sqlite3_stmt* insert = c.insert.get();
+  absl::Status status = c.prepared ? Exec(db_, path_, "BEGIN") : SqliteError(db_, path_, "prepare");
+  int64_t position = c.last_position;
+  for (const Pending& p : group) {
+    if (!status.ok()) break;
+    sqlite3_bind_int64(insert, 1, ++position);
+    sqlite3_bind_int64(insert, 2, p.received_ns);
+    sqlite3_bind_blob(insert, 3, p.body.data(), static_cast<int>(p.body.size()), SQLITE_STATIC);
+    if (sqlite3_step(insert) != SQLITE_DONE) status = SqliteError(db_, path_, "cannot write");
+    sqlite3_reset(insert);
+  }
+  // One fsync for the whole group: that is the group commit.
+  if (status.ok()) status = Exec(db_, path_, "COMMIT");
+  if (!status.ok()) (void)Exec(db_, path_, "ROLLBACK");
+  if (status.ok()) c.last_position = position;
+  absl::MutexLock lock(&mu_);
+  if (status.ok()) committed_ += group.size();
+  CountCommitLocked(absl::Now() - start, status.ok(), group.size());
+  // Applied (and acknowledged) by the applier thread, in log order, while
+  // the next group commits.
+  applying_.push_back(CommittedGroup{std::move(group), status, c.last_position});
+}
+
+bool BatchLog::Store(const Finished& f) {
+  absl::Status s = RecordSnapshot(f);
+  if (s.ok()) return true;
+  spdlog::error("snapshot failed (the log keeps every batch, nothing is lost): {}",
+                std::string(s.message()));
+  absl::MutexLock lock(&mu_);
+  ++checkpoint_stats_.failures;
+  return false;
+}
+
+void BatchLog::StoreFinished(Committer& c) {
+  std::optional<Finished> f;
+  {
+    absl::MutexLock lock(&mu_);
+    f.swap(finished_);
+  }
+  if (!f.has_value()) return;
+  if (Store(*f)) c.compact_through = f->through;
+  absl::MutexLock lock(&mu_);
+  in_flight_ = false;
+}
+
+void BatchLog::AskSnapshot(Committer& c) {
+  // Findings, drift and trust move with time, not only with batches: a
+  // snapshot is asked for every interval even when no batch came (unless
+  // the last one is still being taken).
+  if (!prepare_) return;
+  c.last_checkpoint = absl::Now();
+  absl::MutexLock lock(&mu_);
+  if (in_flight_) return;
+  in_flight_ = snapshot_asked_ = true;
+}
+
+void BatchLog::SnapshotAtStop(Committer& c) {
   // A clean shutdown restarts from the snapshot alone: one taken after the
   // last commit replaces any in flight (which needs the applier to finish).
   {
@@ -546,18 +824,23 @@ void BatchLog::CommitLoop() {
       return !in_flight_ || finished_.has_value();
     };
     mu_.Await(absl::Condition(&settled));
+    if (finished_.has_value() && finished_->written.ok()) superseded_.push_back(finished_->file);
     finished_.reset();
     in_flight_ = false;
+    // The engine's state is that of the log up to c.last_position once the
+    // applier has run the callbacks of every committed group.
+    auto applied = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return applying_.empty(); };
+    mu_.Await(absl::Condition(&applied));
   }
-  wait_applied();
   if (prepare_) {
     const absl::Time started = absl::Now();
-    std::string state = prepare_()()();
-    store(Finished{std::move(state), last_position, started});
+    if (Store(WriteSnapshot(prepare_()()(), c.last_position, started))) {
+      c.compact_through = c.last_position;
+    }
   }
-  insert_stmt.Close();  // Before the connection may close.
-  absl::MutexLock lock(&mu_);
-  commits_done_ = true;
+  // Nothing waits for commits now: the whole compaction.
+  while (c.compact_through > 0 && !CompactStep(c.compact_through)) {
+  }
 }
 
 }  // namespace constance::collector

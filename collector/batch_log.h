@@ -22,14 +22,18 @@
 // between the callbacks of two groups, begins it (a brief step: the state
 // is then exactly that of the log up to the last applied position, the
 // snapshot's watermark); the snapshot thread finishes and serializes it
-// while batches keep committing and applying; the committer, between two
-// group commits, stores it and deletes the batches up to its watermark in
-// one transaction (with its fsync). Only that transaction pauses commits.
-// A crash before it leaves the previous snapshot and every batch after it.
-// A clean shutdown takes one more, after the last commit. On start the
-// latest snapshot is loaded and only the batches after it replayed:
-// findings keep their start times, drift its baselines, trust its
-// balances.
+// while batches keep committing and applying, and writes it to a file
+// beside the log ("<log>.snapshot.<watermark>.<ns>", fsynced, renamed into
+// place); the committer, between two group commits, records that file
+// (name, size, SHA-256) in one short transaction, then deletes the
+// batches up to its watermark a step at a time between later commits.
+// The state's bytes never pass through SQLite's write lock. The file it
+// replaces is removed after the record commits. A crash before it leaves the previous
+// snapshot and every batch after it (Open removes the unrecorded file). A
+// clean shutdown takes one more, after the last commit. On start the
+// latest snapshot is loaded, its file checked, and only the batches after
+// it replayed: findings keep their start times, drift its baselines,
+// trust its balances.
 //
 // SQLite's WAL is copied into the database file (a WAL checkpoint, with
 // its own fsync) by a third thread on a connection of its own, while
@@ -85,16 +89,21 @@ class BatchLog {
     // again) at this size, so it never grows much past it.
     int64_t wal_checkpoint_pages = 1000;
     int64_t wal_restart_pages = 16384;
+    // For tests: called with a snapshot's file once it is written whole,
+    // before the log records it (where a crash leaves it unrecorded).
+    std::function<void(const std::string& file)> after_snapshot_file;
   };
 
   // The log format this collector writes (SQLite's user_version); it
   // reads every format since the first release's and migrates it on
   // Open. batch_log.cc lists them.
-  static constexpr int64_t kLogFormat = 1;
+  static constexpr int64_t kLogFormat = 2;
 
   // Opens or creates the log at `path`. Errors name the path. A log of a
   // newer format is refused (FailedPrecondition, naming both formats)
-  // before anything in it is written.
+  // before anything in it is written. Snapshot files beside it that the
+  // log does not record (left by a crash while one was being stored) are
+  // removed.
   static absl::StatusOr<std::unique_ptr<BatchLog>> Open(const std::string& path,
                                                         Options options);
   static absl::StatusOr<std::unique_ptr<BatchLog>> Open(const std::string& path) {
@@ -111,11 +120,15 @@ class BatchLog {
                                   int64_t after = 0);
 
   // The latest snapshot: the captured state and the log position it
-  // covers. NotFound when none was taken yet.
+  // covers, read from its file and checked against the size and SHA-256
+  // the log recorded. NotFound when none was taken yet; DataLoss, naming
+  // the file and what to do, when the file is missing or does not match
+  // (the batches it covers are gone: never start without it).
   struct Snapshot {
     std::string state;
     int64_t through = 0;
     absl::Time saved_at;
+    std::string file;  // Its path; empty for a log format 1 snapshot (in the log).
   };
   absl::StatusOr<Snapshot> LoadSnapshot();
 
@@ -135,13 +148,15 @@ class BatchLog {
   void SetCheckpoint(absl::Duration every, Prepare prepare);
 
   // Snapshots taken and the latest one's size, duration (from Prepare to
-  // stored), the part of it commits waited (storing it) and the batches it
-  // removed from the log, for /metrics.
+  // stored), the part of it spent writing its file, the part commits
+  // waited (recording it) and the batches it removed from the log, for
+  // /metrics.
   struct CheckpointStats {
     uint64_t snapshots = 0;
     uint64_t failures = 0;
     uint64_t last_bytes = 0;
     double last_seconds = 0;
+    double last_write_seconds = 0;  // Writing and fsyncing its file, beside commits.
     double last_store_seconds = 0;
     uint64_t compacted_batches = 0;
   };
@@ -182,13 +197,51 @@ class BatchLog {
   CommitStats commit_stats() const;
 
  private:
-  BatchLog(sqlite3* db, sqlite3* wal_db, int lock_fd, std::string path, Options options)
-      : db_(db),
-        wal_db_(wal_db),
-        lock_fd_(lock_fd),
-        path_(std::move(path)),
-        options_(options) {}
+  BatchLog(sqlite3* db, sqlite3* wal_db, int lock_fd, std::string path, Options options);
+  struct Pending {
+    absl::string_view body;  // Kept alive by `done`.
+    int64_t received_ns = 0;
+    Committed done;
+  };
+  // A group commit's batches and outcome, waiting for their callbacks.
+  struct CommittedGroup {
+    std::deque<Pending> batches;
+    absl::Status status;
+    int64_t through = 0;  // The log position once it is applied.
+  };
+  // A finished snapshot, written to its file, for the committer to record.
+  struct Finished {
+    absl::Status written;  // Not OK: no file, nothing to record.
+    std::string file;      // Its name in dir_.
+    uint64_t bytes = 0;
+    std::string sha256;  // Hex.
+    int64_t through = 0;
+    absl::Time started;
+    double write_seconds = 0;
+  };
+
+  // The committer thread: group commits, and snapshots stored between
+  // them. Its steps, each on that thread:
   void CommitLoop();
+  struct Committer;
+  // Waits until there is something to do (batches queued, a snapshot
+  // finished or due, a stop) and takes the queued batches into `group`;
+  // whether the log is stopping.
+  // A compaction in progress waits for nothing.
+  bool AwaitWork(absl::Time last_checkpoint, bool compacting, std::deque<Pending>* group);
+  // Writes `group` in one transaction and hands it to the applier.
+  void CommitGroup(Committer& c, std::deque<Pending> group);
+  // Records the snapshot the snapshot thread finished, if any, and has
+  // the batches it covers compacted.
+  void StoreFinished(Committer& c);
+  // Deletes a step's worth of the batches up to `through`; whether none
+  // are left (or deleting failed: the next snapshot's compaction retries).
+  bool CompactStep(int64_t through);
+  // Asks the snapshot thread for a snapshot unless one is in flight.
+  void AskSnapshot(Committer& c);
+  // After the last commit: a snapshot covering the whole log, and its
+  // compaction.
+  void SnapshotAtStop(Committer& c);
   // The highest position in the log or its snapshot; none when SQLite
   // cannot say (then the log refuses every batch).
   std::optional<int64_t> ReadLastPosition();
@@ -203,32 +256,30 @@ class BatchLog {
   void ApplyLoop();
   // Prepares, begins and finishes snapshots as the committer asks.
   void SnapshotLoop();
-  // Stores a snapshot covering the log up to `through`, whose capture
-  // started at `started`, and deletes those batches. Committer thread only.
-  absl::Status Checkpoint(const std::string& state, int64_t through, absl::Time started);
+  // Writes `state`, covering the log up to `through`, whose capture
+  // started at `started`, to a new file beside the log. Snapshot thread
+  // (committer at stop).
+  Finished WriteSnapshot(const std::string& state, int64_t through, absl::Time started);
+  // Records a written snapshot in the log, one short transaction; queues
+  // the file it supersedes (or, failing, its own) for removal. Committer
+  // thread only.
+  absl::Status RecordSnapshot(const Finished& f);
+  // RecordSnapshot, with a failure logged (the log keeps every batch);
+  // whether it was recorded.
+  bool Store(const Finished& f);
+  // On Open: reads which snapshot file the log records and removes the
+  // others (a crash's leftovers).
+  absl::Status RemoveUnrecordedFiles();
+  // Removes these files of dir_ (a failure is logged: they are not needed).
+  void RemoveFiles(const std::vector<std::string>& names);
 
   sqlite3* const db_;
   sqlite3* const wal_db_;  // The WAL checkpointer's connection.
   const int lock_fd_;      // Holds the exclusive lock on "<path>.lock".
   const std::string path_;
+  const std::string dir_;   // Its directory, where snapshot files go.
+  const std::string base_;  // Its file name, which theirs start with.
   const Options options_;
-  struct Pending {
-    absl::string_view body;  // Kept alive by `done`.
-    int64_t received_ns = 0;
-    Committed done;
-  };
-  // A group commit's batches and outcome, waiting for their callbacks.
-  struct CommittedGroup {
-    std::deque<Pending> batches;
-    absl::Status status;
-    int64_t through = 0;  // The log position once it is applied.
-  };
-  // A finished snapshot, for the committer to store.
-  struct Finished {
-    std::string state;
-    int64_t through = 0;
-    absl::Time started;
-  };
   mutable absl::Mutex mu_;
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
   // Committed groups, oldest first; the front one's callbacks may be
@@ -258,6 +309,11 @@ class BatchLog {
   std::optional<Finish> finish_ ABSL_GUARDED_BY(mu_);
   int64_t finish_through_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<Finished> finished_ ABSL_GUARDED_BY(mu_);
+  // The snapshot file the log records ("" when none, or in the log). Set
+  // by Open, then by the committer (under mu_).
+  std::string recorded_file_;
+  // Snapshot files out of force, for the snapshot thread to remove.
+  std::vector<std::string> superseded_ ABSL_GUARDED_BY(mu_);
   // Set before Start, then only read.
   absl::Duration checkpoint_every_ = absl::InfiniteDuration();
   Prepare prepare_;

@@ -325,8 +325,12 @@ void RenderBatchLog(const BatchLog& log, TextExposition* out) {
          "How long the latest snapshot took, from its start to stored (ingest goes on "
          "meanwhile).",
          kGauge, k.last_seconds);
+  Single(out, "constance_snapshot_write_seconds",
+         "How long writing and fsyncing the latest snapshot's file took (beside the commits).",
+         kGauge, k.last_write_seconds);
   Single(out, "constance_snapshot_store_seconds",
-         "How long storing the latest snapshot held commits (and so acknowledgements) back.",
+         "How long recording the latest snapshot in the batch log held commits (and so "
+         "acknowledgements) back.",
          kGauge, k.last_store_seconds);
   Single(out, "constance_batch_log_compacted_batches_total",
          "Batches removed from the log because a snapshot covers them.", kCounter,

@@ -33,6 +33,7 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -138,6 +139,25 @@ void Round(Feeder& feed, int round) {
   }
 }
 
+// Snapshots the whole state at the log's clean stop. 0.1.0's batch log
+// takes one function returning the state; later ones take the capture in
+// three steps (BatchLog::Prepare, Begin, Finish): the same SaveState here.
+template <typename Log, typename = void>
+struct HasCaptureSteps : std::false_type {};
+template <typename Log>
+struct HasCaptureSteps<Log, std::void_t<typename Log::Prepare>> : std::true_type {};
+
+template <typename Log>
+void SnapshotAtStop(Log& log, Engine& engine) {
+  if constexpr (HasCaptureSteps<Log>::value) {
+    log.SetCheckpoint(absl::InfiniteDuration(), [&engine]() -> typename Log::Begin {
+      return [&engine]() -> typename Log::Finish { return [&engine] { return engine.SaveState(); }; };
+    });
+  } else {
+    log.SetCheckpoint(absl::InfiniteDuration(), [&engine] { return engine.SaveState(); });
+  }
+}
+
 int Main(const std::string& out) {
   absl::Time now = kStart;
   Engine::Options options;
@@ -149,7 +169,7 @@ int Main(const std::string& out) {
   {
     absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
     if (!log.ok()) Die(std::string(log.status().message()));
-    (*log)->SetCheckpoint(absl::InfiniteDuration(), [&] { return engine.SaveState(); });
+    SnapshotAtStop(**log, engine);
     (*log)->Start();
     feed.set_log(log->get());
     for (int round = 0; round < 24; ++round) {

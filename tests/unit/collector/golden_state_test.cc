@@ -73,17 +73,20 @@ void Sql(const std::string& db, const std::string& sql) {
   sqlite3_close(h);
 }
 
-int64_t UserVersion(const std::string& db) {
+
+int64_t QueryInt(const std::string& db, const std::string& sql) {
   sqlite3* h = nullptr;
   EXPECT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
   sqlite3_stmt* stmt = nullptr;
-  sqlite3_prepare_v2(h, "PRAGMA user_version", -1, &stmt, nullptr);
+  EXPECT_EQ(sqlite3_prepare_v2(h, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK) << sql;
   int64_t v = -1;
   if (sqlite3_step(stmt) == SQLITE_ROW) v = sqlite3_column_int64(stmt, 0);
   sqlite3_finalize(stmt);
   sqlite3_close(h);
   return v;
 }
+
+int64_t UserVersion(const std::string& db) { return QueryInt(db, "PRAGMA user_version"); }
 
 // Loads `copy` as the collector does at start: the snapshot, then the
 // batches logged after it.
@@ -188,6 +191,101 @@ TEST(GoldenStateTest, TheFirstReleasesStateCarriesEveryFigureOver) {
   std::string report;
   diff.ReportDifferencesToString(&report);
   EXPECT_TRUE(diff.Compare(expected, restored)) << report;
+}
+
+// The last log format with the snapshot inside SQLite (log format 1,
+// state format 2, written at commit b1881fa): read with this collector,
+// the engine's state is exactly what that tree held after its last batch.
+TEST(GoldenStateTest, ALogOfFormat1CarriesEveryFigureOver) {
+  GoldenCopy copy("log-format-1");
+  ASSERT_EQ(UserVersion(copy.db()), 1);
+  Loaded loaded = Load(copy);
+  ASSERT_NE(loaded.engine, nullptr);
+  EXPECT_EQ(loaded.replayed, 36u) << "three rounds of 12 stores were logged after the snapshot";
+  EXPECT_EQ(UserVersion(copy.db()), BatchLog::kLogFormat) << "the log is migrated on open";
+  pb::EngineState expected = Expected(copy);
+  ASSERT_EQ(expected.format(), 2u);
+  pb::EngineState restored;
+  ASSERT_TRUE(restored.ParseFromString(loaded.engine->SaveState()));
+  EXPECT_EQ(restored.trust_size(), 12);
+  EXPECT_EQ(restored.streams_size(), 13) << "store-01 under two incarnations";
+  expected.clear_saved_at_ns();
+  restored.clear_saved_at_ns();
+  google::protobuf::util::MessageDifferencer diff;
+  diff.set_repeated_field_comparison(google::protobuf::util::MessageDifferencer::AS_SET);
+  std::string report;
+  diff.ReportDifferencesToString(&report);
+  EXPECT_TRUE(diff.Compare(expected, restored)) << report;
+}
+
+// The next snapshot after the upgrade moves the state out of the log into
+// a file beside it and drops the blob; restarting from that file gives the
+// same exact state.
+TEST(GoldenStateTest, TheNextSnapshotMovesALogOfFormat1ToASnapshotFile) {
+  GoldenCopy copy("log-format-1");
+  {
+    Loaded loaded = Load(copy);
+    ASSERT_NE(loaded.log, nullptr);
+    Engine* engine = loaded.engine.get();
+    loaded.log->SetCheckpoint(absl::InfiniteDuration(), [engine]() -> BatchLog::Begin {
+      return [engine]() -> BatchLog::Finish { return [engine] { return engine->SaveState(); }; };
+    });
+    loaded.log->Start();
+  }  // A clean stop: the snapshot.
+  EXPECT_EQ(QueryInt(copy.db(), "SELECT length(state) FROM snapshot"), 0) << "the blob is dropped";
+  EXPECT_EQ(QueryInt(copy.db(), "SELECT count(*) FROM batches"), 0);
+  Loaded loaded = Load(copy);
+  ASSERT_NE(loaded.engine, nullptr);
+  EXPECT_EQ(loaded.replayed, 0u);
+  absl::StatusOr<BatchLog::Snapshot> snapshot = loaded.log->LoadSnapshot();
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  EXPECT_TRUE(fs::exists(snapshot->file)) << snapshot->file;
+  EXPECT_EQ(fs::path(snapshot->file).parent_path(), fs::path(copy.dir()));
+  pb::EngineState expected = Expected(copy);
+  pb::EngineState restored;
+  ASSERT_TRUE(restored.ParseFromString(loaded.engine->SaveState()));
+  expected.clear_saved_at_ns();
+  restored.clear_saved_at_ns();
+  google::protobuf::util::MessageDifferencer diff;
+  diff.set_repeated_field_comparison(google::protobuf::util::MessageDifferencer::AS_SET);
+  std::string report;
+  diff.ReportDifferencesToString(&report);
+  EXPECT_TRUE(diff.Compare(expected, restored)) << report;
+}
+
+// A collector whose recorded snapshot file is gone stops, naming it,
+// rather than start without the state the compacted batches held.
+TEST(GoldenStateTest, AMissingSnapshotFileStopsTheCollector) {
+  GoldenCopy copy("log-format-1");
+  std::string file;
+  {
+    Loaded loaded = Load(copy);
+    ASSERT_NE(loaded.log, nullptr);
+    Engine* engine = loaded.engine.get();
+    loaded.log->SetCheckpoint(absl::InfiniteDuration(), [engine]() -> BatchLog::Begin {
+      return [engine]() -> BatchLog::Finish { return [engine] { return engine->SaveState(); }; };
+    });
+    loaded.log->Start();
+  }
+  {
+    absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(copy.db());
+    ASSERT_TRUE(log.ok()) << log.status();
+    absl::StatusOr<BatchLog::Snapshot> snapshot = (*log)->LoadSnapshot();
+    ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+    file = snapshot->file;
+  }
+  ASSERT_TRUE(fs::remove(file));
+  ServerOptions options;
+  options.insecure = true;
+  options.listen = "127.0.0.1:0";
+  options.metrics_listen = "127.0.0.1:0";
+  options.state_dir = copy.dir();
+  CollectorServer server(options);
+  absl::Status started = server.Start();
+  EXPECT_TRUE(absl::IsDataLoss(started)) << started;
+  EXPECT_TRUE(absl::StrContains(started.message(), file + " (log position 324")) << started;
+  EXPECT_TRUE(absl::StrContains(started.message(), "is missing")) << started;
+  server.Shutdown(absl::ZeroDuration());
 }
 
 // Retention prunes a superseded mark only once it has been idle past the

@@ -2,12 +2,15 @@
 // the original would have (findings with their start times, trust, drift,
 // high-water marks), and the batch log compacts what a snapshot covers
 // without ever reusing a position.
+#include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -416,6 +419,165 @@ TEST(BatchLogTest, TheWalIsCopiedInBesideTheCommitsAndStaysBounded) {
                   .ok());
   ASSERT_EQ(replayed.size(), static_cast<size_t>(kBatches));
   for (int i = 0; i < kBatches; ++i) EXPECT_EQ(replayed[i], static_cast<uint64_t>(i + 1));
+}
+
+// The snapshot files in `dir` (those of a log named batches.db), sorted.
+std::vector<std::string> SnapshotFiles(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (absl::StartsWith(name, "batches.db.snapshot.")) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// One integer SQLite answers `sql` with on the database at `path`.
+int64_t QueryInt(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  EXPECT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK) << sql;
+  int64_t v = -1;
+  if (sqlite3_step(stmt) == SQLITE_ROW) v = sqlite3_column_int64(stmt, 0);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return v;
+}
+
+// Takes a snapshot at the log's clean stop after `n` more batches.
+void SnapshotAfter(const std::string& path, uint64_t first, int n, std::vector<uint64_t>* applied,
+                   absl::Mutex* mu, int* captures, BatchLog::Options options = {}) {
+  absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path, std::move(options));
+  ASSERT_TRUE(log.ok()) << log.status();
+  (*log)->SetCheckpoint(absl::InfiniteDuration(), CountingCapture(applied, mu, captures));
+  (*log)->Start();
+  AppendAndWait(**log, first, n, applied, mu);
+}
+
+// The state is in a file beside the log, the log records it in a row of
+// its own (no state in SQLite), and the file it replaces goes once the
+// new one is recorded.
+TEST(BatchLogTest, ASnapshotIsAFileBesideTheLogAndReplacesThePreviousOne) {
+  TempDir dir;
+  const std::string path = dir.path() + "/batches.db";
+  absl::Mutex mu;
+  std::vector<uint64_t> applied;
+  int captures = 0;
+  SnapshotAfter(path, 1, 3, &applied, &mu, &captures);
+  const std::vector<std::string> first = SnapshotFiles(dir.path());
+  ASSERT_EQ(first.size(), 1u);
+  SnapshotAfter(path, 4, 2, &applied, &mu, &captures);
+  const std::vector<std::string> second = SnapshotFiles(dir.path());
+  ASSERT_EQ(second.size(), 1u) << "the first file is removed";
+  EXPECT_NE(second, first);
+  EXPECT_EQ(QueryInt(path, "SELECT length(state) FROM snapshot"), 0);
+  EXPECT_EQ(QueryInt(path, "SELECT bytes FROM snapshot"),
+            static_cast<int64_t>(std::string("state after 5 batches").size()));
+  EXPECT_EQ(QueryInt(path, "PRAGMA user_version"), BatchLog::kLogFormat);
+  absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
+  ASSERT_TRUE(log.ok()) << log.status();
+  absl::StatusOr<BatchLog::Snapshot> snap = (*log)->LoadSnapshot();
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  EXPECT_EQ(snap->state, "state after 5 batches");
+  EXPECT_EQ(snap->through, 5);
+  EXPECT_EQ(snap->file, dir.path() + "/" + second[0]);
+}
+
+// The batches a snapshot covers are deleted a step at a time between
+// group commits, until none is left: more than one step's worth here.
+TEST(BatchLogTest, ASnapshotsBatchesAreCompactedInStepsBetweenCommits) {
+  TempDir dir;
+  const std::string path = dir.path() + "/batches.db";
+  absl::Mutex mu;
+  std::vector<uint64_t> applied;
+  int captures = 0;
+  absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
+  ASSERT_TRUE(log.ok()) << log.status();
+  (*log)->SetCheckpoint(absl::Milliseconds(1), CountingCapture(&applied, &mu, &captures));
+  (*log)->Start();
+  AppendAndWait(**log, 1, 300, &applied, &mu);
+  // Snapshots go on every millisecond: one soon covers all 300.
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while ((*log)->checkpoint_stats().compacted_batches < 300 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));  // Polling a condition, with a deadline.
+  }
+  EXPECT_EQ((*log)->checkpoint_stats().compacted_batches, 300u);
+  EXPECT_EQ(QueryInt(path, "SELECT count(*) FROM batches"), 0);
+}
+
+// A collector killed after a snapshot's file is written and before the
+// log records it restarts from the previous snapshot and the batches
+// after it; the unrecorded file (and a half-written one) are removed.
+TEST(BatchLogTest, ACrashBeforeASnapshotIsRecordedLeavesThePreviousOneInForce) {
+  GTEST_FLAG_SET(death_test_style, "fast");
+  TempDir dir;
+  const std::string path = dir.path() + "/batches.db";
+  absl::Mutex mu;
+  std::vector<uint64_t> applied;
+  int captures = 0;
+  SnapshotAfter(path, 1, 3, &applied, &mu, &captures);
+  const std::vector<std::string> recorded = SnapshotFiles(dir.path());
+  ASSERT_EQ(recorded.size(), 1u);
+  BatchLog::Options crash;
+  crash.after_snapshot_file = [](const std::string&) { _exit(42); };
+  EXPECT_EXIT(SnapshotAfter(path, 4, 2, &applied, &mu, &captures, crash),
+              testing::ExitedWithCode(42), "");
+  ASSERT_EQ(SnapshotFiles(dir.path()).size(), 2u) << "the crash left the new file unrecorded";
+  std::ofstream(dir.path() + "/batches.db.snapshot.9.9.tmp") << "half a snapshot";
+
+  absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
+  ASSERT_TRUE(log.ok()) << log.status();
+  EXPECT_EQ(SnapshotFiles(dir.path()), recorded) << "leftovers removed at open";
+  absl::StatusOr<BatchLog::Snapshot> snap = (*log)->LoadSnapshot();
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  EXPECT_EQ(snap->state, "state after 3 batches");
+  EXPECT_EQ(snap->through, 3);
+  std::vector<uint64_t> replayed;
+  ASSERT_TRUE((*log)
+                  ->Replay([&](const v1::Batch& b, absl::Time) { replayed.push_back(b.first_sequence()); },
+                           snap->through)
+                  .ok());
+  EXPECT_EQ(replayed, (std::vector<uint64_t>{4, 5})) << "the batches after it, acknowledged";
+}
+
+// A snapshot file that is missing, cut short or altered is never taken
+// for an empty state: loading fails naming the file and what to do.
+TEST(BatchLogTest, AMissingOrCorruptSnapshotFileIsAClearError) {
+  static const struct {
+    const char* name;
+    std::function<void(const std::string& file)> damage;
+    const char* says;
+  } kCases[] = {
+      {"missing", [](const std::string& f) { std::filesystem::remove(f); }, "is missing"},
+      {"truncated", [](const std::string& f) { std::filesystem::resize_file(f, 5); },
+       "is 5 bytes, the log recorded 21"},
+      {"altered",
+       [](const std::string& f) { std::ofstream(f, std::ios::in | std::ios::out) << "X"; },
+       "does not match the SHA-256"},
+  };
+  for (const auto& c : kCases) {
+    SCOPED_TRACE(c.name);
+    TempDir dir;
+    const std::string path = dir.path() + "/batches.db";
+    absl::Mutex mu;
+    std::vector<uint64_t> applied;
+    int captures = 0;
+    SnapshotAfter(path, 1, 5, &applied, &mu, &captures);
+    const std::vector<std::string> files = SnapshotFiles(dir.path());
+    ASSERT_EQ(files.size(), 1u);
+    const std::string file = dir.path() + "/" + files[0];
+    c.damage(file);
+    absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
+    ASSERT_TRUE(log.ok()) << log.status();
+    absl::StatusOr<BatchLog::Snapshot> snap = (*log)->LoadSnapshot();
+    ASSERT_FALSE(snap.ok());
+    EXPECT_TRUE(absl::IsDataLoss(snap.status())) << snap.status();
+    EXPECT_TRUE(absl::StrContains(snap.status().message(), file)) << snap.status();
+    EXPECT_TRUE(absl::StrContains(snap.status().message(), c.says)) << snap.status();
+    EXPECT_TRUE(absl::StrContains(snap.status().message(), "restore the state directory"))
+        << snap.status();
+  }
 }
 
 }  // namespace
