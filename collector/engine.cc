@@ -865,9 +865,68 @@ void Engine::SeriesHorizonLocked(const Series& series, const Catalog& catalog,
   }
 }
 
+namespace {
+
+// A price group's structure: its levels, and the rollouts it is in the
+// middle of (many locations moved from one level to one new level within
+// the grace, or to a list price whose effective date is near). Members of
+// a level or of a rollout go into *not_outliers.
+void PriceStructure(const SeriesKey& key, const std::vector<LocatedValue>& values,
+                    absl::Time now, const Catalog& catalog, GroupData* group, SeriesStats* stats,
+                    absl::flat_hash_set<uint32_t>* not_outliers_out) {
+  GroupData& g = *group;
+  absl::flat_hash_set<uint32_t>& not_outliers = *not_outliers_out;
+  const Thresholds& th = catalog.thresholds;
+  g.levels = FindLevels(values, stats->summary.median, stats->band.floor, th.min_level);
+  // A chain-wide change rolling out: many locations moved from one
+  // level to one new level within the grace, or to a promised list
+  // price whose effective date is near.
+  std::map<std::pair<int64_t, int64_t>, uint64_t> moves;
+  const int64_t grace_since = absl::ToUnixNanos(now - th.rollout_grace);
+  for (const GroupMember& m : g.members) {
+    if (m.latest_change.at_ns != 0 && m.latest_change.at_ns >= grace_since) {
+      ++moves[{m.latest_change.from, m.latest_change.to}];
+    }
+  }
+  for (const auto& [move, n] : moves) {
+    if (n >= th.min_level) {
+      g.rollout_values.push_back(static_cast<double>(move.first));
+      g.rollout_values.push_back(static_cast<double>(move.second));
+    }
+  }
+  for (const PricePromise& p : catalog.price_promises) {
+    if (p.key == key.key && p.currency == key.currency &&
+        p.kind == key.kind && p.effective != absl::InfinitePast() &&
+        p.effective + th.rollout_grace > now) {
+      g.rollout_values.push_back(static_cast<double>(p.list_minor_units));
+    }
+  }
+  auto in_rollout = [&](double v) { return NearAny(g.rollout_values, v, stats->band.floor); };
+  std::vector<Level> kept;
+  for (Level& level : g.levels.others) {
+    if (in_rollout(level.value)) {
+      stats->rollout = true;
+    } else {
+      kept.push_back(level);
+    }
+    for (uint32_t loc : level.members) not_outliers.insert(loc);
+  }
+  for (const GroupMember& m : g.members) {
+    if (in_rollout(m.value.value) &&
+        std::fabs(m.value.value - stats->summary.median) > stats->band.floor) {
+      not_outliers.insert(m.location);
+      stats->rollout = true;
+    }
+  }
+  g.levels.others = kept;
+  stats->main_level = g.levels.main;
+  stats->other_levels = kept;
+}
+
+}  // namespace
+
 void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& catalog) const {
   const OutlierPolicy policy = PolicyFromCatalog(catalog);
-  const Thresholds& th = catalog.thresholds;
   for (GroupData& g : data->groups) {
     std::vector<LocatedValue> values;
     values.reserve(g.members.size());
@@ -891,50 +950,7 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
     }
     absl::flat_hash_set<uint32_t> not_outliers;
     if (data->key.family == v1::FAMILY_PRICE) {
-      g.levels = FindLevels(values, stats->summary.median, stats->band.floor, th.min_level);
-      // A chain-wide change rolling out: many locations moved from one
-      // level to one new level within the grace, or to a promised list
-      // price whose effective date is near.
-      std::map<std::pair<int64_t, int64_t>, uint64_t> moves;
-      const int64_t grace_since = absl::ToUnixNanos(now - th.rollout_grace);
-      for (const Member& m : g.members) {
-        if (m.latest_change.at_ns != 0 && m.latest_change.at_ns >= grace_since) {
-          ++moves[{m.latest_change.from, m.latest_change.to}];
-        }
-      }
-      for (const auto& [move, n] : moves) {
-        if (n >= th.min_level) {
-          g.rollout_values.push_back(static_cast<double>(move.first));
-          g.rollout_values.push_back(static_cast<double>(move.second));
-        }
-      }
-      for (const PricePromise& p : catalog.price_promises) {
-        if (p.key == data->key.key && p.currency == data->key.currency &&
-            p.kind == data->key.kind && p.effective != absl::InfinitePast() &&
-            p.effective + th.rollout_grace > now) {
-          g.rollout_values.push_back(static_cast<double>(p.list_minor_units));
-        }
-      }
-      auto in_rollout = [&](double v) { return NearAny(g.rollout_values, v, stats->band.floor); };
-      std::vector<Level> kept;
-      for (Level& level : g.levels.others) {
-        if (in_rollout(level.value)) {
-          stats->rollout = true;
-        } else {
-          kept.push_back(level);
-        }
-        for (uint32_t loc : level.members) not_outliers.insert(loc);
-      }
-      for (const Member& m : g.members) {
-        if (in_rollout(m.value.value) &&
-            std::fabs(m.value.value - stats->summary.median) > stats->band.floor) {
-          not_outliers.insert(m.location);
-          stats->rollout = true;
-        }
-      }
-      g.levels.others = kept;
-      stats->main_level = g.levels.main;
-      stats->other_levels = kept;
+      PriceStructure(data->key, values, now, catalog, &g, stats.get(), &not_outliers);
     }
     g.assessed.clear();
     g.assessed.reserve(g.members.size());
