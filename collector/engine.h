@@ -41,6 +41,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/attributes.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -564,6 +565,29 @@ class Engine {
   // Whether `batch` may apply: its stream still owns the location (when
   // `owner` is not 0), the catalog allows it, --max_locations has room.
   absl::Status MayApplyLocked(const BatchView& batch, uint64_t owner) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ApplyBatch's steps. What every observation of one batch shares
+  // (engine.cc). The per-observation steps are always inlined (defined in
+  // engine.cc, ApplyBatch their only caller): the ingest path pays no call
+  // for them.
+  struct ApplyContext;
+  // Applies observation number `seq` of a batch to its cell (creating the
+  // series or the cell when new): true. Or counts its rejection and adds
+  // it to *ack: false.
+  inline ABSL_ATTRIBUTE_ALWAYS_INLINE bool ApplyObservationLocked(const ObservationView& obs,
+                                                                  uint64_t seq,
+                                                                  const ApplyContext& ctx,
+                                                                  v1::Ack* ack)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts the series of `obs`, in a slot retention freed if there is one.
+  SeriesIndex::iterator AddSeriesLocked(const ObservationView& obs)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Applies `obs`, observed at `at` (ns), to its location's cell in
+  // `series` (number `index`): true when the cell is new. A price drop
+  // already older than the rollout grace goes to late_drops_.
+  inline ABSL_ATTRIBUTE_ALWAYS_INLINE bool ApplyToCellLocked(Series* series, uint32_t index,
+                                                             const ObservationView& obs, int64_t at,
+                                                             const ApplyContext& ctx)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether `location` may report: known already, or the catalog allows
   // it and --max_locations has room. Else the refusal (refusal.h reason).
