@@ -540,6 +540,12 @@ class Engine {
   // adds its cells to `*cells`. InvalidArgument naming what is wrong.
   static absl::Status SeriesFromState(const state::v1::Series& in, uint32_t n_locations,
                                       Series* out, uint64_t* cells);
+  // LoadState's steps: a snapshot decoded and checked aside
+  // (engine_state.cc), then put in use, the ingest state and the
+  // evaluation state. Each moves what it installs out of `*restored`.
+  struct Restored;
+  void InstallIngestStateLocked(Restored* restored) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void InstallEvaluationStateLocked(Restored* restored) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
   // Publishes the tracked findings and the trust accounts of `names` (by
   // location index) as evaluated at `evaluated_at`, with each location's
   // promises kept and broken in that evaluation (none after a restore).
