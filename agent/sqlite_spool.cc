@@ -373,13 +373,9 @@ absl::Status SqliteSpool::NewRowsLocked(const std::vector<v1::Observation>& obse
 
 absl::Status SqliteSpool::MakeRoomLocked(uint64_t adding, uint64_t adding_bytes,
                                          uint64_t* drop_count, uint64_t* drop_bytes) {
-  if (depth_ + adding <= options_.max_observations && bytes_ + adding_bytes <= options_.max_bytes) {
-    return absl::OkStatus();
-  }
-  if (options_.when_full != SpoolWhenFull::kDropOldest || adding > options_.max_observations ||
-      adding_bytes > options_.max_bytes) {
-    return SpoolFullError(depth_, bytes_, adding, adding_bytes, options_);
-  }
+  absl::StatusOr<bool> drop = MustDropOldest(depth_, bytes_, adding, adding_bytes, options_);
+  if (!drop.ok()) return drop.status();
+  if (!*drop) return absl::OkStatus();
   return DropOldestLocked(adding, adding_bytes, drop_count, drop_bytes);
 }
 
@@ -448,7 +444,7 @@ absl::Status SqliteSpool::DropOldestLocked(uint64_t adding, uint64_t adding_byte
   uint64_t depth = depth_;
   uint64_t size = bytes_;
   int64_t cut = 0;
-  while (depth + adding > options_.max_observations || size + adding_bytes > options_.max_bytes) {
+  while (!SpoolFits(depth, size, adding, adding_bytes, options_)) {
     rc = sqlite3_step(scan.get());
     if (rc != SQLITE_ROW) break;
     const uint64_t row_bytes = static_cast<uint64_t>(sqlite3_column_int64(scan.get(), 1));
