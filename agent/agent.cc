@@ -18,36 +18,29 @@ std::string WithPort(const std::string& listen, int port) {
   return absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
 }
 
-}  // namespace
-
-absl::string_view AgentVersion() { return Version(); }
-
-Agent::Agent(AgentConfig config) : config_(std::move(config)), current_(config_) {}
-
-absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
-  std::unique_ptr<Agent> agent(new Agent(config));
-  const AgentConfig& c = agent->config_;
-
+// The spool: in memory, or the SQLite file at spool_path (saying what it
+// kept from before).
+absl::StatusOr<std::unique_ptr<Spool>> OpenSpool(const AgentConfig& c) {
   SpoolOptions spool_options;
   spool_options.max_observations = c.spool_max_observations;
   spool_options.max_bytes = c.spool_max_bytes;
   spool_options.when_full = c.spool_when_full;
   spool_options.idempotency_window = c.idempotency_window;
-  if (c.spool_path.empty()) {
-    agent->spool_ = std::make_unique<MemorySpool>(std::move(spool_options));
-  } else {
-    absl::StatusOr<std::unique_ptr<SqliteSpool>> spool =
-        SqliteSpool::Open(c.spool_path, std::move(spool_options));
-    if (!spool.ok()) return spool.status();
-    if ((*spool)->Depth() > 0) {
-      spdlog::info("spool {}: {} unacknowledged observations from before (sequence {}..{})",
-                   c.spool_path, (*spool)->Depth(),
-                   (*spool)->LastSequence() - (*spool)->Depth() + 1, (*spool)->LastSequence());
-    }
-    agent->spool_ = *std::move(spool);
+  if (c.spool_path.empty()) return std::make_unique<MemorySpool>(std::move(spool_options));
+  absl::StatusOr<std::unique_ptr<SqliteSpool>> spool =
+      SqliteSpool::Open(c.spool_path, std::move(spool_options));
+  if (!spool.ok()) return spool.status();
+  if ((*spool)->Depth() > 0) {
+    spdlog::info("spool {}: {} unacknowledged observations from before (sequence {}..{})",
+                 c.spool_path, (*spool)->Depth(), (*spool)->LastSequence() - (*spool)->Depth() + 1,
+                 (*spool)->LastSequence());
   }
-  agent->metrics_ = std::make_unique<AgentMetrics>(c.location, std::string(AgentVersion()));
+  return *std::move(spool);
+}
 
+// The sender's options; unless `insecure`, with the TLS files checked and
+// loaded.
+absl::StatusOr<SenderOptions> SenderOptionsOf(const AgentConfig& c) {
   SenderOptions sender_options;
   sender_options.location = c.location;
   sender_options.collector = c.collector;
@@ -74,66 +67,33 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   sender_options.version = std::string(AgentVersion());
   sender_options.labels = c.labels;
   sender_options.data_cadence = ExpectedCadence(c);
-  agent->sender_ = std::make_unique<Sender>(std::move(sender_options), agent->spool_.get(),
+  return sender_options;
+}
+
+}  // namespace
+
+absl::string_view AgentVersion() { return Version(); }
+
+Agent::Agent(AgentConfig config) : config_(std::move(config)), current_(config_) {}
+
+absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
+  std::unique_ptr<Agent> agent(new Agent(config));
+  const AgentConfig& c = agent->config_;
+  absl::StatusOr<std::unique_ptr<Spool>> spool = OpenSpool(c);
+  if (!spool.ok()) return spool.status();
+  agent->spool_ = *std::move(spool);
+  agent->metrics_ = std::make_unique<AgentMetrics>(c.location, std::string(AgentVersion()));
+  absl::StatusOr<SenderOptions> sender_options = SenderOptionsOf(c);
+  if (!sender_options.ok()) return sender_options.status();
+  agent->sender_ = std::make_unique<Sender>(*std::move(sender_options), agent->spool_.get(),
                                             agent->metrics_.get());
-
-  Spool* spool = agent->spool_.get();
-  Sender* sender = agent->sender_.get();
-  TicketOptions ticket_options;
-  ticket_options.ttl = c.open_ticket_ttl;
-  ticket_options.max_open = c.max_open_tickets;
-  absl::StatusOr<std::unique_ptr<TicketTracker>> tickets =
-      TicketTracker::Open(spool, std::move(ticket_options));
-  if (!tickets.ok()) return tickets.status();
-  agent->tickets_ = *std::move(tickets);
-  TicketTracker* tracker = agent->tickets_.get();
-  if (tracker->open_tickets() > 0) {
-    spdlog::info("{} open queue tickets from before", tracker->open_tickets());
-  }
-  agent->metrics_->SetGaugeSource([spool, sender, tracker] {
-    AgentMetrics::Gauges g;
-    g.spool_depth = spool->Depth();
-    g.spool_bytes = spool->Bytes();
-    g.spool_dropped = spool->DroppedOldest();
-    g.oldest_unacknowledged_seconds = absl::ToDoubleSeconds(spool->OldestUnacknowledgedAge());
-    g.connected = sender->connected();
-    g.collector_protocol = sender->collector_protocol();
-    g.open_tickets = tracker->open_tickets();
-    return g;
-  });
-
-  HttpIngestOptions http_options;
-  http_options.listen = c.listen;
-  http_options.max_body_bytes = c.max_body_bytes;
-  http_options.threads = c.http_threads;
-  http_options.request_timeout = c.http_request_timeout;
-  http_options.allowed_hosts = c.http_allowed_hosts;
-  http_options.location = c.location;
-  http_options.tickets = tracker;
-  for (const InputMapping& m : c.drop_directory.files) {
-    http_options.max_requested_lateness = std::max(http_options.max_requested_lateness, m.max_lateness);
-  }
-  absl::StatusOr<std::unique_ptr<HttpIngest>> http = HttpIngest::Start(
-      std::move(http_options), spool, agent->metrics_.get(),
-      [sender](uint64_t last_sequence) { sender->NotifyAppended(last_sequence); });
-  if (!http.ok()) return http.status();
-  agent->http_ = *std::move(http);
-
+  if (absl::Status s = agent->OpenTickets(); !s.ok()) return s;
+  if (absl::Status s = agent->StartHttpIngest(); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<MetricsServer>> metrics_server =
       MetricsServer::Start(c.metrics_listen, agent->metrics_.get());
   if (!metrics_server.ok()) return metrics_server.status();
   agent->metrics_server_ = *std::move(metrics_server);
-
-  DropDirectoryDeps drop_deps;
-  drop_deps.spool = spool;
-  drop_deps.tickets = tracker;
-  drop_deps.metrics = agent->metrics_.get();
-  drop_deps.on_appended = [sender](uint64_t last) { sender->NotifyAppended(last); };
-  drop_deps.location = c.location;
-  absl::StatusOr<std::unique_ptr<DropDirectory>> drop_dir =
-      DropDirectory::Create(c.drop_directory, std::move(drop_deps));
-  if (!drop_dir.ok()) return drop_dir.status();
-  agent->drop_dir_ = *std::move(drop_dir);
+  if (absl::Status s = agent->CreateDropDirectory(); !s.ok()) return s;
 
   agent->sender_->Start();
   agent->drop_dir_->Start();
@@ -146,9 +106,74 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
       "agent {} (version {}, spool {} incarnation {:016x}): ingest on http://{}, metrics "
       "on http://{}/metrics, delivering to {} ({})",
       c.location, std::string(AgentVersion()), c.spool_path.empty() ? "in memory" : c.spool_path,
-      spool->incarnation(), agent->http_address(), agent->metrics_address(), c.collector,
+      agent->spool_->incarnation(), agent->http_address(), agent->metrics_address(), c.collector,
       c.insecure ? "plaintext" : "mTLS");
   return agent;
+}
+
+absl::Status Agent::OpenTickets() {
+  TicketOptions ticket_options;
+  ticket_options.ttl = config_.open_ticket_ttl;
+  ticket_options.max_open = config_.max_open_tickets;
+  absl::StatusOr<std::unique_ptr<TicketTracker>> tickets =
+      TicketTracker::Open(spool_.get(), std::move(ticket_options));
+  if (!tickets.ok()) return tickets.status();
+  tickets_ = *std::move(tickets);
+  if (tickets_->open_tickets() > 0) {
+    spdlog::info("{} open queue tickets from before", tickets_->open_tickets());
+  }
+  Spool* spool = spool_.get();
+  Sender* sender = sender_.get();
+  TicketTracker* tracker = tickets_.get();
+  metrics_->SetGaugeSource([spool, sender, tracker] {
+    AgentMetrics::Gauges g;
+    g.spool_depth = spool->Depth();
+    g.spool_bytes = spool->Bytes();
+    g.spool_dropped = spool->DroppedOldest();
+    g.oldest_unacknowledged_seconds = absl::ToDoubleSeconds(spool->OldestUnacknowledgedAge());
+    g.connected = sender->connected();
+    g.collector_protocol = sender->collector_protocol();
+    g.open_tickets = tracker->open_tickets();
+    return g;
+  });
+  return absl::OkStatus();
+}
+
+absl::Status Agent::StartHttpIngest() {
+  HttpIngestOptions http_options;
+  http_options.listen = config_.listen;
+  http_options.max_body_bytes = config_.max_body_bytes;
+  http_options.threads = config_.http_threads;
+  http_options.request_timeout = config_.http_request_timeout;
+  http_options.allowed_hosts = config_.http_allowed_hosts;
+  http_options.location = config_.location;
+  http_options.tickets = tickets_.get();
+  for (const InputMapping& m : config_.drop_directory.files) {
+    http_options.max_requested_lateness =
+        std::max(http_options.max_requested_lateness, m.max_lateness);
+  }
+  Sender* sender = sender_.get();
+  absl::StatusOr<std::unique_ptr<HttpIngest>> http = HttpIngest::Start(
+      std::move(http_options), spool_.get(), metrics_.get(),
+      [sender](uint64_t last_sequence) { sender->NotifyAppended(last_sequence); });
+  if (!http.ok()) return http.status();
+  http_ = *std::move(http);
+  return absl::OkStatus();
+}
+
+absl::Status Agent::CreateDropDirectory() {
+  DropDirectoryDeps drop_deps;
+  drop_deps.spool = spool_.get();
+  drop_deps.tickets = tickets_.get();
+  drop_deps.metrics = metrics_.get();
+  Sender* sender = sender_.get();
+  drop_deps.on_appended = [sender](uint64_t last) { sender->NotifyAppended(last); };
+  drop_deps.location = config_.location;
+  absl::StatusOr<std::unique_ptr<DropDirectory>> drop_dir =
+      DropDirectory::Create(config_.drop_directory, std::move(drop_deps));
+  if (!drop_dir.ok()) return drop_dir.status();
+  drop_dir_ = *std::move(drop_dir);
+  return absl::OkStatus();
 }
 
 Agent::~Agent() { Shutdown(); }

@@ -76,6 +76,12 @@ class Agent {
 
  private:
   explicit Agent(AgentConfig config);
+  // Start's steps, in this order once the spool, the metrics and the
+  // sender exist: the ticket tracker (and the metrics' gauges), the HTTP
+  // ingest, the drop directory (created, not started).
+  absl::Status OpenTickets();
+  absl::Status StartHttpIngest();
+  absl::Status CreateDropDirectory();
 
   const AgentConfig config_;
   // Declared in dependency order: destroyed in reverse, users first.

@@ -140,128 +140,180 @@ int FileParser::Column(const std::string& name, std::string* why) const {
   return it->second;
 }
 
-size_t FileParser::Parse(absl::string_view data, int64_t first_line, bool at_end, absl::Time now,
-                         size_t max_records, std::vector<InputRecord>* out) {
-  size_t pos = 0;
-  int64_t line = first_line;
-  if (first_line == 1 && data.substr(0, 3) == "\xEF\xBB\xBF") pos = 3;
-  const bool csv = mapping_.format == InputMapping::Format::kCsv;
-  csv_parser parser;
-  CsvRows rows;
-  if (csv) {
-    csv_init(&parser, 0);
-    csv_set_delim(&parser, static_cast<unsigned char>(mapping_.delimiter));
-    csv_set_quote(&parser, static_cast<unsigned char>(mapping_.quote));
+// One Parse call: where it is in `data`, the CSV record pending, what it
+// emitted. Fed one line at a time.
+struct FileParser::Pass {
+  Pass(FileParser* p, absl::string_view d, int64_t first_line, absl::Time at_now,
+       size_t max_records_in, std::vector<InputRecord>* out_records)
+      : parser(*p),
+        data(d),
+        now(at_now),
+        max_records(max_records_in),
+        out(out_records),
+        csv(p->mapping_.format == InputMapping::Format::kCsv),
+        line(first_line),
+        record_line(first_line) {
+    if (first_line == 1 && data.substr(0, 3) == "\xEF\xBB\xBF") pos = 3;
+    consumed = pos;
+    record_start = pos;
+    if (csv) StartCsv();
   }
-  size_t consumed = pos;
-  size_t record_start = pos;   // Offset where the pending record began.
-  int64_t record_line = line;  // Its first line.
-  std::string record_problem;  // An encoding problem on one of its lines.
-  size_t emitted = 0;
-  auto emit = [&](InputRecord r) {
+  ~Pass() {
+    if (csv) csv_free(&csv_state);
+  }
+  Pass(const Pass&) = delete;
+  Pass& operator=(const Pass&) = delete;
+
+  bool Room() const { return max_records == 0 || emitted < max_records; }
+  void StartCsv() {
+    csv_init(&csv_state, 0);
+    csv_set_delim(&csv_state, static_cast<unsigned char>(parser.mapping_.delimiter));
+    csv_set_quote(&csv_state, static_cast<unsigned char>(parser.mapping_.quote));
+  }
+  void Emit(InputRecord r) {
     // Whatever the record is (even bad), it belongs to the file's location
     // unless a location column says otherwise.
-    if (r.location.empty()) r.location = file_.location;
+    if (r.location.empty()) r.location = parser.file_.location;
     ++emitted;
     out->push_back(std::move(r));
-  };
-  while (pos < data.size() && (max_records == 0 || emitted < max_records)) {
-    size_t nl = data.find('\n', pos);
+  }
+  // The line ending at `end` is too long to parse: reported at the line
+  // where its record began (a CSV record pending from earlier lines goes
+  // with it).
+  void SkipLongLine(size_t end);
+  // One JSONL line, ending at `end`, converted to `text`.
+  void JsonLine(const std::string& text, size_t end);
+  // One CSV line, ending at `end` (without a newline when not
+  // `complete_line`), converted to `text`. False when an unclosed quote
+  // ends the pass.
+  bool CsvLine(const std::string& text, size_t end, bool complete_line);
+  // At the end of a complete file, the unterminated last record as it is.
+  void FinishCsv(bool at_end);
+
+  FileParser& parser;
+  const absl::string_view data;
+  const absl::Time now;
+  const size_t max_records;
+  std::vector<InputRecord>* const out;
+  const bool csv;
+  csv_parser csv_state;
+  CsvRows rows;
+  size_t pos = 0;
+  int64_t line;
+  size_t consumed = 0;
+  size_t record_start = 0;     // Offset where the pending record began.
+  int64_t record_line;         // Its first line.
+  std::string record_problem;  // An encoding problem on one of its lines.
+  size_t emitted = 0;
+};
+
+void FileParser::Pass::SkipLongLine(size_t end) {
+  InputRecord r;
+  r.line = csv ? record_line : line;
+  r.next_line = line + 1;
+  r.end_offset = end;
+  r.error = LineTooLongReason(parser.max_line_bytes_);
+  Emit(std::move(r));
+  if (csv) {
+    csv_free(&csv_state);
+    StartCsv();
+    rows.rows.clear();
+    record_line = line + 1;
+    record_start = end;
+  }
+  record_problem.clear();
+  consumed = end;
+  pos = end;
+  ++line;
+}
+
+void FileParser::Pass::JsonLine(const std::string& text, size_t end) {
+  InputRecord r;
+  r.line = line;
+  r.next_line = line + 1;
+  r.end_offset = end;
+  absl::string_view body = absl::StripAsciiWhitespace(text);
+  if (!record_problem.empty()) {
+    r.error = record_problem;
+    Emit(std::move(r));
+  } else if (!body.empty()) {
+    parser.MapJsonLine(body, now, &r);
+    Emit(std::move(r));
+  }
+  record_problem.clear();
+  consumed = end;
+  pos = end;
+  ++line;
+}
+
+bool FileParser::Pass::CsvLine(const std::string& text, size_t end, bool complete_line) {
+  // libcsv does not say where in the input a record ended; fed one line
+  // at a time, a record completed by this feed ends with this line, which
+  // is what a checkpoint needs.
+  csv_parse(&csv_state, text.data(), text.size(), OnField, OnRecord, &rows);
+  if (!complete_line) csv_fini(&csv_state, OnField, OnRecord, &rows);
+  pos = end;
+  for (std::vector<std::string>& fields : rows.rows) {
+    Emit(parser.TakeRow(fields, record_line, line + 1, end, record_problem, now));
+    record_problem.clear();
+    record_line = line + 1;
+    record_start = end;
+    consumed = end;
+  }
+  rows.rows.clear();
+  ++line;
+  if (pos - record_start <= kMaxRecordBytes) return true;
+  // An unclosed quote: report it at its first line and go on after that
+  // line (the caller parses again from there).
+  InputRecord r;
+  r.line = record_line;
+  r.next_line = record_line + 1;
+  const size_t first_nl = data.find('\n', record_start);
+  r.end_offset = first_nl == absl::string_view::npos ? data.size() : first_nl + 1;
+  r.error =
+      absl::StrCat("unterminated quoted field: the record is over ", kMaxRecordBytes, " bytes");
+  consumed = r.end_offset;
+  Emit(std::move(r));
+  return false;
+}
+
+void FileParser::Pass::FinishCsv(bool at_end) {
+  if (at_end && pos == data.size() && consumed < data.size() && Room()) {
+    // The file is complete: an unterminated last record is taken as it is.
+    csv_fini(&csv_state, OnField, OnRecord, &rows);
+    for (std::vector<std::string>& fields : rows.rows) {
+      Emit(parser.TakeRow(fields, record_line, line, data.size(), "", now));
+    }
+    consumed = data.size();
+  }
+}
+
+size_t FileParser::Parse(absl::string_view data, int64_t first_line, bool at_end, absl::Time now,
+                         size_t max_records, std::vector<InputRecord>* out) {
+  Pass p(this, data, first_line, now, max_records, out);
+  while (p.pos < data.size() && p.Room()) {
+    size_t nl = data.find('\n', p.pos);
     const bool complete_line = nl != absl::string_view::npos;
     if (!complete_line && !at_end) break;  // A line still being written waits.
     const size_t end = complete_line ? nl + 1 : data.size();
-    if ((complete_line ? nl : end) - pos > max_line_bytes_) {
-      // Too long to parse: reported at the line where its record began
-      // (a CSV record pending from earlier lines goes with it).
-      InputRecord r;
-      r.line = csv ? record_line : line;
-      r.next_line = line + 1;
-      r.end_offset = end;
-      r.error = LineTooLongReason(max_line_bytes_);
-      emit(std::move(r));
-      if (csv) {
-        csv_free(&parser);
-        csv_init(&parser, 0);
-        csv_set_delim(&parser, static_cast<unsigned char>(mapping_.delimiter));
-        csv_set_quote(&parser, static_cast<unsigned char>(mapping_.quote));
-        rows.rows.clear();
-        record_line = line + 1;
-        record_start = end;
-      }
-      record_problem.clear();
-      consumed = end;
-      pos = end;
-      ++line;
+    if ((complete_line ? nl : end) - p.pos > max_line_bytes_) {
+      p.SkipLongLine(end);
       continue;
     }
-    const absl::string_view raw = data.substr(pos, end - pos);
+    const absl::string_view raw = data.substr(p.pos, end - p.pos);
     std::string text;
     std::string why;
-    if (!converter_->Convert(raw, &text, &why) && record_problem.empty()) {
-      record_problem = absl::StrCat(why);
+    if (!converter_->Convert(raw, &text, &why) && p.record_problem.empty()) {
+      p.record_problem = absl::StrCat(why);
     }
-    if (!csv) {
-      InputRecord r;
-      r.line = line;
-      r.next_line = line + 1;
-      r.end_offset = end;
-      absl::string_view body = absl::StripAsciiWhitespace(text);
-      if (!record_problem.empty()) {
-        r.error = record_problem;
-        emit(std::move(r));
-      } else if (!body.empty()) {
-        MapJsonLine(body, now, &r);
-        emit(std::move(r));
-      }
-      record_problem.clear();
-      consumed = end;
-      pos = end;
-      ++line;
-      continue;
-    }
-    // libcsv does not say where in the input a record ended; fed one line
-    // at a time, a record completed by this feed ends with this line, which
-    // is what a checkpoint needs.
-    csv_parse(&parser, text.data(), text.size(), OnField, OnRecord, &rows);
-    if (!complete_line) csv_fini(&parser, OnField, OnRecord, &rows);
-    pos = end;
-    for (std::vector<std::string>& fields : rows.rows) {
-      emit(TakeRow(fields, record_line, line + 1, end, record_problem, now));
-      record_problem.clear();
-      record_line = line + 1;
-      record_start = end;
-      consumed = end;
-    }
-    rows.rows.clear();
-    ++line;
-    if (pos - record_start > kMaxRecordBytes) {
-      // An unclosed quote: report it at its first line and go on after
-      // that line (the caller parses again from there).
-      InputRecord r;
-      r.line = record_line;
-      r.next_line = record_line + 1;
-      const size_t first_nl = data.find('\n', record_start);
-      r.end_offset = first_nl == absl::string_view::npos ? data.size() : first_nl + 1;
-      r.error =
-          absl::StrCat("unterminated quoted field: the record is over ", kMaxRecordBytes, " bytes");
-      consumed = r.end_offset;
-      emit(std::move(r));
+    if (!p.csv) {
+      p.JsonLine(text, end);
+    } else if (!p.CsvLine(text, end, complete_line)) {
       break;
     }
   }
-  if (csv) {
-    if (at_end && pos == data.size() && consumed < data.size() &&
-        (max_records == 0 || emitted < max_records)) {
-      // The file is complete: an unterminated last record is taken as it is.
-      csv_fini(&parser, OnField, OnRecord, &rows);
-      for (std::vector<std::string>& fields : rows.rows) {
-        emit(TakeRow(fields, record_line, line, data.size(), "", now));
-      }
-      consumed = data.size();
-    }
-    csv_free(&parser);
-  }
-  return consumed;
+  if (p.csv) p.FinishCsv(at_end);
+  return p.consumed;
 }
 
 InputRecord FileParser::TakeRow(const std::vector<std::string>& fields, int64_t line,

@@ -103,6 +103,8 @@ class FileParser {
 
  private:
   struct Converter;
+  // One Parse call's position and pending CSV record (file_input.cc).
+  struct Pass;
 
   // The record of one CSV row: the header, a blank line, a row refused for
   // `problem` (when not empty), or a mapped row.

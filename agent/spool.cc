@@ -25,6 +25,21 @@ absl::Status SpoolFullError(uint64_t depth, uint64_t bytes, uint64_t adding, uin
       " (", adding_bytes, " bytes) were not stored, retry later"));
 }
 
+bool SpoolFits(uint64_t depth, uint64_t bytes, uint64_t adding, uint64_t adding_bytes,
+               const SpoolOptions& options) {
+  return depth + adding <= options.max_observations && bytes + adding_bytes <= options.max_bytes;
+}
+
+absl::StatusOr<bool> MustDropOldest(uint64_t depth, uint64_t bytes, uint64_t adding,
+                                    uint64_t adding_bytes, const SpoolOptions& options) {
+  if (SpoolFits(depth, bytes, adding, adding_bytes, options)) return false;
+  if (options.when_full != SpoolWhenFull::kDropOldest ||
+      !SpoolFits(0, 0, adding, adding_bytes, options)) {
+    return SpoolFullError(depth, bytes, adding, adding_bytes, options);
+  }
+  return true;
+}
+
 absl::StatusOr<SpoolWhenFull> ParseSpoolWhenFull(absl::string_view text) {
   if (text == "refuse") return SpoolWhenFull::kRefuse;
   if (text == "drop_oldest") return SpoolWhenFull::kDropOldest;
@@ -106,14 +121,12 @@ absl::StatusOr<AppendResult> MemorySpool::AppendBatch(std::vector<v1::Observatio
     fresh.push_back(std::move(obs));
   }
   auto fits = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return entries_.size() + fresh.size() <= options_.max_observations &&
-           bytes_ + fresh_bytes <= options_.max_bytes;
+    return SpoolFits(entries_.size(), bytes_, fresh.size(), fresh_bytes, options_);
   };
-  if (!fits()) {
-    if (options_.when_full != SpoolWhenFull::kDropOldest ||
-        fresh.size() > options_.max_observations || fresh_bytes > options_.max_bytes) {
-      return SpoolFullError(entries_.size(), bytes_, fresh.size(), fresh_bytes, options_);
-    }
+  absl::StatusOr<bool> drop =
+      MustDropOldest(entries_.size(), bytes_, fresh.size(), fresh_bytes, options_);
+  if (!drop.ok()) return drop.status();
+  if (*drop) {
     // Dropped ones are forgotten, not acknowledged: their ids may come again.
     while (!fits()) {
       bytes_ -= entries_.front().bytes;

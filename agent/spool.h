@@ -184,6 +184,18 @@ struct SpoolOptions;
 absl::Status SpoolFullError(uint64_t depth, uint64_t bytes, uint64_t adding, uint64_t adding_bytes,
                             const SpoolOptions& options);
 
+// Whether `adding` more observations (`adding_bytes`) fit beside `depth`
+// (`bytes`) within `options`' bounds.
+bool SpoolFits(uint64_t depth, uint64_t bytes, uint64_t adding, uint64_t adding_bytes,
+               const SpoolOptions& options);
+
+// For an append of `adding` (`adding_bytes`) beside `depth` (`bytes`):
+// false when it fits; true when it fits once the oldest are dropped
+// (kDropOldest, and it fits an empty spool); else SpoolFullError. Every
+// spool decides by it.
+absl::StatusOr<bool> MustDropOldest(uint64_t depth, uint64_t bytes, uint64_t adding,
+                                    uint64_t adding_bytes, const SpoolOptions& options);
+
 // What a full spool does with an append that does not fit.
 enum class SpoolWhenFull {
   kRefuse,      // Refuse it: the writer gets the error, nothing is lost.

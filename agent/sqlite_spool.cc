@@ -315,24 +315,48 @@ absl::StatusOr<AppendResult> SqliteSpool::AppendLocked(std::vector<v1::Observati
       return result;
     }
   }
-  struct Row {
-    std::string bytes;
-    const std::string* id;
-  };
   std::vector<Row> rows;
-  rows.reserve(observations.size());
-  std::set<std::string> batch_ids;
   uint64_t total_bytes = 0;
+  if (absl::Status s = NewRowsLocked(observations, cutoff, &rows, &total_bytes, &result); !s.ok()) {
+    return s;
+  }
+  uint64_t drop_count = 0;
+  uint64_t drop_bytes = 0;
+  if (absl::Status s = MakeRoomLocked(rows.size(), total_bytes, &drop_count, &drop_bytes);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = InsertRowsLocked(rows, now); !s.ok()) return s;
+  if (remember != nullptr) {
+    if (absl::Status s = RememberRequestLocked(*remember, now); !s.ok()) return s;
+  }
+  {
+    Using use(stmts_->commit);
+    if (absl::Status s = Check(sqlite3_step(stmts_->commit.get()), "cannot commit an append");
+        !s.ok()) {
+      return s;
+    }
+  }
+  CountAppendedLocked(rows.size(), total_bytes, drop_count, drop_bytes, now);
+  result.stored = rows.size();
+  return result;
+}
+
+absl::Status SqliteSpool::NewRowsLocked(const std::vector<v1::Observation>& observations,
+                                        int64_t cutoff_nanos, std::vector<Row>* rows,
+                                        uint64_t* bytes, AppendResult* result) {
+  rows->reserve(observations.size());
+  std::set<std::string> batch_ids;
   for (const v1::Observation& obs : observations) {
     if (!obs.id().empty()) {
       bool duplicate = !batch_ids.insert(obs.id()).second;
       if (!duplicate) {
-        absl::StatusOr<bool> known = IdKnownLocked(obs.id(), cutoff);
+        absl::StatusOr<bool> known = IdKnownLocked(obs.id(), cutoff_nanos);
         if (!known.ok()) return known.status();
         duplicate = *known;
       }
       if (duplicate) {
-        ++result.duplicates;
+        ++result->duplicates;
         continue;
       }
     }
@@ -341,23 +365,21 @@ absl::StatusOr<AppendResult> SqliteSpool::AppendLocked(std::vector<v1::Observati
       return absl::InternalError(
           absl::StrCat("spool ", path_, ": cannot serialize an observation"));
     }
-    total_bytes += row.bytes.size();
-    rows.push_back(std::move(row));
+    *bytes += row.bytes.size();
+    rows->push_back(std::move(row));
   }
-  uint64_t drop_count = 0;
-  uint64_t drop_bytes = 0;
-  if (depth_ + rows.size() > options_.max_observations ||
-      bytes_ + total_bytes > options_.max_bytes) {
-    if (options_.when_full != SpoolWhenFull::kDropOldest ||
-        rows.size() > options_.max_observations || total_bytes > options_.max_bytes) {
-      return SpoolFullError(depth_, bytes_, rows.size(), total_bytes, options_);
-    }
-    if (absl::Status s = DropOldestLocked(rows.size(), total_bytes, &drop_count, &drop_bytes);
-        !s.ok()) {
-      return s;
-    }
-  }
+  return absl::OkStatus();
+}
 
+absl::Status SqliteSpool::MakeRoomLocked(uint64_t adding, uint64_t adding_bytes,
+                                         uint64_t* drop_count, uint64_t* drop_bytes) {
+  absl::StatusOr<bool> drop = MustDropOldest(depth_, bytes_, adding, adding_bytes, options_);
+  if (!drop.ok()) return drop.status();
+  if (!*drop) return absl::OkStatus();
+  return DropOldestLocked(adding, adding_bytes, drop_count, drop_bytes);
+}
+
+absl::Status SqliteSpool::InsertRowsLocked(const std::vector<Row>& rows, absl::Time now) {
   sqlite3_stmt* insert = stmts_->insert_observation.get();
   for (size_t i = 0; i < rows.size(); ++i) {
     Using use(stmts_->insert_observation);
@@ -373,52 +395,45 @@ absl::StatusOr<AppendResult> SqliteSpool::AppendLocked(std::vector<v1::Observati
     if (rc == SQLITE_OK) rc = sqlite3_step(insert);
     if (absl::Status s = Check(rc, "cannot store an observation"); !s.ok()) return s;
   }
-  if (!rows.empty()) {
-    Using use(stmts_->set_last_sequence);
-    sqlite3_stmt* s = stmts_->set_last_sequence.get();
-    int rc = sqlite3_bind_int64(s, 1, ClampToInt64(last_sequence_ + rows.size()));
-    if (rc == SQLITE_OK) rc = sqlite3_step(s);
-    if (absl::Status st = Check(rc, "cannot advance the sequence"); !st.ok()) return st;
-  }
-  if (remember != nullptr) {
-    Using use(stmts_->insert_request);
-    sqlite3_stmt* s = stmts_->insert_request.get();
-    int rc = BindText(s, 1, remember->key);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int(s, 2, remember->answer.status);
-    if (rc == SQLITE_OK) rc = BindText(s, 3, remember->answer.body);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 4, Nanos(now));
-    if (rc == SQLITE_OK) rc = BindText(s, 5, remember->answer.fingerprint);
-    if (rc == SQLITE_OK) rc = sqlite3_step(s);
-    if (absl::Status st = Check(rc, "cannot remember the request key"); !st.ok()) return st;
-  }
-  {
-    Using use(stmts_->commit);
-    if (absl::Status s = Check(sqlite3_step(stmts_->commit.get()), "cannot commit an append");
-        !s.ok()) {
-      return s;
-    }
-  }
-  // Durable from here on; the counters follow.
+  if (rows.empty()) return absl::OkStatus();
+  Using use(stmts_->set_last_sequence);
+  sqlite3_stmt* s = stmts_->set_last_sequence.get();
+  int rc = sqlite3_bind_int64(s, 1, ClampToInt64(last_sequence_ + rows.size()));
+  if (rc == SQLITE_OK) rc = sqlite3_step(s);
+  return Check(rc, "cannot advance the sequence");
+}
+
+absl::Status SqliteSpool::RememberRequestLocked(const RememberRequest& remember, absl::Time now) {
+  Using use(stmts_->insert_request);
+  sqlite3_stmt* s = stmts_->insert_request.get();
+  int rc = BindText(s, 1, remember.key);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_int(s, 2, remember.answer.status);
+  if (rc == SQLITE_OK) rc = BindText(s, 3, remember.answer.body);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_int64(s, 4, Nanos(now));
+  if (rc == SQLITE_OK) rc = BindText(s, 5, remember.answer.fingerprint);
+  if (rc == SQLITE_OK) rc = sqlite3_step(s);
+  return Check(rc, "cannot remember the request key");
+}
+
+void SqliteSpool::CountAppendedLocked(uint64_t added, uint64_t added_bytes, uint64_t drop_count,
+                                      uint64_t drop_bytes, absl::Time now) {
   depth_ -= std::min(depth_, drop_count);
   bytes_ -= std::min(bytes_, drop_bytes);
   dropped_ += drop_count;
-  if (depth_ == 0 && !rows.empty()) oldest_ = now;
-  depth_ += rows.size();
-  bytes_ += total_bytes;
-  last_sequence_ += rows.size();
-  result.stored = rows.size();
-  if (drop_count > 0) {
-    Using use(stmts_->oldest);
-    // Committed already: a failure here only leaves the age stale.
-    if (sqlite3_step(stmts_->oldest.get()) == SQLITE_ROW) {
-      oldest_ = absl::FromUnixNanos(sqlite3_column_int64(stmts_->oldest.get(), 0));
-    }
-    spdlog::warn(
-        "spool {} full: dropped the {} oldest unacknowledged observations ({} bytes) to store "
-        "{} new ones (spool_when_full: drop_oldest)",
-        path_, drop_count, drop_bytes, rows.size());
+  if (depth_ == 0 && added > 0) oldest_ = now;
+  depth_ += added;
+  bytes_ += added_bytes;
+  last_sequence_ += added;
+  if (drop_count == 0) return;
+  Using use(stmts_->oldest);
+  // Committed already: a failure here only leaves the age stale.
+  if (sqlite3_step(stmts_->oldest.get()) == SQLITE_ROW) {
+    oldest_ = absl::FromUnixNanos(sqlite3_column_int64(stmts_->oldest.get(), 0));
   }
-  return result;
+  spdlog::warn(
+      "spool {} full: dropped the {} oldest unacknowledged observations ({} bytes) to store "
+      "{} new ones (spool_when_full: drop_oldest)",
+      path_, drop_count, drop_bytes, added);
 }
 
 absl::Status SqliteSpool::DropOldestLocked(uint64_t adding, uint64_t adding_bytes, uint64_t* count,
@@ -429,7 +444,7 @@ absl::Status SqliteSpool::DropOldestLocked(uint64_t adding, uint64_t adding_byte
   uint64_t depth = depth_;
   uint64_t size = bytes_;
   int64_t cut = 0;
-  while (depth + adding > options_.max_observations || size + adding_bytes > options_.max_bytes) {
+  while (!SpoolFits(depth, size, adding, adding_bytes, options_)) {
     rc = sqlite3_step(scan.get());
     if (rc != SQLITE_ROW) break;
     const uint64_t row_bytes = static_cast<uint64_t>(sqlite3_column_int64(scan.get(), 1));

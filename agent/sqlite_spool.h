@@ -112,6 +112,34 @@ class SqliteSpool : public Spool {
   absl::StatusOr<AppendResult> AppendLocked(std::vector<v1::Observation> observations,
                                             const RememberRequest* remember, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // AppendLocked's steps, in its open transaction. An observation to
+  // store: its bytes, its id (null when it has none).
+  struct Row {
+    std::string bytes;
+    const std::string* id;
+  };
+  // The rows of `observations` (ids pointing into them), leaving out and
+  // counting in result->duplicates those whose id came earlier in the
+  // batch or was acknowledged since `cutoff_nanos`; adds their size to
+  // *bytes.
+  absl::Status NewRowsLocked(const std::vector<v1::Observation>& observations, int64_t cutoff_nanos,
+                             std::vector<Row>* rows, uint64_t* bytes, AppendResult* result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // OK when `adding` rows (`adding_bytes`) fit, or fit once DropOldestLocked
+  // made room (kDropOldest; adds what it deleted to *drop_count and
+  // *drop_bytes); else the spool-full error.
+  absl::Status MakeRoomLocked(uint64_t adding, uint64_t adding_bytes, uint64_t* drop_count,
+                              uint64_t* drop_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Inserts `rows`, numbered on from last_sequence_, and stores the new
+  // last sequence.
+  absl::Status InsertRowsLocked(const std::vector<Row>& rows, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Stores the answer to `remember`'s request key.
+  absl::Status RememberRequestLocked(const RememberRequest& remember, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Once committed: the counters follow what was added and dropped.
+  void CountAppendedLocked(uint64_t added, uint64_t added_bytes, uint64_t drop_count,
+                           uint64_t drop_bytes, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // kDropOldest: deletes (in the open transaction) the oldest observations
   // until `adding` more (`adding_bytes`) fit; adds what it deleted to
   // *count and *bytes.

@@ -131,132 +131,179 @@ void TicketTracker::SetTtl(absl::Duration ttl) {
   options_.ttl = ttl;
 }
 
+// One Apply's changes to the open tickets and what its events produce.
+// The changes are made on a copy (`changed`: a ticket's new state,
+// nullopt when it closes) and kept only once committed.
+struct TicketTracker::Applying {
+  Applying(const std::map<std::string, OpenTicket>& open_tickets, absl::Time at_now,
+           const Limits& limits_in, std::vector<v1::Observation> extra)
+      : open(open_tickets), now(at_now), limits(limits_in), observations(std::move(extra)) {}
+
+  // The ticket under `key` as the changes so far leave it.
+  std::optional<OpenTicket> Find(const std::string& key) const {
+    auto c = changed.find(key);
+    if (c != changed.end()) return c->second;
+    auto it = open.find(key);
+    if (it == open.end()) return std::nullopt;
+    return it->second;
+  }
+  // Closes the tickets created before `before_nanos` (counted expired).
+  void Expire(int64_t before_nanos) {
+    for (const auto& [key, o] : open) {
+      if (o.created_nanos < before_nanos) {
+        changed[key] = std::nullopt;
+        ++outcome.expired;
+      }
+    }
+    open_count = open.size() - outcome.expired;
+  }
+  void Event(const TicketEvent& e, size_t max_open);
+  void Create(const std::string& key, const TicketEvent& e, size_t max_open);
+  // Forgets the oldest tenth of the open tickets at once, so a flood
+  // costs O(log n) per ticket rather than a scan each.
+  void EvictOldest(size_t max_open);
+  // The wait and served check of a ticket called or served for the first
+  // time (nothing, and a problem, when that is before its creation).
+  void Reached(const TicketEvent& e, const OpenTicket& o);
+  // Adds `o` unless the limits refuse it (a problem).
+  void Add(v1::Observation o, const TicketEvent& e);
+  // The state writes of the changes, appended to *writes.
+  void Writes(std::vector<StateWrite>* writes) const;
+
+  const std::map<std::string, OpenTicket>& open;
+  const absl::Time now;
+  const Limits limits;
+  std::vector<v1::Observation> observations;
+  std::map<std::string, std::optional<OpenTicket>> changed;
+  size_t open_count = 0;  // Open tickets, the changes counted.
+  TicketOutcome outcome;
+};
+
+void TicketTracker::Applying::Event(const TicketEvent& e, size_t max_open) {
+  if (e.at > now + limits.max_future_skew) {
+    outcome.problems.push_back(absl::StrCat(
+        "ticket event of ", e.service, " at ", absl::FormatTime(e.at), " is more than ",
+        absl::FormatDuration(limits.max_future_skew), " ahead of the agent's clock; refused"));
+    return;
+  }
+  const std::string key = StateKey(e);
+  std::optional<OpenTicket> open_ticket = Find(key);
+  if (e.type == Type::kCreated) {
+    if (open_ticket) {
+      ++outcome.ignored;
+      return;
+    }
+    Create(key, e, max_open);
+    return;
+  }
+  if (!open_ticket) {
+    ++outcome.ignored;
+    return;
+  }
+  const bool reached = e.type == Type::kCalled || e.type == Type::kServed;
+  if (reached && !open_ticket->called) {
+    Reached(e, *open_ticket);
+  } else if (e.type == Type::kAbandoned && !open_ticket->called) {
+    v1::Observation lost;
+    lost.set_key(ServedKey(e.service));
+    lost.mutable_check()->set_passed(false);
+    *lost.mutable_observed_at() = Stamp(e.at);
+    Add(std::move(lost), e);
+  } else if (e.type == Type::kCalled) {
+    ++outcome.ignored;  // Called again.
+    return;
+  }
+  if (e.type == Type::kCalled) {
+    open_ticket->called = true;
+    changed[key] = open_ticket;
+  } else {
+    changed[key] = std::nullopt;
+    --open_count;
+  }
+}
+
+void TicketTracker::Applying::Create(const std::string& key, const TicketEvent& e,
+                                     size_t max_open) {
+  if (open_count >= max_open) EvictOldest(max_open);
+  ++open_count;
+  changed[key] = OpenTicket{absl::ToUnixNanos(e.at), false};
+}
+
+void TicketTracker::Applying::EvictOldest(size_t max_open) {
+  std::vector<std::pair<int64_t, std::string>> live;
+  for (const auto& [k, o] : open) {
+    if (changed.count(k) == 0) live.push_back({o.created_nanos, k});
+  }
+  for (const auto& [k, o] : changed) {
+    if (o) live.push_back({o->created_nanos, k});
+  }
+  const size_t n = std::min(live.size(), std::max<size_t>(1, max_open / 10));
+  std::partial_sort(live.begin(), live.begin() + n, live.end());
+  for (size_t i = 0; i < n; ++i) changed[live[i].second] = std::nullopt;
+  outcome.evicted += n;
+  open_count -= n;
+}
+
+void TicketTracker::Applying::Reached(const TicketEvent& e, const OpenTicket& o) {
+  const absl::Duration wait = e.at - absl::FromUnixNanos(o.created_nanos);
+  if (wait < absl::ZeroDuration()) {
+    outcome.problems.push_back(absl::StrCat("ticket of ", e.service, " ",
+                                            e.type == Type::kCalled ? "called" : "served",
+                                            " before it was created; no wait recorded"));
+    return;
+  }
+  v1::Observation w;
+  w.set_key(e.service);
+  w.set_wait_seconds(absl::ToDoubleSeconds(wait));
+  *w.mutable_observed_at() = Stamp(e.at);
+  Add(std::move(w), e);
+  v1::Observation served;
+  served.set_key(ServedKey(e.service));
+  served.mutable_check()->set_passed(true);
+  *served.mutable_observed_at() = Stamp(e.at);
+  Add(std::move(served), e);
+}
+
+void TicketTracker::Applying::Add(v1::Observation o, const TicketEvent& e) {
+  if (absl::Status s = ValidateObservation(o, now, limits); !s.ok()) {
+    outcome.problems.push_back(absl::StrCat("ticket event ", e.service, " at ",
+                                            absl::FormatTime(e.at), ": ", s.message()));
+    return;
+  }
+  observations.push_back(std::move(o));
+}
+
+void TicketTracker::Applying::Writes(std::vector<StateWrite>* writes) const {
+  for (const auto& [key, o] : changed) {
+    if (o) {
+      writes->push_back({key, absl::StrCat(o->created_nanos, " ", o->called ? "1" : "0")});
+    } else {
+      writes->push_back({key, std::nullopt});
+    }
+  }
+}
+
 absl::StatusOr<TicketOutcome> TicketTracker::Apply(const std::vector<TicketEvent>& events,
                                                    absl::Time now,
                                                    std::vector<v1::Observation> observations,
                                                    std::vector<StateWrite> writes) {
   absl::MutexLock lock(&mu_);
-  TicketOutcome outcome;
-  // The changes are made on a copy and kept only once committed.
-  std::map<std::string, std::optional<OpenTicket>> changed;
-  const Limits limits = options_.limits;
-  auto find = [&](const std::string& key)
-                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> std::optional<OpenTicket> {
-    auto c = changed.find(key);
-    if (c != changed.end()) return c->second;
-    auto it = open_.find(key);
-    if (it == open_.end()) return std::nullopt;
-    return it->second;
-  };
-  const int64_t expire_before = absl::ToUnixNanos(now - options_.ttl);
-  for (const auto& [key, o] : open_) {
-    if (o.created_nanos < expire_before) {
-      changed[key] = std::nullopt;
-      ++outcome.expired;
-    }
-  }
-  auto add = [&](v1::Observation o, const TicketEvent& e) {
-    if (absl::Status s = ValidateObservation(o, now, limits); !s.ok()) {
-      outcome.problems.push_back(absl::StrCat("ticket event ", e.service, " at ",
-                                              absl::FormatTime(e.at), ": ", s.message()));
-      return;
-    }
-    observations.push_back(std::move(o));
-  };
-  size_t open_count = open_.size() - outcome.expired;
-  for (const TicketEvent& e : events) {
-    if (e.at > now + limits.max_future_skew) {
-      outcome.problems.push_back(absl::StrCat(
-          "ticket event of ", e.service, " at ", absl::FormatTime(e.at), " is more than ",
-          absl::FormatDuration(limits.max_future_skew), " ahead of the agent's clock; refused"));
-      continue;
-    }
-    const std::string key = StateKey(e);
-    std::optional<OpenTicket> open = find(key);
-    if (e.type == Type::kCreated) {
-      if (open) {
-        ++outcome.ignored;
-        continue;
-      }
-      if (open_count >= options_.max_open) {
-        // Full: forget the oldest tenth at once, so a flood costs
-        // O(log n) per ticket rather than a scan each.
-        std::vector<std::pair<int64_t, std::string>> live;
-        for (const auto& [k, o] : open_) {
-          if (changed.count(k) == 0) live.push_back({o.created_nanos, k});
-        }
-        for (const auto& [k, o] : changed) {
-          if (o) live.push_back({o->created_nanos, k});
-        }
-        const size_t n = std::min(live.size(), std::max<size_t>(1, options_.max_open / 10));
-        std::partial_sort(live.begin(), live.begin() + n, live.end());
-        for (size_t i = 0; i < n; ++i) changed[live[i].second] = std::nullopt;
-        outcome.evicted += n;
-        open_count -= n;
-      }
-      ++open_count;
-      changed[key] = OpenTicket{absl::ToUnixNanos(e.at), false};
-      continue;
-    }
-    if (!open) {
-      ++outcome.ignored;
-      continue;
-    }
-    const bool reached = e.type == Type::kCalled || e.type == Type::kServed;
-    if (reached && !open->called) {
-      const absl::Duration wait = e.at - absl::FromUnixNanos(open->created_nanos);
-      if (wait < absl::ZeroDuration()) {
-        outcome.problems.push_back(absl::StrCat("ticket of ", e.service, " ",
-                                                e.type == Type::kCalled ? "called" : "served",
-                                                " before it was created; no wait recorded"));
-      } else {
-        v1::Observation w;
-        w.set_key(e.service);
-        w.set_wait_seconds(absl::ToDoubleSeconds(wait));
-        *w.mutable_observed_at() = Stamp(e.at);
-        add(std::move(w), e);
-        v1::Observation served;
-        served.set_key(ServedKey(e.service));
-        served.mutable_check()->set_passed(true);
-        *served.mutable_observed_at() = Stamp(e.at);
-        add(std::move(served), e);
-      }
-    } else if (e.type == Type::kAbandoned && !open->called) {
-      v1::Observation lost;
-      lost.set_key(ServedKey(e.service));
-      lost.mutable_check()->set_passed(false);
-      *lost.mutable_observed_at() = Stamp(e.at);
-      add(std::move(lost), e);
-    } else if (e.type == Type::kCalled) {
-      ++outcome.ignored;  // Called again.
-      continue;
-    }
-    if (e.type == Type::kCalled) {
-      open->called = true;
-      changed[key] = open;
-    } else {
-      changed[key] = std::nullopt;
-      --open_count;
-    }
-  }
-  for (const auto& [key, o] : changed) {
-    if (o) {
-      writes.push_back({key, absl::StrCat(o->created_nanos, " ", o->called ? "1" : "0")});
-    } else {
-      writes.push_back({key, std::nullopt});
-    }
-  }
-  absl::StatusOr<AppendResult> appended = spool_->AppendWithState(std::move(observations), writes);
+  Applying a(open_, now, options_.limits, std::move(observations));
+  a.Expire(absl::ToUnixNanos(now - options_.ttl));
+  for (const TicketEvent& e : events) a.Event(e, options_.max_open);
+  a.Writes(&writes);
+  absl::StatusOr<AppendResult> appended =
+      spool_->AppendWithState(std::move(a.observations), writes);
   if (!appended.ok()) return appended.status();
-  outcome.append = *appended;
-  for (const auto& [key, o] : changed) {
+  a.outcome.append = *appended;
+  for (const auto& [key, o] : a.changed) {
     if (o) {
       open_[key] = *o;
     } else {
       open_.erase(key);
     }
   }
-  return outcome;
+  return std::move(a.outcome);
 }
 
 }  // namespace constance::agent

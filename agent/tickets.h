@@ -114,6 +114,9 @@ class TicketTracker {
     int64_t created_nanos = 0;
     bool called = false;
   };
+  // One Apply in progress: its changes, made aside, and what its events
+  // produce (tickets.cc).
+  struct Applying;
   TicketTracker(Spool* spool, TicketOptions options);
 
   Spool* const spool_;

@@ -346,13 +346,19 @@ uint64_t ExpectedInstead(const BatchView& batch, uint64_t through) {
   return next;
 }
 
-v1::Ack OutOfOrderAck(const BatchView& batch, uint64_t watermark, uint64_t expected) {
+// The ack of `batch` with `outcome`, naming the batch.
+v1::Ack AckOf(const BatchView& batch, v1::Ack::Outcome outcome) {
   v1::Ack ack;
   ack.set_location(std::string(batch.location));
   ack.set_incarnation(batch.incarnation);
   ack.set_first_sequence(batch.first_sequence);
   ack.set_count(static_cast<uint32_t>(batch.observations.size()));
-  ack.set_outcome(v1::Ack::OUT_OF_ORDER);
+  ack.set_outcome(outcome);
+  return ack;
+}
+
+v1::Ack OutOfOrderAck(const BatchView& batch, uint64_t watermark, uint64_t expected) {
+  v1::Ack ack = AckOf(batch, v1::Ack::OUT_OF_ORDER);
   ack.set_watermark(watermark);
   ack.set_expected_sequence(expected);
   return ack;
@@ -441,22 +447,45 @@ absl::Status Engine::AdmitLocationLocked(absl::string_view location) const {
   return absl::OkStatus();
 }
 
+// What every observation of one batch shares: its location, its receive
+// time, the catalog's bins, computed once per batch.
+struct Engine::ApplyContext {
+  ApplyContext(const Catalog& c, uint32_t l, absl::Time received, int64_t recomputed_at_ns)
+      : catalog(c),
+        loc(l),
+        now(received),
+        now_ns(absl::ToUnixNanos(received)),
+        wait_bins(c.wait),
+        compliance_bins(c.compliance),
+        score_bins(c.score),
+        judged_keys(!c.judging.empty()),
+        rollout_grace_ns(absl::ToInt64Nanoseconds(c.thresholds.rollout_grace)),
+        price_seen_since(recomputed_at_ns == INT64_MIN
+                             ? INT64_MAX
+                             : absl::ToUnixNanos(absl::FromUnixNanos(recomputed_at_ns) - c.price.ttl)) {}
+
+  const Catalog& catalog;
+  const uint32_t loc;
+  const absl::Time now;
+  const int64_t now_ns;
+  const BinSpan wait_bins, compliance_bins, score_bins;
+  // A judged key's window may be longer than the family's: its bins reach
+  // further back.
+  const bool judged_keys;
+  const int64_t rollout_grace_ns;
+  // A price observed at or after this was compared by the last
+  // recomputation (not stale then, nor at any earlier one).
+  const int64_t price_seen_since;
+};
+
 absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now,
                                            uint64_t owner) {
   if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
   const uint64_t count = batch.observations.size();
-  const int64_t now_ns = absl::ToUnixNanos(now);
-
-  v1::Ack ack;
-  ack.set_location(std::string(batch.location));
-  ack.set_incarnation(batch.incarnation);
-  ack.set_first_sequence(batch.first_sequence);
-  ack.set_count(static_cast<uint32_t>(count));
-  ack.set_outcome(v1::Ack::APPLIED);
+  v1::Ack ack = AckOf(batch, v1::Ack::APPLIED);
 
   absl::MutexLock lock(&mu_);
   if (absl::Status s = MayApplyLocked(batch, owner); !s.ok()) return s;
-  const Catalog& catalog = *catalog_;
   const uint32_t loc = LocationIndex(batch.location);
   Stream& stream = streams_[{loc, batch.incarnation}];
   if (const uint64_t expected = ExpectedInstead(batch, stream.watermark); expected != 0) {
@@ -466,18 +495,7 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   if (batch.first_sequence > stream.watermark + 1) {  // A declared dropped range.
     dropped_ += batch.first_sequence - 1 - stream.watermark;
   }
-  const BinSpan wait_bins(catalog.wait), compliance_bins(catalog.compliance),
-      score_bins(catalog.score);
-  // A judged key's window may be longer than the family's: its bins reach
-  // further back.
-  const bool judged_keys = !catalog.judging.empty();
-  const int64_t rollout_grace_ns = absl::ToInt64Nanoseconds(catalog.thresholds.rollout_grace);
-  // A price observed at or after this was compared by the last
-  // recomputation (not stale then, nor at any earlier one).
-  const int64_t price_seen_since =
-      recomputed_at_ns_ == INT64_MIN
-          ? INT64_MAX
-          : absl::ToUnixNanos(absl::FromUnixNanos(recomputed_at_ns_) - catalog.price.ttl);
+  const ApplyContext ctx(*catalog_, loc, now, recomputed_at_ns_);
   uint32_t duplicates = 0, applied = 0;
   for (uint64_t i = 0; i < count; ++i) {
     const uint64_t seq = batch.first_sequence + i;
@@ -485,101 +503,7 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
       ++duplicates;
       continue;
     }
-    const ObservationView& obs = batch.observations[i];
-    // The series is looked up before validation, from views into the
-    // observation (no copies): a series created from validated
-    // observations vouches for its key and currency, so only the rest is
-    // checked again, and the first failing check (the rejection's reason)
-    // is the same as with every check.
-    const SeriesKeyView view = SeriesViewOf(obs);
-    auto found = series_index_.find(view);
-    const bool vouched = found != series_index_.end() && series_[found->second].validated;
-    absl::Status s = ValidateObservation(
-        obs, now, options_.limits,
-        vouched ? SeriesValidation::kAlreadyValid : SeriesValidation::kCheck);
-    if (s.ok()) s = RoomForCellLocked(found, loc, obs);
-    if (!s.ok()) {
-      v1::Rejection* r = ack.add_rejections();
-      r->set_sequence(seq);
-      r->set_reason(std::string(s.message()));
-      ++rejected_by_reason_[ReasonCode(s.message())];
-      ++rejected_;
-      continue;
-    }
-    if (found == series_index_.end()) {
-      Series series;
-      series.key = SeriesOf(obs);
-      uint32_t index;
-      if (!free_series_.empty()) {  // A slot retention freed.
-        index = free_series_.back();
-        free_series_.pop_back();
-        series_[index] = std::move(series);
-      } else {
-        index = static_cast<uint32_t>(series_.size());
-        series_.push_back(std::move(series));
-      }
-      found = series_index_.emplace(series_[index].key, index).first;
-    }
-    PreserveForCapturesLocked(found->second, obs.value, loc);
-    Series& series = series_[found->second];
-    series.validated = true;
-    const int64_t at = obs.has_observed_at
-                             ? obs.observed_seconds * 1'000'000'000 + obs.observed_nanos
-                             : now_ns;
-    bool created = false;
-    bool seen_again = false;
-    switch (obs.value) {
-      case v1::Observation::kPrice: {
-        auto [cell, fresh] = series.price.try_emplace(loc);
-        created = fresh;
-        const int64_t before = cell->second.observed_at_ns;
-        if (!cell->second.Apply(obs.minor_units, at)) {
-          seen_again = !fresh && before >= price_seen_since;
-        } else {
-          const PriceChange& change = *cell->second.changes->latest();
-          // A drop older than the rollout grace when it arrives is outside
-          // the window evaluations publish drops from: noted for the next.
-          if (change.to < change.from && change.at_ns < now_ns - rollout_grace_ns) {
-            late_drops_[found->second].push_back({loc, change});
-          }
-        }
-        break;
-      }
-      case v1::Observation::kWaitSeconds: {
-        auto [cell, fresh] = series.wait.try_emplace(loc);
-        created = fresh;
-        cell->second.Apply(obs.number, at, wait_bins, catalog.wait_sketch);
-        break;
-      }
-      case v1::Observation::kCheck: {
-        auto [cell, fresh] = series.compliance.try_emplace(loc);
-        created = fresh;
-        if (judged_keys && catalog.JudgingFor(obs.key) != nullptr) {
-          cell->second.Apply(obs.passed, obs.critical, at,
-                             BinSpan(catalog.CompliancePolicy(obs.key)));
-        } else {
-          cell->second.Apply(obs.passed, obs.critical, at, compliance_bins);
-        }
-        break;
-      }
-      case v1::Observation::kScore: {
-        auto [cell, fresh] = series.score.try_emplace(loc);
-        created = fresh;
-        cell->second.Apply(obs.number, at, score_bins);
-        break;
-      }
-      case v1::Observation::VALUE_NOT_SET:
-        break;
-    }
-    if (created) {
-      ++cells_;
-      ++locations_[loc].cells;
-    }
-    // A price seen again unchanged changes no statistic and no finding (a
-    // finding keeps the earliest evidence it was seen on: FindingTracker).
-    if (!seen_again) series.dirty |= Series::kChanged;
-    ++applied_;
-    ++applied;
+    if (ApplyObservationLocked(batch.observations[i], seq, ctx, &ack)) ++applied;
   }
   duplicates_ += duplicates;
   ++batches_;
@@ -593,6 +517,107 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   ack.set_duplicates(duplicates);
   ack.set_applied(applied);
   return ack;
+}
+
+inline bool Engine::ApplyObservationLocked(const ObservationView& obs, uint64_t seq,
+                                           const ApplyContext& ctx, v1::Ack* ack) {
+  // The series is looked up before validation, from views into the
+  // observation (no copies): a series created from validated observations
+  // vouches for its key and currency, so only the rest is checked again,
+  // and the first failing check (the rejection's reason) is the same as
+  // with every check.
+  const SeriesKeyView view = SeriesViewOf(obs);
+  auto found = series_index_.find(view);
+  const bool vouched = found != series_index_.end() && series_[found->second].validated;
+  absl::Status s =
+      ValidateObservation(obs, ctx.now, options_.limits,
+                          vouched ? SeriesValidation::kAlreadyValid : SeriesValidation::kCheck);
+  if (s.ok()) s = RoomForCellLocked(found, ctx.loc, obs);
+  if (!s.ok()) {
+    v1::Rejection* r = ack->add_rejections();
+    r->set_sequence(seq);
+    r->set_reason(std::string(s.message()));
+    ++rejected_by_reason_[ReasonCode(s.message())];
+    ++rejected_;
+    return false;
+  }
+  if (found == series_index_.end()) found = AddSeriesLocked(obs);
+  const uint32_t index = found->second;
+  PreserveForCapturesLocked(index, obs.value, ctx.loc);
+  Series& series = series_[index];
+  series.validated = true;
+  const int64_t at =
+      obs.has_observed_at ? obs.observed_seconds * 1'000'000'000 + obs.observed_nanos : ctx.now_ns;
+  bool seen_again = false;
+  if (ApplyToCellLocked(&series, index, obs, at, ctx, &seen_again)) {
+    ++cells_;
+    ++locations_[ctx.loc].cells;
+  }
+  // A price seen again unchanged changes no statistic and no finding (a
+  // finding keeps the earliest evidence it was seen on: FindingTracker).
+  if (!seen_again) series.dirty |= Series::kChanged;
+  ++applied_;
+  return true;
+}
+
+SeriesIndex::iterator Engine::AddSeriesLocked(const ObservationView& obs) {
+  Series series;
+  series.key = SeriesOf(obs);
+  uint32_t index;
+  if (!free_series_.empty()) {  // A slot retention freed.
+    index = free_series_.back();
+    free_series_.pop_back();
+    series_[index] = std::move(series);
+  } else {
+    index = static_cast<uint32_t>(series_.size());
+    series_.push_back(std::move(series));
+  }
+  return series_index_.emplace(series_[index].key, index).first;
+}
+
+inline bool Engine::ApplyToCellLocked(Series* series, uint32_t index, const ObservationView& obs,
+                                      int64_t at, const ApplyContext& ctx, bool* seen_again) {
+  const uint32_t loc = ctx.loc;
+  switch (obs.value) {
+    case v1::Observation::kPrice: {
+      auto [cell, fresh] = series->price.try_emplace(loc);
+      const int64_t before = cell->second.observed_at_ns;
+      if (!cell->second.Apply(obs.minor_units, at)) {
+        *seen_again = !fresh && before >= ctx.price_seen_since;
+      } else {
+        const PriceChange& change = *cell->second.changes->latest();
+        // A drop older than the rollout grace when it arrives is outside
+        // the window evaluations publish drops from: noted for the next.
+        if (change.to < change.from && change.at_ns < ctx.now_ns - ctx.rollout_grace_ns) {
+          late_drops_[index].push_back({loc, change});
+        }
+      }
+      return fresh;
+    }
+    case v1::Observation::kWaitSeconds: {
+      auto [cell, fresh] = series->wait.try_emplace(loc);
+      cell->second.Apply(obs.number, at, ctx.wait_bins, ctx.catalog.wait_sketch);
+      return fresh;
+    }
+    case v1::Observation::kCheck: {
+      auto [cell, fresh] = series->compliance.try_emplace(loc);
+      if (ctx.judged_keys && ctx.catalog.JudgingFor(obs.key) != nullptr) {
+        cell->second.Apply(obs.passed, obs.critical, at,
+                           BinSpan(ctx.catalog.CompliancePolicy(obs.key)));
+      } else {
+        cell->second.Apply(obs.passed, obs.critical, at, ctx.compliance_bins);
+      }
+      return fresh;
+    }
+    case v1::Observation::kScore: {
+      auto [cell, fresh] = series->score.try_emplace(loc);
+      cell->second.Apply(obs.number, at, ctx.score_bins);
+      return fresh;
+    }
+    case v1::Observation::VALUE_NOT_SET:
+      break;
+  }
+  return false;
 }
 
 namespace {

@@ -41,6 +41,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/attributes.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -592,6 +593,12 @@ class Engine {
   // adds its cells to `*cells`. InvalidArgument naming what is wrong.
   static absl::Status SeriesFromState(const state::v1::Series& in, uint32_t n_locations,
                                       Series* out, uint64_t* cells);
+  // LoadState's steps: a snapshot decoded and checked aside
+  // (engine_state.cc), then put in use, the ingest state and the
+  // evaluation state. Each moves what it installs out of `*restored`.
+  struct Restored;
+  void InstallIngestStateLocked(Restored* restored) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void InstallEvaluationStateLocked(Restored* restored) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
   // Publishes the tracked findings and the trust accounts of `names` (by
   // location index) as evaluated at `evaluated_at`, with each location's
   // promises kept and broken in that evaluation (none after a restore).
@@ -617,6 +624,31 @@ class Engine {
   // Whether `batch` may apply: its stream still owns the location (when
   // `owner` is not 0), the catalog allows it, --max_locations has room.
   absl::Status MayApplyLocked(const BatchView& batch, uint64_t owner) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ApplyBatch's steps. What every observation of one batch shares
+  // (engine.cc). The per-observation steps are always inlined (defined in
+  // engine.cc, ApplyBatch their only caller): the ingest path pays no call
+  // for them.
+  struct ApplyContext;
+  // Applies observation number `seq` of a batch to its cell (creating the
+  // series or the cell when new): true. Or counts its rejection and adds
+  // it to *ack: false.
+  inline ABSL_ATTRIBUTE_ALWAYS_INLINE bool ApplyObservationLocked(const ObservationView& obs,
+                                                                  uint64_t seq,
+                                                                  const ApplyContext& ctx,
+                                                                  v1::Ack* ack)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts the series of `obs`, in a slot retention freed if there is one.
+  SeriesIndex::iterator AddSeriesLocked(const ObservationView& obs)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Applies `obs`, observed at `at` (ns), to its location's cell in
+  // `series` (number `index`): true when the cell is new. A price drop
+  // already older than the rollout grace goes to late_drops_; a price
+  // compared before and seen again unchanged sets *seen_again.
+  inline ABSL_ATTRIBUTE_ALWAYS_INLINE bool ApplyToCellLocked(Series* series, uint32_t index,
+                                                             const ObservationView& obs, int64_t at,
+                                                             const ApplyContext& ctx,
+                                                             bool* seen_again)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether `location` may report: known already, or the catalog allows
   // it and --max_locations has room. Else the refusal (refusal.h reason).

@@ -585,16 +585,39 @@ absl::Status Engine::SeriesFromState(const state::v1::Series& in, uint32_t n_loc
   return absl::OkStatus();
 }
 
-absl::Status Engine::LoadState(const std::string& bytes) {
-  pb::EngineState state;
-  if (!state.ParseFromString(bytes)) return Bad("not a constance.state.v1.EngineState");
-  if (absl::Status s = Migrate(&state); !s.ok()) return s;
-  const uint32_t n_locations = static_cast<uint32_t>(state.locations_size());
-  auto location_ok = [&](uint32_t loc) { return loc < n_locations; };
+// A snapshot decoded and checked, not yet in use. Each step decodes its
+// part of `state` (Locations first: the others refer to locations by
+// index); InvalidArgument naming what is wrong.
+struct Engine::Restored {
+  explicit Restored(const pb::EngineState& s)
+      : state(s), n_locations(static_cast<uint32_t>(s.locations_size())) {}
+  bool LocationOk(uint32_t loc) const { return loc < n_locations; }
 
-  // Everything is built aside first, so a bad snapshot changes nothing.
+  absl::Status Locations();
+  absl::Status Streams();
+  absl::Status AllSeries();
+  void Findings();
+  absl::Status Trust();
+  absl::Status Drift();
+
+  const pb::EngineState& state;
+  const uint32_t n_locations;
   std::vector<Location> locations;
   absl::flat_hash_map<std::string, uint32_t> location_index;
+  absl::flat_hash_map<std::pair<uint32_t, uint64_t>, Stream> streams;
+  absl::flat_hash_map<std::string, RetiredStream> retired;
+  std::vector<Series> series;
+  SeriesIndex series_index;
+  uint64_t cells = 0;
+  std::vector<FindingTracker::Saved> tracked;
+  std::deque<v1::Finding> closed;
+  absl::flat_hash_map<uint32_t, TrustAccount> trust;
+  absl::flat_hash_map<uint32_t, TrustTrend> trends;
+  absl::flat_hash_map<std::string, GroupDrift> group_drift;
+  absl::flat_hash_map<std::pair<std::string, uint32_t>, CellDrift> cell_drift;
+};
+
+absl::Status Engine::Restored::Locations() {
   for (const pb::Location& in : state.locations()) {
     if (!location_index.try_emplace(in.name(), locations.size()).second) {
       return Bad(absl::StrCat("location '", in.name(), "' appears twice"));
@@ -612,27 +635,30 @@ absl::Status Engine::LoadState(const std::string& bytes) {
     l.state.health.heartbeat_at = FromNs(in.heartbeat_at_ns());
     locations.push_back(std::move(l));
   }
-  absl::flat_hash_map<std::pair<uint32_t, uint64_t>, Stream> streams;
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Restored::Streams() {
   // A snapshot from before retention has no receive times: its marks count
   // as used when it was saved, so none is pruned sooner than it could be.
   const absl::Time saved_at = FromNs(state.saved_at_ns());
   auto applied_at = [&](int64_t ns) { return ns == 0 ? saved_at : FromNs(ns); };
   for (const pb::Stream& in : state.streams()) {
-    if (!location_ok(in.location())) return Bad("a stream names an unknown location");
+    if (!LocationOk(in.location())) return Bad("a stream names an unknown location");
     Stream& stream = streams[{in.location(), in.incarnation()}];
     stream.watermark = in.watermark();
     stream.last_applied = applied_at(in.last_applied_ns());
   }
-  absl::flat_hash_map<std::string, RetiredStream> retired;
   for (const pb::RetiredStream& in : state.retired_streams()) {
     if (location_index.contains(in.location())) {
       return Bad(absl::StrCat("location '", in.location(), "' is both held and retired"));
     }
     retired[in.location()] = {in.incarnation(), {in.watermark(), applied_at(in.last_applied_ns())}};
   }
-  std::vector<Series> series;
-  SeriesIndex series_index;
-  uint64_t cells = 0;
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Restored::AllSeries() {
   for (const pb::Series& in : state.series()) {
     Series s;
     if (absl::Status st = SeriesFromState(in, n_locations, &s, &cells); !st.ok()) return st;
@@ -641,16 +667,20 @@ absl::Status Engine::LoadState(const std::string& bytes) {
     }
     series.push_back(std::move(s));
   }
-  std::vector<FindingTracker::Saved> tracked;
+  return absl::OkStatus();
+}
+
+void Engine::Restored::Findings() {
   for (const pb::TrackedFinding& t : state.tracked()) {
     tracked.push_back(
         {t.id(), t.finding(), t.met(), t.cleared(), t.open(), FromNs(t.first_met_ns())});
   }
-  std::deque<v1::Finding> closed(state.closed().begin(), state.closed().end());
-  absl::flat_hash_map<uint32_t, TrustAccount> trust;
-  absl::flat_hash_map<uint32_t, TrustTrend> trends;
+  closed.assign(state.closed().begin(), state.closed().end());
+}
+
+absl::Status Engine::Restored::Trust() {
   for (const pb::Trust& t : state.trust()) {
-    if (!location_ok(t.location())) return Bad("a trust account names an unknown location");
+    if (!LocationOk(t.location())) return Bad("a trust account names an unknown location");
     trust[t.location()].Restore(t.deposits(), t.withdrawals(), FromNs(t.updated_ns()));
     std::deque<TrustTrend::Day> days;
     for (const pb::TrustDay& d : t.days()) {
@@ -660,7 +690,10 @@ absl::Status Engine::LoadState(const std::string& bytes) {
     if (days.size() > static_cast<size_t>(TrustTrend::kDays)) return Bad("a trust trend has too many days");
     trends[t.location()].Restore(std::move(days));
   }
-  absl::flat_hash_map<std::string, GroupDrift> group_drift;
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Restored::Drift() {
   for (const pb::GroupDrift& g : state.group_drift()) {
     GroupDrift& d = group_drift[g.id()];
     d.baseline = LoadBaseline(g.baseline());
@@ -671,15 +704,29 @@ absl::Status Engine::LoadState(const std::string& bytes) {
     d.alarm = g.alarm();
     d.level = g.level();
   }
-  absl::flat_hash_map<std::pair<std::string, uint32_t>, CellDrift> cell_drift;
   for (const pb::CellDrift& c : state.cell_drift()) {
-    if (!location_ok(c.location())) return Bad("a cell's drift names an unknown location");
+    if (!LocationOk(c.location())) return Bad("a cell's drift names an unknown location");
     CellDrift& d = cell_drift[{c.group(), c.location()}];
     d.baseline = LoadBaseline(c.baseline());
     d.up.s = c.cusum_up();
     d.down.s = c.cusum_down();
     d.last_bin = c.last_bin();
   }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::LoadState(const std::string& bytes) {
+  pb::EngineState state;
+  if (!state.ParseFromString(bytes)) return Bad("not a constance.state.v1.EngineState");
+  if (absl::Status s = Migrate(&state); !s.ok()) return s;
+  // Everything is built aside first, so a bad snapshot changes nothing.
+  Restored restored(state);
+  if (absl::Status s = restored.Locations(); !s.ok()) return s;
+  if (absl::Status s = restored.Streams(); !s.ok()) return s;
+  if (absl::Status s = restored.AllSeries(); !s.ok()) return s;
+  restored.Findings();
+  if (absl::Status s = restored.Trust(); !s.ok()) return s;
+  if (absl::Status s = restored.Drift(); !s.ok()) return s;
 
   absl::MutexLock eval(&eval_mu_);
   outcomes_.clear();  // Of the state replaced.
@@ -687,40 +734,52 @@ absl::Status Engine::LoadState(const std::string& bytes) {
   int persistence = 1;
   {
     absl::MutexLock lock(&mu_);
-    for (Location& l : locations) l.entry = catalog_->FindLocation(l.state.location);
-    locations_ = std::move(locations);
-    location_index_ = std::move(location_index);
-    streams_ = std::move(streams);
-    retired_ = std::move(retired);
-    series_ = std::move(series);
-    free_locations_.clear();
-    free_series_.clear();
-    series_index_ = std::move(series_index);
-    cells_ = cells;
-    // Each location's cells, for --max_cells_per_location.
-    for (const Series& s : series_) {
-      for (const auto& [loc, cell] : s.price) ++locations_[loc].cells;
-      for (const auto& [loc, cell] : s.wait) ++locations_[loc].cells;
-      for (const auto& [loc, cell] : s.compliance) ++locations_[loc].cells;
-      for (const auto& [loc, cell] : s.score) ++locations_[loc].cells;
-    }
-    applied_ = state.counters().applied();
-    rejected_ = state.counters().rejected();
-    duplicates_ = state.counters().duplicates();
-    batches_ = state.counters().batches();
-    dropped_ = state.counters().dropped();
-    out_of_order_ = state.counters().batches_out_of_order();
-    for (const auto& [reason, n] : state.counters().rejected_by_reason()) {
-      rejected_by_reason_[reason] = n;
-    }
+    InstallIngestStateLocked(&restored);
     for (const Location& l : locations_) names.push_back(l.state.location);
     persistence = catalog_->thresholds.persistence;
   }
-  tracker_.Load(std::move(tracked), std::move(closed));
-  trust_ = std::move(trust);
+  InstallEvaluationStateLocked(&restored);
+  // As of the snapshot: served from the first scrape, not the first tick.
+  PublishFindings(FromNs(state.saved_at_ns()), persistence, names, {});
+  return absl::OkStatus();
+}
+
+void Engine::InstallIngestStateLocked(Restored* restored) {
+  const pb::EngineState& state = restored->state;
+  for (Location& l : restored->locations) l.entry = catalog_->FindLocation(l.state.location);
+  locations_ = std::move(restored->locations);
+  location_index_ = std::move(restored->location_index);
+  streams_ = std::move(restored->streams);
+  retired_ = std::move(restored->retired);
+  series_ = std::move(restored->series);
+  free_locations_.clear();
+  free_series_.clear();
+  series_index_ = std::move(restored->series_index);
+  cells_ = restored->cells;
+  // Each location's cells, for --max_cells_per_location.
+  for (const Series& s : series_) {
+    for (const auto& [loc, cell] : s.price) ++locations_[loc].cells;
+    for (const auto& [loc, cell] : s.wait) ++locations_[loc].cells;
+    for (const auto& [loc, cell] : s.compliance) ++locations_[loc].cells;
+    for (const auto& [loc, cell] : s.score) ++locations_[loc].cells;
+  }
+  applied_ = state.counters().applied();
+  rejected_ = state.counters().rejected();
+  duplicates_ = state.counters().duplicates();
+  batches_ = state.counters().batches();
+  dropped_ = state.counters().dropped();
+  out_of_order_ = state.counters().batches_out_of_order();
+  for (const auto& [reason, n] : state.counters().rejected_by_reason()) {
+    rejected_by_reason_[reason] = n;
+  }
+}
+
+void Engine::InstallEvaluationStateLocked(Restored* restored) {
+  tracker_.Load(std::move(restored->tracked), std::move(restored->closed));
+  trust_ = std::move(restored->trust);
   {
     absl::MutexLock trend(&trend_mu_);
-    trust_trend_ = std::move(trends);
+    trust_trend_ = std::move(restored->trends);
   }
   // Trust accrued up to the last evaluation the accounts saw (each
   // evaluation decays every account to its time): the format needs no
@@ -729,12 +788,10 @@ absl::Status Engine::LoadState(const std::string& bytes) {
   for (const auto& [loc, account] : trust_) {
     trust_accrued_at_ = std::max(trust_accrued_at_, account.updated());
   }
+  const pb::EngineState& state = restored->state;
   evaluated_counts_.assign(state.evaluated_counts().begin(), state.evaluated_counts().end());
-  group_drift_ = std::move(group_drift);
-  cell_drift_ = std::move(cell_drift);
-  // As of the snapshot: served from the first scrape, not the first tick.
-  PublishFindings(FromNs(state.saved_at_ns()), persistence, names, {});
-  return absl::OkStatus();
+  group_drift_ = std::move(restored->group_drift);
+  cell_drift_ = std::move(restored->cell_drift);
 }
 
 }  // namespace constance::collector

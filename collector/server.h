@@ -104,6 +104,17 @@ class CollectorServer {
   // The price-drop feed and the promise record: durable in
   // state_dir/price_drops.db and promise_record.db, else in memory.
   absl::Status OpenBoard();
+  // The durable batch log, state_dir/batches.db: its snapshot loaded into
+  // the engine, the batches after it replayed, a snapshot scheduled every
+  // snapshot_interval; the log started.
+  absl::Status OpenLog();
+  // Loads the log's snapshot, if it has one, into the engine: the log
+  // position it covers (0 without one). Errors name the log's `path`.
+  absl::StatusOr<int64_t> RestoreSnapshot(const std::string& path);
+  // The ingest, query and silence services and the metrics over them.
+  void CreateServices();
+  // Builds and starts the gRPC server with every service.
+  absl::Status ServeGrpc(std::shared_ptr<grpc::ServerCredentials> credentials);
   const ServerOptions options_;
   Engine engine_;
   std::unique_ptr<BatchLog> log_;
