@@ -121,6 +121,20 @@ void FillOutlier(const SeriesKey& key, absl::string_view group, const GroupSumma
   out->set_group_size(s.n);
 }
 
+// Puts `value` in a slot retention freed, if there is one, else at the
+// end; returns its index.
+template <typename T>
+uint32_t PlaceInSlot(std::vector<T>* slots, std::vector<uint32_t>* free, T value) {
+  if (free->empty()) {
+    slots->push_back(std::move(value));
+    return static_cast<uint32_t>(slots->size() - 1);
+  }
+  const uint32_t index = free->back();
+  free->pop_back();
+  (*slots)[index] = std::move(value);
+  return index;
+}
+
 }  // namespace
 
 SeriesKey SeriesOf(const v1::Observation& obs) { return SeriesOf(ViewOf(obs)); }
@@ -280,15 +294,7 @@ uint32_t Engine::LocationIndex(absl::string_view location) {
   Location l;
   l.state.location = std::string(location);
   l.entry = catalog_->FindLocation(location);
-  uint32_t index;
-  if (!free_locations_.empty()) {
-    index = free_locations_.back();
-    free_locations_.pop_back();
-    locations_[index] = std::move(l);
-  } else {
-    index = static_cast<uint32_t>(locations_.size());
-    locations_.push_back(std::move(l));
-  }
+  const uint32_t index = PlaceInSlot(&locations_, &free_locations_, std::move(l));
   location_index_.emplace(std::string(location), index);
   // Back after being dropped for silence: its agent carries on from the
   // mark it was acknowledged.
@@ -563,15 +569,7 @@ inline bool Engine::ApplyObservationLocked(const ObservationView& obs, uint64_t 
 SeriesIndex::iterator Engine::AddSeriesLocked(const ObservationView& obs) {
   Series series;
   series.key = SeriesOf(obs);
-  uint32_t index;
-  if (!free_series_.empty()) {  // A slot retention freed.
-    index = free_series_.back();
-    free_series_.pop_back();
-    series_[index] = std::move(series);
-  } else {
-    index = static_cast<uint32_t>(series_.size());
-    series_.push_back(std::move(series));
-  }
+  const uint32_t index = PlaceInSlot(&series_, &free_series_, std::move(series));
   return series_index_.emplace(series_[index].key, index).first;
 }
 
