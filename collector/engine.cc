@@ -420,6 +420,21 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   return ApplyBatch(batch, now, /*owner=*/0);
 }
 
+absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now,
+                                           uint64_t owner) {
+  if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
+  return ApplyBatch(batch, now, owner, CheckBatch(batch, now));
+}
+
+Engine::BatchChecks Engine::CheckBatch(const BatchView& batch, absl::Time received) const {
+  BatchChecks checks;
+  for (size_t i = 0; i < batch.observations.size(); ++i) {
+    absl::Status s = ValidateObservation(batch.observations[i], received, options_.limits);
+    if (!s.ok()) checks.failed.emplace_back(static_cast<uint32_t>(i), std::move(s));
+  }
+  return checks;
+}
+
 absl::Status Engine::MayApplyLocked(const BatchView& batch, uint64_t owner) const {
   if (owner != 0) {
     if (auto it = owners_.find(batch.location); it == owners_.end() || it->second != owner) {
@@ -485,7 +500,7 @@ struct Engine::ApplyContext {
 };
 
 absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now,
-                                           uint64_t owner) {
+                                           uint64_t owner, const BatchChecks& checks) {
   if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
   const uint64_t count = batch.observations.size();
   v1::Ack ack = AckOf(batch, v1::Ack::APPLIED);
@@ -503,13 +518,16 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   }
   const ApplyContext ctx(*catalog_, loc, now, recomputed_at_ns_);
   uint32_t duplicates = 0, applied = 0;
+  auto failed = checks.failed.begin();
   for (uint64_t i = 0; i < count; ++i) {
     const uint64_t seq = batch.first_sequence + i;
+    const absl::Status* invalid = nullptr;
+    if (failed != checks.failed.end() && failed->first == i) invalid = &(failed++)->second;
     if (seq <= stream.watermark) {
       ++duplicates;
       continue;
     }
-    if (ApplyObservationLocked(batch.observations[i], seq, ctx, &ack)) ++applied;
+    if (ApplyObservationLocked(batch.observations[i], seq, invalid, ctx, &ack)) ++applied;
   }
   duplicates_ += duplicates;
   ++batches_;
@@ -525,33 +543,32 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   return ack;
 }
 
+void Engine::RejectLocked(uint64_t seq, const absl::Status& why, v1::Ack* ack) {
+  v1::Rejection* r = ack->add_rejections();
+  r->set_sequence(seq);
+  r->set_reason(std::string(why.message()));
+  ++rejected_by_reason_[ReasonCode(why.message())];
+  ++rejected_;
+}
+
 inline bool Engine::ApplyObservationLocked(const ObservationView& obs, uint64_t seq,
-                                           const ApplyContext& ctx, v1::Ack* ack) {
-  // The series is looked up before validation, from views into the
-  // observation (no copies): a series created from validated observations
-  // vouches for its key and currency, so only the rest is checked again,
-  // and the first failing check (the rejection's reason) is the same as
-  // with every check.
-  const SeriesKeyView view = SeriesViewOf(obs);
-  auto found = series_index_.find(view);
-  const bool vouched = found != series_index_.end() && series_[found->second].validated;
-  absl::Status s =
-      ValidateObservation(obs, ctx.now, options_.limits,
-                          vouched ? SeriesValidation::kAlreadyValid : SeriesValidation::kCheck);
-  if (s.ok()) s = RoomForCellLocked(found, ctx.loc, obs);
-  if (!s.ok()) {
-    v1::Rejection* r = ack->add_rejections();
-    r->set_sequence(seq);
-    r->set_reason(std::string(s.message()));
-    ++rejected_by_reason_[ReasonCode(s.message())];
-    ++rejected_;
+                                           const absl::Status* invalid, const ApplyContext& ctx,
+                                           v1::Ack* ack) {
+  // Validation came first (CheckBatch): its failure is the reason.
+  if (invalid != nullptr) {
+    RejectLocked(seq, *invalid, ack);
+    return false;
+  }
+  // Looked up from views into the observation (no copies).
+  auto found = series_index_.find(SeriesViewOf(obs));
+  if (absl::Status s = RoomForCellLocked(found, ctx.loc, obs); !s.ok()) {
+    RejectLocked(seq, s, ack);
     return false;
   }
   if (found == series_index_.end()) found = AddSeriesLocked(obs);
   const uint32_t index = found->second;
   PreserveForCapturesLocked(index, obs.value, ctx.loc);
   Series& series = series_[index];
-  series.validated = true;
   const int64_t at =
       obs.has_observed_at ? obs.observed_seconds * 1'000'000'000 + obs.observed_nanos : ctx.now_ns;
   bool seen_again = false;

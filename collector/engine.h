@@ -327,6 +327,19 @@ class Engine {
   // applied, once a newer stream claimed the batch's location.
   absl::StatusOr<v1::Ack> ApplyBatch(const BatchView& batch, absl::Time received, uint64_t owner);
 
+  // Which observations of a batch fail ValidateObservation, and why, in
+  // observation order. A function of the batch, its receive time and the
+  // limits alone, so ingest computes it on its own thread before the
+  // batch is logged, outside every engine lock; ApplyBatch without one
+  // (replay, tests) computes it the same way, before it takes its lock.
+  struct BatchChecks {
+    std::vector<std::pair<uint32_t, absl::Status>> failed;  // (observation index, why)
+  };
+  BatchChecks CheckBatch(const BatchView& batch, absl::Time received) const;
+  // ApplyBatch with the checks of `batch` at `received` (CheckBatch).
+  absl::StatusOr<v1::Ack> ApplyBatch(const BatchView& batch, absl::Time received, uint64_t owner,
+                                     const BatchChecks& checks);
+
   // One live stream per location: makes the caller the location's owner
   // and returns its token (never 0). From then on batches applied with an
   // older owner's token are refused, so nothing of a superseded stream
@@ -429,10 +442,6 @@ class Engine {
  private:
   struct Series {
     SeriesKey key;
-    // The key (and a price's currency) passed ValidateObservation: every
-    // series ApplyBatch creates; one restored by LoadState once checked.
-    // Observations of such a series skip those checks.
-    bool validated = false;
     absl::flat_hash_map<uint32_t, PriceCell> price;  // By location index.
     absl::flat_hash_map<uint32_t, WaitCell> wait;
     absl::flat_hash_map<uint32_t, ComplianceCell> compliance;
@@ -631,12 +640,17 @@ class Engine {
   // for them.
   struct ApplyContext;
   // Applies observation number `seq` of a batch to its cell (creating the
-  // series or the cell when new): true. Or counts its rejection and adds
-  // it to *ack: false.
+  // series or the cell when new): true. Or counts its rejection (`invalid`,
+  // its validation's failure, else no room for a new cell) and adds it to
+  // *ack: false.
   inline ABSL_ATTRIBUTE_ALWAYS_INLINE bool ApplyObservationLocked(const ObservationView& obs,
                                                                   uint64_t seq,
+                                                                  const absl::Status* invalid,
                                                                   const ApplyContext& ctx,
                                                                   v1::Ack* ack)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts the rejection of observation `seq` and adds it to *ack.
+  void RejectLocked(uint64_t seq, const absl::Status& why, v1::Ack* ack)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Starts the series of `obs`, in a slot retention freed if there is one.
   SeriesIndex::iterator AddSeriesLocked(const ObservationView& obs)

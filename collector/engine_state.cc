@@ -535,10 +535,6 @@ absl::Status Engine::SeriesFromState(const state::v1::Series& in, uint32_t n_loc
   Series& s = *out;
   s.key = SeriesFromProto(in.id());
   s.dirty = Series::kChanged;
-  // A snapshot's keys are not taken on trust (e.g. one from a version
-  // with other rules): the series vouches for them only if they pass.
-  s.validated = s.key.family != v1::FAMILY_UNSPECIFIED && ValidateKey(s.key.key).ok() &&
-                (s.key.family != v1::FAMILY_PRICE || ValidateCurrency(s.key.currency).ok());
   for (const pb::PriceCell& c : in.price()) {
     if (!location_ok(c.location())) return Bad("a price cell names an unknown location");
     PriceCell& cell = s.price[c.location()];

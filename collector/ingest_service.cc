@@ -81,6 +81,10 @@ struct IncomingMessage {
   std::string reserialized;
   std::optional<google::protobuf::Arena> arena;  // Only for protobuf's parse.
   v1::AgentMessage* message = nullptr;           // Owned by `arena`.
+  // The batch's validation (Engine::CheckBatch), made on the stream's
+  // thread before the batch is logged, so the apply, one batch at a
+  // time, does not.
+  Engine::BatchChecks checks;
 };
 
 // A reply, serialized for a raw write.
@@ -183,7 +187,10 @@ class IngestStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
         return s;
       }
       if (Throttle(batch)) return absl::OkStatus();
-      if (service_->options_.log == nullptr) return ApplyAndAck(batch, service_->engine_->now());
+      if (service_->options_.log == nullptr) {
+        const absl::Time received = service_->engine_->now();
+        return ApplyAndAck(batch, received, service_->engine_->CheckBatch(batch, received));
+      }
       // A batch that leaves a gap is answered before the log sees it.
       if (std::optional<v1::Ack> gap = service_->engine_->Admit(batch)) return AnswerGap(*gap);
       // Durable first: the batch is applied, in log order, and
@@ -195,10 +202,11 @@ class IngestStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
         ++committing_;
       }
       const absl::Time received = service_->engine_->now();
+      incoming->checks = service_->engine_->CheckBatch(batch, received);
       // The bytes stay valid until the callback has run: it holds them.
       service_->options_.log->Append(
           incoming->batch_bytes, received, [this, incoming, received](absl::Status committed) {
-            absl::Status s = committed.ok() ? ApplyAndAck(incoming->batch, received) : committed;
+            absl::Status s = committed.ok() ? ApplyAndAck(incoming->batch, received, incoming->checks) : committed;
             if (!s.ok()) {
               spdlog::warn("ingest stream from {} ({}) ended: {}", peer_, location_,
                            std::string(s.message()));
@@ -273,8 +281,9 @@ class IngestStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
     return absl::OkStatus();
   }
 
-  absl::Status ApplyAndAck(const BatchView& batch, absl::Time received) {
-    absl::StatusOr<v1::Ack> ack = service_->engine_->ApplyBatch(batch, received, owner_);
+  absl::Status ApplyAndAck(const BatchView& batch, absl::Time received,
+                           const Engine::BatchChecks& checks) {
+    absl::StatusOr<v1::Ack> ack = service_->engine_->ApplyBatch(batch, received, owner_, checks);
     if (!ack.ok()) return ack.status();
     if (ack->outcome() == v1::Ack::OUT_OF_ORDER) return AnswerGap(*ack);
     v1::CollectorMessage reply;

@@ -138,17 +138,13 @@ absl::Status ValidateBatchShape(absl::string_view location, uint64_t first_seque
   return absl::OkStatus();
 }
 
-absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, const Limits& limits,
-                                 SeriesValidation series) {
-  return ValidateObservation(ViewOf(obs), now, limits, series);
+absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, const Limits& limits) {
+  return ValidateObservation(ViewOf(obs), now, limits);
 }
 
 absl::Status ValidateObservation(const ObservationView& obs, absl::Time now,
-                                 const Limits& limits, SeriesValidation series) {
-  const bool check_series = series == SeriesValidation::kCheck;
-  if (check_series) {
-    if (absl::Status s = ValidateKey(obs.key); !s.ok()) return s;
-  }
+                                 const Limits& limits) {
+  if (absl::Status s = ValidateKey(obs.key); !s.ok()) return s;
   if (absl::Status s = ValidateObservationId(obs.id); !s.ok()) return s;
   switch (obs.value) {
     case v1::Observation::kPrice: {
@@ -157,9 +153,7 @@ absl::Status ValidateObservation(const ObservationView& obs, absl::Time now,
         return Invalid("price.minor_units",
                        absl::StrCat("must be below ", limits.max_price_minor_units));
       }
-      if (check_series) {
-        if (absl::Status s = ValidateCurrency(obs.currency); !s.ok()) return s;
-      }
+      if (absl::Status s = ValidateCurrency(obs.currency); !s.ok()) return s;
       if (!v1::PriceKind_IsValid(obs.kind)) return Invalid("price.kind", "unknown kind");
       break;
     }

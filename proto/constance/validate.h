@@ -93,25 +93,15 @@ absl::Status ValidateBatchShape(const BatchView& batch, const Limits& limits);
 absl::Status ValidateBatchShape(absl::string_view location, uint64_t first_sequence,
                                 uint64_t count, const Limits& limits);
 
-// Whether ValidateObservation checks the fields that name the series (the
-// key and a price's currency). kAlreadyValid is for a caller that found
-// the observation's series among those it created from observations that
-// passed: those fields are then known valid (their rules depend on nothing
-// else) and the remaining checks run in the same order, so the result is
-// the same as kCheck's.
-enum class SeriesValidation { kCheck, kAlreadyValid };
-
 // Checks every field of `obs` against `limits`, with `now` as the
 // receiver's clock. Returns InvalidArgument naming the field and the rule
 // on failure (the first rule broken, in a fixed order: key, id, value,
 // observed_at). An unset observed_at is accepted (the agent stamps it).
-absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, const Limits& limits,
-                                 SeriesValidation series = SeriesValidation::kCheck);
+absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, const Limits& limits);
 // The same checks on a view (see batch_view.h), as the collector reads a
 // batch.
 absl::Status ValidateObservation(const ObservationView& obs, absl::Time now,
-                                 const Limits& limits,
-                                 SeriesValidation series = SeriesValidation::kCheck);
+                                 const Limits& limits);
 
 // The family implied by which value is set (FAMILY_UNSPECIFIED if none).
 v1::Family FamilyOf(const v1::Observation& obs);

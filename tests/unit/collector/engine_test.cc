@@ -368,10 +368,8 @@ TEST(EngineTest, BadObservationsAreRejectedWithReasonsAndTheRestApplied) {
   EXPECT_EQ(snap->rejected_by_reason.at("price.kind"), 0u);
 }
 
-// Observations of a series the engine already holds skip the checks of the
-// fields that name it (key, currency), which that series vouches for: the
-// rest is still checked, and every rejection carries the reason it would
-// carry for a new series.
+// Observations of a series the engine already holds are rejected for the
+// reasons they would be for a new series.
 TEST(EngineTest, ObservationsOfAKnownSeriesAreRejectedForTheSameReasons) {
   auto with_id = [](v1::Observation o, const std::string& id) {
     o.set_id(id);
@@ -415,8 +413,9 @@ TEST(EngineTest, ObservationsOfAKnownSeriesAreRejectedForTheSameReasons) {
   }
 }
 
-// A series restored from a snapshot vouches for its key only if the key
-// passes the rules: a snapshot is not trusted to have checked them.
+// A series restored from a snapshot does not vouch for its key: an
+// observation naming an invalid key is refused even when a snapshot holds
+// a series of that key.
 TEST(EngineTest, ASnapshotsSeriesDoesNotVouchForAnInvalidKey) {
   Engine before(FixedClock());
   ASSERT_TRUE(before.ApplyBatch(MakeBatch("store-a", 1, 1, {Wait("checkout", 10)})).ok());
@@ -432,6 +431,42 @@ TEST(EngineTest, ASnapshotsSeriesDoesNotVouchForAnInvalidKey) {
   ASSERT_EQ(ack->rejections_size(), 1);
   EXPECT_EQ(ack->rejections(0).sequence(), 2u);
   EXPECT_THAT(ack->rejections(0).reason(), HasSubstr("key:"));
+}
+
+// Ingest validates a batch on its own thread (CheckBatch), before the
+// batch is logged and outside the engine's lock; the apply then rejects
+// exactly what those checks found, for their reasons, as the apply that
+// validates for itself (replay) does.
+TEST(EngineTest, ChecksMadeBeforeTheApplyRejectWhatTheApplyWould) {
+  const v1::Batch batch = MakeBatch(
+      "store-a", 1, 1,
+      {Price("sku-1", 139), Wait("check out", 10), Price("sku-2", -1), Wait("checkout", 10),
+       Wait("checkout", std::nan(""))});
+  Engine validating(FixedClock());
+  absl::StatusOr<v1::Ack> own = validating.ApplyBatch(batch, kNow);
+  ASSERT_TRUE(own.ok());
+
+  Engine checked(FixedClock());
+  const Engine::BatchChecks checks = checked.CheckBatch(ViewOf(batch), kNow);
+  ASSERT_EQ(checks.failed.size(), 3u);
+  EXPECT_EQ(checks.failed[0].first, 1u);
+  EXPECT_THAT(checks.failed[0].second.message(), HasSubstr("key:"));
+  EXPECT_EQ(checks.failed[1].first, 2u);
+  EXPECT_THAT(checks.failed[1].second.message(), HasSubstr("price.minor_units"));
+  EXPECT_EQ(checks.failed[2].first, 4u);
+  EXPECT_THAT(checks.failed[2].second.message(), HasSubstr("wait_seconds"));
+  absl::StatusOr<v1::Ack> ack = checked.ApplyBatch(ViewOf(batch), kNow, /*owner=*/0, checks);
+  ASSERT_TRUE(ack.ok());
+  EXPECT_EQ(ack->DebugString(), own->DebugString());
+  EXPECT_EQ(ack->applied(), 2u);
+  ASSERT_EQ(ack->rejections_size(), 3);
+  EXPECT_EQ(ack->rejections(0).sequence(), 2u);
+  EXPECT_EQ(ack->rejections(1).sequence(), 3u);
+  EXPECT_EQ(ack->rejections(2).sequence(), 5u);
+  checked.Recompute();
+  validating.Recompute();
+  EXPECT_EQ(checked.snapshot()->rejected_by_reason, validating.snapshot()->rejected_by_reason);
+  EXPECT_EQ(checked.snapshot()->cells, 2u);
 }
 
 TEST(EngineTest, BatchLevelErrorsLeaveNoTrace) {
