@@ -517,6 +517,12 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
     dropped_ += batch.first_sequence - 1 - stream.watermark;
   }
   const ApplyContext ctx(*catalog_, loc, now, recomputed_at_ns_);
+  // Every observation's series and cell are looked up before the first is
+  // applied. The lookups do not depend on one another, so their cache
+  // misses (index entry, series, cell table: at a million series each is
+  // one) overlap instead of each waiting for the one before.
+  looked_up_.resize(count);
+  for (uint64_t i = 0; i < count; ++i) looked_up_[i] = LookUpLocked(batch.observations[i], loc);
   uint32_t duplicates = 0, applied = 0;
   auto failed = checks.failed.begin();
   for (uint64_t i = 0; i < count; ++i) {
@@ -527,7 +533,9 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
       ++duplicates;
       continue;
     }
-    if (ApplyObservationLocked(batch.observations[i], seq, invalid, ctx, &ack)) ++applied;
+    if (ApplyObservationLocked(batch.observations[i], seq, invalid, looked_up_[i], ctx, &ack)) {
+      ++applied;
+    }
   }
   duplicates_ += duplicates;
   ++batches_;
@@ -543,6 +551,27 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   return ack;
 }
 
+namespace {
+
+template <typename S>
+bool HasCell(const S& series, uint32_t loc, v1::Observation::ValueCase value) {
+  switch (value) {
+    case v1::Observation::kPrice:
+      return series.price.contains(loc);
+    case v1::Observation::kWaitSeconds:
+      return series.wait.contains(loc);
+    case v1::Observation::kCheck:
+      return series.compliance.contains(loc);
+    case v1::Observation::kScore:
+      return series.score.contains(loc);
+    case v1::Observation::VALUE_NOT_SET:
+      break;
+  }
+  return true;  // Nothing is created.
+}
+
+}  // namespace
+
 void Engine::RejectLocked(uint64_t seq, const absl::Status& why, v1::Ack* ack) {
   v1::Rejection* r = ack->add_rejections();
   r->set_sequence(seq);
@@ -551,22 +580,38 @@ void Engine::RejectLocked(uint64_t seq, const absl::Status& why, v1::Ack* ack) {
   ++rejected_;
 }
 
+Engine::LookedUp Engine::LookUpLocked(const ObservationView& obs, uint32_t loc) const {
+  LookedUp out;
+  // From views into the observation (no copies).
+  if (auto found = series_index_.find(SeriesViewOf(obs)); found != series_index_.end()) {
+    out.series = found->second;
+    out.has_cell = HasCell(series_[out.series], loc, obs.value);
+  }
+  return out;
+}
+
 inline bool Engine::ApplyObservationLocked(const ObservationView& obs, uint64_t seq,
-                                           const absl::Status* invalid, const ApplyContext& ctx,
-                                           v1::Ack* ack) {
+                                           const absl::Status* invalid, LookedUp looked_up,
+                                           const ApplyContext& ctx, v1::Ack* ack) {
   // Validation came first (CheckBatch): its failure is the reason.
   if (invalid != nullptr) {
     RejectLocked(seq, *invalid, ack);
     return false;
   }
-  // Looked up from views into the observation (no copies).
-  auto found = series_index_.find(SeriesViewOf(obs));
-  if (absl::Status s = RoomForCellLocked(found, ctx.loc, obs); !s.ok()) {
-    RejectLocked(seq, s, ack);
-    return false;
+  // What the lookup found stays true while the batch applies (nothing is
+  // removed meanwhile); what it did not find an earlier observation of
+  // the batch may have created since.
+  if (looked_up.series == LookedUp::kNoSeries || !looked_up.has_cell) {
+    if (looked_up.series == LookedUp::kNoSeries) looked_up = LookUpLocked(obs, ctx.loc);
+    const Series* series =
+        looked_up.series == LookedUp::kNoSeries ? nullptr : &series_[looked_up.series];
+    if (absl::Status s = RoomForCellLocked(series, ctx.loc, obs); !s.ok()) {
+      RejectLocked(seq, s, ack);
+      return false;
+    }
   }
-  if (found == series_index_.end()) found = AddSeriesLocked(obs);
-  const uint32_t index = found->second;
+  const uint32_t index = looked_up.series == LookedUp::kNoSeries ? AddSeriesLocked(obs)->second
+                                                                 : looked_up.series;
   PreserveForCapturesLocked(index, obs.value, ctx.loc);
   Series& series = series_[index];
   const int64_t at =
@@ -635,31 +680,10 @@ inline bool Engine::ApplyToCellLocked(Series* series, uint32_t index, const Obse
   return false;
 }
 
-namespace {
-
-template <typename S>
-bool HasCell(const S& series, uint32_t loc, v1::Observation::ValueCase value) {
-  switch (value) {
-    case v1::Observation::kPrice:
-      return series.price.contains(loc);
-    case v1::Observation::kWaitSeconds:
-      return series.wait.contains(loc);
-    case v1::Observation::kCheck:
-      return series.compliance.contains(loc);
-    case v1::Observation::kScore:
-      return series.score.contains(loc);
-    case v1::Observation::VALUE_NOT_SET:
-      break;
-  }
-  return true;  // Nothing is created.
-}
-
-}  // namespace
-
-absl::Status Engine::RoomForCellLocked(SeriesIndex::const_iterator found, uint32_t loc,
+absl::Status Engine::RoomForCellLocked(const Series* series, uint32_t loc,
                                        const ObservationView& obs) const {
-  const bool new_series = found == series_index_.end();
-  if (!new_series && HasCell(series_[found->second], loc, obs.value)) return absl::OkStatus();
+  const bool new_series = series == nullptr;
+  if (!new_series && HasCell(*series, loc, obs.value)) return absl::OkStatus();
   const Limits& limits = options_.limits;
   if (limits.max_cells_per_location > 0 &&
       locations_[loc].cells >= limits.max_cells_per_location) {

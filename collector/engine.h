@@ -619,12 +619,12 @@ class Engine {
       std::vector<PriceDrop> price_drops = {}, std::vector<PromiseStanding> promises = {})
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
   uint32_t LocationIndex(absl::string_view location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Whether location `loc` may hold `obs`'s cell in series `found`
-  // (series_index_.end() for a series not started): the cell exists, or
+  // Whether location `loc` may hold `obs`'s cell in `series` (nullptr for
+  // a series not started): the cell exists, or
   // the location is under max_cells_per_location and, for a new series,
   // the collector under max_series. Else the rejection, its reason code
   // first ("location_cells: ...", "series: ...").
-  absl::Status RoomForCellLocked(SeriesIndex::const_iterator found, uint32_t loc,
+  absl::Status RoomForCellLocked(const Series* series, uint32_t loc,
                                  const ObservationView& obs) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Rebuilds catalog_ from base_catalog_ and the agents' labels when they
@@ -643,9 +643,19 @@ class Engine {
   // series or the cell when new): true. Or counts its rejection (`invalid`,
   // its validation's failure, else no room for a new cell) and adds it to
   // *ack: false.
+  // `looked_up` is what LookUpLocked found for it before the batch's first
+  // observation was applied.
+  struct LookedUp {
+    static constexpr uint32_t kNoSeries = UINT32_MAX;
+    uint32_t series = kNoSeries;
+    bool has_cell = false;  // The location's cell of that family existed.
+  };
+  LookedUp LookUpLocked(const ObservationView& obs, uint32_t loc) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   inline ABSL_ATTRIBUTE_ALWAYS_INLINE bool ApplyObservationLocked(const ObservationView& obs,
                                                                   uint64_t seq,
                                                                   const absl::Status* invalid,
+                                                                  LookedUp looked_up,
                                                                   const ApplyContext& ctx,
                                                                   v1::Ack* ack)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -720,6 +730,8 @@ class Engine {
   // Slots of locations_ and series_ that retention freed, reused first.
   std::vector<uint32_t> free_locations_ ABSL_GUARDED_BY(mu_);
   std::vector<uint32_t> free_series_ ABSL_GUARDED_BY(mu_);
+  // ApplyBatch's lookups of one batch (kept to spare an allocation a batch).
+  std::vector<LookedUp> looked_up_ ABSL_GUARDED_BY(mu_);
   // High-water marks by (location index, incarnation).
   absl::flat_hash_map<std::pair<uint32_t, uint64_t>, Stream> streams_ ABSL_GUARDED_BY(mu_);
   // The newest mark of each location dropped for silence, by name, given

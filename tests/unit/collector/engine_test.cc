@@ -309,6 +309,15 @@ TEST(EngineTest, EachLocationHoldsAtMostItsCellsAndARestoreCountsThem) {
   ack = engine.ApplyBatch(MakeBatch("store-b", 1, 1, {Wait("c", 1), Wait("a", 1)}));
   ASSERT_TRUE(ack.ok());
   EXPECT_EQ(ack->applied(), 2u);
+  // A cell the batch itself started, in a series held before or started
+  // by the batch, counts once.
+  ack = engine.ApplyBatch(MakeBatch("store-c", 1, 1,
+                                    {Wait("b", 1), Wait("b", 2), Wait("d", 1), Wait("d", 2),
+                                     Wait("a", 1), Wait("b", 3)}));
+  ASSERT_TRUE(ack.ok());
+  EXPECT_EQ(ack->applied(), 5u);
+  ASSERT_EQ(ack->rejections_size(), 1);
+  EXPECT_EQ(ack->rejections(0).sequence(), 5u);
 
   Engine restored(options);
   ASSERT_TRUE(restored.LoadState(engine.SaveState()).ok());
