@@ -643,15 +643,15 @@ class Engine {
   // series or the cell when new): true. Or counts its rejection (`invalid`,
   // its validation's failure, else no room for a new cell) and adds it to
   // *ack: false.
-  // `looked_up` is what LookUpLocked found for it before the batch's first
+  // `looked_up` is what was found for it before the batch's first
   // observation was applied.
   struct LookedUp {
     static constexpr uint32_t kNoSeries = UINT32_MAX;
     uint32_t series = kNoSeries;
     bool has_cell = false;  // The location's cell of that family existed.
   };
-  LookedUp LookUpLocked(const ObservationView& obs, uint32_t loc) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The index of `obs`'s series, kNoSeries if not held.
+  uint32_t FindSeriesLocked(const ObservationView& obs) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   inline ABSL_ATTRIBUTE_ALWAYS_INLINE bool ApplyObservationLocked(const ObservationView& obs,
                                                                   uint64_t seq,
                                                                   const absl::Status* invalid,
