@@ -61,7 +61,6 @@ std::string GroupName(const PeerGroupRule* rule, const LocationEntry* entry) {
   return absl::StrCat(rule->name, "=", it->second);
 }
 
-
 const WaitPromise* WaitPromiseFor(const std::string& key, const Catalog& catalog) {
   for (const WaitPromise& p : catalog.wait_promises) {
     if (p.key == key) return &p;
@@ -85,7 +84,6 @@ const Exception* ExceptionFor(const std::string& location, const SeriesKey& key,
   }
   return nullptr;
 }
-
 
 void FillGroupStats(const SeriesKey& key, absl::string_view group, const GroupSummary& s,
                     const Band& band, v1::GroupStats* out) {
@@ -157,8 +155,8 @@ SeriesKeyView SeriesViewOf(const ObservationView& obs) {
   k.key = obs.key;
   if (k.family == v1::FAMILY_PRICE) {
     k.currency = obs.currency;
-    k.kind = obs.kind == v1::PRICE_KIND_UNSPECIFIED ? v1::SHELF
-                                                    : static_cast<v1::PriceKind>(obs.kind);
+    k.kind =
+        obs.kind == v1::PRICE_KIND_UNSPECIFIED ? v1::SHELF : static_cast<v1::PriceKind>(obs.kind);
   }
   return k;
 }
@@ -325,8 +323,8 @@ void Engine::RefreshCatalogLocked() {
   auto merged = std::make_shared<Catalog>(*base_catalog_);
   for (const auto& [location, labels] : agent_labels_) {
     auto it = merged->location_index.find(location);
-    LocationEntry* entry = it != merged->location_index.end() ? &merged->locations[it->second]
-                                                              : nullptr;
+    LocationEntry* entry =
+        it != merged->location_index.end() ? &merged->locations[it->second] : nullptr;
     if (entry == nullptr) {
       entry = &merged->locations.emplace_back();
       entry->id = location;
@@ -420,8 +418,7 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   return ApplyBatch(batch, now, /*owner=*/0);
 }
 
-absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now,
-                                           uint64_t owner) {
+absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now, uint64_t owner) {
   if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
   return ApplyBatch(batch, now, owner, CheckBatch(batch, now));
 }
@@ -438,9 +435,9 @@ Engine::BatchChecks Engine::CheckBatch(const BatchView& batch, absl::Time receiv
 absl::Status Engine::MayApplyLocked(const BatchView& batch, uint64_t owner) const {
   if (owner != 0) {
     if (auto it = owners_.find(batch.location); it == owners_.end() || it->second != owner) {
-      return absl::AbortedError(absl::StrCat(
-          "superseded by a newer stream for location '", batch.location,
-          "': nothing of this stream applies any more; resend on the newer one"));
+      return absl::AbortedError(
+          absl::StrCat("superseded by a newer stream for location '", batch.location,
+                       "': nothing of this stream applies any more; resend on the newer one"));
     }
   }
   return AdmitLocationLocked(batch.location);
@@ -448,22 +445,21 @@ absl::Status Engine::MayApplyLocked(const BatchView& batch, uint64_t owner) cons
 
 absl::Status Engine::AdmitLocationLocked(absl::string_view location) const {
   const Catalog& catalog = *catalog_;
-  if (!catalog.auto_register && !location_index_.contains(location) &&
-      !DeclaredLocked(location)) {
-    return Refusal(absl::PermissionDeniedError(absl::StrCat(
-                       "location '", location,
-                       "' is not in the catalog and auto_register is off: add it to ",
-                       catalog.path)),
-                   kRefusedUnknownLocation);
+  if (!catalog.auto_register && !location_index_.contains(location) && !DeclaredLocked(location)) {
+    return Refusal(
+        absl::PermissionDeniedError(absl::StrCat(
+            "location '", location, "' is not in the catalog and auto_register is off: add it to ",
+            catalog.path)),
+        kRefusedUnknownLocation);
   }
   if (options_.limits.max_locations > 0 && !location_index_.contains(location) &&
       location_index_.size() >= options_.limits.max_locations) {
     // Refused before anything is kept: the agent retries and loses nothing.
-    return Refusal(absl::ResourceExhaustedError(absl::StrCat(
-                       "location '", location, "' would be one more than the ",
-                       options_.limits.max_locations,
-                       " locations this collector accepts (--max_locations)")),
-                   kRefusedMaxLocations);
+    return Refusal(
+        absl::ResourceExhaustedError(absl::StrCat(
+            "location '", location, "' would be one more than the ", options_.limits.max_locations,
+            " locations this collector accepts (--max_locations)")),
+        kRefusedMaxLocations);
   }
   return absl::OkStatus();
 }
@@ -502,9 +498,10 @@ struct Engine::ApplyContext {
         score_bins(c.score),
         judged_keys(!c.judging.empty()),
         rollout_grace_ns(absl::ToInt64Nanoseconds(c.thresholds.rollout_grace)),
-        price_seen_since(recomputed_at_ns == INT64_MIN
-                             ? INT64_MAX
-                             : absl::ToUnixNanos(absl::FromUnixNanos(recomputed_at_ns) - c.price.ttl)) {}
+        price_seen_since(
+            recomputed_at_ns == INT64_MIN
+                ? INT64_MAX
+                : absl::ToUnixNanos(absl::FromUnixNanos(recomputed_at_ns) - c.price.ttl)) {}
 
   const Catalog& catalog;
   const uint32_t loc;
@@ -520,8 +517,8 @@ struct Engine::ApplyContext {
   const int64_t price_seen_since;
 };
 
-absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now,
-                                           uint64_t owner, const BatchChecks& checks) {
+absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now, uint64_t owner,
+                                           const BatchChecks& checks) {
   if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
   const uint64_t count = batch.observations.size();
   v1::Ack ack = AckOf(batch, v1::Ack::APPLIED);
@@ -553,8 +550,8 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   }
   for (uint64_t i = 0; i < count; ++i) {
     LookedUp& l = looked_up_[i];
-    l.has_cell =
-        l.series != LookedUp::kNoSeries && HasCell(series_[l.series], loc, batch.observations[i].value);
+    l.has_cell = l.series != LookedUp::kNoSeries &&
+                 HasCell(series_[l.series], loc, batch.observations[i].value);
   }
   uint32_t duplicates = 0, applied = 0;
   auto failed = checks.failed.begin();
@@ -582,6 +579,34 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   ack.set_duplicates(duplicates);
   ack.set_applied(applied);
   return ack;
+}
+
+namespace {
+
+template <typename S>
+bool HoldsCell(const S& series, uint32_t loc) {
+  return series.price.contains(loc) || series.wait.contains(loc) ||
+         series.compliance.contains(loc) || series.score.contains(loc);
+}
+
+}  // namespace
+
+void Engine::NoteCellLocked(uint32_t loc, uint32_t index) {
+  Location& l = locations_[loc];
+  ++l.cells;
+  l.series.push_back(index);
+  if (l.series.size() > 2 * l.cells + 64) l.series = SeriesOfLocked(loc);
+}
+
+std::vector<uint32_t> Engine::SeriesOfLocked(uint32_t loc) const {
+  std::vector<uint32_t> out = locations_[loc].series;
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  out.erase(std::remove_if(
+                out.begin(), out.end(),
+                [&](uint32_t i) { return i >= series_.size() || !HoldsCell(series_[i], loc); }),
+            out.end());
+  return out;
 }
 
 void Engine::RejectLocked(uint64_t seq, const absl::Status& why, v1::Ack* ack) {
@@ -618,8 +643,8 @@ inline bool Engine::ApplyObservationLocked(const ObservationView& obs, uint64_t 
       return false;
     }
   }
-  const uint32_t index = looked_up.series == LookedUp::kNoSeries ? AddSeriesLocked(obs)->second
-                                                                 : looked_up.series;
+  const uint32_t index =
+      looked_up.series == LookedUp::kNoSeries ? AddSeriesLocked(obs)->second : looked_up.series;
   PreserveForCapturesLocked(index, obs.value, ctx.loc);
   Series& series = series_[index];
   const int64_t at =
@@ -627,7 +652,7 @@ inline bool Engine::ApplyObservationLocked(const ObservationView& obs, uint64_t 
   bool seen_again = false;
   if (ApplyToCellLocked(&series, index, obs, at, ctx, &seen_again)) {
     ++cells_;
-    ++locations_[ctx.loc].cells;
+    NoteCellLocked(ctx.loc, index);
   }
   // A price seen again unchanged changes no statistic and no finding (a
   // finding keeps the earliest evidence it was seen on: FindingTracker).
@@ -693,12 +718,11 @@ absl::Status Engine::RoomForCellLocked(const Series* series, uint32_t loc,
   const bool new_series = series == nullptr;
   if (!new_series && HasCell(*series, loc, obs.value)) return absl::OkStatus();
   const Limits& limits = options_.limits;
-  if (limits.max_cells_per_location > 0 &&
-      locations_[loc].cells >= limits.max_cells_per_location) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "location_cells: location '", locations_[loc].state.location, "' holds its limit of ",
-        limits.max_cells_per_location,
-        " keys (--max_cells_per_location); a new key is not started"));
+  if (limits.max_cells_per_location > 0 && locations_[loc].cells >= limits.max_cells_per_location) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("location_cells: location '", locations_[loc].state.location,
+                     "' holds its limit of ", limits.max_cells_per_location,
+                     " keys (--max_cells_per_location); a new key is not started"));
   }
   if (new_series && limits.max_series > 0 && series_index_.size() >= limits.max_series) {
     return absl::ResourceExhaustedError(
@@ -734,8 +758,8 @@ absl::Status Engine::RecordHeartbeat(const v1::Heartbeat& heartbeat) {
         absl::FromUnixSeconds(heartbeat.certificate_not_after().seconds());
   }
   state.health.heartbeat_at = options_.clock();
-  state.health.data_cadence = absl::Seconds(
-      std::min<uint64_t>(heartbeat.data_cadence_seconds(), 366ULL * 24 * 3600));
+  state.health.data_cadence =
+      absl::Seconds(std::min<uint64_t>(heartbeat.data_cadence_seconds(), 366ULL * 24 * 3600));
   auto known = agent_labels_.find(heartbeat.location());
   const bool had = known != agent_labels_.end();
   if (had ? known->second != labels : !labels.empty()) {
@@ -754,7 +778,8 @@ absl::Status Engine::RecordHeartbeat(const v1::Heartbeat& heartbeat) {
 // location of the series, the members of comparable groups included but
 // judged in their own group only. Without declared groups, or when no
 // member needs the fallback, nothing changes.
-void Engine::FallBackToChain(uint64_t min_group, std::map<std::string, std::vector<Member>>* groups) {
+void Engine::FallBackToChain(uint64_t min_group,
+                             std::map<std::string, std::vector<Member>>* groups) {
   std::vector<Member>& chain = (*groups)[kChainGroup];
   for (auto it = groups->begin(); it != groups->end();) {
     if (it->first != kChainGroup && it->second.size() < min_group) {
@@ -865,8 +890,8 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
     GroupData g;
     g.group = name;
     g.members = std::move(members);
-    g.fallback = std::any_of(g.members.begin(), g.members.end(),
-                             [](const Member& m) { return !m.judged; });
+    g.fallback =
+        std::any_of(g.members.begin(), g.members.end(), [](const Member& m) { return !m.judged; });
     data.groups.push_back(std::move(g));
   }
   Horizon horizon(now);
@@ -875,8 +900,7 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
   return data;
 }
 
-void Engine::SeriesHorizonLocked(const Series& series, const Catalog& catalog,
-                                 Horizon* h) const {
+void Engine::SeriesHorizonLocked(const Series& series, const Catalog& catalog, Horizon* h) const {
   const Thresholds& th = catalog.thresholds;
   const absl::Time now = absl::FromUnixNanos(h->now_ns());
   const absl::Duration ns = absl::Nanoseconds(1);
@@ -943,8 +967,8 @@ namespace {
 // middle of (many locations moved from one level to one new level within
 // the grace, or to a list price whose effective date is near). Members of
 // a level or of a rollout go into *not_outliers.
-void PriceStructure(const SeriesKey& key, const std::vector<LocatedValue>& values,
-                    absl::Time now, const Catalog& catalog, GroupData* group, SeriesStats* stats,
+void PriceStructure(const SeriesKey& key, const std::vector<LocatedValue>& values, absl::Time now,
+                    const Catalog& catalog, GroupData* group, SeriesStats* stats,
                     absl::flat_hash_set<uint32_t>* not_outliers_out) {
   GroupData& g = *group;
   absl::flat_hash_set<uint32_t>& not_outliers = *not_outliers_out;
@@ -967,9 +991,8 @@ void PriceStructure(const SeriesKey& key, const std::vector<LocatedValue>& value
     }
   }
   for (const PricePromise& p : catalog.price_promises) {
-    if (p.key == key.key && p.currency == key.currency &&
-        p.kind == key.kind && p.effective != absl::InfinitePast() &&
-        p.effective + th.rollout_grace > now) {
+    if (p.key == key.key && p.currency == key.currency && p.kind == key.kind &&
+        p.effective != absl::InfinitePast() && p.effective + th.rollout_grace > now) {
       g.rollout_values.push_back(static_cast<double>(p.list_minor_units));
     }
   }
@@ -1303,28 +1326,27 @@ bool Engine::EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalo
     outcomes_catalog_ = catalog;
   }
   const bool all = !options_.incremental;
-  auto wanted = [&](uint32_t i, const Series& s, int64_t now_ns)
-                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_) {
-                      if (all || i >= outcomes_.size() || late.contains(i)) return true;
-                      const SeriesOutcome& o = outcomes_[i];
-                      return o.until_ns == 0 || now_ns >= o.until_ns ||
-                             (s.dirty & Series::kFindings) != 0;
-                    };
+  auto wanted = [&](uint32_t i, const Series& s,
+                    int64_t now_ns) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_) {
+    if (all || i >= outcomes_.size() || late.contains(i)) return true;
+    const SeriesOutcome& o = outcomes_[i];
+    return o.until_ns == 0 || now_ns >= o.until_ns || (s.dirty & Series::kFindings) != 0;
+  };
   absl::flat_hash_map<uint32_t, std::vector<PriceDrop>> late_drops;
-  const bool completed = RecomputeSeries(
-      wanted, Series::kStats | Series::kFindings,
-      [&](SeriesData& data) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_) {
-        if (outcomes_.size() <= data.index) outcomes_.resize(data.index + 1);
-        SeriesOutcome& o = outcomes_[data.index];
-        o = SeriesOutcome();
-        EvaluateSeries(data, *ev, &o);
-        PriceDropsOf(data, data.drops, &o.price_drops);
-        o.until_ns = data.until_ns;
-        // Published once, by this evaluation: not part of what is kept.
-        if (auto it = late.find(data.index); it != late.end()) {
-          PriceDropsOf(data, it->second, &late_drops[data.index]);
-        }
-      });
+  const bool completed =
+      RecomputeSeries(wanted, Series::kStats | Series::kFindings,
+                      [&](SeriesData& data) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_) {
+                        if (outcomes_.size() <= data.index) outcomes_.resize(data.index + 1);
+                        SeriesOutcome& o = outcomes_[data.index];
+                        o = SeriesOutcome();
+                        EvaluateSeries(data, *ev, &o);
+                        PriceDropsOf(data, data.drops, &o.price_drops);
+                        o.until_ns = data.until_ns;
+                        // Published once, by this evaluation: not part of what is kept.
+                        if (auto it = late.find(data.index); it != late.end()) {
+                          PriceDropsOf(data, it->second, &late_drops[data.index]);
+                        }
+                      });
   if (!completed) return false;
   // In series order, as a full recomputation adds them.
   for (uint32_t i = 0; i < outcomes_.size(); ++i) {
@@ -1363,8 +1385,8 @@ void Engine::OverdueKeyConditions(absl::Time now, std::vector<Condition>* out) c
       *f.add_reasons() = MakeReason(
           v1::STALE,
           absl::StrCat(series.key.key, ": newest result ",
-                       absl::FormatTime("%Y-%m-%d", last, absl::UTCTimeZone()),
-                       ", expected every ", absl::FormatDuration(judging->expected_every),
+                       absl::FormatTime("%Y-%m-%d", last, absl::UTCTimeZone()), ", expected every ",
+                       absl::FormatDuration(judging->expected_every),
                        ": overdue, no longer judged"),
           age, absl::ToDoubleSeconds(judging->expected_every), 0,
           absl::ToDoubleSeconds(judging->expected_every), 0, 1);
@@ -1414,8 +1436,9 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
     for (size_t i = 0; i < g.members.size(); ++i) {
       const Member& m = g.members[i];
       if (!m.judged || ExceptionFor(m.name, key, ev->now, ev->catalog) != nullptr) continue;
-      Pending p{m.location, m.name, &g, {}, {}, false, false, m.value.critical_failure, false,
-                m.value.evidence_ns, {}};
+      Pending p{
+          m.location,          m.name, &g, {}, {}, false, false, m.value.critical_failure, false,
+          m.value.evidence_ns, {}};
       p.outlier = OutlierReason(key, g, i, ev->weak, &p.reasons);
       if (std::optional<PromiseVerdict> promise = PromiseVerdictFor(
               key, m.entry, m.value, wait_promise, check_promise, ev->now, ev->catalog)) {
@@ -1543,9 +1566,8 @@ void Engine::PublishFindings(
   std::stable_sort(
       view->promises.begin(), view->promises.end(),
       [](const PromiseStanding& a, const PromiseStanding& b) { return a.location < b.location; });
-  std::stable_sort(
-      view->price_drops.begin(), view->price_drops.end(),
-      [](const PriceDrop& a, const PriceDrop& b) { return a.location < b.location; });
+  std::stable_sort(view->price_drops.begin(), view->price_drops.end(),
+                   [](const PriceDrop& a, const PriceDrop& b) { return a.location < b.location; });
   if (evaluated_counts_.size() >= static_cast<size_t>(persistence)) {
     view->observations_settled = evaluated_counts_.front();
   }
@@ -1675,7 +1697,8 @@ std::vector<CurrentWait> Engine::CurrentWaits(const std::string& location) const
   auto it = location_index_.find(location);
   if (it == location_index_.end()) return out;
   const Catalog& catalog = *catalog_;
-  for (const Series& s : series_) {
+  for (uint32_t i : SeriesOfLocked(it->second)) {
+    const Series& s = series_[i];
     auto cell = s.wait.find(it->second);
     if (cell == s.wait.end()) continue;
     const QuantileSketch window = cell->second.Window(now, catalog.wait, catalog.wait_sketch);
@@ -1713,7 +1736,8 @@ absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(
       const uint32_t loc = it->second;
       index = loc;
       ToTimestamp(locations_[loc].state.last_report, response.mutable_last_report());
-      for (const Series& s : series_) {
+      for (uint32_t i : SeriesOfLocked(loc)) {
+        const Series& s = series_[i];
         std::optional<Comparable> c;
         if (auto p = s.price.find(loc); p != s.price.end())
           c = ComparePrice(p->second, now, catalog->price);

@@ -179,7 +179,7 @@ struct PriceDrop {
   SeriesKey series;  // A promo price is series.kind PROMO.
   int64_t from = 0;  // Minor units.
   int64_t to = 0;
-  absl::Time at;     // Event time of the lower price.
+  absl::Time at;  // Event time of the lower price.
   // The lower price is where a chain-wide change is going, by the rule that
   // keeps rollouts from being outliers (a level at least min_level
   // locations moved to within rollout_grace, or a list price taking
@@ -262,7 +262,7 @@ struct Snapshot {
     uint64_t n = 0;
   };
   std::vector<Uncompared> uncompared;
-  std::vector<LocationState> location_states;              // By location name.
+  std::vector<LocationState> location_states;  // By location name.
   std::shared_ptr<const FindingsView> findings = std::make_shared<FindingsView>();
   std::shared_ptr<const Catalog> catalog;
 };
@@ -413,12 +413,11 @@ class Engine {
   // Meanwhile the first change to each cell of a series not yet copied
   // keeps the cell as it was (copy before write, one cell at a time), so
   // every series is captured as it was at BeginCapture: the result is that
-  // moment's state, whatever was applied since. The evaluation state is from no later than that moment (a
-  // snapshot reads as if taken before any evaluation after it), so every
-  // location it names is in the snapshot. Each step once, in this order;
-  // captures may overlap. The steps may run on different threads, one at
-  // a time. A capture dropped after BeginCapture without FinishCapture
-  // stops being kept.
+  // moment's state, whatever was applied since. The evaluation state is from no later than that
+  // moment (a snapshot reads as if taken before any evaluation after it), so every location it
+  // names is in the snapshot. Each step once, in this order; captures may overlap. The steps may
+  // run on different threads, one at a time. A capture dropped after BeginCapture without
+  // FinishCapture stops being kept.
   class StateCapture;
   std::shared_ptr<StateCapture> PrepareCapture();
   void BeginCapture(const std::shared_ptr<StateCapture>& capture);
@@ -463,6 +462,13 @@ class Engine {
     LocationState state;
     const LocationEntry* entry = nullptr;  // Into catalog_; null if undeclared.
     uint64_t cells = 0;                    // Against limits.max_cells_per_location.
+    // The series this location started a cell in: every series holding one
+    // of its cells is here, so a query about one location reads its own
+    // series, not every series, while it holds the ingest lock. Entries
+    // whose cell retention freed (or whose slot another series took) stay
+    // until the list is twice the cells held and is compacted
+    // (NoteCellLocked); readers check each entry (SeriesOfLocked).
+    std::vector<uint32_t> series;
     // False for a slot retention freed (on free_locations_ for reuse).
     bool live = true;
   };
@@ -545,9 +551,8 @@ class Engine {
   // not Options::incremental), then adds every series' outcome to *ev in
   // series order, with the late drops of those series. False when a stop
   // abandoned it.
-  bool EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalog,
-                              const LateDrops& late, Evaluation* ev)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
+  bool EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalog, const LateDrops& late,
+                              Evaluation* ev) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
   // Adds one series' outcome to the evaluation's.
   static void Merge(const SeriesOutcome& outcome, Evaluation* ev);
   // The series' price drops (data.drops), each classified in the group
@@ -652,13 +657,13 @@ class Engine {
   };
   // The index of `obs`'s series, kNoSeries if not held.
   uint32_t FindSeriesLocked(const ObservationView& obs) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  inline ABSL_ATTRIBUTE_ALWAYS_INLINE bool ApplyObservationLocked(const ObservationView& obs,
-                                                                  uint64_t seq,
-                                                                  const absl::Status* invalid,
-                                                                  LookedUp looked_up,
-                                                                  const ApplyContext& ctx,
-                                                                  v1::Ack* ack)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  inline ABSL_ATTRIBUTE_ALWAYS_INLINE bool ApplyObservationLocked(
+      const ObservationView& obs, uint64_t seq, const absl::Status* invalid, LookedUp looked_up,
+      const ApplyContext& ctx, v1::Ack* ack) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Location `loc` started a cell in series `index`: counted, and listed.
+  void NoteCellLocked(uint32_t loc, uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The series holding a cell of location `loc`, once each, by index.
+  std::vector<uint32_t> SeriesOfLocked(uint32_t loc) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Counts the rejection of observation `seq` and adds it to *ack.
   void RejectLocked(uint64_t seq, const absl::Status& why, v1::Ack* ack)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -753,8 +758,7 @@ class Engine {
   absl::flat_hash_map<std::string, uint64_t> owners_ ABSL_GUARDED_BY(mu_);
   uint64_t last_owner_ ABSL_GUARDED_BY(mu_) = 0;
   // The end of the batches Admit let through, by (location, incarnation).
-  absl::flat_hash_map<std::pair<std::string, uint64_t>, uint64_t> admitted_
-      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::pair<std::string, uint64_t>, uint64_t> admitted_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> rejected_by_reason_ ABSL_GUARDED_BY(mu_);
   // Captures begun and not yet finished (BeginCapture), which series keep
   // copies for (PreserveForCapturesLocked).

@@ -752,12 +752,13 @@ void Engine::InstallIngestStateLocked(Restored* restored) {
   free_series_.clear();
   series_index_ = std::move(restored->series_index);
   cells_ = restored->cells;
-  // Each location's cells, for --max_cells_per_location.
-  for (const Series& s : series_) {
-    for (const auto& [loc, cell] : s.price) ++locations_[loc].cells;
-    for (const auto& [loc, cell] : s.wait) ++locations_[loc].cells;
-    for (const auto& [loc, cell] : s.compliance) ++locations_[loc].cells;
-    for (const auto& [loc, cell] : s.score) ++locations_[loc].cells;
+  // Each location's cells (for --max_cells_per_location) and series.
+  for (uint32_t i = 0; i < series_.size(); ++i) {
+    const Series& s = series_[i];
+    for (const auto& [loc, cell] : s.price) NoteCellLocked(loc, i);
+    for (const auto& [loc, cell] : s.wait) NoteCellLocked(loc, i);
+    for (const auto& [loc, cell] : s.compliance) NoteCellLocked(loc, i);
+    for (const auto& [loc, cell] : s.score) NoteCellLocked(loc, i);
   }
   applied_ = state.counters().applied();
   rejected_ = state.counters().rejected();

@@ -206,7 +206,9 @@ class IngestStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
       // The bytes stay valid until the callback has run: it holds them.
       service_->options_.log->Append(
           incoming->batch_bytes, received, [this, incoming, received](absl::Status committed) {
-            absl::Status s = committed.ok() ? ApplyAndAck(incoming->batch, received, incoming->checks) : committed;
+            absl::Status s = committed.ok()
+                                 ? ApplyAndAck(incoming->batch, received, incoming->checks)
+                                 : committed;
             if (!s.ok()) {
               spdlog::warn("ingest stream from {} ({}) ended: {}", peer_, location_,
                            std::string(s.message()));

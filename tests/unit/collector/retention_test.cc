@@ -2,10 +2,12 @@
 // reused, --max_series counting live series), locations removed from the
 // catalog or silent dropped with their drift and trust, superseded
 // high-water marks pruned; all of it across a snapshot and restart.
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "collector/engine.h"
 #include "constance/state/v1/engine_state.pb.h"
 #include "gtest/gtest.h"
@@ -104,6 +106,56 @@ TEST(RetentionTest, ASeriesChurnedAwayIsRemovedAndComesBackFresh) {
       EXPECT_EQ(stats->summary.n, 1u);
     }
   }
+}
+
+std::vector<std::string> ScorecardKeys(const Engine& engine, const std::string& location) {
+  std::vector<std::string> keys;
+  absl::StatusOr<v1::LocationScorecardResponse> card = engine.LocationScorecard(location);
+  EXPECT_TRUE(card.ok()) << card.status();
+  if (!card.ok()) return keys;
+  for (const v1::SeriesId& id : card->series()) keys.push_back(id.key());
+  return keys;
+}
+
+// A location's scorecard reads the series it holds cells in (not every
+// series): through weeks of items delisted and listed, their slots taken
+// by other locations' new items, and a restore, it lists exactly the
+// location's live items, each once.
+TEST(RetentionTest, AScorecardListsTheLocationsLiveItemsThroughChurn) {
+  Clock clock;
+  Catalog catalog = SmallCatalog();
+  catalog.thresholds.location_retention = absl::Hours(24 * 365 * 3);
+  Engine engine(Options(&clock, catalog));
+  uint64_t seq_a = 1, seq_b = 1;
+  std::vector<std::string> held;  // s-a's items now.
+  // Long enough for s-a's list of series to be compacted (NoteCellLocked).
+  constexpr int kWeeks = 100;
+  for (int week = 0; week < kWeeks; ++week) {
+    // s-a keeps "milk" and lists a new item every week for a week.
+    held = {"milk", "weekly-" + std::to_string(week)};
+    ASSERT_TRUE(engine.ApplyBatch(Prices("s-a", 1, seq_a, held, 100, clock.now)).ok());
+    seq_a += held.size();
+    // s-b lists three new items a week, taking freed slots.
+    std::vector<std::string> b_items;
+    for (int i = 0; i < 3; ++i) b_items.push_back(absl::StrCat("b-", week, "-", i));
+    b_items.push_back("milk");
+    ASSERT_TRUE(engine.ApplyBatch(Prices("s-b", 1, seq_b, b_items, 100, clock.now)).ok());
+    seq_b += b_items.size();
+    clock.now += absl::Hours(24 * 7);
+    // Past 5 weeks an item's cell expires (ttl plus retention).
+    engine.Evaluate();
+  }
+  // Cells seen in the last 37 days are held; those seen in the last 30
+  // (the price ttl) have a value: the last 4 weeks' items.
+  std::vector<std::string> expected = {"milk"};
+  for (int week = kWeeks - 4; week < kWeeks; ++week)
+    expected.push_back("weekly-" + std::to_string(week));
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(ScorecardKeys(engine, "s-a"), expected);
+
+  Engine restored(Options(&clock, catalog));
+  ASSERT_TRUE(restored.LoadState(engine.SaveState()).ok());
+  EXPECT_EQ(ScorecardKeys(restored, "s-a"), expected);
 }
 
 TEST(RetentionTest, MaxSeriesCountsLiveSeriesOnly) {
