@@ -155,6 +155,31 @@ TEST(DecodeBatchTest, RefusesWhatItDoesNotDecodeExactly) {
   }
 }
 
+// A byte of 0x80 or more anywhere in a key leaves the batch to protobuf's
+// parse (which checks UTF-8).
+TEST(DecodeBatchTest, AnyNonAsciiByteOfAKeyIsLeftToProtobuf) {
+  const std::string ascii = "abcdefghijklmnopqrstuvw";  // 23: words and a tail.
+  auto batch_with_key = [](const std::string& key) {
+    std::string o;
+    AppendBytesField(&o, 1, key);
+    std::string b;
+    AppendBytesField(&b, 4, o);
+    return b;
+  };
+  BatchView view;
+  const std::string bytes = batch_with_key(ascii);  // The view points into it.
+  ASSERT_TRUE(DecodeBatch(bytes, &view));
+  ASSERT_EQ(view.observations.size(), 1u);
+  EXPECT_EQ(view.observations[0].key, ascii);
+  for (size_t i = 0; i < ascii.size(); ++i) {
+    for (char c : {'\x80', '\xff'}) {
+      std::string key = ascii;
+      key[i] = c;
+      EXPECT_FALSE(DecodeBatch(batch_with_key(key), &view)) << "byte " << i;
+    }
+  }
+}
+
 // A 5-byte length whose fifth byte is below 8 is what protobuf accepts.
 TEST(DecodeBatchTest, TakesLengthsWrittenLongerThanNeeded) {
   const std::string bytes("\x0a\x83\x80\x80\x80\x00" "abc" "\x18\x01", 11);
