@@ -209,6 +209,40 @@ void BM_SnapshotSave(benchmark::State& state, v1::Family family) {
   state.counters["bytes_per_cell"] = static_cast<double>(bytes) / (c.locations * c.keys);
 }
 
+// Batches of up to 1,000 observations onto existing cells, and what applying
+// one takes (ms), renumbered each time so every batch is new data.
+class TimedApplies {
+ public:
+  TimedApplies(Chain& c, v1::Family family) : c_(c) {
+    const std::vector<uint64_t> next_seq = c.next_seq;
+    for (int i = 0; i < 64; ++i) {
+      batches_.push_back(
+          MakeBatch(c, (i * 7919) % c.locations, family, i * 13, std::min(1000, c.keys), i + 1));
+    }
+    c.next_seq = next_seq;
+  }
+  double ApplyOne() {
+    v1::Batch& b = batches_[i_++ % batches_.size()];
+    const int loc = std::stoi(b.location().substr(6));
+    b.set_first_sequence(c_.next_seq[loc]);
+    c_.next_seq[loc] += b.observations_size();
+    const absl::Time t0 = absl::Now();
+    (void)c_.engine->ApplyBatch(b);
+    return absl::ToDoubleMilliseconds(absl::Now() - t0);
+  }
+
+ private:
+  Chain& c_;
+  std::vector<v1::Batch> batches_;
+  size_t i_ = 0;
+};
+
+double Percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  return v[static_cast<size_t>(q * static_cast<double>(v.size() - 1))];
+}
+
 // A snapshot taken as the collector takes it (engine.h, PrepareCapture):
 // BeginCapture under the engine's lock, then FinishCapture on another
 // thread while this one applies batches of 1,000 onto existing cells, as
@@ -218,28 +252,9 @@ void BM_SnapshotSave(benchmark::State& state, v1::Family family) {
 // beside the same batches' apply time with no capture.
 void BM_SnapshotUnderIngest(benchmark::State& state, v1::Family family) {
   Chain& c = Fixture(family);
-  std::vector<v1::Batch> batches;
-  const std::vector<uint64_t> next_seq = c.next_seq;
-  for (int i = 0; i < 64; ++i) {
-    batches.push_back(
-        MakeBatch(c, (i * 7919) % c.locations, family, i * 13, std::min(1000, c.keys), i + 1));
-  }
-  c.next_seq = next_seq;
-  size_t i = 0;
-  auto apply_one = [&]() -> double {
-    v1::Batch& b = batches[i++ % batches.size()];
-    const int loc = std::stoi(b.location().substr(6));
-    b.set_first_sequence(c.next_seq[loc]);
-    c.next_seq[loc] += b.observations_size();
-    const absl::Time t0 = absl::Now();
-    (void)c.engine->ApplyBatch(b);
-    return absl::ToDoubleMilliseconds(absl::Now() - t0);
-  };
-  auto percentile = [](std::vector<double> v, double q) {
-    if (v.empty()) return 0.0;
-    std::sort(v.begin(), v.end());
-    return v[static_cast<size_t>(q * static_cast<double>(v.size() - 1))];
-  };
+  TimedApplies applies(c, family);
+  auto apply_one = [&] { return applies.ApplyOne(); };
+  auto percentile = Percentile;
   double begin_ms = 0, finish_ms = 0;
   std::vector<double> during, idle;
   for (auto _ : state) {
@@ -269,6 +284,42 @@ void BM_SnapshotUnderIngest(benchmark::State& state, v1::Family family) {
   state.counters["apply_max_ms"] = percentile(during, 1.0);
   state.counters["idle_p50_ms"] = percentile(idle, 0.5);
   state.counters["idle_p99_ms"] = percentile(idle, 0.99);
+}
+
+// LocationScorecard asked 20 times in a row on another thread (a dashboard
+// of stores) while this one applies batches of 1,000 onto existing cells.
+// Reports each scorecard's time and each batch's apply time meanwhile
+// (a scorecard holds the engine's lock while it reads the location's
+// cells), beside the same batches' apply time with no queries.
+void BM_ScorecardUnderIngest(benchmark::State& state, v1::Family family) {
+  Chain& c = Fixture(family);
+  TimedApplies applies(c, family);
+  std::vector<double> during, idle, cards;
+  for (auto _ : state) {
+    std::atomic<bool> finished{false};
+    cards.clear();
+    std::thread querier([&] {
+      for (int q = 0; q < 20; ++q) {
+        const absl::Time t0 = absl::Now();
+        benchmark::DoNotOptimize(
+            c.engine->LocationScorecard(absl::StrCat("store-", q * 37 % c.locations)));
+        cards.push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+      }
+      finished.store(true);
+    });
+    during.clear();
+    while (!finished.load()) during.push_back(applies.ApplyOne());
+    querier.join();
+    idle.clear();
+    for (size_t k = 0; k < during.size(); ++k) idle.push_back(applies.ApplyOne());
+  }
+  state.counters["cells"] = static_cast<double>(c.locations) * c.keys;
+  state.counters["scorecard_p50_ms"] = Percentile(cards, 0.5);
+  state.counters["scorecard_max_ms"] = Percentile(cards, 1.0);
+  state.counters["batches_during"] = static_cast<double>(during.size());
+  state.counters["apply_p99_ms"] = Percentile(during, 0.99);
+  state.counters["apply_max_ms"] = Percentile(during, 1.0);
+  state.counters["idle_p99_ms"] = Percentile(idle, 0.99);
 }
 
 void BM_SnapshotLoad(benchmark::State& state, v1::Family family) {
@@ -341,6 +392,11 @@ int main(int argc, char** argv) {
         ->Iterations(evaluations);
     benchmark::RegisterBenchmark(absl::StrCat("snapshot_under_ingest/", name).c_str(),
                                  constance::collector::BM_SnapshotUnderIngest, family)
+        ->Unit(benchmark::kMillisecond)
+        ->Iterations(1)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(absl::StrCat("scorecard_under_ingest/", name).c_str(),
+                                 constance::collector::BM_ScorecardUnderIngest, family)
         ->Unit(benchmark::kMillisecond)
         ->Iterations(1)
         ->UseRealTime();
