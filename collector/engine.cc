@@ -599,13 +599,15 @@ void Engine::NoteCellLocked(uint32_t loc, uint32_t index) {
 }
 
 std::vector<uint32_t> Engine::SeriesOfLocked(uint32_t loc) const {
-  std::vector<uint32_t> out = locations_[loc].series;
-  std::sort(out.begin(), out.end());
-  out.erase(std::unique(out.begin(), out.end()), out.end());
-  out.erase(std::remove_if(
-                out.begin(), out.end(),
-                [&](uint32_t i) { return i >= series_.size() || !HoldsCell(series_[i], loc); }),
-            out.end());
+  std::vector<uint32_t> listed = locations_[loc].series;
+  std::sort(listed.begin(), listed.end());
+  listed.erase(std::unique(listed.begin(), listed.end()), listed.end());
+  // A loop, not remove_if: the lock analysis does not see into a lambda.
+  std::vector<uint32_t> out;
+  out.reserve(listed.size());
+  for (uint32_t i : listed) {
+    if (i < series_.size() && HoldsCell(series_[i], loc)) out.push_back(i);
+  }
   return out;
 }
 
