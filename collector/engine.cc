@@ -536,11 +536,10 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   }
   const ApplyContext ctx(*catalog_, loc, now, recomputed_at_ns_);
   // Every observation's series and cell are looked up before the first is
-  // applied. The lookups do not depend on one another, so their cache
-  // misses (index entry, series, cell table: at a million series each is
-  // one) overlap instead of each waiting for the one before.
-  // Two passes: every series first (fetching the series' cell tables'
-  // headers as it goes), then every cell.
+  // applied, in two passes: every series (fetching its cell table's
+  // header), then every cell. The lookups do not depend on one another, so
+  // their cache misses (index entry, series, cell table: at a million
+  // series each is one) overlap instead of each waiting for the last.
   looked_up_.resize(count);
   for (uint64_t i = 0; i < count; ++i) {
     looked_up_[i].series = FindSeriesLocked(batch.observations[i]);

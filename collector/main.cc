@@ -147,8 +147,8 @@ int main(int argc, char** argv) {
   // allocate and the applier frees. With glibc's defaults the thread arenas
   // give each freed top back to the kernel (madvise) and fault it in again
   // for the next batch: a fifth of the applier's time in the peers run.
-  // Kept up to 16 MiB per arena instead (tests/bench/RESULTS.md, "Ingest on
-  // every core"); blocks of 4 MiB or more are still mapped on their own.
+  // Kept up to 16 MiB per arena instead (tests/bench/RESULTS.md, "Ingest: CPU
+  // per observation"); blocks of 4 MiB or more are still mapped on their own.
   mallopt(M_MMAP_THRESHOLD, 4 << 20);
   mallopt(M_TRIM_THRESHOLD, 16 << 20);
 
