@@ -54,6 +54,27 @@ const PeerGroupRule* RuleFor(const SeriesKey& key, const Catalog& catalog) {
   return nullptr;
 }
 
+// A series' cells of one family, by location index (each below `bound`):
+// hash order is no order. Where the cells fill a good share of the
+// locations, a table indexed by location orders them in one pass.
+template <typename Cell>
+std::vector<std::pair<uint32_t, const Cell*>> InLocationOrder(
+    const absl::flat_hash_map<uint32_t, Cell>& cells, size_t bound) {
+  std::vector<std::pair<uint32_t, const Cell*>> out;
+  out.reserve(cells.size());
+  if (cells.size() * 8 >= bound) {
+    std::vector<const Cell*> at(bound, nullptr);
+    for (const auto& [loc, cell] : cells) at[loc] = &cell;
+    for (uint32_t loc = 0; loc < bound; ++loc) {
+      if (at[loc] != nullptr) out.emplace_back(loc, at[loc]);
+    }
+    return out;
+  }
+  for (const auto& [loc, cell] : cells) out.emplace_back(loc, &cell);
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return out;
+}
+
 std::string GroupName(const PeerGroupRule* rule, const LocationEntry* entry) {
   if (rule == nullptr || entry == nullptr) return kChainGroup;
   auto it = entry->labels.find(rule->label);
@@ -812,32 +833,40 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
   const int64_t flip_since = absl::ToUnixNanos(now - catalog.thresholds.flip_window);
   const int64_t drops_since = absl::ToUnixNanos(now - catalog.thresholds.rollout_grace);
   std::map<std::string, std::vector<Member>> groups;
-  auto add = [&](uint32_t loc, const std::optional<Comparable>& value, const PriceCell* price)
-                 ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                   if (!value.has_value()) return;
-                   const Location& l = locations_[loc];
-                   // A store closed for good, or not open yet, is never compared.
-                   if (l.entry != nullptr && (l.entry->closed || l.entry->opened > now)) return;
-                   Member m;
-                   m.location = loc;
-                   m.value = *value;
-                   m.entry = l.entry;
-                   m.name = l.state.location;
-                   if (price != nullptr && price->changes != nullptr) {
-                     m.latest_change = *price->changes->latest();
-                     m.changes_in_flip_window = price->changes->CountSince(flip_since);
-                     for (int i = 0; i < price->changes->size; ++i) {
-                       const PriceChange& c = price->changes->ring[i];
-                       if (c.to < c.from && c.at_ns >= drops_since) data.drops.push_back({loc, c});
-                     }
-                   }
-                   groups[GroupName(rule, l.entry)].push_back(std::move(m));
-                 };
-  for (const auto& [loc, cell] : series.price)
-    add(loc, ComparePrice(cell, now, catalog.price), &cell);
-  for (const auto& [loc, cell] : series.wait) {
+  // Without a peer-group rule every member is the chain's: one lookup.
+  std::vector<Member>* chain = nullptr;
+  if (rule == nullptr) {
+    chain = &groups[kChainGroup];
+    chain->reserve(series.price.size() + series.wait.size() + series.compliance.size() +
+                   series.score.size());
+  }
+  auto add = [&](uint32_t loc, const std::optional<Comparable>& value,
+                 const PriceCell* price) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!value.has_value()) return;
+    const Location& l = locations_[loc];
+    // A store closed for good, or not open yet, is never compared.
+    if (l.entry != nullptr && (l.entry->closed || l.entry->opened > now)) return;
+    Member m;
+    m.location = loc;
+    m.value = *value;
+    m.entry = l.entry;
+    m.name = l.state.location;
+    if (price != nullptr && price->changes != nullptr) {
+      m.latest_change = *price->changes->latest();
+      m.changes_in_flip_window = price->changes->CountSince(flip_since);
+      for (int i = 0; i < price->changes->size; ++i) {
+        const PriceChange& c = price->changes->ring[i];
+        if (c.to < c.from && c.at_ns >= drops_since) data.drops.push_back({loc, c});
+      }
+    }
+    (chain != nullptr ? *chain : groups[GroupName(rule, l.entry)]).push_back(std::move(m));
+  };
+  // Cells in location order, so each group's members come out sorted.
+  for (const auto& [loc, cell] : InLocationOrder(series.price, locations_.size()))
+    add(loc, ComparePrice(*cell, now, catalog.price), cell);
+  for (const auto& [loc, cell] : InLocationOrder(series.wait, locations_.size())) {
     add(loc,
-        CompareWait(cell, now, catalog.wait, catalog.wait_sketch,
+        CompareWait(*cell, now, catalog.wait, catalog.wait_sketch,
                     wait_promise != nullptr ? wait_promise->within_seconds : 0),
         nullptr);
   }
@@ -845,12 +874,12 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
     const FamilyPolicy policy = catalog.CompliancePolicy(series.key.key);
     const KeyJudging* judging = catalog.JudgingFor(series.key.key);
     const JudgingMode mode = judging != nullptr ? judging->mode : JudgingMode::kRate;
-    for (const auto& [loc, cell] : series.compliance) {
-      add(loc, CompareCompliance(cell, now, policy, mode), nullptr);
+    for (const auto& [loc, cell] : InLocationOrder(series.compliance, locations_.size())) {
+      add(loc, CompareCompliance(*cell, now, policy, mode), nullptr);
     }
   }
-  for (const auto& [loc, cell] : series.score)
-    add(loc, CompareScore(cell, now, catalog.score), nullptr);
+  for (const auto& [loc, cell] : InLocationOrder(series.score, locations_.size()))
+    add(loc, CompareScore(*cell, now, catalog.score), nullptr);
 
   FallBackToChain(catalog.thresholds.min_group, &groups);
   // Rush hours differ: a group spanning time zones compares waits within
@@ -886,8 +915,11 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
   }
   for (auto& [name, members] : groups) {
     if (members.empty()) continue;
-    std::sort(members.begin(), members.end(),
-              [](const Member& a, const Member& b) { return a.location < b.location; });
+    // Only the chain fallback and local-hour buckets leave them unsorted.
+    auto by_location = [](const Member& a, const Member& b) { return a.location < b.location; };
+    if (!std::is_sorted(members.begin(), members.end(), by_location)) {
+      std::sort(members.begin(), members.end(), by_location);
+    }
     GroupData g;
     g.group = name;
     g.members = std::move(members);
@@ -1030,20 +1062,23 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
     auto stats = std::make_shared<SeriesStats>();
     stats->key = data->key;
     stats->group = g.group;
-    stats->summary = SummarizeGroup(values);
     std::vector<LocatedValue> own;  // Without other groups' copies: only with them.
     if (g.fallback) {
       for (const Member& m : g.members) {
         if (m.judged) own.push_back({m.location, m.value.value});
       }
     }
-    stats->own = g.fallback ? SummarizeGroup(own) : stats->summary;
-    stats->band = ExpectedBand(data->key.family, stats->summary, policy);
-    if (data->key.family == v1::FAMILY_WAIT) {
+    if (data->key.family == v1::FAMILY_WAIT) {  // In member order, as exposition sums them.
       const std::vector<LocatedValue>& mine = g.fallback ? own : values;
       stats->wait_values.reserve(mine.size());
       for (const LocatedValue& v : mine) stats->wait_values.push_back(v.value);
     }
+    // Sorted once by value (then location): the summary and the levels
+    // then find them in order and sort nothing again.
+    SortByValueThenLocation(&values);
+    stats->summary = SummarizeGroup(values);
+    stats->own = g.fallback ? SummarizeGroup(own) : stats->summary;
+    stats->band = ExpectedBand(data->key.family, stats->summary, policy);
     absl::flat_hash_set<uint32_t> not_outliers;
     if (data->key.family == v1::FAMILY_PRICE) {
       PriceStructure(data->key, values, now, catalog, &g, stats.get(), &not_outliers);

@@ -30,10 +30,27 @@ double Mode(absl::Span<const LocatedValue> run) {
   return best;
 }
 
+// The locations of a run sorted by value then location: each value's
+// locations are in order already, so a few values are merged, not sorted.
 std::vector<uint32_t> Members(absl::Span<const LocatedValue> run) {
   std::vector<uint32_t> m;
-  for (const LocatedValue& v : run) m.push_back(v.location);
-  std::sort(m.begin(), m.end());
+  m.reserve(run.size());
+  int merges = 0;
+  for (size_t i = 0; i < run.size(); ++i) {
+    if (i > 0 && run[i].value != run[i - 1].value && ++merges > 16) break;
+    m.push_back(run[i].location);
+  }
+  if (m.size() < run.size()) {  // Many values: sorted whole.
+    m.clear();
+    for (const LocatedValue& v : run) m.push_back(v.location);
+    std::sort(m.begin(), m.end());
+    return m;
+  }
+  for (size_t i = 1, begin = 0; i <= run.size(); ++i) {
+    if (i < run.size() && run[i].value == run[i - 1].value) continue;
+    std::inplace_merge(m.begin(), m.begin() + begin, m.begin() + i);
+    begin = i;
+  }
   return m;
 }
 
@@ -46,11 +63,12 @@ Levels FindLevels(absl::Span<const LocatedValue> values, double median, double f
   for (const LocatedValue& v : values) {
     (std::fabs(v.value - median) > floor ? deviants : main).push_back(v);
   }
-  auto by_value = [](const LocatedValue& a, const LocatedValue& b) {
-    return a.value != b.value ? a.value < b.value : a.location < b.location;
-  };
-  std::sort(main.begin(), main.end(), by_value);
-  std::sort(deviants.begin(), deviants.end(), by_value);
+  // Values sorted already (ComputeGroups sorts them once) stay so apart.
+  for (std::vector<LocatedValue>* part : {&main, &deviants}) {
+    if (!std::is_sorted(part->begin(), part->end(), ByValueThenLocation{})) {
+      std::sort(part->begin(), part->end(), ByValueThenLocation{});
+    }
+  }
   if (!main.empty()) {
     levels.main.value = Mode(main);
     levels.main.members = Members(main);
@@ -106,8 +124,8 @@ std::vector<v1::Finding> FindingTracker::Evaluate(std::vector<Condition> conditi
       }
       // The evidence's time is the earliest this finding was seen on.
       if (state.finding.has_evidence_at() &&
-          (!f.has_evidence_at() || state.finding.evidence_at().seconds() <
-                                       f.evidence_at().seconds())) {
+          (!f.has_evidence_at() ||
+           state.finding.evidence_at().seconds() < f.evidence_at().seconds())) {
         *f.mutable_evidence_at() = state.finding.evidence_at();
       }
       state.finding = std::move(f);

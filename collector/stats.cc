@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 namespace constance::collector {
 namespace {
@@ -26,6 +27,25 @@ double SortedMedian(const std::vector<double>& v) {
   const size_t n = v.size();
   if (n == 0) return 0;
   return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// Median of |v[i] - m| over a sorted range, without sorting the
+// deviations: they fall from v's first value to m and rise after it (IEEE
+// subtraction is monotone), so merging the two runs from m outwards meets
+// them in ascending order, and the median is met halfway.
+double SortedMedianDeviation(const std::vector<double>& v, double m) {
+  const size_t n = v.size();
+  if (n == 0) return 0;
+  size_t right = std::lower_bound(v.begin(), v.end(), m) - v.begin();
+  size_t left = right;  // The next below m is v[left - 1].
+  double previous = 0, current = 0;
+  for (size_t taken = 0; taken <= n / 2; ++taken) {
+    const bool from_left =
+        right == n || (left > 0 && std::fabs(v[left - 1] - m) <= std::fabs(v[right] - m));
+    previous = current;
+    current = from_left ? std::fabs(v[--left] - m) : std::fabs(v[right++] - m);
+  }
+  return n % 2 == 1 ? current : (previous + current) / 2;
 }
 
 // Quantile q of a sorted range, linear interpolation between order
@@ -52,6 +72,44 @@ bool DirectionAllowed(v1::Family family, v1::Direction direction) {
 
 }  // namespace
 
+void SortByValueThenLocation(std::vector<LocatedValue>* values) {
+  std::vector<LocatedValue>& v = *values;
+  // In strictly increasing location order, sorting by value then location
+  // is a stable sort by value: each distinct value's bucket, in order.
+  constexpr size_t kMaxBuckets = 16;
+  std::vector<std::pair<double, size_t>> buckets;  // (value, count), then (value, start).
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i > 0 && v[i - 1].location >= v[i].location) {
+      buckets.clear();
+      break;
+    }
+    auto it = std::find_if(buckets.begin(), buckets.end(),
+                           [&](const auto& b) { return b.first == v[i].value; });
+    if (it != buckets.end()) {
+      ++it->second;
+    } else if (buckets.size() == kMaxBuckets) {
+      buckets.clear();
+      break;
+    } else {
+      buckets.emplace_back(v[i].value, 1);
+    }
+  }
+  if (buckets.empty()) {
+    std::sort(v.begin(), v.end(), ByValueThenLocation{});
+    return;
+  }
+  std::sort(buckets.begin(), buckets.end());
+  size_t start = 0;
+  for (auto& b : buckets) start += std::exchange(b.second, start);
+  std::vector<LocatedValue> out(v.size());
+  for (const LocatedValue& x : v) {
+    auto it = std::find_if(buckets.begin(), buckets.end(),
+                           [&](const auto& b) { return b.first == x.value; });
+    out[it->second++] = x;
+  }
+  v = std::move(out);
+}
+
 GroupSummary SummarizeGroup(absl::Span<const LocatedValue> values) {
   GroupSummary s;
   s.n = values.size();
@@ -59,7 +117,7 @@ GroupSummary SummarizeGroup(absl::Span<const LocatedValue> values) {
   std::vector<double> sorted;
   sorted.reserve(values.size());
   for (const LocatedValue& v : values) sorted.push_back(v.value);
-  std::sort(sorted.begin(), sorted.end());
+  if (!std::is_sorted(sorted.begin(), sorted.end())) std::sort(sorted.begin(), sorted.end());
   s.min = sorted.front();
   s.max = sorted.back();
   s.median = SortedMedian(sorted);
@@ -76,15 +134,9 @@ GroupSummary SummarizeGroup(absl::Span<const LocatedValue> values) {
   s.stddev = std::sqrt(squares / s.n);
   s.cv = s.mean != 0 ? s.stddev / std::fabs(s.mean) : 0;
 
-  std::vector<double> deviations;
-  deviations.reserve(sorted.size());
   double abs_sum = 0;
-  for (double x : sorted) {
-    deviations.push_back(std::fabs(x - s.median));
-    abs_sum += deviations.back();
-  }
-  std::sort(deviations.begin(), deviations.end());
-  s.mad = SortedMedian(deviations);
+  for (double x : sorted) abs_sum += std::fabs(x - s.median);
+  s.mad = SortedMedianDeviation(sorted, s.median);
   s.mean_ad = abs_sum / s.n;
   return s;
 }
@@ -106,7 +158,7 @@ double RateShortfall(double rate, uint64_t samples, double limit, double floor) 
           : WilsonInterval(static_cast<uint64_t>(std::llround(rate * static_cast<double>(samples))),
                            samples)
                 .high;
-  const double strength = floor > 0 ? (limit - high) / floor
+  const double strength = floor > 0      ? (limit - high) / floor
                           : high < limit ? std::numeric_limits<double>::max()
                                          : 0;
   // Strictly past the floor, as a deviation (ExceedsFloor): an interval

@@ -129,8 +129,23 @@ RateInterval WilsonInterval(uint64_t passed, uint64_t total, double z = kRateZ);
 // how near the edge for hysteresis.
 double RateShortfall(double rate, uint64_t samples, double limit, double floor);
 
-// Exact statistics over `values` (any order; copied internally). Every
-// value must be finite: the ingest path rejects the rest.
+// The order statistics' order: by value, then location. Values sorted so
+// (by the caller, once) are read in order by SummarizeGroup and FindLevels
+// without sorting them again.
+struct ByValueThenLocation {
+  bool operator()(const LocatedValue& a, const LocatedValue& b) const {
+    return a.value != b.value ? a.value < b.value : a.location < b.location;
+  }
+};
+
+// Sorts `values` by ByValueThenLocation. Values in location order taking
+// few distinct values (a price's levels) are bucketed in one pass; the
+// rest are sorted.
+void SortByValueThenLocation(std::vector<LocatedValue>* values);
+
+// Exact statistics over `values` (any order; copied internally, sorted
+// unless already in order). Every value must be finite: the ingest path
+// rejects the rest.
 GroupSummary SummarizeGroup(absl::Span<const LocatedValue> values);
 
 // The family's floor at `median`: the smallest deviation that may count.
@@ -154,10 +169,10 @@ Band ExpectedBand(v1::Family family, const GroupSummary& summary, const OutlierP
 Assessment AssessValue(v1::Family family, double value, const GroupSummary& summary,
                        const Band& band, const OutlierPolicy& policy, uint64_t samples = 0);
 
-// The locations whose value (with its samples) is an outlier under AssessValue: |z| > z_threshold (when MAD > 0),
-// |deviation| above the family's floor, in a direction the family cares about (price:
-// both; wait: above; compliance: below; score: both), and the group has at
-// least min_group locations. Sorted by |z| descending, then location.
+// The locations whose value (with its samples) is an outlier under AssessValue: |z| > z_threshold
+// (when MAD > 0), |deviation| above the family's floor, in a direction the family cares about
+// (price: both; wait: above; compliance: below; score: both), and the group has at least min_group
+// locations. Sorted by |z| descending, then location.
 std::vector<OutlierResult> FindOutliers(v1::Family family, absl::Span<const LocatedValue> values,
                                         const GroupSummary& summary, const OutlierPolicy& policy);
 

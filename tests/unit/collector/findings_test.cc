@@ -2,9 +2,11 @@
 // chain's operations team must be told, and what it must not be paged for.
 #include "collector/findings.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <memory>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -243,7 +245,8 @@ TEST(FindingsTest, StatisticsAndFindingsAgreeAtTheFloor) {
     Chain chain;
     for (int s = 0; s < 21; ++s) {
       std::vector<v1::Observation> checks;
-      for (int k = 0; k < 20; ++k) checks.push_back(chain.Check("fridge-temp", s < 20 || k < passes));
+      for (int k = 0; k < 20; ++k)
+        checks.push_back(chain.Check("fridge-temp", s < 20 || k < passes));
       chain.Send(Store(s), std::move(checks));
     }
     chain.Evaluate();
@@ -815,9 +818,8 @@ TEST(FindingsTest, ADailyExportIsStaleNotSilentWhileItsAgentIsAlive) {
   for (int hour = 0; hour < 10; ++hour) {
     chain.Advance(absl::Hours(1));
     ASSERT_TRUE(chain.engine().RecordHeartbeat(Heartbeat("store-daily")).ok());
-    ASSERT_TRUE(chain.engine()
-                    .RecordHeartbeat(Heartbeat("store-agent-daily", {}, absl::Hours(24)))
-                    .ok());
+    ASSERT_TRUE(
+        chain.engine().RecordHeartbeat(Heartbeat("store-agent-daily", {}, absl::Hours(24))).ok());
     ASSERT_TRUE(chain.engine().RecordHeartbeat(Heartbeat("store-live")).ok());
     chain.Evaluate(2, absl::Minutes(1));
   }
@@ -832,9 +834,8 @@ TEST(FindingsTest, ADailyExportIsStaleNotSilentWhileItsAgentIsAlive) {
   for (int hour = 0; hour < 16; ++hour) {
     chain.Advance(absl::Hours(1));
     ASSERT_TRUE(chain.engine().RecordHeartbeat(Heartbeat("store-daily")).ok());
-    ASSERT_TRUE(chain.engine()
-                    .RecordHeartbeat(Heartbeat("store-agent-daily", {}, absl::Hours(24)))
-                    .ok());
+    ASSERT_TRUE(
+        chain.engine().RecordHeartbeat(Heartbeat("store-agent-daily", {}, absl::Hours(24))).ok());
     chain.Evaluate(2, absl::Minutes(1));
   }
   std::set<std::string> stale_now;
@@ -863,8 +864,8 @@ TEST(FindingsTest, AgentLabelsGroupLocationsTheCatalogDoesNotList) {
   catalog.locations = {listed};
   Chain chain(catalog);
   for (int i = 0; i < 16; ++i) {
-    const std::map<std::string, std::string> labels = {
-        {"region", i < 8 ? "north" : "south"}, {"format", "city"}};
+    const std::map<std::string, std::string> labels = {{"region", i < 8 ? "north" : "south"},
+                                                       {"format", "city"}};
     ASSERT_TRUE(chain.engine().RecordHeartbeat(Heartbeat(Store(i), labels)).ok());
     chain.SetPrice(Store(i), "sku-1", i < 8 ? 249 : 199);
   }
@@ -1167,6 +1168,44 @@ TEST(FindLevelsTest, Cases) {
     Levels levels = FindLevels(values, c.median, c.floor, 3);
     EXPECT_EQ(levels.others.size(), c.others) << c.name;
     EXPECT_EQ(levels.scattered.size(), c.scattered) << c.name;
+  }
+}
+
+// Levels found from values sorted by value (as ComputeGroups passes them)
+// equal those found from any order: members ascending, merged or sorted,
+// with few values per level and with more than the merge takes.
+TEST(FindLevelsTest, SortedAndShuffledInputsGiveTheSameLevels) {
+  std::mt19937 rng(7);
+  for (int round = 0; round < 300; ++round) {
+    const int spread = 1 + static_cast<int>(rng() % 60);  // Distinct values, in 0.1 steps.
+    std::vector<LocatedValue> values;
+    uint32_t loc = 0;
+    for (int i = 0, n = 1 + static_cast<int>(rng() % 200); i < n; ++i) {
+      loc += 1 + rng() % 4;
+      values.push_back({loc, 10 + static_cast<double>(rng() % spread) / 10});
+    }
+    const double median = 10 + static_cast<double>(rng() % spread) / 20;
+    const double floor = static_cast<double>(rng() % 30) / 10;
+    std::vector<LocatedValue> sorted = values;
+    SortByValueThenLocation(&sorted);
+    std::shuffle(values.begin(), values.end(), rng);
+    const Levels a = FindLevels(values, median, floor, 3);
+    const Levels b = FindLevels(sorted, median, floor, 3);
+    SCOPED_TRACE(absl::StrCat("round ", round));
+    EXPECT_TRUE(std::is_sorted(a.main.members.begin(), a.main.members.end()));
+    EXPECT_EQ(a.main.value, b.main.value);
+    EXPECT_EQ(a.main.members, b.main.members);
+    ASSERT_EQ(a.others.size(), b.others.size());
+    for (size_t i = 0; i < a.others.size(); ++i) {
+      EXPECT_TRUE(std::is_sorted(a.others[i].members.begin(), a.others[i].members.end()));
+      EXPECT_EQ(a.others[i].value, b.others[i].value);
+      EXPECT_EQ(a.others[i].members, b.others[i].members);
+    }
+    EXPECT_EQ(a.scattered, b.scattered);
+    std::set<uint32_t> all(a.main.members.begin(), a.main.members.end());
+    for (const Level& l : a.others) all.insert(l.members.begin(), l.members.end());
+    all.insert(a.scattered.begin(), a.scattered.end());
+    EXPECT_EQ(all.size(), values.size());
   }
 }
 

@@ -1,7 +1,9 @@
 // Table-driven tests of the cross-location statistics and the outlier rule.
 #include "collector/stats.h"
 
+#include <algorithm>
 #include <cmath>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -21,6 +23,52 @@ std::vector<double> Many(size_t n, double value, std::vector<double> rest = {}) 
   std::vector<double> v(n, value);
   v.insert(v.end(), rest.begin(), rest.end());
   return v;
+}
+
+// Random groups in location order (as ComputeGroups builds them) or
+// shuffled, taking `distinct` values (some negative, zero signed both ways).
+std::vector<LocatedValue> RandomGroup(std::mt19937* rng, size_t n, int distinct, bool in_order) {
+  std::vector<LocatedValue> out;
+  uint32_t loc = 0;
+  for (size_t i = 0; i < n; ++i) {
+    loc += 1 + (*rng)() % 3;
+    const int pick = static_cast<int>((*rng)() % distinct);
+    const double value = pick == 0 ? -0.0 : pick == 1 ? 0.0 : (pick - distinct / 2) * 0.25;
+    out.push_back({loc, value});
+  }
+  if (!in_order) std::shuffle(out.begin(), out.end(), *rng);
+  return out;
+}
+
+// The order statistics read without sorting twice equal their definitions:
+// sorted by (value, location) as std::sort does, the MAD as the median of
+// sorted absolute deviations, for both parities, few and many values.
+TEST(SummarizeGroupTest, SortingOnceGivesTheDefinitionsExactly) {
+  std::mt19937 rng(20);
+  for (int round = 0; round < 400; ++round) {
+    const size_t n = 1 + rng() % 60;
+    const int distinct = 1 + static_cast<int>(rng() % 24);
+    std::vector<LocatedValue> values = RandomGroup(&rng, n, distinct, round % 3 != 0);
+    std::vector<LocatedValue> expected = values;
+    std::sort(expected.begin(), expected.end(), [](const LocatedValue& a, const LocatedValue& b) {
+      return a.value != b.value ? a.value < b.value : a.location < b.location;
+    });
+    std::vector<LocatedValue> sorted = values;
+    SortByValueThenLocation(&sorted);
+    ASSERT_EQ(sorted.size(), expected.size());
+    for (size_t i = 0; i < sorted.size(); ++i) {
+      ASSERT_EQ(sorted[i].location, expected[i].location) << "round " << round << " at " << i;
+      ASSERT_EQ(std::signbit(sorted[i].value), std::signbit(expected[i].value));
+    }
+    const GroupSummary s = SummarizeGroup(values);
+    std::vector<double> deviations;
+    for (const LocatedValue& v : values) deviations.push_back(std::fabs(v.value - s.median));
+    std::sort(deviations.begin(), deviations.end());
+    const double mad =
+        n % 2 == 1 ? deviations[n / 2] : (deviations[n / 2 - 1] + deviations[n / 2]) / 2;
+    EXPECT_EQ(s.mad, mad) << "round " << round;
+    EXPECT_EQ(SummarizeGroup(sorted).mad, mad) << "round " << round;
+  }
 }
 
 TEST(SummarizeGroupTest, ExactStatistics) {
@@ -282,10 +330,10 @@ TEST(RateShortfallTest, SmallSamplesNeedEvidence) {
     uint64_t passed, total;
     bool short_of_band;
   } kCases[] = {
-      {"0 of 1", 0, 1, false},   {"1 of 2 (failed, passed the re-inspection)", 1, 2, false},
-      {"1 of 3", 1, 3, false},   {"2 of 4", 2, 4, false},
-      {"0 of 2", 0, 2, true},    {"1 of 4 (3 fails of 4)", 1, 4, true},
-      {"8 of 20", 8, 20, true},  {"19 of 20", 19, 20, false},
+      {"0 of 1", 0, 1, false},      {"1 of 2 (failed, passed the re-inspection)", 1, 2, false},
+      {"1 of 3", 1, 3, false},      {"2 of 4", 2, 4, false},
+      {"0 of 2", 0, 2, true},       {"1 of 4 (3 fails of 4)", 1, 4, true},
+      {"8 of 20", 8, 20, true},     {"19 of 20", 19, 20, false},
       {"75 of 100", 75, 100, true}, {"85 of 100: a floor short at most", 85, 100, false},
   };
   for (const auto& c : kCases) {
