@@ -999,12 +999,12 @@ namespace {
 // A price group's structure: its levels, and the rollouts it is in the
 // middle of (many locations moved from one level to one new level within
 // the grace, or to a list price whose effective date is near). Members of
-// a level or of a rollout go into *not_outliers.
+// a level or of a rollout are marked in *not_outliers (by location).
 void PriceStructure(const SeriesKey& key, const std::vector<LocatedValue>& values, absl::Time now,
                     const Catalog& catalog, GroupData* group, SeriesStats* stats,
-                    absl::flat_hash_set<uint32_t>* not_outliers_out) {
+                    std::vector<bool>* not_outliers_out) {
   GroupData& g = *group;
-  absl::flat_hash_set<uint32_t>& not_outliers = *not_outliers_out;
+  std::vector<bool>& not_outliers = *not_outliers_out;
   const Thresholds& th = catalog.thresholds;
   g.levels = FindLevels(values, stats->summary.median, stats->band.floor, th.min_level);
   // A chain-wide change rolling out: many locations moved from one
@@ -1037,12 +1037,12 @@ void PriceStructure(const SeriesKey& key, const std::vector<LocatedValue>& value
     } else {
       kept.push_back(level);
     }
-    for (uint32_t loc : level.members) not_outliers.insert(loc);
+    for (uint32_t loc : level.members) not_outliers[loc] = true;
   }
   for (const GroupMember& m : g.members) {
     if (in_rollout(m.value.value) &&
         std::fabs(m.value.value - stats->summary.median) > stats->band.floor) {
-      not_outliers.insert(m.location);
+      not_outliers[m.location] = true;
       stats->rollout = true;
     }
   }
@@ -1079,7 +1079,8 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
     stats->summary = SummarizeGroup(values);
     stats->own = g.fallback ? SummarizeGroup(own) : stats->summary;
     stats->band = ExpectedBand(data->key.family, stats->summary, policy);
-    absl::flat_hash_set<uint32_t> not_outliers;
+    // Members are sorted by location: the last bounds them.
+    std::vector<bool> not_outliers(g.members.empty() ? 0 : g.members.back().location + 1);
     if (data->key.family == v1::FAMILY_PRICE) {
       PriceStructure(data->key, values, now, catalog, &g, stats.get(), &not_outliers);
     }
@@ -1089,7 +1090,7 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
     for (const Member& m : g.members) {
       Assessment a = AssessValue(data->key.family, m.value.value, stats->summary, stats->band,
                                  policy, m.value.samples);
-      if (not_outliers.contains(m.location) || !m.judged) {
+      if (not_outliers[m.location] || !m.judged) {
         a = Assessment{a.deviation, 0, 0, false, a.direction};
       }
       if (a.outlier) {
@@ -1590,6 +1591,27 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
   out->conditions.push_back(std::move(c));
 }
 
+namespace {
+
+// Price drops by location, stable. A drop is large (strings), and an
+// evaluation republishes every drop within rollout_grace: their order is
+// sorted as indexes, and each drop moved once.
+void SortByLocation(std::vector<PriceDrop>* drops) {
+  std::vector<PriceDrop>& d = *drops;
+  auto by_location = [](const PriceDrop& a, const PriceDrop& b) { return a.location < b.location; };
+  if (std::is_sorted(d.begin(), d.end(), by_location)) return;
+  std::vector<uint32_t> order(d.size());
+  for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](uint32_t a, uint32_t b) { return by_location(d[a], d[b]); });
+  std::vector<PriceDrop> sorted;
+  sorted.reserve(d.size());
+  for (uint32_t i : order) sorted.push_back(std::move(d[i]));
+  d = std::move(sorted);
+}
+
+}  // namespace
+
 void Engine::PublishFindings(
     absl::Time evaluated_at, int persistence, const std::vector<std::string>& names,
     const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken,
@@ -1602,8 +1624,7 @@ void Engine::PublishFindings(
   std::stable_sort(
       view->promises.begin(), view->promises.end(),
       [](const PromiseStanding& a, const PromiseStanding& b) { return a.location < b.location; });
-  std::stable_sort(view->price_drops.begin(), view->price_drops.end(),
-                   [](const PriceDrop& a, const PriceDrop& b) { return a.location < b.location; });
+  SortByLocation(&view->price_drops);
   if (evaluated_counts_.size() >= static_cast<size_t>(persistence)) {
     view->observations_settled = evaluated_counts_.front();
   }
