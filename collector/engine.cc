@@ -846,7 +846,8 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
     const Location& l = locations_[loc];
     // A store closed for good, or not open yet, is never compared.
     if (l.entry != nullptr && (l.entry->closed || l.entry->opened > now)) return;
-    Member m;
+    // Built in place: a member is large.
+    Member& m = (chain != nullptr ? *chain : groups[GroupName(rule, l.entry)]).emplace_back();
     m.location = loc;
     m.value = *value;
     m.entry = l.entry;
@@ -859,7 +860,6 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
         if (c.to < c.from && c.at_ns >= drops_since) data.drops.push_back({loc, c});
       }
     }
-    (chain != nullptr ? *chain : groups[GroupName(rule, l.entry)]).push_back(std::move(m));
   };
   // Cells in location order, so each group's members come out sorted.
   for (const auto& [loc, cell] : InLocationOrder(series.price, locations_.size()))
@@ -1473,9 +1473,9 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
     for (size_t i = 0; i < g.members.size(); ++i) {
       const Member& m = g.members[i];
       if (!m.judged || ExceptionFor(m.name, key, ev->now, ev->catalog) != nullptr) continue;
-      Pending p{
-          m.location,          m.name, &g, {}, {}, false, false, m.value.critical_failure, false,
-          m.value.evidence_ns, {}};
+      // The name is copied only into what is kept (below).
+      Pending p{m.location,          {}, &g, {}, {}, false, false, m.value.critical_failure, false,
+                m.value.evidence_ns, {}};
       p.outlier = OutlierReason(key, g, i, ev->weak, &p.reasons);
       if (std::optional<PromiseVerdict> promise = PromiseVerdictFor(
               key, m.entry, m.value, wait_promise, check_promise, ev->now, ev->catalog)) {
@@ -1500,7 +1500,10 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
           p.reasons.push_back(std::move(*r));
         }
       }
-      if (!p.reasons.empty() || !p.promise_id.empty()) pending.push_back(std::move(p));
+      if (!p.reasons.empty() || !p.promise_id.empty()) {
+        p.name = m.name;
+        pending.push_back(std::move(p));
+      }
     }
   }
 
