@@ -1387,7 +1387,7 @@ bool Engine::EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalo
   if (!completed) return false;
   // In series order, as a full recomputation adds them.
   for (uint32_t i = 0; i < outcomes_.size(); ++i) {
-    Merge(outcomes_[i], ev);
+    Merge(outcomes_[i], tracker_, ev);
     if (auto it = late_drops.find(i); it != late_drops.end()) {
       ev->price_drops.insert(ev->price_drops.end(), it->second.begin(), it->second.end());
     }
@@ -1514,8 +1514,16 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
   }
 }
 
-void Engine::Merge(const SeriesOutcome& o, Evaluation* ev) {
-  ev->conditions.insert(ev->conditions.end(), o.conditions.begin(), o.conditions.end());
+void Engine::Merge(const SeriesOutcome& o, const FindingTracker& tracker, Evaluation* ev) {
+  // Weak conditions (hysteresis) matter to the tracker only when it tracks
+  // them, and then without their finding: most are neither copied nor kept.
+  for (const Condition& c : o.conditions) {
+    if (c.strength >= 1) {
+      ev->conditions.push_back(c);
+    } else if (tracker.Tracks(c.id)) {
+      ev->conditions.push_back(Condition{c.id, c.strength, {}});
+    }
+  }
   ev->splits.insert(ev->splits.end(), o.splits.begin(), o.splits.end());
   for (const auto& [loc, kept] : o.kept) {
     auto& kb = ev->kept_broken[loc];

@@ -554,7 +554,7 @@ class Engine {
   bool EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalog, const LateDrops& late,
                               Evaluation* ev) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
   // Adds one series' outcome to the evaluation's.
-  static void Merge(const SeriesOutcome& outcome, Evaluation* ev);
+  static void Merge(const SeriesOutcome& outcome, const FindingTracker& tracker, Evaluation* ev);
   // The series' price drops (data.drops), each classified in the group
   // its location is judged in by the rollout rule (NearAny, evaluators.h);
   // appended to *out.

@@ -67,8 +67,14 @@ class FindingTracker {
   }
 
   // One evaluation at `now`. Conditions absent from `conditions` count as
-  // strength 0. Returns the findings opened by this evaluation.
+  // strength 0. Returns the findings opened by this evaluation. A
+  // condition below strength 1 changes only a condition already tracked,
+  // and its finding is not read: one untracked may be left out, and a
+  // tracked one passed with its id and strength alone.
   std::vector<v1::Finding> Evaluate(std::vector<Condition> conditions, absl::Time now);
+
+  // Whether the condition `id` is tracked (open, or on its way to opening).
+  bool Tracks(const std::string& id) const { return states_.contains(id); }
 
   // Active findings, in id order.
   std::vector<v1::Finding> Active() const;
