@@ -77,8 +77,16 @@ absl::Status PriceDropFeed::Record(const std::vector<PriceDrop>& drops, absl::Ti
   absl::Status status;
   sqlite::Stmt put;
   if (put.Prepare(db_, kUpsert) != SQLITE_OK) status = Error("cannot write");
+  const int64_t cutoff = absl::ToUnixNanos(now - options_.retention);
+  absl::flat_hash_map<Identity, bool> held;  // A repeat within `drops` is written again.
+  held.reserve(drops.size());
   for (size_t i = 0; status.ok() && i < drops.size(); ++i) {
     const PriceDrop& d = drops[i];
+    if (absl::ToUnixNanos(d.at) >= cutoff) {  // Else the trim below deletes it.
+      auto [slot, first] = held.insert_or_assign(IdentityOf(d), d.rollout);
+      auto known = first ? committed_.find(slot->first) : committed_.end();
+      if (known != committed_.end() && known->second == d.rollout) continue;  // Written so.
+    }
     sqlite::Using using_put(put);
     sqlite3_stmt* s = put.get();
     sqlite3_bind_int64(s, 1, absl::ToUnixNanos(d.at));
@@ -98,19 +106,28 @@ absl::Status PriceDropFeed::Record(const std::vector<PriceDrop>& drops, absl::Ti
     if (trim.Prepare(db_, "DELETE FROM price_drops WHERE at_ns < ?") != SQLITE_OK) {
       status = Error("cannot remove old drops");
     } else {
-      sqlite3_bind_int64(trim.get(), 1, absl::ToUnixNanos(now - options_.retention));
+      sqlite3_bind_int64(trim.get(), 1, cutoff);
       if (sqlite3_step(trim.get()) != SQLITE_DONE) status = Error("cannot remove old drops");
     }
   }
   if (!status.ok()) {
     sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    committed_.clear();  // Whatever was written is undone; nothing is known.
     return status;
   }
   if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
     status = Error("cannot commit");
     sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    committed_.clear();
+    return status;
   }
+  committed_ = std::move(held);
   return status;
+}
+
+PriceDropFeed::Identity PriceDropFeed::IdentityOf(const PriceDrop& d) {
+  return {d.location, d.series.key, d.series.currency, static_cast<int>(d.series.kind),
+          absl::ToUnixNanos(d.at)};
 }
 
 std::vector<v1::PriceDrop> PriceDropFeed::Read(absl::Time since, const std::string& location,

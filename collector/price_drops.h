@@ -28,8 +28,10 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -55,7 +57,9 @@ class PriceDropFeed {
 
   // Adds the drops not recorded yet (recorded_at = `now`), updates the
   // rollout flag of known ones, and deletes drops older than the retention,
-  // in one transaction.
+  // in one transaction. Each evaluation republishes the drops within
+  // rollout_grace: those the previous Record committed as they are now
+  // are not written again.
   absl::Status Record(const std::vector<PriceDrop>& drops, absl::Time now);
 
   // Where a reader stands: after the drop at (at_ns, row).
@@ -72,10 +76,18 @@ class PriceDropFeed {
   explicit PriceDropFeed(Options options) : options_(options) {}
   absl::Status Error(absl::string_view what) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // A drop's identity in the table (its primary key) and its rollout flag.
+  using Identity = std::tuple<std::string, std::string, std::string, int, int64_t>;
+  static Identity IdentityOf(const PriceDrop& d);
+
   const Options options_;
   std::string path_;
   mutable absl::Mutex mu_;
   sqlite3* db_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // The drops the last committed Record held, as committed. Only a
+  // shortcut: what it lacks is written again (an upsert), so it starts
+  // empty and holds one evaluation's drops at most.
+  absl::flat_hash_map<Identity, bool> committed_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace constance::collector

@@ -110,6 +110,46 @@ TEST_F(PriceDropFeedTest, KeepsDropsInItsFileAndDeletesThemPastTheRetention) {
   EXPECT_EQ(left[0].series().key(), "milk");
 }
 
+// Republished drops the last Record committed unchanged are not written
+// again; whatever differs from it still is: a flag flipping back, a drop
+// repeated within one call (the last stands), a drop the trim deleted.
+TEST_F(PriceDropFeedTest, RepublishedDropsEndAsEveryRecordSaysThroughTheShortcut) {
+  PriceDropFeed::Options options;
+  options.retention = absl::Hours(24);
+  auto feed = PriceDropFeed::Open("", options);
+  ASSERT_TRUE(feed.ok()) << feed.status();
+  auto rollout_of = [&](const std::string& location) {
+    for (const v1::PriceDrop& d : ReadAll(**feed)) {
+      if (d.location() == location) return d.rollout() ? 1 : 0;
+    }
+    return -1;  // Not held.
+  };
+  const PriceDrop a = Drop("store-1", "coffee", 449, 399, kT0);
+  const PriceDrop b = Drop("store-2", "coffee", 449, 399, kT0);
+  PriceDrop a_rollout = a;
+  a_rollout.rollout = true;
+  ASSERT_TRUE((*feed)->Record({a, b}, kT0 + absl::Hours(1)).ok());
+  ASSERT_TRUE((*feed)->Record({a_rollout, b}, kT0 + absl::Hours(2)).ok());
+  EXPECT_EQ(rollout_of("store-1"), 1);
+  ASSERT_TRUE((*feed)->Record({a, b}, kT0 + absl::Hours(3)).ok());
+  EXPECT_EQ(rollout_of("store-1"), 0);
+  // Repeated within one call, the flag of the last one stands, though it
+  // is what the last Record committed.
+  ASSERT_TRUE((*feed)->Record({a_rollout, a, b}, kT0 + absl::Hours(4)).ok());
+  EXPECT_EQ(rollout_of("store-1"), 0);
+  ASSERT_TRUE((*feed)->Record({a, b}, kT0 + absl::Hours(5)).ok());
+  EXPECT_EQ(rollout_of("store-1"), 0);
+  ASSERT_TRUE((*feed)->Record({a_rollout, b}, kT0 + absl::Hours(6)).ok());
+  EXPECT_EQ(rollout_of("store-1"), 1);
+  EXPECT_EQ(rollout_of("store-2"), 0);
+  // Past the retention the trim deletes them though they are sent; with
+  // the clock stepped back they are recorded again.
+  ASSERT_TRUE((*feed)->Record({a_rollout, b}, kT0 + absl::Hours(25)).ok());
+  EXPECT_EQ(ReadAll(**feed).size(), 0u);
+  ASSERT_TRUE((*feed)->Record({a_rollout, b}, kT0 + absl::Hours(7)).ok());
+  EXPECT_EQ(ReadAll(**feed).size(), 2u);
+}
+
 TEST_F(PriceDropFeedTest, AnUnwritableDirectoryIsAnErrorNamingTheFile) {
   auto feed = PriceDropFeed::Open(dir_ + "/missing/price_drops.db", {});
   ASSERT_FALSE(feed.ok());
