@@ -1577,13 +1577,18 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
     reasons.push_back(std::move(r));
   }
   if (reasons.empty()) return;
+  Condition c;
+  c.id = absl::StrCat("loc|", p->name, "|", series_name);
+  for (const auto& r : reasons) c.strength = std::max(c.strength, r.first);
+  if (c.strength < 1) {  // Weak: the tracker reads no finding of it (Merge).
+    out->conditions.push_back(std::move(c));
+    return;
+  }
   std::sort(reasons.begin(), reasons.end(), [](const auto& a, const auto& b) {
     const bool ha = a.first >= 1, hb = b.first >= 1;
     if (ha != hb) return ha;
     return KindRank(a.second.kind()) > KindRank(b.second.kind());
   });
-  Condition c;
-  c.id = absl::StrCat("loc|", p->name, "|", series_name);
   v1::Finding& f = c.finding;
   f.set_location(p->name);
   SeriesToProto(key, f.mutable_series());
@@ -1594,10 +1599,7 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
   bool only_drift = true;
   f.set_severity(LocationSeverity(key.family, reasons, p->group->stats->band.floor,
                                   p->promise_critical, p->critical_failure, &only_drift));
-  for (auto& [strength, reason] : reasons) {
-    c.strength = std::max(c.strength, strength);
-    *f.add_reasons() = std::move(reason);
-  }
+  for (auto& [strength, reason] : reasons) *f.add_reasons() = std::move(reason);
   f.set_audience(only_drift ? "region" : "store");
   out->conditions.push_back(std::move(c));
 }
