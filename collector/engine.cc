@@ -75,6 +75,46 @@ std::vector<std::pair<uint32_t, const Cell*>> InLocationOrder(
   return out;
 }
 
+// Rush hours differ: a group spanning time zones compares waits within
+// the same local hour-of-week once at least two such buckets have
+// min_group locations each; the locations of smaller buckets stay
+// compared together in the group.
+void BucketByLocalHour(absl::Time now, uint64_t min_group,
+                       std::map<std::string, std::vector<GroupMember>>* groups) {
+  std::vector<std::pair<absl::TimeZone, std::string>> hour_in;  // Each zone's bucket, once.
+  auto bucket_of = [&](const absl::TimeZone& tz) -> const std::string& {
+    for (const auto& [zone, bucket] : hour_in) {
+      if (zone == tz) return bucket;
+    }
+    return hour_in.emplace_back(tz, absl::FormatTime("%a %Hh", now, tz)).second;
+  };
+  std::map<std::string, std::vector<GroupMember>> bucketed;
+  for (auto& [name, members] : *groups) {
+    std::map<std::string, std::vector<GroupMember>> buckets;
+    for (GroupMember& m : members) {
+      const absl::TimeZone tz = m.entry != nullptr ? m.entry->tz : absl::UTCTimeZone();
+      buckets[bucket_of(tz)].push_back(std::move(m));
+    }
+    size_t enough = 0;
+    for (const auto& [bucket, in] : buckets) enough += in.size() >= min_group;
+    std::vector<GroupMember>& rest = bucketed[name];
+    if (enough < 2) {  // One hour (or none) with enough data: compare as one group.
+      for (auto& [bucket, in] : buckets) {
+        for (GroupMember& m : in) rest.push_back(std::move(m));
+      }
+      continue;
+    }
+    for (auto& [bucket, in] : buckets) {
+      if (in.size() >= min_group) {
+        bucketed[absl::StrCat(name, "@", bucket)] = std::move(in);
+      } else {
+        for (GroupMember& m : in) rest.push_back(std::move(m));
+      }
+    }
+  }
+  *groups = std::move(bucketed);
+}
+
 std::string GroupName(const PeerGroupRule* rule, const LocationEntry* entry) {
   if (rule == nullptr || entry == nullptr) return kChainGroup;
   auto it = entry->labels.find(rule->label);
@@ -882,36 +922,8 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
     add(loc, CompareScore(*cell, now, catalog.score), nullptr);
 
   FallBackToChain(catalog.thresholds.min_group, &groups);
-  // Rush hours differ: a group spanning time zones compares waits within
-  // the same local hour-of-week once at least two such buckets have
-  // min_group locations each; the locations of smaller buckets stay
-  // compared together in the group.
   if (series.key.family == v1::FAMILY_WAIT && catalog.wait_sketch.hour_of_week) {
-    std::map<std::string, std::vector<Member>> bucketed;
-    for (auto& [name, members] : groups) {
-      std::map<std::string, std::vector<Member>> buckets;
-      for (Member& m : members) {
-        const absl::TimeZone tz = m.entry != nullptr ? m.entry->tz : absl::UTCTimeZone();
-        buckets[absl::FormatTime("%a %Hh", now, tz)].push_back(std::move(m));
-      }
-      size_t enough = 0;
-      for (const auto& [bucket, in] : buckets) enough += in.size() >= catalog.thresholds.min_group;
-      std::vector<Member>& rest = bucketed[name];
-      if (enough < 2) {  // One hour (or none) with enough data: compare as one group.
-        for (auto& [bucket, in] : buckets) {
-          for (Member& m : in) rest.push_back(std::move(m));
-        }
-        continue;
-      }
-      for (auto& [bucket, in] : buckets) {
-        if (in.size() >= catalog.thresholds.min_group) {
-          bucketed[absl::StrCat(name, "@", bucket)] = std::move(in);
-        } else {
-          for (Member& m : in) rest.push_back(std::move(m));
-        }
-      }
-    }
-    groups = std::move(bucketed);
+    BucketByLocalHour(now, catalog.thresholds.min_group, &groups);
   }
   for (auto& [name, members] : groups) {
     if (members.empty()) continue;
