@@ -9,6 +9,7 @@
 // running catalog stays). Exit codes: 0 after SIGTERM/SIGINT and a clean
 // shutdown, 1 when it cannot start (the message says what to fix), 2 on
 // usage errors.
+#include <malloc.h>
 #include <signal.h>
 
 #include <iostream>
@@ -19,6 +20,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "collector/catalog.h"
 #include "collector/server.h"
 #include "constance/log.h"
@@ -137,7 +139,18 @@ int main(int argc, char** argv) {
   }
   constance::BlockTerminationSignals();
   constance::InitLogging("constance-collector", absl::GetFlag(FLAGS_log_level));
-  constance::collector::TuneProcessForServing();
+  // Debian's Abseil is built without NDEBUG, which leaves Mutex's
+  // lock-order graph on: every lock of every thread would go through one
+  // global graph. Tests keep it; the served collector does without.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  // Every batch arrives in buffers of about 100 KB that gRPC's threads
+  // allocate and the applier frees. With glibc's defaults the thread arenas
+  // give each freed top back to the kernel (madvise) and fault it in again
+  // for the next batch: a fifth of the applier's time in the peers run.
+  // Kept up to 16 MiB per arena instead (tests/bench/RESULTS.md, "Ingest: CPU
+  // per observation"); blocks of 4 MiB or more are still mapped on their own.
+  mallopt(M_MMAP_THRESHOLD, 4 << 20);
+  mallopt(M_TRIM_THRESHOLD, 16 << 20);
 
   auto catalog = LoadConfiguredCatalog();
   if (!catalog.ok()) {

@@ -1,12 +1,9 @@
 #include "collector/server.h"
 
-#include <malloc.h>
-
 #include <algorithm>
 #include <exception>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "constance/process.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -58,8 +55,9 @@ absl::Status CollectorServer::OpenBoard() {
       options_.state_dir.empty() ? "" : options_.state_dir + "/promise_record.db", {});
   if (!record.ok()) return record.status();
   promise_record_ = *std::move(record);
-  board_service_ = std::make_unique<BoardService>(
-      &engine_, price_drops_.get(), promise_record_.get(), !options_.insecure, &refusals_);
+  board_service_ = std::make_unique<BoardService>(&engine_, price_drops_.get(),
+                                                  promise_record_.get(), !options_.insecure,
+                                                  &refusals_);
   return absl::OkStatus();
 }
 
@@ -249,21 +247,6 @@ void CollectorServer::Shutdown(absl::Duration grace) {
   // commits what is queued (running the last callbacks) and closes.
   log_.reset();
   engine_.Stop();
-}
-
-void TuneProcessForServing() {
-  // Debian's Abseil is built without NDEBUG, which leaves Mutex's
-  // lock-order graph on: every lock of every thread would go through one
-  // global graph. Tests keep it; the served collector does without.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  // Every batch arrives in buffers of about 100 KB that gRPC's threads
-  // allocate and the applier frees. With glibc's defaults the thread arenas
-  // give each freed top back to the kernel (madvise) and fault it in again
-  // for the next batch: a fifth of the applier's time in the peers run.
-  // Kept up to 16 MiB per arena instead (tests/bench/RESULTS.md, "Ingest: CPU
-  // per observation"); blocks of 4 MiB or more are still mapped on their own.
-  mallopt(M_MMAP_THRESHOLD, 4 << 20);
-  mallopt(M_TRIM_THRESHOLD, 16 << 20);
 }
 
 }  // namespace constance::collector

@@ -31,11 +31,6 @@
 
 namespace constance::collector {
 
-// The process settings a served collector runs its engine with (main.cc),
-// and the benchmarks that drive an Engine directly, so they measure it as
-// it runs: Abseil's lock-order graph off, glibc keeping freed buffers.
-void TuneProcessForServing();
-
 struct ServerOptions {
   // gRPC (Ingest and Query). Port 0 asks the OS for a free port.
   std::string listen = "0.0.0.0:7070";

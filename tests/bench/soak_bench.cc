@@ -33,8 +33,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdio>
 #include <filesystem>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,7 +48,6 @@
 #include "collector/history.h"
 #include "collector/price_drops.h"
 #include "collector/promise_record.h"
-#include "collector/server.h"
 #include "tests/bench/proc_stats.h"
 
 ABSL_FLAG(int, locations, 1'000, "Locations");
@@ -91,10 +90,10 @@ struct Week {
   int64_t rss_kb = 0;
   int64_t disk_kb = 0;  // The stores' files.
   int evaluations = 0;
-  double eval_cpu = 0;           // Seconds, this week's evaluations together.
+  double eval_cpu = 0;  // Seconds, this week's evaluations together.
   uint64_t rejected_series = 0;  // Since the start.
-  double wall = 0;               // Seconds since the start.
-  double cpu = 0;                // The process's CPU seconds since the start.
+  double wall = 0;      // Seconds since the start.
+  double cpu = 0;       // The process's CPU seconds since the start.
 };
 
 class Soak {
@@ -103,7 +102,8 @@ class Soak {
     Engine::Options o;
     if (c.retain_forever) {
       Catalog catalog = DefaultCatalog();
-      catalog.thresholds.retention = catalog.thresholds.location_retention = absl::Hours(24 * 3650);
+      catalog.thresholds.retention = catalog.thresholds.location_retention =
+          absl::Hours(24 * 3650);
       o.catalog = std::make_shared<const Catalog>(std::move(catalog));
     }
     o.clock = [this] { return now_; };
@@ -265,9 +265,9 @@ int Run(const Config& c) {
       c.locations, c.keys, c.churned, c.service_keys, c.service_keys,
       absl::FormatDuration(c.eval_every).c_str(), c.weeks,
       absl::FormatDuration(c.max_wall).c_str());
-  std::printf("%4s %9s %10s %8s %9s %9s %6s %12s %12s %9s %8s %8s\n", "week", "series", "cells",
-              "marks", "rss_mb", "disk_mb", "evals", "eval_cpu_s", "cpu_per_eval", "rej_ser",
-              "wall_s", "cpu_s");
+  std::printf("%4s %9s %10s %8s %9s %9s %6s %12s %12s %9s %8s %8s\n", "week", "series",
+              "cells", "marks", "rss_mb", "disk_mb", "evals", "eval_cpu_s", "cpu_per_eval",
+              "rej_ser", "wall_s", "cpu_s");
   Soak soak(c);
   const absl::Time wall_start = absl::Now();
   const testing::MachineCpu machine_before = testing::ReadMachineCpu();
@@ -286,8 +286,7 @@ int Run(const Config& c) {
     std::printf("%4d %9lu %10lu %8lu %9.1f %9.1f %6d %12.3f %12.4f %9lu %8.1f %8.1f\n", w.week,
                 static_cast<unsigned long>(w.series), static_cast<unsigned long>(w.cells),
                 static_cast<unsigned long>(w.streams), static_cast<double>(w.rss_kb) / 1024,
-                static_cast<double>(w.disk_kb) / 1024, w.evaluations, w.eval_cpu,
-                w.evaluations > 0 ? w.eval_cpu / w.evaluations : 0,
+                static_cast<double>(w.disk_kb) / 1024, w.evaluations, w.eval_cpu, w.evaluations > 0 ? w.eval_cpu / w.evaluations : 0,
                 static_cast<unsigned long>(w.rejected_series), w.wall, w.cpu);
     std::fflush(stdout);
     if (stopped && (week < c.weeks || hours < 24 * 7)) {
@@ -359,7 +358,6 @@ int Run(const Config& c) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  constance::collector::TuneProcessForServing();  // The engine as the collector runs it.
   constance::collector::Config c;
   const bool smoke = absl::GetFlag(FLAGS_smoke);
   c.locations = smoke ? 20 : absl::GetFlag(FLAGS_locations);
