@@ -1530,7 +1530,7 @@ void Engine::Merge(const SeriesOutcome& o, const FindingTracker& tracker, Evalua
   // Weak conditions (hysteresis) matter to the tracker only when it tracks
   // them, and then without their finding: most are neither copied nor kept.
   for (const Condition& c : o.conditions) {
-    if (c.strength >= 1) {
+    if (FindingTracker::Holds(c.strength)) {
       ev->conditions.push_back(c);
     } else if (tracker.Tracks(c.id)) {
       ev->conditions.push_back(Condition{c.id, c.strength, {}});
@@ -1592,7 +1592,7 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
   Condition c;
   c.id = absl::StrCat("loc|", p->name, "|", series_name);
   for (const auto& r : reasons) c.strength = std::max(c.strength, r.first);
-  if (c.strength < 1) {  // Weak: the tracker reads no finding of it (Merge).
+  if (!FindingTracker::Holds(c.strength)) {  // Weak: the tracker reads no finding of it.
     out->conditions.push_back(std::move(c));
     return;
   }

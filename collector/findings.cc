@@ -103,14 +103,14 @@ std::vector<v1::Finding> FindingTracker::Evaluate(std::vector<Condition> conditi
   for (Condition& c : conditions) seen[c.id] = &c;
   // States first seen now.
   for (Condition& c : conditions) {
-    if (c.strength >= 1 && !states_.contains(c.id)) states_[c.id];
+    if (Holds(c.strength) && !states_.contains(c.id)) states_[c.id];
   }
   std::vector<std::string> drop;
   std::vector<v1::Finding> closing;
   for (auto& [id, state] : states_) {
     auto it = seen.find(id);
     const double strength = it == seen.end() ? 0 : it->second->strength;
-    if (strength >= 1) {
+    if (Holds(strength)) {
       if (state.met == 0) state.first_met = now;
       ++state.met;
       state.cleared = 0;

@@ -73,6 +73,9 @@ class FindingTracker {
   // tracked one passed with its id and strength alone.
   std::vector<v1::Finding> Evaluate(std::vector<Condition> conditions, absl::Time now);
 
+  // Whether a condition at `strength` holds: only then is its finding read.
+  static bool Holds(double strength) { return strength >= 1; }
+
   // Whether the condition `id` is tracked (open, or on its way to opening).
   bool Tracks(const std::string& id) const { return states_.contains(id); }
 
