@@ -953,18 +953,28 @@ void Engine::SeriesHorizonLocked(const Series& series, const Catalog& catalog, H
   auto location = [&](uint32_t loc) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (const LocationEntry* e = locations_[loc].entry; e != nullptr) h->At(e->opened);
   };
+  const int64_t flip_since = absl::ToUnixNanos(now - th.flip_window);
   for (const auto& [loc, cell] : series.price) {
     location(loc);
     CellHorizon(cell, catalog.price, h);
     if (cell.changes == nullptr) continue;
-    // A change counts while at_ns >= now - window (flips, drops and
-    // rollouts, peers' changes), and is settled from at_ns + settle.
-    for (int i = 0; i < cell.changes->size; ++i) {
-      const int64_t at = cell.changes->ring[i].at_ns;
-      h->After(at, th.flip_window + ns);
-      h->After(at, th.rollout_grace + ns);
-      h->After(at, th.irregular_window + ns);
-      h->After(at, th.irregular_settle);
+    // Only what CollectLocked reads of the changes. A change counts while
+    // at_ns >= now - window, and is settled from at_ns + settle.
+    const PriceChanges& changes = *cell.changes;
+    // The flip count is read against flip_changes (and shown once it
+    // reaches it). Without new changes it only falls, so changes leaving
+    // the window change nothing while it is below.
+    const bool flip_read = changes.CountSince(flip_since) >= th.flip_changes;
+    for (int i = 0; i < changes.size; ++i) {
+      const PriceChange& c = changes.ring[i];
+      if (flip_read) h->After(c.at_ns, th.flip_window + ns);
+      if (c.to < c.from) h->After(c.at_ns, th.rollout_grace + ns);  // A published drop.
+    }
+    // The latest change: rollouts' moves, irregular changes, peers' changes.
+    if (const PriceChange* latest = changes.latest(); latest != nullptr) {
+      h->After(latest->at_ns, th.rollout_grace + ns);
+      h->After(latest->at_ns, th.irregular_window + ns);
+      h->After(latest->at_ns, th.irregular_settle);
     }
   }
   const bool hour_of_week = catalog.wait_sketch.hour_of_week;
