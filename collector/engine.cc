@@ -970,10 +970,10 @@ void Engine::SeriesHorizonLocked(const Series& series, const Catalog& catalog, H
       if (flip_read) h->After(c.at_ns, th.flip_window + ns);
       if (c.to < c.from) h->After(c.at_ns, th.rollout_grace + ns);  // A published drop.
     }
-    // The latest change: rollouts' moves, irregular changes, peers' changes.
+    // The latest change: rollouts' moves, irregular changes' settling (the
+    // window: IrregularHorizon, once the group is computed).
     if (const PriceChange* latest = changes.latest(); latest != nullptr) {
       h->After(latest->at_ns, th.rollout_grace + ns);
-      h->After(latest->at_ns, th.irregular_window + ns);
       h->After(latest->at_ns, th.irregular_settle);
     }
   }
@@ -1136,6 +1136,11 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
       stats->outlier_locations.push_back(*name);
     }
     g.stats = std::move(stats);
+    if (data->key.family == v1::FAMILY_PRICE && data->key.kind != v1::PROMO) {
+      Horizon h(now);
+      IrregularHorizon(g, now, catalog.thresholds, &h);
+      data->until_ns = std::min(data->until_ns, h.until_ns());
+    }
   }
 }
 

@@ -254,6 +254,32 @@ bool OutlierReason(const SeriesKey& key, const GroupData& g, size_t i, double we
   return g.assessed[i].outlier;
 }
 
+bool MayBeIrregular(const GroupData& g, size_t i, absl::Time now, const Thresholds& th) {
+  const PriceChange& ch = g.members[i].latest_change;
+  if (ch.at_ns == 0 || ch.at_ns < absl::ToUnixNanos(now - th.irregular_window)) return false;
+  const SeriesStats& stats = *g.stats;
+  const double floor = stats.band.floor;
+  const double to = static_cast<double>(ch.to);
+  if (NearAny(g.rollout_values, to, floor)) return false;           // Where a rollout goes.
+  if (std::fabs(to - stats.summary.median) <= floor) return false;  // At a level.
+  for (const Level& l : g.levels.others) {
+    if (std::fabs(to - l.value) <= floor) return false;
+  }
+  return true;
+}
+
+void IrregularHorizon(const GroupData& g, absl::Time now, const Thresholds& th, Horizon* h) {
+  for (size_t i = 0; i < g.members.size(); ++i) {
+    if (!MayBeIrregular(g, i, now, th)) continue;
+    for (const GroupMember& m : g.members) {
+      if (m.latest_change.at_ns != 0) {
+        h->After(m.latest_change.at_ns, th.irregular_window + absl::Nanoseconds(1));
+      }
+    }
+    return;
+  }
+}
+
 // Irregular change: flipping back and forth, or a change few peers made
 // that ends away from every level of the group. A change that ends where
 // peers are (the main level, or another level at least min_level locations
@@ -264,17 +290,7 @@ void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i, a
                            const Thresholds& th, std::vector<WeightedReason>* reasons) {
   const GroupMember& m = g.members[i];
   const SeriesStats& stats = *g.stats;
-  const double median = stats.summary.median;
-  const double floor = stats.band.floor;
   const uint64_t n = g.members.size();
-  auto in_rollout = [&](double v) { return NearAny(g.rollout_values, v, floor); };
-  auto at_a_level = [&](double v) {
-    if (std::fabs(v - median) <= floor) return true;
-    for (const Level& l : g.levels.others) {
-      if (std::fabs(v - l.value) <= floor) return true;
-    }
-    return false;
-  };
   const PriceChange& ch = m.latest_change;
   const int64_t window_since = absl::ToUnixNanos(now - th.irregular_window);
   const int64_t settled_before = absl::ToUnixNanos(now - th.irregular_settle);
@@ -284,8 +300,7 @@ void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i, a
                           absl::FormatDuration(th.flip_window), ", last from ",
                           Format(key, static_cast<double>(ch.from)), " to ",
                           Format(key, static_cast<double>(ch.to)));
-  } else if (ch.at_ns != 0 && ch.at_ns >= window_since && ch.at_ns <= settled_before &&
-             !in_rollout(static_cast<double>(ch.to)) && !at_a_level(static_cast<double>(ch.to))) {
+  } else if (ch.at_ns <= settled_before && MayBeIrregular(g, i, now, th)) {
     uint64_t peers_changed = 0;
     for (const GroupMember& other : g.members) {
       if (other.location != m.location && other.latest_change.at_ns >= window_since) {

@@ -39,8 +39,8 @@
 
 namespace constance::collector {
 
-struct SeriesKey;     // engine.h
-struct SeriesStats;   // engine.h
+struct SeriesKey;      // engine.h
+struct SeriesStats;    // engine.h
 struct LocationState;  // engine.h
 
 // One location's comparable value in a series, with what findings need.
@@ -168,11 +168,24 @@ bool OutlierReason(const SeriesKey& key, const GroupData& g, size_t i, double we
 void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i, absl::Time now,
                            const Thresholds& th, std::vector<WeightedReason>* reasons);
 
+// Whether member i's latest change is within th.irregular_window and away
+// from every level and rollout of g: the irregular change above, but for
+// flips, settling and the peers who changed too.
+bool MayBeIrregular(const GroupData& g, size_t i, absl::Time now, const Thresholds& th);
+
+// When time alone next changes an irregular-change decision of g: a
+// member's latest change leaving the window (it counts among the peers who
+// changed), read only while a member may be irregular. Without new data
+// none can become so: its change only ages out of the window, and the
+// levels and rollouts it is measured against change at horizons of their
+// own (cells' TTLs, rollout_grace: Engine::SeriesHorizonLocked).
+void IrregularHorizon(const GroupData& g, absl::Time now, const Thresholds& th, Horizon* h);
+
 // ---- Promises ------------------------------------------------------------
 
 // A location's standing under the promise that applies to it in a series.
 struct PromiseVerdict {
-  std::string id;         // "price:LINE", "wait:LINE" or "check:LINE".
+  std::string id;  // "price:LINE", "wait:LINE" or "check:LINE".
   // What is promised, in customers' words, for the promise record:
   // "list price 4.49 EUR", "90% served within 150 s".
   std::string promise;
@@ -182,8 +195,8 @@ struct PromiseVerdict {
 };
 
 // A price above its list price by more than the price floor of the list.
-PromiseVerdict PricePromiseVerdict(const SeriesKey& key, const PricePromise& promise,
-                                   double price, const OutlierPolicy& policy);
+PromiseVerdict PricePromiseVerdict(const SeriesKey& key, const PricePromise& promise, double price,
+                                   const OutlierPolicy& policy);
 // A share served within the promised seconds below the promised share
 // (floor: compliance.floor_absolute).
 PromiseVerdict WaitPromiseVerdict(const WaitPromise& promise, const Comparable& value,
