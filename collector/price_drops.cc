@@ -39,6 +39,22 @@ WHERE at_ns >= ?1 AND (at_ns > ?2 OR (at_ns = ?2 AND row > ?3)) AND (?4 = '' OR 
 ORDER BY at_ns, row LIMIT ?5
 )sql";
 
+// Writes one drop (kUpsert). False when it failed.
+bool Put(const sqlite::Stmt& put, const PriceDrop& d, absl::Time now) {
+  sqlite::Using using_put(put);
+  sqlite3_stmt* s = put.get();
+  sqlite3_bind_int64(s, 1, absl::ToUnixNanos(d.at));
+  sqlite3_bind_text(s, 2, d.location.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 3, d.series.key.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 4, d.series.currency.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_int(s, 5, d.series.kind);
+  sqlite3_bind_int64(s, 6, d.from);
+  sqlite3_bind_int64(s, 7, d.to);
+  sqlite3_bind_int(s, 8, d.rollout ? 1 : 0);
+  sqlite3_bind_int64(s, 9, absl::ToUnixNanos(now));
+  return sqlite3_step(s) == SQLITE_DONE;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PriceDropFeed>> PriceDropFeed::Open(const std::string& path,
@@ -78,27 +94,26 @@ absl::Status PriceDropFeed::Record(const std::vector<PriceDrop>& drops, absl::Ti
   sqlite::Stmt put;
   if (put.Prepare(db_, kUpsert) != SQLITE_OK) status = Error("cannot write");
   const int64_t cutoff = absl::ToUnixNanos(now - options_.retention);
-  absl::flat_hash_map<Identity, bool> held;  // A repeat within `drops` is written again.
-  held.reserve(drops.size());
+  const uint64_t record = ++records_;
   for (size_t i = 0; status.ok() && i < drops.size(); ++i) {
     const PriceDrop& d = drops[i];
     if (absl::ToUnixNanos(d.at) >= cutoff) {  // Else the trim below deletes it.
-      auto [slot, first] = held.insert_or_assign(IdentityOf(d), d.rollout);
-      auto known = first ? committed_.find(slot->first) : committed_.end();
-      if (known != committed_.end() && known->second == d.rollout) continue;  // Written so.
+      const IdentityView id = ViewOf(d);
+      auto known = committed_.find(id);
+      if (known == committed_.end()) {
+        known = committed_
+                    .emplace(Identity{std::string(id.location), std::string(id.key),
+                                      std::string(id.currency), id.kind, id.at_ns},
+                             Committed{!d.rollout, 0})
+                    .first;
+      }
+      Committed& c = known->second;
+      // Written so by the last Record; a repeat within `drops` is written again.
+      const bool written = c.record != record && c.rollout == d.rollout;
+      c = Committed{d.rollout, record};
+      if (written) continue;
     }
-    sqlite::Using using_put(put);
-    sqlite3_stmt* s = put.get();
-    sqlite3_bind_int64(s, 1, absl::ToUnixNanos(d.at));
-    sqlite3_bind_text(s, 2, d.location.c_str(), -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 3, d.series.key.c_str(), -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 4, d.series.currency.c_str(), -1, SQLITE_STATIC);
-    sqlite3_bind_int(s, 5, d.series.kind);
-    sqlite3_bind_int64(s, 6, d.from);
-    sqlite3_bind_int64(s, 7, d.to);
-    sqlite3_bind_int(s, 8, d.rollout ? 1 : 0);
-    sqlite3_bind_int64(s, 9, absl::ToUnixNanos(now));
-    if (sqlite3_step(s) != SQLITE_DONE) status = Error("cannot write");
+    if (!Put(put, d, now)) status = Error("cannot write");
   }
   put.Close();
   if (status.ok()) {
@@ -110,22 +125,19 @@ absl::Status PriceDropFeed::Record(const std::vector<PriceDrop>& drops, absl::Ti
       if (sqlite3_step(trim.get()) != SQLITE_DONE) status = Error("cannot remove old drops");
     }
   }
+  if (status.ok() && sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    status = Error("cannot commit");
+  }
   if (!status.ok()) {
     sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
     committed_.clear();  // Whatever was written is undone; nothing is known.
     return status;
   }
-  if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
-    status = Error("cannot commit");
-    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    committed_.clear();
-    return status;
-  }
-  committed_ = std::move(held);
+  absl::erase_if(committed_, [&](const auto& entry) { return entry.second.record != record; });
   return status;
 }
 
-PriceDropFeed::Identity PriceDropFeed::IdentityOf(const PriceDrop& d) {
+PriceDropFeed::IdentityView PriceDropFeed::ViewOf(const PriceDrop& d) {
   return {d.location, d.series.key, d.series.currency, static_cast<int>(d.series.kind),
           absl::ToUnixNanos(d.at)};
 }

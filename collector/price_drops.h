@@ -28,11 +28,12 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "collector/engine.h"
@@ -76,18 +77,52 @@ class PriceDropFeed {
   explicit PriceDropFeed(Options options) : options_(options) {}
   absl::Status Error(absl::string_view what) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // A drop's identity in the table (its primary key) and its rollout flag.
-  using Identity = std::tuple<std::string, std::string, std::string, int, int64_t>;
-  static Identity IdentityOf(const PriceDrop& d);
-
+  // A drop's identity in the table (its primary key), held or viewed.
+  template <typename Text>
+  struct IdentityOf {
+    Text location, key, currency;
+    int kind = 0;
+    int64_t at_ns = 0;
+    template <typename H>
+    friend H AbslHashValue(H h, const IdentityOf& i) {
+      return H::combine(std::move(h), absl::string_view(i.location), absl::string_view(i.key),
+                        absl::string_view(i.currency), i.kind, i.at_ns);
+    }
+  };
+  using Identity = IdentityOf<std::string>;
+  using IdentityView = IdentityOf<absl::string_view>;
+  struct IdentityHash {
+    using is_transparent = void;
+    template <typename I>
+    size_t operator()(const I& i) const {
+      return absl::Hash<I>()(i);
+    }
+  };
+  struct IdentityEq {
+    using is_transparent = void;
+    template <typename A, typename B>
+    bool operator()(const A& a, const B& b) const {
+      return a.at_ns == b.at_ns && a.kind == b.kind && a.location == b.location && a.key == b.key &&
+             a.currency == b.currency;
+    }
+  };
+  static IdentityView ViewOf(const PriceDrop& d);
+  // What a drop was committed as, and the Record that last held it.
+  struct Committed {
+    bool rollout = false;
+    uint64_t record = 0;
+  };
   const Options options_;
   std::string path_;
   mutable absl::Mutex mu_;
   sqlite3* db_ ABSL_GUARDED_BY(mu_) = nullptr;
   // The drops the last committed Record held, as committed. Only a
   // shortcut: what it lacks is written again (an upsert), so it starts
-  // empty and holds one evaluation's drops at most.
-  absl::flat_hash_map<Identity, bool> committed_ ABSL_GUARDED_BY(mu_);
+  // empty and holds one evaluation's drops at most. Updated in place: an
+  // evaluation republishes mostly the drops the one before did.
+  absl::flat_hash_map<Identity, Committed, IdentityHash, IdentityEq> committed_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t records_ ABSL_GUARDED_BY(mu_) = 0;  // Record calls, numbering Committed::record.
 };
 
 }  // namespace constance::collector

@@ -4,6 +4,7 @@
 // across a reopen.
 #include "collector/price_drops.h"
 
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -148,6 +149,35 @@ TEST_F(PriceDropFeedTest, RepublishedDropsEndAsEveryRecordSaysThroughTheShortcut
   EXPECT_EQ(ReadAll(**feed).size(), 0u);
   ASSERT_TRUE((*feed)->Record({a_rollout, b}, kT0 + absl::Hours(7)).ok());
   EXPECT_EQ(ReadAll(**feed).size(), 2u);
+}
+
+// A Record that fails is undone whole, and what it meant to write is
+// written by the next one: the shortcut forgets what the failure undid.
+TEST_F(PriceDropFeedTest, AFailedRecordIsWrittenWholeByTheNext) {
+  const std::string path = dir_ + "/price_drops.db";
+  auto feed = PriceDropFeed::Open(path, {});
+  ASSERT_TRUE(feed.ok()) << feed.status();
+  const PriceDrop a = Drop("store-1", "coffee", 449, 399, kT0);
+  const PriceDrop a_rollout = Drop("store-1", "coffee", 449, 399, kT0, /*rollout=*/true);
+  const PriceDrop b = Drop("store-2", "coffee", 449, 399, kT0);
+  ASSERT_TRUE((*feed)->Record({a, b}, kT0).ok());
+  sqlite3* other = nullptr;  // Another writer holding the file.
+  ASSERT_EQ(sqlite3_open(path.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+  const absl::Status failed = (*feed)->Record({a_rollout, b}, kT0);
+  sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr);
+  sqlite3_close(other);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(std::string(failed.message()).find(path), std::string::npos) << failed;
+  std::vector<v1::PriceDrop> held = ReadAll(**feed);
+  ASSERT_EQ(held.size(), 2u);
+  EXPECT_FALSE(held[0].rollout());
+  ASSERT_TRUE((*feed)->Record({a_rollout, b}, kT0).ok());
+  held = ReadAll(**feed);
+  ASSERT_EQ(held.size(), 2u);
+  EXPECT_EQ(held[0].location(), "store-1");
+  EXPECT_TRUE(held[0].rollout());
+  EXPECT_FALSE(held[1].rollout());
 }
 
 TEST_F(PriceDropFeedTest, AnUnwritableDirectoryIsAnErrorNamingTheFile) {
