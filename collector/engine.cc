@@ -941,6 +941,9 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
   }
   Horizon horizon(now);
   SeriesHorizonLocked(series, catalog, &horizon);
+  if (series.key.family == v1::FAMILY_PRICE) {
+    for (const GroupData& g : data.groups) RolloutHorizon(g.members, catalog.thresholds, &horizon);
+  }
   data.until_ns = horizon.until_ns();
   return data;
 }
@@ -965,15 +968,14 @@ void Engine::SeriesHorizonLocked(const Series& series, const Catalog& catalog, H
     // reaches it). Without new changes it only falls, so changes leaving
     // the window change nothing while it is below.
     const bool flip_read = changes.CountSince(flip_since) >= th.flip_changes;
-    for (int i = 0; i < changes.size; ++i) {
-      const PriceChange& c = changes.ring[i];
-      if (flip_read) h->After(c.at_ns, th.flip_window + ns);
-      if (c.to < c.from) h->After(c.at_ns, th.rollout_grace + ns);  // A published drop.
+    if (flip_read) {
+      for (int i = 0; i < changes.size; ++i) h->After(changes.ring[i].at_ns, th.flip_window + ns);
     }
-    // The latest change: rollouts' moves, irregular changes' settling (the
-    // window: IrregularHorizon, once the group is computed).
+    // The latest change's settling. Its rollout_grace: RolloutHorizon, once
+    // the groups are known; the irregular window: IrregularHorizon, once
+    // they are computed. Drops leaving the grace leave what evaluations
+    // publish without a recomputation (Merge).
     if (const PriceChange* latest = changes.latest(); latest != nullptr) {
-      h->After(latest->at_ns, th.rollout_grace + ns);
       h->After(latest->at_ns, th.irregular_settle);
     }
   }
@@ -1018,6 +1020,40 @@ void Engine::SeriesHorizonLocked(const Series& series, const Catalog& catalog, H
 
 namespace {
 
+// The members' latest changes within rollout_grace of `now`, by move
+// (from, to), with their event times: a move made by at least min_level
+// locations is a rollout (PriceStructure).
+std::map<std::pair<int64_t, int64_t>, std::vector<int64_t>> RolloutMoves(
+    const std::vector<GroupMember>& members, absl::Time now, const Thresholds& th) {
+  std::map<std::pair<int64_t, int64_t>, std::vector<int64_t>> moves;
+  const int64_t grace_since = absl::ToUnixNanos(now - th.rollout_grace);
+  for (const GroupMember& m : members) {
+    if (m.latest_change.at_ns != 0 && m.latest_change.at_ns >= grace_since) {
+      moves[{m.latest_change.from, m.latest_change.to}].push_back(m.latest_change.at_ns);
+    }
+  }
+  return moves;
+}
+
+}  // namespace
+
+void Engine::RolloutHorizon(const std::vector<GroupMember>& members, const Thresholds& th,
+                            Horizon* h) {
+  // Without new changes a move's count only falls as its changes age out
+  // of the grace, and the group's rollouts change only when one falls
+  // below min_level: after its (n - min_level + 1)-th oldest change.
+  // (A move with no change left is none: min_level 0 counts as 1.)
+  const uint64_t min_level = std::max<uint64_t>(th.min_level, 1);
+  for (auto& [move, at] : RolloutMoves(members, absl::FromUnixNanos(h->now_ns()), th)) {
+    if (at.size() < min_level) continue;
+    const auto nth = at.begin() + static_cast<std::ptrdiff_t>(at.size() - min_level);
+    std::nth_element(at.begin(), nth, at.end());
+    h->After(*nth, th.rollout_grace + absl::Nanoseconds(1));
+  }
+}
+
+namespace {
+
 // A price group's structure: its levels, and the rollouts it is in the
 // middle of (many locations moved from one level to one new level within
 // the grace, or to a list price whose effective date is near). Members of
@@ -1032,15 +1068,8 @@ void PriceStructure(const SeriesKey& key, const std::vector<LocatedValue>& value
   // A chain-wide change rolling out: many locations moved from one
   // level to one new level within the grace, or to a promised list
   // price whose effective date is near.
-  std::map<std::pair<int64_t, int64_t>, uint64_t> moves;
-  const int64_t grace_since = absl::ToUnixNanos(now - th.rollout_grace);
-  for (const GroupMember& m : g.members) {
-    if (m.latest_change.at_ns != 0 && m.latest_change.at_ns >= grace_since) {
-      ++moves[{m.latest_change.from, m.latest_change.to}];
-    }
-  }
-  for (const auto& [move, n] : moves) {
-    if (n >= th.min_level) {
+  for (const auto& [move, at] : RolloutMoves(g.members, now, th)) {
+    if (at.size() >= th.min_level) {
       g.rollout_values.push_back(static_cast<double>(move.first));
       g.rollout_values.push_back(static_cast<double>(move.second));
     }
@@ -1558,7 +1587,13 @@ void Engine::Merge(const SeriesOutcome& o, const FindingTracker& tracker, Evalua
   }
   for (const auto& [loc, amount] : o.deposits) ev->deposits[loc] += amount;
   for (const auto& [loc, amount] : o.withdrawals) ev->withdrawals[loc] += amount;
-  ev->price_drops.insert(ev->price_drops.end(), o.price_drops.begin(), o.price_drops.end());
+  // The outcome's drops were within the grace when it was computed; those
+  // that have left it since are not published (a full recomputation would
+  // not collect them).
+  const int64_t grace_since = absl::ToUnixNanos(ev->now - ev->th.rollout_grace);
+  for (const PriceDrop& d : o.price_drops) {
+    if (absl::ToUnixNanos(d.at) >= grace_since) ev->price_drops.push_back(d);
+  }
   ev->promises.insert(ev->promises.end(), o.promises.begin(), o.promises.end());
 }
 

@@ -526,6 +526,11 @@ class Engine {
   void SeriesHorizonLocked(const Series& series, const Catalog& catalog, Horizon* h) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // When time alone next changes a price group's rollouts (PriceStructure,
+  // engine.cc): a move made by min_level locations or more within the
+  // rollout grace falling below min_level as its changes age out.
+  static void RolloutHorizon(const std::vector<GroupMember>& members, const Thresholds& th,
+                             Horizon* h);
   static void FallBackToChain(uint64_t min_group,
                               std::map<std::string, std::vector<Member>>* groups);
   // Copies one series' comparable values grouped by peer group. Caller holds mu_.

@@ -178,7 +178,8 @@ bool MayBeIrregular(const GroupData& g, size_t i, absl::Time now, const Threshol
 // changed), read only while a member may be irregular. Without new data
 // none can become so: its change only ages out of the window, and the
 // levels and rollouts it is measured against change at horizons of their
-// own (cells' TTLs, rollout_grace: Engine::SeriesHorizonLocked).
+// own (cells' TTLs: Engine::SeriesHorizonLocked; rollouts:
+// Engine::RolloutHorizon).
 void IrregularHorizon(const GroupData& g, absl::Time now, const Thresholds& th, Horizon* h);
 
 // ---- Promises ------------------------------------------------------------
