@@ -1441,6 +1441,9 @@ bool Engine::EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalo
                         }
                       });
   if (!completed) return false;
+  size_t drops = 0;  // Copied once each, not moved again as the vector grows.
+  for (const SeriesOutcome& o : outcomes_) drops += o.price_drops.size();
+  ev->price_drops.reserve(ev->price_drops.size() + drops);
   // In series order, as a full recomputation adds them.
   for (uint32_t i = 0; i < outcomes_.size(); ++i) {
     Merge(outcomes_[i], tracker_, ev);
