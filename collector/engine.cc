@@ -1303,7 +1303,7 @@ struct Engine::Evaluation {
   std::vector<SplitCandidate> splits;
   absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>> kept_broken;
   absl::flat_hash_map<uint32_t, double> deposits, withdrawals;
-  std::vector<PriceDrop> price_drops;
+  PriceDropList price_drops;
   std::vector<PromiseStanding> promises;
 };
 
@@ -1351,6 +1351,7 @@ void Engine::Evaluate() {
   const Thresholds& th = catalog.thresholds;
   tracker_.set_policy(th.persistence, th.hysteresis);
   Evaluation ev(now, catalog);
+  ev.price_drops = PriceDropList(drop_source_, ++drop_revision_);
 
   // Stopping: this evaluation saw only part of the chain, so it opens,
   // closes and deposits nothing; its late drops wait for the next one.
@@ -1425,30 +1426,30 @@ bool Engine::EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalo
     const SeriesOutcome& o = outcomes_[i];
     return o.until_ns == 0 || now_ns >= o.until_ns || (s.dirty & Series::kFindings) != 0;
   };
-  absl::flat_hash_map<uint32_t, std::vector<PriceDrop>> late_drops;
+  absl::flat_hash_map<uint32_t, PriceDropList::Part> late_drops;
+  const uint64_t revision = ev->price_drops.revision();
   const bool completed =
       RecomputeSeries(wanted, Series::kStats | Series::kFindings,
                       [&](SeriesData& data) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_) {
                         if (outcomes_.size() <= data.index) outcomes_.resize(data.index + 1);
                         SeriesOutcome& o = outcomes_[data.index];
+                        PriceDropList::Part before = std::move(o.price_drops);
                         o = SeriesOutcome();
                         EvaluateSeries(data, *ev, &o);
-                        PriceDropsOf(data, data.drops, &o.price_drops);
+                        o.price_drops = PriceDropsOf(data, data.drops, before.get(), revision);
                         o.until_ns = data.until_ns;
                         // Published once, by this evaluation: not part of what is kept.
                         if (auto it = late.find(data.index); it != late.end()) {
-                          PriceDropsOf(data, it->second, &late_drops[data.index]);
+                          late_drops[data.index] =
+                              PriceDropsOf(data, it->second, nullptr, revision);
                         }
                       });
   if (!completed) return false;
-  size_t drops = 0;  // Copied once each, not moved again as the vector grows.
-  for (const SeriesOutcome& o : outcomes_) drops += o.price_drops.size();
-  ev->price_drops.reserve(ev->price_drops.size() + drops);
   // In series order, as a full recomputation adds them.
   for (uint32_t i = 0; i < outcomes_.size(); ++i) {
     Merge(outcomes_[i], tracker_, ev);
-    if (auto it = late_drops.find(i); it != late_drops.end()) {
-      ev->price_drops.insert(ev->price_drops.end(), it->second.begin(), it->second.end());
+    if (auto it = late_drops.find(i); it != late_drops.end() && it->second != nullptr) {
+      ev->price_drops.Add(it->second, absl::InfinitePast());
     }
   }
   return true;
@@ -1593,31 +1594,46 @@ void Engine::Merge(const SeriesOutcome& o, const FindingTracker& tracker, Evalua
   // The outcome's drops were within the grace when it was computed; those
   // that have left it since are not published (a full recomputation would
   // not collect them).
-  const int64_t grace_since = absl::ToUnixNanos(ev->now - ev->th.rollout_grace);
-  for (const PriceDrop& d : o.price_drops) {
-    if (absl::ToUnixNanos(d.at) >= grace_since) ev->price_drops.push_back(d);
-  }
+  if (o.price_drops != nullptr) ev->price_drops.Add(o.price_drops, ev->now - ev->th.rollout_grace);
   ev->promises.insert(ev->promises.end(), o.promises.begin(), o.promises.end());
 }
 
-void Engine::PriceDropsOf(const SeriesData& data,
-                          const std::vector<std::pair<uint32_t, PriceChange>>& drops,
-                          std::vector<PriceDrop>* out) {
+PriceDropList::Part Engine::PriceDropsOf(const SeriesData& data,
+                                         const std::vector<std::pair<uint32_t, PriceChange>>& drops,
+                                         const std::vector<PriceDrop>* before, uint64_t revision) {
+  if (drops.empty()) return nullptr;
+  // What the series' last outcome held, by location and event time.
+  absl::flat_hash_map<std::pair<absl::string_view, int64_t>, const PriceDrop*> held;
+  if (before != nullptr) {
+    held.reserve(before->size());
+    for (const PriceDrop& d : *before) held.try_emplace({d.location, absl::ToUnixNanos(d.at)}, &d);
+  }
+  auto out = std::make_shared<std::vector<PriceDrop>>();
+  out->reserve(drops.size());
   for (const auto& [loc, change] : drops) {
     for (const GroupData& g : data.groups) {
       const Member* m = FindMember(g, loc);
       if (m == nullptr || !m->judged) continue;
-      PriceDrop d;
+      PriceDrop& d = out->emplace_back();
       d.location = m->name;
       d.series = data.key;
       d.from = change.from;
       d.to = change.to;
       d.at = absl::FromUnixNanos(change.at_ns);
       d.rollout = NearAny(g.rollout_values, static_cast<double>(change.to), g.stats->band.floor);
-      out->push_back(std::move(d));
+      d.revision = revision;
+      if (auto it = held.find(std::pair<absl::string_view, int64_t>(d.location, change.at_ns));
+          it != held.end()) {
+        const PriceDrop& b = *it->second;
+        if (b.series == d.series && b.from == d.from && b.to == d.to && b.rollout == d.rollout) {
+          d.revision = b.revision;  // Unchanged: published as it is before.
+        }
+      }
       break;
     }
   }
+  if (out->empty()) return nullptr;
+  return out;
 }
 
 void Engine::LocationCondition(const SeriesKey& key, const std::string& series_name,
@@ -1671,29 +1687,47 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
 
 namespace {
 
-// Price drops by location, stable. A drop is large (strings), and an
-// evaluation republishes every drop within rollout_grace: their order is
-// sorted as indexes, and each drop moved once.
-void SortByLocation(std::vector<PriceDrop>* drops) {
-  std::vector<PriceDrop>& d = *drops;
-  auto by_location = [](const PriceDrop& a, const PriceDrop& b) { return a.location < b.location; };
-  if (std::is_sorted(d.begin(), d.end(), by_location)) return;
-  std::vector<uint32_t> order(d.size());
-  for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](uint32_t a, uint32_t b) { return by_location(d[a], d[b]); });
-  std::vector<PriceDrop> sorted;
-  sorted.reserve(d.size());
-  for (uint32_t i : order) sorted.push_back(std::move(d[i]));
-  d = std::move(sorted);
-}
 
 }  // namespace
+
+PriceDropList::PriceDropList(std::vector<PriceDrop> drops, uint64_t source, uint64_t revision)
+    : source_(source), revision_(revision) {
+  if (!drops.empty()) {
+    Add(std::make_shared<const std::vector<PriceDrop>>(std::move(drops)), absl::InfinitePast());
+  }
+}
+
+uint64_t PriceDropList::NewSource() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
+void PriceDropList::Add(Part part, absl::Time since) {
+  if (part != nullptr && !part->empty()) parts_.push_back(Held{std::move(part), since});
+}
+
+size_t PriceDropList::size() const {
+  size_t n = 0;
+  ForEach([&](const PriceDrop&) { ++n; });
+  return n;
+}
+
+std::vector<PriceDrop> PriceDropList::Sorted() const {
+  std::vector<const PriceDrop*> order;
+  ForEach([&](const PriceDrop& d) { order.push_back(&d); });
+  std::stable_sort(order.begin(), order.end(), [](const PriceDrop* a, const PriceDrop* b) {
+    return a->location < b->location;
+  });
+  std::vector<PriceDrop> out;
+  out.reserve(order.size());
+  for (const PriceDrop* d : order) out.push_back(*d);
+  return out;
+}
 
 void Engine::PublishFindings(
     absl::Time evaluated_at, int persistence, const std::vector<std::string>& names,
     const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken,
-    std::vector<PriceDrop> price_drops, std::vector<PromiseStanding> promises) {
+    PriceDropList price_drops, std::vector<PromiseStanding> promises) {
   persistence = std::max(1, persistence);
   auto view = std::make_shared<FindingsView>();
   view->evaluated_at = evaluated_at;
@@ -1702,7 +1736,6 @@ void Engine::PublishFindings(
   std::stable_sort(
       view->promises.begin(), view->promises.end(),
       [](const PromiseStanding& a, const PromiseStanding& b) { return a.location < b.location; });
-  SortByLocation(&view->price_drops);
   if (evaluated_counts_.size() >= static_cast<size_t>(persistence)) {
     view->observations_settled = evaluated_counts_.front();
   }

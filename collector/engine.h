@@ -185,6 +185,59 @@ struct PriceDrop {
   // locations moved to within rollout_grace, or a list price taking
   // effect); else the location lowered it alone.
   bool rollout = false;
+  // The revision (PriceDropList) of the evaluation that first published
+  // the drop as it is: one that changes it (its classification, say)
+  // publishes it again with its own.
+  uint64_t revision = 0;
+};
+
+// The price drops one evaluation publishes: those within rollout_grace of
+// it, and those that arrived older than that (by this evaluation only).
+// Held as the lists the engine keeps per series, shared rather than copied
+// each evaluation: at a chain's size an evaluation publishes hundreds of
+// thousands of drops and changes a few thousand.
+//
+// Revisions number one engine's evaluations (source(): which engine), so
+// a reader that recorded a list up to revision r needs, from any later
+// list of the same source, only the drops with a revision above r: every
+// drop the later list holds as the list of revision r held it keeps the
+// revision it had there (PriceDropFeed::Record).
+class PriceDropList {
+ public:
+  using Part = std::shared_ptr<const std::vector<PriceDrop>>;
+  PriceDropList() = default;
+  // An empty list of `source` at `revision`.
+  PriceDropList(uint64_t source, uint64_t revision) : source_(source), revision_(revision) {}
+  // `drops` (each at its own revision) as the list of `source` at `revision`.
+  PriceDropList(std::vector<PriceDrop> drops, uint64_t source, uint64_t revision);
+  // A number no other list or engine of this process has.
+  static uint64_t NewSource();
+
+  // Adds the drops of `part` whose event time is `since` or later.
+  void Add(Part part, absl::Time since);
+  template <typename F>
+  void ForEach(F&& f) const {
+    for (const Held& h : parts_) {
+      for (const PriceDrop& d : *h.drops) {
+        if (d.at >= h.since) f(d);
+      }
+    }
+  }
+  size_t size() const;
+  bool empty() const { return size() == 0; }
+  // Every drop, by location (in the order added within one location).
+  std::vector<PriceDrop> Sorted() const;
+  uint64_t source() const { return source_; }
+  uint64_t revision() const { return revision_; }
+
+ private:
+  struct Held {
+    Part drops;
+    absl::Time since;
+  };
+  std::vector<Held> parts_;
+  uint64_t source_ = 0;
+  uint64_t revision_ = 0;
 };
 
 // Whether a location kept one promise of the catalog in one evaluation
@@ -225,7 +278,7 @@ struct FindingsView {
   // Price decreases whose event time is within thresholds.rollout_grace of
   // the evaluation (while their classification may still change), by
   // location. Empty after a restore until the first evaluation.
-  std::vector<PriceDrop> price_drops;
+  PriceDropList price_drops;
   // Every promise applying to a location in this evaluation, kept or
   // broken (exceptions excluded), by location. Empty after a restore.
   std::vector<PromiseStanding> promises;
@@ -514,7 +567,8 @@ class Engine {
     // order LocationCondition counted them.
     std::vector<std::pair<uint32_t, bool>> kept;
     std::vector<std::pair<uint32_t, double>> deposits, withdrawals;
-    std::vector<PriceDrop> price_drops;
+    // Those within rollout_grace when computed; null when none.
+    PriceDropList::Part price_drops;
     std::vector<PromiseStanding> promises;
   };
   // Which series a recomputation takes: called under mu_ with each live
@@ -561,11 +615,12 @@ class Engine {
   // Adds one series' outcome to the evaluation's.
   static void Merge(const SeriesOutcome& outcome, const FindingTracker& tracker, Evaluation* ev);
   // The series' price drops (data.drops), each classified in the group
-  // its location is judged in by the rollout rule (NearAny, evaluators.h);
-  // appended to *out.
-  static void PriceDropsOf(const SeriesData& data,
-                           const std::vector<std::pair<uint32_t, PriceChange>>& drops,
-                           std::vector<PriceDrop>* out);
+  // its location is judged in by the rollout rule (NearAny, evaluators.h),
+  // at `revision` unless `before` (the series' last outcome's) held it as
+  // it is. Null when there are none.
+  static PriceDropList::Part PriceDropsOf(
+      const SeriesData& data, const std::vector<std::pair<uint32_t, PriceChange>>& drops,
+      const std::vector<PriceDrop>* before, uint64_t revision);
   // Settles *p's promise and outlier in ev's trust tallies (a promise in
   // `unkeepable` counts for nothing) and adds its location condition when
   // a reason remains. Moves p's reasons out.
@@ -626,7 +681,7 @@ class Engine {
   void PublishFindings(
       absl::Time evaluated_at, int persistence, const std::vector<std::string>& names,
       const absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>>& kept_broken,
-      std::vector<PriceDrop> price_drops = {}, std::vector<PromiseStanding> promises = {})
+      PriceDropList price_drops = {}, std::vector<PromiseStanding> promises = {})
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
   uint32_t LocationIndex(absl::string_view location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether location `loc` may hold `obs`'s cell in `series` (nullptr for
@@ -792,6 +847,9 @@ class Engine {
   // and the catalog those were computed with (another one voids them all).
   std::vector<SeriesOutcome> outcomes_ ABSL_GUARDED_BY(eval_mu_);
   std::shared_ptr<const Catalog> outcomes_catalog_ ABSL_GUARDED_BY(eval_mu_);
+  // The price drops' source and the revision of the last evaluation.
+  const uint64_t drop_source_ = PriceDropList::NewSource();
+  uint64_t drop_revision_ ABSL_GUARDED_BY(eval_mu_) = 0;
   absl::flat_hash_map<std::string, GroupDriftState> group_drift_ ABSL_GUARDED_BY(eval_mu_);
   absl::flat_hash_map<std::pair<std::string, uint32_t>, CellDriftState> cell_drift_
       ABSL_GUARDED_BY(eval_mu_);

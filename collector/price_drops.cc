@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -85,7 +86,7 @@ absl::Status PriceDropFeed::Error(absl::string_view what) const {
                    db_ != nullptr ? sqlite3_errmsg(db_) : "out of memory"));
 }
 
-absl::Status PriceDropFeed::Record(const std::vector<PriceDrop>& drops, absl::Time now) {
+absl::Status PriceDropFeed::Record(const PriceDropList& drops, absl::Time now) {
   absl::MutexLock lock(&mu_);
   if (sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr) != SQLITE_OK) {
     return Error("cannot write");
@@ -94,27 +95,13 @@ absl::Status PriceDropFeed::Record(const std::vector<PriceDrop>& drops, absl::Ti
   sqlite::Stmt put;
   if (put.Prepare(db_, kUpsert) != SQLITE_OK) status = Error("cannot write");
   const int64_t cutoff = absl::ToUnixNanos(now - options_.retention);
-  const uint64_t record = ++records_;
-  for (size_t i = 0; status.ok() && i < drops.size(); ++i) {
-    const PriceDrop& d = drops[i];
-    if (absl::ToUnixNanos(d.at) >= cutoff) {  // Else the trim below deletes it.
-      const IdentityView id = ViewOf(d);
-      auto known = committed_.find(id);
-      if (known == committed_.end()) {
-        known = committed_
-                    .emplace(Identity{std::string(id.location), std::string(id.key),
-                                      std::string(id.currency), id.kind, id.at_ns},
-                             Committed{!d.rollout, 0})
-                    .first;
-      }
-      Committed& c = known->second;
-      // Written so by the last Record; a repeat within `drops` is written again.
-      const bool written = c.record != record && c.rollout == d.rollout;
-      c = Committed{d.rollout, record};
-      if (written) continue;
-    }
+  // Of the same source, what the last committed list held as it is now.
+  const uint64_t written = drops.source() == source_ ? recorded_ : 0;
+  drops.ForEach([&](const PriceDrop& d) {
+    if (!status.ok() || d.revision <= written) return;
+    if (absl::ToUnixNanos(d.at) < cutoff) return;  // The trim below deletes it.
     if (!Put(put, d, now)) status = Error("cannot write");
-  }
+  });
   put.Close();
   if (status.ok()) {
     sqlite::Stmt trim;
@@ -130,16 +117,12 @@ absl::Status PriceDropFeed::Record(const std::vector<PriceDrop>& drops, absl::Ti
   }
   if (!status.ok()) {
     sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    committed_.clear();  // Whatever was written is undone; nothing is known.
     return status;
   }
-  absl::erase_if(committed_, [&](const auto& entry) { return entry.second.record != record; });
+  if (drops.source() != source_) recorded_ = 0;
+  source_ = drops.source();
+  recorded_ = std::max(recorded_, drops.revision());
   return status;
-}
-
-PriceDropFeed::IdentityView PriceDropFeed::ViewOf(const PriceDrop& d) {
-  return {d.location, d.series.key, d.series.currency, static_cast<int>(d.series.kind),
-          absl::ToUnixNanos(d.at)};
 }
 
 std::vector<v1::PriceDrop> PriceDropFeed::Read(absl::Time since, const std::string& location,

@@ -5,9 +5,11 @@
 // The engine finds and classifies the drops (Engine::PriceDropsOf: local,
 // or the chain-wide rollout its rollout rule recognises); it publishes
 // those within rollout_grace with each evaluation, and a drop that arrived
-// older than that with the first evaluation after it arrived. PriceDropFeed::Record
-// adds the new ones and updates the classification of known ones (a
-// rollout shows as more locations follow). A drop is identified by its
+// older than that with the first evaluation after it arrived, each drop
+// with the revision that last changed it (PriceDropList).
+// PriceDropFeed::Record adds the new ones and updates the classification of
+// known ones (a rollout shows as more locations follow), writing only what
+// changed since the list it last recorded. A drop is identified by its
 // location, series and event time, so recording the same evaluation twice,
 // or the evaluations of a restarted collector, adds nothing twice.
 //
@@ -30,8 +32,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/hash/hash.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -57,11 +57,12 @@ class PriceDropFeed {
   PriceDropFeed& operator=(const PriceDropFeed&) = delete;
 
   // Adds the drops not recorded yet (recorded_at = `now`), updates the
-  // rollout flag of known ones, and deletes drops older than the retention,
-  // in one transaction. Each evaluation republishes the drops within
-  // rollout_grace: those the previous Record committed as they are now
-  // are not written again.
-  absl::Status Record(const std::vector<PriceDrop>& drops, absl::Time now);
+  // known ones (their rollout flag), and deletes drops older than the
+  // retention, in one transaction. Each evaluation republishes the drops
+  // within rollout_grace: of a list from the source the last committed
+  // Record had, only the drops with a revision above that list's are
+  // written (a failed Record commits nothing and moves nothing).
+  absl::Status Record(const PriceDropList& drops, absl::Time now);
 
   // Where a reader stands: after the drop at (at_ns, row).
   struct Cursor {
@@ -77,52 +78,13 @@ class PriceDropFeed {
   explicit PriceDropFeed(Options options) : options_(options) {}
   absl::Status Error(absl::string_view what) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // A drop's identity in the table (its primary key), held or viewed.
-  template <typename Text>
-  struct IdentityOf {
-    Text location, key, currency;
-    int kind = 0;
-    int64_t at_ns = 0;
-    template <typename H>
-    friend H AbslHashValue(H h, const IdentityOf& i) {
-      return H::combine(std::move(h), absl::string_view(i.location), absl::string_view(i.key),
-                        absl::string_view(i.currency), i.kind, i.at_ns);
-    }
-  };
-  using Identity = IdentityOf<std::string>;
-  using IdentityView = IdentityOf<absl::string_view>;
-  struct IdentityHash {
-    using is_transparent = void;
-    template <typename I>
-    size_t operator()(const I& i) const {
-      return absl::Hash<I>()(i);
-    }
-  };
-  struct IdentityEq {
-    using is_transparent = void;
-    template <typename A, typename B>
-    bool operator()(const A& a, const B& b) const {
-      return a.at_ns == b.at_ns && a.kind == b.kind && a.location == b.location && a.key == b.key &&
-             a.currency == b.currency;
-    }
-  };
-  static IdentityView ViewOf(const PriceDrop& d);
-  // What a drop was committed as, and the Record that last held it.
-  struct Committed {
-    bool rollout = false;
-    uint64_t record = 0;
-  };
   const Options options_;
   std::string path_;
   mutable absl::Mutex mu_;
   sqlite3* db_ ABSL_GUARDED_BY(mu_) = nullptr;
-  // The drops the last committed Record held, as committed. Only a
-  // shortcut: what it lacks is written again (an upsert), so it starts
-  // empty and holds one evaluation's drops at most. Updated in place: an
-  // evaluation republishes mostly the drops the one before did.
-  absl::flat_hash_map<Identity, Committed, IdentityHash, IdentityEq> committed_
-      ABSL_GUARDED_BY(mu_);
-  uint64_t records_ ABSL_GUARDED_BY(mu_) = 0;  // Record calls, numbering Committed::record.
+  // What the last committed Record wrote up to: a list's source and revision.
+  uint64_t source_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t recorded_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace constance::collector

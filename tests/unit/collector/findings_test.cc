@@ -1584,7 +1584,7 @@ TEST(FindingsTest, PriceDropsAreClassifiedByTheRolloutRule) {
   chain.Send(Store(1), {promo});
   chain.Evaluate(1);
 
-  const std::vector<PriceDrop>& drops = chain.engine().snapshot()->findings->price_drops;
+  const std::vector<PriceDrop> drops = chain.engine().snapshot()->findings->price_drops.Sorted();
   ASSERT_EQ(drops.size(), 42u);
   int rollouts = 0;
   for (const PriceDrop& d : drops) {
@@ -1627,7 +1627,7 @@ TEST(FindingsTest, ADropArrivingAfterTheRolloutGraceIsPublishedOnce) {
   chain.Send(Store(3), {late});
   chain.Evaluate(1);
 
-  const std::vector<PriceDrop>& drops = chain.engine().snapshot()->findings->price_drops;
+  const std::vector<PriceDrop> drops = chain.engine().snapshot()->findings->price_drops.Sorted();
   ASSERT_EQ(drops.size(), 1u);
   EXPECT_EQ(drops[0].location, Store(3));
   EXPECT_EQ(drops[0].from, 299);

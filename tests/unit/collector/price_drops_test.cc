@@ -19,7 +19,8 @@ namespace {
 const absl::Time kT0 = absl::FromUnixSeconds(1'800'000'000);
 
 PriceDrop Drop(const std::string& location, const std::string& key, int64_t from, int64_t to,
-               absl::Time at, bool rollout = false, v1::PriceKind kind = v1::SHELF) {
+               absl::Time at, bool rollout = false, v1::PriceKind kind = v1::SHELF,
+               uint64_t revision = 1) {
   PriceDrop d;
   d.location = location;
   d.series.family = v1::FAMILY_PRICE;
@@ -29,6 +30,19 @@ PriceDrop Drop(const std::string& location, const std::string& key, int64_t from
   d.from = from;
   d.to = to;
   d.at = at;
+  d.rollout = rollout;
+  d.revision = revision;
+  return d;
+}
+
+// Drops as one engine's evaluations publish them: `source` numbers the
+// engine, `revision` the evaluation.
+PriceDropList List(std::vector<PriceDrop> drops, uint64_t revision, uint64_t source = 1) {
+  return PriceDropList(std::move(drops), source, revision);
+}
+
+PriceDrop At(PriceDrop d, uint64_t revision, bool rollout) {
+  d.revision = revision;
   d.rollout = rollout;
   return d;
 }
@@ -63,11 +77,12 @@ TEST_F(PriceDropFeedTest, RecordsEachDropOnceKeepsItsScopeCurrentAndReadsOldestF
       Drop("store-2", "coffee", 449, 399, kT0 + absl::Minutes(2)),
       Drop("store-1", "coffee", 449, 399, kT0 + absl::Minutes(1)),
       Drop("store-1", "tea", 300, 250, kT0 + absl::Minutes(3), false, v1::PROMO)};
-  ASSERT_TRUE((*feed)->Record(first, kT0 + absl::Minutes(4)).ok());
+  ASSERT_TRUE((*feed)->Record(List(first, 1), kT0 + absl::Minutes(4)).ok());
   // The next evaluation publishes the same drops, coffee now a rollout.
   std::vector<PriceDrop> again = first;
-  again[0].rollout = again[1].rollout = true;
-  ASSERT_TRUE((*feed)->Record(again, kT0 + absl::Minutes(5)).ok());
+  again[0] = At(again[0], 2, true);
+  again[1] = At(again[1], 2, true);
+  ASSERT_TRUE((*feed)->Record(List(again, 2), kT0 + absl::Minutes(5)).ok());
 
   std::vector<v1::PriceDrop> all = ReadAll(**feed);
   ASSERT_EQ(all.size(), 3u);
@@ -97,27 +112,26 @@ TEST_F(PriceDropFeedTest, KeepsDropsInItsFileAndDeletesThemPastTheRetention) {
     auto feed = PriceDropFeed::Open(dir_ + "/price_drops.db", options);
     ASSERT_TRUE(feed.ok()) << feed.status();
     ASSERT_TRUE((*feed)
-                    ->Record({Drop("store-1", "coffee", 449, 399, kT0),
-                              Drop("store-1", "milk", 129, 119, kT0 + absl::Hours(12))},
+                    ->Record(List({Drop("store-1", "coffee", 449, 399, kT0),
+                                   Drop("store-1", "milk", 129, 119, kT0 + absl::Hours(12))},
+                                  1),
                              kT0 + absl::Hours(12))
                     .ok());
   }
   auto feed = PriceDropFeed::Open(dir_ + "/price_drops.db", options);
   ASSERT_TRUE(feed.ok()) << feed.status();
   EXPECT_EQ(ReadAll(**feed).size(), 2u);
-  ASSERT_TRUE((*feed)->Record({}, kT0 + absl::Hours(25)).ok());
+  ASSERT_TRUE((*feed)->Record(PriceDropList(), kT0 + absl::Hours(25)).ok());
   std::vector<v1::PriceDrop> left = ReadAll(**feed);
   ASSERT_EQ(left.size(), 1u);
   EXPECT_EQ(left[0].series().key(), "milk");
 }
 
-// Republished drops the last Record committed unchanged are not written
-// again; whatever differs from it still is: a flag flipping back, a drop
-// repeated within one call (the last stands), a drop the trim deleted.
-TEST_F(PriceDropFeedTest, RepublishedDropsEndAsEveryRecordSaysThroughTheShortcut) {
-  PriceDropFeed::Options options;
-  options.retention = absl::Hours(24);
-  auto feed = PriceDropFeed::Open("", options);
+// Of a list from the source the last Record had, only the drops with a
+// revision above that list's are written: the rest are as it held them.
+// A list from another source (a restarted collector) is written whole.
+TEST_F(PriceDropFeedTest, WritesOnlyWhatChangedSinceTheListItLastRecorded) {
+  auto feed = PriceDropFeed::Open("", {});
   ASSERT_TRUE(feed.ok()) << feed.status();
   auto rollout_of = [&](const std::string& location) {
     for (const v1::PriceDrop& d : ReadAll(**feed)) {
@@ -127,44 +141,39 @@ TEST_F(PriceDropFeedTest, RepublishedDropsEndAsEveryRecordSaysThroughTheShortcut
   };
   const PriceDrop a = Drop("store-1", "coffee", 449, 399, kT0);
   const PriceDrop b = Drop("store-2", "coffee", 449, 399, kT0);
-  PriceDrop a_rollout = a;
-  a_rollout.rollout = true;
-  ASSERT_TRUE((*feed)->Record({a, b}, kT0 + absl::Hours(1)).ok());
-  ASSERT_TRUE((*feed)->Record({a_rollout, b}, kT0 + absl::Hours(2)).ok());
+  ASSERT_TRUE((*feed)->Record(List({a, b}, 3), kT0 + absl::Hours(1)).ok());
+  EXPECT_EQ(rollout_of("store-1"), 0);
+  // Changed at revision 4: written.
+  ASSERT_TRUE((*feed)->Record(List({At(a, 4, true), b}, 5), kT0 + absl::Hours(2)).ok());
   EXPECT_EQ(rollout_of("store-1"), 1);
-  ASSERT_TRUE((*feed)->Record({a, b}, kT0 + absl::Hours(3)).ok());
+  // A revision the last list covered is not read again (a list never
+  // holds a drop so, which is what shows it here).
+  ASSERT_TRUE((*feed)->Record(List({At(a, 5, false), b}, 6), kT0 + absl::Hours(3)).ok());
+  EXPECT_EQ(rollout_of("store-1"), 1);
+  ASSERT_TRUE((*feed)->Record(List({At(a, 7, false), b}, 7), kT0 + absl::Hours(4)).ok());
   EXPECT_EQ(rollout_of("store-1"), 0);
-  // Repeated within one call, the flag of the last one stands, though it
-  // is what the last Record committed.
-  ASSERT_TRUE((*feed)->Record({a_rollout, a, b}, kT0 + absl::Hours(4)).ok());
-  EXPECT_EQ(rollout_of("store-1"), 0);
-  ASSERT_TRUE((*feed)->Record({a, b}, kT0 + absl::Hours(5)).ok());
-  EXPECT_EQ(rollout_of("store-1"), 0);
-  ASSERT_TRUE((*feed)->Record({a_rollout, b}, kT0 + absl::Hours(6)).ok());
+  // Another source: everything, whatever its revisions.
+  ASSERT_TRUE(
+      (*feed)->Record(List({At(a, 1, true), b}, 1, /*source=*/2), kT0 + absl::Hours(5)).ok());
   EXPECT_EQ(rollout_of("store-1"), 1);
   EXPECT_EQ(rollout_of("store-2"), 0);
-  // Past the retention the trim deletes them though they are sent; with
-  // the clock stepped back they are recorded again.
-  ASSERT_TRUE((*feed)->Record({a_rollout, b}, kT0 + absl::Hours(25)).ok());
-  EXPECT_EQ(ReadAll(**feed).size(), 0u);
-  ASSERT_TRUE((*feed)->Record({a_rollout, b}, kT0 + absl::Hours(7)).ok());
   EXPECT_EQ(ReadAll(**feed).size(), 2u);
 }
 
 // A Record that fails is undone whole, and what it meant to write is
-// written by the next one: the shortcut forgets what the failure undid.
+// written by the next one: the failure does not count as recorded.
 TEST_F(PriceDropFeedTest, AFailedRecordIsWrittenWholeByTheNext) {
   const std::string path = dir_ + "/price_drops.db";
   auto feed = PriceDropFeed::Open(path, {});
   ASSERT_TRUE(feed.ok()) << feed.status();
   const PriceDrop a = Drop("store-1", "coffee", 449, 399, kT0);
-  const PriceDrop a_rollout = Drop("store-1", "coffee", 449, 399, kT0, /*rollout=*/true);
+  const PriceDrop a_rollout = At(a, 2, true);
   const PriceDrop b = Drop("store-2", "coffee", 449, 399, kT0);
-  ASSERT_TRUE((*feed)->Record({a, b}, kT0).ok());
+  ASSERT_TRUE((*feed)->Record(List({a, b}, 1), kT0).ok());
   sqlite3* other = nullptr;  // Another writer holding the file.
   ASSERT_EQ(sqlite3_open(path.c_str(), &other), SQLITE_OK);
   ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
-  const absl::Status failed = (*feed)->Record({a_rollout, b}, kT0);
+  const absl::Status failed = (*feed)->Record(List({a_rollout, b}, 2), kT0);
   sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr);
   sqlite3_close(other);
   ASSERT_FALSE(failed.ok());
@@ -172,14 +181,14 @@ TEST_F(PriceDropFeedTest, AFailedRecordIsWrittenWholeByTheNext) {
   std::vector<v1::PriceDrop> held = ReadAll(**feed);
   ASSERT_EQ(held.size(), 2u);
   EXPECT_FALSE(held[0].rollout());
-  ASSERT_TRUE((*feed)->Record({a_rollout, b}, kT0).ok());
+  // The next evaluation holds the drop as revision 2 made it.
+  ASSERT_TRUE((*feed)->Record(List({a_rollout, b}, 3), kT0).ok());
   held = ReadAll(**feed);
   ASSERT_EQ(held.size(), 2u);
   EXPECT_EQ(held[0].location(), "store-1");
   EXPECT_TRUE(held[0].rollout());
   EXPECT_FALSE(held[1].rollout());
 }
-
 TEST_F(PriceDropFeedTest, AnUnwritableDirectoryIsAnErrorNamingTheFile) {
   auto feed = PriceDropFeed::Open(dir_ + "/missing/price_drops.db", {});
   ASSERT_FALSE(feed.ok());
