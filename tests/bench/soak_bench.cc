@@ -33,8 +33,9 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <filesystem>
 #include <cstdio>
+#include <deque>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +49,7 @@
 #include "collector/history.h"
 #include "collector/price_drops.h"
 #include "collector/promise_record.h"
+#include "constance/batch_view.h"
 #include "tests/bench/proc_stats.h"
 
 ABSL_FLAG(int, locations, 1'000, "Locations");
@@ -188,57 +190,71 @@ class Soak {
     std::exit(2);
   }
 
-  v1::Batch& Start(int l) {
-    batch_.Clear();
-    batch_.set_location(absl::StrCat("store-", l));
-    batch_.set_incarnation(1);
-    batch_.set_first_sequence(next_seq_[l]);
+  // The batches are built as the views the collector's ingest decodes
+  // from the wire (DecodeBatch, proto/constance/batch_view.h), over names
+  // made once: what is timed is the engine, not building messages.
+  BatchView& Start(int l) {
+    while (static_cast<int>(stores_.size()) <= l) {
+      stores_.push_back(absl::StrCat("store-", stores_.size()));
+    }
+    batch_.location = stores_[l];
+    batch_.incarnation = 1;
+    batch_.first_sequence = next_seq_[l];
+    batch_.observations.clear();
     return batch_;
   }
 
-  void Stamp(v1::Observation* o) const {
-    o->mutable_observed_at()->set_seconds(absl::ToUnixSeconds(now_));
+  static const std::string& Name(std::deque<std::string>* names, const char* prefix, int k) {
+    while (static_cast<int>(names->size()) <= k) {
+      names->push_back(absl::StrCat(prefix, names->size()));
+    }
+    return (*names)[k];
   }
 
-  v1::Batch& Prices(int l, int first_key, int hour) {
-    v1::Batch& b = Start(l);
+  ObservationView& Add(BatchView& b, const std::string& key) const {
+    ObservationView& o = b.observations.emplace_back();
+    o.key = key;
+    o.has_observed_at = true;
+    o.observed_seconds = absl::ToUnixSeconds(now_);
+    return o;
+  }
+
+  BatchView& Prices(int l, int first_key, int hour) {
+    BatchView& b = Start(l);
     for (int k = first_key; k < first_key + c_.keys; ++k) {
-      v1::Observation* o = b.add_observations();
-      o->set_key(absl::StrCat("item-", k));
+      ObservationView& o = Add(b, Name(&items_, "item-", k));
       // A price per key, a few stores a cent off, and a chain-wide change
       // of each key every 14 days, keys staggered by day (a fourteenth of
       // them up or down each day), so levels, changes and the price-drop
       // feed are exercised evenly from the first weeks on.
       const int day = hour / 24;
-      o->mutable_price()->set_minor_units(100 + k % 50 + (l % 17 == 0) + ((day + k) / 14) % 2);
-      o->mutable_price()->set_currency("EUR");
-      Stamp(o);
+      o.value = v1::Observation::kPrice;
+      o.minor_units = 100 + k % 50 + (l % 17 == 0) + ((day + k) / 14) % 2;
+      o.currency = "EUR";
     }
     return b;
   }
 
-  v1::Batch& Services(int l, int hour) {
-    v1::Batch& b = Start(l);
+  BatchView& Services(int l, int hour) {
+    BatchView& b = Start(l);
     for (int k = 0; k < c_.service_keys; ++k) {
-      v1::Observation* w = b.add_observations();
-      w->set_key(absl::StrCat("service-", k));
-      w->set_wait_seconds(60 + (l * 7 + k + hour) % 120);
-      Stamp(w);
-      v1::Observation* ch = b.add_observations();
-      ch->set_key(absl::StrCat("check-", k));
-      ch->mutable_check()->set_passed((l + k + hour) % 20 != 0);
-      Stamp(ch);
+      ObservationView& w = Add(b, Name(&services_, "service-", k));
+      w.value = v1::Observation::kWaitSeconds;
+      w.number = 60 + (l * 7 + k + hour) % 120;
+      ObservationView& ch = Add(b, Name(&checks_, "check-", k));
+      ch.value = v1::Observation::kCheck;
+      ch.passed = (l + k + hour) % 20 != 0;
     }
     return b;
   }
 
-  void Send(int l, const v1::Batch& b) {
+  void Send(int l, const BatchView& b) {
     absl::StatusOr<v1::Ack> ack = engine_->ApplyBatch(b, now_);
     if (!ack.ok()) {
       std::fprintf(stderr, "batch refused: %s\n", std::string(ack.status().message()).c_str());
       std::exit(2);
     }
-    next_seq_[l] += b.observations_size();
+    next_seq_[l] += b.observations.size();
   }
 
   const Config c_;
@@ -246,7 +262,9 @@ class Soak {
   absl::Time next_eval_ = kStart;
   std::vector<uint64_t> next_seq_;
   std::unique_ptr<Engine> engine_;
-  v1::Batch batch_;
+  BatchView batch_;
+  // Names the batches point into (a deque: adding one moves none).
+  std::deque<std::string> stores_, items_, services_, checks_;
   std::string dir_;  // The stores' temporary directory, when recording.
   std::unique_ptr<FindingHistory> history_;
   std::unique_ptr<PromiseRecordStore> record_;
