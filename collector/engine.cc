@@ -1321,6 +1321,7 @@ struct Engine::Pending {
   bool promise_critical = false;  // Its promise broken by a failed critical check.
   int64_t evidence_ns = 0;        // Comparable::evidence_ns.
   std::string promise;            // PromiseVerdict::promise.
+  size_t member = 0;              // Its index in group->members.
 };
 
 void Engine::Evaluate() {
@@ -1536,7 +1537,8 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
       // The name is copied only into what is kept (below).
       Pending p{m.location,          {}, &g, {}, {}, false, false, m.value.critical_failure, false,
                 m.value.evidence_ns, {}};
-      p.outlier = OutlierReason(key, g, i, ev->weak, &p.reasons);
+      p.member = i;
+      p.outlier = OutlierReason(key, g, i, ev->weak, &p.reasons, /*detail=*/false);
       if (std::optional<PromiseVerdict> promise = PromiseVerdictFor(
               key, m.entry, m.value, wait_promise, check_promise, ev->now, ev->catalog)) {
         p.promise_id = promise->id;
@@ -1570,7 +1572,7 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
   const absl::flat_hash_set<std::string> unkeepable =
       UnkeepableConditions(key, series_name, promise_tally, th, &out->conditions);
   for (Pending& p : pending) {
-    LocationCondition(key, series_name, unkeepable, ev->catalog.trust, &p, out);
+    LocationCondition(key, series_name, unkeepable, ev->catalog.trust, tracker_, &p, out);
   }
 }
 
@@ -1638,7 +1640,8 @@ PriceDropList::Part Engine::PriceDropsOf(const SeriesData& data,
 
 void Engine::LocationCondition(const SeriesKey& key, const std::string& series_name,
                                const absl::flat_hash_set<std::string>& unkeepable,
-                               const TrustPolicy& trust, Pending* p, SeriesOutcome* out) {
+                               const TrustPolicy& trust, const FindingTracker& tracker, Pending* p,
+                               SeriesOutcome* out) {
   const bool promise_counts = !p->promise_id.empty() && !unkeepable.contains(p->promise_id);
   if (promise_counts) {
     out->kept.push_back({p->location, !p->promise_broken});
@@ -1661,9 +1664,16 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
   Condition c;
   c.id = absl::StrCat("loc|", p->name, "|", series_name);
   for (const auto& r : reasons) c.strength = std::max(c.strength, r.first);
-  if (!FindingTracker::Holds(c.strength)) {  // Weak: the tracker reads no finding of it.
-    out->conditions.push_back(std::move(c));
+  // Weak: the tracker reads no finding of it, and only if it tracks the
+  // condition already. Only this series makes a condition of this id, and
+  // the tracker takes up only conditions that hold: one it does not track
+  // now it cannot track in an evaluation that reuses this outcome.
+  if (!FindingTracker::Holds(c.strength)) {
+    if (tracker.Tracks(c.id)) out->conditions.push_back(std::move(c));
     return;
+  }
+  for (auto& [strength, reason] : reasons) {  // Left out while it might not be shown.
+    if (reason.kind() == v1::OUTLIER) reason.set_detail(OutlierDetail(key, *p->group, p->member));
   }
   std::sort(reasons.begin(), reasons.end(), [](const auto& a, const auto& b) {
     const bool ha = a.first >= 1, hb = b.first >= 1;

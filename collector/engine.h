@@ -623,10 +623,12 @@ class Engine {
       const std::vector<PriceDrop>* before, uint64_t revision);
   // Settles *p's promise and outlier in ev's trust tallies (a promise in
   // `unkeepable` counts for nothing) and adds its location condition when
-  // a reason remains. Moves p's reasons out.
+  // a reason remains that holds, or that keeps a condition `tracker`
+  // tracks. Moves p's reasons out.
   static void LocationCondition(const SeriesKey& key, const std::string& series_name,
                                 const absl::flat_hash_set<std::string>& unkeepable,
-                                const TrustPolicy& trust, Pending* p, SeriesOutcome* out);
+                                const TrustPolicy& trust, const FindingTracker& tracker, Pending* p,
+                                SeriesOutcome* out);
   // Stale keys: a location whose newest result for a compliance key with
   // a cadence (KeyJudging::expected_every) is older than that cadence.
   void OverdueKeyConditions(absl::Time now, std::vector<Condition>* out) const

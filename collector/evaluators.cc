@@ -232,7 +232,7 @@ SplitCandidate SplitCondition(const SeriesKey& key, const std::string& group_id,
 // Outlier: the rule's own verdict (ComputeGroups), held weakly too so that
 // a finding closes only with the hysteresis margin.
 bool OutlierReason(const SeriesKey& key, const GroupData& g, size_t i, double weak,
-                   std::vector<WeightedReason>* reasons) {
+                   std::vector<WeightedReason>* reasons, bool detail) {
   const double strength = g.assessed[i].strength;
   if (!(strength > 0 && strength >= weak)) return false;
   const SeriesStats& stats = *g.stats;
@@ -240,18 +240,24 @@ bool OutlierReason(const SeriesKey& key, const GroupData& g, size_t i, double we
   const double x = g.members[i].value.value;
   const double dev = x - s.median;
   const double magnitude = s.median != 0 ? std::fabs(dev) / std::fabs(s.median) : std::fabs(dev);
-  v1::Reason r =
-      MakeReason(v1::OUTLIER,
-                 absl::StrCat(Meaning(key.family, dev), ": ", Format(key, x), " against ",
-                              Format(key, s.median), " expected (",
-                              Percent(s.median != 0 ? dev / std::fabs(s.median) : 0), "), ",
-                              strength >= 1 ? "outside" : "near the edge of", " the band ",
-                              Format(key, stats.band.low), " .. ", Format(key, stats.band.high),
-                              " of ", g.members.size(), " locations in ", g.group,
-                              RateEvidence(key, g.members[i].value)),
-                 x, s.median, stats.band.low, stats.band.high, magnitude, dev);
-  reasons->emplace_back(strength, std::move(r));
+  reasons->emplace_back(strength,
+                        MakeReason(v1::OUTLIER, detail ? OutlierDetail(key, g, i) : "", x, s.median,
+                                   stats.band.low, stats.band.high, magnitude, dev));
   return g.assessed[i].outlier;
+}
+
+std::string OutlierDetail(const SeriesKey& key, const GroupData& g, size_t i) {
+  const double strength = g.assessed[i].strength;
+  const SeriesStats& stats = *g.stats;
+  const GroupSummary& s = stats.summary;
+  const double x = g.members[i].value.value;
+  const double dev = x - s.median;
+  return absl::StrCat(
+      Meaning(key.family, dev), ": ", Format(key, x), " against ", Format(key, s.median),
+      " expected (", Percent(s.median != 0 ? dev / std::fabs(s.median) : 0), "), ",
+      strength >= 1 ? "outside" : "near the edge of", " the band ", Format(key, stats.band.low),
+      " .. ", Format(key, stats.band.high), " of ", g.members.size(), " locations in ", g.group,
+      RateEvidence(key, g.members[i].value));
 }
 
 bool MayBeIrregular(const GroupData& g, size_t i, absl::Time now, const Thresholds& th) {

@@ -156,8 +156,13 @@ void ZoneConditions(std::vector<SplitCandidate>* splits, const Thresholds& th,
 
 // Member i's outlier reason (the rule's verdict in g.assessed), if its
 // strength is at least `weak`; true when the rule counts it an outlier.
+// With `detail` false the reason's text is left empty (its numbers are
+// set) for a caller that shows it only in a finding that holds, and fills
+// it then with OutlierDetail: most reasons found go into no finding.
 bool OutlierReason(const SeriesKey& key, const GroupData& g, size_t i, double weak,
-                   std::vector<WeightedReason>* reasons);
+                   std::vector<WeightedReason>* reasons, bool detail = true);
+// The text of member i's outlier reason.
+std::string OutlierDetail(const SeriesKey& key, const GroupData& g, size_t i);
 
 // ---- Irregular change (prices) -----------------------------------------
 
