@@ -74,7 +74,7 @@ v1::Reason MakeReason(v1::FindingKind kind, std::string detail, double value, do
                       double low, double high, double magnitude, double deviation) {
   v1::Reason r;
   r.set_kind(kind);
-  r.set_detail(std::move(detail));
+  if (!detail.empty()) r.set_detail(std::move(detail));  // Empty: no string allocated.
   r.set_value(value);
   r.set_expected(expected);
   r.set_band_low(low);
