@@ -1427,7 +1427,7 @@ bool Engine::EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalo
     const SeriesOutcome& o = outcomes_[i];
     return o.until_ns == 0 || now_ns >= o.until_ns || (s.dirty & Series::kFindings) != 0;
   };
-  absl::flat_hash_map<uint32_t, PriceDropList::Part> late_drops;
+  std::vector<std::pair<uint32_t, PriceDropList::Part>> late_drops;
   const uint64_t revision = ev->price_drops.revision();
   const bool completed =
       RecomputeSeries(wanted, Series::kStats | Series::kFindings,
@@ -1441,18 +1441,26 @@ bool Engine::EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalo
                         o.until_ns = data.until_ns;
                         // Published once, by this evaluation: not part of what is kept.
                         if (auto it = late.find(data.index); it != late.end()) {
-                          late_drops[data.index] =
-                              PriceDropsOf(data, it->second, nullptr, revision);
+                          late_drops.emplace_back(
+                              data.index, PriceDropsOf(data, it->second, nullptr, revision));
                         }
                       });
   if (!completed) return false;
   // In series order, as a full recomputation adds them.
-  for (uint32_t i = 0; i < outcomes_.size(); ++i) {
-    Merge(outcomes_[i], tracker_, ev);
-    if (auto it = late_drops.find(i); it != late_drops.end() && it->second != nullptr) {
-      ev->price_drops.Add(it->second, absl::InfinitePast());
-    }
+  for (uint32_t i = 0; i < outcomes_.size(); ++i) Merge(outcomes_[i], tracker_, ev);
+  // Late drops are published for rollout_grace after the evaluation that
+  // found them, at its revision: a recorder that skipped it still sees
+  // them, one that recorded it skips them.
+  std::sort(late_drops.begin(), late_drops.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (auto& [index, part] : late_drops) {
+    if (part != nullptr)
+      late_published_.push_back({std::move(part), ev->now + ev->th.rollout_grace});
   }
+  late_published_.erase(std::remove_if(late_published_.begin(), late_published_.end(),
+                                       [&](const auto& l) { return l.second < ev->now; }),
+                        late_published_.end());
+  for (const auto& [part, until] : late_published_) ev->price_drops.Add(part, absl::InfinitePast());
   return true;
 }
 

@@ -608,7 +608,7 @@ class Engine {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
   // Evaluates the series whose outcome no longer holds (every series when
   // not Options::incremental), then adds every series' outcome to *ev in
-  // series order, with the late drops of those series. False when a stop
+  // series order, and the late drops published now. False when a stop
   // abandoned it.
   bool EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalog, const LateDrops& late,
                               Evaluation* ev) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_);
@@ -852,6 +852,9 @@ class Engine {
   // The price drops' source and the revision of the last evaluation.
   const uint64_t drop_source_ = PriceDropList::NewSource();
   uint64_t drop_revision_ ABSL_GUARDED_BY(eval_mu_) = 0;
+  // Drops that arrived older than rollout_grace, as evaluations found
+  // them, and until when they are published.
+  std::vector<std::pair<PriceDropList::Part, absl::Time>> late_published_ ABSL_GUARDED_BY(eval_mu_);
   absl::flat_hash_map<std::string, GroupDriftState> group_drift_ ABSL_GUARDED_BY(eval_mu_);
   absl::flat_hash_map<std::pair<std::string, uint32_t>, CellDriftState> cell_drift_
       ABSL_GUARDED_BY(eval_mu_);

@@ -5,7 +5,8 @@
 // The engine finds and classifies the drops (Engine::PriceDropsOf: local,
 // or the chain-wide rollout its rollout rule recognises); it publishes
 // those within rollout_grace with each evaluation, and a drop that arrived
-// older than that with the first evaluation after it arrived, each drop
+// older than that for rollout_grace from the first evaluation after it
+// arrived, each drop
 // with the revision that last changed it (PriceDropList).
 // PriceDropFeed::Record adds the new ones and updates the classification of
 // known ones (a rollout shows as more locations follow), writing only what

@@ -1615,9 +1615,10 @@ TEST(FindingsTest, PriceDropsAreClassifiedByTheRolloutRule) {
 }
 
 // A drop that reaches the collector after the rollout grace (an agent
-// offline over a weekend, a late price file) is published by the next
-// evaluation, and only by it.
-TEST(FindingsTest, ADropArrivingAfterTheRolloutGraceIsPublishedOnce) {
+// offline over a weekend, a late price file) is published from the next
+// evaluation on, unchanged, for the grace: a recorder that skips that
+// evaluation still sees it.
+TEST(FindingsTest, ADropArrivingAfterTheRolloutGraceIsPublishedForTheGraceFromThen) {
   Chain chain;
   for (int i = 0; i < 10; ++i) chain.Send(Store(i), {chain.Price("sku-1", 299)});
   chain.Evaluate();
@@ -1634,7 +1635,12 @@ TEST(FindingsTest, ADropArrivingAfterTheRolloutGraceIsPublishedOnce) {
   EXPECT_EQ(drops[0].to, 279);
   EXPECT_EQ(drops[0].at, observed);
   EXPECT_FALSE(drops[0].rollout);
-  chain.Evaluate(1);
+  chain.Evaluate(1, absl::Hours(23));
+  const std::vector<PriceDrop> again = chain.engine().snapshot()->findings->price_drops.Sorted();
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].location, Store(3));
+  EXPECT_EQ(again[0].revision, drops[0].revision);  // What recorded it has it.
+  chain.Evaluate(1, absl::Hours(2));
   EXPECT_TRUE(chain.engine().snapshot()->findings->price_drops.empty());
 }
 
