@@ -1439,7 +1439,8 @@ bool Engine::EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalo
                         EvaluateSeries(data, *ev, &o);
                         o.price_drops = PriceDropsOf(data, data.drops, before.get(), revision);
                         o.until_ns = data.until_ns;
-                        // Published once, by this evaluation: not part of what is kept.
+                        // Not part of what is kept: published from this evaluation on
+                        // (late_published_, below).
                         if (auto it = late.find(data.index); it != late.end()) {
                           late_drops.emplace_back(
                               data.index, PriceDropsOf(data, it->second, nullptr, revision));
@@ -1702,11 +1703,6 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
   f.set_audience(only_drift ? "region" : "store");
   out->conditions.push_back(std::move(c));
 }
-
-namespace {
-
-
-}  // namespace
 
 PriceDropList::PriceDropList(std::vector<PriceDrop> drops, uint64_t source, uint64_t revision)
     : source_(source), revision_(revision) {

@@ -276,8 +276,10 @@ struct FindingsView {
   // evaluations: findings reflect at least these.
   uint64_t observations_settled = 0;
   // Price decreases whose event time is within thresholds.rollout_grace of
-  // the evaluation (while their classification may still change), by
-  // location. Empty after a restore until the first evaluation.
+  // the evaluation (while their classification may still change), and
+  // those that arrived later than that, for rollout_grace from the
+  // evaluation that found them (Sorted(): by location). Empty after a
+  // restore until the first evaluation.
   PriceDropList price_drops;
   // Every promise applying to a location in this evaluation, kept or
   // broken (exceptions excluded), by location. Empty after a restore.
