@@ -75,6 +75,16 @@ std::vector<std::pair<uint32_t, const Cell*>> InLocationOrder(
   return out;
 }
 
+// How many cells ahead a walk fetches what a cell points to.
+constexpr size_t kPrefetchAhead = 8;
+
+void PrefetchChanges(const PriceCell& cell) {
+  if (const PriceChanges* c = cell.changes.get(); c != nullptr) {
+    __builtin_prefetch(c);
+    __builtin_prefetch(reinterpret_cast<const char*>(c) + sizeof(PriceChanges) - 1);
+  }
+}
+
 // Rush hours differ: a group spanning time zones compares waits within
 // the same local hour-of-week once at least two such buckets have
 // min_group locations each; the locations of smaller buckets stay
@@ -902,8 +912,13 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
     }
   };
   // Cells in location order, so each group's members come out sorted.
-  for (const auto& [loc, cell] : InLocationOrder(series.price, locations_.size()))
-    add(loc, ComparePrice(*cell, now, catalog.price), cell);
+  // A cell's changes live apart from it: fetched a few cells ahead, their
+  // misses overlap instead of each stalling the walk.
+  const auto prices = InLocationOrder(series.price, locations_.size());
+  for (size_t i = 0; i < prices.size(); ++i) {
+    if (i + kPrefetchAhead < prices.size()) PrefetchChanges(*prices[i + kPrefetchAhead].second);
+    add(prices[i].first, ComparePrice(*prices[i].second, now, catalog.price), prices[i].second);
+  }
   for (const auto& [loc, cell] : InLocationOrder(series.wait, locations_.size())) {
     add(loc,
         CompareWait(*cell, now, catalog.wait, catalog.wait_sketch,
@@ -1313,8 +1328,10 @@ struct Engine::Pending {
   uint32_t location;
   std::string name;
   const GroupData* group;
-  std::vector<std::pair<double, v1::Reason>> reasons;  // (strength, reason)
-  std::string promise_id;                              // Non-empty when a promise applies.
+  // Its reasons: [first_reason, end_reason) of the series' pool (one
+  // vector for every member, not one allocation each).
+  size_t first_reason = 0, end_reason = 0;
+  std::string promise_id;  // Non-empty when a promise applies.
   bool promise_broken = false;
   bool outlier = false;
   bool critical_failure = false;  // Compliance: a critical check failed in the window.
@@ -1519,6 +1536,7 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
   const bool judged_key =
       key.family == v1::FAMILY_COMPLIANCE && ev->catalog.JudgingFor(key.key) != nullptr;
   std::vector<Pending> pending;
+  std::vector<WeightedReason> reasons;  // Every pending's, in order.
   PromiseTally promise_tally;
   for (const GroupData& g : data.groups) {
     const bool comparable = g.members.size() >= th.min_group;
@@ -1526,7 +1544,7 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
     // Drift of the group's dispersion is not for prices: their changes are
     // steps, which irregular change covers. The fallback's spread mixes
     // declared groups: their own drift and splits are found in them.
-    const GroupDrift* gd = nullptr;
+    GroupDrift* gd = nullptr;
     if (key.family != v1::FAMILY_PRICE && comparable && !g.fallback && !judged_key) {
       GroupDrift* state = &group_drift_[group_id];
       gd = state;
@@ -1544,10 +1562,20 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
       const Member& m = g.members[i];
       if (!m.judged || ExceptionFor(m.name, key, ev->now, ev->catalog) != nullptr) continue;
       // The name is copied only into what is kept (below).
-      Pending p{m.location,          {}, &g, {}, {}, false, false, m.value.critical_failure, false,
-                m.value.evidence_ns, {}};
+      Pending p{m.location,
+                {},
+                &g,
+                reasons.size(),
+                0,
+                {},
+                false,
+                false,
+                m.value.critical_failure,
+                false,
+                m.value.evidence_ns,
+                {}};
       p.member = i;
-      p.outlier = OutlierReason(key, g, i, ev->weak, &p.reasons, /*detail=*/false);
+      p.outlier = OutlierReason(key, g, i, ev->weak, &reasons, /*detail=*/false);
       if (std::optional<PromiseVerdict> promise = PromiseVerdictFor(
               key, m.entry, m.value, wait_promise, check_promise, ev->now, ev->catalog)) {
         p.promise_id = promise->id;
@@ -1558,20 +1586,20 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
         ++tally.first;
         if (p.promise_broken) ++tally.second;
         if (promise->strength >= ev->weak) {
-          p.reasons.emplace_back(promise->strength, std::move(promise->reason));
+          reasons.emplace_back(promise->strength, std::move(promise->reason));
         }
       }
       if (key.family == v1::FAMILY_PRICE && key.kind != v1::PROMO && comparable) {
-        IrregularChangeReason(key, g, i, ev->now, th, &p.reasons);
+        IrregularChangeReason(key, g, i, ev->now, th, &reasons);
       }
       if (gd != nullptr && gd->baseline.frozen && gd->scale > 0) {
-        if (std::optional<WeightedReason> r =
-                CellDriftReason(key, g, i, gd->scale, ev->drift_bin, ev->drift, ev->weak,
-                                &cell_drift_[{group_id, m.location}])) {
-          p.reasons.push_back(std::move(*r));
+        if (std::optional<WeightedReason> r = CellDriftReason(
+                key, g, i, gd->scale, ev->drift_bin, ev->drift, ev->weak, &gd->cells[m.location])) {
+          reasons.push_back(std::move(*r));
         }
       }
-      if (!p.reasons.empty() || !p.promise_id.empty()) {
+      p.end_reason = reasons.size();
+      if (p.end_reason > p.first_reason || !p.promise_id.empty()) {
         p.name = m.name;
         pending.push_back(std::move(p));
       }
@@ -1581,7 +1609,7 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
   const absl::flat_hash_set<std::string> unkeepable =
       UnkeepableConditions(key, series_name, promise_tally, th, &out->conditions);
   for (Pending& p : pending) {
-    LocationCondition(key, series_name, unkeepable, ev->catalog.trust, tracker_, &p, out);
+    LocationCondition(key, series_name, unkeepable, ev->catalog.trust, tracker_, &p, &reasons, out);
   }
 }
 
@@ -1650,7 +1678,7 @@ PriceDropList::Part Engine::PriceDropsOf(const SeriesData& data,
 void Engine::LocationCondition(const SeriesKey& key, const std::string& series_name,
                                const absl::flat_hash_set<std::string>& unkeepable,
                                const TrustPolicy& trust, const FindingTracker& tracker, Pending* p,
-                               SeriesOutcome* out) {
+                               std::vector<WeightedReason>* pool, SeriesOutcome* out) {
   const bool promise_counts = !p->promise_id.empty() && !unkeepable.contains(p->promise_id);
   if (promise_counts) {
     out->kept.push_back({p->location, !p->promise_broken});
@@ -1664,15 +1692,18 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
   if (!p->promise_id.empty()) {
     out->promises.push_back({p->name, key, std::move(p->promise), !p->promise_broken});
   }
-  std::vector<std::pair<double, v1::Reason>> reasons;
-  for (auto& r : p->reasons) {
-    if (r.second.kind() == v1::BROKEN_PROMISE && !promise_counts) continue;
-    reasons.push_back(std::move(r));
-  }
-  if (reasons.empty()) return;
+  auto counts = [&](const WeightedReason& r) {
+    return r.second.kind() != v1::BROKEN_PROMISE || promise_counts;
+  };
   Condition c;
+  bool any = false;
+  for (size_t i = p->first_reason; i < p->end_reason; ++i) {
+    if (!counts((*pool)[i])) continue;
+    any = true;
+    c.strength = std::max(c.strength, (*pool)[i].first);
+  }
+  if (!any) return;
   c.id = absl::StrCat("loc|", p->name, "|", series_name);
-  for (const auto& r : reasons) c.strength = std::max(c.strength, r.first);
   // Weak: the tracker reads no finding of it, and only if it tracks the
   // condition already. Only this series makes a condition of this id, and
   // the tracker takes up only conditions that hold: one it does not track
@@ -1680,6 +1711,10 @@ void Engine::LocationCondition(const SeriesKey& key, const std::string& series_n
   if (!FindingTracker::Holds(c.strength)) {
     if (tracker.Tracks(c.id)) out->conditions.push_back(std::move(c));
     return;
+  }
+  std::vector<WeightedReason> reasons;
+  for (size_t i = p->first_reason; i < p->end_reason; ++i) {
+    if (counts((*pool)[i])) reasons.push_back(std::move((*pool)[i]));
   }
   for (auto& [strength, reason] : reasons) {  // Left out while it might not be shown.
     if (reason.kind() == v1::OUTLIER) reason.set_detail(OutlierDetail(key, *p->group, p->member));

@@ -626,11 +626,11 @@ class Engine {
   // Settles *p's promise and outlier in ev's trust tallies (a promise in
   // `unkeepable` counts for nothing) and adds its location condition when
   // a reason remains that holds, or that keeps a condition `tracker`
-  // tracks. Moves p's reasons out.
+  // tracks. Moves p's reasons out of `pool` (the series' reasons).
   static void LocationCondition(const SeriesKey& key, const std::string& series_name,
                                 const absl::flat_hash_set<std::string>& unkeepable,
                                 const TrustPolicy& trust, const FindingTracker& tracker, Pending* p,
-                                SeriesOutcome* out);
+                                std::vector<WeightedReason>* pool, SeriesOutcome* out);
   // Stale keys: a location whose newest result for a compliance key with
   // a cadence (KeyJudging::expected_every) is older than that cadence.
   void OverdueKeyConditions(absl::Time now, std::vector<Condition>* out) const
@@ -857,9 +857,8 @@ class Engine {
   // Drops that arrived older than rollout_grace, as evaluations found
   // them, and until when they are published.
   std::vector<std::pair<PriceDropList::Part, absl::Time>> late_published_ ABSL_GUARDED_BY(eval_mu_);
+  // By group id, each with its cells' drift.
   absl::flat_hash_map<std::string, GroupDriftState> group_drift_ ABSL_GUARDED_BY(eval_mu_);
-  absl::flat_hash_map<std::pair<std::string, uint32_t>, CellDriftState> cell_drift_
-      ABSL_GUARDED_BY(eval_mu_);
 
   mutable absl::Mutex snapshot_mu_;
   std::shared_ptr<const Snapshot> snapshot_ ABSL_GUARDED_BY(snapshot_mu_);

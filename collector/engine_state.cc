@@ -268,14 +268,17 @@ std::shared_ptr<Engine::StateCapture> Engine::PrepareCapture() {
     g->set_alarm(d.alarm);
     g->set_level(d.level);
   }
-  for (const auto& [id, d] : cell_drift_) {
-    pb::CellDrift* c = state.add_cell_drift();
-    c->set_group(id.first);
-    c->set_location(id.second);  // Renumbered at BeginCapture.
-    SaveBaseline(d.baseline, c->mutable_baseline());
-    c->set_cusum_up(d.up.s);
-    c->set_cusum_down(d.down.s);
-    c->set_last_bin(d.last_bin);
+  // The cells' drift apart from their groups' (the state's format).
+  for (const auto& [id, group] : group_drift_) {
+    for (const auto& [loc, d] : group.cells) {
+      pb::CellDrift* c = state.add_cell_drift();
+      c->set_group(id);
+      c->set_location(loc);  // Renumbered at BeginCapture.
+      SaveBaseline(d.baseline, c->mutable_baseline());
+      c->set_cusum_up(d.up.s);
+      c->set_cusum_down(d.down.s);
+      c->set_last_bin(d.last_bin);
+    }
   }
   return capture;
 }
@@ -609,8 +612,7 @@ struct Engine::Restored {
   std::deque<v1::Finding> closed;
   absl::flat_hash_map<uint32_t, TrustAccount> trust;
   absl::flat_hash_map<uint32_t, TrustTrend> trends;
-  absl::flat_hash_map<std::string, GroupDrift> group_drift;
-  absl::flat_hash_map<std::pair<std::string, uint32_t>, CellDrift> cell_drift;
+  absl::flat_hash_map<std::string, GroupDrift> group_drift;  // With their cells'.
 };
 
 absl::Status Engine::Restored::Locations() {
@@ -702,7 +704,7 @@ absl::Status Engine::Restored::Drift() {
   }
   for (const pb::CellDrift& c : state.cell_drift()) {
     if (!LocationOk(c.location())) return Bad("a cell's drift names an unknown location");
-    CellDrift& d = cell_drift[{c.group(), c.location()}];
+    CellDrift& d = group_drift[c.group()].cells[c.location()];
     d.baseline = LoadBaseline(c.baseline());
     d.up.s = c.cusum_up();
     d.down.s = c.cusum_down();
@@ -788,7 +790,6 @@ void Engine::InstallEvaluationStateLocked(Restored* restored) {
   const pb::EngineState& state = restored->state;
   evaluated_counts_.assign(state.evaluated_counts().begin(), state.evaluated_counts().end());
   group_drift_ = std::move(restored->group_drift);
-  cell_drift_ = std::move(restored->cell_drift);
 }
 
 }  // namespace constance::collector

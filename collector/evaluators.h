@@ -29,6 +29,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/time/time.h"
 #include "collector/catalog.h"
@@ -100,6 +101,15 @@ Condition GroupCondition(const SeriesKey& key, const std::string& group_id, cons
 
 // ---- Drift (not for prices; not for judged compliance keys) ----------
 
+// A cell's CUSUM measures its deviation against its own calm baseline,
+// so a store that is always a little slower (inside the band) is steady,
+// not drifting.
+struct CellDriftState {
+  DriftBaseline baseline;
+  Cusum up, down;
+  int64_t last_bin = INT64_MIN;
+};
+
 // A group's dispersion drift: the EWMA of its scale against a calm
 // baseline, which freezes after drift.baseline_bins bins.
 struct GroupDriftState {
@@ -109,14 +119,9 @@ struct GroupDriftState {
   double scale = 0;  // Frozen baseline scale (robust sigma), floored.
   bool alarm = false;
   double level = 0;  // >= 1: drifting.
-};
-// A cell's CUSUM measures its deviation against its own calm baseline,
-// so a store that is always a little slower (inside the band) is steady,
-// not drifting.
-struct CellDriftState {
-  DriftBaseline baseline;
-  Cusum up, down;
-  int64_t last_bin = INT64_MIN;
+  // Its members' cells' drift, by location index: found per member
+  // without hashing the group's id again.
+  absl::flat_hash_map<uint32_t, CellDriftState> cells;
 };
 
 // Updates *state once per drift bin (`bin`, the bin now falls in) from

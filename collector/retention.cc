@@ -79,17 +79,10 @@ void Engine::ForgetLocked(absl::Time now, const Catalog& catalog) {
   for (auto it = group_drift_.begin(); it != group_drift_.end();) {
     if (forgotten.series_names.contains(SeriesOfDriftId(it->first))) {
       group_drift_.erase(it++);
-    } else {
-      ++it;
+      continue;
     }
-  }
-  for (auto it = cell_drift_.begin(); it != cell_drift_.end();) {
-    if (forgotten.locations.contains(it->first.second) ||
-        forgotten.series_names.contains(SeriesOfDriftId(it->first.first))) {
-      cell_drift_.erase(it++);
-    } else {
-      ++it;
-    }
+    for (uint32_t loc : forgotten.locations) it->second.cells.erase(loc);
+    ++it;
   }
   for (uint32_t loc : forgotten.locations) trust_.erase(loc);
   {
