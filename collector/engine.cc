@@ -1562,18 +1562,12 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
       const Member& m = g.members[i];
       if (!m.judged || ExceptionFor(m.name, key, ev->now, ev->catalog) != nullptr) continue;
       // The name is copied only into what is kept (below).
-      Pending p{m.location,
-                {},
-                &g,
-                reasons.size(),
-                0,
-                {},
-                false,
-                false,
-                m.value.critical_failure,
-                false,
-                m.value.evidence_ns,
-                {}};
+      Pending p{};
+      p.location = m.location;
+      p.group = &g;
+      p.first_reason = reasons.size();
+      p.critical_failure = m.value.critical_failure;
+      p.evidence_ns = m.value.evidence_ns;
       p.member = i;
       p.outlier = OutlierReason(key, g, i, ev->weak, &reasons, /*detail=*/false);
       if (std::optional<PromiseVerdict> promise = PromiseVerdictFor(
