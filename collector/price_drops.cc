@@ -17,19 +17,42 @@ using google::protobuf::util::TimeUtil;
 
 // A drop is one (location, series, event time): an evaluation publishes
 // it again until it leaves rollout_grace, and only its rollout flag moves.
+// Its uniqueness is indexed by event time first: new drops are recent and
+// old ones leave by time, so inserts and the trim touch the ends of each
+// index, not pages all over it (format 1).
 constexpr char kSchema[] = R"sql(
 CREATE TABLE IF NOT EXISTS price_drops(
   row INTEGER PRIMARY KEY, at_ns INTEGER NOT NULL, location TEXT NOT NULL, key TEXT NOT NULL,
   currency TEXT NOT NULL, kind INTEGER NOT NULL, from_minor INTEGER NOT NULL,
   to_minor INTEGER NOT NULL, rollout INTEGER NOT NULL, recorded_ns INTEGER NOT NULL,
-  UNIQUE(location, key, currency, kind, at_ns));
+  UNIQUE(at_ns, location, key, currency, kind));
 CREATE INDEX IF NOT EXISTS price_drops_at ON price_drops(at_ns, row);
+)sql";
+
+// Feed formats (SQLite's user_version):
+//   0  before 0.2.0 (never set): unique by (location, key, currency, kind,
+//      at_ns), each insert and each trim in pages across the index.
+//   1  unique by (at_ns, location, key, currency, kind) (kSchema).
+// The migration rebuilds the table in format 1, keeping every row and its
+// row number (readers' cursors).
+constexpr int64_t kFeedFormat = 1;
+constexpr char kMigrateTo1[] = R"sql(
+CREATE TABLE price_drops_1(
+  row INTEGER PRIMARY KEY, at_ns INTEGER NOT NULL, location TEXT NOT NULL, key TEXT NOT NULL,
+  currency TEXT NOT NULL, kind INTEGER NOT NULL, from_minor INTEGER NOT NULL,
+  to_minor INTEGER NOT NULL, rollout INTEGER NOT NULL, recorded_ns INTEGER NOT NULL,
+  UNIQUE(at_ns, location, key, currency, kind));
+INSERT INTO price_drops_1 SELECT row, at_ns, location, key, currency, kind, from_minor, to_minor,
+  rollout, recorded_ns FROM price_drops ORDER BY at_ns, row;
+DROP TABLE price_drops;
+ALTER TABLE price_drops_1 RENAME TO price_drops;
+CREATE INDEX price_drops_at ON price_drops(at_ns, row);
 )sql";
 
 constexpr char kUpsert[] = R"sql(
 INSERT INTO price_drops(at_ns, location, key, currency, kind, from_minor, to_minor, rollout,
                         recorded_ns) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(location, key, currency, kind, at_ns) DO UPDATE SET rollout = excluded.rollout
+ON CONFLICT(at_ns, location, key, currency, kind) DO UPDATE SET rollout = excluded.rollout
 WHERE rollout != excluded.rollout
 )sql";
 
@@ -68,11 +91,50 @@ absl::StatusOr<std::unique_ptr<PriceDropFeed>> PriceDropFeed::Open(const std::st
   sqlite::OpenOptions sqlite_options;
   sqlite_options.synchronous = "NORMAL";
   const char* failed = nullptr;
-  if (sqlite::OpenWithSchema(feed->path_, sqlite_options, kSchema, &feed->db_, &failed) !=
-      SQLITE_OK) {
+  if (sqlite::Open(feed->path_, sqlite_options, &feed->db_, &failed) != SQLITE_OK) {
     return feed->Error(absl::StrCat(failed, " (is --state_dir writable?)"));
   }
+  if (absl::Status s = feed->SetUp(); !s.ok()) return s;
   return feed;
+}
+
+absl::Status PriceDropFeed::SetUp() {
+  sqlite::Stmt version;
+  int64_t format = 0;
+  bool exists = false;
+  if (version.Prepare(db_, "PRAGMA user_version") != SQLITE_OK ||
+      sqlite3_step(version.get()) != SQLITE_ROW) {
+    return Error("cannot read its format (is it a constance price-drop feed?)");
+  }
+  format = sqlite3_column_int64(version.get(), 0);
+  version.Close();
+  if (format > kFeedFormat) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("price drops ", path_, ": written in format ", format,
+                     " by a newer collector; this one "
+                     "reads formats up to ",
+                     kFeedFormat,
+                     " (upgrade the collector, or move the file away to "
+                     "start the feed afresh)"));
+  }
+  sqlite::Stmt table;
+  if (table.Prepare(db_,
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = "
+                    "'price_drops'") != SQLITE_OK) {
+    return Error("cannot read its tables");
+  }
+  exists = sqlite3_step(table.get()) == SQLITE_ROW;
+  table.Close();
+  std::string sql = "BEGIN;";
+  if (exists && format < 1) absl::StrAppend(&sql, kMigrateTo1);
+  absl::StrAppend(&sql, kSchema, "PRAGMA user_version=", kFeedFormat, ";COMMIT;");
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) {
+    absl::Status s =
+        Error(exists && format < 1 ? "cannot migrate it to format 1" : "cannot set up its tables");
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return s;
+  }
+  return absl::OkStatus();
 }
 
 PriceDropFeed::~PriceDropFeed() {

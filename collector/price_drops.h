@@ -50,7 +50,9 @@ class PriceDropFeed {
     absl::Duration retention = absl::Hours(24 * 30);
   };
   // `path` empty: an in-memory database (nothing survives the process).
-  // Unavailable, naming the file, when it cannot be opened or set up.
+  // A file of an older format is migrated. Unavailable, naming the file,
+  // when it cannot be opened, set up or migrated; FailedPrecondition when
+  // a newer collector wrote it.
   static absl::StatusOr<std::unique_ptr<PriceDropFeed>> Open(const std::string& path,
                                                              Options options);
   ~PriceDropFeed();
@@ -78,6 +80,9 @@ class PriceDropFeed {
  private:
   explicit PriceDropFeed(Options options) : options_(options) {}
   absl::Status Error(absl::string_view what) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Creates the tables, or brings a file of an older format to this one
+  // (price_drops.cc, "Feed formats"); refuses a newer one.
+  absl::Status SetUp() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
   std::string path_;

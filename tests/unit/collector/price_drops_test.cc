@@ -1,16 +1,18 @@
 // The price-drop feed's store: a drop recorded once however often an
 // evaluation publishes it, its rollout flag kept current, read back oldest
-// first page by page, deleted past the retention, and kept in the file
-// across a reopen.
+// first page by page, deleted past the retention, kept in the file across
+// a reopen, and a file of the format before migrated.
 #include "collector/price_drops.h"
 
 #include <sqlite3.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace constance::collector {
@@ -189,6 +191,99 @@ TEST_F(PriceDropFeedTest, AFailedRecordIsWrittenWholeByTheNext) {
   EXPECT_TRUE(held[0].rollout());
   EXPECT_FALSE(held[1].rollout());
 }
+// One line of expected_drops.txt (make_golden_drops.cc).
+std::string Line(const v1::PriceDrop& d) {
+  return absl::StrCat(d.location(), " ", d.series().key(), " ", d.series().currency(), " ",
+                      d.series().kind(), " ", d.previous_minor_units(), " ", d.new_minor_units(),
+                      " ", d.rollout() ? 1 : 0, " ",
+                      d.at().seconds() * 1'000'000'000 + d.at().nanos(), " ",
+                      d.recorded_at().seconds() * 1'000'000'000 + d.recorded_at().nanos());
+}
+
+int64_t UserVersion(const std::string& path) {
+  sqlite3* db = nullptr;
+  int64_t version = -1;
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_open(path.c_str(), &db) == SQLITE_OK &&
+      sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, nullptr) == SQLITE_OK &&
+      sqlite3_step(s) == SQLITE_ROW) {
+    version = sqlite3_column_int64(s, 0);
+  }
+  sqlite3_finalize(s);
+  sqlite3_close(db);
+  return version;
+}
+
+// The first column of the table's unique index ("" when none).
+std::string UniqueIndexFirstColumn(const std::string& path) {
+  sqlite3* db = nullptr;
+  std::string column;
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_open(path.c_str(), &db) == SQLITE_OK &&
+      sqlite3_prepare_v2(db,
+                         "SELECT ii.name FROM pragma_index_list('price_drops') AS il, "
+                         "pragma_index_info(il.name) AS ii WHERE il.\"unique\" AND ii.seqno = 0",
+                         -1, &s, nullptr) == SQLITE_OK &&
+      sqlite3_step(s) == SQLITE_ROW) {
+    column = reinterpret_cast<const char*>(sqlite3_column_text(s, 0));
+  }
+  sqlite3_finalize(s);
+  sqlite3_close(db);
+  return column;
+}
+
+// A feed written before the uniqueness was indexed by event time
+// (tests/data/state/drops-format-0, written by the release before) is
+// migrated on open: every drop read back as that release read it, in the
+// same order, the format recorded, and a drop it holds not added again.
+TEST_F(PriceDropFeedTest, ReadsAndExtendsAFeedOfFormat0) {
+  const std::string golden = std::string(CONSTANCE_SOURCE_DIR) + "/tests/data/state/drops-format-0";
+  const std::string path = dir_ + "/price_drops.db";
+  ASSERT_EQ(std::system(("cp " + golden + "/price_drops.db " + path).c_str()), 0);
+  ASSERT_EQ(UserVersion(path), 0);
+  ASSERT_EQ(UniqueIndexFirstColumn(path), "location");
+  std::vector<std::string> expected;
+  std::ifstream in(golden + "/expected_drops.txt");
+  for (std::string line; std::getline(in, line);) expected.push_back(line);
+  ASSERT_EQ(expected.size(), 6u);
+
+  auto feed = PriceDropFeed::Open(path, {.retention = absl::Hours(24 * 3650)});
+  ASSERT_TRUE(feed.ok()) << feed.status();
+  std::vector<std::string> read;
+  for (const v1::PriceDrop& d : ReadAll(**feed)) read.push_back(Line(d));
+  EXPECT_EQ(read, expected);
+  EXPECT_EQ(UserVersion(path), 1);
+  EXPECT_EQ(UniqueIndexFirstColumn(path), "at_ns");
+
+  // store-1's coffee drop again (as the golden feed holds it) and a new one.
+  const absl::Time t = absl::FromUnixSeconds(1'793'000'000);
+  const absl::Time now = t + absl::Hours(3);
+  PriceDrop again = Drop("store-1", "coffee", 449, 399, t + absl::Minutes(1), true);
+  PriceDrop added = Drop("store-2", "milk", 129, 119, t + absl::Hours(2));
+  ASSERT_TRUE((*feed)->Record(List({again, added}, 1, 9), now).ok());
+  read.clear();
+  for (const v1::PriceDrop& d : ReadAll(**feed)) read.push_back(Line(d));
+  ASSERT_EQ(read.size(), 7u);
+  EXPECT_EQ(std::vector<std::string>(read.begin(), read.begin() + 6), expected);
+  EXPECT_EQ(read[6], absl::StrCat("store-2 milk EUR ", v1::SHELF, " 129 119 0 ",
+                                  absl::ToUnixNanos(added.at), " ", absl::ToUnixNanos(now)));
+}
+
+// A feed written by a newer collector is refused, untouched.
+TEST_F(PriceDropFeedTest, RefusesAFeedOfANewerFormat) {
+  const std::string path = dir_ + "/price_drops.db";
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "PRAGMA user_version=2", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  auto feed = PriceDropFeed::Open(path, {});
+  ASSERT_FALSE(feed.ok());
+  EXPECT_EQ(feed.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(std::string(feed.status().message()).find("format 2"), std::string::npos)
+      << feed.status();
+  EXPECT_EQ(UserVersion(path), 2);
+}
+
 TEST_F(PriceDropFeedTest, AnUnwritableDirectoryIsAnErrorNamingTheFile) {
   auto feed = PriceDropFeed::Open(dir_ + "/missing/price_drops.db", {});
   ASSERT_FALSE(feed.ok());
