@@ -1,7 +1,9 @@
 #include "constance/money.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstdint>
 #include <iterator>
 #include <limits>
 
@@ -55,10 +57,34 @@ constexpr Currency kCurrencies[] = {
 constexpr absl::string_view kNoBreakSpace = "\xC2\xA0";
 constexpr absl::string_view kNarrowNoBreakSpace = "\xE2\x80\xAF";
 
+// Every code is three capitals: a table indexed by them finds one with a
+// single read (each price observation validates its currency on the
+// ingest path). Holds the code's index in kCurrencies, -1 for none.
+constexpr int kCodes = 26 * 26 * 26;
+
+int CodeIndex(absl::string_view code) {
+  return ((code[0] - 'A') * 26 + (code[1] - 'A')) * 26 + (code[2] - 'A');
+}
+
+const std::array<int16_t, kCodes>& CurrencyTable() {
+  static const std::array<int16_t, kCodes> table = [] {
+    std::array<int16_t, kCodes> t;
+    t.fill(-1);
+    for (size_t i = 0; i < std::size(kCurrencies); ++i) {
+      t[CodeIndex(kCurrencies[i].code)] = static_cast<int16_t>(i);
+    }
+    return t;
+  }();
+  return table;
+}
+
 const Currency* Find(absl::string_view code) {
-  auto it = std::lower_bound(std::begin(kCurrencies), std::end(kCurrencies), code,
-                             [](const Currency& c, absl::string_view k) { return c.code < k; });
-  return it != std::end(kCurrencies) && it->code == code ? it : nullptr;
+  if (code.size() != 3 || !absl::ascii_isupper(code[0]) || !absl::ascii_isupper(code[1]) ||
+      !absl::ascii_isupper(code[2])) {
+    return nullptr;
+  }
+  const int16_t i = CurrencyTable()[CodeIndex(code)];
+  return i < 0 ? nullptr : &kCurrencies[i];
 }
 
 // What an amount in a currency with `exponent` decimals looks like.
