@@ -48,10 +48,17 @@ typename Bins::value_type* BinFor(Bins& bins, int64_t start, const BinSpan& span
   return &bins[index - drop];
 }
 
-// Whether a bin starting at `start` overlaps the window (now - window, now].
-bool InWindow(int64_t start, absl::Time now, const FamilyPolicy& policy) {
-  return start + Nanos(policy.bin) > Nanos(now - policy.window) && start <= Nanos(now);
-}
+// Whether a bin overlaps the window (now - window, now], its bounds
+// converted once for a cell's bins (absl's conversions are out of line).
+class InWindow {
+ public:
+  InWindow(absl::Time now, const FamilyPolicy& policy)
+      : bin_ns_(Nanos(policy.bin)), from_ns_(Nanos(now - policy.window)), now_ns_(Nanos(now)) {}
+  bool operator()(int64_t start) const { return start + bin_ns_ > from_ns_ && start <= now_ns_; }
+
+ private:
+  const int64_t bin_ns_, from_ns_, now_ns_;
+};
 
 // A bin is in the window from its start until start + bin + window
 // (InWindow read forwards).
@@ -144,8 +151,9 @@ void WaitCell::Apply(double seconds, int64_t at_ns, const BinSpan& span, const W
 QuantileSketch WaitCell::Window(absl::Time now, const FamilyPolicy& policy,
                                 const WaitPolicy& sketch) const {
   QuantileSketch merged(sketch.relative_accuracy);
+  const InWindow in_window(now, policy);
   for (const Bin& b : bins) {
-    if (InWindow(b.start_ns, now, policy)) (void)merged.Merge(b.sketch);
+    if (in_window(b.start_ns)) (void)merged.Merge(b.sketch);
   }
   return merged;
 }
@@ -212,8 +220,9 @@ std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, absl::Ti
   uint64_t passed = 0, total = 0;
   int64_t first_failed_ns = 0;
   bool critical = false;
+  const InWindow in_window(now, policy);
   for (auto b = cell.bins.rbegin(); b != cell.bins.rend(); ++b) {
-    if (!InWindow(b->start_ns, now, policy)) continue;
+    if (!in_window(b->start_ns)) continue;
     passed += b->passed;
     total += b->passed + b->failed;
     critical = critical || b->critical_failed > 0;
@@ -239,8 +248,9 @@ std::optional<Comparable> CompareScore(const ScoreCell& cell, absl::Time now,
   if (Stale(cell.observed_at_ns, now, policy)) return std::nullopt;
   double sum = 0;
   uint64_t count = 0;
+  const InWindow in_window(now, policy);
   for (const SumBin& b : cell.bins) {
-    if (!InWindow(b.start_ns, now, policy)) continue;
+    if (!in_window(b.start_ns)) continue;
     sum += b.sum;
     count += b.count;
   }
