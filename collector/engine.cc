@@ -1340,7 +1340,7 @@ struct Engine::Evaluation {
   const DriftPolicy& drift;
   const int64_t drift_bin;  // The drift bin `now` falls in.
   std::vector<Condition> conditions;
-  std::vector<SplitCandidate> splits;
+  std::vector<const SplitCandidate*> splits;  // Into the series outcomes.
   absl::flat_hash_map<uint32_t, std::pair<uint64_t, uint64_t>> kept_broken;
   absl::flat_hash_map<uint32_t, double> deposits, withdrawals;
   PriceDropList price_drops;
@@ -1407,7 +1407,7 @@ void Engine::Evaluate() {
     return;
   }
 
-  ZoneConditions(&ev.splits, th, &ev.conditions);
+  ZoneConditions(ev.splits, th, &ev.conditions);
   // Silent and stale: declared locations that should be open.
   if (now - started_at_ >= th.restart_grace) {
     DeliveryConditions(states, catalog, now, &ev.conditions);
@@ -1642,7 +1642,8 @@ void Engine::Merge(const SeriesOutcome& o, const FindingTracker& tracker, Evalua
       ev->conditions.push_back(Condition{c.id, c.strength, {}});
     }
   }
-  ev->splits.insert(ev->splits.end(), o.splits.begin(), o.splits.end());
+  // Pointed to, not copied: a zone gathers most of them and drops them.
+  for (const SplitCandidate& s : o.splits) ev->splits.push_back(&s);
   for (const auto& [loc, kept] : o.kept) {
     auto& kb = ev->kept_broken[loc];
     ++(kept ? kb.first : kb.second);

@@ -553,13 +553,13 @@ v1::Severity LocationSeverity(v1::Family family, const std::vector<WeightedReaso
 // Zones: the same locations split from the rest on many keys. Said once,
 // instead of one split per key: the splits a zone gathers are dropped, the
 // others added after the zones.
-void ZoneConditions(std::vector<SplitCandidate>* splits, const Thresholds& th,
+void ZoneConditions(const std::vector<const SplitCandidate*>& splits, const Thresholds& th,
                     std::vector<Condition>* out) {
   std::map<std::string, std::vector<size_t>> by_signature;
-  for (size_t i = 0; i < splits->size(); ++i) {
-    for (const std::string& sig : (*splits)[i].signatures) by_signature[sig].push_back(i);
+  for (size_t i = 0; i < splits.size(); ++i) {
+    for (const std::string& sig : splits[i]->signatures) by_signature[sig].push_back(i);
   }
-  std::vector<bool> in_zone(splits->size(), false);
+  std::vector<bool> in_zone(splits.size(), false);
   for (const auto& [sig, indexes] : by_signature) {
     if (indexes.size() < th.zone_min_keys) continue;
     std::vector<std::string> names = absl::StrSplit(sig, ',');
@@ -574,7 +574,7 @@ void ZoneConditions(std::vector<SplitCandidate>* splits, const Thresholds& th,
     for (const std::string& name : names) f.add_locations(name);
     for (size_t i : indexes) {
       in_zone[i] = true;
-      f.add_keys(SeriesName(SeriesFromProto((*splits)[i].condition.finding.series())));
+      f.add_keys(SeriesName(SeriesFromProto(splits[i]->condition.finding.series())));
     }
     *f.add_reasons() = MakeReason(
         v1::ZONE,
@@ -584,8 +584,8 @@ void ZoneConditions(std::vector<SplitCandidate>* splits, const Thresholds& th,
         static_cast<double>(indexes.size()), static_cast<double>(th.zone_min_keys), 0, 0, 0, 1);
     out->push_back(std::move(c));
   }
-  for (size_t i = 0; i < splits->size(); ++i) {
-    if (!in_zone[i]) out->push_back(std::move((*splits)[i].condition));
+  for (size_t i = 0; i < splits.size(); ++i) {
+    if (!in_zone[i]) out->push_back(splits[i]->condition);
   }
 }
 

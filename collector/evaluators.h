@@ -153,8 +153,9 @@ struct SplitCandidate {
 SplitCandidate SplitCondition(const SeriesKey& key, const std::string& group_id,
                               const GroupData& g);
 // Zones: the same locations split from the rest on th.zone_min_keys keys
-// or more, said once; the other splits are added after the zones.
-void ZoneConditions(std::vector<SplitCandidate>* splits, const Thresholds& th,
+// or more, said once; the other splits are added after the zones (copied:
+// the candidates stay with the series outcomes that made them).
+void ZoneConditions(const std::vector<const SplitCandidate*>& splits, const Thresholds& th,
                     std::vector<Condition>* out);
 
 // ---- Outlier ---------------------------------------------------------

@@ -139,8 +139,10 @@ TEST(EvaluatorsTest, ZoneConditionsGatherTheSameLocationsSplitOnManyKeys) {
   }
   const SeriesKey other = Key(v1::FAMILY_PRICE, "tea");
   splits.push_back(SplitCondition(other, "tea", Group(other, {100, 100, 100, 100, 120, 120, 120, 100, 100})));
+  std::vector<const SplitCandidate*> candidates;
+  for (const SplitCandidate& s : splits) candidates.push_back(&s);
   std::vector<Condition> out;
-  ZoneConditions(&splits, th, &out);
+  ZoneConditions(candidates, th, &out);
   ASSERT_EQ(out.size(), 2u);
   EXPECT_EQ(out[0].finding.kind(), v1::ZONE);
   EXPECT_EQ(out[0].finding.keys_size(), 3);
