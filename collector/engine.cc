@@ -537,39 +537,41 @@ absl::Status Engine::AdmitLocationLocked(absl::string_view location) const {
 
 namespace {
 
-template <typename S>
-bool HasCell(const S& series, uint32_t loc, v1::Observation::ValueCase value) {
+// Calls `f` with the cell table of `value`'s family in `series`; false
+// when the value has none (nothing is created).
+template <typename S, typename F>
+bool WithCellTable(const S& series, v1::Observation::ValueCase value, F&& f) {
   switch (value) {
     case v1::Observation::kPrice:
-      return series.price.contains(loc);
+      f(series.price);
+      return true;
     case v1::Observation::kWaitSeconds:
-      return series.wait.contains(loc);
+      f(series.wait);
+      return true;
     case v1::Observation::kCheck:
-      return series.compliance.contains(loc);
+      f(series.compliance);
+      return true;
     case v1::Observation::kScore:
-      return series.score.contains(loc);
+      f(series.score);
+      return true;
     case v1::Observation::VALUE_NOT_SET:
       break;
   }
-  return true;  // Nothing is created.
+  return false;
+}
+
+template <typename S>
+bool HasCell(const S& series, uint32_t loc, v1::Observation::ValueCase value) {
+  bool has = true;  // Nothing is created.
+  WithCellTable(series, value, [&](const auto& cells) { has = cells.contains(loc); });
+  return has;
 }
 
 // Fetches where HasCell will look (the cell table's control bytes and
 // slots for `loc`) without waiting for it.
 template <typename S>
 void PrefetchCell(const S& series, uint32_t loc, v1::Observation::ValueCase value) {
-  switch (value) {
-    case v1::Observation::kPrice:
-      return series.price.prefetch(loc);
-    case v1::Observation::kWaitSeconds:
-      return series.wait.prefetch(loc);
-    case v1::Observation::kCheck:
-      return series.compliance.prefetch(loc);
-    case v1::Observation::kScore:
-      return series.score.prefetch(loc);
-    case v1::Observation::VALUE_NOT_SET:
-      break;
-  }
+  WithCellTable(series, value, [&](const auto& cells) { cells.prefetch(loc); });
 }
 
 }  // namespace
