@@ -30,8 +30,9 @@ CREATE INDEX IF NOT EXISTS price_drops_at ON price_drops(at_ns, row);
 )sql";
 
 // Feed formats (SQLite's user_version):
-//   0  before 0.2.0 (never set): unique by (location, key, currency, kind,
-//      at_ns), each insert and each trim in pages across the index.
+//   0  the feed as first written (never set): unique by (location, key,
+//      currency, kind, at_ns), each insert and each trim in pages across
+//      the index.
 //   1  unique by (at_ns, location, key, currency, kind) (kSchema).
 // The migration rebuilds the table in format 1, keeping every row and its
 // row number (readers' cursors).
@@ -111,11 +112,8 @@ absl::Status PriceDropFeed::SetUp() {
   if (format > kFeedFormat) {
     return absl::FailedPreconditionError(
         absl::StrCat("price drops ", path_, ": written in format ", format,
-                     " by a newer collector; this one "
-                     "reads formats up to ",
-                     kFeedFormat,
-                     " (upgrade the collector, or move the file away to "
-                     "start the feed afresh)"));
+                     " by a newer collector; this one reads formats up to ", kFeedFormat,
+                     " (upgrade the collector, or move the file away to start the feed afresh)"));
   }
   sqlite::Stmt table;
   if (table.Prepare(db_,
