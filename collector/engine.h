@@ -60,6 +60,7 @@
 #include "constance/validate.h"
 
 namespace constance::state::v1 {
+class EngineState;
 class Series;
 }  // namespace constance::state::v1
 
@@ -790,9 +791,11 @@ class Engine {
   std::vector<Series> series_ ABSL_GUARDED_BY(mu_);
   // Price drops that arrived older than the rollout grace, by series index:
   // evaluations publish drops by event time within the grace, so these are
-  // published by the next evaluation instead (not kept in snapshots: a
-  // collector killed between a snapshot and that evaluation loses them).
+  // published by the next evaluation instead (snapshots keep them: the
+  // batch that brought one is gone from the log once a snapshot is saved).
   LateDrops late_drops_ ABSL_GUARDED_BY(mu_);
+  // Adds late_drops_ to a snapshot, by series id and location name.
+  void SaveLateDropsLocked(state::v1::EngineState* state) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Takes late_drops_, leaving out those of series and locations retention
   // just freed (their slots may be reused before they are published).
   LateDrops TakeLateDropsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -7,6 +7,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -184,6 +185,16 @@ void PutBackCell(const absl::flat_hash_map<uint32_t, Cell>& before, uint32_t loc
   }
 }
 
+void AddLateDrop(const SeriesKey& series, const std::string& location, const PriceChange& change,
+                 pb::EngineState* state) {
+  pb::LateDrop* out = state->add_late_drops();
+  SeriesToProto(series, out->mutable_series());
+  out->set_location(location);
+  out->mutable_change()->set_at_ns(change.at_ns);
+  out->mutable_change()->set_from(change.from);
+  out->mutable_change()->set_to(change.to);
+}
+
 // The most cells FinishCapture copies under the engine's lock at a time:
 // about a millisecond of copying.
 constexpr uint64_t kCaptureChunkCells = 20'000;
@@ -228,6 +239,16 @@ std::shared_ptr<Engine::StateCapture> Engine::PrepareCapture() {
     capture->prepared_names.reserve(locations_.size());
     for (const Location& l : locations_) {
       capture->prepared_names.push_back(l.live ? l.state.location : std::string());
+    }
+    // Those an evaluation takes before BeginCapture are published after
+    // the evaluation state saved here: the snapshot keeps them too.
+    SaveLateDropsLocked(&state);
+  }
+  // Late drops published within their grace, which a recorder may not
+  // have written yet: published again after a restore.
+  for (const auto& [part, until] : late_published_) {
+    for (const PriceDrop& d : *part) {
+      AddLateDrop(d.series, d.location, {ToNs(d.at), d.from, d.to}, &state);
     }
   }
   for (FindingTracker::Saved& s : tracker_.Save()) {
@@ -340,11 +361,22 @@ void Engine::BeginCapture(const std::shared_ptr<StateCapture>& capture) {
   counters->set_batches_out_of_order(out_of_order_);
   for (const auto& [reason, n] : rejected_by_reason_)
     (*counters->mutable_rejected_by_reason())[reason] = n;
+  SaveLateDropsLocked(&state);
   capture->copies.resize(series_.size());
   capture->before.resize(series_.size());
   capture->live.reserve(series_.size());
   for (const Series& series : series_) capture->live.push_back(series.live);
   captures_.push_back(capture);
+}
+
+void Engine::SaveLateDropsLocked(pb::EngineState* state) const {
+  for (const auto& [index, drops] : late_drops_) {
+    if (index >= series_.size() || !series_[index].live) continue;
+    for (const auto& [loc, change] : drops) {
+      if (loc >= locations_.size() || !locations_[loc].live) continue;
+      AddLateDrop(series_[index].key, locations_[loc].state.location, change, state);
+    }
+  }
 }
 
 std::string Engine::FinishCapture(const std::shared_ptr<StateCapture>& capture) {
@@ -598,6 +630,7 @@ struct Engine::Restored {
   void Findings();
   absl::Status Trust();
   absl::Status Drift();
+  void PendingDrops();
 
   const pb::EngineState& state;
   const uint32_t n_locations;
@@ -613,6 +646,7 @@ struct Engine::Restored {
   absl::flat_hash_map<uint32_t, TrustAccount> trust;
   absl::flat_hash_map<uint32_t, TrustTrend> trends;
   absl::flat_hash_map<std::string, GroupDrift> group_drift;  // With their cells'.
+  Engine::LateDrops late_drops;
 };
 
 absl::Status Engine::Restored::Locations() {
@@ -713,6 +747,23 @@ absl::Status Engine::Restored::Drift() {
   return absl::OkStatus();
 }
 
+void Engine::Restored::PendingDrops() {
+  // A capture saves those pending at its first two steps (most twice) and
+  // those published within their grace: each is restored once, pending.
+  absl::flat_hash_set<std::tuple<uint32_t, uint32_t, int64_t, int64_t, int64_t>> seen;
+  for (const pb::LateDrop& d : state.late_drops()) {
+    // One of a series or location the snapshot no longer holds (retention
+    // freed it between the two steps) is left out, as it would have been.
+    auto s = series_index.find(SeriesFromProto(d.series()));
+    auto l = location_index.find(d.location());
+    if (s == series_index.end() || l == location_index.end()) continue;
+    const PriceChange change{d.change().at_ns(), d.change().from(), d.change().to()};
+    if (seen.insert({s->second, l->second, change.at_ns, change.from, change.to}).second) {
+      late_drops[s->second].push_back({l->second, change});
+    }
+  }
+}
+
 absl::Status Engine::LoadState(const std::string& bytes) {
   pb::EngineState state;
   if (!state.ParseFromString(bytes)) return Bad("not a constance.state.v1.EngineState");
@@ -725,6 +776,7 @@ absl::Status Engine::LoadState(const std::string& bytes) {
   restored.Findings();
   if (absl::Status s = restored.Trust(); !s.ok()) return s;
   if (absl::Status s = restored.Drift(); !s.ok()) return s;
+  restored.PendingDrops();
 
   absl::MutexLock eval(&eval_mu_);
   outcomes_.clear();  // Of the state replaced.
@@ -754,6 +806,7 @@ void Engine::InstallIngestStateLocked(Restored* restored) {
   free_series_.clear();
   series_index_ = std::move(restored->series_index);
   cells_ = restored->cells;
+  late_drops_ = std::move(restored->late_drops);
   // Each location's cells (for --max_cells_per_location) and series.
   for (uint32_t i = 0; i < series_.size(); ++i) {
     const Series& s = series_[i];

@@ -1644,6 +1644,50 @@ TEST(FindingsTest, ADropArrivingAfterTheRolloutGraceIsPublishedForTheGraceFromTh
   EXPECT_TRUE(chain.engine().snapshot()->findings->price_drops.empty());
 }
 
+// A late drop is part of the state until the rollout grace after the
+// evaluation that published it is over (the batch that brought it is gone
+// from the log once a snapshot is saved, and a recorder may not have
+// written it yet): a snapshot taken before that evaluation, while it runs
+// (between a capture's first two steps), or after it, carries the drop,
+// and the restored engine's first evaluation publishes it.
+TEST(FindingsTest, ALateDropSurvivesASnapshotUntilItsGraceIsOver) {
+  enum When { kNotYet, kBetweenSteps, kBeforeCapture };
+  for (const When when : {kNotYet, kBetweenSteps, kBeforeCapture}) {
+    SCOPED_TRACE(absl::StrCat("evaluated ", std::vector<std::string>{"not yet", "between the steps",
+                                                                     "before the capture"}[when]));
+    Chain chain;
+    for (int i = 0; i < 10; ++i) chain.Send(Store(i), {chain.Price("sku-1", 299)});
+    chain.Evaluate();
+    const absl::Time observed = chain.now();
+    v1::Observation late = chain.Price("sku-1", 279);
+    chain.Advance(absl::Hours(48));
+    chain.Send(Store(3), {late});
+
+    if (when == kBeforeCapture) chain.Evaluate(1);
+    std::shared_ptr<Engine::StateCapture> capture = chain.engine().PrepareCapture();
+    if (when == kBetweenSteps) chain.Evaluate(1);
+    chain.engine().BeginCapture(capture);
+    const std::string state = chain.engine().FinishCapture(capture);
+
+    Engine::Options options;
+    Catalog catalog = DefaultCatalog();
+    catalog.Index();
+    options.catalog = std::make_shared<const Catalog>(std::move(catalog));
+    options.limits.max_lateness = absl::Hours(24 * 365 * 20);
+    options.clock = [now = chain.now() + absl::Minutes(1)] { return now; };
+    Engine restored(std::move(options));
+    ASSERT_TRUE(restored.LoadState(state).ok());
+    restored.Evaluate();
+    const std::vector<PriceDrop> drops = restored.snapshot()->findings->price_drops.Sorted();
+    ASSERT_EQ(drops.size(), 1u);
+    EXPECT_EQ(drops[0].location, Store(3));
+    EXPECT_EQ(drops[0].series.key, "sku-1");
+    EXPECT_EQ(drops[0].from, 299);
+    EXPECT_EQ(drops[0].to, 279);
+    EXPECT_EQ(drops[0].at, observed);
+  }
+}
+
 // The promise record's input: every evaluation says, per location, which
 // promise applied and whether it was kept; and a location's waits now are
 // its window's median and p90.
