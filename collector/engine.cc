@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <type_traits>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -540,7 +541,7 @@ namespace {
 // Calls `f` with the cell table of `value`'s family in `series`; false
 // when the value has none (nothing is created).
 template <typename S, typename F>
-bool WithCellTable(const S& series, v1::Observation::ValueCase value, F&& f) {
+bool WithCellTable(S& series, v1::Observation::ValueCase value, F&& f) {
   switch (value) {
     case v1::Observation::kPrice:
       f(series.price);
@@ -567,7 +568,27 @@ bool HasCell(const S& series, uint32_t loc, v1::Observation::ValueCase value) {
   return has;
 }
 
-// Fetches where HasCell will look (the cell table's control bytes and
+// The cell of `value`'s family at `loc` in `series`, null if none.
+template <typename S>
+void* FindCell(S& series, uint32_t loc, v1::Observation::ValueCase value) {
+  void* found = nullptr;
+  WithCellTable(series, value, [&](auto& cells) {
+    if (auto it = cells.find(loc); it != cells.end()) found = &it->second;
+  });
+  return found;
+}
+
+// The cell the lookup found, else the one at `loc` (created if none: then
+// `fresh`).
+template <typename Cell>
+std::pair<Cell*, bool> CellAt(absl::flat_hash_map<uint32_t, Cell>* cells, uint32_t loc,
+                              void* found) {
+  if (found != nullptr) return {static_cast<Cell*>(found), false};
+  auto [it, fresh] = cells->try_emplace(loc);
+  return {&it->second, fresh};
+}
+
+// Fetches where FindCell will look (the cell table's control bytes and
 // slots for `loc`) without waiting for it.
 template <typename S>
 void PrefetchCell(const S& series, uint32_t loc, v1::Observation::ValueCase value) {
@@ -632,6 +653,8 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   // lookups do not depend on one another, so their cache misses (index
   // entry, series, cell table: at a million series each is one) overlap
   // instead of each waiting for the last.
+  static_assert(std::is_nothrow_move_constructible_v<Series>,
+                "LookedUp::cell: a series moves its tables' storage when series_ grows");
   looked_up_.resize(count);
   for (uint64_t i = 0; i < count; ++i) {
     looked_up_[i].series = FindSeriesLocked(batch.observations[i]);
@@ -647,8 +670,9 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
       }
     }
     LookedUp& l = looked_up_[i];
-    l.has_cell = l.series != LookedUp::kNoSeries &&
-                 HasCell(series_[l.series], loc, batch.observations[i].value);
+    l.cell = l.series == LookedUp::kNoSeries
+                 ? nullptr
+                 : FindCell(series_[l.series], loc, batch.observations[i].value);
   }
   uint32_t duplicates = 0, applied = 0;
   auto failed = checks.failed.begin();
@@ -733,7 +757,7 @@ inline bool Engine::ApplyObservationLocked(const ObservationView& obs, uint64_t 
   // What the lookup found stays true while the batch applies (nothing is
   // removed meanwhile); what it did not find an earlier observation of
   // the batch may have created since.
-  if (looked_up.series == LookedUp::kNoSeries || !looked_up.has_cell) {
+  if (looked_up.series == LookedUp::kNoSeries || looked_up.cell == nullptr) {
     if (looked_up.series == LookedUp::kNoSeries) looked_up.series = FindSeriesLocked(obs);
     const Series* series =
         looked_up.series == LookedUp::kNoSeries ? nullptr : &series_[looked_up.series];
@@ -749,7 +773,7 @@ inline bool Engine::ApplyObservationLocked(const ObservationView& obs, uint64_t 
   const int64_t at =
       obs.has_observed_at ? obs.observed_seconds * 1'000'000'000 + obs.observed_nanos : ctx.now_ns;
   bool seen_again = false;
-  if (ApplyToCellLocked(&series, index, obs, at, ctx, &seen_again)) {
+  if (ApplyToCellLocked(&series, index, looked_up.cell, obs, at, ctx, &seen_again)) {
     ++cells_;
     NoteCellLocked(ctx.loc, index);
   }
@@ -767,17 +791,18 @@ SeriesIndex::iterator Engine::AddSeriesLocked(const ObservationView& obs) {
   return series_index_.emplace(series_[index].key, index).first;
 }
 
-inline bool Engine::ApplyToCellLocked(Series* series, uint32_t index, const ObservationView& obs,
-                                      int64_t at, const ApplyContext& ctx, bool* seen_again) {
+inline bool Engine::ApplyToCellLocked(Series* series, uint32_t index, void* found,
+                                      const ObservationView& obs, int64_t at,
+                                      const ApplyContext& ctx, bool* seen_again) {
   const uint32_t loc = ctx.loc;
   switch (obs.value) {
     case v1::Observation::kPrice: {
-      auto [cell, fresh] = series->price.try_emplace(loc);
-      const int64_t before = cell->second.observed_at_ns;
-      if (!cell->second.Apply(obs.minor_units, at)) {
+      auto [cell, fresh] = CellAt(&series->price, loc, found);
+      const int64_t before = cell->observed_at_ns;
+      if (!cell->Apply(obs.minor_units, at)) {
         *seen_again = !fresh && before >= ctx.price_seen_since;
       } else {
-        const PriceChange& change = *cell->second.changes->latest();
+        const PriceChange& change = *cell->changes->latest();
         // A drop older than the rollout grace when it arrives is outside
         // the window evaluations publish drops from: noted for the next.
         if (change.to < change.from && change.at_ns < ctx.now_ns - ctx.rollout_grace_ns) {
@@ -787,23 +812,22 @@ inline bool Engine::ApplyToCellLocked(Series* series, uint32_t index, const Obse
       return fresh;
     }
     case v1::Observation::kWaitSeconds: {
-      auto [cell, fresh] = series->wait.try_emplace(loc);
-      cell->second.Apply(obs.number, at, ctx.wait_bins, ctx.catalog.wait_sketch);
+      auto [cell, fresh] = CellAt(&series->wait, loc, found);
+      cell->Apply(obs.number, at, ctx.wait_bins, ctx.catalog.wait_sketch);
       return fresh;
     }
     case v1::Observation::kCheck: {
-      auto [cell, fresh] = series->compliance.try_emplace(loc);
+      auto [cell, fresh] = CellAt(&series->compliance, loc, found);
       if (ctx.judged_keys && ctx.catalog.JudgingFor(obs.key) != nullptr) {
-        cell->second.Apply(obs.passed, obs.critical, at,
-                           BinSpan(ctx.catalog.CompliancePolicy(obs.key)));
+        cell->Apply(obs.passed, obs.critical, at, BinSpan(ctx.catalog.CompliancePolicy(obs.key)));
       } else {
-        cell->second.Apply(obs.passed, obs.critical, at, ctx.compliance_bins);
+        cell->Apply(obs.passed, obs.critical, at, ctx.compliance_bins);
       }
       return fresh;
     }
     case v1::Observation::kScore: {
-      auto [cell, fresh] = series->score.try_emplace(loc);
-      cell->second.Apply(obs.number, at, ctx.score_bins);
+      auto [cell, fresh] = CellAt(&series->score, loc, found);
+      cell->Apply(obs.number, at, ctx.score_bins);
       return fresh;
     }
     case v1::Observation::VALUE_NOT_SET:

@@ -718,7 +718,13 @@ class Engine {
   struct LookedUp {
     static constexpr uint32_t kNoSeries = UINT32_MAX;
     uint32_t series = kNoSeries;
-    bool has_cell = false;  // The location's cell of that family existed.
+    // The location's cell of that family (a PriceCell, WaitCell, ... of
+    // the series), null if it did not exist. It stays where it is while
+    // the batch applies: only an observation of the same series, family
+    // and location could insert into its table, and that one finds it;
+    // nothing erases during a batch; a series moved when series_ grows
+    // keeps its tables' storage (Series moves without throwing).
+    void* cell = nullptr;
   };
   // The index of `obs`'s series, kNoSeries if not held.
   uint32_t FindSeriesLocked(const ObservationView& obs) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -739,11 +745,10 @@ class Engine {
   // `series` (number `index`): true when the cell is new. A price drop
   // already older than the rollout grace goes to late_drops_; a price
   // compared before and seen again unchanged sets *seen_again.
-  inline ABSL_ATTRIBUTE_ALWAYS_INLINE bool ApplyToCellLocked(Series* series, uint32_t index,
-                                                             const ObservationView& obs, int64_t at,
-                                                             const ApplyContext& ctx,
-                                                             bool* seen_again)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `found`: the cell the lookup found (LookedUp::cell), or null.
+  inline ABSL_ATTRIBUTE_ALWAYS_INLINE bool ApplyToCellLocked(
+      Series* series, uint32_t index, void* found, const ObservationView& obs, int64_t at,
+      const ApplyContext& ctx, bool* seen_again) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether `location` may report: known already, or the catalog allows
   // it and --max_locations has room. Else the refusal (refusal.h reason).
   absl::Status AdmitLocationLocked(absl::string_view location) const
