@@ -1614,18 +1614,25 @@ TEST(FindingsTest, PriceDropsAreClassifiedByTheRolloutRule) {
   EXPECT_TRUE(chain.engine().snapshot()->findings->price_drops.empty());
 }
 
+// Ten stores at 299; store 3's drop to 279 reaches the collector 48 hours
+// after it was observed (past the rollout grace). Returns when it was.
+absl::Time SendALateDrop(Chain* chain) {
+  for (int i = 0; i < 10; ++i) chain->Send(Store(i), {chain->Price("sku-1", 299)});
+  chain->Evaluate();
+  const absl::Time observed = chain->now();
+  v1::Observation late = chain->Price("sku-1", 279);
+  chain->Advance(absl::Hours(48));
+  chain->Send(Store(3), {late});
+  return observed;
+}
+
 // A drop that reaches the collector after the rollout grace (an agent
 // offline over a weekend, a late price file) is published from the next
 // evaluation on, unchanged, for the grace: a recorder that skips that
 // evaluation still sees it.
 TEST(FindingsTest, ADropArrivingAfterTheRolloutGraceIsPublishedForTheGraceFromThen) {
   Chain chain;
-  for (int i = 0; i < 10; ++i) chain.Send(Store(i), {chain.Price("sku-1", 299)});
-  chain.Evaluate();
-  const absl::Time observed = chain.now();
-  v1::Observation late = chain.Price("sku-1", 279);
-  chain.Advance(absl::Hours(48));
-  chain.Send(Store(3), {late});
+  const absl::Time observed = SendALateDrop(&chain);
   chain.Evaluate(1);
 
   const std::vector<PriceDrop> drops = chain.engine().snapshot()->findings->price_drops.Sorted();
@@ -1656,12 +1663,7 @@ TEST(FindingsTest, ALateDropSurvivesASnapshotUntilItsGraceIsOver) {
     SCOPED_TRACE(absl::StrCat("evaluated ", std::vector<std::string>{"not yet", "between the steps",
                                                                      "before the capture"}[when]));
     Chain chain;
-    for (int i = 0; i < 10; ++i) chain.Send(Store(i), {chain.Price("sku-1", 299)});
-    chain.Evaluate();
-    const absl::Time observed = chain.now();
-    v1::Observation late = chain.Price("sku-1", 279);
-    chain.Advance(absl::Hours(48));
-    chain.Send(Store(3), {late});
+    const absl::Time observed = SendALateDrop(&chain);
 
     if (when == kBeforeCapture) chain.Evaluate(1);
     std::shared_ptr<Engine::StateCapture> capture = chain.engine().PrepareCapture();
