@@ -210,14 +210,20 @@ SplitCandidate SplitCondition(const SeriesKey& key, const std::string& group_id,
     l->set_value(level.value);
     l->set_locations(level.members.size());
     parts.push_back(absl::StrCat(level.members.size(), " at ", Format(key, level.value)));
-    std::vector<std::string> names;
+    // By name; locations numbered in name order (as they first reported)
+    // are in it already.
+    std::vector<const std::string*> names;
     names.reserve(level.members.size());
     for (uint32_t loc : level.members) {
-      if (const GroupMember* m = FindMember(g, loc); m != nullptr) names.push_back(m->name);
+      if (const GroupMember* m = FindMember(g, loc); m != nullptr) names.push_back(&m->name);
     }
-    std::sort(names.begin(), names.end());
-    for (const std::string& name : names) f.add_locations(name);
-    split.signatures.push_back(absl::StrJoin(names, ","));
+    auto by_name = [](const std::string* a, const std::string* b) { return *a < *b; };
+    if (!std::is_sorted(names.begin(), names.end(), by_name)) {
+      std::sort(names.begin(), names.end(), by_name);
+    }
+    for (const std::string* name : names) f.add_locations(*name);
+    split.signatures.push_back(
+        absl::StrJoin(names, ",", [](std::string* out, const std::string* n) { out->append(*n); }));
   }
   const double first = g.levels.others.front().value;
   *f.add_reasons() = MakeReason(

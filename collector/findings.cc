@@ -59,16 +59,25 @@ std::vector<uint32_t> Members(absl::Span<const LocatedValue> run) {
 Levels FindLevels(absl::Span<const LocatedValue> values, double median, double floor,
                   uint64_t min_level) {
   Levels levels;
-  std::vector<LocatedValue> main, deviants;
-  for (const LocatedValue& v : values) {
-    (std::fabs(v.value - median) > floor ? deviants : main).push_back(v);
+  // ComputeGroups sorts the values once; anything else is sorted here.
+  std::vector<LocatedValue> sorted;
+  if (!std::is_sorted(values.begin(), values.end(), ByValueThenLocation{})) {
+    sorted.assign(values.begin(), values.end());
+    std::sort(sorted.begin(), sorted.end(), ByValueThenLocation{});
+    values = sorted;
   }
-  // Values sorted already (ComputeGroups sorts them once) stay so apart.
-  for (std::vector<LocatedValue>* part : {&main, &deviants}) {
-    if (!std::is_sorted(part->begin(), part->end(), ByValueThenLocation{})) {
-      std::sort(part->begin(), part->end(), ByValueThenLocation{});
-    }
-  }
+  // In value order the deviants (further than the floor from the median)
+  // are a run below the main level and a run above it: rounding keeps
+  // |v - median| monotone on each side, so these bounds split exactly as
+  // testing each value would.
+  auto deviant = [&](const LocatedValue& v) { return std::fabs(v.value - median) > floor; };
+  const auto low_end = std::partition_point(
+      values.begin(), values.end(), [&](const auto& v) { return v.value < median && deviant(v); });
+  const auto main_end =
+      std::partition_point(low_end, values.end(), [&](const auto& v) { return !deviant(v); });
+  const absl::Span<const LocatedValue> main(low_end, static_cast<size_t>(main_end - low_end));
+  std::vector<LocatedValue> deviants(values.begin(), low_end);
+  deviants.insert(deviants.end(), main_end, values.end());
   if (!main.empty()) {
     levels.main.value = Mode(main);
     levels.main.members = Members(main);

@@ -1185,7 +1185,11 @@ TEST(FindLevelsTest, SortedAndShuffledInputsGiveTheSameLevels) {
       values.push_back({loc, 10 + static_cast<double>(rng() % spread) / 10});
     }
     const double median = 10 + static_cast<double>(rng() % spread) / 20;
-    const double floor = static_cast<double>(rng() % 30) / 10;
+    // Half the rounds put the floor exactly at a value's distance from the
+    // median: that value is within it, whatever the rounding.
+    const double floor = round % 2 == 0
+                             ? static_cast<double>(rng() % 30) / 10
+                             : std::fabs(values[rng() % values.size()].value - median);
     std::vector<LocatedValue> sorted = values;
     SortByValueThenLocation(&sorted);
     std::shuffle(values.begin(), values.end(), rng);
@@ -1202,6 +1206,14 @@ TEST(FindLevelsTest, SortedAndShuffledInputsGiveTheSameLevels) {
       EXPECT_EQ(a.others[i].members, b.others[i].members);
     }
     EXPECT_EQ(a.scattered, b.scattered);
+    // The main level is exactly the values within the floor of the median,
+    // each tested on its own.
+    std::vector<uint32_t> within;
+    for (const LocatedValue& v : sorted) {
+      if (!(std::fabs(v.value - median) > floor)) within.push_back(v.location);
+    }
+    std::sort(within.begin(), within.end());
+    EXPECT_EQ(a.main.members, within);
     std::set<uint32_t> all(a.main.members.begin(), a.main.members.end());
     for (const Level& l : a.others) all.insert(l.members.begin(), l.members.end());
     all.insert(a.scattered.begin(), a.scattered.end());
