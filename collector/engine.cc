@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -1008,7 +1009,10 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
   Horizon horizon(now);
   SeriesHorizonLocked(series, catalog, &horizon);
   if (series.key.family == v1::FAMILY_PRICE) {
-    for (const GroupData& g : data.groups) RolloutHorizon(g.members, catalog.thresholds, &horizon);
+    for (GroupData& g : data.groups) {
+      g.moves = RolloutMoves(g.members, now, catalog.thresholds);
+      RolloutHorizon(g.moves, catalog.thresholds, &horizon);
+    }
   }
   data.until_ns = horizon.until_ns();
   return data;
@@ -1086,36 +1090,51 @@ void Engine::SeriesHorizonLocked(const Series& series, const Catalog& catalog, H
 
 namespace {
 
-// The members' latest changes within rollout_grace of `now`, by move
-// (from, to), with their event times: a move made by at least min_level
-// locations is a rollout (PriceStructure).
-std::map<std::pair<int64_t, int64_t>, std::vector<int64_t>> RolloutMoves(
-    const std::vector<GroupMember>& members, absl::Time now, const Thresholds& th) {
-  std::map<std::pair<int64_t, int64_t>, std::vector<int64_t>> moves;
-  const int64_t grace_since = absl::ToUnixNanos(now - th.rollout_grace);
-  for (const GroupMember& m : members) {
-    if (m.latest_change.at_ns != 0 && m.latest_change.at_ns >= grace_since) {
-      moves[{m.latest_change.from, m.latest_change.to}].push_back(m.latest_change.at_ns);
-    }
+bool SameMove(const PriceChange& a, const PriceChange& b) {
+  return a.from == b.from && a.to == b.to;
+}
+
+// Calls f(first, last) for each move's run [first, last) of `moves`.
+template <typename F>
+void ForEachMove(const std::vector<PriceChange>& moves, F&& f) {
+  for (auto first = moves.begin(); first != moves.end();) {
+    auto last = first + 1;
+    while (last != moves.end() && SameMove(*last, *first)) ++last;
+    f(first, last);
+    first = last;
   }
-  return moves;
 }
 
 }  // namespace
 
-void Engine::RolloutHorizon(const std::vector<GroupMember>& members, const Thresholds& th,
+std::vector<PriceChange> Engine::RolloutMoves(const std::vector<GroupMember>& members,
+                                              absl::Time now, const Thresholds& th) {
+  std::vector<PriceChange> moves;
+  const int64_t grace_since = absl::ToUnixNanos(now - th.rollout_grace);
+  for (const GroupMember& m : members) {
+    if (m.latest_change.at_ns != 0 && m.latest_change.at_ns >= grace_since) {
+      moves.push_back(m.latest_change);
+    }
+  }
+  std::sort(moves.begin(), moves.end(), [](const PriceChange& a, const PriceChange& b) {
+    return std::tie(a.from, a.to, a.at_ns) < std::tie(b.from, b.to, b.at_ns);
+  });
+  return moves;
+}
+
+void Engine::RolloutHorizon(const std::vector<PriceChange>& moves, const Thresholds& th,
                             Horizon* h) {
   // Without new changes a move's count only falls as its changes age out
   // of the grace, and the group's rollouts change only when one falls
   // below min_level: after its (n - min_level + 1)-th oldest change.
   // (A move with no change left is none: min_level 0 counts as 1.)
   const uint64_t min_level = std::max<uint64_t>(th.min_level, 1);
-  for (auto& [move, at] : RolloutMoves(members, absl::FromUnixNanos(h->now_ns()), th)) {
-    if (at.size() < min_level) continue;
-    const auto nth = at.begin() + static_cast<std::ptrdiff_t>(at.size() - min_level);
-    std::nth_element(at.begin(), nth, at.end());
-    h->After(*nth, th.rollout_grace + absl::Nanoseconds(1));
-  }
+  ForEachMove(moves, [&](auto first, auto last) {
+    const auto n = static_cast<uint64_t>(last - first);
+    if (n < min_level) return;
+    h->After((first + static_cast<std::ptrdiff_t>(n - min_level))->at_ns,
+             th.rollout_grace + absl::Nanoseconds(1));
+  });
 }
 
 namespace {
@@ -1134,12 +1153,12 @@ void PriceStructure(const SeriesKey& key, const std::vector<LocatedValue>& value
   // A chain-wide change rolling out: many locations moved from one
   // level to one new level within the grace, or to a promised list
   // price whose effective date is near.
-  for (const auto& [move, at] : RolloutMoves(g.members, now, th)) {
-    if (at.size() >= th.min_level) {
-      g.rollout_values.push_back(static_cast<double>(move.first));
-      g.rollout_values.push_back(static_cast<double>(move.second));
+  ForEachMove(g.moves, [&](auto first, auto last) {
+    if (static_cast<uint64_t>(last - first) >= th.min_level) {
+      g.rollout_values.push_back(static_cast<double>(first->from));
+      g.rollout_values.push_back(static_cast<double>(first->to));
     }
-  }
+  });
   for (const PricePromise& p : catalog.price_promises) {
     if (p.key == key.key && p.currency == key.currency && p.kind == key.kind &&
         p.effective != absl::InfinitePast() && p.effective + th.rollout_grace > now) {

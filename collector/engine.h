@@ -583,10 +583,13 @@ class Engine {
   void SeriesHorizonLocked(const Series& series, const Catalog& catalog, Horizon* h) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // A price group's moves (GroupData::moves) at `now`.
+  static std::vector<PriceChange> RolloutMoves(const std::vector<GroupMember>& members,
+                                               absl::Time now, const Thresholds& th);
   // When time alone next changes a price group's rollouts (PriceStructure,
   // engine.cc): a move made by min_level locations or more within the
   // rollout grace falling below min_level as its changes age out.
-  static void RolloutHorizon(const std::vector<GroupMember>& members, const Thresholds& th,
+  static void RolloutHorizon(const std::vector<PriceChange>& moves, const Thresholds& th,
                              Horizon* h);
   static void FallBackToChain(uint64_t min_group,
                               std::map<std::string, std::vector<Member>>* groups);

@@ -73,6 +73,11 @@ struct GroupData {
   std::shared_ptr<SeriesStats> stats;
   Levels levels;
   std::vector<double> rollout_values;
+  // Prices: the members' latest changes within the rollout grace, sorted
+  // by (from, to, at_ns): each move's changes are one run, oldest first
+  // (Engine::RolloutMoves). A move made by min_level locations or more is
+  // a rollout.
+  std::vector<PriceChange> moves;
 };
 
 // The member of g at `location`, or null (a binary search).
