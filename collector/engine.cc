@@ -77,6 +77,91 @@ std::vector<std::pair<uint32_t, const Cell*>> InLocationOrder(
   return out;
 }
 
+// When time alone next changes what CollectLocked, ComputeGroups or
+// EvaluateSeries read of a series: every input they compare with now,
+// read forwards. Fed each cell as CollectLocked walks them (a second walk
+// would fetch every cell again), then the series' own dates (Finish).
+class HorizonWalk {
+ public:
+  HorizonWalk(const Catalog& catalog, Horizon* h)
+      : catalog_(catalog),
+        th_(catalog.thresholds),
+        h_(h),
+        flip_since_(absl::ToUnixNanos(absl::FromUnixNanos(h->now_ns()) - th_.flip_window)) {}
+
+  void Price(const LocationEntry* e, const PriceCell& cell) {
+    Opening(e);
+    CellHorizon(cell, catalog_.price, h_);
+    if (cell.changes == nullptr) return;
+    // Only what CollectLocked reads of the changes. A change counts while
+    // at_ns >= now - window, and is settled from at_ns + settle.
+    const PriceChanges& changes = *cell.changes;
+    // The flip count is read against flip_changes (and shown once it
+    // reaches it). Without new changes it only falls, so changes leaving
+    // the window change nothing while it is below.
+    if (changes.CountSince(flip_since_) >= th_.flip_changes) {
+      for (int i = 0; i < changes.size; ++i) {
+        h_->After(changes.ring[i].at_ns, th_.flip_window + absl::Nanoseconds(1));
+      }
+    }
+    // The latest change's settling. Its rollout_grace: RolloutHorizon, once
+    // the groups are known; the irregular window: IrregularHorizon, once
+    // they are computed. Drops leaving the grace leave what evaluations
+    // publish without a recomputation (Engine::Merge).
+    if (const PriceChange* latest = changes.latest(); latest != nullptr) {
+      h_->After(latest->at_ns, th_.irregular_settle);
+    }
+  }
+
+  void Wait(const LocationEntry* e, const WaitCell& cell) {
+    Opening(e);
+    CellHorizon(cell, catalog_.wait, h_);
+    if (!catalog_.wait_sketch.hour_of_week) return;
+    // Waits compared by local hour: each zone's next hour.
+    const absl::TimeZone tz = e != nullptr ? e->tz : absl::UTCTimeZone();
+    if (std::find(zones_.begin(), zones_.end(), tz) != zones_.end()) return;
+    zones_.push_back(tz);
+    const absl::Time now = absl::FromUnixNanos(h_->now_ns());
+    h_->At(absl::FromCivil(absl::ToCivilHour(now, tz) + 1, tz));
+  }
+
+  // Compliance (with the key's policy) and scores.
+  template <typename C>
+  void Other(const LocationEntry* e, const C& cell, const FamilyPolicy& policy) {
+    Opening(e);
+    CellHorizon(cell, policy, h_);
+  }
+
+  void Finish(const SeriesKey& key) {
+    // Drift reads each series once per bin (prices have none).
+    if (key.family != v1::FAMILY_PRICE) {
+      h_->After(BinStart(h_->now_ns(), catalog_.drift.bin), catalog_.drift.bin);
+    }
+    // A list price applies from its effective date; a rollout to it is
+    // expected for rollout_grace after.
+    for (const PricePromise& p : catalog_.price_promises) {
+      if (p.key != key.key || key.family != v1::FAMILY_PRICE) continue;
+      h_->At(p.effective);
+      if (p.effective != absl::InfinitePast()) h_->At(p.effective + th_.rollout_grace);
+    }
+    for (const Exception& e : catalog_.exceptions) {
+      if (e.family == key.family && e.key == key.key) h_->At(e.expires);
+    }
+  }
+
+ private:
+  // A store not open yet is compared from its opening.
+  void Opening(const LocationEntry* e) {
+    if (e != nullptr) h_->At(e->opened);
+  }
+
+  const Catalog& catalog_;
+  const Thresholds& th_;
+  Horizon* h_;
+  const int64_t flip_since_;
+  std::vector<absl::TimeZone> zones_;
+};
+
 // How many cells ahead a walk fetches what a cell points to.
 constexpr size_t kPrefetchAhead = 8;
 
@@ -966,12 +1051,19 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
   // Cells in location order, so each group's members come out sorted.
   // A cell's changes live apart from it: fetched a few cells ahead, their
   // misses overlap instead of each stalling the walk.
+  Horizon horizon(now);
+  HorizonWalk walk(catalog, &horizon);
+  auto entry = [&](uint32_t loc)
+                   ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return locations_[loc].entry; };
   const auto prices = InLocationOrder(series.price, locations_.size());
   for (size_t i = 0; i < prices.size(); ++i) {
     if (i + kPrefetchAhead < prices.size()) PrefetchChanges(*prices[i + kPrefetchAhead].second);
-    add(prices[i].first, ComparePrice(*prices[i].second, now, catalog.price), prices[i].second);
+    const auto& [loc, cell] = prices[i];
+    walk.Price(entry(loc), *cell);
+    add(loc, ComparePrice(*cell, now, catalog.price), cell);
   }
   for (const auto& [loc, cell] : InLocationOrder(series.wait, locations_.size())) {
+    walk.Wait(entry(loc), *cell);
     add(loc,
         CompareWait(*cell, now, catalog.wait, catalog.wait_sketch,
                     wait_promise != nullptr ? wait_promise->within_seconds : 0),
@@ -982,11 +1074,15 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
     const KeyJudging* judging = catalog.JudgingFor(series.key.key);
     const JudgingMode mode = judging != nullptr ? judging->mode : JudgingMode::kRate;
     for (const auto& [loc, cell] : InLocationOrder(series.compliance, locations_.size())) {
+      walk.Other(entry(loc), *cell, policy);
       add(loc, CompareCompliance(*cell, now, policy, mode), nullptr);
     }
   }
-  for (const auto& [loc, cell] : InLocationOrder(series.score, locations_.size()))
+  for (const auto& [loc, cell] : InLocationOrder(series.score, locations_.size())) {
+    walk.Other(entry(loc), *cell, catalog.score);
     add(loc, CompareScore(*cell, now, catalog.score), nullptr);
+  }
+  walk.Finish(series.key);
 
   FallBackToChain(catalog.thresholds.min_group, &groups);
   if (series.key.family == v1::FAMILY_WAIT && catalog.wait_sketch.hour_of_week) {
@@ -1006,8 +1102,6 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
         std::any_of(g.members.begin(), g.members.end(), [](const Member& m) { return !m.judged; });
     data.groups.push_back(std::move(g));
   }
-  Horizon horizon(now);
-  SeriesHorizonLocked(series, catalog, &horizon);
   if (series.key.family == v1::FAMILY_PRICE) {
     for (GroupData& g : data.groups) {
       g.moves = RolloutMoves(g.members, now, catalog.thresholds);
@@ -1016,76 +1110,6 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
   }
   data.until_ns = horizon.until_ns();
   return data;
-}
-
-void Engine::SeriesHorizonLocked(const Series& series, const Catalog& catalog, Horizon* h) const {
-  const Thresholds& th = catalog.thresholds;
-  const absl::Time now = absl::FromUnixNanos(h->now_ns());
-  const absl::Duration ns = absl::Nanoseconds(1);
-  // A store not open yet is compared from its opening.
-  auto location = [&](uint32_t loc) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (const LocationEntry* e = locations_[loc].entry; e != nullptr) h->At(e->opened);
-  };
-  const int64_t flip_since = absl::ToUnixNanos(now - th.flip_window);
-  for (const auto& [loc, cell] : series.price) {
-    location(loc);
-    CellHorizon(cell, catalog.price, h);
-    if (cell.changes == nullptr) continue;
-    // Only what CollectLocked reads of the changes. A change counts while
-    // at_ns >= now - window, and is settled from at_ns + settle.
-    const PriceChanges& changes = *cell.changes;
-    // The flip count is read against flip_changes (and shown once it
-    // reaches it). Without new changes it only falls, so changes leaving
-    // the window change nothing while it is below.
-    const bool flip_read = changes.CountSince(flip_since) >= th.flip_changes;
-    if (flip_read) {
-      for (int i = 0; i < changes.size; ++i) h->After(changes.ring[i].at_ns, th.flip_window + ns);
-    }
-    // The latest change's settling. Its rollout_grace: RolloutHorizon, once
-    // the groups are known; the irregular window: IrregularHorizon, once
-    // they are computed. Drops leaving the grace leave what evaluations
-    // publish without a recomputation (Merge).
-    if (const PriceChange* latest = changes.latest(); latest != nullptr) {
-      h->After(latest->at_ns, th.irregular_settle);
-    }
-  }
-  const bool hour_of_week = catalog.wait_sketch.hour_of_week;
-  std::vector<absl::TimeZone> zones;  // Waits compared by local hour: each zone's next hour.
-  for (const auto& [loc, cell] : series.wait) {
-    location(loc);
-    CellHorizon(cell, catalog.wait, h);
-    const LocationEntry* e = locations_[loc].entry;
-    const absl::TimeZone tz = e != nullptr ? e->tz : absl::UTCTimeZone();
-    if (hour_of_week && std::find(zones.begin(), zones.end(), tz) == zones.end()) {
-      zones.push_back(tz);
-      h->At(absl::FromCivil(absl::ToCivilHour(now, tz) + 1, tz));
-    }
-  }
-  if (!series.compliance.empty()) {
-    const FamilyPolicy policy = catalog.CompliancePolicy(series.key.key);
-    for (const auto& [loc, cell] : series.compliance) {
-      location(loc);
-      CellHorizon(cell, policy, h);
-    }
-  }
-  for (const auto& [loc, cell] : series.score) {
-    location(loc);
-    CellHorizon(cell, catalog.score, h);
-  }
-  // Drift reads each series once per bin (prices have none).
-  if (series.key.family != v1::FAMILY_PRICE) {
-    h->After(BinStart(h->now_ns(), catalog.drift.bin), catalog.drift.bin);
-  }
-  // A list price applies from its effective date; a rollout to it is
-  // expected for rollout_grace after.
-  for (const PricePromise& p : catalog.price_promises) {
-    if (p.key != series.key.key || series.key.family != v1::FAMILY_PRICE) continue;
-    h->At(p.effective);
-    if (p.effective != absl::InfinitePast()) h->At(p.effective + th.rollout_grace);
-  }
-  for (const Exception& e : catalog.exceptions) {
-    if (e.family == series.key.family && e.key == series.key.key) h->At(e.expires);
-  }
 }
 
 namespace {
@@ -1631,24 +1655,15 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
     for (size_t i = 0; i < g.members.size(); ++i) {
       const Member& m = g.members[i];
       if (!m.judged || ExceptionFor(m.name, key, ev->now, ev->catalog) != nullptr) continue;
-      // The name is copied only into what is kept (below).
-      Pending p{};
-      p.location = m.location;
-      p.group = &g;
-      p.first_reason = reasons.size();
-      p.critical_failure = m.value.critical_failure;
-      p.evidence_ns = m.value.evidence_ns;
-      p.member = i;
-      p.outlier = OutlierReason(key, g, i, ev->weak, &reasons, /*detail=*/false);
-      if (std::optional<PromiseVerdict> promise = PromiseVerdictFor(
-              key, m.entry, m.value, wait_promise, check_promise, ev->now, ev->catalog)) {
-        p.promise_id = promise->id;
-        p.promise = promise->promise;
-        p.promise_broken = promise->strength >= 1;
-        p.promise_critical = promise->critical;
+      // A Pending (and the name's copy) only for what is kept (below).
+      const size_t first_reason = reasons.size();
+      const bool outlier = OutlierReason(key, g, i, ev->weak, &reasons, /*detail=*/false);
+      std::optional<PromiseVerdict> promise = PromiseVerdictFor(
+          key, m.entry, m.value, wait_promise, check_promise, ev->now, ev->catalog);
+      if (promise.has_value()) {
         auto& tally = promise_tally[promise->id];
         ++tally.first;
-        if (p.promise_broken) ++tally.second;
+        if (promise->strength >= 1) ++tally.second;
         if (promise->strength >= ev->weak) {
           reasons.emplace_back(promise->strength, std::move(promise->reason));
         }
@@ -1662,10 +1677,23 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
           reasons.push_back(std::move(*r));
         }
       }
+      const bool promised = promise.has_value() && !promise->id.empty();
+      if (reasons.size() == first_reason && !promised) continue;
+      Pending& p = pending.emplace_back();
+      p.location = m.location;
+      p.name = m.name;
+      p.group = &g;
+      p.first_reason = first_reason;
       p.end_reason = reasons.size();
-      if (p.end_reason > p.first_reason || !p.promise_id.empty()) {
-        p.name = m.name;
-        pending.push_back(std::move(p));
+      p.critical_failure = m.value.critical_failure;
+      p.evidence_ns = m.value.evidence_ns;
+      p.member = i;
+      p.outlier = outlier;
+      if (promise.has_value()) {
+        p.promise_id = std::move(promise->id);
+        p.promise = std::move(promise->promise);
+        p.promise_broken = promise->strength >= 1;
+        p.promise_critical = promise->critical;
       }
     }
   }

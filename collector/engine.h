@@ -554,7 +554,7 @@ class Engine {
     std::vector<GroupData> groups;
     // Prices: decreases within rollout_grace of `now`, by location index.
     std::vector<std::pair<uint32_t, PriceChange>> drops;
-    // When time alone next changes what this series reads (SeriesHorizonLocked).
+    // When time alone next changes what this series reads (HorizonWalk, engine.cc).
     int64_t until_ns = INT64_MAX;
   };
   // Price drops by series index: (location index, change).
@@ -577,12 +577,6 @@ class Engine {
   // Which series a recomputation takes: called under mu_ with each live
   // series' index and the recomputation's now.
   using SeriesFilter = std::function<bool(uint32_t index, const Series& series, int64_t now_ns)>;
-  // The instants after `h`'s now when something SeriesData, ComputeGroups
-  // or EvaluateSeries read of `series` changes with time alone: every
-  // input they compare with now, read forwards.
-  void SeriesHorizonLocked(const Series& series, const Catalog& catalog, Horizon* h) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-
   // A price group's moves (GroupData::moves) at `now`.
   static std::vector<PriceChange> RolloutMoves(const std::vector<GroupMember>& members,
                                                absl::Time now, const Thresholds& th);

@@ -194,7 +194,7 @@ bool MayBeIrregular(const GroupData& g, size_t i, absl::Time now, const Threshol
 // changed), read only while a member may be irregular. Without new data
 // none can become so: its change only ages out of the window, and the
 // levels and rollouts it is measured against change at horizons of their
-// own (cells' TTLs: Engine::SeriesHorizonLocked; rollouts:
+// own (cells' TTLs: HorizonWalk, engine.cc; rollouts:
 // Engine::RolloutHorizon).
 void IrregularHorizon(const GroupData& g, absl::Time now, const Thresholds& th, Horizon* h);
 
