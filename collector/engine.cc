@@ -1652,6 +1652,9 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
       out->splits.push_back(SplitCondition(key, group_id, g));
     }
 
+    const bool irregular_read =
+        key.family == v1::FAMILY_PRICE && key.kind != v1::PROMO && comparable;
+    const uint64_t changed = irregular_read ? ChangedInIrregularWindow(g, ev->now, th) : 0;
     for (size_t i = 0; i < g.members.size(); ++i) {
       const Member& m = g.members[i];
       if (!m.judged || ExceptionFor(m.name, key, ev->now, ev->catalog) != nullptr) continue;
@@ -1668,9 +1671,7 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
           reasons.emplace_back(promise->strength, std::move(promise->reason));
         }
       }
-      if (key.family == v1::FAMILY_PRICE && key.kind != v1::PROMO && comparable) {
-        IrregularChangeReason(key, g, i, ev->now, th, &reasons);
-      }
+      if (irregular_read) IrregularChangeReason(key, g, i, changed, ev->now, th, &reasons);
       if (gd != nullptr && gd->baseline.frozen && gd->scale > 0) {
         if (std::optional<WeightedReason> r = CellDriftReason(
                 key, g, i, gd->scale, ev->drift_bin, ev->drift, ev->weak, &gd->cells[m.location])) {

@@ -298,27 +298,31 @@ void IrregularHorizon(const GroupData& g, absl::Time now, const Thresholds& th, 
 // share) is convergence: a store joining its peers' price, whether they
 // changed theirs (a rollout) or listed the item at it for the first time,
 // or correcting an overcharge.
-void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i, absl::Time now,
-                           const Thresholds& th, std::vector<WeightedReason>* reasons) {
+uint64_t ChangedInIrregularWindow(const GroupData& g, absl::Time now, const Thresholds& th) {
+  const int64_t since = absl::ToUnixNanos(now - th.irregular_window);
+  uint64_t changed = 0;
+  for (const GroupMember& m : g.members) changed += m.latest_change.at_ns >= since;
+  return changed;
+}
+
+void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i, uint64_t changed,
+                           absl::Time now, const Thresholds& th,
+                           std::vector<WeightedReason>* reasons) {
   const GroupMember& m = g.members[i];
   const SeriesStats& stats = *g.stats;
   const uint64_t n = g.members.size();
   const PriceChange& ch = m.latest_change;
-  const int64_t window_since = absl::ToUnixNanos(now - th.irregular_window);
-  const int64_t settled_before = absl::ToUnixNanos(now - th.irregular_settle);
   std::string detail;
   if (m.changes_in_flip_window >= th.flip_changes) {
     detail = absl::StrCat("changed its price ", m.changes_in_flip_window, " times in ",
                           absl::FormatDuration(th.flip_window), ", last from ",
                           Format(key, static_cast<double>(ch.from)), " to ",
                           Format(key, static_cast<double>(ch.to)));
-  } else if (ch.at_ns <= settled_before && MayBeIrregular(g, i, now, th)) {
-    uint64_t peers_changed = 0;
-    for (const GroupMember& other : g.members) {
-      if (other.location != m.location && other.latest_change.at_ns >= window_since) {
-        ++peers_changed;
-      }
-    }
+  } else if (ch.at_ns != 0 && ch.at_ns <= absl::ToUnixNanos(now - th.irregular_settle) &&
+             MayBeIrregular(g, i, now, th)) {
+    // The peers who changed: every member who did but this one.
+    const bool own = ch.at_ns >= absl::ToUnixNanos(now - th.irregular_window);
+    const uint64_t peers_changed = changed - (own ? 1 : 0);
     if (!(static_cast<double>(peers_changed) < th.irregular_peer_share * (n - 1))) return;
     detail = absl::StrCat(
         "changed from ", Format(key, static_cast<double>(ch.from)), " to ",

@@ -8,7 +8,7 @@
 //
 //   std::vector<WeightedReason> reasons;
 //   const bool outlier = OutlierReason(key, group, i, /*weak=*/0.8, &reasons);
-//   IrregularChangeReason(key, group, i, now, catalog.thresholds, &reasons);
+//   IrregularChangeReason(key, group, i, changed, now, catalog.thresholds, &reasons);
 //
 // A location finding gathers (strength, reason) pairs: strength 1 or more
 // means the reason holds, down to `weak` (1 - hysteresis) it is carried so
@@ -181,8 +181,15 @@ std::string OutlierDetail(const SeriesKey& key, const GroupData& g, size_t i);
 // th.flip_changes times in th.flip_window, or a change few peers made
 // (under th.irregular_peer_share) ending away from every level and
 // rollout, settled th.irregular_settle and within th.irregular_window.
-void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i, absl::Time now,
-                           const Thresholds& th, std::vector<WeightedReason>* reasons);
+// `changed`: ChangedInIrregularWindow(g, now, th), counted once for the
+// group rather than once for each member that may be irregular.
+void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i, uint64_t changed,
+                           absl::Time now, const Thresholds& th,
+                           std::vector<WeightedReason>* reasons);
+
+// How many members of g changed their price within th.irregular_window of
+// now (a member's latest change): the peers who changed, and the member.
+uint64_t ChangedInIrregularWindow(const GroupData& g, absl::Time now, const Thresholds& th);
 
 // Whether member i's latest change is within th.irregular_window and away
 // from every level and rollout of g: the irregular change above, but for

@@ -156,21 +156,43 @@ TEST(EvaluatorsTest, IrregularChangeReasonJudgesWhereAChangeEnds) {
   const SeriesKey key = Key(v1::FAMILY_PRICE, "milk");
   const Thresholds th;
   const int64_t two_hours_ago = absl::ToUnixNanos(kNow - absl::Hours(2));
-  static const struct {
+  const int64_t window_start = absl::ToUnixNanos(kNow - th.irregular_window);
+  const struct {
     const char* name;
     double now_at;
     PriceChange change;
     int flips;
     bool irregular;
     std::vector<double> rollout_values = {};
+    int64_t peer_changed_at = 0;  // Member 0 changed 90 -> 100 then (0: never).
   } cases[] = {
       {"lone change away from the levels", 115, {two_hours_ago, 100, 115}, 1, true},
       {"back to the main level", 100, {two_hours_ago, 115, 100}, 1, false},
       {"not settled yet", 115, {absl::ToUnixNanos(kNow - absl::Minutes(10)), 100, 115}, 1, false},
       {"flipping", 100, {two_hours_ago, 115, 100}, 3, true},
       {"first onto a rollout's level", 115, {two_hours_ago, 100, 115}, 1, false, {100, 115}},
-      {"near a rollout's level but past its floor", 120, {two_hours_ago, 100, 120}, 1, true,
+      {"near a rollout's level but past its floor",
+       120,
+       {two_hours_ago, 100, 120},
+       1,
+       true,
        {100, 115}},
+      // irregular_peer_share 0.10 of the 9 peers: 0.9.
+      {"a peer changed too", 115, {two_hours_ago, 100, 115}, 1, false, {}, two_hours_ago},
+      {"a peer changed as the window starts",
+       115,
+       {two_hours_ago, 100, 115},
+       1,
+       false,
+       {},
+       window_start},
+      {"a peer changed before the window",
+       115,
+       {two_hours_ago, 100, 115},
+       1,
+       true,
+       {},
+       window_start - 1},
   };
   for (const auto& tc : cases) {
     SCOPED_TRACE(tc.name);
@@ -178,8 +200,9 @@ TEST(EvaluatorsTest, IrregularChangeReasonJudgesWhereAChangeEnds) {
     g.rollout_values = tc.rollout_values;
     g.members[9].latest_change = tc.change;
     g.members[9].changes_in_flip_window = tc.flips;
+    if (tc.peer_changed_at != 0) g.members[0].latest_change = {tc.peer_changed_at, 90, 100};
     std::vector<WeightedReason> reasons;
-    IrregularChangeReason(key, g, 9, kNow, th, &reasons);
+    IrregularChangeReason(key, g, 9, ChangedInIrregularWindow(g, kNow, th), kNow, th, &reasons);
     ASSERT_EQ(reasons.size(), tc.irregular ? 1u : 0u);
     if (tc.irregular) {
       EXPECT_EQ(reasons[0].second.kind(), v1::IRREGULAR_CHANGE);
