@@ -24,9 +24,10 @@ CONSTANCE_DEMO_PACKAGES=(curl)
 # python3 and tzdata: the deploy and dashboards checks are Python scripts
 # (standard library only; zoneinfo reads tzdata).
 # chromium: tests/integration/board_test loads the public board's pages
-# headless.
+# headless. systemd: tests/packaging checks the units with systemd-analyze
+# (not on a minimal container).
 CONSTANCE_TEST_PACKAGES=(prometheus prometheus-alertmanager curl dpkg-dev adduser iproute2 openssl
-  python3 tzdata chromium)
+  python3 tzdata chromium systemd)
 # The sanitizer and fuzzing builds (tests/sanitizers.sh) use clang 14;
 # libclang-rt-14-dev holds its sanitizer runtimes and libFuzzer
 # (libclang_rt.fuzzer*.a, what -fsanitize=fuzzer links).
