@@ -233,14 +233,21 @@ const CheckPromise* CheckPromiseFor(const std::string& key, const Catalog& catal
   return nullptr;
 }
 
-const Exception* ExceptionFor(const std::string& location, const SeriesKey& key, absl::Time now,
-                              const Catalog& catalog) {
+// The approved exceptions in force for `key` at `now`. A series has a
+// few at most: its members are checked against these alone, not against
+// every exception of the chain.
+std::vector<const Exception*> ExceptionsFor(const SeriesKey& key, absl::Time now,
+                                            const Catalog& catalog) {
+  std::vector<const Exception*> out;
   for (const Exception& e : catalog.exceptions) {
-    if (e.location == location && e.family == key.family && e.key == key.key && now < e.expires) {
-      return &e;
-    }
+    if (e.family == key.family && e.key == key.key && now < e.expires) out.push_back(&e);
   }
-  return nullptr;
+  return out;
+}
+
+bool Excepted(const std::string& location, const std::vector<const Exception*>& exceptions) {
+  return std::any_of(exceptions.begin(), exceptions.end(),
+                     [&](const Exception* e) { return e->location == location; });
 }
 
 void FillGroupStats(const SeriesKey& key, absl::string_view group, const GroupSummary& s,
@@ -1629,6 +1636,7 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
   // trend.
   const bool judged_key =
       key.family == v1::FAMILY_COMPLIANCE && ev->catalog.JudgingFor(key.key) != nullptr;
+  const std::vector<const Exception*> exceptions = ExceptionsFor(key, ev->now, ev->catalog);
   std::vector<Pending> pending;
   std::vector<WeightedReason> reasons;  // Every pending's, in order.
   PromiseTally promise_tally;
@@ -1657,7 +1665,7 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
     const uint64_t changed = irregular_read ? ChangedInIrregularWindow(g, ev->now, th) : 0;
     for (size_t i = 0; i < g.members.size(); ++i) {
       const Member& m = g.members[i];
-      if (!m.judged || ExceptionFor(m.name, key, ev->now, ev->catalog) != nullptr) continue;
+      if (!m.judged || Excepted(m.name, exceptions)) continue;
       // A Pending (and the name's copy) only for what is kept (below).
       const size_t first_reason = reasons.size();
       const bool outlier = OutlierReason(key, g, i, ev->weak, &reasons, /*detail=*/false);

@@ -13,7 +13,8 @@
 // that family's benchmarks, so each family can run in its own process and
 // its resident growth is its own. --locations overrides the chain's
 // locations (1,000 keys each); --iterations the evaluations and snapshots
-// timed (default 3).
+// timed (default 3); --exceptions=N gives the catalog N approved
+// exceptions, each for one store and key of the chain (spread over both).
 //
 // Figures and the command that produced them: tests/bench/RESULTS.md.
 #include <unistd.h>
@@ -40,6 +41,7 @@ namespace {
 
 bool g_smoke = false;
 int g_locations = 0;  // 0: the family's default.
+int g_exceptions = 0;
 const absl::Time kNow = absl::FromUnixSeconds(1'767'225'600);
 
 double ResidentBytes() {
@@ -102,6 +104,14 @@ Chain& Fixture(v1::Family family) {
   Catalog catalog = DefaultCatalog();
   catalog.wait.min_samples = 1;
   catalog.compliance.min_samples = 1;
+  for (int e = 0; e < g_exceptions; ++e) {
+    Exception& x = catalog.exceptions.emplace_back();
+    x.location = absl::StrCat("store-", e * 7919 % c->locations);
+    x.family = family;
+    x.key = absl::StrCat("item-", e % c->keys);
+    x.owner = "bench";
+    x.reason = "approved";
+  }
   Engine::Options options;
   options.catalog = std::make_shared<const Catalog>(catalog);
   options.clock = [] { return kNow + absl::Minutes(1); };
@@ -347,6 +357,8 @@ int main(int argc, char** argv) {
       only_family = argv[i] + 9;
     } else if (std::strncmp(argv[i], "--locations=", 12) == 0) {
       constance::collector::g_locations = std::atoi(argv[i] + 12);
+    } else if (std::strncmp(argv[i], "--exceptions=", 13) == 0) {
+      constance::collector::g_exceptions = std::max(0, std::atoi(argv[i] + 13));
     } else if (std::strncmp(argv[i], "--iterations=", 13) == 0) {
       evaluations = std::max(1, std::atoi(argv[i] + 13));
     } else {
