@@ -292,12 +292,6 @@ void IrregularHorizon(const GroupData& g, absl::Time now, const Thresholds& th, 
   }
 }
 
-// Irregular change: flipping back and forth, or a change few peers made
-// that ends away from every level of the group. A change that ends where
-// peers are (the main level, or another level at least min_level locations
-// share) is convergence: a store joining its peers' price, whether they
-// changed theirs (a rollout) or listed the item at it for the first time,
-// or correcting an overcharge.
 uint64_t ChangedInIrregularWindow(const GroupData& g, absl::Time now, const Thresholds& th) {
   const int64_t since = absl::ToUnixNanos(now - th.irregular_window);
   uint64_t changed = 0;
@@ -305,6 +299,12 @@ uint64_t ChangedInIrregularWindow(const GroupData& g, absl::Time now, const Thre
   return changed;
 }
 
+// Irregular change: flipping back and forth, or a change few peers made
+// that ends away from every level of the group. A change that ends where
+// peers are (the main level, or another level at least min_level locations
+// share) is convergence: a store joining its peers' price, whether they
+// changed theirs (a rollout) or listed the item at it for the first time,
+// or correcting an overcharge.
 void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i, uint64_t changed,
                            absl::Time now, const Thresholds& th,
                            std::vector<WeightedReason>* reasons) {
