@@ -1015,6 +1015,58 @@ void Engine::FallBackToChain(uint64_t min_group,
   }
 }
 
+namespace {
+
+bool SameMove(const PriceChange& a, const PriceChange& b) {
+  return a.from == b.from && a.to == b.to;
+}
+
+// Calls f(first, last) for each move's run [first, last) of `moves`.
+template <typename F>
+void ForEachMove(const std::vector<PriceChange>& moves, F&& f) {
+  for (auto first = moves.begin(); first != moves.end();) {
+    auto last = first + 1;
+    while (last != moves.end() && SameMove(*last, *first)) ++last;
+    f(first, last);
+    first = last;
+  }
+}
+
+// A price group's moves (GroupData::moves) at `now`.
+std::vector<PriceChange> RolloutMoves(const std::vector<GroupMember>& members, absl::Time now,
+                                      const Thresholds& th) {
+  std::vector<PriceChange> moves;
+  const int64_t grace_since = absl::ToUnixNanos(now - th.rollout_grace);
+  for (const GroupMember& m : members) {
+    if (m.latest_change.at_ns != 0 && m.latest_change.at_ns >= grace_since) {
+      moves.push_back(m.latest_change);
+    }
+  }
+  std::sort(moves.begin(), moves.end(), [](const PriceChange& a, const PriceChange& b) {
+    return std::tie(a.from, a.to, a.at_ns) < std::tie(b.from, b.to, b.at_ns);
+  });
+  return moves;
+}
+
+// When time alone next changes a price group's rollouts (PriceStructure):
+// a move made by min_level locations or more within the rollout grace
+// falling below min_level as its changes age out.
+void RolloutHorizon(const std::vector<PriceChange>& moves, const Thresholds& th, Horizon* h) {
+  // Without new changes a move's count only falls as its changes age out
+  // of the grace, and the group's rollouts change only when one falls
+  // below min_level: after its (n - min_level + 1)-th oldest change.
+  // (A move with no change left is none: min_level 0 counts as 1.)
+  const uint64_t min_level = std::max<uint64_t>(th.min_level, 1);
+  ForEachMove(moves, [&](auto first, auto last) {
+    const auto n = static_cast<uint64_t>(last - first);
+    if (n < min_level) return;
+    h->After((first + static_cast<std::ptrdiff_t>(n - min_level))->at_ns,
+             th.rollout_grace + absl::Nanoseconds(1));
+  });
+}
+
+}  // namespace
+
 Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
                                          const Catalog& catalog) const {
   const Series& series = series_[index];
@@ -1117,55 +1169,6 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
   }
   data.until_ns = horizon.until_ns();
   return data;
-}
-
-namespace {
-
-bool SameMove(const PriceChange& a, const PriceChange& b) {
-  return a.from == b.from && a.to == b.to;
-}
-
-// Calls f(first, last) for each move's run [first, last) of `moves`.
-template <typename F>
-void ForEachMove(const std::vector<PriceChange>& moves, F&& f) {
-  for (auto first = moves.begin(); first != moves.end();) {
-    auto last = first + 1;
-    while (last != moves.end() && SameMove(*last, *first)) ++last;
-    f(first, last);
-    first = last;
-  }
-}
-
-}  // namespace
-
-std::vector<PriceChange> Engine::RolloutMoves(const std::vector<GroupMember>& members,
-                                              absl::Time now, const Thresholds& th) {
-  std::vector<PriceChange> moves;
-  const int64_t grace_since = absl::ToUnixNanos(now - th.rollout_grace);
-  for (const GroupMember& m : members) {
-    if (m.latest_change.at_ns != 0 && m.latest_change.at_ns >= grace_since) {
-      moves.push_back(m.latest_change);
-    }
-  }
-  std::sort(moves.begin(), moves.end(), [](const PriceChange& a, const PriceChange& b) {
-    return std::tie(a.from, a.to, a.at_ns) < std::tie(b.from, b.to, b.at_ns);
-  });
-  return moves;
-}
-
-void Engine::RolloutHorizon(const std::vector<PriceChange>& moves, const Thresholds& th,
-                            Horizon* h) {
-  // Without new changes a move's count only falls as its changes age out
-  // of the grace, and the group's rollouts change only when one falls
-  // below min_level: after its (n - min_level + 1)-th oldest change.
-  // (A move with no change left is none: min_level 0 counts as 1.)
-  const uint64_t min_level = std::max<uint64_t>(th.min_level, 1);
-  ForEachMove(moves, [&](auto first, auto last) {
-    const auto n = static_cast<uint64_t>(last - first);
-    if (n < min_level) return;
-    h->After((first + static_cast<std::ptrdiff_t>(n - min_level))->at_ns,
-             th.rollout_grace + absl::Nanoseconds(1));
-  });
 }
 
 namespace {

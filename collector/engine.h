@@ -577,14 +577,6 @@ class Engine {
   // Which series a recomputation takes: called under mu_ with each live
   // series' index and the recomputation's now.
   using SeriesFilter = std::function<bool(uint32_t index, const Series& series, int64_t now_ns)>;
-  // A price group's moves (GroupData::moves) at `now`.
-  static std::vector<PriceChange> RolloutMoves(const std::vector<GroupMember>& members,
-                                               absl::Time now, const Thresholds& th);
-  // When time alone next changes a price group's rollouts (PriceStructure,
-  // engine.cc): a move made by min_level locations or more within the
-  // rollout grace falling below min_level as its changes age out.
-  static void RolloutHorizon(const std::vector<PriceChange>& moves, const Thresholds& th,
-                             Horizon* h);
   static void FallBackToChain(uint64_t min_group,
                               std::map<std::string, std::vector<Member>>* groups);
   // Copies one series' comparable values grouped by peer group. Caller holds mu_.

@@ -75,7 +75,7 @@ struct GroupData {
   std::vector<double> rollout_values;
   // Prices: the members' latest changes within the rollout grace, sorted
   // by (from, to, at_ns): each move's changes are one run, oldest first
-  // (Engine::RolloutMoves). A move made by min_level locations or more is
+  // (RolloutMoves, engine.cc). A move made by min_level locations or more is
   // a rollout.
   std::vector<PriceChange> moves;
 };
@@ -202,7 +202,7 @@ bool MayBeIrregular(const GroupData& g, size_t i, absl::Time now, const Threshol
 // none can become so: its change only ages out of the window, and the
 // levels and rollouts it is measured against change at horizons of their
 // own (cells' TTLs: HorizonWalk, engine.cc; rollouts:
-// Engine::RolloutHorizon).
+// RolloutHorizon, engine.cc).
 void IrregularHorizon(const GroupData& g, absl::Time now, const Thresholds& th, Horizon* h);
 
 // ---- Promises ------------------------------------------------------------
