@@ -1087,7 +1087,7 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
                    series.score.size());
   }
   auto add = [&](uint32_t loc, const std::optional<Comparable>& value,
-                 const PriceCell* price) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                 const PriceCell* price) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     if (!value.has_value()) return;
     const Location& l = locations_[loc];
     // A store closed for good, or not open yet, is never compared.
@@ -1112,8 +1112,7 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
   // misses overlap instead of each stalling the walk.
   Horizon horizon(now);
   HorizonWalk walk(catalog, &horizon);
-  auto entry = [&](uint32_t loc)
-                   ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return locations_[loc].entry; };
+  auto entry = [&](uint32_t loc) ABSL_SHARED_LOCKS_REQUIRED(mu_) { return locations_[loc].entry; };
   const auto prices = InLocationOrder(series.price, locations_.size());
   for (size_t i = 0; i < prices.size(); ++i) {
     if (i + kPrefetchAhead < prices.size()) PrefetchChanges(*prices[i + kPrefetchAhead].second);
@@ -1293,7 +1292,8 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
 }
 
 bool Engine::RecomputeSeries(const SeriesFilter& wanted, uint8_t clears,
-                             const std::function<void(SeriesData&)>& visit) {
+                             const std::function<void(SeriesData&)>& visit,
+                             const std::function<void(size_t)>& slots) {
   absl::MutexLock recompute_lock(&recompute_mu_);
   const absl::Time now = options_.clock();
   auto snapshot = std::make_shared<Snapshot>();
@@ -1324,25 +1324,27 @@ bool Engine::RecomputeSeries(const SeriesFilter& wanted, uint8_t clears,
       if (l.state.last_report != absl::InfinitePast()) ++snapshot->locations;
     }
   }
-  // One series at a time: the ingest lock is held only to copy it.
-  for (size_t i = 0; i < todo.size(); ++i) {
-    const uint32_t index = todo[i];
-    if (abandon_.load(std::memory_order_relaxed)) return false;
-    if (options_.before_series) options_.before_series();
-    SeriesData data;
-    {
-      absl::MutexLock lock(&mu_);
-      Series& series = series_[index];
-      series.dirty &= static_cast<uint8_t>(~clears);
-      data = CollectLocked(index, now, *catalog);
-      series.stats_until_ns = data.until_ns;
+  if (slots) slots(published_.size());
+  // Each thread takes the next series; the ingest lock is held only to
+  // copy it. A stop is noticed between series.
+  std::atomic<size_t> next{0};
+  std::atomic<bool> abandoned{false};
+  auto work = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(recompute_mu_) {
+    for (size_t i = next++; i < todo.size(); i = next++) {
+      if (abandon_.load(std::memory_order_relaxed)) {
+        abandoned = true;
+        return;
+      }
+      RecomputeOne(todo[i], now, *catalog, clears, visit);
     }
-    ComputeGroups(&data, now, *catalog);
-    std::vector<std::shared_ptr<const SeriesStats>> groups;
-    for (const GroupData& g : data.groups) groups.push_back(g.stats);
-    published_[index] = std::move(groups);
-    if (visit) visit(data);
-  }
+  };
+  const size_t n_threads =
+      std::min(todo.size(), static_cast<size_t>(std::max(1, options_.evaluation_threads)));
+  std::vector<std::thread> threads;  // Beside this one.
+  for (size_t t = 1; t < n_threads; ++t) threads.emplace_back(work);
+  work();
+  for (std::thread& t : threads) t.join();
+  if (abandoned) return false;
   for (const auto& groups : published_) {
     bool compared = true;
     uint64_t n = 0;
@@ -1360,6 +1362,26 @@ bool Engine::RecomputeSeries(const SeriesFilter& wanted, uint8_t clears,
   snapshot->catalog = catalog;
   Publish(std::move(snapshot));
   return true;
+}
+
+void Engine::RecomputeOne(uint32_t index, absl::Time now, const Catalog& catalog, uint8_t clears,
+                          const std::function<void(SeriesData&)>& visit) {
+  if (options_.before_series) options_.before_series();
+  SeriesData data;
+  {
+    // Shared: the threads of one recomputation copy their series at once,
+    // each writing only its own series' flags; ingest waits for them.
+    absl::ReaderMutexLock lock(&mu_);
+    Series& series = series_[index];
+    series.dirty &= static_cast<uint8_t>(~clears);
+    data = CollectLocked(index, now, catalog);
+    series.stats_until_ns = data.until_ns;
+  }
+  ComputeGroups(&data, now, catalog);
+  std::vector<std::shared_ptr<const SeriesStats>> groups;
+  for (const GroupData& g : data.groups) groups.push_back(g.stats);
+  published_[index] = std::move(groups);
+  if (visit) visit(data);
 }
 
 void Engine::Publish(std::shared_ptr<Snapshot> snapshot) {
@@ -1549,24 +1571,30 @@ bool Engine::EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalo
     return o.until_ns == 0 || now_ns >= o.until_ns || (s.dirty & Series::kFindings) != 0;
   };
   std::vector<std::pair<uint32_t, PriceDropList::Part>> late_drops;
+  absl::Mutex late_mu;  // Series are visited on several threads at once.
   const uint64_t revision = ev->price_drops.revision();
-  const bool completed =
-      RecomputeSeries(wanted, Series::kStats | Series::kFindings,
-                      [&](SeriesData& data) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_) {
-                        if (outcomes_.size() <= data.index) outcomes_.resize(data.index + 1);
-                        SeriesOutcome& o = outcomes_[data.index];
-                        PriceDropList::Part before = std::move(o.price_drops);
-                        o = SeriesOutcome();
-                        EvaluateSeries(data, *ev, &o);
-                        o.price_drops = PriceDropsOf(data, data.drops, before.get(), revision);
-                        o.until_ns = data.until_ns;
-                        // Not part of what is kept: published from this evaluation on
-                        // (late_published_, below).
-                        if (auto it = late.find(data.index); it != late.end()) {
-                          late_drops.emplace_back(
-                              data.index, PriceDropsOf(data, it->second, nullptr, revision));
-                        }
-                      });
+  const bool completed = RecomputeSeries(
+      wanted, Series::kStats | Series::kFindings,
+      [&](SeriesData& data) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_) {
+        // Each series' outcome is its own: written by the one thread
+        // visiting it, in a slot sized before any visit.
+        SeriesOutcome& o = outcomes_[data.index];
+        PriceDropList::Part before = std::move(o.price_drops);
+        o = SeriesOutcome();
+        EvaluateSeries(data, *ev, &o);
+        o.price_drops = PriceDropsOf(data, data.drops, before.get(), revision);
+        o.until_ns = data.until_ns;
+        // Not part of what is kept: published from this evaluation on
+        // (late_published_, below).
+        if (auto it = late.find(data.index); it != late.end()) {
+          PriceDropList::Part part = PriceDropsOf(data, it->second, nullptr, revision);
+          absl::MutexLock lock(&late_mu);
+          late_drops.emplace_back(data.index, std::move(part));
+        }
+      },
+      [&](size_t slots) ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_) {
+        if (outcomes_.size() < slots) outcomes_.resize(slots);
+      });
   if (!completed) return false;
   // In series order, as a full recomputation adds them.
   for (uint32_t i = 0; i < outcomes_.size(); ++i) Merge(outcomes_[i], tracker_, ev);
@@ -1651,7 +1679,11 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
     // declared groups: their own drift and splits are found in them.
     GroupDrift* gd = nullptr;
     if (key.family != v1::FAMILY_PRICE && comparable && !g.fallback && !judged_key) {
-      GroupDrift* state = &group_drift_[group_id];
+      GroupDrift* state;
+      {
+        absl::MutexLock lock(&drift_mu_);
+        state = &group_drift_[group_id];  // A node: stays where it is.
+      }
       gd = state;
       if (std::optional<Condition> c = GroupDriftCondition(
               key, group_id, g, ev->drift_bin, ev->drift, th.z_threshold, ev->weak, state)) {

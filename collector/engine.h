@@ -45,6 +45,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/hash/hash.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -343,6 +344,13 @@ class Engine {
     // time; false recomputes every series every time (the reference the
     // incremental evaluation is tested against).
     bool incremental = true;
+    // Threads that recompute series at once, the ticking thread among
+    // them: each takes the next series, copies it under the ingest lock and
+    // computes it outside. Findings and statistics are the same whatever
+    // the count (outcomes are kept and merged by series index); more
+    // threads shorten a tick that recomputes many series. Tests'
+    // before_series hooks are called from each of them.
+    int evaluation_threads = 1;
   };
 
   explicit Engine(Options options);
@@ -579,9 +587,10 @@ class Engine {
   using SeriesFilter = std::function<bool(uint32_t index, const Series& series, int64_t now_ns)>;
   static void FallBackToChain(uint64_t min_group,
                               std::map<std::string, std::vector<Member>>* groups);
-  // Copies one series' comparable values grouped by peer group. Caller holds mu_.
+  // Copies one series' comparable values grouped by peer group. Caller
+  // holds mu_, shared or not.
   SeriesData CollectLocked(uint32_t index, absl::Time now, const Catalog& catalog) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Statistics, levels, rollouts and outliers of every group.
   void ComputeGroups(SeriesData* data, absl::Time now, const Catalog& catalog) const;
   // Evaluate's assembly (engine.cc) of the evaluators (evaluators.h, one
@@ -627,11 +636,21 @@ class Engine {
       ABSL_LOCKS_EXCLUDED(mu_);
   // Recomputes the series `wanted` takes (clearing their `clears` bits of
   // Series::dirty as each is read), publishes, and hands each computed
-  // series to `visit` (evaluation) before dropping it. False, with nothing
-  // published and the series not reached still dirty, if a stop was
+  // series to `visit` (evaluation) before dropping it. `visit` runs on
+  // Options::evaluation_threads threads at once, each series' on one;
+  // `slots`, if given, is called first on the calling thread with the
+  // number of series slots (every index visited is below it). False, with
+  // nothing published and the series not reached still dirty, if a stop was
   // requested meanwhile.
   bool RecomputeSeries(const SeriesFilter& wanted, uint8_t clears,
-                       const std::function<void(SeriesData&)>& visit);
+                       const std::function<void(SeriesData&)>& visit,
+                       const std::function<void(size_t)>& slots = nullptr);
+  // Copies series `index` (clearing `clears` of its dirty bits), computes
+  // its groups and publishes them in published_[index] (sized for it), then
+  // visits it.
+  void RecomputeOne(uint32_t index, absl::Time now, const Catalog& catalog, uint8_t clears,
+                    const std::function<void(SeriesData&)>& visit)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(recompute_mu_);
   void Publish(std::shared_ptr<Snapshot> snapshot);
   // One series' cells, for a snapshot.
   static void SeriesToState(const Series& in, const std::vector<uint32_t>& saved,
@@ -854,8 +873,11 @@ class Engine {
   // Drops that arrived older than rollout_grace, as evaluations found
   // them, and until when they are published.
   std::vector<std::pair<PriceDropList::Part, absl::Time>> late_published_ ABSL_GUARDED_BY(eval_mu_);
-  // By group id, each with its cells' drift.
-  absl::flat_hash_map<std::string, GroupDriftState> group_drift_ ABSL_GUARDED_BY(eval_mu_);
+  // By group id, each with its cells' drift. A node map: series evaluated
+  // on different threads (Options::evaluation_threads) add their groups'
+  // while others hold theirs; drift_mu_ guards finding and adding one.
+  absl::node_hash_map<std::string, GroupDriftState> group_drift_ ABSL_GUARDED_BY(eval_mu_);
+  absl::Mutex drift_mu_ ABSL_ACQUIRED_AFTER(eval_mu_);
 
   mutable absl::Mutex snapshot_mu_;
   std::shared_ptr<const Snapshot> snapshot_ ABSL_GUARDED_BY(snapshot_mu_);

@@ -13,6 +13,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "collector/engine.h"
 #include "constance/state/v1/engine_state.pb.h"
@@ -645,7 +646,7 @@ struct Engine::Restored {
   std::deque<v1::Finding> closed;
   absl::flat_hash_map<uint32_t, TrustAccount> trust;
   absl::flat_hash_map<uint32_t, TrustTrend> trends;
-  absl::flat_hash_map<std::string, GroupDrift> group_drift;  // With their cells'.
+  absl::node_hash_map<std::string, GroupDrift> group_drift;  // With their cells'.
   Engine::LateDrops late_drops;
 };
 

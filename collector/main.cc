@@ -93,6 +93,10 @@ ABSL_FLAG(absl::Duration, stats_interval, absl::ZeroDuration(),
           "Overrides the catalog's thresholds.stats_interval (0 = keep it)");
 ABSL_FLAG(absl::Duration, evaluation_interval, absl::ZeroDuration(),
           "Overrides the catalog's thresholds.evaluation_interval (0 = keep it)");
+ABSL_FLAG(int, evaluation_threads, 1,
+          "Threads that recompute and evaluate series at once in a tick (1 to 64): more "
+          "shorten a tick that recomputes many series, on a collector with cores to spare; "
+          "findings are the same whatever the count");
 ABSL_FLAG(int, max_message_bytes, 4 << 20, "Largest gRPC message accepted from an agent");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "How long open streams get to finish on shutdown");
@@ -178,6 +182,12 @@ int main(int argc, char** argv) {
   options.engine.limits.max_future_skew = absl::GetFlag(FLAGS_max_future_skew);
   options.engine.limits.max_lateness = absl::GetFlag(FLAGS_max_lateness);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.engine.evaluation_threads = absl::GetFlag(FLAGS_evaluation_threads);
+  if (options.engine.evaluation_threads < 1 || options.engine.evaluation_threads > 64) {
+    std::cerr << "constance-collector: --evaluation_threads must be between 1 and 64, got "
+              << options.engine.evaluation_threads << "\n";
+    return 2;
+  }
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.history_retention = absl::GetFlag(FLAGS_history_retention);
   options.price_drop_retention = absl::GetFlag(FLAGS_price_drop_retention);

@@ -14,7 +14,9 @@
 // its resident growth is its own. --locations overrides the chain's
 // locations (1,000 keys each); --iterations the evaluations and snapshots
 // timed (default 3); --exceptions=N gives the catalog N approved
-// exceptions, each for one store and key of the chain (spread over both).
+// exceptions, each for one store and key of the chain (spread over both);
+// --evaluation_threads=N recomputes series on N threads (default 1). The
+// evaluations' CPU time is the process's, every thread's.
 //
 // Figures and the command that produced them: tests/bench/RESULTS.md.
 #include <unistd.h>
@@ -42,6 +44,7 @@ namespace {
 bool g_smoke = false;
 int g_locations = 0;  // 0: the family's default.
 int g_exceptions = 0;
+int g_evaluation_threads = 1;  // Engine::Options::evaluation_threads.
 const absl::Time kNow = absl::FromUnixSeconds(1'767'225'600);
 
 double ResidentBytes() {
@@ -115,6 +118,7 @@ Chain& Fixture(v1::Family family) {
   Engine::Options options;
   options.catalog = std::make_shared<const Catalog>(catalog);
   options.clock = [] { return kNow + absl::Minutes(1); };
+  options.evaluation_threads = g_evaluation_threads;
   const double before = ResidentBytes();
   c->engine = std::make_unique<Engine>(options);
   c->next_seq.assign(c->locations, 1);
@@ -359,6 +363,8 @@ int main(int argc, char** argv) {
       constance::collector::g_locations = std::atoi(argv[i] + 12);
     } else if (std::strncmp(argv[i], "--exceptions=", 13) == 0) {
       constance::collector::g_exceptions = std::max(0, std::atoi(argv[i] + 13));
+    } else if (std::strncmp(argv[i], "--evaluation_threads=", 21) == 0) {
+      constance::collector::g_evaluation_threads = std::max(1, std::atoi(argv[i] + 21));
     } else if (std::strncmp(argv[i], "--iterations=", 13) == 0) {
       evaluations = std::max(1, std::atoi(argv[i] + 13));
     } else {
@@ -390,12 +396,14 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(absl::StrCat("evaluate/", name).c_str(),
                                  constance::collector::BM_Evaluate, family)
         ->Unit(benchmark::kMillisecond)
+        ->MeasureProcessCPUTime()  // The evaluation's threads, all of them.
         ->Iterations(evaluations);
     for (bool spread : {false, true}) {
       benchmark::RegisterBenchmark(
           absl::StrCat("evaluate_1pct_", spread ? "locations/" : "keys/", name).c_str(),
           constance::collector::BM_EvaluateChanged, family, spread)
           ->Unit(benchmark::kMillisecond)
+          ->MeasureProcessCPUTime()
           ->Iterations(evaluations);
     }
     benchmark::RegisterBenchmark(absl::StrCat("snapshot_save/", name).c_str(),

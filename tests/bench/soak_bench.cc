@@ -14,10 +14,12 @@
 //   soak_bench --smoke                  # tiny, a few seconds (ctest)
 //
 // Per simulated week it prints the series held, cells, marks held, the
-// process's resident memory (tests/bench/proc_stats.h), the evaluation CPU
-// time, the observations rejected for `series`, and the wall and process
-// CPU seconds so far (on a shared machine the CPU time is the measure). It asserts nothing
-// while running, and exits 1 if the series held or the resident memory
+// process's resident memory (tests/bench/proc_stats.h), the evaluations' CPU
+// time (every thread's) and wall time, the observations rejected for
+// `series`, and the wall and process CPU seconds so far (on a shared
+// machine the CPU time is the measure). Evaluations recompute series on
+// --evaluation_threads threads (one per core unless told). It asserts
+// nothing while running, and exits 1 if the series held or the resident memory
 // grew more than 10% from week 8 to the last week reached, or anything
 // was rejected for `series`. Past --max_wall it stops after the current
 // week and says how far it got. Figures: tests/bench/RESULTS.md.
@@ -38,6 +40,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -63,6 +66,9 @@ ABSL_FLAG(bool, smoke, false, "A tiny run: 20 locations x 100 keys, 20 weeks, a 
 ABSL_FLAG(bool, stores, true,
           "Record each evaluation in the finding history, promise record and price-drop feed "
           "(SQLite files in a temporary directory), as a collector with --state_dir does");
+ABSL_FLAG(int, evaluation_threads, 0,
+          "Threads an evaluation recomputes series on (Engine::Options::evaluation_threads, "
+          "the collector's --evaluation_threads); 0 = one per core");
 ABSL_FLAG(bool, retain_forever, false,
           "Set the catalog's retention to ten years: shows what the run looks like without "
           "retention (series grow, `series` rejections) and that the checks catch it");
@@ -72,15 +78,18 @@ namespace {
 
 const absl::Time kStart = absl::FromUnixSeconds(1'767'225'600);  // 2026-01-01.
 
-double ThreadCpuSeconds() {
+// The process's: an evaluation's helper threads count, and nothing else
+// runs meanwhile.
+double ProcessCpuSeconds() {
   timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
 struct Config {
   int locations, keys, service_keys, weeks;
   int churned;  // Keys delisted (and listed) per week.
+  int evaluation_threads = 1;
   absl::Duration eval_every, max_wall;
   bool retain_forever = false;
   bool stores = true;
@@ -92,7 +101,8 @@ struct Week {
   int64_t rss_kb = 0;
   int64_t disk_kb = 0;  // The stores' files.
   int evaluations = 0;
-  double eval_cpu = 0;  // Seconds, this week's evaluations together.
+  double eval_cpu = 0;           // Seconds, this week's evaluations together.
+  double eval_wall = 0;          // The same in wall time.
   uint64_t rejected_series = 0;  // Since the start.
   double wall = 0;      // Seconds since the start.
   double cpu = 0;       // The process's CPU seconds since the start.
@@ -109,6 +119,7 @@ class Soak {
       o.catalog = std::make_shared<const Catalog>(std::move(catalog));
     }
     o.clock = [this] { return now_; };
+    o.evaluation_threads = c.evaluation_threads;
     o.limits.max_series =
         static_cast<uint64_t>(c.keys) * 5 / 4 + 2 * static_cast<uint64_t>(c.service_keys);
     engine_ = std::make_unique<Engine>(std::move(o));
@@ -131,9 +142,11 @@ class Soak {
       Send(l, Services(l, hour));
     }
     if (now_ >= next_eval_) {
-      const double before = ThreadCpuSeconds();
+      const double before = ProcessCpuSeconds();
+      const absl::Time wall_before = absl::Now();
       engine_->Evaluate();
-      w->eval_cpu += ThreadCpuSeconds() - before;
+      w->eval_cpu += ProcessCpuSeconds() - before;
+      w->eval_wall += absl::ToDoubleSeconds(absl::Now() - wall_before);
       if (history_ != nullptr) RecordStores();
       ++w->evaluations;
       next_eval_ = now_ + c_.eval_every;
@@ -279,13 +292,13 @@ int Run(const Config& c) {
   gethostname(host, sizeof host - 1);
   std::printf(
       "soak: %d locations x %d keys, %d keys churned a week, %d wait + %d check keys hourly, "
-      "evaluation every %s, %d weeks (wall cap %s)\n",
+      "evaluation every %s on %d threads, %d weeks (wall cap %s)\n",
       c.locations, c.keys, c.churned, c.service_keys, c.service_keys,
-      absl::FormatDuration(c.eval_every).c_str(), c.weeks,
+      absl::FormatDuration(c.eval_every).c_str(), c.evaluation_threads, c.weeks,
       absl::FormatDuration(c.max_wall).c_str());
-  std::printf("%4s %9s %10s %8s %9s %9s %6s %12s %12s %9s %8s %8s\n", "week", "series",
+  std::printf("%4s %9s %10s %8s %9s %9s %6s %12s %12s %11s %9s %8s %8s\n", "week", "series",
               "cells", "marks", "rss_mb", "disk_mb", "evals", "eval_cpu_s", "cpu_per_eval",
-              "rej_ser", "wall_s", "cpu_s");
+              "eval_wall_s", "rej_ser", "wall_s", "cpu_s");
   Soak soak(c);
   const absl::Time wall_start = absl::Now();
   const testing::MachineCpu machine_before = testing::ReadMachineCpu();
@@ -301,10 +314,11 @@ int Run(const Config& c) {
     }
     soak.Measure(&w, wall_start);
     weeks.push_back(w);
-    std::printf("%4d %9lu %10lu %8lu %9.1f %9.1f %6d %12.3f %12.4f %9lu %8.1f %8.1f\n", w.week,
-                static_cast<unsigned long>(w.series), static_cast<unsigned long>(w.cells),
+    std::printf("%4d %9lu %10lu %8lu %9.1f %9.1f %6d %12.3f %12.4f %11.3f %9lu %8.1f %8.1f\n",
+                w.week, static_cast<unsigned long>(w.series), static_cast<unsigned long>(w.cells),
                 static_cast<unsigned long>(w.streams), static_cast<double>(w.rss_kb) / 1024,
-                static_cast<double>(w.disk_kb) / 1024, w.evaluations, w.eval_cpu, w.evaluations > 0 ? w.eval_cpu / w.evaluations : 0,
+                static_cast<double>(w.disk_kb) / 1024, w.evaluations, w.eval_cpu,
+                w.evaluations > 0 ? w.eval_cpu / w.evaluations : 0, w.eval_wall,
                 static_cast<unsigned long>(w.rejected_series), w.wall, w.cpu);
     std::fflush(stdout);
     if (stopped && (week < c.weeks || hours < 24 * 7)) {
@@ -387,11 +401,15 @@ int main(int argc, char** argv) {
   c.retain_forever = absl::GetFlag(FLAGS_retain_forever);
   c.stores = absl::GetFlag(FLAGS_stores);
   c.max_wall = absl::GetFlag(FLAGS_max_wall);
+  c.evaluation_threads = absl::GetFlag(FLAGS_evaluation_threads);
+  if (c.evaluation_threads == 0) {
+    c.evaluation_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
   if (c.locations < 1 || c.keys < 1 || c.service_keys < 0 || c.weeks < 1 ||
-      c.eval_every <= absl::ZeroDuration()) {
+      c.eval_every <= absl::ZeroDuration() || c.evaluation_threads < 1) {
     std::fprintf(stderr,
                  "soak_bench: --locations, --keys and --weeks must be at least 1, "
-                 "--service_keys at least 0, --eval_every positive\n");
+                 "--service_keys and --evaluation_threads at least 0, --eval_every positive\n");
     return 2;
   }
   return constance::collector::Run(c);

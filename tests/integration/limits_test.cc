@@ -318,6 +318,19 @@ TEST_F(LimitsTest, LimitsRefuseWithErrorsNamingTheirFlag) {
                             9, absl::Seconds(10)));
 }
 
+TEST_F(LimitsTest, EvaluationThreadsOutsideTheirRangeAreRefusedNamingTheFlag) {
+  for (const char* threads : {"0", "65", "-1"}) {
+    CommandResult r =
+        RunCommand(absl::StrCat(BinDir(), "/constance-collector --insecure --listen=127.0.0.1:0 ",
+                                "--metrics_listen=127.0.0.1:0 --evaluation_threads=", threads),
+                   "");
+    EXPECT_EQ(r.exit_code, 2) << threads << ": " << r.output;
+    EXPECT_THAT(r.output, HasSubstr(absl::StrCat("--evaluation_threads must be between 1 and "
+                                                 "64, got ",
+                                                 threads)));
+  }
+}
+
 TEST_F(LimitsTest, EachLocationIsBoundedBeforeTheSharedSeriesCap) {
   StartCollector({"--max_cells_per_location=100", "--max_series=140", "--stats_interval=100ms"});
   {

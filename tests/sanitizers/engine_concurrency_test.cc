@@ -81,9 +81,11 @@ bool WaitFor(Pred done, absl::Duration timeout) {
   return true;
 }
 
-TEST(EngineConcurrencyTest, IngestTicksReadersAndCatalogSwapsInterleave) {
+// `evaluation_threads` recompute the ticks' series (Engine::Options).
+void IngestTicksReadersAndCatalogSwaps(int evaluation_threads) {
   Engine::Options options;
   options.catalog = FastCatalog(3.5);
+  options.evaluation_threads = evaluation_threads;
   Engine engine(options);
   engine.Start();
 
@@ -168,6 +170,67 @@ TEST(EngineConcurrencyTest, IngestTicksReadersAndCatalogSwapsInterleave) {
   for (const LocationState& l : s->location_states) {
     EXPECT_EQ(l.watermark, uint64_t{kBatchesPerWriter} * kPerBatch) << l.location;
   }
+}
+
+TEST(EngineConcurrencyTest, IngestTicksReadersAndCatalogSwapsInterleave) {
+  IngestTicksReadersAndCatalogSwaps(1);
+}
+
+// The same with each tick's series recomputed and evaluated on three
+// threads at once: their groups' drift state is found and added from
+// several threads (TSan: no race), and nothing is lost.
+TEST(EngineConcurrencyTest, SeriesEvaluatedOnSeveralThreadsInterleaveWithIngest) {
+  IngestTicksReadersAndCatalogSwaps(3);
+}
+
+// Series evaluated on four threads while batches apply: every round of
+// batches brings wait keys no evaluation has seen, so their groups' drift
+// state is added from several threads at once (TSan: no race), and
+// nothing applied is lost.
+TEST(EngineConcurrencyTest, SeriesOnFourThreadsAddTheirDriftStateWhileBatchesApply) {
+  Catalog catalog = DefaultCatalog();
+  catalog.wait.min_samples = 1;
+  catalog.thresholds.min_group = 2;  // Every key's group is compared.
+  Engine::Options options;
+  options.catalog = std::make_shared<const Catalog>(std::move(catalog));
+  options.evaluation_threads = 4;
+  Engine engine(options);
+  constexpr int kLocations = 4, kRounds = 30, kKeys = 16;
+  std::atomic<int> ack_errors{0}, finished{0};
+  std::vector<std::thread> writers;
+  for (int l = 0; l < kLocations; ++l) {
+    writers.emplace_back([&engine, &ack_errors, &finished, l] {
+      for (int r = 0; r < kRounds; ++r) {
+        v1::Batch b;
+        b.set_location(absl::StrCat("store-", l));
+        b.set_incarnation(1);
+        b.set_first_sequence(static_cast<uint64_t>(r) * kKeys + 1);
+        for (int k = 0; k < kKeys; ++k) {
+          v1::Observation* o = b.add_observations();
+          o->mutable_observed_at()->set_seconds(absl::ToUnixSeconds(absl::Now()));
+          o->set_key(absl::StrCat("wait-", r, "-", k));
+          o->set_wait_seconds(60 + l + k);
+        }
+        absl::StatusOr<v1::Ack> ack = engine.ApplyBatch(b);
+        if (!ack.ok() || ack->rejections_size() != 0) ++ack_errors;
+      }
+      ++finished;
+    });
+  }
+  int evaluations = 0;
+  while (finished.load() < kLocations) {
+    engine.Evaluate();
+    ++evaluations;
+  }
+  for (std::thread& t : writers) t.join();
+  engine.Evaluate();
+  EXPECT_EQ(ack_errors.load(), 0);
+  EXPECT_GT(evaluations, 0);
+  std::shared_ptr<const Snapshot> s = engine.snapshot();
+  EXPECT_EQ(s->observations_applied, uint64_t{kLocations} * kRounds * kKeys);
+  EXPECT_EQ(s->series_held, uint64_t{kRounds} * kKeys);
+  EXPECT_EQ(s->series.size(), uint64_t{kRounds} * kKeys) << "a group per key";
+  EXPECT_GT(s->findings->evaluated_at, absl::InfinitePast());
 }
 
 // Snapshots taken while batches apply, as the collector takes them: the

@@ -1,8 +1,9 @@
-// Incremental evaluation (Engine::Options::incremental) against the full
-// recomputation it replaces: two engines fed the same random chain on one
-// simulated clock must publish the same statistics after every stats tick
-// and the same findings, trust, price drops and promises after every
-// evaluation. The chain is built to cross every horizon an evaluation
+// Incremental evaluation (Engine::Options::incremental), alone and with
+// series evaluated on several threads (Options::evaluation_threads),
+// against the full recomputation it replaces: engines fed the same random
+// chain on one simulated clock must publish the same statistics after
+// every stats tick and the same findings, trust, price drops and promises
+// after every evaluation. The chain is built to cross every horizon an evaluation
 // reads: TTLs and windows running out, a store opening, a list price and
 // an exception taking and leaving effect, rollouts, flips and irregular
 // changes ageing, waits compared by local hour, drift bins, retention.
@@ -72,14 +73,16 @@ exceptions:
 constexpr int kStores = 13;  // s00..s11 declared, s12 registers itself.
 constexpr int kItems = 6;
 
-// Two engines, one incremental, on one clock.
+// Engines on one clock: incremental, full, and incremental with its
+// series evaluated on four threads at once.
 struct Pair {
   explicit Pair(std::shared_ptr<const Catalog> catalog) {
-    for (bool incremental : {true, false}) {
+    for (auto [incremental, threads] : {std::pair{true, 1}, {false, 1}, {true, 4}}) {
       Engine::Options o;
       o.catalog = catalog;
       o.clock = [this] { return now; };
       o.incremental = incremental;
+      o.evaluation_threads = threads;
       engines.push_back(std::make_unique<Engine>(o));
     }
   }
@@ -295,6 +298,8 @@ TEST(IncrementalEvaluationTest, MatchesAFullRecomputationAfterEveryTick) {
         for (auto& e : pair.engines) e->Recompute();
         ASSERT_EQ(Statistics(*pair.engines[0]->snapshot()),
                   Statistics(*pair.engines[1]->snapshot()));
+        ASSERT_EQ(Statistics(*pair.engines[2]->snapshot()),
+                  Statistics(*pair.engines[1]->snapshot()));
         continue;
       }
       for (auto& e : pair.engines) e->Evaluate();
@@ -302,6 +307,9 @@ TEST(IncrementalEvaluationTest, MatchesAFullRecomputationAfterEveryTick) {
       const auto full = pair.engines[1]->snapshot();
       ASSERT_EQ(Statistics(*incremental), Statistics(*full));
       ASSERT_EQ(Findings(*incremental->findings), Findings(*full->findings));
+      const auto threaded = pair.engines[2]->snapshot();
+      ASSERT_EQ(Statistics(*threaded), Statistics(*full));
+      ASSERT_EQ(Findings(*threaded->findings), Findings(*full->findings));
       findings_seen += full->findings->active.size();
       drops_seen += full->findings->price_drops.size();
     }
