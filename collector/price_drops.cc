@@ -157,11 +157,13 @@ absl::Status PriceDropFeed::Record(const PriceDropList& drops, absl::Time now) {
   const int64_t cutoff = absl::ToUnixNanos(now - options_.retention);
   // Of the same source, what the last committed list held as it is now.
   const uint64_t written = drops.source() == source_ ? recorded_ : 0;
+  bool put_failed = false;
   drops.ForEach([&](const PriceDrop& d) {
-    if (!status.ok() || d.revision <= written) return;
+    if (!status.ok() || put_failed || d.revision <= written) return;
     if (absl::ToUnixNanos(d.at) < cutoff) return;  // The trim below deletes it.
-    if (!Put(put, d, now)) status = Error("cannot write");
+    put_failed = !Put(put, d, now);
   });
+  if (put_failed) status = Error("cannot write");
   put.Close();
   if (status.ok()) {
     sqlite::Stmt trim;
