@@ -336,8 +336,9 @@ class Engine {
     Limits limits;
     // The collector's clock, injectable for tests and replays.
     std::function<absl::Time()> clock = [] { return absl::Now(); };
-    // Called before each series is recomputed, on the ticking thread;
-    // tests use it to act while a tick is in progress.
+    // Called before each series is recomputed, on the thread recomputing
+    // it (the ticking thread unless evaluation_threads > 1); tests use it
+    // to act while a tick is in progress.
     std::function<void()> before_series;
     // Evaluate recomputes only the series whose cells changed or whose
     // horizon came (cells.h Horizon), reusing what the others added last
@@ -348,8 +349,7 @@ class Engine {
     // them: each takes the next series, copies it under the ingest lock and
     // computes it outside. Findings and statistics are the same whatever
     // the count (outcomes are kept and merged by series index); more
-    // threads shorten a tick that recomputes many series. Tests'
-    // before_series hooks are called from each of them.
+    // threads shorten a tick that recomputes many series.
     int evaluation_threads = 1;
   };
 
