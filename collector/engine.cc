@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <system_error>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -14,6 +16,7 @@
 #include "collector/refusal.h"
 #include "constance/format.h"
 #include "constance/validate.h"
+#include "spdlog/spdlog.h"
 
 namespace constance::collector {
 namespace {
@@ -1341,7 +1344,15 @@ bool Engine::RecomputeSeries(const SeriesFilter& wanted, uint8_t clears,
   const size_t n_threads =
       std::min(todo.size(), static_cast<size_t>(std::max(1, options_.evaluation_threads)));
   std::vector<std::thread> threads;  // Beside this one.
-  for (size_t t = 1; t < n_threads; ++t) threads.emplace_back(work);
+  for (size_t t = 1; t < n_threads; ++t) {
+    try {
+      threads.emplace_back(work);
+    } catch (const std::system_error& e) {
+      // Out of threads (a unit's TasksMax, RLIMIT_NPROC): fewer do it all.
+      spdlog::warn("recomputing on {} threads, not {}: {}", t, n_threads, e.what());
+      break;
+    }
+  }
   work();
   for (std::thread& t : threads) t.join();
   if (abandoned) return false;
