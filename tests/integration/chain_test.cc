@@ -38,8 +38,11 @@ class ChainTest : public ::testing::Test {
     std::ofstream(dir_.File("catalog.yaml")) << "families:\n"
                                                 "  wait: {min_samples: 1}\n"
                                                 "  compliance: {min_samples: 1}\n";
+    // Its ticks on two threads: the statistics read back are recomputed
+    // as a collector with cores to spare is run.
     collector_ = std::make_unique<Subprocess>(
-        CollectorArgs(dir_.File("catalog.yaml"), dir_.File("collector.ready")),
+        CollectorArgs(dir_.File("catalog.yaml"), dir_.File("collector.ready"),
+                      {"--evaluation_threads=2"}),
         dir_.File("collector.log"));
     auto ready = WaitForReadyFile(dir_.File("collector.ready"), *collector_, absl::Seconds(30));
     ASSERT_TRUE(ready.ok()) << ready.status();
