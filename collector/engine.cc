@@ -1988,7 +1988,7 @@ absl::StatusOr<v1::KeyDetailResponse> Engine::KeyDetail(const v1::SeriesId& id,
   // Observed-at and samples per location, read with the values.
   absl::flat_hash_map<uint32_t, int64_t> observed_at;
   {
-    absl::MutexLock lock(&mu_);
+    absl::ReaderMutexLock lock(&mu_);
     catalog = catalog_;
     auto it = series_index_.find(key);
     if (it == series_index_.end()) {
@@ -2058,7 +2058,7 @@ absl::StatusOr<v1::KeyDetailResponse> Engine::KeyDetail(const v1::SeriesId& id,
 std::vector<CurrentWait> Engine::CurrentWaits(const std::string& location) const {
   const absl::Time now = options_.clock();
   std::vector<CurrentWait> out;
-  absl::MutexLock lock(&mu_);
+  absl::ReaderMutexLock lock(&mu_);
   auto it = location_index_.find(location);
   if (it == location_index_.end()) return out;
   const Catalog& catalog = *catalog_;
@@ -2086,7 +2086,7 @@ absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(
   std::shared_ptr<const Catalog> catalog;
   std::optional<uint32_t> index;
   {
-    absl::MutexLock lock(&mu_);
+    absl::ReaderMutexLock lock(&mu_);
     catalog = catalog_;
     auto it = location_index_.find(location);
     const LocationEntry* entry = catalog->FindLocation(location);

@@ -437,6 +437,10 @@ class Engine {
   // The latest published snapshot; never null.
   std::shared_ptr<const Snapshot> snapshot() const;
 
+  // The three queries below read cells as they are now, under the ingest
+  // lock held shared: they run beside one another and beside the
+  // evaluation's copies; a batch waits for the one reading.
+
   // One series as it is now (not as of the last tick): every location's
   // value per peer group, the statistics and outliers over exactly those
   // values. NotFound for a series nobody reported.
@@ -742,7 +746,7 @@ class Engine {
   // Location `loc` started a cell in series `index`: counted, and listed.
   void NoteCellLocked(uint32_t loc, uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The series holding a cell of location `loc`, once each, by index.
-  std::vector<uint32_t> SeriesOfLocked(uint32_t loc) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<uint32_t> SeriesOfLocked(uint32_t loc) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Counts the rejection of observation `seq` and adds it to *ack.
   void RejectLocked(uint64_t seq, const absl::Status& why, v1::Ack* ack)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
