@@ -1346,6 +1346,7 @@ bool Engine::RecomputeSeries(const SeriesFilter& wanted, uint8_t clears,
   std::vector<std::thread> threads;  // Beside this one.
   for (size_t t = 1; t < n_threads; ++t) {
     try {
+      if (options_.before_helper_start) options_.before_helper_start();
       threads.emplace_back(work);
     } catch (const std::system_error& e) {
       // Out of threads (a unit's TasksMax, RLIMIT_NPROC): fewer do it all.

@@ -351,6 +351,10 @@ class Engine {
     // the count (outcomes are kept and merged by series index); more
     // threads shorten a tick that recomputes many series.
     int evaluation_threads = 1;
+    // Called before each of those threads beside the ticking one starts;
+    // tests throw std::system_error from it to stand for a machine out of
+    // threads (the tick then recomputes on the threads it has).
+    std::function<void()> before_helper_start;
   };
 
   explicit Engine(Options options);

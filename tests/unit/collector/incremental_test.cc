@@ -12,6 +12,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -317,6 +318,53 @@ TEST(IncrementalEvaluationTest, MatchesAFullRecomputationAfterEveryTick) {
   // The chain exercised what it was built for.
   EXPECT_GT(findings_seen, 50u);
   EXPECT_GT(drops_seen, 10u);
+}
+
+// A tick whose helper threads cannot start (a unit's TasksMax, the
+// process's thread limit) recomputes on the threads it has: the same
+// statistics and findings as one thread alone, tick after tick.
+TEST(IncrementalEvaluationTest, HelpersThatCannotStartLeaveTheTickToTheThreadsItHas) {
+  absl::StatusOr<Catalog> catalog = ParseCatalog(kCatalog, "incremental.yaml");
+  ASSERT_TRUE(catalog.ok()) << catalog.status();
+  auto shared = std::make_shared<const Catalog>(*catalog);
+  absl::Time now = kStart;
+  // This tick's helper starts so far, and the first one refused.
+  int asked = 0, refuse_from = 0, started = 0, refused = 0;
+  std::vector<std::unique_ptr<Engine>> engines;
+  for (int threads : {1, 4}) {
+    Engine::Options o;
+    o.catalog = shared;
+    o.clock = [&now] { return now; };
+    o.evaluation_threads = threads;
+    o.before_helper_start = [&] {
+      if (asked++ >= refuse_from) {
+        ++refused;
+        throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again),
+                                "thread");
+      }
+      ++started;
+    };
+    engines.push_back(std::make_unique<Engine>(o));
+  }
+  Chain chain(5);
+  for (int tick = 0; tick < 60; ++tick) {
+    now += absl::Minutes(17);
+    for (const v1::Batch& b : chain.Tick(now)) {
+      for (auto& e : engines) ASSERT_TRUE(e->ApplyBatch(b, now).ok());
+    }
+    SCOPED_TRACE(absl::StrCat("tick ", tick));
+    // Every helper starts, the second cannot, none can.
+    asked = 0;
+    refuse_from = std::vector<int>{99, 1, 0}[tick % 3];
+    for (auto& e : engines) e->Evaluate();
+    ASSERT_EQ(Statistics(*engines[1]->snapshot()), Statistics(*engines[0]->snapshot()));
+    ASSERT_EQ(Findings(*engines[1]->snapshot()->findings),
+              Findings(*engines[0]->snapshot()->findings));
+  }
+  // One refusal in most of 40 ticks (a tick with fewer series to
+  // recompute than threads asks for fewer).
+  EXPECT_GE(refused, 30);
+  EXPECT_GE(started, 30);
 }
 
 }  // namespace
