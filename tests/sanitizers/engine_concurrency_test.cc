@@ -137,8 +137,8 @@ void IngestTicksReadersAndCatalogSwaps(int evaluation_threads) {
         // shared): nothing but "not reported yet" may come back.
         absl::StatusOr<v1::KeyDetailResponse> detail = engine.KeyDetail(id);
         absl::StatusOr<v1::LocationScorecardResponse> card = engine.LocationScorecard("store-1");
-        for (const absl::Status& s : {detail.status(), card.status()}) {
-          if (!s.ok() && !absl::IsNotFound(s)) ++query_errors;
+        for (const absl::Status& status : {detail.status(), card.status()}) {
+          if (!status.ok() && !absl::IsNotFound(status)) ++query_errors;
         }
         seen += engine.CurrentWaits(absl::StrCat("store-", r)).size();
         reads.fetch_add(1 + seen % 2);
