@@ -872,10 +872,16 @@ inline bool Engine::ApplyObservationLocked(const ObservationView& obs, uint64_t 
   if (ApplyToCellLocked(&series, index, looked_up.cell, obs, at, ctx, &seen_again)) {
     ++cells_;
     NoteCellLocked(ctx.loc, index);
+    // A new cell may be older than every cell the series held, so expire
+    // before the series' expire_at_ns: retention reads the series again.
+    // An observation of a held cell only ever moves it later (the cells'
+    // Apply keep the newest time), which leaves expire_at_ns, its oldest
+    // cell's expiry, an early bound: no pass needed.
+    series.dirty |= Series::kRetain;
   }
   // A price seen again unchanged changes no statistic and no finding (a
   // finding keeps the earliest evidence it was seen on: FindingTracker).
-  if (!seen_again) series.dirty |= Series::kChanged;
+  if (!seen_again) series.dirty |= Series::kStats | Series::kFindings;
   ++applied_;
   return true;
 }

@@ -518,7 +518,8 @@ class Engine {
     absl::flat_hash_map<uint32_t, ComplianceCell> compliance;
     absl::flat_hash_map<uint32_t, ScoreCell> score;
     // What must be done again: kStats its statistics (the stats tick),
-    // kFindings its evaluation, kRetain retention's pass over its cells.
+    // kFindings its evaluation, kRetain retention's pass over its cells
+    // (set for a new cell, or all of them: ApplyObservationLocked).
     static constexpr uint8_t kStats = 1, kFindings = 2, kRetain = 4;
     static constexpr uint8_t kChanged = kStats | kFindings | kRetain;
     uint8_t dirty = 0;

@@ -108,6 +108,42 @@ TEST(RetentionTest, ASeriesChurnedAwayIsRemovedAndComesBackFresh) {
   }
 }
 
+// Retention reads a series again only once its oldest cell comes of age,
+// or when a cell is new: a location joining with an older observation
+// than any the series held is freed on time, not at the old horizon.
+TEST(RetentionTest, ANewCellOlderThanTheSeriesOldestIsFreedOnTime) {
+  Clock clock;
+  Catalog catalog = SmallCatalog();
+  catalog.price.ttl = absl::Hours(2);
+  catalog.thresholds.retention = absl::Hours(1);
+  catalog.thresholds.location_retention = absl::Hours(24 * 365);
+  Engine engine(Options(&clock, catalog));
+  ASSERT_TRUE(engine.ApplyBatch(Prices("s0", 1, 1, {"k"}, 100, clock.now)).ok());
+  engine.Evaluate();  // The series' oldest cell expires at start + 3 h.
+  EXPECT_EQ(engine.snapshot()->cells, 1u);
+
+  clock.now += absl::Hours(1) + absl::Seconds(1);
+  // Observed two hours before the first: freed past start + 1 h.
+  absl::StatusOr<v1::Ack> ack =
+      engine.ApplyBatch(Prices("s1", 1, 1, {"k"}, 100, kStart - absl::Hours(2)));
+  ASSERT_TRUE(ack.ok() && ack->rejections().empty()) << ack.status();
+  engine.Evaluate();
+  EXPECT_EQ(engine.snapshot()->cells, 1u) << "s1's cell came of age the moment it arrived";
+
+  // Seen again: a newer observation leaves the bound early, and s0's cell
+  // is kept until its own time.
+  const absl::Time seen_again = clock.now;
+  ack = engine.ApplyBatch(Prices("s0", 1, 2, {"k"}, 100, seen_again));
+  ASSERT_TRUE(ack.ok() && ack->rejections().empty()) << ack.status();
+  clock.now = kStart + absl::Hours(3) + absl::Seconds(1);
+  engine.Evaluate();
+  EXPECT_EQ(engine.snapshot()->cells, 1u);
+  clock.now = seen_again + absl::Hours(3) + absl::Seconds(1);
+  engine.Evaluate();
+  EXPECT_EQ(engine.snapshot()->cells, 0u);
+  EXPECT_EQ(engine.snapshot()->series_held, 0u);
+}
+
 std::vector<std::string> ScorecardKeys(const Engine& engine, const std::string& location) {
   std::vector<std::string> keys;
   absl::StatusOr<v1::LocationScorecardResponse> card = engine.LocationScorecard(location);
