@@ -1076,8 +1076,8 @@ void RolloutHorizon(const std::vector<PriceChange>& moves, const Thresholds& th,
 
 }  // namespace
 
-Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
-                                         const Catalog& catalog) const {
+Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now, const Catalog& catalog,
+                                         MemberNames* names) const {
   const Series& series = series_[index];
   SeriesData data;
   data.index = index;
@@ -1106,7 +1106,7 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now,
     m.location = loc;
     m.value = *value;
     m.entry = l.entry;
-    m.name = l.state.location;
+    m.name = names->Of(loc, l.state.location);
     if (price != nullptr && price->changes != nullptr) {
       m.latest_change = *price->changes->latest();
       m.changes_in_flip_window = price->changes->CountSince(flip_since);
@@ -1277,7 +1277,7 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
                                           median != 0 ? std::fabs(a.deviation) / std::fabs(median)
                                                       : std::fabs(a.deviation),
                                           a.direction},
-                            &m.name});
+                            m.name});
       }
       g.assessed.push_back(a);
     }
@@ -1308,6 +1308,7 @@ bool Engine::RecomputeSeries(const SeriesFilter& wanted, uint8_t clears,
   auto snapshot = std::make_shared<Snapshot>();
   std::vector<uint32_t> todo;
   std::shared_ptr<const Catalog> catalog;
+  std::unique_ptr<MemberNames> names;
   {
     absl::MutexLock lock(&mu_);
     RefreshCatalogLocked();
@@ -1327,11 +1328,15 @@ bool Engine::RecomputeSeries(const SeriesFilter& wanted, uint8_t clears,
     snapshot->rejected_by_reason = rejected_by_reason_;
     snapshot->series_held = series_index_.size();
     snapshot->streams_held = streams_.size() + retired_.size();
+    std::vector<std::string> by_location;
+    if (!todo.empty()) by_location.reserve(locations_.size());
     for (const Location& l : locations_) {
+      if (!todo.empty()) by_location.push_back(l.live ? l.state.location : std::string());
       if (!l.live) continue;
       snapshot->location_states.push_back(l.state);
       if (l.state.last_report != absl::InfinitePast()) ++snapshot->locations;
     }
+    names = std::make_unique<MemberNames>(std::move(by_location));
   }
   if (slots) slots(published_.size());
   // Each thread takes the next series; the ingest lock is held only to
@@ -1344,7 +1349,7 @@ bool Engine::RecomputeSeries(const SeriesFilter& wanted, uint8_t clears,
         abandoned = true;
         return;
       }
-      RecomputeOne(todo[i], now, *catalog, clears, visit);
+      RecomputeOne(todo[i], now, *catalog, clears, names.get(), visit);
     }
   };
   const size_t n_threads =
@@ -1383,7 +1388,7 @@ bool Engine::RecomputeSeries(const SeriesFilter& wanted, uint8_t clears,
 }
 
 void Engine::RecomputeOne(uint32_t index, absl::Time now, const Catalog& catalog, uint8_t clears,
-                          const std::function<void(SeriesData&)>& visit) {
+                          MemberNames* names, const std::function<void(SeriesData&)>& visit) {
   if (options_.before_series) options_.before_series();
   SeriesData data;
   {
@@ -1392,7 +1397,7 @@ void Engine::RecomputeOne(uint32_t index, absl::Time now, const Catalog& catalog
     absl::ReaderMutexLock lock(&mu_);
     Series& series = series_[index];
     series.dirty &= static_cast<uint8_t>(~clears);
-    data = CollectLocked(index, now, catalog);
+    data = CollectLocked(index, now, catalog, names);
     series.stats_until_ns = data.until_ns;
   }
   ComputeGroups(&data, now, catalog);
@@ -1718,7 +1723,7 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
     const uint64_t changed = irregular_read ? ChangedInIrregularWindow(g, ev->now, th) : 0;
     for (size_t i = 0; i < g.members.size(); ++i) {
       const Member& m = g.members[i];
-      if (!m.judged || Excepted(m.name, exceptions)) continue;
+      if (!m.judged || Excepted(*m.name, exceptions)) continue;
       // A Pending (and the name's copy) only for what is kept (below).
       const size_t first_reason = reasons.size();
       const bool outlier = OutlierReason(key, g, i, ev->weak, &reasons, /*detail=*/false);
@@ -1743,7 +1748,7 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
       if (reasons.size() == first_reason && !promised) continue;
       Pending& p = pending.emplace_back();
       p.location = m.location;
-      p.name = m.name;
+      p.name = *m.name;
       p.group = &g;
       p.first_reason = first_reason;
       p.end_reason = reasons.size();
@@ -1809,7 +1814,7 @@ PriceDropList::Part Engine::PriceDropsOf(const SeriesData& data,
       const Member* m = FindMember(g, loc);
       if (m == nullptr || !m->judged) continue;
       PriceDrop& d = out->emplace_back();
-      d.location = m->name;
+      d.location = *m->name;
       d.series = data.key;
       d.from = change.from;
       d.to = change.to;
@@ -1990,6 +1995,7 @@ absl::StatusOr<v1::KeyDetailResponse> Engine::KeyDetail(const v1::SeriesId& id,
     return absl::InvalidArgumentError("series.currency: a price series needs its currency");
   }
   const absl::Time now = options_.clock();
+  MemberNames names;  // One series: each member's name copied.
   SeriesData data;
   std::shared_ptr<const Catalog> catalog;
   // Observed-at and samples per location, read with the values.
@@ -2001,7 +2007,7 @@ absl::StatusOr<v1::KeyDetailResponse> Engine::KeyDetail(const v1::SeriesId& id,
     if (it == series_index_.end()) {
       return absl::NotFoundError(absl::StrCat("no location reports ", SeriesName(key)));
     }
-    data = CollectLocked(it->second, now, *catalog);
+    data = CollectLocked(it->second, now, *catalog, &names);
     const Series& s = series_[it->second];
     for (const auto& [loc, c] : s.price) observed_at[loc] = c.observed_at_ns;
     for (const auto& [loc, c] : s.wait) observed_at[loc] = c.observed_at_ns;
@@ -2025,11 +2031,11 @@ absl::StatusOr<v1::KeyDetailResponse> Engine::KeyDetail(const v1::SeriesId& id,
     for (const Member& m : g.members) members.push_back(&m);
     std::sort(members.begin(), members.end(), [](const Member* a, const Member* b) {
       if (a->value.value != b->value.value) return a->value.value < b->value.value;
-      return a->name < b->name;
+      return *a->name < *b->name;
     });
     for (const Member* m : members) {
       v1::LocationValue* v = detail->add_values();
-      v->set_location(m->name);
+      v->set_location(*m->name);
       v->set_value(m->value.value);
       v->set_samples(m->value.samples);
       ToTimestamp(observed_at[m->location], v->mutable_observed_at());

@@ -596,10 +596,11 @@ class Engine {
   using SeriesFilter = std::function<bool(uint32_t index, const Series& series, int64_t now_ns)>;
   static void FallBackToChain(uint64_t min_group,
                               std::map<std::string, std::vector<Member>>* groups);
-  // Copies one series' comparable values grouped by peer group. Caller
-  // holds mu_, shared or not.
-  SeriesData CollectLocked(uint32_t index, absl::Time now, const Catalog& catalog) const
-      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Copies one series' comparable values grouped by peer group, the
+  // members naming their locations from `names`. Caller holds mu_, shared
+  // or not.
+  SeriesData CollectLocked(uint32_t index, absl::Time now, const Catalog& catalog,
+                           MemberNames* names) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Statistics, levels, rollouts and outliers of every group.
   void ComputeGroups(SeriesData* data, absl::Time now, const Catalog& catalog) const;
   // Evaluate's assembly (engine.cc) of the evaluators (evaluators.h, one
@@ -658,7 +659,7 @@ class Engine {
   // its groups and publishes them in published_[index] (sized for it), then
   // visits it.
   void RecomputeOne(uint32_t index, absl::Time now, const Catalog& catalog, uint8_t clears,
-                    const std::function<void(SeriesData&)>& visit)
+                    MemberNames* names, const std::function<void(SeriesData&)>& visit)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(recompute_mu_);
   void Publish(std::shared_ptr<Snapshot> snapshot);
   // One series' cells, for a snapshot.

@@ -86,6 +86,12 @@ v1::Reason MakeReason(v1::FindingKind kind, std::string detail, double value, do
   return r;
 }
 
+const std::string* MemberNames::Of(uint32_t loc, const std::string& current) {
+  if (loc < by_location_.size() && !by_location_[loc].empty()) return &by_location_[loc];
+  absl::MutexLock lock(&mu_);
+  return &added_.emplace_back(current);
+}
+
 const GroupMember* FindMember(const GroupData& g, uint32_t location) {
   auto it = std::lower_bound(g.members.begin(), g.members.end(), location,
                              [](const GroupMember& m, uint32_t loc) { return m.location < loc; });
@@ -215,7 +221,7 @@ SplitCandidate SplitCondition(const SeriesKey& key, const std::string& group_id,
     std::vector<const std::string*> names;
     names.reserve(level.members.size());
     for (uint32_t loc : level.members) {
-      if (const GroupMember* m = FindMember(g, loc); m != nullptr) names.push_back(&m->name);
+      if (const GroupMember* m = FindMember(g, loc); m != nullptr) names.push_back(m->name);
     }
     auto by_name = [](const std::string* a, const std::string* b) { return *a < *b; };
     if (!std::is_sorted(names.begin(), names.end(), by_name)) {

@@ -22,6 +22,7 @@
 #define CONSTANCE_COLLECTOR_EVALUATORS_H_
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -31,6 +32,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "collector/catalog.h"
 #include "collector/cells.h"
@@ -45,16 +47,41 @@ struct SeriesStats;    // engine.h
 struct LocationState;  // engine.h
 
 // One location's comparable value in a series, with what findings need.
+// Millions are built each evaluation: the name is a pointer (MemberNames).
 struct GroupMember {
   uint32_t location = 0;
+  int changes_in_flip_window = 0;
   Comparable value;
   PriceChange latest_change;  // at_ns = 0: no change kept.
-  int changes_in_flip_window = 0;
   const LocationEntry* entry = nullptr;
-  std::string name;
+  const std::string* name = nullptr;  // Into the MemberNames it was collected with.
   // False for a member of a declared peer group copied into the chain
   // fallback: it is compared against, and judged in its own group only.
   bool judged = true;
+};
+
+// The location names a recomputation's members point at: each location's
+// name as the recomputation started, by location index, and a copy of the
+// name of any location added (or a freed slot reused) since. A location's
+// slot is freed only while no recomputation runs (Engine::ForgetLocked,
+// under recompute_mu_), so a name taken at the start still names its
+// slot's location until the end. Lives as long as the members do.
+class MemberNames {
+ public:
+  MemberNames() = default;  // Copies every name: for a few members.
+  explicit MemberNames(std::vector<std::string> by_location)
+      : by_location_(std::move(by_location)) {}
+  MemberNames(const MemberNames&) = delete;
+  MemberNames& operator=(const MemberNames&) = delete;
+
+  // `loc`'s name; `current` is its name now (read under the ingest lock).
+  // Safe from several threads at once.
+  const std::string* Of(uint32_t loc, const std::string& current);
+
+ private:
+  std::vector<std::string> by_location_;  // Set once. Empty: a freed slot.
+  absl::Mutex mu_;
+  std::deque<std::string> added_ ABSL_GUARDED_BY(mu_);  // Never moves a name.
 };
 
 // One peer group of a series, computed (Engine::ComputeGroups).

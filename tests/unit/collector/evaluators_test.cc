@@ -3,6 +3,7 @@
 // covered by engine_test and findings_test.
 #include "collector/evaluators.h"
 
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,6 +32,13 @@ SeriesKey Key(v1::Family family, const std::string& key) {
   return k;
 }
 
+// The members' names: "s0", "s1", ... (a deque: adding one moves none).
+const std::string* Name(size_t i) {
+  static std::deque<std::string>* const names = new std::deque<std::string>();
+  while (names->size() <= i) names->push_back(absl::StrCat("s", names->size()));
+  return &(*names)[i];
+}
+
 // A computed group as Engine::ComputeGroups leaves it (without rollouts):
 // member i is location i, named "s<i>", with `samples` each.
 GroupData Group(const SeriesKey& key, const std::vector<double>& values, uint64_t samples = 1,
@@ -43,7 +51,7 @@ GroupData Group(const SeriesKey& key, const std::vector<double>& values, uint64_
     m.location = static_cast<uint32_t>(i);
     m.value.value = values[i];
     m.value.samples = samples;
-    m.name = absl::StrCat("s", i);
+    m.name = Name(i);
     g.members.push_back(m);
     located.push_back({m.location, values[i], samples});
   }
@@ -68,7 +76,7 @@ GroupData Group(const SeriesKey& key, const std::vector<double>& values, uint64_
 TEST(EvaluatorsTest, FindMemberFindsEachLocationAndNothingElse) {
   const GroupData g = Group(Key(v1::FAMILY_PRICE, "milk"), {100, 100, 100});
   ASSERT_NE(FindMember(g, 2), nullptr);
-  EXPECT_EQ(FindMember(g, 2)->name, "s2");
+  EXPECT_EQ(*FindMember(g, 2)->name, "s2");
   EXPECT_EQ(FindMember(g, 3), nullptr);
 }
 

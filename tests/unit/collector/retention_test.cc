@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -142,6 +143,50 @@ TEST(RetentionTest, ANewCellOlderThanTheSeriesOldestIsFreedOnTime) {
   engine.Evaluate();
   EXPECT_EQ(engine.snapshot()->cells, 0u);
   EXPECT_EQ(engine.snapshot()->series_held, 0u);
+}
+
+// Members point at the names a recomputation starts with (MemberNames): a
+// location that reports while it runs, into a slot retention freed or past
+// the last, is named by its own name.
+TEST(RetentionTest, LocationsJoiningDuringARecomputationAreNamedByTheirNames) {
+  Clock clock;
+  Catalog catalog = SmallCatalog();
+  catalog.thresholds.location_retention = absl::Hours(1);
+  Engine::Options options = Options(&clock, catalog);
+  Engine* engine_ptr = nullptr;
+  bool join = false;  // At the next series recomputed.
+  int series_started = 0;
+  options.before_series = [&] {
+    ++series_started;
+    if (!std::exchange(join, false)) return;
+    // Into the freed slot, then past the names the recomputation took.
+    EXPECT_TRUE(engine_ptr->ApplyBatch(Prices("newcomer", 1, 1, {"a", "b"}, 500, clock.now)).ok());
+    EXPECT_TRUE(engine_ptr->ApplyBatch(Prices("late", 1, 1, {"a", "b"}, 900, clock.now)).ok());
+  };
+  Engine engine(std::move(options));
+  engine_ptr = &engine;
+  ASSERT_TRUE(engine.ApplyBatch(Prices("gone", 1, 1, {"a"}, 100, clock.now)).ok());
+  clock.now += absl::Hours(24 * 30);
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(
+        engine.ApplyBatch(Prices(absl::StrCat("s", i), 1, 1, {"a", "b"}, 100, clock.now)).ok());
+  }
+  engine.Evaluate();  // Drops "gone" (silent), freeing its slot.
+  ASSERT_EQ(engine.snapshot()->location_states.size(), 5u);
+
+  series_started = 0;
+  join = true;
+  ASSERT_TRUE(engine.ApplyBatch(Prices("s0", 1, 3, {"a", "b"}, 101, clock.now)).ok());
+  engine.Evaluate();
+  EXPECT_EQ(series_started, 2);
+  EXPECT_EQ(engine.snapshot()->location_states.size(), 5u) << "the names were taken before";
+  std::shared_ptr<const Snapshot> s = engine.snapshot();
+  ASSERT_EQ(s->series.size(), 2u);
+  for (const auto& stats : s->series) {
+    std::vector<std::string> names = stats->outlier_locations;
+    std::sort(names.begin(), names.end());
+    EXPECT_EQ(names, (std::vector<std::string>{"late", "newcomer"})) << stats->key.key;
+  }
 }
 
 std::vector<std::string> ScorecardKeys(const Engine& engine, const std::string& location) {
