@@ -27,9 +27,13 @@
 // With --stores (the default) each evaluation is also recorded as a
 // collector with --state_dir records it: finding history, the promise
 // record and the price-drop feed, SQLite files in a temporary directory,
-// at the simulated time. Their size on disk is printed each week and, once
+// at the simulated time, on a thread of their own as the collector's
+// recorders run (while the next hours apply; at most one evaluation
+// waits for it). Their size on disk is printed each week, once the
+// week's last evaluation is recorded, and, once
 // the run is past their longest retention (13 weeks) and the files have
 // taken their size, must not grow more than 10% from week 17 to the last.
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,11 +45,13 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "collector/engine.h"
@@ -123,9 +129,19 @@ class Soak {
     o.limits.max_series =
         static_cast<uint64_t>(c.keys) * 5 / 4 + 2 * static_cast<uint64_t>(c.service_keys);
     engine_ = std::make_unique<Engine>(std::move(o));
-    if (c.stores) OpenStores();
+    if (c.stores) {
+      OpenStores();
+      recorder_ = std::thread([this] { RecordLoop(); });
+    }
   }
   ~Soak() {
+    if (recorder_.joinable()) {
+      {
+        absl::MutexLock lock(&mu_);
+        stop_ = true;
+      }
+      recorder_.join();
+    }
     history_.reset();
     record_.reset();
     drops_.reset();
@@ -142,19 +158,31 @@ class Soak {
       Send(l, Services(l, hour));
     }
     if (now_ >= next_eval_) {
-      const double before = ProcessCpuSeconds();
+      // Every thread's CPU time but the recorder's, which runs beside.
+      const double before = ProcessCpuSeconds() - RecorderCpuSeconds();
       const absl::Time wall_before = absl::Now();
       engine_->Evaluate();
-      w->eval_cpu += ProcessCpuSeconds() - before;
+      w->eval_cpu += ProcessCpuSeconds() - RecorderCpuSeconds() - before;
       w->eval_wall += absl::ToDoubleSeconds(absl::Now() - wall_before);
-      if (history_ != nullptr) RecordStores();
+      if (history_ != nullptr) {
+        // Every evaluation is recorded: the next waits for the recorder to
+        // take this one.
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(this, &Soak::Taken));
+        to_record_ = {engine_->snapshot(), now_};
+      }
       ++w->evaluations;
       next_eval_ = now_ + c_.eval_every;
     }
     now_ += absl::Hours(1);
   }
 
-  void Measure(Week* w, absl::Time wall_start) const {
+  void Measure(Week* w, absl::Time wall_start) {
+    {
+      // The stores' size once they hold the week's last evaluation.
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(this, &Soak::RecordedAll));
+    }
     std::shared_ptr<const Snapshot> s = engine_->snapshot();
     w->series = s->series_held;
     w->cells = s->cells;
@@ -187,15 +215,43 @@ class Soak {
     drops_ = std::move(*drops);
   }
 
-  // What the collector's HistoryRecorder and BoardRecorder do after an
-  // evaluation, here on the simulated clock.
-  void RecordStores() {
-    std::shared_ptr<const Snapshot> s = engine_->snapshot();
-    const FindingsView& view = *s->findings;
-    absl::Status status = history_->Record(view.active, view.closed, nullptr, now_);
-    if (status.ok()) status = record_->Record(view.promises, view.evaluated_at);
-    if (status.ok()) status = drops_->Record(view.price_drops, now_);
-    if (!status.ok()) Die(status.ToString());
+  double RecorderCpuSeconds() {
+    if (!recorder_.joinable()) return 0;
+    clockid_t clock;
+    if (pthread_getcpuclockid(recorder_.native_handle(), &clock) != 0) return 0;
+    timespec ts{};
+    clock_gettime(clock, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+  }
+
+  bool Taken() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return to_record_.first == nullptr; }
+  bool RecordedAll() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return Taken() && !recording_; }
+  bool ToRecordOrStop() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return to_record_.first != nullptr || stop_;
+  }
+
+  // What the collector's HistoryRecorder and BoardRecorder do, on their
+  // own threads, here with every evaluation at the simulated time it was
+  // evaluated at (the collector's take the newest each time they look).
+  void RecordLoop() {
+    while (true) {
+      std::pair<std::shared_ptr<const Snapshot>, absl::Time> next;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(this, &Soak::ToRecordOrStop));
+        if (stop_) return;
+        next = std::exchange(to_record_, {});
+        recording_ = true;
+      }
+      const FindingsView& view = *next.first->findings;
+      const absl::Time at = next.second;
+      absl::Status status = history_->Record(view.active, view.closed, nullptr, at);
+      if (status.ok()) status = record_->Record(view.promises, view.evaluated_at);
+      if (status.ok()) status = drops_->Record(view.price_drops, at);
+      if (!status.ok()) Die(status.ToString());
+      absl::MutexLock lock(&mu_);
+      recording_ = false;
+    }
   }
 
   static void Die(const std::string& what) {
@@ -282,6 +338,11 @@ class Soak {
   std::unique_ptr<FindingHistory> history_;
   std::unique_ptr<PromiseRecordStore> record_;
   std::unique_ptr<PriceDropFeed> drops_;
+  absl::Mutex mu_;
+  std::pair<std::shared_ptr<const Snapshot>, absl::Time> to_record_ ABSL_GUARDED_BY(mu_);
+  bool recording_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread recorder_;  // With the stores: records them.
 };
 
 // Whether `to` is within 10% above `from`.
