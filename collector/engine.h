@@ -787,7 +787,9 @@ class Engine {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveSeriesLocked(uint32_t index, Forgotten* forgotten)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_, recompute_mu_, mu_);
-  void DropLocationLocked(uint32_t loc, Forgotten* forgotten) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees `loc`'s slot: never while a recomputation runs (MemberNames).
+  void DropLocationLocked(uint32_t loc, Forgotten* forgotten)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(recompute_mu_, mu_);
   // Whether `loc` is to be dropped now: not in the operator's catalog with
   // auto_register off, or silent past location_retention.
   bool ExpiredLocationLocked(const Location& l, absl::Time now, const Catalog& catalog) const

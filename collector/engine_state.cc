@@ -784,6 +784,9 @@ absl::Status Engine::LoadState(const std::string& bytes) {
   std::vector<std::string> names;
   int persistence = 1;
   {
+    // Not beside a recomputation: its members name locations by slot as
+    // it started (MemberNames), and these slots are the snapshot's.
+    absl::MutexLock recompute_lock(&recompute_mu_);
     absl::MutexLock lock(&mu_);
     InstallIngestStateLocked(&restored);
     for (const Location& l : locations_) names.push_back(l.state.location);
