@@ -725,9 +725,107 @@ struct Engine::ApplyContext {
   const int64_t price_seen_since;
 };
 
+// Holds every stripe shared (in order), for who reads cells or location
+// states under mu_ held shared: no batch applies meanwhile (stripes_).
+class Engine::StripesShared {
+ public:
+  explicit StripesShared(const Engine* engine) ABSL_NO_THREAD_SAFETY_ANALYSIS
+      : stripes_(engine->stripes_) {
+    for (Stripe& s : stripes_) s.mu.ReaderLock();
+  }
+  ~StripesShared() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    for (auto it = stripes_.rbegin(); it != stripes_.rend(); ++it) it->mu.ReaderUnlock();
+  }
+  StripesShared(const StripesShared&) = delete;
+  StripesShared& operator=(const StripesShared&) = delete;
+
+ private:
+  std::array<Stripe, kStripes>& stripes_;
+};
+
+// Every observation's series and cell are looked up before the first is
+// applied, in two passes: every series (fetching its cell table's
+// header), then every cell (each fetched a few observations ahead). The
+// lookups do not depend on one another, so their cache misses (index
+// entry, series, cell table: at a million series each is one) overlap
+// instead of each waiting for the last.
+bool Engine::LookUpLocked(const BatchView& batch, uint32_t loc, bool all,
+                          std::vector<LookedUp>* out) {
+  static_assert(std::is_nothrow_move_constructible_v<Series>,
+                "LookedUp::cell: a series moves its tables' storage when series_ grows");
+  const uint64_t count = batch.observations.size();
+  std::vector<LookedUp>& looked_up = *out;
+  looked_up.resize(count);
+  for (uint64_t i = 0; i < count; ++i) {
+    looked_up[i].series = FindSeriesLocked(batch.observations[i]);
+    if (looked_up[i].series != LookedUp::kNoSeries) {
+      __builtin_prefetch(&series_[looked_up[i].series].price);
+    } else if (all) {
+      return false;
+    }
+  }
+  for (uint64_t i = 0; i < count; ++i) {
+    if (i + kPrefetchAhead < count) {
+      const uint32_t ahead = looked_up[i + kPrefetchAhead].series;
+      if (ahead != LookedUp::kNoSeries) {
+        PrefetchCell(series_[ahead], loc, batch.observations[i + kPrefetchAhead].value);
+      }
+    }
+    LookedUp& l = looked_up[i];
+    l.cell = l.series == LookedUp::kNoSeries
+                 ? nullptr
+                 : FindCell(series_[l.series], loc, batch.observations[i].value);
+    if (all && l.cell == nullptr) return false;
+  }
+  return true;
+}
+
+std::optional<v1::Ack> Engine::ApplyShared(const BatchView& batch, absl::Time now, uint64_t owner,
+                                           const BatchChecks& checks) {
+  if (!checks.failed.empty()) return std::nullopt;  // Rejections are counted exclusively.
+  absl::ReaderMutexLock lock(&mu_);
+  if (!captures_.empty() || !MayApplyLocked(batch, owner).ok()) return std::nullopt;
+  const auto location = location_index_.find(batch.location);
+  if (location == location_index_.end()) return std::nullopt;
+  const uint32_t loc = location->second;
+  const auto found = streams_.find({loc, batch.incarnation});
+  if (found == streams_.end()) return std::nullopt;
+  absl::MutexLock stripe(&stripes_[loc % kStripes].mu);
+  Stream& stream = found->second;
+  // A gap, declared or not, is counted exclusively.
+  if (batch.first_sequence > stream.watermark + 1) return std::nullopt;
+  thread_local std::vector<LookedUp> looked_up;
+  if (!LookUpLocked(batch, loc, /*all=*/true, &looked_up)) return std::nullopt;
+  const ApplyContext ctx(*catalog_, loc, now, recomputed_at_ns_);
+  const uint64_t count = batch.observations.size();
+  uint32_t duplicates = 0, applied = 0;
+  for (uint64_t i = 0; i < count; ++i) {
+    if (batch.first_sequence + i <= stream.watermark) {
+      ++duplicates;
+      continue;
+    }
+    const ObservationView& obs = batch.observations[i];
+    Series& series = series_[looked_up[i].series];
+    const int64_t at = obs.has_observed_at
+                           ? obs.observed_seconds * 1'000'000'000 + obs.observed_nanos
+                           : ctx.now_ns;
+    bool seen_again = false;
+    ApplyToCellLocked(&series, looked_up[i].series, looked_up[i].cell, obs, at, ctx, &seen_again);
+    // Batches of other locations mark the same series at once.
+    if (!seen_again) {
+      __atomic_fetch_or(&series.dirty, Series::kStats | Series::kFindings, __ATOMIC_RELAXED);
+    }
+    ++applied;
+  }
+  applied_ += applied;
+  return FinishBatchLocked(batch, now, loc, stream, duplicates, applied,
+                           AckOf(batch, v1::Ack::APPLIED));
+}
+
 absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now, uint64_t owner,
                                            const BatchChecks& checks) {
   if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
+  if (std::optional<v1::Ack> ack = ApplyShared(batch, now, owner, checks)) return *std::move(ack);
   const uint64_t count = batch.observations.size();
   v1::Ack ack = AckOf(batch, v1::Ack::APPLIED);
 
@@ -743,33 +841,7 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
     dropped_ += batch.first_sequence - 1 - stream.watermark;
   }
   const ApplyContext ctx(*catalog_, loc, now, recomputed_at_ns_);
-  // Every observation's series and cell are looked up before the first is
-  // applied, in two passes: every series (fetching its cell table's
-  // header), then every cell (each fetched a few observations ahead). The
-  // lookups do not depend on one another, so their cache misses (index
-  // entry, series, cell table: at a million series each is one) overlap
-  // instead of each waiting for the last.
-  static_assert(std::is_nothrow_move_constructible_v<Series>,
-                "LookedUp::cell: a series moves its tables' storage when series_ grows");
-  looked_up_.resize(count);
-  for (uint64_t i = 0; i < count; ++i) {
-    looked_up_[i].series = FindSeriesLocked(batch.observations[i]);
-    if (looked_up_[i].series != LookedUp::kNoSeries) {
-      __builtin_prefetch(&series_[looked_up_[i].series].price);
-    }
-  }
-  for (uint64_t i = 0; i < count; ++i) {
-    if (i + kPrefetchAhead < count) {
-      const uint32_t ahead = looked_up_[i + kPrefetchAhead].series;
-      if (ahead != LookedUp::kNoSeries) {
-        PrefetchCell(series_[ahead], loc, batch.observations[i + kPrefetchAhead].value);
-      }
-    }
-    LookedUp& l = looked_up_[i];
-    l.cell = l.series == LookedUp::kNoSeries
-                 ? nullptr
-                 : FindCell(series_[l.series], loc, batch.observations[i].value);
-  }
+  LookUpLocked(batch, loc, /*all=*/false, &looked_up_);
   uint32_t duplicates = 0, applied = 0;
   auto failed = checks.failed.begin();
   for (uint64_t i = 0; i < count; ++i) {
@@ -784,8 +856,15 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
       ++applied;
     }
   }
+  return FinishBatchLocked(batch, now, loc, stream, duplicates, applied, std::move(ack));
+}
+
+v1::Ack Engine::FinishBatchLocked(const BatchView& batch, absl::Time now, uint32_t loc,
+                                  Stream& stream, uint32_t duplicates, uint32_t applied,
+                                  v1::Ack ack) {
   duplicates_ += duplicates;
   ++batches_;
+  const uint64_t count = batch.observations.size();
   stream.watermark = std::max(stream.watermark, batch.first_sequence + count - 1);
   stream.last_applied = std::max(stream.last_applied, now);
   LocationState& state = locations_[loc].state;
@@ -908,6 +987,7 @@ inline bool Engine::ApplyToCellLocked(Series* series, uint32_t index, void* foun
         // A drop older than the rollout grace when it arrives is outside
         // the window evaluations publish drops from: noted for the next.
         if (change.to < change.from && change.at_ns < ctx.now_ns - ctx.rollout_grace_ns) {
+          absl::MutexLock lock(&late_mu_);
           late_drops_[index].push_back({loc, change});
         }
       }
@@ -1395,6 +1475,7 @@ void Engine::RecomputeOne(uint32_t index, absl::Time now, const Catalog& catalog
     // Shared: the threads of one recomputation copy their series at once,
     // each writing only its own series' flags; ingest waits for them.
     absl::ReaderMutexLock lock(&mu_);
+    const StripesShared stripes(this);
     Series& series = series_[index];
     series.dirty &= static_cast<uint8_t>(~clears);
     data = CollectLocked(index, now, catalog, names);
@@ -1505,7 +1586,10 @@ void Engine::Evaluate() {
     // retention would free waits for the next evaluation.
     if (!CaptureRunningLocked()) ForgetLocked(now, *catalog_);
     RefreshCatalogLocked();  // A dropped location's agent labels went.
-    late = TakeLateDropsLocked();
+    {
+      absl::MutexLock late_lock(&late_mu_);
+      late = TakeLateDropsLocked();
+    }
     catalog_ptr = catalog_;
     // A slot retention freed stays in place with an empty name: indices
     // are location indices.
@@ -1524,6 +1608,7 @@ void Engine::Evaluate() {
   // closes and deposits nothing; its late drops wait for the next one.
   if (!EvaluateSeriesOutcomes(catalog_ptr, late, &ev)) {
     absl::MutexLock lock(&mu_);
+    absl::MutexLock late_lock(&late_mu_);
     for (auto& [index, drops] : late) {
       auto& kept = late_drops_[index];
       kept.insert(kept.end(), drops.begin(), drops.end());
@@ -2002,6 +2087,7 @@ absl::StatusOr<v1::KeyDetailResponse> Engine::KeyDetail(const v1::SeriesId& id,
   absl::flat_hash_map<uint32_t, int64_t> observed_at;
   {
     absl::ReaderMutexLock lock(&mu_);
+    const StripesShared stripes(this);
     catalog = catalog_;
     auto it = series_index_.find(key);
     if (it == series_index_.end()) {
@@ -2072,6 +2158,7 @@ std::vector<CurrentWait> Engine::CurrentWaits(const std::string& location) const
   const absl::Time now = options_.clock();
   std::vector<CurrentWait> out;
   absl::ReaderMutexLock lock(&mu_);
+  const StripesShared stripes(this);
   auto it = location_index_.find(location);
   if (it == location_index_.end()) return out;
   const Catalog& catalog = *catalog_;
@@ -2100,6 +2187,7 @@ absl::StatusOr<v1::LocationScorecardResponse> Engine::LocationScorecard(
   std::optional<uint32_t> index;
   {
     absl::ReaderMutexLock lock(&mu_);
+    const StripesShared stripes(this);
     catalog = catalog_;
     auto it = location_index_.find(location);
     const LocationEntry* entry = catalog->FindLocation(location);
@@ -2182,6 +2270,9 @@ Engine::LateDrops Engine::TakeLateDropsLocked() {
     for (const auto& drop : drops) {
       if (drop.first < locations_.size() && locations_[drop.first].live) kept.push_back(drop);
     }
+    std::stable_sort(kept.begin(), kept.end(), [](const auto& a, const auto& b) {
+      return std::pair(a.first, a.second.at_ns) < std::pair(b.first, b.second.at_ns);
+    });
     if (!kept.empty()) taken[index] = std::move(kept);
   }
   late_drops_.clear();

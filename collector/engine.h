@@ -30,6 +30,7 @@
 #ifndef CONSTANCE_COLLECTOR_ENGINE_H_
 #define CONSTANCE_COLLECTOR_ENGINE_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <deque>
@@ -721,7 +722,7 @@ class Engine {
   // Whether `batch` may apply: its stream still owns the location (when
   // `owner` is not 0), the catalog allows it, --max_locations has room.
   absl::Status MayApplyLocked(const BatchView& batch, uint64_t owner) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // ApplyBatch's steps. What every observation of one batch shares
   // (engine.cc). The per-observation steps are always inlined (defined in
   // engine.cc, ApplyBatch their only caller): the ingest path pays no call
@@ -745,7 +746,23 @@ class Engine {
     void* cell = nullptr;
   };
   // The index of `obs`'s series, kNoSeries if not held.
-  uint32_t FindSeriesLocked(const ObservationView& obs) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t FindSeriesLocked(const ObservationView& obs) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Looks up every observation's series and cell into *out (ApplyBatch
+  // says how); false, at the first it does not find, when `all` is asked.
+  bool LookUpLocked(const BatchView& batch, uint32_t loc, bool all, std::vector<LookedUp>* out)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The shared path: `batch` applied under mu_ held shared and its
+  // location's stripe, when its location, stream, series and cells all
+  // exist and nothing of it is refused, rejected or out of order; else
+  // nothing done (nullopt) and ApplyBatch takes mu_ exclusively.
+  std::optional<v1::Ack> ApplyShared(const BatchView& batch, absl::Time now, uint64_t owner,
+                                     const BatchChecks& checks) ABSL_LOCKS_EXCLUDED(mu_);
+  // A batch's end, on either path: its counts, its stream's mark, its
+  // location's state, its ack. The caller holds mu_ exclusively, or
+  // shared and the location's stripe.
+  v1::Ack FinishBatchLocked(const BatchView& batch, absl::Time now, uint32_t loc, Stream& stream,
+                            uint32_t duplicates, uint32_t applied, v1::Ack ack)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   inline ABSL_ATTRIBUTE_ALWAYS_INLINE bool ApplyObservationLocked(
       const ObservationView& obs, uint64_t seq, const absl::Status* invalid, LookedUp looked_up,
       const ApplyContext& ctx, v1::Ack* ack) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -760,19 +777,24 @@ class Engine {
   SeriesIndex::iterator AddSeriesLocked(const ObservationView& obs)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies `obs`, observed at `at` (ns), to its location's cell in
-  // `series` (number `index`): true when the cell is new. A price drop
+  // `series` (number `index`): true when the cell is new (only with mu_
+  // held exclusively; held shared, the cell is `found` and the caller
+  // holds the location's stripe). A price drop
   // already older than the rollout grace goes to late_drops_; a price
   // compared before and seen again unchanged sets *seen_again.
   // `found`: the cell the lookup found (LookedUp::cell), or null.
-  inline ABSL_ATTRIBUTE_ALWAYS_INLINE bool ApplyToCellLocked(
-      Series* series, uint32_t index, void* found, const ObservationView& obs, int64_t at,
-      const ApplyContext& ctx, bool* seen_again) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  inline ABSL_ATTRIBUTE_ALWAYS_INLINE bool ApplyToCellLocked(Series* series, uint32_t index,
+                                                             void* found,
+                                                             const ObservationView& obs, int64_t at,
+                                                             const ApplyContext& ctx,
+                                                             bool* seen_again)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_) ABSL_LOCKS_EXCLUDED(late_mu_);
   // Whether `location` may report: known already, or the catalog allows
   // it and --max_locations has room. Else the refusal (refusal.h reason).
   absl::Status AdmitLocationLocked(absl::string_view location) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // In the operator's catalog (agent labels do not declare a location).
-  bool DeclaredLocked(absl::string_view location) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool DeclaredLocked(absl::string_view location) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void TickLoop(bool evaluation);
   // Retention (docs/design.md, "Retention"), at the start of Evaluate:
   // frees expired cells, removes series without cells, drops locations
@@ -818,17 +840,38 @@ class Engine {
   // evaluations publish drops by event time within the grace, so these are
   // published by the next evaluation instead (snapshots keep them: the
   // batch that brought one is gone from the log once a snapshot is saved).
-  LateDrops late_drops_ ABSL_GUARDED_BY(mu_);
+  LateDrops late_drops_ ABSL_GUARDED_BY(late_mu_);
   // Adds late_drops_ to a snapshot, by series id and location name.
-  void SaveLateDropsLocked(state::v1::EngineState* state) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SaveLateDropsLocked(state::v1::EngineState* state) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_, late_mu_);
   // Takes late_drops_, leaving out those of series and locations retention
-  // just freed (their slots may be reused before they are published).
-  LateDrops TakeLateDropsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // just freed (their slots may be reused before they are published),
+  // each series' in order of location and time (batches of different
+  // locations add them in either order).
+  LateDrops TakeLateDropsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_, late_mu_);
   // Slots of locations_ and series_ that retention freed, reused first.
   std::vector<uint32_t> free_locations_ ABSL_GUARDED_BY(mu_);
   std::vector<uint32_t> free_series_ ABSL_GUARDED_BY(mu_);
   // ApplyBatch's lookups of one batch (kept to spare an allocation a batch).
   std::vector<LookedUp> looked_up_ ABSL_GUARDED_BY(mu_);
+  // Stripes: batches of different locations apply at once. A batch on
+  // the shared path (ApplyShared) holds mu_ shared and its location's
+  // stripe (location index modulo kStripes) exclusively, and writes only
+  // its location's cells, stream and state, its series' dirty flags (an
+  // atomic or), the counters (atomics) and, under late_mu_, late_drops_.
+  // Who reads those under mu_ held shared holds every stripe shared
+  // (StripesShared); under mu_ exclusively, no batch applies. Applied on
+  // the shared path, a batch changes what a batch of another location
+  // would find in no way, so applying batches at once equals applying
+  // them one after the other: structure (locations, streams, series,
+  // cells) and rejections are only changed under mu_ exclusively.
+  static constexpr size_t kStripes = 8;
+  struct alignas(64) Stripe {
+    absl::Mutex mu;
+  };
+  mutable std::array<Stripe, kStripes> stripes_;
+  class StripesShared;
+  absl::Mutex late_mu_ ABSL_ACQUIRED_AFTER(mu_);
   // High-water marks by (location index, incarnation).
   absl::flat_hash_map<std::pair<uint32_t, uint64_t>, Stream> streams_ ABSL_GUARDED_BY(mu_);
   // The newest mark of each location dropped for silence, by name, given
@@ -838,10 +881,11 @@ class Engine {
   // The latest `now` a recomputation read cells at: a price seen again
   // unchanged and not stale then was compared then (ApplyBatch).
   int64_t recomputed_at_ns_ ABSL_GUARDED_BY(mu_) = INT64_MIN;
-  uint64_t applied_ ABSL_GUARDED_BY(mu_) = 0;
+  // Atomic: batches on the shared path add to them at once.
+  std::atomic<uint64_t> applied_{0};
   uint64_t rejected_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t duplicates_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t batches_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<uint64_t> duplicates_{0};
+  std::atomic<uint64_t> batches_{0};
   // Declared dropped by agents, and batches answered OUT_OF_ORDER (in the
   // saved state since 0.2; a 0.1 snapshot starts them at 0).
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;

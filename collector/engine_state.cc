@@ -243,6 +243,7 @@ std::shared_ptr<Engine::StateCapture> Engine::PrepareCapture() {
     }
     // Those an evaluation takes before BeginCapture are published after
     // the evaluation state saved here: the snapshot keeps them too.
+    absl::MutexLock late_lock(&late_mu_);
     SaveLateDropsLocked(&state);
   }
   // Late drops published within their grace, which a recorder may not
@@ -362,7 +363,10 @@ void Engine::BeginCapture(const std::shared_ptr<StateCapture>& capture) {
   counters->set_batches_out_of_order(out_of_order_);
   for (const auto& [reason, n] : rejected_by_reason_)
     (*counters->mutable_rejected_by_reason())[reason] = n;
-  SaveLateDropsLocked(&state);
+  {
+    absl::MutexLock late_lock(&late_mu_);
+    SaveLateDropsLocked(&state);
+  }
   capture->copies.resize(series_.size());
   capture->before.resize(series_.size());
   capture->live.reserve(series_.size());
@@ -810,7 +814,10 @@ void Engine::InstallIngestStateLocked(Restored* restored) {
   free_series_.clear();
   series_index_ = std::move(restored->series_index);
   cells_ = restored->cells;
-  late_drops_ = std::move(restored->late_drops);
+  {
+    absl::MutexLock late_lock(&late_mu_);
+    late_drops_ = std::move(restored->late_drops);
+  }
   // Each location's cells (for --max_cells_per_location) and series.
   for (uint32_t i = 0; i < series_.size(); ++i) {
     const Series& s = series_[i];
