@@ -790,7 +790,7 @@ std::optional<v1::Ack> Engine::ApplyShared(const BatchView& batch, absl::Time no
   const uint32_t loc = location->second;
   const auto found = streams_.find({loc, batch.incarnation});
   if (found == streams_.end()) return std::nullopt;
-  absl::MutexLock stripe(&stripes_[loc % kStripes].mu);
+  absl::MutexLock stripe(&stripes_[StripeOf(loc)].mu);
   Stream& stream = found->second;
   // A gap, declared or not, is counted exclusively.
   if (batch.first_sequence > stream.watermark + 1) return std::nullopt;
@@ -812,8 +812,11 @@ std::optional<v1::Ack> Engine::ApplyShared(const BatchView& batch, absl::Time no
     bool seen_again = false;
     ApplyToCellLocked(&series, looked_up[i].series, looked_up[i].cell, obs, at, ctx, &seen_again);
     // Batches of other locations mark the same series at once.
-    if (!seen_again) {
-      __atomic_fetch_or(&series.dirty, Series::kStats | Series::kFindings, __ATOMIC_RELAXED);
+    // Read first: once marked, the series' line stays shared, not
+    // bounced between the cores for every observation.
+    constexpr uint8_t kMark = Series::kStats | Series::kFindings;
+    if (!seen_again && (__atomic_load_n(&series.dirty, __ATOMIC_RELAXED) & kMark) != kMark) {
+      __atomic_fetch_or(&series.dirty, kMark, __ATOMIC_RELAXED);
     }
     ++applied;
   }

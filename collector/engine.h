@@ -856,7 +856,7 @@ class Engine {
   std::vector<LookedUp> looked_up_ ABSL_GUARDED_BY(mu_);
   // Stripes: batches of different locations apply at once. A batch on
   // the shared path (ApplyShared) holds mu_ shared and its location's
-  // stripe (location index modulo kStripes) exclusively, and writes only
+  // stripe (StripeOf) exclusively, and writes only
   // its location's cells, stream and state, its series' dirty flags (an
   // atomic or), the counters (atomics) and, under late_mu_, late_drops_.
   // Who reads those under mu_ held shared holds every stripe shared
@@ -865,7 +865,10 @@ class Engine {
   // would find in no way, so applying batches at once equals applying
   // them one after the other: structure (locations, streams, series,
   // cells) and rejections are only changed under mu_ exclusively.
-  static constexpr size_t kStripes = 8;
+  static constexpr size_t kStripes = 16;
+  // Hashed, not the index modulo kStripes: locations a fixed stride apart
+  // (those reporting at the same hour of the day) would share a stripe.
+  static size_t StripeOf(uint32_t loc) { return (loc * 0x9E3779B1u) >> 28; }
   struct alignas(64) Stripe {
     absl::Mutex mu;
   };

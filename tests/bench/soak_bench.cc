@@ -6,7 +6,10 @@
 // l % 24); every simulated week `churn` of the keys are delisted and as
 // many new ones listed; every simulated hour each location reports waits
 // and compliance checks for `service_keys` keys; the engine evaluates
-// every `eval_every`. --max_series is set a quarter above the keys listed
+// every `eval_every`. Batches are applied from --apply_threads threads,
+// each taking the next location's batches (batches of different
+// locations apply at once where their cells exist, as the collector's
+// streams apply them without --state_dir). --max_series is set a quarter above the keys listed
 // at once, so without retention the churned keys would exhaust it.
 //
 //   soak_bench                          # 1,000 x 5,000, 52 weeks, 15 min cap
@@ -38,6 +41,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <deque>
@@ -75,6 +79,10 @@ ABSL_FLAG(bool, stores, true,
 ABSL_FLAG(int, evaluation_threads, 0,
           "Threads an evaluation recomputes series on (Engine::Options::evaluation_threads, "
           "the collector's --evaluation_threads); 0 = one per core");
+ABSL_FLAG(int, apply_threads, 1,
+          "Threads the locations' batches are applied from, each taking the next location "
+          "(batches of different locations apply at once: the engine's stripes); 0 = one per "
+          "core. One by default: on a 2-core VM two were no faster (tests/bench/RESULTS.md)");
 ABSL_FLAG(bool, retain_forever, false,
           "Set the catalog's retention to ten years: shows what the run looks like without "
           "retention (series grow, `series` rejections) and that the checks catch it");
@@ -96,6 +104,7 @@ struct Config {
   int locations, keys, service_keys, weeks;
   int churned;  // Keys delisted (and listed) per week.
   int evaluation_threads = 1;
+  int apply_threads = 1;
   absl::Duration eval_every, max_wall;
   bool retain_forever = false;
   bool stores = true;
@@ -117,6 +126,15 @@ struct Week {
 class Soak {
  public:
   explicit Soak(const Config& c) : c_(c), next_seq_(c.locations, 1) {
+    // Every name a batch will point at, made before any thread reads them.
+    for (int l = 0; l < c.locations; ++l) stores_.push_back(absl::StrCat("store-", l));
+    for (int k = 0; k < c.keys + c.churned * (c.weeks + 1); ++k) {
+      items_.push_back(absl::StrCat("item-", k));
+    }
+    for (int k = 0; k < c.service_keys; ++k) {
+      services_.push_back(absl::StrCat("service-", k));
+      checks_.push_back(absl::StrCat("check-", k));
+    }
     Engine::Options o;
     if (c.retain_forever) {
       Catalog catalog = DefaultCatalog();
@@ -149,14 +167,25 @@ class Soak {
   }
 
   // One simulated hour: the locations whose day starts now send their
-  // prices, every location its waits and checks; then an evaluation when
-  // one is due.
+  // prices, every location its waits and checks (on --apply_threads
+  // threads); then an evaluation when one is due.
   void Hour(int hour, Week* w) {
     const int first_key = (hour / (24 * 7)) * c_.churned;  // Listed: [first, first + keys).
-    for (int l = 0; l < c_.locations; ++l) {
-      if (l % 24 == hour % 24) Send(l, Prices(l, first_key, hour));
-      Send(l, Services(l, hour));
-    }
+    // Each thread takes the next location (a location's batches in
+    // order, on one thread): the 42 sending prices this hour are shared
+    // out with the rest.
+    std::atomic<int> next{0};
+    auto apply = [&] {
+      BatchView batch;
+      for (int l = next++; l < c_.locations; l = next++) {
+        if (l % 24 == hour % 24) Send(l, Prices(&batch, l, first_key, hour));
+        Send(l, Services(&batch, l, hour));
+      }
+    };
+    std::vector<std::thread> helpers;
+    for (int t = 1; t < c_.apply_threads; ++t) helpers.emplace_back(apply);
+    apply();
+    for (std::thread& t : helpers) t.join();
     if (now_ >= next_eval_) {
       // Every thread's CPU time but the recorder's, which runs beside.
       const double before = ProcessCpuSeconds() - RecorderCpuSeconds();
@@ -262,22 +291,12 @@ class Soak {
   // The batches are built as the views the collector's ingest decodes
   // from the wire (DecodeBatch, proto/constance/batch_view.h), over names
   // made once: what is timed is the engine, not building messages.
-  BatchView& Start(int l) {
-    while (static_cast<int>(stores_.size()) <= l) {
-      stores_.push_back(absl::StrCat("store-", stores_.size()));
-    }
-    batch_.location = stores_[l];
-    batch_.incarnation = 1;
-    batch_.first_sequence = next_seq_[l];
-    batch_.observations.clear();
-    return batch_;
-  }
-
-  static const std::string& Name(std::deque<std::string>* names, const char* prefix, int k) {
-    while (static_cast<int>(names->size()) <= k) {
-      names->push_back(absl::StrCat(prefix, names->size()));
-    }
-    return (*names)[k];
+  BatchView& Start(BatchView* batch, int l) const {
+    batch->location = stores_[l];
+    batch->incarnation = 1;
+    batch->first_sequence = next_seq_[l];
+    batch->observations.clear();
+    return *batch;
   }
 
   ObservationView& Add(BatchView& b, const std::string& key) const {
@@ -288,10 +307,10 @@ class Soak {
     return o;
   }
 
-  BatchView& Prices(int l, int first_key, int hour) {
-    BatchView& b = Start(l);
+  BatchView& Prices(BatchView* batch, int l, int first_key, int hour) const {
+    BatchView& b = Start(batch, l);
     for (int k = first_key; k < first_key + c_.keys; ++k) {
-      ObservationView& o = Add(b, Name(&items_, "item-", k));
+      ObservationView& o = Add(b, items_.at(k));
       // A price per key, a few stores a cent off, and a chain-wide change
       // of each key every 14 days, keys staggered by day (a fourteenth of
       // them up or down each day), so levels, changes and the price-drop
@@ -304,13 +323,13 @@ class Soak {
     return b;
   }
 
-  BatchView& Services(int l, int hour) {
-    BatchView& b = Start(l);
+  BatchView& Services(BatchView* batch, int l, int hour) const {
+    BatchView& b = Start(batch, l);
     for (int k = 0; k < c_.service_keys; ++k) {
-      ObservationView& w = Add(b, Name(&services_, "service-", k));
+      ObservationView& w = Add(b, services_[k]);
       w.value = v1::Observation::kWaitSeconds;
       w.number = 60 + (l * 7 + k + hour) % 120;
-      ObservationView& ch = Add(b, Name(&checks_, "check-", k));
+      ObservationView& ch = Add(b, checks_[k]);
       ch.value = v1::Observation::kCheck;
       ch.passed = (l + k + hour) % 20 != 0;
     }
@@ -331,9 +350,8 @@ class Soak {
   absl::Time next_eval_ = kStart;
   std::vector<uint64_t> next_seq_;
   std::unique_ptr<Engine> engine_;
-  BatchView batch_;
-  // Names the batches point into (a deque: adding one moves none).
-  std::deque<std::string> stores_, items_, services_, checks_;
+  // Names the batches point into, all made at the start.
+  std::vector<std::string> stores_, items_, services_, checks_;
   std::string dir_;  // The stores' temporary directory, when recording.
   std::unique_ptr<FindingHistory> history_;
   std::unique_ptr<PromiseRecordStore> record_;
@@ -353,8 +371,8 @@ int Run(const Config& c) {
   gethostname(host, sizeof host - 1);
   std::printf(
       "soak: %d locations x %d keys, %d keys churned a week, %d wait + %d check keys hourly, "
-      "evaluation every %s on %d threads, %d weeks (wall cap %s)\n",
-      c.locations, c.keys, c.churned, c.service_keys, c.service_keys,
+      "applied from %d threads, evaluation every %s on %d threads, %d weeks (wall cap %s)\n",
+      c.locations, c.keys, c.churned, c.service_keys, c.service_keys, c.apply_threads,
       absl::FormatDuration(c.eval_every).c_str(), c.evaluation_threads, c.weeks,
       absl::FormatDuration(c.max_wall).c_str());
   std::printf("%4s %9s %10s %8s %9s %9s %6s %12s %12s %11s %9s %8s %8s\n", "week", "series",
@@ -463,14 +481,16 @@ int main(int argc, char** argv) {
   c.stores = absl::GetFlag(FLAGS_stores);
   c.max_wall = absl::GetFlag(FLAGS_max_wall);
   c.evaluation_threads = absl::GetFlag(FLAGS_evaluation_threads);
-  if (c.evaluation_threads == 0) {
-    c.evaluation_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  }
+  c.apply_threads = absl::GetFlag(FLAGS_apply_threads);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (c.evaluation_threads == 0) c.evaluation_threads = cores;
+  if (c.apply_threads == 0) c.apply_threads = cores;
   if (c.locations < 1 || c.keys < 1 || c.service_keys < 0 || c.weeks < 1 ||
-      c.eval_every <= absl::ZeroDuration() || c.evaluation_threads < 1) {
+      c.eval_every <= absl::ZeroDuration() || c.evaluation_threads < 1 || c.apply_threads < 1) {
     std::fprintf(stderr,
                  "soak_bench: --locations, --keys and --weeks must be at least 1, "
-                 "--service_keys and --evaluation_threads at least 0, --eval_every positive\n");
+                 "--service_keys, --evaluation_threads and --apply_threads at least 0, "
+                 "--eval_every positive\n");
     return 2;
   }
   return constance::collector::Run(c);
