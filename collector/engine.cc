@@ -811,8 +811,8 @@ std::optional<v1::Ack> Engine::ApplyShared(const BatchView& batch, absl::Time no
                            : ctx.now_ns;
     bool seen_again = false;
     ApplyToCellLocked(&series, looked_up[i].series, looked_up[i].cell, obs, at, ctx, &seen_again);
-    // Batches of other locations mark the same series at once.
-    // Read first: once marked, the series' line stays shared, not
+    // Batches of other locations mark the same series at once (an atomic
+    // or), read first: once marked, the series' line stays shared, not
     // bounced between the cores for every observation.
     constexpr uint8_t kMark = Series::kStats | Series::kFindings;
     if (!seen_again && (__atomic_load_n(&series.dirty, __ATOMIC_RELAXED) & kMark) != kMark) {

@@ -44,7 +44,6 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
-#include <deque>
 #include <filesystem>
 #include <memory>
 #include <string>
