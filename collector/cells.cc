@@ -8,13 +8,9 @@ namespace {
 int64_t Nanos(absl::Duration d) { return absl::ToInt64Nanoseconds(d); }
 int64_t Nanos(absl::Time t) { return absl::ToUnixNanos(t); }
 
-bool Stale(int64_t observed_at_ns, absl::Time now, const FamilyPolicy& policy) {
-  return observed_at_ns < Nanos(now - policy.ttl);
-}
-
 // Stale from the first nanosecond past observed_at + ttl.
-void StaleHorizon(int64_t observed_at_ns, const FamilyPolicy& policy, Horizon* h) {
-  h->After(observed_at_ns, policy.ttl + absl::Nanoseconds(1));
+void StaleHorizon(int64_t observed_at_ns, const PolicyAt& at, Horizon* h) {
+  h->After(observed_at_ns, at.stale_span());
 }
 
 int64_t BinStartNs(int64_t at_ns, int64_t bin_ns) {
@@ -48,25 +44,13 @@ typename Bins::value_type* BinFor(Bins& bins, int64_t start, const BinSpan& span
   return &bins[index - drop];
 }
 
-// Whether a bin overlaps the window (now - window, now], its bounds
-// converted once for a cell's bins (absl's conversions are out of line).
-class InWindow {
- public:
-  InWindow(absl::Time now, const FamilyPolicy& policy)
-      : bin_ns_(Nanos(policy.bin)), from_ns_(Nanos(now - policy.window)), now_ns_(Nanos(now)) {}
-  bool operator()(int64_t start) const { return start + bin_ns_ > from_ns_ && start <= now_ns_; }
-
- private:
-  const int64_t bin_ns_, from_ns_, now_ns_;
-};
-
 // A bin is in the window from its start until start + bin + window
-// (InWindow read forwards).
+// (PolicyAt::InWindow read forwards).
 template <typename Bins>
-void WindowHorizon(const Bins& bins, const FamilyPolicy& policy, Horizon* h) {
+void WindowHorizon(const Bins& bins, const PolicyAt& at, Horizon* h) {
   for (const auto& b : bins) {
     h->At(b.start_ns);
-    h->After(b.start_ns, policy.bin + policy.window);
+    h->After(b.start_ns, at.window_span());
   }
 }
 
@@ -77,31 +61,45 @@ void Horizon::At(absl::Time at) {
   At(absl::ToUnixNanos(at));
 }
 
-void Horizon::After(int64_t from_ns, absl::Duration d) {
-  if (d == absl::InfiniteDuration() || d == -absl::InfiniteDuration()) return;
-  const int64_t span = absl::ToInt64Nanoseconds(d);
+std::optional<int64_t> Horizon::SpanNs(absl::Duration d) {
+  if (d == absl::InfiniteDuration() || d == -absl::InfiniteDuration()) return std::nullopt;
+  return absl::ToInt64Nanoseconds(d);
+}
+
+void Horizon::After(int64_t from_ns, const std::optional<int64_t>& span_ns) {
+  if (!span_ns.has_value()) return;
+  const int64_t span = *span_ns;
   if (span > 0 && from_ns > INT64_MAX - span) return;
   if (span < 0 && from_ns < INT64_MIN - span) return;
   At(from_ns + span);
 }
 
-void CellHorizon(const PriceCell& cell, const FamilyPolicy& policy, Horizon* h) {
-  if (cell.observed_at_ns != 0) StaleHorizon(cell.observed_at_ns, policy, h);
+PolicyAt::PolicyAt(absl::Time now, const FamilyPolicy& policy)
+    : policy_(policy),
+      now_ns_(Nanos(now)),
+      stale_before_ns_(Nanos(now - policy.ttl)),
+      from_ns_(Nanos(now - policy.window)),
+      bin_ns_(Nanos(policy.bin)),
+      stale_span_(Horizon::SpanNs(policy.ttl + absl::Nanoseconds(1))),
+      window_span_(Horizon::SpanNs(policy.bin + policy.window)) {}
+
+void CellHorizon(const PriceCell& cell, const PolicyAt& at, Horizon* h) {
+  if (cell.observed_at_ns != 0) StaleHorizon(cell.observed_at_ns, at, h);
 }
 
-void CellHorizon(const WaitCell& cell, const FamilyPolicy& policy, Horizon* h) {
-  StaleHorizon(cell.observed_at_ns, policy, h);
-  WindowHorizon(cell.bins, policy, h);
+void CellHorizon(const WaitCell& cell, const PolicyAt& at, Horizon* h) {
+  StaleHorizon(cell.observed_at_ns, at, h);
+  WindowHorizon(cell.bins, at, h);
 }
 
-void CellHorizon(const ComplianceCell& cell, const FamilyPolicy& policy, Horizon* h) {
-  StaleHorizon(cell.observed_at_ns, policy, h);
-  WindowHorizon(cell.bins, policy, h);
+void CellHorizon(const ComplianceCell& cell, const PolicyAt& at, Horizon* h) {
+  StaleHorizon(cell.observed_at_ns, at, h);
+  WindowHorizon(cell.bins, at, h);
 }
 
-void CellHorizon(const ScoreCell& cell, const FamilyPolicy& policy, Horizon* h) {
-  StaleHorizon(cell.observed_at_ns, policy, h);
-  WindowHorizon(cell.bins, policy, h);
+void CellHorizon(const ScoreCell& cell, const PolicyAt& at, Horizon* h) {
+  StaleHorizon(cell.observed_at_ns, at, h);
+  WindowHorizon(cell.bins, at, h);
 }
 
 int64_t BinStart(int64_t at_ns, absl::Duration bin) { return BinStartNs(at_ns, Nanos(bin)); }
@@ -150,10 +148,13 @@ void WaitCell::Apply(double seconds, int64_t at_ns, const BinSpan& span, const W
 
 QuantileSketch WaitCell::Window(absl::Time now, const FamilyPolicy& policy,
                                 const WaitPolicy& sketch) const {
+  return Window(PolicyAt(now, policy), sketch);
+}
+
+QuantileSketch WaitCell::Window(const PolicyAt& at, const WaitPolicy& sketch) const {
   QuantileSketch merged(sketch.relative_accuracy);
-  const InWindow in_window(now, policy);
   for (const Bin& b : bins) {
-    if (in_window(b.start_ns)) (void)merged.Merge(b.sketch);
+    if (at.InWindow(b.start_ns)) (void)merged.Merge(b.sketch);
   }
   return merged;
 }
@@ -192,7 +193,27 @@ void ScoreCell::Apply(double value, int64_t at_ns, const BinSpan& span) {
 
 std::optional<Comparable> ComparePrice(const PriceCell& cell, absl::Time now,
                                        const FamilyPolicy& policy) {
-  if (cell.observed_at_ns == 0 || Stale(cell.observed_at_ns, now, policy)) return std::nullopt;
+  return ComparePrice(cell, PolicyAt(now, policy));
+}
+
+std::optional<Comparable> CompareWait(const WaitCell& cell, absl::Time now,
+                                      const FamilyPolicy& policy, const WaitPolicy& sketch,
+                                      double within_seconds) {
+  return CompareWait(cell, PolicyAt(now, policy), sketch, within_seconds);
+}
+
+std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, absl::Time now,
+                                            const FamilyPolicy& policy, JudgingMode mode) {
+  return CompareCompliance(cell, PolicyAt(now, policy), mode);
+}
+
+std::optional<Comparable> CompareScore(const ScoreCell& cell, absl::Time now,
+                                       const FamilyPolicy& policy) {
+  return CompareScore(cell, PolicyAt(now, policy));
+}
+
+std::optional<Comparable> ComparePrice(const PriceCell& cell, const PolicyAt& at) {
+  if (cell.observed_at_ns == 0 || at.Stale(cell.observed_at_ns)) return std::nullopt;
   Comparable c;
   c.value = static_cast<double>(cell.minor_units);
   c.samples = 1;
@@ -200,12 +221,11 @@ std::optional<Comparable> ComparePrice(const PriceCell& cell, absl::Time now,
   return c;
 }
 
-std::optional<Comparable> CompareWait(const WaitCell& cell, absl::Time now,
-                                      const FamilyPolicy& policy, const WaitPolicy& sketch,
-                                      double within_seconds) {
-  if (Stale(cell.observed_at_ns, now, policy)) return std::nullopt;
-  QuantileSketch window = cell.Window(now, policy, sketch);
-  if (window.count() == 0 || window.count() < policy.min_samples) return std::nullopt;
+std::optional<Comparable> CompareWait(const WaitCell& cell, const PolicyAt& at,
+                                      const WaitPolicy& sketch, double within_seconds) {
+  if (at.Stale(cell.observed_at_ns)) return std::nullopt;
+  QuantileSketch window = cell.Window(at, sketch);
+  if (window.count() == 0 || window.count() < at.policy().min_samples) return std::nullopt;
   Comparable c;
   c.value = window.Quantile(sketch.compared_quantile);
   c.samples = window.count();
@@ -214,15 +234,14 @@ std::optional<Comparable> CompareWait(const WaitCell& cell, absl::Time now,
   return c;
 }
 
-std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, absl::Time now,
-                                            const FamilyPolicy& policy, JudgingMode mode) {
-  if (Stale(cell.observed_at_ns, now, policy)) return std::nullopt;
+std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, const PolicyAt& at,
+                                            JudgingMode mode) {
+  if (at.Stale(cell.observed_at_ns)) return std::nullopt;
   uint64_t passed = 0, total = 0;
   int64_t first_failed_ns = 0;
   bool critical = false;
-  const InWindow in_window(now, policy);
   for (auto b = cell.bins.rbegin(); b != cell.bins.rend(); ++b) {
-    if (!in_window(b->start_ns)) continue;
+    if (!at.InWindow(b->start_ns)) continue;
     passed += b->passed;
     total += b->passed + b->failed;
     critical = critical || b->critical_failed > 0;
@@ -231,7 +250,7 @@ std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, absl::Ti
   }
   // A failed critical check is compared however few results the window
   // holds: it fails the location outright (below), evidence enough.
-  if (total == 0 || (mode == JudgingMode::kRate && total < policy.min_samples && !critical)) {
+  if (total == 0 || (mode == JudgingMode::kRate && total < at.policy().min_samples && !critical)) {
     return std::nullopt;
   }
   Comparable c;
@@ -243,18 +262,16 @@ std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, absl::Ti
   return c;
 }
 
-std::optional<Comparable> CompareScore(const ScoreCell& cell, absl::Time now,
-                                       const FamilyPolicy& policy) {
-  if (Stale(cell.observed_at_ns, now, policy)) return std::nullopt;
+std::optional<Comparable> CompareScore(const ScoreCell& cell, const PolicyAt& at) {
+  if (at.Stale(cell.observed_at_ns)) return std::nullopt;
   double sum = 0;
   uint64_t count = 0;
-  const InWindow in_window(now, policy);
   for (const SumBin& b : cell.bins) {
-    if (!in_window(b.start_ns)) continue;
+    if (!at.InWindow(b.start_ns)) continue;
     sum += b.sum;
     count += b.count;
   }
-  if (count == 0 || count < policy.min_samples) return std::nullopt;
+  if (count == 0 || count < at.policy().min_samples) return std::nullopt;
   Comparable c;
   c.value = sum / count;
   c.samples = count;

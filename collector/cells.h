@@ -80,6 +80,32 @@ struct Comparable {
   int64_t evidence_ns = 0;
 };
 
+// A family's policy read at one `now`, its instants and spans converted
+// to nanoseconds once for a walk over a series' cells: absl's Time and
+// Duration arithmetic is out of line, and a walk read it at every cell.
+// What Compare* and CellHorizon below read of the policy.
+class PolicyAt {
+ public:
+  PolicyAt(absl::Time now, const FamilyPolicy& policy);
+  const FamilyPolicy& policy() const { return policy_; }
+  int64_t now_ns() const { return now_ns_; }
+  // Older than the TTL.
+  bool Stale(int64_t observed_at_ns) const { return observed_at_ns < stale_before_ns_; }
+  // Whether the bin starting at `start_ns` overlaps the window (now - window, now].
+  bool InWindow(int64_t start_ns) const {
+    return start_ns + bin_ns_ > from_ns_ && start_ns <= now_ns_;
+  }
+  // Horizon::After's spans: ttl + 1 ns (stale from then), bin + window (a
+  // bin out of the window from then).
+  const std::optional<int64_t>& stale_span() const { return stale_span_; }
+  const std::optional<int64_t>& window_span() const { return window_span_; }
+
+ private:
+  const FamilyPolicy& policy_;
+  int64_t now_ns_, stale_before_ns_, from_ns_, bin_ns_;
+  std::optional<int64_t> stale_span_, window_span_;
+};
+
 struct WaitCell {
   int64_t observed_at_ns = 0;
   struct Bin {
@@ -92,6 +118,7 @@ struct WaitCell {
   void Apply(double seconds, int64_t at_ns, const BinSpan& span, const WaitPolicy& sketch);
   // The window's merged sketch at `now`.
   QuantileSketch Window(absl::Time now, const FamilyPolicy& policy, const WaitPolicy& sketch) const;
+  QuantileSketch Window(const PolicyAt& at, const WaitPolicy& sketch) const;
 };
 
 struct CountBin {
@@ -135,7 +162,11 @@ class Horizon {
   }
   void At(absl::Time at);
   // `from_ns` + `d` (a window's edge), saturating; nothing for an infinite d.
-  void After(int64_t from_ns, absl::Duration d);
+  void After(int64_t from_ns, absl::Duration d) { After(from_ns, SpanNs(d)); }
+  // The same with `d` converted once (SpanNs).
+  void After(int64_t from_ns, const std::optional<int64_t>& span_ns);
+  // `d` in nanoseconds (saturating), nullopt when infinite.
+  static std::optional<int64_t> SpanNs(absl::Duration d);
   int64_t now_ns() const { return now_ns_; }
   int64_t until_ns() const { return until_ns_; }
 
@@ -144,10 +175,11 @@ class Horizon {
   int64_t until_ns_ = INT64_MAX;
 };
 
-void CellHorizon(const PriceCell& cell, const FamilyPolicy& policy, Horizon* h);
-void CellHorizon(const WaitCell& cell, const FamilyPolicy& policy, Horizon* h);
-void CellHorizon(const ComplianceCell& cell, const FamilyPolicy& policy, Horizon* h);
-void CellHorizon(const ScoreCell& cell, const FamilyPolicy& policy, Horizon* h);
+// `at`: the cell's family policy (any now: the spans alone are read).
+void CellHorizon(const PriceCell& cell, const PolicyAt& at, Horizon* h);
+void CellHorizon(const WaitCell& cell, const PolicyAt& at, Horizon* h);
+void CellHorizon(const ComplianceCell& cell, const PolicyAt& at, Horizon* h);
+void CellHorizon(const ScoreCell& cell, const PolicyAt& at, Horizon* h);
 
 // The comparable value of a cell at `now`, or nullopt when it is stale
 // (older than the TTL) or has too few samples in its window.
@@ -166,6 +198,13 @@ std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, absl::Ti
                                             JudgingMode mode = JudgingMode::kRate);
 std::optional<Comparable> CompareScore(const ScoreCell& cell, absl::Time now,
                                        const FamilyPolicy& policy);
+// The same with the policy read once for many cells (PolicyAt).
+std::optional<Comparable> ComparePrice(const PriceCell& cell, const PolicyAt& at);
+std::optional<Comparable> CompareWait(const WaitCell& cell, const PolicyAt& at,
+                                      const WaitPolicy& sketch, double within_seconds);
+std::optional<Comparable> CompareCompliance(const ComplianceCell& cell, const PolicyAt& at,
+                                            JudgingMode mode = JudgingMode::kRate);
+std::optional<Comparable> CompareScore(const ScoreCell& cell, const PolicyAt& at);
 
 // The start of the fixed bin holding `at_ns`.
 int64_t BinStart(int64_t at_ns, absl::Duration bin);

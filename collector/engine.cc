@@ -92,9 +92,10 @@ class HorizonWalk {
         h_(h),
         flip_since_(absl::ToUnixNanos(absl::FromUnixNanos(h->now_ns()) - th_.flip_window)) {}
 
-  void Price(const LocationEntry* e, const PriceCell& cell) {
+  // `at`: the family's policy at the horizon's now.
+  void Price(const LocationEntry* e, const PriceCell& cell, const PolicyAt& at) {
     Opening(e);
-    CellHorizon(cell, catalog_.price, h_);
+    CellHorizon(cell, at, h_);
     if (cell.changes == nullptr) return;
     // Only what CollectLocked reads of the changes. A change counts while
     // at_ns >= now - window, and is settled from at_ns + settle.
@@ -116,9 +117,9 @@ class HorizonWalk {
     }
   }
 
-  void Wait(const LocationEntry* e, const WaitCell& cell) {
+  void Wait(const LocationEntry* e, const WaitCell& cell, const PolicyAt& at) {
     Opening(e);
-    CellHorizon(cell, catalog_.wait, h_);
+    CellHorizon(cell, at, h_);
     if (!catalog_.wait_sketch.hour_of_week) return;
     // Waits compared by local hour: each zone's next hour.
     const absl::TimeZone tz = e != nullptr ? e->tz : absl::UTCTimeZone();
@@ -130,9 +131,9 @@ class HorizonWalk {
 
   // Compliance (with the key's policy) and scores.
   template <typename C>
-  void Other(const LocationEntry* e, const C& cell, const FamilyPolicy& policy) {
+  void Other(const LocationEntry* e, const C& cell, const PolicyAt& at) {
     Opening(e);
-    CellHorizon(cell, policy, h_);
+    CellHorizon(cell, at, h_);
   }
 
   void Finish(const SeriesKey& key) {
@@ -1206,31 +1207,37 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now, const C
   HorizonWalk walk(catalog, &horizon);
   auto entry = [&](uint32_t loc) ABSL_SHARED_LOCKS_REQUIRED(mu_) { return locations_[loc].entry; };
   const auto prices = InLocationOrder(series.price, locations_.size());
+  const PolicyAt price_at(now, catalog.price);
   for (size_t i = 0; i < prices.size(); ++i) {
     if (i + kPrefetchAhead < prices.size()) PrefetchChanges(*prices[i + kPrefetchAhead].second);
     const auto& [loc, cell] = prices[i];
-    walk.Price(entry(loc), *cell);
-    add(loc, ComparePrice(*cell, now, catalog.price), cell);
+    walk.Price(entry(loc), *cell, price_at);
+    add(loc, ComparePrice(*cell, price_at), cell);
   }
-  for (const auto& [loc, cell] : InLocationOrder(series.wait, locations_.size())) {
-    walk.Wait(entry(loc), *cell);
-    add(loc,
-        CompareWait(*cell, now, catalog.wait, catalog.wait_sketch,
-                    wait_promise != nullptr ? wait_promise->within_seconds : 0),
-        nullptr);
+  if (!series.wait.empty()) {
+    const PolicyAt wait_at(now, catalog.wait);
+    const double within = wait_promise != nullptr ? wait_promise->within_seconds : 0;
+    for (const auto& [loc, cell] : InLocationOrder(series.wait, locations_.size())) {
+      walk.Wait(entry(loc), *cell, wait_at);
+      add(loc, CompareWait(*cell, wait_at, catalog.wait_sketch, within), nullptr);
+    }
   }
   if (!series.compliance.empty()) {
     const FamilyPolicy policy = catalog.CompliancePolicy(series.key.key);
+    const PolicyAt compliance_at(now, policy);
     const KeyJudging* judging = catalog.JudgingFor(series.key.key);
     const JudgingMode mode = judging != nullptr ? judging->mode : JudgingMode::kRate;
     for (const auto& [loc, cell] : InLocationOrder(series.compliance, locations_.size())) {
-      walk.Other(entry(loc), *cell, policy);
-      add(loc, CompareCompliance(*cell, now, policy, mode), nullptr);
+      walk.Other(entry(loc), *cell, compliance_at);
+      add(loc, CompareCompliance(*cell, compliance_at, mode), nullptr);
     }
   }
-  for (const auto& [loc, cell] : InLocationOrder(series.score, locations_.size())) {
-    walk.Other(entry(loc), *cell, catalog.score);
-    add(loc, CompareScore(*cell, now, catalog.score), nullptr);
+  if (!series.score.empty()) {
+    const PolicyAt score_at(now, catalog.score);
+    for (const auto& [loc, cell] : InLocationOrder(series.score, locations_.size())) {
+      walk.Other(entry(loc), *cell, score_at);
+      add(loc, CompareScore(*cell, score_at), nullptr);
+    }
   }
   walk.Finish(series.key);
 
