@@ -9,8 +9,14 @@
 // every `eval_every`. Batches are applied from --apply_threads threads,
 // each taking the next location's batches (batches of different
 // locations apply at once where their cells exist, as the collector's
-// streams apply them without --state_dir). --max_series is set a quarter above the keys listed
-// at once, so without retention the churned keys would exhaust it.
+// streams apply them without --state_dir); then the engine evaluates.
+// With --overlap an evaluation runs on a thread of its own beside the next
+// simulated hour's batches, as the collector's evaluation tick runs beside
+// its ingest: each waits for the other's locks (an evaluation copies a
+// series holding every stripe), slower on a 2-core machine than one after
+// the other (tests/bench/RESULTS.md), so not the default.
+// --max_series is set a quarter above the keys listed at once, so without
+// retention the churned keys would exhaust it.
 //
 //   soak_bench                          # 1,000 x 5,000, 52 weeks, 15 min cap
 //   soak_bench --locations=50 --keys=250 --eval_every=1h
@@ -20,7 +26,9 @@
 // process's resident memory (tests/bench/proc_stats.h), the evaluations' CPU
 // time (every thread's) and wall time, the observations rejected for
 // `series`, and the wall and process CPU seconds so far (on a shared
-// machine the CPU time is the measure). Evaluations recompute series on
+// machine the CPU time is the measure). An evaluation's CPU time is the
+// process's while it ran, less the applying threads' and the recorder's. Evaluations recompute
+// series on
 // --evaluation_threads threads (one per core unless told). It asserts
 // nothing while running, and exits 1 if the series held or the resident memory
 // grew more than 10% from week 8 to the last week reached, or anything
@@ -82,6 +90,10 @@ ABSL_FLAG(int, apply_threads, 1,
           "Threads the locations' batches are applied from, each taking the next location "
           "(batches of different locations apply at once: the engine's stripes); 0 = one per "
           "core. One by default: on a 2-core VM two were no faster (tests/bench/RESULTS.md)");
+ABSL_FLAG(bool, overlap, false,
+          "Evaluate on a thread of its own beside the next simulated hour's batches, as the "
+          "collector's evaluation tick runs beside its ingest (each waits for the other's "
+          "locks); false: apply an hour's batches, then evaluate");
 ABSL_FLAG(bool, retain_forever, false,
           "Set the catalog's retention to ten years: shows what the run looks like without "
           "retention (series grow, `series` rejections) and that the checks catch it");
@@ -91,11 +103,9 @@ namespace {
 
 const absl::Time kStart = absl::FromUnixSeconds(1'767'225'600);  // 2026-01-01.
 
-// The process's: an evaluation's helper threads count, and nothing else
-// runs meanwhile.
-double ProcessCpuSeconds() {
+double CpuSeconds(clockid_t clock) {
   timespec ts{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  clock_gettime(clock, &ts);
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
@@ -107,6 +117,7 @@ struct Config {
   absl::Duration eval_every, max_wall;
   bool retain_forever = false;
   bool stores = true;
+  bool overlap = false;
 };
 
 struct Week {
@@ -141,7 +152,9 @@ class Soak {
           absl::Hours(24 * 3650);
       o.catalog = std::make_shared<const Catalog>(std::move(catalog));
     }
-    o.clock = [this] { return now_; };
+    // Batches carry their hour's time (Send); the clock is the
+    // evaluation's, which may run beside the next hour's batches.
+    o.clock = [this] { return absl::FromUnixNanos(eval_at_ns_.load()); };
     o.evaluation_threads = c.evaluation_threads;
     o.limits.max_series =
         static_cast<uint64_t>(c.keys) * 5 / 4 + 2 * static_cast<uint64_t>(c.service_keys);
@@ -150,8 +163,15 @@ class Soak {
       OpenStores();
       recorder_ = std::thread([this] { RecordLoop(); });
     }
+    evaluator_ = std::thread([this] { EvaluateLoop(); });
   }
   ~Soak() {
+    {
+      absl::MutexLock lock(&eval_mu_);
+      eval_mu_.Await(absl::Condition(this, &Soak::EvaluatorIdle));
+      eval_ = EvalState::kStop;
+    }
+    evaluator_.join();
     if (recorder_.joinable()) {
       {
         absl::MutexLock lock(&mu_);
@@ -167,7 +187,8 @@ class Soak {
 
   // One simulated hour: the locations whose day starts now send their
   // prices, every location its waits and checks (on --apply_threads
-  // threads); then an evaluation when one is due.
+  // threads), beside the last hour's evaluation (--overlap); then an
+  // evaluation when one is due.
   void Hour(int hour, Week* w) {
     const int first_key = (hour / (24 * 7)) * c_.churned;  // Listed: [first, first + keys).
     // Each thread takes the next location (a location's batches in
@@ -175,30 +196,23 @@ class Soak {
     // out with the rest.
     std::atomic<int> next{0};
     auto apply = [&] {
+      const double cpu_before = CpuSeconds(CLOCK_THREAD_CPUTIME_ID);
       BatchView batch;
       for (int l = next++; l < c_.locations; l = next++) {
         if (l % 24 == hour % 24) Send(l, Prices(&batch, l, first_key, hour));
         Send(l, Services(&batch, l, hour));
       }
+      const double cpu = CpuSeconds(CLOCK_THREAD_CPUTIME_ID) - cpu_before;
+      apply_cpu_ns_ += static_cast<int64_t>(cpu * 1e9);
     };
     std::vector<std::thread> helpers;
     for (int t = 1; t < c_.apply_threads; ++t) helpers.emplace_back(apply);
     apply();
     for (std::thread& t : helpers) t.join();
+    FinishEvaluation(w);  // The one that ran beside these batches, if any.
     if (now_ >= next_eval_) {
-      // Every thread's CPU time but the recorder's, which runs beside.
-      const double before = ProcessCpuSeconds() - RecorderCpuSeconds();
-      const absl::Time wall_before = absl::Now();
-      engine_->Evaluate();
-      w->eval_cpu += ProcessCpuSeconds() - RecorderCpuSeconds() - before;
-      w->eval_wall += absl::ToDoubleSeconds(absl::Now() - wall_before);
-      if (history_ != nullptr) {
-        // Every evaluation is recorded: the next waits for the recorder to
-        // take this one.
-        absl::MutexLock lock(&mu_);
-        mu_.Await(absl::Condition(this, &Soak::Taken));
-        to_record_ = {engine_->snapshot(), now_};
-      }
+      StartEvaluation();
+      if (!c_.overlap) FinishEvaluation(w);
       ++w->evaluations;
       next_eval_ = now_ + c_.eval_every;
     }
@@ -206,6 +220,7 @@ class Soak {
   }
 
   void Measure(Week* w, absl::Time wall_start) {
+    FinishEvaluation(w);
     {
       // The stores' size once they hold the week's last evaluation.
       absl::MutexLock lock(&mu_);
@@ -228,6 +243,67 @@ class Soak {
   }
 
  private:
+  enum class EvalState { kIdle, kDue, kRunning, kDone, kStop };
+
+  // Starts an evaluation at now_ on the evaluator thread (none running).
+  void StartEvaluation() {
+    absl::MutexLock lock(&eval_mu_);
+    eval_at_ns_ = absl::ToUnixNanos(now_);
+    eval_cpu_before_ = OthersCpuSeconds();
+    eval_ = EvalState::kDue;
+  }
+
+  // Waits for the evaluation started last, if any, and counts it in `w`.
+  void FinishEvaluation(Week* w) {
+    absl::MutexLock lock(&eval_mu_);
+    if (eval_ == EvalState::kIdle) return;
+    eval_mu_.Await(absl::Condition(this, &Soak::EvaluationDone));
+    w->eval_cpu += OthersCpuSeconds() - eval_cpu_before_;
+    w->eval_wall += eval_wall_;
+    eval_ = EvalState::kIdle;
+  }
+
+  // The process's CPU time less the applying threads' and the recorder's:
+  // the evaluations' (the evaluator's and its helpers').
+  double OthersCpuSeconds() {
+    return CpuSeconds(CLOCK_PROCESS_CPUTIME_ID) - RecorderCpuSeconds() -
+           static_cast<double>(apply_cpu_ns_.load()) * 1e-9;
+  }
+
+  void EvaluateLoop() {
+    while (true) {
+      {
+        absl::MutexLock lock(&eval_mu_);
+        eval_mu_.Await(absl::Condition(this, &Soak::EvaluationDueOrStop));
+        if (eval_ == EvalState::kStop) return;
+        eval_ = EvalState::kRunning;
+      }
+      const absl::Time wall_before = absl::Now();
+      engine_->Evaluate();
+      const double wall = absl::ToDoubleSeconds(absl::Now() - wall_before);
+      if (history_ != nullptr) {
+        // Every evaluation is recorded: the next waits for the recorder to
+        // take this one.
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(this, &Soak::Taken));
+        to_record_ = {engine_->snapshot(), absl::FromUnixNanos(eval_at_ns_.load())};
+      }
+      absl::MutexLock lock(&eval_mu_);
+      eval_wall_ = wall;
+      eval_ = EvalState::kDone;
+    }
+  }
+
+  bool EvaluationDone() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_) {
+    return eval_ == EvalState::kDone;
+  }
+  bool EvaluationDueOrStop() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_) {
+    return eval_ == EvalState::kDue || eval_ == EvalState::kStop;
+  }
+  bool EvaluatorIdle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(eval_mu_) {
+    return eval_ == EvalState::kIdle || eval_ == EvalState::kDone;
+  }
+
   void OpenStores() {
     char tmpl[] = "/tmp/constance-soak.XXXXXX";
     if (mkdtemp(tmpl) == nullptr) Die("cannot make a temporary directory");
@@ -345,7 +421,10 @@ class Soak {
   }
 
   const Config c_;
-  absl::Time now_ = kStart;
+  absl::Time now_ = kStart;  // The hour being applied.
+  // The engine's clock: the time of the evaluation running or last run.
+  std::atomic<int64_t> eval_at_ns_{absl::ToUnixNanos(kStart)};
+  std::atomic<int64_t> apply_cpu_ns_{0};  // The applying threads' CPU time.
   absl::Time next_eval_ = kStart;
   std::vector<uint64_t> next_seq_;
   std::unique_ptr<Engine> engine_;
@@ -360,6 +439,11 @@ class Soak {
   bool recording_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread recorder_;  // With the stores: records them.
+  absl::Mutex eval_mu_;
+  EvalState eval_ ABSL_GUARDED_BY(eval_mu_) = EvalState::kIdle;
+  double eval_cpu_before_ ABSL_GUARDED_BY(eval_mu_) = 0;
+  double eval_wall_ ABSL_GUARDED_BY(eval_mu_) = 0;
+  std::thread evaluator_;
 };
 
 // Whether `to` is within 10% above `from`.
@@ -370,9 +454,10 @@ int Run(const Config& c) {
   gethostname(host, sizeof host - 1);
   std::printf(
       "soak: %d locations x %d keys, %d keys churned a week, %d wait + %d check keys hourly, "
-      "applied from %d threads, evaluation every %s on %d threads, %d weeks (wall cap %s)\n",
+      "applied from %d threads, evaluation every %s on %d threads %s, %d weeks (wall cap %s)\n",
       c.locations, c.keys, c.churned, c.service_keys, c.service_keys, c.apply_threads,
-      absl::FormatDuration(c.eval_every).c_str(), c.evaluation_threads, c.weeks,
+      absl::FormatDuration(c.eval_every).c_str(), c.evaluation_threads,
+      c.overlap ? "beside the next hour's batches" : "after each hour's batches", c.weeks,
       absl::FormatDuration(c.max_wall).c_str());
   std::printf("%4s %9s %10s %8s %9s %9s %6s %12s %12s %11s %9s %8s %8s\n", "week", "series",
               "cells", "marks", "rss_mb", "disk_mb", "evals", "eval_cpu_s", "cpu_per_eval",
@@ -478,6 +563,7 @@ int main(int argc, char** argv) {
   c.eval_every = smoke ? absl::Hours(1) : absl::GetFlag(FLAGS_eval_every);
   c.retain_forever = absl::GetFlag(FLAGS_retain_forever);
   c.stores = absl::GetFlag(FLAGS_stores);
+  c.overlap = absl::GetFlag(FLAGS_overlap);
   c.max_wall = absl::GetFlag(FLAGS_max_wall);
   c.evaluation_threads = absl::GetFlag(FLAGS_evaluation_threads);
   c.apply_threads = absl::GetFlag(FLAGS_apply_threads);
