@@ -88,7 +88,6 @@ class PolicyAt {
  public:
   PolicyAt(absl::Time now, const FamilyPolicy& policy);
   const FamilyPolicy& policy() const { return policy_; }
-  int64_t now_ns() const { return now_ns_; }
   // Older than the TTL.
   bool Stale(int64_t observed_at_ns) const { return observed_at_ns < stale_before_ns_; }
   // Whether the bin starting at `start_ns` overlaps the window (now - window, now].

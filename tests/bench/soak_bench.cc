@@ -27,13 +27,12 @@
 // time (every thread's) and wall time, the observations rejected for
 // `series`, and the wall and process CPU seconds so far (on a shared
 // machine the CPU time is the measure). An evaluation's CPU time is the
-// process's while it ran, less the applying threads' and the recorder's. Evaluations recompute
-// series on
-// --evaluation_threads threads (one per core unless told). It asserts
-// nothing while running, and exits 1 if the series held or the resident memory
-// grew more than 10% from week 8 to the last week reached, or anything
-// was rejected for `series`. Past --max_wall it stops after the current
-// week and says how far it got. Figures: tests/bench/RESULTS.md.
+// process's while it ran, less the applying threads' and the recorder's.
+// Evaluations recompute series on --evaluation_threads threads (one per
+// core unless told). It asserts nothing while running, and exits 1 if the
+// series held or the resident memory grew more than 10% from week 8 to the
+// last week reached, or anything was rejected for `series`. Past --max_wall it stops after the
+// current week and says how far it got. Figures: tests/bench/RESULTS.md.
 //
 // With --stores (the default) each evaluation is also recorded as a
 // collector with --state_dir records it: finding history, the promise
