@@ -745,8 +745,9 @@ class Engine::StripesShared {
 };
 
 // Every observation's series and cell are looked up before the first is
-// applied, in two passes: every series (fetching its cell table's
-// header), then every cell (each fetched a few observations ahead). The
+// applied, in two passes: every series (its index entry fetched a few
+// observations ahead, its cell table's header once found), then every
+// cell (each fetched a few observations ahead). The
 // lookups do not depend on one another, so their cache misses (index
 // entry, series, cell table: at a million series each is one) overlap
 // instead of each waiting for the last.
@@ -757,8 +758,17 @@ bool Engine::LookUpLocked(const BatchView& batch, uint32_t loc, bool all,
   const uint64_t count = batch.observations.size();
   std::vector<LookedUp>& looked_up = *out;
   looked_up.resize(count);
+  // Each key hashed once, for both the fetch ahead and the lookup.
+  thread_local std::vector<HashedSeriesKeyView> keys;
+  keys.resize(count);
   for (uint64_t i = 0; i < count; ++i) {
-    looked_up[i].series = FindSeriesLocked(batch.observations[i]);
+    keys[i] = HashedSeriesKeyView::Of(SeriesViewOf(batch.observations[i]));
+    if (i < kPrefetchAhead) series_index_.prefetch(keys[i]);
+  }
+  for (uint64_t i = 0; i < count; ++i) {
+    if (i + kPrefetchAhead < count) series_index_.prefetch(keys[i + kPrefetchAhead]);
+    const auto found = series_index_.find(keys[i]);
+    looked_up[i].series = found == series_index_.end() ? LookedUp::kNoSeries : found->second;
     if (looked_up[i].series != LookedUp::kNoSeries) {
       __builtin_prefetch(&series_[looked_up[i].series].price);
     } else if (all) {
@@ -801,6 +811,8 @@ std::optional<v1::Ack> Engine::ApplyShared(const BatchView& batch, absl::Time no
   const uint64_t count = batch.observations.size();
   uint32_t duplicates = 0, applied = 0;
   for (uint64_t i = 0; i < count; ++i) {
+    // A batch's first cells were found too long ago to still be cached.
+    if (i + kPrefetchAhead < count) __builtin_prefetch(looked_up[i + kPrefetchAhead].cell, 1);
     if (batch.first_sequence + i <= stream.watermark) {
       ++duplicates;
       continue;
@@ -849,6 +861,7 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
   uint32_t duplicates = 0, applied = 0;
   auto failed = checks.failed.begin();
   for (uint64_t i = 0; i < count; ++i) {
+    if (i + kPrefetchAhead < count) __builtin_prefetch(looked_up_[i + kPrefetchAhead].cell, 1);
     const uint64_t seq = batch.first_sequence + i;
     const absl::Status* invalid = nullptr;
     if (failed != checks.failed.end() && failed->first == i) invalid = &(failed++)->second;

@@ -101,18 +101,39 @@ struct SeriesKeyView {
   }
 };
 
-// Hash and equality over SeriesKey and SeriesKeyView alike, so a series is
-// found from an observation's fields without building a SeriesKey.
+// A view with its hash, computed once (HashedSeriesKeyView::Of) for a
+// lookup fetched ahead of time (prefetch) and then made (find).
+struct HashedSeriesKeyView {
+  SeriesKeyView view;
+  size_t hash = 0;
+
+  static HashedSeriesKeyView Of(const SeriesKeyView& view);
+};
+
+// Hash and equality over SeriesKey, SeriesKeyView and HashedSeriesKeyView
+// alike, so a series is found from an observation's fields without
+// building a SeriesKey.
 struct SeriesKeyHash {
   using is_transparent = void;
   size_t operator()(const SeriesKeyView& k) const {
     return absl::HashOf(k.family, k.key, k.currency, k.kind);
   }
+  size_t operator()(const HashedSeriesKeyView& k) const { return k.hash; }
 };
 struct SeriesKeyEq {
   using is_transparent = void;
   bool operator()(const SeriesKeyView& a, const SeriesKeyView& b) const { return a == b; }
+  bool operator()(const HashedSeriesKeyView& a, const SeriesKeyView& b) const {
+    return a.view == b;
+  }
+  bool operator()(const SeriesKeyView& a, const HashedSeriesKeyView& b) const {
+    return a == b.view;
+  }
 };
+
+inline HashedSeriesKeyView HashedSeriesKeyView::Of(const SeriesKeyView& view) {
+  return {view, SeriesKeyHash{}(view)};
+}
 using SeriesIndex = absl::flat_hash_map<SeriesKey, uint32_t, SeriesKeyHash, SeriesKeyEq>;
 
 // The series an observation belongs to, qualifiers normalised.
