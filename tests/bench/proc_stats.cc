@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <sstream>
@@ -29,8 +32,11 @@ double CpuSeconds(pid_t pid) {
   return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
-int64_t ProcStatusKb(pid_t pid, const std::string& field) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+namespace {
+
+// A "Name:   123 kB" field of a /proc file, in KiB; -1 if not there.
+int64_t ProcFieldKb(const std::string& path, const std::string& field) {
+  std::ifstream in(path);
   std::string line;
   const std::string prefix = field + ":";
   while (std::getline(in, line)) {
@@ -41,6 +47,40 @@ int64_t ProcStatusKb(pid_t pid, const std::string& field) {
     if (!parts.empty() && absl::SimpleAtoi(parts[0], &kb)) return kb;
   }
   return -1;
+}
+
+}  // namespace
+
+int64_t ProcStatusKb(pid_t pid, const std::string& field) {
+  return ProcFieldKb(absl::StrCat("/proc/", pid, "/status"), field);
+}
+
+int64_t ProcSmapsKb(pid_t pid, const std::string& field) {
+  return ProcFieldKb(absl::StrCat("/proc/", pid, "/smaps_rollup"), field);
+}
+
+namespace {
+
+// This process's GLIBC_TUNABLES with kMallocHugePages added.
+std::string TunablesWithHugePages() {
+  const char* set = std::getenv("GLIBC_TUNABLES");
+  if (set == nullptr || *set == '\0') return kMallocHugePages;
+  return absl::StrCat(set, ":", kMallocHugePages);
+}
+
+}  // namespace
+
+void ReexecWithMallocHugePages(char** argv) {
+  const char* set = std::getenv("GLIBC_TUNABLES");
+  if (set != nullptr && std::strstr(set, "glibc.malloc.hugetlb=") != nullptr) return;
+  if (setenv("GLIBC_TUNABLES", TunablesWithHugePages().c_str(), 1) != 0) return;
+  execv("/proc/self/exe", argv);
+  std::perror("re-executing with GLIBC_TUNABLES (going on without it)");
+}
+
+std::vector<std::string> WithMallocHugePages(std::vector<std::string> argv) {
+  argv.insert(argv.begin(), {"/usr/bin/env", "GLIBC_TUNABLES=" + TunablesWithHugePages()});
+  return argv;
 }
 
 MachineCpu ReadMachineCpu() {

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace constance::testing {
 
@@ -26,6 +27,23 @@ double CpuSeconds(pid_t pid);
 // A kB field of /proc/PID/status (e.g. "VmRSS", "VmHWM", "RssAnon") in
 // KiB; -1 if it cannot be read.
 int64_t ProcStatusKb(pid_t pid, const std::string& field);
+
+// A kB field of /proc/PID/smaps_rollup (e.g. "AnonHugePages": how much of
+// the memory sits on transparent huge pages) in KiB; -1 if not there.
+int64_t ProcSmapsKb(pid_t pid, const std::string& field);
+
+// glibc's malloc asking for transparent huge pages for its heap, as the
+// collector's unit runs it (deploy/systemd/constance-collector.service):
+// a GLIBC_TUNABLES entry, read when a process starts.
+inline constexpr char kMallocHugePages[] = "glibc.malloc.hugetlb=1";
+
+// Re-executes this program (/proc/self/exe, `argv`) with kMallocHugePages
+// added to GLIBC_TUNABLES, unless that already sets glibc.malloc.hugetlb.
+// Returns only if it did not re-execute (a failure is printed).
+void ReexecWithMallocHugePages(char** argv);
+
+// `argv` run through env(1) with kMallocHugePages added to GLIBC_TUNABLES.
+std::vector<std::string> WithMallocHugePages(std::vector<std::string> argv);
 
 // The machine's CPU time so far, all CPUs and states, and the part of it
 // the hypervisor gave to other guests ("steal" in /proc/stat), in ticks.

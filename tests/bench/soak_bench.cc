@@ -28,6 +28,9 @@
 // `series`, and the wall and process CPU seconds so far (on a shared
 // machine the CPU time is the measure). An evaluation's CPU time is the
 // process's while it ran, less the applying threads' and the recorder's.
+// glibc's malloc runs on transparent huge pages as the collector's unit
+// runs it (--malloc_huge_pages, a re-execution with GLIBC_TUNABLES set);
+// the end of the run says how much of the memory they held.
 // Evaluations recompute series on --evaluation_threads threads (one per
 // core unless told). It asserts nothing while running, and exits 1 if the
 // series held or the resident memory grew more than 10% from week 8 to the
@@ -51,6 +54,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -93,6 +97,10 @@ ABSL_FLAG(bool, overlap, false,
           "Evaluate on a thread of its own beside the next simulated hour's batches, as the "
           "collector's evaluation tick runs beside its ingest (each waits for the other's "
           "locks); false: apply an hour's batches, then evaluate");
+ABSL_FLAG(bool, malloc_huge_pages, true,
+          "Run as the collector's unit runs it: glibc's malloc on transparent huge pages "
+          "(re-executes itself with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 unless "
+          "GLIBC_TUNABLES already sets glibc.malloc.hugetlb)");
 ABSL_FLAG(bool, retain_forever, false,
           "Set the catalog's retention to ten years: shows what the run looks like without "
           "retention (series grow, `series` rejections) and that the checks catch it");
@@ -458,6 +466,8 @@ int Run(const Config& c) {
       absl::FormatDuration(c.eval_every).c_str(), c.evaluation_threads,
       c.overlap ? "beside the next hour's batches" : "after each hour's batches", c.weeks,
       absl::FormatDuration(c.max_wall).c_str());
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  std::printf("GLIBC_TUNABLES=%s\n", tunables == nullptr ? "" : tunables);
   std::printf("%4s %9s %10s %8s %9s %9s %6s %12s %12s %11s %9s %8s %8s\n", "week", "series",
               "cells", "marks", "rss_mb", "disk_mb", "evals", "eval_cpu_s", "cpu_per_eval",
               "eval_wall_s", "rej_ser", "wall_s", "cpu_s");
@@ -497,6 +507,9 @@ int Run(const Config& c) {
   }
   std::printf("machine: %s, %.1f%% of CPU time stolen during the run\n", host,
               testing::StolenPercent(machine_before, testing::ReadMachineCpu()));
+  std::printf("memory: %.1f of %.1f MB resident on transparent huge pages\n",
+              testing::ProcSmapsKb(getpid(), "AnonHugePages") / 1024.0,
+              testing::ProcSmapsKb(getpid(), "Rss") / 1024.0);
 
   bool ok = true;
   const Week& last = weeks.back();
@@ -552,6 +565,7 @@ int Run(const Config& c) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_malloc_huge_pages)) constance::testing::ReexecWithMallocHugePages(argv);
   constance::collector::Config c;
   const bool smoke = absl::GetFlag(FLAGS_smoke);
   c.locations = smoke ? 20 : absl::GetFlag(FLAGS_locations);
