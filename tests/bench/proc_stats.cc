@@ -49,6 +49,13 @@ int64_t ProcFieldKb(const std::string& path, const std::string& field) {
   return -1;
 }
 
+// This process's GLIBC_TUNABLES with kMallocHugePages added.
+std::string TunablesWithHugePages() {
+  const char* set = std::getenv("GLIBC_TUNABLES");
+  if (set == nullptr || *set == '\0') return kMallocHugePages;
+  return absl::StrCat(set, ":", kMallocHugePages);
+}
+
 }  // namespace
 
 int64_t ProcStatusKb(pid_t pid, const std::string& field) {
@@ -58,17 +65,6 @@ int64_t ProcStatusKb(pid_t pid, const std::string& field) {
 int64_t ProcSmapsKb(pid_t pid, const std::string& field) {
   return ProcFieldKb(absl::StrCat("/proc/", pid, "/smaps_rollup"), field);
 }
-
-namespace {
-
-// This process's GLIBC_TUNABLES with kMallocHugePages added.
-std::string TunablesWithHugePages() {
-  const char* set = std::getenv("GLIBC_TUNABLES");
-  if (set == nullptr || *set == '\0') return kMallocHugePages;
-  return absl::StrCat(set, ":", kMallocHugePages);
-}
-
-}  // namespace
 
 void ReexecWithMallocHugePages(char** argv) {
   const char* set = std::getenv("GLIBC_TUNABLES");
