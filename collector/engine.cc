@@ -767,8 +767,7 @@ bool Engine::LookUpLocked(const BatchView& batch, uint32_t loc, bool all,
   }
   for (uint64_t i = 0; i < count; ++i) {
     if (i + kPrefetchAhead < count) series_index_.prefetch(keys[i + kPrefetchAhead]);
-    const auto found = series_index_.find(keys[i]);
-    looked_up[i].series = found == series_index_.end() ? LookedUp::kNoSeries : found->second;
+    looked_up[i].series = FindSeriesLocked(keys[i]);
     if (looked_up[i].series != LookedUp::kNoSeries) {
       __builtin_prefetch(&series_[looked_up[i].series].price);
     } else if (all) {
@@ -934,7 +933,11 @@ void Engine::RejectLocked(uint64_t seq, const absl::Status& why, v1::Ack* ack) {
 
 uint32_t Engine::FindSeriesLocked(const ObservationView& obs) const {
   // From views into the observation (no copies).
-  auto found = series_index_.find(SeriesViewOf(obs));
+  return FindSeriesLocked(HashedSeriesKeyView::Of(SeriesViewOf(obs)));
+}
+
+uint32_t Engine::FindSeriesLocked(const HashedSeriesKeyView& key) const {
+  auto found = series_index_.find(key);
   return found == series_index_.end() ? LookedUp::kNoSeries : found->second;
 }
 

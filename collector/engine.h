@@ -766,8 +766,9 @@ class Engine {
     // keeps its tables' storage (Series moves without throwing).
     void* cell = nullptr;
   };
-  // The index of `obs`'s series, kNoSeries if not held.
+  // The index of `obs`'s series (or of `key`'s), kNoSeries if not held.
   uint32_t FindSeriesLocked(const ObservationView& obs) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  uint32_t FindSeriesLocked(const HashedSeriesKeyView& key) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Looks up every observation's series and cell into *out (ApplyBatch
   // says how); false, at the first it does not find, when `all` is asked.
   bool LookUpLocked(const BatchView& batch, uint32_t loc, bool all, std::vector<LookedUp>* out)
