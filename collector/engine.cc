@@ -594,8 +594,9 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
 
 Engine::BatchChecks Engine::CheckBatch(const BatchView& batch, absl::Time received) const {
   BatchChecks checks;
+  const ObservationValidator validator(received, options_.limits);
   for (size_t i = 0; i < batch.observations.size(); ++i) {
-    absl::Status s = ValidateObservation(batch.observations[i], received, options_.limits);
+    absl::Status s = validator.Check(batch.observations[i]);
     if (!s.ok()) checks.failed.emplace_back(static_cast<uint32_t>(i), std::move(s));
   }
   return checks;

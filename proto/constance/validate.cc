@@ -1,5 +1,6 @@
 #include "constance/validate.h"
 
+#include <array>
 #include <cmath>
 
 #include "absl/strings/ascii.h"
@@ -11,6 +12,18 @@ namespace constance {
 namespace {
 
 bool IsLowerAlnum(char c) { return absl::ascii_isdigit(c) || (c >= 'a' && c <= 'z'); }
+
+// A key's characters, [A-Za-z0-9._:/-], as a table: one load per
+// character on the ingest path, where every observation's key is checked.
+constexpr std::array<bool, 256> KeyCharacters() {
+  std::array<bool, 256> allowed{};
+  for (int c = 0; c < 256; ++c) {
+    allowed[c] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '.' || c == '_' || c == ':' || c == '/' || c == '-';
+  }
+  return allowed;
+}
+constexpr std::array<bool, 256> kKeyCharacters = KeyCharacters();
 
 absl::Status Invalid(absl::string_view field, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
@@ -37,7 +50,7 @@ absl::Status ValidateKey(absl::string_view key) {
   if (key.empty()) return Invalid("key", "must not be empty");
   if (key.size() > 128) return Invalid("key", "longer than 128 characters");
   for (char c : key) {
-    if (!absl::ascii_isalnum(c) && c != '.' && c != '_' && c != ':' && c != '/' && c != '-') {
+    if (!kKeyCharacters[static_cast<unsigned char>(c)]) {
       return Invalid("key", absl::StrCat("character '", absl::CHexEscape(std::string(1, c)),
                                          "' not allowed (use [A-Za-z0-9._:/-])"));
     }
@@ -144,6 +157,18 @@ absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, con
 
 absl::Status ValidateObservation(const ObservationView& obs, absl::Time now,
                                  const Limits& limits) {
+  return ObservationValidator(now, limits).Check(obs);
+}
+
+ObservationValidator::ObservationValidator(absl::Time now, const Limits& limits)
+    : limits_(limits),
+      earliest_(now - limits.max_lateness),
+      latest_(now + limits.max_future_skew),
+      earliest_seconds_(absl::ToUnixSeconds(earliest_)),
+      latest_seconds_(absl::ToUnixSeconds(latest_)) {}
+
+absl::Status ObservationValidator::Check(const ObservationView& obs) const {
+  const Limits& limits = limits_;
   if (absl::Status s = ValidateKey(obs.key); !s.ok()) return s;
   if (absl::Status s = ValidateObservationId(obs.id); !s.ok()) return s;
   switch (obs.value) {
@@ -179,23 +204,27 @@ absl::Status ValidateObservation(const ObservationView& obs, absl::Time now,
     case v1::Observation::VALUE_NOT_SET:
       return Invalid("value", "one of price, wait_seconds, check or score must be set");
   }
-  if (obs.has_observed_at) {
-    const int64_t seconds = obs.observed_seconds;
-    const int32_t nanos = obs.observed_nanos;
-    // The range protobuf's JSON mapping accepts: 0001-01-01 .. 9999-12-31.
-    if (seconds < -62135596800 || seconds > 253402300799 || nanos < 0 || nanos > 999999999) {
-      return Invalid("observed_at", "not a valid timestamp");
-    }
-    absl::Time t = absl::FromUnixSeconds(seconds) + absl::Nanoseconds(nanos);
-    if (t > now + limits.max_future_skew) {
-      return Invalid("observed_at",
-                     absl::StrCat("more than ", absl::FormatDuration(limits.max_future_skew),
-                                  " in the future (check the store clock)"));
-    }
-    if (t < now - limits.max_lateness) {
-      return Invalid("observed_at", absl::StrCat("older than the lateness bound of ",
-                                                 absl::FormatDuration(limits.max_lateness)));
-    }
+  if (obs.has_observed_at) return CheckObservedAt(obs.observed_seconds, obs.observed_nanos);
+  return absl::OkStatus();
+}
+
+absl::Status ObservationValidator::CheckObservedAt(int64_t seconds, int32_t nanos) const {
+  // The range protobuf's JSON mapping accepts: 0001-01-01 .. 9999-12-31.
+  if (seconds < -62135596800 || seconds > 253402300799 || nanos < 0 || nanos > 999999999) {
+    return Invalid("observed_at", "not a valid timestamp");
+  }
+  // t >= seconds >= earliest_seconds_ + 1 > earliest_, and
+  // t < seconds + 1 <= latest_seconds_ <= latest_: inside both bounds.
+  if (seconds > earliest_seconds_ && seconds < latest_seconds_) return absl::OkStatus();
+  const absl::Time t = absl::FromUnixSeconds(seconds) + absl::Nanoseconds(nanos);
+  if (t > latest_) {
+    return Invalid("observed_at",
+                   absl::StrCat("more than ", absl::FormatDuration(limits_.max_future_skew),
+                                " in the future (check the store clock)"));
+  }
+  if (t < earliest_) {
+    return Invalid("observed_at", absl::StrCat("older than the lateness bound of ",
+                                               absl::FormatDuration(limits_.max_lateness)));
   }
   return absl::OkStatus();
 }

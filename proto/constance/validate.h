@@ -103,6 +103,26 @@ absl::Status ValidateObservation(const v1::Observation& obs, absl::Time now, con
 absl::Status ValidateObservation(const ObservationView& obs, absl::Time now,
                                  const Limits& limits);
 
+// ValidateObservation for many observations against one clock, e.g. a
+// batch's: the bounds on observed_at are computed once, not once per
+// observation (absl's Time arithmetic is out of line). Check(obs) is
+// ValidateObservation(obs, now, limits), which forwards to it. `limits`
+// must outlive the validator.
+class ObservationValidator {
+ public:
+  ObservationValidator(absl::Time now, const Limits& limits);
+  absl::Status Check(const ObservationView& obs) const;
+
+ private:
+  absl::Status CheckObservedAt(int64_t seconds, int32_t nanos) const;
+
+  const Limits& limits_;
+  absl::Time earliest_, latest_;  // now - max_lateness, now + max_future_skew.
+  // Their whole seconds, rounded down: a time whose whole seconds lie
+  // strictly between is after earliest_ and before latest_.
+  int64_t earliest_seconds_, latest_seconds_;
+};
+
 // The family implied by which value is set (FAMILY_UNSPECIFIED if none).
 v1::Family FamilyOf(const v1::Observation& obs);
 v1::Family FamilyOf(const ObservationView& obs);

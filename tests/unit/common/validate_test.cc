@@ -85,6 +85,67 @@ TEST(ValidateObservationTest, Table) {
   }
 }
 
+// The bounds on observed_at are inclusive, to the nanosecond, whatever
+// the clock's fraction of a second (ObservationValidator skips the exact
+// comparison for whole seconds strictly inside them).
+TEST(ValidateObservationTest, ObservedAtBoundsExactToTheNanosecond) {
+  const absl::Time clocks[] = {
+      absl::FromUnixSeconds(1700000000),
+      absl::FromUnixNanos(1700000000'999999999),
+      absl::FromUnixNanos(1700000000'000000001),
+      absl::FromUnixSeconds(1700000000) + absl::Nanoseconds(0.25),  // Below a nanosecond.
+      absl::FromUnixSeconds(-86400 * 3) + absl::Milliseconds(500),  // Before 1970.
+  };
+  const absl::Duration skews[] = {absl::Minutes(5), absl::Nanoseconds(1), absl::ZeroDuration(),
+                                  absl::Milliseconds(1500), absl::Nanoseconds(700.75)};
+  Limits limits;
+  for (const absl::Time now : clocks) {
+    for (const absl::Duration skew : skews) {
+      limits.max_future_skew = skew;
+      limits.max_lateness = skew * 3 + absl::Seconds(2);
+      const absl::Time latest = now + limits.max_future_skew;
+      const absl::Time earliest = now - limits.max_lateness;
+      const ObservationValidator validator(now, limits);
+      for (const absl::Time bound : {latest, earliest}) {
+        for (int64_t step_ns = -2'000'000'001; step_ns <= 2'000'000'001; step_ns += 250'000'000) {
+          for (int64_t near = -2; near <= 2; ++near) {
+            // Whole nanoseconds around the bound, as an observation carries.
+            const int64_t at_ns = absl::ToUnixNanos(bound) + step_ns + near;
+            const absl::Time at = absl::FromUnixNanos(at_ns);
+            ObservationView obs;
+            obs.key = "k";
+            obs.value = v1::Observation::kScore;
+            obs.number = 1;
+            obs.has_observed_at = true;
+            obs.observed_seconds = absl::ToUnixSeconds(at);
+            obs.observed_nanos = static_cast<int32_t>(
+                absl::ToInt64Nanoseconds(at - absl::FromUnixSeconds(obs.observed_seconds)));
+            const bool inside = at >= earliest && at <= latest;
+            const absl::Status s = validator.Check(obs);
+            EXPECT_EQ(s.ok(), inside)
+                << "now " << now << " skew " << skew << " at " << at << ": " << s;
+            EXPECT_EQ(ValidateObservation(obs, now, limits).ok(), inside);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Every byte, alone and inside a key: exactly [A-Za-z0-9._:/-] pass.
+TEST(ValidateKeyTest, EveryByte) {
+  const std::string allowed = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:/-";
+  int passed = 0;
+  for (int b = 0; b < 256; ++b) {
+    const char c = static_cast<char>(b);
+    const bool want = allowed.find(c) != std::string::npos;
+    EXPECT_EQ(ValidateKey(std::string(1, c)).ok(), want) << "byte " << b;
+    EXPECT_EQ(ValidateKey(std::string("sku") + c + "42").ok(), want) << "byte " << b;
+    passed += want;
+  }
+  EXPECT_EQ(passed, static_cast<int>(allowed.size()));
+}
+
 TEST(ValidateObservationTest, LongIdempotencyKeyRejected) {
   v1::Observation obs;
   obs.set_key("k");
