@@ -92,7 +92,8 @@ ABSL_FLAG(int, evaluation_threads, 0,
 ABSL_FLAG(int, apply_threads, 1,
           "Threads the locations' batches are applied from, each taking the next location "
           "(batches of different locations apply at once: the engine's stripes); 0 = one per "
-          "core. One by default: on a 2-core VM two were no faster (tests/bench/RESULTS.md)");
+          "core. One by default: a collector with --state_dir, whose stores the soak records, "
+          "applies from its batch log's one applier (two apply faster: tests/bench/RESULTS.md)");
 ABSL_FLAG(bool, overlap, false,
           "Evaluate on a thread of its own beside the next simulated hour's batches, as the "
           "collector's evaluation tick runs beside its ingest (each waits for the other's "
