@@ -224,7 +224,23 @@ std::optional<Comparable> ComparePrice(const PriceCell& cell, const PolicyAt& at
 std::optional<Comparable> CompareWait(const WaitCell& cell, const PolicyAt& at,
                                       const WaitPolicy& sketch, double within_seconds) {
   if (at.Stale(cell.observed_at_ns)) return std::nullopt;
-  QuantileSketch window = cell.Window(at, sketch);
+  // At a steady cadence one bin is in the window: read where it is, as
+  // the merged copy would read it (a merge into an empty sketch of the
+  // same accuracy copies every count, min, max and sum), without building
+  // one. Sketches of another accuracy never merge: the merged path says so.
+  const WaitCell::Bin* only = nullptr;
+  int in_window = 0;
+  for (const WaitCell::Bin& b : cell.bins) {
+    if (at.InWindow(b.start_ns)) {
+      only = &b;
+      ++in_window;
+    }
+  }
+  std::optional<QuantileSketch> merged;
+  if (in_window != 1 || only->sketch.relative_accuracy() != sketch.relative_accuracy) {
+    merged.emplace(cell.Window(at, sketch));
+  }
+  const QuantileSketch& window = merged.has_value() ? *merged : only->sketch;
   if (window.count() == 0 || window.count() < at.policy().min_samples) return std::nullopt;
   Comparable c;
   c.value = window.Quantile(sketch.compared_quantile);

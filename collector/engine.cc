@@ -90,7 +90,10 @@ class HorizonWalk {
       : catalog_(catalog),
         th_(catalog.thresholds),
         h_(h),
-        flip_since_(absl::ToUnixNanos(absl::FromUnixNanos(h->now_ns()) - th_.flip_window)) {}
+        flip_since_(absl::ToUnixNanos(absl::FromUnixNanos(h->now_ns()) - th_.flip_window)),
+        now_(absl::FromUnixNanos(h->now_ns())),
+        flip_span_(Horizon::SpanNs(th_.flip_window + absl::Nanoseconds(1))),
+        settle_span_(Horizon::SpanNs(th_.irregular_settle)) {}
 
   // `at`: the family's policy at the horizon's now.
   void Price(const LocationEntry* e, const PriceCell& cell, const PolicyAt& at) {
@@ -105,7 +108,7 @@ class HorizonWalk {
     // the window change nothing while it is below.
     if (changes.CountSince(flip_since_) >= th_.flip_changes) {
       for (int i = 0; i < changes.size; ++i) {
-        h_->After(changes.ring[i].at_ns, th_.flip_window + absl::Nanoseconds(1));
+        h_->After(changes.ring[i].at_ns, flip_span_);
       }
     }
     // The latest change's settling. Its rollout_grace: RolloutHorizon, once
@@ -113,7 +116,7 @@ class HorizonWalk {
     // they are computed. Drops leaving the grace leave what evaluations
     // publish without a recomputation (Engine::Merge).
     if (const PriceChange* latest = changes.latest(); latest != nullptr) {
-      h_->After(latest->at_ns, th_.irregular_settle);
+      h_->After(latest->at_ns, settle_span_);
     }
   }
 
@@ -154,15 +157,19 @@ class HorizonWalk {
   }
 
  private:
-  // A store not open yet is compared from its opening.
+  // A store not open yet is compared from its opening (the horizon folds
+  // in only what is after now: compared first, converted only then).
   void Opening(const LocationEntry* e) {
-    if (e != nullptr) h_->At(e->opened);
+    if (e != nullptr && e->opened > now_) h_->At(e->opened);
   }
 
   const Catalog& catalog_;
   const Thresholds& th_;
   Horizon* h_;
   const int64_t flip_since_;
+  // Read at every cell: absl's time arithmetic is out of line.
+  const absl::Time now_;
+  const std::optional<int64_t> flip_span_, settle_span_;
   std::vector<absl::TimeZone> zones_;
 };
 
@@ -1832,7 +1839,8 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
 
     const bool irregular_read =
         key.family == v1::FAMILY_PRICE && key.kind != v1::PROMO && comparable;
-    const uint64_t changed = irregular_read ? ChangedInIrregularWindow(g, ev->now, th) : 0;
+    const IrregularClock irregular_clock(ev->now, th);
+    const uint64_t changed = irregular_read ? ChangedInIrregularWindow(g, irregular_clock) : 0;
     for (size_t i = 0; i < g.members.size(); ++i) {
       const Member& m = g.members[i];
       if (!m.judged || Excepted(*m.name, exceptions)) continue;
@@ -1849,7 +1857,9 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
           reasons.emplace_back(promise->strength, std::move(promise->reason));
         }
       }
-      if (irregular_read) IrregularChangeReason(key, g, i, changed, ev->now, th, &reasons);
+      if (irregular_read) {
+        IrregularChangeReason(key, g, i, changed, irregular_clock, th, &reasons);
+      }
       if (gd != nullptr && gd->baseline.frozen && gd->scale > 0) {
         if (std::optional<WeightedReason> r = CellDriftReason(
                 key, g, i, gd->scale, ev->drift_bin, ev->drift, ev->weak, &gd->cells[m.location])) {

@@ -272,9 +272,13 @@ std::string OutlierDetail(const SeriesKey& key, const GroupData& g, size_t i) {
       RateEvidence(key, g.members[i].value));
 }
 
-bool MayBeIrregular(const GroupData& g, size_t i, absl::Time now, const Thresholds& th) {
+IrregularClock::IrregularClock(absl::Time now, const Thresholds& th)
+    : window_from_ns(absl::ToUnixNanos(now - th.irregular_window)),
+      settled_by_ns(absl::ToUnixNanos(now - th.irregular_settle)) {}
+
+bool MayBeIrregular(const GroupData& g, size_t i, const IrregularClock& clock) {
   const PriceChange& ch = g.members[i].latest_change;
-  if (ch.at_ns == 0 || ch.at_ns < absl::ToUnixNanos(now - th.irregular_window)) return false;
+  if (ch.at_ns == 0 || ch.at_ns < clock.window_from_ns) return false;
   const SeriesStats& stats = *g.stats;
   const double floor = stats.band.floor;
   const double to = static_cast<double>(ch.to);
@@ -287,8 +291,9 @@ bool MayBeIrregular(const GroupData& g, size_t i, absl::Time now, const Threshol
 }
 
 void IrregularHorizon(const GroupData& g, absl::Time now, const Thresholds& th, Horizon* h) {
+  const IrregularClock clock(now, th);
   for (size_t i = 0; i < g.members.size(); ++i) {
-    if (!MayBeIrregular(g, i, now, th)) continue;
+    if (!MayBeIrregular(g, i, clock)) continue;
     for (const GroupMember& m : g.members) {
       if (m.latest_change.at_ns != 0) {
         h->After(m.latest_change.at_ns, th.irregular_window + absl::Nanoseconds(1));
@@ -298,10 +303,9 @@ void IrregularHorizon(const GroupData& g, absl::Time now, const Thresholds& th, 
   }
 }
 
-uint64_t ChangedInIrregularWindow(const GroupData& g, absl::Time now, const Thresholds& th) {
-  const int64_t since = absl::ToUnixNanos(now - th.irregular_window);
+uint64_t ChangedInIrregularWindow(const GroupData& g, const IrregularClock& clock) {
   uint64_t changed = 0;
-  for (const GroupMember& m : g.members) changed += m.latest_change.at_ns >= since;
+  for (const GroupMember& m : g.members) changed += m.latest_change.at_ns >= clock.window_from_ns;
   return changed;
 }
 
@@ -312,7 +316,7 @@ uint64_t ChangedInIrregularWindow(const GroupData& g, absl::Time now, const Thre
 // changed theirs (a rollout) or listed the item at it for the first time,
 // or correcting an overcharge.
 void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i, uint64_t changed,
-                           absl::Time now, const Thresholds& th,
+                           const IrregularClock& clock, const Thresholds& th,
                            std::vector<WeightedReason>* reasons) {
   const GroupMember& m = g.members[i];
   const SeriesStats& stats = *g.stats;
@@ -324,10 +328,9 @@ void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i, u
                           absl::FormatDuration(th.flip_window), ", last from ",
                           Format(key, static_cast<double>(ch.from)), " to ",
                           Format(key, static_cast<double>(ch.to)));
-  } else if (ch.at_ns != 0 && ch.at_ns <= absl::ToUnixNanos(now - th.irregular_settle) &&
-             MayBeIrregular(g, i, now, th)) {
+  } else if (ch.at_ns != 0 && ch.at_ns <= clock.settled_by_ns && MayBeIrregular(g, i, clock)) {
     // The peers who changed: every member who did but this one.
-    const bool own = ch.at_ns >= absl::ToUnixNanos(now - th.irregular_window);
+    const bool own = ch.at_ns >= clock.window_from_ns;
     const uint64_t peers_changed = changed - (own ? 1 : 0);
     if (!(static_cast<double>(peers_changed) < th.irregular_peer_share * (n - 1))) return;
     detail = absl::StrCat(

@@ -8,7 +8,8 @@
 //
 //   std::vector<WeightedReason> reasons;
 //   const bool outlier = OutlierReason(key, group, i, /*weak=*/0.8, &reasons);
-//   IrregularChangeReason(key, group, i, changed, now, catalog.thresholds, &reasons);
+//   IrregularChangeReason(key, group, i, changed, IrregularClock(now, catalog.thresholds),
+//                         catalog.thresholds, &reasons);
 //
 // A location finding gathers (strength, reason) pairs: strength 1 or more
 // means the reason holds, down to `weak` (1 - hysteresis) it is carried so
@@ -204,24 +205,34 @@ std::string OutlierDetail(const SeriesKey& key, const GroupData& g, size_t i);
 
 // ---- Irregular change (prices) -----------------------------------------
 
+// The instants the irregular-change rule compares a change's time with,
+// taken from now once for a group rather than once for each member
+// (absl's time arithmetic is out of line).
+struct IrregularClock {
+  IrregularClock(absl::Time now, const Thresholds& th);
+  int64_t window_from_ns;  // now - irregular_window: changes since count.
+  int64_t settled_by_ns;   // now - irregular_settle: changes until then are settled.
+};
+
 // Member i's irregular price change, if it made one: flipping
 // th.flip_changes times in th.flip_window, or a change few peers made
 // (under th.irregular_peer_share) ending away from every level and
 // rollout, settled th.irregular_settle and within th.irregular_window.
-// `changed`: ChangedInIrregularWindow(g, now, th), counted once for the
+// `changed`: ChangedInIrregularWindow(g, clock), counted once for the
 // group rather than once for each member that may be irregular.
+// `clock`: IrregularClock(now, th), taken once for the group.
 void IrregularChangeReason(const SeriesKey& key, const GroupData& g, size_t i, uint64_t changed,
-                           absl::Time now, const Thresholds& th,
+                           const IrregularClock& clock, const Thresholds& th,
                            std::vector<WeightedReason>* reasons);
 
 // How many members of g changed their price within th.irregular_window of
 // now (a member's latest change): the peers who changed, and the member.
-uint64_t ChangedInIrregularWindow(const GroupData& g, absl::Time now, const Thresholds& th);
+uint64_t ChangedInIrregularWindow(const GroupData& g, const IrregularClock& clock);
 
 // Whether member i's latest change is within th.irregular_window and away
 // from every level and rollout of g: the irregular change above, but for
 // flips, settling and the peers who changed too.
-bool MayBeIrregular(const GroupData& g, size_t i, absl::Time now, const Thresholds& th);
+bool MayBeIrregular(const GroupData& g, size_t i, const IrregularClock& clock);
 
 // When time alone next changes an irregular-change decision of g: a
 // member's latest change leaving the window (it counts among the peers who

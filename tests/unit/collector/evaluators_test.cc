@@ -210,7 +210,8 @@ TEST(EvaluatorsTest, IrregularChangeReasonJudgesWhereAChangeEnds) {
     g.members[9].changes_in_flip_window = tc.flips;
     if (tc.peer_changed_at != 0) g.members[0].latest_change = {tc.peer_changed_at, 90, 100};
     std::vector<WeightedReason> reasons;
-    IrregularChangeReason(key, g, 9, ChangedInIrregularWindow(g, kNow, th), kNow, th, &reasons);
+    const IrregularClock clock(kNow, th);
+    IrregularChangeReason(key, g, 9, ChangedInIrregularWindow(g, clock), clock, th, &reasons);
     ASSERT_EQ(reasons.size(), tc.irregular ? 1u : 0u);
     if (tc.irregular) {
       EXPECT_EQ(reasons[0].second.kind(), v1::IRREGULAR_CHANGE);

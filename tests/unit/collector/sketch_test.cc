@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "collector/cells.h"
 #include "gtest/gtest.h"
 
 namespace constance::collector {
@@ -140,6 +141,66 @@ TEST(QuantileSketchTest, EncodeDecodeRoundTripsAndRejectsGarbage) {
   static const char* kGarbage[] = {"", "short", "0123456789abcdef0123456789abcdef"};
   for (const char* g : kGarbage) EXPECT_FALSE(QuantileSketch::Decode(g, &back).ok()) << g;
   EXPECT_FALSE(QuantileSketch::Decode(bytes.substr(0, bytes.size() - 1), &back).ok());
+}
+
+// CompareWait reads a window of one bin where it lies; what it reads must
+// be what the merged window says, for any cadence, window and sample
+// count, and a cell whose sketches were built at another accuracy is not
+// compared (they do not merge).
+TEST(CompareWaitTest, OneBinReadInPlaceEqualsTheMergedWindow) {
+  std::mt19937_64 rng(20261207);
+  std::lognormal_distribution<double> wait(5.0, 0.8);
+  FamilyPolicy policy;
+  policy.ttl = absl::Hours(24);
+  WaitPolicy sketch;
+  int compared = 0, one_bin = 0;
+  for (int round = 0; round < 400; ++round) {
+    policy.bin = absl::Minutes(std::uniform_int_distribution<int>(1, 30)(rng));
+    policy.window = policy.bin * std::uniform_int_distribution<int>(1, 6)(rng);
+    policy.min_samples = std::uniform_int_distribution<int>(1, 3)(rng);
+    sketch.compared_quantile = round % 2 == 0 ? 0.5 : 0.9;
+    const absl::Time start = absl::FromUnixSeconds(1'800'000'000);
+    WaitCell cell;
+    const int samples = std::uniform_int_distribution<int>(1, 12)(rng);
+    absl::Time t = start;
+    for (int i = 0; i < samples; ++i) {
+      t += absl::Seconds(std::uniform_int_distribution<int>(0, 3600)(rng));
+      cell.Apply(wait(rng), absl::ToUnixNanos(t), policy, sketch);
+    }
+    const absl::Time now = t + absl::Seconds(std::uniform_int_distribution<int>(0, 3600)(rng));
+    const PolicyAt at(now, policy);
+    const double within = 120;
+    const std::optional<Comparable> got = CompareWait(cell, at, sketch, within);
+    const QuantileSketch merged = cell.Window(at, sketch);
+    int in_window = 0;
+    for (const WaitCell::Bin& b : cell.bins) in_window += at.InWindow(b.start_ns);
+    one_bin += in_window == 1;
+    if (merged.count() == 0 || merged.count() < policy.min_samples) {
+      EXPECT_FALSE(got.has_value()) << "round " << round;
+      continue;
+    }
+    ASSERT_TRUE(got.has_value()) << "round " << round;
+    ++compared;
+    EXPECT_EQ(got->value, merged.Quantile(sketch.compared_quantile)) << "round " << round;
+    EXPECT_EQ(got->samples, merged.count()) << "round " << round;
+    EXPECT_EQ(got->share_within, merged.ShareAtOrBelow(within)) << "round " << round;
+    EXPECT_EQ(got->evidence_ns, cell.observed_at_ns) << "round " << round;
+  }
+  // Both paths were taken, many times.
+  EXPECT_GT(compared, 150);
+  EXPECT_GT(one_bin, 50);
+  EXPECT_LT(one_bin, 350);
+
+  // Built at 2%, read at 1%: never compared, one bin or several.
+  WaitPolicy coarse;
+  coarse.relative_accuracy = 0.02;
+  policy.min_samples = 1;
+  WaitCell cell;
+  const absl::Time now = absl::FromUnixSeconds(1'800'000'000);
+  cell.Apply(90, absl::ToUnixNanos(now), policy, coarse);
+  EXPECT_EQ(cell.bins.size(), 1u);
+  EXPECT_FALSE(CompareWait(cell, PolicyAt(now, policy), sketch, 0).has_value());
+  EXPECT_TRUE(CompareWait(cell, PolicyAt(now, policy), coarse, 0).has_value());
 }
 
 }  // namespace
