@@ -146,10 +146,9 @@ class HorizonWalk {
     }
     // A list price applies from its effective date; a rollout to it is
     // expected for rollout_grace after.
-    for (const PricePromise& p : catalog_.price_promises) {
-      if (p.key != key.key || key.family != v1::FAMILY_PRICE) continue;
-      h_->At(p.effective);
-      if (p.effective != absl::InfinitePast()) h_->At(p.effective + th_.rollout_grace);
+    for (const PricePromise* p : PricePromisesFor(key, catalog_)) {
+      h_->At(p->effective);
+      if (p->effective != absl::InfinitePast()) h_->At(p->effective + th_.rollout_grace);
     }
     for (const Exception& e : catalog_.exceptions) {
       if (e.family == key.family && e.key == key.key) h_->At(e.expires);
@@ -1315,10 +1314,9 @@ void PriceStructure(const SeriesKey& key, const std::vector<LocatedValue>& value
       g.rollout_values.push_back(static_cast<double>(first->to));
     }
   });
-  for (const PricePromise& p : catalog.price_promises) {
-    if (p.key == key.key && p.currency == key.currency && p.kind == key.kind &&
-        p.effective != absl::InfinitePast() && p.effective + th.rollout_grace > now) {
-      g.rollout_values.push_back(static_cast<double>(p.list_minor_units));
+  for (const PricePromise* p : PricePromisesFor(key, catalog)) {
+    if (p->effective != absl::InfinitePast() && p->effective + th.rollout_grace > now) {
+      g.rollout_values.push_back(static_cast<double>(p->list_minor_units));
     }
   }
   auto in_rollout = [&](double v) { return NearAny(g.rollout_values, v, stats->band.floor); };
@@ -1803,6 +1801,7 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
       key.family == v1::FAMILY_WAIT ? WaitPromiseFor(key.key, ev->catalog) : nullptr;
   const CheckPromise* check_promise =
       key.family == v1::FAMILY_COMPLIANCE ? CheckPromiseFor(key.key, ev->catalog) : nullptr;
+  const std::vector<const PricePromise*> price_promises = PricePromisesFor(key, ev->catalog);
 
   // Nor for a compliance key judged per inspection (a judging rule): its
   // values step with each rare result, which drift bins would read as a
@@ -1848,7 +1847,7 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
       const size_t first_reason = reasons.size();
       const bool outlier = OutlierReason(key, g, i, ev->weak, &reasons, /*detail=*/false);
       std::optional<PromiseVerdict> promise = PromiseVerdictFor(
-          key, m.entry, m.value, wait_promise, check_promise, ev->now, ev->catalog);
+          key, m.entry, m.value, price_promises, wait_promise, check_promise, ev->now, ev->catalog);
       if (promise.has_value()) {
         auto& tally = promise_tally[promise->id];
         ++tally.first;

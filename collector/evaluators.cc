@@ -32,18 +32,17 @@ bool LabelsMatch(const std::map<std::string, std::string>& where, const Location
   return true;
 }
 
-// The list price promised to a location now: the matching promise with the
-// latest effective date not after now (zone-specific promises are matched
-// through `where`).
-const PricePromise* PricePromiseFor(const SeriesKey& key, const LocationEntry* entry,
-                                    absl::Time now, const Catalog& catalog) {
+// The list price promised to a location now, of its series' (PricePromisesFor):
+// the one with the latest effective date not after now (zone-specific
+// promises are matched through `where`).
+const PricePromise* PricePromiseFor(const std::vector<const PricePromise*>& promises,
+                                    const LocationEntry* entry, absl::Time now) {
   const PricePromise* best = nullptr;
-  for (const PricePromise& p : catalog.price_promises) {
-    if (p.key != key.key || p.currency != key.currency || p.kind != key.kind) continue;
-    if (p.effective > now || !LabelsMatch(p.where, entry)) continue;
-    if (best == nullptr || p.effective > best->effective ||
-        (p.effective == best->effective && p.where.size() > best->where.size())) {
-      best = &p;
+  for (const PricePromise* p : promises) {
+    if (p->effective > now || !LabelsMatch(p->where, entry)) continue;
+    if (best == nullptr || p->effective > best->effective ||
+        (p->effective == best->effective && p->where.size() > best->where.size())) {
+      best = p;
     }
   }
   return best;
@@ -468,13 +467,21 @@ PromiseVerdict CheckPromiseVerdict(const SeriesKey& key, const CheckPromise& pro
   return v;
 }
 
-std::optional<PromiseVerdict> PromiseVerdictFor(const SeriesKey& key, const LocationEntry* entry,
-                                                const Comparable& value,
-                                                const WaitPromise* wait_promise,
-                                                const CheckPromise* check_promise, absl::Time now,
-                                                const Catalog& catalog) {
+std::vector<const PricePromise*> PricePromisesFor(const SeriesKey& key, const Catalog& catalog) {
+  std::vector<const PricePromise*> out;
+  if (key.family != v1::FAMILY_PRICE) return out;
+  for (const PricePromise& p : catalog.price_promises) {
+    if (p.key == key.key && p.currency == key.currency && p.kind == key.kind) out.push_back(&p);
+  }
+  return out;
+}
+
+std::optional<PromiseVerdict> PromiseVerdictFor(
+    const SeriesKey& key, const LocationEntry* entry, const Comparable& value,
+    const std::vector<const PricePromise*>& price_promises, const WaitPromise* wait_promise,
+    const CheckPromise* check_promise, absl::Time now, const Catalog& catalog) {
   if (key.family == v1::FAMILY_PRICE) {
-    const PricePromise* promise = PricePromiseFor(key, entry, now, catalog);
+    const PricePromise* promise = PricePromiseFor(price_promises, entry, now);
     if (promise == nullptr) return std::nullopt;
     return PricePromiseVerdict(key, *promise, value.value, PolicyFromCatalog(catalog));
   }

@@ -267,14 +267,20 @@ PromiseVerdict WaitPromiseVerdict(const WaitPromise& promise, const Comparable& 
 // a failed critical check of a critical promise: broken at once.
 PromiseVerdict CheckPromiseVerdict(const SeriesKey& key, const CheckPromise& promise,
                                    const Comparable& value, double floor);
+// The catalog's list prices for series `key` (its key, currency and
+// kind; none for other families), in catalog order. Found once for a
+// series: a catalog may list a price for every item the chain sells, and a
+// series has a member at every location.
+std::vector<const PricePromise*> PricePromisesFor(const SeriesKey& key, const Catalog& catalog);
+
 // The promise on `key` at a location (`entry`, may be null) whose value
-// is `value`, if one applies: its price promise, else the series' wait or
-// check promise (looked up once per series by the caller, may be null).
-std::optional<PromiseVerdict> PromiseVerdictFor(const SeriesKey& key, const LocationEntry* entry,
-                                                const Comparable& value,
-                                                const WaitPromise* wait_promise,
-                                                const CheckPromise* check_promise, absl::Time now,
-                                                const Catalog& catalog);
+// is `value`, if one applies: its price promise (of `price_promises`,
+// PricePromisesFor), else the series' wait or check promise (looked up
+// once per series by the caller, may be null).
+std::optional<PromiseVerdict> PromiseVerdictFor(
+    const SeriesKey& key, const LocationEntry* entry, const Comparable& value,
+    const std::vector<const PricePromise*>& price_promises, const WaitPromise* wait_promise,
+    const CheckPromise* check_promise, absl::Time now, const Catalog& catalog);
 
 // Promise id -> (locations it applies to, locations breaking it), in one
 // series.

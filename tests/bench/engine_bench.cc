@@ -15,6 +15,9 @@
 // locations (1,000 keys each); --iterations the evaluations and snapshots
 // timed (default 3); --exceptions=N gives the catalog N approved
 // exceptions, each for one store and key of the chain (spread over both);
+// --list_prices gives the price family's catalog a chain-wide list price
+// (a price promise) for every key, as a chain that publishes its price
+// list has;
 // --evaluation_threads=N recomputes series on N threads (default 1). The
 // evaluations' CPU time is the process's, every thread's.
 //
@@ -44,6 +47,7 @@ namespace {
 bool g_smoke = false;
 int g_locations = 0;  // 0: the family's default.
 int g_exceptions = 0;
+bool g_list_prices = false;
 int g_evaluation_threads = 1;  // Engine::Options::evaluation_threads.
 const absl::Time kNow = absl::FromUnixSeconds(1'767'225'600);
 
@@ -114,6 +118,12 @@ Chain& Fixture(v1::Family family) {
     x.key = absl::StrCat("item-", e % c->keys);
     x.owner = "bench";
     x.reason = "approved";
+  }
+  for (int k = 0; g_list_prices && family == v1::FAMILY_PRICE && k < c->keys; ++k) {
+    PricePromise& p = catalog.price_promises.emplace_back();
+    p.key = absl::StrCat("item-", k);
+    p.currency = "EUR";
+    p.list_minor_units = 103;
   }
   Engine::Options options;
   options.catalog = std::make_shared<const Catalog>(catalog);
@@ -375,6 +385,8 @@ int main(int argc, char** argv) {
       constance::collector::g_locations = std::atoi(argv[i] + 12);
     } else if (std::strncmp(argv[i], "--exceptions=", 13) == 0) {
       constance::collector::g_exceptions = std::max(0, std::atoi(argv[i] + 13));
+    } else if (std::strcmp(argv[i], "--list_prices") == 0) {
+      constance::collector::g_list_prices = true;
     } else if (std::strncmp(argv[i], "--evaluation_threads=", 21) == 0) {
       constance::collector::g_evaluation_threads = std::max(1, std::atoi(argv[i] + 21));
     } else if (std::strncmp(argv[i], "--iterations=", 13) == 0) {

@@ -301,6 +301,57 @@ TEST(EvaluatorsTest, PricePromiseVerdictBreaksAboveTheListPriceByMoreThanTheFloo
   }
 }
 
+// A series is held to the list prices of its own key, currency and kind
+// only (found once for the series), and a member to the latest of those
+// effective at its location: a zone's where it is in the zone.
+TEST(EvaluatorsTest, PricePromisesForTheSeriesAndTheMembersZone) {
+  Catalog catalog = DefaultCatalog();
+  const absl::Time now = absl::FromUnixSeconds(1'800'000'000);
+  auto promise = [&](const char* key, const char* currency, v1::PriceKind kind, int64_t price) {
+    PricePromise& p = catalog.price_promises.emplace_back();
+    p.key = key;
+    p.currency = currency;
+    p.kind = kind;
+    p.list_minor_units = price;
+    return catalog.price_promises.size() - 1;
+  };
+  promise("milk", "USD", v1::SHELF, 90);
+  promise("milk", "EUR", v1::POS, 80);
+  promise("bread", "EUR", v1::SHELF, 250);
+  const size_t chain = promise("milk", "EUR", v1::SHELF, 100);
+  const size_t north = promise("milk", "EUR", v1::SHELF, 110);
+  catalog.price_promises[north].where = {{"zone", "north"}};
+  const size_t later = promise("milk", "EUR", v1::SHELF, 105);
+  catalog.price_promises[later].effective = now + absl::Hours(1);
+
+  SeriesKey key{v1::FAMILY_PRICE, "milk", "EUR", v1::SHELF};
+  const std::vector<const PricePromise*> found = PricePromisesFor(key, catalog);
+  ASSERT_EQ(found.size(), 3u);
+  EXPECT_EQ(found[0], &catalog.price_promises[chain]);
+  EXPECT_EQ(found[1], &catalog.price_promises[north]);
+  EXPECT_EQ(found[2], &catalog.price_promises[later]);
+  EXPECT_TRUE(
+      PricePromisesFor({v1::FAMILY_WAIT, "milk", "", v1::PRICE_KIND_UNSPECIFIED}, catalog).empty());
+
+  LocationEntry south, in_north;
+  south.labels = {{"zone", "south"}};
+  in_north.labels = {{"zone", "north"}};
+  Comparable value;
+  value.value = 110;
+  auto verdict = [&](const LocationEntry* entry) {
+    return PromiseVerdictFor(key, entry, value, found, nullptr, nullptr, now, catalog);
+  };
+  // 110 against the chain's 100: broken; against the north's 110: kept.
+  // The later list price is not effective yet.
+  ASSERT_TRUE(verdict(&south).has_value());
+  EXPECT_GE(verdict(&south)->strength, 1);
+  ASSERT_TRUE(verdict(&in_north).has_value());
+  EXPECT_LT(verdict(&in_north)->strength, 1);
+  EXPECT_NE(verdict(&in_north)->promise, verdict(&south)->promise);
+  EXPECT_FALSE(
+      PromiseVerdictFor(key, &south, value, {}, nullptr, nullptr, now, catalog).has_value());
+}
+
 TEST(EvaluatorsTest, WaitPromiseVerdictBreaksBelowThePromisedShare) {
   WaitPromise promise{"checkout", 300, 0.9, 4};
   static const struct {

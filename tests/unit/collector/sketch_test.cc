@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -100,6 +101,47 @@ TEST(QuantileSketchTest, MergingBoundedSketchesEqualsOneSketchOfEverything) {
     merged.EncodeTo(&got);
     EXPECT_EQ(got, want) << "round " << round;
   }
+}
+
+// A sketch read from a snapshot may hold empty buckets at either end
+// (Decode takes them); merged, they add nothing: the result is that of
+// merging the same sketch without them.
+TEST(QuantileSketchTest, MergingEmptyEndBucketsAddsNothing) {
+  QuantileSketch a(0.01), into_plain(0.01), into_padded(0.01);
+  for (double v : {80.0, 95.0, 140.0}) {
+    a.Add(v);
+    into_plain.Add(v / 3);
+    into_padded.Add(v / 3);
+  }
+  std::string bytes;
+  a.EncodeTo(&bytes);
+  // Header: accuracy (double), max_buckets, offset (int32), n (uint32).
+  const size_t at_offset = sizeof(double) + sizeof(uint32_t);
+  int32_t offset;
+  uint32_t n;
+  std::memcpy(&offset, bytes.data() + at_offset, sizeof(offset));
+  std::memcpy(&n, bytes.data() + at_offset + sizeof(offset), sizeof(n));
+  const size_t at_counts = at_offset + sizeof(offset) + sizeof(n);
+  const uint32_t zero = 0;
+  std::string padded = bytes.substr(0, at_offset);
+  offset -= 2;
+  n += 3;
+  padded.append(reinterpret_cast<const char*>(&offset), sizeof(offset));
+  padded.append(reinterpret_cast<const char*>(&n), sizeof(n));
+  for (int i = 0; i < 2; ++i) padded.append(reinterpret_cast<const char*>(&zero), sizeof(zero));
+  padded.append(bytes, at_counts, (n - 3) * sizeof(uint32_t));
+  padded.append(reinterpret_cast<const char*>(&zero), sizeof(zero));
+  padded.append(bytes, at_counts + (n - 3) * sizeof(uint32_t), std::string::npos);
+  QuantileSketch b;
+  ASSERT_TRUE(QuantileSketch::Decode(padded, &b).ok());
+  ASSERT_TRUE(into_plain.Merge(a).ok());
+  ASSERT_TRUE(into_padded.Merge(b).ok());
+  std::string want, got;
+  into_plain.EncodeTo(&want);
+  into_padded.EncodeTo(&got);
+  EXPECT_EQ(got, want);
+  for (double q : {0.0, 0.3, 0.5, 0.8, 1.0})
+    EXPECT_EQ(into_padded.Quantile(q), into_plain.Quantile(q));
 }
 
 TEST(QuantileSketchTest, EdgesAndShares) {
