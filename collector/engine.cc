@@ -1240,7 +1240,12 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now, const C
   if (!series.wait.empty()) {
     const PolicyAt wait_at(now, catalog.wait);
     const double within = wait_promise != nullptr ? wait_promise->within_seconds : 0;
-    for (const auto& [loc, cell] : InLocationOrder(series.wait, locations_.size())) {
+    const auto waits = InLocationOrder(series.wait, locations_.size());
+    for (size_t i = 0; i < waits.size(); ++i) {
+      if (i + 2 * kPrefetchAhead < waits.size())
+        waits[i + 2 * kPrefetchAhead].second->PrefetchBins();
+      if (i + kPrefetchAhead < waits.size()) waits[i + kPrefetchAhead].second->PrefetchCounts();
+      const auto& [loc, cell] = waits[i];
       walk.Wait(entry(loc), *cell, wait_at);
       add(loc, CompareWait(*cell, wait_at, catalog.wait_sketch, within), nullptr);
     }
