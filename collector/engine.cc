@@ -1232,6 +1232,9 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now, const C
   const auto prices = InLocationOrder(series.price, locations_.size());
   const PolicyAt price_at(now, catalog.price);
   for (size_t i = 0; i < prices.size(); ++i) {
+    // The cell first (its changes pointer is read ahead), then its changes.
+    if (i + 2 * kPrefetchAhead < prices.size())
+      __builtin_prefetch(prices[i + 2 * kPrefetchAhead].second);
     if (i + kPrefetchAhead < prices.size()) PrefetchChanges(*prices[i + kPrefetchAhead].second);
     const auto& [loc, cell] = prices[i];
     walk.Price(entry(loc), *cell, price_at);
