@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -304,6 +305,11 @@ BatchLog::~BatchLog() {
   }
   if (committer_.joinable()) committer_.join();
   if (applier_.joinable()) applier_.join();
+  {
+    absl::MutexLock lock(&lanes_mu_);
+    helpers_stop_ = true;
+  }
+  for (std::thread& t : helpers_) t.join();
   if (snapshotter_.joinable()) snapshotter_.join();
   if (wal_checkpointer_.joinable()) wal_checkpointer_.join();
   sqlite3_close(wal_db_);
@@ -542,6 +548,7 @@ absl::Status BatchLog::RecordSnapshot(const Finished& f) {
 }
 
 void BatchLog::Start() {
+  for (int i = 1; i < options_.apply_threads; ++i) helpers_.emplace_back([this] { HelpLoop(); });
   applier_ = std::thread([this] { ApplyLoop(); });
   committer_ = std::thread([this] { CommitLoop(); });
   snapshotter_ = std::thread([this] { SnapshotLoop(); });
@@ -549,7 +556,14 @@ void BatchLog::Start() {
 }
 
 void BatchLog::Append(absl::string_view batch, absl::Time received, Committed done) {
-  Pending p{batch, absl::ToUnixNanos(received), std::move(done)};
+  Pending p{batch, absl::ToUnixNanos(received), std::move(done), /*lane=*/0, /*beside=*/nullptr};
+  absl::MutexLock lock(&mu_);
+  queue_.push_back(std::move(p));
+}
+
+void BatchLog::Append(absl::string_view batch, absl::Time received, uint64_t lane, Beside beside,
+                      Committed done) {
+  Pending p{batch, absl::ToUnixNanos(received), std::move(done), lane, std::move(beside)};
   absl::MutexLock lock(&mu_);
   queue_.push_back(std::move(p));
 }
@@ -582,12 +596,73 @@ void BatchLog::ApplyLoop() {
       finish_through_ = applied_through_;
       continue;
     }
-    for (Pending& p : group->batches) p.done(group->status);
+    ApplyGroup(*group);
     // Freed (with what the callbacks held) after the lock is released.
     std::deque<Pending> finished = std::move(group->batches);
     absl::MutexLock lock(&mu_);
     applied_through_ = group->through;
     applying_.pop_front();
+  }
+}
+
+void BatchLog::ApplyGroup(CommittedGroup& group) {
+  Lanes lanes;
+  if (!helpers_.empty() && group.status.ok()) {
+    absl::flat_hash_map<uint64_t, size_t> run_of;
+    for (Pending& p : group.batches) {
+      // A batch without a lane may be of any location: the batches after
+      // it wait for the second step, in log order.
+      if (!p.beside) break;
+      auto [it, added] = run_of.try_emplace(p.lane, lanes.runs.size());
+      if (added) lanes.runs.emplace_back();
+      lanes.runs[it->second].push_back(&p);
+    }
+  }
+  if (lanes.runs.size() > 1) {
+    {
+      absl::MutexLock lock(&lanes_mu_);
+      lanes_ = &lanes;
+      ++lanes_handed_;
+    }
+    RunLanes(lanes);
+    // No helper takes them from here on; wait for those running them.
+    absl::MutexLock lock(&lanes_mu_);
+    lanes_ = nullptr;
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lanes_mu_) { return helping_ == 0; };
+    lanes_mu_.Await(absl::Condition(&idle));
+  }
+  for (Pending& p : group.batches) {
+    if (!p.settled) p.done(group.status);
+  }
+}
+
+void BatchLog::RunLanes(Lanes& lanes) {
+  for (size_t i = lanes.next++; i < lanes.runs.size(); i = lanes.next++) {
+    for (Pending* p : lanes.runs[i]) {
+      if (!p->beside()) break;  // This lane's rest goes in log order, alone.
+      p->settled = true;
+    }
+  }
+}
+
+void BatchLog::HelpLoop() {
+  uint64_t seen = 0;
+  for (;;) {
+    Lanes* lanes = nullptr;
+    {
+      absl::MutexLock lock(&lanes_mu_);
+      auto handed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lanes_mu_) {
+        return helpers_stop_ || (lanes_ != nullptr && lanes_handed_ != seen);
+      };
+      lanes_mu_.Await(absl::Condition(&handed));
+      if (helpers_stop_) return;
+      seen = lanes_handed_;
+      lanes = lanes_;
+      ++helping_;
+    }
+    RunLanes(*lanes);
+    absl::MutexLock lock(&lanes_mu_);
+    --helping_;
   }
 }
 

@@ -57,9 +57,27 @@
 // Thread-safety: Append may be called from any thread; callbacks run on
 // the log's applier thread, one at a time in log order, and must not
 // block. Replay before Start.
+//
+// Applying on more than one core (Options::apply_threads > 1): a batch
+// appended with a lane (its location) and a `beside` callback may have
+// that callback run beside other lanes' on the applier's helpers. A
+// committed group is applied in two steps. First each lane's batches, in
+// log order, are offered to their `beside` callbacks, lanes at once; a
+// callback that cannot do its batch's whole work without an order across
+// lanes (in the engine: one that would create a series, a cell or a
+// location, count a rejection or a gap, i.e. anything a limit or another
+// location's batch could decide) declines, doing nothing, and ends its
+// lane's first step. Then, on the applier thread, every batch not done
+// yet gets its `done` callback, in log order. What the first step did
+// commutes with everything else in the group (other lanes' cells, and
+// nothing a later decision reads), so the state after the group is the
+// state of applying it one batch after another, which is what Replay
+// does: a restart reproduces what was acknowledged.
 #ifndef CONSTANCE_COLLECTOR_BATCH_LOG_H_
 #define CONSTANCE_COLLECTOR_BATCH_LOG_H_
 
+#include <atomic>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -92,6 +110,9 @@ class BatchLog {
     // For tests: called with a snapshot's file once it is written whole,
     // before the log records it (where a crash leaves it unrecorded).
     std::function<void(const std::string& file)> after_snapshot_file;
+    // Threads that apply committed batches (the applier and helpers):
+    // more apply different lanes' batches at once (see above).
+    int apply_threads = 1;
   };
 
   // The log format this collector writes (SQLite's user_version); it
@@ -172,6 +193,15 @@ class BatchLog {
   // the callbacks of every batch logged before it.
   void Append(absl::string_view batch, absl::Time received, Committed done);
 
+  // Append for a batch of `lane` (e.g. a hash of its location: batches of
+  // one lane apply in log order) whose work `beside` may do beside other
+  // lanes' batches, once committed (see the top of this file): true when
+  // it did all of it, `done` included (then `done` is not called); false
+  // when it did nothing (then `done` is called, in log order, alone).
+  using Beside = std::function<bool()>;
+  void Append(absl::string_view batch, absl::Time received, uint64_t lane, Beside beside,
+              Committed done);
+
   // Batches committed so far and the latency of the last group commit.
   uint64_t committed() const;
   absl::Duration last_commit_latency() const;
@@ -202,6 +232,9 @@ class BatchLog {
     absl::string_view body;  // Kept alive by `done`.
     int64_t received_ns = 0;
     Committed done;
+    uint64_t lane = 0;
+    Beside beside;         // Null: only `done`, in log order.
+    bool settled = false;  // `beside` did the work.
   };
   // A group commit's batches and outcome, waiting for their callbacks.
   struct CommittedGroup {
@@ -254,6 +287,19 @@ class BatchLog {
   static int OnWalCommit(void* self, sqlite3* db, const char* name, int pages);
   // Runs the callbacks of committed groups, in order.
   void ApplyLoop();
+  // Runs one committed group's callbacks: lanes beside each other first,
+  // when there are helpers, then the rest in log order.
+  void ApplyGroup(CommittedGroup& group);
+  // The first step's lanes, each a run of one lane's batches in log order.
+  struct Lanes {
+    std::vector<std::vector<Pending*>> runs;
+    std::atomic<size_t> next{0};
+  };
+  // Offers the lanes' batches to their `beside` callbacks until none is
+  // left; on the applier and on every helper at once.
+  static void RunLanes(Lanes& lanes);
+  // A helper thread: runs the lanes the applier hands out.
+  void HelpLoop();
   // Prepares, begins and finishes snapshots as the committer asks.
   void SnapshotLoop();
   // Writes `state`, covering the log up to `through`, whose capture
@@ -319,6 +365,13 @@ class BatchLog {
   Prepare prepare_;
   std::thread committer_;
   std::thread applier_;
+  std::vector<std::thread> helpers_;
+  // The lanes the applier hands its helpers, while it runs them too.
+  absl::Mutex lanes_mu_;
+  Lanes* lanes_ ABSL_GUARDED_BY(lanes_mu_) = nullptr;
+  uint64_t lanes_handed_ ABSL_GUARDED_BY(lanes_mu_) = 0;  // Handed out so far.
+  int helping_ ABSL_GUARDED_BY(lanes_mu_) = 0;            // Helpers running lanes.
+  bool helpers_stop_ ABSL_GUARDED_BY(lanes_mu_) = false;
   std::thread snapshotter_;
   std::thread wal_checkpointer_;
 };

@@ -844,6 +844,12 @@ std::optional<v1::Ack> Engine::ApplyShared(const BatchView& batch, absl::Time no
                            AckOf(batch, v1::Ack::APPLIED));
 }
 
+std::optional<v1::Ack> Engine::ApplyBeside(const BatchView& batch, absl::Time now, uint64_t owner,
+                                           const BatchChecks& checks) {
+  if (!ValidateBatchShape(batch, options_.limits).ok()) return std::nullopt;
+  return ApplyShared(batch, now, owner, checks);
+}
+
 absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now, uint64_t owner,
                                            const BatchChecks& checks) {
   if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;

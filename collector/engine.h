@@ -429,6 +429,15 @@ class Engine {
   // ApplyBatch with the checks of `batch` at `received` (CheckBatch).
   absl::StatusOr<v1::Ack> ApplyBatch(const BatchView& batch, absl::Time received, uint64_t owner,
                                      const BatchChecks& checks);
+  // The part of ApplyBatch that needs no order across locations: the
+  // batch applied, and its ack, when its location, stream, series and
+  // cells all exist and nothing of it is refused, rejected or out of
+  // order; else nothing done (nullopt: ApplyBatch decides). Batches of
+  // different locations applied this way commute with each other and
+  // with any ApplyBatch of another location (the durable log's lanes,
+  // batch_log.h).
+  std::optional<v1::Ack> ApplyBeside(const BatchView& batch, absl::Time received, uint64_t owner,
+                                     const BatchChecks& checks);
 
   // One live stream per location: makes the caller the location's owner
   // and returns its token (never 0). From then on batches applied with an

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -203,25 +204,25 @@ class IngestStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
       }
       const absl::Time received = service_->engine_->now();
       incoming->checks = service_->engine_->CheckBatch(batch, received);
-      // The bytes stay valid until the callback has run: it holds them.
+      // The bytes stay valid until a callback has run: they hold them.
+      // Where the engine can apply the batch beside other locations'
+      // (ApplyBeside), the log's helpers may (batch_log.h); else, or when
+      // it declines, it applies in log order.
       service_->options_.log->Append(
-          incoming->batch_bytes, received, [this, incoming, received](absl::Status committed) {
+          incoming->batch_bytes, received, absl::HashOf(location_),
+          [this, incoming, received] {
+            std::optional<v1::Ack> ack =
+                service_->engine_->ApplyBeside(incoming->batch, received, owner_, incoming->checks);
+            if (!ack.has_value()) return false;
+            Acknowledge(*std::move(ack));
+            Settled(absl::OkStatus(), /*committed=*/true);
+            return true;
+          },
+          [this, incoming, received](absl::Status committed) {
             absl::Status s = committed.ok()
                                  ? ApplyAndAck(incoming->batch, received, incoming->checks)
                                  : committed;
-            if (!s.ok()) {
-              spdlog::warn("ingest stream from {} ({}) ended: {}", peer_, location_,
-                           std::string(s.message()));
-              if (committed.ok() && !absl::IsAborted(s)) service_->Refused(RefusalReason(s));
-              EndStream(ToGrpcStatus(s));
-            }
-            bool last = false;
-            {
-              absl::MutexLock lock(&mu_);
-              last = --committing_ == 0 && half_closed_;
-            }
-            if (last) EndStream(grpc::Status::OK);  // A no-op if it ended above.
-            Unref();
+            Settled(s, committed.ok());
           });
       return absl::OkStatus();
     }
@@ -288,10 +289,33 @@ class IngestStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
     absl::StatusOr<v1::Ack> ack = service_->engine_->ApplyBatch(batch, received, owner_, checks);
     if (!ack.ok()) return ack.status();
     if (ack->outcome() == v1::Ack::OUT_OF_ORDER) return AnswerGap(*ack);
-    v1::CollectorMessage reply;
-    *reply.mutable_ack() = std::move(*ack);
-    Enqueue(Serialize(reply));
+    Acknowledge(*std::move(ack));
     return absl::OkStatus();
+  }
+
+  void Acknowledge(v1::Ack ack) {
+    v1::CollectorMessage reply;
+    *reply.mutable_ack() = std::move(ack);
+    Enqueue(Serialize(reply));
+  }
+
+  // A logged batch's end, `s` its outcome (`committed`: the log has it):
+  // a failure ends the stream; the last batch committing after the agent
+  // half-closed ends it too; the reference Handle took is released.
+  void Settled(const absl::Status& s, bool committed) {
+    if (!s.ok()) {
+      spdlog::warn("ingest stream from {} ({}) ended: {}", peer_, location_,
+                   std::string(s.message()));
+      if (committed && !absl::IsAborted(s)) service_->Refused(RefusalReason(s));
+      EndStream(ToGrpcStatus(s));
+    }
+    bool last = false;
+    {
+      absl::MutexLock lock(&mu_);
+      last = --committing_ == 0 && half_closed_;
+    }
+    if (last) EndStream(grpc::Status::OK);  // A no-op if it ended above.
+    Unref();
   }
 
   // Answers THROTTLED (nothing applied) when the location is over its

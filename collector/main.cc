@@ -97,6 +97,11 @@ ABSL_FLAG(int, evaluation_threads, 1,
           "Threads that recompute and evaluate series at once in a tick (1 to 64): more "
           "shorten a tick that recomputes many series, on a collector with cores to spare; "
           "findings are the same whatever the count");
+ABSL_FLAG(int, apply_threads, 2,
+          "Threads that apply durably logged batches (with --state_dir; 1 to 64): batches of "
+          "different locations apply at once unless one needs an order across locations (a "
+          "new series, cell or location, a rejection, a gap); what is acknowledged and what a "
+          "restart replays are the same whatever the count");
 ABSL_FLAG(int, max_message_bytes, 4 << 20, "Largest gRPC message accepted from an agent");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "How long open streams get to finish on shutdown");
@@ -186,6 +191,12 @@ int main(int argc, char** argv) {
   if (options.engine.evaluation_threads < 1 || options.engine.evaluation_threads > 64) {
     std::cerr << "constance-collector: --evaluation_threads must be between 1 and 64, got "
               << options.engine.evaluation_threads << "\n";
+    return 2;
+  }
+  options.apply_threads = absl::GetFlag(FLAGS_apply_threads);
+  if (options.apply_threads < 1 || options.apply_threads > 64) {
+    std::cerr << "constance-collector: --apply_threads must be between 1 and 64, got "
+              << options.apply_threads << "\n";
     return 2;
   }
   options.state_dir = absl::GetFlag(FLAGS_state_dir);

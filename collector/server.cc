@@ -146,7 +146,9 @@ absl::Status CollectorServer::Start() {
 
 absl::Status CollectorServer::OpenLog() {
   const std::string path = options_.state_dir + "/batches.db";
-  absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path);
+  BatchLog::Options log_options;
+  log_options.apply_threads = options_.apply_threads;
+  absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(path, log_options);
   if (!log.ok()) return log.status();
   log_ = std::move(*log);
   const absl::Time start = absl::Now();

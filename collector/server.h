@@ -57,6 +57,10 @@ struct ServerOptions {
   // How often the engine's state is snapshotted into the log's database
   // (and the log compacted); a clean shutdown takes one too.
   absl::Duration snapshot_interval = absl::Minutes(5);
+  // Threads the durable log applies committed batches on: batches of
+  // different locations apply at once where none needs an order across
+  // locations (batch_log.h). 1: one after the other.
+  int apply_threads = 2;
   // Per-location ingest rate (observations/s, 0 = unlimited) and burst.
   double rate_per_location = 0;
   double rate_burst = 0;

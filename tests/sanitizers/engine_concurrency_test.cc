@@ -4,21 +4,26 @@
 // catalog. Meant for the ThreadSanitizer build (tests/sanitizers.sh), where
 // a data race fails it; in every build it checks that nothing applied
 // concurrently is lost or applied twice.
+#include <stdlib.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/hash/hash.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "collector/batch_log.h"
 #include "collector/catalog.h"
 #include "collector/engine.h"
 #include "constance/state/v1/engine_state.pb.h"
@@ -366,6 +371,113 @@ TEST(EngineConcurrencyTest, ParallelBatchesEndAsAppliedOneAfterAnother) {
   EXPECT_EQ(expected.counters().duplicates(), duplicates);
   EXPECT_EQ(applied, uint64_t{kLocations} * (kBatches * 24 + kBatches / 5));
   EXPECT_GT(expected.late_drops_size(), 0);
+  google::protobuf::util::MessageDifferencer diff;
+  diff.set_repeated_field_comparison(google::protobuf::util::MessageDifferencer::AS_SET);
+  std::string report;
+  diff.ReportDifferencesToString(&report);
+  EXPECT_TRUE(diff.Compare(expected, got)) << report;
+}
+
+// The durable log's lanes (batch_log.h): the batches of
+// ParallelBatchesEndAsAppliedOneAfterAnother, and batches with a rejected
+// observation, logged in one order and applied from the log's applier
+// and two helpers, each location a lane, as ingest applies them (what
+// ApplyBeside declines, ApplyBatch applies alone, in log order). The
+// engine ends as the same batches applied one after the other in log
+// order (what a restart replays), and every ack is the one that replay
+// gives. --max_series runs out part way: which new keys are rejected for
+// `series` depends on the order the exclusive batches apply in.
+TEST(EngineConcurrencyTest, TheLogsLanesAckAndEndAsItsReplay) {
+  constexpr int kLocations = 12, kBatches = 40;
+  const absl::Time now = absl::FromUnixSeconds(1'780'000'000);
+  std::vector<v1::Batch> logged;  // Log order: a round of every location at a time.
+  std::vector<uint64_t> next(kLocations, 1);
+  for (int b = 0; b < kBatches; ++b) {
+    for (int l = 0; l < kLocations; ++l) {
+      const uint64_t first = next[l];
+      logged.push_back(LocationBatch(l, b, now, &next[l]));
+      if (b % 7 == 3) {  // An observation rejected (a price without a currency).
+        v1::Observation* bad = logged.back().add_observations();
+        bad->set_key("item-0");
+        bad->mutable_price()->set_minor_units(100);
+        ++next[l];
+      }
+      if (b % 3 == 0) logged.push_back(logged.back());  // Sent twice.
+      ASSERT_EQ(logged.back().first_sequence(), first);
+    }
+  }
+  Engine::Options options;
+  options.clock = [now] { return now; };
+  options.limits.max_series = 30 + kLocations * kBatches / 5 / 2;  // Half the new keys fit.
+  Engine serial(options), laned(options);
+  std::vector<v1::Ack> replayed;
+  for (const v1::Batch& b : logged) {
+    absl::StatusOr<v1::Ack> ack = serial.ApplyBatch(b, now);
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    replayed.push_back(*ack);
+  }
+
+  char tmpl[] = "/tmp/constance-lanes-test.XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  std::vector<std::string> bytes;
+  for (const v1::Batch& b : logged) bytes.push_back(b.SerializeAsString());
+  std::vector<BatchView> views;
+  for (const v1::Batch& b : logged) views.push_back(ViewOf(b));
+  std::vector<v1::Ack> acked(logged.size());
+  std::atomic<int> beside{0}, alone{0}, failed{0};
+  {
+    BatchLog::Options log_options;
+    log_options.apply_threads = 3;
+    absl::StatusOr<std::unique_ptr<BatchLog>> log =
+        BatchLog::Open(dir + "/batches.db", log_options);
+    ASSERT_TRUE(log.ok()) << log.status();
+    // Logged in a few goes, so the log commits several groups.
+    auto append = [&](size_t from, size_t to) {
+      for (size_t i = from; i < to; ++i) {
+        const uint64_t lane = absl::HashOf(logged[i].location());
+        (*log)->Append(
+            bytes[i], now, lane,
+            [&, i] {
+              std::optional<v1::Ack> ack =
+                  laned.ApplyBeside(views[i], now, 0, laned.CheckBatch(views[i], now));
+              if (!ack.has_value()) return false;
+              acked[i] = *std::move(ack);
+              ++beside;
+              return true;
+            },
+            [&, i](absl::Status committed) {
+              absl::StatusOr<v1::Ack> ack = laned.ApplyBatch(views[i], now);
+              if (!committed.ok() || !ack.ok()) ++failed;
+              if (ack.ok()) acked[i] = *std::move(ack);
+              ++alone;
+            });
+      }
+    };
+    append(0, logged.size() / 2);
+    (*log)->Start();
+    append(logged.size() / 2, logged.size());
+  }  // Commits and applies what is queued, then stops.
+  std::system(("rm -rf " + dir).c_str());
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(beside.load() + alone.load(), static_cast<int>(logged.size()));
+  // Both ways were taken (with three threads, lanes ran beside each other).
+  EXPECT_GT(beside.load(), 0);
+  EXPECT_GT(alone.load(), 0);
+
+  for (size_t i = 0; i < logged.size(); ++i) {
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(acked[i], replayed[i]))
+        << "batch " << i << " (" << logged[i].location() << ", from " << logged[i].first_sequence()
+        << "): acknowledged " << acked[i].ShortDebugString() << ", replayed "
+        << replayed[i].ShortDebugString();
+  }
+  state::v1::EngineState expected, got;
+  ASSERT_TRUE(expected.ParseFromString(serial.SaveState()));
+  ASSERT_TRUE(got.ParseFromString(laned.SaveState()));
+  EXPECT_GT(expected.counters().rejected(), 0u);
+  EXPECT_GT(expected.counters().rejected_by_reason().count("series"), 0u);
+  ByName(&expected);
+  ByName(&got);
   google::protobuf::util::MessageDifferencer diff;
   diff.set_repeated_field_comparison(google::protobuf::util::MessageDifferencer::AS_SET);
   std::string report;
