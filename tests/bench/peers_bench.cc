@@ -101,9 +101,11 @@ ABSL_FLAG(absl::Duration, rule_interval, absl::Seconds(1),
 ABSL_FLAG(absl::Duration, scrape_interval, absl::Seconds(1),
           "Prometheus's scrape interval (and timeout) of the Pushgateway");
 ABSL_FLAG(absl::Duration, stats_interval, absl::Seconds(1), "constance's statistics tick");
+ABSL_FLAG(int, apply_threads, 2,
+          "constance: the collector's --apply_threads (threads applying logged batches)");
 ABSL_FLAG(bool, collector_huge_pages, true,
-          "Run constance-collector as its unit runs it: GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
-          "(glibc's malloc on transparent huge pages)");
+          "Run constance-collector as its unit runs it: GLIBC_TUNABLES=glibc.malloc.hugetlb=1:"
+          "glibc.malloc.arena_max=1 (glibc's malloc on transparent huge pages, one arena)");
 ABSL_FLAG(absl::Duration, settle_timeout, absl::Minutes(5),
           "How long a path may take to show what it accepted (and then the change)");
 ABSL_FLAG(bool, idle, false, "Also measure constance-agent, collectd, node-exporter at idle");
@@ -396,10 +398,18 @@ PathResult RunConstance(const Workload& w) {
   TempDir dir;
   const std::string ready = dir.File("ready");
   std::vector<std::string> argv = {
-      BinDir() + "/constance-collector", "--insecure", "--listen=127.0.0.1:0",
-      "--metrics_listen=127.0.0.1:0", "--state_dir=" + dir.path(), "--max_rate_per_location=0",
-      "--max_series=0", "--max_locations=0", "--log_level=warn", "--ready_file=" + ready,
-      "--stats_interval=" + absl::FormatDuration(absl::GetFlag(FLAGS_stats_interval))};
+      BinDir() + "/constance-collector",
+      "--insecure",
+      "--listen=127.0.0.1:0",
+      "--metrics_listen=127.0.0.1:0",
+      "--state_dir=" + dir.path(),
+      "--max_rate_per_location=0",
+      "--max_series=0",
+      "--max_locations=0",
+      "--log_level=warn",
+      "--ready_file=" + ready,
+      "--stats_interval=" + absl::FormatDuration(absl::GetFlag(FLAGS_stats_interval)),
+      absl::StrCat("--apply_threads=", absl::GetFlag(FLAGS_apply_threads))};
   if (absl::GetFlag(FLAGS_collector_huge_pages)) argv = WithMallocHugePages(std::move(argv));
   Subprocess collector(std::move(argv), dir.File("collector.log"));
   auto addresses = WaitForReadyFile(ready, collector, absl::Seconds(60));

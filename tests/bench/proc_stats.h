@@ -32,10 +32,13 @@ int64_t ProcStatusKb(pid_t pid, const std::string& field);
 // the memory sits on transparent huge pages) in KiB; -1 if not there.
 int64_t ProcSmapsKb(pid_t pid, const std::string& field);
 
-// glibc's malloc asking for transparent huge pages for its heap, as the
-// collector's unit runs it (deploy/systemd/constance-collector.service):
-// a GLIBC_TUNABLES entry, read when a process starts.
-inline constexpr char kMallocHugePages[] = "glibc.malloc.hugetlb=1";
+// glibc's malloc as the collector's unit runs it
+// (deploy/systemd/constance-collector.service): transparent huge pages for
+// its heap, and one arena for every thread (threads that apply batches
+// each on an arena of their own left the soak's memory growing: 
+// tests/bench/RESULTS.md). GLIBC_TUNABLES entries, read when a process
+// starts.
+inline constexpr char kMallocHugePages[] = "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1";
 
 // Re-executes this program (/proc/self/exe, `argv`) with kMallocHugePages
 // added to GLIBC_TUNABLES, unless that already sets glibc.malloc.hugetlb.

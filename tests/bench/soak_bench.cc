@@ -6,10 +6,11 @@
 // l % 24); every simulated week `churn` of the keys are delisted and as
 // many new ones listed; every simulated hour each location reports waits
 // and compliance checks for `service_keys` keys; the engine evaluates
-// every `eval_every`. Batches are applied from --apply_threads threads,
+// every `eval_every`. Batches are applied from --apply_threads threads (2),
 // each taking the next location's batches (batches of different
 // locations apply at once where their cells exist, as the collector's
-// streams apply them without --state_dir); then the engine evaluates.
+// batch log applies them with --apply_threads=2, and its streams without
+// --state_dir); then the engine evaluates.
 // With --overlap an evaluation runs on a thread of its own beside the next
 // simulated hour's batches, as the collector's evaluation tick runs beside
 // its ingest: each waits for the other's locks (an evaluation copies a
@@ -28,8 +29,9 @@
 // `series`, and the wall and process CPU seconds so far (on a shared
 // machine the CPU time is the measure). An evaluation's CPU time is the
 // process's while it ran, less the applying threads' and the recorder's.
-// glibc's malloc runs on transparent huge pages as the collector's unit
-// runs it (--malloc_huge_pages, a re-execution with GLIBC_TUNABLES set);
+// glibc's malloc runs on transparent huge pages and one arena as the
+// collector's unit runs it (--malloc_huge_pages, a re-execution with
+// GLIBC_TUNABLES set);
 // the end of the run says how much of the memory they held.
 // Evaluations recompute series on --evaluation_threads threads (one per
 // core unless told). It asserts nothing while running, and exits 1 if the
@@ -89,19 +91,20 @@ ABSL_FLAG(bool, stores, true,
 ABSL_FLAG(int, evaluation_threads, 0,
           "Threads an evaluation recomputes series on (Engine::Options::evaluation_threads, "
           "the collector's --evaluation_threads); 0 = one per core");
-ABSL_FLAG(int, apply_threads, 1,
+ABSL_FLAG(int, apply_threads, 2,
           "Threads the locations' batches are applied from, each taking the next location "
           "(batches of different locations apply at once: the engine's stripes); 0 = one per "
-          "core. One by default: a collector with --state_dir, whose stores the soak records, "
-          "applies from its batch log's one applier (two apply faster: tests/bench/RESULTS.md)");
+          "core. Two by default, as a collector with --state_dir applies its logged batches "
+          "(--apply_threads=2: different locations' batches at once, those that need an order "
+          "across locations alone)");
 ABSL_FLAG(bool, overlap, false,
           "Evaluate on a thread of its own beside the next simulated hour's batches, as the "
           "collector's evaluation tick runs beside its ingest (each waits for the other's "
           "locks); false: apply an hour's batches, then evaluate");
 ABSL_FLAG(bool, malloc_huge_pages, true,
-          "Run as the collector's unit runs it: glibc's malloc on transparent huge pages "
-          "(re-executes itself with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 unless "
-          "GLIBC_TUNABLES already sets glibc.malloc.hugetlb)");
+          "Run as the collector's unit runs it: glibc's malloc on transparent huge pages and "
+          "one arena (re-executes itself with GLIBC_TUNABLES=glibc.malloc.hugetlb=1:"
+          "glibc.malloc.arena_max=1 unless GLIBC_TUNABLES already sets glibc.malloc.hugetlb)");
 ABSL_FLAG(bool, retain_forever, false,
           "Set the catalog's retention to ten years: shows what the run looks like without "
           "retention (series grow, `series` rejections) and that the checks catch it");
