@@ -53,6 +53,32 @@ using WaitFn = void (*)(absl::CondVar*, absl::Mutex*);
 using WaitTimeoutFn = bool (*)(absl::CondVar*, absl::Mutex*, absl::Duration);
 using WaitDeadlineFn = bool (*)(absl::CondVar*, absl::Mutex*, absl::Time);
 
+// A condition as Abseil evaluates it: with the mutex held, but inside
+// the wait (before it returns and TSan is told) or on the thread that
+// unlocks. TSan is told the mutex was acquired before each evaluation and
+// released after it, or what the condition reads would be reported as
+// racing with its last writer (who wrote it under the mutex), and the
+// waiter's frame it lives in with the waiter's later use of it. The
+// waiter releases before waiting too (it made the condition).
+class TracedCondition {
+ public:
+  TracedCondition(absl::Mutex* mu, const absl::Condition& cond)
+      : mu_(mu), cond_(&cond), condition_(&TracedCondition::Eval, this) {}
+  const absl::Condition& condition() const { return condition_; }
+
+ private:
+  static bool Eval(TracedCondition* t) {
+    __tsan_acquire(t->mu_);
+    const bool met = t->cond_->Eval();
+    // What it read comes before whatever the waiter does once woken.
+    __tsan_release(t->mu_);
+    return met;
+  }
+  absl::Mutex* const mu_;
+  const absl::Condition* const cond_;
+  const absl::Condition condition_;
+};
+
 }  // namespace
 
 namespace absl {
@@ -98,13 +124,17 @@ void Mutex::ReaderUnlock() ABSL_NO_THREAD_SAFETY_ANALYSIS {
 
 void Mutex::LockWhen(const Condition& cond) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   static const CondFn real = Real<CondFn>("5Mutex8LockWhenERKNS0_9ConditionE");
-  real(this, cond);
+  const TracedCondition traced(this, cond);
+  __tsan_release(this);
+  real(this, traced.condition());
   __tsan_acquire(this);
 }
 
 void Mutex::ReaderLockWhen(const Condition& cond) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   static const CondFn real = Real<CondFn>("5Mutex14ReaderLockWhenERKNS0_9ConditionE");
-  real(this, cond);
+  const TracedCondition traced(this, cond);
+  __tsan_release(this);
+  real(this, traced.condition());
   __tsan_acquire(this);
 }
 
@@ -112,7 +142,9 @@ bool Mutex::LockWhenWithTimeout(const Condition& cond,
                                 absl::Duration timeout) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   static const CondTimeoutFn real =
       Real<CondTimeoutFn>("5Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  const bool met = real(this, cond, timeout);
+  const TracedCondition traced(this, cond);
+  __tsan_release(this);
+  const bool met = real(this, traced.condition(), timeout);
   __tsan_acquire(this);
   return met;
 }
@@ -121,7 +153,9 @@ bool Mutex::LockWhenWithDeadline(const Condition& cond,
                                  absl::Time deadline) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   static const CondDeadlineFn real =
       Real<CondDeadlineFn>("5Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  const bool met = real(this, cond, deadline);
+  const TracedCondition traced(this, cond);
+  __tsan_release(this);
+  const bool met = real(this, traced.condition(), deadline);
   __tsan_acquire(this);
   return met;
 }
@@ -130,7 +164,9 @@ bool Mutex::ReaderLockWhenWithTimeout(const Condition& cond,
                                       absl::Duration timeout) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   static const CondTimeoutFn real =
       Real<CondTimeoutFn>("5Mutex25ReaderLockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  const bool met = real(this, cond, timeout);
+  const TracedCondition traced(this, cond);
+  __tsan_release(this);
+  const bool met = real(this, traced.condition(), timeout);
   __tsan_acquire(this);
   return met;
 }
@@ -139,7 +175,9 @@ bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond,
                                        absl::Time deadline) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   static const CondDeadlineFn real =
       Real<CondDeadlineFn>("5Mutex26ReaderLockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  const bool met = real(this, cond, deadline);
+  const TracedCondition traced(this, cond);
+  __tsan_release(this);
+  const bool met = real(this, traced.condition(), deadline);
   __tsan_acquire(this);
   return met;
 }
@@ -147,8 +185,9 @@ bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond,
 // A wait gives the lock up and takes it again before it returns.
 void Mutex::Await(const Condition& cond) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   static const CondFn real = Real<CondFn>("5Mutex5AwaitERKNS0_9ConditionE");
+  const TracedCondition traced(this, cond);
   __tsan_release(this);
-  real(this, cond);
+  real(this, traced.condition());
   __tsan_acquire(this);
 }
 
@@ -156,8 +195,9 @@ bool Mutex::AwaitWithTimeout(const Condition& cond,
                              absl::Duration timeout) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   static const CondTimeoutFn real =
       Real<CondTimeoutFn>("5Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
+  const TracedCondition traced(this, cond);
   __tsan_release(this);
-  const bool met = real(this, cond, timeout);
+  const bool met = real(this, traced.condition(), timeout);
   __tsan_acquire(this);
   return met;
 }
@@ -166,8 +206,9 @@ bool Mutex::AwaitWithDeadline(const Condition& cond,
                               absl::Time deadline) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   static const CondDeadlineFn real =
       Real<CondDeadlineFn>("5Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
+  const TracedCondition traced(this, cond);
   __tsan_release(this);
-  const bool met = real(this, cond, deadline);
+  const bool met = real(this, traced.condition(), deadline);
   __tsan_acquire(this);
   return met;
 }
