@@ -57,21 +57,27 @@ using WaitDeadlineFn = bool (*)(absl::CondVar*, absl::Mutex*, absl::Time);
 // the wait (before it returns and TSan is told) or on the thread that
 // unlocks. TSan is told the mutex was acquired before each evaluation and
 // released after it, or what the condition reads would be reported as
-// racing with its last writer (who wrote it under the mutex), and the
-// waiter's frame it lives in with the waiter's later use of it. The
-// waiter releases before waiting too (it made the condition).
+// racing with its last writer (who wrote it under the mutex) and its next.
+// The wrapper itself, made on the waiter's stack and read by whichever
+// thread evaluates it, is a sync object of its own: made (released)
+// before any evaluation, done with (acquired) before the waiter's frame
+// moves on, without ordering anything else of the waiter's.
 class TracedCondition {
  public:
   TracedCondition(absl::Mutex* mu, const absl::Condition& cond)
-      : mu_(mu), cond_(&cond), condition_(&TracedCondition::Eval, this) {}
+      : mu_(mu), cond_(&cond), condition_(&TracedCondition::Eval, this) {
+    __tsan_release(this);
+  }
+  ~TracedCondition() { __tsan_acquire(this); }
   const absl::Condition& condition() const { return condition_; }
 
  private:
   static bool Eval(TracedCondition* t) {
+    __tsan_acquire(t);
     __tsan_acquire(t->mu_);
     const bool met = t->cond_->Eval();
-    // What it read comes before whatever the waiter does once woken.
     __tsan_release(t->mu_);
+    __tsan_release(t);
     return met;
   }
   absl::Mutex* const mu_;
@@ -125,7 +131,6 @@ void Mutex::ReaderUnlock() ABSL_NO_THREAD_SAFETY_ANALYSIS {
 void Mutex::LockWhen(const Condition& cond) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   static const CondFn real = Real<CondFn>("5Mutex8LockWhenERKNS0_9ConditionE");
   const TracedCondition traced(this, cond);
-  __tsan_release(this);
   real(this, traced.condition());
   __tsan_acquire(this);
 }
@@ -133,7 +138,6 @@ void Mutex::LockWhen(const Condition& cond) ABSL_NO_THREAD_SAFETY_ANALYSIS {
 void Mutex::ReaderLockWhen(const Condition& cond) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   static const CondFn real = Real<CondFn>("5Mutex14ReaderLockWhenERKNS0_9ConditionE");
   const TracedCondition traced(this, cond);
-  __tsan_release(this);
   real(this, traced.condition());
   __tsan_acquire(this);
 }
@@ -143,7 +147,6 @@ bool Mutex::LockWhenWithTimeout(const Condition& cond,
   static const CondTimeoutFn real =
       Real<CondTimeoutFn>("5Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
   const TracedCondition traced(this, cond);
-  __tsan_release(this);
   const bool met = real(this, traced.condition(), timeout);
   __tsan_acquire(this);
   return met;
@@ -154,7 +157,6 @@ bool Mutex::LockWhenWithDeadline(const Condition& cond,
   static const CondDeadlineFn real =
       Real<CondDeadlineFn>("5Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
   const TracedCondition traced(this, cond);
-  __tsan_release(this);
   const bool met = real(this, traced.condition(), deadline);
   __tsan_acquire(this);
   return met;
@@ -165,7 +167,6 @@ bool Mutex::ReaderLockWhenWithTimeout(const Condition& cond,
   static const CondTimeoutFn real =
       Real<CondTimeoutFn>("5Mutex25ReaderLockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
   const TracedCondition traced(this, cond);
-  __tsan_release(this);
   const bool met = real(this, traced.condition(), timeout);
   __tsan_acquire(this);
   return met;
@@ -176,7 +177,6 @@ bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond,
   static const CondDeadlineFn real =
       Real<CondDeadlineFn>("5Mutex26ReaderLockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
   const TracedCondition traced(this, cond);
-  __tsan_release(this);
   const bool met = real(this, traced.condition(), deadline);
   __tsan_acquire(this);
   return met;
