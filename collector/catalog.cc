@@ -618,6 +618,55 @@ Catalog DefaultCatalog() {
 void Catalog::Index() {
   location_index.clear();
   for (size_t i = 0; i < locations.size(); ++i) location_index.emplace(locations[i].id, i);
+  price_promises_by_key.clear();
+  for (size_t i = 0; i < price_promises.size(); ++i) {
+    price_promises_by_key[price_promises[i].key].push_back(static_cast<uint32_t>(i));
+  }
+  indexed_price_promises = price_promises.size();
+  exceptions_by_key.clear();
+  for (size_t i = 0; i < exceptions.size(); ++i) {
+    exceptions_by_key[exceptions[i].key].push_back(static_cast<uint32_t>(i));
+  }
+  indexed_exceptions = exceptions.size();
+}
+
+namespace {
+
+// The entries of `all` that `wanted` takes, in order: those `by_key`
+// holds for `key` when it indexes every entry, else (entries added in
+// code since Index()) every entry.
+template <typename T, typename Wanted>
+std::vector<const T*> OfKey(const std::vector<T>& all,
+                            const absl::flat_hash_map<std::string, std::vector<uint32_t>>& by_key,
+                            size_t indexed, absl::string_view key, Wanted wanted) {
+  std::vector<const T*> out;
+  if (indexed != all.size()) {
+    for (const T& t : all) {
+      if (t.key == key && wanted(t)) out.push_back(&t);
+    }
+    return out;
+  }
+  const auto it = by_key.find(key);
+  if (it == by_key.end()) return out;
+  for (uint32_t i : it->second) {
+    if (wanted(all[i])) out.push_back(&all[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<const PricePromise*> Catalog::PricePromisesOf(absl::string_view key,
+                                                          absl::string_view currency,
+                                                          v1::PriceKind kind) const {
+  return OfKey(price_promises, price_promises_by_key, indexed_price_promises, key,
+               [&](const PricePromise& p) { return p.currency == currency && p.kind == kind; });
+}
+
+std::vector<const Exception*> Catalog::ExceptionsOf(v1::Family family,
+                                                    absl::string_view key) const {
+  return OfKey(exceptions, exceptions_by_key, indexed_exceptions, key,
+               [&](const Exception& e) { return e.family == family; });
 }
 
 const LocationEntry* Catalog::FindLocation(absl::string_view id) const {
@@ -696,6 +745,7 @@ absl::StatusOr<Catalog> ParseCatalog(absl::string_view yaml, absl::string_view f
   catalog.path = std::string(filename);
   const Parser parser(filename, "catalog");
   if (absl::Status s = yaml::Parse(yaml, parser, CatalogKeys(), &catalog); !s.ok()) return s;
+  catalog.Index();  // Whatever order its sections came in.
   return catalog;
 }
 

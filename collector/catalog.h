@@ -248,9 +248,25 @@ struct Catalog {
 
   // By id, into `locations`. Filled by the loader (and by Index()).
   absl::flat_hash_map<std::string, size_t> location_index;
+  // By key, into `price_promises` and `exceptions`, each key's in the
+  // catalog's order; how many of each were indexed. Filled by Index().
+  absl::flat_hash_map<std::string, std::vector<uint32_t>> price_promises_by_key, exceptions_by_key;
+  size_t indexed_price_promises = 0, indexed_exceptions = 0;
 
-  // Rebuilds location_index; for catalogs built in code (tests).
+  // Rebuilds location_index and the lookups by key; for catalogs built or
+  // changed in code (tests).
   void Index();
+  // The price promises of series (key, currency, kind), in the catalog's
+  // order: its list prices, chain-wide and per zone, dated or not. A
+  // series reads them once per evaluation, a scrape once per series: a
+  // chain lists a price for each of its items, so they are looked up by
+  // key, never scanned (unless promises were added since Index()).
+  std::vector<const PricePromise*> PricePromisesOf(absl::string_view key,
+                                                   absl::string_view currency,
+                                                   v1::PriceKind kind) const;
+  // The exceptions of `key` in `family` (in force or not), in the
+  // catalog's order; looked up as PricePromisesOf's are.
+  std::vector<const Exception*> ExceptionsOf(v1::Family family, absl::string_view key) const;
   const LocationEntry* FindLocation(absl::string_view id) const;
   const FamilyPolicy& policy(v1::Family family) const;
   // The judging rule of compliance key `key` (the first that matches), or

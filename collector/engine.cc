@@ -150,9 +150,7 @@ class HorizonWalk {
       h_->At(p->effective);
       if (p->effective != absl::InfinitePast()) h_->At(p->effective + th_.rollout_grace);
     }
-    for (const Exception& e : catalog_.exceptions) {
-      if (e.family == key.family && e.key == key.key) h_->At(e.expires);
-    }
+    for (const Exception* e : catalog_.ExceptionsOf(key.family, key.key)) h_->At(e->expires);
   }
 
  private:
@@ -248,10 +246,10 @@ const CheckPromise* CheckPromiseFor(const std::string& key, const Catalog& catal
 // every exception of the chain.
 std::vector<const Exception*> ExceptionsFor(const SeriesKey& key, absl::Time now,
                                             const Catalog& catalog) {
-  std::vector<const Exception*> out;
-  for (const Exception& e : catalog.exceptions) {
-    if (e.family == key.family && e.key == key.key && now < e.expires) out.push_back(&e);
-  }
+  std::vector<const Exception*> out = catalog.ExceptionsOf(key.family, key.key);
+  out.erase(
+      std::remove_if(out.begin(), out.end(), [&](const Exception* e) { return now >= e->expires; }),
+      out.end());
   return out;
 }
 

@@ -468,12 +468,8 @@ PromiseVerdict CheckPromiseVerdict(const SeriesKey& key, const CheckPromise& pro
 }
 
 std::vector<const PricePromise*> PricePromisesFor(const SeriesKey& key, const Catalog& catalog) {
-  std::vector<const PricePromise*> out;
-  if (key.family != v1::FAMILY_PRICE) return out;
-  for (const PricePromise& p : catalog.price_promises) {
-    if (p.key == key.key && p.currency == key.currency && p.kind == key.kind) out.push_back(&p);
-  }
-  return out;
+  if (key.family != v1::FAMILY_PRICE) return {};
+  return catalog.PricePromisesOf(key.key, key.currency, key.kind);
 }
 
 std::optional<PromiseVerdict> PromiseVerdictFor(

@@ -445,10 +445,9 @@ double MergeReference(const SeriesKey& key, const Catalog* catalog) {
     case v1::FAMILY_PRICE: {
       const v1::PriceKind kind = key.kind == v1::PRICE_KIND_UNSPECIFIED ? v1::SHELF : key.kind;
       const PricePromise* zone = nullptr;
-      for (const PricePromise& p : catalog->price_promises) {
-        if (p.key != key.key || p.currency != key.currency || p.kind != kind) continue;
-        if (p.where.empty()) return static_cast<double>(p.list_minor_units);
-        if (zone == nullptr) zone = &p;
+      for (const PricePromise* p : catalog->PricePromisesOf(key.key, key.currency, kind)) {
+        if (p->where.empty()) return static_cast<double>(p->list_minor_units);
+        if (zone == nullptr) zone = p;
       }
       return zone != nullptr ? static_cast<double>(zone->list_minor_units) : 0;
     }

@@ -81,10 +81,8 @@ std::string Kept30(const v1::PromiseRecord& p) {
 bool Published(const Catalog& c, const v1::SeriesId& s) {
   switch (s.family()) {
     case v1::FAMILY_PRICE:
-      for (const PricePromise& p : c.price_promises) {
-        if (p.publish && p.key == s.key() && p.currency == s.currency() && p.kind == s.kind()) {
-          return true;
-        }
+      for (const PricePromise* p : c.PricePromisesOf(s.key(), s.currency(), s.kind())) {
+        if (p->publish) return true;
       }
       return false;
     case v1::FAMILY_WAIT:

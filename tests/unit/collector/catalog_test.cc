@@ -572,6 +572,64 @@ TEST(CatalogIndexTest, BuiltInCode) {
   EXPECT_TRUE(c.ExpectedOpen("a", absl::Now()));  // No hours: always open.
 }
 
+// A series' list prices and exceptions are looked up by key: only the
+// series' own (currency, kind, family), in the file's order, whether the
+// catalog was loaded (indexed) or built in code after its Index().
+TEST(CatalogIndexTest, PromisesAndExceptionsOfASeries) {
+  absl::StatusOr<Catalog> c = ParseCatalog(R"(
+promises:
+  prices:
+    - {key: tea, currency: EUR, list: "2.00", where: {region: north}}
+    - {key: coffee, currency: EUR, list: "4.00"}
+    - {key: tea, currency: EUR, list: "2.10"}
+    - {key: tea, currency: USD, list: "2.50"}
+    - {key: tea, currency: EUR, kind: promo, list: "1.50"}
+    - {key: tea, currency: EUR, list: "2.20", effective: 2027-01-01}
+exceptions:
+  - {location: a, family: price, key: tea, owner: me, expires: 2027-01-31}
+  - {location: b, family: wait, key: tea, owner: me, expires: 2027-01-31}
+  - {location: c, family: price, key: coffee, owner: me, expires: 2027-01-31}
+  - {location: d, family: price, key: tea, owner: me, expires: 2027-02-28}
+)",
+                                           "keys.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto lists = [](const std::vector<const PricePromise*>& promises) {
+    std::vector<int64_t> out;
+    for (const PricePromise* p : promises) out.push_back(p->list_minor_units);
+    return out;
+  };
+  auto locations = [](const std::vector<const Exception*>& exceptions) {
+    std::vector<std::string> out;
+    for (const Exception* e : exceptions) out.push_back(e->location);
+    return out;
+  };
+  for (bool in_code : {false, true}) {
+    SCOPED_TRACE(in_code ? "built in code" : "loaded");
+    Catalog built = DefaultCatalog();
+    if (in_code) {  // Added one by one, indexed (or not) after each.
+      for (size_t i = 0; i < c->price_promises.size(); ++i) {
+        built.price_promises.push_back(c->price_promises[i]);
+        if (i % 2 == 0) built.Index();
+      }
+      for (const Exception& e : c->exceptions) built.exceptions.push_back(e);
+    }
+    const Catalog& catalog = in_code ? built : *c;
+    EXPECT_EQ(lists(catalog.PricePromisesOf("tea", "EUR", v1::SHELF)),
+              (std::vector<int64_t>{200, 210, 220}));
+    EXPECT_EQ(lists(catalog.PricePromisesOf("tea", "EUR", v1::PROMO)), (std::vector<int64_t>{150}));
+    EXPECT_EQ(lists(catalog.PricePromisesOf("tea", "USD", v1::SHELF)), (std::vector<int64_t>{250}));
+    EXPECT_EQ(lists(catalog.PricePromisesOf("coffee", "EUR", v1::SHELF)),
+              (std::vector<int64_t>{400}));
+    EXPECT_TRUE(catalog.PricePromisesOf("te", "EUR", v1::SHELF).empty());
+    EXPECT_TRUE(catalog.PricePromisesOf("cake", "EUR", v1::SHELF).empty());
+    EXPECT_EQ(locations(catalog.ExceptionsOf(v1::FAMILY_PRICE, "tea")),
+              (std::vector<std::string>{"a", "d"}));
+    EXPECT_EQ(locations(catalog.ExceptionsOf(v1::FAMILY_WAIT, "tea")),
+              (std::vector<std::string>{"b"}));
+    EXPECT_TRUE(catalog.ExceptionsOf(v1::FAMILY_COMPLIANCE, "tea").empty());
+  }
+}
+
 TEST(CatalogLoadTest, DeployExampleParsesToDefaults) {
   const std::string path = std::string(CONSTANCE_SOURCE_DIR) + "/deploy/collector/catalog.yaml";
   absl::StatusOr<Catalog> c = LoadCatalog(path);
