@@ -44,6 +44,9 @@ ABSL_FLAG(int, locations, 50, "Locations, each reporting every key");
 ABSL_FLAG(int, regions, 5, "Values of the region label: the peer groups of every key");
 ABSL_FLAG(int, deviants, 1, "Locations overcharging on every key (one outlier finding per key)");
 ABSL_FLAG(int, renders, 10, "Scrapes timed");
+ABSL_FLAG(
+    bool, list_prices, false,
+    "Also list a chain-wide price for every key in the catalog (the price the stores charge)");
 ABSL_FLAG(bool, smoke, false, "A tiny run: 200 keys, 20 locations, 2 regions");
 
 namespace constance::collector {
@@ -127,6 +130,12 @@ int Run() {
   region.name = "region";
   region.label = "region";
   catalog.peer_groups.push_back(region);
+  for (int k = 0; absl::GetFlag(FLAGS_list_prices) && k < keys; ++k) {
+    PricePromise& p = catalog.price_promises.emplace_back();
+    p.key = absl::StrCat("sku-", k);
+    p.currency = "EUR";
+    p.list_minor_units = 100;
+  }
   catalog.Index();
 
   absl::Time now = kStart + absl::Minutes(1);
