@@ -628,6 +628,27 @@ void Catalog::Index() {
     exceptions_by_key[exceptions[i].key].push_back(static_cast<uint32_t>(i));
   }
   indexed_exceptions = exceptions.size();
+  std::vector<absl::flat_hash_map<std::string, uint32_t>> group_index(peer_groups.size());
+  for (size_t r = 0; r < peer_groups.size(); ++r) {
+    peer_groups[r].groups.assign(1, kChainGroup);
+    group_index[r].emplace(kChainGroup, 0);
+  }
+  for (LocationEntry& l : locations) {
+    l.groups.clear();
+    for (size_t r = 0; r < peer_groups.size(); ++r) {
+      std::vector<std::string>& names = peer_groups[r].groups;
+      std::string name = PeerGroupOf(peer_groups[r], l);
+      auto [it, added] = group_index[r].try_emplace(name, static_cast<uint32_t>(names.size()));
+      if (added) names.push_back(std::move(name));
+      l.groups.push_back(it->second);
+    }
+  }
+}
+
+std::string PeerGroupOf(const PeerGroupRule& rule, const LocationEntry& entry) {
+  auto it = entry.labels.find(rule.label);
+  if (it == entry.labels.end()) return kChainGroup;
+  return absl::StrCat(rule.name, "=", it->second);
 }
 
 namespace {

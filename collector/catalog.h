@@ -149,6 +149,9 @@ struct LocationEntry {
   // (default: the id), and whether it has a page (opt-in).
   std::string name;
   bool publish = false;
+  // Its peer group under each rule of the catalog's peer_groups (same
+  // order): an index into that rule's `groups`. Filled by Catalog::Index().
+  std::vector<uint32_t> groups;
 };
 
 // Locations that must be alike: those sharing the value of `label`, for
@@ -160,7 +163,17 @@ struct PeerGroupRule {
   std::vector<v1::Family> families;
   std::vector<std::string> keys;
   int line = 0;
+  // The groups it makes (PeerGroupOf), the chain's first. Filled by
+  // Catalog::Index().
+  std::vector<std::string> groups;
 };
+
+// The group of the locations compared all together: every location of a
+// series without a peer-group rule, and those a rule's label is missing on.
+inline constexpr char kChainGroup[] = "chain";
+// The group `rule` puts `entry` in: "<rule name>=<its label value>", else
+// the chain's.
+std::string PeerGroupOf(const PeerGroupRule& rule, const LocationEntry& entry);
 
 // HQ's list price for an item, optionally only where the location's labels
 // match `where` (a price zone), from `effective` on.
@@ -253,8 +266,8 @@ struct Catalog {
   absl::flat_hash_map<std::string, std::vector<uint32_t>> price_promises_by_key, exceptions_by_key;
   size_t indexed_price_promises = 0, indexed_exceptions = 0;
 
-  // Rebuilds location_index and the lookups by key; for catalogs built or
-  // changed in code (tests).
+  // Rebuilds location_index, the lookups by key and each location's peer
+  // groups; for catalogs built or changed in code (tests).
   void Index();
   // The price promises of series (key, currency, kind), in the catalog's
   // order: its list prices, chain-wide and per zone, dated or not. A

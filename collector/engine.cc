@@ -21,8 +21,6 @@
 namespace constance::collector {
 namespace {
 
-constexpr char kChainGroup[] = "chain";
-
 // The field a validation message names ("price.minor_units: must ..."),
 // used as the bounded `reason` label of the rejection counter.
 std::string ReasonCode(absl::string_view message) {
@@ -220,12 +218,48 @@ void BucketByLocalHour(absl::Time now, uint64_t min_group,
   *groups = std::move(bucketed);
 }
 
-std::string GroupName(const PeerGroupRule* rule, const LocationEntry* entry) {
-  if (rule == nullptr || entry == nullptr) return kChainGroup;
-  auto it = entry->labels.find(rule->label);
-  if (it == entry->labels.end()) return kChainGroup;
-  return absl::StrCat(rule->name, "=", it->second);
-}
+// Where a series' members go as CollectLocked walks them: the group each
+// location is in under the series' peer-group rule, found by the
+// catalog's index (each group's name once per series, not per member).
+class MemberGroups {
+ public:
+  using Groups = std::map<std::string, std::vector<GroupMember>>;
+  MemberGroups(const PeerGroupRule* rule, const Catalog& catalog, Groups* groups)
+      : rule_(rule),
+        rule_index_(rule == nullptr ? 0 : static_cast<size_t>(rule - catalog.peer_groups.data())),
+        catalog_(catalog),
+        groups_(groups),
+        by_index_(rule == nullptr ? 0 : rule->groups.size(), nullptr) {}
+
+  std::vector<GroupMember>& Of(const LocationEntry* entry) {
+    if (rule_ == nullptr || entry == nullptr) return Chain();
+    // An entry of another catalog (one loaded since), or of one built in
+    // code and not indexed: its name, as the index would have made it.
+    const auto& all = catalog_.locations;
+    const bool indexed = !all.empty() && std::less_equal<>()(all.data(), entry) &&
+                         std::less<>()(entry, all.data() + all.size()) &&
+                         entry->groups.size() == catalog_.peer_groups.size() &&
+                         entry->groups[rule_index_] < by_index_.size();
+    if (!indexed) return (*groups_)[PeerGroupOf(*rule_, *entry)];
+    std::vector<GroupMember>*& group = by_index_[entry->groups[rule_index_]];
+    if (group == nullptr) group = &(*groups_)[rule_->groups[entry->groups[rule_index_]]];
+    return *group;
+  }
+
+  // Every member of a series without a rule: one group, one lookup.
+  std::vector<GroupMember>& Chain() {
+    if (chain_ == nullptr) chain_ = &(*groups_)[kChainGroup];
+    return *chain_;
+  }
+
+ private:
+  const PeerGroupRule* rule_;
+  size_t rule_index_;
+  const Catalog& catalog_;
+  Groups* groups_;
+  std::vector<std::vector<GroupMember>*> by_index_;  // By the rule's group index.
+  std::vector<GroupMember>* chain_ = nullptr;
+};
 
 const WaitPromise* WaitPromiseFor(const std::string& key, const Catalog& catalog) {
   for (const WaitPromise& p : catalog.wait_promises) {
@@ -1199,12 +1233,10 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now, const C
   const int64_t flip_since = absl::ToUnixNanos(now - catalog.thresholds.flip_window);
   const int64_t drops_since = absl::ToUnixNanos(now - catalog.thresholds.rollout_grace);
   std::map<std::string, std::vector<Member>> groups;
-  // Without a peer-group rule every member is the chain's: one lookup.
-  std::vector<Member>* chain = nullptr;
+  MemberGroups member_groups(rule, catalog, &groups);
   if (rule == nullptr) {
-    chain = &groups[kChainGroup];
-    chain->reserve(series.price.size() + series.wait.size() + series.compliance.size() +
-                   series.score.size());
+    member_groups.Chain().reserve(series.price.size() + series.wait.size() +
+                                  series.compliance.size() + series.score.size());
   }
   auto add = [&](uint32_t loc, const std::optional<Comparable>& value,
                  const PriceCell* price) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
@@ -1213,7 +1245,7 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now, const C
     // A store closed for good, or not open yet, is never compared.
     if (l.entry != nullptr && (l.entry->closed || l.entry->opened > now)) return;
     // Built in place: a member is large.
-    Member& m = (chain != nullptr ? *chain : groups[GroupName(rule, l.entry)]).emplace_back();
+    Member& m = member_groups.Of(l.entry).emplace_back();
     m.location = loc;
     m.value = *value;
     m.entry = l.entry;

@@ -630,6 +630,35 @@ exceptions:
   }
 }
 
+// Each location's peer group under each rule is named once, when the
+// catalog is indexed: evaluations read it by index.
+TEST(CatalogIndexTest, PeerGroupsOfEachLocation) {
+  absl::StatusOr<Catalog> c = ParseCatalog(R"(
+peer_groups:
+  - {name: zone, label: region}
+  - {name: format, label: format}
+locations:
+  - {id: a, labels: {region: north, format: big}}
+  - {id: b, labels: {region: south}}
+  - {id: c, labels: {region: north, format: small}}
+  - {id: d}
+)",
+                                           "groups.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->peer_groups[0].groups,
+            (std::vector<std::string>{kChainGroup, "zone=north", "zone=south"}));
+  EXPECT_EQ(c->peer_groups[1].groups,
+            (std::vector<std::string>{kChainGroup, "format=big", "format=small"}));
+  const std::vector<std::vector<uint32_t>> expected = {{1, 1}, {2, 0}, {1, 2}, {0, 0}};
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const LocationEntry& l = c->locations[i];
+    EXPECT_EQ(l.groups, expected[i]) << l.id;
+    for (size_t r = 0; r < c->peer_groups.size(); ++r) {
+      EXPECT_EQ(c->peer_groups[r].groups[l.groups[r]], PeerGroupOf(c->peer_groups[r], l)) << l.id;
+    }
+  }
+}
+
 TEST(CatalogLoadTest, DeployExampleParsesToDefaults) {
   const std::string path = std::string(CONSTANCE_SOURCE_DIR) + "/deploy/collector/catalog.yaml";
   absl::StatusOr<Catalog> c = LoadCatalog(path);
