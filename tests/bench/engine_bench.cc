@@ -17,7 +17,9 @@
 // exceptions, each for one store and key of the chain (spread over both);
 // --list_prices gives the price family's catalog a chain-wide list price
 // (a price promise) for every key, as a chain that publishes its price
-// list has;
+// list has; --zones=N declares every location with a `zone` label (N
+// values) and compares each key's locations per zone (a peer-group rule),
+// as a chain with price zones is;
 // --evaluation_threads=N recomputes series on N threads (default 1). The
 // evaluations' CPU time is the process's, every thread's.
 //
@@ -48,6 +50,7 @@ bool g_smoke = false;
 int g_locations = 0;  // 0: the family's default.
 int g_exceptions = 0;
 bool g_list_prices = false;
+int g_zones = 0;               // Peer groups by a `zone` label; 0: the chain is one group.
 int g_evaluation_threads = 1;  // Engine::Options::evaluation_threads.
 const absl::Time kNow = absl::FromUnixSeconds(1'767'225'600);
 
@@ -119,12 +122,23 @@ Chain& Fixture(v1::Family family) {
     x.owner = "bench";
     x.reason = "approved";
   }
+  for (int l = 0; g_zones > 0 && l < c->locations; ++l) {
+    LocationEntry& entry = catalog.locations.emplace_back();
+    entry.id = absl::StrCat("store-", l);
+    entry.labels["zone"] = absl::StrCat("zone-", l % g_zones);
+  }
+  if (g_zones > 0) {
+    PeerGroupRule& zone = catalog.peer_groups.emplace_back();
+    zone.name = "zone";
+    zone.label = "zone";
+  }
   for (int k = 0; g_list_prices && family == v1::FAMILY_PRICE && k < c->keys; ++k) {
     PricePromise& p = catalog.price_promises.emplace_back();
     p.key = absl::StrCat("item-", k);
     p.currency = "EUR";
     p.list_minor_units = 103;
   }
+  catalog.Index();
   Engine::Options options;
   options.catalog = std::make_shared<const Catalog>(catalog);
   options.clock = [] { return kNow + absl::Minutes(1); };
@@ -385,6 +399,8 @@ int main(int argc, char** argv) {
       constance::collector::g_locations = std::atoi(argv[i] + 12);
     } else if (std::strncmp(argv[i], "--exceptions=", 13) == 0) {
       constance::collector::g_exceptions = std::max(0, std::atoi(argv[i] + 13));
+    } else if (std::strncmp(argv[i], "--zones=", 8) == 0) {
+      constance::collector::g_zones = std::max(0, std::atoi(argv[i] + 8));
     } else if (std::strcmp(argv[i], "--list_prices") == 0) {
       constance::collector::g_list_prices = true;
     } else if (std::strncmp(argv[i], "--evaluation_threads=", 21) == 0) {
