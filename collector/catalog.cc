@@ -629,14 +629,12 @@ void Catalog::Index() {
   }
   indexed_exceptions = exceptions.size();
   std::vector<absl::flat_hash_map<std::string, uint32_t>> group_index(peer_groups.size());
-  for (size_t r = 0; r < peer_groups.size(); ++r) {
-    peer_groups[r].groups.assign(1, kChainGroup);
-    group_index[r].emplace(kChainGroup, 0);
-  }
+  peer_group_names.assign(peer_groups.size(), {kChainGroup});
+  for (auto& index : group_index) index.emplace(kChainGroup, 0);
   for (LocationEntry& l : locations) {
     l.groups.clear();
     for (size_t r = 0; r < peer_groups.size(); ++r) {
-      std::vector<std::string>& names = peer_groups[r].groups;
+      std::vector<std::string>& names = peer_group_names[r];
       std::string name = PeerGroupOf(peer_groups[r], l);
       auto [it, added] = group_index[r].try_emplace(name, static_cast<uint32_t>(names.size()));
       if (added) names.push_back(std::move(name));

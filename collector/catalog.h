@@ -150,7 +150,8 @@ struct LocationEntry {
   std::string name;
   bool publish = false;
   // Its peer group under each rule of the catalog's peer_groups (same
-  // order): an index into that rule's `groups`. Filled by Catalog::Index().
+  // order): an index into that rule's Catalog::peer_group_names. Filled by
+  // Catalog::Index().
   std::vector<uint32_t> groups;
 };
 
@@ -163,9 +164,6 @@ struct PeerGroupRule {
   std::vector<v1::Family> families;
   std::vector<std::string> keys;
   int line = 0;
-  // The groups it makes (PeerGroupOf), the chain's first. Filled by
-  // Catalog::Index().
-  std::vector<std::string> groups;
 };
 
 // The group of the locations compared all together: every location of a
@@ -265,6 +263,9 @@ struct Catalog {
   // catalog's order; how many of each were indexed. Filled by Index().
   absl::flat_hash_map<std::string, std::vector<uint32_t>> price_promises_by_key, exceptions_by_key;
   size_t indexed_price_promises = 0, indexed_exceptions = 0;
+  // By rule (peer_groups' order), the groups it makes (PeerGroupOf), the
+  // chain's first. Filled by Index().
+  std::vector<std::vector<std::string>> peer_group_names;
 
   // Rebuilds location_index, the lookups by key and each location's peer
   // groups; for catalogs built or changed in code (tests).

@@ -229,7 +229,10 @@ class MemberGroups {
         rule_index_(rule == nullptr ? 0 : static_cast<size_t>(rule - catalog.peer_groups.data())),
         catalog_(catalog),
         groups_(groups),
-        by_index_(rule == nullptr ? 0 : rule->groups.size(), nullptr) {}
+        names_(rule == nullptr || rule_index_ >= catalog.peer_group_names.size()
+                   ? nullptr
+                   : &catalog.peer_group_names[rule_index_]),
+        by_index_(names_ == nullptr ? 0 : names_->size(), nullptr) {}
 
   std::vector<GroupMember>& Of(const LocationEntry* entry) {
     if (rule_ == nullptr || entry == nullptr) return Chain();
@@ -242,7 +245,7 @@ class MemberGroups {
                          entry->groups[rule_index_] < by_index_.size();
     if (!indexed) return (*groups_)[PeerGroupOf(*rule_, *entry)];
     std::vector<GroupMember>*& group = by_index_[entry->groups[rule_index_]];
-    if (group == nullptr) group = &(*groups_)[rule_->groups[entry->groups[rule_index_]]];
+    if (group == nullptr) group = &(*groups_)[(*names_)[entry->groups[rule_index_]]];
     return *group;
   }
 
@@ -257,6 +260,7 @@ class MemberGroups {
   size_t rule_index_;
   const Catalog& catalog_;
   Groups* groups_;
+  const std::vector<std::string>* names_;            // The rule's groups (null: not indexed).
   std::vector<std::vector<GroupMember>*> by_index_;  // By the rule's group index.
   std::vector<GroupMember>* chain_ = nullptr;
 };

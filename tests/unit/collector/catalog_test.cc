@@ -645,16 +645,17 @@ locations:
 )",
                                            "groups.yaml");
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->peer_groups[0].groups,
+  ASSERT_EQ(c->peer_group_names.size(), 2u);
+  EXPECT_EQ(c->peer_group_names[0],
             (std::vector<std::string>{kChainGroup, "zone=north", "zone=south"}));
-  EXPECT_EQ(c->peer_groups[1].groups,
+  EXPECT_EQ(c->peer_group_names[1],
             (std::vector<std::string>{kChainGroup, "format=big", "format=small"}));
   const std::vector<std::vector<uint32_t>> expected = {{1, 1}, {2, 0}, {1, 2}, {0, 0}};
   for (size_t i = 0; i < expected.size(); ++i) {
     const LocationEntry& l = c->locations[i];
     EXPECT_EQ(l.groups, expected[i]) << l.id;
     for (size_t r = 0; r < c->peer_groups.size(); ++r) {
-      EXPECT_EQ(c->peer_groups[r].groups[l.groups[r]], PeerGroupOf(c->peer_groups[r], l)) << l.id;
+      EXPECT_EQ(c->peer_group_names[r][l.groups[r]], PeerGroupOf(c->peer_groups[r], l)) << l.id;
     }
   }
 }
