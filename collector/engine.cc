@@ -62,7 +62,7 @@ const PeerGroupRule* RuleFor(const SeriesKey& key, const Catalog& catalog) {
 // locations, a table indexed by location orders them in one pass.
 template <typename Cell>
 std::vector<std::pair<uint32_t, const Cell*>> InLocationOrder(
-    const absl::flat_hash_map<uint32_t, Cell>& cells, size_t bound) {
+    const CellTable<Cell>& cells, size_t bound) {
   std::vector<std::pair<uint32_t, const Cell*>> out;
   out.reserve(cells.size());
   if (cells.size() * 8 >= bound) {
@@ -721,11 +721,9 @@ void* FindCell(S& series, uint32_t loc, v1::Observation::ValueCase value) {
 // The cell the lookup found, else the one at `loc` (created if none: then
 // `fresh`).
 template <typename Cell>
-std::pair<Cell*, bool> CellAt(absl::flat_hash_map<uint32_t, Cell>* cells, uint32_t loc,
-                              void* found) {
+std::pair<Cell*, bool> CellAt(CellTable<Cell>* cells, uint32_t loc, void* found) {
   if (found != nullptr) return {static_cast<Cell*>(found), false};
-  auto [it, fresh] = cells->try_emplace(loc);
-  return {&it->second, fresh};
+  return cells->try_emplace(loc);
 }
 
 // Fetches where FindCell will look (the cell table's control bytes and

@@ -53,6 +53,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "collector/catalog.h"
+#include "collector/cell_table.h"
 #include "collector/cells.h"
 #include "collector/evaluators.h"
 #include "collector/findings.h"
@@ -544,10 +545,10 @@ class Engine {
  private:
   struct Series {
     SeriesKey key;
-    absl::flat_hash_map<uint32_t, PriceCell> price;  // By location index.
-    absl::flat_hash_map<uint32_t, WaitCell> wait;
-    absl::flat_hash_map<uint32_t, ComplianceCell> compliance;
-    absl::flat_hash_map<uint32_t, ScoreCell> score;
+    CellTable<PriceCell> price;  // By location index.
+    CellTable<WaitCell> wait;
+    CellTable<ComplianceCell> compliance;
+    CellTable<ScoreCell> score;
     // What must be done again: kStats its statistics (the stats tick),
     // kFindings its evaluation, kRetain retention's pass over its cells
     // (set for a new cell, or all of them: ApplyObservationLocked).
@@ -896,10 +897,8 @@ class Engine {
   // would find in no way, so applying batches at once equals applying
   // them one after the other: structure (locations, streams, series,
   // cells) and rejections are only changed under mu_ exclusively.
-  static constexpr size_t kStripes = 16;
-  // Hashed, not the index modulo kStripes: locations a fixed stride apart
-  // (those reporting at the same hour of the day) would share a stripe.
-  static size_t StripeOf(uint32_t loc) { return (loc * 0x9E3779B1u) >> 28; }
+  static constexpr size_t kStripes = kLocationStripes;
+  static size_t StripeOf(uint32_t loc) { return LocationStripe(loc); }
   struct alignas(64) Stripe {
     absl::Mutex mu;
   };

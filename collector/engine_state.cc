@@ -177,8 +177,8 @@ Cell CopyOfCell(const Cell& cell) {
 // Puts the cell at `loc` of `before` into `*out`, or, if `before` has
 // none, removes it from `*out`.
 template <typename Cell>
-void PutBackCell(const absl::flat_hash_map<uint32_t, Cell>& before, uint32_t loc,
-                 absl::flat_hash_map<uint32_t, Cell>* out) {
+void PutBackCell(const CellTable<Cell>& before, uint32_t loc,
+                 CellTable<Cell>* out) {
   if (auto it = before.find(loc); it != before.end()) {
     (*out)[loc] = CopyOfCell(it->second);
   } else {

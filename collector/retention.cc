@@ -20,19 +20,16 @@ namespace {
 template <typename Cells, typename Locations>
 bool EraseOlder(Cells* cells, int64_t before_ns, Locations* locations, uint64_t* freed,
                 int64_t* oldest_ns) {
-  bool any = false;
-  for (auto it = cells->begin(); it != cells->end();) {
-    if (it->second.observed_at_ns < before_ns) {
-      --(*locations)[it->first].cells;
-      ++*freed;
-      any = true;
-      cells->erase(it++);
-    } else {
-      *oldest_ns = std::min(*oldest_ns, it->second.observed_at_ns);
-      ++it;
+  const size_t erased = cells->EraseIf([&](uint32_t loc, const auto& cell) {
+    if (cell.observed_at_ns < before_ns) {
+      --(*locations)[loc].cells;
+      return true;
     }
-  }
-  return any;
+    *oldest_ns = std::min(*oldest_ns, cell.observed_at_ns);
+    return false;
+  });
+  *freed += erased;
+  return erased > 0;
 }
 
 // The first instant a cell observed at `oldest_ns` is past `keep`
