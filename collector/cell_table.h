@@ -102,16 +102,18 @@ class CellTable {
     return *this;
   }
 
-  // The table `loc`'s cell is in (created if need be): what a batch
-  // applying under that location's stripe alone may change.
-  Map& StripeFor(uint32_t loc) { return Allocated()[LocationStripe(loc)]; }
+  // Whether the stripes' tables exist (they do from the first cell on).
+  // Creating them changes the whole table: a cell is created under one
+  // stripe alone only in a started table.
+  bool started() const { return stripes_ != nullptr; }
 
   iterator begin() {
     return stripes_ == nullptr ? end() : iterator(stripes_->data(), 0, (*stripes_)[0].begin());
   }
   iterator end() { return iterator(); }
   const_iterator begin() const {
-    return stripes_ == nullptr ? end() : const_iterator(stripes_->data(), 0, (*stripes_)[0].cbegin());
+    return stripes_ == nullptr ? end()
+                               : const_iterator(stripes_->data(), 0, (*stripes_)[0].cbegin());
   }
   const_iterator end() const { return const_iterator(); }
 
@@ -181,6 +183,8 @@ class CellTable {
 
  private:
   using Stripes = std::array<Map, kLocationStripes>;
+  // The table `loc`'s cell is in (the stripes' tables created if need be).
+  Map& StripeFor(uint32_t loc) { return Allocated()[LocationStripe(loc)]; }
   Stripes& Allocated() {
     if (stripes_ == nullptr) stripes_ = std::make_unique<Stripes>();
     return *stripes_;

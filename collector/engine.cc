@@ -701,6 +701,15 @@ bool WithCellTable(S& series, v1::Observation::ValueCase value, F&& f) {
   return false;
 }
 
+// Whether a cell of `value`'s family may be created in `series` under one
+// location stripe alone (CellTable::started).
+template <typename S>
+bool CellTableStarted(const S& series, v1::Observation::ValueCase value) {
+  bool started = false;
+  WithCellTable(series, value, [&](const auto& cells) { started = cells.started(); });
+  return started;
+}
+
 template <typename S>
 bool HasCell(const S& series, uint32_t loc, v1::Observation::ValueCase value) {
   bool has = true;  // Nothing is created.
@@ -792,7 +801,7 @@ class Engine::StripesShared {
 // lookups do not depend on one another, so their cache misses (index
 // entry, series, cell table: at a million series each is one) overlap
 // instead of each waiting for the last.
-bool Engine::LookUpLocked(const BatchView& batch, uint32_t loc, bool all,
+bool Engine::LookUpLocked(const BatchView& batch, uint32_t loc, bool shared,
                           std::vector<LookedUp>* out) {
   static_assert(std::is_nothrow_move_constructible_v<Series>,
                 "LookedUp::cell: a series moves its tables' storage when series_ grows");
@@ -811,7 +820,7 @@ bool Engine::LookUpLocked(const BatchView& batch, uint32_t loc, bool all,
     looked_up[i].series = FindSeriesLocked(keys[i]);
     if (looked_up[i].series != LookedUp::kNoSeries) {
       __builtin_prefetch(&series_[looked_up[i].series].price);
-    } else if (all) {
+    } else if (shared) {
       return false;
     }
   }
@@ -826,7 +835,10 @@ bool Engine::LookUpLocked(const BatchView& batch, uint32_t loc, bool all,
     l.cell = l.series == LookedUp::kNoSeries
                  ? nullptr
                  : FindCell(series_[l.series], loc, batch.observations[i].value);
-    if (all && l.cell == nullptr) return false;
+    if (shared && l.cell == nullptr &&
+        !CellTableStarted(series_[l.series], batch.observations[i].value)) {
+      return false;
+    }
   }
   return true;
 }
@@ -846,9 +858,14 @@ std::optional<v1::Ack> Engine::ApplyShared(const BatchView& batch, absl::Time no
   // A gap, declared or not, is counted exclusively.
   if (batch.first_sequence > stream.watermark + 1) return std::nullopt;
   thread_local std::vector<LookedUp> looked_up;
-  if (!LookUpLocked(batch, loc, /*all=*/true, &looked_up)) return std::nullopt;
-  const ApplyContext ctx(*catalog_, loc, now, recomputed_at_ns_);
+  if (!LookUpLocked(batch, loc, /*shared=*/true, &looked_up)) return std::nullopt;
   const uint64_t count = batch.observations.size();
+  // Cells to start, at most (a key sent twice counts twice): a location
+  // near its limit applies exclusively, where each is checked in turn.
+  uint64_t new_cells = 0;
+  for (uint64_t i = 0; i < count; ++i) new_cells += looked_up[i].cell == nullptr;
+  if (new_cells > 0 && !RoomForCellsLocked(loc, new_cells)) return std::nullopt;
+  const ApplyContext ctx(*catalog_, loc, now, recomputed_at_ns_);
   uint32_t duplicates = 0, applied = 0;
   for (uint64_t i = 0; i < count; ++i) {
     // A batch's first cells were found too long ago to still be cached.
@@ -863,13 +880,19 @@ std::optional<v1::Ack> Engine::ApplyShared(const BatchView& batch, absl::Time no
                            ? obs.observed_seconds * 1'000'000'000 + obs.observed_nanos
                            : ctx.now_ns;
     bool seen_again = false;
-    ApplyToCellLocked(&series, looked_up[i].series, looked_up[i].cell, obs, at, ctx, &seen_again);
+    uint8_t mark = 0;
+    if (ApplyToCellLocked(&series, looked_up[i].series, looked_up[i].cell, obs, at, ctx,
+                          &seen_again)) {
+      ++cells_;
+      NoteCellLocked(loc, looked_up[i].series);
+      mark = Series::kRetain;  // As ApplyObservationLocked says why.
+    }
+    if (!seen_again) mark |= Series::kStats | Series::kFindings;
     // Batches of other locations mark the same series at once (an atomic
     // or), read first: once marked, the series' line stays shared, not
     // bounced between the cores for every observation.
-    constexpr uint8_t kMark = Series::kStats | Series::kFindings;
-    if (!seen_again && (__atomic_load_n(&series.dirty, __ATOMIC_RELAXED) & kMark) != kMark) {
-      __atomic_fetch_or(&series.dirty, kMark, __ATOMIC_RELAXED);
+    if ((__atomic_load_n(&series.dirty, __ATOMIC_RELAXED) & mark) != mark) {
+      __atomic_fetch_or(&series.dirty, mark, __ATOMIC_RELAXED);
     }
     ++applied;
   }
@@ -881,13 +904,27 @@ std::optional<v1::Ack> Engine::ApplyShared(const BatchView& batch, absl::Time no
 std::optional<v1::Ack> Engine::ApplyBeside(const BatchView& batch, absl::Time now, uint64_t owner,
                                            const BatchChecks& checks) {
   if (!ValidateBatchShape(batch, options_.limits).ok()) return std::nullopt;
-  return ApplyShared(batch, now, owner, checks);
+  if (std::optional<v1::Ack> ack = ApplyShared(batch, now, owner, checks)) return ack;
+  // A new stream of a known location (an agent's restart) commutes with
+  // other locations' batches; a new location does not (--max_locations,
+  // numbering): it is registered in log order, by ApplyBatch.
+  if (checks.failed.empty() && RegisterStream(batch, owner, /*new_location=*/false)) {
+    return ApplyShared(batch, now, owner, checks);
+  }
+  return std::nullopt;
 }
 
 absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now, uint64_t owner,
                                            const BatchChecks& checks) {
   if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
   if (std::optional<v1::Ack> ack = ApplyShared(batch, now, owner, checks)) return *std::move(ack);
+  // A new location's or stream's first batch: registered exclusively, and
+  // applied beside other locations' batches all the same.
+  if (checks.failed.empty() && RegisterStream(batch, owner, /*new_location=*/true)) {
+    if (std::optional<v1::Ack> ack = ApplyShared(batch, now, owner, checks)) {
+      return *std::move(ack);
+    }
+  }
   const uint64_t count = batch.observations.size();
   v1::Ack ack = AckOf(batch, v1::Ack::APPLIED);
 
@@ -903,7 +940,7 @@ absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time no
     dropped_ += batch.first_sequence - 1 - stream.watermark;
   }
   const ApplyContext ctx(*catalog_, loc, now, recomputed_at_ns_);
-  LookUpLocked(batch, loc, /*all=*/false, &looked_up_);
+  LookUpLocked(batch, loc, /*shared=*/false, &looked_up_);
   uint32_t duplicates = 0, applied = 0;
   auto failed = checks.failed.begin();
   for (uint64_t i = 0; i < count; ++i) {
@@ -949,6 +986,20 @@ bool HoldsCell(const S& series, uint32_t loc) {
 }
 
 }  // namespace
+
+bool Engine::RegisterStream(const BatchView& batch, uint64_t owner, bool new_location) {
+  absl::MutexLock lock(&mu_);
+  if (!captures_.empty() || !MayApplyLocked(batch, owner).ok()) return false;
+  const bool known = location_index_.contains(batch.location);
+  if (!known && !new_location) return false;
+  const uint32_t loc = LocationIndex(batch.location);
+  return streams_.try_emplace({loc, batch.incarnation}).second || !known;
+}
+
+bool Engine::RoomForCellsLocked(uint32_t loc, uint64_t more) const {
+  const uint64_t limit = options_.limits.max_cells_per_location;
+  return limit == 0 || locations_[loc].cells + more <= limit;
+}
 
 void Engine::NoteCellLocked(uint32_t loc, uint32_t index) {
   Location& l = locations_[loc];
@@ -1090,7 +1141,7 @@ absl::Status Engine::RoomForCellLocked(const Series* series, uint32_t loc,
   const bool new_series = series == nullptr;
   if (!new_series && HasCell(*series, loc, obs.value)) return absl::OkStatus();
   const Limits& limits = options_.limits;
-  if (limits.max_cells_per_location > 0 && locations_[loc].cells >= limits.max_cells_per_location) {
+  if (!RoomForCellsLocked(loc, 1)) {
     return absl::ResourceExhaustedError(
         absl::StrCat("location_cells: location '", locations_[loc].state.location,
                      "' holds its limit of ", limits.max_cells_per_location,

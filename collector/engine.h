@@ -431,9 +431,11 @@ class Engine {
   absl::StatusOr<v1::Ack> ApplyBatch(const BatchView& batch, absl::Time received, uint64_t owner,
                                      const BatchChecks& checks);
   // The part of ApplyBatch that needs no order across locations: the
-  // batch applied, and its ack, when its location, stream, series and
-  // cells all exist and nothing of it is refused, rejected or out of
-  // order; else nothing done (nullopt: ApplyBatch decides). Batches of
+  // batch applied, and its ack, when its location and series exist (its
+  // stream is registered if new), each new cell's table is started, the
+  // location has room for its new cells, and nothing of it is refused,
+  // rejected or out of order; else nothing done (nullopt: ApplyBatch
+  // decides). Batches of
   // different locations applied this way commute with each other and
   // with any ApplyBatch of another location (the durable log's lanes,
   // batch_log.h).
@@ -770,22 +772,27 @@ class Engine {
     uint32_t series = kNoSeries;
     // The location's cell of that family (a PriceCell, WaitCell, ... of
     // the series), null if it did not exist. It stays where it is while
-    // the batch applies: only an observation of the same series, family
-    // and location could insert into its table, and that one finds it;
-    // nothing erases during a batch; a series moved when series_ grows
-    // keeps its tables' storage (Series moves without throwing).
+    // the batch applies: a cell is only inserted into its location's
+    // stripe's table (CellTable), by a batch holding that stripe or mu_
+    // exclusively, so only an observation of the same series, family and
+    // location of this batch could insert beside it, and that one finds
+    // it; nothing erases during a batch; a series moved when series_
+    // grows keeps its tables' storage (Series moves without throwing).
     void* cell = nullptr;
   };
   // The index of `obs`'s series (or of `key`'s), kNoSeries if not held.
   uint32_t FindSeriesLocked(const ObservationView& obs) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   uint32_t FindSeriesLocked(const HashedSeriesKeyView& key) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Looks up every observation's series and cell into *out (ApplyBatch
-  // says how); false, at the first it does not find, when `all` is asked.
-  bool LookUpLocked(const BatchView& batch, uint32_t loc, bool all, std::vector<LookedUp>* out)
+  // says how). With `shared` asked, false at the first observation the
+  // shared path cannot apply: its series is not held, or its cell is not
+  // and its table is not started (CellTable::started).
+  bool LookUpLocked(const BatchView& batch, uint32_t loc, bool shared, std::vector<LookedUp>* out)
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // The shared path: `batch` applied under mu_ held shared and its
-  // location's stripe, when its location, stream, series and cells all
-  // exist and nothing of it is refused, rejected or out of order; else
+  // location's stripe, when its location, stream and series all exist,
+  // each new cell's table is started, the location has room for its new
+  // cells, and nothing of it is refused, rejected or out of order; else
   // nothing done (nullopt) and ApplyBatch takes mu_ exclusively.
   std::optional<v1::Ack> ApplyShared(const BatchView& batch, absl::Time now, uint64_t owner,
                                      const BatchChecks& checks) ABSL_LOCKS_EXCLUDED(mu_);
@@ -799,7 +806,17 @@ class Engine {
       const ObservationView& obs, uint64_t seq, const absl::Status* invalid, LookedUp looked_up,
       const ApplyContext& ctx, v1::Ack* ack) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Location `loc` started a cell in series `index`: counted, and listed.
-  void NoteCellLocked(uint32_t loc, uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The caller holds mu_ exclusively, or shared and the location's stripe.
+  void NoteCellLocked(uint32_t loc, uint32_t index) ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Whether location `loc` may start `more` cells under
+  // --max_cells_per_location.
+  bool RoomForCellsLocked(uint32_t loc, uint64_t more) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Registers the stream of `batch`, and its location if `new_location`
+  // allows, when new and the batch may apply, so the batch and its
+  // stream's next ones take the shared path; whether it registered
+  // anything.
+  bool RegisterStream(const BatchView& batch, uint64_t owner, bool new_location)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // The series holding a cell of location `loc`, once each, by index.
   std::vector<uint32_t> SeriesOfLocked(uint32_t loc) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Counts the rejection of observation `seq` and adds it to *ack.
@@ -809,9 +826,9 @@ class Engine {
   SeriesIndex::iterator AddSeriesLocked(const ObservationView& obs)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies `obs`, observed at `at` (ns), to its location's cell in
-  // `series` (number `index`): true when the cell is new (only with mu_
-  // held exclusively; held shared, the cell is `found` and the caller
-  // holds the location's stripe). A price drop
+  // `series` (number `index`): true when the cell is new (with mu_ held
+  // shared, the caller holds the location's stripe and the cell's table
+  // is started). A price drop
   // already older than the rollout grace goes to late_drops_; a price
   // compared before and seen again unchanged sets *seen_again.
   // `found`: the cell the lookup found (LookedUp::cell), or null.
@@ -889,14 +906,16 @@ class Engine {
   // Stripes: batches of different locations apply at once. A batch on
   // the shared path (ApplyShared) holds mu_ shared and its location's
   // stripe (StripeOf) exclusively, and writes only
-  // its location's cells, stream and state, its series' dirty flags (an
+  // its location's cells (new ones into its stripe's tables, started
+  // ones: CellTable), stream and state, its series' dirty flags (an
   // atomic or), the counters (atomics) and, under late_mu_, late_drops_.
   // Who reads those under mu_ held shared holds every stripe shared
   // (StripesShared); under mu_ exclusively, no batch applies. Applied on
   // the shared path, a batch changes what a batch of another location
   // would find in no way, so applying batches at once equals applying
-  // them one after the other: structure (locations, streams, series,
-  // cells) and rejections are only changed under mu_ exclusively.
+  // them one after the other: structure (locations, streams, series, a
+  // table's stripes) and rejections are only changed under mu_
+  // exclusively.
   static constexpr size_t kStripes = kLocationStripes;
   static size_t StripeOf(uint32_t loc) { return LocationStripe(loc); }
   struct alignas(64) Stripe {
@@ -910,7 +929,7 @@ class Engine {
   // The newest mark of each location dropped for silence, by name, given
   // back when it reports again (PruneStreamsLocked says why it is kept).
   absl::flat_hash_map<std::string, RetiredStream> retired_ ABSL_GUARDED_BY(mu_);
-  uint64_t cells_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<uint64_t> cells_{0};  // Added to on the shared path too.
   // The latest `now` a recomputation read cells at: a price seen again
   // unchanged and not stale then was compared then (ApplyBatch).
   int64_t recomputed_at_ns_ ABSL_GUARDED_BY(mu_) = INT64_MIN;

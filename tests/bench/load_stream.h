@@ -58,6 +58,14 @@ class LoadStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::
     stub->PrepareBidiStreamingCall(&ctx_, "/constance.v1.Ingest/Stream", grpc::StubOptions(), this);
   }
 
+  // A message written before the batches that no ack answers: the
+  // heartbeat constance-agent sends first on every stream. Before Start().
+  void SendFirst(grpc::ByteBuffer message) {
+    absl::MutexLock lock(&mu_);
+    first_ = std::move(message);
+    first_pending_ = true;
+  }
+
   void Start() {
     StartRead(&in_);
     WriteMore();
@@ -137,7 +145,11 @@ class LoadStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::
     {
       absl::MutexLock lock(&mu_);
       if (writing_ || stopped_ || writes_done_) return;
-      if (next_ == batches_.size()) {
+      if (first_pending_) {
+        writing_ = true;
+        first_pending_ = false;
+        next = &first_;
+      } else if (next_ == batches_.size()) {
         writing_ = true;
         writes_done_ = true;
       } else {
@@ -165,7 +177,9 @@ class LoadStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::
 
   absl::Mutex mu_;
   std::vector<absl::Time> sent_at_ ABSL_GUARDED_BY(mu_);  // By batch number.
-  size_t next_ ABSL_GUARDED_BY(mu_) = 0;                  // The next batch to write.
+  grpc::ByteBuffer first_ ABSL_GUARDED_BY(mu_);           // SendFirst's, while first_pending_.
+  bool first_pending_ ABSL_GUARDED_BY(mu_) = false;
+  size_t next_ ABSL_GUARDED_BY(mu_) = 0;  // The next batch to write.
   size_t acked_batches_ ABSL_GUARDED_BY(mu_) = 0;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;

@@ -346,12 +346,18 @@ std::vector<grpc::ByteBuffer> ConstanceBatches(const Workload& w, int l, int bat
   return out;
 }
 
-// One location's stream: its batches (from ConstanceBatches), at most
-// `window` unacknowledged; adds what was acknowledged to `acknowledged`.
+// One location's stream: a heartbeat first, as constance-agent opens
+// every stream, then its batches (from ConstanceBatches, of `incarnation`),
+// at most `window` unacknowledged; adds what was acknowledged to
+// `acknowledged`.
 absl::Status ConstanceLocation(grpc::GenericStub* stub, std::vector<grpc::ByteBuffer> batches,
-                               int l, int64_t total, int batch, int window,
+                               int l, uint64_t incarnation, int64_t total, int batch, int window,
                                std::atomic<int64_t>* acknowledged) {
   LoadStream stream(stub, std::move(batches), Workload::Location(l), total, batch, window);
+  v1::AgentMessage hello;
+  hello.mutable_heartbeat()->set_location(Workload::Location(l));
+  hello.mutable_heartbeat()->set_incarnation(incarnation);
+  stream.SendFirst(SerializeMessage(hello));
   stream.Start();
   StreamResult r = stream.Wait();
   acknowledged->fetch_add(r.acknowledged);
@@ -432,9 +438,9 @@ PathResult RunConstance(const Workload& w) {
   const int batch = absl::GetFlag(FLAGS_batch);
   const int64_t base_ms = NowMs();
   std::vector<std::vector<grpc::ByteBuffer>> prebuilt(static_cast<size_t>(w.locations));
+  auto incarnation = [](int l) { return 0x1000 + static_cast<uint64_t>(l); };
   for (int l = 0; l < w.locations; ++l) {
-    prebuilt[static_cast<size_t>(l)] =
-        ConstanceBatches(w, l, batch, 0x1000 + static_cast<uint64_t>(l), 0, base_ms);
+    prebuilt[static_cast<size_t>(l)] = ConstanceBatches(w, l, batch, incarnation(l), 0, base_ms);
   }
   result.rss_before_kb = servers.Kb("VmRSS");
   const double cpu_before = servers.Cpu();
@@ -444,7 +450,7 @@ PathResult RunConstance(const Workload& w) {
   absl::StatusOr<std::vector<int>> loaded = ForEachLocation(
       w.locations, concurrency, start + absl::GetFlag(FLAGS_max_load_time), [&](int worker, int l) {
         return ConstanceLocation(stubs[static_cast<size_t>(worker)].get(),
-                                 std::move(prebuilt[static_cast<size_t>(l)]), l,
+                                 std::move(prebuilt[static_cast<size_t>(l)]), l, incarnation(l),
                                  static_cast<int64_t>(w.keys) * w.rounds, batch,
                                  absl::GetFlag(FLAGS_window), &acknowledged);
       });
@@ -483,7 +489,7 @@ PathResult RunConstance(const Workload& w) {
   const absl::Time t0 = absl::Now();
   absl::Status sent =
       ConstanceLocation(stubs[0].get(), ConstanceBatches(w, 0, 1, 0x9000, kChange, NowMs()), 0,
-                        /*total=*/1, /*batch=*/1, /*window=*/1, &acknowledged);
+                        0x9000, /*total=*/1, /*batch=*/1, /*window=*/1, &acknowledged);
   if (!sent.ok()) {
     result.error = std::string(sent.message());
     return result;

@@ -378,6 +378,151 @@ TEST(EngineConcurrencyTest, ParallelBatchesEndAsAppliedOneAfterAnother) {
   EXPECT_TRUE(diff.Compare(expected, got)) << report;
 }
 
+// Batch `b` of location `l` for the cell-creation tests below: prices of
+// keys 0..b (batch b starts location l's cell of key b), each its own
+// sequence numbers from `*next`.
+v1::Batch NewCellsBatch(int l, int b, absl::Time now, uint64_t* next) {
+  v1::Batch batch;
+  batch.set_location(absl::StrCat("store-", l));
+  batch.set_incarnation(3);
+  batch.set_first_sequence(*next);
+  for (int k = 0; k <= b; ++k) {
+    v1::Observation* o = batch.add_observations();
+    o->set_key(absl::StrCat("item-", k));
+    o->mutable_observed_at()->set_seconds(absl::ToUnixSeconds(now) - b);
+    o->mutable_price()->set_minor_units(200 + k + (l + b) % 4);
+    o->mutable_price()->set_currency("EUR");
+  }
+  *next += batch.observations_size();
+  return batch;
+}
+
+// The engines' states alike, locations renumbered by name (threads race
+// for the numbers), and their cell counts.
+void ExpectSameState(Engine& expected_engine, Engine& got_engine) {
+  state::v1::EngineState expected, got;
+  ASSERT_TRUE(expected.ParseFromString(expected_engine.SaveState()));
+  ASSERT_TRUE(got.ParseFromString(got_engine.SaveState()));
+  ByName(&expected);
+  ByName(&got);
+  google::protobuf::util::MessageDifferencer diff;
+  diff.set_repeated_field_comparison(google::protobuf::util::MessageDifferencer::AS_SET);
+  std::string report;
+  diff.ReportDifferencesToString(&report);
+  EXPECT_TRUE(diff.Compare(expected, got)) << report;
+  expected_engine.Evaluate();
+  got_engine.Evaluate();
+  EXPECT_EQ(got_engine.snapshot()->cells, expected_engine.snapshot()->cells);
+}
+
+// New cells in series other locations started, created beside each
+// other: 48 locations (every stripe) on four threads, each location's
+// first batch and every later one starting a cell, end as the same
+// batches applied one after the other, each location's cells counted
+// against --max_cells_per_location as they are started.
+TEST(EngineConcurrencyTest, CellsOfKnownSeriesStartBesideOtherLocations) {
+  constexpr int kLocations = 48, kBatches = 12, kThreads = 4;
+  const absl::Time now = absl::FromUnixSeconds(1'780'000'000);
+  Engine::Options options;
+  options.clock = [now] { return now; };
+  options.limits.max_cells_per_location = kBatches;  // Exactly room for every key.
+  Engine serial(options), parallel(options);
+  // Every series started first, by a location of its own.
+  uint64_t first = 1;
+  const v1::Batch starter = NewCellsBatch(kLocations, kBatches - 1, now, &first);
+  ASSERT_TRUE(serial.ApplyBatch(starter, now).ok());
+  ASSERT_TRUE(parallel.ApplyBatch(starter, now).ok());
+  std::vector<std::vector<v1::Batch>> batches(kLocations);
+  for (int l = 0; l < kLocations; ++l) {
+    uint64_t next = 1;
+    for (int b = 0; b < kBatches; ++b) batches[l].push_back(NewCellsBatch(l, b, now, &next));
+  }
+  for (int b = 0; b < kBatches; ++b) {
+    for (int l = 0; l < kLocations; ++l) {
+      absl::StatusOr<v1::Ack> ack = serial.ApplyBatch(batches[l][b], now);
+      ASSERT_TRUE(ack.ok()) << ack.status();
+      ASSERT_EQ(ack->rejections_size(), 0);
+    }
+  }
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int b = 0; b < kBatches; ++b) {
+        for (int l = t; l < kLocations; l += kThreads) {
+          absl::StatusOr<v1::Ack> ack = parallel.ApplyBatch(batches[l][b], now);
+          if (!ack.ok() || ack->rejections_size() != 0) ++errors;
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(errors.load(), 0);
+  ExpectSameState(serial, parallel);
+  EXPECT_EQ(parallel.snapshot()->cells, uint64_t{kLocations + 1} * kBatches);
+  // The limit still holds for cells started beside: one key more is
+  // rejected, by name.
+  uint64_t next = 1;
+  for (int b = 0; b < kBatches; ++b) NewCellsBatch(0, b, now, &next);
+  v1::Batch over = NewCellsBatch(0, kBatches, now, &next);
+  absl::StatusOr<v1::Ack> ack = parallel.ApplyBatch(over, now);
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  ASSERT_EQ(ack->rejections_size(), 1);
+  EXPECT_TRUE(absl::StartsWith(ack->rejections(0).reason(), "location_cells:"))
+      << ack->rejections(0).reason();
+}
+
+// The log's helpers (ApplyBeside) take an agent's new stream and its new
+// cells beside other locations' batches once its location is known (its
+// agent's heartbeat): every first batch applies there, none is left to
+// the log order, and the engine ends as the batches applied one after
+// the other. A location not known yet is left to the log order.
+TEST(EngineConcurrencyTest, NewStreamsOfKnownLocationsApplyBeside) {
+  constexpr int kLocations = 32, kBatches = 6, kThreads = 4;
+  const absl::Time now = absl::FromUnixSeconds(1'780'000'000);
+  Engine::Options options;
+  options.clock = [now] { return now; };
+  Engine serial(options), beside(options);
+  uint64_t first = 1;
+  const v1::Batch starter = NewCellsBatch(kLocations, kBatches - 1, now, &first);
+  ASSERT_TRUE(serial.ApplyBatch(starter, now).ok());
+  ASSERT_TRUE(beside.ApplyBatch(starter, now).ok());
+  std::vector<std::vector<v1::Batch>> batches(kLocations);
+  for (int l = 0; l < kLocations; ++l) {
+    uint64_t next = 1;
+    for (int b = 0; b < kBatches; ++b) batches[l].push_back(NewCellsBatch(l, b, now, &next));
+    v1::Heartbeat heartbeat;
+    heartbeat.set_location(absl::StrCat("store-", l));
+    heartbeat.set_incarnation(3);
+    ASSERT_TRUE(serial.RecordHeartbeat(heartbeat).ok());
+    ASSERT_TRUE(beside.RecordHeartbeat(heartbeat).ok());
+  }
+  for (int b = 0; b < kBatches; ++b) {
+    for (int l = 0; l < kLocations; ++l) ASSERT_TRUE(serial.ApplyBatch(batches[l][b], now).ok());
+  }
+  std::atomic<int> declined{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int b = 0; b < kBatches; ++b) {
+        for (int l = t; l < kLocations; l += kThreads) {
+          const BatchView view = ViewOf(batches[l][b]);
+          if (!beside.ApplyBeside(view, now, 0, beside.CheckBatch(view, now)).has_value()) {
+            ++declined;
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(declined.load(), 0);
+  ExpectSameState(serial, beside);
+  uint64_t next = 1;
+  const v1::Batch unknown_batch = NewCellsBatch(kLocations + 1, 0, now, &next);
+  const BatchView unknown = ViewOf(unknown_batch);
+  EXPECT_FALSE(beside.ApplyBeside(unknown, now, 0, beside.CheckBatch(unknown, now)).has_value());
+}
+
 // The durable log's lanes (batch_log.h): the batches of
 // ParallelBatchesEndAsAppliedOneAfterAnother, and batches with a rejected
 // observation, logged in one order and applied from the log's applier
