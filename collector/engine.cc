@@ -742,6 +742,13 @@ void PrefetchCell(const S& series, uint32_t loc, v1::Observation::ValueCase valu
   WithCellTable(series, value, [&](const auto& cells) { cells.prefetch(loc); });
 }
 
+// Fetches what PrefetchCell reads first: the header of `loc`'s stripe's
+// table.
+template <typename S>
+void PrefetchCellTable(const S& series, uint32_t loc, v1::Observation::ValueCase value) {
+  WithCellTable(series, value, [&](const auto& cells) { cells.PrefetchStripe(loc); });
+}
+
 }  // namespace
 
 // What every observation of one batch shares: its location, its receive
@@ -825,6 +832,14 @@ bool Engine::LookUpLocked(const BatchView& batch, uint32_t loc, bool shared,
     }
   }
   for (uint64_t i = 0; i < count; ++i) {
+    // The table's header first (its cell's slot is found from it), then
+    // the slot.
+    if (i + 2 * kPrefetchAhead < count) {
+      const uint32_t ahead = looked_up[i + 2 * kPrefetchAhead].series;
+      if (ahead != LookedUp::kNoSeries) {
+        PrefetchCellTable(series_[ahead], loc, batch.observations[i + 2 * kPrefetchAhead].value);
+      }
+    }
     if (i + kPrefetchAhead < count) {
       const uint32_t ahead = looked_up[i + kPrefetchAhead].series;
       if (ahead != LookedUp::kNoSeries) {
