@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <optional>
@@ -286,6 +287,18 @@ void ByName(state::v1::EngineState* state) {
   Renumber(state, to);
 }
 
+// Two saved states alike, locations renumbered by name (threads race for
+// their numbers).
+void ExpectAlike(state::v1::EngineState expected, state::v1::EngineState got) {
+  ByName(&expected);
+  ByName(&got);
+  google::protobuf::util::MessageDifferencer diff;
+  diff.set_repeated_field_comparison(google::protobuf::util::MessageDifferencer::AS_SET);
+  std::string report;
+  diff.ReportDifferencesToString(&report);
+  EXPECT_TRUE(diff.Compare(expected, got)) << report;
+}
+
 // Batch `b` of location `l` for ParallelBatchesEndAsAppliedOneAfterAnother:
 // prices of 20 keys (two a batch changed), one more observed two days
 // late (dropping every fourth batch: a late drop), a wait, a check, a
@@ -362,20 +375,14 @@ TEST(EngineConcurrencyTest, ParallelBatchesEndAsAppliedOneAfterAnother) {
   state::v1::EngineState expected, got;
   ASSERT_TRUE(expected.ParseFromString(serial.SaveState()));
   ASSERT_TRUE(got.ParseFromString(parallel.SaveState()));
-  // Locations are numbered as they first report, which the threads race
-  // for: both states renumbered by name.
-  ByName(&expected);
-  ByName(&got);
   // Everything applied is in it, late drops too.
   EXPECT_EQ(expected.counters().applied(), applied);
   EXPECT_EQ(expected.counters().duplicates(), duplicates);
   EXPECT_EQ(applied, uint64_t{kLocations} * (kBatches * 24 + kBatches / 5));
   EXPECT_GT(expected.late_drops_size(), 0);
-  google::protobuf::util::MessageDifferencer diff;
-  diff.set_repeated_field_comparison(google::protobuf::util::MessageDifferencer::AS_SET);
-  std::string report;
-  diff.ReportDifferencesToString(&report);
-  EXPECT_TRUE(diff.Compare(expected, got)) << report;
+  // Locations are numbered as they first report, which the threads race
+  // for: compared by name.
+  ExpectAlike(expected, got);
 }
 
 // Batch `b` of location `l` for the cell-creation tests below: prices of
@@ -403,16 +410,44 @@ void ExpectSameState(Engine& expected_engine, Engine& got_engine) {
   state::v1::EngineState expected, got;
   ASSERT_TRUE(expected.ParseFromString(expected_engine.SaveState()));
   ASSERT_TRUE(got.ParseFromString(got_engine.SaveState()));
-  ByName(&expected);
-  ByName(&got);
-  google::protobuf::util::MessageDifferencer diff;
-  diff.set_repeated_field_comparison(google::protobuf::util::MessageDifferencer::AS_SET);
-  std::string report;
-  diff.ReportDifferencesToString(&report);
-  EXPECT_TRUE(diff.Compare(expected, got)) << report;
+  ExpectAlike(expected, got);
   expected_engine.Evaluate();
   got_engine.Evaluate();
   EXPECT_EQ(got_engine.snapshot()->cells, expected_engine.snapshot()->cells);
+}
+
+// Every location's batches for the tests below (NewCellsBatch), their
+// series all started first in each of `engines` by a location of its own.
+std::vector<std::vector<v1::Batch>> NewCellsChain(int locations, int batches, absl::Time now,
+                                                  std::initializer_list<Engine*> engines) {
+  uint64_t first = 1;
+  const v1::Batch starter = NewCellsBatch(locations, batches - 1, now, &first);
+  for (Engine* e : engines) EXPECT_TRUE(e->ApplyBatch(starter, now).ok());
+  std::vector<std::vector<v1::Batch>> out(static_cast<size_t>(locations));
+  for (int l = 0; l < locations; ++l) {
+    uint64_t next = 1;
+    for (int b = 0; b < batches; ++b) out[l].push_back(NewCellsBatch(l, b, now, &next));
+  }
+  return out;
+}
+
+// Runs apply(l, b) for batch b of every location l, each location's in
+// order on one of `threads` threads; how many returned false.
+template <typename F>
+int OnThreads(int locations, int batches, int threads, F apply) {
+  std::atomic<int> failed{0};
+  std::vector<std::thread> running;
+  for (int t = 0; t < threads; ++t) {
+    running.emplace_back([&, t] {
+      for (int b = 0; b < batches; ++b) {
+        for (int l = t; l < locations; l += threads) {
+          if (!apply(l, b)) ++failed;
+        }
+      }
+    });
+  }
+  for (std::thread& t : running) t.join();
+  return failed.load();
 }
 
 // New cells in series other locations started, created beside each
@@ -427,16 +462,8 @@ TEST(EngineConcurrencyTest, CellsOfKnownSeriesStartBesideOtherLocations) {
   options.clock = [now] { return now; };
   options.limits.max_cells_per_location = kBatches;  // Exactly room for every key.
   Engine serial(options), parallel(options);
-  // Every series started first, by a location of its own.
-  uint64_t first = 1;
-  const v1::Batch starter = NewCellsBatch(kLocations, kBatches - 1, now, &first);
-  ASSERT_TRUE(serial.ApplyBatch(starter, now).ok());
-  ASSERT_TRUE(parallel.ApplyBatch(starter, now).ok());
-  std::vector<std::vector<v1::Batch>> batches(kLocations);
-  for (int l = 0; l < kLocations; ++l) {
-    uint64_t next = 1;
-    for (int b = 0; b < kBatches; ++b) batches[l].push_back(NewCellsBatch(l, b, now, &next));
-  }
+  const std::vector<std::vector<v1::Batch>> batches =
+      NewCellsChain(kLocations, kBatches, now, {&serial, &parallel});
   for (int b = 0; b < kBatches; ++b) {
     for (int l = 0; l < kLocations; ++l) {
       absl::StatusOr<v1::Ack> ack = serial.ApplyBatch(batches[l][b], now);
@@ -444,20 +471,12 @@ TEST(EngineConcurrencyTest, CellsOfKnownSeriesStartBesideOtherLocations) {
       ASSERT_EQ(ack->rejections_size(), 0);
     }
   }
-  std::atomic<int> errors{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      for (int b = 0; b < kBatches; ++b) {
-        for (int l = t; l < kLocations; l += kThreads) {
-          absl::StatusOr<v1::Ack> ack = parallel.ApplyBatch(batches[l][b], now);
-          if (!ack.ok() || ack->rejections_size() != 0) ++errors;
-        }
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(OnThreads(kLocations, kBatches, kThreads,
+                      [&](int l, int b) {
+                        absl::StatusOr<v1::Ack> ack = parallel.ApplyBatch(batches[l][b], now);
+                        return ack.ok() && ack->rejections_size() == 0;
+                      }),
+            0);
   ExpectSameState(serial, parallel);
   EXPECT_EQ(parallel.snapshot()->cells, uint64_t{kLocations + 1} * kBatches);
   // The limit still holds for cells started beside: one key more is
@@ -483,14 +502,9 @@ TEST(EngineConcurrencyTest, NewStreamsOfKnownLocationsApplyBeside) {
   Engine::Options options;
   options.clock = [now] { return now; };
   Engine serial(options), beside(options);
-  uint64_t first = 1;
-  const v1::Batch starter = NewCellsBatch(kLocations, kBatches - 1, now, &first);
-  ASSERT_TRUE(serial.ApplyBatch(starter, now).ok());
-  ASSERT_TRUE(beside.ApplyBatch(starter, now).ok());
-  std::vector<std::vector<v1::Batch>> batches(kLocations);
+  const std::vector<std::vector<v1::Batch>> batches =
+      NewCellsChain(kLocations, kBatches, now, {&serial, &beside});
   for (int l = 0; l < kLocations; ++l) {
-    uint64_t next = 1;
-    for (int b = 0; b < kBatches; ++b) batches[l].push_back(NewCellsBatch(l, b, now, &next));
     v1::Heartbeat heartbeat;
     heartbeat.set_location(absl::StrCat("store-", l));
     heartbeat.set_incarnation(3);
@@ -500,22 +514,14 @@ TEST(EngineConcurrencyTest, NewStreamsOfKnownLocationsApplyBeside) {
   for (int b = 0; b < kBatches; ++b) {
     for (int l = 0; l < kLocations; ++l) ASSERT_TRUE(serial.ApplyBatch(batches[l][b], now).ok());
   }
-  std::atomic<int> declined{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      for (int b = 0; b < kBatches; ++b) {
-        for (int l = t; l < kLocations; l += kThreads) {
-          const BatchView view = ViewOf(batches[l][b]);
-          if (!beside.ApplyBeside(view, now, 0, beside.CheckBatch(view, now)).has_value()) {
-            ++declined;
-          }
-        }
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  EXPECT_EQ(declined.load(), 0);
+  // Each is taken beside (what the log's helpers call), none declined.
+  EXPECT_EQ(
+      OnThreads(kLocations, kBatches, kThreads,
+                [&](int l, int b) {
+                  const BatchView view = ViewOf(batches[l][b]);
+                  return beside.ApplyBeside(view, now, 0, beside.CheckBatch(view, now)).has_value();
+                }),
+      0);
   ExpectSameState(serial, beside);
   uint64_t next = 1;
   const v1::Batch unknown_batch = NewCellsBatch(kLocations + 1, 0, now, &next);
@@ -629,13 +635,7 @@ TEST(EngineConcurrencyTest, TheLogsLanesAckAndEndAsItsReplay) {
   ASSERT_TRUE(got.ParseFromString(laned.SaveState()));
   EXPECT_GT(expected.counters().rejected(), 0u);
   EXPECT_GT(expected.counters().rejected_by_reason().count("series"), 0u);
-  ByName(&expected);
-  ByName(&got);
-  google::protobuf::util::MessageDifferencer diff;
-  diff.set_repeated_field_comparison(google::protobuf::util::MessageDifferencer::AS_SET);
-  std::string report;
-  diff.ReportDifferencesToString(&report);
-  EXPECT_TRUE(diff.Compare(expected, got)) << report;
+  ExpectAlike(expected, got);
 }
 
 // Snapshots taken while batches apply, as the collector takes them: the
