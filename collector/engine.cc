@@ -859,15 +859,21 @@ bool Engine::LookUpLocked(const BatchView& batch, uint32_t loc, bool shared,
 }
 
 std::optional<v1::Ack> Engine::ApplyShared(const BatchView& batch, absl::Time now, uint64_t owner,
-                                           const BatchChecks& checks) {
+                                           const BatchChecks& checks, bool* unregistered) {
   if (!checks.failed.empty()) return std::nullopt;  // Rejections are counted exclusively.
   absl::ReaderMutexLock lock(&mu_);
   if (!captures_.empty() || !MayApplyLocked(batch, owner).ok()) return std::nullopt;
   const auto location = location_index_.find(batch.location);
-  if (location == location_index_.end()) return std::nullopt;
+  if (location == location_index_.end()) {
+    *unregistered = true;
+    return std::nullopt;
+  }
   const uint32_t loc = location->second;
   const auto found = streams_.find({loc, batch.incarnation});
-  if (found == streams_.end()) return std::nullopt;
+  if (found == streams_.end()) {
+    *unregistered = true;
+    return std::nullopt;
+  }
   absl::MutexLock stripe(&stripes_[StripeOf(loc)].mu);
   Stream& stream = found->second;
   // A gap, declared or not, is counted exclusively.
@@ -919,12 +925,15 @@ std::optional<v1::Ack> Engine::ApplyShared(const BatchView& batch, absl::Time no
 std::optional<v1::Ack> Engine::ApplyBeside(const BatchView& batch, absl::Time now, uint64_t owner,
                                            const BatchChecks& checks) {
   if (!ValidateBatchShape(batch, options_.limits).ok()) return std::nullopt;
-  if (std::optional<v1::Ack> ack = ApplyShared(batch, now, owner, checks)) return ack;
+  bool unregistered = false;
+  if (std::optional<v1::Ack> ack = ApplyShared(batch, now, owner, checks, &unregistered)) {
+    return ack;
+  }
   // A new stream of a known location (an agent's restart) commutes with
   // other locations' batches; a new location does not (--max_locations,
   // numbering): it is registered in log order, by ApplyBatch.
-  if (checks.failed.empty() && RegisterStream(batch, owner, /*new_location=*/false)) {
-    return ApplyShared(batch, now, owner, checks);
+  if (unregistered && RegisterStream(batch, owner, /*new_location=*/false)) {
+    return ApplyShared(batch, now, owner, checks, &unregistered);
   }
   return std::nullopt;
 }
@@ -932,11 +941,14 @@ std::optional<v1::Ack> Engine::ApplyBeside(const BatchView& batch, absl::Time no
 absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now, uint64_t owner,
                                            const BatchChecks& checks) {
   if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
-  if (std::optional<v1::Ack> ack = ApplyShared(batch, now, owner, checks)) return *std::move(ack);
+  bool unregistered = false;
+  if (std::optional<v1::Ack> ack = ApplyShared(batch, now, owner, checks, &unregistered)) {
+    return *std::move(ack);
+  }
   // A new location's or stream's first batch: registered exclusively, and
   // applied beside other locations' batches all the same.
-  if (checks.failed.empty() && RegisterStream(batch, owner, /*new_location=*/true)) {
-    if (std::optional<v1::Ack> ack = ApplyShared(batch, now, owner, checks)) {
+  if (unregistered && RegisterStream(batch, owner, /*new_location=*/true)) {
+    if (std::optional<v1::Ack> ack = ApplyShared(batch, now, owner, checks, &unregistered)) {
       return *std::move(ack);
     }
   }

@@ -793,9 +793,12 @@ class Engine {
   // location's stripe, when its location, stream and series all exist,
   // each new cell's table is started, the location has room for its new
   // cells, and nothing of it is refused, rejected or out of order; else
-  // nothing done (nullopt) and ApplyBatch takes mu_ exclusively.
+  // nothing done (nullopt) and ApplyBatch takes mu_ exclusively; declined
+  // because its location or stream is not registered yet, it also sets
+  // *unregistered (RegisterStream may then let it apply shared).
   std::optional<v1::Ack> ApplyShared(const BatchView& batch, absl::Time now, uint64_t owner,
-                                     const BatchChecks& checks) ABSL_LOCKS_EXCLUDED(mu_);
+                                     const BatchChecks& checks, bool* unregistered)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // A batch's end, on either path: its counts, its stream's mark, its
   // location's state, its ack. The caller holds mu_ exclusively, or
   // shared and the location's stripe.

@@ -299,6 +299,25 @@ void ExpectAlike(state::v1::EngineState expected, state::v1::EngineState got) {
   EXPECT_TRUE(diff.Compare(expected, got)) << report;
 }
 
+// Runs apply(l, b) for batch b of every location l, each location's in
+// order on one of `threads` threads; how many returned false.
+template <typename F>
+int OnThreads(int locations, int batches, int threads, F apply) {
+  std::atomic<int> failed{0};
+  std::vector<std::thread> running;
+  for (int t = 0; t < threads; ++t) {
+    running.emplace_back([&, t] {
+      for (int b = 0; b < batches; ++b) {
+        for (int l = t; l < locations; l += threads) {
+          if (!apply(l, b)) ++failed;
+        }
+      }
+    });
+  }
+  for (std::thread& t : running) t.join();
+  return failed.load();
+}
+
 // Batch `b` of location `l` for ParallelBatchesEndAsAppliedOneAfterAnother:
 // prices of 20 keys (two a batch changed), one more observed two days
 // late (dropping every fourth batch: a late drop), a wait, a check, a
@@ -357,20 +376,13 @@ TEST(EngineConcurrencyTest, ParallelBatchesEndAsAppliedOneAfterAnother) {
       if (b % 3 == 0) duplicates += serial.ApplyBatch(batches[l][b], now)->duplicates();
     }
   }
-  std::atomic<int> errors{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      for (int b = 0; b < kBatches; ++b) {
-        for (int l = t; l < kLocations; l += kThreads) {
-          if (!parallel.ApplyBatch(batches[l][b], now).ok()) ++errors;
-          if (b % 3 == 0 && !parallel.ApplyBatch(batches[l][b], now).ok()) ++errors;
-        }
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(OnThreads(kLocations, kBatches, kThreads,
+                      [&](int l, int b) {
+                        const bool sent = parallel.ApplyBatch(batches[l][b], now).ok();
+                        return b % 3 != 0 ? sent
+                                          : parallel.ApplyBatch(batches[l][b], now).ok() && sent;
+                      }),
+            0);
 
   state::v1::EngineState expected, got;
   ASSERT_TRUE(expected.ParseFromString(serial.SaveState()));
@@ -429,25 +441,6 @@ std::vector<std::vector<v1::Batch>> NewCellsChain(int locations, int batches, ab
     for (int b = 0; b < batches; ++b) out[l].push_back(NewCellsBatch(l, b, now, &next));
   }
   return out;
-}
-
-// Runs apply(l, b) for batch b of every location l, each location's in
-// order on one of `threads` threads; how many returned false.
-template <typename F>
-int OnThreads(int locations, int batches, int threads, F apply) {
-  std::atomic<int> failed{0};
-  std::vector<std::thread> running;
-  for (int t = 0; t < threads; ++t) {
-    running.emplace_back([&, t] {
-      for (int b = 0; b < batches; ++b) {
-        for (int l = t; l < locations; l += threads) {
-          if (!apply(l, b)) ++failed;
-        }
-      }
-    });
-  }
-  for (std::thread& t : running) t.join();
-  return failed.load();
 }
 
 // New cells in series other locations started, created beside each
