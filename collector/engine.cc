@@ -625,6 +625,13 @@ void Engine::ReleaseLocation(absl::string_view location, uint64_t owner) {
   }
 }
 
+absl::StatusOr<v1::Ack> Engine::ReplayBatch(const v1::Batch& batch, absl::Time received) {
+  replaying_.store(true, std::memory_order_relaxed);
+  absl::StatusOr<v1::Ack> ack = ApplyBatch(batch, received);
+  replaying_.store(false, std::memory_order_relaxed);
+  return ack;
+}
+
 absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now) {
   return ApplyBatch(batch, now, /*owner=*/0);
 }
@@ -664,8 +671,8 @@ absl::Status Engine::AdmitLocationLocked(absl::string_view location) const {
             catalog.path)),
         kRefusedUnknownLocation);
   }
-  if (options_.limits.max_locations > 0 && !location_index_.contains(location) &&
-      location_index_.size() >= options_.limits.max_locations) {
+  if (const uint64_t limit = Capacity(options_.limits.max_locations);
+      limit > 0 && !location_index_.contains(location) && location_index_.size() >= limit) {
     // Refused before anything is kept: the agent retries and loses nothing.
     return Refusal(
         absl::ResourceExhaustedError(absl::StrCat(
@@ -1024,7 +1031,7 @@ bool Engine::RegisterStream(const BatchView& batch, uint64_t owner, bool new_loc
 }
 
 bool Engine::RoomForCellsLocked(uint32_t loc, uint64_t more) const {
-  const uint64_t limit = options_.limits.max_cells_per_location;
+  const uint64_t limit = Capacity(options_.limits.max_cells_per_location);
   return limit == 0 || locations_[loc].cells + more <= limit;
 }
 
@@ -1174,7 +1181,8 @@ absl::Status Engine::RoomForCellLocked(const Series* series, uint32_t loc,
                      "' holds its limit of ", limits.max_cells_per_location,
                      " keys (--max_cells_per_location); a new key is not started"));
   }
-  if (new_series && limits.max_series > 0 && series_index_.size() >= limits.max_series) {
+  if (const uint64_t limit = Capacity(limits.max_series);
+      new_series && limit > 0 && series_index_.size() >= limit) {
     return absl::ResourceExhaustedError(
         absl::StrCat("series: the collector holds its limit of ", limits.max_series,
                      " series (--max_series); a new one is not started"));

@@ -462,6 +462,17 @@ class Engine {
   // Records an agent's heartbeat. InvalidArgument for a bad location id.
   absl::Status RecordHeartbeat(const v1::Heartbeat& heartbeat);
 
+  // Applies a batch of the durable log again on a restart: ApplyBatch
+  // without the capacity limits (--max_locations, --max_series,
+  // --max_cells_per_location). What those admitted live depended also on
+  // what the log does not hold (a heartbeat admitting its location,
+  // retention freeing cells, series and locations at an evaluation), so
+  // deciding them again could refuse what was acknowledged. What a limit
+  // refused since the snapshot comes in with the rest (it was never
+  // acknowledged as applied; the client's resend counts as a duplicate);
+  // the limits hold again for every batch after. Not beside ApplyBatch.
+  absl::StatusOr<v1::Ack> ReplayBatch(const v1::Batch& batch, absl::Time received);
+
   // Replaces the catalog (SIGHUP). Cells, watermarks, findings and trust
   // are kept; groups, promises and thresholds apply from the next tick.
   void SetCatalog(std::shared_ptr<const Catalog> catalog);
@@ -845,6 +856,11 @@ class Engine {
   // it and --max_locations has room. Else the refusal (refusal.h reason).
   absl::Status AdmitLocationLocked(absl::string_view location) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Capacity limit `limit` (0: none), or none while ReplayBatch applies:
+  // every capacity check reads its limit through here.
+  uint64_t Capacity(uint64_t limit) const {
+    return replaying_.load(std::memory_order_relaxed) ? 0 : limit;
+  }
   // In the operator's catalog (agent labels do not declare a location).
   bool DeclaredLocked(absl::string_view location) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void TickLoop(bool evaluation);
@@ -997,6 +1013,8 @@ class Engine {
   bool stopping_ ABSL_GUARDED_BY(tick_mu_) = false;
   // Set by RequestStop, cleared by Start; read between series.
   std::atomic<bool> abandon_{false};
+  // Set while ReplayBatch applies (Capacity).
+  std::atomic<bool> replaying_{false};
   std::thread stats_thread_;
   std::thread eval_thread_;
 };

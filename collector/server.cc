@@ -156,8 +156,9 @@ absl::Status CollectorServer::OpenLog() {
   if (!through.ok()) return through.status();
   absl::StatusOr<uint64_t> replayed = log_->Replay(
       [this](const v1::Batch& b, absl::Time at) {
-        // Batch-level errors were refused the first time too.
-        (void)engine_.ApplyBatch(b, at);
+        // Batch-level errors were refused the first time too; capacity
+        // limits are not decided again (Engine::ReplayBatch).
+        (void)engine_.ReplayBatch(b, at);
       },
       *through);
   if (!replayed.ok()) return replayed.status();

@@ -166,6 +166,15 @@ class Stream {
     *ack = reply.ack();
     return true;
   }
+  // Sends a heartbeat of `location` reporting `spool_depth`; false if the
+  // stream is broken. Nothing answers it.
+  bool Heartbeat(const std::string& location, uint64_t spool_depth) {
+    v1::AgentMessage msg;
+    msg.mutable_heartbeat()->set_location(location);
+    msg.mutable_heartbeat()->set_incarnation(1);
+    msg.mutable_heartbeat()->set_spool_depth(spool_depth);
+    return stream_->Write(msg);
+  }
   grpc::Status Close() {
     stream_->WritesDone();
     v1::CollectorMessage reply;
@@ -316,6 +325,47 @@ TEST_F(LimitsTest, LimitsRefuseWithErrorsNamingTheirFlag) {
   // The third key of the first batch and eight of the ten-observation one.
   EXPECT_TRUE(WaitForMetric(metrics_, R"(constance_observations_rejected_total{reason="series")",
                             9, absl::Seconds(10)));
+}
+
+// A heartbeat admits its location outside the batch log, so a restart
+// that decided --max_locations again from the log alone would admit the
+// location whose batch was refused and refuse the acknowledged one's.
+TEST_F(LimitsTest, ACrashKeepsWhatWasAcknowledgedWhenAHeartbeatTookTheLastLocation) {
+  const std::vector<std::string> flags = {"--max_locations=1", "--state_dir=" + dir_.path(),
+                                          "--stats_interval=50ms", "--snapshot_interval=1h"};
+  StartCollector(flags);
+  Stream a(channel_);
+  ASSERT_TRUE(a.Heartbeat("store-a", 7));
+  // Its health in /metrics: the heartbeat admitted store-a.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  absl::StatusOr<double> depth;
+  while (!depth.ok() && absl::Now() < deadline) {
+    absl::StatusOr<HttpResponse> r = HttpGet(metrics_, "/metrics");
+    ASSERT_TRUE(r.ok()) << r.status();
+    depth = MetricValue(r->body, R"(constance_agent_spool_depth{location="store-a")");
+    if (!depth.ok()) absl::SleepFor(absl::Milliseconds(20));  // The poll's pace.
+  }
+  ASSERT_TRUE(depth.ok()) << depth.status();
+  EXPECT_EQ(*depth, 7);
+  {
+    Stream b(channel_);
+    v1::Ack unused;
+    EXPECT_FALSE(b.Send(Batch("store-b", 1, 1, "b"), &unused));
+    EXPECT_THAT(b.Close().error_message(), HasSubstr("--max_locations"));
+  }
+  v1::Batch batch = Batch("store-a", 1, 3, "unused");
+  for (int i = 0; i < 3; ++i) batch.mutable_observations(i)->set_key(KeyOf(i + 1));
+  v1::Ack ack;
+  ASSERT_TRUE(a.Send(batch, &ack));
+  ASSERT_EQ(ack.outcome(), v1::Ack::APPLIED);
+  ASSERT_EQ(ack.applied(), 3u);
+
+  ASSERT_TRUE(collector_->Stop(SIGKILL, absl::Seconds(10)).ok());
+  (void)a.Close();
+  std::remove(dir_.File("collector.ready").c_str());
+  StartCollector(flags);
+  const Delivery d = CountApplied(grpc_, 3);
+  EXPECT_EQ(d.applied_once, 3u) << ::testing::PrintToString(d.problems) << collector_->Log();
 }
 
 TEST_F(LimitsTest, EvaluationThreadsOutsideTheirRangeAreRefusedNamingTheFlag) {

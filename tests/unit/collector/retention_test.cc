@@ -387,6 +387,40 @@ TEST(RetentionTest, ASupersededMarkIsPrunedOnceIdlePastTheLatenessBound) {
   EXPECT_EQ(ack->duplicates(), 1u);
 }
 
+// Retention frees room at an evaluation, which the batch log does not
+// hold: a replay after a crash must not decide --max_series again and
+// reject what was acknowledged as applied; the limit holds after it.
+TEST(RetentionTest, AReplayAppliesWhatRetentionMadeRoomFor) {
+  Clock clock;
+  Engine::Options options = Options(&clock);
+  options.limits.max_series = 1;
+  Engine live(options);
+  const absl::Time first_at = clock.now;
+  const v1::Batch first = Prices("s0", 1, 1, {"a"}, 100, first_at);
+  ASSERT_TRUE(live.ApplyBatch(first).ok());
+  clock.now += kPastPriceRetention;
+  v1::Heartbeat heartbeat;
+  heartbeat.set_location("s0");
+  ASSERT_TRUE(live.RecordHeartbeat(heartbeat).ok());
+  live.Evaluate();
+  ASSERT_EQ(live.snapshot()->series_held, 0u);
+  const v1::Batch second = Prices("s0", 1, 2, {"b"}, 100, clock.now);
+  absl::StatusOr<v1::Ack> ack = live.ApplyBatch(second);
+  ASSERT_TRUE(ack.ok());
+  ASSERT_EQ(ack->applied(), 1u) << "acknowledged as applied";
+
+  Engine replayed(options);
+  ASSERT_TRUE(replayed.ReplayBatch(first, first_at).ok());
+  ack = replayed.ReplayBatch(second, clock.now);
+  ASSERT_TRUE(ack.ok());
+  EXPECT_EQ(ack->rejections_size(), 0) << ack->rejections(0).reason();
+  EXPECT_EQ(ack->applied(), 1u);
+  ack = replayed.ApplyBatch(Prices("s0", 1, 3, {"c"}, 100, clock.now));
+  ASSERT_TRUE(ack.ok());
+  ASSERT_EQ(ack->rejections_size(), 1) << "--max_series holds again after the replay";
+  EXPECT_NE(ack->rejections(0).reason().find("--max_series"), std::string::npos);
+}
+
 TEST(RetentionTest, ARestartFromASnapshotKeepsTheRemovals) {
   Clock clock;
   Engine engine(Options(&clock));
