@@ -46,6 +46,15 @@
 namespace constance::collector {
 namespace {
 
+// Set by a benchmark whose engine call failed: the run then exits 1, so
+// the smoke run in ctest fails (SkipWithError alone only prints).
+std::atomic<bool> g_failed{false};
+
+void Fail(benchmark::State& state, const std::string& why) {
+  g_failed.store(true);
+  state.SkipWithError(why.c_str());
+}
+
 bool g_smoke = false;
 int g_locations = 0;  // 0: the family's default.
 int g_exceptions = 0;
@@ -181,8 +190,8 @@ void BM_Apply(benchmark::State& state, v1::Family family) {
     c.next_seq[loc] += b.observations_size();
     absl::StatusOr<v1::Ack> ack = c.engine->ApplyBatch(b);
     if (!ack.ok() || ack->outcome() != v1::Ack::APPLIED) {
-      state.SkipWithError(ack.ok() ? "a batch was not applied (OUT_OF_ORDER)"
-                                   : std::string(ack.status().message()).c_str());
+      Fail(state, ack.ok() ? "a batch was not applied (OUT_OF_ORDER)"
+                           : std::string(ack.status().message()));
       break;
     }
     applied += ack->applied();
@@ -265,8 +274,15 @@ class TimedApplies {
     b.set_first_sequence(c_.next_seq[loc]);
     c_.next_seq[loc] += b.observations_size();
     const absl::Time t0 = absl::Now();
-    (void)c_.engine->ApplyBatch(b);
-    return absl::ToDoubleMilliseconds(absl::Now() - t0);
+    absl::StatusOr<v1::Ack> ack = c_.engine->ApplyBatch(b);
+    const double ms = absl::ToDoubleMilliseconds(absl::Now() - t0);
+    if (!ack.ok() || ack->outcome() != v1::Ack::APPLIED) {
+      if (!g_failed.exchange(true)) {
+        std::fprintf(stderr, "engine_bench: a batch under ingest was not applied: %s\n",
+                     ack.ok() ? "OUT_OF_ORDER" : std::string(ack.status().message()).c_str());
+      }
+    }
+    return ms;
   }
 
  private:
@@ -378,7 +394,7 @@ void BM_SnapshotLoad(benchmark::State& state, v1::Family family) {
   for (auto _ : state) {
     Engine restored{Engine::Options{}};
     absl::Status s = restored.LoadState(saved);
-    if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
+    if (!s.ok()) Fail(state, std::string(s.message()));
   }
   state.counters["cells"] = static_cast<double>(c.locations) * c.keys;
 }
@@ -470,5 +486,5 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&n, args.data());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
-  return 0;
+  return constance::collector::g_failed.load() ? 1 : 0;
 }

@@ -79,4 +79,5 @@ while IFS=$'\t' read -r file panel title expr; do
   fi
 done <"$work/queries.txt"
 echo "dashboards live: $((total - empty)) of $total queries returned data"
+[ "$total" -gt 0 ] || { echo "FAIL: no dashboard query was read"; exit 1; }
 [ "$empty" -eq 0 ]

@@ -131,10 +131,13 @@ TEST(MixedVersionsTest, TheFirstReleasesAgentIsServedUnchangedAndOnce) {
 
   // The first stream again (its acks lost, say): every observation a
   // duplicate, nothing counted twice.
+  uint64_t acked_again = 0;
   for (const v1::CollectorMessage& answer : Replay(collector.address(), first)) {
     ASSERT_TRUE(answer.has_ack());
     EXPECT_EQ(answer.ack().duplicates(), answer.ack().count());
+    acked_again += answer.ack().count();
   }
+  EXPECT_EQ(acked_again, Observations(first)) << "every resent observation answered";
   EXPECT_EQ(AppliedBy(collector.address(), total), total);
 }
 

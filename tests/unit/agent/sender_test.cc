@@ -293,6 +293,8 @@ TEST_F(SenderTest, InFlightWindowIsBounded) {
   // Nothing acknowledged: a short drain gives up and reports what is left.
   EXPECT_EQ(sender_->Stop(absl::Milliseconds(50)), 100u);
   EXPECT_EQ(spool_.Depth(), 100u);
+  // Stopped: however late a third batch would have gone, none went.
+  EXPECT_EQ(collector_.received().size(), 2u);
 }
 
 TEST(SenderStopTest, BoundedWithoutACollector) {

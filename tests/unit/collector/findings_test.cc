@@ -480,12 +480,15 @@ TEST(FindingsTest, AFallbackComparesWithTheWholeChainAndKeepsTheOutlier) {
   EXPECT_EQ(outliers[0].group(), "chain");
   EXPECT_THAT(outliers[0].reasons(0).detail(), HasSubstr("of 49 locations in chain"));
   auto snap = chain.engine().snapshot();
+  int found = 0;
   for (const auto& s : snap->series) {
     if (s->key.key == "sku-1" && s->group == "chain") {
+      ++found;
       EXPECT_EQ(s->summary.n, 49u);
       EXPECT_EQ(s->outlier_locations, std::vector<std::string>{Store(100)});
     }
   }
+  EXPECT_EQ(found, 1) << "sku-1's chain group in the snapshot";
 }
 
 TEST(FindingsTest, AChainWideChangeRollingOutIsNeitherASplitNorIrregular) {
