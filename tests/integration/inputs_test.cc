@@ -177,6 +177,18 @@ TEST_F(InputsTest, RealExportsReachTheCollector) {
   // row is bad. Queue: 2 waits of checkout, 1 of pharmacy, 4 served checks.
   // Checklists: 2 + 3 + 2 items (n.a. skipped, the "maybe" line refused).
   const uint64_t expected = 18 + 7 + 7;
+  // Every file read and everything read acknowledged: nothing more comes,
+  // so the count is the whole count, not the count so far.
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        for (const char* f : {"prices-cp1250.csv", "queue-log.jsonl", "checklist-batch.jsonl"}) {
+          if (!std::filesystem::exists(drop_ + "/processed/" + f)) return false;
+        }
+        return SpoolDepth(agent_ready_["http"]) == 0;
+      },
+      absl::Seconds(30)))
+      << "agent log:\n"
+      << agent_->Log();
   EXPECT_TRUE(WaitFor([&] { return Applied() >= expected; }, absl::Seconds(30)))
       << Applied() << " applied\nagent log:\n"
       << agent_->Log();
