@@ -632,6 +632,21 @@ absl::StatusOr<v1::Ack> Engine::ReplayBatch(const v1::Batch& batch, absl::Time r
   return ack;
 }
 
+std::vector<std::string> Engine::OverCapacity() const {
+  absl::ReaderMutexLock lock(&mu_);
+  std::vector<std::string> over;
+  const Limits& limits = options_.limits;
+  if (limits.max_locations > 0 && location_index_.size() > limits.max_locations) {
+    over.push_back(absl::StrCat(location_index_.size(),
+                                " locations, above --max_locations=", limits.max_locations));
+  }
+  if (limits.max_series > 0 && series_index_.size() > limits.max_series) {
+    over.push_back(
+        absl::StrCat(series_index_.size(), " series, above --max_series=", limits.max_series));
+  }
+  return over;
+}
+
 absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now) {
   return ApplyBatch(batch, now, /*owner=*/0);
 }

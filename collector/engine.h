@@ -472,6 +472,10 @@ class Engine {
   // acknowledged as applied; the client's resend counts as a duplicate);
   // the limits hold again for every batch after. Not beside ApplyBatch.
   absl::StatusOr<v1::Ack> ReplayBatch(const v1::Batch& batch, absl::Time received);
+  // What the capacity limits count that is held now over its limit, one
+  // line each ("3 locations, above --max_locations=2"); empty when none
+  // is (after a replay, say).
+  std::vector<std::string> OverCapacity() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Replaces the catalog (SIGHUP). Cells, watermarks, findings and trust
   // are kept; groups, promises and thresholds apply from the next tick.

@@ -163,6 +163,14 @@ absl::Status CollectorServer::OpenLog() {
       *through);
   if (!replayed.ok()) return replayed.status();
   replayed_ = *replayed;
+  for (const std::string& over : engine_.OverCapacity()) {
+    // The replay keeps what was acknowledged whatever the limits
+    // (Engine::ReplayBatch); operators see what that left over them.
+    spdlog::warn(
+        "after replaying the batch log: {} (what a limit refused before the restart came in "
+        "with the rest); new ones are refused until retention brings it under",
+        over);
+  }
   // Ingest goes on while a snapshot is taken: only its Begin step holds
   // the engine (and the applier) for a moment (engine.h).
   log_->SetCheckpoint(options_.snapshot_interval, [this]() -> BatchLog::Begin {

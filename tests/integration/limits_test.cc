@@ -366,6 +366,8 @@ TEST_F(LimitsTest, ACrashKeepsWhatWasAcknowledgedWhenAHeartbeatTookTheLastLocati
   StartCollector(flags);
   const Delivery d = CountApplied(grpc_, 3);
   EXPECT_EQ(d.applied_once, 3u) << ::testing::PrintToString(d.problems) << collector_->Log();
+  // store-b's refused batch came in with the replay; the log says so.
+  EXPECT_THAT(collector_->Log(), HasSubstr("2 locations, above --max_locations=1"));
 }
 
 TEST_F(LimitsTest, EvaluationThreadsOutsideTheirRangeAreRefusedNamingTheFlag) {
