@@ -947,14 +947,20 @@ std::optional<v1::Ack> Engine::ApplyShared(const BatchView& batch, absl::Time no
 std::optional<v1::Ack> Engine::ApplyBeside(const BatchView& batch, absl::Time now, uint64_t owner,
                                            const BatchChecks& checks) {
   if (!ValidateBatchShape(batch, options_.limits).ok()) return std::nullopt;
+  // A new stream of a known location (an agent's restart) commutes with
+  // other locations' batches; a new location does not (--max_locations,
+  // numbering): it is registered in log order, by ApplyBatch.
+  return ApplySharedRegistering(batch, now, owner, checks, /*new_location=*/false);
+}
+
+std::optional<v1::Ack> Engine::ApplySharedRegistering(const BatchView& batch, absl::Time now,
+                                                      uint64_t owner, const BatchChecks& checks,
+                                                      bool new_location) {
   bool unregistered = false;
   if (std::optional<v1::Ack> ack = ApplyShared(batch, now, owner, checks, &unregistered)) {
     return ack;
   }
-  // A new stream of a known location (an agent's restart) commutes with
-  // other locations' batches; a new location does not (--max_locations,
-  // numbering): it is registered in log order, by ApplyBatch.
-  if (unregistered && RegisterStream(batch, owner, /*new_location=*/false)) {
+  if (unregistered && RegisterStream(batch, owner, new_location)) {
     return ApplyShared(batch, now, owner, checks, &unregistered);
   }
   return std::nullopt;
@@ -963,16 +969,11 @@ std::optional<v1::Ack> Engine::ApplyBeside(const BatchView& batch, absl::Time no
 absl::StatusOr<v1::Ack> Engine::ApplyBatch(const BatchView& batch, absl::Time now, uint64_t owner,
                                            const BatchChecks& checks) {
   if (absl::Status s = ValidateBatchShape(batch, options_.limits); !s.ok()) return s;
-  bool unregistered = false;
-  if (std::optional<v1::Ack> ack = ApplyShared(batch, now, owner, checks, &unregistered)) {
-    return *std::move(ack);
-  }
   // A new location's or stream's first batch: registered exclusively, and
   // applied beside other locations' batches all the same.
-  if (unregistered && RegisterStream(batch, owner, /*new_location=*/true)) {
-    if (std::optional<v1::Ack> ack = ApplyShared(batch, now, owner, checks, &unregistered)) {
-      return *std::move(ack);
-    }
+  if (std::optional<v1::Ack> ack =
+          ApplySharedRegistering(batch, now, owner, checks, /*new_location=*/true)) {
+    return *std::move(ack);
   }
   const uint64_t count = batch.observations.size();
   v1::Ack ack = AckOf(batch, v1::Ack::APPLIED);

@@ -835,6 +835,11 @@ class Engine {
   // anything.
   bool RegisterStream(const BatchView& batch, uint64_t owner, bool new_location)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // ApplyShared, and once more after RegisterStream(`new_location`) when
+  // it declined for want of a registered location or stream.
+  std::optional<v1::Ack> ApplySharedRegistering(const BatchView& batch, absl::Time now,
+                                                uint64_t owner, const BatchChecks& checks,
+                                                bool new_location) ABSL_LOCKS_EXCLUDED(mu_);
   // The series holding a cell of location `loc`, once each, by index.
   std::vector<uint32_t> SeriesOfLocked(uint32_t loc) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Counts the rejection of observation `seq` and adds it to *ack.
