@@ -49,6 +49,7 @@
 // week's last evaluation is recorded, and, once
 // the run is past their longest retention (13 weeks) and the files have
 // taken their size, must not grow more than 10% from week 17 to the last.
+#include <malloc.h>
 #include <pthread.h>
 #include <time.h>
 #include <unistd.h>
@@ -136,6 +137,7 @@ struct Week {
   int week = 0;
   uint64_t series = 0, cells = 0, streams = 0;
   int64_t rss_kb = 0;
+  int64_t heap_kb = 0;  // Allocated and not freed (malloc's count, every arena).
   int64_t disk_kb = 0;  // The stores' files.
   int evaluations = 0;
   double eval_cpu = 0;           // Seconds, this week's evaluations together.
@@ -245,6 +247,8 @@ class Soak {
     auto it = s->rejected_by_reason.find("series");
     w->rejected_series = it == s->rejected_by_reason.end() ? 0 : it->second;
     w->rss_kb = testing::ProcStatusKb(getpid(), "VmRSS");
+    const struct mallinfo2 heap = mallinfo2();
+    w->heap_kb = static_cast<int64_t>((heap.uordblks + heap.hblkhd) / 1024);
     if (!dir_.empty()) {
       for (const auto& f : std::filesystem::directory_iterator(dir_)) {
         w->disk_kb += static_cast<int64_t>(f.file_size() / 1024);
@@ -482,8 +486,8 @@ int Run(const Config& c) {
       absl::FormatDuration(c.max_wall).c_str());
   const char* tunables = std::getenv("GLIBC_TUNABLES");
   std::printf("GLIBC_TUNABLES=%s\n", tunables == nullptr ? "" : tunables);
-  std::printf("%4s %9s %10s %8s %9s %9s %6s %12s %12s %11s %9s %8s %8s\n", "week", "series",
-              "cells", "marks", "rss_mb", "disk_mb", "evals", "eval_cpu_s", "cpu_per_eval",
+  std::printf("%4s %9s %10s %8s %9s %9s %9s %6s %12s %12s %11s %9s %8s %8s\n", "week", "series",
+              "cells", "marks", "rss_mb", "heap_mb", "disk_mb", "evals", "eval_cpu_s", "cpu_per_eval",
               "eval_wall_s", "rej_ser", "wall_s", "cpu_s");
   Soak soak(c);
   const absl::Time wall_start = absl::Now();
@@ -500,9 +504,10 @@ int Run(const Config& c) {
     }
     soak.Measure(&w, wall_start);
     weeks.push_back(w);
-    std::printf("%4d %9lu %10lu %8lu %9.1f %9.1f %6d %12.3f %12.4f %11.3f %9lu %8.1f %8.1f\n",
+    std::printf("%4d %9lu %10lu %8lu %9.1f %9.1f %9.1f %6d %12.3f %12.4f %11.3f %9lu %8.1f %8.1f\n",
                 w.week, static_cast<unsigned long>(w.series), static_cast<unsigned long>(w.cells),
                 static_cast<unsigned long>(w.streams), static_cast<double>(w.rss_kb) / 1024,
+                static_cast<double>(w.heap_kb) / 1024,
                 static_cast<double>(w.disk_kb) / 1024, w.evaluations, w.eval_cpu,
                 w.evaluations > 0 ? w.eval_cpu / w.evaluations : 0, w.eval_wall,
                 static_cast<unsigned long>(w.rejected_series), w.wall, w.cpu);
