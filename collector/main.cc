@@ -9,7 +9,6 @@
 // running catalog stays). Exit codes: 0 after SIGTERM/SIGINT and a clean
 // shutdown, 1 when it cannot start (the message says what to fix), 2 on
 // usage errors.
-#include <malloc.h>
 #include <signal.h>
 
 #include <iostream>
@@ -22,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "collector/catalog.h"
+#include "collector/memory.h"
 #include "collector/server.h"
 #include "constance/log.h"
 #include "constance/process.h"
@@ -152,14 +152,7 @@ int main(int argc, char** argv) {
   // lock-order graph on: every lock of every thread would go through one
   // global graph. Tests keep it; the served collector does without.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  // Every batch arrives in buffers of about 100 KB that gRPC's threads
-  // allocate and the applier frees. With glibc's defaults the thread arenas
-  // give each freed top back to the kernel (madvise) and fault it in again
-  // for the next batch: a fifth of the applier's time in the peers run.
-  // Kept up to 16 MiB per arena instead (tests/bench/RESULTS.md, "Ingest: CPU
-  // per observation"); blocks of 4 MiB or more are still mapped on their own.
-  mallopt(M_MMAP_THRESHOLD, 4 << 20);
-  mallopt(M_TRIM_THRESHOLD, 16 << 20);
+  constance::collector::TuneMalloc();
 
   auto catalog = LoadConfiguredCatalog();
   if (!catalog.ok()) {

@@ -31,8 +31,10 @@
 // process's while it ran, less the applying threads' and the recorder's.
 // glibc's malloc runs on transparent huge pages and one arena as the
 // collector's unit runs it (--malloc_huge_pages, a re-execution with
-// GLIBC_TUNABLES set);
-// the end of the run says how much of the memory they held.
+// GLIBC_TUNABLES set), with the collector's thresholds (TuneMalloc);
+// the end of the run says how much of the memory they held. heap_mb is
+// what malloc holds allocated: beside rss_mb it tells memory in use from
+// memory freed and not handed back.
 // Evaluations recompute series on --evaluation_threads threads (one per
 // core unless told). It asserts nothing while running, and exits 1 if the
 // series held or the resident memory (by more than two 2 MiB huge pages)
@@ -74,6 +76,7 @@
 #include "absl/time/time.h"
 #include "collector/engine.h"
 #include "collector/history.h"
+#include "collector/memory.h"
 #include "collector/price_drops.h"
 #include "collector/promise_record.h"
 #include "constance/batch_view.h"
@@ -585,6 +588,7 @@ int Run(const Config& c) {
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_malloc_huge_pages)) constance::testing::ReexecWithMallocHugePages(argv);
+  constance::collector::TuneMalloc();  // As constance-collector's main does.
   constance::collector::Config c;
   const bool smoke = absl::GetFlag(FLAGS_smoke);
   c.locations = smoke ? 20 : absl::GetFlag(FLAGS_locations);
