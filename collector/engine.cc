@@ -1055,20 +1055,24 @@ void Engine::NoteCellLocked(uint32_t loc, uint32_t index) {
   Location& l = locations_[loc];
   ++l.cells;
   l.series.push_back(index);
-  if (l.series.size() > 2 * l.cells + 64) l.series = SeriesOfLocked(loc);
+  if (l.series.size() > l.cells + l.cells / 4 + 64) KeepSeriesOfLocked(loc, &l.series);
 }
 
 std::vector<uint32_t> Engine::SeriesOfLocked(uint32_t loc) const {
   std::vector<uint32_t> listed = locations_[loc].series;
-  std::sort(listed.begin(), listed.end());
-  listed.erase(std::unique(listed.begin(), listed.end()), listed.end());
+  KeepSeriesOfLocked(loc, &listed);
+  return listed;
+}
+
+void Engine::KeepSeriesOfLocked(uint32_t loc, std::vector<uint32_t>* listed) const {
+  std::sort(listed->begin(), listed->end());
+  listed->erase(std::unique(listed->begin(), listed->end()), listed->end());
   // A loop, not remove_if: the lock analysis does not see into a lambda.
-  std::vector<uint32_t> out;
-  out.reserve(listed.size());
-  for (uint32_t i : listed) {
-    if (i < series_.size() && HoldsCell(series_[i], loc)) out.push_back(i);
+  size_t kept = 0;
+  for (uint32_t i : *listed) {
+    if (i < series_.size() && HoldsCell(series_[i], loc)) (*listed)[kept++] = i;
   }
-  return out;
+  listed->resize(kept);
 }
 
 void Engine::RejectLocked(uint64_t seq, const absl::Status& why, v1::Ack* ack) {

@@ -588,8 +588,10 @@ class Engine {
     // of its cells is here, so a query about one location reads its own
     // series, not every series, while it holds the ingest lock. Entries
     // whose cell retention freed (or whose slot another series took) stay
-    // until the list is twice the cells held and is compacted
-    // (NoteCellLocked); readers check each entry (SeriesOfLocked).
+    // until the list is a quarter longer than the cells held and is
+    // compacted where it lies (NoteCellLocked: its capacity stays, so a
+    // year of churn never grows it past the next power of two above 1.25
+    // times the cells); readers check each entry (SeriesOfLocked).
     std::vector<uint32_t> series;
     // False for a slot retention freed (on free_locations_ for reuse).
     bool live = true;
@@ -842,6 +844,10 @@ class Engine {
                                                 bool new_location) ABSL_LOCKS_EXCLUDED(mu_);
   // The series holding a cell of location `loc`, once each, by index.
   std::vector<uint32_t> SeriesOfLocked(uint32_t loc) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Keeps of `listed` (location `loc`'s list or a copy) the series
+  // holding a cell of `loc`, once each, by index.
+  void KeepSeriesOfLocked(uint32_t loc, std::vector<uint32_t>* listed) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Counts the rejection of observation `seq` and adds it to *ack.
   void RejectLocked(uint64_t seq, const absl::Status& why, v1::Ack* ack)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
