@@ -58,9 +58,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -110,6 +112,9 @@ ABSL_FLAG(bool, malloc_huge_pages, true,
           "Run as the collector's unit runs it: glibc's malloc on transparent huge pages and "
           "one arena (re-executes itself with GLIBC_TUNABLES=glibc.malloc.hugetlb=1:"
           "glibc.malloc.arena_max=1 unless GLIBC_TUNABLES already sets glibc.malloc.hugetlb)");
+ABSL_FLAG(std::string, malloc_info, "",
+          "Append malloc_info(3)'s report (free chunks by size, every arena) to this file after "
+          "each week's line: where freed memory the heap keeps sits");
 ABSL_FLAG(bool, retain_forever, false,
           "Set the catalog's retention to ten years: shows what the run looks like without "
           "retention (series grow, `series` rejections) and that the checks catch it");
@@ -130,6 +135,7 @@ struct Config {
   int churned;  // Keys delisted (and listed) per week.
   int evaluation_threads = 1;
   int apply_threads = 1;
+  std::string malloc_info;  // A file for malloc_info(3) each week; empty: none.
   absl::Duration eval_every, max_wall;
   bool retain_forever = false;
   bool stores = true;
@@ -477,6 +483,19 @@ bool RssFlat(int64_t from_kb, int64_t to_kb) {
          to_kb - from_kb <= kRssStepsKb;
 }
 
+// malloc_info(3)'s XML for `week`, appended to `path` (a failure is printed).
+void AppendMallocInfo(const std::string& path, int week) {
+  FILE* f = std::fopen(path.c_str(), "a");
+  if (f == nullptr) {
+    std::fprintf(stderr, "soak_bench: cannot append to --malloc_info=%s: %s\n", path.c_str(),
+                 std::strerror(errno));
+    return;
+  }
+  std::fprintf(f, "<!-- week %d -->\n", week);
+  malloc_info(0, f);
+  std::fclose(f);
+}
+
 int Run(const Config& c) {
   char host[256] = {};
   gethostname(host, sizeof host - 1);
@@ -515,6 +534,7 @@ int Run(const Config& c) {
                 w.evaluations > 0 ? w.eval_cpu / w.evaluations : 0, w.eval_wall,
                 static_cast<unsigned long>(w.rejected_series), w.wall, w.cpu);
     std::fflush(stdout);
+    if (!c.malloc_info.empty()) AppendMallocInfo(c.malloc_info, week);
     if (stopped && (week < c.weeks || hours < 24 * 7)) {
       const double done = (week - 1) + hours / (24.0 * 7);
       std::printf(
@@ -603,6 +623,7 @@ int main(int argc, char** argv) {
   c.max_wall = absl::GetFlag(FLAGS_max_wall);
   c.evaluation_threads = absl::GetFlag(FLAGS_evaluation_threads);
   c.apply_threads = absl::GetFlag(FLAGS_apply_threads);
+  c.malloc_info = absl::GetFlag(FLAGS_malloc_info);
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   if (c.evaluation_threads == 0) c.evaluation_threads = cores;
   if (c.apply_threads == 0) c.apply_threads = cores;
