@@ -13,6 +13,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "collector/memory.h"
 #include "collector/refusal.h"
 #include "constance/format.h"
 #include "constance/validate.h"
@@ -221,10 +222,12 @@ void BucketByLocalHour(absl::Time now, uint64_t min_group,
 // Where a series' members go as CollectLocked walks them: the group each
 // location is in under the series' peer-group rule, found by the
 // catalog's index (each group's name once per series, not per member).
+// A group's vector is taken from `pool` when there is one.
 class MemberGroups {
  public:
   using Groups = std::map<std::string, std::vector<GroupMember>>;
-  MemberGroups(const PeerGroupRule* rule, const Catalog& catalog, Groups* groups)
+  MemberGroups(const PeerGroupRule* rule, const Catalog& catalog, Groups* groups,
+               VectorPool<GroupMember>* pool)
       : rule_(rule),
         rule_index_(rule == nullptr ? 0 : static_cast<size_t>(rule - catalog.peer_groups.data())),
         catalog_(catalog),
@@ -232,7 +235,8 @@ class MemberGroups {
         names_(rule == nullptr || rule_index_ >= catalog.peer_group_names.size()
                    ? nullptr
                    : &catalog.peer_group_names[rule_index_]),
-        by_index_(names_ == nullptr ? 0 : names_->size(), nullptr) {}
+        by_index_(names_ == nullptr ? 0 : names_->size(), nullptr),
+        pool_(pool) {}
 
   std::vector<GroupMember>& Of(const LocationEntry* entry) {
     if (rule_ == nullptr || entry == nullptr) return Chain();
@@ -243,19 +247,25 @@ class MemberGroups {
                          std::less<>()(entry, all.data() + all.size()) &&
                          entry->groups.size() == catalog_.peer_groups.size() &&
                          entry->groups[rule_index_] < by_index_.size();
-    if (!indexed) return (*groups_)[PeerGroupOf(*rule_, *entry)];
+    if (!indexed) return Group(PeerGroupOf(*rule_, *entry));
     std::vector<GroupMember>*& group = by_index_[entry->groups[rule_index_]];
-    if (group == nullptr) group = &(*groups_)[(*names_)[entry->groups[rule_index_]]];
+    if (group == nullptr) group = &Group((*names_)[entry->groups[rule_index_]]);
     return *group;
   }
 
   // Every member of a series without a rule: one group, one lookup.
   std::vector<GroupMember>& Chain() {
-    if (chain_ == nullptr) chain_ = &(*groups_)[kChainGroup];
+    if (chain_ == nullptr) chain_ = &Group(kChainGroup);
     return *chain_;
   }
 
  private:
+  std::vector<GroupMember>& Group(const std::string& name) {
+    auto [it, added] = groups_->try_emplace(name);
+    if (added && pool_ != nullptr) it->second = pool_->Take();
+    return it->second;
+  }
+
   const PeerGroupRule* rule_;
   size_t rule_index_;
   const Catalog& catalog_;
@@ -263,6 +273,7 @@ class MemberGroups {
   const std::vector<std::string>* names_;            // The rule's groups (null: not indexed).
   std::vector<std::vector<GroupMember>*> by_index_;  // By the rule's group index.
   std::vector<GroupMember>* chain_ = nullptr;
+  VectorPool<GroupMember>* pool_;
 };
 
 const WaitPromise* WaitPromiseFor(const std::string& key, const Catalog& catalog) {
@@ -415,15 +426,15 @@ OutlierPolicy PolicyFromCatalog(const Catalog& catalog) {
 void FillSeriesStats(const SeriesStats& stats, v1::GroupStats* out) {
   FillGroupStats(stats.key, stats.group, stats.summary, stats.band, out);
   if (stats.key.family != v1::FAMILY_PRICE) return;
-  if (!stats.main_level.members.empty()) {
+  if (stats.main_level.locations > 0) {
     v1::Level* l = out->add_levels();
     l->set_value(stats.main_level.value);
-    l->set_locations(stats.main_level.members.size());
+    l->set_locations(stats.main_level.locations);
   }
-  for (const Level& level : stats.other_levels) {
+  for (const SeriesStats::LevelCount& level : stats.other_levels) {
     v1::Level* l = out->add_levels();
     l->set_value(level.value);
-    l->set_locations(level.members.size());
+    l->set_locations(level.locations);
   }
 }
 
@@ -435,12 +446,44 @@ void FillSeriesOutliers(const SeriesStats& stats,
   }
 }
 
+// A location's evaluation in one series, before unkeepable promises are
+// known (they need every group's tally).
+struct Engine::Pending {
+  uint32_t location;
+  std::string name;
+  const GroupData* group;
+  // Its reasons: [first_reason, end_reason) of the series' pool (one
+  // vector for every member, not one allocation each).
+  size_t first_reason = 0, end_reason = 0;
+  std::string promise_id;  // Non-empty when a promise applies.
+  bool promise_broken = false;
+  bool outlier = false;
+  bool critical_failure = false;  // Compliance: a critical check failed in the window.
+  bool promise_critical = false;  // Its promise broken by a failed critical check.
+  int64_t evidence_ns = 0;        // Comparable::evidence_ns.
+  std::string promise;            // PromiseVerdict::promise.
+  size_t member = 0;              // Its index in group->members.
+};
+
+// The buffers recomputations build their series in, kept between series
+// and evaluations (VectorPool): a few per thread recomputing, a series'
+// groups each taking one.
+struct Engine::Scratch {
+  static constexpr size_t kKept = 16;
+  VectorPool<GroupMember> members{kKept};
+  VectorPool<Assessment> assessed{kKept};
+  VectorPool<LocatedValue> values{kKept};
+  VectorPool<Pending> pending{kKept};
+  VectorPool<WeightedReason> reasons{kKept};
+};
+
 Engine::Engine(Options options)
     : options_(std::move(options)),
       started_at_(options_.clock()),
       base_catalog_(options_.catalog),
       catalog_(options_.catalog),
-      tracker_(options_.catalog->thresholds.persistence, options_.catalog->thresholds.hysteresis) {
+      tracker_(options_.catalog->thresholds.persistence, options_.catalog->thresholds.hysteresis),
+      scratch_(std::make_unique<Scratch>()) {
   // Every reason an observation can be rejected for, at 0, so rates and
   // dashboards have a series before the first rejection.
   for (const char* reason :
@@ -1330,7 +1373,7 @@ void RolloutHorizon(const std::vector<PriceChange>& moves, const Thresholds& th,
 }  // namespace
 
 Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now, const Catalog& catalog,
-                                         MemberNames* names) const {
+                                         MemberNames* names, VectorPool<GroupMember>* pool) const {
   const Series& series = series_[index];
   SeriesData data;
   data.index = index;
@@ -1341,7 +1384,7 @@ Engine::SeriesData Engine::CollectLocked(uint32_t index, absl::Time now, const C
   const int64_t flip_since = absl::ToUnixNanos(now - catalog.thresholds.flip_window);
   const int64_t drops_since = absl::ToUnixNanos(now - catalog.thresholds.rollout_grace);
   std::map<std::string, std::vector<Member>> groups;
-  MemberGroups member_groups(rule, catalog, &groups);
+  MemberGroups member_groups(rule, catalog, &groups, pool);
   if (rule == nullptr) {
     member_groups.Chain().reserve(series.price.size() + series.wait.size() +
                                   series.compliance.size() + series.score.size());
@@ -1474,12 +1517,12 @@ void PriceStructure(const SeriesKey& key, const std::vector<LocatedValue>& value
   auto in_rollout = [&](double v) { return NearAny(g.rollout_values, v, stats->band.floor); };
   std::vector<Level> kept;
   for (Level& level : g.levels.others) {
+    for (uint32_t loc : level.members) not_outliers[loc] = true;
     if (in_rollout(level.value)) {
       stats->rollout = true;
     } else {
-      kept.push_back(level);
+      kept.push_back(std::move(level));
     }
-    for (uint32_t loc : level.members) not_outliers[loc] = true;
   }
   for (const GroupMember& m : g.members) {
     if (in_rollout(m.value.value) &&
@@ -1488,9 +1531,11 @@ void PriceStructure(const SeriesKey& key, const std::vector<LocatedValue>& value
       stats->rollout = true;
     }
   }
-  g.levels.others = kept;
-  stats->main_level = g.levels.main;
-  stats->other_levels = kept;
+  g.levels.others = std::move(kept);
+  stats->main_level = {g.levels.main.value, g.levels.main.members.size()};
+  for (const Level& level : g.levels.others) {
+    stats->other_levels.push_back({level.value, level.members.size()});
+  }
 }
 
 }  // namespace
@@ -1498,7 +1543,8 @@ void PriceStructure(const SeriesKey& key, const std::vector<LocatedValue>& value
 void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& catalog) const {
   const OutlierPolicy policy = PolicyFromCatalog(catalog);
   for (GroupData& g : data->groups) {
-    std::vector<LocatedValue> values;
+    PooledVector<LocatedValue> pooled_values(&scratch_->values);
+    std::vector<LocatedValue>& values = *pooled_values;
     values.reserve(g.members.size());
     for (const Member& m : g.members) values.push_back({m.location, m.value.value});
     auto stats = std::make_shared<SeriesStats>();
@@ -1526,6 +1572,7 @@ void Engine::ComputeGroups(SeriesData* data, absl::Time now, const Catalog& cata
     if (data->key.family == v1::FAMILY_PRICE) {
       PriceStructure(data->key, values, now, catalog, &g, stats.get(), &not_outliers);
     }
+    if (g.assessed.capacity() == 0) g.assessed = scratch_->assessed.Take();
     g.assessed.clear();
     g.assessed.reserve(g.members.size());
     std::vector<std::pair<OutlierResult, const std::string*>> outliers;
@@ -1594,6 +1641,7 @@ bool Engine::RecomputeSeries(const SeriesFilter& wanted, uint8_t clears,
     snapshot->streams_held = streams_.size() + retired_.size();
     std::vector<std::string> by_location;
     if (!todo.empty()) by_location.reserve(locations_.size());
+    snapshot->location_states.reserve(locations_.size());
     for (const Location& l : locations_) {
       if (!todo.empty()) by_location.push_back(l.live ? l.state.location : std::string());
       if (!l.live) continue;
@@ -1632,6 +1680,9 @@ bool Engine::RecomputeSeries(const SeriesFilter& wanted, uint8_t clears,
   work();
   for (std::thread& t : threads) t.join();
   if (abandoned) return false;
+  size_t published = 0;
+  for (const auto& groups : published_) published += groups.size();
+  snapshot->series.reserve(published);
   for (const auto& groups : published_) {
     bool compared = true;
     uint64_t n = 0;
@@ -1662,7 +1713,7 @@ void Engine::RecomputeOne(uint32_t index, absl::Time now, const Catalog& catalog
     const StripesShared stripes(this);
     Series& series = series_[index];
     series.dirty &= static_cast<uint8_t>(~clears);
-    data = CollectLocked(index, now, catalog, names);
+    data = CollectLocked(index, now, catalog, names, &scratch_->members);
     series.stats_until_ns = data.until_ns;
   }
   ComputeGroups(&data, now, catalog);
@@ -1670,6 +1721,10 @@ void Engine::RecomputeOne(uint32_t index, absl::Time now, const Catalog& catalog
   for (const GroupData& g : data.groups) groups.push_back(g.stats);
   published_[index] = std::move(groups);
   if (visit) visit(data);
+  for (GroupData& g : data.groups) {
+    scratch_->members.Give(std::move(g.members));
+    scratch_->assessed.Give(std::move(g.assessed));
+  }
 }
 
 void Engine::Publish(std::shared_ptr<Snapshot> snapshot) {
@@ -1736,25 +1791,6 @@ struct Engine::Evaluation {
   std::vector<PromiseStanding> promises;
 };
 
-// A location's evaluation in one series, before unkeepable promises are
-// known (they need every group's tally).
-struct Engine::Pending {
-  uint32_t location;
-  std::string name;
-  const GroupData* group;
-  // Its reasons: [first_reason, end_reason) of the series' pool (one
-  // vector for every member, not one allocation each).
-  size_t first_reason = 0, end_reason = 0;
-  std::string promise_id;  // Non-empty when a promise applies.
-  bool promise_broken = false;
-  bool outlier = false;
-  bool critical_failure = false;  // Compliance: a critical check failed in the window.
-  bool promise_critical = false;  // Its promise broken by a failed critical check.
-  int64_t evidence_ns = 0;        // Comparable::evidence_ns.
-  std::string promise;            // PromiseVerdict::promise.
-  size_t member = 0;              // Its index in group->members.
-};
-
 void Engine::Evaluate() {
   absl::MutexLock eval_lock(&eval_mu_);
   const absl::Time now = options_.clock();
@@ -1777,6 +1813,8 @@ void Engine::Evaluate() {
     catalog_ptr = catalog_;
     // A slot retention freed stays in place with an empty name: indices
     // are location indices.
+    states.reserve(locations_.size());
+    entries.reserve(locations_.size());
     for (const Location& l : locations_) {
       states.push_back(l.state);
       entries.push_back(l.entry);
@@ -1888,7 +1926,18 @@ bool Engine::EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalo
         if (outcomes_.size() < slots) outcomes_.resize(slots);
       });
   if (!completed) return false;
-  // In series order, as a full recomputation adds them.
+  // In series order, as a full recomputation adds them; room made once
+  // (grown by doubling, each evaluation's lists left a trail of freed
+  // buffers in the heap).
+  size_t conditions = 0, splits = 0, promises = 0;
+  for (const SeriesOutcome& o : outcomes_) {
+    conditions += o.conditions.size();
+    splits += o.splits.size();
+    promises += o.promises.size();
+  }
+  ev->conditions.reserve(ev->conditions.size() + conditions);
+  ev->splits.reserve(ev->splits.size() + splits);
+  ev->promises.reserve(ev->promises.size() + promises);
   for (uint32_t i = 0; i < outcomes_.size(); ++i) Merge(outcomes_[i], tracker_, ev);
   // Late drops are published for rollout_grace after the evaluation that
   // found them, at its revision: a recorder that skipped it still sees
@@ -1961,8 +2010,10 @@ void Engine::EvaluateSeries(const SeriesData& data, const Evaluation& evaluation
   const bool judged_key =
       key.family == v1::FAMILY_COMPLIANCE && ev->catalog.JudgingFor(key.key) != nullptr;
   const std::vector<const Exception*> exceptions = ExceptionsFor(key, ev->now, ev->catalog);
-  std::vector<Pending> pending;
-  std::vector<WeightedReason> reasons;  // Every pending's, in order.
+  PooledVector<Pending> pooled_pending(&scratch_->pending);
+  PooledVector<WeightedReason> pooled_reasons(&scratch_->reasons);
+  std::vector<Pending>& pending = *pooled_pending;
+  std::vector<WeightedReason>& reasons = *pooled_reasons;  // Every pending's, in order.
   PromiseTally promise_tally;
   for (const GroupData& g : data.groups) {
     const bool comparable = g.members.size() >= th.min_group;
@@ -2081,7 +2132,9 @@ PriceDropList::Part Engine::PriceDropsOf(const SeriesData& data,
     for (const PriceDrop& d : *before) held.try_emplace({d.location, absl::ToUnixNanos(d.at)}, &d);
   }
   auto out = std::make_shared<std::vector<PriceDrop>>();
-  out->reserve(drops.size());
+  // Kept until the series is next recomputed (an hour, say), each time a
+  // few drops longer or shorter: sized by class (memory.h).
+  out->reserve(SizeClass(drops.size()));
   for (const auto& [loc, change] : drops) {
     for (const GroupData& g : data.groups) {
       const Member* m = FindMember(g, loc);

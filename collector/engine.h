@@ -58,6 +58,7 @@
 #include "collector/evaluators.h"
 #include "collector/findings.h"
 #include "collector/stats.h"
+#include "collector/vector_pool.h"
 #include "constance/v1/ingest.pb.h"
 #include "constance/v1/query.pb.h"
 #include "constance/validate.h"
@@ -161,8 +162,16 @@ struct SeriesStats {
   // not here. What the mergeable sums add, so each location counts once.
   GroupSummary own;
   Band band;
-  Level main_level;                 // Prices: the level at the median.
-  std::vector<Level> other_levels;  // Prices: consistent deviating levels.
+  // Prices: a level's value and how many locations hold it. Published
+  // without its member list: rebuilt at every recomputation a little
+  // longer or shorter and kept until the next, those lists left holes in
+  // the heap that the next did not fit (resident memory crept).
+  struct LevelCount {
+    double value = 0;
+    size_t locations = 0;
+  };
+  LevelCount main_level;                 // The level at the median; 0 locations: none.
+  std::vector<LevelCount> other_levels;  // Consistent deviating levels.
   bool rollout = false;             // A chain-wide change is rolling out.
   std::vector<OutlierResult> outliers;
   std::vector<std::string> outlier_locations;  // Parallel to outliers.
@@ -650,8 +659,10 @@ class Engine {
   // Copies one series' comparable values grouped by peer group, the
   // members naming their locations from `names`. Caller holds mu_, shared
   // or not.
+  // The groups' vectors come from `pool` when one is given.
   SeriesData CollectLocked(uint32_t index, absl::Time now, const Catalog& catalog,
-                           MemberNames* names) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+                           MemberNames* names, VectorPool<GroupMember>* pool = nullptr) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Statistics, levels, rollouts and outliers of every group.
   void ComputeGroups(SeriesData* data, absl::Time now, const Catalog& catalog) const;
   // Evaluate's assembly (engine.cc) of the evaluators (evaluators.h, one
@@ -994,6 +1005,9 @@ class Engine {
   // Evaluation state: findings, trust, drift.
   absl::Mutex eval_mu_ ABSL_ACQUIRED_BEFORE(recompute_mu_);
   FindingTracker tracker_ ABSL_GUARDED_BY(eval_mu_);
+  // Recomputations' buffers (engine.cc); their pools lock themselves.
+  struct Scratch;
+  const std::unique_ptr<Scratch> scratch_;
   absl::flat_hash_map<uint32_t, TrustAccount> trust_ ABSL_GUARDED_BY(eval_mu_);
   // When trust last accrued: each evaluation credits the time since (a
   // day kept earns one deposit), whatever the evaluation interval. The

@@ -2,6 +2,8 @@
 
 #include <malloc.h>
 
+#include "absl/numeric/bits.h"
+
 namespace constance::collector {
 
 void TuneMalloc() {
@@ -13,6 +15,12 @@ void TuneMalloc() {
   // per observation"); blocks of 4 MiB or more are still mapped on their own.
   mallopt(M_MMAP_THRESHOLD, 4 << 20);
   mallopt(M_TRIM_THRESHOLD, 16 << 20);
+}
+
+size_t SizeClass(size_t n) {
+  if (n <= 8) return n;
+  const size_t step = absl::bit_floor(n) / 4;
+  return (n + step - 1) / step * step;
 }
 
 }  // namespace constance::collector

@@ -214,7 +214,7 @@ const Stat kStats[] = {
     {"constance_series_levels", "Consistent price levels in the group (1 = one price everywhere).",
      [](const SeriesStats& s) {
        if (s.key.family != v1::FAMILY_PRICE) return 0.0;
-       return (s.main_level.members.empty() ? 0.0 : 1.0) + s.other_levels.size();
+       return (s.main_level.locations == 0 ? 0.0 : 1.0) + s.other_levels.size();
      }},
 };
 
