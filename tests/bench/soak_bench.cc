@@ -34,7 +34,8 @@
 // GLIBC_TUNABLES set), with the collector's thresholds (TuneMalloc);
 // the end of the run says how much of the memory they held. heap_mb is
 // what malloc holds allocated: beside rss_mb it tells memory in use from
-// memory freed and not handed back.
+// memory freed and not handed back; --malloc_info=FILE appends malloc's
+// own report each week, the heap's free chunks by size.
 // Evaluations recompute series on --evaluation_threads threads (one per
 // core unless told). It asserts nothing while running, and exits 1 if the
 // series held or the resident memory (by more than two 2 MiB huge pages)
