@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "constance/state/v1/engine_state.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -517,6 +518,37 @@ TEST(EngineTest, TheLatestEventTimeWinsNotTheLatestArrival) {
   ASSERT_EQ(detail->values_size(), 1);
   EXPECT_DOUBLE_EQ(detail->values(0).value(), 149);
   EXPECT_EQ(detail->values(0).observed_at().seconds(), absl::ToUnixSeconds(kNow - absl::Hours(1)));
+}
+
+// The published statistics keep each price level's value and how many
+// locations hold it (not its member list): the query and /metrics read them.
+TEST(EngineTest, PublishedPriceLevelsCountTheirLocations) {
+  Engine engine(FixedClock());
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(engine
+                    .ApplyBatch(MakeBatch(absl::StrCat("store-", i), 1, 1,
+                                          {Price("sku-1", i < 7 ? 100 : 130)}))
+                    .ok());
+  }
+  engine.Recompute();
+  const SeriesStats* s = Find(*engine.snapshot(), v1::FAMILY_PRICE, "sku-1", "EUR", v1::SHELF);
+  ASSERT_NE(s, nullptr);
+  EXPECT_DOUBLE_EQ(s->main_level.value, 100);
+  EXPECT_EQ(s->main_level.locations, 7u);
+  ASSERT_EQ(s->other_levels.size(), 1u);
+  EXPECT_DOUBLE_EQ(s->other_levels[0].value, 130);
+  EXPECT_EQ(s->other_levels[0].locations, 3u);
+  v1::SeriesId id;
+  id.set_family(v1::FAMILY_PRICE);
+  id.set_key("sku-1");
+  id.set_currency("EUR");
+  absl::StatusOr<v1::KeyDetailResponse> detail = engine.KeyDetail(id);
+  ASSERT_TRUE(detail.ok()) << detail.status();
+  ASSERT_EQ(detail->stats().levels_size(), 2);
+  EXPECT_DOUBLE_EQ(detail->stats().levels(0).value(), 100);
+  EXPECT_EQ(detail->stats().levels(0).locations(), 7u);
+  EXPECT_DOUBLE_EQ(detail->stats().levels(1).value(), 130);
+  EXPECT_EQ(detail->stats().levels(1).locations(), 3u);
 }
 
 TEST(EngineTest, KindsAndCurrenciesAreSeparateSeries) {
