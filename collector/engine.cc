@@ -1928,14 +1928,14 @@ bool Engine::EvaluateSeriesOutcomes(const std::shared_ptr<const Catalog>& catalo
   if (!completed) return false;
   // In series order, as a full recomputation adds them; room made once
   // (grown by doubling, each evaluation's lists left a trail of freed
-  // buffers in the heap).
-  size_t conditions = 0, splits = 0, promises = 0;
+  // buffers in the heap). Not for the conditions: most outcomes' are weak
+  // and not copied (Merge), and room for them all cost more than it saved
+  // (tests/bench/RESULTS.md).
+  size_t splits = 0, promises = 0;
   for (const SeriesOutcome& o : outcomes_) {
-    conditions += o.conditions.size();
     splits += o.splits.size();
     promises += o.promises.size();
   }
-  ev->conditions.reserve(ev->conditions.size() + conditions);
   ev->splits.reserve(ev->splits.size() + splits);
   ev->promises.reserve(ev->promises.size() + promises);
   for (uint32_t i = 0; i < outcomes_.size(); ++i) Merge(outcomes_[i], tracker_, ev);
