@@ -7,7 +7,7 @@
 #      integration tests, then every fuzz target for a bounded time
 #      (tests/fuzz/run.sh; CONSTANCE_FUZZ_SECONDS, default 30).
 #   2. build-tsan: ThreadSanitizer on the tests of our own threads (the
-#      collector engine, the agent's spools), built as the one executable
+#      collector engine and its buffer pools, the agent's spools), built as the one executable
 #      tsan_tests; tests that go through gRPC are left out, Debian's gRPC
 #      not being instrumented.
 #
@@ -105,16 +105,16 @@ for step in "${steps[@]}"; do
     tsan)
       echo "sanitizers: building build-tsan (clang, TSan)"
       configure build-tsan -DCONSTANCE_SANITIZE=thread
-      # Only tsan_tests: the engine and spool tests below, nothing else.
+      # Only tsan_tests: the engine, spool and buffer-pool tests below.
       "${nice_build[@]}" build-tsan --target tsan_tests
       reports="$root/build-tsan/sanitizer-reports"
       rm -rf "$reports" && mkdir -p "$reports"
       TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:log_path=$reports/tsan:suppressions=$root/tests/sanitizers/tsan.supp" \
         ctest --test-dir build-tsan --output-on-failure --no-tests=error --timeout 600 -j 2 \
-        -R '^(EngineConcurrencyTest|EngineTest|MemorySpoolTest|SqliteSpoolTest|SpoolWhenFullTest)\.' ||
+        -R '^(EngineConcurrencyTest|EngineTest|MemorySpoolTest|SqliteSpoolTest|SpoolWhenFullTest|VectorPoolTest)\.' ||
         status=$?
       check_reports "$reports" || status=1
-      record tsan "$status" "$start" "engine and spool tests (our own threads) under TSan"
+      record tsan "$status" "$start" "engine, spool and buffer-pool tests (our own threads) under TSan"
       ;;
     *)
       echo "sanitizers: unknown step '$step' (asan, fuzz or tsan)" >&2
